@@ -1,0 +1,154 @@
+"""Finding and validating checkpoints: the embedded default, a local directory, or a hub id.
+
+A checkpoint is a plain directory with ``depthkit.json``::
+
+    {"format": "depthkit-checkpoint", "format_version": 1, "depthkit_version": "0.1.0",
+     "stages": {"complete": {...options...}, "sharpen": {...}}}
+
+plus a subfolder per learned stage (``complete/``, ``sharpen/``). Loading is local-first; a hub id is only tried
+when it is not an existing path, and ``HF_HUB_OFFLINE=1`` is respected. A checkpoint is untrusted input: paths it
+names are resolved with :func:`safe_join` and cannot leave its directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+MANIFEST = "depthkit.json"
+FORMAT = "depthkit-checkpoint"
+FORMAT_VERSION = 1
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or corrupt; the message says which file and what to do."""
+
+
+def embedded_checkpoints_dir() -> Path:
+    """Where the embedded default checkpoints live (``$DEPTHKIT_CHECKPOINTS`` overrides)."""
+    env = os.environ.get("DEPTHKIT_CHECKPOINTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def available_checkpoints() -> list[Path]:
+    """Checkpoint directories under :func:`embedded_checkpoints_dir` (those with a ``depthkit.json``)."""
+    root = embedded_checkpoints_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def default_checkpoint() -> Path | None:
+    """The embedded default checkpoint (``checkpoints/default``), or None when this install has none."""
+    path = embedded_checkpoints_dir() / "default"
+    return path if (path / MANIFEST).is_file() else None
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """``root / relative`` resolved, refusing absolute paths and anything that escapes ``root``."""
+    root = Path(root).resolve()
+    if os.path.isabs(relative):
+        raise CheckpointError(f"checkpoint {root} names an absolute path {relative!r}; only relative paths are allowed.")
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise CheckpointError(f"checkpoint {root} names {relative!r}, which points outside the checkpoint directory.")
+    return target
+
+
+def resolve_checkpoint(spec) -> Path:
+    """Turn ``spec`` (None = embedded default, a local directory, or a hub id ``owner/name``) into a local path."""
+    if spec is None:
+        path = default_checkpoint()
+        if path is None:
+            raise CheckpointError(
+                f"this install has no embedded default checkpoint (looked in {embedded_checkpoints_dir()}/default). "
+                "Pass --checkpoint DIR, create a random-weight one with `depthkit init-checkpoint --tiny DIR`, "
+                "or use a classical --method."
+            )
+        return path
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a file; a checkpoint is a directory containing {MANIFEST}.")
+        return path
+    text = str(spec)
+    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+        return _download_from_hub(text)
+    names = ", ".join(p.name for p in available_checkpoints()) or "none"
+    raise CheckpointError(
+        f"checkpoint {text!r} not found: no such directory, and it is not a hub id (owner/name). "
+        f"Embedded checkpoints in {embedded_checkpoints_dir()}: {names}. "
+        "Create one with `depthkit init-checkpoint --tiny DIR` or train one with `depthkit train RECIPE`."
+    )
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint {repo_id!r} is not a local directory and HF_HUB_OFFLINE=1 forbids downloading it "
+                f"(nor is it in the local hub cache: {type(exc).__name__}). Download it where the network is "
+                "available, or pass a local directory."
+            ) from exc
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:
+        raise CheckpointError(
+            f"could not fetch checkpoint {repo_id!r} from the hub ({type(exc).__name__}: {exc}). Check the id and "
+            "the network, or pass a local directory."
+        ) from exc
+
+
+def load_manifest(root) -> dict:
+    """Read and validate ``depthkit.json`` in checkpoint directory ``root``."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        present = ", ".join(sorted(p.name for p in root.iterdir())) if root.is_dir() else "(directory missing)"
+        raise CheckpointError(
+            f"{root} is not a depthkit checkpoint: {MANIFEST} is missing (found: {present or 'nothing'}). "
+            "Create one with `depthkit init-checkpoint --tiny DIR`, or import released weights."
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt (not valid JSON: {exc}). Re-create or re-download it.") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a depthkit manifest (expected \"format\": \"{FORMAT}\").")
+    if int(manifest.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {manifest.get('format_version')}, newer than this depthkit supports "
+            f"({FORMAT_VERSION}). Upgrade depthkit."
+        )
+    stages = manifest.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise CheckpointError(f"{path} lists no stages; expected e.g. {{\"stages\": {{\"complete\": {{}}}}}}.")
+    for name, opts in stages.items():
+        if not isinstance(opts, dict):
+            raise CheckpointError(f"{path}: stage {name!r} options must be an object; got {type(opts).__name__}.")
+    return manifest
+
+
+def write_manifest(root, stages: dict, **extra) -> Path:
+    """Write ``depthkit.json`` atomically into ``root`` (created if needed)."""
+    from depthkit import __version__
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "depthkit_version": __version__, "stages": stages}
+    data.update(extra)
+    tmp = root / f".{MANIFEST}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, root / MANIFEST)
+    return root / MANIFEST

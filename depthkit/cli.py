@@ -1,0 +1,194 @@
+"""The ``depthkit`` command line: ``run``, ``ls`` (and more verbs as stages land).
+
+Only argparse is imported at start-up so ``depthkit --help`` is instant; each verb imports what it needs.
+``main(argv)`` returns the exit code, so tests call it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+RUN_EPILOG = """examples:
+  depthkit run --image examples/room_rgb.png --sparse examples/room_sparse.npy --out out/
+  depthkit run --method nearest --image rgb.png --sparse lidar.png --depth-scale 256 --out out/
+  depthkit run --input-dir frames/ --sparse-dir lidar/ --out out/ --intrinsics 525,525,319.5,239.5 --ply
+"""
+
+LS_EPILOG = """examples:
+  depthkit ls            # stages, completion methods, checkpoints
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit code 2 with usage, as argparse, but name the verb's help
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from depthkit import __version__
+
+    parser = _Parser(prog="depthkit", description="Dense, metric, sharp depth from RGB + sparse depth.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=RUN_EPILOG)
+    parser.add_argument("--version", action="version", version=f"depthkit {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="complete (and sharpen) depth for an image or a folder",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
+    src = run.add_argument_group("inputs (one image, or a folder)")
+    src.add_argument("--image", type=Path, help="RGB image (png/jpg)")
+    src.add_argument("--sparse", type=Path, help="sparse depth for --image: .npy metres, or 16-bit .png with --depth-scale")
+    src.add_argument("--input-dir", type=Path, help="folder of NAME.png|jpg with NAME_sparse.npy|png beside them")
+    src.add_argument("--sparse-dir", type=Path, help="folder holding the NAME_sparse.* files (default: --input-dir)")
+    src.add_argument("--depth-scale", type=float, default=None,
+                     help="units per metre of 16-bit PNG sparse input (KITTI/VOID 256, millimetres 1000)")
+    model = run.add_argument_group("model")
+    model.add_argument("--stages", default="complete", help="comma-separated stages to run (default: complete)")
+    model.add_argument("--method", default=None, help="completion method (`depthkit ls` lists them)")
+    model.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id (default: embedded)")
+    model.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    model.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    out = run.add_argument_group("outputs")
+    out.add_argument("--out", type=Path, required=True, help="output folder")
+    out.add_argument("--png-scale", type=float, default=1000.0,
+                     help="units per metre in <stem>_depth.png (default 1000 = millimetres)")
+    out.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels, or a JSON/TXT file")
+    out.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds (needs --intrinsics)")
+
+    sub.add_parser("ls", help="list stages, completion methods and checkpoints",
+                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LS_EPILOG)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    handler = {"run": _cmd_run, "ls": _cmd_ls}[args.verb]
+    try:
+        return handler(args, parser)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"depthkit {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Path, Path | None]], list[str]]:
+    from depthkit.io import IMAGE_SUFFIXES
+
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"--input-dir {input_dir} is not a folder")
+    sparse_dir = sparse_dir or input_dir
+    if not sparse_dir.is_dir():
+        raise FileNotFoundError(f"--sparse-dir {sparse_dir} is not a folder")
+    skip = ("_sparse", "_depth", "_color")
+    images = sorted(p for p in input_dir.iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(skip))
+    if not images:
+        raise FileNotFoundError(f"no images (png/jpg) found in {input_dir}")
+    pairs, missing = [], []
+    for img in images:
+        candidates = [sparse_dir / f"{img.stem}_sparse{ext}" for ext in (".npy", ".png")]
+        if sparse_dir != input_dir:
+            candidates += [sparse_dir / f"{img.stem}{ext}" for ext in (".npy", ".png")]
+        found = next((c for c in candidates if c.is_file()), None)
+        pairs.append((img, found))
+        if found is None:
+            missing.append(img.name)
+    return pairs, missing
+
+
+def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float = 1000.0,
+                  intrinsics=None, ply: bool = False) -> list[Path]:
+    """Write ``<stem>_depth.npy``, ``<stem>_depth.png`` (uint16), ``<stem>_color.png`` and optionally ``<stem>.ply``."""
+    from depthkit import io
+
+    paths = [io.write_depth_npy(out_dir / f"{stem}_depth.npy", depth),
+             io.write_depth_png16(out_dir / f"{stem}_depth.png", depth, scale=png_scale),
+             io.write_colorized(out_dir / f"{stem}_color.png", depth)]
+    if ply:
+        paths.append(io.write_point_cloud(out_dir / f"{stem}.ply", depth, intrinsics, image=image))
+    return paths
+
+
+def _cmd_run(args, parser) -> int:
+    single = args.image is not None or args.sparse is not None
+    if single == (args.input_dir is not None):
+        parser.error("give either --image with --sparse, or --input-dir (not both)")
+    if single and (args.image is None or args.sparse is None):
+        parser.error("--image and --sparse go together")
+    if args.ply and args.intrinsics is None:
+        parser.error("--ply needs --intrinsics fx,fy,cx,cy (pixels) or a JSON/TXT file")
+    intrinsics = None
+    if args.intrinsics is not None:
+        from depthkit.io import parse_intrinsics
+
+        intrinsics = parse_intrinsics(args.intrinsics)
+
+    from tqdm import tqdm
+
+    from depthkit.io import read_image
+    from depthkit.pipeline import Pipeline
+
+    if args.checkpoint is not None:
+        pipe = Pipeline.from_pretrained(args.checkpoint, stages=args.stages, device=args.device, dtype=args.dtype,
+                                        **({"method": args.method} if args.method else {}))
+    else:
+        pipe = Pipeline(stages=args.stages, method=args.method, device=args.device, dtype=args.dtype)
+
+    if single:
+        pairs, failures = [(args.image, args.sparse)], []
+    else:
+        pairs, missing = _find_pairs(args.input_dir, args.sparse_dir)
+        failures = [(name, "no sparse file NAME_sparse.npy|png found") for name in missing]
+        pairs = [p for p in pairs if p[1] is not None]
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for img_path, sparse_path in tqdm(pairs, desc="depthkit run", unit="img", disable=single or None):
+        try:
+            image = read_image(img_path)
+            out = pipe(image, sparse_path, depth_scale=args.depth_scale)
+            write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
+                          intrinsics=intrinsics, ply=args.ply)
+            done += 1
+        except Exception as exc:  # one bad input must not stop a folder run; it is reported and counted
+            if not isinstance(exc, (ValueError, OSError)):
+                exc = f"{type(exc).__name__}: {exc}"
+            failures.append((Path(img_path).name, str(exc)))
+            tqdm.write(f"depthkit run: skipped {Path(img_path).name}: {exc}", file=sys.stderr)
+    print(f"depthkit run: wrote {done} result(s) to {args.out} with {pipe!r}")
+    if failures:
+        print(f"depthkit run: {len(failures)} input(s) failed:", file=sys.stderr)
+        for name, why in failures:
+            print(f"  {name}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_ls(args, parser) -> int:
+    from depthkit.checkpoints import available_checkpoints, default_checkpoint, embedded_checkpoints_dir
+    from depthkit.registry import completion_methods, stage_factories
+    from depthkit.stages import DEFAULT_COMPLETE_METHOD
+
+    print("stages:")
+    for name in stage_factories():
+        print(f"  {name}")
+    print("completion methods (--method):")
+    for name, m in sorted(completion_methods().items()):
+        tag = " (default without a checkpoint)" if name == DEFAULT_COMPLETE_METHOD else ""
+        print(f"  {name:<10} {m.description}{tag}")
+    print(f"checkpoints in {embedded_checkpoints_dir()}:")
+    cks = available_checkpoints()
+    for p in cks:
+        print(f"  {p.name}{'  (embedded default)' if p == default_checkpoint() else ''}")
+    if not cks:
+        print("  none yet (the learned stages' embedded default is not trained yet)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

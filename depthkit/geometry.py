@@ -1,0 +1,102 @@
+"""Camera intrinsics, least-squares scale/shift alignment and back-projection.
+
+All depth is float32 metres with 0 = missing. Alignment solves ``min_{s,t} sum_mask (s * pred + t - target)^2`` in
+closed form, either on depth or on disparity (1/depth, the space affine-invariant models such as Lotus predict in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels: focal lengths ``fx, fy`` and principal point ``cx, cy``."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def __post_init__(self):
+        vals = (self.fx, self.fy, self.cx, self.cy)
+        if not all(np.isfinite(v) for v in vals) or self.fx <= 0 or self.fy <= 0:
+            raise ValueError(
+                f"intrinsics must be finite with fx, fy > 0; received fx={self.fx}, fy={self.fy}, "
+                f"cx={self.cx}, cy={self.cy}. Give them in pixels as fx,fy,cx,cy."
+            )
+
+    def scaled(self, sx: float, sy: float) -> Intrinsics:
+        """Intrinsics after resizing the image by ``sx`` horizontally and ``sy`` vertically (pixel-centre model)."""
+        return Intrinsics(self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5)
+
+    def matrix(self) -> np.ndarray:
+        """3x3 camera matrix K (float64)."""
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
+
+
+def fit_scale_shift(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
+    """Closed-form least squares ``(s, t) = argmin sum_mask (s * pred + t - target)^2``.
+
+    Falls back to a pure shift when ``pred`` is constant on the mask; raises when fewer than 2 pixels are usable.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
+    m = np.isfinite(pred) & np.isfinite(target)
+    if mask is not None:
+        m &= np.asarray(mask, dtype=bool)
+    n = int(m.sum())
+    if n < 2:
+        raise ValueError(f"scale/shift alignment needs at least 2 valid pixels; the mask has {n}.")
+    p, y = pred[m], target[m]
+    pm, ym = p.mean(), y.mean()
+    var = ((p - pm) ** 2).sum()
+    if var < 1e-12 * max(1.0, pm * pm) * n:
+        return 1.0, float(ym - pm)
+    s = float(((p - pm) * (y - ym)).sum() / var)
+    return s, float(ym - s * pm)
+
+
+def align_depth(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Affinely align ``pred`` to metric ``target`` in depth space over ``mask`` (default: target > 0)."""
+    target = np.asarray(target, dtype=np.float64)
+    mask = (target > 0) if mask is None else (np.asarray(mask, bool) & (target > 0))
+    s, t = fit_scale_shift(pred, target, mask)
+    return (s * np.asarray(pred, np.float64) + t).astype(np.float32)
+
+
+def align_disparity(pred_disp: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
+                    min_depth: float = 1e-3) -> np.ndarray:
+    """Align an affine-invariant disparity ``pred_disp`` to metric depth ``target`` in disparity space.
+
+    Fits ``s * pred_disp + t ≈ 1 / target`` over ``mask & target > 0`` and returns metric depth
+    ``1 / clip(s * pred_disp + t, 1 / 1e4, 1 / min_depth)`` (metres).
+    """
+    target = np.asarray(target, dtype=np.float64)
+    mask = (target > 0) if mask is None else (np.asarray(mask, bool) & (target > 0))
+    inv = np.zeros_like(target)
+    inv[target > 0] = 1.0 / target[target > 0]
+    s, t = fit_scale_shift(pred_disp, inv, mask)
+    disp = np.clip(s * np.asarray(pred_disp, np.float64) + t, 1e-4, 1.0 / min_depth)
+    return (1.0 / disp).astype(np.float32)
+
+
+def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | None = None) -> np.ndarray:
+    """Back-project planar depth (HxW metres) to camera-frame points, Nx3 float32 (x right, y down, z forward).
+
+    Only pixels with depth > 0 (and ``mask``) are returned, in row-major order.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    m = depth > 0
+    if mask is not None:
+        m &= np.asarray(mask, bool)
+    z = depth[m]
+    x = (u[m] - intrinsics.cx) / intrinsics.fx * z
+    y = (v[m] - intrinsics.cy) / intrinsics.fy * z
+    return np.stack([x, y, z], axis=1).astype(np.float32)

@@ -1,0 +1,224 @@
+"""``Pipeline``: validates inputs, chains the stages, handles batches and records per-stage timings.
+
+    pipe = Pipeline(stages=("complete",))
+    out = pipe(image, sparse)            # image HxWx3 uint8 RGB (ndarray, PIL, tensor or path); sparse HxW metres
+    out.depth, out.confidence, out.stages["complete"].depth, out.timings
+
+Every input is checked before any stage runs (``ValueError`` saying what was received, what is allowed and what
+to do). Measured sparse values are restored exactly after every stage, so no stage can lose a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from depthkit.outputs import DepthOutput, StageResult
+from depthkit.registry import stage_factories
+from depthkit.stages import restore_measurements
+
+__all__ = ["Pipeline", "DepthOutput", "StageResult", "check_image", "check_sparse"]
+
+STAGE_ORDER = ("complete", "sharpen")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _to_numpy(x, what: str) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().numpy()
+    if type(x).__module__.startswith("PIL"):
+        if what == "image":
+            return np.asarray(x.convert("RGB"))
+        return np.asarray(x)
+    return x
+
+
+def check_image(image) -> np.ndarray:
+    """Return ``image`` as a contiguous HxWx3 uint8 RGB array or raise ``ValueError`` saying what is wrong."""
+    if isinstance(image, (str, os.PathLike)):
+        from depthkit.io import read_image
+
+        return read_image(image)
+    image = _to_numpy(image, "image")
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"image must be an HxWx3 uint8 RGB array, a PIL image, a tensor or a file path; received "
+            f"{type(image).__name__}."
+        )
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
+        raise ValueError(
+            f"image has shape {image.shape} (channels first); expected HxWx3. Transpose it: image.transpose(1, 2, 0)."
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"image has shape {image.shape}; expected HxWx3 RGB. Grey images: np.repeat(img[..., None], 3, -1); "
+            "RGBA: img[..., :3]."
+        )
+    if image.dtype != np.uint8:
+        hint = " Floats in [0, 1]: (img * 255).round().astype(np.uint8)." if image.dtype.kind == "f" else ""
+        raise ValueError(f"image has dtype {image.dtype}; expected uint8 RGB in [0, 255].{hint}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ValueError(f"image is {image.shape[0]}x{image.shape[1]} pixels; expected at least 2x2.")
+    return np.ascontiguousarray(image)
+
+
+def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_scale: float | None = None,
+                 allow_empty: bool = False) -> np.ndarray:
+    """Return ``sparse`` as HxW float32 metres (0 = missing) or raise ``ValueError`` saying what is wrong.
+
+    ``shape`` is the image's (H, W). NaN, inf and negative values are refused rather than silently zeroed:
+    mark missing measurements with 0.
+    """
+    if isinstance(sparse, (str, os.PathLike)):
+        from depthkit.io import read_depth
+
+        sparse = read_depth(sparse, depth_scale=depth_scale)
+    sparse = _to_numpy(sparse, what)
+    if not isinstance(sparse, np.ndarray):
+        raise ValueError(f"{what} must be an HxW float array in metres or a file path; received {type(sparse).__name__}.")
+    if sparse.ndim == 3 and sparse.shape[-1] == 1:
+        sparse = sparse[..., 0]
+    if sparse.ndim != 2:
+        raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing).")
+    if sparse.dtype.kind != "f":
+        raise ValueError(
+            f"{what} has dtype {sparse.dtype}; expected float metres. Raw sensor units (e.g. uint16 PNG) must be "
+            "divided by their scale: KITTI/VOID 256 per metre, millimetres 1000 (--depth-scale on the CLI)."
+        )
+    if tuple(sparse.shape) != tuple(shape):
+        raise ValueError(
+            f"{what} is {sparse.shape[0]}x{sparse.shape[1]} but the image is {shape[0]}x{shape[1]}; they must be "
+            "pixel-aligned at the same resolution. Resize the sparse map with nearest-neighbour sampling."
+        )
+    sparse = sparse.astype(np.float32)
+    bad = ~np.isfinite(sparse)
+    if bad.any():
+        raise ValueError(f"{what} has {int(bad.sum())} NaN/inf values; mark missing measurements with 0 instead.")
+    if (sparse < 0).any():
+        raise ValueError(
+            f"{what} has {int((sparse < 0).sum())} negative values (min {sparse.min():.3f}); depth is metres >= 0 "
+            "with 0 = missing."
+        )
+    if not allow_empty and not (sparse > 0).any():
+        raise ValueError(f"{what} has no measured pixel (all zeros); completion needs at least one value > 0.")
+    return np.ascontiguousarray(sparse)
+
+
+class Pipeline:
+    """Chains depthkit's stages over one image or a batch.
+
+    Args:
+        stages: stage names in run order, a subset of ``("complete", "sharpen")`` (or a comma-separated string).
+        method: the completion method for ``complete`` (``depthkit ls`` lists them); None = the default.
+        checkpoint: a checkpoint directory (or hub id) for learned stages; None = the embedded default.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; learned stages place their models there.
+        dtype: ``"float32"`` (CPU default) or ``"bfloat16"``/``"float16"`` (CUDA).
+        stage_options: per-stage keyword options, e.g. ``{"complete": {"query_stride": 4}}``.
+    """
+
+    def __init__(self, stages: Sequence[str] | str = ("complete",), method: str | None = None, checkpoint=None,
+                 device: str = "cpu", dtype: str = "float32", stage_options: dict | None = None):
+        if isinstance(stages, str):
+            stages = [s.strip() for s in stages.split(",") if s.strip()]
+        stages = tuple(stages)
+        factories = stage_factories()
+        if not stages:
+            raise ValueError(f"no stages given; choose from {', '.join(STAGE_ORDER)}.")
+        for s in stages:
+            if s not in STAGE_ORDER:
+                raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGE_ORDER)} (in that order).")
+            if s not in factories:
+                raise ValueError(
+                    f"stage {s!r} is not available in this version of depthkit; available: "
+                    f"{', '.join(sorted(factories))}."
+                )
+        if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGE_ORDER.index):
+            raise ValueError(f"stages {stages} must be distinct and in the order {', '.join(STAGE_ORDER)}.")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPES)}.")
+        if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+            raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'.")
+        stage_options = dict(stage_options or {})
+        unknown = set(stage_options) - set(stages)
+        if unknown:
+            raise ValueError(f"stage_options names stages that are not run: {sorted(unknown)}; running {stages}.")
+        self.stage_names = stages
+        self.device, self.dtype = device, dtype
+        self.stages = []
+        for s in stages:
+            opts = dict(stage_options.get(s, {}))
+            if s == "complete":
+                opts.setdefault("method", method)
+            self.stages.append(factories[s](checkpoint=checkpoint, device=device, dtype=dtype, **opts))
+
+    @classmethod
+    def from_pretrained(cls, path, stages: Sequence[str] | str | None = None, device: str = "cpu",
+                        dtype: str = "float32", **kwargs) -> Pipeline:
+        """Build a pipeline from a checkpoint directory or hub id (see :mod:`depthkit.checkpoints`)."""
+        from depthkit.checkpoints import load_manifest, resolve_checkpoint
+
+        root = resolve_checkpoint(path)
+        manifest = load_manifest(root)
+        available = tuple(s for s in STAGE_ORDER if s in manifest["stages"])
+        if stages is None:
+            stages = available
+        if isinstance(stages, str):
+            stages = [s.strip() for s in stages.split(",") if s.strip()]
+        missing = [s for s in stages if s not in available]
+        if missing:
+            raise ValueError(f"checkpoint {root} has no {missing} stage(s); it provides {list(available)}.")
+        options = {s: dict(manifest["stages"][s]) for s in stages}
+        for s, extra in kwargs.pop("stage_options", {}).items():
+            options.setdefault(s, {}).update(extra)
+        return cls(stages=stages, checkpoint=root, device=device, dtype=dtype, stage_options=options, **kwargs)
+
+    def __call__(self, image, sparse, depth=None, depth_scale: float | None = None):
+        """Run the stages on one image (arrays or paths) or on a batch (lists of them, returning a list).
+
+        ``depth`` is an optional metric depth input (HxW metres) for a pipeline that starts with ``sharpen``.
+        ``depth_scale`` converts 16-bit PNG sparse files to metres (units per metre).
+        """
+        if isinstance(image, (list, tuple)):
+            if not isinstance(sparse, (list, tuple)) or len(sparse) != len(image):
+                got = len(sparse) if isinstance(sparse, (list, tuple)) else type(sparse).__name__
+                raise ValueError(f"a batch of {len(image)} images needs a list of {len(image)} sparse maps; got {got}.")
+            depths = depth if isinstance(depth, (list, tuple)) else [depth] * len(image)
+            checked = [self._check(i, s, d, depth_scale) for i, s, d in zip(image, sparse, depths)]
+            return [self._run_one(*c) for c in checked]
+        return self._run_one(*self._check(image, sparse, depth, depth_scale))
+
+    def _check(self, image, sparse, depth, depth_scale):
+        image = check_image(image)
+        sparse = check_sparse(sparse, image.shape[:2], depth_scale=depth_scale)
+        if depth is not None:
+            depth = check_sparse(depth, image.shape[:2], what="depth", depth_scale=depth_scale)
+        elif self.stage_names[0] != "complete":
+            raise ValueError(
+                f"a pipeline starting with {self.stage_names[0]!r} needs a metric depth input (depth=...); "
+                "or add the 'complete' stage in front."
+            )
+        return image, sparse, depth
+
+    def _run_one(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None) -> DepthOutput:
+        results: dict[str, StageResult] = {}
+        timings: dict[str, float] = {}
+        t_all = time.perf_counter()
+        confidence = None
+        for stage in self.stages:
+            t0 = time.perf_counter()
+            res = stage.run(image, sparse, depth)
+            res.depth = restore_measurements(res.depth, sparse)
+            res.seconds = time.perf_counter() - t0
+            results[stage.name] = res
+            timings[stage.name] = res.seconds
+            depth = res.depth
+            if res.confidence is not None:
+                confidence = res.confidence
+        timings["total"] = time.perf_counter() - t_all
+        return DepthOutput(depth=depth, confidence=confidence, stages=results, timings=timings)
+
+    def __repr__(self) -> str:
+        return f"Pipeline(stages={self.stages}, device={self.device!r}, dtype={self.dtype!r})"
