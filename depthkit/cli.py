@@ -16,6 +16,13 @@ RUN_EPILOG = """examples:
   depthkit run --input-dir frames/ --sparse-dir lidar/ --out out/ --intrinsics 525,525,319.5,239.5 --ply
 """
 
+EVAL_EPILOG = """examples:
+  depthkit eval --dataset synthetic --method guided --out results/synthetic_guided.json --limit 50
+  depthkit eval --dataset nyuv2 --root data/nyuv2 --checkpoint ck/ --stages complete,sharpen --out nyu.json
+  accelerate launch --cpu --num_processes 2 -m depthkit.cli eval --dataset kitti_dc --root data/kitti --out k.json
+(rerunning the same command resumes an interrupted evaluation)
+"""
+
 LS_EPILOG = """examples:
   depthkit ls            # stages, completion methods, checkpoints
 """
@@ -58,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels, or a JSON/TXT file")
     out.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds (needs --intrinsics)")
 
+    ev = sub.add_parser("eval", help="evaluate on a benchmark split with its protocol (JSON + markdown)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EPILOG)
+    ev.add_argument("--dataset", required=True, help="dataset name (`depthkit ls` lists them)")
+    ev.add_argument("--root", type=Path, default=None, help="dataset root folder (not needed for synthetic)")
+    ev.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    ev.add_argument("--stages", default="complete", help="comma-separated stages to run (default: complete)")
+    ev.add_argument("--method", default=None, help="completion method, e.g. a classical baseline")
+    ev.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--out", type=Path, required=True, help="metrics JSON path (a .md table is written beside it)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+
     sub.add_parser("ls", help="list stages, completion methods and checkpoints",
                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LS_EPILOG)
     return parser
@@ -69,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 2
-    handler = {"run": _cmd_run, "ls": _cmd_ls}[args.verb]
+    handler = {"run": _cmd_run, "eval": _cmd_eval, "ls": _cmd_ls}[args.verb]
     try:
         return handler(args, parser)
     except (ValueError, FileNotFoundError) as exc:
@@ -132,13 +152,8 @@ def _cmd_run(args, parser) -> int:
     from tqdm import tqdm
 
     from depthkit.io import read_image
-    from depthkit.pipeline import Pipeline
 
-    if args.checkpoint is not None:
-        pipe = Pipeline.from_pretrained(args.checkpoint, stages=args.stages, device=args.device, dtype=args.dtype,
-                                        **({"method": args.method} if args.method else {}))
-    else:
-        pipe = Pipeline(stages=args.stages, method=args.method, device=args.device, dtype=args.dtype)
+    pipe = _build_pipeline(args)
 
     if single:
         pairs, failures = [(args.image, args.sparse)], []
@@ -166,6 +181,34 @@ def _cmd_run(args, parser) -> int:
         for name, why in failures:
             print(f"  {name}: {why}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _build_pipeline(args):
+    from depthkit.pipeline import Pipeline
+
+    if args.checkpoint is not None:
+        return Pipeline.from_pretrained(args.checkpoint, stages=args.stages, device=args.device, dtype=args.dtype,
+                                        **({"method": args.method} if args.method else {}))
+    return Pipeline(stages=args.stages, method=args.method, device=args.device, dtype=args.dtype)
+
+
+def _cmd_eval(args, parser) -> int:
+    from depthkit.data.datasets import build_dataset
+    from depthkit.data.protocols import PROTOCOLS
+    from depthkit.evaluate import evaluate, markdown_table
+
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1; received {args.limit}")
+    if args.dataset not in PROTOCOLS:
+        raise ValueError(f"dataset {args.dataset!r} has no evaluation protocol; choose from {', '.join(PROTOCOLS)}.")
+    dataset = build_dataset(args.dataset, args.root, split=args.split)
+    pipe = _build_pipeline(args)
+    label = args.method or (f"checkpoint {args.checkpoint}" if args.checkpoint else repr(pipe))
+    summary = evaluate(pipe, dataset, PROTOCOLS[args.dataset], args.out, limit=args.limit, label=label)
+    if summary is not None:
+        print(markdown_table({label: summary["mean"]}), end="")
+        print(f"depthkit eval: {summary['n_images']} images; wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 

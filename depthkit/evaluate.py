@@ -1,0 +1,156 @@
+"""Evaluation over a dataset split: per-image metrics, means, resume, and data-parallel shards.
+
+``evaluate(pipeline, dataset, protocol, out)`` runs the pipeline on every item, scores it with
+:func:`depthkit.metrics.depth_metrics`, DBE (:func:`depthkit.metrics.dbe_metrics`, against the dataset's edge
+annotations when it has them, else edges of the GT depth) and the preservation error, and writes
+
+- ``<out>``: JSON ``{"dataset", "protocol", "pipeline", "n_images", "mean": {...}, "per_image": [...]}``,
+- ``<out>`` with suffix ``.md``: the mean metrics as a markdown table,
+- ``<out>.parts/rank<R>.jsonl``: one line per finished image, per process. A rerun skips images already there
+  (resume), so an interrupted evaluation continues where it stopped.
+
+Under ``accelerate launch`` each process takes every ``world_size``-th image; the processes meet at a barrier and
+rank 0 merges the shard files. Means are over images (each image's metrics over its own valid pixels), the
+Marigold convention.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+METRIC_KEYS = ("mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "delta1", "delta2", "delta3", "i_rmse",
+               "silog", "dbe_acc", "dbe_comp", "preservation")
+TABLE_KEYS = ("mae", "rmse", "abs_rel", "delta1", "dbe_acc", "dbe_comp", "preservation")
+
+
+def score_image(pred: np.ndarray, item: dict, valid: np.ndarray) -> dict[str, float]:
+    """All metrics for one prediction (HxW metres) against ``item["depth"]`` over ``valid``."""
+    from depthkit.metrics import dbe_metrics, depth_metrics, preservation_error
+
+    gt = item["depth"]
+    scores = depth_metrics(pred, gt, valid=valid)
+    edges = item.get("edges")
+    try:
+        scores.update(dbe_metrics(pred, gt, gt_edges=edges, valid=valid))
+    except ValueError:  # no GT edge in view (e.g. a flat wall): DBE is undefined for this image
+        scores.update(dbe_acc=float("nan"), dbe_comp=float("nan"))
+    scores["preservation"] = preservation_error(pred, item["sparse"])
+    return {k: float(v) for k, v in scores.items()}
+
+
+def mean_scores(rows: list[dict]) -> dict[str, float]:
+    """Per-key mean over images, ignoring NaN (undefined DBE) entries."""
+    out = {}
+    for key in METRIC_KEYS:
+        vals = [r["metrics"][key] for r in rows if key in r["metrics"] and not math.isnan(r["metrics"][key])]
+        out[key] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def markdown_table(results: dict[str, dict[str, float]], keys=TABLE_KEYS) -> str:
+    """A markdown table: one row per method name, one column per metric."""
+    head = "| method | " + " | ".join(keys) + " |"
+    sep = "|---|" + "---:|" * len(keys)
+    rows = [f"| {name} | " + " | ".join(_fmt(m.get(k, float("nan"))) for k in keys) + " |"
+            for name, m in results.items()]
+    return "\n".join([head, sep, *rows]) + "\n"
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _dist():
+    """(rank, world_size, barrier) from accelerate when launched with several processes, else (0, 1, no-op)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=True) if not _cuda() else PartialState()
+        return state.process_index, state.num_processes, state.wait_for_everyone
+    return 0, 1, lambda: None
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _read_done(path: Path) -> dict[int, dict]:
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by an interruption: that image is redone
+                continue
+            done[int(row["index"])] = row
+    return done
+
+
+def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progress: bool = True,
+             label: str | None = None) -> dict | None:
+    """Evaluate ``pipeline`` on ``dataset`` under ``protocol``; returns the summary (None on ranks > 0)."""
+    from tqdm import tqdm
+
+    from depthkit.data.protocols import apply_protocol
+
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    rank, world, barrier = _dist()
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    shard = list(range(rank, n, world))
+    part_file = parts / f"rank{rank}.jsonl"
+    done = _read_done(part_file)
+    todo = [i for i in shard if i not in done]  # resume: skip what an earlier run finished
+    with open(part_file, "a") as f:
+        for i in tqdm(todo, desc=f"eval {label or ''}".strip(), disable=not progress or rank > 0, unit="img"):
+            item = dataset[i]
+            res = pipeline(item["image"], item["sparse"])
+            valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
+            row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid),
+                   "seconds": res.timings["total"]}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    barrier()
+    if rank != 0:
+        return None
+    rows = {}
+    for p in sorted(parts.glob("rank*.jsonl")):
+        for row in _read_done(p).values():
+            if row["index"] < n:
+                rows[row["index"]] = row
+    missing = sorted(set(range(n)) - set(rows))
+    if missing:
+        raise RuntimeError(f"evaluation incomplete: {len(missing)} image(s) have no result (first: {missing[:5]}). "
+                           "Rerun the same command to resume.")
+    per_image = [rows[i] for i in range(n)]
+    summary = {
+        "dataset": getattr(protocol, "name", str(protocol)),
+        "protocol": _protocol_dict(protocol),
+        "pipeline": label or repr(pipeline),
+        "n_images": n,
+        "mean": mean_scores(per_image),
+        "per_image": per_image,
+    }
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out)
+    out.with_suffix(".md").write_text(
+        f"# {summary['dataset']}: {n} images\n\n" + markdown_table({summary["pipeline"]: summary["mean"]}))
+    return summary
+
+
+def _protocol_dict(protocol) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(protocol) if is_dataclass(protocol) else {"name": str(protocol)}

@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import pytest
+
+from depthkit import Pipeline
+from depthkit.checkpoints import (
+    CheckpointError,
+    load_manifest,
+    resolve_checkpoint,
+    safe_join,
+    write_manifest,
+)
+
+
+def test_manifest_roundtrip_and_pipeline_from_pretrained(tmp_path):
+    write_manifest(tmp_path / "ck", {"complete": {"method": "nearest"}})
+    manifest = load_manifest(tmp_path / "ck")
+    assert manifest["stages"] == {"complete": {"method": "nearest"}}
+    pipe = Pipeline.from_pretrained(tmp_path / "ck")
+    assert pipe.stages[0].method.name == "nearest"
+    image = np.zeros((6, 7, 3), np.uint8)
+    sparse = np.zeros((6, 7), np.float32)
+    sparse[2, 3] = 1.5
+    np.testing.assert_array_equal(pipe(image, sparse).depth, np.full((6, 7), 1.5, np.float32))
+
+
+def test_missing_checkpoint_error_lists_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError, match="init-checkpoint"):
+        resolve_checkpoint(tmp_path / "nope" / "deeper")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "weights.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"depthkit.json is missing \(found: weights.bin\)"):
+        load_manifest(tmp_path / "empty")
+
+
+def test_corrupt_manifest_names_the_file(tmp_path):
+    (tmp_path / "depthkit.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="depthkit.json is corrupt"):
+        load_manifest(tmp_path)
+    (tmp_path / "depthkit.json").write_text(json.dumps({"format": "depthkit-checkpoint", "format_version": 99,
+                                                        "stages": {"complete": {}}}))
+    with pytest.raises(CheckpointError, match="Upgrade depthkit"):
+        load_manifest(tmp_path)
+
+
+def test_checkpoint_without_requested_stage(tmp_path):
+    write_manifest(tmp_path, {"complete": {"method": "nearest"}})
+    with pytest.raises(ValueError, match="no \\['sharpen'\\] stage"):
+        Pipeline.from_pretrained(tmp_path, stages=("complete", "sharpen"))
+
+
+def test_safe_join_refuses_escapes(tmp_path):
+    assert safe_join(tmp_path, "complete/model.safetensors") == (tmp_path / "complete/model.safetensors").resolve()
+    with pytest.raises(CheckpointError, match="outside"):
+        safe_join(tmp_path, "../../etc/passwd")
+    with pytest.raises(CheckpointError, match="absolute"):
+        safe_join(tmp_path, "/etc/passwd")
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-depthkit-hf-home")
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE=1"):
+        resolve_checkpoint("someone/not-a-real-depthkit-model")

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from depthkit import DepthOutput, Pipeline
+from depthkit.registry import completion_methods
+
+
+def _scene(h=24, w=32, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    depth = np.linspace(1, 4, w, dtype=np.float32)[None].repeat(h, 0)
+    sparse = np.zeros_like(depth)
+    idx = rng.choice(h * w, 40, replace=False)
+    sparse.flat[idx] = depth.flat[idx] + rng.normal(0, 0.01, 40).astype(np.float32)  # noisy, still kept exactly
+    return image, sparse
+
+
+@pytest.mark.parametrize("method", ["nearest", "ip_basic", "guided"])
+def test_every_classical_method_keeps_measurements_exactly(method):
+    image, sparse = _scene()
+    out = Pipeline(stages=("complete",), method=method)(image, sparse)
+    assert isinstance(out, DepthOutput)
+    assert out.depth.dtype == np.float32 and out.depth.shape == sparse.shape
+    m = sparse > 0
+    assert np.array_equal(out.depth[m], sparse[m])
+    assert (out.depth > 0).all() and np.isfinite(out.depth).all()
+    assert set(out.timings) == {"complete", "total"} and out.timings["total"] >= out.timings["complete"] >= 0
+    assert np.array_equal(out.stages["complete"].depth, out.depth)
+
+
+def test_classical_methods_are_registered():
+    assert {"nearest", "ip_basic", "guided"} <= set(completion_methods())
+
+
+def test_batch_in_batch_out_and_paths(tmp_path):
+    image, sparse = _scene()
+    image2, sparse2 = _scene(seed=1)
+    np.save(tmp_path / "s.npy", sparse2)
+    pipe = Pipeline(method="nearest")
+    outs = pipe([image, image2], [sparse, tmp_path / "s.npy"])
+    assert isinstance(outs, list) and len(outs) == 2
+    np.testing.assert_array_equal(outs[1].depth, pipe(image2, sparse2).depth)
+
+
+def test_inputs_from_torch_and_pil():
+    import torch
+    from PIL import Image
+
+    image, sparse = _scene()
+    pipe = Pipeline(method="nearest")
+    ref = pipe(image, sparse).depth
+    np.testing.assert_array_equal(pipe(Image.fromarray(image), torch.from_numpy(sparse)).depth, ref)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda i, s: (i, s[:-1]), "pixel-aligned"),
+        (lambda i, s: (i, np.where(s > 0, np.nan, 0).astype(np.float32)), "NaN/inf"),
+        (lambda i, s: (i, np.where(s > 0, -1.0, 0).astype(np.float32)), "negative"),
+        (lambda i, s: (i, np.zeros_like(s)), "no measured pixel"),
+        (lambda i, s: (i, (s * 1000).astype(np.uint16)), "divided by their scale"),
+        (lambda i, s: (i.astype(np.float32) / 255, s), "dtype float32"),
+        (lambda i, s: (i[..., 0], s), "expected HxWx3"),
+        (lambda i, s: (i.transpose(2, 0, 1), s), "channels first"),
+        (lambda i, s: ("nope.gif", s), "not found"),
+        (lambda i, s: (i, s[None]), "expected HxW"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(mutate, message):
+    image, sparse = _scene()
+    image, sparse = mutate(image, sparse)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        Pipeline(method="nearest")(image, sparse)
+
+
+def test_batch_length_mismatch():
+    image, sparse = _scene()
+    with pytest.raises(ValueError, match="batch of 2"):
+        Pipeline(method="nearest")([image, image], [sparse])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"stages": ("paint",)}, "unknown stage"),
+        ({"stages": ()}, "no stages"),
+        ({"method": "magic"}, "unknown completion method"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"device": "tpu"}, "device"),
+        ({"stage_options": {"sharpen": {}}}, "not run"),
+    ],
+)
+def test_bad_pipeline_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Pipeline(**kwargs)
