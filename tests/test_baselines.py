@@ -1,0 +1,216 @@
+"""Classical completion baselines: contract (exact preservation, errors, trivial inputs) and accuracy on hand-built
+scenes whose correct answer is known: a two-colour depth step, a tilted plane, LiDAR-like scanlines."""
+
+
+import numpy as np
+import pytest
+
+from depthkit import registry
+from depthkit.data.baselines import BASELINE_NAMES, guided, ip_basic, nearest
+
+METHODS = {"nearest": nearest, "ip_basic": ip_basic, "guided": guided}
+H, W = 60, 80
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+def step_scene():
+    """Left half (x < 40) red at 2 m, right half blue at 5 m."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[:, :40] = RED
+    image[:, 40:] = BLUE
+    depth = np.where(np.arange(W)[None, :] < 40, 2.0, 5.0).astype(np.float32) * np.ones((H, 1), np.float32)
+    return image, depth
+
+
+def sample(depth, n, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(depth.size, n, replace=False)
+    sparse = np.zeros_like(depth)
+    sparse.flat[idx] = depth.flat[idx]
+    return sparse
+
+
+def textured_image(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def test_names_are_registered():
+    assert BASELINE_NAMES == ("nearest", "ip_basic", "guided")
+    methods = registry.completion_methods()
+    for name in BASELINE_NAMES:
+        entry = methods[name]
+        assert entry.fn is METHODS[name]
+        assert entry.description and not entry.learned
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_measured_pixels_are_copied_exactly_and_output_is_dense(name):
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(0.3, 80.0, (H, W)).astype(np.float32)  # non-representable-looking floats on purpose
+    sparse = sample(depth, 300, seed=1)
+    out = METHODS[name](textured_image(), sparse)
+    valid = sparse > 0
+    assert out.shape == (H, W) and out.dtype == np.float32
+    assert np.array_equal(out[valid], sparse[valid])
+    assert np.isfinite(out).all() and (out > 0).all()
+    # interpolation never leaves the measured range
+    assert out.min() >= sparse[valid].min() and out.max() <= sparse[valid].max()
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_float64_and_integer_sparse_are_cast_to_float32(name):
+    sparse = sample(np.full((H, W), 1.5), 50).astype(np.float64)
+    sparse[0, 0] = 2.25
+    out = METHODS[name](textured_image(), sparse)
+    assert out.dtype == np.float32 and out[0, 0] == np.float32(2.25)
+    out_int = METHODS[name](textured_image(), (sparse > 0).astype(np.uint16) * 3)
+    assert out_int.dtype == np.float32 and np.all(out_int == 3.0)
+
+
+def test_nearest_reproduces_a_step_from_dense_enough_samples():
+    image, depth = step_scene()
+    sparse = np.zeros_like(depth)
+    # even rows; columns 0, 2, ..., 38 left of the edge and 41, 43, ..., 79 right of it, so every pixel's nearest sample
+    # is on its own side: column 39 is 1 px from column 38 but 2 px from 41; column 40 the reverse
+    cols = np.r_[0:40:2, 41:80:2]
+    sparse[0::2, cols] = depth[0::2, cols]
+    out = nearest(image, sparse)
+    assert np.array_equal(out, depth)
+
+
+def test_nearest_takes_a_closest_sample_everywhere():
+    depth = np.random.default_rng(5).uniform(1.0, 9.0, (H, W)).astype(np.float32)
+    sparse = sample(depth, 40, seed=2)
+    out = nearest(textured_image(), sparse)
+    py, px = np.nonzero(sparse)
+    yy, xx = np.mgrid[0:H, 0:W]
+    d2 = (yy[..., None] - py) ** 2 + (xx[..., None] - px) ** 2  # H x W x n, squared pixel distance
+    closest = d2 == d2.min(-1, keepdims=True)
+    # the output must be the depth of one of the (possibly tied) closest samples
+    assert np.all((closest & (out[..., None] == sparse[py, px])).any(-1))
+
+
+def edge_bleed_scene():
+    """Step scene sampled so plain nearest must bleed: left samples hug the edge (column 39), right ones sit far away
+    (column 70). Right-side pixels in columns 40..54 are <= 15 px from a left sample and >= 16 px from a right one."""
+    image, depth = step_scene()
+    sparse = np.zeros_like(depth)
+    sparse[::2, 39] = 2.0
+    sparse[::2, 10] = 2.0
+    sparse[1::2, 70] = 5.0
+    return image, depth, sparse
+
+
+def test_guided_beats_nearest_at_a_colour_aligned_depth_edge():
+    image, depth, sparse = edge_bleed_scene()
+    near = nearest(image, sparse)
+    guide = guided(image, sparse)
+    # the construction: nearest assigns the 2 m surface to the 15 columns right of the edge
+    assert np.all(near[:, 40:55] == 2.0)
+    band = slice(30, 56)
+    mae_near = np.abs(near[:, band] - depth[:, band]).mean()
+    mae_guided = np.abs(guide[:, band] - depth[:, band]).mean()
+    assert mae_near == pytest.approx(3.0 * 15 / 26)
+    # red-blue is 269 levels apart: every candidate across the edge gets weight exp(-269^2 / (2 * 16^2)) ~ 1e-61
+    assert np.allclose(guide, depth, atol=1e-5)
+    assert mae_guided < 0.01 * mae_near
+
+
+def test_guided_without_colour_contrast_falls_back_to_spatial_interpolation():
+    image, depth, sparse = edge_bleed_scene()
+    grey = np.full_like(image, 128)
+    out = guided(grey, sparse)
+    # no colour cue: column 45 is 6 px from the 2 m samples and 25 px from the 5 m ones, so it stays near 2 m
+    assert np.all(out[:, 45] < 2.5)
+
+
+def tilted_plane():
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    return (2.0 + 0.02 * xx + 0.01 * yy).astype(np.float32)  # 2.0 .. 4.17 m
+
+
+@pytest.mark.parametrize(("name", "max_mean", "max_max"), [("ip_basic", 0.03, 0.2), ("guided", 0.01, 0.1)])
+def test_tilted_plane_is_interpolated_closely(name, max_mean, max_max):
+    depth = tilted_plane()
+    sparse = sample(depth, 300, seed=4)
+    image = np.full((H, W, 3), 128, np.uint8)
+    image += np.random.default_rng(0).integers(0, 6, image.shape, dtype=np.uint8)  # mild texture
+    err = np.abs(METHODS[name](image, sparse) - depth)
+    # 300 points on 4,800 px (mean spacing 4 px) on a 2 cm/px slope; nearest scores 0.029 m here. ip_basic's
+    # max-filters prefer the nearer neighbour (~1 px of slope); guided fits local planes (worst at the clamped corners)
+    assert err.mean() < max_mean
+    assert err.max() < max_max
+
+
+def test_guided_interpolates_a_plane_far_better_than_nearest():
+    depth = tilted_plane()
+    sparse = sample(depth, 60, seed=6)
+    image = np.full((H, W, 3), 128, np.uint8)
+    err_near = np.abs(nearest(image, sparse) - depth).mean()
+    err_guided = np.abs(guided(image, sparse) - depth).mean()
+    err_mean = np.abs(guided(image, sparse, fit="mean") - depth).mean()
+    assert err_guided < 0.2 * err_near  # measured 0.0045 vs 0.068 m
+    assert err_guided < err_mean < err_near
+
+
+def test_ip_basic_extends_lidar_scanlines_to_the_top():
+    xx = np.arange(W, dtype=np.float32)
+    depth = np.broadcast_to(3.0 + 0.01 * xx, (H, W)).astype(np.float32)  # depends on x only
+    sparse = np.zeros_like(depth)
+    # LiDAR-like footprint: full beams every 3 rows from row 20 on the left, from row 41 on the right (no returns above)
+    sparse[20::3, :40] = depth[20::3, :40]
+    sparse[41::3, 40:] = depth[41::3, 40:]
+    out = ip_basic(textured_image(), sparse)
+    # every column's top value is copied up; the max-filters take it from <= 2 px sideways (0.02 m on this ramp), and
+    # the blurs add a little where the footprint steps (column 40)
+    assert np.abs(out[:20, 3:-3] - depth[:20, 3:-3]).max() <= 0.025
+    # without it, the right columns' top rows are filled from the left beams' nearer corner (measured 0.10 m off)
+    no_extend = ip_basic(textured_image(), sparse, extend_to_top=False)
+    assert np.abs(no_extend[:20, 45] - depth[:20, 45]).max() > 0.04
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_single_point_gives_a_constant_map(name):
+    sparse = np.zeros((H, W), np.float32)
+    sparse[17, 23] = 3.7
+    out = METHODS[name](textured_image(), sparse)
+    assert np.all(out == np.float32(3.7))
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_all_valid_input_is_returned(name):
+    depth = np.random.default_rng(2).uniform(0.5, 10.0, (H, W)).astype(np.float32)
+    out = METHODS[name](textured_image(), depth)
+    assert np.array_equal(out, depth)
+    assert out is not depth  # a copy: callers may edit the result
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_errors_name_what_was_received(name):
+    fn = METHODS[name]
+    image = textured_image()
+    with pytest.raises(ValueError, match=r"no valid point"):
+        fn(image, np.zeros((H, W), np.float32))
+    with pytest.raises(ValueError, match=r"image 60x80 and sparse 30x80"):
+        fn(image, sample(np.ones((30, W), np.float32), 10))
+    with pytest.raises(ValueError, match=r"HxWx3.*\(60, 80, 4\)"):
+        fn(np.zeros((H, W, 4), np.uint8), sample(np.ones((H, W), np.float32), 10))
+    with pytest.raises(ValueError, match=r"uint8.*float32"):
+        fn(image.astype(np.float32) / 255, sample(np.ones((H, W), np.float32), 10))
+    with pytest.raises(ValueError, match=r"2-D.*\(60, 80, 1\)"):
+        fn(image, np.ones((H, W, 1), np.float32))
+    bad = sample(np.ones((H, W), np.float32), 10)
+    bad[0, 0], bad[0, 1] = np.nan, -1.0
+    with pytest.raises(ValueError, match=r"2 NaN/inf/negative"):
+        fn(image, bad)
+
+
+def test_bad_options_are_refused():
+    image, _, sparse = edge_bleed_scene()
+    with pytest.raises(ValueError, match="guide_median"):
+        guided(image, sparse, guide_median=4)
+    with pytest.raises(ValueError, match="k >= 1"):
+        guided(image, sparse, k=0)
+    with pytest.raises(ValueError, match="blur"):
+        ip_basic(image, sparse, blur="box")
