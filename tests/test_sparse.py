@@ -1,0 +1,256 @@
+"""Tests for the sparse depth samplers and noise models (depthkit.data.sparse)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from depthkit.data.sparse import (
+    SAMPLERS,
+    add_noise,
+    lidar_rows,
+    make_sparse,
+    sample_holes,
+    sample_lidar,
+    sample_random_points,
+)
+from depthkit.geometry import Intrinsics
+
+K = Intrinsics(fx=50.0, fy=50.0, cx=40.0, cy=30.0)  # an 81-column image has its centre column at u = 40
+
+
+def _ramp(h=61, w=81):
+    """Distinct depths per pixel (1..~6 m), so a copied value identifies its pixel."""
+    return (1.0 + np.arange(h * w, dtype=np.float32).reshape(h, w) / 1000.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- random points
+
+
+def test_random_points_exact_count_and_exact_values():
+    depth = _ramp()
+    depth[:10] = 0  # no surface there
+    out = sample_random_points(depth, 500, seed=0)
+    assert out.dtype == np.float32 and out.shape == depth.shape
+    m = out > 0
+    assert m.sum() == 500
+    np.testing.assert_array_equal(out[m], depth[m])  # copied bit-exactly
+    assert not m[:10].any()
+
+
+def test_random_points_determinism_and_generator_seed():
+    depth = _ramp()
+    a, b = sample_random_points(depth, 100, 3), sample_random_points(depth, 100, 3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, sample_random_points(depth, 100, 4))
+    g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+    np.testing.assert_array_equal(sample_random_points(depth, 100, g1), sample_random_points(depth, 100, g2))
+
+
+def test_random_points_respects_valid_and_takes_all_when_short():
+    depth = _ramp(20, 30)
+    depth[0, 0] = np.nan
+    depth[0, 1] = -2.0
+    depth[0, 2] = np.inf
+    valid = np.zeros(depth.shape, bool)
+    valid[0, :10] = True  # 7 usable pixels: 3 of the 10 are nan/negative/inf
+    out = sample_random_points(depth, 500, 0, valid=valid)
+    assert (out > 0).sum() == 7 and np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0, 3:10], depth[0, 3:10])
+    assert (sample_random_points(depth, 0, 0) == 0).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"n": -1}, {"n": 2.5}, {"n": True}, {"seed": -3}, {"seed": "a"},
+                                    {"seed": None}, {"valid": np.ones((2, 2), bool)}])
+def test_random_points_invalid_args(kwargs):
+    args = {"depth": _ramp(10, 10), "n": 5, "seed": 0, **kwargs}
+    with pytest.raises(ValueError):
+        sample_random_points(**args)
+
+
+def test_non_2d_depth_is_rejected():
+    with pytest.raises(ValueError, match="HxW"):
+        sample_random_points(np.ones((4, 4, 1)), 3, 0)
+
+
+# ------------------------------------------------------------------------------------------- lidar
+
+
+def test_lidar_scanline_rows_match_projected_elevations():
+    depth = np.full((61, 81), 5.0, np.float32)
+    out = sample_lidar(depth, K, n_beams=5, vertical_fov_deg=(-20.0, 20.0), drop_ratio=0.0)
+    elevs = np.linspace(-20, 20, 5)
+    # centre column: v = cy - fy * tan(e)
+    expected = sorted(int(round(30 - 50 * math.tan(math.radians(e)))) for e in elevs)
+    assert np.flatnonzero(out[:, 40]).tolist() == expected  # rows 12, 21, 30, 39, 48
+    # every column carries one return per beam that lands in the image, all on the predicted curves
+    for u in (0, 17, 80):
+        rows = sorted(int(round(r)) for e in elevs for r in lidar_rows(K, 81, e, [u]) if 0 <= round(r) < 61)
+        assert np.flatnonzero(out[:, u]).tolist() == rows
+    # the curves bend away from the principal point at the image sides
+    assert lidar_rows(K, 81, 20.0, [0])[0] < lidar_rows(K, 81, 20.0, [40])[0]
+    assert set(np.unique(out)) == {0.0, 5.0}
+
+
+def test_lidar_copies_values_step_drops_and_sky():
+    depth = _ramp()
+    depth[:20] = 0  # sky in the upper rows
+    full = sample_lidar(depth, K, n_beams=32, vertical_fov_deg=40.0, horizontal_step_px=3, drop_ratio=0.0)
+    m = full > 0
+    np.testing.assert_array_equal(full[m], depth[m])
+    assert not m[:20].any()
+    assert set(np.flatnonzero(m.any(axis=0)) % 3) == {0}  # only every third column
+    assert (m.sum(axis=0) <= 32).all()
+    dropped = sample_lidar(depth, K, n_beams=32, vertical_fov_deg=40.0, horizontal_step_px=3, drop_ratio=0.25,
+                           seed=1)
+    md = dropped > 0
+    assert not (md & ~m).any()  # drops only remove
+    assert md.sum() == m.sum() - round(0.25 * m.sum())
+    np.testing.assert_array_equal(dropped, sample_lidar(depth, K, n_beams=32, vertical_fov_deg=40.0,
+                                                        horizontal_step_px=3, drop_ratio=0.25, seed=1))
+    assert not np.array_equal(dropped, sample_lidar(depth, K, n_beams=32, vertical_fov_deg=40.0,
+                                                    horizontal_step_px=3, drop_ratio=0.25, seed=2))
+
+
+def test_lidar_max_range_uses_euclidean_range():
+    depth = np.full((61, 81), 10.0, np.float32)
+    out = sample_lidar(depth, K, n_beams=9, vertical_fov_deg=40.0, drop_ratio=0.0, max_range=10.5)
+    v, u = np.nonzero(out)
+    ray = np.sqrt(1 + ((u - 40) / 50.0) ** 2 + ((v - 30) / 50.0) ** 2)
+    assert (10.0 * ray <= 10.5).all() and len(v) > 0
+    everything = sample_lidar(depth, K, n_beams=9, vertical_fov_deg=40.0, drop_ratio=0.0)
+    assert (everything > 0).sum() > len(v)  # the image corners are farther than 10.5 m along the ray
+
+
+@pytest.mark.parametrize("kwargs", [{"n_beams": 0}, {"vertical_fov_deg": (5.0, -5.0)}, {"vertical_fov_deg": 200.0},
+                                    {"vertical_fov_deg": "wide"}, {"horizontal_step_px": 0}, {"drop_ratio": 1.5},
+                                    {"max_range": -1.0}, {"intrinsics": (50, 50, 40, 30)}])
+def test_lidar_invalid_args(kwargs):
+    args = {"depth": np.ones((61, 81), np.float32), "intrinsics": K, **kwargs}
+    with pytest.raises(ValueError):
+        sample_lidar(**args)
+
+
+# ------------------------------------------------------------------------------------------- holes
+
+
+def test_holes_is_a_subset_with_blobs_and_is_deterministic():
+    depth = _ramp()
+    out = sample_holes(depth, 0, n_blobs=5, edge_threshold=None)
+    m = out > 0
+    np.testing.assert_array_equal(out[m], depth[m])
+    assert 0.02 < 1 - m.mean() < 0.9
+    np.testing.assert_array_equal(out, sample_holes(depth, 0, n_blobs=5, edge_threshold=None))
+    assert not np.array_equal(out, sample_holes(depth, 1, n_blobs=5, edge_threshold=None))
+    assert (sample_holes(depth, 0, n_blobs=0, edge_threshold=None) == depth).all()
+
+
+def test_holes_drop_the_far_side_of_depth_edges():
+    depth = np.full((20, 30), 4.0, np.float32)
+    depth[:, :15] = 2.0  # near surface on the left, a jump at column 15
+    out = sample_holes(depth, 0, n_blobs=0, edge_threshold=0.1, edge_width_px=2)
+    removed = np.flatnonzero((out == 0).all(axis=0)).tolist()
+    assert removed == [15, 16]  # far side only, two pixels wide
+    assert (out[:, :15] == 2.0).all() and (out[:, 17:] == 4.0).all()
+    # a gentle slope is not an edge
+    slope = np.tile(np.linspace(2, 3, 30, dtype=np.float32), (20, 1))
+    assert (sample_holes(slope, 0, n_blobs=0, edge_threshold=0.1) > 0).all()
+
+
+def test_holes_range_dark_and_dropout():
+    depth = np.full((20, 30), 2.0, np.float32)
+    depth[:, 20:] = 6.0
+    image = np.full((20, 30, 3), 200, np.uint8)
+    image[:5] = 5  # dark rows
+    out = sample_holes(depth, 0, n_blobs=0, edge_threshold=None, max_range=4.5, image=image)
+    assert (out[:, 20:] == 0).all() and (out[:5] == 0).all()
+    assert (out[5:, :20] == 2.0).all()
+    thin = sample_holes(depth, 3, n_blobs=0, edge_threshold=None, dropout=0.3)
+    assert (thin > 0).sum() == 600 - round(0.3 * 600)
+
+
+@pytest.mark.parametrize("kwargs", [{"n_blobs": -1}, {"blob_radius_frac": (0.2, 0.1)}, {"edge_threshold": 0.0},
+                                    {"dropout": 2.0}, {"image": np.zeros((3, 3), np.uint8)}, {"seed": 1.5}])
+def test_holes_invalid_args(kwargs):
+    args = {"depth": np.ones((20, 30), np.float32), "seed": 0, **kwargs}
+    with pytest.raises(ValueError):
+        sample_holes(**args)
+
+
+# ------------------------------------------------------------------------------------------- noise
+
+
+def test_gaussian_noise_relative_and_absolute_sigma():
+    sparse = np.zeros((400, 500), np.float32)
+    sparse[::2] = 4.0  # 100k measurements, 100k missing
+    rel = add_noise(sparse, 0, sigma=0.05, relative=True)
+    m = sparse > 0
+    assert ((rel > 0) == m).all()  # missing stays missing, measured stays measured
+    err = rel[m] / 4.0 - 1
+    assert abs(err.std() - 0.05) < 0.002 and abs(err.mean()) < 0.002
+    ab = add_noise(sparse, 0, sigma=0.1, relative=False)
+    assert abs((ab[m] - 4.0).std() - 0.1) < 0.004
+    np.testing.assert_array_equal(rel, add_noise(sparse, 0, sigma=0.05))
+    assert not np.array_equal(rel, add_noise(sparse, 1, sigma=0.05))
+
+
+def test_outliers_exact_ratio_and_range():
+    sparse = np.zeros((100, 100), np.float32)
+    sparse[::2, ::2] = 3.0  # 2500 points
+    out = add_noise(sparse, 0, outlier_ratio=0.1, outlier_range=(10.0, 20.0))
+    changed = (out != sparse) & (sparse > 0)
+    assert changed.sum() == 250
+    assert ((out[changed] >= 10.0) & (out[changed] <= 20.0)).all()
+
+
+def test_see_through_returns_are_farther():
+    sparse = np.zeros((100, 100), np.float32)
+    sparse[::2, ::2] = 3.0
+    out = add_noise(sparse, 0, see_through_ratio=0.2)
+    changed = out != sparse
+    assert changed.sum() == 500
+    assert ((out[changed] >= 3.0 * 1.2 - 1e-5) & (out[changed] <= 3.0 * 2.0 + 1e-5)).all()
+    # with the dense map, the return comes from the farthest surface in the window (a wall at 7 m behind glass)
+    dense = np.full((100, 100), 3.0, np.float32)
+    dense[:, 60:] = 7.0
+    sp = np.zeros_like(dense)
+    sp[50, 57] = 3.0  # 3 px from the far surface: inside a 7 px window
+    out = add_noise(sp, 0, see_through_ratio=1.0, dense=dense, window_px=7)
+    assert out[50, 57] == 7.0
+
+
+def test_noise_never_negative_or_nan():
+    sparse = np.zeros((50, 50), np.float32)
+    sparse[::3, ::3] = 0.5
+    sparse[0, 1] = np.nan
+    out = add_noise(sparse, 0, sigma=5.0, relative=False, outlier_ratio=0.2, see_through_ratio=0.2)
+    assert np.isfinite(out).all() and (out >= 0).all()
+    assert out[0, 1] == 0
+    assert ((out > 0) == (sparse > 0)).all()  # clamped at min_depth instead of becoming missing
+
+
+@pytest.mark.parametrize("kwargs", [{"sigma": -0.1}, {"outlier_ratio": 1.2}, {"see_through_ratio": -0.1},
+                                    {"outlier_ratio": 0.6, "see_through_ratio": 0.6},
+                                    {"see_through_scale": (0.5, 2.0)}, {"outlier_range": (5.0, 1.0)},
+                                    {"min_depth": 0.0}])
+def test_noise_invalid_args(kwargs):
+    with pytest.raises(ValueError):
+        add_noise(np.ones((5, 5), np.float32), 0, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- registry
+
+
+def test_make_sparse_dispatches_and_reports_unknown_names():
+    depth = _ramp()
+    assert set(SAMPLERS) == {"random", "lidar", "holes"}
+    r = make_sparse(depth, "random", 5)
+    assert (r > 0).sum() == 500  # NYUv2 protocol default
+    np.testing.assert_array_equal(make_sparse(depth, "random", 5, n=20), sample_random_points(depth, 20, 5))
+    np.testing.assert_array_equal(make_sparse(depth, "lidar", 2, intrinsics=K, n_beams=8),
+                                  sample_lidar(depth, K, n_beams=8, seed=2))
+    np.testing.assert_array_equal(make_sparse(depth, "holes", 2, n_blobs=3), sample_holes(depth, 2, n_blobs=3))
+    with pytest.raises(ValueError, match="holes, lidar, random"):
+        make_sparse(depth, "grid", 0)
+    with pytest.raises(ValueError, match="intrinsics"):
+        make_sparse(depth, "lidar", 0)
