@@ -1,0 +1,145 @@
+"""Recipes: OmegaConf structured dataclasses are the schema, YAML files sit on top, ``key=value`` overrides last.
+
+Every recipe YAML names its ``kind`` (``complete``, ``sharpen`` or ``lotus``); the schema for a kind is registered
+with :func:`register_recipe` by the stage's own module (imported lazily by :func:`recipe_schema`). Typos (unknown
+keys) and wrong types are errors that name the key and the file, rather than silently falling back to defaults.
+
+Common sections shared by every recipe live here: :class:`TrainConfig` (optimisation, schedule, precision,
+checkpointing) and :class:`OutputConfig`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_RECIPES: dict[str, type] = {}
+_RECIPE_MODULES = {"complete": "depthkit.complete.recipe", "sharpen": "depthkit.sharpen.recipe",
+                   "lotus": "depthkit.sharpen.recipe"}
+MIXED_PRECISION = ("no", "bf16", "fp16")
+SCHEDULES = ("cosine", "constant", "linear")
+
+
+class RecipeError(ValueError):
+    """A recipe cannot be loaded: unknown key, wrong type, bad value or missing file."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping shared by every training recipe."""
+
+    max_steps: int = 1000
+    """Optimizer steps to run (after gradient accumulation). 0 = derive from ``epochs``."""
+    epochs: float = 0.0
+    """If > 0 and ``max_steps`` is 0: steps = epochs x dataset size / (batch_size x grad_accum x processes)."""
+    batch_size: int = 1
+    """Images per process per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step."""
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    """Learning-rate schedule after warmup: cosine | constant | linear (to 0 at max_steps)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    mixed_precision: str = "no"
+    """no | bf16 | fp16 (accelerate's setting; bf16 on CUDA)."""
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    log_every: int = 10
+    eval_every: int = 100
+    """Validate every N steps (0 = only at the end)."""
+    save_every: int = 100
+    """Write a resumable checkpoint every N steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Resumable checkpoints to keep under ``output_dir/checkpoints``."""
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise RecipeError(f"train.mixed_precision={self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"train.schedule={self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"train.{name} must be >= 1; received {getattr(self, name)}")
+        if self.max_steps < 0 or (self.max_steps == 0 and self.epochs <= 0):
+            raise RecipeError("set train.max_steps > 0, or train.max_steps=0 with train.epochs > 0")
+
+
+@dataclass
+class OutputConfig:
+    output_dir: str = "runs/experiment"
+    """Run folder: resumable checkpoints, logs, and the final exported checkpoint (``final/``)."""
+
+
+def register_recipe(kind: str):
+    """Decorator: register a top-level recipe dataclass for ``kind``."""
+
+    def wrap(cls):
+        _RECIPES[kind] = cls
+        return cls
+
+    return wrap
+
+
+def recipe_schema(kind: str) -> type:
+    if kind not in _RECIPES and kind in _RECIPE_MODULES:
+        importlib.import_module(_RECIPE_MODULES[kind])
+    if kind not in _RECIPES:
+        raise RecipeError(f"unknown recipe kind {kind!r}; allowed: {', '.join(sorted(_RECIPE_MODULES))}")
+    return _RECIPES[kind]
+
+
+def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Load a recipe (YAML path or dict), validate it against its schema and apply ``key=value`` overrides.
+
+    Returns the typed recipe object (an instance of the registered dataclass, ``__post_init__`` checks run).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    where = str(source) if not isinstance(source, dict) else "<dict>"
+    if isinstance(source, dict):
+        raw = OmegaConf.create(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}. Shipped recipes are under recipes/ (depthkit ls).")
+        try:
+            raw = OmegaConf.load(path)
+        except Exception as exc:
+            raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
+    kind = raw.get("kind") if hasattr(raw, "get") else None
+    if kind is None:
+        raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(_RECIPE_MODULES))}")
+    schema = OmegaConf.structured(recipe_schema(str(kind)))
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} must look like key=value (e.g. train.max_steps=200)")
+    try:
+        merged = OmegaConf.merge(schema, raw, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except RecipeError as exc:
+        raise RecipeError(f"recipe {where}: {exc}") from exc
+    except OmegaConfBaseException as exc:
+        msg = str(exc).split("\n")[0]
+        key = getattr(exc, "full_key", None)
+        raise RecipeError(f"recipe {where}: {msg}" + (f" (key: {key})" if key else "") +
+                          ". Check the key's spelling and type against the schema.") from exc
+
+
+def recipe_to_yaml(recipe: Any) -> str:
+    """The resolved recipe as YAML (stored next to checkpoints so a run can be reproduced)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def dataclass_field(default_factory):
+    """``field(default_factory=...)`` shorthand for nested recipe sections."""
+    return field(default_factory=default_factory)
