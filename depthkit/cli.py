@@ -19,7 +19,7 @@ RUN_EPILOG = """examples:
 EVAL_EPILOG = """examples:
   depthkit eval --dataset synthetic --method guided --out results/synthetic_guided.json --limit 50
   depthkit eval --dataset nyuv2 --root data/nyuv2 --checkpoint ck/ --stages complete,sharpen --out nyu.json
-  accelerate launch --cpu --num_processes 2 -m depthkit.cli eval --dataset kitti_dc --root data/kitti --out k.json
+  accelerate launch --multi_gpu --num_processes 2 -m depthkit.cli eval --dataset kitti_dc --root data/kitti --out k.json
 (rerunning the same command resumes an interrupted evaluation)
 """
 
@@ -195,17 +195,16 @@ def _build_pipeline(args):
 
 def _cmd_eval(args, parser) -> int:
     from depthkit.data.datasets import build_dataset
-    from depthkit.data.protocols import PROTOCOLS
+    from depthkit.data.protocols import get_protocol
     from depthkit.evaluate import evaluate, markdown_table
 
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1; received {args.limit}")
-    if args.dataset not in PROTOCOLS:
-        raise ValueError(f"dataset {args.dataset!r} has no evaluation protocol; choose from {', '.join(PROTOCOLS)}.")
     dataset = build_dataset(args.dataset, args.root, split=args.split)
+    protocol = getattr(dataset, "protocol", None) or get_protocol(args.dataset)
     pipe = _build_pipeline(args)
     label = args.method or (f"checkpoint {args.checkpoint}" if args.checkpoint else repr(pipe))
-    summary = evaluate(pipe, dataset, PROTOCOLS[args.dataset], args.out, limit=args.limit, label=label)
+    summary = evaluate(pipe, dataset, protocol, args.out, limit=args.limit, label=label)
     if summary is not None:
         print(markdown_table({label: summary["mean"]}), end="")
         print(f"depthkit eval: {summary['n_images']} images; wrote {args.out} and {args.out.with_suffix('.md')}")
@@ -224,6 +223,10 @@ def _cmd_ls(args, parser) -> int:
     for name, m in sorted(completion_methods().items()):
         tag = " (default without a checkpoint)" if name == DEFAULT_COMPLETE_METHOD else ""
         print(f"  {name:<10} {m.description}{tag}")
+    from depthkit.data.datasets import DATASETS
+
+    print("datasets (depthkit eval --dataset):")
+    print("  " + ", ".join(DATASETS))
     print(f"checkpoints in {embedded_checkpoints_dir()}:")
     cks = available_checkpoints()
     for p in cks:

@@ -68,20 +68,14 @@ def _fmt(v: float) -> str:
 def _dist():
     """(rank, world_size, barrier) from accelerate when launched with several processes, else (0, 1, no-op)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState(cpu=True) if not _cuda() else PartialState()
+        # without cpu=True accelerate does not set up gloo on a machine with no GPU and every process thinks it is
+        # rank 0 of a single-process run
+        state = PartialState(cpu=not torch.cuda.is_available())
         return state.process_index, state.num_processes, state.wait_for_everyone
     return 0, 1, lambda: None
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def _read_done(path: Path) -> dict[int, dict]:
@@ -112,6 +106,8 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     part_file = parts / f"rank{rank}.jsonl"
     done = _read_done(part_file)
     todo = [i for i in shard if i not in done]  # resume: skip what an earlier run finished
+    # rewrite only the intact rows, so a line cut short by an interruption cannot swallow the next one
+    part_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     with open(part_file, "a") as f:
         for i in tqdm(todo, desc=f"eval {label or ''}".strip(), disable=not progress or rank > 0, unit="img"):
             item = dataset[i]

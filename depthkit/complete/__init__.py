@@ -1,0 +1,10 @@
+"""Stage 1, ``complete``: depth completion with SDIM on Qwen2.5-VL (SPEC section 3).
+
+Modules (import them directly; this package imports nothing heavy):
+
+- ``prompts``   — versioned prompt templates, number format/parse, query-pixel sampling (numpy only).
+- ``tokenizer`` — an offline Qwen2.5-VL-shaped BPE tokenizer for tests and tiny checkpoints.
+- ``processor`` — torchvision-free Qwen2.5-VL processor, resize geometry and THE patchify.
+- ``tiny``      — tiny random-weight stock Qwen2.5-VL models.
+- ``model``     — ``SDIMConfig``, the depth branch, ``SDIMModel`` (wraps a stock model), ``apply_lora``.
+"""

@@ -1,0 +1,315 @@
+"""SDIM prompts, in one versioned place: per-pixel query text, the answer template, number format and parsing.
+
+Everything a trainer or an inference engine writes to or reads from the language model goes through here, so the
+text seen in training and at inference cannot drift apart. Change any string and bump :data:`PROMPT_VERSION`
+(checkpoints record the version they were trained with).
+
+A conversation for one queried pixel j (rendered with Qwen2.5-VL's chat format)::
+
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+    <|im_start|>user\\n<|vision_start|><|image_pad|>...<|vision_end|>          <- shared image prefix
+    The current pixel is at (x, y). The mask value is 0; predict the distance to the camera.
+    What is the distance from the current pixel to the camera?<|im_end|>\\n<|im_start|>assistant\\n  <- query suffix
+    The pixel is 1.234 meters away from the camera.<|im_end|>                   <- answer (the label in training)
+
+Decisions where the paper is silent (see SPEC section 3):
+
+- **Coordinates** (``pixel_reference="text"``) are integer ``(x, y)`` = (column, row) of the queried pixel in the
+  *resized* image that the vision tower sees (the ``smart_resize`` size, H' x W'), origin top-left — the absolute
+  pixel frame Qwen2.5-VL grounds in. Map an input-resolution pixel into that frame with
+  :func:`depthkit.complete.processor.map_to_resized`. With ``pixel_reference="rope"`` the coordinate sentence is
+  omitted; the engine gives the query tokens the pixel's M-RoPE position instead.
+- **Prompt prior** (``prompt_prior="nearest" | "guided"``): the mask-0 text keeps the paper's sentence and appends
+  ``The interpolated estimate is {p:.3f} meters.``. Which interpolation produced ``p`` (nearest valid point or an
+  RGB-guided one) is the caller's business; the text is the same. Mask-1 text never carries a prior.
+- **Numbers** are metres with exactly 3 decimals (1 mm), clipped to [0.001, 300] m when formatted (so the model only
+  ever sees and is taught numbers in that range; the tokenizer spells them digit by digit).
+- :func:`parse_answer` never raises: it returns ``None`` for anything it cannot read as a finite, non-negative
+  number, and the caller flags that pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "PROMPT_VERSION",
+    "MIN_DEPTH",
+    "MAX_DEPTH",
+    "MASK0_TEXT",
+    "MASK1_TEMPLATE",
+    "QUESTION_TEXT",
+    "ANSWER_TEMPLATE",
+    "ANSWER_PREFIX",
+    "ANSWER_SUFFIX",
+    "COORDINATE_TEMPLATE",
+    "PRIOR_TEMPLATE",
+    "PROMPT_PRIORS",
+    "PIXEL_REFERENCES",
+    "PromptConfig",
+    "format_depth",
+    "parse_answer",
+    "mask_text",
+    "coordinate_text",
+    "query_text",
+    "answer_text",
+    "chat_prefix_text",
+    "chat_suffix_text",
+    "chat_messages",
+    "sample_query_pixels",
+]
+
+PROMPT_VERSION = "sdim-prompts-1"
+
+MIN_DEPTH = 0.001  # metres; smallest number the model is shown or taught
+MAX_DEPTH = 300.0  # metres
+
+# The paper's templates (SPEC section 3), verbatim.
+MASK0_TEXT = "The mask value is 0; predict the distance to the camera."
+MASK1_TEMPLATE = "The mask value is 1, and the distance to the camera is {x:.3f} meters, preserve the given value."
+QUESTION_TEXT = "What is the distance from the current pixel to the camera?"
+ANSWER_TEMPLATE = "The pixel is {y:.3f} meters away from the camera."
+# depthkit's additions.
+COORDINATE_TEMPLATE = "The current pixel is at ({x}, {y})."
+PRIOR_TEMPLATE = "The interpolated estimate is {p:.3f} meters."
+
+# The fixed text around the number in the answer: an engine forces these tokens and decodes only the digits.
+# With Qwen's split regex "is " + digits tokenises as "...is", " ", digits, so tokenize(prefix) is a token prefix
+# of tokenize(answer); likewise the suffix starts at a word boundary (" meters").
+ANSWER_PREFIX = ANSWER_TEMPLATE.split("{y:.3f}")[0]  # "The pixel is "
+ANSWER_SUFFIX = ANSWER_TEMPLATE.split("{y:.3f}")[1]  # " meters away from the camera."
+
+PROMPT_PRIORS = ("none", "nearest", "guided")
+PIXEL_REFERENCES = ("text", "rope")
+
+# Qwen2.5-VL chat framing (what its chat template renders), split where the engine shares the image prefix.
+_SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+_IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+_END_USER_START_ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n"
+END_OF_TURN = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How per-pixel prompts are written.
+
+    Attributes:
+        prompt_prior: ``"none"`` (the paper), ``"nearest"`` or ``"guided"``: whether mask-0 text states an
+            interpolated estimate (the value comes from the caller; the two non-none modes name its source).
+        pixel_reference: ``"text"`` (coordinates in the prompt; default) or ``"rope"`` (no coordinate text; the
+            engine assigns the query tokens the pixel's M-RoPE position).
+        version: the prompt version these settings belong to; must equal :data:`PROMPT_VERSION`.
+    """
+
+    prompt_prior: str = "none"
+    pixel_reference: str = "text"
+    version: str = PROMPT_VERSION
+
+    def __post_init__(self):
+        if self.prompt_prior not in PROMPT_PRIORS:
+            raise ValueError(f"prompt_prior={self.prompt_prior!r} is not one of {PROMPT_PRIORS}.")
+        if self.pixel_reference not in PIXEL_REFERENCES:
+            raise ValueError(f"pixel_reference={self.pixel_reference!r} is not one of {PIXEL_REFERENCES}.")
+        if self.version != PROMPT_VERSION:
+            raise ValueError(
+                f"prompt version {self.version!r} does not match this depthkit's {PROMPT_VERSION!r}: the checkpoint "
+                "was trained with other prompt text; use the depthkit release it was trained with, or retrain."
+            )
+
+
+def _clip_depth(value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"depth {value!r} is not finite; only finite metres can be written into a prompt.")
+    return min(max(value, MIN_DEPTH), MAX_DEPTH)
+
+
+def format_depth(y: float) -> str:
+    """Metres → the prompt's number text: 3 decimals, clipped to [0.001, 300] m (e.g. ``1.2344`` → ``"1.234"``).
+
+    Raises ``ValueError`` for NaN/inf (a caller bug, not model output).
+    """
+    return f"{_clip_depth(y):.3f}"
+
+
+_NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX.strip()) + r"\s*" + _NUMBER + r"\s*meters?\b", re.IGNORECASE)
+_NUMBER_METERS_RE = re.compile(r"^\s*" + _NUMBER + r"\s*(?:meters?\b|m\b|$)", re.IGNORECASE)
+
+
+def parse_answer(text) -> float | None:
+    """Read the metres out of a model answer; ``None`` when it cannot (never raises).
+
+    Accepted: the full answer (``"The pixel is 1.234 meters away from the camera."``, case-insensitive, extra
+    spaces or a trailing ``<|im_end|>`` allowed), or the text after a forced :data:`ANSWER_PREFIX` (``"1.234 meters
+    away..."``, ``"1.234"``). Anything else — no number, a negative sign, several candidate numbers without the
+    template, non-string input — gives ``None``. The value is returned as written (not clipped).
+    """
+    if not isinstance(text, str):
+        return None
+    try:
+        match = _ANSWER_RE.search(text) or _NUMBER_METERS_RE.match(text)
+        if match is None:
+            return None
+        value = float(match.group(1))
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def mask_text(mask_value: int, sparse_value: float | None = None, prior: float | None = None,
+              config: PromptConfig | None = None) -> str:
+    """The mask sentence for one pixel.
+
+    Args:
+        mask_value: 1 if the pixel has a measurement that must be preserved, 0 if it must be predicted.
+        sparse_value: the measurement in metres; required for mask 1, refused for mask 0.
+        prior: interpolated estimate in metres for mask 0; required when ``config.prompt_prior != "none"``,
+            refused otherwise (so training and inference cannot silently disagree).
+    """
+    config = config or PromptConfig()
+    if mask_value not in (0, 1):
+        raise ValueError(f"mask_value={mask_value!r}; allowed: 0 (predict) or 1 (preserve).")
+    if mask_value == 1:
+        if sparse_value is None:
+            raise ValueError("mask_value=1 needs sparse_value (the measured metres to preserve).")
+        return MASK1_TEMPLATE.format(x=_clip_depth(sparse_value))
+    if sparse_value is not None:
+        raise ValueError("mask_value=0 takes no sparse_value: a held-out or missing pixel has no measurement.")
+    if config.prompt_prior == "none":
+        if prior is not None:
+            raise ValueError("prior was given but config.prompt_prior='none'; set prompt_prior or drop prior.")
+        return MASK0_TEXT
+    if prior is None:
+        raise ValueError(f"config.prompt_prior={config.prompt_prior!r} needs prior= (interpolated metres).")
+    return MASK0_TEXT + " " + PRIOR_TEMPLATE.format(p=_clip_depth(prior))
+
+
+def coordinate_text(x: int, y: int) -> str:
+    """``The current pixel is at (x, y).`` with x = column, y = row in the resized image (integer pixels)."""
+    if int(x) != x or int(y) != y or x < 0 or y < 0:
+        raise ValueError(f"pixel coordinates must be non-negative integers (column, row); got ({x}, {y}).")
+    return COORDINATE_TEMPLATE.format(x=int(x), y=int(y))
+
+
+def query_text(mask_value: int, xy: tuple[int, int] | None = None, sparse_value: float | None = None,
+               prior: float | None = None, config: PromptConfig | None = None) -> str:
+    """The user text after the image for one queried pixel: [coordinates] mask sentence, question.
+
+    ``xy`` = (column, row) in the resized image; required for ``pixel_reference="text"``, ignored for ``"rope"``.
+    """
+    config = config or PromptConfig()
+    parts = []
+    if config.pixel_reference == "text":
+        if xy is None:
+            raise ValueError("pixel_reference='text' needs xy=(column, row) in the resized image.")
+        parts.append(coordinate_text(*xy))
+    parts.append(mask_text(mask_value, sparse_value=sparse_value, prior=prior, config=config))
+    parts.append(QUESTION_TEXT)
+    return " ".join(parts)
+
+
+def answer_text(y: float) -> str:
+    """The answer sentence for ``y`` metres (formatted with :func:`format_depth`)."""
+    return ANSWER_PREFIX + format_depth(y) + ANSWER_SUFFIX
+
+
+def chat_prefix_text() -> str:
+    """Chat text up to and including ``<|vision_end|>``, with ONE ``<|image_pad|>`` (the processor expands it).
+
+    This is the part shared by all queries of an image.
+    """
+    return _SYSTEM_TURN + "<|im_start|>user\n" + _IMAGE_PLACEHOLDER
+
+
+def chat_suffix_text(query: str, answer: str | None = None) -> str:
+    """Chat text after ``<|vision_end|>``: the query, end of user turn, assistant header, and optionally the answer
+    followed by ``<|im_end|>`` (training). ``chat_prefix_text() + chat_suffix_text(q)`` equals Qwen's chat
+    template rendered with ``add_generation_prompt=True``.
+    """
+    text = query + _END_USER_START_ASSISTANT
+    if answer is not None:
+        text += answer + END_OF_TURN
+    return text
+
+
+def chat_messages(query: str, answer: str | None = None) -> list[dict]:
+    """The same conversation as chat-template messages (image first, then the query text)."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _edge_strength(depth_or_image: np.ndarray) -> np.ndarray:
+    """Edge strength in [0, 1] from a depth map (metres; zeros = missing, filled from the nearest valid pixel) or an
+    RGB/grey image; log-depth gradients so an edge counts the same near and far. Grown by one pixel each side so
+    pixels on both sides of an edge are favoured."""
+    from scipy import ndimage
+
+    arr = np.asarray(depth_or_image, dtype=np.float64)
+    if arr.ndim == 3:
+        arr = arr.mean(axis=2)
+    else:
+        valid = np.isfinite(arr) & (arr > 0)
+        if not valid.any():
+            return np.zeros(arr.shape)
+        if not valid.all():
+            # Nearest-valid fill: sparse input becomes piecewise constant, whose jumps sit between points.
+            _, (ri, ci) = ndimage.distance_transform_edt(~valid, return_indices=True)
+            arr = arr[ri, ci]
+        arr = np.log(arr)
+    gy, gx = np.gradient(arr)
+    mag = ndimage.maximum_filter(np.hypot(gx, gy), size=3)
+    peak = mag.max()
+    return mag / peak if peak > 0 else np.zeros_like(mag)
+
+
+def sample_query_pixels(candidates: np.ndarray, n: int, seed: int | None = None, edge_weight: float = 0.0,
+                        depth_or_image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pick up to ``n`` distinct pixels among ``candidates``, optionally favouring depth/image edges.
+
+    Args:
+        candidates: HxW bool (or a sparse depth map, where > 0 means candidate): the pixels that may be picked —
+            e.g. valid sparse points for label-free supervision, or missing pixels for inference queries.
+        n: how many; if fewer candidates exist, all of them are returned (in random order).
+        seed: for ``numpy.random.default_rng``; the same seed gives the same pixels.
+        edge_weight: >= 0. A pixel's sampling weight is ``1 + edge_weight * e`` with ``e`` in [0, 1] the edge
+            strength at that pixel; 0 = uniform. With ``edge_weight=9`` a pixel on the strongest edge is 10x as
+            likely as one in a flat region.
+        depth_or_image: HxW depth (metres, 0 = missing; e.g. the sparse map itself or an interpolation of it) or
+            HxWx3 image, used for edge strength; required when ``edge_weight > 0``.
+
+    Returns:
+        ``(rows, cols)``: int64 arrays of equal length ``min(n, candidates.sum())``, pixel indices at the
+        resolution of ``candidates``.
+    """
+    cand = np.asarray(candidates)
+    if cand.ndim != 2:
+        raise ValueError(f"candidates must be HxW (bool mask or sparse depth); got shape {cand.shape}.")
+    cand = cand > 0 if cand.dtype != bool else cand
+    if n < 0:
+        raise ValueError(f"n={n} must be >= 0.")
+    if edge_weight < 0:
+        raise ValueError(f"edge_weight={edge_weight} must be >= 0 (0 = uniform).")
+    flat = np.flatnonzero(cand)
+    rng = np.random.default_rng(seed)
+    k = min(int(n), flat.size)
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    p = None
+    if edge_weight > 0:
+        if depth_or_image is None:
+            raise ValueError("edge_weight > 0 needs depth_or_image (HxW depth in metres or HxWx3 image).")
+        guide = np.asarray(depth_or_image)
+        if guide.shape[:2] != cand.shape:
+            raise ValueError(f"depth_or_image is {guide.shape[:2]} but candidates is {cand.shape}; they must match.")
+        w = 1.0 + edge_weight * _edge_strength(guide).ravel()[flat]
+        p = w / w.sum()
+    picked = rng.choice(flat, size=k, replace=False, p=p)
+    rows, cols = np.unravel_index(picked, cand.shape)
+    return rows.astype(np.int64), cols.astype(np.int64)

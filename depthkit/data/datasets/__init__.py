@@ -1,0 +1,69 @@
+"""Dataset readers for depth-completion benchmarks and training sets, in their distributed on-disk formats.
+
+``build_dataset(name, root, split=..., **kw)`` builds a reader from :data:`DATASETS`; every reader is a
+``torch.utils.data.Dataset`` whose items are dicts (see :mod:`depthkit.data.datasets._base`)::
+
+    image HxWx3 uint8 RGB | sparse HxW float32 m (0 = missing) | depth HxW float32 GT m (0 = missing)
+    valid HxW bool (GT inside the protocol's range) | intrinsics Intrinsics or None | name str | [edges HxW bool]
+
+Evaluation readers (nyuv2, kitti_dc, void/void150/void500/void1500, ibims1, ddad) apply the protocol of the same
+name (:data:`depthkit.data.protocols.PROTOCOLS`, Marigold-DC's), so ``build_dataset("nyuv2", root)`` returns
+304x228 crops with 500 seeded GT points. They also read Marigold-DC's processed folders (``rgb/``, ``sparse/*.npy``,
+``gt/*.npy``, ``intrinsics/``) as they are. Training readers (hypersim, vkitti2, synthetic) draw sparse input with
+:func:`depthkit.data.sparse.make_sparse`; image_folder yields unlabelled images. Each module documents its layout,
+and a missing or malformed root raises :class:`DatasetLayoutError` (a ``ValueError``) naming the path, the layout
+and where to get the data.
+"""
+
+from __future__ import annotations
+
+from depthkit.data.datasets._base import DepthDataset, Sample, collate_items
+from depthkit.data.datasets._ops import DatasetLayoutError, filter_local_outliers, marigold_dc_select
+from depthkit.data.datasets.ddad import DDADDataset
+from depthkit.data.datasets.hypersim import HypersimDataset, distance_to_planar, hypersim_intrinsics
+from depthkit.data.datasets.ibims1 import IBims1Dataset
+from depthkit.data.datasets.image_folder import ImageFolderDataset
+from depthkit.data.datasets.kitti_dc import KITTIDCDataset
+from depthkit.data.datasets.nyuv2 import NYUv2Dataset
+from depthkit.data.datasets.synthetic import SyntheticDataset
+from depthkit.data.datasets.vkitti2 import VKITTI2Dataset
+from depthkit.data.datasets.void import VOID150Dataset, VOID500Dataset, VOID1500Dataset, VOIDDataset
+
+__all__ = [
+    "DATASETS", "build_dataset", "DepthDataset", "Sample", "DatasetLayoutError", "collate_items",
+    "filter_local_outliers", "marigold_dc_select", "distance_to_planar", "hypersim_intrinsics",
+    "NYUv2Dataset", "KITTIDCDataset", "VOIDDataset", "VOID150Dataset", "VOID500Dataset", "VOID1500Dataset",
+    "IBims1Dataset", "DDADDataset", "HypersimDataset", "VKITTI2Dataset", "ImageFolderDataset", "SyntheticDataset",
+]
+
+DATASETS: dict[str, type[DepthDataset]] = {
+    "nyuv2": NYUv2Dataset,
+    "kitti_dc": KITTIDCDataset,
+    "void": VOIDDataset,
+    "void150": VOID150Dataset,
+    "void500": VOID500Dataset,
+    "void1500": VOID1500Dataset,
+    "ibims1": IBims1Dataset,
+    "ddad": DDADDataset,
+    "hypersim": HypersimDataset,
+    "vkitti2": VKITTI2Dataset,
+    "image_folder": ImageFolderDataset,
+    "synthetic": SyntheticDataset,
+}
+
+
+def build_dataset(name: str, root=None, split: str | None = None, **kwargs) -> DepthDataset:
+    """The reader registered as ``name`` for the dataset at ``root`` (ignored for ``synthetic``).
+
+    ``split`` defaults to the split the dataset's protocol evaluates (test/val) or ``train`` for training sets;
+    other keyword arguments go to the reader (e.g. ``density=500`` for void, ``length=`` for synthetic).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
+    cls = DATASETS[name]
+    try:
+        return cls(root, split=split, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise TypeError(f"dataset {name!r} does not take that option: {exc}. See help({cls.__name__}).") from exc
+        raise

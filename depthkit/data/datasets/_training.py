@@ -1,0 +1,49 @@
+"""Base for training readers (Hypersim, Virtual KITTI 2, synthetic): sparse input from a configurable pattern.
+
+The sparse input is drawn from the GT by :func:`depthkit.data.sparse.make_sparse` with a pattern (``"random"``,
+LiDAR-like scanlines, ...) and keyword options. The draw is seeded from ``(sparse_seed, image name, epoch)``, so a
+given epoch is reproducible on any worker or shard and :meth:`set_epoch` gives fresh points every epoch.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from depthkit.data.datasets._base import DepthDataset, Sample
+from depthkit.data.protocols import depth_range_mask
+
+
+class TrainingDepthDataset(DepthDataset):
+    """A :class:`DepthDataset` whose sparse input comes from ``make_sparse(gt, sparse_pattern, rng, intrinsics,
+    **sparse_kwargs)``; ``sparse_pattern=None`` gives no sparse input (an all-zero map)."""
+
+    def __init__(self, root, protocol=None, split=None, sparse_pattern: str | None = "random",
+                 sparse_kwargs: dict | None = None, sparse_seed: int | None = None):
+        super().__init__(root, protocol, split)
+        self.sparse_pattern = sparse_pattern
+        self.sparse_kwargs = dict(sparse_kwargs or {})
+        self.sparse_seed = int(self.protocol.sparse_seed or 0) if sparse_seed is None else int(sparse_seed)
+        if self.sparse_seed < 0:
+            raise ValueError(f"sparse_seed must be >= 0; received {sparse_seed}.")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw different (still reproducible) sparse points in each epoch."""
+        self.epoch = int(epoch)
+
+    def _rng(self, name: str) -> np.random.Generator:
+        return np.random.default_rng([self.sparse_seed, zlib.crc32(name.encode("utf-8")), self.epoch])
+
+    def _draw_sparse(self, s: Sample) -> np.ndarray:
+        if self.sparse_pattern is None:
+            return np.zeros_like(s.depth, dtype=np.float32)
+        from depthkit.data.sparse import make_sparse
+
+        gt = np.where(depth_range_mask(s.depth, self.protocol), s.depth, 0).astype(np.float32)
+        kwargs = dict(self.sparse_kwargs)
+        if self.sparse_pattern == "random" and self.protocol.n_sparse_points is not None:
+            kwargs.setdefault("n", self.protocol.n_sparse_points)
+        out = make_sparse(gt, self.sparse_pattern, self._rng(s.name), intrinsics=s.intrinsics, **kwargs)
+        return np.asarray(out, dtype=np.float32)

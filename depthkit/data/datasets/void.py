@@ -1,0 +1,119 @@
+"""VOID (Wong et al., 2020): indoor/outdoor RealSense frames with 150 / 500 / 1500-point VIO sparse depth.
+
+Layout of the release (``void_release.zip``, see github.com/alexklwong/void-dataset)::
+
+    <root>/void_1500/                      (<root> = void_release; or <root> = void_1500 itself)
+        test_image.txt                     one path per line, relative to void_release,
+        test_sparse_depth.txt              e.g. void_1500/data/<sequence>/image/<timestamp>.png
+        test_ground_truth.txt
+        test_intrinsics.txt                -> void_1500/data/<sequence>/K.txt
+        data/<sequence>/image/<timestamp>.png           RGB 640x480
+        data/<sequence>/sparse_depth/<timestamp>.png    uint16, depth * 256 (0 = missing)
+        data/<sequence>/ground_truth/<timestamp>.png    uint16, depth * 256
+        data/<sequence>/K.txt                           3x3 K
+
+The four list files are read in parallel, line by line (as Marigold-DC does); each path is resolved against
+void_release, then against the density folder. The 800 test frames are evaluated at 640x480 with the provided
+sparse depth. Marigold-DC's processed folders (``void150/``, ``void500/``, ``void1500/``) are read too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from depthkit.data.datasets._base import (
+    PROCESSED_LAYOUT,
+    DepthDataset,
+    Sample,
+    is_processed_folder,
+    load_processed,
+    processed_names,
+)
+from depthkit.data.datasets._ops import read_k_file, read_png_depth
+from depthkit.io import read_image
+
+DENSITIES = (150, 500, 1500)
+_LISTS = ("image", "sparse_depth", "ground_truth", "intrinsics")
+
+
+class VOIDDataset(DepthDataset):
+    key = "void"
+    title = "VOID"
+    default_density = 1500
+    layout = """\
+  <root>/void_1500/            (<root> = void_release, or the void_<density> folder itself)
+      test_image.txt, test_sparse_depth.txt, test_ground_truth.txt, test_intrinsics.txt
+      data/<sequence>/image/<timestamp>.png           RGB 640x480
+      data/<sequence>/sparse_depth/<timestamp>.png    uint16 / 256 m
+      data/<sequence>/ground_truth/<timestamp>.png    uint16 / 256 m
+      data/<sequence>/K.txt                           3x3 K
+or Marigold-DC's processed folder (void150/, void500/, void1500/):
+""" + PROCESSED_LAYOUT
+    source = "void_release.zip, linked from https://github.com/alexklwong/void-dataset"
+
+    def __init__(self, root, split: str | None = None, protocol=None, density: int | None = None):
+        density = self.default_density if density is None else int(density)
+        if density not in DENSITIES:
+            raise ValueError(f"VOID density must be one of {DENSITIES} sparse points; received {density}.")
+        if protocol is None:
+            protocol = f"void{density}"
+        super().__init__(root, protocol, split)
+        self._check_split(("test", "train"))
+        self.density = density
+        if is_processed_folder(self.root):
+            self.base, self._processed = self.root, True
+            self.names = processed_names(self, self.root)
+            return
+        self._processed = False
+        folder = f"void_{density}"
+        if (self.root / folder).is_dir():
+            release, dens_dir = self.root, self.root / folder
+        elif self.root.name == folder:
+            release, dens_dir = self.root.parent, self.root
+        else:
+            raise self.layout_error(f"{self.root} has no {folder}/ folder (and is not one)")
+        self.base = dens_dir
+        columns = []
+        for what in _LISTS:
+            lf = dens_dir / f"{self.split}_{what}.txt"
+            if not lf.is_file():
+                raise self.layout_error(f"list file {lf} is missing")
+            lines = [ln.strip() for ln in lf.read_text().splitlines() if ln.strip()]
+            columns.append([self._resolve(release, dens_dir, line, lf) for line in lines])
+        lengths = {len(c) for c in columns}
+        if len(lengths) != 1:
+            counts = ", ".join(f"{self.split}_{w}.txt: {len(c)}" for w, c in zip(_LISTS, columns))
+            raise self.layout_error(f"the list files in {dens_dir} have different lengths ({counts})")
+        self._entries = list(zip(*columns))
+        if not self._entries:
+            raise self.layout_error(f"{dens_dir / (self.split + '_image.txt')} is empty")
+        # <sequence>_<timestamp>: unique, and the same for every density, so seeds and outputs line up across them.
+        self.names = [f"{Path(e[0]).parent.parent.name}_{Path(e[0]).stem}" for e in self._entries]
+
+    def _resolve(self, release: Path, dens_dir: Path, line: str, lf: Path) -> Path:
+        for base in (release, dens_dir, release.parent):
+            if (base / line).is_file():
+                return base / line
+        raise self.layout_error(f"{line!r} (listed in {lf}) is not a file under {release} or {dens_dir}")
+
+    def _load(self, index: int) -> Sample:
+        if self._processed:
+            return load_processed(self.base, self.names[index])
+        img, sparse, gt, k = self._entries[index]
+        return Sample(image=read_image(img), depth=read_png_depth(gt, 256.0), sparse=read_png_depth(sparse, 256.0),
+                      intrinsics=read_k_file(k), name=self.names[index])
+
+
+class VOID150Dataset(VOIDDataset):
+    key = "void150"
+    default_density = 150
+
+
+class VOID500Dataset(VOIDDataset):
+    key = "void500"
+    default_density = 500
+
+
+class VOID1500Dataset(VOIDDataset):
+    key = "void1500"
+    default_density = 1500

@@ -1,0 +1,480 @@
+"""Lotus: single-step, x0-predicting diffusion depth estimation built from diffusers parts (native, no pipeline).
+
+Lotus (He et al., "Lotus: Diffusion-based Visual Foundation Model for High-quality Dense Prediction") fine-tunes a
+Stable Diffusion ``UNet2DConditionModel`` to predict the clean depth latent x0 in one step at the fixed timestep
+t = 999. What makes it small enough to write once here:
+
+- **Task switch.** One 4-dim embedding ``cat(sin v, cos v)``, v = [1, 0] for depth and [0, 1] for the RGB
+  reconstruction "detail preserver", enters the UNet through ``class_embed_type="projection"``
+  (``projection_class_embeddings_input_dim=4``). :func:`task_embedding` is the only place it is built.
+- **Layouts.** Lotus-G (``mode="generative"``): the UNet sees 8 channels, ``cat(image latent, depth-or-noise
+  latent)``; inference feeds pure Gaussian noise as the second half. Lotus-D (``mode="direct"``): 4 channels, the
+  image latent alone. SharpDepth's sharpener is a Lotus-G UNet that receives a *gated* latent instead of noise.
+- **Latents.** ``AutoencoderKL`` encodes with the posterior mean (no sampling: deterministic), times
+  ``vae.config.scaling_factor`` (minus ``shift_factor`` where a VAE has one); depth is decoded as the mean of the
+  3 output channels. Depth is normalised to [-1, 1] by :mod:`depthkit.sharpen.normalize`.
+- **Text.** The UNet is conditioned on the CLIP embedding of the empty prompt. It is a constant, so it is computed
+  once when weights are imported (:func:`compute_empty_prompt_embeds`) and stored beside them as
+  ``empty_prompt_embeds.safetensors``; no text encoder is ever loaded at run time.
+- **Timestep.** t is passed explicitly: diffusers' ``set_timesteps(1)`` would give t = 0 unless
+  ``timestep_spacing="trailing"``.
+
+Checkpoint layout written by :meth:`LotusModel.save_pretrained` and read by :meth:`LotusModel.from_pretrained`::
+
+    DIR/unet/       diffusers UNet2DConditionModel (config.json + diffusion_pytorch_model.safetensors)
+    DIR/vae/        diffusers AutoencoderKL
+    DIR/scheduler/  DDPMScheduler config (its alphas_cumprod drive SDS noising during SharpDepth training)
+    DIR/empty_prompt_embeds.safetensors   {"empty_prompt_embeds": 1 x 77 x cross_attention_dim}
+    DIR/lotus.json  {"format": "depthkit-lotus", "mode", "norm", "timestep", "default_processing_resolution", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthkit.sharpen.normalize import SPACES, replicate3
+
+__all__ = [
+    "TASKS", "MODES", "LOTUS_JSON", "EMBEDS_FILE", "task_embedding", "default_scheduler_config",
+    "compute_empty_prompt_embeds", "resolve_dtype", "resize_bilinear", "LotusModel",
+]
+
+TASKS = {"depth": (1.0, 0.0), "rgb": (0.0, 1.0)}
+MODES = ("generative", "direct")
+LOTUS_JSON = "lotus.json"
+EMBEDS_FILE = "empty_prompt_embeds.safetensors"
+EMBEDS_KEY = "empty_prompt_embeds"
+FORMAT = "depthkit-lotus"
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def task_embedding(task: str = "depth", batch_size: int = 1, device=None, dtype=None) -> torch.Tensor:
+    """Lotus's task switch: ``B x 4`` tensor ``cat(sin v, cos v)`` with v = [1, 0] (depth) or [0, 1] (rgb)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {tuple(TASKS)}; received {task!r}.")
+    v = torch.tensor(TASKS[task], dtype=torch.float32)
+    emb = torch.cat([torch.sin(v), torch.cos(v)])
+    return emb.expand(int(batch_size), 4).to(device=device, dtype=dtype or torch.float32)
+
+
+def default_scheduler_config() -> dict:
+    """DDPM schedule of Stable Diffusion 2 (what Lotus was fine-tuned from), predicting x0 ("sample")."""
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type="sample", clip_sample=False, steps_offset=1, timestep_spacing="trailing")
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """``None``, a ``torch.dtype`` or one of ``"float32" | "bfloat16" | "float16"`` → ``torch.dtype`` (or None)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) in DTYPES:
+        return DTYPES[str(dtype)]
+    raise ValueError(f"dtype must be one of {sorted(set(DTYPES))} or a torch.dtype; received {dtype!r}.")
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``B x C x H x W`` (antialiased when shrinking), computed in float32, input dtype out."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)
+    return y.to(x.dtype)
+
+
+def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.Tensor:
+    """The text-encoder output for the empty prompt, ``1 x L x D`` float32 on CPU (L = 77 for CLIP).
+
+    Used only when importing released weights (a diffusers pipeline directory has ``text_encoder/`` and
+    ``tokenizer/``): ``compute_empty_prompt_embeds(DIR / "text_encoder", DIR / "tokenizer")``. Either argument may
+    be a loaded object instead of a directory. The prompt is tokenised as Stable Diffusion does: padded to the
+    tokenizer's ``model_max_length`` (or the encoder's ``max_position_embeddings`` when that is unset), and the
+    last hidden state is kept.
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    if isinstance(text_encoder_dir_or_model, (str, os.PathLike)):
+        from transformers import CLIPTextModel
+
+        text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model))
+    else:
+        text_encoder = text_encoder_dir_or_model
+    max_length = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(max_length, int) or max_length > 4096:
+        max_length = int(text_encoder.config.max_position_embeddings)
+    tokens = tokenizer([""], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    device = next(text_encoder.parameters()).device
+    kwargs = {}
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        kwargs["attention_mask"] = tokens["attention_mask"].to(device)
+    with torch.no_grad():
+        out = text_encoder(tokens["input_ids"].to(device), **kwargs)[0]
+    return out.float().cpu()
+
+
+def _checkpoint_error(message: str) -> Exception:
+    from depthkit.checkpoints import CheckpointError
+
+    return CheckpointError(message)
+
+
+class LotusModel(nn.Module):
+    """A Lotus depth model: UNet + VAE + stored empty-prompt embedding.
+
+    Args:
+        unet: ``UNet2DConditionModel`` with ``class_embed_type="projection"``, ``projection_class_embeddings_input_dim
+            =4`` and ``in_channels`` = 2 x (generative) or 1 x (direct) the VAE's latent channels.
+        vae: ``AutoencoderKL``.
+        empty_prompt_embeds: ``1 x L x cross_attention_dim`` (or ``L x D``) text embedding of "".
+        mode: ``"generative"`` (Lotus-G) or ``"direct"`` (Lotus-D).
+        norm: the space the model predicts in, ``"depth"`` or ``"disparity"`` (see :mod:`.normalize`).
+        scheduler: a diffusers DDPM-family scheduler; default :func:`default_scheduler_config`.
+        timestep: the fixed timestep; default ``num_train_timesteps - 1`` (999).
+        default_processing_resolution: longest side (pixels) used by :meth:`predict` when none is given; None means
+            the input's own size (rounded to :attr:`resolution_multiple`). Released Lotus models use 768.
+    """
+
+    def __init__(self, unet, vae, empty_prompt_embeds: torch.Tensor, mode: str = "generative", norm: str = "depth",
+                 scheduler=None, timestep: int | None = None, default_processing_resolution: int | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
+        if norm not in SPACES:
+            raise ValueError(f"norm must be one of {SPACES}; received {norm!r}.")
+        cfg = unet.config
+        if cfg.class_embed_type != "projection" or cfg.projection_class_embeddings_input_dim != 4:
+            raise ValueError(
+                f"the UNet must take Lotus's 4-dim task embedding (class_embed_type='projection', "
+                f"projection_class_embeddings_input_dim=4); received class_embed_type={cfg.class_embed_type!r}, "
+                f"projection_class_embeddings_input_dim={cfg.projection_class_embeddings_input_dim}."
+            )
+        latent = int(vae.config.latent_channels)
+        expected = 2 * latent if mode == "generative" else latent
+        if cfg.in_channels != expected or cfg.out_channels != latent:
+            other = "direct" if mode == "generative" else "generative"
+            raise ValueError(
+                f"mode={mode!r} needs a UNet with in_channels={expected}, out_channels={latent} (VAE latent channels "
+                f"{latent}); received in_channels={cfg.in_channels}, out_channels={cfg.out_channels}. "
+                f"Is this a Lotus-{'D' if mode == 'generative' else 'G'} model? Then use mode={other!r}."
+            )
+        embeds = torch.as_tensor(empty_prompt_embeds)
+        if embeds.ndim == 2:
+            embeds = embeds[None]
+        if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != cfg.cross_attention_dim:
+            raise ValueError(
+                f"empty_prompt_embeds must be 1 x L x {cfg.cross_attention_dim} (the UNet's cross_attention_dim); "
+                f"received {tuple(embeds.shape)}."
+            )
+        if scheduler is None:
+            from diffusers import DDPMScheduler
+
+            scheduler = DDPMScheduler(**default_scheduler_config())
+        n_train = int(scheduler.config.num_train_timesteps)
+        timestep = n_train - 1 if timestep is None else int(timestep)
+        if not 0 <= timestep < n_train:
+            raise ValueError(f"timestep must be in [0, {n_train - 1}]; received {timestep}.")
+        if default_processing_resolution is not None and int(default_processing_resolution) <= 0:
+            raise ValueError(f"default_processing_resolution must be a positive int or None; received "
+                             f"{default_processing_resolution!r}.")
+        self.unet = unet
+        self.vae = vae
+        self.scheduler = scheduler
+        self.mode = mode
+        self.norm = norm
+        self.timestep = timestep
+        self.default_processing_resolution = (None if default_processing_resolution is None
+                                              else int(default_processing_resolution))
+        self.register_buffer("empty_prompt_embeds", embeds.detach().clone(), persistent=True)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side: 2 ** (VAE blocks − 1); 8 for Stable Diffusion."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution_multiple(self) -> int:
+        """Processing sizes are multiples of this: vae_scale_factor x 2 ** (UNet down blocks − 1); 64 for SD."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    # ----------------------------------------------------------------- latents
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x H x W`` in [-1, 1] → scaled latent ``B x C x H/f x W/f`` (posterior mean, f = vae_scale_factor)."""
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        shift = self.vae.config.shift_factor or 0.0
+        return (dist.mean - shift) * self.vae.config.scaling_factor
+
+    def encode_depth(self, depth_norm: torch.Tensor) -> torch.Tensor:
+        """Normalised depth ``B x 1 x H x W`` in [-1, 1] → latent (replicated to 3 channels first)."""
+        return self.encode(replicate3(depth_norm))
+
+    def decode_depth(self, latent: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+        """Latent → ``B x 1 x H x W`` normalised depth (mean of the 3 decoded channels); ``clamp`` to [-1, 1].
+
+        Training keeps ``clamp=False`` so losses see (and can pull back) values outside the range.
+        """
+        shift = self.vae.config.shift_factor or 0.0
+        z = latent.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        out = self.vae.decode(z).sample.mean(dim=1, keepdim=True)
+        return out.clamp(-1.0, 1.0) if clamp else out
+
+    def prompt_embeds(self, batch_size: int) -> torch.Tensor:
+        return self.empty_prompt_embeds.expand(int(batch_size), -1, -1).to(self.dtype)
+
+    def timesteps(self, batch_size: int, timestep=None) -> torch.Tensor:
+        """``[B]`` long tensor of the fixed timestep (or of ``timestep``: an int or a ``[B]`` tensor)."""
+        if timestep is None:
+            timestep = self.timestep
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 1:
+            return timestep.to(self.device, torch.long)
+        return torch.full((int(batch_size),), int(timestep), device=self.device, dtype=torch.long)
+
+    def noise_like(self, latent: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard Gaussian noise shaped like ``latent`` (drawn in float32, so a seed gives the same noise in any
+        dtype)."""
+        noise = torch.randn(latent.shape, generator=generator, device=latent.device, dtype=torch.float32)
+        return noise.to(latent.dtype)
+
+    def predict_latent(self, image_latent: torch.Tensor, depth_latent_or_noise: torch.Tensor | None = None, *,
+                       timestep=None, task: str = "depth", unet=None) -> torch.Tensor:
+        """One UNet step: the predicted clean latent x0, ``B x C x h x w``.
+
+        Args:
+            image_latent: :meth:`encode` of the image.
+            depth_latent_or_noise: generative mode only: pure noise (Lotus inference), a gated latent (SharpDepth)
+                or a noised latent (SDS teacher). Must be None in direct mode.
+            timestep: int or ``[B]`` tensor; default the fixed :attr:`timestep` (999).
+            task: ``"depth"`` or ``"rgb"`` (detail preserver).
+            unet: run another UNet with the same layout (an EMA copy, a frozen teacher); default ``self.unet``.
+        """
+        unet = self.unet if unet is None else unet
+        b = image_latent.shape[0]
+        if self.mode == "generative":
+            if depth_latent_or_noise is None:
+                raise ValueError("a generative (Lotus-G) model needs depth_latent_or_noise: pass noise_like(latent) "
+                                 "for plain Lotus inference.")
+            if depth_latent_or_noise.shape != image_latent.shape:
+                raise ValueError(f"depth_latent_or_noise has shape {tuple(depth_latent_or_noise.shape)}; it must "
+                                 f"match image_latent {tuple(image_latent.shape)}.")
+            # the image latent comes first: Lotus-G's conv_in was trained with this channel order
+            sample = torch.cat([image_latent, depth_latent_or_noise], dim=1)
+        else:
+            if depth_latent_or_noise is not None:
+                raise ValueError("a direct (Lotus-D) model takes the image latent alone; pass "
+                                 "depth_latent_or_noise=None.")
+            sample = image_latent
+        dtype = next(unet.parameters()).dtype
+        return unet(
+            sample.to(dtype),
+            self.timesteps(b, timestep),
+            encoder_hidden_states=self.prompt_embeds(b).to(dtype),
+            class_labels=task_embedding(task, b, device=sample.device, dtype=dtype),
+            return_dict=False,
+        )[0]
+
+    # ----------------------------------------------------------------- images
+    def processing_size(self, height: int, width: int, processing_resolution: int | None = None) -> tuple[int, int]:
+        """Size the UNet sees: longest side ≈ ``processing_resolution`` (default :attr:`default_processing_resolution`,
+        else the input's), aspect kept, each side rounded to a multiple of :attr:`resolution_multiple`."""
+        res = self.default_processing_resolution if processing_resolution is None else processing_resolution
+        if res is not None and (not isinstance(res, (int, np.integer)) or res <= 0):
+            raise ValueError(f"processing_resolution must be a positive int (pixels, longest side) or None; "
+                             f"received {processing_resolution!r}.")
+        m = self.resolution_multiple
+        scale = 1.0 if res is None else float(res) / max(height, width)
+        return (max(m, int(round(height * scale / m)) * m), max(m, int(round(width * scale / m)) * m))
+
+    def prepare_image(self, image) -> tuple[torch.Tensor, bool]:
+        """HxWx3 uint8 ndarray or ``B x 3 x H x W`` float tensor in [-1, 1] → ``(tensor in [-1, 1] on the model's
+        device, float32; single)`` where ``single`` says the input was one ndarray image."""
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"image must be an HxWx3 uint8 RGB array; received shape {image.shape}, dtype "
+                                 f"{image.dtype}. For tensors pass B x 3 x H x W floats in [-1, 1].")
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+            return x.to(self.device), True
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
+                raise ValueError(f"a tensor image must be B x 3 x H x W floating point in [-1, 1]; received shape "
+                                 f"{tuple(image.shape)}, dtype {image.dtype}.")
+            lo, hi = float(image.min()), float(image.max())
+            if lo < -1.001 or hi > 1.001:
+                raise ValueError(f"a tensor image must be in [-1, 1]; received values in [{lo:.3g}, {hi:.3g}]. "
+                                 "Map uint8 with x / 127.5 - 1.")
+            return image.to(self.device, torch.float32), False
+        raise ValueError(f"image must be an HxWx3 uint8 ndarray or a B x 3 x H x W tensor; received "
+                         f"{type(image).__name__}.")
+
+    def predict_normalized(self, image: torch.Tensor, generator: torch.Generator | None = None,
+                           unet=None) -> torch.Tensor:
+        """``B x 3 x h x w`` image in [-1, 1] (already at processing size) → ``B x 1 x h x w`` prediction in
+        Lotus's normalised space (unclamped); pure noise as the second input in generative mode."""
+        z_img = self.encode(image)
+        second = self.noise_like(z_img, generator) if self.mode == "generative" else None
+        return self.decode_depth(self.predict_latent(z_img, second, unet=unet))
+
+    def predict(self, image, processing_resolution: int | None = None, generator: torch.Generator | None = None):
+        """Affine-invariant depth (``norm="depth"``: 0 = near, 1 = far) or disparity (1 = near), in [0, 1], at the
+        input resolution.
+
+        Args:
+            image: HxWx3 uint8 RGB ndarray (→ HxW float32 ndarray) or ``B x 3 x H x W`` tensor in [-1, 1]
+                (→ ``B x 1 x H x W`` float32 tensor on the model's device).
+            processing_resolution: longest side in pixels the model runs at (see :meth:`processing_size`); the
+                result is resized back bilinearly.
+            generator: noise for Lotus-G; default a fresh generator seeded 0, so calls are repeatable.
+        """
+        x, single = self.prepare_image(image)
+        h, w = x.shape[-2:]
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(0)
+        with torch.inference_mode():
+            pred = self.predict_normalized(resize_bilinear(x, self.processing_size(h, w, processing_resolution)),
+                                           generator)
+            unit = ((resize_bilinear(pred.float(), (h, w)) + 1.0) * 0.5).clamp(0.0, 1.0)
+        return unit[0, 0].cpu().numpy() if single else unit
+
+    # ----------------------------------------------------------------- save / load
+    def config_dict(self) -> dict:
+        from depthkit import __version__
+
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "depthkit_version": __version__,
+                "mode": self.mode, "norm": self.norm, "timestep": self.timestep, "task": "depth",
+                "default_processing_resolution": self.default_processing_resolution,
+                "vae_scale_factor": self.vae_scale_factor}
+
+    def save_pretrained(self, directory) -> Path:
+        """Write ``unet/``, ``vae/``, ``scheduler/``, the embeds file and ``lotus.json`` into ``directory``."""
+        from safetensors.torch import save_file
+
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(root / "unet", safe_serialization=True)
+        self.vae.save_pretrained(root / "vae", safe_serialization=True)
+        self.scheduler.save_pretrained(root / "scheduler")
+        save_file({EMBEDS_KEY: self.empty_prompt_embeds.detach().cpu().contiguous()}, str(root / EMBEDS_FILE))
+        (root / LOTUS_JSON).write_text(json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n")
+        return root
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, device=None, dtype=None, mode: str | None = None,
+                        norm: str | None = None, unet_subfolder: str = "unet", **overrides) -> LotusModel:
+        """Load a directory written by :meth:`save_pretrained` (or an imported release), local first.
+
+        A hub id (``owner/name``) is tried only when no such local path exists, downloading only the files used
+        here; ``HF_HUB_OFFLINE=1`` restricts it to the local cache. ``mode``/``norm`` override ``lotus.json``
+        (without one, mode follows the UNet's in_channels and norm defaults to "depth"). ``unet_subfolder`` picks
+        another UNet folder of the same checkpoint (e.g. SharpDepth's separate ``lotus_unet/``). ``device``/
+        ``dtype`` (``"bfloat16"`` etc.) place the model. Raises ``CheckpointError`` naming what is missing.
+        """
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+        root = resolve_model_dir(path_or_hub_id)
+        check_model_dir(root, unet_subfolder)
+        meta = {}
+        if (root / LOTUS_JSON).is_file():
+            try:
+                meta = json.loads((root / LOTUS_JSON).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise _checkpoint_error(f"{root / LOTUS_JSON} is corrupt (not valid JSON: {exc}).") from exc
+            if meta.get("format") != FORMAT or int(meta.get("format_version", -1)) > FORMAT_VERSION:
+                raise _checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
+                                        f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}).")
+        torch_dtype = resolve_dtype(dtype)
+        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        try:
+            unet = UNet2DConditionModel.from_pretrained(str(root / unet_subfolder), **kwargs)
+            vae = AutoencoderKL.from_pretrained(str(root / "vae"), **kwargs)
+            scheduler = DDPMScheduler.from_pretrained(str(root / "scheduler"))
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise _checkpoint_error(f"could not load the diffusers parts of {root}: {type(exc).__name__}: {exc}. "
+                                    "The checkpoint may be truncated or corrupt; re-create or re-download it.") from exc
+        embeds = load_empty_prompt_embeds(root / EMBEDS_FILE)
+        if mode is None:
+            mode = meta.get("mode") or ("generative" if unet.config.in_channels == 2 * vae.config.latent_channels
+                                        else "direct")
+        opts = {"timestep": meta.get("timestep"),
+                "default_processing_resolution": meta.get("default_processing_resolution")}
+        opts.update(overrides)
+        model = cls(unet, vae, embeds, mode=mode, norm=norm or meta.get("norm", "depth"), scheduler=scheduler,
+                    **opts)
+        model.eval()
+        return model.to(device=device or "cpu", dtype=torch_dtype)
+
+
+def load_empty_prompt_embeds(path) -> torch.Tensor:
+    """Read ``empty_prompt_embeds.safetensors`` (``1 x L x D``); a corrupt file gives a CheckpointError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise _checkpoint_error(f"{path} is corrupt or unreadable ({exc}). Re-create it with "
+                                "compute_empty_prompt_embeds() from the release's text_encoder/ and tokenizer/.") from exc
+    if EMBEDS_KEY not in tensors:
+        raise _checkpoint_error(f"{path} has no tensor named {EMBEDS_KEY!r} (found {sorted(tensors)}).")
+    return tensors[EMBEDS_KEY]
+
+
+def resolve_model_dir(path_or_hub_id) -> Path:
+    """A local directory, or a hub snapshot of ``owner/name`` restricted to the files Lotus needs."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise _checkpoint_error(f"{path} is a file; a Lotus checkpoint is a directory with unet/, vae/, "
+                                    f"scheduler/ and {EMBEDS_FILE}.")
+        return path
+    text = str(path_or_hub_id)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise _checkpoint_error(f"Lotus checkpoint {text!r} not found: no such directory, and it is not a hub id "
+                                "(owner/name). Save one with LotusModel.save_pretrained(DIR) or build a tiny one "
+                                "with depthkit.sharpen.tiny.build_tiny_lotus().")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    patterns = ["unet/*", "lotus_unet/*", "vae/*", "scheduler/*", EMBEDS_FILE, LOTUS_JSON, "sharpdepth.json"]
+    try:
+        return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=offline))
+    except Exception as exc:
+        why = "HF_HUB_OFFLINE=1 and it is not in the local hub cache" if offline else f"{type(exc).__name__}: {exc}"
+        raise _checkpoint_error(f"could not get Lotus checkpoint {text!r} from the hub ({why}). Pass a local "
+                                "directory, or download it where the network is available.") from exc
+
+
+def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
+    """Raise a CheckpointError listing every missing part of a Lotus checkpoint directory."""
+    required = {unet_subfolder: f"{unet_subfolder}/config.json", "vae": "vae/config.json",
+                "scheduler": "scheduler/scheduler_config.json", EMBEDS_FILE: EMBEDS_FILE}
+    missing = [name for name, rel in required.items() if not (root / rel).is_file()]
+    if not missing:
+        return
+    found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
+    hint = ("This looks like a released diffusers pipeline (it has text_encoder/): import it into depthkit's layout, "
+            "which computes the empty-prompt embedding once with compute_empty_prompt_embeds()."
+            if (root / "text_encoder").is_dir() and missing == [EMBEDS_FILE]
+            else "Write a complete one with LotusModel.save_pretrained(DIR), or import released weights.")
+    raise _checkpoint_error(f"{root} is not a complete Lotus checkpoint: missing {', '.join(missing)} "
+                            f"(found: {found}). {hint}")

@@ -1,0 +1,536 @@
+"""SharpDepth building blocks: discrepancy, noise-aware gating, two-pass inference, EMA, one-step training losses.
+
+SharpDepth (Pham et al., CVPR 2025, arXiv 2411.18229) sharpens a metric depth map d where it disagrees with Lotus:
+
+1. pass 1 — Lotus-G with pure noise gives an affine-invariant prediction; the discrepancy
+   e = |Lotus(x) − norm(d)| / max, clipped to [0, 1], marks where d needs sharpening;
+2. pass 2 — the sharpener (a Lotus-G-layout UNet initialised from Lotus) sees the gated latent
+   z'_d = ê ⊙ ε + (1 − ê) ⊙ z_d, z_d = VAE(norm(d)), ê = e at latent size, and predicts ẑ;
+3. ẑ is decoded, fitted to d by least squares over pixels with e < 0.5, and returned in metres.
+
+Where the public code and the paper differ, :class:`SharpDepthConfig` has a switch (defaults follow the code).
+norm(d) is the per-image min/max map of d to [-1, 1] in the Lotus model's space (depth or disparity, see
+:mod:`depthkit.sharpen.normalize`); the scale/shift fit happens in that space and is mapped back to metres with the
+same range, which for depth space is exactly the code's direct fit to metres.
+
+depthkit additions (documented choices):
+
+- e = 0 at measured sparse pixels, so sharpening never moves a measurement. At latent size a cell that contains any
+  measured pixel gets ê = 0 (max-pooled sparse mask) — a single LiDAR return protects its whole f x f cell, so a
+  dense measurement (ToF) leaves little to sharpen. The returned depth then has every measured pixel restored.
+- pixels where d is missing (0, not finite) get e = 1: they are fully regenerated and excluded from the fit.
+- e's max is taken per image (the code takes it over the batch, which is the same at its batch size 1).
+- inference is single-step and deterministic by default (noise from a generator seeded 0).
+
+Both passes use the same UNet unless a separate ``lotus_unet`` is given: the released SharpDepth runs its one UNet
+twice; during training pass 1 runs the EMA of the student (:class:`EMA`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthkit.sharpen.lotus import LotusModel, resize_bilinear, resolve_dtype
+from depthkit.sharpen.normalize import (
+    denormalize_depth,
+    masked_scale_shift,
+    normalize_depth,
+    valid_depth,
+)
+
+__all__ = [
+    "SharpDepthConfig", "discrepancy", "downsample_discrepancy", "sparse_to_latent_mask", "gate", "apply_gate",
+    "resize_depth", "SharpDepth", "SharpenOutput", "EMA", "SHARPDEPTH_JSON",
+]
+
+SHARPDEPTH_JSON = "sharpdepth.json"
+LOTUS_UNET_DIR = "lotus_unet"
+
+
+@dataclass
+class SharpDepthConfig:
+    """SharpDepth switches; ``[code]`` = the public implementation, ``[paper]`` = the paper's text."""
+
+    discrepancy_norm: str = "minmax"
+    """"minmax" [code]: compare Lotus(x) with min/max-normalised d directly; "lstsq" [paper]: first align Lotus(x)
+    to norm(d) by least-squares scale/shift."""
+    discrepancy_downsample: str = "nearest"
+    """Resize of e to latent size: "nearest" [code] or "area" (average over each cell)."""
+    gate_prob: float = 0.8
+    """Training: probability that a sample gets the gated latent; otherwise pure noise [code]."""
+    gate_noise: str = "noise"
+    """What fills high-discrepancy cells: "noise" = ε [paper formula]; "noised_lotus" = the pass-1 latent noised to
+    t=999 with the scheduler, sqrt(ᾱ)·ẑ_lotus + sqrt(1−ᾱ)·ε [code] (≈ 0.07·ẑ + 0.998·ε for SD's schedule)."""
+    sds_timestep: str = "fixed"
+    """"fixed": t = 999 [code]; "sampled": t ~ U[sds_t_min, sds_t_max] per sample [paper]."""
+    sds_t_min: int = 20
+    """Lower bound of sampled SDS timesteps (DreamFusion's 0.02·T; the paper gives no range)."""
+    sds_t_max: int = 980
+    """Upper bound (inclusive) of sampled SDS timesteps (0.98·T)."""
+    lambda_sds: float = 1.0
+    """Weight of the SDS loss [paper and code]."""
+    lambda_recons: float = 0.3
+    """Weight of the reconstruction loss [paper]; the released training script uses 0.4 (0.2 in other runs)."""
+    ema_decay: float = 0.9999
+    """EMA decay of the student that produces pass 1 during training [code]."""
+    ema_start: int = 100
+    """EMA: before this many updates the EMA is a copy of the student [code]."""
+    ema_every: int = 10
+    """EMA: after ema_start, update every this many steps [code]."""
+    ema_warmup_power: float | None = None
+    """None: constant decay (the stated rule). 2/3 reproduces the code's library default, decay_k =
+    min(ema_decay, 1 − (1 + k)^(−power)) for the k-th EMA update."""
+    fit_threshold: float = 0.5
+    """Inference: scale/shift are fitted over pixels with e < fit_threshold [code]."""
+    zero_discrepancy_at_sparse: bool = True
+    """depthkit: e = 0 at measured sparse pixels (and the latent cells containing them)."""
+
+    def __post_init__(self):
+        choices = {"discrepancy_norm": ("minmax", "lstsq"), "discrepancy_downsample": ("nearest", "area"),
+                   "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SharpDepthConfig.{name} must be one of {allowed}; received {getattr(self, name)!r}.")
+        if not 0.0 <= self.gate_prob <= 1.0:
+            raise ValueError(f"gate_prob is a probability in [0, 1]; received {self.gate_prob}.")
+        if not 0 <= self.sds_t_min <= self.sds_t_max:
+            raise ValueError(f"need 0 <= sds_t_min <= sds_t_max; received {self.sds_t_min}, {self.sds_t_max}.")
+        if not 0.0 <= self.ema_decay < 1.0 or self.ema_start < 0 or self.ema_every < 1:
+            raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
+                             f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
+        if not 0.0 < self.fit_threshold <= 1.0:
+            raise ValueError(f"fit_threshold must be in (0, 1]; received {self.fit_threshold}.")
+        if self.lambda_sds < 0 or self.lambda_recons < 0:
+            raise ValueError(f"loss weights must be >= 0; received lambda_sds={self.lambda_sds}, "
+                             f"lambda_recons={self.lambda_recons}.")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> SharpDepthConfig:
+        """Build from a dict, refusing unknown keys (a typo must not silently fall back to a default)."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SharpDepthConfig keys {unknown}; allowed: {sorted(known)}.")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------- discrepancy & gating
+def discrepancy(lotus_pred: torch.Tensor, metric_norm: torch.Tensor, sparse_mask: torch.Tensor | None = None,
+                mode: str = "minmax", valid_mask: torch.Tensor | None = None, min_peak: float = 1e-3) -> torch.Tensor:
+    """Discrepancy map e in [0, 1], ``B x 1 x H x W`` float32.
+
+    Args:
+        lotus_pred: Lotus's prediction in its normalised space (``B x 1 x H x W``, ~[-1, 1]).
+        metric_norm: norm(d) in the same space and size.
+        sparse_mask: measured pixels (bool/0-1); e = 0 there.
+        mode: "minmax" [code]: e from the two maps as they are; "lstsq" [paper]: ``lotus_pred`` is first aligned
+            to ``metric_norm`` by a per-image least-squares scale/shift over ``valid_mask``.
+        valid_mask: pixels where d is known; elsewhere e = 1 and they do not set the max.
+        min_peak: floor of the per-image max (normalised units; the range is 2). Without it two maps that agree
+            up to rounding would have their rounding noise stretched to [0, 1]; above it this is the code's rule.
+    """
+    if mode not in ("minmax", "lstsq"):
+        raise ValueError(f"discrepancy mode must be 'minmax' or 'lstsq'; received {mode!r}.")
+    if lotus_pred.shape != metric_norm.shape:
+        raise ValueError(f"lotus_pred {tuple(lotus_pred.shape)} and metric_norm {tuple(metric_norm.shape)} differ.")
+    pred = lotus_pred.float()
+    target = metric_norm.float()
+    if mode == "lstsq":
+        s, t = masked_scale_shift(pred, target, valid_mask)
+        pred = s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
+    err = (pred - target).abs()
+    valid = None if valid_mask is None else valid_mask.to(device=err.device, dtype=torch.bool)
+    if valid is not None:
+        err = torch.where(valid, err, torch.zeros_like(err))
+    peak = err.amax(dim=(1, 2, 3), keepdim=True)
+    e = (err / peak.clamp_min(min_peak)).clamp(0.0, 1.0)
+    if valid is not None:
+        e = torch.where(valid, e, torch.ones_like(e))
+    if sparse_mask is not None:
+        e = torch.where(sparse_mask.to(device=e.device, dtype=torch.bool), torch.zeros_like(e), e)
+    return e
+
+
+def sparse_to_latent_mask(sparse_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bool ``B x 1 x h x w``: true where the cell (of any size ratio) contains at least one measured pixel."""
+    return F.adaptive_max_pool2d(sparse_mask.float(), tuple(size)) > 0
+
+
+def downsample_discrepancy(e: torch.Tensor, latent_hw: tuple[int, int], mode: str = "nearest",
+                           sparse_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """e (``B x 1 x H x W``) → ê at latent size; "nearest" [code] keeps one pixel per cell, "area" averages.
+
+    With ``sparse_mask`` (full-resolution measured pixels), every cell containing a measurement gets ê = 0.
+    """
+    if mode not in ("nearest", "area"):
+        raise ValueError(f"discrepancy_downsample must be 'nearest' or 'area'; received {mode!r}.")
+    e_hat = F.interpolate(e.float(), size=tuple(latent_hw), mode=mode)
+    if sparse_mask is not None:
+        e_hat = torch.where(sparse_to_latent_mask(sparse_mask, latent_hw), torch.zeros_like(e_hat), e_hat)
+    return e_hat
+
+
+def gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
+    """Noise-aware gating ``ê ⊙ noise + (1 − ê) ⊙ z_d``; ê (``B x 1 x h x w``) broadcasts over latent channels."""
+    e_hat = e_hat.to(z_d.dtype)
+    return e_hat * noise.to(z_d.dtype) + (1.0 - e_hat) * z_d
+
+
+def apply_gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor, prob: float = 0.8,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time gating: each sample is gated with probability ``prob``, else it gets pure ``noise`` [code].
+
+    Returns ``(latent, gated)`` with ``gated`` a ``[B]`` bool tensor saying which samples were gated.
+    """
+    device = generator.device if generator is not None else z_d.device
+    gated = (torch.rand(z_d.shape[0], generator=generator, device=device) < prob).to(z_d.device)
+    out = torch.where(gated.view(-1, 1, 1, 1), gate(z_d, noise, e_hat), noise.to(z_d.dtype))
+    return out, gated
+
+
+def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize metric depth with holes: validity-weighted bilinear. Returns ``(depth, valid)`` at ``size``; a pixel is
+    valid when at least half of its interpolation weight fell on known depth (missing stays 0)."""
+    valid = valid_depth(depth).float()
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return torch.where(valid > 0, depth.float(), torch.zeros_like(valid)), valid > 0
+    weight = resize_bilinear(valid, size)
+    num = resize_bilinear(torch.where(valid > 0, depth.float(), torch.zeros_like(valid)), size)
+    ok = weight >= 0.5
+    return torch.where(ok, num / weight.clamp_min(1e-6), torch.zeros_like(num)), ok
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass
+class SharpenOutput:
+    """Result of :meth:`SharpDepth.sharpen` for one image.
+
+    Attributes:
+        depth: HxW float32 metres, sharpened, measured sparse pixels restored exactly.
+        discrepancy: HxW float32 in [0, 1] (0 at measured pixels, 1 where the metric input was missing).
+        lotus: HxW float32 pass-1 Lotus prediction mapped to [0, 1] (affine-invariant; depth or disparity).
+        scale, shift: the fit ``norm(d) ≈ scale · prediction + shift`` in the normalised space.
+        fit_pixels: number of pixels the fit used.
+    """
+
+    depth: np.ndarray
+    discrepancy: np.ndarray
+    lotus: np.ndarray
+    scale: float
+    shift: float
+    fit_pixels: int
+
+
+class SharpDepth(nn.Module):
+    """SharpDepth around a Lotus-G model whose UNet is the sharpener.
+
+    Args:
+        model: :class:`LotusModel` in generative mode; ``model.unet`` is the sharpener (at the start of training,
+            a copy of Lotus).
+        config: :class:`SharpDepthConfig` (or a dict of its fields).
+        lotus_unet: optional separate UNet for pass 1 (plain Lotus); default ``model.unet``, as the released model.
+    """
+
+    def __init__(self, model: LotusModel, config: SharpDepthConfig | dict | None = None, lotus_unet=None):
+        super().__init__()
+        if not isinstance(model, LotusModel) or model.mode != "generative":
+            got = getattr(model, "mode", type(model).__name__)
+            raise ValueError(f"SharpDepth needs a generative (Lotus-G, 8-channel) LotusModel; received {got!r}. "
+                             "Its gating feeds a depth latent beside the image latent, which Lotus-D cannot take.")
+        if lotus_unet is not None and lotus_unet.config.in_channels != model.unet.config.in_channels:
+            raise ValueError(f"lotus_unet has in_channels={lotus_unet.config.in_channels}; it must match the "
+                             f"sharpener's {model.unet.config.in_channels} (a Lotus-G UNet).")
+        self.model = model
+        self.lotus_unet = lotus_unet
+        self.config = config if isinstance(config, SharpDepthConfig) else SharpDepthConfig.from_dict(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ----------------------------------------------------------------- shared by inference and training
+    def lotus_pass(self, image_latent: torch.Tensor, generator: torch.Generator | None = None,
+                   unet=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1: pure noise → ``(x0 latent, decoded prediction B x 1 x H x W)``. ``unet``: e.g. the EMA; default
+        ``lotus_unet`` or the sharpener."""
+        unet = unet if unet is not None else (self.lotus_unet if self.lotus_unet is not None else self.model.unet)
+        z = self.model.predict_latent(image_latent, self.model.noise_like(image_latent, generator), unet=unet)
+        return z, self.model.decode_depth(z)
+
+    def gate_latent(self, z_d: torch.Tensor, e: torch.Tensor, sparse_mask: torch.Tensor | None = None,
+                    lotus_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                    training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sharpener's second input from z_d and the full-resolution e: downsample e (cells with a
+        measurement → 0 when ``zero_discrepancy_at_sparse``), draw the noise (``gate_noise``), gate. With
+        ``training`` the gate is applied with probability ``gate_prob`` (else pure noise). Returns
+        ``(latent, gated [B] bool)``."""
+        cfg = self.config
+        sparse = sparse_mask if cfg.zero_discrepancy_at_sparse else None
+        e_hat = downsample_discrepancy(e, z_d.shape[-2:], cfg.discrepancy_downsample, sparse)
+        noise = self.model.noise_like(z_d, generator)
+        if cfg.gate_noise == "noised_lotus":
+            if lotus_latent is None:
+                raise ValueError("gate_noise='noised_lotus' needs the pass-1 latent (lotus_latent).")
+            t = self.model.timesteps(z_d.shape[0])
+            noise = self.model.scheduler.add_noise(lotus_latent.float(), noise.float(), t).to(z_d.dtype)
+        if training:
+            return apply_gate(z_d, noise, e_hat, cfg.gate_prob, generator)
+        return gate(z_d, noise, e_hat), torch.ones(z_d.shape[0], dtype=torch.bool, device=z_d.device)
+
+    # ----------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def sharpen_tensors(self, image: torch.Tensor, metric_depth: torch.Tensor, sparse: torch.Tensor | None = None,
+                        processing_resolution: int | None = None,
+                        generator: torch.Generator | None = None) -> dict:
+        """Batched inference on tensors.
+
+        Args:
+            image: ``B x 3 x H x W`` in [-1, 1].
+            metric_depth: ``B x 1 x H x W`` metres (0 = missing), the metric source d.
+            sparse: optional ``B x 1 x H x W`` metres, 0 = not measured.
+        Returns:
+            dict of ``depth`` (``B x 1 x H x W`` metres), ``discrepancy`` (same size, [0, 1]), ``lotus`` (pass-1
+            prediction at input size, normalised [-1, 1]), ``prediction`` (pass-2, normalised), ``scale``/``shift``
+            (``[B]``) and ``fit_pixels`` (``[B]``).
+        """
+        m, cfg = self.model, self.config
+        image = image.to(m.device, torch.float32)
+        metric_depth = metric_depth.to(m.device, torch.float32)
+        b, _, h, w = image.shape
+        if metric_depth.shape != (b, 1, h, w):
+            raise ValueError(f"metric_depth must be {b} x 1 x {h} x {w} to match the image; received "
+                             f"{tuple(metric_depth.shape)}.")
+        if generator is None:
+            generator = torch.Generator(device=m.device).manual_seed(0)
+        valid = valid_depth(metric_depth)
+        measured = None
+        if sparse is not None:
+            sparse = sparse.to(m.device, torch.float32)
+            if sparse.shape != metric_depth.shape:
+                raise ValueError(f"sparse must have the metric depth's shape {tuple(metric_depth.shape)}; received "
+                                 f"{tuple(sparse.shape)}.")
+            measured = torch.isfinite(sparse) & (sparse > 0)
+        # one normalisation range, from the full-resolution d, for every resolution below
+        norm_full, params = normalize_depth(metric_depth, m.norm, "minmax")
+        hp, wp = m.processing_size(h, w, processing_resolution)
+        d_p, valid_p = resize_depth(metric_depth, (hp, wp))
+        norm_p, _ = normalize_depth(d_p, m.norm, "minmax", valid_mask=valid_p, params=params)
+        measured_p = None
+        if measured is not None and cfg.zero_discrepancy_at_sparse:
+            measured_p = sparse_to_latent_mask(measured, (hp, wp))
+
+        z_img = m.encode(resize_bilinear(image, (hp, wp)))
+        z_lotus, lotus_p = self.lotus_pass(z_img, generator)
+        e_p = discrepancy(lotus_p, norm_p, measured_p, cfg.discrepancy_norm, valid_p)
+        z_d = m.encode_depth(norm_p)
+        z_in, _ = self.gate_latent(z_d, e_p, measured_p, z_lotus, generator)
+        pred_p = m.decode_depth(m.predict_latent(z_img, z_in))
+
+        pred = resize_bilinear(pred_p.float(), (h, w))
+        e = resize_bilinear(e_p.float(), (h, w)).clamp(0.0, 1.0)
+        e = torch.where(valid, e, torch.ones_like(e))
+        if measured is not None and cfg.zero_discrepancy_at_sparse:
+            e = torch.where(measured, torch.zeros_like(e), e)
+        fit_mask = (e < cfg.fit_threshold) & valid
+        s, t = masked_scale_shift(pred, norm_full, fit_mask)
+        depth = denormalize_depth(s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1), params)
+        if measured is not None:
+            depth = torch.where(measured, sparse, depth)
+        used = torch.where(fit_mask.flatten(1).sum(1) >= 2, fit_mask.flatten(1).sum(1), valid.flatten(1).sum(1))
+        return {"depth": depth, "discrepancy": e, "lotus": resize_bilinear(lotus_p.float(), (h, w)),
+                "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params}
+
+    def sharpen(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
+                processing_resolution: int | None = None, generator: torch.Generator | None = None) -> SharpenOutput:
+        """Sharpen one image: HxWx3 uint8 RGB, metric depth HxW metres (0 = missing), optional sparse HxW metres."""
+        x, single = self.model.prepare_image(image)
+        if not single:
+            raise ValueError("sharpen() takes one HxWx3 uint8 image; use sharpen_tensors() for batches.")
+        h, w = x.shape[-2:]
+        d = _check_depth_array(metric_depth, (h, w), "metric_depth")
+        sp = None if sparse is None else _check_depth_array(sparse, (h, w), "sparse")
+        out = self.sharpen_tensors(x, d, sp, processing_resolution, generator)
+        return SharpenOutput(
+            depth=out["depth"][0, 0].float().cpu().numpy(),
+            discrepancy=out["discrepancy"][0, 0].float().cpu().numpy(),
+            lotus=((out["lotus"][0, 0].clamp(-1, 1) + 1) * 0.5).float().cpu().numpy(),
+            scale=float(out["scale"][0]), shift=float(out["shift"][0]), fit_pixels=int(out["fit_pixels"][0]),
+        )
+
+    def forward(self, image, metric_depth, sparse=None, processing_resolution=None, generator=None) -> SharpenOutput:
+        """``sharpdepth(image, metric_depth, sparse)`` is :meth:`sharpen`."""
+        return self.sharpen(image, metric_depth, sparse, processing_resolution, generator)
+
+    # ----------------------------------------------------------------- training
+    def compute_losses(self, image: torch.Tensor, metric_depth: torch.Tensor, teacher_unet,
+                       pass1_unet=None, sparse: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> dict:
+        """One label-free training step's losses (no optimiser, no EMA update — the trainer owns those).
+
+        Args:
+            image: ``B x 3 x H x W`` in [-1, 1], H and W multiples of ``model.resolution_multiple``.
+            metric_depth: ``B x 1 x H x W`` metres from the metric source (0 = missing).
+            teacher_unet: frozen Lotus UNet f_G for SDS.
+            pass1_unet: UNet for the discrepancy pass (the EMA's ``model``); default ``lotus_unet`` / the student.
+            sparse: optional measured depth; with ``zero_discrepancy_at_sparse`` e = 0 there.
+            generator: on the model's device; draws pass-1 noise, the gate coin, the gating noise, the SDS timestep
+                and the SDS noise (the EMA should be kept in float32: a 1e-4 step vanishes in bf16).
+        Returns:
+            dict with ``loss`` = λ_SDS·sds + λ_recons·recons (differentiable w.r.t. the sharpener), ``sds``,
+            ``recons``, ``discrepancy`` (``B x 1 x H x W``), ``gated`` (``[B]`` bool) and ``timesteps``.
+        """
+        from depthkit.sharpen.losses import reconstruction_loss, sample_sds_timesteps, sds_loss, sds_teacher_input
+
+        m, cfg = self.model, self.config
+        k = m.resolution_multiple
+        if image.shape[-2] % k or image.shape[-1] % k:
+            raise ValueError(f"training images must be multiples of {k} pixels per side; received "
+                             f"{tuple(image.shape[-2:])}. Crop or resize them first.")
+        image = image.to(m.device, m.dtype)
+        metric_depth = metric_depth.to(m.device, torch.float32)
+        measured = None
+        if sparse is not None and cfg.zero_discrepancy_at_sparse:
+            sparse = sparse.to(m.device)
+            measured = torch.isfinite(sparse) & (sparse > 0)
+        valid = valid_depth(metric_depth)
+        with torch.no_grad():
+            metric_norm, _ = normalize_depth(metric_depth, m.norm, "minmax")
+            z_img = m.encode(image)
+            z_lotus, lotus_pred = self.lotus_pass(z_img, generator, unet=pass1_unet)
+            e = discrepancy(lotus_pred, metric_norm, measured, cfg.discrepancy_norm, valid)
+            z_d = m.encode_depth(metric_norm)
+            z_in, gated = self.gate_latent(z_d, e, measured, z_lotus, generator, training=True)
+        z_hat = m.predict_latent(z_img, z_in)
+        t = sample_sds_timesteps(z_hat.shape[0], cfg, m.scheduler.config.num_train_timesteps, generator, m.device)
+        z_t = sds_teacher_input(z_hat, m.noise_like(z_hat, generator), t, m.scheduler)
+        with torch.no_grad():
+            teacher_x0 = m.predict_latent(z_img, z_t, timestep=t, unet=teacher_unet)
+        sds = sds_loss(z_hat, teacher_x0, t, m.scheduler.alphas_cumprod)
+        d_hat = m.decode_depth(z_hat)
+        recons = reconstruction_loss(d_hat.float() * 0.5 + 0.5, metric_norm * 0.5 + 0.5, e)
+        loss = cfg.lambda_sds * sds + cfg.lambda_recons * recons
+        return {"loss": loss, "sds": sds.detach(), "recons": recons.detach(), "discrepancy": e, "gated": gated,
+                "timesteps": t}
+
+    # ----------------------------------------------------------------- save / load
+    def save_pretrained(self, directory) -> Path:
+        """The Lotus layout (``unet/`` = sharpener) + ``lotus_unet/`` when separate + ``sharpdepth.json``."""
+        root = self.model.save_pretrained(directory)
+        if self.lotus_unet is not None:
+            self.lotus_unet.save_pretrained(root / LOTUS_UNET_DIR, safe_serialization=True)
+        meta = {"format": "depthkit-sharpdepth", "format_version": 1, "config": asdict(self.config),
+                "separate_lotus_unet": self.lotus_unet is not None}
+        (root / SHARPDEPTH_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return root
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, device=None, dtype=None, config: dict | None = None) -> SharpDepth:
+        """Load what :meth:`save_pretrained` wrote (or a plain Lotus-G directory: the sharpener starts as Lotus).
+        ``config`` overrides fields of the stored :class:`SharpDepthConfig`."""
+        from depthkit.sharpen.lotus import _checkpoint_error, resolve_model_dir
+
+        root = resolve_model_dir(path_or_hub_id)
+        model = LotusModel.from_pretrained(root, device=device, dtype=dtype)
+        stored = {}
+        if (root / SHARPDEPTH_JSON).is_file():
+            try:
+                stored = json.loads((root / SHARPDEPTH_JSON).read_text()).get("config", {})
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+                raise _checkpoint_error(f"{root / SHARPDEPTH_JSON} is corrupt ({exc}).") from exc
+        lotus_unet = None
+        if (root / LOTUS_UNET_DIR / "config.json").is_file():
+            from diffusers import UNet2DConditionModel
+
+            torch_dtype = resolve_dtype(dtype)
+            kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+            lotus_unet = UNet2DConditionModel.from_pretrained(str(root / LOTUS_UNET_DIR), **kwargs)
+            lotus_unet = lotus_unet.to(device or "cpu").eval()
+        return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
+
+
+def _check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor:
+    if isinstance(depth, torch.Tensor):
+        depth = depth.detach().cpu().numpy()
+    depth = np.asarray(depth)
+    if depth.shape != tuple(shape) or depth.dtype.kind != "f":
+        raise ValueError(f"{name} must be an HxW float array of metres matching the image {tuple(shape)}; received "
+                         f"shape {depth.shape}, dtype {depth.dtype}.")
+    if np.isnan(depth).any() or (depth < 0).any():
+        raise ValueError(f"{name} has NaN or negative values; mark missing depth with 0.")
+    return torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
+
+
+# --------------------------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of a module's parameters (SharpDepth's pass-1 model during training).
+
+    Calls are numbered k = 0, 1, 2, ... For k < ``start`` the EMA copies the parameters; from k = ``start`` on,
+    every ``every``-th call (k − start ≡ 0 mod every) applies ``ema = d · ema + (1 − d) · param`` with
+    d = ``decay`` (or, with ``warmup_power`` p, d = min(decay, 1 − (1 + n)^(−p)) for the n-th such update,
+    n = 0, 1, ...). Buffers are copied. The average lives in ``self.model``, a frozen deep copy.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, start: int = 100, every: int = 10,
+                 warmup_power: float | None = None):
+        if not 0.0 <= decay < 1.0 or start < 0 or every < 1:
+            raise ValueError(f"EMA needs 0 <= decay < 1, start >= 0, every >= 1; received {decay}, {start}, {every}.")
+        self.decay, self.start, self.every, self.warmup_power = float(decay), int(start), int(every), warmup_power
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.step = 0
+        self.num_averaged = 0
+
+    @classmethod
+    def from_config(cls, model: nn.Module, config: SharpDepthConfig) -> EMA:
+        return cls(model, config.ema_decay, config.ema_start, config.ema_every, config.ema_warmup_power)
+
+    def current_decay(self) -> float:
+        if self.warmup_power is None:
+            return self.decay
+        return min(self.decay, 1.0 - (1.0 + self.num_averaged) ** (-float(self.warmup_power)))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        k = self.step
+        self.step += 1
+        src = dict(model.named_parameters())
+        if k < self.start:
+            for name, p in self.model.named_parameters():
+                p.copy_(src[name])
+        elif (k - self.start) % self.every == 0:
+            d = self.current_decay()
+            for name, p in self.model.named_parameters():
+                p.lerp_(src[name].to(p.dtype), 1.0 - d)
+            self.num_averaged += 1
+        else:
+            return
+        bufs = dict(model.named_buffers())
+        for name, b in self.model.named_buffers():
+            b.copy_(bufs[name])
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the averaged parameters into ``model`` (e.g. to save the EMA as the release)."""
+        model.load_state_dict(self.model.state_dict())
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "num_averaged": self.num_averaged, "decay": self.decay, "start": self.start,
+                "every": self.every, "warmup_power": self.warmup_power, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.num_averaged = int(state["step"]), int(state["num_averaged"])
+        self.decay, self.start, self.every = float(state["decay"]), int(state["start"]), int(state["every"])
+        self.warmup_power = state["warmup_power"]
+        self.model.load_state_dict(state["model"])
+
+    def to(self, *args, **kwargs) -> EMA:
+        self.model.to(*args, **kwargs)
+        return self
+

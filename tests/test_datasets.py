@@ -1,0 +1,449 @@
+"""Dataset readers and protocols, each read back from a tiny fixture written in the dataset's real on-disk format."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from fixtures_datasets import (
+    write_ddad,
+    write_hypersim,
+    write_ibims_mat,
+    write_ibims_raw,
+    write_kitti,
+    write_nyu,
+    write_processed,
+    write_rgb_jpg,
+    write_rgb_png,
+    write_vkitti2,
+    write_void,
+)
+
+from depthkit.data.datasets import (
+    DATASETS,
+    DatasetLayoutError,
+    build_dataset,
+    collate_items,
+    distance_to_planar,
+    filter_local_outliers,
+    marigold_dc_select,
+)
+from depthkit.data.datasets.hypersim import hypersim_focal
+from depthkit.data.datasets.nyuv2 import NYU_INTRINSICS
+from depthkit.data.protocols import PROTOCOLS, Protocol, apply_protocol, crop_mask, protocol_table_markdown
+
+
+def _check_item_contract(item):
+    h, w = item["image"].shape[:2]
+    assert item["image"].dtype == np.uint8 and item["image"].shape == (h, w, 3)
+    for key in ("sparse", "depth"):
+        assert item[key].dtype == np.float32 and item[key].shape == (h, w)
+    assert item["valid"].dtype == bool and item["valid"].shape == (h, w)
+    assert isinstance(item["name"], str)
+
+
+# ------------------------------------------------------------------------------------------------------ NYUv2
+def test_nyu_protocol_geometry_depth_and_intrinsics(tmp_path):
+    fx = write_nyu(tmp_path)
+    ds = build_dataset("nyuv2", tmp_path)
+    assert len(ds) == 3 and ds.names == fx["names"]
+    item = ds[1]
+    _check_item_contract(item)
+    assert item["image"].shape == (228, 304, 3)
+    i, j = np.mgrid[0:228, 0:304]
+    # 640x480 -> 320x240 by pixel-centre nearest (source pixel 2k+1), then rows 6:234, cols 8:312.
+    expected = fx["filled_mm"][1][2 * (i + 6) + 1, 2 * (j + 8) + 1].astype(np.float32) / 1000
+    np.testing.assert_array_equal(item["depth"], expected)
+    assert item["valid"].all()
+    src = fx["rgb"][1].astype(np.float64)
+    block_mean = (src[0::2, 0::2] + src[1::2, 0::2] + src[0::2, 1::2] + src[1::2, 1::2]) / 4
+    assert np.abs(item["image"] - block_mean[6:234, 8:312]).max() <= 1
+    k = item["intrinsics"]
+    assert k.fx == pytest.approx(NYU_INTRINSICS.fx / 2) and k.fy == pytest.approx(NYU_INTRINSICS.fy / 2)
+    assert k.cx == pytest.approx((NYU_INTRINSICS.cx + 0.5) / 2 - 0.5 - 8)
+    assert k.cy == pytest.approx((NYU_INTRINSICS.cy + 0.5) / 2 - 0.5 - 6)
+
+
+def test_nyu_sparse_is_500_gt_points_seeded_by_name(tmp_path):
+    fx = write_nyu(tmp_path)
+    ds = build_dataset("nyuv2", tmp_path)
+    items = [ds[i] for i in range(3)]
+    for item in items:
+        m = item["sparse"] > 0
+        assert m.sum() == 500
+        np.testing.assert_array_equal(item["sparse"][m], item["depth"][m])
+    assert not np.array_equal(items[0]["sparse"] > 0, items[1]["sparse"] > 0)
+    # Same points again, from a subset, from a shuffled list file, and through torch's Subset.
+    np.testing.assert_array_equal(build_dataset("nyuv2", tmp_path)[2]["sparse"], items[2]["sparse"])
+    lf = tmp_path / "subset.txt"
+    lf.write_text("\n".join([fx["lines"][2], fx["lines"][0]]))
+    sub = build_dataset("nyuv2", tmp_path, list_file=lf)
+    assert sub.names == [fx["names"][2], fx["names"][0]]
+    np.testing.assert_array_equal(sub[0]["sparse"], items[2]["sparse"])
+    np.testing.assert_array_equal(sub[1]["sparse"], items[0]["sparse"])
+    np.testing.assert_array_equal(torch.utils.data.Subset(ds, [2])[0]["sparse"], items[2]["sparse"])
+    # A different protocol seed gives different points.
+    other = replace(PROTOCOLS["nyuv2"], sparse_seed=7)
+    assert not np.array_equal(build_dataset("nyuv2", tmp_path, protocol=other)[2]["sparse"], items[2]["sparse"])
+
+
+def test_nyu_raw_gt_holes_are_invalid_and_all_points_when_few(tmp_path):
+    write_nyu(tmp_path, list_file=False)  # no list file: the folder scan finds the same samples
+    ds = build_dataset("nyuv2", tmp_path, gt="raw")
+    item = ds[0]
+    # raw[:120, :160] == 0 maps to output rows 0..53 and cols 0..71.
+    assert (~item["valid"]).sum() == 54 * 72 and not item["valid"][:54, :72].any()
+    assert (item["sparse"][:54, :72] == 0).all()
+    greedy = replace(PROTOCOLS["nyuv2"], n_sparse_points=10**6)
+    many = build_dataset("nyuv2", tmp_path, gt="raw", protocol=greedy)[0]
+    assert (many["sparse"] > 0).sum() == item["valid"].sum()
+
+
+def test_nyu_list_file_with_missing_file_names_it(tmp_path):
+    fx = write_nyu(tmp_path, n=2)
+    (tmp_path / "filename_list_test.txt").write_text(fx["lines"][0] + "\ntest/x/rgb_9999.png test/x/depth_9999.png "
+                                                     "test/x/filled_9999.png\n")
+    with pytest.raises(DatasetLayoutError, match=r"rgb_9999\.png is missing \(listed in .*filename_list_test\.txt"):
+        build_dataset("nyuv2", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------ KITTI DC
+def test_kitti_reads_uint16_over_256_pairs_by_name_and_filters_outlier(tmp_path):
+    fx = write_kitti(tmp_path)
+    for root in (tmp_path, fx["base"], tmp_path / "depth_selection"):
+        ds = build_dataset("kitti_dc", root)
+        assert ds.names == fx["names"]
+    item = ds[0]
+    _check_item_contract(item)
+    np.testing.assert_array_equal(item["depth"], fx["gt_raw"][0].astype(np.float32) / 256)
+    np.testing.assert_array_equal(item["valid"], fx["gt_raw"][0] > 0)
+    expected = fx["velo_raw"][0].astype(np.float32) / 256
+    assert expected[10, 11] == 30.0 and expected[20, 28] == 40.0
+    expected[10, 11] = 0  # the planted outlier is removed; the isolated far return is not
+    np.testing.assert_array_equal(item["sparse"], expected)
+    k = item["intrinsics"]
+    assert (k.fx, k.fy, k.cx, k.cy) == (721.5377, 721.5377, 596.5593, 149.854)
+
+
+def test_kitti_missing_partner_file_is_named(tmp_path):
+    fx = write_kitti(tmp_path)
+    victim = fx["base"] / "groundtruth_depth" / (fx["names"][1].replace("_sync_image_", "_sync_groundtruth_depth_")
+                                                 + ".png")
+    victim.unlink()
+    with pytest.raises(DatasetLayoutError, match=victim.name):
+        build_dataset("kitti_dc", tmp_path)
+
+
+def _brute_force_filter(d, window, threshold):
+    """The filter's rule written as loops: per measured pixel q, the minimum (> 1e-3) of its window; each pixel p in
+    that window gets delta(p) = max(delta(p), d(p) - min(q)); measured p with delta(p) > threshold is dropped."""
+    h, w = d.shape
+    r = window // 2
+    delta = np.zeros_like(d)
+    for y in range(h):
+        for x in range(w):
+            if d[y, x] <= 0:
+                continue
+            win = d[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
+            dmin = win[win > 1e-3].min()
+            for yy in range(max(0, y - r), min(h, y + r + 1)):
+                for xx in range(max(0, x - r), min(w, x + r + 1)):
+                    delta[yy, xx] = max(delta[yy, xx], d[yy, xx] - dmin)
+    out = d.copy()
+    out[(d > 0) & (delta > threshold)] = 0
+    return out
+
+
+def test_local_outlier_filter_matches_its_rule_and_chains_through_neighbours():
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        d = np.where(rng.random((20, 30)) < 0.15, rng.uniform(1, 12, (20, 30)), 0)
+        np.testing.assert_array_equal(filter_local_outliers(d, 7, 1.5), _brute_force_filter(d, 7, 1.5).astype(np.float32))
+    # p (30 m) sees r (20 m) three pixels away; r's window reaches q (10 m): p is judged against 10 m and removed.
+    d = np.zeros((5, 12))
+    d[2, 0], d[2, 3], d[2, 6] = 30.0, 20.0, 10.0
+    out = filter_local_outliers(d, 7, 1.5)
+    assert out[2, 0] == 0 and out[2, 3] == 0 and out[2, 6] == 10.0
+
+
+# ------------------------------------------------------------------------------------------------------ VOID
+def test_void_lists_values_and_densities(tmp_path):
+    fx = write_void(tmp_path, density=150)
+    for ds in (build_dataset("void150", tmp_path), build_dataset("void", tmp_path, density=150),
+               build_dataset("void150", fx["dens"])):
+        assert ds.names == fx["names"] and ds.protocol.name == "void150"
+    item = ds[1]
+    _check_item_contract(item)
+    np.testing.assert_array_equal(item["depth"], fx["gt_raw"][1].astype(np.float32) / 256)
+    np.testing.assert_array_equal(item["sparse"], fx["sparse_raw"][1].astype(np.float32) / 256)
+    assert not item["valid"][0].any() and item["valid"][1:].all()
+    k = item["intrinsics"]
+    assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx(fx["K"][1])
+    with pytest.raises(DatasetLayoutError, match="no void_1500"):
+        build_dataset("void", tmp_path)  # density 1500 by default, not present
+
+
+def test_void_malformed_lists_are_reported(tmp_path):
+    fx = write_void(tmp_path, density=500)
+    lf = fx["dens"] / "test_ground_truth.txt"
+    lines = lf.read_text().splitlines()
+    lf.write_text(lines[0] + "\n")
+    with pytest.raises(DatasetLayoutError, match="different lengths"):
+        build_dataset("void500", tmp_path)
+    lf.write_text(lines[0] + "\nvoid_500/data/classroom6/ground_truth/missing.png\n")
+    with pytest.raises(DatasetLayoutError, match=r"missing\.png.*test_ground_truth\.txt"):
+        build_dataset("void500", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------ iBims-1
+def _marigold_dc_reference_selection(mask, k, seed):
+    """Marigold-DC's deterministic_select_k_true as it runs there: global np.random.seed, then shuffle."""
+    state = np.random.get_state()
+    try:
+        idx = np.argwhere(mask)
+        np.random.seed(seed)
+        np.random.shuffle(idx)
+        out = np.zeros_like(mask)
+        out[tuple(zip(*idx[:k]))] = True
+        return out
+    finally:
+        np.random.set_state(state)
+
+
+def test_ibims_png_release_masks_scaling_edges_and_marigold_dc_points(tmp_path):
+    fx = write_ibims_raw(tmp_path)
+    ds = build_dataset("ibims1", tmp_path)
+    assert ds.names == ["corridor_01", "office_03"] and ds.format == "raw"
+    item = ds[1]
+    _check_item_contract(item)
+    a = fx["office_03"]
+    valid = a["mask_invalid"] & a["mask_transp"] & (a["depth_raw"] > 0)
+    np.testing.assert_array_equal(item["valid"], valid)
+    expected = np.where(valid, a["depth_raw"].astype(np.float32) * np.float32(50 / 65535), 0)
+    np.testing.assert_allclose(item["depth"], expected, rtol=1e-6, atol=0)
+    assert item["depth"][10, 10] == pytest.approx((2000 + 370 + 110 + 5) * 50 / 65535, rel=1e-6)
+    np.testing.assert_array_equal(item["edges"], a["edges"])
+    k = item["intrinsics"]
+    assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx(a["K"])
+    chosen = item["sparse"] > 0
+    assert chosen.sum() == 1000
+    np.testing.assert_array_equal(chosen, _marigold_dc_reference_selection(valid, 1000, 2024))
+    np.testing.assert_array_equal(item["sparse"][chosen], item["depth"][chosen])
+    np.testing.assert_array_equal(marigold_dc_select(valid, 1000, 2024), chosen)
+
+
+def test_ibims_mat_release_matches_png_release(tmp_path):
+    write_ibims_raw(tmp_path / "raw", names=("corridor_01",))
+    write_ibims_mat(tmp_path / "mat", names=("corridor_01",))
+    a, b = build_dataset("ibims1", tmp_path / "raw")[0], build_dataset("ibims1", tmp_path / "mat")[0]
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["valid"], b["valid"])
+    np.testing.assert_array_equal(a["sparse"] > 0, b["sparse"] > 0)
+    np.testing.assert_allclose(a["depth"], b["depth"], rtol=1e-6)
+    np.testing.assert_array_equal(a["edges"], b["edges"])
+    ka, kb = a["intrinsics"], b["intrinsics"]  # the .mat stores K transposed; both must read the same camera
+    assert (kb.fx, kb.fy, kb.cx, kb.cy) == pytest.approx((ka.fx, ka.fy, ka.cx, ka.cy))
+
+
+# ------------------------------------------------------------------------------------------------------ DDAD
+def test_ddad_pregenerated_layout_and_filter(tmp_path):
+    fx = write_ddad(tmp_path)
+    for root in (tmp_path, tmp_path / "pregenerated", fx["base"]):
+        assert build_dataset("ddad", root).names == fx["names"]
+    item = build_dataset("ddad", tmp_path)[1]
+    _check_item_contract(item)
+    np.testing.assert_array_equal(item["depth"], fx["gt_raw"][1].astype(np.float32) / 256)
+    expected = fx["hints_raw"][1].astype(np.float32) / 256
+    expected[8, 10] = 0
+    np.testing.assert_array_equal(item["sparse"], expected)
+    k = item["intrinsics"]
+    assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx(fx["K"][1])
+
+
+# ------------------------------------------------------------------------------------------------------ processed
+def test_marigold_dc_processed_folder_is_read_as_is(tmp_path):
+    fx = write_processed(tmp_path)
+    ds = build_dataset("kitti_dc", tmp_path)
+    assert ds.names == fx["names"]
+    item = ds[0]
+    np.testing.assert_array_equal(item["sparse"], fx["sparse"][0])  # no second filtering
+    np.testing.assert_array_equal(item["depth"], fx["gt"][0])
+    np.testing.assert_array_equal(item["image"], fx["rgb"][0])
+    assert (item["intrinsics"].fx, item["intrinsics"].fy, item["intrinsics"].cx) == (100.0, 101.0, 16.0)
+    (tmp_path / "gt" / "0001.npy").unlink()
+    with pytest.raises(DatasetLayoutError, match="0001.npy is missing"):
+        build_dataset("nyuv2", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------ Hypersim
+def test_hypersim_ray_distance_to_planar_depth_by_hand(tmp_path):
+    fx = write_hypersim(tmp_path)
+    assert hypersim_focal(1024) == pytest.approx(886.81, abs=0.005)
+    ds = build_dataset("hypersim", tmp_path, split="train")
+    assert ds.names == ["ai_001_001_cam_00_0000"]
+    item = ds[0]
+    _check_item_contract(item)
+    f = 16 / math.tan(math.radians(30))  # 32 px wide, 60 degree horizontal field of view
+    # pixel (row 3, col 5): x = 5 - 15.5, y = 3 - 11.5 on the image plane at distance f
+    assert item["depth"][3, 5] == pytest.approx(7.5 * f / math.sqrt(10.5**2 + 8.5**2 + f**2), rel=1e-6)
+    assert item["depth"][11, 15] == pytest.approx(2.0 * f / math.sqrt(0.5**2 + 0.5**2 + f**2), rel=1e-6)
+    assert item["depth"][0, 0] == 0 and not item["valid"][0, 0]  # NaN distance
+    assert item["valid"].sum() == 24 * 32 - 1
+    k = item["intrinsics"]
+    assert (k.fx, k.cx, k.cy) == pytest.approx((f, 15.5, 11.5))
+    assert np.abs(item["image"].astype(int) - fx["rgb"][0]).max() <= 2
+    planar = distance_to_planar(fx["distance"][0].astype(np.float32))
+    np.testing.assert_array_equal(planar, item["depth"])
+    m = item["sparse"] > 0
+    assert m.sum() == 500 and np.array_equal(item["sparse"][m], item["depth"][m])
+
+
+def test_hypersim_splits_from_csv_and_epochs(tmp_path):
+    write_hypersim(tmp_path)
+    assert build_dataset("hypersim", tmp_path, split="val").names == ["ai_001_001_cam_00_0001"]
+    assert len(build_dataset("hypersim", tmp_path, split="all")) == 3
+    ds = build_dataset("hypersim", tmp_path, split="all", image="color")
+    a = ds[0]["sparse"]
+    np.testing.assert_array_equal(ds[0]["sparse"], a)
+    ds.set_epoch(1)
+    assert not np.array_equal(ds[0]["sparse"], a)
+    (tmp_path / "metadata_images_split_scene_v1.csv").unlink()
+    with pytest.raises(DatasetLayoutError, match="metadata_images_split_scene_v1.csv"):
+        build_dataset("hypersim", tmp_path, split="train")
+
+
+# ------------------------------------------------------------------------------------------------------ VKITTI2
+@pytest.mark.parametrize("separate", [False, True])
+def test_vkitti2_centimetres_sky_and_intrinsics(tmp_path, separate):
+    fx = write_vkitti2(tmp_path, separate=separate)
+    ds = build_dataset("vkitti2", tmp_path)
+    assert ds.names == ["Scene01_clone_Camera_0_00000", "Scene01_clone_Camera_0_00001"]
+    item = ds[1]
+    _check_item_contract(item)
+    raw = fx["depth_raw"][(1, 0)]
+    np.testing.assert_array_equal(item["depth"], np.where(raw == 65535, 0, raw.astype(np.float32) / 100))
+    assert item["depth"][0, 0] == 0 and item["depth"][3, 0] == 90.0 and item["depth"][10, 0] == 13.34
+    assert not item["valid"][:5].any() and item["valid"][5:].all()  # sky and > 80 m are invalid
+    assert (item["sparse"][:5] == 0).all() and (item["sparse"] > 0).sum() == 500
+    k = item["intrinsics"]
+    assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx((726.0087, 725.0087, 620.5, 187.0))
+    both = build_dataset("vkitti2", tmp_path, cameras=("Camera_0", "Camera_1"))
+    assert len(both) == 4 and both[3]["intrinsics"].cy == 188.0
+
+
+# ------------------------------------------------------------------------------------------------------ image folder
+def test_image_folder_recursive_unlabelled(tmp_path):
+    img = np.full((6, 8, 3), 77, np.uint8)
+    write_rgb_png(tmp_path / "a" / "b" / "x.png", img)
+    write_rgb_jpg(tmp_path / "c.JPG", img)
+    write_rgb_png(tmp_path / "a" / "x_depth.png", img)
+    write_rgb_png(tmp_path / ".cache" / "y.png", img)
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = build_dataset("image_folder", tmp_path, exclude=("*_depth.png",))
+    assert ds.names == ["a/b/x", "c"]
+    item = ds[0]
+    np.testing.assert_array_equal(item["image"], img)
+    assert item["depth"] is None and item["sparse"] is None and item["valid"] is None and item["intrinsics"] is None
+    assert len(build_dataset("image_folder", tmp_path)) == 3
+
+
+# ------------------------------------------------------------------------------------------------------ synthetic
+def test_synthetic_splits_use_disjoint_seeds_and_render_scene():
+    from depthkit.data.synthetic import render_scene
+
+    test = build_dataset("synthetic", None, split="test", length=2, height=30, width=40)
+    train = build_dataset("synthetic", None, split="train", length=2, height=30, width=40)
+    assert test.scene_seed(0) == 20_000_000 and train.scene_seed(1) == 1 and not set(test.names) & set(train.names)
+    item = test[1]
+    scene = render_scene(20_000_001, 30, 40, "random")
+    np.testing.assert_array_equal(item["image"], scene.image)
+    np.testing.assert_array_equal(item["depth"], scene.depth)
+    assert item["intrinsics"] == scene.intrinsics
+    m = item["sparse"] > 0
+    assert m.sum() == min(500, int((scene.depth > 0).sum())) and np.array_equal(item["sparse"][m], scene.depth[m])
+    lidar = build_dataset("synthetic", None, length=1, height=30, width=40, sparse_pattern="lidar",
+                          sparse_kwargs={"n_beams": 8})[0]
+    assert 0 < (lidar["sparse"] > 0).sum() < 30 * 40
+    batch = collate_items([test[0], test[1]])
+    assert batch["image"].shape == (2, 3, 30, 40) and batch["depth"].shape == (2, 30, 40)
+    assert batch["intrinsics"].shape == (2, 4) and batch["name"] == test.names
+    loaded = next(iter(torch.utils.data.DataLoader(test, batch_size=2, collate_fn=collate_items)))
+    torch.testing.assert_close(loaded["sparse"], batch["sparse"])
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+_ROOTED = [n for n in DATASETS if n != "synthetic"]
+
+
+@pytest.mark.parametrize("name", _ROOTED)
+def test_missing_and_empty_roots_explain_the_layout(tmp_path, name):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError) as err:
+        build_dataset(name, missing)
+    msg = str(err.value)
+    assert str(missing) in msg and "does not exist" in msg and "Expected layout" in msg and "Get it:" in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetLayoutError, match="Expected layout"):
+        build_dataset(name, tmp_path / "empty")
+
+
+def test_unknown_dataset_option_and_split():
+    with pytest.raises(ValueError, match="unknown dataset 'nyu'.*nyuv2.*kitti_dc.*synthetic"):
+        build_dataset("nyu", "/tmp")
+    with pytest.raises(TypeError, match="does not take that option"):
+        build_dataset("synthetic", None, colour=True)
+    with pytest.raises(ValueError, match="no split 'train'.*val"):
+        build_dataset("kitti_dc", "/tmp", split="train")
+
+
+# ------------------------------------------------------------------------------------------------------ protocols
+def test_protocol_values_match_marigold_dc():
+    nyu = PROTOCOLS["nyuv2"]
+    assert (nyu.n_sparse_points, nyu.eval_resolution, nyu.input_crop, nyu.n_images) == (500, (240, 320),
+                                                                                        (6, 234, 8, 312), 654)
+    assert PROTOCOLS["kitti_dc"].outlier_filter == (7, 1.5) and PROTOCOLS["ddad"].outlier_filter == (7, 1.5)
+    assert (PROTOCOLS["ibims1"].n_sparse_points, PROTOCOLS["ibims1"].sparse_seed) == (1000, 2024)
+    for name in ("nyuv2", "kitti_dc", "void150", "void500", "void1500", "ibims1", "ddad"):
+        p = PROTOCOLS[name]
+        assert p.min_depth == 0 and math.isinf(p.max_depth) and p.crop is None and p.benchmark
+    assert set(DATASETS) - {"image_folder"} <= set(PROTOCOLS)
+
+
+def test_apply_protocol_range_and_crops():
+    p = Protocol("t", 1.0, 5.0, None, None, None, None, "test")
+    gt = np.array([[0.0, 1.0, 1.5], [5.0, 5.01, np.nan]])
+    np.testing.assert_array_equal(apply_protocol(None, gt, None, p), [[False, False, True], [True, False, False]])
+    valid = np.array([[1, 1, 0], [1, 1, 1]], bool)
+    np.testing.assert_array_equal(apply_protocol(gt, gt, valid, p), [[False, False, False], [True, False, False]])
+    eigen = crop_mask((480, 640), "eigen")
+    rows, cols = np.nonzero(eigen.any(1))[0], np.nonzero(eigen.any(0))[0]
+    assert (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) == (45, 471, 41, 601) and eigen.sum() == 426 * 560
+    garg = crop_mask((352, 1216), "garg")
+    rows, cols = np.nonzero(garg.any(1))[0], np.nonzero(garg.any(0))[0]
+    assert (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) == (143, 349, 43, 1172)
+    boxed = Protocol("b", 0.0, math.inf, (1, 3, 0, 2), None, None, None, "box")
+    np.testing.assert_array_equal(apply_protocol(None, np.ones((4, 3)), None, boxed),
+                                  [[0, 0, 0], [1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_protocol(None, np.ones((2, 2)), None, boxed)
+    with pytest.raises(ValueError, match="pred shape"):
+        apply_protocol(np.ones((3, 3)), np.ones((4, 3)), None, boxed)
+    with pytest.raises(ValueError, match="unknown crop"):
+        Protocol("x", 0.0, 1.0, "diagonal", None, None, None, "bad")
+    with pytest.raises(ValueError, match="min_depth < max_depth"):
+        Protocol("x", 2.0, 1.0, None, None, None, None, "bad")
+    with pytest.raises(ValueError, match="no evaluation protocol named 'image_folder'"):
+        apply_protocol(None, gt, None, "image_folder")
+
+
+def test_protocol_table_lists_every_protocol():
+    table = protocol_table_markdown()
+    lines = table.splitlines()
+    assert lines[0].startswith("| Dataset |") and lines[1].startswith("|---")
+    for name in PROTOCOLS:
+        assert f"| {name} |" in table and f"`{name}`" in table
+    nyu_row = next(line for line in lines if line.startswith("| nyuv2 |"))
+    assert "240x320" in nyu_row and "228x304" in nyu_row and "500 random GT points" in nyu_row and "2024" in nyu_row

@@ -1,0 +1,60 @@
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from depthkit.cli import main
+from depthkit.evaluate import markdown_table, mean_scores
+
+
+def test_eval_synthetic_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--dataset", "synthetic", "--method", "guided", "--out", str(out), "--limit", "2"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["n_images"] == 2 and len(summary["per_image"]) == 2
+    assert summary["mean"]["preservation"] == 0.0
+    per = [r["metrics"]["mae"] for r in summary["per_image"]]
+    assert summary["mean"]["mae"] == np.mean(per) and all(v > 0 for v in per)
+    assert "| guided |" in out.with_suffix(".md").read_text()
+    assert "| guided |" in capsys.readouterr().out
+
+
+def test_eval_resumes_from_finished_rows(tmp_path):
+    out = tmp_path / "m.json"
+    parts = tmp_path / "m.json.parts"
+    parts.mkdir()
+    planted = {"index": 0, "name": "planted", "metrics": {"mae": 123.0}, "seconds": 0.0}
+    (parts / "rank0.jsonl").write_text(json.dumps(planted) + "\n{\"index\": 1, \"trunc")  # second line cut short
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(out), "--limit", "2"]) == 0
+    rows = json.loads(out.read_text())["per_image"]
+    assert rows[0]["name"] == "planted" and rows[0]["metrics"]["mae"] == 123.0  # not recomputed
+    assert rows[1]["metrics"]["mae"] < 10  # the interrupted one was redone
+
+
+def test_mean_ignores_undefined_and_table_formats():
+    rows = [{"metrics": {"mae": 1.0, "dbe_acc": float("nan")}}, {"metrics": {"mae": 3.0, "dbe_acc": 2.0}}]
+    m = mean_scores(rows)
+    assert m["mae"] == 2.0 and m["dbe_acc"] == 2.0 and math.isnan(m["rmse"])
+    table = markdown_table({"x": m}, keys=("mae", "rmse"))
+    assert table.splitlines()[2] == "| x | 2.0000 | n/a |"
+
+
+def test_eval_data_parallel_two_cpu_processes(tmp_path):
+    exe = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    out = tmp_path / "dp.json"
+    cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "depthkit.cli", "eval", "--dataset", "synthetic", "--method", "nearest",
+           "--out", str(out), "--limit", "3"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    parts = sorted(p.name for p in (tmp_path / "dp.json.parts").iterdir())
+    assert parts == ["rank0.jsonl", "rank1.jsonl"]
+    summary = json.loads(out.read_text())
+    assert [r["index"] for r in summary["per_image"]] == [0, 1, 2]
+    single = tmp_path / "single.json"
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(single), "--limit", "3"]) == 0
+    assert json.loads(single.read_text())["mean"] == summary["mean"]

@@ -1,0 +1,286 @@
+"""SharpDepth blocks: gating, discrepancy, SDS / reconstruction losses, EMA, two-pass inference, training steps."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from depthkit.geometry import fit_scale_shift
+from depthkit.sharpen.losses import (
+    reconstruction_loss,
+    sample_sds_timesteps,
+    sds_loss,
+    sds_teacher_input,
+    sds_weight,
+)
+from depthkit.sharpen.model import (
+    EMA,
+    SharpDepth,
+    SharpDepthConfig,
+    apply_gate,
+    discrepancy,
+    downsample_discrepancy,
+    gate,
+)
+from depthkit.sharpen.normalize import denormalize_depth, normalize_depth
+from depthkit.sharpen.tiny import build_tiny_lotus
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    return SharpDepth(build_tiny_lotus("generative", seed=0))
+
+
+def _scene(h=48, w=64, seed=0):
+    rng = np.random.default_rng(seed)
+    img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    depth = np.tile(np.linspace(1.0, 5.0, w, dtype=np.float32), (h, 1))
+    depth[h // 4: h // 2, w // 4: w // 2] = 1.5  # a box in front
+    sparse = np.zeros_like(depth)
+    sparse[[5, h // 2, h - 3], [7, w // 2, w - 4]] = [1.234, 2.5, 4.75]
+    return img, depth, sparse
+
+
+def _scheduler_alphas():
+    # Stable Diffusion's scaled_linear schedule, by hand
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+# ------------------------------------------------------------------------------------------------ gating
+def test_gate_formula_on_known_tensors():
+    z_d = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2).expand(1, 4, 2, 2).clone()
+    noise = torch.full((1, 4, 2, 2), -1.0)
+    e = torch.tensor([0.0, 0.25, 0.5, 1.0]).view(1, 1, 2, 2)
+    out = gate(z_d, noise, e)
+    expected = torch.tensor([1.0, 0.25 * -1 + 0.75 * 2, 0.5 * -1 + 0.5 * 3, -1.0]).view(1, 1, 2, 2)
+    assert torch.allclose(out, expected.expand(1, 4, 2, 2))
+    assert torch.equal(gate(z_d, noise, torch.zeros_like(e)), z_d)
+    assert torch.equal(gate(z_d, noise, torch.ones_like(e)), noise)
+
+
+def test_apply_gate_probability():
+    z_d, noise, e = torch.zeros(4000, 1, 1, 1), torch.ones(4000, 1, 1, 1), torch.zeros(4000, 1, 1, 1)
+    out, gated = apply_gate(z_d, noise, e, prob=0.8, generator=torch.Generator().manual_seed(0))
+    # gated samples keep z_d (e = 0), the others are pure noise
+    assert torch.equal(out.flatten()[gated], z_d.flatten()[gated])
+    assert torch.equal(out.flatten()[~gated], noise.flatten()[~gated])
+    assert 0.77 < gated.float().mean() < 0.83
+    assert apply_gate(z_d, noise, e, prob=1.0)[1].all() and not apply_gate(z_d, noise, e, prob=0.0)[1].any()
+
+
+# ------------------------------------------------------------------------------------------------ discrepancy
+def test_discrepancy_values_range_and_sparse_zero():
+    lotus = torch.tensor([0.0, 0.5, -1.0, 1.0]).view(1, 1, 2, 2)
+    target = torch.zeros(1, 1, 2, 2)
+    e = discrepancy(lotus, target)
+    assert torch.allclose(e.flatten(), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+    sparse = torch.tensor([False, False, True, False]).view(1, 1, 2, 2)
+    assert torch.allclose(discrepancy(lotus, target, sparse).flatten(), torch.tensor([0.0, 0.5, 0.0, 1.0]))
+    valid = torch.tensor([True, True, True, False]).view(1, 1, 2, 2)
+    # the missing pixel does not set the max and gets e = 1
+    assert torch.allclose(discrepancy(lotus, target, valid_mask=valid).flatten(), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+    # lstsq [paper]: an affine copy of the target has no discrepancy; minmax [code] sees one
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1
+    affine = 0.5 * target + 0.2
+    assert discrepancy(affine, target, mode="lstsq").max() < 1e-3
+    e = discrepancy(affine, target, mode="minmax")
+    assert e.min() >= 0 and e.max() == 1.0
+    with pytest.raises(ValueError, match="'minmax' or 'lstsq'"):
+        discrepancy(affine, target, mode="l1")
+
+
+def test_downsample_discrepancy_modes_and_sparse_cells():
+    e = torch.arange(16.0).view(1, 1, 4, 4) / 15
+    near = downsample_discrepancy(e, (2, 2), "nearest")
+    assert torch.allclose(near.flatten(), torch.tensor([0.0, 2.0, 8.0, 10.0]) / 15)  # top-left of each cell
+    area = downsample_discrepancy(e, (2, 2), "area")
+    assert torch.allclose(area.flatten(), torch.tensor([2.5, 4.5, 10.5, 12.5]) / 15)
+    sparse = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    sparse[0, 0, 1, 1] = True  # not the pixel nearest picks, but inside cell (0, 0)
+    sparse[0, 0, 3, 2] = True  # cell (1, 1)
+    out = downsample_discrepancy(e, (2, 2), "nearest", sparse)
+    assert torch.allclose(out.flatten(), torch.tensor([0.0, 2.0 / 15, 8.0 / 15, 0.0]))
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def test_sds_gradient_equals_weighted_difference(sharp):
+    alphas = sharp.model.scheduler.alphas_cumprod
+    assert np.allclose(alphas.numpy(), _scheduler_alphas(), rtol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    z_hat = torch.randn(2, 4, 3, 5, generator=g, requires_grad=True)
+    teacher = torch.randn(2, 4, 3, 5, generator=g)
+    t = torch.tensor([999, 500])
+    w = torch.tensor(1.0 - _scheduler_alphas()[[999, 500]], dtype=torch.float32).view(2, 1, 1, 1)
+    assert torch.allclose(sds_weight(t, alphas, 2), w)
+    expected = w * (z_hat.detach() - teacher)
+    sds_loss(z_hat, teacher, t, alphas, reduction="sum").backward()
+    assert torch.allclose(z_hat.grad, expected, atol=1e-6)
+    z_hat.grad = None
+    loss = sds_loss(z_hat, teacher, t, alphas)
+    loss.backward()
+    assert torch.allclose(z_hat.grad, expected / z_hat.numel(), atol=1e-8)
+    assert float(loss.detach()) == pytest.approx(0.5 * float((expected ** 2).mean()), rel=1e-5)
+
+
+def test_sds_teacher_input_and_timesteps(sharp):
+    sched = sharp.model.scheduler
+    z, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    a = _scheduler_alphas()[[999, 10]]
+    zt = sds_teacher_input(z.requires_grad_(), noise, torch.tensor([999, 10]), sched)
+    expected = torch.tensor(np.sqrt(a), dtype=torch.float32).view(2, 1, 1, 1) * z.detach() + torch.tensor(
+        np.sqrt(1 - a), dtype=torch.float32).view(2, 1, 1, 1) * noise
+    assert torch.allclose(zt, expected, atol=1e-5) and not zt.requires_grad
+    assert sample_sds_timesteps(3, SharpDepthConfig()).tolist() == [999, 999, 999]
+    t = sample_sds_timesteps(500, SharpDepthConfig(sds_timestep="sampled", sds_t_min=20, sds_t_max=980),
+                             generator=torch.Generator().manual_seed(0))
+    assert t.min() >= 20 and t.max() <= 980 and len(set(t.tolist())) > 100
+
+
+def test_reconstruction_loss_hand_value_and_zero_weight():
+    d_hat = torch.tensor([0.2, 0.5, 0.9, 0.1]).view(1, 1, 2, 2).requires_grad_()
+    d = torch.tensor([0.4, 0.5, 0.3, 0.1]).view(1, 1, 2, 2)
+    e = torch.tensor([1.0, 0.5, 0.0, 0.25]).view(1, 1, 2, 2)
+    loss = reconstruction_loss(d_hat, d, e)
+    assert float(loss.detach()) == pytest.approx(0.2 / 1.75)  # |0.2-0.4|*1 + 0*0.5 + |0.9-0.3|*0 + 0*0.25, over Σe = 1.75
+    loss.backward()
+    assert d_hat.grad[0, 0, 1, 0] == 0  # e = 0: no pull at all
+    moved = d_hat.detach().clone()
+    moved[0, 0, 1, 0] = -5.0
+    assert float(reconstruction_loss(moved, d, e)) == pytest.approx(0.2 / 1.75)
+    empty = reconstruction_loss(d_hat, d, torch.zeros_like(e))
+    assert float(empty.detach()) == 0.0
+    empty.backward()  # safe when Σe = 0
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+def test_ema_update_rule_on_known_sequence():
+    param = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(param, decay=0.5, start=2, every=2)
+    seen = []
+    for k in range(7):
+        with torch.no_grad():
+            param.weight.fill_(float(k))
+        ema.update(param)
+        seen.append(float(ema.model.weight))
+    # k=0,1 copy; k=2: .5*1+.5*2; k=3 skipped; k=4: .5*1.5+.5*4; k=5 skipped; k=6: .5*2.75+.5*6
+    assert seen == [0.0, 1.0, 1.5, 1.5, 2.75, 2.75, 4.375]
+    restored = EMA(torch.nn.Linear(1, 1, bias=False), decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert float(restored.model.weight) == 4.375 and restored.step == 7 and restored.decay == 0.5
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    warm = EMA(param, decay=0.9999, start=0, every=1, warmup_power=2 / 3)
+    assert warm.current_decay() == 0.0
+    warm.update(param)
+    assert warm.current_decay() == pytest.approx(1 - 2 ** (-2 / 3))
+    cfg = SharpDepthConfig()
+    from_cfg = EMA.from_config(param, cfg)
+    assert (from_cfg.decay, from_cfg.start, from_cfg.every) == (0.9999, 100, 10)
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_defaults_and_validation():
+    cfg = SharpDepthConfig()
+    assert (cfg.discrepancy_norm, cfg.discrepancy_downsample, cfg.gate_prob, cfg.sds_timestep) == (
+        "minmax", "nearest", 0.8, "fixed")
+    assert (cfg.lambda_sds, cfg.lambda_recons, cfg.fit_threshold, cfg.zero_discrepancy_at_sparse) == (
+        1.0, 0.3, 0.5, True)
+    with pytest.raises(ValueError, match="discrepancy_norm must be one of"):
+        SharpDepthConfig(discrepancy_norm="median")
+    with pytest.raises(ValueError, match="unknown SharpDepthConfig keys"):
+        SharpDepthConfig.from_dict({"gate_probability": 0.5})
+    with pytest.raises(ValueError, match="generative"):
+        SharpDepth(build_tiny_lotus("direct"))
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def test_sharpen_keeps_measurements_and_metric_scale(sharp):
+    img, depth, sparse = _scene()
+    out = sharp(img, depth, sparse)
+    assert out.depth.shape == depth.shape and out.depth.dtype == np.float32
+    measured = sparse > 0
+    assert np.array_equal(out.depth[measured], sparse[measured])  # exactly, not approximately
+    assert out.discrepancy.min() >= 0 and out.discrepancy.max() <= 1
+    assert np.all(out.discrepancy[measured] == 0)
+    assert 0 <= out.lotus.min() and out.lotus.max() <= 1
+
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    res = sharp.sharpen_tensors(x, d, torch.from_numpy(sparse)[None, None])
+    assert np.allclose(res["depth"][0, 0].numpy(), out.depth)
+    # the fit is least squares in the normalised space over e < 0.5 (checked with the numpy implementation)
+    fit = res["discrepancy"][0, 0].numpy() < 0.5
+    pred = res["prediction"][0, 0].numpy()
+    norm_d, params = normalize_depth(d, "depth", "minmax")
+    s, t = fit_scale_shift(pred, norm_d[0, 0].numpy(), fit)
+    assert float(res["scale"][0]) == pytest.approx(s, rel=1e-4, abs=1e-6)
+    assert float(res["shift"][0]) == pytest.approx(t, rel=1e-4, abs=1e-6)
+    # so on the fitted pixels the output has the metric input's mean (the random model's shape aside)
+    fitted = denormalize_depth(res["scale"].view(-1, 1, 1, 1) * res["prediction"] + res["shift"].view(-1, 1, 1, 1),
+                               params)[0, 0].numpy()
+    assert fitted[fit].mean() == pytest.approx(depth[fit].mean(), rel=1e-4)
+    # metric scale follows the input: 10x the metres in, 10x out
+    out10 = sharp(img, depth * 10, sparse * 10)
+    assert np.allclose(out10.depth, out.depth * 10, rtol=1e-3)
+
+
+def test_sharpen_missing_metric_pixels_and_disparity_mode():
+    img, depth, sparse = _scene(40, 56, seed=2)
+    depth[:8, :8] = 0.0  # a hole in the metric source
+    model = SharpDepth(build_tiny_lotus(seed=3, norm="disparity"), {"discrepancy_norm": "lstsq",
+                                                                   "discrepancy_downsample": "area",
+                                                                   "gate_noise": "noised_lotus"})
+    out = model(img, depth, sparse)
+    hole = np.zeros_like(depth, dtype=bool)
+    hole[:8, :8] = True
+    assert sparse[5, 7] > 0  # one measurement sits in the hole: measured beats missing
+    assert np.all(out.discrepancy[hole & (sparse == 0)] == 1.0) and out.discrepancy[5, 7] == 0
+    assert np.isfinite(out.depth).all() and out.depth.min() > 0
+    assert np.array_equal(out.depth[sparse > 0], sparse[sparse > 0])
+    with pytest.raises(ValueError, match="metric_depth must be an HxW float array"):
+        model(img, depth[:-1])
+    with pytest.raises(ValueError, match="NaN or negative"):
+        model(img, -depth)
+
+
+def test_sharpdepth_save_load_round_trip(sharp, tmp_path):
+    separate = SharpDepth(sharp.model, {"fit_threshold": 0.3}, lotus_unet=build_tiny_lotus(seed=5).unet)
+    root = separate.save_pretrained(tmp_path / "sd")
+    assert (root / "lotus_unet").is_dir() and (root / "sharpdepth.json").is_file()
+    loaded = SharpDepth.from_pretrained(root)
+    assert loaded.config.fit_threshold == 0.3 and loaded.lotus_unet is not None
+    img, depth, sparse = _scene(32, 40, seed=4)
+    a, b = separate(img, depth, sparse), loaded(img, depth, sparse)
+    assert np.array_equal(a.depth, b.depth) and np.array_equal(a.discrepancy, b.discrepancy)
+    assert SharpDepth.from_pretrained(root, config={"fit_threshold": 0.7}).config.fit_threshold == 0.7
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_few_optimisation_steps_lower_the_loss():
+    model = SharpDepth(build_tiny_lotus(seed=7), {"gate_prob": 1.0})
+    teacher = copy.deepcopy(model.model.unet).requires_grad_(False)
+    ema = EMA.from_config(model.model.unet, model.config)
+    img, depth, sparse = _scene(32, 48, seed=6)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    sp = torch.from_numpy(sparse)[None, None]
+    opt = torch.optim.Adam(model.model.unet.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        # the same noise every step, so the objective is fixed and its decrease is the optimiser's doing
+        out = model.compute_losses(x, d, teacher, pass1_unet=ema.model, sparse=sp,
+                                   generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        ema.update(model.model.unet)
+        losses.append(float(out["loss"].detach()))
+    assert out["gated"].all() and out["timesteps"].tolist() == [999]
+    assert float(out["loss"].detach()) == pytest.approx(float(out["sds"]) + 0.3 * float(out["recons"]), rel=1e-5)
+    assert torch.all(out["discrepancy"][sp > 0] == 0)
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model.compute_losses(x[..., :30], d[..., :30], teacher)
