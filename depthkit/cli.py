@@ -23,6 +23,23 @@ EVAL_EPILOG = """examples:
 (rerunning the same command resumes an interrupted evaluation)
 """
 
+TRAIN_EPILOG = """examples:
+  depthkit train recipes/tiny/complete.yaml                                  # CPU, tiny model, synthetic scenes
+  depthkit train recipes/complete/qwen2_5_vl_3b_lora.yaml train.max_steps=200 # key=value overrides
+  depthkit train recipes/tiny/complete.yaml --resume                          # continue from the last checkpoint
+  accelerate launch --num_processes 8 -m depthkit.cli train recipes/complete/qwen2_5_vl_3b_lora.yaml
+"""
+
+INIT_EPILOG = """examples:
+  depthkit init-checkpoint --tiny ck/ && depthkit run --checkpoint ck/ --image examples/room_rgb.png \
+      --sparse examples/room_sparse.npy --out out/
+"""
+
+IMPORT_EPILOG = """examples:
+  depthkit import-checkpoint --sharpdepth path/to/sharpdepth_release --out ck/   # diffusers pipeline folder
+  depthkit import-checkpoint --lotus jingheya/lotus-depth-g-v2-1-disparity --out ck/  # hub id (network needed)
+"""
+
 LS_EPILOG = """examples:
   depthkit ls            # stages, completion methods, checkpoints
 """
@@ -50,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sparse", type=Path, help="sparse depth for --image: .npy metres, or 16-bit .png with --depth-scale")
     src.add_argument("--input-dir", type=Path, help="folder of NAME.png|jpg with NAME_sparse.npy|png beside them")
     src.add_argument("--sparse-dir", type=Path, help="folder holding the NAME_sparse.* files (default: --input-dir)")
+    src.add_argument("--depth", type=Path, default=None,
+                     help="metric depth input for --stages sharpen alone (.npy metres or 16-bit .png with --depth-scale)")
     src.add_argument("--depth-scale", type=float, default=None,
                      help="units per metre of 16-bit PNG sparse input (KITTI/VOID 256, millimetres 1000)")
     model = run.add_argument_group("model")
@@ -78,6 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True, help="metrics JSON path (a .md table is written beside it)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
 
+    tr = sub.add_parser("train", help="train a stage from a YAML recipe (key=value overrides)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG)
+    tr.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=200")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+
+    ic = sub.add_parser("init-checkpoint", help="write a random-weight tiny checkpoint (smoke test of every path)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INIT_EPILOG)
+    ic.add_argument("out", type=Path, help="checkpoint directory to create")
+    ic.add_argument("--tiny", action="store_true", required=True, help="tiny random weights (the only kind for now)")
+    ic.add_argument("--stages", default=None, help="stages to include (default: every available stage)")
+    ic.add_argument("--seed", type=int, default=0)
+
+    im = sub.add_parser("import-checkpoint", help="convert released SharpDepth / Lotus weights to depthkit's layout",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=IMPORT_EPILOG)
+    im.add_argument("--sharpdepth", default=None, help="SharpDepth release: diffusers pipeline folder or hub id")
+    im.add_argument("--lotus", default=None, help="Lotus release: diffusers folder or hub id")
+    im.add_argument("--out", type=Path, required=True, help="depthkit checkpoint directory to write")
+
     sub.add_parser("ls", help="list stages, completion methods and checkpoints",
                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LS_EPILOG)
     return parser
@@ -89,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 2
-    handler = {"run": _cmd_run, "eval": _cmd_eval, "ls": _cmd_ls}[args.verb]
+    handler = {"run": _cmd_run, "eval": _cmd_eval, "train": _cmd_train, "init-checkpoint": _cmd_init_checkpoint,
+               "import-checkpoint": _cmd_import_checkpoint, "ls": _cmd_ls}[args.verb]
     try:
         return handler(args, parser)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, missing files, a hub id asked for with the network off
         print(f"depthkit {args.verb}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -137,10 +176,17 @@ def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float 
 
 def _cmd_run(args, parser) -> int:
     single = args.image is not None or args.sparse is not None
+    starts_with_sharpen = args.stages.split(",")[0].strip() == "sharpen"
     if single == (args.input_dir is not None):
         parser.error("give either --image with --sparse, or --input-dir (not both)")
-    if single and (args.image is None or args.sparse is None):
-        parser.error("--image and --sparse go together")
+    if single and args.image is None:
+        parser.error("--sparse needs --image")
+    if single and args.sparse is None and not starts_with_sharpen:
+        parser.error("--image needs --sparse (sparse depth to complete)")
+    if starts_with_sharpen and args.depth is None and single:
+        parser.error("--stages sharpen alone needs --depth (a metric depth map to sharpen)")
+    if args.depth is not None and not single:
+        parser.error("--depth goes with --image (folders: not supported yet)")
     if args.ply and args.intrinsics is None:
         parser.error("--ply needs --intrinsics fx,fy,cx,cy (pixels) or a JSON/TXT file")
     intrinsics = None
@@ -166,7 +212,7 @@ def _cmd_run(args, parser) -> int:
     for img_path, sparse_path in tqdm(pairs, desc="depthkit run", unit="img", disable=single or None):
         try:
             image = read_image(img_path)
-            out = pipe(image, sparse_path, depth_scale=args.depth_scale)
+            out = pipe(image, sparse_path, depth=args.depth, depth_scale=args.depth_scale)
             write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
                           intrinsics=intrinsics, ply=args.ply)
             done += 1
@@ -208,6 +254,58 @@ def _cmd_eval(args, parser) -> int:
     if summary is not None:
         print(markdown_table({label: summary["mean"]}), end="")
         print(f"depthkit eval: {summary['n_images']} images; wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+TRAINERS = {"complete": "depthkit.complete.train", "sharpen": "depthkit.sharpen.train",
+            "lotus": "depthkit.sharpen.train_lotus"}
+TINY_WRITERS = {"complete": "depthkit.complete.checkpoint", "sharpen": "depthkit.sharpen.checkpoint"}
+
+
+def _optional_module(name: str, what: str):
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        raise ValueError(f"{what} is not available in this version of depthkit (module {name} is missing).")
+    return importlib.import_module(name)
+
+
+def _cmd_train(args, parser) -> int:
+    from depthkit.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    module = _optional_module(TRAINERS[recipe.kind], f"training recipes of kind {recipe.kind!r}")
+    final = module.train(recipe, resume=args.resume)
+    if final is not None:
+        print(f"depthkit train: final checkpoint in {final}")
+    return 0
+
+
+def _cmd_init_checkpoint(args, parser) -> int:
+    import importlib.util
+
+    from depthkit.checkpoints import write_manifest
+
+    available = [s for s, m in TINY_WRITERS.items() if importlib.util.find_spec(m) is not None]
+    stages = available if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in available]
+    if unknown or not stages:
+        raise ValueError(f"cannot write tiny stage(s) {unknown or stages}; available: {', '.join(available)}")
+    options = {}
+    for s in stages:
+        options[s] = _optional_module(TINY_WRITERS[s], f"tiny {s}").write_tiny(args.out / s, seed=args.seed)
+    write_manifest(args.out, options, tiny=True)
+    print(f"depthkit init-checkpoint: wrote a random-weight tiny checkpoint with stages {stages} to {args.out}")
+    return 0
+
+
+def _cmd_import_checkpoint(args, parser) -> int:
+    if args.sharpdepth is None and args.lotus is None:
+        parser.error("give --sharpdepth and/or --lotus")
+    module = _optional_module("depthkit.sharpen.importer", "import-checkpoint")
+    module.import_checkpoint(args.out, sharpdepth=args.sharpdepth, lotus=args.lotus)
+    print(f"depthkit import-checkpoint: wrote {args.out}")
     return 0
 
 

@@ -192,7 +192,13 @@ class Pipeline:
 
     def _check(self, image, sparse, depth, depth_scale):
         image = check_image(image)
-        sparse = check_sparse(sparse, image.shape[:2], depth_scale=depth_scale)
+        if sparse is None and self.stage_names[0] != "complete":
+            sparse = np.zeros(image.shape[:2], np.float32)  # sharpen alone: measurements are optional
+        elif sparse is None:
+            raise ValueError("the complete stage needs a sparse depth map (HxW metres, 0 = missing); received None.")
+        else:
+            sparse = check_sparse(sparse, image.shape[:2], depth_scale=depth_scale,
+                                  allow_empty=self.stage_names[0] != "complete")
         if depth is not None:
             depth = check_sparse(depth, image.shape[:2], what="depth", depth_scale=depth_scale)
         elif self.stage_names[0] != "complete":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 _COMPLETION_METHODS: dict[str, CompletionMethod] = {}
 _STAGES: dict[str, Callable] = {}
 _BUILTINS_LOADED = False
+_STAGE_MODULES = ("depthkit.sharpen.stage",)
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,15 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
+    import importlib
+    import importlib.util
+
     import depthkit.data.baselines  # noqa: F401  (registers the classical methods)
-    import depthkit.stages  # noqa: F401  (registers the stages)
+    import depthkit.stages  # noqa: F401  (registers the complete stage)
+
+    for module in _STAGE_MODULES:  # stages that register themselves (light modules: heavy imports inside)
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def completion_methods() -> dict[str, CompletionMethod]:

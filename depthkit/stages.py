@@ -5,8 +5,9 @@ RGB, ``sparse`` HxW float32 metres (0 = missing) and ``depth`` the previous stag
 first stage). Stages are built by factories registered with :func:`depthkit.registry.register_stage`, which receive
 the pipeline's options (``method``, ``checkpoint``, ``device``, ``dtype`` and stage-specific ones).
 
-``complete`` runs a completion method from :mod:`depthkit.registry`. Until a learned completer is available
-(no ``--checkpoint`` and no embedded default), it runs the classical ``guided`` method.
+``complete`` runs the learned SDIM completer from a checkpoint (``depthkit.complete.stage``) or a classical
+completion method from :mod:`depthkit.registry`. Without a checkpoint and without an embedded default it runs the
+classical ``guided`` method.
 """
 
 from __future__ import annotations
@@ -54,11 +55,42 @@ class CompleteStage:
         return f"CompleteStage(method={self.method.name!r})"
 
 
+LEARNED_COMPLETE_METHOD = "sdim"
+
+
 @register_stage("complete")
-def build_complete_stage(method: str | None = None, checkpoint=None, **options) -> CompleteStage:
-    if checkpoint is not None and method is None:
-        raise ValueError(
-            f"checkpoint {checkpoint} has no learned completer this version can load. "
-            f"Pass --method with a classical method (e.g. {DEFAULT_COMPLETE_METHOD})."
-        )
+def build_complete_stage(method: str | None = None, checkpoint=None, device: str = "cpu", dtype: str = "float32",
+                         **options):
+    """The ``complete`` stage.
+
+    ``method="sdim"`` (or None with a checkpoint that has a ``complete/`` part) loads the learned completer from
+    ``<checkpoint>/complete``; with no checkpoint, None means the embedded default when this install has one, else
+    the classical ``guided`` method. Any other name is a registered classical method.
+    """
+    from pathlib import Path
+
+    if checkpoint is None and method in (None, LEARNED_COMPLETE_METHOD):
+        from depthkit.checkpoints import default_checkpoint, load_manifest
+
+        default = default_checkpoint()
+        if default is not None and "complete" in load_manifest(default)["stages"]:
+            checkpoint = default
+            options = {**load_manifest(default)["stages"]["complete"], **options}
+            method = options.pop("method", LEARNED_COMPLETE_METHOD)
+    if method is None and checkpoint is not None:
+        method = LEARNED_COMPLETE_METHOD
+    if method == LEARNED_COMPLETE_METHOD:
+        if checkpoint is None:
+            raise ValueError(
+                "the learned completer (method 'sdim') needs a checkpoint: pass --checkpoint DIR (e.g. one made by "
+                "`depthkit init-checkpoint --tiny DIR` or `depthkit train`), or choose a classical --method."
+            )
+        part = Path(checkpoint) / "complete"
+        if not part.is_dir():
+            raise ValueError(f"checkpoint {checkpoint} has no complete/ folder for the learned completer.")
+        from depthkit.complete.stage import CompleteVLMStage
+
+        return CompleteVLMStage.from_checkpoint(part, device=device, dtype=dtype, **options)
+    if options:
+        raise ValueError(f"classical method {method or DEFAULT_COMPLETE_METHOD!r} takes no options; got {sorted(options)}")
     return CompleteStage(method or DEFAULT_COMPLETE_METHOD)
