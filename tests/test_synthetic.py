@@ -5,14 +5,10 @@ import math
 import numpy as np
 import pytest
 
+from depthkit.data._raycast import _Box, _Cylinder, _Material, _Plane, _Sphere
 from depthkit.data.synthetic import (
     MAX_OUTDOOR_DEPTH,
     Scene,
-    _Box,
-    _Cylinder,
-    _Material,
-    _Plane,
-    _Sphere,
     intrinsics_from_fov,
     render_scene,
     resolve_kind,
