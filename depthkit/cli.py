@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EPILOG)
     ev.add_argument("--dataset", required=True, help="dataset name (`depthkit ls` lists them)")
     ev.add_argument("--root", type=Path, default=None, help="dataset root folder (not needed for synthetic)")
-    ev.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    ev.add_argument("--split", default=None, help="split to evaluate (default: the split the dataset's protocol evaluates)")
     ev.add_argument("--stages", default="complete", help="comma-separated stages to run (default: complete)")
     ev.add_argument("--method", default=None, help="completion method, e.g. a classical baseline")
     ev.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id")

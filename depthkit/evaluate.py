@@ -111,6 +111,11 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     with open(part_file, "a") as f:
         for i in tqdm(todo, desc=f"eval {label or ''}".strip(), disable=not progress or rank > 0, unit="img"):
             item = dataset[i]
+            if item.get("depth") is None or item.get("sparse") is None:
+                raise ValueError(
+                    f"{dataset!r} item {item.get('name')!r} has no ground-truth depth or sparse input, so there is "
+                    "nothing to score. Evaluate a labelled dataset; to complete unlabelled images use `depthkit run`."
+                )
             res = pipeline(item["image"], item["sparse"])
             valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
             row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid),

@@ -1,0 +1,386 @@
+"""Accuracy benchmark: the classical baselines and any checkpoint on the synthetic test split and on dataset roots.
+
+Usage (from the repository root)::
+
+    python benchmarks/accuracy.py                                   # nearest, ip_basic, guided on synthetic test
+    python benchmarks/accuracy.py --limit 20                        # first 20 images of each dataset
+    python benchmarks/accuracy.py --checkpoint checkpoints/default  # + a checkpoint (complete; + complete,sharpen)
+    python benchmarks/accuracy.py --checkpoint ckpt --stages complete --stages complete,sharpen
+    python benchmarks/accuracy.py --dataset nyuv2 --root data/nyuv2 --dataset kitti_dc --root data/kitti
+    python benchmarks/accuracy.py --out /tmp/results --work-dir /tmp/acc_work   # a rerun resumes from work-dir
+
+Every method is scored by :func:`depthkit.evaluate.evaluate` (the code behind ``depthkit eval``) under the dataset's
+protocol (:mod:`depthkit.data.protocols`), so the numbers are exactly those ``depthkit eval`` prints. Writes
+``<out>/accuracy.json`` (every method's mean metrics with the date, command, machine, depthkit version and number of
+images) and ``<out>/accuracy.md`` (one table per dataset: rows = methods; columns = MAE, RMSE, AbsRel, delta1,
+DBE-acc, DBE-comp, preservation error and mean pipeline seconds per image).
+
+The synthetic test split (100 scenes at 240x320, 500 random GT points, ``depthkit eval --dataset synthetic``) mixes
+indoor rooms (depth ~0.5-10 m) and outdoor streets/fields (~1-80 m); the error scales differ by an order of
+magnitude, so its table is also broken down by scene kind (means over the images of each kind). The full default run
+(3 baselines x 100 scenes) takes about a minute on two CPU cores.
+
+Per-method evaluation files (per-image metrics, resumable shards) go to ``--work-dir``; without it they go to a
+temporary folder that is deleted at the end. A rerun with the same ``--work-dir`` skips images already scored, so use
+a fresh one after changing a checkpoint or a dataset root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# (metric key, column header): the metric columns of the markdown table
+COLUMNS = (
+    ("mae", "MAE (m)"),
+    ("rmse", "RMSE (m)"),
+    ("abs_rel", "AbsRel"),
+    ("delta1", "δ1"),
+    ("dbe_acc", "DBE-acc (px)"),
+    ("dbe_comp", "DBE-comp (px)"),
+    ("preservation", "preservation (m)"),
+)
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+class _DatasetAction(argparse.Action):
+    """``--dataset NAME`` starts a new dataset entry; ``--root DIR`` / ``--split S`` fill in the latest one."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        entries = getattr(namespace, "datasets", None) or []
+        if option_string == "--dataset":
+            entries.append({"name": value, "root": None, "split": None})
+        else:
+            key = option_string.lstrip("-")
+            if not entries:
+                parser.error(f"{option_string} {value} comes before any --dataset; write --dataset NAME {option_string} "
+                             f"{value}.")
+            if entries[-1][key] is not None:
+                parser.error(f"dataset {entries[-1]['name']!r} already has {option_string} {entries[-1][key]}; give "
+                             f"--dataset again before a second {option_string}.")
+            entries[-1][key] = value
+        namespace.datasets = entries
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/accuracy.py",
+        description="Evaluate the classical baselines and checkpoints on the synthetic test split and on dataset "
+                    "roots; write accuracy.json and accuracy.md.",
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each dataset "
+                   "(default: the whole split; synthetic test has 100)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated classical completion methods (default: {','.join(DEFAULT_METHODS)}; "
+                        "'none' for checkpoints only)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="a checkpoint directory or hub id to evaluate (repeatable)")
+    p.add_argument("--stages", action="append", default=None, metavar="LIST",
+                   help="stage list to evaluate each checkpoint with, e.g. complete or complete,sharpen (repeatable; "
+                        "default: complete, plus complete,sharpen when the checkpoint has sharpen; a checkpoint "
+                        "without complete/ runs --base-method first)")
+    p.add_argument("--base-method", default="guided",
+                   help="classical completion in front of a checkpoint that has no complete stage (default: guided)")
+    p.add_argument("--dataset", action=_DatasetAction, dest="datasets", metavar="NAME",
+                   help="also evaluate this dataset (repeatable; follow it with --root DIR and optionally --split)")
+    p.add_argument("--root", action=_DatasetAction, dest="datasets", metavar="DIR", help="root of the last --dataset")
+    p.add_argument("--split", action=_DatasetAction, dest="datasets", metavar="SPLIT",
+                   help="split of the last --dataset (default: the one its protocol evaluates)")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic test split")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for accuracy.json and accuracy.md "
+                   "(default: benchmarks/results)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="keep per-method evaluation files here; a rerun with the same folder resumes")
+    p.add_argument("--device", default="cpu", help="device for checkpoints: cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--dtype", default="float32", help="dtype for checkpoints (default: float32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+def classical_entries(methods: str) -> list[dict]:
+    """One entry per classical method name in the comma-separated ``methods`` ('none' = no entry)."""
+    from depthkit.registry import completion_methods
+
+    names = [m.strip() for m in methods.split(",") if m.strip() and m.strip() != "none"]
+    known = completion_methods()
+    unknown = [m for m in names if m not in known or known[m].learned]
+    if unknown:
+        classical = sorted(n for n, m in known.items() if not m.learned)
+        raise ValueError(f"--methods: {unknown} are not classical completion methods; available: {classical}. "
+                         "Evaluate learned methods with --checkpoint.")
+    return [{"label": m, "kind": "classical", "method": m, "stages": "complete", "checkpoint": None} for m in names]
+
+
+def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: str) -> list[dict]:
+    """One entry per stage list to evaluate checkpoint ``spec`` with (see ``--stages``)."""
+    from depthkit.checkpoints import load_manifest, resolve_checkpoint
+    from depthkit.pipeline import STAGE_ORDER
+
+    root = resolve_checkpoint(spec)
+    provided = [s for s in STAGE_ORDER if s in load_manifest(root)["stages"]]
+    if stage_lists is None:
+        stage_lists = ["complete"] if "complete" in provided else []
+        if "sharpen" in provided:
+            stage_lists.append("complete,sharpen")
+    entries = []
+    for stages in stage_lists:
+        names = [s.strip() for s in stages.split(",") if s.strip()]
+        missing = [s for s in names if s not in provided and s != "complete"]
+        if missing or not names:
+            raise ValueError(f"--stages {stages!r}: checkpoint {spec} provides {provided}; it has no {missing} "
+                             "stage(s). Choose stages it provides (complete may always be run classically).")
+        learned = [s if s in provided else f"{base_method} (classical)" for s in names]
+        entries.append({"label": f"{Path(str(spec)).name}: " + " + ".join(learned), "kind": "checkpoint",
+                        "method": None if "complete" in provided else base_method, "stages": ",".join(names),
+                        "checkpoint": str(root)})
+    return entries
+
+
+def build_pipeline(entry: dict, device: str, dtype: str):
+    """The :class:`depthkit.Pipeline` an entry describes."""
+    from depthkit.checkpoints import load_manifest
+    from depthkit.pipeline import Pipeline
+
+    if entry["checkpoint"] is None:
+        return Pipeline(stages=entry["stages"], method=entry["method"])
+    if entry["method"] is None:  # the checkpoint has every stage asked for
+        return Pipeline.from_pretrained(entry["checkpoint"], stages=entry["stages"], device=device, dtype=dtype)
+    manifest = load_manifest(entry["checkpoint"])["stages"]
+    stages = entry["stages"].split(",")
+    options = {s: dict(manifest[s]) for s in stages if s in manifest}
+    return Pipeline(stages=stages, method=entry["method"], checkpoint=entry["checkpoint"], device=device, dtype=dtype,
+                    stage_options=options)
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+def dataset_groups(dataset, n: int) -> dict[str, list[int]]:
+    """Image indices per reported group: ``all``, plus ``indoor``/``outdoor`` for synthetic scenes."""
+    groups = {"all": list(range(n))}
+    if type(dataset).__name__ == "SyntheticDataset":
+        from depthkit.data.synthetic import resolve_kind
+
+        kinds = [resolve_kind(dataset.scene_seed(i), dataset.kind) for i in range(n)]
+        for kind in ("indoor", "outdoor"):
+            idx = [i for i in range(n) if kinds[i] == kind]
+            if idx:
+                groups[kind] = idx
+    return groups
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "method"
+
+
+def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict | None:
+    """Evaluate every entry on one dataset; returns its JSON section (None on ranks > 0 of a distributed run)."""
+    from depthkit.data.datasets import build_dataset
+    from depthkit.evaluate import evaluate, mean_scores
+
+    dataset = build_dataset(spec["name"], spec["root"], split=spec["split"])
+    protocol = dataset.protocol
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    groups = dataset_groups(dataset, n)
+    folder = work / _slug(f"{spec['name']}_{dataset.split}")
+    section = {"dataset": spec["name"], "root": None if spec["root"] is None else str(spec["root"]),
+               "split": dataset.split, "reader": repr(dataset), "protocol": protocol.description,
+               "n_images": n, "groups": {g: len(idx) for g, idx in groups.items()}, "methods": []}
+    for entry in entries:
+        pipe = build_pipeline(entry, args.device, args.dtype)
+        summary = evaluate(pipe, dataset, protocol, folder / f"{_slug(entry['label'])}.json", limit=n,
+                           progress=not args.quiet, label=f"{spec['name']} {entry['label']}")
+        if summary is None:
+            continue
+        rows = summary["per_image"]
+        result = {k: v for k, v in entry.items() if k != "label"}
+        result["method"] = entry["label"]
+        result["n_images"] = len(rows)
+        result["mean"] = mean_scores(rows)
+        result["seconds_per_image"] = sum(r["seconds"] for r in rows) / len(rows)
+        result["by_group"] = {}
+        for group, idx in groups.items():
+            sub = [rows[i] for i in idx]
+            result["by_group"][group] = {
+                "n_images": len(sub),
+                "mean": mean_scores(sub),
+                "seconds_per_image": sum(r["seconds"] for r in sub) / len(sub),
+            }
+        section["methods"].append(result)
+    return section if section["methods"] else None
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def machine_info(device: str) -> dict:
+    """Where the numbers were measured (timings depend on it)."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "device": device}
+    try:
+        import numpy
+        import torch
+
+        info.update(numpy=numpy.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads())
+        if device.startswith("cuda") and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    except ImportError:
+        pass
+    return info
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with ``+dirty`` when the tree has changes), or None outside a git checkout."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if value != 0 and abs(value) < 0.5 * 10 ** -digits:  # a tiny non-zero (e.g. preservation) must not read as 0
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}"
+
+
+def table_markdown(methods: list[dict], group: str) -> str:
+    """One markdown table for ``group``: a row per method, the metric columns and seconds per image."""
+    head = "| method | " + " | ".join(h for _, h in COLUMNS) + " | s / image |"
+    sep = "|---|" + "---:|" * (len(COLUMNS) + 1)
+    rows = []
+    for m in methods:
+        g = m["by_group"][group]
+        cells = [_fmt(g["mean"].get(k, float("nan"))) for k, _ in COLUMNS] + [_fmt(g["seconds_per_image"], 3)]
+        rows.append(f"| {m['method']} | " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *rows]) + "\n"
+
+
+def report_markdown(report: dict) -> str:
+    """The whole ``accuracy.md``."""
+    mach = report["machine"]
+    lines = [
+        "# Accuracy benchmark",
+        "",
+        f"Generated by `{report['command']}` on {report['date']} with depthkit {report['depthkit_version']}"
+        + (f" (commit {report['git_commit']})" if report.get("git_commit") else "") + ".",
+        f"Machine: {mach.get('cpu') or mach['platform']}, {mach['cpu_count']} cores, device {mach['device']}.",
+        "",
+        "Metrics are computed per image over the valid ground-truth pixels of the dataset's protocol and then "
+        "averaged over images (the Marigold convention), by `depthkit.evaluate` (the code behind `depthkit eval`). "
+        "MAE and RMSE are in metres; AbsRel = mean |pred - gt| / gt; δ1 = fraction of pixels with "
+        "max(pred/gt, gt/pred) < 1.25 (higher is better). DBE-acc / DBE-comp are the iBims-1 depth-boundary errors in "
+        "pixels (lower is better; edges from the GT depth unless the dataset annotates them; images without a GT "
+        "edge are skipped). Preservation is max |pred - sparse| over the measured pixels in metres and must be 0. "
+        "s / image is the mean pipeline time per image (data loading and scoring excluded); the machine may have "
+        "been shared, so treat timings as rough.",
+        "",
+    ]
+    for ds in report["datasets"]:
+        counts = ", ".join(f"{n} {g}" for g, n in ds["groups"].items() if g != "all")
+        lines += [f"## {ds['dataset']} ({ds['split']} split, {ds['n_images']} images"
+                  + (f": {counts}" if counts else "") + ")", "",
+                  f"Reader: `{ds['reader']}`. Protocol: {ds['protocol']}.", ""]
+        multi = len(ds["groups"]) > 1
+        for group in ds["groups"]:
+            if multi:
+                count = ds["groups"][group]
+                lines += [f"### {group} ({count} image{'' if count == 1 else 's'})", ""]
+            lines.append(table_markdown(ds["methods"], group))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(report: dict, out: Path) -> tuple[Path, Path]:
+    """Write ``accuracy.json`` and ``accuracy.md`` into ``out`` (each atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "accuracy.json", out / "accuracy.md")
+    for path, text in zip(paths, (json.dumps(report, indent=1) + "\n", report_markdown(report))):
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1 image; received {args.limit}")
+    specs = [] if args.no_synthetic else [{"name": "synthetic", "root": None, "split": "test"}]
+    for d in args.datasets or []:
+        if d["root"] is None and d["name"] != "synthetic":
+            parser.error(f"--dataset {d['name']} needs --root DIR right after it (see docs/datasets.md for layouts)")
+        specs.append(d)
+    if not specs:
+        parser.error("nothing to evaluate: --no-synthetic without any --dataset NAME --root DIR")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.work_dir is None:
+        # each process would make its own temporary folder and never see the other shards
+        parser.error("under accelerate launch give --work-dir DIR (a folder every process can reach)")
+
+    from depthkit import __version__
+
+    try:
+        entries = classical_entries(args.methods)
+        for spec in args.checkpoint:
+            entries += checkpoint_entries(spec, args.stages, args.base_method)
+        if not entries:
+            parser.error("nothing to evaluate: --methods none and no --checkpoint")
+        tmp = None
+        if args.work_dir is None:
+            tmp = Path(tempfile.mkdtemp(prefix="depthkit_accuracy_"))
+        work = args.work_dir or tmp
+        try:
+            sections = [evaluate_dataset(spec, entries, args, work) for spec in specs]
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (ValueError, OSError) as exc:  # unknown method, missing dataset root or checkpoint: say what and stop
+        print(f"accuracy benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    if any(s is None for s in sections):  # a non-zero rank of `accelerate launch`: rank 0 writes the report
+        return 0
+    report = {
+        "benchmark": "accuracy",
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "command": "python benchmarks/accuracy.py" + (" " + shlex.join(argv) if argv else ""),
+        "depthkit_version": __version__,
+        "git_commit": git_commit(),
+        "machine": machine_info(args.device),
+        "limit": args.limit,
+        "datasets": sections,
+    }
+    json_path, md_path = write_report(report, args.out)
+    print(report_markdown(report))
+    print(f"accuracy benchmark: wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

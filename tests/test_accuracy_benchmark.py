@@ -1,0 +1,190 @@
+"""benchmarks/accuracy.py (run in-process on tiny splits) and the evaluation commands documented in docs/datasets.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_datasets import (
+    write_ddad,
+    write_hypersim,
+    write_ibims_raw,
+    write_kitti,
+    write_nyu,
+    write_processed,
+    write_vkitti2,
+    write_void,
+)
+
+from depthkit.checkpoints import write_manifest
+from depthkit.cli import main as cli_main
+from depthkit.data.protocols import PROTOCOLS, protocol_table_markdown
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "datasets.md"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("depthkit_accuracy_benchmark", REPO / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+accuracy = _load_script()
+
+
+def _tables(md: str) -> dict[str, dict[str, list[str]]]:
+    """Markdown tables by the heading above them: {heading: {method: [cells]}}."""
+    tables, heading = {}, None
+    for line in md.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("| ") and not line.startswith("| method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            tables.setdefault(heading, {})[cells[0]] = cells[1:]
+    return tables
+
+
+def test_baselines_table_has_a_numeric_row_per_method_and_zero_preservation(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert accuracy.main(["--limit", "2", "--out", str(out), "--work-dir", str(tmp_path / "w"), "--quiet"]) == 0
+    md = (out / "accuracy.md").read_text()
+    table = _tables(md)["all (2 images)"]
+    assert list(table) == ["nearest", "ip_basic", "guided"]
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert [h.strip() for h in header.strip("|").split("|")][1:] == [
+        "MAE (m)", "RMSE (m)", "AbsRel", "δ1", "DBE-acc (px)", "DBE-comp (px)", "preservation (m)", "s / image"]
+    for cells in table.values():
+        values = [float(c) for c in cells]  # every cell is a number (no n/a on synthetic scenes)
+        assert len(values) == 8 and all(np.isfinite(values))
+        assert values[6] == 0.0  # preservation
+        assert 0 < values[0] < values[1] and 0 < values[3] <= 1  # MAE <= RMSE, delta1 a fraction
+
+    report = json.loads((out / "accuracy.json").read_text())
+    assert {"date", "command", "machine", "depthkit_version"} <= set(report)
+    assert report["command"].startswith("python benchmarks/accuracy.py --limit 2")
+    (synthetic,) = report["datasets"]
+    assert synthetic["dataset"] == "synthetic" and synthetic["n_images"] == 2
+    for m in synthetic["methods"]:
+        assert m["n_images"] == 2 and m["mean"]["preservation"] == 0.0
+        assert m["by_group"]["all"]["mean"] == m["mean"]
+
+    # the rows are exactly what `depthkit eval` gives for the same images (same code, no reimplemented metrics)
+    single = tmp_path / "guided.json"
+    assert cli_main(["eval", "--dataset", "synthetic", "--method", "guided", "--out", str(single), "--limit", "2"]) == 0
+    guided = next(m for m in synthetic["methods"] if m["method"] == "guided")
+    assert json.loads(single.read_text())["mean"] == guided["mean"]
+    assert "| guided |" in capsys.readouterr().out
+
+
+def test_kind_breakdown_and_checkpoint_rows(tmp_path):
+    # a checkpoint whose complete stage names a classical method goes through Pipeline.from_pretrained
+    ckpt = tmp_path / "nearest_ckpt"
+    write_manifest(ckpt, {"complete": {"method": "nearest"}})
+    out = tmp_path / "res"
+    argv = ["--limit", "5", "--methods", "nearest", "--checkpoint", str(ckpt), "--out", str(out), "--quiet"]
+    assert accuracy.main(argv) == 0
+    (ds,) = json.loads((out / "accuracy.json").read_text())["datasets"]
+    # test seeds 20000000..20000004: render_scene picks outdoor, outdoor, outdoor, outdoor, indoor
+    assert ds["groups"] == {"all": 5, "indoor": 1, "outdoor": 4}
+    nearest, from_ckpt = ds["methods"]
+    assert from_ckpt["method"] == "nearest_ckpt: complete" and from_ckpt["checkpoint"] == str(ckpt)
+    assert from_ckpt["mean"] == nearest["mean"]
+    g = nearest["by_group"]
+    for key in ("mae", "rmse", "delta1", "preservation"):  # the overall mean is the image-weighted mean of the kinds
+        assert g["all"]["mean"][key] == pytest.approx((g["indoor"]["mean"][key] + 4 * g["outdoor"]["mean"][key]) / 5)
+    md = (out / "accuracy.md").read_text()
+    assert "### indoor (1 image)" in md and "### outdoor (4 images)" in md
+    assert set(_tables(md)["outdoor (4 images)"]) == {"nearest", "nearest_ckpt: complete"}
+
+
+def test_dataset_root_is_scored_under_its_protocol(tmp_path):
+    root = tmp_path / "nyu_processed"
+    data = write_processed(root)  # Marigold-DC's processed layout, read as is: two points per image
+    out = tmp_path / "res"
+    argv = ["--no-synthetic", "--dataset", "nyuv2", "--root", str(root), "--methods", "nearest", "--out", str(out),
+            "--quiet"]
+    assert accuracy.main(argv) == 0
+    (ds,) = json.loads((out / "accuracy.json").read_text())["datasets"]
+    assert ds["dataset"] == "nyuv2" and ds["n_images"] == 2 and ds["groups"] == {"all": 2}
+    # nearest fills columns <= 4 from the point at (4, 4) = 3 m and the rest from (4, 5) = 50 m
+    maes = []
+    for gt in data["gt"]:
+        pred = np.where(np.arange(gt.shape[1])[None, :] <= 4, 3.0, 50.0)
+        maes.append(np.abs(pred - gt.astype(np.float64)).mean())
+    (row,) = ds["methods"]
+    assert row["mean"]["mae"] == pytest.approx(np.mean(maes), rel=1e-6)
+    assert row["mean"]["preservation"] == 0.0
+
+
+def test_bad_arguments_say_what_to_do(tmp_path, capsys):
+    out = ["--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        accuracy.main(["--root", "x", *out])
+    assert exc.value.code == 2 and "comes before any --dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--dataset", "nyuv2", *out])
+    assert "needs --root DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--limit", "0", *out])
+    assert accuracy.main(["--methods", "bogus", *out]) == 2
+    assert "not classical completion methods" in capsys.readouterr().err
+    assert accuracy.main(["--no-synthetic", "--dataset", "kitti_dc", "--root", str(tmp_path / "none"), *out]) == 2
+    assert "Expected layout" in capsys.readouterr().err
+    assert not (tmp_path / "accuracy.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- docs
+def _documented_eval_commands() -> dict[str, list[str]]:
+    cmds = {}
+    for line in DOCS.read_text().splitlines():
+        if line.startswith("depthkit eval --dataset ") and "DATASET" not in line:
+            argv = shlex.split(line)[1:]
+            cmds[argv[argv.index("--dataset") + 1]] = argv
+    return cmds
+
+
+def test_docs_embed_the_current_protocol_table_and_a_section_per_dataset():
+    from depthkit.data.datasets import DATASETS
+
+    text = DOCS.read_text()
+    embedded = re.search(r"<!-- BEGIN protocol_table_markdown\(\) -->\n(.*)<!-- END", text, re.S).group(1)
+    assert embedded == protocol_table_markdown()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    for name in DATASETS:
+        assert any(f"`{name}`" in h for h in headings), f"docs/datasets.md has no section for {name}"
+    benchmarks = {n for n, p in PROTOCOLS.items() if p.benchmark} - {"void"}  # "void" is void1500 under another name
+    assert set(_documented_eval_commands()) >= benchmarks | {"synthetic"}
+
+
+FIXTURES = {
+    "nyuv2": lambda root: write_nyu(root, n=1),
+    "kitti_dc": write_kitti,
+    "void1500": lambda root: write_void(root, density=1500),
+    "void500": lambda root: write_void(root, density=500),
+    "void150": lambda root: write_void(root, density=150),
+    "ibims1": write_ibims_raw,
+    "ddad": write_ddad,
+    "hypersim": write_hypersim,
+    "vkitti2": write_vkitti2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_documented_eval_command_runs_on_a_fixture_in_the_documented_layout(tmp_path, name):
+    argv = _documented_eval_commands()[name]
+    root = tmp_path / "data"
+    FIXTURES[name](root)
+    out = tmp_path / "m.json"
+    argv[argv.index("--root") + 1] = str(root)
+    argv[argv.index("--out") + 1] = str(out)
+    assert cli_main([*argv, "--limit", "1"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["n_images"] == 1 and summary["mean"]["preservation"] == 0.0
+    assert summary["dataset"] == name
