@@ -1,0 +1,434 @@
+"""The ``complete/`` part of a depthkit checkpoint: save, load, and a random-weight tiny one.
+
+Layout of ``<checkpoint>/complete/`` (everything needed to run offline)::
+
+    complete.json                  settings: prompt_prior, pixel_reference, readout, prompt_version, min/max_pixels,
+                                   plus "format", "weights" (how the base model is stored) and "residual_head"
+    config.json, model.safetensors[.index.json + shards], generation_config.json
+                                   the base Qwen2.5-VL (save_pretrained; LoRA merged in)         weights.kind = full
+    adapter/adapter_config.json, adapter/adapter_model.safetensors
+                                   instead of the above when LoRA is kept separate; the base is
+                                   complete.json's weights.base_model (hub id or a path inside) weights.kind = adapter
+    depth_modules.safetensors, sdim_config.json          SDIM depth branch + proj2 (SDIMModel.save_depth_modules)
+    tokenizer.json, tokenizer_config.json, preprocessor_config.json, chat_template.jinja     the processor
+    residual_head.safetensors      only with readout = residual_head (its constructor args in complete.json)
+
+:func:`save_complete` writes into a temporary sibling folder and renames it into place, so a reader never sees a
+half-written checkpoint. :func:`load_complete` treats the folder as untrusted input: safetensors only, no
+``trust_remote_code``, paths named in ``complete.json`` resolved with :func:`depthkit.checkpoints.safe_join`, and
+every missing or unreadable file reported by name as a :class:`depthkit.checkpoints.CheckpointError`.
+
+Merging LoRA (``merge_lora=True``) never modifies the model being saved: the merged weights ``W + delta`` are built
+in a separate state dict (peft's own ``get_delta_weight``), so training can go on after an export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from depthkit.checkpoints import CheckpointError, safe_join
+
+__all__ = [
+    "COMPLETE_JSON", "COMPLETE_FORMAT", "LoadedCompleter", "save_complete", "load_complete", "write_tiny",
+    "load_base_model", "build_tiny_base", "torch_dtype",
+]
+
+COMPLETE_JSON = "complete.json"
+COMPLETE_FORMAT = "depthkit-complete"
+FORMAT_VERSION = 1
+ADAPTER_DIR = "adapter"
+TINY_MIN_PIXELS = 28 * 28
+TINY_MAX_PIXELS = 168 * 168
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+_RESERVED = ("format", "format_version", "weights", "residual_head")
+
+
+def torch_dtype(dtype) -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) → torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r}; allowed: float32, bfloat16, float16.")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class LoadedCompleter:
+    """A loaded completer: the SDIM model (eval mode), its processor, ``complete.json`` and the optional head."""
+
+    model: nn.Module
+    processor: object
+    settings: dict
+    residual_head: nn.Module | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------- building
+
+
+def load_base_model(name_or_path, dtype="float32", attn_implementation: str | None = None):
+    """A stock ``Qwen2_5_VLForConditionalGeneration`` from a local directory or a hub id (safetensors only).
+
+    A hub id needs the network or the HF cache; when neither has it the ``OSError`` says what was asked, whether
+    ``HF_HUB_OFFLINE`` is set, and what to do.
+    """
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    kwargs = {"dtype": torch_dtype(dtype), "use_safetensors": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    text = str(name_or_path)
+    try:
+        return Qwen2_5_VLForConditionalGeneration.from_pretrained(text, **kwargs)
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        why = ("HF_HUB_OFFLINE is set, so only the local hub cache was searched and it is not there"
+               if offline else "it is not a local directory and the hub could not be reached (network down?) or "
+               "has no such repository")
+        raise OSError(
+            f"could not load the base model {text!r}: {why}.\nWhat to do: where the network works, run "
+            f"`huggingface-cli download {text}` (fills the HF cache), or download it to a folder "
+            "and give that folder instead (in a recipe: model.base=/that/folder); or unset HF_HUB_OFFLINE.\n(transformers said: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from exc
+
+
+def build_tiny_base(tiny=None, seed: int = 0, min_pixels: int | None = None, max_pixels: int | None = None):
+    """``(model, processor)``: a random-weight stock Qwen2.5-VL at the sizes of ``tiny``
+    (:class:`depthkit.complete.recipe.TinyModelConfig`, defaults when None) with the offline tokenizer."""
+    from depthkit.complete.processor import build_tiny_processor
+    from depthkit.complete.recipe import TinyModelConfig
+    from depthkit.complete.tiny import build_tiny_qwen2_5_vl
+    from depthkit.complete.tokenizer import build_offline_tokenizer
+
+    tiny = tiny or TinyModelConfig()
+    tokenizer = build_offline_tokenizer()
+    if tiny.vocab_size is not None and tiny.vocab_size < len(tokenizer):
+        raise ValueError(f"model.tiny.vocab_size={tiny.vocab_size} is smaller than the offline tokenizer "
+                         f"({len(tokenizer)} tokens); leave it null or make it larger.")
+    processor = build_tiny_processor(tokenizer, min_pixels=min_pixels or TINY_MIN_PIXELS,
+                                     max_pixels=max_pixels or TINY_MAX_PIXELS)
+    model = build_tiny_qwen2_5_vl(tokenizer, seed=seed, text=tiny.text_overrides(), vision=tiny.vision_overrides(),
+                                  tie_word_embeddings=tiny.tie_word_embeddings)
+    return model, processor
+
+
+# ------------------------------------------------------------------------------------------------------------ saving
+
+
+def _merged_state_dict(peft_model) -> dict:
+    """State dict of the model inside ``peft_model`` with every LoRA delta added to its base weight (no mutation)."""
+    from peft.tuners.lora import LoraLayer
+
+    inner = peft_model.get_base_model()
+    deltas = {}
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
+            total = None
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    d = module.get_delta_weight(adapter)
+                    total = d if total is None else total + d
+            if total is not None:
+                deltas[f"{name}.weight"] = total
+    out = {}
+    for key, value in inner.state_dict().items():
+        if ".lora_" in key:
+            continue
+        clean = key.replace(".base_layer.", ".")
+        if clean in deltas:
+            value = (value.float() + deltas[clean].float()).to(value.dtype)
+        out[clean] = value
+    return out
+
+
+def _is_peft(module) -> bool:
+    return hasattr(module, "peft_config") and hasattr(module, "get_base_model")
+
+
+def save_complete(directory, model, processor, settings: dict, residual_head: nn.Module | None = None,
+                  merge_lora: bool = True) -> Path:
+    """Write a completer to ``directory`` (the checkpoint's ``complete/`` folder) atomically; returns the path.
+
+    Args:
+        model: :class:`depthkit.complete.model.SDIMModel` (its base plain or a peft LoRA model).
+        processor: the :class:`~depthkit.complete.processor.SDIMProcessor` it was trained with.
+        settings: inference settings for ``complete.json`` (``prompt_prior``, ``pixel_reference``, ``readout``, ...);
+            ``prompt_version``, ``min_pixels``, ``max_pixels`` are filled in when absent. With
+            ``merge_lora=False`` give ``base_model`` (a hub id, or a path relative to ``directory``) — where the
+            base weights come from at load time.
+        residual_head: a :class:`~depthkit.complete.readout.ResidualHead` (required for ``readout=residual_head``).
+        merge_lora: store LoRA merged into full base weights (default; loads without peft) or as an adapter.
+    """
+    from safetensors.torch import save_file
+
+    from depthkit.complete.processor import processor_geometry
+    from depthkit.complete.prompts import PROMPT_VERSION, PromptConfig
+
+    directory = Path(directory)
+    settings = dict(settings)
+    bad = [k for k in _RESERVED if k in settings]
+    if bad:
+        raise ValueError(f"settings must not contain the reserved keys {bad}; save_complete writes them itself.")
+    settings.setdefault("prompt_version", PROMPT_VERSION)
+    settings.setdefault("prompt_prior", "none")
+    settings.setdefault("pixel_reference", "text")
+    settings.setdefault("readout", "residual_head" if residual_head is not None else "text")
+    PromptConfig(settings["prompt_prior"], settings["pixel_reference"], settings["prompt_version"])
+    if settings["readout"] not in ("text", "residual_head"):
+        raise ValueError(f"settings readout={settings['readout']!r}; allowed: text, residual_head.")
+    if settings["readout"] == "residual_head" and residual_head is None:
+        raise ValueError("settings say readout=residual_head but no residual_head module was given.")
+    geometry = processor_geometry(processor)
+    settings.setdefault("min_pixels", geometry["min_pixels"])
+    settings.setdefault("max_pixels", geometry["max_pixels"])
+
+    base = model.base
+    peft = _is_peft(base)
+    if peft and not merge_lora:
+        ref = settings.pop("base_model", None) or base.peft_config["default"].base_model_name_or_path
+        if not ref:
+            raise ValueError("merge_lora=False needs settings['base_model']: the hub id (or a path inside the "
+                             "checkpoint) of the base model the adapter belongs to.")
+        if os.path.isabs(str(ref)):
+            raise ValueError(f"base_model {ref!r} is an absolute path; a checkpoint may only name a hub id or a "
+                             "path inside itself. Use merge_lora=True (self-contained) or a hub id.")
+        weights = {"kind": "adapter", "base_model": str(ref), "adapter": ADAPTER_DIR}
+    else:
+        weights = {"kind": "full", "lora_merged": bool(peft)}
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        if weights["kind"] == "adapter":
+            base.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
+        elif peft:
+            inner = base.get_base_model()
+            inner.save_pretrained(str(tmp), state_dict=_merged_state_dict(base), safe_serialization=True)
+        else:
+            base.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_depth_modules(tmp)
+        processor.save_pretrained(str(tmp))
+        data = dict(settings)
+        if residual_head is not None:
+            from depthkit.complete.readout import RESIDUAL_HEAD_FILE
+
+            tensors = {k: v.detach().float().contiguous().cpu() for k, v in residual_head.state_dict().items()}
+            save_file(tensors, str(tmp / RESIDUAL_HEAD_FILE), metadata={"format": "pt"})
+            data["residual_head"] = {"file": RESIDUAL_HEAD_FILE, **residual_head.config()}
+        data.update(format=COMPLETE_FORMAT, format_version=FORMAT_VERSION, weights=weights)
+        (tmp / COMPLETE_JSON).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+# ----------------------------------------------------------------------------------------------------------- loading
+
+
+def _found(directory: Path) -> str:
+    names = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    return ", ".join(names) or "nothing"
+
+
+def _require(directory: Path, names: list[str], what: str) -> None:
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"completer checkpoint {directory} is incomplete: missing {', '.join(missing)} ({what}); found: "
+            f"{_found(directory)}. Re-export it (depthkit train writes <run>/final/complete) or create a test one "
+            "with `depthkit init-checkpoint --tiny DIR`."
+        )
+
+
+def _read_settings(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise CheckpointError(f"completer checkpoint {directory} does not exist (or is not a folder); it should hold "
+                              f"{COMPLETE_JSON}, model weights, depth modules and processor files.")
+    _require(directory, [COMPLETE_JSON], "settings")
+    try:
+        data = json.loads((directory / COMPLETE_JSON).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{directory / COMPLETE_JSON} is corrupt (not valid JSON: {exc}).") from exc
+    if not isinstance(data, dict) or data.get("format") != COMPLETE_FORMAT:
+        raise CheckpointError(f"{directory / COMPLETE_JSON} is not a depthkit completer description "
+                              f"(expected \"format\": \"{COMPLETE_FORMAT}\").")
+    if int(data.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(f"{directory / COMPLETE_JSON} has format_version {data.get('format_version')}, newer "
+                              f"than this depthkit reads ({FORMAT_VERSION}); upgrade depthkit.")
+    if not isinstance(data.get("weights"), dict) or data["weights"].get("kind") not in ("full", "adapter"):
+        raise CheckpointError(f"{directory / COMPLETE_JSON}: 'weights' must say kind 'full' or 'adapter'.")
+    return data
+
+
+def _weight_files(directory: Path) -> list[str]:
+    if (directory / "model.safetensors.index.json").is_file():
+        try:
+            index = json.loads((directory / "model.safetensors.index.json").read_text())
+            shards = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{directory / 'model.safetensors.index.json'} is corrupt ({exc}).") from exc
+        for s in shards:
+            safe_join(directory, s)
+        return ["config.json", "model.safetensors.index.json", *shards]
+    if not (directory / "model.safetensors").is_file() and any(directory.glob("*.bin")):
+        raise CheckpointError(f"{directory} holds PyTorch .bin weights only; depthkit loads safetensors only "
+                              "(pickle files can run code). Convert them with save_pretrained(safe_serialization=True).")
+    return ["config.json", "model.safetensors"]
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); re-export or "
+                              "re-download the checkpoint.") from exc
+
+
+def load_complete(directory, device="cpu", dtype="float32", attn_implementation: str | None = None,
+                  base_model: str | None = None) -> LoadedCompleter:
+    """Load a completer written by :func:`save_complete` (eval mode, on ``device`` in ``dtype``).
+
+    Args:
+        directory: the checkpoint's ``complete/`` folder.
+        device, dtype: where and in which dtype (``"float32"``, ``"bfloat16"``, ``"float16"``) to put the model;
+            the residual head stays float32 (it is tiny and reads the hidden state through a cast).
+        attn_implementation: e.g. ``"sdpa"`` or ``"eager"`` (None = transformers' default).
+        base_model: for adapter checkpoints, a trusted local path or hub id overriding ``weights.base_model``.
+
+    Raises:
+        CheckpointError: a file is missing, corrupt, or a path in ``complete.json`` leaves the folder.
+        OSError: an adapter checkpoint's base model is a hub id that cannot be fetched (offline).
+    """
+    from depthkit.complete.model import DEPTH_MODULES_FILE, SDIM_CONFIG_FILE, SDIMModel
+    from depthkit.complete.processor import load_processor
+
+    directory = Path(directory)
+    settings = _read_settings(directory)
+    weights = settings["weights"]
+    _require(directory, [DEPTH_MODULES_FILE, SDIM_CONFIG_FILE], "SDIM depth modules")
+    _require(directory, ["preprocessor_config.json", "tokenizer_config.json"], "processor / tokenizer")
+    head_info = settings.get("residual_head")
+    if settings.get("readout") == "residual_head" and not isinstance(head_info, dict):
+        raise CheckpointError(f"{directory / COMPLETE_JSON} says readout=residual_head but describes no head.")
+    head_path = safe_join(directory, str(head_info.get("file", ""))) if isinstance(head_info, dict) else None
+    if head_path is not None and not head_path.is_file():
+        raise CheckpointError(f"completer checkpoint {directory} is incomplete: missing {head_path.name} (residual "
+                              f"head); found: {_found(directory)}.")
+
+    if weights["kind"] == "full":
+        files = _weight_files(directory)
+        _require(directory, files, "base model weights")
+        for f in files:
+            if f.endswith(".safetensors"):
+                _check_safetensors(directory / f)
+        try:
+            base = load_base_model(directory, dtype=dtype, attn_implementation=attn_implementation)
+        except OSError as exc:
+            raise CheckpointError(f"could not load the base model in {directory}: {exc}") from exc
+    else:
+        adapter = safe_join(directory, str(weights.get("adapter", ADAPTER_DIR)))
+        _require(adapter, ["adapter_config.json", "adapter_model.safetensors"], "LoRA adapter")
+        _check_safetensors(adapter / "adapter_model.safetensors")
+        ref = base_model or str(weights.get("base_model", ""))
+        if not ref:
+            raise CheckpointError(f"{directory / COMPLETE_JSON}: adapter checkpoint without weights.base_model.")
+        if base_model is None and not _looks_like_hub_id(ref):
+            ref = str(safe_join(directory, ref))
+        base = load_base_model(ref, dtype=dtype, attn_implementation=attn_implementation)
+        from peft import PeftModel
+
+        try:
+            base = PeftModel.from_pretrained(base, str(adapter), is_trainable=False).merge_and_unload()
+        except Exception as exc:
+            raise CheckpointError(f"the LoRA adapter in {adapter} does not fit base model {ref!r} "
+                                  f"({type(exc).__name__}: {exc}).") from exc
+
+    _check_safetensors(directory / DEPTH_MODULES_FILE)
+    try:
+        model = SDIMModel.from_depth_modules(base, directory)
+    except (ValueError, KeyError, json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"depth modules in {directory} ({DEPTH_MODULES_FILE}, {SDIM_CONFIG_FILE}) do not "
+                              f"load: {exc}") from exc
+    model = model.to(device=device, dtype=torch_dtype(dtype)).eval()
+
+    try:
+        processor = load_processor(directory)
+    except Exception as exc:
+        raise CheckpointError(f"the processor files in {directory} do not load ({type(exc).__name__}: {exc}).") from exc
+
+    head = None
+    if head_path is not None:
+        from safetensors.torch import load_file
+
+        from depthkit.complete.readout import ResidualHead
+
+        _check_safetensors(head_path)
+        try:
+            head = ResidualHead(int(head_info["hidden_size"]), float(head_info["max_log_correction"]),
+                                float(head_info.get("mlp_ratio", 1.0)))
+            head.load_state_dict(load_file(str(head_path)), strict=True)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"residual head {head_path} does not match its description in "
+                                  f"{COMPLETE_JSON} ({type(exc).__name__}: {exc}).") from exc
+        head = head.to(device).eval()
+    return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    from depthkit.checkpoints import _HUB_ID
+
+    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/"))
+
+
+# -------------------------------------------------------------------------------------------------------------- tiny
+
+
+def write_tiny(directory, seed: int = 0, **settings) -> dict:
+    """Write a random-weight tiny completer (the tiny recipe's sizes and prompt settings) to ``directory``.
+
+    Defaults: ``prompt_prior="guided"``, ``pixel_reference="text"``, ``readout="residual_head"`` — as the tiny
+    recipe trains the embedded default; the untrained head returns the prior exactly, so the checkpoint's output is
+    the classical guided fill. Pass ``readout="text", prompt_prior="none"`` for the paper's text readout (random
+    digits). Returns the manifest options for the stage: ``{"method": "sdim"}``.
+    """
+    from depthkit.complete.model import SDIMModel
+    from depthkit.complete.readout import ResidualHead
+    from depthkit.complete.recipe import PromptsConfig
+
+    prompts = PromptsConfig()
+    settings = {"prompt_prior": "guided", "pixel_reference": "text", "readout": "residual_head", **settings}
+    base, processor = build_tiny_base(seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SDIMModel(base).eval()
+        head = None
+        if settings["readout"] == "residual_head":
+            head = ResidualHead(base.config.text_config.hidden_size, prompts.max_log_correction)
+    save_complete(directory, model, processor, settings, residual_head=head)
+    return {"method": "sdim"}

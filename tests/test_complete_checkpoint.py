@@ -1,0 +1,241 @@
+"""The completer checkpoint (depthkit/complete/checkpoint.py) and the residual-head / digit readouts (readout.py)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from depthkit.checkpoints import CheckpointError
+from depthkit.complete import prompts as P
+from depthkit.complete.checkpoint import (
+    COMPLETE_JSON,
+    build_tiny_base,
+    load_base_model,
+    load_complete,
+    save_complete,
+    write_tiny,
+)
+from depthkit.complete.model import SDIMModel, apply_lora, prepare_depth_inputs
+from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
+from depthkit.complete.recipe import TinyModelConfig
+
+SMALL = TinyModelConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_hidden_size=32,
+                        vision_intermediate_size=64)
+
+
+def _inputs(processor, seed=0):
+    rng = np.random.default_rng(seed)
+    image = (rng.random((56, 84, 3)) * 255).astype(np.uint8)
+    sparse = np.where(rng.random((56, 84)) < 0.1, rng.uniform(0.5, 9.0, (56, 84)), 0).astype(np.float32)
+    text = [P.chat_prefix_text() + P.chat_suffix_text(P.query_text(0, (5, 7)), P.answer_text(2.5))]
+    enc = dict(processor(images=[image], text=text, return_tensors="pt"))
+    enc.update(prepare_depth_inputs(sparse, enc["image_grid_thw"], enc["pixel_values"], processor))
+    return enc
+
+
+def _trained_like(seed=1, lora=False):
+    """A tiny completer whose depth branch, BN statistics and head are all non-trivial (as after training)."""
+    base, processor = build_tiny_base(SMALL, seed=seed)
+    model = SDIMModel(base)
+    if lora:
+        apply_lora(model, r=4, alpha=8, dropout=0.0)
+    head = ResidualHead(64, max_log_correction=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(model.named_parameters()) + list(head.named_parameters()):
+            if name.startswith(("depth_branch", "proj2", "net")) or "lora_B" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        for name, b in model.named_buffers():
+            if "running_var" in name:
+                b.uniform_(0.5, 2.0, generator=gen)
+    return model.eval(), processor, head.eval()
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model, processor, head = _trained_like()
+    batch = _inputs(processor)
+    with torch.no_grad():
+        ref = model(**batch).logits
+        hidden = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+        ref_head = head.predict(hidden, torch.tensor([1.0, 2.0, 3.0]))
+    settings = {"prompt_prior": "guided", "readout": "residual_head", "note": "x"}
+    out = save_complete(tmp_path / "complete", model, processor, settings, residual_head=head)
+    loaded = load_complete(out)
+    assert not loaded.model.training and not loaded.residual_head.training
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**_inputs(loaded.processor)).logits, ref)
+        assert torch.equal(loaded.residual_head.predict(hidden, torch.tensor([1.0, 2.0, 3.0])), ref_head)
+    s = loaded.settings
+    assert (s["prompt_prior"], s["pixel_reference"], s["readout"], s["note"]) == ("guided", "text", "residual_head", "x")
+    assert s["prompt_version"] == P.PROMPT_VERSION
+    assert (s["min_pixels"], s["max_pixels"]) == (28 * 28, 168 * 168)
+    assert s["residual_head"]["max_log_correction"] == 0.5
+    assert not list(tmp_path.glob(".complete.tmp*"))  # the temporary folder was renamed into place
+    # Overwriting an existing checkpoint keeps it loadable (atomic replace).
+    save_complete(out, model, processor, settings, residual_head=head)
+    assert load_complete(out).settings["note"] == "x"
+
+
+def test_lora_merge_does_not_touch_the_model_and_matches(tmp_path):
+    model, processor, head = _trained_like(lora=True)
+    batch = _inputs(processor)
+    with torch.no_grad():
+        before = model(**batch).logits
+    save_complete(tmp_path / "c", model, processor, {})
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, before)  # not merged in place
+    loaded = load_complete(tmp_path / "c")
+    assert json.loads((tmp_path / "c" / COMPLETE_JSON).read_text())["weights"] == {"kind": "full",
+                                                                                  "lora_merged": True}
+    assert not any("lora" in n for n, _ in loaded.model.named_parameters())
+    with torch.no_grad():
+        after = loaded.model(**batch).logits
+    assert torch.allclose(after, before, atol=1e-5)  # W + BA in one matrix: equal up to float rounding
+
+
+def test_adapter_checkpoint_names_its_base(tmp_path):
+    model, processor, _ = _trained_like(lora=True)
+    batch = _inputs(processor)
+    with torch.no_grad():
+        ref = model(**batch).logits
+    base_dir = tmp_path / "base"
+    fresh, _ = build_tiny_base(SMALL, seed=1)
+    fresh.save_pretrained(base_dir)
+    save_complete(tmp_path / "c", model, processor, {"base_model": "Qwen/Qwen2.5-VL-3B-Instruct"}, merge_lora=False)
+    assert (tmp_path / "c" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "c" / "model.safetensors").exists()
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE is set"):  # conftest sets it: no network at test time
+        load_complete(tmp_path / "c")
+    loaded = load_complete(tmp_path / "c", base_model=str(base_dir))
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(**batch).logits, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="absolute path"):
+        save_complete(tmp_path / "d", model, processor, {"base_model": str(base_dir)}, merge_lora=False)
+
+
+def test_broken_checkpoints_give_named_errors(tmp_path):
+    write_tiny(tmp_path / "c")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_complete(tmp_path / "nope")
+    (tmp_path / "c" / "depth_modules.safetensors").rename(tmp_path / "dm")
+    with pytest.raises(CheckpointError, match="missing depth_modules.safetensors"):
+        load_complete(tmp_path / "c")
+    (tmp_path / "dm").rename(tmp_path / "c" / "depth_modules.safetensors")
+    weights = tmp_path / "c" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is corrupt or truncated"):
+        load_complete(tmp_path / "c")
+    weights.write_bytes(data)
+    meta = json.loads((tmp_path / "c" / COMPLETE_JSON).read_text())
+    meta["residual_head"]["file"] = "../../outside.safetensors"
+    (tmp_path / "c" / COMPLETE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="outside the checkpoint"):
+        load_complete(tmp_path / "c")
+    (tmp_path / "c" / COMPLETE_JSON).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_complete(tmp_path / "c")
+    model, processor, _ = _trained_like()
+    with pytest.raises(ValueError, match="reserved keys"):
+        save_complete(tmp_path / "x", model, processor, {"weights": 1})
+    with pytest.raises(ValueError, match="no residual_head"):
+        save_complete(tmp_path / "x", model, processor, {"readout": "residual_head"})
+
+
+def test_weights_saved_as_pickle_are_refused(tmp_path):
+    write_tiny(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").unlink()
+    (tmp_path / "c" / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(CheckpointError, match="safetensors only"):
+        load_complete(tmp_path / "c")
+
+
+def test_write_tiny_and_init_checkpoint_cli(tmp_path):
+    from depthkit.checkpoints import load_manifest
+    from depthkit.cli import main
+
+    assert write_tiny(tmp_path / "a" / "complete", seed=3) == {"method": "sdim"}
+    loaded = load_complete(tmp_path / "a" / "complete")
+    assert loaded.settings["readout"] == "residual_head" and loaded.residual_head is not None
+    # The untrained head returns the prior exactly.
+    hidden = torch.randn(4, loaded.residual_head.hidden_size)
+    prior = torch.tensor([0.5, 1.0, 7.0, 80.0])
+    assert torch.equal(loaded.residual_head.predict(hidden, prior), prior)
+    assert main(["init-checkpoint", "--tiny", str(tmp_path / "b"), "--stages", "complete", "--seed", "3"]) == 0
+    assert load_manifest(tmp_path / "b")["stages"]["complete"] == {"method": "sdim"}
+    a = (tmp_path / "a" / "complete" / "model.safetensors").read_bytes()
+    assert (tmp_path / "b" / "complete" / "model.safetensors").read_bytes() == a  # same seed, same weights
+    pytest.importorskip("depthkit.complete.stage", reason="the inference stage is not written yet")
+    from depthkit import Pipeline
+
+    Pipeline.from_pretrained(tmp_path / "b", stages=("complete",))  # the layout the inference stage loads
+
+
+def test_hub_id_offline_error_is_clear():
+    with pytest.raises(OSError) as info:
+        load_base_model("Qwen/Qwen2.5-VL-3B-Instruct")
+    text = str(info.value)
+    assert "Qwen/Qwen2.5-VL-3B-Instruct" in text and "HF_HUB_OFFLINE is set" in text
+    assert "huggingface-cli download" in text and "model.base=" in text
+
+
+# ---- readouts -----------------------------------------------------------------------------------------------------
+
+
+def test_residual_head_parametrisation_and_bound():
+    head = ResidualHead(8, max_log_correction=0.7)
+    hidden = torch.randn(5, 8)
+    prior = torch.tensor([0.2, 1.0, 3.0, 10.0, 50.0])
+    assert torch.equal(head.predict(hidden, prior), prior)  # zero-initialised output layer
+    with torch.no_grad():
+        head.net[-1].bias.fill_(100.0)  # saturate tanh: the correction hits its bound
+    assert torch.allclose(head.predict(hidden, prior), prior * math.exp(0.7))
+    with torch.no_grad():
+        head.net[-1].bias.fill_(0.5)
+    assert torch.allclose(head.predict(hidden, prior), prior * math.exp(0.7 * math.tanh(0.5)))
+    with pytest.raises(ValueError, match="> 0 metres"):
+        head.predict(hidden, torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="B x 8"):
+        head.predict(torch.randn(5, 9), prior)
+    with pytest.raises(ValueError, match="max_log_correction"):
+        ResidualHead(8, max_log_correction=0.0)
+
+
+def test_residual_l1_loss_hand_values():
+    pred, target = torch.tensor([2.0, 1.0]), torch.tensor([1.0, 1.0])
+    assert residual_l1_loss(pred, target, "metres").item() == pytest.approx(0.5)
+    assert residual_l1_loss(pred, target, "log").item() == pytest.approx(math.log(2) / 2)
+    assert residual_l1_loss(pred, target, "metres", weight=torch.tensor([1.0, 3.0])).item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="space"):
+        residual_l1_loss(pred, target, "feet")
+
+
+def test_expected_digit_value_hand_case():
+    digit_ids = list(range(10, 20))  # pretend ids: token 10 + d spells digit d
+    vocab = 25
+    logits = torch.full((2, 4, vocab), -1e4)
+    # Row 0 predicts "3.5": position 0 -> "3" (units, certain), position 2 -> "5"/"7" 50:50 (tenths).
+    logits[0, 0, 13] = 0.0
+    logits[0, 2, 15] = 0.0
+    logits[0, 2, 17] = 0.0
+    logits[0, 2, 3] = 50.0  # mass on a non-digit token does not count (softmax over digits only)
+    # Row 1: "12": tens "1", units uniform over 0..9 (expected 4.5).
+    logits[1, 0, 11] = 0.0
+    logits[1, 1, 10:20] = 0.0
+    places = torch.tensor([[1.0, 0.0, 0.1, 0.0], [10.0, 1.0, 0.0, 0.0]])
+    value = expected_digit_value(logits, places, digit_ids)
+    assert torch.allclose(value, torch.tensor([3.0 + 0.6, 14.5]))
+    # The flattened form with an explicit query index gives the same numbers.
+    flat = expected_digit_value(logits.reshape(8, vocab), places.reshape(8), digit_ids,
+                                index=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), num_values=2)
+    assert torch.allclose(flat, value)
+
+
+def test_digit_token_ids_read_from_tokenizer():
+    from depthkit.complete.tokenizer import build_offline_tokenizer
+
+    tok = build_offline_tokenizer()
+    ids = digit_token_ids(tok)
+    assert [tok.decode([i]) for i in ids] == list("0123456789")

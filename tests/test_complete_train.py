@@ -1,0 +1,310 @@
+"""Training stage 1 (depthkit/complete/train.py, batching.py): queries, sequences, prefix sharing, learning, resume,
+the CLI and a 2-process accelerate run — all on tiny models on the CPU."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depthkit.complete import prompts as P
+from depthkit.complete import train as T
+from depthkit.complete.batching import encode_group, number_places, pack_groups, sample_training_queries
+from depthkit.config import load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_RECIPE = REPO / "recipes" / "tiny" / "complete.yaml"
+# Shrinks the tiny recipe to test size (the model keeps every code path; only widths and image sizes change).
+SMALL = [
+    "model.tiny.hidden_size=64", "model.tiny.num_hidden_layers=2", "model.tiny.intermediate_size=128",
+    "model.tiny.vision_hidden_size=32", "model.tiny.vision_intermediate_size=64", "model.max_pixels=3136",
+    "data.synthetic.height=56", "data.synthetic.width=56", "data.synthetic.length=16", "data.sparse_points=40",
+    "data.queries_per_image=4", "eval.num_scenes=1", "eval.queries_per_scene=4", "eval.height=56", "eval.width=56",
+    "eval.sparse_points=40", "train.warmup_steps=1", "train.log_every=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _scene(seed=3, h=64, w=80, n=60):
+    from depthkit.data.sparse import sample_random_points
+    from depthkit.data.synthetic import render_scene
+
+    scene = render_scene(seed, h, w, "indoor")
+    sparse = np.asarray(sample_random_points(scene.depth, n, 0), np.float32)
+    return scene.image, sparse, scene.depth.astype(np.float32)
+
+
+# ---- queries and sequences ----------------------------------------------------------------------------------------
+
+
+def test_sparse_supervision_holds_points_out():
+    image, sparse, depth = _scene()
+    n_measured = int((sparse > 0).sum())
+    sp_in, queries = sample_training_queries(image, sparse, None, 16, np.random.default_rng(0), "sparse", p_keep=0.25,
+                                             prompt_prior="nearest")
+    assert len(queries) == 16
+    held = [q for q in queries if q.mask_value == 0]
+    kept = [q for q in queries if q.mask_value == 1]
+    assert held and kept
+    for q in held:  # label = the measurement, removed from the input, prior from the remaining points
+        assert sp_in[q.row, q.col] == 0 and q.label == sparse[q.row, q.col] and q.sparse_value is None
+        assert q.prior > 0 and q.head_prior == q.prior
+    for q in kept:  # preserve: still in the input, the prompt carries its value
+        assert sp_in[q.row, q.col] == q.label == q.sparse_value == q.head_prior == sparse[q.row, q.col]
+        assert q.prior is None
+    assert int((sp_in > 0).sum()) == n_measured - len(held)
+    # The nearest prior of a held-out point is the value of the nearest remaining point.
+    q = held[0]
+    rr, cc = np.nonzero(sp_in)
+    nearest = np.argmin((rr - q.row) ** 2 + (cc - q.col) ** 2)
+    assert q.prior == pytest.approx(float(sp_in[rr[nearest], cc[nearest]]))
+    # Never fewer than min_sparse_points measurements left in the input.
+    few = np.zeros_like(sparse)
+    few[[1, 5, 9], [2, 6, 10]] = [1.0, 2.0, 3.0]
+    sp_in, queries = sample_training_queries(image, few, None, 8, np.random.default_rng(0), "sparse", 0.0,
+                                             min_sparse_points=2)
+    assert len(queries) == 1 and int((sp_in > 0).sum()) == 2
+
+
+def test_dense_supervision_labels_gt_pixels():
+    image, sparse, depth = _scene()
+    sp_in, queries = sample_training_queries(image, sparse, depth, 12, np.random.default_rng(1), "dense", p_keep=0.0)
+    assert np.array_equal(sp_in, sparse) and len(queries) == 12
+    for q in queries:
+        assert q.mask_value == 0 and sparse[q.row, q.col] == 0 and q.label == depth[q.row, q.col] > 0
+    with pytest.raises(ValueError, match="needs the sample's GT"):
+        sample_training_queries(image, sparse, None, 4, np.random.default_rng(1), "dense")
+
+
+def test_number_places():
+    assert number_places("12.345") == [10.0, 1.0, 0.0, 0.1, 0.01, 0.001]
+    assert number_places("7") == [1.0]
+
+
+def _tiny(prior="none", readout="text", extra=()):
+    recipe = load_recipe(TINY_RECIPE, SMALL + [f"prompts.prompt_prior={prior}", f"prompts.readout={readout}",
+                                               *extra])
+    sdim, processor, head = T.build_completer(recipe)
+    return recipe, sdim, processor, head
+
+
+def test_encoded_suffix_labels_the_answer():
+    recipe, sdim, processor, _ = _tiny()
+    image, sparse, _ = _scene()
+    sp_in, queries = sample_training_queries(image, sparse, None, 3, np.random.default_rng(2), "sparse", 0.0)
+    group = encode_group(processor, image, sp_in, queries, P.PromptConfig(), recipe.sdim)
+    tok = processor.tokenizer
+    s = group.suffixes[0]
+    assert tok.decode(s.ids[s.answer_start:]) == P.answer_text(queries[0].label) + P.END_OF_TURN
+    assert tok.decode(s.ids[s.answer_start - 1:s.answer_start]) == "\n"  # the query's last token: after "assistant"
+    digits = [tok.decode([int(i)]) for i, p in zip(s.ids, s.places) if p != 0]
+    assert "".join(digits) == P.format_depth(queries[0].label).replace(".", "")
+    batch = pack_groups([group], T._inner(sdim).config, pad_id=0, layout="packed")
+    # Targets are shifted by one: the logits at target_pos predict target_ids, the answer tokens in order.
+    row = batch["input_ids"][0]
+    first = batch["target_query"] == 0
+    assert torch.equal(row[batch["target_pos"][first, 1] + 1], s.ids[s.answer_start:])
+    assert batch["target_places"][first].sum() == pytest.approx(sum(number_places(P.format_depth(queries[0].label))))
+
+
+def test_prefix_sharing_layouts_agree():
+    """packed, replicate and kv_cache compute the same hidden states, losses and gradients."""
+    recipe, sdim, processor, head = _tiny("nearest", "residual_head", ["loss.numeric_l1=0.5"])
+    cfg = T._inner(sdim).config
+    groups = []
+    for seed in (3, 4):
+        image, sparse, _ = _scene(seed)
+        sp_in, queries = sample_training_queries(image, sparse, None, 5, np.random.default_rng(seed), "sparse", 0.2,
+                                                 prompt_prior="nearest")
+        groups.append(encode_group(processor, image, sp_in, queries, P.PromptConfig("nearest"), recipe.sdim))
+    from depthkit.complete.readout import digit_token_ids
+
+    objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).eval()
+    results = {}
+    for layout in ("packed", "replicate", "kv_cache"):
+        batch = pack_groups(groups, cfg, pad_id=0, layout=layout)
+        loss, stats = objective(batch)
+        objective.zero_grad()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in objective.parameters() if p.grad is not None])
+        results[layout] = (loss.detach(), stats, grads)
+        assert batch["query_pos"].shape[0] == 10
+    ref_loss, ref_stats, ref_grad = results["packed"]
+    for layout in ("replicate", "kv_cache"):
+        loss, stats, grad = results[layout]
+        assert torch.allclose(loss, ref_loss, atol=1e-5), layout
+        assert stats["numeric_l1"] == pytest.approx(float(ref_stats["numeric_l1"]), abs=1e-4)
+        assert torch.allclose(grad, ref_grad, atol=2e-5, rtol=1e-3), layout
+
+
+# ---- learning -----------------------------------------------------------------------------------------------------
+
+
+def test_tiny_model_learns_held_out_points():
+    """A few dozen steps on one scene (depths 2.0-2.9 m) lower the error of greedy answers at held-out points.
+
+    At step 0 the random model's answers are unparseable (counted as answering 0 m); after 60 steps its answers
+    parse and land in the scene's range. Measured: 2.38 m -> 0.26 m (scene seed 3), 0 % unparseable, ~10 s.
+    """
+    image, sparse, depth = _scene(3, 96, 128, n=100)
+    valid = depth > 0
+    depth[valid] = 2.0 + 0.9 * (depth[valid] - depth[valid].min()) / np.ptp(depth[valid])
+    sparse = np.where(sparse > 0, depth, 0).astype(np.float32)
+    item = {"image": image, "sparse": sparse, "depth": depth}
+    recipe = load_recipe(TINY_RECIPE, SMALL + [
+        "model.max_pixels=12544", "prompts.prompt_prior=none", "prompts.readout=text", "loss.cross_entropy=1.0",
+        "data.queries_per_image=32", "data.p_keep=0.0", "data.edge_weight=0.0", "train.batch_size=1"])
+    sdim, processor, head = T.build_completer(recipe)
+    groups = []
+    for i in range(2):  # held-out points never used as labels in this draw; fixed seeds
+        sp_in, queries = sample_training_queries(image, sparse, None, 32, np.random.default_rng([555, i]), "sparse",
+                                                 0.0)
+        groups.append(encode_group(processor, image, sp_in, queries, P.PromptConfig(), recipe.sdim,
+                                   with_answers=False))
+
+    def error():
+        sdim.eval()
+        errors, unparseable = [], 0
+        for g in groups:
+            for text, s in zip(T.greedy_answers(sdim, processor, g, max_new_tokens=8), g.suffixes):
+                value = P.parse_answer(P.ANSWER_PREFIX + text)
+                unparseable += value is None
+                errors.append(s.label if value is None else abs(value - s.label))
+        sdim.train()
+        return float(np.mean(errors)), unparseable / len(errors)
+
+    from depthkit.complete.readout import digit_token_ids
+
+    objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).train()
+    steps = T.TrainSteps(recipe, T.MixedDataset([[item]], [1.0]), processor, T._inner(sdim).config)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
+    before, before_unparseable = error()
+    for k in range(60):
+        loss, _ = objective(steps[k])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after, after_unparseable = error()
+    assert before > 2.0 and before_unparseable == 1.0
+    assert after < 0.3 * before, (before, after)
+    assert after_unparseable <= 0.1
+
+
+# ---- the training loop: CLI, validation, checkpoints, resume -------------------------------------------------------
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
+    from safetensors.torch import load_file
+
+    from depthkit.cli import main
+    from depthkit.complete.checkpoint import load_complete
+
+    args = ["train", str(TINY_RECIPE), *SMALL, "train.max_steps=4", "train.save_every=2", "train.eval_every=2"]
+    assert main([*args, f"output.output_dir={tmp_path / 'a'}"]) == 0
+    a = tmp_path / "a"
+    assert sorted(p.name for p in (a / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
+    rows = _rows(a)
+    vals = [r for r in rows if "val_mae" in r]
+    assert [r["step"] for r in vals] == [2, 4]
+    assert all(np.isfinite(r["val_mae"]) and r["val_prior_mae"] > 0 and r["val_queries"] > 0 for r in vals)
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert all(r["steps_per_s"] > 0 and r["queries_per_s"] > 0 for r in train_rows)
+    loaded = load_complete(a / "final" / "complete")
+    assert loaded.settings["readout"] == "residual_head" and loaded.settings["prompt_prior"] == "guided"
+    assert (a / "final" / "depthkit.json").is_file() and (a / "final" / "recipe.yaml").is_file()
+    # A fresh run into a folder with checkpoints is refused (it would mix two runs).
+    assert main([*args, f"output.output_dir={a}"]) == 2
+    # "Interrupted" after step 2: a copy of the run folder as it was then; --resume continues to step 4.
+    b = tmp_path / "b"
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copytree(a / "checkpoints" / "step_0000002", b / "checkpoints" / "step_0000002")
+    assert main([*args, f"output.output_dir={b}", "--resume"]) == 0
+    for name in ("model.safetensors", "depth_modules.safetensors", "residual_head.safetensors"):
+        wa, wb = load_file(a / "final" / "complete" / name), load_file(b / "final" / "complete" / name)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    resumed = [r for r in _rows(b) if "loss" in r]
+    assert [r["step"] for r in resumed] == [3, 4]
+    for ra, rb in zip(train_rows[2:], resumed):
+        assert ra["loss"] == rb["loss"] and ra["lr"] == rb["lr"]
+    sa = torch.load(a / "checkpoints" / "step_0000004" / "state.pt", weights_only=True)
+    sb = torch.load(b / "checkpoints" / "step_0000004" / "state.pt", weights_only=True)
+    assert sa["scheduler"] == sb["scheduler"]
+    for k, v in sa["optimizer"]["state"].items():
+        assert torch.equal(v["exp_avg"], sb["optimizer"]["state"][k]["exp_avg"])
+
+
+def test_text_readout_with_rope_reference_trains(tmp_path):
+    """The paper's text readout, packed layout, numeric L1 and rope positions go through the loop too."""
+    from depthkit.cli import main
+
+    args = ["train", str(TINY_RECIPE), *SMALL, "prompts.prompt_prior=none", "prompts.readout=text",
+            "prompts.pixel_reference=rope", "model.tiny.rope_theta=100", "data.prefix_sharing=packed",
+            "loss.cross_entropy=1.0", "loss.numeric_l1=0.1", "train.max_steps=2", "train.save_every=0",
+            "train.gradient_checkpointing=true", f"output.output_dir={tmp_path}"]
+    assert main(args) == 0
+    rows = _rows(tmp_path)
+    assert all(np.isfinite(r["ce"]) and np.isfinite(r["numeric_l1"]) for r in rows if "loss" in r)
+    val = [r for r in rows if "val_unparseable" in r][-1]
+    assert 0.0 <= val["val_unparseable"] <= 1.0 and val["val_queries"] == 4
+
+
+def test_missing_dataset_root_and_offline_hub_id_are_clear_errors(tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml",
+                         [f"output.output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"data.datasets.hypersim.root=/path"):
+        T.build_datasets(recipe)
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE is set"):
+        T.build_completer(recipe)
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate CLI not installed")
+def test_two_process_accelerate_launch(tmp_path):
+    """``accelerate launch`` with 2 CPU processes (gloo DDP) runs the tiny recipe to its final checkpoint."""
+    exe = str(Path(sys.executable).parent / "accelerate")
+    cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "depthkit.cli", "train", str(TINY_RECIPE), *SMALL,
+           "train.max_steps=2", "train.save_every=2", "train.eval_every=0", f"output.output_dir={tmp_path}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "final" / "complete" / "model.safetensors").is_file()
+    state = torch.load(tmp_path / "checkpoints" / "step_0000002" / "state.pt", weights_only=True)
+    assert json.loads((tmp_path / "checkpoints" / "step_0000002" / "meta.json").read_text())["world_size"] == 2
+    assert "optimizer" in state and state["scheduler"]["last_epoch"] == 2
+
+
+def test_train_step_benchmark_runs_on_cpu_with_tiny_flag(tmp_path, monkeypatch):
+    """benchmarks/complete_train_step.py: the 3B recipe's step through setup_training/train_step, tiny sizes."""
+    import importlib.util
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    spec = importlib.util.spec_from_file_location("complete_train_step", REPO / "benchmarks" / "complete_train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--image", "56x56", "--steps", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["step_time_s"] > 0 and result["peak_memory_gib"] > 0 and np.isfinite(result["loss"])
+    assert result["gradient_checkpointing"] and result["layout"] == "packed"
+    assert 0 < result["params_trainable"] < result["params_total"]  # LoRA + depth modules, as in the 3B recipe
+    three_b = bench.build_recipe(bench.parse_args([]), str(tmp_path))  # the full-size settings parse too
+    assert (three_b.model.tiny.hidden_size, three_b.model.tiny.num_hidden_layers) == (2048, 36)
+    assert three_b.model.tiny.vocab_size == 151936 and three_b.lora.enabled

@@ -1,0 +1,87 @@
+"""Every shipped recipe parses against its schema and opens with its launch command (found by walking recipes/)."""
+
+from pathlib import Path
+
+import pytest
+
+from depthkit.config import RecipeError, load_recipe
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+ALL_YAML = sorted(p for p in RECIPES.rglob("*") if p.suffix in (".yaml", ".yml"))
+ACCELERATE = [p for p in ALL_YAML if p.parent.name == "accelerate"]
+TRAINING = [p for p in ALL_YAML if p not in ACCELERATE]
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(RECIPES.parent))
+
+
+def test_recipes_were_found():
+    names = {_rel(p) for p in TRAINING}
+    assert {"recipes/complete/qwen2_5_vl_3b_lora.yaml", "recipes/complete/qwen2_5_vl_7b_lora.yaml",
+            "recipes/tiny/complete.yaml"} <= names
+    assert len(ACCELERATE) >= 2
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=_rel)
+def test_training_recipe_parses_and_shows_its_command(path):
+    recipe = load_recipe(path)
+    assert recipe.kind in ("complete", "sharpen", "lotus")
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("depthkit train" in first or "accelerate launch" in first), first
+    assert _rel(path) in first, "the first line must be the command that launches this very file"
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=_rel)
+def test_accelerate_config_loads_and_names_a_recipe(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 2 and config.mixed_precision == "bf16"
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# accelerate launch --config_file " + _rel(path))
+    named = [w for w in first.split() if w.startswith("recipes/") and w != _rel(path)]
+    assert named and all((RECIPES.parent / w).is_file() for w in named)
+
+
+def test_paper_recipe_is_the_papers_setting():
+    r = load_recipe(RECIPES / "complete" / "qwen2_5_vl_3b_lora.yaml")
+    assert r.model.base == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert r.lora.enabled and not r.lora.full_finetune
+    assert (r.prompts.pixel_reference, r.prompts.prompt_prior, r.prompts.readout) == ("text", "none", "text")
+    assert set(r.data.datasets) == {"hypersim", "vkitti2"} and r.data.subset_size == 20000
+    assert r.data.queries_per_image == 1 and r.data.supervision == "sparse"
+    assert r.train.epochs == 10 and r.train.max_steps == 0
+    assert r.train.batch_size * r.train.grad_accum * 8 == 16  # 8 processes, as its launch command says
+    assert r.train.mixed_precision == "bf16" and r.train.gradient_checkpointing
+    from depthkit.training import total_steps
+
+    assert total_steps(r.train, 20000, world_size=8) == 12500
+    r7 = load_recipe(RECIPES / "complete" / "qwen2_5_vl_7b_lora.yaml")
+    assert r7.model.base == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert r7.train.batch_size * r7.train.grad_accum * 8 == 16
+
+
+def test_tiny_recipe_uses_the_head_start_levers():
+    r = load_recipe(RECIPES / "tiny" / "complete.yaml")
+    assert r.model.base == "tiny" and r.lora.full_finetune and not r.lora.enabled
+    assert r.prompts.prompt_prior == "guided" and r.prompts.readout == "residual_head"
+    assert r.data.edge_weight > 0 and r.data.queries_per_image > 1
+
+
+def test_complete_schema_refuses_bad_values():
+    base = {"kind": "complete", "lora": {"enabled": False, "full_finetune": True}}
+    for overrides, message in (
+        (["data.bogus=1"], "bogus"),
+        (["prompts.readout=residual_head"], "prompt_prior"),
+        (["data.supervision=weak"], "supervision"),
+        (["data.p_keep=1.5"], "p_keep"),
+        (["lora.enabled=true"], "cannot both be true"),
+        (["model.tiny.hidden_size=100"], "divide|multiple of 16"),
+        (["data.prefix_sharing=kv_cache", "train.gradient_checkpointing=true"], "gradient_checkpointing"),
+        (["train.mixed_precision=fp8"], "mixed_precision"),
+    ):
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(base, overrides)
+    r = load_recipe(base, ["data.datasets.hypersim.root=/data/hs", "data.datasets.hypersim.weight=2"])
+    assert r.data.datasets["hypersim"].root == "/data/hs" and r.data.datasets["hypersim"].weight == 2.0
