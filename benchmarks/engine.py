@@ -1,0 +1,492 @@
+"""Speed benchmark of the stage-1 inference engine against the paper's per-pixel ``generate()``.
+
+Usage (from the repository root)::
+
+    python benchmarks/engine.py --config tiny                        # tiny test model, 112x112 image
+    python benchmarks/engine.py --config bench                       # SPEC prototype size, 448x448 (~4 min, 2 CPUs)
+    python benchmarks/engine.py --config 3b --device cuda --dtype bfloat16 --naive-pixels 16   # see below
+
+On one model (random weights, SDIM depth branch attached) and one image, over the SAME query pixels (missing pixels
+drawn with a fixed seed), it times:
+
+- ``naive``: the paper's way (timed in two halves, one before and one after the other variants, to even out load
+  drift on a shared machine) — for each pixel the processor builds the whole conversation and
+  ``SDIMModel.generate`` decodes greedily (:func:`depthkit.complete.engine.naive_answers`). Random weights do not
+  write the answer template, so the naive run carries the engine's template + digit grammar as a LogitsProcessor
+  (about 12 generated tokens per pixel; a trained model writing the whole sentence generates ~16, so naive is if
+  anything favoured here);
+- ``plain shared prefix, B=...``: the prototype of SPEC section 3 — the prefix once, its ``DynamicCache`` expanded to
+  B rows, the suffixes through the stock forward with ``logits_to_keep=1``, then the same constrained greedy loop;
+- ``engine, B=...``: :class:`depthkit.complete.engine.CompletionEngine` (shared-prefix attention without copies,
+  preallocated suffix K/V, last-layer pruning, LM head on the 11 allowed rows).
+
+It checks that every variant decodes the same number for every pixel as naive, and reports ms/pixel, pixels/s, the
+speed ratio to naive, peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS growth sampled every 2 ms), the
+engine's time split between the prefix pass and the suffix batches, and the FLOP floor: FLOPs actually executed
+(``torch.utils.flop_counter``) and the analytic minimum — one prefix pass plus, per query, every decoder layer over
+the suffix and answer tokens (2 x layer weights per token + 4 x heads x head_dim x context for attention) — turned
+into time at the matmul throughput measured on this machine with the model's own GEMM shape. Variants run one after
+another in one process; on a shared CPU the numbers are noisy (the JSON records the load average).
+
+Configurations (random weights; the offline tokenizer's ids inside Qwen's 151,936-token vocabulary):
+
+- ``tiny``: the test model (text hidden 64, 2 layers; vision hidden 32, depth 2), 112x112 image → 16 image tokens.
+- ``bench``: text hidden 512, 4 layers, 8 heads / 2 KV heads, MLP 2752, tied embeddings; vision hidden 256,
+  depth 4, 4 heads; 448x448 image → 256 image tokens, a 273-token prefix (the SPEC prototype's size).
+- ``3b``: the Qwen2.5-VL-3B architecture (text hidden 2048, 36 layers, 16 heads / 2 KV heads, MLP 11008; vision
+  hidden 1280, depth 32) with a 480x640 frame (→ 476x644, 1564 image tokens). Reports frames per second for
+  ``--frame-queries`` queries per frame (the stage's default budget, 1024) next to the paper's 0.327 FPS / 46 GB.
+  Meant for ``--device cuda --dtype bfloat16``. NOT RUN YET: the session that wrote this had no GPU; run it on a
+  CUDA machine and commit the JSON/markdown it writes.
+
+Writes ``<out>/engine_<config>.json`` and ``<out>/engine_<config>.md`` (``--name`` changes the stem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+QWEN_VOCAB = 151936
+PAPER = {"fps": 0.327, "memory_gb": 46.0}
+
+CONFIGS = {
+    "tiny": {"text": {}, "vision": {}, "image": (112, 112), "pixels": (28 * 28, 112 * 112), "tie": False,
+             "vocab": None},
+    "bench": {
+        "text": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+                 "intermediate_size": 2752,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}},
+        "vision": {"hidden_size": 256, "depth": 4, "num_heads": 4, "intermediate_size": 1024, "window_size": 112,
+                   "fullatt_block_indexes": [3]},
+        "image": (448, 448), "pixels": (28 * 28, 448 * 448), "tie": True, "vocab": QWEN_VOCAB,
+    },
+    "3b": {
+        "text": {"hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
+                 "intermediate_size": 11008, "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
+        "vision": {"hidden_size": 1280, "depth": 32, "num_heads": 16, "intermediate_size": 3420, "window_size": 112,
+                   "fullatt_block_indexes": [7, 15, 23, 31]},
+        "image": (480, 640), "pixels": (56 * 56, 28 * 28 * 16384), "tie": True, "vocab": QWEN_VOCAB,
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------------- setup
+
+
+def build(config_name: str, device: str, dtype: torch.dtype, seed: int = 0):
+    """(SDIMModel, processor, image, sparse) for a configuration; weights random, built on ``device``."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from depthkit.complete.model import SDIMModel
+    from depthkit.complete.processor import build_tiny_processor
+    from depthkit.complete.tiny import tiny_qwen2_5_vl_config, token_ids_from_tokenizer
+    from depthkit.complete.tokenizer import build_offline_tokenizer
+    from depthkit.data.sparse import sample_random_points
+    from depthkit.data.synthetic import render_scene
+
+    spec = CONFIGS[config_name]
+    tok = build_offline_tokenizer()
+    proc = build_tiny_processor(tok, min_pixels=spec["pixels"][0], max_pixels=spec["pixels"][1])
+    text = dict(spec["text"])
+    if spec["vocab"]:
+        text["vocab_size"] = spec["vocab"]
+    cfg = tiny_qwen2_5_vl_config(len(tok), token_ids_from_tokenizer(tok), text=text, vision=spec["vision"],
+                                 tie_word_embeddings=spec["tie"])
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        base = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
+        model = SDIMModel(base).to(device=device, dtype=dtype).eval()
+    h, w = spec["image"]
+    scene = render_scene(seed, h, w, kind="indoor")
+    sparse = sample_random_points(scene.depth, 500, seed)
+    return model, proc, scene.image, sparse
+
+
+def query_pixels(sparse: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct missing pixels (row, col), seeded."""
+    from depthkit.complete.prompts import sample_query_pixels
+
+    return sample_query_pixels(sparse <= 0, n, seed=seed)
+
+
+class PeakMemory:
+    """Peak memory growth (bytes) during a ``with`` block: CUDA allocator peak, or sampled process RSS on CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base = self._rss()
+        self._max = self.base
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self._max = max(self._max, self._rss())
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.total = torch.cuda.max_memory_allocated()
+            self.peak = self.total - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, self._rss())
+            self.peak = self._max - self.base
+            self.total = self._max
+        return False
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------------- variants
+
+
+def run_naive(model, proc, image, sparse, rows, cols) -> list[str]:
+    from depthkit.complete.engine import naive_answers
+
+    return [r["number"] for r in naive_answers(model, proc, image, sparse, rows, cols, constrained=True)]
+
+
+@torch.no_grad()
+def run_plain_shared_prefix(engine, image, sparse, rows, cols, batch: int) -> list[str]:
+    """The SPEC prototype: prefix once, DynamicCache expanded per batch, stock forward, constrained greedy loop."""
+    from depthkit.complete import prompts as P
+    from depthkit.complete.model import prepare_depth_inputs
+    from depthkit.complete.positions import prefix_position_ids, suffix_position_ids
+    from depthkit.complete.processor import map_to_resized
+
+    lm, g, proc = engine.lm, engine.grammar, engine.processor
+    dev = lm.device
+    out = proc(images=[image], text=[P.chat_prefix_text()], return_tensors="pt")
+    inputs = {k: v.to(dev) for k, v in out.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(lm.dtype)
+    depth = prepare_depth_inputs(sparse, out["image_grid_thw"], out["pixel_values"], proc, engine.model.sdim_config)
+    res = engine.model(**inputs, **{k: v.to(dev) for k, v in depth.items()}, use_cache=True, logits_to_keep=1)
+    cache = res.past_key_values
+    next_pos = int(prefix_position_ids(lm.stock, out["input_ids"], out["image_grid_thw"],
+                                       out["mm_token_type_ids"])["next_pos"][0])
+    p_len = out["input_ids"].shape[1]
+    h, w = image.shape[:2]
+    resized = (int(out["image_grid_thw"][0, 1]) * 14, int(out["image_grid_thw"][0, 2]) * 14)
+    rr, cc = map_to_resized(rows, cols, (h, w), resized)
+    ids = engine._suffix_ids(engine.query_texts(cc, rr, None))
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    token_ids = torch.tensor(g.token_ids, device=dev)
+    answers = [""] * len(ids)
+    for start in range(0, len(ids), batch):
+        chunk = order[start:start + batch]
+        b, s = len(chunk), max(len(ids[i]) for i in chunk)
+        tok = torch.full((b, s), int(proc.tokenizer.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((b, s), dtype=torch.long)
+        for r, i in enumerate(chunk):
+            tok[r, s - len(ids[i]):] = torch.tensor(ids[i])
+            mask[r, s - len(ids[i]):] = 1
+        tok, mask = tok.to(dev), mask.to(dev)
+        kv = copy.deepcopy(cache)
+        kv.batch_repeat_interleave(b)
+        attn = torch.cat([torch.ones(b, p_len, dtype=torch.long, device=dev), mask], dim=1)
+        pos = suffix_position_ids(next_pos, mask, "text")
+        logits = lm.stock(input_ids=tok, attention_mask=attn, position_ids=pos, past_key_values=kv, use_cache=True,
+                          logits_to_keep=1).logits[:, -1].float()
+        state, done = g.init_state(b, dev), torch.zeros(b, dtype=torch.bool, device=dev)
+        chosen, count = [], mask.sum(1)
+        for step in range(g.max_tokens):
+            choice = logits[:, token_ids].masked_fill(~g.allowed(state), float("-inf")).argmax(-1)
+            chosen.append(torch.where(done, torch.full_like(choice, -1), choice))
+            state = g.advance(state, torch.where(done, torch.zeros_like(choice), choice))
+            done = done | g.done(state)
+            if bool(done.all()):
+                break
+            attn = torch.cat([attn, torch.ones(b, 1, dtype=torch.long, device=dev)], dim=1)
+            pos = suffix_position_ids(next_pos, torch.ones(b, 1, device=dev), "text", offset=count + step)
+            logits = lm.stock(input_ids=token_ids[choice].view(b, 1), attention_mask=attn, position_ids=pos,
+                              past_key_values=kv, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        chosen = torch.stack(chosen, 1).cpu().tolist()
+        for r, i in enumerate(chunk):
+            answers[i] = g.text(c for c in chosen[r] if c >= 0)
+    return answers
+
+
+def run_engine(engine, image, sparse, rows, cols):
+    prefix = engine.encode(image, sparse)
+    got = engine.answer(prefix, rows, cols)
+    return got.texts, got.stats
+
+
+# ----------------------------------------------------------------------------------------------------------- FLOPs
+
+
+def flop_floor(engine, prefix_flops: float, prefix_len: int, suffix_lengths: list[int],
+               answer_lengths: list[int]) -> float:
+    """The FLOP floor as SPEC defines it: one prefix pass (as counted) + per query every decoder layer over its
+    suffix tokens and fed answer tokens (the last answer token is never fed; 2 x layer weights per token plus
+    4 x heads x head_dim x context for attention) + the LM head over the 11 allowed rows per decoded token.
+    The engine can execute less than this (shared leading suffix tokens, last-layer pruning)."""
+    lm = engine.lm
+    linear = 0
+    for layer in lm.layers:
+        for mod in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            linear += mod.weight.numel()
+    per_ctx = 4 * lm.num_heads * lm.head_dim * len(lm.layers)
+    total = prefix_flops
+    for s, a in zip(suffix_lengths, answer_lengths):
+        fed = s + a - 1
+        ctx = fed * prefix_len + fed * (fed + 1) // 2
+        total += 2 * linear * fed + per_ctx * ctx + 2 * 11 * lm.hidden_size * a
+    return float(total)
+
+
+def matmul_gflops(engine, device: str, rows: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of this machine on the model's MLP GEMM shape (rows x hidden @ hidden x intermediate)."""
+    lm = engine.lm
+    a = torch.randn(rows, lm.hidden_size, dtype=lm.dtype, device=device)
+    b = torch.randn(lm.hidden_size, lm.intermediate_size, dtype=lm.dtype, device=device)
+    torch.matmul(a, b)
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * rows * lm.hidden_size * lm.intermediate_size / best / 1e9
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="bench")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--pixels", type=int, default=256, help="query pixels (default 256)")
+    parser.add_argument("--naive-pixels", type=int, default=None,
+                        help="time naive on the first N of them only (default: all)")
+    parser.add_argument("--batch-sizes", default="64,256", help="comma-separated batch sizes (default 64,256)")
+    parser.add_argument("--plain", default="auto", choices=("auto", "yes", "no"),
+                        help="also run the plain shared-prefix prototype (auto: not for 3b)")
+    parser.add_argument("--frame-queries", type=int, default=1024, help="queries per frame for FPS (default 1024)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--memory-budget-mb", type=float, default=4096.0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--name", default=None, help="output file stem (default engine_<config>)")
+    args = parser.parse_args(argv)
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from depthkit.complete.engine import CompletionEngine
+
+    torch.set_num_threads(args.threads)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    t0 = time.perf_counter()
+    model, proc, image, sparse = build(args.config, args.device, dtype)
+    print(f"built {args.config} on {args.device} in {time.perf_counter() - t0:.1f} s", flush=True)
+    rows, cols = query_pixels(sparse, args.pixels)
+    n_naive = len(rows) if args.naive_pixels is None else min(args.naive_pixels, len(rows))
+    engines = {b: CompletionEngine(model, proc, batch_size=b, memory_budget_mb=args.memory_budget_mb)
+               for b in batches}
+    e0 = engines[batches[0]]
+
+    # warm-up: first calls pay one-time costs (allocator, kernels, tokenizer caches)
+    run_naive(model, proc, image, sparse, rows[:1], cols[:1])
+    run_engine(e0, image, sparse, rows[:4], cols[:4])
+    results = {}
+
+    def timed(name, fn, n):
+        _sync(args.device)
+        with PeakMemory(args.device) as mem:
+            t = time.perf_counter()
+            value = fn()
+            _sync(args.device)
+            seconds = time.perf_counter() - t
+        results[name] = {"seconds": seconds, "pixels": n, "ms_per_pixel": 1e3 * seconds / n,
+                         "pixels_per_second": n / seconds, "peak_mb": mem.peak / 2**20, "total_mb": mem.total / 2**20}
+        print(f"{name}: {results[name]['ms_per_pixel']:.2f} ms/pixel, peak +{results[name]['peak_mb']:.0f} MB",
+              flush=True)
+        return value
+
+    # naive runs in two halves, before and after the other variants, so that drifting load on a shared machine
+    # weighs on both sides of the ratio alike
+    half = (n_naive + 1) // 2
+    ref = timed("naive generate()", lambda: run_naive(model, proc, image, sparse, rows[:half], cols[:half]), half)
+    first_half = results.pop("naive generate()")
+    answers = {}
+    plain = args.plain == "yes" or (args.plain == "auto" and args.config != "3b")
+    for b in batches:
+        if plain:
+            answers[f"plain shared prefix, B={b}"] = timed(
+                f"plain shared prefix, B={b}",
+                lambda b=b: run_plain_shared_prefix(engines[b], image, sparse, rows, cols, b), len(rows))
+        texts, stats = timed(f"engine, B={b}", lambda b=b: run_engine(engines[b], image, sparse, rows, cols),
+                             len(rows))
+        answers[f"engine, B={b}"] = texts
+        total = stats["prefix_seconds"] + stats["suffix_seconds"]
+        results[f"engine, B={b}"].update({
+            "prefix_seconds": stats["prefix_seconds"], "suffix_seconds": stats["suffix_seconds"],
+            "prefix_share": stats["prefix_seconds"] / total, "batch_size_used": stats["batch_size"],
+            "prefix_tokens": stats["prefix_tokens"]})
+    if n_naive > half:
+        ref = ref + timed("naive generate()", lambda: run_naive(model, proc, image, sparse, rows[half:n_naive],
+                                                                cols[half:n_naive]), n_naive - half)
+        second = results["naive generate()"]
+        seconds = first_half["seconds"] + second["seconds"]
+        results["naive generate()"] = {
+            "seconds": seconds, "pixels": n_naive, "ms_per_pixel": 1e3 * seconds / n_naive,
+            "pixels_per_second": n_naive / seconds, "peak_mb": max(first_half["peak_mb"], second["peak_mb"]),
+            "total_mb": max(first_half["total_mb"], second["total_mb"]),
+            "ms_per_pixel_halves": [first_half["ms_per_pixel"], second["ms_per_pixel"]]}
+    else:
+        results["naive generate()"] = first_half
+    results = {"naive generate()": results.pop("naive generate()"), **results}
+    naive_ms = results["naive generate()"]["ms_per_pixel"]
+    for name, texts in answers.items():
+        results[name]["identical_to_naive"] = texts[:n_naive] == ref
+        results[name]["speedup_vs_naive"] = naive_ms / results[name]["ms_per_pixel"]
+    results["naive generate()"].update({"identical_to_naive": True, "speedup_vs_naive": 1.0})
+
+    # FLOPs: executed (counted) and the analytic floor, at this machine's GEMM throughput
+    best = min((k for k in results if k.startswith("engine")), key=lambda k: results[k]["ms_per_pixel"])
+    engine = engines[int(best.split("=")[1])]
+    with FlopCounterMode(display=False) as fc:
+        prefix = engine.encode(image, sparse)
+    prefix_flops = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        got = engine.answer(prefix, rows, cols)
+    suffix_flops = fc.get_total_flops()
+    from depthkit.complete.processor import map_to_resized
+
+    rr, cc = map_to_resized(rows, cols, image.shape[:2], prefix.resized_hw)
+    suffix_lengths = [len(s) for s in engine._suffix_ids(engine.query_texts(cc, rr, None))]
+    answer_lengths = [len(t) for t in got.texts]
+    floor = flop_floor(engine, prefix_flops, prefix.length, suffix_lengths, answer_lengths)
+    gflops = matmul_gflops(engine, args.device)
+    seconds = results[best]["seconds"]
+    flops = {
+        "prefix_gflop": prefix_flops / 1e9,
+        "engine_executed_gflop": (prefix_flops + suffix_flops) / 1e9,
+        "floor_gflop": floor / 1e9,
+        "floor_gflop_per_pixel": floor / 1e9 / len(rows),
+        "machine_gemm_gflops": gflops,
+        "floor_seconds": floor / 1e9 / gflops,
+        "engine_seconds": seconds,
+        "engine_over_floor": seconds / (floor / 1e9 / gflops),
+        "executed_seconds_at_gemm_speed": (prefix_flops + suffix_flops) / 1e9 / gflops,
+        "engine_achieved_gflops": (prefix_flops + suffix_flops) / 1e9 / seconds,
+        "mean_suffix_tokens": float(np.mean(suffix_lengths)),
+        "mean_answer_tokens": float(np.mean(answer_lengths)),
+        "variant": best,
+    }
+    frame = None
+    if args.config == "3b" or args.frame_queries:
+        q_rows, q_cols = query_pixels(sparse, args.frame_queries, seed=1)
+        _sync(args.device)
+        with PeakMemory(args.device) as mem:
+            t = time.perf_counter()
+            run_engine(engine, image, sparse, q_rows, q_cols)
+            _sync(args.device)
+            secs = time.perf_counter() - t
+        frame = {"queries": len(q_rows), "seconds": secs, "fps": 1.0 / secs, "peak_mb": mem.peak / 2**20,
+                 "total_mb": mem.total / 2**20, "paper_fps": PAPER["fps"], "paper_memory_gb": PAPER["memory_gb"]}
+        if args.device.startswith("cuda"):
+            frame["weights_mb"] = torch.cuda.memory_allocated() / 2**20
+    report = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "config": args.config, "device": args.device, "dtype": args.dtype, "threads": args.threads,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "load_average": os.getloadavg(), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        "model": {"spec": CONFIGS[args.config], "parameters": sum(p.numel() for p in model.parameters()),
+                  "image": list(image.shape[:2]), "resized": list(prefix.resized_hw), "prefix_tokens": prefix.length},
+        "query_pixels": len(rows), "naive_pixels": n_naive, "variants": results, "flops": flops, "frame": frame,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.name or 'engine_' + args.config}.json"
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    path.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    ok = all(v["identical_to_naive"] for v in results.values())
+    return 0 if ok else 1
+
+
+def markdown(report: dict) -> str:
+    m, f = report["model"], report["flops"]
+    lines = [
+        f"## Engine speed — `{report['config']}` ({report['device']}, {report['dtype']}, {report['threads']} threads)",
+        "",
+        f"{report['date']}, `{report['command']}`; image {m['image'][0]}x{m['image'][1]} → "
+        f"{m['resized'][0]}x{m['resized'][1]}, prefix {m['prefix_tokens']} tokens, {m['parameters'] / 1e6:.1f} M "
+        f"parameters (random weights); {report['query_pixels']} query pixels (naive: first {report['naive_pixels']}); "
+        f"load average {report['machine']['load_average'][0]:.1f} on {report['machine']['cpu_count']} CPUs.",
+        "",
+        "| variant | ms / pixel | pixels / s | speed-up vs naive | peak memory (MB) | prefix share | same answers |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, v in report["variants"].items():
+        share = f"{100 * v['prefix_share']:.1f} %" if "prefix_share" in v else "–"
+        lines.append(f"| {name} | {v['ms_per_pixel']:.2f} | {v['pixels_per_second']:.1f} | "
+                     f"{v['speedup_vs_naive']:.1f}x | {v['peak_mb']:.0f} | {share} | "
+                     f"{'yes' if v['identical_to_naive'] else '**NO**'} |")
+    lines += [
+        "",
+        f"FLOP floor ({f['variant']}): executed {f['engine_executed_gflop']:.2f} GFLOP (prefix {f['prefix_gflop']:.2f}); "
+        f"floor {f['floor_gflop']:.2f} GFLOP = one prefix pass + {f['mean_suffix_tokens']:.1f} suffix and "
+        f"{f['mean_answer_tokens']:.1f} answer tokens per pixel ({1e3 * f['floor_gflop_per_pixel']:.0f} MFLOP/pixel). "
+        f"At this machine's {f['machine_gemm_gflops']:.0f} GFLOP/s (model GEMM shape) the floor is "
+        f"{f['floor_seconds']:.2f} s; the engine took {f['engine_seconds']:.2f} s = "
+        f"**{f['engine_over_floor']:.2f}x the floor**. It executes less than the floor (common leading suffix tokens "
+        f"computed once, last layer only at the logit position): its own FLOPs would take "
+        f"{f['executed_seconds_at_gemm_speed']:.2f} s at GEMM speed; it reaches {f['engine_achieved_gflops']:.0f} "
+        f"GFLOP/s.",
+    ]
+    if report.get("frame"):
+        fr = report["frame"]
+        lines += ["", f"Frame: {fr['queries']} queries in {fr['seconds']:.2f} s = **{fr['fps']:.2f} FPS**, peak "
+                  f"+{fr['peak_mb']:.0f} MB (process/allocator total {fr['total_mb']:.0f} MB); paper: "
+                  f"{fr['paper_fps']} FPS, {fr['paper_memory_gb']} GB."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The answer number: its token grammar, its confidence, and the per-pixel ``generate()`` reference.
+
+The answer sentence is fixed (``The pixel is {y:.3f} meters away from the camera.``), so a decoder only has to choose
+the number. :class:`AnswerGrammar` is that choice as a state machine over 11 tokens (the ten digits and the point):
+1 to ``max_int_digits`` (3) integer digits, the point, exactly ``frac_digits`` (3) decimals — the ``{y:.3f}`` format
+for depths up to 300 m. Leading zeros are not forbidden (``"007.5"`` reads as 7.5); the point is forced after the
+third integer digit. :func:`answer_confidence` turns the digit distributions along a decoded path into a confidence
+in [0, 1] (the rule is in :mod:`depthkit.complete.engine`'s docstring).
+
+:func:`AnswerConstraint` is the same template + grammar as a ``transformers`` ``LogitsProcessor`` and
+:func:`naive_answers` the paper's way of asking — the processor builds the whole conversation and
+``SDIMModel.generate`` decodes greedily, one pixel at a time — the reference the engine is tested and benchmarked
+against (with or without the constraint).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from depthkit.complete import prompts as P
+
+__all__ = ["AnswerGrammar", "answer_confidence", "AnswerConstraint", "naive_answers"]
+
+# --------------------------------------------------------------------------------------------------------------------
+# The answer grammar
+
+
+class AnswerGrammar:
+    """The number in the answer as a tiny state machine over token ids: int digits, point, decimals.
+
+    Allowed tokens are indexed 0..10: 0-9 = the digit tokens, 10 = the point. State per row: ``n_int`` integer digits
+    so far, ``point`` (bool), ``n_frac`` decimals so far; a row is done after ``frac_digits`` decimals.
+    """
+
+    def __init__(self, tokenizer, max_int_digits: int = 3, frac_digits: int = 3):
+        if max_int_digits < 1 or frac_digits < 1:
+            raise ValueError(f"need max_int_digits >= 1 and frac_digits >= 1; got {max_int_digits}, {frac_digits}.")
+        ids = []
+        for ch in "0123456789.":
+            enc = tokenizer(ch, add_special_tokens=False).input_ids
+            if len(enc) != 1:
+                raise ValueError(f"the tokenizer spells {ch!r} as {len(enc)} tokens {enc}; the engine needs one token "
+                                 "per digit and for the point, as Qwen2.5-VL's tokenizer has.")
+            ids.append(int(enc[0]))
+        self.token_ids = ids
+        self.max_int_digits = int(max_int_digits)
+        self.frac_digits = int(frac_digits)
+        self.max_tokens = self.max_int_digits + 1 + self.frac_digits
+
+    def init_state(self, batch: int, device=None) -> dict:
+        z = torch.zeros(batch, dtype=torch.long, device=device)
+        return {"n_int": z.clone(), "point": torch.zeros(batch, dtype=torch.bool, device=device), "n_frac": z.clone()}
+
+    def allowed(self, state: dict) -> torch.Tensor:
+        """B x 11 bool: which of the 11 tokens (digits, point) each row may take next."""
+        n_int, point = state["n_int"], state["point"]
+        b = n_int.shape[0]
+        digits = ~(~point & (n_int >= self.max_int_digits))  # after the point, or room left in the integer part
+        dot = ~point & (n_int >= 1)
+        return torch.cat([digits.view(b, 1).expand(b, 10), dot.view(b, 1)], dim=1)
+
+    def advance(self, state: dict, choice: torch.Tensor) -> dict:
+        """Update the state with each row's choice (index 0..10)."""
+        is_dot = choice == 10
+        point = state["point"]
+        return {
+            "n_int": state["n_int"] + (~point & ~is_dot).long(),
+            "point": point | is_dot,
+            "n_frac": state["n_frac"] + (point & ~is_dot).long(),
+        }
+
+    def done(self, state: dict) -> torch.Tensor:
+        return state["n_frac"] >= self.frac_digits
+
+    def text(self, choices) -> str:
+        return "".join("." if int(c) == 10 else str(int(c)) for c in choices)
+
+
+def answer_confidence(choices: list[int], probs: np.ndarray, forced: list[bool], tolerance: float = 0.1) -> float:
+    """Confidence in [0, 1] of one decoded number (see the module docstring).
+
+    Args:
+        choices: the decoded indices (0-9 digits, 10 = point), in order.
+        probs: len(choices) x 11, the renormalised distribution over the allowed tokens at each step.
+        forced: per step, True when only one token was allowed.
+        tolerance: relative depth error that maps to confidence 1/e.
+    """
+    text = "".join("." if c == 10 else str(c) for c in choices)
+    try:
+        y = float(text)
+    except ValueError:
+        return 0.0
+    n_int = text.index(".") if "." in text else len(text)
+    sigma, digits = 0.0, np.arange(10)
+    for k, (c, p, f) in enumerate(zip(choices, probs, forced)):
+        if f:
+            continue
+        p = np.asarray(p, dtype=np.float64)
+        if c == 10:
+            sigma += (1.0 - p[10]) * y
+            continue
+        place = 10.0 ** (n_int - 1 - k) if k < n_int else 10.0 ** (n_int - k)
+        sigma += place * float((p[:10] * np.abs(digits - c)).sum()) + p[10] * y
+    return float(math.exp(-sigma / (tolerance * max(y, P.MIN_DEPTH))))
+
+
+def AnswerConstraint(prompt_length: int, forced_ids: list[int], grammar: AnswerGrammar, eos_id: int):  # noqa: N802
+    """A ``transformers`` ``LogitsProcessor`` (batch of one) that forces ``forced_ids``, then the number under
+    ``grammar``, then ``eos_id`` — the engine's template and grammar, for a constrained ``generate()`` reference."""
+    from transformers import LogitsProcessor
+
+    class _AnswerConstraint(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            new = input_ids[0, prompt_length:].tolist()
+            allowed = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            if len(new) < len(forced_ids):
+                allowed[forced_ids[len(new)]] = True
+            else:
+                state = grammar.init_state(1)
+                for tok in new[len(forced_ids):]:
+                    state = grammar.advance(state, torch.tensor([grammar.token_ids.index(tok)]))
+                if bool(grammar.done(state)[0]):
+                    allowed[eos_id] = True
+                else:
+                    ok = grammar.allowed(state)[0]
+                    allowed[torch.tensor(grammar.token_ids)[ok]] = True
+            return scores.masked_fill(~allowed, float("-inf"))
+
+    return _AnswerConstraint()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The naive reference
+
+
+@torch.no_grad()
+def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None, rows, cols,
+                  prompt_config: P.PromptConfig | None = None, priors=None, constrained: bool = True,
+                  max_new_tokens: int = 24) -> list[dict]:
+    """The paper's way, as the reference: for each pixel the processor builds the whole conversation and
+    ``SDIMModel.generate`` decodes greedily. Text pixel reference only (``rope`` needs custom positions).
+
+    With ``constrained=True`` an :func:`AnswerConstraint` forces the answer prefix and the number grammar (the
+    engine's rule); otherwise plain greedy ``generate()``. Returns per pixel ``{"tokens": generated ids,
+    "text": decoded text, "number": the number's text (constrained) or None, "value": parsed metres or None}``.
+    """
+    from depthkit.complete.model import prepare_depth_inputs
+    from depthkit.complete.processor import map_to_resized, resized_size
+
+    config = prompt_config or P.PromptConfig()
+    if config.pixel_reference != "text":
+        raise ValueError("naive_answers reproduces the paper's text-coordinate prompts only (pixel_reference='text').")
+    if config.prompt_prior != "none" and priors is None:
+        raise ValueError(f"prompt_prior={config.prompt_prior!r} needs priors= (one interpolated metre value per pixel).")
+    tokenizer = processor.tokenizer
+    grammar = AnswerGrammar(tokenizer)
+    forced = tokenizer(P.ANSWER_PREFIX, add_special_tokens=False).input_ids
+    eos = int(tokenizer.convert_tokens_to_ids(P.END_OF_TURN))
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    rr, cc = map_to_resized(np.asarray(rows), np.asarray(cols), (h, w), resized_size(h, w, processor))
+    results = []
+    for i, (y, x) in enumerate(zip(rr.tolist(), cc.tolist())):
+        prior = None if config.prompt_prior == "none" else float(np.asarray(priors).reshape(-1)[i])
+        text = P.chat_prefix_text() + P.chat_suffix_text(P.query_text(0, (x, y), prior=prior, config=config))
+        out = processor(images=[image], text=[text], return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in out.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        kwargs = dict(inputs, max_new_tokens=(len(forced) + grammar.max_tokens + 1) if constrained else max_new_tokens,
+                      do_sample=False)
+        if constrained:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [AnswerConstraint(out["input_ids"].shape[1], forced, grammar, eos)])
+        if sparse is not None and hasattr(model, "depth_branch"):
+            depth = prepare_depth_inputs(sparse, out["image_grid_thw"], out["pixel_values"], processor,
+                                         model.sdim_config)
+            kwargs.update({k: v.to(device) for k, v in depth.items()})
+        gen = model.generate(**kwargs)[0, out["input_ids"].shape[1]:].tolist()
+        if eos in gen:
+            gen = gen[:gen.index(eos)]
+        decoded = tokenizer.decode(gen, skip_special_tokens=True)
+        number = None
+        if constrained:
+            number = grammar.text(grammar.token_ids.index(t) for t in gen[len(forced):])
+        results.append({"tokens": gen, "text": decoded, "number": number, "value": P.parse_answer(decoded)})
+    return results

@@ -1,0 +1,155 @@
+"""The learned ``complete`` stage: an SDIM completer checkpoint driven by the inference engine.
+
+``CompleteVLMStage.run(image, sparse)``:
+
+1. plan the queries (:func:`depthkit.complete.query_plan.plan_queries`): missing pixels on a grid (``query_stride``
+   or ``query_budget``); measured pixels are never asked;
+2. if the checkpoint's prompts carry a prior (``prompt_prior: nearest | guided``) or fusion is on, compute the
+   classical interpolation of the sparse map once (the same baseline the trainer used for priors);
+3. encode the image prefix once and answer every query in batches (:class:`depthkit.complete.engine.CompletionEngine`;
+   the text readout decodes digits, the residual head reads one hidden state);
+4. fuse (switch ``fusion``: none | gate | blend, by each answer's confidence), then fill the full resolution with the
+   RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly).
+
+Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
+1 at measured pixels) and ``extras``: ``query_mask`` (1 where a query was asked), ``query_confidence`` (the answer's
+confidence at queried pixels, 0 elsewhere), ``unparseable_mask`` (1 where an answer could not be read — those pixels
+are filled from neighbours). ``last_stats`` holds the engine's timings and counts of the last run (``n_queries``,
+``n_unparseable``, ``prefix_seconds``, ``suffix_seconds``, ``stride``, ...).
+
+Options (from the checkpoint manifest, ``Pipeline(stage_options={"complete": {...}})`` or keyword arguments):
+``query_stride``, ``query_budget`` (default 1024 queries), ``batch_size`` (128), ``memory_budget_mb`` (2048),
+``attn_implementation`` (for the prefix pass: ``sdpa`` | ``eager`` | ``flash_attention_2``; the suffix batches use
+the engine's shared-prefix attention), ``decode`` (constrained | free), ``fusion`` (none), ``fusion_threshold``
+(0.5), ``confidence_tolerance`` (0.1). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
+pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from depthkit.outputs import StageResult
+
+__all__ = ["CompleteVLMStage", "STAGE_OPTIONS"]
+
+STAGE_OPTIONS = {
+    "query_stride": None,
+    "query_budget": 1024,
+    "batch_size": 128,
+    "memory_budget_mb": 2048.0,
+    "decode": "constrained",
+    "fusion": "none",
+    "fusion_threshold": 0.5,
+    "confidence_tolerance": 0.1,
+}
+
+
+class CompleteVLMStage:
+    """Depth completion with a trained SDIM completer (see the module docstring).
+
+    Args:
+        model: an :class:`~depthkit.complete.model.SDIMModel` in eval mode.
+        processor: its processor.
+        settings: the checkpoint's ``complete.json`` settings (``prompt_prior``, ``pixel_reference``, ``readout``).
+        residual_head: the trained head for ``readout="residual_head"``.
+        options: see :data:`STAGE_OPTIONS` and the module docstring.
+    """
+
+    name = "complete"
+
+    def __init__(self, model, processor, settings: dict, residual_head=None, **options):
+        from depthkit.complete.engine import CompletionEngine
+        from depthkit.complete.prompts import PROMPT_VERSION, PromptConfig
+        from depthkit.complete.query_plan import FUSIONS
+
+        unknown = sorted(set(options) - set(STAGE_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
+                             f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
+        self.options = {**STAGE_OPTIONS, **options}
+        if self.options["fusion"] not in FUSIONS:
+            raise ValueError(f"fusion={self.options['fusion']!r} is not one of {FUSIONS}.")
+        self.settings = dict(settings)
+        self.prompt_config = PromptConfig(settings.get("prompt_prior", "none"),
+                                          settings.get("pixel_reference", "text"),
+                                          settings.get("prompt_version", PROMPT_VERSION))
+        self.readout = settings.get("readout", "text")
+        self.engine = CompletionEngine(model, processor, self.prompt_config, readout=self.readout,
+                                       residual_head=residual_head, batch_size=int(self.options["batch_size"]),
+                                       memory_budget_mb=float(self.options["memory_budget_mb"]),
+                                       decode=self.options["decode"],
+                                       confidence_tolerance=float(self.options["confidence_tolerance"]))
+        self.last_stats: dict = {}
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu", dtype: str = "float32", attn_implementation: str | None = None,
+                        **options) -> CompleteVLMStage:
+        """Load ``<checkpoint>/complete`` (:func:`depthkit.complete.checkpoint.load_complete`) and wrap it."""
+        from depthkit.complete.checkpoint import load_complete
+
+        unknown = sorted(set(options) - set(STAGE_OPTIONS))
+        if unknown:  # refuse before loading weights
+            raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
+                             f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
+        loaded = load_complete(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, **options)
+
+    def _classical(self, image, sparse, method: str) -> np.ndarray:
+        from depthkit.data import baselines
+
+        return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
+
+    def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None = None) -> StageResult:
+        """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused."""
+        from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries
+
+        start = time.perf_counter()
+        sparse = np.asarray(sparse, dtype=np.float32)
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != sparse.shape:
+            raise ValueError(f"image must be HxWx3 RGB with the sparse map's size {sparse.shape}; got image "
+                             f"{image.shape}.")
+        opts = self.options
+        plan = plan_queries(sparse, opts["query_stride"], opts["query_budget"])
+        rows, cols = plan["rows"], plan["cols"]
+        prior_method = self.prompt_config.prompt_prior
+        fusion = opts["fusion"]
+        classical = None
+        if rows.size and (prior_method != "none" or fusion != "none"):
+            classical = self._classical(image, sparse, prior_method if prior_method != "none" else "guided")
+        n = rows.size
+        stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0}
+        if n:
+            prefix = self.engine.encode(image, sparse)
+            priors = classical[rows, cols] if prior_method != "none" else None
+            answers = self.engine.answer(prefix, rows, cols, priors)
+            stats.update(answers.stats)
+            values = fuse_answers(answers.values, answers.confidence, answers.ok,
+                                  None if classical is None else classical[rows, cols], fusion,
+                                  float(opts["fusion_threshold"]))
+            conf_q, ok = answers.confidence, answers.ok
+        else:
+            values = np.zeros(0)
+            conf_q, ok = np.zeros(0, np.float32), np.zeros(0, bool)
+        dense = fill_dense(image, sparse, rows, cols, values)
+        conf = confidence_map(sparse, rows, cols, conf_q, ok)
+        query_mask = np.zeros(sparse.shape, np.float32)
+        query_mask[rows, cols] = 1.0
+        query_conf = np.zeros(sparse.shape, np.float32)
+        query_conf[rows, cols] = np.where(ok, conf_q, 0.0)
+        bad = np.zeros(sparse.shape, np.float32)
+        bad[rows[~ok], cols[~ok]] = 1.0
+        stats["seconds"] = time.perf_counter() - start
+        self.last_stats = stats
+        return StageResult(depth=dense, confidence=conf,
+                           extras={"query_mask": query_mask, "query_confidence": query_conf, "unparseable_mask": bad},
+                           seconds=stats["seconds"])
+
+    def __repr__(self) -> str:
+        cfg = self.prompt_config
+        return (f"CompleteVLMStage(readout={self.readout!r}, pixel_reference={cfg.pixel_reference!r}, "
+                f"prompt_prior={cfg.prompt_prior!r}, query_budget={self.options['query_budget']}, "
+                f"query_stride={self.options['query_stride']})")

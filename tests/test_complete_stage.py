@@ -1,0 +1,204 @@
+"""The learned complete stage: query plan, fusion, dense fill, confidence map, checkpoint → Pipeline → CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds contention on a shared 2-core machine
+    yield
+    torch.set_num_threads(before)
+
+
+def _scene(h=48, w=64, density=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    image = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    sparse = rng.uniform(0.5, 10.0, (h, w)).astype(np.float32)
+    sparse[rng.random((h, w)) > density] = 0.0
+    return image, sparse
+
+
+# ---- query plan --------------------------------------------------------------------------------------------------
+
+
+def test_plan_grid_skips_measured_pixels():
+    sparse = np.zeros((5, 7), np.float32)
+    sparse[1, 1] = 2.0  # on the stride-2 grid (offset 1): skipped
+    sparse[0, 0] = 3.0  # off the grid
+    plan = plan_queries(sparse, stride=2)
+    assert plan["stride"] == 2
+    pairs = set(zip(plan["rows"].tolist(), plan["cols"].tolist()))
+    assert pairs == {(r, c) for r in (1, 3) for c in (1, 3, 5)} - {(1, 1)}
+    every = plan_queries(sparse)  # no stride, no budget: every missing pixel, as the paper
+    assert every["rows"].size == 35 - 2 and every["stride"] == 1
+
+
+def test_plan_budget_picks_the_smallest_stride_that_fits():
+    sparse = np.zeros((40, 40), np.float32)
+    sparse[0, 0] = 1.0
+    plan = plan_queries(sparse, budget=100)
+    assert plan["rows"].size <= 100 and plan["stride"] == 4  # 10 x 10 = 100 fits, stride 3 gives 14 x 14
+    assert plan_queries(sparse, stride=2, budget=100)["stride"] == 4  # a given stride is raised to fit
+    assert plan_queries(sparse, stride=8, budget=100)["stride"] == 8  # ...but never lowered
+    one = plan_queries(sparse, budget=1)
+    assert one["rows"].size == 1
+    assert plan_queries(sparse, budget=0)["rows"].size == 0
+    assert plan_queries(np.ones((4, 4), np.float32), stride=1)["rows"].size == 0  # all measured
+    with pytest.raises(ValueError, match="stride"):
+        plan_queries(sparse, stride=0)
+    with pytest.raises(ValueError, match="budget"):
+        plan_queries(sparse, budget=-1)
+
+
+# ---- fusion, fill, confidence --------------------------------------------------------------------------------------
+
+
+def test_fusion_modes_hand_values():
+    values = np.array([2.0, 4.0, 6.0])
+    conf = np.array([0.9, 0.2, 0.5])
+    ok = np.array([True, True, False])
+    classical = np.array([1.0, 1.0, 1.0])
+    none = fuse_answers(values, conf, ok, None, "none")
+    assert none[:2].tolist() == [2.0, 4.0] and np.isnan(none[2])
+    gate = fuse_answers(values, conf, ok, classical, "gate", threshold=0.5)
+    assert gate[:2].tolist() == [2.0, 1.0] and np.isnan(gate[2])  # unreadable stays out: filled from neighbours
+    blend = fuse_answers(values, conf, ok, classical, "blend")
+    assert blend[:2] == pytest.approx([0.9 * 2 + 0.1 * 1, 0.2 * 4 + 0.8 * 1])
+    with pytest.raises(ValueError, match="needs the classical"):
+        fuse_answers(values, conf, ok, None, "gate")
+    with pytest.raises(ValueError, match="fusion"):
+        fuse_answers(values, conf, ok, classical, "vote")
+
+
+def test_fill_keeps_measured_and_answers_exact_and_skips_unreadable():
+    image, sparse = _scene()
+    rows, cols = np.array([10, 20, 30]), np.array([5, 40, 60])
+    sparse[rows, cols] = 0.0
+    values = np.array([1.2345, 7.5, np.nan])
+    dense = fill_dense(image, sparse, rows, cols, values)
+    measured = sparse > 0
+    assert np.array_equal(dense[measured], sparse[measured])
+    assert dense[10, 5] == np.float32(1.2345) and dense[20, 40] == np.float32(7.5)
+    assert dense[30, 60] > 0 and np.isfinite(dense).all()  # the unreadable pixel is filled from neighbours
+    lo, hi = min(sparse[measured].min(), 1.2345), max(sparse[measured].max(), 7.5)
+    assert dense.min() >= lo and dense.max() <= hi
+    with pytest.raises(ValueError, match="nothing to fill"):
+        fill_dense(image, np.zeros_like(sparse), rows, cols, np.full(3, np.nan))
+
+
+def test_confidence_map_hand_case():
+    sparse = np.zeros((1, 6), np.float32)
+    sparse[0, 0] = 2.0
+    conf = confidence_map(sparse, np.array([0, 0]), np.array([4, 2]), np.array([0.25, 0.9]), np.array([True, False]))
+    # measured 1; query at 4 -> 0.25; unreadable query at 2 -> 0; others take the nearest anchor's confidence
+    assert conf.tolist() == [[1.0, 1.0, 0.0, 0.25, 0.25, 0.25]]
+
+
+# ---- the stage on a tiny checkpoint ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_text_checkpoint(tmp_path_factory):
+    from depthkit.complete.checkpoint import write_tiny
+
+    root = tmp_path_factory.mktemp("ck_text")
+    write_tiny(root / "complete", readout="text", prompt_prior="none")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_head_checkpoint(tmp_path_factory):
+    from depthkit.complete.checkpoint import write_tiny
+
+    root = tmp_path_factory.mktemp("ck_head")
+    write_tiny(root / "complete")  # residual head, guided prior: the untrained head returns the prior exactly
+    return root
+
+
+def test_stage_text_readout_end_to_end(tiny_text_checkpoint):
+    from depthkit.complete.stage import CompleteVLMStage
+
+    stage = CompleteVLMStage.from_checkpoint(tiny_text_checkpoint / "complete", query_budget=40, batch_size=16,
+                                             fusion="gate")
+    image, sparse = _scene()
+    out = stage.run(image, sparse)
+    measured = sparse > 0
+    assert out.depth.shape == sparse.shape and out.depth.dtype == np.float32
+    assert np.array_equal(out.depth[measured], sparse[measured])
+    assert (out.depth > 0).all() and np.isfinite(out.depth).all()
+    assert ((out.confidence >= 0) & (out.confidence <= 1)).all() and (out.confidence[measured] == 1).all()
+    qmask = out.extras["query_mask"] > 0
+    assert 0 < qmask.sum() <= 40 and not (qmask & measured).any()
+    stats = stage.last_stats
+    assert stats["n_queries"] == qmask.sum() and stats["n_batches"] == -(-stats["n_unique"] // 16) >= 2
+    assert out.extras["query_confidence"][~qmask].max() == 0
+
+
+def test_stage_free_decoding_counts_unreadable_answers(tiny_text_checkpoint):
+    from depthkit.complete.stage import CompleteVLMStage
+
+    # A random model does not write the template; free decoding exposes that: counted, filled, never raised.
+    stage = CompleteVLMStage.from_checkpoint(tiny_text_checkpoint / "complete", query_budget=12, decode="free")
+    stage.engine.max_new_tokens = 6
+    image, sparse = _scene(seed=1)
+    out = stage.run(image, sparse)
+    bad = out.extras["unparseable_mask"] > 0
+    assert stage.last_stats["n_unparseable"] == int(bad.sum()) > 0
+    assert np.isfinite(out.depth).all() and (out.depth > 0).all() and (out.confidence[bad] == 0).all()
+
+
+def test_stage_one_query_and_all_measured(tiny_head_checkpoint):
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.data.baselines import guided
+
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=64)
+    image, _ = _scene(16, 20)
+    full = np.random.default_rng(3).uniform(1.0, 4.0, (16, 20)).astype(np.float32)
+    out = stage.run(image, full)  # nothing to query: the model is not even run
+    assert np.array_equal(out.depth, full) and stage.last_stats["n_queries"] == 0
+    one = full.copy()
+    one[7, 9] = 0.0
+    out = stage.run(image, one)
+    assert stage.last_stats["n_queries"] == 1 and out.extras["query_mask"][7, 9] == 1
+    # untrained head = the guided prior exactly; the answer is then an anchor at its own pixel
+    assert out.depth[7, 9] == pytest.approx(float(guided(image, one)[7, 9]), rel=1e-5)
+    assert np.array_equal(out.depth[one > 0], one[one > 0])
+
+
+def test_stage_options_are_checked(tiny_head_checkpoint):
+    from depthkit.complete.stage import CompleteVLMStage
+
+    with pytest.raises(ValueError, match="unknown option"):
+        CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_strid=4)
+    with pytest.raises(ValueError, match="fusion"):
+        CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", fusion="max")
+
+
+def test_pipeline_and_cli_use_the_engine(tmp_path):
+    from depthkit import Pipeline
+    from depthkit.cli import main
+
+    ck = tmp_path / "ck"
+    assert main(["init-checkpoint", "--tiny", str(ck), "--stages", "complete"]) == 0
+    image, sparse = _scene(32, 40)
+    pipe = Pipeline.from_pretrained(ck, stages="complete", stage_options={"complete": {"query_budget": 30}})
+    out = pipe(image, sparse)
+    stage = pipe.stages[0]
+    assert type(stage).__name__ == "CompleteVLMStage" and 0 < stage.last_stats["n_queries"] <= 30
+    assert np.array_equal(out.depth[sparse > 0], sparse[sparse > 0])
+    assert "query_mask" in out.stages["complete"].extras
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "rgb.png"), image[..., ::-1])
+    np.save(tmp_path / "sparse.npy", sparse)
+    code = main(["run", "--checkpoint", str(ck), "--stages", "complete", "--image", str(tmp_path / "rgb.png"),
+                 "--sparse", str(tmp_path / "sparse.npy"), "--out", str(tmp_path / "out")])
+    assert code == 0
+    depth = np.load(tmp_path / "out" / "rgb_depth.npy")
+    assert depth.shape == sparse.shape and np.array_equal(depth[sparse > 0], sparse[sparse > 0])
