@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id (default: embedded)")
     model.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     model.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    model.add_argument("--option", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                       help="stage option, repeatable, e.g. complete.query_budget=2048 complete.batch_size=64")
     out = run.add_argument_group("outputs")
     out.add_argument("--out", type=Path, required=True, help="output folder")
     out.add_argument("--png-scale", type=float, default=1000.0,
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--option", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                    help="stage option, repeatable, e.g. complete.query_budget=2048")
     ev.add_argument("--out", type=Path, required=True, help="metrics JSON path (a .md table is written beside it)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
 
@@ -230,13 +234,31 @@ def _cmd_run(args, parser) -> int:
     return 0
 
 
+def parse_stage_options(items: list[str]) -> dict[str, dict]:
+    """``["complete.query_budget=2048", ...]`` → ``{"complete": {"query_budget": 2048}}`` (values parsed as YAML)."""
+    import yaml
+
+    options: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not sep or not dot or not stage or not name:
+            raise ValueError(f"--option {item!r} must look like STAGE.KEY=VALUE, e.g. complete.query_budget=2048")
+        options.setdefault(stage, {})[name] = yaml.safe_load(value)
+    return options
+
+
 def _build_pipeline(args):
     from depthkit.pipeline import Pipeline
 
+    options = parse_stage_options(args.option)
     if args.checkpoint is not None:
+        if args.method:
+            options.setdefault("complete", {})["method"] = args.method
         return Pipeline.from_pretrained(args.checkpoint, stages=args.stages, device=args.device, dtype=args.dtype,
-                                        **({"method": args.method} if args.method else {}))
-    return Pipeline(stages=args.stages, method=args.method, device=args.device, dtype=args.dtype)
+                                        stage_options=options)
+    return Pipeline(stages=args.stages, method=args.method, device=args.device, dtype=args.dtype,
+                    stage_options=options)
 
 
 def _cmd_eval(args, parser) -> int:

@@ -102,3 +102,27 @@ def test_console_script_help_is_fast_and_real_run_works(tmp_path):
                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out" / "s_depth.png").is_file()
+
+
+def test_stage_options_from_the_command_line(tmp_path, capsys):
+    from depthkit.cli import parse_stage_options
+
+    assert parse_stage_options(["complete.query_budget=2048", "complete.fusion=gate", "sharpen.x=0.5"]) == {
+        "complete": {"query_budget": 2048, "fusion": "gate"}, "sharpen": {"x": 0.5}}
+    with pytest.raises(ValueError, match="STAGE.KEY=VALUE"):
+        parse_stage_options(["query_budget=3"])
+    _write_pair(tmp_path, "a")
+    rc = main(["run", "--image", str(tmp_path / "a.png"), "--sparse", str(tmp_path / "a_sparse.npy"),
+               "--out", str(tmp_path / "o"), "--method", "nearest", "--option", "complete.query_budget=8"])
+    assert rc == 2 and "takes no options" in capsys.readouterr().err
+
+
+def test_tiny_checkpoint_runs_with_stage_options(tmp_path):
+    ck = tmp_path / "ck"
+    assert main(["init-checkpoint", "--tiny", str(ck), "--stages", "complete"]) == 0
+    _, sparse = _write_pair(tmp_path, "a")
+    rc = main(["run", "--checkpoint", str(ck), "--image", str(tmp_path / "a.png"), "--sparse",
+               str(tmp_path / "a_sparse.npy"), "--out", str(tmp_path / "o"), "--option", "complete.query_budget=4"])
+    assert rc == 0
+    depth = np.load(tmp_path / "o" / "a_depth.npy")
+    assert np.array_equal(depth[sparse > 0], sparse[sparse > 0]) and (depth > 0).all()
