@@ -1,0 +1,336 @@
+"""Sharpen stage benchmark: latency and peak memory per part of the two-pass inference, and DBE / MAE before and
+after sharpening on the synthetic test split.
+
+Usage (from the repository root)::
+
+    python benchmarks/sharpen.py                                   # tiny random model, 256/512/768 px, CPU
+    python benchmarks/sharpen.py --checkpoint runs/tiny_sharpen/final --name sharpen_tiny_trained
+    python benchmarks/sharpen.py --config sd2 --device cuda --dtype bfloat16 --sizes 768     # SD2-size, see below
+
+Speed. One SharpDepth call on a 3:4 image whose longest side is each ``--sizes`` value, run at that resolution
+(``processing_resolution`` = the size): the median of ``--repeats`` calls after one warm-up. Parts are timed with
+forward hooks: VAE encoder (the image, then the metric depth), UNet pass 1 (Lotus on pure noise), UNet pass 2 (the
+sharpener on the gated latent), VAE decoder (both passes), and the rest (normalisation, discrepancy, gating, the
+least-squares fit, resizing). The pipeline's ``complete`` stage (the classical ``guided`` method on 500 sparse
+points) is timed beside it, so the table shows what sharpening adds to completion. Peak memory: CUDA
+``max_memory_allocated``; CPU the growth of the resident set over its value before the call, sampled every 2 ms.
+
+Accuracy. ``--eval-images`` scenes of the synthetic test split at ``--eval-size`` (H W) with two metric inputs:
+``guided`` (depthkit's complete stage on 100 random GT points) and ``blur`` (the GT blurred with a Gaussian of
+sigma 2 px — a smooth metric prediction in miniature). For each: MAE (m) and iBims-1 DBE accuracy / completeness
+(px) of the input and of the sharpened output, and the preservation error (max |output − sparse|, m). Numbers are
+only meaningful for a trained checkpoint (``--checkpoint``); the default random model is a plumbing check.
+
+Configurations:
+
+- ``tiny``: the ``depthkit init-checkpoint --tiny`` architecture (UNet 32/64 channels, VAE 4x downsampling), random
+  weights unless ``--checkpoint`` is given (then the checkpoint's architecture and weights).
+- ``sd2``: the SD2-size Lotus-G (UNet2DConditionModel of Stable Diffusion 2 with 8 input channels and the projection
+  class embedding, ~866M parameters; SD's AutoencoderKL, 8x downsampling) with random weights, speed only. Meant for
+  ``--device cuda --dtype bfloat16`` at 768 px: the released SharpDepth's two-pass inference.
+  NOT RUN YET: the sessions that wrote this had no GPU; run it on a CUDA machine and commit what it writes.
+
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (``--name`` default ``sharpen_<config>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SD2_UNET = dict(sample_size=96, in_channels=8, out_channels=4, layers_per_block=2,
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+                cross_attention_dim=1024, use_linear_projection=True, class_embed_type="projection",
+                projection_class_embeddings_input_dim=4)
+SD2_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768,
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215)
+PARTS = ("vae_encode", "unet_pass1", "unet_pass2", "vae_decode", "other")
+
+
+class PeakMemory:
+    """Peak memory (bytes) of the block: CUDA allocator peak, or CPU resident-set growth sampled every 2 ms."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base, self.max, self.stop = self._rss(), self._rss(), False
+
+        def sample():
+            while not self.stop:
+                self.max = max(self.max, self._rss())
+                time.sleep(0.002)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.stop = True
+            self.thread.join()
+            self.peak = max(self.max, self._rss()) - self.base
+
+
+class PartTimer:
+    """Wall time per part of a SharpDepth call, from forward pre/post hooks on the VAE encoder/decoder and UNet."""
+
+    def __init__(self, sharpdepth, device: str):
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.times = {p: 0.0 for p in PARTS}
+        self.unet_calls = 0
+        m = sharpdepth.model
+        unets = [m.unet] + ([sharpdepth.lotus_unet] if sharpdepth.lotus_unet is not None else [])
+        self.handles = []
+        for module, name in [(m.vae.encoder, "vae_encode"), (m.vae.decoder, "vae_decode")] + \
+                            [(u, "unet") for u in unets]:
+            self.handles.append(module.register_forward_pre_hook(self._start(name)))
+            self.handles.append(module.register_forward_hook(self._stop(name)))
+
+    def _start(self, name):
+        def hook(*_):
+            self.sync()
+            self.t0 = time.perf_counter()
+        return hook
+
+    def _stop(self, name):
+        def hook(*_):
+            self.sync()
+            dt = time.perf_counter() - self.t0
+            part = name
+            if name == "unet":
+                self.unet_calls += 1
+                part = "unet_pass1" if self.unet_calls % 2 == 1 else "unet_pass2"
+            self.times[part] += dt
+        return hook
+
+    def reset(self):
+        self.times = {p: 0.0 for p in PARTS}
+        self.unet_calls = 0
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def build_model(args):
+    from depthkit.sharpen.model import SharpDepth
+
+    if args.checkpoint is not None:
+        from depthkit.sharpen.checkpoint import load_sharpdepth
+
+        return load_sharpdepth(args.checkpoint, device=args.device, dtype=args.dtype)
+    if args.config == "tiny":
+        from depthkit.sharpen.tiny import build_tiny_lotus
+
+        return SharpDepth(build_tiny_lotus(seed=0).to(args.device, torch.float32)).to(args.device)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from depthkit.sharpen.lotus import LotusModel, resolve_dtype
+
+    torch.manual_seed(0)
+    dtype = resolve_dtype(args.dtype)
+    with torch.device(args.device):
+        unet = UNet2DConditionModel(**SD2_UNET).to(dtype)
+        vae = AutoencoderKL(**SD2_VAE).to(dtype)
+    lotus = LotusModel(unet, vae, torch.randn(1, 77, 1024), default_processing_resolution=768).to(args.device)
+    return SharpDepth(lotus.eval())
+
+
+def scene(h: int, w: int, seed: int = 0, n_sparse: int = 500):
+    from depthkit.data.sparse import sample_random_points
+    from depthkit.data.synthetic import render_scene
+
+    s = render_scene(20_000_000 + seed, h, w, kind="random")
+    return s.image, s.depth, sample_random_points(s.depth, n_sparse, seed)
+
+
+def bench_speed(model, args) -> list[dict]:
+    from depthkit.stages import CompleteStage
+
+    complete = CompleteStage("guided")
+    timer = PartTimer(model, args.device)
+    rows = []
+    for size in args.sizes:
+        h, w = size * 3 // 4, size
+        image, depth, sparse = scene(h, w)
+        metric = complete.run(image, sparse).depth
+        runs = []
+        for r in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            metric = complete.run(image, sparse).depth
+            t_complete = time.perf_counter() - t0
+            timer.reset()
+            with PeakMemory(args.device) as mem:
+                t0 = time.perf_counter()
+                out = model.sharpen(image, metric, sparse, processing_resolution=size)
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t_sharpen = time.perf_counter() - t0
+            if timer.unet_calls != 2:
+                raise RuntimeError(f"expected 2 UNet passes per call, counted {timer.unet_calls}")
+            parts = dict(timer.times)
+            parts["other"] = t_sharpen - sum(v for k, v in parts.items() if k != "other")
+            if r > 0:  # the first call is a warm-up
+                runs.append({"complete_s": t_complete, "sharpen_s": t_sharpen, "peak_bytes": mem.peak, **parts})
+        med = {k: float(np.median([run[k] for run in runs])) for k in runs[0]}
+        med.update(size=size, height=h, width=w, preserved=bool(np.array_equal(out.depth[sparse > 0],
+                                                                              sparse[sparse > 0])))
+        rows.append(med)
+        print(f"{h}x{w}: complete {med['complete_s']:.3f} s, sharpen {med['sharpen_s']:.3f} s "
+              f"(UNet {med['unet_pass1']:.3f} + {med['unet_pass2']:.3f}), peak {med['peak_bytes'] / 2**20:.0f} MiB",
+              flush=True)
+    timer.remove()
+    return rows
+
+
+def bench_accuracy(model, args) -> dict:
+    import cv2
+
+    from depthkit.data.datasets import build_dataset
+    from depthkit.metrics import dbe_metrics, preservation_error
+    from depthkit.stages import CompleteStage
+
+    h, w = args.eval_size
+    ds = build_dataset("synthetic", None, split="test", length=args.eval_images, height=h, width=w,
+                       sparse_kwargs={"n": 100})
+    complete = CompleteStage("guided")
+    acc: dict[str, list] = {"guided": [], "blur": []}
+    for i in range(len(ds)):
+        it = ds[i]
+        gt, sparse = it["depth"], it["sparse"]
+        valid = it["valid"] & (gt > 0)
+        inputs = {"guided": complete.run(it["image"], sparse).depth,
+                  "blur": np.where(gt > 0, cv2.GaussianBlur(gt, (0, 0), 2.0), 0).astype(np.float32)}
+        for name, d in inputs.items():
+            sp = sparse if name == "guided" else None
+            out = model.sharpen(it["image"], d, sp).depth
+            row = []
+            for pred in (d, out):
+                dbe = dbe_metrics(pred, gt, valid=valid)
+                row += [float(np.abs(pred - gt)[valid].mean()), dbe["dbe_acc"], dbe["dbe_comp"]]
+            row.append(preservation_error(out, sparse) if sp is not None else 0.0)
+            acc[name].append(row)
+    keys = ["mae_in", "dbe_acc_in", "dbe_comp_in", "mae_out", "dbe_acc_out", "dbe_comp_out", "preservation"]
+    with np.errstate(all="ignore"):
+        return {name: dict(zip(keys, np.nanmean(np.asarray(rows, np.float64), axis=0).tolist()))
+                for name, rows in acc.items()}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# Sharpen benchmark: `{report['name']}`", "",
+             f"{report['date']} — `{report['command']}`", "",
+             f"Model: {report['model']['description']}; {report['model']['parameters'] / 1e6:.2f}M parameters "
+             f"(UNet {report['model']['unet_parameters'] / 1e6:.2f}M). Device {report['device']} "
+             f"({m['gpu'] or m['processor']}), dtype {report['dtype']}, {m['threads']} torch threads, "
+             f"load average {m['load_average'][0]:.1f} on {m['cpu_count']} CPUs (a shared machine: times are noisy).",
+             "", "## Latency (median seconds per image) and peak memory", "",
+             "| image (HxW) | complete (guided) | sharpen total | VAE encode | UNet pass 1 | UNet pass 2 | VAE decode |"
+             " other | peak memory (MiB) | measured pixels kept |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["speed"]:
+        lines.append(f"| {r['height']}x{r['width']} | {r['complete_s']:.3f} | {r['sharpen_s']:.3f} | "
+                     f"{r['vae_encode']:.3f} | {r['unet_pass1']:.3f} | {r['unet_pass2']:.3f} | {r['vae_decode']:.3f} | "
+                     f"{r['other']:.3f} | {r['peak_bytes'] / 2**20:.0f} | {'yes' if r['preserved'] else 'NO'} |")
+    if report.get("accuracy"):
+        h, w = report["eval_size"]
+        lines += ["", f"## Accuracy on the synthetic test split ({report['eval_images']} scenes, {h}x{w})", "",
+                  "| metric input | MAE in (m) | MAE out (m) | DBE acc in (px) | DBE acc out (px) | DBE comp in (px) |"
+                  " DBE comp out (px) | preservation (m) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, a in report["accuracy"].items():
+            label = {"guided": "complete stage (guided, 100 points)", "blur": "GT blurred (sigma 2 px)"}[name]
+            lines.append(f"| {label} | {a['mae_in']:.3f} | {a['mae_out']:.3f} | {a['dbe_acc_in']:.2f} | "
+                         f"{a['dbe_acc_out']:.2f} | {a['dbe_comp_in']:.2f} | {a['dbe_comp_out']:.2f} | "
+                         f"{a['preservation']:.1e} |")
+    if report.get("note"):
+        lines += ["", report["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=("tiny", "sd2"), default="tiny")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a depthkit checkpoint (or its sharpen/ folder) instead of random weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 768], help="longest image side, pixels")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--eval-images", type=int, default=32)
+    p.add_argument("--eval-size", type=int, nargs=2, default=[48, 64], metavar=("H", "W"))
+    p.add_argument("--no-accuracy", action="store_true")
+    p.add_argument("--name", default=None)
+    p.add_argument("--note", default="", help="a sentence added under the tables (e.g. where the checkpoint came from)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.config == "sd2" and args.checkpoint is None:
+        args.no_accuracy = True  # random weights: speed only
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda asked for but CUDA is not available here")
+    from depthkit import __version__
+
+    model = build_model(args)
+    n_params = sum(q.numel() for q in model.parameters())
+    desc = (f"checkpoint {args.checkpoint}" if args.checkpoint else
+            {"tiny": "tiny random-weight SharpDepth (init-checkpoint --tiny architecture)",
+             "sd2": "SD2-size Lotus-G UNet + SD VAE, random weights"}[args.config])
+    speed = bench_speed(model, args)
+    accuracy = None if args.no_accuracy else bench_accuracy(model, args)
+    name = args.name or f"sharpen_{args.config}"
+    report = {
+        "name": name, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
+        "depthkit_version": __version__, "device": args.device, "dtype": args.dtype,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                    "load_average": os.getloadavg(), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        "model": {"description": desc, "parameters": n_params,
+                  "unet_parameters": sum(q.numel() for q in model.model.unet.parameters()),
+                  "processing": "each size runs at its own resolution (processing_resolution = size)"},
+        "speed": speed, "accuracy": accuracy, "eval_images": args.eval_images, "eval_size": args.eval_size,
+        "note": args.note,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

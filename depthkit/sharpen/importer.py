@@ -1,0 +1,224 @@
+"""Import released SharpDepth / Lotus weights (diffusers pipeline folders) into depthkit's checkpoint layout.
+
+A release is a diffusers pipeline directory (or hub id)::
+
+    model_index.json   unet/   vae/   scheduler/   text_encoder/   tokenizer/
+
+The text encoder is used exactly once, here: it turns the empty prompt into the constant UNet conditioning, stored as
+``empty_prompt_embeds.safetensors``; depthkit never loads a text encoder at run time. The result is
+``<out>/depthkit.json`` (stage ``sharpen``; other stages an existing manifest lists are kept) and ``<out>/sharpen/``
+(see :mod:`depthkit.sharpen.checkpoint`):
+
+- ``--sharpdepth R``: the sharpener is R's UNet, run twice at inference (pass 1 as Lotus), as the release does;
+- ``--sharpdepth R --lotus L``: pass 1 runs L's UNet instead (stored as ``sharpen/lotus_unet/``);
+- ``--lotus L`` alone: the sharpener *is* Lotus (untrained; the two passes then give Lotus fitted to the metric
+  input) — the starting point of ``depthkit train recipes/sharpen/...``. Needs Lotus-G (8-channel UNet).
+
+The normalisation space is read from the release name when not given: names containing "disparity" (e.g.
+``jingheya/lotus-depth-g-v2-1-disparity``) predict disparity, others depth (SharpDepth builds on
+``jingheya/lotus-depth-g-v1-0``, a depth model). The processing resolution defaults to 768 px, both models'.
+
+:func:`lotus_from_stable_diffusion` builds the Lotus starting point from a Stable Diffusion 2 folder the same way
+(the Lotus recipe's ``model.init``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["RELEASE_PARTS", "DEFAULT_PROCESSING_RESOLUTION", "resolve_release", "check_release", "load_release",
+           "lotus_from_release", "lotus_from_stable_diffusion", "import_checkpoint"]
+
+RELEASE_PARTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
+DEFAULT_PROCESSING_RESOLUTION = 768
+_PATTERNS = ["model_index.json", "unet/*.json", "unet/*.safetensors", "vae/*.json", "vae/*.safetensors",
+             "scheduler/*", "text_encoder/*.json", "text_encoder/*.safetensors", "tokenizer/*"]
+
+
+def _error(message: str) -> Exception:
+    from depthkit.checkpoints import CheckpointError
+
+    return CheckpointError(message)
+
+
+def resolve_release(path_or_hub_id) -> Path:
+    """A local release folder, or a hub snapshot of ``owner/name`` (safetensors and configs only);
+    ``HF_HUB_OFFLINE=1`` restricts it to the local cache."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_hub_id)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise _error(f"release {text!r} not found: not a folder, and not a hub id (owner/name). Give the folder of "
+                     "a diffusers pipeline (model_index.json, unet/, vae/, scheduler/, text_encoder/, tokenizer/).")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(text, allow_patterns=_PATTERNS, local_files_only=offline))
+    except Exception as exc:
+        why = "HF_HUB_OFFLINE=1 and it is not in the local hub cache" if offline else f"{type(exc).__name__}: {exc}"
+        raise _error(f"could not get release {text!r} from the hub ({why}). Download it where the network is "
+                     "available and pass the folder.") from exc
+
+
+def check_release(root: Path) -> dict:
+    """Validate a release folder and return its ``model_index.json`` (``{}`` when absent); a CheckpointError lists
+    every missing part and what the folder holds."""
+    root = Path(root)
+    missing = [p for p in RELEASE_PARTS if not (root / p).is_dir()]
+    missing += [f"{p}/config.json" for p in ("unet", "vae", "text_encoder")
+                if (root / p).is_dir() and not (root / p / "config.json").is_file()]
+    if (root / "scheduler").is_dir() and not (root / "scheduler" / "scheduler_config.json").is_file():
+        missing.append("scheduler/scheduler_config.json")
+    if missing:
+        found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
+        hint = (" It looks like a depthkit/Lotus folder already (lotus.json): use it directly, no import needed."
+                if (root / "lotus.json").is_file() else "")
+        raise _error(f"{root} is not a complete diffusers pipeline release: missing {', '.join(missing)} "
+                     f"(found: {found}).{hint}")
+    index = {}
+    if (root / "model_index.json").is_file():
+        try:
+            index = json.loads((root / "model_index.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _error(f"{root / 'model_index.json'} is corrupt (not valid JSON: {exc}).") from exc
+    return index
+
+
+def load_release(root) -> dict:
+    """Load a release's parts (float32, CPU): ``{"unet", "vae", "scheduler", "embeds", "model_index"}``; the text
+    encoder runs once for the empty prompt and is dropped."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from depthkit.sharpen.lotus import compute_empty_prompt_embeds
+
+    root = Path(root)
+    index = check_release(root)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(root / "unet"))
+        vae = AutoencoderKL.from_pretrained(str(root / "vae"))
+        # SDS noising needs only the betas; a DDIM config (what releases ship) loads as DDPM with the same schedule
+        scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(str(root / "scheduler")))
+        embeds = compute_empty_prompt_embeds(root / "text_encoder", root / "tokenizer")
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise _error(f"could not load release {root}: {type(exc).__name__}: {exc}. The folder may be truncated or "
+                     "not a Stable-Diffusion-style pipeline.") from exc
+    return {"unet": unet, "vae": vae, "scheduler": scheduler, "embeds": embeds, "model_index": index}
+
+
+def _norm_from_name(source, norm: str | None) -> str:
+    if norm is not None:
+        return norm
+    return "disparity" if "disparity" in str(source).lower() else "depth"
+
+
+def lotus_from_release(source, norm: str | None = None,
+                       processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION):
+    """A :class:`~depthkit.sharpen.lotus.LotusModel` from a released Lotus / SharpDepth pipeline folder or hub id
+    (mode from the UNet's input channels)."""
+    from depthkit.sharpen.lotus import LotusModel
+
+    root = resolve_release(source)
+    parts = load_release(root)
+    unet, vae = parts["unet"], parts["vae"]
+    mode = "generative" if unet.config.in_channels == 2 * vae.config.latent_channels else "direct"
+    try:
+        model = LotusModel(unet, vae, parts["embeds"], mode=mode, norm=_norm_from_name(source, norm),
+                           scheduler=parts["scheduler"], default_processing_resolution=processing_resolution)
+    except ValueError as exc:
+        raise _error(f"{root} is not a Lotus-style release: {exc}") from exc
+    return model.eval()
+
+
+def lotus_from_stable_diffusion(source, mode: str = "generative", norm: str = "depth",
+                                processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION, seed: int = 0):
+    """Lotus's starting point from a Stable Diffusion (2) pipeline folder or hub id.
+
+    As in the Lotus paper: for Lotus-G the UNet's ``conv_in`` takes 8 channels, its weights duplicated over the two
+    halves and halved (so ``cat(z, z)`` gives SD's response to ``z``); a projection class embedding (4-dim task
+    switch → time-embedding size, randomly initialised with ``seed``) is added. Every other weight is SD's.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from depthkit.sharpen.lotus import MODES, LotusModel
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
+    root = resolve_release(source)
+    parts = load_release(root)
+    sd_unet, vae = parts["unet"], parts["vae"]
+    latent = int(vae.config.latent_channels)
+    if sd_unet.config.in_channels != latent:
+        raise _error(f"{root}/unet has in_channels={sd_unet.config.in_channels}; a Stable Diffusion UNet takes the "
+                     f"VAE's {latent} latent channels. Is this already a Lotus model? Then use it as model.init "
+                     "after `depthkit import-checkpoint --lotus`.")
+    config = dict(sd_unet.config)
+    config.update(in_channels=2 * latent if mode == "generative" else latent, class_embed_type="projection",
+                  projection_class_embeddings_input_dim=4)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        unet = UNet2DConditionModel(**config)
+    state = sd_unet.state_dict()
+    w = state.pop("conv_in.weight")
+    if mode == "generative":
+        w = torch.cat([w, w], dim=1) * 0.5
+    state["conv_in.weight"] = w
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+        raise _error(f"{root}/unet does not match the Lotus layout (missing {missing[:5]}, unexpected "
+                     f"{unexpected[:5]}).")
+    return LotusModel(unet, vae, parts["embeds"], mode=mode, norm=norm, scheduler=parts["scheduler"],
+                      default_processing_resolution=processing_resolution).eval()
+
+
+def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
+                      processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION) -> Path:
+    """Convert a SharpDepth release and/or a Lotus release into ``<out>/sharpen`` + ``<out>/depthkit.json``.
+
+    Args:
+        out: checkpoint directory (created; an existing manifest's other stages are kept).
+        sharpdepth: SharpDepth release folder or hub id (its UNet is the sharpener and, without ``lotus``, pass 1).
+        lotus: Lotus-G release folder or hub id (pass-1 UNet with ``sharpdepth``; the sharpener's start without).
+        norm: "depth" or "disparity"; default from the release name (see the module docstring).
+        processing_resolution: longest side (pixels) inference runs at by default; None = the input's size.
+    Returns:
+        ``out`` as a Path.
+    """
+    import torch
+
+    from depthkit.sharpen.checkpoint import write_sharpen_checkpoint
+    from depthkit.sharpen.model import SharpDepth
+
+    if sharpdepth is None and lotus is None:
+        raise ValueError("import_checkpoint needs sharpdepth=RELEASE and/or lotus=RELEASE (folders or hub ids).")
+    main = lotus_from_release(sharpdepth if sharpdepth is not None else lotus,
+                              norm=_norm_from_name(sharpdepth if sharpdepth is not None else lotus, norm),
+                              processing_resolution=processing_resolution)
+    if main.mode != "generative":
+        raise _error(f"{sharpdepth or lotus} is a Lotus-D (direct, {main.unet.config.in_channels}-channel) model; "
+                     "SharpDepth's gating feeds a depth latent beside the image latent, which only Lotus-G "
+                     "(8 channels) takes. Import a Lotus-G release (e.g. jingheya/lotus-depth-g-v1-0).")
+    lotus_unet = None
+    if sharpdepth is not None and lotus is not None:
+        other = lotus_from_release(lotus, norm=main.norm, processing_resolution=processing_resolution)
+        if other.unet.config.in_channels != main.unet.config.in_channels:
+            raise _error(f"the Lotus release {lotus} has a {other.unet.config.in_channels}-channel UNet; the "
+                         f"sharpener has {main.unet.config.in_channels}: pass 1 needs a Lotus-G model too.")
+        def arch(cfg) -> dict:
+            return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+        if arch(other.vae.config) != arch(main.vae.config) or not all(
+                torch.equal(a, b) for a, b in zip(other.vae.state_dict().values(), main.vae.state_dict().values())):
+            raise _error(f"the Lotus release {lotus} has a different VAE from {sharpdepth}; both passes share one "
+                         "VAE (the sharpener's), so they must come from the same base model.")
+        lotus_unet = other.unet
+    model = SharpDepth(main, lotus_unet=lotus_unet)
+    sources = {k: str(v) for k, v in (("sharpdepth", sharpdepth), ("lotus", lotus)) if v is not None}
+    options = {"processing_resolution": None}
+    return write_sharpen_checkpoint(out, model, options, imported_from=sources,
+                                    sharpener_trained=sharpdepth is not None)

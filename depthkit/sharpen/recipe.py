@@ -1,0 +1,226 @@
+"""Recipe schemas of stage 2: ``kind: lotus`` (Lotus with dense GT) and ``kind: sharpen`` (SharpDepth, label-free).
+
+Both are OmegaConf structured dataclasses registered with :func:`depthkit.config.register_recipe`; the YAML files
+under ``recipes/lotus/``, ``recipes/sharpen/`` and ``recipes/tiny/`` sit on top, and ``key=value`` overrides last::
+
+    depthkit train recipes/tiny/lotus.yaml train.max_steps=200
+    depthkit train recipes/tiny/sharpen.yaml model.lotus=runs/tiny_lotus/final
+
+The SharpDepth switches are :class:`depthkit.sharpen.model.SharpDepthConfig` itself (``sharpdepth:`` section), so a
+recipe and a checkpoint's ``sharpdepth.json`` share one schema. Importing this module imports torch (through that
+config class) but not diffusers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe
+from depthkit.sharpen.model import SharpDepthConfig
+
+__all__ = ["DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfig", "LotusRecipe",
+           "SharpenModelConfig", "MetricSourceConfig", "SharpenDataConfig", "ValConfig", "SharpenRecipe"]
+
+MODES = ("generative", "direct")
+NORMS = ("depth", "disparity")
+EXPORTS = ("student", "ema")
+
+
+@dataclass
+class DataSourceConfig:
+    """One dataset read with :func:`depthkit.data.datasets.build_dataset`."""
+
+    name: str = "synthetic"
+    """Reader name: synthetic, hypersim, vkitti2, image_folder, nyuv2, ... (``depthkit ls`` lists them)."""
+    root: Optional[str] = None
+    """Dataset folder (ignored by synthetic)."""
+    split: Optional[str] = "train"
+    """Reader split (image folders: "train" or "all", the same thing; None = the reader's default, which for
+    synthetic is its test split)."""
+    weight: float = 1.0
+    """Mixing weight: a training sample comes from this source with probability weight / sum of weights
+    (Lotus trains on Hypersim and Virtual KITTI 2 at 9 : 1)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra reader keyword arguments, e.g. ``{length: 2000, height: 96, width: 128}`` for synthetic."""
+    sparse_dir: Optional[str] = None
+    """sharpen only: sparse input for readers without their own (image folders): ``<sparse_dir>/<name>.npy`` or
+    ``<name>_sparse.npy`` (metres; 16-bit PNG needs ``sparse_scale``)."""
+    sparse_scale: Optional[float] = None
+    """Units per metre of 16-bit PNG sparse files in ``sparse_dir`` (256 KITTI/VOID, 1000 millimetres)."""
+
+    def __post_init__(self):
+        if not self.weight > 0:
+            raise RecipeError(f"data source {self.name!r}: weight must be > 0; received {self.weight}")
+
+
+@dataclass
+class DataConfig:
+    """Training data: one or more sources, resized to cover ``resolution`` and cropped to it."""
+
+    sources: list[DataSourceConfig] = field(default_factory=lambda: [DataSourceConfig()])
+    resolution: list[int] = field(default_factory=lambda: [48, 64])
+    """Training crop (H, W) in pixels; each a multiple of the model's ``resolution_multiple`` (64 for SD, 8 for the
+    tiny models). Images are resized so that they cover it (aspect kept), then cropped at a random position."""
+    random_flip: bool = True
+    """Flip each sample horizontally with probability 0.5."""
+
+    def __post_init__(self):
+        if not self.sources:
+            raise RecipeError("data.sources is empty; give at least one dataset")
+        if len(self.resolution) != 2 or min(self.resolution) < 1:
+            raise RecipeError(f"data.resolution must be [H, W] in pixels (> 0); received {list(self.resolution)}")
+
+
+# ------------------------------------------------------------------------------------------------------ lotus
+@dataclass
+class LotusModelConfig:
+    init: str = "tiny"
+    """Where the weights start: "tiny" (random tiny Lotus built in code, sizes from tiny_unet / tiny_vae); a Lotus
+    checkpoint directory (continue training); or a Stable Diffusion 2 diffusers directory / hub id with unet/, vae/,
+    scheduler/, text_encoder/, tokenizer/ (the Lotus paper's start: conv_in duplicated and halved to 8 channels for
+    Lotus-G, a projection class embedding added for the task switch)."""
+    mode: str = "generative"
+    """generative (Lotus-G, 8 input channels; what SharpDepth builds on) | direct (Lotus-D)."""
+    norm: str = "depth"
+    """Space the model predicts in: depth (near → -1) | disparity (near → +1)."""
+    tiny_unet: dict[str, Any] = field(default_factory=dict)
+    """Overrides of depthkit.sharpen.tiny.tiny_unet_config (init "tiny" only)."""
+    tiny_vae: dict[str, Any] = field(default_factory=dict)
+    """Overrides of depthkit.sharpen.tiny.tiny_vae_config (init "tiny" only)."""
+    default_processing_resolution: Optional[int] = None
+    """Stored with the checkpoint: longest side (pixels) inference runs at; None = the input's size."""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise RecipeError(f"model.mode={self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.norm not in NORMS:
+            raise RecipeError(f"model.norm={self.norm!r}; allowed: {', '.join(NORMS)}")
+
+
+@dataclass
+class LotusLossConfig:
+    """Loss weights. Lotus itself uses ``latent`` (+ ``detail_preserver``) with SD's frozen VAE; a tiny model from
+    random init also needs a VAE that can write depth, hence ``train_vae`` with ``pixel`` and ``vae_depth``."""
+
+    latent: float = 1.0
+    """MSE between the x0 prediction and the VAE latent of the normalised GT (Lotus), over fully valid cells."""
+    pixel: float = 0.0
+    """L1 between the decoded prediction and the normalised GT over valid pixels (through the decoder)."""
+    vae_depth: float = 0.0
+    """L1 of depth auto-encoding, decode(encode(GT)) vs GT (needs train_vae)."""
+    detail_preserver: float = 0.0
+    """Lotus's detail preserver: the same UNet with the "rgb" task switch reconstructs the image latent."""
+    train_vae: bool = False
+    """Train the VAE too (tiny models from random init). False keeps it frozen, as Lotus does with SD's VAE."""
+    quantiles: list[float] = field(default_factory=lambda: [0.02, 0.98])
+    """GT normalisation range per image (Lotus: 2% / 98%)."""
+
+    def __post_init__(self):
+        weights = {"latent": self.latent, "pixel": self.pixel, "vae_depth": self.vae_depth,
+                   "detail_preserver": self.detail_preserver}
+        if any(v < 0 for v in weights.values()) or not any(v > 0 for v in weights.values()):
+            raise RecipeError(f"loss weights must be >= 0 with at least one > 0; received {weights}")
+        if self.vae_depth > 0 and not self.train_vae:
+            raise RecipeError("loss.vae_depth > 0 trains the VAE: set loss.train_vae=true (or vae_depth=0)")
+        if len(self.quantiles) != 2 or not 0.0 <= self.quantiles[0] < self.quantiles[1] <= 1.0:
+            raise RecipeError(f"loss.quantiles must be [lo, hi] with 0 <= lo < hi <= 1; received {self.quantiles}")
+
+
+@dataclass
+class ValConfig:
+    """Validation on a dataset with GT depth (logged every ``train.eval_every`` steps and at the end)."""
+
+    source: Optional[DataSourceConfig] = None
+    """None = no validation."""
+    n_images: int = 8
+    """Images (the first n of the source) scored each time."""
+
+
+@register_recipe("lotus")
+@dataclass
+class LotusRecipe:
+    """``depthkit train`` recipe for Lotus with dense ground truth (see :mod:`depthkit.sharpen.train_lotus`)."""
+
+    kind: str = "lotus"
+    model: LotusModelConfig = field(default_factory=LotusModelConfig)
+    loss: LotusLossConfig = field(default_factory=LotusLossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ------------------------------------------------------------------------------------------------------ sharpen
+@dataclass
+class SharpenModelConfig:
+    lotus: str = "tiny"
+    """The sharpener's initial weights (and the frozen SDS teacher's, unless ``teacher`` is set): a Lotus-G
+    directory (a Lotus run's ``final/``, ``<checkpoint>/sharpen`` of an import), a depthkit checkpoint that has a
+    ``sharpen/`` part, a hub id, or "tiny" (random weights; smoke tests only)."""
+    teacher: Optional[str] = None
+    """SDS teacher f_G (frozen); None = a frozen copy of ``lotus``."""
+    tiny_unet: dict[str, Any] = field(default_factory=dict)
+    """Overrides of depthkit.sharpen.tiny.tiny_unet_config (lotus "tiny" only)."""
+    tiny_vae: dict[str, Any] = field(default_factory=dict)
+    """Overrides of depthkit.sharpen.tiny.tiny_vae_config (lotus "tiny" only)."""
+    export: str = "student"
+    """Weights of the final checkpoint: student | ema. With decay 0.9999 applied every 10 steps the EMA averages
+    over ~100k steps, so for runs shorter than that it is still close to Lotus: export the student."""
+    processing_resolution: Optional[int] = None
+    """Stored in the final checkpoint's manifest: longest side (pixels) inference runs at; None = input size."""
+
+    def __post_init__(self):
+        if self.export not in EXPORTS:
+            raise RecipeError(f"model.export={self.export!r}; allowed: {', '.join(EXPORTS)}")
+
+
+@dataclass
+class MetricSourceConfig:
+    """The metric depth d that SharpDepth sharpens (see :mod:`depthkit.sharpen.teachers`)."""
+
+    source: str = "complete:guided"
+    """complete[:METHOD] (depthkit's complete stage on the sparse input; METHOD a classical method or sdim) |
+    unidepth[:MODEL_ID] (needs the unidepth package) | hf:DIR (a transformers depth-estimation model) |
+    npy:DIR (precomputed ``DIR/<name>.npy`` per image, metres)."""
+    checkpoint: Optional[str] = None
+    """Checkpoint for ``complete:sdim`` (a depthkit checkpoint with a complete/ part)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra options of the source (e.g. ``{processing_resolution: 512}`` for hf)."""
+    cache: bool = True
+    """Compute d once per training image and keep it under ``<output_dir>/metric_cache/`` (float32 .npy)."""
+
+    def __post_init__(self):
+        from depthkit.sharpen.teachers import parse_source_spec
+
+        try:
+            parse_source_spec(self.source)
+        except ValueError as exc:
+            raise RecipeError(f"metric.source: {exc}") from exc
+
+
+@dataclass
+class SharpenDataConfig(DataConfig):
+    """Unlabelled training images (GT depth, when a reader has it, is never used for training)."""
+
+    sources: list[DataSourceConfig] = field(
+        default_factory=lambda: [DataSourceConfig(name="image_folder", root="data/images")])
+    resolution: list[int] = field(default_factory=lambda: [576, 768])
+    use_sparse: bool = True
+    """Pass the sparse input (when a sample has one) to the losses, so e = 0 at measured pixels during training
+    too (depthkit's addition; needs ``sharpdepth.zero_discrepancy_at_sparse``)."""
+
+
+@register_recipe("sharpen")
+@dataclass
+class SharpenRecipe:
+    """``depthkit train`` recipe for label-free SharpDepth (see :mod:`depthkit.sharpen.train`)."""
+
+    kind: str = "sharpen"
+    model: SharpenModelConfig = field(default_factory=SharpenModelConfig)
+    metric: MetricSourceConfig = field(default_factory=MetricSourceConfig)
+    data: SharpenDataConfig = field(default_factory=SharpenDataConfig)
+    sharpdepth: SharpDepthConfig = field(default_factory=SharpDepthConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

@@ -1,0 +1,271 @@
+"""Label-free SharpDepth training: ``depthkit train recipes/sharpen/sharpdepth_sd2.yaml`` (``recipes/tiny/sharpen.yaml``).
+
+Any folder of unlabelled images works: for each image a metric source (:mod:`depthkit.sharpen.teachers`) gives d —
+UniDepth as in the paper, depthkit's complete stage on sparse input, a transformers depth model or precomputed
+files — and no ground truth is read. Models:
+
+- **student** (trained): the sharpener UNet, initialised from Lotus-G (``model.lotus``);
+- **EMA** of the student (:class:`~depthkit.sharpen.model.EMA`, float32): runs pass 1, the Lotus prediction that
+  the discrepancy e is computed from, so the discrepancy improves with the student [code];
+- **teacher** f_G (frozen; ``model.teacher`` or a copy of the initial Lotus): scores the student's latent for SDS;
+- the VAE is frozen.
+
+Each step is :meth:`SharpDepth.compute_losses` (gating with probability 0.8, SDS in x0 form, e-weighted
+reconstruction; λ_SDS = 1.0, λ_recons = 0.3 by default) on random crops of ``data.resolution``. d is computed once per
+image at its own resolution and cached under ``<output_dir>/metric_cache/`` (``metric.cache``), then cropped with
+the image. With ``data.use_sparse`` the sample's sparse input (synthetic/hypersim/vkitti2 draw it from GT; image
+folders read ``sparse_dir``) sets e = 0 at measured pixels.
+
+Accelerate handles bf16 autocast (the frozen VAE and teacher are cast to bf16 on CUDA), gradient accumulation and
+several processes (gradients averaged by hand, data sharded by :class:`~depthkit.training.StepSampler`).
+Checkpoints (student, optimiser, LR schedule, EMA) are atomic and ``--resume`` continues exactly. The result,
+``<output_dir>/final/``, is a depthkit checkpoint (``depthkit.json`` + ``sharpen/``) that
+``Pipeline.from_pretrained`` and ``depthkit run --checkpoint`` load directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["train", "load_initial_lotus", "MetricCache", "evaluate_sharpening"]
+
+
+def load_initial_lotus(path: str, cfg=None, seed: int = 0):
+    """The Lotus-G a sharpen recipe starts from: "tiny" (random, ``cfg.tiny_unet``/``tiny_vae``), a Lotus folder,
+    a depthkit checkpoint with ``sharpen/``, or a hub id."""
+    from depthkit.sharpen.checkpoint import resolve_sharpen_dir
+    from depthkit.sharpen.lotus import LotusModel
+
+    if path == "tiny":
+        from depthkit.sharpen.tiny import build_tiny_lotus
+
+        return build_tiny_lotus(seed=seed, unet=dict(getattr(cfg, "tiny_unet", {}) or {}),
+                                vae=dict(getattr(cfg, "tiny_vae", {}) or {}))
+    model = LotusModel.from_pretrained(resolve_sharpen_dir(path))
+    if model.mode != "generative":
+        raise ValueError(f"model.lotus {path} is a Lotus-D (direct) model; SharpDepth needs Lotus-G (8-channel UNet).")
+    return model
+
+
+class MetricCache:
+    """Metric depth per sample name, computed once by ``source`` and kept as ``<root>/<name>.npy`` (atomic writes);
+    ``root=None`` disables the cache."""
+
+    def __init__(self, source, root: Path | None):
+        self.source, self.root = source, root
+
+    def _path(self, name: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", name).lstrip(".") or "_"
+        return self.root / f"{safe}.npy"
+
+    def __call__(self, image: np.ndarray, sparse: np.ndarray | None, name: str) -> np.ndarray:
+        if self.root is None:
+            return self.source(image, sparse, name)
+        path = self._path(name)
+        if path.is_file():
+            depth = np.load(path, allow_pickle=False)
+            if depth.shape == image.shape[:2]:
+                return depth
+        depth = self.source(image, sparse, name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp_{path.name}")  # ends in .npy, so np.save keeps the name
+        np.save(tmp, depth.astype(np.float32))
+        tmp.replace(path)
+        return depth
+
+
+def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int) -> dict:
+    """On the first ``n_images`` items of ``dataset`` (with GT): mean MAE (m) and iBims DBE accuracy (px) of the
+    metric input and of the sharpened output."""
+    from depthkit.metrics import dbe_metrics
+
+    rows = []
+    for i in range(min(n_images, len(dataset))):
+        item = dataset[i]
+        gt = item["depth"]
+        if gt is None:
+            raise ValueError("validation needs a dataset with GT depth (e.g. synthetic split val).")
+        valid = (item["valid"] if item.get("valid") is not None else gt > 0) & (gt > 0)
+        sparse = item.get("sparse")
+        d = metric(item["image"], sparse, f"val/{item['name']}")
+        out = sharpdepth.sharpen(item["image"], d, sparse if sparse is not None and (sparse > 0).any() else None)
+        rows.append((np.abs(d - gt)[valid].mean(), np.abs(out.depth - gt)[valid].mean(),
+                     dbe_metrics(d, gt, valid=valid)["dbe_acc"], dbe_metrics(out.depth, gt, valid=valid)["dbe_acc"]))
+    a = np.asarray(rows, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        m = np.nanmean(a, axis=0) if len(a) else [float("nan")] * 4
+    return {"val_mae_metric": float(m[0]), "val_mae_sharp": float(m[1]), "val_dbe_metric": float(m[2]),
+            "val_dbe_sharp": float(m[3])}
+
+
+def _batch(data, sampler, k: int, metric, resolution, flip: bool, seed: int, rank: int, use_sparse: bool):
+    from depthkit.sharpen.train_common import random_resized_crop, step_seed
+
+    images, depths, sparses = [], [], []
+    for j, idx in enumerate(sampler.indices(k)):
+        item = data[idx]
+        sparse = item.get("sparse")
+        d = metric(item["image"], sparse, item["name"])
+        rng = np.random.default_rng(step_seed(seed, k, rank, stream=2 + j))
+        img, maps, sp = random_resized_crop(item["image"], {"metric": d}, sparse if use_sparse else None,
+                                            resolution, rng, flip)
+        images.append(img)
+        depths.append(maps["metric"])
+        sparses.append(sp if sp is not None else np.zeros(img.shape[:2], np.float32))
+    return images, depths, sparses if use_sparse else None
+
+
+def _place(module, device, dtype):
+    """``module.to(device[, dtype])``, casting only when the dtype changes (diffusers warns on every cast)."""
+    current = next(module.parameters()).dtype
+    return module.to(device) if current == dtype else module.to(device, dtype)
+
+
+def train(recipe, resume: bool = False) -> Path:
+    """Run a ``kind: sharpen`` recipe; returns ``<output_dir>/final`` (a depthkit checkpoint with ``sharpen/``)."""
+    import torch
+
+    from depthkit.config import recipe_to_yaml
+    from depthkit.sharpen.model import EMA, SharpDepth
+    from depthkit.sharpen.teachers import build_metric_source
+    from depthkit.sharpen.train_common import (
+        atomic_export,
+        build_training_data,
+        check_resolution,
+        images_to_tensor,
+        maps_to_tensor,
+        prepare_run_dir,
+        step_generator,
+    )
+    from depthkit.training import (
+        JsonlLogger,
+        StepSampler,
+        build_accelerator,
+        build_scheduler,
+        load_latest_state,
+        save_state,
+        total_steps,
+    )
+
+    tc = recipe.train
+    run = prepare_run_dir(recipe.output.output_dir, resume)
+    accelerator = build_accelerator(tc, run)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    if main:
+        (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    # frozen parts run in bf16 when training in bf16 (as diffusers scripts do); the student stays float32
+    frozen_name = {"bf16": "bfloat16", "fp16": "float16"}.get(accelerator.mixed_precision, "float32")
+    frozen_dtype = getattr(torch, frozen_name)
+
+    lotus = load_initial_lotus(recipe.model.lotus, recipe.model, seed=tc.seed).to(device)
+    resolution = check_resolution(recipe.data.resolution, lotus.resolution_multiple)
+    sd = SharpDepth(lotus, recipe.sharpdepth)
+    if recipe.model.teacher is not None:
+        teacher = load_initial_lotus(recipe.model.teacher).unet
+        if teacher.config.in_channels != lotus.unet.config.in_channels:
+            raise ValueError(f"model.teacher has in_channels={teacher.config.in_channels}; the student has "
+                             f"{lotus.unet.config.in_channels}. Both must be Lotus-G UNets with the same VAE.")
+    else:
+        teacher = copy.deepcopy(lotus.unet)
+    teacher = _place(teacher, device, frozen_dtype).eval().requires_grad_(False)
+    _place(lotus.vae, device, frozen_dtype).eval().requires_grad_(False)
+    student = lotus.unet
+    student.train()
+    if tc.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    ema = EMA.from_config(student, sd.config).to(device)  # a float32 copy: the student is float32
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay))
+
+    data = build_training_data(recipe.data.sources, seed=tc.seed)
+    steps = total_steps(tc, len(data), world)
+    lr_sched = build_scheduler(optimizer, tc, steps)
+    sampler = StepSampler(len(data), tc.batch_size, seed=tc.seed, rank=rank, world=world)
+    source = build_metric_source(recipe.metric.source, checkpoint=recipe.metric.checkpoint, device=str(device),
+                                 dtype=frozen_name, **dict(recipe.metric.options))
+    metric = MetricCache(source, run / "metric_cache" if recipe.metric.cache else None)
+    use_sparse = bool(recipe.data.use_sparse)
+    val_data = None
+    if recipe.val.source is not None:
+        from depthkit.data.datasets import build_dataset
+
+        src = recipe.val.source
+        val_data = build_dataset(src.name, src.root, split=src.split, **dict(src.options))
+
+    start = 0
+    if resume:
+        loaded = load_latest_state(run, map_location="cpu")
+        if loaded is not None:
+            start, state, _ = loaded
+            student.load_state_dict(state["unet"])
+            optimizer.load_state_dict(state["optimizer"])
+            lr_sched.load_state_dict(state["lr_scheduler"])
+            ema.load_state_dict(state["ema"])
+            accelerator.print(f"depthkit train: resumed {run} at step {start}")
+    logger = JsonlLogger(run, enabled=main)
+    t0 = time.perf_counter()
+    for step in range(start, steps):
+        sums: dict[str, float] = {}
+        for a in range(tc.grad_accum):
+            k = step * tc.grad_accum + a
+            images, depths, sparses = _batch(data, sampler, k, metric, resolution, recipe.data.random_flip,
+                                             tc.seed, rank, use_sparse)
+            x = images_to_tensor(images, device)
+            d = maps_to_tensor(depths, device)
+            sp = None if sparses is None else maps_to_tensor(sparses, device)
+            with accelerator.autocast():
+                out = sd.compute_losses(x, d, teacher, pass1_unet=ema.model, sparse=sp,
+                                        generator=step_generator(tc.seed, k, rank, device))
+            accelerator.backward(out["loss"])  # divides by grad_accum
+            for name in ("loss", "sds", "recons"):
+                sums[name] = sums.get(name, 0.0) + float(out[name].detach()) / tc.grad_accum
+            sums["gated"] = sums.get("gated", 0.0) + float(out["gated"].float().mean()) / tc.grad_accum
+            sums["e_mean"] = sums.get("e_mean", 0.0) + float(out["discrepancy"].mean()) / tc.grad_accum
+        if world > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+        if tc.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+        optimizer.step()
+        lr_sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(student)
+        done = step + 1
+        if done % max(1, tc.log_every) == 0 or done == steps or done == start + 1:
+            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0, **sums)
+        if val_data is not None and main and ((tc.eval_every > 0 and done % tc.eval_every == 0) or done == steps):
+            student.eval()
+            logger.log(step=done, **evaluate_sharpening(sd, val_data, metric, recipe.val.n_images))
+            student.train()
+        if main and ((tc.save_every > 0 and done % tc.save_every == 0) or done == steps):
+            save_state(run, done, {"unet": student.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict()},
+                       {"kind": "sharpen", "micro_steps": done * tc.grad_accum}, keep_last=tc.keep_last)
+        accelerator.wait_for_everyone()
+
+    final = run / "final"
+    if main:
+        from depthkit.sharpen.checkpoint import write_sharpen_checkpoint
+
+        student.eval()
+        if recipe.model.export == "ema":
+            ema.copy_to(student)
+        _place(lotus.vae, device, torch.float32)
+        export = SharpDepth(lotus, sd.config)
+
+        def write(tmp: Path) -> None:
+            write_sharpen_checkpoint(tmp, export, {"processing_resolution": recipe.model.processing_resolution},
+                                     trained_from=str(recipe.model.lotus), metric_source=recipe.metric.source,
+                                     steps=steps)
+            (tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+
+        atomic_export(final, write)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,301 @@
+"""Train Lotus with dense ground truth: ``depthkit train recipes/lotus/lotus_g_sd2.yaml`` (or ``recipes/tiny/lotus.yaml``).
+
+No Lotus weights are reachable here, so depthkit trains its own: the tiny one (embedded default, CPU, synthetic
+scenes) and, on a GPU, the full one from Stable Diffusion 2 on Hypersim + Virtual KITTI 2, as the Lotus paper does.
+One step, for a batch of crops with GT depth d (metres) and valid mask v:
+
+- GT → [-1, 1] per image (2%/98% quantiles of valid pixels, in the model's depth or disparity space) → z_gt = VAE(GT);
+- Lotus-G input: ``cat(z_img, z_T)`` with z_T = add_noise(z_gt, ε, T) at the fixed T = 999 (≈ pure noise);
+  Lotus-D: z_img alone; the UNet predicts x0 ẑ with the "depth" task switch;
+- ``latent``: MSE(ẑ, z_gt) over latent cells whose pixels are all valid (Lotus's loss);
+- ``detail_preserver``: the "rgb" task switch reconstructs z_img the same way (Lotus's detail preserver);
+- ``pixel`` / ``vae_depth`` (tiny models from random init, ``train_vae``): L1 of decode(ẑ) and of
+  decode(encode(GT)) against GT over valid pixels — a random VAE cannot write depth, so it learns to.
+
+Accelerate runs it (bf16 autocast on CUDA, gradient accumulation, several processes with gradients averaged by
+hand); checkpoints are atomic (:func:`depthkit.training.save_state`) and ``--resume`` continues exactly (see
+:mod:`depthkit.sharpen.train_common`). The result, ``<output_dir>/final/``, is a Lotus folder
+(:meth:`LotusModel.save_pretrained`): the ``model.lotus`` of a sharpen recipe.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["train", "build_lotus", "lotus_losses", "evaluate_lotus", "LotusBatches"]
+
+
+def build_lotus(cfg, seed: int = 0):
+    """The model a Lotus recipe starts from (see ``LotusModelConfig.init``)."""
+    from depthkit.sharpen.lotus import LotusModel
+
+    if cfg.init == "tiny":
+        from depthkit.sharpen.tiny import build_tiny_lotus
+
+        return build_tiny_lotus(mode=cfg.mode, seed=seed, norm=cfg.norm, unet=dict(cfg.tiny_unet),
+                                vae=dict(cfg.tiny_vae), default_processing_resolution=cfg.default_processing_resolution)
+    path = Path(cfg.init).expanduser()
+    if (path / "lotus.json").is_file() or (path / "empty_prompt_embeds.safetensors").is_file():
+        model = LotusModel.from_pretrained(path)
+        if (model.mode, model.norm) != (cfg.mode, cfg.norm):
+            raise ValueError(f"model.init {path} is a {model.mode} model predicting {model.norm}; the recipe says "
+                             f"mode={cfg.mode!r}, norm={cfg.norm!r}. Set model.mode / model.norm to match it.")
+        if cfg.default_processing_resolution is not None:
+            model.default_processing_resolution = int(cfg.default_processing_resolution)
+        return model
+    from depthkit.sharpen.importer import lotus_from_stable_diffusion
+
+    return lotus_from_stable_diffusion(cfg.init, mode=cfg.mode, norm=cfg.norm,
+                                       processing_resolution=cfg.default_processing_resolution, seed=seed)
+
+
+def _masked_mean(x, mask):
+    mask = mask.to(x.dtype).expand_as(x)
+    total = mask.sum()
+    return (x * mask).sum() / total if total > 0 else (x * 0).sum()
+
+
+def lotus_losses(model, image, depth, valid, loss_cfg, generator=None) -> dict:
+    """Losses of one batch (see the module docstring).
+
+    Args:
+        model: :class:`~depthkit.sharpen.lotus.LotusModel` (train mode).
+        image: ``B x 3 x H x W`` in [-1, 1]; depth: ``B x 1 x H x W`` metres; valid: ``B x 1 x H x W`` bool.
+        loss_cfg: ``LotusLossConfig``.
+        generator: torch generator for the input noise.
+    Returns:
+        dict with ``loss`` and the detached terms ``latent``, ``pixel``, ``vae_depth``, ``detail_preserver``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from depthkit.sharpen.normalize import normalize_depth
+
+    cfg = loss_cfg
+    gt, _ = normalize_depth(depth, model.norm, "quantile", valid_mask=valid, quantiles=tuple(cfg.quantiles))
+    gt = gt.to(image.device)
+    with nullcontext() if cfg.train_vae else torch.no_grad():
+        z_img = model.encode(image)
+        z_gt = model.encode_depth(gt.to(image.dtype))
+    b = image.shape[0]
+    t = model.timesteps(b)
+    second = None
+    if model.mode == "generative":
+        noise = model.noise_like(z_gt, generator)
+        second = model.scheduler.add_noise(z_gt.detach().float(), noise.float(), t).to(z_gt.dtype)
+    pred = model.predict_latent(z_img, second)
+    zero = pred.float().sum() * 0.0
+    terms = {}
+    cells = -F.adaptive_max_pool2d(-valid.float(), tuple(pred.shape[-2:])) > 0.5  # every pixel of the cell valid
+    terms["latent"] = (_masked_mean((pred.float() - z_gt.detach().float()) ** 2, cells)
+                       if cfg.latent > 0 else zero)
+    terms["pixel"] = (_masked_mean((model.decode_depth(pred).float() - gt).abs(), valid)
+                      if cfg.pixel > 0 else zero)
+    terms["vae_depth"] = (_masked_mean((model.decode_depth(z_gt).float() - gt).abs(), valid)
+                          if cfg.vae_depth > 0 else zero)
+    if cfg.detail_preserver > 0:
+        second_rgb = None
+        if model.mode == "generative":
+            noise = model.noise_like(z_img, generator)
+            second_rgb = model.scheduler.add_noise(z_img.detach().float(), noise.float(), t).to(z_img.dtype)
+        pred_rgb = model.predict_latent(z_img, second_rgb, task="rgb")
+        terms["detail_preserver"] = ((pred_rgb.float() - z_img.detach().float()) ** 2).mean()
+    else:
+        terms["detail_preserver"] = zero
+    loss = (cfg.latent * terms["latent"] + cfg.pixel * terms["pixel"] + cfg.vae_depth * terms["vae_depth"]
+            + cfg.detail_preserver * terms["detail_preserver"])
+    return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
+
+
+class LotusBatches:
+    """Map-style dataset whose item ``k`` is the batch of global micro-step ``k`` (so a DataLoader's workers can
+    build batches in parallel and a resumed run starts at any ``k``)."""
+
+    def __init__(self, data, sampler, resolution, flip: bool, seed: int, rank: int):
+        self.data, self.sampler, self.resolution, self.flip = data, sampler, resolution, flip
+        self.seed, self.rank = seed, rank
+
+    def __getitem__(self, k: int) -> dict:
+        from depthkit.sharpen.train_common import random_resized_crop, step_seed
+
+        images, depths, valids = [], [], []
+        for j, idx in enumerate(self.sampler.indices(k)):
+            item = self.data[idx]
+            if item.get("depth") is None:
+                raise ValueError(f"Lotus training needs dense GT depth; sample {item.get('name')!r} of source "
+                                 f"{self.data.names[item['source']]!r} has none (an unlabelled reader?).")
+            valid = item["valid"] if item.get("valid") is not None else item["depth"] > 0
+            rng = np.random.default_rng(step_seed(self.seed, k, self.rank, stream=2 + j))
+            img, maps, _ = random_resized_crop(item["image"], {"depth": item["depth"],
+                                                               "valid": valid.astype(np.uint8)},
+                                               None, self.resolution, rng, self.flip)
+            images.append(img)
+            depths.append(np.where(maps["valid"] > 0, maps["depth"], 0).astype(np.float32))
+            valids.append(maps["valid"] > 0)
+        return {"image": np.stack(images), "depth": np.stack(depths), "valid": np.stack(valids), "k": k}
+
+    def __len__(self) -> int:  # a DataLoader with an explicit sampler never asks beyond it
+        return 1 << 62
+
+
+def evaluate_lotus(model, dataset, n_images: int) -> dict:
+    """Mean MAE / AbsRel (after least-squares alignment to GT in the model's space) and iBims DBE accuracy (px) of
+    Lotus predictions on the first ``n_images`` items of ``dataset`` (items need GT)."""
+    from depthkit.geometry import align_depth, align_disparity
+    from depthkit.metrics import dbe_metrics
+
+    maes, rels, dbes = [], [], []
+    was_training = model.training
+    model.eval()
+    for i in range(min(n_images, len(dataset))):
+        item = dataset[i]
+        gt = item["depth"]
+        valid = (item["valid"] if item.get("valid") is not None else gt > 0) & (gt > 0)
+        if valid.sum() < 2:
+            continue
+        unit = model.predict(item["image"]).astype(np.float64)
+        pred = align_depth(unit, gt, valid) if model.norm == "depth" else align_disparity(unit, gt, valid)
+        pred = np.clip(pred, 1e-3, None)
+        err = np.abs(pred - gt)[valid]
+        maes.append(float(err.mean()))
+        rels.append(float((err / gt[valid]).mean()))
+        dbes.append(dbe_metrics(pred, gt, valid=valid)["dbe_acc"])
+    model.train(was_training)
+    with np.errstate(all="ignore"):
+        return {"val_mae": float(np.mean(maes)) if maes else float("nan"),
+                "val_absrel": float(np.mean(rels)) if rels else float("nan"),
+                "val_dbe_acc": float(np.nanmean(dbes)) if dbes and not np.all(np.isnan(dbes)) else float("nan")}
+
+
+def _val_dataset(val_cfg):
+    if val_cfg.source is None:
+        return None
+    from depthkit.data.datasets import build_dataset
+
+    src = val_cfg.source
+    return build_dataset(src.name, src.root, split=src.split, **dict(src.options))
+
+
+def train(recipe, resume: bool = False) -> Path:
+    """Run a ``kind: lotus`` recipe; returns ``<output_dir>/final`` (a Lotus folder)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from depthkit.config import recipe_to_yaml
+    from depthkit.sharpen.train_common import (
+        atomic_export,
+        build_training_data,
+        check_resolution,
+        images_to_tensor,
+        maps_to_tensor,
+        prepare_run_dir,
+        step_generator,
+    )
+    from depthkit.training import (
+        JsonlLogger,
+        StepSampler,
+        build_accelerator,
+        build_scheduler,
+        load_latest_state,
+        save_state,
+        total_steps,
+    )
+
+    tc = recipe.train
+    run = prepare_run_dir(recipe.output.output_dir, resume)
+    accelerator = build_accelerator(tc, run)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    if main:
+        (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+
+    model = build_lotus(recipe.model, seed=tc.seed).to(device)
+    resolution = check_resolution(recipe.data.resolution, model.resolution_multiple)
+    model.train()
+    model.vae.requires_grad_(bool(recipe.loss.train_vae))
+    if not recipe.loss.train_vae:
+        model.vae.eval()
+    if tc.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = accelerator.prepare(optimizer)
+
+    data = build_training_data(recipe.data.sources, seed=tc.seed)
+    steps = total_steps(tc, len(data), world)
+    lr_sched = build_scheduler(optimizer, tc, steps)
+    sampler = StepSampler(len(data), tc.batch_size, seed=tc.seed, rank=rank, world=world)
+    val_data = _val_dataset(recipe.val)
+
+    start = 0
+    if resume:
+        loaded = load_latest_state(run, map_location="cpu")
+        if loaded is not None:
+            start, state, _ = loaded
+            model.unet.load_state_dict(state["unet"])
+            if "vae" in state:
+                model.vae.load_state_dict(state["vae"])
+            optimizer.load_state_dict(state["optimizer"])
+            lr_sched.load_state_dict(state["lr_scheduler"])
+            accelerator.print(f"depthkit train: resumed {run} at step {start}")
+    logger = JsonlLogger(run, enabled=main)
+
+    def state_dict() -> dict:
+        state = {"unet": model.unet.state_dict(), "optimizer": optimizer.state_dict(),
+                 "lr_scheduler": lr_sched.state_dict()}
+        if recipe.loss.train_vae:
+            state["vae"] = model.vae.state_dict()
+        return state
+
+    batches = LotusBatches(data, sampler, resolution, recipe.data.random_flip, tc.seed, rank)
+    loader = DataLoader(batches, batch_size=None, sampler=range(start * tc.grad_accum, steps * tc.grad_accum),
+                        num_workers=tc.num_workers)
+    it = iter(loader)
+    t0 = time.perf_counter()
+    for step in range(start, steps):
+        sums: dict[str, float] = {}
+        for _ in range(tc.grad_accum):
+            batch = next(it)
+            k = int(batch["k"])
+            image = images_to_tensor(list(batch["image"].numpy()), device)
+            depth = maps_to_tensor(list(batch["depth"].numpy()), device)
+            valid = maps_to_tensor(list(batch["valid"].numpy().astype(np.float32)), device) > 0.5
+            with accelerator.autocast():
+                out = lotus_losses(model, image, depth, valid, recipe.loss, step_generator(tc.seed, k, rank, device))
+            accelerator.backward(out["loss"])  # divides by grad_accum
+            for name in ("loss", "latent", "pixel", "vae_depth", "detail_preserver"):
+                sums[name] = sums.get(name, 0.0) + float(out[name].detach()) / tc.grad_accum
+        if world > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+        if tc.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+        optimizer.step()
+        lr_sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % max(1, tc.log_every) == 0 or done == steps or done == start + 1:
+            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0, **sums)
+        if val_data is not None and main and ((tc.eval_every > 0 and done % tc.eval_every == 0) or done == steps):
+            logger.log(step=done, **evaluate_lotus(model, val_data, recipe.val.n_images))
+        if main and ((tc.save_every > 0 and done % tc.save_every == 0) or done == steps):
+            save_state(run, done, state_dict(), {"kind": "lotus", "micro_steps": done * tc.grad_accum},
+                       keep_last=tc.keep_last)
+        accelerator.wait_for_everyone()
+
+    final = run / "final"
+    if main:
+        model.eval()
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            (tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+
+        atomic_export(final, write)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,178 @@
+"""depthkit import-checkpoint: diffusers pipeline releases (SharpDepth, Lotus, Stable Diffusion) → depthkit layout.
+
+The releases are tiny pipelines written in code in the real layout: model_index.json, unet/, vae/, scheduler/ (DDIM,
+as released), text_encoder/ (a 1-layer CLIP) and tokenizer/ (a CLIP BPE tokenizer with a 6-token vocabulary).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from depthkit.checkpoints import CheckpointError, load_manifest, write_manifest
+from depthkit.data.synthetic import render_scene
+from depthkit.sharpen.importer import import_checkpoint, lotus_from_stable_diffusion
+from depthkit.sharpen.lotus import LotusModel
+from depthkit.sharpen.model import SharpDepth
+from depthkit.sharpen.tiny import build_tiny_lotus
+
+
+def _tokenizer(tmp_path):
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"),
+                         model_max_length=77)
+
+
+def _text_encoder(seed):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=4, max_position_embeddings=77)).eval()
+
+
+def write_release(root, unet, vae, seed=0, class_name="SharpDepthPipeline"):
+    """A diffusers pipeline folder as released, with a tiny CLIP text encoder and tokenizer."""
+    from diffusers import DDIMScheduler
+
+    from depthkit.sharpen.lotus import default_scheduler_config
+
+    root.mkdir(parents=True)
+    unet.save_pretrained(root / "unet")
+    vae.save_pretrained(root / "vae")
+    DDIMScheduler(**default_scheduler_config()).save_pretrained(root / "scheduler")
+    encoder = _text_encoder(seed)
+    encoder.save_pretrained(root / "text_encoder")
+    tok = _tokenizer(root.parent)
+    tok.save_pretrained(root / "tokenizer")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": class_name, "_diffusers_version": "0.30.0", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}))
+    with torch.no_grad():
+        ids = tok([""], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+        return encoder(ids)[0]
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    base = tmp_path_factory.mktemp("releases")
+    sharp = build_tiny_lotus(seed=1)
+    lotus = build_tiny_lotus(seed=2)
+    lotus.vae.load_state_dict(sharp.vae.state_dict())  # one base model: the same VAE
+    lotus_d = build_tiny_lotus(mode="direct", seed=3)
+    return {
+        "sharpdepth": (base / "sharpdepth", sharp, write_release(base / "sharpdepth", sharp.unet, sharp.vae, 0)),
+        "lotus": (base / "lotus-depth-g-disparity", lotus,
+                  write_release(base / "lotus-depth-g-disparity", lotus.unet, sharp.vae, 1, "LotusGPipeline")),
+        "lotus_d": (base / "lotus-d", lotus_d, write_release(base / "lotus-d", lotus_d.unet, lotus_d.vae, 2)),
+    }
+
+
+def _scene():
+    s = render_scene(5, 32, 48, kind="indoor")
+    return s.image, s.depth
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_import_sharpdepth_release(releases, tmp_path):
+    root, model, embeds = releases["sharpdepth"]
+    out = import_checkpoint(tmp_path / "ck", sharpdepth=root)
+    manifest = load_manifest(out)
+    assert manifest["stages"] == {"sharpen": {"processing_resolution": None}}
+    assert manifest["imported_from"] == {"sharpdepth": str(root)} and manifest["sharpener_trained"] is True
+    part = out / "sharpen"
+    assert not (part / "text_encoder").exists() and not (part / "tokenizer").exists()
+    meta = json.loads((part / "lotus.json").read_text())
+    assert meta["mode"] == "generative" and meta["norm"] == "depth" and meta["default_processing_resolution"] == 768
+    loaded = SharpDepth.from_pretrained(part)
+    assert loaded.lotus_unet is None
+    assert torch.equal(loaded.model.empty_prompt_embeds, embeds)  # computed once, from the release's CLIP
+    assert _same_weights(loaded.model.unet, model.unet) and _same_weights(loaded.model.vae, model.vae)
+    # the checkpoint sharpens exactly like the release's parts assembled by hand
+    image, depth = _scene()
+    by_hand = SharpDepth(LotusModel(model.unet, model.vae, embeds, default_processing_resolution=768))
+    from depthkit.pipeline import Pipeline
+
+    # 48 px: the tiny model at the release default of 768 px would take minutes on a CPU
+    pipe = Pipeline(stages=("sharpen",), checkpoint=out, stage_options={"sharpen": {"processing_resolution": 48}})
+    out_pipe = pipe(image, None, depth=depth)
+    assert np.array_equal(out_pipe.depth, by_hand.sharpen(image, depth, processing_resolution=48).depth)
+
+
+def test_import_with_separate_lotus_and_lotus_alone(releases, tmp_path):
+    sd_root, _, _ = releases["sharpdepth"]
+    lotus_root, lotus, lotus_embeds = releases["lotus"]
+    both = SharpDepth.from_pretrained(import_checkpoint(tmp_path / "both", sharpdepth=sd_root, lotus=lotus_root)
+                                      / "sharpen")
+    assert both.lotus_unet is not None and _same_weights(both.lotus_unet, lotus.unet)
+    image, depth = _scene()
+    single = SharpDepth.from_pretrained(import_checkpoint(tmp_path / "single", sharpdepth=sd_root) / "sharpen")
+    assert not np.array_equal(both.sharpen(image, depth, processing_resolution=48).lotus,
+                              single.sharpen(image, depth, processing_resolution=48).lotus)
+
+    alone = import_checkpoint(tmp_path / "alone", lotus=lotus_root)
+    assert load_manifest(alone)["sharpener_trained"] is False
+    model = SharpDepth.from_pretrained(alone / "sharpen")
+    assert model.model.norm == "disparity"  # from the release's name
+    assert _same_weights(model.model.unet, lotus.unet)
+    assert torch.equal(model.model.empty_prompt_embeds, lotus_embeds)
+
+
+def test_import_keeps_other_stages_and_cli(releases, tmp_path):
+    from depthkit.cli import main
+
+    ck = tmp_path / "ck"
+    write_manifest(ck, {"complete": {"method": "guided"}})
+    assert main(["import-checkpoint", "--sharpdepth", str(releases["sharpdepth"][0]), "--out", str(ck)]) == 0
+    assert set(load_manifest(ck)["stages"]) == {"complete", "sharpen"}
+
+
+def test_import_errors(releases, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(releases["sharpdepth"][0], broken)
+    shutil.rmtree(broken / "text_encoder")
+    with pytest.raises(CheckpointError, match="missing text_encoder"):
+        import_checkpoint(tmp_path / "o1", sharpdepth=broken)
+    with pytest.raises(CheckpointError, match="Lotus-D"):
+        import_checkpoint(tmp_path / "o2", lotus=releases["lotus_d"][0])
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
+        import_checkpoint(tmp_path / "o3", sharpdepth="nobody/no-such-release")
+    with pytest.raises(ValueError, match="sharpdepth=RELEASE and/or lotus=RELEASE"):
+        import_checkpoint(tmp_path / "o4")
+
+
+def test_lotus_from_stable_diffusion_widens_conv_in(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from depthkit.sharpen.tiny import tiny_unet_config
+
+    cfg = tiny_unet_config(in_channels=4, class_embed_type=None, projection_class_embeddings_input_dim=None)
+    torch.manual_seed(0)
+    sd_unet = UNet2DConditionModel(**cfg).eval()
+    vae = build_tiny_lotus().vae
+    write_release(tmp_path / "sd2", sd_unet, vae, 0, "StableDiffusionPipeline")
+    lotus = lotus_from_stable_diffusion(tmp_path / "sd2")
+    w_sd, w = sd_unet.conv_in.weight, lotus.unet.conv_in.weight
+    assert w.shape[1] == 8 and torch.equal(w[:, :4], w_sd * 0.5) and torch.equal(w[:, 4:], w_sd * 0.5)
+    assert torch.equal(lotus.unet.conv_in.bias, sd_unet.conv_in.bias)
+    assert torch.equal(lotus.unet.up_blocks[1].resnets[0].conv1.weight, sd_unet.up_blocks[1].resnets[0].conv1.weight)
+    assert lotus.unet.config.class_embed_type == "projection" and lotus.mode == "generative"
+    # cat(z, z) gives SD's conv_in response to z: the duplicated-and-halved initialisation of Lotus
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(lotus.unet.conv_in(torch.cat([z, z], 1)), sd_unet.conv_in(z), atol=1e-6)
+    write_release(tmp_path / "g", build_tiny_lotus().unet, vae, 0)
+    with pytest.raises(CheckpointError, match="in_channels=8"):
+        lotus_from_stable_diffusion(tmp_path / "g")

@@ -1,0 +1,112 @@
+"""The sharpen pipeline stage: tiny checkpoints, two UNet passes, measured pixels, CLI, errors."""
+
+import numpy as np
+import pytest
+
+from depthkit.cli import main
+from depthkit.data.sparse import sample_random_points
+from depthkit.data.synthetic import render_scene
+from depthkit.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_ck(tmp_path_factory):
+    ck = tmp_path_factory.mktemp("ck") / "tiny"
+    assert main(["init-checkpoint", "--tiny", str(ck), "--seed", "3"]) == 0
+    return ck
+
+
+def _scene(h=32, w=48, seed=2, n=40):
+    s = render_scene(seed, h, w, kind="indoor")
+    return s.image, s.depth, sample_random_points(s.depth, n, seed)
+
+
+def _count_unet_calls(stage):
+    calls = []
+    stage.model.model.unet.register_forward_hook(lambda *a: calls.append(1))
+    return calls
+
+
+def test_two_stage_tiny_checkpoint_runs_end_to_end(tiny_ck):
+    from depthkit.checkpoints import load_manifest
+
+    assert "sharpen" in load_manifest(tiny_ck)["stages"] and (tiny_ck / "sharpen" / "sharpdepth.json").is_file()
+    image, _, sparse = _scene()
+    pipe = Pipeline.from_pretrained(tiny_ck, stages=("complete", "sharpen"))
+    sharpen = pipe.stages[1]
+    calls = _count_unet_calls(sharpen)
+    out = pipe(image, sparse)
+    assert len(calls) == 2  # pass 1 (Lotus on noise) and pass 2 (sharpener on the gated latent), once each
+    measured = sparse > 0
+    assert out.depth.shape == sparse.shape and out.depth.dtype == np.float32 and np.isfinite(out.depth).all()
+    assert np.array_equal(out.depth[measured], sparse[measured])
+    res = out.stages["sharpen"]
+    e = res.extras["discrepancy"]
+    assert e.shape == sparse.shape and e.min() >= 0 and e.max() <= 1 and (e[measured] == 0).all()
+    assert res.extras["lotus"].shape == sparse.shape and "sharpen" in out.timings
+    # the sharpen stage is SharpDepth on the completed depth, nothing else
+    direct = sharpen.model.sharpen(image, out.stages["complete"].depth, sparse)
+    assert np.array_equal(direct.depth, out.depth)
+
+
+def test_sharpen_alone_and_round_trip_exact(tiny_ck):
+    """write_tiny → load gives bit-identical outputs to the in-memory model with the same seed."""
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    image, depth, sparse = _scene(seed=4)
+    metric = depth.copy()
+    metric[:4] = 0  # unknown metric depth: regenerated, e = 1 there
+    pipe = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)
+    out = pipe(image, sparse, depth=metric)
+    in_memory = SharpDepth(build_tiny_lotus(seed=3)).sharpen(image, metric, sparse)
+    assert np.array_equal(out.depth, in_memory.depth)
+    assert np.array_equal(out.stages["sharpen"].extras["discrepancy"], in_memory.discrepancy)
+    e = out.stages["sharpen"].extras["discrepancy"]
+    assert np.all(e[:4][sparse[:4] == 0] == 1.0)
+    assert np.array_equal(out.depth[sparse > 0], sparse[sparse > 0])
+    # no sparse input at all: still runs, nothing to preserve
+    out2 = pipe(image, None, depth=depth)
+    assert np.isfinite(out2.depth).all() and out2.depth.min() > 0
+
+
+def test_cli_run_sharpen_with_depth_file(tiny_ck, tmp_path):
+    from depthkit.io import write_image
+
+    image, depth, _ = _scene(seed=6)
+    write_image(tmp_path / "rgb.png", image)
+    np.save(tmp_path / "metric.npy", depth)
+    rc = main(["run", "--stages", "sharpen", "--checkpoint", str(tiny_ck), "--image", str(tmp_path / "rgb.png"),
+               "--depth", str(tmp_path / "metric.npy"), "--out", str(tmp_path / "out")])
+    assert rc == 0
+    written = np.load(tmp_path / "out" / "rgb_depth.npy")
+    expected = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)(image, None, depth=depth).depth
+    assert np.array_equal(written, expected)
+
+
+def test_bfloat16_runs_and_keeps_measurements(tiny_ck):
+    image, depth, sparse = _scene(seed=7)
+    out = Pipeline(stages=("sharpen",), checkpoint=tiny_ck, dtype="bfloat16")(image, sparse, depth=depth)
+    assert np.isfinite(out.depth).all() and np.array_equal(out.depth[sparse > 0], sparse[sparse > 0])
+
+
+def test_errors(tiny_ck, tmp_path, monkeypatch):
+    from depthkit.checkpoints import write_manifest
+    from depthkit.sharpen.stage import build_sharpen_stage
+
+    stage = build_sharpen_stage(checkpoint=tiny_ck)
+    image, depth, sparse = _scene()
+    with pytest.raises(ValueError, match="needs a metric depth"):
+        stage.run(image, sparse, None)
+    with pytest.raises(ValueError, match="takes the options"):
+        build_sharpen_stage(checkpoint=tiny_ck, resolution=64)
+    with pytest.raises(ValueError, match="positive int"):
+        build_sharpen_stage(checkpoint=tiny_ck, processing_resolution=0)
+    write_manifest(tmp_path / "only_complete", {"complete": {"method": "guided"}})
+    with pytest.raises(ValueError, match="no sharpen/ folder"):
+        build_sharpen_stage(checkpoint=tmp_path / "only_complete")
+    monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(tmp_path / "no_embedded"))
+    with pytest.raises(ValueError, match="init-checkpoint --tiny"):
+        Pipeline(stages=("sharpen",))
+    with pytest.raises(ValueError, match="needs a metric depth input"):
+        Pipeline(stages=("sharpen",), checkpoint=tiny_ck)(image, sparse)
