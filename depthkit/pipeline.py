@@ -150,8 +150,8 @@ class Pipeline:
         self.stages = []
         for s in stages:
             opts = dict(stage_options.get(s, {}))
-            if s == "complete":
-                opts.setdefault("method", method)
+            if s == "complete" and (method is not None or "method" not in opts):
+                opts["method"] = method  # an explicit method overrides a checkpoint manifest's
             self.stages.append(factories[s](checkpoint=checkpoint, device=device, dtype=dtype, **opts))
 
     @classmethod

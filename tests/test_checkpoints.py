@@ -63,3 +63,9 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HOME", "/nonexistent-depthkit-hf-home")
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE=1"):
         resolve_checkpoint("someone/not-a-real-depthkit-model")
+
+
+def test_explicit_method_overrides_the_manifest(tmp_path):
+    write_manifest(tmp_path, {"complete": {"method": "nearest"}})
+    assert Pipeline.from_pretrained(tmp_path, method="guided").stages[0].method.name == "guided"
+    assert Pipeline.from_pretrained(tmp_path).stages[0].method.name == "nearest"

@@ -118,7 +118,7 @@ def learn_to_sharpen(tmp_path, n_scenes: int, lotus_steps: int, sharpen_steps: i
 
 
 def test_tiny_lotus_then_sharpdepth_learn_to_sharpen(tmp_path):
-    """Fast version (2 scenes; ~20 s on one idle CPU thread). Measured: DBE 0.92 -> 0.58 px, MAE 0.34 -> 0.28 m."""
+    """Fast version (2 scenes; ~25 s on one CPU thread). Measured: DBE 0.92 -> 0.58 px, MAE 0.34 -> 0.28 m."""
     r = learn_to_sharpen(tmp_path, n_scenes=2, lotus_steps=150, sharpen_steps=15, batch_size=2)
     assert r["dbe_sharp"] < 0.9 * r["dbe_blur"], r
     assert r["mae_sharp"] <= r["mae_blur"] + MAE_TOLERANCE, r

@@ -6,7 +6,11 @@
 - :mod:`.model` — ``SharpDepth`` (two-pass inference, per-step training losses), ``SharpDepthConfig``,
   ``discrepancy``, ``gate``, ``apply_gate``, ``EMA``;
 - :mod:`.losses` — ``sds_loss`` (x0 form), ``sds_teacher_input``, ``reconstruction_loss``;
-- :mod:`.tiny` — ``build_tiny_lotus`` (random weights, built in code).
+- :mod:`.tiny` — ``build_tiny_lotus`` (random weights, built in code);
+- :mod:`.teachers` — metric sources for training (complete stage, UniDepth, transformers models, ``.npy`` files);
+- :mod:`.recipe`, :mod:`.train`, :mod:`.train_lotus`, :mod:`.train_common` — ``depthkit train`` for SharpDepth/Lotus;
+- :mod:`.importer` — released SharpDepth / Lotus weights → depthkit's layout; :mod:`.checkpoint` — the
+  ``sharpen/`` folder and the tiny one; :mod:`.stage` — the ``sharpen`` Pipeline stage.
 
 Typical use::
 
