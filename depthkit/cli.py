@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--sharpdepth", default=None, help="SharpDepth release: diffusers pipeline folder or hub id")
     im.add_argument("--lotus", default=None, help="Lotus release: diffusers folder or hub id")
     im.add_argument("--out", type=Path, required=True, help="depthkit checkpoint directory to write")
+    im.add_argument("--norm", choices=("depth", "disparity"), default=None,
+                    help="the release's depth normalisation (default: read from the release name)")
+    im.add_argument("--processing-resolution", type=int, default=768,
+                    help="longest image side (pixels) inference runs at; 0 = the input's size (default 768)")
 
     sub.add_parser("ls", help="list stages, completion methods and checkpoints",
                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LS_EPILOG)
@@ -326,7 +330,8 @@ def _cmd_import_checkpoint(args, parser) -> int:
     if args.sharpdepth is None and args.lotus is None:
         parser.error("give --sharpdepth and/or --lotus")
     module = _optional_module("depthkit.sharpen.importer", "import-checkpoint")
-    module.import_checkpoint(args.out, sharpdepth=args.sharpdepth, lotus=args.lotus)
+    module.import_checkpoint(args.out, sharpdepth=args.sharpdepth, lotus=args.lotus, norm=args.norm,
+                             processing_resolution=args.processing_resolution or None)
     print(f"depthkit import-checkpoint: wrote {args.out}")
     return 0
 

@@ -135,6 +135,11 @@ def test_import_keeps_other_stages_and_cli(releases, tmp_path):
     write_manifest(ck, {"complete": {"method": "guided"}})
     assert main(["import-checkpoint", "--sharpdepth", str(releases["sharpdepth"][0]), "--out", str(ck)]) == 0
     assert set(load_manifest(ck)["stages"]) == {"complete", "sharpen"}
+    for norm in ("depth", "disparity"):  # the CLI's --norm reaches the importer
+        out = tmp_path / f"ck_{norm}"
+        assert main(["import-checkpoint", "--sharpdepth", str(releases["sharpdepth"][0]), "--out", str(out),
+                     "--norm", norm, "--processing-resolution", "0"]) == 0
+        assert SharpDepth.from_pretrained(out / "sharpen").model.norm == norm
 
 
 def test_import_errors(releases, tmp_path):
