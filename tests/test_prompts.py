@@ -17,22 +17,23 @@ def test_paper_templates_are_verbatim():
     assert P.answer_text(4.23) == "The pixel is 4.230 meters away from the camera."
     assert P.ANSWER_PREFIX == "The pixel is "
     assert P.ANSWER_SUFFIX == " meters away from the camera."
-    assert P.PROMPT_VERSION == "sdim-prompts-1"
+    assert P.PROMPT_VERSION == "sdim-prompts-2"
 
 
 def test_query_text_text_reference_prior_and_rope():
     assert P.query_text(0, (12, 7)) == (
-        "The current pixel is at (12, 7). The mask value is 0; predict the distance to the camera. "
-        "What is the distance from the current pixel to the camera?"
+        "The mask value is 0; predict the distance to the camera. "
+        "What is the distance from the current pixel to the camera? The current pixel is at (12, 7)."
     )
     assert P.query_text(1, (0, 3), sparse_value=1.0) == (
-        "The current pixel is at (0, 3). The mask value is 1, and the distance to the camera is 1.000 meters, "
-        "preserve the given value. What is the distance from the current pixel to the camera?"
+        "The mask value is 1, and the distance to the camera is 1.000 meters, "
+        "preserve the given value. What is the distance from the current pixel to the camera? "
+        "The current pixel is at (0, 3)."
     )
     guided = P.PromptConfig(prompt_prior="guided")
     assert P.query_text(0, (1, 2), prior=3.14159, config=guided) == (
-        "The current pixel is at (1, 2). The mask value is 0; predict the distance to the camera. "
-        "The interpolated estimate is 3.142 meters. What is the distance from the current pixel to the camera?"
+        "The mask value is 0; predict the distance to the camera. The interpolated estimate is 3.142 meters. "
+        "What is the distance from the current pixel to the camera? The current pixel is at (1, 2)."
     )
     # A measured pixel states its value, never a prior.
     assert "interpolated" not in P.query_text(1, (1, 2), sparse_value=2.0, config=guided)

@@ -16,7 +16,8 @@ answer is a fixed sentence around one number. The engine exploits both:
    steps write in place (the prototype's expanded ``DynamicCache`` re-copied the whole prefix for every row at every
    step, which made bigger batches slower). In the last layer only the last position's query, attention and MLP
    are computed (``logits_to_keep=1``); and the LM head is applied to the allowed tokens' rows only. Tokens that
-   every suffix of a call starts with (``The current pixel is at (`` with text coordinates) are computed once and
+   every suffix of a call starts with (the mask sentence, the question and ``The current pixel is at (`` with text
+   coordinates: the prompt puts the coordinates last for this) are computed once and
    appended to the prefix cache — exact, since they see the same context at the same positions in every query.
 3. **Forced template, digits only.** The suffix is the query turn plus the assistant header plus the answer's fixed
    opening ``"The pixel is "`` (:data:`depthkit.complete.prompts.ANSWER_PREFIX`): those tokens are fed in the
@@ -467,7 +468,7 @@ class CompletionEngine:
 
     @torch.no_grad()
     def _share_common_tokens(self, prefix: PrefixCache, ids: list[list[int]]):
-        """Move the tokens every suffix starts with (e.g. ``The current pixel is at (``) into the prefix cache.
+        """Move the tokens every suffix starts with (e.g. the mask sentence and question) into the prefix cache.
 
         Exact: those tokens see the same context at the same positions in every query, so their K/V are the same;
         each suffix keeps at least one token (its last one gives the logits). Text positions only — with

@@ -63,7 +63,7 @@ __all__ = [
     "sample_query_pixels",
 ]
 
-PROMPT_VERSION = "sdim-prompts-1"
+PROMPT_VERSION = "sdim-prompts-2"  # 2: coordinates after the question (prefix sharing)
 
 MIN_DEPTH = 0.001  # metres; smallest number the model is shown or taught
 MAX_DEPTH = 300.0  # metres
@@ -198,18 +198,21 @@ def coordinate_text(x: int, y: int) -> str:
 
 def query_text(mask_value: int, xy: tuple[int, int] | None = None, sparse_value: float | None = None,
                prior: float | None = None, config: PromptConfig | None = None) -> str:
-    """The user text after the image for one queried pixel: [coordinates] mask sentence, question.
+    """The user text after the image for one queried pixel: mask sentence, question, [coordinates].
 
     ``xy`` = (column, row) in the resized image; required for ``pixel_reference="text"``, ignored for ``"rope"``.
+
+    The coordinates come last on purpose (prompt version 2): at inference every query is a mask-0 query, so
+    everything before the coordinates is the same text for all pixels of an image and the engine computes it once
+    as part of the shared prefix; per pixel only the coordinates and the answer are left (about 4x fewer suffix
+    tokens than with the coordinates first).
     """
     config = config or PromptConfig()
-    parts = []
+    parts = [mask_text(mask_value, sparse_value=sparse_value, prior=prior, config=config), QUESTION_TEXT]
     if config.pixel_reference == "text":
         if xy is None:
             raise ValueError("pixel_reference='text' needs xy=(column, row) in the resized image.")
         parts.append(coordinate_text(*xy))
-    parts.append(mask_text(mask_value, sparse_value=sparse_value, prior=prior, config=config))
-    parts.append(QUESTION_TEXT)
     return " ".join(parts)
 
 
