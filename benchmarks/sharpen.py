@@ -42,12 +42,13 @@ import os
 import platform
 import shlex
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from depthkit.profiling import PeakMemory
 
 SD2_UNET = dict(sample_size=96, in_channels=8, out_channels=4, layers_per_block=2,
                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -59,45 +60,6 @@ SD2_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_bloc
                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215)
 PARTS = ("vae_encode", "unet_pass1", "unet_pass2", "vae_decode", "other")
-
-
-class PeakMemory:
-    """Peak memory (bytes) of the block: CUDA allocator peak, or CPU resident-set growth sampled every 2 ms."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-        self.peak = 0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        self.base, self.max, self.stop = self._rss(), self._rss(), False
-
-        def sample():
-            while not self.stop:
-                self.max = max(self.max, self._rss())
-                time.sleep(0.002)
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.stop = True
-            self.thread.join()
-            self.peak = max(self.max, self._rss()) - self.base
 
 
 class PartTimer:
