@@ -38,14 +38,7 @@ class AnswerGrammar:
     def __init__(self, tokenizer, max_int_digits: int = 3, frac_digits: int = 3):
         if max_int_digits < 1 or frac_digits < 1:
             raise ValueError(f"need max_int_digits >= 1 and frac_digits >= 1; got {max_int_digits}, {frac_digits}.")
-        ids = []
-        for ch in "0123456789.":
-            enc = tokenizer(ch, add_special_tokens=False).input_ids
-            if len(enc) != 1:
-                raise ValueError(f"the tokenizer spells {ch!r} as {len(enc)} tokens {enc}; the engine needs one token "
-                                 "per digit and for the point, as Qwen2.5-VL's tokenizer has.")
-            ids.append(int(enc[0]))
-        self.token_ids = ids
+        self.token_ids = P.single_token_ids(tokenizer, "0123456789.")
         self.max_int_digits = int(max_int_digits)
         self.frac_digits = int(frac_digits)
         self.max_tokens = self.max_int_digits + 1 + self.frac_digits

@@ -53,6 +53,7 @@ __all__ = [
     "PromptConfig",
     "format_depth",
     "parse_answer",
+    "single_token_ids",
     "mask_text",
     "coordinate_text",
     "query_text",
@@ -139,6 +140,19 @@ def format_depth(y: float) -> str:
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX.strip()) + r"\s*" + _NUMBER + r"\s*meters?\b", re.IGNORECASE)
 _NUMBER_METERS_RE = re.compile(r"^\s*" + _NUMBER + r"\s*(?:meters?\b|m\b|$)", re.IGNORECASE)
+
+
+def single_token_ids(tokenizer, chars: str = "0123456789") -> list[int]:
+    """Token id of each character in ``chars`` (index i = ``chars[i]``), e.g. the digits and the point a number is
+    spelled with. Qwen's tokenizers spell numbers one character per token; a tokenizer that does not is an error."""
+    ids = []
+    for ch in chars:
+        enc = tokenizer(ch, add_special_tokens=False).input_ids
+        if len(enc) != 1:
+            raise ValueError(f"the tokenizer spells {ch!r} as {len(enc)} tokens {enc}; depthkit needs one token per "
+                             "digit and for the point, as Qwen2.5-VL's tokenizer has.")
+        ids.append(int(enc[0]))
+    return ids
 
 
 def parse_answer(text) -> float | None:

@@ -118,14 +118,9 @@ def residual_l1_loss(pred_m: torch.Tensor, target_m: torch.Tensor, space: str = 
 
 def digit_token_ids(tokenizer) -> list[int]:
     """Token ids of ``"0"``..``"9"`` (index = digit value). Qwen's tokenizers spell numbers one digit per token."""
-    ids = []
-    for d in "0123456789":
-        enc = tokenizer(d, add_special_tokens=False).input_ids
-        if len(enc) != 1:
-            raise ValueError(f"tokenizer splits digit {d!r} into {enc}; a Qwen2.5-VL tokenizer spells each digit as "
-                             "one token.")
-        ids.append(int(enc[0]))
-    return ids
+    from depthkit.complete.prompts import single_token_ids
+
+    return single_token_ids(tokenizer, "0123456789")
 
 
 def expected_digit_value(logits: torch.Tensor, digit_places: torch.Tensor, digit_ids, index: torch.Tensor | None = None,

@@ -34,6 +34,7 @@ from depthkit.data.datasets._ops import (
     image_rng,
     marigold_dc_select,
     read_k_file,
+    read_png_depth,
     resize_sample_arrays,
 )
 from depthkit.data.protocols import Protocol, depth_range_mask, get_protocol
@@ -229,6 +230,12 @@ def load_processed(root: Path, name: str) -> Sample:
         name=name,
         preprocessed=True,
     )
+
+
+def load_png256_sample(image: Path, sparse: Path, gt: Path, intrinsics: Path, name: str) -> Sample:
+    """One sample of a KITTI-style release: RGB, sparse and GT as uint16 PNG at 256 units per metre, a 3x3 K file."""
+    return Sample(image=read_image(image), depth=read_png_depth(gt, 256.0), sparse=read_png_depth(sparse, 256.0),
+                  intrinsics=read_k_file(intrinsics), name=name)
 
 
 # ---------------------------------------------------------------------- batching

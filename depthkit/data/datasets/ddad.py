@@ -21,11 +21,10 @@ from depthkit.data.datasets._base import (
     DepthDataset,
     Sample,
     is_processed_folder,
+    load_png256_sample,
     load_processed,
     processed_names,
 )
-from depthkit.data.datasets._ops import read_k_file, read_png_depth
-from depthkit.io import read_image
 
 _SUBDIRS = ("rgb", "hints", "gt", "intrinsics")
 
@@ -69,6 +68,5 @@ or Marigold-DC's processed folder (ddad/):
         if self._processed:
             return load_processed(self.base, name)
         b = self.base
-        return Sample(image=read_image(b / "rgb" / f"{name}.png"), depth=read_png_depth(b / "gt" / f"{name}.png", 256.0),
-                      sparse=read_png_depth(b / "hints" / f"{name}.png", 256.0),
-                      intrinsics=read_k_file(b / "intrinsics" / f"{name}.txt"), name=name)
+        return load_png256_sample(b / "rgb" / f"{name}.png", b / "hints" / f"{name}.png", b / "gt" / f"{name}.png",
+                                  b / "intrinsics" / f"{name}.txt", name)

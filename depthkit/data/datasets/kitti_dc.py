@@ -22,11 +22,10 @@ from depthkit.data.datasets._base import (
     DepthDataset,
     Sample,
     is_processed_folder,
+    load_png256_sample,
     load_processed,
     processed_names,
 )
-from depthkit.data.datasets._ops import read_k_file, read_png_depth
-from depthkit.io import read_image
 
 _IMAGE_RE = re.compile(r"^(?P<drive>.+_sync)_image_(?P<frame>\d+)_(?P<cam>image_0[0-9])$")
 _SUBDIRS = ("image", "velodyne_raw", "groundtruth_depth", "intrinsics")
@@ -81,5 +80,4 @@ or Marigold-DC's processed folder (kittidc/):
         if self._processed:
             return load_processed(self.base, self.names[index])
         img, velo, gt, k = self._entries[index]
-        return Sample(image=read_image(img), depth=read_png_depth(gt, 256.0), sparse=read_png_depth(velo, 256.0),
-                      intrinsics=read_k_file(k), name=self.names[index])
+        return load_png256_sample(img, velo, gt, k, self.names[index])

@@ -26,11 +26,10 @@ from depthkit.data.datasets._base import (
     DepthDataset,
     Sample,
     is_processed_folder,
+    load_png256_sample,
     load_processed,
     processed_names,
 )
-from depthkit.data.datasets._ops import read_k_file, read_png_depth
-from depthkit.io import read_image
 
 DENSITIES = (150, 500, 1500)
 _LISTS = ("image", "sparse_depth", "ground_truth", "intrinsics")
@@ -100,8 +99,7 @@ or Marigold-DC's processed folder (void150/, void500/, void1500/):
         if self._processed:
             return load_processed(self.base, self.names[index])
         img, sparse, gt, k = self._entries[index]
-        return Sample(image=read_image(img), depth=read_png_depth(gt, 256.0), sparse=read_png_depth(sparse, 256.0),
-                      intrinsics=read_k_file(k), name=self.names[index])
+        return load_png256_sample(img, sparse, gt, k, self.names[index])
 
 
 class VOID150Dataset(VOIDDataset):
