@@ -139,13 +139,12 @@ def train(recipe, resume: bool = False) -> Path:
         check_resolution,
         images_to_tensor,
         maps_to_tensor,
-        prepare_run_dir,
+        start_run,
         step_generator,
     )
     from depthkit.training import (
         JsonlLogger,
         StepSampler,
-        build_accelerator,
         build_scheduler,
         load_latest_state,
         save_state,
@@ -153,12 +152,9 @@ def train(recipe, resume: bool = False) -> Path:
     )
 
     tc = recipe.train
-    run = prepare_run_dir(recipe.output.output_dir, resume)
-    accelerator = build_accelerator(tc, run)
+    run, accelerator = start_run(recipe, resume)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
-    if main:
-        (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     # frozen parts run in bf16 when training in bf16 (as diffusers scripts do); the student stays float32
     frozen_name = {"bf16": "bfloat16", "fp16": "float16"}.get(accelerator.mixed_precision, "float32")
     frozen_dtype = getattr(torch, frozen_name)

@@ -178,6 +178,19 @@ def prepare_run_dir(output_dir, resume: bool) -> Path:
     return run
 
 
+def start_run(recipe, resume: bool):
+    """Run folder (see :func:`prepare_run_dir`) and accelerator for ``recipe``; the main process records the resolved
+    recipe as ``recipe.yaml``. Returns ``(run, accelerator)``."""
+    from depthkit.config import recipe_to_yaml
+    from depthkit.training import build_accelerator
+
+    run = prepare_run_dir(recipe.output.output_dir, resume)
+    accelerator = build_accelerator(recipe.train, run)
+    if accelerator.is_main_process:
+        (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    return run, accelerator
+
+
 def atomic_export(final: Path, write) -> Path:
     """Call ``write(tmp)`` on a sibling temporary folder, then swap it in for ``final``: an interrupted export never
     leaves a half-written final checkpoint."""

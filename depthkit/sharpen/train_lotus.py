@@ -192,13 +192,12 @@ def train(recipe, resume: bool = False) -> Path:
         check_resolution,
         images_to_tensor,
         maps_to_tensor,
-        prepare_run_dir,
+        start_run,
         step_generator,
     )
     from depthkit.training import (
         JsonlLogger,
         StepSampler,
-        build_accelerator,
         build_scheduler,
         load_latest_state,
         save_state,
@@ -206,12 +205,9 @@ def train(recipe, resume: bool = False) -> Path:
     )
 
     tc = recipe.train
-    run = prepare_run_dir(recipe.output.output_dir, resume)
-    accelerator = build_accelerator(tc, run)
+    run, accelerator = start_run(recipe, resume)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
-    if main:
-        (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
 
     model = build_lotus(recipe.model, seed=tc.seed).to(device)
     resolution = check_resolution(recipe.data.resolution, model.resolution_multiple)
