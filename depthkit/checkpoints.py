@@ -21,6 +21,7 @@ MANIFEST = "depthkit.json"
 FORMAT = "depthkit-checkpoint"
 FORMAT_VERSION = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TRUE = ("1", "true", "yes")
 
 
 class CheckpointError(ValueError):
@@ -77,8 +78,8 @@ def resolve_checkpoint(spec) -> Path:
             raise CheckpointError(f"checkpoint {path} is a file; a checkpoint is a directory containing {MANIFEST}.")
         return path
     text = str(spec)
-    if _HUB_ID.match(text) and not text.startswith((".", "/")):
-        return _download_from_hub(text)
+    if is_hub_id(text):
+        return download_hub_snapshot(text)
     names = ", ".join(p.name for p in available_checkpoints()) or "none"
     raise CheckpointError(
         f"checkpoint {text!r} not found: no such directory, and it is not a hub id (owner/name). "
@@ -87,26 +88,35 @@ def resolve_checkpoint(spec) -> Path:
     )
 
 
-def _download_from_hub(repo_id: str) -> Path:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        try:
-            from huggingface_hub import snapshot_download
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` forbids network access (only the local hub cache may be read)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in _TRUE
 
-            return Path(snapshot_download(repo_id, local_files_only=True))
-        except Exception as exc:
-            raise CheckpointError(
-                f"checkpoint {repo_id!r} is not a local directory and HF_HUB_OFFLINE=1 forbids downloading it "
-                f"(nor is it in the local hub cache: {type(exc).__name__}). Download it where the network is "
-                "available, or pass a local directory."
-            ) from exc
+
+def is_hub_id(text) -> bool:
+    """True when ``text`` has the form of a hub repository id ``owner/name`` (and not of a relative path: it does
+    not start with ``.``, ``/`` or ``~``). Callers check for an existing local path first."""
+    text = str(text)
+    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
+
+
+def download_hub_snapshot(repo_id: str, what: str = "checkpoint", allow_patterns: list[str] | None = None) -> Path:
+    """A local snapshot of hub repository ``repo_id`` (only ``allow_patterns`` when given).
+
+    Respects ``HF_HUB_OFFLINE`` (then only the local hub cache is read). Raises :class:`CheckpointError` saying
+    what was asked (``what``), why it failed and what to do.
+    """
     from huggingface_hub import snapshot_download
 
+    offline = hub_offline()
     try:
-        return Path(snapshot_download(repo_id))
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=offline))
     except Exception as exc:
+        why = ("HF_HUB_OFFLINE=1 forbids downloading it and it is not in the local hub cache" if offline
+               else f"{type(exc).__name__}: {exc}")
         raise CheckpointError(
-            f"could not fetch checkpoint {repo_id!r} from the hub ({type(exc).__name__}: {exc}). Check the id and "
-            "the network, or pass a local directory."
+            f"could not get {what} {repo_id!r} from the hub ({why}). Download it where the network is available "
+            "(or unset HF_HUB_OFFLINE), or pass a local directory."
         ) from exc
 
 
