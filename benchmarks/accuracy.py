@@ -113,13 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------------- methods
 def classical_entries(methods: str) -> list[dict]:
     """One entry per classical method name in the comma-separated ``methods`` ('none' = no entry)."""
-    from depthkit.registry import completion_methods
+    from depthkit.data.baselines import CLASSICAL_METHODS
 
     names = [m.strip() for m in methods.split(",") if m.strip() and m.strip() != "none"]
-    known = completion_methods()
-    unknown = [m for m in names if m not in known or known[m].learned]
+    unknown = [m for m in names if m not in CLASSICAL_METHODS]
     if unknown:
-        classical = sorted(n for n, m in known.items() if not m.learned)
+        classical = list(CLASSICAL_METHODS)
         raise ValueError(f"--methods: {unknown} are not classical completion methods; available: {classical}. "
                          "Evaluate learned methods with --checkpoint.")
     return [{"label": m, "kind": "classical", "method": m, "stages": "complete", "checkpoint": None} for m in names]
@@ -127,11 +126,11 @@ def classical_entries(methods: str) -> list[dict]:
 
 def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: str) -> list[dict]:
     """One entry per stage list to evaluate checkpoint ``spec`` with (see ``--stages``)."""
-    from depthkit.checkpoints import load_manifest, resolve_checkpoint
-    from depthkit.pipeline import STAGE_ORDER
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.stages import STAGE_ORDER
 
-    root = resolve_checkpoint(spec)
-    provided = [s for s in STAGE_ORDER if s in load_manifest(root)["stages"]]
+    checkpoint = CheckpointRef.open(spec)
+    provided = [s for s in STAGE_ORDER if s in checkpoint.stages]
     if stage_lists is None:
         stage_lists = ["complete"] if "complete" in provided else []
         if "sharpen" in provided:
@@ -146,7 +145,7 @@ def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: st
         learned = [s if s in provided else f"{base_method} (classical)" for s in names]
         entries.append({"label": f"{Path(str(spec)).name}: " + " + ".join(learned), "kind": "checkpoint",
                         "method": None if "complete" in provided else base_method, "stages": ",".join(names),
-                        "checkpoint": str(root)})
+                        "checkpoint": str(checkpoint.root)})
     return entries
 
 

@@ -136,9 +136,9 @@ def scene(h: int, w: int, seed: int = 0, n_sparse: int = 500):
 
 
 def bench_speed(model, args) -> list[dict]:
-    from depthkit.stages import CompleteStage
+    from depthkit.stages import ClassicalCompleteStage
 
-    complete = CompleteStage("guided")
+    complete = ClassicalCompleteStage("guided")
     timer = PartTimer(model, args.device)
     rows = []
     for size in args.sizes:
@@ -179,12 +179,12 @@ def bench_accuracy(model, args) -> dict:
 
     from depthkit.data.datasets import build_dataset
     from depthkit.metrics import dbe_metrics, preservation_error
-    from depthkit.stages import CompleteStage
+    from depthkit.stages import ClassicalCompleteStage
 
     h, w = args.eval_size
     ds = build_dataset("synthetic", None, split="test", length=args.eval_images, height=h, width=w,
                        sparse_kwargs={"n": 100})
-    complete = CompleteStage("guided")
+    complete = ClassicalCompleteStage("guided")
     acc: dict[str, list] = {"guided": [], "blur": []}
     for i in range(len(ds)):
         it = ds[i]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST = "depthkit.json"
@@ -148,6 +149,45 @@ def load_manifest(root) -> dict:
         if not isinstance(opts, dict):
             raise CheckpointError(f"{path}: stage {name!r} options must be an object; got {type(opts).__name__}.")
     return manifest
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint resolved to a local directory and its manifest read — done once, at the entry point
+    (:meth:`open`), then handed to every stage factory.
+
+    Attributes:
+        root: the checkpoint directory.
+        stages: the manifest's ``stages``: stage name → that stage's stored options.
+    """
+
+    root: Path
+    stages: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, spec) -> CheckpointRef:
+        """Resolve ``spec`` (a directory, a hub id, or an existing ``CheckpointRef``) and read its manifest."""
+        if isinstance(spec, CheckpointRef):
+            return spec
+        root = resolve_checkpoint(spec)
+        return cls(root, dict(load_manifest(root)["stages"]))
+
+    @classmethod
+    def default(cls) -> CheckpointRef | None:
+        """The embedded default checkpoint (:func:`default_checkpoint`), or None when this install has none."""
+        root = default_checkpoint()
+        return None if root is None else cls(root, dict(load_manifest(root)["stages"]))
+
+    def options(self, stage: str) -> dict:
+        """A copy of the stored options of ``stage`` (empty when the manifest does not list it)."""
+        return dict(self.stages.get(stage) or {})
+
+    def has_part(self, stage: str) -> bool:
+        """True when the checkpoint has the ``<root>/<stage>/`` folder a learned stage loads from."""
+        return (self.root / stage).is_dir()
+
+    def part(self, stage: str) -> Path:
+        return self.root / stage
 
 
 def write_manifest(root, stages: dict, **extra) -> Path:

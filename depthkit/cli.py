@@ -338,16 +338,15 @@ def _cmd_import_checkpoint(args, parser) -> int:
 
 def _cmd_ls(args, parser) -> int:
     from depthkit.checkpoints import available_checkpoints, default_checkpoint, embedded_checkpoints_dir
-    from depthkit.registry import completion_methods, stage_factories
-    from depthkit.stages import DEFAULT_COMPLETE_METHOD
+    from depthkit.stages import COMPLETION_METHODS, DEFAULT_METHOD, STAGES
 
-    print("stages:")
-    for name in stage_factories():
-        print(f"  {name}")
+    print("stages (--stages, in run order):")
+    for name, spec in STAGES.items():
+        print(f"  {name:<10} {spec.description}")
     print("completion methods (--method):")
-    for name, m in sorted(completion_methods().items()):
-        tag = " (default without a checkpoint)" if name == DEFAULT_COMPLETE_METHOD else ""
-        print(f"  {name:<10} {m.description}{tag}")
+    for name, description in COMPLETION_METHODS.items():
+        tag = " (default without a checkpoint)" if name == DEFAULT_METHOD else ""
+        print(f"  {name:<10} {description}{tag}")
     from depthkit.data.datasets import DATASETS
 
     print("datasets (depthkit eval --dataset):")

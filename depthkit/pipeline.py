@@ -4,8 +4,10 @@
     out = pipe(image, sparse)            # image HxWx3 uint8 RGB (ndarray, PIL, tensor or path); sparse HxW metres
     out.depth, out.confidence, out.stages["complete"].depth, out.timings
 
-Every input is checked before any stage runs (``ValueError`` saying what was received, what is allowed and what
-to do). Measured sparse values are restored exactly after every stage, so no stage can lose a measurement.
+Every input is checked here, once, before any stage runs (``ValueError`` saying what was received, what is allowed
+and what to do); stages trust what they receive. A checkpoint is resolved and its manifest read once, here, and
+handed to the stage factories of :data:`depthkit.stages.STAGES`. Measured sparse values are restored exactly after
+every stage, so no stage can lose a measurement.
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from depthkit.checkpoints import CheckpointRef
+from depthkit.dtypes import DTYPE_NAMES
 from depthkit.outputs import DepthOutput, StageResult
-from depthkit.registry import stage_factories
-from depthkit.stages import restore_measurements
+from depthkit.stages import STAGE_ORDER, STAGES
 
-__all__ = ["Pipeline", "DepthOutput", "StageResult", "check_image", "check_sparse"]
+__all__ = ["Pipeline", "DepthOutput", "StageResult", "check_image", "check_sparse", "restore_measurements"]
 
-STAGE_ORDER = ("complete", "sharpen")
-DTYPES = ("float32", "bfloat16", "float16")
+
+def restore_measurements(depth: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+    """Return ``depth`` with every measured pixel (sparse > 0) set to its measured value exactly (float32)."""
+    out = np.array(depth, dtype=np.float32, copy=True)
+    measured = sparse > 0
+    out[measured] = sparse[measured]
+    return out
 
 
 def _to_numpy(x, what: str) -> np.ndarray:
@@ -124,56 +132,46 @@ class Pipeline:
         if isinstance(stages, str):
             stages = [s.strip() for s in stages.split(",") if s.strip()]
         stages = tuple(stages)
-        factories = stage_factories()
         if not stages:
             raise ValueError(f"no stages given; choose from {', '.join(STAGE_ORDER)}.")
         for s in stages:
-            if s not in STAGE_ORDER:
+            if s not in STAGES:
                 raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGE_ORDER)} (in that order).")
-            if s not in factories:
-                raise ValueError(
-                    f"stage {s!r} is not available in this version of depthkit; available: "
-                    f"{', '.join(sorted(factories))}."
-                )
         if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGE_ORDER.index):
             raise ValueError(f"stages {stages} must be distinct and in the order {', '.join(STAGE_ORDER)}.")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPES)}.")
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPE_NAMES)}.")
         if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
             raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'.")
         stage_options = dict(stage_options or {})
         unknown = set(stage_options) - set(stages)
         if unknown:
             raise ValueError(f"stage_options names stages that are not run: {sorted(unknown)}; running {stages}.")
+        self.checkpoint = CheckpointRef.open(checkpoint) if checkpoint is not None else CheckpointRef.default()
         self.stage_names = stages
         self.device, self.dtype = device, dtype
         self.stages = []
         for s in stages:
             opts = dict(stage_options.get(s, {}))
-            if s == "complete" and (method is not None or "method" not in opts):
+            if s == "complete" and method is not None:
                 opts["method"] = method  # an explicit method overrides a checkpoint manifest's
-            self.stages.append(factories[s](checkpoint=checkpoint, device=device, dtype=dtype, **opts))
+            self.stages.append(STAGES[s].factory(self.checkpoint, device=device, dtype=dtype, options=opts))
 
     @classmethod
     def from_pretrained(cls, path, stages: Sequence[str] | str | None = None, device: str = "cpu",
                         dtype: str = "float32", **kwargs) -> Pipeline:
-        """Build a pipeline from a checkpoint directory or hub id (see :mod:`depthkit.checkpoints`)."""
-        from depthkit.checkpoints import load_manifest, resolve_checkpoint
-
-        root = resolve_checkpoint(path)
-        manifest = load_manifest(root)
-        available = tuple(s for s in STAGE_ORDER if s in manifest["stages"])
+        """Build a pipeline from a checkpoint directory or hub id (see :mod:`depthkit.checkpoints`); ``stages``
+        defaults to every stage the checkpoint's manifest lists."""
+        checkpoint = CheckpointRef.open(path)
+        available = tuple(s for s in STAGE_ORDER if s in checkpoint.stages)
         if stages is None:
             stages = available
         if isinstance(stages, str):
             stages = [s.strip() for s in stages.split(",") if s.strip()]
         missing = [s for s in stages if s not in available]
         if missing:
-            raise ValueError(f"checkpoint {root} has no {missing} stage(s); it provides {list(available)}.")
-        options = {s: dict(manifest["stages"][s]) for s in stages}
-        for s, extra in kwargs.pop("stage_options", {}).items():
-            options.setdefault(s, {}).update(extra)
-        return cls(stages=stages, checkpoint=root, device=device, dtype=dtype, stage_options=options, **kwargs)
+            raise ValueError(f"checkpoint {checkpoint.root} has no {missing} stage(s); it provides {list(available)}.")
+        return cls(stages=stages, checkpoint=checkpoint, device=device, dtype=dtype, **kwargs)
 
     def __call__(self, image, sparse, depth=None, depth_scale: float | None = None):
         """Run the stages on one image (arrays or paths) or on a batch (lists of them, returning a list).

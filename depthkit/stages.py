@@ -1,96 +1,142 @@
-"""The pipeline stages and their registration.
+"""The stage table: what a pipeline stage is, which stages and completion methods exist, and how each is built.
 
-A stage is an object with ``name`` and ``run(image, sparse, depth) -> StageResult`` where ``image`` is HxWx3 uint8
-RGB, ``sparse`` HxW float32 metres (0 = missing) and ``depth`` the previous stage's HxW float32 metres (None for the
-first stage). Stages are built by factories registered with :func:`depthkit.registry.register_stage`, which receive
-the pipeline's options (``method``, ``checkpoint``, ``device``, ``dtype`` and stage-specific ones).
+A stage (:class:`Stage`) has a ``name`` and ``run(image, sparse, depth) -> StageResult``. It receives inputs the
+:class:`~depthkit.pipeline.Pipeline` has already checked — ``image`` HxWx3 uint8 RGB, ``sparse`` HxW float32 metres
+(0 = missing), ``depth`` the previous stage's HxW float32 metres (None for the first stage) — and trusts them; the
+Pipeline also restores the measured pixels after every stage, so a stage need not.
 
-``complete`` runs the learned SDIM completer from a checkpoint (``depthkit.complete.stage``) or a classical
-completion method from :mod:`depthkit.registry`. Without a checkpoint and without an embedded default it runs the
-classical ``guided`` method.
+Two tables drive everything (``depthkit ls`` prints them, the Pipeline dispatches on them):
+
+- :data:`STAGES`: stage name → :class:`StageSpec` (description, factory), in run order.
+- :data:`COMPLETION_METHODS`: the ``complete`` stage's methods: the classical ones of
+  :data:`depthkit.data.baselines.CLASSICAL_METHODS` and the learned SDIM completer :data:`LEARNED_METHOD`, which
+  needs a checkpoint with a ``complete/`` part.
+
+A factory is called as ``factory(checkpoint, device, dtype, options)`` with ``checkpoint`` a
+:class:`~depthkit.checkpoints.CheckpointRef` (resolved once by the Pipeline; None when there is none) and
+``options`` the stage's options: the checkpoint manifest's, overridden by the caller's. Heavy imports (torch,
+transformers, diffusers) happen inside the factories.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
 import numpy as np
 
+from depthkit.checkpoints import CheckpointRef
+from depthkit.data.baselines import CLASSICAL_METHODS
 from depthkit.outputs import StageResult
-from depthkit.registry import get_completion_method, register_stage
+from depthkit.sharpen.stage import build_sharpen_stage
 
-DEFAULT_COMPLETE_METHOD = "guided"
+__all__ = ["Stage", "StageSpec", "STAGES", "STAGE_ORDER", "COMPLETION_METHODS", "DEFAULT_METHOD", "LEARNED_METHOD",
+           "ClassicalCompleteStage", "build_complete_stage"]
+
+LEARNED_METHOD = "sdim"
+"""The learned completer's method name (a checkpoint's ``complete/`` part)."""
+DEFAULT_METHOD = "guided"
+"""The completion method used when no checkpoint provides a learned completer."""
+
+COMPLETION_METHODS: dict[str, str] = {
+    **{name: m.description for name, m in CLASSICAL_METHODS.items()},
+    LEARNED_METHOD: "SDIM completer (Qwen2.5-VL with sparse depth injection) from a checkpoint's complete/ part.",
+}
+"""Every completion method by name → one-line description (classical ones first)."""
 
 
-def restore_measurements(depth: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-    """Return ``depth`` with every measured pixel (sparse > 0) set to its measured value exactly (float32)."""
-    out = np.array(depth, dtype=np.float32, copy=True)
-    measured = sparse > 0
-    out[measured] = sparse[measured]
-    return out
+class Stage(Protocol):
+    """What the Pipeline runs: ``run`` returns HxW float32 metres at the input's resolution (and optionally a
+    confidence map and named extras, see :class:`~depthkit.outputs.StageResult`)."""
+
+    name: str
+
+    def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None) -> StageResult: ...
 
 
-class CompleteStage:
-    """Depth completion with a registered completion method (classical or learned)."""
+class ClassicalCompleteStage:
+    """The ``complete`` stage with a classical method of :data:`~depthkit.data.baselines.CLASSICAL_METHODS`."""
 
     name = "complete"
 
     def __init__(self, method: str):
-        self.method = get_completion_method(method)
+        self.method = CLASSICAL_METHODS[method]
 
     def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None = None) -> StageResult:
-        out = self.method.fn(image, sparse)
-        confidence = None
-        if isinstance(out, tuple):
-            out, confidence = out
-        out = np.asarray(out, dtype=np.float32)
-        if out.shape != sparse.shape:
-            raise RuntimeError(
-                f"completion method {self.method.name!r} returned shape {out.shape} for input {sparse.shape}"
-            )
-        if confidence is not None:
-            confidence = np.clip(np.asarray(confidence, np.float32), 0.0, 1.0)
-            confidence[sparse > 0] = 1.0
-        return StageResult(depth=restore_measurements(out, sparse), confidence=confidence)
+        return StageResult(depth=self.method.fn(image, sparse, sparse > 0))
 
     def __repr__(self) -> str:
-        return f"CompleteStage(method={self.method.name!r})"
+        return f"ClassicalCompleteStage(method={self.method.name!r})"
 
 
-LEARNED_COMPLETE_METHOD = "sdim"
-
-
-@register_stage("complete")
-def build_complete_stage(method: str | None = None, checkpoint=None, device: str = "cpu", dtype: str = "float32",
-                         **options):
+def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", dtype: str = "float32",
+                         options: dict | None = None) -> Stage:
     """The ``complete`` stage.
 
-    ``method="sdim"`` (or None with a checkpoint that has a ``complete/`` part) loads the learned completer from
-    ``<checkpoint>/complete``; with no checkpoint, None means the embedded default when this install has one, else
-    the classical ``guided`` method. Any other name is a registered classical method.
+    ``options["method"]`` picks the method (:data:`COMPLETION_METHODS`); without one, the checkpoint manifest's
+    ``method``, else the learned completer when ``checkpoint`` has a ``complete/`` part, else
+    :data:`DEFAULT_METHOD`. The learned stage (:class:`depthkit.complete.stage.CompleteVLMStage`) takes the
+    manifest's other options overridden by ``options``; classical methods take none (the manifest's are ignored).
     """
-    from pathlib import Path
+    options = dict(options or {})
+    stored = checkpoint.options("complete") if checkpoint is not None else {}
+    has_part = checkpoint is not None and checkpoint.has_part("complete")
+    method = (options.pop("method", None) or stored.pop("method", None)
+              or (LEARNED_METHOD if has_part else DEFAULT_METHOD))
+    stored.pop("method", None)
+    if method not in COMPLETION_METHODS:
+        raise ValueError(f"unknown completion method {method!r}; available: {', '.join(COMPLETION_METHODS)}. "
+                         "Run `depthkit ls` to see every method with a description.")
+    if method != LEARNED_METHOD:
+        if options:
+            raise ValueError(f"classical method {method!r} takes no options; received {sorted(options)}.")
+        return ClassicalCompleteStage(method)
+    if checkpoint is None:
+        raise ValueError(
+            f"the learned completer (method {LEARNED_METHOD!r}) needs a checkpoint: pass --checkpoint DIR (e.g. one "
+            "made by `depthkit init-checkpoint --tiny DIR` or `depthkit train`), or choose a classical --method.")
+    if not has_part:
+        raise ValueError(f"checkpoint {checkpoint.root} has no complete/ folder for the learned completer "
+                         f"(it provides {', '.join(checkpoint.stages) or 'no stage'}).")
+    from depthkit.complete.stage import CompleteVLMStage
 
-    if checkpoint is None and method in (None, LEARNED_COMPLETE_METHOD):
-        from depthkit.checkpoints import default_checkpoint, load_manifest
+    return CompleteVLMStage.from_checkpoint(checkpoint.part("complete"), device=device, dtype=dtype,
+                                            **{**stored, **options})
 
-        default = default_checkpoint()
-        if default is not None and "complete" in load_manifest(default)["stages"]:
-            checkpoint = default
-            options = {**load_manifest(default)["stages"]["complete"], **options}
-            method = options.pop("method", LEARNED_COMPLETE_METHOD)
-    if method is None and checkpoint is not None:
-        method = LEARNED_COMPLETE_METHOD
-    if method == LEARNED_COMPLETE_METHOD:
-        if checkpoint is None:
-            raise ValueError(
-                "the learned completer (method 'sdim') needs a checkpoint: pass --checkpoint DIR (e.g. one made by "
-                "`depthkit init-checkpoint --tiny DIR` or `depthkit train`), or choose a classical --method."
-            )
-        part = Path(checkpoint) / "complete"
-        if not part.is_dir():
-            raise ValueError(f"checkpoint {checkpoint} has no complete/ folder for the learned completer.")
-        from depthkit.complete.stage import CompleteVLMStage
 
-        return CompleteVLMStage.from_checkpoint(part, device=device, dtype=dtype, **options)
-    if options:
-        raise ValueError(f"classical method {method or DEFAULT_COMPLETE_METHOD!r} takes no options; got {sorted(options)}")
-    return CompleteStage(method or DEFAULT_COMPLETE_METHOD)
+def _build_sharpen_stage(checkpoint: CheckpointRef | None, device: str = "cpu", dtype: str = "float32",
+                         options: dict | None = None) -> Stage:
+    """The ``sharpen`` stage from the checkpoint's ``sharpen/`` part (:func:`depthkit.sharpen.stage.build_sharpen_stage`)."""
+    if checkpoint is None:
+        raise ValueError(
+            "the sharpen stage needs a checkpoint with a sharpen/ part and this install's embedded default has "
+            "none. Pass --checkpoint DIR: a random-weight one from `depthkit init-checkpoint --tiny DIR`, "
+            "released SharpDepth weights via `depthkit import-checkpoint --sharpdepth RELEASE --out DIR`, or "
+            "your own from `depthkit train recipes/sharpen/...`.")
+    if not checkpoint.has_part("sharpen"):
+        raise ValueError(f"checkpoint {checkpoint.root} has no sharpen/ folder. Add one with `depthkit "
+                         f"import-checkpoint --sharpdepth RELEASE --out {checkpoint.root}` or `depthkit "
+                         "init-checkpoint --tiny DIR`.")
+    return build_sharpen_stage(checkpoint=checkpoint.root, device=device, dtype=dtype,
+                               **{**checkpoint.options("sharpen"), **(options or {})})
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One row of :data:`STAGES`."""
+
+    name: str
+    description: str
+    factory: Callable[..., Stage]
+
+
+STAGES: dict[str, StageSpec] = {s.name: s for s in (
+    StageSpec("complete", "sparse depth -> dense metric depth (classical methods or the learned SDIM completer)",
+              build_complete_stage),
+    StageSpec("sharpen", "dense metric depth -> sharper metric depth (SharpDepth; needs a checkpoint's sharpen/)",
+              _build_sharpen_stage),
+)}
+"""The stages by name, in the order a pipeline runs them."""
+
+STAGE_ORDER = tuple(STAGES)

@@ -5,8 +5,8 @@ scenes whose correct answer is known: a two-colour depth step, a tilted plane, L
 import numpy as np
 import pytest
 
-from depthkit import registry
-from depthkit.data.baselines import BASELINE_NAMES, guided, ip_basic, nearest
+from depthkit.data.baselines import BASELINE_NAMES, CLASSICAL_METHODS, guided, ip_basic, nearest
+from depthkit.stages import COMPLETION_METHODS
 
 METHODS = {"nearest": nearest, "ip_basic": ip_basic, "guided": guided}
 H, W = 60, 80
@@ -37,11 +37,14 @@ def textured_image(seed=0):
 
 def test_names_are_registered():
     assert BASELINE_NAMES == ("nearest", "ip_basic", "guided")
-    methods = registry.completion_methods()
+    assert tuple(CLASSICAL_METHODS) == BASELINE_NAMES
+    image, depth = step_scene()
+    sparse = sample(depth, 50)
     for name in BASELINE_NAMES:
-        entry = methods[name]
-        assert entry.fn is METHODS[name]
-        assert entry.description and not entry.learned
+        entry = CLASSICAL_METHODS[name]
+        # the table's trusted implementation is the one the public function runs after checking its inputs
+        assert np.array_equal(entry.fn(image, sparse, sparse > 0), METHODS[name](image, sparse))
+        assert entry.description and COMPLETION_METHODS[name] == entry.description
 
 
 @pytest.mark.parametrize("name", BASELINE_NAMES)

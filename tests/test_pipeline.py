@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from depthkit import DepthOutput, Pipeline
-from depthkit.registry import completion_methods
+from depthkit.stages import COMPLETION_METHODS
 
 
 def _scene(h=24, w=32, seed=0):
@@ -29,7 +29,7 @@ def test_every_classical_method_keeps_measurements_exactly(method):
 
 
 def test_classical_methods_are_registered():
-    assert {"nearest", "ip_basic", "guided"} <= set(completion_methods())
+    assert {"nearest", "ip_basic", "guided"} <= set(COMPLETION_METHODS)
 
 
 def test_batch_in_batch_out_and_paths(tmp_path):

@@ -1,6 +1,7 @@
 """Classical depth completion baselines: the floor every learned stage is compared with.
 
-Three completion methods, registered in :mod:`depthkit.registry` under fixed names (:data:`BASELINE_NAMES`):
+Three completion methods, listed with a one-line description in :data:`CLASSICAL_METHODS` (the table the ``complete``
+stage dispatches on and ``depthkit ls`` prints), in the order of :data:`BASELINE_NAMES`:
 
 - ``nearest``  -- every missing pixel takes the depth of the nearest measured pixel (Euclidean, in pixels).
 - ``ip_basic`` -- IP-Basic-style morphological fill (Ku et al. 2018, "In Defense of Classical Image Processing"),
@@ -19,16 +20,17 @@ k-d tree queries) completes a 480x640 image with 500 points in under half a seco
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from depthkit.registry import register_completion_method
-
 BASELINE_NAMES = ("nearest", "ip_basic", "guided")
 
-__all__ = ["BASELINE_NAMES", "nearest", "ip_basic", "guided", "nearest_fill"]
+__all__ = ["BASELINE_NAMES", "CLASSICAL_METHODS", "ClassicalMethod", "nearest", "ip_basic", "guided", "nearest_fill"]
 
 # IP-Basic (Ku et al. 2018) constants: kernel sizes in pixels as tuned on KITTI's projected 64-beam LiDAR (~5 % of
 # pixels measured, i.e. a mean sample spacing of ~4.5 px); inversion against 100 m with a 1.5 m bilateral sigma.
@@ -107,13 +109,15 @@ def nearest_fill(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return values[iy, ix]
 
 
-@register_completion_method("nearest", "Nearest measured pixel (Euclidean pixel distance); no image guidance.")
 def nearest(image: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     """Dense HxW float32 metres: each missing pixel copies the nearest measured pixel's depth.
 
     ``image`` (HxWx3 uint8 RGB) is only checked, not used.
     """
-    _, sparse, valid = _check_inputs(image, sparse, "nearest")
+    return _nearest(*_check_inputs(image, sparse, "nearest"))
+
+
+def _nearest(image: np.ndarray, sparse: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = _trivial(sparse, valid)
     if out is not None:
         return out
@@ -135,9 +139,6 @@ def _diamond(size: int) -> np.ndarray:
     return (offsets[:, None] + offsets[None, :] <= r).astype(np.uint8)
 
 
-@register_completion_method(
-    "ip_basic", "IP-Basic morphological fill (Ku et al. 2018) on inverted depth, range-adapted, then nearest fill."
-)
 def ip_basic(
     image: np.ndarray,
     sparse: np.ndarray,
@@ -180,7 +181,12 @@ def ip_basic(
         raise ValueError(f"ip_basic: blur must be 'bilateral', 'gaussian' or 'none'; received {blur!r}.")
     if kernel_scale is not None and not kernel_scale > 0:
         raise ValueError(f"ip_basic: kernel_scale must be > 0 (or None for automatic); received {kernel_scale}.")
-    _, sparse, valid = _check_inputs(image, sparse, "ip_basic")
+    return _ip_basic(*_check_inputs(image, sparse, "ip_basic"), extend_to_top=extend_to_top, blur=blur,
+                     kernel_scale=kernel_scale, large_fill=large_fill)
+
+
+def _ip_basic(image: np.ndarray, sparse: np.ndarray, valid: np.ndarray, *, extend_to_top: bool | None = None,
+              blur: str = "bilateral", kernel_scale: float | None = None, large_fill: bool | None = None) -> np.ndarray:
     out = _trivial(sparse, valid)
     if out is not None:
         return out
@@ -232,9 +238,6 @@ def ip_basic(
     return out
 
 
-@register_completion_method(
-    "guided", "Colour-guided interpolation: joint (x, y, RGB) k-NN, joint-bilateral weighted local plane fit."
-)
 def guided(
     image: np.ndarray,
     sparse: np.ndarray,
@@ -293,7 +296,12 @@ def guided(
             f"and ridge > 0; received k={k}, color_scale={color_scale}, sigma_color={sigma_color}, "
             f"guide_median={guide_median}, fit={fit!r}, ridge={ridge}."
         )
-    image, sparse, valid = _check_inputs(image, sparse, "guided")
+    return _guided(*_check_inputs(image, sparse, "guided"), k=k, color_scale=color_scale, sigma_color=sigma_color,
+                   guide_median=guide_median, fit=fit, ridge=ridge)
+
+
+def _guided(image: np.ndarray, sparse: np.ndarray, valid: np.ndarray, *, k: int = 8, color_scale: float = 64.0,
+            sigma_color: float = 16.0, guide_median: int = 5, fit: str = "linear", ridge: float = 1.0) -> np.ndarray:
     out = _trivial(sparse, valid)
     if out is not None:
         return out
@@ -350,3 +358,23 @@ def guided(
     lo, hi = p_depth.min(), p_depth.max()
     out[qy, qx] = np.clip(result, lo, hi).astype(np.float32)
     return out
+
+
+@dataclass(frozen=True)
+class ClassicalMethod:
+    """One classical completion method: ``fn(image, sparse, valid) -> dense`` trusts its inputs (HxWx3 uint8 RGB,
+    HxW float32 metres, ``valid = sparse > 0`` with at least one True), which the caller has checked once."""
+
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    description: str
+
+
+CLASSICAL_METHODS: dict[str, ClassicalMethod] = {m.name: m for m in (
+    ClassicalMethod("nearest", _nearest, "Nearest measured pixel (Euclidean pixel distance); no image guidance."),
+    ClassicalMethod("ip_basic", _ip_basic,
+                    "IP-Basic morphological fill (Ku et al. 2018) on inverted depth, range-adapted, then nearest fill."),
+    ClassicalMethod("guided", _guided,
+                    "Colour-guided interpolation: joint (x, y, RGB) k-NN, joint-bilateral weighted local plane fit."),
+)}
+"""The classical completion methods by name, in :data:`BASELINE_NAMES` order."""

@@ -6,7 +6,7 @@ Lotus on pure noise (discrepancy), once as the sharpener on the gated latent —
 with ``extras["discrepancy"]`` (HxW, [0, 1]) and ``extras["lotus"]`` (HxW affine-invariant pass-1 map, [0, 1]).
 Measured sparse pixels are returned exactly and get e = 0, so sharpening never moves a measurement.
 
-Light module (imported by the stage registry on every pipeline build): torch and diffusers load in the factory.
+Light module (imported by the stage table, depthkit/stages.py, on every pipeline build): torch and diffusers load in the factory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from depthkit.outputs import StageResult
-from depthkit.registry import register_stage
 
 __all__ = ["SharpenStage", "build_sharpen_stage"]
 
@@ -47,7 +46,6 @@ class SharpenStage:
         return f"SharpenStage({self.source!r}, processing_resolution={self.processing_resolution})"
 
 
-@register_stage("sharpen")
 def build_sharpen_stage(checkpoint=None, device: str = "cpu", dtype: str = "float32",
                         processing_resolution: int | None = None, config: dict | None = None,
                         **options) -> SharpenStage:

@@ -96,11 +96,12 @@ class CompleteSource(MetricSource):
 
     def __init__(self, method: str | None = None, checkpoint=None, device: str = "cpu", dtype: str = "float32",
                  **options):
-        from depthkit.stages import build_complete_stage
+        from depthkit.checkpoints import CheckpointRef
+        from depthkit.stages import DEFAULT_METHOD, LEARNED_METHOD, build_complete_stage
 
-        method = method or ("sdim" if checkpoint is not None else "guided")
-        self.stage = build_complete_stage(method=method, checkpoint=checkpoint, device=device, dtype=dtype,
-                                          **options)
+        method = method or (LEARNED_METHOD if checkpoint is not None else DEFAULT_METHOD)
+        ref = CheckpointRef.open(checkpoint) if checkpoint is not None else None
+        self.stage = build_complete_stage(ref, device=device, dtype=dtype, options={"method": method, **options})
         self.name = f"complete:{method}"
 
     def predict(self, image, sparse, name):
