@@ -13,7 +13,6 @@ from depthkit.sharpen.lotus import (
     EMBEDS_FILE,
     LotusModel,
     compute_empty_prompt_embeds,
-    resolve_dtype,
     task_embedding,
 )
 from depthkit.sharpen.normalize import denormalize_depth, normalize_depth, replicate3
@@ -172,8 +171,8 @@ def test_save_load_bit_identical_without_text_encoder(lotus_g, tmp_path, monkeyp
     bf16 = LotusModel.from_pretrained(str(root), dtype="bfloat16", norm="disparity")
     assert bf16.dtype == torch.bfloat16 and bf16.norm == "disparity"
     assert bf16.predict(_image(16, 16)).shape == (16, 16)
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        resolve_dtype("float8")
+    with pytest.raises(ValueError, match="dtype 'float8' is not supported; allowed: float32"):
+        LotusModel.from_pretrained(root, dtype="float8")
 
 
 def test_missing_parts_error(lotus_d, tmp_path):

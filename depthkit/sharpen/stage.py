@@ -6,6 +6,11 @@ Lotus on pure noise (discrepancy), once as the sharpener on the gated latent —
 with ``extras["discrepancy"]`` (HxW, [0, 1]) and ``extras["lotus"]`` (HxW affine-invariant pass-1 map, [0, 1]).
 Measured sparse pixels are returned exactly and get e = 0, so sharpening never moves a measurement.
 
+The factory resolves the checkpoint once and loads ``<checkpoint>/sharpen`` with
+:meth:`~depthkit.sharpen.model.SharpDepth.from_dir` (no second resolution); :meth:`SharpenStage.run` receives arrays
+the :class:`~depthkit.pipeline.Pipeline` has validated and calls
+:meth:`~depthkit.sharpen.model.SharpDepth.sharpen_checked`, which does not check them again.
+
 Light module (imported by the stage registry on every pipeline build): torch and diffusers load in the factory.
 """
 
@@ -30,15 +35,15 @@ class SharpenStage:
         self.source = source
 
     def run(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray | None) -> StageResult:
-        """``image`` HxWx3 uint8, ``sparse`` HxW metres (0 = missing; may be None or all zero), ``depth`` HxW metres
-        (the metric input; 0 = unknown, regenerated from the image)."""
+        """``image`` HxWx3 uint8, ``sparse`` HxW float32 metres (0 = missing; may be None or all zero), ``depth``
+        HxW float32 metres (the metric input; 0 = unknown, regenerated from the image), as the Pipeline validated
+        them: they are not checked again."""
         if depth is None:
             raise ValueError("the sharpen stage needs a metric depth to sharpen: put 'complete' before it "
                              "(stages=('complete', 'sharpen')) or pass depth=HxW metres (--depth on the CLI).")
-        measured = sparse is not None and bool((np.asarray(sparse) > 0).any())
-        out = self.model.sharpen(image, np.asarray(depth, np.float32),
-                                 np.asarray(sparse, np.float32) if measured else None,
-                                 processing_resolution=self.processing_resolution)
+        measured = sparse is not None and bool((sparse > 0).any())
+        out = self.model.sharpen_checked(image, depth, sparse if measured else None,
+                                         processing_resolution=self.processing_resolution)
         return StageResult(depth=out.depth.astype(np.float32),
                            extras={"discrepancy": out.discrepancy.astype(np.float32),
                                    "lotus": out.lotus.astype(np.float32)})
@@ -60,13 +65,15 @@ def build_sharpen_stage(checkpoint=None, device: str = "cpu", dtype: str = "floa
     from pathlib import Path
 
     from depthkit.checkpoints import default_checkpoint, load_manifest
+    from depthkit.dtypes import torch_dtype
 
     if options:
         raise ValueError(f"the sharpen stage takes the options processing_resolution and config; received "
                          f"{sorted(options)}.")
     if checkpoint is None:
         default = default_checkpoint()
-        if default is None or "sharpen" not in load_manifest(default)["stages"]:
+        stages = {} if default is None else load_manifest(default)["stages"]
+        if "sharpen" not in stages:
             raise ValueError(
                 "the sharpen stage needs a checkpoint with a sharpen/ part and this install's embedded default has "
                 "none. Pass --checkpoint DIR: a random-weight one from `depthkit init-checkpoint --tiny DIR`, "
@@ -74,9 +81,8 @@ def build_sharpen_stage(checkpoint=None, device: str = "cpu", dtype: str = "floa
                 "your own from `depthkit train recipes/sharpen/...`."
             )
         checkpoint = default
-        stored = load_manifest(default)["stages"]["sharpen"]
         if processing_resolution is None:
-            processing_resolution = stored.get("processing_resolution")
+            processing_resolution = stages["sharpen"].get("processing_resolution")
     part = Path(checkpoint) / "sharpen"
     if not part.is_dir():
         raise ValueError(f"checkpoint {checkpoint} has no sharpen/ folder. Add one with `depthkit import-checkpoint "
@@ -86,7 +92,7 @@ def build_sharpen_stage(checkpoint=None, device: str = "cpu", dtype: str = "floa
                                               or processing_resolution <= 0):
         raise ValueError(f"processing_resolution must be a positive int (pixels) or None; received "
                          f"{processing_resolution!r}.")
-    from depthkit.sharpen.checkpoint import load_sharpdepth
+    from depthkit.sharpen.model import SharpDepth
 
-    model = load_sharpdepth(part, device=device, dtype=dtype, config=config)
+    model = SharpDepth.from_dir(part, device=device, dtype=torch_dtype(dtype), config=config)
     return SharpenStage(model, processing_resolution, source=str(part))
