@@ -116,10 +116,11 @@ def build_model(args):
         return SharpDepth(build_tiny_lotus(seed=0).to(args.device, torch.float32)).to(args.device)
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from depthkit.sharpen.lotus import LotusModel, resolve_dtype
+    from depthkit.dtypes import torch_dtype
+    from depthkit.sharpen.lotus import LotusModel
 
     torch.manual_seed(0)
-    dtype = resolve_dtype(args.dtype)
+    dtype = torch_dtype(args.dtype)
     with torch.device(args.device):
         unet = UNet2DConditionModel(**SD2_UNET).to(dtype)
         vae = AutoencoderKL(**SD2_VAE).to(dtype)

@@ -105,23 +105,6 @@ def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", 
                                             **{**stored, **options})
 
 
-def _build_sharpen_stage(checkpoint: CheckpointRef | None, device: str = "cpu", dtype: str = "float32",
-                         options: dict | None = None) -> Stage:
-    """The ``sharpen`` stage from the checkpoint's ``sharpen/`` part (:func:`depthkit.sharpen.stage.build_sharpen_stage`)."""
-    if checkpoint is None:
-        raise ValueError(
-            "the sharpen stage needs a checkpoint with a sharpen/ part and this install's embedded default has "
-            "none. Pass --checkpoint DIR: a random-weight one from `depthkit init-checkpoint --tiny DIR`, "
-            "released SharpDepth weights via `depthkit import-checkpoint --sharpdepth RELEASE --out DIR`, or "
-            "your own from `depthkit train recipes/sharpen/...`.")
-    if not checkpoint.has_part("sharpen"):
-        raise ValueError(f"checkpoint {checkpoint.root} has no sharpen/ folder. Add one with `depthkit "
-                         f"import-checkpoint --sharpdepth RELEASE --out {checkpoint.root}` or `depthkit "
-                         "init-checkpoint --tiny DIR`.")
-    return build_sharpen_stage(checkpoint=checkpoint.root, device=device, dtype=dtype,
-                               **{**checkpoint.options("sharpen"), **(options or {})})
-
-
 @dataclass(frozen=True)
 class StageSpec:
     """One row of :data:`STAGES`."""
@@ -135,7 +118,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("complete", "sparse depth -> dense metric depth (classical methods or the learned SDIM completer)",
               build_complete_stage),
     StageSpec("sharpen", "dense metric depth -> sharper metric depth (SharpDepth; needs a checkpoint's sharpen/)",
-              _build_sharpen_stage),
+              build_sharpen_stage),
 )}
 """The stages by name, in the order a pipeline runs them."""
 

@@ -13,7 +13,6 @@ from depthkit.sharpen.lotus import (
     EMBEDS_FILE,
     LotusModel,
     compute_empty_prompt_embeds,
-    resolve_dtype,
     task_embedding,
 )
 from depthkit.sharpen.normalize import denormalize_depth, normalize_depth, replicate3
@@ -172,8 +171,8 @@ def test_save_load_bit_identical_without_text_encoder(lotus_g, tmp_path, monkeyp
     bf16 = LotusModel.from_pretrained(str(root), dtype="bfloat16", norm="disparity")
     assert bf16.dtype == torch.bfloat16 and bf16.norm == "disparity"
     assert bf16.predict(_image(16, 16)).shape == (16, 16)
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        resolve_dtype("float8")
+    with pytest.raises(ValueError, match="dtype 'float8' is not supported; allowed: float32"):
+        LotusModel.from_pretrained(root, dtype="float8")
 
 
 def test_missing_parts_error(lotus_d, tmp_path):
@@ -218,3 +217,44 @@ def test_compute_empty_prompt_embeds_with_tiny_clip():
     tiny = build_tiny_lotus()
     model = LotusModel(tiny.unet, tiny.vae, embeds)
     assert model.predict(_image(16, 24)).shape == (16, 24)
+
+
+def test_hub_ids_and_dtype_names_checked_before_loading(tmp_path):
+    """One hub-id rule (depthkit.checkpoints.is_hub_id) and one download; a bad dtype name fails before either."""
+    from depthkit.sharpen.checkpoint import load_sharpdepth
+    from depthkit.sharpen.model import SharpDepth
+
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):  # conftest: offline, nothing in the hub cache
+        LotusModel.from_pretrained("nobody/no-such-lotus")
+    for not_hub in ("./nobody/x", "a/b/c", "~nobody/x", "no body/x"):
+        with pytest.raises(CheckpointError, match="not found: no such directory"):
+            LotusModel.from_pretrained(not_hub)
+    for load in (LotusModel.from_pretrained, SharpDepth.from_pretrained, load_sharpdepth):
+        with pytest.raises(ValueError, match="dtype 'fp8' is not supported"):
+            load("nobody/no-such-lotus", dtype="fp8")
+
+
+def test_masked_scale_shift_fallbacks():
+    """The rules its docstring states: the fit of geometry.fit_scale_shift where that one has >= 2 pixels; a
+    constant pred gives a pure shift; too few masked pixels fall back to all finite ones; fewer than 2 of those give
+    s = 1 and the mean difference."""
+    from depthkit.geometry import fit_scale_shift
+    from depthkit.sharpen.normalize import masked_scale_shift
+
+    rng = np.random.default_rng(0)
+    pred = torch.from_numpy(rng.random((1, 1, 4, 5)))
+    target = 3.0 * pred + 0.5
+    mask = torch.zeros_like(pred, dtype=torch.bool)
+    mask[..., :2, :] = True
+    s, t = masked_scale_shift(pred, target, mask)
+    s_ref, t_ref = fit_scale_shift(pred.numpy(), target.numpy(), mask.numpy())
+    assert math.isclose(float(s), s_ref, rel_tol=1e-5) and math.isclose(float(t), t_ref, rel_tol=1e-5)
+    s, t = masked_scale_shift(torch.full_like(pred, 2.0), target)
+    assert float(s) == 1.0 and math.isclose(float(t), float(target.mean()) - 2.0, rel_tol=1e-5)
+    one = torch.zeros_like(mask)
+    one[0, 0, 0, 0] = True
+    assert torch.allclose(torch.stack(masked_scale_shift(pred, target, one)), torch.tensor([[3.0], [0.5]]))
+    lone = torch.full_like(pred, float("nan"))
+    lone[0, 0, 1, 1] = 2.0
+    s, t = masked_scale_shift(lone, torch.full_like(pred, 7.0))
+    assert float(s) == 1.0 and float(t) == 5.0

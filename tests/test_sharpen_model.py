@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from depthkit.geometry import fit_scale_shift
+from depthkit.sharpen.ema import EMA
+from depthkit.sharpen.gating import apply_gate, discrepancy, downsample_discrepancy, gate
 from depthkit.sharpen.losses import (
     reconstruction_loss,
     sample_sds_timesteps,
@@ -14,15 +16,7 @@ from depthkit.sharpen.losses import (
     sds_teacher_input,
     sds_weight,
 )
-from depthkit.sharpen.model import (
-    EMA,
-    SharpDepth,
-    SharpDepthConfig,
-    apply_gate,
-    discrepancy,
-    downsample_discrepancy,
-    gate,
-)
+from depthkit.sharpen.model import SharpDepth, SharpDepthConfig
 from depthkit.sharpen.normalize import denormalize_depth, normalize_depth
 from depthkit.sharpen.tiny import build_tiny_lotus
 

@@ -91,22 +91,56 @@ def test_bfloat16_runs_and_keeps_measurements(tiny_ck):
 
 
 def test_errors(tiny_ck, tmp_path, monkeypatch):
-    from depthkit.checkpoints import write_manifest
+    from depthkit.checkpoints import CheckpointRef, write_manifest
     from depthkit.sharpen.stage import build_sharpen_stage
 
-    stage = build_sharpen_stage(checkpoint=tiny_ck)
+    ck = CheckpointRef.open(tiny_ck)
+    stage = build_sharpen_stage(ck)
     image, depth, sparse = _scene()
     with pytest.raises(ValueError, match="needs a metric depth"):
         stage.run(image, sparse, None)
     with pytest.raises(ValueError, match="takes the options"):
-        build_sharpen_stage(checkpoint=tiny_ck, resolution=64)
+        build_sharpen_stage(ck, options={"resolution": 64})
     with pytest.raises(ValueError, match="positive int"):
-        build_sharpen_stage(checkpoint=tiny_ck, processing_resolution=0)
+        build_sharpen_stage(ck, options={"processing_resolution": 0})
     write_manifest(tmp_path / "only_complete", {"complete": {"method": "guided"}})
     with pytest.raises(ValueError, match="no sharpen/ folder"):
-        build_sharpen_stage(checkpoint=tmp_path / "only_complete")
+        build_sharpen_stage(CheckpointRef.open(tmp_path / "only_complete"))
     monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(tmp_path / "no_embedded"))
     with pytest.raises(ValueError, match="init-checkpoint --tiny"):
         Pipeline(stages=("sharpen",))
     with pytest.raises(ValueError, match="needs a metric depth input"):
         Pipeline(stages=("sharpen",), checkpoint=tiny_ck)(image, sparse)
+
+
+def test_one_resolution_and_one_validation_per_run(tiny_ck, monkeypatch):
+    """The stage factory loads <checkpoint>/sharpen without resolving it again (the public from_pretrained /
+    load_sharpdepth resolve exactly once), and a pipeline run checks each input once, in the Pipeline."""
+    import depthkit.sharpen.lotus as lotus
+    import depthkit.sharpen.model as model
+    from depthkit.sharpen.checkpoint import load_sharpdepth
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.sharpen.stage import build_sharpen_stage
+
+    resolved, checked = [], []
+    real_resolve, real_check, real_prepare = lotus.resolve_model_dir, model._check_depth_array, lotus.LotusModel.prepare_image
+    monkeypatch.setattr(lotus, "resolve_model_dir", lambda p: resolved.append(p) or real_resolve(p))
+    monkeypatch.setattr(model, "_check_depth_array", lambda *a: checked.append(a[2]) or real_check(*a))
+    monkeypatch.setattr(lotus.LotusModel, "prepare_image",
+                        lambda self, im: checked.append("image") or real_prepare(self, im))
+    stage = build_sharpen_stage(CheckpointRef.open(tiny_ck))
+    assert resolved == []
+    model.SharpDepth.from_pretrained(tiny_ck / "sharpen")
+    assert resolved == [tiny_ck / "sharpen"]
+    load_sharpdepth(tiny_ck)
+    assert resolved == [tiny_ck / "sharpen", tiny_ck]
+
+    image, depth, sparse = _scene(seed=8)
+    pipe = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)
+    out = pipe(image, sparse, depth=depth)
+    assert checked == []  # the Pipeline validated image, sparse and depth; the stage trusts them
+    direct = stage.model.sharpen(image, depth, sparse)  # the public entry still checks everything
+    assert checked == ["image", "metric_depth", "sparse"]
+    assert np.array_equal(out.depth, direct.depth)
+    with pytest.raises(ValueError, match="NaN or negative"):
+        stage.model.sharpen(image, -depth)

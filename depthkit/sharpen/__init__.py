@@ -1,10 +1,12 @@
 """Stage 2, sharpen: Lotus and SharpDepth (imports nothing heavy until a name is used).
 
 - :mod:`.lotus` — ``LotusModel`` (single-step x0 diffusion depth, Lotus-G / Lotus-D), ``task_embedding``,
-  ``compute_empty_prompt_embeds`` (import time only);
+  ``compute_empty_prompt_embeds`` (import time only), ``resolve_model_dir`` (a local folder or a hub id, resolved
+  once by each public ``from_pretrained``);
 - :mod:`.normalize` — depth ↔ [-1, 1] (depth or disparity space, 2%/98% quantiles or min/max), masked scale/shift;
-- :mod:`.model` — ``SharpDepth`` (two-pass inference, per-step training losses), ``SharpDepthConfig``,
-  ``discrepancy``, ``gate``, ``apply_gate``, ``EMA``;
+- :mod:`.model` — ``SharpDepth`` (two-pass inference, per-step training losses), ``SharpDepthConfig``;
+- :mod:`.gating` — ``discrepancy``, ``downsample_discrepancy``, ``gate``, ``apply_gate`` (SharpDepth's gating);
+- :mod:`.ema` — ``EMA`` (the student's moving average that runs pass 1 during training);
 - :mod:`.losses` — ``sds_loss`` (x0 form), ``sds_teacher_input``, ``reconstruction_loss``;
 - :mod:`.tiny` — ``build_tiny_lotus`` (random weights, built in code);
 - :mod:`.teachers` — metric sources for training (complete stage, UniDepth, transformers models, ``.npy`` files);
@@ -24,8 +26,8 @@ Typical use::
 _EXPORTS = {
     "LotusModel": "lotus", "task_embedding": "lotus", "compute_empty_prompt_embeds": "lotus",
     "normalize_depth": "normalize", "denormalize_depth": "normalize",
-    "SharpDepth": "model", "SharpDepthConfig": "model", "SharpenOutput": "model", "EMA": "model",
-    "discrepancy": "model", "downsample_discrepancy": "model", "gate": "model", "apply_gate": "model",
+    "SharpDepth": "model", "SharpDepthConfig": "model", "SharpenOutput": "model", "EMA": "ema",
+    "discrepancy": "gating", "downsample_discrepancy": "gating", "gate": "gating", "apply_gate": "gating",
     "sds_loss": "losses", "sds_teacher_input": "losses", "reconstruction_loss": "losses",
     "build_tiny_lotus": "tiny",
 }

@@ -49,13 +49,16 @@ def write_sharpen_checkpoint(root, sharpdepth, options: dict | None = None, **ex
     return root
 
 
-def resolve_sharpen_dir(path) -> Path:
-    """A sharpen model folder from ``path``: a depthkit checkpoint (→ its ``sharpen/``) or a Lotus/SharpDepth folder
-    (→ itself). Hub ids are left to :func:`depthkit.sharpen.lotus.resolve_model_dir`."""
-    p = Path(path).expanduser()
-    if p.is_dir() and (p / "depthkit.json").is_file() and (p / PART).is_dir():
+def resolve_sharpen_dir(path_or_hub_id) -> Path:
+    """A local sharpen model folder from ``path_or_hub_id``: a depthkit checkpoint (→ its ``sharpen/``), a
+    Lotus / SharpDepth folder (→ itself) or a hub id of one (→ its snapshot, via
+    :func:`depthkit.sharpen.lotus.resolve_model_dir`)."""
+    from depthkit.sharpen.lotus import resolve_model_dir
+
+    p = resolve_model_dir(path_or_hub_id)
+    if (p / "depthkit.json").is_file() and (p / PART).is_dir():
         return p / PART
-    if p.is_dir() and (p / "depthkit.json").is_file() and not (p / "unet").is_dir():
+    if (p / "depthkit.json").is_file() and not (p / "unet").is_dir():
         from depthkit.checkpoints import CheckpointError
 
         raise CheckpointError(f"checkpoint {p} has no {PART}/ part (found: {sorted(q.name for q in p.iterdir())}). "
@@ -64,9 +67,12 @@ def resolve_sharpen_dir(path) -> Path:
     return p
 
 
-def load_sharpdepth(path, device: str = "cpu", dtype: str = "float32", config: dict | None = None):
-    """Load a :class:`~depthkit.sharpen.model.SharpDepth` from a checkpoint, its ``sharpen/`` folder or a Lotus-G
-    folder; ``config`` overrides stored :class:`SharpDepthConfig` fields."""
+def load_sharpdepth(path_or_hub_id, device: str = "cpu", dtype: str = "float32", config: dict | None = None):
+    """Load a :class:`~depthkit.sharpen.model.SharpDepth` from a depthkit checkpoint, its ``sharpen/`` folder, a
+    Lotus-G folder or a hub id (resolved once, by :func:`resolve_sharpen_dir`); ``config`` overrides stored
+    :class:`~depthkit.sharpen.model.SharpDepthConfig` fields."""
+    from depthkit.dtypes import torch_dtype
     from depthkit.sharpen.model import SharpDepth
 
-    return SharpDepth.from_pretrained(resolve_sharpen_dir(path), device=device, dtype=dtype, config=config)
+    dtype = torch_dtype(dtype)  # a bad name fails before any download
+    return SharpDepth.from_dir(resolve_sharpen_dir(path_or_hub_id), device=device, dtype=dtype, config=config)

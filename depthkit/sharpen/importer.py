@@ -25,7 +25,6 @@ The normalisation space is read from the release name when not given: names cont
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 __all__ = ["RELEASE_PARTS", "DEFAULT_PROCESSING_RESOLUTION", "resolve_release", "check_release", "load_release",
@@ -44,24 +43,18 @@ def _error(message: str) -> Exception:
 
 
 def resolve_release(path_or_hub_id) -> Path:
-    """A local release folder, or a hub snapshot of ``owner/name`` (safetensors and configs only);
-    ``HF_HUB_OFFLINE=1`` restricts it to the local cache."""
+    """A local release folder, or a hub snapshot of ``owner/name`` (safetensors and configs only, see
+    :func:`depthkit.checkpoints.download_hub_snapshot`); ``HF_HUB_OFFLINE=1`` restricts it to the local cache."""
+    from depthkit.checkpoints import download_hub_snapshot, is_hub_id
+
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
     text = str(path_or_hub_id)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if path.exists() or not is_hub_id(text):
         raise _error(f"release {text!r} not found: not a folder, and not a hub id (owner/name). Give the folder of "
                      "a diffusers pipeline (model_index.json, unet/, vae/, scheduler/, text_encoder/, tokenizer/).")
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    try:
-        return Path(snapshot_download(text, allow_patterns=_PATTERNS, local_files_only=offline))
-    except Exception as exc:
-        why = "HF_HUB_OFFLINE=1 and it is not in the local hub cache" if offline else f"{type(exc).__name__}: {exc}"
-        raise _error(f"could not get release {text!r} from the hub ({why}). Download it where the network is "
-                     "available and pass the folder.") from exc
+    return download_hub_snapshot(text, "release", _PATTERNS)
 
 
 def check_release(root: Path) -> dict:
@@ -144,10 +137,9 @@ def lotus_from_stable_diffusion(source, mode: str = "generative", norm: str = "d
     import torch
     from diffusers import UNet2DConditionModel
 
-    from depthkit.sharpen.lotus import MODES, LotusModel
+    from depthkit.sharpen.lotus import LotusModel, check_lotus_mode
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
+    check_lotus_mode(mode)  # before any download
     root = resolve_release(source)
     parts = load_release(root)
     sd_unet, vae = parts["unet"], parts["vae"]

@@ -39,22 +39,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthkit.dtypes import torch_dtype
 from depthkit.sharpen.normalize import SPACES, replicate3
 
 __all__ = [
-    "TASKS", "MODES", "LOTUS_JSON", "EMBEDS_FILE", "task_embedding", "default_scheduler_config",
-    "compute_empty_prompt_embeds", "resolve_dtype", "resize_bilinear", "LotusModel",
+    "TASKS", "LOTUS_MODES", "LOTUS_JSON", "EMBEDS_FILE", "HUB_PATTERNS", "task_embedding", "check_lotus_mode",
+    "default_scheduler_config", "image_to_tensor", "compute_empty_prompt_embeds", "resize_bilinear", "LotusModel", "resolve_model_dir",
 ]
 
 TASKS = {"depth": (1.0, 0.0), "rgb": (0.0, 1.0)}
-MODES = ("generative", "direct")
+LOTUS_MODES = ("generative", "direct")
+"""Lotus-G (8-channel UNet input: image latent + depth-or-noise latent) and Lotus-D (image latent alone)."""
 LOTUS_JSON = "lotus.json"
 EMBEDS_FILE = "empty_prompt_embeds.safetensors"
 EMBEDS_KEY = "empty_prompt_embeds"
 FORMAT = "depthkit-lotus"
 FORMAT_VERSION = 1
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+HUB_PATTERNS = ["unet/*", "lotus_unet/*", "vae/*", "scheduler/*", EMBEDS_FILE, LOTUS_JSON, "sharpdepth.json"]
+"""The files a hub snapshot of a Lotus / SharpDepth folder is restricted to."""
 
 
 def task_embedding(task: str = "depth", batch_size: int = 1, device=None, dtype=None) -> torch.Tensor:
@@ -72,13 +74,10 @@ def default_scheduler_config() -> dict:
                 prediction_type="sample", clip_sample=False, steps_offset=1, timestep_spacing="trailing")
 
 
-def resolve_dtype(dtype) -> torch.dtype | None:
-    """``None``, a ``torch.dtype`` or one of ``"float32" | "bfloat16" | "float16"`` → ``torch.dtype`` (or None)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype) in DTYPES:
-        return DTYPES[str(dtype)]
-    raise ValueError(f"dtype must be one of {sorted(set(DTYPES))} or a torch.dtype; received {dtype!r}.")
+def check_lotus_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of :data:`LOTUS_MODES`."""
+    if mode not in LOTUS_MODES:
+        raise ValueError(f"mode must be one of {LOTUS_MODES}; received {mode!r}.")
 
 
 def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -88,6 +87,12 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)
     return y.to(x.dtype)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB → ``1 x 3 x H x W`` float32 in [-1, 1] (CPU). No checks: the caller validated ``image``
+    (:meth:`LotusModel.prepare_image` for public entries, :class:`depthkit.pipeline.Pipeline` for stages)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.Tensor:
@@ -147,8 +152,7 @@ class LotusModel(nn.Module):
     def __init__(self, unet, vae, empty_prompt_embeds: torch.Tensor, mode: str = "generative", norm: str = "depth",
                  scheduler=None, timestep: int | None = None, default_processing_resolution: int | None = None):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
+        check_lotus_mode(mode)
         if norm not in SPACES:
             raise ValueError(f"norm must be one of {SPACES}; received {norm!r}.")
         cfg = unet.config
@@ -313,8 +317,7 @@ class LotusModel(nn.Module):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"image must be an HxWx3 uint8 RGB array; received shape {image.shape}, dtype "
                                  f"{image.dtype}. For tensors pass B x 3 x H x W floats in [-1, 1].")
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-            return x.to(self.device), True
+            return image_to_tensor(image).to(self.device), True
         if isinstance(image, torch.Tensor):
             if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
                 raise ValueError(f"a tensor image must be B x 3 x H x W floating point in [-1, 1]; received shape "
@@ -387,11 +390,20 @@ class LotusModel(nn.Module):
         here; ``HF_HUB_OFFLINE=1`` restricts it to the local cache. ``mode``/``norm`` override ``lotus.json``
         (without one, mode follows the UNet's in_channels and norm defaults to "depth"). ``unet_subfolder`` picks
         another UNet folder of the same checkpoint (e.g. SharpDepth's separate ``lotus_unet/``). ``device``/
-        ``dtype`` (``"bfloat16"`` etc.) place the model. Raises ``CheckpointError`` naming what is missing.
+        ``dtype`` (``"bfloat16"`` etc., see :mod:`depthkit.dtypes`) place the model. Raises ``CheckpointError``
+        naming what is missing. This is the public entry: it resolves the location once and calls :meth:`from_dir`.
         """
+        dtype = torch_dtype(dtype)  # a bad name fails before any download
+        return cls.from_dir(resolve_model_dir(path_or_hub_id), device=device, dtype=dtype, mode=mode, norm=norm,
+                            unet_subfolder=unet_subfolder, **overrides)
+
+    @classmethod
+    def from_dir(cls, root: Path, device=None, dtype: torch.dtype | None = None, mode: str | None = None,
+                 norm: str | None = None, unet_subfolder: str = "unet", **overrides) -> LotusModel:
+        """Load from ``root``, a local directory already resolved by the caller (:func:`resolve_model_dir`), with
+        ``dtype`` a ``torch.dtype`` or None; the other arguments are those of :meth:`from_pretrained`."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-        root = resolve_model_dir(path_or_hub_id)
         check_model_dir(root, unet_subfolder)
         meta = {}
         if (root / LOTUS_JSON).is_file():
@@ -402,8 +414,7 @@ class LotusModel(nn.Module):
             if meta.get("format") != FORMAT or int(meta.get("format_version", -1)) > FORMAT_VERSION:
                 raise _checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
                                         f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}).")
-        torch_dtype = resolve_dtype(dtype)
-        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         try:
             unet = UNet2DConditionModel.from_pretrained(str(root / unet_subfolder), **kwargs)
             vae = AutoencoderKL.from_pretrained(str(root / "vae"), **kwargs)
@@ -421,7 +432,7 @@ class LotusModel(nn.Module):
         model = cls(unet, vae, embeds, mode=mode, norm=norm or meta.get("norm", "depth"), scheduler=scheduler,
                     **opts)
         model.eval()
-        return model.to(device=device or "cpu", dtype=torch_dtype)
+        return model.to(device=device or "cpu", dtype=dtype)
 
 
 def load_empty_prompt_embeds(path) -> torch.Tensor:
@@ -440,7 +451,10 @@ def load_empty_prompt_embeds(path) -> torch.Tensor:
 
 
 def resolve_model_dir(path_or_hub_id) -> Path:
-    """A local directory, or a hub snapshot of ``owner/name`` restricted to the files Lotus needs."""
+    """A local directory, or a hub snapshot of ``owner/name`` restricted to :data:`HUB_PATTERNS` (see
+    :func:`depthkit.checkpoints.download_hub_snapshot`). The one place a Lotus / SharpDepth location is resolved."""
+    from depthkit.checkpoints import download_hub_snapshot, is_hub_id
+
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -448,20 +462,11 @@ def resolve_model_dir(path_or_hub_id) -> Path:
                                     f"scheduler/ and {EMBEDS_FILE}.")
         return path
     text = str(path_or_hub_id)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not is_hub_id(text):
         raise _checkpoint_error(f"Lotus checkpoint {text!r} not found: no such directory, and it is not a hub id "
                                 "(owner/name). Save one with LotusModel.save_pretrained(DIR) or build a tiny one "
                                 "with depthkit.sharpen.tiny.build_tiny_lotus().")
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    patterns = ["unet/*", "lotus_unet/*", "vae/*", "scheduler/*", EMBEDS_FILE, LOTUS_JSON, "sharpdepth.json"]
-    try:
-        return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=offline))
-    except Exception as exc:
-        why = "HF_HUB_OFFLINE=1 and it is not in the local hub cache" if offline else f"{type(exc).__name__}: {exc}"
-        raise _checkpoint_error(f"could not get Lotus checkpoint {text!r} from the hub ({why}). Pass a local "
-                                "directory, or download it where the network is available.") from exc
+    return download_hub_snapshot(text, "Lotus checkpoint", HUB_PATTERNS)
 
 
 def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:

@@ -1,4 +1,4 @@
-"""SharpDepth building blocks: discrepancy, noise-aware gating, two-pass inference, EMA, one-step training losses.
+"""SharpDepth: its switches (:class:`SharpDepthConfig`), two-pass inference and one training step's losses.
 
 SharpDepth (Pham et al., CVPR 2025, arXiv 2411.18229) sharpens a metric depth map d where it disagrees with Lotus:
 
@@ -23,22 +23,32 @@ depthkit additions (documented choices):
 - inference is single-step and deterministic by default (noise from a generator seeded 0).
 
 Both passes use the same UNet unless a separate ``lotus_unet`` is given: the released SharpDepth runs its one UNet
-twice; during training pass 1 runs the EMA of the student (:class:`EMA`).
+twice; during training pass 1 runs the EMA of the student (:class:`depthkit.sharpen.ema.EMA`). The discrepancy and
+gating functions live in :mod:`depthkit.sharpen.gating`, the losses in :mod:`depthkit.sharpen.losses`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from depthkit.sharpen.lotus import LotusModel, resize_bilinear, resolve_dtype
+from depthkit.dtypes import torch_dtype
+from depthkit.sharpen.ema import EMA  # noqa: F401  (re-export: depthkit.sharpen.train imports it from here)
+from depthkit.sharpen.gating import (
+    DISCREPANCY_DOWNSAMPLES,
+    DISCREPANCY_NORMS,
+    apply_gate,
+    discrepancy,
+    downsample_discrepancy,
+    gate,
+    sparse_to_latent_mask,
+)
+from depthkit.sharpen.lotus import LotusModel, image_to_tensor, resize_bilinear
 from depthkit.sharpen.normalize import (
     denormalize_depth,
     masked_scale_shift,
@@ -46,10 +56,7 @@ from depthkit.sharpen.normalize import (
     valid_depth,
 )
 
-__all__ = [
-    "SharpDepthConfig", "discrepancy", "downsample_discrepancy", "sparse_to_latent_mask", "gate", "apply_gate",
-    "resize_depth", "SharpDepth", "SharpenOutput", "EMA", "SHARPDEPTH_JSON",
-]
+__all__ = ["SharpDepthConfig", "resize_depth", "SharpDepth", "SharpenOutput", "SHARPDEPTH_JSON"]
 
 SHARPDEPTH_JSON = "sharpdepth.json"
 LOTUS_UNET_DIR = "lotus_unet"
@@ -94,7 +101,7 @@ class SharpDepthConfig:
     """depthkit: e = 0 at measured sparse pixels (and the latent cells containing them)."""
 
     def __post_init__(self):
-        choices = {"discrepancy_norm": ("minmax", "lstsq"), "discrepancy_downsample": ("nearest", "area"),
+        choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
                    "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -121,80 +128,6 @@ class SharpDepthConfig:
         if unknown:
             raise ValueError(f"unknown SharpDepthConfig keys {unknown}; allowed: {sorted(known)}.")
         return cls(**data)
-
-
-# --------------------------------------------------------------------------------------------- discrepancy & gating
-def discrepancy(lotus_pred: torch.Tensor, metric_norm: torch.Tensor, sparse_mask: torch.Tensor | None = None,
-                mode: str = "minmax", valid_mask: torch.Tensor | None = None, min_peak: float = 1e-3) -> torch.Tensor:
-    """Discrepancy map e in [0, 1], ``B x 1 x H x W`` float32.
-
-    Args:
-        lotus_pred: Lotus's prediction in its normalised space (``B x 1 x H x W``, ~[-1, 1]).
-        metric_norm: norm(d) in the same space and size.
-        sparse_mask: measured pixels (bool/0-1); e = 0 there.
-        mode: "minmax" [code]: e from the two maps as they are; "lstsq" [paper]: ``lotus_pred`` is first aligned
-            to ``metric_norm`` by a per-image least-squares scale/shift over ``valid_mask``.
-        valid_mask: pixels where d is known; elsewhere e = 1 and they do not set the max.
-        min_peak: floor of the per-image max (normalised units; the range is 2). Without it two maps that agree
-            up to rounding would have their rounding noise stretched to [0, 1]; above it this is the code's rule.
-    """
-    if mode not in ("minmax", "lstsq"):
-        raise ValueError(f"discrepancy mode must be 'minmax' or 'lstsq'; received {mode!r}.")
-    if lotus_pred.shape != metric_norm.shape:
-        raise ValueError(f"lotus_pred {tuple(lotus_pred.shape)} and metric_norm {tuple(metric_norm.shape)} differ.")
-    pred = lotus_pred.float()
-    target = metric_norm.float()
-    if mode == "lstsq":
-        s, t = masked_scale_shift(pred, target, valid_mask)
-        pred = s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
-    err = (pred - target).abs()
-    valid = None if valid_mask is None else valid_mask.to(device=err.device, dtype=torch.bool)
-    if valid is not None:
-        err = torch.where(valid, err, torch.zeros_like(err))
-    peak = err.amax(dim=(1, 2, 3), keepdim=True)
-    e = (err / peak.clamp_min(min_peak)).clamp(0.0, 1.0)
-    if valid is not None:
-        e = torch.where(valid, e, torch.ones_like(e))
-    if sparse_mask is not None:
-        e = torch.where(sparse_mask.to(device=e.device, dtype=torch.bool), torch.zeros_like(e), e)
-    return e
-
-
-def sparse_to_latent_mask(sparse_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bool ``B x 1 x h x w``: true where the cell (of any size ratio) contains at least one measured pixel."""
-    return F.adaptive_max_pool2d(sparse_mask.float(), tuple(size)) > 0
-
-
-def downsample_discrepancy(e: torch.Tensor, latent_hw: tuple[int, int], mode: str = "nearest",
-                           sparse_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """e (``B x 1 x H x W``) → ê at latent size; "nearest" [code] keeps one pixel per cell, "area" averages.
-
-    With ``sparse_mask`` (full-resolution measured pixels), every cell containing a measurement gets ê = 0.
-    """
-    if mode not in ("nearest", "area"):
-        raise ValueError(f"discrepancy_downsample must be 'nearest' or 'area'; received {mode!r}.")
-    e_hat = F.interpolate(e.float(), size=tuple(latent_hw), mode=mode)
-    if sparse_mask is not None:
-        e_hat = torch.where(sparse_to_latent_mask(sparse_mask, latent_hw), torch.zeros_like(e_hat), e_hat)
-    return e_hat
-
-
-def gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
-    """Noise-aware gating ``ê ⊙ noise + (1 − ê) ⊙ z_d``; ê (``B x 1 x h x w``) broadcasts over latent channels."""
-    e_hat = e_hat.to(z_d.dtype)
-    return e_hat * noise.to(z_d.dtype) + (1.0 - e_hat) * z_d
-
-
-def apply_gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor, prob: float = 0.8,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training-time gating: each sample is gated with probability ``prob``, else it gets pure ``noise`` [code].
-
-    Returns ``(latent, gated)`` with ``gated`` a ``[B]`` bool tensor saying which samples were gated.
-    """
-    device = generator.device if generator is not None else z_d.device
-    gated = (torch.rand(z_d.shape[0], generator=generator, device=device) < prob).to(z_d.device)
-    out = torch.where(gated.view(-1, 1, 1, 1), gate(z_d, noise, e_hat), noise.to(z_d.dtype))
-    return out, gated
 
 
 def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,13 +284,29 @@ class SharpDepth(nn.Module):
 
     def sharpen(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
                 processing_resolution: int | None = None, generator: torch.Generator | None = None) -> SharpenOutput:
-        """Sharpen one image: HxWx3 uint8 RGB, metric depth HxW metres (0 = missing), optional sparse HxW metres."""
+        """Sharpen one image: HxWx3 uint8 RGB, metric depth HxW metres (0 = missing), optional sparse HxW metres.
+
+        The public entry: checks every input (raising ``ValueError`` saying what was received), then runs
+        :meth:`sharpen_checked`."""
         x, single = self.model.prepare_image(image)
         if not single:
             raise ValueError("sharpen() takes one HxWx3 uint8 image; use sharpen_tensors() for batches.")
         h, w = x.shape[-2:]
         d = _check_depth_array(metric_depth, (h, w), "metric_depth")
         sp = None if sparse is None else _check_depth_array(sparse, (h, w), "sparse")
+        return self._sharpen_one(x, d, sp, processing_resolution, generator)
+
+    def sharpen_checked(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
+                        processing_resolution: int | None = None,
+                        generator: torch.Generator | None = None) -> SharpenOutput:
+        """:meth:`sharpen` for inputs the caller has already validated (the ``sharpen`` pipeline stage, whose
+        :class:`~depthkit.pipeline.Pipeline` checked them): ``image`` HxWx3 uint8, ``metric_depth`` and ``sparse``
+        (or None) HxW float32 metres, >= 0, no NaN. Nothing is re-checked; the result is identical."""
+        return self._sharpen_one(image_to_tensor(image), _depth_tensor(metric_depth),
+                                 None if sparse is None else _depth_tensor(sparse), processing_resolution, generator)
+
+    def _sharpen_one(self, x: torch.Tensor, d: torch.Tensor, sp: torch.Tensor | None, processing_resolution,
+                     generator) -> SharpenOutput:
         out = self.sharpen_tensors(x, d, sp, processing_resolution, generator)
         return SharpenOutput(
             depth=out["depth"][0, 0].float().cpu().numpy(),
@@ -434,12 +383,24 @@ class SharpDepth(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, device=None, dtype=None, config: dict | None = None) -> SharpDepth:
-        """Load what :meth:`save_pretrained` wrote (or a plain Lotus-G directory: the sharpener starts as Lotus).
-        ``config`` overrides fields of the stored :class:`SharpDepthConfig`."""
-        from depthkit.sharpen.lotus import _checkpoint_error, resolve_model_dir
+        """Load what :meth:`save_pretrained` wrote (or a plain Lotus-G directory: the sharpener starts as Lotus)
+        from a local directory or a hub id (see :func:`depthkit.sharpen.lotus.resolve_model_dir`). ``dtype``: a
+        name from :mod:`depthkit.dtypes` or a ``torch.dtype``. ``config`` overrides fields of the stored
+        :class:`SharpDepthConfig`. This is the public entry: it resolves the location once and calls
+        :meth:`from_dir`."""
+        from depthkit.sharpen.lotus import resolve_model_dir
 
-        root = resolve_model_dir(path_or_hub_id)
-        model = LotusModel.from_pretrained(root, device=device, dtype=dtype)
+        dtype = torch_dtype(dtype)  # a bad name fails before any download
+        return cls.from_dir(resolve_model_dir(path_or_hub_id), device=device, dtype=dtype, config=config)
+
+    @classmethod
+    def from_dir(cls, root: Path, device=None, dtype: torch.dtype | None = None,
+                 config: dict | None = None) -> SharpDepth:
+        """Load from ``root``, a local SharpDepth / Lotus-G directory the caller has already resolved, with
+        ``dtype`` a ``torch.dtype`` or None (the other arguments as in :meth:`from_pretrained`)."""
+        from depthkit.sharpen.lotus import _checkpoint_error
+
+        model = LotusModel.from_dir(root, device=device, dtype=dtype)
         stored = {}
         if (root / SHARPDEPTH_JSON).is_file():
             try:
@@ -450,14 +411,19 @@ class SharpDepth(nn.Module):
         if (root / LOTUS_UNET_DIR / "config.json").is_file():
             from diffusers import UNet2DConditionModel
 
-            torch_dtype = resolve_dtype(dtype)
-            kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+            kwargs = {"torch_dtype": dtype} if dtype is not None else {}
             lotus_unet = UNet2DConditionModel.from_pretrained(str(root / LOTUS_UNET_DIR), **kwargs)
             lotus_unet = lotus_unet.to(device or "cpu").eval()
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
 
 
+def _depth_tensor(depth: np.ndarray) -> torch.Tensor:
+    """HxW metres → ``1 x 1 x H x W`` float32 (CPU)."""
+    return torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
+
+
 def _check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor:
+    """:func:`_depth_tensor` of ``depth`` after checking it is an HxW float array matching ``shape``, >= 0, no NaN."""
     if isinstance(depth, torch.Tensor):
         depth = depth.detach().cpu().numpy()
     depth = np.asarray(depth)
@@ -466,71 +432,4 @@ def _check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor
                          f"shape {depth.shape}, dtype {depth.dtype}.")
     if np.isnan(depth).any() or (depth < 0).any():
         raise ValueError(f"{name} has NaN or negative values; mark missing depth with 0.")
-    return torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
-
-
-# --------------------------------------------------------------------------------------------- EMA
-class EMA:
-    """Exponential moving average of a module's parameters (SharpDepth's pass-1 model during training).
-
-    Calls are numbered k = 0, 1, 2, ... For k < ``start`` the EMA copies the parameters; from k = ``start`` on,
-    every ``every``-th call (k − start ≡ 0 mod every) applies ``ema = d · ema + (1 − d) · param`` with
-    d = ``decay`` (or, with ``warmup_power`` p, d = min(decay, 1 − (1 + n)^(−p)) for the n-th such update,
-    n = 0, 1, ...). Buffers are copied. The average lives in ``self.model``, a frozen deep copy.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.9999, start: int = 100, every: int = 10,
-                 warmup_power: float | None = None):
-        if not 0.0 <= decay < 1.0 or start < 0 or every < 1:
-            raise ValueError(f"EMA needs 0 <= decay < 1, start >= 0, every >= 1; received {decay}, {start}, {every}.")
-        self.decay, self.start, self.every, self.warmup_power = float(decay), int(start), int(every), warmup_power
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.step = 0
-        self.num_averaged = 0
-
-    @classmethod
-    def from_config(cls, model: nn.Module, config: SharpDepthConfig) -> EMA:
-        return cls(model, config.ema_decay, config.ema_start, config.ema_every, config.ema_warmup_power)
-
-    def current_decay(self) -> float:
-        if self.warmup_power is None:
-            return self.decay
-        return min(self.decay, 1.0 - (1.0 + self.num_averaged) ** (-float(self.warmup_power)))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        k = self.step
-        self.step += 1
-        src = dict(model.named_parameters())
-        if k < self.start:
-            for name, p in self.model.named_parameters():
-                p.copy_(src[name])
-        elif (k - self.start) % self.every == 0:
-            d = self.current_decay()
-            for name, p in self.model.named_parameters():
-                p.lerp_(src[name].to(p.dtype), 1.0 - d)
-            self.num_averaged += 1
-        else:
-            return
-        bufs = dict(model.named_buffers())
-        for name, b in self.model.named_buffers():
-            b.copy_(bufs[name])
-
-    def copy_to(self, model: nn.Module) -> None:
-        """Write the averaged parameters into ``model`` (e.g. to save the EMA as the release)."""
-        model.load_state_dict(self.model.state_dict())
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "num_averaged": self.num_averaged, "decay": self.decay, "start": self.start,
-                "every": self.every, "warmup_power": self.warmup_power, "model": self.model.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.num_averaged = int(state["step"]), int(state["num_averaged"])
-        self.decay, self.start, self.every = float(state["decay"]), int(state["start"]), int(state["every"])
-        self.warmup_power = state["warmup_power"]
-        self.model.load_state_dict(state["model"])
-
-    def to(self, *args, **kwargs) -> EMA:
-        self.model.to(*args, **kwargs)
-        return self
-
+    return _depth_tensor(depth)

@@ -150,9 +150,12 @@ def masked_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
                        min_pixels: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image closed-form ``(s, t) = argmin sum_mask (s * pred + t - target)^2`` for ``B x 1 x H x W`` tensors.
 
-    The torch, batched twin of :func:`depthkit.geometry.fit_scale_shift` (same rules: a constant ``pred`` gives a
-    pure shift), so it runs on the GPU inside training steps. Images with fewer than ``min_pixels`` masked pixels fall
-    back to all pixels; computed in float64. Returns ``[B]`` tensors ``s``, ``t`` (float32), no gradient.
+    The same least-squares problem as :func:`depthkit.geometry.fit_scale_shift`, batched in torch so it runs on the
+    GPU inside training steps; it shares that function's flatness rule (``pred`` constant on the mask → ``s = 1``
+    and a pure shift) but never raises where it raises: an image with fewer than ``min_pixels`` usable (masked,
+    finite) pixels falls back to all its finite pixels, and with fewer than 2 of those too it returns ``s = 1``,
+    ``t`` = the mean difference (``s = 1, t = 0`` when none is finite). Computed in float64. Returns ``[B]``
+    tensors ``s``, ``t`` (float32), no gradient.
     """
     _check_bchw("pred", pred)
     _check_bchw("target", target)

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe
+from depthkit.sharpen.lotus import LOTUS_MODES
 from depthkit.sharpen.model import SharpDepthConfig
+from depthkit.sharpen.normalize import SPACES
 
 __all__ = ["DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfig", "LotusRecipe",
            "SharpenModelConfig", "MetricSourceConfig", "SharpenDataConfig", "ValConfig", "SharpenRecipe"]
 
-MODES = ("generative", "direct")
-NORMS = ("depth", "disparity")
 EXPORTS = ("student", "ema")
+"""Which weights a sharpen run's final checkpoint holds (``model.export``)."""
 
 
 @dataclass
@@ -92,10 +93,10 @@ class LotusModelConfig:
     """Stored with the checkpoint: longest side (pixels) inference runs at; None = the input's size."""
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise RecipeError(f"model.mode={self.mode!r}; allowed: {', '.join(MODES)}")
-        if self.norm not in NORMS:
-            raise RecipeError(f"model.norm={self.norm!r}; allowed: {', '.join(NORMS)}")
+        if self.mode not in LOTUS_MODES:
+            raise RecipeError(f"model.mode={self.mode!r}; allowed: {', '.join(LOTUS_MODES)}")
+        if self.norm not in SPACES:
+            raise RecipeError(f"model.norm={self.norm!r}; allowed: {', '.join(SPACES)}")
 
 
 @dataclass

@@ -6,7 +6,13 @@ Lotus on pure noise (discrepancy), once as the sharpener on the gated latent —
 with ``extras["discrepancy"]`` (HxW, [0, 1]) and ``extras["lotus"]`` (HxW affine-invariant pass-1 map, [0, 1]).
 Measured sparse pixels are returned exactly and get e = 0, so sharpening never moves a measurement.
 
-Light module (imported by the stage table, depthkit/stages.py, on every pipeline build): torch and diffusers load in the factory.
+The factory receives the checkpoint the Pipeline resolved once (a :class:`~depthkit.checkpoints.CheckpointRef`) and
+loads ``<checkpoint>/sharpen`` with :meth:`~depthkit.sharpen.model.SharpDepth.from_dir` (no second resolution);
+:meth:`SharpenStage.run` receives arrays the :class:`~depthkit.pipeline.Pipeline` has validated and calls
+:meth:`~depthkit.sharpen.model.SharpDepth.sharpen_checked`, which does not check them again.
+
+Light module (imported by the stage table, depthkit/stages.py, on every pipeline build): torch and diffusers load in
+the factory.
 """
 
 from __future__ import annotations
@@ -29,15 +35,15 @@ class SharpenStage:
         self.source = source
 
     def run(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray | None) -> StageResult:
-        """``image`` HxWx3 uint8, ``sparse`` HxW metres (0 = missing; may be None or all zero), ``depth`` HxW metres
-        (the metric input; 0 = unknown, regenerated from the image)."""
+        """``image`` HxWx3 uint8, ``sparse`` HxW float32 metres (0 = missing; may be None or all zero), ``depth``
+        HxW float32 metres (the metric input; 0 = unknown, regenerated from the image), as the Pipeline validated
+        them: they are not checked again."""
         if depth is None:
             raise ValueError("the sharpen stage needs a metric depth to sharpen: put 'complete' before it "
                              "(stages=('complete', 'sharpen')) or pass depth=HxW metres (--depth on the CLI).")
-        measured = sparse is not None and bool((np.asarray(sparse) > 0).any())
-        out = self.model.sharpen(image, np.asarray(depth, np.float32),
-                                 np.asarray(sparse, np.float32) if measured else None,
-                                 processing_resolution=self.processing_resolution)
+        measured = sparse is not None and bool((sparse > 0).any())
+        out = self.model.sharpen_checked(image, depth, sparse if measured else None,
+                                         processing_resolution=self.processing_resolution)
         return StageResult(depth=out.depth.astype(np.float32),
                            extras={"discrepancy": out.discrepancy.astype(np.float32),
                                    "lotus": out.lotus.astype(np.float32)})
@@ -46,45 +52,40 @@ class SharpenStage:
         return f"SharpenStage({self.source!r}, processing_resolution={self.processing_resolution})"
 
 
-def build_sharpen_stage(checkpoint=None, device: str = "cpu", dtype: str = "float32",
-                        processing_resolution: int | None = None, config: dict | None = None,
-                        **options) -> SharpenStage:
-    """The ``sharpen`` stage from ``<checkpoint>/sharpen`` (None: the embedded default, when it has one).
+def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
+                        options: dict | None = None) -> SharpenStage:
+    """The ``sharpen`` stage from the ``sharpen/`` part of ``checkpoint`` (a resolved
+    :class:`~depthkit.checkpoints.CheckpointRef`, or None when there is none).
 
-    Options: ``processing_resolution`` (longest side in pixels the UNet runs at; None = the input's size, or the
-    model's stored default) and ``config`` (overrides of the stored SharpDepthConfig, e.g. ``{"fit_threshold":
-    0.3}``).
+    Options (the manifest's, overridden by ``options``): ``processing_resolution`` (longest side in pixels the UNet
+    runs at; None = the input's size) and ``config`` (overrides of the stored SharpDepthConfig, e.g.
+    ``{"fit_threshold": 0.3}``).
     """
-    from pathlib import Path
+    from depthkit.dtypes import torch_dtype
 
-    from depthkit.checkpoints import default_checkpoint, load_manifest
-
+    if checkpoint is None:
+        raise ValueError(
+            "the sharpen stage needs a checkpoint with a sharpen/ part and this install's embedded default has "
+            "none. Pass --checkpoint DIR: a random-weight one from `depthkit init-checkpoint --tiny DIR`, "
+            "released SharpDepth weights via `depthkit import-checkpoint --sharpdepth RELEASE --out DIR`, or "
+            "your own from `depthkit train recipes/sharpen/...`.")
+    if not checkpoint.has_part("sharpen"):
+        raise ValueError(f"checkpoint {checkpoint.root} has no sharpen/ folder. Add one with `depthkit "
+                         f"import-checkpoint --sharpdepth RELEASE --out {checkpoint.root}` or `depthkit "
+                         "init-checkpoint --tiny DIR`.")
+    options = {**checkpoint.options("sharpen"), **(options or {})}
+    processing_resolution = options.pop("processing_resolution", None)
+    config = options.pop("config", None)
     if options:
         raise ValueError(f"the sharpen stage takes the options processing_resolution and config; received "
                          f"{sorted(options)}.")
-    if checkpoint is None:
-        default = default_checkpoint()
-        if default is None or "sharpen" not in load_manifest(default)["stages"]:
-            raise ValueError(
-                "the sharpen stage needs a checkpoint with a sharpen/ part and this install's embedded default has "
-                "none. Pass --checkpoint DIR: a random-weight one from `depthkit init-checkpoint --tiny DIR`, "
-                "released SharpDepth weights via `depthkit import-checkpoint --sharpdepth RELEASE --out DIR`, or "
-                "your own from `depthkit train recipes/sharpen/...`."
-            )
-        checkpoint = default
-        stored = load_manifest(default)["stages"]["sharpen"]
-        if processing_resolution is None:
-            processing_resolution = stored.get("processing_resolution")
-    part = Path(checkpoint) / "sharpen"
-    if not part.is_dir():
-        raise ValueError(f"checkpoint {checkpoint} has no sharpen/ folder. Add one with `depthkit import-checkpoint "
-                         f"--sharpdepth RELEASE --out {checkpoint}` or `depthkit init-checkpoint --tiny DIR`.")
     if processing_resolution is not None and (isinstance(processing_resolution, bool)
                                               or not isinstance(processing_resolution, int)
                                               or processing_resolution <= 0):
         raise ValueError(f"processing_resolution must be a positive int (pixels) or None; received "
                          f"{processing_resolution!r}.")
-    from depthkit.sharpen.checkpoint import load_sharpdepth
+    from depthkit.sharpen.model import SharpDepth
 
-    model = load_sharpdepth(part, device=device, dtype=dtype, config=config)
+    part = checkpoint.part("sharpen")
+    model = SharpDepth.from_dir(part, device=device, dtype=torch_dtype(dtype), config=config)
     return SharpenStage(model, processing_resolution, source=str(part))

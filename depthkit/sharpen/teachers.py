@@ -123,11 +123,11 @@ class UniDepthSource(MetricSource):
             ) from exc
         import torch
 
-        from depthkit.sharpen.lotus import resolve_dtype
+        from depthkit.dtypes import torch_dtype
 
         self.model_id = model_id or DEFAULT_UNIDEPTH
         cls = unidepth_models.UniDepthV2 if "v2" in self.model_id.lower() else unidepth_models.UniDepthV1
-        self.model = cls.from_pretrained(self.model_id).to(device=device, dtype=resolve_dtype(dtype)).eval()
+        self.model = cls.from_pretrained(self.model_id).to(device=device, dtype=torch_dtype(dtype)).eval()
         self.device, self.torch = device, torch
         self.name = f"unidepth:{self.model_id}"
 
@@ -145,7 +145,7 @@ class HFDepthSource(MetricSource):
     def __init__(self, model_dir, device: str = "cpu", dtype: str = "float32", output: str = "auto"):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        from depthkit.sharpen.lotus import resolve_dtype
+        from depthkit.dtypes import torch_dtype
 
         if output not in HF_OUTPUTS:
             raise ValueError(f"hf source option output={output!r}; allowed: {', '.join(HF_OUTPUTS)}.")
@@ -155,7 +155,7 @@ class HFDepthSource(MetricSource):
             raise FileNotFoundError(f"hf metric source {path} is not a transformers model folder: config.json is "
                                     f"missing (found: {present}). Save one with model.save_pretrained(DIR) and "
                                     "image_processor.save_pretrained(DIR).")
-        self.model = AutoModelForDepthEstimation.from_pretrained(str(path), dtype=resolve_dtype(dtype))
+        self.model = AutoModelForDepthEstimation.from_pretrained(str(path), dtype=torch_dtype(dtype))
         self.model = self.model.to(device).eval()
         try:  # the PIL backend: the torchvision one is unavailable in CPU-only installs
             self.processor = AutoImageProcessor.from_pretrained(str(path), backend="pil")

@@ -70,10 +70,9 @@ def build_tiny_lotus(mode: str = "generative", seed: int = 0, norm: str = "depth
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from depthkit.sharpen.lotus import MODES, LotusModel
+    from depthkit.sharpen.lotus import LotusModel, check_lotus_mode
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
+    check_lotus_mode(mode)  # before the configs below, which depend on it
     vae_cfg = tiny_vae_config(**(vae or {}))
     unet_cfg = tiny_unet_config(mode, vae_cfg["latent_channels"], **(unet or {}))
     with torch.random.fork_rng(devices=[]):

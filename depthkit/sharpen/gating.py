@@ -1,0 +1,100 @@
+"""SharpDepth's discrepancy map and noise-aware gating (the second input of its sharpener).
+
+- :func:`discrepancy` — e in [0, 1] from Lotus's prediction and the normalised metric depth (0 at measured pixels,
+  1 where the metric depth is missing);
+- :func:`downsample_discrepancy`, :func:`sparse_to_latent_mask` — e at latent size (ê), 0 in every cell that
+  contains a measurement;
+- :func:`gate` — ``ê ⊙ noise + (1 − ê) ⊙ z_d``; :func:`apply_gate` — the training-time coin that gates a sample
+  with probability ``gate_prob`` and otherwise gives it pure noise.
+
+"Gate" in ``depthkit.sharpen`` means only this. All tensors are ``B x 1 x H x W`` (maps) or ``B x C x h x w``
+(latents); see :mod:`depthkit.sharpen.model` for how :class:`~depthkit.sharpen.model.SharpDepth` uses them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from depthkit.sharpen.normalize import masked_scale_shift
+
+__all__ = ["DISCREPANCY_NORMS", "DISCREPANCY_DOWNSAMPLES", "discrepancy", "sparse_to_latent_mask",
+           "downsample_discrepancy", "gate", "apply_gate"]
+
+DISCREPANCY_NORMS = ("minmax", "lstsq")
+"""How :func:`discrepancy` compares the maps: as they are [code], or after a least-squares alignment [paper]."""
+DISCREPANCY_DOWNSAMPLES = ("nearest", "area")
+"""How :func:`downsample_discrepancy` brings e to latent size: one pixel per cell [code], or the cell's mean."""
+
+
+def discrepancy(lotus_pred: torch.Tensor, metric_norm: torch.Tensor, sparse_mask: torch.Tensor | None = None,
+                mode: str = "minmax", valid_mask: torch.Tensor | None = None, min_peak: float = 1e-3) -> torch.Tensor:
+    """Discrepancy map e in [0, 1], ``B x 1 x H x W`` float32.
+
+    Args:
+        lotus_pred: Lotus's prediction in its normalised space (``B x 1 x H x W``, ~[-1, 1]).
+        metric_norm: norm(d) in the same space and size.
+        sparse_mask: measured pixels (bool/0-1); e = 0 there.
+        mode: "minmax" [code]: e from the two maps as they are; "lstsq" [paper]: ``lotus_pred`` is first aligned
+            to ``metric_norm`` by a per-image least-squares scale/shift over ``valid_mask``.
+        valid_mask: pixels where d is known; elsewhere e = 1 and they do not set the max.
+        min_peak: floor of the per-image max (normalised units; the range is 2). Without it two maps that agree
+            up to rounding would have their rounding noise stretched to [0, 1]; above it this is the code's rule.
+    """
+    if mode not in DISCREPANCY_NORMS:
+        raise ValueError(f"discrepancy mode must be 'minmax' or 'lstsq'; received {mode!r}.")
+    if lotus_pred.shape != metric_norm.shape:
+        raise ValueError(f"lotus_pred {tuple(lotus_pred.shape)} and metric_norm {tuple(metric_norm.shape)} differ.")
+    pred = lotus_pred.float()
+    target = metric_norm.float()
+    if mode == "lstsq":
+        s, t = masked_scale_shift(pred, target, valid_mask)
+        pred = s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
+    err = (pred - target).abs()
+    valid = None if valid_mask is None else valid_mask.to(device=err.device, dtype=torch.bool)
+    if valid is not None:
+        err = torch.where(valid, err, torch.zeros_like(err))
+    peak = err.amax(dim=(1, 2, 3), keepdim=True)
+    e = (err / peak.clamp_min(min_peak)).clamp(0.0, 1.0)
+    if valid is not None:
+        e = torch.where(valid, e, torch.ones_like(e))
+    if sparse_mask is not None:
+        e = torch.where(sparse_mask.to(device=e.device, dtype=torch.bool), torch.zeros_like(e), e)
+    return e
+
+
+def sparse_to_latent_mask(sparse_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bool ``B x 1 x h x w``: true where the cell (of any size ratio) contains at least one measured pixel."""
+    return F.adaptive_max_pool2d(sparse_mask.float(), tuple(size)) > 0
+
+
+def downsample_discrepancy(e: torch.Tensor, latent_hw: tuple[int, int], mode: str = "nearest",
+                           sparse_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """e (``B x 1 x H x W``) → ê at latent size; "nearest" [code] keeps one pixel per cell, "area" averages.
+
+    With ``sparse_mask`` (full-resolution measured pixels), every cell containing a measurement gets ê = 0.
+    """
+    if mode not in DISCREPANCY_DOWNSAMPLES:
+        raise ValueError(f"discrepancy_downsample must be 'nearest' or 'area'; received {mode!r}.")
+    e_hat = F.interpolate(e.float(), size=tuple(latent_hw), mode=mode)
+    if sparse_mask is not None:
+        e_hat = torch.where(sparse_to_latent_mask(sparse_mask, latent_hw), torch.zeros_like(e_hat), e_hat)
+    return e_hat
+
+
+def gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
+    """Noise-aware gating ``ê ⊙ noise + (1 − ê) ⊙ z_d``; ê (``B x 1 x h x w``) broadcasts over latent channels."""
+    e_hat = e_hat.to(z_d.dtype)
+    return e_hat * noise.to(z_d.dtype) + (1.0 - e_hat) * z_d
+
+
+def apply_gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor, prob: float = 0.8,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time gating: each sample is gated with probability ``prob``, else it gets pure ``noise`` [code].
+
+    Returns ``(latent, gated)`` with ``gated`` a ``[B]`` bool tensor saying which samples were gated.
+    """
+    device = generator.device if generator is not None else z_d.device
+    gated = (torch.rand(z_d.shape[0], generator=generator, device=device) < prob).to(z_d.device)
+    out = torch.where(gated.view(-1, 1, 1, 1), gate(z_d, noise, e_hat), noise.to(z_d.dtype))
+    return out, gated
