@@ -71,6 +71,30 @@ def write_nyu(root: Path, n: int = 3, h: int = 480, w: int = 640, list_file: boo
     return out
 
 
+def write_nyu_h5(root: Path, n: int = 3) -> dict:
+    """Conti's HDF5 pair as Marigold-DC reads it: nyu_img_gt.h5 ("img" Nx228x304x3 uint8, "gt" Nx228x304x1 float32
+    metres) and nyu_pred_with_500.h5 ("hints" Nx228x304x1: 500 GT points per image, "preds" Nx228x304x1)."""
+    import h5py
+
+    h, w = 228, 304
+    v, u = np.mgrid[0:h, 0:w]
+    img = np.stack([rgb(h, w, 60 + i) for i in range(n)])
+    gt = np.stack([(0.5 + 0.01 * v + 0.001 * u + 0.25 * i).astype(np.float32) for i in range(n)])[..., None]
+    hints = np.zeros_like(gt)
+    rng = np.random.default_rng(123)  # not the protocol's seed: the reader must use these points, not draw its own
+    for i in range(n):
+        flat = rng.choice(h * w, 500, replace=False)
+        hints[i, flat // w, flat % w, 0] = gt[i, flat // w, flat % w, 0]
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(root / "nyu_img_gt.h5", "w") as f:
+        f.create_dataset("img", data=img)
+        f.create_dataset("gt", data=gt)
+    with h5py.File(root / "nyu_pred_with_500.h5", "w") as f:
+        f.create_dataset("hints", data=hints)
+        f.create_dataset("preds", data=gt * 1.1)
+    return {"img": img, "gt": gt[..., 0], "hints": hints[..., 0], "names": [f"{i:04d}" for i in range(n)]}
+
+
 # ---------------------------------------------------------------------------------------------------- KITTI DC
 KITTI_STEMS = ("2011_09_26_drive_0002_sync_{}_0000000005_image_02", "2011_09_26_drive_0002_sync_{}_0000000010_image_03")
 
@@ -243,6 +267,34 @@ def write_hypersim(root: Path, h: int = 24, w: int = 32) -> dict:
             "ai_999_999,cam_00,0,True,,train"]
     (root / "metadata_images_split_scene_v1.csv").write_text("\n".join(rows) + "\n")
     out["scene"], out["cam"] = scene, cam
+    return out
+
+
+def write_hypersim_marigold(root: Path, h: int = 24, w: int = 32, list_file: bool = True) -> dict:
+    """Marigold's preprocessed Hypersim: <split>/<scene>/rgb_cam_XX_frIIII.png and depth_plane_cam_XX_frIIII.png
+    (uint16 planar millimetres, 0 = no surface) with filename_list_<split>.txt; train frames 0 and 2 of ai_001_001
+    cam_00 and frame 1 of ai_001_002 cam_01 (its list leaves frame 2 of ai_001_001 out), val frame 5."""
+    frames = {"train": [("ai_001_001", "cam_00", 0), ("ai_001_001", "cam_00", 2), ("ai_001_002", "cam_01", 1)],
+              "val": [("ai_003_010", "cam_00", 5)]}
+    out = {"depth_mm": {}, "rgb": {}, "lines": {}}
+    for split, items in frames.items():
+        lines = []
+        for k, (scene, cam, fr) in enumerate(items):
+            mm = np.full((h, w), 2000 + 100 * fr, np.uint16)
+            mm[3, 5] = 7512  # 7.512 m
+            mm[0, 0] = 0  # no surface
+            mm[1, :4] = 65535  # 65.535 m: beyond the 65 m training range
+            image = rgb(h, w, 70 + 10 * fr + k)
+            folder = root / split / scene
+            write_rgb_png(folder / f"rgb_{cam}_fr{fr:04d}.png", image)
+            write_png16(folder / f"depth_plane_{cam}_fr{fr:04d}.png", mm)
+            name = f"{scene}_{cam}_{fr:04d}"
+            out["depth_mm"][name], out["rgb"][name] = mm, image
+            lines.append(f"{scene}/rgb_{cam}_fr{fr:04d}.png {scene}/depth_plane_{cam}_fr{fr:04d}.png")
+        out["lines"][split] = lines
+        if list_file:
+            listed = [ln for ln in lines if "fr0002" not in ln]
+            (root / split / f"filename_list_{split}.txt").write_text("\n".join(listed))
     return out
 
 

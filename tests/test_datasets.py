@@ -11,10 +11,13 @@ import torch
 from fixtures_datasets import (
     write_ddad,
     write_hypersim,
+    write_hypersim_marigold,
     write_ibims_mat,
     write_ibims_raw,
     write_kitti,
     write_nyu,
+    write_nyu_h5,
+    write_png16,
     write_processed,
     write_rgb_jpg,
     write_rgb_png,
@@ -30,9 +33,10 @@ from depthkit.data.datasets import (
     distance_to_planar,
     filter_local_outliers,
     marigold_dc_select,
+    reader_options,
 )
-from depthkit.data.datasets.hypersim import hypersim_focal
-from depthkit.data.datasets.nyuv2 import NYU_INTRINSICS
+from depthkit.data.datasets.hypersim import hypersim_focal, hypersim_intrinsics
+from depthkit.data.datasets.nyuv2 import H5_INTRINSICS, NYU_INTRINSICS
 from depthkit.data.protocols import PROTOCOLS, Protocol, apply_protocol, crop_mask, protocol_table_markdown
 
 
@@ -107,6 +111,69 @@ def test_nyu_list_file_with_missing_file_names_it(tmp_path):
     (tmp_path / "filename_list_test.txt").write_text(fx["lines"][0] + "\ntest/x/rgb_9999.png test/x/depth_9999.png "
                                                      "test/x/filled_9999.png\n")
     with pytest.raises(DatasetLayoutError, match=r"rgb_9999\.png is missing \(listed in .*filename_list_test\.txt"):
+        build_dataset("nyuv2", tmp_path)
+
+
+def test_nyu_h5_pair_gives_marigold_dc_hints_as_the_sparse_input(tmp_path):
+    fx = write_nyu_h5(tmp_path, n=3)
+    ds = build_dataset("nyuv2", tmp_path)
+    assert ds.format == "h5" and ds.names == ["0000", "0001", "0002"]
+    for i in range(3):
+        item = ds[i]
+        _check_item_contract(item)
+        assert item["image"].shape == (228, 304, 3)
+        np.testing.assert_array_equal(item["image"], fx["img"][i])
+        np.testing.assert_array_equal(item["depth"], fx["gt"][i])  # metres, as stored
+        np.testing.assert_array_equal(item["sparse"], fx["hints"][i])  # the file's points, not a fresh draw
+        assert (item["sparse"] > 0).sum() == 500 and item["valid"].all()
+    assert ds[1]["depth"][10, 20] == pytest.approx(0.5 + 0.1 + 0.02 + 0.25)
+    k = ds[0]["intrinsics"]
+    assert (k.fx, k.fy) == pytest.approx((518.8579 / 2, 519.4696 / 2))
+    assert (k.cx, k.cy) == pytest.approx(((325.5824 + 0.5) / 2 - 0.5 - 8, (253.7362 + 0.5) / 2 - 0.5 - 6))
+    # A different protocol seed changes nothing: the points come from the file.
+    other = replace(PROTOCOLS["nyuv2"], sparse_seed=7)
+    np.testing.assert_array_equal(build_dataset("nyuv2", tmp_path, protocol=other)[2]["sparse"], fx["hints"][2])
+
+
+def test_nyu_h5_intrinsics_match_the_native_protocol_geometry(tmp_path):
+    write_nyu(tmp_path / "native", n=1)
+    k = build_dataset("nyuv2", tmp_path / "native")[0]["intrinsics"]
+    assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx((H5_INTRINSICS.fx, H5_INTRINSICS.fy, H5_INTRINSICS.cx,
+                                                      H5_INTRINSICS.cy))
+
+
+def test_nyu_layout_option_and_h5_errors(tmp_path):
+    import h5py
+
+    fx = write_nyu(tmp_path, n=2)
+    write_nyu_h5(tmp_path, n=2)
+    assert build_dataset("nyuv2", tmp_path).format == "h5"  # auto prefers Marigold-DC's own points
+    native = build_dataset("nyuv2", tmp_path, layout="native")
+    assert native.format == "native" and native.names == fx["names"]
+    with pytest.raises(ValueError, match="layout must be one of auto, native, processed, h5 .*received 'hdf5'"):
+        build_dataset("nyuv2", tmp_path, layout="hdf5")
+    with pytest.raises(ValueError, match="gt and list_file apply to the native layout only"):
+        build_dataset("nyuv2", tmp_path, gt="raw")
+    with pytest.raises(ValueError, match="test split only"):
+        build_dataset("nyuv2", tmp_path, split="train")
+    with pytest.raises(DatasetLayoutError, match="is not a Marigold-DC processed folder"):
+        build_dataset("nyuv2", tmp_path, layout="processed")
+    (tmp_path / "nyu_pred_with_500.h5").unlink()
+    assert build_dataset("nyuv2", tmp_path).format == "native"
+    with pytest.raises(DatasetLayoutError, match=r"layout 'h5' needs .*nyu_pred_with_500\.h5"):
+        build_dataset("nyuv2", tmp_path, layout="h5")
+    with h5py.File(tmp_path / "nyu_pred_with_500.h5", "w") as f:
+        f.create_dataset("preds", data=np.zeros((2, 228, 304, 1), np.float32))
+    with pytest.raises(DatasetLayoutError, match="has no dataset 'hints'"):
+        build_dataset("nyuv2", tmp_path)
+    with h5py.File(tmp_path / "nyu_pred_with_500.h5", "w") as f:
+        f.create_dataset("hints", data=np.zeros((3, 228, 304, 1), np.float32))
+    with pytest.raises(DatasetLayoutError, match=r"'hints' is \(3, 228, 304, 1\); expected \(2, 228, 304, 1\)"):
+        build_dataset("nyuv2", tmp_path)
+    with h5py.File(tmp_path / "nyu_img_gt.h5", "w") as f:
+        f.create_dataset("img", data=np.zeros((2, 3, 228, 304), np.uint8))
+        f.create_dataset("gt", data=np.zeros((2, 228, 304, 1), np.float32))
+    with pytest.raises(DatasetLayoutError, match="channels last"):
         build_dataset("nyuv2", tmp_path)
 
 
@@ -315,6 +382,60 @@ def test_hypersim_splits_from_csv_and_epochs(tmp_path):
         build_dataset("hypersim", tmp_path, split="train")
 
 
+def test_hypersim_marigold_pngs_are_planar_millimetres(tmp_path):
+    fx = write_hypersim_marigold(tmp_path)
+    ds = build_dataset("hypersim", tmp_path, split="train")
+    assert ds.format == "marigold"
+    assert ds.names == ["ai_001_001_cam_00_0000", "ai_001_002_cam_01_0001"]  # as listed: frame 2 is left out
+    item = ds[1]
+    _check_item_contract(item)
+    mm = fx["depth_mm"]["ai_001_002_cam_01_0001"]
+    np.testing.assert_array_equal(item["depth"], mm.astype(np.float32) / 1000)  # no ray -> planar conversion
+    assert item["depth"][3, 5] == np.float32(7.512) and item["depth"][12, 16] == np.float32(2.1)
+    assert item["depth"][0, 0] == 0 and not item["valid"][0, 0]
+    assert not item["valid"][1, :4].any() and item["valid"].sum() == 24 * 32 - 5  # 65.535 m > 65 m range
+    np.testing.assert_array_equal(item["image"], fx["rgb"]["ai_001_002_cam_01_0001"])
+    assert item["intrinsics"] == hypersim_intrinsics(24, 32)
+    m = item["sparse"] > 0
+    assert m.sum() == 500 and np.array_equal(item["sparse"][m], item["depth"][m]) and item["valid"][m].all()
+    val = build_dataset("hypersim", tmp_path, split="val")
+    assert val.names == ["ai_003_010_cam_00_0005"] and val[0]["depth"][3, 5] == np.float32(7.512)
+
+
+def test_hypersim_marigold_lists_scan_and_options(tmp_path):
+    write_hypersim_marigold(tmp_path, list_file=False)
+    every = ["ai_001_001_cam_00_0000", "ai_001_001_cam_00_0002", "ai_001_002_cam_01_0001"]
+    assert build_dataset("hypersim", tmp_path).names == every  # no list: every frame, sorted
+    assert build_dataset("hypersim", tmp_path / "train", layout="marigold").names == every  # root = split folder
+    assert build_dataset("hypersim", tmp_path, scenes=["ai_001_002"]).names == every[2:]
+    lf = tmp_path / "filename_list_train_filtered.txt"  # e.g. Marigold's data_split list
+    lf.write_text("ai_001_001/rgb_cam_00_fr0002.png ai_001_001/depth_plane_cam_00_fr0002.png\n")
+    assert build_dataset("hypersim", tmp_path, list_file=lf).names == every[1:2]
+    (tmp_path / "train" / "filename_list_train_filtered.txt").write_text(lf.read_text())
+    assert build_dataset("hypersim", tmp_path).names == every[1:2]  # a filtered list beside the data is used
+    lf.write_text("ai_001_001/rgb_cam_00_fr0009.png ai_001_001/depth_plane_cam_00_fr0009.png\n")
+    with pytest.raises(DatasetLayoutError, match=r"rgb_cam_00_fr0009\.png is missing \(listed in"):
+        build_dataset("hypersim", tmp_path, list_file=lf)
+    with pytest.raises(ValueError, match="image and split_csv apply to layout 'raw' only"):
+        build_dataset("hypersim", tmp_path, image="color")
+    with pytest.raises(ValueError, match="layout must be one of auto, raw, marigold .*received 'png'"):
+        build_dataset("hypersim", tmp_path, layout="png")
+    with pytest.raises(ValueError, match="no split 'all'"):
+        build_dataset("hypersim", tmp_path, split="all")
+    with pytest.raises(DatasetLayoutError, match="no <scene>/rgb_cam_XX_frIIII.png"):
+        build_dataset("hypersim", tmp_path, layout="marigold", split="test")
+    write_png16(tmp_path / "bad" / "train" / "ai_001_001" / "depth_plane_cam_00_fr0000.png", np.zeros((2, 2), np.uint16))
+    with pytest.raises(DatasetLayoutError, match="holds neither ai_VVV_NNN/images/"):
+        build_dataset("hypersim", tmp_path / "bad")
+
+
+def test_hypersim_raw_layout_rejects_marigold_only_options(tmp_path):
+    write_hypersim(tmp_path)
+    assert build_dataset("hypersim", tmp_path, split="train").format == "raw"
+    with pytest.raises(ValueError, match="list_file applies to layout 'marigold' only"):
+        build_dataset("hypersim", tmp_path, split="train", list_file=tmp_path / "x.txt")
+
+
 # ------------------------------------------------------------------------------------------------------ VKITTI2
 @pytest.mark.parametrize("separate", [False, True])
 def test_vkitti2_centimetres_sky_and_intrinsics(tmp_path, separate):
@@ -393,8 +514,13 @@ def test_missing_and_empty_roots_explain_the_layout(tmp_path, name):
 def test_unknown_dataset_option_and_split():
     with pytest.raises(ValueError, match="unknown dataset 'nyu'.*nyuv2.*kitti_dc.*synthetic"):
         build_dataset("nyu", "/tmp")
-    with pytest.raises(TypeError, match="does not take that option"):
+    with pytest.raises(ValueError, match=r"'synthetic' does not take option\(s\) colour; .*length=None, height=240"):
         build_dataset("synthetic", None, colour=True)
+    with pytest.raises(ValueError, match=r"'nyuv2' does not take option\(s\) density; .*layout='auto'"):
+        build_dataset("nyuv2", "/tmp", density=500)
+    with pytest.raises(ValueError, match=r"could not use the options height='30'.*width=320"):
+        build_dataset("synthetic", None, height="30")  # a TypeError inside the reader
+    assert "layout" in reader_options("hypersim") and "list_file" in reader_options("hypersim")
     with pytest.raises(ValueError, match="no split 'train'.*val"):
         build_dataset("kitti_dc", "/tmp", split="train")
 

@@ -9,8 +9,9 @@ The benchmark protocols follow **Marigold-DC** (Viola et al., 2024; public code 
   evaluation crop** on any dataset, so ``min_depth = 0`` (strictly greater), ``max_depth = inf`` and ``crop = None``.
 - NYUv2: the 654 official test images, downsampled to 320x240 and centre-cropped to 304x228 (the sparse-to-dense
   convention of Ma & Karaman; Marigold-DC reads Conti et al.'s preprocessed HDF5 of it), 500 random GT points.
-  Marigold-DC's points come from that precomputed file and cannot be regenerated; depthkit draws its own 500 points
-  with seed 2024 (the seed Marigold-DC uses elsewhere) — *assumed*, so NYU numbers match Marigold-DC's in protocol,
+  Marigold-DC's points come from that precomputed file and cannot be regenerated: the nyuv2 reader uses them as they
+  are when given that HDF5 pair (``layout="h5"``); from Marigold's PNG extraction it draws its own 500 points with
+  seed 2024 (the seed Marigold-DC uses elsewhere) — *assumed*, so those numbers match Marigold-DC's in protocol,
   not point-for-point. GT is the in-painted ("filled") depth of the labelled set — *assumed* from the
   sparse-to-dense HDF5 convention.
 - KITTI DC: the 1000-image ``val_selection_cropped`` split at its native 1216x352; the LiDAR input is cleaned with

@@ -1,6 +1,7 @@
-"""Hypersim (Roberts et al., 2021) training reader: tone-mapped previews + HDF5 depth, converted ray -> planar.
+"""Hypersim (Roberts et al., 2021) training reader: ml-hypersim's download (ray distance -> planar) or Marigold's
+preprocessed PNGs (planar already).
 
-Layout (as ml-hypersim's download script extracts it)::
+``layout="raw"`` (as ml-hypersim's download script extracts it)::
 
     <root>/ai_VVV_NNN/images/scene_cam_XX_final_preview/frame.IIII.tonemap.jpg      RGB 1024x768
     <root>/ai_VVV_NNN/images/scene_cam_XX_geometry_hdf5/frame.IIII.depth_meters.hdf5 dataset "dataset": metres
@@ -11,10 +12,27 @@ planar depth z. With pixel centres at ``x = u - (W - 1) / 2``, ``y = v - (H - 1)
 length ``f`` (pixels), ``z = distance * f / sqrt(x^2 + y^2 + f^2)``. Hypersim renders with a 60-degree horizontal
 field of view, so ``f = (W / 2) / tan(30 deg)`` = 886.81 px at 1024 wide. NaN (no surface) becomes 0. Scenes
 rendered with VRay tilt-shift cameras deviate from this pinhole model; the official split does not exclude them
-(a known Hypersim caveat; exclude them with ``scenes=``).
+(a known Hypersim caveat; exclude them with ``scenes=``). Splits come from the CSV (``included_in_public_release``
+and ``split_partition_name``); frames on disk that the CSV excludes are skipped. ``split="all"`` uses every frame
+found and needs no CSV.
 
-Splits come from the CSV (``included_in_public_release`` and ``split_partition_name``); frames on disk that the
-CSV excludes are skipped. ``split="all"`` uses every frame found and needs no CSV.
+``layout="marigold"`` (the output of Marigold's ``script/depth/dataset_preprocess/hypersim/preprocess_hypersim.py``,
+github.com/prs-eth/Marigold, one folder per split; its per-split tars hold the inside of that folder)::
+
+    <root>/<split>/<scene>/rgb_cam_XX_frIIII.png          RGB 1024x768 (tone-mapped from the HDR colour)
+    <root>/<split>/<scene>/depth_plane_cam_XX_frIIII.png  uint16 planar depth in millimetres (0 = no surface)
+    <root>/<split>/filename_list_<split>.txt              "rgb depth" paths per line, relative to <root>/<split>
+
+``<root>`` may also be the split folder itself. The depth is already planar (converted before it was written, with
+the same f = 886.81 px), so it is only divided by 1000; the conversion above is *not* applied. The list is the
+``list_file`` option when given (e.g. Marigold's ``data_split/hypersim_depth/filename_list_train_filtered.txt``,
+the frames Marigold trains on), else ``filename_list_<split>_filtered.txt`` or ``filename_list_<split>.txt`` in the
+split folder, else every ``<scene>/rgb_cam_XX_frIIII.png`` found there. ``layout="auto"`` (default) reads raw when
+``<root>`` holds ``ai_VVV_NNN/images/``, else marigold.
+
+Both layouts give the same names (``ai_VVV_NNN_cam_XX_IIII``), the same intrinsics and the ``hypersim`` protocol
+(native resolution, GT valid in 1e-5..65 m, 500 random points). Marigold's training additionally resizes to
+480x640 (nearest); that is the training recipe's choice, not the reader's.
 """
 
 from __future__ import annotations
@@ -27,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from depthkit.data.datasets._base import Sample
-from depthkit.data.datasets._ops import DatasetLayoutError
+from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth
 from depthkit.data.datasets._training import TrainingDepthDataset
 from depthkit.geometry import Intrinsics
 from depthkit.io import read_image
@@ -35,6 +53,8 @@ from depthkit.io import read_image
 SPLIT_CSV = "metadata_images_split_scene_v1.csv"
 HFOV_DEG = 60.0
 _FRAME_RE = re.compile(r"^frame\.(\d{4})\.(\w+)\.jpg$")
+_PNG_RE = re.compile(r"^rgb_(cam_\d+)_fr(\d{4})\.png$")
+LAYOUTS = ("auto", "raw", "marigold")
 
 
 def hypersim_focal(width: int) -> float:
@@ -66,27 +86,65 @@ class HypersimDataset(TrainingDepthDataset):
     layout = """\
   <root>/ai_001_001/images/scene_cam_00_final_preview/frame.0000.tonemap.jpg
   <root>/ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0000.depth_meters.hdf5   (dataset "dataset", metres)
-  <root>/metadata_images_split_scene_v1.csv       (needed for split train/val/test)"""
+  <root>/metadata_images_split_scene_v1.csv       (needed for split train/val/test)
+or Marigold's preprocessed PNGs (layout='marigold'):
+  <root>/train/ai_001_001/rgb_cam_00_fr0000.png
+  <root>/train/ai_001_001/depth_plane_cam_00_fr0000.png   (uint16 millimetres, planar)
+  <root>/train/filename_list_train.txt            (optional: 'rgb depth' per line, relative to <root>/train)"""
     source = ("https://github.com/apple/ml-hypersim (code/python/tools/dataset_download_images.py; the split CSV is "
-              "evermotion_dataset/analysis/metadata_images_split_scene_v1.csv)")
+              "evermotion_dataset/analysis/metadata_images_split_scene_v1.csv); the PNG layout is written from it by "
+              "Marigold's script/depth/dataset_preprocess/hypersim/preprocess_hypersim.py (github.com/prs-eth/"
+              "Marigold)")
 
-    def __init__(self, root, split: str | None = None, protocol=None, image: str = "tonemap", split_csv=None,
+    def __init__(self, root, split: str | None = None, protocol=None, image: str | None = None, split_csv=None,
                  scenes=None, sparse_pattern: str | None = "random", sparse_kwargs: dict | None = None,
-                 sparse_seed: int | None = None):
+                 sparse_seed: int | None = None, layout: str = "auto", list_file=None):
         super().__init__(root, protocol, split, sparse_pattern, sparse_kwargs, sparse_seed)
-        self._check_split(("train", "val", "test", "all"))
-        if image not in ("tonemap", "color", "gamma"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"Hypersim layout must be one of {', '.join(LAYOUTS)} ('raw': ml-hypersim's download, "
+                             f"'marigold': Marigold's preprocessed PNGs); received {layout!r}.")
+        if image not in (None, "tonemap", "color", "gamma"):
             raise ValueError(f"Hypersim image must be 'tonemap', 'color' or 'gamma' (the final_preview JPEGs); "
                              f"received {image!r}.")
-        self.image_kind = image
-        scene_dirs = sorted(p for p in self.root.glob("ai_*_*") if p.is_dir())
+        self._check_split(("train", "val", "test", "all"))
+        self.format = layout if layout != "auto" else self._detect_layout()
+        wanted = None if scenes is None else set([scenes] if isinstance(scenes, str) else scenes)
+        if self.format == "raw":
+            if list_file is not None:
+                raise ValueError("Hypersim list_file applies to layout 'marigold' only; the raw layout's split comes "
+                                 "from split_csv. Drop list_file, or pass layout='marigold'.")
+            self.image_kind = image or "tonemap"
+            self._list_raw(split_csv, wanted)
+        else:
+            if image is not None or split_csv is not None:
+                raise ValueError("Hypersim options image and split_csv apply to layout 'raw' only (Marigold's PNGs "
+                                 "have one tone-mapped image and per-split folders). Drop them, or pass layout='raw'.")
+            self._check_split(("train", "val", "test"))
+            self._list_marigold(list_file, wanted)
+
+    def _detect_layout(self) -> str:
+        if self._raw_scene_dirs():
+            return "raw"
+        for base in (self.root / self.split, self.root, *(self.root / s for s in ("train", "val", "test"))):
+            if next(base.glob("filename_list_*.txt"), None) is not None or \
+                    next(base.glob("ai_*_*/rgb_cam_*_fr*.png"), None) is not None:
+                return "marigold"
+        raise self.layout_error(f"{self.root} holds neither ai_VVV_NNN/images/ scene folders (ml-hypersim) nor "
+                                f"ai_VVV_NNN/rgb_cam_XX_frIIII.png (Marigold's PNGs, in {self.root / self.split} or "
+                                f"{self.root})")
+
+    # ------------------------------------------------------------------ raw layout (ml-hypersim)
+    def _raw_scene_dirs(self) -> list[Path]:
+        scene_dirs = sorted(p for p in self.root.glob("ai_*_*") if (p / "images").is_dir())
         if not scene_dirs and (self.root / "scenes").is_dir():
-            scene_dirs = sorted(p for p in (self.root / "scenes").glob("ai_*_*") if p.is_dir())
-        if scenes is not None:
-            wanted = set(scenes)
-            scene_dirs = [p for p in scene_dirs if p.name in wanted]
+            scene_dirs = sorted(p for p in (self.root / "scenes").glob("ai_*_*") if (p / "images").is_dir())
+        return scene_dirs
+
+    def _list_raw(self, split_csv, wanted: set[str] | None) -> None:
+        image = self.image_kind
+        scene_dirs = [p for p in self._raw_scene_dirs() if wanted is None or p.name in wanted]
         if not scene_dirs:
-            raise self.layout_error(f"{self.root} holds no ai_VVV_NNN scene folders")
+            raise self.layout_error(f"{self.root} holds no ai_VVV_NNN/images/ scene folders")
         keep = None if self.split == "all" else self._read_split(split_csv)
         self._entries = []
         for scene in scene_dirs:
@@ -125,7 +183,57 @@ class HypersimDataset(TrainingDepthDataset):
                     keep.add((row["scene_name"].strip(), row["camera_name"].strip(), int(row["frame_id"])))
         return keep
 
+    # ------------------------------------------------------------------ marigold layout (preprocessed PNGs)
+    def _list_marigold(self, list_file, wanted: set[str] | None) -> None:
+        base = self.root / self.split if (self.root / self.split).is_dir() else self.root
+        self.base = base
+        if list_file is not None:
+            lf = Path(list_file)
+            if not lf.is_file():
+                raise self.layout_error(f"list file {lf} does not exist")
+        else:
+            lf = next((base / f"filename_list_{self.split}{tail}.txt" for tail in ("_filtered", "")
+                       if (base / f"filename_list_{self.split}{tail}.txt").is_file()), None)
+        if lf is not None:
+            pairs = []
+            for lineno, line in enumerate(lf.read_text().splitlines(), 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2:
+                    raise self.layout_error(f"{lf} line {lineno} has {len(parts)} paths; expected 'rgb depth'")
+                pairs.append((parts[0], parts[1]))
+            origin = f"listed in {lf}"
+        else:
+            pairs = [(str(p.relative_to(base)), str(p.relative_to(base).parent / ("depth_plane_" + p.name[4:])))
+                     for p in sorted(base.glob("ai_*_*/rgb_cam_*_fr*.png"))]
+            origin = f"the depth of {base}/<scene>/rgb_cam_XX_frIIII.png"
+        self._entries = []
+        for rgb_rel, depth_rel in pairs:
+            scene = Path(rgb_rel).parent.name
+            m = _PNG_RE.match(Path(rgb_rel).name)
+            if m is None:
+                raise self.layout_error(f"{rgb_rel} ({origin}) is not named <scene>/rgb_cam_XX_frIIII.png")
+            if wanted is not None and scene not in wanted:
+                continue
+            for rel in (rgb_rel, depth_rel):
+                if not (base / rel).is_file():
+                    raise self.layout_error(f"{base / rel} is missing ({origin})")
+            self._entries.append((base / rgb_rel, base / depth_rel))
+            self.names.append(f"{scene}_{m.group(1)}_{m.group(2)}")
+        if not self._entries:
+            raise self.layout_error(f"no <scene>/rgb_cam_XX_frIIII.png of split {self.split!r} found under {base}")
+
     def _load(self, index: int) -> Sample:
+        if self.format == "marigold":
+            rgb, depth_path = self._entries[index]
+            image, depth = read_image(rgb), read_png_depth(depth_path, 1000.0)  # mm -> m, already planar
+            h, w = depth.shape
+            return Sample(image=image, depth=depth, sparse=None, intrinsics=hypersim_intrinsics(h, w),
+                          name=self.names[index])
+        return self._load_raw(index)
+
+    def _load_raw(self, index: int) -> Sample:
         import h5py
 
         jpg, depth_path = self._entries[index]

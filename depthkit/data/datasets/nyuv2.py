@@ -1,6 +1,7 @@
-"""NYU Depth v2 (labelled set, 654 official test images) as Marigold distributes it, or Marigold-DC's processed folder.
+"""NYU Depth v2 (labelled set, 654 official test images): Marigold's extraction, Conti's HDF5 pair, or Marigold-DC's
+processed folder.
 
-Native layout (``nyu_labeled_extracted``, Marigold's extraction of ``nyu_depth_v2_labeled.mat``)::
+``layout="native"`` (``nyu_labeled_extracted``, Marigold's extraction of ``nyu_depth_v2_labeled.mat``)::
 
     <root>/test/<scene>/rgb_XXXX.png       RGB 640x480
     <root>/test/<scene>/depth_XXXX.png     uint16 millimetres, raw Kinect depth (0 = missing)
@@ -11,12 +12,28 @@ Native layout (``nyu_labeled_extracted``, Marigold's extraction of ``nyu_depth_v
 Without a list file, every ``<split>/*/rgb_*.png`` is used, sorted. The protocol (``nyuv2``) resizes to 320x240,
 centre-crops 304x228 and draws 500 random points from the GT; intrinsics are the standard NYUv2 colour-camera
 values (fx 518.858, fy 519.470, cx 325.582, cy 253.736 px at 640x480), adjusted for the resize and crop.
-``gt="filled"`` (default, *assumed* to be what the sparse-to-dense HDF5 used by Marigold-DC holds) or ``"raw"``.
+``gt="filled"`` (default, *assumed* to be what the HDF5 pair below holds) or ``"raw"``.
+
+``layout="h5"``: the pair Marigold-DC evaluates on (Conti et al., github.com/andreaconti/sparsity-agnostic-depth-
+completion, release v0.1.0), already in protocol form (320x240 -> centre crop 304x228), test split only::
+
+    <root>/nyu_img_gt.h5          "img" N x 228 x 304 x 3 uint8 RGB (HWC); "gt" N x 228 x 304 x 1 float metres
+    <root>/nyu_pred_with_500.h5   "hints" N x 228 x 304 x 1 float metres, 500 GT points per image, 0 elsewhere
+                                  ("preds": Conti's own predictions, not read)
+
+The ``hints`` are exactly the 500 points Marigold-DC's published numbers used; they are the sparse input as they are
+(no resampling, no filter). Item ``i`` is named ``f"{i:04d}"``, as Marigold-DC's processed folder names it. The
+intrinsics are the native ones carried through the same resize and crop in depthkit's pixel-centre convention
+(cx = (325.582 + 0.5) / 2 - 0.5 - 8); Marigold-DC writes cx / 2 - 8, a quarter pixel apart. ``layout="processed"``
+reads Marigold-DC's processed folder (written from that pair). ``layout="auto"`` (default) picks h5, then processed,
+then native, by what ``<root>`` holds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from depthkit.data.datasets._base import (
     PROCESSED_LAYOUT,
@@ -26,7 +43,7 @@ from depthkit.data.datasets._base import (
     load_processed,
     processed_names,
 )
-from depthkit.data.datasets._ops import read_png_depth
+from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth
 from depthkit.geometry import Intrinsics
 from depthkit.io import read_image
 
@@ -35,32 +52,111 @@ NATIVE_LAYOUT = """\
   <root>/test/<scene>/depth_XXXX.png     uint16 millimetres (raw)
   <root>/test/<scene>/filled_XXXX.png    uint16 millimetres (in-painted)
   <root>/filename_list_test.txt          optional list: 'rgb depth filled' per line"""
+H5_IMAGES, H5_HINTS = "nyu_img_gt.h5", "nyu_pred_with_500.h5"
+H5_LAYOUT = f"""\
+  <root>/{H5_IMAGES}            "img" Nx228x304x3 uint8, "gt" Nx228x304x1 float metres
+  <root>/{H5_HINTS}     "hints" Nx228x304x1 float metres (Marigold-DC's 500 points)"""
+LAYOUTS = ("auto", "native", "processed", "h5")
 NYU_INTRINSICS = Intrinsics(fx=518.8579, fy=519.4696, cx=325.5824, cy=253.7362)  # pixels at 640x480
+H5_HW = (228, 304)
+"""(H, W) of the HDF5 pair: 640x480 halved to 320x240, then rows 6:234 and cols 8:312."""
+_h = NYU_INTRINSICS.scaled(0.5, 0.5)
+H5_INTRINSICS = Intrinsics(_h.fx, _h.fy, _h.cx - 8, _h.cy - 6)
+"""NYU_INTRINSICS at 320x240 (pixel-centre model) shifted by the 304x228 centre crop."""
 
 
 class NYUv2Dataset(DepthDataset):
     key = "nyuv2"
     title = "NYUv2"
-    layout = NATIVE_LAYOUT + "\nor Marigold-DC's processed folder (nyudepthv2/):\n" + PROCESSED_LAYOUT
+    layout = (NATIVE_LAYOUT + "\nor the HDF5 pair Marigold-DC evaluates on (layout='h5'):\n" + H5_LAYOUT +
+              "\nor Marigold-DC's processed folder (nyudepthv2/):\n" + PROCESSED_LAYOUT)
     source = ("nyuv2/nyu_labeled_extracted.tar from Marigold's evaluation data (https://share.phys.ethz.ch/~pf/"
               "bingkedata/marigold/evaluation_dataset/), extracted; list file: Marigold's data_split/nyu_depth/"
-              "labeled/filename_list_test.txt (github.com/prs-eth/Marigold)")
+              "labeled/filename_list_test.txt (github.com/prs-eth/Marigold); or nyu_img_gt.h5 and "
+              "nyu_pred_with_500.h5 from https://github.com/andreaconti/sparsity-agnostic-depth-completion/releases/"
+              "tag/v0.1.0 (as Marigold-DC's DATASETS.md says)")
 
-    def __init__(self, root, split: str | None = None, protocol=None, gt: str = "filled", list_file=None):
+    def __init__(self, root, split: str | None = None, protocol=None, gt: str | None = None, list_file=None,
+                 layout: str = "auto"):
         super().__init__(root, protocol, split)
         self._check_split(("test", "train"))
-        if gt not in ("filled", "raw"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"NYUv2 layout must be one of {', '.join(LAYOUTS)} ('native': Marigold's "
+                             f"nyu_labeled_extracted, 'h5': {H5_IMAGES} + {H5_HINTS}, 'processed': Marigold-DC's "
+                             f"processed folder); received {layout!r}.")
+        if gt not in (None, "filled", "raw"):
             raise ValueError(f"NYUv2 gt must be 'filled' (in-painted) or 'raw' (Kinect, with holes); received {gt!r}.")
-        self.gt = gt
+        self.gt = gt or "filled"
         base = self.root / "nyu_labeled_extracted" if (self.root / "nyu_labeled_extracted").is_dir() else self.root
-        self._processed = is_processed_folder(base)
         self.base = base
-        if self._processed:
+        self.format = self._pick_layout(layout, base)
+        if self.format != "native" and (gt is not None or list_file is not None):
+            raise ValueError(f"NYUv2 options gt and list_file apply to the native layout only; {self.root} is read "
+                             f"as layout {self.format!r}. Drop them, or pass layout='native'.")
+        if self.format == "h5":
+            if self.split != "test":
+                raise ValueError(f"the NYUv2 HDF5 pair holds the test split only; received split {self.split!r}.")
+            self.base = self.root
+            self.names = [f"{i:04d}" for i in range(self._check_h5())]
+        elif self.format == "processed":
             self.names = processed_names(self, base)
-            return
-        self._entries = self._list_entries(base, list_file)
-        self.names = [f"{Path(rgb).parent.name}_{Path(rgb).stem.split('_')[-1]}" for rgb, _, _ in self._entries]
+        else:
+            self._entries = self._list_entries(base, list_file)
+            self.names = [f"{Path(rgb).parent.name}_{Path(rgb).stem.split('_')[-1]}" for rgb, _, _ in self._entries]
 
+    def _pick_layout(self, layout: str, base: Path) -> str:
+        h5 = all((self.root / f).is_file() for f in (H5_IMAGES, H5_HINTS))
+        if layout == "h5" and not h5:
+            missing = [str(self.root / f) for f in (H5_IMAGES, H5_HINTS) if not (self.root / f).is_file()]
+            raise self.layout_error(f"layout 'h5' needs {' and '.join(missing)}")
+        if layout == "processed" and not is_processed_folder(base):
+            raise self.layout_error(f"{base} is not a Marigold-DC processed folder (rgb/, sparse/*.npy, gt/)")
+        if layout != "auto":
+            return layout
+        return "h5" if h5 else "processed" if is_processed_folder(base) else "native"
+
+    # ------------------------------------------------------------------ HDF5 pair
+    def _check_h5(self) -> int:
+        """Number of samples in the HDF5 pair, after checking keys, shapes and dtypes agree."""
+        import h5py
+
+        shapes = {}
+        for fname, keys in ((H5_IMAGES, ("img", "gt")), (H5_HINTS, ("hints",))):
+            path = self.root / fname
+            try:
+                with h5py.File(path, "r") as f:
+                    for key in keys:
+                        if key not in f:
+                            raise self.layout_error(f"{path} has no dataset {key!r} (it holds {sorted(f.keys())})")
+                        shapes[key] = (f[key].shape, f[key].dtype)
+            except OSError as exc:
+                raise self.layout_error(f"could not open {path} as HDF5: {exc}") from exc
+        (img, img_dtype), (gt, _), (hints, _) = shapes["img"], shapes["gt"], shapes["hints"]
+        if len(img) != 4 or img[1:] != (*H5_HW, 3) or img_dtype != np.uint8:
+            raise self.layout_error(f"{self.root / H5_IMAGES} 'img' is {img_dtype} {img}; expected uint8 "
+                                    f"N x {H5_HW[0]} x {H5_HW[1]} x 3 (RGB, channels last)")
+        for key, shape, fname in (("gt", gt, H5_IMAGES), ("hints", hints, H5_HINTS)):
+            if len(shape) < 3 or shape[:3] != img[:3] or any(d != 1 for d in shape[3:]):
+                raise self.layout_error(f"{self.root / fname} {key!r} is {shape}; expected {img[:3] + (1,)} to "
+                                        f"match 'img' {img}")
+        return int(img[0])
+
+    def _load_h5(self, index: int) -> Sample:
+        import h5py
+
+        try:
+            with h5py.File(self.root / H5_IMAGES, "r") as f:
+                image = np.asarray(f["img"][index], dtype=np.uint8)
+                depth = np.asarray(f["gt"][index], dtype=np.float32).reshape(H5_HW)
+            with h5py.File(self.root / H5_HINTS, "r") as f:
+                hints = np.asarray(f["hints"][index], dtype=np.float32).reshape(H5_HW)
+        except (OSError, KeyError) as exc:
+            raise DatasetLayoutError(f"could not read sample {index} of {self.root / H5_IMAGES} / "
+                                     f"{self.root / H5_HINTS}: {exc}") from exc
+        return Sample(image=image, depth=depth, sparse=hints, intrinsics=H5_INTRINSICS, name=self.names[index],
+                      preprocessed=True)
+
+    # ------------------------------------------------------------------ native layout
     def _list_entries(self, base: Path, list_file) -> list[tuple[str, str, str]]:
         lf = Path(list_file) if list_file is not None else base / f"filename_list_{self.split}.txt"
         if list_file is not None and not lf.is_file():
@@ -94,7 +190,9 @@ class NYUv2Dataset(DepthDataset):
 
     def _load(self, index: int) -> Sample:
         name = self.names[index]
-        if self._processed:
+        if self.format == "h5":
+            return self._load_h5(index)
+        if self.format == "processed":
             return load_processed(self.base, name)
         rgb, raw, filled = self._entries[index]
         depth = read_png_depth(self.base / (filled if self.gt == "filled" else raw), 1000.0)
