@@ -33,11 +33,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from depthkit.checkpoints import CheckpointError, safe_join
+from depthkit.checkpoints import CheckpointError, hub_offline, is_hub_id, safe_join
+from depthkit.dtypes import torch_dtype
 
 __all__ = [
     "COMPLETE_JSON", "COMPLETE_FORMAT", "LoadedCompleter", "save_complete", "load_complete", "write_tiny",
-    "load_base_model", "build_tiny_base", "torch_dtype",
+    "load_base_model", "build_tiny_base",
 ]
 
 COMPLETE_JSON = "complete.json"
@@ -46,18 +47,7 @@ FORMAT_VERSION = 1
 ADAPTER_DIR = "adapter"
 TINY_MIN_PIXELS = 28 * 28
 TINY_MAX_PIXELS = 168 * 168
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 _RESERVED = ("format", "format_version", "weights", "residual_head")
-
-
-def torch_dtype(dtype) -> torch.dtype:
-    """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) → torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r}; allowed: float32, bfloat16, float16.")
-    return _DTYPES[dtype]
 
 
 @dataclass
@@ -88,9 +78,8 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
     try:
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(text, **kwargs)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         why = ("HF_HUB_OFFLINE is set, so only the local hub cache was searched and it is not there"
-               if offline else "it is not a local directory and the hub could not be reached (network down?) or "
+               if hub_offline() else "it is not a local directory and the hub could not be reached (network down?) or "
                "has no such repository")
         raise OSError(
             f"could not load the base model {text!r}: {why}.\nWhat to do: where the network works, run "
@@ -358,7 +347,7 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
         ref = base_model or str(weights.get("base_model", ""))
         if not ref:
             raise CheckpointError(f"{directory / COMPLETE_JSON}: adapter checkpoint without weights.base_model.")
-        if base_model is None and not _looks_like_hub_id(ref):
+        if base_model is None and not is_hub_id(ref):
             ref = str(safe_join(directory, ref))
         base = load_base_model(ref, dtype=dtype, attn_implementation=attn_implementation)
         from peft import PeftModel
@@ -398,12 +387,6 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
                                   f"{COMPLETE_JSON} ({type(exc).__name__}: {exc}).") from exc
         head = head.to(device).eval()
     return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head)
-
-
-def _looks_like_hub_id(text: str) -> bool:
-    from depthkit.checkpoints import _HUB_ID
-
-    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/"))
 
 
 # -------------------------------------------------------------------------------------------------------------- tiny

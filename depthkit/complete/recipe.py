@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from depthkit.complete.model import SDIMConfig
 from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe
+from depthkit.dtypes import canonical_dtype_name
 
 __all__ = [
     "TinyModelConfig", "ModelConfig", "LoraConfig", "PromptsConfig", "DatasetEntry", "SyntheticOptions",
@@ -35,7 +36,6 @@ PIXEL_REFERENCES = ("text", "rope")
 READOUTS = ("text", "residual_head")
 SUPERVISION = ("sparse", "dense")
 PREFIX_SHARING = ("packed", "replicate", "kv_cache")
-DTYPES = ("float32", "bfloat16", "float16")
 L1_SPACES = ("log", "metres")
 
 
@@ -125,8 +125,10 @@ class ModelConfig:
     """sdpa | eager (packed prefix sharing needs a 4-D mask, which flash attention does not take)."""
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise RecipeError(f"model.dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        try:
+            self.dtype = canonical_dtype_name(self.dtype)
+        except ValueError as exc:
+            raise RecipeError(f"model.{exc}") from None
         if self.attn_implementation not in ("sdpa", "eager"):
             raise RecipeError(f"model.attn_implementation={self.attn_implementation!r}; allowed: sdpa, eager "
                               "(training packs several queries per image with a 4-D attention mask)")

@@ -45,6 +45,7 @@ from torch import nn
 from depthkit.complete import prompts as P
 from depthkit.complete.batching import encode_group, pack_groups, sample_training_queries
 from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
+from depthkit.dtypes import torch_dtype
 
 __all__ = ["train", "build_completer", "CompleterObjective", "TrainSteps", "MixedDataset", "validate",
            "greedy_answers", "run_packed", "setup_training", "train_step", "TrainingSetup", "validation_scenes"]
@@ -69,7 +70,7 @@ def build_completer(recipe, seed: int = 0):
     m = recipe.model
     if m.base == "tiny":
         base, processor = build_tiny_base(m.tiny, seed=seed, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
-        base = base.to(_dtype(m.dtype))
+        base = base.to(torch_dtype(m.dtype))
     else:
         base = load_base_model(m.base, dtype=m.dtype, attn_implementation=m.attn_implementation)
         processor = load_processor(m.base, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
@@ -99,12 +100,6 @@ def build_completer(recipe, seed: int = 0):
     if recipe.train.gradient_checkpointing:
         _inner(sdim).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return sdim, processor, head
-
-
-def _dtype(name):
-    from depthkit.complete.checkpoint import torch_dtype
-
-    return torch_dtype(name)
 
 
 def run_packed(sdim, batch: dict) -> torch.Tensor:
