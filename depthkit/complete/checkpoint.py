@@ -159,7 +159,7 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
     from safetensors.torch import save_file
 
     from depthkit.complete.processor import processor_geometry
-    from depthkit.complete.prompts import PROMPT_VERSION, PromptConfig
+    from depthkit.complete.prompts import PROMPT_VERSION, READOUTS, PromptConfig
 
     directory = Path(directory)
     settings = dict(settings)
@@ -171,8 +171,8 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
     settings.setdefault("pixel_reference", "text")
     settings.setdefault("readout", "residual_head" if residual_head is not None else "text")
     PromptConfig(settings["prompt_prior"], settings["pixel_reference"], settings["prompt_version"])
-    if settings["readout"] not in ("text", "residual_head"):
-        raise ValueError(f"settings readout={settings['readout']!r}; allowed: text, residual_head.")
+    if settings["readout"] not in READOUTS:
+        raise ValueError(f"settings readout={settings['readout']!r}; allowed: {', '.join(READOUTS)}.")
     if settings["readout"] == "residual_head" and residual_head is None:
         raise ValueError("settings say readout=residual_head but no residual_head module was given.")
     geometry = processor_geometry(processor)

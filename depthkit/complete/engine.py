@@ -72,13 +72,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from depthkit.complete import prompts as P
+from depthkit.complete import prompts
 from depthkit.complete.decoding import AnswerConstraint, AnswerGrammar, answer_confidence, naive_answers
 from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
 
 __all__ = [
     "DECODE_MODES",
-    "READOUTS",
     "AnswerGrammar",
     "AnswerConstraint",
     "PrefixCache",
@@ -90,7 +89,6 @@ __all__ = [
 ]
 
 DECODE_MODES = ("constrained", "free")
-READOUTS = ("text", "residual_head")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -326,18 +324,18 @@ class CompletionEngine:
         sdim_config: depth-feature settings (default: the model's own ``sdim_config``).
     """
 
-    def __init__(self, model, processor, prompt_config: P.PromptConfig | None = None, readout: str = "text",
+    def __init__(self, model, processor, prompt_config: prompts.PromptConfig | None = None, readout: str = "text",
                  residual_head=None, batch_size: int = 64, memory_budget_mb: float = 1024.0,
                  decode: str = "constrained", max_new_tokens: int = 24, confidence_tolerance: float = 0.1,
                  max_int_digits: int = 3, frac_digits: int = 3):
-        if readout not in READOUTS:
-            raise ValueError(f"readout={readout!r} is not one of {READOUTS}.")
+        if readout not in prompts.READOUTS:
+            raise ValueError(f"readout={readout!r} is not one of {prompts.READOUTS}.")
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}.")
         if readout == "residual_head" and residual_head is None:
             raise ValueError("readout='residual_head' needs residual_head= (a trained ResidualHead, from the "
                              "checkpoint's complete/ folder).")
-        if readout == "residual_head" and (prompt_config or P.PromptConfig()).prompt_prior == "none":
+        if readout == "residual_head" and (prompt_config or prompts.PromptConfig()).prompt_prior == "none":
             raise ValueError("readout='residual_head' corrects the prompt prior, so prompt_prior must be 'nearest' "
                              "or 'guided'; got 'none'.")
         if batch_size < 1 or not memory_budget_mb > 0:
@@ -348,7 +346,7 @@ class CompletionEngine:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.prompt_config = prompt_config or P.PromptConfig()
+        self.prompt_config = prompt_config or prompts.PromptConfig()
         self.readout = readout
         self.residual_head = residual_head
         self.batch_size = int(batch_size)
@@ -358,8 +356,8 @@ class CompletionEngine:
         self.tolerance = float(confidence_tolerance)
         self.grammar = AnswerGrammar(self.tokenizer, max_int_digits, frac_digits)
         self.lm = SharedPrefixLM(model)
-        self.forced_ids = self.tokenizer(P.ANSWER_PREFIX, add_special_tokens=False).input_ids
-        self.eos_id = int(self.tokenizer.convert_tokens_to_ids(P.END_OF_TURN))
+        self.forced_ids = self.tokenizer(prompts.ANSWER_PREFIX, add_special_tokens=False).input_ids
+        self.eos_id = int(self.tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN))
         geometry = processor.image_processor
         self.token_pixels = int(geometry.patch_size) * int(geometry.merge_size)
 
@@ -372,7 +370,7 @@ class CompletionEngine:
 
         start = time.perf_counter()
         image = np.asarray(image)
-        out = self.processor(images=[image], text=[P.chat_prefix_text()], return_tensors="pt")
+        out = self.processor(images=[image], text=[prompts.chat_prefix_text()], return_tensors="pt")
         inputs = {k: v.to(self.lm.device) for k, v in out.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.lm.dtype)
         depth_inputs = None
@@ -397,14 +395,14 @@ class CompletionEngine:
         texts = []
         for i, (x, y) in enumerate(zip(cols.tolist(), rows.tolist())):
             prior = None if cfg.prompt_prior == "none" else float(priors[i])
-            texts.append(P.query_text(0, (x, y) if cfg.pixel_reference == "text" else None, prior=prior, config=cfg))
+            texts.append(prompts.query_text(0, (x, y) if cfg.pixel_reference == "text" else None, prior=prior, config=cfg))
         return texts
 
     def _suffix_ids(self, texts: list[str]) -> list[list[int]]:
         forced = self.forced_ids if self.readout == "text" and self.decode == "constrained" else []
         if not texts:
             return []
-        enc = self.tokenizer([P.chat_suffix_text(t) for t in texts], add_special_tokens=False).input_ids
+        enc = self.tokenizer([prompts.chat_suffix_text(t) for t in texts], add_special_tokens=False).input_ids
         return [list(e) + forced for e in enc]
 
     @torch.no_grad()
@@ -549,7 +547,7 @@ class CompletionEngine:
                                               torch.as_tensor(priors, dtype=torch.float32, device=dev))
             pred = pred.float().cpu().numpy()
             good = np.isfinite(pred) & (pred > 0)
-            vals = np.where(good, np.clip(pred, P.MIN_DEPTH, P.MAX_DEPTH), np.nan)
+            vals = np.where(good, np.clip(pred, prompts.MIN_DEPTH, prompts.MAX_DEPTH), np.nan)
             return [(v, 1.0 if g else 0.0, bool(g), f"{v:.3f}" if g else "") for v, g in zip(vals, good)]
         count = mask.sum(1)
         if free:
@@ -591,12 +589,12 @@ class CompletionEngine:
         for r in range(b):
             k = int(finished_at[r])
             text = g.text(choices[r, :k])
-            value = P.parse_answer(text)
+            value = prompts.parse_answer(text)
             if value is None:
                 out.append((np.nan, 0.0, False, text))
                 continue
             c = answer_confidence(choices[r, :k].tolist(), probs[r, :k], forced[r, :k].tolist(), self.tolerance)
-            out.append((min(max(value, P.MIN_DEPTH), P.MAX_DEPTH), c, True, text))
+            out.append((min(max(value, prompts.MIN_DEPTH), prompts.MAX_DEPTH), c, True, text))
         return out
 
     def _decode_free(self, prefix, cache, logits, count, pixel_hw, steps):
@@ -623,11 +621,11 @@ class CompletionEngine:
             if self.eos_id in seq:
                 seq = seq[:seq.index(self.eos_id)]
             text = self.tokenizer.decode(seq, skip_special_tokens=True)
-            value = P.parse_answer(text)
+            value = prompts.parse_answer(text)
             if value is None or not math.isfinite(value):
                 out.append((np.nan, 0.0, False, text))
                 continue
-            out.append((min(max(value, P.MIN_DEPTH), P.MAX_DEPTH),
+            out.append((min(max(value, prompts.MIN_DEPTH), prompts.MAX_DEPTH),
                         self._free_confidence(seq, sub[r, :len(seq)]), True, text))
         return out
 

@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 FEATURE_MODES = ("log", "inverse", "linear")
-FUSIONS = ("soft", "hard_concat")
+BRANCH_FUSIONS = ("soft", "hard_concat")
 INITS = ("zero", "he")
 DEPTH_MODULES_FILE = "depth_modules.safetensors"
 SDIM_CONFIG_FILE = "sdim_config.json"
@@ -109,8 +109,8 @@ class SDIMConfig:
     def __post_init__(self):
         if self.sparse_features not in FEATURE_MODES:
             raise ValueError(f"sparse_features={self.sparse_features!r} is not one of {FEATURE_MODES}.")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion={self.fusion!r} is not one of {FUSIONS}.")
+        if self.fusion not in BRANCH_FUSIONS:
+            raise ValueError(f"fusion={self.fusion!r} is not one of {BRANCH_FUSIONS}.")
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is not one of {INITS}.")
         if self.channels < 1:

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import torch
 
+from depthkit.complete.prompts import PIXEL_REFERENCES
+
 __all__ = [
-    "MODES",
     "spatial_merge_size",
     "prefix_position_ids",
     "suffix_position_ids",
     "pixel_grid_position",
 ]
-
-MODES = ("text", "rope")
 
 IMAGE_TYPE = 1  # mm_token_type_ids value of image tokens (0 = text, 2 = video)
 
@@ -173,8 +172,8 @@ def suffix_position_ids(next_pos, suffix_mask: torch.Tensor, mode: str = "text",
     Returns:
         3 x B x S: long for text mode, float32 for rope mode. Padding gets 0.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {MODES}.")
+    if mode not in PIXEL_REFERENCES:
+        raise ValueError(f"mode={mode!r} is not one of {PIXEL_REFERENCES} (the pixel_reference settings).")
     mask = torch.as_tensor(suffix_mask)
     if mask.dim() != 2:
         raise ValueError(f"suffix_mask must be B x S; got shape {tuple(mask.shape)}.")

@@ -22,21 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from depthkit.complete.batching import LAYOUTS, SUPERVISIONS
 from depthkit.complete.model import SDIMConfig
+from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
+from depthkit.complete.readout import L1_SPACES
 from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe
 from depthkit.dtypes import canonical_dtype_name
 
 __all__ = [
     "TinyModelConfig", "ModelConfig", "LoraConfig", "PromptsConfig", "DatasetEntry", "SyntheticOptions",
-    "DataConfig", "LossConfig", "EvalConfig", "CompleteRecipe", "PREFIX_SHARING", "SUPERVISION",
+    "DataConfig", "LossConfig", "EvalConfig", "CompleteRecipe",
 ]
 
-PROMPT_PRIORS = ("none", "nearest", "guided")
-PIXEL_REFERENCES = ("text", "rope")
-READOUTS = ("text", "residual_head")
-SUPERVISION = ("sparse", "dense")
-PREFIX_SHARING = ("packed", "replicate", "kv_cache")
-L1_SPACES = ("log", "metres")
 
 
 @dataclass
@@ -250,10 +247,10 @@ class DataConfig:
         for key, d in self.datasets.items():
             if d.weight < 0:
                 raise RecipeError(f"data.datasets.{key}.weight must be >= 0; received {d.weight}")
-        if self.supervision not in SUPERVISION:
-            raise RecipeError(f"data.supervision={self.supervision!r}; allowed: {', '.join(SUPERVISION)}")
-        if self.prefix_sharing not in PREFIX_SHARING:
-            raise RecipeError(f"data.prefix_sharing={self.prefix_sharing!r}; allowed: {', '.join(PREFIX_SHARING)}")
+        if self.supervision not in SUPERVISIONS:
+            raise RecipeError(f"data.supervision={self.supervision!r}; allowed: {', '.join(SUPERVISIONS)}")
+        if self.prefix_sharing not in LAYOUTS:
+            raise RecipeError(f"data.prefix_sharing={self.prefix_sharing!r}; allowed: {', '.join(LAYOUTS)}")
         if not 0.0 <= self.p_keep <= 1.0:
             raise RecipeError(f"data.p_keep must be in [0, 1]; received {self.p_keep}")
         if self.queries_per_image < 1 or self.subset_size < 0 or self.sparse_points < 1 or self.edge_weight < 0:

@@ -8,7 +8,8 @@
    classical interpolation of the sparse map once (the same baseline the trainer used for priors);
 3. encode the image prefix once and answer every query in batches (:class:`depthkit.complete.engine.CompletionEngine`;
    the text readout decodes digits, the residual head reads one hidden state);
-4. fuse (switch ``fusion``: none | gate | blend, by each answer's confidence), then fill the full resolution with the
+4. fuse (switch ``fusion``: none | fallback | blend, by each answer's confidence: ``fallback`` replaces
+   low-confidence answers by the classical interpolation), then fill the full resolution with the
    RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly).
 
 Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
@@ -63,15 +64,15 @@ class CompleteVLMStage:
     def __init__(self, model, processor, settings: dict, residual_head=None, **options):
         from depthkit.complete.engine import CompletionEngine
         from depthkit.complete.prompts import PROMPT_VERSION, PromptConfig
-        from depthkit.complete.query_plan import FUSIONS
+        from depthkit.complete.query_plan import ANSWER_FUSIONS
 
         unknown = sorted(set(options) - set(STAGE_OPTIONS))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
                              f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
         self.options = {**STAGE_OPTIONS, **options}
-        if self.options["fusion"] not in FUSIONS:
-            raise ValueError(f"fusion={self.options['fusion']!r} is not one of {FUSIONS}.")
+        if self.options["fusion"] not in ANSWER_FUSIONS:
+            raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
         self.settings = dict(settings)
         self.prompt_config = PromptConfig(settings.get("prompt_prior", "none"),
                                           settings.get("pixel_reference", "text"),
@@ -97,13 +98,9 @@ class CompleteVLMStage:
         loaded = load_complete(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
         return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, **options)
 
-    def _classical(self, image, sparse, method: str) -> np.ndarray:
-        from depthkit.data import baselines
-
-        return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
-
     def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None = None) -> StageResult:
         """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused."""
+        from depthkit.complete.prompts import prior_map
         from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries
 
         start = time.perf_counter()
@@ -119,7 +116,7 @@ class CompleteVLMStage:
         fusion = opts["fusion"]
         classical = None
         if rows.size and (prior_method != "none" or fusion != "none"):
-            classical = self._classical(image, sparse, prior_method if prior_method != "none" else "guided")
+            classical = prior_map(image, sparse, prior_method if prior_method != "none" else "guided")
         n = rows.size
         stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0}
         if n:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from depthkit.complete import prompts as P
+from depthkit.complete import prompts
 from depthkit.complete.batching import encode_group, pack_groups, sample_training_queries
 from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
 from depthkit.dtypes import torch_dtype
@@ -159,7 +159,7 @@ class CompleterObjective(nn.Module):
             if cfg.numeric_l1 > 0:
                 value = expected_digit_value(logits, batch["target_places"], self.digit_ids,
                                              index=batch["target_query"], num_values=labels.numel())
-                number = torch.round(labels.clamp(P.MIN_DEPTH, P.MAX_DEPTH) * 1000.0) / 1000.0
+                number = torch.round(labels.clamp(prompts.MIN_DEPTH, prompts.MAX_DEPTH) * 1000.0) / 1000.0
                 l1 = (value - number).abs().mean()
                 stats["numeric_l1"] = l1.detach()
                 total = total + cfg.numeric_l1 * l1
@@ -257,7 +257,7 @@ class TrainSteps(torch.utils.data.Dataset):
         self.recipe, self.mixed, self.processor, self.model_config = recipe, mixed, processor, model_config
         self.rank = rank
         self.sampler = StepSampler(len(mixed), recipe.train.batch_size, recipe.train.seed, rank, world)
-        self.prompt_config = P.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
+        self.prompt_config = prompts.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
 
     def __len__(self) -> int:
         return 2**62
@@ -316,9 +316,9 @@ def greedy_answers(sdim, processor, group, pixel_reference: str = "text", max_ne
     device = next(inner.parameters()).device
     cfg = inner.config
     tok = processor.tokenizer
-    eos = tok.convert_tokens_to_ids(P.END_OF_TURN)
+    eos = tok.convert_tokens_to_ids(prompts.END_OF_TURN)
     pad = _pad_id(processor)
-    forced = tok(P.ANSWER_PREFIX, add_special_tokens=False).input_ids
+    forced = tok(prompts.ANSWER_PREFIX, add_special_tokens=False).input_ids
     pre = prefix_position_ids(cfg, group.prefix_ids[None], group.image_grid_thw, group.mm_token_type_ids[None])
     pos = pre["position_ids"].to(device)
     if pixel_reference == "rope":
@@ -379,7 +379,7 @@ def validation_scenes(recipe, processor) -> list:
     e = recipe.eval
     ds = SyntheticDataset(split="val", length=e.num_scenes, height=e.height, width=e.width, kind=e.kind,
                           sparse_kwargs={"n": e.sparse_points})
-    prompt_config = P.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
+    prompt_config = prompts.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
     out = []
     for i in range(len(ds)):
         item = ds[i]
@@ -421,7 +421,7 @@ def validate(sdim, head, processor, scenes: list, recipe) -> dict:
                 texts = greedy_answers(sdim, processor, group, recipe.prompts.pixel_reference,
                                        recipe.eval.max_new_tokens, recipe.eval.batch_queries)
                 for text, label in zip(texts, labels):
-                    value = P.parse_answer(P.ANSWER_PREFIX + text)
+                    value = prompts.parse_answer(prompts.ANSWER_PREFIX + text)
                     if value is None:
                         unparseable += 1
                     else:
