@@ -17,7 +17,8 @@ from depthkit.complete.checkpoint import (
     save_complete,
     write_tiny,
 )
-from depthkit.complete.model import SDIMModel, apply_lora, prepare_depth_inputs
+from depthkit.complete.depth_inputs import prepare_depth_inputs
+from depthkit.complete.model import SDIMModel, apply_lora
 from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
 from depthkit.complete.recipe import TinyModelConfig
 

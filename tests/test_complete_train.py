@@ -15,6 +15,7 @@ import torch
 from depthkit.complete import prompts as P
 from depthkit.complete import train as T
 from depthkit.complete.batching import encode_group, number_places, pack_groups, sample_training_queries
+from depthkit.complete.model import stock_model
 from depthkit.config import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +112,7 @@ def test_encoded_suffix_labels_the_answer():
     assert tok.decode(s.ids[s.answer_start - 1:s.answer_start]) == "\n"  # the query's last token: after "assistant"
     digits = [tok.decode([int(i)]) for i, p in zip(s.ids, s.places) if p != 0]
     assert "".join(digits) == P.format_depth(queries[0].label).replace(".", "")
-    batch = pack_groups([group], T._inner(sdim).config, pad_id=0, layout="packed")
+    batch = pack_groups([group], stock_model(sdim).config, pad_id=0, layout="packed")
     # Targets are shifted by one: the logits at target_pos predict target_ids, the answer tokens in order.
     row = batch["input_ids"][0]
     first = batch["target_query"] == 0
@@ -122,7 +123,7 @@ def test_encoded_suffix_labels_the_answer():
 def test_prefix_sharing_layouts_agree():
     """packed, replicate and kv_cache compute the same hidden states, losses and gradients."""
     recipe, sdim, processor, head = _tiny("nearest", "residual_head", ["loss.numeric_l1=0.5"])
-    cfg = T._inner(sdim).config
+    cfg = stock_model(sdim).config
     groups = []
     for seed in (3, 4):
         image, sparse, _ = _scene(seed)
@@ -188,7 +189,7 @@ def test_tiny_model_learns_held_out_points():
     from depthkit.complete.readout import digit_token_ids
 
     objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).train()
-    steps = T.TrainSteps(recipe, T.MixedDataset([[item]], [1.0]), processor, T._inner(sdim).config)
+    steps = T.TrainSteps(recipe, T.MixedDataset([[item]], [1.0]), processor, stock_model(sdim).config)
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
     before, before_unparseable = error()
     for k in range(60):

@@ -199,7 +199,7 @@ def _ids(tokenizer, text: str) -> list[int]:
 def encode_group(processor, image: np.ndarray, sparse_input: np.ndarray, queries: list[Query],
                  prompt_config: prompts.PromptConfig, sdim_config=None, with_answers: bool = True) -> EncodedGroup:
     """Tokenise one image prefix and its queries' suffixes (answers included when ``with_answers``)."""
-    from depthkit.complete.model import prepare_depth_inputs
+    from depthkit.complete.depth_inputs import prepare_depth_inputs
 
     tok = processor.tokenizer
     enc = processor(images=[image], text=[prompts.chat_prefix_text()], return_tensors="pt")

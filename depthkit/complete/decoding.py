@@ -140,7 +140,7 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
     engine's rule); otherwise plain greedy ``generate()``. Returns per pixel ``{"tokens": generated ids,
     "text": decoded text, "number": the number's text (constrained) or None, "value": parsed metres or None}``.
     """
-    from depthkit.complete.model import prepare_depth_inputs
+    from depthkit.complete.depth_inputs import prepare_depth_inputs
     from depthkit.complete.processor import map_to_resized, resized_size
 
     config = prompt_config or prompts.PromptConfig()

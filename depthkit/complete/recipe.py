@@ -6,7 +6,7 @@ and ``__post_init__`` checks values. Sections:
 - ``model``   — the base model: ``"tiny"`` (random init at the ``tiny`` sizes with the offline tokenizer; trains on a
   CPU) or a local directory / hub id of a released Qwen2.5-VL (e.g. ``Qwen/Qwen2.5-VL-3B-Instruct``); processor
   resize bounds; load dtype.
-- ``sdim``    — :class:`depthkit.complete.model.SDIMConfig` (depth-branch settings).
+- ``sdim``    — :class:`depthkit.complete.depth_inputs.SDIMConfig` (depth-branch settings).
 - ``lora``    — LoRA on the language model, or full fine-tune, and whether the vision tower trains.
 - ``prompts`` — ``pixel_reference`` (text | rope), ``prompt_prior`` (none | nearest | guided), ``readout``
   (text | residual_head).
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from depthkit.complete.batching import LAYOUTS, SUPERVISIONS
-from depthkit.complete.model import SDIMConfig
+from depthkit.complete.depth_inputs import SDIMConfig
 from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
 from depthkit.complete.readout import L1_SPACES
 from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe

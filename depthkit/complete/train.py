@@ -44,6 +44,7 @@ from torch import nn
 
 from depthkit.complete import prompts
 from depthkit.complete.batching import encode_group, pack_groups, sample_training_queries
+from depthkit.complete.model import stock_model
 from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
 from depthkit.dtypes import torch_dtype
 
@@ -52,12 +53,6 @@ __all__ = ["train", "build_completer", "CompleterObjective", "TrainSteps", "Mixe
 
 
 # ------------------------------------------------------------------------------------------------------------- model
-
-
-def _inner(sdim):
-    """The stock Qwen2_5_VLForConditionalGeneration inside ``sdim.base`` (a plain model or a PeftModel)."""
-    base = sdim.base
-    return base.get_base_model() if hasattr(base, "get_base_model") else base
 
 
 def build_completer(recipe, seed: int = 0):
@@ -88,24 +83,24 @@ def build_completer(recipe, seed: int = 0):
         for p in sdim.base.parameters():
             p.requires_grad_(lora.full_finetune)
         if lora.train_vision:
-            for p in _inner(sdim).model.visual.parameters():
+            for p in stock_model(sdim).model.visual.parameters():
                 p.requires_grad_(True)
         for p in sdim.depth_parameters():
             p.requires_grad_(True)
-    if recipe.loss.cross_entropy <= 0 and recipe.loss.numeric_l1 <= 0 and not _inner(sdim).config.tie_word_embeddings:
-        _inner(sdim).lm_head.requires_grad_(False)  # unused: DDP would wait for its gradient forever
+    if recipe.loss.cross_entropy <= 0 and recipe.loss.numeric_l1 <= 0 and not stock_model(sdim).config.tie_word_embeddings:
+        stock_model(sdim).lm_head.requires_grad_(False)  # unused: DDP would wait for its gradient forever
     for p in sdim.parameters():  # optimizer moments of bf16 weights lose too much precision
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     if recipe.train.gradient_checkpointing:
-        _inner(sdim).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        stock_model(sdim).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return sdim, processor, head
 
 
 def run_packed(sdim, batch: dict) -> torch.Tensor:
     """Last hidden states (rows x L x D) of ``batch["input_ids"]`` for a batch from
     :func:`depthkit.complete.batching.pack_groups` (any layout)."""
-    inner = _inner(sdim)
+    inner = stock_model(sdim)
     depth = (batch["sparse_pixels"], batch["rgb_pixels"], batch["image_grid_thw"])
     if batch["layout"] == "kv_cache":
         with sdim.inject(*depth):
@@ -151,7 +146,7 @@ class CompleterObjective(nn.Module):
         labels = batch["query_label"]
         if cfg.cross_entropy > 0 or cfg.numeric_l1 > 0:
             tp = batch["target_pos"]
-            logits = _inner(self.sdim).lm_head(hidden[tp[:, 0], tp[:, 1]]).float()
+            logits = stock_model(self.sdim).lm_head(hidden[tp[:, 0], tp[:, 1]]).float()
             ce = nn.functional.cross_entropy(logits, batch["target_ids"])
             stats["ce"] = ce.detach()
             if cfg.cross_entropy > 0:
@@ -312,7 +307,7 @@ def greedy_answers(sdim, processor, group, pixel_reference: str = "text", max_ne
     """
     from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
 
-    inner = _inner(sdim)
+    inner = stock_model(sdim)
     device = next(inner.parameters()).device
     cfg = inner.config
     tok = processor.tokenizer
@@ -411,7 +406,7 @@ def validate(sdim, head, processor, scenes: list, recipe) -> dict:
             if recipe.prompts.prompt_prior != "none":
                 priors += list(np.abs(labels - np.array([s.head_prior for s in group.suffixes])))
             if head is not None:
-                batch = _to_device(pack_groups([group], _inner(sdim).config, recipe.prompts.pixel_reference,
+                batch = _to_device(pack_groups([group], stock_model(sdim).config, recipe.prompts.pixel_reference,
                                                pad_id=_pad_id(processor), layout=recipe.data.prefix_sharing), device)
                 hidden = run_packed(sdim, batch)
                 qp = batch["query_pos"]
@@ -589,7 +584,7 @@ def train(recipe, resume: bool = False) -> Path:
     rank, world = acc.process_index, acc.num_processes
     start = _resume(setup, run_dir) if resume else 0
     logger = JsonlLogger(run_dir, enabled=acc.is_main_process)
-    steps = TrainSteps(recipe, setup.mixed, setup.processor, _inner(setup.sdim).config, rank, world)
+    steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config, rank, world)
     micro = tc.grad_accum
     loader = torch.utils.data.DataLoader(steps, batch_size=None,
                                          sampler=range(start * micro, setup.steps_total * micro),
