@@ -15,8 +15,11 @@ import torch
 from depthkit.complete import prompts as P
 from depthkit.complete import train as T
 from depthkit.complete.batching import encode_group, number_places, pack_groups, sample_training_queries
+from depthkit.complete.engine import CompletionEngine
 from depthkit.complete.model import stock_model
+from depthkit.complete.train_data import TrainSteps
 from depthkit.config import load_recipe
+from depthkit.training import MixedDataset
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny" / "complete.yaml"
@@ -168,28 +171,29 @@ def test_tiny_model_learns_held_out_points():
         "model.max_pixels=12544", "prompts.prompt_prior=none", "prompts.readout=text", "loss.cross_entropy=1.0",
         "data.queries_per_image=32", "data.p_keep=0.0", "data.edge_weight=0.0", "train.batch_size=1"])
     sdim, processor, head = T.build_completer(recipe)
-    groups = []
+    held_out = []
     for i in range(2):  # held-out points never used as labels in this draw; fixed seeds
         sp_in, queries = sample_training_queries(image, sparse, None, 32, np.random.default_rng([555, i]), "sparse",
                                                  0.0)
-        groups.append(encode_group(processor, image, sp_in, queries, P.PromptConfig(), recipe.sdim,
-                                   with_answers=False))
+        held_out.append((sp_in, queries))
 
     def error():
         sdim.eval()
+        engine = CompletionEngine(sdim, processor, decode="free", max_new_tokens=16)  # the model's own answer
         errors, unparseable = [], 0
-        for g in groups:
-            for text, s in zip(T.greedy_answers(sdim, processor, g, max_new_tokens=8), g.suffixes):
-                value = P.parse_answer(P.ANSWER_PREFIX + text)
-                unparseable += value is None
-                errors.append(s.label if value is None else abs(value - s.label))
+        for sp_in, queries in held_out:
+            rows, cols = np.array([q.row for q in queries]), np.array([q.col for q in queries])
+            answers = engine.answer(engine.encode(image, sp_in), rows, cols)
+            for value, ok, q in zip(answers.values, answers.ok, queries):
+                unparseable += not ok
+                errors.append(q.label if not ok else abs(float(value) - q.label))
         sdim.train()
         return float(np.mean(errors)), unparseable / len(errors)
 
     from depthkit.complete.readout import digit_token_ids
 
     objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).train()
-    steps = T.TrainSteps(recipe, T.MixedDataset([[item]], [1.0]), processor, stock_model(sdim).config)
+    steps = TrainSteps(recipe, MixedDataset([[item]], [1.0]), processor, stock_model(sdim).config)
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
     before, before_unparseable = error()
     for k in range(60):

@@ -22,10 +22,14 @@ import torch
 
 from depthkit.complete import prompts
 
-__all__ = ["AnswerGrammar", "answer_confidence", "AnswerConstraint", "naive_answers"]
+__all__ = ["DECODE_MODES", "AnswerGrammar", "answer_confidence", "AnswerConstraint", "naive_answers"]
 
 # --------------------------------------------------------------------------------------------------------------------
 # The answer grammar
+
+DECODE_MODES = ("constrained", "free")
+"""``constrained``: forced answer template, digits only (:class:`AnswerGrammar`); ``free``: greedy over the full
+vocabulary (plain ``generate()``)."""
 
 
 class AnswerGrammar:

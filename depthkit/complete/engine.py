@@ -58,14 +58,11 @@ import numpy as np
 import torch
 
 from depthkit.complete import prompts
-from depthkit.complete.decoding import AnswerGrammar, answer_confidence
+from depthkit.complete.decoding import DECODE_MODES, AnswerGrammar, answer_confidence
 from depthkit.complete.positions import pixel_grid_position, suffix_position_ids
 from depthkit.complete.shared_prefix import PrefixCache, SharedPrefixLM
 
-__all__ = ["DECODE_MODES", "EngineAnswers", "CompletionEngine"]
-
-DECODE_MODES = ("constrained", "free")
-"""``constrained``: forced answer template, digits only (default); ``free``: greedy over the full vocabulary."""
+__all__ = ["EngineAnswers", "CompletionEngine"]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from depthkit.complete.batching import LAYOUTS, SUPERVISIONS
+from depthkit.complete.decoding import DECODE_MODES
 from depthkit.complete.depth_inputs import SDIMConfig
 from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
 from depthkit.complete.readout import L1_SPACES
@@ -289,14 +290,19 @@ class EvalConfig:
     kind: str = "random"
     sparse_points: int = 150
     batch_queries: int = 32
-    """Queries decoded together."""
+    """Most queries answered together (the inference engine's batch size)."""
+    decode: str = "free"
+    """Text readout: free (greedy over the full vocabulary, the whole answer: ``val_unparseable`` shows whether the
+    model writes the answer template) | constrained (forced template, digits only: what the stage answers)."""
     max_new_tokens: int = 16
-    """Greedy decoding budget after the forced answer prefix (text readout)."""
+    """Answer length limit in tokens for ``decode: free`` (the whole answer, template words included)."""
 
     def __post_init__(self):
         if min(self.num_scenes, self.queries_per_scene, self.height, self.width, self.sparse_points,
                self.batch_queries, self.max_new_tokens) < 1:
             raise RecipeError("eval sizes must all be >= 1")
+        if self.decode not in DECODE_MODES:
+            raise RecipeError(f"eval.decode={self.decode!r}; allowed: {', '.join(DECODE_MODES)}")
 
 
 @register_recipe("complete")

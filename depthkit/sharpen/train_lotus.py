@@ -120,7 +120,8 @@ class LotusBatches:
         self.seed, self.rank = seed, rank
 
     def __getitem__(self, k: int) -> dict:
-        from depthkit.sharpen.train_common import random_resized_crop, step_seed
+        from depthkit.sharpen.train_common import random_resized_crop
+        from depthkit.training import step_seed
 
         images, depths, valids = [], [], []
         for j, idx in enumerate(self.sampler.indices(k)):
@@ -187,20 +188,20 @@ def train(recipe, resume: bool = False) -> Path:
 
     from depthkit.config import recipe_to_yaml
     from depthkit.sharpen.train_common import (
-        atomic_export,
         build_training_data,
         check_resolution,
         images_to_tensor,
         maps_to_tensor,
-        start_run,
-        step_generator,
     )
     from depthkit.training import (
         JsonlLogger,
         StepSampler,
+        atomic_export,
         build_scheduler,
         load_latest_state,
         save_state,
+        start_run,
+        step_generator,
         total_steps,
     )
 
