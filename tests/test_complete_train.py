@@ -232,7 +232,7 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
     assert all(r["steps_per_s"] > 0 and r["queries_per_s"] > 0 for r in train_rows)
     loaded = load_complete(a / "final" / "complete")
-    assert loaded.settings["readout"] == "residual_head" and loaded.settings["prompt_prior"] == "guided"
+    assert loaded.settings.readout == "residual_head" and loaded.settings.prompt_prior == "guided"
     assert (a / "final" / "depthkit.json").is_file() and (a / "final" / "recipe.yaml").is_file()
     # A fresh run into a folder with checkpoints is refused (it would mix two runs).
     assert main([*args, f"output.output_dir={a}"]) == 2

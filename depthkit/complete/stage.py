@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from depthkit.complete.settings import CompleteSettings
 from depthkit.outputs import StageResult
 
 __all__ = ["CompleteVLMStage", "STAGE_OPTIONS"]
@@ -54,16 +55,16 @@ class CompleteVLMStage:
     Args:
         model: an :class:`~depthkit.complete.model.SDIMModel` in eval mode.
         processor: its processor.
-        settings: the checkpoint's ``complete.json`` settings (``prompt_prior``, ``pixel_reference``, ``readout``).
+        settings: the checkpoint's :class:`~depthkit.complete.settings.CompleteSettings` (``prompt_prior``,
+            ``pixel_reference``, ``readout``, ``prompt_version``).
         residual_head: the trained head for ``readout="residual_head"``.
         options: see :data:`STAGE_OPTIONS` and the module docstring.
     """
 
     name = "complete"
 
-    def __init__(self, model, processor, settings: dict, residual_head=None, **options):
+    def __init__(self, model, processor, settings: CompleteSettings, residual_head=None, **options):
         from depthkit.complete.engine import CompletionEngine
-        from depthkit.complete.prompts import PROMPT_VERSION, PromptConfig
         from depthkit.complete.query_plan import ANSWER_FUSIONS
 
         unknown = sorted(set(options) - set(STAGE_OPTIONS))
@@ -73,11 +74,9 @@ class CompleteVLMStage:
         self.options = {**STAGE_OPTIONS, **options}
         if self.options["fusion"] not in ANSWER_FUSIONS:
             raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
-        self.settings = dict(settings)
-        self.prompt_config = PromptConfig(settings.get("prompt_prior", "none"),
-                                          settings.get("pixel_reference", "text"),
-                                          settings.get("prompt_version", PROMPT_VERSION))
-        self.readout = settings.get("readout", "text")
+        self.settings = settings
+        self.prompt_config = settings.prompt_config()
+        self.readout = settings.readout
         self.engine = CompletionEngine(model, processor, self.prompt_config, readout=self.readout,
                                        residual_head=residual_head, batch_size=int(self.options["batch_size"]),
                                        memory_budget_mb=float(self.options["memory_budget_mb"]),
