@@ -15,9 +15,9 @@ are not in the sparse input (edge weighting from the GT), labelled with the GT; 
 measured points. At least ``min_sparse_points`` measurements always stay in the input.
 
 **Prompt prior.** With ``prompt_prior: nearest | guided`` the classical baseline of the same name
-(:mod:`depthkit.data.baselines`) fills the *held-out* sparse input at input resolution and its value at the queried
-pixel is written into the mask-0 prompt; the residual head starts from that value (for a mask-1 query from the
-measured value).
+(:func:`depthkit.complete.query_plan.prior_map`, the function the stage uses) fills the *held-out* sparse input at
+input resolution and its value at the queried pixel is written into the mask-0 prompt; the residual head starts
+from that value (for a mask-1 query from the measured value).
 
 **Labels.** Cross-entropy covers every answer token — the template words, the digits and the point, and the final
 ``<|im_end|>`` — as in the paper: the template is learned within minutes even from scratch (SPEC section 7), and a
@@ -58,14 +58,13 @@ import torch
 from depthkit.complete import prompts
 from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
 from depthkit.complete.processor import map_to_resized, processor_geometry
+from depthkit.complete.query_plan import prior_map
+from depthkit.complete.recipe import LAYOUTS, SUPERVISIONS
 
 __all__ = ["Query", "EncodedSuffix", "EncodedGroup", "sample_training_queries", "encode_group",
-           "pack_groups", "number_places", "LAYOUTS", "SUPERVISIONS"]
+           "pack_groups", "number_places"]
 
-LAYOUTS = ("packed", "replicate", "kv_cache")
-"""How the queries of one image share its prefix in a training batch (``data.prefix_sharing``; module docstring)."""
-SUPERVISIONS = ("sparse", "dense")
-"""Where labels come from: held-out sparse points (label-free) or dense ground truth (see the module docstring)."""
+
 
 
 @dataclass
@@ -137,7 +136,7 @@ def sample_training_queries(image: np.ndarray, sparse: np.ndarray, depth: np.nda
             sparse_input[r, c] = 0.0
     if not queries or int((sparse_input > 0).sum()) < max(1, min_sparse_points):
         return sparse_input, []
-    prior = prompts.prior_map(image, sparse_input, prompt_prior) if prompt_prior != "none" else None
+    prior = prior_map(image, sparse_input, prompt_prior) if prompt_prior != "none" else None
     out = []
     for r, c, mask, label in queries:
         if mask == 1:

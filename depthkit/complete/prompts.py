@@ -52,7 +52,6 @@ __all__ = [
     "PRIOR_METHODS",
     "PIXEL_REFERENCES",
     "READOUTS",
-    "prior_map",
     "PromptConfig",
     "format_depth",
     "parse_answer",
@@ -91,7 +90,7 @@ ANSWER_SUFFIX = ANSWER_TEMPLATE.split("{y:.3f}")[1]  # " meters away from the ca
 PROMPT_PRIORS = ("none", "nearest", "guided")
 """``prompt_prior``: none (the paper) or the classical interpolation whose value the mask-0 prompt states."""
 PRIOR_METHODS = PROMPT_PRIORS[1:]
-"""The classical interpolations a prior can come from (functions of :mod:`depthkit.data.baselines`)."""
+"""The classical interpolations a prior can come from (:func:`depthkit.complete.query_plan.prior_map`)."""
 PIXEL_REFERENCES = ("text", "rope")
 """``pixel_reference``: coordinates in the prompt text, or the pixel's M-RoPE position on the query tokens."""
 READOUTS = ("text", "residual_head")
@@ -270,18 +269,6 @@ def chat_messages(query: str, answer: str | None = None) -> list[dict]:
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
-
-
-def prior_map(image: np.ndarray, sparse: np.ndarray, method: str) -> np.ndarray:
-    """The classical interpolation behind a prompt prior: dense HxW float32 metres from ``sparse`` (HxW metres,
-    0 = missing) by ``method`` (one of :data:`PRIOR_METHODS`, the function of that name in
-    :mod:`depthkit.data.baselines`). The trainer states its value at held-out pixels, the stage at queried pixels
-    (and fuses answers with it)."""
-    from depthkit.data import baselines
-
-    if method not in PRIOR_METHODS:
-        raise ValueError(f"prior method {method!r}; allowed: {', '.join(PRIOR_METHODS)}.")
-    return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
 
 
 def _edge_strength(depth_or_image: np.ndarray) -> np.ndarray:

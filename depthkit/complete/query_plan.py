@@ -9,6 +9,7 @@
    whose confidence is below ``threshold`` falls back to the classical interpolation at that pixel. ``"blend"``:
    ``c * answer + (1 - c) * classical`` with ``c`` the answer's confidence. Unreadable answers are never anchors:
    they are counted and their pixels filled from their neighbours.
+   The classical interpolation is :func:`prior_map` — the same function the trainer uses for prompt priors.
 3. **Dense fill** (:func:`fill_dense`): the measured points and the (fused) answers together are the sparse input
    of the RGB-guided, edge-aware interpolation :func:`depthkit.data.baselines.guided` (joint x, y, RGB k-NN with
    a joint-bilateral local-plane fit), which copies every anchor exactly — so measured pixels keep their values bit
@@ -23,7 +24,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ANSWER_FUSIONS", "plan_queries", "fuse_answers", "fill_dense", "confidence_map"]
+__all__ = ["ANSWER_FUSIONS", "plan_queries", "prior_map", "fuse_answers", "fill_dense", "confidence_map"]
 
 ANSWER_FUSIONS = ("none", "fallback", "blend")
 """How answers are combined with the classical interpolation by their confidence (the stage's ``fusion`` option)."""
@@ -109,6 +110,19 @@ def fuse_answers(values: np.ndarray, confidence: np.ndarray, ok: np.ndarray, cla
     if mode == "fallback":
         return np.where(ok & (conf < threshold), classical, out)
     return np.where(ok, conf * values + (1.0 - conf) * classical, np.nan)
+
+
+def prior_map(image: np.ndarray, sparse: np.ndarray, method: str) -> np.ndarray:
+    """The classical interpolation behind a prompt prior: dense HxW float32 metres from ``sparse`` (HxW metres,
+    0 = missing) by ``method`` (one of :data:`PRIOR_METHODS`, the function of that name in
+    :mod:`depthkit.data.baselines`). The trainer states its value at held-out pixels, the stage at queried pixels
+    (and fuses answers with it)."""
+    from depthkit.complete.prompts import PRIOR_METHODS
+    from depthkit.data import baselines
+
+    if method not in PRIOR_METHODS:
+        raise ValueError(f"prior method {method!r}; allowed: {', '.join(PRIOR_METHODS)}.")
+    return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
 
 
 def fill_dense(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray,

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from depthkit.complete.batching import LAYOUTS, SUPERVISIONS
 from depthkit.complete.decoding import DECODE_MODES
 from depthkit.complete.depth_inputs import SDIMConfig
 from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
@@ -31,10 +30,17 @@ from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_rec
 from depthkit.dtypes import canonical_dtype_name
 
 __all__ = [
-    "TinyModelConfig", "ModelConfig", "LoraConfig", "PromptsConfig", "DatasetEntry", "SyntheticOptions",
+    "LAYOUTS", "SUPERVISIONS", "TinyModelConfig", "ModelConfig", "LoraConfig", "PromptsConfig", "DatasetEntry", "SyntheticOptions",
     "DataConfig", "LossConfig", "EvalConfig", "CompleteRecipe",
 ]
 
+
+LAYOUTS = ("packed", "replicate", "kv_cache")
+"""``data.prefix_sharing``: how the queries of one image share its prefix in a training batch
+(:func:`depthkit.complete.batching.pack_groups`)."""
+SUPERVISIONS = ("sparse", "dense")
+"""``data.supervision``: labels from held-out sparse points (label-free) or from dense ground truth
+(:func:`depthkit.complete.batching.sample_training_queries`)."""
 
 
 @dataclass

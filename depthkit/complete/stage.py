@@ -99,8 +99,7 @@ class CompleteVLMStage:
 
     def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None = None) -> StageResult:
         """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused."""
-        from depthkit.complete.prompts import prior_map
-        from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries
+        from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries, prior_map
 
         start = time.perf_counter()
         sparse = np.asarray(sparse, dtype=np.float32)
