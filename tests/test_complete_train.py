@@ -17,7 +17,8 @@ from depthkit.complete import train as T
 from depthkit.complete.batching import encode_group, number_places, pack_groups, sample_training_queries
 from depthkit.complete.engine import CompletionEngine
 from depthkit.complete.model import stock_model
-from depthkit.complete.train_data import TrainSteps
+from depthkit.complete.train_data import TrainSteps, build_datasets
+from depthkit.complete.validation import validate, validation_scenes
 from depthkit.config import load_recipe
 from depthkit.training import MixedDataset
 
@@ -153,6 +154,30 @@ def test_prefix_sharing_layouts_agree():
         assert torch.allclose(grad, ref_grad, atol=2e-5, rtol=1e-3), layout
 
 
+@pytest.mark.parametrize("readout,decode", [("text", "constrained"), ("text", "free"), ("residual_head", "free")])
+def test_validation_answers_through_the_engine(readout, decode):
+    """validate() reports what the inference engine answers at the held-out points (no decoder of its own)."""
+    prior = "guided" if readout == "residual_head" else "none"
+    recipe, sdim, processor, head = _tiny(prior, readout, [f"eval.decode={decode}", "eval.max_new_tokens=12"])
+    scenes = validation_scenes(recipe)
+    out = validate(sdim, head, processor, scenes, recipe)
+    engine = CompletionEngine(sdim.eval(), processor, P.PromptConfig(prior), readout=readout, residual_head=head,
+                              decode=decode, max_new_tokens=12)
+    errors, bad = [], 0
+    for s in scenes:
+        answers = engine.answer(engine.encode(s.image, s.sparse), s.rows, s.cols, s.priors)
+        errors += list(np.abs(answers.values[answers.ok] - s.labels[answers.ok]))
+        bad += int((~answers.ok).sum())
+    assert out["val_queries"] == sum(s.labels.size for s in scenes) > 0
+    assert out["val_unparseable"] == bad / out["val_queries"]
+    if errors:
+        assert out["val_mae"] == pytest.approx(float(np.mean(errors)), rel=1e-5)
+    if decode == "constrained":
+        assert bad == 0  # the grammar always yields a number
+    if prior != "none":
+        assert out["val_prior_mae"] > 0
+
+
 # ---- learning -----------------------------------------------------------------------------------------------------
 
 
@@ -274,7 +299,7 @@ def test_missing_dataset_root_and_offline_hub_id_are_clear_errors(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml",
                          [f"output.output_dir={tmp_path}"])
     with pytest.raises(ValueError, match=r"data.datasets.hypersim.root=/path"):
-        T.build_datasets(recipe)
+        build_datasets(recipe)
     with pytest.raises(OSError, match="HF_HUB_OFFLINE is set"):
         T.build_completer(recipe)
 
