@@ -204,11 +204,6 @@ class SDIMModel(nn.Module):
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
 
-    @property
-    def base_config(self):
-        """The wrapped model's ``Qwen2_5_VLConfig``."""
-        return self.base.config
-
     def depth_parameters(self) -> list[nn.Parameter]:
         """Parameters of the new modules (depth branch + proj2): always trained."""
         mods = [m for m in (self.depth_branch, self.proj2) if m is not None]
@@ -221,10 +216,6 @@ class SDIMModel(nn.Module):
             if module is not None:
                 out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         return out
-
-    def detach_hook(self) -> None:
-        """Remove the patch-embedding hook (the base model is then exactly the stock model again)."""
-        self._hook.remove()
 
     def _add_depth_embedding(self, module, args, output):
         extra = self._pending.get(threading.get_ident())

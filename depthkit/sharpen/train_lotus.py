@@ -13,8 +13,8 @@ One step, for a batch of crops with GT depth d (metres) and valid mask v:
   decode(encode(GT)) against GT over valid pixels — a random VAE cannot write depth, so it learns to.
 
 Accelerate runs it (bf16 autocast on CUDA, gradient accumulation, several processes with gradients averaged by
-hand); checkpoints are atomic (:func:`depthkit.training.save_state`) and ``--resume`` continues exactly (see
-:mod:`depthkit.sharpen.train_common`). The result, ``<output_dir>/final/``, is a Lotus folder
+hand); checkpoints are atomic (:func:`depthkit.training.save_state`) and ``--resume`` continues exactly (per-step seeds and data
+order from :mod:`depthkit.training`). The result, ``<output_dir>/final/``, is a Lotus folder
 (:meth:`LotusModel.save_pretrained`): the ``model.lotus`` of a sharpen recipe.
 """
 
