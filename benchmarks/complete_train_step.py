@@ -109,17 +109,19 @@ def run_step_benchmark(args, recipe) -> dict:
     import torch
 
     from depthkit.complete import train as T
+    from depthkit.complete.model import stock_model
+    from depthkit.complete.train_data import TrainSteps, to_device
 
     run_dir = recipe.output.output_dir
     t = time.perf_counter()
     setup = T.setup_training(recipe, run_dir)
     build_s = time.perf_counter() - t
     acc = setup.accelerator
-    steps = T.TrainSteps(recipe, setup.mixed, setup.processor, T._inner(setup.sdim).config)
+    steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config)
     t = time.perf_counter()
     batches = [steps[k] for k in range(args.steps + 1)]
     data_s = (time.perf_counter() - t) / len(batches)
-    batches = [T._to_device(b, acc.device) for b in batches]
+    batches = [to_device(b, acc.device) for b in batches]
     times, stats = [], {}
     for i, batch in enumerate(batches):
         _sync(torch)
@@ -128,7 +130,7 @@ def run_step_benchmark(args, recipe) -> dict:
         _sync(torch)
         if i > 0:
             times.append(time.perf_counter() - t)
-    inner = T._inner(setup.sdim)
+    inner = stock_model(setup.sdim)
     b0 = batches[0]
     return {
         "what": "one optimizer step (forward + backward + AdamW), CompleterObjective via setup_training/train_step",
@@ -157,11 +159,13 @@ def run_sharing_comparison(args, recipe) -> dict:
     from depthkit.complete import prompts as P
     from depthkit.complete import train as T
     from depthkit.complete.batching import encode_group, pack_groups, sample_training_queries
+    from depthkit.complete.model import stock_model
     from depthkit.complete.readout import digit_token_ids
+    from depthkit.complete.train_data import build_datasets
 
     sdim, processor, head = T.build_completer(recipe)
-    mixed = T.build_datasets(recipe)
-    cfg = T._inner(sdim).config
+    mixed = build_datasets(recipe)
+    cfg = stock_model(sdim).config
     prompts = P.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
     groups = []
     for j in range(args.batch):

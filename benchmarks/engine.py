@@ -11,7 +11,7 @@ drawn with a fixed seed), it times:
 
 - ``naive``: the paper's way (timed in two halves, one before and one after the other variants, to even out load
   drift on a shared machine) — for each pixel the processor builds the whole conversation and
-  ``SDIMModel.generate`` decodes greedily (:func:`depthkit.complete.engine.naive_answers`). Random weights do not
+  ``SDIMModel.generate`` decodes greedily (:func:`depthkit.complete.decoding.naive_answers`). Random weights do not
   write the answer template, so the naive run carries the engine's template + digit grammar as a LogitsProcessor
   (about 12 generated tokens per pixel; a trained model writing the whole sentence generates ~16, so naive is if
   anything favoured here);
@@ -134,7 +134,7 @@ def _sync(device: str) -> None:
 
 
 def run_naive(model, proc, image, sparse, rows, cols) -> list[str]:
-    from depthkit.complete.engine import naive_answers
+    from depthkit.complete.decoding import naive_answers
 
     return [r["number"] for r in naive_answers(model, proc, image, sparse, rows, cols, constrained=True)]
 
@@ -143,7 +143,7 @@ def run_naive(model, proc, image, sparse, rows, cols) -> list[str]:
 def run_plain_shared_prefix(engine, image, sparse, rows, cols, batch: int) -> list[str]:
     """The SPEC prototype: prefix once, DynamicCache expanded per batch, stock forward, constrained greedy loop."""
     from depthkit.complete import prompts as P
-    from depthkit.complete.model import prepare_depth_inputs
+    from depthkit.complete.depth_inputs import prepare_depth_inputs
     from depthkit.complete.positions import prefix_position_ids, suffix_position_ids
     from depthkit.complete.processor import map_to_resized
 

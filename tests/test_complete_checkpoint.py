@@ -10,16 +10,17 @@ import torch
 from depthkit.checkpoints import CheckpointError
 from depthkit.complete import prompts as P
 from depthkit.complete.checkpoint import (
-    COMPLETE_JSON,
     build_tiny_base,
     load_base_model,
     load_complete,
     save_complete,
     write_tiny,
 )
-from depthkit.complete.model import SDIMModel, apply_lora, prepare_depth_inputs
+from depthkit.complete.depth_inputs import prepare_depth_inputs
+from depthkit.complete.model import SDIMModel, apply_lora
 from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
 from depthkit.complete.recipe import TinyModelConfig
+from depthkit.complete.settings import COMPLETE_JSON, CompleteSettings
 
 SMALL = TinyModelConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_hidden_size=32,
                         vision_intermediate_size=64)
@@ -68,14 +69,14 @@ def test_save_load_round_trip_is_exact(tmp_path):
         assert torch.equal(loaded.model(**_inputs(loaded.processor)).logits, ref)
         assert torch.equal(loaded.residual_head.predict(hidden, torch.tensor([1.0, 2.0, 3.0])), ref_head)
     s = loaded.settings
-    assert (s["prompt_prior"], s["pixel_reference"], s["readout"], s["note"]) == ("guided", "text", "residual_head", "x")
-    assert s["prompt_version"] == P.PROMPT_VERSION
-    assert (s["min_pixels"], s["max_pixels"]) == (28 * 28, 168 * 168)
-    assert s["residual_head"]["max_log_correction"] == 0.5
+    assert (s.prompt_prior, s.pixel_reference, s.readout, s.note) == ("guided", "text", "residual_head", "x")
+    assert s.prompt_version == P.PROMPT_VERSION
+    assert (s.min_pixels, s.max_pixels) == (28 * 28, 168 * 168)
+    assert s.residual_head["max_log_correction"] == 0.5
     assert not list(tmp_path.glob(".complete.tmp*"))  # the temporary folder was renamed into place
     # Overwriting an existing checkpoint keeps it loadable (atomic replace).
     save_complete(out, model, processor, settings, residual_head=head)
-    assert load_complete(out).settings["note"] == "x"
+    assert load_complete(out).settings.note == "x"
 
 
 def test_lora_merge_does_not_touch_the_model_and_matches(tmp_path):
@@ -144,6 +145,22 @@ def test_broken_checkpoints_give_named_errors(tmp_path):
         save_complete(tmp_path / "x", model, processor, {"readout": "residual_head"})
 
 
+def test_complete_json_is_typed_and_refuses_unknown_keys(tmp_path):
+    write_tiny(tmp_path / "c")
+    path = tmp_path / "c" / COMPLETE_JSON
+    meta = json.loads(path.read_text())
+    assert CompleteSettings.from_dict(meta).to_json_dict() == meta  # the file round-trips through the dataclass
+    path.write_text(json.dumps({**meta, "prompt_prio": "guided"}))  # a typo is an error, not a silent default
+    with pytest.raises(CheckpointError, match=r"complete\.json: unknown key\(s\) \['prompt_prio'\]"):
+        load_complete(tmp_path / "c")
+    path.write_text(json.dumps({**meta, "readout": "digits"}))
+    with pytest.raises(CheckpointError, match="readout='digits'; allowed: text, residual_head"):
+        load_complete(tmp_path / "c")
+    path.write_text(json.dumps({k: v for k, v in meta.items() if k != "residual_head"}))
+    with pytest.raises(CheckpointError, match="no residual head is described"):
+        load_complete(tmp_path / "c")
+
+
 def test_weights_saved_as_pickle_are_refused(tmp_path):
     write_tiny(tmp_path / "c")
     (tmp_path / "c" / "model.safetensors").unlink()
@@ -158,7 +175,7 @@ def test_write_tiny_and_init_checkpoint_cli(tmp_path):
 
     assert write_tiny(tmp_path / "a" / "complete", seed=3) == {"method": "sdim"}
     loaded = load_complete(tmp_path / "a" / "complete")
-    assert loaded.settings["readout"] == "residual_head" and loaded.residual_head is not None
+    assert loaded.settings.readout == "residual_head" and loaded.residual_head is not None
     # The untrained head returns the prior exactly.
     hidden = torch.randn(4, loaded.residual_head.hidden_size)
     prior = torch.tensor([0.5, 1.0, 7.0, 80.0])

@@ -7,16 +7,14 @@ import pytest
 import torch
 
 from depthkit.complete import prompts as P
-from depthkit.complete.model import (
-    LORA_TARGET_REGEX,
+from depthkit.complete.depth_inputs import (
     SDIMConfig,
-    SDIMModel,
-    apply_lora,
     normalize_sparse_depth,
     prepare_depth_inputs,
     scatter_sparse_to_grid,
     sparse_depth_features,
 )
+from depthkit.complete.model import LORA_TARGET_REGEX, SDIMModel, apply_lora
 from depthkit.complete.processor import (
     build_tiny_processor,
     load_processor,

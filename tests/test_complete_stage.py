@@ -65,12 +65,12 @@ def test_fusion_modes_hand_values():
     classical = np.array([1.0, 1.0, 1.0])
     none = fuse_answers(values, conf, ok, None, "none")
     assert none[:2].tolist() == [2.0, 4.0] and np.isnan(none[2])
-    gate = fuse_answers(values, conf, ok, classical, "gate", threshold=0.5)
-    assert gate[:2].tolist() == [2.0, 1.0] and np.isnan(gate[2])  # unreadable stays out: filled from neighbours
+    fallback = fuse_answers(values, conf, ok, classical, "fallback", threshold=0.5)
+    assert fallback[:2].tolist() == [2.0, 1.0] and np.isnan(fallback[2])  # unreadable stays out: filled from neighbours
     blend = fuse_answers(values, conf, ok, classical, "blend")
     assert blend[:2] == pytest.approx([0.9 * 2 + 0.1 * 1, 0.2 * 4 + 0.8 * 1])
     with pytest.raises(ValueError, match="needs the classical"):
-        fuse_answers(values, conf, ok, None, "gate")
+        fuse_answers(values, conf, ok, None, "fallback")
     with pytest.raises(ValueError, match="fusion"):
         fuse_answers(values, conf, ok, classical, "vote")
 
@@ -124,7 +124,7 @@ def test_stage_text_readout_end_to_end(tiny_text_checkpoint):
     from depthkit.complete.stage import CompleteVLMStage
 
     stage = CompleteVLMStage.from_checkpoint(tiny_text_checkpoint / "complete", query_budget=40, batch_size=16,
-                                             fusion="gate")
+                                             fusion="fallback")
     image, sparse = _scene()
     out = stage.run(image, sparse)
     measured = sparse > 0

@@ -15,7 +15,12 @@ import torch
 from depthkit.complete import prompts as P
 from depthkit.complete import train as T
 from depthkit.complete.batching import encode_group, number_places, pack_groups, sample_training_queries
+from depthkit.complete.engine import CompletionEngine
+from depthkit.complete.model import stock_model
+from depthkit.complete.train_data import TrainSteps, build_datasets
+from depthkit.complete.validation import validate, validation_scenes
 from depthkit.config import load_recipe
+from depthkit.training import MixedDataset
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny" / "complete.yaml"
@@ -111,7 +116,7 @@ def test_encoded_suffix_labels_the_answer():
     assert tok.decode(s.ids[s.answer_start - 1:s.answer_start]) == "\n"  # the query's last token: after "assistant"
     digits = [tok.decode([int(i)]) for i, p in zip(s.ids, s.places) if p != 0]
     assert "".join(digits) == P.format_depth(queries[0].label).replace(".", "")
-    batch = pack_groups([group], T._inner(sdim).config, pad_id=0, layout="packed")
+    batch = pack_groups([group], stock_model(sdim).config, pad_id=0, layout="packed")
     # Targets are shifted by one: the logits at target_pos predict target_ids, the answer tokens in order.
     row = batch["input_ids"][0]
     first = batch["target_query"] == 0
@@ -122,7 +127,7 @@ def test_encoded_suffix_labels_the_answer():
 def test_prefix_sharing_layouts_agree():
     """packed, replicate and kv_cache compute the same hidden states, losses and gradients."""
     recipe, sdim, processor, head = _tiny("nearest", "residual_head", ["loss.numeric_l1=0.5"])
-    cfg = T._inner(sdim).config
+    cfg = stock_model(sdim).config
     groups = []
     for seed in (3, 4):
         image, sparse, _ = _scene(seed)
@@ -149,6 +154,30 @@ def test_prefix_sharing_layouts_agree():
         assert torch.allclose(grad, ref_grad, atol=2e-5, rtol=1e-3), layout
 
 
+@pytest.mark.parametrize("readout,decode", [("text", "constrained"), ("text", "free"), ("residual_head", "free")])
+def test_validation_answers_through_the_engine(readout, decode):
+    """validate() reports what the inference engine answers at the held-out points (no decoder of its own)."""
+    prior = "guided" if readout == "residual_head" else "none"
+    recipe, sdim, processor, head = _tiny(prior, readout, [f"eval.decode={decode}", "eval.max_new_tokens=12"])
+    scenes = validation_scenes(recipe)
+    out = validate(sdim, head, processor, scenes, recipe)
+    engine = CompletionEngine(sdim.eval(), processor, P.PromptConfig(prior), readout=readout, residual_head=head,
+                              decode=decode, max_new_tokens=12)
+    errors, bad = [], 0
+    for s in scenes:
+        answers = engine.answer(engine.encode(s.image, s.sparse), s.rows, s.cols, s.priors)
+        errors += list(np.abs(answers.values[answers.ok] - s.labels[answers.ok]))
+        bad += int((~answers.ok).sum())
+    assert out["val_queries"] == sum(s.labels.size for s in scenes) > 0
+    assert out["val_unparseable"] == bad / out["val_queries"]
+    if errors:
+        assert out["val_mae"] == pytest.approx(float(np.mean(errors)), rel=1e-5)
+    if decode == "constrained":
+        assert bad == 0  # the grammar always yields a number
+    if prior != "none":
+        assert out["val_prior_mae"] > 0
+
+
 # ---- learning -----------------------------------------------------------------------------------------------------
 
 
@@ -167,28 +196,29 @@ def test_tiny_model_learns_held_out_points():
         "model.max_pixels=12544", "prompts.prompt_prior=none", "prompts.readout=text", "loss.cross_entropy=1.0",
         "data.queries_per_image=32", "data.p_keep=0.0", "data.edge_weight=0.0", "train.batch_size=1"])
     sdim, processor, head = T.build_completer(recipe)
-    groups = []
+    held_out = []
     for i in range(2):  # held-out points never used as labels in this draw; fixed seeds
         sp_in, queries = sample_training_queries(image, sparse, None, 32, np.random.default_rng([555, i]), "sparse",
                                                  0.0)
-        groups.append(encode_group(processor, image, sp_in, queries, P.PromptConfig(), recipe.sdim,
-                                   with_answers=False))
+        held_out.append((sp_in, queries))
 
     def error():
         sdim.eval()
+        engine = CompletionEngine(sdim, processor, decode="free", max_new_tokens=16)  # the model's own answer
         errors, unparseable = [], 0
-        for g in groups:
-            for text, s in zip(T.greedy_answers(sdim, processor, g, max_new_tokens=8), g.suffixes):
-                value = P.parse_answer(P.ANSWER_PREFIX + text)
-                unparseable += value is None
-                errors.append(s.label if value is None else abs(value - s.label))
+        for sp_in, queries in held_out:
+            rows, cols = np.array([q.row for q in queries]), np.array([q.col for q in queries])
+            answers = engine.answer(engine.encode(image, sp_in), rows, cols)
+            for value, ok, q in zip(answers.values, answers.ok, queries):
+                unparseable += not ok
+                errors.append(q.label if not ok else abs(float(value) - q.label))
         sdim.train()
         return float(np.mean(errors)), unparseable / len(errors)
 
     from depthkit.complete.readout import digit_token_ids
 
     objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).train()
-    steps = T.TrainSteps(recipe, T.MixedDataset([[item]], [1.0]), processor, T._inner(sdim).config)
+    steps = TrainSteps(recipe, MixedDataset([[item]], [1.0]), processor, stock_model(sdim).config)
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
     before, before_unparseable = error()
     for k in range(60):
@@ -227,7 +257,7 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
     assert all(r["steps_per_s"] > 0 and r["queries_per_s"] > 0 for r in train_rows)
     loaded = load_complete(a / "final" / "complete")
-    assert loaded.settings["readout"] == "residual_head" and loaded.settings["prompt_prior"] == "guided"
+    assert loaded.settings.readout == "residual_head" and loaded.settings.prompt_prior == "guided"
     assert (a / "final" / "depthkit.json").is_file() and (a / "final" / "recipe.yaml").is_file()
     # A fresh run into a folder with checkpoints is refused (it would mix two runs).
     assert main([*args, f"output.output_dir={a}"]) == 2
@@ -269,7 +299,7 @@ def test_missing_dataset_root_and_offline_hub_id_are_clear_errors(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml",
                          [f"output.output_dir={tmp_path}"])
     with pytest.raises(ValueError, match=r"data.datasets.hypersim.root=/path"):
-        T.build_datasets(recipe)
+        build_datasets(recipe)
     with pytest.raises(OSError, match="HF_HUB_OFFLINE is set"):
         T.build_completer(recipe)
 

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from depthkit.complete import prompts as P
-from depthkit.complete.engine import AnswerGrammar, CompletionEngine, answer_confidence, naive_answers
-from depthkit.complete.model import SDIMConfig, SDIMModel, prepare_depth_inputs
+from depthkit.complete.decoding import AnswerGrammar, answer_confidence, naive_answers
+from depthkit.complete.depth_inputs import SDIMConfig, prepare_depth_inputs
+from depthkit.complete.engine import CompletionEngine
+from depthkit.complete.model import SDIMModel
 from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
 from depthkit.complete.processor import build_tiny_processor, map_to_resized
 from depthkit.complete.tiny import build_tiny_qwen2_5_vl

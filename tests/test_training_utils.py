@@ -44,3 +44,73 @@ def test_checkpoints_are_atomic_pruned_and_resumable(tmp_path):
     with pytest.raises(ValueError, match="corrupt"):
         load_latest_state(tmp_path)
     assert load_latest_state(tmp_path / "nothing") is None
+
+
+def test_mixed_dataset_list_mode_keeps_every_item_or_a_weighted_subset():
+    from depthkit.training import MixedDataset
+
+    a = [{"x": ("a", i)} for i in range(10)]
+    b = [{"x": ("b", i)} for i in range(30)]
+    every = MixedDataset([a, b], [1.0, 3.0])
+    assert len(every) == 40 and sorted(every[i]["x"] for i in range(40)) == sorted(d["x"] for d in a + b)
+    subset = MixedDataset([a, b], [1.0, 3.0], seed=5, subset_size=8)
+    sources = [subset[i]["source"] for i in range(len(subset))]
+    assert (sources.count(0), sources.count(1)) == (2, 6)  # by weight
+    again = MixedDataset([a, b], [1.0, 3.0], seed=5, subset_size=8)
+    assert [subset[i]["x"] for i in range(8)] == [again[i]["x"] for i in range(8)]  # fixed by the seed
+    assert len(MixedDataset([a, b], [0.0, 1.0])) == 30  # weight 0 leaves a dataset out
+
+
+def test_mixed_dataset_draw_mode_and_epochs():
+    from depthkit.training import MixedDataset
+
+    class Epochs:
+        def __init__(self):
+            self.epoch = None
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"i": i, "epoch": self.epoch}
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    mixed = MixedDataset([Epochs(), [{"i": 9}] * 100], [1.0, 0.0], draw=True, seed=3)
+    assert len(mixed) == 104 and all(mixed[i]["source"] == 0 for i in range(50))  # weight 0: never drawn
+    assert mixed.get(1, epoch=7)["epoch"] == 7
+    both = MixedDataset([Epochs(), Epochs()], [1.0, 1.0], draw=True, seed=3)
+    assert {both[i]["source"] for i in range(50)} == {0, 1}
+    assert [both.locate(i) for i in range(20)] == [both.locate(i) for i in range(20)]
+    with pytest.raises(ValueError, match="one weight per dataset"):
+        MixedDataset([Epochs()], [1.0, 2.0])
+
+
+def test_run_folder_guard_and_atomic_export(tmp_path):
+    from depthkit.training import atomic_export, prepare_run_dir, step_seed
+
+    run = prepare_run_dir(tmp_path / "run", resume=False)
+    save_state(run, 1, {"w": torch.zeros(1)})
+    with pytest.raises(ValueError, match="--resume"):
+        prepare_run_dir(run, resume=False)
+    assert prepare_run_dir(run, resume=True) == run
+    assert step_seed(0, 5, 1) == step_seed(0, 5, 1) != step_seed(0, 5, 1, stream=1)
+
+    def write(folder):
+        (folder / "a.txt").write_text("new")
+
+    final = run / "final"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    assert atomic_export(final, write) == final
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
+
+    def fail(folder):
+        (folder / "half.txt").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_export(final, fail)
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]  # the previous export is untouched
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "final"]  # no temporary folder left

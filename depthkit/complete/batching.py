@@ -15,9 +15,9 @@ are not in the sparse input (edge weighting from the GT), labelled with the GT; 
 measured points. At least ``min_sparse_points`` measurements always stay in the input.
 
 **Prompt prior.** With ``prompt_prior: nearest | guided`` the classical baseline of the same name
-(:mod:`depthkit.data.baselines`) fills the *held-out* sparse input at input resolution and its value at the queried
-pixel is written into the mask-0 prompt; the residual head starts from that value (for a mask-1 query from the
-measured value).
+(:func:`depthkit.complete.query_plan.prior_map`, the function the stage uses) fills the *held-out* sparse input at
+input resolution and its value at the queried pixel is written into the mask-0 prompt; the residual head starts
+from that value (for a mask-1 query from the measured value).
 
 **Labels.** Cross-entropy covers every answer token — the template words, the digits and the point, and the final
 ``<|im_end|>`` — as in the paper: the template is learned within minutes even from scratch (SPEC section 7), and a
@@ -55,12 +55,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from depthkit.complete import prompts as P
+from depthkit.complete import prompts
 from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
 from depthkit.complete.processor import map_to_resized, processor_geometry
+from depthkit.complete.query_plan import prior_map
+from depthkit.complete.recipe import LAYOUTS, SUPERVISIONS
 
-__all__ = ["Query", "EncodedSuffix", "EncodedGroup", "prior_map", "sample_training_queries", "encode_group",
-           "pack_groups", "number_places", "LAYOUTS"]
+__all__ = ["Query", "EncodedSuffix", "EncodedGroup", "sample_training_queries", "encode_group",
+           "pack_groups", "number_places"]
+
+
 
 
 @dataclass
@@ -79,15 +83,6 @@ class Query:
     """The prompt prior written into a mask-0 prompt (None when prompt_prior is none)."""
     head_prior: float = math.nan
     """What the residual head corrects: the prior (mask 0) or the measurement (mask 1); nan without a prior."""
-
-
-def prior_map(image: np.ndarray, sparse: np.ndarray, method: str) -> np.ndarray:
-    """Dense HxW metres from a classical baseline (``nearest`` | ``guided``) over ``sparse`` (0 = missing)."""
-    from depthkit.data import baselines
-
-    if method not in ("nearest", "guided"):
-        raise ValueError(f"prior method {method!r}; allowed: nearest, guided.")
-    return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
 
 
 def sample_training_queries(image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None, n: int,
@@ -110,7 +105,7 @@ def sample_training_queries(image: np.ndarray, sparse: np.ndarray, depth: np.nda
     seed = int(rng.integers(2**31))
     queries: list[tuple[int, int, int, float]] = []  # (row, col, mask, label)
     if supervision == "sparse":
-        picks_r, picks_c = P.sample_query_pixels(measured, n, seed=seed, edge_weight=edge_weight,
+        picks_r, picks_c = prompts.sample_query_pixels(measured, n, seed=seed, edge_weight=edge_weight,
                                                  depth_or_image=sparse if edge_weight > 0 else None)
         keep = rng.random(picks_r.size) < p_keep
         budget = n_measured - min_sparse_points  # held-out points must leave enough input
@@ -125,16 +120,16 @@ def sample_training_queries(image: np.ndarray, sparse: np.ndarray, depth: np.nda
             raise ValueError("supervision='dense' needs the sample's GT depth; this dataset has none.")
         depth = np.asarray(depth, dtype=np.float32)
         n_keep = int(rng.binomial(n, p_keep)) if n_measured else 0
-        kr, kc = P.sample_query_pixels(measured, n_keep, seed=seed)
+        kr, kc = prompts.sample_query_pixels(measured, n_keep, seed=seed)
         missing = (depth > 0) & np.isfinite(depth) & ~measured
-        mr, mc = P.sample_query_pixels(missing, n - kr.size, seed=seed + 1, edge_weight=edge_weight,
+        mr, mc = prompts.sample_query_pixels(missing, n - kr.size, seed=seed + 1, edge_weight=edge_weight,
                                        depth_or_image=depth if edge_weight > 0 else None)
         queries += [(int(r), int(c), 1, float(sparse[r, c])) for r, c in zip(kr, kc)]
         queries += [(int(r), int(c), 0, float(depth[r, c])) for r, c in zip(mr, mc)]
         order = rng.permutation(len(queries))
         queries = [queries[i] for i in order]
     else:
-        raise ValueError(f"supervision={supervision!r}; allowed: sparse, dense.")
+        raise ValueError(f"supervision={supervision!r}; allowed: {', '.join(SUPERVISIONS)}.")
     sparse_input = sparse.copy()
     for r, c, mask, _ in queries:
         if mask == 0:
@@ -201,12 +196,12 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def encode_group(processor, image: np.ndarray, sparse_input: np.ndarray, queries: list[Query],
-                 prompt_config: P.PromptConfig, sdim_config=None, with_answers: bool = True) -> EncodedGroup:
+                 prompt_config: prompts.PromptConfig, sdim_config=None, with_answers: bool = True) -> EncodedGroup:
     """Tokenise one image prefix and its queries' suffixes (answers included when ``with_answers``)."""
-    from depthkit.complete.model import prepare_depth_inputs
+    from depthkit.complete.depth_inputs import prepare_depth_inputs
 
     tok = processor.tokenizer
-    enc = processor(images=[image], text=[P.chat_prefix_text()], return_tensors="pt")
+    enc = processor(images=[image], text=[prompts.chat_prefix_text()], return_tensors="pt")
     depth = prepare_depth_inputs(sparse_input, enc["image_grid_thw"], enc["pixel_values"], processor, sdim_config)
     g = processor_geometry(processor)
     grid = enc["image_grid_thw"][0].tolist()
@@ -219,15 +214,15 @@ def encode_group(processor, image: np.ndarray, sparse_input: np.ndarray, queries
     for q in queries:
         rr, cc = map_to_resized([q.row], [q.col], (h, w), resized)
         rr, cc = int(rr[0]), int(cc[0])
-        text = P.query_text(q.mask_value, xy=(cc, rr), sparse_value=q.sparse_value, prior=q.prior,
+        text = prompts.query_text(q.mask_value, xy=(cc, rr), sparse_value=q.sparse_value, prior=q.prior,
                             config=prompt_config)
-        ids = _ids(tok, P.chat_suffix_text(text))
+        ids = _ids(tok, prompts.chat_suffix_text(text))
         start = len(ids)
         places = [0.0] * len(ids)
         if with_answers:
-            number = P.format_depth(q.label)
-            head, num, tail = (_ids(tok, P.ANSWER_PREFIX), _ids(tok, number),
-                               _ids(tok, P.ANSWER_SUFFIX + P.END_OF_TURN))
+            number = prompts.format_depth(q.label)
+            head, num, tail = (_ids(tok, prompts.ANSWER_PREFIX), _ids(tok, number),
+                               _ids(tok, prompts.ANSWER_SUFFIX + prompts.END_OF_TURN))
             if len(num) != len(number):
                 raise ValueError(f"the tokenizer does not spell {number!r} one character per token ({num}); use a "
                                  "Qwen2.5-VL tokenizer.")
@@ -285,8 +280,6 @@ def _finish(out: dict, groups: list[EncodedGroup]) -> dict:
     out["query_pos"] = out["query_pos"].reshape(-1, 2)
     return out
 
-
-LAYOUTS = ("packed", "replicate", "kv_cache")
 
 
 def pack_groups(groups: list[EncodedGroup], model_config, pixel_reference: str = "text", pad_id: int = 0,

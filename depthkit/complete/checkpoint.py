@@ -2,8 +2,9 @@
 
 Layout of ``<checkpoint>/complete/`` (everything needed to run offline)::
 
-    complete.json                  settings: prompt_prior, pixel_reference, readout, prompt_version, min/max_pixels,
-                                   plus "format", "weights" (how the base model is stored) and "residual_head"
+    complete.json                  settings (depthkit.complete.settings.CompleteSettings): prompt_prior,
+                                   pixel_reference, readout, prompt_version, min/max_pixels, "weights" (how the base
+                                   model is stored), "residual_head", "format"
     config.json, model.safetensors[.index.json + shards], generation_config.json
                                    the base Qwen2.5-VL (save_pretrained; LoRA merged in)         weights.kind = full
     adapter/adapter_config.json, adapter/adapter_model.safetensors
@@ -13,7 +14,8 @@ Layout of ``<checkpoint>/complete/`` (everything needed to run offline)::
     tokenizer.json, tokenizer_config.json, preprocessor_config.json, chat_template.jinja     the processor
     residual_head.safetensors      only with readout = residual_head (its constructor args in complete.json)
 
-:func:`save_complete` writes into a temporary sibling folder and renames it into place, so a reader never sees a
+:func:`save_complete` writes into a temporary sibling folder and renames it into place
+(:func:`depthkit.training.atomic_export`), so a reader never sees a
 half-written checkpoint. :func:`load_complete` treats the folder as untrusted input: safetensors only, no
 ``trust_remote_code``, paths named in ``complete.json`` resolved with :func:`depthkit.checkpoints.safe_join`, and
 every missing or unreadable file reported by name as a :class:`depthkit.checkpoints.CheckpointError`.
@@ -26,47 +28,34 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from depthkit.checkpoints import CheckpointError, safe_join
+from depthkit.checkpoints import CheckpointError, hub_offline, is_hub_id, safe_join
+from depthkit.complete.settings import COMPLETE_JSON, CompleteSettings
+from depthkit.dtypes import torch_dtype
 
 __all__ = [
-    "COMPLETE_JSON", "COMPLETE_FORMAT", "LoadedCompleter", "save_complete", "load_complete", "write_tiny",
-    "load_base_model", "build_tiny_base", "torch_dtype",
+    "LoadedCompleter", "save_complete", "load_complete", "write_tiny",
+    "load_base_model", "build_tiny_base",
 ]
 
-COMPLETE_JSON = "complete.json"
-COMPLETE_FORMAT = "depthkit-complete"
-FORMAT_VERSION = 1
 ADAPTER_DIR = "adapter"
 TINY_MIN_PIXELS = 28 * 28
 TINY_MAX_PIXELS = 168 * 168
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 _RESERVED = ("format", "format_version", "weights", "residual_head")
-
-
-def torch_dtype(dtype) -> torch.dtype:
-    """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) → torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r}; allowed: float32, bfloat16, float16.")
-    return _DTYPES[dtype]
 
 
 @dataclass
 class LoadedCompleter:
-    """A loaded completer: the SDIM model (eval mode), its processor, ``complete.json`` and the optional head."""
+    """A loaded completer: the SDIM model (eval mode), its processor, its ``complete.json`` and the optional head."""
 
     model: nn.Module
     processor: object
-    settings: dict
+    settings: CompleteSettings
     residual_head: nn.Module | None = None
 
 
@@ -88,9 +77,8 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
     try:
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(text, **kwargs)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         why = ("HF_HUB_OFFLINE is set, so only the local hub cache was searched and it is not there"
-               if offline else "it is not a local directory and the hub could not be reached (network down?) or "
+               if hub_offline() else "it is not a local directory and the hub could not be reached (network down?) or "
                "has no such repository")
         raise OSError(
             f"could not load the base model {text!r}: {why}.\nWhat to do: where the network works, run "
@@ -170,20 +158,15 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
     from safetensors.torch import save_file
 
     from depthkit.complete.processor import processor_geometry
-    from depthkit.complete.prompts import PROMPT_VERSION, PromptConfig
+    from depthkit.training import atomic_export
 
     directory = Path(directory)
     settings = dict(settings)
     bad = [k for k in _RESERVED if k in settings]
     if bad:
         raise ValueError(f"settings must not contain the reserved keys {bad}; save_complete writes them itself.")
-    settings.setdefault("prompt_version", PROMPT_VERSION)
-    settings.setdefault("prompt_prior", "none")
-    settings.setdefault("pixel_reference", "text")
+    base_model = settings.pop("base_model", None)
     settings.setdefault("readout", "residual_head" if residual_head is not None else "text")
-    PromptConfig(settings["prompt_prior"], settings["pixel_reference"], settings["prompt_version"])
-    if settings["readout"] not in ("text", "residual_head"):
-        raise ValueError(f"settings readout={settings['readout']!r}; allowed: text, residual_head.")
     if settings["readout"] == "residual_head" and residual_head is None:
         raise ValueError("settings say readout=residual_head but no residual_head module was given.")
     geometry = processor_geometry(processor)
@@ -193,7 +176,7 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
     base = model.base
     peft = _is_peft(base)
     if peft and not merge_lora:
-        ref = settings.pop("base_model", None) or base.peft_config["default"].base_model_name_or_path
+        ref = base_model or base.peft_config["default"].base_model_name_or_path
         if not ref:
             raise ValueError("merge_lora=False needs settings['base_model']: the hub id (or a path inside the "
                              "checkpoint) of the base model the adapter belongs to.")
@@ -203,13 +186,16 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
         weights = {"kind": "adapter", "base_model": str(ref), "adapter": ADAPTER_DIR}
     else:
         weights = {"kind": "full", "lora_merged": bool(peft)}
+    head_info = None
+    if residual_head is not None:
+        from depthkit.complete.readout import RESIDUAL_HEAD_FILE
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+        head_info = {"file": RESIDUAL_HEAD_FILE, **residual_head.config()}
+    info = CompleteSettings.from_dict({**settings, "weights": weights, "residual_head": head_info},
+                                      source=f"the settings for {directory / COMPLETE_JSON}")
+    info.prompt_config()  # refuses a prompt version other than this depthkit's
+
+    def write(tmp: Path) -> None:
         if weights["kind"] == "adapter":
             base.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
         elif peft:
@@ -219,30 +205,12 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
             base.save_pretrained(str(tmp), safe_serialization=True)
         model.save_depth_modules(tmp)
         processor.save_pretrained(str(tmp))
-        data = dict(settings)
         if residual_head is not None:
-            from depthkit.complete.readout import RESIDUAL_HEAD_FILE
-
             tensors = {k: v.detach().float().contiguous().cpu() for k, v in residual_head.state_dict().items()}
-            save_file(tensors, str(tmp / RESIDUAL_HEAD_FILE), metadata={"format": "pt"})
-            data["residual_head"] = {"file": RESIDUAL_HEAD_FILE, **residual_head.config()}
-        data.update(format=COMPLETE_FORMAT, format_version=FORMAT_VERSION, weights=weights)
-        (tmp / COMPLETE_JSON).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+            save_file(tensors, str(tmp / head_info["file"]), metadata={"format": "pt"})
+        info.write(tmp / COMPLETE_JSON)
+
+    return atomic_export(directory, write)
 
 
 # ----------------------------------------------------------------------------------------------------------- loading
@@ -263,24 +231,15 @@ def _require(directory: Path, names: list[str], what: str) -> None:
         )
 
 
-def _read_settings(directory: Path) -> dict:
+def _read_settings(directory: Path) -> CompleteSettings:
     if not directory.is_dir():
         raise CheckpointError(f"completer checkpoint {directory} does not exist (or is not a folder); it should hold "
                               f"{COMPLETE_JSON}, model weights, depth modules and processor files.")
     _require(directory, [COMPLETE_JSON], "settings")
     try:
-        data = json.loads((directory / COMPLETE_JSON).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{directory / COMPLETE_JSON} is corrupt (not valid JSON: {exc}).") from exc
-    if not isinstance(data, dict) or data.get("format") != COMPLETE_FORMAT:
-        raise CheckpointError(f"{directory / COMPLETE_JSON} is not a depthkit completer description "
-                              f"(expected \"format\": \"{COMPLETE_FORMAT}\").")
-    if int(data.get("format_version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(f"{directory / COMPLETE_JSON} has format_version {data.get('format_version')}, newer "
-                              f"than this depthkit reads ({FORMAT_VERSION}); upgrade depthkit.")
-    if not isinstance(data.get("weights"), dict) or data["weights"].get("kind") not in ("full", "adapter"):
-        raise CheckpointError(f"{directory / COMPLETE_JSON}: 'weights' must say kind 'full' or 'adapter'.")
-    return data
+        return CompleteSettings.read(directory / COMPLETE_JSON)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def _weight_files(directory: Path) -> list[str]:
@@ -330,12 +289,10 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
 
     directory = Path(directory)
     settings = _read_settings(directory)
-    weights = settings["weights"]
+    weights = settings.weights
     _require(directory, [DEPTH_MODULES_FILE, SDIM_CONFIG_FILE], "SDIM depth modules")
     _require(directory, ["preprocessor_config.json", "tokenizer_config.json"], "processor / tokenizer")
-    head_info = settings.get("residual_head")
-    if settings.get("readout") == "residual_head" and not isinstance(head_info, dict):
-        raise CheckpointError(f"{directory / COMPLETE_JSON} says readout=residual_head but describes no head.")
+    head_info = settings.residual_head
     head_path = safe_join(directory, str(head_info.get("file", ""))) if isinstance(head_info, dict) else None
     if head_path is not None and not head_path.is_file():
         raise CheckpointError(f"completer checkpoint {directory} is incomplete: missing {head_path.name} (residual "
@@ -358,7 +315,7 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
         ref = base_model or str(weights.get("base_model", ""))
         if not ref:
             raise CheckpointError(f"{directory / COMPLETE_JSON}: adapter checkpoint without weights.base_model.")
-        if base_model is None and not _looks_like_hub_id(ref):
+        if base_model is None and not is_hub_id(ref):
             ref = str(safe_join(directory, ref))
         base = load_base_model(ref, dtype=dtype, attn_implementation=attn_implementation)
         from peft import PeftModel
@@ -398,12 +355,6 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
                                   f"{COMPLETE_JSON} ({type(exc).__name__}: {exc}).") from exc
         head = head.to(device).eval()
     return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head)
-
-
-def _looks_like_hub_id(text: str) -> bool:
-    from depthkit.checkpoints import _HUB_ID
-
-    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/"))
 
 
 # -------------------------------------------------------------------------------------------------------------- tiny

@@ -20,12 +20,16 @@ import math
 import numpy as np
 import torch
 
-from depthkit.complete import prompts as P
+from depthkit.complete import prompts
 
-__all__ = ["AnswerGrammar", "answer_confidence", "AnswerConstraint", "naive_answers"]
+__all__ = ["DECODE_MODES", "AnswerGrammar", "answer_confidence", "AnswerConstraint", "naive_answers"]
 
 # --------------------------------------------------------------------------------------------------------------------
 # The answer grammar
+
+DECODE_MODES = ("constrained", "free")
+"""``constrained``: forced answer template, digits only (:class:`AnswerGrammar`); ``free``: greedy over the full
+vocabulary (plain ``generate()``)."""
 
 
 class AnswerGrammar:
@@ -38,7 +42,7 @@ class AnswerGrammar:
     def __init__(self, tokenizer, max_int_digits: int = 3, frac_digits: int = 3):
         if max_int_digits < 1 or frac_digits < 1:
             raise ValueError(f"need max_int_digits >= 1 and frac_digits >= 1; got {max_int_digits}, {frac_digits}.")
-        self.token_ids = P.single_token_ids(tokenizer, "0123456789.")
+        self.token_ids = prompts.single_token_ids(tokenizer, "0123456789.")
         self.max_int_digits = int(max_int_digits)
         self.frac_digits = int(frac_digits)
         self.max_tokens = self.max_int_digits + 1 + self.frac_digits
@@ -97,7 +101,7 @@ def answer_confidence(choices: list[int], probs: np.ndarray, forced: list[bool],
             continue
         place = 10.0 ** (n_int - 1 - k) if k < n_int else 10.0 ** (n_int - k)
         sigma += place * float((p[:10] * np.abs(digits - c)).sum()) + p[10] * y
-    return float(math.exp(-sigma / (tolerance * max(y, P.MIN_DEPTH))))
+    return float(math.exp(-sigma / (tolerance * max(y, prompts.MIN_DEPTH))))
 
 
 def AnswerConstraint(prompt_length: int, forced_ids: list[int], grammar: AnswerGrammar, eos_id: int):  # noqa: N802
@@ -131,7 +135,7 @@ def AnswerConstraint(prompt_length: int, forced_ids: list[int], grammar: AnswerG
 
 @torch.no_grad()
 def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None, rows, cols,
-                  prompt_config: P.PromptConfig | None = None, priors=None, constrained: bool = True,
+                  prompt_config: prompts.PromptConfig | None = None, priors=None, constrained: bool = True,
                   max_new_tokens: int = 24) -> list[dict]:
     """The paper's way, as the reference: for each pixel the processor builds the whole conversation and
     ``SDIMModel.generate`` decodes greedily. Text pixel reference only (``rope`` needs custom positions).
@@ -140,18 +144,18 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
     engine's rule); otherwise plain greedy ``generate()``. Returns per pixel ``{"tokens": generated ids,
     "text": decoded text, "number": the number's text (constrained) or None, "value": parsed metres or None}``.
     """
-    from depthkit.complete.model import prepare_depth_inputs
+    from depthkit.complete.depth_inputs import prepare_depth_inputs
     from depthkit.complete.processor import map_to_resized, resized_size
 
-    config = prompt_config or P.PromptConfig()
+    config = prompt_config or prompts.PromptConfig()
     if config.pixel_reference != "text":
         raise ValueError("naive_answers reproduces the paper's text-coordinate prompts only (pixel_reference='text').")
     if config.prompt_prior != "none" and priors is None:
         raise ValueError(f"prompt_prior={config.prompt_prior!r} needs priors= (one interpolated metre value per pixel).")
     tokenizer = processor.tokenizer
     grammar = AnswerGrammar(tokenizer)
-    forced = tokenizer(P.ANSWER_PREFIX, add_special_tokens=False).input_ids
-    eos = int(tokenizer.convert_tokens_to_ids(P.END_OF_TURN))
+    forced = tokenizer(prompts.ANSWER_PREFIX, add_special_tokens=False).input_ids
+    eos = int(tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN))
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     image = np.asarray(image)
@@ -160,7 +164,7 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
     results = []
     for i, (y, x) in enumerate(zip(rr.tolist(), cc.tolist())):
         prior = None if config.prompt_prior == "none" else float(np.asarray(priors).reshape(-1)[i])
-        text = P.chat_prefix_text() + P.chat_suffix_text(P.query_text(0, (x, y), prior=prior, config=config))
+        text = prompts.chat_prefix_text() + prompts.chat_suffix_text(prompts.query_text(0, (x, y), prior=prior, config=config))
         out = processor(images=[image], text=[text], return_tensors="pt")
         inputs = {k: v.to(device) for k, v in out.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -182,5 +186,5 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
         number = None
         if constrained:
             number = grammar.text(grammar.token_ids.index(t) for t in gen[len(forced):])
-        results.append({"tokens": gen, "text": decoded, "number": number, "value": P.parse_answer(decoded)})
+        results.append({"tokens": gen, "text": decoded, "number": number, "value": prompts.parse_answer(decoded)})
     return results

@@ -1,40 +1,32 @@
 """The stage-1 inference engine: one image prefix, many per-pixel suffixes, digits-only decoding.
 
-The paper asks the VLM one pixel at a time (``generate()`` over the whole conversation per pixel: 0.327 FPS, 46 GB).
-Every query of an image shares the same prefix — system turn + image tokens, up to ``<|vision_end|>`` — and its
-answer is a fixed sentence around one number. The engine exploits both:
+The paper asks the VLM one pixel at a time (``generate()`` over the whole conversation per pixel). Every query of an
+image shares the same prefix — system turn + image tokens, up to ``<|vision_end|>`` — and its answer is a fixed
+sentence around one number. :class:`CompletionEngine` exploits both; the model is run by
+:class:`~depthkit.complete.shared_prefix.SharedPrefixLM` (prefix once, suffix batches attending to it without
+copies; see :mod:`depthkit.complete.shared_prefix`).
 
-1. **Prefix once.** :meth:`SharedPrefixLM.encode_prefix` runs the stock model (vision tower with the SDIM depth
-   embedding, then the language model) over the prefix once, ``logits_to_keep=1``, and keeps its K/V per layer as
-   ONE copy (``Hkv x P x d``).
-2. **Suffix batches attend to the shared prefix without copying it.** :meth:`SharedPrefixLM.forward` runs the
-   decoder layers itself (the stock modules: norms, projections, rotary, MLP — LoRA-wrapped projections work the
-   same) over a left-padded batch of suffixes. Attention is split in two exact parts sharing one softmax: the scores
-   against the prefix are one GEMM per KV head, ``(B*g*s) x d @ d x P`` with the prefix broadcast (never expanded
-   per row), the scores against the row's own suffix keys are a small batched GEMM; the max/exp/sum are merged
-   before the value products. Suffix K/V live in buffers preallocated for the suffix plus the answer, so decoding
-   steps write in place (the prototype's expanded ``DynamicCache`` re-copied the whole prefix for every row at every
-   step, which made bigger batches slower). In the last layer only the last position's query, attention and MLP
-   are computed (``logits_to_keep=1``); and the LM head is applied to the allowed tokens' rows only. Tokens that
-   every suffix of a call starts with (the mask sentence, the question and ``The current pixel is at (`` with text
-   coordinates: the prompt puts the coordinates last for this) are computed once and
-   appended to the prefix cache — exact, since they see the same context at the same positions in every query.
-3. **Forced template, digits only.** The suffix is the query turn plus the assistant header plus the answer's fixed
+1. **Shared suffix tokens.** Tokens that every suffix of a call starts with (the mask sentence, the question and
+   ``The current pixel is at (`` with text coordinates: the prompt puts the coordinates last for this) are computed
+   once and appended to the prefix cache — exact, since they see the same context at the same positions in every
+   query.
+2. **Forced template, digits only.** The suffix is the query turn plus the assistant header plus the answer's fixed
    opening ``"The pixel is "`` (:data:`depthkit.complete.prompts.ANSWER_PREFIX`): those tokens are fed in the
    suffix pass, not decoded. Then only the number is decoded, under
-   :class:`~depthkit.complete.decoding.AnswerGrammar`: 1 to
-   ``max_int_digits`` (3) integer digits, the point, exactly ``frac_digits`` (3) decimals — the ``{y:.3f}`` format
-   of the prompts for depths up to 300 m (leading zeros are not forbidden; ``"007.5"`` would read as 7.5). The loop
-   stops after the last decimal, so the closing ``" meters away from the camera."`` is never generated. At most 7
-   tokens, 4 to 6 decoding steps after the suffix pass.
+   :class:`~depthkit.complete.decoding.AnswerGrammar`: 1 to ``max_int_digits`` (3) integer digits, the point,
+   exactly ``frac_digits`` (3) decimals — the ``{y:.3f}`` format of the prompts for depths up to 300 m (leading
+   zeros are not forbidden; ``"007.5"`` would read as 7.5). The loop stops after the last decimal, so the closing
+   ``" meters away from the camera."`` is never generated. At most 7 tokens, 4 to 6 decoding steps after the
+   suffix pass.
 
 Greedy answers are the same tokens as ``generate()``. :func:`~depthkit.complete.decoding.naive_answers` is that
-reference — processor plus ``SDIMModel.generate`` per pixel — and ``AnswerConstraint`` is the same template + grammar
-as a ``LogitsProcessor`` (both in :mod:`depthkit.complete.decoding`, re-exported here),
-so for any model (a random one included) constrained ``generate()`` and the engine must agree token for token. With
+reference — processor plus ``SDIMModel.generate`` per pixel — and
+:class:`~depthkit.complete.decoding.AnswerConstraint` is the same template + grammar as a ``LogitsProcessor``, so
+for any model (a random one included) constrained ``generate()`` and the engine must agree token for token. With
 ``decode="free"`` the engine decodes the whole answer greedily over the full vocabulary (up to ``max_new_tokens``,
 stopping at ``<|im_end|>``) and parses it, which must equal plain unconstrained ``generate()``; for a model that
-writes the template, free and constrained decoding give the same number. The tests check all three.
+writes the template, free and constrained decoding give the same number. The tests check all three. The trainer's
+validation answers its held-out queries through this engine too.
 
 **Readouts.** ``readout="text"`` decodes digits as above. ``readout="residual_head"`` needs no decoding loop: one
 suffix pass (query turn + assistant header, without the forced answer prefix) gives the last token's final hidden
@@ -49,18 +41,11 @@ with place value ``v``, ``v * sum_d p(d) |d - d*|``; the probability of choosing
 error is ``tolerance`` (default 10 %) of the depth. A forced choice (the point after 3 integer digits) is certain.
 The residual head has no distribution: its answers get confidence 1.
 
-**Memory** is bounded for any image: the prefix is one copy; the batch size is ``min(batch_size, budget / bytes per
-row)`` with the per-row estimate covering attention scores (``H x s x (P + s)`` float32), the suffix K/V buffers,
-MLP activations and the kept logits; queries run in batches of that size, so memory does not grow with their
-number. Queries are sorted by suffix length to keep left padding small; identical suffixes are answered once. The
-prefix itself is one copy whose size follows the processor's ``max_pixels`` (image tokens).
-
-**Measured** (``benchmarks/engine.py --config bench``: the SPEC prototype's size, random weights, 448x448 image,
-274-token prefix, ~50-token suffixes, 256 pixels, 1 thread of a 2-core CPU shared with other jobs): naive
-``generate()`` 1.9 s/pixel; the prototype's expanded-``DynamicCache`` batch 71-118 ms/pixel; the engine
-30-49 ms/pixel — 38x to 63x faster than naive with identical answers, the spread following the machine's load;
-1.05x the FLOP floor (one prefix pass + suffix and answer tokens at this CPU's GEMM speed) at the lowest load.
-Results: ``benchmarks/results/engine_*.md``.
+**Memory** is bounded for any image: the prefix is one copy (its size follows the processor's ``max_pixels``); the
+batch size is ``min(batch_size, budget / bytes per row)`` (:meth:`SharedPrefixLM.bytes_per_row`), and queries run in
+batches of that size, so memory does not grow with their number. Queries are sorted by suffix length to keep left
+padding small; identical suffixes are answered once. Speed measurements: ``benchmarks/engine.py`` and
+``benchmarks/results/engine_*.md``.
 """
 
 from __future__ import annotations
@@ -72,219 +57,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from depthkit.complete import prompts as P
-from depthkit.complete.decoding import AnswerConstraint, AnswerGrammar, answer_confidence, naive_answers
-from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
+from depthkit.complete import prompts
+from depthkit.complete.decoding import DECODE_MODES, AnswerGrammar, answer_confidence
+from depthkit.complete.positions import pixel_grid_position, suffix_position_ids
+from depthkit.complete.shared_prefix import PrefixCache, SharedPrefixLM
 
-__all__ = [
-    "DECODE_MODES",
-    "READOUTS",
-    "AnswerGrammar",
-    "AnswerConstraint",
-    "PrefixCache",
-    "SharedPrefixLM",
-    "EngineAnswers",
-    "CompletionEngine",
-    "answer_confidence",
-    "naive_answers",
-]
-
-DECODE_MODES = ("constrained", "free")
-READOUTS = ("text", "residual_head")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Shared-prefix language model
-
-
-@dataclass
-class PrefixCache:
-    """The encoded image prefix of one image.
-
-    Attributes:
-        keys, values: per decoder layer, ``Hkv x P x d`` (one copy, model dtype, model device).
-        length: P, prefix tokens.
-        next_pos: first free M-RoPE position after the prefix (index + rope delta).
-        image_start: M-RoPE start position ``s`` of the image tokens (for ``pixel_reference="rope"``).
-        resized_hw: (H', W') pixels, the size the vision tower saw.
-        input_hw: (H, W) pixels of the input image.
-        seconds: wall time of the prefix pass (processor + vision + language model).
-    """
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    length: int
-    next_pos: int
-    image_start: int
-    resized_hw: tuple[int, int]
-    input_hw: tuple[int, int]
-    seconds: float = 0.0
-
-
-def _stock(model):
-    """The stock Qwen2_5_VLForConditionalGeneration inside an SDIMModel / PeftModel / itself."""
-    base = getattr(model, "base", model) if hasattr(model, "depth_branch") else model
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
-    if not (hasattr(base, "model") and hasattr(base.model, "language_model") and hasattr(base, "lm_head")):
-        raise TypeError(f"{type(model).__name__} is not a Qwen2.5-VL model (an SDIMModel, a PeftModel around a "
-                        "Qwen2_5_VLForConditionalGeneration, or one itself).")
-    return base
-
-
-class SharedPrefixLM:
-    """Runs suffix batches of the language model against one cached prefix (see the module docstring).
-
-    Args:
-        model: an :class:`~depthkit.complete.model.SDIMModel` (or a stock Qwen2.5-VL model: no depth branch).
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.stock = _stock(model)
-        lm = self.stock.model.language_model
-        cfg = lm.config
-        if getattr(cfg, "use_sliding_window", False):
-            raise ValueError("sliding-window attention (use_sliding_window=True) is not supported by the engine; the "
-                             "released Qwen2.5-VL configs have it off.")
-        self.lm = lm
-        self.layers = list(lm.layers)
-        attn = self.layers[0].self_attn
-        self.num_heads = attn.num_heads
-        self.num_kv_heads = attn.num_key_value_heads
-        self.head_dim = attn.head_dim
-        self.scaling = attn.scaling
-        self.hidden_size = cfg.hidden_size
-        self.intermediate_size = cfg.intermediate_size
-        self.vocab_size = cfg.vocab_size
-        self.lm_head = self.stock.lm_head
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
-
-        self._rotary = apply_rotary_pos_emb
-
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    @torch.no_grad()
-    def encode_prefix(self, inputs: dict, depth_inputs: dict | None) -> tuple[list, list, dict]:
-        """Run the stock model over one prefix (B = 1); returns (keys, values, positions dict)."""
-        ids = inputs["input_ids"]
-        if ids.shape[0] != 1:
-            raise ValueError(f"encode one prefix at a time; got a batch of {ids.shape[0]}.")
-        kwargs = dict(inputs)
-        kwargs.update(use_cache=True, logits_to_keep=1)
-        if hasattr(self.model, "depth_branch"):
-            out = self.model(**kwargs, **(depth_inputs or {}))
-        else:
-            out = self.model(**kwargs)
-        cache = out.past_key_values
-        keys = [layer.keys[0].contiguous() for layer in cache.layers]
-        values = [layer.values[0].contiguous() for layer in cache.layers]
-        pos = prefix_position_ids(self.stock, ids, inputs["image_grid_thw"], inputs["mm_token_type_ids"])
-        return keys, values, pos
-
-    def new_cache(self, batch: int, capacity: int) -> dict:
-        """Suffix K/V buffers: per layer ``B x Hkv x capacity x d``, and a key-validity mask ``B x capacity``."""
-        shape = (batch, self.num_kv_heads, capacity, self.head_dim)
-        kw = {"dtype": self.dtype, "device": self.device}
-        return {
-            "k": [torch.empty(shape, **kw) for _ in self.layers],
-            "v": [torch.empty(shape, **kw) for _ in self.layers],
-            "valid": torch.zeros(batch, capacity, dtype=torch.bool, device=self.device),
-            "length": 0,
-        }
-
-    def _attention(self, q, pk, pv, sk, sv, key_mask):
-        """Exact softmax attention over [shared prefix ; own suffix] without expanding the prefix.
-
-        q: B x H x s x d; pk, pv: Hkv x P x d; sk, sv: B x Hkv x L x d; key_mask: B x 1 x 1 x s x L bool.
-        Returns B x s x H*d.
-        """
-        b, h, s, d = q.shape
-        hkv = pk.shape[0]
-        g = h // hkv
-        p_len = pk.shape[1]
-        qg = q.reshape(b, hkv, g * s, d)
-        qp = qg.transpose(0, 1).reshape(hkv, b * g * s, d)
-        sp = torch.matmul(qp, pk.transpose(-1, -2)).float().mul_(self.scaling)  # Hkv x (B g s) x P
-        ss = torch.matmul(qg, sk.transpose(-1, -2)).float().mul_(self.scaling)  # B x Hkv x (g s) x L
-        ss = ss.view(b, hkv, g, s, -1).masked_fill_(~key_mask, float("-inf")).view(b, hkv, g * s, -1)
-        m = torch.maximum(sp.amax(-1).view(hkv, b, g * s).transpose(0, 1), ss.amax(-1))  # B x Hkv x gs
-        sp = sp.view(hkv, b, g * s, p_len).sub_(m.transpose(0, 1).unsqueeze(-1)).exp_()
-        ss = ss.sub_(m.unsqueeze(-1)).exp_()
-        denom = sp.sum(-1).transpose(0, 1) + ss.sum(-1)  # B x Hkv x gs
-        op = torch.matmul(sp.view(hkv, b * g * s, p_len).to(pv.dtype), pv).view(hkv, b, g * s, d).transpose(0, 1)
-        os_ = torch.matmul(ss.to(sv.dtype), sv)
-        out = (op.float() + os_.float()) / denom.unsqueeze(-1)
-        return out.to(q.dtype).reshape(b, h, s, d).transpose(1, 2).reshape(b, s, h * d)
-
-    @torch.no_grad()
-    def forward(self, prefix: PrefixCache, cache: dict, ids: torch.Tensor, mask: torch.Tensor,
-                positions: torch.Tensor, head_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed ``ids`` (B x s, left-padded, ``mask`` 1 = real) at ``positions`` (3 x B x s) after the cached
-        prefix and the suffix tokens already in ``cache``; appends their K/V to ``cache``.
-
-        Returns (logits B x V' of the last position over ``head_rows`` (all V when None), last position's final
-        hidden state B x D after the model's norm).
-        """
-        b, s = ids.shape
-        start = cache["length"]
-        if start + s > cache["valid"].shape[1]:
-            raise RuntimeError(f"suffix cache holds {cache['valid'].shape[1]} tokens; {start + s} needed.")
-        cache["valid"][:, start:start + s] = mask.bool()
-        cache["length"] = end = start + s
-        valid = cache["valid"][:, :end]
-        causal = torch.arange(end, device=ids.device).view(1, -1) <= (start + torch.arange(s, device=ids.device)).view(
-            -1, 1)
-        key_mask = (valid.view(b, 1, end) & causal.view(1, s, end)).view(b, 1, 1, s, end)
-        x = self.lm.embed_tokens(ids)
-        cos, sin = self.lm.rotary_emb(x, positions)
-        n_layers = len(self.layers)
-        h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        for li, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            hs = layer.input_layernorm(x)
-            q = attn.q_proj(hs).view(b, s, h, d).transpose(1, 2)
-            k = attn.k_proj(hs).view(b, s, hkv, d).transpose(1, 2)
-            v = attn.v_proj(hs).view(b, s, hkv, d).transpose(1, 2)
-            q, k = self._rotary(q, k, cos, sin)
-            cache["k"][li][:, :, start:end] = k
-            cache["v"][li][:, :, start:end] = v
-            km = key_mask
-            if li == n_layers - 1 and s > 1:  # only the last position feeds the logits
-                q, x, km = q[:, :, -1:], x[:, -1:], key_mask[..., -1:, :]
-            o = self._attention(q, prefix.keys[li], prefix.values[li], cache["k"][li][:, :, :end],
-                                cache["v"][li][:, :, :end], km)
-            x = x + attn.o_proj(o)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        hidden = self.lm.norm(x[:, -1])
-        if head_rows is not None and len(head_rows) == 0:  # K/V only (e.g. extending the prefix)
-            return hidden.new_zeros(b, 0), hidden
-        if head_rows is None:
-            logits = self.lm_head(hidden)
-        else:
-            weight = self.lm_head.weight[head_rows]
-            bias = self.lm_head.bias[head_rows] if getattr(self.lm_head, "bias", None) is not None else None
-            logits = torch.nn.functional.linear(hidden, weight, bias)
-        return logits.float(), hidden
-
-    def bytes_per_row(self, prefix_len: int, suffix_len: int, capacity: int, vocab_kept: int) -> int:
-        """Estimated peak bytes one batch row needs in a suffix pass (see the module docstring)."""
-        elem = torch.finfo(self.dtype).bits // 8
-        keys = prefix_len + capacity
-        scores = self.num_heads * suffix_len * keys * 4 * 2  # float32 scores + exp (transient)
-        kv = len(self.layers) * 2 * self.num_kv_heads * capacity * self.head_dim * elem
-        act = suffix_len * (6 * self.hidden_size + 3 * self.intermediate_size) * elem
-        return int(scores + kv + act + 2 * vocab_kept * 4)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The engine
+__all__ = ["EngineAnswers", "CompletionEngine"]
 
 
 @dataclass
@@ -326,18 +104,18 @@ class CompletionEngine:
         sdim_config: depth-feature settings (default: the model's own ``sdim_config``).
     """
 
-    def __init__(self, model, processor, prompt_config: P.PromptConfig | None = None, readout: str = "text",
+    def __init__(self, model, processor, prompt_config: prompts.PromptConfig | None = None, readout: str = "text",
                  residual_head=None, batch_size: int = 64, memory_budget_mb: float = 1024.0,
                  decode: str = "constrained", max_new_tokens: int = 24, confidence_tolerance: float = 0.1,
                  max_int_digits: int = 3, frac_digits: int = 3):
-        if readout not in READOUTS:
-            raise ValueError(f"readout={readout!r} is not one of {READOUTS}.")
+        if readout not in prompts.READOUTS:
+            raise ValueError(f"readout={readout!r} is not one of {prompts.READOUTS}.")
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}.")
         if readout == "residual_head" and residual_head is None:
             raise ValueError("readout='residual_head' needs residual_head= (a trained ResidualHead, from the "
                              "checkpoint's complete/ folder).")
-        if readout == "residual_head" and (prompt_config or P.PromptConfig()).prompt_prior == "none":
+        if readout == "residual_head" and (prompt_config or prompts.PromptConfig()).prompt_prior == "none":
             raise ValueError("readout='residual_head' corrects the prompt prior, so prompt_prior must be 'nearest' "
                              "or 'guided'; got 'none'.")
         if batch_size < 1 or not memory_budget_mb > 0:
@@ -348,7 +126,7 @@ class CompletionEngine:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.prompt_config = prompt_config or P.PromptConfig()
+        self.prompt_config = prompt_config or prompts.PromptConfig()
         self.readout = readout
         self.residual_head = residual_head
         self.batch_size = int(batch_size)
@@ -358,8 +136,8 @@ class CompletionEngine:
         self.tolerance = float(confidence_tolerance)
         self.grammar = AnswerGrammar(self.tokenizer, max_int_digits, frac_digits)
         self.lm = SharedPrefixLM(model)
-        self.forced_ids = self.tokenizer(P.ANSWER_PREFIX, add_special_tokens=False).input_ids
-        self.eos_id = int(self.tokenizer.convert_tokens_to_ids(P.END_OF_TURN))
+        self.forced_ids = self.tokenizer(prompts.ANSWER_PREFIX, add_special_tokens=False).input_ids
+        self.eos_id = int(self.tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN))
         geometry = processor.image_processor
         self.token_pixels = int(geometry.patch_size) * int(geometry.merge_size)
 
@@ -368,11 +146,11 @@ class CompletionEngine:
     @torch.no_grad()
     def encode(self, image: np.ndarray, sparse: np.ndarray | None) -> PrefixCache:
         """Process the image and its sparse depth (HxW metres, 0 = missing; None = RGB only) and run the prefix."""
-        from depthkit.complete.model import prepare_depth_inputs
+        from depthkit.complete.depth_inputs import prepare_depth_inputs
 
         start = time.perf_counter()
         image = np.asarray(image)
-        out = self.processor(images=[image], text=[P.chat_prefix_text()], return_tensors="pt")
+        out = self.processor(images=[image], text=[prompts.chat_prefix_text()], return_tensors="pt")
         inputs = {k: v.to(self.lm.device) for k, v in out.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.lm.dtype)
         depth_inputs = None
@@ -397,14 +175,14 @@ class CompletionEngine:
         texts = []
         for i, (x, y) in enumerate(zip(cols.tolist(), rows.tolist())):
             prior = None if cfg.prompt_prior == "none" else float(priors[i])
-            texts.append(P.query_text(0, (x, y) if cfg.pixel_reference == "text" else None, prior=prior, config=cfg))
+            texts.append(prompts.query_text(0, (x, y) if cfg.pixel_reference == "text" else None, prior=prior, config=cfg))
         return texts
 
     def _suffix_ids(self, texts: list[str]) -> list[list[int]]:
         forced = self.forced_ids if self.readout == "text" and self.decode == "constrained" else []
         if not texts:
             return []
-        enc = self.tokenizer([P.chat_suffix_text(t) for t in texts], add_special_tokens=False).input_ids
+        enc = self.tokenizer([prompts.chat_suffix_text(t) for t in texts], add_special_tokens=False).input_ids
         return [list(e) + forced for e in enc]
 
     @torch.no_grad()
@@ -488,8 +266,8 @@ class CompletionEngine:
         tok = torch.tensor([first[:k]], device=lm.device)
         ones = torch.ones_like(tok)
         lm.forward(prefix, cache, tok, ones, suffix_position_ids(prefix.next_pos, ones, "text"), head_rows=[])
-        keys = [torch.cat([pk, ck[0]], dim=1) for pk, ck in zip(prefix.keys, cache["k"])]
-        values = [torch.cat([pv, cv[0]], dim=1) for pv, cv in zip(prefix.values, cache["v"])]
+        keys = [torch.cat([pk, ck[0]], dim=1) for pk, ck in zip(prefix.keys, cache.keys)]
+        values = [torch.cat([pv, cv[0]], dim=1) for pv, cv in zip(prefix.values, cache.values)]
         extended = PrefixCache(keys=keys, values=values, length=prefix.length + k, next_pos=prefix.next_pos + k,
                                image_start=prefix.image_start, resized_hw=prefix.resized_hw,
                                input_hw=prefix.input_hw, seconds=prefix.seconds)
@@ -549,7 +327,7 @@ class CompletionEngine:
                                               torch.as_tensor(priors, dtype=torch.float32, device=dev))
             pred = pred.float().cpu().numpy()
             good = np.isfinite(pred) & (pred > 0)
-            vals = np.where(good, np.clip(pred, P.MIN_DEPTH, P.MAX_DEPTH), np.nan)
+            vals = np.where(good, np.clip(pred, prompts.MIN_DEPTH, prompts.MAX_DEPTH), np.nan)
             return [(v, 1.0 if g else 0.0, bool(g), f"{v:.3f}" if g else "") for v, g in zip(vals, good)]
         count = mask.sum(1)
         if free:
@@ -591,12 +369,12 @@ class CompletionEngine:
         for r in range(b):
             k = int(finished_at[r])
             text = g.text(choices[r, :k])
-            value = P.parse_answer(text)
+            value = prompts.parse_answer(text)
             if value is None:
                 out.append((np.nan, 0.0, False, text))
                 continue
             c = answer_confidence(choices[r, :k].tolist(), probs[r, :k], forced[r, :k].tolist(), self.tolerance)
-            out.append((min(max(value, P.MIN_DEPTH), P.MAX_DEPTH), c, True, text))
+            out.append((min(max(value, prompts.MIN_DEPTH), prompts.MAX_DEPTH), c, True, text))
         return out
 
     def _decode_free(self, prefix, cache, logits, count, pixel_hw, steps):
@@ -623,11 +401,11 @@ class CompletionEngine:
             if self.eos_id in seq:
                 seq = seq[:seq.index(self.eos_id)]
             text = self.tokenizer.decode(seq, skip_special_tokens=True)
-            value = P.parse_answer(text)
+            value = prompts.parse_answer(text)
             if value is None or not math.isfinite(value):
                 out.append((np.nan, 0.0, False, text))
                 continue
-            out.append((min(max(value, P.MIN_DEPTH), P.MAX_DEPTH),
+            out.append((min(max(value, prompts.MIN_DEPTH), prompts.MAX_DEPTH),
                         self._free_confidence(seq, sub[r, :len(seq)]), True, text))
         return out
 
@@ -643,3 +421,4 @@ class CompletionEngine:
         choices = [ids.index(t) for t in seq[start:end]]
         probs = sub_logits[start:end].softmax(-1).numpy()
         return answer_confidence(choices, probs, [False] * len(choices), self.tolerance)
+

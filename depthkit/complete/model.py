@@ -30,9 +30,10 @@ vision-tower forward inside one ``inject`` (that is what ``forward``/``generate`
 order equals ``pixel_values`` order (window permutation happens after the patch embedding), so ``O`` is
 patchified with :func:`depthkit.complete.processor.patchify`, the same code that mirrors the image processor.
 
-Inputs are prepared with :func:`prepare_depth_inputs` (from sparse metres at input resolution + processor output):
-sparse maps go to the resized grid by nearest-valid scatter (:func:`scatter_sparse_to_grid`, no value blending),
-RGB is recovered from ``pixel_values`` (the exact resized image the vision tower sees).
+The settings (:class:`~depthkit.complete.depth_inputs.SDIMConfig`) and the inputs of the branch
+(:func:`~depthkit.complete.depth_inputs.prepare_depth_inputs`) live in :mod:`depthkit.complete.depth_inputs`.
+:func:`stock_model` finds the stock Qwen2.5-VL model inside an SDIMModel and/or a peft wrapper (everything that
+drives the language model directly — training, the engine, positions — unwraps with it).
 
 LoRA (:func:`apply_lora`) wraps only the language model's ``q,k,v,o,gate,up,down`` projections (the vision MLP
 has layers of the same names; a regex excludes them). The depth modules live outside the HF model, so peft's
@@ -44,25 +45,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import threading
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from depthkit.complete.processor import map_to_resized, patchify, rgb_from_pixel_values
+from depthkit.complete.depth_inputs import SDIMConfig
+from depthkit.complete.processor import patchify
 
 __all__ = [
-    "SDIMConfig",
     "DepthBranch",
     "SDIMModel",
-    "normalize_sparse_depth",
-    "sparse_depth_features",
-    "scatter_sparse_to_grid",
-    "prepare_depth_inputs",
+    "stock_model",
     "apply_lora",
     "read_sdim_config",
     "LORA_TARGET_REGEX",
@@ -70,9 +65,6 @@ __all__ = [
     "SDIM_CONFIG_FILE",
 ]
 
-FEATURE_MODES = ("log", "inverse", "linear")
-FUSIONS = ("soft", "hard_concat")
-INITS = ("zero", "he")
 DEPTH_MODULES_FILE = "depth_modules.safetensors"
 SDIM_CONFIG_FILE = "sdim_config.json"
 
@@ -80,160 +72,6 @@ SDIM_CONFIG_FILE = "sdim_config.json"
 LORA_TARGET_REGEX = (
     r".*language_model\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
 )
-
-
-@dataclass
-class SDIMConfig:
-    """Settings of the depth branch. Saved next to its weights as ``sdim_config.json``."""
-
-    sparse_features: str = "log"
-    """How sparse metres become the first feature channel: ``log`` = log(d/min)/log(max/min) in [0, 1];
-    ``inverse`` = 1/(1 + d/1 m) in (0, 1), disparity-like (most resolution near the camera); ``linear`` = d/max.
-    Depth is clipped to [min_depth, max_depth] first; missing pixels are 0 (the mask channel tells them apart)."""
-    fusion: str = "soft"
-    """``soft`` (the paper's zero-init branch) or ``hard_concat`` (ablation (a); see the module docstring)."""
-    init: str = "zero"
-    """``zero`` (paper) or ``he`` (ablation (b)): init of the sparse-encoder conv and the output conv (for
-    ``hard_concat``: of ``proj2``)."""
-    channels: int = 32
-    """Width of the branch (paper: 32)."""
-    kernel_size: int = 3
-    """Conv kernel size (odd; 'same' padding)."""
-    negative_slope: float = 0.01
-    """LeakyReLU slope."""
-    min_depth: float = 0.001
-    """Metres; smaller valid values are clipped up to this."""
-    max_depth: float = 300.0
-    """Metres; larger values are clipped down to this."""
-
-    def __post_init__(self):
-        if self.sparse_features not in FEATURE_MODES:
-            raise ValueError(f"sparse_features={self.sparse_features!r} is not one of {FEATURE_MODES}.")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion={self.fusion!r} is not one of {FUSIONS}.")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r} is not one of {INITS}.")
-        if self.channels < 1:
-            raise ValueError(f"channels={self.channels} must be >= 1.")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={self.kernel_size} must be a positive odd number.")
-        if not 0 < self.min_depth < self.max_depth:
-            raise ValueError(f"need 0 < min_depth < max_depth; got {self.min_depth}, {self.max_depth} (metres).")
-
-    @property
-    def in_channels(self) -> int:
-        """Sparse feature channels: normalised depth and validity mask."""
-        return 2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SDIMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SDIMConfig keys {unknown}; allowed: {sorted(known)}.")
-        return cls(**data)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Sparse inputs
-
-
-def normalize_sparse_depth(depth: torch.Tensor, mode: str = "log", min_depth: float = 0.001,
-                           max_depth: float = 300.0) -> torch.Tensor:
-    """Metres → normalised feature (same shape); missing pixels (<= 0 or non-finite) → 0. See SDIMConfig."""
-    if mode not in FEATURE_MODES:
-        raise ValueError(f"mode={mode!r} is not one of {FEATURE_MODES}.")
-    depth = torch.as_tensor(depth, dtype=torch.float32)
-    valid = torch.isfinite(depth) & (depth > 0)
-    d = torch.where(valid, depth, torch.full_like(depth, min_depth)).clamp(min_depth, max_depth)
-    if mode == "log":
-        f = torch.log(d / min_depth) / math.log(max_depth / min_depth)
-    elif mode == "inverse":
-        f = 1.0 / (1.0 + d)
-    else:
-        f = d / max_depth
-    return torch.where(valid, f, torch.zeros_like(f))
-
-
-def sparse_depth_features(sparse, config: SDIMConfig | None = None) -> torch.Tensor:
-    """Sparse metres at the resized size, (H, W) or (B, H, W) → features (2, H, W) or (B, 2, H, W), float32:
-    channel 0 the normalised depth (``config.sparse_features``), channel 1 the validity mask (1 = measured)."""
-    config = config or SDIMConfig()
-    depth = torch.as_tensor(np.asarray(sparse) if not isinstance(sparse, torch.Tensor) else sparse,
-                            dtype=torch.float32)
-    if depth.dim() not in (2, 3):
-        raise ValueError(f"sparse must be HxW or BxHxW metres; got shape {tuple(depth.shape)}.")
-    valid = (torch.isfinite(depth) & (depth > 0)).float()
-    feat = normalize_sparse_depth(depth, config.sparse_features, config.min_depth, config.max_depth)
-    return torch.stack([feat, valid], dim=-3)
-
-
-def scatter_sparse_to_grid(sparse: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Move a sparse depth map (HxW metres, 0/NaN = missing) onto an H'xW' grid without blending values.
-
-    Each valid point goes to the target pixel containing its centre (:func:`map_to_resized`) and keeps its exact
-    value. When several points land on one target pixel, the point whose centre is nearest that pixel's centre
-    wins; exact ties go to the smaller depth (the foreground surface). When H' >= H and W' >= W no two points
-    collide, so every point is kept. Returns float32 H'xW', 0 = missing.
-    """
-    arr = np.asarray(sparse)
-    if arr.ndim != 2:
-        raise ValueError(f"sparse must be an HxW depth map in metres; got shape {arr.shape}.")
-    h, w = arr.shape
-    h2, w2 = (int(v) for v in out_hw)
-    out = np.zeros((h2, w2), np.float32)
-    valid = np.isfinite(arr) & (arr > 0)
-    rows, cols = np.nonzero(valid)
-    if rows.size == 0:
-        return out
-    values = arr[rows, cols].astype(np.float32)
-    tr, tc = map_to_resized(rows, cols, (h, w), (h2, w2))
-    dist = ((rows + 0.5) * (h2 / h) - (tr + 0.5)) ** 2 + ((cols + 0.5) * (w2 / w) - (tc + 0.5)) ** 2
-    key = tr * w2 + tc
-    order = np.lexsort((values, dist, key))  # by target pixel, then distance, then depth
-    key_sorted = key[order]
-    first = np.ones(key_sorted.size, bool)
-    first[1:] = key_sorted[1:] != key_sorted[:-1]
-    out.reshape(-1)[key_sorted[first]] = values[order][first]
-    return out
-
-
-def prepare_depth_inputs(sparse, image_grid_thw, pixel_values, processor, config: SDIMConfig | None = None) -> dict:
-    """Depth-branch inputs for a processed batch.
-
-    Args:
-        sparse: one HxW sparse depth map (metres, 0 = missing, at the input image's resolution) per image, in the
-            order of the processor's images (a list, or one array for one image).
-        image_grid_thw, pixel_values: the processor's outputs for those images.
-        processor: the processor (for patch geometry and mean/std).
-        config: feature settings.
-
-    Returns:
-        ``{"sparse_pixels": ..., "rgb_pixels": ...}``: float32 tensors (B, 2, H', W') and (B, 3, H', W') in [0, 1]
-        when all images share one resized size, else lists of (C, H', W') tensors — both accepted by
-        :meth:`SDIMModel.forward`.
-    """
-    config = config or SDIMConfig()
-    if isinstance(sparse, (np.ndarray, torch.Tensor)) and np.ndim(sparse) == 2:
-        sparse = [sparse]
-    sparse = list(sparse)
-    rgb = rgb_from_pixel_values(pixel_values, image_grid_thw, processor)
-    if len(rgb) != len(sparse):
-        raise ValueError(f"got {len(sparse)} sparse maps for {len(rgb)} images; give one per image.")
-    feats = []
-    for s, img in zip(sparse, rgb):
-        s = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
-        feats.append(sparse_depth_features(scatter_sparse_to_grid(s, img.shape[-2:]), config))
-    if len({tuple(f.shape) for f in feats}) == 1:
-        return {"sparse_pixels": torch.stack(feats), "rgb_pixels": torch.stack(rgb)}
-    return {"sparse_pixels": feats, "rgb_pixels": rgb}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Modules
 
 
 def _conv_bn_act(cin: int, cout: int, config: SDIMConfig) -> nn.Sequential:
@@ -275,9 +113,25 @@ class DepthBranch(nn.Module):
         return self.out(self.fusion(torch.cat([f, s], dim=1)))
 
 
+def stock_model(model: nn.Module, check: bool = True) -> nn.Module:
+    """The stock ``Qwen2_5_VLForConditionalGeneration`` inside ``model``: an :class:`SDIMModel` (its ``base``), a
+    peft ``PeftModel`` (its base model), an SDIMModel around a PeftModel, or the stock model itself.
+
+    With ``check`` a ``TypeError`` is raised when what is found is not a Qwen2.5-VL model with a language model and
+    an LM head; without it the unwrapped object is returned as it is.
+    """
+    base = model.base if isinstance(model, SDIMModel) else model
+    if hasattr(base, "get_base_model"):
+        base = base.get_base_model()
+    if check and not (hasattr(base, "model") and hasattr(base.model, "language_model") and hasattr(base, "lm_head")):
+        raise TypeError(f"{type(model).__name__} is not a Qwen2.5-VL model (an SDIMModel, a PeftModel around a "
+                        "Qwen2_5_VLForConditionalGeneration, or one itself).")
+    return base
+
+
 def _vision_tower(base: nn.Module) -> nn.Module:
     """The Qwen2.5-VL vision tower inside a stock model, a PeftModel around one, or a Qwen2_5_VLModel."""
-    model = base.get_base_model() if hasattr(base, "get_base_model") else base
+    model = stock_model(base, check=False)
     for path in ("model.visual", "visual"):
         obj = model
         for name in path.split("."):
@@ -350,11 +204,6 @@ class SDIMModel(nn.Module):
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
 
-    @property
-    def base_config(self):
-        """The wrapped model's ``Qwen2_5_VLConfig``."""
-        return self.base.config
-
     def depth_parameters(self) -> list[nn.Parameter]:
         """Parameters of the new modules (depth branch + proj2): always trained."""
         mods = [m for m in (self.depth_branch, self.proj2) if m is not None]
@@ -367,10 +216,6 @@ class SDIMModel(nn.Module):
             if module is not None:
                 out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         return out
-
-    def detach_hook(self) -> None:
-        """Remove the patch-embedding hook (the base model is then exactly the stock model again)."""
-        self._hook.remove()
 
     def _add_depth_embedding(self, module, args, output):
         extra = self._pending.get(threading.get_ident())

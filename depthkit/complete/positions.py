@@ -32,31 +32,27 @@ from __future__ import annotations
 
 import torch
 
+from depthkit.complete.prompts import PIXEL_REFERENCES
+
 __all__ = [
-    "MODES",
     "spatial_merge_size",
     "prefix_position_ids",
     "suffix_position_ids",
     "pixel_grid_position",
 ]
 
-MODES = ("text", "rope")
-
 IMAGE_TYPE = 1  # mm_token_type_ids value of image tokens (0 = text, 2 = video)
 
 
 def _config(model_or_config):
     """The top-level Qwen2.5-VL config of a stock model, PeftModel, SDIMModel or a config itself."""
-    obj = model_or_config
-    for _ in range(4):
-        if hasattr(obj, "vision_config"):
-            return obj
-        nxt = getattr(obj, "base", None) if hasattr(obj, "depth_branch") else None  # SDIMModel
-        if nxt is None:
-            nxt = getattr(obj, "config", None)
-        if nxt is None:
-            break
-        obj = nxt
+    from depthkit.complete.model import stock_model
+
+    if hasattr(model_or_config, "vision_config"):
+        return model_or_config
+    config = getattr(stock_model(model_or_config, check=False), "config", None)
+    if hasattr(config, "vision_config"):
+        return config
     raise TypeError(
         f"{type(model_or_config).__name__} is not a Qwen2.5-VL model or config (no vision_config found); pass the "
         "model (stock, PeftModel or SDIMModel) or its Qwen2_5_VLConfig."
@@ -173,8 +169,8 @@ def suffix_position_ids(next_pos, suffix_mask: torch.Tensor, mode: str = "text",
     Returns:
         3 x B x S: long for text mode, float32 for rope mode. Padding gets 0.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {MODES}.")
+    if mode not in PIXEL_REFERENCES:
+        raise ValueError(f"mode={mode!r} is not one of {PIXEL_REFERENCES} (the pixel_reference settings).")
     mask = torch.as_tensor(suffix_mask)
     if mask.dim() != 2:
         raise ValueError(f"suffix_mask must be B x S; got shape {tuple(mask.shape)}.")

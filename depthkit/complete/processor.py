@@ -118,10 +118,11 @@ def load_processor(path_or_id: str | Path, min_pixels: int | None = None, max_pi
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    from depthkit.checkpoints import is_hub_id
+
     local = Path(path_or_id).expanduser()
     text = str(path_or_id)
-    looks_local = local.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
-    if looks_local and not local.exists():
+    if not is_hub_id(text) and not local.exists():
         raise FileNotFoundError(
             f"{local} does not exist (and is not a hub id of the form 'org/name'); give a Qwen2.5-VL model "
             "directory or a hub id such as 'Qwen/Qwen2.5-VL-3B-Instruct'."

@@ -49,7 +49,9 @@ __all__ = [
     "COORDINATE_TEMPLATE",
     "PRIOR_TEMPLATE",
     "PROMPT_PRIORS",
+    "PRIOR_METHODS",
     "PIXEL_REFERENCES",
+    "READOUTS",
     "PromptConfig",
     "format_depth",
     "parse_answer",
@@ -84,8 +86,15 @@ PRIOR_TEMPLATE = "The interpolated estimate is {p:.3f} meters."
 ANSWER_PREFIX = ANSWER_TEMPLATE.split("{y:.3f}")[0]  # "The pixel is "
 ANSWER_SUFFIX = ANSWER_TEMPLATE.split("{y:.3f}")[1]  # " meters away from the camera."
 
+# The allowed values of the prompt settings (recipes, checkpoints, the engine and the positions all check these).
 PROMPT_PRIORS = ("none", "nearest", "guided")
+"""``prompt_prior``: none (the paper) or the classical interpolation whose value the mask-0 prompt states."""
+PRIOR_METHODS = PROMPT_PRIORS[1:]
+"""The classical interpolations a prior can come from (:func:`depthkit.complete.query_plan.prior_map`)."""
 PIXEL_REFERENCES = ("text", "rope")
+"""``pixel_reference``: coordinates in the prompt text, or the pixel's M-RoPE position on the query tokens."""
+READOUTS = ("text", "residual_head")
+"""``readout``: decode the answer's digits, or read a bounded correction of the prior from the last hidden state."""
 
 # Qwen2.5-VL chat framing (what its chat template renders), split where the engine shares the image prefix.
 _SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

@@ -5,10 +5,11 @@
    ``stride // 2``); grid points that are measured are skipped (they are anchors already). With a query budget the
    stride is the smallest one whose grid holds at most ``budget`` missing pixels, so the number of model calls is
    bounded for any image size. ``budget=0`` asks nothing (the result is the classical fill).
-2. **Fusion** (:func:`fuse_answers`, a switch). ``"none"``: answers are used as given. ``"gate"``: an answer whose
-   confidence is below ``threshold`` is replaced by the classical interpolation at that pixel. ``"blend"``:
+2. **Fusion** (:func:`fuse_answers`, a switch). ``"none"``: answers are used as given. ``"fallback"``: an answer
+   whose confidence is below ``threshold`` falls back to the classical interpolation at that pixel. ``"blend"``:
    ``c * answer + (1 - c) * classical`` with ``c`` the answer's confidence. Unreadable answers are never anchors:
    they are counted and their pixels filled from their neighbours.
+   The classical interpolation is :func:`prior_map` — the same function the trainer uses for prompt priors.
 3. **Dense fill** (:func:`fill_dense`): the measured points and the (fused) answers together are the sparse input
    of the RGB-guided, edge-aware interpolation :func:`depthkit.data.baselines.guided` (joint x, y, RGB k-NN with
    a joint-bilateral local-plane fit), which copies every anchor exactly — so measured pixels keep their values bit
@@ -23,9 +24,10 @@ import math
 
 import numpy as np
 
-__all__ = ["FUSIONS", "plan_queries", "fuse_answers", "fill_dense", "confidence_map"]
+__all__ = ["ANSWER_FUSIONS", "plan_queries", "prior_map", "fuse_answers", "fill_dense", "confidence_map"]
 
-FUSIONS = ("none", "gate", "blend")
+ANSWER_FUSIONS = ("none", "fallback", "blend")
+"""How answers are combined with the classical interpolation by their confidence (the stage's ``fusion`` option)."""
 
 
 def _missing(sparse: np.ndarray) -> np.ndarray:
@@ -88,12 +90,12 @@ def plan_queries(sparse: np.ndarray, stride: int | None = None, budget: int | No
 
 def fuse_answers(values: np.ndarray, confidence: np.ndarray, ok: np.ndarray, classical: np.ndarray | None,
                  mode: str = "none", threshold: float = 0.5) -> np.ndarray:
-    """Answers after confidence-gated fusion (N metres; NaN where ``ok`` is False).
+    """Answers after confidence-weighted fusion (N metres; NaN where ``ok`` is False).
 
     ``classical`` holds the classical interpolation at the queried pixels (N metres; needed unless mode is none).
     """
-    if mode not in FUSIONS:
-        raise ValueError(f"fusion={mode!r} is not one of {FUSIONS}.")
+    if mode not in ANSWER_FUSIONS:
+        raise ValueError(f"fusion={mode!r} is not one of {ANSWER_FUSIONS}.")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"fusion threshold must be in [0, 1]; got {threshold}.")
     values = np.asarray(values, dtype=np.float64)
@@ -105,9 +107,22 @@ def fuse_answers(values: np.ndarray, confidence: np.ndarray, ok: np.ndarray, cla
         raise ValueError(f"fusion={mode!r} needs the classical interpolation at the queried pixels.")
     conf = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
     classical = np.asarray(classical, dtype=np.float64)
-    if mode == "gate":
+    if mode == "fallback":
         return np.where(ok & (conf < threshold), classical, out)
     return np.where(ok, conf * values + (1.0 - conf) * classical, np.nan)
+
+
+def prior_map(image: np.ndarray, sparse: np.ndarray, method: str) -> np.ndarray:
+    """The classical interpolation behind a prompt prior: dense HxW float32 metres from ``sparse`` (HxW metres,
+    0 = missing) by ``method`` (one of :data:`PRIOR_METHODS`, the function of that name in
+    :mod:`depthkit.data.baselines`). The trainer states its value at held-out pixels, the stage at queried pixels
+    (and fuses answers with it)."""
+    from depthkit.complete.prompts import PRIOR_METHODS
+    from depthkit.data import baselines
+
+    if method not in PRIOR_METHODS:
+        raise ValueError(f"prior method {method!r}; allowed: {', '.join(PRIOR_METHODS)}.")
+    return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
 
 
 def fill_dense(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray,

@@ -6,7 +6,7 @@ and ``__post_init__`` checks values. Sections:
 - ``model``   — the base model: ``"tiny"`` (random init at the ``tiny`` sizes with the offline tokenizer; trains on a
   CPU) or a local directory / hub id of a released Qwen2.5-VL (e.g. ``Qwen/Qwen2.5-VL-3B-Instruct``); processor
   resize bounds; load dtype.
-- ``sdim``    — :class:`depthkit.complete.model.SDIMConfig` (depth-branch settings).
+- ``sdim``    — :class:`depthkit.complete.depth_inputs.SDIMConfig` (depth-branch settings).
 - ``lora``    — LoRA on the language model, or full fine-tune, and whether the vision tower trains.
 - ``prompts`` — ``pixel_reference`` (text | rope), ``prompt_prior`` (none | nearest | guided), ``readout``
   (text | residual_head).
@@ -22,21 +22,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from depthkit.complete.model import SDIMConfig
+from depthkit.complete.decoding import DECODE_MODES
+from depthkit.complete.depth_inputs import SDIMConfig
+from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
+from depthkit.complete.readout import L1_SPACES
 from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe
+from depthkit.dtypes import canonical_dtype_name
 
 __all__ = [
-    "TinyModelConfig", "ModelConfig", "LoraConfig", "PromptsConfig", "DatasetEntry", "SyntheticOptions",
-    "DataConfig", "LossConfig", "EvalConfig", "CompleteRecipe", "PREFIX_SHARING", "SUPERVISION",
+    "LAYOUTS", "SUPERVISIONS", "TinyModelConfig", "ModelConfig", "LoraConfig", "PromptsConfig", "DatasetEntry", "SyntheticOptions",
+    "DataConfig", "LossConfig", "EvalConfig", "CompleteRecipe",
 ]
 
-PROMPT_PRIORS = ("none", "nearest", "guided")
-PIXEL_REFERENCES = ("text", "rope")
-READOUTS = ("text", "residual_head")
-SUPERVISION = ("sparse", "dense")
-PREFIX_SHARING = ("packed", "replicate", "kv_cache")
-DTYPES = ("float32", "bfloat16", "float16")
-L1_SPACES = ("log", "metres")
+
+LAYOUTS = ("packed", "replicate", "kv_cache")
+"""``data.prefix_sharing``: how the queries of one image share its prefix in a training batch
+(:func:`depthkit.complete.batching.pack_groups`)."""
+SUPERVISIONS = ("sparse", "dense")
+"""``data.supervision``: labels from held-out sparse points (label-free) or from dense ground truth
+(:func:`depthkit.complete.batching.sample_training_queries`)."""
 
 
 @dataclass
@@ -125,8 +129,10 @@ class ModelConfig:
     """sdpa | eager (packed prefix sharing needs a 4-D mask, which flash attention does not take)."""
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise RecipeError(f"model.dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        try:
+            self.dtype = canonical_dtype_name(self.dtype)
+        except ValueError as exc:
+            raise RecipeError(f"model.{exc}") from None
         if self.attn_implementation not in ("sdpa", "eager"):
             raise RecipeError(f"model.attn_implementation={self.attn_implementation!r}; allowed: sdpa, eager "
                               "(training packs several queries per image with a 4-D attention mask)")
@@ -248,10 +254,10 @@ class DataConfig:
         for key, d in self.datasets.items():
             if d.weight < 0:
                 raise RecipeError(f"data.datasets.{key}.weight must be >= 0; received {d.weight}")
-        if self.supervision not in SUPERVISION:
-            raise RecipeError(f"data.supervision={self.supervision!r}; allowed: {', '.join(SUPERVISION)}")
-        if self.prefix_sharing not in PREFIX_SHARING:
-            raise RecipeError(f"data.prefix_sharing={self.prefix_sharing!r}; allowed: {', '.join(PREFIX_SHARING)}")
+        if self.supervision not in SUPERVISIONS:
+            raise RecipeError(f"data.supervision={self.supervision!r}; allowed: {', '.join(SUPERVISIONS)}")
+        if self.prefix_sharing not in LAYOUTS:
+            raise RecipeError(f"data.prefix_sharing={self.prefix_sharing!r}; allowed: {', '.join(LAYOUTS)}")
         if not 0.0 <= self.p_keep <= 1.0:
             raise RecipeError(f"data.p_keep must be in [0, 1]; received {self.p_keep}")
         if self.queries_per_image < 1 or self.subset_size < 0 or self.sparse_points < 1 or self.edge_weight < 0:
@@ -290,14 +296,19 @@ class EvalConfig:
     kind: str = "random"
     sparse_points: int = 150
     batch_queries: int = 32
-    """Queries decoded together."""
+    """Most queries answered together (the inference engine's batch size)."""
+    decode: str = "free"
+    """Text readout: free (greedy over the full vocabulary, the whole answer: ``val_unparseable`` shows whether the
+    model writes the answer template) | constrained (forced template, digits only: what the stage answers)."""
     max_new_tokens: int = 16
-    """Greedy decoding budget after the forced answer prefix (text readout)."""
+    """Answer length limit in tokens for ``decode: free`` (the whole answer, template words included)."""
 
     def __post_init__(self):
         if min(self.num_scenes, self.queries_per_scene, self.height, self.width, self.sparse_points,
                self.batch_queries, self.max_new_tokens) < 1:
             raise RecipeError("eval sizes must all be >= 1")
+        if self.decode not in DECODE_MODES:
+            raise RecipeError(f"eval.decode={self.decode!r}; allowed: {', '.join(DECODE_MODES)}")
 
 
 @register_recipe("complete")

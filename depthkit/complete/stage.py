@@ -8,7 +8,8 @@
    classical interpolation of the sparse map once (the same baseline the trainer used for priors);
 3. encode the image prefix once and answer every query in batches (:class:`depthkit.complete.engine.CompletionEngine`;
    the text readout decodes digits, the residual head reads one hidden state);
-4. fuse (switch ``fusion``: none | gate | blend, by each answer's confidence), then fill the full resolution with the
+4. fuse (switch ``fusion``: none | fallback | blend, by each answer's confidence: ``fallback`` replaces
+   low-confidence answers by the classical interpolation), then fill the full resolution with the
    RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly).
 
 Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
@@ -31,6 +32,7 @@ import time
 
 import numpy as np
 
+from depthkit.complete.settings import CompleteSettings
 from depthkit.outputs import StageResult
 
 __all__ = ["CompleteVLMStage", "STAGE_OPTIONS"]
@@ -53,30 +55,28 @@ class CompleteVLMStage:
     Args:
         model: an :class:`~depthkit.complete.model.SDIMModel` in eval mode.
         processor: its processor.
-        settings: the checkpoint's ``complete.json`` settings (``prompt_prior``, ``pixel_reference``, ``readout``).
+        settings: the checkpoint's :class:`~depthkit.complete.settings.CompleteSettings` (``prompt_prior``,
+            ``pixel_reference``, ``readout``, ``prompt_version``).
         residual_head: the trained head for ``readout="residual_head"``.
         options: see :data:`STAGE_OPTIONS` and the module docstring.
     """
 
     name = "complete"
 
-    def __init__(self, model, processor, settings: dict, residual_head=None, **options):
+    def __init__(self, model, processor, settings: CompleteSettings, residual_head=None, **options):
         from depthkit.complete.engine import CompletionEngine
-        from depthkit.complete.prompts import PROMPT_VERSION, PromptConfig
-        from depthkit.complete.query_plan import FUSIONS
+        from depthkit.complete.query_plan import ANSWER_FUSIONS
 
         unknown = sorted(set(options) - set(STAGE_OPTIONS))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
                              f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
         self.options = {**STAGE_OPTIONS, **options}
-        if self.options["fusion"] not in FUSIONS:
-            raise ValueError(f"fusion={self.options['fusion']!r} is not one of {FUSIONS}.")
-        self.settings = dict(settings)
-        self.prompt_config = PromptConfig(settings.get("prompt_prior", "none"),
-                                          settings.get("pixel_reference", "text"),
-                                          settings.get("prompt_version", PROMPT_VERSION))
-        self.readout = settings.get("readout", "text")
+        if self.options["fusion"] not in ANSWER_FUSIONS:
+            raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
+        self.settings = settings
+        self.prompt_config = settings.prompt_config()
+        self.readout = settings.readout
         self.engine = CompletionEngine(model, processor, self.prompt_config, readout=self.readout,
                                        residual_head=residual_head, batch_size=int(self.options["batch_size"]),
                                        memory_budget_mb=float(self.options["memory_budget_mb"]),
@@ -97,14 +97,9 @@ class CompleteVLMStage:
         loaded = load_complete(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
         return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, **options)
 
-    def _classical(self, image, sparse, method: str) -> np.ndarray:
-        from depthkit.data import baselines
-
-        return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
-
     def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None = None) -> StageResult:
         """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused."""
-        from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries
+        from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries, prior_map
 
         start = time.perf_counter()
         sparse = np.asarray(sparse, dtype=np.float32)
@@ -119,7 +114,7 @@ class CompleteVLMStage:
         fusion = opts["fusion"]
         classical = None
         if rows.size and (prior_method != "none" or fusion != "none"):
-            classical = self._classical(image, sparse, prior_method if prior_method != "none" else "guided")
+            classical = prior_map(image, sparse, prior_method if prior_method != "none" else "guided")
         n = rows.size
         stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0}
         if n:

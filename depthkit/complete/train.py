@@ -22,41 +22,35 @@ The optimizer state is rank 0's under DDP (replicated); under FSDP / DeepSpeed e
 (``optimizer``, ``optimizer_rank1``, ...) and a resume must use the same number of processes (checked). Only
 single-process and DDP (2 CPU processes) runs are tested here; the FSDP / DeepSpeed paths have not run on a GPU yet.
 
-Validation (every ``train.eval_every`` steps and at the end) asks ``eval.queries_per_scene`` held-out sparse points
-of ``eval.num_scenes`` synthetic scenes from the ``val`` split (never trained on): text readout decodes greedily
-after the forced answer prefix (:func:`greedy_answers`) and parses with :func:`depthkit.complete.prompts.parse_answer`;
-the residual head reads its number directly. Reported: ``val_mae`` (metres, parseable answers), ``val_unparseable``
-(fraction), and the references ``val_prior_mae`` (the prompt prior itself) and ``val_median_mae`` (the median of
-the input points, what a model that ignores the pixel scores).
+Data (:mod:`depthkit.complete.train_data`: datasets and the packed batch of each micro-step) and validation
+(:mod:`depthkit.complete.validation`: held-out points answered through the inference engine, every
+``train.eval_every`` steps and at the end) live in their own modules; this one holds the model set-up, the
+objective and the loop. The run folder, seeds, resumable state and the final export come from
+:mod:`depthkit.training`.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from depthkit.complete import prompts as P
-from depthkit.complete.batching import encode_group, pack_groups, sample_training_queries
+from depthkit.complete import prompts
+from depthkit.complete.model import stock_model
 from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
+from depthkit.complete.train_data import TrainSteps, build_datasets, to_device
+from depthkit.complete.validation import validate, validation_scenes
+from depthkit.dtypes import torch_dtype
+from depthkit.training import MixedDataset
 
-__all__ = ["train", "build_completer", "CompleterObjective", "TrainSteps", "MixedDataset", "validate",
-           "greedy_answers", "run_packed", "setup_training", "train_step", "TrainingSetup", "validation_scenes"]
+__all__ = ["train", "build_completer", "CompleterObjective", "run_packed", "setup_training", "train_step",
+           "TrainingSetup"]
 
 
 # ------------------------------------------------------------------------------------------------------------- model
-
-
-def _inner(sdim):
-    """The stock Qwen2_5_VLForConditionalGeneration inside ``sdim.base`` (a plain model or a PeftModel)."""
-    base = sdim.base
-    return base.get_base_model() if hasattr(base, "get_base_model") else base
 
 
 def build_completer(recipe, seed: int = 0):
@@ -69,7 +63,7 @@ def build_completer(recipe, seed: int = 0):
     m = recipe.model
     if m.base == "tiny":
         base, processor = build_tiny_base(m.tiny, seed=seed, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
-        base = base.to(_dtype(m.dtype))
+        base = base.to(torch_dtype(m.dtype))
     else:
         base = load_base_model(m.base, dtype=m.dtype, attn_implementation=m.attn_implementation)
         processor = load_processor(m.base, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
@@ -87,30 +81,24 @@ def build_completer(recipe, seed: int = 0):
         for p in sdim.base.parameters():
             p.requires_grad_(lora.full_finetune)
         if lora.train_vision:
-            for p in _inner(sdim).model.visual.parameters():
+            for p in stock_model(sdim).model.visual.parameters():
                 p.requires_grad_(True)
         for p in sdim.depth_parameters():
             p.requires_grad_(True)
-    if recipe.loss.cross_entropy <= 0 and recipe.loss.numeric_l1 <= 0 and not _inner(sdim).config.tie_word_embeddings:
-        _inner(sdim).lm_head.requires_grad_(False)  # unused: DDP would wait for its gradient forever
+    if recipe.loss.cross_entropy <= 0 and recipe.loss.numeric_l1 <= 0 and not stock_model(sdim).config.tie_word_embeddings:
+        stock_model(sdim).lm_head.requires_grad_(False)  # unused: DDP would wait for its gradient forever
     for p in sdim.parameters():  # optimizer moments of bf16 weights lose too much precision
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     if recipe.train.gradient_checkpointing:
-        _inner(sdim).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        stock_model(sdim).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return sdim, processor, head
-
-
-def _dtype(name):
-    from depthkit.complete.checkpoint import torch_dtype
-
-    return torch_dtype(name)
 
 
 def run_packed(sdim, batch: dict) -> torch.Tensor:
     """Last hidden states (rows x L x D) of ``batch["input_ids"]`` for a batch from
     :func:`depthkit.complete.batching.pack_groups` (any layout)."""
-    inner = _inner(sdim)
+    inner = stock_model(sdim)
     depth = (batch["sparse_pixels"], batch["rgb_pixels"], batch["image_grid_thw"])
     if batch["layout"] == "kv_cache":
         with sdim.inject(*depth):
@@ -156,7 +144,7 @@ class CompleterObjective(nn.Module):
         labels = batch["query_label"]
         if cfg.cross_entropy > 0 or cfg.numeric_l1 > 0:
             tp = batch["target_pos"]
-            logits = _inner(self.sdim).lm_head(hidden[tp[:, 0], tp[:, 1]]).float()
+            logits = stock_model(self.sdim).lm_head(hidden[tp[:, 0], tp[:, 1]]).float()
             ce = nn.functional.cross_entropy(logits, batch["target_ids"])
             stats["ce"] = ce.detach()
             if cfg.cross_entropy > 0:
@@ -164,7 +152,7 @@ class CompleterObjective(nn.Module):
             if cfg.numeric_l1 > 0:
                 value = expected_digit_value(logits, batch["target_places"], self.digit_ids,
                                              index=batch["target_query"], num_values=labels.numel())
-                number = torch.round(labels.clamp(P.MIN_DEPTH, P.MAX_DEPTH) * 1000.0) / 1000.0
+                number = torch.round(labels.clamp(prompts.MIN_DEPTH, prompts.MAX_DEPTH) * 1000.0) / 1000.0
                 l1 = (value - number).abs().mean()
                 stats["numeric_l1"] = l1.detach()
                 total = total + cfg.numeric_l1 * l1
@@ -180,284 +168,27 @@ class CompleterObjective(nn.Module):
         return total, stats
 
 
-# -------------------------------------------------------------------------------------------------------------- data
-
-
-class MixedDataset:
-    """Samples of several datasets behind one index, optionally a fixed seeded subset drawn by weight.
-
-    ``subset_size > 0``: dataset i contributes ``round(subset_size * w_i / sum w)`` samples (all of it when it is
-    smaller), chosen without replacement with ``seed``; ``0``: every sample of every dataset with weight > 0.
-    """
-
-    def __init__(self, datasets: list, weights: list[float], subset_size: int = 0, seed: int = 0):
-        if not datasets:
-            raise ValueError("no training datasets; list at least one under data.datasets (e.g. synthetic: {}).")
-        pairs = []
-        total_w = sum(weights)
-        rng = np.random.default_rng([seed, 1234])
-        for di, (ds, w) in enumerate(zip(datasets, weights)):
-            if w <= 0:
-                continue
-            n = len(ds)
-            if subset_size > 0:
-                want = min(n, int(round(subset_size * w / total_w)))
-                idx = np.sort(rng.choice(n, size=want, replace=False))
-            else:
-                idx = np.arange(n)
-            pairs += [(di, int(i)) for i in idx]
-        if not pairs:
-            raise ValueError("the training datasets hold no samples (check roots, splits and weights).")
-        self.datasets, self.pairs = datasets, pairs
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def get(self, index: int, epoch: int) -> dict:
-        di, i = self.pairs[index]
-        ds = self.datasets[di]
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(epoch)
-        return ds[i]
-
-
-def build_datasets(recipe) -> MixedDataset:
-    from depthkit.data.datasets import build_dataset
-
-    d = recipe.data
-    if not d.datasets:
-        raise ValueError("data.datasets is empty; list at least one, e.g. data.datasets: {synthetic: {}} (YAML) "
-                         "or {hypersim: {root: /data/hypersim}, vkitti2: {root: /data/vkitti2}}.")
-    datasets, weights = [], []
-    for key, entry in d.datasets.items():
-        if entry.weight <= 0:  # left out (lets an override drop a dataset that has no root here)
-            continue
-        name = entry.name or key
-        kwargs = dict(entry.options)
-        kwargs.setdefault("sparse_pattern", d.sparse_pattern)
-        sk = dict(d.sparse_kwargs)
-        if d.sparse_pattern == "random":
-            sk.setdefault("n", d.sparse_points)
-        kwargs.setdefault("sparse_kwargs", sk)
-        if name == "synthetic":
-            s = d.synthetic
-            for k, v in (("length", s.length), ("height", s.height), ("width", s.width), ("kind", s.kind),
-                         ("image_noise", s.image_noise)):
-                kwargs.setdefault(k, v)
-        elif entry.root is None:
-            raise ValueError(f"data.datasets.{key} ({name}) needs a root folder: add data.datasets.{key}.root=/path "
-                             "to the command line.")
-        datasets.append(build_dataset(name, entry.root, split=entry.split, **kwargs))
-        weights.append(entry.weight)
-    return MixedDataset(datasets, weights, d.subset_size, recipe.train.seed)
-
-
-class TrainSteps(torch.utils.data.Dataset):
-    """Item ``k`` = the packed batch of global micro-step ``k`` for this process (a pure function of the recipe,
-    seed, rank and ``k``: DataLoader workers and resumed runs produce the same batches)."""
-
-    def __init__(self, recipe, mixed: MixedDataset, processor, model_config, rank: int = 0, world: int = 1):
-        from depthkit.training import StepSampler
-
-        self.recipe, self.mixed, self.processor, self.model_config = recipe, mixed, processor, model_config
-        self.rank = rank
-        self.sampler = StepSampler(len(mixed), recipe.train.batch_size, recipe.train.seed, rank, world)
-        self.prompt_config = P.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
-
-    def __len__(self) -> int:
-        return 2**62
-
-    def __getitem__(self, k: int) -> dict:
-        d, seed = self.recipe.data, self.recipe.train.seed
-        epoch = self.sampler.epoch_of(k)
-        groups = []
-        for j, index in enumerate(self.sampler.indices(k)):
-            for attempt in range(20):
-                item = self.mixed.get((index + attempt) % len(self.mixed), epoch)
-                rng = np.random.default_rng([seed, k, self.rank, j, attempt])
-                sparse_input, queries = sample_training_queries(
-                    item["image"], item["sparse"], item["depth"], d.queries_per_image, rng, d.supervision, d.p_keep,
-                    d.edge_weight, self.recipe.prompts.prompt_prior, d.min_sparse_points)
-                if queries:
-                    break
-            else:
-                raise ValueError(f"20 samples in a row (from index {index}) had fewer than "
-                                 f"{d.min_sparse_points + 1} sparse points; check data.sparse_* settings.")
-            groups.append(encode_group(self.processor, item["image"], sparse_input, queries, self.prompt_config,
-                                       self.recipe.sdim))
-        return pack_groups(groups, self.model_config, self.recipe.prompts.pixel_reference,
-                           pad_id=_pad_id(self.processor), layout=d.prefix_sharing)
-
-
-def _pad_id(processor) -> int:
-    tok = processor.tokenizer
-    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-
-
-def _to_device(batch: dict, device) -> dict:
-    def move(v):
-        if isinstance(v, list):
-            return [t.to(device) for t in v]
-        return v.to(device) if isinstance(v, torch.Tensor) else v
-
-    return {k: move(v) for k, v in batch.items()}
-
-
-# -------------------------------------------------------------------------------------------------------- validation
-
-
-@torch.no_grad()
-def greedy_answers(sdim, processor, group, pixel_reference: str = "text", max_new_tokens: int = 16,
-                   batch_queries: int = 32) -> list[str]:
-    """Greedy answer text (after the forced ``ANSWER_PREFIX``) for each suffix of an encoded group without answers.
-
-    A simple reference decoder for validation: the image prefix runs once, its KV cache is copied and expanded for
-    each chunk of queries, and each query's suffix + forced answer prefix is followed by ``max_new_tokens`` greedy
-    tokens (stopping at ``<|im_end|>``). Positions follow :mod:`depthkit.complete.positions`.
-    """
-    from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
-
-    inner = _inner(sdim)
-    device = next(inner.parameters()).device
-    cfg = inner.config
-    tok = processor.tokenizer
-    eos = tok.convert_tokens_to_ids(P.END_OF_TURN)
-    pad = _pad_id(processor)
-    forced = tok(P.ANSWER_PREFIX, add_special_tokens=False).input_ids
-    pre = prefix_position_ids(cfg, group.prefix_ids[None], group.image_grid_thw, group.mm_token_type_ids[None])
-    pos = pre["position_ids"].to(device)
-    if pixel_reference == "rope":
-        pos = pos.float()
-    with sdim.inject([group.sparse_pixels.to(device)], [group.rgb_pixels.to(device)], group.image_grid_thw):
-        out = inner.model(input_ids=group.prefix_ids[None].to(device), position_ids=pos,
-                          pixel_values=group.pixel_values.to(device), image_grid_thw=group.image_grid_thw.to(device),
-                          use_cache=True)
-    cache = out.past_key_values
-    plen = group.prefix_ids.numel()
-    token_pixels = int(cfg.vision_config.patch_size) * int(cfg.vision_config.spatial_merge_size)
-    texts: list[str] = []
-    for c0 in range(0, len(group.suffixes), batch_queries):
-        chunk = group.suffixes[c0:c0 + batch_queries]
-        n = len(chunk)
-        seqs = [s.ids[:s.answer_start].tolist() + forced for s in chunk]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        smask = torch.zeros(n, width, dtype=torch.long)
-        for i, s in enumerate(seqs):  # left padding: every row's next token goes at the same column
-            ids[i, width - len(s):] = torch.tensor(s)
-            smask[i, width - len(s):] = 1
-        hw = None
-        if pixel_reference == "rope":
-            rc = torch.tensor([s.pixel_resized for s in chunk], dtype=torch.float32)
-            hw = pixel_grid_position(rc[:, 0], rc[:, 1], pre["image_start"][0][0], token_pixels)
-        kv = copy.deepcopy(cache)
-        kv.batch_repeat_interleave(n)
-        attn = torch.cat([torch.ones(n, plen, dtype=torch.long), smask], dim=1)
-        spos = suffix_position_ids(pre["next_pos"], smask, pixel_reference, pixel_hw=hw)
-        out = inner(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=spos.to(device),
-                    past_key_values=kv, use_cache=True, logits_to_keep=1)
-        generated = [[] for _ in range(n)]
-        done = torch.zeros(n, dtype=torch.bool)
-        count = smask.sum(1)
-        for _ in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1).cpu()
-            for i in range(n):
-                if not done[i]:
-                    generated[i].append(int(nxt[i]))
-            done |= nxt == eos
-            if bool(done.all()):
-                break
-            attn = torch.cat([attn, torch.ones(n, 1, dtype=torch.long)], dim=1)
-            spos = suffix_position_ids(pre["next_pos"], torch.ones(n, 1, dtype=torch.long), pixel_reference,
-                                       pixel_hw=hw, offset=count)
-            count = count + 1
-            out = inner(input_ids=nxt[:, None].to(device), attention_mask=attn.to(device),
-                        position_ids=spos.to(device), past_key_values=kv, use_cache=True, logits_to_keep=1)
-        texts += [tok.decode(g, skip_special_tokens=False) for g in generated]
-    return texts
-
-
-def validation_scenes(recipe, processor) -> list:
-    """The held-out validation groups (``val`` split of synthetic scenes; fixed seeds, no answers)."""
-    from depthkit.data.datasets import SyntheticDataset
-
-    e = recipe.eval
-    ds = SyntheticDataset(split="val", length=e.num_scenes, height=e.height, width=e.width, kind=e.kind,
-                          sparse_kwargs={"n": e.sparse_points})
-    prompt_config = P.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
-    out = []
-    for i in range(len(ds)):
-        item = ds[i]
-        rng = np.random.default_rng([7, i])
-        sparse_input, queries = sample_training_queries(item["image"], item["sparse"], None, e.queries_per_scene,
-                                                        rng, "sparse", 0.0, 0.0, recipe.prompts.prompt_prior,
-                                                        recipe.data.min_sparse_points)
-        if not queries:
-            continue
-        group = encode_group(processor, item["image"], sparse_input, queries, prompt_config, recipe.sdim,
-                             with_answers=False)
-        out.append((group, sparse_input))
-    return out
-
-
-@torch.no_grad()
-def validate(sdim, head, processor, scenes: list, recipe) -> dict:
-    """``val_mae``, ``val_unparseable``, ``val_prior_mae``, ``val_median_mae``, ``val_queries`` over ``scenes``."""
-    was_training = sdim.training
-    sdim.eval()
-    errors, priors, medians, unparseable, total = [], [], [], 0, 0
-    device = next(sdim.parameters()).device
-    try:
-        for group, sparse_input in scenes:
-            labels = np.array([s.label for s in group.suffixes])
-            total += labels.size
-            median = float(np.median(sparse_input[sparse_input > 0]))
-            medians += list(np.abs(labels - median))
-            if recipe.prompts.prompt_prior != "none":
-                priors += list(np.abs(labels - np.array([s.head_prior for s in group.suffixes])))
-            if head is not None:
-                batch = _to_device(pack_groups([group], _inner(sdim).config, recipe.prompts.pixel_reference,
-                                               pad_id=_pad_id(processor), layout=recipe.data.prefix_sharing), device)
-                hidden = run_packed(sdim, batch)
-                qp = batch["query_pos"]
-                pred = head.predict(hidden[qp[:, 0], qp[:, 1]], batch["query_head_prior"]).cpu().numpy()
-                errors += list(np.abs(pred - labels))
-            else:
-                texts = greedy_answers(sdim, processor, group, recipe.prompts.pixel_reference,
-                                       recipe.eval.max_new_tokens, recipe.eval.batch_queries)
-                for text, label in zip(texts, labels):
-                    value = P.parse_answer(P.ANSWER_PREFIX + text)
-                    if value is None:
-                        unparseable += 1
-                    else:
-                        errors.append(abs(value - label))
-    finally:
-        sdim.train(was_training)
-    out = {"val_mae": float(np.mean(errors)) if errors else math.nan,
-           "val_unparseable": unparseable / max(1, total), "val_median_mae": float(np.mean(medians)),
-           "val_queries": total}
-    if priors:
-        out["val_prior_mae"] = float(np.mean(priors))
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------------- loop
 
 
 def _export(run_dir: Path, recipe, sdim, processor, head) -> Path:
+    """Write ``<run>/final`` (``complete/``, ``recipe.yaml``, ``depthkit.json``) atomically."""
     from depthkit.checkpoints import write_manifest
     from depthkit.complete.checkpoint import save_complete
     from depthkit.config import recipe_to_yaml
+    from depthkit.training import atomic_export
 
-    final = run_dir / "final"
     settings = {"prompt_prior": recipe.prompts.prompt_prior, "pixel_reference": recipe.prompts.pixel_reference,
                 "readout": recipe.prompts.readout, "trained_with": "depthkit train (kind: complete)"}
     if recipe.model.base != "tiny":
         settings["base_model_source"] = recipe.model.base
-    save_complete(final / "complete", sdim, processor, settings, residual_head=head)
-    (final / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    write_manifest(final, {"complete": {"method": "sdim"}})
-    return final
+
+    def write(tmp: Path) -> None:
+        save_complete(tmp / "complete", sdim, processor, settings, residual_head=head)
+        (tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        write_manifest(tmp, {"complete": {"method": "sdim"}})
+
+    return atomic_export(run_dir / "final", write)
 
 
 def _identity(batch):
@@ -466,10 +197,6 @@ def _identity(batch):
 
 def _sharded(accelerator) -> bool:
     return accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.default_rng([seed, step, rank, 99]).integers(2**62))
 
 
 @dataclass
@@ -582,29 +309,26 @@ def _resume(setup: TrainingSetup, run_dir: Path) -> int:
 
 def train(recipe, resume: bool = False) -> Path:
     """Train as ``recipe`` (a :class:`depthkit.complete.recipe.CompleteRecipe`) says; returns ``<run>/final``."""
-    from depthkit.training import JsonlLogger, latest_state_dir
+    from depthkit.training import JsonlLogger, prepare_run_dir, step_seed
 
     tc = recipe.train
-    run_dir = Path(recipe.output.output_dir)
-    if not resume and latest_state_dir(run_dir) is not None:
-        raise ValueError(f"{run_dir} already holds checkpoints from an earlier run; pass --resume to continue it, "
-                         "or set output.output_dir to a new folder.")
+    run_dir = prepare_run_dir(recipe.output.output_dir, resume)
     setup = setup_training(recipe, run_dir)
     acc = setup.accelerator
     rank, world = acc.process_index, acc.num_processes
     start = _resume(setup, run_dir) if resume else 0
     logger = JsonlLogger(run_dir, enabled=acc.is_main_process)
-    steps = TrainSteps(recipe, setup.mixed, setup.processor, _inner(setup.sdim).config, rank, world)
+    steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config, rank, world)
     micro = tc.grad_accum
     loader = torch.utils.data.DataLoader(steps, batch_size=None,
                                          sampler=range(start * micro, setup.steps_total * micro),
                                          num_workers=tc.num_workers, collate_fn=_identity)
-    val_scenes = validation_scenes(recipe, setup.processor)
+    val_scenes = validation_scenes(recipe)
     batches = iter(loader)
     t0, images, queries, tokens = time.perf_counter(), 0, 0, 0
     for step in range(start, setup.steps_total):
-        torch.manual_seed(_step_seed(tc.seed, step, rank))  # dropout etc.: a function of the step, so resume matches
-        micro_batches = [_to_device(next(batches), acc.device) for _ in range(micro)]
+        torch.manual_seed(step_seed(tc.seed, step, rank))  # dropout etc.: a function of the step, so resume matches
+        micro_batches = [to_device(next(batches), acc.device) for _ in range(micro)]
         stats = train_step(setup, micro_batches, tc.max_grad_norm)
         for b in micro_batches:
             images += int(b["image_grid_thw"].shape[0])

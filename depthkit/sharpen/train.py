@@ -104,7 +104,8 @@ def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int) -> dict:
 
 
 def _batch(data, sampler, k: int, metric, resolution, flip: bool, seed: int, rank: int, use_sparse: bool):
-    from depthkit.sharpen.train_common import random_resized_crop, step_seed
+    from depthkit.sharpen.train_common import random_resized_crop
+    from depthkit.training import step_seed
 
     images, depths, sparses = [], [], []
     for j, idx in enumerate(sampler.indices(k)):
@@ -134,20 +135,20 @@ def train(recipe, resume: bool = False) -> Path:
     from depthkit.sharpen.model import EMA, SharpDepth
     from depthkit.sharpen.teachers import build_metric_source
     from depthkit.sharpen.train_common import (
-        atomic_export,
         build_training_data,
         check_resolution,
         images_to_tensor,
         maps_to_tensor,
-        start_run,
-        step_generator,
     )
     from depthkit.training import (
         JsonlLogger,
         StepSampler,
+        atomic_export,
         build_scheduler,
         load_latest_state,
         save_state,
+        start_run,
+        step_generator,
         total_steps,
     )
 

@@ -1,9 +1,9 @@
-"""Pieces both stage-2 trainers share: mixed data sources, random resized crops, per-micro-step seeds, run folders.
+"""What both stage-2 trainers (SharpDepth, Lotus) share beyond :mod:`depthkit.training`: their data sources
+(recipe ``DataSourceConfig`` entries, with sparse maps from a side folder), random resized crops, and image/map
+tensors.
 
-Determinism is what makes ``--resume`` exact: every random choice of global micro-step ``k`` (which samples, where
-to crop, whether to flip, every torch draw inside the losses) is a pure function of ``(train.seed, k, rank)``, and
-the optimiser, LR schedule and EMA are restored from the checkpoint. A resumed run therefore takes the same steps
-an uninterrupted one would have taken.
+Every random choice of global micro-step ``k`` (where to crop, whether to flip) is drawn from a generator seeded
+with :func:`depthkit.training.step_seed`, so ``--resume`` stays exact.
 """
 
 from __future__ import annotations
@@ -12,51 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_export", "step_seed", "step_generator", "MixedDataset", "build_training_data", "random_resized_crop",
-           "check_resolution", "prepare_run_dir", "images_to_tensor", "maps_to_tensor"]
-
-
-def step_seed(seed: int, k: int, rank: int = 0, stream: int = 0) -> int:
-    """A 63-bit seed for micro-step ``k`` of process ``rank`` (``stream`` separates independent uses)."""
-    return int(np.random.SeedSequence([int(seed), int(k), int(rank), int(stream)]).generate_state(1, np.uint64)[0]
-               >> np.uint64(1))
-
-
-def step_generator(seed: int, k: int, rank: int = 0, device="cpu"):
-    """A ``torch.Generator`` on ``device`` seeded for micro-step ``k`` (the losses' noise, gate coins, timesteps)."""
-    import torch
-
-    return torch.Generator(device=device).manual_seed(step_seed(seed, k, rank, stream=1))
-
-
-class MixedDataset:
-    """Several readers mixed by weight. Position ``i`` maps to ``(source, item)`` by a generator seeded with
-    ``(seed, i)``: the source is drawn with probability weight / sum of weights, the item uniformly within it. Its
-    length is the sum of the sources' lengths, so one "epoch" is as many samples as the sources hold."""
-
-    def __init__(self, datasets: list, weights: list[float], names: list[str], seed: int = 0):
-        if len(datasets) != len(weights) or not datasets:
-            raise ValueError("MixedDataset needs one weight per dataset and at least one dataset.")
-        self.datasets, self.names, self.seed = list(datasets), list(names), int(seed)
-        w = np.asarray(weights, dtype=np.float64)
-        self.p = w / w.sum()
-        self.lengths = [len(d) for d in self.datasets]
-
-    def __len__(self) -> int:
-        return int(sum(self.lengths))
-
-    def locate(self, i: int) -> tuple[int, int]:
-        if len(self.datasets) == 1:
-            return 0, int(i) % self.lengths[0]
-        rng = np.random.default_rng([self.seed, int(i)])
-        j = int(rng.choice(len(self.datasets), p=self.p))
-        return j, int(rng.integers(self.lengths[j]))
-
-    def __getitem__(self, i: int) -> dict:
-        j, idx = self.locate(i)
-        item = dict(self.datasets[j][idx])
-        item["source"] = j
-        return item
+__all__ = ["build_training_data", "random_resized_crop", "check_resolution", "images_to_tensor", "maps_to_tensor"]
 
 
 def _read_sparse_file(sparse_dir: Path, name: str, scale: float | None) -> np.ndarray | None:
@@ -91,10 +47,11 @@ class _WithSparseDir:
         return item
 
 
-def build_training_data(sources, seed: int = 0, exclude_sparse_files: bool = True) -> MixedDataset:
-    """A :class:`MixedDataset` from recipe ``DataSourceConfig`` entries (``build_dataset(name, root, split,
+def build_training_data(sources, seed: int = 0, exclude_sparse_files: bool = True):
+    """A :class:`depthkit.training.MixedDataset` (``draw=True``) from recipe ``DataSourceConfig`` entries (``build_dataset(name, root, split,
     **options)``; image folders skip ``*_sparse.*`` and depthkit's own ``*_depth.*``/``*_color.*`` outputs)."""
     from depthkit.data.datasets import build_dataset
+    from depthkit.training import MixedDataset
 
     datasets, weights, names = [], [], []
     for src in sources:
@@ -107,7 +64,7 @@ def build_training_data(sources, seed: int = 0, exclude_sparse_files: bool = Tru
         datasets.append(ds)
         weights.append(src.weight)
         names.append(src.name)
-    return MixedDataset(datasets, weights, names, seed=seed)
+    return MixedDataset(datasets, weights, names, seed=seed, draw=True)
 
 
 def check_resolution(resolution, multiple: int) -> tuple[int, int]:
@@ -164,44 +121,3 @@ def maps_to_tensor(maps: list[np.ndarray], device):
     import torch
 
     return torch.from_numpy(np.stack(maps).astype(np.float32))[:, None].to(device)
-
-
-def prepare_run_dir(output_dir, resume: bool) -> Path:
-    """Create the run folder; refuse to start over a run that has resumable checkpoints unless resuming."""
-    from depthkit.training import latest_state_dir
-
-    run = Path(output_dir)
-    if not resume and latest_state_dir(run) is not None:
-        raise ValueError(f"{run} already holds a training run (checkpoints/). Resume it with --resume, or choose "
-                         "another output.output_dir.")
-    run.mkdir(parents=True, exist_ok=True)
-    return run
-
-
-def start_run(recipe, resume: bool):
-    """Run folder (see :func:`prepare_run_dir`) and accelerator for ``recipe``; the main process records the resolved
-    recipe as ``recipe.yaml``. Returns ``(run, accelerator)``."""
-    from depthkit.config import recipe_to_yaml
-    from depthkit.training import build_accelerator
-
-    run = prepare_run_dir(recipe.output.output_dir, resume)
-    accelerator = build_accelerator(recipe.train, run)
-    if accelerator.is_main_process:
-        (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    return run, accelerator
-
-
-def atomic_export(final: Path, write) -> Path:
-    """Call ``write(tmp)`` on a sibling temporary folder, then swap it in for ``final``: an interrupted export never
-    leaves a half-written final checkpoint."""
-    import shutil
-
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.replace(final)
-    return final

@@ -13,8 +13,8 @@ One step, for a batch of crops with GT depth d (metres) and valid mask v:
   decode(encode(GT)) against GT over valid pixels — a random VAE cannot write depth, so it learns to.
 
 Accelerate runs it (bf16 autocast on CUDA, gradient accumulation, several processes with gradients averaged by
-hand); checkpoints are atomic (:func:`depthkit.training.save_state`) and ``--resume`` continues exactly (see
-:mod:`depthkit.sharpen.train_common`). The result, ``<output_dir>/final/``, is a Lotus folder
+hand); checkpoints are atomic (:func:`depthkit.training.save_state`) and ``--resume`` continues exactly (per-step seeds and data
+order from :mod:`depthkit.training`). The result, ``<output_dir>/final/``, is a Lotus folder
 (:meth:`LotusModel.save_pretrained`): the ``model.lotus`` of a sharpen recipe.
 """
 
@@ -120,7 +120,8 @@ class LotusBatches:
         self.seed, self.rank = seed, rank
 
     def __getitem__(self, k: int) -> dict:
-        from depthkit.sharpen.train_common import random_resized_crop, step_seed
+        from depthkit.sharpen.train_common import random_resized_crop
+        from depthkit.training import step_seed
 
         images, depths, valids = [], [], []
         for j, idx in enumerate(self.sampler.indices(k)):
@@ -187,20 +188,20 @@ def train(recipe, resume: bool = False) -> Path:
 
     from depthkit.config import recipe_to_yaml
     from depthkit.sharpen.train_common import (
-        atomic_export,
         build_training_data,
         check_resolution,
         images_to_tensor,
         maps_to_tensor,
-        start_run,
-        step_generator,
     )
     from depthkit.training import (
         JsonlLogger,
         StepSampler,
+        atomic_export,
         build_scheduler,
         load_latest_state,
         save_state,
+        start_run,
+        step_generator,
         total_steps,
     )
 
