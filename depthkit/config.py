@@ -1,8 +1,9 @@
 """Recipes: OmegaConf structured dataclasses are the schema, YAML files sit on top, ``key=value`` overrides last.
 
-Every recipe YAML names its ``kind`` (``complete``, ``sharpen`` or ``lotus``); the schema for a kind is registered
-with :func:`register_recipe` by the stage's own module (imported lazily by :func:`recipe_schema`). Typos (unknown
-keys) and wrong types are errors that name the key and the file, rather than silently falling back to defaults.
+Every recipe YAML names its ``kind`` (``complete``, ``sharpen`` or ``lotus``); :data:`RECIPE_SCHEMAS` is the one
+table from a kind to its schema dataclass, which lives in the stage's own ``recipe`` module and is imported only
+when a recipe of that kind is loaded. Typos (unknown keys) and wrong types are errors that name the key and the
+file, rather than silently falling back to defaults. The shipped recipes are listed by ``depthkit ls``.
 
 Common sections shared by every recipe live here: :class:`TrainConfig` (optimisation, schedule, precision,
 checkpointing) and :class:`OutputConfig`.
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_RECIPES: dict[str, type] = {}
-_RECIPE_MODULES = {"complete": "depthkit.complete.recipe", "sharpen": "depthkit.sharpen.recipe",
-                   "lotus": "depthkit.sharpen.recipe"}
+RECIPE_SCHEMAS = {"complete": ("depthkit.complete.recipe", "CompleteRecipe"),
+                  "sharpen": ("depthkit.sharpen.recipe", "SharpenRecipe"),
+                  "lotus": ("depthkit.sharpen.recipe", "LotusRecipe")}
+"""Recipe kind → (module, class) of its schema dataclass."""
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant", "linear")
 
@@ -77,28 +79,22 @@ class OutputConfig:
     """Run folder: resumable checkpoints, logs, and the final exported checkpoint (``final/``)."""
 
 
-def register_recipe(kind: str):
-    """Decorator: register a top-level recipe dataclass for ``kind``."""
-
-    def wrap(cls):
-        _RECIPES[kind] = cls
-        return cls
-
-    return wrap
-
-
-def recipe_schema(kind: str) -> type:
-    if kind not in _RECIPES and kind in _RECIPE_MODULES:
-        importlib.import_module(_RECIPE_MODULES[kind])
-    if kind not in _RECIPES:
-        raise RecipeError(f"unknown recipe kind {kind!r}; allowed: {', '.join(sorted(_RECIPE_MODULES))}")
-    return _RECIPES[kind]
+def recipe_schema(kind: str, schemas: dict[str, type] | None = None) -> type:
+    """The schema dataclass of recipe ``kind`` (from ``schemas`` when given, else :data:`RECIPE_SCHEMAS`)."""
+    if schemas is not None and kind in schemas:
+        return schemas[kind]
+    if kind not in RECIPE_SCHEMAS:
+        raise RecipeError(f"unknown recipe kind {kind!r}; allowed: {', '.join(sorted(RECIPE_SCHEMAS))}")
+    module, name = RECIPE_SCHEMAS[kind]
+    return getattr(importlib.import_module(module), name)
 
 
-def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = (),
+                schemas: dict[str, type] | None = None) -> Any:
     """Load a recipe (YAML path or dict), validate it against its schema and apply ``key=value`` overrides.
 
-    Returns the typed recipe object (an instance of the registered dataclass, ``__post_init__`` checks run).
+    Returns the typed recipe object (an instance of the kind's schema dataclass, ``__post_init__`` checks run).
+    ``schemas`` adds kinds beyond :data:`RECIPE_SCHEMAS` (kind → dataclass), e.g. for a custom trainer.
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -116,8 +112,8 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
             raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
     kind = raw.get("kind") if hasattr(raw, "get") else None
     if kind is None:
-        raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(_RECIPE_MODULES))}")
-    schema = OmegaConf.structured(recipe_schema(str(kind)))
+        raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(RECIPE_SCHEMAS))}")
+    schema = OmegaConf.structured(recipe_schema(str(kind), schemas))
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"override {item!r} must look like key=value (e.g. train.max_steps=200)")

@@ -2,10 +2,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from depthkit.config import OutputConfig, RecipeError, TrainConfig, load_recipe, recipe_to_yaml, register_recipe
+from depthkit.config import OutputConfig, RecipeError, TrainConfig, load_recipe, recipe_to_yaml
 
 
-@register_recipe("unit-test")
 @dataclass
 class _Recipe:
     kind: str = "unit-test"
@@ -14,10 +13,13 @@ class _Recipe:
     name: str = "x"
 
 
+SCHEMAS = {"unit-test": _Recipe}
+
+
 def test_yaml_and_overrides(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("# depthkit train r.yaml\nkind: unit-test\ntrain:\n  max_steps: 5\n  lr: 0.01\n")
-    r = load_recipe(p, ["train.max_steps=7", "name=y"])
+    r = load_recipe(p, ["train.max_steps=7", "name=y"], schemas=SCHEMAS)
     assert isinstance(r, _Recipe) and isinstance(r.train, TrainConfig)
     assert (r.train.max_steps, r.train.lr, r.name) == (7, 0.01, "y")
     assert "max_steps: 7" in recipe_to_yaml(r)
@@ -39,7 +41,7 @@ def test_bad_recipes_are_errors(tmp_path, text, overrides, message):
     p = tmp_path / "r.yaml"
     p.write_text(text)
     with pytest.raises(RecipeError, match=message):
-        load_recipe(p, overrides)
+        load_recipe(p, overrides, schemas=SCHEMAS)
 
 
 def test_missing_recipe_file(tmp_path):

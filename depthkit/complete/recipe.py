@@ -26,7 +26,7 @@ from depthkit.complete.decoding import DECODE_MODES
 from depthkit.complete.depth_inputs import SDIMConfig
 from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
 from depthkit.complete.readout import L1_SPACES
-from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe
+from depthkit.config import OutputConfig, RecipeError, TrainConfig
 from depthkit.dtypes import canonical_dtype_name
 
 __all__ = [
@@ -311,7 +311,6 @@ class EvalConfig:
             raise RecipeError(f"eval.decode={self.decode!r}; allowed: {', '.join(DECODE_MODES)}")
 
 
-@register_recipe("complete")
 @dataclass
 class CompleteRecipe:
     kind: str = "complete"

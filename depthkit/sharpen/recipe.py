@@ -1,6 +1,6 @@
 """Recipe schemas of stage 2: ``kind: lotus`` (Lotus with dense GT) and ``kind: sharpen`` (SharpDepth, label-free).
 
-Both are OmegaConf structured dataclasses registered with :func:`depthkit.config.register_recipe`; the YAML files
+Both are OmegaConf structured dataclasses named in :data:`depthkit.config.RECIPE_SCHEMAS`; the YAML files
 under ``recipes/lotus/``, ``recipes/sharpen/`` and ``recipes/tiny/`` sit on top, and ``key=value`` overrides last::
 
     depthkit train recipes/tiny/lotus.yaml train.max_steps=200
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from depthkit.config import OutputConfig, RecipeError, TrainConfig, register_recipe
+from depthkit.config import OutputConfig, RecipeError, TrainConfig
 from depthkit.sharpen.lotus import LOTUS_MODES
 from depthkit.sharpen.model import SharpDepthConfig
 from depthkit.sharpen.normalize import SPACES
@@ -138,7 +138,6 @@ class ValConfig:
     """Images (the first n of the source) scored each time."""
 
 
-@register_recipe("lotus")
 @dataclass
 class LotusRecipe:
     """``depthkit train`` recipe for Lotus with dense ground truth (see :mod:`depthkit.sharpen.train_lotus`)."""
@@ -212,7 +211,6 @@ class SharpenDataConfig(DataConfig):
     too (depthkit's addition; needs ``sharpdepth.zero_discrepancy_at_sparse``)."""
 
 
-@register_recipe("sharpen")
 @dataclass
 class SharpenRecipe:
     """``depthkit train`` recipe for label-free SharpDepth (see :mod:`depthkit.sharpen.train`)."""
