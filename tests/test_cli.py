@@ -38,7 +38,7 @@ def test_run_single_writes_all_outputs_and_keeps_measurements(tmp_path, capsys):
     color = io.read_image(out / "a_color.png")
     assert color.shape[0] == 20 and color.shape[1] > 28
     assert len(io.read_point_cloud(out / "a.ply")) == 20 * 28
-    assert "wrote 1 result" in capsys.readouterr().out
+    assert "1 image(s) in" in capsys.readouterr().out
 
 
 def test_run_folder_skips_bad_file_and_exits_nonzero(tmp_path, capsys):
