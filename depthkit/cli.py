@@ -385,6 +385,10 @@ def _cmd_run(args, parser) -> int:
             "depthkit run: nothing to do; every output already exists")
         return 1 if failures else 0
 
+    import warnings
+
+    from depthkit.io import UnitWarning
+
     pipe = _build_pipeline(args)
     args.out.mkdir(parents=True, exist_ok=True)
     done, t_start = 0, time.perf_counter()
@@ -393,7 +397,9 @@ def _cmd_run(args, parser) -> int:
         replaced = (img_path, sparse_path) in existing
         try:
             image, sparse, depth = preread if single else _read_inputs(img_path, sparse_path, None, args)
-            out = pipe(image, sparse, depth=depth)
+            with warnings.catch_warnings():  # the units were checked (and warned about) when the file was read
+                warnings.simplefilter("ignore", UnitWarning)
+                out = pipe(image, sparse, depth=depth)
             paths = write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
                                   intrinsics=intrinsics, ply=args.ply)
         except Exception as exc:  # one bad input must not stop a folder run; it is reported once and counted

@@ -34,6 +34,10 @@ class DepthkitWarning(UserWarning):
     """Something about the user's data that may be wrong (units, orientation); the CLI always shows these."""
 
 
+class UnitWarning(DepthkitWarning):
+    """A float depth map whose values look like another unit than metres."""
+
+
 def _cv2():
     import cv2
 
@@ -142,7 +146,7 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
 
             warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "
                           "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be metres.",
-                          DepthkitWarning, stacklevel=3)
+                          UnitWarning, stacklevel=3)
     return out
 
 

@@ -246,3 +246,45 @@ def test_shipped_recipe_found_from_another_folder(tmp_path, monkeypatch):
     assert find_recipe("recipes/tiny/complete.yaml").is_file() and find_recipe("tiny/complete").is_file()
     with pytest.raises(FileNotFoundError, match="Shipped recipes"):
         find_recipe("recipes/nope.yaml")
+
+
+def test_library_noise_hidden_unless_verbose_and_data_warnings_always_shown(tmp_path, capsys, caplog, monkeypatch):
+    import logging
+    import warnings
+
+    import depthkit.cli as cli
+    from depthkit.pipeline import Pipeline
+
+    class Noisy(Pipeline):
+        def __call__(self, *a, **k):
+            warnings.warn("`past_key_values` is deprecated", FutureWarning)
+            logging.getLogger("transformers").warning("Loading weights chatter")
+            return super().__call__(*a, **k)
+
+    monkeypatch.setattr(cli, "_build_pipeline", lambda args: Noisy(method="nearest"))
+    _, sparse = _write_pair(tmp_path, "a")
+    np.save(tmp_path / "a_sparse.npy", sparse * 1000)  # millimetres saved as float
+    assert main(_single(tmp_path)) == 0
+    out, err = capsys.readouterr()
+    assert "deprecated" not in err and "chatter" not in caplog.text
+    assert err.count("looks like millimetres") == 1 and "a.png:" in out
+    assert main(_single(tmp_path, "--verbose", "--overwrite")) == 0
+    assert "deprecated" in capsys.readouterr().err and "chatter" in caplog.text
+    assert main(_single(tmp_path, "--quiet", "--overwrite")) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "millimetres" in err
+
+
+def test_exif_rotated_photo_is_read_upright_and_said(tmp_path, capsys):
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(image).save(tmp_path / "a.png", exif=exif)
+    sparse = np.zeros((28, 20), np.float32)  # aligned with the upright (rotated) photo
+    sparse[5, 5] = 2.0
+    np.save(tmp_path / "a_sparse.npy", sparse)
+    assert main(_single(tmp_path)) == 0
+    assert "EXIF orientation 6" in capsys.readouterr().err
+    assert np.load(tmp_path / "o" / "a_depth.npy").shape == (28, 20)
