@@ -257,7 +257,7 @@ def test_library_noise_hidden_unless_verbose_and_data_warnings_always_shown(tmp_
 
     class Noisy(Pipeline):
         def __call__(self, *a, **k):
-            warnings.warn("`past_key_values` is deprecated", FutureWarning)
+            warnings.warn("`past_key_values` is deprecated", FutureWarning, stacklevel=2)
             logging.getLogger("transformers").warning("Loading weights chatter")
             return super().__call__(*a, **k)
 
