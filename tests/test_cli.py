@@ -144,6 +144,9 @@ def test_existing_outputs_need_overwrite_or_skip(tmp_path, capsys):
     assert "replaced a_depth.npy" in out and "replaced 1 existing (--overwrite)" in out
     assert main(_single(tmp_path, "--skip-existing")) == 0
     assert "kept 1 existing" in capsys.readouterr().out
+    (tmp_path / "file").write_text("x")
+    assert main(_single(tmp_path, out="file")) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_integer_npy_sparse_needs_and_uses_depth_scale(tmp_path, capsys):
