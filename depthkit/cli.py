@@ -1,7 +1,12 @@
-"""The ``depthkit`` command line: ``run``, ``ls`` (and more verbs as stages land).
+"""The ``depthkit`` command line: ``run``, ``eval``, ``train``, ``init-checkpoint``, ``import-checkpoint``, ``ls``,
+``recipes``.
 
 Only argparse is imported at start-up so ``depthkit --help`` is instant; each verb imports what it needs.
-``main(argv)`` returns the exit code, so tests call it in-process.
+``main(argv)`` returns the exit code, so tests call it in-process. The ``run`` verb lives in
+:mod:`depthkit.cli_run` (it reads every input file itself and checks them, and the outputs it would overwrite,
+before any model loads; the pipeline gets arrays); :mod:`depthkit.cli_output` keeps libraries' progress bars and
+warnings out of normal runs (``--verbose`` shows them). ``--quiet`` leaves errors and data warnings only. Errors on
+user input are one line (exit code 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ EVAL_EPILOG = """examples:
   depthkit eval --dataset synthetic --method guided --out results/synthetic_guided.json --limit 50
   depthkit eval --dataset nyuv2 --root data/nyuv2 --checkpoint ck/ --stages complete,sharpen --out nyu.json
   accelerate launch --multi_gpu --num_processes 2 -m depthkit.cli eval --dataset kitti_dc --root data/kitti --out k.json
-(rerunning the same command resumes an interrupted evaluation)
+  depthkit eval --dataset nyuv2 --root data/nyuv2 --dataset-option layout=h5 --method nearest --out n.json
+(rerunning the same command resumes an interrupted evaluation; a changed command refuses until --overwrite)
 """
 
 TRAIN_EPILOG = """examples:
@@ -41,7 +47,12 @@ IMPORT_EPILOG = """examples:
 """
 
 LS_EPILOG = """examples:
-  depthkit ls            # stages, completion methods, checkpoints
+  depthkit ls            # stages, completion methods, datasets, recipes, checkpoints
+"""
+
+RECIPES_EPILOG = """examples:
+  depthkit recipes ls                                    # the shipped recipes
+  depthkit recipes cp tiny/complete my_complete.yaml     # copy one to edit, then: depthkit train my_complete.yaml
 """
 
 
@@ -70,49 +81,55 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--depth", type=Path, default=None,
                      help="metric depth input for --stages sharpen alone (.npy metres or 16-bit .png with --depth-scale)")
     src.add_argument("--depth-scale", type=float, default=None,
-                     help="units per metre of 16-bit PNG sparse input (KITTI/VOID 256, millimetres 1000)")
+                     help="units per metre of integer depth input: 16-bit PNG or integer .npy (KITTI/VOID 256, "
+                          "millimetres 1000); required for integer input, float input is metres")
+    src.add_argument("--resize-sparse", action="store_true",
+                     help="sparse map at another resolution than the image: scatter its points at scaled "
+                          "coordinates (each point stays one pixel)")
     model = run.add_argument_group("model")
-    model.add_argument("--stages", default="complete", help="comma-separated stages to run (default: complete)")
-    model.add_argument("--method", default=None, help="completion method (`depthkit ls` lists them)")
-    model.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id (default: embedded)")
-    model.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    model.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
-    model.add_argument("--option", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                       help="stage option, repeatable, e.g. complete.query_budget=2048 complete.batch_size=64")
+    _add_model_args(model)
     out = run.add_argument_group("outputs")
     out.add_argument("--out", type=Path, required=True, help="output folder")
-    out.add_argument("--png-scale", type=float, default=1000.0,
-                     help="units per metre in <stem>_depth.png (default 1000 = millimetres)")
+    out.add_argument("--png-scale", type=float, default=None,
+                     help="units per metre in <stem>_depth.png (default: 1000 = millimetres when the depth fits "
+                          "0-65.5 m, else 256; recorded in the PNG's depth_scale text chunk)")
     out.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels, or a JSON/TXT file")
     out.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds (needs --intrinsics)")
+    existing = out.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep outputs that already exist and run only the other images (resumes a folder run)")
+    _add_noise_args(run)
 
     ev = sub.add_parser("eval", help="evaluate on a benchmark split with its protocol (JSON + markdown)",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EPILOG)
     ev.add_argument("--dataset", required=True, help="dataset name (`depthkit ls` lists them)")
     ev.add_argument("--root", type=Path, default=None, help="dataset root folder (not needed for synthetic)")
     ev.add_argument("--split", default=None, help="split to evaluate (default: the split the dataset's protocol evaluates)")
-    ev.add_argument("--stages", default="complete", help="comma-separated stages to run (default: complete)")
-    ev.add_argument("--method", default=None, help="completion method, e.g. a classical baseline")
-    ev.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id")
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--dtype", default="float32")
-    ev.add_argument("--option", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                    help="stage option, repeatable, e.g. complete.query_budget=2048")
+    ev.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="dataset reader option, repeatable, value parsed as YAML (e.g. length=20 for synthetic)")
+    _add_model_args(ev)
     ev.add_argument("--out", type=Path, required=True, help="metrics JSON path (a .md table is written beside it)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="discard results already at --out (a rerun otherwise resumes, and refuses when it differs)")
+    _add_noise_args(ev)
 
     tr = sub.add_parser("train", help="train a stage from a YAML recipe (key=value overrides)",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG)
-    tr.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    tr.add_argument("recipe", type=Path,
+                    help="recipe YAML: a path, or a shipped recipe such as recipes/tiny/complete.yaml or tiny/complete "
+                         "(`depthkit recipes ls`)")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=200")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    _add_noise_args(tr)
 
     ic = sub.add_parser("init-checkpoint", help="write a random-weight tiny checkpoint (smoke test of every path)",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INIT_EPILOG)
     ic.add_argument("out", type=Path, help="checkpoint directory to create")
     ic.add_argument("--tiny", action="store_true", required=True, help="tiny random weights (the only kind for now)")
     ic.add_argument("--stages", default=None, help="stages to include (default: every available stage)")
-    ic.add_argument("--seed", type=int, default=0)
+    ic.add_argument("--seed", type=int, default=0, help="random seed of the tiny weights (default 0)")
 
     im = sub.add_parser("import-checkpoint", help="convert released SharpDepth / Lotus weights to depthkit's layout",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=IMPORT_EPILOG)
@@ -124,9 +141,39 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--processing-resolution", type=int, default=768,
                     help="longest image side (pixels) inference runs at; 0 = the input's size (default 768)")
 
-    sub.add_parser("ls", help="list stages, completion methods and checkpoints",
+    sub.add_parser("ls", help="list stages, completion methods, datasets, recipes and checkpoints",
                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LS_EPILOG)
+
+    rc = sub.add_parser("recipes", help="list the shipped training recipes, or copy one to edit",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RECIPES_EPILOG)
+    rsub = rc.add_subparsers(dest="recipes_verb", metavar="ACTION", parser_class=_Parser, required=True)
+    rsub.add_parser("ls", help="list the shipped recipes")
+    cp = rsub.add_parser("cp", help="copy a shipped recipe to a file you can edit")
+    cp.add_argument("name", help="recipe name as `depthkit recipes ls` shows it, e.g. tiny/complete")
+    cp.add_argument("dest", type=Path, help="file (or existing folder) to copy it to")
     return parser
+
+
+def _add_model_args(group) -> None:
+    from depthkit.dtypes import DTYPE_NAMES
+
+    group.add_argument("--stages", default="complete", help="comma-separated stages to run (default: complete)")
+    group.add_argument("--method", default=None, help="completion method (`depthkit ls` lists them)")
+    group.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id owner/name (default: embedded)")
+    group.add_argument("--device", default="auto",
+                       help="auto | cpu | cuda | cuda:N for the learned stages (default auto: CUDA when present; "
+                            "classical methods run on the CPU)")
+    group.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
+                       help="weights' dtype for the learned stages (default float32; bfloat16/float16 on CUDA)")
+    group.add_argument("--option", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                       help="stage option, repeatable, e.g. complete.query_budget=2048 complete.batch_size=64")
+
+
+def _add_noise_args(parser) -> None:
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("--quiet", "-q", action="store_true", help="print only errors and warnings about the data")
+    noise.add_argument("--verbose", "-v", action="store_true",
+                       help="also show libraries' progress bars, logs and warnings (hidden by default)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,106 +183,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": _cmd_run, "eval": _cmd_eval, "train": _cmd_train, "init-checkpoint": _cmd_init_checkpoint,
-               "import-checkpoint": _cmd_import_checkpoint, "ls": _cmd_ls}[args.verb]
-    try:
-        return handler(args, parser)
-    except (ValueError, OSError) as exc:  # bad input, missing files, a hub id asked for with the network off
-        print(f"depthkit {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+               "import-checkpoint": _cmd_import_checkpoint, "ls": _cmd_ls, "recipes": _cmd_recipes}[args.verb]
+    from depthkit.cli_output import output_policy
 
-
-def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Path, Path | None]], list[str]]:
-    from depthkit.io import IMAGE_SUFFIXES
-
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"--input-dir {input_dir} is not a folder")
-    sparse_dir = sparse_dir or input_dir
-    if not sparse_dir.is_dir():
-        raise FileNotFoundError(f"--sparse-dir {sparse_dir} is not a folder")
-    skip = ("_sparse", "_depth", "_color")
-    images = sorted(p for p in input_dir.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(skip))
-    if not images:
-        raise FileNotFoundError(f"no images (png/jpg) found in {input_dir}")
-    pairs, missing = [], []
-    for img in images:
-        candidates = [sparse_dir / f"{img.stem}_sparse{ext}" for ext in (".npy", ".png")]
-        if sparse_dir != input_dir:
-            candidates += [sparse_dir / f"{img.stem}{ext}" for ext in (".npy", ".png")]
-        found = next((c for c in candidates if c.is_file()), None)
-        pairs.append((img, found))
-        if found is None:
-            missing.append(img.name)
-    return pairs, missing
-
-
-def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float = 1000.0,
-                  intrinsics=None, ply: bool = False) -> list[Path]:
-    """Write ``<stem>_depth.npy``, ``<stem>_depth.png`` (uint16), ``<stem>_color.png`` and optionally ``<stem>.ply``."""
-    from depthkit import io
-
-    paths = [io.write_depth_npy(out_dir / f"{stem}_depth.npy", depth),
-             io.write_depth_png16(out_dir / f"{stem}_depth.png", depth, scale=png_scale),
-             io.write_colorized(out_dir / f"{stem}_color.png", depth)]
-    if ply:
-        paths.append(io.write_point_cloud(out_dir / f"{stem}.ply", depth, intrinsics, image=image))
-    return paths
+    with output_policy(args.verb, verbose=getattr(args, "verbose", False)):
+        try:
+            return handler(args, parser)
+        except (ValueError, OSError) as exc:  # bad input, missing files, a hub id asked for with the network off
+            print(f"depthkit {args.verb}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 def _cmd_run(args, parser) -> int:
-    single = args.image is not None or args.sparse is not None
-    starts_with_sharpen = args.stages.split(",")[0].strip() == "sharpen"
-    if single == (args.input_dir is not None):
-        parser.error("give either --image with --sparse, or --input-dir (not both)")
-    if single and args.image is None:
-        parser.error("--sparse needs --image")
-    if single and args.sparse is None and not starts_with_sharpen:
-        parser.error("--image needs --sparse (sparse depth to complete)")
-    if starts_with_sharpen and args.depth is None and single:
-        parser.error("--stages sharpen alone needs --depth (a metric depth map to sharpen)")
-    if args.depth is not None and not single:
-        parser.error("--depth goes with --image (folders: not supported yet)")
-    if args.ply and args.intrinsics is None:
-        parser.error("--ply needs --intrinsics fx,fy,cx,cy (pixels) or a JSON/TXT file")
-    intrinsics = None
-    if args.intrinsics is not None:
-        from depthkit.io import parse_intrinsics
+    from depthkit.cli_run import run_command
 
-        intrinsics = parse_intrinsics(args.intrinsics)
-
-    from tqdm import tqdm
-
-    from depthkit.io import read_image
-
-    pipe = _build_pipeline(args)
-
-    if single:
-        pairs, failures = [(args.image, args.sparse)], []
-    else:
-        pairs, missing = _find_pairs(args.input_dir, args.sparse_dir)
-        failures = [(name, "no sparse file NAME_sparse.npy|png found") for name in missing]
-        pairs = [p for p in pairs if p[1] is not None]
-    args.out.mkdir(parents=True, exist_ok=True)
-    done = 0
-    for img_path, sparse_path in tqdm(pairs, desc="depthkit run", unit="img", disable=single or None):
-        try:
-            image = read_image(img_path)
-            out = pipe(image, sparse_path, depth=args.depth, depth_scale=args.depth_scale)
-            write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
-                          intrinsics=intrinsics, ply=args.ply)
-            done += 1
-        except Exception as exc:  # one bad input must not stop a folder run; it is reported and counted
-            if not isinstance(exc, (ValueError, OSError)):
-                exc = f"{type(exc).__name__}: {exc}"
-            failures.append((Path(img_path).name, str(exc)))
-            tqdm.write(f"depthkit run: skipped {Path(img_path).name}: {exc}", file=sys.stderr)
-    print(f"depthkit run: wrote {done} result(s) to {args.out} with {pipe!r}")
-    if failures:
-        print(f"depthkit run: {len(failures)} input(s) failed:", file=sys.stderr)
-        for name, why in failures:
-            print(f"  {name}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(args, parser, _build_pipeline)
 
 
 def parse_stage_options(items: list[str]) -> dict[str, dict]:
@@ -252,11 +214,38 @@ def parse_stage_options(items: list[str]) -> dict[str, dict]:
     return options
 
 
+def _check_checkpoint_arg(spec: str) -> None:
+    """Refuse a ``--checkpoint`` that looks like a local path but does not exist, listing checkpoints nearby
+    (else it would be taken as a hub id and answered with a hub error)."""
+    from depthkit.checkpoints import MANIFEST, is_hub_id
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        return
+    parent = path.parent
+    looks_local = (not is_hub_id(spec) or str(spec).startswith((".", "/", "~"))
+                   or (str(parent) not in ("", ".") and parent.exists()))
+    if not looks_local:
+        return
+    base = next((p for p in [parent, *parent.parents] if p.is_dir()), Path("."))
+    found = sorted({str(m.parent) for pattern in (MANIFEST, f"*/{MANIFEST}", f"*/*/{MANIFEST}")
+                    for m in base.glob(pattern)})[:10]
+    nearby = ", ".join(found) if found else f"none under {base}"
+    raise ValueError(f"no such checkpoint folder: {spec}. Checkpoints nearby: {nearby}. A training run writes them "
+                     "under its run folder (e.g. runs/NAME/final); `depthkit init-checkpoint --tiny DIR` makes one.")
+
+
 def _build_pipeline(args):
+    from depthkit.data.baselines import CLASSICAL_METHODS
     from depthkit.pipeline import Pipeline
 
     options = parse_stage_options(args.option)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if args.method in CLASSICAL_METHODS and stages == ["complete"] and args.device not in ("auto", "cpu"):
+        print(f"depthkit {args.verb}: note: method {args.method!r} runs on the CPU; --device {args.device} applies "
+              "to learned stages only", file=sys.stderr)
     if args.checkpoint is not None:
+        _check_checkpoint_arg(args.checkpoint)
         if args.method:
             options.setdefault("complete", {})["method"] = args.method
         return Pipeline.from_pretrained(args.checkpoint, stages=args.stages, device=args.device, dtype=args.dtype,
@@ -265,19 +254,74 @@ def _build_pipeline(args):
                     stage_options=options)
 
 
+def parse_dataset_options(items: list[str]) -> dict:
+    """``["length=20", "layout=h5"]`` → ``{"length": 20, "layout": "h5"}`` (values as YAML)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not key.strip().isidentifier():
+            raise ValueError(f"--dataset-option {item!r} must look like KEY=VALUE, e.g. length=20")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def checkpoint_identity(spec) -> dict | None:
+    """What identifies a checkpoint's weights: its resolved folder and a hash of its manifest and files' sizes and
+    modification times (so retraining into the same folder counts as a different checkpoint)."""
+    import hashlib
+
+    from depthkit.checkpoints import resolve_checkpoint
+
+    if spec is None:
+        return None
+    root = Path(resolve_checkpoint(spec)).resolve()
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return {"path": str(root), "files": h.hexdigest()[:16]}
+
+
 def _cmd_eval(args, parser) -> int:
-    from depthkit.data.datasets import build_dataset
+    from depthkit import __version__
+    from depthkit.data.datasets import DATASETS, build_dataset
     from depthkit.data.protocols import get_protocol
-    from depthkit.evaluate import evaluate, markdown_table
+    from depthkit.evaluate import _protocol_dict, evaluate, markdown_table
 
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1; received {args.limit}")
-    dataset = build_dataset(args.dataset, args.root, split=args.split)
+    if args.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; known datasets: {', '.join(DATASETS)}.")
+    if args.root is None and args.dataset != "synthetic":
+        raise ValueError(f"--dataset {args.dataset} needs --root DIR, the folder holding the dataset "
+                         f"(see help(depthkit.data.datasets.{DATASETS[args.dataset].__name__}) for its layout).")
+    if args.root is not None and not args.root.is_dir():
+        raise FileNotFoundError(f"--root {args.root} is not a folder; give the folder holding the {args.dataset} data.")
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the metrics JSON file to write, "
+                         f"e.g. {args.out / 'metrics.json'}.")
+    reader_options = parse_dataset_options(args.dataset_option)
+    try:
+        dataset = build_dataset(args.dataset, args.root, split=args.split, **reader_options)
+    except TypeError as exc:  # an option the reader does not take
+        raise ValueError(f"{exc} (given with --dataset-option)") from exc
     protocol = getattr(dataset, "protocol", None) or get_protocol(args.dataset)
+    if args.checkpoint is not None:
+        _check_checkpoint_arg(args.checkpoint)
+    fingerprint = {
+        "dataset": args.dataset, "root": None if args.root is None else str(args.root.resolve()),
+        "split": getattr(dataset, "split", args.split), "reader_options": reader_options,
+        "protocol": _protocol_dict(protocol), "method": args.method,
+        "checkpoint": checkpoint_identity(args.checkpoint), "stages": args.stages.replace(" ", ""),
+        "stage_options": parse_stage_options(args.option), "dtype": args.dtype, "depthkit_version": __version__,
+    }
     pipe = _build_pipeline(args)
     label = args.method or (f"checkpoint {args.checkpoint}" if args.checkpoint else repr(pipe))
-    summary = evaluate(pipe, dataset, protocol, args.out, limit=args.limit, label=label)
-    if summary is not None:
+    summary = evaluate(pipe, dataset, protocol, args.out, limit=args.limit, label=label, fingerprint=fingerprint,
+                       overwrite=args.overwrite, progress=not args.quiet)
+    if summary is not None and not args.quiet:
         print(markdown_table({label: summary["mean"]}), end="")
         print(f"depthkit eval: {summary['n_images']} images; wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
@@ -299,8 +343,9 @@ def _optional_module(name: str, what: str):
 
 def _cmd_train(args, parser) -> int:
     from depthkit.config import load_recipe
+    from depthkit.resources import find_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
     module = _optional_module(TRAINERS[recipe.kind], f"training recipes of kind {recipe.kind!r}")
     final = module.train(recipe, resume=args.resume)
     if final is not None:
@@ -351,12 +396,45 @@ def _cmd_ls(args, parser) -> int:
 
     print("datasets (depthkit eval --dataset):")
     print("  " + ", ".join(DATASETS))
+    from depthkit.resources import list_recipes, recipes_dir
+
+    print(f"recipes (depthkit train NAME; copy one to edit: depthkit recipes cp NAME DEST) in {recipes_dir()}:")
+    for name, path in list_recipes().items():
+        print(f"  {name:<28} {_recipe_title(path)}")
     print(f"checkpoints in {embedded_checkpoints_dir()}:")
     cks = available_checkpoints()
     for p in cks:
         print(f"  {p.name}{'  (embedded default)' if p == default_checkpoint() else ''}")
     if not cks:
         print("  none yet (the learned stages' embedded default is not trained yet)")
+    return 0
+
+
+def _recipe_title(path: Path) -> str:
+    """A recipe's first comment line (what it trains), or its kind."""
+    for line in path.read_text().splitlines():
+        text = line[1:].strip() if line.startswith("#") else None
+        if text and not line.startswith("#  ") and not text.startswith(("depthkit ", "accelerate ", "(", "--")):
+            return text[:90]
+    return ""
+
+
+def _cmd_recipes(args, parser) -> int:
+    import shutil
+
+    from depthkit.resources import find_recipe, list_recipes
+
+    if args.recipes_verb == "ls":
+        for name, path in list_recipes().items():
+            print(f"{name:<28} {_recipe_title(path)}")
+        return 0
+    src = find_recipe(args.name)
+    dest = args.dest / src.name if args.dest.is_dir() else args.dest
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists; choose another destination (nothing was copied).")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    print(f"depthkit recipes: copied {src} to {dest}; edit it, then: depthkit train {dest}")
     return 0
 
 

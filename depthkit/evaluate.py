@@ -9,6 +9,12 @@ annotations when it has them, else edges of the GT depth) and the preservation e
 - ``<out>.parts/rank<R>.jsonl``: one line per finished image, per process. A rerun skips images already there
   (resume), so an interrupted evaluation continues where it stopped.
 
+Resuming is safe: the caller passes a ``fingerprint`` (a dict of everything that determines the per-image results:
+dataset, root, split, reader options, protocol, method or checkpoint identity, stages, stage options, depthkit
+version). It is stored in ``<out>.parts/fingerprint.json`` and in the JSON, and its hash in every row; a rerun whose
+fingerprint differs refuses with :class:`FingerprintMismatch` naming the fields that differ, and ``overwrite=True``
+discards the old results. ``limit`` is not part of it: raising it evaluates only the images not yet done.
+
 Under ``accelerate launch`` each process takes every ``world_size``-th image; the processes meet at a barrier and
 rank 0 merges the shard files. Means are over images (each image's metrics over its own valid pixels), the
 Marigold convention.
@@ -16,9 +22,11 @@ Marigold convention.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +86,64 @@ def _dist():
     return 0, 1, lambda: None
 
 
+class FingerprintMismatch(ValueError):
+    """Results already at ``--out`` were computed by a different evaluation; the message names what differs."""
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    """A short stable hash of a JSON-able fingerprint dict (key order does not matter)."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
+    diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs) or "(their hashes differ)"
+
+
+def _refuse(out: Path, old: dict | None, new: dict) -> FingerprintMismatch:
+    what = _differences(old, new) if old is not None else "they carry no fingerprint (an older depthkit wrote them)"
+    return FingerprintMismatch(
+        f"{out} already holds results of a different evaluation, so resuming would mix them: {what}. "
+        "Pass another --out, or --overwrite to discard the old results and start again."
+    )
+
+
+def _check_previous(out: Path, parts: Path, fingerprint: dict, fp_hash: str) -> None:
+    """Refuse when results at ``out`` were made under another fingerprint; else record ``fingerprint``."""
+    fp_file = parts / "fingerprint.json"
+    old = None
+    if fp_file.is_file():
+        old = json.loads(fp_file.read_text())
+    elif out.is_file():
+        try:
+            old = json.loads(out.read_text()).get("fingerprint")
+        except (json.JSONDecodeError, AttributeError):
+            old = None
+        if old is None:
+            raise _refuse(out, None, fingerprint)
+    if old is not None and fingerprint_hash(old) != fp_hash:
+        raise _refuse(out, old, fingerprint)
+    for part in parts.glob("rank*.jsonl"):
+        for row in _read_done(part).values():
+            if row.get("fingerprint") != fp_hash:
+                raise _refuse(out, old if old is not None and row.get("fingerprint") else None, fingerprint)
+    tmp = parts / f".fingerprint.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, fp_file)
+
+
+def _discard_previous(out: Path, parts: Path, rank: int, world: int) -> None:
+    """``overwrite``: each process removes its own shard; rank 0 also removes the rest and the written results."""
+    (parts / f"rank{rank}.jsonl").unlink(missing_ok=True)
+    if rank == 0:
+        if parts.is_dir():
+            shutil.rmtree(parts)
+        out.unlink(missing_ok=True)
+        out.with_suffix(".md").unlink(missing_ok=True)
+
+
 def _read_done(path: Path) -> dict[int, dict]:
     done = {}
     if path.is_file():
@@ -91,16 +157,29 @@ def _read_done(path: Path) -> dict[int, dict]:
 
 
 def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progress: bool = True,
-             label: str | None = None) -> dict | None:
-    """Evaluate ``pipeline`` on ``dataset`` under ``protocol``; returns the summary (None on ranks > 0)."""
+             label: str | None = None, fingerprint: dict | None = None, overwrite: bool = False) -> dict | None:
+    """Evaluate ``pipeline`` on ``dataset`` under ``protocol``; returns the summary (None on ranks > 0).
+
+    ``fingerprint`` describes everything that determines the results (see the module docstring); without one,
+    ``{"pipeline": label or repr(pipeline)}`` is used. Raises :class:`FingerprintMismatch` when ``out`` holds
+    results made under another fingerprint, unless ``overwrite``.
+    """
     from tqdm import tqdm
 
     from depthkit.data.protocols import apply_protocol
 
     out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. {out / 'metrics.json'}.")
     parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
     rank, world, barrier = _dist()
+    if overwrite:
+        _discard_previous(out, parts, rank, world)
+        barrier()
+    parts.mkdir(parents=True, exist_ok=True)
+    fingerprint = dict(fingerprint or {"pipeline": label or repr(pipeline)})
+    fp_hash = fingerprint_hash(fingerprint)
+    _check_previous(out, parts, fingerprint, fp_hash)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     shard = list(range(rank, n, world))
     part_file = parts / f"rank{rank}.jsonl"
@@ -119,7 +198,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
             res = pipeline(item["image"], item["sparse"])
             valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
             row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid),
-                   "seconds": res.timings["total"]}
+                   "seconds": res.timings["total"], "fingerprint": fp_hash}
             f.write(json.dumps(row) + "\n")
             f.flush()
     barrier()
@@ -140,6 +219,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         "protocol": _protocol_dict(protocol),
         "pipeline": label or repr(pipeline),
         "n_images": n,
+        "fingerprint": fingerprint,
         "mean": mean_scores(per_image),
         "per_image": per_image,
     }

@@ -1,9 +1,13 @@
 """Reading and writing images, depth maps, colour visualisations and point clouds.
 
 Conventions: images are HxWx3 uint8 RGB (OpenCV reads BGR; converted here); depth is HxW float32 metres with
-0 = missing. 16-bit PNG depth stores ``round(depth * scale)``: KITTI/VOID use 256 per metre, NYU-style millimetres
-1000. open3d is imported lazily (and its ``libusb-1.0`` dependency is preloaded from the ``libusb-package`` wheel,
-so it imports on a machine without the system library).
+0 = missing. Integer depth (a 16-bit PNG or an integer ``.npy``: raw sensor units) is divided by its ``depth_scale``
+(units per metre: KITTI/VOID 256, millimetres 1000) and refused without one. 16-bit PNGs written here store
+``round(depth * scale)`` and record ``scale`` in a ``depth_scale`` text chunk, which :func:`read_depth` reads back.
+Images carrying an EXIF orientation (phone photos) are rotated upright as they are read, with a
+:class:`DepthkitWarning` saying so. open3d is imported lazily (and its ``libusb-1.0`` dependency is preloaded from
+the ``libusb-package`` wheel, so it imports on a machine without the system library; :func:`preload_libusb` does the
+same for a user's own ``import open3d``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ from depthkit.geometry import Intrinsics, backproject
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_SUFFIXES = (".npy", ".png")
+PNG_SCALES = (1000.0, 256.0, 100.0, 10.0, 1.0)
+"""Units per metre tried, in order, when a 16-bit PNG's scale is chosen automatically (1000 = millimetres fits
+0-65.5 m, 256 fits 0-256 m, ...)."""
+PNG_SCALE_KEY = "depth_scale"
+LIKELY_NOT_METRES = 500.0
+"""A float depth map whose median valid value exceeds this many 'metres' is almost surely in another unit."""
+
+
+class DepthkitWarning(UserWarning):
+    """Something about the user's data that may be wrong (units, orientation); the CLI always shows these."""
+
+
+class UnitWarning(DepthkitWarning):
+    """A float depth map whose values look like another unit than metres."""
 
 
 def _cv2():
@@ -51,24 +69,99 @@ def read_image(path) -> np.ndarray:
     elif img.dtype != np.uint8:
         raise ValueError(f"image {path} has dtype {img.dtype}; expected 8- or 16-bit channels.")
     if img.ndim == 2:
-        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
-    if img.shape[2] == 4:
-        img = img[:, :, :3]
-    if img.shape[2] != 3:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, 2::-1]
+    elif img.shape[2] == 3:
+        img = img[:, :, ::-1]
+    else:
         raise ValueError(f"image {path} has {img.shape[2]} channels; expected 1, 3 or 4.")
-    return np.ascontiguousarray(img[:, :, ::-1])
+    return np.ascontiguousarray(apply_exif_orientation(img, path))
 
 
-def read_depth(path, depth_scale: float | None = None) -> np.ndarray:
+_EXIF_ORIENTATION = 0x0112
+_ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
+                 6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
+
+
+def exif_orientation(path) -> int:
+    """The EXIF orientation tag (1-8; 1 = upright) of an image file, 1 when it has none."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # not readable by PIL (cv2 decoded it): no EXIF to honour
+        return 1
+    return int(value) if value in _ORIENTATIONS else 1
+
+
+def apply_exif_orientation(img: np.ndarray, path) -> np.ndarray:
+    """Rotate/flip HxWxC ``img`` (decoded from ``path``) upright per its EXIF orientation, warning when it does.
+
+    Phone photos store pixels sideways plus a tag; viewers apply the tag, so the sparse map a user aligned to the
+    photo matches the upright image.
+    """
+    tag = exif_orientation(path)
+    if tag == 1:
+        return img
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+           8: lambda a: np.rot90(a, 1)}
+    out = ops[tag](img)
+    import warnings
+
+    warnings.warn(f"{Path(path).name}: applied its EXIF orientation {tag} ({_ORIENTATIONS[tag]}); the image is read as "
+                  f"{out.shape[0]}x{out.shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
+                  DepthkitWarning, stacklevel=3)
+    return out
+
+
+def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str = "sparse") -> np.ndarray:
+    """HxW depth as float32 metres: integer arrays (raw sensor units) are divided by ``depth_scale``.
+
+    Integer input without a ``depth_scale`` raises ``ValueError``; float input is taken as metres (``depth_scale``
+    does not apply) and warns with :class:`DepthkitWarning` when its median looks like another unit.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "ui":
+        if depth_scale is None:
+            top = int(arr.max(initial=0))
+            raise ValueError(
+                f"{what} holds integers ({arr.dtype}, max {top}), i.e. raw sensor units, and no depth scale was "
+                "given. Pass --depth-scale UNITS_PER_METRE (1000 for millimetres, 256 for KITTI/VOID PNGs) on the "
+                "CLI, or depth_scale=... in Python; or save float metres."
+            )
+        if not depth_scale > 0:
+            raise ValueError(f"depth scale must be > 0 units per metre; received {depth_scale}.")
+        return (arr.astype(np.float64) / float(depth_scale)).astype(np.float32)
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{what} has dtype {arr.dtype}; expected float metres or integer sensor units.")
+    out = arr.astype(np.float32)
+    valid = np.isfinite(out) & (out > 0)
+    if valid.any():
+        median = float(np.median(out[valid]))
+        if median > LIKELY_NOT_METRES:
+            import warnings
+
+            warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "
+                          "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be metres.",
+                          UnitWarning, stacklevel=3)
+    return out
+
+
+def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> np.ndarray:
     """Read a depth map as HxW float32 metres (0 = missing).
 
-    ``.npy``: a 2-D array (or HxWx1) in metres, used as-is (NaN/inf are rejected, not silently zeroed).
-    ``.png``: a 16-bit single-channel PNG divided by ``depth_scale`` (units per metre: 256 KITTI/VOID, 1000 mm);
-    required for PNG because the encoding is not self-describing.
+    ``.npy``: a 2-D array (or HxWx1); float arrays are metres as-is, integer arrays (e.g. uint16 millimetres) are
+    divided by ``depth_scale`` (units per metre), which they require. NaN/inf are rejected later, not zeroed.
+    ``.png``: a single-channel 8/16-bit PNG divided by ``depth_scale``; without one, the scale recorded in the PNG's
+    ``depth_scale`` text chunk (PNGs depthkit writes) is used, else it is an error (the encoding is not
+    self-describing).
     """
     path = _as_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"depth file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
@@ -81,13 +174,8 @@ def read_depth(path, depth_scale: float | None = None) -> np.ndarray:
             raise ValueError(f"depth array {path} has shape {arr.shape}; expected HxW (metres, 0 = missing).")
         if not np.issubdtype(arr.dtype, np.number):
             raise ValueError(f"depth array {path} has dtype {arr.dtype}; expected a numeric array in metres.")
-        return arr.astype(np.float32)
+        return depth_to_metres(arr, depth_scale, what=f"{what} file {path.name}")
     if suffix == ".png":
-        if depth_scale is None or not depth_scale > 0:
-            raise ValueError(
-                f"reading depth PNG {path.name} needs depth_scale > 0 (units per metre); received {depth_scale}. "
-                "Pass --depth-scale 256 for KITTI/VOID or 1000 for millimetre PNGs."
-            )
         cv2 = _cv2()
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:
@@ -96,10 +184,25 @@ def read_depth(path, depth_scale: float | None = None) -> np.ndarray:
             raise ValueError(
                 f"depth PNG {path} is {arr.dtype} with shape {arr.shape}; expected a single-channel 16-bit PNG."
             )
-        return (arr.astype(np.float32) / np.float32(depth_scale)).astype(np.float32)
+        if depth_scale is None:
+            depth_scale = png_depth_scale(path)
+        return depth_to_metres(arr, depth_scale, what=f"{what} PNG {path.name}")
     raise ValueError(
-        f"unsupported depth file {path.name!r}: allowed are .npy (float metres) and 16-bit .png with a depth scale."
+        f"unsupported depth file {path.name!r}: allowed are .npy (float metres, or integers with a depth scale) and "
+        "16-bit .png with a depth scale."
     )
+
+
+def png_depth_scale(path) -> float | None:
+    """The units per metre recorded in a depth PNG's ``depth_scale`` text chunk, or None when it has none."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            value = getattr(im, "text", {}).get(PNG_SCALE_KEY)
+        return float(value) if value is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def _atomic_target(path) -> tuple[Path, Path]:
@@ -117,26 +220,63 @@ def write_depth_npy(path, depth: np.ndarray) -> Path:
     return path
 
 
-def write_depth_png16(path, depth: np.ndarray, scale: float = 1000.0) -> Path:
-    """Write depth as a 16-bit PNG storing ``round(depth * scale)`` (default millimetres).
+def choose_png_scale(depth: np.ndarray, scale: float | None = None) -> float:
+    """Units per metre for a 16-bit PNG of ``depth`` (metres): ``scale`` if given and the depth fits, else the first
+    of :data:`PNG_SCALES` that fits. Raises ``ValueError`` (before anything is written) when it cannot fit."""
+    depth = np.asarray(depth, dtype=np.float64)
+    finite = depth[np.isfinite(depth)]
+    top = float(finite.max(initial=0.0))
+    if scale is not None:
+        if not scale > 0:
+            raise ValueError(f"png scale must be > 0 (units per metre); received {scale}")
+        if round(top * scale) > 65535:
+            raise ValueError(
+                f"depth up to {top:.3f} m does not fit a 16-bit PNG at scale {scale:g} units per metre "
+                f"(max {65535 / scale:.3f} m). Use a smaller --png-scale (e.g. 256 fits 0-256 m), or leave it out "
+                "to choose one that fits."
+            )
+        return float(scale)
+    for candidate in PNG_SCALES:
+        if round(top * candidate) <= 65535:
+            return candidate
+    raise ValueError(f"depth up to {top:.1f} m does not fit a 16-bit PNG even at 1 unit per metre; use the .npy.")
+
+
+def write_depth_png16(path, depth: np.ndarray, scale: float | None = 1000.0) -> Path:
+    """Write depth (HxW metres) as a 16-bit PNG storing ``round(depth * scale)``, with ``scale`` (units per metre)
+    recorded in its ``depth_scale`` text chunk. ``scale=None`` chooses one that fits (:func:`choose_png_scale`).
 
     Values beyond 65535 / scale metres cannot be represented: raises instead of wrapping around.
     """
+    from PIL import Image, PngImagePlugin
+
     depth = np.asarray(depth, dtype=np.float64)
-    if not scale > 0:
-        raise ValueError(f"png scale must be > 0 (units per metre); received {scale}")
-    q = np.round(np.nan_to_num(depth, nan=0.0, posinf=0.0) * scale)
-    if q.max(initial=0) > 65535:
-        raise ValueError(
-            f"depth up to {depth.max():.3f} m does not fit a 16-bit PNG at scale {scale} "
-            f"(max {65535 / scale:.3f} m). Use a smaller --png-scale (e.g. 256 for outdoor scenes)."
-        )
+    scale = choose_png_scale(depth, scale)
+    q = np.round(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0) * scale)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_SCALE_KEY, f"{scale:g}")
+    info.add_text("depth_unit", f"value / {scale:g} = metres; 0 = missing")
     path, tmp = _atomic_target(path)
-    cv2 = _cv2()
-    if not cv2.imwrite(str(tmp), np.clip(q, 0, 65535).astype(np.uint16)):
-        raise OSError(f"could not write {path}")
+    Image.fromarray(np.clip(q, 0, 65535).astype(np.uint16)).save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, path)
     return path
+
+
+def resize_sparse(sparse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Move sparse depth (HxW metres, 0 = missing) to resolution ``shape`` = (H', W') by scattering each measured
+    point to its scaled pixel centre, so a point stays one pixel (image interpolation would smear it into a block
+    when upsampling). Where points collide (downsampling) the nearest depth wins."""
+    sparse = np.asarray(sparse, dtype=np.float32)
+    h, w = sparse.shape
+    oh, ow = int(shape[0]), int(shape[1])
+    ys, xs = np.nonzero(sparse > 0)
+    vals = sparse[ys, xs]
+    ty = np.clip(np.floor((ys + 0.5) * oh / h), 0, oh - 1).astype(np.int64)
+    tx = np.clip(np.floor((xs + 0.5) * ow / w), 0, ow - 1).astype(np.int64)
+    order = np.argsort(-vals)  # far first, so the nearest value is written last and wins
+    out = np.zeros((oh, ow), np.float32)
+    out[ty[order], tx[order]] = vals[order]
+    return out
 
 
 def write_image(path, image: np.ndarray) -> Path:
@@ -153,16 +293,19 @@ def colorize(depth: np.ndarray, vmin: float | None = None, vmax: float | None = 
              colormap: str = "turbo") -> np.ndarray:
     """Colour-map depth (metres) to HxWx3 uint8 RGB, near = warm; missing pixels black.
 
-    Range defaults to the 2nd/98th percentiles of valid depth. With ``legend`` a colour bar labelled in metres is
-    appended on the right (the output is then wider than the input).
+    The colour range defaults to the 2nd/98th percentiles of valid depth, so a few outliers do not wash out the
+    picture; depth outside the range takes the end colours. With ``legend`` a colour bar labelled in metres is
+    appended on the right (the output is then wider than the input); an end label reads ``<= v m`` / ``>= v m``
+    when depth beyond it was clipped to that colour. Its text scales with the image height.
     """
     cv2 = _cv2()
     depth = np.asarray(depth, dtype=np.float32)
     valid = np.isfinite(depth) & (depth > 0)
     if valid.any():
         lo, hi = np.percentile(depth[valid], [2, 98])
+        dmin, dmax = float(depth[valid].min()), float(depth[valid].max())
     else:
-        lo, hi = 0.0, 1.0
+        lo, hi = dmin, dmax = 0.0, 1.0
     vmin = float(lo if vmin is None else vmin)
     vmax = float(hi if vmax is None else vmax)
     if vmax <= vmin:
@@ -176,20 +319,32 @@ def colorize(depth: np.ndarray, vmin: float | None = None, vmax: float | None = 
     if not legend:
         return rgb
     h = rgb.shape[0]
-    bar_w, text_w = max(8, h // 24), 72
+    n_ticks = 5 if h >= 120 else 2
+    labels = legend_labels(vmin, vmax, n_ticks, clipped_low=dmin < vmin, clipped_high=dmax > vmax)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(h / 1200, 0.3, 1.2))
+    thick = 1 if scale < 0.7 else 2
+    text_w = max(cv2.getTextSize(lbl, font, scale, thick)[0][0] for lbl in labels) + 8
+    text_h = cv2.getTextSize("0", font, scale, thick)[0][1]
+    bar_w = max(8, h // 24)
     ramp = np.linspace(0, 1, h, dtype=np.float32)[:, None]  # top = vmin (near)
     bar = cv2.applyColorMap(((1 - ramp) * 255).astype(np.uint8).repeat(bar_w, 1), cmap[colormap])[:, :, ::-1]
     panel = np.full((h, bar_w + text_w, 3), 255, np.uint8)
     panel[:, :bar_w] = bar
-    n_ticks = 5 if h >= 120 else 2
-    scale = max(0.3, min(0.5, h / 600))
-    for i in range(n_ticks):
-        frac = i / (n_ticks - 1)
-        y = int(round(frac * (h - 1)))
-        label = f"{vmin + frac * (vmax - vmin):.2f} m"
-        ty = min(max(y + 4, 10), h - 3)
-        cv2.putText(panel, label, (bar_w + 3, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, label in enumerate(labels):
+        y = int(round(i / (n_ticks - 1) * (h - 1)))
+        ty = min(max(y + text_h // 2, text_h + 1), h - 3)
+        cv2.putText(panel, label, (bar_w + 4, ty), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
     return np.concatenate([rgb, panel], axis=1)
+
+
+def legend_labels(vmin: float, vmax: float, n: int, clipped_low: bool = False, clipped_high: bool = False) -> list[str]:
+    """The colour bar's ``n`` tick labels (metres, top = near); clipped ends read ``<= v m`` / ``>= v m``."""
+    labels = [f"{vmin + i / (n - 1) * (vmax - vmin):.2f} m" for i in range(n)]
+    if clipped_low:
+        labels[0] = "<= " + labels[0]
+    if clipped_high:
+        labels[-1] = ">= " + labels[-1]
+    return labels
 
 
 def write_colorized(path, depth: np.ndarray, **kwargs) -> Path:
@@ -248,15 +403,23 @@ def _intrinsics_from_numbers(vals: list[float], source: str) -> Intrinsics:
     )
 
 
-def _open3d():
+def preload_libusb() -> bool:
+    """Load the ``libusb-1.0`` bundled by the ``libusb-package`` wheel into the process, so ``import open3d`` works
+    on a machine without the system library. Returns True when it was loaded. Call it before your own
+    ``import open3d`` (``import depthkit.io; depthkit.io.preload_libusb()``), or install ``libusb-1.0-0``."""
     import ctypes
 
     try:
         import libusb_package
 
         ctypes.CDLL(str(libusb_package.get_library_path()), mode=ctypes.RTLD_GLOBAL)
-    except (ImportError, OSError):  # the system library may exist; open3d's own error is clear then
-        pass
+        return True
+    except (ImportError, OSError, TypeError):  # the system library may exist; open3d's own error is clear then
+        return False
+
+
+def _open3d():
+    preload_libusb()
     import open3d
 
     return open3d

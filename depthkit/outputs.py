@@ -1,4 +1,7 @@
-"""Result types shared by the pipeline and its stages."""
+"""Result types shared by the pipeline and its stages.
+
+Their reprs summarise arrays (shape, dtype, range) instead of printing them, so ``print(out)`` stays one line.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ class StageResult:
 
     Attributes:
         depth: HxW float32 metres at input resolution; measured sparse pixels hold their measured values exactly.
-        confidence: HxW float32 in [0, 1] (1 = certain; measured pixels are 1), or None when the stage has none.
+        confidence: HxW float32 in [0, 1] (1 = certain; measured pixels are 1), or None when the stage has none
+            (the classical completion methods and ``sharpen`` report none; the learned ``complete`` does).
         extras: named HxW float32 maps a stage exposes (e.g. ``"discrepancy"`` in [0, 1] for sharpen).
         seconds: wall-clock time the stage took for this image.
     """
@@ -23,6 +27,22 @@ class StageResult:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        extras = "{" + ", ".join(f"{k!r}: {describe_array(v)}" for k, v in self.extras.items()) + "}"
+        return (f"StageResult(depth={describe_array(self.depth)}, confidence={describe_array(self.confidence)}, "
+                f"extras={extras}, seconds={self.seconds:.3f})")
+
+
+def describe_array(a) -> str:
+    """One line for an array: ``HxW float32 [min, max]`` over its finite values (``None`` for None)."""
+    if a is None:
+        return "None"
+    a = np.asarray(a)
+    shape = "x".join(str(n) for n in a.shape)
+    finite = a[np.isfinite(a)] if a.dtype.kind == "f" else a.ravel()
+    rng = f" [{finite.min():.3g}, {finite.max():.3g}]" if finite.size else ""
+    return f"{shape} {a.dtype}{rng}"
+
 
 @dataclass
 class DepthOutput:
@@ -31,7 +51,8 @@ class DepthOutput:
     Attributes:
         depth: HxW float32 metres, input resolution, dense (> 0) wherever the last stage predicts;
             equal to the sparse input wherever a measurement exists.
-        confidence: HxW float32 in [0, 1] from the last stage that reports one, or None.
+        confidence: HxW float32 in [0, 1] from the last stage that reports one; None when no stage reports one
+            (a classical ``--method`` or ``sharpen`` alone; the learned completion stage reports one).
         stages: every stage's :class:`StageResult`, by stage name, in run order.
         timings: seconds per stage and ``"total"``.
     """
@@ -40,3 +61,8 @@ class DepthOutput:
     confidence: np.ndarray | None
     stages: dict[str, StageResult]
     timings: dict[str, float]
+
+    def __repr__(self) -> str:
+        times = ", ".join(f"{k}={v:.3f}s" for k, v in self.timings.items())
+        return (f"DepthOutput(depth={describe_array(self.depth)} m, confidence={describe_array(self.confidence)}, "
+                f"stages={list(self.stages)}, timings=({times}))")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from depthkit.checkpoints import CheckpointRef
-from depthkit.dtypes import DTYPE_NAMES
+from depthkit.dtypes import canonical_dtype_name
 from depthkit.outputs import DepthOutput, StageResult
 from depthkit.stages import STAGE_ORDER, STAGES
 
@@ -32,6 +32,33 @@ def restore_measurements(depth: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     measured = sparse > 0
     out[measured] = sparse[measured]
     return out
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when a CUDA device is present, else ``"cpu"``; check ``"cuda"``/``"cuda:N"`` exists.
+
+    Raises ``ValueError`` saying what was asked, what this machine has and what to pass instead.
+    """
+    device = str(device)
+    if device == "cpu":
+        return device
+    if not (device in ("auto", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return "cuda" if n else "cpu"
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("device 'mps' was asked for but this machine has no Apple GPU; use --device cpu.")
+        return device
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if index >= n:
+        have = f"{n} CUDA device(s) (cuda:0..cuda:{n - 1})" if n else "no CUDA device (or torch was built without CUDA)"
+        raise ValueError(f"device {device!r} was asked for but this machine has {have}. "
+                         "Use --device cpu, or --device auto to take CUDA when it is present.")
+    return device
 
 
 def _to_numpy(x, what: str) -> np.ndarray:
@@ -77,13 +104,14 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
                  allow_empty: bool = False) -> np.ndarray:
     """Return ``sparse`` as HxW float32 metres (0 = missing) or raise ``ValueError`` saying what is wrong.
 
-    ``shape`` is the image's (H, W). NaN, inf and negative values are refused rather than silently zeroed:
-    mark missing measurements with 0.
+    ``shape`` is the image's (H, W). Integer maps (raw sensor units) are divided by ``depth_scale`` (units per
+    metre) and refused without one; float maps are metres. NaN, inf and negative values are refused rather than
+    silently zeroed: mark missing measurements with 0.
     """
     if isinstance(sparse, (str, os.PathLike)):
         from depthkit.io import read_depth
 
-        sparse = read_depth(sparse, depth_scale=depth_scale)
+        sparse = read_depth(sparse, depth_scale=depth_scale, what=what)
     sparse = _to_numpy(sparse, what)
     if not isinstance(sparse, np.ndarray):
         raise ValueError(f"{what} must be an HxW float array in metres or a file path; received {type(sparse).__name__}.")
@@ -91,16 +119,21 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
         sparse = sparse[..., 0]
     if sparse.ndim != 2:
         raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing).")
-    if sparse.dtype.kind != "f":
-        raise ValueError(
-            f"{what} has dtype {sparse.dtype}; expected float metres. Raw sensor units (e.g. uint16 PNG) must be "
-            "divided by their scale: KITTI/VOID 256 per metre, millimetres 1000 (--depth-scale on the CLI)."
-        )
     if tuple(sparse.shape) != tuple(shape):
+        hint = ""
+        if tuple(sparse.shape) == tuple(shape[::-1]):
+            hint = (" It matches the image turned sideways: if the image is a photo with an EXIF orientation, "
+                    "depthkit read it upright as viewers show it; give the sparse map in that orientation.")
         raise ValueError(
             f"{what} is {sparse.shape[0]}x{sparse.shape[1]} but the image is {shape[0]}x{shape[1]}; they must be "
-            "pixel-aligned at the same resolution. Resize the sparse map with nearest-neighbour sampling."
+            "pixel-aligned at the same resolution." + hint + " If the sparse map comes from a camera of another "
+            "resolution, scatter its points at scaled coordinates (--resize-sparse on the CLI, "
+            "depthkit.io.resize_sparse in Python); do not resize it like an image, which turns each point into a "
+            "block of copies when upsampling."
         )
+    from depthkit.io import depth_to_metres
+
+    sparse = depth_to_metres(sparse, depth_scale, what=what)
     sparse = sparse.astype(np.float32)
     bad = ~np.isfinite(sparse)
     if bad.any():
@@ -122,7 +155,8 @@ class Pipeline:
         stages: stage names in run order, a subset of ``("complete", "sharpen")`` (or a comma-separated string).
         method: the completion method for ``complete`` (``depthkit ls`` lists them); None = the default.
         checkpoint: a checkpoint directory (or hub id) for learned stages; None = the embedded default.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; learned stages place their models there.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; learned stages place their
+            models there (classical methods run on the CPU whatever it says). A missing device is an error.
         dtype: ``"float32"`` (CPU default) or ``"bfloat16"``/``"float16"`` (CUDA).
         stage_options: per-stage keyword options, e.g. ``{"complete": {"query_stride": 4}}``.
     """
@@ -139,10 +173,8 @@ class Pipeline:
                 raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGE_ORDER)} (in that order).")
         if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGE_ORDER.index):
             raise ValueError(f"stages {stages} must be distinct and in the order {', '.join(STAGE_ORDER)}.")
-        if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPE_NAMES)}.")
-        if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-            raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'.")
+        dtype = canonical_dtype_name(dtype)
+        device = resolve_device(device)
         stage_options = dict(stage_options or {})
         unknown = set(stage_options) - set(stages)
         if unknown:

@@ -38,7 +38,7 @@ def test_run_single_writes_all_outputs_and_keeps_measurements(tmp_path, capsys):
     color = io.read_image(out / "a_color.png")
     assert color.shape[0] == 20 and color.shape[1] > 28
     assert len(io.read_point_cloud(out / "a.ply")) == 20 * 28
-    assert "wrote 1 result" in capsys.readouterr().out
+    assert "1 image(s) in" in capsys.readouterr().out
 
 
 def test_run_folder_skips_bad_file_and_exits_nonzero(tmp_path, capsys):
@@ -107,8 +107,8 @@ def test_console_script_help_is_fast_and_real_run_works(tmp_path):
 def test_stage_options_from_the_command_line(tmp_path, capsys):
     from depthkit.cli import parse_stage_options
 
-    assert parse_stage_options(["complete.query_budget=2048", "complete.fusion=gate", "sharpen.x=0.5"]) == {
-        "complete": {"query_budget": 2048, "fusion": "gate"}, "sharpen": {"x": 0.5}}
+    assert parse_stage_options(["complete.query_budget=2048", "complete.fusion=fallback", "sharpen.x=0.5"]) == {
+        "complete": {"query_budget": 2048, "fusion": "fallback"}, "sharpen": {"x": 0.5}}
     with pytest.raises(ValueError, match="STAGE.KEY=VALUE"):
         parse_stage_options(["query_budget=3"])
     _write_pair(tmp_path, "a")
@@ -126,3 +126,168 @@ def test_tiny_checkpoint_runs_with_stage_options(tmp_path):
     assert rc == 0
     depth = np.load(tmp_path / "o" / "a_depth.npy")
     assert np.array_equal(depth[sparse > 0], sparse[sparse > 0]) and (depth > 0).all()
+
+
+def _single(tmp_path, *extra, stem="a", out="o"):
+    return ["run", "--image", str(tmp_path / f"{stem}.png"), "--sparse", str(tmp_path / f"{stem}_sparse.npy"),
+            "--out", str(tmp_path / out), "--method", "nearest", *extra]
+
+
+def test_existing_outputs_need_overwrite_or_skip(tmp_path, capsys):
+    _write_pair(tmp_path, "a")
+    assert main(_single(tmp_path)) == 0
+    capsys.readouterr()
+    assert main(_single(tmp_path)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(_single(tmp_path, "--overwrite")) == 0
+    out = capsys.readouterr().out
+    assert "replaced a_depth.npy" in out and "replaced 1 existing (--overwrite)" in out
+    assert main(_single(tmp_path, "--skip-existing")) == 0
+    assert "kept 1 existing" in capsys.readouterr().out
+    (tmp_path / "file").write_text("x")
+    assert main(_single(tmp_path, out="file")) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_integer_npy_sparse_needs_and_uses_depth_scale(tmp_path, capsys):
+    _, sparse = _write_pair(tmp_path, "a")
+    mm = np.round(sparse * 1000).astype(np.uint16)
+    np.save(tmp_path / "a_sparse.npy", mm)
+    assert main(_single(tmp_path)) == 2
+    assert "--depth-scale" in capsys.readouterr().err
+    assert main(_single(tmp_path, "--depth-scale", "1000")) == 0
+    depth = np.load(tmp_path / "o" / "a_depth.npy")
+    np.testing.assert_allclose(depth[mm > 0], mm[mm > 0] / 1000, atol=1e-6)
+
+
+def test_deep_scene_png_scale_fits_and_too_deep_fails_before_writing(tmp_path, capsys):
+    _, sparse = _write_pair(tmp_path, "a")
+    np.save(tmp_path / "a_sparse.npy", sparse * 10)  # up to 80 m
+    assert main(_single(tmp_path)) == 0
+    assert io.png_depth_scale(tmp_path / "o" / "a_depth.png") == 256
+    np.testing.assert_allclose(io.read_depth(tmp_path / "o" / "a_depth.png"), np.load(tmp_path / "o" / "a_depth.npy"),
+                               atol=1 / 511)
+    assert main(_single(tmp_path, "--png-scale", "1000", out="o2")) == 2
+    assert "does not fit" in capsys.readouterr().err and not list((tmp_path / "o2").glob("*"))
+
+
+def test_single_failure_is_reported_once(tmp_path, capsys):
+    _write_pair(tmp_path, "a")
+    np.save(tmp_path / "a_sparse.npy", np.zeros((5, 5), np.float32))
+    assert main(_single(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("5x5") == 1 and "wrote 0" not in err and "Traceback" not in err
+
+
+def test_resize_sparse_scatters_points(tmp_path):
+    _write_pair(tmp_path, "a", h=20, w=28)
+    small = np.zeros((10, 14), np.float32)
+    small[3, 4] = 2.5
+    np.save(tmp_path / "a_sparse.npy", small)
+    assert main(_single(tmp_path, "--resize-sparse")) == 0
+    depth = np.load(tmp_path / "o" / "a_depth.npy")
+    assert depth[7, 9] == np.float32(2.5) and np.allclose(depth, 2.5)
+
+
+def test_missing_inputs_reported_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import depthkit.cli as cli
+
+    def boom(args):
+        raise AssertionError("the pipeline was built before the inputs were checked")
+
+    monkeypatch.setattr(cli, "_build_pipeline", boom)
+    _write_pair(tmp_path, "a")
+    rc = main(["run", "--stages", "sharpen", "--image", str(tmp_path / "a.png"), "--depth",
+               str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "depth file not found" in capsys.readouterr().err
+
+
+def test_device_and_checkpoint_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    _write_pair(tmp_path, "a")
+    if not torch.cuda.is_available():
+        assert main(_single(tmp_path, "--device", "cuda")) == 2
+        err = capsys.readouterr().err
+        assert "no CUDA device" in err and "runs on the CPU" in err and len(err.strip().splitlines()) == 2
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ck = ["run", "--image", "a.png", "--sparse", "a_sparse.npy", "--out", "o", "--checkpoint", "runs/final"]
+    assert main(ck) == 2
+    assert "no such checkpoint folder: runs/final" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    from depthkit.cli import build_parser
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, __import__("argparse")._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif action.dest != "help":
+                yield parser.prog, action
+
+    missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(build_parser()) if not a.help]
+    assert not missing, missing
+
+
+def test_ls_lists_recipes_and_recipes_cp(tmp_path, capsys):
+    assert main(["ls"]) == 0
+    assert "tiny/complete" in capsys.readouterr().out
+    assert main(["recipes", "cp", "tiny/complete", str(tmp_path / "mine.yaml")]) == 0
+    from depthkit.config import load_recipe
+
+    assert load_recipe(tmp_path / "mine.yaml").kind == "complete"
+    assert main(["recipes", "cp", "tiny/complete", str(tmp_path / "mine.yaml")]) == 2  # never overwrites
+
+
+def test_shipped_recipe_found_from_another_folder(tmp_path, monkeypatch):
+    from depthkit.resources import find_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert find_recipe("recipes/tiny/complete.yaml").is_file() and find_recipe("tiny/complete").is_file()
+    with pytest.raises(FileNotFoundError, match="Shipped recipes"):
+        find_recipe("recipes/nope.yaml")
+
+
+def test_library_noise_hidden_unless_verbose_and_data_warnings_always_shown(tmp_path, capsys, caplog, monkeypatch):
+    import logging
+    import warnings
+
+    import depthkit.cli as cli
+    from depthkit.pipeline import Pipeline
+
+    class Noisy(Pipeline):
+        def __call__(self, *a, **k):
+            warnings.warn("`past_key_values` is deprecated", FutureWarning, stacklevel=2)
+            logging.getLogger("transformers").warning("Loading weights chatter")
+            return super().__call__(*a, **k)
+
+    monkeypatch.setattr(cli, "_build_pipeline", lambda args: Noisy(method="nearest"))
+    _, sparse = _write_pair(tmp_path, "a")
+    np.save(tmp_path / "a_sparse.npy", sparse * 1000)  # millimetres saved as float
+    assert main(_single(tmp_path)) == 0
+    out, err = capsys.readouterr()
+    assert "deprecated" not in err and "chatter" not in caplog.text
+    assert err.count("looks like millimetres") == 1 and "a.png:" in out
+    assert main(_single(tmp_path, "--verbose", "--overwrite")) == 0
+    assert "deprecated" in capsys.readouterr().err and "chatter" in caplog.text
+    assert main(_single(tmp_path, "--quiet", "--overwrite")) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "millimetres" in err
+
+
+def test_exif_rotated_photo_is_read_upright_and_said(tmp_path, capsys):
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(image).save(tmp_path / "a.png", exif=exif)
+    sparse = np.zeros((28, 20), np.float32)  # aligned with the upright (rotated) photo
+    sparse[5, 5] = 2.0
+    np.save(tmp_path / "a_sparse.npy", sparse)
+    assert main(_single(tmp_path)) == 0
+    assert "EXIF orientation 6" in capsys.readouterr().err
+    assert np.load(tmp_path / "o" / "a_depth.npy").shape == (28, 20)

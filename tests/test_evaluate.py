@@ -25,14 +25,44 @@ def test_eval_synthetic_writes_json_and_markdown(tmp_path, capsys):
 
 def test_eval_resumes_from_finished_rows(tmp_path):
     out = tmp_path / "m.json"
-    parts = tmp_path / "m.json.parts"
-    parts.mkdir()
-    planted = {"index": 0, "name": "planted", "metrics": {"mae": 123.0}, "seconds": 0.0}
-    (parts / "rank0.jsonl").write_text(json.dumps(planted) + "\n{\"index\": 1, \"trunc")  # second line cut short
-    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(out), "--limit", "2"]) == 0
+    args = ["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(out)]
+    assert main(args + ["--limit", "1"]) == 0
+    part = tmp_path / "m.json.parts" / "rank0.jsonl"
+    row = json.loads(part.read_text())
+    row.update(name="planted", metrics={"mae": 123.0})
+    part.write_text(json.dumps(row) + "\n{\"index\": 1, \"trunc")  # second line cut short by an interruption
+    assert main(args + ["--limit", "2"]) == 0  # raising --limit keeps what is done and adds the rest
     rows = json.loads(out.read_text())["per_image"]
     assert rows[0]["name"] == "planted" and rows[0]["metrics"]["mae"] == 123.0  # not recomputed
     assert rows[1]["metrics"]["mae"] < 10  # the interrupted one was redone
+
+
+def test_eval_refuses_to_mix_results_of_another_method(tmp_path, capsys):
+    out = tmp_path / "x.json"
+    base = ["eval", "--dataset", "synthetic", "--limit", "2", "--out", str(out)]
+    assert main(base + ["--method", "guided"]) == 0
+    guided = json.loads(out.read_text())["mean"]["mae"]
+    capsys.readouterr()
+    assert main(base + ["--method", "nearest"]) == 2
+    err = capsys.readouterr().err
+    assert "method: 'guided' there, 'nearest' now" in err and "--overwrite" in err
+    assert main(base + ["--method", "nearest", "--split", "val"]) == 2
+    assert "split" in capsys.readouterr().err
+    assert main(base + ["--method", "nearest", "--overwrite"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["fingerprint"]["method"] == "nearest" and summary["mean"]["mae"] != guided
+    assert main(base + ["--method", "nearest", "--dataset-option", "length=3"]) == 2
+    assert "reader_options" in capsys.readouterr().err
+
+
+def test_eval_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["eval", "--dataset", "nyuv2", "--method", "nearest", "--out", str(tmp_path / "n.json")]) == 2
+    assert "needs --root" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "o.json"),
+                 "--dataset-option", "bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
 
 
 def test_mean_ignores_undefined_and_table_formats():
@@ -52,7 +82,7 @@ def test_eval_data_parallel_two_cpu_processes(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     parts = sorted(p.name for p in (tmp_path / "dp.json.parts").iterdir())
-    assert parts == ["rank0.jsonl", "rank1.jsonl"]
+    assert parts == ["fingerprint.json", "rank0.jsonl", "rank1.jsonl"]
     summary = json.loads(out.read_text())
     assert [r["index"] for r in summary["per_image"]] == [0, 1, 2]
     single = tmp_path / "single.json"

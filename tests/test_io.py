@@ -45,9 +45,12 @@ def test_depth_png16_refuses_overflow_and_png_needs_scale(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         io.write_depth_png16(tmp_path / "d.png", np.full((2, 2), 70.0), scale=1000)
     io.write_depth_png16(tmp_path / "k.png", np.full((2, 2), 70.0), scale=256)
-    with pytest.raises(ValueError, match="depth_scale"):
-        io.read_depth(tmp_path / "k.png")
     np.testing.assert_allclose(io.read_depth(tmp_path / "k.png", depth_scale=256), 70.0, atol=1 / 256)
+    # a PNG depthkit wrote records its scale; a foreign one does not and needs one
+    np.testing.assert_allclose(io.read_depth(tmp_path / "k.png"), 70.0, atol=1 / 256)
+    cv2.imwrite(str(tmp_path / "foreign.png"), np.full((2, 2), 7000, np.uint16))
+    with pytest.raises(ValueError, match="no depth scale was given"):
+        io.read_depth(tmp_path / "foreign.png")
 
 
 def test_npy_roundtrip_and_shape_errors(tmp_path):
@@ -108,3 +111,65 @@ def test_point_cloud_written_with_open3d(tmp_path):
     path = io.write_point_cloud(tmp_path / "p.ply", depth, "10,10,2,1", image=image)
     pts = io.read_point_cloud(path)
     np.testing.assert_allclose(pts, [[0, 0, 2], [0.6, 0.6, 3]], atol=1e-6)
+
+
+def test_integer_npy_needs_and_uses_depth_scale(tmp_path):
+    mm = np.array([[0, 1500], [2250, 0]], np.uint16)
+    np.save(tmp_path / "mm.npy", mm)
+    with pytest.raises(ValueError, match="--depth-scale"):
+        io.read_depth(tmp_path / "mm.npy")
+    np.testing.assert_allclose(io.read_depth(tmp_path / "mm.npy", depth_scale=1000), mm / 1000, atol=1e-6)
+
+
+def test_float_depth_in_another_unit_warns(tmp_path):
+    np.save(tmp_path / "f.npy", np.full((3, 3), 2500.0, np.float32))
+    with pytest.warns(io.DepthkitWarning, match="millimetres"):
+        io.read_depth(tmp_path / "f.npy")
+
+
+def test_png_scale_chosen_to_fit_and_recorded(tmp_path):
+    depth = np.array([[0.0, 1.5], [80.0, 30.0]], np.float32)  # outdoor: beyond 65.5 m
+    assert io.choose_png_scale(depth) == 256 and io.choose_png_scale(depth[:1]) == 1000
+    with pytest.raises(ValueError, match="does not fit"):
+        io.choose_png_scale(depth, 1000)
+    io.write_depth_png16(tmp_path / "d.png", depth, scale=None)
+    assert io.png_depth_scale(tmp_path / "d.png") == 256
+    np.testing.assert_allclose(io.read_depth(tmp_path / "d.png"), depth, atol=1 / 512)
+
+
+def test_resize_sparse_keeps_points_single_pixels():
+    sparse = np.zeros((4, 6), np.float32)
+    sparse[1, 2], sparse[3, 5] = 2.0, 5.0
+    up = io.resize_sparse(sparse, (8, 12))
+    assert (up > 0).sum() == 2 and up[3, 5] == 2.0 and up[7, 11] == 5.0
+    down = io.resize_sparse(np.array([[3.0, 1.0], [0.0, 0.0]], np.float32), (1, 1))
+    assert down.tolist() == [[1.0]]  # collision: nearest wins
+
+
+def test_exif_orientation_is_applied_and_reported(tmp_path):
+    from PIL import Image
+
+    img = np.zeros((4, 6, 3), np.uint8)
+    img[0, 0] = 255  # top-left marker
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
+    Image.fromarray(img).save(tmp_path / "p.png", exif=exif)
+    with pytest.warns(io.DepthkitWarning, match="EXIF orientation 6"):
+        upright = io.read_image(tmp_path / "p.png")
+    assert upright.shape == (6, 4, 3) and upright[0, -1].min() == 255  # top-left went to top-right
+
+
+def test_legend_marks_clipping_and_scales_with_height():
+    assert io.legend_labels(1, 2, 2, clipped_low=True, clipped_high=True) == ["<= 1.00 m", ">= 2.00 m"]
+    depth = np.linspace(0.5, 80, 1080 * 64, dtype=np.float32).reshape(1080, 64)
+    small = io.colorize(depth[:120]).shape[1] - 64
+    assert io.colorize(depth).shape[1] - 64 > 2 * small  # 1080p legend text is larger, not a fixed 72 px
+
+
+def test_preload_libusb_lets_open3d_import():
+    import subprocess
+    import sys
+
+    code = "import depthkit.io as i; i.preload_libusb(); import open3d; print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "ok", res.stderr[-2000:]

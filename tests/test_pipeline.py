@@ -59,7 +59,7 @@ def test_inputs_from_torch_and_pil():
         (lambda i, s: (i, np.where(s > 0, np.nan, 0).astype(np.float32)), "NaN/inf"),
         (lambda i, s: (i, np.where(s > 0, -1.0, 0).astype(np.float32)), "negative"),
         (lambda i, s: (i, np.zeros_like(s)), "no measured pixel"),
-        (lambda i, s: (i, (s * 1000).astype(np.uint16)), "divided by their scale"),
+        (lambda i, s: (i, (s * 1000).astype(np.uint16)), "no depth scale was given"),
         (lambda i, s: (i.astype(np.float32) / 255, s), "dtype float32"),
         (lambda i, s: (i[..., 0], s), "expected HxWx3"),
         (lambda i, s: (i.transpose(2, 0, 1), s), "channels first"),
@@ -94,3 +94,36 @@ def test_batch_length_mismatch():
 def test_bad_pipeline_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Pipeline(**kwargs)
+
+
+def test_output_repr_is_compact():
+    image, sparse = _scene(h=200, w=300)
+    out = Pipeline(method="nearest")(image, sparse)
+    text = repr(out)
+    assert "200x300 float32" in text and "confidence=None" in text and len(text) < 300
+    assert len(repr(out.stages["complete"])) < 300
+
+
+def test_integer_sparse_in_memory_uses_depth_scale():
+    image, sparse = _scene()
+    mm = np.round(sparse * 1000).astype(np.uint16)
+    out = Pipeline(method="nearest")(image, mm, depth_scale=1000)
+    m = sparse > 0
+    np.testing.assert_allclose(out.depth[m], mm[m] / 1000, atol=1e-6)
+
+
+def test_devices_are_checked_and_auto_resolves():
+    import torch
+
+    assert Pipeline(method="nearest", device="auto").device == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Pipeline(method="nearest", device="cuda")
+    with pytest.raises(ValueError, match="not supported"):
+        Pipeline(method="nearest", device="gpu")
+
+
+def test_shape_mismatch_advises_scattering_points():
+    image, sparse = _scene()
+    with pytest.raises(ValueError, match="scatter its points at scaled coordinates"):
+        Pipeline(method="nearest")(image, sparse[:, :-2])

@@ -1,0 +1,189 @@
+"""The ``depthkit run`` verb: find the inputs (one image or a folder), read and check them, refuse to replace
+existing outputs unless told (``--overwrite`` / ``--skip-existing``), then build the pipeline, run it image by
+image and write ``<stem>_depth.npy``, ``<stem>_depth.png``, ``<stem>_color.png`` (and ``<stem>.ply``).
+
+Every input file is read by this module (arrays go to the pipeline), and a single image's files are read before
+any model loads. Each image prints one line (time, depth range, files written); a bad file in a folder is reported
+once and skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Path, Path | None]], list[str]]:
+    from depthkit.io import IMAGE_SUFFIXES
+
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"--input-dir {input_dir} is not a folder")
+    sparse_dir = sparse_dir or input_dir
+    if not sparse_dir.is_dir():
+        raise FileNotFoundError(f"--sparse-dir {sparse_dir} is not a folder")
+    skip = ("_sparse", "_depth", "_color")
+    images = sorted(p for p in input_dir.iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(skip))
+    if not images:
+        raise FileNotFoundError(f"no images (png/jpg) found in {input_dir}")
+    pairs, missing = [], []
+    for img in images:
+        candidates = [sparse_dir / f"{img.stem}_sparse{ext}" for ext in (".npy", ".png")]
+        if sparse_dir != input_dir:
+            candidates += [sparse_dir / f"{img.stem}{ext}" for ext in (".npy", ".png")]
+        found = next((c for c in candidates if c.is_file()), None)
+        pairs.append((img, found))
+        if found is None:
+            missing.append(img.name)
+    return pairs, missing
+
+
+def output_paths(out_dir: Path, stem: str, ply: bool = False) -> list[Path]:
+    """The files ``depthkit run`` writes for input ``stem``."""
+    names = [f"{stem}_depth.npy", f"{stem}_depth.png", f"{stem}_color.png"] + ([f"{stem}.ply"] if ply else [])
+    return [out_dir / n for n in names]
+
+
+def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float | None = None,
+                  intrinsics=None, ply: bool = False) -> list[Path]:
+    """Write ``<stem>_depth.npy``, ``<stem>_depth.png`` (uint16, scale in its ``depth_scale`` text chunk; None =
+    chosen to fit), ``<stem>_color.png`` and optionally ``<stem>.ply``. The PNG scale is checked first, so a depth
+    that cannot fit raises before any file is written."""
+    from depthkit import io
+
+    png_scale = io.choose_png_scale(depth, png_scale)
+    paths = [io.write_depth_npy(out_dir / f"{stem}_depth.npy", depth),
+             io.write_depth_png16(out_dir / f"{stem}_depth.png", depth, scale=png_scale),
+             io.write_colorized(out_dir / f"{stem}_color.png", depth)]
+    if ply:
+        paths.append(io.write_point_cloud(out_dir / f"{stem}.ply", depth, intrinsics, image=image))
+    return paths
+
+
+def _bundled(path: Path | None, what: str) -> Path | None:
+    """``examples/...`` given from a folder without it: the example shipped with depthkit (said on stderr)."""
+    if path is None or path.exists() or path.is_absolute() or path.parts[:1] != ("examples",):
+        return path
+    from depthkit.resources import examples_dir
+
+    candidate = examples_dir().joinpath(*path.parts[1:])
+    if candidate.is_file():
+        print(f"depthkit run: {what} {path} is not here; using the example shipped with depthkit: {candidate}",
+              file=sys.stderr)
+        return candidate
+    return path
+
+
+def _read_inputs(img_path: Path, sparse_path: Path | None, depth_path: Path | None, args):
+    """Read and check one input triple: image HxWx3 uint8, sparse and depth HxW float32 metres (or None)."""
+    from depthkit.io import read_depth, read_image, resize_sparse
+
+    image = read_image(img_path)
+    maps = []
+    for path, what in ((sparse_path, "sparse"), (depth_path, "depth")):
+        arr = None if path is None else read_depth(path, depth_scale=args.depth_scale, what=what)
+        if arr is not None and args.resize_sparse and arr.shape != image.shape[:2]:
+            arr = resize_sparse(arr, image.shape[:2])
+        maps.append(arr)
+    return image, maps[0], maps[1]
+
+
+def run_command(args, parser, build_pipeline) -> int:
+    """``depthkit run`` with parsed ``args``; ``build_pipeline(args)`` makes the pipeline once the inputs are read
+    and the outputs checked. Returns the exit code (0, or 1 when an input failed)."""
+    single = args.image is not None or args.sparse is not None
+    starts_with_sharpen = args.stages.split(",")[0].strip() == "sharpen"
+    if single == (args.input_dir is not None):
+        parser.error("give either --image with --sparse, or --input-dir (not both)")
+    if single and args.image is None:
+        parser.error("--sparse needs --image")
+    if single and args.sparse is None and not starts_with_sharpen:
+        parser.error("--image needs --sparse (sparse depth to complete)")
+    if starts_with_sharpen and args.depth is None and single:
+        parser.error("--stages sharpen alone needs --depth (a metric depth map to sharpen)")
+    if args.depth is not None and not single:
+        parser.error("--depth goes with --image (folders: not supported yet)")
+    if args.ply and args.intrinsics is None:
+        parser.error("--ply needs --intrinsics fx,fy,cx,cy (pixels) or a JSON/TXT file")
+    if args.png_scale is not None and not args.png_scale > 0:
+        parser.error(f"--png-scale must be > 0 units per metre; received {args.png_scale}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the outputs (it is created if missing).")
+    say = (lambda *a, **k: None) if args.quiet else print
+    intrinsics = None
+    if args.intrinsics is not None:
+        from depthkit.io import parse_intrinsics
+
+        intrinsics = parse_intrinsics(args.intrinsics)
+
+    # every input is found (and a single image's files read) before any model loads
+    failures: list[tuple[str, str]] = []
+    preread = None
+    if single:
+        args.image, args.sparse, args.depth = (_bundled(args.image, "--image"), _bundled(args.sparse, "--sparse"),
+                                               _bundled(args.depth, "--depth"))
+        pairs = [(args.image, args.sparse)]
+        preread = _read_inputs(args.image, args.sparse, args.depth, args)
+    else:
+        pairs, missing = _find_pairs(args.input_dir, args.sparse_dir)
+        for name in missing:
+            failures.append((name, "no sparse file NAME_sparse.npy|png found"))
+            print(f"depthkit run: {name}: no sparse file NAME_sparse.npy|png found", file=sys.stderr)
+        pairs = [p for p in pairs if p[1] is not None]
+
+    existing = [(img, sp) for img, sp in pairs
+                if any(p.exists() for p in output_paths(args.out, Path(img).stem, args.ply))]
+    if existing and not (args.overwrite or args.skip_existing):
+        first = next(p for p in output_paths(args.out, Path(existing[0][0]).stem, args.ply) if p.exists())
+        raise ValueError(f"outputs for {len(existing)} of {len(pairs)} input(s) already exist in {args.out} "
+                         f"(e.g. {first.name}). Pass --overwrite to replace them, --skip-existing to keep them and "
+                         "run only the rest, or another --out.")
+    if args.skip_existing and existing:
+        pairs = [p for p in pairs if p not in existing]
+        say(f"depthkit run: kept {len(existing)} existing result(s) in {args.out} (--skip-existing)")
+    if not pairs:
+        say(f"depthkit run: nothing to do; {len(failures)} input(s) failed" if failures else
+            "depthkit run: nothing to do; every output already exists")
+        return 1 if failures else 0
+
+    import warnings
+
+    from depthkit.io import UnitWarning
+
+    pipe = build_pipeline(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    done, t_start = 0, time.perf_counter()
+    for img_path, sparse_path in pairs:
+        name, t0 = Path(img_path).name, time.perf_counter()
+        replaced = (img_path, sparse_path) in existing
+        try:
+            image, sparse, depth = preread if single else _read_inputs(img_path, sparse_path, None, args)
+            with warnings.catch_warnings():  # the units were checked (and warned about) when the file was read
+                warnings.simplefilter("ignore", UnitWarning)
+                out = pipe(image, sparse, depth=depth)
+            paths = write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
+                                  intrinsics=intrinsics, ply=args.ply)
+        except Exception as exc:  # one bad input must not stop a folder run; it is reported once and counted
+            if single and isinstance(exc, (ValueError, OSError)):
+                raise
+            why = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+            print(f"depthkit run: {name}: failed: {why}", file=sys.stderr)
+            if single:
+                return 1
+            failures.append((name, why))
+            continue
+        done += 1
+        d = out.depth[out.depth > 0]
+        rng = f"{d.min():.2f}-{d.max():.2f} m" if d.size else "empty"
+        say(f"{name}: {time.perf_counter() - t0:.2f} s, depth {rng}, "
+            f"{'replaced' if replaced else 'wrote'} {', '.join(p.name for p in paths)}")
+    summary = f"depthkit run: {done} image(s) in {time.perf_counter() - t_start:.1f} s to {args.out}"
+    if existing:
+        summary += (f"; replaced {sum(p in existing for p in pairs)} existing (--overwrite)" if args.overwrite
+                    else f"; kept {len(existing)} existing (--skip-existing)")
+    say(summary + f"; {pipe!r}")
+    if failures:
+        print(f"depthkit run: {len(failures)} input(s) failed: {', '.join(n for n, _ in failures)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,53 @@
+"""Files shipped with depthkit: the training recipes (``recipes/``) and the bundled example (``examples/``).
+
+In a source checkout (or an editable install) they are the repository's top-level ``recipes/`` and ``examples/``;
+a built wheel carries the same files as package data under ``depthkit/recipes`` and ``depthkit/examples``
+(``setup.cfg`` maps them there), so ``depthkit train recipes/tiny/complete.yaml`` and the README example work from
+any folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _shipped(name: str) -> Path:
+    for candidate in (_PACKAGE / name, _PACKAGE.parent / name):  # wheel, then source checkout
+        if candidate.is_dir():
+            return candidate
+    return _PACKAGE / name
+
+
+def recipes_dir() -> Path:
+    """The folder holding the shipped recipe YAMLs."""
+    return _shipped("recipes")
+
+
+def examples_dir() -> Path:
+    """The folder holding the bundled example (``room_rgb.png``, ``room_sparse.npy``, ...)."""
+    return _shipped("examples")
+
+
+def list_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (path under ``recipes/`` without ``.yaml``, e.g. ``tiny/complete``)."""
+    root = recipes_dir()
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def find_recipe(spec) -> Path:
+    """A recipe path as given when it exists; else the shipped recipe it names (``recipes/tiny/complete.yaml``,
+    ``tiny/complete.yaml`` or ``tiny/complete``); else ``FileNotFoundError`` listing the shipped ones."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("recipes",) else path.parts
+    if parts and not path.is_absolute():
+        name = str(Path(*parts).with_suffix("")) if Path(*parts).suffix in (".yaml", ".yml") else str(Path(*parts))
+        shipped = list_recipes()
+        if name in shipped:
+            return shipped[name]
+    names = ", ".join(list_recipes()) or f"none found in {recipes_dir()}"
+    raise FileNotFoundError(f"recipe {spec} not found (no such file, and no shipped recipe of that name). "
+                            f"Shipped recipes: {names}. `depthkit recipes cp NAME DEST` copies one to edit.")
