@@ -198,20 +198,24 @@ def test_missing_parts_error(lotus_d, tmp_path):
         LotusModel.from_pretrained(tmp_path / "corrupt")
 
 
-def test_compute_empty_prompt_embeds_with_tiny_clip():
-    from tokenizers import Tokenizer, models
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+def test_compute_empty_prompt_embeds_with_tiny_clip(tmp_path):
+    """The empty prompt is tokenised without padding, as the public Lotus / SharpDepth code do: BOS + EOS only."""
+    import json
 
-    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3, "a": 4}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
-                                  pad_token="<pad>", unk_token="<unk>", model_max_length=77)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"),
+                        model_max_length=77)
     torch.manual_seed(0)
-    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=5, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=4, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
                                            num_attention_heads=4, max_position_embeddings=77)).eval()
     embeds = compute_empty_prompt_embeds(encoder, tok)
-    assert embeds.shape == (1, 77, 32) and embeds.dtype == torch.float32
+    assert embeds.shape == (1, 2, 32) and embeds.dtype == torch.float32
     with torch.no_grad():
-        expected = encoder(torch.zeros(1, 77, dtype=torch.long))[0]
+        expected = encoder(torch.tensor([[tok.bos_token_id, tok.eos_token_id]]))[0]  # BOS, EOS by hand
     assert torch.allclose(embeds, expected)
     # a model built with it runs
     tiny = build_tiny_lotus()

@@ -13,9 +13,11 @@ t = 999. What makes it small enough to write once here:
 - **Latents.** ``AutoencoderKL`` encodes with the posterior mean (no sampling: deterministic), times
   ``vae.config.scaling_factor`` (minus ``shift_factor`` where a VAE has one); depth is decoded as the mean of the
   3 output channels. Depth is normalised to [-1, 1] by :mod:`depthkit.sharpen.normalize`.
-- **Text.** The UNet is conditioned on the CLIP embedding of the empty prompt. It is a constant, so it is computed
-  once when weights are imported (:func:`compute_empty_prompt_embeds`) and stored beside them as
-  ``empty_prompt_embeds.safetensors``; no text encoder is ever loaded at run time.
+- **Text.** The UNet is conditioned on the CLIP embedding of the empty prompt, tokenised *without padding* as the
+  public Lotus and SharpDepth code do (BOS + EOS: ``1 x 2 x 1024`` for SD2's encoder; a 77-token padded prompt would
+  add 75 cross-attention keys and change every output). It is a constant, so it is computed once when weights are
+  imported (:func:`compute_empty_prompt_embeds`) and stored beside them as ``empty_prompt_embeds.safetensors``; no
+  text encoder is ever loaded at run time.
 - **Timestep.** t is passed explicitly: diffusers' ``set_timesteps(1)`` would give t = 0 unless
   ``timestep_spacing="trailing"``.
 
@@ -24,7 +26,7 @@ Checkpoint layout written by :meth:`LotusModel.save_pretrained` and read by :met
     DIR/unet/       diffusers UNet2DConditionModel (config.json + diffusion_pytorch_model.safetensors)
     DIR/vae/        diffusers AutoencoderKL
     DIR/scheduler/  DDPMScheduler config (its alphas_cumprod drive SDS noising during SharpDepth training)
-    DIR/empty_prompt_embeds.safetensors   {"empty_prompt_embeds": 1 x 77 x cross_attention_dim}
+    DIR/empty_prompt_embeds.safetensors   {"empty_prompt_embeds": 1 x L x cross_attention_dim} (L = 2 imported)
     DIR/lotus.json  {"format": "depthkit-lotus", "mode", "norm", "timestep", "default_processing_resolution", ...}
 """
 
@@ -96,13 +98,14 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.Tensor:
-    """The text-encoder output for the empty prompt, ``1 x L x D`` float32 on CPU (L = 77 for CLIP).
+    """The text-encoder output for the empty prompt, ``1 x L x D`` float32 on CPU (L = 2 for CLIP: BOS + EOS).
 
     Used only when importing released weights (a diffusers pipeline directory has ``text_encoder/`` and
     ``tokenizer/``): ``compute_empty_prompt_embeds(DIR / "text_encoder", DIR / "tokenizer")``. Either argument may
-    be a loaded object instead of a directory. The prompt is tokenised as Stable Diffusion does: padded to the
-    tokenizer's ``model_max_length`` (or the encoder's ``max_position_embeddings`` when that is unset), and the
-    last hidden state is kept.
+    be a loaded object instead of a directory. The prompt is tokenised *without padding* (``padding="do_not_pad"``),
+    as the public Lotus and SharpDepth code encode it [code], and the last hidden state is kept. (Stable Diffusion
+    pipelines pad to 77 tokens; CLIP's attention is causal, so the first two rows of that padded output equal this
+    embedding, but a UNet cross-attending to the 75 extra rows gives a different result.)
     """
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
@@ -114,16 +117,10 @@ def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.T
         text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model))
     else:
         text_encoder = text_encoder_dir_or_model
-    max_length = getattr(tokenizer, "model_max_length", None)
-    if not isinstance(max_length, int) or max_length > 4096:
-        max_length = int(text_encoder.config.max_position_embeddings)
-    tokens = tokenizer([""], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    tokens = tokenizer([""], padding="do_not_pad", truncation=True, return_tensors="pt")
     device = next(text_encoder.parameters()).device
-    kwargs = {}
-    if getattr(text_encoder.config, "use_attention_mask", False):
-        kwargs["attention_mask"] = tokens["attention_mask"].to(device)
     with torch.no_grad():
-        out = text_encoder(tokens["input_ids"].to(device), **kwargs)[0]
+        out = text_encoder(tokens["input_ids"].to(device))[0]
     return out.float().cpu()
 
 

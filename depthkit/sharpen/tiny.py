@@ -9,8 +9,8 @@ path is the one full-size Lotus takes. Defaults:
 - VAE: block_out_channels (32, 64, 64), layers_per_block 1, latent channels 4, no mid-block attention:
   **downsample factor 4** (Stable Diffusion's is 8). With the UNet's one downsampling,
   ``resolution_multiple`` is 8: a 48x64 image runs at 48x64 with a 12x16 latent.
-- empty-prompt embedding: random ``1 x 77 x 32`` (a stand-in for CLIP's; any fixed tensor works for a model trained
-  with it).
+- empty-prompt embedding: random ``1 x 2 x 32`` (a stand-in for CLIP's unpadded BOS + EOS embedding; any fixed
+  tensor works for a model trained with it).
 
 About 0.8 M parameters in the UNet and 0.9 M in the VAE; ``predict`` on a 48x64 image takes ~0.3 s on 2 CPU
 threads (mostly the full-resolution VAE convolutions).
@@ -79,7 +79,7 @@ def build_tiny_lotus(mode: str = "generative", seed: int = 0, norm: str = "depth
         torch.manual_seed(int(seed))
         vae_model = AutoencoderKL(**vae_cfg)
         unet_model = UNet2DConditionModel(**unet_cfg)
-        embeds = torch.randn(1, 77, unet_cfg["cross_attention_dim"])
+        embeds = torch.randn(1, 2, unet_cfg["cross_attention_dim"])
     model = LotusModel(unet_model, vae_model, embeds, mode=mode, norm=norm,
                        default_processing_resolution=default_processing_resolution)
     return model.eval()
