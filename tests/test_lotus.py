@@ -80,11 +80,20 @@ def test_constructor_checks_layout(lotus_g):
         LotusModel(lotus_g.unet, lotus_g.vae, lotus_g.empty_prompt_embeds, norm="inverse")
 
 
-def test_processing_size_rounds_to_multiple(lotus_g):
-    assert lotus_g.processing_size(37, 53) == (40, 56)
-    # scale 64 / 53: 37 * 1.2075 = 44.7 → 48 (nearest multiple of 8); 53 → 64
-    assert lotus_g.processing_size(37, 53, 64) == (48, 64)
-    assert lotus_g.processing_size(3, 5) == (8, 8)
+def test_processing_size_keeps_aspect_and_pads(lotus_g):
+    """Longest side -> the processing resolution, the other side h * res // longest (diffusers' Marigold image
+    processor, as the public SharpDepth pipeline), then replicate padding to a multiple of the VAE factor (4 here)."""
+    from depthkit.sharpen.lotus import pad_to_multiple
+
+    # KITTI at 768: 352 * 768 // 1216 = 222 (222.3), not 64-rounded 256 (which squashed it by 13.6 %)
+    assert lotus_g.processing_size(352, 1216, 768) == (222, 768)
+    assert lotus_g.padded_size(222, 768) == (224, 768)
+    assert lotus_g.processing_size(37, 53) == (37, 53) and lotus_g.padded_size(37, 53) == (40, 56)
+    assert lotus_g.processing_size(37, 53, 64) == (44, 64)  # 37 * 64 // 53 = 44
+    x = torch.arange(6.0).view(1, 1, 2, 3)
+    padded = pad_to_multiple(x, (4, 4))
+    assert torch.equal(padded[..., :2, :3], x) and torch.equal(padded[..., 3, :3], x[..., 1, :])
+    assert torch.equal(padded[..., :2, 3], x[..., :, 2])
     with pytest.raises(ValueError, match="processing_resolution must be a positive int"):
         lotus_g.processing_size(37, 53, 0)
 

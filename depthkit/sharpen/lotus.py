@@ -46,7 +46,7 @@ from depthkit.sharpen.normalize import SPACES, replicate3
 
 __all__ = [
     "TASKS", "LOTUS_MODES", "LOTUS_JSON", "EMBEDS_FILE", "HUB_PATTERNS", "task_embedding", "check_lotus_mode",
-    "default_scheduler_config", "image_to_tensor", "compute_empty_prompt_embeds", "resize_bilinear", "LotusModel", "resolve_model_dir",
+    "default_scheduler_config", "image_to_tensor", "compute_empty_prompt_embeds", "resize_bilinear", "pad_to_multiple", "LotusModel", "resolve_model_dir",
 ]
 
 TASKS = {"depth": (1.0, 0.0), "rgb": (0.0, 1.0)}
@@ -89,6 +89,17 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)
     return y.to(x.dtype)
+
+
+def pad_to_multiple(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pad ``B x C x h x w`` at the bottom and right to ``size`` by repeating the last row / column (the Marigold
+    image processor's "replicate" padding); crop back with ``x[..., :h, :w]``."""
+    ph, pw = int(size[0]) - x.shape[-2], int(size[1]) - x.shape[-1]
+    if ph < 0 or pw < 0:
+        raise ValueError(f"cannot pad {tuple(x.shape[-2:])} to the smaller {tuple(size)}.")
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x.float(), (0, pw, 0, ph), mode="replicate").to(x.dtype)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -143,7 +154,7 @@ class LotusModel(nn.Module):
         scheduler: a diffusers DDPM-family scheduler; default :func:`default_scheduler_config`.
         timestep: the fixed timestep; default ``num_train_timesteps - 1`` (999).
         default_processing_resolution: longest side (pixels) used by :meth:`predict` when none is given; None means
-            the input's own size (rounded to :attr:`resolution_multiple`). Released Lotus models use 768.
+            the input's own size (padded to a multiple of :attr:`vae_scale_factor`). Released models use 768.
     """
 
     def __init__(self, unet, vae, empty_prompt_embeds: torch.Tensor, mode: str = "generative", norm: str = "depth",
@@ -217,7 +228,9 @@ class LotusModel(nn.Module):
 
     @property
     def resolution_multiple(self) -> int:
-        """Processing sizes are multiples of this: vae_scale_factor x 2 ** (UNet down blocks − 1); 64 for SD."""
+        """Training crops are multiples of this: vae_scale_factor x 2 ** (UNet down blocks − 1); 64 for SD. (At
+        inference sizes are only padded to a multiple of :attr:`vae_scale_factor`; the UNet upsamples to the skip
+        connections' sizes.)"""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
     # ----------------------------------------------------------------- latents
@@ -297,15 +310,23 @@ class LotusModel(nn.Module):
 
     # ----------------------------------------------------------------- images
     def processing_size(self, height: int, width: int, processing_resolution: int | None = None) -> tuple[int, int]:
-        """Size the UNet sees: longest side ≈ ``processing_resolution`` (default :attr:`default_processing_resolution`,
-        else the input's), aspect kept, each side rounded to a multiple of :attr:`resolution_multiple`."""
+        """Size the image is resized to before padding: the longest side becomes ``processing_resolution`` (default
+        :attr:`default_processing_resolution`; None = the input's own size) and the other keeps the aspect ratio,
+        ``side · res // longest`` as diffusers' Marigold image processor (which the public SharpDepth pipeline uses)
+        computes it. :func:`pad_to_multiple` then pads it to a multiple of :attr:`vae_scale_factor` (8 for SD)."""
         res = self.default_processing_resolution if processing_resolution is None else processing_resolution
-        if res is not None and (not isinstance(res, (int, np.integer)) or res <= 0):
+        if res is not None and (isinstance(res, bool) or not isinstance(res, (int, np.integer)) or res <= 0):
             raise ValueError(f"processing_resolution must be a positive int (pixels, longest side) or None; "
                              f"received {processing_resolution!r}.")
-        m = self.resolution_multiple
-        scale = 1.0 if res is None else float(res) / max(height, width)
-        return (max(m, int(round(height * scale / m)) * m), max(m, int(round(width * scale / m)) * m))
+        if res is None:
+            return int(height), int(width)
+        longest = max(height, width)
+        return max(1, int(height) * int(res) // longest), max(1, int(width) * int(res) // longest)
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` rounded up to multiples of :attr:`vae_scale_factor`: what the UNet sees."""
+        f = self.vae_scale_factor
+        return -(-int(height) // f) * f, -(-int(width) // f) * f
 
     def prepare_image(self, image) -> tuple[torch.Tensor, bool]:
         """HxWx3 uint8 ndarray or ``B x 3 x H x W`` float tensor in [-1, 1] → ``(tensor in [-1, 1] on the model's
@@ -342,8 +363,9 @@ class LotusModel(nn.Module):
         Args:
             image: HxWx3 uint8 RGB ndarray (→ HxW float32 ndarray) or ``B x 3 x H x W`` tensor in [-1, 1]
                 (→ ``B x 1 x H x W`` float32 tensor on the model's device).
-            processing_resolution: longest side in pixels the model runs at (see :meth:`processing_size`); the
-                result is resized back bilinearly.
+            processing_resolution: longest side in pixels the model runs at (see :meth:`processing_size`; the
+                image is padded to a multiple of the VAE factor, and the prediction cropped and resized back
+                bilinearly).
             generator: noise for Lotus-G; default a fresh generator seeded 0, so calls are repeatable.
         """
         x, single = self.prepare_image(image)
@@ -351,8 +373,9 @@ class LotusModel(nn.Module):
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(0)
         with torch.inference_mode():
-            pred = self.predict_normalized(resize_bilinear(x, self.processing_size(h, w, processing_resolution)),
-                                           generator)
+            hr, wr = self.processing_size(h, w, processing_resolution)
+            x = pad_to_multiple(resize_bilinear(x, (hr, wr)), self.padded_size(hr, wr))
+            pred = self.predict_normalized(x, generator)[..., :hr, :wr]
             unit = ((resize_bilinear(pred.float(), (h, w)) + 1.0) * 0.5).clamp(0.0, 1.0)
         return unit[0, 0].cpu().numpy() if single else unit
 

@@ -48,7 +48,7 @@ from depthkit.sharpen.gating import (
     gate,
     sparse_to_latent_mask,
 )
-from depthkit.sharpen.lotus import LotusModel, image_to_tensor, resize_bilinear
+from depthkit.sharpen.lotus import LotusModel, image_to_tensor, pad_to_multiple, resize_bilinear
 from depthkit.sharpen.normalize import (
     denormalize_depth,
     masked_scale_shift,
@@ -254,19 +254,24 @@ class SharpDepth(nn.Module):
             measured = torch.isfinite(sparse) & (sparse > 0)
         # one normalisation range, from the full-resolution d, for every resolution below
         norm_full, params = normalize_depth(metric_depth, m.norm, "minmax")
-        hp, wp = m.processing_size(h, w, processing_resolution)
-        d_p, valid_p = resize_depth(metric_depth, (hp, wp))
+        # the public pipeline's geometry: longest side -> processing resolution, aspect kept, replicate-padded to a
+        # multiple of the VAE factor; everything below runs padded and is cropped back before resizing to (h, w)
+        hr, wr = m.processing_size(h, w, processing_resolution)
+        pad = m.padded_size(hr, wr)
+        d_p, valid_p = resize_depth(metric_depth, (hr, wr))
+        d_p, valid_p = pad_to_multiple(d_p, pad), pad_to_multiple(valid_p.float(), pad) > 0.5
         norm_p, _ = normalize_depth(d_p, m.norm, "minmax", valid_mask=valid_p, params=params)
         measured_p = None
         if measured is not None and cfg.zero_discrepancy_at_sparse:
-            measured_p = sparse_to_latent_mask(measured, (hp, wp))
+            measured_p = pad_to_multiple(sparse_to_latent_mask(measured, (hr, wr)).float(), pad) > 0.5
 
-        z_img = m.encode(resize_bilinear(image, (hp, wp)))
+        z_img = m.encode(pad_to_multiple(resize_bilinear(image, (hr, wr)), pad))
         z_lotus, lotus_p = self.lotus_pass(z_img, generator)
         e_p = discrepancy(lotus_p, norm_p, measured_p, cfg.discrepancy_norm, valid_p)
         z_d = m.encode_depth(norm_p)
         z_in, _ = self.gate_latent(z_d, e_p, measured_p, z_lotus, generator)
-        pred_p = m.decode_depth(m.predict_latent(z_img, z_in))
+        pred_p = m.decode_depth(m.predict_latent(z_img, z_in))[..., :hr, :wr]
+        lotus_p, e_p = lotus_p[..., :hr, :wr], e_p[..., :hr, :wr]
 
         pred = resize_bilinear(pred_p.float(), (h, w))
         e = resize_bilinear(e_p.float(), (h, w)).clamp(0.0, 1.0)
