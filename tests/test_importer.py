@@ -102,6 +102,7 @@ def test_import_sharpdepth_release(releases, tmp_path):
     assert meta["mode"] == "generative" and meta["norm"] == "depth" and meta["default_processing_resolution"] == 768
     loaded = SharpDepth.from_pretrained(part)
     assert loaded.lotus_unet is None
+    assert loaded.config.gate_noise == "noised_lotus"  # the public pipeline's gate input
     assert loaded.model.empty_prompt_embeds.shape == (1, 2, 32)  # unpadded: BOS + EOS
     assert torch.allclose(loaded.model.empty_prompt_embeds, embeds, atol=1e-6)  # computed once, from the release's CLIP
     # a UNet call of the imported checkpoint is a direct diffusers call with that embedding and Lotus's task switch

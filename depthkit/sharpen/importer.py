@@ -218,7 +218,10 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
             raise _error(f"the Lotus release {lotus} has a different VAE from {sharpdepth}; both passes share one "
                          "VAE (the sharpener's), so they must come from the same base model.")
         lotus_unet = other.unet
-    model = SharpDepth(main, lotus_unet=lotus_unet)
+    # the public inference settings (gate filled with the noised Lotus latent, as its pipeline does), stated
+    # explicitly so that a later change of SharpDepthConfig's defaults cannot change what a release computes
+    model = SharpDepth(main, {"gate_noise": "noised_lotus", "discrepancy_norm": "minmax",
+                              "discrepancy_downsample": "nearest", "fit_threshold": 0.5}, lotus_unet=lotus_unet)
     sources = {k: str(v) for k, v in (("sharpdepth", sharpdepth), ("lotus", lotus)) if v is not None}
     options = {"processing_resolution": None}
     return write_sharpen_checkpoint(out, model, options, imported_from=sources,
