@@ -118,8 +118,8 @@ def test_one_resolution_and_one_validation_per_run(tiny_ck, monkeypatch):
     load_sharpdepth resolve exactly once), and a pipeline run checks each input once, in the Pipeline."""
     import depthkit.sharpen.lotus as lotus
     import depthkit.sharpen.model as model
-    from depthkit.sharpen.checkpoint import load_sharpdepth
     from depthkit.checkpoints import CheckpointRef
+    from depthkit.sharpen.checkpoint import load_sharpdepth
     from depthkit.sharpen.stage import build_sharpen_stage
 
     resolved, checked = [], []
