@@ -122,7 +122,8 @@ def test_import_sharpdepth_release(releases, tmp_path):
     # 48 px: the tiny model at the release default of 768 px would take minutes on a CPU
     pipe = Pipeline(stages=("sharpen",), checkpoint=out, stage_options={"sharpen": {"processing_resolution": 48}})
     out_pipe = pipe(image, None, depth=depth)
-    assert np.array_equal(out_pipe.depth, by_hand.sharpen(image, depth, processing_resolution=48).depth)
+    np.testing.assert_allclose(out_pipe.depth, by_hand.sharpen(image, depth, processing_resolution=48).depth,
+                               rtol=1e-6, atol=1e-6)  # loaded weights are equal; conv kernels may differ in the last ulp
 
 
 def test_import_bin_only_release(releases, tmp_path):

@@ -283,7 +283,8 @@ def test_sharpdepth_save_load_round_trip(sharp, tmp_path):
     assert loaded.config.fit_threshold == 0.3 and loaded.lotus_unet is not None
     img, depth, sparse = _scene(32, 40, seed=4)
     a, b = separate(img, depth, sparse), loaded(img, depth, sparse)
-    assert np.array_equal(a.depth, b.depth) and np.array_equal(a.discrepancy, b.discrepancy)
+    np.testing.assert_allclose(a.depth, b.depth, rtol=1e-6, atol=1e-6)  # loaded weights are equal; conv kernels may differ in the last ulp
+    np.testing.assert_allclose(a.discrepancy, b.discrepancy, atol=1e-5)
     assert SharpDepth.from_pretrained(root, config={"fit_threshold": 0.7}).config.fit_threshold == 0.7
 
 
@@ -312,5 +313,5 @@ def test_few_optimisation_steps_lower_the_loss():
     assert torch.all(out["discrepancy"][sp > 0] == 0)
     assert losses[-1] < 0.8 * losses[0], losses
     assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
-    with pytest.raises(ValueError, match="multiples of 8"):
+    with pytest.raises(ValueError, match="multiples of 16"):
         model.compute_losses(x[..., :30], d[..., :30], teacher)
