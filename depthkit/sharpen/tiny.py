@@ -14,8 +14,9 @@ path is the one full-size Lotus takes. The layout is Stable Diffusion's in minia
   tensor works for a model trained with it).
 
 :data:`TINY_V1_UNET` / :data:`TINY_V1_VAE` are the overrides that rebuild the earlier layout (attention at the
-highest UNet level, a 4x VAE): its cost grew quadratically with the pixels (``benchmarks/sharpen.py`` compares both).
-Measured costs are in ``benchmarks/results/sharpen_cpu_speed.md``.
+highest UNet level, a 4x VAE), whose cost grew quadratically with the pixels. Measured on one CPU thread of a
+loaded 2-core machine, both UNet passes of the current layout take ~0.15 s at 320x240 and ~0.7 s at 640x480; the
+VAE (two encodes, two decodes) ~0.3 s and ~2.1 s.
 """
 
 from __future__ import annotations
