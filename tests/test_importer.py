@@ -54,9 +54,15 @@ def write_release(root, unet, vae, seed=0, class_name="SharpDepthPipeline"):
         "_class_name": class_name, "_diffusers_version": "0.30.0", "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}))
+    # the expected conditioning, built by hand: the public code tokenises "" without padding, i.e. the tokenizer's
+    # BOS and EOS ids, a 1 x 2 x 32 embedding; with CLIP's causal attention these are the first two rows of the
+    # 77-token padded output (EOS also pads)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
     with torch.no_grad():
-        ids = tok([""], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
-        return encoder(ids)[0]
+        unpadded = encoder(torch.tensor([[bos, eos]]))[0]
+        padded = encoder(torch.tensor([[bos] + [eos] * 76]))[0]
+    assert unpadded.shape == (1, 2, 32) and torch.allclose(padded[:, :2], unpadded, atol=1e-5)
+    return unpadded
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +102,17 @@ def test_import_sharpdepth_release(releases, tmp_path):
     assert meta["mode"] == "generative" and meta["norm"] == "depth" and meta["default_processing_resolution"] == 768
     loaded = SharpDepth.from_pretrained(part)
     assert loaded.lotus_unet is None
-    assert torch.equal(loaded.model.empty_prompt_embeds, embeds)  # computed once, from the release's CLIP
+    assert loaded.config.gate_noise == "noised_lotus"  # the public pipeline's gate input
+    assert loaded.model.empty_prompt_embeds.shape == (1, 2, 32)  # unpadded: BOS + EOS
+    assert torch.allclose(loaded.model.empty_prompt_embeds, embeds, atol=1e-6)  # computed once, from the release's CLIP
+    # a UNet call of the imported checkpoint is a direct diffusers call with that embedding and Lotus's task switch
+    z_img, noise = torch.randn(1, 4, 8, 12), torch.randn(1, 4, 8, 12)
+    depth_switch = torch.tensor([[np.sin(1.0), np.sin(0.0), np.cos(1.0), np.cos(0.0)]], dtype=torch.float32)
+    with torch.no_grad():
+        direct = model.unet(torch.cat([z_img, noise], 1), torch.tensor([999]), encoder_hidden_states=embeds,
+                            class_labels=depth_switch).sample
+        ours = loaded.model.predict_latent(z_img, noise)
+    assert torch.allclose(ours, direct, atol=1e-5)
     assert _same_weights(loaded.model.unet, model.unet) and _same_weights(loaded.model.vae, model.vae)
     # the checkpoint sharpens exactly like the release's parts assembled by hand
     image, depth = _scene()
@@ -106,7 +122,29 @@ def test_import_sharpdepth_release(releases, tmp_path):
     # 48 px: the tiny model at the release default of 768 px would take minutes on a CPU
     pipe = Pipeline(stages=("sharpen",), checkpoint=out, stage_options={"sharpen": {"processing_resolution": 48}})
     out_pipe = pipe(image, None, depth=depth)
-    assert np.array_equal(out_pipe.depth, by_hand.sharpen(image, depth, processing_resolution=48).depth)
+    np.testing.assert_allclose(out_pipe.depth, by_hand.sharpen(image, depth, processing_resolution=48).depth,
+                               rtol=1e-6, atol=1e-6)  # loaded weights are equal; conv kernels may differ in the last ulp
+
+
+def test_import_bin_only_release(releases, tmp_path):
+    """A hub release with only pytorch_model.bin / diffusion_pytorch_model.bin weights imports (torch.load with
+    weights_only=True) to the same checkpoint as the safetensors one."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    root, model, _ = releases["sharpdepth"]
+    bin_root = tmp_path / "bin_release"
+    shutil.copytree(root, bin_root)
+    for st in list(bin_root.rglob("*.safetensors")):
+        name = "pytorch_model.bin" if st.parent.name == "text_encoder" else "diffusion_pytorch_model.bin"
+        torch.save(load_file(str(st)), st.parent / name)
+        st.unlink()
+    a = SharpDepth.from_pretrained(import_checkpoint(tmp_path / "a", sharpdepth=root) / "sharpen")
+    b = SharpDepth.from_pretrained(import_checkpoint(tmp_path / "b", sharpdepth=bin_root) / "sharpen")
+    assert _same_weights(a.model.unet, b.model.unet) and _same_weights(a.model.vae, b.model.vae)
+    assert torch.equal(a.model.empty_prompt_embeds, b.model.empty_prompt_embeds)
+    assert _same_weights(b.model.unet, model.unet)
 
 
 def test_import_with_separate_lotus_and_lotus_alone(releases, tmp_path):
@@ -125,7 +163,7 @@ def test_import_with_separate_lotus_and_lotus_alone(releases, tmp_path):
     model = SharpDepth.from_pretrained(alone / "sharpen")
     assert model.model.norm == "disparity"  # from the release's name
     assert _same_weights(model.model.unet, lotus.unet)
-    assert torch.equal(model.model.empty_prompt_embeds, lotus_embeds)
+    assert torch.allclose(model.model.empty_prompt_embeds, lotus_embeds, atol=1e-6)
 
 
 def test_import_keeps_other_stages_and_cli(releases, tmp_path):

@@ -3,7 +3,7 @@
 - :func:`discrepancy` — e in [0, 1] from Lotus's prediction and the normalised metric depth (0 at measured pixels,
   1 where the metric depth is missing);
 - :func:`downsample_discrepancy`, :func:`sparse_to_latent_mask` — e at latent size (ê), 0 in every cell that
-  contains a measurement;
+  contains a measurement (used only with ``SharpDepthConfig.sparse_latent_cells``);
 - :func:`gate` — ``ê ⊙ noise + (1 − ê) ⊙ z_d``; :func:`apply_gate` — the training-time coin that gates a sample
   with probability ``gate_prob`` and otherwise gives it pure noise.
 
@@ -89,12 +89,15 @@ def gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor) -> torch.T
 
 
 def apply_gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor, prob: float = 0.8,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training-time gating: each sample is gated with probability ``prob``, else it gets pure ``noise`` [code].
+               generator: torch.Generator | None = None,
+               pure_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time gating: each sample is gated (``gate(z_d, noise, e_hat)``) with probability ``prob``, else it
+    gets ``pure_noise`` (default ``noise``) [code: ε, also when the gate fills with the noised Lotus latent].
 
     Returns ``(latent, gated)`` with ``gated`` a ``[B]`` bool tensor saying which samples were gated.
     """
     device = generator.device if generator is not None else z_d.device
     gated = (torch.rand(z_d.shape[0], generator=generator, device=device) < prob).to(z_d.device)
-    out = torch.where(gated.view(-1, 1, 1, 1), gate(z_d, noise, e_hat), noise.to(z_d.dtype))
+    other = noise if pure_noise is None else pure_noise
+    out = torch.where(gated.view(-1, 1, 1, 1), gate(z_d, noise, e_hat), other.to(z_d.dtype))
     return out, gated

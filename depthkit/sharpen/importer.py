@@ -35,6 +35,9 @@ DEFAULT_PROCESSING_RESOLUTION = 768
 _PATTERNS = ["model_index.json", "unet/*.json", "unet/*.safetensors", "vae/*.json", "vae/*.safetensors",
              "scheduler/*", "text_encoder/*.json", "text_encoder/*.safetensors", "tokenizer/*"]
 
+_BIN_WEIGHTS = {"unet": "unet/diffusion_pytorch_model.bin", "vae": "vae/diffusion_pytorch_model.bin",
+                "text_encoder": "text_encoder/pytorch_model.bin"}
+
 
 def _error(message: str) -> Exception:
     from depthkit.checkpoints import CheckpointError
@@ -43,8 +46,9 @@ def _error(message: str) -> Exception:
 
 
 def resolve_release(path_or_hub_id) -> Path:
-    """A local release folder, or a hub snapshot of ``owner/name`` (safetensors and configs only, see
-    :func:`depthkit.checkpoints.download_hub_snapshot`); ``HF_HUB_OFFLINE=1`` restricts it to the local cache."""
+    """A local release folder, or a hub snapshot of ``owner/name`` (configs and safetensors; ``.bin`` weights only for
+    parts that have no safetensors, see :func:`depthkit.checkpoints.download_hub_snapshot`); ``HF_HUB_OFFLINE=1``
+    restricts it to the local cache."""
     from depthkit.checkpoints import download_hub_snapshot, is_hub_id
 
     path = Path(path_or_hub_id).expanduser()
@@ -54,7 +58,12 @@ def resolve_release(path_or_hub_id) -> Path:
     if path.exists() or not is_hub_id(text):
         raise _error(f"release {text!r} not found: not a folder, and not a hub id (owner/name). Give the folder of "
                      "a diffusers pipeline (model_index.json, unet/, vae/, scheduler/, text_encoder/, tokenizer/).")
-    return download_hub_snapshot(text, "release", _PATTERNS)
+    root = download_hub_snapshot(text, "release", _PATTERNS)
+    # a release with only PyTorch pickles (.bin) gets those too; diffusers and transformers read them with
+    # torch.load(weights_only=True), which refuses anything but tensors
+    bins = [name for part, name in _BIN_WEIGHTS.items()
+            if (root / part).is_dir() and not any((root / part).glob("*.safetensors"))]
+    return download_hub_snapshot(text, "release", _PATTERNS + bins) if bins else root
 
 
 def check_release(root: Path) -> dict:
@@ -209,7 +218,10 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
             raise _error(f"the Lotus release {lotus} has a different VAE from {sharpdepth}; both passes share one "
                          "VAE (the sharpener's), so they must come from the same base model.")
         lotus_unet = other.unet
-    model = SharpDepth(main, lotus_unet=lotus_unet)
+    # the public inference settings (gate filled with the noised Lotus latent, as its pipeline does), stated
+    # explicitly so that a later change of SharpDepthConfig's defaults cannot change what a release computes
+    model = SharpDepth(main, {"gate_noise": "noised_lotus", "discrepancy_norm": "minmax",
+                              "discrepancy_downsample": "nearest", "fit_threshold": 0.5}, lotus_unet=lotus_unet)
     sources = {k: str(v) for k, v in (("sharpdepth", sharpdepth), ("lotus", lotus)) if v is not None}
     options = {"processing_resolution": None}
     return write_sharpen_checkpoint(out, model, options, imported_from=sources,

@@ -13,9 +13,11 @@ t = 999. What makes it small enough to write once here:
 - **Latents.** ``AutoencoderKL`` encodes with the posterior mean (no sampling: deterministic), times
   ``vae.config.scaling_factor`` (minus ``shift_factor`` where a VAE has one); depth is decoded as the mean of the
   3 output channels. Depth is normalised to [-1, 1] by :mod:`depthkit.sharpen.normalize`.
-- **Text.** The UNet is conditioned on the CLIP embedding of the empty prompt. It is a constant, so it is computed
-  once when weights are imported (:func:`compute_empty_prompt_embeds`) and stored beside them as
-  ``empty_prompt_embeds.safetensors``; no text encoder is ever loaded at run time.
+- **Text.** The UNet is conditioned on the CLIP embedding of the empty prompt, tokenised *without padding* as the
+  public Lotus and SharpDepth code do (BOS + EOS: ``1 x 2 x 1024`` for SD2's encoder; a 77-token padded prompt would
+  add 75 cross-attention keys and change every output). It is a constant, so it is computed once when weights are
+  imported (:func:`compute_empty_prompt_embeds`) and stored beside them as ``empty_prompt_embeds.safetensors``; no
+  text encoder is ever loaded at run time.
 - **Timestep.** t is passed explicitly: diffusers' ``set_timesteps(1)`` would give t = 0 unless
   ``timestep_spacing="trailing"``.
 
@@ -24,7 +26,7 @@ Checkpoint layout written by :meth:`LotusModel.save_pretrained` and read by :met
     DIR/unet/       diffusers UNet2DConditionModel (config.json + diffusion_pytorch_model.safetensors)
     DIR/vae/        diffusers AutoencoderKL
     DIR/scheduler/  DDPMScheduler config (its alphas_cumprod drive SDS noising during SharpDepth training)
-    DIR/empty_prompt_embeds.safetensors   {"empty_prompt_embeds": 1 x 77 x cross_attention_dim}
+    DIR/empty_prompt_embeds.safetensors   {"empty_prompt_embeds": 1 x L x cross_attention_dim} (L = 2 imported)
     DIR/lotus.json  {"format": "depthkit-lotus", "mode", "norm", "timestep", "default_processing_resolution", ...}
 """
 
@@ -44,7 +46,7 @@ from depthkit.sharpen.normalize import SPACES, replicate3
 
 __all__ = [
     "TASKS", "LOTUS_MODES", "LOTUS_JSON", "EMBEDS_FILE", "HUB_PATTERNS", "task_embedding", "check_lotus_mode",
-    "default_scheduler_config", "image_to_tensor", "compute_empty_prompt_embeds", "resize_bilinear", "LotusModel", "resolve_model_dir",
+    "default_scheduler_config", "image_to_tensor", "compute_empty_prompt_embeds", "resize_bilinear", "pad_to_multiple", "LotusModel", "resolve_model_dir",
 ]
 
 TASKS = {"depth": (1.0, 0.0), "rgb": (0.0, 1.0)}
@@ -89,6 +91,17 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return y.to(x.dtype)
 
 
+def pad_to_multiple(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pad ``B x C x h x w`` at the bottom and right to ``size`` by repeating the last row / column (the Marigold
+    image processor's "replicate" padding); crop back with ``x[..., :h, :w]``."""
+    ph, pw = int(size[0]) - x.shape[-2], int(size[1]) - x.shape[-1]
+    if ph < 0 or pw < 0:
+        raise ValueError(f"cannot pad {tuple(x.shape[-2:])} to the smaller {tuple(size)}.")
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x.float(), (0, pw, 0, ph), mode="replicate").to(x.dtype)
+
+
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB → ``1 x 3 x H x W`` float32 in [-1, 1] (CPU). No checks: the caller validated ``image``
     (:meth:`LotusModel.prepare_image` for public entries, :class:`depthkit.pipeline.Pipeline` for stages)."""
@@ -96,13 +109,14 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.Tensor:
-    """The text-encoder output for the empty prompt, ``1 x L x D`` float32 on CPU (L = 77 for CLIP).
+    """The text-encoder output for the empty prompt, ``1 x L x D`` float32 on CPU (L = 2 for CLIP: BOS + EOS).
 
     Used only when importing released weights (a diffusers pipeline directory has ``text_encoder/`` and
     ``tokenizer/``): ``compute_empty_prompt_embeds(DIR / "text_encoder", DIR / "tokenizer")``. Either argument may
-    be a loaded object instead of a directory. The prompt is tokenised as Stable Diffusion does: padded to the
-    tokenizer's ``model_max_length`` (or the encoder's ``max_position_embeddings`` when that is unset), and the
-    last hidden state is kept.
+    be a loaded object instead of a directory. The prompt is tokenised *without padding* (``padding="do_not_pad"``),
+    as the public Lotus and SharpDepth code encode it [code], and the last hidden state is kept. (Stable Diffusion
+    pipelines pad to 77 tokens; CLIP's attention is causal, so the first two rows of that padded output equal this
+    embedding, but a UNet cross-attending to the 75 extra rows gives a different result.)
     """
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
@@ -114,16 +128,10 @@ def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.T
         text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model))
     else:
         text_encoder = text_encoder_dir_or_model
-    max_length = getattr(tokenizer, "model_max_length", None)
-    if not isinstance(max_length, int) or max_length > 4096:
-        max_length = int(text_encoder.config.max_position_embeddings)
-    tokens = tokenizer([""], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    tokens = tokenizer([""], padding="do_not_pad", truncation=True, return_tensors="pt")
     device = next(text_encoder.parameters()).device
-    kwargs = {}
-    if getattr(text_encoder.config, "use_attention_mask", False):
-        kwargs["attention_mask"] = tokens["attention_mask"].to(device)
     with torch.no_grad():
-        out = text_encoder(tokens["input_ids"].to(device), **kwargs)[0]
+        out = text_encoder(tokens["input_ids"].to(device))[0]
     return out.float().cpu()
 
 
@@ -146,7 +154,7 @@ class LotusModel(nn.Module):
         scheduler: a diffusers DDPM-family scheduler; default :func:`default_scheduler_config`.
         timestep: the fixed timestep; default ``num_train_timesteps - 1`` (999).
         default_processing_resolution: longest side (pixels) used by :meth:`predict` when none is given; None means
-            the input's own size (rounded to :attr:`resolution_multiple`). Released Lotus models use 768.
+            the input's own size (padded to a multiple of :attr:`vae_scale_factor`). Released models use 768.
     """
 
     def __init__(self, unet, vae, empty_prompt_embeds: torch.Tensor, mode: str = "generative", norm: str = "depth",
@@ -220,7 +228,9 @@ class LotusModel(nn.Module):
 
     @property
     def resolution_multiple(self) -> int:
-        """Processing sizes are multiples of this: vae_scale_factor x 2 ** (UNet down blocks − 1); 64 for SD."""
+        """Training crops are multiples of this: vae_scale_factor x 2 ** (UNet down blocks − 1); 64 for SD. (At
+        inference sizes are only padded to a multiple of :attr:`vae_scale_factor`; the UNet upsamples to the skip
+        connections' sizes.)"""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
     # ----------------------------------------------------------------- latents
@@ -300,15 +310,23 @@ class LotusModel(nn.Module):
 
     # ----------------------------------------------------------------- images
     def processing_size(self, height: int, width: int, processing_resolution: int | None = None) -> tuple[int, int]:
-        """Size the UNet sees: longest side ≈ ``processing_resolution`` (default :attr:`default_processing_resolution`,
-        else the input's), aspect kept, each side rounded to a multiple of :attr:`resolution_multiple`."""
+        """Size the image is resized to before padding: the longest side becomes ``processing_resolution`` (default
+        :attr:`default_processing_resolution`; None = the input's own size) and the other keeps the aspect ratio,
+        ``side · res // longest`` as diffusers' Marigold image processor (which the public SharpDepth pipeline uses)
+        computes it. :func:`pad_to_multiple` then pads it to a multiple of :attr:`vae_scale_factor` (8 for SD)."""
         res = self.default_processing_resolution if processing_resolution is None else processing_resolution
-        if res is not None and (not isinstance(res, (int, np.integer)) or res <= 0):
+        if res is not None and (isinstance(res, bool) or not isinstance(res, (int, np.integer)) or res <= 0):
             raise ValueError(f"processing_resolution must be a positive int (pixels, longest side) or None; "
                              f"received {processing_resolution!r}.")
-        m = self.resolution_multiple
-        scale = 1.0 if res is None else float(res) / max(height, width)
-        return (max(m, int(round(height * scale / m)) * m), max(m, int(round(width * scale / m)) * m))
+        if res is None:
+            return int(height), int(width)
+        longest = max(height, width)
+        return max(1, int(height) * int(res) // longest), max(1, int(width) * int(res) // longest)
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` rounded up to multiples of :attr:`vae_scale_factor`: what the UNet sees."""
+        f = self.vae_scale_factor
+        return -(-int(height) // f) * f, -(-int(width) // f) * f
 
     def prepare_image(self, image) -> tuple[torch.Tensor, bool]:
         """HxWx3 uint8 ndarray or ``B x 3 x H x W`` float tensor in [-1, 1] → ``(tensor in [-1, 1] on the model's
@@ -345,8 +363,9 @@ class LotusModel(nn.Module):
         Args:
             image: HxWx3 uint8 RGB ndarray (→ HxW float32 ndarray) or ``B x 3 x H x W`` tensor in [-1, 1]
                 (→ ``B x 1 x H x W`` float32 tensor on the model's device).
-            processing_resolution: longest side in pixels the model runs at (see :meth:`processing_size`); the
-                result is resized back bilinearly.
+            processing_resolution: longest side in pixels the model runs at (see :meth:`processing_size`; the
+                image is padded to a multiple of the VAE factor, and the prediction cropped and resized back
+                bilinearly).
             generator: noise for Lotus-G; default a fresh generator seeded 0, so calls are repeatable.
         """
         x, single = self.prepare_image(image)
@@ -354,8 +373,9 @@ class LotusModel(nn.Module):
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(0)
         with torch.inference_mode():
-            pred = self.predict_normalized(resize_bilinear(x, self.processing_size(h, w, processing_resolution)),
-                                           generator)
+            hr, wr = self.processing_size(h, w, processing_resolution)
+            x = pad_to_multiple(resize_bilinear(x, (hr, wr)), self.padded_size(hr, wr))
+            pred = self.predict_normalized(x, generator)[..., :hr, :wr]
             unit = ((resize_bilinear(pred.float(), (h, w)) + 1.0) * 0.5).clamp(0.0, 1.0)
         return unit[0, 0].cpu().numpy() if single else unit
 

@@ -8,17 +8,21 @@ SharpDepth (Pham et al., CVPR 2025, arXiv 2411.18229) sharpens a metric depth ma
    z'_d = ê ⊙ ε + (1 − ê) ⊙ z_d, z_d = VAE(norm(d)), ê = e at latent size, and predicts ẑ;
 3. ẑ is decoded, fitted to d by least squares over pixels with e < 0.5, and returned in metres.
 
-Where the public code and the paper differ, :class:`SharpDepthConfig` has a switch (defaults follow the code).
+Where the public code and the paper differ, :class:`SharpDepthConfig` has a switch; each field's docstring says
+which source its default follows ([code] = github.com/Qualcomm-AI-research/SharpDepth, [paper] = arXiv 2411.18229).
+Defaults follow the code except λ_recons (0.3, the paper's; the released training script passes 0.4).
 norm(d) is the per-image min/max map of d to [-1, 1] in the Lotus model's space (depth or disparity, see
 :mod:`depthkit.sharpen.normalize`); the scale/shift fit happens in that space and is mapped back to metres with the
 same range, which for depth space is exactly the code's direct fit to metres.
 
 depthkit additions (documented choices):
 
-- e = 0 at measured sparse pixels, so sharpening never moves a measurement. At latent size a cell that contains any
-  measured pixel gets ê = 0 (max-pooled sparse mask) — a single LiDAR return protects its whole f x f cell, so a
-  dense measurement (ToF) leaves little to sharpen. The returned depth then has every measured pixel restored.
-- pixels where d is missing (0, not finite) get e = 1: they are fully regenerated and excluded from the fit.
+- e = 0 at measured sparse pixels, and the returned depth has every measured pixel restored after decoding, so
+  sharpening never moves a measurement. Optionally (``sparse_latent_cells``) every latent cell containing a
+  measured pixel also gets ê = 0; off by default, because one LiDAR return then switches sharpening off for its
+  whole f x f cell (see the field for the measurement).
+- pixels where d is missing (0, not finite) get e = 1 at inference: they are fully regenerated and excluded from the
+  fit; in training they carry no reconstruction weight (there is nothing to reconstruct).
 - e's max is taken per image (the code takes it over the batch, which is the same at its batch size 1).
 - inference is single-step and deterministic by default (noise from a generator seeded 0).
 
@@ -38,7 +42,7 @@ import torch
 from torch import nn
 
 from depthkit.dtypes import torch_dtype
-from depthkit.sharpen.ema import EMA  # noqa: F401  (re-export: depthkit.sharpen.train imports it from here)
+from depthkit.sharpen.ema import EMA, EMA_SCHEDULES  # noqa: F401  (EMA re-exported: depthkit.sharpen.train imports it)
 from depthkit.sharpen.gating import (
     DISCREPANCY_DOWNSAMPLES,
     DISCREPANCY_NORMS,
@@ -48,7 +52,7 @@ from depthkit.sharpen.gating import (
     gate,
     sparse_to_latent_mask,
 )
-from depthkit.sharpen.lotus import LotusModel, image_to_tensor, resize_bilinear
+from depthkit.sharpen.lotus import LotusModel, image_to_tensor, pad_to_multiple, resize_bilinear
 from depthkit.sharpen.normalize import (
     denormalize_depth,
     masked_scale_shift,
@@ -72,37 +76,48 @@ class SharpDepthConfig:
     discrepancy_downsample: str = "nearest"
     """Resize of e to latent size: "nearest" [code] or "area" (average over each cell)."""
     gate_prob: float = 0.8
-    """Training: probability that a sample gets the gated latent; otherwise pure noise [code]."""
-    gate_noise: str = "noise"
-    """What fills high-discrepancy cells: "noise" = ε [paper formula]; "noised_lotus" = the pass-1 latent noised to
-    t=999 with the scheduler, sqrt(ᾱ)·ẑ_lotus + sqrt(1−ᾱ)·ε [code] (≈ 0.07·ẑ + 0.998·ε for SD's schedule)."""
+    """Training: probability that a sample gets the gated latent; otherwise pure noise ε [code]."""
+    gate_noise: str = "noised_lotus"
+    """What fills high-discrepancy cells: "noised_lotus" [code, training and inference] = the pass-1 latent noised to
+    t=999 with the scheduler, sqrt(ᾱ)·ẑ_lotus + sqrt(1−ᾱ)·ε (≈ 0.068·ẑ + 0.998·ε for SD's schedule); "noise"
+    [paper formula] = ε."""
     sds_timestep: str = "fixed"
     """"fixed": t = 999 [code]; "sampled": t ~ U[sds_t_min, sds_t_max] per sample [paper]."""
     sds_t_min: int = 20
-    """Lower bound of sampled SDS timesteps (DreamFusion's 0.02·T; the paper gives no range)."""
+    """Lower bound of sampled SDS timesteps (DreamFusion's 0.02·T; neither source gives a range)."""
     sds_t_max: int = 980
     """Upper bound (inclusive) of sampled SDS timesteps (0.98·T)."""
     lambda_sds: float = 1.0
     """Weight of the SDS loss [paper and code]."""
     lambda_recons: float = 0.3
-    """Weight of the reconstruction loss [paper]; the released training script uses 0.4 (0.2 in other runs)."""
+    """Weight of the reconstruction loss [paper]; the released training script passes 0.4 (its argparse default is
+    0.2)."""
     ema_decay: float = 0.9999
-    """EMA decay of the student that produces pass 1 during training [code]."""
+    """EMA decay (the maximum, with a warm-up) of the student that produces pass 1 during training [code]."""
     ema_start: int = 100
-    """EMA: before this many updates the EMA is a copy of the student [code]."""
+    """EMA: calls up to this one copy the student [code: ema-pytorch's update_after_step]."""
     ema_every: int = 10
-    """EMA: after ema_start, update every this many steps [code]."""
-    ema_warmup_power: float | None = None
-    """None: constant decay (the stated rule). 2/3 reproduces the code's library default, decay_k =
-    min(ema_decay, 1 − (1 + k)^(−power)) for the k-th EMA update."""
+    """EMA: act on every this-many-th call [code: update_every]."""
+    ema_warmup_power: float | None = 2.0 / 3.0
+    """EMA warm-up, counted in calls k (not in averaging updates): decay_k = min(ema_decay, 1 − (1 + k −
+    ema_start)^(−power)) [code: ema-pytorch's default power 2/3, inv_gamma 1]; None = constant ema_decay."""
+    ema_schedule: str = "ema_pytorch"
+    """"ema_pytorch" [code]: the library's rule — call 0 and every ema_every-th call up to ema_start copy, every
+    ema_every-th call after it averages; "every_call_copy": every call before ema_start copies, then every
+    ema_every-th call from ema_start on averages (depthkit's earlier rule)."""
     fit_threshold: float = 0.5
     """Inference: scale/shift are fitted over pixels with e < fit_threshold [code]."""
     zero_discrepancy_at_sparse: bool = True
-    """depthkit: e = 0 at measured sparse pixels (and the latent cells containing them)."""
+    """depthkit: e = 0 at measured sparse pixels (and the output keeps the measured values there)."""
+    sparse_latent_cells: bool = False
+    """depthkit: also ê = 0 in every latent cell that contains a measured pixel. Off by default because one LiDAR
+    return then switches sharpening off for its whole cell, while the measured pixels are restored after decoding
+    either way. NOT YET MEASURED: the ablation that should set this default is still to be written."""
 
     def __post_init__(self):
         choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
-                   "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled")}
+                   "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled"),
+                   "ema_schedule": EMA_SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SharpDepthConfig.{name} must be one of {allowed}; received {getattr(self, name)!r}.")
@@ -203,21 +218,22 @@ class SharpDepth(nn.Module):
                     lotus_latent: torch.Tensor | None = None, generator: torch.Generator | None = None,
                     training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The sharpener's second input from z_d and the full-resolution e: downsample e (cells with a
-        measurement → 0 when ``zero_discrepancy_at_sparse``), draw the noise (``gate_noise``), gate. With
-        ``training`` the gate is applied with probability ``gate_prob`` (else pure noise). Returns
+        measurement → 0 when ``sparse_latent_cells``), draw ε, fill high-e cells per ``gate_noise``, gate. With
+        ``training`` the gate is applied with probability ``gate_prob``; other samples get pure ε [code]. Returns
         ``(latent, gated [B] bool)``."""
         cfg = self.config
-        sparse = sparse_mask if cfg.zero_discrepancy_at_sparse else None
+        sparse = sparse_mask if (cfg.zero_discrepancy_at_sparse and cfg.sparse_latent_cells) else None
         e_hat = downsample_discrepancy(e, z_d.shape[-2:], cfg.discrepancy_downsample, sparse)
         noise = self.model.noise_like(z_d, generator)
+        fill = noise
         if cfg.gate_noise == "noised_lotus":
             if lotus_latent is None:
                 raise ValueError("gate_noise='noised_lotus' needs the pass-1 latent (lotus_latent).")
             t = self.model.timesteps(z_d.shape[0])
-            noise = self.model.scheduler.add_noise(lotus_latent.float(), noise.float(), t).to(z_d.dtype)
+            fill = self.model.scheduler.add_noise(lotus_latent.float(), noise.float(), t).to(z_d.dtype)
         if training:
-            return apply_gate(z_d, noise, e_hat, cfg.gate_prob, generator)
-        return gate(z_d, noise, e_hat), torch.ones(z_d.shape[0], dtype=torch.bool, device=z_d.device)
+            return apply_gate(z_d, fill, e_hat, cfg.gate_prob, generator, pure_noise=noise)
+        return gate(z_d, fill, e_hat), torch.ones(z_d.shape[0], dtype=torch.bool, device=z_d.device)
 
     # ----------------------------------------------------------------- inference
     @torch.inference_mode()
@@ -254,19 +270,24 @@ class SharpDepth(nn.Module):
             measured = torch.isfinite(sparse) & (sparse > 0)
         # one normalisation range, from the full-resolution d, for every resolution below
         norm_full, params = normalize_depth(metric_depth, m.norm, "minmax")
-        hp, wp = m.processing_size(h, w, processing_resolution)
-        d_p, valid_p = resize_depth(metric_depth, (hp, wp))
+        # the public pipeline's geometry: longest side -> processing resolution, aspect kept, replicate-padded to a
+        # multiple of the VAE factor; everything below runs padded and is cropped back before resizing to (h, w)
+        hr, wr = m.processing_size(h, w, processing_resolution)
+        pad = m.padded_size(hr, wr)
+        d_p, valid_p = resize_depth(metric_depth, (hr, wr))
+        d_p, valid_p = pad_to_multiple(d_p, pad), pad_to_multiple(valid_p.float(), pad) > 0.5
         norm_p, _ = normalize_depth(d_p, m.norm, "minmax", valid_mask=valid_p, params=params)
         measured_p = None
-        if measured is not None and cfg.zero_discrepancy_at_sparse:
-            measured_p = sparse_to_latent_mask(measured, (hp, wp))
+        if measured is not None and cfg.zero_discrepancy_at_sparse:  # measured pixels at processing size
+            measured_p = pad_to_multiple(sparse_to_latent_mask(measured, (hr, wr)).float(), pad) > 0.5
 
-        z_img = m.encode(resize_bilinear(image, (hp, wp)))
+        z_img = m.encode(pad_to_multiple(resize_bilinear(image, (hr, wr)), pad))
         z_lotus, lotus_p = self.lotus_pass(z_img, generator)
         e_p = discrepancy(lotus_p, norm_p, measured_p, cfg.discrepancy_norm, valid_p)
         z_d = m.encode_depth(norm_p)
         z_in, _ = self.gate_latent(z_d, e_p, measured_p, z_lotus, generator)
-        pred_p = m.decode_depth(m.predict_latent(z_img, z_in))
+        pred_p = m.decode_depth(m.predict_latent(z_img, z_in))[..., :hr, :wr]
+        lotus_p, e_p = lotus_p[..., :hr, :wr], e_p[..., :hr, :wr]
 
         pred = resize_bilinear(pred_p.float(), (h, w))
         e = resize_bilinear(e_p.float(), (h, w)).clamp(0.0, 1.0)
@@ -365,7 +386,8 @@ class SharpDepth(nn.Module):
             teacher_x0 = m.predict_latent(z_img, z_t, timestep=t, unet=teacher_unet)
         sds = sds_loss(z_hat, teacher_x0, t, m.scheduler.alphas_cumprod)
         d_hat = m.decode_depth(z_hat)
-        recons = reconstruction_loss(d_hat.float() * 0.5 + 0.5, metric_norm * 0.5 + 0.5, e)
+        # pixels without a metric value get no reconstruction weight (e = 1 there only tells the gate to regenerate)
+        recons = reconstruction_loss(d_hat.float() * 0.5 + 0.5, metric_norm * 0.5 + 0.5, e * valid.to(e.dtype))
         loss = cfg.lambda_sds * sds + cfg.lambda_recons * recons
         return {"loss": loss, "sds": sds.detach(), "recons": recons.detach(), "discrepancy": e, "gated": gated,
                 "timesteps": t}
