@@ -2,7 +2,7 @@
 
 In a source checkout (or an editable install) they are the repository's top-level ``recipes/`` and ``examples/``;
 a built wheel carries the same files as package data under ``depthkit/recipes`` and ``depthkit/examples``
-(``setup.cfg`` maps them there), so ``depthkit train recipes/tiny/complete.yaml`` and the README example work from
+(copied there by the build hook in ``setup.py``), so ``depthkit train recipes/tiny/complete.yaml`` and the README example work from
 any folder.
 """
 
