@@ -153,12 +153,12 @@ def check_tree(root) -> None:
 
 
 @contextlib.contextmanager
-def loading(path, what: str):
-    """Run a library load: whatever it raises (other than a :class:`CheckpointError`, ``KeyboardInterrupt`` or
-    ``MemoryError``) becomes a :class:`CheckpointError` naming ``what`` and ``path``."""
+def loading(path, what: str, passthrough: tuple = ()):
+    """Run a library load: whatever it raises (other than a :class:`CheckpointError`, the ``passthrough`` types,
+    ``KeyboardInterrupt`` or ``MemoryError``) becomes a :class:`CheckpointError` naming ``what`` and ``path``."""
     try:
         yield
-    except CheckpointError:
+    except (CheckpointError, *passthrough):
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from depthkit.checkpoints import CheckpointRef
+from depthkit.checkpoints import CheckpointRef, loading
 from depthkit.data.baselines import CLASSICAL_METHODS
 from depthkit.outputs import StageResult
 from depthkit.sharpen.stage import build_sharpen_stage
@@ -105,6 +105,16 @@ def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", 
                                             **{**stored, **options})
 
 
+def build_sharpen(checkpoint: CheckpointRef | None, device: str = "cpu", dtype: str = "float32",
+                  options: dict | None = None) -> Stage:
+    """The ``sharpen`` stage (:func:`depthkit.sharpen.stage.build_sharpen_stage`); whatever its loaders raise
+    besides a ``ValueError`` (a malformed ``sharpen/`` part: wrong types, missing tensors) becomes one
+    :class:`~depthkit.checkpoints.CheckpointError` naming the folder."""
+    where = checkpoint.part("sharpen") if checkpoint is not None else "(no checkpoint)"
+    with loading(where, "the sharpen part (sharpdepth.json, lotus.json, unet/, vae/)", passthrough=(ValueError,)):
+        return build_sharpen_stage(checkpoint, device=device, dtype=dtype, options=options)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One row of :data:`STAGES`."""
@@ -118,7 +128,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("complete", "sparse depth -> dense metric depth (classical methods or the learned SDIM completer)",
               build_complete_stage),
     StageSpec("sharpen", "dense metric depth -> sharper metric depth (SharpDepth; needs a checkpoint's sharpen/)",
-              build_sharpen_stage),
+              build_sharpen),
 )}
 """The stages by name, in the order a pipeline runs them."""
 

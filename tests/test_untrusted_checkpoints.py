@@ -284,3 +284,74 @@ def test_sdim_channels_are_bounded(ck):
     path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="channels=10000000 is outside the allowed range"):
         load_complete(ck / "complete")
+
+
+# ------------------------------------------------------------------------------- the sharpen part (items 3 and 5)
+
+
+@pytest.fixture(scope="module")
+def sharpen_source(tmp_path_factory):
+    from depthkit.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_sharpen") / "ck"
+    assert main(["init-checkpoint", "--tiny", str(root), "--stages", "sharpen"]) == 0
+    return root
+
+
+@pytest.fixture
+def sck(sharpen_source, tmp_path):
+    dest = tmp_path / "sck"
+    shutil.copytree(sharpen_source, dest)
+    return dest
+
+
+def _sharpen_pipeline(root):
+    from depthkit import Pipeline
+
+    return Pipeline.from_pretrained(root, stages=("sharpen",))
+
+
+def test_malformed_sharpen_json_is_one_error_naming_the_folder(sck):
+    _edit_json(sck / "sharpen" / "sharpdepth.json", config="x")
+    with pytest.raises(ValueError, match="sharp"):  # CheckpointError or the loader's own ValueError: one message
+        _sharpen_pipeline(sck)
+
+
+def test_half_the_unet_tensors_missing_is_a_named_error(sck):
+    from safetensors.torch import load_file, save_file
+
+    path = sck / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(path))
+    keep = sorted(tensors)[: len(tensors) // 2]
+    save_file({k: tensors[k] for k in keep}, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="sharpen"):
+        _sharpen_pipeline(sck)
+
+
+def test_sharpen_processing_resolution_is_bounded(sck):
+    _edit_json(sck / "depthkit.json", stages={"sharpen": {"processing_resolution": 60000}})
+    with pytest.raises(CheckpointError, match="processing_resolution=60000 is outside the allowed range"):
+        _sharpen_pipeline(sck)
+
+
+def test_the_sharpen_stage_works_at_a_capped_resolution():
+    from types import SimpleNamespace
+
+    from depthkit.checkpoints import MAX_WORKING_SIDE, working_side
+    from depthkit.sharpen.stage import SharpenStage
+
+    assert working_side(None, (6000, 8000)) == MAX_WORKING_SIDE and working_side(None, (60, 80)) is None
+    assert working_side(768, (6000, 8000)) == 768
+    seen = []
+
+    def sharpen_checked(image, depth, sparse, processing_resolution):
+        seen.append(processing_resolution)
+        z = np.zeros(depth.shape, np.float32)
+        return SimpleNamespace(depth=z, discrepancy=z, lotus=z)
+
+    model = SimpleNamespace(model=SimpleNamespace(default_processing_resolution=None), sharpen_checked=sharpen_checked)
+    big = np.zeros((MAX_WORKING_SIDE + 1, 4), np.float32)
+    SharpenStage(model).run(np.zeros((*big.shape, 3), np.uint8), None, big)
+    SharpenStage(model).run(np.zeros((8, 4, 3), np.uint8), None, np.ones((8, 4), np.float32))
+    SharpenStage(model, processing_resolution=64).run(np.zeros((*big.shape, 3), np.uint8), None, big)
+    assert seen == [MAX_WORKING_SIDE, None, 64]
