@@ -6,17 +6,33 @@ A checkpoint is a plain directory with ``depthkit.json``::
      "stages": {"complete": {...options...}, "sharpen": {...}}}
 
 plus a subfolder per learned stage (``complete/``, ``sharpen/``). Loading is local-first; a hub id is only tried
-when it is not an existing path, and ``HF_HUB_OFFLINE=1`` is respected. A checkpoint is untrusted input: paths it
-names are resolved with :func:`safe_join` and cannot leave its directory.
+when it is not an existing path, and ``HF_HUB_OFFLINE=1`` is respected.
+
+A checkpoint is untrusted input (``checkpoints/README.md`` states what is guaranteed and which tests prove it).
+The checks every loader shares live here:
+
+- :func:`safe_join`: a path a checkpoint names is relative and stays inside it; :func:`check_tree`: no symlink in
+  the checkpoint resolves outside it, and no JSON file carries ``auto_map`` (code shipped with the checkpoint —
+  every ``from_pretrained`` also passes ``trust_remote_code=False``).
+- :func:`read_json`: JSON read with a size limit; invalid, too deep, NaN/Infinity or overflowing numbers are a
+  :class:`CheckpointError` naming the file. :func:`check_format_version`, :func:`bounded` (every size read from a
+  checkpoint has a documented range, :data:`BOUNDS`), :func:`check_attn_implementation`.
+- :func:`loading`: wraps a library load so that whatever it raises becomes one :class:`CheckpointError` naming the
+  file; :func:`check_loading_info` turns transformers' loading report (missing, unexpected, mismatched keys) into
+  an error; :func:`check_finite_output`: a stage's output must be finite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 MANIFEST = "depthkit.json"
 FORMAT = "depthkit-checkpoint"
@@ -27,6 +43,164 @@ _TRUE = ("1", "true", "yes")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or corrupt; the message says which file and what to do."""
+
+
+MAX_JSON_BYTES = 64 << 20
+"""The largest JSON file a checkpoint may hold (bytes)."""
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+"""The attention implementations a checkpoint or option may name (no hub kernels: they are downloaded code)."""
+BOUNDS: dict[str, tuple[float, float]] = {
+    "pixels": (1, 12_845_056),  # min/max_pixels (H*W): Qwen2.5-VL's own default maximum (16384 tokens of 28x28)
+    "edge": (1, 12_845_056),  # a preprocessor's size.shortest_edge/longest_edge (they hold pixel counts in Qwen2-VL)
+    "patch_size": (1, 64),
+    "merge_size": (1, 8),
+    "temporal_patch_size": (1, 4),
+    "channels": (1, 4096),  # SDIM depth-branch channels
+    "kernel_size": (1, 31),
+    "processing_resolution": (8, 4096),  # longest side (pixels) the sharpen UNet works at
+    "vae_scale_factor": (1, 64),
+}
+"""Documented range ``(lo, hi)`` of every size a checkpoint may set (see :func:`bounded`)."""
+MAX_WORKING_SIDE = 2048
+"""The longest side (pixels) a stage works at when nothing smaller is asked: larger inputs are processed at this
+size and the result upsampled (``docs/memory.md`` records the resulting memory per stage)."""
+
+
+def read_json(path, what: str = "file"):
+    """The parsed JSON at ``path``; :class:`CheckpointError` naming the file when it is missing, larger than
+    :data:`MAX_JSON_BYTES`, not JSON, nested too deeply, or holds NaN/Infinity or a number that overflows."""
+    path = Path(path)
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite_float(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"number {text[:40]} overflows")
+        return value
+
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} ({what}) is larger than {MAX_JSON_BYTES >> 20} MiB; not a checkpoint file.")
+        return json.loads(path.read_text(), parse_constant=no_constant, parse_float=finite_float)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path} ({what}) is missing.") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{path} ({what}) is nested too deeply to be a checkpoint file.") from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} is corrupt (not valid JSON: {exc}); it is the {what}. Re-create or "
+                              "re-download it.") from exc
+
+
+def check_format_version(value, supported: int, source) -> int:
+    """``value`` as a format version: an int from 1 to ``supported`` (else :class:`CheckpointError` naming
+    ``source``)."""
+    if type(value) is not int or value < 1:
+        raise CheckpointError(f"{source}: format_version must be a positive integer; got {value!r}.")
+    if value > supported:
+        raise CheckpointError(f"{source} has format_version {value}, newer than this depthkit supports "
+                              f"({supported}). Upgrade depthkit.")
+    return value
+
+
+def bounded(name: str, value, lo: float, hi: float, source, integer: bool = True, optional: bool = False):
+    """``value`` checked to be a number (an int when ``integer``) in ``[lo, hi]``; None passes when ``optional``.
+    Raises :class:`CheckpointError` naming ``name``, ``source`` (the file) and the allowed range."""
+    if value is None and optional:
+        return None
+    kind = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (lo <= value <= hi):
+        raise CheckpointError(f"{source}: {name}={value!r} is outside the allowed range: "
+                              f"{'an integer' if integer else 'a number'} from {lo} to {hi}"
+                              f"{' (or null)' if optional else ''}.")
+    return value
+
+
+def check_attn_implementation(value, source):
+    """``value`` if it is None or one of :data:`ATTN_IMPLEMENTATIONS` (a hub kernel would download code)."""
+    if value is not None and value not in ATTN_IMPLEMENTATIONS:
+        raise CheckpointError(f"{source}: attn_implementation={value!r} is not allowed; use one of "
+                              f"{', '.join(ATTN_IMPLEMENTATIONS)} (hub kernels are code and are never loaded).")
+    return value
+
+
+def check_tree(root) -> None:
+    """Refuse checkpoint folder ``root`` when a symlink in it resolves outside it, or a JSON file in it carries
+    ``auto_map`` (custom code transformers would offer to run) or ``quantization_config`` (a quantization backend
+    depthkit does not load)."""
+    root = Path(root)
+    real = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if target != real and real not in target.parents:
+                    raise CheckpointError(f"{path} is a symlink to {target}, outside the checkpoint {root}; a "
+                                          "checkpoint may only link inside itself.")
+        for name in filenames:
+            if name.endswith(".json"):
+                data = read_json(Path(dirpath) / name)
+                for key in ("auto_map", "quantization_config"):
+                    if isinstance(data, dict) and key in data:
+                        why = ("custom Python code shipped with the checkpoint; depthkit never runs it"
+                               if key == "auto_map" else "quantized weights, which depthkit does not load")
+                        raise CheckpointError(f"{Path(dirpath) / name} names {key!r} ({why}). Remove the key or use "
+                                              "a checkpoint saved by depthkit.")
+
+
+@contextlib.contextmanager
+def loading(path, what: str, passthrough: tuple = ()):
+    """Run a library load: whatever it raises (other than a :class:`CheckpointError`, the ``passthrough`` types,
+    ``KeyboardInterrupt`` or ``MemoryError``) becomes a :class:`CheckpointError` naming ``what`` and ``path``."""
+    try:
+        yield
+    except (CheckpointError, *passthrough):
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{what} in {path} does not load ({type(exc).__name__}: {first[:500]}). Re-export "
+                              "or re-download the checkpoint.") from exc
+
+
+def check_loading_info(info: dict, path, what: str = "model weights", limit: int = 5) -> None:
+    """Raise :class:`CheckpointError` when transformers' ``output_loading_info`` report ``info`` lists missing,
+    unexpected or mismatched keys (a weight left randomly initialised or ignored), naming the file and the first
+    ``limit`` keys of each kind."""
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in (info.get(kind) or ()))
+        if keys:
+            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+            problems.append(f"{len(keys)} {kind.replace('_', ' ')} ({', '.join(keys[:limit])}{more})")
+    if info.get("error_msgs"):
+        problems.append(f"errors: {'; '.join(map(str, info['error_msgs']))[:300]}")
+    if problems:
+        raise CheckpointError(f"{what} in {path} do not match the model: {'; '.join(problems)}. The file is "
+                              "incomplete or belongs to another model; re-export or re-download it.")
+
+
+def check_finite_output(stage: str, array) -> None:
+    """Raise ``ValueError`` when stage ``stage``'s output ``array`` (depth, metres) holds NaN or infinity — broken
+    weights must not turn into a written depth map."""
+    a = np.asarray(array)
+    if a.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            raise ValueError(f"the {stage} stage produced {bad} non-finite value(s) of {a.size} (NaN or infinity); "
+                             "nothing was written. Its checkpoint weights are probably corrupt: re-export or "
+                             "re-download it.")
+
+
+def working_side(requested: int | None, shape, cap: int = MAX_WORKING_SIDE) -> int | None:
+    """The longest side (pixels) a stage should work at for an input of ``shape`` (H, W, ...): ``requested`` when
+    given, else None (native) while the input's longest side is at most ``cap``, else ``cap``."""
+    if requested is not None:
+        return int(requested)
+    return None if max(int(shape[0]), int(shape[1])) <= cap else int(cap)
 
 
 def embedded_checkpoints_dir() -> Path:
@@ -131,23 +305,20 @@ def load_manifest(root) -> dict:
             f"{root} is not a depthkit checkpoint: {MANIFEST} is missing (found: {present or 'nothing'}). "
             "Create one with `depthkit init-checkpoint --tiny DIR`, or import released weights."
         )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is corrupt (not valid JSON: {exc}). Re-create or re-download it.") from exc
+    manifest = read_json(path, "checkpoint manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a depthkit manifest (expected \"format\": \"{FORMAT}\").")
-    if int(manifest.get("format_version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format_version {manifest.get('format_version')}, newer than this depthkit supports "
-            f"({FORMAT_VERSION}). Upgrade depthkit."
-        )
+    check_format_version(manifest.get("format_version"), FORMAT_VERSION, path)
     stages = manifest.get("stages")
     if not isinstance(stages, dict) or not stages:
         raise CheckpointError(f"{path} lists no stages; expected e.g. {{\"stages\": {{\"complete\": {{}}}}}}.")
     for name, opts in stages.items():
         if not isinstance(opts, dict):
             raise CheckpointError(f"{path}: stage {name!r} options must be an object; got {type(opts).__name__}.")
+        check_attn_implementation(opts.get("attn_implementation"), f"{path}: stage {name!r}")
+        for key in ("quantization_config", "trust_remote_code"):
+            if key in opts:
+                raise CheckpointError(f"{path}: stage {name!r} names {key!r}; a checkpoint may not set it.")
     return manifest
 
 
@@ -170,7 +341,9 @@ class CheckpointRef:
         if isinstance(spec, CheckpointRef):
             return spec
         root = resolve_checkpoint(spec)
-        return cls(root, dict(load_manifest(root)["stages"]))
+        manifest = load_manifest(root)
+        check_tree(root)
+        return cls(root, dict(manifest["stages"]))
 
     @classmethod
     def default(cls) -> CheckpointRef | None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from depthkit.checkpoints import CheckpointRef
+from depthkit.checkpoints import CheckpointRef, check_finite_output
 from depthkit.dtypes import canonical_dtype_name
 from depthkit.outputs import DepthOutput, StageResult
 from depthkit.stages import STAGE_ORDER, STAGES
@@ -246,6 +246,7 @@ class Pipeline:
         for stage in self.stages:
             t0 = time.perf_counter()
             res = stage.run(image, sparse, depth)
+            check_finite_output(stage.name, res.depth)
             res.depth = restore_measurements(res.depth, sparse)
             res.seconds = time.perf_counter() - t0
             results[stage.name] = res

@@ -12,16 +12,23 @@ train_lotus.py``) owns its loop; these are the pieces that must behave identical
   uninterrupted run would have seen, with no sampler or RNG state to save.
 - **Data** (:class:`MixedDataset`): several readers behind one index, mixed by weight.
 - **Checkpoints** (:func:`save_state` / :func:`load_latest_state`): ``<run>/checkpoints/step_000123/`` holds
-  ``state.pt`` (model/optimizer/scheduler/EMA state dicts, tensors only) and ``meta.json``; written to a temporary
-  folder, fsynced and renamed, so an interrupted save never leaves a half checkpoint that resume would pick up.
-  Resume loads with ``torch.load(weights_only=True)``. The final export (:func:`atomic_export`) is swapped into
-  place the same way.
+  ``state.pt`` (model/optimizer/scheduler/EMA state dicts, tensors only), ``meta.json`` and ``checksums.json``
+  (SHA-256 of the other two); written to a temporary folder, fsynced and renamed, so an interrupted save never
+  leaves a half checkpoint that resume would pick up. A failed write (a full disk) removes its temporary folder,
+  keeps the previous checkpoint and raises an ``OSError`` saying so. Resume verifies the checksums, checks the
+  step (the folder's name, ``meta.json``, ``max_steps``), loads with ``torch.load(weights_only=True)`` and
+  truncates ``log.jsonl`` to the resumed step. The final export (:func:`atomic_export`) is swapped into place the
+  same way. Partial folders left by a killed save or export are removed when a run starts
+  (:func:`remove_partial`).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -29,16 +36,62 @@ from pathlib import Path
 import numpy as np
 
 CHECKPOINTS = "checkpoints"
+CHECKSUMS = "checksums.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_TMP_STEP = ".tmp_step_"
+_EXPORT_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
 def prepare_run_dir(output_dir, resume: bool) -> Path:
-    """Create the run folder; refuse to start over a run that has resumable checkpoints unless resuming."""
+    """Create the run folder (removing partial folders a killed save or export left, :func:`remove_partial`);
+    refuse to start over a run that has resumable checkpoints unless resuming."""
     run = Path(output_dir)
     if not resume and latest_state_dir(run) is not None:
         raise ValueError(f"{run} already holds a training run (checkpoints/). Resume it with --resume, or choose "
                          "another output.output_dir.")
     run.mkdir(parents=True, exist_ok=True)
+    remove_partial(run)
     return run
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_partial(run_dir: str | Path, all_pids: bool = True) -> list[Path]:
+    """Remove what killed saves and exports left in ``run_dir``: ``checkpoints/.tmp_step_*`` folders and
+    ``.<name>.tmp-<pid>`` export folders; an ``.<name>.old-<pid>`` folder is moved back to ``<name>`` when the swap
+    was killed before the new one arrived, else removed. ``all_pids=False`` spares folders of live processes.
+    Returns the paths removed or restored."""
+    run = Path(run_dir)
+    done = []
+    ckpts = run / CHECKPOINTS
+    if ckpts.is_dir():
+        for p in ckpts.glob(f"{_TMP_STEP}*"):
+            pid = p.name.rsplit("_", 1)[-1]
+            if all_pids or not (pid.isdigit() and _pid_alive(int(pid))):
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(p)
+    if run.is_dir():
+        for p in run.iterdir():
+            m = _EXPORT_TMP.match(p.name)
+            if m is None or not p.is_dir() or (not all_pids and _pid_alive(int(m["pid"]))):
+                continue
+            final = run / m["name"]
+            if m["kind"] == "old" and not final.exists():
+                os.replace(p, final)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+            done.append(p)
+    return done
 
 
 def start_run(recipe, resume: bool):
@@ -209,22 +262,46 @@ class StepSampler:
         return out
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_state(run_dir: str | Path, step: int, state: dict, meta: dict | None = None, keep_last: int = 2) -> Path:
-    """Atomically write a resumable checkpoint for optimizer step ``step`` and prune older ones."""
+    """Atomically write a resumable checkpoint for optimizer step ``step`` and prune older ones.
+
+    Raises:
+        OSError: the write failed (e.g. ``ENOSPC``, a full disk); the temporary folder is removed, the previous
+            checkpoints are untouched, and the message says what to do.
+    """
     import torch
 
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_step_{step:07d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **(meta or {})}, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    tmp = root / f"{_TMP_STEP}{step:07d}_{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **(meta or {})}, indent=1))
+        sums = {name: _sha256(tmp / name) for name in ("state.pt", "meta.json")}
+        (tmp / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_state_dir(run_dir)
+        code = getattr(exc, "errno", None) or (errno.ENOSPC if "space" in str(exc).lower() else errno.EIO)
+        raise OSError(code, f"could not write the training checkpoint for step {step} in {root} "
+                      f"({type(exc).__name__}: {exc}). The partial folder was removed; the last complete checkpoint "
+                      f"({previous.name if previous else 'none'}) is intact. Free disk space (or lower keep_last) "
+                      "and continue with --resume.") from exc
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -240,28 +317,94 @@ def latest_state_dir(run_dir: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def load_latest_state(run_dir: str | Path, map_location="cpu") -> tuple[int, dict, dict] | None:
-    """``(step, state, meta)`` of the newest complete checkpoint under ``run_dir``, or None."""
+def _verify(path: Path) -> dict:
+    """Check ``path``'s checksums and step; returns its ``meta.json``. Raises ValueError naming what is wrong."""
+    what = (f"resumable checkpoint {path} is corrupt or was edited", "Delete it to resume from the previous one "
+            "(or start the run again).")
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text())["sha256"]
+    except FileNotFoundError:
+        raise ValueError(f"{what[0]}: {CHECKSUMS} is missing (it was written by an older depthkit, or the save "
+                         f"was interrupted). {what[1]}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{what[0]}: {CHECKSUMS} is unreadable ({exc}). {what[1]}") from exc
+    for name in ("state.pt", "meta.json"):
+        if not isinstance(sums, dict) or sums.get(name) != _sha256(path / name):
+            raise ValueError(f"{what[0]}: {name} does not match its SHA-256 in {CHECKSUMS}. {what[1]}")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what[0]}: meta.json is not JSON ({exc}). {what[1]}") from exc
+    m = _STEP_DIR.match(path.name)
+    step = meta.get("step") if isinstance(meta, dict) else None
+    if m is None or type(step) is not int or step != int(m.group(1)):
+        raise ValueError(f"{what[0]}: meta.json says step {step!r} but the folder is {path.name}. {what[1]}")
+    return meta
+
+
+def load_latest_state(run_dir: str | Path, map_location="cpu", max_steps: int | None = None,
+                      ) -> tuple[int, dict, dict] | None:
+    """``(step, state, meta)`` of the newest complete checkpoint under ``run_dir``, or None.
+
+    The checkpoint's checksums (:data:`CHECKSUMS`) are verified and its step must match its folder name and be at
+    most ``max_steps`` (when given) and ``meta["steps_total"]`` (when saved); rows of ``<run>/log.jsonl`` for steps
+    after the resumed one are removed (they will be logged again). Raises ValueError naming the checkpoint."""
     import torch
 
     path = latest_state_dir(run_dir)
     if path is None:
         return None
+    meta = _verify(path)
+    step = meta["step"]
+    limits = [x for x in (max_steps, meta.get("steps_total")) if type(x) is int]
+    limit = min(limits) if limits else None
+    if limit is not None and step > limit:
+        raise ValueError(f"resumable checkpoint {path} is at step {step}, beyond this run's {limit} steps; resume "
+                         "with the recipe it was trained with, or delete the checkpoint.")
     try:
         state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
-        meta = json.loads((path / "meta.json").read_text())
     except Exception as exc:
         raise ValueError(f"resumable checkpoint {path} is corrupt ({type(exc).__name__}: {exc}); delete it to "
                          "resume from the previous one.") from exc
-    return int(meta["step"]), state, meta
+    truncate_log(Path(run_dir) / "log.jsonl", step)
+    return step, state, meta
+
+
+def truncate_log(path: str | Path, step: int) -> None:
+    """Drop the rows of JSONL log ``path`` whose ``step`` is after ``step`` (atomically; rows without a step and
+    unparsable rows are kept)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+            later = isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] > step
+        except json.JSONDecodeError:
+            later = False
+        if not later:
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
 
 
 def atomic_export(final: str | Path, write) -> Path:
     """Call ``write(tmp)`` on a fresh sibling folder ``.<name>.tmp-<pid>``, fsync its files, then swap it in for
     ``final`` (an existing ``final`` is renamed aside first and removed after the swap): an interrupted export never
-    leaves a half-written ``final``. The temporary folder is removed if ``write`` fails. Returns ``final``."""
+    leaves a half-written ``final``. The temporary folder is removed if ``write`` fails; folders a killed export
+    left beside ``final`` are cleaned up first (an ``.old-<pid>`` one is moved back when ``final`` is missing).
+    Returns ``final``."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for p in final.parent.glob(f".{final.name}.*-*"):  # left by a killed export (its process is gone)
+        m = _EXPORT_TMP.match(p.name)
+        if m and m["name"] == final.name and not _pid_alive(int(m["pid"])):
+            if m["kind"] == "old" and not final.exists():
+                os.replace(p, final)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -114,3 +114,103 @@ def test_run_folder_guard_and_atomic_export(tmp_path):
         atomic_export(final, fail)
     assert sorted(p.name for p in final.iterdir()) == ["a.txt"]  # the previous export is untouched
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "final"]  # no temporary folder left
+
+
+# ----------------------------------------------------------------------------------- hardening (issue 14, items 6-7)
+
+
+def _save_three(run):
+    for step in (1, 2, 3):
+        save_state(run, step, {"w": torch.full((4,), float(step))}, {"steps_total": 10}, keep_last=2)
+
+
+def test_full_disk_during_save_keeps_the_last_checkpoint_and_a_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    _save_three(tmp_path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # part of the file is written, then the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file: "
+                           "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="step_0000003.*intact") as info:
+        save_state(tmp_path, 4, {"w": torch.zeros(4)}, keep_last=2)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(torch, "save", real_save)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_0000002", "step_0000003"]  # no partial folder, nothing pruned
+    step, state, _ = load_latest_state(tmp_path)
+    assert step == 3 and torch.equal(state["w"], torch.full((4,), 3.0))
+
+
+def test_run_start_removes_partial_folders_of_killed_saves_and_exports(tmp_path):
+    from depthkit.training import prepare_run_dir
+
+    _save_three(tmp_path)
+    partial = tmp_path / "checkpoints" / ".tmp_step_0000004_999999"
+    partial.mkdir()
+    (partial / "state.pt").write_bytes(b"x" * 100)
+    (tmp_path / ".final.tmp-999999").mkdir()
+    (tmp_path / ".old_export.old-999999").mkdir()  # a swap killed after moving the old export aside
+    prepare_run_dir(tmp_path, resume=True)
+    assert not partial.exists() and not (tmp_path / ".final.tmp-999999").exists()
+    assert (tmp_path / "old_export").is_dir()  # moved back
+    assert load_latest_state(tmp_path)[0] == 3
+
+
+def test_atomic_export_removes_what_a_killed_export_left(tmp_path):
+    from depthkit.training import atomic_export
+
+    stale = tmp_path / ".complete.tmp-999999"  # no such process
+    stale.mkdir()
+    atomic_export(tmp_path / "complete", lambda tmp: (tmp / "a.txt").write_text("a"))
+    assert not stale.exists() and (tmp_path / "complete" / "a.txt").read_text() == "a"
+
+
+def test_resume_refuses_flipped_bytes_and_edited_steps(tmp_path):
+    _save_three(tmp_path)
+    last = latest_state_dir(tmp_path)
+    data = bytearray((last / "state.pt").read_bytes())
+    data[-40] ^= 0x01  # one flipped bit inside the tensor data: torch.load alone would not notice
+    (last / "state.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="state.pt does not match"):
+        load_latest_state(tmp_path)
+
+    run = tmp_path / "edited"
+    _save_three(run)
+    meta_path = latest_state_dir(run) / "meta.json"
+    import json
+
+    meta = json.loads(meta_path.read_text())
+    meta["step"] = 999
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="meta.json does not match"):
+        load_latest_state(run)
+    # the same edit with the checksums rewritten is still refused: the step must match the folder and max_steps
+    from depthkit.training import CHECKSUMS, _sha256
+
+    sums = {n: _sha256(meta_path.parent / n) for n in ("state.pt", "meta.json")}
+    (meta_path.parent / CHECKSUMS).write_text(json.dumps({"sha256": sums}))
+    with pytest.raises(ValueError, match="says step 999"):
+        load_latest_state(run)
+
+
+def test_resume_refuses_a_step_beyond_max_steps(tmp_path):
+    _save_three(tmp_path)
+    with pytest.raises(ValueError, match="beyond this run's 2 steps"):
+        load_latest_state(tmp_path, max_steps=2)
+    assert load_latest_state(tmp_path, max_steps=3)[0] == 3
+
+
+def test_resume_truncates_the_log_to_the_resumed_step(tmp_path):
+    import json
+
+    _save_three(tmp_path)
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 6)] + [{"note": "no step"}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    load_latest_state(tmp_path)
+    kept = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r.get("step") for r in kept] == [1, 2, 3, None]

@@ -9,16 +9,20 @@ Layout of ``<checkpoint>/complete/`` (everything needed to run offline)::
                                    the base Qwen2.5-VL (save_pretrained; LoRA merged in)         weights.kind = full
     adapter/adapter_config.json, adapter/adapter_model.safetensors
                                    instead of the above when LoRA is kept separate; the base is
-                                   complete.json's weights.base_model (hub id or a path inside) weights.kind = adapter
+                                   complete.json's weights.base_model: "hub:owner/name" or a
+                                   folder named relative to complete/ that stays inside it       weights.kind = adapter
     depth_modules.safetensors, sdim_config.json          SDIM depth branch + proj2 (SDIMModel.save_depth_modules)
     tokenizer.json, tokenizer_config.json, preprocessor_config.json, chat_template.jinja     the processor
     residual_head.safetensors      only with readout = residual_head (its constructor args in complete.json)
 
 :func:`save_complete` writes into a temporary sibling folder and renames it into place
 (:func:`depthkit.training.atomic_export`), so a reader never sees a
-half-written checkpoint. :func:`load_complete` treats the folder as untrusted input: safetensors only, no
-``trust_remote_code``, paths named in ``complete.json`` resolved with :func:`depthkit.checkpoints.safe_join`, and
-every missing or unreadable file reported by name as a :class:`depthkit.checkpoints.CheckpointError`.
+half-written checkpoint. :func:`load_complete` treats the folder as untrusted input: safetensors only,
+``trust_remote_code=False`` and no ``auto_map`` or escaping symlink (:func:`depthkit.checkpoints.check_tree`),
+paths named in ``complete.json`` resolved with :func:`depthkit.checkpoints.safe_join`, every size in the JSON files
+within :data:`depthkit.checkpoints.BOUNDS`, transformers' loading report checked (no weight left randomly
+initialised), and every missing, unreadable or mismatched file reported by name as a
+:class:`depthkit.checkpoints.CheckpointError`.
 
 Merging LoRA (``merge_lora=True``) never modifies the model being saved: the merged weights ``W + delta`` are built
 in a separate state dict (peft's own ``get_delta_weight``), so training can go on after an export.
@@ -26,7 +30,6 @@ in a separate state dict (peft's own ``get_delta_weight``), so training can go o
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from depthkit.checkpoints import CheckpointError, hub_offline, is_hub_id, safe_join
+from depthkit.checkpoints import (
+    BOUNDS,
+    CheckpointError,
+    bounded,
+    check_attn_implementation,
+    check_loading_info,
+    check_tree,
+    hub_offline,
+    is_hub_id,
+    loading,
+    read_json,
+    safe_join,
+)
 from depthkit.complete.settings import COMPLETE_JSON, CompleteSettings
 from depthkit.dtypes import torch_dtype
 
@@ -44,6 +59,8 @@ __all__ = [
 ]
 
 ADAPTER_DIR = "adapter"
+HUB_PREFIX = "hub:"
+"""``weights.base_model`` of an adapter checkpoint names a hub base explicitly as ``hub:owner/name``."""
 TINY_MIN_PIXELS = 28 * 28
 TINY_MAX_PIXELS = 168 * 168
 _RESERVED = ("format", "format_version", "weights", "residual_head")
@@ -63,19 +80,31 @@ class LoadedCompleter:
 
 
 def load_base_model(name_or_path, dtype="float32", attn_implementation: str | None = None):
-    """A stock ``Qwen2_5_VLForConditionalGeneration`` from a local directory or a hub id (safetensors only).
+    """A stock ``Qwen2_5_VLForConditionalGeneration`` from a local directory or a hub id (``owner/name`` or
+    ``hub:owner/name``; safetensors only, ``trust_remote_code=False``).
 
-    A hub id needs the network or the HF cache; when neither has it the ``OSError`` says what was asked, whether
-    ``HF_HUB_OFFLINE`` is set, and what to do.
+    Raises:
+        CheckpointError: a local directory whose files do not load, or whose weights do not match the model
+            (missing, unexpected or mismatched keys: nothing is left randomly initialised).
+        OSError: a hub id that needs the network or the HF cache and neither has it; the message says what was
+            asked, whether ``HF_HUB_OFFLINE`` is set, and what to do.
     """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    kwargs = {"dtype": torch_dtype(dtype), "use_safetensors": True}
+    kwargs = {"dtype": torch_dtype(dtype), "use_safetensors": True, "trust_remote_code": False,
+              "output_loading_info": True}
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        kwargs["attn_implementation"] = check_attn_implementation(attn_implementation, "attn_implementation")
     text = str(name_or_path)
+    text = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
+    if Path(text).expanduser().is_dir():  # a local folder: any failure is the folder's, never "not in the cache"
+        check_tree(text)
+        with loading(text, "the base model (config.json, model.safetensors)"):
+            model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(text, **kwargs)
+        check_loading_info(info, text, "the base model weights")
+        return model
     try:
-        return Qwen2_5_VLForConditionalGeneration.from_pretrained(text, **kwargs)
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(text, **kwargs)
     except OSError as exc:
         why = ("HF_HUB_OFFLINE is set, so only the local hub cache was searched and it is not there"
                if hub_offline() else "it is not a local directory and the hub could not be reached (network down?) or "
@@ -86,6 +115,8 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
             "and give that folder instead (in a recipe: model.base=/that/folder); or unset HF_HUB_OFFLINE.\n(transformers said: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from exc
+    check_loading_info(info, text, "the base model weights")
+    return model
 
 
 def build_tiny_base(tiny=None, seed: int = 0, min_pixels: int | None = None, max_pixels: int | None = None):
@@ -150,8 +181,9 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
         processor: the :class:`~depthkit.complete.processor.SDIMProcessor` it was trained with.
         settings: inference settings for ``complete.json`` (``prompt_prior``, ``pixel_reference``, ``readout``, ...);
             ``prompt_version``, ``min_pixels``, ``max_pixels`` are filled in when absent. With
-            ``merge_lora=False`` give ``base_model`` (a hub id, or a path relative to ``directory``) — where the
-            base weights come from at load time.
+            ``merge_lora=False`` give ``base_model`` (``hub:owner/name`` — a bare ``owner/name`` that is not an
+            existing path is stored with the prefix — or a path relative to ``directory``) — where the base
+            weights come from at load time.
         residual_head: a :class:`~depthkit.complete.readout.ResidualHead` (required for ``readout=residual_head``).
         merge_lora: store LoRA merged into full base weights (default; loads without peft) or as an adapter.
     """
@@ -180,10 +212,13 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
         if not ref:
             raise ValueError("merge_lora=False needs settings['base_model']: the hub id (or a path inside the "
                              "checkpoint) of the base model the adapter belongs to.")
-        if os.path.isabs(str(ref)):
+        ref = str(ref)
+        if os.path.isabs(ref):
             raise ValueError(f"base_model {ref!r} is an absolute path; a checkpoint may only name a hub id or a "
                              "path inside itself. Use merge_lora=True (self-contained) or a hub id.")
-        weights = {"kind": "adapter", "base_model": str(ref), "adapter": ADAPTER_DIR}
+        if not ref.startswith(HUB_PREFIX) and is_hub_id(ref) and not os.path.exists(ref):
+            ref = HUB_PREFIX + ref  # a bare owner/name given here is a hub id: stored explicitly
+        weights = {"kind": "adapter", "base_model": ref, "adapter": ADAPTER_DIR}
     else:
         weights = {"kind": "full", "lora_merged": bool(peft)}
     head_info = None
@@ -242,12 +277,67 @@ def _read_settings(directory: Path) -> CompleteSettings:
         raise CheckpointError(str(exc)) from exc
 
 
+def _check_sizes(directory: Path) -> None:
+    """Every size in the processor and SDIM configs within :data:`~depthkit.checkpoints.BOUNDS` (before anything
+    allocates memory by them)."""
+    from depthkit.complete.model import SDIM_CONFIG_FILE
+
+    path = directory / "preprocessor_config.json"
+    pre = read_json(path, "image processor settings")
+    if not isinstance(pre, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; got {type(pre).__name__}.")
+    size = pre.get("size") or {}
+    if not isinstance(size, dict):
+        raise CheckpointError(f"{path}: size must be an object; got {size!r}.")
+    for key in ("shortest_edge", "longest_edge"):
+        bounded(f"size.{key}", size.get(key), *BOUNDS["edge"], path, optional=True)
+    for key in ("min_pixels", "max_pixels"):
+        bounded(key, pre.get(key), *BOUNDS["pixels"], path, optional=True)
+    for key in ("patch_size", "merge_size", "temporal_patch_size"):
+        bounded(key, pre.get(key), *BOUNDS[key], path, optional=True)
+    path = directory / SDIM_CONFIG_FILE
+    sdim = read_json(path, "SDIM settings")
+    inner = sdim.get("sdim_config") if isinstance(sdim, dict) else None
+    if not isinstance(inner, dict):
+        raise CheckpointError(f"{path} must hold an object with an \"sdim_config\" object.")
+    for key in ("channels", "kernel_size"):
+        bounded(f"sdim_config.{key}", inner.get(key), *BOUNDS[key], path, optional=True)
+    for key in ("patch_size", "temporal_patch_size"):
+        bounded(key, sdim.get(key), *BOUNDS[key], path, optional=True)
+
+
+def _base_reference(directory: Path, ref: str) -> str:
+    """``weights.base_model`` of an adapter checkpoint as something :func:`load_base_model` takes: ``hub:owner/name``
+    stays a hub id; anything else is a folder relative to ``directory`` that must stay inside it."""
+    if ref.startswith(HUB_PREFIX):
+        if not is_hub_id(ref[len(HUB_PREFIX):]):
+            raise CheckpointError(f"{directory / COMPLETE_JSON}: weights.base_model {ref!r} is not a hub id "
+                                  "(hub:owner/name).")
+        return ref
+    path = safe_join(directory, ref)
+    if not path.is_dir():
+        raise CheckpointError(f"{directory / COMPLETE_JSON}: weights.base_model {ref!r} is not a folder inside the "
+                              f"checkpoint ({path} does not exist). A hub base is written \"hub:owner/name\"; a local "
+                              "base must be named relative to the checkpoint's complete/ folder.")
+    return str(path)
+
+
+def _check_finite(module: nn.Module, path, what: str) -> None:
+    """Refuse weights holding NaN or infinity (they would run and turn into a depth map of NaN)."""
+    for name, t in module.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{what} in {path} hold non-finite values (NaN or infinity; first: {name}). The "
+                                  "checkpoint is corrupt: re-export or re-download it.")
+
+
 def _weight_files(directory: Path) -> list[str]:
     if (directory / "model.safetensors.index.json").is_file():
+        index = read_json(directory / "model.safetensors.index.json", "weight index")
         try:
-            index = json.loads((directory / "model.safetensors.index.json").read_text())
             shards = sorted(set(index["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            if not all(isinstance(x, str) for x in shards):
+                raise TypeError("shard names must be strings")
+        except (KeyError, AttributeError, TypeError) as exc:
             raise CheckpointError(f"{directory / 'model.safetensors.index.json'} is corrupt ({exc}).") from exc
         for s in shards:
             safe_join(directory, s)
@@ -289,9 +379,12 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
 
     directory = Path(directory)
     settings = _read_settings(directory)
+    check_tree(directory)
     weights = settings.weights
     _require(directory, [DEPTH_MODULES_FILE, SDIM_CONFIG_FILE], "SDIM depth modules")
     _require(directory, ["preprocessor_config.json", "tokenizer_config.json"], "processor / tokenizer")
+    _check_sizes(directory)
+    check_attn_implementation(attn_implementation, f"{directory}: attn_implementation")
     head_info = settings.residual_head
     head_path = safe_join(directory, str(head_info.get("file", ""))) if isinstance(head_info, dict) else None
     if head_path is not None and not head_path.is_file():
@@ -304,19 +397,17 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
         for f in files:
             if f.endswith(".safetensors"):
                 _check_safetensors(directory / f)
-        try:
-            base = load_base_model(directory, dtype=dtype, attn_implementation=attn_implementation)
-        except OSError as exc:
-            raise CheckpointError(f"could not load the base model in {directory}: {exc}") from exc
+        base = load_base_model(directory, dtype=dtype, attn_implementation=attn_implementation)
     else:
         adapter = safe_join(directory, str(weights.get("adapter", ADAPTER_DIR)))
         _require(adapter, ["adapter_config.json", "adapter_model.safetensors"], "LoRA adapter")
         _check_safetensors(adapter / "adapter_model.safetensors")
-        ref = base_model or str(weights.get("base_model", ""))
-        if not ref:
-            raise CheckpointError(f"{directory / COMPLETE_JSON}: adapter checkpoint without weights.base_model.")
-        if base_model is None and not is_hub_id(ref):
-            ref = str(safe_join(directory, ref))
+        ref = base_model or weights.get("base_model")
+        if not ref or not isinstance(ref, str):
+            raise CheckpointError(f"{directory / COMPLETE_JSON}: adapter checkpoint without weights.base_model "
+                                  f"(got {ref!r}).")
+        if base_model is None:
+            ref = _base_reference(directory, ref)
         base = load_base_model(ref, dtype=dtype, attn_implementation=attn_implementation)
         from peft import PeftModel
 
@@ -327,17 +418,13 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
                                   f"({type(exc).__name__}: {exc}).") from exc
 
     _check_safetensors(directory / DEPTH_MODULES_FILE)
-    try:
+    with loading(directory, f"the depth modules ({DEPTH_MODULES_FILE}, {SDIM_CONFIG_FILE})"):
         model = SDIMModel.from_depth_modules(base, directory)
-    except (ValueError, KeyError, json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"depth modules in {directory} ({DEPTH_MODULES_FILE}, {SDIM_CONFIG_FILE}) do not "
-                              f"load: {exc}") from exc
+    _check_finite(model, directory, "the model weights (model.safetensors / depth_modules.safetensors)")
     model = model.to(device=device, dtype=torch_dtype(dtype)).eval()
 
-    try:
+    with loading(directory, "the processor files (tokenizer, preprocessor_config.json)"):
         processor = load_processor(directory)
-    except Exception as exc:
-        raise CheckpointError(f"the processor files in {directory} do not load ({type(exc).__name__}: {exc}).") from exc
 
     head = None
     if head_path is not None:
@@ -346,13 +433,14 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
         from depthkit.complete.readout import ResidualHead
 
         _check_safetensors(head_path)
-        try:
-            head = ResidualHead(int(head_info["hidden_size"]), float(head_info["max_log_correction"]),
-                                float(head_info.get("mlp_ratio", 1.0)))
+        hidden = bounded("residual_head.hidden_size", head_info.get("hidden_size"), 1, 65536,
+                         directory / COMPLETE_JSON)
+        ratio = bounded("residual_head.mlp_ratio", head_info.get("mlp_ratio", 1.0), 0.01, 16,
+                        directory / COMPLETE_JSON, integer=False)
+        with loading(head_path, f"the residual head described in {COMPLETE_JSON}"):
+            head = ResidualHead(hidden, float(head_info["max_log_correction"]), float(ratio))
             head.load_state_dict(load_file(str(head_path)), strict=True)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"residual head {head_path} does not match its description in "
-                                  f"{COMPLETE_JSON} ({type(exc).__name__}: {exc}).") from exc
+        _check_finite(head, head_path, "the residual head")
         head = head.to(device).eval()
     return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head)
 

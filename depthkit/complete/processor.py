@@ -139,6 +139,7 @@ def load_processor(path_or_id: str | Path, min_pixels: int | None = None, max_pi
         size_kwargs["max_pixels"] = int(max_pixels)
     try:
         source = str(local) if local.exists() else text
+        kwargs["trust_remote_code"] = False  # never run code shipped with a checkpoint (no prompt either)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, **kwargs, **size_kwargs)
     except OSError as err:

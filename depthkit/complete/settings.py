@@ -1,7 +1,8 @@
 """The stage settings a completer checkpoint carries, ``complete/complete.json``, as a typed dataclass.
 
 :func:`depthkit.complete.checkpoint.save_complete` writes it, :func:`depthkit.complete.checkpoint.load_complete`
-reads it (:meth:`CompleteSettings.read`), and :class:`depthkit.complete.stage.CompleteVLMStage` runs the engine with
+reads it (:meth:`CompleteSettings.read`, through :func:`depthkit.checkpoints.read_json`; sizes within
+:data:`depthkit.checkpoints.BOUNDS`), and :class:`depthkit.complete.stage.CompleteVLMStage` runs the engine with
 the prompt settings the model was trained with. Every key of the file is a field here: an unknown key is an error
 naming the file (a typo must not fall back to a default silently).
 """
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from depthkit.checkpoints import BOUNDS, bounded, check_format_version, read_json
 from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, PROMPT_VERSION, READOUTS, PromptConfig
 
 __all__ = ["COMPLETE_JSON", "COMPLETE_FORMAT", "FORMAT_VERSION", "WEIGHT_KINDS", "CompleteSettings"]
@@ -64,17 +66,18 @@ class CompleteSettings:
         if self.format != COMPLETE_FORMAT:
             raise ValueError(f"format={self.format!r} is not a depthkit completer description (expected "
                              f"{COMPLETE_FORMAT!r}).")
-        if int(self.format_version) > FORMAT_VERSION:
-            raise ValueError(f"format_version {self.format_version} is newer than this depthkit reads "
-                             f"({FORMAT_VERSION}); upgrade depthkit.")
+        check_format_version(self.format_version, FORMAT_VERSION, "complete settings")
         if not isinstance(self.weights, dict) or self.weights.get("kind") not in WEIGHT_KINDS:
             raise ValueError(f"'weights' must say kind {' or '.join(map(repr, WEIGHT_KINDS))}; got {self.weights!r}.")
         if self.readout == "residual_head" and not isinstance(self.residual_head, dict):
             raise ValueError("readout=residual_head but no residual head is described (residual_head is missing).")
         for name in ("min_pixels", "max_pixels"):
-            value = getattr(self, name)
-            if value is not None and (int(value) != value or value < 1):
-                raise ValueError(f"{name}={value!r} must be a positive integer (pixels) or absent.")
+            bounded(name, getattr(self, name), *BOUNDS["pixels"], "complete settings", optional=True)
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels={self.min_pixels} is larger than max_pixels={self.max_pixels}.")
+        for name in _OPTIONAL[1:]:
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be text; got {getattr(self, name)!r}.")
 
     def prompt_config(self) -> PromptConfig:
         """The :class:`~depthkit.complete.prompts.PromptConfig` of these settings (raises if ``prompt_version`` is
@@ -103,11 +106,7 @@ class CompleteSettings:
     def read(cls, path: str | Path) -> CompleteSettings:
         """Read ``complete.json`` at ``path`` (``ValueError`` naming the file if it is not valid JSON)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is corrupt (not valid JSON: {exc}).") from exc
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "completer settings"), source=str(path))
 
     def write(self, path: str | Path) -> Path:
         """Write the settings as ``complete.json`` at ``path``."""

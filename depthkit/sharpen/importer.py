@@ -100,8 +100,8 @@ def load_release(root) -> dict:
     root = Path(root)
     index = check_release(root)
     try:
-        unet = UNet2DConditionModel.from_pretrained(str(root / "unet"))
-        vae = AutoencoderKL.from_pretrained(str(root / "vae"))
+        unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(str(root / "vae"), use_safetensors=True)
         # SDS noising needs only the betas; a DDIM config (what releases ship) loads as DDPM with the same schedule
         scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(str(root / "scheduler")))
         embeds = compute_empty_prompt_embeds(root / "text_encoder", root / "tokenizer")

@@ -121,11 +121,12 @@ def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.T
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
     if isinstance(text_encoder_dir_or_model, (str, os.PathLike)):
         from transformers import CLIPTextModel
 
-        text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model))
+        text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model), trust_remote_code=False,
+                                                     use_safetensors=True)
     else:
         text_encoder = text_encoder_dir_or_model
     tokens = tokenizer([""], padding="do_not_pad", truncation=True, return_tensors="pt")

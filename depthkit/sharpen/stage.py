@@ -42,8 +42,10 @@ class SharpenStage:
             raise ValueError("the sharpen stage needs a metric depth to sharpen: put 'complete' before it "
                              "(stages=('complete', 'sharpen')) or pass depth=HxW metres (--depth on the CLI).")
         measured = sparse is not None and bool((sparse > 0).any())
-        out = self.model.sharpen_checked(image, depth, sparse if measured else None,
-                                         processing_resolution=self.processing_resolution)
+        from depthkit.checkpoints import working_side  # None = native, capped at MAX_WORKING_SIDE
+
+        side = self.processing_resolution or working_side(self.model.model.default_processing_resolution, image.shape)
+        out = self.model.sharpen_checked(image, depth, sparse if measured else None, processing_resolution=side)
         return StageResult(depth=out.depth.astype(np.float32),
                            extras={"discrepancy": out.discrepancy.astype(np.float32),
                                    "lotus": out.lotus.astype(np.float32)})
@@ -84,8 +86,12 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
                                               or processing_resolution <= 0):
         raise ValueError(f"processing_resolution must be a positive int (pixels) or None; received "
                          f"{processing_resolution!r}.")
+    from depthkit.checkpoints import BOUNDS, bounded, loading
     from depthkit.sharpen.model import SharpDepth
 
     part = checkpoint.part("sharpen")
-    model = SharpDepth.from_dir(part, device=device, dtype=torch_dtype(dtype), config=config)
+    bounded("processing_resolution", processing_resolution, *BOUNDS["processing_resolution"], part, optional=True)
+    # a malformed part (wrong types, missing tensors) becomes one CheckpointError naming the folder
+    with loading(part, "the sharpen part (sharpdepth.json, lotus.json, unet/, vae/)", passthrough=(ValueError,)):
+        model = SharpDepth.from_dir(part, device=device, dtype=torch_dtype(dtype), config=config)
     return SharpenStage(model, processing_resolution, source=str(part))

@@ -197,7 +197,7 @@ def train(recipe, resume: bool = False) -> Path:
 
     start = 0
     if resume:
-        loaded = load_latest_state(run, map_location="cpu")
+        loaded = load_latest_state(run, map_location="cpu", max_steps=steps)
         if loaded is not None:
             start, state, _ = loaded
             student.load_state_dict(state["unet"])

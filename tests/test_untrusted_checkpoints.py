@@ -1,0 +1,357 @@
+"""A checkpoint is untrusted input (issue 14, items 1-5): no code of its own runs, wrong weights do not load
+silently, malformed files give one error naming the file, paths stay inside, sizes are bounded.
+
+Each test builds one hostile variant of a tiny checkpoint (copied from one written once per module)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from depthkit.checkpoints import CheckpointError, CheckpointRef, check_finite_output, load_manifest
+from depthkit.complete.checkpoint import load_complete
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    from depthkit.cli import main
+
+    root = tmp_path_factory.mktemp("tiny") / "ck"
+    assert main(["init-checkpoint", "--tiny", str(root), "--stages", "complete"]) == 0
+    return root
+
+
+@pytest.fixture
+def ck(tiny_source, tmp_path):
+    dest = tmp_path / "ck"
+    shutil.copytree(tiny_source, dest)
+    return dest
+
+
+def _edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+# ------------------------------------------------------------------------------------- 1. no code of the checkpoint
+
+
+EVIL = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+from transformers import PreTrainedTokenizerFast
+class EvilTokenizer(PreTrainedTokenizerFast):
+    pass
+'''
+
+
+def test_auto_map_is_refused_and_no_prompt_or_code_runs(ck, tmp_path, monkeypatch):
+    from depthkit.complete.processor import load_processor
+
+    part = ck / "complete"
+    marker = tmp_path / "code_ran"
+    (part / "tokenization_evil.py").write_text(EVIL.format(marker=str(marker)))
+    config = json.loads((part / "tokenizer_config.json").read_text())
+    config.pop("tokenizer_class", None)  # with no class of its own (and no config.json), transformers would ask
+    config["auto_map"] = {"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]}
+    (part / "tokenizer_config.json").write_text(json.dumps(config))
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda *a: asked.append(a) or "y")  # a user (or a pipe) answering "y"
+    with pytest.raises(CheckpointError, match="auto_map"):
+        load_complete(part)
+    with pytest.raises(CheckpointError, match="auto_map"):
+        CheckpointRef.open(ck)
+    (part / "config.json").unlink()
+    with pytest.raises(ValueError, match="custom code"):  # the processor loader alone (no tree check)
+        load_processor(part)
+    assert asked == [] and not marker.exists()  # transformers neither asked nor imported the code
+
+
+# ------------------------------------------------------------------------------------ 2. wrong weights are errors
+
+
+def test_missing_weights_are_an_error_naming_the_file_and_keys(ck, tiny_source):
+    from safetensors.torch import load_file, save_file
+
+    part = ck / "complete"
+    save_file({}, str(part / "model.safetensors"), metadata={"format": "pt"})  # valid file, no tensors
+    with pytest.raises(CheckpointError, match=r"missing keys \(.*model\..*and \d+ more\)") as info:
+        load_complete(part)
+    assert str(part) in str(info.value)
+    tensors = load_file(str(tiny_source / "complete" / "model.safetensors"))
+    tensors["model.extra.weight"] = torch.zeros(2)
+    save_file(tensors, str(part / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"1 unexpected keys \(model\..*extra\.weight\)"):
+        load_complete(part)
+
+
+def test_a_wrong_tensor_shape_is_one_error_naming_the_file(ck, tiny_source):
+    from safetensors.torch import load_file, save_file
+
+    part = ck / "complete"
+    tensors = load_file(str(part / "model.safetensors"))
+    name = sorted(k for k in tensors if k.endswith("embed_tokens.weight"))[0]
+    tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1] + 3)
+    save_file(tensors, str(part / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=str(part)):
+        load_complete(part)
+    shutil.copy(tiny_source / "complete" / "model.safetensors", part / "model.safetensors")
+    depth = load_file(str(part / "depth_modules.safetensors"))
+    key = sorted(k for k in depth if depth[k].dim() >= 1)[0]
+    depth[key] = torch.zeros(*depth[key].shape[:-1], depth[key].shape[-1] + 1)
+    save_file(depth, str(part / "depth_modules.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="depth modules .* does not load"):
+        load_complete(part)
+
+
+def test_non_finite_weights_are_refused_at_load(ck):
+    from safetensors.torch import load_file, save_file
+
+    part = ck / "complete"
+    for name in ("residual_head.safetensors", "depth_modules.safetensors", "model.safetensors"):
+        good = (part / name).read_bytes()
+        tensors = load_file(str(part / name))
+        key = sorted(k for k in tensors if tensors[k].is_floating_point())[0]
+        tensors[key] = torch.full_like(tensors[key], float("nan"))
+        save_file(tensors, str(part / name), metadata={"format": "pt"})
+        with pytest.raises(CheckpointError, match="non-finite"):
+            load_complete(part)
+        (part / name).write_bytes(good)
+
+
+def test_a_non_finite_stage_output_is_an_error_naming_the_stage(monkeypatch):
+    from depthkit import Pipeline
+    from depthkit.outputs import StageResult
+    from depthkit.stages import ClassicalCompleteStage
+
+    check_finite_output("complete", np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="the sharpen stage produced 1 non-finite"):
+        check_finite_output("sharpen", np.array([[1.0, np.nan]], np.float32))
+
+    def broken(self, image, sparse, depth=None):  # as a stage with NaN weights: 99 % NaN
+        out = np.full(sparse.shape, np.nan, np.float32)
+        out[0, 0] = 1.0
+        return StageResult(depth=out)
+
+    monkeypatch.setattr(ClassicalCompleteStage, "run", broken)
+    pipe = Pipeline(stages=("complete",), method="nearest")
+    sparse = np.zeros((20, 30), np.float32)
+    sparse[5, 5] = 3.0
+    with pytest.raises(ValueError, match="complete stage produced 599 non-finite"):
+        pipe(np.zeros((20, 30, 3), np.uint8), sparse)
+
+
+# ------------------------------------------------------------------------ 3. malformed files: one error, named file
+
+
+@pytest.mark.parametrize("version", [None, [1], 1e400, "1", True, 0])
+def test_bad_format_versions_are_named_errors(ck, version):
+    text = (ck / "depthkit.json").read_text()
+    data = json.loads(text)
+    data["format_version"] = version
+    raw = json.dumps(data).replace("Infinity", "1e400")  # json.dumps writes inf as Infinity; the attack used 1e400
+    (ck / "depthkit.json").write_text(raw)
+    with pytest.raises(CheckpointError, match="depthkit.json"):
+        load_manifest(ck)
+
+
+def test_deeply_nested_json_is_a_named_error(ck):
+    (ck / "depthkit.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        load_manifest(ck)
+    (ck / "complete" / "complete.json").write_text('{"note": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(CheckpointError, match="complete.json"):
+        load_complete(ck / "complete")
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"min_pixels": "x"}, "min_pixels"), ({"max_pixels": 1e400}, "overflows"), ({"note": 5}, "note must be text"),
+    ({"format_version": None}, "format_version"), ({"weights": "x"}, "weights"),
+])
+def test_wrong_types_in_complete_json_are_named_errors(ck, changes, match):
+    path = ck / "complete" / "complete.json"
+    data = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps(data).replace("Infinity", "1e400"))
+    with pytest.raises(CheckpointError, match=match):
+        load_complete(ck / "complete")
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"attn_implementation": "kernels-community/flash-attn"}, "attn_implementation"),
+    ({"quantization_config": {"load_in_4bit": True}}, "quantization_config"),
+    ({"trust_remote_code": True}, "trust_remote_code"),
+])
+def test_manifest_options_that_load_code_are_refused(ck, options, match):
+    data = json.loads((ck / "depthkit.json").read_text())
+    data["stages"]["complete"].update(options)
+    (ck / "depthkit.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=match):
+        load_manifest(ck)
+
+
+def test_quantization_config_in_the_model_config_is_refused(ck):
+    _edit_json(ck / "complete" / "config.json", quantization_config={"quant_method": "bitsandbytes"})
+    with pytest.raises(CheckpointError, match="quantization_config"):
+        load_complete(ck / "complete")
+
+
+def test_truncated_config_is_not_reported_as_a_hub_cache_miss(ck):
+    path = ck / "complete" / "config.json"
+    path.write_text(path.read_text()[:50])
+    with pytest.raises(CheckpointError) as info:
+        load_complete(ck / "complete")
+    assert "config.json" in str(info.value) and "HF_HUB_OFFLINE" not in str(info.value)
+
+
+def test_the_cli_turns_a_checkpoint_error_into_one_message(ck, tmp_path, capsys):
+    from PIL import Image
+
+    from depthkit.cli import main
+
+    _edit_json(ck / "depthkit.json", format_version=None)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "im.png")
+    np.save(tmp_path / "sp.npy", np.full((16, 16), 2.0, np.float32))
+    code = main(["run", "--image", str(tmp_path / "im.png"), "--sparse", str(tmp_path / "sp.npy"),
+                 "--out", str(tmp_path / "out"), "--checkpoint", str(ck)])
+    err = capsys.readouterr().err
+    assert code != 0 and "format_version" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------ 4. paths stay inside
+
+
+def test_an_adapter_base_that_looks_like_a_hub_id_is_a_path_inside(ck, tmp_path, monkeypatch):
+    outside = tmp_path / "outside_ck" / "complete"
+    shutil.copytree(ck / "complete", outside)
+    monkeypatch.chdir(tmp_path)  # "outside_ck/complete" exists relative to the current directory
+    path = ck / "complete" / "complete.json"
+    data = json.loads(path.read_text())
+    data["weights"] = {"kind": "adapter", "base_model": "outside_ck/complete", "adapter": "adapter"}
+    path.write_text(json.dumps(data))
+    (ck / "complete" / "adapter").mkdir()
+    shutil.copy(outside / "config.json", ck / "complete" / "adapter" / "adapter_config.json")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(ck / "complete" / "adapter" / "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match="not a folder inside the checkpoint.*hub:owner/name"):
+        load_complete(ck / "complete")
+    data["weights"]["base_model"] = "../../outside_ck/complete"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="outside the checkpoint"):
+        load_complete(ck / "complete")
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "OUTSIDE"])
+def test_symlinks_out_of_the_checkpoint_are_refused(ck, tmp_path, target):
+    if target == "OUTSIDE":
+        target = tmp_path / "elsewhere.json"
+        target.write_text("{}")
+    (ck / "complete" / "tokenizer_config.json").unlink()
+    (ck / "complete" / "tokenizer_config.json").symlink_to(target)
+    with pytest.raises(CheckpointError, match="symlink"):
+        CheckpointRef.open(ck)
+    with pytest.raises(CheckpointError, match="symlink"):
+        load_complete(ck / "complete")
+
+
+def test_symlinks_inside_the_checkpoint_are_allowed(ck):
+    (ck / "complete" / "alias.json").symlink_to(ck / "complete" / "complete.json")
+    CheckpointRef.open(ck)
+
+
+# --------------------------------------------------------------------------------------- 5. sizes are bounded
+
+
+@pytest.mark.parametrize("file, change, match", [
+    ("preprocessor_config.json", {"size": {"shortest_edge": 784, "longest_edge": 8_000_000_000}}, "longest_edge"),
+    ("preprocessor_config.json", {"max_pixels": 8_000_000_000}, "max_pixels"),
+    ("preprocessor_config.json", {"patch_size": 0}, "patch_size"),
+    ("complete.json", {"max_pixels": 60000 * 60000}, "max_pixels"),
+])
+def test_sizes_outside_their_range_are_refused_before_loading(ck, file, change, match):
+    _edit_json(ck / "complete" / file, **change)
+    with pytest.raises(CheckpointError, match=f"{match}.*outside the allowed range"):
+        load_complete(ck / "complete")
+
+
+def test_sdim_channels_are_bounded(ck):
+    path = ck / "complete" / "sdim_config.json"
+    data = json.loads(path.read_text())
+    data["sdim_config"]["channels"] = 10_000_000
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="channels=10000000 is outside the allowed range"):
+        load_complete(ck / "complete")
+
+
+# ------------------------------------------------------------------------------- the sharpen part (items 3 and 5)
+
+
+@pytest.fixture(scope="module")
+def sharpen_source(tmp_path_factory):
+    from depthkit.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_sharpen") / "ck"
+    assert main(["init-checkpoint", "--tiny", str(root), "--stages", "sharpen"]) == 0
+    return root
+
+
+@pytest.fixture
+def sck(sharpen_source, tmp_path):
+    dest = tmp_path / "sck"
+    shutil.copytree(sharpen_source, dest)
+    return dest
+
+
+def _sharpen_pipeline(root):
+    from depthkit import Pipeline
+
+    return Pipeline.from_pretrained(root, stages=("sharpen",))
+
+
+def test_malformed_sharpen_json_is_one_error_naming_the_folder(sck):
+    _edit_json(sck / "sharpen" / "sharpdepth.json", config="x")
+    with pytest.raises(ValueError, match="sharp"):  # CheckpointError or the loader's own ValueError: one message
+        _sharpen_pipeline(sck)
+
+
+def test_half_the_unet_tensors_missing_is_a_named_error(sck):
+    from safetensors.torch import load_file, save_file
+
+    path = sck / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(path))
+    keep = sorted(tensors)[: len(tensors) // 2]
+    save_file({k: tensors[k] for k in keep}, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="sharpen"):
+        _sharpen_pipeline(sck)
+
+
+def test_sharpen_processing_resolution_is_bounded(sck):
+    _edit_json(sck / "depthkit.json", stages={"sharpen": {"processing_resolution": 60000}})
+    with pytest.raises(CheckpointError, match="processing_resolution=60000 is outside the allowed range"):
+        _sharpen_pipeline(sck)
+
+
+def test_the_sharpen_stage_works_at_a_capped_resolution():
+    from types import SimpleNamespace
+
+    from depthkit.checkpoints import MAX_WORKING_SIDE, working_side
+    from depthkit.sharpen.stage import SharpenStage
+
+    assert working_side(None, (6000, 8000)) == MAX_WORKING_SIDE and working_side(None, (60, 80)) is None
+    assert working_side(768, (6000, 8000)) == 768
+    seen = []
+
+    def sharpen_checked(image, depth, sparse, processing_resolution):
+        seen.append(processing_resolution)
+        z = np.zeros(depth.shape, np.float32)
+        return SimpleNamespace(depth=z, discrepancy=z, lotus=z)
+
+    model = SimpleNamespace(model=SimpleNamespace(default_processing_resolution=None), sharpen_checked=sharpen_checked)
+    big = np.zeros((MAX_WORKING_SIDE + 1, 4), np.float32)
+    SharpenStage(model).run(np.zeros((*big.shape, 3), np.uint8), None, big)
+    SharpenStage(model).run(np.zeros((8, 4, 3), np.uint8), None, np.ones((8, 4), np.float32))
+    SharpenStage(model, processing_resolution=64).run(np.zeros((*big.shape, 3), np.uint8), None, big)
+    assert seen == [MAX_WORKING_SIDE, None, 64]
