@@ -121,7 +121,9 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
     """HxW depth as float32 metres: integer arrays (raw sensor units) are divided by ``depth_scale``.
 
     Integer input without a ``depth_scale`` raises ``ValueError``; float input is taken as metres (``depth_scale``
-    does not apply) and warns with :class:`DepthkitWarning` when its median looks like another unit.
+    does not apply) and warns with :class:`DepthkitWarning` when its median looks like another unit. float64 input is
+    rounded to float32 (about 7 significant digits: 0.1 mm at 1 km), the precision every output keeps; finite
+    values beyond float32's range are refused.
     """
     arr = np.asarray(arr)
     if arr.dtype.kind in "ui":
@@ -137,6 +139,13 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
         return (arr.astype(np.float64) / float(depth_scale)).astype(np.float32)
     if arr.dtype.kind != "f":
         raise ValueError(f"{what} has dtype {arr.dtype}; expected float metres or integer sensor units.")
+    if arr.dtype.itemsize > 4:  # float64 values beyond float32's range would become inf and be misreported
+        finite = np.isfinite(arr)
+        huge = finite & (np.abs(arr) > np.finfo(np.float32).max)
+        if huge.any():
+            raise ValueError(f"{what} has {int(huge.sum())} finite value(s) too large for float32 metres (max "
+                             f"{float(np.abs(arr[finite]).max()):.3g}); depth is metres, 0 = missing. Check the "
+                             "units, or set such pixels to 0.")
     out = arr.astype(np.float32)
     valid = np.isfinite(out) & (out > 0)
     if valid.any():

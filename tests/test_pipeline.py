@@ -127,3 +127,12 @@ def test_shape_mismatch_advises_scattering_points():
     image, sparse = _scene()
     with pytest.raises(ValueError, match="scatter its points at scaled coordinates"):
         Pipeline(method="nearest")(image, sparse[:, :-2])
+
+
+def test_huge_finite_sparse_value_is_not_called_nan():
+    image, sparse = _scene()
+    big = sparse.astype(np.float64)
+    big[0, 0] = 1e39
+    with pytest.raises(ValueError, match="too large for float32") as exc:
+        Pipeline(method="nearest")(image, big)
+    assert "NaN" not in str(exc.value)

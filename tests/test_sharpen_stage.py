@@ -144,3 +144,16 @@ def test_one_resolution_and_one_validation_per_run(tiny_ck, monkeypatch):
     assert np.array_equal(out.depth, direct.depth)
     with pytest.raises(ValueError, match="NaN or negative"):
         stage.model.sharpen(image, -depth)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (8, 8)])
+def test_tiny_images_are_padded_not_refused(tiny_ck, shape):
+    """Below the UNet's minimum (its lowest level needs 2 x 2 cells for GroupNorm) the input is padded and cropped
+    back, instead of failing with a GroupNorm message."""
+    h, w = shape
+    image = np.full((h, w, 3), 90, np.uint8)
+    depth = np.linspace(1.0, 2.0, h * w, dtype=np.float32).reshape(h, w)
+    sparse = np.zeros_like(depth)
+    sparse[0, 0] = 1.5
+    out = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)(image, sparse, depth=depth)
+    assert out.depth.shape == (h, w) and np.isfinite(out.depth).all() and out.depth[0, 0] == np.float32(1.5)

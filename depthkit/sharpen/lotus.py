@@ -325,9 +325,11 @@ class LotusModel(nn.Module):
         return max(1, int(height) * int(res) // longest), max(1, int(width) * int(res) // longest)
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(height, width)`` rounded up to multiples of :attr:`vae_scale_factor`: what the UNet sees."""
-        f = self.vae_scale_factor
-        return -(-int(height) // f) * f, -(-int(width) // f) * f
+        """``(height, width)`` rounded up to multiples of :attr:`vae_scale_factor`, and to at least twice
+        :attr:`resolution_multiple` (the UNet's lowest level then has 2 x 2 cells, which its GroupNorms need, so a
+        tiny input is padded rather than refused): what the UNet sees."""
+        f, least = self.vae_scale_factor, 2 * self.resolution_multiple
+        return max(least, -(-int(height) // f) * f), max(least, -(-int(width) // f) * f)
 
     def prepare_image(self, image) -> tuple[torch.Tensor, bool]:
         """HxWx3 uint8 ndarray or ``B x 3 x H x W`` float tensor in [-1, 1] → ``(tensor in [-1, 1] on the model's
