@@ -219,3 +219,36 @@ def test_lotus_from_stable_diffusion_widens_conv_in(tmp_path):
     write_release(tmp_path / "g", build_tiny_lotus().unet, vae, 0)
     with pytest.raises(CheckpointError, match="in_channels=8"):
         lotus_from_stable_diffusion(tmp_path / "g")
+
+
+class _Payload:
+    """Unpickling this runs ``Path(marker).touch()``: what a hostile ``.bin`` would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_pickle_payload_in_a_bin_release_never_runs(releases, tmp_path):
+    """A release whose text encoder is a pickle carrying code: the import refuses it with one clear error (the .bin
+    is read with torch.load(weights_only=True)) and the payload never runs."""
+    import pickle
+    import shutil
+
+    from depthkit.checkpoints import CheckpointError
+
+    root, _, _ = releases["sharpdepth"]
+    bad = tmp_path / "hostile_release"
+    shutil.copytree(root, bad)
+    for st in (bad / "text_encoder").glob("*.safetensors"):
+        st.unlink()
+    marker = tmp_path / "payload_ran"
+    with open(bad / "text_encoder" / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"weight": _Payload(marker)}, f)
+    with pytest.raises(CheckpointError, match="hostile_release"):
+        import_checkpoint(tmp_path / "out", sharpdepth=bad)
+    assert not marker.exists()

@@ -95,19 +95,21 @@ def load_release(root) -> dict:
     encoder runs once for the empty prompt and is dropped."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from depthkit.sharpen.lotus import compute_empty_prompt_embeds
+    from depthkit.sharpen.lotus import compute_empty_prompt_embeds, has_safetensors
 
     root = Path(root)
     index = check_release(root)
     try:
-        unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), use_safetensors=True)
-        vae = AutoencoderKL.from_pretrained(str(root / "vae"), use_safetensors=True)
+        # safetensors when the part has them; else its .bin through torch.load(weights_only=True), tensors only
+        unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), use_safetensors=has_safetensors(root / "unet"))
+        vae = AutoencoderKL.from_pretrained(str(root / "vae"), use_safetensors=has_safetensors(root / "vae"))
         # SDS noising needs only the betas; a DDIM config (what releases ship) loads as DDPM with the same schedule
         scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(str(root / "scheduler")))
         embeds = compute_empty_prompt_embeds(root / "text_encoder", root / "tokenizer")
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise _error(f"could not load release {root}: {type(exc).__name__}: {exc}. The folder may be truncated or "
-                     "not a Stable-Diffusion-style pipeline.") from exc
+    except Exception as exc:  # a release is untrusted input: any failure (a refused pickle too) is one clear error
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise _error(f"could not load release {root}: {type(exc).__name__}: {first}. The folder may be truncated, "
+                     "hold weights that are not plain tensors, or not be a Stable-Diffusion-style pipeline.") from exc
     return {"unet": unet, "vae": vae, "scheduler": scheduler, "embeds": embeds, "model_index": index}
 
 

@@ -61,6 +61,11 @@ HUB_PATTERNS = ["unet/*", "lotus_unet/*", "vae/*", "scheduler/*", EMBEDS_FILE, L
 """The files a hub snapshot of a Lotus / SharpDepth folder is restricted to."""
 
 
+def has_safetensors(folder) -> bool:
+    """True when a model folder holds ``.safetensors`` weights (loaders then refuse to fall back to ``.bin``)."""
+    return any(Path(folder).glob("*.safetensors"))
+
+
 def task_embedding(task: str = "depth", batch_size: int = 1, device=None, dtype=None) -> torch.Tensor:
     """Lotus's task switch: ``B x 4`` tensor ``cat(sin v, cos v)`` with v = [1, 0] (depth) or [0, 1] (rgb)."""
     if task not in TASKS:
@@ -125,8 +130,9 @@ def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.T
     if isinstance(text_encoder_dir_or_model, (str, os.PathLike)):
         from transformers import CLIPTextModel
 
+        # a .bin-only release loads through torch.load(weights_only=True) (tensors only, no pickled code)
         text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model), trust_remote_code=False,
-                                                     use_safetensors=True)
+                                                     use_safetensors=has_safetensors(text_encoder_dir_or_model))
     else:
         text_encoder = text_encoder_dir_or_model
     tokens = tokenizer([""], padding="do_not_pad", truncation=True, return_tensors="pt")
