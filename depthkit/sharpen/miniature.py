@@ -28,7 +28,7 @@ import copy
 import numpy as np
 import torch
 
-__all__ = ["make_scenes", "smooth_metric", "train_lotus", "train_sharpdepth", "evaluate", "MINI_LOTUS"]
+__all__ = ["make_scenes", "make_split", "smooth_metric", "train_lotus", "train_sharpdepth", "evaluate", "MINI_LOTUS"]
 
 MINI_LOTUS = dict(unet={"block_out_channels": (16, 32), "norm_num_groups": 8},
                   vae={"block_out_channels": (8, 16), "norm_num_groups": 4,
@@ -55,11 +55,28 @@ def make_scenes(n: int, size: int = 32, seed: int = 0) -> list[dict]:
     return out
 
 
-def smooth_metric(depth: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-    """The metric input: GT depth low-passed by a Gaussian of ``sigma`` pixels (float32 metres)."""
+def smooth_metric(depth: np.ndarray, factor: int = 4) -> np.ndarray:
+    """The metric input: GT depth sampled at the centre of every ``factor`` x ``factor`` cell and upsampled
+    bilinearly (float32 metres).
+
+    Like a discriminative metric model run at low resolution: right on average, every depth edge rounded and snapped
+    to the coarse grid (moved by up to ``factor``/2 px). A symmetric blur (Gaussian, or an area average before the
+    upsampling) would leave Canny edges where they are and not make the input's DBE worse."""
     import cv2
 
-    return cv2.GaussianBlur(depth, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).astype(np.float32)
+    h, w = depth.shape
+    small = np.ascontiguousarray(depth[factor // 2::factor, factor // 2::factor])
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def make_split(n_train: int, n_test: int, size: int = 32, seeds: tuple[int, int] = (1, 3)) -> tuple[list, list]:
+    """Training and held-out scenes (different generator seeds), each with its ``"metric"`` input
+    (:func:`smooth_metric`). Seed 2 is the development split the settings here were chosen on; the tests and the
+    ablation score on seed 3, which was not looked at while choosing them."""
+    train, test = make_scenes(n_train, size, seeds[0]), make_scenes(n_test, size, seeds[1])
+    for s in train + test:
+        s["metric"] = smooth_metric(s["depth"])
+    return train, test
 
 
 def _tensors(scenes, key="depth"):
@@ -131,16 +148,26 @@ def train_sharpdepth(lotus, scenes: list[dict], config: dict | None = None, step
     return sd
 
 
-def evaluate(sharpdepth, scenes: list[dict]) -> dict:
-    """Mean MAE (m) and DBE accuracy (px) of the ``"metric"`` input and of the sharpened output against GT."""
-    from depthkit.metrics import dbe_metrics
+def evaluate(sharpdepth, scenes: list[dict], band: int = 2) -> dict:
+    """Means over ``scenes`` of MAE (m) and DBE accuracy (px) of the ``"metric"`` input (``*_in``), the sharpened
+    output (``*_out``) and pass 1 (``dbe_lotus``); ``mae_edge_*`` is the MAE within ``band`` px of a GT depth edge
+    (where the input is uncertain), ``mae_flat_*`` elsewhere."""
+    import cv2
 
+    from depthkit.metrics import dbe_metrics, depth_edges
+
+    keys = ("mae_in", "mae_out", "dbe_in", "dbe_out", "dbe_lotus", "mae_edge_in", "mae_edge_out", "mae_flat_in",
+            "mae_flat_out")
     rows = []
     for s in scenes:
         gt, d = s["depth"], s["metric"]
-        out = sharpdepth.sharpen(s["image"], d).depth
-        rows.append((np.abs(d - gt).mean(), np.abs(out - gt).mean(), dbe_metrics(d, gt)["dbe_acc"],
-                     dbe_metrics(out, gt)["dbe_acc"]))
+        res = sharpdepth.sharpen(s["image"], d)
+        out = res.depth
+        near = cv2.dilate(depth_edges(gt).astype(np.uint8), np.ones((2 * band + 1,) * 2, np.uint8)) > 0
+        err_in, err_out = np.abs(d - gt), np.abs(out - gt)
+        rows.append((err_in.mean(), err_out.mean(), dbe_metrics(d, gt)["dbe_acc"], dbe_metrics(out, gt)["dbe_acc"],
+                     dbe_metrics(res.lotus + 0.1, gt)["dbe_acc"], err_in[near].mean() if near.any() else np.nan,
+                     err_out[near].mean() if near.any() else np.nan, err_in[~near].mean(), err_out[~near].mean()))
     with np.errstate(all="ignore"):
         m = np.nanmean(np.asarray(rows, np.float64), axis=0)
-    return {"mae_in": float(m[0]), "mae_out": float(m[1]), "dbe_in": float(m[2]), "dbe_out": float(m[3])}
+    return {k: float(v) for k, v in zip(keys, m)}
