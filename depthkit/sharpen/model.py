@@ -121,7 +121,10 @@ class SharpDepthConfig:
     sparse_latent_cells: bool = False
     """depthkit: also ê = 0 in every latent cell that contains a measured pixel. Off by default because one LiDAR
     return then switches sharpening off for its whole cell, while the measured pixels are restored after decoding
-    either way. NOT YET MEASURED: the ablation that should set this default is still to be written."""
+    either way. Measured (geometry only, :func:`depthkit.data.sparse.sample_lidar` on a KITTI-size 352x1216 frame,
+    8x latent cells): a 64-beam LiDAR has a return in 66 % of the cells (9.9 % of the pixels), a 16-beam one with
+    every 8th column in 20 % — switched on, this would keep the metric input unsharpened in most of the image's
+    lower part. Its effect on DBE with a trained full-size model is not measured."""
 
     def __post_init__(self):
         choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
