@@ -23,7 +23,8 @@ sharp (Lotus), label-free. Here:
   GT of the training scenes with :func:`~depthkit.sharpen.train_lotus.lotus_losses` (meant to have sharper edges
   than the input; at 200 steps only slightly so);
 - **SharpDepth** (:func:`train_sharpdepth`): label-free training on the metric input, with the EMA as pass 1 and a
-  frozen copy of Lotus as the SDS teacher (``pass1="lotus"``: a frozen Lotus as pass 1), through :meth:`~depthkit.sharpen.model.SharpDepth.compute_losses`;
+  frozen copy of Lotus as the SDS teacher (``pass1="lotus"``: a frozen Lotus as pass 1), through
+  :meth:`~depthkit.sharpen.model.SharpDepth.compute_losses`;
 - **score** (:func:`evaluate`): MAE (m; overall, within 2 px of a GT edge, elsewhere) and iBims DBE accuracy (px)
   of input, output and pass 1 on scenes not trained on.
 
