@@ -20,12 +20,14 @@ minute it should take). Measured on the 16 held-out scenes, mean of seeds 0 and 
 | SharpDepth trained with | MAE (m) | MAE near edges (m) | DBE acc (px) |
 |---|---:|---:|---:|
 | (metric input) | 0.280 | 0.640 | 0.845 |
+| nothing (untrained: Lotus run twice) | 0.282 | 0.420 | 0.731 |
 | defaults (full) | 0.335 | 0.599 | 0.957 |
 | gating off | 0.333 | 0.588 | 0.915 |
 | reconstruction weighted by 1 − e | 0.276 | 0.452 | 0.648 |
 | λ_SDS = 0 | 0.340 | 0.608 | 0.917 |
 
-The full method makes DBE worse than its input, and each "breakage" is as good or better; weighting the
+The untrained model (the initial Lotus as both passes) already sharpens a little; label-free training with the
+defaults makes DBE worse than the input, and each "breakage" is as good or better; weighting the
 reconstruction by 1 − e is the only variant that sharpens (−23 % DBE, MAE −1 %). A likely reason: here e is high
 mostly at the depth edges, where the smooth input is wrong, so the e-weighted reconstruction pulls the output
 towards the blurred edges; and 40 label-free steps do not teach the sharpener to read the gated depth latent (Lotus-G

@@ -1,9 +1,10 @@
 """SharpDepth's setting in miniature, on a CPU: used by ``tests/test_sharpen_mechanism.py`` and
 ``benchmarks/sharpen_ablation.py``.
 
-Findings so far (numbers in those two files): with the defaults, SharpDepth trained label-free here does NOT
-sharpen its input on held-out scenes (DBE 0.85 -> 0.96 px, MAE 0.28 -> 0.34 m), and switching off gating or SDS does
-not make it worse; weighting the reconstruction by 1 − e instead of e does sharpen (DBE 0.85 -> 0.65 px, MAE
+Findings so far (numbers in those two files): the untrained SharpDepth (the initial Lotus as both passes) already
+sharpens a little on held-out scenes (DBE 0.85 -> 0.73 px, MAE 0.28 -> 0.28 m); trained label-free with the
+defaults it does NOT (DBE 0.85 -> 0.96 px, MAE 0.28 -> 0.34 m), and switching off gating or SDS does not make it
+worse; weighting the reconstruction by 1 − e instead of e does sharpen (DBE 0.85 -> 0.65 px, MAE
 unchanged). The Lotus is also small: 200 steps give DBE ~0.7 px on the development split, not much sharper than the
 input; training it takes most of the time (200 steps ~200-400 s on one thread of the loaded 2-core machine). A
 symmetric blur (Gaussian or area average) of the GT does not move Canny edges (input DBE ~0.2-0.6 px), hence the
