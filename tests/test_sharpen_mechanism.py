@@ -13,25 +13,25 @@ measurably lose on the measure it is there for:
 
 Margins are means over ``SEEDS`` SharpDepth trainings; the Lotus is trained once per module.
 
-STATUS: the paper's claims do NOT hold in this miniature, so every test here is marked ``xfail`` (and ``slow``: the
-module took 625 s on one thread of a 2-core machine at load ~12, 400 s of it training the Lotus; far over the one
-minute it should take). Measured on the 16 held-out scenes, mean of seeds 0 and 1 (``-m slow -s`` prints them):
+STATUS: the paper's claims hold only in part in this miniature. All tests are ``slow`` (the module took 371 s on
+one thread of a 2-core machine at load ~10, 200 s of it training the Lotus; far over the minute it should take), and
+the two that fail are marked ``xfail`` (run ``-m slow --runxfail -s`` to see them fail and print the numbers).
+Measured on the 16 held-out scenes, mean of seeds 0 and 1, SharpDepth lr 1e-4 (chosen on the development split):
 
 | SharpDepth trained with | MAE (m) | MAE near edges (m) | DBE acc (px) |
 |---|---:|---:|---:|
 | (metric input) | 0.280 | 0.640 | 0.845 |
-| nothing (untrained: Lotus run twice) | 0.282 | 0.420 | 0.731 |
-| defaults (full) | 0.335 | 0.599 | 0.957 |
-| gating off | 0.333 | 0.588 | 0.915 |
-| reconstruction weighted by 1 − e | 0.276 | 0.452 | 0.648 |
-| λ_SDS = 0 | 0.340 | 0.608 | 0.917 |
+| nothing (untrained: the initial Lotus as both passes) | 0.282 | 0.420 | 0.731 |
+| defaults (full) | 0.299 | 0.500 | 0.693 |
+| gating off | 0.297 | 0.507 | 0.694 |
+| reconstruction weighted by 1 − e | 0.278 | 0.441 | 0.608 |
+| λ_SDS = 0 | 0.320 | 0.546 | 0.803 |
 
-The untrained model (the initial Lotus as both passes) already sharpens a little; label-free training with the
-defaults makes DBE worse than the input, and each "breakage" is as good or better; weighting the
-reconstruction by 1 − e is the only variant that sharpens (−23 % DBE, MAE −1 %). A likely reason: here e is high
-mostly at the depth edges, where the smooth input is wrong, so the e-weighted reconstruction pulls the output
-towards the blurred edges; and 40 label-free steps do not teach the sharpener to read the gated depth latent (Lotus-G
-was trained with t = 999 noise there), so gating changes little. See :mod:`depthkit.sharpen.miniature`.
+The full method sharpens (DBE −18 %) but its MAE rises 6.8 % (the mark is 5 %: xfail); SDS off clearly loses on DBE
+(passes); gating off loses on MAE near edges only by 1 % (passes, not a robust margin); weighting the reconstruction
+by 1 − e beats the full method on every measure (xfail). A likely reason for the last: here e is high mostly at depth
+edges, where the smooth input is wrong, so the e-weighted reconstruction pulls the output towards the blurred
+edges. See :mod:`depthkit.sharpen.miniature` and ``benchmarks/results/sharpen_ablation.md``.
 """
 
 import numpy as np
@@ -44,8 +44,7 @@ SEEDS = (0, 1)
 LOTUS_STEPS = 200
 SHARPEN_STEPS = 40
 N_TRAIN, N_TEST = 32, 16
-pytestmark = [pytest.mark.slow, pytest.mark.xfail(reason="the paper's ordering does not hold in the miniature yet; "
-                                                         "see the module docstring", strict=False)]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +70,7 @@ def full(setting):
     return _scores(setting, {})
 
 
+@pytest.mark.xfail(reason="MAE +6.8 % over the input (mark 5 %); see the module docstring", strict=False)
 def test_sharpdepth_sharpens_its_metric_input_on_unseen_scenes(setting, full):
     print("full:", {k: round(v, 3) for k, v in full.items()})
     assert full["dbe_lotus"] < full["dbe_in"], full  # the setting: Lotus's edges are sharper than the input's
@@ -80,7 +80,8 @@ def test_sharpdepth_sharpens_its_metric_input_on_unseen_scenes(setting, full):
 
 @pytest.mark.parametrize("config, measure", [
     ({"gating": False}, "mae_edge_out"),
-    ({"recons_weight": "one_minus_e"}, "mae_out"),
+    pytest.param({"recons_weight": "one_minus_e"}, "mae_out", marks=pytest.mark.xfail(
+        reason="1 − e beats e here; see the module docstring", strict=False)),
     ({"lambda_sds": 0.0}, "dbe_out"),
 ], ids=["gating_off", "recons_one_minus_e", "sds_off"])
 def test_each_mechanism_matters(setting, full, config, measure):
