@@ -4,6 +4,7 @@ after sharpening on the synthetic test split.
 Usage (from the repository root)::
 
     python benchmarks/sharpen.py                                   # tiny random model, 256/512/768 px, CPU
+    python benchmarks/sharpen.py --threads 1 --config tiny_v1 tiny --sizes 320 640 --no-accuracy --name sharpen_tiny
     python benchmarks/sharpen.py --checkpoint runs/tiny_sharpen/final --name sharpen_tiny_trained
     python benchmarks/sharpen.py --config sd2 --device cuda --dtype bfloat16 --sizes 768     # SD2-size, see below
 
@@ -23,8 +24,12 @@ only meaningful for a trained checkpoint (``--checkpoint``); the default random 
 
 Configurations:
 
-- ``tiny``: the ``depthkit init-checkpoint --tiny`` architecture (UNet 32/64 channels, VAE 4x downsampling), random
-  weights unless ``--checkpoint`` is given (then the checkpoint's architecture and weights).
+- ``tiny``: the ``depthkit init-checkpoint --tiny`` architecture (:mod:`depthkit.sharpen.tiny`: UNet 32/64 channels
+  with attention only at the lowest level, VAE 8x downsampling), random weights unless ``--checkpoint`` is given
+  (then the checkpoint's architecture and weights).
+- ``tiny_v1``: the earlier tiny layout (``TINY_V1_UNET`` / ``TINY_V1_VAE``: attention at the highest UNet level,
+  VAE 4x downsampling), random weights, for comparison. Several ``--config`` values run one after the other in one
+  process and share one table (speed only; accuracy is measured for the first).
 - ``sd2``: the SD2-size Lotus-G (UNet2DConditionModel of Stable Diffusion 2 with 8 input channels and the projection
   class embedding, ~866M parameters; SD's AutoencoderKL, 8x downsampling) with random weights, speed only. Meant for
   ``--device cuda --dtype bfloat16`` at 768 px: the released SharpDepth's two-pass inference.
@@ -103,17 +108,18 @@ class PartTimer:
             h.remove()
 
 
-def build_model(args):
+def build_model(args, config: str):
     from depthkit.sharpen.model import SharpDepth
 
     if args.checkpoint is not None:
         from depthkit.sharpen.checkpoint import load_sharpdepth
 
         return load_sharpdepth(args.checkpoint, device=args.device, dtype=args.dtype)
-    if args.config == "tiny":
-        from depthkit.sharpen.tiny import build_tiny_lotus
+    if config in ("tiny", "tiny_v1"):
+        from depthkit.sharpen.tiny import TINY_V1_UNET, TINY_V1_VAE, build_tiny_lotus
 
-        return SharpDepth(build_tiny_lotus(seed=0).to(args.device, torch.float32)).to(args.device)
+        layout = {"unet": TINY_V1_UNET, "vae": TINY_V1_VAE} if config == "tiny_v1" else {}
+        return SharpDepth(build_tiny_lotus(seed=0, **layout).to(args.device, torch.float32)).to(args.device)
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from depthkit.dtypes import torch_dtype
@@ -136,7 +142,7 @@ def scene(h: int, w: int, seed: int = 0, n_sparse: int = 500):
     return s.image, s.depth, sample_random_points(s.depth, n_sparse, seed)
 
 
-def bench_speed(model, args) -> list[dict]:
+def bench_speed(model, args, config: str = "") -> list[dict]:
     from depthkit.stages import ClassicalCompleteStage
 
     complete = ClassicalCompleteStage("guided")
@@ -165,10 +171,10 @@ def bench_speed(model, args) -> list[dict]:
             if r > 0:  # the first call is a warm-up
                 runs.append({"complete_s": t_complete, "sharpen_s": t_sharpen, "peak_bytes": mem.peak, **parts})
         med = {k: float(np.median([run[k] for run in runs])) for k in runs[0]}
-        med.update(size=size, height=h, width=w, preserved=bool(np.array_equal(out.depth[sparse > 0],
+        med.update(config=config, size=size, height=h, width=w, preserved=bool(np.array_equal(out.depth[sparse > 0],
                                                                               sparse[sparse > 0])))
         rows.append(med)
-        print(f"{h}x{w}: complete {med['complete_s']:.3f} s, sharpen {med['sharpen_s']:.3f} s "
+        print(f"{config} {h}x{w}: complete {med['complete_s']:.3f} s, sharpen {med['sharpen_s']:.3f} s "
               f"(UNet {med['unet_pass1']:.3f} + {med['unet_pass2']:.3f}), peak {med['peak_bytes'] / 2**20:.0f} MiB",
               flush=True)
     timer.remove()
@@ -212,18 +218,19 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Sharpen benchmark: `{report['name']}`", "",
              f"{report['date']} — `{report['command']}`", "",
-             f"Model: {report['model']['description']}; {report['model']['parameters'] / 1e6:.2f}M parameters "
-             f"(UNet {report['model']['unet_parameters'] / 1e6:.2f}M). Device {report['device']} "
+             f"Model: {report['model']['description']}. Device {report['device']} "
              f"({m['gpu'] or m['processor']}), dtype {report['dtype']}, {m['threads']} torch threads, "
              f"load average {m['load_average'][0]:.1f} on {m['cpu_count']} CPUs (a shared machine: times are noisy).",
              "", "## Latency (median seconds per image) and peak memory", "",
-             "| image (HxW) | complete (guided) | sharpen total | VAE encode | UNet pass 1 | UNet pass 2 | VAE decode |"
-             " other | peak memory (MiB) | measured pixels kept |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| config | image (HxW) | complete (guided) | sharpen total | VAE encode | UNet pass 1 | UNet pass 2 |"
+             " both UNet passes per Mpx | VAE decode | other | peak memory (MiB) | measured pixels kept |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["speed"]:
-        lines.append(f"| {r['height']}x{r['width']} | {r['complete_s']:.3f} | {r['sharpen_s']:.3f} | "
-                     f"{r['vae_encode']:.3f} | {r['unet_pass1']:.3f} | {r['unet_pass2']:.3f} | {r['vae_decode']:.3f} | "
-                     f"{r['other']:.3f} | {r['peak_bytes'] / 2**20:.0f} | {'yes' if r['preserved'] else 'NO'} |")
+        per_mpx = (r["unet_pass1"] + r["unet_pass2"]) / (r["height"] * r["width"] / 1e6)
+        lines.append(f"| {r.get('config', '')} | {r['height']}x{r['width']} | {r['complete_s']:.3f} | "
+                     f"{r['sharpen_s']:.3f} | {r['vae_encode']:.3f} | {r['unet_pass1']:.3f} | {r['unet_pass2']:.3f} | "
+                     f"{per_mpx:.2f} | {r['vae_decode']:.3f} | {r['other']:.3f} | {r['peak_bytes'] / 2**20:.0f} | "
+                     f"{'yes' if r['preserved'] else 'NO'} |")
     if report.get("accuracy"):
         h, w = report["eval_size"]
         lines += ["", f"## Accuracy on the synthetic test split ({report['eval_images']} scenes, {h}x{w})", "",
@@ -243,7 +250,8 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=("tiny", "sd2"), default="tiny")
+    p.add_argument("--config", choices=("tiny", "tiny_v1", "sd2"), nargs="+", default=["tiny"],
+                   help="one or more architectures, timed one after the other into one table")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="a depthkit checkpoint (or its sharpen/ folder) instead of random weights")
     p.add_argument("--device", default="cpu")
@@ -260,22 +268,29 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.config == "sd2" and args.checkpoint is None:
+    if "sd2" in args.config and args.checkpoint is None:
         args.no_accuracy = True  # random weights: speed only
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for but CUDA is not available here")
     from depthkit import __version__
 
-    model = build_model(args)
+    speed, models = [], []
+    for config in args.config:
+        models.append(build_model(args, config))
+        speed += bench_speed(models[-1], args, config)
+    model = models[0]
     n_params = sum(q.numel() for q in model.parameters())
-    desc = (f"checkpoint {args.checkpoint}" if args.checkpoint else
-            {"tiny": "tiny random-weight SharpDepth (init-checkpoint --tiny architecture)",
-             "sd2": "SD2-size Lotus-G UNet + SD VAE, random weights"}[args.config])
-    speed = bench_speed(model, args)
+    descs = {"tiny": "tiny random-weight SharpDepth (init-checkpoint --tiny architecture)",
+             "tiny_v1": "the earlier tiny layout (TINY_V1_UNET/VAE), random weights",
+             "sd2": "SD2-size Lotus-G UNet + SD VAE, random weights"}
+    desc = (f"checkpoint {args.checkpoint}, {n_params / 1e6:.2f}M parameters" if args.checkpoint else
+            "; ".join(f"{c}: {descs[c]}, {sum(q.numel() for q in m.parameters()) / 1e6:.2f}M parameters (UNet "
+                      f"{sum(q.numel() for q in m.model.unet.parameters()) / 1e6:.2f}M)"
+                      for c, m in zip(args.config, models)))
     accuracy = None if args.no_accuracy else bench_accuracy(model, args)
-    name = args.name or f"sharpen_{args.config}"
+    name = args.name or f"sharpen_{'_'.join(args.config)}"
     report = {
-        "name": name, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "name": name, "config": args.config, "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
         "depthkit_version": __version__, "device": args.device, "dtype": args.dtype,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

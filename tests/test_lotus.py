@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from depthkit.checkpoints import CheckpointError
+from depthkit.sharpen.importer import compute_empty_prompt_embeds
 from depthkit.sharpen.lotus import (
     EMBEDS_FILE,
     LotusModel,
-    compute_empty_prompt_embeds,
     task_embedding,
 )
 from depthkit.sharpen.normalize import denormalize_depth, normalize_depth, replicate3

@@ -315,3 +315,43 @@ def test_few_optimisation_steps_lower_the_loss():
     assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
     with pytest.raises(ValueError, match="multiples of 16"):
         model.compute_losses(x[..., :30], d[..., :30], teacher)
+
+
+# ------------------------------------------------------------------------------------------------ ablation switches
+def test_gating_off_gives_pure_noise_in_training_and_inference(sharp):
+    model = SharpDepth(sharp.model, {"gating": False})
+    z_d = torch.randn(2, 4, 4, 6)
+    e = torch.rand(2, 1, 32, 48)
+    for training in (True, False):
+        z_in, gated = model.gate_latent(z_d, e, lotus_latent=torch.zeros_like(z_d),
+                                        generator=torch.Generator().manual_seed(3), training=training)
+        noise = model.model.noise_like(z_d, torch.Generator().manual_seed(3))
+        assert torch.equal(z_in, noise) and not gated.any()
+    with pytest.raises(ValueError, match="recons_weight must be one of"):
+        SharpDepthConfig(recons_weight="e2")
+
+
+@pytest.mark.parametrize("recons_weight", ["e", "one_minus_e", "uniform"])
+def test_holes_in_the_metric_source_carry_no_reconstruction_weight(sharp, monkeypatch, recons_weight):
+    import depthkit.sharpen.losses as losses
+
+    seen = {}
+
+    def spy(d_hat01, d01, weight):
+        seen["weight"] = weight.detach().clone()
+        return reconstruction_loss(d_hat01, d01, weight)
+
+    monkeypatch.setattr(losses, "reconstruction_loss", spy)
+    model = SharpDepth(sharp.model, {"recons_weight": recons_weight})
+    img, depth, _ = _scene(32, 48, seed=2)
+    depth[:8, :16] = 0.0  # a hole: nothing to reconstruct there
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        out = model.compute_losses(x, torch.from_numpy(depth)[None, None], sharp.model.unet,
+                                   generator=torch.Generator().manual_seed(0))
+    w, e = seen["weight"][0, 0], out["discrepancy"][0, 0]
+    hole = torch.from_numpy(depth == 0)
+    assert torch.all(e[hole] == 1.0)  # the gate regenerates the hole ...
+    assert torch.all(w[hole] == 0.0)  # ... but the reconstruction loss ignores it
+    expected = {"e": e, "one_minus_e": 1.0 - e, "uniform": torch.ones_like(e)}[recons_weight]
+    assert torch.allclose(w[~hole], expected[~hole])

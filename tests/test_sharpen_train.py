@@ -1,12 +1,10 @@
 """Stage-2 training: Lotus with dense GT and label-free SharpDepth, through ``depthkit train``'s trainers.
 
-The learning test is the point of this file: a tiny Lotus is trained from random init on a few synthetic scenes, then
-SharpDepth is trained label-free on the same images with a *blurred* GT as its metric input (the smooth output of a
-discriminative metric model, in miniature). The trained sharpener must return depth whose edges are closer to the true
-ones than the blurred input's (iBims DBE accuracy) while staying metric (MAE within a stated tolerance of the input's).
-It is scored on the training images: it tests that the mechanism (Lotus's edges distilled into a metric output by
-gating, SDS and the e-weighted reconstruction) works end to end, not that a 4-scene model generalises — the benchmark
-(benchmarks/sharpen.py) reports held-out numbers.
+The trainer test runs both trainers end to end on a few synthetic scenes (a tiny Lotus from random init, then
+SharpDepth label-free with a blurred GT as its precomputed, cached metric source) and checks that each lowers its own
+objective. It makes no claim about sharpening: an earlier version asserted DBE/MAE marks on the training images that
+the *untrained* model already met. Whether SharpDepth sharpens, and whether each of its mechanisms matters, is
+tested on held-out scenes in ``tests/test_sharpen_mechanism.py``.
 """
 
 import json
@@ -25,7 +23,6 @@ SMALL_UNET = {"block_out_channels": [16, 32], "norm_num_groups": 8}
 SMALL_VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4,
              "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2}
 BLUR_SIGMA = 3.0  # pixels
-MAE_TOLERANCE = 0.03  # metres: the sharpened MAE may exceed the blurred input's by at most this
 
 
 @pytest.fixture(autouse=True)
@@ -117,20 +114,9 @@ def learn_to_sharpen(tmp_path, n_scenes: int, lotus_steps: int, sharpen_steps: i
             "objective_before": objective(untrained), "objective_after": objective(trained)}
 
 
-def test_tiny_lotus_then_sharpdepth_learn_to_sharpen(tmp_path):
-    """Fast version (2 scenes; ~25 s on one CPU thread). Measured: DBE 0.92 -> 0.58 px, MAE 0.34 -> 0.28 m."""
+def test_lotus_then_sharpdepth_trainers_lower_their_objectives(tmp_path):
+    """2 scenes, 150 Lotus steps, 15 SharpDepth steps (~25 s on one CPU thread)."""
     r = learn_to_sharpen(tmp_path, n_scenes=2, lotus_steps=150, sharpen_steps=15, batch_size=2)
-    assert r["dbe_sharp"] < 0.9 * r["dbe_blur"], r
-    assert r["mae_sharp"] <= r["mae_blur"] + MAE_TOLERANCE, r
-    assert r["objective_after"] < r["objective_before"], r
-
-
-@pytest.mark.slow
-def test_learn_to_sharpen_four_scenes(tmp_path):
-    """Fuller version (4 scenes, longer Lotus). Measured: DBE 1.02 -> 0.78 px, MAE 0.27 -> 0.23 m."""
-    r = learn_to_sharpen(tmp_path, n_scenes=4, lotus_steps=250, sharpen_steps=20, batch_size=4)
-    assert r["dbe_sharp"] < 0.9 * r["dbe_blur"], r
-    assert r["mae_sharp"] <= r["mae_blur"] + MAE_TOLERANCE, r
     assert r["objective_after"] < r["objective_before"], r
 
 

@@ -1,7 +1,7 @@
 """Stage 2, sharpen: Lotus and SharpDepth (imports nothing heavy until a name is used).
 
 - :mod:`.lotus` — ``LotusModel`` (single-step x0 diffusion depth, Lotus-G / Lotus-D), ``task_embedding``,
-  ``compute_empty_prompt_embeds`` (import time only), ``resolve_model_dir`` (a local folder or a hub id, resolved
+  ``resolve_model_dir`` (a local folder or a hub id, resolved
   once by each public ``from_pretrained``);
 - :mod:`.normalize` — depth ↔ [-1, 1] (depth or disparity space, 2%/98% quantiles or min/max), masked scale/shift;
 - :mod:`.model` — ``SharpDepth`` (two-pass inference, per-step training losses), ``SharpDepthConfig``;
@@ -24,7 +24,7 @@ Typical use::
 """
 
 _EXPORTS = {
-    "LotusModel": "lotus", "task_embedding": "lotus", "compute_empty_prompt_embeds": "lotus",
+    "LotusModel": "lotus", "task_embedding": "lotus", "compute_empty_prompt_embeds": "importer",
     "normalize_depth": "normalize", "denormalize_depth": "normalize",
     "SharpDepth": "model", "SharpDepthConfig": "model", "SharpenOutput": "model", "EMA": "ema",
     "discrepancy": "gating", "downsample_discrepancy": "gating", "gate": "gating", "apply_gate": "gating",

@@ -25,10 +25,15 @@ The normalisation space is read from the release name when not given: names cont
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["RELEASE_PARTS", "DEFAULT_PROCESSING_RESOLUTION", "resolve_release", "check_release", "load_release",
-           "lotus_from_release", "lotus_from_stable_diffusion", "import_checkpoint"]
+           "lotus_from_release", "lotus_from_stable_diffusion", "import_checkpoint", "compute_empty_prompt_embeds"]
 
 RELEASE_PARTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
 DEFAULT_PROCESSING_RESOLUTION = 768
@@ -95,7 +100,7 @@ def load_release(root) -> dict:
     encoder runs once for the empty prompt and is dropped."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from depthkit.sharpen.lotus import compute_empty_prompt_embeds, has_safetensors
+    from depthkit.sharpen.lotus import has_safetensors
 
     root = Path(root)
     index = check_release(root)
@@ -228,3 +233,36 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
     options = {"processing_resolution": None}
     return write_sharpen_checkpoint(out, model, options, imported_from=sources,
                                     sharpener_trained=sharpdepth is not None)
+
+
+def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.Tensor:
+    """The text-encoder output for the empty prompt, ``1 x L x D`` float32 on CPU (L = 2 for CLIP: BOS + EOS).
+
+    Used only when importing released weights (a diffusers pipeline directory has ``text_encoder/`` and
+    ``tokenizer/``): ``compute_empty_prompt_embeds(DIR / "text_encoder", DIR / "tokenizer")``. Either argument may
+    be a loaded object instead of a directory. The prompt is tokenised *without padding* (``padding="do_not_pad"``),
+    as the public Lotus and SharpDepth code encode it [code], and the last hidden state is kept. (Stable Diffusion
+    pipelines pad to 77 tokens; CLIP's attention is causal, so the first two rows of that padded output equal this
+    embedding, but a UNet cross-attending to the 75 extra rows gives a different result.)
+    """
+    import torch
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
+    if isinstance(text_encoder_dir_or_model, (str, os.PathLike)):
+        from transformers import CLIPTextModel
+
+        from depthkit.sharpen.lotus import has_safetensors
+
+        # a .bin-only release loads through torch.load(weights_only=True) (tensors only, no pickled code)
+        text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model), trust_remote_code=False,
+                                                     use_safetensors=has_safetensors(text_encoder_dir_or_model))
+    else:
+        text_encoder = text_encoder_dir_or_model
+    tokens = tokenizer([""], padding="do_not_pad", truncation=True, return_tensors="pt")
+    device = next(text_encoder.parameters()).device
+    with torch.no_grad():
+        out = text_encoder(tokens["input_ids"].to(device))[0]
+    return out.float().cpu()

@@ -33,7 +33,6 @@ Checkpoint layout written by :meth:`LotusModel.save_pretrained` and read by :met
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ from depthkit.sharpen.normalize import SPACES, replicate3
 
 __all__ = [
     "TASKS", "LOTUS_MODES", "LOTUS_JSON", "EMBEDS_FILE", "HUB_PATTERNS", "task_embedding", "check_lotus_mode",
-    "default_scheduler_config", "image_to_tensor", "compute_empty_prompt_embeds", "resize_bilinear", "pad_to_multiple", "LotusModel", "resolve_model_dir",
+    "default_scheduler_config", "image_to_tensor", "resize_bilinear", "pad_to_multiple", "LotusModel", "resolve_model_dir",
 ]
 
 TASKS = {"depth": (1.0, 0.0), "rgb": (0.0, 1.0)}
@@ -111,35 +110,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB → ``1 x 3 x H x W`` float32 in [-1, 1] (CPU). No checks: the caller validated ``image``
     (:meth:`LotusModel.prepare_image` for public entries, :class:`depthkit.pipeline.Pipeline` for stages)."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-
-
-def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.Tensor:
-    """The text-encoder output for the empty prompt, ``1 x L x D`` float32 on CPU (L = 2 for CLIP: BOS + EOS).
-
-    Used only when importing released weights (a diffusers pipeline directory has ``text_encoder/`` and
-    ``tokenizer/``): ``compute_empty_prompt_embeds(DIR / "text_encoder", DIR / "tokenizer")``. Either argument may
-    be a loaded object instead of a directory. The prompt is tokenised *without padding* (``padding="do_not_pad"``),
-    as the public Lotus and SharpDepth code encode it [code], and the last hidden state is kept. (Stable Diffusion
-    pipelines pad to 77 tokens; CLIP's attention is causal, so the first two rows of that padded output equal this
-    embedding, but a UNet cross-attending to the 75 extra rows gives a different result.)
-    """
-    if isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
-    if isinstance(text_encoder_dir_or_model, (str, os.PathLike)):
-        from transformers import CLIPTextModel
-
-        # a .bin-only release loads through torch.load(weights_only=True) (tensors only, no pickled code)
-        text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model), trust_remote_code=False,
-                                                     use_safetensors=has_safetensors(text_encoder_dir_or_model))
-    else:
-        text_encoder = text_encoder_dir_or_model
-    tokens = tokenizer([""], padding="do_not_pad", truncation=True, return_tensors="pt")
-    device = next(text_encoder.parameters()).device
-    with torch.no_grad():
-        out = text_encoder(tokens["input_ids"].to(device))[0]
-    return out.float().cpu()
 
 
 def _checkpoint_error(message: str) -> Exception:

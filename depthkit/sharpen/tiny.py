@@ -14,9 +14,10 @@ path is the one full-size Lotus takes. The layout is Stable Diffusion's in minia
   tensor works for a model trained with it).
 
 :data:`TINY_V1_UNET` / :data:`TINY_V1_VAE` are the overrides that rebuild the earlier layout (attention at the
-highest UNet level, a 4x VAE), whose cost grew quadratically with the pixels. Measured on one CPU thread of a
-loaded 2-core machine, both UNet passes of the current layout take ~0.15 s at 320x240 and ~0.7 s at 640x480; the
-VAE (two encodes, two decodes) ~0.3 s and ~2.1 s.
+highest UNet level, a 4x VAE), whose cost grew quadratically with the pixels. ``benchmarks/results/sharpen_tiny.md``
+times both side by side (one CPU thread, a 2-core machine at load ~10): both UNet passes of the current layout take
+0.25 s at 320x240 and 1.4 s at 640x480 (the earlier layout 14.5 s and 244 s); the VAE (two encodes, two decodes)
+1.7 s and 10.8 s.
 """
 
 from __future__ import annotations
