@@ -252,3 +252,26 @@ def test_pickle_payload_in_a_bin_release_never_runs(releases, tmp_path):
     with pytest.raises(CheckpointError, match="hostile_release"):
         import_checkpoint(tmp_path / "out", sharpdepth=bad)
     assert not marker.exists()
+
+
+def test_release_with_custom_code_is_refused_without_a_prompt(releases, tmp_path, monkeypatch):
+    """A release whose tokenizer config names custom code (auto_map) is refused before transformers could ask
+    "Do you wish to run the custom code?": stdin answering "y" changes nothing and no code runs."""
+    import io
+    import json
+    import shutil
+
+    from depthkit.checkpoints import CheckpointError
+
+    root, _, _ = releases["sharpdepth"]
+    bad = tmp_path / "custom_code_release"
+    shutil.copytree(root, bad)
+    marker = tmp_path / "code_ran"
+    (bad / "tokenizer" / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    cfg = json.loads((bad / "tokenizer" / "tokenizer_config.json").read_text())
+    cfg["auto_map"] = {"AutoTokenizer": ["evil.Tok", None]}
+    (bad / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))
+    with pytest.raises(CheckpointError, match="auto_map"):
+        import_checkpoint(tmp_path / "out", sharpdepth=bad)
+    assert not marker.exists()

@@ -102,8 +102,11 @@ def load_release(root) -> dict:
 
     from depthkit.sharpen.lotus import has_safetensors
 
+    from depthkit.checkpoints import check_tree
+
     root = Path(root)
     index = check_release(root)
+    check_tree(root)  # no auto_map (code transformers would offer to run), no symlink out of the release
     try:
         # safetensors when the part has them; else its .bin through torch.load(weights_only=True), tensors only
         unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), use_safetensors=has_safetensors(root / "unet"))
