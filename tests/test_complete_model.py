@@ -365,3 +365,20 @@ def test_generate_and_input_errors(tokenizer, processor, batch):
         model(**batch["inputs"], sparse_pixels=batch["depth"]["sparse_pixels"])
     with pytest.raises(ValueError, match="fusion="):
         SDIMConfig(fusion="late")
+
+
+def test_laplace_nll_trains_the_scale_only():
+    """The head's uncertainty loss: hand value, its minimum at b = mean |log error|, no gradient to the prediction."""
+    from depthkit.complete.readout import ResidualHead, laplace_nll
+
+    pred = torch.tensor([2.0, 4.0], requires_grad=True)
+    target = torch.tensor([2.0 * np.e**0.2, 4.0 * np.e**-0.4])
+    b = torch.full((2,), 0.3, requires_grad=True)
+    loss = laplace_nll(pred, b, target)
+    assert float(loss) == pytest.approx(np.mean([0.2 / 0.3, 0.4 / 0.3]) + np.log(0.3), rel=1e-5)
+    loss.backward()
+    assert pred.grad is None or float(pred.grad.abs().sum()) == 0.0
+    assert float(b.grad.sum()) == pytest.approx(0.0, abs=1e-5)  # mean |r| = 0.3 is the optimum
+    head = ResidualHead(8)
+    pred_m, scale = head.predict_with_scale(torch.randn(3, 8), torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.equal(pred_m, torch.tensor([1.0, 2.0, 3.0])) and torch.allclose(scale, torch.full((3,), 0.1))

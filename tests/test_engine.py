@@ -87,22 +87,45 @@ def test_answer_confidence_hand_cases():
     choices = [2, 10, 5, 0, 0]  # "2.500"
     probs = one_hot[choices]
     assert answer_confidence(choices, probs, [False] * 5) == pytest.approx(1.0)
-    # units digit split 50/50 between 2 and 3: expected error 0.5 m on 2.5 m, tolerance 10 % -> exp(-0.5 / 0.25)
+    # units digit split 50/50 between 2 and 3: the "3" branch reaches 3.000 at best, 0.5 m away; 0.5 * 0.5 m on
+    # 2.5 m at tolerance 10 % -> exp(-0.25 / 0.25)
     p = probs.copy()
     p[0] = 0.0
     p[0, 2] = p[0, 3] = 0.5
-    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-2.0))
+    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-1.0))
     # the same doubt on the third decimal costs 1000x less
     p = probs.copy()
     p[4] = 0.0
     p[4, 0] = p[4, 1] = 0.5
     assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.0005 / 0.25))
-    # point vs another integer digit at 50/50: error of y itself; a forced step counts nothing
+    # point vs a digit at 50/50: "27..." is at least 27 m, 24.5 m away; a forced step counts nothing
     p = probs.copy()
     p[1] = 0.0
     p[1, 10] = p[1, 7] = 0.5
-    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.5 * 2.5 / 0.25))
+    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.5 * 24.5 / 0.25))
     assert answer_confidence(choices, p, [False, True, False, False, False]) == pytest.approx(1.0)
+    # probability on tokens outside the 11 (full-vocabulary softmax) is an error of the whole value
+    p = probs.copy()
+    p[2] *= 0.5
+    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.5 * 2.5 / 0.25))
+
+
+def test_answer_confidence_is_carry_aware():
+    """The issue's case: a 50/50 split between 0.999 and 1.000 is a 1 mm doubt and must score far above a 50/50
+    split between 5 m and 9 m (per-digit scoring gave 0.0067 vs 0.018)."""
+    one_hot = np.eye(11)
+
+    def conf(choices, step, split):
+        p = one_hot[choices].copy()
+        p[step] = 0.0
+        for c in split:
+            p[step, c] = 1.0 / len(split)
+        return answer_confidence(choices, p, [False] * len(choices))
+
+    near_carry = [conf([0, 10, 9, 9, 9], 0, (0, 1)), conf([1, 10, 0, 0, 0], 0, (0, 1))]
+    far = conf([5, 10, 0, 0, 0], 0, (5, 9))
+    assert min(near_carry) > 0.99 and far < 0.02
+    assert near_carry[0] == pytest.approx(np.exp(-0.0005 / 0.0999))
 
 
 def test_engine_equals_constrained_generate(model, proc, scene):
@@ -226,20 +249,23 @@ def test_residual_head_readout_reads_the_last_suffix_hidden_state(model, proc, s
     head = ResidualHead(model.base.config.text_config.hidden_size)
     with torch.no_grad():
         torch.nn.init.normal_(head.net[-1].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.normal_(head.log_scale.weight, std=0.5, generator=torch.Generator().manual_seed(1))
     cfg = P.PromptConfig(prompt_prior="nearest")
     priors = np.linspace(1.0, 5.0, 4)
     engine = CompletionEngine(model, proc, cfg, readout="residual_head", residual_head=head, batch_size=3)
     prefix = engine.encode(image, sparse)
     got = engine.answer(prefix, rows[:4], cols[:4], priors)
-    assert (got.confidence == 1).all() and got.ok.all()
+    assert got.ok.all() and 0 < got.confidence.min() and got.confidence.max() < 1
+    assert np.ptp(got.confidence) > 0.01  # the head's uncertainty differs per pixel
     rr, cc = map_to_resized(rows[:4], cols[:4], (56, 84), prefix.resized_hw)
     for i in range(4):
         suffix = engine._suffix_ids(engine.query_texts(cc[i:i + 1], rr[i:i + 1], priors[i:i + 1]))[0]
         assert suffix[-1] == proc.tokenizer("\n", add_special_tokens=False).input_ids[0]  # after "assistant"
         res, _, _ = _full_sequence_forward(model, proc, image, sparse, suffix)
         with torch.no_grad():
-            want = head.predict(res.hidden_states[-1][:, -1], torch.tensor([priors[i]]))
+            want, scale = head.predict_with_scale(res.hidden_states[-1][:, -1], torch.tensor([priors[i]]))
         assert got.values[i] == pytest.approx(float(want[0]), rel=1e-4)
+        assert got.confidence[i] == pytest.approx(float(torch.exp(-scale[0] / 0.1)), rel=1e-4)
     assert not np.allclose(got.values, priors)  # the head really corrected the priors
     with pytest.raises(ValueError, match="needs priors"):
         engine.answer(prefix, rows[:2], cols[:2])

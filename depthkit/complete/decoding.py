@@ -5,7 +5,7 @@ the number. :class:`AnswerGrammar` is that choice as a state machine over 11 tok
 1 to ``max_int_digits`` (3) integer digits, the point, exactly ``frac_digits`` (3) decimals — the ``{y:.3f}`` format
 for depths up to 300 m. Leading zeros are not forbidden (``"007.5"`` reads as 7.5); the point is forced after the
 third integer digit. :func:`answer_confidence` turns the digit distributions along a decoded path into a confidence
-in [0, 1] (the rule is in :mod:`depthkit.complete.engine`'s docstring).
+in [0, 1]: the expected error of the decoded value, carry-aware (its docstring has the rule).
 
 :func:`AnswerConstraint` is the same template + grammar as a ``transformers`` ``LogitsProcessor`` and
 :func:`naive_answers` the paper's way of asking — the processor builds the whole conversation and
@@ -77,12 +77,22 @@ class AnswerGrammar:
 
 
 def answer_confidence(choices: list[int], probs: np.ndarray, forced: list[bool], tolerance: float = 0.1) -> float:
-    """Confidence in [0, 1] of one decoded number (see the module docstring).
+    """Confidence in [0, 1] of one decoded number: ``exp(-sigma / (tolerance * y))``, with ``sigma`` the expected
+    absolute error (metres) of the decoded value ``y`` under the step distributions along the greedy path.
+
+    Carry-aware: choosing digit ``d`` instead of ``d*`` at place value ``v`` leads to numbers in
+    ``[P + d v, P + (d + 1) v)`` (``P`` the value of the digits before it, any later digits), so its error is the
+    distance from ``y`` to that interval, not ``v |d - d*|`` — a 50/50 split between 0.999 and 1.000 costs 0.0005 m,
+    a 50/50 split between 5 m and 9 m costs 2 m. A point instead of a digit (or a digit instead of the point) changes
+    the order of magnitude; its error is likewise the distance to the numbers that choice can still reach.
+    Probability on tokens outside the 11 allowed ones (``1 - sum(p)``, when ``probs`` come from the full
+    vocabulary) is a wrong answer of unknown size and counts as an error of ``y``.
 
     Args:
         choices: the decoded indices (0-9 digits, 10 = point), in order.
-        probs: len(choices) x 11, the renormalised distribution over the allowed tokens at each step.
-        forced: per step, True when only one token was allowed.
+        probs: len(choices) x 11, each step's probabilities of the 11 tokens (full-vocabulary softmax, or
+            renormalised over them).
+        forced: per step, True when only one token was allowed (contributes nothing).
         tolerance: relative depth error that maps to confidence 1/e.
     """
     text = "".join("." if c == 10 else str(c) for c in choices)
@@ -91,16 +101,35 @@ def answer_confidence(choices: list[int], probs: np.ndarray, forced: list[bool],
     except ValueError:
         return 0.0
     n_int = text.index(".") if "." in text else len(text)
-    sigma, digits = 0.0, np.arange(10)
+    frac = len(text) - n_int - 1 if "." in text else 0
+    ulp = 10.0 ** -frac
+    alt = np.arange(10, dtype=np.float64)
+    sigma = 0.0
     for k, (c, p, f) in enumerate(zip(choices, probs, forced)):
         if f:
             continue
         p = np.asarray(p, dtype=np.float64)
-        if c == 10:
-            sigma += (1.0 - p[10]) * y
+        other = max(0.0, 1.0 - float(p.sum()))
+        head = float(text[:k]) if k and text[:k] != "." else 0.0  # value of the digits before step k, as decoded
+        int_head = float(text[:min(k, n_int)] or 0)  # integer digits before step k
+        if c == 10:  # point chosen; a digit would make the integer part >= 10 * int_head + d
+            err = np.maximum(0.0, 10.0 * int_head + alt - y)
+            sigma += float((p[:10] * err).sum()) + other * y
             continue
         place = 10.0 ** (n_int - 1 - k) if k < n_int else 10.0 ** (n_int - k)
-        sigma += place * float((p[:10] * np.abs(digits - c)).sum()) + p[10] * y
+        if k < n_int:  # integer digit: the decoded digits before it form head * place * 10
+            base = int_head * place * 10.0
+        else:
+            base = head
+        tail = y - base - c * place  # later digits' value, in [0, place)
+        err = np.where(alt > c, (alt - c) * place - tail, (c - alt - 1) * place + tail + ulp)
+        err[c] = 0.0
+        point = 0.0
+        if k < n_int and k > 0:  # a point here: the number would be int_head.xxx
+            point = p[10] * max(0.0, y - (int_head + 1.0))
+        elif k < n_int:
+            point = p[10] * y
+        sigma += float((p[:10] * np.maximum(err, 0.0)).sum()) + point + other * y
     return float(math.exp(-sigma / (tolerance * max(y, prompts.MIN_DEPTH))))
 
 

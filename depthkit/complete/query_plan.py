@@ -15,7 +15,8 @@
    a joint-bilateral local-plane fit), which copies every anchor exactly — so measured pixels keep their values bit
    for bit, and between anchors the fill follows colour edges instead of blurring across them.
 4. **Confidence map** (:func:`confidence_map`): 1 at measured pixels, each answer's confidence at its pixel (0 for
-   unreadable ones), and elsewhere the confidence of the nearest anchor (measured or answered).
+   unreadable ones), and elsewhere the confidence of the nearest anchor (measured or answered) decaying with the
+   distance to it (``exp(-d / decay)``, decay = the anchors' mean spacing by default).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def fill_dense(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np
                values: np.ndarray) -> np.ndarray:
     """Dense HxW float32 metres from measured points plus answers at (rows, cols) (NaN answers are skipped).
 
-    Every anchor (measured point or finite answer > 0) is copied exactly; the rest is
-    :func:`depthkit.data.baselines.guided` over those anchors. Measured pixels are never overwritten by answers.
+    Every anchor (measured point or finite answer > 0) is copied exactly (here, not left to the interpolator); the
+    rest is :func:`depthkit.data.baselines.guided` over those anchors. Measured pixels are never overwritten by answers.
     """
     from depthkit.data.baselines import guided
 
@@ -146,15 +147,18 @@ def fill_dense(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np
         raise ValueError("nothing to fill from: the sparse map has no measured pixel and no query gave a readable "
                          "answer; give at least one measured point (metres > 0).")
     dense = guided(np.asarray(image), anchors)
-    dense[measured] = sparse[measured]
+    has = anchors > 0
+    dense[has] = anchors[has]  # every anchor exactly, whatever the interpolator does: measured pixels bit for bit
     return dense
 
 
 def confidence_map(sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray, confidence: np.ndarray,
-                   ok: np.ndarray) -> np.ndarray:
-    """HxW float32 in [0, 1]: 1 at measured pixels, each query's confidence at its pixel (0 if unreadable),
-    elsewhere the confidence of the nearest anchor (measured pixel or readable answer)."""
-    from depthkit.data.baselines import nearest_fill
+                   ok: np.ndarray, decay_px: float | None = None) -> np.ndarray:
+    """HxW float32 in [0, 1]: 1 at measured pixels, each query's confidence at its pixel (0 if unreadable), and
+    elsewhere the confidence of the nearest anchor (measured pixel or readable answer) times ``exp(-d / decay_px)``
+    with ``d`` the distance to that anchor in pixels — the dense fill is an interpolation, less sure the farther it
+    reaches. ``decay_px`` (> 0) default: the mean spacing of the anchors, ``sqrt(H * W / anchors)``."""
+    from scipy import ndimage
 
     measured = ~_missing(sparse)
     conf = np.zeros(measured.shape, np.float32)
@@ -168,6 +172,11 @@ def confidence_map(sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray, confi
     anchors[rows[ok], cols[ok]] = True
     if not anchors.any():
         return conf
-    out = nearest_fill(conf, anchors)
+    if decay_px is None:
+        decay_px = math.sqrt(anchors.size / anchors.sum())
+    if not decay_px > 0:
+        raise ValueError(f"confidence decay length must be > 0 pixels; got {decay_px}.")
+    dist, (iy, ix) = ndimage.distance_transform_edt(~anchors, return_indices=True)
+    out = conf[iy, ix] * np.exp(-dist / decay_px)
     out[rows[~ok], cols[~ok]] = 0.0
     return out.astype(np.float32)
