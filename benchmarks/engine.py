@@ -145,11 +145,11 @@ def run_plain_shared_prefix(engine, image, sparse, rows, cols, batch: int) -> li
     from depthkit.complete import prompts as P
     from depthkit.complete.depth_inputs import prepare_depth_inputs
     from depthkit.complete.positions import prefix_position_ids, suffix_position_ids
-    from depthkit.complete.processor import map_to_resized
+    from depthkit.complete.processor import map_to_resized, process_image_text
 
     lm, g, proc = engine.lm, engine.grammar, engine.processor
     dev = lm.device
-    out = proc(images=[image], text=[P.chat_prefix_text()], return_tensors="pt")
+    out = process_image_text(proc, image, P.chat_prefix_text())
     inputs = {k: v.to(dev) for k, v in out.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(lm.dtype)
     depth = prepare_depth_inputs(sparse, out["image_grid_thw"], out["pixel_values"], proc, engine.model.sdim_config)

@@ -323,3 +323,25 @@ def test_constrained_engine_equals_plain_generate_on_a_template_model(tok, proc)
     for text, r, ok in zip(got.texts, ref, well_formed):
         if ok:
             assert P.answer_text(float(text)) == r["text"]
+
+
+@pytest.mark.parametrize("height", [1, 3, 4])
+def test_thin_images_are_read_channels_last(model, proc, height):
+    """Images 1, 3 or 4 pixels tall: the image processor would guess channels-first; every path states the format,
+    so the resized grid keeps the image's aspect (wide, not tall) and the engine still equals generate()."""
+    from depthkit.complete.processor import process_image_text, resized_size
+
+    rng = np.random.default_rng(height)
+    image = (rng.random((height, 90, 3)) * 255).astype(np.uint8)
+    sparse = np.zeros((height, 90), np.float32)
+    sparse[0, ::7] = rng.uniform(1.0, 5.0, 13)
+    out = process_image_text(proc, image, P.chat_prefix_text())
+    grid = out["image_grid_thw"][0].tolist()
+    assert (grid[1] * 14, grid[2] * 14) == resized_size(height, 90, proc) and grid[2] > grid[1]
+    rows, cols = np.zeros(2, np.int64), np.array([3, 60])
+    engine = CompletionEngine(model, proc)
+    got = engine.answer(engine.encode(image, sparse), rows, cols)
+    ref = naive_answers(model, proc, image, sparse, rows, cols, constrained=True)
+    assert got.texts == [r["number"] for r in ref]
+    with pytest.raises(ValueError, match="HxWx3"):
+        process_image_text(proc, image.transpose(2, 0, 1), P.chat_prefix_text())

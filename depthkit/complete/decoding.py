@@ -174,7 +174,7 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
     "text": decoded text, "number": the number's text (constrained) or None, "value": parsed metres or None}``.
     """
     from depthkit.complete.depth_inputs import prepare_depth_inputs
-    from depthkit.complete.processor import map_to_resized, resized_size
+    from depthkit.complete.processor import map_to_resized, process_image_text, resized_size
 
     config = prompt_config or prompts.PromptConfig()
     if config.pixel_reference != "text":
@@ -194,7 +194,7 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
     for i, (y, x) in enumerate(zip(rr.tolist(), cc.tolist())):
         prior = None if config.prompt_prior == "none" else float(np.asarray(priors).reshape(-1)[i])
         text = prompts.chat_prefix_text() + prompts.chat_suffix_text(prompts.query_text(0, (x, y), prior=prior, config=config))
-        out = processor(images=[image], text=[text], return_tensors="pt")
+        out = process_image_text(processor, image, text)
         inputs = {k: v.to(device) for k, v in out.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         kwargs = dict(inputs, max_new_tokens=(len(forced) + grammar.max_tokens + 1) if constrained else max_new_tokens,

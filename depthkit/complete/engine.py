@@ -159,10 +159,11 @@ class CompletionEngine:
     def encode(self, image: np.ndarray, sparse: np.ndarray | None) -> PrefixCache:
         """Process the image and its sparse depth (HxW metres, 0 = missing; None = RGB only) and run the prefix."""
         from depthkit.complete.depth_inputs import prepare_depth_inputs
+        from depthkit.complete.processor import process_image_text
 
         start = time.perf_counter()
         image = np.asarray(image)
-        out = self.processor(images=[image], text=[prompts.chat_prefix_text()], return_tensors="pt")
+        out = process_image_text(self.processor, image, prompts.chat_prefix_text())
         inputs = {k: v.to(self.lm.device) for k, v in out.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.lm.dtype)
         depth_inputs = None
