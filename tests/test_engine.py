@@ -345,3 +345,54 @@ def test_thin_images_are_read_channels_last(model, proc, height):
     assert got.texts == [r["number"] for r in ref]
     with pytest.raises(ValueError, match="HxWx3"):
         process_image_text(proc, image.transpose(2, 0, 1), P.chat_prefix_text())
+
+
+def test_bf16_guarantee_on_cpu(model, proc, scene):
+    """bf16 (on the CPU): the engine decodes the same tokens as constrained generate() up to the first step where
+    generate()'s winning margin (best minus runner-up allowed logit) is below BF16_MARGIN — and nowhere else may they
+    differ. Ties go to the lowest token id on both sides."""
+    import copy
+
+    from depthkit.complete.engine import BF16_MARGIN
+
+    image, sparse, _, _ = scene
+    rng = np.random.default_rng(7)
+    missing = np.argwhere(sparse <= 0)
+    rows, cols = missing[rng.choice(len(missing), 24, replace=False)].T
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    engine = CompletionEngine(half, proc, batch_size=16)
+    got = engine.answer(engine.encode(image, sparse), rows, cols)
+    ref = naive_answers(half, proc, image, sparse, rows, cols, constrained=True, margins=True)
+    exact = 0
+    for mine, r in zip(got.texts, ref):
+        theirs = r["number"]
+        if mine == theirs:
+            exact += 1
+            continue
+        k = next(j for j in range(min(len(mine), len(theirs))) if mine[j] != theirs[j])
+        assert r["margins"][k] < BF16_MARGIN, (mine, theirs, r["margins"])
+    assert exact >= 18  # most answers are exact; the rest diverge only at a near tie
+
+
+@pytest.mark.parametrize("mode", ["text", "rope"])
+def test_residual_head_engine_equals_its_per_pixel_reference(tok, proc, scene, mode):
+    """The fast path (one suffix pass, no decoding, no LM head) against one full forward per pixel."""
+    from depthkit.complete.decoding import head_reference
+    from depthkit.complete.readout import ResidualHead
+
+    image, sparse, rows, cols = scene
+    rope = {"rope_type": "default", "rope_theta": 10.0, "mrope_section": [2, 3, 3]}
+    base = build_tiny_qwen2_5_vl(tok, seed=2, text={"initializer_range": 0.3, "rope_parameters": rope},
+                                 initializer_range=0.3)
+    model = SDIMModel(base, SDIMConfig(init="he")).eval()
+    head = ResidualHead(64)
+    with torch.no_grad():
+        torch.nn.init.normal_(head.net[-1].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.normal_(head.log_scale.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+    cfg = P.PromptConfig(prompt_prior="guided", pixel_reference=mode)
+    priors = np.linspace(1.0, 5.0, 5)
+    engine = CompletionEngine(model, proc, cfg, readout="residual_head", residual_head=head, batch_size=2)
+    got = engine.answer(engine.encode(image, sparse), rows[:5], cols[:5], priors)
+    values, scales = head_reference(model, proc, head, image, sparse, rows[:5], cols[:5], cfg, priors)
+    assert got.values == pytest.approx(values, rel=1e-5) and not np.allclose(values, priors)
+    assert got.confidence == pytest.approx(np.exp(-scales / 0.1), rel=1e-4)

@@ -22,7 +22,8 @@ import torch
 
 from depthkit.complete import prompts
 
-__all__ = ["DECODE_MODES", "AnswerGrammar", "answer_confidence", "AnswerConstraint", "naive_answers"]
+__all__ = ["DECODE_MODES", "AnswerGrammar", "answer_confidence", "AnswerConstraint", "naive_answers",
+           "head_reference"]
 
 # --------------------------------------------------------------------------------------------------------------------
 # The answer grammar
@@ -165,13 +166,15 @@ def AnswerConstraint(prompt_length: int, forced_ids: list[int], grammar: AnswerG
 @torch.no_grad()
 def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None, rows, cols,
                   prompt_config: prompts.PromptConfig | None = None, priors=None, constrained: bool = True,
-                  max_new_tokens: int = 24) -> list[dict]:
+                  max_new_tokens: int = 24, margins: bool = False) -> list[dict]:
     """The paper's way, as the reference: for each pixel the processor builds the whole conversation and
     ``SDIMModel.generate`` decodes greedily. Text pixel reference only (``rope`` needs custom positions).
 
     With ``constrained=True`` an :func:`AnswerConstraint` forces the answer prefix and the number grammar (the
     engine's rule); otherwise plain greedy ``generate()``. Returns per pixel ``{"tokens": generated ids,
-    "text": decoded text, "number": the number's text (constrained) or None, "value": parsed metres or None}``.
+    "text": decoded text, "number": the number's text (constrained) or None, "value": parsed metres or None}``;
+    with ``margins=True`` (constrained only) also ``"margins"``: per decoded number token, the winning logit minus
+    the runner-up among the tokens the grammar allowed (``inf`` where only one was allowed).
     """
     from depthkit.complete.depth_inputs import prepare_depth_inputs
     from depthkit.complete.processor import map_to_resized, process_image_text, resized_size
@@ -208,7 +211,17 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
             depth = prepare_depth_inputs(sparse, out["image_grid_thw"], out["pixel_values"], processor,
                                          model.sdim_config)
             kwargs.update({k: v.to(device) for k, v in depth.items()})
-        gen = model.generate(**kwargs)[0, out["input_ids"].shape[1]:].tolist()
+        if margins:
+            kwargs.update(output_scores=True, return_dict_in_generate=True)
+        result = model.generate(**kwargs)
+        sequences = result.sequences if margins else result
+        gen = sequences[0, out["input_ids"].shape[1]:].tolist()
+        gaps = None
+        if margins and constrained:
+            gaps = []
+            for score in result.scores[len(forced):len(forced) + grammar.max_tokens]:
+                top = score[0].float().topk(2).values
+                gaps.append(float(top[0] - top[1]) if bool(torch.isfinite(top[1])) else math.inf)
         if eos in gen:
             gen = gen[:gen.index(eos)]
         decoded = tokenizer.decode(gen, skip_special_tokens=True)
@@ -216,4 +229,50 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
         if constrained:
             number = grammar.text(grammar.token_ids.index(t) for t in gen[len(forced):])
         results.append({"tokens": gen, "text": decoded, "number": number, "value": prompts.parse_answer(decoded)})
+        if gaps is not None:
+            results[-1]["margins"] = gaps[:len(number)]
     return results
+
+
+@torch.no_grad()
+def head_reference(model, processor, head, image: np.ndarray, sparse: np.ndarray | None, rows, cols,
+                   prompt_config: prompts.PromptConfig, priors) -> tuple[np.ndarray, np.ndarray]:
+    """The residual-head readout without prefix sharing, as the reference: per pixel ONE stock forward over the whole
+    sequence (prefix + query turn + assistant header) at :mod:`depthkit.complete.positions`' positions (text or
+    rope), then ``head`` on the last token's final hidden state. Returns (metres N, Laplace scale N) as float64."""
+    from depthkit.complete.depth_inputs import prepare_depth_inputs
+    from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
+    from depthkit.complete.processor import map_to_resized, process_image_text
+
+    param = next(model.parameters())
+    image = np.asarray(image)
+    out = process_image_text(processor, image, prompts.chat_prefix_text())
+    pre = prefix_position_ids(model, out["input_ids"], out["image_grid_thw"], out["mm_token_type_ids"])
+    grid = out["image_grid_thw"][0].tolist()
+    geometry = processor.image_processor
+    patch = int(geometry.patch_size)
+    rr, cc = map_to_resized(np.asarray(rows), np.asarray(cols), image.shape[:2], (grid[1] * patch, grid[2] * patch))
+    depth = {}
+    if sparse is not None and hasattr(model, "depth_branch"):
+        depth = prepare_depth_inputs(sparse, out["image_grid_thw"], out["pixel_values"], processor, model.sdim_config)
+        depth = {k: v.to(param.device) for k, v in depth.items()}
+    mode = prompt_config.pixel_reference
+    priors = np.asarray(priors, dtype=np.float64).reshape(-1)
+    values, scales = np.zeros(len(rr)), np.zeros(len(rr))
+    for i, (y, x) in enumerate(zip(rr.tolist(), cc.tolist())):
+        query = prompts.query_text(0, (x, y) if mode == "text" else None, prior=float(priors[i]), config=prompt_config)
+        suffix = processor.tokenizer(prompts.chat_suffix_text(query), add_special_tokens=False).input_ids
+        ids = torch.cat([out["input_ids"], torch.tensor([suffix])], dim=1)
+        mm = torch.cat([out["mm_token_type_ids"], torch.zeros(1, len(suffix), dtype=torch.long)], dim=1)
+        hw = pixel_grid_position([y], [x], pre["image_start"][0][0], patch * int(geometry.merge_size))
+        pos = suffix_position_ids(pre["next_pos"], torch.ones(1, len(suffix)), mode, hw if mode == "rope" else None)
+        pos = torch.cat([pre["position_ids"].to(pos.dtype), pos], dim=2)
+        res = model(input_ids=ids.to(param.device), attention_mask=torch.ones_like(ids).to(param.device),
+                    pixel_values=out["pixel_values"].to(param.device, param.dtype),
+                    image_grid_thw=out["image_grid_thw"].to(param.device), mm_token_type_ids=mm.to(param.device),
+                    position_ids=pos.to(param.device), output_hidden_states=True, logits_to_keep=1, **depth)
+        hidden = res.hidden_states[-1][:, -1]
+        value, scale = head.predict_with_scale(hidden.to(next(head.parameters()).dtype),
+                                               torch.tensor([priors[i]], device=param.device))
+        values[i], scales[i] = float(value[0]), float(scale[0])
+    return values, scales
