@@ -10,8 +10,8 @@ sparse map; then, over the pixels that were not measured and have ground truth, 
 is split at its median, and the AUROC of ``1 - confidence`` for "error above the median" is computed (0.5 = chance,
 1 = every above-median error is less confident than every below-median one). The same is reported for the queried
 pixels alone (the answers' own confidence: the residual head's predicted uncertainty, or the digit spread of the text
-readout) and for the confidence map without its spatial decay (each pixel taking its nearest anchor's confidence,
-the old rule), to show what each part contributes.
+readout) and for the old rule (each pixel taking its nearest anchor's confidence: no decay, no edge term), to show
+what the new terms contribute.
 
 Writes ``<out>/complete_confidence.json`` (``auroc`` = the dense map's, plus the others and the command).
 """
@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--query-budget", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--note", default="", help="how the checkpoint was trained (stored in the JSON)")
     args = parser.parse_args(argv)
 
     import torch
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     stage = CompleteVLMStage.from_checkpoint(path, query_budget=args.query_budget)
     ds = SyntheticDataset(split="val", length=args.scenes, height=args.height, width=args.width, kind=args.kind,
                           sparse_kwargs={"n": args.sparse_points})
-    dense_err, dense_conf, nearest_conf, q_err, q_conf = [], [], [], [], []
+    dense_err, dense_conf, nearest_conf, q_err, q_conf, dense_rel, q_rel = [], [], [], [], [], [], []
     start = time.perf_counter()
     for i in range(len(ds)):
         item = ds[i]
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
         out = stage.run(item["image"], sparse)
         use = (sparse <= 0) & (gt > 0) & np.isfinite(gt)
         dense_err.append(np.abs(out.depth - gt)[use])
+        dense_rel.append((np.abs(out.depth - gt) / np.maximum(gt, 1e-6))[use])
         dense_conf.append(out.confidence[use])
         qmask = out.extras["query_mask"] > 0
         rows, cols = np.nonzero(qmask)
@@ -84,31 +86,37 @@ def main(argv=None) -> int:
         nearest_conf.append(no_decay[use])
         q = qmask & use
         q_err.append(np.abs(out.depth - gt)[q])
+        q_rel.append((np.abs(out.depth - gt) / np.maximum(gt, 1e-6))[q])
         q_conf.append(out.extras["query_confidence"][q])
         print(f"scene {i}: {int(q.sum())} queries, dense MAE {dense_err[-1].mean():.3f} m", flush=True)
     dense_err, dense_conf, nearest_conf = map(np.concatenate, (dense_err, dense_conf, nearest_conf))
     q_err, q_conf = np.concatenate(q_err), np.concatenate(q_conf)
+    dense_rel, q_rel = np.concatenate(dense_rel), np.concatenate(q_rel)
     report = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "checkpoint": str(args.checkpoint), "settings": {"readout": stage.readout, **vars(stage.prompt_config)},
+        "checkpoint": str(args.checkpoint), "trained_with": args.note, "settings": {"readout": stage.readout, **vars(stage.prompt_config)},
         "scenes": len(ds), "split": "val", "size": [args.height, args.width], "kind": args.kind,
         "sparse_points": args.sparse_points, "query_budget": args.query_budget,
         "auroc": auroc(1.0 - dense_conf, dense_err > np.median(dense_err)),
         "auroc_queries": auroc(1.0 - q_conf, q_err > np.median(q_err)),
-        "auroc_dense_without_decay": auroc(1.0 - nearest_conf, dense_err > np.median(dense_err)),
+        "auroc_nearest_anchor_only": auroc(1.0 - nearest_conf, dense_err > np.median(dense_err)),
+        "auroc_relative": auroc(1.0 - dense_conf, dense_rel > np.median(dense_rel)),
+        "auroc_queries_relative": auroc(1.0 - q_conf, q_rel > np.median(q_rel)),
+        "auroc_nearest_anchor_only_relative": auroc(1.0 - nearest_conf, dense_rel > np.median(dense_rel)),
         "pixels": int(dense_err.size), "queries": int(q_err.size),
         "dense_mae_m": float(dense_err.mean()), "query_mae_m": float(q_err.mean()),
         "median_dense_error_m": float(np.median(dense_err)), "seconds": time.perf_counter() - start,
         "definition": "AUROC of (1 - confidence) for 'absolute error above the median absolute error', over "
                       "unmeasured pixels with ground truth (auroc: the stage's confidence map; auroc_queries: "
-                      "queried pixels and their answers' confidence; auroc_dense_without_decay: the map with each "
-                      "pixel taking its nearest anchor's confidence).",
+                      "queried pixels and their answers' confidence; auroc_nearest_anchor_only: the old rule, each pixel "
+                      "taking its nearest anchor's confidence); *_relative: the same with the relative error "
+                      "|pred - gt| / gt, the quantity the confidence estimates (exp(-relative error / tolerance)).",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "complete_confidence.json"
     target.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps({k: report[k] for k in ("auroc", "auroc_queries", "auroc_dense_without_decay", "dense_mae_m")}))
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("auroc") or k == "dense_mae_m"}))
     print(f"wrote {target}")
     return 0
 

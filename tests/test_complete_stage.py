@@ -123,6 +123,14 @@ def test_confidence_map_hand_case():
     wide[0, 0] = 1.0
     far = confidence_map(wide, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool), 10.0)
     assert far[0, 0] == 1 and far[0, 199] < 1e-8 and (np.diff(far[0]) < 0).all()
+    # with the completed map: confidence drops where the depth changes within the anchor spacing (an edge)
+    grid = np.zeros((20, 40), np.float32)
+    grid[::5, ::5] = 2.0
+    dense = np.where(np.arange(40) < 20, 2.0, 6.0)[None].repeat(20, 0)
+    edge = confidence_map(grid, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool), 1e9,
+                          dense=dense)
+    assert edge[2, 2] == pytest.approx(1.0) and edge[2, 19] == pytest.approx(np.exp(-np.log(3.0) / 0.1))
+    assert (edge[grid > 0] == 1).all()  # measured pixels stay exact
 
 
 # ---- the stage on a tiny checkpoint ----------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ validation answers its held-out queries through this engine too.
 **Readouts.** ``readout="text"`` decodes digits as above. ``readout="residual_head"`` needs no decoding loop: one
 suffix pass (query turn + assistant header, without the forced answer prefix) gives the last token's final hidden
 state (after the model's final norm), which :class:`depthkit.complete.readout.ResidualHead` maps to a bounded
-correction of the prompt prior.
+correction of the prompt prior and an uncertainty; the LM head is not run and the suffix cache holds the suffix
+only. :func:`~depthkit.complete.decoding.head_reference` (one full forward per pixel) is its reference, text or rope.
 
 **Confidence** is an estimate of the answer's relative error, mapped to [0, 1] by ``exp(-error / tolerance)``
 (``tolerance`` default 10 %: confidence 1/e at an expected 10 % error). Text readout: the expected absolute error

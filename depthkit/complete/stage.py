@@ -145,7 +145,8 @@ class CompleteVLMStage:
             conf_q, ok = np.zeros(0, np.float32), np.zeros(0, bool)
         dense = fill_dense(image, sparse, rows, cols, values)
         decay = opts["confidence_decay_px"]
-        conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay))
+        conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
+                              tolerance=float(opts["confidence_tolerance"]))
         query_mask = np.zeros(sparse.shape, np.float32)
         query_mask[rows, cols] = 1.0
         query_conf = np.zeros(sparse.shape, np.float32)
