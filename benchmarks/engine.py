@@ -20,6 +20,12 @@ drawn with a fixed seed), it times:
 - ``engine, B=...``: :class:`depthkit.complete.engine.CompletionEngine` (shared-prefix attention without copies,
   preallocated suffix K/V, last-layer pruning, LM head on the 11 allowed rows).
 
+Then the readout modes side by side (``readout_modes`` in the JSON): the text readout (the engine above), and the
+residual head (no decoding loop: one suffix pass, no LM head; a seeded random head, guided prior) with text
+coordinates and with ``pixel_reference: rope``, each with its speed-up over naive ``generate()`` and over its own
+per-pixel reference (:func:`depthkit.complete.decoding.head_reference`: one full forward per pixel, no prefix
+sharing), and whether its values match that reference (relative difference <= 1e-4).
+
 It checks that every variant decodes the same number for every pixel as naive, and reports ms/pixel, pixels/s, the
 speed ratio to naive, peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS growth sampled every 2 ms), the
 engine's time split between the prefix pass and the suffix batches, and the FLOP floor: FLOPs actually executed
@@ -145,11 +151,11 @@ def run_plain_shared_prefix(engine, image, sparse, rows, cols, batch: int) -> li
     from depthkit.complete import prompts as P
     from depthkit.complete.depth_inputs import prepare_depth_inputs
     from depthkit.complete.positions import prefix_position_ids, suffix_position_ids
-    from depthkit.complete.processor import map_to_resized
+    from depthkit.complete.processor import map_to_resized, process_image_text
 
     lm, g, proc = engine.lm, engine.grammar, engine.processor
     dev = lm.device
-    out = proc(images=[image], text=[P.chat_prefix_text()], return_tensors="pt")
+    out = process_image_text(proc, image, P.chat_prefix_text())
     inputs = {k: v.to(dev) for k, v in out.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(lm.dtype)
     depth = prepare_depth_inputs(sparse, out["image_grid_thw"], out["pixel_values"], proc, engine.model.sdim_config)
@@ -203,6 +209,54 @@ def run_engine(engine, image, sparse, rows, cols):
     prefix = engine.encode(image, sparse)
     got = engine.answer(prefix, rows, cols)
     return got.texts, got.stats
+
+
+def run_readout_modes(model, proc, image, sparse, rows, cols, n_ref: int, batch: int, budget_mb: float,
+                      naive_ms: float) -> dict:
+    """The residual-head readout (no decoding loop: one suffix pass, no LM head) with text coordinates and with rope
+    positions, each timed over all query pixels and checked against its own per-pixel reference
+    (:func:`depthkit.complete.decoding.head_reference`: one full forward per pixel, no prefix sharing) on the first
+    ``n_ref`` pixels. The head has random weights (seeded; its correction is not zero) and the guided prior."""
+    from depthkit.complete import prompts as P
+    from depthkit.complete.decoding import head_reference
+    from depthkit.complete.engine import CompletionEngine
+    from depthkit.complete.query_plan import prior_map
+    from depthkit.complete.readout import ResidualHead
+
+    lm_cfg = model.base.config.text_config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        head = ResidualHead(lm_cfg.hidden_size).to(next(model.parameters()).device)
+        with torch.no_grad():
+            torch.nn.init.normal_(head.net[-1].weight, std=0.5)
+            torch.nn.init.normal_(head.log_scale.weight, std=0.5)
+    priors = prior_map(image, sparse, "guided")[rows, cols].astype(np.float64)
+    out = {}
+    for mode in ("text", "rope"):
+        cfg = P.PromptConfig(prompt_prior="guided", pixel_reference=mode)
+        engine = CompletionEngine(model, proc, cfg, readout="residual_head", residual_head=head, batch_size=batch,
+                                  memory_budget_mb=budget_mb)
+        engine.answer(engine.encode(image, sparse), rows[:4], cols[:4], priors[:4])  # warm-up
+        t = time.perf_counter()
+        got = engine.answer(engine.encode(image, sparse), rows, cols, priors)
+        seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        ref, _ = head_reference(model, proc, head, image, sparse, rows[:n_ref], cols[:n_ref], cfg, priors[:n_ref])
+        ref_seconds = time.perf_counter() - t
+        diff = np.abs(got.values[:n_ref].astype(np.float64) - ref) / ref
+        ms = 1e3 * seconds / len(rows)
+        ref_ms = 1e3 * ref_seconds / n_ref
+        out[f"residual head, {mode} coordinates" if mode == "text" else "residual head, rope"] = {
+            "seconds": seconds, "pixels": len(rows), "ms_per_pixel": ms, "pixels_per_second": len(rows) / seconds,
+            "speedup_vs_naive": naive_ms / ms, "reference_ms_per_pixel": ref_ms, "speedup_vs_reference": ref_ms / ms,
+            "reference_pixels": n_ref, "max_relative_difference": float(diff.max()),
+            "identical_to_reference": bool(diff.max() <= 1e-4), "same_mm": bool(
+                [f"{v:.3f}" for v in got.values[:n_ref]] == [f"{v:.3f}" for v in ref]),
+            "prefix_seconds": got.stats["prefix_seconds"], "suffix_seconds": got.stats["suffix_seconds"],
+            "shared_suffix_tokens": got.stats["shared_suffix_tokens"]}
+        print(f"{mode}: {ms:.2f} ms/pixel, {naive_ms / ms:.0f}x naive, reference {ref_ms:.1f} ms/pixel, max rel diff "
+              f"{diff.max():.2e}", flush=True)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------- FLOPs
@@ -385,6 +439,13 @@ def main(argv=None) -> int:
                  "total_mb": mem.total / 2**20, "paper_fps": PAPER["fps"], "paper_memory_gb": PAPER["memory_gb"]}
         if args.device.startswith("cuda"):
             frame["weights_mb"] = torch.cuda.memory_allocated() / 2**20
+    modes = run_readout_modes(model, proc, image, sparse, rows, cols, n_naive, batches[0], args.memory_budget_mb,
+                              naive_ms)
+    text_best = results[best]
+    modes = {"text readout (" + best + ")": {
+        "ms_per_pixel": text_best["ms_per_pixel"], "speedup_vs_naive": text_best["speedup_vs_naive"],
+        "reference_ms_per_pixel": naive_ms, "speedup_vs_reference": text_best["speedup_vs_naive"],
+        "identical_to_reference": text_best["identical_to_naive"]}, **modes}
     report = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -394,7 +455,8 @@ def main(argv=None) -> int:
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "model": {"spec": CONFIGS[args.config], "parameters": sum(p.numel() for p in model.parameters()),
                   "image": list(image.shape[:2]), "resized": list(prefix.resized_hw), "prefix_tokens": prefix.length},
-        "query_pixels": len(rows), "naive_pixels": n_naive, "variants": results, "flops": flops, "frame": frame,
+        "query_pixels": len(rows), "naive_pixels": n_naive, "variants": results, "readout_modes": modes,
+        "flops": flops, "frame": frame,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.name or 'engine_' + args.config}.json"
@@ -402,7 +464,8 @@ def main(argv=None) -> int:
     path.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {path} and {path.with_suffix('.md')}")
-    ok = all(v["identical_to_naive"] for v in results.values())
+    ok = all(v["identical_to_naive"] for v in results.values()) and all(
+        v["identical_to_reference"] for v in modes.values())
     return 0 if ok else 1
 
 
@@ -424,6 +487,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {v['ms_per_pixel']:.2f} | {v['pixels_per_second']:.1f} | "
                      f"{v['speedup_vs_naive']:.1f}x | {v['peak_mb']:.0f} | {share} | "
                      f"{'yes' if v['identical_to_naive'] else '**NO**'} |")
+    if report.get("readout_modes"):
+        lines += ["", "Readout modes (each against its own per-pixel reference: naive generate() for the text readout, "
+                  "one full forward per pixel + head for the residual head):", "",
+                  "| mode | ms / pixel | speed-up vs naive generate() | reference ms / pixel | speed-up vs reference "
+                  "| matches reference |", "|---|---:|---:|---:|---:|---|"]
+        for name, v in report["readout_modes"].items():
+            lines.append(f"| {name} | {v['ms_per_pixel']:.2f} | {v['speedup_vs_naive']:.1f}x | "
+                         f"{v['reference_ms_per_pixel']:.1f} | {v['speedup_vs_reference']:.1f}x | "
+                         f"{'yes' if v['identical_to_reference'] else '**NO**'} |")
     lines += [
         "",
         f"FLOP floor ({f['variant']}): executed {f['engine_executed_gflop']:.2f} GFLOP (prefix {f['prefix_gflop']:.2f}); "

@@ -92,9 +92,18 @@ def test_digits_are_single_tokens(tokenizer):
 
 
 def test_chat_template_and_forced_answer_tokens(tokenizer):
+    # Qwen2.5-VL's format written out by hand (not depthkit's strings), with and without the answer turn, and with
+    # a caller's system turn replacing the default one
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    user = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
     q = P.query_text(0, (5, 6))
     rendered = tokenizer.apply_chat_template(P.chat_messages(q), tokenize=False, add_generation_prompt=True)
+    assert rendered == system + user.format(q=q) + "<|im_start|>assistant\n"
     assert rendered == P.chat_prefix_text() + P.chat_suffix_text(q)
+    answered = tokenizer.apply_chat_template(P.chat_messages(q, "A"), tokenize=False)
+    assert answered == system + user.format(q=q) + "<|im_start|>assistant\nA<|im_end|>\n"
+    own = [{"role": "system", "content": "S"}] + P.chat_messages(q)
+    assert tokenizer.apply_chat_template(own, tokenize=False) == "<|im_start|>system\nS<|im_end|>\n" + user.format(q=q)
     # The answer splits into token-aligned prefix / digits / suffix, so an engine can force prefix and suffix.
     enc = tokenizer(P.answer_text(43.21)).input_ids
     prefix = tokenizer(P.ANSWER_PREFIX).input_ids
@@ -354,7 +363,19 @@ def test_generate_and_input_errors(tokenizer, processor, batch):
     depth = prepare_depth_inputs(np.full((56, 56), 3.0, np.float32), inputs["image_grid_thw"],
                                  inputs["pixel_values"], processor)
     plain = base.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert torch.equal(model.generate(**inputs, **depth, max_new_tokens=3, do_sample=False), plain)
+    assert torch.equal(model.generate(**inputs, **depth, max_new_tokens=3, do_sample=False), plain)  # zero init
+    # ...and the depth really reaches generate(): with a non-zero branch the scores of every step change, and
+    # they are those of a plain forward over the same inputs with the depth injected
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        live = SDIMModel(build_tiny_qwen2_5_vl(tokenizer), SDIMConfig(init="he")).eval()
+    kw = dict(max_new_tokens=2, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        with_depth = live.generate(**inputs, **depth, **kw).scores[0]
+        without = live.base.generate(**inputs, **kw).scores[0]
+        forward = live(**inputs, **depth).logits[:, -1]
+    assert not torch.allclose(with_depth, without, atol=1e-4)
+    assert torch.allclose(with_depth, forward, atol=1e-5)
     no_mm = {k: v for k, v in batch["inputs"].items() if k != "mm_token_type_ids"}
     with pytest.raises(ValueError, match="mm_token_type_ids"):
         model(**no_mm, **batch["depth"])
@@ -365,3 +386,20 @@ def test_generate_and_input_errors(tokenizer, processor, batch):
         model(**batch["inputs"], sparse_pixels=batch["depth"]["sparse_pixels"])
     with pytest.raises(ValueError, match="fusion="):
         SDIMConfig(fusion="late")
+
+
+def test_laplace_nll_trains_the_scale_only():
+    """The head's uncertainty loss: hand value, its minimum at b = mean |log error|, no gradient to the prediction."""
+    from depthkit.complete.readout import ResidualHead, laplace_nll
+
+    pred = torch.tensor([2.0, 4.0], requires_grad=True)
+    target = torch.tensor([2.0 * np.e**0.2, 4.0 * np.e**-0.4])
+    b = torch.full((2,), 0.3, requires_grad=True)
+    loss = laplace_nll(pred, b, target)
+    assert float(loss) == pytest.approx(np.mean([0.2 / 0.3, 0.4 / 0.3]) + np.log(0.3), rel=1e-5)
+    loss.backward()
+    assert pred.grad is None or float(pred.grad.abs().sum()) == 0.0
+    assert float(b.grad.sum()) == pytest.approx(0.0, abs=1e-5)  # mean |r| = 0.3 is the optimum
+    head = ResidualHead(8)
+    pred_m, scale = head.predict_with_scale(torch.randn(3, 8), torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.equal(pred_m, torch.tensor([1.0, 2.0, 3.0])) and torch.allclose(scale, torch.full((3,), 0.1))

@@ -91,12 +91,46 @@ def test_fill_keeps_measured_and_answers_exact_and_skips_unreadable():
         fill_dense(image, np.zeros_like(sparse), rows, cols, np.full(3, np.nan))
 
 
+def test_fill_copies_anchors_itself(monkeypatch):
+    """fill_dense guarantees the anchors, not the interpolator: with one that copies nothing (a constant map)
+    measured pixels and answers must still come out exactly."""
+    import depthkit.data.baselines as baselines
+
+    monkeypatch.setattr(baselines, "guided", lambda image, sparse: np.full(sparse.shape, 123.0, np.float32))
+    image, sparse = _scene()
+    rows, cols = np.array([10, 20]), np.array([5, 40])
+    sparse[rows, cols] = 0.0
+    dense = fill_dense(image, sparse, rows, cols, np.array([1.2345, 7.5]))
+    measured = sparse > 0
+    assert np.array_equal(dense[measured], sparse[measured])
+    assert dense[10, 5] == np.float32(1.2345) and dense[20, 40] == np.float32(7.5)
+    assert (dense[~measured] == 123.0).sum() == (~measured).sum() - 2
+
+
 def test_confidence_map_hand_case():
     sparse = np.zeros((1, 6), np.float32)
     sparse[0, 0] = 2.0
-    conf = confidence_map(sparse, np.array([0, 0]), np.array([4, 2]), np.array([0.25, 0.9]), np.array([True, False]))
-    # measured 1; query at 4 -> 0.25; unreadable query at 2 -> 0; others take the nearest anchor's confidence
-    assert conf.tolist() == [[1.0, 1.0, 0.0, 0.25, 0.25, 0.25]]
+    conf = confidence_map(sparse, np.array([0, 0]), np.array([4, 2]), np.array([0.25, 0.9]), np.array([True, False]),
+                          decay_px=2.0)
+    # measured 1; query at 4 -> 0.25; unreadable query at 2 -> 0; others: the nearest anchor's confidence times
+    # exp(-distance / 2)
+    e = np.exp(-0.5)
+    assert conf[0] == pytest.approx([1.0, e, 0.0, 0.25 * e, 0.25, 0.25 * e])
+    # default decay = the anchors' mean spacing sqrt(6 / 2); far pixels fade toward 0
+    auto = confidence_map(sparse, np.array([0]), np.array([4]), np.array([1.0]), np.array([True]))
+    assert auto[0, 1] == pytest.approx(np.exp(-1 / np.sqrt(3.0)))
+    wide = np.zeros((1, 200), np.float32)
+    wide[0, 0] = 1.0
+    far = confidence_map(wide, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool), 10.0)
+    assert far[0, 0] == 1 and far[0, 199] < 1e-8 and (np.diff(far[0]) < 0).all()
+    # with the completed map: confidence drops where the depth changes within the anchor spacing (an edge)
+    grid = np.zeros((20, 40), np.float32)
+    grid[::5, ::5] = 2.0
+    dense = np.where(np.arange(40) < 20, 2.0, 6.0)[None].repeat(20, 0)
+    edge = confidence_map(grid, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool), 1e9,
+                          dense=dense)
+    assert edge[2, 2] == pytest.approx(1.0) and edge[2, 19] == pytest.approx(np.exp(-np.log(3.0) / 0.1))
+    assert (edge[grid > 0] == 1).all()  # measured pixels stay exact
 
 
 # ---- the stage on a tiny checkpoint ----------------------------------------------------------------------------------
@@ -177,6 +211,30 @@ def test_stage_options_are_checked(tiny_head_checkpoint):
         CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_strid=4)
     with pytest.raises(ValueError, match="fusion"):
         CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", fusion="max")
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=8)
+    # the constructor's error lists only what the constructor takes (attn_implementation is a loading argument)
+    with pytest.raises(ValueError, match="unknown option") as err:
+        CompleteVLMStage(stage.engine.model, stage.engine.processor, stage.settings, stage.engine.residual_head,
+                         attn_implementation="sdpa")
+    allowed = str(err.value).split("allowed: ")[1].split("]")[0]
+    assert "attn_implementation" not in allowed and "from_checkpoint" in str(err.value)
+
+
+def test_stage_without_measured_points(tiny_head_checkpoint, tiny_text_checkpoint):
+    """No measured pixel: a prompt prior cannot be computed -> one clear error at the entry point; fusion on a
+    prior-free checkpoint falls back to the answers as given (no crash inside the interpolation)."""
+    from depthkit.complete.stage import CompleteVLMStage
+
+    image, _ = _scene(16, 20)
+    empty = np.zeros((16, 20), np.float32)
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=8)
+    with pytest.raises(ValueError, match="no measured pixel.*prompt_prior='guided'"):
+        stage.run(image, empty)
+    for fusion in ("fallback", "blend"):
+        text = CompleteVLMStage.from_checkpoint(tiny_text_checkpoint / "complete", query_budget=6, fusion=fusion)
+        out = text.run(image, empty)
+        assert text.last_stats["fusion"] == "none" and text.last_stats["n_queries"] == 6
+        assert np.isfinite(out.depth).all() and (out.depth > 0).all()
 
 
 def test_pipeline_and_cli_use_the_engine(tmp_path):

@@ -293,6 +293,24 @@ def test_text_readout_with_rope_reference_trains(tmp_path):
     assert all(np.isfinite(r["ce"]) and np.isfinite(r["numeric_l1"]) for r in rows if "loss" in r)
     val = [r for r in rows if "val_unparseable" in r][-1]
     assert 0.0 <= val["val_unparseable"] <= 1.0 and val["val_queries"] == 4
+    # the loop's batches really name the pixel by its rope position: each query's last token sits at its pixel's
+    # (h, w) on the visual grid (not at its text index, as text mode would), and the loss depends on it
+    recipe = load_recipe(TINY_RECIPE, args[2:])
+    sdim, processor, head = T.build_completer(recipe)
+    image, sparse, depth = _scene()
+    steps = TrainSteps(recipe, MixedDataset([[{"image": image, "sparse": sparse, "depth": depth}]], [1.0]), processor,
+                       stock_model(sdim).config)
+    batch = steps[0]
+    qp = batch["query_pos"]
+    t, h, w = batch["position_ids"][:, qp[:, 0], qp[:, 1]]
+    assert batch["position_ids"].is_floating_point() and (h != t).all() and (w != t).all()
+    assert len(set(zip(h.tolist(), w.tolist()))) > len(qp) // 2  # different pixels, different positions
+    from depthkit.complete.readout import digit_token_ids
+
+    objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).eval()
+    as_text = dict(batch, position_ids=batch["position_ids"][:1].expand(3, -1, -1).clone())
+    with torch.no_grad():
+        assert abs(float(objective(batch)[0]) - float(objective(as_text)[0])) > 1e-6  # deterministic otherwise
 
 
 def test_missing_dataset_root_and_offline_hub_id_are_clear_errors(tmp_path):

@@ -87,22 +87,45 @@ def test_answer_confidence_hand_cases():
     choices = [2, 10, 5, 0, 0]  # "2.500"
     probs = one_hot[choices]
     assert answer_confidence(choices, probs, [False] * 5) == pytest.approx(1.0)
-    # units digit split 50/50 between 2 and 3: expected error 0.5 m on 2.5 m, tolerance 10 % -> exp(-0.5 / 0.25)
+    # units digit split 50/50 between 2 and 3: the "3" branch reaches 3.000 at best, 0.5 m away; 0.5 * 0.5 m on
+    # 2.5 m at tolerance 10 % -> exp(-0.25 / 0.25)
     p = probs.copy()
     p[0] = 0.0
     p[0, 2] = p[0, 3] = 0.5
-    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-2.0))
+    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-1.0))
     # the same doubt on the third decimal costs 1000x less
     p = probs.copy()
     p[4] = 0.0
     p[4, 0] = p[4, 1] = 0.5
     assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.0005 / 0.25))
-    # point vs another integer digit at 50/50: error of y itself; a forced step counts nothing
+    # point vs a digit at 50/50: "27..." is at least 27 m, 24.5 m away; a forced step counts nothing
     p = probs.copy()
     p[1] = 0.0
     p[1, 10] = p[1, 7] = 0.5
-    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.5 * 2.5 / 0.25))
+    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.5 * 24.5 / 0.25))
     assert answer_confidence(choices, p, [False, True, False, False, False]) == pytest.approx(1.0)
+    # probability on tokens outside the 11 (full-vocabulary softmax) is an error of the whole value
+    p = probs.copy()
+    p[2] *= 0.5
+    assert answer_confidence(choices, p, [False] * 5) == pytest.approx(np.exp(-0.5 * 2.5 / 0.25))
+
+
+def test_answer_confidence_is_carry_aware():
+    """The issue's case: a 50/50 split between 0.999 and 1.000 is a 1 mm doubt and must score far above a 50/50
+    split between 5 m and 9 m (per-digit scoring gave 0.0067 vs 0.018)."""
+    one_hot = np.eye(11)
+
+    def conf(choices, step, split):
+        p = one_hot[choices].copy()
+        p[step] = 0.0
+        for c in split:
+            p[step, c] = 1.0 / len(split)
+        return answer_confidence(choices, p, [False] * len(choices))
+
+    near_carry = [conf([0, 10, 9, 9, 9], 0, (0, 1)), conf([1, 10, 0, 0, 0], 0, (0, 1))]
+    far = conf([5, 10, 0, 0, 0], 0, (5, 9))
+    assert min(near_carry) > 0.99 and far < 0.02
+    assert near_carry[0] == pytest.approx(np.exp(-0.0005 / 0.0999))
 
 
 def test_engine_equals_constrained_generate(model, proc, scene):
@@ -226,20 +249,23 @@ def test_residual_head_readout_reads_the_last_suffix_hidden_state(model, proc, s
     head = ResidualHead(model.base.config.text_config.hidden_size)
     with torch.no_grad():
         torch.nn.init.normal_(head.net[-1].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.normal_(head.log_scale.weight, std=0.5, generator=torch.Generator().manual_seed(1))
     cfg = P.PromptConfig(prompt_prior="nearest")
     priors = np.linspace(1.0, 5.0, 4)
     engine = CompletionEngine(model, proc, cfg, readout="residual_head", residual_head=head, batch_size=3)
     prefix = engine.encode(image, sparse)
     got = engine.answer(prefix, rows[:4], cols[:4], priors)
-    assert (got.confidence == 1).all() and got.ok.all()
+    assert got.ok.all() and 0 < got.confidence.min() and got.confidence.max() < 1
+    assert np.ptp(got.confidence) > 0.01  # the head's uncertainty differs per pixel
     rr, cc = map_to_resized(rows[:4], cols[:4], (56, 84), prefix.resized_hw)
     for i in range(4):
         suffix = engine._suffix_ids(engine.query_texts(cc[i:i + 1], rr[i:i + 1], priors[i:i + 1]))[0]
         assert suffix[-1] == proc.tokenizer("\n", add_special_tokens=False).input_ids[0]  # after "assistant"
         res, _, _ = _full_sequence_forward(model, proc, image, sparse, suffix)
         with torch.no_grad():
-            want = head.predict(res.hidden_states[-1][:, -1], torch.tensor([priors[i]]))
+            want, scale = head.predict_with_scale(res.hidden_states[-1][:, -1], torch.tensor([priors[i]]))
         assert got.values[i] == pytest.approx(float(want[0]), rel=1e-4)
+        assert got.confidence[i] == pytest.approx(float(torch.exp(-scale[0] / 0.1)), rel=1e-4)
     assert not np.allclose(got.values, priors)  # the head really corrected the priors
     with pytest.raises(ValueError, match="needs priors"):
         engine.answer(prefix, rows[:2], cols[:2])
@@ -297,3 +323,76 @@ def test_constrained_engine_equals_plain_generate_on_a_template_model(tok, proc)
     for text, r, ok in zip(got.texts, ref, well_formed):
         if ok:
             assert P.answer_text(float(text)) == r["text"]
+
+
+@pytest.mark.parametrize("height", [1, 3, 4])
+def test_thin_images_are_read_channels_last(model, proc, height):
+    """Images 1, 3 or 4 pixels tall: the image processor would guess channels-first; every path states the format,
+    so the resized grid keeps the image's aspect (wide, not tall) and the engine still equals generate()."""
+    from depthkit.complete.processor import process_image_text, resized_size
+
+    rng = np.random.default_rng(height)
+    image = (rng.random((height, 90, 3)) * 255).astype(np.uint8)
+    sparse = np.zeros((height, 90), np.float32)
+    sparse[0, ::7] = rng.uniform(1.0, 5.0, 13)
+    out = process_image_text(proc, image, P.chat_prefix_text())
+    grid = out["image_grid_thw"][0].tolist()
+    assert (grid[1] * 14, grid[2] * 14) == resized_size(height, 90, proc) and grid[2] > grid[1]
+    rows, cols = np.zeros(2, np.int64), np.array([3, 60])
+    engine = CompletionEngine(model, proc)
+    got = engine.answer(engine.encode(image, sparse), rows, cols)
+    ref = naive_answers(model, proc, image, sparse, rows, cols, constrained=True)
+    assert got.texts == [r["number"] for r in ref]
+    with pytest.raises(ValueError, match="HxWx3"):
+        process_image_text(proc, image.transpose(2, 0, 1), P.chat_prefix_text())
+
+
+def test_bf16_guarantee_on_cpu(model, proc, scene):
+    """bf16 (on the CPU): the engine decodes the same tokens as constrained generate() up to the first step where
+    generate()'s winning margin (best minus runner-up allowed logit) is below BF16_MARGIN — and nowhere else may they
+    differ. Ties go to the lowest token id on both sides."""
+    import copy
+
+    from depthkit.complete.engine import BF16_MARGIN
+
+    image, sparse, _, _ = scene
+    rng = np.random.default_rng(7)
+    missing = np.argwhere(sparse <= 0)
+    rows, cols = missing[rng.choice(len(missing), 24, replace=False)].T
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    engine = CompletionEngine(half, proc, batch_size=16)
+    got = engine.answer(engine.encode(image, sparse), rows, cols)
+    ref = naive_answers(half, proc, image, sparse, rows, cols, constrained=True, margins=True)
+    exact = 0
+    for mine, r in zip(got.texts, ref):
+        theirs = r["number"]
+        if mine == theirs:
+            exact += 1
+            continue
+        k = next(j for j in range(min(len(mine), len(theirs))) if mine[j] != theirs[j])
+        assert r["margins"][k] < BF16_MARGIN, (mine, theirs, r["margins"])
+    assert exact >= 18  # most answers are exact; the rest diverge only at a near tie
+
+
+@pytest.mark.parametrize("mode", ["text", "rope"])
+def test_residual_head_engine_equals_its_per_pixel_reference(tok, proc, scene, mode):
+    """The fast path (one suffix pass, no decoding, no LM head) against one full forward per pixel."""
+    from depthkit.complete.decoding import head_reference
+    from depthkit.complete.readout import ResidualHead
+
+    image, sparse, rows, cols = scene
+    rope = {"rope_type": "default", "rope_theta": 10.0, "mrope_section": [2, 3, 3]}
+    base = build_tiny_qwen2_5_vl(tok, seed=2, text={"initializer_range": 0.3, "rope_parameters": rope},
+                                 initializer_range=0.3)
+    model = SDIMModel(base, SDIMConfig(init="he")).eval()
+    head = ResidualHead(64)
+    with torch.no_grad():
+        torch.nn.init.normal_(head.net[-1].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.normal_(head.log_scale.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+    cfg = P.PromptConfig(prompt_prior="guided", pixel_reference=mode)
+    priors = np.linspace(1.0, 5.0, 5)
+    engine = CompletionEngine(model, proc, cfg, readout="residual_head", residual_head=head, batch_size=2)
+    got = engine.answer(engine.encode(image, sparse), rows[:5], cols[:5], priors)
+    values, scales = head_reference(model, proc, head, image, sparse, rows[:5], cols[:5], cfg, priors)
+    assert got.values == pytest.approx(values, rel=1e-5) and not np.allclose(values, priors)
+    assert got.confidence == pytest.approx(np.exp(-scales / 0.1), rel=1e-4)

@@ -62,12 +62,18 @@ def test_prompt_misuse_is_refused():
         P.coordinate_text(1.5, 2)
 
 
+# Qwen2.5-VL's chat format, written out by hand from the released chat template (not from depthkit's strings): the
+# default system turn, the user turn with the image placeholder before the text, the assistant header.
+QWEN_RENDERED = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                 "<|vision_start|><|image_pad|><|vision_end|>{query}<|im_end|>\n<|im_start|>assistant\n")
+
+
 def test_chat_text_split_at_vision_end():
     q = P.query_text(0, (3, 4))
-    assert P.chat_prefix_text() == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        "<|vision_start|><|image_pad|><|vision_end|>"
-    )
+    assert q == ("The mask value is 0; predict the distance to the camera. What is the distance from the current "
+                 "pixel to the camera? The current pixel is at (3, 4).")
+    assert P.chat_prefix_text() + P.chat_suffix_text(q) == QWEN_RENDERED.format(query=q)
+    assert P.chat_prefix_text().endswith("<|vision_end|>")  # the split: prefix up to the image, suffix after it
     assert P.chat_suffix_text(q) == q + "<|im_end|>\n<|im_start|>assistant\n"
     assert P.chat_suffix_text(q, P.answer_text(1.5)).endswith(
         "assistant\nThe pixel is 1.500 meters away from the camera.<|im_end|>"

@@ -57,7 +57,7 @@ import torch
 
 from depthkit.complete import prompts
 from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
-from depthkit.complete.processor import map_to_resized, processor_geometry
+from depthkit.complete.processor import map_to_resized, process_image_text, processor_geometry
 from depthkit.complete.query_plan import prior_map
 from depthkit.complete.recipe import LAYOUTS, SUPERVISIONS
 
@@ -201,7 +201,7 @@ def encode_group(processor, image: np.ndarray, sparse_input: np.ndarray, queries
     from depthkit.complete.depth_inputs import prepare_depth_inputs
 
     tok = processor.tokenizer
-    enc = processor(images=[image], text=[prompts.chat_prefix_text()], return_tensors="pt")
+    enc = process_image_text(processor, image, prompts.chat_prefix_text())
     depth = prepare_depth_inputs(sparse_input, enc["image_grid_thw"], enc["pixel_values"], processor, sdim_config)
     g = processor_geometry(processor)
     grid = enc["image_grid_thw"][0].tolist()

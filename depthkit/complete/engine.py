@@ -31,15 +31,29 @@ validation answers its held-out queries through this engine too.
 **Readouts.** ``readout="text"`` decodes digits as above. ``readout="residual_head"`` needs no decoding loop: one
 suffix pass (query turn + assistant header, without the forced answer prefix) gives the last token's final hidden
 state (after the model's final norm), which :class:`depthkit.complete.readout.ResidualHead` maps to a bounded
-correction of the prompt prior.
+correction of the prompt prior and an uncertainty; the LM head is not run and the suffix cache holds the suffix
+only. :func:`~depthkit.complete.decoding.head_reference` (one full forward per pixel) is its reference, text or rope.
 
-**Confidence** (text readout) from the digit distributions along the greedy path, renormalised over the allowed
-tokens. With ``y`` the decoded metres, each decoded position k contributes an expected error ``e_k``: for a digit
-with place value ``v``, ``v * sum_d p(d) |d - d*|``; the probability of choosing differently between digit and point
-(which would change the order of magnitude) counts as an error of ``y``. ``sigma = sum_k e_k`` (metres) and
-``confidence = exp(-sigma / (tolerance * y))`` in [0, 1]: 1 when every choice is certain, ``1/e`` when the expected
-error is ``tolerance`` (default 10 %) of the depth. A forced choice (the point after 3 integer digits) is certain.
-The residual head has no distribution: its answers get confidence 1.
+**Confidence** is an estimate of the answer's relative error, mapped to [0, 1] by ``exp(-error / tolerance)``
+(``tolerance`` default 10 %: confidence 1/e at an expected 10 % error). Text readout: the expected absolute error
+``sigma`` of the decoded value under the digit distributions along the greedy path, carry-aware, with the
+probability left to tokens outside the 11 allowed ones counted as an error of the whole value
+(:func:`~depthkit.complete.decoding.answer_confidence`); ``confidence = exp(-sigma / (tolerance * y))``. With
+``confidence_vocab="full"`` (default) those probabilities are softmaxes over the whole vocabulary (the LM head runs
+over every row at each decoding step); ``"allowed"`` renormalises over the 11 tokens (cheaper, hides other mass).
+Residual head: its predicted Laplace scale ``b`` of the log error (:class:`~depthkit.complete.readout.ResidualHead`),
+``confidence = exp(-b / tolerance)``. A forced choice (the point after 3 integer digits) is certain.
+
+**Ties** between allowed tokens go to the lowest token id, as ``generate()``'s argmax over the whole vocabulary.
+
+**Exactness.** In float32 greedy answers are the tokens of ``generate()`` (tested). In bf16 they are not always: the
+engine computes the same function as the stock model with a different attention kernel (its split prefix/suffix
+softmax, float32 scores) and different matrix shapes than sdpa over the whole sequence, so logits differ by
+rounding (measured on the test model: < 0.1 logit at the diverging steps, logits of magnitude ~5 whose bf16 spacing is
+1/32). What it guarantees, and ``tests/test_engine.py`` checks in bf16 on a CPU: the engine decodes the same tokens as
+constrained ``generate()`` up to the first step where ``generate()``'s winning margin (best minus runner-up allowed
+logit) is below :data:`BF16_MARGIN` (0.25); answers whose margins all exceed it are identical (measured: 38 of 40
+queries identical, the other two diverging at margins 0.09 and 0.016).
 
 **Memory** is bounded for any image: the prefix is one copy (its size follows the processor's ``max_pixels``); the
 batch size is ``min(batch_size, budget / bytes per row)`` (:meth:`SharedPrefixLM.bytes_per_row`), and queries run in
@@ -62,7 +76,15 @@ from depthkit.complete.decoding import DECODE_MODES, AnswerGrammar, answer_confi
 from depthkit.complete.positions import pixel_grid_position, suffix_position_ids
 from depthkit.complete.shared_prefix import PrefixCache, SharedPrefixLM
 
-__all__ = ["EngineAnswers", "CompletionEngine"]
+__all__ = ["EngineAnswers", "CompletionEngine", "CONFIDENCE_VOCABS", "BF16_MARGIN"]
+
+BF16_MARGIN = 0.25
+"""Logits: in bf16 the engine follows constrained ``generate()`` wherever generate()'s winning margin is at least
+this (module docstring, *Exactness*)."""
+
+CONFIDENCE_VOCABS = ("full", "allowed")
+"""Softmax of the text readout's confidence: over the whole vocabulary (probability on other tokens counts as an
+error; the LM head runs over every row at each decoding step) or over the 11 allowed tokens only (cheaper)."""
 
 
 @dataclass
@@ -100,6 +122,7 @@ class CompletionEngine:
         decode: ``"constrained"`` (forced template, digits only; default) or ``"free"`` (greedy, full vocabulary).
         max_new_tokens: answer length limit for ``decode="free"``.
         confidence_tolerance: relative error that maps to confidence 1/e.
+        confidence_vocab: ``"full"`` or ``"allowed"`` (:data:`CONFIDENCE_VOCABS`).
         max_int_digits, frac_digits: the number format (3 and 3 for the ``{y:.3f}`` prompts up to 300 m).
         sdim_config: depth-feature settings (default: the model's own ``sdim_config``).
     """
@@ -107,7 +130,7 @@ class CompletionEngine:
     def __init__(self, model, processor, prompt_config: prompts.PromptConfig | None = None, readout: str = "text",
                  residual_head=None, batch_size: int = 64, memory_budget_mb: float = 1024.0,
                  decode: str = "constrained", max_new_tokens: int = 24, confidence_tolerance: float = 0.1,
-                 max_int_digits: int = 3, frac_digits: int = 3):
+                 max_int_digits: int = 3, frac_digits: int = 3, confidence_vocab: str = "full"):
         if readout not in prompts.READOUTS:
             raise ValueError(f"readout={readout!r} is not one of {prompts.READOUTS}.")
         if decode not in DECODE_MODES:
@@ -118,6 +141,8 @@ class CompletionEngine:
         if readout == "residual_head" and (prompt_config or prompts.PromptConfig()).prompt_prior == "none":
             raise ValueError("readout='residual_head' corrects the prompt prior, so prompt_prior must be 'nearest' "
                              "or 'guided'; got 'none'.")
+        if confidence_vocab not in CONFIDENCE_VOCABS:
+            raise ValueError(f"confidence_vocab={confidence_vocab!r} is not one of {CONFIDENCE_VOCABS}.")
         if batch_size < 1 or not memory_budget_mb > 0:
             raise ValueError(f"need batch_size >= 1 and memory_budget_mb > 0; got {batch_size}, {memory_budget_mb}.")
         if not confidence_tolerance > 0 or max_new_tokens < 1:
@@ -134,6 +159,7 @@ class CompletionEngine:
         self.decode = decode
         self.max_new_tokens = int(max_new_tokens)
         self.tolerance = float(confidence_tolerance)
+        self.confidence_vocab = confidence_vocab
         self.grammar = AnswerGrammar(self.tokenizer, max_int_digits, frac_digits)
         self.lm = SharedPrefixLM(model)
         self.forced_ids = self.tokenizer(prompts.ANSWER_PREFIX, add_special_tokens=False).input_ids
@@ -147,10 +173,11 @@ class CompletionEngine:
     def encode(self, image: np.ndarray, sparse: np.ndarray | None) -> PrefixCache:
         """Process the image and its sparse depth (HxW metres, 0 = missing; None = RGB only) and run the prefix."""
         from depthkit.complete.depth_inputs import prepare_depth_inputs
+        from depthkit.complete.processor import process_image_text
 
         start = time.perf_counter()
         image = np.asarray(image)
-        out = self.processor(images=[image], text=[prompts.chat_prefix_text()], return_tensors="pt")
+        out = process_image_text(self.processor, image, prompts.chat_prefix_text())
         inputs = {k: v.to(self.lm.device) for k, v in out.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.lm.dtype)
         depth_inputs = None
@@ -288,7 +315,7 @@ class CompletionEngine:
         order = sorted(range(m), key=lambda i: len(ids[i]))
         free = self.readout == "text" and self.decode == "free"
         steps = 0 if self.readout == "residual_head" else (self.max_new_tokens if free else self.grammar.max_tokens)
-        vocab_kept = self.lm.vocab_size if free else 11
+        vocab_kept = self.lm.vocab_size if free or self.confidence_vocab == "full" else 11
         n_batches, used, i = 0, 0, 0
         while i < m:
             longest = len(ids[order[min(m - 1, i + self.batch_size - 1)]])
@@ -318,17 +345,23 @@ class CompletionEngine:
         mode = self.prompt_config.pixel_reference
         pixel_hw = hw.to(dev) if mode == "rope" else None
         pos = suffix_position_ids(prefix.next_pos, mask, mode, pixel_hw)
-        cache = lm.new_cache(b, s + max(steps, 1))
-        head_rows = None if free or self.readout == "residual_head" else torch.tensor(self.grammar.token_ids,
-                                                                                       device=dev)
+        cache = lm.new_cache(b, s + steps)
+        if self.readout == "residual_head":
+            head_rows = torch.zeros(0, dtype=torch.long)  # hidden state only, no LM head
+        elif free or self.confidence_vocab == "full":
+            head_rows = None
+        else:
+            head_rows = torch.tensor(self.grammar.token_ids, device=dev)
         logits, hidden = lm.forward(prefix, cache, tok, mask, pos, head_rows)
         if self.readout == "residual_head":
-            pred = self.residual_head.predict(hidden.to(next(self.residual_head.parameters()).dtype),
-                                              torch.as_tensor(priors, dtype=torch.float32, device=dev))
-            pred = pred.float().cpu().numpy()
+            pred, scale = self.residual_head.predict_with_scale(
+                hidden.to(next(self.residual_head.parameters()).dtype),
+                torch.as_tensor(priors, dtype=torch.float32, device=dev))
+            pred, scale = pred.float().cpu().numpy(), scale.float().cpu().numpy()
             good = np.isfinite(pred) & (pred > 0)
             vals = np.where(good, np.clip(pred, prompts.MIN_DEPTH, prompts.MAX_DEPTH), np.nan)
-            return [(v, 1.0 if g else 0.0, bool(g), f"{v:.3f}" if g else "") for v, g in zip(vals, good)]
+            conf = np.where(good, np.exp(-scale / self.tolerance), 0.0)
+            return [(v, float(c), bool(g), f"{v:.3f}" if g else "") for v, c, g in zip(vals, conf, good)]
         count = mask.sum(1)
         if free:
             return self._decode_free(prefix, cache, logits, count, pixel_hw, steps)
@@ -344,15 +377,23 @@ class CompletionEngine:
         dev = logits.device
         state = g.init_state(b, dev)
         token_ids = torch.tensor(g.token_ids, device=dev)
+        full = self.confidence_vocab == "full"
+        by_id = torch.argsort(token_ids)  # ties go to the lowest token id, as generate()'s argmax over the vocabulary
         choices, probs, forced = [], [], []
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         finished_at = torch.full((b,), g.max_tokens, dtype=torch.long, device=dev)
         for step in range(g.max_tokens):
             allowed = g.allowed(state)
-            masked = logits.masked_fill(~allowed, float("-inf"))
-            choice = masked.argmax(-1)
+            if full:  # logits over the whole vocabulary: keep the probability the 11 tokens leave to others
+                sub = logits[:, token_ids]
+                probs.append(torch.where(allowed, (sub - logits.logsumexp(-1, keepdim=True)).exp(),
+                                         torch.zeros_like(sub)))
+            else:
+                sub = logits
+                probs.append(sub.masked_fill(~allowed, float("-inf")).softmax(-1))
+            masked = sub.masked_fill(~allowed, float("-inf"))
+            choice = by_id[masked[:, by_id].argmax(-1)]
             choices.append(choice)
-            probs.append(masked.softmax(-1))
             forced.append(allowed.sum(-1) == 1)
             state = g.advance(state, torch.where(done, torch.zeros_like(choice), choice))
             now_done = g.done(state) & ~done
@@ -361,7 +402,8 @@ class CompletionEngine:
             if bool(done.all()):
                 break
             logits, _ = self.lm.forward(prefix, cache, token_ids[choice].view(b, 1), torch.ones(b, 1, device=dev),
-                                        self._step_positions(prefix, count + step, pixel_hw), token_ids)
+                                        self._step_positions(prefix, count + step, pixel_hw),
+                                        None if full else token_ids)
         choices = torch.stack(choices, 1).cpu().numpy()
         probs = torch.stack(probs, 1).cpu().numpy()
         forced = torch.stack(forced, 1).cpu().numpy()
@@ -387,7 +429,7 @@ class CompletionEngine:
             choice = logits.argmax(-1)
             choice = torch.where(done, torch.full_like(choice, self.eos_id), choice)
             tokens.append(choice)
-            sub.append(logits[:, digit_ids])
+            sub.append((logits[:, digit_ids] - logits.logsumexp(-1, keepdim=True)).exp())
             done = done | (choice == self.eos_id)
             if bool(done.all()) or step == steps - 1:
                 break
@@ -410,7 +452,8 @@ class CompletionEngine:
         return out
 
     def _free_confidence(self, seq: list[int], sub_logits: torch.Tensor) -> float:
-        """Confidence of the first digit/point run of a freely decoded answer (same rule as constrained)."""
+        """Confidence of the first digit/point run of a freely decoded answer (same rule as constrained);
+        ``sub_logits``: per step the full-vocabulary probabilities of the 11 tokens."""
         ids = self.grammar.token_ids
         start = next((k for k, t in enumerate(seq) if t in ids[:10]), None)
         if start is None:
@@ -419,6 +462,6 @@ class CompletionEngine:
         while end < len(seq) and seq[end] in ids:
             end += 1
         choices = [ids.index(t) for t in seq[start:end]]
-        probs = sub_logits[start:end].softmax(-1).numpy()
+        probs = sub_logits[start:end].numpy()
         return answer_confidence(choices, probs, [False] * len(choices), self.tolerance)
 

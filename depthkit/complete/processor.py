@@ -18,6 +18,7 @@ Geometry (all sizes in pixels):
   copy) and :func:`rgb_from_pixel_values` recovers the resized [0, 1] RGB the vision tower saw.
 - :func:`map_to_resized` — which resized pixel an input pixel lands on (pixel-centre convention, as image
   resampling uses); shared by sparse-map resizing and prompt coordinates.
+- :func:`process_image_text` — the processor call for one RGB image and its text, channel format stated.
 
 Loading: :func:`load_processor` takes a local directory in the released layout (``preprocessor_config.json`` +
 tokenizer files, e.g. a downloaded ``Qwen/Qwen2.5-VL-3B-Instruct``) or a hub id (network or HF cache).
@@ -43,6 +44,7 @@ __all__ = [
     "patchify_like_processor",
     "unpatchify_like_processor",
     "rgb_from_pixel_values",
+    "process_image_text",
 ]
 
 
@@ -103,6 +105,17 @@ def __getattr__(name):  # `from depthkit.complete.processor import SDIMProcessor
     if name == "SDIMProcessor":
         return _processor_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def process_image_text(processor, image, text: str) -> dict:
+    """``processor(images=[image], text=[text], return_tensors="pt")`` for one HxWx3 RGB image, with the channel
+    format stated (``channels_last``): left to itself the image processor guesses it, and takes an image 1, 3 or 4
+    pixels tall for channels-first. Every caller in depthkit (engine, training batches, the per-pixel reference)
+    goes through here."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3 RGB (channels last); got shape {image.shape}.")
+    return processor(images=[image], text=[text], return_tensors="pt", input_data_format="channels_last")
 
 
 def load_processor(path_or_id: str | Path, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs):

@@ -14,6 +14,13 @@ badly trained head can do (with the default ``max_log_correction=1.0`` the answe
 prior); and the last linear layer starts at zero, so an untrained head returns the prior exactly. It is trained
 with :func:`residual_l1_loss`, a dense gradient toward the right number that digit cross-entropy lacks.
 
+**Uncertainty.** A second linear layer on the same features predicts the scale ``b`` of a Laplace distribution of
+the log-space error, ``b = exp(clamp(s, log 1e-4, log 10))``: the expected ``|log pred - log true|``, i.e. the
+expected relative error (0.1 = about 10 %). It is trained with :func:`laplace_nll` (``loss.residual_nll``), which
+takes the prediction as given (detached), so it learns how wrong the correction is without changing it. Its bias
+starts at ``log 0.1``, so an untrained head reports 10 % everywhere. The engine turns ``b`` into the confidence
+``exp(-b / tolerance)`` (the text readout's rule with ``sigma / y`` = ``b``).
+
 **Expected digit value** (:func:`expected_digit_value`): under teacher forcing, each digit of the answer number is
 predicted from a distribution over the ten digit tokens; the expected number ``sum_i 10^place_i * E[digit_i]`` is
 differentiable, and its L1 distance to the label gives the optional numeric loss (``loss.numeric_l1``). The digit
@@ -28,10 +35,12 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ResidualHead", "residual_l1_loss", "expected_digit_value", "digit_token_ids", "RESIDUAL_HEAD_FILE"]
+__all__ = ["ResidualHead", "residual_l1_loss", "laplace_nll", "expected_digit_value", "digit_token_ids", "RESIDUAL_HEAD_FILE"]
 
 RESIDUAL_HEAD_FILE = "residual_head.safetensors"
 L1_SPACES = ("log", "metres")
+LOG_SCALE_RANGE = (math.log(1e-4), math.log(10.0))
+"""Bounds of the predicted log Laplace scale (relative errors 0.01 % .. 1000 %)."""
 
 
 class ResidualHead(nn.Module):
@@ -65,31 +74,49 @@ class ResidualHead(nn.Module):
         nn.init.zeros_(last.bias)
         layers.append(last)
         self.net = nn.Sequential(*layers)
+        self.log_scale = nn.Linear(width if width > 0 else hidden_size, 1)  # uncertainty (module docstring)
+        nn.init.zeros_(self.log_scale.weight)
+        nn.init.constant_(self.log_scale.bias, math.log(0.1))
 
     def config(self) -> dict:
         """Constructor arguments (stored in ``complete.json`` so the head can be rebuilt)."""
         return {"hidden_size": self.hidden_size, "max_log_correction": self.max_log_correction,
                 "mlp_ratio": self.mlp_ratio}
 
-    def log_correction(self, hidden_last: torch.Tensor) -> torch.Tensor:
-        """B x D hidden states → B log-space corrections in [-max, max] (float32)."""
+    def _features(self, hidden_last: torch.Tensor) -> torch.Tensor:
         if hidden_last.dim() != 2 or hidden_last.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden_last must be B x {self.hidden_size}; got shape {tuple(hidden_last.shape)}.")
-        param = self.net[-1].weight
-        h = self.net(hidden_last.to(param.dtype)).squeeze(-1).float()
-        return self.max_log_correction * torch.tanh(h)
+        return self.net[:-1](hidden_last.to(self.net[-1].weight.dtype))
 
-    def predict(self, hidden_last: torch.Tensor, prior_m: torch.Tensor) -> torch.Tensor:
-        """Metres (B, float32) = ``prior_m * exp(log_correction(hidden_last))``; ``prior_m`` is B metres > 0."""
+    def _correction(self, features: torch.Tensor) -> torch.Tensor:
+        return self.max_log_correction * torch.tanh(self.net[-1](features).squeeze(-1).float())
+
+    def log_correction(self, hidden_last: torch.Tensor) -> torch.Tensor:
+        """B x D hidden states → B log-space corrections in [-max, max] (float32)."""
+        return self._correction(self._features(hidden_last))
+
+    def _prior(self, hidden_last: torch.Tensor, prior_m) -> torch.Tensor:
         prior = torch.as_tensor(prior_m, dtype=torch.float32, device=hidden_last.device).reshape(-1)
         if prior.shape[0] != hidden_last.shape[0]:
             raise ValueError(f"{hidden_last.shape[0]} hidden states but {prior.shape[0]} priors; give one per query.")
         if not bool((prior > 0).all()):
             raise ValueError("prior_m must be > 0 metres for every query (the correction is multiplicative); "
                              f"got min {float(prior.min()):.4g}.")
+        return prior
+
+    def predict(self, hidden_last: torch.Tensor, prior_m: torch.Tensor) -> torch.Tensor:
+        """Metres (B, float32) = ``prior_m * exp(log_correction(hidden_last))``; ``prior_m`` is B metres > 0."""
+        prior = self._prior(hidden_last, prior_m)
         return prior * torch.exp(self.log_correction(hidden_last))
 
     forward = predict
+
+    def predict_with_scale(self, hidden_last: torch.Tensor, prior_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(metres B as :meth:`predict`, Laplace scale B of the log-space error: the expected relative error)."""
+        prior = self._prior(hidden_last, prior_m)
+        features = self._features(hidden_last)
+        s = self.log_scale(features).squeeze(-1).float().clamp(*LOG_SCALE_RANGE)
+        return prior * torch.exp(self._correction(features)), torch.exp(s)
 
 
 def residual_l1_loss(pred_m: torch.Tensor, target_m: torch.Tensor, space: str = "log",
@@ -114,6 +141,20 @@ def residual_l1_loss(pred_m: torch.Tensor, target_m: torch.Tensor, space: str = 
         return err.mean()
     weight = torch.as_tensor(weight, dtype=torch.float32, device=pred_m.device).reshape(-1)
     return (err * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def laplace_nll(pred_m: torch.Tensor, scale: torch.Tensor, target_m: torch.Tensor) -> torch.Tensor:
+    """Mean Laplace negative log-likelihood of the log-space error, ``|log pred - log target| / b + log b``
+    (constant dropped), with the prediction detached: it trains the scale ``b`` (B, > 0) only — the expected
+    relative error of ``pred_m`` (B metres) against ``target_m`` (B metres > 0)."""
+    pred = pred_m.detach().float().reshape(-1).clamp_min(1e-6)
+    target = torch.as_tensor(target_m, dtype=torch.float32, device=pred.device).reshape(-1).clamp_min(1e-6)
+    scale = scale.float().reshape(-1)
+    if not pred.shape == target.shape == scale.shape:
+        raise ValueError(f"pred, scale and target must have one value per query; got {pred.shape[0]}, "
+                         f"{scale.shape[0]}, {target.shape[0]}.")
+    err = (torch.log(pred) - torch.log(target)).abs()
+    return (err / scale + torch.log(scale)).mean()
 
 
 def digit_token_ids(tokenizer) -> list[int]:

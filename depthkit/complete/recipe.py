@@ -12,7 +12,8 @@ and ``__post_init__`` checks values. Sections:
   (text | residual_head).
 - ``data``    — training datasets (with roots and mixing weights, a fixed-size subset), synthetic-scene options,
   sparse sampling, supervision (sparse label-free with ``p_keep``, or dense GT), queries per image, edge weighting.
-- ``loss``    — weights of answer-token cross-entropy, numeric L1 on expected digits, residual-head L1.
+- ``loss``    — weights of answer-token cross-entropy, numeric L1 on expected digits, residual-head L1 and
+  its uncertainty's Laplace NLL.
 - ``eval``    — periodic validation on held-out synthetic scenes.
 - ``train``   — :class:`depthkit.config.TrainConfig`; ``output`` — :class:`depthkit.config.OutputConfig`.
 """
@@ -276,9 +277,11 @@ class LossConfig:
     """Weight of the residual head's L1 (readout residual_head only)."""
     residual_space: str = "log"
     """log (relative error; near and far pull alike) | metres."""
+    residual_nll: float = 0.1
+    """Weight of the Laplace NLL that trains the residual head's uncertainty (its confidence; prediction detached)."""
 
     def __post_init__(self):
-        if min(self.cross_entropy, self.numeric_l1, self.residual_l1) < 0:
+        if min(self.cross_entropy, self.numeric_l1, self.residual_l1, self.residual_nll) < 0:
             raise RecipeError("loss weights must be >= 0")
         if self.residual_space not in L1_SPACES:
             raise RecipeError(f"loss.residual_space={self.residual_space!r}; allowed: {', '.join(L1_SPACES)}")

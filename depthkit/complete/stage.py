@@ -13,16 +13,19 @@
    RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly).
 
 Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
-1 at measured pixels) and ``extras``: ``query_mask`` (1 where a query was asked), ``query_confidence`` (the answer's
-confidence at queried pixels, 0 elsewhere), ``unparseable_mask`` (1 where an answer could not be read — those pixels
-are filled from neighbours). ``last_stats`` holds the engine's timings and counts of the last run (``n_queries``,
+1 at measured pixels, decaying away from measured and queried pixels) and ``extras``: ``query_mask`` (1 where a
+query was asked), ``query_confidence`` (the answer's confidence at queried pixels, 0 elsewhere),
+``unparseable_mask`` (1 where an answer could not be read — those pixels are filled from neighbours). ``last_stats`` holds the engine's timings and counts of the last run (``n_queries``,
 ``n_unparseable``, ``prefix_seconds``, ``suffix_seconds``, ``stride``, ...).
 
 Options (from the checkpoint manifest, ``Pipeline(stage_options={"complete": {...}})`` or keyword arguments):
 ``query_stride``, ``query_budget`` (default 1024 queries), ``batch_size`` (128), ``memory_budget_mb`` (2048),
 ``attn_implementation`` (for the prefix pass: ``sdpa`` | ``eager`` | ``flash_attention_2``; the suffix batches use
 the engine's shared-prefix attention), ``decode`` (constrained | free), ``fusion`` (none), ``fusion_threshold``
-(0.5), ``confidence_tolerance`` (0.1). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
+(0.5), ``confidence_tolerance`` (0.1), ``confidence_decay_px`` (None: the anchors' mean spacing; see
+:func:`~depthkit.complete.query_plan.confidence_map`). A sparse map without any measured pixel is refused when the
+checkpoint writes a prompt prior (there is nothing to interpolate it from); with fusion on and prompt_prior none it
+turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` says so). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
 pipeline.
 """
 
@@ -46,6 +49,7 @@ STAGE_OPTIONS = {
     "fusion": "none",
     "fusion_threshold": 0.5,
     "confidence_tolerance": 0.1,
+    "confidence_decay_px": None,
 }
 
 
@@ -69,8 +73,10 @@ class CompleteVLMStage:
 
         unknown = sorted(set(options) - set(STAGE_OPTIONS))
         if unknown:
+            hint = (" (attn_implementation is an argument of CompleteVLMStage.from_checkpoint: it is fixed when the "
+                    "model is loaded)" if "attn_implementation" in unknown else "")
             raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
-                             f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
+                             f"{sorted(STAGE_OPTIONS)}{hint}.")
         self.options = {**STAGE_OPTIONS, **options}
         if self.options["fusion"] not in ANSWER_FUSIONS:
             raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
@@ -112,11 +118,19 @@ class CompleteVLMStage:
         rows, cols = plan["rows"], plan["cols"]
         prior_method = self.prompt_config.prompt_prior
         fusion = opts["fusion"]
+        measured = bool((np.isfinite(sparse) & (sparse > 0)).any())
+        if not measured and prior_method != "none":
+            raise ValueError(f"the sparse map ({sparse.shape[0]}x{sparse.shape[1]}) has no measured pixel (every value "
+                             f"is 0, NaN or negative), but this completer writes an interpolated prior "
+                             f"(prompt_prior={prior_method!r}) into every query, which needs at least one measured "
+                             "point; pass a sparse map with measured depths (metres > 0).")
+        if not measured and fusion != "none":  # no classical interpolation to fall back on: answers as given
+            fusion = "none"
         classical = None
         if rows.size and (prior_method != "none" or fusion != "none"):
             classical = prior_map(image, sparse, prior_method if prior_method != "none" else "guided")
         n = rows.size
-        stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0}
+        stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0, "fusion": fusion}
         if n:
             prefix = self.engine.encode(image, sparse)
             priors = classical[rows, cols] if prior_method != "none" else None
@@ -130,7 +144,9 @@ class CompleteVLMStage:
             values = np.zeros(0)
             conf_q, ok = np.zeros(0, np.float32), np.zeros(0, bool)
         dense = fill_dense(image, sparse, rows, cols, values)
-        conf = confidence_map(sparse, rows, cols, conf_q, ok)
+        decay = opts["confidence_decay_px"]
+        conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
+                              tolerance=float(opts["confidence_tolerance"]))
         query_mask = np.zeros(sparse.shape, np.float32)
         query_mask[rows, cols] = 1.0
         query_conf = np.zeros(sparse.shape, np.float32)

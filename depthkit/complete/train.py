@@ -40,7 +40,7 @@ from torch import nn
 
 from depthkit.complete import prompts
 from depthkit.complete.model import stock_model
-from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
+from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, laplace_nll, residual_l1_loss
 from depthkit.complete.train_data import TrainSteps, build_datasets, to_device
 from depthkit.complete.validation import validate, validation_scenes
 from depthkit.dtypes import torch_dtype
@@ -158,12 +158,16 @@ class CompleterObjective(nn.Module):
                 total = total + cfg.numeric_l1 * l1
         if self.head is not None:
             qp = batch["query_pos"]
-            pred = self.head.predict(hidden[qp[:, 0], qp[:, 1]], batch["query_head_prior"])
+            pred, scale = self.head.predict_with_scale(hidden[qp[:, 0], qp[:, 1]], batch["query_head_prior"])
             l1 = residual_l1_loss(pred, labels, space=cfg.residual_space)
             stats["residual_l1"] = l1.detach()
             stats["head_mae"] = (pred.detach() - labels).abs().mean()
             if cfg.residual_l1 > 0:
                 total = total + cfg.residual_l1 * l1
+            if cfg.residual_nll > 0:  # the head's uncertainty (Laplace scale of its log error)
+                nll = laplace_nll(pred, scale, labels)
+                stats["residual_nll"] = nll.detach()
+                total = total + cfg.residual_nll * nll
         stats["loss"] = total.detach()
         return total, stats
 

@@ -1,0 +1,125 @@
+"""Does the completer's confidence rank its errors? AUROC on held-out synthetic scenes.
+
+Usage (from the repository root, after training a completer, e.g. a short run of ``recipes/tiny/complete.yaml``)::
+
+    PYTHONPATH=. python benchmarks/complete_confidence.py --checkpoint runs/tiny_complete/final --scenes 8
+
+For each held-out scene (the ``val`` split of the synthetic scenes: seeds disjoint from training) the stage
+(:class:`depthkit.complete.stage.CompleteVLMStage`, its default query plan with ``--query-budget``) completes the
+sparse map; then, over the pixels that were not measured and have ground truth, the absolute error of the dense map
+is split at its median, and the AUROC of ``1 - confidence`` for "error above the median" is computed (0.5 = chance,
+1 = every above-median error is less confident than every below-median one). The same is reported for the queried
+pixels alone (the answers' own confidence: the residual head's predicted uncertainty, or the digit spread of the text
+readout) and for the old rule (each pixel taking its nearest anchor's confidence: no decay, no edge term), to show
+what the new terms contribute.
+
+Writes ``<out>/complete_confidence.json`` (``auroc`` = the dense map's, plus the others and the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for the boolean labels ``positive`` (Mann-Whitney, ties count half)."""
+    from scipy.stats import rankdata
+
+    score = np.asarray(score, dtype=np.float64).ravel()
+    positive = np.asarray(positive, dtype=bool).ravel()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both classes; every error is on one side of the median.")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a run's final/ folder (or its complete/)")
+    parser.add_argument("--scenes", type=int, default=8)
+    parser.add_argument("--height", type=int, default=112)
+    parser.add_argument("--width", type=int, default=112)
+    parser.add_argument("--sparse-points", type=int, default=100)
+    parser.add_argument("--kind", default="random")
+    parser.add_argument("--query-budget", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--note", default="", help="how the checkpoint was trained (stored in the JSON)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from depthkit.complete.query_plan import confidence_map
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.data.datasets import SyntheticDataset
+
+    torch.set_num_threads(args.threads)
+    path = args.checkpoint if (args.checkpoint / "complete.json").is_file() else args.checkpoint / "complete"
+    stage = CompleteVLMStage.from_checkpoint(path, query_budget=args.query_budget)
+    ds = SyntheticDataset(split="val", length=args.scenes, height=args.height, width=args.width, kind=args.kind,
+                          sparse_kwargs={"n": args.sparse_points})
+    dense_err, dense_conf, nearest_conf, q_err, q_conf, dense_rel, q_rel = [], [], [], [], [], [], []
+    start = time.perf_counter()
+    for i in range(len(ds)):
+        item = ds[i]
+        sparse, gt = np.asarray(item["sparse"], np.float32), np.asarray(item["depth"], np.float32)
+        out = stage.run(item["image"], sparse)
+        use = (sparse <= 0) & (gt > 0) & np.isfinite(gt)
+        dense_err.append(np.abs(out.depth - gt)[use])
+        dense_rel.append((np.abs(out.depth - gt) / np.maximum(gt, 1e-6))[use])
+        dense_conf.append(out.confidence[use])
+        qmask = out.extras["query_mask"] > 0
+        rows, cols = np.nonzero(qmask)
+        no_decay = confidence_map(sparse, rows, cols, out.extras["query_confidence"][rows, cols],
+                                  out.extras["unparseable_mask"][rows, cols] == 0, decay_px=1e12)
+        nearest_conf.append(no_decay[use])
+        q = qmask & use
+        q_err.append(np.abs(out.depth - gt)[q])
+        q_rel.append((np.abs(out.depth - gt) / np.maximum(gt, 1e-6))[q])
+        q_conf.append(out.extras["query_confidence"][q])
+        print(f"scene {i}: {int(q.sum())} queries, dense MAE {dense_err[-1].mean():.3f} m", flush=True)
+    dense_err, dense_conf, nearest_conf = map(np.concatenate, (dense_err, dense_conf, nearest_conf))
+    q_err, q_conf = np.concatenate(q_err), np.concatenate(q_conf)
+    dense_rel, q_rel = np.concatenate(dense_rel), np.concatenate(q_rel)
+    report = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "checkpoint": str(args.checkpoint), "trained_with": args.note, "settings": {"readout": stage.readout, **vars(stage.prompt_config)},
+        "scenes": len(ds), "split": "val", "size": [args.height, args.width], "kind": args.kind,
+        "sparse_points": args.sparse_points, "query_budget": args.query_budget,
+        "auroc": auroc(1.0 - dense_conf, dense_err > np.median(dense_err)),
+        "auroc_queries": auroc(1.0 - q_conf, q_err > np.median(q_err)),
+        "auroc_nearest_anchor_only": auroc(1.0 - nearest_conf, dense_err > np.median(dense_err)),
+        "auroc_relative": auroc(1.0 - dense_conf, dense_rel > np.median(dense_rel)),
+        "auroc_queries_relative": auroc(1.0 - q_conf, q_rel > np.median(q_rel)),
+        "auroc_nearest_anchor_only_relative": auroc(1.0 - nearest_conf, dense_rel > np.median(dense_rel)),
+        "pixels": int(dense_err.size), "queries": int(q_err.size),
+        "dense_mae_m": float(dense_err.mean()), "query_mae_m": float(q_err.mean()),
+        "median_dense_error_m": float(np.median(dense_err)), "seconds": time.perf_counter() - start,
+        "definition": "AUROC of (1 - confidence) for 'absolute error above the median absolute error', over "
+                      "unmeasured pixels with ground truth (auroc: the stage's confidence map; auroc_queries: "
+                      "queried pixels and their answers' confidence; auroc_nearest_anchor_only: the old rule, each pixel "
+                      "taking its nearest anchor's confidence); *_relative: the same with the relative error "
+                      "|pred - gt| / gt, the quantity the confidence estimates (exp(-relative error / tolerance)).",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / "complete_confidence.json"
+    target.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("auroc") or k == "dense_mae_m"}))
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
