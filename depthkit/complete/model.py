@@ -318,7 +318,7 @@ class SDIMModel(nn.Module):
 
         ``sparse_pixels`` (B x 2 x H' x W' features) and ``rgb_pixels`` (B x 3 x H' x W', [0, 1]) come from
         :func:`prepare_depth_inputs`; other arguments are the processor's outputs and any base-model kwargs
-        (``past_key_values``, ``logits_to_keep``, ...). Without ``pixel_values`` (e.g. a decoding step after the
+        (``cache``, ``logits_to_keep``, ...). Without ``pixel_values`` (e.g. a decoding step after the
         image prefix is cached) the vision tower does not run and the depth inputs are ignored.
         """
         self._check_mm(pixel_values, mm_token_type_ids)

@@ -121,11 +121,17 @@ def prior_map(image: np.ndarray, sparse: np.ndarray, method: str) -> np.ndarray:
     :mod:`depthkit.data.baselines`). The trainer states its value at held-out pixels, the stage at queried pixels
     (and fuses answers with it)."""
     from depthkit.complete.prompts import PRIOR_METHODS
-    from depthkit.data import baselines
+    from depthkit.data.baselines import CLASSICAL_METHODS
 
     if method not in PRIOR_METHODS:
         raise ValueError(f"prior method {method!r}; allowed: {', '.join(PRIOR_METHODS)}.")
-    return np.asarray(getattr(baselines, method)(image, sparse), dtype=np.float32)
+    sparse = np.asarray(sparse, dtype=np.float32)
+    valid = sparse > 0
+    if not valid.any():
+        raise ValueError(f"a {method!r} prior needs at least one measured pixel; the sparse map "
+                         f"({sparse.shape[0]}x{sparse.shape[1]}) has none.")
+    # inputs come checked (Pipeline, dataset readers): the table's trusted implementation, not the public checker
+    return np.asarray(CLASSICAL_METHODS[method].fn(image, sparse, valid), dtype=np.float32)
 
 
 def fill_dense(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray,

@@ -131,7 +131,7 @@ class SharedPrefixLM:
             out = self.model(**kwargs, **(depth_inputs or {}))
         else:
             out = self.model(**kwargs)
-        cache = out.past_key_values
+        cache = out.cache
         keys = [layer.keys[0].contiguous() for layer in cache.layers]
         values = [layer.values[0].contiguous() for layer in cache.layers]
         pos = prefix_position_ids(self.stock, ids, inputs["image_grid_thw"], inputs["mm_token_type_ids"])

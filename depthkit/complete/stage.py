@@ -107,12 +107,7 @@ class CompleteVLMStage:
         """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused."""
         from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries, prior_map
 
-        start = time.perf_counter()
-        sparse = np.asarray(sparse, dtype=np.float32)
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != sparse.shape:
-            raise ValueError(f"image must be HxWx3 RGB with the sparse map's size {sparse.shape}; got image "
-                             f"{image.shape}.")
+        start = time.perf_counter()  # image and sparse come checked by the Pipeline (or a trainer's reader)
         opts = self.options
         plan = plan_queries(sparse, opts["query_stride"], opts["query_budget"])
         rows, cols = plan["rows"], plan["cols"]

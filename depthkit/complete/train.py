@@ -91,7 +91,7 @@ def build_completer(recipe, seed: int = 0):
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     if recipe.train.gradient_checkpointing:
-        stock_model(sdim).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        stock_model(sdim).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return sdim, processor, head
 
 
@@ -105,13 +105,13 @@ def run_packed(sdim, batch: dict) -> torch.Tensor:
             pre = inner.model(input_ids=batch["prefix_ids"], attention_mask=batch["prefix_attention"],
                               position_ids=batch["prefix_position_ids"], pixel_values=batch["pixel_values"],
                               image_grid_thw=batch["image_grid_thw"], use_cache=True)
-        cache = pre.past_key_values
+        cache = pre.cache
         if cache is None:
             raise RuntimeError("the prefix pass returned no KV cache (gradient checkpointing drops it); use "
                                "data.prefix_sharing=packed with train.gradient_checkpointing=true.")
         cache.batch_select_indices(batch["suffix_group"])  # differentiable gather: gradients reach the prefix
         out = inner.model(input_ids=batch["input_ids"], attention_mask=batch["suffix_attention"],
-                          position_ids=batch["position_ids"], past_key_values=cache, use_cache=True)
+                          position_ids=batch["position_ids"], cache=cache, use_cache=True)
         return out.last_hidden_state
     allowed = batch["allowed"][:, None]
     if inner.config._attn_implementation == "sdpa":
