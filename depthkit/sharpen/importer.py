@@ -100,9 +100,8 @@ def load_release(root) -> dict:
     encoder runs once for the empty prompt and is dropped."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from depthkit.sharpen.lotus import has_safetensors
-
     from depthkit.checkpoints import check_tree
+    from depthkit.sharpen.lotus import has_safetensors
 
     root = Path(root)
     index = check_release(root)
