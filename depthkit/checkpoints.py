@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,37 @@ def bounded(name: str, value, lo: float, hi: float, source, integer: bool = True
                               f"{'an integer' if integer else 'a number'} from {lo} to {hi}"
                               f"{' (or null)' if optional else ''}.")
     return value
+
+
+def check_typed_fields(schema, data, source) -> dict:
+    """``data`` (a JSON object read from ``source``) checked against the dataclass ``schema``: every key must be a
+    field, and every value must have the field's type (``bool``, ``int``, ``float`` — an int is accepted —, ``str``,
+    or ``X | None``). Returns ``data``; raises :class:`CheckpointError` naming the file, the key, what it holds and
+    what is allowed. Value ranges and choices are then checked by the schema's own ``__post_init__``."""
+    import dataclasses
+    import typing
+
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: expected a JSON object of {schema.__name__} fields; got "
+                              f"{type(data).__name__}.")
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key, value in data.items():
+        if key not in names:
+            raise CheckpointError(f"{source}: unknown {schema.__name__} key {key!r}; allowed: {', '.join(names)}.")
+        hint = hints[key]
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        ok = any(value is None if a is type(None) else
+                 isinstance(value, bool) if a is bool else
+                 (isinstance(value, (int, float)) and not isinstance(value, bool)) if a is float else
+                 (isinstance(value, int) and not isinstance(value, bool)) if a is int else
+                 isinstance(value, a) if isinstance(a, type) else True
+                 for a in allowed)
+        if not ok:
+            want = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in allowed)
+            raise CheckpointError(f"{source}: {schema.__name__}.{key} must be {want}; it holds {value!r} "
+                                  f"({type(value).__name__}).")
+    return data
 
 
 def check_attn_implementation(value, source):

@@ -355,3 +355,32 @@ def test_the_sharpen_stage_works_at_a_capped_resolution():
     SharpenStage(model).run(np.zeros((8, 4, 3), np.uint8), None, np.ones((8, 4), np.float32))
     SharpenStage(model, processing_resolution=64).run(np.zeros((*big.shape, 3), np.uint8), None, big)
     assert seen == [MAX_WORKING_SIDE, None, 64]
+
+
+@pytest.mark.parametrize("file, edit, message", [
+    ("sharpdepth.json", lambda d: d["config"].update(gate_prob="high"), "gate_prob must be float"),
+    ("sharpdepth.json", lambda d: d["config"].update(gating=1), "gating must be bool"),
+    ("sharpdepth.json", lambda d: d.update(config="x"), "expected a JSON object"),
+    ("sharpdepth.json", lambda d: d["config"].update(typo=1), "unknown SharpDepthConfig key 'typo'"),
+    ("lotus.json", lambda d: d.update(timestep="999"), "timestep must be int"),
+    ("lotus.json", lambda d: d.update(default_processing_resolution=60000), "outside the allowed range"),
+])
+def test_sharpen_json_is_read_against_typed_schemas(tmp_path, file, edit, message):
+    """sharpdepth.json and lotus.json are checked field by field when read: a wrong type or an unknown key is one
+    CheckpointError naming the file, never a traceback from deep inside the model."""
+    import json
+
+    from depthkit.checkpoints import CheckpointError
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    part = tmp_path / "sharpen"
+    SharpDepth(build_tiny_lotus(seed=0)).save_pretrained(part)
+    data = json.loads((part / file).read_text())
+    if file == "sharpdepth.json":
+        data.setdefault("config", {})
+    edit(data)
+    (part / file).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=message) as exc:
+        SharpDepth.from_pretrained(part)
+    assert file in str(exc.value)

@@ -33,6 +33,7 @@ Checkpoint layout written by :meth:`LotusModel.save_pretrained` and read by :met
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,22 @@ HUB_PATTERNS = ["unet/*", "lotus_unet/*", "vae/*", "scheduler/*", EMBEDS_FILE, L
 def has_safetensors(folder) -> bool:
     """True when a model folder holds ``.safetensors`` weights (loaders then refuse to fall back to ``.bin``)."""
     return any(Path(folder).glob("*.safetensors"))
+
+
+@dataclass
+class LotusJson:
+    """The schema of ``lotus.json`` (what :meth:`LotusModel.config_dict` writes); read with
+    :func:`depthkit.checkpoints.check_typed_fields`, so a wrong type is an error naming the file."""
+
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    depthkit_version: str = ""
+    mode: str | None = None
+    norm: str | None = None
+    timestep: int = 999
+    task: str = "depth"
+    default_processing_resolution: int | None = None
+    vae_scale_factor: int | None = None
 
 
 def task_embedding(task: str = "depth", batch_size: int = 1, device=None, dtype=None) -> torch.Tensor:
@@ -406,13 +423,14 @@ class LotusModel(nn.Module):
         check_model_dir(root, unet_subfolder)
         meta = {}
         if (root / LOTUS_JSON).is_file():
-            try:
-                meta = json.loads((root / LOTUS_JSON).read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _checkpoint_error(f"{root / LOTUS_JSON} is corrupt (not valid JSON: {exc}).") from exc
-            if meta.get("format") != FORMAT or int(meta.get("format_version", -1)) > FORMAT_VERSION:
+            from depthkit.checkpoints import BOUNDS, bounded, check_typed_fields, read_json
+
+            meta = check_typed_fields(LotusJson, read_json(root / LOTUS_JSON, "Lotus settings"), root / LOTUS_JSON)
+            if meta.get("format") != FORMAT or meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
                 raise _checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
                                         f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}).")
+            bounded("default_processing_resolution", meta.get("default_processing_resolution"),
+                    *BOUNDS["processing_resolution"], root / LOTUS_JSON, optional=True)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         try:
             unet = UNet2DConditionModel.from_pretrained(str(root / unet_subfolder), **kwargs)

@@ -435,15 +435,15 @@ class SharpDepth(nn.Module):
                  config: dict | None = None) -> SharpDepth:
         """Load from ``root``, a local SharpDepth / Lotus-G directory the caller has already resolved, with
         ``dtype`` a ``torch.dtype`` or None (the other arguments as in :meth:`from_pretrained`)."""
-        from depthkit.sharpen.lotus import _checkpoint_error
 
         model = LotusModel.from_dir(root, device=device, dtype=dtype)
         stored = {}
         if (root / SHARPDEPTH_JSON).is_file():
-            try:
-                stored = json.loads((root / SHARPDEPTH_JSON).read_text()).get("config", {})
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-                raise _checkpoint_error(f"{root / SHARPDEPTH_JSON} is corrupt ({exc}).") from exc
+            from depthkit.checkpoints import check_typed_fields, read_json
+
+            meta = read_json(root / SHARPDEPTH_JSON, "SharpDepth settings")
+            stored = meta.get("config", {}) if isinstance(meta, dict) else meta
+            check_typed_fields(SharpDepthConfig, stored, root / SHARPDEPTH_JSON)
         lotus_unet = None
         if (root / LOTUS_UNET_DIR / "config.json").is_file():
             from diffusers import UNet2DConditionModel
