@@ -260,3 +260,29 @@ def test_pipeline_and_cli_use_the_engine(tmp_path):
     assert code == 0
     depth = np.load(tmp_path / "out" / "rgb_depth.npy")
     assert depth.shape == sparse.shape and np.array_equal(depth[sparse > 0], sparse[sparse > 0])
+
+
+def test_stage_works_at_a_bounded_size_and_upsamples(tiny_head_checkpoint):
+    """An input larger than max_working_side is completed at that size and upsampled: the work (and memory) of the
+    fill no longer grows with the input beyond the cap; the Pipeline still returns every measured value exactly."""
+    from depthkit import Pipeline
+    from depthkit.complete.stage import CompleteVLMStage
+
+    image, sparse = _scene(48, 64, seed=4)
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16,
+                                             max_working_side=32)
+    out = stage.run(image, sparse)
+    assert stage.last_stats["working_size"] == (24, 32) and stage.last_stats["n_queries"] <= 16
+    assert out.depth.shape == sparse.shape and np.isfinite(out.depth).all() and (out.depth > 0).all()
+    assert out.confidence.shape == sparse.shape and (out.confidence[sparse > 0] == 1).all()
+    assert out.extras["query_mask"].shape == sparse.shape
+    from depthkit.checkpoints import write_manifest
+
+    write_manifest(tiny_head_checkpoint, {"complete": {"method": "sdim"}})
+    pipe = Pipeline(checkpoint=tiny_head_checkpoint, stage_options={"complete": {"max_working_side": 32,
+                                                                                 "query_budget": 16}})
+    piped = pipe(image, sparse)
+    assert np.array_equal(piped.depth[sparse > 0], sparse[sparse > 0])
+    small = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16)
+    small.run(image, sparse)
+    assert "working_size" not in small.last_stats  # below the cap: native size

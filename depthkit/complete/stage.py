@@ -23,7 +23,8 @@ Options (from the checkpoint manifest, ``Pipeline(stage_options={"complete": {..
 ``attn_implementation`` (for the prefix pass: ``sdpa`` | ``eager`` | ``flash_attention_2``; the suffix batches use
 the engine's shared-prefix attention), ``decode`` (constrained | free), ``fusion`` (none), ``fusion_threshold``
 (0.5), ``confidence_tolerance`` (0.1), ``confidence_decay_px`` (None: the anchors' mean spacing; see
-:func:`~depthkit.complete.query_plan.confidence_map`). A sparse map without any measured pixel is refused when the
+:func:`~depthkit.complete.query_plan.confidence_map`), ``max_working_side`` (2048 px: larger inputs are completed
+at that size and upsampled, see :meth:`CompleteVLMStage.run`). A sparse map without any measured pixel is refused when the
 checkpoint writes a prompt prior (there is nothing to interpolate it from); with fusion on and prompt_prior none it
 turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` says so). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
 pipeline.
@@ -35,6 +36,7 @@ import time
 
 import numpy as np
 
+from depthkit.checkpoints import MAX_WORKING_SIDE
 from depthkit.complete.settings import CompleteSettings
 from depthkit.outputs import StageResult
 
@@ -50,6 +52,7 @@ STAGE_OPTIONS = {
     "fusion_threshold": 0.5,
     "confidence_tolerance": 0.1,
     "confidence_decay_px": None,
+    "max_working_side": MAX_WORKING_SIDE,
 }
 
 
@@ -104,7 +107,32 @@ class CompleteVLMStage:
         return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, **options)
 
     def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None = None) -> StageResult:
-        """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused."""
+        """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused.
+
+        Inputs whose longest side exceeds ``max_working_side`` (default 2048 px, see
+        :data:`depthkit.checkpoints.MAX_WORKING_SIDE`) are completed at that size — the image area-resized, the
+        measured points scattered to their scaled pixels — and the maps upsampled (bilinear; masks nearest), so the
+        work and memory of the fill stay bounded; the Pipeline then restores every measured pixel exactly.
+        ``last_stats["working_size"]`` records the size used."""
+        import cv2
+
+        from depthkit.checkpoints import working_side
+        from depthkit.io import resize_sparse
+
+        side = working_side(None, sparse.shape, cap=int(self.options["max_working_side"]))
+        if side is None:
+            return self._complete(image, sparse)
+        h, w = sparse.shape
+        small = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
+        res = self._complete(cv2.resize(image, small[::-1], interpolation=cv2.INTER_AREA), resize_sparse(sparse, small))
+        res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)
+        res.confidence = np.clip(cv2.resize(res.confidence, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+        res.confidence[sparse > 0] = 1.0
+        res.extras = {k: cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST) for k, v in res.extras.items()}
+        self.last_stats["working_size"] = small
+        return res
+
+    def _complete(self, image: np.ndarray, sparse: np.ndarray) -> StageResult:
         from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries, prior_map
 
         start = time.perf_counter()  # image and sparse come checked by the Pipeline (or a trainer's reader)
