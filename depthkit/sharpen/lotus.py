@@ -68,9 +68,7 @@ def has_safetensors(folder) -> bool:
 
 @dataclass
 class LotusJson:
-    """The schema of ``lotus.json`` (what :meth:`LotusModel.config_dict` writes); read with
-    :func:`depthkit.checkpoints.check_typed_fields`, so a wrong type is an error naming the file."""
-
+    """The schema of ``lotus.json`` (:meth:`LotusModel.config_dict`), checked by ``check_typed_fields`` on read."""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     depthkit_version: str = ""
@@ -424,7 +422,6 @@ class LotusModel(nn.Module):
         meta = {}
         if (root / LOTUS_JSON).is_file():
             from depthkit.checkpoints import BOUNDS, bounded, check_typed_fields, read_json
-
             meta = check_typed_fields(LotusJson, read_json(root / LOTUS_JSON, "Lotus settings"), root / LOTUS_JSON)
             if meta.get("format") != FORMAT or meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
                 raise _checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
