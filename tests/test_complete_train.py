@@ -258,6 +258,7 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert all(r["steps_per_s"] > 0 and r["queries_per_s"] > 0 for r in train_rows)
     loaded = load_complete(a / "final" / "complete")
     assert loaded.settings.readout == "residual_head" and loaded.settings.prompt_prior == "guided"
+    assert loaded.settings.prompt_config().mask_text == "mask_and_value"
     assert (a / "final" / "depthkit.json").is_file() and (a / "final" / "recipe.yaml").is_file()
     # A fresh run into a folder with checkpoints is refused (it would mix two runs).
     assert main([*args, f"output.output_dir={a}"]) == 2
@@ -278,6 +279,27 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert sa["scheduler"] == sb["scheduler"]
     for k, v in sa["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg"], sb["optimizer"]["state"][k]["exp_avg"])
+
+
+def test_mask_text_switch_reaches_training_prompts_and_checkpoint_settings(tmp_path):
+    """prompts.mask_text (the ablation's rows (c)-(e)) changes the training prompts; a checkpoint records it."""
+    from depthkit.complete.settings import CompleteSettings
+
+    texts = {}
+    for mode in ("none", "mask", "mask_and_value"):
+        recipe = load_recipe(TINY_RECIPE, [*SMALL, f"prompts.mask_text={mode}", "data.p_keep=0.5",
+                                           "data.queries_per_image=8", f"output.output_dir={tmp_path}"])
+        sdim, processor, _ = T.build_completer(recipe)
+        steps = TrainSteps(recipe, build_datasets(recipe), processor, stock_model(sdim).config)
+        texts[mode] = processor.tokenizer.decode(steps[0]["input_ids"].flatten())
+    assert "mask value" not in texts["none"] and "interpolated estimate" in texts["none"]
+    assert "The mask value is 1; preserve the given value." in texts["mask"]
+    assert "The mask value is 1, and the distance" in texts["mask_and_value"]
+    assert "The mask value is 0" in texts["mask"] and "The mask value is 0" in texts["mask_and_value"]
+    settings = CompleteSettings.from_dict({"mask_text": "none"})
+    assert settings.prompt_config().mask_text == "none"
+    with pytest.raises(ValueError, match="mask_text"):
+        CompleteSettings.from_dict({"mask_text": "values"})
 
 
 def test_text_readout_with_rope_reference_trains(tmp_path):

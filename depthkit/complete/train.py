@@ -179,7 +179,7 @@ def _export(run_dir: Path, recipe, sdim, processor, head) -> Path:
     from depthkit.training import atomic_export
 
     settings = {"prompt_prior": recipe.prompts.prompt_prior, "pixel_reference": recipe.prompts.pixel_reference,
-                "readout": recipe.prompts.readout, "trained_with": "depthkit train (kind: complete)"}
+                "readout": recipe.prompts.readout, "mask_text": recipe.prompts.mask_text, "trained_with": "depthkit train (kind: complete)"}
     if recipe.model.base != "tiny":
         settings["base_model_source"] = recipe.model.base
 
