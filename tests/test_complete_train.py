@@ -279,6 +279,18 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert sa["scheduler"] == sb["scheduler"]
     for k, v in sa["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg"], sb["optimizer"]["state"][k]["exp_avg"])
+    # A checkpoint written by another distributed type (its optimizer shards would not line up) is refused.
+    meta_path = b / "checkpoints" / "step_0000004" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["distributed_type"] == "NO"
+    meta_path.write_text(json.dumps({**meta, "distributed_type": "FSDP"}))
+    assert main([*args, f"output.output_dir={b}", "--resume"]) == 2
+    # A weight the model does not have (a renamed module, another wrapper's names) is refused, not dropped.
+    meta_path.write_text(json.dumps(meta))
+    state_path = b / "checkpoints" / "step_0000004" / "state.pt"
+    sb["model"]["sdim.not_a_module.weight"] = torch.zeros(1)
+    torch.save(sb, state_path)
+    assert main([*args, f"output.output_dir={b}", "--resume"]) == 2
 
 
 def test_mask_text_switch_reaches_training_prompts_and_checkpoint_settings(tmp_path):
@@ -300,6 +312,20 @@ def test_mask_text_switch_reaches_training_prompts_and_checkpoint_settings(tmp_p
     assert settings.prompt_config().mask_text == "none"
     with pytest.raises(ValueError, match="mask_text"):
         CompleteSettings.from_dict({"mask_text": "values"})
+
+
+def test_bf16_base_trains_with_float32_depth_modules(tmp_path):
+    """model.dtype=bfloat16 (the 3B recipe's): the trainable depth modules, BN statistics included, are float32,
+    and a training step runs (BatchNorm refuses a bf16 running mean with float32 weights)."""
+    recipe = load_recipe(TINY_RECIPE, [*SMALL, "model.dtype=bfloat16", "lora.enabled=true", "lora.full_finetune=false",
+                                       "train.max_steps=1", f"output.output_dir={tmp_path}"])
+    setup = T.setup_training(recipe, tmp_path)
+    assert stock_model(setup.sdim).model.visual.patch_embed.proj.weight.dtype == torch.bfloat16  # frozen: bf16
+    depth = [setup.sdim.depth_branch, setup.sdim.proj2]
+    assert all(t.dtype == torch.float32 for m in depth for t in [*m.parameters(), *m.buffers()] if t.is_floating_point())
+    steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config)
+    stats = T.train_step(setup, [steps[0]], 1.0)
+    assert np.isfinite(stats["loss"])
 
 
 def test_text_readout_with_rope_reference_trains(tmp_path):
