@@ -32,7 +32,7 @@ nothing scores the prior exactly, so the table's reference row is the prior itse
 ``guided`` classical fill at the same held-out pixels), and only mask-0 prompts are asked at validation — rows
 (d) and (e) then differ only in what the mask-1 training queries said.
 
-Budget per run (same for every row): ``--steps`` optimizer steps (default 300) of 2 images x 16 queries at 112x112
+Budget per run (same for every row): ``--steps`` optimizer steps (default 200) of 2 images x 16 queries at 112x112
 (16 image tokens), 100 random sparse points, lr 1e-3 cosine; validation at the end on 16 held-out ``val`` scenes x
 32 held-out sparse points (512 queries; the same scenes and points for every run). MAE / RMSE are pooled over the
 512 queries, metres.
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="train.seed of each run (>= 2 seeds)")
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per run (same for every row)")
+    ap.add_argument("--steps", type=int, default=200, help="optimizer steps per run (same for every row)")
     ap.add_argument("--rows", default="abcdef", help="which rows to run, e.g. 'ce'")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "complete_ablation"))
