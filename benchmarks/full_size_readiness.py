@@ -22,7 +22,8 @@ it got):
    backward, AdamW; bf16 weights, gradient checkpointing, one query per image as in the recipe), then 16 queries
    through :class:`depthkit.complete.engine.CompletionEngine` (shared prefix, constrained digits).
 
-Peak memory is the process's peak RSS (``ru_maxrss``). The CPU has no bf16 matrix units (AVX2 only), so bf16
+Peak memory is the process's peak RSS (``ru_maxrss``); the bf16 weights are memory-mapped from the safetensors
+shards, so RSS right after loading is small and grows as the step touches them. The CPU has no bf16 matrix units (AVX2 only), so bf16
 matmuls are emulated and slow: the times say the code path works at full size, not what a GPU does.
 """
 
