@@ -258,6 +258,7 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert all(r["steps_per_s"] > 0 and r["queries_per_s"] > 0 for r in train_rows)
     loaded = load_complete(a / "final" / "complete")
     assert loaded.settings.readout == "residual_head" and loaded.settings.prompt_prior == "guided"
+    assert loaded.settings.prompt_config().mask_text == "mask_and_value"
     assert (a / "final" / "depthkit.json").is_file() and (a / "final" / "recipe.yaml").is_file()
     # A fresh run into a folder with checkpoints is refused (it would mix two runs).
     assert main([*args, f"output.output_dir={a}"]) == 2
@@ -278,6 +279,53 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert sa["scheduler"] == sb["scheduler"]
     for k, v in sa["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg"], sb["optimizer"]["state"][k]["exp_avg"])
+    # A checkpoint written by another distributed type (its optimizer shards would not line up) is refused.
+    meta_path = b / "checkpoints" / "step_0000004" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["distributed_type"] == "NO"
+    meta_path.write_text(json.dumps({**meta, "distributed_type": "FSDP"}))
+    assert main([*args, f"output.output_dir={b}", "--resume"]) == 2
+    # A weight the model does not have (a renamed module, another wrapper's names) is refused, not dropped.
+    meta_path.write_text(json.dumps(meta))
+    state_path = b / "checkpoints" / "step_0000004" / "state.pt"
+    sb["model"]["sdim.not_a_module.weight"] = torch.zeros(1)
+    torch.save(sb, state_path)
+    assert main([*args, f"output.output_dir={b}", "--resume"]) == 2
+
+
+def test_mask_text_switch_reaches_training_prompts_and_checkpoint_settings(tmp_path):
+    """prompts.mask_text (the ablation's rows (c)-(e)) changes the training prompts; a checkpoint records it."""
+    from depthkit.complete.settings import CompleteSettings
+
+    texts = {}
+    for mode in ("none", "mask", "mask_and_value"):
+        recipe = load_recipe(TINY_RECIPE, [*SMALL, f"prompts.mask_text={mode}", "data.p_keep=0.5",
+                                           "data.queries_per_image=8", f"output.output_dir={tmp_path}"])
+        sdim, processor, _ = T.build_completer(recipe)
+        steps = TrainSteps(recipe, build_datasets(recipe), processor, stock_model(sdim).config)
+        texts[mode] = processor.tokenizer.decode(steps[0]["input_ids"].flatten())
+    assert "mask value" not in texts["none"] and "interpolated estimate" in texts["none"]
+    assert "The mask value is 1; preserve the given value." in texts["mask"]
+    assert "The mask value is 1, and the distance" in texts["mask_and_value"]
+    assert "The mask value is 0" in texts["mask"] and "The mask value is 0" in texts["mask_and_value"]
+    settings = CompleteSettings.from_dict({"mask_text": "none"})
+    assert settings.prompt_config().mask_text == "none"
+    with pytest.raises(ValueError, match="mask_text"):
+        CompleteSettings.from_dict({"mask_text": "values"})
+
+
+def test_bf16_base_trains_with_float32_depth_modules(tmp_path):
+    """model.dtype=bfloat16 (the 3B recipe's): the trainable depth modules, BN statistics included, are float32,
+    and a training step runs (BatchNorm refuses a bf16 running mean with float32 weights)."""
+    recipe = load_recipe(TINY_RECIPE, [*SMALL, "model.dtype=bfloat16", "lora.enabled=true", "lora.full_finetune=false",
+                                       "train.max_steps=1", f"output.output_dir={tmp_path}"])
+    setup = T.setup_training(recipe, tmp_path)
+    assert stock_model(setup.sdim).model.visual.patch_embed.proj.weight.dtype == torch.bfloat16  # frozen: bf16
+    depth = [setup.sdim.depth_branch, setup.sdim.proj2]
+    assert all(t.dtype == torch.float32 for m in depth for t in [*m.parameters(), *m.buffers()] if t.is_floating_point())
+    steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config)
+    stats = T.train_step(setup, [steps[0]], 1.0)
+    assert np.isfinite(stats["loss"])
 
 
 def test_text_readout_with_rope_reference_trains(tmp_path):

@@ -41,6 +41,23 @@ def test_query_text_text_reference_prior_and_rope():
     assert P.query_text(0, config=rope) == P.MASK0_TEXT + " " + P.QUESTION_TEXT
 
 
+def test_mask_text_switch_for_the_ablation_rows():
+    """mask_text: the paper's full prompt (default, unchanged), the mask sentences without the value, or none;
+    the prompt prior is stated in every mode, never for a measured pixel."""
+    question = "What is the distance from the current pixel to the camera? The current pixel is at (1, 2)."
+    full, mask, none = (P.PromptConfig("guided", mask_text=m) for m in ("mask_and_value", "mask", "none"))
+    assert P.query_text(1, (1, 2), sparse_value=2.0, config=full) == P.query_text(
+        1, (1, 2), sparse_value=2.0, config=P.PromptConfig("guided"))
+    assert P.query_text(0, (1, 2), prior=3.0, config=mask) == P.query_text(0, (1, 2), prior=3.0, config=full)
+    assert P.query_text(1, (1, 2), sparse_value=2.0, config=mask) == (
+        "The mask value is 1; preserve the given value. " + question)
+    assert P.query_text(0, (1, 2), prior=3.0, config=none) == "The interpolated estimate is 3.000 meters. " + question
+    assert P.query_text(1, (1, 2), sparse_value=2.0, config=none) == question
+    assert P.query_text(0, (1, 2), config=P.PromptConfig(mask_text="none")) == question
+    with pytest.raises(ValueError, match="mask_text"):
+        P.PromptConfig(mask_text="value")
+
+
 def test_prompt_misuse_is_refused():
     with pytest.raises(ValueError, match="prompt_prior"):
         P.PromptConfig(prompt_prior="bilinear")

@@ -22,6 +22,11 @@ Decisions where the paper is silent (see SPEC section 3):
 - **Prompt prior** (``prompt_prior="nearest" | "guided"``): the mask-0 text keeps the paper's sentence and appends
   ``The interpolated estimate is {p:.3f} meters.``. Which interpolation produced ``p`` (nearest valid point or an
   RGB-guided one) is the caller's business; the text is the same. Mask-1 text never carries a prior.
+- **Mask text** (``mask_text``, for the paper's ablation rows (c)-(e)): ``mask_and_value`` (default, the paper's
+  full prompt: mask-0 and mask-1 sentences, the mask-1 one stating the measured value), ``mask`` (the mask
+  sentences without the value: mask 1 reads :data:`MASK1_NO_VALUE_TEXT`, so the value must come from the depth
+  branch) or ``none`` (no mask sentence at all; a prompt prior, when set, is still stated as its own sentence).
+  The default's text is unchanged, so :data:`PROMPT_VERSION` covers it; checkpoints record the setting.
 - **Numbers** are metres with exactly 3 decimals (1 mm), clipped to [0.001, 300] m when formatted (so the model only
   ever sees and is taught numbers in that range; the tokenizer spells them digit by digit).
 - :func:`parse_answer` never raises: it returns ``None`` for anything it cannot read as a finite, non-negative
@@ -51,6 +56,8 @@ __all__ = [
     "PROMPT_PRIORS",
     "PRIOR_METHODS",
     "PIXEL_REFERENCES",
+    "MASK_TEXTS",
+    "MASK1_NO_VALUE_TEXT",
     "READOUTS",
     "PromptConfig",
     "format_depth",
@@ -79,6 +86,7 @@ ANSWER_TEMPLATE = "The pixel is {y:.3f} meters away from the camera."
 # depthkit's additions.
 COORDINATE_TEMPLATE = "The current pixel is at ({x}, {y})."
 PRIOR_TEMPLATE = "The interpolated estimate is {p:.3f} meters."
+MASK1_NO_VALUE_TEXT = "The mask value is 1; preserve the given value."  # mask_text="mask": no value in the text
 
 # The fixed text around the number in the answer: an engine forces these tokens and decodes only the digits.
 # With Qwen's split regex "is " + digits tokenises as "...is", " ", digits, so tokenize(prefix) is a token prefix
@@ -93,6 +101,8 @@ PRIOR_METHODS = PROMPT_PRIORS[1:]
 """The classical interpolations a prior can come from (:func:`depthkit.complete.query_plan.prior_map`)."""
 PIXEL_REFERENCES = ("text", "rope")
 """``pixel_reference``: coordinates in the prompt text, or the pixel's M-RoPE position on the query tokens."""
+MASK_TEXTS = ("mask_and_value", "mask", "none")
+"""``mask_text``: the paper's full mask sentences (default), without the measured value, or none (ablation (c))."""
 READOUTS = ("text", "residual_head")
 """``readout``: decode the answer's digits, or read a bounded correction of the prior from the last hidden state."""
 
@@ -113,17 +123,22 @@ class PromptConfig:
         pixel_reference: ``"text"`` (coordinates in the prompt; default) or ``"rope"`` (no coordinate text; the
             engine assigns the query tokens the pixel's M-RoPE position).
         version: the prompt version these settings belong to; must equal :data:`PROMPT_VERSION`.
+        mask_text: ``"mask_and_value"`` (the paper's prompt; default), ``"mask"`` or ``"none"`` (see the module
+            docstring; the paper's ablation rows (e), (d), (c)).
     """
 
     prompt_prior: str = "none"
     pixel_reference: str = "text"
     version: str = PROMPT_VERSION
+    mask_text: str = "mask_and_value"
 
     def __post_init__(self):
         if self.prompt_prior not in PROMPT_PRIORS:
             raise ValueError(f"prompt_prior={self.prompt_prior!r} is not one of {PROMPT_PRIORS}.")
         if self.pixel_reference not in PIXEL_REFERENCES:
             raise ValueError(f"pixel_reference={self.pixel_reference!r} is not one of {PIXEL_REFERENCES}.")
+        if self.mask_text not in MASK_TEXTS:
+            raise ValueError(f"mask_text={self.mask_text!r} is not one of {MASK_TEXTS}.")
         if self.version != PROMPT_VERSION:
             raise ValueError(
                 f"prompt version {self.version!r} does not match this depthkit's {PROMPT_VERSION!r}: the checkpoint "
@@ -186,7 +201,7 @@ def parse_answer(text) -> float | None:
 
 def mask_text(mask_value: int, sparse_value: float | None = None, prior: float | None = None,
               config: PromptConfig | None = None) -> str:
-    """The mask sentence for one pixel.
+    """The mask sentence for one pixel (empty for ``config.mask_text="none"`` without a prior).
 
     Args:
         mask_value: 1 if the pixel has a measurement that must be preserved, 0 if it must be predicted.
@@ -200,16 +215,20 @@ def mask_text(mask_value: int, sparse_value: float | None = None, prior: float |
     if mask_value == 1:
         if sparse_value is None:
             raise ValueError("mask_value=1 needs sparse_value (the measured metres to preserve).")
-        return MASK1_TEMPLATE.format(x=_clip_depth(sparse_value))
+        value = _clip_depth(sparse_value)
+        return {"mask_and_value": MASK1_TEMPLATE.format(x=value), "mask": MASK1_NO_VALUE_TEXT,
+                "none": ""}[config.mask_text]
     if sparse_value is not None:
         raise ValueError("mask_value=0 takes no sparse_value: a held-out or missing pixel has no measurement.")
+    sentences = [] if config.mask_text == "none" else [MASK0_TEXT]
     if config.prompt_prior == "none":
         if prior is not None:
             raise ValueError("prior was given but config.prompt_prior='none'; set prompt_prior or drop prior.")
-        return MASK0_TEXT
-    if prior is None:
+    elif prior is None:
         raise ValueError(f"config.prompt_prior={config.prompt_prior!r} needs prior= (interpolated metres).")
-    return MASK0_TEXT + " " + PRIOR_TEMPLATE.format(p=_clip_depth(prior))
+    else:
+        sentences.append(PRIOR_TEMPLATE.format(p=_clip_depth(prior)))
+    return " ".join(sentences)
 
 
 def coordinate_text(x: int, y: int) -> str:
@@ -231,7 +250,8 @@ def query_text(mask_value: int, xy: tuple[int, int] | None = None, sparse_value:
     tokens than with the coordinates first).
     """
     config = config or PromptConfig()
-    parts = [mask_text(mask_value, sparse_value=sparse_value, prior=prior, config=config), QUESTION_TEXT]
+    parts = [t for t in (mask_text(mask_value, sparse_value=sparse_value, prior=prior, config=config),) if t]
+    parts.append(QUESTION_TEXT)
     if config.pixel_reference == "text":
         if xy is None:
             raise ValueError("pixel_reference='text' needs xy=(column, row) in the resized image.")

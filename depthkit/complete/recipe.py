@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from depthkit.complete.decoding import DECODE_MODES
 from depthkit.complete.depth_inputs import SDIMConfig
-from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
+from depthkit.complete.prompts import MASK_TEXTS, PIXEL_REFERENCES, PROMPT_PRIORS, READOUTS
 from depthkit.complete.readout import L1_SPACES
 from depthkit.config import OutputConfig, RecipeError, TrainConfig
 from depthkit.dtypes import canonical_dtype_name
@@ -175,12 +175,15 @@ class PromptsConfig:
     readout: str = "text"
     """text (decode digits; the paper) | residual_head (bounded correction of the prior from the last hidden
     state; needs a prompt_prior)."""
+    mask_text: str = "mask_and_value"
+    """mask_and_value (the paper's prompt) | mask (mask sentences without the measured value) | none (no mask
+    sentence): the text rows (e), (d), (c) of the paper's ablation (benchmarks/complete_ablation.py)."""
     max_log_correction: float = 1.0
     """Residual head bound: predictions stay within a factor e^max of the prior."""
 
     def __post_init__(self):
         for name, allowed in (("pixel_reference", PIXEL_REFERENCES), ("prompt_prior", PROMPT_PRIORS),
-                              ("readout", READOUTS)):
+                              ("readout", READOUTS), ("mask_text", MASK_TEXTS)):
             if getattr(self, name) not in allowed:
                 raise RecipeError(f"prompts.{name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
         if self.readout == "residual_head" and self.prompt_prior == "none":

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from depthkit.checkpoints import BOUNDS, bounded, check_format_version, read_json
-from depthkit.complete.prompts import PIXEL_REFERENCES, PROMPT_PRIORS, PROMPT_VERSION, READOUTS, PromptConfig
+from depthkit.complete.prompts import (
+    MASK_TEXTS,
+    PIXEL_REFERENCES,
+    PROMPT_PRIORS,
+    PROMPT_VERSION,
+    READOUTS,
+    PromptConfig,
+)
 
 __all__ = ["COMPLETE_JSON", "COMPLETE_FORMAT", "FORMAT_VERSION", "WEIGHT_KINDS", "CompleteSettings"]
 
@@ -38,6 +45,8 @@ class CompleteSettings:
     """text (coordinates in the prompt) | rope (the query tokens take the pixel's M-RoPE position)."""
     readout: str = "text"
     """text (decode digits) | residual_head (bounded correction of the prior from the last hidden state)."""
+    mask_text: str = "mask_and_value"
+    """mask_and_value (the paper's prompt) | mask | none: the mask sentences the model was trained with."""
     prompt_version: str = PROMPT_VERSION
     """The prompt text version the model was trained with (checked against this depthkit's by :meth:`prompt_config`)."""
     min_pixels: int | None = None
@@ -60,7 +69,7 @@ class CompleteSettings:
 
     def __post_init__(self):
         for name, allowed in (("prompt_prior", PROMPT_PRIORS), ("pixel_reference", PIXEL_REFERENCES),
-                              ("readout", READOUTS)):
+                              ("readout", READOUTS), ("mask_text", MASK_TEXTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}.")
         if self.format != COMPLETE_FORMAT:
@@ -82,7 +91,7 @@ class CompleteSettings:
     def prompt_config(self) -> PromptConfig:
         """The :class:`~depthkit.complete.prompts.PromptConfig` of these settings (raises if ``prompt_version`` is
         not this depthkit's)."""
-        return PromptConfig(self.prompt_prior, self.pixel_reference, self.prompt_version)
+        return PromptConfig(self.prompt_prior, self.pixel_reference, self.prompt_version, mask_text=self.mask_text)
 
     def to_json_dict(self) -> dict:
         """The file's content (optional fields that are None are left out)."""

@@ -19,8 +19,16 @@ runs one process per GPU (DDP by default; the FSDP / DeepSpeed examples under ``
 ``train.mixed_precision``, gradient checkpointing via ``train.gradient_checkpointing``. Resumable state holds only
 trainable tensors (LoRA + depth modules + head for the 3B recipe), gathered with ``accelerator.get_state_dict``.
 The optimizer state is rank 0's under DDP (replicated); under FSDP / DeepSpeed every process's shard is gathered
-(``optimizer``, ``optimizer_rank1``, ...) and a resume must use the same number of processes (checked). Only
-single-process and DDP (2 CPU processes) runs are tested here; the FSDP / DeepSpeed paths have not run on a GPU yet.
+(``optimizer``, ``optimizer_rank1``, ...) and a resume must use the same number of processes and the same
+distributed type (both recorded in the checkpoint's ``meta.json`` and checked). Under FSDP (version 1, the shipped
+config) validation and the final export run inside ``summon_full_params`` (outside a forward FULL_SHARD keeps only
+each rank's shard of the parameters the validation engine and ``save_pretrained`` read).
+
+What has run: single-process, DDP (``accelerate launch`` with 2 CPU processes, gloo) and the FSDP config launched on
+2 CPU processes (tests/test_scale_out.py, ``@slow``) — which is DDP too: accelerate 1.15 turns ``distributed_type:
+FSDP`` + ``use_cpu`` into MULTI_CPU (DDP) and torch's FSDP1 refuses CPU devices ("FSDP needs a non-CPU accelerator
+device"), so the trainer warns when an FSDP config does not give FSDP. The FSDP and DeepSpeed paths themselves
+(sharded optimizer state, ``summon_full_params``) have not run yet: they need CUDA.
 
 Data (:mod:`depthkit.complete.train_data`: datasets and the packed batch of each micro-step) and validation
 (:mod:`depthkit.complete.validation`: held-out points answered through the inference engine, every
@@ -90,6 +98,9 @@ def build_completer(recipe, seed: int = 0):
     for p in sdim.parameters():  # optimizer moments of bf16 weights lose too much precision
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
+    for module in (sdim.depth_branch, sdim.proj2):  # their BN statistics too (BN refuses mixed dtypes)
+        if module is not None:
+            module.float()
     if recipe.train.gradient_checkpointing:
         stock_model(sdim).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return sdim, processor, head
@@ -183,7 +194,7 @@ def _export(run_dir: Path, recipe, sdim, processor, head) -> Path:
     from depthkit.training import atomic_export
 
     settings = {"prompt_prior": recipe.prompts.prompt_prior, "pixel_reference": recipe.prompts.pixel_reference,
-                "readout": recipe.prompts.readout, "trained_with": "depthkit train (kind: complete)"}
+                "readout": recipe.prompts.readout, "mask_text": recipe.prompts.mask_text, "trained_with": "depthkit train (kind: complete)"}
     if recipe.model.base != "tiny":
         settings["base_model_source"] = recipe.model.base
 
@@ -201,6 +212,30 @@ def _identity(batch):
 
 def _sharded(accelerator) -> bool:
     return accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+
+
+def _warn_if_not_sharded(accelerator) -> None:
+    """Say so when ``accelerate launch`` was given an FSDP / DeepSpeed config but the run is not sharded (accelerate
+    silently runs DDP on CPU processes: FSDP and DeepSpeed need accelerator devices)."""
+    import os
+
+    for env, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(env, "false").lower() == "true" and accelerator.distributed_type.name != name:
+            accelerator.print(f"depthkit train: warning: the accelerate config asks for {name} but this run is "
+                              f"{accelerator.distributed_type.name} (on CPU processes accelerate falls back to DDP; "
+                              f"{name} needs CUDA devices). Checkpoints record the distributed type actually used.")
+
+
+def _full_params(setup):
+    """Context in which every rank holds the full parameters: FSDP1's ``summon_full_params`` (collective: all ranks
+    must enter), a no-op otherwise."""
+    import contextlib
+
+    if setup.accelerator.distributed_type.name != "FSDP":
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(setup.model, writeback=False)
 
 
 @dataclass
@@ -228,6 +263,7 @@ def setup_training(recipe, run_dir) -> TrainingSetup:
 
     tc = recipe.train
     accelerator = build_accelerator(tc, run_dir)
+    _warn_if_not_sharded(accelerator)
     sdim, processor, head = build_completer(recipe, seed=tc.seed)
     mixed = build_datasets(recipe)
     steps_total = total_steps(tc, len(mixed), accelerator.num_processes)
@@ -281,8 +317,8 @@ def _save(setup: TrainingSetup, run_dir: Path, done: int, keep_last: int) -> Non
     for r in range(1, len(opt_states)):
         state[f"optimizer_rank{r}"] = opt_states[r]
     if acc.is_main_process:
-        save_state(run_dir, done, state, meta={"world_size": acc.num_processes, "steps_total": setup.steps_total},
-                   keep_last=keep_last)
+        save_state(run_dir, done, state, meta={"world_size": acc.num_processes, "steps_total": setup.steps_total,
+                                               "distributed_type": acc.distributed_type.name}, keep_last=keep_last)
     acc.wait_for_everyone()
 
 
@@ -299,11 +335,19 @@ def _resume(setup: TrainingSetup, run_dir: Path) -> int:
     if meta.get("world_size", world) != world:
         raise ValueError(f"the checkpoint in {run_dir} was written by {meta['world_size']} processes; resume with the "
                          f"same number (got {world}) so the data order and optimizer shards line up.")
+    kind = acc.distributed_type.name
+    if meta.get("distributed_type", kind) != kind:
+        raise ValueError(f"the checkpoint in {run_dir} was written by a {meta['distributed_type']} run; this run is "
+                         f"{kind}. Resume with the same accelerate config (optimizer shards differ between them).")
     missing = sorted(setup.saved_keys - set(state["model"]))
     if missing:
         raise ValueError(f"the checkpoint at step {start} in {run_dir} does not match this recipe's model (missing "
                          f"{', '.join(missing[:5])}); resume with the recipe it was trained with.")
-    acc.unwrap_model(setup.model).load_state_dict(state["model"], strict=False)
+    result = acc.unwrap_model(setup.model).load_state_dict(state["model"], strict=False)
+    if result.unexpected_keys:  # a name the model does not have would otherwise be dropped silently
+        raise ValueError(f"the checkpoint at step {start} in {run_dir} holds weights this model does not have "
+                         f"({', '.join(sorted(result.unexpected_keys)[:5])}); resume with the recipe and accelerate "
+                         "config it was trained with.")
     rank = acc.process_index
     setup.optimizer.load_state_dict(state.get("optimizer" if rank == 0 else f"optimizer_rank{rank}", state["optimizer"]))
     setup.scheduler.load_state_dict(state["scheduler"])
@@ -345,13 +389,14 @@ def train(recipe, resume: bool = False) -> Path:
                        images_per_s=images * world / dt, queries_per_s=queries * world / dt,
                        tokens_per_s=tokens * world / dt)
         if (tc.eval_every > 0 and done % tc.eval_every == 0) or done == setup.steps_total:
-            with acc.autocast():
+            with acc.autocast(), _full_params(setup):
                 logger.log(step=done, **validate(setup.sdim, setup.head, setup.processor, val_scenes, recipe))
         if (tc.save_every > 0 and done % tc.save_every == 0) or done == setup.steps_total:
             _save(setup, run_dir, done, tc.keep_last)
     final = run_dir / "final"
-    if acc.is_main_process:
-        final = _export(run_dir, recipe, acc.unwrap_model(setup.model).sdim, setup.processor, setup.head)
-    acc.wait_for_everyone()
+    with _full_params(setup):
+        if acc.is_main_process:
+            final = _export(run_dir, recipe, acc.unwrap_model(setup.model).sdim, setup.processor, setup.head)
+        acc.wait_for_everyone()
     acc.end_training()
     return final

@@ -63,7 +63,8 @@ class TrainSteps(torch.utils.data.Dataset):
         self.recipe, self.mixed, self.processor, self.model_config = recipe, mixed, processor, model_config
         self.rank = rank
         self.sampler = StepSampler(len(mixed), recipe.train.batch_size, recipe.train.seed, rank, world)
-        self.prompt_config = prompts.PromptConfig(recipe.prompts.prompt_prior, recipe.prompts.pixel_reference)
+        p = recipe.prompts
+        self.prompt_config = prompts.PromptConfig(p.prompt_prior, p.pixel_reference, mask_text=p.mask_text)
 
     def __len__(self) -> int:
         return 2**62

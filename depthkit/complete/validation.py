@@ -9,9 +9,9 @@ with ``eval.decode`` (``free`` by default: greedy over the full vocabulary, the 
 included — so ``val_unparseable`` tells whether it has learned to write the answer; ``constrained``: what the stage
 answers), the residual head reads its number from the last hidden state.
 
-Reported (:func:`validate`): ``val_mae`` (metres, over readable answers), ``val_unparseable`` (fraction),
-``val_queries``, and the references ``val_prior_mae`` (the prompt prior itself; only with a prompt prior) and
-``val_median_mae`` (the median of the input points: what a model that ignores the pixel scores).
+Reported (:func:`validate`): ``val_mae`` and ``val_rmse`` (metres, over readable answers), ``val_unparseable``
+(fraction), ``val_queries``, and the references ``val_prior_mae`` / ``val_prior_rmse`` (the prompt prior itself;
+only with a prompt prior) and ``val_median_mae`` (the median of the input points: what a model that ignores the pixel scores).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def validation_scenes(recipe) -> list[ValidationScene]:
 
 @torch.no_grad()
 def validate(sdim, head, processor, scenes: list[ValidationScene], recipe) -> dict:
-    """``val_mae``, ``val_unparseable``, ``val_prior_mae``, ``val_median_mae``, ``val_queries`` over ``scenes``."""
+    """``val_mae``, ``val_rmse``, ``val_unparseable``, ``val_prior_mae``, ``val_prior_rmse``, ``val_median_mae``,
+    ``val_queries`` over ``scenes`` (errors pooled over all queries, metres)."""
     from depthkit.complete.engine import CompletionEngine
     from depthkit.complete.prompts import PromptConfig
 
@@ -79,7 +80,8 @@ def validate(sdim, head, processor, scenes: list[ValidationScene], recipe) -> di
     sdim.eval()
     errors, priors, medians, unparseable, total = [], [], [], 0, 0
     try:
-        engine = CompletionEngine(sdim, processor, PromptConfig(p.prompt_prior, p.pixel_reference), readout=p.readout,
+        engine = CompletionEngine(sdim, processor, PromptConfig(p.prompt_prior, p.pixel_reference, mask_text=p.mask_text),
+                                  readout=p.readout,
                                   residual_head=head, batch_size=e.batch_queries, decode=e.decode,
                                   max_new_tokens=e.max_new_tokens)
         for scene in scenes:
@@ -95,8 +97,10 @@ def validate(sdim, head, processor, scenes: list[ValidationScene], recipe) -> di
     finally:
         sdim.train(was_training)
     out = {"val_mae": float(np.mean(errors)) if errors else math.nan,
+           "val_rmse": float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan,
            "val_unparseable": unparseable / max(1, total), "val_median_mae": float(np.mean(medians)),
            "val_queries": total}
     if priors:
         out["val_prior_mae"] = float(np.mean(priors))
+        out["val_prior_rmse"] = float(np.sqrt(np.mean(np.square(priors))))
     return out

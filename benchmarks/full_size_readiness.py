@@ -1,0 +1,229 @@
+"""Full-size readiness on a CPU: the Qwen2.5-VL-3B-Instruct architecture, random bf16 weights, through the user path.
+
+Usage (from the repository root; needs ~8 GB of disk and ~12 GB of free RAM; tens of minutes on 2 CPU cores)::
+
+    python benchmarks/full_size_readiness.py                      # snapshot in /tmp/qwen2_5_vl_3b_random
+    python benchmarks/full_size_readiness.py --snapshot DIR --threads 2
+
+Phases, each in its own process (so each has its own peak RSS), results in
+``benchmarks/results/full_size_readiness.json`` (rewritten after every phase, so an interrupted run records how far
+it got):
+
+1. ``snapshot``: build the stock ``Qwen2_5_VLForConditionalGeneration`` at Qwen2.5-VL-3B-Instruct's sizes (text hidden
+   2048, 36 layers, 16 heads / 2 KV heads, MLP 11008, ``mrope_section`` [16, 24, 24], vocab 151,936, tied
+   embeddings; vision depth 32, hidden 1280, 16 heads, MLP 3420, window 112, full attention in blocks 7/15/23/31)
+   directly in bf16 with random weights, and save it as a hub-style snapshot folder: ``config.json``, sharded
+   ``model-0000x-of-0000n.safetensors`` + ``model.safetensors.index.json``, ``preprocessor_config.json`` and the
+   tokenizer files (depthkit's offline tokenizer: no network here; its ids fit the 151,936-row embedding).
+2. ``run``: ``recipes/complete/qwen2_5_vl_3b_lora.yaml`` with ``model.base=<snapshot>`` — the path a downloaded
+   snapshot takes (:func:`depthkit.complete.checkpoint.load_base_model`, :func:`~depthkit.complete.processor.
+   load_processor`), SDIM attached, LoRA r=16 — and synthetic 224x224 frames instead of Hypersim/VKITTI: one training
+   step (:func:`depthkit.complete.train.setup_training` / :func:`~depthkit.complete.train.train_step`: forward,
+   backward, AdamW; bf16 weights, gradient checkpointing, one query per image as in the recipe), then 16 queries
+   through :class:`depthkit.complete.engine.CompletionEngine` (shared prefix, constrained digits).
+
+Peak memory is the process's peak RSS (``ru_maxrss``); the bf16 weights are memory-mapped from the safetensors
+shards, so RSS right after loading is small and grows as the step touches them. The CPU has no bf16 matrix units (AVX2 only), so bf16
+matmuls are emulated and slow: the times say the code path works at full size, not what a GPU does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml"
+OUT = REPO / "benchmarks" / "results" / "full_size_readiness.json"
+sys.path.insert(0, str(REPO))  # this checkout's depthkit, not an installed one
+
+TEXT_3B = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+           "num_key_value_heads": 2, "max_position_embeddings": 128000,
+           "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}}
+VISION_3B = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "window_size": 112,
+             "fullatt_block_indexes": [7, 15, 23, 31], "out_hidden_size": 2048}
+VOCAB_3B = 151936
+# --small: the same vocabulary and code path at toy widths (the test of this script; seconds, not minutes).
+TEXT_SMALL = {**TEXT_3B, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]}}
+VISION_SMALL = {**VISION_3B, "depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
+                "fullatt_block_indexes": [1], "out_hidden_size": 128}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--snapshot", type=Path, default=Path(tempfile.gettempdir()) / "qwen2_5_vl_3b_random")
+    ap.add_argument("--phase", choices=("all", "snapshot", "run"), default="all")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--image", default="224x224", help="HxW of the synthetic frame")
+    ap.add_argument("--queries", type=int, default=16, help="engine queries after the training step")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--small", action="store_true", help="toy widths, same code path (tests)")
+    return ap.parse_args(argv)
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _record(out: Path, phase: str, data: dict) -> None:
+    results = json.loads(out.read_text()) if out.exists() else {}
+    phases = results.setdefault("phases", {})
+    phases[phase] = {**phases.get(phase, {}), **data}  # a failure keeps what the phase had recorded
+    results.update({"benchmark": "full_size_readiness", "command": "python benchmarks/full_size_readiness.py",
+                    "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def make_snapshot(args) -> dict:
+    """Phase 1: random bf16 3B weights saved as a hub-style snapshot folder."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from depthkit.complete.processor import build_tiny_processor
+    from depthkit.complete.tiny import tiny_qwen2_5_vl_config, token_ids_from_tokenizer
+    from depthkit.complete.tokenizer import build_offline_tokenizer
+
+    t0 = time.perf_counter()
+    tokenizer = build_offline_tokenizer()
+    text, vision = (TEXT_SMALL, VISION_SMALL) if args.small else (TEXT_3B, VISION_3B)
+    config = tiny_qwen2_5_vl_config(VOCAB_3B, token_ids_from_tokenizer(tokenizer), text=dict(text),
+                                    vision=dict(vision), tie_word_embeddings=True)
+    config.text_config.tie_word_embeddings = True
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: a float32 copy would need 15 GB
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(before)
+    build_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    args.snapshot.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.snapshot, max_shard_size="2GB")
+    # Qwen's processor bounds (56x56 .. 1280 image tokens), as in the released preprocessor_config.json.
+    build_tiny_processor(tokenizer, min_pixels=3136, max_pixels=12845056).save_pretrained(args.snapshot)
+    save_s = time.perf_counter() - t0
+    files = sorted(p.name for p in args.snapshot.iterdir())
+    size = sum(p.stat().st_size for p in args.snapshot.iterdir()) / 2**30
+    return {"params": params, "dtype": str(next(model.parameters()).dtype), "build_s": build_s, "save_s": save_s,
+            "snapshot_gib": size, "files": files, "peak_rss_gib": _peak_rss_gib()}
+
+
+def run_user_path(args) -> dict:
+    """Phase 2: load the snapshot through the recipe, one LoRA training step, then engine queries."""
+    import numpy as np
+    import torch
+
+    from depthkit.complete import prompts
+    from depthkit.complete import train as T
+    from depthkit.complete.engine import CompletionEngine
+    from depthkit.complete.model import stock_model
+    from depthkit.complete.train_data import TrainSteps, to_device
+    from depthkit.config import load_recipe
+    from depthkit.data.synthetic import render_scene
+
+    h, w = (int(v) for v in args.image.split("x"))
+    run_dir = tempfile.mkdtemp(prefix="full_size_run_")
+    recipe = load_recipe(RECIPE, [
+        f"model.base={args.snapshot}", "data.datasets.hypersim.weight=0", "data.datasets.vkitti2.weight=0",
+        "data.datasets.synthetic.weight=1", "data.subset_size=0", "data.synthetic.length=8",
+        f"data.synthetic.height={h}", f"data.synthetic.width={w}", "train.batch_size=1", "train.max_steps=1",
+        "train.num_workers=0", f"output.output_dir={run_dir}"])
+    result = {"recipe": str(RECIPE.relative_to(REPO)), "image_hw": [h, w], "torch_threads": torch.get_num_threads(),
+              "weights_dtype": recipe.model.dtype}
+    t0 = time.perf_counter()
+    setup = T.setup_training(recipe, run_dir)  # load_base_model(snapshot) + load_processor + SDIM + LoRA
+    result["load_and_attach_s"] = time.perf_counter() - t0
+    result["params_total"] = sum(p.numel() for p in setup.sdim.parameters())
+    result["params_trainable"] = sum(p.numel() for p in setup.params)
+    result["peak_rss_after_load_gib"] = _peak_rss_gib()
+    _record(args.out, "run", {**result, "status": "loaded; training step running"})
+    steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config)
+    batch = to_device(steps[0], setup.accelerator.device)
+    result["step_tokens"] = int(batch["input_ids"].numel())
+    result["image_tokens"] = int((batch["image_grid_thw"].prod(-1) // 4)[0])
+    t0 = time.perf_counter()
+    stats = T.train_step(setup, [batch], recipe.train.max_grad_norm)
+    result["train_step_s"] = time.perf_counter() - t0
+    result["train_loss"] = stats.get("loss")
+    result["peak_rss_after_step_gib"] = _peak_rss_gib()
+    _record(args.out, "run", {**result, "status": "trained one step; engine queries running"})
+    sdim = setup.sdim.eval()
+    engine = CompletionEngine(sdim, setup.processor, prompts.PromptConfig(recipe.prompts.prompt_prior,
+                                                                          recipe.prompts.pixel_reference),
+                              readout=recipe.prompts.readout, batch_size=args.queries, decode="constrained")
+    scene = render_scene(11, h, w, "indoor")
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((h, w), np.float32)
+    idx = rng.choice(h * w, 500, replace=False)
+    sparse.flat[idx] = scene.depth.flat[idx]
+    missing = np.flatnonzero(sparse.ravel() == 0)
+    pick = rng.choice(missing, args.queries, replace=False)
+    rows, cols = np.unravel_index(pick, (h, w))
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        prefix = engine.encode(scene.image, sparse)
+        result["engine_prefix_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        answers = engine.answer(prefix, rows, cols)
+        result["engine_answer_s"] = time.perf_counter() - t0
+    result["engine_queries"] = int(args.queries)
+    result["engine_readable"] = int(answers.ok.sum())
+    result["peak_rss_gib"] = _peak_rss_gib()
+    result["status"] = "done"
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if args.phase == "all":  # each phase in its own process: separate peak RSS, memory returned in between
+        for phase in ("snapshot", "run"):
+            if phase == "snapshot" and (args.snapshot / "config.json").is_file():
+                print(f"snapshot exists: {args.snapshot}")
+                continue
+            cmd = [sys.executable, __file__, "--phase", phase, "--snapshot", str(args.snapshot), "--threads",
+                   str(args.threads), "--image", args.image, "--queries", str(args.queries), "--out", str(args.out),
+                   *(["--small"] if args.small else [])]
+            rc = subprocess.call(cmd, cwd=REPO)
+            if rc != 0:
+                print(f"phase {phase} failed (rc={rc}); see {args.out}", file=sys.stderr)
+                return rc
+        print(args.out.read_text())
+        return 0
+    if args.phase == "snapshot" and args.out.exists():  # a new snapshot starts a new record
+        args.out.unlink()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        data = make_snapshot(args) if args.phase == "snapshot" else run_user_path(args)
+    except Exception as exc:  # record how far it got, then fail
+        _record(args.out, args.phase, {"status": f"failed: {type(exc).__name__}: {exc}",
+                                       "seconds": time.perf_counter() - t0, "peak_rss_gib": _peak_rss_gib()})
+        raise
+    data["seconds"] = time.perf_counter() - t0
+    _record(args.out, args.phase, data)
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
