@@ -17,17 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_complete_train import REPO, SMALL, TINY_RECIPE  # the same test-size overrides as the trainer tests
 
-REPO = Path(__file__).resolve().parent.parent
-TINY_RECIPE = REPO / "recipes" / "tiny" / "complete.yaml"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
-SMALL = [
-    "model.tiny.hidden_size=64", "model.tiny.num_hidden_layers=2", "model.tiny.intermediate_size=128",
-    "model.tiny.vision_hidden_size=32", "model.tiny.vision_intermediate_size=64", "model.max_pixels=3136",
-    "data.synthetic.height=56", "data.synthetic.width=56", "data.synthetic.length=16", "data.sparse_points=40",
-    "data.queries_per_image=4", "eval.num_scenes=1", "eval.queries_per_scene=4", "eval.height=56", "eval.width=56",
-    "eval.sparse_points=40", "train.warmup_steps=1", "train.log_every=1",
-]
 
 
 def cpu_fsdp_config(path: Path) -> Path:
