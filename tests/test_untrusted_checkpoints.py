@@ -5,6 +5,7 @@ Each test builds one hostile variant of a tiny checkpoint (copied from one writt
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,20 +15,23 @@ from depthkit.checkpoints import CheckpointError, CheckpointRef, check_finite_ou
 from depthkit.complete.checkpoint import load_complete
 
 
-@pytest.fixture(scope="module")
-def tiny_source(tmp_path_factory):
+def _write_tiny(tmp_path_factory, stage: str):
+    """A random-weight tiny checkpoint with only ``stage``, written once per module (tests edit copies of it)."""
     from depthkit.cli import main
 
-    root = tmp_path_factory.mktemp("tiny") / "ck"
-    assert main(["init-checkpoint", "--tiny", str(root), "--stages", "complete"]) == 0
+    root = tmp_path_factory.mktemp(f"tiny_{stage}") / "ck"
+    assert main(["init-checkpoint", "--tiny", str(root), "--stages", stage]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    return _write_tiny(tmp_path_factory, "complete")
 
 
 @pytest.fixture
 def ck(tiny_source, tmp_path):
-    dest = tmp_path / "ck"
-    shutil.copytree(tiny_source, dest)
-    return dest
+    return Path(shutil.copytree(tiny_source, tmp_path / "ck"))
 
 
 def _edit_json(path, **changes):
@@ -291,18 +295,12 @@ def test_sdim_channels_are_bounded(ck):
 
 @pytest.fixture(scope="module")
 def sharpen_source(tmp_path_factory):
-    from depthkit.cli import main
-
-    root = tmp_path_factory.mktemp("tiny_sharpen") / "ck"
-    assert main(["init-checkpoint", "--tiny", str(root), "--stages", "sharpen"]) == 0
-    return root
+    return _write_tiny(tmp_path_factory, "sharpen")
 
 
 @pytest.fixture
 def sck(sharpen_source, tmp_path):
-    dest = tmp_path / "sck"
-    shutil.copytree(sharpen_source, dest)
-    return dest
+    return Path(shutil.copytree(sharpen_source, tmp_path / "sck"))
 
 
 def _sharpen_pipeline(root):
