@@ -36,8 +36,8 @@ def build_datasets(recipe) -> MixedDataset:
         name = entry.name or key
         kwargs = dict(entry.options)
         kwargs.setdefault("sparse_pattern", d.sparse_pattern)
-        sk = dict(d.sparse_kwargs)
-        if d.sparse_pattern == "random":
+        sk = dict(d.sparse_kwargs) if kwargs["sparse_pattern"] == d.sparse_pattern else {}
+        if kwargs["sparse_pattern"] == "random":
             sk.setdefault("n", d.sparse_points)
         kwargs.setdefault("sparse_kwargs", sk)
         if name == "synthetic":
