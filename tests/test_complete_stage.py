@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries
+from depthkit.complete.query_plan import confidence_map, fill_dense, fill_residual, fuse_answers, plan_queries
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -107,6 +107,35 @@ def test_fill_copies_anchors_itself(monkeypatch):
     assert (dense[~measured] == 123.0).sum() == (~measured).sum() - 2
 
 
+def test_residual_fill_gives_back_the_classical_map_and_moves_it_by_the_answers():
+    """fill="residual": answers equal to the classical map change nothing (unlike the anchors fill, which
+    re-interpolates); an answer k times the classical value scales its neighbourhood by at most k, reaches k at its
+    own pixel, and measured pixels stay exact."""
+    from depthkit.data.baselines import guided
+
+    image, sparse = _scene()
+    classical = guided(image, sparse)
+    rows, cols = np.array([10, 20, 30, 40]), np.array([5, 40, 60, 12])
+    sparse[rows, cols] = 0.0
+    classical = guided(image, sparse)
+    same = fill_residual(image, sparse, rows, cols, classical[rows, cols].astype(np.float64), classical)
+    np.testing.assert_allclose(same, classical, rtol=1e-6)
+    assert not np.allclose(fill_dense(image, sparse, rows, cols, classical[rows, cols]), classical, rtol=1e-6)
+    values = classical[rows, cols].astype(np.float64)
+    values[1] *= 2.0
+    values[3] = np.nan  # unreadable: no correction there
+    moved = fill_residual(image, sparse, rows, cols, values, classical)
+    measured = sparse > 0
+    assert np.array_equal(moved[measured], sparse[measured])
+    assert moved[20, 40] == pytest.approx(values[1], rel=1e-5)
+    ratio = moved / classical
+    assert ratio.min() >= 1.0 - 1e-6 and ratio.max() <= 2.0 + 1e-5 and (ratio[~measured] > 1.01).sum() >= 1
+    assert (ratio[~measured] > 1.01).mean() < 0.1  # measured pixels hold the correction at 0: it stays local
+    assert ratio[10, 5] == pytest.approx(1.0, abs=1e-6) and ratio[30, 60] == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="nothing to fill"):
+        fill_residual(image, np.zeros_like(sparse), rows, cols, np.full(4, np.nan), classical)
+
+
 def test_confidence_map_hand_case():
     sparse = np.zeros((1, 6), np.float32)
     sparse[0, 0] = 2.0
@@ -152,6 +181,21 @@ def tiny_head_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("ck_head")
     write_tiny(root / "complete")  # residual head, guided prior: the untrained head returns the prior exactly
     return root
+
+
+def test_untrained_head_with_residual_fill_returns_the_guided_map(tiny_head_checkpoint):
+    """The untrained residual head answers the prior exactly; with fill="residual" the stage must then return the
+    classical guided map itself (computed here by the baseline, not by the stage), measured pixels exact."""
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.data.baselines import guided
+
+    image, sparse = _scene()
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=40, fill="residual")
+    out = stage.run(image, sparse)
+    np.testing.assert_allclose(out.depth, guided(image, sparse), rtol=1e-5)
+    assert np.array_equal(out.depth[sparse > 0], sparse[sparse > 0]) and stage.last_stats["fill"] == "residual"
+    with pytest.raises(ValueError, match="fill="):
+        CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", fill="mean")
 
 
 def test_stage_text_readout_end_to_end(tiny_text_checkpoint):

@@ -10,10 +10,13 @@
    ``c * answer + (1 - c) * classical`` with ``c`` the answer's confidence. Unreadable answers are never anchors:
    they are counted and their pixels filled from their neighbours.
    The classical interpolation is :func:`prior_map` — the same function the trainer uses for prompt priors.
-3. **Dense fill** (:func:`fill_dense`): the measured points and the (fused) answers together are the sparse input
-   of the RGB-guided, edge-aware interpolation :func:`depthkit.data.baselines.guided` (joint x, y, RGB k-NN with
-   a joint-bilateral local-plane fit), which copies every anchor exactly — so measured pixels keep their values bit
-   for bit, and between anchors the fill follows colour edges instead of blurring across them.
+3. **Dense fill** (a switch, :data:`DENSE_FILLS`). ``"anchors"`` (:func:`fill_dense`): the measured points and the
+   (fused) answers together are the sparse input of the RGB-guided, edge-aware interpolation
+   :func:`depthkit.data.baselines.guided` (joint x, y, RGB k-NN with a joint-bilateral local-plane fit), which copies
+   every anchor exactly. ``"residual"`` (:func:`fill_residual`): the answers' log-ratios to the classical
+   interpolation are interpolated the same way (0 at measured pixels) and applied to it, so answers equal to the
+   classical values change nothing. Either way measured pixels keep their values bit for bit, and between anchors
+   the fill follows colour edges instead of blurring across them.
 4. **Confidence map** (:func:`confidence_map`): 1 at measured pixels, each answer's confidence at its pixel (0 for
    unreadable ones), and elsewhere the confidence of the nearest anchor (measured or answered) decaying with the
    distance to it (``exp(-d / decay)``, decay = the anchors' mean spacing by default), times ``exp(-r / tolerance)``
@@ -27,10 +30,15 @@ import math
 
 import numpy as np
 
-__all__ = ["ANSWER_FUSIONS", "plan_queries", "prior_map", "fuse_answers", "fill_dense", "confidence_map"]
+__all__ = ["ANSWER_FUSIONS", "DENSE_FILLS", "plan_queries", "prior_map", "fuse_answers", "fill_dense",
+           "fill_residual", "confidence_map"]
 
 ANSWER_FUSIONS = ("none", "fallback", "blend")
 """How answers are combined with the classical interpolation by their confidence (the stage's ``fusion`` option)."""
+
+DENSE_FILLS = ("anchors", "residual")
+"""How the (fused) answers become a dense map (the stage's ``fill`` option): :func:`fill_dense` (answers are extra
+anchors of the guided interpolation) or :func:`fill_residual` (answers correct the classical interpolation)."""
 
 
 def _missing(sparse: np.ndarray) -> np.ndarray:
@@ -157,6 +165,44 @@ def fill_dense(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np
     dense = guided(np.asarray(image), anchors)
     has = anchors > 0
     dense[has] = anchors[has]  # every anchor exactly, whatever the interpolator does: measured pixels bit for bit
+    return dense
+
+
+def fill_residual(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                  classical: np.ndarray) -> np.ndarray:
+    """Dense HxW float32 metres: the classical interpolation moved by the answers.
+
+    Each readable answer ``v`` at a queried pixel becomes a log-depth correction ``log(v / classical)`` there; measured
+    pixels carry correction 0; the corrections are interpolated over the image with the same RGB guidance
+    (:func:`depthkit.data.baselines.guided_field`) and applied: ``classical * exp(correction)``. So answers that
+    agree with the classical interpolation give it back unchanged (a completer that has learned nothing cannot make
+    it worse), while the anchors fill (:func:`fill_dense`) re-interpolates from the grid of answers and loses detail
+    between them (measured: answers equal to ``guided`` at 1,024 grid pixels raise its MAE by 5 % with the anchors fill,
+    0 % with this one: ``benchmarks/complete_fill.py``). Measured pixels keep their values exactly; NaN answers and
+    answers at measured pixels are skipped.
+
+    Args:
+        classical: HxW metres, the interpolation the answers correct (:func:`prior_map` of the same sparse map).
+    """
+    from depthkit.data.baselines import guided_field
+
+    sparse = np.asarray(sparse, dtype=np.float32)
+    classical = np.asarray(classical, dtype=np.float32)
+    measured = ~_missing(sparse)
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    base = classical[rows, cols].astype(np.float64)
+    use = np.isfinite(values) & (values > 0) & (base > 0) & ~measured[rows, cols]
+    known = measured.copy()
+    known[rows[use], cols[use]] = True
+    if not known.any():
+        raise ValueError("nothing to fill from: the sparse map has no measured pixel and no query gave a readable "
+                         "answer; give at least one measured point (metres > 0).")
+    field = np.zeros(sparse.shape, np.float32)
+    field[rows[use], cols[use]] = np.log(values[use] / base[use]).astype(np.float32)
+    dense = (classical * np.exp(guided_field(image, field, known))).astype(np.float32)
+    dense[measured] = sparse[measured]
     return dense
 
 

@@ -22,7 +22,8 @@ Options (from the checkpoint manifest, ``Pipeline(stage_options={"complete": {..
 ``query_stride``, ``query_budget`` (default 1024 queries), ``batch_size`` (128), ``memory_budget_mb`` (2048),
 ``attn_implementation`` (for the prefix pass: ``sdpa`` | ``eager`` | ``flash_attention_2``; the suffix batches use
 the engine's shared-prefix attention), ``decode`` (constrained | free), ``fusion`` (none), ``fusion_threshold``
-(0.5), ``confidence_tolerance`` (0.1), ``confidence_decay_px`` (None: the anchors' mean spacing; see
+(0.5), ``fill`` (anchors | residual: how answers become the dense map, see
+:mod:`~depthkit.complete.query_plan`), ``confidence_tolerance`` (0.1), ``confidence_decay_px`` (None: the anchors' mean spacing; see
 :func:`~depthkit.complete.query_plan.confidence_map`), ``max_working_side`` (2048 px: larger inputs are completed
 at that size and upsampled, see :meth:`CompleteVLMStage.run`). A sparse map without any measured pixel is refused when the
 checkpoint writes a prompt prior (there is nothing to interpolate it from); with fusion on and prompt_prior none it
@@ -50,6 +51,7 @@ STAGE_OPTIONS = {
     "decode": "constrained",
     "fusion": "none",
     "fusion_threshold": 0.5,
+    "fill": "anchors",
     "confidence_tolerance": 0.1,
     "confidence_decay_px": None,
     "max_working_side": MAX_WORKING_SIDE,
@@ -72,7 +74,7 @@ class CompleteVLMStage:
 
     def __init__(self, model, processor, settings: CompleteSettings, residual_head=None, **options):
         from depthkit.complete.engine import CompletionEngine
-        from depthkit.complete.query_plan import ANSWER_FUSIONS
+        from depthkit.complete.query_plan import ANSWER_FUSIONS, DENSE_FILLS
 
         unknown = sorted(set(options) - set(STAGE_OPTIONS))
         if unknown:
@@ -83,6 +85,9 @@ class CompleteVLMStage:
         self.options = {**STAGE_OPTIONS, **options}
         if self.options["fusion"] not in ANSWER_FUSIONS:
             raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
+        if self.options["fill"] not in DENSE_FILLS:
+            raise ValueError(f"fill={self.options['fill']!r} is not one of {DENSE_FILLS}; 'anchors' makes answers "
+                             "extra points of the guided fill, 'residual' makes them corrections of it.")
         self.settings = settings
         self.prompt_config = settings.prompt_config()
         self.readout = settings.readout
@@ -133,7 +138,8 @@ class CompleteVLMStage:
         return res
 
     def _complete(self, image: np.ndarray, sparse: np.ndarray) -> StageResult:
-        from depthkit.complete.query_plan import confidence_map, fill_dense, fuse_answers, plan_queries, prior_map
+        from depthkit.complete.query_plan import (confidence_map, fill_dense, fill_residual, fuse_answers,
+                                                  plan_queries, prior_map)
 
         start = time.perf_counter()  # image and sparse come checked by the Pipeline (or a trainer's reader)
         opts = self.options
@@ -150,10 +156,12 @@ class CompleteVLMStage:
         if not measured and fusion != "none":  # no classical interpolation to fall back on: answers as given
             fusion = "none"
         classical = None
-        if rows.size and (prior_method != "none" or fusion != "none"):
+        residual = opts["fill"] == "residual" and measured
+        if rows.size and (prior_method != "none" or fusion != "none" or residual):
             classical = prior_map(image, sparse, prior_method if prior_method != "none" else "guided")
         n = rows.size
-        stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0, "fusion": fusion}
+        stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0, "fusion": fusion,
+                 "fill": "residual" if residual else "anchors"}
         if n:
             prefix = self.engine.encode(image, sparse)
             priors = classical[rows, cols] if prior_method != "none" else None
@@ -166,7 +174,10 @@ class CompleteVLMStage:
         else:
             values = np.zeros(0)
             conf_q, ok = np.zeros(0, np.float32), np.zeros(0, bool)
-        dense = fill_dense(image, sparse, rows, cols, values)
+        if residual and classical is not None:
+            dense = fill_residual(image, sparse, rows, cols, values, classical)
+        else:
+            dense = fill_dense(image, sparse, rows, cols, values)
         decay = opts["confidence_decay_px"]
         conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
                               tolerance=float(opts["confidence_tolerance"]))

@@ -30,7 +30,8 @@ from scipy.spatial import cKDTree
 
 BASELINE_NAMES = ("nearest", "ip_basic", "guided")
 
-__all__ = ["BASELINE_NAMES", "CLASSICAL_METHODS", "ClassicalMethod", "nearest", "ip_basic", "guided", "nearest_fill"]
+__all__ = ["BASELINE_NAMES", "CLASSICAL_METHODS", "ClassicalMethod", "nearest", "ip_basic", "guided", "guided_field",
+           "nearest_fill"]
 
 # IP-Basic (Ku et al. 2018) constants: kernel sizes in pixels as tuned on KITTI's projected 64-beam LiDAR (~5 % of
 # pixels measured, i.e. a mean sample spacing of ~4.5 px); inversion against 100 m with a 1.5 m bilateral sigma.
@@ -298,6 +299,17 @@ def guided(
         )
     return _guided(*_check_inputs(image, sparse, "guided"), k=k, color_scale=color_scale, sigma_color=sigma_color,
                    guide_median=guide_median, fit=fit, ridge=ridge)
+
+
+def guided_field(image: np.ndarray, values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """The RGB-guided interpolation of :func:`guided` applied to any per-pixel quantity (signed, e.g. a log-depth
+    correction), not only to depth: HxW float32 with ``values`` (HxW) kept where ``known`` (HxW bool, at least one
+    True) and interpolated elsewhere from the known pixels (default settings of :func:`guided`; the result stays
+    within the known values' range). Inputs are trusted (callers have checked them)."""
+    known = np.asarray(known, dtype=bool)
+    if not known.any():
+        raise ValueError("guided_field needs at least one known pixel; received none.")
+    return _guided(np.asarray(image), np.asarray(values, dtype=np.float32), known)
 
 
 def _guided(image: np.ndarray, sparse: np.ndarray, valid: np.ndarray, *, k: int = 8, color_scale: float = 64.0,

@@ -333,10 +333,18 @@ def _holes(depth, seed, intrinsics=None, **kwargs):
     return sample_holes(depth, seed, **kwargs)
 
 
-SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"random": _random, "lidar": _lidar, "holes": _holes}
+def _noisy(depth, seed, intrinsics=None, n: int = NYU_NUM_POINTS, sigma: float = 0.02, outlier_ratio: float = 0.01,
+           valid=None):
+    rng = _rng(seed)  # one stream for the draw and the noise: reproducible from ``seed``
+    return add_noise(sample_random_points(depth, n, rng, valid=valid), rng, sigma=sigma, outlier_ratio=outlier_ratio)
+
+
+SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"random": _random, "lidar": _lidar, "holes": _holes,
+                                                  "noisy": _noisy}
 """Pattern name -> ``sampler(depth, seed, intrinsics=None, **kwargs) -> HxW float32 sparse depth``.
 
-``random`` takes ``n`` (default 500, the NYUv2 protocol) and ``valid``; ``lidar`` needs ``intrinsics`` and takes
+``random`` takes ``n`` (default 500, the NYUv2 protocol) and ``valid``; ``noisy`` is ``random`` followed by
+:func:`add_noise` (``sigma`` 0.02 relative, ``outlier_ratio`` 0.01 by default: a noisy sensor); ``lidar`` needs ``intrinsics`` and takes
 :func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options.
 """
 
