@@ -1,7 +1,7 @@
-"""Build hook: ship the repository's top-level ``recipes/`` and ``examples/`` inside the package.
+"""Build hook: ship the repository's top-level ``recipes/``, ``examples/`` and ``checkpoints/`` inside the package.
 
 They stay at the repository root, where the README, tests and CI name them; a built wheel (and a non-editable
-install) gets copies at ``depthkit/recipes`` and ``depthkit/examples``, which :mod:`depthkit.resources` finds. All
+install) gets copies at ``depthkit/recipes``, ``depthkit/examples`` and ``depthkit/checkpoints``, which :mod:`depthkit.resources` finds. All
 other metadata is in setup.cfg.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-SHIPPED = ("recipes", "examples")
+SHIPPED = ("recipes", "examples", "checkpoints")
 
 
 class BuildWithResources(build_py):

@@ -8,6 +8,7 @@ Usage (from the repository root)::
     python benchmarks/accuracy.py --checkpoint ckpt --stages complete --stages complete,sharpen
     python benchmarks/accuracy.py --dataset nyuv2 --root data/nyuv2 --dataset kitti_dc --root data/kitti
     python benchmarks/accuracy.py --out /tmp/results --work-dir /tmp/acc_work   # a rerun resumes from work-dir
+    python benchmarks/accuracy.py --patterns all --limit 50          # synthetic test once per sparse pattern
 
 Every method is scored by :func:`depthkit.evaluate.evaluate` (the code behind ``depthkit eval``) under the dataset's
 protocol (:mod:`depthkit.data.protocols`), so the numbers are exactly those ``depthkit eval`` prints. Writes
@@ -19,6 +20,10 @@ The synthetic test split (100 scenes at 240x320, 500 random GT points, ``depthki
 indoor rooms (depth ~0.5-10 m) and outdoor streets/fields (~1-80 m); the error scales differ by an order of
 magnitude, so its table is also broken down by scene kind (means over the images of each kind). The full default run
 (3 baselines x 100 scenes) takes about a minute on two CPU cores.
+
+``--patterns`` evaluates the synthetic test split once per sparse input pattern (:data:`SYNTHETIC_PATTERNS`: random
+100 / 500 / 2000 points, 64-beam LiDAR, ToF-style holes, noisy points) instead of the protocol's 500 random points,
+and adds a summary table: MAE per pattern and method, with each method's change against ``guided``.
 
 Per-method evaluation files (per-image metrics, resumable shards) go to ``--work-dir``; without it they go to a
 temporary folder that is deleted at the end. A rerun with the same ``--work-dir`` skips images already scored, so use
@@ -42,6 +47,15 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
+SYNTHETIC_PATTERNS = {
+    "random100": ("random", {"n": 100}),
+    "random500": ("random", {"n": 500}),
+    "random2000": ("random", {"n": 2000}),
+    "lidar64": ("lidar", {"n_beams": 64}),
+    "holes": ("holes", {}),
+    "noisy": ("noisy", {"n": 500}),
+}
+"""``--patterns`` names -> (sparse pattern of :func:`depthkit.data.sparse.make_sparse`, its options)."""
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # (metric key, column header): the metric columns of the markdown table
 COLUMNS = (
@@ -100,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action=_DatasetAction, dest="datasets", metavar="SPLIT",
                    help="split of the last --dataset (default: the one its protocol evaluates)")
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic test split")
+    p.add_argument("--patterns", default=None,
+                   help="comma-separated sparse patterns to evaluate the synthetic test split with, or 'all' ("
+                        + ", ".join(SYNTHETIC_PATTERNS) + "; default: the protocol's 500 random points)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for accuracy.json and accuracy.md "
                    "(default: benchmarks/results)")
     p.add_argument("--work-dir", type=Path, default=None,
@@ -189,12 +206,12 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
     from depthkit.data.datasets import build_dataset
     from depthkit.evaluate import evaluate, mean_scores
 
-    dataset = build_dataset(spec["name"], spec["root"], split=spec["split"])
+    dataset = build_dataset(spec["name"], spec["root"], split=spec["split"], **spec.get("options", {}))
     protocol = dataset.protocol
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     groups = dataset_groups(dataset, n)
-    folder = work / _slug(f"{spec['name']}_{dataset.split}")
-    section = {"dataset": spec["name"], "root": None if spec["root"] is None else str(spec["root"]),
+    folder = work / _slug(f"{spec['name']}_{dataset.split}" + (f"_{spec['pattern']}" if spec.get("pattern") else ""))
+    section = {"dataset": spec["name"], "pattern": spec.get("pattern"), "root": None if spec["root"] is None else str(spec["root"]),
                "split": dataset.split, "reader": repr(dataset), "protocol": protocol.description,
                "n_images": n, "groups": {g: len(idx) for g, idx in groups.items()}, "methods": []}
     for entry in entries:
@@ -280,6 +297,24 @@ def table_markdown(methods: list[dict], group: str) -> str:
     return "\n".join([head, sep, *rows]) + "\n"
 
 
+def pattern_summary_markdown(sections: list[dict]) -> str:
+    """MAE (all images) per sparse pattern (rows) and method (columns), each with its change against ``guided``."""
+    sections = [ds for ds in sections if ds.get("pattern")]
+    methods = list(dict.fromkeys(m["method"] for ds in sections for m in ds["methods"]))
+    lines = ["## MAE (m) per sparse pattern (synthetic test split; change against guided in brackets)", "",
+             "| pattern | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for ds in sections:
+        mae = {m["method"]: m["mean"].get("mae", float("nan")) for m in ds["methods"]}
+        ref = mae.get("guided")
+        cells = []
+        for name in methods:
+            v = mae.get(name)
+            delta = f" ({100 * (v / ref - 1):+.1f} %)" if v is not None and ref and name != "guided" else ""
+            cells.append("n/a" if v is None else _fmt(v) + delta)
+        lines.append(f"| {ds['pattern']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(report: dict) -> str:
     """The whole ``accuracy.md``."""
     mach = report["machine"]
@@ -300,11 +335,16 @@ def report_markdown(report: dict) -> str:
         "been shared, so treat timings as rough.",
         "",
     ]
+    if any(ds.get("pattern") for ds in report["datasets"]):
+        lines += [pattern_summary_markdown(report["datasets"]), ""]
     for ds in report["datasets"]:
         counts = ", ".join(f"{n} {g}" for g, n in ds["groups"].items() if g != "all")
-        lines += [f"## {ds['dataset']} ({ds['split']} split, {ds['n_images']} images"
+        pattern = f", sparse input: {ds['pattern']}" if ds.get("pattern") else ""
+        lines += [f"## {ds['dataset']}{pattern} ({ds['split']} split, {ds['n_images']} images"
                   + (f": {counts}" if counts else "") + ")", "",
-                  f"Reader: `{ds['reader']}`. Protocol: {ds['protocol']}.", ""]
+                  f"Reader: `{ds['reader']}`. Protocol: {ds['protocol']}"
+                  + (f" — except the sparse input, drawn as `{ds['pattern']}` (SYNTHETIC_PATTERNS)." if pattern else ".")
+                  , ""]
         multi = len(ds["groups"]) > 1
         for group in ds["groups"]:
             if multi:
@@ -333,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
     specs = [] if args.no_synthetic else [{"name": "synthetic", "root": None, "split": "test"}]
+    if args.patterns and specs:
+        names = list(SYNTHETIC_PATTERNS) if args.patterns == "all" else args.patterns.split(",")
+        unknown = [n for n in names if n not in SYNTHETIC_PATTERNS]
+        if unknown:
+            parser.error(f"unknown pattern(s) {unknown}; allowed: {', '.join(SYNTHETIC_PATTERNS)} or all")
+        specs = [{"name": "synthetic", "root": None, "split": "test", "pattern": n,
+                  "options": {"sparse_pattern": SYNTHETIC_PATTERNS[n][0], "sparse_kwargs": SYNTHETIC_PATTERNS[n][1]}}
+                 for n in names]
     for d in args.datasets or []:
         if d["root"] is None and d["name"] != "synthetic":
             parser.error(f"--dataset {d['name']} needs --root DIR right after it (see docs/datasets.md for layouts)")

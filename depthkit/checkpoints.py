@@ -240,7 +240,9 @@ def embedded_checkpoints_dir() -> Path:
     env = os.environ.get("DEPTHKIT_CHECKPOINTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "checkpoints"
+    from depthkit.resources import checkpoints_dir
+
+    return checkpoints_dir()
 
 
 def available_checkpoints() -> list[Path]:

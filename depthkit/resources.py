@@ -1,7 +1,9 @@
-"""Files shipped with depthkit: the training recipes (``recipes/``) and the bundled example (``examples/``).
+"""Files shipped with depthkit: the training recipes (``recipes/``), the bundled example (``examples/``) and the
+embedded checkpoints (``checkpoints/``, among them the default one).
 
-In a source checkout (or an editable install) they are the repository's top-level ``recipes/`` and ``examples/``;
-a built wheel carries the same files as package data under ``depthkit/recipes`` and ``depthkit/examples``
+In a source checkout (or an editable install) they are the repository's top-level ``recipes/``, ``examples/`` and
+``checkpoints/``; a built wheel carries the same files as package data under ``depthkit/recipes``,
+``depthkit/examples`` and ``depthkit/checkpoints``
 (copied there by the build hook in ``setup.py``), so ``depthkit train recipes/tiny/complete.yaml`` and the README example work from
 any folder.
 """
@@ -28,6 +30,11 @@ def recipes_dir() -> Path:
 def examples_dir() -> Path:
     """The folder holding the bundled example (``room_rgb.png``, ``room_sparse.npy``, ...)."""
     return _shipped("examples")
+
+
+def checkpoints_dir() -> Path:
+    """The folder holding the embedded checkpoints (``default/``, see ``checkpoints/README.md``)."""
+    return _shipped("checkpoints")
 
 
 def list_recipes() -> dict[str, Path]:
