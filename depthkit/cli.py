@@ -407,7 +407,40 @@ def _cmd_ls(args, parser) -> int:
         print(f"  {p.name}{'  (embedded default)' if p == default_checkpoint() else ''}")
     if not cks:
         print("  none yet (the learned stages' embedded default is not trained yet)")
+    if default_checkpoint() is not None:
+        for line in describe_default(default_checkpoint()):
+            print(line)
     return 0
+
+
+def describe_default(root: Path) -> list[str]:
+    """What the embedded default runs and how it measured against ``guided`` (the manifest's ``quality``, written
+    by checkpoints/assemble_default.py from benchmarks/results/accuracy.json)."""
+    from depthkit.checkpoints import load_manifest
+
+    manifest = load_manifest(root)
+    method = manifest["stages"].get("complete", {}).get("method", "sdim")
+    lines = [f"the default (no --checkpoint): complete = {method}"
+             + (" (tiny SDIM completer, answers correct the guided map)" if method == "sdim" else " (classical)")
+             + ("; sharpen = tiny SharpDepth (run it with --stages complete,sharpen)"
+                if "sharpen" in manifest["stages"] else "")]
+    quality = manifest.get("quality")
+    if not isinstance(quality, dict) or not isinstance(quality.get("complete"), dict):
+        return lines + ["  quality: not measured (see benchmarks/results/accuracy.md)"]
+    n = quality.get("n_images_per_pattern")
+    lines.append(f"  learned completer vs guided, MAE on the synthetic test split ({n} images per pattern):")
+    for pattern, q in quality["complete"].items():
+        lines.append(f"    {pattern:<11} {q['mae']:.4f} m vs {q['guided_mae']:.4f} m ({100 * q['change']:+.1f} %)")
+    if quality.get("sharpen"):
+        lines.append("  sharpener on the completer's output (DBE-acc px, MAE m; input -> output):")
+        for pattern, q in quality["sharpen"].items():
+            lines.append(f"    {pattern:<11} DBE {q['input_dbe_acc']:.3f} -> {q['dbe_acc']:.3f}, "
+                         f"MAE {q['input_mae']:.4f} -> {q['mae']:.4f} ({100 * (q['mae'] / q['input_mae'] - 1):+.1f} %)")
+        lines.append("  sharpener " + ("meets" if quality.get("sharpen_passes") else "does not meet")
+                     + " its bar (better DBE, MAE within 2 %) on random500")
+    lines.append(f"  measured by: {quality.get('command')} ({quality.get('date')}); table: "
+                 "benchmarks/results/accuracy.md")
+    return lines
 
 
 def _recipe_title(path: Path) -> str:

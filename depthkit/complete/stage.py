@@ -138,8 +138,14 @@ class CompleteVLMStage:
         return res
 
     def _complete(self, image: np.ndarray, sparse: np.ndarray) -> StageResult:
-        from depthkit.complete.query_plan import (confidence_map, fill_dense, fill_residual, fuse_answers,
-                                                  plan_queries, prior_map)
+        from depthkit.complete.query_plan import (
+            confidence_map,
+            fill_dense,
+            fill_residual,
+            fuse_answers,
+            plan_queries,
+            prior_map,
+        )
 
         start = time.perf_counter()  # image and sparse come checked by the Pipeline (or a trainer's reader)
         opts = self.options

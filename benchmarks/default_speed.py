@@ -1,0 +1,113 @@
+"""Speed of the embedded default checkpoint on a CPU: ``complete`` and ``complete,sharpen`` at 640x480 and 320x240.
+
+Usage (from the repository root)::
+
+    python benchmarks/default_speed.py                      # checkpoints/default, 1 and 2 threads
+    python benchmarks/default_speed.py --checkpoint CKPT --threads 1 --sizes 640
+
+One synthetic outdoor scene per size (500 random GT points). For each thread count and size: the median wall time of
+``--repeats`` Pipeline calls after one warm-up (model loading excluded), per stage list, and the split of the
+learned completer's time (engine prefix and queries vs the rest: the classical prior and the dense fill). The
+issue's goal: both stages at 640x480 in <= 10 s on this CPU. Variants run side by side in one process (the machine
+is shared; treat absolute numbers as rough, compare rows).
+
+Writes ``<out>/default_speed.json`` and ``<out>/default_speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def _scene(height: int, width: int):
+    from depthkit.data.sparse import sample_random_points
+    from depthkit.data.synthetic import render_scene
+
+    scene = render_scene(20000003, height, width, kind="outdoor")
+    return scene.image, sample_random_points(scene.depth, 500, seed=0)
+
+
+def measure(checkpoint, stages: str, threads: int, size: tuple[int, int], repeats: int) -> dict:
+    import torch
+
+    from depthkit import Pipeline
+
+    torch.set_num_threads(threads)
+    pipe = Pipeline(stages=stages, checkpoint=checkpoint)
+    image, sparse = _scene(*size)
+    pipe(image, sparse)  # warm-up
+    times, splits = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pipe(image, sparse)
+        times.append(time.perf_counter() - start)
+        stats = getattr(pipe.stages[0], "last_stats", {}) or {}
+        engine = float(stats.get("prefix_seconds", 0.0)) + float(stats.get("suffix_seconds", 0.0))
+        splits.append({"engine_s": engine, "complete_s": float(stats.get("seconds", float("nan")))})
+    return {"stages": stages, "threads": threads, "height": size[0], "width": size[1],
+            "median_s": statistics.median(times), "runs_s": times,
+            "complete_engine_s": statistics.median(s["engine_s"] for s in splits),
+            "complete_total_s": statistics.median(s["complete_s"] for s in splits)}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"## Default checkpoint speed ({report['machine']})", "",
+             f"{report['date']}, `{report['command']}`; checkpoint `{report['checkpoint']}`; median of "
+             f"{report['repeats']} calls after a warm-up; load average {report['load_average']} at the start.", "",
+             "| stages | size | threads | s / image | complete: engine s | complete: total s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['stages']} | {r['width']}x{r['height']} | {r['threads']} | {r['median_s']:.2f} | "
+                     f"{r['complete_engine_s']:.2f} | {r['complete_total_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Speed of the embedded default checkpoint on a CPU.")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the embedded default)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--sizes", type=int, nargs="+", default=[640, 320], help="image widths (3:4 images)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=OUT)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from depthkit import __version__
+    from depthkit.checkpoints import CheckpointRef
+
+    ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()
+    if ref is None:
+        p.error("no embedded default checkpoint in this install; pass --checkpoint DIR")
+    rows = []
+    for threads in args.threads:
+        for width in args.sizes:
+            for stages in ("complete", "complete,sharpen"):
+                if stages.endswith("sharpen") and "sharpen" not in ref.stages:
+                    continue
+                rows.append(measure(ref, stages, threads, (width * 3 // 4, width), args.repeats))
+                print(json.dumps(rows[-1]))
+    report = {"benchmark": "default_speed", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
+              "command": "python benchmarks/default_speed.py" + (" " + shlex.join(argv) if argv else ""),
+              "depthkit_version": __version__, "checkpoint": str(ref.root), "repeats": args.repeats,
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "load_average": round(os.getloadavg()[0], 1), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "default_speed.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "default_speed.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Assemble the embedded default checkpoint (``checkpoints/default/``) from the runs of ``recipes/default/*.yaml``.
+
+Usage (from the repository root; the full sequence, with the training commands, is in ``checkpoints/README.md``)::
+
+    python checkpoints/assemble_default.py --complete runs/default_complete/final \\
+        --sharpen runs/default_sharpen/final --out checkpoints/default
+    python benchmarks/accuracy.py --patterns all --limit 50 --checkpoint checkpoints/default
+    python checkpoints/assemble_default.py ... --accuracy benchmarks/results/accuracy.json   # records the quality
+
+It copies the ``complete/`` part of the completer run's final checkpoint and the ``sharpen/`` part of the sharpener
+run's, keeps each run's resolved recipe as ``recipes/<stage>.yaml``, and writes ``depthkit.json`` with the stage
+options the default runs with. With ``--accuracy`` it also records, per sparse pattern, how the default measured
+against ``guided`` (``quality`` in the manifest, which ``depthkit ls`` prints), and it switches off a stage that lost
+to its input (issue policy: a stage that makes its input worse is not on by default): a completer worse than
+``guided`` on random-500 makes the default's ``complete`` method ``guided``. ``depthkit run`` completes only unless
+``--stages complete,sharpen`` is given; ``quality["sharpen_passes"]`` records whether the sharpener improved DBE
+accuracy with MAE within 2 % (the bar for running it by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+COMPLETE_OPTIONS = {"method": "sdim", "fill": "residual"}
+"""The learned completer's run options: answers correct the guided map (depthkit/complete/query_plan.py)."""
+SHARPEN_MAE_TOLERANCE = 0.02
+"""The sharpener must keep MAE within this fraction of its input's to be on by default."""
+
+
+def _copy_part(run: Path, stage: str, out: Path) -> None:
+    src = run / stage
+    if not src.is_dir():
+        raise SystemExit(f"assemble_default: {run} has no {stage}/ folder; pass the final checkpoint of a "
+                         f"recipes/default run (e.g. runs/default_{stage}/final).")
+    shutil.rmtree(out / stage, ignore_errors=True)
+    shutil.copytree(src, out / stage)
+    if (run / "recipe.yaml").is_file():
+        (out / "recipes").mkdir(exist_ok=True)
+        shutil.copyfile(run / "recipe.yaml", out / "recipes" / f"{stage}.yaml")
+
+
+def _by_label(section: dict) -> dict[str, dict]:
+    return {m["method"]: m["mean"] for m in section["methods"]}
+
+
+def quality_from_accuracy(report: dict, name: str) -> dict:
+    """Per-pattern figures of checkpoint folder ``name`` from an ``accuracy.json`` made with ``--patterns``:
+    ``{"complete": {pattern: {mae, guided_mae, change}}, "sharpen": {pattern: {mae, dbe_acc, input_mae,
+    input_dbe_acc}}, "n_images": ..., "command": ..., "date": ...}``."""
+    complete, sharpen, n_images = {}, {}, set()
+    for section in report["datasets"]:
+        pattern = section.get("pattern")
+        if not pattern:
+            continue
+        rows = _by_label(section)
+        own, both, guided = rows.get(f"{name}: complete"), rows.get(f"{name}: complete + sharpen"), rows.get("guided")
+        if own is None or guided is None:
+            continue
+        n_images.add(section["n_images"])
+        complete[pattern] = {"mae": own["mae"], "guided_mae": guided["mae"],
+                             "change": own["mae"] / guided["mae"] - 1.0}
+        if both is not None:
+            sharpen[pattern] = {"mae": both["mae"], "dbe_acc": both["dbe_acc"], "input_mae": own["mae"],
+                                "input_dbe_acc": own["dbe_acc"]}
+    if not complete:
+        raise SystemExit(f"assemble_default: the accuracy report has no per-pattern rows for '{name}: complete' "
+                         "and 'guided'; run benchmarks/accuracy.py --patterns all --checkpoint checkpoints/default.")
+    return {"complete": complete, "sharpen": sharpen, "n_images_per_pattern": sorted(n_images),
+            "command": report.get("command"), "date": report.get("date")}
+
+
+def decide(quality: dict) -> tuple[str, bool]:
+    """(the default's completion method, whether the sharpener passed its bar) from the measured quality."""
+    random500 = quality["complete"].get("random500")
+    method = "sdim" if random500 is not None and random500["change"] <= 0 else "guided"
+    s = quality["sharpen"].get("random500")
+    passes = bool(s is not None and s["dbe_acc"] < s["input_dbe_acc"]
+                  and s["mae"] <= (1 + SHARPEN_MAE_TOLERANCE) * s["input_mae"])
+    return method, passes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--complete", type=Path, required=True, help="final checkpoint of recipes/default/complete.yaml")
+    p.add_argument("--sharpen", type=Path, required=True, help="final checkpoint of recipes/default/sharpen.yaml")
+    p.add_argument("--out", type=Path, default=Path("checkpoints/default"))
+    p.add_argument("--accuracy", type=Path, default=None,
+                   help="accuracy.json from benchmarks/accuracy.py --patterns all --checkpoint OUT")
+    args = p.parse_args(argv)
+
+    from depthkit.checkpoints import load_manifest, write_manifest
+
+    sharpen_opts = load_manifest(args.sharpen)["stages"].get("sharpen", {})
+    args.out.mkdir(parents=True, exist_ok=True)
+    _copy_part(args.complete, "complete", args.out)
+    _copy_part(args.sharpen, "sharpen", args.out)
+    stages = {"complete": dict(COMPLETE_OPTIONS), "sharpen": dict(sharpen_opts)}
+    extra = {}
+    if args.accuracy is not None:
+        quality = quality_from_accuracy(json.loads(args.accuracy.read_text()), args.out.name)
+        method, quality["sharpen_passes"] = decide(quality)
+        quality["completer_passes"] = method == "sdim"
+        if method != "sdim":  # classical methods take no options
+            stages["complete"] = {"method": method}
+        extra = {"quality": quality}
+    write_manifest(args.out, stages, **extra)
+    print(f"assemble_default: wrote {args.out} (complete: {stages['complete']}; quality "
+          f"{'recorded' if extra else 'not measured yet'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The shipped default checkpoint (``checkpoints/default/``): what a plain ``Pipeline()`` and ``depthkit run`` load.
+
+It must load through the same code as any checkpoint, run both stages, keep every measured value, be small and
+self-contained (safetensors, tokenizer and processor included), and carry the quality figures that ``depthkit ls``
+prints — the very numbers of ``benchmarks/results/accuracy.json``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from depthkit.checkpoints import CheckpointRef, default_checkpoint, load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "checkpoints" / "default"
+
+
+def test_the_default_is_the_shipped_folder_and_self_contained():
+    assert default_checkpoint() == DEFAULT, "checkpoints/default/ must exist and be the embedded default"
+    files = [p for p in DEFAULT.rglob("*") if p.is_file()]
+    total_mb = sum(p.stat().st_size for p in files) / 2**20
+    assert total_mb < 50, f"the default checkpoint is {total_mb:.1f} MB; it must stay tens of MB at most"
+    suffixes = {p.suffix for p in files}
+    assert not suffixes & {".bin", ".pt", ".pth", ".pkl", ".ckpt"}, suffixes
+    names = {p.relative_to(DEFAULT).as_posix() for p in files}
+    for needed in ("complete/model.safetensors", "complete/tokenizer.json", "complete/preprocessor_config.json",
+                   "complete/complete.json", "complete/residual_head.safetensors", "sharpen/lotus.json",
+                   "recipes/complete.yaml", "recipes/sharpen.yaml"):
+        assert needed in names, f"{needed} missing from checkpoints/default"
+
+
+def test_pipeline_without_checkpoint_runs_both_stages_and_keeps_measurements():
+    from depthkit import Pipeline
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.io import read_depth, read_image
+    from depthkit.sharpen.stage import SharpenStage
+
+    manifest = load_manifest(DEFAULT)
+    pipe = Pipeline(stages=("complete", "sharpen"))
+    assert pipe.checkpoint.root == CheckpointRef.default().root == DEFAULT
+    learned = manifest["stages"]["complete"].get("method", "sdim") == "sdim"
+    assert isinstance(pipe.stages[0], CompleteVLMStage) == learned
+    assert isinstance(pipe.stages[1], SharpenStage)
+    image = read_image(ROOT / "examples" / "room_rgb.png")
+    sparse = read_depth(ROOT / "examples" / "room_sparse.npy")
+    out = pipe(image, sparse)
+    measured = sparse > 0
+    assert out.depth.shape == sparse.shape and np.isfinite(out.depth).all() and (out.depth > 0).all()
+    assert np.array_equal(out.depth[measured], sparse[measured])
+    gt = np.load(ROOT / "examples" / "room_depth_gt.npy")
+    assert np.abs(out.depth - gt)[gt > 0].mean() < 0.5, "the default's output is far from the example's GT"
+
+
+def test_recorded_quality_matches_the_accuracy_benchmark_and_ls_prints_it(capsys):
+    from depthkit.cli import main
+
+    quality = load_manifest(DEFAULT).get("quality")
+    assert isinstance(quality, dict), "run checkpoints/assemble_default.py --accuracy ... to record the quality"
+    report = json.loads((ROOT / "benchmarks" / "results" / "accuracy.json").read_text())
+    sections = {s.get("pattern"): s for s in report["datasets"] if s.get("pattern")}
+    for pattern, q in quality["complete"].items():
+        rows = {m["method"]: m["mean"] for m in sections[pattern]["methods"]}
+        assert rows["default: complete"]["mae"] == pytest.approx(q["mae"], rel=1e-9)
+        assert rows["guided"]["mae"] == pytest.approx(q["guided_mae"], rel=1e-9)
+    assert set(quality["complete"]) >= {"random100", "random500", "random2000", "lidar64", "holes", "noisy"}
+    assert main(["ls"]) == 0
+    text = capsys.readouterr().out
+    assert "the default (no --checkpoint)" in text and "random500" in text and "vs guided" in text
