@@ -54,16 +54,8 @@ import numpy as np
 import torch
 
 from depthkit.profiling import PeakMemory
+from depthkit.sharpen.release import SD2_UNET, SD2_VAE
 
-SD2_UNET = dict(sample_size=96, in_channels=8, out_channels=4, layers_per_block=2,
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
-                cross_attention_dim=1024, use_linear_projection=True, class_embed_type="projection",
-                projection_class_embeddings_input_dim=4)
-SD2_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768,
-               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-               block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215)
 PARTS = ("vae_encode", "unet_pass1", "unet_pass2", "vae_decode", "other")
 
 

@@ -1,7 +1,7 @@
 """depthkit import-checkpoint: diffusers pipeline releases (SharpDepth, Lotus, Stable Diffusion) → depthkit layout.
 
-The releases are tiny pipelines written in code in the real layout: model_index.json, unet/, vae/, scheduler/ (DDIM,
-as released), text_encoder/ (a 1-layer CLIP) and tokenizer/ (a CLIP BPE tokenizer with a 6-token vocabulary).
+The releases are tiny pipelines written in code in the real layout (:mod:`depthkit.sharpen.release`): model_index.json,
+unet/, vae/, scheduler/ (DDIM, as released), text_encoder/ (a 1-layer CLIP) and tokenizer/ (a 6-token CLIP BPE).
 """
 
 import json
@@ -18,49 +18,19 @@ from depthkit.sharpen.model import SharpDepth
 from depthkit.sharpen.tiny import build_tiny_lotus
 
 
-def _tokenizer(tmp_path):
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"),
-                         model_max_length=77)
-
-
-def _text_encoder(seed):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                        num_attention_heads=4, max_position_embeddings=77)).eval()
-
-
 def write_release(root, unet, vae, seed=0, class_name="SharpDepthPipeline"):
-    """A diffusers pipeline folder as released, with a tiny CLIP text encoder and tokenizer."""
-    from diffusers import DDIMScheduler
+    """A released-layout pipeline folder (:func:`depthkit.sharpen.release.write_release`), and the expected
+    empty-prompt conditioning checked here independently: with CLIP's causal attention the unpadded BOS + EOS
+    embedding equals the first two rows of the 77-token padded one (EOS also pads)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-    from depthkit.sharpen.lotus import default_scheduler_config
+    from depthkit.sharpen import release
 
-    root.mkdir(parents=True)
-    unet.save_pretrained(root / "unet")
-    vae.save_pretrained(root / "vae")
-    DDIMScheduler(**default_scheduler_config()).save_pretrained(root / "scheduler")
-    encoder = _text_encoder(seed)
-    encoder.save_pretrained(root / "text_encoder")
-    tok = _tokenizer(root.parent)
-    tok.save_pretrained(root / "tokenizer")
-    (root / "model_index.json").write_text(json.dumps({
-        "_class_name": class_name, "_diffusers_version": "0.30.0", "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}))
-    # the expected conditioning, built by hand: the public code tokenises "" without padding, i.e. the tokenizer's
-    # BOS and EOS ids, a 1 x 2 x 32 embedding; with CLIP's causal attention these are the first two rows of the
-    # 77-token padded output (EOS also pads)
-    bos, eos = tok.bos_token_id, tok.eos_token_id
+    unpadded = release.write_release(root, unet, vae, seed, class_name)
+    encoder = CLIPTextModel.from_pretrained(root / "text_encoder").eval()
+    tok = CLIPTokenizer.from_pretrained(root / "tokenizer")
     with torch.no_grad():
-        unpadded = encoder(torch.tensor([[bos, eos]]))[0]
-        padded = encoder(torch.tensor([[bos] + [eos] * 76]))[0]
+        padded = encoder(torch.tensor([[tok.bos_token_id] + [tok.eos_token_id] * 76]))[0]
     assert unpadded.shape == (1, 2, 32) and torch.allclose(padded[:, :2], unpadded, atol=1e-5)
     return unpadded
 
