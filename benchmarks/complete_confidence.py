@@ -28,20 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from depthkit.metrics import auroc
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-
-
-def auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for the boolean labels ``positive`` (Mann-Whitney, ties count half)."""
-    from scipy.stats import rankdata
-
-    score = np.asarray(score, dtype=np.float64).ravel()
-    positive = np.asarray(positive, dtype=bool).ravel()
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUROC needs both classes; every error is on one side of the median.")
-    ranks = rankdata(score)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def main(argv=None) -> int:

@@ -32,13 +32,15 @@ from pathlib import Path
 import numpy as np
 
 METRIC_KEYS = ("mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "delta1", "delta2", "delta3", "i_rmse",
-               "silog", "dbe_acc", "dbe_comp", "preservation")
+               "silog", "dbe_acc", "dbe_comp", "preservation", "confidence_auroc")
 TABLE_KEYS = ("mae", "rmse", "abs_rel", "delta1", "dbe_acc", "dbe_comp", "preservation")
 
 
-def score_image(pred: np.ndarray, item: dict, valid: np.ndarray) -> dict[str, float]:
-    """All metrics for one prediction (HxW metres) against ``item["depth"]`` over ``valid``."""
-    from depthkit.metrics import dbe_metrics, depth_metrics, preservation_error
+def score_image(pred: np.ndarray, item: dict, valid: np.ndarray, confidence: np.ndarray | None = None
+                ) -> dict[str, float]:
+    """All metrics for one prediction (HxW metres) against ``item["depth"]`` over ``valid``; with the pipeline's
+    ``confidence`` map also ``confidence_auroc`` (:func:`depthkit.metrics.confidence_auroc`)."""
+    from depthkit.metrics import confidence_auroc, dbe_metrics, depth_metrics, preservation_error
 
     gt = item["depth"]
     scores = depth_metrics(pred, gt, valid=valid)
@@ -48,6 +50,8 @@ def score_image(pred: np.ndarray, item: dict, valid: np.ndarray) -> dict[str, fl
     except ValueError:  # no GT edge in view (e.g. a flat wall): DBE is undefined for this image
         scores.update(dbe_acc=float("nan"), dbe_comp=float("nan"))
     scores["preservation"] = preservation_error(pred, item["sparse"])
+    if confidence is not None:
+        scores["confidence_auroc"] = confidence_auroc(confidence, pred, gt, valid, item["sparse"])
     return {k: float(v) for k, v in scores.items()}
 
 
@@ -197,7 +201,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
                 )
             res = pipeline(item["image"], item["sparse"])
             valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
-            row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid),
+            row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid, res.confidence),
                    "seconds": res.timings["total"], "fingerprint": fp_hash}
             f.write(json.dumps(row) + "\n")
             f.flush()

@@ -375,6 +375,31 @@ def sharpdepth_dbe(pred, gt, valid=None, max_dist: float = 10.0, low: float = 0.
 
 
 # ------------------------------------------------------------------------------------------------------ preservation
+def auroc(score, positive) -> float:
+    """Area under the ROC curve of ``score`` for the boolean labels ``positive`` (Mann-Whitney U, ties count half);
+    NaN when one class is empty."""
+    from scipy.stats import rankdata
+
+    score = np.asarray(score, dtype=np.float64).ravel()
+    positive = np.asarray(positive, dtype=bool).ravel()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def confidence_auroc(confidence, pred, gt, valid, sparse) -> float:
+    """How well a confidence map (HxW in [0, 1]) ranks the errors of ``pred`` (HxW metres): the AUROC of
+    ``1 - confidence`` for "absolute error above its median", over the pixels in ``valid`` that were not measured
+    (``sparse`` > 0 pixels are exact by construction). 0.5 = no better than chance; NaN when undefined."""
+    valid = np.asarray(valid, dtype=bool) & ~(np.asarray(sparse) > 0)
+    err = np.abs(np.asarray(pred, np.float64) - np.asarray(gt, np.float64))[valid]
+    if err.size < 2:
+        return float("nan")
+    return auroc(1.0 - np.asarray(confidence, np.float64)[valid], err > np.median(err))
+
+
 def preservation_error(pred, sparse) -> float:
     """Largest |pred - sparse| (metres) over measured pixels (``sparse > 0`` and finite); 0.0 when none is measured.
 

@@ -88,3 +88,20 @@ def test_eval_data_parallel_two_cpu_processes(tmp_path):
     single = tmp_path / "single.json"
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(single), "--limit", "3"]) == 0
     assert json.loads(single.read_text())["mean"] == summary["mean"]
+
+
+def test_score_image_adds_confidence_auroc_only_with_a_confidence_map():
+    from depthkit.evaluate import score_image
+    from depthkit.metrics import confidence_auroc
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(1, 5, (16, 20)).astype(np.float32)
+    pred = gt + rng.normal(0, 0.3, gt.shape).astype(np.float32)
+    sparse = np.where(rng.random(gt.shape) < 0.1, gt, 0).astype(np.float32)
+    pred[sparse > 0] = sparse[sparse > 0]
+    item = {"depth": gt, "sparse": sparse}
+    valid = np.ones(gt.shape, bool)
+    conf = np.exp(-np.abs(pred - gt))  # an oracle confidence
+    assert "confidence_auroc" not in score_image(pred, item, valid)
+    scores = score_image(pred, item, valid, conf)
+    assert scores["confidence_auroc"] == confidence_auroc(conf, pred, gt, valid, sparse) > 0.99

@@ -338,3 +338,22 @@ def test_preservation_error():
     assert preservation_error(pred, sparse) == math.inf
     with pytest.raises(ValueError, match=r"\(4, 5\).*\(5, 4\)"):
         preservation_error(pred, sparse.T)
+
+
+def test_confidence_auroc_hand_cases():
+    """AUROC of (1 - confidence) for errors above their median, over unmeasured valid pixels: computed by hand."""
+    from depthkit.metrics import auroc, confidence_auroc
+
+    gt = np.ones((1, 6), np.float32)
+    pred = gt + np.array([[0.0, 0.1, 0.2, 0.3, 0.4, 5.0]], np.float32)  # the last pixel is measured (excluded)
+    sparse = np.array([[0, 0, 0, 0, 0, 1.0]], np.float32)
+    valid = np.ones_like(gt, bool)
+    tracking = np.array([[1.0, 0.9, 0.8, 0.7, 0.6, 0.0]])  # confident where right: a perfect ranking
+    assert confidence_auroc(tracking, pred, gt, valid, sparse) == pytest.approx(1.0)
+    assert confidence_auroc(1.0 - tracking, pred, gt, valid, sparse) == pytest.approx(0.0)
+    assert confidence_auroc(np.full((1, 6), 0.5), pred, gt, valid, sparse) == pytest.approx(0.5)
+    # errors 0, .1, .2, .3, .4 -> median .2 -> positives {.3, .4}; scores 1 - c = [.3, .1, .8, .2, .6]:
+    # pairs (pos, neg) won: .2 vs {.3, .1, .8} -> 1, .6 vs {.3, .1, .8} -> 2; 3 of 6
+    mixed = np.array([[0.7, 0.9, 0.2, 0.8, 0.4, 0.0]])
+    assert confidence_auroc(mixed, pred, gt, valid, sparse) == pytest.approx(3 / 6)
+    assert np.isnan(auroc([0.1, 0.2], [True, True]))
