@@ -1,30 +1,31 @@
 """SharpDepth's setting in miniature, on a CPU: used by ``tests/test_sharpen_mechanism.py`` and
 ``benchmarks/sharpen_ablation.py``.
 
-Findings so far (held-out scenes; numbers in those two files): the untrained SharpDepth (the initial Lotus as both
-passes) already sharpens a little (DBE 0.85 -> 0.73 px, MAE 0.280 -> 0.282 m); trained label-free with the defaults
-(lr 1e-4) it sharpens more (DBE 0.69 px) but its MAE rises to 0.299 m (+6.8 %). SDS off clearly loses (DBE 0.80);
-gating off barely changes anything; weighting the reconstruction by 1 − e instead of e is better on every measure
-(DBE 0.61, MAE 0.278). At lr 3e-4 training made DBE worse than the input. The Lotus is small: 200 steps give
-pass-1 DBE ~0.7 px on the development split, only a little sharper than the input, and training it takes most of
-the time (200 steps ~200-400 s on one thread of the loaded 2-core machine). A symmetric blur (Gaussian or area average) of the GT does not move Canny edges (input DBE ~0.2-0.6 px), hence the
-coarse-grid input below.
+Findings (held-out scenes, SharpDepth seeds 0-3; the table is in ``tests/test_sharpen_mechanism.py``): the
+tiny Lotus is clearly sharper than the metric input (pass-1 DBE 0.47 px against 0.85 px); SharpDepth trained
+label-free with the defaults keeps nearly all of that (DBE 0.43-0.47 px) and lowers the MAE (0.280 -> 0.237 m),
+also against the untrained init (0.260 m). SDS off loses the edges (DBE 0.59-0.80 px); gating off loses a little
+MAE away from edges but is sharper; weighting the reconstruction by 1 − e instead of e loses MAE away from edges
+and wins it near edges (and overall). What made the difference against the first version of this miniature (where
+Lotus was no sharper than the input and the method raised the MAE): the VAE's ``scaling_factor`` (see
+:func:`train_lotus`) and a Lotus trained long enough to be sharp. A symmetric blur (Gaussian or area average) of the
+GT does not move Canny edges (input DBE ~0.2-0.6 px), hence the coarse-grid input below.
 
 The paper sharpens an accurate but smooth metric prediction (UniDepth) with a diffusion depth model whose edges are
 sharp (Lotus), label-free. Here:
 
 - **scenes** (:func:`make_scenes`): a background plane (depth ramp 4-6 m) with 2-4 boxes in front (1.2-3.5 m);
   the image's brightness falls with depth (so depth is learnable from it), tinted per object, with pixel noise;
-  optionally "decoy" boxes whose brightness shows the wrong depth (off by default; not yet evaluated);
+  the tint makes brightness a biased cue, so Lotus's levels inside objects are off where the metric input is right;
+  optionally "decoy" boxes whose brightness shows the wrong depth (off by default; not evaluated);
 - **metric input** (:func:`smooth_metric`): the GT sampled every 4th pixel and upsampled bilinearly — right on
   average, edges rounded and snapped to a coarse grid (GT is used only to make this input and to score);
 - **split** (:func:`make_split`): training scenes (seed 1) and held-out scenes (seed 3; seed 2 was the development
   split);
-- **Lotus** (:func:`train_lotus`): a tiny Lotus-G (UNet 16/32 channels, 2x VAE) trained from random init on dense
-  GT of the training scenes with :func:`~depthkit.sharpen.train_lotus.lotus_losses` (meant to have sharper edges
-  than the input; at 200 steps only slightly so);
+- **Lotus** (:func:`train_lotus`): a tiny Lotus-G (attention-free UNet 16/32 channels, 2x VAE 16/16) trained from
+  random init on dense GT of the training scenes: VAE first, then the UNet on the frozen VAE's latents;
 - **SharpDepth** (:func:`train_sharpdepth`): label-free training on the metric input, with the EMA as pass 1 and a
-  frozen copy of Lotus as the SDS teacher (``pass1="lotus"``: a frozen Lotus as pass 1), through
+  frozen copy of Lotus as the SDS teacher (``pass1="lotus"``: a frozen Lotus as pass 1 instead), through
   :meth:`~depthkit.sharpen.model.SharpDepth.compute_losses`;
 - **score** (:func:`evaluate`): MAE (m; overall, within 2 px of a GT edge, elsewhere) and iBims DBE accuracy (px)
   of input, output and pass 1 on scenes not trained on.
