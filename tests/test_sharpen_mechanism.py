@@ -28,7 +28,9 @@ range over SharpDepth seeds 0, 1, 2, 3, each run alone; the test uses seed 0):
 What holds, on every seed: the full method sharpens (DBE −44 to −49 %, asserted < 0.7 x the input) and lowers the
 MAE (−15 %; asserted within +5 %), and beats the untrained init on MAE (−9 %; asserted < 0.95 x); SDS off loses
 DBE by 0.12-0.37 px; 1 − e loses MAE away from edges by 0.011-0.015 m (7-10 %). Weak: gating off loses MAE away
-from edges on every seed but by only 0.001-0.008 m (1-5 %; seeds 2 and 3 are the small ones). What does not
+from edges on every seed but by only 0.001-0.008 m (1-5 %; seeds 2 and 3 are the small ones), and breaking the
+gate in the code (``gate()`` returning the fill whatever e) still passed that comparison on seed 0; so it is a
+non-strict xfail, and gating has no test here that can fail. What does not
 hold (strict xfails): gating off is *sharper* than the full method (the paper finds gating better on every
 measure), and 1 − e beats e on overall MAE, because near edges e is high where the smooth input is wrong and the
 e-weighted reconstruction pulls the output towards it there.
@@ -104,7 +106,9 @@ def test_training_improves_on_the_untrained_init(setting, full):
 
 @pytest.mark.parametrize("config, measure", [
     ({"lambda_sds": 0.0}, "dbe_out"),
-    ({"gating": False}, "mae_flat_out"),
+    pytest.param({"gating": False}, "mae_flat_out", marks=pytest.mark.xfail(
+        reason="holds on seeds 0-3 but by 1-5 %, and a gate that ignores e is not caught; not a reliable test of "
+               "gating", strict=False)),
     pytest.param({"gating": False}, "dbe_out", marks=pytest.mark.xfail(
         reason="gating off is sharper here (the paper finds gating better on every measure)", strict=True)),
     ({"recons_weight": "one_minus_e"}, "mae_flat_out"),
