@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--train-scenes", type=int, default=32)
     p.add_argument("--test-scenes", type=int, default=16)
-    p.add_argument("--lotus-steps", type=int, default=200)
+    p.add_argument("--lotus-vae-steps", type=int, default=300)
+    p.add_argument("--lotus-unet-steps", type=int, default=200)
     p.add_argument("--sharpen-steps", type=int, default=40)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--name", default="sharpen_ablation")
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     train, test = mini.make_split(args.train_scenes, args.test_scenes)
-    lotus = mini.train_lotus(train, steps=args.lotus_steps)
+    lotus = mini.train_lotus(train, vae_steps=args.lotus_vae_steps, unet_steps=args.lotus_unet_steps)
     base = mini.evaluate(SharpDepth(lotus), test)
     print("input / untrained:", json.dumps({k: round(v, 3) for k, v in base.items()}), flush=True)
     variants: dict[str, list] = {name: [] for name in args.variants}
@@ -104,8 +105,8 @@ def main(argv=None) -> int:
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
         "depthkit_version": __version__, "seconds": time.perf_counter() - t0,
         "machine": {"cpu_count": os.cpu_count(), "threads": 1, "load_average": os.getloadavg()},
-        "lotus": f"tiny Lotus-G (miniature.MINI_LOTUS) trained {args.lotus_steps} steps on {args.train_scenes} "
-                 "scenes' dense GT",
+        "lotus": f"tiny Lotus-G (miniature.MINI_LOTUS) trained on {args.train_scenes} scenes' dense GT "
+                 f"({args.lotus_vae_steps} VAE steps, then {args.lotus_unet_steps} UNet steps)",
         "seeds": args.seeds, "test_scenes": args.test_scenes, "sharpen_steps": args.sharpen_steps,
         "input": {**{k: base[k] for k in ("mae_in", "mae_edge_in", "mae_flat_in", "dbe_in", "dbe_lotus")},
                   "untrained": {k: base[k] for k in COLUMNS}},
