@@ -390,6 +390,8 @@ def test_grid_token_layout_trains_as_the_engine_answers():
         assert (h != t).all() and len(set(zip(h.tolist(), w.tolist()))) == len(queries)
         before = batch["position_ids"][:, qp[:, 0], qp[:, 1] - 1]  # the token before the query token: text
         assert torch.equal(before[0], before[1]) and torch.equal(before[0], before[2])
+        after = batch["position_ids"][:, qp[:, 0], qp[:, 1] + 1]  # the answer continues the text order
+        assert torch.equal(after[0], t + 1) and torch.equal(after[1], t + 1) and torch.equal(after[2], t + 1)
         with torch.no_grad():
             hidden = T.run_packed(sdim, batch)
             preds[layout] = head.predict(hidden[qp[:, 0], qp[:, 1]], batch["query_head_prior"])
