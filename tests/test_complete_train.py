@@ -182,14 +182,20 @@ def test_validation_answers_through_the_engine(readout, decode):
 
 
 def test_tiny_model_learns_held_out_points():
-    """A few dozen steps on one scene (depths 2.0-2.9 m) lower the error of greedy answers at held-out points.
+    """About a hundred steps on one scene teach a tiny model to answer held-out points better than ANY constant.
 
-    At step 0 the random model's answers are unparseable (counted as answering 0 m); after 60 steps its answers
-    parse and land in the scene's range. Measured: 2.38 m -> 0.26 m (scene seed 3), 0 % unparseable, ~10 s.
+    The scene is a step: 1.5 m in the left half, 4.5 m in the right half (the image inverted there too), so a model
+    that answers one number for every pixel — the failure this test exists to catch — cannot come near the labels:
+    the best constant (the held-out labels' median, an oracle) has a mean error of about 1 m. At step 0 the random
+    model's answers are unparseable (counted as answering 0 m); after 120 steps (text coordinates, the paper's
+    prompt and text readout) they parse and follow the step. Measured: 3.56 m -> 0.14 m against 0.94 m for the best
+    constant, answers correlated 0.90 with the labels, 0 % unparseable, ~30 s.
     """
     image, sparse, depth = _scene(3, 96, 128, n=100)
-    valid = depth > 0
-    depth[valid] = 2.0 + 0.9 * (depth[valid] - depth[valid].min()) / np.ptp(depth[valid])
+    right = np.arange(depth.shape[1]) >= depth.shape[1] // 2
+    depth = np.where(right[None, :], 4.5, 1.5).astype(np.float32) * np.ones_like(depth)
+    image = image.copy()
+    image[:, right] = 255 - image[:, right]
     sparse = np.where(sparse > 0, depth, 0).astype(np.float32)
     item = {"image": image, "sparse": sparse, "depth": depth}
     recipe = load_recipe(TINY_RECIPE, SMALL + [
@@ -201,6 +207,9 @@ def test_tiny_model_learns_held_out_points():
         sp_in, queries = sample_training_queries(image, sparse, None, 32, np.random.default_rng([555, i]), "sparse",
                                                  0.0)
         held_out.append((sp_in, queries))
+    labels = np.array([q.label for _, queries in held_out for q in queries])
+    best_constant = float(np.abs(labels - np.median(labels)).mean())
+    assert best_constant > 0.5 and np.ptp(labels) == 3.0  # both halves are asked
 
     def error():
         sdim.eval()
@@ -221,14 +230,14 @@ def test_tiny_model_learns_held_out_points():
     steps = TrainSteps(recipe, MixedDataset([[item]], [1.0]), processor, stock_model(sdim).config)
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
     before, before_unparseable = error()
-    for k in range(60):
+    for k in range(120):
         loss, _ = objective(steps[k])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     after, after_unparseable = error()
     assert before > 2.0 and before_unparseable == 1.0
-    assert after < 0.3 * before, (before, after)
+    assert after < 0.5 * best_constant, (before, after, best_constant)  # a constant answer cannot pass
     assert after_unparseable <= 0.1
 
 
