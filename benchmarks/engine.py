@@ -21,7 +21,7 @@ drawn with a fixed seed), it times:
   preallocated suffix K/V, last-layer pruning, LM head on the 11 allowed rows).
 
 Then the readout modes side by side (``readout_modes`` in the JSON): the text readout (the engine above), and the
-residual head (no decoding loop: one suffix pass, no LM head; a seeded random head, guided prior; the largest
+residual head (no decoding loop: one suffix pass, no LM head; a seeded random head, guided prior; the first
 ``--batch-sizes`` entry) with text coordinates, with ``pixel_reference: rope``, and with ``pixel_reference:
 grid_token`` (the question in the shared prefix, ONE query token per pixel at its grid position), each with its
 speed-up over naive ``generate()`` and over its own per-pixel reference
@@ -514,7 +514,7 @@ def main(argv=None) -> int:
                  "total_mb": mem.total / 2**20, "paper_fps": PAPER["fps"], "paper_memory_gb": PAPER["memory_gb"]}
         if args.device.startswith("cuda"):
             frame["weights_mb"] = torch.cuda.memory_allocated() / 2**20
-    modes = run_readout_modes(model, proc, image, sparse, rows, cols, n_naive, max(batches), args.memory_budget_mb,
+    modes = run_readout_modes(model, proc, image, sparse, rows, cols, n_naive, batches[0], args.memory_budget_mb,
                               naive_ms)
     text_best = results[best]
     modes = {"text readout (" + best + ")": {

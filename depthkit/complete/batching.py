@@ -25,6 +25,9 @@ model trained this way answers in the right form under plain ``generate()`` too,
 template. ``target_places`` marks the digit targets with their place value for the numeric L1
 (:func:`depthkit.complete.readout.expected_digit_value`). The residual head reads the hidden state of the query's last
 token (the ``\\n`` after ``assistant``), which causal attention keeps blind to the answer that follows it.
+With ``pixel_reference: grid_token`` that token is the query token at the pixel's grid position and the text before
+it is the question alone, the same for every query (:mod:`depthkit.complete.prompts`); the answer after it keeps
+text positions, so cross-entropy still trains the answer text while the engine reads only the head.
 
 **Prefix sharing** (``data.prefix_sharing``; :func:`pack_groups` ``layout``). All three compute the same thing
 (hidden states agree to 1e-6, checked by the tests); they differ in cost:
