@@ -21,10 +21,17 @@ drawn with a fixed seed), it times:
   preallocated suffix K/V, last-layer pruning, LM head on the 11 allowed rows).
 
 Then the readout modes side by side (``readout_modes`` in the JSON): the text readout (the engine above), and the
-residual head (no decoding loop: one suffix pass, no LM head; a seeded random head, guided prior) with text
-coordinates and with ``pixel_reference: rope``, each with its speed-up over naive ``generate()`` and over its own
-per-pixel reference (:func:`depthkit.complete.decoding.head_reference`: one full forward per pixel, no prefix
-sharing), and whether its values match that reference (relative difference <= 1e-4).
+residual head (no decoding loop: one suffix pass, no LM head; a seeded random head, guided prior; the first
+``--batch-sizes`` entry) with text coordinates, with ``pixel_reference: rope``, and with ``pixel_reference:
+grid_token`` (the question in the shared prefix, ONE query token per pixel at its grid position), each with its
+speed-up over naive ``generate()`` and over its own per-pixel reference
+(:func:`depthkit.complete.decoding.head_reference`: one full forward per pixel, no prefix sharing), and whether its
+values match that reference (relative difference <= 1e-4).
+
+Last, ``full_frame``: a whole 640x480 completion through :class:`depthkit.complete.stage.CompleteVLMStage` with its
+default query plan (``query_budget`` 1024) and the random-weight tiny checkpoint of ``depthkit init-checkpoint
+--tiny`` in each pixel_reference layout (``--frame-layouts``), split into the model (the engine's prefix pass and
+its query batches) and the classical parts (``prior_map``, ``fill_dense``, ``confidence_map``, the rest).
 
 It checks that every variant decodes the same number for every pixel as naive, and reports ms/pixel, pixels/s, the
 speed ratio to naive, peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS growth sampled every 2 ms), the
@@ -232,8 +239,11 @@ def run_readout_modes(model, proc, image, sparse, rows, cols, n_ref: int, batch:
             torch.nn.init.normal_(head.log_scale.weight, std=0.5)
     priors = prior_map(image, sparse, "guided")[rows, cols].astype(np.float64)
     out = {}
-    for mode in ("text", "rope"):
-        cfg = P.PromptConfig(prompt_prior="guided", pixel_reference=mode)
+    names = {"text": "residual head, text coordinates", "rope": "residual head, rope",
+             "grid_token": "residual head, one grid token"}
+    for mode, name in names.items():
+        cfg = P.PromptConfig(prompt_prior="guided", pixel_reference=mode,
+                             mask_text="none" if mode == "grid_token" else "mask_and_value")
         engine = CompletionEngine(model, proc, cfg, readout="residual_head", residual_head=head, batch_size=batch,
                                   memory_budget_mb=budget_mb)
         engine.answer(engine.encode(image, sparse), rows[:4], cols[:4], priors[:4])  # warm-up
@@ -246,17 +256,80 @@ def run_readout_modes(model, proc, image, sparse, rows, cols, n_ref: int, batch:
         diff = np.abs(got.values[:n_ref].astype(np.float64) - ref) / ref
         ms = 1e3 * seconds / len(rows)
         ref_ms = 1e3 * ref_seconds / n_ref
-        out[f"residual head, {mode} coordinates" if mode == "text" else "residual head, rope"] = {
+        out[name] = {
             "seconds": seconds, "pixels": len(rows), "ms_per_pixel": ms, "pixels_per_second": len(rows) / seconds,
             "speedup_vs_naive": naive_ms / ms, "reference_ms_per_pixel": ref_ms, "speedup_vs_reference": ref_ms / ms,
             "reference_pixels": n_ref, "max_relative_difference": float(diff.max()),
             "identical_to_reference": bool(diff.max() <= 1e-4), "same_mm": bool(
                 [f"{v:.3f}" for v in got.values[:n_ref]] == [f"{v:.3f}" for v in ref]),
             "prefix_seconds": got.stats["prefix_seconds"], "suffix_seconds": got.stats["suffix_seconds"],
-            "shared_suffix_tokens": got.stats["shared_suffix_tokens"]}
+            "shared_suffix_tokens": got.stats["shared_suffix_tokens"], "batch_size": batch}
         print(f"{mode}: {ms:.2f} ms/pixel, {naive_ms / ms:.0f}x naive, reference {ref_ms:.1f} ms/pixel, max rel diff "
               f"{diff.max():.2e}", flush=True)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------ full frame
+
+
+def full_frame(layouts: list[str], size: tuple[int, int] = (480, 640), repeats: int = 3) -> dict:
+    """Time ``CompleteVLMStage.run`` on one ``size`` frame (synthetic indoor scene, 1000 random measured points)
+    with the stage's default options and the random-weight tiny checkpoint (``write_tiny``) in each layout; best of
+    ``repeats`` after a warm-up. The classical functions are timed by wrapping them where the stage looks them up."""
+    import tempfile
+
+    from depthkit.complete import query_plan
+    from depthkit.complete.checkpoint import write_tiny
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.data.sparse import sample_random_points
+    from depthkit.data.synthetic import render_scene
+
+    scene = render_scene(0, *size, kind="indoor")
+    sparse = np.asarray(sample_random_points(scene.depth, 1000, 0), np.float32)
+    spent: dict = {}
+
+    def timing(name, fn):
+        def wrapped(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+        return wrapped
+
+    names = ("prior_map", "fill_dense", "confidence_map")
+    originals = {n: getattr(query_plan, n) for n in names}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout in layouts:
+            extra = {"mask_text": "none"} if layout == "grid_token" else {}
+            write_tiny(Path(tmp) / layout, pixel_reference=layout, **extra)
+            stage = CompleteVLMStage.from_checkpoint(Path(tmp) / layout)
+            stage.run(scene.image, sparse)  # warm-up
+            best = None
+            try:
+                for name in names:
+                    setattr(query_plan, name, timing(name, originals[name]))
+                for _ in range(repeats):
+                    spent.clear()
+                    t = time.perf_counter()
+                    stage.run(scene.image, sparse)
+                    seconds = time.perf_counter() - t
+                    if best is None or seconds < best["seconds"]:
+                        st = stage.last_stats
+                        model = st["prefix_seconds"] + st["suffix_seconds"]
+                        best = {"seconds": seconds, "queries": st["n_queries"], "model_seconds": model,
+                                "prefix_seconds": st["prefix_seconds"], "queries_seconds": st["suffix_seconds"],
+                                "shared_suffix_tokens": st["shared_suffix_tokens"], "batch_size": st["batch_size"],
+                                **{f"{n}_seconds": spent.get(n, 0.0) for n in names}}
+                        best["other_seconds"] = seconds - model - sum(spent.get(n, 0.0) for n in names)
+            finally:
+                for name in names:
+                    setattr(query_plan, name, originals[name])
+            out[layout] = best
+            print(f"full frame {size[1]}x{size[0]}, {layout}: {best['seconds']:.2f} s (model {best['model_seconds']:.2f} "
+                  f"s)", flush=True)
+    return {"size": list(size), "sparse_points": int((sparse > 0).sum()), "layouts": out}
 
 
 # ----------------------------------------------------------------------------------------------------------- FLOPs
@@ -317,6 +390,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frame-queries", type=int, default=1024, help="queries per frame for FPS (default 1024)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--memory-budget-mb", type=float, default=4096.0)
+    parser.add_argument("--frame-layouts", default="text,rope,grid_token",
+                        help="pixel_reference layouts of the full-frame tiny-checkpoint timing ('' = skip)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default=None, help="output file stem (default engine_<config>)")
     args = parser.parse_args(argv)
@@ -457,6 +532,7 @@ def main(argv=None) -> int:
                   "image": list(image.shape[:2]), "resized": list(prefix.resized_hw), "prefix_tokens": prefix.length},
         "query_pixels": len(rows), "naive_pixels": n_naive, "variants": results, "readout_modes": modes,
         "flops": flops, "frame": frame,
+        "full_frame": full_frame([x for x in args.frame_layouts.split(",") if x]) if args.frame_layouts else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.name or 'engine_' + args.config}.json"
@@ -513,6 +589,16 @@ def markdown(report: dict) -> str:
         lines += ["", f"Frame: {fr['queries']} queries in {fr['seconds']:.2f} s = **{fr['fps']:.2f} FPS**, peak "
                   f"+{fr['peak_mb']:.0f} MB (process/allocator total {fr['total_mb']:.0f} MB); paper: "
                   f"{fr['paper_fps']} FPS, {fr['paper_memory_gb']} GB."]
+    if report.get("full_frame"):
+        ff = report["full_frame"]
+        lines += ["", f"Full frame {ff['size'][1]}x{ff['size'][0]} through CompleteVLMStage (default query plan, "
+                  f"{ff['sparse_points']} measured points, random-weight tiny checkpoint, best of 3; seconds):", "",
+                  "| layout | queries | total | model: prefix | model: queries | prior_map | fill_dense | "
+                  "confidence_map | other |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, v in ff["layouts"].items():
+            lines.append(f"| {name} | {v['queries']} | **{v['seconds']:.2f}** | {v['prefix_seconds']:.2f} | "
+                         f"{v['queries_seconds']:.2f} | {v['prior_map_seconds']:.2f} | {v['fill_dense_seconds']:.2f} "
+                         f"| {v['confidence_map_seconds']:.2f} | {v['other_seconds']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -374,7 +374,7 @@ def test_bf16_guarantee_on_cpu(model, proc, scene):
     assert exact >= 18  # most answers are exact; the rest diverge only at a near tie
 
 
-@pytest.mark.parametrize("mode", ["text", "rope"])
+@pytest.mark.parametrize("mode", ["text", "rope", "grid_token"])
 def test_residual_head_engine_equals_its_per_pixel_reference(tok, proc, scene, mode):
     """The fast path (one suffix pass, no decoding, no LM head) against one full forward per pixel."""
     from depthkit.complete.decoding import head_reference
@@ -389,10 +389,23 @@ def test_residual_head_engine_equals_its_per_pixel_reference(tok, proc, scene, m
     with torch.no_grad():
         torch.nn.init.normal_(head.net[-1].weight, std=0.5, generator=torch.Generator().manual_seed(0))
         torch.nn.init.normal_(head.log_scale.weight, std=0.5, generator=torch.Generator().manual_seed(1))
-    cfg = P.PromptConfig(prompt_prior="guided", pixel_reference=mode)
+    cfg = P.PromptConfig(prompt_prior="guided", pixel_reference=mode,
+                         mask_text="none" if mode == "grid_token" else "mask_and_value")
     priors = np.linspace(1.0, 5.0, 5)
     engine = CompletionEngine(model, proc, cfg, readout="residual_head", residual_head=head, batch_size=2)
     got = engine.answer(engine.encode(image, sparse), rows[:5], cols[:5], priors)
     values, scales = head_reference(model, proc, head, image, sparse, rows[:5], cols[:5], cfg, priors)
     assert got.values == pytest.approx(values, rel=1e-5) and not np.allclose(values, priors)
     assert got.confidence == pytest.approx(np.exp(-scales / 0.1), rel=1e-4)
+    if mode == "grid_token":  # everything but the query token is in the shared prefix: one token per pixel
+        suffix = engine._suffix_ids(engine.query_texts(cols[:1], rows[:1], priors[:1]))[0]
+        assert got.stats["shared_suffix_tokens"] == len(suffix) - 1
+        # the same prior everywhere: only the query token's position tells the pixels apart
+        same = engine.answer(engine.encode(image, sparse), rows[:5], cols[:5], np.full(5, 2.0))
+        assert len(set(np.round(same.values, 6))) == 5
+
+
+def test_grid_token_needs_the_residual_head(model, proc):
+    cfg = P.PromptConfig(prompt_prior="guided", pixel_reference="grid_token", mask_text="none")
+    with pytest.raises(ValueError, match="needs readout='residual_head'"):
+        CompletionEngine(model, proc, cfg)

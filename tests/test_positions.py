@@ -105,6 +105,21 @@ def test_rope_suffix_positions_take_the_pixel_grid_position():
         suffix_position_ids(20, mask, "marker")
 
 
+def test_grid_token_positions_move_only_the_last_token_to_the_pixel():
+    hw = pixel_grid_position([13, 42], [0, 70], image_start=15)
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    pos = suffix_position_ids(torch.tensor([20, 20]), mask, "grid_token", pixel_hw=hw)
+    assert pos.dtype == torch.float32
+    assert pos[0].tolist() == [[0, 20, 21], [20, 21, 22]]  # t: the text order, as in every mode
+    text = suffix_position_ids(torch.tensor([20, 20]), mask, "text").float()
+    assert torch.equal(pos[:, :, :-1], text[:, :, :-1])  # everything before the query token: text positions
+    assert torch.allclose(pos[1:, :, -1], hw.T)  # the query token: the pixel's h, w
+    with pytest.raises(ValueError, match="needs pixel_hw"):
+        suffix_position_ids(20, mask, "grid_token")
+    with pytest.raises(ValueError, match="at least one real token"):
+        suffix_position_ids(20, torch.tensor([[0, 0], [1, 1]]), "grid_token", pixel_hw=hw)
+
+
 def test_rope_float_positions_run_through_the_stock_model(tok_proc_model):
     """Float positions pass the stock rotary code; integer-valued floats give the same logits as longs."""
     tok, proc, model = tok_proc_model

@@ -39,6 +39,13 @@ def test_query_text_text_reference_prior_and_rope():
     assert "interpolated" not in P.query_text(1, (1, 2), sparse_value=2.0, config=guided)
     rope = P.PromptConfig(pixel_reference="rope")
     assert P.query_text(0, config=rope) == P.MASK0_TEXT + " " + P.QUESTION_TEXT
+    # grid_token: the same text for every pixel, mask and prior (they reach the model through the depth branch
+    # and the residual head), so the text must not claim a mask sentence
+    grid = P.PromptConfig("guided", pixel_reference="grid_token", mask_text="none")
+    assert {P.query_text(0, (1, 2), prior=3.0, config=grid), P.query_text(0, (7, 9), prior=5.0, config=grid),
+            P.query_text(1, (7, 9), sparse_value=2.0, config=grid)} == {P.QUESTION_TEXT}
+    with pytest.raises(ValueError, match="mask_text must be 'none'"):
+        P.PromptConfig("guided", pixel_reference="grid_token")
 
 
 def test_mask_text_switch_for_the_ablation_rows():

@@ -25,6 +25,9 @@ model trained this way answers in the right form under plain ``generate()`` too,
 template. ``target_places`` marks the digit targets with their place value for the numeric L1
 (:func:`depthkit.complete.readout.expected_digit_value`). The residual head reads the hidden state of the query's last
 token (the ``\\n`` after ``assistant``), which causal attention keeps blind to the answer that follows it.
+With ``pixel_reference: grid_token`` that token is the query token at the pixel's grid position and the text before
+it is the question alone, the same for every query (:mod:`depthkit.complete.prompts`); the answer after it keeps
+text positions, so cross-entropy still trains the answer text while the engine reads only the head.
 
 **Prefix sharing** (``data.prefix_sharing``; :func:`pack_groups` ``layout``). All three compute the same thing
 (hidden states agree to 1e-6, checked by the tests); they differ in cost:
@@ -240,18 +243,23 @@ def encode_group(processor, image: np.ndarray, sparse_input: np.ndarray, queries
 
 def _prefix_positions(g: EncodedGroup, model_config, pixel_reference: str) -> dict:
     pre = prefix_position_ids(model_config, g.prefix_ids[None], g.image_grid_thw, g.mm_token_type_ids[None])
-    pre["row"] = pre["position_ids"][:, 0].to(torch.float32 if pixel_reference == "rope" else torch.long)
+    pre["row"] = pre["position_ids"][:, 0].to(torch.long if pixel_reference == "text" else torch.float32)
     return pre
 
 
 def _suffix_positions(s: EncodedSuffix, pre: dict, model_config, pixel_reference: str) -> torch.Tensor:
-    """3 x S positions of one suffix that directly follows its prefix."""
+    """3 x S positions of one suffix that directly follows its prefix (grid_token: the query token, the one before
+    the answer, at the pixel; the answer after it at text positions — :mod:`depthkit.complete.positions`)."""
     mask = torch.ones(1, s.ids.numel(), dtype=torch.long)
+    if pixel_reference == "text":
+        return suffix_position_ids(pre["next_pos"], mask, "text")[:, 0]
+    token_pixels = int(model_config.vision_config.patch_size) * int(model_config.vision_config.spatial_merge_size)
+    hw = pixel_grid_position([s.pixel_resized[0]], [s.pixel_resized[1]], pre["image_start"][0][0], token_pixels)
     if pixel_reference == "rope":
-        token_pixels = int(model_config.vision_config.patch_size) * int(model_config.vision_config.spatial_merge_size)
-        hw = pixel_grid_position([s.pixel_resized[0]], [s.pixel_resized[1]], pre["image_start"][0][0], token_pixels)
         return suffix_position_ids(pre["next_pos"], mask, "rope", pixel_hw=hw)[:, 0]
-    return suffix_position_ids(pre["next_pos"], mask, "text")[:, 0]
+    query = suffix_position_ids(pre["next_pos"], mask[:, :s.answer_start], "grid_token", pixel_hw=hw)[:, 0]
+    answer = suffix_position_ids(pre["next_pos"], mask[:, s.answer_start:], "text", offset=s.answer_start)[:, 0]
+    return torch.cat([query, answer.float()], dim=1)
 
 
 def _targets(s: EncodedSuffix, row: int, offset: int, qi: int, out: dict) -> None:
@@ -291,7 +299,7 @@ def pack_groups(groups: list[EncodedGroup], model_config, pixel_reference: str =
     suffixes as another that attends to its prefix's (expanded) KV cache.
 
     Returns a dict of tensors. Common to all layouts: ``layout``; ``input_ids`` (rows x L: packed/replicate rows,
-    or the suffix rows for kv_cache); ``position_ids`` 3 x rows x L (long, or float in rope mode);
+    or the suffix rows for kv_cache); ``position_ids`` 3 x rows x L (long, or float with rope and grid_token);
     ``pixel_values`` and ``image_grid_thw`` (one image per prefix), ``sparse_pixels`` / ``rgb_pixels`` (lists, one
     map per prefix); ``target_pos`` N x 2 ((row, position) of ``input_ids`` whose logits predict an answer
     token), ``target_ids`` N, ``target_query`` N (query index), ``target_places`` N (place value when the target
@@ -306,7 +314,7 @@ def pack_groups(groups: list[EncodedGroup], model_config, pixel_reference: str =
     if layout == "replicate":
         groups = [EncodedGroup(g.prefix_ids, g.mm_token_type_ids, g.pixel_values, g.image_grid_thw, g.sparse_pixels,
                                g.rgb_pixels, [s]) for g in groups for s in g.suffixes]
-    pos_dtype = torch.float32 if pixel_reference == "rope" else torch.long
+    pos_dtype = torch.long if pixel_reference == "text" else torch.float32
     out: dict = {k: [] for k in ("target_pos", "target_ids", "target_query", "target_places", "query_pos",
                                  "query_label", "query_head_prior", "query_mask")}
     out["layout"] = layout

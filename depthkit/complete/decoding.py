@@ -238,8 +238,9 @@ def naive_answers(model, processor, image: np.ndarray, sparse: np.ndarray | None
 def head_reference(model, processor, head, image: np.ndarray, sparse: np.ndarray | None, rows, cols,
                    prompt_config: prompts.PromptConfig, priors) -> tuple[np.ndarray, np.ndarray]:
     """The residual-head readout without prefix sharing, as the reference: per pixel ONE stock forward over the whole
-    sequence (prefix + query turn + assistant header) at :mod:`depthkit.complete.positions`' positions (text or
-    rope), then ``head`` on the last token's final hidden state. Returns (metres N, Laplace scale N) as float64."""
+    sequence (prefix + query turn + assistant header) at :mod:`depthkit.complete.positions`' positions (text, rope
+    or grid_token: there the whole question is recomputed for every pixel, nothing is shared), then ``head`` on the
+    last token's final hidden state. Returns (metres N, Laplace scale N) as float64."""
     from depthkit.complete.depth_inputs import prepare_depth_inputs
     from depthkit.complete.positions import pixel_grid_position, prefix_position_ids, suffix_position_ids
     from depthkit.complete.processor import map_to_resized, process_image_text
@@ -265,7 +266,7 @@ def head_reference(model, processor, head, image: np.ndarray, sparse: np.ndarray
         ids = torch.cat([out["input_ids"], torch.tensor([suffix])], dim=1)
         mm = torch.cat([out["mm_token_type_ids"], torch.zeros(1, len(suffix), dtype=torch.long)], dim=1)
         hw = pixel_grid_position([y], [x], pre["image_start"][0][0], patch * int(geometry.merge_size))
-        pos = suffix_position_ids(pre["next_pos"], torch.ones(1, len(suffix)), mode, hw if mode == "rope" else None)
+        pos = suffix_position_ids(pre["next_pos"], torch.ones(1, len(suffix)), mode, hw if mode != "text" else None)
         pos = torch.cat([pre["position_ids"].to(pos.dtype), pos], dim=2)
         res = model(input_ids=ids.to(param.device), attention_mask=torch.ones_like(ids).to(param.device),
                     pixel_values=out["pixel_values"].to(param.device, param.dtype),

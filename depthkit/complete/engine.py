@@ -32,7 +32,14 @@ validation answers its held-out queries through this engine too.
 suffix pass (query turn + assistant header, without the forced answer prefix) gives the last token's final hidden
 state (after the model's final norm), which :class:`depthkit.complete.readout.ResidualHead` maps to a bounded
 correction of the prompt prior and an uncertainty; the LM head is not run and the suffix cache holds the suffix
-only. :func:`~depthkit.complete.decoding.head_reference` (one full forward per pixel) is its reference, text or rope.
+only. :func:`~depthkit.complete.decoding.head_reference` (one full forward per pixel) is its reference, in every
+pixel_reference layout.
+
+**One query token per pixel** (``pixel_reference="grid_token"``, residual head only; :mod:`depthkit.complete.prompts`).
+Every query of an image is the same conversation; only the last token's M-RoPE h/w (the pixel's place on the image
+grid) differs. Step 1 above then moves everything but that token into the prefix cache, and each query is a
+ONE-token suffix attending to the prefix and itself: a batch of ``batch_size`` pixels is one forward of
+``batch_size`` tokens, no decoding, no LM head. The prompt text is tokenised once per distinct text, not per pixel.
 
 **Confidence** is an estimate of the answer's relative error, mapped to [0, 1] by ``exp(-error / tolerance)``
 (``tolerance`` default 10 %: confidence 1/e at an expected 10 % error). Text readout: the expected absolute error
@@ -138,6 +145,9 @@ class CompletionEngine:
         if readout == "residual_head" and residual_head is None:
             raise ValueError("readout='residual_head' needs residual_head= (a trained ResidualHead, from the "
                              "checkpoint's complete/ folder).")
+        if (prompt_config or prompts.PromptConfig()).pixel_reference == "grid_token" and readout != "residual_head":
+            raise ValueError(f"pixel_reference='grid_token' has no per-pixel text to decode an answer after; it needs "
+                             f"readout='residual_head', got {readout!r}.")
         if readout == "residual_head" and (prompt_config or prompts.PromptConfig()).prompt_prior == "none":
             raise ValueError("readout='residual_head' corrects the prompt prior, so prompt_prior must be 'nearest' "
                              "or 'guided'; got 'none'.")
@@ -209,8 +219,10 @@ class CompletionEngine:
         forced = self.forced_ids if self.readout == "text" and self.decode == "constrained" else []
         if not texts:
             return []
-        enc = self.tokenizer([prompts.chat_suffix_text(t) for t in texts], add_special_tokens=False).input_ids
-        return [list(e) + forced for e in enc]
+        distinct = list(dict.fromkeys(texts))  # e.g. one text for every pixel with grid_token
+        enc = self.tokenizer([prompts.chat_suffix_text(t) for t in distinct], add_special_tokens=False).input_ids
+        by_text = {t: list(e) + forced for t, e in zip(distinct, enc)}
+        return [list(by_text[t]) for t in texts]
 
     @torch.no_grad()
     def answer(self, prefix: PrefixCache, rows: np.ndarray, cols: np.ndarray,
@@ -241,7 +253,7 @@ class CompletionEngine:
         start = time.perf_counter()
         rr, cc = map_to_resized(rows, cols, (h, w), prefix.resized_hw)
         texts = self.query_texts(cc, rr, priors)
-        if self.prompt_config.pixel_reference == "rope":
+        if self.prompt_config.pixel_reference != "text":  # the position depends on the pixel
             keys = [(t, int(y), int(x)) for t, y, x in zip(texts, rr, cc)]
         else:
             keys = texts
@@ -254,7 +266,7 @@ class CompletionEngine:
         hw = pixel_grid_position(rr[first], cc[first], prefix.image_start, self.token_pixels)
         u_prior = priors[first] if needs_prior else None
         shared = 0
-        if self.prompt_config.pixel_reference == "text" and ids:
+        if self.prompt_config.pixel_reference != "rope" and ids:
             prefix, ids, shared = self._share_common_tokens(prefix, ids)
         values, conf, ok, out_texts, n_batches, used = self._run(prefix, ids, hw, u_prior)
         stats = {
@@ -277,7 +289,8 @@ class CompletionEngine:
 
         Exact: those tokens see the same context at the same positions in every query, so their K/V are the same;
         each suffix keeps at least one token (its last one gives the logits). Text positions only — with
-        ``pixel_reference="rope"`` every suffix token's position depends on its pixel.
+        ``pixel_reference="rope"`` every suffix token's position depends on its pixel; with ``"grid_token"`` only the
+        last one's does, and it always stays in the suffix.
         """
         k = min(len(i) for i in ids) - 1
         first = ids[0]
@@ -343,7 +356,7 @@ class CompletionEngine:
             mask[r, s - len(seq):] = 1
         tok, mask = tok.to(dev), mask.to(dev)
         mode = self.prompt_config.pixel_reference
-        pixel_hw = hw.to(dev) if mode == "rope" else None
+        pixel_hw = hw.to(dev) if mode != "text" else None
         pos = suffix_position_ids(prefix.next_pos, mask, mode, pixel_hw)
         cache = lm.new_cache(b, s + steps)
         if self.readout == "residual_head":

@@ -24,6 +24,11 @@ position is ``next_pos = L + rope_delta`` (= max prefix position + 1):
   pixel (row, column) in the resized image and ``s`` the image's start position (its tokens' t). So the h/w bands of
   a query rotate like the image token it sits on (the difference is 0 at the pixel's own token, fractional within
   it), and the t band keeps the suffix tokens in order. Positions are then float (the stock rotary code takes them).
+- ``mode="grid_token"`` (``pixel_reference: grid_token``): text positions for every real suffix token except the
+  LAST of each row (the query token the residual head reads), which gets t = ``next_pos + k`` and the pixel's h, w
+  as in rope mode. Everything before the query token is then the same for every pixel (text and positions), so the
+  engine computes it once in the shared prefix and the suffix is that one token. A trainer appending an answer
+  after the query token gives the answer tokens text positions (``mode="text"`` with ``offset``).
 
 Padding inside a suffix batch (left or right) gets position 0 in every mode; it is masked out anyway.
 """
@@ -161,13 +166,14 @@ def suffix_position_ids(next_pos, suffix_mask: torch.Tensor, mode: str = "text",
     Args:
         next_pos: int or B tensor — the prefix's first free position (``prefix_position_ids(...)["next_pos"]``).
         suffix_mask: B x S, 1 = real suffix token, 0 = padding (anywhere, e.g. on the left).
-        mode: ``"text"`` or ``"rope"``.
-        pixel_hw: B x 2 float, absolute (h, w) of each row's pixel (:func:`pixel_grid_position`); rope mode only.
+        mode: ``"text"``, ``"rope"`` or ``"grid_token"``.
+        pixel_hw: B x 2 float, absolute (h, w) of each row's pixel (:func:`pixel_grid_position`); rope and
+            grid_token modes only (grid_token: it goes to the last real token of each row).
         offset: int or B tensor of real suffix tokens already placed before these (for decoding steps: the
             k-th real token overall gets ``next_pos + k``).
 
     Returns:
-        3 x B x S: long for text mode, float32 for rope mode. Padding gets 0.
+        3 x B x S: long for text mode, float32 for rope and grid_token modes. Padding gets 0.
     """
     if mode not in PIXEL_REFERENCES:
         raise ValueError(f"mode={mode!r} is not one of {PIXEL_REFERENCES} (the pixel_reference settings).")
@@ -188,11 +194,18 @@ def suffix_position_ids(next_pos, suffix_mask: torch.Tensor, mode: str = "text",
             raise ValueError("pixel_hw is only used with mode='rope'; drop it for mode='text'.")
         return text.unsqueeze(0).expand(3, -1, -1).clone()
     if pixel_hw is None:
-        raise ValueError("mode='rope' needs pixel_hw (B x 2 absolute grid positions from pixel_grid_position).")
+        raise ValueError(f"mode={mode!r} needs pixel_hw (B x 2 absolute grid positions from pixel_grid_position).")
     hw = torch.as_tensor(pixel_hw, dtype=torch.float32, device=device)
     if hw.shape != (b, 2):
         raise ValueError(f"pixel_hw must be B x 2 = ({b}, 2); got {tuple(hw.shape)}.")
     zero = torch.zeros_like(text, dtype=torch.float32)
-    h = torch.where(mask, hw[:, :1].expand_as(zero), zero)
-    w = torch.where(mask, hw[:, 1:].expand_as(zero), zero)
+    at_pixel = mask
+    if mode == "grid_token":  # only the last real token of each row; the others keep their text positions
+        if not bool(mask.any(-1).all()):
+            raise ValueError("mode='grid_token' needs at least one real token per row (the query token).")
+        last = mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)
+        at_pixel = torch.zeros_like(mask)
+        at_pixel[torch.arange(b, device=device), last] = True
+    h = torch.where(at_pixel, hw[:, :1].expand_as(zero), text.float())
+    w = torch.where(at_pixel, hw[:, 1:].expand_as(zero), text.float())
     return torch.stack([text.float(), h, w])

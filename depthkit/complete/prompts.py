@@ -19,6 +19,15 @@ Decisions where the paper is silent (see SPEC section 3):
   pixel frame Qwen2.5-VL grounds in. Map an input-resolution pixel into that frame with
   :func:`depthkit.complete.processor.map_to_resized`. With ``pixel_reference="rope"`` the coordinate sentence is
   omitted; the engine gives the query tokens the pixel's M-RoPE position instead.
+- **One query token** (``pixel_reference="grid_token"``, for ``readout: residual_head`` only): no per-pixel text at
+  all. The user text is the question alone (:data:`QUESTION_TEXT`; no mask sentence, so ``mask_text`` must be
+  ``"none"``, and no prior sentence: the prior reaches the answer through the residual head, which corrects it), so
+  every query of an image is the same conversation and differs only in the M-RoPE position of its LAST token, the
+  ``\n`` closing the assistant header, whose hidden state the head reads: that token sits at the pixel's place on
+  the image grid (:mod:`depthkit.complete.positions`). The engine computes everything before it once, in the shared
+  prefix, and answers thousands of pixels per forward as one-token suffixes. Mask-1 training queries read the same
+  text; they differ from mask-0 ones by the measurement kept in the depth branch's input and by the head's prior
+  (the measured value).
 - **Prompt prior** (``prompt_prior="nearest" | "guided"``): the mask-0 text keeps the paper's sentence and appends
   ``The interpolated estimate is {p:.3f} meters.``. Which interpolation produced ``p`` (nearest valid point or an
   RGB-guided one) is the caller's business; the text is the same. Mask-1 text never carries a prior.
@@ -99,8 +108,10 @@ PROMPT_PRIORS = ("none", "nearest", "guided")
 """``prompt_prior``: none (the paper) or the classical interpolation whose value the mask-0 prompt states."""
 PRIOR_METHODS = PROMPT_PRIORS[1:]
 """The classical interpolations a prior can come from (:func:`depthkit.complete.query_plan.prior_map`)."""
-PIXEL_REFERENCES = ("text", "rope")
-"""``pixel_reference``: coordinates in the prompt text, or the pixel's M-RoPE position on the query tokens."""
+PIXEL_REFERENCES = ("text", "rope", "grid_token")
+"""``pixel_reference``: coordinates in the prompt text, the pixel's M-RoPE position on the query tokens, or one
+query token at the pixel's grid position after a text shared by all pixels (see the module docstring)."""
+
 MASK_TEXTS = ("mask_and_value", "mask", "none")
 """``mask_text``: the paper's full mask sentences (default), without the measured value, or none (ablation (c))."""
 READOUTS = ("text", "residual_head")
@@ -120,8 +131,9 @@ class PromptConfig:
     Attributes:
         prompt_prior: ``"none"`` (the paper), ``"nearest"`` or ``"guided"``: whether mask-0 text states an
             interpolated estimate (the value comes from the caller; the two non-none modes name its source).
-        pixel_reference: ``"text"`` (coordinates in the prompt; default) or ``"rope"`` (no coordinate text; the
-            engine assigns the query tokens the pixel's M-RoPE position).
+        pixel_reference: ``"text"`` (coordinates in the prompt; default), ``"rope"`` (no coordinate text; the
+            engine assigns the query tokens the pixel's M-RoPE position) or ``"grid_token"`` (the question only;
+            its last token takes the pixel's grid position; needs ``mask_text="none"``).
         version: the prompt version these settings belong to; must equal :data:`PROMPT_VERSION`.
         mask_text: ``"mask_and_value"`` (the paper's prompt; default), ``"mask"`` or ``"none"`` (see the module
             docstring; the paper's ablation rows (e), (d), (c)).
@@ -139,6 +151,10 @@ class PromptConfig:
             raise ValueError(f"pixel_reference={self.pixel_reference!r} is not one of {PIXEL_REFERENCES}.")
         if self.mask_text not in MASK_TEXTS:
             raise ValueError(f"mask_text={self.mask_text!r} is not one of {MASK_TEXTS}.")
+        if self.pixel_reference == "grid_token" and self.mask_text != "none":
+            raise ValueError(f"pixel_reference={self.pixel_reference!r} writes no per-pixel text (no mask or prior "
+                             f"sentence), so mask_text must be 'none'; got {self.mask_text!r}. Set mask_text='none' "
+                             "(prompts.mask_text=none in a recipe).")
         if self.version != PROMPT_VERSION:
             raise ValueError(
                 f"prompt version {self.version!r} does not match this depthkit's {PROMPT_VERSION!r}: the checkpoint "
@@ -243,6 +259,8 @@ def query_text(mask_value: int, xy: tuple[int, int] | None = None, sparse_value:
     """The user text after the image for one queried pixel: mask sentence, question, [coordinates].
 
     ``xy`` = (column, row) in the resized image; required for ``pixel_reference="text"``, ignored for ``"rope"``.
+    With ``pixel_reference="grid_token"`` the text is :data:`QUESTION_TEXT` for every query (``mask_value``,
+    ``sparse_value`` and ``prior`` are checked as for the other layouts but not written; module docstring).
 
     The coordinates come last on purpose (prompt version 2): at inference every query is a mask-0 query, so
     everything before the coordinates is the same text for all pixels of an image and the engine computes it once
@@ -251,6 +269,8 @@ def query_text(mask_value: int, xy: tuple[int, int] | None = None, sparse_value:
     """
     config = config or PromptConfig()
     parts = [t for t in (mask_text(mask_value, sparse_value=sparse_value, prior=prior, config=config),) if t]
+    if config.pixel_reference == "grid_token":
+        return QUESTION_TEXT
     parts.append(QUESTION_TEXT)
     if config.pixel_reference == "text":
         if xy is None:

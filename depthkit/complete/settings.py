@@ -42,7 +42,8 @@ class CompleteSettings:
     prompt_prior: str = "none"
     """none | nearest | guided: whether the mask-0 prompt states a classical interpolated estimate."""
     pixel_reference: str = "text"
-    """text (coordinates in the prompt) | rope (the query tokens take the pixel's M-RoPE position)."""
+    """text (coordinates in the prompt) | rope (the query tokens take the pixel's M-RoPE position) | grid_token (the
+    question only, its last token at the pixel's grid position; residual head and mask_text none only)."""
     readout: str = "text"
     """text (decode digits) | residual_head (bounded correction of the prior from the last hidden state)."""
     mask_text: str = "mask_and_value"
@@ -78,6 +79,9 @@ class CompleteSettings:
         check_format_version(self.format_version, FORMAT_VERSION, "complete settings")
         if not isinstance(self.weights, dict) or self.weights.get("kind") not in WEIGHT_KINDS:
             raise ValueError(f"'weights' must say kind {' or '.join(map(repr, WEIGHT_KINDS))}; got {self.weights!r}.")
+        if self.pixel_reference == "grid_token" and self.readout != "residual_head":
+            raise ValueError(f"pixel_reference=grid_token needs readout=residual_head (there is no per-pixel text to "
+                             f"decode an answer after); got readout={self.readout!r}.")
         if self.readout == "residual_head" and not isinstance(self.residual_head, dict):
             raise ValueError("readout=residual_head but no residual head is described (residual_head is missing).")
         for name in ("min_pixels", "max_pixels"):
