@@ -80,6 +80,9 @@ def test_complete_schema_refuses_bad_values():
         (["model.tiny.hidden_size=100"], "divide|multiple of 16"),
         (["data.prefix_sharing=kv_cache", "train.gradient_checkpointing=true"], "gradient_checkpointing"),
         (["train.mixed_precision=fp8"], "mixed_precision"),
+        (["prompts.pixel_reference=grid_token", "prompts.prompt_prior=guided", "prompts.readout=residual_head"],
+         "grid_token.*mask_text: none"),
+        (["prompts.pixel_reference=grid_token", "prompts.mask_text=none"], "grid_token.*readout: residual_head"),
     ):
         with pytest.raises(RecipeError, match=message):
             load_recipe(base, overrides)

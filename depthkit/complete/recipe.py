@@ -8,7 +8,7 @@ and ``__post_init__`` checks values. Sections:
   resize bounds; load dtype.
 - ``sdim``    — :class:`depthkit.complete.depth_inputs.SDIMConfig` (depth-branch settings).
 - ``lora``    — LoRA on the language model, or full fine-tune, and whether the vision tower trains.
-- ``prompts`` — ``pixel_reference`` (text | rope), ``prompt_prior`` (none | nearest | guided), ``readout``
+- ``prompts`` — ``pixel_reference`` (text | rope | grid_token), ``prompt_prior`` (none | nearest | guided), ``readout``
   (text | residual_head).
 - ``data``    — training datasets (with roots and mixing weights, a fixed-size subset), synthetic-scene options,
   sparse sampling, supervision (sparse label-free with ``p_keep``, or dense GT), queries per image, edge weighting.
@@ -189,6 +189,10 @@ class PromptsConfig:
         if self.readout == "residual_head" and self.prompt_prior == "none":
             raise RecipeError("prompts.readout=residual_head corrects the prompt prior; set prompts.prompt_prior to "
                               "nearest or guided")
+        if self.pixel_reference == "grid_token" and (self.readout != "residual_head" or self.mask_text != "none"):
+            raise RecipeError(f"prompts.pixel_reference=grid_token (one query token per pixel, no decoding) needs "
+                              f"readout: residual_head and mask_text: none; received readout: {self.readout}, "
+                              f"mask_text: {self.mask_text}. Set both, or use pixel_reference: text | rope.")
         if self.max_log_correction <= 0:
             raise RecipeError(f"prompts.max_log_correction must be > 0; received {self.max_log_correction}")
 
