@@ -3,7 +3,7 @@
 Both are OmegaConf structured dataclasses named in :data:`depthkit.config.RECIPE_SCHEMAS`; the YAML files
 under ``recipes/lotus/``, ``recipes/sharpen/`` and ``recipes/tiny/`` sit on top, and ``key=value`` overrides last::
 
-    depthkit train recipes/tiny/lotus.yaml train.max_steps=200
+    depthkit train recipes/tiny/lotus.yaml train.max_steps=200 loss.vae_steps=50
     depthkit train recipes/tiny/sharpen.yaml model.lotus=runs/tiny_lotus/final
 
 The SharpDepth switches are :class:`depthkit.sharpen.model.SharpDepthConfig` itself (``sharpdepth:`` section), so a
