@@ -112,13 +112,15 @@ def train_lotus(scenes: list[dict], vae_steps: int = 300, unet_steps: int = 200,
 
     1. the VAE alone, as an autoencoder of the GT depth (quantile-normalised, L1 on the decoded map); then its
        ``scaling_factor`` is set so that the depth latents have unit standard deviation, as Stable Diffusion's
-       factor does for its latents. Without this the tiny VAE's latents have std ~0.05 against the unit noise
+       factor does for its latents (:func:`~depthkit.sharpen.train_lotus.calibrate_depth_scaling`, which the recipe
+       trainer's ``loss.vae_steps`` uses too). Without this the tiny VAE's latents have std ~0.05 against the unit noise
        that gating and SDS mix in, which made the Lotus learn slowly and SDS ~20x weaker than the reconstruction
        loss relative to the paper's setting;
     2. the UNet alone on the frozen VAE's latents (computed once): Lotus-G's x0 prediction at t = 999, latent MSE.
     """
     from depthkit.sharpen.normalize import normalize_depth
     from depthkit.sharpen.tiny import build_tiny_lotus
+    from depthkit.sharpen.train_lotus import calibrate_depth_scaling
 
     model = build_tiny_lotus(seed=seed, **MINI_LOTUS).train()
     x_all, d_all = _tensors(scenes)
@@ -141,9 +143,8 @@ def train_lotus(scenes: list[dict], vae_steps: int = 300, unet_steps: int = 200,
     fit(list(model.vae.parameters()), vae_steps, vae_lr,
         lambda i: (model.decode_depth(model.encode_depth(gt_all[i])) - gt_all[i]).abs().mean())
     model.vae.eval().requires_grad_(False)
+    calibrate_depth_scaling(model, [(gt_all, None)])
     with torch.no_grad():
-        std = float(model.encode_depth(gt_all).std())
-        model.vae.register_to_config(scaling_factor=model.vae.config.scaling_factor / std)
         z_img, z_gt = model.encode(x_all), model.encode_depth(gt_all)
     t = model.timesteps(batch)
 

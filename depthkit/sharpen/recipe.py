@@ -3,7 +3,7 @@
 Both are OmegaConf structured dataclasses named in :data:`depthkit.config.RECIPE_SCHEMAS`; the YAML files
 under ``recipes/lotus/``, ``recipes/sharpen/`` and ``recipes/tiny/`` sit on top, and ``key=value`` overrides last::
 
-    depthkit train recipes/tiny/lotus.yaml train.max_steps=200
+    depthkit train recipes/tiny/lotus.yaml train.max_steps=200 loss.vae_steps=50
     depthkit train recipes/tiny/sharpen.yaml model.lotus=runs/tiny_lotus/final
 
 The SharpDepth switches are :class:`depthkit.sharpen.model.SharpDepthConfig` itself (``sharpdepth:`` section), so a
@@ -102,7 +102,8 @@ class LotusModelConfig:
 @dataclass
 class LotusLossConfig:
     """Loss weights. Lotus itself uses ``latent`` (+ ``detail_preserver``) with SD's frozen VAE; a tiny model from
-    random init also needs a VAE that can write depth, hence ``train_vae`` with ``pixel`` and ``vae_depth``."""
+    random init also needs a VAE that can write depth, hence ``train_vae`` with ``pixel`` and ``vae_depth`` (trained
+    jointly, or first and alone with ``vae_steps``)."""
 
     latent: float = 1.0
     """MSE between the x0 prediction and the VAE latent of the normalised GT (Lotus), over fully valid cells."""
@@ -114,6 +115,11 @@ class LotusLossConfig:
     """Lotus's detail preserver: the same UNet with the "rgb" task switch reconstructs the image latent."""
     train_vae: bool = False
     """Train the VAE too (tiny models from random init). False keeps it frozen, as Lotus does with SD's VAE."""
+    vae_steps: int = 0
+    """Optimizer steps of a VAE-only first phase (0: VAE and UNet train jointly throughout). Steps < vae_steps
+    train the VAE alone with ``vae_depth``; then its ``scaling_factor`` is set so that GT depth latents have unit
+    std, the VAE is frozen, and the UNet trains with ``latent`` / ``pixel`` / ``detail_preserver`` (each phase has
+    its own warmup and decay). Needs ``train_vae`` and ``vae_depth > 0``."""
     quantiles: list[float] = field(default_factory=lambda: [0.02, 0.98])
     """GT normalisation range per image (Lotus: 2% / 98%)."""
 
@@ -124,6 +130,15 @@ class LotusLossConfig:
             raise RecipeError(f"loss weights must be >= 0 with at least one > 0; received {weights}")
         if self.vae_depth > 0 and not self.train_vae:
             raise RecipeError("loss.vae_depth > 0 trains the VAE: set loss.train_vae=true (or vae_depth=0)")
+        if self.vae_steps < 0:
+            raise RecipeError(f"loss.vae_steps must be >= 0 (0 = no VAE-only phase); received {self.vae_steps}")
+        if self.vae_steps > 0 and not (self.train_vae and self.vae_depth > 0):
+            raise RecipeError(f"loss.vae_steps={self.vae_steps} trains the VAE alone first with the vae_depth loss; "
+                              f"received train_vae={self.train_vae}, vae_depth={self.vae_depth}. Set "
+                              "loss.train_vae=true and loss.vae_depth > 0, or loss.vae_steps=0.")
+        if self.vae_steps > 0 and not any(v > 0 for v in (self.latent, self.pixel, self.detail_preserver)):
+            raise RecipeError(f"loss.vae_steps={self.vae_steps}: the UNet phase after it needs latent, pixel or "
+                              f"detail_preserver > 0; received {weights}")
         if len(self.quantiles) != 2 or not 0.0 <= self.quantiles[0] < self.quantiles[1] <= 1.0:
             raise RecipeError(f"loss.quantiles must be [lo, hi] with 0 <= lo < hi <= 1; received {self.quantiles}")
 

@@ -12,6 +12,15 @@ One step, for a batch of crops with GT depth d (metres) and valid mask v:
 - ``pixel`` / ``vae_depth`` (tiny models from random init, ``train_vae``): L1 of decode(ẑ) and of
   decode(encode(GT)) against GT over valid pixels — a random VAE cannot write depth, so it learns to.
 
+Two phases (``loss.vae_steps`` = N > 0; 0 trains VAE and UNet jointly throughout): steps < N train the VAE alone
+with ``vae_depth``; at step N :func:`calibrate_depth_scaling` sets ``vae.config.scaling_factor`` so that the latents
+of GT depth (posterior means of :data:`CALIBRATION_BATCHES` fixed training batches of process 0) have unit std, as
+Stable Diffusion's factor does for its latents, and the VAE is frozen (eval, no gradients; ``pixel`` still reaches
+the UNet through the frozen decoder); steps >= N train the UNet with ``latent`` / ``pixel`` / ``detail_preserver``.
+Each phase has its own warmup and LR decay. Why: in the miniature (:mod:`depthkit.sharpen.miniature`) a tiny Lotus
+from random init became sharp only this way; with the diffusers default factor (0.18215) its depth latents had std
+≈ 0.05 against unit noise. The factor is in the resumable checkpoints and in ``final/vae/config.json``.
+
 Accelerate runs it (bf16 autocast on CUDA, gradient accumulation, several processes with gradients averaged by
 hand); checkpoints are atomic (:func:`depthkit.training.save_state`) and ``--resume`` continues exactly (per-step seeds and data
 order from :mod:`depthkit.training`). The result, ``<output_dir>/final/``, is a Lotus folder
@@ -26,7 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["train", "build_lotus", "lotus_losses", "evaluate_lotus", "LotusBatches"]
+__all__ = ["train", "build_lotus", "lotus_losses", "evaluate_lotus", "LotusBatches", "calibrate_depth_scaling",
+           "PHASES"]
+
+PHASES = ("joint", "vae", "unet")
+"""Phases of :func:`lotus_losses`: all terms; ``vae_depth`` alone; the UNet terms on a frozen VAE."""
+CALIBRATION_BATCHES = 8
+"""Micro-batches (the first ones of process 0) whose GT depth latents set the VAE's scaling factor."""
 
 
 def build_lotus(cfg, seed: int = 0):
@@ -59,7 +74,49 @@ def _masked_mean(x, mask):
     return (x * mask).sum() / total if total > 0 else (x * 0).sum()
 
 
-def lotus_losses(model, image, depth, valid, loss_cfg, generator=None) -> dict:
+def _valid_cells(valid, size):
+    """``B x 1 x h x w`` bool: latent cells of size ``(h, w)`` whose pixels of ``valid`` (``B x 1 x H x W``) are all
+    valid."""
+    import torch.nn.functional as F
+
+    return -F.adaptive_max_pool2d(-valid.float(), tuple(size)) > 0.5
+
+
+def _normalised_gt(model, depth, valid, loss_cfg):
+    """GT depth (metres) → [-1, 1] in the model's space, per image (the loss's quantiles of valid pixels)."""
+    from depthkit.sharpen.normalize import normalize_depth
+
+    gt, _ = normalize_depth(depth, model.norm, "quantile", valid_mask=valid, quantiles=tuple(loss_cfg.quantiles))
+    return gt
+
+
+def calibrate_depth_scaling(model, batches) -> float:
+    """Set ``model.vae.config.scaling_factor`` so that depth latents have unit standard deviation; returns it.
+
+    Args:
+        model: :class:`~depthkit.sharpen.lotus.LotusModel`.
+        batches: iterable of ``(gt, valid)``: ``gt`` ``B x 1 x H x W`` normalised depth in [-1, 1] on the model's
+            device, ``valid`` ``B x 1 x H x W`` bool or None (all valid). The std is taken over the latent cells whose
+            pixels are all valid, of the posterior means (:meth:`LotusModel.encode_depth`).
+    The new factor is ``old / std(encode_depth(gt))`` (so ``1 / std`` of the unscaled posterior mean)."""
+    import torch
+
+    values = []
+    with torch.no_grad():
+        for gt, valid in batches:
+            z = model.encode_depth(gt.to(model.vae.dtype)).float()
+            values.append(z.flatten() if valid is None else
+                          z[_valid_cells(valid, z.shape[-2:]).expand_as(z)])
+        z_all = values[0] if len(values) == 1 else torch.cat(values)
+        if z_all.numel() < 2:
+            raise ValueError("calibrate_depth_scaling: fewer than 2 latent values with all pixels valid; give "
+                             "batches with more valid GT depth")
+        factor = float(model.vae.config.scaling_factor) / float(z_all.std())
+    model.vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+def lotus_losses(model, image, depth, valid, loss_cfg, generator=None, phase: str = "joint") -> dict:
     """Losses of one batch (see the module docstring).
 
     Args:
@@ -67,18 +124,25 @@ def lotus_losses(model, image, depth, valid, loss_cfg, generator=None) -> dict:
         image: ``B x 3 x H x W`` in [-1, 1]; depth: ``B x 1 x H x W`` metres; valid: ``B x 1 x H x W`` bool.
         loss_cfg: ``LotusLossConfig``.
         generator: torch generator for the input noise.
+        phase: one of :data:`PHASES`: "joint" (every weighted term), "vae" (``vae_depth`` alone; the UNet does not
+            run) or "unet" (``latent``, ``pixel``, ``detail_preserver``; the VAE encodes without gradients and
+            ``vae_depth`` is 0).
     Returns:
         dict with ``loss`` and the detached terms ``latent``, ``pixel``, ``vae_depth``, ``detail_preserver``.
     """
     import torch
-    import torch.nn.functional as F
 
-    from depthkit.sharpen.normalize import normalize_depth
-
+    if phase not in PHASES:
+        raise ValueError(f"phase={phase!r}; allowed: {', '.join(PHASES)}")
     cfg = loss_cfg
-    gt, _ = normalize_depth(depth, model.norm, "quantile", valid_mask=valid, quantiles=tuple(cfg.quantiles))
-    gt = gt.to(image.device)
-    with nullcontext() if cfg.train_vae else torch.no_grad():
+    gt = _normalised_gt(model, depth, valid, cfg).to(image.device)
+    if phase == "vae":
+        z_gt = model.encode_depth(gt.to(image.dtype))
+        vae_depth = _masked_mean((model.decode_depth(z_gt).float() - gt).abs(), valid)
+        zero = vae_depth.detach() * 0.0
+        return {"loss": cfg.vae_depth * vae_depth, "latent": zero, "pixel": zero, "vae_depth": vae_depth.detach(),
+                "detail_preserver": zero}
+    with nullcontext() if cfg.train_vae and phase == "joint" else torch.no_grad():
         z_img = model.encode(image)
         z_gt = model.encode_depth(gt.to(image.dtype))
     b = image.shape[0]
@@ -90,13 +154,13 @@ def lotus_losses(model, image, depth, valid, loss_cfg, generator=None) -> dict:
     pred = model.predict_latent(z_img, second)
     zero = pred.float().sum() * 0.0
     terms = {}
-    cells = -F.adaptive_max_pool2d(-valid.float(), tuple(pred.shape[-2:])) > 0.5  # every pixel of the cell valid
+    cells = _valid_cells(valid, pred.shape[-2:])
     terms["latent"] = (_masked_mean((pred.float() - z_gt.detach().float()) ** 2, cells)
                        if cfg.latent > 0 else zero)
     terms["pixel"] = (_masked_mean((model.decode_depth(pred).float() - gt).abs(), valid)
                       if cfg.pixel > 0 else zero)
     terms["vae_depth"] = (_masked_mean((model.decode_depth(z_gt).float() - gt).abs(), valid)
-                          if cfg.vae_depth > 0 else zero)
+                          if cfg.vae_depth > 0 and phase == "joint" else zero)
     if cfg.detail_preserver > 0:
         second_rgb = None
         if model.mode == "generative":
@@ -197,8 +261,8 @@ def train(recipe, resume: bool = False) -> Path:
         JsonlLogger,
         StepSampler,
         atomic_export,
-        build_scheduler,
         load_latest_state,
+        lr_factor,
         save_state,
         start_run,
         step_generator,
@@ -212,10 +276,16 @@ def train(recipe, resume: bool = False) -> Path:
 
     model = build_lotus(recipe.model, seed=tc.seed).to(device)
     resolution = check_resolution(recipe.data.resolution, model.resolution_multiple)
-    model.train()
-    model.vae.requires_grad_(bool(recipe.loss.train_vae))
-    if not recipe.loss.train_vae:
-        model.vae.eval()
+    vae_steps = int(recipe.loss.vae_steps)
+    vae_frozen = not recipe.loss.train_vae  # becomes True at step vae_steps of a two-phase run
+
+    def set_modes() -> None:
+        model.train()
+        model.vae.requires_grad_(not vae_frozen)
+        if vae_frozen:
+            model.vae.eval()
+
+    set_modes()
     if tc.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -224,9 +294,42 @@ def train(recipe, resume: bool = False) -> Path:
 
     data = build_training_data(recipe.data.sources, seed=tc.seed)
     steps = total_steps(tc, len(data), world)
-    lr_sched = build_scheduler(optimizer, tc, steps)
+    if vae_steps >= steps:
+        raise ValueError(f"loss.vae_steps={vae_steps} leaves no UNet steps in this run of {steps} optimizer steps; "
+                         "lower loss.vae_steps or raise train.max_steps / train.epochs.")
+
+    def lr_lambda(s: int) -> float:  # each phase has its own warmup and decay
+        if s < vae_steps:
+            return lr_factor(s, vae_steps, tc.warmup_steps, tc.schedule)
+        return lr_factor(s - vae_steps, steps - vae_steps, tc.warmup_steps, tc.schedule)
+
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     sampler = StepSampler(len(data), tc.batch_size, seed=tc.seed, rank=rank, world=world)
     val_data = _val_dataset(recipe.val)
+
+    def batch_tensors(batch: dict):
+        image = images_to_tensor(list(np.asarray(batch["image"])), device)
+        depth = maps_to_tensor(list(np.asarray(batch["depth"])), device)
+        valid = maps_to_tensor(list(np.asarray(batch["valid"]).astype(np.float32)), device) > 0.5
+        return image, depth, valid
+
+    def enter_unet_phase(factor: float | None = None) -> float:
+        """Calibrate the VAE's scaling factor (or restore ``factor``) and freeze the VAE."""
+        nonlocal vae_frozen
+        if factor is None:
+            calib = LotusBatches(data, StepSampler(len(data), tc.batch_size, seed=tc.seed, rank=0, world=world),
+                                 resolution, recipe.data.random_flip, tc.seed, 0)
+            model.vae.eval()
+            pairs = []
+            for k in range(CALIBRATION_BATCHES):
+                _, depth, valid = batch_tensors(calib[k])
+                pairs.append((_normalised_gt(model, depth, valid, recipe.loss).to(device), valid))
+            factor = calibrate_depth_scaling(model, pairs)
+        else:
+            model.vae.register_to_config(scaling_factor=float(factor))
+        vae_frozen = True
+        set_modes()
+        return float(factor)
 
     start = 0
     if resume:
@@ -238,12 +341,17 @@ def train(recipe, resume: bool = False) -> Path:
                 model.vae.load_state_dict(state["vae"])
             optimizer.load_state_dict(state["optimizer"])
             lr_sched.load_state_dict(state["lr_scheduler"])
+            if "vae_scaling_factor" in state:
+                model.vae.register_to_config(scaling_factor=float(state["vae_scaling_factor"]))
+            if 0 < vae_steps < start:
+                enter_unet_phase(float(state["vae_scaling_factor"]))
             accelerator.print(f"depthkit train: resumed {run} at step {start}")
     logger = JsonlLogger(run, enabled=main)
 
     def state_dict() -> dict:
         state = {"unet": model.unet.state_dict(), "optimizer": optimizer.state_dict(),
-                 "lr_scheduler": lr_sched.state_dict()}
+                 "lr_scheduler": lr_sched.state_dict(),
+                 "vae_scaling_factor": float(model.vae.config.scaling_factor)}
         if recipe.loss.train_vae:
             state["vae"] = model.vae.state_dict()
         return state
@@ -254,15 +362,18 @@ def train(recipe, resume: bool = False) -> Path:
     it = iter(loader)
     t0 = time.perf_counter()
     for step in range(start, steps):
+        if vae_steps > 0 and step == vae_steps:
+            factor = enter_unet_phase()
+            accelerator.print(f"depthkit train: step {step}: VAE frozen, scaling_factor={factor:.6g}")
+        phase = "joint" if vae_steps == 0 else ("vae" if step < vae_steps else "unet")
         sums: dict[str, float] = {}
         for _ in range(tc.grad_accum):
             batch = next(it)
             k = int(batch["k"])
-            image = images_to_tensor(list(batch["image"].numpy()), device)
-            depth = maps_to_tensor(list(batch["depth"].numpy()), device)
-            valid = maps_to_tensor(list(batch["valid"].numpy().astype(np.float32)), device) > 0.5
+            image, depth, valid = batch_tensors(batch)
             with accelerator.autocast():
-                out = lotus_losses(model, image, depth, valid, recipe.loss, step_generator(tc.seed, k, rank, device))
+                out = lotus_losses(model, image, depth, valid, recipe.loss, step_generator(tc.seed, k, rank, device),
+                                   phase=phase)
             accelerator.backward(out["loss"])  # divides by grad_accum
             for name in ("loss", "latent", "pixel", "vae_depth", "detail_preserver"):
                 sums[name] = sums.get(name, 0.0) + float(out[name].detach()) / tc.grad_accum
@@ -277,11 +388,14 @@ def train(recipe, resume: bool = False) -> Path:
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if done % max(1, tc.log_every) == 0 or done == steps or done == start + 1:
-            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0, **sums)
+            extra = {"phase": phase, "vae_scaling_factor": float(model.vae.config.scaling_factor)} if vae_steps else {}
+            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0, **sums, **extra)
         if val_data is not None and main and ((tc.eval_every > 0 and done % tc.eval_every == 0) or done == steps):
             logger.log(step=done, **evaluate_lotus(model, val_data, recipe.val.n_images))
+            set_modes()
         if main and ((tc.save_every > 0 and done % tc.save_every == 0) or done == steps):
-            save_state(run, done, state_dict(), {"kind": "lotus", "micro_steps": done * tc.grad_accum},
+            save_state(run, done, state_dict(), {"kind": "lotus", "micro_steps": done * tc.grad_accum,
+                                                 "vae_scaling_factor": float(model.vae.config.scaling_factor)},
                        keep_last=tc.keep_last)
         accelerator.wait_for_everyone()
 
