@@ -243,14 +243,20 @@ def test_noise_invalid_args(kwargs):
 
 def test_make_sparse_dispatches_and_reports_unknown_names():
     depth = _ramp()
-    assert set(SAMPLERS) == {"random", "lidar", "holes"}
+    assert set(SAMPLERS) == {"random", "lidar", "holes", "noisy"}
     r = make_sparse(depth, "random", 5)
     assert (r > 0).sum() == 500  # NYUv2 protocol default
     np.testing.assert_array_equal(make_sparse(depth, "random", 5, n=20), sample_random_points(depth, 20, 5))
     np.testing.assert_array_equal(make_sparse(depth, "lidar", 2, intrinsics=K, n_beams=8),
                                   sample_lidar(depth, K, n_beams=8, seed=2))
     np.testing.assert_array_equal(make_sparse(depth, "holes", 2, n_blobs=3), sample_holes(depth, 2, n_blobs=3))
-    with pytest.raises(ValueError, match="holes, lidar, random"):
+    # noisy = the random draw, then add_noise on the same generator (computed here step by step)
+    rng = np.random.default_rng(7)
+    expected = add_noise(sample_random_points(depth, 50, rng), rng, sigma=0.02, outlier_ratio=0.1)
+    noisy = make_sparse(depth, "noisy", 7, n=50, outlier_ratio=0.1)
+    np.testing.assert_array_equal(noisy, expected)
+    assert (noisy > 0).sum() == 50 and not np.array_equal(noisy, make_sparse(depth, "random", 7, n=50))
+    with pytest.raises(ValueError, match="holes, lidar, noisy, random"):
         make_sparse(depth, "grid", 0)
     with pytest.raises(ValueError, match="intrinsics"):
         make_sparse(depth, "lidar", 0)
