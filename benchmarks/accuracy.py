@@ -9,6 +9,7 @@ Usage (from the repository root)::
     python benchmarks/accuracy.py --dataset nyuv2 --root data/nyuv2 --dataset kitti_dc --root data/kitti
     python benchmarks/accuracy.py --out /tmp/results --work-dir /tmp/acc_work   # a rerun resumes from work-dir
     python benchmarks/accuracy.py --patterns all --limit 50          # synthetic test once per sparse pattern
+    python benchmarks/accuracy.py --merge a/accuracy.json b/accuracy.json   # one report from runs split by dataset
 
 Every method is scored by :func:`depthkit.evaluate.evaluate` (the code behind ``depthkit eval``) under the dataset's
 protocol (:mod:`depthkit.data.protocols`), so the numbers are exactly those ``depthkit eval`` prints. Writes
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action=_DatasetAction, dest="datasets", metavar="SPLIT",
                    help="split of the last --dataset (default: the one its protocol evaluates)")
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic test split")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="combine accuracy.json files of runs that evaluated different datasets or patterns (e.g. "
+                        "in parallel) into one report in --out; evaluates nothing")
     p.add_argument("--patterns", default=None,
                    help="comma-separated sparse patterns to evaluate the synthetic test split with, or 'all' ("
                         + ", ".join(SYNTHETIC_PATTERNS) + "; default: the protocol's 500 random points)")
@@ -365,11 +369,26 @@ def write_report(report: dict, out: Path) -> tuple[Path, Path]:
     return paths
 
 
+def merge_reports(paths: list[Path], out: Path, argv: list[str]) -> int:
+    """One report from several ``accuracy.json`` files (their datasets in the given order; the commands that made
+    them are kept in ``merged_from``)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    report = dict(reports[0])
+    report["datasets"] = [ds for r in reports for ds in r["datasets"]]
+    report["command"] = "; ".join(r["command"] for r in reports)
+    report["merged_from"] = [{"file": str(p), "command": r["command"], "date": r["date"]} for p, r in zip(paths, reports)]
+    json_path, md_path = write_report(report, out)
+    print(f"accuracy benchmark: merged {len(paths)} reports into {json_path} and {md_path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_reports(args.merge, args.out, argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
     specs = [] if args.no_synthetic else [{"name": "synthetic", "root": None, "split": "test"}]

@@ -6,8 +6,9 @@ Usage (from the repository root)::
     python benchmarks/default_speed.py --checkpoint CKPT --threads 1 --sizes 640
 
 One synthetic outdoor scene per size (500 random GT points). For each thread count and size: the median wall time of
-``--repeats`` Pipeline calls after one warm-up (model loading excluded), per stage list, and the split of the
-learned completer's time (engine prefix and queries vs the rest: the classical prior and the dense fill). The
+``--repeats`` Pipeline calls after one warm-up (model loading excluded), per stage list — with the checkpoint's own
+completion method and, when that is not the learned one, also with ``method="sdim"`` — and the split of the
+learned completer's time (engine prefix and queries; the rest is the classical prior and the dense fill). The
 issue's goal: both stages at 640x480 in <= 10 s on this CPU. Variants run side by side in one process (the machine
 is shared; treat absolute numbers as rough, compare rows).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -38,13 +40,13 @@ def _scene(height: int, width: int):
     return scene.image, sample_random_points(scene.depth, 500, seed=0)
 
 
-def measure(checkpoint, stages: str, threads: int, size: tuple[int, int], repeats: int) -> dict:
+def measure(checkpoint, stages: str, method: str | None, threads: int, size: tuple[int, int], repeats: int) -> dict:
     import torch
 
     from depthkit import Pipeline
 
     torch.set_num_threads(threads)
-    pipe = Pipeline(stages=stages, checkpoint=checkpoint)
+    pipe = Pipeline(stages=stages, checkpoint=checkpoint, method=method)
     image, sparse = _scene(*size)
     pipe(image, sparse)  # warm-up
     times, splits = [], []
@@ -55,21 +57,24 @@ def measure(checkpoint, stages: str, threads: int, size: tuple[int, int], repeat
         stats = getattr(pipe.stages[0], "last_stats", {}) or {}
         engine = float(stats.get("prefix_seconds", 0.0)) + float(stats.get("suffix_seconds", 0.0))
         splits.append({"engine_s": engine, "complete_s": float(stats.get("seconds", float("nan")))})
-    return {"stages": stages, "threads": threads, "height": size[0], "width": size[1],
+    learned = bool(splits) and not math.isnan(splits[0]["complete_s"])
+    return {"stages": stages, "method": method or checkpoint.options("complete").get("method", "sdim"),
+            "threads": threads, "height": size[0], "width": size[1],
             "median_s": statistics.median(times), "runs_s": times,
-            "complete_engine_s": statistics.median(s["engine_s"] for s in splits),
-            "complete_total_s": statistics.median(s["complete_s"] for s in splits)}
+            "complete_engine_s": statistics.median(s["engine_s"] for s in splits) if learned else None,
+            "complete_total_s": statistics.median(s["complete_s"] for s in splits) if learned else None}
 
 
 def markdown(report: dict) -> str:
     lines = [f"## Default checkpoint speed ({report['machine']})", "",
              f"{report['date']}, `{report['command']}`; checkpoint `{report['checkpoint']}`; median of "
              f"{report['repeats']} calls after a warm-up; load average {report['load_average']} at the start.", "",
-             "| stages | size | threads | s / image | complete: engine s | complete: total s |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| stages | completion method | size | threads | s / image | complete: engine s | complete: total s |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        lines.append(f"| {r['stages']} | {r['width']}x{r['height']} | {r['threads']} | {r['median_s']:.2f} | "
-                     f"{r['complete_engine_s']:.2f} | {r['complete_total_s']:.2f} |")
+        split = [("–" if r[k] is None else f"{r[k]:.2f}") for k in ("complete_engine_s", "complete_total_s")]
+        lines.append(f"| {r['stages']} | {r['method']} | {r['width']}x{r['height']} | {r['threads']} | {r['median_s']:.2f} | "
+                     f"{split[0]} | {split[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -92,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for threads in args.threads:
         for width in args.sizes:
-            for stages in ("complete", "complete,sharpen"):
-                if stages.endswith("sharpen") and "sharpen" not in ref.stages:
-                    continue
-                rows.append(measure(ref, stages, threads, (width * 3 // 4, width), args.repeats))
-                print(json.dumps(rows[-1]))
+            methods = [None] + (["sdim"] if ref.has_part("complete") and
+                                ref.options("complete").get("method", "sdim") != "sdim" else [])
+            for method in methods:
+                for stages in ("complete", "complete,sharpen"):
+                    if stages.endswith("sharpen") and "sharpen" not in ref.stages:
+                        continue
+                    rows.append(measure(ref, stages, method, threads, (width * 3 // 4, width), args.repeats))
+                    print(json.dumps(rows[-1]))
     report = {"benchmark": "default_speed", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/default_speed.py" + (" " + shlex.join(argv) if argv else ""),
               "depthkit_version": __version__, "checkpoint": str(ref.root), "repeats": args.repeats,

@@ -3,7 +3,7 @@
 Usage (from the repository root; the full sequence, with the training commands, is in ``checkpoints/README.md``)::
 
     python checkpoints/assemble_default.py --complete runs/default_complete/final \\
-        --sharpen runs/default_sharpen/final --out checkpoints/default
+        --sharpen runs/default_sharpen/final --lotus runs/default_lotus --out checkpoints/default
     python benchmarks/accuracy.py --patterns all --limit 50 --checkpoint checkpoints/default
     python checkpoints/assemble_default.py ... --accuracy benchmarks/results/accuracy.json   # records the quality
 
@@ -11,8 +11,9 @@ It copies the ``complete/`` part of the completer run's final checkpoint and the
 run's, keeps each run's resolved recipe as ``recipes/<stage>.yaml``, and writes ``depthkit.json`` with the stage
 options the default runs with. With ``--accuracy`` it also records, per sparse pattern, how the default measured
 against ``guided`` (``quality`` in the manifest, which ``depthkit ls`` prints), and it switches off a stage that lost
-to its input (issue policy: a stage that makes its input worse is not on by default): a completer worse than
-``guided`` on random-500 makes the default's ``complete`` method ``guided``. ``depthkit run`` completes only unless
+to its input (issue policy: a stage that makes its input worse is not on by default): a learned completer worse
+than ``guided`` on any measured pattern makes the default's ``complete`` method ``guided`` (the learned completer
+stays in the checkpoint: ``--method sdim`` runs it). ``depthkit run`` completes only unless
 ``--stages complete,sharpen`` is given; ``quality["sharpen_passes"]`` records whether the sharpener improved DBE
 accuracy with MAE within 2 % (the bar for running it by default).
 """
@@ -75,8 +76,8 @@ def quality_from_accuracy(report: dict, name: str) -> dict:
 
 def decide(quality: dict) -> tuple[str, bool]:
     """(the default's completion method, whether the sharpener passed its bar) from the measured quality."""
-    random500 = quality["complete"].get("random500")
-    method = "sdim" if random500 is not None and random500["change"] <= 0 else "guided"
+    changes = [q["change"] for q in quality["complete"].values()]
+    method = "sdim" if "random500" in quality["complete"] and max(changes) <= 0 else "guided"
     s = quality["sharpen"].get("random500")
     passes = bool(s is not None and s["dbe_acc"] < s["input_dbe_acc"]
                   and s["mae"] <= (1 + SHARPEN_MAE_TOLERANCE) * s["input_mae"])
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--complete", type=Path, required=True, help="final checkpoint of recipes/default/complete.yaml")
     p.add_argument("--sharpen", type=Path, required=True, help="final checkpoint of recipes/default/sharpen.yaml")
+    p.add_argument("--lotus", type=Path, default=None,
+                   help="the run folder of recipes/default/lotus.yaml (its recipe.yaml is kept as recipes/lotus.yaml)")
     p.add_argument("--out", type=Path, default=Path("checkpoints/default"))
     p.add_argument("--accuracy", type=Path, default=None,
                    help="accuracy.json from benchmarks/accuracy.py --patterns all --checkpoint OUT")
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     _copy_part(args.complete, "complete", args.out)
     _copy_part(args.sharpen, "sharpen", args.out)
+    if args.lotus is not None:
+        shutil.copyfile(args.lotus / "recipe.yaml", args.out / "recipes" / "lotus.yaml")
     stages = {"complete": dict(COMPLETE_OPTIONS), "sharpen": dict(sharpen_opts)}
     extra = {}
     if args.accuracy is not None:

@@ -424,13 +424,16 @@ def describe_default(root: Path) -> list[str]:
              + (" (tiny SDIM completer, answers correct the guided map)" if method == "sdim" else " (classical)")
              + ("; sharpen = tiny SharpDepth (run it with --stages complete,sharpen)"
                 if "sharpen" in manifest["stages"] else "")]
+    if method != "sdim" and (root / "complete").is_dir():
+        lines.append("  its learned completer (tiny SDIM) is shipped but not on by default: it did not beat guided on "
+                     "every pattern below; run it with --method sdim")
     quality = manifest.get("quality")
     if not isinstance(quality, dict) or not isinstance(quality.get("complete"), dict):
         return lines + ["  quality: not measured (see benchmarks/results/accuracy.md)"]
-    n = quality.get("n_images_per_pattern")
+    n = "/".join(str(k) for k in quality.get("n_images_per_pattern") or []) or "?"
     lines.append(f"  learned completer vs guided, MAE on the synthetic test split ({n} images per pattern):")
     for pattern, q in quality["complete"].items():
-        lines.append(f"    {pattern:<11} {q['mae']:.4f} m vs {q['guided_mae']:.4f} m ({100 * q['change']:+.1f} %)")
+        lines.append(f"    {pattern:<11} {q['mae']:.4f} m vs {q['guided_mae']:.4f} m ({100 * q['change']:+.2f} %)")
     if quality.get("sharpen"):
         lines.append("  sharpener on the completer's output (DBE-acc px, MAE m; input -> output):")
         for pattern, q in quality["sharpen"].items():

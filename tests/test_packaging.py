@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_ships_recipes_and_example(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("depthkit", "recipes", "examples"):
+    for name in ("depthkit", "recipes", "examples", "checkpoints"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -21,3 +21,6 @@ def test_wheel_ships_recipes_and_example(tmp_path):
     for shipped in ROOT.joinpath("recipes").rglob("*.yaml"):
         assert f"depthkit/{shipped.relative_to(ROOT)}" in names
     assert {"depthkit/examples/room_rgb.png", "depthkit/examples/room_sparse.npy"} <= names
+    for shipped in ROOT.joinpath("checkpoints", "default").rglob("*"):  # the embedded default, every file
+        if shipped.is_file():
+            assert f"depthkit/{shipped.relative_to(ROOT)}" in names
