@@ -2,17 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 
 from depthkit.complete.query_plan import confidence_map, fill_dense, fill_residual, fuse_answers, plan_queries
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds contention on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _scene(h=48, w=64, density=0.05, seed=0):

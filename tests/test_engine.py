@@ -23,14 +23,7 @@ from depthkit.complete.processor import build_tiny_processor, map_to_resized
 from depthkit.complete.tiny import build_tiny_qwen2_5_vl
 from depthkit.complete.tokenizer import build_offline_tokenizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: a second thread only adds contention on the shared 2-core machine (10x slower measured).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

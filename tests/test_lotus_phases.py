@@ -18,12 +18,7 @@ VAE_STEPS, STEPS = 2, 4
 DEFAULT_FACTOR = 0.18215  # diffusers' AutoencoderKL default
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def recipe(out, **loss):

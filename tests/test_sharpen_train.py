@@ -25,13 +25,7 @@ SMALL_VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4,
 BLUR_SIGMA = 3.0  # pixels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and on a shared machine extra threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def lotus_recipe(out, scenes: dict, steps: int, **train):
