@@ -402,13 +402,13 @@ def _cmd_ls(args, parser) -> int:
     for name, path in list_recipes().items():
         print(f"  {name:<28} {_recipe_title(path)}")
     print(f"checkpoints in {embedded_checkpoints_dir()}:")
-    cks = available_checkpoints()
+    cks, default = available_checkpoints(), default_checkpoint()
     for p in cks:
-        print(f"  {p.name}{'  (embedded default)' if p == default_checkpoint() else ''}")
+        print(f"  {p.name}{'  (embedded default)' if p == default else ''}")
     if not cks:
         print("  none yet (the learned stages' embedded default is not trained yet)")
-    if default_checkpoint() is not None:
-        for line in describe_default(default_checkpoint()):
+    if default is not None:
+        for line in describe_default(default):
             print(line)
     return 0
 

@@ -162,8 +162,8 @@ class CompleteVLMStage:
         if not measured and fusion != "none":  # no classical interpolation to fall back on: answers as given
             fusion = "none"
         classical = None
-        residual = opts["fill"] == "residual" and measured
-        if rows.size and (prior_method != "none" or fusion != "none" or residual):
+        residual = opts["fill"] == "residual" and measured  # corrections of the classical map (without queries: it)
+        if residual or (rows.size and (prior_method != "none" or fusion != "none")):
             classical = prior_map(image, sparse, prior_method if prior_method != "none" else "guided")
         n = rows.size
         stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0, "fusion": fusion,
@@ -180,7 +180,7 @@ class CompleteVLMStage:
         else:
             values = np.zeros(0)
             conf_q, ok = np.zeros(0, np.float32), np.zeros(0, bool)
-        if residual and classical is not None:
+        if residual:
             dense = fill_residual(image, sparse, rows, cols, values, classical)
         else:
             dense = fill_dense(image, sparse, rows, cols, values)
