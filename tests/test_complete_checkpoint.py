@@ -220,6 +220,39 @@ def test_residual_head_parametrisation_and_bound():
         ResidualHead(8, max_log_correction=0.0)
 
 
+def test_residual_head_prior_input_reads_log_prior(tmp_path):
+    """prior_input=True: the hidden layer reads [LayerNorm(h), log prior]; the expected value is computed here from
+    the head's weights by hand. The same hidden state with two priors gives two corrections (a head without the
+    input gives one), the head refuses a call without the prior, and the option survives save / load."""
+    head = ResidualHead(8, max_log_correction=0.7, prior_input=True)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    hidden = torch.randn(1, 8, generator=gen).repeat(2, 1)
+    prior = torch.tensor([1.5, 6.0])
+    norm, first, last = head.net[0], head.net[1], head.net[-1]
+    h = (hidden - hidden.mean(-1, keepdim=True)) / torch.sqrt(hidden.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    h = h * norm.weight + norm.bias
+    x = torch.cat([h, torch.log(prior)[:, None]], dim=1)
+    z = torch.nn.functional.gelu(x @ first.weight.T + first.bias) @ last.weight.T + last.bias
+    expected = prior * torch.exp(0.7 * torch.tanh(z[:, 0]))
+    with torch.no_grad():
+        got = head.predict(hidden, prior)
+    assert torch.allclose(got, expected, rtol=1e-5)
+    ratio = got / prior
+    assert abs(float(ratio[0] - ratio[1])) > 1e-3  # the same hidden state, another prior: another correction
+    with pytest.raises(ValueError, match="prior_input"):
+        head.log_correction(hidden)
+    model, processor, _ = _trained_like()
+    out = save_complete(tmp_path / "c", model, processor, {"prompt_prior": "guided", "readout": "residual_head"},
+                        residual_head=head)
+    loaded = load_complete(out).residual_head
+    assert loaded.prior_input
+    with torch.no_grad():
+        assert torch.equal(loaded.predict(hidden, prior), got)
+
+
 def test_residual_l1_loss_hand_values():
     pred, target = torch.tensor([2.0, 1.0]), torch.tensor([1.0, 1.0])
     assert residual_l1_loss(pred, target, "metres").item() == pytest.approx(0.5)

@@ -389,7 +389,12 @@ def test_grid_token_layout_trains_as_the_engine_answers():
                                              prompt_prior="guided")
     group = encode_group(processor, image, sp_in, queries, config, recipe.sdim)
     tok = processor.tokenizer
-    assert {tok.decode(s.ids[:s.answer_start]) for s in group.suffixes} == {P.chat_suffix_text(P.QUESTION_TEXT)}
+    question = tok(P.chat_suffix_text(P.QUESTION_TEXT), add_special_tokens=False).input_ids
+    # the question, the same for every pixel, is in the prefix once; each suffix starts at the query token
+    assert group.prefix_ids[-(len(question) - 1):].tolist() == question[:-1]
+    assert all(s.answer_start == 1 and int(s.ids[0]) == question[-1] for s in group.suffixes)
+    bare = encode_group(processor, image, sp_in, queries, config, recipe.sdim, with_answers=False)
+    assert torch.equal(bare.prefix_ids, group.prefix_ids) and all(s.ids.numel() == 1 for s in bare.suffixes)
     objective = T.CompleterObjective(sdim, head, digit_token_ids(tok), recipe.loss).eval()
     preds = {}
     for layout in ("packed", "replicate", "kv_cache"):
@@ -397,20 +402,28 @@ def test_grid_token_layout_trains_as_the_engine_answers():
         qp = batch["query_pos"]
         t, h, w = batch["position_ids"][:, qp[:, 0], qp[:, 1]]
         assert (h != t).all() and len(set(zip(h.tolist(), w.tolist()))) == len(queries)
-        before = batch["position_ids"][:, qp[:, 0], qp[:, 1] - 1]  # the token before the query token: text
-        assert torch.equal(before[0], before[1]) and torch.equal(before[0], before[2])
+        if layout == "replicate":  # prefix + one suffix per row: the token before the query ends the question
+            before = batch["position_ids"][:, qp[:, 0], qp[:, 1] - 1]  # the token before the query token: text
+            assert torch.equal(before[0], before[1]) and torch.equal(before[0], before[2])
+            assert (before[0] < t).all()
         after = batch["position_ids"][:, qp[:, 0], qp[:, 1] + 1]  # the answer continues the text order
         assert torch.equal(after[0], t + 1) and torch.equal(after[1], t + 1) and torch.equal(after[2], t + 1)
         with torch.no_grad():
             hidden = T.run_packed(sdim, batch)
             preds[layout] = head.predict(hidden[qp[:, 0], qp[:, 1]], batch["query_head_prior"])
             assert np.isfinite(float(objective(batch)[0]))  # cross-entropy on the answer after the query token
+            if layout == "kv_cache":  # without answers (no loss reads them): the same hidden state at the query
+                nb = pack_groups([bare], cfg, "grid_token", pad_id=0, layout=layout)
+                bq = nb["query_pos"]
+                pb = head.predict(T.run_packed(sdim, nb)[bq[:, 0], bq[:, 1]], nb["query_head_prior"])
+                assert torch.allclose(pb, head.predict(hidden[qp[:, 0], qp[:, 1]], batch["query_head_prior"]),
+                                      rtol=1e-5)
     for layout in ("replicate", "kv_cache"):
         assert torch.allclose(preds[layout], preds["packed"], rtol=1e-5), layout
     engine = CompletionEngine(sdim.eval(), processor, config, readout="residual_head", residual_head=head)
     rows, cols = np.array([q.row for q in queries]), np.array([q.col for q in queries])
     got = engine.answer(engine.encode(image, sp_in), rows, cols, np.array([q.prior for q in queries]))
-    assert got.stats["shared_suffix_tokens"] == group.suffixes[0].answer_start - 1  # one token per pixel
+    assert got.stats["shared_suffix_tokens"] == len(question) - 1  # one token per pixel
     assert got.values == pytest.approx(preds["kv_cache"].numpy(), rel=1e-4)
     assert not np.allclose(got.values, [q.prior for q in queries])
 

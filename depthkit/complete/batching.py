@@ -26,8 +26,11 @@ template. ``target_places`` marks the digit targets with their place value for t
 (:func:`depthkit.complete.readout.expected_digit_value`). The residual head reads the hidden state of the query's last
 token (the ``\\n`` after ``assistant``), which causal attention keeps blind to the answer that follows it.
 With ``pixel_reference: grid_token`` that token is the query token at the pixel's grid position and the text before
-it is the question alone, the same for every query (:mod:`depthkit.complete.prompts`); the answer after it keeps
-text positions, so cross-entropy still trains the answer text while the engine reads only the head.
+it is the question alone, the same for every query (:mod:`depthkit.complete.prompts`), so it joins the image prefix
+once, as in the engine, and each suffix is the query token (and its answer): the same positions and attention as the
+question repeated per query, at about 1/20 of the suffix tokens. The answer after the query token keeps text
+positions, so cross-entropy still trains the answer text while the engine reads only the head. When no loss reads
+the answer (``loss.cross_entropy`` and ``loss.numeric_l1`` both 0) the trainer leaves it out (``with_answers``).
 
 **Prefix sharing** (``data.prefix_sharing``; :func:`pack_groups` ``layout``). All three compute the same thing
 (hidden states agree to 1e-6, checked by the tests); they differ in cost:
@@ -214,12 +217,26 @@ def encode_group(processor, image: np.ndarray, sparse_input: np.ndarray, queries
         pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
         sparse_pixels=depth["sparse_pixels"][0], rgb_pixels=depth["rgb_pixels"][0])
     h, w = sparse_input.shape
+    shared = 0  # grid_token: tokens of the question that every suffix repeats, moved into the prefix (below)
+    cache: dict[str, list[int]] = {}
     for q in queries:
         rr, cc = map_to_resized([q.row], [q.col], (h, w), resized)
         rr, cc = int(rr[0]), int(cc[0])
         text = prompts.query_text(q.mask_value, xy=(cc, rr), sparse_value=q.sparse_value, prior=q.prior,
                             config=prompt_config)
-        ids = _ids(tok, prompts.chat_suffix_text(text))
+        suffix_text = prompts.chat_suffix_text(text)
+        if suffix_text not in cache:  # (grid_token: one text for every query)
+            cache[suffix_text] = _ids(tok, suffix_text)
+        ids = list(cache[suffix_text])
+        if prompt_config.pixel_reference == "grid_token":
+            # the question is the same text for every pixel: it joins the prefix once, as in the engine, and each
+            # suffix starts at the query token (the same positions and attention as the question repeated per query)
+            if not shared:
+                shared = len(ids) - 1
+                group.prefix_ids = torch.cat([group.prefix_ids, torch.tensor(ids[:shared], dtype=torch.long)])
+                group.mm_token_type_ids = torch.cat([group.mm_token_type_ids,
+                                                     torch.zeros(shared, dtype=group.mm_token_type_ids.dtype)])
+            ids = ids[shared:]
         start = len(ids)
         places = [0.0] * len(ids)
         if with_answers:

@@ -438,7 +438,11 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
         ratio = bounded("residual_head.mlp_ratio", head_info.get("mlp_ratio", 1.0), 0.01, 16,
                         directory / COMPLETE_JSON, integer=False)
         with loading(head_path, f"the residual head described in {COMPLETE_JSON}"):
-            head = ResidualHead(hidden, float(head_info["max_log_correction"]), float(ratio))
+            prior_input = head_info.get("prior_input", False)
+            if not isinstance(prior_input, bool):
+                raise ValueError(f"{directory / COMPLETE_JSON}: residual_head.prior_input must be true or false; "
+                                 f"received {prior_input!r}. Re-export the checkpoint or fix the file.")
+            head = ResidualHead(hidden, float(head_info["max_log_correction"]), float(ratio), prior_input)
             head.load_state_dict(load_file(str(head_path)), strict=True)
         _check_finite(head, head_path, "the residual head")
         head = head.to(device).eval()

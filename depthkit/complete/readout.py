@@ -14,6 +14,13 @@ badly trained head can do (with the default ``max_log_correction=1.0`` the answe
 prior); and the last linear layer starts at zero, so an untrained head returns the prior exactly. It is trained
 with :func:`residual_l1_loss`, a dense gradient toward the right number that digit cross-entropy lacks.
 
+**Prior as an input** (``prior_input=True``, recipe ``prompts.head_prior_input``; default off, which is the
+head every earlier checkpoint has). The MLP also reads ``log(prior_m)`` next to the normalised hidden state. With
+the one-token layout (``pixel_reference: grid_token``) no prompt states the prior, so without this input the head
+must guess the ratio ``true / prior`` blind to what the prior says; with it, a hidden state that knows the depth of
+the surface the pixel lies on can turn it into the correction. The last layer still starts at zero (an untrained
+head returns the prior exactly).
+
 **Uncertainty.** A second linear layer on the same features predicts the scale ``b`` of a Laplace distribution of
 the log-space error, ``b = exp(clamp(s, log 1e-4, log 10))``: the expected ``|log pred - log true|``, i.e. the
 expected relative error (0.1 = about 10 %). It is trained with :func:`laplace_nll` (``loss.residual_nll``), which
@@ -51,9 +58,11 @@ class ResidualHead(nn.Module):
         max_log_correction: bound of the log-space correction (> 0); the prediction stays within
             ``[prior * exp(-max), prior * exp(max)]``.
         mlp_ratio: width of the hidden layer as a multiple of D (0 = a single linear layer after the norm).
+        prior_input: the MLP also reads ``log(prior_m)`` (module docstring); then every call needs the prior.
     """
 
-    def __init__(self, hidden_size: int, max_log_correction: float = 1.0, mlp_ratio: float = 1.0):
+    def __init__(self, hidden_size: int, max_log_correction: float = 1.0, mlp_ratio: float = 1.0,
+                 prior_input: bool = False):
         super().__init__()
         if hidden_size < 1:
             raise ValueError(f"hidden_size={hidden_size} must be >= 1.")
@@ -65,35 +74,44 @@ class ResidualHead(nn.Module):
         self.hidden_size = int(hidden_size)
         self.max_log_correction = float(max_log_correction)
         self.mlp_ratio = float(mlp_ratio)
+        self.prior_input = bool(prior_input)
         width = int(round(hidden_size * mlp_ratio))
-        layers: list[nn.Module] = [nn.LayerNorm(hidden_size)]
+        n_in = hidden_size + int(self.prior_input)
+        layers: list[nn.Module] = [nn.LayerNorm(hidden_size)]  # log(prior) joins after the norm (prior_input)
         if width > 0:
-            layers += [nn.Linear(hidden_size, width), nn.GELU()]
-        last = nn.Linear(width if width > 0 else hidden_size, 1)
+            layers += [nn.Linear(n_in, width), nn.GELU()]
+        last = nn.Linear(width if width > 0 else n_in, 1)
         nn.init.zeros_(last.weight)  # untrained head = the prior exactly
         nn.init.zeros_(last.bias)
         layers.append(last)
         self.net = nn.Sequential(*layers)
-        self.log_scale = nn.Linear(width if width > 0 else hidden_size, 1)  # uncertainty (module docstring)
+        self.log_scale = nn.Linear(width if width > 0 else n_in, 1)  # uncertainty (module docstring)
         nn.init.zeros_(self.log_scale.weight)
         nn.init.constant_(self.log_scale.bias, math.log(0.1))
 
     def config(self) -> dict:
         """Constructor arguments (stored in ``complete.json`` so the head can be rebuilt)."""
         return {"hidden_size": self.hidden_size, "max_log_correction": self.max_log_correction,
-                "mlp_ratio": self.mlp_ratio}
+                "mlp_ratio": self.mlp_ratio, "prior_input": self.prior_input}
 
-    def _features(self, hidden_last: torch.Tensor) -> torch.Tensor:
+    def _features(self, hidden_last: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         if hidden_last.dim() != 2 or hidden_last.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden_last must be B x {self.hidden_size}; got shape {tuple(hidden_last.shape)}.")
-        return self.net[:-1](hidden_last.to(self.net[-1].weight.dtype))
+        x = self.net[0](hidden_last.to(self.net[-1].weight.dtype))
+        if self.prior_input:
+            if prior is None:
+                raise ValueError("this residual head reads the prior (prior_input=True); pass prior_m.")
+            x = torch.cat([x, torch.log(prior).to(x.dtype)[:, None]], dim=-1)
+        return self.net[1:-1](x)
 
     def _correction(self, features: torch.Tensor) -> torch.Tensor:
         return self.max_log_correction * torch.tanh(self.net[-1](features).squeeze(-1).float())
 
-    def log_correction(self, hidden_last: torch.Tensor) -> torch.Tensor:
-        """B x D hidden states → B log-space corrections in [-max, max] (float32)."""
-        return self._correction(self._features(hidden_last))
+    def log_correction(self, hidden_last: torch.Tensor, prior_m=None) -> torch.Tensor:
+        """B x D hidden states (and B priors in metres, needed with ``prior_input``) → B log-space corrections in
+        [-max, max] (float32)."""
+        prior = None if prior_m is None else self._prior(hidden_last, prior_m)
+        return self._correction(self._features(hidden_last, prior))
 
     def _prior(self, hidden_last: torch.Tensor, prior_m) -> torch.Tensor:
         prior = torch.as_tensor(prior_m, dtype=torch.float32, device=hidden_last.device).reshape(-1)
@@ -107,14 +125,14 @@ class ResidualHead(nn.Module):
     def predict(self, hidden_last: torch.Tensor, prior_m: torch.Tensor) -> torch.Tensor:
         """Metres (B, float32) = ``prior_m * exp(log_correction(hidden_last))``; ``prior_m`` is B metres > 0."""
         prior = self._prior(hidden_last, prior_m)
-        return prior * torch.exp(self.log_correction(hidden_last))
+        return prior * torch.exp(self._correction(self._features(hidden_last, prior)))
 
     forward = predict
 
     def predict_with_scale(self, hidden_last: torch.Tensor, prior_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(metres B as :meth:`predict`, Laplace scale B of the log-space error: the expected relative error)."""
         prior = self._prior(hidden_last, prior_m)
-        features = self._features(hidden_last)
+        features = self._features(hidden_last, prior)
         s = self.log_scale(features).squeeze(-1).float().clamp(*LOG_SCALE_RANGE)
         return prior * torch.exp(self._correction(features)), torch.exp(s)
 

@@ -180,6 +180,10 @@ class PromptsConfig:
     sentence): the text rows (e), (d), (c) of the paper's ablation (benchmarks/complete_ablation.py)."""
     max_log_correction: float = 1.0
     """Residual head bound: predictions stay within a factor e^max of the prior."""
+    head_prior_input: bool = False
+    """The residual head also reads log(prior) (:class:`depthkit.complete.readout.ResidualHead` ``prior_input``);
+    meant for ``pixel_reference: grid_token``, where no prompt states the prior. False = the head of earlier
+    checkpoints."""
 
     def __post_init__(self):
         for name, allowed in (("pixel_reference", PIXEL_REFERENCES), ("prompt_prior", PROMPT_PRIORS),
@@ -193,6 +197,9 @@ class PromptsConfig:
             raise RecipeError(f"prompts.pixel_reference=grid_token (one query token per pixel, no decoding) needs "
                               f"readout: residual_head and mask_text: none; received readout: {self.readout}, "
                               f"mask_text: {self.mask_text}. Set both, or use pixel_reference: text | rope.")
+        if self.head_prior_input and self.readout != "residual_head":
+            raise RecipeError(f"prompts.head_prior_input=true is an input of the residual head; it needs readout: "
+                              f"residual_head (received readout: {self.readout}).")
         if self.max_log_correction <= 0:
             raise RecipeError(f"prompts.max_log_correction must be > 0; received {self.max_log_correction}")
 

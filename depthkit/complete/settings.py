@@ -57,8 +57,8 @@ class CompleteSettings:
     """How the base model is stored: ``{"kind": "full", "lora_merged": bool}`` or ``{"kind": "adapter",
     "base_model": hub id or a path inside the checkpoint, "adapter": folder}``."""
     residual_head: dict[str, Any] | None = None
-    """For ``readout: residual_head``: ``{"file": ..., "hidden_size": ..., "max_log_correction": ..., "mlp_ratio":
-    ...}`` (the head's weights file and constructor arguments)."""
+    """For ``readout: residual_head``: ``{"file": ..., "hidden_size": ..., "max_log_correction": ..., "mlp_ratio": ...,
+    "prior_input": ...}`` (the head's weights file and constructor arguments; no ``prior_input`` = false)."""
     trained_with: str | None = None
     """Free text: what produced the checkpoint (e.g. ``depthkit train (kind: complete)``)."""
     base_model_source: str | None = None

@@ -81,7 +81,8 @@ def build_completer(recipe, seed: int = 0):
         sdim = SDIMModel(base, recipe.sdim)
         head = None
         if recipe.prompts.readout == "residual_head":
-            head = ResidualHead(base.config.text_config.hidden_size, recipe.prompts.max_log_correction)
+            head = ResidualHead(base.config.text_config.hidden_size, recipe.prompts.max_log_correction,
+                                prior_input=recipe.prompts.head_prior_input)
     lora = recipe.lora
     if lora.enabled:
         apply_lora(sdim, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, train_vision=lora.train_vision)
