@@ -83,6 +83,7 @@ def test_complete_schema_refuses_bad_values():
         (["prompts.pixel_reference=grid_token", "prompts.prompt_prior=guided", "prompts.readout=residual_head"],
          "grid_token.*mask_text: none"),
         (["prompts.pixel_reference=grid_token", "prompts.mask_text=none"], "grid_token.*readout: residual_head"),
+        (["prompts.head_prior_input=true"], "head_prior_input.*readout: residual_head"),
     ):
         with pytest.raises(RecipeError, match=message):
             load_recipe(base, overrides)
