@@ -292,7 +292,7 @@ def guided(
     arrays (in cache), run on ``workers`` threads (None: :func:`set_guided_workers`' setting, by default every CPU
     the process may use); the split does not change the result. 480x640 with 1000 points took 0.37-0.6 s on one core
     of a shared 2-core machine (load 2.5-3.5), 2.3x less than the earlier one-batch N x k version side by side, two
-    thirds of it the k-d tree queries; a second thread gains ~1.6x only when the second core is free.
+    thirds of it the k-d tree queries; a second thread gave up to 1.6x with a core free, nothing with both busy.
     """
     if (
         k < 1
