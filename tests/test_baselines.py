@@ -2,6 +2,7 @@
 scenes whose correct answer is known: a two-colour depth step, a tilted plane, LiDAR-like scanlines."""
 
 
+import cv2
 import numpy as np
 import pytest
 
@@ -217,3 +218,110 @@ def test_bad_options_are_refused():
         guided(image, sparse, k=0)
     with pytest.raises(ValueError, match="blur"):
         ip_basic(image, sparse, blur="box")
+
+
+# ------------------------------------------------------------------ guided against a per-pixel reference
+
+
+def reference_guided(image, values, known, *, k=8, color_scale=64.0, sigma_color=16.0, guide_median=5, fit="linear",
+                     ridge=1.0):
+    """guided as its docstring states it, one missing pixel at a time in float64: brute-force joint k-NN, joint-bilateral
+    weights, a ridge-regularised weighted least-squares plane solved with lstsq, clamped to the live candidates' range
+    and to the known range. Returns (HxW float64 with NaN where the k-th and (k+1)-th joint distances tie -- there the
+    k-d tree may keep either point --, number of pixels where the live-range clamp moved the plane's value)."""
+    guide = (cv2.medianBlur(image, guide_median) if guide_median > 1 else image).astype(np.float64)
+    h, w = known.shape
+    ys, xs = np.nonzero(known)
+    n = ys.size
+    lam = np.sqrt(h * w / n) / color_scale
+    depth = values[ys, xs].astype(np.float64)
+    out = values.astype(np.float64)
+    kk = min(k, n)
+    clamped = 0
+    for y, x in zip(*np.nonzero(~known)):
+        d_xy2 = (xs - x) ** 2 + (ys - y) ** 2.0
+        d_rgb2 = ((guide[ys, xs] - guide[y, x]) ** 2).sum(axis=1)
+        joint = d_xy2 + lam**2 * d_rgb2
+        order = np.argsort(joint, kind="stable")
+        if kk < n and np.isclose(joint[order[kk - 1]], joint[order[kk]], rtol=1e-9, atol=0.0):
+            out[y, x] = np.nan
+            continue
+        c = order[:kk]
+        weight = np.exp(-d_rgb2[c] / (2 * sigma_color**2)) / (d_xy2[c] + 1.0)
+        weight /= weight.sum()
+        if fit == "mean":
+            value = weight @ depth[c]
+        else:
+            root = np.sqrt(weight)[:, None]
+            design = np.concatenate([np.stack([np.ones(kk), xs[c] - x, ys[c] - y], axis=1) * root,
+                                     [[0.0, np.sqrt(ridge), 0.0], [0.0, 0.0, np.sqrt(ridge)]]])
+            target = np.concatenate([depth[c] * root[:, 0], [0.0, 0.0]])
+            plane = np.linalg.lstsq(design, target, rcond=None)[0][0]  # the plane's value at (x, y)
+            live = depth[c][weight > 1e-3]
+            value = np.clip(plane, live.min(), live.max())
+            clamped += value != plane
+        out[y, x] = np.clip(value, depth.min(), depth.max())
+    return out, clamped
+
+
+def reference_scene(seed=0, h=24, w=30, n=45):
+    """Random colours (so joint distances rarely tie) over a tilted plane with a step; n random known pixels."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    depth = (2.0 + 0.05 * xx + 0.03 * yy + 1.5 * (xx > w // 2) + rng.normal(0, 0.05, (h, w))).astype(np.float32)
+    known = np.zeros((h, w), bool)
+    known.flat[rng.choice(h * w, n, replace=False)] = True
+    return image, depth, known
+
+
+@pytest.mark.parametrize(("fit", "k", "ridge", "guide_median", "color_scale"),
+                         [("linear", 8, 1.0, 5, 64.0), ("linear", 5, 10.0, 0, 16.0), ("mean", 8, 1.0, 3, 64.0)])
+def test_guided_equals_a_per_pixel_reference(monkeypatch, fit, k, ridge, guide_median, color_scale):
+    from depthkit.data import baselines
+
+    image, depth, known = reference_scene(seed=k)
+    sparse = np.where(known, depth, np.float32(0))
+    options = {"fit": fit, "k": k, "ridge": ridge, "guide_median": guide_median, "color_scale": color_scale}
+    expected, clamped = reference_guided(image, sparse, known, **options)
+    tied = np.isnan(expected)
+    assert tied.sum() < 0.02 * tied.size  # the comparison covers (nearly) every pixel
+    if fit == "linear":
+        assert clamped > 10  # the scene exercises the clamp to the live candidates' range
+    # several chunks, run on one thread and on a pool of two: every split gives the same map
+    monkeypatch.setattr(baselines, "_GUIDED_CHUNK", 97)
+    for workers in (1, 2):
+        got = guided(image, sparse, workers=workers, **options)
+        np.testing.assert_allclose(got[~tied], expected[~tied], rtol=1e-6, atol=0)
+        assert np.array_equal(got[known], sparse[known])
+
+
+def test_guided_field_equals_the_reference_for_signed_values():
+    from depthkit.data.baselines import guided_field
+
+    image, depth, known = reference_scene(seed=3)
+    values = np.where(known, np.log(depth / 3.0), 0).astype(np.float32)  # a signed log-ratio field
+    expected, _ = reference_guided(image, values, known)
+    got = guided_field(image, values, known)
+    tied = np.isnan(expected)
+    np.testing.assert_allclose(got[~tied], expected[~tied], rtol=1e-6, atol=1e-7)
+
+
+def test_guided_threads_do_not_change_the_result_and_are_checked():
+    from depthkit.data import baselines
+
+    image, depth, known = reference_scene(seed=5, h=90, w=120, n=300)
+    sparse = np.where(known, depth, np.float32(0))
+    one = guided(image, sparse, workers=1)
+    try:
+        baselines.set_guided_workers(3)
+        assert baselines._resolve_workers(None) == 3
+        assert np.array_equal(guided(image, sparse), one)  # 10,500 missing pixels: two chunks on a pool
+    finally:
+        baselines.set_guided_workers(None)
+    assert baselines._resolve_workers(None) >= 1
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"workers must be an integer >= 1 or None.*received"):
+            guided(image, sparse, workers=bad)
+        with pytest.raises(ValueError, match=r"set_guided_workers: workers must be"):
+            baselines.set_guided_workers(bad)

@@ -219,6 +219,7 @@ def confidence_map(sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray, confi
     the interpolation's relative error is of that order. ``decay_px`` (> 0) and the window default to the anchors'
     mean spacing ``sqrt(H * W / anchors)``.
     """
+    import cv2
     from scipy import ndimage
 
     measured = ~_missing(sparse)
@@ -246,7 +247,9 @@ def confidence_map(sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray, confi
             raise ValueError(f"dense is {dense.shape} but the sparse map is {measured.shape}; give the completed map.")
         size = max(3, int(round(spacing)) | 1)
         log_d = np.log(np.clip(np.nan_to_num(dense, nan=1.0), 1e-3, None))
-        spread = ndimage.maximum_filter(log_d, size) - ndimage.minimum_filter(log_d, size)
+        # max - min over the size x size window inside the image (OpenCV's morphology: ~2x scipy's filters here)
+        window = np.ones((size, size), np.uint8)
+        spread = cv2.dilate(log_d, window) - cv2.erode(log_d, window)
         out = out * np.exp(-spread / tolerance)
     out[measured] = 1.0
     out[rows[~ok], cols[~ok]] = 0.0
