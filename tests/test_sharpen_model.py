@@ -54,6 +54,49 @@ def test_gate_formula_on_known_tensors():
     assert torch.equal(gate(z_d, noise, torch.ones_like(e)), noise)
 
 
+def test_gate_latent_by_hand(sharp):
+    """SharpDepth's pass-2 input, computed here without depthkit.sharpen.gating: ê = e at the top-left pixel of each
+    latent cell [code: nearest], fill = sqrt(ᾱ_999)·ẑ_lotus + sqrt(1 − ᾱ_999)·ε [code] (ε with ``gate_noise="noise"``
+    [paper]), z' = ê·fill + (1 − ê)·z_d; with ``sparse_latent_cells`` a cell holding a measurement keeps z_d; gating
+    off or an ungated training sample gets ε. Fails if the gate ignores e, inverts it, ignores the sparse cells or
+    the gating switch."""
+    g = torch.Generator().manual_seed(5)
+    z_d, z_lotus = torch.randn(2, 4, 3, 4, generator=g), torch.randn(2, 4, 3, 4, generator=g)
+    e = torch.rand(2, 1, 12, 16, generator=g)  # 4x the latent size
+    e[:, :, 0, 0], e[:, :, 4, 4], e[0, :, 8, 12] = 0.0, 1.0, 0.5  # cells (0, 0), (1, 1), (2, 3)
+    e_hat = e[:, :, ::4, ::4]
+    eps = torch.randn(z_d.shape, generator=torch.Generator().manual_seed(9))  # what gate_latent draws first
+    a = float(_scheduler_alphas()[999])
+    fill = a ** 0.5 * z_lotus + (1 - a) ** 0.5 * eps
+
+    def run(config, training=False, sparse=None):
+        model = SharpDepth(sharp.model, config)
+        return model.gate_latent(z_d, e, sparse, z_lotus, torch.Generator().manual_seed(9), training=training)
+
+    out, gated = run({})
+    assert gated.all()
+    assert torch.allclose(out, e_hat * fill + (1 - e_hat) * z_d, atol=1e-5)
+    assert torch.equal(out[:, :, 0, 0], z_d[:, :, 0, 0])  # e = 0: the metric latent, untouched
+    assert torch.allclose(out[:, :, 1, 1], fill[:, :, 1, 1], atol=1e-6)  # e = 1: regenerated
+    assert torch.allclose(out[0, :, 2, 3], 0.5 * (fill[0, :, 2, 3] + z_d[0, :, 2, 3]), atol=1e-6)
+    assert torch.allclose(run({"gate_noise": "noise"})[0], e_hat * eps + (1 - e_hat) * z_d, atol=1e-5)
+    # a measurement inside a cell (not at the pixel nearest picks) keeps that cell's z_d; other cells are as before
+    sparse = torch.zeros(2, 1, 12, 16, dtype=torch.bool)
+    sparse[1, 0, 6, 5] = True  # sample 1, cell (1, 1), where e = 1
+    out_sp, _ = run({"sparse_latent_cells": True}, sparse=sparse)
+    assert torch.equal(out_sp[1, :, 1, 1], z_d[1, :, 1, 1])
+    keep = torch.ones_like(out, dtype=torch.bool)
+    keep[1, :, 1, 1] = False
+    assert torch.equal(out_sp[keep], out[keep])
+    assert torch.equal(run({"sparse_latent_cells": False}, sparse=sparse)[0], out)  # the default ignores it
+    # training: gated with probability gate_prob, else pure ε; gating off: ε always
+    assert torch.allclose(run({"gate_prob": 1.0}, training=True)[0], out, atol=1e-6)
+    assert torch.equal(run({"gate_prob": 0.0}, training=True)[0], eps)
+    for training in (False, True):
+        off, gated = run({"gating": False}, training=training)
+        assert torch.equal(off, eps) and not gated.any()
+
+
 def test_apply_gate_probability():
     z_d, noise, e = torch.zeros(4000, 1, 1, 1), torch.ones(4000, 1, 1, 1), torch.zeros(4000, 1, 1, 1)
     out, gated = apply_gate(z_d, noise, e, prob=0.8, generator=torch.Generator().manual_seed(0))
