@@ -1,30 +1,37 @@
 """Full-size readiness on a CPU: the Qwen2.5-VL-3B-Instruct architecture, random bf16 weights, through the user path.
 
-Usage (from the repository root; needs ~8 GB of disk and ~12 GB of free RAM; tens of minutes on 2 CPU cores)::
+Usage (from the repository root; needs 7 GiB of disk and ~18 GiB of free RAM for float32 compute; ~10 minutes on one
+CPU core)::
 
     python benchmarks/full_size_readiness.py                      # snapshot in /tmp/qwen2_5_vl_3b_random
-    python benchmarks/full_size_readiness.py --snapshot DIR --threads 2
+    python benchmarks/full_size_readiness.py --snapshot DIR --threads 2 --compute-dtype bfloat16
 
 Phases, each in its own process (so each has its own peak RSS), results in
 ``benchmarks/results/full_size_readiness.json`` (rewritten after every phase, so an interrupted run records how far
-it got):
+it got); an existing snapshot folder is reused (delete it afterwards: 7 GiB):
 
 1. ``snapshot``: build the stock ``Qwen2_5_VLForConditionalGeneration`` at Qwen2.5-VL-3B-Instruct's sizes (text hidden
    2048, 36 layers, 16 heads / 2 KV heads, MLP 11008, ``mrope_section`` [16, 24, 24], vocab 151,936, tied
-   embeddings; vision depth 32, hidden 1280, 16 heads, MLP 3420, window 112, full attention in blocks 7/15/23/31)
-   directly in bf16 with random weights, and save it as a hub-style snapshot folder: ``config.json``, sharded
-   ``model-0000x-of-0000n.safetensors`` + ``model.safetensors.index.json``, ``preprocessor_config.json`` and the
-   tokenizer files (depthkit's offline tokenizer: no network here; its ids fit the 151,936-row embedding).
+   embeddings; vision depth 32, hidden 1280, 16 heads, MLP 3420, window 112, full attention in blocks 7/15/23/31) on
+   the meta device, give it bf16 storage and seeded random weights (:func:`fill_random`: the stock init's scale
+   without its cost), and save it as a hub-style snapshot folder: ``config.json``, sharded
+   ``model-0000x-of-0000n.safetensors`` (bf16, the checkpoint's key names, no separate ``lm_head``) +
+   ``model.safetensors.index.json``, ``preprocessor_config.json`` and the tokenizer files (depthkit's offline
+   tokenizer: no network here; its ids fit the 151,936-row embedding).
 2. ``run``: ``recipes/complete/qwen2_5_vl_3b_lora.yaml`` with ``model.base=<snapshot>`` — the path a downloaded
    snapshot takes (:func:`depthkit.complete.checkpoint.load_base_model`, :func:`~depthkit.complete.processor.
    load_processor`), SDIM attached, LoRA r=16 — and synthetic 224x224 frames instead of Hypersim/VKITTI: one training
    step (:func:`depthkit.complete.train.setup_training` / :func:`~depthkit.complete.train.train_step`: forward,
-   backward, AdamW; bf16 weights, gradient checkpointing, one query per image as in the recipe), then 16 queries
-   through :class:`depthkit.complete.engine.CompletionEngine` (shared prefix, constrained digits).
+   backward, AdamW; gradient checkpointing, one query per image as in the recipe), then 16 queries through
+   :class:`depthkit.complete.engine.CompletionEngine` (shared prefix, constrained digits). ``--compute-dtype`` is
+   applied as a user would: the override ``model.dtype=<dtype>`` (weights loaded in it), plus
+   ``train.mixed_precision=no`` for float32. Default float32 without CUDA — CPUs without AMX / AVX512-BF16 emulate
+   bf16 matmuls (on this AVX2 machine one bf16 step had not finished after 24 CPU minutes) — else bfloat16.
 
-Peak memory is the process's peak RSS (``ru_maxrss``); the bf16 weights are memory-mapped from the safetensors
-shards, so RSS right after loading is small and grows as the step touches them. The CPU has no bf16 matrix units (AVX2 only), so bf16
-matmuls are emulated and slow: the times say the code path works at full size, not what a GPU does.
+Peak memory is the process's peak RSS (``ru_maxrss``). Measured on this 2-core AVX2 machine (1 thread, niced, load
+average ~3.6-4.1 from other jobs; float32 compute): snapshot build 3.7 min + save 1.1 min at 7.5 GiB peak RSS;
+load + attach 47 s, 17.4 GiB peak (14.1 GiB of it the float32 weights); training step 106 s (70 CPU s); 16 engine
+queries 97 s. ``benchmarks/README.md`` has the figures in context.
 """
 
 from __future__ import annotations
@@ -67,6 +74,10 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--image", default="224x224", help="HxW of the synthetic frame")
     ap.add_argument("--queries", type=int, default=16, help="engine queries after the training step")
+    ap.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
+                    help="dtype of the loaded base weights, as a user sets it: model.dtype=<this> (float32 also sets "
+                         "train.mixed_precision=no). Default: float32 without CUDA (CPUs without AMX / AVX512-BF16 "
+                         "emulate bf16 matmuls), else bfloat16 (the recipe as written)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--small", action="store_true", help="toy widths, same code path (tests)")
     return ap.parse_args(argv)
@@ -87,6 +98,24 @@ def _record(out: Path, phase: str, data: dict) -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def fill_random(model, seed: int, std: float, chunk: int = 1 << 24) -> None:
+    """Seeded random weights, in place: norm scales 1, biases 0, every other tensor N(0, std²) drawn in float32
+    chunks of ``chunk`` values and rounded to the parameter's dtype (the scale of the stock init, minutes faster).
+    Buffers are left alone: the rotary ones are not saved and are recomputed when the snapshot is loaded."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # tied tensors appear once
+            if p.dim() == 1:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+                continue
+            flat = p.view(-1)
+            for i in range(0, flat.numel(), chunk):
+                part = flat[i:i + chunk]
+                part.copy_(torch.randn(part.numel(), generator=gen).mul_(std))
+
+
 def make_snapshot(args) -> dict:
     """Phase 1: random bf16 3B weights saved as a hub-style snapshot folder."""
     import torch
@@ -103,13 +132,15 @@ def make_snapshot(args) -> dict:
                                     vision=dict(vision), tie_word_embeddings=True)
     config.text_config.tie_word_embeddings = True
     before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: a float32 copy would need 15 GB
+    torch.set_default_dtype(torch.bfloat16)  # bf16 directly: a float32 copy would need 15 GB
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with torch.device("meta"):  # no storage and no initialisation: the stock init takes ~16 min in bf16
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(before)
+    model = model.to_empty(device="cpu")
+    model.tie_weights()  # to_empty gives the tied lm_head its own storage; share the embedding again
+    fill_random(model, seed=0, std=config.text_config.initializer_range)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
@@ -126,6 +157,11 @@ def make_snapshot(args) -> dict:
 
 def run_user_path(args) -> dict:
     """Phase 2: load the snapshot through the recipe, one LoRA training step, then engine queries."""
+    with tempfile.TemporaryDirectory(prefix="full_size_run_") as run_dir:  # the trainer's output_dir (unused)
+        return _run_user_path(args, run_dir)
+
+
+def _run_user_path(args, run_dir: str) -> dict:
     import numpy as np
     import torch
 
@@ -138,29 +174,40 @@ def run_user_path(args) -> dict:
     from depthkit.data.synthetic import render_scene
 
     h, w = (int(v) for v in args.image.split("x"))
-    run_dir = tempfile.mkdtemp(prefix="full_size_run_")
-    recipe = load_recipe(RECIPE, [
+    dtype = args.compute_dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    precision = ["train.mixed_precision=no"] if dtype == "float32" else []  # the recipe's bf16 autocast otherwise
+    recipe = load_recipe(RECIPE, [f"model.dtype={dtype}", *precision,
         f"model.base={args.snapshot}", "data.datasets.hypersim.weight=0", "data.datasets.vkitti2.weight=0",
         "data.datasets.synthetic.weight=1", "data.subset_size=0", "data.synthetic.length=8",
         f"data.synthetic.height={h}", f"data.synthetic.width={w}", "train.batch_size=1", "train.max_steps=1",
         "train.num_workers=0", f"output.output_dir={run_dir}"])
     result = {"recipe": str(RECIPE.relative_to(REPO)), "image_hw": [h, w], "torch_threads": torch.get_num_threads(),
-              "weights_dtype": recipe.model.dtype}
+              "weights_dtype": recipe.model.dtype, "mixed_precision": recipe.train.mixed_precision,
+              "load_average": os.getloadavg()}
     t0 = time.perf_counter()
     setup = T.setup_training(recipe, run_dir)  # load_base_model(snapshot) + load_processor + SDIM + LoRA
     result["load_and_attach_s"] = time.perf_counter() - t0
     result["params_total"] = sum(p.numel() for p in setup.sdim.parameters())
     result["params_trainable"] = sum(p.numel() for p in setup.params)
     result["peak_rss_after_load_gib"] = _peak_rss_gib()
+    frozen = stock_model(setup.sdim).model.language_model.layers[0].mlp.down_proj
+    result["loaded_dtype"] = str(getattr(frozen, "base_layer", frozen).weight.dtype)  # what the step computes in
+    lora = {n: p.detach().clone() for n, p in setup.sdim.named_parameters() if p.requires_grad and "lora_" in n}
     _record(args.out, "run", {**result, "status": "loaded; training step running"})
     steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config)
     batch = to_device(steps[0], setup.accelerator.device)
     result["step_tokens"] = int(batch["input_ids"].numel())
     result["image_tokens"] = int((batch["image_grid_thw"].prod(-1) // 4)[0])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     stats = T.train_step(setup, [batch], recipe.train.max_grad_norm)
     result["train_step_s"] = time.perf_counter() - t0
+    result["train_step_cpu_s"] = time.process_time() - cpu0
     result["train_loss"] = stats.get("loss")
+    after = dict(setup.sdim.named_parameters())
+    changed = [n for n, before in lora.items() if not torch.equal(before, after[n].detach())]
+    result["lora_tensors"], result["lora_tensors_changed"] = len(lora), len(changed)
+    result["lora_max_abs_change"] = max((float((after[n].detach() - lora[n]).abs().max()) for n in changed),
+                                        default=0.0)
     result["peak_rss_after_step_gib"] = _peak_rss_gib()
     _record(args.out, "run", {**result, "status": "trained one step; engine queries running"})
     sdim = setup.sdim.eval()
@@ -182,6 +229,7 @@ def run_user_path(args) -> dict:
         t0 = time.perf_counter()
         answers = engine.answer(prefix, rows, cols)
         result["engine_answer_s"] = time.perf_counter() - t0
+    result["engine_answer_texts"] = list(answers.texts)
     result["engine_queries"] = int(args.queries)
     result["engine_readable"] = int(answers.ok.sum())
     result["peak_rss_gib"] = _peak_rss_gib()
@@ -200,7 +248,8 @@ def main(argv=None) -> int:
                 continue
             cmd = [sys.executable, __file__, "--phase", phase, "--snapshot", str(args.snapshot), "--threads",
                    str(args.threads), "--image", args.image, "--queries", str(args.queries), "--out", str(args.out),
-                   *(["--small"] if args.small else [])]
+                   *(["--small"] if args.small else []),
+                   *(["--compute-dtype", args.compute_dtype] if args.compute_dtype else [])]
             rc = subprocess.call(cmd, cwd=REPO)
             if rc != 0:
                 print(f"phase {phase} failed (rc={rc}); see {args.out}", file=sys.stderr)

@@ -62,6 +62,8 @@ class TrainConfig:
     """Resumable checkpoints to keep under ``output_dir/checkpoints``."""
 
     def __post_init__(self):
+        if self.mixed_precision == "False":  # YAML reads an unquoted `no` (train.mixed_precision=no) as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in MIXED_PRECISION:
             raise RecipeError(f"train.mixed_precision={self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
         if self.schedule not in SCHEDULES:

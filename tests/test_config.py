@@ -44,6 +44,14 @@ def test_bad_recipes_are_errors(tmp_path, text, overrides, message):
         load_recipe(p, overrides, schemas=SCHEMAS)
 
 
+def test_unquoted_no_is_no_mixed_precision(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("kind: unit-test\ntrain:\n  mixed_precision: no\n")  # YAML 1.1: no = false
+    assert load_recipe(p, schemas=SCHEMAS).train.mixed_precision == "no"
+    p.write_text("kind: unit-test\ntrain:\n  mixed_precision: bf16\n")
+    assert load_recipe(p, ["train.mixed_precision=no"], schemas=SCHEMAS).train.mixed_precision == "no"
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
