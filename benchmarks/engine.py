@@ -5,7 +5,6 @@ Usage (from the repository root)::
     python benchmarks/engine.py --config tiny                        # tiny test model, 112x112 image
     python benchmarks/engine.py --config bench                       # SPEC prototype size, 448x448 (~4 min, 2 CPUs)
     python benchmarks/engine.py --config 3b --device cuda --dtype bfloat16 --naive-pixels 16   # see below
-    python benchmarks/engine.py --full-frame-only --threads 1 --frame-layouts grid_token,text  # full frame alone
 
 On one model (random weights, SDIM depth branch attached) and one image, over the SAME query pixels (missing pixels
 drawn with a fixed seed), it times:
@@ -33,8 +32,8 @@ Last, ``full_frame``: a whole 640x480 completion through :class:`depthkit.comple
 default query plan (``query_budget`` 1024) and the random-weight tiny checkpoint of ``depthkit init-checkpoint
 --tiny`` in each pixel_reference layout (``--frame-layouts``), split into the model (the engine's prefix pass and
 its query batches) and the classical parts (``prior_map``, ``fill_dense`` or ``fill_residual``, ``confidence_map``,
-the rest), with ``--threads`` threads for torch and for ``guided``. ``--full-frame-only`` runs this part alone and
-writes ``<out>/engine_full_frame_<threads>t.{json,md}``.
+the rest), with ``--threads`` threads for torch and for ``guided`` (:mod:`full_frame` next to this file;
+``python benchmarks/full_frame.py`` runs that part alone).
 
 It checks that every variant decodes the same number for every pixel as naive, and reports ms/pixel, pixels/s, the
 speed ratio to naive, peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS growth sampled every 2 ms), the
@@ -56,6 +55,9 @@ Configurations (random weights; the offline tokenizer's ids inside Qwen's 151,93
   CUDA machine and commit the JSON/markdown it writes.
 
 Writes ``<out>/engine_<config>.json`` and ``<out>/engine_<config>.md`` (``--name`` changes the stem).
+
+(Over 500 lines on purpose: every variant, the FLOP floor and the report must run in one process on the same model
+and pixels to be comparable on a shared machine; the full-frame part lives in ``full_frame.py``.)
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ import numpy as np
 import torch
 
 from depthkit.profiling import PeakMemory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark module below, run as a script
+from full_frame import full_frame, full_frame_markdown  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QWEN_VOCAB = 151936
@@ -272,97 +277,6 @@ def run_readout_modes(model, proc, image, sparse, rows, cols, n_ref: int, batch:
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ full frame
-
-
-def full_frame(layouts: list[str], size: tuple[int, int] = (480, 640), repeats: int = 3, threads: int = 2) -> dict:
-    """Time ``CompleteVLMStage.run`` on one ``size`` frame (synthetic indoor scene, 1000 random measured points)
-    with the stage's default options and the random-weight tiny checkpoint (``write_tiny``) in each layout; best of
-    ``repeats`` after a warm-up, with ``threads`` threads for torch and for ``guided``'s k-d tree queries and weight
-    arithmetic (:func:`depthkit.data.baselines.set_guided_workers`). The classical functions are timed by wrapping
-    them where the stage looks them up."""
-    import tempfile
-
-    from depthkit.complete import query_plan
-    from depthkit.complete.checkpoint import write_tiny
-    from depthkit.complete.stage import CompleteVLMStage
-    from depthkit.data.baselines import set_guided_workers
-    from depthkit.data.sparse import sample_random_points
-    from depthkit.data.synthetic import render_scene
-
-    scene = render_scene(0, *size, kind="indoor")
-    sparse = np.asarray(sample_random_points(scene.depth, 1000, 0), np.float32)
-    spent: dict = {}
-
-    def timing(name, fn):
-        def wrapped(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
-        return wrapped
-
-    names = ("prior_map", "fill_dense", "fill_residual", "confidence_map")
-    originals = {n: getattr(query_plan, n) for n in names}
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    set_guided_workers(threads)
-    out = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for layout in layouts:
-                extra = {"mask_text": "none"} if layout == "grid_token" else {}
-                write_tiny(Path(tmp) / layout, pixel_reference=layout, **extra)
-                stage = CompleteVLMStage.from_checkpoint(Path(tmp) / layout)
-                stage.run(scene.image, sparse)  # warm-up
-                best = None
-                try:
-                    for name in names:
-                        setattr(query_plan, name, timing(name, originals[name]))
-                    for _ in range(repeats):
-                        spent.clear()
-                        t = time.perf_counter()
-                        stage.run(scene.image, sparse)
-                        seconds = time.perf_counter() - t
-                        if best is None or seconds < best["seconds"]:
-                            st = stage.last_stats
-                            model = st["prefix_seconds"] + st["suffix_seconds"]
-                            best = {"seconds": seconds, "queries": st["n_queries"], "fill": st["fill"],
-                                    "model_seconds": model, "prefix_seconds": st["prefix_seconds"],
-                                    "queries_seconds": st["suffix_seconds"],
-                                    "shared_suffix_tokens": st["shared_suffix_tokens"], "batch_size": st["batch_size"],
-                                    **{f"{n}_seconds": spent.get(n, 0.0) for n in names}}
-                            best["other_seconds"] = seconds - model - sum(spent.get(n, 0.0) for n in names)
-                finally:
-                    for name in names:
-                        setattr(query_plan, name, originals[name])
-                out[layout] = best
-                print(f"full frame {size[1]}x{size[0]}, {layout}, {threads} thread(s): {best['seconds']:.2f} s (model "
-                      f"{best['model_seconds']:.2f} s)", flush=True)
-    finally:
-        torch.set_num_threads(torch_threads)
-        set_guided_workers(None)
-    return {"size": list(size), "sparse_points": int((sparse > 0).sum()), "threads": threads, "repeats": repeats,
-            "layouts": out}
-
-
-def full_frame_markdown(ff: dict) -> list[str]:
-    """The full-frame section of the report: one row per layout."""
-    threads = ff.get("threads")
-    lines = [f"Full frame {ff['size'][1]}x{ff['size'][0]} through CompleteVLMStage (default query plan, "
-             f"{ff['sparse_points']} measured points, random-weight tiny checkpoint, best of {ff.get('repeats', 3)}"
-             + (f", {threads} thread(s) for torch and guided" if threads else "") + "; seconds):", "",
-             "| layout | queries | total | model: prefix | model: queries | prior_map | fill_dense / fill_residual | "
-             "confidence_map | other |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, v in ff["layouts"].items():
-        fill = v["fill_dense_seconds"] + v.get("fill_residual_seconds", 0.0)
-        lines.append(f"| {name} | {v['queries']} | **{v['seconds']:.2f}** | {v['prefix_seconds']:.2f} | "
-                     f"{v['queries_seconds']:.2f} | {v['prior_map_seconds']:.2f} | {fill:.2f} "
-                     f"| {v['confidence_map_seconds']:.2f} | {v['other_seconds']:.2f} |")
-    return lines
-
-
 # ----------------------------------------------------------------------------------------------------------- FLOPs
 
 
@@ -424,14 +338,10 @@ def main(argv=None) -> int:
     parser.add_argument("--frame-layouts", default="text,rope,grid_token",
                         help="pixel_reference layouts of the full-frame tiny-checkpoint timing ('' = skip)")
     parser.add_argument("--frame-repeats", type=int, default=3, help="full-frame runs to take the best of (default 3)")
-    parser.add_argument("--full-frame-only", action="store_true",
-                        help="run only the full-frame timing; writes <out>/engine_full_frame_<threads>t.{json,md}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default=None, help="output file stem (default engine_<config>)")
     args = parser.parse_args(argv)
     layouts = [x for x in args.frame_layouts.split(",") if x]
-    if args.full_frame_only:
-        return write_full_frame_only(args, layouts)
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -580,31 +490,6 @@ def main(argv=None) -> int:
     ok = all(v["identical_to_naive"] for v in results.values()) and all(
         v["identical_to_reference"] for v in modes.values())
     return 0 if ok else 1
-
-
-def write_full_frame_only(args, layouts: list[str]) -> int:
-    """``--full-frame-only``: the full-frame timing alone, to ``<out>/<name or engine_full_frame_<threads>t>``."""
-    if not layouts:
-        raise SystemExit("--full-frame-only needs at least one --frame-layouts entry (text, rope, grid_token).")
-    report = {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-                    "torch": torch.__version__},
-        "full_frame": full_frame(layouts, repeats=args.frame_repeats, threads=args.threads),
-    }
-    report["machine"]["load_average_after"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.name or f'engine_full_frame_{args.threads}t'}.json"
-    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    load = report["machine"]["load_average"][0], report["machine"]["load_average_after"][0]
-    text = "\n".join([f"## Full-frame completion speed ({args.threads} thread(s))", "",
-                      f"{report['date']}, `{report['command']}`; load average {load[0]:.1f} before, {load[1]:.1f} "
-                      f"after, on {os.cpu_count()} CPUs.", ""] + full_frame_markdown(report["full_frame"])) + "\n"
-    path.with_suffix(".md").write_text(text)
-    print(text)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
-    return 0
 
 
 def markdown(report: dict) -> str:
