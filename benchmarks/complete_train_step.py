@@ -172,7 +172,8 @@ def run_sharing_comparison(args, recipe) -> dict:
         item = mixed.get(j, 0)
         sp, qs = sample_training_queries(item["image"], item["sparse"], None, args.queries,
                                          np.random.default_rng(j), "sparse", 0.1, 0.0, recipe.prompts.prompt_prior)
-        groups.append(encode_group(processor, item["image"], sp, qs, prompts, recipe.sdim))
+        groups.append(encode_group(processor, item["image"], sp, qs, prompts, recipe.sdim,
+                                   with_answers=recipe.loss.reads_answers))
     objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).train()
     out = {"what": "forward + backward of one batch per layout (no optimizer)", "batch_images": args.batch,
            "queries_per_image": args.queries, "image_hw": [recipe.data.synthetic.height, recipe.data.synthetic.width],

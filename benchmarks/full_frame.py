@@ -118,7 +118,6 @@ def full_frame_markdown(ff: dict) -> list[str]:
     return lines
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -325,3 +325,23 @@ def test_guided_threads_do_not_change_the_result_and_are_checked():
             guided(image, sparse, workers=bad)
         with pytest.raises(ValueError, match=r"set_guided_workers: workers must be"):
             baselines.set_guided_workers(bad)
+
+
+def test_guided_default_workers_follow_torch_threads():
+    """Without workers= or set_guided_workers, guided uses the CPUs it may run on capped at torch's thread count (one
+    torch thread → one guided thread, not a pool over every core)."""
+    import os
+
+    import torch
+
+    from depthkit.data.baselines import _resolve_workers
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert _resolve_workers(None) == 1
+        torch.set_num_threads(2)
+        assert _resolve_workers(None) == min(2, len(os.sched_getaffinity(0)))
+        assert _resolve_workers(3) == 3  # an explicit count wins
+    finally:
+        torch.set_num_threads(before)

@@ -51,9 +51,8 @@ The decoy scenes are the paper's stated limit too: with Lotus wrong in every box
 input but worse on MAE (0.41 against 0.33 m), with or without gating. What does not hold: on the honest scenes
 gating off is *sharper* than the full method (the paper finds gating better on every measure) and only slightly
 worse away from edges (overlapping ranges; not run here: at 40 steps a gate that ignored e passed that comparison,
-hence the decoy scenes); 1 − e beats e on overall
-MAE (strict xfail), because near edges e is high where the smooth input is wrong and the e-weighted reconstruction
-pulls the output towards it there.
+hence the decoy scenes); 1 − e beats e on overall MAE (strict xfail), because near edges e is high where the smooth
+input is wrong and the e-weighted reconstruction pulls the output towards it there.
 
 Runtime: five SharpDepth runs of ~5-7 s (one thread) and ~1 s per scoring, plus ~20 s of interpreter start,
 collection and imports (diffusers alone ~9 s): ``time python -m pytest tests/test_sharpen_mechanism.py`` took

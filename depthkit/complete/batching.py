@@ -28,14 +28,15 @@ token (the ``\\n`` after ``assistant``), which causal attention keeps blind to t
 With ``pixel_reference: grid_token`` that token is the query token at the pixel's grid position and the text before
 it is the question alone, the same for every query (:mod:`depthkit.complete.prompts`), so it joins the image prefix
 once, as in the engine, and each suffix is the query token (and its answer): the same positions and attention as the
-question repeated per query, at about 1/20 of the suffix tokens. The answer after the query token keeps text
+question repeated per query, with 1/18 of the suffix tokens without answers (about 1/2 with them). The answer after the query token keeps text
 positions, so cross-entropy still trains the answer text while the engine reads only the head. When no loss reads
 the answer (``loss.cross_entropy`` and ``loss.numeric_l1`` both 0) the trainer leaves it out (``with_answers``).
 
 **Prefix sharing** (``data.prefix_sharing``; :func:`pack_groups` ``layout``). All three compute the same thing
 (hidden states agree to 1e-6, checked by the tests); they differ in cost:
 
-- ``kv_cache``: the image prefixes (system turn + image tokens through ``<|vision_end|>``) run as one batch with
+- ``kv_cache``: the image prefixes (system turn + image tokens through ``<|vision_end|>``, + the shared question with
+  grid_token) run as one batch with
   ``use_cache=True``; the cache is gathered to one row per query (``batch_select_indices``, differentiable) and the
   suffixes run as a second batch against it. The vision tower runs once per image and the language model sees
   P + Q*S tokens, each suffix attending to P + S keys. transformers drops ``past_key_values`` inside checkpointed
@@ -159,7 +160,8 @@ def sample_training_queries(image: np.ndarray, sparse: np.ndarray, depth: np.nda
 @dataclass
 class EncodedSuffix:
     ids: torch.Tensor
-    """S token ids after ``<|vision_end|>``: query, end of turn, assistant header[, answer, <|im_end|>]."""
+    """S token ids after the prefix: query, end of turn, assistant header[, answer, <|im_end|>] (grid_token: the
+    query token alone[, answer, <|im_end|>]; the rest is in the prefix)."""
     answer_start: int
     """Index in ``ids`` of the first answer token (= len(ids) without an answer); the query's last token is one
     before it."""
@@ -233,9 +235,13 @@ def encode_group(processor, image: np.ndarray, sparse_input: np.ndarray, queries
             # suffix starts at the query token (the same positions and attention as the question repeated per query)
             if not shared:
                 shared = len(ids) - 1
+                question = ids[:shared]
                 group.prefix_ids = torch.cat([group.prefix_ids, torch.tensor(ids[:shared], dtype=torch.long)])
                 group.mm_token_type_ids = torch.cat([group.mm_token_type_ids,
                                                      torch.zeros(shared, dtype=group.mm_token_type_ids.dtype)])
+            elif ids[:shared] != question:  # query_text gives one text per image in this layout; guard it
+                raise ValueError("grid_token queries of one image must share their question text; "
+                                 f"received {tok.decode(ids)!r} after {tok.decode(question)!r}.")
             ids = ids[shared:]
         start = len(ids)
         places = [0.0] * len(ids)

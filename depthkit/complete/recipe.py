@@ -287,6 +287,11 @@ class LossConfig:
     """Weight of the answer-token cross-entropy (labels: every answer token, template and <|im_end|> included)."""
     numeric_l1: float = 0.0
     """Weight of the L1 (metres) between the expected value of the digit distributions and the label."""
+
+    @property
+    def reads_answers(self) -> bool:
+        """Whether any loss reads the answer tokens (cross-entropy or numeric L1); else training leaves them out."""
+        return self.cross_entropy > 0 or self.numeric_l1 > 0
     residual_l1: float = 1.0
     """Weight of the residual head's L1 (readout residual_head only)."""
     residual_space: str = "log"
@@ -347,7 +352,7 @@ class CompleteRecipe:
         if self.data.prefix_sharing == "kv_cache" and self.train.gradient_checkpointing:
             raise RecipeError("data.prefix_sharing=kv_cache cannot be combined with train.gradient_checkpointing "
                               "(transformers drops the KV cache under checkpointing); use packed")
-        if self.prompts.readout == "text" and self.loss.cross_entropy <= 0 and self.loss.numeric_l1 <= 0:
+        if self.prompts.readout == "text" and not self.loss.reads_answers:
             raise RecipeError("prompts.readout=text needs loss.cross_entropy > 0 or loss.numeric_l1 > 0")
         if self.prompts.readout == "residual_head" and self.loss.residual_l1 <= 0 and self.loss.cross_entropy <= 0:
             raise RecipeError("prompts.readout=residual_head needs loss.residual_l1 > 0")

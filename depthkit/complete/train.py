@@ -94,7 +94,7 @@ def build_completer(recipe, seed: int = 0):
                 p.requires_grad_(True)
         for p in sdim.depth_parameters():
             p.requires_grad_(True)
-    if recipe.loss.cross_entropy <= 0 and recipe.loss.numeric_l1 <= 0 and not stock_model(sdim).config.tie_word_embeddings:
+    if not recipe.loss.reads_answers and not stock_model(sdim).config.tie_word_embeddings:
         stock_model(sdim).lm_head.requires_grad_(False)  # unused: DDP would wait for its gradient forever
     for p in sdim.parameters():  # optimizer moments of bf16 weights lose too much precision
         if p.requires_grad and p.dtype != torch.float32:
@@ -154,7 +154,7 @@ class CompleterObjective(nn.Module):
         total = hidden.new_zeros((), dtype=torch.float32)
         stats = {}
         labels = batch["query_label"]
-        if cfg.cross_entropy > 0 or cfg.numeric_l1 > 0:
+        if cfg.reads_answers:
             tp = batch["target_pos"]
             logits = stock_model(self.sdim).lm_head(hidden[tp[:, 0], tp[:, 1]]).float()
             ce = nn.functional.cross_entropy(logits, batch["target_ids"])

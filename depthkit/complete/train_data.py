@@ -65,7 +65,6 @@ class TrainSteps(torch.utils.data.Dataset):
         self.sampler = StepSampler(len(mixed), recipe.train.batch_size, recipe.train.seed, rank, world)
         p = recipe.prompts
         self.prompt_config = prompts.PromptConfig(p.prompt_prior, p.pixel_reference, mask_text=p.mask_text)
-        self.with_answers = recipe.loss.cross_entropy > 0 or recipe.loss.numeric_l1 > 0  # else no loss reads them
 
     def __len__(self) -> int:
         return 2**62
@@ -87,7 +86,7 @@ class TrainSteps(torch.utils.data.Dataset):
                 raise ValueError(f"20 samples in a row (from index {index}) had fewer than "
                                  f"{d.min_sparse_points + 1} sparse points; check data.sparse_* settings.")
             groups.append(encode_group(self.processor, item["image"], sparse_input, queries, self.prompt_config,
-                                       self.recipe.sdim, with_answers=self.with_answers))
+                                       self.recipe.sdim, with_answers=self.recipe.loss.reads_answers))
         return pack_groups(groups, self.model_config, self.recipe.prompts.pixel_reference,
                            pad_id=pad_id(self.processor), layout=d.prefix_sharing)
 

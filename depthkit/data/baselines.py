@@ -22,6 +22,7 @@ with 500-1000 points in ~0.4-0.6 s on one core of this shared 2-core machine.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -289,8 +290,8 @@ def guided(
     there.
 
     Speed: the missing pixels go in batches of 8,192, each one cKDTree query plus float64 weight arithmetic on k x batch
-    arrays (in cache), run on ``workers`` threads (None: :func:`set_guided_workers`' setting, by default every CPU
-    the process may use); the split does not change the result. 480x640 with 1000 points took 0.37-0.6 s on one core
+    arrays (in cache), run on ``workers`` threads (None: :func:`set_guided_workers`' setting, by default the CPUs
+    the process may use, capped at torch's thread count, 1 in a DataLoader worker); the split does not change the result. 480x640 with 1000 points took 0.37-0.6 s on one core
     of a shared 2-core machine (load 2.5-3.5), 2.3x less than the earlier one-batch N x k version side by side, two
     thirds of it the k-d tree queries; a second thread gave up to 1.6x with a core free, nothing with both busy.
     """
@@ -326,7 +327,8 @@ def guided_field(image: np.ndarray, values: np.ndarray, known: np.ndarray, *, wo
 def set_guided_workers(workers: int | None) -> None:
     """Threads :func:`guided` (and :func:`guided_field`) use when called without ``workers`` -- as the complete stage,
     the trainer's priors and ``depthkit eval`` call them: an int >= 1, or None (the default) for every CPU this
-    process may run on (``os.sched_getaffinity``, so ``taskset`` limits it too). The result does not depend on it."""
+    process may run on (``os.sched_getaffinity``, so ``taskset`` limits it too), capped at ``torch.get_num_threads()``
+    when torch is loaded and 1 inside a DataLoader worker. The result does not depend on it."""
     global _guided_workers
     _guided_workers = _checked_workers(workers, "set_guided_workers")
 
@@ -339,12 +341,18 @@ def _checked_workers(workers, who: str) -> int | None:
 
 
 def _resolve_workers(workers: int | None) -> int:
-    """``workers``, else the :func:`set_guided_workers` setting, else the CPUs this process may run on."""
+    """``workers``, else the :func:`set_guided_workers` setting, else the CPUs this process may run on — capped at
+    torch's thread count when torch is in use, and 1 inside a DataLoader worker (each worker is one of several)."""
     workers = _checked_workers(workers, "guided")
     if workers is None:
         workers = _guided_workers
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch = sys.modules.get("torch")  # only when the caller uses torch: classical use does not import it
+        if torch is not None:
+            if torch.utils.data.get_worker_info() is not None:
+                return 1
+            workers = max(1, min(torch.get_num_threads(), workers))
     return workers
 
 

@@ -10,8 +10,9 @@ MAE away from edges but is sharper; weighting the reconstruction by 1 − e inst
 and wins it near edges (and overall). On the decoy scenes (:data:`DECOY_SPLIT`: every box painted to look 1-2 m
 off, so Lotus is wrong inside it and the metric input right) gating off loses MAE in the decoys (0.83-0.84 against
 0.75-0.77 m) and away from edges (0.29-0.30 against 0.26-0.28 m); there SharpDepth sharpens but raises the MAE over
-its input whatever the switches (the paper's stated limit: it cannot fix what Lotus gets wrong). What made the difference against the first version of this miniature (where
-Lotus was no sharper than the input and the method raised the MAE): the VAE's ``scaling_factor`` (see
+its input whatever the switches (the paper's stated limit: it cannot fix what Lotus gets wrong). What made the
+difference against the first version of this miniature (where Lotus was no sharper than the input and the method
+raised the MAE): the VAE's ``scaling_factor`` (see
 :func:`train_lotus`) and a Lotus trained long enough to be sharp. A symmetric blur (Gaussian or area average) of the
 GT does not move Canny edges (input DBE ~0.2-0.6 px), hence the coarse-grid input below.
 
