@@ -191,6 +191,34 @@ def test_untrained_head_with_residual_fill_returns_the_guided_map(tiny_head_chec
         CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", fill="mean")
 
 
+def test_grid_token_head_with_prior_input_runs_through_the_stage(tmp_path):
+    """A one-token checkpoint whose head reads log(prior): untrained, it returns the guided map exactly through the
+    stage (the engine passes each query's prior to the head); a head given weights moves it."""
+    import torch
+
+    from depthkit.complete.checkpoint import load_complete, save_complete, write_tiny
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.data.baselines import guided
+
+    write_tiny(tmp_path / "complete", pixel_reference="grid_token", mask_text="none", head_prior_input=True)
+    image, sparse = _scene()
+    stage = CompleteVLMStage.from_checkpoint(tmp_path / "complete", query_budget=40, fill="residual")
+    out = stage.run(image, sparse)
+    np.testing.assert_allclose(out.depth, guided(image, sparse), rtol=1e-5)
+    loaded = load_complete(tmp_path / "complete")
+    assert loaded.residual_head.prior_input
+    with torch.no_grad():  # only the log(prior) input's weight: the correction then depends on the prior alone
+        loaded.residual_head.net[1].weight.zero_()
+        loaded.residual_head.net[1].weight[:, -1] = 1.0
+        loaded.residual_head.net[-1].weight.fill_(0.01)
+    settings = {"prompt_prior": "guided", "pixel_reference": "grid_token", "mask_text": "none",
+                "readout": "residual_head"}
+    save_complete(tmp_path / "moved", loaded.model, loaded.processor, settings, residual_head=loaded.residual_head)
+    moved = CompleteVLMStage.from_checkpoint(tmp_path / "moved", query_budget=40, fill="residual").run(image, sparse)
+    assert not np.allclose(moved.depth, out.depth)
+    assert np.array_equal(moved.depth[sparse > 0], sparse[sparse > 0])
+
+
 def test_stage_text_readout_end_to_end(tiny_text_checkpoint):
     from depthkit.complete.stage import CompleteVLMStage
 

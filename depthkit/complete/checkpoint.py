@@ -452,13 +452,14 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
 # -------------------------------------------------------------------------------------------------------------- tiny
 
 
-def write_tiny(directory, seed: int = 0, **settings) -> dict:
+def write_tiny(directory, seed: int = 0, head_prior_input: bool = False, **settings) -> dict:
     """Write a random-weight tiny completer (the tiny recipe's sizes and prompt settings) to ``directory``.
 
     Defaults: ``prompt_prior="guided"``, ``pixel_reference="text"``, ``readout="residual_head"`` — as the tiny
     recipe trains the embedded default; the untrained head returns the prior exactly, so the checkpoint's output is
     the classical guided fill. Pass ``readout="text", prompt_prior="none"`` for the paper's text readout (random
-    digits). Returns the manifest options for the stage: ``{"method": "sdim"}``.
+    digits). ``head_prior_input`` gives the residual head the log(prior) input (``prompts.head_prior_input``).
+    Returns the manifest options for the stage: ``{"method": "sdim"}``.
     """
     from depthkit.complete.model import SDIMModel
     from depthkit.complete.readout import ResidualHead
@@ -472,6 +473,7 @@ def write_tiny(directory, seed: int = 0, **settings) -> dict:
         model = SDIMModel(base).eval()
         head = None
         if settings["readout"] == "residual_head":
-            head = ResidualHead(base.config.text_config.hidden_size, prompts.max_log_correction)
+            head = ResidualHead(base.config.text_config.hidden_size, prompts.max_log_correction,
+                                prior_input=head_prior_input)
     save_complete(directory, model, processor, settings, residual_head=head)
     return {"method": "sdim"}
