@@ -269,6 +269,32 @@ def test_config_defaults_and_validation():
 
 
 # ------------------------------------------------------------------------------------------------ inference
+def test_autoencoded_is_the_input_through_the_vae_alone():
+    """The diagnostic of benchmarks/sharpen_limits.py: the metric input normalised (min-max, by hand here), encoded,
+    decoded and denormalised, with no UNet in the path."""
+    sharp = SharpDepth(build_tiny_lotus("generative", seed=0))  # its own: the test moves its UNet's weights
+    img, depth, _ = _scene()
+    m = sharp.model
+    assert m.norm == "depth" and m.processing_size(48, 64, 64) == (48, 64) == m.padded_size(48, 64)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    assert "autoencoded" not in sharp.sharpen_tensors(x, d, processing_resolution=64)
+    res = sharp.sharpen_tensors(x, d, processing_resolution=64, autoencoded=True)
+    lo, hi = float(depth.min()), float(depth.max())
+    with torch.no_grad():
+        decoded = m.decode_depth(m.encode(((d - lo) / (hi - lo) * 2 - 1).expand(-1, 3, -1, -1)))
+    expected = (lo + (decoded + 1) * 0.5 * (hi - lo)).clamp(1e-3, 1e4)
+    assert res["autoencoded"].shape == d.shape
+    assert torch.allclose(res["autoencoded"], expected, atol=1e-5)
+    # the UNet is not in it: other UNet weights move the sharpened depth, not the round trip
+    with torch.no_grad():
+        for q in m.unet.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    moved = sharp.sharpen_tensors(x, d, processing_resolution=64, autoencoded=True)
+    assert torch.equal(moved["autoencoded"], res["autoencoded"])
+    assert not torch.allclose(moved["depth"], res["depth"], atol=1e-3)
+
+
 def test_sharpen_keeps_measurements_and_metric_scale(sharp):
     img, depth, sparse = _scene()
     out = sharp(img, depth, sparse)

@@ -253,7 +253,7 @@ class SharpDepth(nn.Module):
     @torch.inference_mode()
     def sharpen_tensors(self, image: torch.Tensor, metric_depth: torch.Tensor, sparse: torch.Tensor | None = None,
                         processing_resolution: int | None = None,
-                        generator: torch.Generator | None = None) -> dict:
+                        generator: torch.Generator | None = None, autoencoded: bool = False) -> dict:
         """Batched inference on tensors.
 
         Args:
@@ -263,7 +263,10 @@ class SharpDepth(nn.Module):
         Returns:
             dict of ``depth`` (``B x 1 x H x W`` metres), ``discrepancy`` (same size, [0, 1]), ``lotus`` (pass-1
             prediction at input size, normalised [-1, 1]), ``prediction`` (pass-2, normalised), ``scale``/``shift``
-            (``[B]``) and ``fit_pixels`` (``[B]``).
+            (``[B]``) and ``fit_pixels`` (``[B]``); with ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W``
+            metres): the metric input through the depth VAE alone (normalised, encoded, decoded, denormalised at
+            the processing size; no UNet), the closest any decoded output can stay to the input — a diagnostic
+            (``benchmarks/sharpen_limits.py``), one more decode.
         """
         m, cfg = self.model, self.config
         image = image.to(m.device, torch.float32)
@@ -314,8 +317,12 @@ class SharpDepth(nn.Module):
         if measured is not None:
             depth = torch.where(measured, sparse, depth)
         used = torch.where(fit_mask.flatten(1).sum(1) >= 2, fit_mask.flatten(1).sum(1), valid.flatten(1).sum(1))
-        return {"depth": depth, "discrepancy": e, "lotus": resize_bilinear(lotus_p.float(), (h, w)),
-                "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params}
+        out = {"depth": depth, "discrepancy": e, "lotus": resize_bilinear(lotus_p.float(), (h, w)),
+               "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params}
+        if autoencoded:
+            round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
+            out["autoencoded"] = denormalize_depth(round_trip, params)
+        return out
 
     def sharpen(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
                 processing_resolution: int | None = None, generator: torch.Generator | None = None) -> SharpenOutput:
