@@ -1,8 +1,8 @@
 """How much a dense learned correction of ``guided`` can gain at all, here: a small CNN, no language model.
 
-Usage (from the repository root; ~45 min on one CPU thread)::
+Usage (from the repository root; ~75 min on one CPU thread, shared with another job)::
 
-    python benchmarks/complete_headroom.py                       # 600 training scenes, 6,000 steps, seed 0
+    python benchmarks/complete_headroom.py                       # 600 training scenes, 8,000 steps, seed 0
     python benchmarks/complete_headroom.py --train-scenes 50 --steps 100 --test-scenes 4 --out /tmp/h   # smoke run
 
 The embedded default's learned completer corrects the ``guided`` map at queried pixels and stays within ~0.3 % of
@@ -147,7 +147,7 @@ def train(net, scenes, steps: int, batch: int, crop: tuple[int, int], lr: float,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Headroom of a dense learned correction of guided (a small CNN).")
     p.add_argument("--train-scenes", type=int, default=600)
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-scenes", type=int, default=30, help="first N test scenes per pattern")
