@@ -177,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for scene in make_scenes("test", args.test_scenes, 240, 320, (pattern,)):
             gt, valid = scene["depth"], scene["depth"] > 0
-            row = {}
-            for name, pred in (("guided", scene["prior"]), ("cnn", correct(net, scene))):
+            row, corrected = {}, correct(net, scene)
+            for name, pred in (("guided", scene["prior"]), ("cnn", corrected)):
                 row[name] = {"mae": float(depth_metrics(pred, gt, valid)["mae"]),
                              "dbe_acc": float(dbe_metrics(pred, gt, valid=valid)["dbe_acc"])}
-            row["preservation"] = float(np.abs(correct(net, scene) - scene["sparse"])[scene["sparse"] > 0].max())
+            row["preservation"] = float(np.abs(corrected - scene["sparse"])[scene["sparse"] > 0].max())
             rows.append(row)
         per_scene[pattern] = rows
         g = float(np.mean([r["guided"]["mae"] for r in rows]))
