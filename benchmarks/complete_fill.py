@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import shlex
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
 import numpy as np
+from _results import write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -106,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
              "| variant | MAE (m) | RMSE (m) | MAE vs guided |", "|---|---:|---:|---:|"]
     for name, m in mean.items():
         lines.append(f"| {name} | {m['mae']:.4f} | {m['rmse']:.4f} | {100 * (m['mae'] / ref - 1):+.1f} % |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "complete_fill.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "complete_fill.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "complete_fill", report, lines)
     return 0
 
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
+from _results import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
@@ -77,7 +79,6 @@ def build_net(width: int = 32):
 
 def make_scenes(split: str, n: int, height: int, width: int, patterns, seed_offset: int = 0) -> list[dict]:
     """``n`` scenes of ``split`` with their sparse input (pattern ``patterns[i % len]``), guided map and features."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from accuracy import SYNTHETIC_PATTERNS
 
     from depthkit.data.baselines import guided
@@ -206,10 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     for pattern, t in table.items():
         lines.append(f"| {pattern} | {t['guided_mae']:.4f} | {t['cnn_mae']:.4f} | {100 * t['change']:+.2f} % | "
                      f"{t['guided_dbe']:.2f} / {t['cnn_dbe']:.2f} | {t['preservation']:.4f} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "complete_headroom.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "complete_headroom.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "complete_headroom", report, lines)
     return 0
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import shlex
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
+from _results import write_results  # noqa: E402
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 OUT = Path(__file__).resolve().parent / "results"
@@ -88,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
              "| method | MAE | RMSE | DBE-acc (px) |", "|---|---:|---:|---:|"]
     for name, t in table.items():
         lines.append(f"| {name} | {t['mae']:.4f} | {t['rmse']:.4f} | {t['dbe_acc']:.3f} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "real_frame.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "real_frame.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "real_frame", report, lines)
     return 0
 
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
+from _results import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
@@ -79,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from accuracy import SYNTHETIC_PATTERNS
 
     from depthkit.checkpoints import CheckpointRef
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         base = m["input"]["mae"]
         cells = [f"{m[n]['mae']:.3f} ({100 * (m[n]['mae'] / base - 1):+.0f} %) / {m[n]['dbe_acc']:.2f}" for n in MAPS]
         lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sharpen_limits.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "sharpen_limits.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "sharpen_limits", report, lines)
     return 0
 
 
