@@ -3,12 +3,15 @@
 Usage (from the repository root; the full sequence, with the training commands, is in ``checkpoints/README.md``)::
 
     python checkpoints/assemble_default.py --complete runs/default_complete/final \\
-        --sharpen runs/default_sharpen/final --lotus runs/default_lotus --out checkpoints/default
+        --refiner runs/default_refine/final --sharpen runs/default_sharpen/final --lotus runs/default_lotus \\
+        --out checkpoints/default
     python benchmarks/accuracy.py --patterns all --limit 50 --checkpoint checkpoints/default
     python checkpoints/assemble_default.py ... --accuracy benchmarks/results/accuracy.json   # records the quality
 
 It copies the ``complete/`` part of the completer run's final checkpoint and the ``sharpen/`` part of the sharpener
-run's, keeps each run's resolved recipe as ``recipes/<stage>.yaml``, and writes ``depthkit.json`` with the stage
+run's, adds the dense refiner of ``--refiner`` (the final folder of ``recipes/default/refine.yaml``) to the
+completer (``complete/refiner.safetensors`` and the ``refiner`` entry of ``complete/complete.json``), keeps each
+run's resolved recipe as ``recipes/<stage>.yaml`` (the refiner's as ``recipes/refine.yaml``), and writes ``depthkit.json`` with the stage
 options the default runs with. With ``--accuracy`` it also records, per sparse pattern, how the default measured
 against ``guided`` (``quality`` in the manifest, which ``depthkit ls`` prints), and it switches off a stage that lost
 to its input (issue policy: a stage that makes its input worse is not on by default): a learned completer worse
@@ -42,6 +45,19 @@ def _copy_part(run: Path, stage: str, out: Path) -> None:
     if (run / "recipe.yaml").is_file():
         (out / "recipes").mkdir(exist_ok=True)
         shutil.copyfile(run / "recipe.yaml", out / "recipes" / f"{stage}.yaml")
+
+
+def add_refiner(run_final: Path, complete_dir: Path) -> None:
+    """Copy the refiner of ``run_final`` into ``complete_dir`` and describe it in its ``complete.json``."""
+    from depthkit.complete.refiner import REFINER_FILE
+    from depthkit.complete.settings import COMPLETE_JSON, CompleteSettings
+    from depthkit.complete.train_refiner import REFINER_JSON
+
+    info = json.loads((run_final / REFINER_JSON).read_text())
+    shutil.copyfile(run_final / REFINER_FILE, complete_dir / REFINER_FILE)
+    settings = CompleteSettings.read(complete_dir / COMPLETE_JSON)
+    settings.refiner = {"file": REFINER_FILE, "width": info["width"], "max_log_correction": info["max_log_correction"]}
+    settings.write(complete_dir / COMPLETE_JSON)
 
 
 def _by_label(section: dict) -> dict[str, dict]:
@@ -88,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--complete", type=Path, required=True, help="final checkpoint of recipes/default/complete.yaml")
     p.add_argument("--sharpen", type=Path, required=True, help="final checkpoint of recipes/default/sharpen.yaml")
+    p.add_argument("--refiner", type=Path, default=None,
+                   help="final folder of recipes/default/refine.yaml (the completer's dense refiner)")
     p.add_argument("--lotus", type=Path, default=None,
                    help="the run folder of recipes/default/lotus.yaml (its recipe.yaml is kept as recipes/lotus.yaml)")
     p.add_argument("--out", type=Path, default=Path("checkpoints/default"))
@@ -101,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     _copy_part(args.complete, "complete", args.out)
     _copy_part(args.sharpen, "sharpen", args.out)
+    if args.refiner is not None:
+        add_refiner(args.refiner, args.out / "complete")
+        shutil.copyfile(args.refiner / "recipe.yaml", args.out / "recipes" / "refine.yaml")
     if args.lotus is not None:
         shutil.copyfile(args.lotus / "recipe.yaml", args.out / "recipes" / "lotus.yaml")
     stages = {"complete": dict(COMPLETE_OPTIONS), "sharpen": dict(sharpen_opts)}

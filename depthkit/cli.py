@@ -328,7 +328,7 @@ def _cmd_eval(args, parser) -> int:
 
 
 TRAINERS = {"complete": "depthkit.complete.train", "sharpen": "depthkit.sharpen.train",
-            "lotus": "depthkit.sharpen.train_lotus"}
+            "lotus": "depthkit.sharpen.train_lotus", "refine": "depthkit.complete.train_refiner"}
 TINY_WRITERS = {"complete": "depthkit.complete.checkpoint", "sharpen": "depthkit.sharpen.checkpoint"}
 
 

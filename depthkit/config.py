@@ -1,6 +1,6 @@
 """Recipes: OmegaConf structured dataclasses are the schema, YAML files sit on top, ``key=value`` overrides last.
 
-Every recipe YAML names its ``kind`` (``complete``, ``sharpen`` or ``lotus``); :data:`RECIPE_SCHEMAS` is the one
+Every recipe YAML names its ``kind`` (``complete``, ``sharpen``, ``lotus`` or ``refine``); :data:`RECIPE_SCHEMAS` is the one
 table from a kind to its schema dataclass, which lives in the stage's own ``recipe`` module and is imported only
 when a recipe of that kind is loaded. Typos (unknown keys) and wrong types are errors that name the key and the
 file, rather than silently falling back to defaults. The shipped recipes are listed by ``depthkit ls``.
@@ -18,7 +18,8 @@ from typing import Any
 
 RECIPE_SCHEMAS = {"complete": ("depthkit.complete.recipe", "CompleteRecipe"),
                   "sharpen": ("depthkit.sharpen.recipe", "SharpenRecipe"),
-                  "lotus": ("depthkit.sharpen.recipe", "LotusRecipe")}
+                  "lotus": ("depthkit.sharpen.recipe", "LotusRecipe"),
+                  "refine": ("depthkit.complete.train_refiner", "RefineRecipe")}
 """Recipe kind → (module, class) of its schema dataclass."""
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant", "linear")

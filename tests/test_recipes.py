@@ -26,7 +26,7 @@ def test_recipes_were_found():
 @pytest.mark.parametrize("path", TRAINING, ids=_rel)
 def test_training_recipe_parses_and_shows_its_command(path):
     recipe = load_recipe(path)
-    assert recipe.kind in ("complete", "sharpen", "lotus")
+    assert recipe.kind in ("complete", "sharpen", "lotus", "refine")
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and ("depthkit train" in first or "accelerate launch" in first), first
     assert _rel(path) in first, "the first line must be the command that launches this very file"

@@ -14,6 +14,8 @@ Layout of ``<checkpoint>/complete/`` (everything needed to run offline)::
     depth_modules.safetensors, sdim_config.json          SDIM depth branch + proj2 (SDIMModel.save_depth_modules)
     tokenizer.json, tokenizer_config.json, preprocessor_config.json, chat_template.jinja     the processor
     residual_head.safetensors      only with readout = residual_head (its constructor args in complete.json)
+    refiner.safetensors            optional dense refiner run after the fill (depthkit.complete.refiner; its
+                                   constructor args in complete.json's "refiner")
 
 :func:`save_complete` writes into a temporary sibling folder and renames it into place
 (:func:`depthkit.training.atomic_export`), so a reader never sees a
@@ -63,7 +65,7 @@ HUB_PREFIX = "hub:"
 """``weights.base_model`` of an adapter checkpoint names a hub base explicitly as ``hub:owner/name``."""
 TINY_MIN_PIXELS = 28 * 28
 TINY_MAX_PIXELS = 168 * 168
-_RESERVED = ("format", "format_version", "weights", "residual_head")
+_RESERVED = ("format", "format_version", "weights", "residual_head", "refiner")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class LoadedCompleter:
     processor: object
     settings: CompleteSettings
     residual_head: nn.Module | None = None
+    refiner: nn.Module | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- building
@@ -173,7 +176,7 @@ def _is_peft(module) -> bool:
 
 
 def save_complete(directory, model, processor, settings: dict, residual_head: nn.Module | None = None,
-                  merge_lora: bool = True) -> Path:
+                  merge_lora: bool = True, refiner: nn.Module | None = None) -> Path:
     """Write a completer to ``directory`` (the checkpoint's ``complete/`` folder) atomically; returns the path.
 
     Args:
@@ -186,6 +189,7 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
             weights come from at load time.
         residual_head: a :class:`~depthkit.complete.readout.ResidualHead` (required for ``readout=residual_head``).
         merge_lora: store LoRA merged into full base weights (default; loads without peft) or as an adapter.
+        refiner: an optional :class:`~depthkit.complete.refiner.DenseRefiner` (run after the fill).
     """
     from safetensors.torch import save_file
 
@@ -226,7 +230,13 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
         from depthkit.complete.readout import RESIDUAL_HEAD_FILE
 
         head_info = {"file": RESIDUAL_HEAD_FILE, **residual_head.config()}
-    info = CompleteSettings.from_dict({**settings, "weights": weights, "residual_head": head_info},
+    refiner_info = None
+    if refiner is not None:
+        from depthkit.complete.refiner import REFINER_FILE
+
+        refiner_info = {"file": REFINER_FILE, **refiner.config()}
+    info = CompleteSettings.from_dict({**settings, "weights": weights, "residual_head": head_info,
+                                       "refiner": refiner_info},
                                       source=f"the settings for {directory / COMPLETE_JSON}")
     info.prompt_config()  # refuses a prompt version other than this depthkit's
 
@@ -243,6 +253,8 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
         if residual_head is not None:
             tensors = {k: v.detach().float().contiguous().cpu() for k, v in residual_head.state_dict().items()}
             save_file(tensors, str(tmp / head_info["file"]), metadata={"format": "pt"})
+        if refiner is not None:
+            refiner.save(tmp)
         info.write(tmp / COMPLETE_JSON)
 
     return atomic_export(directory, write)
@@ -446,7 +458,28 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
             head.load_state_dict(load_file(str(head_path)), strict=True)
         _check_finite(head, head_path, "the residual head")
         head = head.to(device).eval()
-    return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head)
+    return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head,
+                           refiner=_load_refiner(directory, settings.refiner, device))
+
+
+def _load_refiner(directory: Path, info: dict | None, device):
+    """The dense refiner ``complete.json`` describes (None when it describes none), checked like the head."""
+    if info is None:
+        return None
+    from depthkit.complete.refiner import DenseRefiner
+
+    path = safe_join(directory, str(info.get("file", "")))
+    if not path.is_file():
+        raise CheckpointError(f"completer checkpoint {directory} is incomplete: missing {path.name} (dense refiner "
+                              f"named in {COMPLETE_JSON}); found: {_found(directory)}.")
+    _check_safetensors(path)
+    width = bounded("refiner.width", info.get("width"), 1, 4096, directory / COMPLETE_JSON)
+    bound = bounded("refiner.max_log_correction", info.get("max_log_correction"), 1e-3, 10.0,
+                    directory / COMPLETE_JSON, integer=False)
+    with loading(path, f"the dense refiner described in {COMPLETE_JSON}"):
+        refiner = DenseRefiner.load(directory, {"file": path.name, "width": width, "max_log_correction": bound})
+    _check_finite(refiner, path, "the dense refiner")
+    return refiner.to(device).eval()
 
 
 # -------------------------------------------------------------------------------------------------------------- tiny

@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 WEIGHT_KINDS = ("full", "adapter")
 """How the base model is stored: ``full`` weights (LoRA merged in) or a LoRA ``adapter`` over a named base."""
 
-_OPTIONAL = ("residual_head", "trained_with", "base_model_source", "note")  # left out of the file when None
+_OPTIONAL = ("residual_head", "refiner", "trained_with", "base_model_source", "note")  # left out of the file when None
 
 
 @dataclass
@@ -59,6 +59,9 @@ class CompleteSettings:
     residual_head: dict[str, Any] | None = None
     """For ``readout: residual_head``: ``{"file": ..., "hidden_size": ..., "max_log_correction": ..., "mlp_ratio": ...,
     "prior_input": ...}`` (the head's weights file and constructor arguments; no ``prior_input`` = false)."""
+    refiner: dict[str, Any] | None = None
+    """Optional dense refiner run after the fill (:mod:`depthkit.complete.refiner`): ``{"file": ..., "width": ...,
+    "max_log_correction": ...}``; absent = none."""
     trained_with: str | None = None
     """Free text: what produced the checkpoint (e.g. ``depthkit train (kind: complete)``)."""
     base_model_source: str | None = None
@@ -88,7 +91,10 @@ class CompleteSettings:
             bounded(name, getattr(self, name), *BOUNDS["pixels"], "complete settings", optional=True)
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels={self.min_pixels} is larger than max_pixels={self.max_pixels}.")
-        for name in _OPTIONAL[1:]:
+        if self.refiner is not None and not isinstance(self.refiner, dict):
+            raise ValueError(f"refiner must be an object (file, width, max_log_correction) or absent; got "
+                             f"{self.refiner!r}.")
+        for name in _OPTIONAL[2:]:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be text; got {getattr(self, name)!r}.")
 

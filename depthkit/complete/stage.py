@@ -10,7 +10,9 @@
    the text readout decodes digits, the residual head reads one hidden state);
 4. fuse (switch ``fusion``: none | fallback | blend, by each answer's confidence: ``fallback`` replaces
    low-confidence answers by the classical interpolation), then fill the full resolution with the
-   RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly).
+   RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly);
+5. if the checkpoint has a dense refiner (:mod:`depthkit.complete.refiner`) and option ``refine`` is not false,
+   correct the filled map at every pixel with it (measured values copied exactly again).
 
 Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
 1 at measured pixels, decaying away from measured and queried pixels) and ``extras``: ``query_mask`` (1 where a
@@ -27,7 +29,9 @@ the engine's shared-prefix attention), ``decode`` (constrained | free), ``fusion
 :func:`~depthkit.complete.query_plan.confidence_map`), ``max_working_side`` (2048 px: larger inputs are completed
 at that size and upsampled, see :meth:`CompleteVLMStage.run`). A sparse map without any measured pixel is refused when the
 checkpoint writes a prompt prior (there is nothing to interpolate it from); with fusion on and prompt_prior none it
-turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` says so). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
+turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` says so). ``refine`` (None: on when
+the checkpoint has a refiner; False: off, the ablation; True: on, an error if the checkpoint has none;
+``last_stats["refined"]`` says whether it ran). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
 pipeline.
 """
 
@@ -55,6 +59,7 @@ STAGE_OPTIONS = {
     "confidence_tolerance": 0.1,
     "confidence_decay_px": None,
     "max_working_side": MAX_WORKING_SIDE,
+    "refine": None,
 }
 
 
@@ -67,12 +72,13 @@ class CompleteVLMStage:
         settings: the checkpoint's :class:`~depthkit.complete.settings.CompleteSettings` (``prompt_prior``,
             ``pixel_reference``, ``readout``, ``prompt_version``).
         residual_head: the trained head for ``readout="residual_head"``.
+        refiner: the checkpoint's optional :class:`~depthkit.complete.refiner.DenseRefiner`.
         options: see :data:`STAGE_OPTIONS` and the module docstring.
     """
 
     name = "complete"
 
-    def __init__(self, model, processor, settings: CompleteSettings, residual_head=None, **options):
+    def __init__(self, model, processor, settings: CompleteSettings, residual_head=None, refiner=None, **options):
         from depthkit.complete.engine import CompletionEngine
         from depthkit.complete.query_plan import ANSWER_FUSIONS, DENSE_FILLS
 
@@ -88,6 +94,14 @@ class CompleteVLMStage:
         if self.options["fill"] not in DENSE_FILLS:
             raise ValueError(f"fill={self.options['fill']!r} is not one of {DENSE_FILLS}; 'anchors' makes answers "
                              "extra points of the guided fill, 'residual' makes them corrections of it.")
+        refine = self.options["refine"]
+        if refine not in (None, True, False):
+            raise ValueError(f"refine={refine!r}; allowed: None (on when the checkpoint has a dense refiner), true, "
+                             "false.")
+        if refine is True and refiner is None:
+            raise ValueError("refine=true but this completer checkpoint has no dense refiner (no 'refiner' in "
+                             "complete.json); leave refine unset or train one (recipes/default/refine.yaml).")
+        self.refiner = refiner if refine is not False else None
         self.settings = settings
         self.prompt_config = settings.prompt_config()
         self.readout = settings.readout
@@ -109,7 +123,7 @@ class CompleteVLMStage:
             raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
                              f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
         loaded = load_complete(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
-        return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, **options)
+        return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, loaded.refiner, **options)
 
     def run(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None = None) -> StageResult:
         """Complete ``sparse`` (HxW metres, 0 = missing) for ``image`` (HxWx3 uint8 RGB); ``depth`` is unused.
@@ -184,6 +198,9 @@ class CompleteVLMStage:
             dense = fill_residual(image, sparse, rows, cols, values, classical)
         else:
             dense = fill_dense(image, sparse, rows, cols, values)
+        stats["refined"] = self.refiner is not None
+        if self.refiner is not None:
+            dense = self.refiner.refine(image, sparse, dense)
         decay = opts["confidence_decay_px"]
         conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
                               tolerance=float(opts["confidence_tolerance"]))

@@ -1,0 +1,261 @@
+"""Train the completer's dense refiner (:mod:`depthkit.complete.refiner`): ``depthkit train recipes/default/refine.yaml``.
+
+Recipe ``kind: refine`` (:class:`RefineRecipe`). The data are a fixed pool of ``data.subset_size`` training scenes
+drawn by weight from ``data.datasets`` (the same readers and mixing as the ``complete`` trainer,
+:func:`depthkit.complete.train_data.build_datasets`), each with its sparse input, its dense GT and the map the
+refiner will correct, computed once with the classical method ``data.prior`` (``guided``: the map the completer's
+answers correct, and the map it returns where it has no answer). Optimizer step ``k`` takes ``train.batch_size``
+scenes from :class:`depthkit.training.StepSampler` and one random ``data.crop`` of each (flipped left-right with
+probability 1/2 when ``data.random_flip``), every draw seeded by ``(seed, k)``, so ``--resume`` continues exactly.
+The loss is :func:`depthkit.complete.refiner.refiner_log_l1` (L1 in log depth over valid GT pixels). AdamW with the
+recipe's warmup and schedule, gradient clipping; atomic resumable checkpoints (:func:`depthkit.training.save_state`).
+
+Validation (every ``train.eval_every`` steps and at the end) on ``eval.num_scenes`` scenes of the synthetic ``val``
+split (never trained on) with ``eval.sparse_points`` random points: MAE (m) of the prior and of the refined map, and
+the change (``val_change`` = refined / prior - 1). One process, on CUDA when there is one, else the CPU: the model is
+~67 k parameters. The result, ``<output_dir>/final/``, holds ``refiner.safetensors``, ``refiner.json`` (the
+``complete.json`` entry plus the final validation) and ``recipe.yaml``; ``checkpoints/assemble_default.py
+--refiner`` puts it into a ``complete/`` checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from depthkit.complete.recipe import DatasetEntry, SyntheticOptions
+from depthkit.config import OutputConfig, RecipeError, TrainConfig
+
+__all__ = ["RefineRecipe", "RefineModelConfig", "RefineDataConfig", "RefineEvalConfig", "train", "build_pool",
+           "crop_batch", "evaluate_refiner", "REFINER_JSON"]
+
+REFINER_JSON = "refiner.json"
+
+
+@dataclass
+class RefineModelConfig:
+    width: int = 32
+    """Channels of every hidden conv (~67 k parameters at 32)."""
+    max_log_correction: float = 1.0
+    """Bound of the log correction: the output stays within a factor e**max of its input."""
+
+    def __post_init__(self):
+        if self.width < 1 or not self.max_log_correction > 0:
+            raise RecipeError(f"model needs width >= 1 and max_log_correction > 0; received {self.width}, "
+                              f"{self.max_log_correction}")
+
+
+@dataclass
+class RefineDataConfig:
+    """Training scenes; the fields shared with the ``complete`` recipe's ``data`` mean the same."""
+
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+    subset_size: int = 600
+    """Scenes in the fixed training pool (held in memory with their prior; > 0)."""
+    synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
+    sparse_pattern: str = "random"
+    sparse_points: int = 500
+    sparse_kwargs: dict[str, Any] = field(default_factory=dict)
+    prior: str = "guided"
+    """The classical method whose map the refiner learns to correct (depthkit.data.baselines)."""
+    crop: list[int] = field(default_factory=lambda: [128, 128])
+    """Training crop, [height, width] in pixels (at most the scenes' size)."""
+    random_flip: bool = True
+
+    def __post_init__(self):
+        from depthkit.data.baselines import BASELINE_NAMES
+
+        if self.subset_size < 1:
+            raise RecipeError(f"data.subset_size must be >= 1 (the refiner trains on a fixed pool of scenes); "
+                              f"received {self.subset_size}")
+        if self.prior not in BASELINE_NAMES:
+            raise RecipeError(f"data.prior={self.prior!r}; allowed: {', '.join(BASELINE_NAMES)}")
+        if len(self.crop) != 2 or min(self.crop) < 8:
+            raise RecipeError(f"data.crop must be [height, width], each >= 8 px; received {list(self.crop)}")
+
+
+@dataclass
+class RefineEvalConfig:
+    num_scenes: int = 16
+    height: int = 192
+    width: int = 256
+    kind: str = "random"
+    sparse_points: int = 500
+
+    def __post_init__(self):
+        if min(self.num_scenes, self.height, self.width, self.sparse_points) < 1:
+            raise RecipeError("eval sizes must all be >= 1")
+
+
+@dataclass
+class RefineRecipe:
+    kind: str = "refine"
+    model: RefineModelConfig = field(default_factory=RefineModelConfig)
+    data: RefineDataConfig = field(default_factory=RefineDataConfig)
+    eval: RefineEvalConfig = field(default_factory=RefineEvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        if self.kind != "refine":
+            raise RecipeError(f"kind={self.kind!r}; this schema is for kind: refine")
+
+
+def _prepared(image, sparse, depth, prior_name: str) -> dict:
+    from depthkit.complete.refiner import refiner_features
+    from depthkit.data import baselines
+
+    prior = np.asarray(getattr(baselines, prior_name)(image, sparse), dtype=np.float32)
+    return {"x": refiner_features(image, sparse, prior), "prior": prior, "depth": np.asarray(depth, np.float32),
+            "sparse": np.asarray(sparse, np.float32), "image": image}
+
+
+def build_pool(recipe) -> list[dict]:
+    """The training pool: ``data.subset_size`` scenes with features, prior, GT (see the module docstring)."""
+    from depthkit.complete.train_data import build_datasets
+
+    mixed = build_datasets(recipe)
+    ch, cw = recipe.data.crop
+    pool = []
+    for i in range(len(mixed)):
+        item = mixed.get(i)
+        if item["depth"].shape[0] < ch or item["depth"].shape[1] < cw:
+            raise ValueError(f"training scene {i} is {item['depth'].shape}, smaller than data.crop={[ch, cw]}.")
+        pool.append(_prepared(item["image"], item["sparse"], item["depth"], recipe.data.prior))
+    return pool
+
+
+def crop_batch(pool: list[dict], indices, crop, flip: bool, seed: int):
+    """``(x B x 6 x h x w, prior, gt, valid  B x 1 x h x w)`` float tensors: one random crop of each pool scene
+    (flipped left-right with probability 1/2 when ``flip``), drawn by ``numpy.random.default_rng(seed)``."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    ch, cw = crop
+    xs, priors, gts = [], [], []
+    for j in indices:
+        s = pool[int(j)]
+        h, w = s["depth"].shape
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        x = s["x"][:, y0:y0 + ch, x0:x0 + cw]
+        prior, gt = s["prior"][y0:y0 + ch, x0:x0 + cw], s["depth"][y0:y0 + ch, x0:x0 + cw]
+        if flip and rng.random() < 0.5:
+            x, prior, gt = x[..., ::-1], prior[:, ::-1], gt[:, ::-1]
+        xs.append(np.ascontiguousarray(x))
+        priors.append(np.ascontiguousarray(prior))
+        gts.append(np.ascontiguousarray(gt))
+    gt = torch.from_numpy(np.stack(gts))[:, None]
+    return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(priors))[:, None], gt,
+            torch.isfinite(gt) & (gt > 0))
+
+
+def _val_scenes(cfg: RefineEvalConfig, prior_name: str) -> list[dict]:
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+
+    ds = SyntheticDataset(split="val", length=cfg.num_scenes, height=cfg.height, width=cfg.width, kind=cfg.kind,
+                          sparse_pattern="random", sparse_kwargs={"n": cfg.sparse_points})
+    return [_prepared(s["image"], s["sparse"], s["depth"], prior_name) for s in (ds[i] for i in range(len(ds)))]
+
+
+def evaluate_refiner(net, scenes: list[dict]) -> dict:
+    """Mean MAE (m, valid GT pixels) of the prior and of ``net``'s refinement over ``scenes``; ``val_change`` =
+    refined / prior - 1 (negative: the refiner helps)."""
+    from depthkit.metrics import depth_metrics
+
+    was_training = net.training
+    net.eval()
+    prior_mae, refined_mae = [], []
+    for s in scenes:
+        valid = s["depth"] > 0
+        refined = net.refine(s["image"], s["sparse"], s["prior"])
+        prior_mae.append(float(depth_metrics(s["prior"], s["depth"], valid)["mae"]))
+        refined_mae.append(float(depth_metrics(refined, s["depth"], valid)["mae"]))
+    net.train(was_training)
+    p, r = float(np.mean(prior_mae)), float(np.mean(refined_mae))
+    return {"val_prior_mae": p, "val_refined_mae": r, "val_change": r / p - 1.0}
+
+
+def train(recipe: RefineRecipe, resume: bool = False) -> Path:
+    """Run the recipe (module docstring); returns ``<output_dir>/final``."""
+    import torch
+
+    from depthkit.complete.refiner import DenseRefiner, refiner_log_l1
+    from depthkit.config import recipe_to_yaml
+    from depthkit.training import (
+        JsonlLogger,
+        StepSampler,
+        atomic_export,
+        build_scheduler,
+        load_latest_state,
+        prepare_run_dir,
+        save_state,
+        step_seed,
+    )
+
+    tc = recipe.train
+    if tc.grad_accum != 1:
+        raise ValueError(f"train.grad_accum={tc.grad_accum}: the refiner trainer takes whole batches (set 1 and "
+                         "raise train.batch_size instead).")
+    run = prepare_run_dir(recipe.output.output_dir, resume)
+    (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(tc.seed)
+    net = DenseRefiner(recipe.model.width, recipe.model.max_log_correction).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    t0 = time.perf_counter()
+    pool = build_pool(recipe)
+    steps = tc.max_steps if tc.max_steps > 0 else max(1, int(tc.epochs * len(pool) / tc.batch_size))
+    lr_sched = build_scheduler(optimizer, tc, steps)
+    val = _val_scenes(recipe.eval, recipe.data.prior)
+    print(f"depthkit train: {len(pool)} training scenes and {len(val)} validation scenes prepared in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    start = 0
+    if resume and (loaded := load_latest_state(run, map_location="cpu", max_steps=steps)) is not None:
+        start, state, _ = loaded
+        net.load_state_dict(state["refiner"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        print(f"depthkit train: resumed {run} at step {start}", flush=True)
+    logger = JsonlLogger(run)
+    sampler = StepSampler(len(pool), tc.batch_size, seed=tc.seed)
+    last_val: dict = {}
+    t0 = time.perf_counter()
+    net.train()
+    for step in range(start, steps):
+        x, prior, gt, valid = (t.to(device) for t in crop_batch(pool, sampler.indices(step), recipe.data.crop,
+                                                                 recipe.data.random_flip, step_seed(tc.seed, step)))
+        loss = refiner_log_l1(net(x), prior, gt, valid)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.max_grad_norm)
+        optimizer.step()
+        lr_sched.step()
+        done = step + 1
+        if done % max(1, tc.log_every) == 0 or done == steps or done == start + 1:
+            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0,
+                       loss=float(loss.detach()))
+        if (tc.eval_every > 0 and done % tc.eval_every == 0) or done == steps:
+            last_val = evaluate_refiner(net, val)
+            logger.log(step=done, **last_val)
+        if (tc.save_every > 0 and done % tc.save_every == 0) or done == steps:
+            state = {"refiner": net.state_dict(), "optimizer": optimizer.state_dict(),
+                     "lr_scheduler": lr_sched.state_dict()}
+            save_state(run, done, state, {"kind": "refine"}, keep_last=tc.keep_last)
+    if not last_val:  # resumed at the last step: the export still records the final validation
+        last_val = evaluate_refiner(net, val)
+    net.eval()
+
+    def write(tmp: Path) -> None:
+        entry = net.cpu().save(tmp)
+        (tmp / REFINER_JSON).write_text(json.dumps({**entry, "steps": steps, "seed": tc.seed, **last_val},
+                                                   indent=2) + "\n")
+        (tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+
+    final = atomic_export(run / "final", write)
+    return final
