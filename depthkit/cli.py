@@ -416,16 +416,20 @@ def _cmd_ls(args, parser) -> int:
 def describe_default(root: Path) -> list[str]:
     """What the embedded default runs and how it measured against ``guided`` (the manifest's ``quality``, written
     by checkpoints/assemble_default.py from benchmarks/results/accuracy.json)."""
-    from depthkit.checkpoints import load_manifest
+    from depthkit.checkpoints import load_manifest, read_json
 
     manifest = load_manifest(root)
     method = manifest["stages"].get("complete", {}).get("method", "sdim")
+    settings = root / "complete" / "complete.json"
+    refined = settings.is_file() and bool(read_json(settings, "completer settings").get("refiner"))
+    learned = "tiny SDIM completer" + (" + dense refiner" if refined else "")
     lines = [f"the default (no --checkpoint): complete = {method}"
-             + (" (tiny SDIM completer, answers correct the guided map)" if method == "sdim" else " (classical)")
+             + (f" ({learned}: answers correct the guided map"
+                + (", the refiner corrects every pixel)" if refined else ")") if method == "sdim" else " (classical)")
              + ("; sharpen = tiny SharpDepth (run it with --stages complete,sharpen)"
                 if "sharpen" in manifest["stages"] else "")]
     if method != "sdim" and (root / "complete").is_dir():
-        lines.append("  its learned completer (tiny SDIM) is shipped but not on by default: it did not beat guided on "
+        lines.append(f"  its learned completer ({learned}) is shipped but not on by default: it did not beat guided on "
                      "every pattern below; run it with --method sdim")
     quality = manifest.get("quality")
     if not isinstance(quality, dict) or not isinstance(quality.get("complete"), dict):

@@ -3,6 +3,7 @@ a completer checkpoint and in the stage (on by default when present, ``refine=Fa
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,26 @@ def test_checkpoint_round_trip_and_stage_switch(tmp_path):
     (tmp_path / "refined" / "refiner.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing refiner.safetensors"):
         load_complete(tmp_path / "refined")
+
+
+def test_assemble_default_adds_a_trained_refiner_to_a_completer(tmp_path):
+    """checkpoints/assemble_default.py --refiner: the run's weights and config land in complete/ and load."""
+    import sys
+
+    from depthkit.complete.checkpoint import load_complete, write_tiny
+    from depthkit.complete.train_refiner import REFINER_JSON
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "checkpoints"))
+    from assemble_default import add_refiner
+
+    run_final = tmp_path / "final"
+    run_final.mkdir()
+    net = DenseRefiner(width=4, max_log_correction=0.7)
+    with torch.no_grad():
+        net.head[-1].bias.fill_(0.1)
+    (run_final / REFINER_JSON).write_text(json.dumps({**net.save(run_final), "steps": 1}))
+    write_tiny(tmp_path / "complete")
+    add_refiner(run_final, tmp_path / "complete")
+    loaded = load_complete(tmp_path / "complete")
+    assert loaded.settings.refiner == {"file": "refiner.safetensors", "width": 4, "max_log_correction": 0.7}
+    assert float(loaded.refiner.head[-1].bias.detach()) == pytest.approx(0.1)
