@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--save", type=Path, default=None,
+                   help="also write the trained CNN as a refiner folder (refiner.safetensors + refiner.json, the "
+                        "layout of a refine run's final/, which checkpoints/assemble_default.py --refiner takes)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -182,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {pattern} | {t['guided_mae']:.4f} | {t['cnn_mae']:.4f} | {100 * t['change']:+.2f} % | "
                      f"{t['guided_dbe']:.2f} / {t['cnn_dbe']:.2f} | {t['preservation']:.4f} |")
     write_results(args.out, "complete_headroom", report, lines)
+    if args.save is not None:
+        import json
+
+        from depthkit.complete.train_refiner import REFINER_JSON
+
+        args.save.mkdir(parents=True, exist_ok=True)
+        entry = net.save(args.save)
+        (args.save / REFINER_JSON).write_text(json.dumps({**entry, "steps": args.steps, "seed": args.seed,
+                                                          "trained_with": report["command"]}, indent=2) + "\n")
     return 0
 
 

@@ -8,7 +8,8 @@ Usage (from the repository root)::
 One synthetic outdoor scene per size (500 random GT points). For each thread count and size: the median wall time of
 ``--repeats`` Pipeline calls after one warm-up (model loading excluded), per stage list — with the checkpoint's own
 completion method and, when that is not the learned one, also with ``method="sdim"`` — and the split of the
-learned completer's time (engine prefix and queries; the rest is the classical prior and the dense fill). The
+learned completer's time (engine prefix and queries; the dense refiner, when the checkpoint has one; the rest is the
+classical prior and the dense fill). The
 issue's goal: both stages at 640x480 in <= 10 s on this CPU. Variants run side by side in one process (the machine
 is shared; treat absolute numbers as rough, compare rows).
 
@@ -56,12 +57,14 @@ def measure(checkpoint, stages: str, method: str | None, threads: int, size: tup
         times.append(time.perf_counter() - start)
         stats = getattr(pipe.stages[0], "last_stats", {}) or {}
         engine = float(stats.get("prefix_seconds", 0.0)) + float(stats.get("suffix_seconds", 0.0))
-        splits.append({"engine_s": engine, "complete_s": float(stats.get("seconds", float("nan")))})
+        splits.append({"engine_s": engine, "refine_s": float(stats.get("refine_seconds", 0.0)),
+                       "complete_s": float(stats.get("seconds", float("nan")))})
     learned = bool(splits) and not math.isnan(splits[0]["complete_s"])
     return {"stages": stages, "method": method or checkpoint.options("complete").get("method", "sdim"),
             "threads": threads, "height": size[0], "width": size[1],
             "median_s": statistics.median(times), "runs_s": times,
             "complete_engine_s": statistics.median(s["engine_s"] for s in splits) if learned else None,
+            "complete_refine_s": statistics.median(s["refine_s"] for s in splits) if learned else None,
             "complete_total_s": statistics.median(s["complete_s"] for s in splits) if learned else None}
 
 
@@ -69,12 +72,14 @@ def markdown(report: dict) -> str:
     lines = [f"## Default checkpoint speed ({report['machine']})", "",
              f"{report['date']}, `{report['command']}`; checkpoint `{report['checkpoint']}`; median of "
              f"{report['repeats']} calls after a warm-up; load average {report['load_average']} at the start.", "",
-             "| stages | completion method | size | threads | s / image | complete: engine s | complete: total s |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "| stages | completion method | size | threads | s / image | complete: engine s | complete: refiner s "
+             "| complete: total s |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        split = [("–" if r[k] is None else f"{r[k]:.2f}") for k in ("complete_engine_s", "complete_total_s")]
+        split = [("–" if r.get(k) is None else f"{r[k]:.2f}")
+                 for k in ("complete_engine_s", "complete_refine_s", "complete_total_s")]
         lines.append(f"| {r['stages']} | {r['method']} | {r['width']}x{r['height']} | {r['threads']} | {r['median_s']:.2f} | "
-                     f"{split[0]} | {split[1]} |")
+                     f"{' | '.join(split)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -54,7 +54,7 @@ def test_smoke_run_scores_guided_like_the_accuracy_benchmark(tmp_path):
     from depthkit.metrics import depth_metrics
 
     assert headroom.main(["--train-scenes", "2", "--steps", "2", "--test-scenes", "1", "--patterns", "random500",
-                          "--out", str(tmp_path)]) == 0
+                          "--out", str(tmp_path), "--save", str(tmp_path / "refiner")]) == 0
     report = json.loads((tmp_path / "complete_headroom.json").read_text())
     sample = SyntheticDataset(split="test", length=1, sparse_pattern="random", sparse_kwargs={"n": 500})[0]
     gt = sample["depth"]
@@ -62,3 +62,10 @@ def test_smoke_run_scores_guided_like_the_accuracy_benchmark(tmp_path):
     assert report["mean"]["random500"]["guided_mae"] == pytest.approx(expected, rel=1e-6)
     assert report["mean"]["random500"]["preservation"] == 0
     assert "| random500 |" in (tmp_path / "complete_headroom.md").read_text()
+    from depthkit.complete.refiner import DenseRefiner  # --save: a refiner folder assemble_default --refiner takes
+
+    info = json.loads((tmp_path / "refiner" / "refiner.json").read_text())
+    assert info["width"] == 32 and info["steps"] == 2
+    net = DenseRefiner.load(tmp_path / "refiner", info)
+    cnn = net.refine(sample["image"], sample["sparse"], guided(sample["image"], sample["sparse"]))
+    assert depth_metrics(cnn, gt, gt > 0)["mae"] == pytest.approx(report["mean"]["random500"]["cnn_mae"], rel=1e-6)

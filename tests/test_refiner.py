@@ -66,7 +66,7 @@ def test_log_l1_by_hand():
     assert float(refiner_log_l1(r, completed, gt, valid)) == pytest.approx(expected, rel=1e-6)
 
 
-def _recipe(out, **train):
+def _recipe(out, one_cycle=False, **train):
     from depthkit.config import load_recipe
 
     tc = {"max_steps": 200, "batch_size": 4, "lr": 5e-3, "warmup_steps": 10, "log_every": 100, "eval_every": 0,
@@ -76,7 +76,7 @@ def _recipe(out, **train):
                                                                         "sparse_kwargs": {"n": 60}}}},
                                  "subset_size": 6, "synthetic": {"height": 40, "width": 48}, "crop": [32, 32]},
                         "eval": {"num_scenes": 2, "height": 40, "width": 48, "sparse_points": 60},
-                        "train": tc, "output": {"output_dir": str(out)}})
+                        "train": tc, "output": {"output_dir": str(out)}, "one_cycle": one_cycle})
 
 
 def test_training_learns_the_correction_of_guided_on_its_scenes(tmp_path):
@@ -98,16 +98,21 @@ def test_training_learns_the_correction_of_guided_on_its_scenes(tmp_path):
     assert [row["step"] for row in log if "loss" in row] == [1, 100, 200]
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("one_cycle", [False, True])
+def test_resume_continues_exactly(tmp_path, one_cycle):
     from depthkit.complete.train_refiner import train
 
-    whole = DenseRefiner.load(train(_recipe(tmp_path / "a", max_steps=6, save_every=3)), {"width": 8})
+    def run(name, resume=False):
+        return DenseRefiner.load(train(_recipe(tmp_path / name, one_cycle, max_steps=6, save_every=3), resume=resume),
+                                 {"width": 8})
+
+    whole = run("a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     shutil.rmtree(tmp_path / "b" / "final")
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_0000006")  # as if killed after the step-3 checkpoint
     with pytest.raises(ValueError, match="--resume"):
-        train(_recipe(tmp_path / "b", max_steps=6, save_every=3))
-    resumed = DenseRefiner.load(train(_recipe(tmp_path / "b", max_steps=6, save_every=3), resume=True), {"width": 8})
+        run("b")
+    resumed = run("b", resume=True)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -31,7 +31,7 @@ at that size and upsampled, see :meth:`CompleteVLMStage.run`). A sparse map with
 checkpoint writes a prompt prior (there is nothing to interpolate it from); with fusion on and prompt_prior none it
 turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` says so). ``refine`` (None: on when
 the checkpoint has a refiner; False: off, the ablation; True: on, an error if the checkpoint has none;
-``last_stats["refined"]`` says whether it ran). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
+``last_stats["refined"]`` says whether it ran, ``refine_seconds`` how long). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
 pipeline.
 """
 
@@ -200,7 +200,9 @@ class CompleteVLMStage:
             dense = fill_dense(image, sparse, rows, cols, values)
         stats["refined"] = self.refiner is not None
         if self.refiner is not None:
+            t_refine = time.perf_counter()
             dense = self.refiner.refine(image, sparse, dense)
+            stats["refine_seconds"] = time.perf_counter() - t_refine
         decay = opts["confidence_decay_px"]
         conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
                               tolerance=float(opts["confidence_tolerance"]))

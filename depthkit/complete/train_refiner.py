@@ -100,6 +100,10 @@ class RefineRecipe:
     eval: RefineEvalConfig = field(default_factory=RefineEvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    one_cycle: bool = False
+    """Use torch's one-cycle schedule instead of ``train.schedule``: the LR rises from ``lr/25`` to ``train.lr`` over
+    ``train.warmup_steps`` (at most half the run) and anneals to ~0 by ``train.max_steps`` (cosine both ways) while AdamW's beta1 cycles
+    0.95 → 0.85 → 0.95 — the schedule ``benchmarks/complete_headroom.py`` measured its CNN with."""
 
     def __post_init__(self):
         if self.kind != "refine":
@@ -210,7 +214,11 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     t0 = time.perf_counter()
     pool = build_pool(recipe)
     steps = tc.max_steps if tc.max_steps > 0 else max(1, int(tc.epochs * len(pool) / tc.batch_size))
-    lr_sched = build_scheduler(optimizer, tc, steps)
+    if recipe.one_cycle:
+        lr_sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=steps,
+                                                       pct_start=min(max(tc.warmup_steps, 1) / steps, 0.5))
+    else:
+        lr_sched = build_scheduler(optimizer, tc, steps)
     val = _val_scenes(recipe.eval, recipe.data.prior)
     print(f"depthkit train: {len(pool)} training scenes and {len(val)} validation scenes prepared in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
