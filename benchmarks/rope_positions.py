@@ -31,11 +31,11 @@ ROWS, COLS = np.array([20, 20, 20, 100, 100, 180]), np.array([20, 30, 200, 20, 2
 def spread(theta: float, image: np.ndarray, sparse: np.ndarray) -> float:
     """Mean pairwise hidden-state distance / mean norm of the six grid queries (see the module docstring)."""
     from depthkit.complete import prompts as P
-    from depthkit.complete.checkpoint import build_tiny_base
     from depthkit.complete.engine import CompletionEngine
     from depthkit.complete.model import SDIMModel
     from depthkit.complete.readout import ResidualHead
     from depthkit.complete.recipe import TinyModelConfig
+    from depthkit.complete.tiny import build_tiny_base
 
     base, processor = build_tiny_base(TinyModelConfig(rope_theta=theta), seed=0, max_pixels=50176)
     head = ResidualHead(base.config.text_config.hidden_size)

@@ -9,18 +9,13 @@ import torch
 
 from depthkit.checkpoints import CheckpointError
 from depthkit.complete import prompts as P
-from depthkit.complete.checkpoint import (
-    build_tiny_base,
-    load_base_model,
-    load_complete,
-    save_complete,
-    write_tiny,
-)
+from depthkit.complete.checkpoint import load_base_model, load_complete, save_complete, write_tiny
 from depthkit.complete.depth_inputs import prepare_depth_inputs
 from depthkit.complete.model import SDIMModel, apply_lora
 from depthkit.complete.readout import ResidualHead, digit_token_ids, expected_digit_value, residual_l1_loss
 from depthkit.complete.recipe import TinyModelConfig
 from depthkit.complete.settings import COMPLETE_JSON, CompleteSettings
+from depthkit.complete.tiny import build_tiny_base
 
 SMALL = TinyModelConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vision_hidden_size=32,
                         vision_intermediate_size=64)

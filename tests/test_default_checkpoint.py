@@ -26,7 +26,8 @@ def test_the_default_is_the_shipped_folder_and_self_contained():
     assert not suffixes & {".bin", ".pt", ".pth", ".pkl", ".ckpt"}, suffixes
     names = {p.relative_to(DEFAULT).as_posix() for p in files}
     for needed in ("complete/model.safetensors", "complete/tokenizer.json", "complete/preprocessor_config.json",
-                   "complete/complete.json", "complete/residual_head.safetensors", "sharpen/lotus.json",
+                   "complete/complete.json", "complete/residual_head.safetensors", "complete/refiner.safetensors",
+                   "recipes/refine.yaml", "sharpen/lotus.json",
                    "recipes/complete.yaml", "recipes/sharpen.yaml"):
         assert needed in names, f"{needed} missing from checkpoints/default"
 
@@ -49,6 +50,8 @@ def test_pipeline_without_checkpoint_runs_both_stages_and_keeps_measurements(met
     image = read_image(ROOT / "examples" / "room_rgb.png")
     sparse = read_depth(ROOT / "examples" / "room_sparse.npy")
     out = pipe(image, sparse)
+    if learned:  # the shipped completer's dense refiner runs after its fill
+        assert pipe.stages[0].refiner is not None and pipe.stages[0].last_stats["refined"]
     measured = sparse > 0
     for depth in (out.depth, out.stages["complete"].depth):
         assert depth.shape == sparse.shape and np.isfinite(depth).all() and (depth > 0).all()

@@ -163,6 +163,12 @@ def test_checkpoint_round_trip_and_stage_switch(tmp_path):
     cfg.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="refiner"):
         load_complete(tmp_path / "refined")
+    data["refiner"].update(width=8, file="../plain/model.safetensors")  # a path out of the folder
+    cfg.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError):
+        load_complete(tmp_path / "refined")
+    data["refiner"]["file"] = "refiner.safetensors"
+    cfg.write_text(json.dumps(data))
     (tmp_path / "refined" / "refiner.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing refiner.safetensors"):
         load_complete(tmp_path / "refined")

@@ -57,14 +57,12 @@ from depthkit.dtypes import torch_dtype
 
 __all__ = [
     "LoadedCompleter", "save_complete", "load_complete", "write_tiny",
-    "load_base_model", "build_tiny_base",
+    "load_base_model",
 ]
 
 ADAPTER_DIR = "adapter"
 HUB_PREFIX = "hub:"
 """``weights.base_model`` of an adapter checkpoint names a hub base explicitly as ``hub:owner/name``."""
-TINY_MIN_PIXELS = 28 * 28
-TINY_MAX_PIXELS = 168 * 168
 _RESERVED = ("format", "format_version", "weights", "residual_head", "refiner")
 
 
@@ -120,26 +118,6 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
         ) from exc
     check_loading_info(info, text, "the base model weights")
     return model
-
-
-def build_tiny_base(tiny=None, seed: int = 0, min_pixels: int | None = None, max_pixels: int | None = None):
-    """``(model, processor)``: a random-weight stock Qwen2.5-VL at the sizes of ``tiny``
-    (:class:`depthkit.complete.recipe.TinyModelConfig`, defaults when None) with the offline tokenizer."""
-    from depthkit.complete.processor import build_tiny_processor
-    from depthkit.complete.recipe import TinyModelConfig
-    from depthkit.complete.tiny import build_tiny_qwen2_5_vl
-    from depthkit.complete.tokenizer import build_offline_tokenizer
-
-    tiny = tiny or TinyModelConfig()
-    tokenizer = build_offline_tokenizer()
-    if tiny.vocab_size is not None and tiny.vocab_size < len(tokenizer):
-        raise ValueError(f"model.tiny.vocab_size={tiny.vocab_size} is smaller than the offline tokenizer "
-                         f"({len(tokenizer)} tokens); leave it null or make it larger.")
-    processor = build_tiny_processor(tokenizer, min_pixels=min_pixels or TINY_MIN_PIXELS,
-                                     max_pixels=max_pixels or TINY_MAX_PIXELS)
-    model = build_tiny_qwen2_5_vl(tokenizer, seed=seed, text=tiny.text_overrides(), vision=tiny.vision_overrides(),
-                                  tie_word_embeddings=tiny.tie_word_embeddings)
-    return model, processor
 
 
 # ------------------------------------------------------------------------------------------------------------ saving
@@ -398,10 +376,8 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
     _check_sizes(directory)
     check_attn_implementation(attn_implementation, f"{directory}: attn_implementation")
     head_info = settings.residual_head
-    head_path = safe_join(directory, str(head_info.get("file", ""))) if isinstance(head_info, dict) else None
-    if head_path is not None and not head_path.is_file():
-        raise CheckpointError(f"completer checkpoint {directory} is incomplete: missing {head_path.name} (residual "
-                              f"head); found: {_found(directory)}.")
+    head_path = _named_file(directory, head_info, "residual head")
+    refiner_path = _named_file(directory, settings.refiner, "dense refiner")
 
     if weights["kind"] == "full":
         files = _weight_files(directory)
@@ -459,25 +435,32 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
         _check_finite(head, head_path, "the residual head")
         head = head.to(device).eval()
     return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head,
-                           refiner=_load_refiner(directory, settings.refiner, device))
+                           refiner=_load_refiner(refiner_path, settings.refiner, device))
 
 
-def _load_refiner(directory: Path, info: dict | None, device):
+def _named_file(directory: Path, info, what: str) -> Path | None:
+    """The weights file a ``complete.json`` entry names (None without an entry), checked to exist inside the folder."""
+    if not isinstance(info, dict):
+        return None
+    path = safe_join(directory, str(info.get("file", "")))
+    if not path.is_file():
+        raise CheckpointError(f"completer checkpoint {directory} is incomplete: missing {path.name} ({what} named in "
+                              f"{COMPLETE_JSON}); found: {_found(directory)}.")
+    return path
+
+
+def _load_refiner(path: Path | None, info: dict | None, device):
     """The dense refiner ``complete.json`` describes (None when it describes none), checked like the head."""
-    if info is None:
+    if path is None:
         return None
     from depthkit.complete.refiner import DenseRefiner
 
-    path = safe_join(directory, str(info.get("file", "")))
-    if not path.is_file():
-        raise CheckpointError(f"completer checkpoint {directory} is incomplete: missing {path.name} (dense refiner "
-                              f"named in {COMPLETE_JSON}); found: {_found(directory)}.")
     _check_safetensors(path)
-    width = bounded("refiner.width", info.get("width"), 1, 4096, directory / COMPLETE_JSON)
-    bound = bounded("refiner.max_log_correction", info.get("max_log_correction"), 1e-3, 10.0,
-                    directory / COMPLETE_JSON, integer=False)
+    source = path.parent / COMPLETE_JSON
+    width = bounded("refiner.width", info.get("width"), 1, 4096, source)
+    bound = bounded("refiner.max_log_correction", info.get("max_log_correction"), 1e-3, 10.0, source, integer=False)
     with loading(path, f"the dense refiner described in {COMPLETE_JSON}"):
-        refiner = DenseRefiner.load(directory, {"file": path.name, "width": width, "max_log_correction": bound})
+        refiner = DenseRefiner.load(path.parent, {"file": path.name, "width": width, "max_log_correction": bound})
     _check_finite(refiner, path, "the dense refiner")
     return refiner.to(device).eval()
 
@@ -497,6 +480,7 @@ def write_tiny(directory, seed: int = 0, head_prior_input: bool = False, **setti
     from depthkit.complete.model import SDIMModel
     from depthkit.complete.readout import ResidualHead
     from depthkit.complete.recipe import PromptsConfig
+    from depthkit.complete.tiny import build_tiny_base
 
     prompts = PromptsConfig()
     settings = {"prompt_prior": "guided", "pixel_reference": "text", "readout": "residual_head", **settings}

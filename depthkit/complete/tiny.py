@@ -16,7 +16,12 @@ A 56x56 image is 16 patches → 4 image tokens; the whole model has about 260k p
 
 from __future__ import annotations
 
-__all__ = ["tiny_qwen2_5_vl_config", "build_tiny_qwen2_5_vl", "token_ids_from_tokenizer"]
+__all__ = ["tiny_qwen2_5_vl_config", "build_tiny_qwen2_5_vl", "token_ids_from_tokenizer", "build_tiny_base",
+           "TINY_MIN_PIXELS", "TINY_MAX_PIXELS"]
+
+TINY_MIN_PIXELS = 28 * 28
+TINY_MAX_PIXELS = 168 * 168
+"""Processor resize bounds of the tiny models (pixels, H*W)."""
 
 
 def token_ids_from_tokenizer(tokenizer) -> dict:
@@ -111,3 +116,22 @@ def build_tiny_qwen2_5_vl(tokenizer, seed: int = 0, text: dict | None = None, vi
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
     return model.eval()
+
+
+def build_tiny_base(tiny=None, seed: int = 0, min_pixels: int | None = None, max_pixels: int | None = None):
+    """``(model, processor)``: a random-weight stock Qwen2.5-VL at the sizes of ``tiny``
+    (:class:`depthkit.complete.recipe.TinyModelConfig`, defaults when None) with the offline tokenizer."""
+    from depthkit.complete.processor import build_tiny_processor
+    from depthkit.complete.recipe import TinyModelConfig
+    from depthkit.complete.tokenizer import build_offline_tokenizer
+
+    tiny = tiny or TinyModelConfig()
+    tokenizer = build_offline_tokenizer()
+    if tiny.vocab_size is not None and tiny.vocab_size < len(tokenizer):
+        raise ValueError(f"model.tiny.vocab_size={tiny.vocab_size} is smaller than the offline tokenizer "
+                         f"({len(tokenizer)} tokens); leave it null or make it larger.")
+    processor = build_tiny_processor(tokenizer, min_pixels=min_pixels or TINY_MIN_PIXELS,
+                                     max_pixels=max_pixels or TINY_MAX_PIXELS)
+    model = build_tiny_qwen2_5_vl(tokenizer, seed=seed, text=tiny.text_overrides(), vision=tiny.vision_overrides(),
+                                  tie_word_embeddings=tiny.tie_word_embeddings)
+    return model, processor

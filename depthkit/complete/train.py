@@ -64,9 +64,10 @@ __all__ = ["train", "build_completer", "CompleterObjective", "run_packed", "setu
 def build_completer(recipe, seed: int = 0):
     """``(sdim_model, processor, residual_head or None)`` set up for training as ``recipe`` says (trainable flags,
     float32 trainable weights, gradient checkpointing). Deterministic for a given seed."""
-    from depthkit.complete.checkpoint import build_tiny_base, load_base_model
+    from depthkit.complete.checkpoint import load_base_model
     from depthkit.complete.model import SDIMModel, apply_lora
     from depthkit.complete.processor import load_processor
+    from depthkit.complete.tiny import build_tiny_base
 
     m = recipe.model
     if m.base == "tiny":
