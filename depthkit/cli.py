@@ -428,6 +428,9 @@ def describe_default(root: Path) -> list[str]:
                 + (", the refiner corrects every pixel)" if refined else ")") if method == "sdim" else " (classical)")
              + ("; sharpen = tiny SharpDepth (run it with --stages complete,sharpen)"
                 if "sharpen" in manifest["stages"] else "")]
+    if refined:
+        lines.append("  its gain is measured with the language model's answers off too (--option complete.query_budget=0: "
+                     "the refiner alone), checkpoints/README.md")
     if method != "sdim" and (root / "complete").is_dir():
         lines.append(f"  its learned completer ({learned}) is shipped but not on by default: it did not beat guided on "
                      "every pattern below; run it with --method sdim")
