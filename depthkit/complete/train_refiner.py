@@ -102,8 +102,9 @@ class RefineRecipe:
     output: OutputConfig = field(default_factory=OutputConfig)
     one_cycle: bool = False
     """Use torch's one-cycle schedule instead of ``train.schedule``: the LR rises from ``lr/25`` to ``train.lr`` over
-    ``train.warmup_steps`` (at most half the run) and anneals to ~0 by ``train.max_steps`` (cosine both ways) while AdamW's beta1 cycles
-    0.95 → 0.85 → 0.95 — the schedule ``benchmarks/complete_headroom.py`` measured its CNN with."""
+    ``train.warmup_steps`` (at most half the run) and anneals to ~0 by ``train.max_steps`` (cosine both ways) while
+    AdamW's beta1 cycles 0.95 → 0.85 → 0.95 — the schedule ``benchmarks/complete_headroom.py`` measured its CNN with
+    (the default recipe's first run, warmup + cosine with clipping, did not learn)."""
 
     def __post_init__(self):
         if self.kind != "refine":
