@@ -61,19 +61,16 @@ def make_scenes(split: str, n: int, height: int, width: int, patterns, seed_offs
     """``n`` scenes of ``split`` with their sparse input (pattern ``patterns[i % len]``), guided map and features."""
     from accuracy import SYNTHETIC_PATTERNS
 
-    from depthkit.data.baselines import guided
+    from depthkit.complete.train_refiner import prepare_scene
     from depthkit.data.datasets.synthetic import SyntheticDataset
 
     out = []
     for i in range(n):
         name = patterns[i % len(patterns)]
         kind, kwargs = SYNTHETIC_PATTERNS[name]
-        ds = SyntheticDataset(split=split, length=1, height=height, width=width, seed_offset=seed_offset + i,
-                              sparse_pattern=kind, sparse_kwargs=kwargs)
-        s = ds[0]
-        prior = guided(s["image"], s["sparse"])
-        out.append({"pattern": name, "depth": s["depth"], "sparse": s["sparse"], "prior": prior, "image": s["image"],
-                    "x": features(s["image"], s["sparse"], prior)})
+        s = SyntheticDataset(split=split, length=1, height=height, width=width, seed_offset=seed_offset + i,
+                             sparse_pattern=kind, sparse_kwargs=kwargs)[0]
+        out.append({"pattern": name, **prepare_scene(s["image"], s["sparse"], s["depth"])})
     return out
 
 
@@ -186,14 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{t['guided_dbe']:.2f} / {t['cnn_dbe']:.2f} | {t['preservation']:.4f} |")
     write_results(args.out, "complete_headroom", report, lines)
     if args.save is not None:
-        import json
+        from depthkit.complete.train_refiner import write_refiner_folder
 
-        from depthkit.complete.train_refiner import REFINER_JSON
-
-        args.save.mkdir(parents=True, exist_ok=True)
-        entry = net.save(args.save)
-        (args.save / REFINER_JSON).write_text(json.dumps({**entry, "steps": args.steps, "seed": args.seed,
-                                                          "trained_with": report["command"]}, indent=2) + "\n")
+        write_refiner_folder(args.save, net, steps=args.steps, seed=args.seed, trained_with=report["command"])
     return 0
 
 

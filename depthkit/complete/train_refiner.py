@@ -8,7 +8,7 @@ answers correct, and the map it returns where it has no answer). Optimizer step 
 scenes from :class:`depthkit.training.StepSampler` and one random ``data.crop`` of each (flipped left-right with
 probability 1/2 when ``data.random_flip``), every draw seeded by ``(seed, k)``, so ``--resume`` continues exactly.
 The loss is :func:`depthkit.complete.refiner.refiner_log_l1` (L1 in log depth over valid GT pixels). AdamW with the
-recipe's warmup and schedule, gradient clipping; atomic resumable checkpoints (:func:`depthkit.training.save_state`).
+recipe's warmup and schedule (or ``one_cycle``), optional gradient clipping; atomic resumable checkpoints (:func:`depthkit.training.save_state`).
 
 Validation (every ``train.eval_every`` steps and at the end) on ``eval.num_scenes`` scenes of the synthetic ``val``
 split (never trained on) with ``eval.sparse_points`` random points: MAE (m) of the prior and of the refined map, and
@@ -32,7 +32,7 @@ from depthkit.complete.recipe import DatasetEntry, SyntheticOptions
 from depthkit.config import OutputConfig, RecipeError, TrainConfig
 
 __all__ = ["RefineRecipe", "RefineModelConfig", "RefineDataConfig", "RefineEvalConfig", "train", "build_pool",
-           "crop_batch", "evaluate_refiner", "REFINER_JSON"]
+           "prepare_scene", "crop_batch", "evaluate_refiner", "write_refiner_folder", "REFINER_JSON"]
 
 REFINER_JSON = "refiner.json"
 
@@ -111,7 +111,10 @@ class RefineRecipe:
             raise RecipeError(f"kind={self.kind!r}; this schema is for kind: refine")
 
 
-def _prepared(image, sparse, depth, prior_name: str) -> dict:
+def prepare_scene(image, sparse, depth, prior_name: str = "guided") -> dict:
+    """One scene as the refiner trains and is scored on: ``image``, ``sparse``, ``depth`` (GT, float32), ``prior``
+    (the classical method ``prior_name``'s map, float32) and ``x`` (:func:`~depthkit.complete.refiner.refiner_features`
+    of that map)."""
     from depthkit.complete.refiner import refiner_features
     from depthkit.data import baselines
 
@@ -131,7 +134,7 @@ def build_pool(recipe) -> list[dict]:
         item = mixed.get(i)
         if item["depth"].shape[0] < ch or item["depth"].shape[1] < cw:
             raise ValueError(f"training scene {i} is {item['depth'].shape}, smaller than data.crop={[ch, cw]}.")
-        pool.append(_prepared(item["image"], item["sparse"], item["depth"], recipe.data.prior))
+        pool.append(prepare_scene(item["image"], item["sparse"], item["depth"], recipe.data.prior))
     return pool
 
 
@@ -164,7 +167,7 @@ def _val_scenes(cfg: RefineEvalConfig, prior_name: str) -> list[dict]:
 
     ds = SyntheticDataset(split="val", length=cfg.num_scenes, height=cfg.height, width=cfg.width, kind=cfg.kind,
                           sparse_pattern="random", sparse_kwargs={"n": cfg.sparse_points})
-    return [_prepared(s["image"], s["sparse"], s["depth"], prior_name) for s in (ds[i] for i in range(len(ds)))]
+    return [prepare_scene(s["image"], s["sparse"], s["depth"], prior_name) for s in (ds[i] for i in range(len(ds)))]
 
 
 def evaluate_refiner(net, scenes: list[dict]) -> dict:
@@ -183,6 +186,15 @@ def evaluate_refiner(net, scenes: list[dict]) -> dict:
     net.train(was_training)
     p, r = float(np.mean(prior_mae)), float(np.mean(refined_mae))
     return {"val_prior_mae": p, "val_refined_mae": r, "val_change": r / p - 1.0}
+
+
+def write_refiner_folder(directory, net, **info) -> None:
+    """Write ``net``'s weights and ``refiner.json`` (its ``complete.json`` entry plus ``info``: steps, seed,
+    validation...) into ``directory`` — the layout ``checkpoints/assemble_default.py --refiner`` takes."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    entry = net.save(directory)
+    (directory / REFINER_JSON).write_text(json.dumps({**entry, **info}, indent=2) + "\n")
 
 
 def train(recipe: RefineRecipe, resume: bool = False) -> Path:
@@ -261,9 +273,7 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     net.eval()
 
     def write(tmp: Path) -> None:
-        entry = net.cpu().save(tmp)
-        (tmp / REFINER_JSON).write_text(json.dumps({**entry, "steps": steps, "seed": tc.seed, **last_val},
-                                                   indent=2) + "\n")
+        write_refiner_folder(tmp, net.cpu(), steps=steps, seed=tc.seed, **last_val)
         (tmp / "recipe.yaml").write_text(recipe_to_yaml(recipe))
 
     final = atomic_export(run / "final", write)
