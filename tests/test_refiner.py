@@ -149,13 +149,22 @@ def test_checkpoint_round_trip_and_stage_switch(tmp_path):
     base = off.run(image, sparse)
     assert not off.last_stats["refined"]
     np.testing.assert_allclose(base.depth, guided(image, sparse), rtol=1e-5)  # untrained head: guided
-    np.testing.assert_allclose(out.depth, net.refine(image, sparse, base.depth), rtol=1e-6)
-    assert not np.allclose(out.depth, base.depth)
+    strength = on.last_stats["refine_strength"]  # the frame's points judged it (tests/test_refiner_check.py)
+    np.testing.assert_allclose(out.depth, net.refine(image, sparse, base.depth, strength=strength), rtol=1e-6)
+    trusted = CompleteVLMStage.from_checkpoint(tmp_path / "refined", query_budget=20, fill="residual",
+                                               refine_check=False)
+    full = trusted.run(image, sparse)
+    assert trusted.last_stats["refine_strength"] == 1.0 and "refine_check" not in trusted.last_stats
+    np.testing.assert_allclose(full.depth, net.refine(image, sparse, base.depth), rtol=1e-6)
+    assert not np.allclose(full.depth, base.depth)
     assert np.array_equal(out.depth[sparse > 0], sparse[sparse > 0])
+    assert np.array_equal(full.depth[sparse > 0], sparse[sparse > 0])
     with pytest.raises(ValueError, match="no dense refiner"):
         CompleteVLMStage.from_checkpoint(tmp_path / "plain", refine=True)
     with pytest.raises(ValueError, match="refine="):
         CompleteVLMStage.from_checkpoint(tmp_path / "refined", refine="yes")
+    with pytest.raises(ValueError, match="refine_check="):
+        CompleteVLMStage.from_checkpoint(tmp_path / "refined", refine_check="sometimes")
 
     cfg = tmp_path / "refined" / "complete.json"
     data = json.loads(cfg.read_text())

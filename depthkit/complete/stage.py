@@ -12,7 +12,8 @@
    low-confidence answers by the classical interpolation), then fill the full resolution with the
    RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly);
 5. if the checkpoint has a dense refiner (:mod:`depthkit.complete.refiner`) and option ``refine`` is not false,
-   correct the filled map at every pixel with it (measured values copied exactly again).
+   correct the filled map at every pixel with it (measured values copied exactly again), at the strength the frame's
+   own measured points support (:mod:`depthkit.complete.refiner_check`, option ``refine_check``).
 
 Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
 1 at measured pixels, decaying away from measured and queried pixels) and ``extras``: ``query_mask`` (1 where a
@@ -31,7 +32,9 @@ at that size and upsampled, see :meth:`CompleteVLMStage.run`). A sparse map with
 checkpoint writes a prompt prior (there is nothing to interpolate it from); with fusion on and prompt_prior none it
 turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` says so). ``refine`` (None: on when
 the checkpoint has a refiner; False: off, the ablation; True: on, an error if the checkpoint has none;
-``last_stats["refined"]`` says whether it ran, ``refine_seconds`` how long). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
+``last_stats["refined"]`` says whether it ran, ``refine_seconds`` how long, check included). ``refine_check`` (True:
+the frame's own measured points decide how far to trust the refiner, :mod:`~depthkit.complete.refiner_check`;
+``last_stats["refine_strength"]`` and ``["refine_check"]`` record the decision; False: the refiner as trained). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
 pipeline.
 """
 
@@ -60,6 +63,7 @@ STAGE_OPTIONS = {
     "confidence_decay_px": None,
     "max_working_side": MAX_WORKING_SIDE,
     "refine": None,
+    "refine_check": True,
 }
 
 
@@ -101,6 +105,9 @@ class CompleteVLMStage:
         if refine is True and refiner is None:
             raise ValueError("refine=true but this completer checkpoint has no dense refiner (no 'refiner' in "
                              "complete.json); leave refine unset or train one (recipes/default/refine.yaml).")
+        if self.options["refine_check"] not in (True, False):
+            raise ValueError(f"refine_check={self.options['refine_check']!r}; allowed: true (the frame's measured "
+                             "points decide how far to trust the refiner), false (the refiner as trained).")
         self.refiner = refiner if refine is not False else None
         self.settings = settings
         self.prompt_config = settings.prompt_config()
@@ -201,7 +208,15 @@ class CompleteVLMStage:
         stats["refined"] = self.refiner is not None
         if self.refiner is not None:
             t_refine = time.perf_counter()
-            dense = self.refiner.refine(image, sparse, dense)
+            strength = 1.0
+            if opts["refine_check"] and measured:
+                from depthkit.complete.refiner_check import check_refiner
+
+                check = check_refiner(self.refiner, image, sparse)
+                strength = check.strength
+                stats["refine_check"] = check.summary()
+            dense = self.refiner.refine(image, sparse, dense, strength=strength)
+            stats["refine_strength"] = strength
             stats["refine_seconds"] = time.perf_counter() - t_refine
         decay = opts["confidence_decay_px"]
         conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
