@@ -6,7 +6,7 @@ Usage (from the repository root; ~2 min for the embedded default on one CPU thre
     python benchmarks/sharpen_limits.py --checkpoint DIR --scenes 16 --patterns random500,lidar64
 
 For each scene of the synthetic test split (240x320) the metric input is ``guided`` on the pattern's sparse points
-(the embedded default's completion) and four maps are scored against the GT depth, MAE (m) and DBE accuracy (px):
+(the embedded default's completion) and five maps are scored against the GT depth, MAE (m) and DBE accuracy (px):
 
 - ``input``: the metric input itself;
 - ``VAE round trip``: the input normalised, encoded and decoded by the sharpener's depth VAE at the processing size,
@@ -14,7 +14,9 @@ For each scene of the synthetic test split (240x320) the metric input is ``guide
   VAE, so this bounds how close to its input it can stay where it should not move;
 - ``Lotus, affine to GT``: the pass-1 Lotus map with the least-squares scale and shift to the GT (an oracle
   alignment): how good Lotus's shape and edges are, the teacher the sharpener learns its edges from;
-- ``sharpened``: the sharpen stage's output (measured pixels restored).
+- ``sharpened``: the sharpener's output as the checkpoint configures it (measured pixels restored);
+- ``sharpened, residual output``: the same pass with ``output="residual"`` (the input plus the change pass 2 made
+  to the input's own VAE round trip, so the round trip's error cancels; :class:`~depthkit.sharpen.model.SharpDepthConfig`).
 
 A sharpener can only improve DBE over its input where its Lotus's edges are better than the input's, and can only
 keep the MAE within a few per cent where its VAE round trip does. Writes ``<out>/sharpen_limits.{json,md}``.
@@ -27,6 +29,7 @@ import datetime as _dt
 import os
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
@@ -34,7 +37,7 @@ from _results import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
-MAPS = ("input", "VAE round trip", "Lotus, affine to GT", "sharpened")
+MAPS = ("input", "VAE round trip", "Lotus, affine to GT", "sharpened", "sharpened, residual output")
 
 
 def affine_to(pred, target, valid):
@@ -46,8 +49,8 @@ def affine_to(pred, target, valid):
     return (s * pred + t).astype(np.float32)
 
 
-def score_scene(sharpdepth, image, gt, sparse, processing_resolution: int | None) -> dict:
-    """The four maps of one scene → ``{map: {"mae", "dbe_acc"}}``."""
+def score_scene(sharpdepth, residual, image, gt, sparse, processing_resolution: int | None) -> dict:
+    """The five maps of one scene → ``{map: {"mae", "dbe_acc"}}``."""
     import numpy as np
     import torch
 
@@ -61,8 +64,11 @@ def score_scene(sharpdepth, image, gt, sparse, processing_resolution: int | None
     out = sharpdepth.sharpen_tensors(image_to_tensor(image), as_tensor(metric), as_tensor(sparse),
                                      processing_resolution, autoencoded=True)
     lotus = out["lotus"][0, 0].float().numpy()
+    edited = residual.sharpen_tensors(image_to_tensor(image), as_tensor(metric), as_tensor(sparse),
+                                      processing_resolution)["depth"][0, 0].float().numpy()
     maps = {"input": metric, "VAE round trip": out["autoencoded"][0, 0].float().numpy(),
-            "Lotus, affine to GT": affine_to(lotus, gt, valid), "sharpened": out["depth"][0, 0].float().numpy()}
+            "Lotus, affine to GT": affine_to(lotus, gt, valid), "sharpened": out["depth"][0, 0].float().numpy(),
+            "sharpened, residual output": edited}
     return {name: {"mae": float(depth_metrics(pred, gt, valid)["mae"]),
                    "dbe_acc": float(dbe_metrics(pred, gt, valid=valid)["dbe_acc"])} for name, pred in maps.items()}
 
@@ -98,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.checkpoint} has no sharpen/ part; pass a checkpoint with one.")
     resolution = ref.options("sharpen").get("processing_resolution")
     sharpdepth = SharpDepth.from_dir(ref.part("sharpen"))
+    residual = SharpDepth(sharpdepth.model, {**asdict(sharpdepth.config), "output": "residual"},
+                          lotus_unet=sharpdepth.lotus_unet)
     per_scene, mean = {}, {}
     for pattern in patterns:
         kind, kwargs = SYNTHETIC_PATTERNS[pattern]
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for i in range(len(data)):
             sample = data[i]
-            rows.append(score_scene(sharpdepth, sample["image"], sample["depth"], sample["sparse"], resolution))
+            rows.append(score_scene(sharpdepth, residual, sample["image"], sample["depth"], sample["sparse"], resolution))
             print(pattern, i, {k: (round(v["mae"], 3), round(v["dbe_acc"], 2)) for k, v in rows[-1].items()},
                   flush=True)
         per_scene[pattern] = rows

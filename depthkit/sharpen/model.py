@@ -116,6 +116,11 @@ class SharpDepthConfig:
     ema_every-th call from ema_start on averages (depthkit's earlier rule)."""
     fit_threshold: float = 0.5
     """Inference: scale/shift are fitted over pixels with e < fit_threshold [code]."""
+    output: str = "decoded"
+    """Inference: "decoded" [paper and code] = the decoded pass-2 map, scale/shift-fitted to d; "residual" (depthkit)
+    = d plus the fitted change pass 2 made, d + s·(dec(ẑ) − dec(z_d)): where pass 2 returns z_d the output is d
+    exactly, so the VAE's reconstruction error (benchmarks/sharpen_limits.py) never reaches it. Pixels without
+    metric input take the decoded map."""
     zero_discrepancy_at_sparse: bool = True
     """depthkit: e = 0 at measured sparse pixels (and the output keeps the measured values there)."""
     sparse_latent_cells: bool = False
@@ -129,7 +134,8 @@ class SharpDepthConfig:
     def __post_init__(self):
         choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
                    "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled"),
-                   "ema_schedule": EMA_SCHEDULES, "recons_weight": RECONS_WEIGHTS}
+                   "ema_schedule": EMA_SCHEDULES, "recons_weight": RECONS_WEIGHTS,
+                   "output": ("decoded", "residual")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SharpDepthConfig.{name} must be one of {allowed}; received {getattr(self, name)!r}.")
@@ -313,14 +319,19 @@ class SharpDepth(nn.Module):
             e = torch.where(measured, torch.zeros_like(e), e)
         fit_mask = (e < cfg.fit_threshold) & valid
         s, t = masked_scale_shift(pred, norm_full, fit_mask)
-        depth = denormalize_depth(s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1), params)
+        s4, fitted = s.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
+        round_trip = None
+        if autoencoded or cfg.output == "residual":
+            round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
+        if cfg.output == "residual":  # the input plus the change pass 2 made to its own VAE round trip
+            fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
+        depth = denormalize_depth(fitted, params)
         if measured is not None:
             depth = torch.where(measured, sparse, depth)
         used = torch.where(fit_mask.flatten(1).sum(1) >= 2, fit_mask.flatten(1).sum(1), valid.flatten(1).sum(1))
         out = {"depth": depth, "discrepancy": e, "lotus": resize_bilinear(lotus_p.float(), (h, w)),
                "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params}
         if autoencoded:
-            round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
             out["autoencoded"] = denormalize_depth(round_trip, params)
         return out
 
