@@ -425,7 +425,8 @@ def describe_default(root: Path) -> list[str]:
     learned = "tiny SDIM completer" + (" + dense refiner" if refined else "")
     lines = [f"the default (no --checkpoint): complete = {method}"
              + (f" ({learned}: answers correct the guided map"
-                + (", the refiner corrects every pixel)" if refined else ")") if method == "sdim" else " (classical)")
+                + (", the refiner corrects every pixel as far as the frame's own points support)" if refined else ")")
+                if method == "sdim" else " (classical)")
              + ("; sharpen = tiny SharpDepth (run it with --stages complete,sharpen)"
                 if "sharpen" in manifest["stages"] else "")]
     if refined:
