@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if ref is not None:
         stages = [s for s in args.stages.split(",") if s in ref.stages or s == "complete"]
         methods[f"{ref.root.name}: complete"] = Pipeline(stages=("complete",), checkpoint=ref)
-        if (ref.root / "complete" / "refiner.safetensors").is_file():
+        settings = ref.root / "complete" / "complete.json"
+        if settings.is_file() and json.loads(settings.read_text()).get("refiner"):
             methods[f"{ref.root.name}: complete, refiner as trained"] = Pipeline(
                 stages=("complete",), checkpoint=ref, stage_options={"complete": {"refine_check": False}})
         if "sharpen" in stages:

@@ -116,7 +116,7 @@ def test_the_shipped_refiner_is_kept_where_it_helps_and_not_judged_in_tof_holes(
     image, sparse, _ = _scene("holes", h=240, w=320, split="test")
     check = check_refiner(net, image, sparse)
     assert not check.decided and check.strength == 1.0 and check.uncovered > 0.5
-    assert "farther from the measurements" in check.reason
+    assert "no held-out point has" in check.reason
 
 
 def test_check_runs_at_most_at_max_side_and_refuses_bad_settings():
@@ -129,6 +129,27 @@ def test_check_runs_at_most_at_max_side_and_refuses_bad_settings():
     few[5, 5] = 2.0
     lone = check_refiner(net, image, few)
     assert not lone.decided and lone.strength == 1.0 and "too few" in lone.reason
+    ys, xs = np.nonzero(sparse)
+    nineteen, twenty = np.zeros_like(sparse), np.zeros_like(sparse)
+    nineteen[ys[:19], xs[:19]] = sparse[ys[:19], xs[:19]]
+    twenty[ys[:20], xs[:20]] = sparse[ys[:20], xs[:20]]
+    assert "too few" in check_refiner(net, image, nineteen).reason
+    assert "too few" not in check_refiner(net, image, twenty).reason
+    dense = check_refiner(net, image, np.full_like(sparse, 2.0))
+    assert not dense.decided and dense.strength == 1.0 and "every pixel" in dense.reason
+    one = np.zeros((100, 100), np.float32)  # a point moves to its pixel centre's cell: 3.5 * 0.32 = 1.12 -> 1
+    one[3, 3], one[97, 40] = 2.0, 3.0
+    grid = np.zeros((100, 100, 3), np.uint8)
+    sized = check_refiner(net, grid, one, max_side=32, min_points=1)
+    assert sized.size == (32, 32)
+    from depthkit.complete.refiner_check import _downscale
+
+    _, small = _downscale(grid, one, 32)
+    assert sorted(zip(*np.nonzero(small))) == [(1, 1), (31, 12)]  # (97.5 * .32 = 31.2, 40.5 * .32 = 12.96)
+    zero = DenseRefiner(width=8)  # every strength ties: the strongest wins whatever the order
+    assert check_refiner(zero, image, sparse, strengths=(1.0, 0.5, 0.0)).strength == 1.0
+    with pytest.raises(ValueError, match="strengths"):
+        check_refiner(net, image, sparse, strengths=(0.0, 1.5))
     with pytest.raises(ValueError, match="folds"):
         check_refiner(net, image, sparse, folds=1)
     with pytest.raises(ValueError, match="strength"):

@@ -64,19 +64,19 @@ class RefineCheck:
 
 
 def _downscale(image: np.ndarray, sparse: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image area-resized and measured points moved to the nearest pixel so the longest side is <= ``max_side``."""
+    """Image area-resized and measured points moved to their scaled pixel centres (:func:`depthkit.io.resize_sparse`,
+    as the stage's own resizing does) so the longest side is <= ``max_side``."""
     import cv2
+
+    from depthkit.io import resize_sparse
 
     h, w = sparse.shape
     scale = max_side / max(h, w)
     if scale >= 1.0:
         return image, sparse
     hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
-    small_image = cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA)
-    ys, xs = np.nonzero(np.isfinite(sparse) & (sparse > 0))
-    small = np.zeros((hs, ws), np.float32)
-    small[np.minimum((ys * hs) // h, hs - 1), np.minimum((xs * ws) // w, ws - 1)] = sparse[ys, xs]
-    return small_image, small
+    measured = np.where(np.isfinite(sparse) & (sparse > 0), sparse, 0.0)
+    return cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA), resize_sparse(measured, (hs, ws))
 
 
 def _distance_to(mask: np.ndarray) -> np.ndarray:
@@ -107,13 +107,19 @@ def check_refiner(refiner, image: np.ndarray, sparse: np.ndarray, prior: str = "
     if int(folds) < 2:
         raise ValueError(f"refiner check folds={folds!r} must be >= 2 (each fold is held out once).")
     strengths = np.asarray(strengths, dtype=np.float64)
+    if strengths.ndim != 1 or strengths.size == 0 or not np.all((strengths >= 0) & (strengths <= 1)):
+        raise ValueError(f"refiner check strengths={list(np.atleast_1d(strengths))} must be a non-empty list of "
+                         "values in [0, 1] (0: the prior, 1: the refiner as trained).")
     image, sparse = _downscale(np.asarray(image), np.asarray(sparse, np.float32), int(max_side))
     size = tuple(sparse.shape)
     measured = np.isfinite(sparse) & (sparse > 0)
     ys, xs = np.nonzero(measured)
-    if len(ys) < max(int(min_points), int(folds)):
-        return RefineCheck(1.0, False, f"{len(ys)} measured pixels, fewer than {min_points}: too few to judge",
-                           size=size)
+    enough = max(int(min_points), int(folds))
+    if len(ys) < enough:
+        return RefineCheck(1.0, False, f"{len(ys)} measured pixel(s) at the check's size, fewer than {enough}: too "
+                           "few to judge", size=size)
+    if measured.all():
+        return RefineCheck(1.0, False, "every pixel is measured: nothing to fill, nothing to judge", size=size)
     fold = np.random.default_rng(seed).permutation(len(ys)) % int(folds)
     unmeasured = _distance_to(measured)[~measured]
     n_bins = len(DISTANCE_BINS_PX) - 1
@@ -135,11 +141,11 @@ def check_refiner(refiner, image: np.ndarray, sparse: np.ndarray, prior: str = "
     share_heldout = np.bincount(b, minlength=n_bins) / len(b)
     uncovered = float(share_unmeasured[share_heldout == 0].sum())
     if uncovered > max_uncovered:
-        return RefineCheck(1.0, False, f"{uncovered:.0%} of the unmeasured pixels lie farther from the measurements "
-                           "than any held-out point: the points cannot judge the refiner there",
+        return RefineCheck(1.0, False, f"{uncovered:.0%} of the unmeasured pixels lie at distances from the "
+                           "measurements that no held-out point has: the points cannot judge the refiner there",
                            uncovered=uncovered, n_heldout=len(b), size=size)
     weight = share_unmeasured[b] / np.maximum(share_heldout[b], 1e-12)
     weighted = (weight[:, None] * err).sum(0) / max(float(weight.sum()), 1e-12)
-    best = np.flatnonzero(weighted <= weighted.min()).max()  # ties to the stronger correction
-    return RefineCheck(float(strengths[best]), True, strengths=tuple(float(s) for s in strengths),
+    best = float(strengths[weighted <= weighted.min()].max())  # ties go to the stronger correction
+    return RefineCheck(best, True, strengths=tuple(float(s) for s in strengths),
                        errors=[float(e) for e in weighted], uncovered=uncovered, n_heldout=len(b), size=size)

@@ -105,7 +105,7 @@ class CompleteVLMStage:
         if refine is True and refiner is None:
             raise ValueError("refine=true but this completer checkpoint has no dense refiner (no 'refiner' in "
                              "complete.json); leave refine unset or train one (recipes/default/refine.yaml).")
-        if self.options["refine_check"] not in (True, False):
+        if not isinstance(self.options["refine_check"], bool):
             raise ValueError(f"refine_check={self.options['refine_check']!r}; allowed: true (the frame's measured "
                              "points decide how far to trust the refiner), false (the refiner as trained).")
         self.refiner = refiner if refine is not False else None
