@@ -105,16 +105,14 @@ class DenseRefiner(nn.Module):
         x = torch.from_numpy(refiner_features(image, sparse, completed))[None].to(p.device, p.dtype)
         return self(x)[0, 0].float().cpu().numpy()
 
-    def refine(self, image: np.ndarray, sparse: np.ndarray, completed: np.ndarray, strength: float = 1.0,
-               correction: np.ndarray | None = None) -> np.ndarray:
+    def refine(self, image: np.ndarray, sparse: np.ndarray, completed: np.ndarray, strength: float = 1.0) -> np.ndarray:
         """H x W float32 metres: ``completed * exp(strength * r)``, measured pixels of ``sparse`` copied exactly.
 
         ``strength`` in [0, 1] scales the log correction (1: as trained; 0: ``completed`` itself; the stage sets it
-        per frame with :func:`depthkit.complete.refiner_check.check_refiner`); ``correction`` reuses an ``r`` computed
-        by :meth:`log_correction` for these inputs."""
+        per frame with :func:`depthkit.complete.refiner_check.check_refiner`)."""
         if not 0.0 <= float(strength) <= 1.0:
             raise ValueError(f"refiner strength={strength!r} must be in [0, 1] (1: as trained, 0: no correction).")
-        r = self.log_correction(image, sparse, completed) if correction is None else correction
+        r = self.log_correction(image, sparse, completed)
         out = (np.asarray(completed, dtype=np.float64) * np.exp(float(strength) * r)).astype(np.float32)
         measured = np.isfinite(sparse) & (sparse > 0)
         return np.where(measured, sparse, out).astype(np.float32)

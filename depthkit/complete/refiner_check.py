@@ -16,12 +16,14 @@ itself can tell the two apart. :func:`check_refiner` cross-validates the refiner
    where the prior is nearly exact, though the refiner's gain is inside the holes;
 3. take the strength with the lowest weighted error (ties to the stronger one). When the held-out pixels cannot
    stand for the unmeasured ones — more than ``max_uncovered`` of the unmeasured pixels lie at distances no held-out
-   pixel has (LiDAR rows, large holes), or fewer than ``min_points`` measured pixels — the check does not decide and
-   the refiner runs as trained (strength 1: what the synthetic test split measured).
+   pixel has (LiDAR rows, large holes), fewer than ``min_points`` measured pixels, or every pixel measured — the
+   check does not decide and the refiner runs as trained (strength 1: what the synthetic test split measured).
 
 The check runs at most at ``max_side`` pixels on the longest side (the image is area-resized and the measured
-points moved to the nearest pixel of the smaller grid), so it adds two classical fills and two refiner passes at
-320 px to a frame of any size. Everything is seeded: the same input gives the same strength.
+points moved to their scaled pixel centres, :func:`depthkit.io.resize_sparse`), so it adds two classical fills and
+two refiner passes at 320 px to a frame of any size. Everything is seeded: the same input gives the same strength.
+Known limits: the strength is chosen at that size but applied at the stage's working size; the score is absolute
+error in metres (the evaluation's metric), so far points weigh most.
 """
 
 from __future__ import annotations
