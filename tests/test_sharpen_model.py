@@ -451,3 +451,89 @@ def test_holes_in_the_metric_source_carry_no_reconstruction_weight(sharp, monkey
     assert torch.all(w[hole] == 0.0)  # ... but the reconstruction loss ignores it
     expected = {"e": e, "one_minus_e": 1.0 - e, "uniform": torch.ones_like(e)}[recons_weight]
     assert torch.allclose(w[~hole], expected[~hole])
+
+
+# ------------------------------------------------------------------------------------------------ ground truth terms
+def test_gt_loss_by_hand_with_loops():
+    """``gt_loss`` recomputed with Python loops: the mean absolute error over valid pixels and the mean absolute
+    difference of neighbour differences over pairs whose two pixels are both valid (right and below neighbours
+    pooled). Fails if the pair mask is dropped, a direction is missed, or the means are taken over all pixels."""
+    from depthkit.sharpen.losses import gt_loss
+
+    g = torch.Generator().manual_seed(4)
+    out = torch.rand(2, 1, 5, 7, generator=g, requires_grad=True)
+    gt = torch.rand(2, 1, 5, 7, generator=g)
+    valid = torch.rand(2, 1, 5, 7, generator=g) > 0.3
+    l1, grad = gt_loss(out, gt, valid)
+    o, t, v = out.detach().numpy(), gt.numpy(), valid.numpy()
+    errs, pairs = [], []
+    for b in range(2):
+        for y in range(5):
+            for x in range(7):
+                if v[b, 0, y, x]:
+                    errs.append(abs(o[b, 0, y, x] - t[b, 0, y, x]))
+                for dy, dx in ((0, 1), (1, 0)):
+                    y2, x2 = y + dy, x + dx
+                    if y2 < 5 and x2 < 7 and v[b, 0, y, x] and v[b, 0, y2, x2]:
+                        pairs.append(abs((o[b, 0, y2, x2] - o[b, 0, y, x]) - (t[b, 0, y2, x2] - t[b, 0, y, x])))
+    assert float(l1.detach()) == pytest.approx(np.mean(errs), rel=1e-5)
+    assert float(grad.detach()) == pytest.approx(np.mean(pairs), rel=1e-5)
+    (l1 + grad).backward()
+    assert out.grad[~valid].abs().sum() == 0  # invalid pixels pull on nothing
+    none = gt_loss(out, gt, torch.zeros_like(valid))
+    assert float(none[0]) == 0.0 and float(none[1]) == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        gt_loss(out, gt[..., :3], valid)
+
+
+@pytest.mark.parametrize("output", ["decoded", "residual"])
+def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output):
+    """The ground-truth terms of ``compute_losses`` recomputed from the step's own decoded prediction: GT normalised
+    with the *metric input's* min/max (by hand here), the output residual-formed (norm(d) + dec(ẑ) − dec(z_d), the
+    round trip by hand) or decoded, then the loops of :func:`test_gt_loss_by_hand_with_loops` on the [0, 1] maps.
+    Fails if GT is normalised with its own range, the residual form is dropped or the weights are ignored."""
+    model = SharpDepth(sharp.model, {"output": output, "lambda_gt": 0.7, "lambda_gt_grad": 0.2})
+    img, depth, _ = _scene(32, 48, seed=3)
+    gt = depth.copy()
+    gt[10:20, 30:40] = 6.5  # beyond the metric input's range: clipped to its far end
+    gt[:4, :4] = 0.0  # no GT here
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    with torch.no_grad():
+        out = model.compute_losses(x, d, sharp.model.unet, generator=torch.Generator().manual_seed(0),
+                                   gt=torch.from_numpy(gt)[None, None])
+    lo, hi = float(depth.min()), float(depth.max())
+    norm_d = (depth - lo) / (hi - lo) * 2 - 1
+    pred = out["prediction"][0, 0].numpy()
+    if output == "residual":
+        m = sharp.model
+        with torch.no_grad():
+            rt = m.decode_depth(m.encode(torch.from_numpy(norm_d)[None, None].float().expand(-1, 3, -1, -1)))
+        pred = norm_d + pred - rt[0, 0].numpy()
+    o = pred * 0.5 + 0.5
+    t = np.clip((gt - lo) / (hi - lo) * 2 - 1, -1, 1) * 0.5 + 0.5
+    v = gt > 0
+    l1 = np.abs(o - t)[v].mean()
+    dx = np.abs(np.diff(o, axis=1) - np.diff(t, axis=1))[v[:, 1:] & v[:, :-1]]
+    dy = np.abs(np.diff(o, axis=0) - np.diff(t, axis=0))[v[1:] & v[:-1]]
+    grad = np.concatenate([dx, dy]).mean()
+    assert float(out["gt"]) == pytest.approx(l1, rel=1e-4)
+    assert float(out["gt_grad"]) == pytest.approx(grad, rel=1e-4)
+    expected = float(out["sds"]) + 0.3 * float(out["recons"]) + 0.7 * l1 + 0.2 * grad
+    assert float(out["loss"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_gt_terms_need_gt_and_are_off_by_default(sharp):
+    img, depth, _ = _scene(32, 48, seed=1)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    cfg = SharpDepthConfig()
+    assert (cfg.lambda_gt, cfg.lambda_gt_grad, cfg.uses_gt) == (0.0, 0.0, False)
+    with torch.no_grad():
+        out = sharp.compute_losses(x, d, sharp.model.unet, generator=torch.Generator().manual_seed(0))
+    assert float(out["gt"]) == 0.0 and float(out["loss"]) == pytest.approx(
+        float(out["sds"]) + 0.3 * float(out["recons"]), rel=1e-6)
+    with pytest.raises(ValueError, match="need ground-truth depth"):
+        SharpDepth(sharp.model, {"lambda_gt_grad": 1.0}).compute_losses(x, d, sharp.model.unet)
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        SharpDepthConfig(lambda_gt=-1.0)

@@ -220,6 +220,42 @@ def test_recipe_and_trainer_errors(tmp_path):
     write_image(tmp_path / "imgs" / "a.png", np.zeros((16, 24, 3), np.uint8))
     with pytest.raises(ValueError, match="needs sparse input"):  # complete source, image folder without sparse_dir
         train_sharpen.train(sharpen_recipe(tmp_path / "r2", "tiny", src, (16, 24), "complete", steps=1))
+    (tmp_path / "metric").mkdir()
+    np.save(tmp_path / "metric" / "a.npy", np.full((16, 24), 2.0, np.float32))
+    with pytest.raises(ValueError, match="has no GT depth"):  # the ground-truth terms on unlabelled images
+        train_sharpen.train(sharpen_recipe(tmp_path / "r3", "tiny", src, (16, 24), f"npy:{tmp_path / 'metric'}",
+                                           steps=1, sharpdepth={"lambda_gt": 1.0}))
+
+
+def test_sharpen_trainer_feeds_ground_truth_crops(tmp_path, monkeypatch):
+    """With ``lambda_gt`` the trainer hands compute_losses the GT crop that matches the image and metric crops
+    (same resize, crop and flip): on a source whose metric input is twice the GT, every metric crop is twice its GT
+    crop. Fails if the GT is cropped on its own or the metric map is passed as GT."""
+    from depthkit.sharpen import train as train_sharpen
+    from depthkit.sharpen.model import SharpDepth
+
+    scenes = {"length": 3, "height": 20, "width": 40, "kind": "indoor"}  # resized to 16x32, then cropped to 16x24
+    items = [build_dataset("synthetic", None, split="train", **scenes)[i] for i in range(3)]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "metric").mkdir()
+    for it in items:
+        write_image(tmp_path / "images" / f"{it['name']}.png", it["image"])
+        np.save(tmp_path / "metric" / f"{it['name']}.npy", 2.0 * it["depth"])
+    seen = []
+    real = SharpDepth.compute_losses
+
+    def spy(self, image, metric_depth, *args, gt=None, **kwargs):
+        seen.append((metric_depth.clone(), None if gt is None else gt.clone()))
+        return real(self, image, metric_depth, *args, gt=gt, **kwargs)
+
+    monkeypatch.setattr(SharpDepth, "compute_losses", spy)
+    recipe = sharpen_recipe(tmp_path / "r", "tiny", [{"name": "synthetic", "split": "train", "options": scenes}],
+                            (16, 24), f"npy:{tmp_path / 'metric'}", steps=3, batch_size=2,
+                            sharpdepth={"lambda_gt": 1.0, "lambda_gt_grad": 1.0})
+    recipe.data.random_flip = True
+    train_sharpen.train(recipe)
+    assert len(seen) == 3 and all(gt is not None and torch.equal(2.0 * gt, d) for d, gt in seen)
+    assert all(v > 0 for v in _log(tmp_path / "r", "gt"))
 
 
 def test_full_recipes_are_the_papers_setting():

@@ -12,14 +12,18 @@ code's choice, which makes the loss scale independent of the latent size).
 Reconstruction: ``Σ |d̂ − d| · e / Σ e`` on [0, 1]-scaled maps (normalised depth · 0.5 + 0.5), summed over the whole
 batch; pixels with e = 0 contribute nothing, and a batch with Σ e = 0 gives 0 (with a graph, so backward works).
 
-The weights λ_SDS, λ_recons live in :class:`depthkit.sharpen.model.SharpDepthConfig`.
+Ground truth (depthkit, off by default): where the training data has dense GT (synthetic scenes), ``gt_loss`` scores
+the output as inference forms it against GT in the same [0, 1]-scaled normalised space: mean |ô − g| over pixels with
+GT, and mean |∇ô − ∇g| over horizontal/vertical neighbour pairs that both have GT (the edges DBE measures).
+
+The weights λ_SDS, λ_recons (and λ_gt, λ_gt_grad) live in :class:`depthkit.sharpen.model.SharpDepthConfig`.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["sds_weight", "sds_loss", "sds_teacher_input", "sample_sds_timesteps", "reconstruction_loss"]
+__all__ = ["sds_weight", "sds_loss", "sds_teacher_input", "sample_sds_timesteps", "reconstruction_loss", "gt_loss"]
 
 
 def _timesteps(timesteps, batch_size: int, device) -> torch.Tensor:
@@ -92,3 +96,28 @@ def reconstruction_loss(d_hat01: torch.Tensor, d01: torch.Tensor, e: torch.Tenso
     total = w.sum()
     weighted = ((d_hat01.float() - d01.detach().float()).abs() * w).sum()
     return weighted / total if total > 0 else weighted * 0.0
+
+
+def gt_loss(out01: torch.Tensor, gt01: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Supervised terms against ground truth on [0, 1]-scaled ``B x 1 x H x W`` maps: ``(l1, grad_l1)``.
+
+    ``l1`` = mean |out − gt| over ``valid`` pixels; ``grad_l1`` = mean |Δout − Δgt| over horizontal and vertical
+    neighbour pairs whose two pixels are both valid (Δ = right minus left, below minus above), the pairs of both
+    directions pooled. Each is 0 (with a graph) when nothing is valid.
+    """
+    if not (out01.shape == gt01.shape == valid.shape):
+        raise ValueError(f"out01 {tuple(out01.shape)}, gt01 {tuple(gt01.shape)} and valid {tuple(valid.shape)} must "
+                         "have the same shape.")
+    out, gt, ok = out01.float(), gt01.detach().float(), valid.detach().to(torch.bool)
+    diff = (out - gt).abs()
+    l1 = diff[ok].mean() if ok.any() else diff.sum() * 0.0
+    terms, count = [], 0
+    for dim in (-1, -2):
+        n = out.shape[dim] - 1
+        pair = ok.narrow(dim, 1, n) & ok.narrow(dim, 0, n)
+        d_out = out.narrow(dim, 1, n) - out.narrow(dim, 0, n)
+        d_gt = gt.narrow(dim, 1, n) - gt.narrow(dim, 0, n)
+        terms.append((d_out - d_gt).abs()[pair].sum())
+        count += int(pair.sum())
+    grad = (terms[0] + terms[1]) / count if count else out.sum() * 0.0
+    return l1, grad

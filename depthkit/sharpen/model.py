@@ -121,6 +121,14 @@ class SharpDepthConfig:
     = d plus the fitted change pass 2 made, d + s·(dec(ẑ) − dec(z_d)): where pass 2 returns z_d the output is d
     exactly, so the VAE's reconstruction error (benchmarks/sharpen_limits.py) never reaches it. Pixels without
     metric input take the decoded map."""
+    lambda_gt: float = 0.0
+    """depthkit (training only): weight of an L1 term against ground truth, for training data that has it
+    (synthetic scenes). It scores the output as inference forms it (``output``: decoded, or residual) against GT,
+    both in d's normalised space scaled to [0, 1] (:func:`depthkit.sharpen.losses.gt_loss`). 0 [paper and code]:
+    label-free."""
+    lambda_gt_grad: float = 0.0
+    """depthkit (training only): weight of the L1 term between the output's and GT's neighbour differences (edges),
+    same space; 0 [paper and code]."""
     zero_discrepancy_at_sparse: bool = True
     """depthkit: e = 0 at measured sparse pixels (and the output keeps the measured values there)."""
     sparse_latent_cells: bool = False
@@ -148,9 +156,15 @@ class SharpDepthConfig:
                              f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
         if not 0.0 < self.fit_threshold <= 1.0:
             raise ValueError(f"fit_threshold must be in (0, 1]; received {self.fit_threshold}.")
-        if self.lambda_sds < 0 or self.lambda_recons < 0:
+        if min(self.lambda_sds, self.lambda_recons, self.lambda_gt, self.lambda_gt_grad) < 0:
             raise ValueError(f"loss weights must be >= 0; received lambda_sds={self.lambda_sds}, "
-                             f"lambda_recons={self.lambda_recons}.")
+                             f"lambda_recons={self.lambda_recons}, lambda_gt={self.lambda_gt}, "
+                             f"lambda_gt_grad={self.lambda_gt_grad}.")
+
+    @property
+    def uses_gt(self) -> bool:
+        """Whether training needs ground truth (``lambda_gt`` or ``lambda_gt_grad`` > 0)."""
+        return self.lambda_gt > 0 or self.lambda_gt_grad > 0
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SharpDepthConfig:
@@ -375,8 +389,9 @@ class SharpDepth(nn.Module):
     # ----------------------------------------------------------------- training
     def compute_losses(self, image: torch.Tensor, metric_depth: torch.Tensor, teacher_unet,
                        pass1_unet=None, sparse: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> dict:
-        """One label-free training step's losses (no optimiser, no EMA update — the trainer owns those).
+                       generator: torch.Generator | None = None, gt: torch.Tensor | None = None) -> dict:
+        """One training step's losses (no optimiser, no EMA update — the trainer owns those); label-free unless the
+        config weighs the ground-truth terms.
 
         Args:
             image: ``B x 3 x H x W`` in [-1, 1], H and W multiples of ``model.resolution_multiple``.
@@ -386,9 +401,12 @@ class SharpDepth(nn.Module):
             sparse: optional measured depth; with ``zero_discrepancy_at_sparse`` e = 0 there.
             generator: on the model's device; draws pass-1 noise, the gate coin, the gating noise, the SDS timestep
                 and the SDS noise (the EMA should be kept in float32: a 1e-4 step vanishes in bf16).
+            gt: ``B x 1 x H x W`` metres (0 = unknown); needed, and only read, when ``config.uses_gt``.
         Returns:
-            dict with ``loss`` = λ_SDS·sds + λ_recons·recons (differentiable w.r.t. the sharpener), ``sds``,
-            ``recons``, ``discrepancy`` (``B x 1 x H x W``), ``gated`` (``[B]`` bool) and ``timesteps``.
+            dict with ``loss`` = λ_SDS·sds + λ_recons·recons + λ_gt·gt + λ_gt_grad·gt_grad (differentiable w.r.t.
+            the sharpener), ``sds``, ``recons``, ``gt``, ``gt_grad`` (0 when unused), ``discrepancy``
+            (``B x 1 x H x W``), ``gated`` (``[B]`` bool), ``timesteps`` and ``prediction`` (the decoded pass-2
+            map, normalised, ``B x 1 x H x W``, detached).
         """
         from depthkit.sharpen.losses import reconstruction_loss, sample_sds_timesteps, sds_loss, sds_teacher_input
 
@@ -405,7 +423,7 @@ class SharpDepth(nn.Module):
             measured = torch.isfinite(sparse) & (sparse > 0)
         valid = valid_depth(metric_depth)
         with torch.no_grad():
-            metric_norm, _ = normalize_depth(metric_depth, m.norm, "minmax")
+            metric_norm, params = normalize_depth(metric_depth, m.norm, "minmax")
             z_img = m.encode(image)
             z_lotus, lotus_pred = self.lotus_pass(z_img, generator, unet=pass1_unet)
             e = discrepancy(lotus_pred, metric_norm, measured, cfg.discrepancy_norm, valid)
@@ -422,8 +440,35 @@ class SharpDepth(nn.Module):
         weight = {"e": e, "one_minus_e": 1.0 - e, "uniform": torch.ones_like(e)}[cfg.recons_weight]
         recons = reconstruction_loss(d_hat.float() * 0.5 + 0.5, metric_norm * 0.5 + 0.5, weight * valid.to(e.dtype))
         loss = cfg.lambda_sds * sds + cfg.lambda_recons * recons
-        return {"loss": loss, "sds": sds.detach(), "recons": recons.detach(), "discrepancy": e, "gated": gated,
-                "timesteps": t}
+        gt_l1 = gt_grad = torch.zeros((), device=m.device)
+        if cfg.uses_gt:
+            gt_l1, gt_grad = self._gt_terms(d_hat, z_d, metric_norm, params, valid, gt)
+            loss = loss + cfg.lambda_gt * gt_l1 + cfg.lambda_gt_grad * gt_grad
+        return {"loss": loss, "sds": sds.detach(), "recons": recons.detach(), "gt": gt_l1.detach(),
+                "gt_grad": gt_grad.detach(), "discrepancy": e, "gated": gated, "timesteps": t,
+                "prediction": d_hat.detach()}
+
+    def _gt_terms(self, d_hat: torch.Tensor, z_d: torch.Tensor, metric_norm: torch.Tensor, params, valid: torch.Tensor,
+                  gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ground-truth terms of :meth:`compute_losses`: the output formed as :meth:`sharpen_tensors` forms it
+        (without the scale/shift fit) and GT normalised with d's own range, both scaled to [0, 1]."""
+        from depthkit.sharpen.losses import gt_loss
+
+        m = self.model
+        if gt is None:
+            raise ValueError("lambda_gt / lambda_gt_grad > 0 need ground-truth depth for every training sample "
+                             "(gt=None was given). Train on data with GT (e.g. synthetic scenes) or set both to 0.")
+        gt = gt.to(m.device, torch.float32)
+        if gt.shape != d_hat.shape:
+            raise ValueError(f"gt must be {tuple(d_hat.shape)} like the metric depth; received {tuple(gt.shape)}.")
+        out = d_hat.float()
+        if self.config.output == "residual":
+            with torch.no_grad():
+                round_trip = m.decode_depth(z_d).float()
+            out = torch.where(valid, metric_norm + out - round_trip, out)
+        gt_valid = valid_depth(gt)
+        gt_norm, _ = normalize_depth(gt, m.norm, "minmax", valid_mask=gt_valid, params=params)
+        return gt_loss(out * 0.5 + 0.5, gt_norm * 0.5 + 0.5, gt_valid)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, directory) -> Path:

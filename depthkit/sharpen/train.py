@@ -103,22 +103,32 @@ def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int) -> dict:
             "val_dbe_sharp": float(m[3])}
 
 
-def _batch(data, sampler, k: int, metric, resolution, flip: bool, seed: int, rank: int, use_sparse: bool):
+def _batch(data, sampler, k: int, metric, resolution, flip: bool, seed: int, rank: int, use_sparse: bool,
+           use_gt: bool = False):
+    """Micro-step ``k``'s crops: ``(images, metric depths, sparse maps or None, GT maps or None)``."""
     from depthkit.sharpen.train_common import random_resized_crop
     from depthkit.training import step_seed
 
-    images, depths, sparses = [], [], []
+    images, depths, sparses, gts = [], [], [], []
     for j, idx in enumerate(sampler.indices(k)):
         item = data[idx]
         sparse = item.get("sparse")
         d = metric(item["image"], sparse, item["name"])
+        maps = {"metric": d}
+        if use_gt:
+            if item.get("depth") is None:
+                raise ValueError(f"training sample {item['name']!r} has no GT depth, and the recipe's lambda_gt / "
+                                 "lambda_gt_grad need it: train on data with GT (synthetic scenes) or set both to 0.")
+            gt = np.asarray(item["depth"], np.float32)
+            valid = item.get("valid")
+            maps["gt"] = gt if valid is None else np.where(valid, gt, 0.0).astype(np.float32)
         rng = np.random.default_rng(step_seed(seed, k, rank, stream=2 + j))
-        img, maps, sp = random_resized_crop(item["image"], {"metric": d}, sparse if use_sparse else None,
-                                            resolution, rng, flip)
+        img, maps, sp = random_resized_crop(item["image"], maps, sparse if use_sparse else None, resolution, rng, flip)
         images.append(img)
         depths.append(maps["metric"])
         sparses.append(sp if sp is not None else np.zeros(img.shape[:2], np.float32))
-    return images, depths, sparses if use_sparse else None
+        gts.append(maps.get("gt"))
+    return images, depths, sparses if use_sparse else None, gts if use_gt else None
 
 
 def _place(module, device, dtype):
@@ -211,16 +221,17 @@ def train(recipe, resume: bool = False) -> Path:
         sums: dict[str, float] = {}
         for a in range(tc.grad_accum):
             k = step * tc.grad_accum + a
-            images, depths, sparses = _batch(data, sampler, k, metric, resolution, recipe.data.random_flip,
-                                             tc.seed, rank, use_sparse)
+            images, depths, sparses, gts = _batch(data, sampler, k, metric, resolution, recipe.data.random_flip,
+                                                  tc.seed, rank, use_sparse, sd.config.uses_gt)
             x = images_to_tensor(images, device)
             d = maps_to_tensor(depths, device)
             sp = None if sparses is None else maps_to_tensor(sparses, device)
+            gt = None if gts is None else maps_to_tensor(gts, device)
             with accelerator.autocast():
                 out = sd.compute_losses(x, d, teacher, pass1_unet=ema.model, sparse=sp,
-                                        generator=step_generator(tc.seed, k, rank, device))
+                                        generator=step_generator(tc.seed, k, rank, device), gt=gt)
             accelerator.backward(out["loss"])  # divides by grad_accum
-            for name in ("loss", "sds", "recons"):
+            for name in ("loss", "sds", "recons", "gt", "gt_grad"):
                 sums[name] = sums.get(name, 0.0) + float(out[name].detach()) / tc.grad_accum
             sums["gated"] = sums.get("gated", 0.0) + float(out["gated"].float().mean()) / tc.grad_accum
             sums["e_mean"] = sums.get("e_mean", 0.0) + float(out["discrepancy"].mean()) / tc.grad_accum
