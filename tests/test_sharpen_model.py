@@ -481,18 +481,77 @@ def test_gt_loss_by_hand_with_loops():
     (l1 + grad).backward()
     assert out.grad[~valid].abs().sum() == 0  # invalid pixels pull on nothing
     none = gt_loss(out, gt, torch.zeros_like(valid))
-    assert float(none[0]) == 0.0 and float(none[1]) == 0.0
+    assert float(none[0].detach()) == 0.0 and float(none[1].detach()) == 0.0
     with pytest.raises(ValueError, match="same shape"):
         gt_loss(out, gt[..., :3], valid)
 
 
-@pytest.mark.parametrize("output", ["decoded", "residual"])
-def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output):
+def _band_by_hand(depth, radius, jump, valid=None):
+    """The edge band with loops: log-depth spread over the valid pixels of each (2r+1)² window > jump."""
+    h, w = depth.shape
+    ok = (depth > 0) if valid is None else (depth > 0) & valid
+    out = np.zeros((h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            win = depth[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+            wok = ok[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+            if wok.any():
+                v = np.log(win[wok])
+                out[y, x] = float(v.max() - v.min() > jump)
+    return out
+
+
+def test_edge_band_by_hand():
+    """``edge_band`` against loops over each window; holes do not count; radius 0 lets every pixel change.
+    Fails if holes count as depth, the window is one pixel too small or the jump is compared in metres."""
+    from depthkit.sharpen.gating import edge_band
+
+    rng = np.random.default_rng(2)
+    depth = np.exp(rng.normal(1.0, 0.03, (9, 11))).astype(np.float32)
+    depth[3:6, 4:8] *= 1.6  # an object in front of a noisy wall
+    depth[0, :3] = 0.0  # a hole next to the border
+    depth[7, 9] = 0.0
+    for radius, jump in ((1, 0.12), (2, 0.2), (3, 0.4)):
+        band = edge_band(torch.from_numpy(depth)[None, None], radius, jump)[0, 0].numpy()
+        np.testing.assert_array_equal(band, _band_by_hand(depth, radius, jump))
+        assert 0 < band.mean() < 1
+    assert torch.equal(edge_band(torch.from_numpy(depth)[None, None], 0, 0.2), torch.ones(1, 1, 9, 11))
+    with pytest.raises(ValueError, match="radius >= 0 and jump > 0"):
+        edge_band(torch.from_numpy(depth)[None, None], 2, 0.0)
+
+
+def test_change_band_keeps_the_input_exactly_outside_it(sharp):
+    """``change_band_px``: the output equals the metric input outside the band and moves by band × (the unbanded
+    output's change) inside it (the band recomputed by hand at the processing size, which here is the input size)."""
+    img, depth, sparse = _scene()
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
+    free = SharpDepth(sharp.model, {"output": "residual"}).sharpen_tensors(x, d, sp, processing_resolution=64)
+    banded = SharpDepth(sharp.model, {"output": "residual", "change_band_px": 2, "change_band_jump": 0.1})
+    res = banded.sharpen_tensors(x, d, sp, processing_resolution=64)
+    band = _band_by_hand(depth, 2, 0.1)
+    assert 0.05 < band.mean() < 0.6
+    np.testing.assert_array_equal(res["band"][0, 0].numpy(), band)
+    out, unbanded = res["depth"][0, 0].numpy(), free["depth"][0, 0].numpy()
+    outside = (band == 0) & (sparse == 0)
+    np.testing.assert_allclose(out[outside], depth[outside], rtol=1e-5)
+    inside = (band == 1) & (sparse == 0)
+    np.testing.assert_allclose(out[inside], unbanded[inside], rtol=1e-4, atol=1e-4)
+    assert np.abs(unbanded[outside] - depth[outside]).max() > 1e-2  # without the band those pixels moved
+    assert np.array_equal(out[sparse > 0], sparse[sparse > 0])
+    with pytest.raises(ValueError, match="change_band_px"):
+        SharpDepthConfig(change_band_px=-1)
+
+
+@pytest.mark.parametrize("output,band_px", [("decoded", 0), ("residual", 0), ("residual", 2)])
+def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px):
     """The ground-truth terms of ``compute_losses`` recomputed from the step's own decoded prediction: GT normalised
     with the *metric input's* min/max (by hand here), the output residual-formed (norm(d) + dec(ẑ) − dec(z_d), the
     round trip by hand) or decoded, then the loops of :func:`test_gt_loss_by_hand_with_loops` on the [0, 1] maps.
-    Fails if GT is normalised with its own range, the residual form is dropped or the weights are ignored."""
-    model = SharpDepth(sharp.model, {"output": output, "lambda_gt": 0.7, "lambda_gt_grad": 0.2})
+    With ``change_band_px`` the change is kept to the edge band (by hand). Fails if GT is normalised with its own
+    range, the residual form or the band is dropped, or the weights are ignored."""
+    model = SharpDepth(sharp.model, {"output": output, "lambda_gt": 0.7, "lambda_gt_grad": 0.2,
+                                     "change_band_px": band_px, "change_band_jump": 0.1})
     img, depth, _ = _scene(32, 48, seed=3)
     gt = depth.copy()
     gt[10:20, 30:40] = 6.5  # beyond the metric input's range: clipped to its far end
@@ -510,6 +569,10 @@ def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output):
         with torch.no_grad():
             rt = m.decode_depth(m.encode(torch.from_numpy(norm_d)[None, None].float().expand(-1, 3, -1, -1)))
         pred = norm_d + pred - rt[0, 0].numpy()
+    if band_px:
+        band = _band_by_hand(depth, band_px, 0.1)
+        assert 0.05 < band.mean() < 0.6
+        pred = norm_d + band * (pred - norm_d)
     o = pred * 0.5 + 0.5
     t = np.clip((gt - lo) / (hi - lo) * 2 - 1, -1, 1) * 0.5 + 0.5
     v = gt > 0

@@ -5,7 +5,9 @@
 - :func:`downsample_discrepancy`, :func:`sparse_to_latent_mask` — e at latent size (ê), 0 in every cell that
   contains a measurement (used only with ``SharpDepthConfig.sparse_latent_cells``);
 - :func:`gate` — ``ê ⊙ noise + (1 − ê) ⊙ z_d``; :func:`apply_gate` — the training-time coin that gates a sample
-  with probability ``gate_prob`` and otherwise gives it pure noise.
+  with probability ``gate_prob`` and otherwise gives it pure noise;
+- :func:`edge_band` — depthkit: the pixels near a depth edge of the metric input, the only ones the output may change
+  when ``SharpDepthConfig.change_band_px`` > 0.
 
 "Gate" in ``depthkit.sharpen`` means only this. All tensors are ``B x 1 x H x W`` (maps) or ``B x C x h x w``
 (latents); see :mod:`depthkit.sharpen.model` for how :class:`~depthkit.sharpen.model.SharpDepth` uses them.
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from depthkit.sharpen.normalize import masked_scale_shift
 
 __all__ = ["DISCREPANCY_NORMS", "DISCREPANCY_DOWNSAMPLES", "discrepancy", "sparse_to_latent_mask",
-           "downsample_discrepancy", "gate", "apply_gate"]
+           "downsample_discrepancy", "gate", "apply_gate", "edge_band"]
 
 DISCREPANCY_NORMS = ("minmax", "lstsq")
 """How :func:`discrepancy` compares the maps: as they are [code], or after a least-squares alignment [paper]."""
@@ -101,3 +103,27 @@ def apply_gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor, prob
     other = noise if pure_noise is None else pure_noise
     out = torch.where(gated.view(-1, 1, 1, 1), gate(z_d, noise, e_hat), other.to(z_d.dtype))
     return out, gated
+
+
+def edge_band(depth: torch.Tensor, radius: int, jump: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Float ``B x 1 x H x W`` mask, 1 where the metric depth varies by more than ``jump`` in log depth (a factor
+    ``exp(jump)``) inside the ``(2·radius + 1)``-pixel square window around the pixel, else 0.
+
+    Only pixels with finite depth > 0 (and inside ``valid``) count; a window with fewer than one valid pixel gives 0.
+    ``radius`` 0 gives an all-ones mask (no band: every pixel may change).
+    """
+    if radius < 0 or not jump > 0:
+        raise ValueError(f"edge_band needs radius >= 0 and jump > 0; received radius={radius}, jump={jump}.")
+    if radius == 0:
+        return torch.ones_like(depth, dtype=torch.float32)
+    d = depth.float()
+    ok = torch.isfinite(d) & (d > 0)
+    if valid is not None:
+        ok &= valid.to(device=d.device, dtype=torch.bool)
+    log_d = torch.log(torch.where(ok, d, torch.ones_like(d)))
+    far = torch.tensor(1e4, dtype=log_d.dtype, device=log_d.device)
+    k = 2 * int(radius) + 1
+    high = F.max_pool2d(torch.where(ok, log_d, -far), k, stride=1, padding=int(radius))
+    low = -F.max_pool2d(torch.where(ok, -log_d, -far), k, stride=1, padding=int(radius))
+    spread = high - low
+    return ((spread > jump) & (spread < 1e3)).float()

@@ -49,6 +49,7 @@ from depthkit.sharpen.gating import (
     apply_gate,
     discrepancy,
     downsample_discrepancy,
+    edge_band,
     gate,
     sparse_to_latent_mask,
 )
@@ -121,6 +122,14 @@ class SharpDepthConfig:
     = d plus the fitted change pass 2 made, d + s·(dec(ẑ) − dec(z_d)): where pass 2 returns z_d the output is d
     exactly, so the VAE's reconstruction error (benchmarks/sharpen_limits.py) never reaches it. Pixels without
     metric input take the decoded map."""
+    change_band_px: int = 0
+    """depthkit (inference and the ground-truth terms): > 0 lets the output differ from the metric input only within
+    this many pixels (at the processing size) of a depth edge of the input, where its log depth varies by more than
+    ``change_band_jump`` inside the window (:func:`depthkit.sharpen.gating.edge_band`); elsewhere the output is the
+    input exactly. Depth edges are what SharpDepth sharpens, and a change far from them only adds the UNet's error
+    (in min-max space an error of 1 % of an 80 m range is 0.8 m). 0 [paper and code]: every pixel may change."""
+    change_band_jump: float = 0.2
+    """Log-depth spread that makes a window an edge for ``change_band_px`` (0.2: a factor 1.22)."""
     lambda_gt: float = 0.0
     """depthkit (training only): weight of an L1 term against ground truth, for training data that has it
     (synthetic scenes). It scores the output as inference forms it (``output``: decoded, or residual) against GT,
@@ -154,6 +163,9 @@ class SharpDepthConfig:
         if not 0.0 <= self.ema_decay < 1.0 or self.ema_start < 0 or self.ema_every < 1:
             raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
                              f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
+        if self.change_band_px < 0 or not self.change_band_jump > 0:
+            raise ValueError(f"change_band_px must be >= 0 and change_band_jump > 0; received {self.change_band_px}, "
+                             f"{self.change_band_jump}.")
         if not 0.0 < self.fit_threshold <= 1.0:
             raise ValueError(f"fit_threshold must be in (0, 1]; received {self.fit_threshold}.")
         if min(self.lambda_sds, self.lambda_recons, self.lambda_gt, self.lambda_gt_grad) < 0:
@@ -283,7 +295,8 @@ class SharpDepth(nn.Module):
         Returns:
             dict of ``depth`` (``B x 1 x H x W`` metres), ``discrepancy`` (same size, [0, 1]), ``lotus`` (pass-1
             prediction at input size, normalised [-1, 1]), ``prediction`` (pass-2, normalised), ``scale``/``shift``
-            (``[B]``) and ``fit_pixels`` (``[B]``); with ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W``
+            (``[B]``), ``fit_pixels`` (``[B]``), ``band`` (with ``change_band_px``: the edge band at input size,
+            [0, 1]); with ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W``
             metres): the metric input through the depth VAE alone (normalised, encoded, decoded, denormalised at
             the processing size; no UNet), the closest any decoded output can stay to the input — a diagnostic
             (``benchmarks/sharpen_limits.py``), one more decode.
@@ -339,6 +352,11 @@ class SharpDepth(nn.Module):
             round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
         if cfg.output == "residual":  # the input plus the change pass 2 made to its own VAE round trip
             fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
+        band = None
+        if cfg.change_band_px > 0:  # the output may differ from the input only near the input's depth edges
+            band_p = edge_band(d_p, cfg.change_band_px, cfg.change_band_jump, valid_p)[..., :hr, :wr]
+            band = resize_bilinear(band_p, (h, w)).clamp(0.0, 1.0)
+            fitted = torch.where(valid, norm_full + band * (fitted - norm_full), fitted)
         depth = denormalize_depth(fitted, params)
         if measured is not None:
             depth = torch.where(measured, sparse, depth)
@@ -347,6 +365,8 @@ class SharpDepth(nn.Module):
                "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params}
         if autoencoded:
             out["autoencoded"] = denormalize_depth(round_trip, params)
+        if band is not None:
+            out["band"] = band
         return out
 
     def sharpen(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
@@ -432,9 +452,11 @@ class SharpDepth(nn.Module):
         z_hat = m.predict_latent(z_img, z_in)
         t = sample_sds_timesteps(z_hat.shape[0], cfg, m.scheduler.config.num_train_timesteps, generator, m.device)
         z_t = sds_teacher_input(z_hat, m.noise_like(z_hat, generator), t, m.scheduler)
-        with torch.no_grad():
-            teacher_x0 = m.predict_latent(z_img, z_t, timestep=t, unet=teacher_unet)
-        sds = sds_loss(z_hat, teacher_x0, t, m.scheduler.alphas_cumprod)
+        sds = torch.zeros((), device=m.device)
+        if cfg.lambda_sds > 0:  # a weight of 0 skips the teacher's forward pass (the draws above stay the same)
+            with torch.no_grad():
+                teacher_x0 = m.predict_latent(z_img, z_t, timestep=t, unet=teacher_unet)
+            sds = sds_loss(z_hat, teacher_x0, t, m.scheduler.alphas_cumprod)
         d_hat = m.decode_depth(z_hat)
         # pixels without a metric value get no reconstruction weight (e = 1 there only tells the gate to regenerate)
         weight = {"e": e, "one_minus_e": 1.0 - e, "uniform": torch.ones_like(e)}[cfg.recons_weight]
@@ -442,16 +464,17 @@ class SharpDepth(nn.Module):
         loss = cfg.lambda_sds * sds + cfg.lambda_recons * recons
         gt_l1 = gt_grad = torch.zeros((), device=m.device)
         if cfg.uses_gt:
-            gt_l1, gt_grad = self._gt_terms(d_hat, z_d, metric_norm, params, valid, gt)
+            gt_l1, gt_grad = self._gt_terms(d_hat, z_d, metric_depth, metric_norm, params, valid, gt)
             loss = loss + cfg.lambda_gt * gt_l1 + cfg.lambda_gt_grad * gt_grad
         return {"loss": loss, "sds": sds.detach(), "recons": recons.detach(), "gt": gt_l1.detach(),
                 "gt_grad": gt_grad.detach(), "discrepancy": e, "gated": gated, "timesteps": t,
                 "prediction": d_hat.detach()}
 
-    def _gt_terms(self, d_hat: torch.Tensor, z_d: torch.Tensor, metric_norm: torch.Tensor, params, valid: torch.Tensor,
-                  gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gt_terms(self, d_hat: torch.Tensor, z_d: torch.Tensor, metric_depth: torch.Tensor, metric_norm: torch.Tensor,
+                  params, valid: torch.Tensor, gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ground-truth terms of :meth:`compute_losses`: the output formed as :meth:`sharpen_tensors` forms it
-        (without the scale/shift fit) and GT normalised with d's own range, both scaled to [0, 1]."""
+        (without the scale/shift fit; the change kept to the edge band when ``change_band_px`` > 0) and GT normalised
+        with d's own range, both scaled to [0, 1]."""
         from depthkit.sharpen.losses import gt_loss
 
         m = self.model
@@ -466,6 +489,10 @@ class SharpDepth(nn.Module):
             with torch.no_grad():
                 round_trip = m.decode_depth(z_d).float()
             out = torch.where(valid, metric_norm + out - round_trip, out)
+        cfg = self.config
+        if cfg.change_band_px > 0:
+            band = edge_band(metric_depth, cfg.change_band_px, cfg.change_band_jump, valid)
+            out = torch.where(valid, metric_norm + band * (out - metric_norm), out)
         gt_valid = valid_depth(gt)
         gt_norm, _ = normalize_depth(gt, m.norm, "minmax", valid_mask=gt_valid, params=params)
         return gt_loss(out * 0.5 + 0.5, gt_norm * 0.5 + 0.5, gt_valid)
