@@ -103,11 +103,16 @@ def decide(quality: dict) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--complete", type=Path, required=True, help="final checkpoint of recipes/default/complete.yaml")
-    p.add_argument("--sharpen", type=Path, required=True, help="final checkpoint of recipes/default/sharpen.yaml")
+    p.add_argument("--sharpen", type=Path, default=None,
+                   help="final checkpoint of recipes/default/sharpen.yaml (left out on the first assembly: the "
+                        "sharpener is trained on the assembled completer's output)")
     p.add_argument("--refiner", type=Path, default=None,
                    help="final folder of recipes/default/refine.yaml (the completer's dense refiner)")
     p.add_argument("--lotus", type=Path, default=None,
                    help="the run folder of recipes/default/lotus.yaml (its recipe.yaml is kept as recipes/lotus.yaml)")
+    p.add_argument("--sharpen-config", type=json.loads, default=None, metavar="JSON",
+                   help="run-time overrides of the sharpener's SharpDepthConfig, stored as the sharpen stage's "
+                        "'config' option (e.g. '{\"change_band_px\": 2}', chosen on the val split)")
     p.add_argument("--out", type=Path, default=Path("checkpoints/default"))
     p.add_argument("--accuracy", type=Path, default=None,
                    help="accuracy.json from benchmarks/accuracy.py --patterns all --checkpoint OUT")
@@ -115,16 +120,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from depthkit.checkpoints import load_manifest, write_manifest
 
-    sharpen_opts = load_manifest(args.sharpen)["stages"].get("sharpen", {})
     args.out.mkdir(parents=True, exist_ok=True)
     _copy_part(args.complete, "complete", args.out)
-    _copy_part(args.sharpen, "sharpen", args.out)
+    stages = {"complete": dict(COMPLETE_OPTIONS)}
+    if args.sharpen is not None:
+        _copy_part(args.sharpen, "sharpen", args.out)
+        stages["sharpen"] = dict(load_manifest(args.sharpen)["stages"].get("sharpen", {}))
+        if args.sharpen_config:
+            stages["sharpen"]["config"] = {**stages["sharpen"].get("config", {}), **args.sharpen_config}
+    else:  # a completer-only default: no stale sharpener beside a manifest that does not name it
+        shutil.rmtree(args.out / "sharpen", ignore_errors=True)
     if args.refiner is not None:
         add_refiner(args.refiner, args.out / "complete")
         shutil.copyfile(args.refiner / "recipe.yaml", args.out / "recipes" / "refine.yaml")
     if args.lotus is not None:
         shutil.copyfile(args.lotus / "recipe.yaml", args.out / "recipes" / "lotus.yaml")
-    stages = {"complete": dict(COMPLETE_OPTIONS), "sharpen": dict(sharpen_opts)}
     extra = {}
     if args.accuracy is not None:
         quality = quality_from_accuracy(json.loads(args.accuracy.read_text()), args.out.name)
