@@ -543,6 +543,49 @@ def test_change_band_keeps_the_input_exactly_outside_it(sharp):
         SharpDepthConfig(change_band_px=-1)
 
 
+def test_measured_distance_weight_by_hand():
+    """min(1, distance to the nearest measured pixel / radius), the distance by brute force over all measured
+    pixels; no measurement or radius 0: 1 everywhere. Fails if the distance is city-block or the ratio inverted."""
+    from depthkit.sharpen.gating import measured_distance_weight
+
+    measured = torch.zeros(2, 1, 7, 9, dtype=torch.bool)
+    measured[0, 0, 1, 2] = measured[0, 0, 5, 7] = measured[0, 0, 6, 0] = True
+    w = measured_distance_weight(measured, 3.0).numpy()
+    ys, xs = np.nonzero(measured[0, 0].numpy())
+    for y in range(7):
+        for x in range(9):
+            dist = np.sqrt((ys - y) ** 2 + (xs - x) ** 2).min()
+            assert w[0, 0, y, x] == pytest.approx(min(1.0, dist / 3.0), abs=1e-4)
+    assert np.all(w[1] == 1.0)  # the second image has no measurement
+    assert torch.all(measured_distance_weight(measured, 0.0) == 1.0)
+    with pytest.raises(ValueError, match="radius >= 0"):
+        measured_distance_weight(measured, -1.0)
+
+
+def test_keep_near_measured_scales_the_change_by_the_distance_weight(sharp):
+    """``keep_near_measured_px``: output − input = weight × (the unweighted output − input), the weight from the
+    measured pixels by brute force (the processing size is the input size here)."""
+    img, depth, sparse = _scene()
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
+    free = SharpDepth(sharp.model, {"output": "residual"}).sharpen_tensors(x, d, sp, processing_resolution=64)
+    kept = SharpDepth(sharp.model, {"output": "residual", "keep_near_measured_px": 10.0})
+    res = kept.sharpen_tensors(x, d, sp, processing_resolution=64)
+    ys, xs = np.nonzero(sparse)
+    yy, xx = np.mgrid[:depth.shape[0], :depth.shape[1]]
+    dist = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1)
+    weight = np.minimum(1.0, dist / 10.0)
+    lo, hi = float(depth.min()), float(depth.max())
+    change_free = (free["depth"][0, 0].numpy() - depth) / (hi - lo)
+    change_kept = (res["depth"][0, 0].numpy() - depth) / (hi - lo)
+    free_px = sparse == 0  # measured pixels are restored to their values either way
+    np.testing.assert_allclose(change_kept[free_px], (weight * change_free)[free_px], atol=1e-5)
+    assert np.abs(change_free[dist < 5]).max() > 1e-3  # those pixels moved without the weight
+    assert SharpDepthConfig().keep_near_measured_px == 0.0
+    with pytest.raises(ValueError, match="keep_near_measured_px"):
+        SharpDepthConfig(keep_near_measured_px=-2.0)
+
+
 @pytest.mark.parametrize("output,band_px", [("decoded", 0), ("residual", 0), ("residual", 2)])
 def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px):
     """The ground-truth terms of ``compute_losses`` recomputed from the step's own decoded prediction: GT normalised

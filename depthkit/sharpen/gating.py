@@ -7,7 +7,8 @@
 - :func:`gate` — ``ê ⊙ noise + (1 − ê) ⊙ z_d``; :func:`apply_gate` — the training-time coin that gates a sample
   with probability ``gate_prob`` and otherwise gives it pure noise;
 - :func:`edge_band` — depthkit: the pixels near a depth edge of the metric input, the only ones the output may change
-  when ``SharpDepthConfig.change_band_px`` > 0.
+  when ``SharpDepthConfig.change_band_px`` > 0; :func:`measured_distance_weight` — depthkit: how far the output may
+  move a pixel given its distance to the nearest measurement (``keep_near_measured_px``).
 
 "Gate" in ``depthkit.sharpen`` means only this. All tensors are ``B x 1 x H x W`` (maps) or ``B x C x h x w``
 (latents); see :mod:`depthkit.sharpen.model` for how :class:`~depthkit.sharpen.model.SharpDepth` uses them.
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from depthkit.sharpen.normalize import masked_scale_shift
 
 __all__ = ["DISCREPANCY_NORMS", "DISCREPANCY_DOWNSAMPLES", "discrepancy", "sparse_to_latent_mask",
-           "downsample_discrepancy", "gate", "apply_gate", "edge_band"]
+           "downsample_discrepancy", "gate", "apply_gate", "edge_band", "measured_distance_weight"]
 
 DISCREPANCY_NORMS = ("minmax", "lstsq")
 """How :func:`discrepancy` compares the maps: as they are [code], or after a least-squares alignment [paper]."""
@@ -127,3 +128,22 @@ def edge_band(depth: torch.Tensor, radius: int, jump: float, valid: torch.Tensor
     low = -F.max_pool2d(torch.where(ok, -log_d, -far), k, stride=1, padding=int(radius))
     spread = high - low
     return ((spread > jump) & (spread < 1e3)).float()
+
+
+def measured_distance_weight(measured: torch.Tensor, radius: float) -> torch.Tensor:
+    """Float ``B x 1 x H x W`` weight ``min(1, dist / radius)``, dist = Euclidean distance in pixels from each pixel's
+    centre to the nearest measured pixel's (0 at a measured pixel). An image without measurements gets 1
+    everywhere; ``radius`` 0 gives 1 everywhere."""
+    import cv2
+    import numpy as np
+
+    if radius < 0:
+        raise ValueError(f"measured_distance_weight needs radius >= 0; received {radius}.")
+    mask = measured.detach().to(torch.bool).cpu().numpy()
+    out = np.ones(mask.shape, np.float32)
+    if radius > 0:
+        for b in range(mask.shape[0]):
+            if mask[b, 0].any():
+                dist = cv2.distanceTransform((~mask[b, 0]).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+                out[b, 0] = np.minimum(1.0, dist / float(radius))
+    return torch.from_numpy(out).to(measured.device)

@@ -51,6 +51,7 @@ from depthkit.sharpen.gating import (
     downsample_discrepancy,
     edge_band,
     gate,
+    measured_distance_weight,
     sparse_to_latent_mask,
 )
 from depthkit.sharpen.lotus import LotusModel, image_to_tensor, pad_to_multiple, resize_bilinear
@@ -130,6 +131,11 @@ class SharpDepthConfig:
     (in min-max space an error of 1 % of an 80 m range is 0.8 m). 0 [paper and code]: every pixel may change."""
     change_band_jump: float = 0.2
     """Log-depth spread that makes a window an edge for ``change_band_px`` (0.2: a factor 1.22)."""
+    keep_near_measured_px: float = 0.0
+    """depthkit (inference and the ground-truth terms): > 0 scales the output's change at each pixel by
+    min(1, distance to the nearest measured pixel / this many pixels, at the processing size), so depth pinned by a
+    nearby measurement (dense LiDAR rows, thousands of points) is left as the input has it. Needs the sparse input;
+    without measurements nothing changes. 0 [paper and code]: off."""
     lambda_gt: float = 0.0
     """depthkit (training only): weight of an L1 term against ground truth, for training data that has it
     (synthetic scenes). It scores the output as inference forms it (``output``: decoded, or residual) against GT,
@@ -163,6 +169,8 @@ class SharpDepthConfig:
         if not 0.0 <= self.ema_decay < 1.0 or self.ema_start < 0 or self.ema_every < 1:
             raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
                              f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
+        if self.keep_near_measured_px < 0:
+            raise ValueError(f"keep_near_measured_px must be >= 0; received {self.keep_near_measured_px}.")
         if self.change_band_px < 0 or not self.change_band_jump > 0:
             raise ValueError(f"change_band_px must be >= 0 and change_band_jump > 0; received {self.change_band_px}, "
                              f"{self.change_band_jump}.")
@@ -327,9 +335,10 @@ class SharpDepth(nn.Module):
         d_p, valid_p = resize_depth(metric_depth, (hr, wr))
         d_p, valid_p = pad_to_multiple(d_p, pad), pad_to_multiple(valid_p.float(), pad) > 0.5
         norm_p, _ = normalize_depth(d_p, m.norm, "minmax", valid_mask=valid_p, params=params)
-        measured_p = None
-        if measured is not None and cfg.zero_discrepancy_at_sparse:  # measured pixels at processing size
-            measured_p = pad_to_multiple(sparse_to_latent_mask(measured, (hr, wr)).float(), pad) > 0.5
+        measured_at_p = None  # measured pixels at processing size
+        if measured is not None:
+            measured_at_p = pad_to_multiple(sparse_to_latent_mask(measured, (hr, wr)).float(), pad) > 0.5
+        measured_p = measured_at_p if cfg.zero_discrepancy_at_sparse else None
 
         z_img = m.encode(pad_to_multiple(resize_bilinear(image, (hr, wr)), pad))
         z_lotus, lotus_p = self.lotus_pass(z_img, generator)
@@ -352,10 +361,9 @@ class SharpDepth(nn.Module):
             round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
         if cfg.output == "residual":  # the input plus the change pass 2 made to its own VAE round trip
             fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
-        band = None
-        if cfg.change_band_px > 0:  # the output may differ from the input only near the input's depth edges
-            band_p = edge_band(d_p, cfg.change_band_px, cfg.change_band_jump, valid_p)[..., :hr, :wr]
-            band = resize_bilinear(band_p, (h, w)).clamp(0.0, 1.0)
+        band = self._change_weight(d_p, valid_p, measured_at_p)
+        if band is not None:  # where, and how far, the output may differ from the input
+            band = resize_bilinear(band[..., :hr, :wr], (h, w)).clamp(0.0, 1.0)
             fitted = torch.where(valid, norm_full + band * (fitted - norm_full), fitted)
         depth = denormalize_depth(fitted, params)
         if measured is not None:
@@ -368,6 +376,20 @@ class SharpDepth(nn.Module):
         if band is not None:
             out["band"] = band
         return out
+
+    def _change_weight(self, depth: torch.Tensor, valid: torch.Tensor,
+                       measured: torch.Tensor | None) -> torch.Tensor | None:
+        """How far the output may move each pixel away from the metric input, ``B x 1 x H x W`` in [0, 1] at the
+        size of ``depth``: the edge band (``change_band_px``) times the distance weight (``keep_near_measured_px``,
+        when ``measured`` is given); None when both are off."""
+        cfg = self.config
+        weight = None
+        if cfg.change_band_px > 0:
+            weight = edge_band(depth, cfg.change_band_px, cfg.change_band_jump, valid)
+        if cfg.keep_near_measured_px > 0 and measured is not None:
+            near = measured_distance_weight(measured, cfg.keep_near_measured_px)
+            weight = near if weight is None else weight * near
+        return weight
 
     def sharpen(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
                 processing_resolution: int | None = None, generator: torch.Generator | None = None) -> SharpenOutput:
@@ -437,10 +459,11 @@ class SharpDepth(nn.Module):
                              f"{tuple(image.shape[-2:])}. Crop or resize them first.")
         image = image.to(m.device, m.dtype)
         metric_depth = metric_depth.to(m.device, torch.float32)
-        measured = None
-        if sparse is not None and cfg.zero_discrepancy_at_sparse:
+        measured = measured_any = None
+        if sparse is not None:
             sparse = sparse.to(m.device)
-            measured = torch.isfinite(sparse) & (sparse > 0)
+            measured_any = torch.isfinite(sparse) & (sparse > 0)
+            measured = measured_any if cfg.zero_discrepancy_at_sparse else None
         valid = valid_depth(metric_depth)
         with torch.no_grad():
             metric_norm, params = normalize_depth(metric_depth, m.norm, "minmax")
@@ -464,17 +487,18 @@ class SharpDepth(nn.Module):
         loss = cfg.lambda_sds * sds + cfg.lambda_recons * recons
         gt_l1 = gt_grad = torch.zeros((), device=m.device)
         if cfg.uses_gt:
-            gt_l1, gt_grad = self._gt_terms(d_hat, z_d, metric_depth, metric_norm, params, valid, gt)
+            gt_l1, gt_grad = self._gt_terms(d_hat, z_d, metric_depth, metric_norm, params, valid, measured_any, gt)
             loss = loss + cfg.lambda_gt * gt_l1 + cfg.lambda_gt_grad * gt_grad
         return {"loss": loss, "sds": sds.detach(), "recons": recons.detach(), "gt": gt_l1.detach(),
                 "gt_grad": gt_grad.detach(), "discrepancy": e, "gated": gated, "timesteps": t,
                 "prediction": d_hat.detach()}
 
     def _gt_terms(self, d_hat: torch.Tensor, z_d: torch.Tensor, metric_depth: torch.Tensor, metric_norm: torch.Tensor,
-                  params, valid: torch.Tensor, gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  params, valid: torch.Tensor, measured: torch.Tensor | None,
+                  gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ground-truth terms of :meth:`compute_losses`: the output formed as :meth:`sharpen_tensors` forms it
-        (without the scale/shift fit; the change kept to the edge band when ``change_band_px`` > 0) and GT normalised
-        with d's own range, both scaled to [0, 1]."""
+        (without the scale/shift fit; the change weighted by :meth:`_change_weight`) and GT normalised with d's own
+        range, both scaled to [0, 1]."""
         from depthkit.sharpen.losses import gt_loss
 
         m = self.model
@@ -489,9 +513,8 @@ class SharpDepth(nn.Module):
             with torch.no_grad():
                 round_trip = m.decode_depth(z_d).float()
             out = torch.where(valid, metric_norm + out - round_trip, out)
-        cfg = self.config
-        if cfg.change_band_px > 0:
-            band = edge_band(metric_depth, cfg.change_band_px, cfg.change_band_jump, valid)
+        band = self._change_weight(metric_depth, valid, measured)
+        if band is not None:
             out = torch.where(valid, metric_norm + band * (out - metric_norm), out)
         gt_valid = valid_depth(gt)
         gt_norm, _ = normalize_depth(gt, m.norm, "minmax", valid_mask=gt_valid, params=params)
