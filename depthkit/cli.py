@@ -448,7 +448,7 @@ def describe_default(root: Path) -> list[str]:
             lines.append(f"    {pattern:<11} DBE {q['input_dbe_acc']:.3f} -> {q['dbe_acc']:.3f}, "
                          f"MAE {q['input_mae']:.4f} -> {q['mae']:.4f} ({100 * (q['mae'] / q['input_mae'] - 1):+.1f} %)")
         lines.append("  sharpener " + ("meets" if quality.get("sharpen_passes") else "does not meet")
-                     + " its bar (better DBE, MAE within 2 %) on random500")
+                     + " its bar (better DBE, MAE within 2 % of its input, on every pattern)")
     lines.append(f"  measured by: {quality.get('command')} ({quality.get('date')}); table: "
                  "benchmarks/results/accuracy.md")
     return lines
