@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from depthkit.config import OutputConfig, RecipeError, TrainConfig
+from depthkit.sharpen.config import SharpDepthConfig
 from depthkit.sharpen.lotus import LOTUS_MODES
-from depthkit.sharpen.model import SharpDepthConfig
 from depthkit.sharpen.normalize import SPACES
 
 __all__ = ["DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfig", "LotusRecipe",

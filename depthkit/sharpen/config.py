@@ -1,0 +1,143 @@
+"""SharpDepth's switches: :class:`SharpDepthConfig` (a recipe's ``sharpdepth:`` section and a checkpoint's
+``sharpdepth.json`` share it). ``[code]`` marks the public implementation's choice, ``[paper]`` the paper's text,
+``depthkit`` an addition that is off by default. Used by :class:`depthkit.sharpen.model.SharpDepth`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from depthkit.sharpen.ema import EMA_SCHEDULES
+from depthkit.sharpen.gating import DISCREPANCY_DOWNSAMPLES, DISCREPANCY_NORMS
+
+__all__ = ["SharpDepthConfig", "RECONS_WEIGHTS"]
+
+RECONS_WEIGHTS = ("e", "one_minus_e", "uniform")
+"""Choices of :attr:`SharpDepthConfig.recons_weight`."""
+
+
+@dataclass
+class SharpDepthConfig:
+    """SharpDepth switches; ``[code]`` = the public implementation, ``[paper]`` = the paper's text."""
+
+    discrepancy_norm: str = "minmax"
+    """"minmax" [code]: compare Lotus(x) with min/max-normalised d directly; "lstsq" [paper]: first align Lotus(x)
+    to norm(d) by least-squares scale/shift."""
+    discrepancy_downsample: str = "nearest"
+    """Resize of e to latent size: "nearest" [code] or "area" (average over each cell)."""
+    gating: bool = True
+    """Noise-aware gating of pass 2's input [paper and code]; False (an ablation, the paper's "uniform noise"): pass 2
+    always gets pure noise ε, in training and at inference, so the metric input reaches the output only through
+    the reconstruction loss and the scale/shift fit."""
+    gate_prob: float = 0.8
+    """Training: probability that a sample gets the gated latent; otherwise pure noise ε [code]."""
+    gate_noise: str = "noised_lotus"
+    """What fills high-discrepancy cells: "noised_lotus" [code, training and inference] = the pass-1 latent noised to
+    t=999 with the scheduler, sqrt(ᾱ)·ẑ_lotus + sqrt(1−ᾱ)·ε (≈ 0.068·ẑ + 0.998·ε for SD's schedule); "noise"
+    [paper formula] = ε."""
+    sds_timestep: str = "fixed"
+    """"fixed": t = 999 [code]; "sampled": t ~ U[sds_t_min, sds_t_max] per sample [paper]."""
+    sds_t_min: int = 20
+    """Lower bound of sampled SDS timesteps (DreamFusion's 0.02·T; neither source gives a range)."""
+    sds_t_max: int = 980
+    """Upper bound (inclusive) of sampled SDS timesteps (0.98·T)."""
+    lambda_sds: float = 1.0
+    """Weight of the SDS loss [paper and code]."""
+    lambda_recons: float = 0.3
+    """Weight of the reconstruction loss [paper]; the released training script passes 0.4 (its argparse default is
+    0.2)."""
+    recons_weight: str = "e"
+    """Per-pixel weight of the reconstruction loss: "e" [paper and code] = the discrepancy (reconstruct d where
+    Lotus disagrees with it); "one_minus_e" (an ablation) = 1 − e; "uniform" (an ablation) = 1 everywhere."""
+    ema_decay: float = 0.9999
+    """EMA decay (the maximum, with a warm-up) of the student that produces pass 1 during training [code]."""
+    ema_start: int = 100
+    """EMA: calls up to this one copy the student [code: ema-pytorch's update_after_step]."""
+    ema_every: int = 10
+    """EMA: act on every this-many-th call [code: update_every]."""
+    ema_warmup_power: float | None = 2.0 / 3.0
+    """EMA warm-up, counted in calls k (not in averaging updates): decay_k = min(ema_decay, 1 − (1 + k −
+    ema_start)^(−power)) [code: ema-pytorch's default power 2/3, inv_gamma 1]; None = constant ema_decay."""
+    ema_schedule: str = "ema_pytorch"
+    """"ema_pytorch" [code]: the library's rule — call 0 and every ema_every-th call up to ema_start copy, every
+    ema_every-th call after it averages; "every_call_copy": every call before ema_start copies, then every
+    ema_every-th call from ema_start on averages (depthkit's earlier rule)."""
+    fit_threshold: float = 0.5
+    """Inference: scale/shift are fitted over pixels with e < fit_threshold [code]."""
+    output: str = "decoded"
+    """Inference: "decoded" [paper and code] = the decoded pass-2 map, scale/shift-fitted to d; "residual" (depthkit)
+    = d plus the fitted change pass 2 made, d + s·(dec(ẑ) − dec(z_d)): where pass 2 returns z_d the output is d
+    exactly, so the VAE's reconstruction error (benchmarks/sharpen_limits.py) never reaches it. Pixels without
+    metric input take the decoded map."""
+    change_band_px: int = 0
+    """depthkit (inference and the ground-truth terms): > 0 lets the output differ from the metric input only within
+    this many pixels (at the processing size) of a depth edge of the input, where its log depth varies by more than
+    ``change_band_jump`` inside the window (:func:`depthkit.sharpen.gating.edge_band`); elsewhere the output is the
+    input exactly. Depth edges are what SharpDepth sharpens, and a change far from them only adds the UNet's error
+    (in min-max space an error of 1 % of an 80 m range is 0.8 m). 0 [paper and code]: every pixel may change."""
+    change_band_jump: float = 0.2
+    """Log-depth spread that makes a window an edge for ``change_band_px`` (0.2: a factor 1.22)."""
+    keep_near_measured_px: float = 0.0
+    """depthkit (inference and the ground-truth terms): > 0 scales the output's change at each pixel by
+    min(1, distance to the nearest measured pixel / this many pixels, at the processing size), so depth pinned by a
+    nearby measurement (dense LiDAR rows, thousands of points) is left as the input has it. Needs the sparse input;
+    without measurements nothing changes. 0 [paper and code]: off."""
+    lambda_gt: float = 0.0
+    """depthkit (training only): weight of an L1 term against ground truth, for training data that has it
+    (synthetic scenes). It scores the output as inference forms it (``output``: decoded, or residual) against GT,
+    both in d's normalised space scaled to [0, 1] (:func:`depthkit.sharpen.losses.gt_loss`). 0 [paper and code]:
+    label-free."""
+    lambda_gt_grad: float = 0.0
+    """depthkit (training only): weight of the L1 term between the output's and GT's neighbour differences (edges),
+    same space; 0 [paper and code]."""
+    zero_discrepancy_at_sparse: bool = True
+    """depthkit: e = 0 at measured sparse pixels (and the output keeps the measured values there)."""
+    sparse_latent_cells: bool = False
+    """depthkit: also ê = 0 in every latent cell that contains a measured pixel. Off by default because one LiDAR
+    return then switches sharpening off for its whole cell, while the measured pixels are restored after decoding
+    either way. Measured (geometry only, :func:`depthkit.data.sparse.sample_lidar` on a KITTI-size 352x1216 frame,
+    8x latent cells): a 64-beam LiDAR has a return in 66 % of the cells (9.9 % of the pixels), a 16-beam one with
+    every 8th column in 20 % — switched on, this would keep the metric input unsharpened in most of the image's
+    lower part. Its effect on DBE with a trained full-size model is not measured."""
+
+    def __post_init__(self):
+        choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
+                   "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled"),
+                   "ema_schedule": EMA_SCHEDULES, "recons_weight": RECONS_WEIGHTS,
+                   "output": ("decoded", "residual")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SharpDepthConfig.{name} must be one of {allowed}; received {getattr(self, name)!r}.")
+        if not 0.0 <= self.gate_prob <= 1.0:
+            raise ValueError(f"gate_prob is a probability in [0, 1]; received {self.gate_prob}.")
+        if not 0 <= self.sds_t_min <= self.sds_t_max:
+            raise ValueError(f"need 0 <= sds_t_min <= sds_t_max; received {self.sds_t_min}, {self.sds_t_max}.")
+        if not 0.0 <= self.ema_decay < 1.0 or self.ema_start < 0 or self.ema_every < 1:
+            raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
+                             f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
+        if self.keep_near_measured_px < 0:
+            raise ValueError(f"keep_near_measured_px must be >= 0; received {self.keep_near_measured_px}.")
+        if self.change_band_px < 0 or not self.change_band_jump > 0:
+            raise ValueError(f"change_band_px must be >= 0 and change_band_jump > 0; received {self.change_band_px}, "
+                             f"{self.change_band_jump}.")
+        if not 0.0 < self.fit_threshold <= 1.0:
+            raise ValueError(f"fit_threshold must be in (0, 1]; received {self.fit_threshold}.")
+        if min(self.lambda_sds, self.lambda_recons, self.lambda_gt, self.lambda_gt_grad) < 0:
+            raise ValueError(f"loss weights must be >= 0; received lambda_sds={self.lambda_sds}, "
+                             f"lambda_recons={self.lambda_recons}, lambda_gt={self.lambda_gt}, "
+                             f"lambda_gt_grad={self.lambda_gt_grad}.")
+
+    @property
+    def uses_gt(self) -> bool:
+        """Whether training needs ground truth (``lambda_gt`` or ``lambda_gt_grad`` > 0)."""
+        return self.lambda_gt > 0 or self.lambda_gt_grad > 0
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> SharpDepthConfig:
+        """Build from a dict, refusing unknown keys (a typo must not silently fall back to a default)."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SharpDepthConfig keys {unknown}; allowed: {sorted(known)}.")
+        return cls(**data)
