@@ -171,8 +171,8 @@ class SharpDepth(nn.Module):
         Returns:
             dict of ``depth`` (``B x 1 x H x W`` metres), ``discrepancy`` (same size, [0, 1]), ``lotus`` (pass-1
             prediction at input size, normalised [-1, 1]), ``prediction`` (pass-2, normalised), ``scale``/``shift``
-            (``[B]``), ``fit_pixels`` (``[B]``), ``band`` (with ``change_band_px``: the edge band at input size,
-            [0, 1]); with ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W``
+            (``[B]``), ``fit_pixels`` (``[B]``), ``band`` (with ``change_band_px`` or ``keep_near_measured_px``:
+            how far each pixel may move from the input, at input size, [0, 1]); with ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W``
             metres): the metric input through the depth VAE alone (normalised, encoded, decoded, denormalised at
             the processing size; no UNet), the closest any decoded output can stay to the input — a diagnostic
             (``benchmarks/sharpen_limits.py``), one more decode.
