@@ -100,3 +100,11 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
     x = (u[m] - intrinsics.cx) / intrinsics.fx * z
     y = (v[m] - intrinsics.cy) / intrinsics.fy * z
     return np.stack([x, y, z], axis=1).astype(np.float32)
+
+
+def distance_to(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance in pixels from every pixel's centre to the nearest True pixel of the HxW bool ``mask``
+    (0 on it), float32 HxW. A mask with no True pixel gives very large distances; callers check ``mask.any()``."""
+    import cv2
+
+    return cv2.distanceTransform((~np.asarray(mask, bool)).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from depthkit.geometry import distance_to
+
 __all__ = ["check_refiner", "RefineCheck", "CHECK_STRENGTHS", "DISTANCE_BINS_PX"]
 
 CHECK_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -81,13 +83,6 @@ def _downscale(image: np.ndarray, sparse: np.ndarray, max_side: int) -> tuple[np
     return cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA), resize_sparse(measured, (hs, ws))
 
 
-def _distance_to(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance (px) of every pixel to the nearest True pixel of ``mask``."""
-    import cv2
-
-    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-
-
 def _bin(distance: np.ndarray) -> np.ndarray:
     return np.clip(np.digitize(distance, DISTANCE_BINS_PX) - 1, 0, len(DISTANCE_BINS_PX) - 2)
 
@@ -123,7 +118,7 @@ def check_refiner(refiner, image: np.ndarray, sparse: np.ndarray, prior: str = "
     if measured.all():
         return RefineCheck(1.0, False, "every pixel is measured: nothing to fill, nothing to judge", size=size)
     fold = np.random.default_rng(seed).permutation(len(ys)) % int(folds)
-    unmeasured = _distance_to(measured)[~measured]
+    unmeasured = distance_to(measured)[~measured]
     n_bins = len(DISTANCE_BINS_PX) - 1
     share_unmeasured = np.bincount(_bin(unmeasured), minlength=n_bins) / max(unmeasured.size, 1)
     distances, errors = [], []
@@ -135,7 +130,7 @@ def check_refiner(refiner, image: np.ndarray, sparse: np.ndarray, prior: str = "
         base = prior_map(image, sparse_k, prior)
         r = refiner.log_correction(image, sparse_k, base)
         hy, hx = ys[~keep], xs[~keep]
-        distances.append(_distance_to(kept)[hy, hx])
+        distances.append(distance_to(kept)[hy, hx])
         corrected = base[hy, hx, None].astype(np.float64) * np.exp(strengths[None] * r[hy, hx, None])
         errors.append(np.abs(corrected - sparse[hy, hx, None]))
     b = _bin(np.concatenate(distances))

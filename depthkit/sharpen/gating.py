@@ -134,8 +134,9 @@ def measured_distance_weight(measured: torch.Tensor, radius: float) -> torch.Ten
     """Float ``B x 1 x H x W`` weight ``min(1, dist / radius)``, dist = Euclidean distance in pixels from each pixel's
     centre to the nearest measured pixel's (0 at a measured pixel). An image without measurements gets 1
     everywhere; ``radius`` 0 gives 1 everywhere."""
-    import cv2
     import numpy as np
+
+    from depthkit.geometry import distance_to
 
     if radius < 0:
         raise ValueError(f"measured_distance_weight needs radius >= 0; received {radius}.")
@@ -144,6 +145,6 @@ def measured_distance_weight(measured: torch.Tensor, radius: float) -> torch.Ten
     if radius > 0:
         for b in range(mask.shape[0]):
             if mask[b, 0].any():
-                dist = cv2.distanceTransform((~mask[b, 0]).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+                dist = distance_to(mask[b, 0])
                 out[b, 0] = np.minimum(1.0, dist / float(radius))
     return torch.from_numpy(out).to(measured.device)
