@@ -81,7 +81,7 @@ def learn_to_sharpen(tmp_path, n_scenes: int, lotus_steps: int, sharpen_steps: i
     recipe = sharpen_recipe(tmp_path / "sharp", lotus_final, [{"name": "image_folder", "root": str(tmp_path / "images")}],
                             (32, 48), f"npy:{tmp_path / 'metric'}", steps=sharpen_steps, batch_size=batch_size)
     final = train_sharpen.train(recipe)
-    assert (tmp_path / "sharp" / "metric_cache" / f"{items[0]['name']}.npy").is_file()
+    assert len(list((tmp_path / "sharp" / "metric_cache").glob(f"{items[0]['name']}_*.npy"))) == 1
 
     trained, untrained = load_sharpdepth(final), load_sharpdepth(lotus_final)
     rows = []
@@ -286,3 +286,28 @@ def test_lotus_init_from_a_checkpoint_must_match_the_recipe(tmp_path):
     cfg = load_recipe({"kind": "lotus", "model": {"init": str(saved)}}).model
     with pytest.raises(ValueError, match="predicting disparity"):
         build_lotus(cfg)
+
+
+def test_metric_cache_keys_on_the_inputs_not_only_the_name(tmp_path):
+    """Sources of a mix share names (the same synthetic scene with 16, 80 or 320 points): the cache must serve each
+    sparse map (and each image) its own metric input, and serve a repeated input from disk, across instances.
+    Fails if the cache is keyed by name alone (the second sparse map would get the first one's metric input)."""
+    from depthkit.sharpen.train import MetricCache
+
+    calls = []
+
+    def source(image, sparse, name):  # a metric input that depends on both inputs
+        calls.append(name)
+        return np.full(image.shape[:2], float(image.mean()) + float(0 if sparse is None else sparse.sum()), np.float32)
+
+    image = np.full((4, 6, 3), 10, np.uint8)
+    few, many = np.zeros((4, 6), np.float32), np.zeros((4, 6), np.float32)
+    few[0, 0], many[:2] = 1.0, 1.0
+    cache = MetricCache(source, tmp_path)
+    a, b, c = cache(image, few, "synthetic_0"), cache(image, many, "synthetic_0"), cache(image, None, "synthetic_0")
+    other = cache(image + 1, few, "synthetic_0")
+    assert (a == 11).all() and (b == 22).all() and (c == 10).all() and (other == 12).all()
+    assert len(calls) == 4 and len(list(tmp_path.glob("synthetic_0_*.npy"))) == 4
+    again = MetricCache(source, tmp_path)
+    assert (again(image, many, "synthetic_0") == 22).all() and (again(image, few.copy(), "synthetic_0") == 11).all()
+    assert len(calls) == 4  # both served from disk

@@ -26,6 +26,7 @@ Checkpoints (student, optimiser, LR schedule, EMA) are atomic and ``--resume`` c
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 import time
 from pathlib import Path
@@ -53,20 +54,33 @@ def load_initial_lotus(path: str, cfg=None, seed: int = 0):
 
 
 class MetricCache:
-    """Metric depth per sample name, computed once by ``source`` and kept as ``<root>/<name>.npy`` (atomic writes);
-    ``root=None`` disables the cache."""
+    """Metric depth per input, computed once by ``source`` and kept as ``<root>/<name>_<digest>.npy`` (atomic
+    writes); ``root=None`` disables the cache.
+
+    The file is keyed by the sample's name *and* a digest of its image and sparse map: readers of a mix may share
+    names (several synthetic sources render the same scenes with different sparse patterns; two folders may both hold
+    ``0001.png``), and a metric input computed from one sparse map must never be served with another.
+    """
 
     def __init__(self, source, root: Path | None):
         self.source, self.root = source, root
 
-    def _path(self, name: str) -> Path:
+    def _path(self, image: np.ndarray, sparse: np.ndarray | None, name: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", name).lstrip(".") or "_"
-        return self.root / f"{safe}.npy"
+        digest = hashlib.blake2b(digest_size=8)
+        for a in (image, sparse):
+            if a is None:
+                digest.update(b"none")
+                continue
+            a = np.ascontiguousarray(a)
+            digest.update(f"{a.dtype.str}{a.shape}".encode())
+            digest.update(a.tobytes())
+        return self.root / f"{safe}_{digest.hexdigest()}.npy"
 
     def __call__(self, image: np.ndarray, sparse: np.ndarray | None, name: str) -> np.ndarray:
         if self.root is None:
             return self.source(image, sparse, name)
-        path = self._path(name)
+        path = self._path(image, sparse, name)
         if path.is_file():
             depth = np.load(path, allow_pickle=False)
             if depth.shape == image.shape[:2]:
