@@ -230,10 +230,11 @@ class SharpDepth(nn.Module):
         if cfg.output == "residual":  # the input plus the change pass 2 made to its own VAE round trip
             fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
         band = self._change_weight(d_p, valid_p, measured_at_p)
-        if band is not None:  # where, and how far, the output may differ from the input
-            band = resize_bilinear(band[..., :hr, :wr], (h, w)).clamp(0.0, 1.0)
-            fitted = torch.where(valid, norm_full + band * (fitted - norm_full), fitted)
         depth = denormalize_depth(fitted, params)
+        if band is not None:  # where, and how far, the output may differ from the input; mixed in metres, so a
+            # pixel outside the band is the input bit for bit (not its normalise/denormalise round trip)
+            band = resize_bilinear(band[..., :hr, :wr], (h, w)).clamp(0.0, 1.0)
+            depth = torch.where(valid, metric_depth + band * (depth - metric_depth), depth)
         if measured is not None:
             depth = torch.where(measured, sparse, depth)
         used = torch.where(fit_mask.flatten(1).sum(1) >= 2, fit_mask.flatten(1).sum(1), valid.flatten(1).sum(1))

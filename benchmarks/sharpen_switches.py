@@ -1,0 +1,161 @@
+"""Choose a sharpener's run-time switches on the synthetic **val** split: every variant on every sparse pattern.
+
+Usage (from the repository root; ~1 min per variant and pattern at 12 scenes on one CPU thread)::
+
+    python benchmarks/sharpen_switches.py                       # checkpoints/default's sharpener, its grid
+    python benchmarks/sharpen_switches.py --sharpen runs/default_sharpen_gt/final --scenes 12 \\
+        --variant 'band 2={"change_band_px": 2}' --variant 'band 2, near 8={"change_band_px": 2, "keep_near_measured_px": 8}'
+
+The metric input of every scene is the completion of ``--checkpoint`` (the embedded default by default) without
+language-model queries (``query_budget 0``: its dense refiner on ``guided``, equal to the full completion within
+0.1 %), computed once per scene and pattern (kept in ``--work-dir`` when given). The sharpener of ``--sharpen`` (a
+checkpoint folder with a ``sharpen/`` part or a training run's ``final/``) is built by the sharpen stage's own
+builder, so a variant is exactly a ``config`` stage option (overrides of its stored
+:class:`~depthkit.sharpen.config.SharpDepthConfig`) and the checkpoint's own options are the variant ``stored``.
+
+The val split is the one to choose on: the test split is kept for ``benchmarks/accuracy.py``. For each variant and
+pattern: MAE (m) of input and output with the change in per cent, and DBE accuracy (px) of both; the goal of the
+embedded default (issue 13) is a better DBE with the MAE within 2 %. Writes ``<out>/sharpen_switches.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
+from _results import write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(__file__).resolve().parent / "results"
+# the grid the shipped switches were chosen from (name -> config overrides); "stored" = the checkpoint's own options
+DEFAULT_VARIANTS = {
+    "stored": None,
+    "as trained (band 3 px, jump 0.2)": {"change_band_px": 3, "change_band_jump": 0.2, "keep_near_measured_px": 0},
+    "band 2 px, jump 0.3": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 0},
+    "band 2 px, jump 0.3, near 4 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 4},
+    "band 2 px, jump 0.3, near 8 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 8},
+    "band 3 px, jump 0.2, near 8 px": {"change_band_px": 3, "change_band_jump": 0.2, "keep_near_measured_px": 8},
+}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``'NAME={"key": value, ...}'`` → ``(NAME, overrides)``; raises ValueError saying what is expected."""
+    name, sep, body = text.partition("=")
+    try:
+        overrides = json.loads(body) if sep else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--variant {text!r}: the part after '=' is not JSON ({err}).") from None
+    if not sep or not name.strip() or not isinstance(overrides, dict):
+        raise ValueError(f"--variant takes NAME=JSON-OBJECT, e.g. 'band 2={{\"change_band_px\": 2}}'; "
+                         f"received {text!r}.")
+    return name.strip(), overrides
+
+
+def score(depth, gt) -> tuple[float, float]:
+    """(MAE in m, DBE accuracy in px) of ``depth`` against ``gt`` over its valid pixels."""
+    from depthkit.metrics import dbe_metrics, depth_metrics
+
+    valid = gt > 0
+    return float(depth_metrics(depth, gt, valid)["mae"]), float(dbe_metrics(depth, gt, valid=valid)["dbe_acc"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Score a sharpener's run-time switches on the synthetic val split.")
+    p.add_argument("--sharpen", type=Path, default=ROOT / "checkpoints" / "default",
+                   help="checkpoint (or run's final/) whose sharpen/ part is measured (default: the embedded default)")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default",
+                   help="checkpoint whose completer makes the metric input (default: the embedded default)")
+    p.add_argument("--scenes", type=int, default=12, help="first N scenes of the synthetic val split")
+    p.add_argument("--patterns", default="random100,random500,random2000,lidar64,holes,noisy",
+                   help="comma-separated names of benchmarks/accuracy.py's SYNTHETIC_PATTERNS")
+    p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
+                   help="a variant: config overrides as a JSON object (repeatable; default: the built-in grid)")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=OUT)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import numpy as np
+    import torch
+    from accuracy import SYNTHETIC_PATTERNS
+
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.sharpen.stage import build_sharpen_stage
+    from depthkit.sharpen.teachers import build_metric_source
+
+    torch.set_num_threads(args.threads)
+    patterns = args.patterns.split(",")
+    unknown = sorted(set(patterns) - set(SYNTHETIC_PATTERNS))
+    if unknown or args.scenes < 1:
+        p.error(f"--patterns takes names from {sorted(SYNTHETIC_PATTERNS)} (received unknown {unknown}); "
+                f"--scenes must be >= 1 (received {args.scenes}).")
+    try:
+        variants = dict(parse_variant(v) for v in args.variant) if args.variant else dict(DEFAULT_VARIANTS)
+    except ValueError as err:
+        p.error(str(err))
+    ref = CheckpointRef.open(str(args.sharpen))
+    if not ref.has_part("sharpen"):
+        p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
+    stages = {name: build_sharpen_stage(ref, options=None if cfg is None else {"config": cfg})
+              for name, cfg in variants.items()}
+    metric = build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0)
+
+    rows = {name: {} for name in variants}
+    for pattern in patterns:
+        kind, kwargs = SYNTHETIC_PATTERNS[pattern]
+        data = SyntheticDataset(split="val", length=args.scenes, sparse_pattern=kind, sparse_kwargs=kwargs)
+        scores = {name: [] for name in variants}
+        for i in range(len(data)):
+            item = data[i]
+            cached = None if args.work_dir is None else args.work_dir / f"val_{pattern}_{i}.npy"
+            if cached is not None and cached.is_file():
+                d = np.load(cached)
+            else:
+                d = metric(item["image"], item["sparse"], item["name"])
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(cached, d)
+            before = score(d, item["depth"])
+            for name, stage in stages.items():
+                out = stage.run(item["image"], item["sparse"], d).depth
+                scores[name].append(before + score(out, item["depth"]))
+        for name, s in scores.items():
+            mae_in, dbe_in, mae_out, dbe_out = (float(v) for v in np.nanmean(np.asarray(s, np.float64), axis=0))
+            rows[name][pattern] = {"input_mae": mae_in, "mae": mae_out, "change": mae_out / mae_in - 1,
+                                   "input_dbe_acc": dbe_in, "dbe_acc": dbe_out,
+                                   "goal_met": bool(dbe_out < dbe_in and mae_out <= 1.02 * mae_in)}
+            r = rows[name][pattern]
+            print(f"{pattern:11s} {name:38s} MAE {mae_in:.4f} -> {mae_out:.4f} ({100 * r['change']:+.1f} %)  "
+                  f"DBE-acc {dbe_in:.2f} -> {dbe_out:.2f}", flush=True)
+
+    report = {"benchmark": "sharpen_switches", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
+              "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
+              "command": "python benchmarks/sharpen_switches.py" + (" " + shlex.join(argv) if argv else ""),
+              "split": "val", "scenes": args.scenes, "variants": variants, "results": rows}
+    lines = [f"## Sharpener run-time switches: {args.sharpen}", "",
+             f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
+             "(240x320), metric input = the completion without queries. Per cell: MAE change against the input / "
+             "DBE accuracy input → output (px); **bold** = the goal (DBE better, MAE within 2 %) met.", "",
+             "| variant | " + " | ".join(patterns) + " | goal met |", "|---|" + "---:|" * (len(patterns) + 1)]
+    for name, per in rows.items():
+        cells = []
+        for pattern in patterns:
+            r = per[pattern]
+            cell = f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.2f} → {r['dbe_acc']:.2f}"
+            cells.append(f"**{cell}**" if r["goal_met"] else cell)
+        met = sum(r["goal_met"] for r in per.values())
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {met}/{len(patterns)} |")
+    write_results(args.out, "sharpen_switches", report, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
