@@ -33,14 +33,15 @@ from _results import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
-# the grid the shipped switches were chosen from (name -> config overrides); "stored" = the checkpoint's own options
+# the grid the shipped switches were chosen from (name -> config overrides). "stored" = the checkpoint's own options:
+# for a training run's final/ folder, the switches it was trained with
 DEFAULT_VARIANTS = {
     "stored": None,
-    "as trained (band 3 px, jump 0.2)": {"change_band_px": 3, "change_band_jump": 0.2, "keep_near_measured_px": 0},
-    "band 2 px, jump 0.3": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 0},
-    "band 2 px, jump 0.3, near 4 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 4},
     "band 2 px, jump 0.3, near 8 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 8},
+    "band 2 px, jump 0.3, near 12 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 12},
+    "band 2 px, jump 0.3, near 16 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 16},
     "band 3 px, jump 0.2, near 8 px": {"change_band_px": 3, "change_band_jump": 0.2, "keep_near_measured_px": 8},
+    "band 3 px, jump 0.2, near 16 px": {"change_band_px": 3, "change_band_jump": 0.2, "keep_near_measured_px": 16},
 }
 
 
