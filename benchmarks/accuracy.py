@@ -57,6 +57,17 @@ SYNTHETIC_PATTERNS = {
     "noisy": ("noisy", {"n": 500}),
 }
 """``--patterns`` names -> (sparse pattern of :func:`depthkit.data.sparse.make_sparse`, its options)."""
+
+
+def pattern_names(text: str) -> list[str]:
+    """A ``--patterns`` value (comma-separated names of :data:`SYNTHETIC_PATTERNS`, or ``all``) → the names; raises
+    ValueError naming what is allowed (the benchmarks pass it to ``parser.error``)."""
+    names = list(SYNTHETIC_PATTERNS) if text == "all" else [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in SYNTHETIC_PATTERNS]
+    if unknown or not names:
+        raise ValueError(f"--patterns takes names from {', '.join(SYNTHETIC_PATTERNS)} or all; received {text!r} "
+                         f"(unknown: {unknown}).")
+    return names
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # (metric key, column header): the metric columns of the markdown table
 COLUMNS = (
@@ -393,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
     specs = [] if args.no_synthetic else [{"name": "synthetic", "root": None, "split": "test"}]
     if args.patterns and specs:
-        names = list(SYNTHETIC_PATTERNS) if args.patterns == "all" else args.patterns.split(",")
-        unknown = [n for n in names if n not in SYNTHETIC_PATTERNS]
-        if unknown:
-            parser.error(f"unknown pattern(s) {unknown}; allowed: {', '.join(SYNTHETIC_PATTERNS)} or all")
+        try:
+            names = pattern_names(args.patterns)
+        except ValueError as err:
+            parser.error(str(err))
         specs = [{"name": "synthetic", "root": None, "split": "test", "pattern": n,
                   "options": {"sparse_pattern": SYNTHETIC_PATTERNS[n][0], "sparse_kwargs": SYNTHETIC_PATTERNS[n][1]}}
                  for n in names]

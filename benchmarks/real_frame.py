@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     import numpy as np
-    from accuracy import SYNTHETIC_PATTERNS
+    from accuracy import SYNTHETIC_PATTERNS, pattern_names
 
     from depthkit import Pipeline
     from depthkit.checkpoints import CheckpointRef
@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.patterns is None:
         patterns = {f"random {args.points}": None}
     else:
-        names = list(SYNTHETIC_PATTERNS) if args.patterns == "all" else args.patterns.split(",")
-        unknown = sorted(set(names) - set(SYNTHETIC_PATTERNS))
-        if unknown:
-            p.error(f"--patterns takes names from {sorted(SYNTHETIC_PATTERNS)} or 'all' (received unknown {unknown}).")
+        try:
+            names = pattern_names(args.patterns)
+        except ValueError as err:
+            p.error(str(err))
         patterns = {name: SYNTHETIC_PATTERNS[name] for name in names}
     image, depth = load_aloe(args.data)
     intrinsics = intrinsics_from_fov(*depth.shape, 60.0)

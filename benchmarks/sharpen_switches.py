@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
-    from accuracy import SYNTHETIC_PATTERNS
+    from accuracy import SYNTHETIC_PATTERNS, pattern_names
 
     from depthkit.checkpoints import CheckpointRef
     from depthkit.data.datasets.synthetic import SyntheticDataset
@@ -93,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.sharpen.teachers import build_metric_source
 
     torch.set_num_threads(args.threads)
-    patterns = args.patterns.split(",")
-    unknown = sorted(set(patterns) - set(SYNTHETIC_PATTERNS))
-    if unknown or args.scenes < 1:
-        p.error(f"--patterns takes names from {sorted(SYNTHETIC_PATTERNS)} (received unknown {unknown}); "
-                f"--scenes must be >= 1 (received {args.scenes}).")
+    if args.scenes < 1:
+        p.error(f"--scenes must be >= 1 (received {args.scenes}).")
+    try:
+        patterns = pattern_names(args.patterns)
+    except ValueError as err:
+        p.error(str(err))
     try:
         variants = dict(parse_variant(v) for v in args.variant) if args.variant else dict(DEFAULT_VARIANTS)
     except ValueError as err:

@@ -189,3 +189,13 @@ def test_documented_eval_command_runs_on_a_fixture_in_the_documented_layout(tmp_
     summary = json.loads(out.read_text())
     assert summary["n_images"] == 1 and summary["mean"]["preservation"] == 0.0
     assert summary["dataset"] == name
+
+
+def test_pattern_names_expands_all_and_names_what_is_allowed():
+    """The one parser of ``--patterns`` (accuracy, real_frame, sharpen_limits, sharpen_switches): ``all`` is every
+    pattern in order, a list keeps its order, an unknown or empty value is refused with the allowed names."""
+    assert accuracy.pattern_names("all") == list(accuracy.SYNTHETIC_PATTERNS)
+    assert accuracy.pattern_names("holes,random100") == ["holes", "random100"]
+    for bad in ("random7", "holes,all", "", ","):
+        with pytest.raises(ValueError, match="random500"):
+            accuracy.pattern_names(bad)
