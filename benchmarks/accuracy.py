@@ -68,6 +68,33 @@ def pattern_names(text: str) -> list[str]:
         raise ValueError(f"--patterns takes names from {', '.join(SYNTHETIC_PATTERNS)} or all; received {text!r} "
                          f"(unknown: {unknown}).")
     return names
+
+
+def add_scene_options(p: argparse.ArgumentParser, split: str, scenes: int, patterns: str, out: Path) -> None:
+    """The options of a benchmark over the first scenes of a synthetic split, once per sparse pattern:
+    ``--scenes``, ``--patterns``, ``--threads`` and ``--out``; read them back with :func:`parse_scene_options`."""
+    p.add_argument("--scenes", type=int, default=scenes, help=f"first N scenes of the synthetic {split} split")
+    p.add_argument("--patterns", default=patterns, help="comma-separated names of benchmarks/accuracy.py's "
+                   "SYNTHETIC_PATTERNS, or 'all'")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=out, help="folder for the .json and .md results")
+
+
+def parse_scene_options(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse ``argv`` (the options of :func:`add_scene_options` and the script's own), check ``--scenes`` and
+    ``--patterns`` (``parser.error`` naming what is allowed), go offline and set torch's threads: ``(args, names)``."""
+    args = p.parse_args(argv)
+    if args.scenes < 1:
+        p.error(f"--scenes must be >= 1 (received {args.scenes}).")
+    try:
+        names = pattern_names(args.patterns)
+    except ValueError as err:
+        p.error(str(err))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return args, names
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # (metric key, column header): the metric columns of the markdown table
 COLUMNS = (

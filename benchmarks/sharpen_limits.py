@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import shlex
 import sys
 from dataclasses import asdict
@@ -34,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
 from _results import write_results  # noqa: E402
+from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
@@ -77,29 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Decompose a sharpener's error: VAE round trip, Lotus, sharpening.")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default",
                    help="a checkpoint with a sharpen/ part (default: the embedded default)")
-    p.add_argument("--scenes", type=int, default=8, help="first N scenes of the synthetic test split")
-    p.add_argument("--patterns", default="random500", help="comma-separated names of benchmarks/accuracy.py's "
-                   "SYNTHETIC_PATTERNS")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_scene_options(p, "test", 8, "random500", OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args, patterns = parse_scene_options(p, argv)
     import numpy as np
-    import torch
-    from accuracy import SYNTHETIC_PATTERNS, pattern_names
 
     from depthkit.checkpoints import CheckpointRef
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.sharpen.model import SharpDepth
 
-    torch.set_num_threads(args.threads)
-    if args.scenes < 1:
-        p.error(f"--scenes must be >= 1 (received {args.scenes}).")
-    try:
-        patterns = pattern_names(args.patterns)
-    except ValueError as err:
-        p.error(str(err))
     ref = CheckpointRef.open(str(args.checkpoint))
     if not ref.has_part("sharpen"):
         p.error(f"{args.checkpoint} has no sharpen/ part; pass a checkpoint with one.")

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
 from _results import write_results  # noqa: E402
+from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
@@ -72,33 +72,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint (or run's final/) whose sharpen/ part is measured (default: the embedded default)")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default",
                    help="checkpoint whose completer makes the metric input (default: the embedded default)")
-    p.add_argument("--scenes", type=int, default=12, help="first N scenes of the synthetic val split")
-    p.add_argument("--patterns", default="random100,random500,random2000,lidar64,holes,noisy",
-                   help="comma-separated names of benchmarks/accuracy.py's SYNTHETIC_PATTERNS")
+    add_scene_options(p, "val", 12, "all", OUT)
     p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
                    help="a variant: config overrides as a JSON object (repeatable; default: the built-in grid)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args, patterns = parse_scene_options(p, argv)
     import numpy as np
-    import torch
-    from accuracy import SYNTHETIC_PATTERNS, pattern_names
 
     from depthkit.checkpoints import CheckpointRef
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.sharpen.stage import build_sharpen_stage
     from depthkit.sharpen.teachers import build_metric_source
 
-    torch.set_num_threads(args.threads)
-    if args.scenes < 1:
-        p.error(f"--scenes must be >= 1 (received {args.scenes}).")
-    try:
-        patterns = pattern_names(args.patterns)
-    except ValueError as err:
-        p.error(str(err))
     try:
         variants = dict(parse_variant(v) for v in args.variant) if args.variant else dict(DEFAULT_VARIANTS)
     except ValueError as err:
