@@ -95,6 +95,8 @@ def parse_scene_options(p: argparse.ArgumentParser, argv: list[str]) -> tuple[ar
 
     torch.set_num_threads(args.threads)
     return args, names
+
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # (metric key, column header): the metric columns of the markdown table
 COLUMNS = (

@@ -90,13 +90,18 @@ def quality_from_accuracy(report: dict, name: str) -> dict:
             "command": report.get("command"), "date": report.get("date")}
 
 
+def sharpener_meets_bar(row: dict) -> bool:
+    """One pattern's sharpener row (``mae``, ``input_mae``, ``dbe_acc``, ``input_dbe_acc``): DBE accuracy better than
+    its input's and MAE within :data:`SHARPEN_MAE_TOLERANCE` of its input's."""
+    return row["dbe_acc"] < row["input_dbe_acc"] and row["mae"] <= (1 + SHARPEN_MAE_TOLERANCE) * row["input_mae"]
+
+
 def decide(quality: dict) -> tuple[str, bool]:
     """(the default's completion method, whether the sharpener passed its bar) from the measured quality."""
     changes = [q["change"] for q in quality["complete"].values()]
     method = "sdim" if "random500" in quality["complete"] and max(changes) <= 0 else "guided"
     rows = quality["sharpen"].values()
-    passes = bool(rows) and all(s["dbe_acc"] < s["input_dbe_acc"] and s["mae"] <= (1 + SHARPEN_MAE_TOLERANCE)
-                                * s["input_mae"] for s in rows)
+    passes = bool(rows) and all(sharpener_meets_bar(s) for s in rows)
     return method, passes
 
 

@@ -85,3 +85,21 @@ def test_recorded_quality_matches_the_accuracy_benchmark_and_ls_prints_it(capsys
     assert main(["ls"]) == 0
     text = capsys.readouterr().out
     assert "the default (no --checkpoint)" in text and "random500" in text and "vs guided" in text
+
+
+def test_the_sharpeners_bar_by_cases():
+    """checkpoints/assemble_default.py's bar for the sharpener (also benchmarks/sharpen_switches.py's "goal met"):
+    DBE accuracy strictly better than its input's and MAE at most 2 % above; decide() needs it on every pattern."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("assemble_default", ROOT / "checkpoints" / "assemble_default.py")
+    assemble = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(assemble)
+    row = {"input_mae": 1.0, "mae": 1.019, "input_dbe_acc": 2.0, "dbe_acc": 1.9}
+    assert assemble.sharpener_meets_bar(row)
+    assert not assemble.sharpener_meets_bar({**row, "mae": 1.021})  # MAE more than 2 % worse
+    assert not assemble.sharpener_meets_bar({**row, "dbe_acc": 2.0})  # DBE not better
+    complete = {"random500": {"change": -0.1}}
+    assert assemble.decide({"complete": complete, "sharpen": {"a": row, "b": row}}) == ("sdim", True)
+    assert assemble.decide({"complete": complete, "sharpen": {"a": row, "b": {**row, "dbe_acc": 2.1}}})[1] is False
+    assert assemble.decide({"complete": complete, "sharpen": {}})[1] is False  # nothing measured: not on
