@@ -8,7 +8,8 @@ Usage (from the repository root; ~1 min per variant and pattern at 12 scenes on 
 
 The metric input of every scene is the completion of ``--checkpoint`` (the embedded default by default) without
 language-model queries (``query_budget 0``: its dense refiner on ``guided``, equal to the full completion within
-0.1 %), computed once per scene and pattern (kept in ``--work-dir`` when given). The sharpener of ``--sharpen`` (a
+0.1 %), computed once per scene and pattern (kept in ``--work-dir`` when given, by the sharpen trainer's
+:class:`~depthkit.sharpen.train.MetricCache`). The sharpener of ``--sharpen`` (a
 checkpoint folder with a ``sharpen/`` part or a training run's ``final/``) is built by the sharpen stage's own
 builder, so a variant is exactly a ``config`` stage option (overrides of its stored
 :class:`~depthkit.sharpen.config.SharpDepthConfig`) and the checkpoint's own options are the variant ``stored``.
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.sharpen.stage import build_sharpen_stage
     from depthkit.sharpen.teachers import build_metric_source
+    from depthkit.sharpen.train import MetricCache
 
     try:
         variants = dict(parse_variant(v) for v in args.variant) if args.variant else dict(DEFAULT_VARIANTS)
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
     stages = {name: build_sharpen_stage(ref, options=None if cfg is None else {"config": cfg})
               for name, cfg in variants.items()}
-    metric = build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0)
+    metric = MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
+                         args.work_dir)
 
     rows = {name: {} for name in variants}
     for pattern in patterns:
@@ -106,14 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = {name: [] for name in variants}
         for i in range(len(data)):
             item = data[i]
-            cached = None if args.work_dir is None else args.work_dir / f"val_{pattern}_{i}.npy"
-            if cached is not None and cached.is_file():
-                d = np.load(cached)
-            else:
-                d = metric(item["image"], item["sparse"], item["name"])
-                if cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(cached, d)
+            d = metric(item["image"], item["sparse"], f"val_{pattern}_{i}")
             before = score(d, item["depth"])
             for name, stage in stages.items():
                 out = stage.run(item["image"], item["sparse"], d).depth
