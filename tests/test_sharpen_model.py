@@ -501,6 +501,37 @@ def _band_by_hand(depth, radius, jump, valid=None):
     return out
 
 
+def _range_by_hand(values, radius, valid):
+    """Window minimum and maximum over ``valid`` pixels by loops (+inf / -inf where the window has none)."""
+    h, w = values.shape
+    low, high = np.full((h, w), np.inf, np.float32), np.full((h, w), -np.inf, np.float32)
+    for y in range(h):
+        for x in range(w):
+            win = (slice(max(0, y - radius), y + radius + 1), slice(max(0, x - radius), x + radius + 1))
+            if valid[win].any():
+                low[y, x], high[y, x] = values[win][valid[win]].min(), values[win][valid[win]].max()
+    return low, high
+
+
+def test_local_range_by_hand():
+    """``local_range`` against loops: only valid pixels count, windows are clipped at the border, a window with no
+    valid pixel gives +inf / -inf. Fails if the window is one pixel too small or invalid pixels count."""
+    from depthkit.sharpen.gating import local_range
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(0.0, 1.0, (9, 12)).astype(np.float32)
+    valid = rng.random((9, 12)) > 0.3
+    valid[:, 8:] = False  # windows in columns 10-11 see no valid pixel
+    for radius in (1, 2):
+        low, high = local_range(torch.from_numpy(values)[None, None], radius, torch.from_numpy(valid)[None, None])
+        want_low, want_high = _range_by_hand(values, radius, valid)
+        np.testing.assert_array_equal(low[0, 0].numpy(), want_low)
+        np.testing.assert_array_equal(high[0, 0].numpy(), want_high)
+        assert np.isinf(want_low[:, 10:]).all() and np.isfinite(want_low[:, :7]).all()  # both kinds of window
+    with pytest.raises(ValueError, match="radius >= 0"):
+        local_range(torch.from_numpy(values)[None, None], -1, torch.from_numpy(valid)[None, None])
+
+
 def test_edge_band_by_hand():
     """``edge_band`` against loops over each window; holes do not count; radius 0 lets every pixel change.
     Fails if holes count as depth, the window is one pixel too small or the jump is compared in metres."""
@@ -547,7 +578,8 @@ def test_change_band_keeps_the_input_exactly_outside_it(sharp):
 
 def test_measured_distance_weight_by_hand():
     """min(1, distance to the nearest measured pixel / radius), the distance by brute force over all measured
-    pixels; no measurement or radius 0: 1 everywhere. Fails if the distance is city-block or the ratio inverted."""
+    pixels; no measurement or radius 0: 1 everywhere; with ``max_distance`` also 0 farther than it from every
+    measurement. Fails if the distance is city-block, the ratio inverted or the cap ignored or inverted."""
     from depthkit.sharpen.gating import measured_distance_weight
 
     measured = torch.zeros(2, 1, 7, 9, dtype=torch.bool)
@@ -560,43 +592,88 @@ def test_measured_distance_weight_by_hand():
             assert w[0, 0, y, x] == pytest.approx(min(1.0, dist / 3.0), abs=1e-4)
     assert np.all(w[1] == 1.0)  # the second image has no measurement
     assert torch.all(measured_distance_weight(measured, 0.0) == 1.0)
+    for radius, cap in ((3.0, 2.5), (0.0, 2.0)):  # the cap: 0 beyond it, alone or with the ratio
+        w = measured_distance_weight(measured, radius, cap).numpy()
+        for y in range(7):
+            for x in range(9):
+                dist = np.sqrt((ys - y) ** 2 + (xs - x) ** 2).min()
+                want = (min(1.0, dist / radius) if radius else 1.0) * float(dist <= cap)
+                assert w[0, 0, y, x] == pytest.approx(want, abs=1e-4)
+        assert 0 < (w[0] == 0).mean() < 1 and np.all(w[1] == 1.0)
     with pytest.raises(ValueError, match="radius >= 0"):
         measured_distance_weight(measured, -1.0)
+    with pytest.raises(ValueError, match="max_distance >= 0"):
+        measured_distance_weight(measured, 1.0, -1.0)
 
 
-def test_keep_near_measured_scales_the_change_by_the_distance_weight(sharp):
-    """``keep_near_measured_px``: output − input = weight × (the unweighted output − input), the weight from the
-    measured pixels by brute force (the processing size is the input size here)."""
+@pytest.mark.parametrize("near,within", [(10.0, 0.0), (0.0, 12.0), (10.0, 12.0)])
+def test_keep_near_measured_scales_the_change_by_the_distance_weight(sharp, near, within):
+    """``keep_near_measured_px`` and ``change_within_measured_px``: output − input = weight × (the unweighted output −
+    input), the weight min(1, dist / near) × [dist <= within] from the measured pixels by brute force (the processing
+    size is the input size here)."""
     img, depth, sparse = _scene()
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
     free = SharpDepth(sharp.model, {"output": "residual"}).sharpen_tensors(x, d, sp, processing_resolution=64)
-    kept = SharpDepth(sharp.model, {"output": "residual", "keep_near_measured_px": 10.0})
+    kept = SharpDepth(sharp.model, {"output": "residual", "keep_near_measured_px": near,
+                                    "change_within_measured_px": within})
     res = kept.sharpen_tensors(x, d, sp, processing_resolution=64)
     ys, xs = np.nonzero(sparse)
     yy, xx = np.mgrid[:depth.shape[0], :depth.shape[1]]
     dist = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1)
-    weight = np.minimum(1.0, dist / 10.0)
+    weight = (np.minimum(1.0, dist / near) if near else 1.0) * (dist <= within if within else 1.0)
     lo, hi = float(depth.min()), float(depth.max())
     change_free = (free["depth"][0, 0].numpy() - depth) / (hi - lo)
     change_kept = (res["depth"][0, 0].numpy() - depth) / (hi - lo)
     free_px = sparse == 0  # measured pixels are restored to their values either way
     np.testing.assert_allclose(change_kept[free_px], (weight * change_free)[free_px], atol=1e-5)
     assert np.abs(change_free[dist < 5]).max() > 1e-3  # those pixels moved without the weight
-    assert SharpDepthConfig().keep_near_measured_px == 0.0
+    if within:
+        assert np.abs(change_free[dist > within]).max() > 1e-3  # and so did those beyond the cap
+    cfg = SharpDepthConfig()
+    assert (cfg.keep_near_measured_px, cfg.change_within_measured_px) == (0.0, 0.0)
     with pytest.raises(ValueError, match="keep_near_measured_px"):
         SharpDepthConfig(keep_near_measured_px=-2.0)
+    with pytest.raises(ValueError, match="change_within_measured_px"):
+        SharpDepthConfig(change_within_measured_px=-1.0)
 
 
-@pytest.mark.parametrize("output,band_px", [("decoded", 0), ("residual", 0), ("residual", 2)])
-def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px):
+@pytest.mark.parametrize("resolution", [64, 32])
+def test_change_range_keeps_the_output_within_the_inputs_local_range(sharp, resolution):
+    """``change_range_px``: the output is the unclipped output clamped, pixel by pixel, to the metric input's minimum
+    and maximum over the window (loops here), whose radius is given at the processing size (64: the input's size;
+    32: half of it, so the window at the input size is twice as wide). Measured pixels keep their values."""
+    img, depth, sparse = _scene()
+    depth[30:34, 40:44] = 0.0  # a hole without metric input: not clamped
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
+    free = SharpDepth(sharp.model, {"output": "residual"}).sharpen_tensors(x, d, sp, processing_resolution=resolution)
+    ranged = SharpDepth(sharp.model, {"output": "residual", "change_range_px": 2})
+    out = ranged.sharpen_tensors(x, d, sp, processing_resolution=resolution)["depth"][0, 0].numpy()
+    unclipped = free["depth"][0, 0].numpy()
+    low, high = _range_by_hand(depth, 2 * 64 // resolution, depth > 0)
+    want = np.where(depth > 0, np.clip(unclipped, low, high), unclipped)
+    want = np.where(sparse > 0, sparse, want)
+    np.testing.assert_array_equal(out, want)
+    clipped = (depth > 0) & ((unclipped < low) | (unclipped > high))
+    assert 0.05 < clipped.mean() < 0.95  # the clamp did something, and not everywhere
+    assert np.array_equal(out[sparse > 0], sparse[sparse > 0])
+    assert SharpDepthConfig().change_range_px == 0
+    with pytest.raises(ValueError, match="change_range_px"):
+        SharpDepthConfig(change_range_px=-1)
+
+
+@pytest.mark.parametrize("output,band_px,range_px", [("decoded", 0, 0), ("residual", 0, 0), ("residual", 2, 0),
+                                                     ("residual", 2, 1)])
+def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px, range_px):
     """The ground-truth terms of ``compute_losses`` recomputed from the step's own decoded prediction: GT normalised
     with the *metric input's* min/max (by hand here), the output residual-formed (norm(d) + dec(ẑ) − dec(z_d), the
     round trip by hand) or decoded, then the loops of :func:`test_gt_loss_by_hand_with_loops` on the [0, 1] maps.
-    With ``change_band_px`` the change is kept to the edge band (by hand). Fails if GT is normalised with its own
-    range, the residual form or the band is dropped, or the weights are ignored."""
+    With ``change_range_px`` the output is clamped to the input's window range, with ``change_band_px`` the change is
+    kept to the edge band (both by hand). Fails if GT is normalised with its own range, the residual form, the clamp
+    or the band is dropped, or the weights are ignored."""
     model = SharpDepth(sharp.model, {"output": output, "lambda_gt": 0.7, "lambda_gt_grad": 0.2,
-                                     "change_band_px": band_px, "change_band_jump": 0.1})
+                                     "change_band_px": band_px, "change_band_jump": 0.1, "change_range_px": range_px})
     img, depth, _ = _scene(32, 48, seed=3)
     gt = depth.copy()
     gt[10:20, 30:40] = 6.5  # beyond the metric input's range: clipped to its far end
@@ -614,6 +691,10 @@ def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px)
         with torch.no_grad():
             rt = m.decode_depth(m.encode(torch.from_numpy(norm_d)[None, None].float().expand(-1, 3, -1, -1)))
         pred = norm_d + pred - rt[0, 0].numpy()
+    if range_px:  # clamped to the input's window range (normalised: the affine map keeps min and max)
+        low, high = _range_by_hand(norm_d, range_px, depth > 0)
+        assert ((pred < low) | (pred > high)).mean() > 0.05
+        pred = np.clip(pred, low, high)
     if band_px:
         band = _band_by_hand(depth, band_px, 0.1)
         assert 0.05 < band.mean() < 0.6

@@ -308,6 +308,6 @@ def test_metric_cache_keys_on_the_inputs_not_only_the_name(tmp_path):
     other = cache(image + 1, few, "synthetic_0")
     assert (a == 11).all() and (b == 22).all() and (c == 10).all() and (other == 12).all()
     assert len(calls) == 4 and len(list(tmp_path.glob("synthetic_0_*.npy"))) == 4
-    again = MetricCache(source, tmp_path)
+    again = MetricCache(source, str(tmp_path))  # a str root as well as a Path
     assert (again(image, many, "synthetic_0") == 22).all() and (again(image, few.copy(), "synthetic_0") == 11).all()
     assert len(calls) == 4  # both served from disk

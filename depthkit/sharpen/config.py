@@ -82,6 +82,17 @@ class SharpDepthConfig:
     min(1, distance to the nearest measured pixel / this many pixels, at the processing size), so depth pinned by a
     nearby measurement (dense LiDAR rows, thousands of points) is left as the input has it. Needs the sparse input;
     without measurements nothing changes. 0 [paper and code]: off."""
+    change_within_measured_px: float = 0.0
+    """depthkit (inference and the ground-truth terms): > 0 lets the output differ from the metric input only where a
+    measured pixel lies within this many pixels (at the processing size). Farther away the input is an extrapolation
+    (the rows above a LiDAR's beams, the middle of a large hole) whose depth edges may be anywhere, and moving them
+    measured worse than leaving them (benchmarks/sharpen_switches.py). Needs the sparse input; an image without
+    measurements is not limited. 0 [paper and code]: off."""
+    change_range_px: int = 0
+    """depthkit (inference and the ground-truth terms): > 0 keeps the output at each pixel within the minimum and
+    maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size; pixels without
+    metric input do not count): sharpening moves a depth edge by giving its pixels one side's depth or the other's,
+    and a value outside both is the UNet's error (an overshoot), which this clips. 0 [paper and code]: off."""
     lambda_gt: float = 0.0
     """depthkit (training only): weight of an L1 term against ground truth, for training data that has it
     (synthetic scenes). It scores the output as inference forms it (``output``: decoded, or residual) against GT,
@@ -115,8 +126,9 @@ class SharpDepthConfig:
         if not 0.0 <= self.ema_decay < 1.0 or self.ema_start < 0 or self.ema_every < 1:
             raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
                              f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
-        if self.keep_near_measured_px < 0:
-            raise ValueError(f"keep_near_measured_px must be >= 0; received {self.keep_near_measured_px}.")
+        for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
         if self.change_band_px < 0 or not self.change_band_jump > 0:
             raise ValueError(f"change_band_px must be >= 0 and change_band_jump > 0; received {self.change_band_px}, "
                              f"{self.change_band_jump}.")

@@ -8,7 +8,9 @@
   with probability ``gate_prob`` and otherwise gives it pure noise;
 - :func:`edge_band` — depthkit: the pixels near a depth edge of the metric input, the only ones the output may change
   when ``SharpDepthConfig.change_band_px`` > 0; :func:`measured_distance_weight` — depthkit: how far the output may
-  move a pixel given its distance to the nearest measurement (``keep_near_measured_px``).
+  move a pixel given its distance to the nearest measurement (``keep_near_measured_px``,
+  ``change_within_measured_px``); :func:`local_range` — the window minimum and maximum that ``edge_band`` and
+  ``change_range_px`` use.
 
 "Gate" in ``depthkit.sharpen`` means only this. All tensors are ``B x 1 x H x W`` (maps) or ``B x C x h x w``
 (latents); see :mod:`depthkit.sharpen.model` for how :class:`~depthkit.sharpen.model.SharpDepth` uses them.
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from depthkit.sharpen.normalize import masked_scale_shift
 
 __all__ = ["DISCREPANCY_NORMS", "DISCREPANCY_DOWNSAMPLES", "discrepancy", "sparse_to_latent_mask",
-           "downsample_discrepancy", "gate", "apply_gate", "edge_band", "measured_distance_weight"]
+           "downsample_discrepancy", "gate", "apply_gate", "edge_band", "local_range", "measured_distance_weight"]
 
 DISCREPANCY_NORMS = ("minmax", "lstsq")
 """How :func:`discrepancy` compares the maps: as they are [code], or after a least-squares alignment [paper]."""
@@ -122,29 +124,45 @@ def edge_band(depth: torch.Tensor, radius: int, jump: float, valid: torch.Tensor
     if valid is not None:
         ok &= valid.to(device=d.device, dtype=torch.bool)
     log_d = torch.log(torch.where(ok, d, torch.ones_like(d)))
-    far = torch.tensor(1e4, dtype=log_d.dtype, device=log_d.device)
-    k = 2 * int(radius) + 1
-    high = F.max_pool2d(torch.where(ok, log_d, -far), k, stride=1, padding=int(radius))
-    low = -F.max_pool2d(torch.where(ok, -log_d, -far), k, stride=1, padding=int(radius))
-    spread = high - low
-    return ((spread > jump) & (spread < 1e3)).float()
+    low, high = local_range(log_d, radius, ok)
+    spread = torch.where(torch.isfinite(high), high - low, torch.zeros_like(high))
+    return (spread > jump).float()
 
 
-def measured_distance_weight(measured: torch.Tensor, radius: float) -> torch.Tensor:
+def local_range(values: torch.Tensor, radius: int, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, high)``: the minimum and maximum of ``values`` (``B x 1 x H x W``) over the pixels of ``valid`` (bool,
+    same shape) inside the ``(2·radius + 1)``-pixel square window around each pixel (the window clipped at the
+    border). A window without a valid pixel gives ``low = +inf``, ``high = -inf``."""
+    if radius < 0:
+        raise ValueError(f"local_range needs radius >= 0; received {radius}.")
+    v = values.float()
+    inf = torch.tensor(float("inf"), dtype=v.dtype, device=v.device)
+    k, r = 2 * int(radius) + 1, int(radius)
+    high = F.max_pool2d(torch.where(valid, v, -inf), k, stride=1, padding=r)
+    low = -F.max_pool2d(torch.where(valid, -v, -inf), k, stride=1, padding=r)
+    return low, high
+
+
+def measured_distance_weight(measured: torch.Tensor, radius: float, max_distance: float = 0.0) -> torch.Tensor:
     """Float ``B x 1 x H x W`` weight ``min(1, dist / radius)``, dist = Euclidean distance in pixels from each pixel's
-    centre to the nearest measured pixel's (0 at a measured pixel). An image without measurements gets 1
-    everywhere; ``radius`` 0 gives 1 everywhere."""
+    centre to the nearest measured pixel's (0 at a measured pixel); ``radius`` 0 leaves that factor 1. With
+    ``max_distance`` > 0 the weight is also 0 where dist > ``max_distance`` (no measurement near enough). An image
+    without measurements gets 1 everywhere."""
     import numpy as np
 
     from depthkit.geometry import distance_to
 
-    if radius < 0:
-        raise ValueError(f"measured_distance_weight needs radius >= 0; received {radius}.")
+    if radius < 0 or max_distance < 0:
+        raise ValueError(f"measured_distance_weight needs radius >= 0 and max_distance >= 0; received {radius}, "
+                         f"{max_distance}.")
     mask = measured.detach().to(torch.bool).cpu().numpy()
     out = np.ones(mask.shape, np.float32)
-    if radius > 0:
+    if radius > 0 or max_distance > 0:
         for b in range(mask.shape[0]):
             if mask[b, 0].any():
                 dist = distance_to(mask[b, 0])
-                out[b, 0] = np.minimum(1.0, dist / float(radius))
+                if radius > 0:
+                    out[b, 0] = np.minimum(1.0, dist / float(radius))
+                if max_distance > 0:
+                    out[b, 0][dist > max_distance] = 0.0
     return torch.from_numpy(out).to(measured.device)

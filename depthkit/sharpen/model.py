@@ -50,6 +50,7 @@ from depthkit.sharpen.gating import (
     downsample_discrepancy,
     edge_band,
     gate,
+    local_range,
     measured_distance_weight,
     sparse_to_latent_mask,
 )
@@ -171,11 +172,11 @@ class SharpDepth(nn.Module):
         Returns:
             dict of ``depth`` (``B x 1 x H x W`` metres), ``discrepancy`` (same size, [0, 1]), ``lotus`` (pass-1
             prediction at input size, normalised [-1, 1]), ``prediction`` (pass-2, normalised), ``scale``/``shift``
-            (``[B]``), ``fit_pixels`` (``[B]``), ``band`` (with ``change_band_px`` or ``keep_near_measured_px``:
-            how far each pixel may move from the input, at input size, [0, 1]); with ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W``
-            metres): the metric input through the depth VAE alone (normalised, encoded, decoded, denormalised at
-            the processing size; no UNet), the closest any decoded output can stay to the input — a diagnostic
-            (``benchmarks/sharpen_limits.py``), one more decode.
+            (``[B]``), ``fit_pixels`` (``[B]``), ``band`` (with ``change_band_px``, ``keep_near_measured_px`` or
+            ``change_within_measured_px``: how far each pixel may move from the input, at input size, [0, 1]); with
+            ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W`` metres): the metric input through the depth VAE
+            alone (normalised, encoded, decoded, denormalised at the processing size; no UNet), the closest any
+            decoded output can stay to the input — a diagnostic (``benchmarks/sharpen_limits.py``), one more decode.
         """
         m, cfg = self.model, self.config
         image = image.to(m.device, torch.float32)
@@ -231,6 +232,9 @@ class SharpDepth(nn.Module):
             fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
         band = self._change_weight(d_p, valid_p, measured_at_p)
         depth = denormalize_depth(fitted, params)
+        if cfg.change_range_px > 0:  # the window's radius at the input size
+            radius = max(1, round(cfg.change_range_px * max(h / hr, w / wr)))
+            depth = self._clip_to_local_range(depth, metric_depth, valid, radius)
         if band is not None:  # where, and how far, the output may differ from the input; mixed in metres, so a
             # pixel outside the band is the input bit for bit (not its normalise/denormalise round trip)
             band = resize_bilinear(band[..., :hr, :wr], (h, w)).clamp(0.0, 1.0)
@@ -246,6 +250,14 @@ class SharpDepth(nn.Module):
             out["band"] = band
         return out
 
+    @staticmethod
+    def _clip_to_local_range(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor,
+                             radius: int) -> torch.Tensor:
+        """``out`` clamped, at each pixel of ``valid``, to the range of ``reference`` over ``valid`` pixels in the
+        ``(2·radius + 1)``-pixel window (``change_range_px``); other pixels unchanged. Shapes ``B x 1 x H x W``."""
+        low, high = local_range(reference, radius, valid)
+        return torch.where(valid, torch.minimum(torch.maximum(out, low), high), out)
+
     def _change_weight(self, depth: torch.Tensor, valid: torch.Tensor,
                        measured: torch.Tensor | None) -> torch.Tensor | None:
         """How far the output may move each pixel away from the metric input, ``B x 1 x H x W`` in [0, 1] at the
@@ -255,8 +267,8 @@ class SharpDepth(nn.Module):
         weight = None
         if cfg.change_band_px > 0:
             weight = edge_band(depth, cfg.change_band_px, cfg.change_band_jump, valid)
-        if cfg.keep_near_measured_px > 0 and measured is not None:
-            near = measured_distance_weight(measured, cfg.keep_near_measured_px)
+        if (cfg.keep_near_measured_px > 0 or cfg.change_within_measured_px > 0) and measured is not None:
+            near = measured_distance_weight(measured, cfg.keep_near_measured_px, cfg.change_within_measured_px)
             weight = near if weight is None else weight * near
         return weight
 
@@ -366,8 +378,8 @@ class SharpDepth(nn.Module):
                   params, valid: torch.Tensor, measured: torch.Tensor | None,
                   gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ground-truth terms of :meth:`compute_losses`: the output formed as :meth:`sharpen_tensors` forms it
-        (without the scale/shift fit; the change weighted by :meth:`_change_weight`) and GT normalised with d's own
-        range, both scaled to [0, 1]."""
+        (without the scale/shift fit; kept to the input's local range with ``change_range_px``; the change weighted
+        by :meth:`_change_weight`) and GT normalised with d's own range, both scaled to [0, 1]."""
         from depthkit.sharpen.losses import gt_loss
 
         m = self.model
@@ -382,6 +394,8 @@ class SharpDepth(nn.Module):
             with torch.no_grad():
                 round_trip = m.decode_depth(z_d).float()
             out = torch.where(valid, metric_norm + out - round_trip, out)
+        if self.config.change_range_px > 0:
+            out = self._clip_to_local_range(out, metric_norm, valid, self.config.change_range_px)
         band = self._change_weight(metric_depth, valid, measured)
         if band is not None:
             out = torch.where(valid, metric_norm + band * (out - metric_norm), out)

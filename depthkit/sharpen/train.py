@@ -62,8 +62,8 @@ class MetricCache:
     ``0001.png``), and a metric input computed from one sparse map must never be served with another.
     """
 
-    def __init__(self, source, root: Path | None):
-        self.source, self.root = source, root
+    def __init__(self, source, root: str | Path | None):
+        self.source, self.root = source, None if root is None else Path(root)
 
     def _path(self, image: np.ndarray, sparse: np.ndarray | None, name: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", name).lstrip(".") or "_"
