@@ -37,15 +37,17 @@ sys.path.insert(0, str(ROOT / "checkpoints"))  # the default's bar: checkpoints/
 from assemble_default import sharpener_meets_bar  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-# the grid the shipped switches were chosen from (name -> config overrides). "stored" = the checkpoint's own options:
-# for a training run's final/ folder, the switches it was trained with
+# the grid the shipped switches were checked on (name -> config overrides). "stored" = the checkpoint's own options:
+# for a training run's final/ folder, the switches it was trained with. The wider grid they were chosen from
+# (checkpoints/README.md) varied range 0/2/3 px, distance weight 8/16/24 px and cap none/32/48 px around these.
+_BAND = {"change_band_px": 3, "change_band_jump": 0.2}
 DEFAULT_VARIANTS = {
     "stored": None,
-    "band 2 px, jump 0.3, near 8 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 8},
-    "band 2 px, jump 0.3, near 12 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 12},
-    "band 2 px, jump 0.3, near 16 px": {"change_band_px": 2, "change_band_jump": 0.3, "keep_near_measured_px": 16},
-    "band 3 px, jump 0.2, near 8 px": {"change_band_px": 3, "change_band_jump": 0.2, "keep_near_measured_px": 8},
-    "band 3 px, jump 0.2, near 16 px": {"change_band_px": 3, "change_band_jump": 0.2, "keep_near_measured_px": 16},
+    "band 3 px, near 16 px": {**_BAND, "keep_near_measured_px": 16},
+    "band 3 px, near 24 px": {**_BAND, "keep_near_measured_px": 24},
+    "band 3 px, near 16 px, range 2 px": {**_BAND, "keep_near_measured_px": 16, "change_range_px": 2},
+    "band 3 px, near 24 px, range 3 px, within 32 px": {**_BAND, "keep_near_measured_px": 24, "change_range_px": 3,
+                                                        "change_within_measured_px": 32},
 }
 
 
