@@ -12,7 +12,8 @@ language-model queries (``query_budget 0``: its dense refiner on ``guided``, equ
 :class:`~depthkit.sharpen.train.MetricCache`). The sharpener of ``--sharpen`` (a
 checkpoint folder with a ``sharpen/`` part or a training run's ``final/``) is built by the sharpen stage's own
 builder, so a variant is exactly a ``config`` stage option (overrides of its stored
-:class:`~depthkit.sharpen.config.SharpDepthConfig`) and the checkpoint's own options are the variant ``stored``.
+:class:`~depthkit.sharpen.config.SharpDepthConfig`); an empty object (``--variant 'stored={}'``) measures the
+checkpoint's own options.
 
 The val split is the one to choose on: the test split is kept for ``benchmarks/accuracy.py``. For each variant and
 pattern: MAE (m) of input and output with the change in per cent, and DBE accuracy (px) of both; the goal of the
@@ -37,15 +38,14 @@ sys.path.insert(0, str(ROOT / "checkpoints"))  # the default's bar: checkpoints/
 from assemble_default import sharpener_meets_bar  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-# the grid the shipped switches were checked on (name -> config overrides). "stored" = the checkpoint's own options:
-# for a training run's final/ folder, the switches it was trained with. The wider grid they were chosen from
-# (checkpoints/README.md) varied range 0/2/3 px, distance weight 8/16/24 px and cap none/32/48 px around these.
+# the variants the shipped switches were checked with (name -> config overrides; benchmarks/results/
+# sharpen_switches.md): session 9's choice, the distance weight alone, and the shipped choice. The wider grid they were
+# chosen from (checkpoints/README.md) varied range 0/2/3 px, distance weight 8/16/24 px and cap none/32/48 px.
+# A variant named "stored" (--variant 'stored={}') is the checkpoint's own options.
 _BAND = {"change_band_px": 3, "change_band_jump": 0.2}
 DEFAULT_VARIANTS = {
-    "stored": None,
     "band 3 px, near 16 px": {**_BAND, "keep_near_measured_px": 16},
     "band 3 px, near 24 px": {**_BAND, "keep_near_measured_px": 24},
-    "band 3 px, near 16 px, range 2 px": {**_BAND, "keep_near_measured_px": 16, "change_range_px": 2},
     "band 3 px, near 24 px, range 3 px, within 32 px": {**_BAND, "keep_near_measured_px": 24, "change_range_px": 3,
                                                         "change_within_measured_px": 32},
 }

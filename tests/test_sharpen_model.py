@@ -638,50 +638,68 @@ def test_keep_near_measured_scales_the_change_by_the_distance_weight(sharp, near
         SharpDepthConfig(change_within_measured_px=-1.0)
 
 
-@pytest.mark.parametrize("resolution", [64, 32])
-def test_change_range_keeps_the_output_within_the_inputs_local_range(sharp, resolution):
+@pytest.mark.parametrize("resolution,near", [(64, 0.0), (32, 0.0), (64, 10.0)])
+def test_change_range_keeps_the_output_within_the_inputs_local_range(sharp, resolution, near):
     """``change_range_px``: the output is the unclipped output clamped, pixel by pixel, to the metric input's minimum
     and maximum over the window (loops here), whose radius is given at the processing size (64: the input's size;
-    32: half of it, so the window at the input size is twice as wide). Measured pixels keep their values."""
+    32: half of it, so the window at the input size is twice as wide). Measured pixels keep their values. With a
+    distance weight w (``keep_near_measured_px``, fractional) the clamp comes first: d + w·(clamp(free) − d), which
+    differs from clamping d + w·(free − d)."""
     img, depth, sparse = _scene()
     depth[30:34, 40:44] = 0.0  # a hole without metric input: not clamped
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
     free = SharpDepth(sharp.model, {"output": "residual"}).sharpen_tensors(x, d, sp, processing_resolution=resolution)
-    ranged = SharpDepth(sharp.model, {"output": "residual", "change_range_px": 2})
+    ranged = SharpDepth(sharp.model, {"output": "residual", "change_range_px": 2, "keep_near_measured_px": near})
     out = ranged.sharpen_tensors(x, d, sp, processing_resolution=resolution)["depth"][0, 0].numpy()
     unclipped = free["depth"][0, 0].numpy()
     low, high = _range_by_hand(depth, 2 * 64 // resolution, depth > 0)
     want = np.where(depth > 0, np.clip(unclipped, low, high), unclipped)
+    if near:
+        ys, xs = np.nonzero(sparse)
+        yy, xx = np.mgrid[:depth.shape[0], :depth.shape[1]]
+        weight = np.minimum(1.0, np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1) / near)
+        mixed_then_clamped = np.clip(depth + weight * (unclipped - depth), low, high)
+        want = np.where(depth > 0, depth + weight * (want - depth), want)
+        ok = (depth > 0) & (sparse == 0)
+        assert np.abs(mixed_then_clamped - want)[ok].max() > 1e-3  # the order matters on this scene
     want = np.where(sparse > 0, sparse, want)
-    np.testing.assert_array_equal(out, want)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
+    if not near:
+        np.testing.assert_array_equal(out, want)
     clipped = (depth > 0) & ((unclipped < low) | (unclipped > high))
     assert 0.05 < clipped.mean() < 0.95  # the clamp did something, and not everywhere
     assert np.array_equal(out[sparse > 0], sparse[sparse > 0])
     assert SharpDepthConfig().change_range_px == 0
     with pytest.raises(ValueError, match="change_range_px"):
         SharpDepthConfig(change_range_px=-1)
+    with pytest.raises(ValueError, match="whole number"):
+        SharpDepthConfig(change_range_px=2.5)
 
 
-@pytest.mark.parametrize("output,band_px,range_px", [("decoded", 0, 0), ("residual", 0, 0), ("residual", 2, 0),
-                                                     ("residual", 2, 1)])
-def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px, range_px):
+@pytest.mark.parametrize("output,band_px,range_px,near", [("decoded", 0, 0, 0.0), ("residual", 0, 0, 0.0),
+                                                          ("residual", 2, 0, 0.0), ("residual", 2, 1, 0.0),
+                                                          ("residual", 2, 1, 6.0)])
+def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px, range_px, near):
     """The ground-truth terms of ``compute_losses`` recomputed from the step's own decoded prediction: GT normalised
     with the *metric input's* min/max (by hand here), the output residual-formed (norm(d) + dec(ẑ) − dec(z_d), the
     round trip by hand) or decoded, then the loops of :func:`test_gt_loss_by_hand_with_loops` on the [0, 1] maps.
-    With ``change_range_px`` the output is clamped to the input's window range, with ``change_band_px`` the change is
-    kept to the edge band (both by hand). Fails if GT is normalised with its own range, the residual form, the clamp
-    or the band is dropped, or the weights are ignored."""
+    With ``change_range_px`` the output is clamped to the input's window range, then with ``change_band_px`` the
+    change is kept to the edge band, times the distance weight and its cap when measured pixels are given (all by
+    hand). Fails if GT is normalised with its own range, the residual form, the clamp, the band or the distance weight
+    is dropped, the clamp comes after the mix, or the weights are ignored."""
     model = SharpDepth(sharp.model, {"output": output, "lambda_gt": 0.7, "lambda_gt_grad": 0.2,
-                                     "change_band_px": band_px, "change_band_jump": 0.1, "change_range_px": range_px})
-    img, depth, _ = _scene(32, 48, seed=3)
+                                     "change_band_px": band_px, "change_band_jump": 0.1, "change_range_px": range_px,
+                                     "keep_near_measured_px": near, "change_within_measured_px": 2 * near})
+    img, depth, sparse = _scene(32, 48, seed=3)
     gt = depth.copy()
     gt[10:20, 30:40] = 6.5  # beyond the metric input's range: clipped to its far end
     gt[:4, :4] = 0.0  # no GT here
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     d = torch.from_numpy(depth)[None, None]
+    sp = torch.from_numpy(sparse)[None, None] if near else None
     with torch.no_grad():
-        out = model.compute_losses(x, d, sharp.model.unet, generator=torch.Generator().manual_seed(0),
+        out = model.compute_losses(x, d, sharp.model.unet, generator=torch.Generator().manual_seed(0), sparse=sp,
                                    gt=torch.from_numpy(gt)[None, None])
     lo, hi = float(depth.min()), float(depth.max())
     norm_d = (depth - lo) / (hi - lo) * 2 - 1
@@ -691,6 +709,7 @@ def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px,
         with torch.no_grad():
             rt = m.decode_depth(m.encode(torch.from_numpy(norm_d)[None, None].float().expand(-1, 3, -1, -1)))
         pred = norm_d + pred - rt[0, 0].numpy()
+    unclamped = pred
     if range_px:  # clamped to the input's window range (normalised: the affine map keeps min and max)
         low, high = _range_by_hand(norm_d, range_px, depth > 0)
         assert ((pred < low) | (pred > high)).mean() > 0.05
@@ -698,6 +717,14 @@ def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px,
     if band_px:
         band = _band_by_hand(depth, band_px, 0.1)
         assert 0.05 < band.mean() < 0.6
+        if near:  # the distance weight and its cap, from the measured pixels by brute force
+            ys, xs = np.nonzero(sparse)
+            yy, xx = np.mgrid[:depth.shape[0], :depth.shape[1]]
+            dist = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1)
+            band = band * np.minimum(1.0, dist / near) * (dist <= 2 * near)
+            assert ((band > 0) & (band < 1)).any() and (dist > 2 * near).any()
+            clamped_after = np.clip(norm_d + band * (unclamped - norm_d), low, high)
+            assert np.abs(clamped_after - (norm_d + band * (pred - norm_d))).max() > 1e-3  # the order matters
         pred = norm_d + band * (pred - norm_d)
     o = pred * 0.5 + 0.5
     t = np.clip((gt - lo) / (hi - lo) * 2 - 1, -1, 1) * 0.5 + 0.5

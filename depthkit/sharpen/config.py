@@ -86,13 +86,14 @@ class SharpDepthConfig:
     """depthkit (inference and the ground-truth terms): > 0 lets the output differ from the metric input only where a
     measured pixel lies within this many pixels (at the processing size). Farther away the input is an extrapolation
     (the rows above a LiDAR's beams, the middle of a large hole) whose depth edges may be anywhere, and moving them
-    measured worse than leaving them (benchmarks/sharpen_switches.py). Needs the sparse input; an image without
-    measurements is not limited. 0 [paper and code]: off."""
+    measured worse than leaving them (the val-split grid in checkpoints/README.md). Needs the sparse input; an image
+    without measurements is not limited. 0 [paper and code]: off."""
     change_range_px: int = 0
     """depthkit (inference and the ground-truth terms): > 0 keeps the output at each pixel within the minimum and
-    maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size; pixels without
-    metric input do not count): sharpening moves a depth edge by giving its pixels one side's depth or the other's,
-    and a value outside both is the UNet's error (an overshoot), which this clips. 0 [paper and code]: off."""
+    maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size, scaled up to
+    the input size and rounded up; pixels without metric input neither count nor are clamped): sharpening moves a
+    depth edge by giving its pixels one side's depth or the other's, and a value outside both is the UNet's error (an
+    overshoot), which this clips. Applied before the band and distance weights. 0 [paper and code]: off."""
     lambda_gt: float = 0.0
     """depthkit (training only): weight of an L1 term against ground truth, for training data that has it
     (synthetic scenes). It scores the output as inference forms it (``output``: decoded, or residual) against GT,
@@ -129,6 +130,8 @@ class SharpDepthConfig:
         for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
+        if not isinstance(self.change_range_px, int) or isinstance(self.change_range_px, bool):
+            raise ValueError(f"change_range_px is a whole number of pixels; received {self.change_range_px!r}.")
         if self.change_band_px < 0 or not self.change_band_jump > 0:
             raise ValueError(f"change_band_px must be >= 0 and change_band_jump > 0; received {self.change_band_px}, "
                              f"{self.change_band_jump}.")

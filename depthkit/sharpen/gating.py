@@ -132,10 +132,11 @@ def edge_band(depth: torch.Tensor, radius: int, jump: float, valid: torch.Tensor
 def local_range(values: torch.Tensor, radius: int, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(low, high)``: the minimum and maximum of ``values`` (``B x 1 x H x W``) over the pixels of ``valid`` (bool,
     same shape) inside the ``(2·radius + 1)``-pixel square window around each pixel (the window clipped at the
-    border). A window without a valid pixel gives ``low = +inf``, ``high = -inf``."""
+    border). A window without a valid pixel gives ``low = +inf``, ``high = -inf``. Computed in float32."""
     if radius < 0:
         raise ValueError(f"local_range needs radius >= 0; received {radius}.")
     v = values.float()
+    valid = valid.to(device=v.device, dtype=torch.bool)
     inf = torch.tensor(float("inf"), dtype=v.dtype, device=v.device)
     k, r = 2 * int(radius) + 1, int(radius)
     high = F.max_pool2d(torch.where(valid, v, -inf), k, stride=1, padding=r)

@@ -34,6 +34,7 @@ gating functions live in :mod:`depthkit.sharpen.gating`, the losses in :mod:`dep
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -233,7 +234,7 @@ class SharpDepth(nn.Module):
         band = self._change_weight(d_p, valid_p, measured_at_p)
         depth = denormalize_depth(fitted, params)
         if cfg.change_range_px > 0:  # the window's radius at the input size
-            radius = max(1, round(cfg.change_range_px * max(h / hr, w / wr)))
+            radius = max(1, math.ceil(cfg.change_range_px * max(h / hr, w / wr) - 1e-6))
             depth = self._clip_to_local_range(depth, metric_depth, valid, radius)
         if band is not None:  # where, and how far, the output may differ from the input; mixed in metres, so a
             # pixel outside the band is the input bit for bit (not its normalise/denormalise round trip)
@@ -261,8 +262,8 @@ class SharpDepth(nn.Module):
     def _change_weight(self, depth: torch.Tensor, valid: torch.Tensor,
                        measured: torch.Tensor | None) -> torch.Tensor | None:
         """How far the output may move each pixel away from the metric input, ``B x 1 x H x W`` in [0, 1] at the
-        size of ``depth``: the edge band (``change_band_px``) times the distance weight (``keep_near_measured_px``,
-        when ``measured`` is given); None when both are off."""
+        size of ``depth``: the edge band (``change_band_px``) times the distance weight (``keep_near_measured_px``
+        and its cap ``change_within_measured_px``, when ``measured`` is given); None when all are off."""
         cfg = self.config
         weight = None
         if cfg.change_band_px > 0:

@@ -55,7 +55,7 @@ def load_initial_lotus(path: str, cfg=None, seed: int = 0):
 
 class MetricCache:
     """Metric depth per input, computed once by ``source`` and kept as ``<root>/<name>_<digest>.npy`` (atomic
-    writes); ``root=None`` disables the cache.
+    writes; ``root`` a path or str); ``root=None`` disables the cache.
 
     The file is keyed by the sample's name *and* a digest of its image and sparse map: readers of a mix may share
     names (several synthetic sources render the same scenes with different sparse patterns; two folders may both hold
