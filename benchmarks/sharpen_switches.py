@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = CheckpointRef.open(str(args.sharpen))
     if not ref.has_part("sharpen"):
         p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
-    stages = {name: build_sharpen_stage(ref, options=None if cfg is None else {"config": cfg})
-              for name, cfg in variants.items()}
+    stages = {name: build_sharpen_stage(ref, options={"config": cfg}) for name, cfg in variants.items()}
     metric = MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
                          args.work_dir)
 
