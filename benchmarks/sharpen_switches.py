@@ -1,8 +1,10 @@
 """Choose a sharpener's run-time switches on the synthetic **val** split: every variant on every sparse pattern.
 
-Usage (from the repository root; ~1 min per variant and pattern at 12 scenes on one CPU thread)::
+Usage (from the repository root; ~1 min per pattern at 12 scenes on one CPU thread, however many variants differ
+only in the run-time limits)::
 
-    python benchmarks/sharpen_switches.py                       # checkpoints/default's sharpener, its grid
+    python benchmarks/sharpen_switches.py                       # checkpoints/default's sharpener, three variants
+    python benchmarks/sharpen_switches.py --grid --scenes 24    # the 27-variant grid the shipped switches came from
     python benchmarks/sharpen_switches.py --sharpen runs/default_sharpen_gt/final --scenes 12 \\
         --variant 'band 2={"change_band_px": 2}' --variant 'band 2, near 8={"change_band_px": 2, "keep_near_measured_px": 8}'
 
@@ -13,7 +15,9 @@ language-model queries (``query_budget 0``: its dense refiner on ``guided``, equ
 checkpoint folder with a ``sharpen/`` part or a training run's ``final/``) is built by the sharpen stage's own
 builder, so a variant is exactly a ``config`` stage option (overrides of its stored
 :class:`~depthkit.sharpen.config.SharpDepthConfig`); an empty object (``--variant 'stored={}'``) measures the
-checkpoint's own options.
+checkpoint's own options. Variants whose overrides differ only in the run-time limits
+(:data:`~depthkit.sharpen.limits.LIMIT_FIELDS`) share one UNet pass per scene
+(:meth:`~depthkit.sharpen.stage.SharpenStage.run_limits`, equal to the stage's own output for each).
 
 The val split is the one to choose on: the test split is kept for ``benchmarks/accuracy.py``. For each variant and
 pattern: MAE (m) of input and output with the change in per cent, and DBE accuracy (px) of both; the goal of the
@@ -51,6 +55,32 @@ DEFAULT_VARIANTS = {
 }
 
 
+
+def grid_variants() -> dict[str, dict]:
+    """The 27-variant grid the shipped switches were chosen from (``--grid``; checkpoints/README.md): band 3 px /
+    jump 0.2 with range 0/2/3 px x distance weight 8/16/24 px x cap none/32/48 px."""
+    grid = {}
+    for rng in (0, 2, 3):
+        for near in (8, 16, 24):
+            for within in (0, 32, 48):
+                name = f"range {rng}, near {near}" + (f", within {within}" if within else "")
+                grid[name] = {**_BAND, "keep_near_measured_px": near, "change_range_px": rng,
+                              "change_within_measured_px": within}
+    return grid
+
+
+def rank(rows: dict[str, dict]) -> list[tuple[str, int, int, float]]:
+    """Variants best first by the rule the shipped switches were picked with: most patterns meeting the goal, then
+    most with DBE accuracy better by >= 1 % (MAE within 2 %), then the lowest mean MAE change. Returns ``(name, met,
+    met by 1 %, mean change)``."""
+    ranked = []
+    for name, per in rows.items():
+        met = sum(r["goal_met"] for r in per.values())
+        met1 = sum(r["dbe_acc"] <= 0.99 * r["input_dbe_acc"] and r["change"] <= 0.02 for r in per.values())
+        ranked.append((name, met, met1, sum(r["change"] for r in per.values()) / max(1, len(per))))
+    return sorted(ranked, key=lambda t: (-t[1], -t[2], t[3]))
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     """``'NAME={"key": value, ...}'`` → ``(NAME, overrides)``; raises ValueError saying what is expected."""
     name, sep, body = text.partition("=")
@@ -81,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     add_scene_options(p, "val", 12, "all", OUT)
     p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
                    help="a variant: config overrides as a JSON object (repeatable; default: the built-in grid)")
+    p.add_argument("--grid", action="store_true",
+                   help="also score the 27-variant grid the shipped switches were chosen from (one UNet pass per "
+                        "scene serves every variant)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
@@ -93,13 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.sharpen.train import MetricCache
 
     try:
-        variants = dict(parse_variant(v) for v in args.variant) if args.variant else dict(DEFAULT_VARIANTS)
+        variants = dict(parse_variant(v) for v in args.variant) if args.variant else {}
     except ValueError as err:
         p.error(str(err))
+    variants = {**(grid_variants() if args.grid else {}), **variants} or dict(DEFAULT_VARIANTS)
     ref = CheckpointRef.open(str(args.sharpen))
     if not ref.has_part("sharpen"):
         p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
-    stages = {name: build_sharpen_stage(ref, options={"config": cfg}) for name, cfg in variants.items()}
+    # variants that differ only in the run-time limits share one UNet pass per scene (SharpenStage.run_limits)
+    from depthkit.sharpen.limits import LIMIT_FIELDS
+
+    groups: dict[str, tuple[object, dict]] = {}
+    for name, cfg in variants.items():
+        rest = {k: v for k, v in cfg.items() if k not in LIMIT_FIELDS}
+        key = json.dumps(rest, sort_keys=True)
+        if key not in groups:
+            groups[key] = (build_sharpen_stage(ref, options={"config": rest}), {})
+        groups[key][1][name] = {k: v for k, v in cfg.items() if k in LIMIT_FIELDS}
     metric = MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
                          args.work_dir)
 
@@ -112,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             item = data[i]
             d = metric(item["image"], item["sparse"], f"val_{pattern}_{i}")
             before = score(d, item["depth"])
-            for name, stage in stages.items():
-                out = stage.run(item["image"], item["sparse"], d).depth
-                scores[name].append(before + score(out, item["depth"]))
+            for stage, limits in groups.values():
+                for name, out in stage.run_limits(item["image"], item["sparse"], d, limits).items():
+                    scores[name].append(before + score(out, item["depth"]))
         for name, s in scores.items():
             mae_in, dbe_in, mae_out, dbe_out = (float(v) for v in np.nanmean(np.asarray(s, np.float64), axis=0))
             r = {"input_mae": mae_in, "mae": mae_out, "change": mae_out / mae_in - 1, "input_dbe_acc": dbe_in,
@@ -130,16 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"## Sharpener run-time switches: {args.sharpen}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
              "(240x320), metric input = the completion without queries. Per cell: MAE change against the input / "
-             "DBE accuracy input → output (px); **bold** = the goal (DBE better, MAE within 2 %) met.", "",
-             "| variant | " + " | ".join(patterns) + " | goal met |", "|---|" + "---:|" * (len(patterns) + 1)]
-    for name, per in rows.items():
+             "DBE accuracy input → output (px); **bold** = the goal (DBE better, MAE within 2 %) met. Rows best first "
+             "by the rule the shipped switches were picked with (`rank` in the script): goals met, then DBE better by >= 1 %, "
+             "then the mean MAE change.", "",
+             "| variant | " + " | ".join(patterns) + " | goal met | DBE >= 1 % | mean MAE |",
+             "|---|" + "---:|" * (len(patterns) + 3)]
+    ranked = rank(rows)
+    report["ranking"] = [{"variant": n, "goal_met": m, "dbe_1pc": m1, "mean_change": c} for n, m, m1, c in ranked]
+    for name, met, met1, mean_change in ranked:
         cells = []
         for pattern in patterns:
-            r = per[pattern]
-            cell = f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.2f} → {r['dbe_acc']:.2f}"
+            r = rows[name][pattern]
+            cell = f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f}"
             cells.append(f"**{cell}**" if r["goal_met"] else cell)
-        met = sum(r["goal_met"] for r in per.values())
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {met}/{len(patterns)} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {met}/{len(patterns)} | {met1} | "
+                     f"{100 * mean_change:+.2f} % |")
     write_results(args.out, "sharpen_switches", report, lines)
     return 0
 

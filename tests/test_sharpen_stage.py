@@ -157,3 +157,39 @@ def test_tiny_images_are_padded_not_refused(tiny_ck, shape):
     sparse[0, 0] = 1.5
     out = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)(image, sparse, depth=depth)
     assert out.depth.shape == (h, w) and np.isfinite(out.depth).all() and out.depth[0, 0] == np.float32(1.5)
+
+
+def test_run_limits_equals_run_for_each_setting_from_one_unet_pass(tiny_ck):
+    """One UNet pass scored under several run-time limits gives, for each setting, exactly what run() gives for a
+    stage built with that setting (input size != processing size, so the band is resized and the range radius
+    scaled; holes in the metric input; with and without sparse input); a field that changes the pass is refused."""
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.sharpen.stage import build_sharpen_stage
+
+    image, depth, sparse = _scene(h=40, w=60, seed=8, n=60)
+    metric = depth.copy()
+    metric[:3, :10] = 0
+    ref = CheckpointRef.open(str(tiny_ck))
+    settings = {
+        "none": {},
+        "band": {"change_band_px": 2, "change_band_jump": 0.05},
+        "all": {"change_band_px": 2, "change_band_jump": 0.05, "keep_near_measured_px": 3.0,
+                "change_within_measured_px": 6.0, "change_range_px": 1},
+        "range, near": {"keep_near_measured_px": 5.0, "change_range_px": 2},
+    }
+    base = build_sharpen_stage(ref, options={"processing_resolution": 32})
+    for sp in (sparse, None):
+        calls = _count_unet_calls(base)
+        got = base.run_limits(image, sp, metric, settings)
+        assert len(calls) == 2  # pass 1 and pass 2, once for all settings
+        outs = {}
+        for name, overrides in settings.items():
+            stage = build_sharpen_stage(ref, options={"processing_resolution": 32, "config": overrides})
+            outs[name] = stage.run(image, sp, metric).depth
+            assert np.array_equal(got[name], outs[name]), name
+        assert not np.array_equal(outs["none"], outs["all"])  # the limits act on this scene
+        if sp is not None:
+            assert not np.array_equal(outs["band"], outs["all"])
+            assert np.array_equal(got["all"][sparse > 0], sparse[sparse > 0])
+    with pytest.raises(ValueError, match="fit_threshold"):
+        base.run_limits(image, sparse, metric, {"x": {"fit_threshold": 0.3}})

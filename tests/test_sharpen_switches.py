@@ -51,3 +51,30 @@ def test_bad_pattern_says_what_is_allowed(capsys):
     with pytest.raises(SystemExit):
         sharpen_switches.main(["--patterns", "random7"])
     assert "random500" in capsys.readouterr().err
+
+
+def test_rank_orders_by_goals_met_then_one_percent_gains_then_mean_mae_change():
+    def r(change, dbe_in, dbe_out):
+        return {"change": change, "input_dbe_acc": dbe_in, "dbe_acc": dbe_out,
+                "goal_met": dbe_out < dbe_in and change <= 0.02}
+
+    rows = {
+        "two met, small gains": {"a": r(-0.01, 1.0, 0.995), "b": r(0.0, 1.0, 0.999)},
+        "two met, one 1 % gain": {"a": r(0.01, 1.0, 0.98), "b": r(0.01, 1.0, 0.999)},
+        "two met, one 1 % gain, lower MAE": {"a": r(-0.03, 1.0, 0.98), "b": r(0.0, 1.0, 0.999)},
+        "one met": {"a": r(-0.5, 1.0, 0.5), "b": r(0.03, 1.0, 0.5)},
+        "MAE over 2 % is no 1 % gain": {"a": r(0.021, 1.0, 0.5), "b": r(-0.1, 1.0, 1.1)},
+    }
+    got = [(n, m, m1) for n, m, m1, _ in sharpen_switches.rank(rows)]
+    assert got == [("two met, one 1 % gain, lower MAE", 2, 1), ("two met, one 1 % gain", 2, 1),
+                   ("two met, small gains", 2, 0), ("one met", 1, 1), ("MAE over 2 % is no 1 % gain", 0, 0)]
+    assert sharpen_switches.rank(rows)[0][3] == pytest.approx(-0.015)
+
+
+def test_the_grid_is_the_27_variants_of_checkpoints_readme():
+    grid = sharpen_switches.grid_variants()
+    combos = {(c["change_range_px"], c["keep_near_measured_px"], c["change_within_measured_px"]) for c in grid.values()}
+    assert len(grid) == 27 and combos == {(a, b, c) for a in (0, 2, 3) for b in (8, 16, 24) for c in (0, 32, 48)}
+    assert all(c["change_band_px"] == 3 and c["change_band_jump"] == 0.2 for c in grid.values())
+    assert grid["range 3, near 24, within 32"] == sharpen_switches.DEFAULT_VARIANTS[
+        "band 3 px, near 24 px, range 3 px, within 32 px"]

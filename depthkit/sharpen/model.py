@@ -34,7 +34,6 @@ gating functions live in :mod:`depthkit.sharpen.gating`, the losses in :mod:`dep
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,15 +44,13 @@ from torch import nn
 from depthkit.dtypes import torch_dtype
 from depthkit.sharpen.config import RECONS_WEIGHTS, SharpDepthConfig  # noqa: F401  (re-exported)
 from depthkit.sharpen.ema import EMA  # noqa: F401  (re-exported: depthkit.sharpen.train imports it)
-from depthkit.sharpen.gating import (
-    apply_gate,
-    discrepancy,
-    downsample_discrepancy,
-    edge_band,
-    gate,
-    local_range,
-    measured_distance_weight,
-    sparse_to_latent_mask,
+from depthkit.sharpen.gating import apply_gate, discrepancy, downsample_discrepancy, gate
+from depthkit.sharpen.limits import (
+    change_weight,
+    limit_change,
+    limit_output,
+    processing_inputs,
+    resize_depth,  # noqa: F401  (re-exported)
 )
 from depthkit.sharpen.lotus import LotusModel, image_to_tensor, pad_to_multiple, resize_bilinear
 from depthkit.sharpen.normalize import (
@@ -67,18 +64,6 @@ __all__ = ["SharpDepthConfig", "resize_depth", "SharpDepth", "SharpenOutput", "S
 
 SHARPDEPTH_JSON = "sharpdepth.json"
 LOTUS_UNET_DIR = "lotus_unet"
-def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize metric depth with holes: validity-weighted bilinear. Returns ``(depth, valid)`` at ``size``; a pixel is
-    valid when at least half of its interpolation weight fell on known depth (missing stays 0)."""
-    valid = valid_depth(depth).float()
-    if tuple(depth.shape[-2:]) == tuple(size):
-        return torch.where(valid > 0, depth.float(), torch.zeros_like(valid)), valid > 0
-    weight = resize_bilinear(valid, size)
-    num = resize_bilinear(torch.where(valid > 0, depth.float(), torch.zeros_like(valid)), size)
-    ok = weight >= 0.5
-    return torch.where(ok, num / weight.clamp_min(1e-6), torch.zeros_like(num)), ok
-
-
 # --------------------------------------------------------------------------------------------- model
 @dataclass
 class SharpenOutput:
@@ -174,7 +159,9 @@ class SharpDepth(nn.Module):
             dict of ``depth`` (``B x 1 x H x W`` metres), ``discrepancy`` (same size, [0, 1]), ``lotus`` (pass-1
             prediction at input size, normalised [-1, 1]), ``prediction`` (pass-2, normalised), ``scale``/``shift``
             (``[B]``), ``fit_pixels`` (``[B]``), ``band`` (with ``change_band_px``, ``keep_near_measured_px`` or
-            ``change_within_measured_px``: how far each pixel may move from the input, at input size, [0, 1]); with
+            ``change_within_measured_px``: how far each pixel may move from the input, at input size, [0, 1]),
+            ``free`` (``B x 1 x H x W`` metres: the output before the run-time limits of
+            :mod:`depthkit.sharpen.limits` and before measured pixels are restored); with
             ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W`` metres): the metric input through the depth VAE
             alone (normalised, encoded, decoded, denormalised at the processing size; no UNet), the closest any
             decoded output can stay to the input — a diagnostic (``benchmarks/sharpen_limits.py``), one more decode.
@@ -202,12 +189,9 @@ class SharpDepth(nn.Module):
         # multiple of the VAE factor; everything below runs padded and is cropped back before resizing to (h, w)
         hr, wr = m.processing_size(h, w, processing_resolution)
         pad = m.padded_size(hr, wr)
-        d_p, valid_p = resize_depth(metric_depth, (hr, wr))
-        d_p, valid_p = pad_to_multiple(d_p, pad), pad_to_multiple(valid_p.float(), pad) > 0.5
+        at_p = processing_inputs(metric_depth, measured, (hr, wr), pad)
+        d_p, valid_p, measured_at_p = at_p
         norm_p, _ = normalize_depth(d_p, m.norm, "minmax", valid_mask=valid_p, params=params)
-        measured_at_p = None  # measured pixels at processing size
-        if measured is not None:
-            measured_at_p = pad_to_multiple(sparse_to_latent_mask(measured, (hr, wr)).float(), pad) > 0.5
         measured_p = measured_at_p if cfg.zero_discrepancy_at_sparse else None
 
         z_img = m.encode(pad_to_multiple(resize_bilinear(image, (hr, wr)), pad))
@@ -231,47 +215,18 @@ class SharpDepth(nn.Module):
             round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
         if cfg.output == "residual":  # the input plus the change pass 2 made to its own VAE round trip
             fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
-        band = self._change_weight(d_p, valid_p, measured_at_p)
-        depth = denormalize_depth(fitted, params)
-        if cfg.change_range_px > 0:  # the window's radius at the input size
-            radius = max(1, math.ceil(cfg.change_range_px * max(h / hr, w / wr) - 1e-6))
-            depth = self._clip_to_local_range(depth, metric_depth, valid, radius)
-        if band is not None:  # where, and how far, the output may differ from the input; mixed in metres, so a
-            # pixel outside the band is the input bit for bit (not its normalise/denormalise round trip)
-            band = resize_bilinear(band[..., :hr, :wr], (h, w)).clamp(0.0, 1.0)
-            depth = torch.where(valid, metric_depth + band * (depth - metric_depth), depth)
+        free = denormalize_depth(fitted, params)
+        depth, band = limit_output(cfg, free, metric_depth, measured, (hr, wr), pad, at_processing=at_p)
         if measured is not None:
             depth = torch.where(measured, sparse, depth)
         used = torch.where(fit_mask.flatten(1).sum(1) >= 2, fit_mask.flatten(1).sum(1), valid.flatten(1).sum(1))
         out = {"depth": depth, "discrepancy": e, "lotus": resize_bilinear(lotus_p.float(), (h, w)),
-               "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params}
+               "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params, "free": free}
         if autoencoded:
             out["autoencoded"] = denormalize_depth(round_trip, params)
         if band is not None:
             out["band"] = band
         return out
-
-    @staticmethod
-    def _clip_to_local_range(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor,
-                             radius: int) -> torch.Tensor:
-        """``out`` clamped, at each pixel of ``valid``, to the range of ``reference`` over ``valid`` pixels in the
-        ``(2·radius + 1)``-pixel window (``change_range_px``); other pixels unchanged. Shapes ``B x 1 x H x W``."""
-        low, high = local_range(reference, radius, valid)
-        return torch.where(valid, torch.minimum(torch.maximum(out, low), high), out)
-
-    def _change_weight(self, depth: torch.Tensor, valid: torch.Tensor,
-                       measured: torch.Tensor | None) -> torch.Tensor | None:
-        """How far the output may move each pixel away from the metric input, ``B x 1 x H x W`` in [0, 1] at the
-        size of ``depth``: the edge band (``change_band_px``) times the distance weight (``keep_near_measured_px``
-        and its cap ``change_within_measured_px``, when ``measured`` is given); None when all are off."""
-        cfg = self.config
-        weight = None
-        if cfg.change_band_px > 0:
-            weight = edge_band(depth, cfg.change_band_px, cfg.change_band_jump, valid)
-        if (cfg.keep_near_measured_px > 0 or cfg.change_within_measured_px > 0) and measured is not None:
-            near = measured_distance_weight(measured, cfg.keep_near_measured_px, cfg.change_within_measured_px)
-            weight = near if weight is None else weight * near
-        return weight
 
     def sharpen(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
                 processing_resolution: int | None = None, generator: torch.Generator | None = None) -> SharpenOutput:
@@ -293,8 +248,8 @@ class SharpDepth(nn.Module):
         """:meth:`sharpen` for inputs the caller has already validated (the ``sharpen`` pipeline stage, whose
         :class:`~depthkit.pipeline.Pipeline` checked them): ``image`` HxWx3 uint8, ``metric_depth`` and ``sparse``
         (or None) HxW float32 metres, >= 0, no NaN. Nothing is re-checked; the result is identical."""
-        return self._sharpen_one(image_to_tensor(image), _depth_tensor(metric_depth),
-                                 None if sparse is None else _depth_tensor(sparse), processing_resolution, generator)
+        return self._sharpen_one(image_to_tensor(image), depth_tensor(metric_depth),
+                                 None if sparse is None else depth_tensor(sparse), processing_resolution, generator)
 
     def _sharpen_one(self, x: torch.Tensor, d: torch.Tensor, sp: torch.Tensor | None, processing_resolution,
                      generator) -> SharpenOutput:
@@ -380,7 +335,7 @@ class SharpDepth(nn.Module):
                   gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ground-truth terms of :meth:`compute_losses`: the output formed as :meth:`sharpen_tensors` forms it
         (without the scale/shift fit; kept to the input's local range with ``change_range_px``; the change weighted
-        by :meth:`_change_weight`) and GT normalised with d's own range, both scaled to [0, 1]."""
+        by :func:`~depthkit.sharpen.limits.change_weight`) and GT normalised with d's own range, both scaled to [0, 1]."""
         from depthkit.sharpen.losses import gt_loss
 
         m = self.model
@@ -395,11 +350,8 @@ class SharpDepth(nn.Module):
             with torch.no_grad():
                 round_trip = m.decode_depth(z_d).float()
             out = torch.where(valid, metric_norm + out - round_trip, out)
-        if self.config.change_range_px > 0:
-            out = self._clip_to_local_range(out, metric_norm, valid, self.config.change_range_px)
-        band = self._change_weight(metric_depth, valid, measured)
-        if band is not None:
-            out = torch.where(valid, metric_norm + band * (out - metric_norm), out)
+        band = change_weight(self.config, metric_depth, valid, measured)
+        out = limit_change(out, metric_norm, valid, band, self.config.change_range_px)
         gt_valid = valid_depth(gt)
         gt_norm, _ = normalize_depth(gt, m.norm, "minmax", valid_mask=gt_valid, params=params)
         return gt_loss(out * 0.5 + 0.5, gt_norm * 0.5 + 0.5, gt_valid)
@@ -451,13 +403,13 @@ class SharpDepth(nn.Module):
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
 
 
-def _depth_tensor(depth: np.ndarray) -> torch.Tensor:
+def depth_tensor(depth: np.ndarray) -> torch.Tensor:
     """HxW metres → ``1 x 1 x H x W`` float32 (CPU)."""
     return torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
 
 
 def _check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor:
-    """:func:`_depth_tensor` of ``depth`` after checking it is an HxW float array matching ``shape``, >= 0, no NaN."""
+    """:func:`depth_tensor` of ``depth`` after checking it is an HxW float array matching ``shape``, >= 0, no NaN."""
     if isinstance(depth, torch.Tensor):
         depth = depth.detach().cpu().numpy()
     depth = np.asarray(depth)
@@ -466,4 +418,4 @@ def _check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor
                          f"shape {depth.shape}, dtype {depth.dtype}.")
     if np.isnan(depth).any() or (depth < 0).any():
         raise ValueError(f"{name} has NaN or negative values; mark missing depth with 0.")
-    return _depth_tensor(depth)
+    return depth_tensor(depth)

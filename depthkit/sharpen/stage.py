@@ -42,13 +42,56 @@ class SharpenStage:
             raise ValueError("the sharpen stage needs a metric depth to sharpen: put 'complete' before it "
                              "(stages=('complete', 'sharpen')) or pass depth=HxW metres (--depth on the CLI).")
         measured = sparse is not None and bool((sparse > 0).any())
-        from depthkit.checkpoints import working_side  # None = native, capped at MAX_WORKING_SIDE
-
-        side = self.processing_resolution or working_side(self.model.model.default_processing_resolution, image.shape)
-        out = self.model.sharpen_checked(image, depth, sparse if measured else None, processing_resolution=side)
+        out = self.model.sharpen_checked(image, depth, sparse if measured else None,
+                                         processing_resolution=self._side(image))
         return StageResult(depth=out.depth.astype(np.float32),
                            extras={"discrepancy": out.discrepancy.astype(np.float32),
                                    "lotus": out.lotus.astype(np.float32)})
+
+    def _side(self, image: np.ndarray) -> int | None:
+        """The longest side the UNet runs at for ``image``: the stage's option, else the model's default (None =
+        native, capped at MAX_WORKING_SIDE)."""
+        from depthkit.checkpoints import working_side
+
+        return self.processing_resolution or working_side(self.model.model.default_processing_resolution, image.shape)
+
+    def run_limits(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray,
+                   settings: dict[str, dict]) -> dict[str, np.ndarray]:
+        """One UNet pass, many run-time limit settings: ``{name: HxW float32 metres}``, each equal to :meth:`run`'s
+        depth for a stage whose config has that setting's overrides.
+
+        ``settings`` maps a name to overrides of :data:`depthkit.sharpen.limits.LIMIT_FIELDS` only (the fields
+        that act on the sharpener's free output; any other field changes the pass itself and raises ValueError).
+        Inputs as :meth:`run` takes them. Used to score a grid of limits (``benchmarks/sharpen_switches.py``)."""
+        import dataclasses
+
+        import torch
+
+        from depthkit.sharpen.limits import LIMIT_FIELDS, limit_output
+        from depthkit.sharpen.lotus import image_to_tensor
+        from depthkit.sharpen.model import depth_tensor
+
+        configs = {}
+        for name, overrides in settings.items():
+            other = sorted(set(overrides) - set(LIMIT_FIELDS))
+            if other:
+                raise ValueError(f"run_limits setting {name!r} changes {other}; it may only set {list(LIMIT_FIELDS)} "
+                                 "(build a stage with those options and call run() instead).")
+            configs[name] = dataclasses.replace(self.model.config, **overrides)
+        measured = sparse is not None and bool((sparse > 0).any())
+        x, d = image_to_tensor(image), depth_tensor(depth)
+        sp = depth_tensor(sparse) if measured else None
+        out = self.model.sharpen_tensors(x, d, sp, processing_resolution=self._side(image))
+        lotus = self.model.model
+        size = lotus.processing_size(*depth.shape, self._side(image))
+        mask = None if sp is None else sp > 0
+        results = {}
+        for name, config in configs.items():
+            limited, _ = limit_output(config, out["free"], d, mask, size, lotus.padded_size(*size))
+            if mask is not None:
+                limited = torch.where(mask, sp, limited)
+            results[name] = limited[0, 0].float().cpu().numpy()
+        return results
 
     def __repr__(self) -> str:
         return f"SharpenStage({self.source!r}, processing_resolution={self.processing_resolution})"

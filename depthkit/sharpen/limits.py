@@ -1,0 +1,118 @@
+"""Run-time limits on how far SharpDepth may move its metric input (depthkit switches, all off by default).
+
+The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Four
+fields of :class:`~depthkit.sharpen.config.SharpDepthConfig` (:data:`LIMIT_FIELDS`) limit it, in this order:
+
+1. ``change_range_px`` — each pixel is clamped to the metric input's minimum and maximum over its window
+   (:func:`clip_to_local_range`);
+2. ``change_band_px`` / ``change_band_jump``, ``keep_near_measured_px``, ``change_within_measured_px`` — a weight
+   w in [0, 1] (:func:`change_weight`) mixes input and clamped output: ``d + w · (clamped − d)``.
+
+Measured pixels are restored by the caller afterwards. Inference (:meth:`SharpDepth.sharpen_tensors
+<depthkit.sharpen.model.SharpDepth.sharpen_tensors>`) applies the limits in metres with :func:`limit_output`; the
+ground-truth training terms apply :func:`limit_change` in the normalised space. Because the free output does not
+depend on these fields, :func:`limit_output` can score many settings from one UNet pass
+(:meth:`SharpenStage.run_limits <depthkit.sharpen.stage.SharpenStage.run_limits>`, ``benchmarks/sharpen_switches.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from depthkit.sharpen.gating import edge_band, local_range, measured_distance_weight, sparse_to_latent_mask
+from depthkit.sharpen.lotus import pad_to_multiple, resize_bilinear
+from depthkit.sharpen.normalize import valid_depth
+
+__all__ = ["LIMIT_FIELDS", "change_weight", "clip_to_local_range", "limit_change", "limit_output",
+           "processing_inputs", "resize_depth"]
+
+LIMIT_FIELDS = ("change_band_px", "change_band_jump", "keep_near_measured_px", "change_within_measured_px",
+                "change_range_px")
+"""The :class:`~depthkit.sharpen.config.SharpDepthConfig` fields that act only on the free output at inference."""
+
+
+def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize metric depth with holes: validity-weighted bilinear. Returns ``(depth, valid)`` at ``size``; a pixel is
+    valid when at least half of its interpolation weight fell on known depth (missing stays 0)."""
+    valid = valid_depth(depth).float()
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return torch.where(valid > 0, depth.float(), torch.zeros_like(valid)), valid > 0
+    weight = resize_bilinear(valid, size)
+    num = resize_bilinear(torch.where(valid > 0, depth.float(), torch.zeros_like(valid)), size)
+    ok = weight >= 0.5
+    return torch.where(ok, num / weight.clamp_min(1e-6), torch.zeros_like(num)), ok
+
+
+def processing_inputs(metric_depth: torch.Tensor, measured: torch.Tensor | None, size: tuple[int, int],
+                      padded: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The metric input at the processing ``size`` (h', w'), replicate-padded to ``padded``: ``(depth metres,
+    valid bool, measured bool or None)``, each ``B x 1 x padded``. A processing pixel is measured when its cell of
+    the input holds a measured pixel."""
+    d_p, valid_p = resize_depth(metric_depth, size)
+    d_p, valid_p = pad_to_multiple(d_p, padded), pad_to_multiple(valid_p.float(), padded) > 0.5
+    measured_p = None
+    if measured is not None:
+        measured_p = pad_to_multiple(sparse_to_latent_mask(measured, size).float(), padded) > 0.5
+    return d_p, valid_p, measured_p
+
+
+def clip_to_local_range(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor, radius: int) -> torch.Tensor:
+    """``out`` clamped, at each pixel of ``valid``, to the range of ``reference`` over ``valid`` pixels in the
+    ``(2·radius + 1)``-pixel window (``change_range_px``); other pixels unchanged. Shapes ``B x 1 x H x W``."""
+    low, high = local_range(reference, radius, valid)
+    return torch.where(valid, torch.minimum(torch.maximum(out, low), high), out)
+
+
+def change_weight(config, depth: torch.Tensor, valid: torch.Tensor,
+                  measured: torch.Tensor | None) -> torch.Tensor | None:
+    """How far the output may move each pixel away from the metric input ``depth`` (``B x 1 x H x W``), in [0, 1] at
+    its size: the edge band (``config.change_band_px``) times the distance weight (``keep_near_measured_px`` and its
+    cap ``change_within_measured_px``, when ``measured`` is given); None when all are off."""
+    weight = None
+    if config.change_band_px > 0:
+        weight = edge_band(depth, config.change_band_px, config.change_band_jump, valid)
+    if (config.keep_near_measured_px > 0 or config.change_within_measured_px > 0) and measured is not None:
+        near = measured_distance_weight(measured, config.keep_near_measured_px, config.change_within_measured_px)
+        weight = near if weight is None else weight * near
+    return weight
+
+
+def limit_change(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None,
+                 range_radius: int) -> torch.Tensor:
+    """``out`` kept to ``reference``'s local range (``range_radius`` > 0), then its change from ``reference`` scaled
+    by ``weight``, at ``valid`` pixels; all ``B x 1 x H x W`` in one space (metres, or the normalised space)."""
+    if range_radius > 0:
+        out = clip_to_local_range(out, reference, valid, range_radius)
+    if weight is not None:
+        out = torch.where(valid, reference + weight * (out - reference), out)
+    return out
+
+
+def limit_output(config, free: torch.Tensor, metric_depth: torch.Tensor, measured: torch.Tensor | None,
+                 size: tuple[int, int], padded: tuple[int, int],
+                 at_processing: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inference's limits: ``(limited depth, weight or None)``, ``B x 1 x H x W`` at the input size, measured pixels
+    not yet restored.
+
+    Args:
+        config: the :class:`~depthkit.sharpen.config.SharpDepthConfig` whose :data:`LIMIT_FIELDS` apply.
+        free: the sharpener's output in metres before the limits.
+        metric_depth: its metric input, metres (0 = missing; such pixels are never limited).
+        measured: bool mask of measured pixels, or None.
+        size, padded: the processing size (h', w') and its padded size; the band and the distance weight are
+            computed there (radii are processing pixels) and resized to the input size; the range window's radius
+            is scaled up to the input size and rounded up.
+        at_processing: :func:`processing_inputs` of these inputs when the caller already has them.
+    """
+    h, w = metric_depth.shape[-2:]
+    d_p, valid_p, measured_p = at_processing or processing_inputs(metric_depth, measured, size, padded)
+    weight = change_weight(config, d_p, valid_p, measured_p)
+    if weight is not None:
+        weight = resize_bilinear(weight[..., :size[0], :size[1]], (h, w)).clamp(0.0, 1.0)
+    radius = 0
+    if config.change_range_px > 0:
+        radius = max(1, math.ceil(config.change_range_px * max(h / size[0], w / size[1]) - 1e-6))
+    # mixed in metres, so a pixel outside the band is the input bit for bit (not its normalise/denormalise trip)
+    return limit_change(free, metric_depth, valid_depth(metric_depth), weight, radius), weight
