@@ -1,25 +1,32 @@
-"""Where a sharpener's error comes from: its VAE, its Lotus, or the sharpening itself (synthetic test split).
+"""Where a sharpener's error comes from, and how far it is from the best its limits allow (synthetic test split).
 
-Usage (from the repository root; ~2 min for the embedded default on one CPU thread)::
+Usage (from the repository root; ~2 min per pattern at 8 scenes for the embedded default on one CPU thread)::
 
     python benchmarks/sharpen_limits.py                                  # checkpoints/default, 8 scenes, random500
-    python benchmarks/sharpen_limits.py --checkpoint DIR --scenes 16 --patterns random500,lidar64
+    python benchmarks/sharpen_limits.py --checkpoint DIR --scenes 16 --patterns random500,lidar64 --work-dir W
 
-For each scene of the synthetic test split (240x320) the metric input is ``guided`` on the pattern's sparse points
-(the embedded default's completion) and five maps are scored against the GT depth, MAE (m) and DBE accuracy (px):
+For each scene of the synthetic test split (240x320) the metric input is ``--metric`` on the pattern's sparse points:
+by default the completion of ``--checkpoint`` without language-model queries (``complete:sdim``, query budget 0:
+its dense refiner on ``guided``, equal to the full completion within 0.1 %, what the default's sharpener sharpens;
+kept in ``--work-dir`` when given), or ``guided``. Six maps are scored against the GT depth, MAE (m) and DBE
+accuracy (px):
 
 - ``input``: the metric input itself;
 - ``VAE round trip``: the input normalised, encoded and decoded by the sharpener's depth VAE at the processing size,
-  no UNet (``SharpDepth.sharpen_tensors(..., autoencoded=True)``): every output of the sharpener is decoded by this
-  VAE, so this bounds how close to its input it can stay where it should not move;
+  no UNet (``SharpDepth.sharpen_tensors(..., autoencoded=True)``): a ``decoded`` output (the paper's) passes through
+  this VAE, so it bounds how close to its input such a sharpener can stay where it should not move (the
+  ``residual`` output cancels it);
 - ``Lotus, affine to GT``: the pass-1 Lotus map with the least-squares scale and shift to the GT (an oracle
-  alignment): how good Lotus's shape and edges are, the teacher the sharpener learns its edges from;
+  alignment): how good Lotus's shape and edges are, the teacher a label-free sharpener learns its edges from;
 - ``sharpened``: the sharpener's output as the checkpoint configures it (measured pixels restored);
-- ``sharpened, residual output``: the same pass with ``output="residual"`` (the input plus the change pass 2 made
-  to the input's own VAE round trip, so the round trip's error cancels; :class:`~depthkit.sharpen.model.SharpDepthConfig`).
+- ``sharpened, no limits``: the same pass before the run-time limits of :mod:`depthkit.sharpen.limits` (band,
+  range, distance weights; measured pixels restored): what the limits take away or add;
+- ``GT under the limits``: the GT put through the same limits in place of the sharpener's output (measured pixels
+  restored): the best any sharpener could score under these limits (an upper bound; the GT is an oracle).
 
-A sharpener can only improve DBE over its input where its Lotus's edges are better than the input's, and can only
-keep the MAE within a few per cent where its VAE round trip does. Writes ``<out>/sharpen_limits.{json,md}``.
+A sharpener can only improve DBE over its input where its edges are better than the input's, and the gap between
+``sharpened`` and ``GT under the limits`` is what a better sharpener could still gain. Writes
+``<out>/sharpen_limits.{json,md}``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options 
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
-MAPS = ("input", "VAE round trip", "Lotus, affine to GT", "sharpened", "sharpened, residual output")
+MAPS = ("input", "VAE round trip", "Lotus, affine to GT", "sharpened", "sharpened, no limits", "GT under the limits")
 
 
 def affine_to(pred, target, valid):
@@ -49,26 +56,29 @@ def affine_to(pred, target, valid):
     return (s * pred + t).astype(np.float32)
 
 
-def score_scene(sharpdepth, residual, image, gt, sparse, processing_resolution: int | None) -> dict:
-    """The five maps of one scene → ``{map: {"mae", "dbe_acc"}}``."""
+def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: int | None) -> dict:
+    """The maps of :data:`MAPS` for one scene (``metric`` the metric input, HxW metres) → ``{map: {"mae",
+    "dbe_acc"}}``."""
     import numpy as np
     import torch
 
-    from depthkit.data.baselines import guided
     from depthkit.metrics import dbe_metrics, depth_metrics
+    from depthkit.sharpen.limits import limit_output
     from depthkit.sharpen.lotus import image_to_tensor
+    from depthkit.sharpen.model import depth_tensor
 
     valid = gt > 0
-    metric = guided(image, sparse)
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))[None, None]  # noqa: E731
-    out = sharpdepth.sharpen_tensors(image_to_tensor(image), as_tensor(metric), as_tensor(sparse),
-                                     processing_resolution, autoencoded=True)
-    lotus = out["lotus"][0, 0].float().numpy()
-    edited = residual.sharpen_tensors(image_to_tensor(image), as_tensor(metric), as_tensor(sparse),
-                                      processing_resolution)["depth"][0, 0].float().numpy()
+    d, sp = depth_tensor(metric), depth_tensor(sparse)
+    measured = sp > 0
+    out = sharpdepth.sharpen_tensors(image_to_tensor(image), d, sp, processing_resolution, autoencoded=True)
+    size = sharpdepth.model.processing_size(*gt.shape, processing_resolution)
+    oracle, _ = limit_output(sharpdepth.config, depth_tensor(np.where(valid, gt, metric)), d, measured, size,
+                             sharpdepth.model.padded_size(*size))
+    as_map = lambda t: torch.where(measured, sp, t)[0, 0].float().numpy()  # noqa: E731  (measured pixels kept)
     maps = {"input": metric, "VAE round trip": out["autoencoded"][0, 0].float().numpy(),
-            "Lotus, affine to GT": affine_to(lotus, gt, valid), "sharpened": out["depth"][0, 0].float().numpy(),
-            "sharpened, residual output": edited}
+            "Lotus, affine to GT": affine_to(out["lotus"][0, 0].float().numpy(), gt, valid),
+            "sharpened": out["depth"][0, 0].float().numpy(), "sharpened, no limits": as_map(out["free"]),
+            "GT under the limits": as_map(oracle)}
     return {name: {"mae": float(depth_metrics(pred, gt, valid)["mae"]),
                    "dbe_acc": float(dbe_metrics(pred, gt, valid=valid)["dbe_acc"])} for name, pred in maps.items()}
 
@@ -77,22 +87,32 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Decompose a sharpener's error: VAE round trip, Lotus, sharpening.")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default",
                    help="a checkpoint with a sharpen/ part (default: the embedded default)")
+    p.add_argument("--metric", choices=("complete", "guided"), default="complete",
+                   help="metric input: the checkpoint's completion without queries (default) or guided")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
     add_scene_options(p, "test", 8, "random500", OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
     import numpy as np
 
     from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.baselines import guided
     from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.sharpen.limits import LIMIT_FIELDS
     from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.teachers import build_metric_source
+    from depthkit.sharpen.train import MetricCache
 
     ref = CheckpointRef.open(str(args.checkpoint))
     if not ref.has_part("sharpen"):
         p.error(f"{args.checkpoint} has no sharpen/ part; pass a checkpoint with one.")
     resolution = ref.options("sharpen").get("processing_resolution")
     sharpdepth = SharpDepth.from_dir(ref.part("sharpen"))
-    residual = SharpDepth(sharpdepth.model, {**asdict(sharpdepth.config), "output": "residual"},
-                          lotus_unet=sharpdepth.lotus_unet)
+    if args.metric == "complete":
+        source = build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0)
+    else:
+        source = lambda image, sparse, name: guided(image, sparse)  # noqa: E731
+    metric = MetricCache(source, args.work_dir)
     per_scene, mean = {}, {}
     for pattern in patterns:
         kind, kwargs = SYNTHETIC_PATTERNS[pattern]
@@ -100,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for i in range(len(data)):
             sample = data[i]
-            rows.append(score_scene(sharpdepth, residual, sample["image"], sample["depth"], sample["sparse"], resolution))
+            d = metric(sample["image"], sample["sparse"], f"test_{pattern}_{i}_{args.metric}")
+            rows.append(score_scene(sharpdepth, sample["image"], sample["depth"], sample["sparse"], d, resolution))
             print(pattern, i, {k: (round(v["mae"], 3), round(v["dbe_acc"], 2)) for k, v in rows[-1].items()},
                   flush=True)
         per_scene[pattern] = rows
@@ -109,11 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint),
               "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/sharpen_limits.py" + (" " + shlex.join(argv) if argv else ""),
-              "scenes": args.scenes, "processing_resolution": resolution, "threads": args.threads,
+              "scenes": args.scenes, "metric": args.metric, "processing_resolution": resolution, "threads": args.threads,
               "mean": mean, "per_scene": per_scene}
+    limits = {k: v for k, v in asdict(sharpdepth.config).items() if k in LIMIT_FIELDS and v} or "none"
     lines = [f"## Sharpener limits: {args.checkpoint.name}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic test split "
-             f"(240x320), metric input = `guided`, processing resolution {resolution}. MAE (m) / DBE accuracy (px), "
+             f"(240x320), metric input = {'the completion without queries' if args.metric == 'complete' else '`guided`'}, "
+             f"processing resolution {resolution}, limits {limits}. MAE (m) / DBE accuracy (px), "
              "lower is better; change against the input in brackets.", "",
              "| pattern | " + " | ".join(MAPS) + " |", "|---|" + "---:|" * len(MAPS)]
     for pattern, m in mean.items():

@@ -26,21 +26,61 @@ def test_affine_to_recovers_a_scaled_and_shifted_map():
     assert np.allclose(aligned[valid], target[valid], atol=1e-4)
 
 
-def test_runs_on_the_default_checkpoint_and_scores_guided_as_the_input(tmp_path):
+def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
+    """The default metric input is the checkpoint's completion without queries (recomputed here); ``--metric
+    guided`` scores guided."""
     from depthkit.data.baselines import guided
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.metrics import depth_metrics
+    from depthkit.sharpen.teachers import build_metric_source
 
-    assert sharpen_limits.main(["--scenes", "1", "--patterns", "random100", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "sharpen_limits.json").read_text())
-    row = report["per_scene"]["random100"][0]
-    assert set(row) == set(sharpen_limits.MAPS)
     sample = SyntheticDataset(split="test", length=1, sparse_pattern="random", sparse_kwargs={"n": 100})[0]
     gt = sample["depth"]
-    expected = depth_metrics(guided(sample["image"], sample["sparse"]), gt, gt > 0)["mae"]
-    assert row["input"]["mae"] == pytest.approx(expected, rel=1e-6)
-    assert row["VAE round trip"]["mae"] != pytest.approx(expected, rel=1e-3)  # the VAE is lossy
-    assert "| random100 |" in (tmp_path / "sharpen_limits.md").read_text()
+    completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
+                                     query_budget=0)(sample["image"], sample["sparse"], sample["name"])
+    for metric, expected_input in (("complete", completion), ("guided", guided(sample["image"], sample["sparse"]))):
+        out = tmp_path / metric
+        assert sharpen_limits.main(["--scenes", "1", "--patterns", "random100", "--metric", metric,
+                                    "--out", str(out)]) == 0
+        report = json.loads((out / "sharpen_limits.json").read_text())
+        row = report["per_scene"]["random100"][0]
+        assert set(row) == set(sharpen_limits.MAPS) and report["metric"] == metric
+        expected = depth_metrics(expected_input, gt, gt > 0)["mae"]
+        assert row["input"]["mae"] == pytest.approx(expected, rel=1e-6)
+        assert row["VAE round trip"]["mae"] != pytest.approx(expected, rel=1e-3)  # the VAE is lossy
+        assert row["sharpened, no limits"]["mae"] != row["sharpened"]["mae"]  # the shipped limits act
+        assert "| random100 |" in (out / "sharpen_limits.md").read_text()
+
+
+def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp_path):
+    """With a band-only sharpener the upper bound is, by hand, GT where the input's log depth spreads by more than
+    the jump within the window and the input elsewhere, measured pixels restored; "no limits" is the free output."""
+    from depthkit.cli import main
+    from depthkit.data.baselines import guided
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.metrics import depth_metrics
+    from depthkit.sharpen.model import SharpDepth
+
+    ck = tmp_path / "tiny"
+    assert main(["init-checkpoint", "--tiny", str(ck), "--seed", "1"]) == 0
+    sharpdepth = SharpDepth.from_dir(ck / "sharpen", config={"change_band_px": 1, "change_band_jump": 0.1})
+    sample = SyntheticDataset(split="test", length=1, height=24, width=32, sparse_pattern="random",
+                              sparse_kwargs={"n": 30})[0]
+    image, gt, sparse = sample["image"], sample["depth"], sample["sparse"]
+    d = guided(image, sparse)
+    row = sharpen_limits.score_scene(sharpdepth, image, gt, sparse, d, None)
+    h, w = gt.shape
+    band = np.zeros((h, w), bool)
+    for y in range(h):
+        for x in range(w):
+            win = np.log(d[max(0, y - 1):y + 2, max(0, x - 1):x + 2])
+            band[y, x] = win.max() - win.min() > 0.1
+    assert 0 < band.mean() < 1
+    oracle = np.where(sparse > 0, sparse, np.where(band, gt, d))
+    assert row["GT under the limits"]["mae"] == pytest.approx(depth_metrics(oracle, gt, gt > 0)["mae"], rel=1e-5)
+    assert row["GT under the limits"]["mae"] < row["input"]["mae"]
+    free = SharpDepth.from_dir(ck / "sharpen").sharpen(image, d, sparse).depth  # the same pass without limits
+    assert row["sharpened, no limits"]["mae"] == pytest.approx(depth_metrics(free, gt, gt > 0)["mae"], rel=1e-5)
 
 
 def test_bad_pattern_says_what_is_allowed(capsys):
