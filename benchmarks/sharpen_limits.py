@@ -18,7 +18,8 @@ accuracy (px):
   ``residual`` output cancels it);
 - ``Lotus, affine to GT``: the pass-1 Lotus map with the least-squares scale and shift to the GT (an oracle
   alignment): how good Lotus's shape and edges are, the teacher a label-free sharpener learns its edges from;
-- ``sharpened``: the sharpener's output as the checkpoint configures it (measured pixels restored);
+- ``sharpened``: the sharpener's output as the pipeline's sharpen stage runs it (the stored switches and the
+  manifest's run-time options; measured pixels restored);
 - ``sharpened, no limits``: the same pass before the run-time limits of :mod:`depthkit.sharpen.limits` (band,
   range, distance weights; measured pixels restored): what the limits take away or add;
 - ``GT under the limits``: the GT put through the same limits in place of the sharpener's output (measured pixels
@@ -99,15 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.data.baselines import guided
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.sharpen.limits import LIMIT_FIELDS
-    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.stage import build_sharpen_stage
     from depthkit.sharpen.teachers import build_metric_source
     from depthkit.sharpen.train import MetricCache
 
     ref = CheckpointRef.open(str(args.checkpoint))
     if not ref.has_part("sharpen"):
         p.error(f"{args.checkpoint} has no sharpen/ part; pass a checkpoint with one.")
-    resolution = ref.options("sharpen").get("processing_resolution")
-    sharpdepth = SharpDepth.from_dir(ref.part("sharpen"))
+    stage = build_sharpen_stage(ref)  # the checkpoint's run-time options (its manifest's config) included
+    sharpdepth, resolution = stage.model, stage.processing_resolution
     if args.metric == "complete":
         source = build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0)
     else:

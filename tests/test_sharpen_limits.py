@@ -28,16 +28,19 @@ def test_affine_to_recovers_a_scaled_and_shifted_map():
 
 def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
     """The default metric input is the checkpoint's completion without queries (recomputed here); ``--metric
-    guided`` scores guided."""
+    guided`` scores guided; "sharpened" is the pipeline stage's output, with the manifest's run-time options."""
+    from depthkit.checkpoints import CheckpointRef
     from depthkit.data.baselines import guided
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.metrics import depth_metrics
+    from depthkit.sharpen.stage import build_sharpen_stage
     from depthkit.sharpen.teachers import build_metric_source
 
     sample = SyntheticDataset(split="test", length=1, sparse_pattern="random", sparse_kwargs={"n": 100})[0]
     gt = sample["depth"]
     completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
                                      query_budget=0)(sample["image"], sample["sparse"], sample["name"])
+    stage = build_sharpen_stage(CheckpointRef.open(str(ROOT / "checkpoints" / "default")))
     for metric, expected_input in (("complete", completion), ("guided", guided(sample["image"], sample["sparse"]))):
         out = tmp_path / metric
         assert sharpen_limits.main(["--scenes", "1", "--patterns", "random100", "--metric", metric,
@@ -49,6 +52,8 @@ def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
         assert row["input"]["mae"] == pytest.approx(expected, rel=1e-6)
         assert row["VAE round trip"]["mae"] != pytest.approx(expected, rel=1e-3)  # the VAE is lossy
         assert row["sharpened, no limits"]["mae"] != row["sharpened"]["mae"]  # the shipped limits act
+        staged = stage.run(sample["image"], sample["sparse"], expected_input).depth  # the manifest's options
+        assert row["sharpened"]["mae"] == pytest.approx(depth_metrics(staged, gt, gt > 0)["mae"], rel=1e-6)
         assert "| random100 |" in (out / "sharpen_limits.md").read_text()
 
 
