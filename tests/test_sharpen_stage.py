@@ -1,5 +1,7 @@
 """The sharpen pipeline stage: tiny checkpoints, two UNet passes, measured pixels, CLI, errors."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -193,3 +195,25 @@ def test_run_limits_equals_run_for_each_setting_from_one_unet_pass(tiny_ck):
             assert np.array_equal(got["all"][sparse > 0], sparse[sparse > 0])
     with pytest.raises(ValueError, match="fit_threshold"):
         base.run_limits(image, sparse, metric, {"x": {"fit_threshold": 0.3}})
+
+
+def test_a_config_option_overrides_single_fields_of_the_shipped_switches(tiny_ck, tmp_path):
+    """The manifest's run-time switches stay on when a caller's config names other fields (they were silently
+    dropped when the caller's object replaced the manifest's); a field named by both takes the caller's value; a
+    config that is not an object is refused by name."""
+    import json
+    import shutil
+
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.sharpen.stage import build_sharpen_stage
+
+    ck = Path(shutil.copytree(tiny_ck, tmp_path / "ck"))
+    manifest = json.loads((ck / "depthkit.json").read_text())
+    manifest["stages"]["sharpen"] = {"config": {"change_band_px": 2, "change_range_px": 1}}
+    (ck / "depthkit.json").write_text(json.dumps(manifest))
+    ref = CheckpointRef.open(str(ck))
+    cfg = build_sharpen_stage(ref, options={"config": {"fit_threshold": 0.3, "change_range_px": 4}}).model.config
+    assert (cfg.change_band_px, cfg.change_range_px, cfg.fit_threshold) == (2, 4, 0.3)
+    assert build_sharpen_stage(ref).model.config.change_band_px == 2
+    with pytest.raises(ValueError, match="config must be an object"):
+        build_sharpen_stage(ref, options={"config": [1]})

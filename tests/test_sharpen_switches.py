@@ -17,28 +17,40 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_variants_are_applied_and_scored_on_the_val_split(tmp_path):
-    """An empty band (a jump no scene has) must give the input back exactly: change 0, same DBE; the stored switches
-    must change something. The input's MAE is recomputed here from the completion of the val scene."""
+    """An empty band (a jump no scene has) must give the input back exactly: change 0, same DBE; the shipped switches
+    must change something. The input's MAE, each scene's output (the stage itself, one variant at a time) and the
+    standard error of the DBE change are recomputed here."""
+    from depthkit.checkpoints import CheckpointRef
     from depthkit.data.datasets.synthetic import SyntheticDataset
-    from depthkit.metrics import depth_metrics
+    from depthkit.metrics import dbe_metrics, depth_metrics
+    from depthkit.sharpen.stage import build_sharpen_stage
     from depthkit.sharpen.teachers import build_metric_source
 
     empty = json.dumps({"change_band_px": 2, "change_band_jump": 1e9})
-    argv = ["--scenes", "1", "--patterns", "random100", "--variant", "stored={}", "--variant", f"no band={empty}",
+    argv = ["--scenes", "2", "--patterns", "random100", "--variant", "shipped={}", "--variant", f"no band={empty}",
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
     assert sharpen_switches.main(argv) == 0
     report = json.loads((tmp_path / "sharpen_switches.json").read_text())
-    stored, none = report["results"]["stored"]["random100"], report["results"]["no band"]["random100"]
+    shipped, none = report["results"]["shipped"]["random100"], report["results"]["no band"]["random100"]
     assert none["change"] == 0 and none["dbe_acc"] == none["input_dbe_acc"] and not none["goal_met"]
-    assert stored["mae"] != stored["input_mae"]
-    sample = SyntheticDataset(split="val", length=1, sparse_pattern="random", sparse_kwargs={"n": 100})[0]
-    completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
-                                     query_budget=0)(sample["image"], sample["sparse"], sample["name"])
-    gt = sample["depth"]
-    assert stored["input_mae"] == pytest.approx(depth_metrics(completion, gt, gt > 0)["mae"], rel=1e-6)
-    (cached,) = (tmp_path / "work").glob("val_random100_0_*.npy")
-    assert np.array_equal(np.load(cached), completion)
-    assert "| no band | +0.0 %" in (tmp_path / "sharpen_switches.md").read_text()
+    assert none["dbe_change_se"] == 0
+    assert shipped["mae"] != stored["input_mae"]
+    data = SyntheticDataset(split="val", length=2, sparse_pattern="random", sparse_kwargs={"n": 100})
+    source = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"), query_budget=0)
+    stage = build_sharpen_stage(CheckpointRef.open(str(ROOT / "checkpoints" / "default")))
+    maes, changes = [], []
+    for i in range(2):
+        sample = data[i]
+        completion = source(sample["image"], sample["sparse"], sample["name"])
+        gt = sample["depth"]
+        maes.append(depth_metrics(completion, gt, gt > 0)["mae"])
+        out = stage.run(sample["image"], sample["sparse"], completion).depth
+        changes.append(dbe_metrics(out, gt, valid=gt > 0)["dbe_acc"] - dbe_metrics(completion, gt, valid=gt > 0)["dbe_acc"])
+        cached = list((tmp_path / "work").glob(f"val_random100_{i}_*.npy"))
+        assert len(cached) == 1 and np.array_equal(np.load(cached[0]), completion)
+    assert shipped["input_mae"] == pytest.approx(np.mean(maes), rel=1e-6)
+    assert shipped["dbe_change_se"] == pytest.approx(abs(changes[0] - changes[1]) / 2, rel=1e-6)  # n = 2: |a - b| / 2
+    assert "| no band | +0.0 % / " in (tmp_path / "sharpen_switches.md").read_text()
 
 
 @pytest.mark.parametrize("text", ["band 2", "band 2={not json}", "=[1]", "x=[1, 2]"])

@@ -103,8 +103,9 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     :class:`~depthkit.checkpoints.CheckpointRef`, or None when there is none).
 
     Options (the manifest's, overridden by ``options``): ``processing_resolution`` (longest side in pixels the UNet
-    runs at; None = the input's size) and ``config`` (overrides of the stored SharpDepthConfig, e.g.
-    ``{"fit_threshold": 0.3}``).
+    runs at; None = the input's size) and ``config`` (overrides of single SharpDepthConfig fields, e.g.
+    ``{"fit_threshold": 0.3}``, on top of the manifest's ``config`` and then the stored ``sharpdepth.json``: a field
+    named in neither keeps its stored value, so turning a shipped switch off means setting it to 0).
     """
     from depthkit.dtypes import torch_dtype
 
@@ -118,9 +119,17 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
         raise ValueError(f"checkpoint {checkpoint.root} has no sharpen/ folder. Add one with `depthkit "
                          f"import-checkpoint --sharpdepth RELEASE --out {checkpoint.root}` or `depthkit "
                          "init-checkpoint --tiny DIR`.")
-    options = {**checkpoint.options("sharpen"), **(options or {})}
+    stored, options = checkpoint.options("sharpen"), dict(options or {})
+    config, shipped = options.pop("config", None), stored.pop("config", None)
+    for where, value in (("the sharpen option config", config), (f"{checkpoint.root}/depthkit.json's sharpen config",
+                                                                  shipped)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{where} must be an object of SharpDepthConfig fields, e.g. "
+                             f"{{\"fit_threshold\": 0.3}}; received {value!r}.")
+    # a caller's config overrides single fields: the manifest's run-time switches it does not name stay on
+    config = {**(shipped or {}), **(config or {})} or None
+    options = {**stored, **options}
     processing_resolution = options.pop("processing_resolution", None)
-    config = options.pop("config", None)
     if options:
         raise ValueError(f"the sharpen stage takes the options processing_resolution and config; received "
                          f"{sorted(options)}.")
