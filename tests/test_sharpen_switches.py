@@ -34,7 +34,7 @@ def test_variants_are_applied_and_scored_on_the_val_split(tmp_path):
     shipped, none = report["results"]["shipped"]["random100"], report["results"]["no band"]["random100"]
     assert none["change"] == 0 and none["dbe_acc"] == none["input_dbe_acc"] and not none["goal_met"]
     assert none["dbe_change_se"] == 0
-    assert shipped["mae"] != stored["input_mae"]
+    assert shipped["mae"] != shipped["input_mae"]
     data = SyntheticDataset(split="val", length=2, sparse_pattern="random", sparse_kwargs={"n": 100})
     source = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"), query_budget=0)
     stage = build_sharpen_stage(CheckpointRef.open(str(ROOT / "checkpoints" / "default")))
