@@ -23,10 +23,12 @@ accuracy (px):
 - ``sharpened, no limits``: the same pass before the run-time limits of :mod:`depthkit.sharpen.limits` (band,
   range, distance weights; measured pixels restored): what the limits take away or add;
 - ``GT under the limits``: the GT put through the same limits in place of the sharpener's output (measured pixels
-  restored): the best any sharpener could score under these limits (an upper bound; the GT is an oracle).
+  restored; pixels without GT, which no score counts, keep the input): a GT-perfect sharpener under these limits,
+  the reference for how much they leave to gain. Not a strict bound: where the distance weight is fractional, an
+  output beyond the GT (within the range clip) could land nearer to it after the mix.
 
 A sharpener can only improve DBE over its input where its edges are better than the input's, and the gap between
-``sharpened`` and ``GT under the limits`` is what a better sharpener could still gain. Writes
+``sharpened`` and ``GT under the limits`` is roughly what a better sharpener could still gain. Writes
 ``<out>/sharpen_limits.{json,md}``.
 """
 
@@ -36,7 +38,6 @@ import argparse
 import datetime as _dt
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(len(data)):
             sample = data[i]
             d = metric(sample["image"], sample["sparse"], f"test_{pattern}_{i}_{args.metric}")
-            rows.append(score_scene(sharpdepth, sample["image"], sample["depth"], sample["sparse"], d, resolution))
+            rows.append(score_scene(sharpdepth, sample["image"], sample["depth"], sample["sparse"], d,
+                                    stage.processing_side(sample["image"])))
             print(pattern, i, {k: (round(v["mae"], 3), round(v["dbe_acc"], 2)) for k, v in rows[-1].items()},
                   flush=True)
         per_scene[pattern] = rows
@@ -131,12 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint),
               "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/sharpen_limits.py" + (" " + shlex.join(argv) if argv else ""),
-              "scenes": args.scenes, "metric": args.metric, "processing_resolution": resolution, "threads": args.threads,
-              "mean": mean, "per_scene": per_scene}
-    limits = {k: v for k, v in asdict(sharpdepth.config).items() if k in LIMIT_FIELDS and v} or "none"
+              "scenes": args.scenes, "metric": args.metric, "processing_resolution": resolution,
+              "threads": args.threads, "mean": mean, "per_scene": per_scene}
+    cfg = sharpdepth.config
+    limits = {k: getattr(cfg, k) for k in LIMIT_FIELDS
+              if getattr(cfg, k) and (k != "change_band_jump" or cfg.change_band_px)} or "none"
+    metric_name = "the completion without queries" if args.metric == "complete" else "`guided`"
     lines = [f"## Sharpener limits: {args.checkpoint.name}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic test split "
-             f"(240x320), metric input = {'the completion without queries' if args.metric == 'complete' else '`guided`'}, "
+             f"(240x320), metric input = {metric_name}, "
              f"processing resolution {resolution}, limits {limits}. MAE (m) / DBE accuracy (px), "
              "lower is better; change against the input in brackets.", "",
              "| pattern | " + " | ".join(MAPS) + " |", "|---|" + "---:|" * len(MAPS)]

@@ -6,7 +6,8 @@ only in the run-time limits)::
     python benchmarks/sharpen_switches.py                       # checkpoints/default's sharpener, three variants
     python benchmarks/sharpen_switches.py --grid --scenes 24    # the 27-variant grid the shipped switches came from
     python benchmarks/sharpen_switches.py --sharpen runs/default_sharpen_gt/final --scenes 12 \\
-        --variant 'band 2={"change_band_px": 2}' --variant 'band 2, near 8={"change_band_px": 2, "keep_near_measured_px": 8}'
+        --variant 'band 2={"change_band_px": 2}' \\
+        --variant 'band 2, near 8={"change_band_px": 2, "keep_near_measured_px": 8}'
 
 The metric input of every scene is the completion of ``--checkpoint`` (the embedded default by default) without
 language-model queries (``query_budget 0``: its dense refiner on ``guided``, equal to the full completion within
@@ -15,7 +16,8 @@ language-model queries (``query_budget 0``: its dense refiner on ``guided``, equ
 checkpoint folder with a ``sharpen/`` part or a training run's ``final/``) is built by the sharpen stage's own
 builder, so a variant is exactly a ``config`` stage option (overrides of single
 :class:`~depthkit.sharpen.config.SharpDepthConfig` fields on top of the checkpoint's manifest options and stored
-switches); an empty object (``--variant 'shipped={}'``) measures the checkpoint as the pipeline runs it. Variants whose overrides differ only in the run-time limits
+switches); an empty object (``--variant 'shipped={}'``) measures the checkpoint as the pipeline runs it. Variants
+whose overrides differ only in the run-time limits
 (:data:`~depthkit.sharpen.limits.LIMIT_FIELDS`) share one UNet pass per scene
 (:meth:`~depthkit.sharpen.stage.SharpenStage.run_limits`, equal to the stage's own output for each).
 
@@ -122,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint whose completer makes the metric input (default: the embedded default)")
     add_scene_options(p, "val", 12, "all", OUT)
     p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
-                   help="a variant: config overrides as a JSON object (repeatable; default: the built-in grid)")
+                   help="a variant: config overrides as a JSON object (repeatable; default: the three "
+                        "DEFAULT_VARIANTS, or only the grid with --grid)")
     p.add_argument("--grid", action="store_true",
-                   help="also score the 27-variant grid the shipped switches were chosen from (one UNet pass per "
-                        "scene serves every variant)")
+                   help="score the 27-variant grid the shipped switches were chosen from, besides any --variant (one "
+                        "UNet pass per scene serves every variant that differs only in the limits)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
@@ -152,9 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, cfg in variants.items():
         rest = {k: v for k, v in cfg.items() if k not in LIMIT_FIELDS}
         key = json.dumps(rest, sort_keys=True)
-        if key not in groups:
-            groups[key] = (build_sharpen_stage(ref, options={"config": rest}), {})
-        groups[key][1][name] = {k: v for k, v in cfg.items() if k in LIMIT_FIELDS}
+        try:
+            if key not in groups:
+                groups[key] = (build_sharpen_stage(ref, options={"config": rest}), {})
+            limits = {k: v for k, v in cfg.items() if k in LIMIT_FIELDS}
+            groups[key][0].limit_configs({name: limits})  # a bad value fails here, before any scene runs
+        except ValueError as err:
+            p.error(f"--variant {name!r}: {err}")
+        groups[key][1][name] = limits
     metric = MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
                          args.work_dir)
 
@@ -187,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
              "(240x320), metric input = the completion without queries. Per cell: MAE change against the input / "
              "DBE accuracy input → output (px) ± the standard error of the per-scene DBE change (a change smaller "
-             "than about twice it is within what the choice of scenes alone gives); **bold** = the goal (DBE better, MAE within 2 %) met. Rows best first "
-             "by the rule the shipped switches were picked with (`rank` in the script): goals met, then DBE better by >= 1 %, "
-             "then the mean MAE change.", "",
+             "than about twice it is within what the choice of scenes alone gives); **bold** = the goal (DBE better, "
+             "MAE within 2 %) met. Rows best first by the rule the shipped switches were picked with (`rank` in the "
+             "script): goals met, then DBE better by >= 1 %, then the mean MAE change.", "",
              "| variant | " + " | ".join(patterns) + " | goal met | DBE >= 1 % | mean MAE |",
              "|---|" + "---:|" * (len(patterns) + 3)]
     ranked = rank(rows)
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for pattern in patterns:
             r = rows[name][pattern]
-            cell = f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} ± {r['dbe_change_se']:.3f}"
+            cell = (f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} "
+                    f"± {r['dbe_change_se']:.3f}")
             cells.append(f"**{cell}**" if r["goal_met"] else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {met}/{len(patterns)} | {met1} | "
                      f"{100 * mean_change:+.2f} % |")

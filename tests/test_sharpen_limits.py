@@ -58,12 +58,13 @@ def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
 
 
 def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp_path):
-    """With a band-only sharpener the upper bound is, by hand, GT where the input's log depth spreads by more than
-    the jump within the window and the input elsewhere, measured pixels restored; "no limits" is the free output."""
+    """With a band-only sharpener the reference map is, by hand, GT where the input's log depth spreads by more than
+    the jump within the window and the input elsewhere, measured pixels restored; "no limits" is the
+    free output."""
     from depthkit.cli import main
     from depthkit.data.baselines import guided
     from depthkit.data.datasets.synthetic import SyntheticDataset
-    from depthkit.metrics import depth_metrics
+    from depthkit.metrics import dbe_metrics, depth_metrics
     from depthkit.sharpen.model import SharpDepth
 
     ck = tmp_path / "tiny"
@@ -73,7 +74,6 @@ def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp
                               sparse_kwargs={"n": 30})[0]
     image, gt, sparse = sample["image"], sample["depth"], sample["sparse"]
     d = guided(image, sparse)
-    row = sharpen_limits.score_scene(sharpdepth, image, gt, sparse, d, None)
     h, w = gt.shape
     band = np.zeros((h, w), bool)
     for y in range(h):
@@ -81,8 +81,10 @@ def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp
             win = np.log(d[max(0, y - 1):y + 2, max(0, x - 1):x + 2])
             band[y, x] = win.max() - win.min() > 0.1
     assert 0 < band.mean() < 1
+    row = sharpen_limits.score_scene(sharpdepth, image, gt, sparse, d, None)
     oracle = np.where(sparse > 0, sparse, np.where(band, gt, d))
     assert row["GT under the limits"]["mae"] == pytest.approx(depth_metrics(oracle, gt, gt > 0)["mae"], rel=1e-5)
+    assert row["GT under the limits"]["dbe_acc"] == pytest.approx(dbe_metrics(oracle, gt, valid=gt > 0)["dbe_acc"])
     assert row["GT under the limits"]["mae"] < row["input"]["mae"]
     free = SharpDepth.from_dir(ck / "sharpen").sharpen(image, d, sparse).depth  # the same pass without limits
     assert row["sharpened, no limits"]["mae"] == pytest.approx(depth_metrics(free, gt, gt > 0)["mae"], rel=1e-5)

@@ -28,6 +28,7 @@ def test_variants_are_applied_and_scored_on_the_val_split(tmp_path):
 
     empty = json.dumps({"change_band_px": 2, "change_band_jump": 1e9})
     argv = ["--scenes", "2", "--patterns", "random100", "--variant", "shipped={}", "--variant", f"no band={empty}",
+            "--variant", 'fit 0.3={"fit_threshold": 0.3}',  # another UNet pass: its own group
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
     assert sharpen_switches.main(argv) == 0
     report = json.loads((tmp_path / "sharpen_switches.json").read_text())
@@ -37,7 +38,8 @@ def test_variants_are_applied_and_scored_on_the_val_split(tmp_path):
     assert shipped["mae"] != shipped["input_mae"]
     data = SyntheticDataset(split="val", length=2, sparse_pattern="random", sparse_kwargs={"n": 100})
     source = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"), query_budget=0)
-    stage = build_sharpen_stage(CheckpointRef.open(str(ROOT / "checkpoints" / "default")))
+    ref = CheckpointRef.open(str(ROOT / "checkpoints" / "default"))
+    stage, fit = build_sharpen_stage(ref), build_sharpen_stage(ref, options={"config": {"fit_threshold": 0.3}})
     maes, changes = [], []
     for i in range(2):
         sample = data[i]
@@ -45,12 +47,24 @@ def test_variants_are_applied_and_scored_on_the_val_split(tmp_path):
         gt = sample["depth"]
         maes.append(depth_metrics(completion, gt, gt > 0)["mae"])
         out = stage.run(sample["image"], sample["sparse"], completion).depth
-        changes.append(dbe_metrics(out, gt, valid=gt > 0)["dbe_acc"] - dbe_metrics(completion, gt, valid=gt > 0)["dbe_acc"])
+        dbe_in = dbe_metrics(completion, gt, valid=gt > 0)["dbe_acc"]
+        changes.append(dbe_metrics(out, gt, valid=gt > 0)["dbe_acc"] - dbe_in)
+        other = fit.run(sample["image"], sample["sparse"], completion).depth
+        scored = report["results"]["fit 0.3"]["random100"]["per_scene"][i]
+        assert scored[2] == pytest.approx(depth_metrics(other, gt, gt > 0)["mae"], rel=1e-6)
+        assert scored[2] != pytest.approx(depth_metrics(out, gt, gt > 0)["mae"], rel=1e-6)
         cached = list((tmp_path / "work").glob(f"val_random100_{i}_*.npy"))
         assert len(cached) == 1 and np.array_equal(np.load(cached[0]), completion)
     assert shipped["input_mae"] == pytest.approx(np.mean(maes), rel=1e-6)
     assert shipped["dbe_change_se"] == pytest.approx(abs(changes[0] - changes[1]) / 2, rel=1e-6)  # n = 2: |a - b| / 2
     assert "| no band | +0.0 % / " in (tmp_path / "sharpen_switches.md").read_text()
+
+
+def test_a_bad_variant_value_fails_before_any_scene_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sharpen_switches.main(["--scenes", "1", "--patterns", "random100", "--variant", 'x={"change_range_px": 1.5}',
+                               "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)])
+    assert "'x'" in capsys.readouterr().err and not (tmp_path / "work").exists()
 
 
 @pytest.mark.parametrize("text", ["band 2", "band 2={not json}", "=[1]", "x=[1, 2]"])

@@ -1,6 +1,6 @@
 """Run-time limits on how far SharpDepth may move its metric input (depthkit switches, all off by default).
 
-The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Four
+The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Five
 fields of :class:`~depthkit.sharpen.config.SharpDepthConfig` (:data:`LIMIT_FIELDS`) limit it, in this order:
 
 1. ``change_range_px`` — each pixel is clamped to the metric input's minimum and maximum over its window
@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from depthkit.sharpen.config import SharpDepthConfig
 from depthkit.sharpen.gating import edge_band, local_range, measured_distance_weight, sparse_to_latent_mask
 from depthkit.sharpen.lotus import pad_to_multiple, resize_bilinear
 from depthkit.sharpen.normalize import valid_depth
@@ -34,8 +35,9 @@ LIMIT_FIELDS = ("change_band_px", "change_band_jump", "keep_near_measured_px", "
 
 
 def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize metric depth with holes: validity-weighted bilinear. Returns ``(depth, valid)`` at ``size``; a pixel is
-    valid when at least half of its interpolation weight fell on known depth (missing stays 0)."""
+    """Resize metric depth with holes (``B x 1 x H x W`` metres, 0 / non-finite = missing) to ``size`` (h', w'):
+    validity-weighted bilinear. Returns ``(depth metres, valid bool)``, each ``B x 1 x h' x w'``; a pixel is valid
+    when at least half of its interpolation weight fell on known depth (missing stays 0)."""
     valid = valid_depth(depth).float()
     if tuple(depth.shape[-2:]) == tuple(size):
         return torch.where(valid > 0, depth.float(), torch.zeros_like(valid)), valid > 0
@@ -47,9 +49,10 @@ def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tens
 
 def processing_inputs(metric_depth: torch.Tensor, measured: torch.Tensor | None, size: tuple[int, int],
                       padded: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The metric input at the processing ``size`` (h', w'), replicate-padded to ``padded``: ``(depth metres,
-    valid bool, measured bool or None)``, each ``B x 1 x padded``. A processing pixel is measured when its cell of
-    the input holds a measured pixel."""
+    """The metric input (``B x 1 x H x W`` metres; ``measured`` a bool mask of the same shape, or None) at the
+    processing ``size`` (h', w'), replicate-padded to ``padded``: ``(depth metres, valid bool, measured bool or
+    None)``, each ``B x 1 x padded``. A processing pixel is measured when its cell of the input holds a measured
+    pixel."""
     d_p, valid_p = resize_depth(metric_depth, size)
     d_p, valid_p = pad_to_multiple(d_p, padded), pad_to_multiple(valid_p.float(), padded) > 0.5
     measured_p = None
@@ -65,11 +68,13 @@ def clip_to_local_range(out: torch.Tensor, reference: torch.Tensor, valid: torch
     return torch.where(valid, torch.minimum(torch.maximum(out, low), high), out)
 
 
-def change_weight(config, depth: torch.Tensor, valid: torch.Tensor,
+def change_weight(config: SharpDepthConfig, depth: torch.Tensor, valid: torch.Tensor,
                   measured: torch.Tensor | None) -> torch.Tensor | None:
-    """How far the output may move each pixel away from the metric input ``depth`` (``B x 1 x H x W``), in [0, 1] at
-    its size: the edge band (``config.change_band_px``) times the distance weight (``keep_near_measured_px`` and its
-    cap ``change_within_measured_px``, when ``measured`` is given); None when all are off."""
+    """How far the output may move each pixel away from the metric input ``depth`` (``B x 1 x H x W`` metres, with
+    ``valid`` and ``measured`` bool masks of that shape), in [0, 1] at its size: the edge band
+    (``config.change_band_px``, a :class:`~depthkit.sharpen.config.SharpDepthConfig`) times the distance weight
+    (``keep_near_measured_px`` and its cap ``change_within_measured_px``, when ``measured`` is given); None when all
+    are off. Radii are pixels of ``depth``'s size."""
     weight = None
     if config.change_band_px > 0:
         weight = edge_band(depth, config.change_band_px, config.change_band_jump, valid)
@@ -90,7 +95,7 @@ def limit_change(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor
     return out
 
 
-def limit_output(config, free: torch.Tensor, metric_depth: torch.Tensor, measured: torch.Tensor | None,
+def limit_output(config: SharpDepthConfig, free: torch.Tensor, metric_depth: torch.Tensor, measured: torch.Tensor | None,
                  size: tuple[int, int], padded: tuple[int, int],
                  at_processing: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inference's limits: ``(limited depth, weight or None)``, ``B x 1 x H x W`` at the input size, measured pixels
@@ -100,7 +105,7 @@ def limit_output(config, free: torch.Tensor, metric_depth: torch.Tensor, measure
         config: the :class:`~depthkit.sharpen.config.SharpDepthConfig` whose :data:`LIMIT_FIELDS` apply.
         free: the sharpener's output in metres before the limits.
         metric_depth: its metric input, metres (0 = missing; such pixels are never limited).
-        measured: bool mask of measured pixels, or None.
+        measured: bool mask of measured pixels at the input size (``B x 1 x H x W``), or None.
         size, padded: the processing size (h', w') and its padded size; the band and the distance weight are
             computed there (radii are processing pixels) and resized to the input size; the range window's radius
             is scaled up to the input size and rounded up.

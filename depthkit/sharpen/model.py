@@ -60,7 +60,7 @@ from depthkit.sharpen.normalize import (
     valid_depth,
 )
 
-__all__ = ["SharpDepthConfig", "resize_depth", "SharpDepth", "SharpenOutput", "SHARPDEPTH_JSON"]
+__all__ = ["SharpDepthConfig", "resize_depth", "SharpDepth", "SharpenOutput", "SHARPDEPTH_JSON", "depth_tensor"]
 
 SHARPDEPTH_JSON = "sharpdepth.json"
 LOTUS_UNET_DIR = "lotus_unet"
@@ -335,7 +335,8 @@ class SharpDepth(nn.Module):
                   gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ground-truth terms of :meth:`compute_losses`: the output formed as :meth:`sharpen_tensors` forms it
         (without the scale/shift fit; kept to the input's local range with ``change_range_px``; the change weighted
-        by :func:`~depthkit.sharpen.limits.change_weight`) and GT normalised with d's own range, both scaled to [0, 1]."""
+        by :func:`~depthkit.sharpen.limits.change_weight`) and GT normalised with d's own range, both scaled to
+        [0, 1]."""
         from depthkit.sharpen.losses import gt_loss
 
         m = self.model

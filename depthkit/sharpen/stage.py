@@ -43,17 +43,40 @@ class SharpenStage:
                              "(stages=('complete', 'sharpen')) or pass depth=HxW metres (--depth on the CLI).")
         measured = sparse is not None and bool((sparse > 0).any())
         out = self.model.sharpen_checked(image, depth, sparse if measured else None,
-                                         processing_resolution=self._side(image))
+                                         processing_resolution=self.processing_side(image))
         return StageResult(depth=out.depth.astype(np.float32),
                            extras={"discrepancy": out.discrepancy.astype(np.float32),
                                    "lotus": out.lotus.astype(np.float32)})
 
-    def _side(self, image: np.ndarray) -> int | None:
-        """The longest side the UNet runs at for ``image``: the stage's option, else the model's default (None =
-        native, capped at MAX_WORKING_SIDE)."""
+    def processing_side(self, image: np.ndarray) -> int | None:
+        """The longest side (pixels) the UNet runs at for ``image`` (HxWx3): the stage's ``processing_resolution``,
+        else the model's default (None = the image's own size, capped at MAX_WORKING_SIDE)."""
         from depthkit.checkpoints import working_side
 
         return self.processing_resolution or working_side(self.model.model.default_processing_resolution, image.shape)
+
+    def limit_configs(self, settings: dict[str, dict]) -> dict:
+        """``{name: SharpDepthConfig}``: this stage's config with each setting's overrides of
+        :data:`depthkit.sharpen.limits.LIMIT_FIELDS`, checked (a setting that is not an object, names another field
+        — which would change the UNet pass itself — or gives a bad value raises ValueError naming it)."""
+        import dataclasses
+
+        from depthkit.sharpen.limits import LIMIT_FIELDS
+
+        configs = {}
+        for name, overrides in settings.items():
+            if not isinstance(overrides, dict):
+                raise ValueError(f"limit setting {name!r} must be an object of {list(LIMIT_FIELDS)}; received "
+                                 f"{overrides!r}.")
+            other = sorted(set(overrides) - set(LIMIT_FIELDS))
+            if other:
+                raise ValueError(f"limit setting {name!r} changes {other}; it may only set {list(LIMIT_FIELDS)} "
+                                 "(build a stage with those options and call run() instead).")
+            try:
+                configs[name] = dataclasses.replace(self.model.config, **overrides)
+            except ValueError as err:
+                raise ValueError(f"limit setting {name!r}: {err}") from None
+        return configs
 
     def run_limits(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray,
                    settings: dict[str, dict]) -> dict[str, np.ndarray]:
@@ -61,33 +84,33 @@ class SharpenStage:
         depth for a stage whose config has that setting's overrides.
 
         ``settings`` maps a name to overrides of :data:`depthkit.sharpen.limits.LIMIT_FIELDS` only (the fields
-        that act on the sharpener's free output; any other field changes the pass itself and raises ValueError).
-        Inputs as :meth:`run` takes them. Used to score a grid of limits (``benchmarks/sharpen_switches.py``)."""
-        import dataclasses
-
+        that act on the sharpener's free output; see :meth:`limit_configs`). Inputs as :meth:`run` takes them.
+        Used to score a grid of limits (``benchmarks/sharpen_switches.py``)."""
         import torch
 
-        from depthkit.sharpen.limits import LIMIT_FIELDS, limit_output
+        from depthkit.sharpen.limits import limit_output, processing_inputs
         from depthkit.sharpen.lotus import image_to_tensor
         from depthkit.sharpen.model import depth_tensor
 
-        configs = {}
-        for name, overrides in settings.items():
-            other = sorted(set(overrides) - set(LIMIT_FIELDS))
-            if other:
-                raise ValueError(f"run_limits setting {name!r} changes {other}; it may only set {list(LIMIT_FIELDS)} "
-                                 "(build a stage with those options and call run() instead).")
-            configs[name] = dataclasses.replace(self.model.config, **overrides)
+        if depth is None:
+            raise ValueError("run_limits needs the metric depth to sharpen (HxW metres); received None.")
+        configs = self.limit_configs(settings)
         measured = sparse is not None and bool((sparse > 0).any())
         x, d = image_to_tensor(image), depth_tensor(depth)
         sp = depth_tensor(sparse) if measured else None
-        out = self.model.sharpen_tensors(x, d, sp, processing_resolution=self._side(image))
+        side = self.processing_side(image)
+        out = self.model.sharpen_tensors(x, d, sp, processing_resolution=side)
+        free = out["free"]
+        d = d.to(free.device)
+        sp = None if sp is None else sp.to(free.device)
+        mask = None if sp is None else torch.isfinite(sp) & (sp > 0)  # as sharpen_tensors defines it
         lotus = self.model.model
-        size = lotus.processing_size(*depth.shape, self._side(image))
-        mask = None if sp is None else sp > 0
+        size = lotus.processing_size(*depth.shape, side)
+        padded = lotus.padded_size(*size)
+        at_processing = processing_inputs(d, mask, size, padded)
         results = {}
         for name, config in configs.items():
-            limited, _ = limit_output(config, out["free"], d, mask, size, lotus.padded_size(*size))
+            limited, _ = limit_output(config, free, d, mask, size, padded, at_processing=at_processing)
             if mask is not None:
                 limited = torch.where(mask, sp, limited)
             results[name] = limited[0, 0].float().cpu().numpy()
