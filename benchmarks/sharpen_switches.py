@@ -85,14 +85,18 @@ def rank(rows: dict[str, dict]) -> list[tuple[str, int, int, float]]:
     return sorted(ranked, key=lambda t: (-t[1], -t[2], t[3]))
 
 
-def standard_error(differences) -> float:
+def standard_error(differences) -> float | None:
     """Standard error of the mean of per-scene differences (NaN ones, scenes without GT edges, dropped): how far the
-    mean change could move by the choice of scenes alone; NaN with fewer than two."""
+    mean change could move by the choice of scenes alone; None with fewer than two."""
     import numpy as np
 
     d = np.asarray(differences, np.float64)
     d = d[np.isfinite(d)]
-    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+
+
+def _se_text(se: float | None) -> str:
+    return "± n/a" if se is None else f"± {se:.3f}"
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                  "dbe_acc": dbe_out, "dbe_change_se": standard_error(per_scene[:, 3] - per_scene[:, 1])}
             rows[name][pattern] = r = {**r, "goal_met": bool(sharpener_meets_bar(r)), "per_scene": per_scene.tolist()}
             print(f"{pattern:11s} {name:38s} MAE {mae_in:.4f} -> {mae_out:.4f} ({100 * r['change']:+.1f} %)  "
-                  f"DBE-acc {dbe_in:.3f} -> {dbe_out:.3f} (change ± {r['dbe_change_se']:.3f})", flush=True)
+                  f"DBE-acc {dbe_in:.3f} -> {dbe_out:.3f} (change {_se_text(r['dbe_change_se'])})", flush=True)
 
     report = {"benchmark": "sharpen_switches", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
               "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         for pattern in patterns:
             r = rows[name][pattern]
             cell = (f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} "
-                    f"± {r['dbe_change_se']:.3f}")
+                    f"{_se_text(r['dbe_change_se'])}")
             cells.append(f"**{cell}**" if r["goal_met"] else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {met}/{len(patterns)} | {met1} | "
                      f"{100 * mean_change:+.2f} % |")

@@ -183,8 +183,9 @@ def test_run_limits_equals_run_for_each_setting_from_one_unet_pass(tiny_ck):
         "range, near": {"change_band_px": 0, "keep_near_measured_px": 5.0, "change_range_px": 2},
     }
     base = build_sharpen_stage(ref, options={"processing_resolution": 32, "config": own})
+    calls = _count_unet_calls(base)
     for sp in (sparse, None):
-        calls = _count_unet_calls(base)
+        calls.clear()
         got = base.run_limits(image, sp, metric, settings)
         assert len(calls) == 2  # pass 1 and pass 2, once for all settings
         outs = {}

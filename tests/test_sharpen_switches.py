@@ -79,6 +79,12 @@ def test_bad_pattern_says_what_is_allowed(capsys):
     assert "random500" in capsys.readouterr().err
 
 
+def test_standard_error_by_hand_and_none_below_two_scenes():
+    assert sharpen_switches.standard_error([1.0, 2.0, 4.0, float("nan")]) == pytest.approx(
+        np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2) / np.sqrt(3))
+    assert sharpen_switches.standard_error([0.5, float("nan")]) is None
+
+
 def test_rank_orders_by_goals_met_then_one_percent_gains_then_mean_mae_change():
     def r(change, dbe_in, dbe_out):
         return {"change": change, "input_dbe_acc": dbe_in, "dbe_acc": dbe_out,
