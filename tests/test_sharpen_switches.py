@@ -110,3 +110,20 @@ def test_the_grid_is_the_27_variants_of_checkpoints_readme():
     assert all(c["change_band_px"] == 3 and c["change_band_jump"] == 0.2 for c in grid.values())
     assert grid["range 3, near 24, within 32"] == sharpen_switches.DEFAULT_VARIANTS[
         "band 3 px, near 24 px, range 3 px, within 32 px"]
+
+
+def test_grid_runs_end_to_end_and_reports_its_ranking(tmp_path):
+    """--grid scores the 27 variants (one pass per scene) and the report's ranking is rank() of its own rows, best
+    first, with the table in that order."""
+    argv = ["--grid", "--scenes", "2", "--patterns", "random100", "--work-dir", str(tmp_path / "work"),
+            "--out", str(tmp_path)]
+    assert sharpen_switches.main(argv) == 0
+    report = json.loads((tmp_path / "sharpen_switches.json").read_text())
+    assert set(report["results"]) == set(sharpen_switches.grid_variants())
+    expected = [name for name, *_ in sharpen_switches.rank(report["results"])]
+    assert [r["variant"] for r in report["ranking"]] == expected
+    rows = [line.split(" | ")[0][2:] for line in (tmp_path / "sharpen_switches.md").read_text().splitlines()
+            if line.startswith("| range ")]
+    assert rows == expected
+    # distinct limits give distinct outputs on this scene: the variants are applied, not one output copied
+    assert len({r["random100"]["mae"] for r in report["results"].values()}) >= 9  # range x distance weight
