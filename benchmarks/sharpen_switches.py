@@ -3,7 +3,7 @@
 Usage (from the repository root; ~1 min per pattern at 12 scenes on one CPU thread, however many variants differ
 only in the run-time limits)::
 
-    python benchmarks/sharpen_switches.py                       # checkpoints/default's sharpener, three variants
+    python benchmarks/sharpen_switches.py                       # checkpoints/default's sharpener, four variants
     python benchmarks/sharpen_switches.py --grid --scenes 24    # the 27-variant grid the shipped switches came from
     python benchmarks/sharpen_switches.py --sharpen runs/default_sharpen_gt/final --scenes 12 \\
         --variant 'band 2={"change_band_px": 2}' \\
@@ -47,15 +47,17 @@ OUT = Path(__file__).resolve().parent / "results"
 # the variants the shipped switches were checked with (name -> config overrides; benchmarks/results/
 # sharpen_switches.md): session 9's choice, the distance weight alone, and the shipped choice. The wider grid they were
 # chosen from (checkpoints/README.md) varied range 0/2/3 px, distance weight 8/16/24 px and cap none/32/48 px.
-# Each names every limit field: a variant overrides single fields of the checkpoint as shipped.
-_BAND = {"change_band_px": 3, "change_band_jump": 0.2}
+# Session 12 added the dense-frame rule (dense_measured_fraction 0.4) on top of the last one. Each names every limit
+# field: a variant overrides single fields of the checkpoint as shipped.
+_BAND = {"change_band_px": 3, "change_band_jump": 0.2, "dense_measured_fraction": 0.0}
+_SESSION_10 = {**_BAND, "keep_near_measured_px": 24, "change_range_px": 3, "change_within_measured_px": 32}
 DEFAULT_VARIANTS = {
     "band 3 px, near 16 px": {**_BAND, "keep_near_measured_px": 16, "change_range_px": 0,
                               "change_within_measured_px": 0},
     "band 3 px, near 24 px": {**_BAND, "keep_near_measured_px": 24, "change_range_px": 0,
                               "change_within_measured_px": 0},
-    "band 3 px, near 24 px, range 3 px, within 32 px": {**_BAND, "keep_near_measured_px": 24, "change_range_px": 3,
-                                                        "change_within_measured_px": 32},
+    "band 3 px, near 24 px, range 3 px, within 32 px": _SESSION_10,
+    "band 3 px, near 24 px, range 3 px, within 32 px, dense 0.4": {**_SESSION_10, "dense_measured_fraction": 0.4},
 }
 
 

@@ -638,6 +638,54 @@ def test_keep_near_measured_scales_the_change_by_the_distance_weight(sharp, near
         SharpDepthConfig(change_within_measured_px=-1.0)
 
 
+def test_dense_measured_fraction_drops_the_distance_weight_in_a_dense_sensors_frame(sharp):
+    """``dense_measured_fraction``: in a batch of a ToF-like frame (most pixels measured, holes) and a frame of three
+    points, the dense one's change is the free change times the cap [dist <= within] alone, the sparse one's times
+    min(1, dist / near) [dist <= within] (brute force, the processing size is the input size). The fraction is counted
+    at the input size: every other row measured (half of the pixels) is not dense at a threshold of 0.6, though at
+    half the processing size every cell holds a measured pixel."""
+    img, depth, sparse = _scene()
+    holes = np.ones_like(depth, bool)
+    holes[10:30, 20:44] = False  # a blob the sensor missed ...
+    holes[:, 15:17] = False  # ... and a shadow strip
+    dense_sparse = np.where(holes, depth, 0.0).astype(np.float32)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float().expand(2, -1, -1, -1) / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None].expand(2, -1, -1, -1)
+    sp = torch.from_numpy(np.stack([dense_sparse, sparse]))[:, None]
+    near, within = 10.0, 6.0
+    free = SharpDepth(sharp.model, {"output": "residual"}).sharpen_tensors(x, d, sp, processing_resolution=64)
+    kept = SharpDepth(sharp.model, {"output": "residual", "keep_near_measured_px": near,
+                                    "change_within_measured_px": within, "dense_measured_fraction": 0.6})
+    res = kept.sharpen_tensors(x, d, sp, processing_resolution=64)
+    yy, xx = np.mgrid[:depth.shape[0], :depth.shape[1]]
+    lo, hi = float(depth.min()), float(depth.max())
+    for b, (mask, dense) in enumerate([(holes, True), (sparse > 0, False)]):
+        ys, xs = np.nonzero(mask)
+        dist = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1)
+        weight = (dist <= within) * (1.0 if dense else np.minimum(1.0, dist / near))
+        change_free = (free["depth"][b, 0].numpy() - depth) / (hi - lo)
+        change_kept = (res["depth"][b, 0].numpy() - depth) / (hi - lo)
+        np.testing.assert_allclose(change_kept[~mask], (weight * change_free)[~mask], atol=1e-5)
+        if dense:  # the distance weight would have damped these pixels, and the cap still holds these
+            assert np.abs(change_free[~mask & (dist > 0) & (dist < near / 2)]).max() > 1e-3
+            assert np.abs(change_free[dist > within]).max() > 1e-3
+    rows = np.zeros_like(depth)
+    rows[::2] = depth[::2]  # 50 % measured at the input size, every 2x2 cell measured at half of it
+    x1, d1, sp1 = x[:1], d[:1], torch.from_numpy(rows)[None, None]
+    base = {"output": "residual", "keep_near_measured_px": 4.0}
+    weighted = SharpDepth(sharp.model, base).sharpen_tensors(x1, d1, sp1, processing_resolution=32)["depth"]
+    unweighted = SharpDepth(sharp.model, {"output": "residual"}).sharpen_tensors(x1, d1, sp1, 32)["depth"]
+    for threshold, dense in ((0.6, False), (0.5, True)):
+        out = SharpDepth(sharp.model, {**base, "dense_measured_fraction": threshold}).sharpen_tensors(
+            x1, d1, sp1, processing_resolution=32)["depth"]
+        torch.testing.assert_close(out, unweighted if dense else weighted, rtol=0, atol=1e-6)
+    assert (weighted - unweighted).abs().max() > 1e-3
+    assert SharpDepthConfig().dense_measured_fraction == 0.0
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="dense_measured_fraction .* received"):
+            SharpDepthConfig(dense_measured_fraction=bad)
+
+
 @pytest.mark.parametrize("resolution,near", [(64, 0.0), (32, 0.0), (64, 10.0)])
 def test_change_range_keeps_the_output_within_the_inputs_local_range(sharp, resolution, near):
     """``change_range_px``: the output is the unclipped output clamped, pixel by pixel, to the metric input's minimum

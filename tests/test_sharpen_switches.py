@@ -108,6 +108,12 @@ def test_the_grid_is_the_27_variants_of_checkpoints_readme():
     combos = {(c["change_range_px"], c["keep_near_measured_px"], c["change_within_measured_px"]) for c in grid.values()}
     assert len(grid) == 27 and combos == {(a, b, c) for a in (0, 2, 3) for b in (8, 16, 24) for c in (0, 32, 48)}
     assert all(c["change_band_px"] == 3 and c["change_band_jump"] == 0.2 for c in grid.values())
+    # session 10's grid, whatever the checkpoint ships: every variant names every limit field (dense rule off)
+    from depthkit.sharpen.limits import LIMIT_FIELDS
+
+    for c in [*grid.values(), *sharpen_switches.DEFAULT_VARIANTS.values()]:
+        assert set(c) == set(LIMIT_FIELDS)
+    assert all(c["dense_measured_fraction"] == 0 for c in grid.values())
     assert grid["range 3, near 24, within 32"] == sharpen_switches.DEFAULT_VARIANTS[
         "band 3 px, near 24 px, range 3 px, within 32 px"]
 

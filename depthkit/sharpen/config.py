@@ -88,6 +88,13 @@ class SharpDepthConfig:
     (the rows above a LiDAR's beams, the middle of a large hole) whose depth edges may be anywhere, and moving them
     measured worse than leaving them (the val-split grid in checkpoints/README.md). Needs the sparse input; an image
     without measurements is not limited. 0 [paper and code]: off."""
+    dense_measured_fraction: float = 0.0
+    """depthkit (inference and the ground-truth terms): > 0 treats a frame whose measured pixels are at least this
+    fraction of its pixels with metric input (counted at the input size) as a dense sensor's (ToF, structured light,
+    stereo) and does not apply ``keep_near_measured_px`` to it (``change_within_measured_px`` still applies). In
+    such a frame the missing pixels are the sensor's holes and occlusion shadows, which are next to measured pixels
+    yet are where the completion interpolates across a depth edge; the distance weight, meant for frames of scattered
+    points, kept the sharpener's changes there small. In [0, 1]; 0 [paper and code]: off."""
     change_range_px: int = 0
     """depthkit (inference and the ground-truth terms): > 0 keeps the output at each pixel within the minimum and
     maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size, scaled up to
@@ -130,6 +137,9 @@ class SharpDepthConfig:
         for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
+        if not 0.0 <= self.dense_measured_fraction <= 1.0:
+            raise ValueError(f"dense_measured_fraction is a fraction of the frame's pixels, in [0, 1] (0 = off); "
+                             f"received {self.dense_measured_fraction}.")
         if not isinstance(self.change_range_px, int) or isinstance(self.change_range_px, bool):
             raise ValueError(f"change_range_px is a whole number of pixels; received {self.change_range_px!r}.")
         if self.change_band_px < 0 or not self.change_band_jump > 0:

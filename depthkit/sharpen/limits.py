@@ -1,12 +1,13 @@
 """Run-time limits on how far SharpDepth may move its metric input (depthkit switches, all off by default).
 
-The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Five
+The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Six
 fields of :class:`~depthkit.sharpen.config.SharpDepthConfig` (:data:`LIMIT_FIELDS`) limit it, in this order:
 
 1. ``change_range_px`` — each pixel is clamped to the metric input's minimum and maximum over its window
    (:func:`clip_to_local_range`);
-2. ``change_band_px`` / ``change_band_jump``, ``keep_near_measured_px``, ``change_within_measured_px`` — a weight
-   w in [0, 1] (:func:`change_weight`) mixes input and clamped output: ``d + w · (clamped − d)``.
+2. ``change_band_px`` / ``change_band_jump``, ``keep_near_measured_px`` (not in a dense sensor's frame:
+   ``dense_measured_fraction``), ``change_within_measured_px`` — a weight w in [0, 1] (:func:`change_weight`) mixes
+   input and clamped output: ``d + w · (clamped − d)``.
 
 Measured pixels are restored by the caller afterwards. Inference (:meth:`SharpDepth.sharpen_tensors
 <depthkit.sharpen.model.SharpDepth.sharpen_tensors>`) applies the limits in metres with :func:`limit_output`; the
@@ -27,10 +28,10 @@ from depthkit.sharpen.lotus import pad_to_multiple, resize_bilinear
 from depthkit.sharpen.normalize import valid_depth
 
 __all__ = ["LIMIT_FIELDS", "change_weight", "clip_to_local_range", "limit_change", "limit_output",
-           "processing_inputs", "resize_depth"]
+           "measured_fraction", "processing_inputs", "resize_depth"]
 
 LIMIT_FIELDS = ("change_band_px", "change_band_jump", "keep_near_measured_px", "change_within_measured_px",
-                "change_range_px")
+                "dense_measured_fraction", "change_range_px")
 """The :class:`~depthkit.sharpen.config.SharpDepthConfig` fields that act only on the free output at inference."""
 
 
@@ -69,19 +70,35 @@ def clip_to_local_range(out: torch.Tensor, reference: torch.Tensor, valid: torch
 
 
 def change_weight(config: SharpDepthConfig, depth: torch.Tensor, valid: torch.Tensor,
-                  measured: torch.Tensor | None) -> torch.Tensor | None:
+                  measured: torch.Tensor | None, fraction: torch.Tensor | None = None) -> torch.Tensor | None:
     """How far the output may move each pixel away from the metric input ``depth`` (``B x 1 x H x W`` metres, with
     ``valid`` and ``measured`` bool masks of that shape), in [0, 1] at its size: the edge band
     (``config.change_band_px``, a :class:`~depthkit.sharpen.config.SharpDepthConfig`) times the distance weight
-    (``keep_near_measured_px`` and its cap ``change_within_measured_px``, when ``measured`` is given); None when all
-    are off. Radii are pixels of ``depth``'s size."""
+    (``keep_near_measured_px``, not applied to images whose :func:`measured_fraction` reaches
+    ``dense_measured_fraction``, and its cap ``change_within_measured_px``, when ``measured`` is given); None when all
+    are off. Radii are pixels of ``depth``'s size. ``fraction`` (``B``) is the images' measured fraction when the
+    caller has it at another size (inference: the input's, since shrinking to the processing size marks a cell
+    measured when any of its pixels is); by default :func:`measured_fraction` of ``measured`` and ``valid``."""
     weight = None
     if config.change_band_px > 0:
         weight = edge_band(depth, config.change_band_px, config.change_band_jump, valid)
     if (config.keep_near_measured_px > 0 or config.change_within_measured_px > 0) and measured is not None:
         near = measured_distance_weight(measured, config.keep_near_measured_px, config.change_within_measured_px)
+        if config.dense_measured_fraction > 0 and config.keep_near_measured_px > 0:
+            fraction = measured_fraction(measured, valid) if fraction is None else fraction
+            dense = fraction.to(measured.device) >= config.dense_measured_fraction
+            if bool(dense.any()):  # a dense sensor's frame: the cap alone
+                cap = measured_distance_weight(measured, 0.0, config.change_within_measured_px)
+                near = torch.where(dense.view(-1, 1, 1, 1), cap, near)
         weight = near if weight is None else weight * near
     return weight
+
+
+def measured_fraction(measured: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per image, the measured pixels' share of the pixels with metric input: ``B`` floats in [0, 1] from ``B x 1 x H
+    x W`` bool masks (``dense_measured_fraction``); 0 for an image without metric input."""
+    both = (measured & valid).flatten(1).sum(1).float()
+    return both / valid.flatten(1).sum(1).clamp_min(1).float()
 
 
 def limit_change(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None,
@@ -113,7 +130,8 @@ def limit_output(config: SharpDepthConfig, free: torch.Tensor, metric_depth: tor
     """
     h, w = metric_depth.shape[-2:]
     d_p, valid_p, measured_p = at_processing or processing_inputs(metric_depth, measured, size, padded)
-    weight = change_weight(config, d_p, valid_p, measured_p)
+    fraction = None if measured is None else measured_fraction(measured, valid_depth(metric_depth))
+    weight = change_weight(config, d_p, valid_p, measured_p, fraction)
     if weight is not None:
         weight = resize_bilinear(weight[..., :size[0], :size[1]], (h, w)).clamp(0.0, 1.0)
     radius = 0
