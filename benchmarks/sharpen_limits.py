@@ -58,13 +58,27 @@ def affine_to(pred, target, valid):
     return (s * pred + t).astype(np.float32)
 
 
-def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: int | None) -> dict:
+def region_scores(pred, gt, region) -> dict[str, float]:
+    """MAE (m) and DBE accuracy (px) of ``pred`` against ``gt`` over ``region`` & valid GT only (edges elsewhere are
+    dropped from both sets: :func:`~depthkit.metrics.dbe_metrics`); NaN where the region has no GT pixel."""
+    from depthkit.metrics import dbe_metrics, depth_metrics
+
+    valid = region & (gt > 0)
+    if not valid.any():
+        return {"mae": float("nan"), "dbe_acc": float("nan")}
+    return {"mae": float(depth_metrics(pred, gt, valid)["mae"]),
+            "dbe_acc": float(dbe_metrics(pred, gt, valid=valid)["dbe_acc"])}
+
+
+def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: int | None,
+                near_px: float | None = None) -> dict:
     """The maps of :data:`MAPS` for one scene (``metric`` the metric input, HxW metres) → ``{map: {"mae",
-    "dbe_acc"}}``."""
+    "dbe_acc"}}``; with ``near_px`` also ``near_mae``, ``near_dbe_acc`` (pixels within ``near_px`` of a measured
+    pixel, input size) and ``far_mae``, ``far_dbe_acc`` (the rest; e.g. above a LiDAR's beams)."""
     import numpy as np
     import torch
 
-    from depthkit.metrics import dbe_metrics, depth_metrics
+    from depthkit.geometry import distance_to
     from depthkit.sharpen.limits import limit_output
     from depthkit.sharpen.lotus import image_to_tensor
     from depthkit.sharpen.model import depth_tensor
@@ -81,8 +95,22 @@ def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: in
             "Lotus, affine to GT": affine_to(out["lotus"][0, 0].float().numpy(), gt, valid),
             "sharpened": out["depth"][0, 0].float().numpy(), "sharpened, no limits": as_map(out["free"]),
             "GT under the limits": as_map(oracle)}
-    return {name: {"mae": float(depth_metrics(pred, gt, valid)["mae"]),
-                   "dbe_acc": float(dbe_metrics(pred, gt, valid=valid)["dbe_acc"])} for name, pred in maps.items()}
+    everywhere = np.ones(gt.shape, bool)
+    rows = {name: region_scores(pred, gt, everywhere) for name, pred in maps.items()}
+    if near_px is not None:
+        near = distance_to(sparse > 0) <= near_px if (sparse > 0).any() else np.zeros(gt.shape, bool)
+        for name, pred in maps.items():
+            for part, region in (("near", near), ("far", ~near)):
+                rows[name].update({f"{part}_{k}": v for k, v in region_scores(pred, gt, region).items()})
+    return rows
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean over the finite values (NaN when none is: a region no scene has, or no GT edge in it)."""
+    import numpy as np
+
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", choices=("complete", "guided"), default="complete",
                    help="metric input: the checkpoint's completion without queries (default) or guided")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
+    p.add_argument("--near-px", type=float, default=None, metavar="PX",
+                   help="also score each map within PX pixels of a measured pixel and beyond (e.g. 8: a LiDAR's "
+                        "beams and the rows above them)")
     add_scene_options(p, "test", 8, "random500", OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
@@ -124,16 +155,16 @@ def main(argv: list[str] | None = None) -> int:
             sample = data[i]
             d = metric(sample["image"], sample["sparse"], f"test_{pattern}_{i}_{args.metric}")
             rows.append(score_scene(sharpdepth, sample["image"], sample["depth"], sample["sparse"], d,
-                                    stage.processing_side(sample["image"])))
+                                    stage.processing_side(sample["image"]), args.near_px))
             print(pattern, i, {k: (round(v["mae"], 3), round(v["dbe_acc"], 2)) for k, v in rows[-1].items()},
                   flush=True)
         per_scene[pattern] = rows
-        mean[pattern] = {name: {k: float(np.nanmean([r[name][k] for r in rows])) for k in ("mae", "dbe_acc")}
-                         for name in MAPS}
+        mean[pattern] = {name: {k: _nanmean([r[name][k] for r in rows]) for k in rows[0][name]} for name in MAPS}
     report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint),
               "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/sharpen_limits.py" + (" " + shlex.join(argv) if argv else ""),
               "scenes": args.scenes, "metric": args.metric, "processing_resolution": resolution,
+              "near_px": args.near_px,
               "threads": args.threads, "mean": mean, "per_scene": per_scene}
     cfg = sharpdepth.config
     limits = {k: getattr(cfg, k) for k in LIMIT_FIELDS
@@ -149,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         base = m["input"]["mae"]
         cells = [f"{m[n]['mae']:.3f} ({100 * (m[n]['mae'] / base - 1):+.0f} %) / {m[n]['dbe_acc']:.2f}" for n in MAPS]
         lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
+    if args.near_px is not None:
+        lines += ["", f"By region: within {args.near_px:g} px of a measured pixel (near) and beyond it (far), each "
+                  "scored over its own pixels and edges; MAE (m) / DBE accuracy (px), mean over the scenes whose "
+                  "region has GT edges for DBE.", "",
+                  "| pattern | region | " + " | ".join(MAPS) + " |", "|---|---|" + "---:|" * len(MAPS)]
+        for pattern, m in mean.items():
+            for part in ("near", "far"):
+                cells = [f"{m[n][part + '_mae']:.3f} / {m[n][part + '_dbe_acc']:.2f}" for n in MAPS]
+                lines.append(f"| {pattern} | {part} | " + " | ".join(cells) + " |")
     write_results(args.out, "sharpen_limits", report, lines)
     return 0
 

@@ -90,6 +90,43 @@ def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp
     assert row["sharpened, no limits"]["mae"] == pytest.approx(depth_metrics(free, gt, gt > 0)["mae"], rel=1e-5)
 
 
+def test_regions_score_each_map_within_and_beyond_the_measured_pixels(tmp_path):
+    """``near_px``: "near" = pixels within that many px of a measured pixel (brute force here), "far" = the rest;
+    each map scored over its region alone (MAE and DBE by hand, edges outside the region dropped). A frame without
+    measured pixels has no near region (NaN) and its far region is the whole frame. The report keeps NaN as null."""
+    from depthkit.cli import main
+    from depthkit.data.baselines import guided
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.metrics import dbe_metrics, depth_metrics
+    from depthkit.sharpen.model import SharpDepth
+
+    ck = tmp_path / "tiny"
+    assert main(["init-checkpoint", "--tiny", str(ck), "--seed", "1"]) == 0
+    sharpdepth = SharpDepth.from_dir(ck / "sharpen", config={"change_band_px": 1, "change_band_jump": 0.1})
+    sample = SyntheticDataset(split="test", length=1, height=48, width=64, sparse_pattern="lidar",
+                              sparse_kwargs={"n_beams": 8})[0]
+    image, gt, sparse = sample["image"], sample["depth"], sample["sparse"]
+    d = guided(image, sparse)
+    ys, xs = np.nonzero(sparse)
+    yy, xx = np.mgrid[:gt.shape[0], :gt.shape[1]]
+    near = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1) <= 3
+    assert 0.1 < near.mean() < 0.9
+    row = sharpen_limits.score_scene(sharpdepth, image, gt, sparse, d, None, near_px=3)
+    for part, region in (("near", near), ("far", ~near)):
+        valid = region & (gt > 0)
+        assert row["input"][f"{part}_mae"] == pytest.approx(depth_metrics(d, gt, valid)["mae"], rel=1e-6)
+        assert row["input"][f"{part}_dbe_acc"] == pytest.approx(dbe_metrics(d, gt, valid=valid)["dbe_acc"],
+                                                                nan_ok=True)
+    assert row["input"]["near_mae"] != pytest.approx(row["input"]["far_mae"], rel=1e-3)
+    assert row["input"]["mae"] == pytest.approx(depth_metrics(d, gt, gt > 0)["mae"], rel=1e-6)
+    none = sharpen_limits.score_scene(sharpdepth, image, gt, np.zeros_like(sparse), d, None, near_px=3)
+    assert np.isnan(none["input"]["near_mae"]) and none["input"]["far_mae"] == pytest.approx(none["input"]["mae"])
+    from _results import write_results
+
+    write_results(tmp_path / "r", "x", {"row": none["input"]}, ["x"])
+    assert json.loads((tmp_path / "r" / "x.json").read_text())["row"]["near_mae"] is None
+
+
 def test_bad_pattern_says_what_is_allowed(capsys):
     with pytest.raises(SystemExit):
         sharpen_limits.main(["--patterns", "random7"])
