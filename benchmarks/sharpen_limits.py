@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     add_scene_options(p, "test", 8, "random500", OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
-    import numpy as np
 
     from depthkit.checkpoints import CheckpointRef
     from depthkit.data.baselines import guided
