@@ -787,6 +787,29 @@ def test_gt_terms_score_the_output_as_inference_forms_it(sharp, output, band_px,
     assert float(out["loss"]) == pytest.approx(expected, rel=1e-4)
 
 
+def test_gt_terms_drop_the_distance_weight_in_a_dense_frame_as_inference_does(sharp):
+    """In training, a frame whose measured fraction reaches ``dense_measured_fraction`` is scored with the cap alone
+    (its loss equals that of a config without ``keep_near_measured_px``); a sparse frame keeps the distance weight."""
+    img, depth, sparse = _scene(32, 48, seed=3)
+    dense = np.where(np.random.default_rng(0).random(depth.shape) < 0.7, depth, 0.0).astype(np.float32)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d, gt = torch.from_numpy(depth)[None, None], torch.from_numpy(depth * 1.1)[None, None]
+    base = {"output": "residual", "lambda_gt": 1.0, "lambda_gt_grad": 0.5, "change_band_px": 2,
+            "change_band_jump": 0.1, "change_within_measured_px": 12.0}
+
+    def loss(config, measured):
+        with torch.no_grad():
+            return float(SharpDepth(sharp.model, {**base, **config}).compute_losses(
+                x, d, sharp.model.unet, generator=torch.Generator().manual_seed(0),
+                sparse=torch.from_numpy(measured)[None, None], gt=gt)["gt"])
+
+    rule = {"keep_near_measured_px": 6.0, "dense_measured_fraction": 0.5}
+    assert loss(rule, dense) == pytest.approx(loss({}, dense), rel=1e-6)
+    assert loss(rule, dense) != pytest.approx(loss({"keep_near_measured_px": 6.0}, dense), rel=1e-4)
+    assert loss(rule, sparse) == pytest.approx(loss({"keep_near_measured_px": 6.0}, sparse), rel=1e-6)
+    assert loss(rule, sparse) != pytest.approx(loss({}, sparse), rel=1e-4)
+
+
 def test_gt_terms_need_gt_and_are_off_by_default(sharp):
     img, depth, _ = _scene(32, 48, seed=1)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
