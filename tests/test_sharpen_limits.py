@@ -57,23 +57,31 @@ def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
         assert "| random100 |" in (out / "sharpen_limits.md").read_text()
 
 
-def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp_path):
-    """With a band-only sharpener the reference map is, by hand, GT where the input's log depth spreads by more than
-    the jump within the window and the input elsewhere, measured pixels restored; "no limits" is the
-    free output."""
+def _band_sharpener_and_scene(tmp_path, height, width, pattern, sparse_kwargs):
+    """A random tiny checkpoint's sharpener with a 1-px band only, one synthetic test scene and its guided input:
+    ``(checkpoint dir, sharpdepth, image, gt, sparse, guided)``."""
     from depthkit.cli import main
     from depthkit.data.baselines import guided
     from depthkit.data.datasets.synthetic import SyntheticDataset
-    from depthkit.metrics import dbe_metrics, depth_metrics
     from depthkit.sharpen.model import SharpDepth
 
     ck = tmp_path / "tiny"
     assert main(["init-checkpoint", "--tiny", str(ck), "--seed", "1"]) == 0
     sharpdepth = SharpDepth.from_dir(ck / "sharpen", config={"change_band_px": 1, "change_band_jump": 0.1})
-    sample = SyntheticDataset(split="test", length=1, height=24, width=32, sparse_pattern="random",
-                              sparse_kwargs={"n": 30})[0]
+    sample = SyntheticDataset(split="test", length=1, height=height, width=width, sparse_pattern=pattern,
+                              sparse_kwargs=sparse_kwargs)[0]
     image, gt, sparse = sample["image"], sample["depth"], sample["sparse"]
-    d = guided(image, sparse)
+    return ck, sharpdepth, image, gt, sparse, guided(image, sparse)
+
+
+def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp_path):
+    """With a band-only sharpener the reference map is, by hand, GT where the input's log depth spreads by more than
+    the jump within the window and the input elsewhere, measured pixels restored; "no limits" is the
+    free output."""
+    from depthkit.metrics import dbe_metrics, depth_metrics
+    from depthkit.sharpen.model import SharpDepth
+
+    ck, sharpdepth, image, gt, sparse, d = _band_sharpener_and_scene(tmp_path, 24, 32, "random", {"n": 30})
     h, w = gt.shape
     band = np.zeros((h, w), bool)
     for y in range(h):
@@ -94,19 +102,9 @@ def test_regions_score_each_map_within_and_beyond_the_measured_pixels(tmp_path):
     """``near_px``: "near" = pixels within that many px of a measured pixel (brute force here), "far" = the rest;
     each map scored over its region alone (MAE and DBE by hand, edges outside the region dropped). A frame without
     measured pixels has no near region (NaN) and its far region is the whole frame. The report keeps NaN as null."""
-    from depthkit.cli import main
-    from depthkit.data.baselines import guided
-    from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.metrics import dbe_metrics, depth_metrics
-    from depthkit.sharpen.model import SharpDepth
 
-    ck = tmp_path / "tiny"
-    assert main(["init-checkpoint", "--tiny", str(ck), "--seed", "1"]) == 0
-    sharpdepth = SharpDepth.from_dir(ck / "sharpen", config={"change_band_px": 1, "change_band_jump": 0.1})
-    sample = SyntheticDataset(split="test", length=1, height=48, width=64, sparse_pattern="lidar",
-                              sparse_kwargs={"n_beams": 8})[0]
-    image, gt, sparse = sample["image"], sample["depth"], sample["sparse"]
-    d = guided(image, sparse)
+    _, sharpdepth, image, gt, sparse, d = _band_sharpener_and_scene(tmp_path, 48, 64, "lidar", {"n_beams": 8})
     ys, xs = np.nonzero(sparse)
     yy, xx = np.mgrid[:gt.shape[0], :gt.shape[1]]
     near = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1) <= 3
