@@ -194,7 +194,8 @@ def test_documented_eval_command_runs_on_a_fixture_in_the_documented_layout(tmp_
 def test_pattern_names_expands_all_and_names_what_is_allowed():
     """The one parser of ``--patterns`` (accuracy, real_frame, sharpen_limits, sharpen_switches): ``all`` is every
     pattern in order, a list keeps its order, an unknown or empty value is refused with the allowed names."""
-    assert accuracy.pattern_names("all") == list(accuracy.SYNTHETIC_PATTERNS)
+    assert accuracy.pattern_names("all") == ["random100", "random500", "random2000", "lidar64", "holes", "noisy"]
+    assert accuracy.pattern_names("holes_speckle,holes_noisy") == ["holes_speckle", "holes_noisy"]  # by name only
     assert accuracy.pattern_names("holes,random100") == ["holes", "random100"]
     for bad in ("random7", "holes,all", "", ","):
         with pytest.raises(ValueError, match="random500"):

@@ -250,6 +250,13 @@ def test_make_sparse_dispatches_and_reports_unknown_names():
     np.testing.assert_array_equal(make_sparse(depth, "lidar", 2, intrinsics=K, n_beams=8),
                                   sample_lidar(depth, K, n_beams=8, seed=2))
     np.testing.assert_array_equal(make_sparse(depth, "holes", 2, n_blobs=3), sample_holes(depth, 2, n_blobs=3))
+    # a noisy ToF sensor: the holes, then add_noise on the same generator (step by step here)
+    rng = np.random.default_rng(4)
+    expected = add_noise(sample_holes(depth, rng, dropout=0.2), rng, sigma=0.01, outlier_ratio=0.05)
+    tof = make_sparse(depth, "holes", 4, dropout=0.2, sigma=0.01, outlier_ratio=0.05)
+    np.testing.assert_array_equal(tof, expected)
+    clean = make_sparse(depth, "holes", 4, dropout=0.2)
+    assert np.array_equal(tof > 0, clean > 0) and not np.array_equal(tof, clean)
     # noisy = the random draw, then add_noise on the same generator (computed here step by step)
     rng = np.random.default_rng(7)
     expected = add_noise(sample_random_points(depth, 50, rng), rng, sigma=0.02, outlier_ratio=0.1)

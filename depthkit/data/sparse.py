@@ -329,8 +329,10 @@ def _lidar(depth, seed, intrinsics=None, **kwargs):
     return sample_lidar(depth, intrinsics, seed=seed, **kwargs)
 
 
-def _holes(depth, seed, intrinsics=None, **kwargs):
-    return sample_holes(depth, seed, **kwargs)
+def _holes(depth, seed, intrinsics=None, sigma: float = 0.0, outlier_ratio: float = 0.0, **kwargs):
+    rng = _rng(seed)  # one stream for the holes and the noise: reproducible from ``seed``
+    sparse = sample_holes(depth, rng, **kwargs)
+    return add_noise(sparse, rng, sigma=sigma, outlier_ratio=outlier_ratio) if sigma or outlier_ratio else sparse
 
 
 def _noisy(depth, seed, intrinsics=None, n: int = NYU_NUM_POINTS, sigma: float = 0.02, outlier_ratio: float = 0.01,
@@ -345,7 +347,8 @@ SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"random": _random, "lidar": _l
 
 ``random`` takes ``n`` (default 500, the NYUv2 protocol) and ``valid``; ``noisy`` is ``random`` followed by
 :func:`add_noise` (``sigma`` 0.02 relative, ``outlier_ratio`` 0.01 by default: a noisy sensor); ``lidar`` needs ``intrinsics`` and takes
-:func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options.
+:func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options and, for a noisy ToF sensor,
+``sigma`` / ``outlier_ratio`` (0 by default), applied by :func:`add_noise` after the holes.
 """
 
 
