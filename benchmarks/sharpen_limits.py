@@ -4,6 +4,7 @@ Usage (from the repository root; ~2 min per pattern at 8 scenes for the embedded
 
     python benchmarks/sharpen_limits.py                                  # checkpoints/default, 8 scenes, random500
     python benchmarks/sharpen_limits.py --checkpoint DIR --scenes 16 --patterns random500,lidar64 --work-dir W
+    python benchmarks/sharpen_limits.py --scenes 8 --patterns all --near-px 8   # + near/far of the measured pixels
 
 For each scene of the synthetic test split (240x320) the metric input is ``--metric`` on the pattern's sparse points:
 by default the completion of ``--checkpoint`` without language-model queries (``complete:sdim``, query budget 0:
@@ -26,6 +27,9 @@ accuracy (px):
   restored; pixels without GT, which no score counts, keep the input): a GT-perfect sharpener under these limits,
   the reference for how much they leave to gain. Not a strict bound: where the distance weight is fractional, an
   output beyond the GT (within the range clip) could land nearer to it after the mix.
+
+With ``--near-px PX`` every map is also scored within PX pixels of a measured pixel ("near") and beyond ("far"),
+each over its own pixels and the frame's edges that lie in it (e.g. 8: a LiDAR's beams and the rows above them).
 
 A sharpener can only improve DBE over its input where its edges are better than the input's, and the gap between
 ``sharpened`` and ``GT under the limits`` is roughly what a better sharpener could still gain. Writes
@@ -59,15 +63,18 @@ def affine_to(pred, target, valid):
 
 
 def region_scores(pred, gt, region) -> dict[str, float]:
-    """MAE (m) and DBE accuracy (px) of ``pred`` against ``gt`` over ``region`` & valid GT only (edges elsewhere are
-    dropped from both sets: :func:`~depthkit.metrics.dbe_metrics`); NaN where the region has no GT pixel."""
-    from depthkit.metrics import dbe_metrics, depth_metrics
+    """MAE (m) and DBE accuracy (px) of ``pred`` against ``gt`` over ``region`` & valid GT only: the edges of the
+    whole frame (predicted, and GT from the whole valid frame, so a region does not get edges of its own min-max
+    range) restricted to the region (:func:`~depthkit.metrics.dbe_metrics`); MAE NaN where the region has no GT
+    pixel, DBE NaN where it has no GT edge."""
+    from depthkit.metrics import dbe_metrics, depth_edges, depth_metrics
 
     valid = region & (gt > 0)
     if not valid.any():
         return {"mae": float("nan"), "dbe_acc": float("nan")}
+    frame_edges = depth_edges(gt, valid=gt > 0)
     return {"mae": float(depth_metrics(pred, gt, valid)["mae"]),
-            "dbe_acc": float(dbe_metrics(pred, gt, valid=valid)["dbe_acc"])}
+            "dbe_acc": float(dbe_metrics(pred, gt, gt_edges=frame_edges, valid=valid)["dbe_acc"])}
 
 
 def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: int | None,
@@ -105,6 +112,24 @@ def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: in
     return rows
 
 
+def _near_px(text: str) -> float:
+    """``--near-px``: a finite distance in pixels >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of pixels >= 0 (e.g. 8); received {text!r}")
+    return value
+
+
+def _num(value: float) -> str:
+    """A DBE figure for the table: two decimals, or n/a for NaN."""
+    return "n/a" if value != value else f"{value:.2f}"
+
+
 def _nanmean(values: list[float]) -> float:
     """Mean over the finite values (NaN when none is: a region no scene has, or no GT edge in it)."""
     import numpy as np
@@ -120,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", choices=("complete", "guided"), default="complete",
                    help="metric input: the checkpoint's completion without queries (default) or guided")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
-    p.add_argument("--near-px", type=float, default=None, metavar="PX",
+    p.add_argument("--near-px", type=_near_px, default=None, metavar="PX",
                    help="also score each map within PX pixels of a measured pixel and beyond (e.g. 8: a LiDAR's "
                         "beams and the rows above them)")
     add_scene_options(p, "test", 8, "random500", OUT)
@@ -181,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
     if args.near_px is not None:
         lines += ["", f"By region: within {args.near_px:g} px of a measured pixel (near) and beyond it (far), each "
-                  "scored over its own pixels and edges; MAE (m) / DBE accuracy (px), mean over the scenes whose "
-                  "region has GT edges for DBE.", "",
+                  "scored over its own pixels and the frame's edges in it; MAE (m) / DBE accuracy (px), mean over the "
+                  "scenes whose region has GT edges for DBE (n/a: none has).", "",
                   "| pattern | region | " + " | ".join(MAPS) + " |", "|---|---|" + "---:|" * len(MAPS)]
         for pattern, m in mean.items():
             for part in ("near", "far"):
-                cells = [f"{m[n][part + '_mae']:.3f} / {m[n][part + '_dbe_acc']:.2f}" for n in MAPS]
+                cells = [f"{m[n][part + '_mae']:.3f} / " + _num(m[n][part + "_dbe_acc"]) for n in MAPS]
                 lines.append(f"| {pattern} | {part} | " + " | ".join(cells) + " |")
     write_results(args.out, "sharpen_limits", report, lines)
     return 0

@@ -100,29 +100,42 @@ def test_gt_under_the_limits_is_the_gt_inside_the_band_and_the_input_outside(tmp
 
 def test_regions_score_each_map_within_and_beyond_the_measured_pixels(tmp_path):
     """``near_px``: "near" = pixels within that many px of a measured pixel (brute force here), "far" = the rest;
-    each map scored over its region alone (MAE and DBE by hand, edges outside the region dropped). A frame without
-    measured pixels has no near region (NaN) and its far region is the whole frame. The report keeps NaN as null."""
-    from depthkit.metrics import dbe_metrics, depth_metrics
+    each map scored over its region alone: MAE by hand, DBE accuracy by its definition from the whole frame's edges
+    restricted to the region. In this scene no GT edge of the frame lies beyond the beams, so the far region's DBE
+    is NaN, where GT edges found in the region's own min-max range would give a number. A frame without measured
+    pixels has no near region (NaN) and its far region is the whole frame. The report keeps NaN as null."""
+    from depthkit.metrics import dbe_metrics, depth_edges
 
-    _, sharpdepth, image, gt, sparse, d = _band_sharpener_and_scene(tmp_path, 48, 64, "lidar", {"n_beams": 8})
+    _, sharpdepth, image, gt, sparse, d = _band_sharpener_and_scene(tmp_path, 60, 80, "lidar", {"n_beams": 12})
     ys, xs = np.nonzero(sparse)
     yy, xx = np.mgrid[:gt.shape[0], :gt.shape[1]]
     near = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1) <= 3
     assert 0.1 < near.mean() < 0.9
     row = sharpen_limits.score_scene(sharpdepth, image, gt, sparse, d, None, near_px=3)
+    gt_edges, pred_edges = depth_edges(gt, valid=gt > 0), depth_edges(d)  # the whole frame's edges
     for part, region in (("near", near), ("far", ~near)):
         valid = region & (gt > 0)
-        assert row["input"][f"{part}_mae"] == pytest.approx(depth_metrics(d, gt, valid)["mae"], rel=1e-6)
-        assert row["input"][f"{part}_dbe_acc"] == pytest.approx(dbe_metrics(d, gt, valid=valid)["dbe_acc"],
-                                                                nan_ok=True)
-    assert row["input"]["near_mae"] != pytest.approx(row["input"]["far_mae"], rel=1e-3)
-    assert row["input"]["mae"] == pytest.approx(depth_metrics(d, gt, gt > 0)["mae"], rel=1e-6)
+        assert row["input"][f"{part}_mae"] == pytest.approx(np.abs(d - gt)[valid].mean(), rel=1e-5)
+    g, e = gt_edges & near & (gt > 0), pred_edges & near & (gt > 0)
+    assert g.any() and e.any()
+    dist = np.sqrt((yy[..., None] - np.nonzero(g)[0]) ** 2 + (xx[..., None] - np.nonzero(g)[1]) ** 2).min(-1)
+    assert row["input"]["near_dbe_acc"] == pytest.approx(dist[e & (dist < 10)].mean(), rel=1e-5)
+    assert not (gt_edges & ~near).any() and np.isnan(row["input"]["far_dbe_acc"])
+    assert np.isfinite(dbe_metrics(d, gt, valid=~near & (gt > 0))["dbe_acc"])  # the region's own edges: not used
+    assert row["input"]["mae"] == pytest.approx(np.abs(d - gt)[gt > 0].mean(), rel=1e-5)
     none = sharpen_limits.score_scene(sharpdepth, image, gt, np.zeros_like(sparse), d, None, near_px=3)
     assert np.isnan(none["input"]["near_mae"]) and none["input"]["far_mae"] == pytest.approx(none["input"]["mae"])
     from _results import write_results
 
     write_results(tmp_path / "r", "x", {"row": none["input"]}, ["x"])
     assert json.loads((tmp_path / "r" / "x.json").read_text())["row"]["near_mae"] is None
+
+
+def test_near_px_must_be_a_distance(capsys):
+    for bad in ("-1", "nan", "inf", "eight"):
+        with pytest.raises(SystemExit):
+            sharpen_limits.main(["--near-px", bad])
+        assert "finite number of pixels >= 0" in capsys.readouterr().err
 
 
 def test_bad_pattern_says_what_is_allowed(capsys):
