@@ -680,8 +680,18 @@ def test_dense_measured_fraction_drops_the_distance_weight_in_a_dense_sensors_fr
             x1, d1, sp1, processing_resolution=32)["depth"]
         torch.testing.assert_close(out, unweighted if dense else weighted, rtol=0, atol=1e-6)
     assert (weighted - unweighted).abs().max() > 1e-3
+    # the fraction is of the pixels with metric input: 70 % of the right half measured, the left half without input
+    half = depth.copy()
+    half[:, :32] = 0.0
+    right = np.where((np.random.default_rng(1).random(depth.shape) < 0.7) & (half > 0), half, 0.0)
+    d2, sp2 = torch.from_numpy(half)[None, None], torch.from_numpy(right.astype(np.float32))[None, None]
+    assert 0.3 < (right > 0).mean() < 0.4
+    outs = [SharpDepth(sharp.model, config).sharpen_tensors(x1, d2, sp2, processing_resolution=64)["depth"]
+            for config in ({"output": "residual"}, base, {**base, "dense_measured_fraction": 0.5})]
+    assert (outs[0] - outs[1]).abs().max() > 1e-3
+    torch.testing.assert_close(outs[2], outs[0], rtol=0, atol=1e-6)  # dense: the distance weight is off
     assert SharpDepthConfig().dense_measured_fraction == 0.0
-    for bad in (-0.1, 1.5):
+    for bad in (-0.1, 1.5, "0.4", None, True):
         with pytest.raises(ValueError, match="dense_measured_fraction .* received"):
             SharpDepthConfig(dense_measured_fraction=bad)
 

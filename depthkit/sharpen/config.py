@@ -80,8 +80,9 @@ class SharpDepthConfig:
     keep_near_measured_px: float = 0.0
     """depthkit (inference and the ground-truth terms): > 0 scales the output's change at each pixel by
     min(1, distance to the nearest measured pixel / this many pixels, at the processing size), so depth pinned by a
-    nearby measurement (dense LiDAR rows, thousands of points) is left as the input has it. Needs the sparse input;
-    without measurements nothing changes. 0 [paper and code]: off."""
+    nearby measurement (dense LiDAR rows, thousands of points) is left as the input has it; not applied to a dense
+    sensor's frame (``dense_measured_fraction``). Needs the sparse input; without measurements nothing changes.
+    0 [paper and code]: off."""
     change_within_measured_px: float = 0.0
     """depthkit (inference and the ground-truth terms): > 0 lets the output differ from the metric input only where a
     measured pixel lies within this many pixels (at the processing size). Farther away the input is an extrapolation
@@ -90,9 +91,9 @@ class SharpDepthConfig:
     without measurements is not limited. 0 [paper and code]: off."""
     dense_measured_fraction: float = 0.0
     """depthkit (inference and the ground-truth terms): > 0 treats a frame whose measured pixels are at least this
-    fraction of its pixels with metric input (counted at the input size) as a dense sensor's (ToF, structured light,
-    stereo) and does not apply ``keep_near_measured_px`` to it (``change_within_measured_px`` still applies). In
-    such a frame the missing pixels are the sensor's holes and occlusion shadows, which are next to measured pixels
+    fraction of its pixels with metric input (counted at the input size; in training, at the training size) as a
+    dense sensor's (ToF, structured light, stereo) and does not apply ``keep_near_measured_px`` to it
+    (``change_within_measured_px`` still applies). In such a frame the missing pixels are the sensor's holes and occlusion shadows, which are next to measured pixels
     yet are where the completion interpolates across a depth edge; the distance weight, meant for frames of scattered
     points, kept the sharpener's changes there small. In [0, 1]; 0 [paper and code]: off."""
     change_range_px: int = 0
@@ -137,9 +138,10 @@ class SharpDepthConfig:
         for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
-        if not 0.0 <= self.dense_measured_fraction <= 1.0:
-            raise ValueError(f"dense_measured_fraction is a fraction of the frame's pixels, in [0, 1] (0 = off); "
-                             f"received {self.dense_measured_fraction}.")
+        f = self.dense_measured_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            raise ValueError(f"dense_measured_fraction is a fraction of the frame's pixels, a number in [0, 1] (0 = "
+                             f"off); received {f!r}.")
         if not isinstance(self.change_range_px, int) or isinstance(self.change_range_px, bool):
             raise ValueError(f"change_range_px is a whole number of pixels; received {self.change_range_px!r}.")
         if self.change_band_px < 0 or not self.change_band_jump > 0:
