@@ -47,6 +47,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import strict_json  # noqa: E402  (NaN, e.g. an AUROC without both classes, as null)
+
 DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
 SYNTHETIC_PATTERNS = {
     "random100": ("random", {"n": 100}),
@@ -407,10 +410,12 @@ def report_markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> tuple[Path, Path]:
-    """Write ``accuracy.json`` and ``accuracy.md`` into ``out`` (each atomically)."""
+    """Write ``accuracy.json`` (strict JSON: NaN as null) and ``accuracy.md`` into ``out`` (each atomically)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = (out / "accuracy.json", out / "accuracy.md")
-    for path, text in zip(paths, (json.dumps(report, indent=1) + "\n", report_markdown(report))):
+
+    strict = json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n"
+    for path, text in zip(paths, (strict, report_markdown(report))):
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, path)

@@ -79,7 +79,7 @@ def test_baselines_table_has_a_numeric_row_per_method_and_zero_preservation(tmp_
     single = tmp_path / "guided.json"
     assert cli_main(["eval", "--dataset", "synthetic", "--method", "guided", "--out", str(single), "--limit", "2"]) == 0
     guided = next(m for m in synthetic["methods"] if m["method"] == "guided")
-    assert json.loads(single.read_text())["mean"] == guided["mean"]
+    assert accuracy.strict_json(json.loads(single.read_text())["mean"]) == guided["mean"]  # NaN is null here
     assert "| guided |" in capsys.readouterr().out
 
 
@@ -200,3 +200,23 @@ def test_pattern_names_expands_all_and_names_what_is_allowed():
     for bad in ("random7", "holes,all", "", ","):
         with pytest.raises(ValueError, match="random500"):
             accuracy.pattern_names(bad)
+
+
+def test_a_score_without_a_value_is_null_in_the_json_and_na_in_the_table(tmp_path):
+    """NaN (e.g. a confidence AUROC on a frame with one class) is written as null, so accuracy.json is strict JSON;
+    the table says n/a, also after --merge reads the file back."""
+    out = tmp_path / "a"
+    assert accuracy.main(["--limit", "1", "--methods", "nearest", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "accuracy.json").read_text())
+    report["datasets"][0]["methods"][0]["by_group"]["all"]["mean"]["mae"] = float("nan")
+    accuracy.write_report(report, tmp_path / "b")
+
+    def refuse(name):
+        raise AssertionError(f"{name} in accuracy.json")
+
+    text = (tmp_path / "b" / "accuracy.json").read_text()
+    strict = json.loads(text, parse_constant=refuse)
+    assert strict["datasets"][0]["methods"][0]["by_group"]["all"]["mean"]["mae"] is None
+    assert "| nearest | n/a |" in (tmp_path / "b" / "accuracy.md").read_text()
+    assert accuracy.main(["--merge", str(tmp_path / "b" / "accuracy.json"), "--out", str(tmp_path / "c")]) == 0
+    assert "| nearest | n/a |" in (tmp_path / "c" / "accuracy.md").read_text()
