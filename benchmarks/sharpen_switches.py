@@ -44,11 +44,12 @@ sys.path.insert(0, str(ROOT / "checkpoints"))  # the default's bar: checkpoints/
 from assemble_default import sharpener_meets_bar  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-# the variants the shipped switches were checked with (name -> config overrides; benchmarks/results/
-# sharpen_switches.md): session 9's choice, the distance weight alone, and the shipped choice. The wider grid they were
-# chosen from (checkpoints/README.md) varied range 0/2/3 px, distance weight 8/16/24 px and cap none/32/48 px.
-# Session 12 added the dense-frame rule (dense_measured_fraction 0.4) on top of the last one. Each names every limit
-# field: a variant overrides single fields of the checkpoint as shipped.
+# the variants the shipped switches were checked with (name -> config overrides; the first three are those of
+# benchmarks/results/sharpen_switches.md, session 10's check): session 9's choice, the distance weight alone, session
+# 10's choice, and the shipped one (session 10's + the dense-frame rule of session 12, dense_measured_fraction 0.4,
+# checked in benchmarks/results/sharpen_switches_dense/). The wider grid session 10 chose from (checkpoints/README.md)
+# varied range 0/2/3 px, distance weight 8/16/24 px and cap none/32/48 px. Each names every limit field: a variant
+# overrides single fields of the checkpoint as shipped.
 _BAND = {"change_band_px": 3, "change_band_jump": 0.2, "dense_measured_fraction": 0.0}
 _SESSION_10 = {**_BAND, "keep_near_measured_px": 24, "change_range_px": 3, "change_within_measured_px": 32}
 DEFAULT_VARIANTS = {

@@ -131,10 +131,10 @@ def test_regions_score_each_map_within_and_beyond_the_measured_pixels(tmp_path):
     assert json.loads((tmp_path / "r" / "x.json").read_text())["row"]["near_mae"] is None
 
 
-def test_near_px_must_be_a_distance(capsys):
+def test_near_px_must_be_a_distance(capsys, tmp_path):
     for bad in ("-1", "nan", "inf", "eight"):
-        with pytest.raises(SystemExit):
-            sharpen_limits.main(["--near-px", bad])
+        with pytest.raises(SystemExit):  # (--out: a broken check must not overwrite the committed results)
+            sharpen_limits.main(["--near-px", bad, "--scenes", "1", "--out", str(tmp_path)])
         assert "finite number of pixels >= 0" in capsys.readouterr().err
 
 
