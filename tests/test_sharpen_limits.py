@@ -44,7 +44,7 @@ def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
     for metric, expected_input in (("complete", completion), ("guided", guided(sample["image"], sample["sparse"]))):
         out = tmp_path / metric
         assert sharpen_limits.main(["--scenes", "1", "--patterns", "random100", "--metric", metric,
-                                    "--out", str(out)]) == 0
+                                    "--near-px", "8", "--out", str(out)]) == 0
         report = json.loads((out / "sharpen_limits.json").read_text())
         row = report["per_scene"]["random100"][0]
         assert set(row) == set(sharpen_limits.MAPS) and report["metric"] == metric
@@ -54,7 +54,11 @@ def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
         assert row["sharpened, no limits"]["mae"] != row["sharpened"]["mae"]  # the shipped limits act
         staged = stage.run(sample["image"], sample["sparse"], expected_input).depth  # the manifest's options
         assert row["sharpened"]["mae"] == pytest.approx(depth_metrics(staged, gt, gt > 0)["mae"], rel=1e-6)
-        assert "| random100 |" in (out / "sharpen_limits.md").read_text()
+        md = (out / "sharpen_limits.md").read_text()
+        assert "| random100 |" in md and report["near_px"] == 8.0
+        for part in ("near", "far"):  # the by-region table, from the same rows
+            cells = next(line for line in md.splitlines() if line.startswith(f"| random100 | {part} |"))
+            assert cells.split(" | ")[2] == f"{row['input'][part + '_mae']:.3f} / {row['input'][part + '_dbe_acc']:.2f}"
 
 
 def _band_sharpener_and_scene(tmp_path, height, width, pattern, sparse_kwargs):
