@@ -62,19 +62,18 @@ def affine_to(pred, target, valid):
     return (s * pred + t).astype(np.float32)
 
 
-def region_scores(pred, gt, region) -> dict[str, float]:
+def region_scores(pred, gt, region, gt_edges) -> dict[str, float]:
     """MAE (m) and DBE accuracy (px) of ``pred`` against ``gt`` over ``region`` & valid GT only: the edges of the
     whole frame (predicted, and GT from the whole valid frame, so a region does not get edges of its own min-max
     range) restricted to the region (:func:`~depthkit.metrics.dbe_metrics`); MAE NaN where the region has no GT
-    pixel, DBE NaN where it has no GT edge."""
-    from depthkit.metrics import dbe_metrics, depth_edges, depth_metrics
+    pixel, DBE NaN where it has no GT edge. ``gt_edges``: ``depth_edges(gt, valid=gt > 0)``, computed once per frame."""
+    from depthkit.metrics import dbe_metrics, depth_metrics
 
     valid = region & (gt > 0)
     if not valid.any():
         return {"mae": float("nan"), "dbe_acc": float("nan")}
-    frame_edges = depth_edges(gt, valid=gt > 0)
     return {"mae": float(depth_metrics(pred, gt, valid)["mae"]),
-            "dbe_acc": float(dbe_metrics(pred, gt, gt_edges=frame_edges, valid=valid)["dbe_acc"])}
+            "dbe_acc": float(dbe_metrics(pred, gt, gt_edges=gt_edges, valid=valid)["dbe_acc"])}
 
 
 def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: int | None,
@@ -86,6 +85,7 @@ def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: in
     import torch
 
     from depthkit.geometry import distance_to
+    from depthkit.metrics import depth_edges
     from depthkit.sharpen.limits import limit_output
     from depthkit.sharpen.lotus import image_to_tensor
     from depthkit.sharpen.model import depth_tensor
@@ -102,13 +102,13 @@ def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: in
             "Lotus, affine to GT": affine_to(out["lotus"][0, 0].float().numpy(), gt, valid),
             "sharpened": out["depth"][0, 0].float().numpy(), "sharpened, no limits": as_map(out["free"]),
             "GT under the limits": as_map(oracle)}
-    everywhere = np.ones(gt.shape, bool)
-    rows = {name: region_scores(pred, gt, everywhere) for name, pred in maps.items()}
+    everywhere, gt_edges = np.ones(gt.shape, bool), depth_edges(gt, valid=valid)
+    rows = {name: region_scores(pred, gt, everywhere, gt_edges) for name, pred in maps.items()}
     if near_px is not None:
         near = distance_to(sparse > 0) <= near_px if (sparse > 0).any() else np.zeros(gt.shape, bool)
         for name, pred in maps.items():
             for part, region in (("near", near), ("far", ~near)):
-                rows[name].update({f"{part}_{k}": v for k, v in region_scores(pred, gt, region).items()})
+                rows[name].update({f"{part}_{k}": v for k, v in region_scores(pred, gt, region, gt_edges).items()})
     return rows
 
 

@@ -83,13 +83,17 @@ def change_weight(config: SharpDepthConfig, depth: torch.Tensor, valid: torch.Te
     if config.change_band_px > 0:
         weight = edge_band(depth, config.change_band_px, config.change_band_jump, valid)
     if (config.keep_near_measured_px > 0 or config.change_within_measured_px > 0) and measured is not None:
-        near = measured_distance_weight(measured, config.keep_near_measured_px, config.change_within_measured_px)
-        if config.dense_measured_fraction > 0 and config.keep_near_measured_px > 0:
+        radius, cap = config.keep_near_measured_px, config.change_within_measured_px
+        dense = torch.zeros(measured.shape[0], dtype=torch.bool, device=measured.device)
+        if config.dense_measured_fraction > 0 and radius > 0:
             fraction = measured_fraction(measured, valid) if fraction is None else fraction
             dense = fraction.to(measured.device) >= config.dense_measured_fraction
-            if bool(dense.any()):  # a dense sensor's frame: the cap alone
-                cap = measured_distance_weight(measured, 0.0, config.change_within_measured_px)
-                near = torch.where(dense.view(-1, 1, 1, 1), cap, near)
+        if bool(dense.all()):  # only dense sensors' frames: the cap alone
+            near = measured_distance_weight(measured, 0.0, cap)
+        else:
+            near = measured_distance_weight(measured, radius, cap)
+            if bool(dense.any()):  # a batch mixing both
+                near = torch.where(dense.view(-1, 1, 1, 1), measured_distance_weight(measured, 0.0, cap), near)
         weight = near if weight is None else weight * near
     return weight
 
