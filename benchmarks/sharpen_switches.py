@@ -41,7 +41,7 @@ from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options 
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "checkpoints"))  # the default's bar: checkpoints/assemble_default.py
-from assemble_default import sharpener_meets_bar  # noqa: E402
+from assemble_default import SHARPEN_MAE_TOLERANCE, sharpener_meets_bar  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 # the variants the shipped switches were checked with (name -> config overrides; the first three are those of
@@ -83,7 +83,8 @@ def rank(rows: dict[str, dict]) -> list[tuple[str, int, int, float]]:
     ranked = []
     for name, per in rows.items():
         met = sum(r["goal_met"] for r in per.values())
-        met1 = sum(r["dbe_acc"] <= 0.99 * r["input_dbe_acc"] and r["change"] <= 0.02 for r in per.values())
+        met1 = sum(r["dbe_acc"] <= 0.99 * r["input_dbe_acc"] and r["change"] <= SHARPEN_MAE_TOLERANCE
+                   for r in per.values())
         ranked.append((name, met, met1, sum(r["change"] for r in per.values()) / max(1, len(per))))
     return sorted(ranked, key=lambda t: (-t[1], -t[2], t[3]))
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint whose completer makes the metric input (default: the embedded default)")
     add_scene_options(p, "val", 12, "all", OUT)
     p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
-                   help="a variant: config overrides as a JSON object (repeatable; default: the three "
+                   help="a variant: config overrides as a JSON object (repeatable; default: the four "
                         "DEFAULT_VARIANTS, or only the grid with --grid)")
     p.add_argument("--grid", action="store_true",
                    help="score the 27-variant grid the shipped switches were chosen from, besides any --variant (one "

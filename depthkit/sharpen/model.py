@@ -182,7 +182,7 @@ class SharpDepth(nn.Module):
             if sparse.shape != metric_depth.shape:
                 raise ValueError(f"sparse must have the metric depth's shape {tuple(metric_depth.shape)}; received "
                                  f"{tuple(sparse.shape)}.")
-            measured = torch.isfinite(sparse) & (sparse > 0)
+            measured = valid_depth(sparse)
         # one normalisation range, from the full-resolution d, for every resolution below
         norm_full, params = normalize_depth(metric_depth, m.norm, "minmax")
         # the public pipeline's geometry: longest side -> processing resolution, aspect kept, replicate-padded to a
@@ -299,7 +299,7 @@ class SharpDepth(nn.Module):
         measured = measured_any = None
         if sparse is not None:
             sparse = sparse.to(m.device)
-            measured_any = torch.isfinite(sparse) & (sparse > 0)
+            measured_any = valid_depth(sparse)
             measured = measured_any if cfg.zero_discrepancy_at_sparse else None
         valid = valid_depth(metric_depth)
         with torch.no_grad():

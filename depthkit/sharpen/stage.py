@@ -91,6 +91,7 @@ class SharpenStage:
         from depthkit.sharpen.limits import limit_output, processing_inputs
         from depthkit.sharpen.lotus import image_to_tensor
         from depthkit.sharpen.model import depth_tensor
+        from depthkit.sharpen.normalize import valid_depth
 
         if depth is None:
             raise ValueError("run_limits needs the metric depth to sharpen (HxW metres); received None.")
@@ -103,7 +104,7 @@ class SharpenStage:
         free = out["free"]
         d = d.to(free.device)
         sp = None if sp is None else sp.to(free.device)
-        mask = None if sp is None else torch.isfinite(sp) & (sp > 0)  # as sharpen_tensors defines it
+        mask = None if sp is None else valid_depth(sp)  # the measured pixels, as sharpen_tensors finds them
         lotus = self.model.model
         size = lotus.processing_size(*depth.shape, side)
         padded = lotus.padded_size(*size)
