@@ -8,7 +8,9 @@ Usage (from the repository root; ``apt-get install opencv-doc`` provides the fil
 
 ``examples/data/aloeL.jpg`` with ``aloeGT.png`` (8-bit disparity, 0 = unknown, 1282x1110). Depth is ``1 /
 disparity`` up to scale, scaled so its median is 1.5 (relative scale only: MAE is in those units), both resized to
-320x276 (image: area; disparity: nearest). Sparse input: ``--points`` random GT pixels per seed, or with
+320x276 (image: area; disparity: the source pixel under each output pixel's centre, ``cv2.INTER_NEAREST_EXACT``, so
+the GT lies where its image does; until session 13 it was ``cv2.INTER_NEAREST``, which takes the top-left source
+pixel of each ~4x4 block and put the GT ~0.4 px up and left of the area-averaged image). Sparse input: ``--points`` random GT pixels per seed, or with
 ``--patterns`` each named pattern of ``benchmarks/accuracy.py`` (random 100/500/2000, 64-beam LiDAR with a 60° field
 of view, ToF holes, noisy points) drawn from the GT per seed. When the checkpoint's completer has a dense refiner, a
 row "refiner as trained" runs it without the per-frame check (``refine_check=false``). Reported per method:
@@ -47,7 +49,9 @@ def load_aloe(data: Path = DATA, size: tuple[int, int] = (276, 320)):
     disp = cv2.imread(str(gt), cv2.IMREAD_UNCHANGED).astype(np.float32)
     h, w = size
     image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    disp = cv2.resize(disp, (w, h), interpolation=cv2.INTER_NEAREST)
+    # the source pixel under each output pixel's centre, where the area-averaged image is centred too (plain
+    # INTER_NEAREST takes each block's top-left pixel: GT ~0.4 px up and left of the image at 320x276)
+    disp = cv2.resize(disp, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     depth = np.where(disp > 0, 1.0 / np.maximum(disp, 1e-6), 0).astype(np.float32)
     depth *= 1.5 / np.median(depth[depth > 0])
     return image, depth

@@ -220,3 +220,34 @@ def test_a_score_without_a_value_is_null_in_the_json_and_na_in_the_table(tmp_pat
     assert "| nearest | n/a |" in (tmp_path / "b" / "accuracy.md").read_text()
     assert accuracy.main(["--merge", str(tmp_path / "b" / "accuracy.json"), "--out", str(tmp_path / "c")]) == 0
     assert "| nearest | n/a |" in (tmp_path / "c" / "accuracy.md").read_text()
+
+
+def _load_real_frame():
+    spec = importlib.util.spec_from_file_location("depthkit_real_frame_benchmark", REPO / "benchmarks" / "real_frame.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_frame_gt_lies_where_its_image_does(tmp_path):
+    """load_aloe shrinks the 1282x1110 image by area and the disparity by the source pixel under each output pixel's
+    centre, so a step in both lands on the same output pixel. Built here: bright (disparity 200) right of source
+    column 642 and below source row 556, dark (100) elsewhere; output column 160 covers source columns 641.0-645.0
+    (3/4 bright) and row 138 source rows 555.0-559.0 (3/4 bright). A block's top-left pixel (plain nearest) is dark
+    there: the GT would lie a pixel off its image."""
+    import cv2
+
+    real_frame = _load_real_frame()
+    rows, cols = np.mgrid[0:1110, 0:1282]
+    bright = (cols >= 642) | (rows >= 556)
+    cv2.imwrite(str(tmp_path / "aloeL.jpg"), np.repeat(np.where(bright, 255, 0).astype(np.uint8)[..., None], 3, 2),
+                [cv2.IMWRITE_JPEG_QUALITY, 100])
+    cv2.imwrite(str(tmp_path / "aloeGT.png"), np.where(bright, 200, 100).astype(np.uint8))
+    image, depth = real_frame.load_aloe(tmp_path)
+    assert image.shape == (276, 320, 3) and depth.shape == (276, 320)
+    near, far = depth.min(), depth.max()
+    assert far == pytest.approx(2 * near)  # depth = 1 / disparity up to scale
+    for y, x in ((10, 159), (10, 160), (137, 10), (138, 10), (200, 200), (5, 5)):
+        image_bright = image[y, x].mean() > 127
+        assert image_bright == (x >= 160 or y >= 138)  # the fixture is what the docstring says
+        assert depth[y, x] == (near if image_bright else far), (y, x)
