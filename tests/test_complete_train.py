@@ -446,6 +446,18 @@ def test_grid_token_checkpoint_records_its_layout(tmp_path):
     assert stage.last_stats["shared_suffix_tokens"] > 10  # the question and the assistant header, once
 
 
+def test_synthetic_options_reach_every_synthetic_dataset_and_an_entry_overrides_them():
+    """data.synthetic's options (here clutter) go to every synthetic entry of the mix; an entry's own option wins
+    (the plant entries of recipes/default/refine_clutter.yaml set clutter: 3)."""
+    recipe = load_recipe(REPO / "recipes" / "default" / "refine_clutter.yaml", ["data.synthetic.clutter=1"])
+    mixed = build_datasets(recipe)
+    clutter = dict(zip(mixed.names, (d.clutter for d in mixed.datasets)))
+    assert clutter["plants500"] == 3 and clutter["plants_holes"] == 3 and clutter["random500"] == 1
+    assert {d.height for d in mixed.datasets} == {192}
+    plain = build_datasets(load_recipe(REPO / "recipes" / "default" / "refine.yaml"))
+    assert {d.clutter for d in plain.datasets} == {0}  # the shipped refiner's recipe: no plants
+
+
 def test_missing_dataset_root_and_offline_hub_id_are_clear_errors(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml",
                          [f"output.output_dir={tmp_path}"])

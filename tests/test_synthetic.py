@@ -150,6 +150,7 @@ def test_any_aspect_ratio_and_tiny_images():
 @pytest.mark.parametrize("kwargs", [
     {"seed": -1}, {"seed": 1.5}, {"seed": True}, {"height": 0}, {"width": 2.0}, {"kind": "space"},
     {"hfov_deg": 0.0}, {"hfov_deg": 179.0}, {"hfov_deg": float("nan")}, {"image_noise": -1.0},
+    {"clutter": -1}, {"clutter": 1.5}, {"clutter": True},
 ])
 def test_invalid_arguments_raise(kwargs):
     args = {"seed": 0, "height": 8, "width": 8, **kwargs}
@@ -189,3 +190,60 @@ def test_primitive_intersections_match_hand_computed_values():
     # many origins at once (shadow rays): the same answers per column
     origins = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     np.testing.assert_allclose(sphere.intersect(origins, d[:, [0, 0]]), [4.0, 3.0])
+
+
+def test_an_oriented_box_is_the_axis_aligned_box_it_turns_into():
+    """``rot`` orients a box fully: half sizes (1, 0.1, 2) with the local y axis turned to world z and z to world -y
+    are the axis-aligned box with half sizes (1, 2, 0.1). Same hits, same normals, for rays in every direction."""
+    mat = _Material("plain", np.ones(3), np.ones(3), 1.0, 0.0, 0)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # columns: local x, y, z in the world
+    turned = _Box([0.3, 5, 0.05], [1, 0.1, 2], 0.0, mat, 0, rot=rot)
+    aligned = _Box([0.3, 5, 0.05], [1, 2, 0.1], 0.0, mat, 0)
+    o = np.zeros((3, 1))
+    np.testing.assert_allclose(turned.intersect(o, np.array([[0.0], [1.0], [0.0]])), [3.0])  # face y = 5 - 2
+    d = np.random.default_rng(0).normal(size=(3, 400)) * np.array([[0.3], [1.0], [0.1]]) + np.array([[0], [1], [0]])
+    t_turned, t_aligned = turned.intersect(o, d), aligned.intersect(o, d)
+    hit = np.isfinite(t_aligned)
+    assert 40 < hit.sum() < 400
+    np.testing.assert_array_equal(np.isfinite(t_turned), hit)
+    np.testing.assert_allclose(t_turned[hit], t_aligned[hit])
+    p = (d[:, hit] * t_aligned[hit]).T
+    np.testing.assert_allclose(turned.surface(p)[0], aligned.surface(p)[0], atol=1e-9)
+    assert turned.contains(np.array([0.3, 6.8, 0.05]), 0.0) and not turned.contains(np.array([0.3, 5.0, 0.3]), 0.0)
+
+
+@pytest.mark.parametrize("kind", ["indoor", "outdoor"])
+def test_clutter_adds_plants_in_front_of_the_same_scene(kind):
+    """A scene with clutter is the scene without it plus plants: every pixel the plants do not cover keeps its depth
+    or lies in a plant's shadow (colour only), the plants' pixels are nearer than what they hide, and over a few
+    seeds they are in view and mostly at slants (the rest of the generator turns boxes about the vertical only)."""
+    covered = slanted = outlines = 0
+    for seed in range(4):
+        base = render_scene(seed, 96, 128, kind=kind)
+        clut = render_scene(seed, 96, 128, kind=kind, clutter=3)
+        plant = np.isin(clut.instance, [i for i, n in enumerate(clut.instance_names) if n == "plant"])
+        assert clut.instance_names[:len(base.instance_names)] == base.instance_names
+        np.testing.assert_array_equal(clut.depth[~plant], base.depth[~plant])
+        np.testing.assert_array_equal(clut.instance[~plant], base.instance[~plant])
+        hidden = plant & (base.depth > 0)
+        assert (clut.depth[hidden] < base.depth[hidden]).all()
+        covered += plant.sum()
+        gy, gx = np.gradient(plant.astype(float))
+        outline = np.hypot(gx, gy) > 0
+        angle = np.degrees(np.arctan2(np.abs(gy[outline]), np.abs(gx[outline])))  # 0: vertical edge, 90: horizontal
+        slanted += int(((angle > 20) & (angle < 70)).sum())
+        outlines += int(outline.sum())
+        np.testing.assert_array_equal(clut.image, render_scene(seed, 96, 128, kind=kind, clutter=3).image)
+    assert covered > 0.02 * 4 * 96 * 128
+    assert slanted > 0.2 * outlines  # ~0.35 here; 0.01 for upright rectangles
+
+
+def test_synthetic_dataset_renders_clutter_and_checks_it():
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+
+    ds = SyntheticDataset(split="val", length=1, height=48, width=64, clutter=2)
+    np.testing.assert_array_equal(ds[0]["depth"], render_scene(ds.scene_seed(0), 48, 64, "random", clutter=2).depth)
+    assert "clutter=2" in repr(ds)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="clutter"):
+            SyntheticDataset(split="val", length=1, clutter=bad)

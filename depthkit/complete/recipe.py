@@ -230,6 +230,8 @@ class SyntheticOptions:
     kind: str = "random"
     """random | indoor | outdoor (depthkit.data.synthetic.render_scene)."""
     image_noise: float = 0.0
+    clutter: int = 0
+    """Plants per scene (thin oblique leaves; depthkit.data.synthetic.render_scene); 0 = none."""
 
 
 @dataclass

@@ -43,7 +43,7 @@ def build_datasets(recipe) -> MixedDataset:
         if name == "synthetic":
             s = d.synthetic
             for k, v in (("length", s.length), ("height", s.height), ("width", s.width), ("kind", s.kind),
-                         ("image_noise", s.image_noise)):
+                         ("image_noise", s.image_noise), ("clutter", s.clutter)):
                 kwargs.setdefault(k, v)
         elif entry.root is None:
             raise ValueError(f"data.datasets.{key} ({name}) needs a root folder: add data.datasets.{key}.root=/path "

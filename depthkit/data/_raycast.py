@@ -193,14 +193,16 @@ class _Plane:
 
 
 class _Box:
-    """Box with half sizes ``half`` (x, y, z), centred at ``center``, rotated by ``yaw`` about the world z axis."""
+    """Box with half sizes ``half`` (x, y, z), centred at ``center``, rotated by ``yaw`` about the world z axis, or
+    oriented by ``rot`` (3x3 rotation whose columns are the box's axes in the world; then ``yaw`` is ignored)."""
 
     casts_shadow = True
     _UV_AXES = ((1, 2), (0, 2), (0, 1))
 
-    def __init__(self, center, half, yaw, material, instance):
+    def __init__(self, center, half, yaw, material, instance, rot=None):
         c, s = math.cos(yaw), math.sin(yaw)
-        self.rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])  # columns: box axes in world
+        self.rot = (np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) if rot is None  # columns: box axes
+                    else np.asarray(rot, float))
         self.center, self.half = np.asarray(center, float), np.asarray(half, float)
         self.material, self.instance = material, instance
 

@@ -27,7 +27,7 @@ class SyntheticDataset(TrainingDepthDataset):
     def __init__(self, root=None, split: str | None = None, protocol=None, length: int | None = None,
                  height: int = 240, width: int = 320, kind: str = "random", hfov_deg: float = 60.0,
                  image_noise: float = 0.0, seed_offset: int = 0, sparse_pattern: str | None = "random",
-                 sparse_kwargs: dict | None = None, sparse_seed: int | None = None):
+                 sparse_kwargs: dict | None = None, sparse_seed: int | None = None, clutter: int = 0):
         super().__init__(root, protocol, split, sparse_pattern, sparse_kwargs, sparse_seed)
         self._check_split(tuple(SPLIT_SEEDS))
         length = DEFAULT_LENGTHS[self.split] if length is None else int(length)
@@ -38,6 +38,9 @@ class SyntheticDataset(TrainingDepthDataset):
             raise ValueError(f"synthetic image size must be >= 1 pixel; received height={height}, width={width}.")
         self.length, self.height, self.width = length, int(height), int(width)
         self.kind, self.hfov_deg, self.image_noise = kind, float(hfov_deg), float(image_noise)
+        if isinstance(clutter, bool) or not isinstance(clutter, int) or clutter < 0:
+            raise ValueError(f"synthetic clutter must be an integer >= 0 (plants per scene); received {clutter!r}.")
+        self.clutter = clutter
         self.first_seed = SPLIT_SEEDS[self.split] + int(seed_offset)
         self.names = [f"synthetic_{self.first_seed + i}" for i in range(length)]
 
@@ -49,10 +52,11 @@ class SyntheticDataset(TrainingDepthDataset):
         from depthkit.data.synthetic import render_scene
 
         scene = render_scene(self.scene_seed(index), self.height, self.width, self.kind, self.hfov_deg,
-                             image_noise=self.image_noise)
+                             image_noise=self.image_noise, clutter=self.clutter)
         return Sample(image=scene.image, depth=scene.depth, sparse=None, intrinsics=scene.intrinsics,
                       name=self.names[index])
 
     def __repr__(self) -> str:
+        clutter = f", clutter={self.clutter}" if self.clutter else ""
         return (f"SyntheticDataset(split={self.split!r}, n={len(self)}, size={self.height}x{self.width}, "
-                f"kind={self.kind!r}, first_seed={self.first_seed})")
+                f"kind={self.kind!r}, first_seed={self.first_seed}{clutter})")
