@@ -448,8 +448,8 @@ def test_grid_token_checkpoint_records_its_layout(tmp_path):
 
 def test_synthetic_options_reach_every_synthetic_dataset_and_an_entry_overrides_them():
     """data.synthetic's options (here clutter) go to every synthetic entry of the mix; an entry's own option wins
-    (the plant entries of recipes/default/refine_clutter.yaml set clutter: 3)."""
-    recipe = load_recipe(REPO / "recipes" / "default" / "refine_clutter.yaml", ["data.synthetic.clutter=1"])
+    (the plant entries of recipes/default/refine_plants.yaml set clutter: 3)."""
+    recipe = load_recipe(REPO / "recipes" / "default" / "refine_plants.yaml", ["data.synthetic.clutter=1"])
     mixed = build_datasets(recipe)
     clutter = dict(zip(mixed.names, (d.clutter for d in mixed.datasets)))
     assert clutter["plants500"] == 3 and clutter["plants_holes"] == 3 and clutter["random500"] == 1

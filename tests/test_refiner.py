@@ -98,6 +98,37 @@ def test_training_learns_the_correction_of_guided_on_its_scenes(tmp_path):
     assert [row["step"] for row in log if "loss" in row] == [1, 100, 200]
 
 
+def test_init_from_starts_from_the_given_weights(tmp_path):
+    """model.init_from fine-tunes: with the learning rate at 0 the run's refiner is the one it started from, weight
+    for weight, whether given as a run's final/ folder or a checkpoint's complete/ folder; a folder without a
+    refiner, or one of another width, is refused before any step runs."""
+    from depthkit.complete.train_refiner import load_refiner_folder, train, write_refiner_folder
+
+    start = DenseRefiner(8)
+    torch.manual_seed(3)
+    for q in start.parameters():
+        q.data.normal_(0.0, 0.1)
+    write_refiner_folder(tmp_path / "start", start.eval(), steps=0)
+    complete = tmp_path / "ckpt" / "complete"
+    complete.mkdir(parents=True)
+    (complete / "complete.json").write_text(json.dumps({"refiner": start.save(complete)}))
+    for name, folder in (("run", tmp_path / "start"), ("ckpt", complete)):
+        recipe = _recipe(tmp_path / f"from_{name}", max_steps=2, lr=0.0, save_every=0)
+        recipe.model.init_from = str(folder)
+        tuned = DenseRefiner.load(train(recipe), {"width": 8})
+        for (key, a), b in zip(start.state_dict().items(), tuned.state_dict().values()):
+            assert torch.equal(a, b), (name, key)
+    plain = DenseRefiner.load(train(_recipe(tmp_path / "plain", max_steps=2, lr=0.0, save_every=0)), {"width": 8})
+    assert not any(torch.equal(a, b) for a, b in zip(start.state_dict().values(), plain.state_dict().values()))
+    with pytest.raises(ValueError, match="holds no refiner"):
+        load_refiner_folder(tmp_path)
+    recipe = _recipe(tmp_path / "wide", max_steps=2)
+    recipe.model.init_from, recipe.model.width = str(tmp_path / "start"), 16
+    with pytest.raises(ValueError, match="width 8 .* asks for 16"):
+        train(recipe)
+    assert not (tmp_path / "wide" / "final").exists()
+
+
 @pytest.mark.parametrize("one_cycle", [False, True])
 def test_resume_continues_exactly(tmp_path, one_cycle):
     from depthkit.complete.train_refiner import train

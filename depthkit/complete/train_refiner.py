@@ -32,7 +32,8 @@ from depthkit.complete.recipe import DatasetEntry, SyntheticOptions
 from depthkit.config import OutputConfig, RecipeError, TrainConfig
 
 __all__ = ["RefineRecipe", "RefineModelConfig", "RefineDataConfig", "RefineEvalConfig", "train", "build_pool",
-           "prepare_scene", "crop_batch", "evaluate_refiner", "write_refiner_folder", "REFINER_JSON"]
+           "prepare_scene", "crop_batch", "evaluate_refiner", "write_refiner_folder", "load_refiner_folder",
+           "REFINER_JSON"]
 
 REFINER_JSON = "refiner.json"
 
@@ -43,6 +44,9 @@ class RefineModelConfig:
     """Channels of every hidden conv (~67 k parameters at 32)."""
     max_log_correction: float = 1.0
     """Bound of the log correction: the output stays within a factor e**max of its input."""
+    init_from: str | None = None
+    """Start from these weights instead of a zero-output refiner (fine-tuning): a refine run's ``final/`` folder or
+    a checkpoint's ``complete/`` folder with a refiner; its width and bound must equal the fields above."""
 
     def __post_init__(self):
         if self.width < 1 or not self.max_log_correction > 0:
@@ -188,6 +192,31 @@ def evaluate_refiner(net, scenes: list[dict]) -> dict:
     return {"val_prior_mae": p, "val_refined_mae": r, "val_change": r / p - 1.0}
 
 
+def load_refiner_folder(directory, model: RefineModelConfig | None = None):
+    """The :class:`~depthkit.complete.refiner.DenseRefiner` in ``directory``: a refine run's ``final/`` folder
+    (``refiner.json``) or a checkpoint's ``complete/`` folder (the ``refiner`` entry of ``complete.json``). With
+    ``model``, its width and bound must match (``model.init_from``). Raises ValueError saying what is missing."""
+    from depthkit.complete.refiner import DenseRefiner
+    from depthkit.complete.settings import COMPLETE_JSON
+
+    directory = Path(directory)
+    info = None
+    if (directory / REFINER_JSON).is_file():
+        info = json.loads((directory / REFINER_JSON).read_text())
+    elif (directory / COMPLETE_JSON).is_file():
+        info = json.loads((directory / COMPLETE_JSON).read_text()).get("refiner")
+    if not isinstance(info, dict):
+        raise ValueError(f"{directory} holds no refiner: expected {REFINER_JSON} (a refine run's final/ folder) or a "
+                         f"{COMPLETE_JSON} with a 'refiner' entry (a checkpoint's complete/ folder). Train one with "
+                         "recipes/default/refine.yaml or point model.init_from at such a folder.")
+    net = DenseRefiner.load(directory, info)
+    if model is not None and (net.width, net.max_log_correction) != (model.width, model.max_log_correction):
+        raise ValueError(f"model.init_from={str(directory)!r} is a refiner of width {net.width} and "
+                         f"max_log_correction {net.max_log_correction}; the recipe asks for {model.width} and "
+                         f"{model.max_log_correction}. Make them equal.")
+    return net.train()
+
+
 def write_refiner_folder(directory, net, **info) -> None:
     """Write ``net``'s weights and ``refiner.json`` (its ``complete.json`` entry plus ``info``: steps, seed,
     validation...) into ``directory`` — the layout ``checkpoints/assemble_default.py --refiner`` takes."""
@@ -222,7 +251,8 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(tc.seed)
-    net = DenseRefiner(recipe.model.width, recipe.model.max_log_correction).to(device)
+    net = (DenseRefiner(recipe.model.width, recipe.model.max_log_correction) if recipe.model.init_from is None
+           else load_refiner_folder(recipe.model.init_from, recipe.model)).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     t0 = time.perf_counter()
     pool = build_pool(recipe)
