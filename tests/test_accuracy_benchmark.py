@@ -251,3 +251,29 @@ def test_real_frame_gt_lies_where_its_image_does(tmp_path):
         image_bright = image[y, x].mean() > 127
         assert image_bright == (x >= 160 or y >= 138)  # the fixture is what the docstring says
         assert depth[y, x] == (near if image_bright else far), (y, x)
+
+
+def test_clutter_scores_the_scenes_with_plants(tmp_path, capsys):
+    """--clutter N scores render_scene(..., clutter=N): nearest's MAE in the report is the one computed here on
+    those scenes, the reader line names the clutter, and it differs from the standard split's; N < 0 is refused."""
+    from depthkit.data import baselines
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.metrics import depth_metrics
+
+    def mae(clutter):
+        out = tmp_path / f"c{clutter}"
+        assert accuracy.main(["--limit", "1", "--methods", "nearest", "--patterns", "random100", "--clutter",
+                              str(clutter), "--out", str(out), "--quiet"]) == 0
+        section = json.loads((out / "accuracy.json").read_text())["datasets"][0]
+        return section["reader"], section["methods"][0]["mean"]["mae"]
+
+    kind, kwargs = accuracy.SYNTHETIC_PATTERNS["random100"]
+    item = SyntheticDataset(split="test", length=1, sparse_pattern=kind, sparse_kwargs=kwargs, clutter=2)[0]
+    expected = depth_metrics(baselines.nearest(item["image"], item["sparse"]), item["depth"], item["depth"] > 0)
+    reader, value = mae(2)
+    assert "clutter=2" in reader and value == pytest.approx(float(expected["mae"]), rel=1e-6)
+    reader0, value0 = mae(0)
+    assert "clutter" not in reader0 and value0 != pytest.approx(value, rel=1e-3)
+    with pytest.raises(SystemExit):
+        accuracy.main(["--clutter", "-1", "--out", str(tmp_path / "bad")])
+    assert "--clutter must be >= 0" in capsys.readouterr().err
