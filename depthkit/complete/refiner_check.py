@@ -1,9 +1,11 @@
 """How far to trust the dense refiner on one frame, decided by the frame's own measured points (a depthkit addition).
 
 The refiner (:mod:`depthkit.complete.refiner`) is trained on synthetic scenes. On a frame unlike them it can move
-depth the wrong way: on the real Aloe frame (``benchmarks/real_frame.py``) it made the completion 8 % worse in MAE,
-almost all of it at depth edges, while it is 6-33 % better than ``guided`` on every synthetic pattern. The frame
-itself can tell the two apart. :func:`check_refiner` cross-validates the refiner on the measured points:
+depth the wrong way: on the real Aloe frame (``benchmarks/real_frame.py``) the refiner of ``recipes/default/
+refine.yaml`` made the completion 8 % worse in MAE, almost all of it at depth edges, while it is 6-33 % better than
+``guided`` on every synthetic pattern (the default's refiner since session 13, fine-tuned with plants in the scenes,
+no longer does that harm there; the check still guards frames unlike its training). The frame itself can tell the
+two apart. :func:`check_refiner` cross-validates the refiner on the measured points:
 
 1. split the measured pixels into ``folds`` seeded folds; for each fold, interpolate the classical prior (``guided``,
    the map the refiner was trained to correct) from the *other* folds, run the refiner on it, and read the prior
