@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from depthkit.data._clutter import add_plants
 from depthkit.data._raycast import (
     _Box,
     _Cylinder,
@@ -258,54 +259,6 @@ def _tree_or_pole(rng, b: _Builder, x: float, y: float, height_cap: float) -> li
     return prims
 
 
-def _plant(rng: np.random.Generator, x: float, y: float, scale: float, inst: int) -> list:
-    """A plant at ``(x, y)`` on the floor: sometimes a pot, then 6-18 thin flat leaves of one material fanning up
-    and out at 15-80 degrees, each turned about its own axis — thin, oblique, same-coloured structures in front of
-    one another, which the rest of the generator does not make (its boxes only turn about the vertical)."""
-    prims, z0 = [], 0.0
-    if rng.random() < 0.6:
-        radius, height = rng.uniform(0.1, 0.2) * scale, rng.uniform(0.15, 0.35) * scale
-        prims.append(_Cylinder(x, y, radius, 0.0, height, _random_material(rng, "object"), inst))
-        z0 = height
-    leaf = _random_material(rng, "foliage" if rng.random() < 0.7 else "object")
-    up = np.array([0.0, 0.0, 1.0])
-    for _ in range(int(rng.integers(6, 19))):
-        length, width = rng.uniform(0.3, 0.8) * scale, rng.uniform(0.03, 0.08) * scale
-        az, el, roll = rng.uniform(0, 2 * np.pi), math.radians(rng.uniform(15, 80)), rng.uniform(0, np.pi)
-        axis = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        u = np.cross(axis, up)
-        u /= np.linalg.norm(u)
-        across = math.cos(roll) * u + math.sin(roll) * np.cross(axis, u)
-        rot = np.column_stack([across, np.cross(axis, across), axis])  # columns: width, thickness, length
-        start = np.array([x, y, z0 + rng.uniform(0.0, 0.08) * scale])
-        prims.append(_Box(start + axis * length / 2, [width / 2, 0.004 * scale, length / 2], 0.0, leaf, inst,
-                          rot=rot))
-    return prims
-
-
-def _add_clutter(layout: _Layout, rng: np.random.Generator, count: int, hfov_deg: float) -> None:
-    """Put ``count`` plants (:func:`_plant`) into the view of ``layout``: each on a bearing inside the field of view,
-    between ~1 m (indoor; 2 m outdoor) and the first surface the bearing meets 0.4 m above the floor (at most 4 m
-    indoor, 12 m outdoor), indoor plants 0.6-1.4x, outdoor 1-3x the base size; none within 0.5 m of the camera."""
-    half_h, _ = _fovs(hfov_deg)
-    fwd = layout.rot[:, 2]
-    heading = math.atan2(fwd[0], fwd[1])  # world x right, y forward
-    indoor = layout.kind == "indoor"
-    near, cap = (1.0, 4.0) if indoor else (2.0, 12.0)
-    for _ in range(count):
-        bearing = heading + rng.uniform(-0.8, 0.8) * half_h
-        ray = np.array([math.sin(bearing), math.cos(bearing), 0.0])
-        origin = np.array([layout.origin[0], layout.origin[1], 0.4])
-        hit = float(_trace(layout.prims, origin, ray[:, None])[0][0])
-        far = min(hit, cap) - 0.5
-        r = rng.uniform(near, max(near + 0.1, far))
-        scale = rng.uniform(0.6, 1.4) if indoor else rng.uniform(1.0, 3.0)
-        prims = _plant(rng, layout.origin[0] + r * ray[0], layout.origin[1] + r * ray[1], scale, len(layout.names))
-        if not any(p.contains(layout.origin, 0.5) for p in prims):
-            layout.names.append("plant")
-            layout.prims.extend(prims)
-
-
 def _build_outdoor(rng: np.random.Generator, hfov_deg: float) -> _Layout:
     half_h, half_v = _fovs(hfov_deg)
     cam_z = rng.uniform(1.3, 2.6)
@@ -513,7 +466,8 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
     layout = (_build_indoor if kind == "indoor" else _build_outdoor)(rng, hfov_deg)
     clutter = _check_int("clutter", clutter, 0)
     if clutter:
-        _add_clutter(layout, np.random.default_rng([seed, 0 if kind == "indoor" else 1, 0xC1]), clutter, hfov_deg)
+        add_plants(layout, np.random.default_rng([seed, 0 if kind == "indoor" else 1, 0xC1]), clutter,
+                   _fovs(hfov_deg)[0])
     intr = intrinsics_from_fov(height, width, hfov_deg)
     rgb, depth, instance = _render(layout, intr, height, width)
     rgb = rgb * 255.0
