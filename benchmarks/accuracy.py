@@ -454,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
     if args.clutter < 0:
         parser.error(f"--clutter must be >= 0 plants per scene; received {args.clutter}")
+    if args.clutter and args.no_synthetic:
+        parser.error("--clutter puts plants into the synthetic test split, which --no-synthetic leaves out")
     scenes = {"clutter": args.clutter} if args.clutter else {}
     specs = [] if args.no_synthetic else [{"name": "synthetic", "root": None, "split": "test", "options": scenes}]
     if args.patterns and specs:

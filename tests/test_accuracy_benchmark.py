@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "datasets.md"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("depthkit_accuracy_benchmark", REPO / "benchmarks" / "accuracy.py")
+def _load_script(name: str = "accuracy"):
+    spec = importlib.util.spec_from_file_location(f"depthkit_{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -222,13 +222,6 @@ def test_a_score_without_a_value_is_null_in_the_json_and_na_in_the_table(tmp_pat
     assert "| nearest | n/a |" in (tmp_path / "c" / "accuracy.md").read_text()
 
 
-def _load_real_frame():
-    spec = importlib.util.spec_from_file_location("depthkit_real_frame_benchmark", REPO / "benchmarks" / "real_frame.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_real_frame_gt_lies_where_its_image_does(tmp_path):
     """load_aloe shrinks the 1282x1110 image by area and the disparity by the source pixel under each output pixel's
     centre, so a step in both lands on the same output pixel. Built here: bright (disparity 200) right of source
@@ -237,7 +230,7 @@ def test_real_frame_gt_lies_where_its_image_does(tmp_path):
     there: the GT would lie a pixel off its image."""
     import cv2
 
-    real_frame = _load_real_frame()
+    real_frame = _load_script("real_frame")
     rows, cols = np.mgrid[0:1110, 0:1282]
     bright = (cols >= 642) | (rows >= 556)
     cv2.imwrite(str(tmp_path / "aloeL.jpg"), np.repeat(np.where(bright, 255, 0).astype(np.uint8)[..., None], 3, 2),
@@ -260,10 +253,10 @@ def test_clutter_scores_the_scenes_with_plants(tmp_path, capsys):
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.metrics import depth_metrics
 
-    def mae(clutter):
+    def mae(clutter):  # one work folder for both: the scenes with plants must not reuse the plain scenes' scores
         out = tmp_path / f"c{clutter}"
         assert accuracy.main(["--limit", "1", "--methods", "nearest", "--patterns", "random100", "--clutter",
-                              str(clutter), "--out", str(out), "--quiet"]) == 0
+                              str(clutter), "--out", str(out), "--work-dir", str(tmp_path / "work"), "--quiet"]) == 0
         section = json.loads((out / "accuracy.json").read_text())["datasets"][0]
         return section["reader"], section["methods"][0]["mean"]["mae"]
 
@@ -274,6 +267,11 @@ def test_clutter_scores_the_scenes_with_plants(tmp_path, capsys):
     assert "clutter=2" in reader and value == pytest.approx(float(expected["mae"]), rel=1e-6)
     reader0, value0 = mae(0)
     assert "clutter" not in reader0 and value0 != pytest.approx(value, rel=1e-3)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["synthetic_test_random100",
+                                                                      "synthetic_test_random100_clutter2"]
     with pytest.raises(SystemExit):
         accuracy.main(["--clutter", "-1", "--out", str(tmp_path / "bad")])
     assert "--clutter must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--clutter", "2", "--no-synthetic", "--out", str(tmp_path / "bad")])
+    assert "--no-synthetic leaves out" in capsys.readouterr().err

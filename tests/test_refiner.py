@@ -122,6 +122,8 @@ def test_init_from_starts_from_the_given_weights(tmp_path):
     assert not any(torch.equal(a, b) for a, b in zip(start.state_dict().values(), plain.state_dict().values()))
     with pytest.raises(ValueError, match="holds no refiner"):
         load_refiner_folder(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_refiner_folder(tmp_path / "nowhere")
     recipe = _recipe(tmp_path / "wide", max_steps=2)
     recipe.model.init_from, recipe.model.width = str(tmp_path / "start"), 16
     with pytest.raises(ValueError, match="width 8 .* asks for 16"):

@@ -196,15 +196,20 @@ def load_refiner_folder(directory, model: RefineModelConfig | None = None):
     """The :class:`~depthkit.complete.refiner.DenseRefiner` in ``directory``: a refine run's ``final/`` folder
     (``refiner.json``) or a checkpoint's ``complete/`` folder (the ``refiner`` entry of ``complete.json``). With
     ``model``, its width and bound must match (``model.init_from``). Raises ValueError saying what is missing."""
+    from depthkit.checkpoints import read_json
     from depthkit.complete.refiner import DenseRefiner
     from depthkit.complete.settings import COMPLETE_JSON
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"model.init_from={str(directory)!r} does not exist (or is not a folder); give a refine run's "
+                         "final/ folder or a checkpoint's complete/ folder, or null to start from scratch.")
     info = None
     if (directory / REFINER_JSON).is_file():
-        info = json.loads((directory / REFINER_JSON).read_text())
+        info = read_json(directory / REFINER_JSON, "refiner settings")
     elif (directory / COMPLETE_JSON).is_file():
-        info = json.loads((directory / COMPLETE_JSON).read_text()).get("refiner")
+        info = read_json(directory / COMPLETE_JSON, "completer settings")
+        info = info.get("refiner") if isinstance(info, dict) else None
     if not isinstance(info, dict):
         raise ValueError(f"{directory} holds no refiner: expected {REFINER_JSON} (a refine run's final/ folder) or a "
                          f"{COMPLETE_JSON} with a 'refiner' entry (a checkpoint's complete/ folder). Train one with "

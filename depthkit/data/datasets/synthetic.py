@@ -38,9 +38,9 @@ class SyntheticDataset(TrainingDepthDataset):
             raise ValueError(f"synthetic image size must be >= 1 pixel; received height={height}, width={width}.")
         self.length, self.height, self.width = length, int(height), int(width)
         self.kind, self.hfov_deg, self.image_noise = kind, float(hfov_deg), float(image_noise)
-        if isinstance(clutter, bool) or not isinstance(clutter, int) or clutter < 0:
-            raise ValueError(f"synthetic clutter must be an integer >= 0 (plants per scene); received {clutter!r}.")
-        self.clutter = clutter
+        from depthkit.data.synthetic import _check_int
+
+        self.clutter = _check_int("synthetic clutter (plants per scene)", clutter, 0)
         self.first_seed = SPLIT_SEEDS[self.split] + int(seed_offset)
         self.names = [f"synthetic_{self.first_seed + i}" for i in range(length)]
 
