@@ -10,9 +10,9 @@ Usage (from the repository root; ``apt-get install opencv-doc`` provides the fil
 disparity`` up to scale, scaled so its median is 1.5 (relative scale only: MAE is in those units), both resized to
 320x276 (image: area; disparity: the source pixel under each output pixel's centre, ``cv2.INTER_NEAREST_EXACT``, so
 the GT lies where its image does; until session 13 it was ``cv2.INTER_NEAREST``, which takes the top-left source
-pixel of each ~4x4 block and put the GT ~0.4 px up and left of the area-averaged image). Sparse input: ``--points`` random GT pixels per seed, or with
-``--patterns`` each named pattern of ``benchmarks/accuracy.py`` (random 100/500/2000, 64-beam LiDAR with a 60° field
-of view, ToF holes, noisy points) drawn from the GT per seed. When the checkpoint's completer has a dense refiner, a
+pixel of each ~4x4 block and put the GT ~0.4 px up and left of the area-averaged image). Sparse input:
+``--points`` random GT pixels per seed, or with ``--patterns`` each named pattern of ``benchmarks/accuracy.py``
+(random 100/500/2000, 64-beam LiDAR with a 60° field of view, ToF holes, noisy points) drawn from the GT per seed. When the checkpoint's completer has a dense refiner, a
 row "refiner as trained" runs it without the per-frame check (``refine_check=false``). Reported per method:
 MAE, RMSE (:func:`depthkit.metrics.depth_metrics`) and DBE accuracy (:func:`~depthkit.metrics.dbe_metrics`) against the GT, the mean over seeds. SPEC section 7 gives
 guided 0.062 and nearest 0.095 MAE at 500 points (seed-dependent).
