@@ -252,12 +252,13 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     if tc.grad_accum != 1:
         raise ValueError(f"train.grad_accum={tc.grad_accum}: the refiner trainer takes whole batches (set 1 and "
                          "raise train.batch_size instead).")
-    run = prepare_run_dir(recipe.output.output_dir, resume)
-    (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(tc.seed)
+    # the network first: a bad model.init_from fails before the run folder is made
     net = (DenseRefiner(recipe.model.width, recipe.model.max_log_correction) if recipe.model.init_from is None
            else load_refiner_folder(recipe.model.init_from, recipe.model)).to(device)
+    run = prepare_run_dir(recipe.output.output_dir, resume)
+    (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     t0 = time.perf_counter()
     pool = build_pool(recipe)
