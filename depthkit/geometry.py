@@ -108,3 +108,30 @@ def distance_to(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.distanceTransform((~np.asarray(mask, bool)).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
+    """HxW bool: the pixels whose centres lie in the convex hull of the True pixels' centres of the HxW bool
+    ``mask``, its edge included (exactly, by the hull's half-planes; a rasterised polygon fill would add pixels the
+    edge only touches). A single pixel, or a line of them, is its own hull; a mask with no True pixel gives all
+    False."""
+    import cv2
+
+    mask = np.asarray(mask, bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return np.zeros(mask.shape, bool)
+    # counter-clockwise with y up (OpenCV's convention), so in image (x, y) the inside is on every edge's left
+    corners = cv2.convexHull(np.stack([cols, rows], axis=1).astype(np.int32), clockwise=False)[:, 0].astype(np.int64)
+    y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    inside = np.ones(yy.shape, bool)
+    if len(corners) >= 3:
+        for (ax, ay), (bx, by) in zip(corners, np.roll(corners, -1, axis=0)):
+            inside &= (bx - ax) * (yy - ay) - (by - ay) * (xx - ax) >= 0
+    elif len(corners) == 2:  # a segment: the pixels on it
+        (ax, ay), (bx, by) = corners
+        inside = ((bx - ax) * (yy - ay) - (by - ay) * (xx - ax)) == 0
+    out = np.zeros(mask.shape, bool)
+    out[y0:y1, x0:x1] = inside
+    return out

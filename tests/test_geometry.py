@@ -55,3 +55,64 @@ def test_intrinsics_validation_and_scaling():
         Intrinsics(0, 1, 0, 0)
     k = Intrinsics(100, 100, 49.5, 49.5).scaled(2, 2)
     assert (k.fx, k.cx) == (200, 99.5)  # the centre of a 100 px image stays the centre of the 200 px one
+
+
+def _hull_by_hand(points):
+    """Andrew's monotone chain over (x, y) integer points: the hull's corners, counter-clockwise."""
+    pts = sorted(set(map(tuple, points)))
+    if len(pts) < 3:
+        return pts
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
+
+
+def test_convex_hull_mask_is_the_pixels_inside_the_measured_pixels_hull():
+    """Pixel centres inside or on the hull of the True pixels' centres, the hull by Andrew's monotone chain and the
+    inside test by cross products (on every edge's left). By hand: a right triangle's lattice points are those with
+    row + col <= 10; rows of points (a LiDAR's beams) make the band between the first and last row; one pixel is its
+    own hull; no True pixel gives none. Fails if the hull is the bounding box, if the fill leaves the edge out or if
+    rows and columns are swapped."""
+    from depthkit.geometry import convex_hull_mask
+
+    tri = np.zeros((16, 14), bool)
+    tri[0, 0] = tri[10, 0] = tri[0, 10] = True
+    rr, cc = np.mgrid[:16, :14]
+    np.testing.assert_array_equal(convex_hull_mask(tri), rr + cc <= 10)
+    beams = np.zeros((40, 30), bool)
+    beams[12:31:6, ::2] = True  # rows 12, 18, 24, 30, every other column (0 ... 28)
+    rows, cols = np.mgrid[:40, :30]
+    want = (rows >= 12) & (rows <= 30) & (cols <= 28)
+    np.testing.assert_array_equal(convex_hull_mask(beams), want)
+    one = np.zeros((5, 6), bool)
+    one[2, 4] = True
+    np.testing.assert_array_equal(convex_hull_mask(one), one)
+    assert not convex_hull_mask(np.zeros((5, 6), bool)).any()
+    diagonal = np.zeros((9, 9), bool)
+    diagonal[[1, 3, 5, 7], [1, 3, 5, 7]] = True  # collinear points: the segment's pixels, not its bounding box
+    want = np.eye(9, dtype=bool)
+    want[0, 0] = want[8, 8] = False
+    np.testing.assert_array_equal(convex_hull_mask(diagonal), want)
+    rng = np.random.default_rng(0)
+    for n in (3, 7, 40):
+        mask = np.zeros((37, 53), bool)
+        mask[rng.integers(0, 37, n), rng.integers(0, 53, n)] = True
+        ys, xs = np.nonzero(mask)
+        corners = _hull_by_hand(np.stack([xs, ys], 1))
+        yy, xx = np.mgrid[:37, :53]
+        inside = np.ones((37, 53), bool)
+        for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
+            inside &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) >= 0
+        np.testing.assert_array_equal(convex_hull_mask(mask), inside)
+        assert convex_hull_mask(mask)[mask].all() and convex_hull_mask(mask).sum() > mask.sum()

@@ -638,6 +638,47 @@ def test_keep_near_measured_scales_the_change_by_the_distance_weight(sharp, near
         SharpDepthConfig(change_within_measured_px=-1.0)
 
 
+@pytest.mark.parametrize("near", [0.0, 10.0])
+def test_change_within_measured_hull_keeps_the_input_outside_the_measured_pixels_hull(sharp, near):
+    """``change_within_measured_hull``: in a LiDAR-like frame (every other pixel of rows 20, 26, ..., 44, none above
+    or below) output − input = [row in 20..44 and column in 0..62] × the change without it (times the distance weight
+    by brute force when ``keep_near_measured_px`` is on as well); a frame without measurements is not limited; the
+    training terms use the same weight. Fails if the hull is ignored, inverted or replaced by its bounding rows."""
+    img, depth, _ = _scene()
+    beams = np.zeros_like(depth)
+    beams[20:45:6, ::2] = depth[20:45:6, ::2]
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float().expand(2, -1, -1, -1) / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None].expand(2, -1, -1, -1)
+    sp = torch.from_numpy(np.stack([beams, np.zeros_like(beams)]))[:, None]
+    base = {"output": "residual", "keep_near_measured_px": near}
+    free = SharpDepth(sharp.model, base).sharpen_tensors(x, d, sp, processing_resolution=64)["depth"]
+    res = SharpDepth(sharp.model, {**base, "change_within_measured_hull": True}).sharpen_tensors(
+        x, d, sp, processing_resolution=64)["depth"]
+    yy, xx = np.mgrid[:depth.shape[0], :depth.shape[1]]
+    hull = (yy >= 20) & (yy <= 44) & (xx <= 62)
+    change_free, change_kept = free[0, 0].numpy() - depth, res[0, 0].numpy() - depth
+    np.testing.assert_allclose(change_kept, np.where(hull, change_free, 0.0), atol=1e-5)
+    assert np.abs(change_free[~hull]).max() > 1e-3 and np.abs(change_free[hull & (beams == 0)]).max() > 1e-3
+    torch.testing.assert_close(res[1], free[1], rtol=0, atol=0)  # no measurements: nothing to bound the change
+    gt = torch.from_numpy(depth * 1.1)[None, None]
+
+    def loss(config, measured):
+        with torch.no_grad():
+            return float(SharpDepth(sharp.model, {**base, "lambda_gt": 1.0, **config}).compute_losses(
+                x[:1], d[:1], sharp.model.unet, generator=torch.Generator().manual_seed(0),
+                sparse=torch.from_numpy(measured)[None, None], gt=gt)["gt"])
+
+    rim = depth.copy()  # measured on the first and last rows and columns: the hull is the whole frame
+    rim[1:-1, 1:-1] = 0.0
+    on = {"change_within_measured_hull": True}
+    assert loss(on, beams) != pytest.approx(loss({}, beams), rel=1e-4)
+    assert loss(on, rim) == pytest.approx(loss({}, rim), rel=1e-6)
+    assert SharpDepthConfig().change_within_measured_hull is False
+    for bad in (1, "true", None):
+        with pytest.raises(ValueError, match="change_within_measured_hull is true or false; received"):
+            SharpDepthConfig(change_within_measured_hull=bad)
+
+
 def test_dense_measured_fraction_drops_the_distance_weight_in_a_dense_sensors_frame(sharp):
     """``dense_measured_fraction``: in a batch of a ToF-like frame (most pixels measured, holes) and a frame of three
     points, the dense one's change is the free change times the cap [dist <= within] alone, the sparse one's times

@@ -9,7 +9,8 @@
 - :func:`edge_band` — depthkit: the pixels near a depth edge of the metric input, the only ones the output may change
   when ``SharpDepthConfig.change_band_px`` > 0; :func:`measured_distance_weight` — depthkit: how far the output may
   move a pixel given its distance to the nearest measurement (``keep_near_measured_px``,
-  ``change_within_measured_px``); :func:`local_range` — the window minimum and maximum that ``edge_band`` and
+  ``change_within_measured_px``); :func:`measured_hull_weight` — depthkit: the measured pixels' convex hull
+  (``change_within_measured_hull``); :func:`local_range` — the window minimum and maximum that ``edge_band`` and
   ``change_range_px`` use.
 
 "Gate" in ``depthkit.sharpen`` means only this. All tensors are ``B x 1 x H x W`` (maps) or ``B x C x h x w``
@@ -166,4 +167,20 @@ def measured_distance_weight(measured: torch.Tensor, radius: float, max_distance
                     out[b, 0] = np.minimum(1.0, dist / float(radius))
                 if max_distance > 0:
                     out[b, 0][dist > max_distance] = 0.0
+    return torch.from_numpy(out).to(measured.device)
+
+
+def measured_hull_weight(measured: torch.Tensor) -> torch.Tensor:
+    """Float ``B x 1 x H x W``: 1 at pixels inside the convex hull of the measured pixels of ``measured`` (a bool
+    mask of that shape; :func:`depthkit.geometry.convex_hull_mask`), 0 outside (``change_within_measured_hull``).
+    An image without measurements gets 1 everywhere."""
+    import numpy as np
+
+    from depthkit.geometry import convex_hull_mask
+
+    mask = measured.detach().to(torch.bool).cpu().numpy()
+    out = np.ones(mask.shape, np.float32)
+    for b in range(mask.shape[0]):
+        if mask[b, 0].any():
+            out[b, 0] = convex_hull_mask(mask[b, 0])
     return torch.from_numpy(out).to(measured.device)

@@ -1,12 +1,12 @@
 """Run-time limits on how far SharpDepth may move its metric input (depthkit switches, all off by default).
 
-The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Six
+The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Seven
 fields of :class:`~depthkit.sharpen.config.SharpDepthConfig` (:data:`LIMIT_FIELDS`) limit it, in this order:
 
 1. ``change_range_px`` — each pixel is clamped to the metric input's minimum and maximum over its window
    (:func:`clip_to_local_range`);
 2. ``change_band_px`` / ``change_band_jump``, ``keep_near_measured_px`` (not in a dense sensor's frame:
-   ``dense_measured_fraction``), ``change_within_measured_px`` — a weight w in [0, 1] (:func:`change_weight`) mixes
+   ``dense_measured_fraction``), ``change_within_measured_px``, ``change_within_measured_hull`` — a weight w in [0, 1] (:func:`change_weight`) mixes
    input and clamped output: ``d + w · (clamped − d)``.
 
 Measured pixels are restored by the caller afterwards. Inference (:meth:`SharpDepth.sharpen_tensors
@@ -23,7 +23,13 @@ import math
 import torch
 
 from depthkit.sharpen.config import SharpDepthConfig
-from depthkit.sharpen.gating import edge_band, local_range, measured_distance_weight, sparse_to_latent_mask
+from depthkit.sharpen.gating import (
+    edge_band,
+    local_range,
+    measured_distance_weight,
+    measured_hull_weight,
+    sparse_to_latent_mask,
+)
 from depthkit.sharpen.lotus import pad_to_multiple, resize_bilinear
 from depthkit.sharpen.normalize import valid_depth
 
@@ -31,7 +37,7 @@ __all__ = ["LIMIT_FIELDS", "change_weight", "clip_to_local_range", "limit_change
            "measured_fraction", "processing_inputs", "resize_depth"]
 
 LIMIT_FIELDS = ("change_band_px", "change_band_jump", "keep_near_measured_px", "change_within_measured_px",
-                "dense_measured_fraction", "change_range_px")
+                "change_within_measured_hull", "dense_measured_fraction", "change_range_px")
 """The :class:`~depthkit.sharpen.config.SharpDepthConfig` fields that act only on the free output at inference."""
 
 
@@ -75,8 +81,9 @@ def change_weight(config: SharpDepthConfig, depth: torch.Tensor, valid: torch.Te
     ``valid`` and ``measured`` bool masks of that shape), in [0, 1] at its size: the edge band
     (``config.change_band_px``, a :class:`~depthkit.sharpen.config.SharpDepthConfig`) times the distance weight
     (``keep_near_measured_px``, not applied to images whose :func:`measured_fraction` reaches
-    ``dense_measured_fraction``, and its cap ``change_within_measured_px``, when ``measured`` is given); None when all
-    are off. Radii are pixels of ``depth``'s size. ``fraction`` (``B``) is the images' measured fraction when the
+    ``dense_measured_fraction``, and its cap ``change_within_measured_px``, when ``measured`` is given) times the
+    measured pixels' convex hull (``change_within_measured_hull``, when ``measured`` is given); None when all are
+    off. Radii are pixels of ``depth``'s size. ``fraction`` (``B``) is the images' measured fraction when the
     caller has it at another size (inference: the input's, since shrinking to the processing size marks a cell
     measured when any of its pixels is); by default :func:`measured_fraction` of ``measured`` and ``valid``."""
     weight = None
@@ -95,6 +102,9 @@ def change_weight(config: SharpDepthConfig, depth: torch.Tensor, valid: torch.Te
             if bool(dense.any()):  # a batch mixing both
                 near = torch.where(dense.view(-1, 1, 1, 1), measured_distance_weight(measured, 0.0, cap), near)
         weight = near if weight is None else weight * near
+    if config.change_within_measured_hull and measured is not None:
+        hull = measured_hull_weight(measured)
+        weight = hull if weight is None else weight * hull
     return weight
 
 
