@@ -129,6 +129,45 @@ def test_residual_fill_gives_back_the_classical_map_and_moves_it_by_the_answers(
         fill_residual(image, np.zeros_like(sparse), rows, cols, np.full(4, np.nan), classical)
 
 
+def test_residual_fill_does_not_spread_an_extreme_measurement():
+    """Bad returns at 1 µm among 0.5-10 m: the classical map is ~1 µm around them, and answers live in the
+    prompts' range (at least 1 mm), so an answer repeating the clipped prior is no correction (without the clip its
+    neighbours got a factor-1,000 correction); an answer that does disagree there (0.5 m) cannot push any pixel
+    outside the range of the classical map and the answers. Where that range does not bind, the fill is the
+    classical map times exp(the guided interpolation of the log corrections), computed here from the field."""
+    from depthkit.complete.prompts import MAX_DEPTH, MIN_DEPTH
+    from depthkit.data.baselines import guided, guided_field
+
+    image, sparse = _scene()
+    rows, cols = np.array([10, 20, 30, 40]), np.array([5, 40, 60, 12])
+    sparse[rows, cols] = 0.0
+    sparse[8:13, 3:8] = 1e-6  # a patch of bad returns around the first query
+    sparse[10, 5] = 0.0
+    measured = sparse > 0
+    classical = guided(image, sparse)
+    classical[8:13, 3:8] = 1e-6  # inside it, as an interpolator that trusts them gives it
+    assert classical[10, 5] < 1e-3 and classical[~measured].max() > 1.0
+    repeat = np.clip(classical[rows, cols].astype(np.float64), MIN_DEPTH, MAX_DEPTH)
+    np.testing.assert_allclose(fill_residual(image, sparse, rows, cols, repeat, classical), classical, rtol=1e-6)
+    values = classical[rows, cols].astype(np.float64)
+    values[0] = 0.5
+    out = fill_residual(image, sparse, rows, cols, values, classical)
+    low, high = min(classical.min(), values.min()), max(classical.max(), values.max())
+    assert out.min() >= np.float32(low) and out.max() <= np.float32(high)
+    known = measured.copy()
+    known[rows, cols] = True
+    field = np.zeros(sparse.shape, np.float32)
+    field[10, 5] = np.log(0.5 / MIN_DEPTH)
+    free = classical * np.exp(guided_field(image, field, known))
+    assert (free > high).any()  # the bound binds on those pixels ...
+    inside = (free <= high) & ~measured
+    np.testing.assert_allclose(out[inside], free[inside], rtol=1e-5)  # ... and nowhere else
+    assert np.array_equal(out[measured], sparse[measured]) and (out[free > high] == np.float32(high)).all()
+    farther = classical[rows, cols].astype(np.float64)
+    farther[2] = 1.5 * classical.max()  # an answer beyond the classical map's range is in the range itself
+    assert fill_residual(image, sparse, rows, cols, farther, classical)[30, 60] == pytest.approx(farther[2], rel=1e-5)
+
+
 def test_confidence_map_hand_case():
     sparse = np.zeros((1, 6), np.float32)
     sparse[0, 0] = 2.0

@@ -181,9 +181,16 @@ def fill_residual(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols:
     0 % with this one: ``benchmarks/complete_fill.py``). Measured pixels keep their values exactly; NaN answers and
     answers at measured pixels are skipped.
 
+    Two guards keep one extreme measurement from spreading: answers live in the prompts' range [``MIN_DEPTH``,
+    ``MAX_DEPTH``] (1 mm to 300 m), so each is compared with the classical value clipped to that range (an answer
+    that repeats a clipped prior corrects nothing; a 1 µm return would otherwise give its neighbours a factor-1,000
+    correction); and the filled pixels stay within the range of the values they are interpolated from (the classical
+    map's and the answers'), as every classical interpolation does.
+
     Args:
         classical: HxW metres, the interpolation the answers correct (:func:`prior_map` of the same sparse map).
     """
+    from depthkit.complete.prompts import MAX_DEPTH, MIN_DEPTH
     from depthkit.data.baselines import guided_field
 
     sparse = np.asarray(sparse, dtype=np.float32)
@@ -200,8 +207,14 @@ def fill_residual(image: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols:
         raise ValueError("nothing to fill from: the sparse map has no measured pixel and no query gave a readable "
                          "answer; give at least one measured point (metres > 0).")
     field = np.zeros(sparse.shape, np.float32)
-    field[rows[use], cols[use]] = np.log(values[use] / base[use]).astype(np.float32)
-    dense = (classical * np.exp(guided_field(image, field, known))).astype(np.float32)
+    field[rows[use], cols[use]] = np.log(values[use] / np.clip(base[use], MIN_DEPTH, MAX_DEPTH)).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is clipped just below
+        dense = (classical * np.exp(guided_field(image, field, known))).astype(np.float32)
+    ok = classical > 0
+    if ok.any():
+        low = np.float32(min(float(classical[ok].min()), float(values[use].min(initial=np.inf))))
+        high = np.float32(max(float(classical[ok].max()), float(values[use].max(initial=-np.inf))))
+        dense[ok] = np.clip(dense[ok], low, high)
     dense[measured] = sparse[measured]
     return dense
 
