@@ -63,7 +63,10 @@ def resolve_device(device: str) -> str:
 
 def _to_numpy(x, what: str) -> np.ndarray:
     if type(x).__module__.startswith("torch"):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.dtype.is_floating_point and x.dtype.itemsize < 4:  # bfloat16 has no numpy dtype; float16 widens exactly
+            x = x.float()
+        return x.numpy()
     if type(x).__module__.startswith("PIL"):
         if what == "image":
             return np.asarray(x.convert("RGB"))
@@ -133,6 +136,13 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
         )
     from depthkit.io import depth_to_metres
 
+    if sparse.dtype.kind == "f" and sparse.dtype.itemsize > 4:  # float32 is what the output keeps
+        with np.errstate(invalid="ignore", over="ignore"):
+            lost = (sparse > 0) & (sparse.astype(np.float32) == 0)
+        if lost.any():
+            raise ValueError(f"{what} has {int(lost.sum())} positive value(s) too small for float32 (smallest "
+                             f"{float(sparse[lost].min()):.3g} m), the precision depthkit computes and outputs in; "
+                             "they would be lost as missing. Mark missing measurements with 0, or check the units.")
     sparse = depth_to_metres(sparse, depth_scale, what=what)
     sparse = sparse.astype(np.float32)
     bad = ~np.isfinite(sparse)
@@ -165,6 +175,9 @@ class Pipeline:
                  device: str = "cpu", dtype: str = "float32", stage_options: dict | None = None):
         if isinstance(stages, str):
             stages = [s.strip() for s in stages.split(",") if s.strip()]
+        if not isinstance(stages, (list, tuple)):
+            raise ValueError(f"stages must be a list of stage names or a comma-separated string, e.g. "
+                             f"('complete', 'sharpen'); received {type(stages).__name__}.")
         stages = tuple(stages)
         if not stages:
             raise ValueError(f"no stages given; choose from {', '.join(STAGE_ORDER)}.")
@@ -175,7 +188,14 @@ class Pipeline:
             raise ValueError(f"stages {stages} must be distinct and in the order {', '.join(STAGE_ORDER)}.")
         dtype = canonical_dtype_name(dtype)
         device = resolve_device(device)
+        if stage_options is not None and not isinstance(stage_options, dict):
+            raise ValueError(f"stage_options must map stage names to option dicts, e.g. {{'complete': "
+                             f"{{'query_budget': 256}}}}; received {type(stage_options).__name__}.")
         stage_options = dict(stage_options or {})
+        bad = sorted(k for k, v in stage_options.items() if not isinstance(v, dict))
+        if bad:
+            raise ValueError(f"stage_options[{bad[0]!r}] must be a dict of that stage's options; received "
+                             f"{type(stage_options[bad[0]]).__name__}.")
         unknown = set(stage_options) - set(stages)
         if unknown:
             raise ValueError(f"stage_options names stages that are not run: {sorted(unknown)}; running {stages}.")
@@ -208,13 +228,20 @@ class Pipeline:
     def __call__(self, image, sparse, depth=None, depth_scale: float | None = None):
         """Run the stages on one image (arrays or paths) or on a batch (lists of them, returning a list).
 
-        ``depth`` is an optional metric depth input (HxW metres) for a pipeline that starts with ``sharpen``.
-        ``depth_scale`` converts 16-bit PNG sparse files to metres (units per metre).
+        ``depth`` is the metric depth input (HxW metres) of a pipeline that starts with ``sharpen`` (refused by one
+        that starts with ``complete``, which makes its own). ``depth_scale`` converts 16-bit PNG sparse files to
+        metres (units per metre).
         """
         if isinstance(image, (list, tuple)):
+            if image and isinstance(image[0], (list, tuple)):
+                raise ValueError("image is a nested Python list; a list means a batch of images. Pass one image as "
+                                 "an HxWx3 uint8 array: np.asarray(image, dtype=np.uint8).")
             if not isinstance(sparse, (list, tuple)) or len(sparse) != len(image):
                 got = len(sparse) if isinstance(sparse, (list, tuple)) else type(sparse).__name__
                 raise ValueError(f"a batch of {len(image)} images needs a list of {len(image)} sparse maps; got {got}.")
+            if isinstance(depth, (list, tuple)) and len(depth) != len(image):
+                raise ValueError(f"a batch of {len(image)} images needs a list of {len(image)} depth maps (or one "
+                                 f"map, or None); got a list of {len(depth)}.")
             depths = depth if isinstance(depth, (list, tuple)) else [depth] * len(image)
             checked = [self._check(i, s, d, depth_scale) for i, s, d in zip(image, sparse, depths)]
             return [self._run_one(*c) for c in checked]
@@ -229,6 +256,10 @@ class Pipeline:
         else:
             sparse = check_sparse(sparse, image.shape[:2], depth_scale=depth_scale,
                                   allow_empty=self.stage_names[0] != "complete")
+        if depth is not None and self.stage_names[0] == "complete":
+            raise ValueError("depth= (--depth) is the metric input of a pipeline that starts with 'sharpen'; this one "
+                             "starts with 'complete', which makes its own from the sparse map. Drop it, or run "
+                             "stages=('sharpen',) (--stages sharpen) to sharpen that depth.")
         if depth is not None:
             depth = check_sparse(depth, image.shape[:2], what="depth", depth_scale=depth_scale)
         elif self.stage_names[0] != "complete":

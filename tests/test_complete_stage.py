@@ -230,6 +230,38 @@ def test_untrained_head_with_residual_fill_returns_the_guided_map(tiny_head_chec
         CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", fill="mean")
 
 
+@pytest.mark.parametrize("option, value", [("query_budget", "abc"), ("query_budget", True), ("query_stride", 0),
+                                           ("batch_size", 2.5), ("memory_budget_mb", "lots"),
+                                           ("fusion_threshold", 1.5), ("confidence_decay_px", float("nan")),
+                                           ("max_working_side", None)])
+def test_numeric_options_are_checked_before_the_model_loads(tiny_head_checkpoint, monkeypatch, option, value):
+    """A wrongly typed or out-of-range numeric option is refused by name when the stage is built (the model is not
+    loaded), not per image later with a bare conversion error; good values of each kind pass."""
+    import depthkit.complete.checkpoint as ck
+    from depthkit.complete.stage import CompleteVLMStage, check_numeric_options
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(ck, "load_complete", no_load)
+        with pytest.raises(ValueError, match=f"complete stage option {option}=.*expected"):
+            CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", **{option: value})
+    check_numeric_options({"query_budget": 0, "query_stride": None, "batch_size": 4, "memory_budget_mb": 0.5,
+                           "fusion_threshold": 0, "confidence_decay_px": None, "max_working_side": 64})
+
+
+def test_an_image_too_elongated_for_the_vision_encoder_is_refused_clearly(tiny_head_checkpoint):
+    from depthkit.complete.stage import MAX_ASPECT_RATIO, CompleteVLMStage
+
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=4)
+    image, sparse = _scene(h=2, w=2 * MAX_ASPECT_RATIO, density=0.2)
+    with pytest.raises(ValueError, match="aspect ratio 200.*--method guided"):
+        stage.run(image, sparse)
+    image, sparse = _scene(h=2, w=2 * MAX_ASPECT_RATIO - 2, density=0.2)  # 199: the processor takes it
+    assert stage.run(image, sparse).depth.shape == (2, 398)
+
+
 def test_grid_token_head_with_prior_input_runs_through_the_stage(tmp_path):
     """A one-token checkpoint whose head reads log(prior): untrained, it returns the guided map exactly through the
     stage (the engine passes each query's prior to the head); a head given weights moves it."""

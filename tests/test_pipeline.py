@@ -78,6 +78,40 @@ def test_batch_length_mismatch():
     image, sparse = _scene()
     with pytest.raises(ValueError, match="batch of 2"):
         Pipeline(method="nearest")([image, image], [sparse])
+    sharpen = Pipeline(stages=("sharpen",))
+    depth = np.full(sparse.shape, 2.0, np.float32)
+    with pytest.raises(ValueError, match="2 depth maps .* got a list of 1"):  # was: one result, one image dropped
+        sharpen([image, image], [sparse, sparse], depth=[depth])
+
+
+def test_a_depth_input_is_refused_by_a_pipeline_that_makes_its_own():
+    image, sparse = _scene()
+    with pytest.raises(ValueError, match="starts with 'complete', which makes its own"):
+        Pipeline(method="nearest")(image, sparse, depth=np.full(sparse.shape, 99.0, np.float32))
+
+
+def test_a_nested_list_is_not_taken_for_a_batch():
+    image, sparse = _scene()
+    with pytest.raises(ValueError, match="nested Python list"):
+        Pipeline(method="nearest")(image.tolist(), sparse)
+
+
+def test_low_precision_tensors_and_float64_maps():
+    """A bfloat16 tensor (no numpy dtype) is widened, and its values are kept exactly; a float64 map is float32 on
+    the way in (the output's precision), and a positive value that float32 cannot hold is refused, not dropped."""
+    import torch
+
+    image, sparse = _scene()
+    bf = torch.from_numpy(sparse).to(torch.bfloat16)
+    out = Pipeline(method="nearest")(image, bf)
+    kept = bf.float().numpy()
+    assert np.array_equal(out.depth[kept > 0], kept[kept > 0])
+    f64 = sparse.astype(np.float64)
+    out = Pipeline(method="nearest")(image, f64)
+    assert np.array_equal(out.depth[f64 > 0], f64[f64 > 0].astype(np.float32))
+    f64[3, 4] = 1e-300
+    with pytest.raises(ValueError, match="1 positive value.* too small for float32 .* 1e-300"):
+        Pipeline(method="nearest")(image, f64)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +123,9 @@ def test_batch_length_mismatch():
         ({"dtype": "int8"}, "dtype"),
         ({"device": "tpu"}, "device"),
         ({"stage_options": {"sharpen": {}}}, "not run"),
+        ({"stages": None}, "stages must be a list"),
+        ({"stage_options": {"complete": 5}}, r"stage_options\['complete'\] must be a dict"),
+        ({"stage_options": ["complete"]}, "stage_options must map"),
     ],
 )
 def test_bad_pipeline_options(kwargs, message):

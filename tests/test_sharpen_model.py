@@ -675,7 +675,7 @@ def test_change_within_measured_hull_keeps_the_input_outside_the_measured_pixels
     assert loss(on, rim) == pytest.approx(loss({}, rim), rel=1e-6)
     assert SharpDepthConfig().change_within_measured_hull is False
     for bad in (1, "true", None):
-        with pytest.raises(ValueError, match="change_within_measured_hull is true or false; received"):
+        with pytest.raises(ValueError, match="change_within_measured_hull must be true or false; received"):
             SharpDepthConfig(change_within_measured_hull=bad)
 
 

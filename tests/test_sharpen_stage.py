@@ -233,3 +233,8 @@ def test_a_config_option_overrides_single_fields_of_the_shipped_switches(tiny_ck
                 build_sharpen_stage(CheckpointRef.open(str(ck)))
         else:  # a null config is no config: the stored switches
             assert build_sharpen_stage(CheckpointRef.open(str(ck))).model.config.change_band_px == 0
+    for field, value, kind in (("change_range_px", "abc", "a whole number"), ("fit_threshold", None, "a number"),
+                               ("gating", "yes", "true or false"), ("output", 1, "a string")):
+        with pytest.raises(ValueError, match=f"SharpDepthConfig.{field} must be {kind}; received") as err:
+            build_sharpen_stage(ref, options={"config": {field: value}})  # the caller's value, not the checkpoint
+        assert "re-download" not in str(err.value)

@@ -48,7 +48,10 @@ from depthkit.checkpoints import MAX_WORKING_SIDE
 from depthkit.complete.settings import CompleteSettings
 from depthkit.outputs import StageResult
 
-__all__ = ["CompleteVLMStage", "STAGE_OPTIONS"]
+__all__ = ["CompleteVLMStage", "STAGE_OPTIONS", "MAX_ASPECT_RATIO", "check_numeric_options"]
+
+MAX_ASPECT_RATIO = 200
+"""Qwen2.5-VL's image processor refuses images whose longer side is this many times the shorter or more."""
 
 STAGE_OPTIONS = {
     "query_stride": None,
@@ -65,6 +68,40 @@ STAGE_OPTIONS = {
     "refine": None,
     "refine_check": True,
 }
+
+
+# numeric options: (whole numbers only, lower bound, lower bound allowed, upper bound, None allowed)
+_NUMERIC_OPTIONS = {
+    "query_stride": (True, 1, True, None, True),
+    "query_budget": (True, 0, True, None, True),
+    "batch_size": (True, 1, True, None, False),
+    "memory_budget_mb": (False, 0.0, False, None, False),
+    "fusion_threshold": (False, 0.0, True, 1.0, False),
+    "confidence_tolerance": (False, 0.0, False, None, False),
+    "confidence_decay_px": (False, 0.0, False, None, True),
+    "max_working_side": (True, 2, True, None, False),
+}
+
+
+def check_numeric_options(options: dict) -> None:
+    """Refuse a numeric stage option (:data:`_NUMERIC_OPTIONS`) of the wrong type or out of its range, naming it
+    (``ValueError``), before any model is loaded or any image is run. Booleans are not numbers here."""
+    import math
+
+    for name, (whole, low, low_ok, high, nullable) in _NUMERIC_OPTIONS.items():
+        value = options.get(name)
+        if name not in options or (nullable and value is None):
+            continue
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        ok = number and math.isfinite(value) and (value >= low if low_ok else value > low)
+        ok = ok and (high is None or value <= high) and (not whole or float(value).is_integer())
+        if not ok:
+            what = "a whole number" if whole else "a finite number"
+            bound = (f">= {low:g}" if low_ok else f"> {low:g}") + ("" if high is None else f" and <= {high:g}")
+            example = STAGE_OPTIONS[name] if STAGE_OPTIONS[name] is not None else 4
+            raise ValueError(f"complete stage option {name}={value!r}: expected {what} {bound}"
+                             f"{' or null (the default rule)' if nullable else ''}; e.g. --option "
+                             f"complete.{name}={example}.")
 
 
 class CompleteVLMStage:
@@ -92,6 +129,7 @@ class CompleteVLMStage:
                     "model is loaded)" if "attn_implementation" in unknown else "")
             raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
                              f"{sorted(STAGE_OPTIONS)}{hint}.")
+        check_numeric_options(options)
         self.options = {**STAGE_OPTIONS, **options}
         if self.options["fusion"] not in ANSWER_FUSIONS:
             raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
@@ -129,6 +167,7 @@ class CompleteVLMStage:
         if unknown:  # refuse before loading weights
             raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
                              f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
+        check_numeric_options(options)
         loaded = load_complete(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
         return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, loaded.refiner, **options)
 
@@ -145,10 +184,15 @@ class CompleteVLMStage:
         from depthkit.checkpoints import working_side
         from depthkit.io import resize_sparse
 
+        h, w = sparse.shape
+        if max(h, w) / min(h, w) >= MAX_ASPECT_RATIO:
+            raise ValueError(f"the image is {h}x{w} pixels (aspect ratio {max(h, w) / min(h, w):.0f}); the learned "
+                             f"completer's vision encoder (Qwen2.5-VL's processor) takes aspect ratios below "
+                             f"{MAX_ASPECT_RATIO}. Crop it into less elongated pieces, or complete it with a classical "
+                             "method (--method guided).")
         side = working_side(None, sparse.shape, cap=int(self.options["max_working_side"]))
         if side is None:
             return self._complete(image, sparse)
-        h, w = sparse.shape
         small = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
         res = self._complete(cv2.resize(image, small[::-1], interpolation=cv2.INTER_AREA), resize_sparse(sparse, small))
         res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -130,6 +130,7 @@ class SharpDepthConfig:
     lower part. Its effect on DBE with a trained full-size model is not measured."""
 
     def __post_init__(self):
+        self._check_types()
         choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
                    "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled"),
                    "ema_schedule": EMA_SCHEDULES, "recons_weight": RECONS_WEIGHTS,
@@ -151,9 +152,6 @@ class SharpDepthConfig:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
             raise ValueError(f"dense_measured_fraction is a fraction of the frame's pixels, a number in [0, 1] (0 = "
                              f"off); received {f!r}.")
-        if not isinstance(self.change_within_measured_hull, bool):
-            raise ValueError(f"change_within_measured_hull is true or false; received "
-                             f"{self.change_within_measured_hull!r}.")
         if not isinstance(self.change_range_px, int) or isinstance(self.change_range_px, bool):
             raise ValueError(f"change_range_px is a whole number of pixels; received {self.change_range_px!r}.")
         if self.change_band_px < 0 or not self.change_band_jump > 0:
@@ -165,6 +163,22 @@ class SharpDepthConfig:
             raise ValueError(f"loss weights must be >= 0; received lambda_sds={self.lambda_sds}, "
                              f"lambda_recons={self.lambda_recons}, lambda_gt={self.lambda_gt}, "
                              f"lambda_gt_grad={self.lambda_gt_grad}.")
+
+    def _check_types(self) -> None:
+        """Each field's value is of its annotated kind (a boolean is not a number here), so a wrong type says which
+        field it is rather than failing in a comparison below."""
+        kinds = {"bool": (bool, "true or false"), "int": (int, "a whole number"), "float": (float, "a number"),
+                 "float | None": (float, "a number or null"), "str": (str, "a string")}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind, what = kinds[str(f.type)]
+            if kind is float:
+                ok = (value is None and "None" in str(f.type)) or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool))
+            else:
+                ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+            if not ok:
+                raise ValueError(f"SharpDepthConfig.{f.name} must be {what}; received {value!r}.")
 
     @property
     def uses_gt(self) -> bool:
