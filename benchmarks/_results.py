@@ -4,20 +4,9 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-
-def strict_json(value):
-    """``value`` with every non-finite float (NaN: a score with nothing to score) replaced by None, so the file is
-    strict JSON (``null``), which every JSON reader accepts."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
+from depthkit.io import strict_json  # noqa: F401  (the one implementation; accuracy.py imports it from here)
 
 
 def write_results(out: Path, name: str, report: dict, lines: list[str]) -> None:

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="metric depth input for --stages sharpen alone (.npy metres or 16-bit .png with --depth-scale)")
     src.add_argument("--depth-scale", type=float, default=None,
                      help="units per metre of integer depth input: 16-bit PNG or integer .npy (KITTI/VOID 256, "
-                          "millimetres 1000); required for integer input, float input is metres")
+                          "millimetres 1000); required for integer input, refused with float input (float is metres)")
     src.add_argument("--resize-sparse", action="store_true",
                      help="sparse map at another resolution than the image: scatter its points at scaled "
                           "coordinates (each point stays one pixel)")
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", type=Path, required=True, help="output folder")
     out.add_argument("--png-scale", type=float, default=None,
                      help="units per metre in <stem>_depth.png (default: 1000 = millimetres when the depth fits "
-                          "0-65.5 m, else 256; recorded in the PNG's depth_scale text chunk)")
+                          "0-65.5 m, else 256, 100, 10, 1; recorded in the PNG's depth_scale text chunk)")
     out.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels, or a JSON/TXT file")
     out.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds (needs --intrinsics)")
     existing = out.add_mutually_exclusive_group()
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp = rsub.add_parser("cp", help="copy a shipped recipe to a file you can edit")
     cp.add_argument("name", help="recipe name as `depthkit recipes ls` shows it, e.g. tiny/complete")
     cp.add_argument("dest", type=Path, help="file (or existing folder) to copy it to")
+    for verb_parser in sub.choices.values():  # usage errors found by a verb name the verb's usage and help
+        verb_parser.set_defaults(verb_parser=verb_parser)
     return parser
 
 
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with output_policy(args.verb, verbose=getattr(args, "verbose", False)):
         try:
-            return handler(args, parser)
+            return handler(args, args.verb_parser)
         except (ValueError, OSError) as exc:  # bad input, missing files, a hub id asked for with the network off
             print(f"depthkit {args.verb}: error: {exc}", file=sys.stderr)
             return 2
@@ -202,16 +204,26 @@ def _cmd_run(args, parser) -> int:
 
 def parse_stage_options(items: list[str]) -> dict[str, dict]:
     """``["complete.query_budget=2048", ...]`` → ``{"complete": {"query_budget": 2048}}`` (values parsed as YAML)."""
-    import yaml
-
     options: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
         stage, dot, name = key.partition(".")
         if not sep or not dot or not stage or not name:
             raise ValueError(f"--option {item!r} must look like STAGE.KEY=VALUE, e.g. complete.query_budget=2048")
-        options.setdefault(stage, {})[name] = yaml.safe_load(value)
+        options.setdefault(stage, {})[name] = _yaml_value(value, f"--option {item!r}")
     return options
+
+
+def _yaml_value(value: str, where: str):
+    """``value`` parsed as YAML, or ``ValueError`` naming ``where`` (the option as given) when it is not YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where}: the value {value!r} is not valid YAML ({problem}). Values are YAML: a number "
+                         "(2048), a word, a list [1, 2] or a mapping {key: 1}; check its brackets and quotes.") from exc
 
 
 def _check_checkpoint_arg(spec: str) -> None:
@@ -256,14 +268,12 @@ def _build_pipeline(args):
 
 def parse_dataset_options(items: list[str]) -> dict:
     """``["length=20", "layout=h5"]`` → ``{"length": 20, "layout": "h5"}`` (values as YAML)."""
-    import yaml
-
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not key.strip().isidentifier():
             raise ValueError(f"--dataset-option {item!r} must look like KEY=VALUE, e.g. length=20")
-        options[key.strip()] = yaml.safe_load(value)
+        options[key.strip()] = _yaml_value(value, f"--dataset-option {item!r}")
     return options
 
 
@@ -302,6 +312,9 @@ def _cmd_eval(args, parser) -> int:
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give the metrics JSON file to write, "
                          f"e.g. {args.out / 'metrics.json'}.")
+    from depthkit.io import check_output_parent
+
+    check_output_parent(args.out)
     reader_options = parse_dataset_options(args.dataset_option)
     try:
         dataset = build_dataset(args.dataset, args.root, split=args.split, **reader_options)

@@ -9,6 +9,7 @@ once and skipped.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
                     if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(skip))
     if not images:
         raise FileNotFoundError(f"no images (png/jpg) found in {input_dir}")
+    _refuse_shared_stems(input_dir, images)
     pairs, missing = [], []
     for img in images:
         candidates = [sparse_dir / f"{img.stem}_sparse{ext}" for ext in (".npy", ".png")]
@@ -39,6 +41,20 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
     return pairs, missing
 
 
+def _refuse_shared_stems(input_dir: Path, images: list[Path]) -> None:
+    """Refuse (``ValueError``, before anything runs) images whose outputs would overwrite each other in one run:
+    ``x.png`` and ``x.jpg`` both write ``x_depth.npy``... (letter case aside, as on macOS and Windows)."""
+    by_stem: dict[str, list[str]] = {}
+    for img in images:
+        by_stem.setdefault(img.stem.casefold(), []).append(img.name)
+    shared = [" and ".join(names) for names in by_stem.values() if len(names) > 1]
+    if shared:
+        raise ValueError(f"--input-dir {input_dir} holds images that share a name: {'; '.join(shared[:5])}"
+                         f"{f' (and {len(shared) - 5} more)' if len(shared) > 5 else ''}. Their outputs "
+                         "(NAME_depth.npy, NAME_depth.png, NAME_color.png) would overwrite each other. Rename or move "
+                         "all but one of each; nothing was run.")
+
+
 def output_paths(out_dir: Path, stem: str, ply: bool = False) -> list[Path]:
     """The files ``depthkit run`` writes for input ``stem``."""
     names = [f"{stem}_depth.npy", f"{stem}_depth.png", f"{stem}_color.png"] + ([f"{stem}.ply"] if ply else [])
@@ -49,10 +65,10 @@ def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float 
                   intrinsics=None, ply: bool = False) -> list[Path]:
     """Write ``<stem>_depth.npy``, ``<stem>_depth.png`` (uint16, scale in its ``depth_scale`` text chunk; None =
     chosen to fit), ``<stem>_color.png`` and optionally ``<stem>.ply``. The PNG scale is checked first, so a depth
-    that cannot fit raises before any file is written."""
+    that cannot fit (or would round to 0 at ``png_scale``) raises before any file is written."""
     from depthkit import io
 
-    png_scale = io.choose_png_scale(depth, png_scale)
+    io.choose_png_scale(depth, png_scale)
     paths = [io.write_depth_npy(out_dir / f"{stem}_depth.npy", depth),
              io.write_depth_png16(out_dir / f"{stem}_depth.png", depth, scale=png_scale),
              io.write_colorized(out_dir / f"{stem}_color.png", depth)]
@@ -76,16 +92,20 @@ def _bundled(path: Path | None, what: str) -> Path | None:
 
 
 def _read_inputs(img_path: Path, sparse_path: Path | None, depth_path: Path | None, args):
-    """Read and check one input triple: image HxWx3 uint8, sparse and depth HxW float32 metres (or None)."""
-    from depthkit.io import read_depth, read_image, resize_sparse
+    """Read and check one input triple: image HxWx3 uint8, sparse and depth HxW float32 metres (or None). With
+    ``--png-scale`` the sparse map's measurements must fit the PNG (the output keeps them), checked before the model
+    runs."""
+    from depthkit.io import choose_png_scale, read_depth, read_image, resize_sparse
 
     image = read_image(img_path)
     maps = []
     for path, what in ((sparse_path, "sparse"), (depth_path, "depth")):
         arr = None if path is None else read_depth(path, depth_scale=args.depth_scale, what=what)
         if arr is not None and args.resize_sparse and arr.shape != image.shape[:2]:
-            arr = resize_sparse(arr, image.shape[:2])
+            arr = resize_sparse(arr, image.shape[:2], what=what)
         maps.append(arr)
+    if maps[0] is not None and args.png_scale is not None:
+        choose_png_scale(maps[0], args.png_scale, what=f"sparse {Path(sparse_path).name}")
     return image, maps[0], maps[1]
 
 
@@ -106,10 +126,14 @@ def run_command(args, parser, build_pipeline) -> int:
         parser.error("--depth goes with --image (folders: not supported yet)")
     if args.ply and args.intrinsics is None:
         parser.error("--ply needs --intrinsics fx,fy,cx,cy (pixels) or a JSON/TXT file")
-    if args.png_scale is not None and not args.png_scale > 0:
-        parser.error(f"--png-scale must be > 0 units per metre; received {args.png_scale}")
+    if args.png_scale is not None and not (math.isfinite(args.png_scale) and args.png_scale > 0):
+        parser.error(f"--png-scale must be a finite number > 0 (units per metre, e.g. 1000 = millimetres); received "
+                     f"{args.png_scale}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder for the outputs (it is created if missing).")
+    from depthkit.io import check_output_parent
+
+    check_output_parent(args.out)
     say = (lambda *a, **k: None) if args.quiet else print
     intrinsics = None
     if args.intrinsics is not None:

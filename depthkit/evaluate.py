@@ -4,7 +4,9 @@
 :func:`depthkit.metrics.depth_metrics`, DBE (:func:`depthkit.metrics.dbe_metrics`, against the dataset's edge
 annotations when it has them, else edges of the GT depth) and the preservation error, and writes
 
-- ``<out>``: JSON ``{"dataset", "protocol", "pipeline", "n_images", "mean": {...}, "per_image": [...]}``,
+- ``<out>``: JSON ``{"dataset", "protocol", "pipeline", "n_images", "mean": {...}, "per_image": [...]}``, strict
+  (:func:`depthkit.io.strict_json`): a non-finite number is written as ``null``, i.e. an undefined metric (NaN, e.g.
+  DBE on an image without edges) or an unbounded protocol limit (``"max_depth": null`` = no cap, ``math.inf``),
 - ``<out>`` with suffix ``.md``: the mean metrics as a markdown table,
 - ``<out>.parts/rank<R>.jsonl``: one line per finished image, per process. A rerun skips images already there
   (resume), so an interrupted evaluation continues where it stopped.
@@ -30,6 +32,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
+from depthkit.io import check_output_parent, strict_json
 
 METRIC_KEYS = ("mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "delta1", "delta2", "delta3", "i_rmse",
                "silog", "dbe_acc", "dbe_comp", "preservation", "confidence_auroc")
@@ -127,8 +131,8 @@ def _check_previous(out: Path, parts: Path, fingerprint: dict, fp_hash: str) -> 
             old = None
         if old is None:
             raise _refuse(out, None, fingerprint)
-    if old is not None and fingerprint_hash(old) != fp_hash:
-        raise _refuse(out, old, fingerprint)
+    if old is not None and fingerprint_hash(strict_json(old)) != fingerprint_hash(strict_json(fingerprint)):
+        raise _refuse(out, old, fingerprint)  # compared as stored in <out>: inf (no depth cap) there reads as null
     for part in parts.glob("rank*.jsonl"):
         for row in _read_done(part).values():
             if row.get("fingerprint") != fp_hash:
@@ -166,7 +170,8 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
 
     ``fingerprint`` describes everything that determines the results (see the module docstring); without one,
     ``{"pipeline": label or repr(pipeline)}`` is used. Raises :class:`FingerprintMismatch` when ``out`` holds
-    results made under another fingerprint, unless ``overwrite``.
+    results made under another fingerprint, unless ``overwrite``. The returned summary keeps NaN / inf as floats;
+    the JSON file holds them as ``null``.
     """
     from tqdm import tqdm
 
@@ -175,6 +180,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. {out / 'metrics.json'}.")
+    check_output_parent(out)
     parts = out.with_name(out.name + ".parts")
     rank, world, barrier = _dist()
     if overwrite:
@@ -228,7 +234,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         "per_image": per_image,
     }
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.write_text(json.dumps(strict_json(summary), indent=1, allow_nan=False))
     os.replace(tmp, out)
     out.with_suffix(".md").write_text(
         f"# {summary['dataset']}: {n} images\n\n" + markdown_table({summary["pipeline"]: summary["mean"]}))

@@ -12,19 +12,18 @@ same for a user's own ``import open3d``).
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from depthkit.geometry import Intrinsics, backproject
+from depthkit.geometry import backproject
+from depthkit.intrinsics import parse_intrinsics
+from depthkit.png_scale import choose_png_scale, fitting_png_scale
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_SUFFIXES = (".npy", ".png")
-PNG_SCALES = (1000.0, 256.0, 100.0, 10.0, 1.0)
-"""Units per metre tried, in order, when a 16-bit PNG's scale is chosen automatically (1000 = millimetres fits
-0-65.5 m, 256 fits 0-256 m, ...)."""
 PNG_SCALE_KEY = "depth_scale"
 LIKELY_NOT_METRES = 500.0
 """A float depth map whose median valid value exceeds this many 'metres' is almost surely in another unit."""
@@ -121,9 +120,10 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
     """HxW depth as float32 metres: integer arrays (raw sensor units) are divided by ``depth_scale``.
 
     Integer input without a ``depth_scale`` raises ``ValueError``; float input is taken as metres (``depth_scale``
-    does not apply) and warns with :class:`DepthkitWarning` when its median looks like another unit. float64 input is
-    rounded to float32 (about 7 significant digits: 0.1 mm at 1 km), the precision every output keeps; finite
-    values beyond float32's range are refused.
+    does not apply: :func:`read_depth` refuses a float file given with one, see :func:`refuse_scale_for_float`) and
+    warns with :class:`DepthkitWarning` when its median looks like another unit. float64 input is rounded to float32
+    (about 7 significant digits: 0.1 mm at 1 km), the precision every output keeps; finite values beyond float32's
+    range, and positive ones that would round to 0, are refused.
     """
     arr = np.asarray(arr)
     if arr.dtype.kind in "ui":
@@ -134,8 +134,8 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                 "given. Pass --depth-scale UNITS_PER_METRE (1000 for millimetres, 256 for KITTI/VOID PNGs) on the "
                 "CLI, or depth_scale=... in Python; or save float metres."
             )
-        if not depth_scale > 0:
-            raise ValueError(f"depth scale must be > 0 units per metre; received {depth_scale}.")
+        if not (math.isfinite(depth_scale) and depth_scale > 0):
+            raise ValueError(f"depth scale must be a finite number > 0 units per metre; received {depth_scale}.")
         return (arr.astype(np.float64) / float(depth_scale)).astype(np.float32)
     if arr.dtype.kind != "f":
         raise ValueError(f"{what} has dtype {arr.dtype}; expected float metres or integer sensor units.")
@@ -146,6 +146,11 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
             raise ValueError(f"{what} has {int(huge.sum())} finite value(s) too large for float32 metres (max "
                              f"{float(np.abs(arr[finite]).max()):.3g}); depth is metres, 0 = missing. Check the "
                              "units, or set such pixels to 0.")
+        tiny = finite & (arr > 0) & (arr.astype(np.float32) == 0)
+        if tiny.any():  # they would become 0, i.e. missing: a measurement lost without a word
+            raise ValueError(f"{what} has {int(tiny.sum())} positive value(s) too small for float32 metres "
+                             f"(smallest {float(arr[tiny].min()):.3g}), the precision every output keeps; they would "
+                             "be lost as missing. Check the units, or set such pixels to 0.")
     out = arr.astype(np.float32)
     valid = np.isfinite(out) & (out > 0)
     if valid.any():
@@ -153,17 +158,44 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
         if median > LIKELY_NOT_METRES:
             import warnings
 
+            given = "" if depth_scale is None else (f" (the depth scale {depth_scale:g} given converts integer input "
+                                                    "only; float input is taken as metres as it is)")
             warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "
-                          "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be metres.",
-                          UnitWarning, stacklevel=3)
+                          "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be metres"
+                          f"{given}.", UnitWarning, stacklevel=3)
     return out
+
+
+def check_depth_values(depth: np.ndarray, what: str = "sparse") -> None:
+    """Refuse (``ValueError``) NaN / inf and negative values in ``depth`` (metres): missing measurements are 0, and
+    anything else would be silently dropped or kept as garbage."""
+    bad = ~np.isfinite(depth)
+    if bad.any():
+        raise ValueError(f"{what} has {int(bad.sum())} NaN/inf values; mark missing measurements with 0 instead.")
+    if (depth < 0).any():
+        raise ValueError(f"{what} has {int((depth < 0).sum())} negative values (min {depth.min():.3f}); depth is "
+                         "metres >= 0 with 0 = missing.")
+
+
+def refuse_scale_for_float(arr: np.ndarray, depth_scale: float | None, what: str = "sparse") -> None:
+    """Raise ``ValueError`` when a ``depth_scale`` (units per metre) is given with float ``arr``: float depth is
+    metres and the scale, which converts integer sensor units only, would be ignored without a word."""
+    if depth_scale is None or np.asarray(arr).dtype.kind != "f":
+        return
+    raise ValueError(
+        f"{what} holds floats ({np.asarray(arr).dtype}), which depthkit reads as metres, but a depth scale of "
+        f"{depth_scale:g} units per metre was given; the scale converts integer sensor units only and would be "
+        f"ignored. Save the map in metres (divide it by {depth_scale:g}) and drop --depth-scale (depth_scale= in "
+        "Python), or save the raw integer units with it."
+    )
 
 
 def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> np.ndarray:
     """Read a depth map as HxW float32 metres (0 = missing).
 
-    ``.npy``: a 2-D array (or HxWx1); float arrays are metres as-is, integer arrays (e.g. uint16 millimetres) are
-    divided by ``depth_scale`` (units per metre), which they require. NaN/inf are rejected later, not zeroed.
+    ``.npy``: a 2-D array (or HxWx1); float arrays are metres as-is (a ``depth_scale`` given with one is refused:
+    it would be ignored), integer arrays (e.g. uint16 millimetres) are divided by ``depth_scale`` (units per metre),
+    which they require. NaN/inf are rejected later, not zeroed.
     ``.png``: a single-channel 8/16-bit PNG divided by ``depth_scale``; without one, the scale recorded in the PNG's
     ``depth_scale`` text chunk (PNGs depthkit writes) is used, else it is an error (the encoding is not
     self-describing).
@@ -183,6 +215,7 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
             raise ValueError(f"depth array {path} has shape {arr.shape}; expected HxW (metres, 0 = missing).")
         if not np.issubdtype(arr.dtype, np.number):
             raise ValueError(f"depth array {path} has dtype {arr.dtype}; expected a numeric array in metres.")
+        refuse_scale_for_float(arr, depth_scale, what=f"{what} file {path.name}")
         return depth_to_metres(arr, depth_scale, what=f"{what} file {path.name}")
     if suffix == ".png":
         cv2 = _cv2()
@@ -220,6 +253,31 @@ def _atomic_target(path) -> tuple[Path, Path]:
     return path, path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
 
 
+def check_output_parent(path, what: str = "--out") -> None:
+    """Raise ``ValueError`` when output ``path`` cannot be created because an existing part of its folder path is a
+    file (``notes.txt/out.json``), before any work is done; missing folders are fine (they are created)."""
+    path = _as_path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path}: {parent} is a file, not a folder, so nothing can be written under "
+                                 "it. Give a path inside a folder (missing folders are created).")
+            return
+
+
+def strict_json(value):
+    """``value`` (nested dicts/lists) with every non-finite float replaced by None, so ``json.dumps(...,
+    allow_nan=False)`` writes strict JSON (``null``, which every JSON reader accepts) instead of ``NaN`` /
+    ``Infinity``. A NaN is an undefined number (a score with nothing to score), an infinity an unbounded limit."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_depth_npy(path, depth: np.ndarray) -> Path:
     """Write HxW float32 metres as ``.npy`` (atomically)."""
     path, tmp = _atomic_target(path)
@@ -229,39 +287,20 @@ def write_depth_npy(path, depth: np.ndarray) -> Path:
     return path
 
 
-def choose_png_scale(depth: np.ndarray, scale: float | None = None) -> float:
-    """Units per metre for a 16-bit PNG of ``depth`` (metres): ``scale`` if given and the depth fits, else the first
-    of :data:`PNG_SCALES` that fits. Raises ``ValueError`` (before anything is written) when it cannot fit."""
-    depth = np.asarray(depth, dtype=np.float64)
-    finite = depth[np.isfinite(depth)]
-    top = float(finite.max(initial=0.0))
-    if scale is not None:
-        if not scale > 0:
-            raise ValueError(f"png scale must be > 0 (units per metre); received {scale}")
-        if round(top * scale) > 65535:
-            raise ValueError(
-                f"depth up to {top:.3f} m does not fit a 16-bit PNG at scale {scale:g} units per metre "
-                f"(max {65535 / scale:.3f} m). Use a smaller --png-scale (e.g. 256 fits 0-256 m), or leave it out "
-                "to choose one that fits."
-            )
-        return float(scale)
-    for candidate in PNG_SCALES:
-        if round(top * candidate) <= 65535:
-            return candidate
-    raise ValueError(f"depth up to {top:.1f} m does not fit a 16-bit PNG even at 1 unit per metre; use the .npy.")
-
-
 def write_depth_png16(path, depth: np.ndarray, scale: float | None = 1000.0) -> Path:
     """Write depth (HxW metres) as a 16-bit PNG storing ``round(depth * scale)``, with ``scale`` (units per metre)
     recorded in its ``depth_scale`` text chunk. ``scale=None`` chooses one that fits (:func:`choose_png_scale`).
 
-    Values beyond 65535 / scale metres cannot be represented: raises instead of wrapping around.
+    Values beyond 65535 / scale metres cannot be represented: raises instead of wrapping around. Valid pixels
+    below half a unit are written as 0 (missing) with a :class:`DepthkitWarning` (a given ``scale`` under which a
+    fitting one would keep them is refused by :func:`choose_png_scale`).
     """
     from PIL import Image, PngImagePlugin
 
     depth = np.asarray(depth, dtype=np.float64)
     scale = choose_png_scale(depth, scale)
     q = np.round(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0) * scale)
+    _warn_png_loss(path, depth, q, scale)
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_SCALE_KEY, f"{scale:g}")
     info.add_text("depth_unit", f"value / {scale:g} = metres; 0 = missing")
@@ -271,11 +310,35 @@ def write_depth_png16(path, depth: np.ndarray, scale: float | None = 1000.0) -> 
     return path
 
 
-def resize_sparse(sparse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _warn_png_loss(path, depth: np.ndarray, q: np.ndarray, scale: float) -> None:
+    """Warn when valid ``depth`` pixels (metres, > 0) became 0 in ``q`` = round(depth * ``scale``), the PNG's
+    values, saying which ``--png-scale`` would keep them, if any."""
+    lost = int(((q == 0) & np.isfinite(depth) & (depth > 0)).sum())
+    if not lost:
+        return
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    fit = fitting_png_scale(float(valid.max()))
+    advice = ("no 16-bit scale holds this depth range" if (np.round(valid * fit) == 0).any()
+              else f"--png-scale {fit:g} keeps them")
+    import warnings
+
+    warnings.warn(f"{Path(path).name}: {lost} valid pixel(s) below {0.5 / scale:g} m are stored as 0 (missing) at "
+                  f"{scale:g} units per metre; {advice}. The .npy keeps every value.", DepthkitWarning, stacklevel=3)
+
+
+def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse") -> np.ndarray:
     """Move sparse depth (HxW metres, 0 = missing) to resolution ``shape`` = (H', W') by scattering each measured
     point to its scaled pixel centre, so a point stays one pixel (image interpolation would smear it into a block
-    when upsampling). Where points collide (downsampling) the nearest depth wins."""
-    sparse = np.asarray(sparse, dtype=np.float32)
+    when upsampling). Where points collide (downsampling) the nearest depth wins.
+
+    ``sparse`` is checked first as at the image's size (:func:`depth_to_metres`, :func:`check_depth_values`, as
+    :func:`depthkit.pipeline.check_sparse` does): NaN, inf, negative values and integer units are refused with the
+    same messages rather than dropped as missing.
+    """
+    sparse = depth_to_metres(np.asarray(sparse), None, what=what)
+    if sparse.ndim != 2:
+        raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing).")
+    check_depth_values(sparse, what)
     h, w = sparse.shape
     oh, ow = int(shape[0]), int(shape[1])
     ys, xs = np.nonzero(sparse > 0)
@@ -359,57 +422,6 @@ def legend_labels(vmin: float, vmax: float, n: int, clipped_low: bool = False, c
 def write_colorized(path, depth: np.ndarray, **kwargs) -> Path:
     """Write :func:`colorize` output (with a metres legend) as an image file."""
     return write_image(path, colorize(depth, **kwargs))
-
-
-def parse_intrinsics(spec) -> Intrinsics:
-    """Intrinsics from ``"fx,fy,cx,cy"``, an :class:`Intrinsics`, a 4-sequence, or a file.
-
-    Files: JSON with keys ``fx, fy, cx, cy`` (or ``K``: 3x3), or TXT with 4 numbers or a 3x3 matrix (9 numbers).
-    """
-    if isinstance(spec, Intrinsics):
-        return spec
-    if isinstance(spec, (list, tuple, np.ndarray)):
-        vals = [float(v) for v in np.asarray(spec).ravel()]
-        return _intrinsics_from_numbers(vals, f"sequence {list(spec)!r}")
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"intrinsics must be 'fx,fy,cx,cy', a file path or Intrinsics; received {type(spec).__name__}")
-    text = str(spec)
-    path = Path(text)
-    if path.suffix.lower() in (".json", ".txt") or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"intrinsics file not found: {path}")
-        raw = path.read_text()
-        if path.suffix.lower() == ".json":
-            try:
-                data = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"intrinsics file {path} is not valid JSON: {exc}") from exc
-            if isinstance(data, dict) and all(k in data for k in ("fx", "fy", "cx", "cy")):
-                return Intrinsics(*(float(data[k]) for k in ("fx", "fy", "cx", "cy")))
-            if isinstance(data, dict) and "K" in data:
-                return _intrinsics_from_numbers([float(v) for v in np.asarray(data["K"]).ravel()], str(path))
-            raise ValueError(f"intrinsics JSON {path} needs keys fx, fy, cx, cy (pixels) or a 3x3 'K'.")
-        try:
-            vals = [float(v) for v in raw.replace(",", " ").split()]
-        except ValueError as exc:
-            raise ValueError(f"intrinsics file {path} must contain numbers only: {exc}") from exc
-        return _intrinsics_from_numbers(vals, str(path))
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise ValueError(f"could not parse intrinsics {text!r}: expected 'fx,fy,cx,cy' in pixels or a file") from exc
-    return _intrinsics_from_numbers(vals, repr(text))
-
-
-def _intrinsics_from_numbers(vals: list[float], source: str) -> Intrinsics:
-    if len(vals) == 4:
-        return Intrinsics(*vals)
-    if len(vals) == 9:
-        k = np.asarray(vals).reshape(3, 3)
-        return Intrinsics(k[0, 0], k[1, 1], k[0, 2], k[1, 2])
-    raise ValueError(
-        f"intrinsics from {source} have {len(vals)} numbers; expected 4 (fx,fy,cx,cy) or 9 (a 3x3 matrix K)."
-    )
 
 
 def preload_libusb() -> bool:

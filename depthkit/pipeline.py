@@ -108,13 +108,14 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
     """Return ``sparse`` as HxW float32 metres (0 = missing) or raise ``ValueError`` saying what is wrong.
 
     ``shape`` is the image's (H, W). Integer maps (raw sensor units) are divided by ``depth_scale`` (units per
-    metre) and refused without one; float maps are metres. NaN, inf and negative values are refused rather than
-    silently zeroed: mark missing measurements with 0.
+    metre) and refused without one; float maps are metres, and refused with one (it would be ignored). NaN, inf and
+    negative values are refused rather than silently zeroed: mark missing measurements with 0.
     """
     if isinstance(sparse, (str, os.PathLike)):
         from depthkit.io import read_depth
 
         sparse = read_depth(sparse, depth_scale=depth_scale, what=what)
+        depth_scale = None  # applied (or refused) by the reader: what it returns is metres
     sparse = _to_numpy(sparse, what)
     if not isinstance(sparse, np.ndarray):
         raise ValueError(f"{what} must be an HxW float array in metres or a file path; received {type(sparse).__name__}.")
@@ -134,25 +135,11 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
             "depthkit.io.resize_sparse in Python); do not resize it like an image, which turns each point into a "
             "block of copies when upsampling."
         )
-    from depthkit.io import depth_to_metres
+    from depthkit.io import check_depth_values, depth_to_metres, refuse_scale_for_float
 
-    if sparse.dtype.kind == "f" and sparse.dtype.itemsize > 4:  # float32 is what the output keeps
-        with np.errstate(invalid="ignore", over="ignore"):
-            lost = (sparse > 0) & (sparse.astype(np.float32) == 0)
-        if lost.any():
-            raise ValueError(f"{what} has {int(lost.sum())} positive value(s) too small for float32 (smallest "
-                             f"{float(sparse[lost].min()):.3g} m), the precision depthkit computes and outputs in; "
-                             "they would be lost as missing. Mark missing measurements with 0, or check the units.")
-    sparse = depth_to_metres(sparse, depth_scale, what=what)
-    sparse = sparse.astype(np.float32)
-    bad = ~np.isfinite(sparse)
-    if bad.any():
-        raise ValueError(f"{what} has {int(bad.sum())} NaN/inf values; mark missing measurements with 0 instead.")
-    if (sparse < 0).any():
-        raise ValueError(
-            f"{what} has {int((sparse < 0).sum())} negative values (min {sparse.min():.3f}); depth is metres >= 0 "
-            "with 0 = missing."
-        )
+    refuse_scale_for_float(sparse, depth_scale, what=what)
+    sparse = depth_to_metres(sparse, depth_scale, what=what).astype(np.float32)
+    check_depth_values(sparse, what)
     if not allow_empty and not (sparse > 0).any():
         raise ValueError(f"{what} has no measured pixel (all zeros); completion needs at least one value > 0.")
     return np.ascontiguousarray(sparse)

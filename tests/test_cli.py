@@ -49,8 +49,7 @@ def test_run_folder_skips_bad_file_and_exits_nonzero(tmp_path, capsys):
     (inp / "broken.png").write_bytes(b"garbage")
     np.save(inp / "broken_sparse.npy", np.ones((20, 28), np.float32))
     cv2.imwrite(str(inp / "lonely.png"), np.zeros((20, 28, 3), np.uint8))
-    rc = main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "out"), "--depth-scale", "1000",
-               "--method", "nearest"])
+    rc = main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "out"), "--method", "nearest"])
     assert rc == 1
     written = sorted(p.name for p in (tmp_path / "out").glob("*_depth.npy"))
     assert written == ["good1_depth.npy", "good2_depth.npy"]
@@ -291,3 +290,118 @@ def test_exif_rotated_photo_is_read_upright_and_said(tmp_path, capsys):
     assert main(_single(tmp_path)) == 0
     assert "EXIF orientation 6" in capsys.readouterr().err
     assert np.load(tmp_path / "o" / "a_depth.npy").shape == (28, 20)
+
+
+def _no_pipeline(monkeypatch):
+    """Make building the pipeline fail the test: errors must come before any model loads."""
+    import depthkit.cli as cli
+
+    def boom(args):
+        raise AssertionError("the pipeline was built before the error was found")
+
+    monkeypatch.setattr(cli, "_build_pipeline", boom)
+
+
+def test_depth_scale_with_float_sparse_is_refused(tmp_path, capsys, monkeypatch):
+    _no_pipeline(monkeypatch)
+    _, sparse = _write_pair(tmp_path, "a")
+    np.save(tmp_path / "a_sparse.npy", sparse * 100)  # centimetres saved as float
+    assert main(_single(tmp_path, "--depth-scale", "100")) == 2
+    err = capsys.readouterr().err
+    assert "a_sparse.npy holds floats" in err and "divide it by 100" in err and "looks like" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_resize_sparse_refuses_nan_and_negative_like_without_it(tmp_path, capsys, monkeypatch):
+    _no_pipeline(monkeypatch)
+    _write_pair(tmp_path, "a", h=20, w=28)
+    small = np.zeros((10, 14), np.float32)
+    small[3, 4], small[5, 5], small[6, 6] = 2.5, np.nan, -2.0
+    np.save(tmp_path / "a_sparse.npy", small)
+    assert main(_single(tmp_path, "--resize-sparse")) == 2
+    assert "sparse has 1 NaN/inf values" in capsys.readouterr().err
+    small[5, 5] = 0
+    np.save(tmp_path / "a_sparse.npy", small)
+    assert main(_single(tmp_path, "--resize-sparse")) == 2
+    assert "sparse has 1 negative values" in capsys.readouterr().err
+
+
+def test_folder_images_sharing_a_stem_are_refused_before_running(tmp_path, capsys, monkeypatch):
+    _no_pipeline(monkeypatch)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    image, _ = _write_pair(inp, "x")
+    cv2.imwrite(str(inp / "x.jpg"), image[:, :, ::-1])
+    _write_pair(inp, "y")
+    assert main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "o"), "--method", "nearest"]) == 2
+    err = capsys.readouterr().err
+    assert "share a name: x.jpg and x.png" in err and "overwrite each other" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_yaml_option_is_one_line_error(tmp_path, capsys):
+    from depthkit.cli import parse_dataset_options, parse_stage_options
+
+    with pytest.raises(ValueError, match=r"--option 'complete.query_budget=\[1,': the value '\[1,' is not valid YAML"):
+        parse_stage_options(["complete.query_budget=[1,"])
+    with pytest.raises(ValueError, match=r"--dataset-option 'length=\[1,'.*not valid YAML"):
+        parse_dataset_options(["length=[1,"])
+    _write_pair(tmp_path, "a")
+    assert main(_single(tmp_path, "--option", "sharpen.config={change_range_px: ")) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "Traceback" not in err
+
+
+def test_out_under_a_file_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    _no_pipeline(monkeypatch)
+    _write_pair(tmp_path, "a")
+    (tmp_path / "notes").write_text("x")
+    assert main(_single(tmp_path, out="notes/sub")) == 2
+    assert "notes is a file, not a folder" in capsys.readouterr().err
+
+
+def test_png_scale_checked_before_the_model(tmp_path, capsys, monkeypatch):
+    _no_pipeline(monkeypatch)
+    _write_pair(tmp_path, "a")
+    with pytest.raises(SystemExit):
+        main(_single(tmp_path, "--png-scale", "inf"))
+    assert "--png-scale must be a finite number > 0" in capsys.readouterr().err
+    assert main(_single(tmp_path, "--png-scale", "1e-9")) == 2
+    err = capsys.readouterr().err
+    assert "30 of 30 valid pixel(s) of sparse a_sparse.npy" in err and "round to 0" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_deep_for_png_suggests_a_png_scale(tmp_path, capsys):
+    _, sparse = _write_pair(tmp_path, "a")
+    sparse.flat[np.flatnonzero(sparse)[0]] = 1e5  # one point 100 km away, the rest 0.5-8 m
+    np.save(tmp_path / "a_sparse.npy", sparse)
+    assert main(_single(tmp_path)) == 2
+    assert "Pass --png-scale 0.5" in capsys.readouterr().err
+    assert main(_single(tmp_path, "--png-scale", "0.5")) == 0  # the suggestion works
+    assert io.png_depth_scale(tmp_path / "o" / "a_depth.png") == 0.5
+    err = capsys.readouterr().err  # depth below 1 m cannot be stored at 2 m steps: said, not silent
+    assert "a_depth.png: " in err and "below 1 m are stored as 0 (missing)" in err and "no 16-bit scale" in err
+    assert np.load(tmp_path / "o" / "a_depth.npy").max() == np.float32(1e5)
+
+
+def test_bad_stage_option_type_stops_a_folder_run_once(tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _write_pair(inp, "a", seed=1)
+    _write_pair(inp, "b", seed=2)
+    assert main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "o"),
+                 "--option", "complete.query_budget=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "query_budget" in err and "failed" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_usage_errors_show_the_verbs_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--image", "a.png", "--sparse", "b.npy", "--out", str(tmp_path), "--ply"])
+    err = capsys.readouterr().err
+    assert "usage: depthkit run " in err and "(see `depthkit run --help`)" in err and "VERB" not in err
+    with pytest.raises(SystemExit):
+        main(["eval", "--dataset", "synthetic", "--out", str(tmp_path / "m.json"), "--limit", "0"])
+    err = capsys.readouterr().err
+    assert "usage: depthkit eval " in err and "(see `depthkit eval --help`)" in err

@@ -105,3 +105,20 @@ def test_score_image_adds_confidence_auroc_only_with_a_confidence_map():
     assert "confidence_auroc" not in score_image(pred, item, valid)
     scores = score_image(pred, item, valid, conf)
     assert scores["confidence_auroc"] == confidence_auroc(conf, pred, gt, valid, sparse) > 0.99
+
+
+def test_eval_json_is_strict_and_out_under_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(out), "--limit", "1"]) == 0
+
+    def refuse(token):
+        raise AssertionError(f"{token} is not strict JSON")
+
+    summary = json.loads(out.read_text(), parse_constant=refuse)
+    assert summary["protocol"]["max_depth"] is None  # math.inf (no cap) is written as null
+    shutil.rmtree(tmp_path / "m.json.parts")  # the rerun now compares with the fingerprint in m.json (null there)
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(out), "--limit", "1"]) == 0
+    (tmp_path / "notes").write_text("x")
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "notes" / "m.json"),
+                 "--limit", "1"]) == 2
+    assert "notes is a file, not a folder" in capsys.readouterr().err

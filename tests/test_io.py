@@ -173,3 +173,77 @@ def test_preload_libusb_lets_open3d_import():
     code = "import depthkit.io as i; i.preload_libusb(); import open3d; print('ok')"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_float_depth_with_a_depth_scale_is_refused_not_ignored(tmp_path):
+    np.save(tmp_path / "cm.npy", np.full((3, 3), 250.0, np.float32))  # centimetres saved as float
+    with pytest.raises(ValueError, match=r"cm.npy holds floats .*scale of 100 units per metre.*divide it by 100"):
+        io.read_depth(tmp_path / "cm.npy", depth_scale=100)
+    with pytest.warns(io.UnitWarning, match="scale 1000 given converts integer input only"):  # arrays: not "ignored"
+        io.depth_to_metres(np.full((3, 3), 2500.0, np.float32), 1000)
+
+
+def test_resize_sparse_refuses_what_check_sparse_refuses():
+    from depthkit.pipeline import check_sparse
+
+    for bad, words in ((np.nan, "NaN/inf"), (-2.0, "negative")):
+        small = np.zeros((4, 6), np.float32)
+        small[1, 2], small[2, 3] = 2.0, bad
+        with pytest.raises(ValueError) as same_size:
+            check_sparse(small, small.shape)
+        with pytest.raises(ValueError) as resized:
+            io.resize_sparse(small, (8, 12))
+        assert str(resized.value) == str(same_size.value) and words in str(resized.value)
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"fx": null, "fy": 50, "cx": 32, "cy": 24}', "key 'fx' is null"),
+    ('{"fx": [50], "fy": 50, "cx": 32, "cy": 24}', "key 'fx' is [50]"),
+    ('{"fx": 50, "fy": "abc", "cx": 32, "cy": 24}', "key 'fy' is \"abc\""),
+    ('{"fx": true, "fy": 50, "cx": 32, "cy": 24}', "key 'fx' is true"),
+    ('{"K": "abc"}', "key 'K' is \"abc\""),
+    ('{"K": [[50, 0, 32], [0, null, 24], [0, 0, 1]]}', "key 'K'[1][1] is null"),
+    ('{"fx": NaN, "fy": 50, "cx": 32, "cy": 24}', "must be finite"),
+])
+def test_intrinsics_json_with_bad_values_names_file_and_key(tmp_path, content, words):
+    path = tmp_path / "cam.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        io.parse_intrinsics(path)
+    assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_intrinsics_file_not_utf8_and_python_sequences(tmp_path):
+    path = tmp_path / "cam.json"
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=r"cam.json is not UTF-8 text"):
+        io.parse_intrinsics(path)
+    with pytest.raises(ValueError, match=r"intrinsics\[0\] is null"):
+        io.parse_intrinsics([None, 50, 32, 24])
+    assert io.parse_intrinsics(np.array([50, 51, 32, 24])) == Intrinsics(50.0, 51.0, 32.0, 24.0)
+
+
+def test_png_scale_must_be_finite_keep_valid_pixels_and_suggests_one_that_fits(tmp_path):
+    depth = np.array([[0.0, 1.5], [4.0, 2.0]], np.float32)
+    with pytest.raises(ValueError, match="finite number > 0"):
+        io.choose_png_scale(depth, float("inf"))
+    with pytest.raises(ValueError, match=r"3 of 3 valid pixel\(s\) .* round to 0.*--png-scale \(e.g. 10000, which "
+                                         r"fits 0-6.5535 m\), or leave it out"):
+        io.choose_png_scale(depth, 1e-9)
+    assert io.choose_png_scale(depth, 1.0) == 1.0  # coarse, but every valid pixel stays non-zero
+    with pytest.raises(ValueError, match=r"even at 1 unit per metre.*--png-scale 0.5 "):
+        io.choose_png_scale(np.array([[2.0, 1e5]]))
+    with pytest.raises(ValueError, match=r"e.g. 0.5 fits 0-131070 m"):
+        io.choose_png_scale(np.array([[2.0, 1e5]]), 1000)
+    assert io.choose_png_scale(np.array([[2.0, 1e5]]), 0.5) == 0.5
+    with pytest.warns(io.DepthkitWarning, match=r"d.png: 1 valid pixel\(s\) below 0.0005 m .*--png-scale 10000 keeps"):
+        io.write_depth_png16(tmp_path / "d.png", np.array([[0.0004, 5.0]]), scale=None)  # automatic 1000: said
+
+
+def test_check_output_parent_and_strict_json(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="notes.txt is a file, not a folder"):
+        io.check_output_parent(tmp_path / "notes.txt" / "sub" / "m.json")
+    io.check_output_parent(tmp_path / "new" / "sub" / "m.json")  # missing folders are fine
+    text = json.dumps(io.strict_json({"a": [float("nan"), 1.0], "b": float("inf")}), allow_nan=False)
+    assert json.loads(text) == {"a": [None, 1.0], "b": None}

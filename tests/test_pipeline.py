@@ -90,6 +90,16 @@ def test_a_depth_input_is_refused_by_a_pipeline_that_makes_its_own():
         Pipeline(method="nearest")(image, sparse, depth=np.full(sparse.shape, 99.0, np.float32))
 
 
+def test_a_depth_scale_with_float_metres_is_refused_not_ignored(tmp_path):
+    image, sparse = _scene()
+    with pytest.raises(ValueError, match="holds floats .* depth scale of 100 .* would be ignored"):
+        Pipeline(method="nearest")(image, sparse * 100, depth_scale=100)
+    np.save(tmp_path / "s.npy", (sparse * 1000).astype(np.uint16))  # a file the scale converts: applied once
+    out = Pipeline(method="nearest")(image, tmp_path / "s.npy", depth_scale=1000)
+    kept = (sparse * 1000).astype(np.uint16) / 1000
+    np.testing.assert_allclose(out.depth[kept > 0], kept[kept > 0], rtol=1e-6)
+
+
 def test_a_nested_list_is_not_taken_for_a_batch():
     image, sparse = _scene()
     with pytest.raises(ValueError, match="nested Python list"):
@@ -110,7 +120,7 @@ def test_low_precision_tensors_and_float64_maps():
     out = Pipeline(method="nearest")(image, f64)
     assert np.array_equal(out.depth[f64 > 0], f64[f64 > 0].astype(np.float32))
     f64[3, 4] = 1e-300
-    with pytest.raises(ValueError, match="1 positive value.* too small for float32 .* 1e-300"):
+    with pytest.raises(ValueError, match="1 positive value.* too small for float32 metres .* 1e-300"):
         Pipeline(method="nearest")(image, f64)
 
 

@@ -1,0 +1,98 @@
+"""Camera intrinsics (pixels) from what a user passes: ``"fx,fy,cx,cy"``, a sequence, a 3x3 matrix, or a JSON / TXT
+file (:func:`parse_intrinsics`). Every value must be a real number; errors name the file and the key."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from depthkit.geometry import Intrinsics
+
+__all__ = ["parse_intrinsics"]
+
+
+def parse_intrinsics(spec) -> Intrinsics:
+    """Intrinsics (pixels) from ``"fx,fy,cx,cy"``, an :class:`Intrinsics`, a 4-sequence (or 3x3 K), or a file.
+
+    Files: UTF-8 JSON with keys ``fx, fy, cx, cy`` (or ``K``: 3x3), or TXT with 4 numbers or a 3x3 matrix (9
+    numbers). Every value must be a real number (not null, a string, a list or true/false); errors name the file
+    and the key.
+    """
+    if isinstance(spec, Intrinsics):
+        return spec
+    if isinstance(spec, (list, tuple, np.ndarray)):
+        source = f"sequence {np.asarray(spec, dtype=object).tolist()!r}"
+        return _intrinsics_from_numbers(_real_numbers(spec, "intrinsics"), source)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"intrinsics must be 'fx,fy,cx,cy', a file path or Intrinsics; received {type(spec).__name__}")
+    text = str(spec)
+    path = Path(text)
+    if path.suffix.lower() in (".json", ".txt") or path.is_file():
+        return _intrinsics_from_file(path)
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ValueError(f"could not parse intrinsics {text!r}: expected 'fx,fy,cx,cy' in pixels or a file") from exc
+    return _intrinsics_from_numbers(vals, repr(text))
+
+
+def _intrinsics_from_file(path: Path) -> Intrinsics:
+    """Intrinsics from a JSON (``fx, fy, cx, cy`` or ``K``) or TXT (4 or 9 numbers) file; see :func:`parse_intrinsics`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"intrinsics file not found: {path}")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"intrinsics file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); expected JSON "
+                         "with keys fx, fy, cx, cy (pixels) or a TXT file of 4 or 9 numbers.") from exc
+    source = f"file {path}"
+    if path.suffix.lower() != ".json":
+        try:
+            vals = [float(v) for v in raw.replace(",", " ").split()]
+        except ValueError as exc:
+            raise ValueError(f"intrinsics {source} must contain numbers only: {exc}") from exc
+        return _intrinsics_from_numbers(vals, source)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"intrinsics {source} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and all(k in data for k in ("fx", "fy", "cx", "cy")):
+        vals = [_real_numbers(data[k], f"intrinsics {source}, key {k!r}", single=True)[0]
+                for k in ("fx", "fy", "cx", "cy")]
+        return _intrinsics_from_numbers(vals, source)
+    if isinstance(data, dict) and "K" in data:
+        if not isinstance(data["K"], list):
+            raise ValueError(f"intrinsics {source}, key 'K' is {json.dumps(data['K'])}; expected a 3x3 matrix of numbers "
+                             "(pixels), e.g. [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]].")
+        return _intrinsics_from_numbers(_real_numbers(data["K"], f"intrinsics {source}, key 'K'"), source)
+    raise ValueError(f"intrinsics JSON {path} needs keys fx, fy, cx, cy (pixels) or a 3x3 'K'.")
+
+
+def _real_numbers(value, where: str, single: bool = False) -> list[float]:
+    """The numbers in ``value`` (a number, or nested lists / arrays of them) as floats; ``ValueError`` naming
+    ``where`` for anything else: null, a string, a bool, or (with ``single``) a list."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and not single:
+        return [x for i, v in enumerate(value) for x in _real_numbers(v, f"{where}[{i}]")]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        shown = json.dumps(value, default=repr)
+        raise ValueError(f"{where} is {shown} ({type(value).__name__}); expected a number in pixels, e.g. 525.0.")
+    return [float(value)]
+
+
+def _intrinsics_from_numbers(vals: list[float], source: str) -> Intrinsics:
+    if len(vals) not in (4, 9):
+        raise ValueError(
+            f"intrinsics from {source} have {len(vals)} numbers; expected 4 (fx,fy,cx,cy) or 9 (a 3x3 matrix K)."
+        )
+    if len(vals) == 9:
+        k = np.asarray(vals).reshape(3, 3)
+        vals = [k[0, 0], k[1, 1], k[0, 2], k[1, 2]]
+    try:
+        return Intrinsics(*(float(v) for v in vals))
+    except ValueError as exc:
+        raise ValueError(f"intrinsics from {source}: {exc}") from exc
