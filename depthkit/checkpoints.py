@@ -120,11 +120,29 @@ def bounded(name: str, value, lo: float, hi: float, source, integer: bool = True
     return value
 
 
+def field_type_problem(hint, value) -> str | None:
+    """None when ``value`` has the type annotation ``hint`` (``bool``, ``int``, ``float`` — an int is accepted —,
+    ``str``, or ``X | None``; numpy scalars count as numbers, a bool never does), else what is allowed (e.g.
+    ``"int"``, ``"float or null"``), for the caller's message."""
+    import numbers
+    import typing
+
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    number = not isinstance(value, (bool, np.bool_))
+    ok = any(value is None if a is type(None) else
+             isinstance(value, (bool, np.bool_)) if a is bool else
+             (number and isinstance(value, numbers.Real)) if a is float else
+             (number and isinstance(value, numbers.Integral)) if a is int else
+             isinstance(value, a) if isinstance(a, type) else True
+             for a in allowed)
+    return None if ok else " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in allowed)
+
+
 def check_typed_fields(schema, data, source) -> dict:
     """``data`` (a JSON object read from ``source``) checked against the dataclass ``schema``: every key must be a
-    field, and every value must have the field's type (``bool``, ``int``, ``float`` — an int is accepted —, ``str``,
-    or ``X | None``). Returns ``data``; raises :class:`CheckpointError` naming the file, the key, what it holds and
-    what is allowed. Value ranges and choices are then checked by the schema's own ``__post_init__``."""
+    field, and every value must have the field's type (:func:`field_type_problem`). Returns ``data``; raises
+    :class:`CheckpointError` naming the file, the key, what it holds and what is allowed. Value ranges and choices
+    are then checked by the schema's own ``__post_init__``."""
     import dataclasses
     import typing
 
@@ -136,16 +154,8 @@ def check_typed_fields(schema, data, source) -> dict:
     for key, value in data.items():
         if key not in names:
             raise CheckpointError(f"{source}: unknown {schema.__name__} key {key!r}; allowed: {', '.join(names)}.")
-        hint = hints[key]
-        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        ok = any(value is None if a is type(None) else
-                 isinstance(value, bool) if a is bool else
-                 (isinstance(value, (int, float)) and not isinstance(value, bool)) if a is float else
-                 (isinstance(value, int) and not isinstance(value, bool)) if a is int else
-                 isinstance(value, a) if isinstance(a, type) else True
-                 for a in allowed)
-        if not ok:
-            want = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in allowed)
+        want = field_type_problem(hints[key], value)
+        if want is not None:
             raise CheckpointError(f"{source}: {schema.__name__}.{key} must be {want}; it holds {value!r} "
                                   f"({type(value).__name__}).")
     return data

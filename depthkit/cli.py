@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="metric depth input for --stages sharpen alone (.npy metres or 16-bit .png with --depth-scale)")
     src.add_argument("--depth-scale", type=float, default=None,
                      help="units per metre of integer depth input: 16-bit PNG or integer .npy (KITTI/VOID 256, "
-                          "millimetres 1000); required for integer input, refused with float input (float is metres)")
+                          "millimetres 1000); required for integer input; float input is metres (not scaled, with a warning)")
     src.add_argument("--resize-sparse", action="store_true",
                      help="sparse map at another resolution than the image: scatter its points at scaled "
                           "coordinates (each point stays one pixel)")
@@ -309,12 +309,9 @@ def _cmd_eval(args, parser) -> int:
                          f"(see help(depthkit.data.datasets.{DATASETS[args.dataset].__name__}) for its layout).")
     if args.root is not None and not args.root.is_dir():
         raise FileNotFoundError(f"--root {args.root} is not a folder; give the folder holding the {args.dataset} data.")
-    if args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give the metrics JSON file to write, "
-                         f"e.g. {args.out / 'metrics.json'}.")
-    from depthkit.io import check_output_parent
+    from depthkit.evaluate import check_metrics_out
 
-    check_output_parent(args.out)
+    check_metrics_out(args.out)
     reader_options = parse_dataset_options(args.dataset_option)
     try:
         dataset = build_dataset(args.dataset, args.root, split=args.split, **reader_options)

@@ -122,6 +122,9 @@ def run_command(args, parser, build_pipeline) -> int:
         parser.error("--image needs --sparse (sparse depth to complete)")
     if starts_with_sharpen and args.depth is None and single:
         parser.error("--stages sharpen alone needs --depth (a metric depth map to sharpen)")
+    if args.depth is not None and not starts_with_sharpen:
+        parser.error("--depth is the metric input of --stages sharpen; this run starts with complete, which makes its "
+                     "own from --sparse. Drop --depth, or pass --stages sharpen to sharpen it")
     if args.depth is not None and not single:
         parser.error("--depth goes with --image (folders: not supported yet)")
     if args.ply and args.intrinsics is None:

@@ -164,6 +164,16 @@ def _read_done(path: Path) -> dict[int, dict]:
     return done
 
 
+def check_metrics_out(out) -> Path:
+    """``out`` as a Path if a metrics JSON file can be written there (not a folder, no file among its folders), else
+    ``ValueError`` saying what to give instead; called before any model loads or image runs."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. {out / 'metrics.json'}.")
+    check_output_parent(out)
+    return out
+
+
 def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progress: bool = True,
              label: str | None = None, fingerprint: dict | None = None, overwrite: bool = False) -> dict | None:
     """Evaluate ``pipeline`` on ``dataset`` under ``protocol``; returns the summary (None on ranks > 0).
@@ -177,10 +187,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
 
     from depthkit.data.protocols import apply_protocol
 
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. {out / 'metrics.json'}.")
-    check_output_parent(out)
+    out = check_metrics_out(out)
     parts = out.with_name(out.name + ".parts")
     rank, world, barrier = _dist()
     if overwrite:

@@ -20,7 +20,7 @@ import numpy as np
 
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
-from depthkit.png_scale import choose_png_scale, fitting_png_scale
+from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale  # noqa: F401  (PNG_SCALES: public)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_SUFFIXES = (".npy", ".png")
@@ -120,8 +120,8 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
     """HxW depth as float32 metres: integer arrays (raw sensor units) are divided by ``depth_scale``.
 
     Integer input without a ``depth_scale`` raises ``ValueError``; float input is taken as metres (``depth_scale``
-    does not apply: :func:`read_depth` refuses a float file given with one, see :func:`refuse_scale_for_float`) and
-    warns with :class:`DepthkitWarning` when its median looks like another unit. float64 input is rounded to float32
+    is not applied to it, with a :class:`UnitWarning` saying so: one scale serves every input of a call, e.g. an
+    integer sparse PNG and a float depth map) and warns when its median looks like another unit. float64 input is rounded to float32
     (about 7 significant digits: 0.1 mm at 1 km), the precision every output keeps; finite values beyond float32's
     range, and positive ones that would round to 0, are refused.
     """
@@ -153,16 +153,18 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                              "be lost as missing. Check the units, or set such pixels to 0.")
     out = arr.astype(np.float32)
     valid = np.isfinite(out) & (out > 0)
+    import warnings
+
+    if depth_scale is not None:  # one scale serves a call's every input; this one is metres already
+        warnings.warn(f"{what} holds floats, read as metres: the depth scale {depth_scale:g} given converts integer "
+                      "sensor units only and was not applied to it. If it holds sensor units stored as floats, "
+                      f"divide it by {depth_scale:g} (or save it as integers).", UnitWarning, stacklevel=3)
     if valid.any():
         median = float(np.median(out[valid]))
         if median > LIKELY_NOT_METRES:
-            import warnings
-
-            given = "" if depth_scale is None else (f" (the depth scale {depth_scale:g} given converts integer input "
-                                                    "only; float input is taken as metres as it is)")
             warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "
-                          "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be metres"
-                          f"{given}.", UnitWarning, stacklevel=3)
+                          "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be "
+                          "metres.", UnitWarning, stacklevel=3)
     return out
 
 
@@ -177,24 +179,11 @@ def check_depth_values(depth: np.ndarray, what: str = "sparse") -> None:
                          "metres >= 0 with 0 = missing.")
 
 
-def refuse_scale_for_float(arr: np.ndarray, depth_scale: float | None, what: str = "sparse") -> None:
-    """Raise ``ValueError`` when a ``depth_scale`` (units per metre) is given with float ``arr``: float depth is
-    metres and the scale, which converts integer sensor units only, would be ignored without a word."""
-    if depth_scale is None or np.asarray(arr).dtype.kind != "f":
-        return
-    raise ValueError(
-        f"{what} holds floats ({np.asarray(arr).dtype}), which depthkit reads as metres, but a depth scale of "
-        f"{depth_scale:g} units per metre was given; the scale converts integer sensor units only and would be "
-        f"ignored. Save the map in metres (divide it by {depth_scale:g}) and drop --depth-scale (depth_scale= in "
-        "Python), or save the raw integer units with it."
-    )
-
-
 def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> np.ndarray:
     """Read a depth map as HxW float32 metres (0 = missing).
 
-    ``.npy``: a 2-D array (or HxWx1); float arrays are metres as-is (a ``depth_scale`` given with one is refused:
-    it would be ignored), integer arrays (e.g. uint16 millimetres) are divided by ``depth_scale`` (units per metre),
+    ``.npy``: a 2-D array (or HxWx1); float arrays are metres as-is (a ``depth_scale`` given with one is not applied,
+    with a warning), integer arrays (e.g. uint16 millimetres) are divided by ``depth_scale`` (units per metre),
     which they require. NaN/inf are rejected later, not zeroed.
     ``.png``: a single-channel 8/16-bit PNG divided by ``depth_scale``; without one, the scale recorded in the PNG's
     ``depth_scale`` text chunk (PNGs depthkit writes) is used, else it is an error (the encoding is not
@@ -215,7 +204,6 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
             raise ValueError(f"depth array {path} has shape {arr.shape}; expected HxW (metres, 0 = missing).")
         if not np.issubdtype(arr.dtype, np.number):
             raise ValueError(f"depth array {path} has dtype {arr.dtype}; expected a numeric array in metres.")
-        refuse_scale_for_float(arr, depth_scale, what=f"{what} file {path.name}")
         return depth_to_metres(arr, depth_scale, what=f"{what} file {path.name}")
     if suffix == ".png":
         cv2 = _cv2()

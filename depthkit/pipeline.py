@@ -108,14 +108,14 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
     """Return ``sparse`` as HxW float32 metres (0 = missing) or raise ``ValueError`` saying what is wrong.
 
     ``shape`` is the image's (H, W). Integer maps (raw sensor units) are divided by ``depth_scale`` (units per
-    metre) and refused without one; float maps are metres, and refused with one (it would be ignored). NaN, inf and
-    negative values are refused rather than silently zeroed: mark missing measurements with 0.
+    metre) and refused without one; float maps are metres (a scale given with one is not applied; a warning says
+    so). NaN, inf and negative values are refused rather than silently zeroed: mark missing measurements with 0.
     """
     if isinstance(sparse, (str, os.PathLike)):
         from depthkit.io import read_depth
 
         sparse = read_depth(sparse, depth_scale=depth_scale, what=what)
-        depth_scale = None  # applied (or refused) by the reader: what it returns is metres
+        depth_scale = None  # applied by the reader: what it returns is metres
     sparse = _to_numpy(sparse, what)
     if not isinstance(sparse, np.ndarray):
         raise ValueError(f"{what} must be an HxW float array in metres or a file path; received {type(sparse).__name__}.")
@@ -135,9 +135,8 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
             "depthkit.io.resize_sparse in Python); do not resize it like an image, which turns each point into a "
             "block of copies when upsampling."
         )
-    from depthkit.io import check_depth_values, depth_to_metres, refuse_scale_for_float
+    from depthkit.io import check_depth_values, depth_to_metres
 
-    refuse_scale_for_float(sparse, depth_scale, what=what)
     sparse = depth_to_metres(sparse, depth_scale, what=what).astype(np.float32)
     check_depth_values(sparse, what)
     if not allow_empty and not (sparse > 0).any():

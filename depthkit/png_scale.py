@@ -64,5 +64,5 @@ def fitting_png_scale(top: float) -> float:
     no depth)."""
     if not top > 0:
         return PNG_SCALES[0]
-    k = math.floor(math.log10(65535 / top))
-    return next(m * 10.0**k for m in (5, 2, 1) if m * 10.0**k <= 65535 / top)
+    k = math.floor(math.log10(65535 / top))  # may round up just above a power of ten: then the decade below
+    return next(m * 10.0**j for j in (k, k - 1) for m in (5, 2, 1) if m * 10.0**j <= 65535 / top)

@@ -49,7 +49,8 @@ def test_run_folder_skips_bad_file_and_exits_nonzero(tmp_path, capsys):
     (inp / "broken.png").write_bytes(b"garbage")
     np.save(inp / "broken_sparse.npy", np.ones((20, 28), np.float32))
     cv2.imwrite(str(inp / "lonely.png"), np.zeros((20, 28, 3), np.uint8))
-    rc = main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "out"), "--method", "nearest"])
+    rc = main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "out"), "--depth-scale", "1000",
+               "--method", "nearest"])
     assert rc == 1
     written = sorted(p.name for p in (tmp_path / "out").glob("*_depth.npy"))
     assert written == ["good1_depth.npy", "good2_depth.npy"]
@@ -302,14 +303,12 @@ def _no_pipeline(monkeypatch):
     monkeypatch.setattr(cli, "_build_pipeline", boom)
 
 
-def test_depth_scale_with_float_sparse_is_refused(tmp_path, capsys, monkeypatch):
-    _no_pipeline(monkeypatch)
+def test_depth_scale_with_float_sparse_is_said_not_silently_ignored(tmp_path, capsys):
     _, sparse = _write_pair(tmp_path, "a")
-    np.save(tmp_path / "a_sparse.npy", sparse * 100)  # centimetres saved as float
-    assert main(_single(tmp_path, "--depth-scale", "100")) == 2
-    err = capsys.readouterr().err
-    assert "a_sparse.npy holds floats" in err and "divide it by 100" in err and "looks like" not in err
-    assert not (tmp_path / "o").exists()
+    assert main(_single(tmp_path, "--depth-scale", "100")) == 0
+    assert "a_sparse.npy holds floats, read as metres: the depth scale 100" in capsys.readouterr().err
+    out = np.load(tmp_path / "o" / "a_depth.npy")
+    assert np.array_equal(out[sparse > 0], sparse[sparse > 0])  # metres as given, not divided by 100
 
 
 def test_resize_sparse_refuses_nan_and_negative_like_without_it(tmp_path, capsys, monkeypatch):
@@ -394,6 +393,15 @@ def test_bad_stage_option_type_stops_a_folder_run_once(tmp_path, capsys):
                  "--option", "complete.query_budget=abc"]) == 2
     err = capsys.readouterr().err
     assert "query_budget" in err and "failed" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_depth_with_a_completing_run_is_a_usage_error_before_the_model(tmp_path, capsys, monkeypatch):
+    _no_pipeline(monkeypatch)
+    _, sparse = _write_pair(tmp_path, "a")
+    np.save(tmp_path / "d.npy", np.full(sparse.shape, 3.0, np.float32))
+    with pytest.raises(SystemExit):
+        main(_single(tmp_path, "--depth", str(tmp_path / "d.npy")))
+    assert "--depth is the metric input of --stages sharpen" in capsys.readouterr().err
 
 
 def test_usage_errors_show_the_verbs_usage(tmp_path, capsys):

@@ -233,7 +233,8 @@ def test_untrained_head_with_residual_fill_returns_the_guided_map(tiny_head_chec
 @pytest.mark.parametrize("option, value", [("query_budget", "abc"), ("query_budget", True), ("query_stride", 0),
                                            ("batch_size", 2.5), ("memory_budget_mb", "lots"),
                                            ("fusion_threshold", 1.5), ("confidence_decay_px", float("nan")),
-                                           ("max_working_side", None)])
+                                           ("max_working_side", None),
+                                           pytest.param("query_budget", 10**400, id="query_budget-huge")])
 def test_numeric_options_are_checked_before_the_model_loads(tiny_head_checkpoint, monkeypatch, option, value):
     """A wrongly typed or out-of-range numeric option is refused by name when the stage is built (the model is not
     loaded), not per image later with a bare conversion error; good values of each kind pass."""
@@ -252,14 +253,18 @@ def test_numeric_options_are_checked_before_the_model_loads(tiny_head_checkpoint
 
 
 def test_an_image_too_elongated_for_the_vision_encoder_is_refused_clearly(tiny_head_checkpoint):
-    from depthkit.complete.stage import MAX_ASPECT_RATIO, CompleteVLMStage
+    """Qwen2.5-VL's processor refuses an aspect ratio over 200 (at the size it is given); the stage says so with
+    what to do. Without queries the processor is never called, and the same image completes."""
+    from depthkit.complete.stage import CompleteVLMStage
 
     stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=4)
-    image, sparse = _scene(h=2, w=2 * MAX_ASPECT_RATIO, density=0.2)
-    with pytest.raises(ValueError, match="aspect ratio 200.*--method guided"):
+    image, sparse = _scene(h=2, w=402, density=0.2)  # ratio 201
+    with pytest.raises(ValueError, match=r"refuses this 2x402 image \(.*aspect ratio.*\).*--method guided"):
         stage.run(image, sparse)
-    image, sparse = _scene(h=2, w=2 * MAX_ASPECT_RATIO - 2, density=0.2)  # 199: the processor takes it
-    assert stage.run(image, sparse).depth.shape == (2, 398)
+    image, sparse = _scene(h=2, w=400, density=0.2)  # 200: the processor takes it
+    assert stage.run(image, sparse).depth.shape == (2, 400)
+    no_queries = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=0)
+    assert no_queries.run(*_scene(h=2, w=402, density=0.2)).depth.shape == (2, 402)
 
 
 def test_grid_token_head_with_prior_input_runs_through_the_stage(tmp_path):

@@ -175,12 +175,20 @@ def test_preload_libusb_lets_open3d_import():
     assert res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
-def test_float_depth_with_a_depth_scale_is_refused_not_ignored(tmp_path):
-    np.save(tmp_path / "cm.npy", np.full((3, 3), 250.0, np.float32))  # centimetres saved as float
-    with pytest.raises(ValueError, match=r"cm.npy holds floats .*scale of 100 units per metre.*divide it by 100"):
-        io.read_depth(tmp_path / "cm.npy", depth_scale=100)
-    with pytest.warns(io.UnitWarning, match="scale 1000 given converts integer input only"):  # arrays: not "ignored"
+def test_a_depth_scale_given_with_float_depth_is_not_applied_and_said(tmp_path):
+    """One scale serves every input of a call (an integer sparse PNG and a float depth map), so float depth is read
+    as metres whatever the scale, and a warning says the scale was not applied to it; integer input is scaled."""
+    np.save(tmp_path / "cm.npy", np.full((3, 3), 2.5, np.float32))
+    with pytest.warns(io.UnitWarning, match=r"cm.npy holds floats, read as metres: the depth scale 100 .* not applied"):
+        assert io.read_depth(tmp_path / "cm.npy", depth_scale=100).max() == np.float32(2.5)
+    with pytest.warns(io.UnitWarning, match="looks like millimetres"):
         io.depth_to_metres(np.full((3, 3), 2500.0, np.float32), 1000)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # integer input with its scale, and float input without one: no warning
+        assert io.depth_to_metres(np.full((3, 3), 2500, np.uint16), 1000).max() == np.float32(2.5)
+        io.depth_to_metres(np.full((3, 3), 2.5, np.float32))
 
 
 def test_resize_sparse_refuses_what_check_sparse_refuses():
@@ -238,6 +246,20 @@ def test_png_scale_must_be_finite_keep_valid_pixels_and_suggests_one_that_fits(t
     assert io.choose_png_scale(np.array([[2.0, 1e5]]), 0.5) == 0.5
     with pytest.warns(io.DepthkitWarning, match=r"d.png: 1 valid pixel\(s\) below 0.0005 m .*--png-scale 10000 keeps"):
         io.write_depth_png16(tmp_path / "d.png", np.array([[0.0004, 5.0]]), scale=None)  # automatic 1000: said
+
+
+def test_fitting_png_scale_just_above_a_power_of_ten():
+    """65535 / 65.535...01 is a hair under 1000, where log10 rounds to 3: the decade below is tried (was
+    StopIteration)."""
+    import math
+
+    from depthkit.png_scale import fitting_png_scale
+
+    for top in (65.53500000000001, 655.3500000000001, 65.535, 2.0, 1e5):
+        scale = fitting_png_scale(top)
+        e = math.floor(math.log10(scale) + 1e-9)
+        finer = {1: 2, 2: 5, 5: 10}[round(scale / 10**e)] * 10**e  # the next round scale up
+        assert top * scale <= 65535 < top * finer  # it fits, and the next finer one does not
 
 
 def test_check_output_parent_and_strict_json(tmp_path):

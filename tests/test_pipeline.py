@@ -90,13 +90,22 @@ def test_a_depth_input_is_refused_by_a_pipeline_that_makes_its_own():
         Pipeline(method="nearest")(image, sparse, depth=np.full(sparse.shape, 99.0, np.float32))
 
 
-def test_a_depth_scale_with_float_metres_is_refused_not_ignored(tmp_path):
+def test_a_depth_scale_is_applied_once_and_only_to_integer_input(tmp_path):
+    """An integer sparse file with its scale, and a float depth map next to it under the same scale: the sparse map
+    is scaled once (not again after reading), the depth map is metres with a warning that the scale was not applied
+    to it — the combination runs (sharpen alone: an integer PNG and depthkit's own float output)."""
+    from depthkit.io import UnitWarning
+
     image, sparse = _scene()
-    with pytest.raises(ValueError, match="holds floats .* depth scale of 100 .* would be ignored"):
-        Pipeline(method="nearest")(image, sparse * 100, depth_scale=100)
-    np.save(tmp_path / "s.npy", (sparse * 1000).astype(np.uint16))  # a file the scale converts: applied once
+    raw = (sparse * 1000).astype(np.uint16)
+    np.save(tmp_path / "s.npy", raw)
     out = Pipeline(method="nearest")(image, tmp_path / "s.npy", depth_scale=1000)
-    kept = (sparse * 1000).astype(np.uint16) / 1000
+    kept = raw / 1000
+    np.testing.assert_allclose(out.depth[kept > 0], kept[kept > 0], rtol=1e-6)
+    depth = np.full(sparse.shape, 2.0, np.float32)
+    with pytest.warns(UnitWarning, match="depth holds floats, read as metres: the depth scale 1000"):
+        out = Pipeline(stages=("sharpen",))(
+            image, tmp_path / "s.npy", depth=depth, depth_scale=1000)
     np.testing.assert_allclose(out.depth[kept > 0], kept[kept > 0], rtol=1e-6)
 
 

@@ -199,7 +199,7 @@ def test_run_limits_equals_run_for_each_setting_from_one_unet_pass(tiny_ck):
             assert np.array_equal(got["all"][sparse > 0], sparse[sparse > 0])
     with pytest.raises(ValueError, match="fit_threshold"):
         base.run_limits(image, sparse, metric, {"x": {"fit_threshold": 0.3}})
-    with pytest.raises(ValueError, match="'x'.*whole number"):
+    with pytest.raises(ValueError, match="'x'.*change_range_px must be int"):
         base.run_limits(image, sparse, metric, {"x": {"change_range_px": 1.5}})
     with pytest.raises(ValueError, match="must be an object"):
         base.run_limits(image, sparse, metric, {"x": 3})
@@ -233,8 +233,8 @@ def test_a_config_option_overrides_single_fields_of_the_shipped_switches(tiny_ck
                 build_sharpen_stage(CheckpointRef.open(str(ck)))
         else:  # a null config is no config: the stored switches
             assert build_sharpen_stage(CheckpointRef.open(str(ck))).model.config.change_band_px == 0
-    for field, value, kind in (("change_range_px", "abc", "a whole number"), ("fit_threshold", None, "a number"),
-                               ("gating", "yes", "true or false"), ("output", 1, "a string")):
+    for field, value, kind in (("change_range_px", "abc", "int"), ("fit_threshold", None, "float"),
+                               ("gating", "yes", "bool"), ("output", 1, "str")):
         with pytest.raises(ValueError, match=f"SharpDepthConfig.{field} must be {kind}; received") as err:
             build_sharpen_stage(ref, options={"config": {field: value}})  # the caller's value, not the checkpoint
         assert "re-download" not in str(err.value)

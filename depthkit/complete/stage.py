@@ -48,10 +48,7 @@ from depthkit.checkpoints import MAX_WORKING_SIDE
 from depthkit.complete.settings import CompleteSettings
 from depthkit.outputs import StageResult
 
-__all__ = ["CompleteVLMStage", "STAGE_OPTIONS", "MAX_ASPECT_RATIO", "check_numeric_options"]
-
-MAX_ASPECT_RATIO = 200
-"""Qwen2.5-VL's image processor refuses images whose longer side is this many times the shorter or more."""
+__all__ = ["CompleteVLMStage", "STAGE_OPTIONS", "check_numeric_options"]
 
 STAGE_OPTIONS = {
     "query_stride": None,
@@ -93,7 +90,10 @@ def check_numeric_options(options: dict) -> None:
         if name not in options or (nullable and value is None):
             continue
         number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-        ok = number and math.isfinite(value) and (value >= low if low_ok else value > low)
+        try:
+            ok = number and math.isfinite(value) and (value >= low if low_ok else value > low)
+        except OverflowError:  # an integer beyond float's range (a YAML number with hundreds of digits)
+            ok = False
         ok = ok and (high is None or value <= high) and (not whole or float(value).is_integer())
         if not ok:
             what = "a whole number" if whole else "a finite number"
@@ -185,11 +185,6 @@ class CompleteVLMStage:
         from depthkit.io import resize_sparse
 
         h, w = sparse.shape
-        if max(h, w) / min(h, w) >= MAX_ASPECT_RATIO:
-            raise ValueError(f"the image is {h}x{w} pixels (aspect ratio {max(h, w) / min(h, w):.0f}); the learned "
-                             f"completer's vision encoder (Qwen2.5-VL's processor) takes aspect ratios below "
-                             f"{MAX_ASPECT_RATIO}. Crop it into less elongated pieces, or complete it with a classical "
-                             "method (--method guided).")
         side = working_side(None, sparse.shape, cap=int(self.options["max_working_side"]))
         if side is None:
             return self._complete(image, sparse)
@@ -234,7 +229,16 @@ class CompleteVLMStage:
         stats = {"stride": plan["stride"], "n_queries": int(n), "n_unparseable": 0, "fusion": fusion,
                  "fill": "residual" if residual else "anchors"}
         if n:
-            prefix = self.engine.encode(image, sparse)
+            try:
+                prefix = self.engine.encode(image, sparse)
+            except ValueError as exc:  # the processor's own limit, said with what to do
+                if "aspect ratio" not in str(exc):
+                    raise
+                h, w = sparse.shape
+                raise ValueError(f"the learned completer's vision encoder (Qwen2.5-VL's processor) refuses this "
+                                 f"{h}x{w} image ({exc}). Crop it into less elongated pieces, complete it with a "
+                                 "classical method (--method guided), or ask no queries (--option "
+                                 "complete.query_budget=0: the dense refiner on guided).") from exc
             priors = classical[rows, cols] if prior_method != "none" else None
             answers = self.engine.answer(prefix, rows, cols, priors)
             stats.update(answers.stats)

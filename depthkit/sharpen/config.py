@@ -149,11 +149,9 @@ class SharpDepthConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
         f = self.dense_measured_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+        if not 0.0 <= f <= 1.0:
             raise ValueError(f"dense_measured_fraction is a fraction of the frame's pixels, a number in [0, 1] (0 = "
                              f"off); received {f!r}.")
-        if not isinstance(self.change_range_px, int) or isinstance(self.change_range_px, bool):
-            raise ValueError(f"change_range_px is a whole number of pixels; received {self.change_range_px!r}.")
         if self.change_band_px < 0 or not self.change_band_jump > 0:
             raise ValueError(f"change_band_px must be >= 0 and change_band_jump > 0; received {self.change_band_px}, "
                              f"{self.change_band_jump}.")
@@ -165,20 +163,18 @@ class SharpDepthConfig:
                              f"lambda_gt_grad={self.lambda_gt_grad}.")
 
     def _check_types(self) -> None:
-        """Each field's value is of its annotated kind (a boolean is not a number here), so a wrong type says which
-        field it is rather than failing in a comparison below."""
-        kinds = {"bool": (bool, "true or false"), "int": (int, "a whole number"), "float": (float, "a number"),
-                 "float | None": (float, "a number or null"), "str": (str, "a string")}
+        """Each field's value is of its annotated type (:func:`depthkit.checkpoints.field_type_problem`), so a
+        wrong type names its field rather than failing in a comparison below."""
+        import typing
+
+        from depthkit.checkpoints import field_type_problem
+
+        hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
-            kind, what = kinds[str(f.type)]
-            if kind is float:
-                ok = (value is None and "None" in str(f.type)) or (
-                    isinstance(value, (int, float)) and not isinstance(value, bool))
-            else:
-                ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-            if not ok:
-                raise ValueError(f"SharpDepthConfig.{f.name} must be {what}; received {value!r}.")
+            want = field_type_problem(hints[f.name], value)
+            if want is not None:
+                raise ValueError(f"SharpDepthConfig.{f.name} must be {want}; received {value!r}.")
 
     @property
     def uses_gt(self) -> bool:

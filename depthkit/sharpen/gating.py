@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from depthkit.sharpen.normalize import masked_scale_shift
 
 __all__ = ["DISCREPANCY_NORMS", "DISCREPANCY_DOWNSAMPLES", "discrepancy", "sparse_to_latent_mask",
-           "downsample_discrepancy", "gate", "apply_gate", "edge_band", "local_range", "measured_distance_weight"]
+           "downsample_discrepancy", "gate", "apply_gate", "edge_band", "local_range", "measured_distance_weight",
+           "measured_hull_weight"]
 
 DISCREPANCY_NORMS = ("minmax", "lstsq")
 """How :func:`discrepancy` compares the maps: as they are [code], or after a least-squares alignment [paper]."""
