@@ -25,7 +25,7 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
         raise FileNotFoundError(f"--sparse-dir {sparse_dir} is not a folder")
     skip = ("_sparse", "_depth", "_color")
     images = sorted(p for p in input_dir.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(skip))
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(skip) and p.is_file())
     if not images:
         raise FileNotFoundError(f"no images (png/jpg) found in {input_dir}")
     _refuse_shared_stems(input_dir, images)

@@ -338,6 +338,15 @@ def test_folder_images_sharing_a_stem_are_refused_before_running(tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
+def test_a_folder_with_an_image_name_is_not_an_image(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _write_pair(inp, "x")
+    (inp / "z.png").mkdir()  # was reported as an image without a sparse file
+    assert main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "o"), "--method", "nearest"]) == 0
+    assert [p.name for p in (tmp_path / "o").glob("*_depth.npy")] == ["x_depth.npy"]
+
+
 def test_malformed_yaml_option_is_one_line_error(tmp_path, capsys):
     from depthkit.cli import parse_dataset_options, parse_stage_options
 
