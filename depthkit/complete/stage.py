@@ -184,10 +184,10 @@ class CompleteVLMStage:
         from depthkit.checkpoints import working_side
         from depthkit.io import resize_sparse
 
-        h, w = sparse.shape
         side = working_side(None, sparse.shape, cap=int(self.options["max_working_side"]))
         if side is None:
             return self._complete(image, sparse)
+        h, w = sparse.shape
         small = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
         res = self._complete(cv2.resize(image, small[::-1], interpolation=cv2.INTER_AREA), resize_sparse(sparse, small))
         res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -158,30 +158,36 @@ def measured_distance_weight(measured: torch.Tensor, radius: float, max_distance
     if radius < 0 or max_distance < 0:
         raise ValueError(f"measured_distance_weight needs radius >= 0 and max_distance >= 0; received {radius}, "
                          f"{max_distance}.")
-    mask = measured.detach().to(torch.bool).cpu().numpy()
-    out = np.ones(mask.shape, np.float32)
-    if radius > 0 or max_distance > 0:
-        for b in range(mask.shape[0]):
-            if mask[b, 0].any():
-                dist = distance_to(mask[b, 0])
-                if radius > 0:
-                    out[b, 0] = np.minimum(1.0, dist / float(radius))
-                if max_distance > 0:
-                    out[b, 0][dist > max_distance] = 0.0
-    return torch.from_numpy(out).to(measured.device)
+    if radius == 0 and max_distance == 0:
+        return torch.ones_like(measured, dtype=torch.float32)
+
+    def weight(mask: np.ndarray) -> np.ndarray:
+        dist = distance_to(mask)
+        out = np.minimum(1.0, dist / float(radius)) if radius > 0 else np.ones(mask.shape, np.float32)
+        if max_distance > 0:
+            out[dist > max_distance] = 0.0
+        return out
+
+    return _per_measured_image(measured, weight)
 
 
 def measured_hull_weight(measured: torch.Tensor) -> torch.Tensor:
     """Float ``B x 1 x H x W``: 1 at pixels inside the convex hull of the measured pixels of ``measured`` (a bool
     mask of that shape; :func:`depthkit.geometry.convex_hull_mask`), 0 outside (``change_within_measured_hull``).
     An image without measurements gets 1 everywhere."""
-    import numpy as np
-
     from depthkit.geometry import convex_hull_mask
+
+    return _per_measured_image(measured, convex_hull_mask)
+
+
+def _per_measured_image(measured: torch.Tensor, fn) -> torch.Tensor:
+    """Float ``B x 1 x H x W`` on ``measured``'s device: ``fn`` (an HxW bool mask with a measured pixel -> an HxW
+    map) of each image's mask, and 1 everywhere in an image without measurements."""
+    import numpy as np
 
     mask = measured.detach().to(torch.bool).cpu().numpy()
     out = np.ones(mask.shape, np.float32)
     for b in range(mask.shape[0]):
         if mask[b, 0].any():
-            out[b, 0] = convex_hull_mask(mask[b, 0])
+            out[b, 0] = fn(mask[b, 0])
     return torch.from_numpy(out).to(measured.device)

@@ -6,8 +6,8 @@ fields of :class:`~depthkit.sharpen.config.SharpDepthConfig` (:data:`LIMIT_FIELD
 1. ``change_range_px`` — each pixel is clamped to the metric input's minimum and maximum over its window
    (:func:`clip_to_local_range`);
 2. ``change_band_px`` / ``change_band_jump``, ``keep_near_measured_px`` (not in a dense sensor's frame:
-   ``dense_measured_fraction``), ``change_within_measured_px``, ``change_within_measured_hull`` — a weight w in [0, 1] (:func:`change_weight`) mixes
-   input and clamped output: ``d + w · (clamped − d)``.
+   ``dense_measured_fraction``), ``change_within_measured_px``, ``change_within_measured_hull`` — a weight w in
+   [0, 1] (:func:`change_weight`) mixes input and clamped output: ``d + w · (clamped − d)``.
 
 Measured pixels are restored by the caller afterwards. Inference (:meth:`SharpDepth.sharpen_tensors
 <depthkit.sharpen.model.SharpDepth.sharpen_tensors>`) applies the limits in metres with :func:`limit_output`; the
