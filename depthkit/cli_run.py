@@ -68,7 +68,7 @@ def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float 
     that cannot fit (or would round to 0 at ``png_scale``) raises before any file is written."""
     from depthkit import io
 
-    io.choose_png_scale(depth, png_scale)
+    png_scale = io.choose_png_scale(depth, png_scale)  # checked (and chosen) before any file is written
     paths = [io.write_depth_npy(out_dir / f"{stem}_depth.npy", depth),
              io.write_depth_png16(out_dir / f"{stem}_depth.png", depth, scale=png_scale),
              io.write_colorized(out_dir / f"{stem}_color.png", depth)]
