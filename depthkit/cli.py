@@ -57,6 +57,13 @@ RECIPES_EPILOG = """examples:
 
 
 class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):  # "--intrinsics -5,..." is a value, not an option
+        args = list(sys.argv[1:] if args is None else args)
+        for i in range(len(args) - 2, -1, -1):
+            if args[i] == "--intrinsics" and args[i + 1][:1] == "-" and args[i + 1][1:2] in "0123456789.":
+                args[i:i + 2] = [f"--intrinsics={args[i + 1]}"]
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):  # exit code 2 with usage, as argparse, but name the verb's help
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
@@ -227,8 +234,7 @@ def _yaml_value(value: str, where: str):
 
 
 def _check_checkpoint_arg(spec: str) -> None:
-    """Refuse a ``--checkpoint`` that looks like a local path but does not exist, listing checkpoints nearby
-    (else it would be taken as a hub id and answered with a hub error)."""
+    """Refuse a missing ``--checkpoint`` that looks local, listing checkpoints nearby (not taken for a hub id)."""
     from depthkit.checkpoints import MANIFEST, is_hub_id
 
     path = Path(spec).expanduser()
@@ -298,7 +304,7 @@ def _cmd_eval(args, parser) -> int:
     from depthkit import __version__
     from depthkit.data.datasets import DATASETS, build_dataset
     from depthkit.data.protocols import get_protocol
-    from depthkit.evaluate import _protocol_dict, evaluate, markdown_table
+    from depthkit.evaluate import _protocol_dict, check_metrics_out, evaluate, markdown_table
 
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1; received {args.limit}")
@@ -309,8 +315,6 @@ def _cmd_eval(args, parser) -> int:
                          f"(see help(depthkit.data.datasets.{DATASETS[args.dataset].__name__}) for its layout).")
     if args.root is not None and not args.root.is_dir():
         raise FileNotFoundError(f"--root {args.root} is not a folder; give the folder holding the {args.dataset} data.")
-    from depthkit.evaluate import check_metrics_out
-
     check_metrics_out(args.out)
     reader_options = parse_dataset_options(args.dataset_option)
     try:

@@ -422,3 +422,14 @@ def test_usage_errors_show_the_verbs_usage(tmp_path, capsys):
         main(["eval", "--dataset", "synthetic", "--out", str(tmp_path / "m.json"), "--limit", "0"])
     err = capsys.readouterr().err
     assert "usage: depthkit eval " in err and "(see `depthkit eval --help`)" in err
+
+
+def test_intrinsics_starting_with_a_minus_sign_are_read_as_the_value(tmp_path, capsys, monkeypatch):
+    """``--intrinsics -50,...`` reaches the intrinsics check (argparse alone takes a leading '-' for an option)."""
+    _no_pipeline(monkeypatch)
+    _write_pair(tmp_path, "a")
+    assert main(_single(tmp_path, "--intrinsics", "-50,50,10,10")) == 2
+    err = capsys.readouterr().err
+    assert "fx, fy > 0; received fx=-50.0" in err and "expected one argument" not in err
+    assert main(_single(tmp_path, "--intrinsics", "-")) == 2  # a lone '-' is said as a bad value too
+    assert "could not parse intrinsics '-'" in capsys.readouterr().err
