@@ -63,10 +63,13 @@ SYNTHETIC_PATTERNS = {
     "noisy": ("noisy", {"n": 500}),
     "holes_noisy": ("holes", {"sigma": 0.01, "outlier_ratio": 0.005}),
     "holes_speckle": ("holes", {"dropout": 0.3}),
+    "stereo": ("stereo", {}),
 }
 """``--patterns`` names -> (sparse pattern of :func:`depthkit.data.sparse.make_sparse`, its options). The first six
-are the embedded default's patterns (issue 13), which ``--patterns all`` runs; the last two are harder ToF frames
-(noisy measurements; 30 % of the measurements dropped at random) for robustness checks, run only by name."""
+are the embedded default's patterns (issue 13), which ``--patterns all`` runs; the last three are for robustness
+checks, run only by name: harder ToF frames (noisy measurements; 30 % of the measurements dropped at random) and a
+stereo rig's map (:func:`depthkit.data.sparse.sample_stereo`: KITTI's baseline, occlusions, fattened edges, disparity
+noise)."""
 ALL_PATTERNS = ("random100", "random500", "random2000", "lidar64", "holes", "noisy")
 """What ``--patterns all`` means."""
 

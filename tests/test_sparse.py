@@ -13,6 +13,7 @@ from depthkit.data.sparse import (
     sample_holes,
     sample_lidar,
     sample_random_points,
+    sample_stereo,
 )
 from depthkit.geometry import Intrinsics
 
@@ -243,7 +244,7 @@ def test_noise_invalid_args(kwargs):
 
 def test_make_sparse_dispatches_and_reports_unknown_names():
     depth = _ramp()
-    assert set(SAMPLERS) == {"random", "lidar", "holes", "noisy"}
+    assert set(SAMPLERS) == {"random", "lidar", "holes", "noisy", "stereo"}
     r = make_sparse(depth, "random", 5)
     assert (r > 0).sum() == 500  # NYUv2 protocol default
     np.testing.assert_array_equal(make_sparse(depth, "random", 5, n=20), sample_random_points(depth, 20, 5))
@@ -263,7 +264,91 @@ def test_make_sparse_dispatches_and_reports_unknown_names():
     noisy = make_sparse(depth, "noisy", 7, n=50, outlier_ratio=0.1)
     np.testing.assert_array_equal(noisy, expected)
     assert (noisy > 0).sum() == 50 and not np.array_equal(noisy, make_sparse(depth, "random", 7, n=50))
-    with pytest.raises(ValueError, match="holes, lidar, noisy, random"):
+    np.testing.assert_array_equal(make_sparse(depth, "stereo", 3, intrinsics=K, fatten_px=1),
+                                  sample_stereo(depth, K, seed=3, fatten_px=1))
+    with pytest.raises(ValueError, match="intrinsics"):
+        make_sparse(depth, "stereo", 0)
+    with pytest.raises(ValueError, match="holes, lidar, noisy, random, stereo"):
         make_sparse(depth, "grid", 0)
     with pytest.raises(ValueError, match="intrinsics"):
         make_sparse(depth, "lidar", 0)
+
+
+# ------------------------------------------------------------------------------------------------------ stereo
+STEREO_EXACT = dict(disparity_sigma_px=0.0, fatten_px=0, n_blobs=0, min_disparity_px=1e-6)
+
+
+def _box_scene(u0, u1, h=6, w=60, near=2.0, far=10.0):
+    """A wall at ``far`` metres with a box at ``near`` metres over columns [u0, u1) (every row)."""
+    depth = np.full((h, w), far, np.float32)
+    depth[:, u0:u1] = near
+    return depth
+
+
+def _seen_by_brute_force(depth, fx, baseline):
+    """Which pixels the right camera sees: per row, a pixel is hidden when another one whose disparity is more than
+    0.5 px larger lands on its column of the right image (columns rounded), or when it lands left of that image."""
+    h, w = depth.shape
+    seen = np.zeros((h, w), bool)
+    for v in range(h):
+        disp = [fx * baseline / depth[v, u] if depth[v, u] > 0 else 0.0 for u in range(w)]
+        col = [int(np.rint(u - disp[u])) for u in range(w)]
+        for u in range(w):
+            seen[v, u] = depth[v, u] > 0 and col[u] >= 0 and not any(
+                col[o] == col[u] and disp[o] > disp[u] + 0.5 for o in range(w) if depth[v, o] > 0)
+    return seen
+
+
+def test_stereo_loses_exactly_what_the_right_camera_cannot_see():
+    k = Intrinsics(fx=100.0, fy=100.0, cx=30.0, cy=3.0)  # baseline 0.5 m: the wall's disparity 5 px, the box's 25
+    wide = sample_stereo(_box_scene(30, 55), k, baseline=0.5, **STEREO_EXACT) > 0
+    # a wide box hides the 20 wall columns left of it (25 - 5 px); the left 5 columns land outside the right image
+    expected = np.ones_like(wide)
+    expected[:, :5] = False
+    expected[:, 10:30] = False
+    np.testing.assert_array_equal(wide, expected)
+    # a box narrower than the disparities' difference hides wall columns that do not touch it: those that land
+    # under it in the right view (10 columns, shifted 20 to its left), while the wall just left of it stays seen
+    narrow = sample_stereo(_box_scene(30, 40), k, baseline=0.5, **STEREO_EXACT) > 0
+    assert not narrow[:, 10:20].any() and narrow[:, 20:30].all() and narrow[:, 30:40].all()
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # random layered rows against the brute force
+        depth = rng.choice([1.5, 3.0, 8.0], size=(4, 50)).astype(np.float32)
+        depth[:, 20:23] = 0.0  # sky: no surface, hides nothing
+        got = sample_stereo(depth, k, baseline=0.3, **STEREO_EXACT) > 0
+        np.testing.assert_array_equal(got, _seen_by_brute_force(depth, 100.0, 0.3))
+
+
+def test_stereo_values_fattening_noise_and_range():
+    k = Intrinsics(fx=100.0, fy=100.0, cx=30.0, cy=3.0)
+    depth = _box_scene(30, 55)
+    exact = sample_stereo(depth, k, baseline=0.5, **STEREO_EXACT)
+    np.testing.assert_array_equal(exact[exact > 0], depth[exact > 0])  # no noise: the depth (through fx*B/d) exactly
+    # fattening: the 2 wall columns right of the box take the box's depth (the wrong one, as a window matcher gives)
+    fat = sample_stereo(depth, k, baseline=0.5, **{**STEREO_EXACT, "fatten_px": 2})
+    np.testing.assert_allclose(fat[:, 55:57], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(fat[:, 57:], 10.0, rtol=1e-6)
+    np.testing.assert_array_equal(fat[:, 30:55], exact[:, 30:55])
+    # Gaussian noise of sigma px in disparity: depth error ~ depth^2 * sigma / (fx B), reproducible from the seed
+    flat = np.full((200, 200), 4.0, np.float32)
+    kk = Intrinsics(fx=100.0, fy=100.0, cx=100.0, cy=100.0)
+    noisy = sample_stereo(flat, kk, seed=1, baseline=0.5, **{**STEREO_EXACT, "disparity_sigma_px": 0.2})
+    vals = noisy[noisy > 0]
+    disp = 100.0 * 0.5 / vals
+    assert abs(disp.mean() - 12.5) < 0.01 and abs(disp.std() - 0.2) < 0.01
+    np.testing.assert_array_equal(noisy, sample_stereo(flat, kk, seed=1, baseline=0.5,
+                                                       **{**STEREO_EXACT, "disparity_sigma_px": 0.2}))
+    # beyond the rig's range (disparity below min_disparity_px) nothing is measured
+    far = sample_stereo(np.full((5, 40), 60.0, np.float32), kk, baseline=0.5, **{**STEREO_EXACT, "min_disparity_px": 1.0})
+    assert not far.any()
+    assert (sample_stereo(flat, kk, seed=2, n_blobs=3, fatten_px=0, disparity_sigma_px=0.0) == 0).sum() > (
+        sample_stereo(flat, kk, seed=2, n_blobs=0, fatten_px=0, disparity_sigma_px=0.0) == 0).sum()
+
+
+@pytest.mark.parametrize("kwargs", [{"baseline": 0}, {"disparity_sigma_px": -1}, {"min_disparity_px": 0},
+                                    {"fatten_px": -1}, {"fatten_jump": float("nan")}, {"disparity_sigma_px": True}])
+def test_stereo_invalid_args(kwargs):
+    with pytest.raises(ValueError):
+        sample_stereo(_ramp(), K, **kwargs)
+    with pytest.raises(ValueError, match="Intrinsics"):
+        sample_stereo(_ramp(), (50, 50, 40, 30))

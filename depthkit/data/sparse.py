@@ -2,8 +2,9 @@
 
 Every function takes and returns HxW float32 depth in metres with 0 = missing. The samplers
 (:func:`sample_random_points`, :func:`sample_lidar`, :func:`sample_holes`) only choose *which* pixels are measured:
-each measured value is copied bit-exactly from the dense map. Only :func:`add_noise` changes values, and it never
-produces negative or NaN depths. Pixels of the dense map that are 0, negative or not finite count as "no surface"
+each measured value is copied bit-exactly from the dense map. Only :func:`add_noise` and :func:`sample_stereo` (a
+stereo matcher's errors: disparity noise, fattened foreground edges) change values, and they never produce negative
+or NaN depths. Pixels of the dense map that are 0, negative or not finite count as "no surface"
 and are never measured.
 
 ``seed`` is an ``int`` (>= 0) or a ``numpy.random.Generator`` everywhere; the same seed gives the same output.
@@ -234,6 +235,56 @@ def sample_holes(depth, seed, n_blobs: int = 6, blob_radius_frac: tuple[float, f
     return _copy_where(depth, _drop_exact(keep, dropout, rng))
 
 
+def sample_stereo(depth, intrinsics: Intrinsics, seed=0, baseline: float = 0.54, disparity_sigma_px: float = 0.25,
+                  min_disparity_px: float = 1.0, fatten_px: int = 2, fatten_jump: float = 0.05, n_blobs: int = 3,
+                  blob_radius_frac: tuple[float, float] = (0.03, 0.1)) -> np.ndarray:
+    """Dense depth as a rectified stereo pair measures it, the left image being the reference.
+
+    With disparity ``d = fx * baseline / depth`` (pixels; ``baseline`` metres, 0.54 = KITTI's rig):
+    - pixels the right camera does not see are lost (what a left-right consistency check removes): those landing
+      left of the right image (``u - d < 0``, rounded to a column) and those behind a nearer surface there (a
+      pixel whose disparity is more than 0.5 px larger lands on the same column; a z-buffer of the right view);
+    - foreground fattening: a window matcher gives the background within ``fatten_px`` pixels (along the row) of a
+      surface whose disparity is larger by more than a factor ``1 + fatten_jump`` that surface's disparity (the
+      measured value is then the *wrong* depth, as with real block matching); 0 disables it;
+    - Gaussian disparity noise of ``disparity_sigma_px`` pixels (depth noise grows as depth squared);
+    - pixels whose noisy disparity is below ``min_disparity_px`` are lost (beyond the rig's range), and
+      ``n_blobs`` random elliptical blobs of :func:`sample_holes` (textureless or specular patches where matching
+      fails).
+    Returns HxW float32 metres, 0 = missing.
+    """
+    depth = _as_depth(depth)
+    if not isinstance(intrinsics, Intrinsics):
+        raise ValueError(f"intrinsics must be a depthkit.geometry.Intrinsics; received {type(intrinsics).__name__}. "
+                         "Build one with Intrinsics(fx, fy, cx, cy) in pixels.")
+    baseline = _check_positive("baseline", baseline, allow_none=False)
+    min_disparity_px = _check_positive("min_disparity_px", min_disparity_px, allow_none=False)
+    if isinstance(disparity_sigma_px, bool) or not isinstance(disparity_sigma_px, (int, float, np.number)) \
+            or not 0 <= float(disparity_sigma_px) < np.inf:
+        raise ValueError(f"disparity_sigma_px must be a finite number >= 0 (pixels); received {disparity_sigma_px!r}.")
+    fatten_px = _check_int("fatten_px", fatten_px, 0)
+    fatten_jump = _check_positive("fatten_jump", fatten_jump, allow_none=False)
+    rng = _rng(seed)
+
+    ok = _measurable(depth)
+    disp = np.where(ok, intrinsics.fx * baseline / np.where(ok, depth, 1.0), 0.0)
+    h, w = depth.shape
+    rows = np.broadcast_to(np.arange(h)[:, None], (h, w))
+    lands = np.rint(np.arange(w) - disp).astype(np.int64)  # the column each pixel lands on in the right image
+    seen = ok & (lands >= 0)
+    front = np.zeros((h, w))  # the right view's z-buffer: the largest disparity landing on each pixel
+    np.maximum.at(front, (rows[seen], lands[seen]), disp[seen])
+    seen &= disp >= front[rows, np.clip(lands, 0, w - 1)] - 0.5
+    if fatten_px:
+        spread = ndimage.maximum_filter1d(disp, size=2 * fatten_px + 1, axis=1, mode="nearest")
+        disp = np.where(ok & (spread > (1 + fatten_jump) * disp), spread, disp)
+    disp = disp + float(disparity_sigma_px) * rng.standard_normal(disp.shape)
+    keep = seen & (disp >= min_disparity_px)
+    keep &= sample_holes(np.where(ok, depth, 1.0), rng, n_blobs=n_blobs, blob_radius_frac=blob_radius_frac,
+                         edge_threshold=None) > 0
+    return np.where(keep, intrinsics.fx * baseline / np.where(keep, disp, 1.0), 0.0).astype(np.float32)
+
+
 def _far_side_of_edges(depth: np.ndarray, threshold: float, width: int) -> np.ndarray:
     """Pixels within ``width`` px (Chebyshev) of a surface nearer by more than a factor ``1 + threshold``.
 
@@ -341,14 +392,22 @@ def _noisy(depth, seed, intrinsics=None, n: int = NYU_NUM_POINTS, sigma: float =
     return add_noise(sample_random_points(depth, n, rng, valid=valid), rng, sigma=sigma, outlier_ratio=outlier_ratio)
 
 
+def _stereo(depth, seed, intrinsics=None, **kwargs):
+    if intrinsics is None:
+        raise ValueError("the 'stereo' pattern needs intrinsics (depthkit.geometry.Intrinsics) for its disparities; "
+                         "pass intrinsics=Intrinsics(fx, fy, cx, cy).")
+    return sample_stereo(depth, intrinsics, seed=seed, **kwargs)
+
+
 SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"random": _random, "lidar": _lidar, "holes": _holes,
-                                                  "noisy": _noisy}
+                                                  "noisy": _noisy, "stereo": _stereo}
 """Pattern name -> ``sampler(depth, seed, intrinsics=None, **kwargs) -> HxW float32 sparse depth``.
 
 ``random`` takes ``n`` (default 500, the NYUv2 protocol) and ``valid``; ``noisy`` is ``random`` followed by
 :func:`add_noise` (``sigma`` 0.02 relative, ``outlier_ratio`` 0.01 by default: a noisy sensor); ``lidar`` needs ``intrinsics`` and takes
 :func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options and, for a noisy ToF sensor,
-``sigma`` / ``outlier_ratio`` (0 by default), applied by :func:`add_noise` after the holes.
+``sigma`` / ``outlier_ratio`` (0 by default), applied by :func:`add_noise` after the holes; ``stereo`` needs
+``intrinsics`` and takes :func:`sample_stereo`'s options.
 """
 
 
