@@ -12,6 +12,7 @@ user input are one line (exit code 2), never a traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -46,9 +47,7 @@ IMPORT_EPILOG = """examples:
   depthkit import-checkpoint --lotus jingheya/lotus-depth-g-v2-1-disparity --out ck/  # hub id (network needed)
 """
 
-LS_EPILOG = """examples:
-  depthkit ls            # stages, completion methods, datasets, recipes, checkpoints
-"""
+LS_EPILOG = "examples:\n  depthkit ls            # stages, completion methods, datasets, recipes, checkpoints\n"
 
 RECIPES_EPILOG = """examples:
   depthkit recipes ls                                    # the shipped recipes
@@ -58,9 +57,9 @@ RECIPES_EPILOG = """examples:
 
 class _Parser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):  # "--intrinsics -5,..." is a value, not an option
-        args = list(sys.argv[1:] if args is None else args)
+        args = list(sys.argv[1:] if args is None else args)  # (argparse alone takes it for an option)
         for i in range(len(args) - 2, -1, -1):
-            if args[i] == "--intrinsics" and args[i + 1][:1] == "-" and args[i + 1][1:2] in "0123456789.":
+            if args[i] == "--intrinsics" and re.match(r"-[0-9.]", args[i + 1]):
                 args[i:i + 2] = [f"--intrinsics={args[i + 1]}"]
         return super().parse_known_args(args, namespace)
 

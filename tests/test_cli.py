@@ -431,5 +431,8 @@ def test_intrinsics_starting_with_a_minus_sign_are_read_as_the_value(tmp_path, c
     assert main(_single(tmp_path, "--intrinsics", "-50,50,10,10")) == 2
     err = capsys.readouterr().err
     assert "fx, fy > 0; received fx=-50.0" in err and "expected one argument" not in err
-    assert main(_single(tmp_path, "--intrinsics", "-")) == 2  # a lone '-' is said as a bad value too
-    assert "could not parse intrinsics '-'" in capsys.readouterr().err
+    assert main(_single(tmp_path, "--intrinsics=-50,50,10,10")) == 2  # the joined form, as before
+    assert "fx, fy > 0; received fx=-50.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --intrinsics last: still argparse's own error
+        main(_single(tmp_path) + ["--intrinsics"])
+    assert "expected one argument" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Tests for the sparse depth samplers and noise models (depthkit.data.sparse)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from depthkit.data.sparse import (
     sample_lidar,
     sample_random_points,
     sample_stereo,
+    seen_by_right_camera,
 )
 from depthkit.geometry import Intrinsics
 
@@ -285,17 +287,38 @@ def _box_scene(u0, u1, h=6, w=60, near=2.0, far=10.0):
     return depth
 
 
-def _seen_by_brute_force(depth, fx, baseline):
-    """Which pixels the right camera sees: per row, a pixel is hidden when another one whose disparity is more than
-    0.5 px larger lands on its column of the right image (columns rounded), or when it lands left of that image."""
-    h, w = depth.shape
+def _linked(disp_row, surface_row, a):
+    """Whether pixels a and a + 1 of a row are one surface (both surface, disparities within 1 px)."""
+    b = a + 1
+    return 0 <= a and b < len(disp_row) and bool(surface_row[a] and surface_row[b]) and abs(
+        disp_row[a] - disp_row[b]) <= 1.0
+
+
+def _seen_by_brute_force(disp, surface, tol=0.5):
+    """Per pixel, by loops: seen unless it lands left of the right image, or a span between same-surface neighbours
+    (disparities within 1 px) passing over where it lands, or a pixel in no span landing within half a pixel of it,
+    is nearer there by more than ``tol`` px of disparity."""
+    h, w = disp.shape
     seen = np.zeros((h, w), bool)
     for v in range(h):
-        disp = [fx * baseline / depth[v, u] if depth[v, u] > 0 else 0.0 for u in range(w)]
-        col = [int(np.rint(u - disp[u])) for u in range(w)]
+        x = [u - disp[v, u] for u in range(w)]
         for u in range(w):
-            seen[v, u] = depth[v, u] > 0 and col[u] >= 0 and not any(
-                col[o] == col[u] and disp[o] > disp[u] + 0.5 for o in range(w) if depth[v, o] > 0)
+            if not surface[v, u] or x[u] < -0.5:
+                continue
+            hidden = False
+            for o in range(w):
+                if o == u or not surface[v, o]:
+                    continue
+                alone = not _linked(disp[v], surface[v], o - 1) and not _linked(disp[v], surface[v], o)
+                if alone and abs(x[o] - x[u]) <= 0.5 and disp[v, o] > disp[v, u] + tol:
+                    hidden = True
+                if _linked(disp[v], surface[v], o):
+                    lo, hi = sorted((x[o], x[o + 1]))
+                    if lo <= x[u] <= hi:
+                        t = 0.0 if x[o + 1] == x[o] else (x[u] - x[o]) / (x[o + 1] - x[o])
+                        if disp[v, o] + t * (disp[v, o + 1] - disp[v, o]) > disp[v, u] + tol:
+                            hidden = True
+            seen[v, u] = not hidden
     return seen
 
 
@@ -312,11 +335,62 @@ def test_stereo_loses_exactly_what_the_right_camera_cannot_see():
     narrow = sample_stereo(_box_scene(30, 40), k, baseline=0.5, **STEREO_EXACT) > 0
     assert not narrow[:, 10:20].any() and narrow[:, 20:30].all() and narrow[:, 30:40].all()
     rng = np.random.default_rng(0)
-    for _ in range(3):  # random layered rows against the brute force
-        depth = rng.choice([1.5, 3.0, 8.0], size=(4, 50)).astype(np.float32)
-        depth[:, 20:23] = 0.0  # sky: no surface, hides nothing
-        got = sample_stereo(depth, k, baseline=0.3, **STEREO_EXACT) > 0
-        np.testing.assert_array_equal(got, _seen_by_brute_force(depth, 100.0, 0.3))
+    for _ in range(3):  # random rows of flat and slanted pieces, with sky, against the loops
+        disp = np.concatenate([rng.uniform(1, 12) + rng.choice([0.0, 0.3, 0.6, -0.7]) * np.arange(n)
+                               for n in rng.integers(2, 9, size=12)])[None, :60].repeat(2, 0)
+        disp[:, 25:27] = 0.0  # sky: no surface, hides nothing
+        disp = np.maximum(disp, 0.0)
+        depth = np.where(disp > 0, 30.0 / np.where(disp > 0, disp, 1.0), 0.0).astype(np.float32)
+        got = sample_stereo(depth, Intrinsics(fx=100.0, fy=100.0, cx=30.0, cy=1.0), baseline=0.3, **STEREO_EXACT) > 0
+        exact = np.where(depth > 0, 30.0 / np.where(depth > 0, depth.astype(np.float64), 1.0), 0.0)
+        np.testing.assert_array_equal(got, _seen_by_brute_force(exact, depth > 0))
+
+
+def test_stereo_visibility_cases_worked_by_hand():
+    sky = np.zeros((1, 20))
+
+    def seen(disp):
+        return seen_by_right_camera(np.asarray(disp, float), np.asarray(disp) > 0)
+
+    # lone pixels: the right one, 1.1 px nearer (not one surface), lands 0.1 px from the left one and hides it
+    pair = sky.copy()
+    pair[0, 10], pair[0, 11] = 5.4, 6.5  # land at 4.6 and 4.5
+    assert not seen(pair)[0, 10] and seen(pair)[0, 11]
+    pair[0, 11] = 5.8  # one surface (0.4 px apart), landing 0.6 px apart: both seen
+    assert seen(pair)[0, 10] and seen(pair)[0, 11]
+    # a span 2 px nearer passing over where a pixel lands hides it (and one 0.5 px nearer would not: tolerance)
+    cover = sky.copy()
+    cover[0, 10], cover[0, 12], cover[0, 13] = 5.0, 7.0, 7.2  # land at 5.0; the span from 5.0 to 5.8
+    assert not seen(cover)[0, 10] and seen(cover)[0, 12:14].all()
+    assert seen_by_right_camera(cover, cover > 0, tolerance_px=2.5)[0, 10]
+    # a steep slanted surface (disparity rising 0.6 px a column) does not hide itself
+    slope = np.arange(20, dtype=float)[None] * 0.6 + 1.0  # lands at 0.4 u - 1: columns 0 and 1 left of the image
+    assert seen(slope)[0, 2:].all() and not seen(slope)[0, :2].any()
+    # a stretched nearer surface (disparity falling 0.5 px a column: its pixels land 1.5 px apart) hides the wall
+    # pixels landing between its pixels, which a per-pixel z-buffer would let through
+    row = np.full((1, 40), 2.0)  # a wall: pixel u lands at u - 2
+    row[0, 20:30] = 12.0 - 0.5 * np.arange(10)  # lands at 8.0, 9.5, ..., 21.5
+    got = seen(row)[0]
+    assert not got[10:20].any()  # the wall left of it lands at 8..17, behind it (wall 11 lands at 9: between two)
+    assert got[20:].all() and got[2:10].all() and not got[:2].any()  # the wall left of column 2 lands off the image
+
+
+def test_stereo_fattening_threshold_and_range_by_hand():
+    k = Intrinsics(fx=100.0, fy=100.0, cx=30.0, cy=3.0)
+    opts = {**STEREO_EXACT, "fatten_px": 2}
+    for ratio, fattened in ((1.04, False), (1.06, True)):  # fatten_jump 0.05: a box 4 % nearer is not fattened
+        depth = _box_scene(30, 55, near=10.0 / ratio)
+        out = sample_stereo(depth, k, baseline=0.5, **opts)
+        assert np.allclose(out[:, 55:57], 10.0 / ratio if fattened else 10.0, rtol=1e-5)
+    # fx * B = 50: 40 m is 1.25 px of disparity (kept at min_disparity_px 1), 60 m is 0.83 px (lost)
+    depth = np.full((3, 40), 40.0, np.float32)
+    depth[:, 20:] = 60.0
+    out = sample_stereo(depth, k, baseline=0.5, **{**STEREO_EXACT, "min_disparity_px": 1.0})
+    assert (out[:, 2:20] == 40.0).all() and not out[:, 20:].any()
+    with warnings.catch_warnings():  # a depth that is an infinite disparity is unseen, without numpy warnings
+        warnings.simplefilter("error")
+        tiny = sample_stereo(np.full((3, 10), 1e-320), k, **STEREO_EXACT)
+    assert not tiny.any()
 
 
 def test_stereo_values_fattening_noise_and_range():
@@ -339,7 +413,8 @@ def test_stereo_values_fattening_noise_and_range():
     np.testing.assert_array_equal(noisy, sample_stereo(flat, kk, seed=1, baseline=0.5,
                                                        **{**STEREO_EXACT, "disparity_sigma_px": 0.2}))
     # beyond the rig's range (disparity below min_disparity_px) nothing is measured
-    far = sample_stereo(np.full((5, 40), 60.0, np.float32), kk, baseline=0.5, **{**STEREO_EXACT, "min_disparity_px": 1.0})
+    far = sample_stereo(np.full((5, 40), 60.0, np.float32), kk, baseline=0.5,
+                        **{**STEREO_EXACT, "min_disparity_px": 1.0})
     assert not far.any()
     assert (sample_stereo(flat, kk, seed=2, n_blobs=3, fatten_px=0, disparity_sigma_px=0.0) == 0).sum() > (
         sample_stereo(flat, kk, seed=2, n_blobs=0, fatten_px=0, disparity_sigma_px=0.0) == 0).sum()

@@ -241,9 +241,8 @@ def sample_stereo(depth, intrinsics: Intrinsics, seed=0, baseline: float = 0.54,
     """Dense depth as a rectified stereo pair measures it, the left image being the reference.
 
     With disparity ``d = fx * baseline / depth`` (pixels; ``baseline`` metres, 0.54 = KITTI's rig):
-    - pixels the right camera does not see are lost (what a left-right consistency check removes): those landing
-      left of the right image (``u - d < 0``, rounded to a column) and those behind a nearer surface there (a
-      pixel whose disparity is more than 0.5 px larger lands on the same column; a z-buffer of the right view);
+    - pixels the right camera does not see are lost (what a left-right consistency check removes):
+      :func:`seen_by_right_camera`;
     - foreground fattening: a window matcher gives the background within ``fatten_px`` pixels (along the row) of a
       surface whose disparity is larger by more than a factor ``1 + fatten_jump`` that surface's disparity (the
       measured value is then the *wrong* depth, as with real block matching); 0 disables it;
@@ -267,22 +266,52 @@ def sample_stereo(depth, intrinsics: Intrinsics, seed=0, baseline: float = 0.54,
     rng = _rng(seed)
 
     ok = _measurable(depth)
-    disp = np.where(ok, intrinsics.fx * baseline / np.where(ok, depth, 1.0), 0.0)
-    h, w = depth.shape
-    rows = np.broadcast_to(np.arange(h)[:, None], (h, w))
-    lands = np.rint(np.arange(w) - disp).astype(np.int64)  # the column each pixel lands on in the right image
-    seen = ok & (lands >= 0)
-    front = np.zeros((h, w))  # the right view's z-buffer: the largest disparity landing on each pixel
-    np.maximum.at(front, (rows[seen], lands[seen]), disp[seen])
-    seen &= disp >= front[rows, np.clip(lands, 0, w - 1)] - 0.5
+    with np.errstate(over="ignore", divide="ignore"):  # a depth of 1e-320 m is an infinite disparity: not seen
+        disp = np.where(ok, intrinsics.fx * baseline / np.where(ok, depth, 1.0), 0.0)
+    seen = seen_by_right_camera(disp, ok)
     if fatten_px:
         spread = ndimage.maximum_filter1d(disp, size=2 * fatten_px + 1, axis=1, mode="nearest")
         disp = np.where(ok & (spread > (1 + fatten_jump) * disp), spread, disp)
     disp = disp + float(disparity_sigma_px) * rng.standard_normal(disp.shape)
-    keep = seen & (disp >= min_disparity_px)
+    keep = seen & (disp >= min_disparity_px)  # (seen implies a surface)
     keep &= sample_holes(np.where(ok, depth, 1.0), rng, n_blobs=n_blobs, blob_radius_frac=blob_radius_frac,
                          edge_threshold=None) > 0
     return np.where(keep, intrinsics.fx * baseline / np.where(keep, disp, 1.0), 0.0).astype(np.float32)
+
+
+def seen_by_right_camera(disp: np.ndarray, surface: np.ndarray, tolerance_px: float = 0.5) -> np.ndarray:
+    """Which pixels of a rectified pair's left image the right camera sees: HxW bool.
+
+    ``disp`` is the HxW disparity (pixels) of the ``surface`` pixels (HxW bool; others are sky and hide nothing).
+    Pixel u of a row lands at ``x = u - disp[u]`` in the right image. It is unseen when it lands left of that image
+    (``x < -0.5``) or when something nearer by more than ``tolerance_px`` of disparity covers x: the span between
+    two row neighbours of one surface (disparities within 1 px of each other; the disparity interpolated along the
+    span), or a pixel without such a neighbour landing within half a pixel of x. So a stretched, slanted surface
+    hides what lands between its pixels, and a steep one does not hide itself. Cost: one pass over the image per
+    pixel of disparity range.
+    """
+    h, w = disp.shape
+    x = np.where(surface, np.arange(w) - disp, np.nan)
+    seen = surface & (x >= -0.5)
+    if w < 2 or not seen.any():
+        return seen
+    span = surface[:, :-1] & surface[:, 1:] & (np.abs(disp[:, 1:] - disp[:, :-1]) <= 1.0)
+    values = disp[surface & np.isfinite(disp)]
+    reach = min(w - 1, int(math.ceil(float(values.max() - values.min()))) + 2)  # how far right a cover can start
+    alone = surface.copy()  # pixels in no span
+    alone[:, :-1] &= ~span
+    alone[:, 1:] &= ~span
+    hidden = np.zeros_like(seen)
+    for k in range(1, reach + 1):  # pixel u + k covering pixel u
+        near = (np.abs(x[:, k:] - x[:, :w - k]) <= 0.5) & (disp[:, k:] > disp[:, :w - k] + tolerance_px)
+        hidden[:, :w - k] |= alone[:, k:] & near
+    for k in range(0, min(reach, w - 2) + 1):  # span (u + k, u + k + 1) covering pixel u
+        xu, du = x[:, :w - 1 - k], disp[:, :w - 1 - k]
+        xa, xb, da, db = x[:, k:w - 1], x[:, k + 1:], disp[:, k:w - 1], disp[:, k + 1:]
+        inside = span[:, k:] & (np.minimum(xa, xb) <= xu) & (xu <= np.maximum(xa, xb))
+        t = np.where(inside & (xb != xa), (xu - xa) / np.where(xb != xa, xb - xa, 1.0), 0.0)
+        hidden[:, :w - 1 - k] |= inside & (da + t * (db - da) > du + tolerance_px)
+    return seen & ~hidden
 
 
 def _far_side_of_edges(depth: np.ndarray, threshold: float, width: int) -> np.ndarray:
@@ -404,8 +433,8 @@ SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"random": _random, "lidar": _l
 """Pattern name -> ``sampler(depth, seed, intrinsics=None, **kwargs) -> HxW float32 sparse depth``.
 
 ``random`` takes ``n`` (default 500, the NYUv2 protocol) and ``valid``; ``noisy`` is ``random`` followed by
-:func:`add_noise` (``sigma`` 0.02 relative, ``outlier_ratio`` 0.01 by default: a noisy sensor); ``lidar`` needs ``intrinsics`` and takes
-:func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options and, for a noisy ToF sensor,
+:func:`add_noise` (``sigma`` 0.02 relative, ``outlier_ratio`` 0.01 by default: a noisy sensor); ``lidar`` needs
+``intrinsics`` and takes :func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options and, for a noisy ToF sensor,
 ``sigma`` / ``outlier_ratio`` (0 by default), applied by :func:`add_noise` after the holes; ``stereo`` needs
 ``intrinsics`` and takes :func:`sample_stereo`'s options.
 """
