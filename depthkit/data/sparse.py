@@ -4,8 +4,8 @@ Every function takes and returns HxW float32 depth in metres with 0 = missing. T
 (:func:`sample_random_points`, :func:`sample_lidar`, :func:`sample_holes`) only choose *which* pixels are measured:
 each measured value is copied bit-exactly from the dense map. Only :func:`add_noise` and :func:`sample_stereo` (a
 stereo matcher's errors: disparity noise, fattened foreground edges) change values, and they never produce negative
-or NaN depths. Pixels of the dense map that are 0, negative or not finite count as "no surface"
-and are never measured.
+or NaN depths. Pixels of the dense map that are 0, negative or not finite count as "no surface" and are never
+measured.
 
 ``seed`` is an ``int`` (>= 0) or a ``numpy.random.Generator`` everywhere; the same seed gives the same output.
 :data:`SAMPLERS` maps a pattern name to a sampler with one calling convention, and :func:`make_sparse` dispatches by
@@ -66,6 +66,18 @@ def _check_positive(name: str, value, allow_none: bool = True) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < float(value) < np.inf:
         raise ValueError(f"{name} must be a finite number > 0{' or None' if allow_none else ''}; received {value!r}.")
     return float(value)
+
+
+def _check_non_negative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= float(value) < np.inf:
+        raise ValueError(f"{name} must be a finite number >= 0; received {value!r}.")
+    return float(value)
+
+
+def _check_intrinsics(intrinsics) -> None:
+    if not isinstance(intrinsics, Intrinsics):
+        raise ValueError(f"intrinsics must be a depthkit.geometry.Intrinsics; received {type(intrinsics).__name__}. "
+                         "Build one with Intrinsics(fx, fy, cx, cy) in pixels.")
 
 
 def _pair(value) -> tuple[float, float]:
@@ -157,9 +169,7 @@ def sample_lidar(depth, intrinsics: Intrinsics, n_beams: int = 64,
         seed: int or Generator, for the dropped returns. drop_ratio: in [0, 1].
     """
     depth = _as_depth(depth)
-    if not isinstance(intrinsics, Intrinsics):
-        raise ValueError(f"intrinsics must be a depthkit.geometry.Intrinsics; received {type(intrinsics).__name__}. "
-                         "Build one with Intrinsics(fx, fy, cx, cy) in pixels.")
+    _check_intrinsics(intrinsics)
     n_beams = _check_int("n_beams", n_beams, 1)
     step = _check_int("horizontal_step_px", horizontal_step_px, 1)
     lo, hi = _elevation_range(vertical_fov_deg)
@@ -253,14 +263,10 @@ def sample_stereo(depth, intrinsics: Intrinsics, seed=0, baseline: float = 0.54,
     Returns HxW float32 metres, 0 = missing.
     """
     depth = _as_depth(depth)
-    if not isinstance(intrinsics, Intrinsics):
-        raise ValueError(f"intrinsics must be a depthkit.geometry.Intrinsics; received {type(intrinsics).__name__}. "
-                         "Build one with Intrinsics(fx, fy, cx, cy) in pixels.")
+    _check_intrinsics(intrinsics)
     baseline = _check_positive("baseline", baseline, allow_none=False)
     min_disparity_px = _check_positive("min_disparity_px", min_disparity_px, allow_none=False)
-    if isinstance(disparity_sigma_px, bool) or not isinstance(disparity_sigma_px, (int, float, np.number)) \
-            or not 0 <= float(disparity_sigma_px) < np.inf:
-        raise ValueError(f"disparity_sigma_px must be a finite number >= 0 (pixels); received {disparity_sigma_px!r}.")
+    disparity_sigma_px = _check_non_negative("disparity_sigma_px", disparity_sigma_px)
     fatten_px = _check_int("fatten_px", fatten_px, 0)
     fatten_jump = _check_positive("fatten_jump", fatten_jump, allow_none=False)
     rng = _rng(seed)
@@ -272,7 +278,7 @@ def sample_stereo(depth, intrinsics: Intrinsics, seed=0, baseline: float = 0.54,
     if fatten_px:
         spread = ndimage.maximum_filter1d(disp, size=2 * fatten_px + 1, axis=1, mode="nearest")
         disp = np.where(ok & (spread > (1 + fatten_jump) * disp), spread, disp)
-    disp = disp + float(disparity_sigma_px) * rng.standard_normal(disp.shape)
+    disp = disp + disparity_sigma_px * rng.standard_normal(disp.shape)
     keep = seen & (disp >= min_disparity_px)  # (seen implies a surface)
     keep &= sample_holes(np.where(ok, depth, 1.0), rng, n_blobs=n_blobs, blob_radius_frac=blob_radius_frac,
                          edge_threshold=None) > 0
@@ -351,8 +357,7 @@ def add_noise(sparse, seed, sigma: float = 0.0, relative: bool = True, outlier_r
     """
     sp = _as_depth(sparse, "sparse")
     rng = _rng(seed)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) or not 0 <= float(sigma) < np.inf:
-        raise ValueError(f"sigma must be a finite number >= 0; received {sigma!r}.")
+    sigma = _check_non_negative("sigma", sigma)
     outlier_ratio = _check_fraction("outlier_ratio", outlier_ratio)
     see_through_ratio = _check_fraction("see_through_ratio", see_through_ratio)
     if outlier_ratio + see_through_ratio > 1:
@@ -402,10 +407,14 @@ def _random(depth, seed, intrinsics=None, n: int = NYU_NUM_POINTS, valid=None):
     return sample_random_points(depth, n, seed, valid=valid)
 
 
-def _lidar(depth, seed, intrinsics=None, **kwargs):
+def _needs_intrinsics(pattern: str, intrinsics, what: str) -> None:
     if intrinsics is None:
-        raise ValueError("the 'lidar' pattern needs intrinsics (depthkit.geometry.Intrinsics) to place its beams; "
+        raise ValueError(f"the '{pattern}' pattern needs intrinsics (depthkit.geometry.Intrinsics) {what}; "
                          "pass intrinsics=Intrinsics(fx, fy, cx, cy).")
+
+
+def _lidar(depth, seed, intrinsics=None, **kwargs):
+    _needs_intrinsics("lidar", intrinsics, "to place its beams")
     return sample_lidar(depth, intrinsics, seed=seed, **kwargs)
 
 
@@ -422,9 +431,7 @@ def _noisy(depth, seed, intrinsics=None, n: int = NYU_NUM_POINTS, sigma: float =
 
 
 def _stereo(depth, seed, intrinsics=None, **kwargs):
-    if intrinsics is None:
-        raise ValueError("the 'stereo' pattern needs intrinsics (depthkit.geometry.Intrinsics) for its disparities; "
-                         "pass intrinsics=Intrinsics(fx, fy, cx, cy).")
+    _needs_intrinsics("stereo", intrinsics, "for its disparities")
     return sample_stereo(depth, intrinsics, seed=seed, **kwargs)
 
 
@@ -434,9 +441,9 @@ SAMPLERS: dict[str, Callable[..., np.ndarray]] = {"random": _random, "lidar": _l
 
 ``random`` takes ``n`` (default 500, the NYUv2 protocol) and ``valid``; ``noisy`` is ``random`` followed by
 :func:`add_noise` (``sigma`` 0.02 relative, ``outlier_ratio`` 0.01 by default: a noisy sensor); ``lidar`` needs
-``intrinsics`` and takes :func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options and, for a noisy ToF sensor,
-``sigma`` / ``outlier_ratio`` (0 by default), applied by :func:`add_noise` after the holes; ``stereo`` needs
-``intrinsics`` and takes :func:`sample_stereo`'s options.
+``intrinsics`` and takes :func:`sample_lidar`'s options; ``holes`` takes :func:`sample_holes`'s options and, for a
+noisy ToF sensor, ``sigma`` / ``outlier_ratio`` (0 by default), applied by :func:`add_noise` after the holes;
+``stereo`` needs ``intrinsics`` and takes :func:`sample_stereo`'s options.
 """
 
 
