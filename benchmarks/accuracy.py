@@ -25,7 +25,7 @@ magnitude, so its table is also broken down by scene kind (means over the images
 
 ``--patterns`` evaluates the synthetic test split once per sparse input pattern (:data:`SYNTHETIC_PATTERNS`: random
 100 / 500 / 2000 points, 64-beam LiDAR, ToF-style holes, noisy points; by name only, the robustness patterns: noisy
-and speckled ToF holes and a stereo rig's map) instead of the protocol's 500 random points, and adds a summary
+and speckled ToF holes, a stereo rig's map and a 32-beam LiDAR) instead of the protocol's 500 random points, and adds a summary
 table: MAE per pattern and method, with each method's change against ``guided``.
 ``--clutter N`` puts N plants (thin, oblique, same-coloured leaves; ``render_scene(..., clutter=N)``) into every
 synthetic test scene: a robustness check on a shape the standard split lacks (its reader line in the report says so).
@@ -65,12 +65,14 @@ SYNTHETIC_PATTERNS = {
     "holes_noisy": ("holes", {"sigma": 0.01, "outlier_ratio": 0.005}),
     "holes_speckle": ("holes", {"dropout": 0.3}),
     "stereo": ("stereo", {}),
+    "lidar32": ("lidar", {"n_beams": 32}),
 }
 """``--patterns`` names -> (sparse pattern of :func:`depthkit.data.sparse.make_sparse`, its options). The first six
-are the embedded default's patterns (issue 13), which ``--patterns all`` runs; the last three are for robustness
-checks, run only by name: harder ToF frames (noisy measurements; 30 % of the measurements dropped at random) and a
+are the embedded default's patterns (issue 13), which ``--patterns all`` runs; the last four are for robustness
+checks, run only by name: harder ToF frames (noisy measurements; 30 % of the measurements dropped at random), a
 stereo rig's map (:func:`depthkit.data.sparse.sample_stereo`: KITTI's baseline, occlusions, fattened edges, disparity
-noise)."""
+noise) and a sparser LiDAR (32 beams over the 64-beam sensor's field of view: about half the returns, nearer a real
+KITTI frame's density)."""
 ALL_PATTERNS = ("random100", "random500", "random2000", "lidar64", "holes", "noisy")
 """What ``--patterns all`` means."""
 
