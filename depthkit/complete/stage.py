@@ -80,6 +80,18 @@ _NUMERIC_OPTIONS = {
 }
 
 
+def _check_options(options: dict, loading: bool = False) -> None:
+    """Refuse unknown options and ill-typed numeric ones by name (``ValueError``); ``loading``: called by
+    :meth:`CompleteVLMStage.from_checkpoint`, which also takes ``attn_implementation``."""
+    unknown = sorted(set(options) - set(STAGE_OPTIONS))
+    if unknown:
+        allowed = sorted(STAGE_OPTIONS) + (["attn_implementation"] if loading else [])
+        hint = (" (attn_implementation is an argument of CompleteVLMStage.from_checkpoint: it is fixed when the "
+                "model is loaded)" if "attn_implementation" in unknown and not loading else "")
+        raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: {allowed}{hint}.")
+    check_numeric_options(options)
+
+
 def check_numeric_options(options: dict) -> None:
     """Refuse a numeric stage option (:data:`_NUMERIC_OPTIONS`) of the wrong type or out of its range, naming it
     (``ValueError``), before any model is loaded or any image is run. Booleans are not numbers here."""
@@ -123,13 +135,7 @@ class CompleteVLMStage:
         from depthkit.complete.engine import CompletionEngine
         from depthkit.complete.query_plan import ANSWER_FUSIONS, DENSE_FILLS
 
-        unknown = sorted(set(options) - set(STAGE_OPTIONS))
-        if unknown:
-            hint = (" (attn_implementation is an argument of CompleteVLMStage.from_checkpoint: it is fixed when the "
-                    "model is loaded)" if "attn_implementation" in unknown else "")
-            raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
-                             f"{sorted(STAGE_OPTIONS)}{hint}.")
-        check_numeric_options(options)
+        _check_options(options)
         self.options = {**STAGE_OPTIONS, **options}
         if self.options["fusion"] not in ANSWER_FUSIONS:
             raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
@@ -163,11 +169,7 @@ class CompleteVLMStage:
         """Load ``<checkpoint>/complete`` (:func:`depthkit.complete.checkpoint.load_complete`) and wrap it."""
         from depthkit.complete.checkpoint import load_complete
 
-        unknown = sorted(set(options) - set(STAGE_OPTIONS))
-        if unknown:  # refuse before loading weights
-            raise ValueError(f"unknown option(s) {unknown} for the learned complete stage; allowed: "
-                             f"{sorted(STAGE_OPTIONS) + ['attn_implementation']}.")
-        check_numeric_options(options)
+        _check_options(options, loading=True)  # before the weights load
         loaded = load_complete(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
         return cls(loaded.model, loaded.processor, loaded.settings, loaded.residual_head, loaded.refiner, **options)
 
