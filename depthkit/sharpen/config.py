@@ -105,6 +105,12 @@ class SharpDepthConfig:
     (``change_within_measured_px`` still applies). In such a frame the missing pixels are the sensor's holes and occlusion shadows, which are next to measured pixels
     yet are where the completion interpolates across a depth edge; the distance weight, meant for frames of scattered
     points, kept the sharpener's changes there small. In [0, 1]; 0 [paper and code]: off."""
+    keep_scanline_frames: bool = False
+    """depthkit (inference and the ground-truth terms): True leaves a frame whose measured pixels lie on scan lines
+    (a scanning LiDAR projected into the image: :func:`depthkit.sharpen.limits.scanline_frames`) as its metric input.
+    There the rows of measurements already pin the completion's depth edges every few pixels, and the sharpener
+    measured worse than its input on every LiDAR setting tried (checkpoints/README.md, sessions 10-16). Needs the
+    sparse input; a frame without measurements is not limited. False [paper and code]: off."""
     change_range_px: int = 0
     """depthkit (inference and the ground-truth terms): > 0 keeps the output at each pixel within the minimum and
     maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size, scaled up to
