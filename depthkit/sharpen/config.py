@@ -108,9 +108,10 @@ class SharpDepthConfig:
     keep_scanline_frames: bool = False
     """depthkit (inference and the ground-truth terms): True leaves a frame whose measured pixels lie on scan lines
     (a scanning LiDAR projected into the image: :func:`depthkit.sharpen.limits.scanline_frames`) as its metric input.
-    There the rows of measurements already pin the completion's depth edges every few pixels, and the sharpener
-    measured worse than its input on every LiDAR setting tried (checkpoints/README.md, sessions 10-16). Needs the
-    sparse input; a frame without measurements is not limited. False [paper and code]: off."""
+    There the rows of measurements already pin the completion's depth edges every few pixels, and the embedded
+    default's sharpener neither helps nor harms measurably (checkpoints/README.md, session 16): a user who would
+    rather not risk a change there can switch this on. Needs the sparse input; a frame without measurements is not
+    limited. False [paper and code]: off."""
     change_range_px: int = 0
     """depthkit (inference and the ground-truth terms): > 0 keeps the output at each pixel within the minimum and
     maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size, scaled up to
