@@ -36,25 +36,66 @@ DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def load_aloe(data: Path = DATA, size: tuple[int, int] = (276, 320)):
-    """(HxWx3 uint8 RGB, HxW float32 depth with median 1.5, 0 = unknown) at ``size`` (H, W)."""
+REAL_PATTERNS = {"stereo_sgbm": "OpenCV's semi-global matcher on the Aloe pair (aloeL.jpg / aloeR.jpg)"}
+"""Sparse inputs only this frame has, run by name with ``--patterns`` (alone or beside the synthetic names): a real
+stereo matcher's map of the frame's own pair, with its real matching errors (:func:`aloe_stereo`)."""
+SGBM_DISPARITY_RANGE = (32, 224)
+"""The matcher's disparity search range at full size (pixels): the scene's working range, as stereo benchmarks give
+each scene's (the GT spans 43-211); below it a match would put a surface far beyond the scene (a disparity of 1 px
+is a depth 90 times the median), above it nearer than its nearest object."""
+
+
+def _files(data: Path, *names: str) -> list[Path]:
+    paths = [data / n for n in names]
+    if not all(p.is_file() for p in paths):
+        raise SystemExit(f"real_frame: {' / '.join(map(str, paths))} not found; install Debian's opencv-doc package "
+                         f"(apt-get install opencv-doc) or pass --data DIR holding {', '.join(names)}.")
+    return paths
+
+
+def _to_depth(disp, size: tuple[int, int], scale: float | None = None):
+    """Full-size disparity (0 = unknown) → ``(HxW float32 depth at size (H, W), the scale)``: the source pixel under
+    each output pixel's centre, where the area-averaged image is centred too (plain INTER_NEAREST takes each block's
+    top-left pixel: GT ~0.4 px up and left of the image at 320x276), depth = scale / disparity, the scale making the
+    median 1.5 unless given."""
     import cv2
     import numpy as np
 
-    left, gt = data / "aloeL.jpg", data / "aloeGT.png"
-    if not left.is_file() or not gt.is_file():
-        raise SystemExit(f"real_frame: {left} / {gt} not found; install Debian's opencv-doc package "
-                         "(apt-get install opencv-doc) or pass --data DIR holding aloeL.jpg and aloeGT.png.")
-    image = cv2.cvtColor(cv2.imread(str(left)), cv2.COLOR_BGR2RGB)
-    disp = cv2.imread(str(gt), cv2.IMREAD_UNCHANGED).astype(np.float32)
-    h, w = size
-    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    # the source pixel under each output pixel's centre, where the area-averaged image is centred too (plain
-    # INTER_NEAREST takes each block's top-left pixel: GT ~0.4 px up and left of the image at 320x276)
-    disp = cv2.resize(disp, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    disp = cv2.resize(disp.astype(np.float32), size[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
     depth = np.where(disp > 0, 1.0 / np.maximum(disp, 1e-6), 0).astype(np.float32)
-    depth *= 1.5 / np.median(depth[depth > 0])
-    return image, depth
+    scale = 1.5 / float(np.median(depth[depth > 0])) if scale is None else scale
+    return (depth * scale).astype(np.float32), scale
+
+
+def load_aloe(data: Path = DATA, size: tuple[int, int] = (276, 320)):
+    """(HxWx3 uint8 RGB, HxW float32 depth with median 1.5, 0 = unknown) at ``size`` (H, W)."""
+    import cv2
+
+    left, gt = _files(data, "aloeL.jpg", "aloeGT.png")
+    image = cv2.resize(cv2.cvtColor(cv2.imread(str(left)), cv2.COLOR_BGR2RGB), size[::-1],
+                       interpolation=cv2.INTER_AREA)
+    return image, _to_depth(cv2.imread(str(gt), cv2.IMREAD_UNCHANGED), size)[0]
+
+
+def aloe_stereo(data: Path = DATA, size: tuple[int, int] = (276, 320)):
+    """HxW float32 depth of the Aloe pair as a stereo rig measures it, in :func:`load_aloe`'s units (0 = no match):
+    OpenCV's semi-global block matcher (5x5 blocks, disparities in :data:`SGBM_DISPARITY_RANGE` at full size) with
+    its left-right consistency check (1 px), uniqueness (10 %) and speckle (100 px, 2 px) filters, so occlusions,
+    textureless patches and the band left of the matcher's range are missing and the matched values carry its
+    errors. Its disparities are in the GT's units (the median ratio over pixels both have is 1.001), so the GT's
+    scale turns them into depth; resampled to ``size`` as the GT is."""
+    import cv2
+    import numpy as np
+
+    left, right, gt = _files(data, "aloeL.jpg", "aloeR.jpg", "aloeGT.png")
+    block = 5
+    low, high = SGBM_DISPARITY_RANGE
+    matcher = cv2.StereoSGBM_create(minDisparity=low, numDisparities=high - low, blockSize=block,
+                                    P1=8 * 3 * block ** 2, P2=32 * 3 * block ** 2, disp12MaxDiff=1,
+                                    uniquenessRatio=10, speckleWindowSize=100, speckleRange=2)
+    disp = matcher.compute(cv2.imread(str(left)), cv2.imread(str(right))).astype(np.float32) / 16.0  # fixed point
+    scale = _to_depth(cv2.imread(str(gt), cv2.IMREAD_UNCHANGED), size)[1]
+    return _to_depth(np.where(disp >= low, disp, 0.0), size, scale)[0]  # failed matches are below the range
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,11 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.patterns is None:
         patterns = {f"random {args.points}": None}
     else:
+        names = [n for n in args.patterns.split(",") if n]
+        synthetic = [n for n in names if n not in REAL_PATTERNS]
         try:
-            names = pattern_names(args.patterns)
+            synthetic = pattern_names(",".join(synthetic)) if synthetic or not names else []
         except ValueError as err:
-            p.error(str(err))
-        patterns = {name: SYNTHETIC_PATTERNS[name] for name in names}
+            p.error(f"{err} This frame also takes {', '.join(REAL_PATTERNS)}.")
+        patterns = {name: REAL_PATTERNS[name] if name in REAL_PATTERNS else SYNTHETIC_PATTERNS[name]
+                    for name in [*synthetic, *(n for n in names if n in REAL_PATTERNS)]}
     image, depth = load_aloe(args.data)
     intrinsics = intrinsics_from_fov(*depth.shape, 60.0)
     ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()
@@ -101,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             methods[f"{ref.root.name}: complete + sharpen"] = Pipeline(stages=("complete", "sharpen"), checkpoint=ref)
     rows = {pattern: {name: [] for name in methods} for pattern in patterns}
     for pattern, spec in patterns.items():
-        for seed in args.seeds:
-            if spec is None:
+        for seed in args.seeds[:1] if pattern in REAL_PATTERNS else args.seeds:  # a real map has no draw
+            if pattern in REAL_PATTERNS:
+                sparse = aloe_stereo(args.data, depth.shape)
+            elif spec is None:
                 sparse = sample_random_points(depth, args.points, seed=seed)
             else:
                 sparse = make_sparse(depth, spec[0], seed, intrinsics=intrinsics, **spec[1]).astype(np.float32)
@@ -118,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
               "points": args.points, "patterns": list(patterns), "seeds": args.seeds, "mean": table,
               "per_seed": rows}
     what = f"{args.points} random points" if args.patterns is None else "sparse patterns as in benchmarks/accuracy.py"
+    if any(name in REAL_PATTERNS for name in patterns):
+        what += " (" + "; ".join(f"{n}: {REAL_PATTERNS[n]}, one run" for n in patterns if n in REAL_PATTERNS) + ")"
     lines = [f"## Real frame: {report['frame']}", "", f"{report['date']}, `{report['command']}`; {what}, mean over "
              f"seeds {args.seeds}. Development check only, never trained on. MAE and RMSE in the frame's relative "
              "units (depth median 1.5); change of MAE against guided in brackets.", "",

@@ -246,6 +246,60 @@ def test_real_frame_gt_lies_where_its_image_does(tmp_path):
         assert depth[y, x] == (near if image_bright else far), (y, x)
 
 
+def _stereo_pair(tmp_path, background: int = 64, square: int = 96):
+    """A textured rectified pair at Aloe's full size written as aloeL.jpg / aloeR.jpg / aloeGT.png: a wall at
+    disparity ``background`` and a nearer block (rows 0-599, columns 224 on: 45 % of the frame, 54 % of what the
+    matcher can reach) at ``square``, the right view rendered by
+    moving every left pixel ``disparity`` columns left, the nearer surface winning; what the left view does not
+    show is new texture. Returns the GT disparity."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    h, w = 1110, 1282
+    left = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (3, 3), 0)
+    disp = np.full((h, w), background, np.int64)
+    disp[:600, 224:] = square
+    right = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (3, 3), 0)
+    owner = np.full((h, w), -1, np.int64)
+    for y in range(h):
+        xr = np.arange(w) - disp[y]
+        for x in np.argsort(disp[y], kind="stable"):  # farther first, so the nearer surface is written last
+            if xr[x] >= 0 and disp[y, x] > owner[y, xr[x]]:
+                right[y, xr[x]], owner[y, xr[x]] = left[y, x], disp[y, x]
+    for name, img in (("aloeL.jpg", left), ("aloeR.jpg", right)):
+        cv2.imwrite(str(tmp_path / name), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    cv2.imwrite(str(tmp_path / "aloeGT.png"), disp.astype(np.uint8))
+    return disp
+
+
+def test_real_frame_stereo_map_measures_the_pairs_depth(tmp_path):
+    """aloe_stereo on a built pair: matched pixels carry the GT's depth (1 / disparity in load_aloe's units, so the
+    GT's scale, not one of its own: the block at 64/96 of the wall's depth, the wall at the GT's median 1.5 though
+    most matched pixels are the block's), the band left of the matcher's range (full-size columns below 32 + 192)
+    is missing, and most of the rest is matched."""
+    real_frame = _load_script("real_frame")
+    _stereo_pair(tmp_path)
+    _, gt = real_frame.load_aloe(tmp_path)
+    depth = real_frame.aloe_stereo(tmp_path)
+    assert depth.shape == gt.shape == (276, 320) and depth.dtype == np.float32
+    matched = depth > 0
+    assert not matched[:, :55].any()  # 223 full-size columns: no right pixel to match
+    assert matched[:, 60:].mean() > 0.9
+    rel = np.abs(depth - gt)[matched] / gt[matched]
+    assert np.median(rel) < 1e-3 and (rel < 0.02).mean() > 0.97
+    wall, block = np.median(depth[200:260, 100:300]), np.median(depth[20:120, 100:300])
+    assert wall == pytest.approx(1.5, rel=1e-3) and block == pytest.approx(1.0, rel=1e-3)
+    assert (depth[matched] < 1.25).mean() > 0.5
+
+
+def test_real_frame_takes_the_real_stereo_pattern_by_name(tmp_path, capsys):
+    real_frame = _load_script("real_frame")
+    with pytest.raises(SystemExit):
+        real_frame.main(["--patterns", "stereo_sgbm,bogus", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "bogus" in err and "stereo_sgbm" in err and "random500" in err
+
+
 def test_clutter_scores_the_scenes_with_plants(tmp_path, capsys):
     """--clutter N scores render_scene(..., clutter=N): nearest's MAE in the report is the one computed here on
     those scenes, the reader line names the clutter, and it differs from the standard split's; N < 0 is refused."""
