@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--tiny", action="store_true", required=True, help="tiny random weights (the only kind for now)")
     ic.add_argument("--stages", default=None, help="stages to include (default: every available stage)")
     ic.add_argument("--seed", type=int, default=0, help="random seed of the tiny weights (default 0)")
+    ic.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
 
     im = sub.add_parser("import-checkpoint", help="convert released SharpDepth / Lotus weights to depthkit's layout",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=IMPORT_EPILOG)
@@ -190,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 2
+    from depthkit.cli_ls import cmd_ls, cmd_recipes
+
     handler = {"run": _cmd_run, "eval": _cmd_eval, "train": _cmd_train, "init-checkpoint": _cmd_init_checkpoint,
-               "import-checkpoint": _cmd_import_checkpoint, "ls": _cmd_ls, "recipes": _cmd_recipes}[args.verb]
+               "import-checkpoint": _cmd_import_checkpoint, "ls": cmd_ls, "recipes": cmd_recipes}[args.verb]
     from depthkit.cli_output import output_policy
 
     with output_policy(args.verb, verbose=getattr(args, "verbose", False)):
@@ -376,6 +379,11 @@ def _cmd_init_checkpoint(args, parser) -> int:
     unknown = [s for s in stages if s not in available]
     if unknown or not stages:
         raise ValueError(f"cannot write tiny stage(s) {unknown or stages}; available: {', '.join(available)}")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())) and not args.overwrite:
+        what = ("not a folder" if not args.out.is_dir() else "a checkpoint (it holds depthkit.json)"
+                if (args.out / "depthkit.json").is_file() else "a folder that is not empty")
+        raise FileExistsError(f"{args.out} is {what}; random weights would replace what is there. Choose a new "
+                              "folder, or pass --overwrite (nothing was written).")
     options = {}
     for s in stages:
         options[s] = _optional_module(TINY_WRITERS[s], f"tiny {s}").write_tiny(args.out / s, seed=args.seed)
@@ -391,107 +399,6 @@ def _cmd_import_checkpoint(args, parser) -> int:
     module.import_checkpoint(args.out, sharpdepth=args.sharpdepth, lotus=args.lotus, norm=args.norm,
                              processing_resolution=args.processing_resolution or None)
     print(f"depthkit import-checkpoint: wrote {args.out}")
-    return 0
-
-
-def _cmd_ls(args, parser) -> int:
-    from depthkit.checkpoints import available_checkpoints, default_checkpoint, embedded_checkpoints_dir
-    from depthkit.stages import COMPLETION_METHODS, DEFAULT_METHOD, STAGES
-
-    print("stages (--stages, in run order):")
-    for name, spec in STAGES.items():
-        print(f"  {name:<10} {spec.description}")
-    print("completion methods (--method):")
-    for name, description in COMPLETION_METHODS.items():
-        tag = " (default without a checkpoint)" if name == DEFAULT_METHOD else ""
-        print(f"  {name:<10} {description}{tag}")
-    from depthkit.data.datasets import DATASETS
-
-    print("datasets (depthkit eval --dataset):")
-    print("  " + ", ".join(DATASETS))
-    from depthkit.resources import list_recipes, recipes_dir
-
-    print(f"recipes (depthkit train NAME; copy one to edit: depthkit recipes cp NAME DEST) in {recipes_dir()}:")
-    for name, path in list_recipes().items():
-        print(f"  {name:<28} {_recipe_title(path)}")
-    print(f"checkpoints in {embedded_checkpoints_dir()}:")
-    cks, default = available_checkpoints(), default_checkpoint()
-    for p in cks:
-        print(f"  {p.name}{'  (embedded default)' if p == default else ''}")
-    if not cks:
-        print("  none yet (the learned stages' embedded default is not trained yet)")
-    if default is not None:
-        for line in describe_default(default):
-            print(line)
-    return 0
-
-
-def describe_default(root: Path) -> list[str]:
-    """What the embedded default runs and how it measured against ``guided`` (the manifest's ``quality``, written
-    by checkpoints/assemble_default.py from benchmarks/results/accuracy.json)."""
-    from depthkit.checkpoints import load_manifest, read_json
-
-    manifest = load_manifest(root)
-    method = manifest["stages"].get("complete", {}).get("method", "sdim")
-    settings = root / "complete" / "complete.json"
-    refined = settings.is_file() and bool(read_json(settings, "completer settings").get("refiner"))
-    learned = "tiny SDIM completer" + (" + dense refiner" if refined else "")
-    lines = [f"the default (no --checkpoint): complete = {method}"
-             + (f" ({learned}: answers correct the guided map"
-                + (", the refiner corrects every pixel as far as the frame's own points support)" if refined else ")")
-                if method == "sdim" else " (classical)")
-             + ("; sharpen = tiny SharpDepth (run it with --stages complete,sharpen)"
-                if "sharpen" in manifest["stages"] else "")]
-    if refined:
-        lines.append("  its gain is measured with the language model's answers off too (--option complete.query_budget=0: "
-                     "the refiner alone), checkpoints/README.md")
-    if method != "sdim" and (root / "complete").is_dir():
-        lines.append(f"  its learned completer ({learned}) is shipped but not on by default: it did not beat guided on "
-                     "every pattern below; run it with --method sdim")
-    quality = manifest.get("quality")
-    if not isinstance(quality, dict) or not isinstance(quality.get("complete"), dict):
-        return lines + ["  quality: not measured (see benchmarks/results/accuracy.md)"]
-    n = "/".join(str(k) for k in quality.get("n_images_per_pattern") or []) or "?"
-    lines.append(f"  learned completer vs guided, MAE on the synthetic test split ({n} images per pattern):")
-    for pattern, q in quality["complete"].items():
-        lines.append(f"    {pattern:<11} {q['mae']:.4f} m vs {q['guided_mae']:.4f} m ({100 * q['change']:+.2f} %)")
-    if quality.get("sharpen"):
-        lines.append("  sharpener on the completer's output (DBE-acc px, MAE m; input -> output):")
-        for pattern, q in quality["sharpen"].items():
-            lines.append(f"    {pattern:<11} DBE {q['input_dbe_acc']:.3f} -> {q['dbe_acc']:.3f}, "
-                         f"MAE {q['input_mae']:.4f} -> {q['mae']:.4f} ({100 * (q['mae'] / q['input_mae'] - 1):+.1f} %)")
-        lines.append("  sharpener " + ("meets" if quality.get("sharpen_passes") else "does not meet")
-                     + " its bar (better DBE, MAE within 2 % of its input, on every pattern)")
-    lines.append(f"  measured by: {quality.get('command')} ({quality.get('date')}); table: "
-                 "benchmarks/results/accuracy.md")
-    return lines
-
-
-def _recipe_title(path: Path) -> str:
-    """A recipe's first comment line (what it trains), or its kind."""
-    for line in path.read_text().splitlines():
-        text = line[1:].strip() if line.startswith("#") else None
-        if text and not line.startswith("#  ") and not text.startswith(("depthkit ", "accelerate ", "(", "--")):
-            return text[:90]
-    return ""
-
-
-def _cmd_recipes(args, parser) -> int:
-    import shutil
-
-    from depthkit.resources import find_recipe, list_recipes
-
-    if args.recipes_verb == "ls":
-        for name, path in list_recipes().items():
-            print(f"{name:<28} {_recipe_title(path)}")
-        return 0
-    src = find_recipe(args.name)
-    dest = args.dest / src.name if args.dest.is_dir() else args.dest
-    if dest.exists():
-        raise FileExistsError(f"{dest} already exists; choose another destination (nothing was copied).")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
-    print(f"depthkit recipes: copied {src} to {dest}; edit it, then: depthkit train {dest}")
     return 0
 
 

@@ -65,15 +65,24 @@ def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float 
                   intrinsics=None, ply: bool = False) -> list[Path]:
     """Write ``<stem>_depth.npy``, ``<stem>_depth.png`` (uint16, scale in its ``depth_scale`` text chunk; None =
     chosen to fit), ``<stem>_color.png`` and optionally ``<stem>.ply``. The PNG scale is checked first, so a depth
-    that cannot fit (or would round to 0 at ``png_scale``) raises before any file is written."""
+    that cannot fit (or would round to 0 at ``png_scale``) raises before any file is written; if a later write
+    fails, the files this call wrote are removed (a result is whole or absent)."""
     from depthkit import io
 
     png_scale = io.choose_png_scale(depth, png_scale)  # checked (and chosen) before any file is written
-    paths = [io.write_depth_npy(out_dir / f"{stem}_depth.npy", depth),
-             io.write_depth_png16(out_dir / f"{stem}_depth.png", depth, scale=png_scale),
-             io.write_colorized(out_dir / f"{stem}_color.png", depth)]
+    writers = [(f"{stem}_depth.npy", lambda p: io.write_depth_npy(p, depth)),
+               (f"{stem}_depth.png", lambda p: io.write_depth_png16(p, depth, scale=png_scale)),
+               (f"{stem}_color.png", lambda p: io.write_colorized(p, depth))]
     if ply:
-        paths.append(io.write_point_cloud(out_dir / f"{stem}.ply", depth, intrinsics, image=image))
+        writers.append((f"{stem}.ply", lambda p: io.write_point_cloud(p, depth, intrinsics, image=image)))
+    paths: list[Path] = []
+    try:
+        for name, write in writers:
+            paths.append(write(out_dir / name))
+    except BaseException:  # no partial result: --skip-existing would take it for a finished one
+        for p in paths:
+            p.unlink(missing_ok=True)
+        raise
     return paths
 
 
@@ -159,16 +168,18 @@ def run_command(args, parser, build_pipeline) -> int:
             print(f"depthkit run: {name}: no sparse file NAME_sparse.npy|png found", file=sys.stderr)
         pairs = [p for p in pairs if p[1] is not None]
 
-    existing = [(img, sp) for img, sp in pairs
-                if any(p.exists() for p in output_paths(args.out, Path(img).stem, args.ply))]
+    outputs = {pair: [p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply)] for pair in pairs}
+    existing = [pair for pair in pairs if any(outputs[pair])]
     if existing and not (args.overwrite or args.skip_existing):
         first = next(p for p in output_paths(args.out, Path(existing[0][0]).stem, args.ply) if p.exists())
         raise ValueError(f"outputs for {len(existing)} of {len(pairs)} input(s) already exist in {args.out} "
                          f"(e.g. {first.name}). Pass --overwrite to replace them, --skip-existing to keep them and "
                          "run only the rest, or another --out.")
-    if args.skip_existing and existing:
+    if args.skip_existing and existing:  # kept only when every output is there (e.g. not the .ply a new --ply asks)
+        existing = [pair for pair in existing if all(outputs[pair])]
         pairs = [p for p in pairs if p not in existing]
-        say(f"depthkit run: kept {len(existing)} existing result(s) in {args.out} (--skip-existing)")
+        if existing:
+            say(f"depthkit run: kept {len(existing)} existing result(s) in {args.out} (--skip-existing)")
     if not pairs:
         say(f"depthkit run: nothing to do; {len(failures)} input(s) failed" if failures else
             "depthkit run: nothing to do; every output already exists")

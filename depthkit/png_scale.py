@@ -19,7 +19,8 @@ PNG_SCALES = (1000.0, 256.0, 100.0, 10.0, 1.0)
 
 def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = "depth") -> float:
     """Units per metre for a 16-bit PNG of ``depth`` (metres): ``scale`` if given, else the first of
-    :data:`PNG_SCALES` that fits. Raises ``ValueError`` (before anything is written) when the depth cannot fit, when
+    :data:`PNG_SCALES` that fits — or, when some valid pixel would round to 0 there, :func:`fitting_png_scale` if
+    that keeps every one (a frame with a few returns under half a millimetre). Raises ``ValueError`` (before anything is written) when the depth cannot fit, when
     ``scale`` is not a finite number > 0, or when at the given ``scale`` a valid pixel (> 0 m) would round to 0
     (which the PNG stores as missing) although a scale that fits would keep it; the messages suggest a
     ``--png-scale`` that works."""
@@ -35,6 +36,10 @@ def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = 
         raise ValueError(f"{what} up to {top:.1f} m does not fit a 16-bit PNG even at 1 unit per metre (max 65535 m). "
                          f"Pass --png-scale {fit:g} (units per metre: {1 / fit:g} m steps, fits 0-{65535 / fit:g} m), "
                          "or check the input's units: depth this large is usually a unit error.")
+    if (np.round(valid * auto) == 0).any():  # pixels under half a unit: the finest scale that fits, if it keeps them
+        finer = fitting_png_scale(top)
+        if not (np.round(valid * finer) == 0).any():
+            return finer
     return auto
 
 

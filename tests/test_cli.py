@@ -1,6 +1,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -128,6 +129,28 @@ def test_tiny_checkpoint_runs_with_stage_options(tmp_path):
     assert np.array_equal(depth[sparse > 0], sparse[sparse > 0]) and (depth > 0).all()
 
 
+def test_init_checkpoint_refuses_to_overwrite_a_folder_with_files(tmp_path, capsys):
+    """Random weights must not silently replace a trained checkpoint (or anything else) in the folder: refused, the
+    files as they were; --overwrite writes; an empty folder is fine."""
+    ck = tmp_path / "ck"
+    assert main(["init-checkpoint", "--tiny", str(ck), "--stages", "complete"]) == 0
+    (ck / "mine.txt").write_text("trained")
+    before = {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()}
+    assert main(["init-checkpoint", "--tiny", str(ck), "--stages", "complete", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "a checkpoint (it holds depthkit.json)" in err and "--overwrite" in err and "nothing was written" in err
+    assert {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()} == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    assert main(["init-checkpoint", "--tiny", str(other), "--stages", "complete"]) == 2
+    assert "a folder that is not empty" in capsys.readouterr().err
+    assert main(["init-checkpoint", "--tiny", str(ck), "--stages", "complete", "--seed", "3", "--overwrite"]) == 0
+    assert {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()} != before
+    (tmp_path / "empty").mkdir()
+    assert main(["init-checkpoint", "--tiny", str(tmp_path / "empty"), "--stages", "complete"]) == 0
+
+
 def _single(tmp_path, *extra, stem="a", out="o"):
     return ["run", "--image", str(tmp_path / f"{stem}.png"), "--sparse", str(tmp_path / f"{stem}_sparse.npy"),
             "--out", str(tmp_path / out), "--method", "nearest", *extra]
@@ -169,6 +192,52 @@ def test_deep_scene_png_scale_fits_and_too_deep_fails_before_writing(tmp_path, c
                                atol=1 / 511)
     assert main(_single(tmp_path, "--png-scale", "1000", out="o2")) == 2
     assert "does not fit" in capsys.readouterr().err and not list((tmp_path / "o2").glob("*"))
+
+
+def test_returns_under_half_a_millimetre_get_a_finer_png_scale(tmp_path):
+    """A frame with one return of 0.2 mm: 1000 units per metre would store it as 0 (missing), so the automatic
+    scale is the finest that fits (5000 for 8 m) and the PNG keeps every pixel."""
+    _, sparse = _write_pair(tmp_path, "a")
+    sparse[0, 0] = 0.0002
+    np.save(tmp_path / "a_sparse.npy", sparse)
+    assert main(_single(tmp_path)) == 0
+    assert io.png_depth_scale(tmp_path / "o" / "a_depth.png") == 5000
+    png = io.read_depth(tmp_path / "o" / "a_depth.png")
+    assert (png > 0).all() and png[0, 0] == pytest.approx(0.0002, abs=1e-4)
+
+
+def test_a_failed_write_leaves_no_partial_result(tmp_path, monkeypatch):
+    """If a write fails half way (here the colour map), the files already written for that image are removed, so
+    --skip-existing cannot take them for a finished result; the other image of the folder is written whole."""
+    from depthkit import io as dio
+
+    for stem in ("a", "b"):
+        _write_pair(tmp_path, stem)
+    real = dio.write_colorized
+
+    def fail_for_a(path, depth):
+        if Path(path).name.startswith("a_"):
+            raise OSError("disk full (simulated)")
+        return real(path, depth)
+
+    monkeypatch.setattr(dio, "write_colorized", fail_for_a)
+    args = ["run", "--input-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "nearest"]
+    assert main(args) == 1
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["b_color.png", "b_depth.npy", "b_depth.png"]
+    monkeypatch.setattr(dio, "write_colorized", real)
+    assert main([*args, "--skip-existing"]) == 0
+    assert len(list((tmp_path / "o").iterdir())) == 6
+
+
+def test_skip_existing_runs_an_input_whose_outputs_are_incomplete(tmp_path, capsys):
+    """Outputs written without --ply, then --skip-existing --ply: the point cloud is missing, so the image runs."""
+    _write_pair(tmp_path, "a")
+    assert main(_single(tmp_path)) == 0
+    capsys.readouterr()
+    assert main(_single(tmp_path, "--skip-existing", "--ply", "--intrinsics", "30,30,14,10")) == 0
+    assert (tmp_path / "o" / "a.ply").is_file() and "nothing to do" not in capsys.readouterr().out
+    assert main(_single(tmp_path, "--skip-existing", "--ply", "--intrinsics", "30,30,14,10")) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_single_failure_is_reported_once(tmp_path, capsys):
