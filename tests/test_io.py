@@ -244,8 +244,12 @@ def test_png_scale_must_be_finite_keep_valid_pixels_and_suggests_one_that_fits(t
     with pytest.raises(ValueError, match=r"e.g. 0.5 fits 0-131070 m"):
         io.choose_png_scale(np.array([[2.0, 1e5]]), 1000)
     assert io.choose_png_scale(np.array([[2.0, 1e5]]), 0.5) == 0.5
-    with pytest.warns(io.DepthkitWarning, match=r"d.png: 1 valid pixel\(s\) below 0.0005 m .*--png-scale 10000 keeps"):
-        io.write_depth_png16(tmp_path / "d.png", np.array([[0.0004, 5.0]]), scale=None)  # automatic 1000: said
+    # automatic: 1000 would store 0.4 mm as 0, so the finest scale that fits (10000 for 5 m) keeps it
+    assert io.choose_png_scale(np.array([[0.0004, 5.0]])) == 10000
+    io.write_depth_png16(tmp_path / "k.png", np.array([[0.0004, 5.0]]), scale=None)
+    assert io.read_depth(tmp_path / "k.png")[0, 0] == pytest.approx(0.0004)
+    with pytest.warns(io.DepthkitWarning, match=r"d.png: 1 valid pixel\(s\) below 0.0005 m .*no 16-bit scale holds"):
+        io.write_depth_png16(tmp_path / "d.png", np.array([[1e-6, 5.0]]), scale=None)  # none keeps it: 1000, said
 
 
 def test_fitting_png_scale_just_above_a_power_of_ten():
