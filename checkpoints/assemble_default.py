@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out / "sharpen", ignore_errors=True)
     if args.refiner is not None:
         add_refiner(args.refiner, args.out / "complete")
+        (args.out / "recipes").mkdir(exist_ok=True)
         shutil.copyfile(args.refiner / "recipe.yaml", args.out / "recipes" / "refine.yaml")
     if args.lotus is not None:
         shutil.copyfile(args.lotus / "recipe.yaml", args.out / "recipes" / "lotus.yaml")

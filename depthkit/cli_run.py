@@ -23,11 +23,15 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
     sparse_dir = sparse_dir or input_dir
     if not sparse_dir.is_dir():
         raise FileNotFoundError(f"--sparse-dir {sparse_dir} is not a folder")
-    skip = ("_sparse", "_depth", "_color")
-    images = sorted(p for p in input_dir.iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(skip) and p.is_file())
+    files = [p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    stems = {p.stem for p in files}
+    # sparse maps, and depthkit's own outputs (NAME_depth.png / NAME_color.png beside NAME's image): not inputs;
+    # a dataset's own frame_color.png (without frame.png) is
+    images = sorted(p for p in files if not p.stem.endswith("_sparse")
+                    and not any(p.stem.endswith(tag) and p.stem[:-len(tag)] in stems for tag in ("_depth", "_color")))
     if not images:
-        raise FileNotFoundError(f"no images (png/jpg) found in {input_dir}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {input_dir}"
+                                + (" other than sparse maps (NAME_sparse.*) and depthkit's outputs" if files else ""))
     _refuse_shared_stems(input_dir, images)
     pairs, missing = [], []
     for img in images:
@@ -111,6 +115,11 @@ def _read_inputs(img_path: Path, sparse_path: Path | None, depth_path: Path | No
     for path, what in ((sparse_path, "sparse"), (depth_path, "depth")):
         arr = None if path is None else read_depth(path, depth_scale=args.depth_scale, what=what)
         if arr is not None and args.resize_sparse and arr.shape != image.shape[:2]:
+            if what == "depth":  # scattering would leave a dense map mostly holes
+                raise ValueError(f"--resize-sparse scatters sparse points; the dense --depth {Path(path).name} is "
+                                 f"{arr.shape[1]}x{arr.shape[0]} and the image {image.shape[1]}x{image.shape[0]}. "
+                                 "Resize the depth map to the image's size first (e.g. nearest-neighbour), or pass "
+                                 "the matching image.")
             arr = resize_sparse(arr, image.shape[:2], what=what)
         maps.append(arr)
     if maps[0] is not None and args.png_scale is not None:

@@ -91,6 +91,11 @@ def _intrinsics_from_numbers(vals: list[float], source: str) -> Intrinsics:
         )
     if len(vals) == 9:
         k = np.asarray(vals).reshape(3, 3)
+        if not np.allclose(k[2], [0.0, 0.0, 1.0], atol=1e-6) or k[1, 0] != 0 or abs(k[0, 1]) > 1e-6 * abs(k[0, 0]):
+            hint = (" It looks transposed (cx, cy in the bottom row): pass K.T." if np.allclose(k[:, 2], [0, 0, 1])
+                    and not np.allclose(k[2], [0, 0, 1]) else "")
+            raise ValueError(f"intrinsics from {source}: K = {k.tolist()} is not a pinhole matrix [[fx, 0, cx], "
+                             f"[0, fy, cy], [0, 0, 1]] (row by row; skew not supported).{hint}")
         vals = [k[0, 0], k[1, 1], k[0, 2], k[1, 2]]
     try:
         return Intrinsics(*(float(v) for v in vals))

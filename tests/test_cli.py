@@ -59,6 +59,30 @@ def test_run_folder_skips_bad_file_and_exits_nonzero(tmp_path, capsys):
     assert "broken.png" in err and "lonely.png" in err and "2 input(s) failed" in err
 
 
+def test_run_folder_takes_a_datasets_frame_color_png_and_skips_depthkits_outputs(tmp_path, capsys):
+    """RGB-D datasets name frames NAME_color.png: such an image is an input; NAME_depth.png / NAME_color.png beside
+    NAME's own image are depthkit's outputs (a run with --out in the input folder) and are not."""
+    _write_pair(tmp_path, "frame_color")
+    _write_pair(tmp_path, "other")
+    args = ["run", "--input-dir", str(tmp_path), "--method", "nearest"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "frame_color_depth.npy").is_file() and (tmp_path / "other_depth.npy").is_file()
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "o")]) == 0  # other_color.png etc. are now in the folder
+    assert sorted(p.name for p in (tmp_path / "o").glob("*_depth.npy")) == ["frame_color_depth.npy",
+                                                                           "other_depth.npy"]
+    assert "failed" not in capsys.readouterr().err
+
+
+def test_resize_sparse_refuses_a_dense_depth_of_another_size(tmp_path, capsys):
+    """--resize-sparse scatters points; a dense --depth of another size would become mostly holes: refused."""
+    image, _ = _write_pair(tmp_path, "a")
+    np.save(tmp_path / "d.npy", np.full((10, 14), 2.0, np.float32))
+    assert main(["run", "--stages", "sharpen", "--image", str(tmp_path / "a.png"), "--depth", str(tmp_path / "d.npy"),
+                 "--resize-sparse", "--out", str(tmp_path / "o")]) == 2
+    assert "Resize the depth map to the image's size first" in capsys.readouterr().err
+
+
 def test_run_folder_with_separate_sparse_dir(tmp_path):
     inp, sp = tmp_path / "rgb", tmp_path / "lidar"
     inp.mkdir()

@@ -212,6 +212,10 @@ def test_resize_sparse_refuses_what_check_sparse_refuses():
     ('{"K": "abc"}', "key 'K' is \"abc\""),
     ('{"K": [[50, 0, 32], [0, null, 24], [0, 0, 1]]}', "key 'K'[1][1] is null"),
     ('{"fx": NaN, "fy": 50, "cx": 32, "cy": 24}', "must be finite"),
+    ('{"K": [[50, 0, 0], [0, 50, 0], [32, 24, 1]]}', "It looks transposed"),
+    ('{"K": [[50, 0, 32], [0, 50, 24], [1, 2, 3]]}', "is not a pinhole matrix"),
+    ('{"K": [[50, 0, 32], [0, 50, 24], [0, 0, 2]]}', "is not a pinhole matrix"),
+    ('{"K": [[50, 3, 32], [0, 50, 24], [0, 0, 1]]}', "skew not supported"),
 ])
 def test_intrinsics_json_with_bad_values_names_file_and_key(tmp_path, content, words):
     path = tmp_path / "cam.json"
