@@ -13,7 +13,8 @@
    RGB-guided edge-aware interpolation anchored on measured points and answers (measured values copied exactly);
 5. if the checkpoint has a dense refiner (:mod:`depthkit.complete.refiner`) and option ``refine`` is not false,
    correct the filled map at every pixel with it (measured values copied exactly again), at the strength the frame's
-   own measured points support (:mod:`depthkit.complete.refiner_check`, option ``refine_check``).
+   own measured points support (:mod:`depthkit.complete.refiner_check`, option ``refine_check``);
+6. with option ``occlusion_fill`` (a stereo matcher's map), give its occluded runs the background's depth.
 
 Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
 1 at measured pixels, decaying away from measured and queried pixels) and ``extras``: ``query_mask`` (1 where a
@@ -34,7 +35,10 @@ turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` 
 the checkpoint has a refiner; False: off, the ablation; True: on, an error if the checkpoint has none;
 ``last_stats["refined"]`` says whether it ran, ``refine_seconds`` how long, check included). ``refine_check`` (True:
 the frame's own measured points decide how far to trust the refiner, :mod:`~depthkit.complete.refiner_check`;
-``last_stats["refine_strength"]`` and ``["refine_check"]`` record the decision; False: the refiner as trained). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
+``last_stats["refine_strength"]`` and ``["refine_check"]`` record the decision; False: the refiner as trained).
+``occlusion_fill`` (None: off; ``left`` / ``right``: the sparse map is a stereo matcher's with that camera as the
+reference, and unmeasured runs beside a nearer surface get the farther side's depth, :mod:`depthkit.complete.occlusion`;
+``last_stats["occlusion_filled"]`` counts them). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
 pipeline.
 """
 
@@ -64,6 +68,7 @@ STAGE_OPTIONS = {
     "max_working_side": MAX_WORKING_SIDE,
     "refine": None,
     "refine_check": True,
+    "occlusion_fill": None,
 }
 
 
@@ -149,6 +154,12 @@ class CompleteVLMStage:
         if refine is True and refiner is None:
             raise ValueError("refine=true but this completer checkpoint has no dense refiner (no 'refiner' in "
                              "complete.json); leave refine unset or train one (recipes/default/refine.yaml).")
+        from depthkit.complete.occlusion import OCCLUSION_FILLS
+
+        if self.options["occlusion_fill"] not in OCCLUSION_FILLS:
+            raise ValueError(f"occlusion_fill={self.options['occlusion_fill']!r}; allowed: null (off), left or right "
+                             "(the sparse map is a stereo matcher's, with that camera as the reference: "
+                             "depthkit.complete.occlusion).")
         if not isinstance(self.options["refine_check"], bool):
             raise ValueError(f"refine_check={self.options['refine_check']!r}; allowed: true (the frame's measured "
                              "points decide how far to trust the refiner), false (the refiner as trained).")
@@ -268,6 +279,11 @@ class CompleteVLMStage:
             dense = self.refiner.refine(image, sparse, dense, strength=strength)
             stats["refine_strength"] = strength
             stats["refine_seconds"] = time.perf_counter() - t_refine
+        if opts["occlusion_fill"] is not None:
+            from depthkit.complete.occlusion import fill_occlusions
+
+            dense, filled = fill_occlusions(dense, sparse, opts["occlusion_fill"])
+            stats["occlusion_filled"] = int(filled.sum())
         decay = opts["confidence_decay_px"]
         conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
                               tolerance=float(opts["confidence_tolerance"]))
