@@ -10,7 +10,7 @@ right bound is, most likely, background hidden from the other camera: its depth 
 
 Why an option and not the default: the rule knows the sensor. A ToF or structured-light frame's holes are not
 one-sided (shadows on either side, absorbing patches across edges): on the synthetic val split the same rule made the
-ToF-holes pattern 11 % worse, while on the stereo pattern it gained 9.7 % and on a real stereo matcher's map (OpenCV's
+ToF-holes pattern 11.9 % worse, while on the stereo pattern it gained 9.8 % and on a real stereo matcher's map (OpenCV's
 semi-global matcher on the Middlebury Aloe pair, ``benchmarks/real_frame.py --patterns stereo_sgbm``) 17.6 %
 (checkpoints/README.md, session 16). No per-frame statistic measured on val tells the two apart, so the user says it:
 ``--option complete.occlusion_fill=left`` for a left-reference disparity or depth map (the usual one), ``right`` for
