@@ -38,10 +38,12 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
         candidates = [sparse_dir / f"{img.stem}_sparse{ext}" for ext in (".npy", ".png")]
         if sparse_dir != input_dir:
             candidates += [sparse_dir / f"{img.stem}{ext}" for ext in (".npy", ".png")]
-        found = next((c for c in candidates if c.is_file()), None)
-        pairs.append((img, found))
-        if found is None:
-            missing.append(img.name)
+        found = [c for c in candidates if c.is_file()]
+        pairs.append((img, found[0] if len(found) == 1 else None))
+        if not found:
+            missing.append((img.name, "no sparse file NAME_sparse.npy|png found"))
+        elif len(found) > 1:
+            missing.append((img.name, f"{len(found)} sparse files ({', '.join(c.name for c in found)}); keep one"))
     return pairs, missing
 
 
@@ -172,9 +174,9 @@ def run_command(args, parser, build_pipeline) -> int:
         preread = _read_inputs(args.image, args.sparse, args.depth, args)
     else:
         pairs, missing = _find_pairs(args.input_dir, args.sparse_dir)
-        for name in missing:
-            failures.append((name, "no sparse file NAME_sparse.npy|png found"))
-            print(f"depthkit run: {name}: no sparse file NAME_sparse.npy|png found", file=sys.stderr)
+        for name, why in missing:
+            failures.append((name, why))
+            print(f"depthkit run: {name}: {why}", file=sys.stderr)
         pairs = [p for p in pairs if p[1] is not None]
 
     outputs = {pair: [p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply)] for pair in pairs}

@@ -126,6 +126,10 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
     range, and positive ones that would round to 0, are refused.
     """
     arr = np.asarray(arr)
+    if depth_scale is not None and (isinstance(depth_scale, (bool, np.bool_))
+                                    or not isinstance(depth_scale, (int, float, np.integer, np.floating))):
+        raise ValueError(f"depth scale must be a number of units per metre (1000 for millimetres, 256 for KITTI/VOID "
+                         f"PNGs); received {depth_scale!r} ({type(depth_scale).__name__}).")
     if arr.dtype.kind in "ui":
         if depth_scale is None:
             top = int(arr.max(initial=0))
@@ -136,7 +140,15 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
             )
         if not (math.isfinite(depth_scale) and depth_scale > 0):
             raise ValueError(f"depth scale must be a finite number > 0 units per metre; received {depth_scale}.")
-        return (arr.astype(np.float64) / float(depth_scale)).astype(np.float32)
+        metres = arr.astype(np.float64) / float(depth_scale)
+        units = arr[arr > 0]
+        if units.size:
+            low, high = float(units.min()) / float(depth_scale), float(units.max()) / float(depth_scale)
+            if not (high <= float(np.finfo(np.float32).max) and np.float32(low) > 0):
+                raise ValueError(f"at depth scale {depth_scale:g} units per metre, {what}'s values ({int(units.min())}"
+                                 f"-{int(units.max())} units) would be {low:.3g}-{high:.3g} m, which float32 metres "
+                                 "cannot hold; check --depth-scale (1000 for millimetres, 256 for KITTI/VOID PNGs).")
+        return metres.astype(np.float32)
     if arr.dtype.kind != "f":
         raise ValueError(f"{what} has dtype {arr.dtype}; expected float metres or integer sensor units.")
     if arr.dtype.itemsize > 4:  # float64 values beyond float32's range would become inf and be misreported
@@ -214,8 +226,16 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
             raise ValueError(
                 f"depth PNG {path} is {arr.dtype} with shape {arr.shape}; expected a single-channel 16-bit PNG."
             )
+        recorded = png_depth_scale(path)
         if depth_scale is None:
-            depth_scale = png_depth_scale(path)
+            depth_scale = recorded
+        elif recorded is not None and isinstance(depth_scale, (int, float)) and float(depth_scale) != recorded:
+            import warnings
+
+            warnings.warn(f"{what} PNG {path.name} records depth_scale {recorded:g} units per metre, but "
+                          f"{depth_scale:g} was given and is used (depth {recorded / float(depth_scale):g} times "
+                          "what the file says). Leave --depth-scale out to use the file's.", UnitWarning,
+                          stacklevel=2)
         return depth_to_metres(arr, depth_scale, what=f"{what} PNG {path.name}")
     raise ValueError(
         f"unsupported depth file {path.name!r}: allowed are .npy (float metres, or integers with a depth scale) and "

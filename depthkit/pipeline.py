@@ -140,8 +140,15 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
     sparse = depth_to_metres(sparse, depth_scale, what=what).astype(np.float32)
     check_depth_values(sparse, what)
     if not allow_empty and not (sparse > 0).any():
-        raise ValueError(f"{what} has no measured pixel (all zeros); completion needs at least one value > 0.")
+        need = ("sharpening needs metric depth to sharpen (values > 0)" if what == "depth"
+                else "completion needs at least one value > 0")
+        raise ValueError(f"{what} has no measured pixel (all zeros); {need}.")
     return np.ascontiguousarray(sparse)
+
+
+DENSE_INPUT_MIN_FRACTION = 0.5
+"""A sharpen-first pipeline's metric depth input with fewer pixels known than this gets a warning: SharpDepth sharpens
+dense depth (a completion), and a sparse map given as ``depth`` leaves it almost nothing to work from."""
 
 
 class Pipeline:
@@ -248,6 +255,15 @@ class Pipeline:
                              "stages=('sharpen',) (--stages sharpen) to sharpen that depth.")
         if depth is not None:
             depth = check_sparse(depth, image.shape[:2], what="depth", depth_scale=depth_scale)
+            known = float((depth > 0).mean())
+            if known < DENSE_INPUT_MIN_FRACTION:
+                import warnings
+
+                from depthkit.io import DepthkitWarning
+
+                warnings.warn(f"the metric depth to sharpen has only {100 * known:.1f} % of its pixels known; the "
+                              "sharpen stage expects dense depth (a completion). For a sparse map run both stages "
+                              "(--stages complete,sharpen: pass it as --sparse).", DepthkitWarning, stacklevel=3)
         elif self.stage_names[0] != "complete":
             raise ValueError(
                 f"a pipeline starting with {self.stage_names[0]!r} needs a metric depth input (depth=...); "

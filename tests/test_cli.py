@@ -74,6 +74,17 @@ def test_run_folder_takes_a_datasets_frame_color_png_and_skips_depthkits_outputs
     assert "failed" not in capsys.readouterr().err
 
 
+def test_run_folder_with_two_sparse_files_for_one_image_fails_that_image(tmp_path, capsys):
+    """a_sparse.npy and a_sparse.png: which one is meant is not guessed; a is reported, b still runs."""
+    _, sparse = _write_pair(tmp_path, "a")
+    io.write_depth_png16(tmp_path / "a_sparse.png", sparse, scale=1000)
+    _write_pair(tmp_path, "b")
+    assert main(["run", "--input-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "nearest"]) == 1
+    err = capsys.readouterr().err
+    assert "a.png: 2 sparse files (a_sparse.npy, a_sparse.png); keep one" in err
+    assert sorted(p.name for p in (tmp_path / "o").glob("*_depth.npy")) == ["b_depth.npy"]
+
+
 def test_resize_sparse_refuses_a_dense_depth_of_another_size(tmp_path, capsys):
     """--resize-sparse scatters points; a dense --depth of another size would become mostly holes: refused."""
     image, _ = _write_pair(tmp_path, "a")

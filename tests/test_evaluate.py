@@ -63,6 +63,9 @@ def test_eval_user_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "o.json"),
                  "--dataset-option", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "o.json"),
+                 "--dataset-option", "length=abc"]) == 2  # the reader's own message names no option: said which
+    assert "the synthetic dataset with --dataset-option {'length': 'abc'}: invalid literal" in capsys.readouterr().err
 
 
 def test_mean_ignores_undefined_and_table_formats():

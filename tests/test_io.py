@@ -121,6 +121,32 @@ def test_integer_npy_needs_and_uses_depth_scale(tmp_path):
     np.testing.assert_allclose(io.read_depth(tmp_path / "mm.npy", depth_scale=1000), mm / 1000, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale, words", [(1e-300, "1.5e+303-2.25e+303 m, which float32 metres cannot hold"),
+                                          (1e300, "1.5e-297-2.25e-297 m, which float32 metres cannot hold"),
+                                          ("1000", "received '1000' (str)"), (True, "received True (bool)"),
+                                          (None, "no depth scale was given")])
+def test_a_depth_scale_that_cannot_give_metres_is_refused_naming_it(tmp_path, scale, words):
+    """Not 'NaN/inf values' or 'no measured pixel' later: the scale turned sensor units into what float32 metres
+    cannot hold (or is not a number at all), and the message says so."""
+    mm = np.array([[0, 1500], [2250, 0]], np.uint16)
+    with pytest.raises(ValueError) as err:
+        io.depth_to_metres(mm, scale)
+    assert words in str(err.value)
+
+
+def test_a_depth_scale_other_than_the_pngs_own_is_used_and_said(tmp_path):
+    import warnings
+
+    depth = np.array([[0.0, 2.5], [4.0, 1.0]], np.float32)
+    io.write_depth_png16(tmp_path / "d.png", depth, scale=1000)
+    with pytest.warns(io.UnitWarning, match=r"records depth_scale 1000 .* 256 was given and is used \(depth 3.90625 "):
+        got = io.read_depth(tmp_path / "d.png", depth_scale=256)
+    np.testing.assert_allclose(got, depth * 1000 / 256, rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(io.read_depth(tmp_path / "d.png", depth_scale=1000), depth, atol=1e-6)
+
+
 def test_float_depth_in_another_unit_warns(tmp_path):
     np.save(tmp_path / "f.npy", np.full((3, 3), 2500.0, np.float32))
     with pytest.warns(io.DepthkitWarning, match="millimetres"):

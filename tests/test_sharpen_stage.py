@@ -115,6 +115,28 @@ def test_errors(tiny_ck, tmp_path, monkeypatch):
         Pipeline(stages=("sharpen",), checkpoint=tiny_ck)(image, sparse)
 
 
+def test_a_sparse_map_given_as_the_depth_to_sharpen_is_said_and_an_empty_one_refused(tiny_ck):
+    """depth= is the dense metric input of a sharpen-first pipeline: under half of it known warns (it runs), all
+    zeros is refused with a message about sharpening (not completion), a dense one is silent."""
+    import warnings
+
+    from depthkit.io import DepthkitWarning
+
+    image, depth, sparse = _scene(seed=8)
+    pipe = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)
+    with pytest.warns(DepthkitWarning, match=r"only \d+\.\d % of its pixels known; .*--stages complete,sharpen"):
+        pipe(image, None, depth=sparse)
+    half = depth.copy()
+    half[: depth.shape[0] // 2 + 1] = 0
+    with pytest.warns(DepthkitWarning, match="of its pixels known"):
+        pipe(image, None, depth=half)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DepthkitWarning)
+        pipe(image, None, depth=depth)
+    with pytest.raises(ValueError, match="sharpening needs metric depth to sharpen"):
+        pipe(image, None, depth=np.zeros_like(depth))
+
+
 def test_one_resolution_and_one_validation_per_run(tiny_ck, monkeypatch):
     """The stage factory loads <checkpoint>/sharpen without resolving it again (the public from_pretrained /
     load_sharpdepth resolve exactly once), and a pipeline run checks each input once, in the Pipeline."""
