@@ -134,8 +134,10 @@ def run_command(args, parser, build_pipeline) -> int:
     and the outputs checked. Returns the exit code (0, or 1 when an input failed)."""
     single = args.image is not None or args.sparse is not None
     starts_with_sharpen = args.stages.split(",")[0].strip() == "sharpen"
-    if single == (args.input_dir is not None):
+    if single and args.input_dir is not None:
         parser.error("give either --image with --sparse, or --input-dir (not both)")
+    if not single and args.input_dir is None:
+        parser.error("nothing to run: give --image with --sparse (one image), or --input-dir (a folder of images)")
     if single and args.image is None:
         parser.error("--sparse needs --image")
     if single and args.sparse is None and not starts_with_sharpen:
@@ -163,6 +165,9 @@ def run_command(args, parser, build_pipeline) -> int:
         from depthkit.io import parse_intrinsics
 
         intrinsics = parse_intrinsics(args.intrinsics)
+        if not args.ply:
+            print("depthkit run: --intrinsics is used by --ply only (the point cloud); without it they are checked "
+                  "and unused", file=sys.stderr)
 
     # every input is found (and a single image's files read) before any model loads
     failures: list[tuple[str, str]] = []
@@ -224,7 +229,7 @@ def run_command(args, parser, build_pipeline) -> int:
             continue
         done += 1
         d = out.depth[out.depth > 0]
-        rng = f"{d.min():.2f}-{d.max():.2f} m" if d.size else "empty"
+        rng = f"{d.min():.3g}-{d.max():.3g} m" if d.size else "empty"
         say(f"{name}: {time.perf_counter() - t0:.2f} s, depth {rng}, "
             f"{'replaced' if replaced else 'wrote'} {', '.join(p.name for p in paths)}")
     summary = f"depthkit run: {done} image(s) in {time.perf_counter() - t_start:.1f} s to {args.out}"

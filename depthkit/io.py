@@ -53,7 +53,7 @@ def read_image(path) -> np.ndarray:
     """Read a colour image file as HxWx3 uint8 RGB (grey images are replicated; alpha is dropped; 16-bit scaled)."""
     path = _as_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError(f"image file {_not_a_file(path)}: {path}")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(
             f"unsupported image file {path.name!r}: allowed suffixes are {', '.join(IMAGE_SUFFIXES)}. "
@@ -114,6 +114,13 @@ def apply_exif_orientation(img: np.ndarray, path) -> np.ndarray:
                   f"{out.shape[0]}x{out.shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
                   DepthkitWarning, stacklevel=3)
     return out
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a file: "not found", or what it is instead."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file (a device or pipe)" if path.exists() else "not found"
 
 
 def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str = "sparse") -> np.ndarray:
@@ -203,7 +210,7 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
     """
     path = _as_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
+        raise FileNotFoundError(f"{what} file {_not_a_file(path)}: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:

@@ -192,6 +192,9 @@ class Pipeline:
         unknown = set(stage_options) - set(stages)
         if unknown:
             raise ValueError(f"stage_options names stages that are not run: {sorted(unknown)}; running {stages}.")
+        if method is not None and "complete" not in stages:
+            raise ValueError(f"method={method!r} chooses how the complete stage completes, but this pipeline runs "
+                             f"{stages}; drop the method, or add 'complete' in front.")
         self.checkpoint = CheckpointRef.open(checkpoint) if checkpoint is not None else CheckpointRef.default()
         self.stage_names = stages
         self.device, self.dtype = device, dtype

@@ -85,6 +85,25 @@ def test_run_folder_with_two_sparse_files_for_one_image_fails_that_image(tmp_pat
     assert sorted(p.name for p in (tmp_path / "o").glob("*_depth.npy")) == ["b_depth.npy"]
 
 
+def test_run_messages_say_what_is_wrong(tmp_path, capsys):
+    """A folder given as the image is a folder (not "not found"); no input at all is "nothing to run"; intrinsics
+    without --ply are said to be unused; a method for a pipeline without complete is refused."""
+    from depthkit import Pipeline
+
+    _write_pair(tmp_path, "a")
+    (tmp_path / "dir.png").mkdir()
+    assert main(["run", "--image", str(tmp_path / "dir.png"), "--sparse", str(tmp_path / "a_sparse.npy"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "image file is a folder, not a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--out", str(tmp_path / "o")])
+    assert "nothing to run" in capsys.readouterr().err
+    assert main(_single(tmp_path, "--intrinsics", "30,30,14,10")) == 0
+    assert "--intrinsics is used by --ply only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="method='nearest' chooses how the complete stage completes"):
+        Pipeline(stages=("sharpen",), method="nearest")
+
+
 def test_resize_sparse_refuses_a_dense_depth_of_another_size(tmp_path, capsys):
     """--resize-sparse scatters points; a dense --depth of another size would become mostly holes: refused."""
     image, _ = _write_pair(tmp_path, "a")
