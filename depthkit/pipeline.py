@@ -80,6 +80,7 @@ def check_image(image) -> np.ndarray:
         from depthkit.io import read_image
 
         return read_image(image)
+    tensor = type(image).__module__.startswith("torch")
     image = _to_numpy(image, "image")
     if not isinstance(image, np.ndarray):
         raise ValueError(
@@ -88,7 +89,8 @@ def check_image(image) -> np.ndarray:
         )
     if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
         raise ValueError(
-            f"image has shape {image.shape} (channels first); expected HxWx3. Transpose it: image.transpose(1, 2, 0)."
+            f"image has shape {image.shape} (channels first); expected HxWx3. Transpose it: "
+            + ("image.permute(1, 2, 0)." if tensor else "image.transpose(1, 2, 0).")
         )
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
@@ -96,7 +98,11 @@ def check_image(image) -> np.ndarray:
             "RGBA: img[..., :3]."
         )
     if image.dtype != np.uint8:
-        hint = " Floats in [0, 1]: (img * 255).round().astype(np.uint8)." if image.dtype.kind == "f" else ""
+        hint = ""
+        if image.dtype.kind == "f":
+            top = float(np.nanmax(image)) if image.size else 0.0
+            hint = (" Floats in [0, 1]: (img * 255).round().astype(np.uint8)." if top <= 1.0 else
+                    f" Floats in [0, 255] (max {top:g}): np.clip(img, 0, 255).round().astype(np.uint8).")
         raise ValueError(f"image has dtype {image.dtype}; expected uint8 RGB in [0, 255].{hint}")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise ValueError(f"image is {image.shape[0]}x{image.shape[1]} pixels; expected at least 2x2.")

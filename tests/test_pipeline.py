@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from depthkit import DepthOutput, Pipeline
 from depthkit.stages import COMPLETION_METHODS
@@ -60,9 +61,11 @@ def test_inputs_from_torch_and_pil():
         (lambda i, s: (i, np.where(s > 0, -1.0, 0).astype(np.float32)), "negative"),
         (lambda i, s: (i, np.zeros_like(s)), "no measured pixel"),
         (lambda i, s: (i, (s * 1000).astype(np.uint16)), "no depth scale was given"),
-        (lambda i, s: (i.astype(np.float32) / 255, s), "dtype float32"),
+        (lambda i, s: (i.astype(np.float32) / 255, s), r"dtype float32.*Floats in \[0, 1\]: \(img \* 255\)"),
+        (lambda i, s: (i.astype(np.float32), s), r"Floats in \[0, 255\] \(max \d+\): np.clip\(img, 0, 255\)"),
         (lambda i, s: (i[..., 0], s), "expected HxWx3"),
-        (lambda i, s: (i.transpose(2, 0, 1), s), "channels first"),
+        (lambda i, s: (i.transpose(2, 0, 1), s), r"channels first.*image.transpose\(1, 2, 0\)"),
+        (lambda i, s: (torch.from_numpy(i.transpose(2, 0, 1).copy()), s), r"image.permute\(1, 2, 0\)"),
         (lambda i, s: ("nope.gif", s), "not found"),
         (lambda i, s: (i, s[None]), "expected HxW"),
     ],
