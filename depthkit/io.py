@@ -236,7 +236,8 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
         recorded = png_depth_scale(path)
         if depth_scale is None:
             depth_scale = recorded
-        elif recorded is not None and isinstance(depth_scale, (int, float)) and float(depth_scale) != recorded:
+        elif (recorded is not None and isinstance(depth_scale, (int, float, np.number))
+              and not isinstance(depth_scale, bool) and float(depth_scale) != recorded):
             import warnings
 
             warnings.warn(f"{what} PNG {path.name} records depth_scale {recorded:g} units per metre, but "

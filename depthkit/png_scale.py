@@ -20,10 +20,10 @@ PNG_SCALES = (1000.0, 256.0, 100.0, 10.0, 1.0)
 def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = "depth") -> float:
     """Units per metre for a 16-bit PNG of ``depth`` (metres): ``scale`` if given, else the first of
     :data:`PNG_SCALES` that fits — or, when some valid pixel would round to 0 there, :func:`fitting_png_scale` if
-    that keeps every one (a frame with a few returns under half a millimetre). Raises ``ValueError`` (before anything is written) when the depth cannot fit, when
-    ``scale`` is not a finite number > 0, or when at the given ``scale`` a valid pixel (> 0 m) would round to 0
-    (which the PNG stores as missing) although a scale that fits would keep it; the messages suggest a
-    ``--png-scale`` that works."""
+    that keeps every one (a frame with a few returns under half a millimetre). Raises ``ValueError`` (before
+    anything is written) when the depth cannot fit, when ``scale`` is not a finite number > 0, or when at the given
+    ``scale`` a valid pixel (> 0 m) would round to 0 (which the PNG stores as missing) although a scale that fits
+    would keep it; the messages suggest a ``--png-scale`` that works."""
     depth = np.asarray(depth, dtype=np.float64)
     valid = depth[np.isfinite(depth) & (depth > 0)]
     top = float(valid.max(initial=0.0))
