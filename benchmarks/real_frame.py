@@ -98,6 +98,22 @@ def aloe_stereo(data: Path = DATA, size: tuple[int, int] = (276, 320)):
     return _to_depth(np.where(disp >= low, disp, 0.0), size, scale)[0]  # failed matches are below the range
 
 
+def frame_patterns(text: str) -> dict:
+    """A ``--patterns`` value → ``{name: spec}`` in order: the synthetic names of benchmarks/accuracy.py (or ``all``,
+    :func:`accuracy.pattern_names`) first, then this frame's own (:data:`REAL_PATTERNS`). ValueError names both
+    lists."""
+    from accuracy import SYNTHETIC_PATTERNS, pattern_names
+
+    names = [n for n in text.split(",") if n]
+    synthetic = [n for n in names if n not in REAL_PATTERNS]
+    try:
+        synthetic = pattern_names(",".join(synthetic)) if synthetic or not names else []
+    except ValueError as err:
+        raise ValueError(f"{err} This frame also takes {', '.join(REAL_PATTERNS)}.") from None
+    return {name: REAL_PATTERNS[name] if name in REAL_PATTERNS else SYNTHETIC_PATTERNS[name]
+            for name in [*synthetic, *(n for n in names if n in REAL_PATTERNS)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Real-frame development check on Middlebury Aloe (opencv-doc).")
     p.add_argument("--data", type=Path, default=DATA)
@@ -111,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     import numpy as np
-    from accuracy import SYNTHETIC_PATTERNS, pattern_names
 
     from depthkit import Pipeline
     from depthkit.checkpoints import CheckpointRef
@@ -122,14 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.patterns is None:
         patterns = {f"random {args.points}": None}
     else:
-        names = [n for n in args.patterns.split(",") if n]
-        synthetic = [n for n in names if n not in REAL_PATTERNS]
         try:
-            synthetic = pattern_names(",".join(synthetic)) if synthetic or not names else []
+            patterns = frame_patterns(args.patterns)
         except ValueError as err:
-            p.error(f"{err} This frame also takes {', '.join(REAL_PATTERNS)}.")
-        patterns = {name: REAL_PATTERNS[name] if name in REAL_PATTERNS else SYNTHETIC_PATTERNS[name]
-                    for name in [*synthetic, *(n for n in names if n in REAL_PATTERNS)]}
+            p.error(str(err))
     image, depth = load_aloe(args.data)
     intrinsics = intrinsics_from_fov(*depth.shape, 60.0)
     ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()

@@ -294,6 +294,10 @@ def test_real_frame_stereo_map_measures_the_pairs_depth(tmp_path):
 
 def test_real_frame_takes_the_real_stereo_pattern_by_name(tmp_path, capsys):
     real_frame = _load_script("real_frame")
+    assert list(real_frame.frame_patterns("stereo_sgbm,random100")) == ["random100", "stereo_sgbm"]
+    assert list(real_frame.frame_patterns("stereo_sgbm")) == ["stereo_sgbm"]
+    assert real_frame.frame_patterns("holes")["holes"] == accuracy.SYNTHETIC_PATTERNS["holes"]
+    assert len(real_frame.frame_patterns("all")) == 6
     with pytest.raises(SystemExit):
         real_frame.main(["--patterns", "stereo_sgbm,bogus", "--out", str(tmp_path)])
     err = capsys.readouterr().err
