@@ -179,7 +179,7 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                       "sensor units only and was not applied to it. If it holds sensor units stored as floats, "
                       f"divide it by {depth_scale:g} (or save it as integers).", UnitWarning, stacklevel=3)
     if valid.any():
-        median = float(np.median(out[valid]))
+        median = float(np.median(out[valid].astype(np.float64)))  # float32 overflows averaging two near its max
         if median > LIKELY_NOT_METRES:
             warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "
                           "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be "

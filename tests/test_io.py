@@ -147,6 +147,17 @@ def test_a_depth_scale_other_than_the_pngs_own_is_used_and_said(tmp_path):
         np.testing.assert_allclose(io.read_depth(tmp_path / "d.png", depth_scale=1000), depth, atol=1e-6)
 
 
+def test_huge_float_depth_warns_about_units_without_a_numpy_overflow():
+    import warnings
+
+    a = np.zeros((4, 4), np.float32)
+    a[0, 0] = a[1, 1] = 3e38  # their float32 mean overflows
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        io.depth_to_metres(a)
+    assert [type(w.message) for w in caught] == [io.UnitWarning] and "median 3" in str(caught[0].message)
+
+
 def test_float_depth_in_another_unit_warns(tmp_path):
     np.save(tmp_path / "f.npy", np.full((3, 3), 2500.0, np.float32))
     with pytest.warns(io.DepthkitWarning, match="millimetres"):
