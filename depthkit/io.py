@@ -357,6 +357,13 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
     check_depth_values(sparse, what)
     h, w = sparse.shape
     oh, ow = int(shape[0]), int(shape[1])
+    if abs(math.log((w / h) / (ow / oh))) > 0.02:  # a 2 % aspect difference: different fields of view, or a crop
+        import warnings
+
+        warnings.warn(f"{what} is {w}x{h} (aspect {w / h:.3f}) and is scattered to {ow}x{oh} (aspect {ow / oh:.3f}): "
+                      "its points move by different factors across and down. Scaling assumes both cover the same "
+                      "field of view; crop or pad one to match the other first if they do not.", DepthkitWarning,
+                      stacklevel=2)
     ys, xs = np.nonzero(sparse > 0)
     vals = sparse[ys, xs]
     ty = np.clip(np.floor((ys + 0.5) * oh / h), 0, oh - 1).astype(np.int64)

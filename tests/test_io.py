@@ -228,6 +228,18 @@ def test_a_depth_scale_given_with_float_depth_is_not_applied_and_said(tmp_path):
         io.depth_to_metres(np.full((3, 3), 2.5, np.float32))
 
 
+def test_resize_sparse_across_aspect_ratios_is_said():
+    import warnings
+
+    sparse = np.zeros((60, 120), np.float32)
+    sparse[10, 20] = 2.0
+    with pytest.warns(io.DepthkitWarning, match=r"120x60 \(aspect 2.000\) and is scattered to 80x60 \(aspect 1.333\)"):
+        io.resize_sparse(sparse, (60, 80))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        io.resize_sparse(sparse, (120, 240))  # same aspect: silent
+
+
 def test_resize_sparse_refuses_what_check_sparse_refuses():
     from depthkit.pipeline import check_sparse
 
