@@ -60,6 +60,9 @@ def describe_default(root: Path) -> list[str]:
     if refined:
         lines.append("  its gain is measured with the language model's answers off too (--option complete.query_budget=0: "
                      "the refiner alone), checkpoints/README.md")
+    if method == "sdim":
+        lines.append("  a stereo matcher's map (left camera the reference): add --option complete.occlusion_fill=left "
+                     "(measured: README, Benchmarks)")
     if method != "sdim" and (root / "complete").is_dir():
         lines.append(f"  its learned completer ({learned}) is shipped but not on by default: it did not beat guided on "
                      "every pattern below; run it with --method sdim")

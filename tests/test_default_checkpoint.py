@@ -85,6 +85,7 @@ def test_recorded_quality_matches_the_accuracy_benchmark_and_ls_prints_it(capsys
     assert main(["ls"]) == 0
     text = capsys.readouterr().out
     assert "the default (no --checkpoint)" in text and "random500" in text and "vs guided" in text
+    assert "--option complete.occlusion_fill=left" in text
 
 
 def test_the_sharpeners_bar_by_cases():

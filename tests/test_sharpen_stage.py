@@ -137,6 +137,25 @@ def test_a_sparse_map_given_as_the_depth_to_sharpen_is_said_and_an_empty_one_ref
         pipe(image, None, depth=np.zeros_like(depth))
 
 
+def test_upsampling_far_beyond_the_image_and_float16_on_the_cpu_are_said(tiny_ck):
+    import warnings
+
+    from depthkit.io import DepthkitWarning
+
+    image, depth, sparse = _scene(seed=9)
+    big = Pipeline(stages=("sharpen",), checkpoint=tiny_ck,
+                   stage_options={"sharpen": {"processing_resolution": 8 * max(image.shape[:2])}})
+    with pytest.warns(DepthkitWarning, match=r"the UNet runs 8 times larger than the image"):
+        big(image, sparse, depth=depth)
+    with warnings.catch_warnings():  # once per stage, and not at all for a resolution near the image's
+        warnings.simplefilter("error", DepthkitWarning)
+        big(image, sparse, depth=depth)
+        near = {"processing_resolution": 2 * max(image.shape[:2])}
+        Pipeline(stages=("sharpen",), checkpoint=tiny_ck, stage_options={"sharpen": near})(image, sparse, depth=depth)
+    with pytest.warns(DepthkitWarning, match="float16 on the CPU"):
+        Pipeline(stages=("sharpen",), checkpoint=tiny_ck, dtype="float16")
+
+
 def test_one_resolution_and_one_validation_per_run(tiny_ck, monkeypatch):
     """The stage factory loads <checkpoint>/sharpen without resolving it again (the public from_pretrained /
     load_sharpdepth resolve exactly once), and a pipeline run checks each input once, in the Pipeline."""

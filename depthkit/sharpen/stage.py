@@ -21,7 +21,10 @@ import numpy as np
 
 from depthkit.outputs import StageResult
 
-__all__ = ["SharpenStage", "build_sharpen_stage"]
+__all__ = ["SharpenStage", "UPSAMPLE_WARNING", "build_sharpen_stage"]
+
+UPSAMPLE_WARNING = 4
+"""A processing resolution more than this many times the image's longest side is warned about (once per stage)."""
 
 
 class SharpenStage:
@@ -33,6 +36,7 @@ class SharpenStage:
         self.model = sharpdepth
         self.processing_resolution = processing_resolution
         self.source = source
+        self._warned_upsampling = False
 
     def run(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray | None) -> StageResult:
         """``image`` HxWx3 uint8, ``sparse`` HxW float32 metres (0 = missing; may be None or all zero), ``depth``
@@ -42,8 +46,18 @@ class SharpenStage:
             raise ValueError("the sharpen stage needs a metric depth to sharpen: put 'complete' before it "
                              "(stages=('complete', 'sharpen')) or pass depth=HxW metres (--depth on the CLI).")
         measured = sparse is not None and bool((sparse > 0).any())
-        out = self.model.sharpen_checked(image, depth, sparse if measured else None,
-                                         processing_resolution=self.processing_side(image))
+        side = self.processing_side(image)
+        if side is not None and side > UPSAMPLE_WARNING * max(image.shape[:2]) and not self._warned_upsampling:
+            import warnings
+
+            from depthkit.io import DepthkitWarning
+
+            self._warned_upsampling = True
+            warnings.warn(f"processing_resolution {side} for a {image.shape[1]}x{image.shape[0]} image: the UNet runs "
+                          f"{side / max(image.shape[:2]):.0f} times larger than the image (time and memory grow with "
+                          "its square) and gains nothing; leave processing_resolution unset or near the image's "
+                          "longest side.", DepthkitWarning, stacklevel=2)
+        out = self.model.sharpen_checked(image, depth, sparse if measured else None, processing_resolution=side)
         return StageResult(depth=out.depth.astype(np.float32),
                            extras={"discrepancy": out.discrepancy.astype(np.float32),
                                    "lotus": out.lotus.astype(np.float32)})
