@@ -166,6 +166,13 @@ def check_attn_implementation(value, source):
     if value is not None and value not in ATTN_IMPLEMENTATIONS:
         raise CheckpointError(f"{source}: attn_implementation={value!r} is not allowed; use one of "
                               f"{', '.join(ATTN_IMPLEMENTATIONS)} (hub kernels are code and are never loaded).")
+    if value == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise CheckpointError(f"{source}: attn_implementation='flash_attention_2' needs the flash-attn package "
+                                  "(CUDA only), which is not installed; pip install flash-attn on a CUDA machine, "
+                                  "or use sdpa (the default).")
     return value
 
 

@@ -196,6 +196,18 @@ def test_manifest_options_that_load_code_are_refused(ck, options, match):
         load_manifest(ck)
 
 
+def test_flash_attention_without_its_package_says_to_install_it_or_use_sdpa(monkeypatch):
+    import importlib.util
+
+    from depthkit.checkpoints import check_attn_implementation
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with pytest.raises(CheckpointError, match="needs the flash-attn package .* or use sdpa"):
+        check_attn_implementation("flash_attention_2", "opts")
+    assert check_attn_implementation("sdpa", "opts") == "sdpa"
+
+
 def test_quantization_config_in_the_model_config_is_refused(ck):
     _edit_json(ck / "complete" / "config.json", quantization_config={"quant_method": "bitsandbytes"})
     with pytest.raises(CheckpointError, match="quantization_config"):
