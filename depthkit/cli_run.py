@@ -205,8 +205,12 @@ def run_command(args, parser, build_pipeline) -> int:
 
     from depthkit.io import UnitWarning
 
+    try:  # before the models load: a folder that cannot be made fails in a second, not after them
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the output folder --out {args.out} ({exc.strerror or exc}); give a folder you "
+                      "can write to.") from exc
     pipe = build_pipeline(args)
-    args.out.mkdir(parents=True, exist_ok=True)
     done, t_start = 0, time.perf_counter()
     for img_path, sparse_path in pairs:
         name, t0 = Path(img_path).name, time.perf_counter()

@@ -103,6 +103,23 @@ def test_run_messages_say_what_is_wrong(tmp_path, capsys):
     with pytest.raises(ValueError, match="method='nearest' chooses how the complete stage completes"):
         Pipeline(stages=("sharpen",), method="nearest")
 
+def test_an_output_folder_that_cannot_be_made_is_said_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import depthkit.cli as cli
+
+    _write_pair(tmp_path, "a")
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == "blocked":
+            raise PermissionError(13, "Permission denied")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(cli, "_build_pipeline", lambda args: pytest.fail("a model loaded first"))
+    assert main(_single(tmp_path, out="blocked")) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the output folder --out" in err and "(Permission denied); give a folder you can" in err
+
 
 def test_resize_sparse_refuses_a_dense_depth_of_another_size(tmp_path, capsys):
     """--resize-sparse scatters points; a dense --depth of another size would become mostly holes: refused."""
