@@ -129,6 +129,19 @@ def _read_inputs(img_path: Path, sparse_path: Path | None, depth_path: Path | No
     return image, maps[0], maps[1]
 
 
+def _say_odd_principal_point(intrinsics, shape: tuple[int, int]) -> bool:
+    """Say on stderr (and return True) when the principal point lies far outside an image of ``shape`` (H, W): more
+    than half the image beyond an edge, as when fx,fy,cx,cy were given in another order or for another resolution;
+    the point cloud would be skewed."""
+    h, w = shape
+    if -0.5 * w <= intrinsics.cx <= 1.5 * w and -0.5 * h <= intrinsics.cy <= 1.5 * h:
+        return False
+    print(f"depthkit run: the principal point ({intrinsics.cx:g}, {intrinsics.cy:g}) lies far outside the {w}x{h} "
+          "image; check --intrinsics: the order is fx,fy,cx,cy in pixels of this image (the point cloud is written "
+          "as given)", file=sys.stderr)
+    return True
+
+
 def run_command(args, parser, build_pipeline) -> int:
     """``depthkit run`` with parsed ``args``; ``build_pipeline(args)`` makes the pipeline once the inputs are read
     and the outputs checked. Returns the exit code (0, or 1 when an input failed)."""
@@ -211,12 +224,14 @@ def run_command(args, parser, build_pipeline) -> int:
         raise OSError(f"cannot create the output folder --out {args.out} ({exc.strerror or exc}); give a folder you "
                       "can write to.") from exc
     pipe = build_pipeline(args)
-    done, t_start = 0, time.perf_counter()
+    done, t_start, odd_intrinsics_said = 0, time.perf_counter(), False
     for img_path, sparse_path in pairs:
         name, t0 = Path(img_path).name, time.perf_counter()
         replaced = (img_path, sparse_path) in existing
         try:
             image, sparse, depth = preread if single else _read_inputs(img_path, sparse_path, None, args)
+            if args.ply and not odd_intrinsics_said:
+                odd_intrinsics_said = _say_odd_principal_point(intrinsics, image.shape[:2])
             with warnings.catch_warnings():  # the units were checked (and warned about) when the file was read
                 warnings.simplefilter("ignore", UnitWarning)
                 out = pipe(image, sparse, depth=depth)

@@ -103,6 +103,16 @@ def test_run_messages_say_what_is_wrong(tmp_path, capsys):
     with pytest.raises(ValueError, match="method='nearest' chooses how the complete stage completes"):
         Pipeline(stages=("sharpen",), method="nearest")
 
+def test_intrinsics_in_the_wrong_order_are_said(tmp_path, capsys):
+    """fx,fy,cx,cy given as cx,cy,fx,fy (a 28x20 image): the principal point lands far outside; said once, the point
+    cloud still written as given. A principal point inside the image is silent."""
+    _write_pair(tmp_path, "a")
+    assert main(_single(tmp_path, "--ply", "--intrinsics", "14,10,500,500")) == 0
+    assert "principal point (500, 500) lies far outside the 28x20 image" in capsys.readouterr().err
+    assert main(_single(tmp_path, "--ply", "--intrinsics", "30,30,14,10", out="o2")) == 0
+    assert "principal point" not in capsys.readouterr().err
+
+
 def test_an_output_folder_that_cannot_be_made_is_said_before_any_model_loads(tmp_path, capsys, monkeypatch):
     import depthkit.cli as cli
 
