@@ -143,15 +143,17 @@ def test_upsampling_far_beyond_the_image_and_float16_on_the_cpu_are_said(tiny_ck
     from depthkit.io import DepthkitWarning
 
     image, depth, sparse = _scene(seed=9)
-    big = Pipeline(stages=("sharpen",), checkpoint=tiny_ck,
-                   stage_options={"sharpen": {"processing_resolution": 8 * max(image.shape[:2])}})
-    with pytest.warns(DepthkitWarning, match=r"the UNet runs 8 times larger than the image"):
+    side = -(-1024 // max(image.shape[:2])) * max(image.shape[:2])  # at least 1024 px and 4x the image
+    assert side >= 4 * max(image.shape[:2]) and side >= 1024
+    big = Pipeline(stages=("sharpen",), checkpoint=tiny_ck, stage_options={"sharpen": {"processing_resolution": side}})
+    with pytest.warns(DepthkitWarning, match=rf"the UNet runs {side // max(image.shape[:2])} times larger than the"):
         big(image, sparse, depth=depth)
-    with warnings.catch_warnings():  # once per stage, and not at all for a resolution near the image's
+    with warnings.catch_warnings():  # once per stage; not for a resolution near the image's, nor a small one
         warnings.simplefilter("error", DepthkitWarning)
         big(image, sparse, depth=depth)
-        near = {"processing_resolution": 2 * max(image.shape[:2])}
-        Pipeline(stages=("sharpen",), checkpoint=tiny_ck, stage_options={"sharpen": near})(image, sparse, depth=depth)
+        for small in (2 * max(image.shape[:2]), 1000):
+            Pipeline(stages=("sharpen",), checkpoint=tiny_ck, stage_options={"sharpen": {"processing_resolution": small}})(
+                image, sparse, depth=depth)
     with pytest.warns(DepthkitWarning, match="float16 on the CPU"):
         Pipeline(stages=("sharpen",), checkpoint=tiny_ck, dtype="float16")
 

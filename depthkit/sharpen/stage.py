@@ -21,10 +21,13 @@ import numpy as np
 
 from depthkit.outputs import StageResult
 
-__all__ = ["SharpenStage", "UPSAMPLE_WARNING", "build_sharpen_stage"]
+__all__ = ["SharpenStage", "UPSAMPLE_WARNING", "UPSAMPLE_WARNING_MIN_SIDE", "build_sharpen_stage"]
 
 UPSAMPLE_WARNING = 4
-"""A processing resolution more than this many times the image's longest side is warned about (once per stage)."""
+"""A processing resolution more than this many times the image's longest side is warned about (once per stage) ...
+"""
+UPSAMPLE_WARNING_MIN_SIDE = 1024
+"""... when it is at least this many pixels (a checkpoint's 320 on a thumbnail costs nothing worth a warning)."""
 
 
 class SharpenStage:
@@ -47,7 +50,8 @@ class SharpenStage:
                              "(stages=('complete', 'sharpen')) or pass depth=HxW metres (--depth on the CLI).")
         measured = sparse is not None and bool((sparse > 0).any())
         side = self.processing_side(image)
-        if side is not None and side > UPSAMPLE_WARNING * max(image.shape[:2]) and not self._warned_upsampling:
+        if (side is not None and side >= UPSAMPLE_WARNING_MIN_SIDE and side > UPSAMPLE_WARNING * max(image.shape[:2])
+                and not self._warned_upsampling):
             import warnings
 
             from depthkit.io import DepthkitWarning
