@@ -20,7 +20,7 @@ import numpy as np
 
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
-from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale  # noqa: F401  (PNG_SCALES: public)
+from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale, keeps_every_pixel  # noqa: F401  (PNG_SCALES: public)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_SUFFIXES = (".npy", ".png")
@@ -334,7 +334,7 @@ def _warn_png_loss(path, depth: np.ndarray, q: np.ndarray, scale: float) -> None
         return
     valid = depth[np.isfinite(depth) & (depth > 0)]
     fit = fitting_png_scale(float(valid.max()))
-    advice = ("no 16-bit scale holds this depth range" if (np.round(valid * fit) == 0).any()
+    advice = ("no 16-bit scale holds this depth range" if not keeps_every_pixel(valid, fit)
               else f"--png-scale {fit:g} keeps them")
     import warnings
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["PNG_SCALES", "choose_png_scale", "fitting_png_scale"]
+__all__ = ["PNG_SCALES", "choose_png_scale", "fitting_png_scale", "keeps_every_pixel"]
 
 PNG_SCALES = (1000.0, 256.0, 100.0, 10.0, 1.0)
 """Units per metre tried, in order, when a 16-bit PNG's scale is chosen automatically (1000 = millimetres fits
@@ -36,9 +36,9 @@ def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = 
         raise ValueError(f"{what} up to {top:.1f} m does not fit a 16-bit PNG even at 1 unit per metre (max 65535 m). "
                          f"Pass --png-scale {fit:g} (units per metre: {1 / fit:g} m steps, fits 0-{65535 / fit:g} m), "
                          "or check the input's units: depth this large is usually a unit error.")
-    if (np.round(valid * auto) == 0).any():  # pixels under half a unit: the finest scale that fits, if it keeps them
+    if not keeps_every_pixel(valid, auto):  # pixels under half a unit: the finest scale that fits, if it keeps them
         finer = fitting_png_scale(top)
-        if not (np.round(valid * finer) == 0).any():
+        if keeps_every_pixel(valid, finer):
             return finer
     return auto
 
@@ -56,12 +56,18 @@ def _check_png_scale(valid: np.ndarray, scale: float, auto: float | None, what: 
                          f"{65535 / scale:.3f} m). Use a smaller --png-scale (e.g. {fit:g} fits 0-{65535 / fit:g} m)"
                          f"{', or leave it out to choose one that fits' if auto is not None else ''}.")
     lost = int((np.round(valid * scale) == 0).sum())
-    if lost and not (np.round(valid * fit) == 0).any():  # else no scale keeps them: the PNG writer warns
-        keeps = auto is not None and not (np.round(valid * auto) == 0).any()
+    if lost and keeps_every_pixel(valid, fit):  # else no scale keeps them: the PNG writer warns
+        keeps = auto is not None and keeps_every_pixel(valid, auto)
         raise ValueError(f"at png scale {scale:g} units per metre, {lost} of {valid.size} valid pixel(s) of {what} "
                          f"(from {float(valid.min()):.3g} m) round to 0, which the 16-bit PNG stores as missing. Use "
                          f"a larger --png-scale (e.g. {fit:g}, which fits 0-{65535 / fit:g} m)"
                          f"{', or leave it out' if keeps else ''}.")
+
+
+def keeps_every_pixel(valid: np.ndarray, scale: float) -> bool:
+    """Whether every depth in ``valid`` (metres, > 0) stays non-zero in a PNG at ``scale`` units per metre (none
+    rounds to 0, the PNG's "missing")."""
+    return not (np.round(valid * scale) == 0).any()
 
 
 def fitting_png_scale(top: float) -> float:
