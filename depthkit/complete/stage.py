@@ -14,7 +14,9 @@
 5. if the checkpoint has a dense refiner (:mod:`depthkit.complete.refiner`) and option ``refine`` is not false,
    correct the filled map at every pixel with it (measured values copied exactly again), at the strength the frame's
    own measured points support (:mod:`depthkit.complete.refiner_check`, option ``refine_check``);
-6. with option ``occlusion_fill`` (a stereo matcher's map), give its occluded runs the background's depth.
+6. with option ``occlusion_fill`` (a stereo matcher's map), give its occluded runs the background's depth;
+7. with option ``hole_fill`` (a dense sensor's frame), give the far side of each hole at a depth edge, as the image's
+   colours split it, the far surface's depth.
 
 Returns a :class:`depthkit.outputs.StageResult` with ``depth`` (HxW float32 metres), ``confidence`` (HxW in [0, 1],
 1 at measured pixels, decaying away from measured and queried pixels) and ``extras``: ``query_mask`` (1 where a
@@ -38,7 +40,9 @@ the frame's own measured points decide how far to trust the refiner, :mod:`~dept
 ``last_stats["refine_strength"]`` and ``["refine_check"]`` record the decision; False: the refiner as trained).
 ``occlusion_fill`` (None: off; ``left`` / ``right``: the sparse map is a stereo matcher's with that camera as the
 reference, and unmeasured runs beside a nearer surface get the farther side's depth, :mod:`depthkit.complete.occlusion`;
-``last_stats["occlusion_filled"]`` counts them). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
+``last_stats["occlusion_filled"]`` counts them). ``hole_fill`` (None: off; ``colour``: on frames with at least 30 %
+of their pixels measured, the colour-split fill of :mod:`depthkit.complete.hole_fill`; ``last_stats["hole_filled"]``
+counts the pixels set; the embedded default's manifest turns it on). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
 pipeline.
 """
 
@@ -69,6 +73,7 @@ STAGE_OPTIONS = {
     "refine": None,
     "refine_check": True,
     "occlusion_fill": None,
+    "hole_fill": None,
 }
 
 
@@ -160,6 +165,11 @@ class CompleteVLMStage:
             raise ValueError(f"occlusion_fill={self.options['occlusion_fill']!r}; allowed: null (off), left or right "
                              "(the sparse map is a stereo matcher's, with that camera as the reference: "
                              "depthkit.complete.occlusion).")
+        from depthkit.complete.hole_fill import HOLE_FILLS
+
+        if self.options["hole_fill"] not in HOLE_FILLS:
+            raise ValueError(f"hole_fill={self.options['hole_fill']!r}; allowed: null (off) or colour (a dense "
+                             "sensor's holes at depth edges split by the image's colours: depthkit.complete.hole_fill).")
         if not isinstance(self.options["refine_check"], bool):
             raise ValueError(f"refine_check={self.options['refine_check']!r}; allowed: true (the frame's measured "
                              "points decide how far to trust the refiner), false (the refiner as trained).")
@@ -284,6 +294,11 @@ class CompleteVLMStage:
 
             dense, filled = fill_occlusions(dense, sparse, opts["occlusion_fill"])
             stats["occlusion_filled"] = int(filled.sum())
+        if opts["hole_fill"] is not None:
+            from depthkit.complete.hole_fill import fill_edge_holes
+
+            dense, filled = fill_edge_holes(dense, sparse, image)
+            stats["hole_filled"] = int(filled.sum())
         decay = opts["confidence_decay_px"]
         conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
                               tolerance=float(opts["confidence_tolerance"]))
