@@ -142,6 +142,21 @@ def _say_odd_principal_point(intrinsics, shape: tuple[int, int]) -> bool:
     return True
 
 
+def _check_intrinsics_size(intrinsics, size: tuple[int, int] | None, shape: tuple[int, int], source) -> None:
+    """Refuse (``ValueError``) intrinsics whose file says they are for another image size than ``shape`` (H, W):
+    the point cloud would be stretched. The message gives the values scaled to this image (right for a resized
+    image, not for a crop)."""
+    if size is None or tuple(size) == tuple(shape):
+        return
+    (h0, w0), (h, w) = size, shape
+    sx, sy = w / w0, h / h0
+    scaled = (f"{intrinsics.fx * sx:.6g},{intrinsics.fy * sy:.6g},{(intrinsics.cx + 0.5) * sx - 0.5:.6g},"
+              f"{(intrinsics.cy + 0.5) * sy - 0.5:.6g}")
+    raise ValueError(f"--intrinsics {source} are for a {w0}x{h0} image (its width and height), but this image is "
+                     f"{w}x{h}; give intrinsics for this size — for the same camera resized, --intrinsics {scaled} "
+                     "(not for a crop).")
+
+
 def run_command(args, parser, build_pipeline) -> int:
     """``depthkit run`` with parsed ``args``; ``build_pipeline(args)`` makes the pipeline once the inputs are read
     and the outputs checked. Returns the exit code (0, or 1 when an input failed)."""
@@ -173,11 +188,13 @@ def run_command(args, parser, build_pipeline) -> int:
 
     check_output_parent(args.out)
     say = (lambda *a, **k: None) if args.quiet else print
-    intrinsics = None
+    intrinsics = intrinsics_size = None
     if args.intrinsics is not None:
+        from depthkit.intrinsics import intrinsics_image_size
         from depthkit.io import parse_intrinsics
 
         intrinsics = parse_intrinsics(args.intrinsics)
+        intrinsics_size = intrinsics_image_size(args.intrinsics)
         if not args.ply:
             print("depthkit run: --intrinsics is used by --ply only (the point cloud); without it they are checked "
                   "and unused", file=sys.stderr)
@@ -190,6 +207,8 @@ def run_command(args, parser, build_pipeline) -> int:
                                                _bundled(args.depth, "--depth"))
         pairs = [(args.image, args.sparse)]
         preread = _read_inputs(args.image, args.sparse, args.depth, args)
+        if args.ply:  # before any model loads
+            _check_intrinsics_size(intrinsics, intrinsics_size, preread[0].shape[:2], args.intrinsics)
     else:
         pairs, missing = _find_pairs(args.input_dir, args.sparse_dir)
         for name, why in missing:
@@ -230,6 +249,8 @@ def run_command(args, parser, build_pipeline) -> int:
         replaced = (img_path, sparse_path) in existing
         try:
             image, sparse, depth = preread if single else _read_inputs(img_path, sparse_path, None, args)
+            if args.ply:
+                _check_intrinsics_size(intrinsics, intrinsics_size, image.shape[:2], args.intrinsics)
             if args.ply and not odd_intrinsics_said:
                 odd_intrinsics_said = _say_odd_principal_point(intrinsics, image.shape[:2])
             with warnings.catch_warnings():  # the units were checked (and warned about) when the file was read

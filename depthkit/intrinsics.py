@@ -11,7 +11,7 @@ import numpy as np
 
 from depthkit.geometry import Intrinsics
 
-__all__ = ["parse_intrinsics"]
+__all__ = ["intrinsics_image_size", "parse_intrinsics"]
 
 
 def parse_intrinsics(spec) -> Intrinsics:
@@ -37,6 +37,31 @@ def parse_intrinsics(spec) -> Intrinsics:
     except ValueError as exc:
         raise ValueError(f"could not parse intrinsics {text!r}: expected 'fx,fy,cx,cy' in pixels or a file") from exc
     return _intrinsics_from_numbers(vals, repr(text))
+
+
+def intrinsics_image_size(spec) -> tuple[int, int] | None:
+    """The image size ``(H, W)`` (pixels) a JSON intrinsics file says its values are for (keys ``width`` and
+    ``height``, as camera exports write them), or None (no such keys, or not a JSON file). Whole numbers > 0 only;
+    a bad value is a ``ValueError`` naming the file and the key."""
+    if not isinstance(spec, (str, os.PathLike)) or Path(spec).suffix.lower() != ".json" or not Path(spec).is_file():
+        return None
+    try:
+        data = json.loads(Path(spec).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # parse_intrinsics says what is wrong with the file
+    if not isinstance(data, dict) or not ("width" in data or "height" in data):
+        return None
+    size = []
+    for key in ("height", "width"):
+        value = data.get(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"intrinsics file {spec}, key {key!r} is {json.dumps(value)}; with 'width' or 'height' "
+                             "present both must be whole numbers of pixels > 0 (the image size the intrinsics are "
+                             "for).")
+        size.append(value)
+    return size[0], size[1]
 
 
 def _intrinsics_from_file(path: Path) -> Intrinsics:

@@ -27,6 +27,9 @@ DEPTH_SUFFIXES = (".npy", ".png")
 PNG_SCALE_KEY = "depth_scale"
 LIKELY_NOT_METRES = 500.0
 """A float depth map whose median valid value exceeds this many 'metres' is almost surely in another unit."""
+LIKELY_NOT_DEPTH = 1.0e6
+"""... and beyond this many no unit explains it (a median of 1 km in millimetres, 3.9 km in KITTI's 1/256 m): it is
+not a depth map (raw bytes, uninitialised memory, another quantity)."""
 
 
 class DepthkitWarning(UserWarning):
@@ -180,7 +183,12 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                       f"divide it by {depth_scale:g} (or save it as integers).", UnitWarning, stacklevel=3)
     if valid.any():
         median = float(np.median(out[valid].astype(np.float64)))  # float32 overflows averaging two near its max
-        if median > LIKELY_NOT_METRES:
+        if median > LIKELY_NOT_DEPTH:
+            warnings.warn(f"{what} is float with median {median:.3g} 'metres': no depth unit explains that (it would be "
+                          f"{median / 1000:.3g} m as millimetres). Check that the file holds depth (not raw bytes read "
+                          "as floats, uninitialised memory or another quantity). Depth must be metres.", UnitWarning,
+                          stacklevel=3)
+        elif median > LIKELY_NOT_METRES:
             warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "
                           "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be "
                           "metres.", UnitWarning, stacklevel=3)

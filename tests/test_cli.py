@@ -586,3 +586,35 @@ def test_intrinsics_starting_with_a_minus_sign_are_read_as_the_value(tmp_path, c
     with pytest.raises(SystemExit):  # --intrinsics last: still argparse's own error
         main(_single(tmp_path) + ["--intrinsics"])
     assert "expected one argument" in capsys.readouterr().err
+
+
+def test_intrinsics_for_another_image_size_are_refused_with_the_scaled_values(tmp_path, capsys):
+    """A JSON intrinsics file with width/height (as camera exports write) for a 56x40 image, given with a 28x20 one:
+    refused before any output, naming both sizes and the values scaled to this image; the right size passes, and a
+    folder run fails only the image of another size."""
+    import json
+
+    _write_pair(tmp_path, "a")
+    k = tmp_path / "k.json"
+    k.write_text(json.dumps({"fx": 60.0, "fy": 60.0, "cx": 27.5, "cy": 19.5, "width": 56, "height": 40}))
+    assert main(_single(tmp_path, "--ply", "--intrinsics", str(k))) == 2
+    assert ("are for a 56x40 image (its width and height), but this image is 28x20; give intrinsics for this size — "
+            "for the same camera resized, --intrinsics 30,30,13.5,9.5 (not for a crop)") in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    k.write_text(json.dumps({"fx": 30.0, "fy": 30.0, "cx": 13.5, "cy": 9.5, "width": 28, "height": 20}))
+    assert main(_single(tmp_path, "--ply", "--intrinsics", str(k), out="o2")) == 0
+    assert (tmp_path / "o2" / "a.ply").is_file()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    _write_pair(folder, "small")
+    _write_pair(folder, "big", h=40, w=56)
+    capsys.readouterr()
+    assert main(["run", "--input-dir", str(folder), "--out", str(tmp_path / "o3"), "--method", "nearest", "--ply",
+                 "--intrinsics", str(k)]) == 1
+    err = capsys.readouterr().err
+    assert "big.png: failed: --intrinsics" in err and "are for a 28x20 image" in err and "small.png" not in err
+    assert (tmp_path / "o3" / "small.ply").is_file() and not (tmp_path / "o3" / "big.ply").exists()
+    for bad in ({"width": 0, "height": 20}, {"width": 28}, {"width": "28", "height": 20}, {"width": 28.5, "height": 20}):
+        k.write_text(json.dumps({"fx": 30.0, "fy": 30.0, "cx": 13.5, "cy": 9.5, **bad}))
+        assert main(_single(tmp_path, "--ply", "--intrinsics", str(k), out="o4")) == 2
+        assert "both must be whole numbers of pixels > 0" in capsys.readouterr().err

@@ -326,3 +326,18 @@ def test_check_output_parent_and_strict_json(tmp_path):
     io.check_output_parent(tmp_path / "new" / "sub" / "m.json")  # missing folders are fine
     text = json.dumps(io.strict_json({"a": [float("nan"), 1.0], "b": float("inf")}), allow_nan=False)
     assert json.loads(text) == {"a": [None, 1.0], "b": None}
+
+
+def test_float_depth_no_unit_explains_is_said_as_not_depth():
+    """A median of 3e38 'metres' (raw bytes read as floats) is not called millimetres; 2,500 still is, and 1e6 (the
+    bound: 1 km as millimetres) too."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        io.depth_to_metres(np.full((3, 3), 3e38, np.float32))
+    text = " ".join(str(w.message) for w in caught)
+    assert "median 3e+38 'metres': no depth unit explains that" in text and "looks like millimetres" not in text
+    for median in (2500.0, 1.0e6):
+        with pytest.warns(io.UnitWarning, match="looks like millimetres"):
+            io.depth_to_metres(np.full((3, 3), median, np.float32))
