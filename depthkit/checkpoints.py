@@ -287,6 +287,28 @@ def safe_join(root: Path, relative: str) -> Path:
     return target
 
 
+def folder_identity(root) -> str:
+    """A short hash of the files under ``root`` (relative names, sizes, modification times): it changes when anything
+    there is retrained, replaced or edited."""
+    import hashlib
+
+    root = Path(root)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_identity(spec) -> dict | None:
+    """What identifies a checkpoint's weights: its resolved folder and :func:`folder_identity` of it (so retraining
+    into the same folder counts as a different checkpoint); None for None."""
+    if spec is None:
+        return None
+    root = Path(resolve_checkpoint(spec)).resolve()
+    return {"path": str(root), "files": folder_identity(root)}
+
+
 def resolve_checkpoint(spec) -> Path:
     """Turn ``spec`` (None = embedded default, a local directory, or a hub id ``owner/name``) into a local path."""
     if spec is None:

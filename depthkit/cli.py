@@ -285,25 +285,9 @@ def parse_dataset_options(items: list[str]) -> dict:
     return options
 
 
-def checkpoint_identity(spec) -> dict | None:
-    """What identifies a checkpoint's weights: its resolved folder and a hash of its manifest and files' sizes and
-    modification times (so retraining into the same folder counts as a different checkpoint)."""
-    import hashlib
-
-    from depthkit.checkpoints import resolve_checkpoint
-
-    if spec is None:
-        return None
-    root = Path(resolve_checkpoint(spec)).resolve()
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        st = f.stat()
-        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return {"path": str(root), "files": h.hexdigest()[:16]}
-
-
 def _cmd_eval(args, parser) -> int:
     from depthkit import __version__
+    from depthkit.checkpoints import checkpoint_identity
     from depthkit.data.datasets import DATASETS, build_dataset
     from depthkit.data.protocols import get_protocol
     from depthkit.evaluate import _protocol_dict, check_metrics_out, evaluate, markdown_table

@@ -311,3 +311,34 @@ def test_metric_cache_keys_on_the_inputs_not_only_the_name(tmp_path):
     again = MetricCache(source, str(tmp_path))  # a str root as well as a Path
     assert (again(image, many, "synthetic_0") == 22).all() and (again(image, few.copy(), "synthetic_0") == 11).all()
     assert len(calls) == 4  # both served from disk
+
+
+def test_metric_cache_keys_on_the_source_too(tmp_path):
+    """One cache folder reused with another source must not serve the first source's maps: classical methods differ,
+    a learned completer's options differ, and a checkpoint whose files changed (retrained in place) differs; the
+    same source in a new instance is served from disk."""
+    from depthkit.checkpoints import write_manifest
+    from depthkit.complete.checkpoint import write_tiny
+    from depthkit.sharpen.teachers import CompleteSource
+    from depthkit.sharpen.train import MetricCache
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    sparse = np.zeros((24, 32), np.float32)
+    sparse.flat[rng.choice(24 * 32, 40, replace=False)] = rng.uniform(1.0, 5.0, 40)
+    maps = {m: MetricCache(CompleteSource(m), tmp_path / "c")(image, sparse, "s0") for m in ("nearest", "guided")}
+    assert not np.array_equal(maps["nearest"], maps["guided"])
+    assert len(list((tmp_path / "c").glob("s0_*.npy"))) == 2
+    np.testing.assert_array_equal(MetricCache(CompleteSource("guided"), tmp_path / "c")(image, sparse, "s0"),
+                                  maps["guided"])
+    ck = tmp_path / "ck"
+    write_tiny(ck / "complete")
+    write_manifest(ck, {"complete": {}}, tiny=True)
+    ids = {CompleteSource("sdim", checkpoint=ck).identity,
+           CompleteSource("sdim", checkpoint=ck, query_budget=0).identity}
+    (ck / "complete" / "complete.json").write_text((ck / "complete" / "complete.json").read_text() + "\n")
+    ids.add(CompleteSource("sdim", checkpoint=ck).identity)
+    assert len(ids) == 3
+    cache = MetricCache(CompleteSource("sdim", checkpoint=ck, query_budget=0), tmp_path / "c")
+    cache(image, sparse, "s0")
+    assert len(list((tmp_path / "c").glob("s0_*.npy"))) == 3

@@ -24,6 +24,7 @@ Light module: torch, transformers and unidepth are imported when a source is bui
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,12 @@ class MetricSource:
     name = "metric source"
     needs_sparse = False
 
+    @property
+    def identity(self) -> str:
+        """What determines this source's maps besides its inputs (a cache key part, :class:`MetricCache`): by
+        default its name; sources built from files add a hash of them, and their options."""
+        return self.name
+
     def predict(self, image: np.ndarray, sparse: np.ndarray | None, name: str | None) -> np.ndarray:
         raise NotImplementedError
 
@@ -103,6 +110,14 @@ class CompleteSource(MetricSource):
         ref = CheckpointRef.open(checkpoint) if checkpoint is not None else None
         self.stage = build_complete_stage(ref, device=device, dtype=dtype, options={"method": method, **options})
         self.name = f"complete:{method}"
+        from depthkit.checkpoints import checkpoint_identity
+
+        self._identity = json.dumps({"source": self.name, "checkpoint": checkpoint_identity(checkpoint),
+                                     "options": options, "dtype": dtype}, sort_keys=True, default=str)
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     def predict(self, image, sparse, name):
         return self.stage.run(image, np.asarray(sparse, np.float32), None).depth
@@ -171,6 +186,13 @@ class HFDepthSource(MetricSource):
         self.output, self.device = output, device
         self.needs_sparse = output != "metric"
         self.name = f"hf:{path}"
+        from depthkit.checkpoints import folder_identity
+
+        self._identity = f"{self.name}|{folder_identity(path)}|{output}|{dtype}"
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     def predict(self, image, sparse, name):
         import torch

@@ -57,9 +57,11 @@ class MetricCache:
     """Metric depth per input, computed once by ``source`` and kept as ``<root>/<name>_<digest>.npy`` (atomic
     writes; ``root`` a path or str); ``root=None`` disables the cache.
 
-    The file is keyed by the sample's name *and* a digest of its image and sparse map: readers of a mix may share
-    names (several synthetic sources render the same scenes with different sparse patterns; two folders may both hold
-    ``0001.png``), and a metric input computed from one sparse map must never be served with another.
+    The file is keyed by the sample's name *and* a digest of its image, its sparse map and the source's
+    ``identity`` (for a completer checkpoint: its files and options): readers of a mix may share names (several
+    synthetic sources render the same scenes with different sparse patterns; two folders may both hold ``0001.png``),
+    a metric input computed from one sparse map must never be served with another, nor one from a retrained or
+    reconfigured source.
     """
 
     def __init__(self, source, root: str | Path | None):
@@ -68,6 +70,8 @@ class MetricCache:
     def _path(self, image: np.ndarray, sparse: np.ndarray | None, name: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", name).lstrip(".") or "_"
         digest = hashlib.blake2b(digest_size=8)
+        identity = getattr(self.source, "identity", None) or getattr(self.source, "__qualname__", None)
+        digest.update(str(identity or type(self.source).__qualname__).encode())  # (a plain function: its name)
         for a in (image, sparse):
             if a is None:
                 digest.update(b"none")
