@@ -53,8 +53,13 @@ def _rgb01(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] != shape or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"hole fill: the image must be HxWx3 with the sparse map's size {shape[0]}x{shape[1]}; "
                          f"received shape {image.shape}.")
+    if image.dtype == np.uint8:
+        return image.astype(np.float64) / 255.0
     rgb = image.astype(np.float64)
-    return rgb / 255.0 if image.dtype == np.uint8 else rgb
+    if not (np.issubdtype(image.dtype, np.floating) and np.isfinite(rgb).all() and rgb.min() >= 0 and rgb.max() <= 1):
+        raise ValueError(f"hole fill: the image must be uint8 or floats in [0, 1]; received {image.dtype} with values "
+                         f"{float(np.nanmin(rgb)):g} to {float(np.nanmax(rgb)):g} (for 0-255 values, pass uint8).")
+    return rgb
 
 
 def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *, jump: float = HOLE_JUMP,
