@@ -88,6 +88,22 @@ def test_matches_a_brute_force_loop_on_random_scenes():
     assert changed > 200  # the scenes exercise the fill, not only its refusals
 
 
+def test_a_runs_split_does_not_depend_on_the_other_rows():
+    """Flat colours make exact ties between splits: the run B B A A B between an A-coloured 1 m bound and a B-coloured
+    3 m one has prefix costs +c, +2c, +c, 0, +c, so no split beats n = 0 and its far side fails the colour fit. It is
+    filled the same alone and below a long unrelated run (a float running sum over the frame turned the 0 into
+    -1e-13 there, and set a pixel)."""
+    a, b, c = [242, 117, 3], [181, 4, 84], [161, 195, 237]
+    row_sparse, row_image = [1, 0, 0, 0, 0, 0, 3], [a, b, b, a, a, b, b]
+    alone = fill_edge_holes(np.full((1, 7), 2, np.float32), np.array([row_sparse], np.float32),
+                            np.array([row_image], np.uint8))
+    sparse = np.array([[1] + [0] * 33 + [3], row_sparse + [3] * 28], np.float32)
+    image = np.array([[a] + [c] * 33 + [b], row_image + [b] * 28], np.uint8)
+    below = fill_edge_holes(np.full(sparse.shape, 2, np.float32), sparse, image)
+    np.testing.assert_array_equal(alone[0][0], 2.0)
+    np.testing.assert_array_equal(below[0][1, :7], alone[0][0])
+
+
 def _wall_and_box():
     """A grey wall at 4 m and a red box at 2 m (columns 20-29) on a 10x40 frame, every pixel measured."""
     depth = np.full((10, 40), 4.0, np.float32)

@@ -8,10 +8,10 @@ the wrong place or fill the run from the nearer surface. The image says where th
 from those of one bound's surface to those of the other's at the object's outline.
 
 :func:`fill_edge_holes` finds, for every such run, the split that best explains its colours (pixels before it like
-the left bound's colour, pixels after it like the right bound's: the least total squared RGB distance, an exact
-minimum over all splits), and gives the pixels on the *farther* bound's side that bound's depth — the background
-behind an outline is where completions err (they lean towards the foreground). The nearer side keeps the
-completion. A run is left alone unless the colours can tell: its bounds differ in depth by more than ``jump``, their
+the left bound's colour, pixels after it like the right bound's: the least total squared RGB distance over all
+splits, distances counted in exact steps of 2^-30), and gives the pixels on the *farther* bound's side that bound's
+depth — the background behind an outline is where completions err (they lean towards the foreground). The nearer
+side keeps the completion. A run is left alone unless the colours can tell: its bounds differ in depth by more than ``jump``, their
 reference colours (the mean of the measured pixels within ``reference_px`` of each bound, the bound included) differ
 by at least ``contrast``, and the far side's pixels match their bound's colour within ``fit`` of that contrast
 (mean squared distance <= fit x contrast^2). It acts only on dense frames (at least ``min_measured`` of the pixels
@@ -46,6 +46,10 @@ HOLE_REFERENCE_PX = 3
 HOLE_MIN_MEASURED = 0.3
 """Least fraction of measured pixels for a frame to be treated as a dense sensor's (val: 64-beam LiDAR 0.22 and
 scattered points <= 0.03 below it; ToF and stereo frames >= 0.40)."""
+
+
+_STEP_SCALE = 2.0 ** 30
+"""Colour distances are compared in whole multiples of 1 / _STEP_SCALE (see :func:`fill_edge_holes`)."""
 
 
 def _rgb01(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -110,11 +114,13 @@ def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *,
 
     # the split: pixels [start, start + n_left) like the left bound, the rest like the right one. The cost of n_left
     # is constant + prefix(n_left) with prefix(n) = sum of (dist_l - dist_r) over the run's first n pixels: its least
-    # value, the first one on ties, n = 0 when no prefix is negative
+    # value, the first one on ties, n = 0 when no prefix is negative. The steps are whole multiples of 2^-30 (|step|
+    # <= 3), summed as integers: exact, so a run's ties never depend on the frame's other runs (float rounding of one
+    # running sum over the frame would turn exact ties into +-1e-13)
     first = np.r_[True, (ys[1:] != ys[:-1]) | (lx[1:] != lx[:-1])]
     starts = np.flatnonzero(first)
     run = np.cumsum(first) - 1
-    step = dist_l - dist_r
+    step = np.rint((dist_l - dist_r) * _STEP_SCALE).astype(np.int64)
     total = np.cumsum(step)
     prefix = total - (total[starts] - step[starts])[run]  # including this pixel
     least = np.minimum.reduceat(prefix, starts)
