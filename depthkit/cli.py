@@ -314,14 +314,18 @@ def _cmd_eval(args, parser) -> int:
     protocol = getattr(dataset, "protocol", None) or get_protocol(args.dataset)
     if args.checkpoint is not None:
         _check_checkpoint_arg(args.checkpoint)
+    pipe = _build_pipeline(args)
+    from depthkit.stages import ClassicalCompleteStage
+
+    learned = any(not isinstance(stage, ClassicalCompleteStage) for stage in pipe.stages)
+    loaded = getattr(pipe.checkpoint, "root", None) if learned else None  # the default's too, without --checkpoint
     fingerprint = {
         "dataset": args.dataset, "root": None if args.root is None else str(args.root.resolve()),
         "split": getattr(dataset, "split", args.split), "reader_options": reader_options,
         "protocol": _protocol_dict(protocol), "method": args.method,
-        "checkpoint": checkpoint_identity(args.checkpoint), "stages": args.stages.replace(" ", ""),
+        "checkpoint": checkpoint_identity(loaded), "stages": args.stages.replace(" ", ""),
         "stage_options": parse_stage_options(args.option), "dtype": args.dtype, "depthkit_version": __version__,
     }
-    pipe = _build_pipeline(args)
     label = args.method or (f"checkpoint {args.checkpoint}" if args.checkpoint else repr(pipe))
     summary = evaluate(pipe, dataset, protocol, args.out, limit=args.limit, label=label, fingerprint=fingerprint,
                        overwrite=args.overwrite, progress=not args.quiet)

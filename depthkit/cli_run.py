@@ -150,10 +150,16 @@ def _check_intrinsics_size(intrinsics, size: tuple[int, int] | None, shape: tupl
         return
     (h0, w0), (h, w) = size, shape
     sx, sy = w / w0, h / h0
+    said = f"--intrinsics {source} are for a {w0}x{h0} image (its width and height), but this image is {w}x{h}"
+    if (h0, w0) == (w, h):
+        raise ValueError(f"{said}: the image is rotated by 90 degrees against them (a phone photo read upright by "
+                         "its EXIF orientation?). Give intrinsics for the image as read: fx and fy swapped, and the "
+                         "principal point rotated with it.")
+    if abs(sx / sy - 1) > 0.01:
+        raise ValueError(f"{said}, another aspect ratio (a crop, or another camera); give intrinsics for this image.")
     scaled = (f"{intrinsics.fx * sx:.6g},{intrinsics.fy * sy:.6g},{(intrinsics.cx + 0.5) * sx - 0.5:.6g},"
               f"{(intrinsics.cy + 0.5) * sy - 0.5:.6g}")
-    raise ValueError(f"--intrinsics {source} are for a {w0}x{h0} image (its width and height), but this image is "
-                     f"{w}x{h}; give intrinsics for this size — for the same camera resized, --intrinsics {scaled} "
+    raise ValueError(f"{said}; give intrinsics for this size — for the same camera resized, --intrinsics {scaled} "
                      "(not for a crop).")
 
 

@@ -56,10 +56,11 @@ def intrinsics_image_size(spec) -> tuple[int, int] | None:
         value = data.get(key)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"intrinsics file {spec}, key {key!r} is {json.dumps(value)}; with 'width' or 'height' "
-                             "present both must be whole numbers of pixels > 0 (the image size the intrinsics are "
-                             "for).")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+            shown = json.dumps(value) if not isinstance(value, (int, float)) else f"{value:.6g}"
+            raise ValueError(f"intrinsics file {spec}, key {key!r} is {shown}; with 'width' or 'height' present both "
+                             "must be whole numbers of pixels > 0 (at most 1,000,000: the image size the intrinsics "
+                             "are for).")
         size.append(value)
     return size[0], size[1]
 

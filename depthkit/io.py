@@ -28,8 +28,8 @@ PNG_SCALE_KEY = "depth_scale"
 LIKELY_NOT_METRES = 500.0
 """A float depth map whose median valid value exceeds this many 'metres' is almost surely in another unit."""
 LIKELY_NOT_DEPTH = 1.0e6
-"""... and beyond this many no unit explains it (a median of 1 km in millimetres, 3.9 km in KITTI's 1/256 m): it is
-not a depth map (raw bytes, uninitialised memory, another quantity)."""
+"""... and beyond this many no common unit explains it (a median of 1 km in millimetres, 3.9 km in KITTI's 1/256 m):
+most likely not a depth map (raw bytes, uninitialised memory, another quantity), or micrometres."""
 
 
 class DepthkitWarning(UserWarning):
@@ -184,9 +184,10 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
     if valid.any():
         median = float(np.median(out[valid].astype(np.float64)))  # float32 overflows averaging two near its max
         if median > LIKELY_NOT_DEPTH:
-            warnings.warn(f"{what} is float with median {median:.3g} 'metres': no depth unit explains that (it would be "
-                          f"{median / 1000:.3g} m as millimetres). Check that the file holds depth (not raw bytes read "
-                          "as floats, uninitialised memory or another quantity). Depth must be metres.", UnitWarning,
+            warnings.warn(f"{what} is float with median {median:.3g} 'metres': no common depth unit explains that "
+                          f"({median / 1000:.3g} m as millimetres, {median / 256:.3g} m as KITTI's 1/256 m; micrometres "
+                          f"would be {median / 1e6:.3g} m). Check that the file holds depth (not raw bytes read as "
+                          "floats, uninitialised memory or another quantity). Depth must be metres.", UnitWarning,
                           stacklevel=3)
         elif median > LIKELY_NOT_METRES:
             warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "

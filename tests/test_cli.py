@@ -614,7 +614,14 @@ def test_intrinsics_for_another_image_size_are_refused_with_the_scaled_values(tm
     err = capsys.readouterr().err
     assert "big.png: failed: --intrinsics" in err and "are for a 28x20 image" in err and "small.png" not in err
     assert (tmp_path / "o3" / "small.ply").is_file() and not (tmp_path / "o3" / "big.ply").exists()
-    for bad in ({"width": 0, "height": 20}, {"width": 28}, {"width": "28", "height": 20}, {"width": 28.5, "height": 20}):
+    for shape, words in (((28, 20), "rotated by 90 degrees against them"), ((40, 40), "another aspect ratio")):
+        k.write_text(json.dumps({"fx": 30.0, "fy": 30.0, "cx": 13.5, "cy": 9.5, "width": 28, "height": 20}))
+        _write_pair(tmp_path, "r", h=shape[0], w=shape[1])
+        assert main(_single(tmp_path, "--ply", "--intrinsics", str(k), stem="r", out="o5")) == 2
+        err = capsys.readouterr().err
+        assert words in err and "for the same camera resized" not in err
+    for bad in ({"width": 0, "height": 20}, {"width": 28}, {"width": "28", "height": 20}, {"width": 28.5, "height": 20},
+                {"width": 1e300, "height": 20}):
         k.write_text(json.dumps({"fx": 30.0, "fy": 30.0, "cx": 13.5, "cy": 9.5, **bad}))
         assert main(_single(tmp_path, "--ply", "--intrinsics", str(k), out="o4")) == 2
         assert "both must be whole numbers of pixels > 0" in capsys.readouterr().err

@@ -125,3 +125,32 @@ def test_eval_json_is_strict_and_out_under_a_file_is_refused(tmp_path, capsys):
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "notes" / "m.json"),
                  "--limit", "1"]) == 2
     assert "notes is a file, not a folder" in capsys.readouterr().err
+
+
+def test_eval_without_checkpoint_fingerprints_the_embedded_default(tmp_path, capsys, monkeypatch):
+    """A learned stage loaded from the embedded default (no --checkpoint) is part of the fingerprint, so a rerun
+    after the default changed is refused instead of mixing rows of two checkpoints; a classical method is not tied to
+    it."""
+    import depthkit.checkpoints as checkpoints
+    from depthkit.checkpoints import write_manifest
+    from depthkit.complete.checkpoint import write_tiny
+
+    embedded = tmp_path / "embedded"
+    write_tiny(embedded / "default" / "complete")
+    write_manifest(embedded / "default", {"complete": {"query_budget": 4}}, tiny=True)
+    monkeypatch.setattr(checkpoints, "embedded_checkpoints_dir", lambda: embedded)
+    out = tmp_path / "m.json"
+    small = ["--dataset-option", "height=24", "--dataset-option", "width=32"]
+    base = ["eval", "--dataset", "synthetic", "--limit", "1", "--out", str(out), *small]
+    assert main(base) == 0
+    fingerprint = json.loads(out.read_text())["fingerprint"]
+    assert fingerprint["checkpoint"]["path"] == str((embedded / "default").resolve())
+    manifest = embedded / "default" / "depthkit.json"
+    manifest.write_text(manifest.read_text() + "\n")  # the default rebuilt in place
+    capsys.readouterr()
+    assert main(base + ["--limit", "2"]) == 2
+    assert "checkpoint:" in capsys.readouterr().err
+    guided = tmp_path / "g.json"
+    assert main(["eval", "--dataset", "synthetic", "--limit", "1", "--out", str(guided), "--method", "guided",
+                 *small]) == 0
+    assert json.loads(guided.read_text())["fingerprint"]["checkpoint"] is None

@@ -169,8 +169,10 @@ def test_bad_inputs_are_said():
         fill_edge_holes(depth[:5], depth, image)
     with pytest.raises(ValueError, match="reference_px must be a whole number >= 1; received 0"):
         fill_edge_holes(depth, depth, image, reference_px=0)
-    with pytest.raises(ValueError, match="uint8 or floats in \\[0, 1\\]; received float32 with values 30 to 220"):
+    with pytest.raises(ValueError, match="uint8 RGB or floats in \\[0, 1\\]; received float32 with values 30 to 220"):
         fill_edge_holes(depth, depth, image.astype(np.float32))
+    with pytest.raises(ValueError, match="received uint16 \\(convert it to uint8"):
+        fill_edge_holes(depth, depth, image.astype(np.uint16))
     sparse = depth.copy()
     sparse[3, 16:25] = 0
     as_floats = fill_edge_holes(depth, sparse, image.astype(np.float32) / 255, min_measured=0.0)

@@ -337,7 +337,7 @@ def test_float_depth_no_unit_explains_is_said_as_not_depth():
         warnings.simplefilter("always")
         io.depth_to_metres(np.full((3, 3), 3e38, np.float32))
     text = " ".join(str(w.message) for w in caught)
-    assert "median 3e+38 'metres': no depth unit explains that" in text and "looks like millimetres" not in text
+    assert "median 3e+38 'metres': no common depth unit explains that" in text and "looks like millimetres" not in text
     for median in (2500.0, 1.0e6):
         with pytest.warns(io.UnitWarning, match="looks like millimetres"):
             io.depth_to_metres(np.full((3, 3), median, np.float32))

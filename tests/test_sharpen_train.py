@@ -339,6 +339,10 @@ def test_metric_cache_keys_on_the_source_too(tmp_path):
     (ck / "complete" / "complete.json").write_text((ck / "complete" / "complete.json").read_text() + "\n")
     ids.add(CompleteSource("sdim", checkpoint=ck).identity)
     assert len(ids) == 3
+    from depthkit.checkpoints import CheckpointRef
+
+    assert CompleteSource("sdim", checkpoint=CheckpointRef.open(ck)).identity == CompleteSource(
+        "sdim", checkpoint=ck).identity  # a CheckpointRef is the same checkpoint as its folder
     cache = MetricCache(CompleteSource("sdim", checkpoint=ck, query_budget=0), tmp_path / "c")
     cache(image, sparse, "s0")
     assert len(list((tmp_path / "c").glob("s0_*.npy"))) == 3

@@ -59,10 +59,17 @@ def _rgb01(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
                          f"received shape {image.shape}.")
     if image.dtype == np.uint8:
         return image.astype(np.float64) / 255.0
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"hole fill: the image must be uint8 RGB or floats in [0, 1]; received {image.dtype} (convert "
+                         "it to uint8, e.g. a 16-bit image as (img >> 8).astype(np.uint8)).")
     rgb = image.astype(np.float64)
-    if not (np.issubdtype(image.dtype, np.floating) and np.isfinite(rgb).all() and rgb.min() >= 0 and rgb.max() <= 1):
-        raise ValueError(f"hole fill: the image must be uint8 or floats in [0, 1]; received {image.dtype} with values "
-                         f"{float(np.nanmin(rgb)):g} to {float(np.nanmax(rgb)):g} (for 0-255 values, pass uint8).")
+    finite = np.isfinite(rgb)
+    if not finite.all():
+        raise ValueError(f"hole fill: the image has {int((~finite).sum())} NaN/inf values; it must be uint8 RGB or "
+                         "floats in [0, 1].")
+    if rgb.size and (rgb.min() < 0 or rgb.max() > 1):
+        raise ValueError(f"hole fill: the image must be uint8 RGB or floats in [0, 1]; received {image.dtype} with "
+                         f"values {float(rgb.min()):g} to {float(rgb.max()):g} (for 0-255 values, pass uint8).")
     return rgb
 
 

@@ -76,7 +76,8 @@ class MetricSource:
     @property
     def identity(self) -> str:
         """What determines this source's maps besides its inputs (a cache key part, :class:`MetricCache`): by
-        default its name; sources built from files add a hash of them, and their options."""
+        default its name (for a callable, its name alone: give distinct callables distinct names); a learned
+        completer and a transformers model folder add a hash of their files, their options and dtype."""
         return self.name
 
     def predict(self, image: np.ndarray, sparse: np.ndarray | None, name: str | None) -> np.ndarray:
@@ -112,7 +113,7 @@ class CompleteSource(MetricSource):
         self.name = f"complete:{method}"
         from depthkit.checkpoints import checkpoint_identity
 
-        self._identity = json.dumps({"source": self.name, "checkpoint": checkpoint_identity(checkpoint),
+        self._identity = json.dumps({"source": self.name, "checkpoint": checkpoint_identity(ref and ref.root),
                                      "options": options, "dtype": dtype}, sort_keys=True, default=str)
 
     @property
