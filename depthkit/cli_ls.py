@@ -60,6 +60,9 @@ def describe_default(root: Path) -> list[str]:
     if refined:
         lines.append("  its gain is measured with the language model's answers off too (--option complete.query_budget=0: "
                      "the refiner alone), checkpoints/README.md")
+    if method == "sdim" and manifest["stages"].get("complete", {}).get("hole_fill"):
+        lines.append("  a dense sensor's holes at depth edges (ToF, stereo): their far side gets the far surface's depth "
+                     "where the image's colours split them (hole_fill; --option complete.hole_fill=null turns it off)")
     if method == "sdim":
         lines.append("  a stereo matcher's map (left camera the reference): add --option complete.occlusion_fill=left "
                      "(measured: README, Benchmarks)")
