@@ -27,9 +27,7 @@ DEPTH_SUFFIXES = (".npy", ".png")
 PNG_SCALE_KEY = "depth_scale"
 LIKELY_NOT_METRES = 500.0
 """A float depth map whose median valid value exceeds this many 'metres' is almost surely in another unit."""
-LIKELY_NOT_DEPTH = 1.0e6
-"""... and beyond this many no common unit explains it (a median of 1 km in millimetres, 3.9 km in KITTI's 1/256 m):
-most likely not a depth map (raw bytes, uninitialised memory, another quantity), or micrometres."""
+LIKELY_NOT_DEPTH = 1.0e6  # ... and beyond this, no common unit explains it (1 km as millimetres): not depth, or µm
 
 
 class DepthkitWarning(UserWarning):
@@ -185,10 +183,8 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
         median = float(np.median(out[valid].astype(np.float64)))  # float32 overflows averaging two near its max
         if median > LIKELY_NOT_DEPTH:
             warnings.warn(f"{what} is float with median {median:.3g} 'metres': no common depth unit explains that "
-                          f"({median / 1000:.3g} m as millimetres, {median / 256:.3g} m as KITTI's 1/256 m; micrometres "
-                          f"would be {median / 1e6:.3g} m). Check that the file holds depth (not raw bytes read as "
-                          "floats, uninitialised memory or another quantity). Depth must be metres.", UnitWarning,
-                          stacklevel=3)
+                          f"({median / 1000:.3g} m as millimetres, {median / 1e6:.3g} m as micrometres). Check that it "
+                          "holds depth (not raw bytes read as floats), in metres.", UnitWarning, stacklevel=3)
         elif median > LIKELY_NOT_METRES:
             warnings.warn(f"{what} is float with median {median:.0f} 'metres', far beyond any scene: it looks like "
                           "millimetres (divide by 1000) or 1/256 m KITTI units (divide by 256). Depth must be "
