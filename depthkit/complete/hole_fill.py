@@ -11,10 +11,10 @@ from those of one bound's surface to those of the other's at the object's outlin
 the left bound's colour, pixels after it like the right bound's: the least total squared RGB distance over all
 splits, distances counted in exact steps of 2^-30), and gives the pixels on the *farther* bound's side that bound's
 depth — the background behind an outline is where completions err (they lean towards the foreground). The nearer
-side keeps the completion. A run is left alone unless the colours can tell: its bounds differ in depth by more than ``jump``, their
-reference colours (the mean of the measured pixels within ``reference_px`` of each bound, the bound included) differ
-by at least ``contrast``, and the far side's pixels match their bound's colour within ``fit`` of that contrast
-(mean squared distance <= fit x contrast^2). It acts only on dense frames (at least ``min_measured`` of the pixels
+side keeps the completion. A run is left alone unless the colours can tell: its bounds differ in depth by more than
+``jump``, their reference colours (the mean of the measured pixels within ``reference_px`` of each bound, the bound
+included) differ by at least ``contrast``, and the far side's pixels match their bound's colour within ``fit`` of
+that contrast (mean squared distance <= fit x contrast^2). It acts only on dense frames (at least ``min_measured`` of the pixels
 measured): between scattered points or LiDAR beams a row gap is not a hole, and there the rule loses (the val split,
 checkpoints/README.md, session 17).
 
@@ -86,7 +86,7 @@ def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *,
     if depth.shape != sparse.shape or depth.ndim != 2:
         raise ValueError(f"hole fill: depth and sparse must be HxW maps of one size; received {depth.shape} and "
                          f"{sparse.shape}.")
-    if not (isinstance(reference_px, int) and reference_px >= 1):
+    if isinstance(reference_px, bool) or not (isinstance(reference_px, (int, np.integer)) and reference_px >= 1):
         raise ValueError(f"hole fill: reference_px must be a whole number >= 1; received {reference_px!r}.")
     mask = np.zeros(sparse.shape, bool)
     measured = np.isfinite(sparse) & (sparse > 0)
@@ -105,7 +105,7 @@ def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *,
         return depth.copy(), mask
 
     # reference colours: mean of the measured pixels in [lx - k + 1, lx] and [rx, rx + k - 1] (row prefix sums)
-    k = reference_px
+    k = int(reference_px)
     csum = np.zeros((h, w + 1, 3))
     np.cumsum(rgb * measured[..., None], axis=1, out=csum[:, 1:])
     ccount = np.zeros((h, w + 1))

@@ -42,8 +42,8 @@ the frame's own measured points decide how far to trust the refiner, :mod:`~dept
 reference, and unmeasured runs beside a nearer surface get the farther side's depth, :mod:`depthkit.complete.occlusion`;
 ``last_stats["occlusion_filled"]`` counts them). ``hole_fill`` (None: off; ``colour``: on frames with at least 30 %
 of their pixels measured, the colour-split fill of :mod:`depthkit.complete.hole_fill`; ``last_stats["hole_filled"]``
-counts the pixels set; the embedded default's manifest turns it on). ``device`` and ``dtype`` (float32 | bfloat16 | float16) come from the
-pipeline.
+counts the pixels set; the embedded default's manifest turns it on). ``device`` and ``dtype`` (float32 | bfloat16 |
+float16) come from the pipeline.
 """
 
 from __future__ import annotations
