@@ -255,7 +255,7 @@ def run_command(args, parser, build_pipeline) -> int:
         replaced = (img_path, sparse_path) in existing
         try:
             image, sparse, depth = preread if single else _read_inputs(img_path, sparse_path, None, args)
-            if args.ply:
+            if args.ply and not single:  # (a single image was checked before any model loaded)
                 _check_intrinsics_size(intrinsics, intrinsics_size, image.shape[:2], args.intrinsics)
             if args.ply and not odd_intrinsics_said:
                 odd_intrinsics_said = _say_odd_principal_point(intrinsics, image.shape[:2])
