@@ -29,9 +29,11 @@ import shutil
 import sys
 from pathlib import Path
 
-COMPLETE_OPTIONS = {"method": "sdim", "fill": "residual", "hole_fill": "colour"}
-"""The learned completer's run options: answers correct the guided map (depthkit/complete/query_plan.py); a dense
-sensor's holes at depth edges are split by the image's colours (depthkit/complete/hole_fill.py, session 17)."""
+COMPLETE_OPTIONS = {"method": "sdim", "fill": "residual", "occlusion_fill": "auto", "hole_fill": "colour"}
+"""The learned completer's run options: answers correct the guided map (depthkit/complete/query_plan.py); a stereo
+map's occluded strips get the background's depth where the frame's holes show the reference side
+(depthkit/complete/occlusion.py, session 18); a dense sensor's holes at depth edges are split by the image's colours
+(depthkit/complete/hole_fill.py, session 17)."""
 SHARPEN_MAE_TOLERANCE = 0.02
 """The sharpener must keep MAE within this fraction of its input's to be on by default."""
 

@@ -63,7 +63,11 @@ def describe_default(root: Path) -> list[str]:
     if method == "sdim" and manifest["stages"].get("complete", {}).get("hole_fill"):
         lines.append("  a dense sensor's holes at depth edges (ToF, stereo): their far side gets the far surface's depth "
                      "where the image's colours split them (hole_fill; --option complete.hole_fill=null turns it off)")
-    if method == "sdim":
+    if method == "sdim" and manifest["stages"].get("complete", {}).get("occlusion_fill") == "auto":
+        lines.append("  a stereo matcher's map: where its holes show the reference camera's side, the strips that camera "
+                     "alone sees get the background's depth (occlusion_fill=auto; =left / =right names the side, =null "
+                     "turns it off)")
+    elif method == "sdim":
         lines.append("  a stereo matcher's map (left camera the reference): add --option complete.occlusion_fill=left "
                      "(measured: README, Benchmarks)")
     if method != "sdim" and (root / "complete").is_dir():

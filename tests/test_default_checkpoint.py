@@ -85,7 +85,8 @@ def test_recorded_quality_matches_the_accuracy_benchmark_and_ls_prints_it(capsys
     assert main(["ls"]) == 0
     text = capsys.readouterr().out
     assert "the default (no --checkpoint)" in text and "random500" in text and "vs guided" in text
-    assert "--option complete.occlusion_fill=left" in text
+    auto = load_manifest(DEFAULT)["stages"]["complete"].get("occlusion_fill") == "auto"
+    assert ("(occlusion_fill=auto;" in text) == auto and ("add --option complete.occlusion_fill=left" in text) != auto
     assert ("--option complete.hole_fill=null turns it off" in text) == bool(
         load_manifest(DEFAULT)["stages"]["complete"].get("hole_fill"))
 
@@ -116,6 +117,41 @@ def test_the_default_splits_a_dense_sensors_holes_and_leaves_scattered_points_al
             sparse = read_depth(ROOT / "examples" / "room_sparse.npy")
             assert np.array_equal(pipe(image, sparse).depth[sparse > 0], sparse[sparse > 0])
             assert pipe.stages[0].last_stats["hole_filled"] == 0
+    assert errors["default"] < 0.95 * errors[None], errors
+
+
+def test_the_default_reads_a_stereo_maps_side_and_leaves_tof_holes_to_the_hole_fill():
+    """The manifest sets occlusion_fill=auto: on a stereo map of the bundled room (sample_stereo on its GT, a 12 cm
+    rig) it finds the left camera as the reference, sets pixels and lowers the error in the occluded strips against
+    the same checkpoint with it off; on a ToF-holes map of the room it finds no side and sets nothing. Measured values
+    kept either way."""
+    from depthkit import Pipeline
+    from depthkit.data.sparse import sample_holes, sample_stereo
+    from depthkit.geometry import Intrinsics
+    from depthkit.io import read_image
+
+    assert load_manifest(DEFAULT)["stages"]["complete"].get("occlusion_fill") == "auto"
+    image = read_image(ROOT / "examples" / "room_rgb.png")
+    gt = np.load(ROOT / "examples" / "room_depth_gt.npy")
+    k = json.loads((ROOT / "examples" / "room_intrinsics.json").read_text())
+    stereo = sample_stereo(gt, Intrinsics(k["fx"], k["fy"], k["cx"], k["cy"]), seed=1, baseline=0.12)
+    holes = (stereo == 0) & (gt > 0)
+    errors = {}
+    for fill in ("default", None):
+        opts = {"query_budget": 0} | ({} if fill == "default" else {"occlusion_fill": None})
+        pipe = Pipeline(stages=("complete",), stage_options={"complete": opts})
+        depth = pipe(image, stereo).depth
+        assert np.array_equal(depth[stereo > 0], stereo[stereo > 0])
+        errors[fill] = float(np.abs(depth - gt)[holes].mean())
+        stats = pipe.stages[0].last_stats
+        if fill == "default":
+            assert stats["occlusion_side"] == "left" and stats["occlusion_filled"] > 100
+            tof = sample_holes(gt, 0, image=image)
+            assert np.array_equal(pipe(image, tof).depth[tof > 0], tof[tof > 0])
+            assert pipe.stages[0].last_stats["occlusion_side"] is None
+            assert pipe.stages[0].last_stats["occlusion_filled"] == 0
+        else:
+            assert "occlusion_side" not in stats
     assert errors["default"] < 0.95 * errors[None], errors
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from depthkit.complete.occlusion import row_bound_index
+from depthkit.complete.occlusion import DENSE_MIN_MEASURED, row_bound_index
 
 __all__ = ["HOLE_CONTRAST", "HOLE_FILLS", "HOLE_FIT", "HOLE_JUMP", "HOLE_MIN_MEASURED", "HOLE_REFERENCE_PX",
            "fill_edge_holes"]
@@ -43,9 +43,9 @@ HOLE_FIT = 0.1
 squared contrast between the bounds."""
 HOLE_REFERENCE_PX = 3
 """A bound's reference colour: the mean of the measured pixels among this many, from the bound outwards."""
-HOLE_MIN_MEASURED = 0.3
-"""Least fraction of measured pixels for a frame to be treated as a dense sensor's (val: 64-beam LiDAR 0.22 and
-scattered points <= 0.03 below it; ToF and stereo frames >= 0.40)."""
+HOLE_MIN_MEASURED = DENSE_MIN_MEASURED
+"""Least fraction of measured pixels for a frame to be treated as a dense sensor's (0.3, shared with
+:mod:`depthkit.complete.occlusion`'s ``auto`` side)."""
 
 
 _STEP_SCALE = 2.0 ** 30

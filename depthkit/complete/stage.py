@@ -40,7 +40,8 @@ the frame's own measured points decide how far to trust the refiner, :mod:`~dept
 ``last_stats["refine_strength"]`` and ``["refine_check"]`` record the decision; False: the refiner as trained).
 ``occlusion_fill`` (None: off; ``left`` / ``right``: the sparse map is a stereo matcher's with that camera as the
 reference, and unmeasured runs beside a nearer surface get the farther side's depth, :mod:`depthkit.complete.occlusion`;
-``last_stats["occlusion_filled"]`` counts them). ``hole_fill`` (None: off; ``colour``: on frames with at least 30 %
+``auto``: the side read from the frame's holes, only runs whose widths follow stereo geometry, nothing when the frame
+shows no side, ``last_stats["occlusion_side"]`` says which; ``last_stats["occlusion_filled"]`` counts the pixels set). ``hole_fill`` (None: off; ``colour``: on frames with at least 30 %
 of their pixels measured, the colour-split fill of :mod:`depthkit.complete.hole_fill`; ``last_stats["hole_filled"]``
 counts the pixels set; the embedded default's manifest turns it on). ``device`` and ``dtype`` (float32 | bfloat16 |
 float16) come from the pipeline.
@@ -163,8 +164,8 @@ class CompleteVLMStage:
 
         if self.options["occlusion_fill"] not in OCCLUSION_FILLS:
             raise ValueError(f"occlusion_fill={self.options['occlusion_fill']!r}; allowed: null (off), left or right "
-                             "(the sparse map is a stereo matcher's, with that camera as the reference: "
-                             "depthkit.complete.occlusion).")
+                             "(the sparse map is a stereo matcher's, with that camera as the reference) or auto (the "
+                             "side read from the frame's holes): depthkit.complete.occlusion.")
         from depthkit.complete.hole_fill import HOLE_FILLS
 
         if self.options["hole_fill"] not in HOLE_FILLS:
@@ -290,9 +291,14 @@ class CompleteVLMStage:
             stats["refine_strength"] = strength
             stats["refine_seconds"] = time.perf_counter() - t_refine
         if opts["occlusion_fill"] is not None:
-            from depthkit.complete.occlusion import fill_occlusions
+            from depthkit.complete.occlusion import fill_found_runs, fill_occlusions, occlusion_evidence
 
-            dense, filled = fill_occlusions(dense, sparse, opts["occlusion_fill"])
+            if opts["occlusion_fill"] == "auto":
+                evidence = occlusion_evidence(sparse)
+                dense, filled = fill_found_runs(dense, evidence)
+                stats["occlusion_side"] = evidence.side
+            else:
+                dense, filled = fill_occlusions(dense, sparse, opts["occlusion_fill"])
             stats["occlusion_filled"] = int(filled.sum())
         if opts["hole_fill"] is not None:
             from depthkit.complete.hole_fill import fill_edge_holes
