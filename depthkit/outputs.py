@@ -18,7 +18,9 @@ class StageResult:
         depth: HxW float32 metres at input resolution; measured sparse pixels hold their measured values exactly.
         confidence: HxW float32 in [0, 1] (1 = certain; measured pixels are 1), or None when the stage has none
             (the classical completion methods and ``sharpen`` report none; the learned ``complete`` does).
-        extras: named HxW float32 maps a stage exposes (e.g. ``"discrepancy"`` in [0, 1] for sharpen).
+        extras: named HxW float32 maps a stage exposes (e.g. ``"discrepancy"`` in [0, 1] for sharpen; ``"placed"``,
+            1 where the complete stage's occlusion or hole fill set the depth, which the Pipeline keeps through a
+            later stage whose ``keep_placed`` is True).
         seconds: wall-clock time the stage took for this image.
     """
 

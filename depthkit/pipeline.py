@@ -293,11 +293,16 @@ class Pipeline:
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
         confidence = None
+        placed = None  # pixels an earlier stage placed by rule (its extras["placed"]), kept by stages that ask
         for stage in self.stages:
             t0 = time.perf_counter()
             res = stage.run(image, sparse, depth)
             check_finite_output(stage.name, res.depth)
+            if placed is not None and getattr(stage, "keep_placed", False):
+                res.depth = np.where(placed, depth, res.depth).astype(np.float32)
             res.depth = restore_measurements(res.depth, sparse)
+            if "placed" in res.extras:
+                placed = res.extras["placed"] > 0
             res.seconds = time.perf_counter() - t0
             results[stage.name] = res
             timings[stage.name] = res.seconds

@@ -43,7 +43,8 @@ reference, and unmeasured runs beside a nearer surface get the farther side's de
 ``auto``: the side read from the frame's holes, only runs whose widths follow stereo geometry, nothing when the frame
 shows no side, ``last_stats["occlusion_side"]`` says which; ``last_stats["occlusion_filled"]`` counts the pixels set). ``hole_fill`` (None: off; ``colour``: on frames with at least 30 %
 of their pixels measured, the colour-split fill of :mod:`depthkit.complete.hole_fill`; ``last_stats["hole_filled"]``
-counts the pixels set; the embedded default's manifest turns it on). ``device`` and ``dtype`` (float32 | bfloat16 |
+counts the pixels set; the embedded default's manifest turns it on). The pixels either fill set are the result's
+``extras["placed"]`` (1 = set by a rule), which a sharpen stage with ``keep_placed`` leaves as they are. ``device`` and ``dtype`` (float32 | bfloat16 |
 float16) come from the pipeline.
 """
 
@@ -290,6 +291,7 @@ class CompleteVLMStage:
             dense = self.refiner.refine(image, sparse, dense, strength=strength)
             stats["refine_strength"] = strength
             stats["refine_seconds"] = time.perf_counter() - t_refine
+        placed = None  # the pixels a rule below sets (float32 0/1 in the result's extras)
         if opts["occlusion_fill"] is not None:
             from depthkit.complete.occlusion import fill_found_runs, fill_occlusions, occlusion_evidence
 
@@ -300,11 +302,13 @@ class CompleteVLMStage:
             else:
                 dense, filled = fill_occlusions(dense, sparse, opts["occlusion_fill"])
             stats["occlusion_filled"] = int(filled.sum())
+            placed = filled
         if opts["hole_fill"] is not None:
             from depthkit.complete.hole_fill import fill_edge_holes
 
             dense, filled = fill_edge_holes(dense, sparse, image)
             stats["hole_filled"] = int(filled.sum())
+            placed = filled if placed is None else placed | filled
         decay = opts["confidence_decay_px"]
         conf = confidence_map(sparse, rows, cols, conf_q, ok, None if decay is None else float(decay), dense=dense,
                               tolerance=float(opts["confidence_tolerance"]))
@@ -316,9 +320,10 @@ class CompleteVLMStage:
         bad[rows[~ok], cols[~ok]] = 1.0
         stats["seconds"] = time.perf_counter() - start
         self.last_stats = stats
-        return StageResult(depth=dense, confidence=conf,
-                           extras={"query_mask": query_mask, "query_confidence": query_conf, "unparseable_mask": bad},
-                           seconds=stats["seconds"])
+        extras = {"query_mask": query_mask, "query_confidence": query_conf, "unparseable_mask": bad}
+        if placed is not None:
+            extras["placed"] = placed.astype(np.float32)
+        return StageResult(depth=dense, confidence=conf, extras=extras, seconds=stats["seconds"])
 
     def __repr__(self) -> str:
         cfg = self.prompt_config

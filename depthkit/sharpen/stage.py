@@ -35,10 +35,14 @@ class SharpenStage:
 
     name = "sharpen"
 
-    def __init__(self, sharpdepth, processing_resolution: int | None = None, source: str = ""):
+    def __init__(self, sharpdepth, processing_resolution: int | None = None, source: str = "",
+                 keep_placed: bool = False):
         self.model = sharpdepth
         self.processing_resolution = processing_resolution
         self.source = source
+        self.keep_placed = keep_placed
+        """True: the Pipeline gives back the input's depth wherever an earlier stage placed it by rule (its
+        ``extras["placed"]``: the complete stage's occlusion and hole fills), as it does at measured pixels."""
         self._warned_upsampling = False
 
     def run(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray | None) -> StageResult:
@@ -136,7 +140,8 @@ class SharpenStage:
         return results
 
     def __repr__(self) -> str:
-        return f"SharpenStage({self.source!r}, processing_resolution={self.processing_resolution})"
+        return (f"SharpenStage({self.source!r}, processing_resolution={self.processing_resolution}, "
+                f"keep_placed={self.keep_placed})")
 
 
 def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
@@ -145,7 +150,9 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     :class:`~depthkit.checkpoints.CheckpointRef`, or None when there is none).
 
     Options (the manifest's, overridden by ``options``): ``processing_resolution`` (longest side in pixels the UNet
-    runs at; None = the input's size) and ``config`` (overrides of single SharpDepthConfig fields, e.g.
+    runs at; None = the input's size), ``keep_placed`` (True: in a Pipeline, the pixels the complete stage's rules
+    placed keep their depth, :attr:`SharpenStage.keep_placed`; False, the default: the paper's sharpener, which
+    may change them) and ``config`` (overrides of single SharpDepthConfig fields, e.g.
     ``{"fit_threshold": 0.3}``, on top of the manifest's ``config`` and then the stored ``sharpdepth.json``: a field
     named in neither keeps its stored value, so turning a shipped switch off means setting it to 0).
     """
@@ -172,9 +179,14 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     config = {**(shipped or {}), **(config or {})} or None
     options = {**stored, **options}
     processing_resolution = options.pop("processing_resolution", None)
+    keep_placed = options.pop("keep_placed", None)
+    keep_placed = False if keep_placed is None else keep_placed  # null: unset, the paper's sharpener
     if options:
-        raise ValueError(f"the sharpen stage takes the options processing_resolution and config; received "
-                         f"{sorted(options)}.")
+        raise ValueError(f"the sharpen stage takes the options processing_resolution, keep_placed and config; "
+                         f"received {sorted(options)}.")
+    if not isinstance(keep_placed, bool):
+        raise ValueError(f"keep_placed must be true or false (keep the depth the complete stage's fills placed); "
+                         f"received {keep_placed!r}.")
     if processing_resolution is not None and (isinstance(processing_resolution, bool)
                                               or not isinstance(processing_resolution, int)
                                               or processing_resolution <= 0):
@@ -188,4 +200,4 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     # a malformed part (wrong types, missing tensors) becomes one CheckpointError naming the folder
     with loading(part, "the sharpen part (sharpdepth.json, lotus.json, unet/, vae/)", passthrough=(ValueError,)):
         model = SharpDepth.from_dir(part, device=device, dtype=torch_dtype(dtype), config=config)
-    return SharpenStage(model, processing_resolution, source=str(part))
+    return SharpenStage(model, processing_resolution, source=str(part), keep_placed=keep_placed)

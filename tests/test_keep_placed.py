@@ -1,0 +1,84 @@
+"""The sharpen stage's ``keep_placed``: the pixels the complete stage's rules placed (its ``extras["placed"]``) keep
+their depth through the sharpener in a Pipeline, everything else is the sharpener's; off, the sharpener may move
+them. On a tiny two-stage checkpoint with random weights, which moves every pixel it may."""
+
+import numpy as np
+import pytest
+
+from depthkit.cli import main
+from depthkit.data.sparse import sample_stereo
+from depthkit.geometry import Intrinsics
+from depthkit.pipeline import Pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def tiny_ck(tmp_path_factory):
+    ck = tmp_path_factory.mktemp("ck") / "tiny"
+    assert main(["init-checkpoint", "--tiny", str(ck), "--seed", "5"]) == 0
+    return ck
+
+
+def _stereo_frame():
+    """A wall at 8 m with two boxes, seen by a 30 px m rig (left reference): strips the right camera misses."""
+    depth = np.full((48, 128), 8.0, np.float32)
+    depth[6:40, 30:60] = 1.5
+    depth[10:44, 85:110] = 3.0
+    sparse = sample_stereo(depth, Intrinsics(100.0, 100.0, 64.0, 24.0), seed=0, baseline=0.3,
+                           disparity_sigma_px=0.0, fatten_px=0, n_blobs=0)
+    image = np.full((48, 128, 3), 128, np.uint8)  # a grey wall, red boxes: colours the hole fill can split
+    image[depth < 8.0] = (200, 30, 30)
+    return image, sparse
+
+
+def _run(ck, keep: bool | None, fill="auto", hole_fill=None):
+    pipe = Pipeline(stages=("complete", "sharpen"), checkpoint=ck,
+                    stage_options={"complete": {"occlusion_fill": fill, "hole_fill": hole_fill, "query_budget": 4},
+                                   "sharpen": {"keep_placed": keep}})
+    image, sparse = _stereo_frame()
+    return pipe(image, sparse), pipe, sparse
+
+
+def test_placed_pixels_keep_the_completions_depth_and_the_rest_is_the_sharpeners(tiny_ck):
+    kept, pipe, sparse = _run(tiny_ck, True)
+    free, _, _ = _run(tiny_ck, False)
+    complete = kept.stages["complete"]
+    placed = complete.extras["placed"] > 0
+    assert placed.sum() == pipe.stages[0].last_stats["occlusion_filled"] > 50  # the strips left of both boxes
+    assert pipe.stages[0].last_stats["occlusion_side"] == "left"
+    np.testing.assert_array_equal(free.stages["complete"].depth, complete.depth)  # same completion either way
+    np.testing.assert_array_equal(kept.depth[placed], complete.depth[placed])
+    np.testing.assert_array_equal(kept.depth[~placed], free.depth[~placed])
+    assert np.abs(free.depth[placed] - complete.depth[placed]).max() > 0.1  # off, the sharpener moves them
+    measured = sparse > 0
+    assert np.array_equal(kept.depth[measured], sparse[measured]) and not (placed & measured).any()
+    assert pipe.stages[1].keep_placed and "keep_placed=True" in repr(pipe.stages[1])
+
+
+def test_the_hole_fills_pixels_are_placed_too(tiny_ck):
+    """The colour-split hole fill alone sets the same strips (grey wall beside red boxes); with both fills on, the
+    union. Either way they are kept."""
+    strips = _run(tiny_ck, True)[0].stages["complete"].extras["placed"]
+    for fill in (None, "auto"):
+        kept, pipe, _ = _run(tiny_ck, True, fill=fill, hole_fill="colour")
+        complete = kept.stages["complete"]
+        placed = complete.extras["placed"] > 0
+        assert pipe.stages[0].last_stats["hole_filled"] > 50
+        np.testing.assert_array_equal(placed, strips > 0)
+        np.testing.assert_array_equal(kept.depth[placed], complete.depth[placed])
+
+
+def test_without_a_fill_nothing_is_placed_and_the_switch_changes_nothing(tiny_ck):
+    kept, _, _ = _run(tiny_ck, True, fill=None)
+    free, _, _ = _run(tiny_ck, None, fill=None)  # null: unset, off
+    assert "placed" not in kept.stages["complete"].extras
+    np.testing.assert_array_equal(kept.depth, free.depth)
+
+
+def test_bad_keep_placed_values_are_refused(tiny_ck):
+    for bad in ("yes", 1, 0.5):
+        with pytest.raises(ValueError, match="keep_placed must be true or false"):
+            Pipeline(stages=("complete", "sharpen"), checkpoint=tiny_ck, stage_options={"sharpen": {"keep_placed": bad}})
+    with pytest.raises(ValueError, match="processing_resolution, keep_placed and config"):
+        Pipeline(stages=("complete", "sharpen"), checkpoint=tiny_ck, stage_options={"sharpen": {"keep": True}})
