@@ -34,6 +34,9 @@ COMPLETE_OPTIONS = {"method": "sdim", "fill": "residual", "occlusion_fill": "aut
 map's occluded strips get the background's depth where the frame's holes show the reference side
 (depthkit/complete/occlusion.py, session 18); a dense sensor's holes at depth edges are split by the image's colours
 (depthkit/complete/hole_fill.py, session 17)."""
+SHARPEN_OPTIONS = {"keep_placed": True}
+"""The sharpener's stage options on top of its run's manifest: it leaves the depth the complete stage's occlusion and
+hole fills placed as they placed it (depthkit/sharpen/stage.py, session 18)."""
 SHARPEN_MAE_TOLERANCE = 0.02
 """The sharpener must keep MAE within this fraction of its input's to be on by default."""
 
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = {"complete": dict(COMPLETE_OPTIONS)}
     if args.sharpen is not None:
         _copy_part(args.sharpen, "sharpen", args.out)
-        stages["sharpen"] = dict(load_manifest(args.sharpen)["stages"].get("sharpen", {}))
+        stages["sharpen"] = {**load_manifest(args.sharpen)["stages"].get("sharpen", {}), **SHARPEN_OPTIONS}
         if args.sharpen_config:
             stages["sharpen"]["config"] = {**stages["sharpen"].get("config", {}), **args.sharpen_config}
     else:  # a completer-only default: no stale sharpener beside a manifest that does not name it

@@ -70,6 +70,9 @@ def describe_default(root: Path) -> list[str]:
     elif method == "sdim":
         lines.append("  a stereo matcher's map (left camera the reference): add --option complete.occlusion_fill=left "
                      "(measured: README, Benchmarks)")
+    if manifest["stages"].get("sharpen", {}).get("keep_placed"):
+        lines.append("  the sharpener leaves the depth these fills placed (keep_placed; --option sharpen.keep_placed=false "
+                     "lets it change them)")
     if method != "sdim" and (root / "complete").is_dir():
         lines.append(f"  its learned completer ({learned}) is shipped but not on by default: it did not beat guided on "
                      "every pattern below; run it with --method sdim")

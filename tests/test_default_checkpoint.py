@@ -85,6 +85,7 @@ def test_recorded_quality_matches_the_accuracy_benchmark_and_ls_prints_it(capsys
     assert main(["ls"]) == 0
     text = capsys.readouterr().out
     assert "the default (no --checkpoint)" in text and "random500" in text and "vs guided" in text
+    assert ("(keep_placed;" in text) == bool(load_manifest(DEFAULT)["stages"]["sharpen"].get("keep_placed"))
     auto = load_manifest(DEFAULT)["stages"]["complete"].get("occlusion_fill") == "auto"
     assert ("(occlusion_fill=auto;" in text) == auto and ("add --option complete.occlusion_fill=left" in text) != auto
     assert ("--option complete.hole_fill=null turns it off" in text) == bool(
@@ -153,6 +154,13 @@ def test_the_default_reads_a_stereo_maps_side_and_leaves_tof_holes_to_the_hole_f
         else:
             assert "occlusion_side" not in stats
     assert errors["default"] < 0.95 * errors[None], errors
+    # the shipped sharpener leaves what the fills placed (keep_placed), and sharpens the rest
+    assert load_manifest(DEFAULT)["stages"]["sharpen"].get("keep_placed") is True
+    out = Pipeline(stages=("complete", "sharpen"), stage_options={"complete": {"query_budget": 0}})(image, stereo)
+    placed = out.stages["complete"].extras["placed"] > 0
+    assert placed.sum() > 100
+    np.testing.assert_array_equal(out.depth[placed], out.stages["complete"].depth[placed])
+    assert not np.array_equal(out.depth, out.stages["complete"].depth)
 
 
 def test_the_sharpeners_bar_by_cases():
