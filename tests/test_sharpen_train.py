@@ -8,6 +8,7 @@ tested on held-out scenes in ``tests/test_sharpen_mechanism.py``.
 """
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -311,6 +312,39 @@ def test_metric_cache_keys_on_the_inputs_not_only_the_name(tmp_path):
     again = MetricCache(source, str(tmp_path))  # a str root as well as a Path
     assert (again(image, many, "synthetic_0") == 22).all() and (again(image, few.copy(), "synthetic_0") == 11).all()
     assert len(calls) == 4  # both served from disk
+
+
+def test_metric_cache_keys_on_the_code_that_computed_it(tmp_path):
+    """A completion cached by one version of the code must not be served after that code changed (an algorithm
+    changed with the checkpoint's files untouched): the key holds a hash of the sources that compute the maps, which
+    changes with any edit to them and not with other files."""
+    import shutil
+
+    import depthkit
+    from depthkit.sharpen.train import METRIC_CODE, MetricCache, code_identity
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(Path(depthkit.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_identity(root=pkg) == code_identity()  # the same sources, wherever they lie
+    before = code_identity(root=pkg)
+    (pkg / "complete" / "hole_fill.py").write_text((pkg / "complete" / "hole_fill.py").read_text() + "\n# edited\n")
+    edited = code_identity(root=pkg)
+    (pkg / "sharpen" / "lotus.py").write_text((pkg / "sharpen" / "lotus.py").read_text() + "\n# unrelated\n")
+    assert before != edited == code_identity(root=pkg) and "complete" in METRIC_CODE
+    with pytest.raises(ValueError, match="holds no Python source"):
+        code_identity(("nowhere",), root=pkg)
+
+    calls = []
+
+    def source(image, sparse, name):
+        calls.append(name)
+        return np.ones(image.shape[:2], np.float32)
+
+    image, sparse = np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6), np.float32)
+    for code in (before, edited, before):
+        MetricCache(source, tmp_path / "c", code=code)(image, sparse, "s0")
+    assert len(calls) == 2 and len(list((tmp_path / "c").glob("s0_*.npy"))) == 2
+    assert MetricCache(source, tmp_path / "c").code == code_identity()
 
 
 def test_metric_cache_keys_on_the_source_too(tmp_path):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["train", "load_initial_lotus", "MetricCache", "evaluate_sharpening"]
+__all__ = ["METRIC_CODE", "MetricCache", "code_identity", "evaluate_sharpening", "load_initial_lotus", "train"]
 
 
 def load_initial_lotus(path: str, cfg=None, seed: int = 0):
@@ -53,23 +53,47 @@ def load_initial_lotus(path: str, cfg=None, seed: int = 0):
     return model
 
 
+METRIC_CODE = ("complete", "data/baselines.py", "sharpen/teachers.py", "pipeline.py")
+"""The depthkit sources (files or folders, relative to the package) whose code computes a metric source's maps: a
+change to any of them is a different source for :class:`MetricCache`."""
+
+
+def code_identity(parts=METRIC_CODE, root: Path | None = None) -> str:
+    """A short hash of the Python sources under ``parts`` (relative to ``root``, default the installed depthkit
+    package; files or folders, their names and contents): it changes when that code changes."""
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        path = root / part
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        if not files:
+            raise ValueError(f"code_identity: {path} holds no Python source; parts name files or folders of {root}.")
+        for f in files:
+            h.update(f"{f.relative_to(root)}\n".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 class MetricCache:
     """Metric depth per input, computed once by ``source`` and kept as ``<root>/<name>_<digest>.npy`` (atomic
     writes; ``root`` a path or str); ``root=None`` disables the cache.
 
-    The file is keyed by the sample's name *and* a digest of its image, its sparse map and the source's
-    ``identity`` (for a completer checkpoint: its files and options): readers of a mix may share names (several
-    synthetic sources render the same scenes with different sparse patterns; two folders may both hold ``0001.png``),
-    a metric input computed from one sparse map must never be served with another, nor one from a retrained or
-    reconfigured source.
+    The file is keyed by the sample's name *and* a digest of its image, its sparse map, the source's ``identity``
+    (for a completer checkpoint: its files and options) and ``code`` (default: :func:`code_identity` of
+    :data:`METRIC_CODE`, read once): readers of a mix may share names (several synthetic sources render the same
+    scenes with different sparse patterns; two folders may both hold ``0001.png``), a metric input computed from one
+    sparse map must never be served with another, nor one from a retrained or reconfigured source, nor one that a
+    since-changed version of the code computed.
     """
 
-    def __init__(self, source, root: str | Path | None):
+    def __init__(self, source, root: str | Path | None, code: str | None = None):
         self.source, self.root = source, None if root is None else Path(root)
+        self.code = code if code is not None else code_identity() if root is not None else ""
 
     def _path(self, image: np.ndarray, sparse: np.ndarray | None, name: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", name).lstrip(".") or "_"
         digest = hashlib.blake2b(digest_size=8)
+        digest.update(f"code:{self.code}|".encode())
         identity = getattr(self.source, "identity", None) or getattr(self.source, "__qualname__", None)
         digest.update(str(identity or type(self.source).__qualname__).encode())  # (a plain function: its name)
         for a in (image, sparse):
