@@ -67,7 +67,7 @@ def describe_default(root: Path) -> list[str]:
         lines.append("  a stereo matcher's map: where its holes show the reference camera's side, the strips that camera "
                      "alone sees get the background's depth (occlusion_fill=auto; =left / =right names the side, =null "
                      "turns it off)")
-    elif method == "sdim":
+    elif method == "sdim" and manifest["stages"].get("complete", {}).get("occlusion_fill") is None:
         lines.append("  a stereo matcher's map (left camera the reference): add --option complete.occlusion_fill=left "
                      "(measured: README, Benchmarks)")
     if manifest["stages"].get("sharpen", {}).get("keep_placed"):

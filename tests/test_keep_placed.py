@@ -27,8 +27,10 @@ def _stereo_frame():
     depth[10:44, 85:110] = 3.0
     sparse = sample_stereo(depth, Intrinsics(100.0, 100.0, 64.0, 24.0), seed=0, baseline=0.3,
                            disparity_sigma_px=0.0, fatten_px=0, n_blobs=0)
+    sparse[12:20, 56:68] = 0.0  # a failed match across the near box's right outline (far side right)
     image = np.full((48, 128, 3), 128, np.uint8)  # a grey wall, red boxes: colours the hole fill can split
     image[depth < 8.0] = (200, 30, 30)
+    image[:, 70:85] = np.random.default_rng(0).integers(0, 255, (48, 15, 3))  # but not the textured wall left of box 2
     return image, sparse
 
 
@@ -56,17 +58,20 @@ def test_placed_pixels_keep_the_completions_depth_and_the_rest_is_the_sharpeners
     assert pipe.stages[1].keep_placed and "keep_placed=True" in repr(pipe.stages[1])
 
 
-def test_the_hole_fills_pixels_are_placed_too(tiny_ck):
-    """The colour-split hole fill alone sets the same strips (grey wall beside red boxes); with both fills on, the
-    union. Either way they are kept."""
-    strips = _run(tiny_ck, True)[0].stages["complete"].extras["placed"]
-    for fill in (None, "auto"):
-        kept, pipe, _ = _run(tiny_ck, True, fill=fill, hole_fill="colour")
+def test_every_fills_pixels_are_placed(tiny_ck):
+    """The stereo rule (found or told) sets the strips left of both boxes and not the failed match right of the near
+    box; the colour-split hole fill sets the near box's strip and the failed match's wall part, not the strip beside
+    the textured wall. With both on, ``placed`` is the union; every placed pixel is kept."""
+    placed = {}
+    for fill, hole_fill in (("auto", None), ("left", None), (None, "colour"), ("auto", "colour")):
+        kept, pipe, _ = _run(tiny_ck, True, fill=fill, hole_fill=hole_fill)
         complete = kept.stages["complete"]
-        placed = complete.extras["placed"] > 0
-        assert pipe.stages[0].last_stats["hole_filled"] > 50
-        np.testing.assert_array_equal(placed, strips > 0)
-        np.testing.assert_array_equal(kept.depth[placed], complete.depth[placed])
+        placed[fill, hole_fill] = complete.extras["placed"] > 0
+        np.testing.assert_array_equal(kept.depth[placed[fill, hole_fill]], complete.depth[placed[fill, hole_fill]])
+    stereo, colour = placed["auto", None], placed[None, "colour"]
+    np.testing.assert_array_equal(placed["left", None], stereo)
+    assert (stereo & ~colour).sum() > 50 and (colour & ~stereo).sum() > 10  # each sets pixels the other does not
+    np.testing.assert_array_equal(placed["auto", "colour"], stereo | colour)
 
 
 def test_without_a_fill_nothing_is_placed_and_the_switch_changes_nothing(tiny_ck):

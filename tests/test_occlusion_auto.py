@@ -152,7 +152,7 @@ def test_runs_that_follow_the_law_on_both_sides_give_no_side():
 
 def test_a_sparse_frame_is_never_read():
     """Under 30 % of the pixels measured (LiDAR beams, scattered points) the rule does not run, whatever the runs."""
-    depth = _scene()
+    depth = np.repeat(_scene(), 3, axis=0)  # 240 rows, so a quarter of them still holds enough strips
     sparse = _stereo(depth)
     assert occlusion_evidence(sparse).side == "left"
     thinned = np.zeros_like(sparse)
@@ -160,6 +160,53 @@ def test_a_sparse_frame_is_never_read():
     assert 0.2 < (thinned > 0).mean() < 0.3
     assert occlusion_evidence(thinned).side is None
     assert occlusion_evidence(thinned, min_measured=0.2).side == "left"
+
+
+def test_a_few_speckles_beside_edges_are_no_evidence():
+    """One-pixel gaps follow any law within the slack. Five beside the left outline of a box and four beside the
+    right one of another: the side with four is too few to fit a law, and counts all its pixels against the other
+    (not nothing); and a box scene with pixels dropped at random (2-30 %, 40 draws each) never shows a side."""
+    depth = _scene()
+    sparse = depth.copy()
+    sparse[10:15, 39] = 0.0  # far bound left
+    sparse[36:40, 140] = 0.0  # far bound right
+    evidence = occlusion_evidence(sparse)
+    assert evidence.side is None and evidence.share == {"left": 5 / 9, "right": 4 / 9}
+    for rate in (0.02, 0.05, 0.1, 0.3):
+        for seed in range(40):
+            speckled = np.where(np.random.default_rng(seed).random(depth.shape) < rate, 0.0, depth)
+            assert occlusion_evidence(speckled).side is None, (rate, seed)
+
+
+def test_a_side_with_too_few_runs_for_a_law_counts_all_its_pixels():
+    """Sixteen strips that follow the law left of two boxes (96 px) against three gaps right of the near box, 1, 20
+    and 40 px wide between the same two surfaces (61 px): three runs are too few to fit a law to (a fit would keep
+    only the 20 px one, 20 px, and the left side would dominate); counted whole, they do not let the left side
+    dominate."""
+    depth = _scene()
+    sparse = depth.copy()
+    for (d, y0, _, x0, _), w in zip(BOXES[1:], (8, 4)):
+        sparse[y0:y0 + 8, x0 - w:x0] = 0.0
+    _, y0, _, _, x1 = BOXES[0]
+    for row, w in zip(range(y0, y0 + 3), (1, 20, 40)):
+        sparse[row, x1:x1 + w] = 0.0
+    evidence = occlusion_evidence(sparse)
+    assert evidence.share == {"left": 96 / 157, "right": 61 / 157} and evidence.side is None
+    sparse[y0:y0 + 3, x1:x1 + 40] = depth[y0:y0 + 3, x1:x1 + 40]
+    assert occlusion_evidence(sparse).side == "left"
+
+
+def test_bad_inputs_are_refused():
+    sparse = _stereo(_scene())
+    for bad in (-0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="jump must be a number >= 0"):
+            edge_runs(sparse, jump=bad)
+    with pytest.raises(ValueError, match="must be HxW"):
+        occlusion_evidence(sparse[None])
+    from depthkit.complete.occlusion import fill_found_runs
+
+    with pytest.raises(ValueError, match="not the size of the sparse map"):
+        fill_found_runs(np.zeros((10, 10), np.float32), occlusion_evidence(sparse))
 
 
 def test_edge_runs_match_a_loop():
@@ -217,3 +264,5 @@ def test_the_stage_option_auto_on_a_tiny_checkpoint(tmp_path):
             np.testing.assert_array_equal(out["auto"][~strips], out[None][~strips])
     with pytest.raises(ValueError, match="or auto"):
         Pipeline(checkpoint=tmp_path, stage_options={"complete": {"occlusion_fill": "both"}})
+    off = Pipeline(checkpoint=tmp_path, stage_options={"complete": {"occlusion_fill": False, "hole_fill": False}})
+    assert off.stages[0].options["occlusion_fill"] is None and off.stages[0].options["hole_fill"] is None  # YAML "off"

@@ -316,7 +316,7 @@ def test_metric_cache_keys_on_the_inputs_not_only_the_name(tmp_path):
 
 def test_metric_cache_keys_on_the_code_that_computed_it(tmp_path):
     """A completion cached by one version of the code must not be served after that code changed (an algorithm
-    changed with the checkpoint's files untouched): the key holds a hash of the sources that compute the maps, which
+    changed with the checkpoint's files untouched): the key holds a hash of the package's Python sources, which
     changes with any edit to them and not with other files."""
     import shutil
 
@@ -329,8 +329,11 @@ def test_metric_cache_keys_on_the_code_that_computed_it(tmp_path):
     before = code_identity(root=pkg)
     (pkg / "complete" / "hole_fill.py").write_text((pkg / "complete" / "hole_fill.py").read_text() + "\n# edited\n")
     edited = code_identity(root=pkg)
-    (pkg / "sharpen" / "lotus.py").write_text((pkg / "sharpen" / "lotus.py").read_text() + "\n# unrelated\n")
-    assert before != edited == code_identity(root=pkg) and "complete" in METRIC_CODE
+    (pkg / "geometry.py").write_text((pkg / "geometry.py").read_text() + "\n# edited too\n")
+    assert len({before, edited, code_identity(root=pkg)}) == 3 and METRIC_CODE == ("",)  # any module of the package
+    edited = code_identity(root=pkg)
+    (pkg / "notes.txt").write_text("not code")
+    assert code_identity(root=pkg) == edited
     with pytest.raises(ValueError, match="holds no Python source"):
         code_identity(("nowhere",), root=pkg)
 

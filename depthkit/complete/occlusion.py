@@ -1,4 +1,5 @@
-"""Stereo occlusion fill (a depthkit option of the learned ``complete`` stage, ``occlusion_fill``; off by default).
+"""Stereo occlusion fill (a depthkit option of the learned ``complete`` stage, ``occlusion_fill``; off in the stage,
+``auto`` in the embedded default's manifest).
 
 A rectified stereo matcher measures a pixel of its reference image only where the other camera sees it too. Beside
 every nearer surface a strip of the farther one is seen by the reference camera alone: with the left image as the
@@ -6,17 +7,16 @@ reference it lies to the *left* of the nearer surface (the right camera, shifted
 edge), and its pixels are missing from the map (the matcher's left-right check removes them). So in a row of a
 left-reference map, an unmeasured run whose left bound (the nearest measured pixel to its left) is farther than its
 right bound is, most likely, background hidden from the other camera: its depth is the left bound's.
-:func:`fill_occlusions` gives every such run that depth; other unmeasured pixels keep the completion's.
+:func:`fill_occlusions` with ``left`` (or ``right``, for a right-reference map) gives every such run that depth; other
+unmeasured pixels keep the completion's.
 
-Why an option and not the default: the rule knows the sensor. A ToF or structured-light frame's holes are not
-one-sided (shadows on either side, absorbing patches across edges): on the synthetic val split the same rule made the
-ToF-holes pattern 11.9 % worse, while on the stereo pattern it gained 9.8 % and on a real stereo matcher's map (OpenCV's
-semi-global matcher on the Middlebury Aloe pair, ``benchmarks/real_frame.py --patterns stereo_sgbm``) 17.6 %
-(checkpoints/README.md, session 16). No per-frame statistic measured on val tells the two apart, so the user says it:
-``--option complete.occlusion_fill=left`` for a left-reference disparity or depth map (the usual one), ``right`` for
-a right-reference one. The embedded default runs :mod:`depthkit.complete.hole_fill` instead, which needs no sensor
-knowledge (it splits each hole where the image's colours change) but leaves runs alone where the colours cannot
-tell, as on Aloe's textured leaves; with both on, this fill acts first.
+Told the side, the rule knows the sensor. A ToF or structured-light frame's holes are not one-sided (shadows on either
+side, absorbing patches across edges): on the synthetic val split ``left`` made the ToF-holes pattern 11.9 % worse,
+while on the stereo pattern it gained 9.8 % and on a real stereo matcher's map (OpenCV's semi-global matcher on the
+Middlebury Aloe pair, ``benchmarks/real_frame.py --patterns stereo_sgbm``) 17.6 % (checkpoints/README.md, session
+16). The share of holes on either side does not tell the two apart; the widths do (below). The colour-split
+:mod:`depthkit.complete.hole_fill` needs no sensor knowledge but leaves runs alone where the colours cannot tell, as
+on Aloe's textured leaves; with both on, this fill acts first.
 
 ``auto`` finds the reference side from the frame itself (:func:`occlusion_evidence`, session 18). Stereo geometry fixes
 an occlusion's width: background and foreground at depths ``far`` and ``near`` leave ``f B (1/near - 1/far)`` pixels
@@ -26,7 +26,7 @@ differences with one factor, over a range of differences; a ToF camera's holes (
 width) do not. A frame whose runs on one side follow that law (:data:`AUTO_MIN_SHARE` of the edge runs' pixels,
 across inverse-depth differences spanning :data:`AUTO_MIN_SPAN`, :data:`AUTO_DOMINANCE` times the other side's share)
 is taken for a stereo (or projector) map with that reference side, and only its runs that follow the law get the
-background's depth. On the val split it found 12 of 24 stereo frames and none of 72 ToF frames (plain, noisy,
+background's depth (at least :data:`AUTO_MIN_EVIDENCE` of them 2 px or wider: speckles are no evidence). On the val split it found 12 of 24 stereo frames and none of 72 ToF frames (plain, noisy,
 speckled), and took the real Aloe stereo map from 0.8 % to 15.3 % better than ``guided`` (checkpoints/README.md).
 """
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AUTO_DOMINANCE", "AUTO_MIN_RUNS", "AUTO_MIN_SHARE", "AUTO_MIN_SPAN", "AUTO_SLACK_PX", "AUTO_TOLERANCE",
+__all__ = ["AUTO_DOMINANCE", "AUTO_MIN_EVIDENCE", "AUTO_MIN_RUNS", "AUTO_MIN_SHARE", "AUTO_MIN_SPAN", "AUTO_SLACK_PX", "AUTO_TOLERANCE",
            "DENSE_MIN_MEASURED", "OCCLUSION_FILLS", "OCCLUSION_JUMP", "EdgeRuns", "OcclusionEvidence", "edge_runs",
            "fill_found_runs", "fill_occlusions", "occlusion_evidence", "row_bound_index", "row_bounds"]
 
@@ -63,7 +63,13 @@ AUTO_MIN_SPAN = 1.5
 """``auto``: the law must hold across inverse-depth differences spanning at least this factor (90th over 10th
 percentile), so one blob across one straight edge (runs of one width between the same two surfaces) is no evidence."""
 AUTO_DOMINANCE = 2.0
-"""``auto``: the side's share must be at least this many times the other side's (occlusions are one-sided)."""
+"""``auto``: the side's share must be at least this many times the other side's (occlusions are one-sided); a side
+with too few runs to fit a law (under :data:`AUTO_MIN_RUNS`) counts all its runs' pixels."""
+AUTO_MIN_EVIDENCE = 16
+"""``auto``: a side needs at least this many runs that follow the law and are at least 2 px wide: a 1 px gap
+follows any law within the slack (a speckle beside an edge, not evidence). The stereo frames found on the val and
+test splits have 21 or more (the real Aloe map hundreds); a box scene with 30 % of its pixels dropped at random had
+12 by chance."""
 
 
 def row_bound_index(measured: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +118,14 @@ def fill_occlusions(depth: np.ndarray, sparse: np.ndarray, side: str = "left",
     return np.where(mask, reference, depth).astype(np.float32), mask
 
 
+def _sparse_map(sparse) -> np.ndarray:
+    sparse = np.asarray(sparse, dtype=np.float32)
+    if sparse.ndim != 2:
+        raise ValueError(f"occlusion fill: the sparse map must be HxW (metres, 0 = missing); received shape "
+                         f"{sparse.shape}.")
+    return sparse
+
+
 @dataclass(frozen=True)
 class EdgeRuns:
     """The unmeasured row runs of a sparse map bounded on both sides by measured pixels that differ in depth by more
@@ -131,7 +145,9 @@ class EdgeRuns:
 def edge_runs(sparse: np.ndarray, jump: float = OCCLUSION_JUMP) -> EdgeRuns:
     """The runs of ``sparse`` (HxW metres, measured where finite and > 0) bounded by a depth jump of more than ``jump``
     (a fraction): :class:`EdgeRuns`. Runs touching the image border (one bound only) are not included."""
-    sparse = np.asarray(sparse, dtype=np.float32)
+    sparse = _sparse_map(sparse)
+    if isinstance(jump, bool) or not (isinstance(jump, (int, float)) and jump >= 0):
+        raise ValueError(f"edge runs: jump must be a number >= 0 (a fraction, e.g. 0.1); received {jump!r}.")
     measured = np.isfinite(sparse) & (sparse > 0)
     h, w = sparse.shape
     left, right = row_bound_index(measured)
@@ -164,31 +180,37 @@ def occlusion_evidence(sparse: np.ndarray, jump: float = OCCLUSION_JUMP,
     docstring says why): for each side (runs whose farther bound is on the left or on the right, at least
     :data:`AUTO_MIN_RUNS`), the factor ``k`` = median of width / (1/near - 1/far) over its runs, the runs whose width is
     within :data:`AUTO_TOLERANCE` (or :data:`AUTO_SLACK_PX`) of ``k (1/near - 1/far)``, their share of all edge runs'
-    pixels and the span of their inverse-depth differences. A side is found when its share is at least
-    :data:`AUTO_MIN_SHARE`, its span at least :data:`AUTO_MIN_SPAN` and its share :data:`AUTO_DOMINANCE` times the
-    other's. Frames with fewer than ``min_measured`` of their pixels measured are never read (no side, no runs)."""
-    sparse = np.asarray(sparse, dtype=np.float32)
+    pixels and the span of their inverse-depth differences (90th over 10th percentile; 1 when none follows).
+    A side is found when its share is at least :data:`AUTO_MIN_SHARE`, its span at least :data:`AUTO_MIN_SPAN`, at
+    least :data:`AUTO_MIN_EVIDENCE` of its following runs are 2 px or wider, and its share is :data:`AUTO_DOMINANCE`
+    times the other's (a side with fewer than :data:`AUTO_MIN_RUNS` runs: the share of all its runs' pixels).
+    ``sparse``: HxW metres, measured where finite and > 0. Frames with fewer than ``min_measured`` of their pixels
+    measured are never read (no side, no runs)."""
+    sparse = _sparse_map(sparse)
     measured = np.isfinite(sparse) & (sparse > 0)
     dense = sparse.size > 0 and measured.mean() >= min_measured
     runs = edge_runs(sparse if dense else np.zeros((0, 0), np.float32), jump)
     share, span = {"left": 0.0, "right": 0.0}, {"left": 1.0, "right": 1.0}
     follows = {"left": np.zeros(runs.width.size, bool), "right": np.zeros(runs.width.size, bool)}
+    evidence = {"left": 0, "right": 0}
     total = float(runs.width.sum())
     if total > 0:
         width = runs.width.astype(np.float64)
         dinv = 1.0 / runs.near.astype(np.float64) - 1.0 / runs.far.astype(np.float64)
         for side, on_side in (("left", runs.far_is_left), ("right", ~runs.far_is_left)):
-            if on_side.sum() < AUTO_MIN_RUNS:
+            if on_side.sum() < AUTO_MIN_RUNS:  # too few to fit a law: every pixel of them counts against the other
+                share[side] = float(width[on_side].sum() / total)
                 continue
             k = float(np.median(width[on_side] / dinv[on_side]))
             ok = on_side & (np.abs(width - k * dinv) <= np.maximum(AUTO_SLACK_PX, AUTO_TOLERANCE * k * dinv))
             follows[side] = ok
             share[side] = float(width[ok].sum() / total)
-            if ok.sum() >= 3:
+            evidence[side] = int((ok & (width >= 2)).sum())
+            if ok.any():
                 span[side] = float(np.percentile(dinv[ok], 90) / np.percentile(dinv[ok], 10))
     found = None
     for side, other in (("left", "right"), ("right", "left")):
-        if (share[side] >= AUTO_MIN_SHARE and span[side] >= AUTO_MIN_SPAN
+        if (share[side] >= AUTO_MIN_SHARE and span[side] >= AUTO_MIN_SPAN and evidence[side] >= AUTO_MIN_EVIDENCE
                 and share[side] >= AUTO_DOMINANCE * share[other]):
             found = side
     chosen = follows[found] if found else np.zeros(runs.width.size, bool)
@@ -201,6 +223,10 @@ def fill_found_runs(depth: np.ndarray, evidence: OcclusionEvidence) -> tuple[np.
     out = np.array(depth, dtype=np.float32)
     mask = np.zeros(out.shape, bool)
     runs, which = evidence.runs, evidence.follows
+    if which.any() and (out.ndim != 2 or runs.row.max() >= out.shape[0]
+                        or (runs.start + runs.width).max() > out.shape[1]):
+        raise ValueError(f"occlusion fill: the depth map ({out.shape}) is not the size of the sparse map the "
+                         "evidence was read from; pass the completion of that map.")
     for y, x, n, far in zip(runs.row[which], runs.start[which], runs.width[which], runs.far[which]):
         out[y, x:x + n] = far
         mask[y, x:x + n] = True

@@ -163,6 +163,9 @@ class CompleteVLMStage:
                              "complete.json); leave refine unset or train one (recipes/default/refine.yaml).")
         from depthkit.complete.occlusion import OCCLUSION_FILLS
 
+        for key in ("occlusion_fill", "hole_fill"):  # YAML reads "off" / "no" / "false" as False: off, as null
+            if self.options[key] is False:
+                self.options[key] = None
         if self.options["occlusion_fill"] not in OCCLUSION_FILLS:
             raise ValueError(f"occlusion_fill={self.options['occlusion_fill']!r}; allowed: null (off), left or right "
                              "(the sparse map is a stereo matcher's, with that camera as the reference) or auto (the "

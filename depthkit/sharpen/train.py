@@ -53,9 +53,10 @@ def load_initial_lotus(path: str, cfg=None, seed: int = 0):
     return model
 
 
-METRIC_CODE = ("complete", "data/baselines.py", "sharpen/teachers.py", "pipeline.py")
+METRIC_CODE = ("",)
 """The depthkit sources (files or folders, relative to the package) whose code computes a metric source's maps: a
-change to any of them is a different source for :class:`MetricCache`."""
+change to any of them is a different source for :class:`MetricCache`. The whole package: a completion reaches into
+the stage builders, checkpoint loading, resizing and geometry too, and a missed module would serve stale maps."""
 
 
 def code_identity(parts=METRIC_CODE, root: Path | None = None) -> str:
