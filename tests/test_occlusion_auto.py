@@ -185,7 +185,7 @@ def test_a_side_with_too_few_runs_for_a_law_counts_all_its_pixels():
     dominate."""
     depth = _scene()
     sparse = depth.copy()
-    for (d, y0, _, x0, _), w in zip(BOXES[1:], (8, 4)):
+    for (_, y0, _, x0, _), w in zip(BOXES[1:], (8, 4)):
         sparse[y0:y0 + 8, x0 - w:x0] = 0.0
     _, y0, _, _, x1 = BOXES[0]
     for row, w in zip(range(y0, y0 + 3), (1, 20, 40)):
