@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from depthkit.complete.occlusion import DENSE_MIN_MEASURED, row_bound_index
+from depthkit.complete.occlusion import DENSE_MIN_MEASURED, edge_runs
 
 __all__ = ["HOLE_CONTRAST", "HOLE_FILLS", "HOLE_FIT", "HOLE_JUMP", "HOLE_MIN_MEASURED", "HOLE_REFERENCE_PX",
            "fill_edge_holes"]
@@ -94,15 +94,15 @@ def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *,
         return depth.copy(), mask
     rgb = _rgb01(image, sparse.shape)
     h, w = sparse.shape
-    left, right = row_bound_index(measured)
-    ys, xs = np.nonzero(~measured & (left >= 0) & (right < w))  # row-major: each run's pixels contiguous, left to right
-    lx, rx = left[ys, xs], right[ys, xs]
-    depth_l, depth_r = sparse[ys, lx], sparse[ys, rx]  # the left and right bounds' depths
-    at_edge = np.maximum(depth_l, depth_r) > (1.0 + jump) * np.minimum(depth_l, depth_r)
-    ys, xs, lx, rx = ys[at_edge], xs[at_edge], lx[at_edge], rx[at_edge]
-    depth_l, depth_r = depth_l[at_edge], depth_r[at_edge]
-    if ys.size == 0:
+    runs = edge_runs(sparse, jump)  # row-major: expanded below to their pixels, each run contiguous, left to right
+    if runs.width.size == 0:
         return depth.copy(), mask
+    offset = np.arange(int(runs.width.sum())) - np.repeat(np.cumsum(runs.width) - runs.width, runs.width)
+    ys, lx = np.repeat(runs.row, runs.width), np.repeat(runs.start - 1, runs.width)
+    xs, rx = lx + 1 + offset, np.repeat(runs.start + runs.width, runs.width)
+    far_left = np.repeat(runs.far_is_left, runs.width)
+    near, far = np.repeat(runs.near, runs.width), np.repeat(runs.far, runs.width)
+    depth_l, depth_r = np.where(far_left, far, near), np.where(far_left, near, far)  # the bounds' depths
 
     # reference colours: mean of the measured pixels in [lx - k + 1, lx] and [rx, rx + k - 1] (row prefix sums)
     k = int(reference_px)

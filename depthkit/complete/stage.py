@@ -39,12 +39,14 @@ the checkpoint has a refiner; False: off, the ablation; True: on, an error if th
 the frame's own measured points decide how far to trust the refiner, :mod:`~depthkit.complete.refiner_check`;
 ``last_stats["refine_strength"]`` and ``["refine_check"]`` record the decision; False: the refiner as trained).
 ``occlusion_fill`` (None: off; ``left`` / ``right``: the sparse map is a stereo matcher's with that camera as the
-reference, and unmeasured runs beside a nearer surface get the farther side's depth, :mod:`depthkit.complete.occlusion`;
-``auto``: the side read from the frame's holes, only runs whose widths follow stereo geometry, nothing when the frame
-shows no side, ``last_stats["occlusion_side"]`` says which; ``last_stats["occlusion_filled"]`` counts the pixels set). ``hole_fill`` (None: off; ``colour``: on frames with at least 30 %
-of their pixels measured, the colour-split fill of :mod:`depthkit.complete.hole_fill`; ``last_stats["hole_filled"]``
-counts the pixels set; the embedded default's manifest turns it on). The pixels either fill set are the result's
-``extras["placed"]`` (1 = set by a rule), which a sharpen stage with ``keep_placed`` leaves as they are. ``device`` and ``dtype`` (float32 | bfloat16 |
+reference, and unmeasured runs beside a nearer surface get the farther side's depth,
+:mod:`depthkit.complete.occlusion`; ``auto``: the side read from the frame's holes, only runs whose widths follow
+stereo geometry, nothing when the frame shows no side, ``last_stats["occlusion_side"]`` says which;
+``last_stats["occlusion_filled"]`` counts the pixels set, at the stage's working size). ``hole_fill`` (None: off;
+``colour``: on frames with at least 30 % of their pixels measured, the colour-split fill of
+:mod:`depthkit.complete.hole_fill`; ``last_stats["hole_filled"]`` counts the pixels set, at the working size; the
+embedded default's manifest turns it on). The pixels either fill set are the result's ``extras["placed"]`` (1 = set by
+a rule), which a sharpen stage with ``keep_placed`` leaves as they are. ``device`` and ``dtype`` (float32 | bfloat16 |
 float16) come from the pipeline.
 """
 
