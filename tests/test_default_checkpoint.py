@@ -92,32 +92,48 @@ def test_recorded_quality_matches_the_accuracy_benchmark_and_ls_prints_it(capsys
         load_manifest(DEFAULT)["stages"]["complete"].get("hole_fill"))
 
 
+def _room():
+    """The bundled room: (RGB uint8, GT metres, Intrinsics)."""
+    from depthkit.geometry import Intrinsics
+    from depthkit.io import read_image
+
+    k = json.loads((ROOT / "examples" / "room_intrinsics.json").read_text())
+    return (read_image(ROOT / "examples" / "room_rgb.png"), np.load(ROOT / "examples" / "room_depth_gt.npy"),
+            Intrinsics(k["fx"], k["fy"], k["cx"], k["cy"]))
+
+
+def _default_and_option_off(image, sparse, gt, option):
+    """The default's complete stage (answers off, for speed) on ``sparse``, and the same with ``option`` set to null:
+    ``({"default" | None: pipeline}, {"default" | None: MAE in m over the unmeasured pixels with GT})``; both keep the
+    measured values (checked here)."""
+    from depthkit import Pipeline
+
+    runs, errors, holes = {}, {}, (sparse == 0) & (gt > 0)
+    for which in ("default", None):
+        opts = {"query_budget": 0} | ({} if which == "default" else {option: None})
+        pipe = Pipeline(stages=("complete",), stage_options={"complete": opts})
+        depth = pipe(image, sparse).depth
+        assert np.array_equal(depth[sparse > 0], sparse[sparse > 0])
+        runs[which], errors[which] = pipe, float(np.abs(depth - gt)[holes].mean())
+    return runs, errors
+
+
 def test_the_default_splits_a_dense_sensors_holes_and_leaves_scattered_points_alone():
     """The manifest turns the colour-split hole fill on: on the bundled room with ToF-like holes (sample_holes on its
     GT) it sets pixels and lowers the hole error against the same checkpoint with it off; on the bundled sparse
     points (under 30 % measured) it sets none. Measured values kept either way."""
-    from depthkit import Pipeline
     from depthkit.data.sparse import sample_holes
-    from depthkit.io import read_depth, read_image
+    from depthkit.io import read_depth
 
     assert load_manifest(DEFAULT)["stages"]["complete"].get("hole_fill") == "colour"
-    image = read_image(ROOT / "examples" / "room_rgb.png")
-    gt = np.load(ROOT / "examples" / "room_depth_gt.npy")
+    image, gt, _ = _room()
     tof = sample_holes(gt, 0, image=image)
-    holes = (tof == 0) & (gt > 0)
-    errors = {}
-    for hole_fill in ("default", None):
-        opts = {"query_budget": 0} | ({} if hole_fill == "default" else {"hole_fill": None})
-        pipe = Pipeline(stages=("complete",), stage_options={"complete": opts})
-        depth = pipe(image, tof).depth
-        assert np.array_equal(depth[tof > 0], tof[tof > 0])
-        errors[hole_fill] = float(np.abs(depth - gt)[holes].mean())
-        filled = pipe.stages[0].last_stats.get("hole_filled")
-        assert (filled > 100) if hole_fill == "default" else filled is None
-        if hole_fill == "default":
-            sparse = read_depth(ROOT / "examples" / "room_sparse.npy")
-            assert np.array_equal(pipe(image, sparse).depth[sparse > 0], sparse[sparse > 0])
-            assert pipe.stages[0].last_stats["hole_filled"] == 0
+    runs, errors = _default_and_option_off(image, tof, gt, "hole_fill")
+    assert runs["default"].stages[0].last_stats["hole_filled"] > 100
+    assert runs[None].stages[0].last_stats.get("hole_filled") is None
+    sparse = read_depth(ROOT / "examples" / "room_sparse.npy")
+    assert np.array_equal(runs["default"](image, sparse).depth[sparse > 0], sparse[sparse > 0])
+    assert runs["default"].stages[0].last_stats["hole_filled"] == 0
     assert errors["default"] < 0.95 * errors[None], errors
 
 
@@ -128,31 +144,18 @@ def test_the_default_reads_a_stereo_maps_side_and_leaves_tof_holes_to_the_hole_f
     kept either way."""
     from depthkit import Pipeline
     from depthkit.data.sparse import sample_holes, sample_stereo
-    from depthkit.geometry import Intrinsics
-    from depthkit.io import read_image
 
     assert load_manifest(DEFAULT)["stages"]["complete"].get("occlusion_fill") == "auto"
-    image = read_image(ROOT / "examples" / "room_rgb.png")
-    gt = np.load(ROOT / "examples" / "room_depth_gt.npy")
-    k = json.loads((ROOT / "examples" / "room_intrinsics.json").read_text())
-    stereo = sample_stereo(gt, Intrinsics(k["fx"], k["fy"], k["cx"], k["cy"]), seed=1, baseline=0.12)
-    holes = (stereo == 0) & (gt > 0)
-    errors = {}
-    for fill in ("default", None):
-        opts = {"query_budget": 0} | ({} if fill == "default" else {"occlusion_fill": None})
-        pipe = Pipeline(stages=("complete",), stage_options={"complete": opts})
-        depth = pipe(image, stereo).depth
-        assert np.array_equal(depth[stereo > 0], stereo[stereo > 0])
-        errors[fill] = float(np.abs(depth - gt)[holes].mean())
-        stats = pipe.stages[0].last_stats
-        if fill == "default":
-            assert stats["occlusion_side"] == "left" and stats["occlusion_filled"] > 100
-            tof = sample_holes(gt, 0, image=image)
-            assert np.array_equal(pipe(image, tof).depth[tof > 0], tof[tof > 0])
-            assert pipe.stages[0].last_stats["occlusion_side"] is None
-            assert pipe.stages[0].last_stats["occlusion_filled"] == 0
-        else:
-            assert "occlusion_side" not in stats
+    image, gt, intrinsics = _room()
+    stereo = sample_stereo(gt, intrinsics, seed=1, baseline=0.12)
+    runs, errors = _default_and_option_off(image, stereo, gt, "occlusion_fill")
+    stats = runs["default"].stages[0].last_stats
+    assert stats["occlusion_side"] == "left" and stats["occlusion_filled"] > 100
+    assert "occlusion_side" not in runs[None].stages[0].last_stats
+    tof = sample_holes(gt, 0, image=image)
+    assert np.array_equal(runs["default"](image, tof).depth[tof > 0], tof[tof > 0])
+    assert runs["default"].stages[0].last_stats["occlusion_side"] is None
+    assert runs["default"].stages[0].last_stats["occlusion_filled"] == 0
     assert errors["default"] < 0.95 * errors[None], errors
     # the shipped sharpener leaves what the fills placed (keep_placed), and sharpens the rest
     assert load_manifest(DEFAULT)["stages"]["sharpen"].get("keep_placed") is True
