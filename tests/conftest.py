@@ -20,3 +20,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fill_option_runs(tmp_path):
+    """``run(image, sparse, option, value, stat, expected)``: a tiny random-weight checkpoint's complete stage (8
+    queries) on one frame with the fill ``option`` off (null) and set to ``value``; checks that both keep the
+    measured values, that ``last_stats[stat]`` is absent when off and counts ``expected`` (HxW bool) when on, and that
+    the two outputs differ only at ``expected``. Returns ``{None: depth, value: depth}``."""
+    import numpy as np
+
+    from depthkit import Pipeline
+    from depthkit.checkpoints import write_manifest
+    from depthkit.complete.checkpoint import write_tiny
+
+    write_tiny(tmp_path / "complete")
+    write_manifest(tmp_path, {"complete": {}}, tiny=True)
+
+    def run(image, sparse, option, value, stat, expected):
+        out = {}
+        for v in (None, value):
+            pipe = Pipeline(checkpoint=tmp_path, stage_options={"complete": {option: v, "query_budget": 8}})
+            out[v] = pipe(image, sparse).depth
+            assert np.array_equal(out[v][sparse > 0], sparse[sparse > 0])
+            assert pipe.stages[0].last_stats.get(stat) == (None if v is None else int(expected.sum()))
+        np.testing.assert_array_equal(out[value][~expected], out[None][~expected])
+        return out
+
+    run.checkpoint = tmp_path
+    return run

@@ -179,13 +179,9 @@ def test_bad_inputs_are_said():
     np.testing.assert_array_equal(as_floats[1], fill_edge_holes(depth, sparse, image, min_measured=0.0)[1])
 
 
-def test_the_stage_option_fills_holes_and_keeps_measurements(tmp_path):
+def test_the_stage_option_fills_holes_and_keeps_measurements(fill_option_runs):
     from depthkit import Pipeline
-    from depthkit.checkpoints import write_manifest
-    from depthkit.complete.checkpoint import write_tiny
 
-    write_tiny(tmp_path / "complete")
-    write_manifest(tmp_path, {"complete": {}}, tiny=True)
     depth = np.full((40, 120), 6.0, np.float32)
     depth[10:30, 60:90] = 2.0
     image = np.full((40, 120, 3), 100, np.uint8)
@@ -193,14 +189,8 @@ def test_the_stage_option_fills_holes_and_keeps_measurements(tmp_path):
     sparse = depth.copy()
     sparse[12:28, 52:66] = 0  # a patch across the box's left outline: 8 px of wall, 6 px of box per row
     wall = (sparse == 0) & (depth == 6.0)
-    runs = {}
-    for fill in (None, "colour"):
-        pipe = Pipeline(checkpoint=tmp_path, stage_options={"complete": {"hole_fill": fill, "query_budget": 8}})
-        runs[fill] = pipe(image, sparse).depth
-        assert np.array_equal(runs[fill][sparse > 0], sparse[sparse > 0])
-        assert pipe.stages[0].last_stats.get("hole_filled") == (None if fill is None else int(wall.sum()))
+    runs = fill_option_runs(image, sparse, "hole_fill", "colour", "hole_filled", wall)
     np.testing.assert_allclose(runs["colour"][wall], 6.0, rtol=1e-6)
     assert np.abs(runs[None][wall] - 6.0).max() > 0.5  # without it the box bleeds into the wall's part
-    np.testing.assert_array_equal(runs["colour"][~wall], runs[None][~wall])
     with pytest.raises(ValueError, match="hole_fill='color'; allowed: null"):
-        Pipeline(checkpoint=tmp_path, stage_options={"complete": {"hole_fill": "color"}})
+        Pipeline(checkpoint=fill_option_runs.checkpoint, stage_options={"complete": {"hole_fill": "color"}})

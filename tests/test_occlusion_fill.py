@@ -43,7 +43,7 @@ def test_fill_by_hand_rows():
     np.testing.assert_array_equal(filled[[0, 2]], depth[[0, 2]])
     filled, _ = fill_occlusions(depth, sparse, "left", jump=0.05)
     np.testing.assert_array_equal(filled[2], np.float32([2.15, 2.15, 2.15, 2.0, 3, 3, 3]))
-    for bad in ({"side": "up"}, {"jump": -0.1}, {"jump": "0.1"}):
+    for bad in ({"side": "up"}, {"jump": -0.1}, {"jump": "0.1"}, {"jump": True}):
         with pytest.raises(ValueError, match="occlusion fill"):
             fill_occlusions(depth, sparse, **{"side": "left", **bad})
 
@@ -66,13 +66,9 @@ def test_the_occluded_strip_of_a_rendered_stereo_map_gets_the_walls_depth():
     assert not fill_occlusions(guess, sparse, "right")[1].any()
 
 
-def test_the_stage_option_fills_occlusions_and_keeps_measurements(tmp_path):
+def test_the_stage_option_fills_occlusions_and_keeps_measurements(fill_option_runs):
     from depthkit import Pipeline
-    from depthkit.checkpoints import write_manifest
-    from depthkit.complete.checkpoint import write_tiny
 
-    write_tiny(tmp_path / "complete")
-    write_manifest(tmp_path, {"complete": {}}, tiny=True)
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (40, 120, 3), dtype=np.uint8)
     depth = np.full((40, 120), 6.0, np.float32)
@@ -81,14 +77,8 @@ def test_the_stage_option_fills_occlusions_and_keeps_measurements(tmp_path):
                            disparity_sigma_px=0.0, fatten_px=0, n_blobs=0)
     strip = (sparse == 0) & (depth == 6.0)
     strip[:, :10] = False
-    runs = {}
-    for fill in (None, "left"):
-        pipe = Pipeline(checkpoint=tmp_path, stage_options={"complete": {"occlusion_fill": fill, "query_budget": 8}})
-        runs[fill] = pipe(image, sparse).depth
-        assert np.array_equal(runs[fill][sparse > 0], sparse[sparse > 0])
-        assert pipe.stages[0].last_stats.get("occlusion_filled") == (None if fill is None else int(strip.sum()))
+    runs = fill_option_runs(image, sparse, "occlusion_fill", "left", "occlusion_filled", strip)
     np.testing.assert_allclose(runs["left"][strip], 6.0, rtol=1e-6)
     assert np.abs(runs[None][strip] - 6.0).max() > 0.5  # without it the box bleeds into the strip
-    np.testing.assert_array_equal(runs["left"][~strip], runs[None][~strip])
     with pytest.raises(ValueError, match="occlusion_fill='up'; allowed: null"):
-        Pipeline(checkpoint=tmp_path, stage_options={"complete": {"occlusion_fill": "up"}})
+        Pipeline(checkpoint=fill_option_runs.checkpoint, stage_options={"complete": {"occlusion_fill": "up"}})

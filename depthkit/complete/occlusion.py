@@ -26,8 +26,9 @@ differences with one factor, over a range of differences; a ToF camera's holes (
 width) do not. A frame whose runs on one side follow that law (:data:`AUTO_MIN_SHARE` of the edge runs' pixels,
 across inverse-depth differences spanning :data:`AUTO_MIN_SPAN`, :data:`AUTO_DOMINANCE` times the other side's share)
 is taken for a stereo (or projector) map with that reference side, and only its runs that follow the law get the
-background's depth (at least :data:`AUTO_MIN_EVIDENCE` of them 2 px or wider: speckles are no evidence). On the val split it found 12 of 24 stereo frames and none of 72 ToF frames (plain, noisy,
-speckled), and took the real Aloe stereo map from 0.8 % to 15.3 % better than ``guided`` (checkpoints/README.md).
+background's depth (at least :data:`AUTO_MIN_EVIDENCE` of them 2 px or wider: speckles are no evidence). On the val
+split it found 12 of 24 stereo frames and none of 72 ToF frames (plain, noisy, speckled), and took the real Aloe
+stereo map from 0.8 % to 15.3 % better than ``guided`` (checkpoints/README.md, session 18).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AUTO_DOMINANCE", "AUTO_MIN_EVIDENCE", "AUTO_MIN_RUNS", "AUTO_MIN_SHARE", "AUTO_MIN_SPAN", "AUTO_SLACK_PX", "AUTO_TOLERANCE",
-           "DENSE_MIN_MEASURED", "OCCLUSION_FILLS", "OCCLUSION_JUMP", "EdgeRuns", "OcclusionEvidence", "edge_runs",
+__all__ = ["AUTO_DOMINANCE", "AUTO_MIN_EVIDENCE", "AUTO_MIN_RUNS", "AUTO_MIN_SHARE", "AUTO_MIN_SPAN", "AUTO_SLACK_PX",
+           "AUTO_TOLERANCE", "DENSE_MIN_MEASURED", "OCCLUSION_FILLS", "OCCLUSION_JUMP", "EdgeRuns", "OcclusionEvidence", "edge_runs",
            "fill_found_runs", "fill_occlusions", "occlusion_evidence", "row_bound_index", "row_bounds"]
 
 OCCLUSION_FILLS = (None, "left", "right", "auto")
@@ -108,7 +109,7 @@ def fill_occlusions(depth: np.ndarray, sparse: np.ndarray, side: str = "left",
     if side not in ("left", "right", "auto"):
         raise ValueError(f"occlusion fill side must be 'left' or 'right' (the stereo pair's reference camera) or "
                          f"'auto' (read from the frame's holes); received {side!r}.")
-    if not (isinstance(jump, (int, float)) and jump >= 0):
+    if isinstance(jump, bool) or not (isinstance(jump, (int, float)) and jump >= 0):
         raise ValueError(f"occlusion fill jump must be a number >= 0 (a fraction); received {jump!r}.")
     if side == "auto":
         return fill_found_runs(depth, occlusion_evidence(sparse, jump))
@@ -139,7 +140,6 @@ class EdgeRuns:
     near: np.ndarray
     far: np.ndarray
     far_is_left: np.ndarray
-
 
 
 def edge_runs(sparse: np.ndarray, jump: float = OCCLUSION_JUMP) -> EdgeRuns:
