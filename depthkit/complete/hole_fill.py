@@ -100,9 +100,8 @@ def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *,
     offset = np.arange(int(runs.width.sum())) - np.repeat(np.cumsum(runs.width) - runs.width, runs.width)
     ys, lx = np.repeat(runs.row, runs.width), np.repeat(runs.start - 1, runs.width)
     xs, rx = lx + 1 + offset, np.repeat(runs.start + runs.width, runs.width)
-    far_left = np.repeat(runs.far_is_left, runs.width)
-    near, far = np.repeat(runs.near, runs.width), np.repeat(runs.far, runs.width)
-    depth_l, depth_r = np.where(far_left, far, near), np.where(far_left, near, far)  # the bounds' depths
+    far_is_left = np.repeat(runs.far_is_left, runs.width)
+    far = np.repeat(runs.far, runs.width)  # the farther bound's depth, what the far side gets
 
     # reference colours: mean of the measured pixels in [lx - k + 1, lx] and [rx, rx + k - 1] (row prefix sums)
     k = int(reference_px)
@@ -136,7 +135,6 @@ def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *,
     n_left = np.where(least < 0, first_least - starts + 1, 0)
     is_left = (order - starts[run]) < n_left[run]
 
-    far_is_left = depth_l > depth_r
     on_far = is_left == far_is_left
     far_dist = np.where(far_is_left, dist_l, dist_r)
     seg_sum = np.bincount(run, weights=np.where(on_far, far_dist, 0.0), minlength=starts.size)
@@ -144,6 +142,6 @@ def fill_edge_holes(depth: np.ndarray, sparse: np.ndarray, image: np.ndarray, *,
     ok = (contrast2 >= contrast ** 2) & (seg_sum[run] <= fit * contrast2 * seg_n[run])
     chosen = on_far & ok
     out = depth.copy()
-    out[ys[chosen], xs[chosen]] = np.where(far_is_left, depth_l, depth_r)[chosen]
+    out[ys[chosen], xs[chosen]] = far[chosen]
     mask[ys[chosen], xs[chosen]] = True
     return out, mask
