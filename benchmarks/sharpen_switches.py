@@ -16,7 +16,8 @@ language-model queries (``query_budget 0``: its dense refiner on ``guided``, equ
 checkpoint folder with a ``sharpen/`` part or a training run's ``final/``) is built by the sharpen stage's own
 builder, so a variant is exactly a ``config`` stage option (overrides of single
 :class:`~depthkit.sharpen.config.SharpDepthConfig` fields on top of the checkpoint's manifest options and stored
-switches); an empty object (``--variant 'shipped={}'``) measures the checkpoint as the pipeline runs it. Variants
+switches); an empty object (``--variant 'shipped={}'``) measures the checkpoint as the pipeline runs it (since
+session 19 with its ``keep_placed``: the pixels the completion's fills placed keep their depth). Variants
 whose overrides differ only in the run-time limits
 (:data:`~depthkit.sharpen.limits.LIMIT_FIELDS`) share one UNet pass per scene
 (:meth:`~depthkit.sharpen.stage.SharpenStage.run_limits`, equal to the stage's own output for each).
@@ -182,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         scores = {name: [] for name in variants}
         for i in range(len(data)):
             item = data[i]
-            d = metric(item["image"], item["sparse"], f"val_{pattern}_{i}")
+            d, placed = metric.with_placed(item["image"], item["sparse"], f"val_{pattern}_{i}")
             before = score(d, item["depth"])
             for stage, limits in groups.values():
-                for name, out in stage.run_limits(item["image"], item["sparse"], d, limits).items():
+                for name, out in stage.run_limits(item["image"], item["sparse"], d, limits, placed=placed).items():
                     scores[name].append(before + score(out, item["depth"]))
         for name, s in scores.items():
             per_scene = np.asarray(s, np.float64)

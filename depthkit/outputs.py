@@ -35,6 +35,13 @@ class StageResult:
                 f"extras={extras}, seconds={self.seconds:.3f})")
 
 
+def keep_placed_depth(depth: np.ndarray, previous: np.ndarray, placed: np.ndarray) -> np.ndarray:
+    """``depth`` (HxW metres, a stage's output) with ``previous``'s depth (its input) wherever ``placed`` (HxW bool:
+    the complete stage's ``extras["placed"] > 0``) is set, float32: what a stage whose ``keep_placed`` is True gives
+    (the Pipeline, and :meth:`SharpenStage.run_limits <depthkit.sharpen.stage.SharpenStage.run_limits>`)."""
+    return np.where(placed, previous, depth).astype(np.float32)
+
+
 def describe_array(a) -> str:
     """One line for an array: ``HxW float32 [min, max]`` over its finite values (``None`` for None)."""
     if a is None:

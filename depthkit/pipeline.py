@@ -20,7 +20,7 @@ import numpy as np
 
 from depthkit.checkpoints import CheckpointRef, check_finite_output
 from depthkit.dtypes import canonical_dtype_name
-from depthkit.outputs import DepthOutput, StageResult
+from depthkit.outputs import DepthOutput, StageResult, keep_placed_depth
 from depthkit.stages import STAGE_ORDER, STAGES
 
 __all__ = ["Pipeline", "DepthOutput", "StageResult", "check_image", "check_sparse", "restore_measurements"]
@@ -299,7 +299,7 @@ class Pipeline:
             res = stage.run(image, sparse, depth)
             check_finite_output(stage.name, res.depth)
             if placed is not None and getattr(stage, "keep_placed", False):
-                res.depth = np.where(placed, depth, res.depth).astype(np.float32)
+                res.depth = keep_placed_depth(res.depth, depth, placed)
             res.depth = restore_measurements(res.depth, sparse)
             if "placed" in res.extras:
                 placed = res.extras["placed"] > 0

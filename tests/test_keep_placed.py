@@ -87,3 +87,47 @@ def test_bad_keep_placed_values_are_refused(tiny_ck):
             Pipeline(stages=("complete", "sharpen"), checkpoint=tiny_ck, stage_options={"sharpen": {"keep_placed": bad}})
     with pytest.raises(ValueError, match="processing_resolution, keep_placed and config"):
         Pipeline(stages=("complete", "sharpen"), checkpoint=tiny_ck, stage_options={"sharpen": {"keep": True}})
+
+
+def test_run_limits_gives_what_the_pipeline_gives(tiny_ck):
+    """``SharpenStage.run_limits`` (benchmarks/sharpen_switches.py) with the complete stage's ``placed`` is the
+    Pipeline's output; without it, the sharpener's own, which moves the placed pixels."""
+    kept, pipe, sparse = _run(tiny_ck, True)
+    image, _ = _stereo_frame()
+    completion = kept.stages["complete"].depth
+    placed = kept.stages["complete"].extras["placed"] > 0
+    stage = pipe.stages[1]
+    out = stage.run_limits(image, sparse, completion, {"as shipped": {}, "no band": {"change_band_px": 0}},
+                           placed=placed)
+    np.testing.assert_array_equal(out["as shipped"], kept.depth)
+    np.testing.assert_array_equal(out["no band"][placed], completion[placed])
+    own = stage.run_limits(image, sparse, completion, {"as shipped": {}})["as shipped"]
+    np.testing.assert_array_equal(own[~placed], kept.depth[~placed])
+    assert np.abs(own[placed] - completion[placed]).max() > 0.1
+    for bad in (placed[:, 1:], placed.astype(np.float32)):
+        with pytest.raises(ValueError, match="placed must be an HxW bool mask the size of depth"):
+            stage.run_limits(image, sparse, completion, {"as shipped": {}}, placed=bad)
+
+
+def test_the_metric_cache_keeps_the_placed_pixels_of_a_completion(tiny_ck, tmp_path):
+    """The complete stage as a metric source reports its placed pixels; the cache stores them beside the depth and
+    serves both; a source without rules (a plain function) has none."""
+    from depthkit.sharpen.teachers import build_metric_source
+    from depthkit.sharpen.train import MetricCache
+
+    kept, _, sparse = _run(tiny_ck, True)
+    image, _ = _stereo_frame()
+    source = build_metric_source("complete:sdim", checkpoint=str(tiny_ck), occlusion_fill="auto", hole_fill=None,
+                                 query_budget=4)
+    cache = MetricCache(source, tmp_path)
+    for _ in range(2):  # computed, then read back
+        depth, placed = cache.with_placed(image, sparse, "frame")
+        np.testing.assert_array_equal(depth, kept.stages["complete"].depth)
+        np.testing.assert_array_equal(placed, kept.stages["complete"].extras["placed"] > 0)
+        assert placed.dtype == bool and placed.sum() > 50
+        np.testing.assert_array_equal(cache(image, sparse, "frame"), depth)
+    assert len(list(tmp_path.glob("frame_*.placed.npz"))) == 1 and len(list(tmp_path.glob("frame_*.npy"))) == 1
+    plain = MetricCache(lambda image, sparse, name: np.ones(image.shape[:2], np.float32), tmp_path / "plain")
+    for _ in range(2):
+        depth, placed = plain.with_placed(image, sparse, "frame")
+        assert placed is None and depth.shape == image.shape[:2]

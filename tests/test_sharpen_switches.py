@@ -133,3 +133,23 @@ def test_grid_runs_end_to_end_and_reports_its_ranking(tmp_path):
     assert rows == expected
     # distinct limits give distinct outputs on this scene: the variants are applied, not one output copied
     assert len({r["random100"]["mae"] for r in report["results"].values()}) >= 9  # range x distance weight
+
+
+def test_the_shipped_variant_is_what_the_pipeline_gives_a_stereo_frame(tmp_path):
+    """On a stereo frame the default's fills place pixels, which its sharpener keeps (``keep_placed``): the
+    benchmark's ``shipped={}`` must score the Pipeline's output, not the sharpener's own."""
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.metrics import depth_metrics
+    from depthkit.pipeline import Pipeline
+
+    argv = ["--scenes", "1", "--patterns", "stereo", "--variant", "shipped={}", "--work-dir", str(tmp_path / "w"),
+            "--out", str(tmp_path)]
+    assert sharpen_switches.main(argv) == 0
+    scored = json.loads((tmp_path / "sharpen_switches.json").read_text())["results"]["shipped"]["stereo"]
+    sample = SyntheticDataset(split="val", length=1, sparse_pattern="stereo")[0]
+    out = Pipeline(stages=("complete", "sharpen"), checkpoint=ROOT / "checkpoints" / "default",
+                   stage_options={"complete": {"query_budget": 0}})(sample["image"], sample["sparse"])
+    placed = out.stages["complete"].extras["placed"] > 0
+    assert placed.sum() > 100  # the frame has placed pixels, kept by the sharpener
+    gt = sample["depth"]
+    assert scored["per_scene"][0][2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from depthkit.outputs import StageResult
+from depthkit.outputs import StageResult, keep_placed_depth
 
 __all__ = ["SharpenStage", "UPSAMPLE_WARNING", "UPSAMPLE_WARNING_MIN_SIDE", "build_sharpen_stage"]
 
@@ -101,12 +101,14 @@ class SharpenStage:
         return configs
 
     def run_limits(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray,
-                   settings: dict[str, dict]) -> dict[str, np.ndarray]:
-        """One UNet pass, many run-time limit settings: ``{name: HxW float32 metres}``, each equal to :meth:`run`'s
-        depth for a stage whose config has that setting's overrides.
+                   settings: dict[str, dict], placed: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One UNet pass, many run-time limit settings: ``{name: HxW float32 metres}``, each equal to the depth a
+        Pipeline gives for this stage with that setting's config overrides.
 
         ``settings`` maps a name to overrides of :data:`depthkit.sharpen.limits.LIMIT_FIELDS` only (the fields
-        that act on the sharpener's free output; see :meth:`limit_configs`). Inputs as :meth:`run` takes them.
+        that act on the sharpener's free output; see :meth:`limit_configs`). ``image``, ``sparse``, ``depth`` as
+        :meth:`run` takes them; ``placed`` (HxW bool, or None) the pixels the complete stage placed by rule (its
+        ``extras["placed"] > 0``), which keep ``depth`` when :attr:`keep_placed` is True, as in a Pipeline.
         Used to score a grid of limits (``benchmarks/sharpen_switches.py``)."""
         import torch
 
@@ -117,6 +119,11 @@ class SharpenStage:
 
         if depth is None:
             raise ValueError("run_limits needs the metric depth to sharpen (HxW metres); received None.")
+        if placed is not None:
+            placed = np.asarray(placed)
+            if placed.shape != depth.shape or placed.dtype != bool:
+                raise ValueError(f"run_limits: placed must be an HxW bool mask the size of depth {depth.shape} (the "
+                                 f"complete stage's extras['placed'] > 0); received {placed.dtype} {placed.shape}.")
         configs = self.limit_configs(settings)
         measured = sparse is not None and bool((sparse > 0).any())
         x, d = image_to_tensor(image), depth_tensor(depth)
@@ -137,6 +144,8 @@ class SharpenStage:
             if mask is not None:
                 limited = torch.where(mask, sp, limited)
             results[name] = limited[0, 0].float().cpu().numpy()
+            if placed is not None and self.keep_placed:
+                results[name] = keep_placed_depth(results[name], depth, placed)
         return results
 
     def __repr__(self) -> str:

@@ -83,7 +83,15 @@ class MetricSource:
     def predict(self, image: np.ndarray, sparse: np.ndarray | None, name: str | None) -> np.ndarray:
         raise NotImplementedError
 
-    def __call__(self, image: np.ndarray, sparse: np.ndarray | None = None, name: str | None = None) -> np.ndarray:
+    def predict_placed(self, image: np.ndarray, sparse: np.ndarray | None,
+                       name: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(depth, placed)``: :meth:`predict`'s depth and the pixels the source set by rule (HxW bool; the
+        complete stage's ``extras["placed"] > 0``), or None for a source without such rules (the default)."""
+        return self.predict(image, sparse, name), None
+
+    def with_placed(self, image: np.ndarray, sparse: np.ndarray | None = None,
+                    name: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(HxW float32 metres, HxW bool placed or None)``, inputs checked as by :meth:`__call__`."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{self.name}: image must be HxWx3 uint8 RGB; received {image.dtype} {image.shape}.")
@@ -91,7 +99,11 @@ class MetricSource:
             raise ValueError(f"{self.name} needs sparse input (metres, 0 = missing) for image {name or '?'}, and it "
                              "has none. Give a dataset with sparse input (synthetic, hypersim, vkitti2 draw it from "
                              "GT), a sparse_dir for image folders, or another metric source.")
-        return check_metric(self.predict(image, sparse, name), image.shape[:2], self.name)
+        depth, placed = self.predict_placed(image, sparse, name)
+        return check_metric(depth, image.shape[:2], self.name), None if placed is None else np.asarray(placed, bool)
+
+    def __call__(self, image: np.ndarray, sparse: np.ndarray | None = None, name: str | None = None) -> np.ndarray:
+        return self.with_placed(image, sparse, name)[0]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -121,7 +133,12 @@ class CompleteSource(MetricSource):
         return self._identity
 
     def predict(self, image, sparse, name):
-        return self.stage.run(image, np.asarray(sparse, np.float32), None).depth
+        return self.predict_placed(image, sparse, name)[0]
+
+    def predict_placed(self, image, sparse, name):
+        result = self.stage.run(image, np.asarray(sparse, np.float32), None)
+        placed = result.extras.get("placed")
+        return result.depth, None if placed is None else placed > 0
 
 
 class UniDepthSource(MetricSource):

@@ -107,19 +107,38 @@ class MetricCache:
         return self.root / f"{safe}_{digest.hexdigest()}.npy"
 
     def __call__(self, image: np.ndarray, sparse: np.ndarray | None, name: str) -> np.ndarray:
+        return self.with_placed(image, sparse, name)[0]
+
+    def with_placed(self, image: np.ndarray, sparse: np.ndarray | None,
+                    name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(depth, placed)``: the metric depth and, for a source that reports them (its ``with_placed``: the
+        complete stage's source), the pixels it placed by rule (HxW bool; else None), kept beside the depth as
+        ``<name>_<digest>.placed.npz``."""
+        def compute(*args):
+            with_placed = getattr(self.source, "with_placed", None)
+            return with_placed(*args) if with_placed is not None else (self.source(*args), None)  # a plain callable
+
         if self.root is None:
-            return self.source(image, sparse, name)
+            return compute(image, sparse, name)
         path = self._path(image, sparse, name)
+        placed_path = path.with_suffix(".placed.npz")
         if path.is_file():
             depth = np.load(path, allow_pickle=False)
             if depth.shape == image.shape[:2]:
-                return depth
-        depth = self.source(image, sparse, name)
+                if not placed_path.is_file():
+                    return depth, None
+                with np.load(placed_path, allow_pickle=False) as stored:
+                    return depth, stored["placed"]
+        depth, placed = compute(image, sparse, name)
         self.root.mkdir(parents=True, exist_ok=True)
+        if placed is not None:  # first: a depth file found means its mask was written
+            tmp = placed_path.with_name(f".tmp_{placed_path.name}")  # ends in .npz, so numpy keeps the name
+            np.savez_compressed(tmp, placed=placed)
+            tmp.replace(placed_path)
         tmp = path.with_name(f".tmp_{path.name}")  # ends in .npy, so np.save keeps the name
         np.save(tmp, depth.astype(np.float32))
         tmp.replace(path)
-        return depth
+        return depth, placed
 
 
 def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int) -> dict:
