@@ -163,6 +163,22 @@ def _check_intrinsics_size(intrinsics, size: tuple[int, int] | None, shape: tupl
                      "(not for a crop).")
 
 
+def _check_folder_intrinsics_size(intrinsics, size: tuple[int, int], pairs, source) -> None:
+    """Refuse a folder run none of whose images has the size the intrinsics file gives (read from their headers):
+    every point cloud would fail, so say it before the models load, with :func:`_check_intrinsics_size`'s advice
+    for the first image. Folders where some images match run, and the others fail one by one."""
+    from depthkit.io import image_size
+
+    sizes = [image_size(image) for image, _ in pairs]
+    if any(s is None or tuple(s) == tuple(size) for s in sizes):
+        return
+    try:
+        _check_intrinsics_size(intrinsics, size, sizes[0], source)
+    except ValueError as exc:
+        raise ValueError(f"none of the {len(pairs)} image(s) in --input-dir has the size the intrinsics are for; "
+                         f"the first, {Path(pairs[0][0]).name}: {exc}") from None
+
+
 def run_command(args, parser, build_pipeline) -> int:
     """``depthkit run`` with parsed ``args``; ``build_pipeline(args)`` makes the pipeline once the inputs are read
     and the outputs checked. Returns the exit code (0, or 1 when an input failed)."""
@@ -221,6 +237,8 @@ def run_command(args, parser, build_pipeline) -> int:
             failures.append((name, why))
             print(f"depthkit run: {name}: {why}", file=sys.stderr)
         pairs = [p for p in pairs if p[1] is not None]
+        if args.ply and intrinsics_size is not None and pairs:  # before any model loads
+            _check_folder_intrinsics_size(intrinsics, intrinsics_size, pairs, args.intrinsics)
 
     outputs = {pair: [p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply)] for pair in pairs}
     existing = [pair for pair in pairs if any(outputs[pair])]

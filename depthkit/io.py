@@ -96,6 +96,19 @@ def exif_orientation(path) -> int:
     return int(value) if value in _ORIENTATIONS else 1
 
 
+def image_size(path) -> tuple[int, int] | None:
+    """The size (H, W) :func:`read_image` gives ``path``, read from the file's header (EXIF orientation applied, so a
+    sideways-stored photo reads upright), without decoding it; None when the header cannot be read that way."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # not readable by PIL: read_image decides
+        return None
+    return (w, h) if exif_orientation(path) in (5, 6, 7, 8) else (h, w)
+
+
 def apply_exif_orientation(img: np.ndarray, path) -> np.ndarray:
     """Rotate/flip HxWxC ``img`` (decoded from ``path``) upright per its EXIF orientation, warning when it does.
 

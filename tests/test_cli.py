@@ -453,6 +453,45 @@ def _no_pipeline(monkeypatch):
     monkeypatch.setattr(cli, "_build_pipeline", boom)
 
 
+def test_a_folder_none_of_whose_images_fit_the_intrinsics_fails_before_any_model_loads(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Intrinsics for a 56x40 image, a folder of 28x20 ones (one stored sideways with an EXIF tag, read upright as
+    28x20 too): every point cloud would fail, so the run says so before building the pipeline, with the scaled values
+    for the first image. One image of the right size (EXIF applied) and the run goes on."""
+    import json
+
+    from PIL import Image
+
+    from depthkit.io import image_size
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    _write_pair(folder, "a")
+    _write_pair(folder, "b")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 20 wide x 28 high, read upright as 28 wide x 20 high
+    Image.fromarray(np.zeros((28, 20, 3), np.uint8)).save(folder / "b.png", exif=exif)
+    with pytest.warns(io.DepthkitWarning, match="EXIF orientation 6"):
+        assert image_size(folder / "b.png") == (20, 28) == io.read_image(folder / "b.png").shape[:2]
+    assert image_size(folder / "a_sparse.npy") is None
+    k = tmp_path / "k.json"
+    k.write_text(json.dumps({"fx": 60.0, "fy": 60.0, "cx": 27.5, "cy": 19.5, "width": 56, "height": 40}))
+    argv = ["run", "--input-dir", str(folder), "--out", str(tmp_path / "o"), "--method", "nearest", "--ply",
+            "--intrinsics", str(k)]
+    with monkeypatch.context() as m:
+        _no_pipeline(m)
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 image(s) in --input-dir has the size the intrinsics are for; the first, a.png:" in err
+    assert "--intrinsics 30,30,13.5,9.5" in err
+    Image.fromarray(np.zeros((56, 40, 3), np.uint8)).save(folder / "b.png", exif=exif)  # read as 56x40: fits
+    big = np.zeros((40, 56), np.float32)
+    big[5, 5] = 2.0
+    np.save(folder / "b_sparse.npy", big)
+    assert main(argv) == 1  # a.png fails alone, b.png is written
+    assert "a.png: failed: --intrinsics" in capsys.readouterr().err and (tmp_path / "o" / "b.ply").is_file()
+
+
 def test_depth_scale_with_float_sparse_is_said_not_silently_ignored(tmp_path, capsys):
     _, sparse = _write_pair(tmp_path, "a")
     assert main(_single(tmp_path, "--depth-scale", "100")) == 0
