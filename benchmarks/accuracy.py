@@ -11,6 +11,8 @@ Usage (from the repository root)::
     python benchmarks/accuracy.py --patterns all --limit 50          # synthetic test once per sparse pattern
     python benchmarks/accuracy.py --merge a/accuracy.json b/accuracy.json   # one report from runs split by dataset
     python benchmarks/accuracy.py --patterns all --clutter 3 --out results_plants  # scenes with 3 plants in view
+    python benchmarks/accuracy.py --patterns stereo --checkpoint checkpoints/default \
+        --option complete.occlusion_fill=left                       # a stage option over the manifest's
 
 Every method is scored by :func:`depthkit.evaluate.evaluate` (the code behind ``depthkit eval``) under the dataset's
 protocol (:mod:`depthkit.data.protocols`), so the numbers are exactly those ``depthkit eval`` prints. Writes
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage list to evaluate each checkpoint with, e.g. complete or complete,sharpen (repeatable; "
                         "default: complete, plus complete,sharpen when the checkpoint has sharpen; a checkpoint "
                         "without complete/ runs --base-method first)")
+    p.add_argument("--option", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="a stage option for every checkpoint evaluated, over its manifest's (repeatable; as `depthkit "
+                        "run --option`, e.g. complete.occlusion_fill=left); the checkpoint rows' names list them")
     p.add_argument("--base-method", default="guided",
                    help="classical completion in front of a checkpoint that has no complete stage (default: guided)")
     p.add_argument("--dataset", action=_DatasetAction, dest="datasets", metavar="NAME",
@@ -208,9 +213,12 @@ def classical_entries(methods: str) -> list[dict]:
     return [{"label": m, "kind": "classical", "method": m, "stages": "complete", "checkpoint": None} for m in names]
 
 
-def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: str) -> list[dict]:
-    """One entry per stage list to evaluate checkpoint ``spec`` with (see ``--stages``)."""
+def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: str,
+                       options: list[str] = ()) -> list[dict]:
+    """One entry per stage list to evaluate checkpoint ``spec`` with (see ``--stages``), each with the stage options
+    of ``options`` (``--option`` texts) for the stages it runs, named in its label."""
     from depthkit.checkpoints import CheckpointRef
+    from depthkit.cli import parse_stage_options
     from depthkit.stages import STAGE_ORDER
 
     checkpoint = CheckpointRef.open(spec)
@@ -227,10 +235,28 @@ def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: st
             raise ValueError(f"--stages {stages!r}: checkpoint {spec} provides {provided}; it has no {missing} "
                              "stage(s). Choose stages it provides (complete may always be run classically).")
         learned = [s if s in provided else f"{base_method} (classical)" for s in names]
-        entries.append({"label": f"{Path(str(spec)).name}: " + " + ".join(learned), "kind": "checkpoint",
-                        "method": None if "complete" in provided else base_method, "stages": ",".join(names),
-                        "checkpoint": str(checkpoint.root)})
+        given = [o for o in options if o.partition(".")[0] in names]
+        entries.append({"label": f"{Path(str(spec)).name}{option_label(given)}: " + " + ".join(learned),
+                        "kind": "checkpoint", "method": None if "complete" in provided else base_method,
+                        "stages": ",".join(names), "checkpoint": str(checkpoint.root),
+                        "options": parse_stage_options(given)})
     return entries
+
+
+def option_label(options) -> str:
+    """The ``--option`` texts as a row name's part: `` [complete.occlusion_fill=left, ...]`` (empty without)."""
+    return f" [{', '.join(options)}]" if options else ""
+
+
+def check_options(options: list[str], entries: list[dict]) -> None:
+    """ValueError unless every ``--option`` is well formed and names a stage some evaluated checkpoint runs."""
+    from depthkit.cli import parse_stage_options
+
+    run = {s for e in entries if e["kind"] == "checkpoint" for s in e["stages"].split(",")}
+    unused = [stage for stage in parse_stage_options(options) if stage not in run]
+    if unused:
+        raise ValueError(f"--option names the stage(s) {unused}, which no evaluated checkpoint runs (stages run: "
+                         f"{sorted(run) or 'none: give --checkpoint'}); options apply to checkpoints only.")
 
 
 def build_pipeline(entry: dict, device: str, dtype: str):
@@ -240,11 +266,13 @@ def build_pipeline(entry: dict, device: str, dtype: str):
 
     if entry["checkpoint"] is None:
         return Pipeline(stages=entry["stages"], method=entry["method"])
-    if entry["method"] is None:  # the checkpoint has every stage asked for
-        return Pipeline.from_pretrained(entry["checkpoint"], stages=entry["stages"], device=device, dtype=dtype)
+    given = entry.get("options") or {}
+    if entry["method"] is None:  # the checkpoint has every stage asked for (its manifest's options under the given)
+        return Pipeline.from_pretrained(entry["checkpoint"], stages=entry["stages"], device=device, dtype=dtype,
+                                        stage_options=given)
     manifest = load_manifest(entry["checkpoint"])["stages"]
     stages = entry["stages"].split(",")
-    options = {s: dict(manifest[s]) for s in stages if s in manifest}
+    options = {s: {**manifest.get(s, {}), **given.get(s, {})} for s in stages if s in manifest or s in given}
     return Pipeline(stages=stages, method=entry["method"], checkpoint=entry["checkpoint"], device=device, dtype=dtype,
                     stage_options=options)
 
@@ -488,9 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         entries = classical_entries(args.methods)
         for spec in args.checkpoint:
-            entries += checkpoint_entries(spec, args.stages, args.base_method)
+            entries += checkpoint_entries(spec, args.stages, args.base_method, args.option)
         if not entries:
             parser.error("nothing to evaluate: --methods none and no --checkpoint")
+        check_options(args.option, entries)
         tmp = None
         if args.work_dir is None:
             tmp = Path(tempfile.mkdtemp(prefix="depthkit_accuracy_"))

@@ -5,6 +5,7 @@ Usage (from the repository root; ``apt-get install opencv-doc`` provides the fil
     python benchmarks/real_frame.py                                 # nearest, guided and the embedded default
     python benchmarks/real_frame.py --checkpoint CKPT --seeds 0 1 2
     python benchmarks/real_frame.py --patterns all                  # every sparse pattern of benchmarks/accuracy.py
+    python benchmarks/real_frame.py --patterns stereo_sgbm --option complete.occlusion_fill=left   # a stage option
 
 ``examples/data/aloeL.jpg`` with ``aloeGT.png`` (8-bit disparity, 0 = unknown, 1282x1110). Depth is ``1 /
 disparity`` up to scale, scaled so its median is 1.5 (relative scale only: MAE is in those units), both resized to
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--checkpoint", default=None, help="a checkpoint to add (default: the embedded default, if any)")
     p.add_argument("--stages", default="complete,sharpen")
+    p.add_argument("--option", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="a stage option for the checkpoint's rows, over its manifest's (repeatable; as `depthkit run "
+                        "--option`); the rows' names list them")
     p.add_argument("--points", type=int, default=500, help="random points per seed (without --patterns)")
     p.add_argument("--patterns", default=None, help="comma-separated names of benchmarks/accuracy.py's "
                    "SYNTHETIC_PATTERNS, or 'all'")
@@ -127,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     import numpy as np
+    from accuracy import option_label
 
     from depthkit import Pipeline
     from depthkit.checkpoints import CheckpointRef
+    from depthkit.cli import parse_stage_options
     from depthkit.data.sparse import make_sparse, sample_random_points
     from depthkit.data.synthetic import intrinsics_from_fov
     from depthkit.metrics import dbe_metrics, depth_metrics
@@ -145,15 +151,31 @@ def main(argv: list[str] | None = None) -> int:
     intrinsics = intrinsics_from_fov(*depth.shape, 60.0)
     ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()
     methods = {"nearest": Pipeline(method="nearest"), "guided": Pipeline(method="guided")}
-    if ref is not None:
-        stages = [s for s in args.stages.split(",") if s in ref.stages or s == "complete"]
-        methods[f"{ref.root.name}: complete"] = Pipeline(stages=("complete",), checkpoint=ref)
-        settings = ref.root / "complete" / "complete.json"
-        if settings.is_file() and json.loads(settings.read_text()).get("refiner"):
-            methods[f"{ref.root.name}: complete, refiner as trained"] = Pipeline(
-                stages=("complete",), checkpoint=ref, stage_options={"complete": {"refine_check": False}})
-        if "sharpen" in stages:
-            methods[f"{ref.root.name}: complete + sharpen"] = Pipeline(stages=("complete", "sharpen"), checkpoint=ref)
+    try:
+        given = parse_stage_options(args.option)
+        if given and ref is None:
+            raise ValueError("--option applies to a checkpoint's rows, and there is none: give --checkpoint.")
+        if ref is not None:
+            stages = [s for s in args.stages.split(",") if s in ref.stages or s == "complete"]
+            unused = [s for s in given if s not in stages]
+            if unused:
+                raise ValueError(f"--option names the stage(s) {unused}, which this run does not run (--stages "
+                                 f"{','.join(stages)}).")
+            name = f"{ref.root.name}{option_label(args.option)}"
+
+            def pipe(run, complete_extra=None):  # the given options, and complete_extra over complete's
+                options = {s: dict(given.get(s, {})) for s in run}
+                options["complete"].update(complete_extra or {})
+                return Pipeline(stages=run, checkpoint=ref, stage_options={s: o for s, o in options.items() if o})
+
+            methods[f"{name}: complete"] = pipe(("complete",))
+            settings = ref.root / "complete" / "complete.json"
+            if settings.is_file() and json.loads(settings.read_text()).get("refiner"):
+                methods[f"{name}: complete, refiner as trained"] = pipe(("complete",), {"refine_check": False})
+            if "sharpen" in stages:
+                methods[f"{name}: complete + sharpen"] = pipe(("complete", "sharpen"))
+    except ValueError as err:
+        p.error(str(err))
     rows = {pattern: {name: [] for name in methods} for pattern in patterns}
     for pattern, spec in patterns.items():
         for seed in args.seeds[:1] if pattern in REAL_PATTERNS else args.seeds:  # a real map has no draw

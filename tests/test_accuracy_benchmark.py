@@ -333,3 +333,73 @@ def test_clutter_scores_the_scenes_with_plants(tmp_path, capsys):
     with pytest.raises(SystemExit):
         accuracy.main(["--clutter", "2", "--no-synthetic", "--out", str(tmp_path / "bad")])
     assert "--no-synthetic leaves out" in capsys.readouterr().err
+
+
+def _default_with(tmp_path, **complete) -> Path:
+    """A copy of checkpoints/default whose manifest adds ``complete`` options."""
+    import shutil
+
+    ck = tmp_path / "with_manifest"
+    src = REPO / "checkpoints" / "default"
+    shutil.copytree(src, ck)
+    manifest = json.loads((src / "depthkit.json").read_text())
+    manifest["stages"]["complete"].update(complete)
+    (ck / "depthkit.json").write_text(json.dumps(manifest))
+    return ck
+
+
+def test_a_stage_option_is_the_checkpoint_with_that_option_in_its_manifest(tmp_path, capsys):
+    """``--option complete.occlusion_fill=right`` on the default scores what a copy of it with ``right`` in its
+    manifest scores (the manifest's other options kept), differs from the default as shipped on a stereo frame, and
+    names itself in the row; options for a stage nothing runs, malformed ones, and options without a checkpoint are
+    refused."""
+    base = ["--patterns", "stereo", "--limit", "1", "--methods", "none", "--stages", "complete", "--quiet"]
+    default = str(REPO / "checkpoints" / "default")
+
+    def mae(*extra, out):
+        assert accuracy.main([*base, *extra, "--out", str(tmp_path / out)]) == 0
+        (method,) = json.loads((tmp_path / out / "accuracy.json").read_text())["datasets"][0]["methods"]
+        return method["method"], method["mean"]["mae"]
+
+    name, told = mae("--checkpoint", default, "--option", "complete.occlusion_fill=right", out="a")
+    assert name == "default [complete.occlusion_fill=right]: complete"
+    assert mae("--checkpoint", str(_default_with(tmp_path, occlusion_fill="right")), out="b")[1] == told
+    assert mae("--checkpoint", default, out="c")[1] != pytest.approx(told, rel=1e-4)
+    for argv, words in (
+            (["--checkpoint", default, "--option", "sharpen.keep_placed=false"], "no evaluated checkpoint runs"),
+            (["--checkpoint", default, "--option", "occlusion_fill"], "must look like STAGE.KEY=VALUE"),
+            (["--methods", "guided", "--option", "complete.hole_fill=null"], "options apply to checkpoints only")):
+        assert accuracy.main([*base, *argv, "--out", str(tmp_path / "x")]) == 2
+        assert words in capsys.readouterr().err
+
+
+def test_real_frame_takes_stage_options_for_the_checkpoints_rows(tmp_path, capsys):
+    """``--option complete.fill=anchors`` gives the checkpoint's rows the numbers of a copy with ``fill: anchors``
+    in its manifest, names itself in them, and keeps the "refiner as trained" row's own option on top."""
+    import cv2
+
+    real_frame = _load_script("real_frame")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "aloeL.jpg"), cv2.GaussianBlur(rng.integers(0, 256, (1110, 1282, 3)).astype(np.uint8),
+                                                              (9, 9), 0))
+    disparity = np.full((1110, 1282), 100, np.uint8)
+    disparity[300:800, 400:900] = 200
+    cv2.imwrite(str(tmp_path / "aloeGT.png"), disparity)
+
+    def rows(*extra, out):
+        argv = ["--data", str(tmp_path), "--patterns", "random500", "--seeds", "0", "--stages", "complete",
+                "--out", str(tmp_path / out), *extra]
+        assert real_frame.main(argv) == 0
+        return json.loads((tmp_path / out / "real_frame.json").read_text())["mean"]["random500"]
+
+    told = rows("--option", "complete.fill=anchors", out="a")
+    copy = rows("--checkpoint", str(_default_with(tmp_path, fill="anchors")), out="b")
+    shipped = rows(out="c")
+    assert told["default [complete.fill=anchors]: complete"] == copy["with_manifest: complete"]
+    assert (told["default [complete.fill=anchors]: complete, refiner as trained"]
+            == copy["with_manifest: complete, refiner as trained"])
+    assert told["default [complete.fill=anchors]: complete"] != shipped["default: complete"]
+    with pytest.raises(SystemExit):
+        real_frame.main(["--data", str(tmp_path), "--stages", "complete", "--option", "sharpen.keep_placed=false",
+                         "--out", str(tmp_path / "x")])
+    assert "['sharpen'], which this run does not run" in capsys.readouterr().err
