@@ -77,7 +77,8 @@ def code_identity(parts=METRIC_CODE, root: Path | None = None) -> str:
 
 class MetricCache:
     """Metric depth per input, computed once by ``source`` and kept as ``<root>/<name>_<digest>.npy`` (atomic
-    writes; ``root`` a path or str); ``root=None`` disables the cache.
+    writes; ``root`` a path or str), with the pixels a completer placed by rule beside it (:meth:`with_placed`);
+    ``root=None`` disables the cache.
 
     The file is keyed by the sample's name *and* a digest of its image, its sparse map, the source's ``identity``
     (for a completer checkpoint: its files and options) and ``code`` (default: :func:`code_identity` of
