@@ -20,6 +20,7 @@ import numpy as np
 
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
+from depthkit.orientation import ORIENTATIONS, exif_orientation, image_size, upright  # noqa: F401  (public)
 from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale, keeps_every_pixel  # noqa: F401  (PNG_SCALES: public)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -79,36 +80,6 @@ def read_image(path) -> np.ndarray:
     return np.ascontiguousarray(apply_exif_orientation(img, path))
 
 
-_EXIF_ORIENTATION = 0x0112
-_ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
-                 6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
-
-
-def exif_orientation(path) -> int:
-    """The EXIF orientation tag (1-8; 1 = upright) of an image file, 1 when it has none."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            value = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # not readable by PIL (cv2 decoded it): no EXIF to honour
-        return 1
-    return int(value) if value in _ORIENTATIONS else 1
-
-
-def image_size(path) -> tuple[int, int] | None:
-    """The size (H, W) :func:`read_image` gives ``path``, read from the file's header (EXIF orientation applied, so a
-    sideways-stored photo reads upright), without decoding it; None when the header cannot be read that way."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # not readable by PIL: read_image decides
-        return None
-    return (w, h) if exif_orientation(path) in (5, 6, 7, 8) else (h, w)
-
-
 def apply_exif_orientation(img: np.ndarray, path) -> np.ndarray:
     """Rotate/flip HxWxC ``img`` (decoded from ``path``) upright per its EXIF orientation, warning when it does.
 
@@ -118,13 +89,10 @@ def apply_exif_orientation(img: np.ndarray, path) -> np.ndarray:
     tag = exif_orientation(path)
     if tag == 1:
         return img
-    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
-           8: lambda a: np.rot90(a, 1)}
-    out = ops[tag](img)
+    out = upright(img, tag)
     import warnings
 
-    warnings.warn(f"{Path(path).name}: applied its EXIF orientation {tag} ({_ORIENTATIONS[tag]}); the image is read as "
+    warnings.warn(f"{Path(path).name}: applied its EXIF orientation {tag} ({ORIENTATIONS[tag]}); the image is read as "
                   f"{out.shape[0]}x{out.shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
                   DepthkitWarning, stacklevel=3)
     return out
