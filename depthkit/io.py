@@ -20,7 +20,13 @@ import numpy as np
 
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
-from depthkit.orientation import ORIENTATIONS, exif_orientation, image_size, upright  # noqa: F401  (public)
+from depthkit.orientation import (  # noqa: F401  (exif_orientation, image_size: public)
+    ORIENTATIONS,
+    decode_tagged_tiff,
+    exif_orientation,
+    image_size,
+    upright,
+)
 from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale, keeps_every_pixel  # noqa: F401  (PNG_SCALES: public)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -61,8 +67,10 @@ def read_image(path) -> np.ndarray:
             f"unsupported image file {path.name!r}: allowed suffixes are {', '.join(IMAGE_SUFFIXES)}. "
             "Convert the image to PNG or JPEG."
         )
+    tag = exif_orientation(path)
+    tagged_tiff = tag != 1 and path.suffix.lower() in (".tif", ".tiff")  # decoded upright (orientation.py)
     cv2 = _cv2()
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = decode_tagged_tiff(path, tag) if tagged_tiff else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f"could not decode image {path}: the file is empty, truncated or not an image.")
     if img.dtype == np.uint16:
@@ -77,6 +85,9 @@ def read_image(path) -> np.ndarray:
         img = img[:, :, ::-1]
     else:
         raise ValueError(f"image {path} has {img.shape[2]} channels; expected 1, 3 or 4.")
+    if tagged_tiff:
+        _say_oriented(path, tag, img.shape, stacklevel=3)
+        return np.ascontiguousarray(img)
     return np.ascontiguousarray(apply_exif_orientation(img, path))
 
 
@@ -90,12 +101,16 @@ def apply_exif_orientation(img: np.ndarray, path) -> np.ndarray:
     if tag == 1:
         return img
     out = upright(img, tag)
+    _say_oriented(path, tag, out.shape, stacklevel=4)
+    return out
+
+
+def _say_oriented(path, tag: int, shape, stacklevel: int) -> None:
     import warnings
 
     warnings.warn(f"{Path(path).name}: applied its EXIF orientation {tag} ({ORIENTATIONS[tag]}); the image is read as "
-                  f"{out.shape[0]}x{out.shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
-                  DepthkitWarning, stacklevel=3)
-    return out
+                  f"{shape[0]}x{shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
+                  DepthkitWarning, stacklevel=stacklevel)
 
 
 def _not_a_file(path: Path) -> str:

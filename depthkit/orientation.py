@@ -7,13 +7,20 @@ loads).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-__all__ = ["ORIENTATIONS", "exif_orientation", "image_size", "upright"]
+__all__ = ["ORIENTATIONS", "decode_tagged_tiff", "exif_orientation", "image_size", "upright"]
 
 _EXIF_ORIENTATION = 0x0112
 ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
                 6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
+
+
+def _tag(im) -> int:
+    value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    return int(value) if value in ORIENTATIONS else 1
 
 
 def exif_orientation(path) -> int:
@@ -22,28 +29,62 @@ def exif_orientation(path) -> int:
 
     try:
         with Image.open(path) as im:
-            value = im.getexif().get(_EXIF_ORIENTATION, 1)
+            return _tag(im)
     except Exception:  # not readable by PIL (cv2 decoded it): no EXIF to honour
         return 1
-    return int(value) if value in ORIENTATIONS else 1
 
 
 def image_size(path) -> tuple[int, int] | None:
-    """The size (H, W) :func:`depthkit.io.read_image` gives ``path``, read from the file's header (EXIF orientation applied, so a
-    sideways-stored photo reads upright), without decoding it; None when the header cannot be read that way."""
+    """The size (H, W) :func:`depthkit.io.read_image` gives ``path``, read from the file's header (EXIF orientation
+    applied, so a sideways-stored photo reads upright), without decoding it; None when the header cannot be read that
+    way, and for a TIFF with an orientation tag (Pillow versions differ on whether its size is given upright)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            w, h = im.size
+            (w, h), tag, tiff = im.size, _tag(im), im.format == "TIFF"
     except Exception:  # not readable by PIL: read_image decides
         return None
-    return (w, h) if exif_orientation(path) in (5, 6, 7, 8) else (h, w)
+    if tiff and tag != 1:
+        return None
+    return (w, h) if tag in (5, 6, 7, 8) else (h, w)
 
 
 def upright(img: np.ndarray, tag: int) -> np.ndarray:
-    """HxWxC ``img`` as stored, rotated/flipped upright per EXIF orientation ``tag`` (1-8; 1 returns it as is)."""
+    """``img`` (HxW or HxWxC) as stored, rotated/flipped upright per EXIF orientation ``tag`` (1-8; 1 returns it as
+    is)."""
     ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
-           8: lambda a: np.rot90(a, 1)}
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: np.swapaxes(np.rot90(a, 2), 0, 1), 8: lambda a: np.rot90(a, 1)}
     return ops[tag](img) if tag in ops else img
+
+
+def decode_tagged_tiff(path, tag: int) -> np.ndarray | None:
+    """A TIFF whose orientation ``tag`` is not 1, decoded upright in OpenCV's layout (HxW grey, or HxWx3 / HxWx4 in
+    BGR(A) order; uint8 or uint16); None when Pillow cannot decode it.
+
+    OpenCV turns a TIFF's orientation itself for some tags and cannot decode the others, so Pillow decodes these
+    files. A Pillow that turns the image while loading drops the tag, and one that does not leaves it, which
+    :func:`upright` then applies. Pillow 13 turns an RGB TIFF right for every tag but gives grey, RGBA and 16-bit ones
+    with tags 5-8 the stored size: such a file is refused (``ValueError`` saying what to do), never returned sideways.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            stored = (int(im.tag_v2[257]), int(im.tag_v2[256]))  # ImageLength, ImageWidth: H, W as stored
+            im.load()
+            left, mode = _tag(im), im.mode
+            a = np.asarray(im)
+    except Exception:
+        return None
+    if left == tag:
+        a = upright(a, tag)
+    if a.shape[:2] != (stored if tag in (2, 3, 4) else stored[::-1]):
+        raise ValueError(f"TIFF {Path(path).name} is stored {ORIENTATIONS[tag]} (EXIF orientation {tag}), in mode "
+                         f"{mode}, and could not be decoded upright here (Pillow turns only RGB TIFFs of this "
+                         "orientation reliably). Save it upright (e.g. as PNG, with the rotation applied), then "
+                         "run again.")
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        a = a[..., [2, 1, 0, 3][:a.shape[2]]]
+    return np.ascontiguousarray(a)

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import cv2
 import numpy as np
@@ -341,3 +342,37 @@ def test_float_depth_no_unit_explains_is_said_as_not_depth():
     for median in (2500.0, 1.0e6):
         with pytest.warns(io.UnitWarning, match="looks like millimetres"):
             io.depth_to_metres(np.full((3, 3), median, np.float32))
+
+
+@pytest.mark.parametrize("tag", [3, 6, 8])
+def test_a_tiff_with_an_orientation_tag_is_read_upright(tmp_path, tag, monkeypatch):
+    """OpenCV turns some TIFF orientations itself and cannot decode the others; either way read_image gives the
+    upright image (computed here by numpy from the stored one) and says so, like any EXIF-tagged photo; its header
+    size is not trusted for the folder check (None), an untagged TIFF's is."""
+    from PIL import Image
+
+    stored = np.random.default_rng(tag).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(tmp_path / "t.tif", tiffinfo={0x0112: tag})
+    expected = {3: stored[::-1, ::-1], 6: np.rot90(stored, -1), 8: np.rot90(stored, 1)}[tag]
+    with pytest.warns(io.DepthkitWarning, match=f"EXIF orientation {tag}"):
+        np.testing.assert_array_equal(io.read_image(tmp_path / "t.tif"), expected)
+    assert io.image_size(tmp_path / "t.tif") is None
+    Image.fromarray(stored).save(tmp_path / "plain.tif")
+    assert io.image_size(tmp_path / "plain.tif") == (20, 30) == io.read_image(tmp_path / "plain.tif").shape[:2]
+    grey = stored[..., 0]
+    Image.fromarray(grey).save(tmp_path / "g.tif", tiffinfo={0x0112: tag})
+    try:  # a grey one reads upright, or (stored sideways: Pillow 13 gives it the stored size) is refused
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            got = io.read_image(tmp_path / "g.tif")[..., 1]
+    except ValueError as err:
+        assert tag != 3 and "could not be decoded upright here" in str(err) and "Save it upright" in str(err)
+    else:
+        np.testing.assert_array_equal(got, {3: grey[::-1, ::-1], 6: np.rot90(grey, -1), 8: np.rot90(grey, 1)}[tag])
+        assert any(f"EXIF orientation {tag}" in str(w.message) for w in said)
+    if tag == 3:  # a Pillow that leaves the pixels as stored (and the tag in place) while loading: turned here
+        import PIL.ImageOps
+
+        monkeypatch.setattr(PIL.ImageOps, "exif_transpose", lambda im, in_place=False: None if in_place else im)
+        with pytest.warns(io.DepthkitWarning):
+            np.testing.assert_array_equal(io.read_image(tmp_path / "t.tif"), expected)
