@@ -104,6 +104,9 @@ def test_run_limits_gives_what_the_pipeline_gives(tiny_ck):
     own = stage.run_limits(image, sparse, completion, {"as shipped": {}})["as shipped"]
     np.testing.assert_array_equal(own[~placed], kept.depth[~placed])
     assert np.abs(own[placed] - completion[placed]).max() > 0.1
+    free, off, _ = _run(tiny_ck, False)  # a stage without keep_placed ignores the mask, as the Pipeline does
+    got = off.stages[1].run_limits(image, sparse, completion, {"as shipped": {}}, placed=placed)["as shipped"]
+    np.testing.assert_array_equal(got, free.depth)
     for bad in (placed[:, 1:], placed.astype(np.float32)):
         with pytest.raises(ValueError, match="placed must be an HxW bool mask the size of depth"):
             stage.run_limits(image, sparse, completion, {"as shipped": {}}, placed=bad)
@@ -127,7 +130,54 @@ def test_the_metric_cache_keeps_the_placed_pixels_of_a_completion(tiny_ck, tmp_p
         assert placed.dtype == bool and placed.sum() > 50
         np.testing.assert_array_equal(cache(image, sparse, "frame"), depth)
     assert len(list(tmp_path.glob("frame_*.placed.npz"))) == 1 and len(list(tmp_path.glob("frame_*.npy"))) == 1
-    plain = MetricCache(lambda image, sparse, name: np.ones(image.shape[:2], np.float32), tmp_path / "plain")
-    for _ in range(2):
-        depth, placed = plain.with_placed(image, sparse, "frame")
-        assert placed is None and depth.shape == image.shape[:2]
+    calls = []
+
+    def plain(image, sparse, name):
+        calls.append(name)
+        return np.ones(image.shape[:2], np.float32)
+
+    plain_cache = MetricCache(plain, tmp_path / "plain")
+    for _ in range(2):  # computed once: its record says "no mask"
+        depth, placed = plain_cache.with_placed(image, sparse, "frame")
+        assert placed is None and depth.shape == image.shape[:2] and len(calls) == 1
+
+
+def test_a_cached_depth_without_a_sound_placed_record_is_computed_again(tiny_ck, tmp_path):
+    """A depth is served only with its placed record: a record that is missing, cut short, of another size or not a
+    bool mask makes the entry a miss (computed again and rewritten), never a depth served without its mask."""
+    from depthkit.sharpen.teachers import build_metric_source
+    from depthkit.sharpen.train import MetricCache
+
+    image, sparse = _stereo_frame()
+    source = build_metric_source("complete:sdim", checkpoint=str(tiny_ck), occlusion_fill="auto", hole_fill=None,
+                                 query_budget=4)
+    runs = []
+    source.predict_placed = (lambda f: lambda *a: (runs.append(1), f(*a))[1])(source.predict_placed)
+    cache = MetricCache(source, tmp_path)
+    _, placed = cache.with_placed(image, sparse, "frame")
+    (record,) = tmp_path.glob("frame_*.placed.npz")
+    damages = (lambda: record.unlink(), lambda: record.write_bytes(record.read_bytes()[:40]),
+               lambda: np.savez(record, placed=np.ones((3, 3), bool), none=False),
+               lambda: np.savez(record, placed=placed.astype(np.float32), none=False))
+    for i, damage in enumerate(damages):
+        damage()
+        _, again = cache.with_placed(image, sparse, "frame")
+        np.testing.assert_array_equal(again, placed)
+        assert len(runs) == i + 2
+    cache.with_placed(image, sparse, "frame")
+    assert len(runs) == len(damages) + 1  # sound again: served
+
+
+def test_a_source_reporting_a_mask_of_another_size_or_kind_is_refused():
+    from depthkit.sharpen.teachers import MetricSource
+
+    image, sparse = _stereo_frame()
+    for bad in (np.ones((3, 3), bool), np.ones(image.shape[:2], np.float32)):
+        class Source(MetricSource):
+            name = "a source with rules"
+
+            def predict_placed(self, image, sparse, name, bad=bad):
+                return np.ones(image.shape[:2], np.float32), bad
+
+        with pytest.raises(ValueError, match="must be an HxW bool mask the size of the image"):
+            Source().with_placed(image, sparse, "frame")

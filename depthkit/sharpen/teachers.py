@@ -100,7 +100,12 @@ class MetricSource:
                              "has none. Give a dataset with sparse input (synthetic, hypersim, vkitti2 draw it from "
                              "GT), a sparse_dir for image folders, or another metric source.")
         depth, placed = self.predict_placed(image, sparse, name)
-        return check_metric(depth, image.shape[:2], self.name), None if placed is None else np.asarray(placed, bool)
+        if placed is not None:
+            placed = np.asarray(placed)
+            if placed.shape != image.shape[:2] or placed.dtype != bool:
+                raise ValueError(f"metric source {self.name} reported placed pixels as {placed.dtype} {placed.shape}; "
+                                 f"they must be an HxW bool mask the size of the image {image.shape[:2]}.")
+        return check_metric(depth, image.shape[:2], self.name), placed
 
     def __call__(self, image: np.ndarray, sparse: np.ndarray | None = None, name: str | None = None) -> np.ndarray:
         return self.with_placed(image, sparse, name)[0]

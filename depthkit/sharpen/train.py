@@ -114,7 +114,8 @@ class MetricCache:
                     name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """``(depth, placed)``: the metric depth and, for a source that reports them (its ``with_placed``: the
         complete stage's source), the pixels it placed by rule (HxW bool; else None), kept beside the depth as
-        ``<name>_<digest>.placed.npz``."""
+        ``<name>_<digest>.placed.npz`` (written first; a depth whose record is missing, unreadable or not a mask of
+        its size is computed again)."""
         def compute(*args):
             with_placed = getattr(self.source, "with_placed", None)
             return with_placed(*args) if with_placed is not None else (self.source(*args), None)  # a plain callable
@@ -126,20 +127,35 @@ class MetricCache:
         if path.is_file():
             depth = np.load(path, allow_pickle=False)
             if depth.shape == image.shape[:2]:
-                if not placed_path.is_file():
-                    return depth, None
-                with np.load(placed_path, allow_pickle=False) as stored:
-                    return depth, stored["placed"]
+                found = _read_placed(placed_path, depth.shape)
+                if found is not _MISSING:
+                    return depth, found
         depth, placed = compute(image, sparse, name)
         self.root.mkdir(parents=True, exist_ok=True)
-        if placed is not None:  # first: a depth file found means its mask was written
-            tmp = placed_path.with_name(f".tmp_{placed_path.name}")  # ends in .npz, so numpy keeps the name
-            np.savez_compressed(tmp, placed=placed)
-            tmp.replace(placed_path)
+        # the mask's record first (an empty one for a source without rules): a depth is served only with its record
+        tmp = placed_path.with_name(f".tmp_{placed_path.name}")  # ends in .npz, so numpy keeps the name
+        np.savez_compressed(tmp, placed=np.zeros(0, bool) if placed is None else placed, none=placed is None)
+        tmp.replace(placed_path)
         tmp = path.with_name(f".tmp_{path.name}")  # ends in .npy, so np.save keeps the name
         np.save(tmp, depth.astype(np.float32))
         tmp.replace(path)
         return depth, placed
+
+
+_MISSING = object()
+
+
+def _read_placed(path: Path, shape: tuple[int, int]):
+    """A cached placed-mask record: the HxW bool mask, None (the source has no rules), or ``_MISSING`` when the file
+    is absent, unreadable, or not a bool mask of ``shape`` (then the entry is computed again)."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if bool(stored["none"]):
+                return None
+            placed = stored["placed"]
+    except Exception:  # absent, truncated, or not written by this cache
+        return _MISSING
+    return placed if placed.dtype == bool and placed.shape == tuple(shape) else _MISSING
 
 
 def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int) -> dict:
