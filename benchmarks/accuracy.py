@@ -218,7 +218,6 @@ def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: st
     """One entry per stage list to evaluate checkpoint ``spec`` with (see ``--stages``), each with the stage options
     of ``options`` (``--option`` texts) for the stages it runs, named in its label."""
     from depthkit.checkpoints import CheckpointRef
-    from depthkit.cli import parse_stage_options
     from depthkit.stages import STAGE_ORDER
 
     checkpoint = CheckpointRef.open(spec)
@@ -235,28 +234,51 @@ def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: st
             raise ValueError(f"--stages {stages!r}: checkpoint {spec} provides {provided}; it has no {missing} "
                              "stage(s). Choose stages it provides (complete may always be run classically).")
         learned = [s if s in provided else f"{base_method} (classical)" for s in names]
-        given = [o for o in options if o.partition(".")[0] in names]
-        entries.append({"label": f"{Path(str(spec)).name}{option_label(given)}: " + " + ".join(learned),
+        label, given = row_options(options, names)
+        if "complete" in given and "complete" not in provided:
+            raise ValueError(f"--option {', '.join(o for o in options if o.startswith('complete.'))}: checkpoint "
+                             f"{spec} has no complete stage (its rows complete with the classical --base-method "
+                             f"{base_method}, which takes no options); drop the complete option or give a checkpoint "
+                             "with a complete stage.")
+        entries.append({"label": f"{Path(str(spec)).name}{label}: " + " + ".join(learned),
                         "kind": "checkpoint", "method": None if "complete" in provided else base_method,
-                        "stages": ",".join(names), "checkpoint": str(checkpoint.root),
-                        "options": parse_stage_options(given)})
+                        "stages": ",".join(names), "checkpoint": str(checkpoint.root), "options": given})
     return entries
 
 
-def option_label(options) -> str:
-    """The ``--option`` texts as a row name's part: `` [complete.occlusion_fill=left, ...]`` (empty without)."""
-    return f" [{', '.join(options)}]" if options else ""
-
-
-def check_options(options: list[str], entries: list[dict]) -> None:
-    """ValueError unless every ``--option`` is well formed and names a stage some evaluated checkpoint runs."""
+def parse_options(texts) -> dict[str, dict]:
+    """``--option`` texts → ``{stage: {key: value}}`` (values YAML, as ``depthkit run --option``); ValueError for a
+    malformed text or a STAGE.KEY given twice (a row's name lists what it ran with, so it must not say both)."""
     from depthkit.cli import parse_stage_options
 
+    keys = [t.partition("=")[0].strip() for t in texts]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"--option gives {', '.join(twice)} more than once; give each STAGE.KEY once.")
+    return parse_stage_options(texts)
+
+
+def row_options(texts, stages) -> tuple[str, dict[str, dict]]:
+    """The ``--option`` texts for a row that runs ``stages``: its name's part (`` [complete.occlusion_fill=left]``,
+    empty without) and its stage options."""
+    given = [t for t in texts if t.partition(".")[0] in stages]
+    return (f" [{', '.join(given)}]" if given else ""), parse_options(given)
+
+
+def check_options(options: list[str], entries: list[dict], device: str, dtype: str) -> None:
+    """ValueError unless every ``--option`` is well formed, given once and names a stage some evaluated checkpoint
+    runs, and every row with options builds (a value its stage refuses fails here, before any image is scored)."""
     run = {s for e in entries if e["kind"] == "checkpoint" for s in e["stages"].split(",")}
-    unused = [stage for stage in parse_stage_options(options) if stage not in run]
+    unused = [stage for stage in parse_options(options) if stage not in run]
     if unused:
         raise ValueError(f"--option names the stage(s) {unused}, which no evaluated checkpoint runs (stages run: "
                          f"{sorted(run) or 'none: give --checkpoint'}); options apply to checkpoints only.")
+    for entry in entries:
+        if entry.get("options"):
+            try:
+                build_pipeline(entry, device, dtype)
+            except ValueError as exc:
+                raise ValueError(f"--option for the row {entry['label']!r}: {exc}") from None
 
 
 def build_pipeline(entry: dict, device: str, dtype: str):
@@ -519,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             entries += checkpoint_entries(spec, args.stages, args.base_method, args.option)
         if not entries:
             parser.error("nothing to evaluate: --methods none and no --checkpoint")
-        check_options(args.option, entries)
+        check_options(args.option, entries, args.device, args.dtype)
         tmp = None
         if args.work_dir is None:
             tmp = Path(tempfile.mkdtemp(prefix="depthkit_accuracy_"))

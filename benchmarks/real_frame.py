@@ -115,6 +115,45 @@ def frame_patterns(text: str) -> dict:
             for name in [*synthetic, *(n for n in names if n in REAL_PATTERNS)]}
 
 
+def checkpoint_rows(ref, stages: str, options: list[str]) -> dict:
+    """The rows of checkpoint ``ref`` (a :class:`~depthkit.checkpoints.CheckpointRef`, or None: no rows) run with
+    ``stages`` (``--stages``) and ``options`` (``--option`` texts, each row taking those of the stages it runs, named
+    in it): ``{name: Pipeline}`` — complete; when its completer has a dense refiner, the refiner as trained
+    (``refine_check`` false; left out when an option sets ``refine_check``); complete + sharpen when asked and
+    present. ValueError for options without a checkpoint, for a stage not run, or malformed or repeated ones."""
+    from accuracy import parse_options, row_options
+
+    from depthkit import Pipeline
+
+    given = parse_options(options)
+    if given and ref is None:
+        raise ValueError("--option applies to a checkpoint's rows, and there is none: give --checkpoint.")
+    if ref is None:
+        return {}
+    run_stages = [s for s in stages.split(",") if s in ref.stages or s == "complete"]
+    unused = [s for s in given if s not in run_stages]
+    if unused:
+        raise ValueError(f"--option names the stage(s) {unused}, which this run does not run (--stages "
+                         f"{','.join(run_stages)}).")
+    rows = {}
+
+    def add(row, run, complete_extra=None):  # the row's --options, and complete_extra over complete's
+        label, chosen = row_options(options, run)
+        chosen = {s: dict(chosen.get(s, {})) for s in run}
+        chosen["complete"].update(complete_extra or {})
+        rows[f"{ref.root.name}{label}: {row}"] = Pipeline(stages=run, checkpoint=ref,
+                                                          stage_options={s: o for s, o in chosen.items() if o})
+
+    add("complete", ("complete",))
+    settings = ref.root / "complete" / "complete.json"
+    if (settings.is_file() and json.loads(settings.read_text()).get("refiner")
+            and "refine_check" not in given.get("complete", {})):
+        add("complete, refiner as trained", ("complete",), {"refine_check": False})
+    if "sharpen" in run_stages:
+        add("complete + sharpen", ("complete", "sharpen"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Real-frame development check on Middlebury Aloe (opencv-doc).")
     p.add_argument("--data", type=Path, default=DATA)
@@ -131,11 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     import numpy as np
-    from accuracy import option_label
 
     from depthkit import Pipeline
     from depthkit.checkpoints import CheckpointRef
-    from depthkit.cli import parse_stage_options
     from depthkit.data.sparse import make_sparse, sample_random_points
     from depthkit.data.synthetic import intrinsics_from_fov
     from depthkit.metrics import dbe_metrics, depth_metrics
@@ -152,28 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()
     methods = {"nearest": Pipeline(method="nearest"), "guided": Pipeline(method="guided")}
     try:
-        given = parse_stage_options(args.option)
-        if given and ref is None:
-            raise ValueError("--option applies to a checkpoint's rows, and there is none: give --checkpoint.")
-        if ref is not None:
-            stages = [s for s in args.stages.split(",") if s in ref.stages or s == "complete"]
-            unused = [s for s in given if s not in stages]
-            if unused:
-                raise ValueError(f"--option names the stage(s) {unused}, which this run does not run (--stages "
-                                 f"{','.join(stages)}).")
-            name = f"{ref.root.name}{option_label(args.option)}"
-
-            def pipe(run, complete_extra=None):  # the given options, and complete_extra over complete's
-                options = {s: dict(given.get(s, {})) for s in run}
-                options["complete"].update(complete_extra or {})
-                return Pipeline(stages=run, checkpoint=ref, stage_options={s: o for s, o in options.items() if o})
-
-            methods[f"{name}: complete"] = pipe(("complete",))
-            settings = ref.root / "complete" / "complete.json"
-            if settings.is_file() and json.loads(settings.read_text()).get("refiner"):
-                methods[f"{name}: complete, refiner as trained"] = pipe(("complete",), {"refine_check": False})
-            if "sharpen" in stages:
-                methods[f"{name}: complete + sharpen"] = pipe(("complete", "sharpen"))
+        methods.update(checkpoint_rows(ref, args.stages, args.option))
     except ValueError as err:
         p.error(str(err))
     rows = {pattern: {name: [] for name in methods} for pattern in patterns}

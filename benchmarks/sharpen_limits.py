@@ -20,7 +20,8 @@ accuracy (px):
 - ``Lotus, affine to GT``: the pass-1 Lotus map with the least-squares scale and shift to the GT (an oracle
   alignment): how good Lotus's shape and edges are, the teacher a label-free sharpener learns its edges from;
 - ``sharpened``: the sharpener's output as the pipeline's sharpen stage runs it (the stored switches and the
-  manifest's run-time options; measured pixels restored);
+  manifest's run-time options; measured pixels restored), except ``keep_placed``: in a Pipeline the pixels the
+  completion's fills placed in a dense frame also keep their depth (``benchmarks/sharpen_switches.py`` applies it);
 - ``sharpened, no limits``: the same pass before the run-time limits of :mod:`depthkit.sharpen.limits` (band,
   range, distance weights; measured pixels restored): what the limits take away or add;
 - ``GT under the limits``: the GT put through the same limits in place of the sharpener's output (measured pixels

@@ -20,7 +20,7 @@ switches); an empty object (``--variant 'shipped={}'``) measures the checkpoint 
 session 19 with its ``keep_placed``: the pixels the completion's fills placed keep their depth). Variants
 whose overrides differ only in the run-time limits
 (:data:`~depthkit.sharpen.limits.LIMIT_FIELDS`) share one UNet pass per scene
-(:meth:`~depthkit.sharpen.stage.SharpenStage.run_limits`, equal to the stage's own output for each).
+(:meth:`~depthkit.sharpen.stage.SharpenStage.run_limits`, equal to the Pipeline's output for each).
 
 The val split is the one to choose on: the test split is kept for ``benchmarks/accuracy.py``. For each variant and
 pattern: MAE (m) of input and output with the change in per cent, and DBE accuracy (px) of both; the goal of the

@@ -164,9 +164,10 @@ def _check_intrinsics_size(intrinsics, size: tuple[int, int] | None, shape: tupl
 
 
 def _check_folder_intrinsics_size(intrinsics, size: tuple[int, int], pairs, source) -> None:
-    """Refuse a folder run none of whose images has the size the intrinsics file gives (read from their headers):
-    every point cloud would fail, so say it before the models load, with :func:`_check_intrinsics_size`'s advice
-    for the first image. Folders where some images match run, and the others fail one by one."""
+    """Refuse a folder run none of whose images (``pairs`` left to run) has the size the intrinsics file gives, read
+    from their headers: every point cloud would fail, so say it before the models load, with
+    :func:`_check_intrinsics_size`'s advice for the first image. Folders where some images match run, and the others
+    fail one by one; so do folders with an image whose size the header does not tell (it may match)."""
     from depthkit.io import image_size
 
     sizes = [image_size(image) for image, _ in pairs]
@@ -237,8 +238,6 @@ def run_command(args, parser, build_pipeline) -> int:
             failures.append((name, why))
             print(f"depthkit run: {name}: {why}", file=sys.stderr)
         pairs = [p for p in pairs if p[1] is not None]
-        if args.ply and intrinsics_size is not None and pairs:  # before any model loads
-            _check_folder_intrinsics_size(intrinsics, intrinsics_size, pairs, args.intrinsics)
 
     outputs = {pair: [p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply)] for pair in pairs}
     existing = [pair for pair in pairs if any(outputs[pair])]
@@ -256,6 +255,8 @@ def run_command(args, parser, build_pipeline) -> int:
         say(f"depthkit run: nothing to do; {len(failures)} input(s) failed" if failures else
             "depthkit run: nothing to do; every output already exists")
         return 1 if failures else 0
+    if not single and args.ply and intrinsics_size is not None:  # the images left to run, before any model loads
+        _check_folder_intrinsics_size(intrinsics, intrinsics_size, pairs, args.intrinsics)
 
     import warnings
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -368,9 +369,40 @@ def test_a_stage_option_is_the_checkpoint_with_that_option_in_its_manifest(tmp_p
     for argv, words in (
             (["--checkpoint", default, "--option", "sharpen.keep_placed=false"], "no evaluated checkpoint runs"),
             (["--checkpoint", default, "--option", "occlusion_fill"], "must look like STAGE.KEY=VALUE"),
-            (["--methods", "guided", "--option", "complete.hole_fill=null"], "options apply to checkpoints only")):
+            (["--methods", "guided", "--option", "complete.hole_fill=null"], "options apply to checkpoints only"),
+            (["--checkpoint", default, "--option", "complete.occlusion_fill=up"],  # refused before any image runs
+             "--option for the row 'default [complete.occlusion_fill=up]: complete': "),
+            (["--checkpoint", default, "--option", "complete.fill=anchors", "--option", "complete.fill=residual"],
+             "gives complete.fill more than once")):
         assert accuracy.main([*base, *argv, "--out", str(tmp_path / "x")]) == 2
         assert words in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    sharpen_only = tmp_path / "sharpen_only"  # its rows complete with guided: a complete option cannot apply
+    shutil.copytree(REPO / "checkpoints" / "default" / "sharpen", sharpen_only / "sharpen")
+    write_manifest(sharpen_only, {"sharpen": json.loads((REPO / "checkpoints" / "default" / "depthkit.json")
+                                                        .read_text())["stages"]["sharpen"]})
+    assert accuracy.main([*base[:-3], "--checkpoint", str(sharpen_only), "--option", "complete.hole_fill=null",
+                          "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "has no complete stage (its rows complete with the classical --base-method guided" in (
+        capsys.readouterr().err)
+
+
+def test_an_option_names_only_the_rows_that_run_its_stage(tmp_path):
+    """``sharpen.keep_placed=false`` with the rows complete and complete + sharpen: only the second takes it (and
+    says so); its sharpen stage runs without keep_placed, the first row is the default's completion."""
+    out = tmp_path / "o"
+    argv = ["--patterns", "stereo", "--limit", "1", "--methods", "none", "--checkpoint",
+            str(REPO / "checkpoints" / "default"), "--stages", "complete", "--stages", "complete,sharpen",
+            "--option", "sharpen.keep_placed=false", "--out", str(out), "--quiet"]
+    assert accuracy.main(argv) == 0
+    first, second = json.loads((out / "accuracy.json").read_text())["datasets"][0]["methods"]
+    assert first["method"] == "default: complete" and first["options"] == {}
+    assert second["method"] == "default [sharpen.keep_placed=false]: complete + sharpen"
+    assert second["options"] == {"sharpen": {"keep_placed": False}}
+    entries = accuracy.checkpoint_entries(str(REPO / "checkpoints" / "default"), ["complete", "complete,sharpen"],
+                                          "guided", ["sharpen.keep_placed=false"])
+    assert [e["options"] for e in entries] == [first["options"], second["options"]]
+    assert not accuracy.build_pipeline(entries[1], "cpu", "float32").stages[1].keep_placed
 
 
 def test_real_frame_takes_stage_options_for_the_checkpoints_rows(tmp_path, capsys):
@@ -399,6 +431,22 @@ def test_real_frame_takes_stage_options_for_the_checkpoints_rows(tmp_path, capsy
     assert (told["default [complete.fill=anchors]: complete, refiner as trained"]
             == copy["with_manifest: complete, refiner as trained"])
     assert told["default [complete.fill=anchors]: complete"] != shipped["default: complete"]
+    from depthkit.checkpoints import CheckpointRef
+
+    ref = CheckpointRef.open(str(REPO / "checkpoints" / "default"))
+    rows = real_frame.checkpoint_rows(ref, "complete,sharpen", ["complete.fill=anchors", "sharpen.keep_placed=false"])
+    assert list(rows) == ["default [complete.fill=anchors]: complete",
+                          "default [complete.fill=anchors]: complete, refiner as trained",
+                          "default [complete.fill=anchors, sharpen.keep_placed=false]: complete + sharpen"]
+    as_trained = rows["default [complete.fill=anchors]: complete, refiner as trained"].stages[0].options
+    assert as_trained["fill"] == "anchors" and as_trained["refine_check"] is False
+    both = rows["default [complete.fill=anchors, sharpen.keep_placed=false]: complete + sharpen"].stages
+    assert both[0].options["fill"] == "anchors" and both[0].options["refine_check"] is not False
+    assert not both[1].keep_placed
+    told_check = real_frame.checkpoint_rows(ref, "complete", ["complete.refine_check=true"])
+    assert list(told_check) == ["default [complete.refine_check=true]: complete"]  # no row contradicting it
+    with pytest.raises(ValueError, match="more than once"):
+        real_frame.checkpoint_rows(ref, "complete", ["complete.fill=anchors", "complete.fill=residual"])
     with pytest.raises(SystemExit):
         real_frame.main(["--data", str(tmp_path), "--stages", "complete", "--option", "sharpen.keep_placed=false",
                          "--out", str(tmp_path / "x")])

@@ -490,6 +490,14 @@ def test_a_folder_none_of_whose_images_fit_the_intrinsics_fails_before_any_model
     np.save(folder / "b_sparse.npy", big)
     assert main(argv) == 1  # a.png fails alone, b.png is written
     assert "a.png: failed: --intrinsics" in capsys.readouterr().err and (tmp_path / "o" / "b.ply").is_file()
+    with monkeypatch.context() as m:  # b.png done and kept: what is left to run (a.png) cannot fit
+        _no_pipeline(m)
+        assert main([*argv, "--skip-existing"]) == 2
+    assert "none of the 1 image(s) in --input-dir has the size" in capsys.readouterr().err
+    (folder / "b.png").write_bytes(b"not an image")  # a size no header tells: it may fit, so the run goes on
+    assert main([*argv, "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "a.png: failed: --intrinsics" in err and "b.png: failed: could not decode image" in err
 
 
 def test_depth_scale_with_float_sparse_is_said_not_silently_ignored(tmp_path, capsys):
