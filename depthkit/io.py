@@ -85,32 +85,14 @@ def read_image(path) -> np.ndarray:
         img = img[:, :, ::-1]
     else:
         raise ValueError(f"image {path} has {img.shape[2]} channels; expected 1, 3 or 4.")
-    if tagged_tiff:
-        _say_oriented(path, tag, img.shape, stacklevel=3)
-        return np.ascontiguousarray(img)
-    return np.ascontiguousarray(apply_exif_orientation(img, path))
+    if tag != 1:  # phones store pixels sideways plus a tag; viewers apply it, so a user's sparse map is upright
+        img = img if tagged_tiff else upright(img, tag)
+        import warnings
 
-
-def apply_exif_orientation(img: np.ndarray, path) -> np.ndarray:
-    """Rotate/flip HxWxC ``img`` (decoded from ``path``) upright per its EXIF orientation, warning when it does.
-
-    Phone photos store pixels sideways plus a tag; viewers apply the tag, so the sparse map a user aligned to the
-    photo matches the upright image.
-    """
-    tag = exif_orientation(path)
-    if tag == 1:
-        return img
-    out = upright(img, tag)
-    _say_oriented(path, tag, out.shape, stacklevel=4)
-    return out
-
-
-def _say_oriented(path, tag: int, shape, stacklevel: int) -> None:
-    import warnings
-
-    warnings.warn(f"{Path(path).name}: applied its EXIF orientation {tag} ({ORIENTATIONS[tag]}); the image is read as "
-                  f"{shape[0]}x{shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
-                  DepthkitWarning, stacklevel=stacklevel)
+        warnings.warn(f"{path.name}: applied its EXIF orientation {tag} ({ORIENTATIONS[tag]}); the image is read as "
+                      f"{img.shape[0]}x{img.shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
+                      DepthkitWarning, stacklevel=2)
+    return np.ascontiguousarray(img)
 
 
 def _not_a_file(path: Path) -> str:
