@@ -168,7 +168,7 @@ def _check_folder_intrinsics_size(intrinsics, size: tuple[int, int], pairs, sour
     from their headers: every point cloud would fail, so say it before the models load, with
     :func:`_check_intrinsics_size`'s advice for the first image. Folders where some images match run, and the others
     fail one by one; so do folders with an image whose size the header does not tell (it may match)."""
-    from depthkit.io import image_size
+    from depthkit.orientation import image_size
 
     sizes = [image_size(image) for image, _ in pairs]
     if any(s is None or tuple(s) == tuple(size) for s in sizes):

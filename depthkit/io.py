@@ -20,13 +20,7 @@ import numpy as np
 
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
-from depthkit.orientation import (  # noqa: F401  (exif_orientation, image_size: public)
-    ORIENTATIONS,
-    decode_tagged_tiff,
-    exif_orientation,
-    image_size,
-    upright,
-)
+from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
 from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale, keeps_every_pixel  # noqa: F401  (PNG_SCALES: public)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

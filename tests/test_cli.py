@@ -462,7 +462,7 @@ def test_a_folder_none_of_whose_images_fit_the_intrinsics_fails_before_any_model
 
     from PIL import Image
 
-    from depthkit.io import image_size
+    from depthkit.orientation import image_size
 
     folder = tmp_path / "frames"
     folder.mkdir()

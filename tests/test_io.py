@@ -7,6 +7,7 @@ import pytest
 
 from depthkit import io
 from depthkit.geometry import Intrinsics
+from depthkit.orientation import image_size
 
 
 def test_read_image_returns_rgb_from_png_and_jpg(tmp_path):
@@ -356,9 +357,9 @@ def test_a_tiff_with_an_orientation_tag_is_read_upright(tmp_path, tag, monkeypat
     expected = {3: stored[::-1, ::-1], 6: np.rot90(stored, -1), 8: np.rot90(stored, 1)}[tag]
     with pytest.warns(io.DepthkitWarning, match=f"EXIF orientation {tag}"):
         np.testing.assert_array_equal(io.read_image(tmp_path / "t.tif"), expected)
-    assert io.image_size(tmp_path / "t.tif") is None
+    assert image_size(tmp_path / "t.tif") is None
     Image.fromarray(stored).save(tmp_path / "plain.tif")
-    assert io.image_size(tmp_path / "plain.tif") == (20, 30) == io.read_image(tmp_path / "plain.tif").shape[:2]
+    assert image_size(tmp_path / "plain.tif") == (20, 30) == io.read_image(tmp_path / "plain.tif").shape[:2]
     grey = stored[..., 0]
     Image.fromarray(grey).save(tmp_path / "g.tif", tiffinfo={0x0112: tag})
     try:  # a grey one reads upright, or (stored sideways: Pillow 13 gives it the stored size) is refused
