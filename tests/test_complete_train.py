@@ -154,6 +154,26 @@ def test_prefix_sharing_layouts_agree():
         assert torch.allclose(grad, ref_grad, atol=2e-5, rtol=1e-3), layout
 
 
+def test_the_loss_is_the_weighted_sum_of_its_terms():
+    """The objective adds every term with its recipe weight (distinct weights, so a dropped term, a swapped weight or
+    a flipped sign changes the sum); each term is also reported on its own."""
+    weights = {"cross_entropy": 0.7, "numeric_l1": 0.3, "residual_l1": 1.3, "residual_nll": 0.2}
+    recipe, sdim, processor, head = _tiny("nearest", "residual_head", [f"loss.{k}={v}" for k, v in weights.items()])
+    image, sparse, _ = _scene(3)
+    sp_in, queries = sample_training_queries(image, sparse, None, 5, np.random.default_rng(3), "sparse", 0.2,
+                                             prompt_prior="nearest")
+    group = encode_group(processor, image, sp_in, queries, P.PromptConfig("nearest"), recipe.sdim)
+    from depthkit.complete.readout import digit_token_ids
+
+    objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).eval()
+    loss, stats = objective(pack_groups([group], stock_model(sdim).config, pad_id=0, layout="packed"))
+    terms = {"cross_entropy": "ce", "numeric_l1": "numeric_l1", "residual_l1": "residual_l1",
+             "residual_nll": "residual_nll"}
+    assert all(float(stats[name]) != 0.0 for name in terms.values())
+    expected = sum(w * float(stats[terms[k]]) for k, w in weights.items())
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("readout,decode", [("text", "constrained"), ("text", "free"), ("residual_head", "free")])
 def test_validation_answers_through_the_engine(readout, decode):
     """validate() reports what the inference engine answers at the held-out points (no decoder of its own)."""

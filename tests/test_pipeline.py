@@ -195,3 +195,26 @@ def test_huge_finite_sparse_value_is_not_called_nan():
     with pytest.raises(ValueError, match="too large for float32") as exc:
         Pipeline(method="nearest")(image, big)
     assert "NaN" not in str(exc.value)
+
+
+def test_the_pipeline_restores_measurements_a_stage_dropped(monkeypatch):
+    """The output keeps the measured values whatever a stage returns: a stage that ignores them (a third-party or
+    future stage; every shipped stage also restores them itself) still gives the measured values back exactly."""
+    import dataclasses
+
+    from depthkit import stages
+    from depthkit.outputs import StageResult
+
+    class Careless:
+        name = "complete"
+
+        def run(self, image, sparse, depth=None):
+            return StageResult(depth=np.full(sparse.shape, 2.5, np.float32), confidence=None, extras={}, seconds=0.0)
+
+    monkeypatch.setitem(stages.STAGES, "complete",
+                        dataclasses.replace(stages.STAGES["complete"], factory=lambda *a, **k: Careless()))
+    image, sparse = _scene()
+    out = Pipeline(stages=("complete",))(image, sparse)
+    m = sparse > 0
+    assert np.array_equal(out.depth[m], sparse[m])
+    assert np.all(out.depth[~m] == 2.5)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from depthkit.complete.refiner import DenseRefiner, refiner_features, refiner_log_l1
+from depthkit.complete.refiner_check import check_refiner
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -183,6 +184,7 @@ def test_checkpoint_round_trip_and_stage_switch(tmp_path):
     assert not off.last_stats["refined"]
     np.testing.assert_allclose(base.depth, guided(image, sparse), rtol=1e-5)  # untrained head: guided
     strength = on.last_stats["refine_strength"]  # the frame's points judged it (tests/test_refiner_check.py)
+    assert strength == check_refiner(net, image, sparse).strength < 1.0  # the check's own answer, not trust
     np.testing.assert_allclose(out.depth, net.refine(image, sparse, base.depth, strength=strength), rtol=1e-6)
     trusted = CompleteVLMStage.from_checkpoint(tmp_path / "refined", query_budget=20, fill="residual",
                                                refine_check=False)

@@ -331,6 +331,10 @@ def test_sharpen_keeps_measurements_and_metric_scale(sharp):
     assert out.discrepancy.min() >= 0 and out.discrepancy.max() <= 1
     assert np.all(out.discrepancy[measured] == 0)
     assert 0 <= out.lotus.min() and out.lotus.max() <= 1
+    for side in (32, 96):  # processed at another size: e is resized back, and still 0 where measured
+        other = sharp(img, depth, sparse, processing_resolution=side)
+        assert np.all(other.discrepancy[measured] == 0), side
+        assert np.array_equal(other.depth[measured], sparse[measured])
 
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     d = torch.from_numpy(depth)[None, None]

@@ -383,3 +383,38 @@ def test_metric_cache_keys_on_the_source_too(tmp_path):
     cache = MetricCache(CompleteSource("sdim", checkpoint=ck, query_budget=0), tmp_path / "c")
     cache(image, sparse, "s0")
     assert len(list((tmp_path / "c").glob("s0_*.npy"))) == 3
+
+
+def test_sharpen_trainer_runs_pass_one_with_the_ema_and_exports_it(tmp_path, monkeypatch):
+    """Pass 1 (the discrepancy pass) runs the EMA of the student, not the student (the released training code's
+    teacher for gating), and ``model.export: ema`` writes the EMA's weights as the final UNet. Fails if pass 1 is
+    handed the student or the export keeps the student's weights."""
+    from safetensors.torch import load_file
+
+    from depthkit.sharpen import train as train_sharpen
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.training import latest_state_dir
+
+    calls = []
+    real = SharpDepth.compute_losses
+
+    def spy(self, image, metric_depth, teacher_unet, *args, pass1_unet=None, **kwargs):
+        student = self.model.unet
+        calls.append((pass1_unet is student,
+                      max(float((a - b).detach().abs().max()) for a, b in zip(pass1_unet.parameters(),
+                                                                         student.parameters()))))
+        return real(self, image, metric_depth, teacher_unet, *args, pass1_unet=pass1_unet, **kwargs)
+
+    monkeypatch.setattr(SharpDepth, "compute_losses", spy)
+    recipe = sharpen_recipe(tmp_path / "r", "tiny", _tiny_sources(), (16, 24), "complete:guided", steps=3,
+                            batch_size=2, lr=1e-2, sharpdepth={"ema_decay": 0.9, "ema_start": 0})
+    recipe.model.export = "ema"
+    final = train_sharpen.train(recipe)
+    assert len(calls) == 3 and not any(same for same, _ in calls)
+    assert calls[0][1] == 0.0 and calls[-1][1] > 1e-4  # the EMA starts as the student and then lags it
+    state = torch.load(latest_state_dir(tmp_path / "r") / "state.pt", weights_only=True)
+    exported = load_file(final / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors")
+    ema, student = state["ema"]["model"], state["unet"]
+    assert exported.keys() == ema.keys()
+    assert all(torch.equal(exported[k], ema[k].float()) for k in ema)
+    assert any(not torch.equal(exported[k], student[k].float()) for k in student)

@@ -146,6 +146,27 @@ def test_full_disk_during_save_keeps_the_last_checkpoint_and_a_clear_error(tmp_p
     assert step == 3 and torch.equal(state["w"], torch.full((4,), 3.0))
 
 
+def test_a_save_killed_midway_leaves_no_checkpoint_that_resume_would_take(tmp_path, monkeypatch):
+    """A process killed while it writes a checkpoint (here: after state.pt and meta.json, before the checksums)
+    leaves only a hidden partial folder: resume takes the previous checkpoint. Fails if the checkpoint is written in
+    place, where the half-written step would be the newest and resume would refuse it."""
+    import depthkit.training as training
+
+    _save_three(tmp_path)
+
+    def killed(path):
+        raise KeyboardInterrupt  # stands for SIGKILL: nothing after it runs, no cleanup
+
+    monkeypatch.setattr(training, "_sha256", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_state(tmp_path, 4, {"w": torch.zeros(4)}, {"steps_total": 10}, keep_last=2)
+    monkeypatch.undo()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert [n for n in names if not n.startswith(".")] == ["step_0000002", "step_0000003"], names
+    step, state, _ = load_latest_state(tmp_path)
+    assert step == 3 and torch.equal(state["w"], torch.full((4,), 3.0))
+
+
 def test_run_start_removes_partial_folders_of_killed_saves_and_exports(tmp_path):
     from depthkit.training import prepare_run_dir
 
