@@ -879,3 +879,29 @@ def test_gt_terms_need_gt_and_are_off_by_default(sharp):
         SharpDepth(sharp.model, {"lambda_gt_grad": 1.0}).compute_losses(x, d, sharp.model.unet)
     with pytest.raises(ValueError, match="loss weights must be >= 0"):
         SharpDepthConfig(lambda_gt=-1.0)
+
+
+def test_a_given_pass1_replaces_the_lotus_prediction(sharp):
+    """``pass1_depth`` (the oracle of ``benchmarks/sharpen_switches.py --pass1 gt``): pass 1's prediction is that map
+    in the metric input's normalised range (the input where it has no depth), computed here with numpy; the input
+    itself as pass 1 leaves no discrepancy; the random draws after pass 1 are the ones a plain run makes."""
+    img, depth, sparse = _scene()
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    sp = torch.from_numpy(sparse)[None, None]
+    given = depth.copy()
+    given[30:40, 40:60] = 0.8  # a box the input lacks, nearer than its nearest depth (clipped to -1)
+    given[0:4, :] = 0.0  # unknown: the input stands in
+    expected = np.clip(2 * (np.where(given > 0, given, depth) - depth.min()) / (depth.max() - depth.min()) - 1, -1, 1)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    plain = sharp.sharpen_tensors(x, d, sp, processing_resolution=64, generator=g1)
+    oracle = sharp.sharpen_tensors(x, d, sp, processing_resolution=64, generator=g2,
+                                   pass1_depth=torch.from_numpy(given)[None, None])
+    np.testing.assert_allclose(oracle["lotus"][0, 0].numpy(), expected, atol=1e-5)
+    assert not np.allclose(plain["lotus"][0, 0].numpy(), expected, atol=0.1)
+    assert torch.equal(torch.randn(8, generator=g1), torch.randn(8, generator=g2))
+    assert float(oracle["discrepancy"][0, 0, 30:40, 40:60].min()) > 0.5  # the box is where they disagree
+    same = sharp.sharpen_tensors(x, d, sp, processing_resolution=64, pass1_depth=d)
+    assert float(same["discrepancy"].max()) == 0.0
+    with pytest.raises(ValueError, match="pass1_depth"):
+        sharp.sharpen_tensors(x, d, sp, pass1_depth=d[..., :10])

@@ -246,6 +246,21 @@ def test_run_limits_equals_run_for_each_setting_from_one_unet_pass(tiny_ck):
         base.run_limits(image, sparse, metric, {"x": {"change_range_px": 1.5}})
     with pytest.raises(ValueError, match="must be an object"):
         base.run_limits(image, sparse, metric, {"x": 3})
+    # a given pass 1 (the oracle of sharpen_switches.py --pass1 gt) goes to the model's pass 1 with the same limits
+    import torch
+
+    from depthkit.sharpen.lotus import image_to_tensor
+    from depthkit.sharpen.model import depth_tensor
+
+    given = depth * 1.3
+    oracle = base.run_limits(image, sparse, metric, {"inherited": {}}, pass1_depth=given)["inherited"]
+    direct = base.model.sharpen_tensors(image_to_tensor(image), depth_tensor(metric), depth_tensor(sparse),
+                                        processing_resolution=32, pass1_depth=torch.from_numpy(given)[None, None])
+    np.testing.assert_allclose(oracle, direct["depth"][0, 0].numpy(), rtol=0, atol=1e-5)
+    plain = base.run_limits(image, sparse, metric, {"inherited": {}})["inherited"]
+    assert np.abs(oracle - plain).max() > 1e-3
+    with pytest.raises(ValueError, match="pass1_depth"):
+        base.run_limits(image, sparse, metric, {"x": {}}, pass1_depth=given[:-1])
 
 
 def test_a_config_option_overrides_single_fields_of_the_shipped_switches(tiny_ck, tmp_path):

@@ -153,3 +153,29 @@ def test_the_shipped_variant_is_what_the_pipeline_gives_a_stereo_frame(tmp_path)
     assert placed.sum() > 100  # the frame has placed pixels, kept by the sharpener
     gt = sample["depth"]
     assert scored["per_scene"][0][2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)
+
+
+def test_pass1_gt_scores_the_sharpener_with_the_scenes_gt_as_pass1(tmp_path):
+    """``--pass1 gt``: each scene's output is the stage's with the GT as its pass 1 (recomputed here), not the
+    shipped one, and the report says it is an oracle."""
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.metrics import depth_metrics
+    from depthkit.sharpen.stage import build_sharpen_stage
+    from depthkit.sharpen.teachers import build_metric_source
+
+    argv = ["--scenes", "1", "--patterns", "random100", "--variant", "shipped={}", "--pass1", "gt",
+            "--out", str(tmp_path)]
+    assert sharpen_switches.main(argv) == 0
+    report = json.loads((tmp_path / "sharpen_switches.json").read_text())
+    assert report["pass1"] == "gt" and "Pass 1 is the GT" in (tmp_path / "sharpen_switches.md").read_text()
+    sample = SyntheticDataset(split="val", length=1, sparse_pattern="random", sparse_kwargs={"n": 100})[0]
+    source = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"), query_budget=0)
+    completion = source(sample["image"], sample["sparse"], sample["name"])
+    stage = build_sharpen_stage(CheckpointRef.open(str(ROOT / "checkpoints" / "default")))
+    gt = sample["depth"]
+    oracle = stage.run_limits(sample["image"], sample["sparse"], completion, {"s": {}}, pass1_depth=gt)["s"]
+    shipped = stage.run(sample["image"], sample["sparse"], completion).depth
+    scored = report["results"]["shipped"]["random100"]["per_scene"][0][2]
+    assert scored == pytest.approx(depth_metrics(oracle, gt, gt > 0)["mae"], rel=1e-6)
+    assert scored != pytest.approx(depth_metrics(shipped, gt, gt > 0)["mae"], rel=1e-6)

@@ -148,7 +148,8 @@ class SharpDepth(nn.Module):
     @torch.inference_mode()
     def sharpen_tensors(self, image: torch.Tensor, metric_depth: torch.Tensor, sparse: torch.Tensor | None = None,
                         processing_resolution: int | None = None,
-                        generator: torch.Generator | None = None, autoencoded: bool = False) -> dict:
+                        generator: torch.Generator | None = None, autoencoded: bool = False,
+                        pass1_depth: torch.Tensor | None = None) -> dict:
         """Batched inference on tensors.
 
         Args:
@@ -165,6 +166,11 @@ class SharpDepth(nn.Module):
             ``autoencoded`` also ``autoencoded`` (``B x 1 x H x W`` metres): the metric input through the depth VAE
             alone (normalised, encoded, decoded, denormalised at the processing size; no UNet), the closest any
             decoded output can stay to the input — a diagnostic (``benchmarks/sharpen_limits.py``), one more decode.
+            pass1_depth: a diagnostic, off by default: ``B x 1 x H x W`` metres (0 = unknown, where the metric input
+            stands in) that replaces pass 1's Lotus prediction, normalised with the metric input's range, its latent
+            the VAE's encoding of it (e.g. the GT: how far a perfect Lotus would take this sharpener,
+            ``benchmarks/sharpen_switches.py --pass1 gt``). Pass 1's noise is drawn all the same, so every later
+            draw is the one a run without it makes.
         """
         m, cfg = self.model, self.config
         image = image.to(m.device, torch.float32)
@@ -195,7 +201,10 @@ class SharpDepth(nn.Module):
         measured_p = measured_at_p if cfg.zero_discrepancy_at_sparse else None
 
         z_img = m.encode(pad_to_multiple(resize_bilinear(image, (hr, wr)), pad))
-        z_lotus, lotus_p = self.lotus_pass(z_img, generator)
+        if pass1_depth is None:
+            z_lotus, lotus_p = self.lotus_pass(z_img, generator)
+        else:
+            z_lotus, lotus_p = self._given_pass1(pass1_depth, metric_depth, params, (hr, wr), pad, z_img, generator)
         e_p = discrepancy(lotus_p, norm_p, measured_p, cfg.discrepancy_norm, valid_p)
         z_d = m.encode_depth(norm_p)
         z_in, _ = self.gate_latent(z_d, e_p, measured_p, z_lotus, generator)
@@ -227,6 +236,20 @@ class SharpDepth(nn.Module):
         if band is not None:
             out["band"] = band
         return out
+
+    def _given_pass1(self, pass1_depth: torch.Tensor, metric_depth: torch.Tensor, params, size: tuple[int, int],
+                     padded: tuple[int, int], z_img: torch.Tensor, generator: torch.Generator | None):
+        """``(latent, prediction)`` of a given pass-1 map (see ``pass1_depth`` in :meth:`sharpen_tensors`)."""
+        m = self.model
+        given = pass1_depth.to(m.device, torch.float32)
+        if given.shape != metric_depth.shape:
+            raise ValueError(f"pass1_depth must have the metric depth's shape {tuple(metric_depth.shape)}; received "
+                             f"{tuple(given.shape)}.")
+        m.noise_like(z_img, generator)  # the draw pass 1 would make, so that the later draws stay the same
+        given = torch.where(valid_depth(given), given, metric_depth)
+        g_p, g_valid, _ = processing_inputs(given, None, size, padded)
+        pred = normalize_depth(g_p, m.norm, "minmax", valid_mask=g_valid, params=params)[0]
+        return m.encode_depth(pred), pred
 
     def sharpen(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
                 processing_resolution: int | None = None, generator: torch.Generator | None = None) -> SharpenOutput:

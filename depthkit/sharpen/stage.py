@@ -101,7 +101,8 @@ class SharpenStage:
         return configs
 
     def run_limits(self, image: np.ndarray, sparse: np.ndarray | None, depth: np.ndarray,
-                   settings: dict[str, dict], placed: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   settings: dict[str, dict], placed: np.ndarray | None = None,
+                   pass1_depth: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One UNet pass, many run-time limit settings: ``{name: HxW float32 metres}``, each equal to the depth a
         Pipeline gives for this stage with that setting's config overrides.
 
@@ -109,6 +110,8 @@ class SharpenStage:
         that act on the sharpener's free output; see :meth:`limit_configs`). ``image``, ``sparse``, ``depth`` as
         :meth:`run` takes them; ``placed`` (HxW bool, or None) the pixels the complete stage placed by rule (its
         ``extras["placed"] > 0``), which keep ``depth`` when :attr:`keep_placed` is True, as in a Pipeline.
+        ``pass1_depth`` (HxW metres, or None): a diagnostic that replaces the sharpener's pass-1 Lotus prediction
+        (``pass1_depth`` of :meth:`~depthkit.sharpen.model.SharpDepth.sharpen_tensors`; e.g. the GT, an oracle).
         Used to score a grid of limits (``benchmarks/sharpen_switches.py``)."""
         import torch
 
@@ -129,7 +132,11 @@ class SharpenStage:
         x, d = image_to_tensor(image), depth_tensor(depth)
         sp = depth_tensor(sparse) if measured else None
         side = self.processing_side(image)
-        out = self.model.sharpen_tensors(x, d, sp, processing_resolution=side)
+        if pass1_depth is not None and np.shape(pass1_depth) != depth.shape:
+            raise ValueError(f"run_limits: pass1_depth must be HxW metres the size of depth {depth.shape}; received "
+                             f"shape {np.shape(pass1_depth)}.")
+        given = None if pass1_depth is None else depth_tensor(np.asarray(pass1_depth, np.float32))
+        out = self.model.sharpen_tensors(x, d, sp, processing_resolution=side, pass1_depth=given)
         free = out["free"]
         d = d.to(free.device)
         sp = None if sp is None else sp.to(free.device)
