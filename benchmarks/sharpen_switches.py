@@ -27,8 +27,9 @@ pattern: MAE (m) of input and output with the change in per cent, and DBE accura
 embedded default (issue 13) is a better DBE with the MAE within 2 %. Writes ``<out>/sharpen_switches.{json,md}``.
 
 ``--pass1 gt`` replaces the sharpener's pass 1 (the Lotus prediction its discrepancy and gate come from) by the
-scene's GT, normalised as the input is: an oracle, how far a perfect Lotus would take this sharpener's pass 2 under
-each variant (every random draw stays the one the sharpener makes, so the two runs pair scene by scene).
+scene's GT, normalised with the input's own range: a generous oracle (a Lotus predicts depth only up to scale and
+shift), how far a perfect pass 1 would take this sharpener's pass 2 under each variant (every random draw stays the
+one the sharpener makes, so the two runs pair scene by scene).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pass1", choices=("model", "gt"), default="model",
                    help="pass 1 (the discrepancy pass): the sharpener's own Lotus (default), or the scene's GT "
                         "depth, normalised as the input is (the input where the GT has none): an oracle for how far "
-                        "a perfect Lotus would take this sharpener")
+                        "a perfect pass 1 would take this sharpener")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
     import numpy as np

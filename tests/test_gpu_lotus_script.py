@@ -19,7 +19,8 @@ TINY = ["loss.vae_steps=1", "train.batch_size=1", "train.num_workers=0", "train.
 
 def _script(tmp_path, *overrides, limit_s=600):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run" / "lg"),
-           "LIMIT_S": str(limit_s), "HF_HUB_OFFLINE": "1"}
+           "LIMIT_S": str(limit_s), "HF_HUB_OFFLINE": "1", "WHEELS": str(tmp_path / "no_wheels"),
+           "SITE": str(tmp_path / "site")}  # this environment's packages, whatever .whl/ the checkout holds
     return subprocess.run(["bash", str(SCRIPT), *TINY, *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -66,8 +67,23 @@ def test_gpu_lotus_script_exports_finished_and_time_limited_runs(tmp_path):
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert max(steps) == 2
 
-    # a run that fails exports nothing and says so
+    # stopped where its checkpoint cannot be exported (here: an export whose VAE-only phase would leave no UNet step):
+    # the resumable state still comes back, and the status says only it did
+    for f in (run / "final").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    (out / "lotus_state.tgz").unlink()
+    (out / "lotus_final.tgz").unlink()
+    vae_only = _script(tmp_path, "train.max_steps=50", "loss.vae_steps=10", limit_s=1)
+    assert vae_only.returncode == 3, vae_only.stdout + vae_only.stderr
+    assert "only lotus_state.tgz came back" in vae_only.stderr
+    assert "lg/checkpoints/step_0000002/state.pt" in _members(out / "lotus_state.tgz")
+    assert not (out / "lotus_final.tgz").exists()
+
+    # a run that fails before any checkpoint exports nothing and says so; the run folder is RUN, not an override
     failed = _script(tmp_path / "bad", "train.schedule=sideways")
     assert failed.returncode == 1
     assert "depthkit train failed" in failed.stderr
     assert not (tmp_path / "bad" / "out" / "lotus_final.tgz").exists()
+    refused = _script(tmp_path / "bad", f"output.output_dir={tmp_path / 'elsewhere'}", limit_s=5)
+    assert refused.returncode == 2 and "RUN=" in refused.stderr

@@ -168,7 +168,7 @@ class SharpDepth(nn.Module):
             decoded output can stay to the input — a diagnostic (``benchmarks/sharpen_limits.py``), one more decode.
             pass1_depth: a diagnostic, off by default: ``B x 1 x H x W`` metres (0 = unknown, where the metric input
             stands in) that replaces pass 1's Lotus prediction, normalised with the metric input's range, its latent
-            the VAE's encoding of it (e.g. the GT: how far a perfect Lotus would take this sharpener,
+            the VAE's encoding of it (e.g. the GT: how far a perfect pass 1 would take this sharpener,
             ``benchmarks/sharpen_switches.py --pass1 gt``). Pass 1's noise is drawn all the same, so every later
             draw is the one a run without it makes.
         """
@@ -239,7 +239,12 @@ class SharpDepth(nn.Module):
 
     def _given_pass1(self, pass1_depth: torch.Tensor, metric_depth: torch.Tensor, params, size: tuple[int, int],
                      padded: tuple[int, int], z_img: torch.Tensor, generator: torch.Generator | None):
-        """``(latent, prediction)`` of a given pass-1 map (see ``pass1_depth`` in :meth:`sharpen_tensors`)."""
+        """Pass 1 taken from a given map (``pass1_depth`` of :meth:`sharpen_tensors`).
+
+        ``pass1_depth`` and ``metric_depth`` are ``B x 1 x H x W`` metres, ``params`` the metric input's normalisation
+        range, ``size`` the processing size (h', w') and ``padded`` its padded size. Returns ``(latent, prediction)``
+        as :meth:`lotus_pass` does: the VAE latent of the prediction and the prediction, ``B x 1 x padded`` in the
+        normalised space ([-1, 1])."""
         m = self.model
         given = pass1_depth.to(m.device, torch.float32)
         if given.shape != metric_depth.shape:
