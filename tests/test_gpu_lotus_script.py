@@ -1,6 +1,7 @@
 """recipes/default/gpu_lotus.sh, the one-command GPU run of recipes/default/lotus_gpu.yaml, run here on the CPU with
 tiny overrides: a finished run is exported and packed, a run stopped by its time limit exports its newest checkpoint,
-and a failing run exports nothing."""
+one stopped where its checkpoint cannot be exported still brings its resumable state back (exit 3), a failing run
+exports nothing, and an override that would move the run folder is refused."""
 
 import json
 import os
@@ -29,6 +30,13 @@ def _load(path):
     return OmegaConf.to_container(OmegaConf.load(path))
 
 
+def _clear(folder):
+    """Empty an exported folder as if the export had never been made."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            f.unlink()
+
+
 def _members(path):
     with tarfile.open(path) as tar:
         return set(tar.getnames())
@@ -55,9 +63,7 @@ def test_gpu_lotus_script_exports_finished_and_time_limited_runs(tmp_path):
     assert "torch" in (out / "gpu.txt").read_text()
 
     # stopped by its limit before it could do anything: the newest checkpoint (step 2) becomes the final weights
-    for f in (run / "final").rglob("*"):
-        if f.is_file():
-            f.unlink()
+    _clear(run / "final")
     stopped = _script(tmp_path, "train.max_steps=50", limit_s=1)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "exporting the checkpoint of step 2" in stopped.stdout
@@ -69,9 +75,7 @@ def test_gpu_lotus_script_exports_finished_and_time_limited_runs(tmp_path):
 
     # stopped where its checkpoint cannot be exported (here: an export whose VAE-only phase would leave no UNet step):
     # the resumable state still comes back, and the status says only it did
-    for f in (run / "final").rglob("*"):
-        if f.is_file():
-            f.unlink()
+    _clear(run / "final")
     (out / "lotus_state.tgz").unlink()
     (out / "lotus_final.tgz").unlink()
     vae_only = _script(tmp_path, "train.max_steps=50", "loss.vae_steps=10", limit_s=1)
