@@ -68,13 +68,16 @@ SYNTHETIC_PATTERNS = {
     "holes_speckle": ("holes", {"dropout": 0.3}),
     "stereo": ("stereo", {}),
     "lidar32": ("lidar", {"n_beams": 32}),
+    "stereo_sgbm": ("stereo_sgbm", {}),
 }
 """``--patterns`` names -> (sparse pattern of :func:`depthkit.data.sparse.make_sparse`, its options). The first six
-are the embedded default's patterns (issue 13), which ``--patterns all`` runs; the last four are for robustness
+are the embedded default's patterns (issue 13), which ``--patterns all`` runs; the last five are for robustness
 checks, run only by name: harder ToF frames (noisy measurements; 30 % of the measurements dropped at random), a
 stereo rig's map (:func:`depthkit.data.sparse.sample_stereo`: KITTI's baseline, occlusions, fattened edges, disparity
-noise) and a sparser LiDAR (32 beams over the 64-beam sensor's field of view: about half the returns, nearer a real
-KITTI frame's density)."""
+noise), a sparser LiDAR (32 beams over the 64-beam sensor's field of view: about half the returns, nearer a real
+KITTI frame's density) and a real stereo matcher's map of each scene's rendered pair (``stereo_sgbm``: OpenCV's
+semi-global matcher, :data:`depthkit.data.datasets.synthetic.STEREO_RIGS`; its matches in the sky are kept, as a
+rig's are)."""
 ALL_PATTERNS = ("random100", "random500", "random2000", "lidar64", "holes", "noisy")
 """What ``--patterns all`` means."""
 

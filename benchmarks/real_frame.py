@@ -80,23 +80,21 @@ def load_aloe(data: Path = DATA, size: tuple[int, int] = (276, 320)):
 
 def aloe_stereo(data: Path = DATA, size: tuple[int, int] = (276, 320)):
     """HxW float32 depth of the Aloe pair as a stereo rig measures it, in :func:`load_aloe`'s units (0 = no match):
-    OpenCV's semi-global block matcher (5x5 blocks, disparities in :data:`SGBM_DISPARITY_RANGE` at full size) with
-    its left-right consistency check (1 px), uniqueness (10 %) and speckle (100 px, 2 px) filters, so occlusions,
+    OpenCV's semi-global block matcher (:func:`depthkit.data.stereo_match.sgbm_disparity`: 5x5 blocks, disparities
+    in :data:`SGBM_DISPARITY_RANGE` at full size) with its left-right consistency check (1 px), uniqueness (10 %) and
+    speckle (100 px, 2 px) filters, so occlusions,
     textureless patches and the band left of the matcher's range are missing and the matched values carry its
     errors. Its disparities are in the GT's units (the median ratio over pixels both have is 1.001), so the GT's
     scale turns them into depth; resampled to ``size`` as the GT is."""
     import cv2
-    import numpy as np
+
+    from depthkit.data.stereo_match import sgbm_disparity
 
     left, right, gt = _files(data, "aloeL.jpg", "aloeR.jpg", "aloeGT.png")
-    block = 5
     low, high = SGBM_DISPARITY_RANGE
-    matcher = cv2.StereoSGBM_create(minDisparity=low, numDisparities=high - low, blockSize=block,
-                                    P1=8 * 3 * block ** 2, P2=32 * 3 * block ** 2, disp12MaxDiff=1,
-                                    uniquenessRatio=10, speckleWindowSize=100, speckleRange=2)
-    disp = matcher.compute(cv2.imread(str(left)), cv2.imread(str(right))).astype(np.float32) / 16.0  # fixed point
+    disp = sgbm_disparity(cv2.imread(str(left)), cv2.imread(str(right)), low, high - low)  # 0 = no match
     scale = _to_depth(cv2.imread(str(gt), cv2.IMREAD_UNCHANGED), size)[1]
-    return _to_depth(np.where(disp >= low, disp, 0.0), size, scale)[0]  # failed matches are below the range
+    return _to_depth(disp, size, scale)[0]
 
 
 def frame_patterns(text: str) -> dict:

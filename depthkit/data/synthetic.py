@@ -435,7 +435,7 @@ def resolve_kind(seed: int, kind: str) -> str:
 
 
 def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "indoor", hfov_deg: float = 60.0,
-                 *, image_noise: float = 0.0, clutter: int = 0) -> Scene:
+                 *, image_noise: float = 0.0, clutter: int = 0, shift_right_m: float = 0.0) -> Scene:
     """Render one procedural RGB-D scene.
 
     Args:
@@ -449,6 +449,9 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
         clutter: number of plants put into the view (thin, oblique, same-coloured leaves in front of one another;
             0 = none). They come from their own random stream, so a scene with clutter is the scene without it plus
             the plants (and their shadows).
+        shift_right_m: render the same scene from a camera moved this many metres along its own x axis (to the
+            right when > 0), as the right camera of a rectified stereo pair with that baseline sees it (its
+            ``depth`` and ``instance`` are then that camera's; its pixel noise is drawn independently).
 
     Returns:
         A :class:`Scene`; ``depth`` is exact planar depth (float32 metres) consistent with ``intrinsics``.
@@ -468,11 +471,16 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
     if clutter:
         add_plants(layout, np.random.default_rng([seed, 0 if kind == "indoor" else 1, 0xC1]), clutter,
                    _fovs(hfov_deg)[0])
+    if not (isinstance(shift_right_m, (int, float, np.number)) and not isinstance(shift_right_m, bool)
+            and np.isfinite(shift_right_m)):
+        raise ValueError(f"shift_right_m must be a finite number of metres; received {shift_right_m!r}.")
+    layout.origin = layout.origin + float(shift_right_m) * layout.rot[:, 0]
     intr = intrinsics_from_fov(height, width, hfov_deg)
     rgb, depth, instance = _render(layout, intr, height, width)
     rgb = rgb * 255.0
     if image_noise > 0:
-        rgb = rgb + np.random.default_rng([seed, height, width, 2]).normal(0.0, float(image_noise), rgb.shape)
+        stream = [seed, height, width, 2] + ([3] if shift_right_m else [])  # a second camera: its own noise
+        rgb = rgb + np.random.default_rng(stream).normal(0.0, float(image_noise), rgb.shape)
     image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = layout.rot, layout.origin

@@ -5,9 +5,18 @@ occupy disjoint seed ranges of 10 million scenes each, so train, val and test ne
 lengths. No files are read; ``root`` is ignored (pass None). Sparse input follows the training readers
 (:class:`~depthkit.data.datasets._training.TrainingDepthDataset`): ``sparse_pattern`` / ``sparse_kwargs`` for
 :func:`depthkit.data.sparse.make_sparse`, 500 random points by default (the ``synthetic`` protocol).
+
+One more pattern needs the scene itself, not only its GT: ``sparse_pattern="stereo_sgbm"`` renders the scene's
+right view and runs a real stereo matcher on the pair (:func:`depthkit.data.stereo_match.sgbm_disparity`), so the
+map carries a matcher's own failures (matches in the sky, fattened edges, speckle, the band left of the search
+range). ``sparse_kwargs``: ``baseline`` (metres) and ``nearest_m`` (the nearest depth the search reaches); by
+default those of :data:`STEREO_RIGS` for the scene's kind. It is deterministic: ``sparse_seed`` and epochs do not
+change it.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from depthkit.data.datasets._base import Sample
 from depthkit.data.datasets._training import TrainingDepthDataset
@@ -15,6 +24,11 @@ from depthkit.data.datasets._training import TrainingDepthDataset
 SPLIT_SEEDS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 SPLIT_SIZE = 10_000_000
 DEFAULT_LENGTHS = {"train": 10_000, "val": 100, "test": 100}
+STEREO_SGBM = "stereo_sgbm"
+STEREO_RIGS = {"outdoor": (0.54, 2.0), "indoor": (0.12, 0.5)}
+"""The ``stereo_sgbm`` pattern's rig per scene kind: (baseline, nearest depth searched), metres. Outdoors KITTI's
+0.54 m baseline; indoors 0.12 m, a desktop stereo camera's (ZED: 0.12 m), since KITTI's rig in a room loses a wide
+left band (the GT-simulated ``stereo`` pattern keeps 0.54 m for both)."""
 
 
 class SyntheticDataset(TrainingDepthDataset):
@@ -43,6 +57,12 @@ class SyntheticDataset(TrainingDepthDataset):
         self.clutter = _check_int("synthetic clutter (plants per scene)", clutter, 0)
         self.first_seed = SPLIT_SEEDS[self.split] + int(seed_offset)
         self.names = [f"synthetic_{self.first_seed + i}" for i in range(length)]
+        if sparse_pattern == STEREO_SGBM:
+            unknown = sorted(set(self.sparse_kwargs) - {"baseline", "nearest_m"})
+            values = [v for v in self.sparse_kwargs.values() if v is not None]
+            if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+                raise ValueError(f"the {STEREO_SGBM} pattern takes sparse_kwargs baseline and nearest_m (metres, > 0, "
+                                 f"or None for the scene kind's rig); received {self.sparse_kwargs!r}.")
 
     def scene_seed(self, index: int) -> int:
         """The ``render_scene`` seed of item ``index``."""
@@ -53,8 +73,23 @@ class SyntheticDataset(TrainingDepthDataset):
 
         scene = render_scene(self.scene_seed(index), self.height, self.width, self.kind, self.hfov_deg,
                              image_noise=self.image_noise, clutter=self.clutter)
-        return Sample(image=scene.image, depth=scene.depth, sparse=None, intrinsics=scene.intrinsics,
+        sparse = self._matched_stereo(index, scene) if self.sparse_pattern == STEREO_SGBM else None
+        return Sample(image=scene.image, depth=scene.depth, sparse=sparse, intrinsics=scene.intrinsics,
                       name=self.names[index])
+
+    def _matched_stereo(self, index: int, scene) -> np.ndarray:
+        """The ``stereo_sgbm`` map of ``scene`` (item ``index``): HxW float32 metres, 0 = no match."""
+        from depthkit.data.stereo_match import disparity_to_depth, search_range, sgbm_disparity
+        from depthkit.data.synthetic import render_scene
+
+        baseline, nearest = STEREO_RIGS[scene.kind]
+        baseline = self.sparse_kwargs.get("baseline") or baseline
+        nearest = self.sparse_kwargs.get("nearest_m") or nearest
+        right = render_scene(self.scene_seed(index), self.height, self.width, self.kind, self.hfov_deg,
+                             image_noise=self.image_noise, clutter=self.clutter, shift_right_m=baseline)
+        fx_baseline = scene.intrinsics.fx * baseline
+        disp = sgbm_disparity(scene.image, right.image, 0, search_range(fx_baseline, nearest))
+        return disparity_to_depth(disp, fx_baseline)
 
     def __repr__(self) -> str:
         clutter = f", clutter={self.clutter}" if self.clutter else ""

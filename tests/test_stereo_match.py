@@ -1,0 +1,129 @@
+"""A real stereo matcher on rendered pairs: the right view's geometry, the matcher, and the dataset's ``stereo_sgbm``."""
+
+import numpy as np
+import pytest
+
+from depthkit.data.datasets.synthetic import STEREO_RIGS, SyntheticDataset
+from depthkit.data.stereo_match import disparity_to_depth, search_range, sgbm_disparity
+from depthkit.data.synthetic import render_scene
+
+SIZE = (120, 160)
+
+
+def _pair(seed: int, kind: str, baseline: float, **kw):
+    left = render_scene(seed, *SIZE, kind, **kw)
+    right = render_scene(seed, *SIZE, kind, shift_right_m=baseline, **kw)
+    return left, right
+
+
+def _landing(left, baseline: float):
+    """Where each left pixel's surface point lands in the right view, computed from the left GT alone: a camera moved
+    ``baseline`` metres along its x axis sees the point at the same planar depth, ``fx·baseline / depth`` pixels to
+    the left. Returns (rows, cols in the right view, depth) of the points that land inside it, away from depth edges."""
+    z = left.depth
+    v, u = np.nonzero(z > 0)
+    x = u - left.intrinsics.fx * baseline / z[v, u]
+    col = np.rint(x).astype(int)
+    inside = (col >= 0) & (col < z.shape[1]) & (np.abs(x - col) < 0.2)  # near a pixel centre
+    return v[inside], col[inside], z[v[inside], u[inside]]
+
+
+@pytest.mark.parametrize("kind", ["indoor", "outdoor"])
+def test_the_right_view_sees_each_point_at_its_disparity_and_depth(kind):
+    baseline = STEREO_RIGS[kind][0]
+    left, right = _pair(3, kind, baseline)
+    v, col, z = _landing(left, baseline)
+    got = right.depth[v, col]
+    agree = np.abs(got - z) <= 0.01 * z  # the rest: points the right camera sees behind something nearer
+    assert len(z) > 500 and agree.mean() > 0.8
+    assert np.array_equal(left.image, render_scene(3, *SIZE, kind).image)  # the left view is the scene's own
+    assert not np.array_equal(left.image, right.image)
+
+
+def test_a_shift_moves_the_camera_right_not_left_or_up():
+    """Moved the other way (or along y), the points do not land where the left GT says."""
+    left = render_scene(3, *SIZE, "indoor")
+    v, col, z = _landing(left, 0.12)
+    for shift in (-0.12,):
+        other = render_scene(3, *SIZE, "indoor", shift_right_m=shift)
+        assert (np.abs(other.depth[v, col] - z) <= 0.01 * z).mean() < 0.6
+
+
+def test_the_right_views_pixel_noise_is_its_own():
+    clean_l, clean_r = _pair(4, "outdoor", 0.54)
+    noisy_l, noisy_r = _pair(4, "outdoor", 0.54, image_noise=4.0)
+    noise_l = noisy_l.image.astype(int) - clean_l.image
+    noise_r = noisy_r.image.astype(int) - clean_r.image
+    assert noise_l.std() > 2 and noise_r.std() > 2
+    assert abs(np.corrcoef(noise_l.ravel(), noise_r.ravel())[0, 1]) < 0.05
+
+
+@pytest.mark.parametrize("kind", ["indoor", "outdoor"])
+def test_sgbm_recovers_the_pairs_disparity(kind):
+    baseline, nearest = STEREO_RIGS[kind]
+    left, right = _pair(5, kind, baseline)
+    fxb = left.intrinsics.fx * baseline
+    disp = sgbm_disparity(left.image, right.image, 0, search_range(fxb, nearest))
+    truth = np.where(left.depth > 0, fxb / np.where(left.depth > 0, left.depth, 1.0), 0.0)
+    both = (disp > 0) & (truth > 0)
+    assert both.mean() > 0.4
+    assert np.median(np.abs(disp[both] - truth[both])) < 0.5
+    assert np.all(disp >= 0) and disp.dtype == np.float32
+    swapped = sgbm_disparity(right.image, left.image, 0, search_range(fxb, nearest))
+    sw = (swapped > 0) & (truth > 0)
+    assert not (sw.mean() > 0.4 and np.median(np.abs(swapped[sw] - truth[sw])) < 0.5)
+
+
+def test_disparity_to_depth_and_search_range_by_hand():
+    disp = np.array([[10.0, 0.5, 0.0], [np.nan, 1.0, 150.0]], np.float32)
+    depth = disparity_to_depth(disp, 150.0)
+    assert depth.dtype == np.float32
+    np.testing.assert_allclose(depth, [[15.0, 0.0, 0.0], [0.0, 150.0, 1.0]])
+    assert disparity_to_depth(disp, 150.0, min_disparity_px=20)[1, 2] == np.float32(1.0)
+    assert disparity_to_depth(disp, 150.0, min_disparity_px=20)[0, 0] == 0
+    assert search_range(150.0, 2.0) == 80  # 75 px needed
+    assert search_range(150.0, 150.0 / 64) == 64
+    assert search_range(10.0, 5.0) == 16
+
+
+@pytest.mark.parametrize("call", [
+    lambda: sgbm_disparity(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), 0, 16),
+    lambda: sgbm_disparity(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32), 0, 16),
+    lambda: sgbm_disparity(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), 0, 24),
+    lambda: sgbm_disparity(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), 0, 16, block=4),
+    lambda: disparity_to_depth(np.ones((2, 2)), 0.0),
+    lambda: search_range(10.0, 0.0),
+])
+def test_bad_matcher_arguments_say_what_is_allowed(call):
+    with pytest.raises(ValueError, match="received"):
+        call()
+
+
+def test_the_datasets_matched_stereo_is_the_scenes_depth_with_a_matchers_failures():
+    ds = SyntheticDataset(split="val", length=4, height=SIZE[0], width=SIZE[1], sparse_pattern="stereo_sgbm")
+    for i in range(len(ds)):
+        item = ds[i]
+        sparse, gt = item["sparse"], item["depth"]
+        measured = sparse > 0
+        both = measured & (gt > 0)
+        assert 0.3 < measured.mean() < 0.95
+        ratio = sparse[both] / gt[both]
+        # the rig's baseline both renders the pair and converts its disparity; the matcher's own bias (it reads the
+        # slanted ground a fraction of a pixel too far) stays within 10 %
+        assert abs(np.median(ratio) - 1) < 0.1
+        assert np.median(np.abs(ratio - 1)) < 0.15
+        assert not measured[:, :8].any()  # the band left of the search range has no match
+        np.testing.assert_array_equal(ds[i]["sparse"], sparse)  # deterministic
+    ds.set_epoch(3)
+    np.testing.assert_array_equal(ds[3]["sparse"], sparse)
+
+
+def test_the_datasets_matched_stereo_takes_a_rig_and_refuses_other_options():
+    narrow = SyntheticDataset(split="val", length=1, height=SIZE[0], width=SIZE[1], kind="outdoor",
+                              sparse_pattern="stereo_sgbm", sparse_kwargs={"baseline": 0.2, "nearest_m": 1.0})
+    item = narrow[0]
+    both = (item["sparse"] > 0) & (item["depth"] > 0)
+    assert abs(np.median(item["sparse"][both] / item["depth"][both]) - 1) < 0.1
+    for bad in ({"n": 500}, {"baseline": -1.0}, {"nearest_m": "far"}):
+        with pytest.raises(ValueError, match="stereo_sgbm.*received"):
+            SyntheticDataset(split="val", length=1, sparse_pattern="stereo_sgbm", sparse_kwargs=bad)
