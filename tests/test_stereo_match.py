@@ -124,6 +124,13 @@ def test_the_datasets_matched_stereo_takes_a_rig_and_refuses_other_options():
     item = narrow[0]
     both = (item["sparse"] > 0) & (item["depth"] > 0)
     assert abs(np.median(item["sparse"][both] / item["depth"][both]) - 1) < 0.1
+    # the matcher's band without a match is its search range: fx·B / nearest = 138.6·0.2 / 1.0 -> 32 px here,
+    # 138.6·0.54 / 2.0 -> 48 px for the outdoor rig of STEREO_RIGS
+    first = {}
+    for name, ds in (("narrow", narrow), ("rig", SyntheticDataset(split="val", length=1, height=SIZE[0], width=SIZE[1],
+                                                                  kind="outdoor", sparse_pattern="stereo_sgbm"))):
+        first[name] = int(np.nonzero((ds[0]["sparse"] > 0).any(axis=0))[0].min())
+    assert first == {"narrow": 32, "rig": 48}
     for bad in ({"n": 500}, {"baseline": -1.0}, {"nearest_m": "far"}):
         with pytest.raises(ValueError, match="stereo_sgbm.*received"):
             SyntheticDataset(split="val", length=1, sparse_pattern="stereo_sgbm", sparse_kwargs=bad)
