@@ -427,3 +427,24 @@ def test_stage_works_at_a_bounded_size_and_upsamples(tiny_head_checkpoint):
     small = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16)
     small.run(image, sparse)
     assert "working_size" not in small.last_stats  # below the cap: native size
+
+
+def test_placed_pixels_are_counted_at_the_input_size(tiny_head_checkpoint):
+    """``last_stats["placed_pixels"]`` is the count of the result's ``extras["placed"]`` (input size), while the
+    fill's own ``occlusion_filled`` counts at the working size: equal below the cap, about a quarter of it at half
+    the size."""
+    from depthkit.complete.stage import CompleteVLMStage
+
+    image, _ = _scene(48, 64, seed=4)
+    sparse = np.full((48, 64), 4.0, np.float32)  # a wall at 4 m, a box at 2 m, and the strip left of the box that
+    sparse[10:40, 30:50] = 2.0  # only the left camera sees
+    sparse[10:40, 24:30] = 0.0
+    counts = {}
+    for cap in (2048, 32):
+        stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16,
+                                                 max_working_side=cap, occlusion_fill="left")
+        out = stage.run(image, sparse)
+        counts[cap] = (stage.last_stats["placed_pixels"], stage.last_stats["occlusion_filled"])
+        assert counts[cap][0] == int(np.count_nonzero(out.extras["placed"]))
+    assert counts[2048] == (30 * 6, 30 * 6)
+    assert counts[32][0] == 30 * 6 and counts[32][1] == 15 * 3

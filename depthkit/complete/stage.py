@@ -46,7 +46,8 @@ stereo geometry, nothing when the frame shows no side, ``last_stats["occlusion_s
 ``colour``: on frames with at least 30 % of their pixels measured, the colour-split fill of
 :mod:`depthkit.complete.hole_fill`; ``last_stats["hole_filled"]`` counts the pixels set, at the working size; the
 embedded default's manifest turns it on). The pixels either fill set are the result's ``extras["placed"]`` (1 = set by
-a rule), which a sharpen stage with ``keep_placed`` leaves as they are. ``device`` and ``dtype`` (float32 | bfloat16 |
+a rule; ``last_stats["placed_pixels"]`` counts them at the input's size), which a sharpen stage with ``keep_placed``
+leaves as they are. ``device`` and ``dtype`` (float32 | bfloat16 |
 float16) come from the pipeline.
 """
 
@@ -216,7 +217,7 @@ class CompleteVLMStage:
 
         side = working_side(None, sparse.shape, cap=int(self.options["max_working_side"]))
         if side is None:
-            return self._complete(image, sparse)
+            return self._count_placed(self._complete(image, sparse))
         h, w = sparse.shape
         small = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
         res = self._complete(cv2.resize(image, small[::-1], interpolation=cv2.INTER_AREA), resize_sparse(sparse, small))
@@ -225,6 +226,13 @@ class CompleteVLMStage:
         res.confidence[sparse > 0] = 1.0
         res.extras = {k: cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST) for k, v in res.extras.items()}
         self.last_stats["working_size"] = small
+        return self._count_placed(res)
+
+    def _count_placed(self, res: StageResult) -> StageResult:
+        """Record ``last_stats["placed_pixels"]``: the pixels of ``res.extras["placed"]``, at the input's size (the
+        fills' own counts are at the working size)."""
+        if "placed" in res.extras:
+            self.last_stats["placed_pixels"] = int(np.count_nonzero(res.extras["placed"]))
         return res
 
     def _complete(self, image: np.ndarray, sparse: np.ndarray) -> StageResult:
