@@ -27,7 +27,7 @@ magnitude, so its table is also broken down by scene kind (means over the images
 
 ``--patterns`` evaluates the synthetic test split once per sparse input pattern (:data:`SYNTHETIC_PATTERNS`: random
 100 / 500 / 2000 points, 64-beam LiDAR, ToF-style holes, noisy points; by name only, the robustness patterns: noisy
-and speckled ToF holes, a stereo rig's map and a 32-beam LiDAR) instead of the protocol's 500 random points, and adds a summary
+and speckled ToF holes, a stereo rig's map, a 32-beam LiDAR and a real matcher's map of rendered pairs) instead of the protocol's 500 random points, and adds a summary
 table: MAE per pattern and method, with each method's change against ``guided``.
 ``--clutter N`` puts N plants (thin, oblique, same-coloured leaves; ``render_scene(..., clutter=N)``) into every
 synthetic test scene: a robustness check on a shape the standard split lacks (its reader line in the report says so).

@@ -108,7 +108,7 @@ def frame_patterns(text: str) -> dict:
     try:
         synthetic = pattern_names(",".join(synthetic)) if synthetic or not names else []
     except ValueError as err:
-        raise ValueError(f"{err} This frame also takes {', '.join(REAL_PATTERNS)}.") from None
+        raise ValueError(f"{err} On this frame {', '.join(REAL_PATTERNS)} is its own real pair's map.") from None
     return {name: REAL_PATTERNS[name] if name in REAL_PATTERNS else SYNTHETIC_PATTERNS[name]
             for name in [*synthetic, *(n for n in names if n in REAL_PATTERNS)]}
 

@@ -19,7 +19,8 @@ def _pair(seed: int, kind: str, baseline: float, **kw):
 def _landing(left, baseline: float):
     """Where each left pixel's surface point lands in the right view, computed from the left GT alone: a camera moved
     ``baseline`` metres along its x axis sees the point at the same planar depth, ``fx·baseline / depth`` pixels to
-    the left. Returns (rows, cols in the right view, depth) of the points that land inside it, away from depth edges."""
+    the left. Returns (rows, cols in the right view, depth) of the points that land inside it within 0.2 px of a
+    pixel centre."""
     z = left.depth
     v, u = np.nonzero(z > 0)
     x = u - left.intrinsics.fx * baseline / z[v, u]
@@ -80,18 +81,62 @@ def test_disparity_to_depth_and_search_range_by_hand():
     np.testing.assert_allclose(depth, [[15.0, 0.0, 0.0], [0.0, 150.0, 1.0]])
     assert disparity_to_depth(disp, 150.0, min_disparity_px=20)[1, 2] == np.float32(1.0)
     assert disparity_to_depth(disp, 150.0, min_disparity_px=20)[0, 0] == 0
-    assert search_range(150.0, 2.0) == 80  # 75 px needed
-    assert search_range(150.0, 150.0 / 64) == 64
+    assert search_range(150.0, 2.0) == 80  # disparities 0..75 needed
+    assert search_range(150.0, 150.0 / 63) == 64  # 0..63: the last one a 64-wide search reaches
+    assert search_range(150.0, 150.0 / 64) == 80  # 0..64
     assert search_range(10.0, 5.0) == 16
+
+
+def _textured_pair(shift: int, size=(40, 96)):
+    rng = np.random.default_rng(0)
+    h, w = size
+    tex = (rng.random((h, w + shift)) * 255).astype(np.uint8)
+    left = np.repeat(tex[:, :w, None], 3, 2)  # left pixel u shows what the right camera sees at u - shift
+    right = np.repeat(tex[:, shift:, None], 3, 2)
+    return left, right
+
+
+def test_sgbm_is_opencvs_matcher_with_the_samples_settings():
+    """Against OpenCV called directly with the literal settings (5x5 blocks, P1 8·C·25, P2 32·C·25, left-right 1 px,
+    uniqueness 10, speckle 100 / 2), in colour and in grey, with the range shifted by min_disparity."""
+    import cv2
+
+    left, right = _textured_pair(12)
+    left[:, 40:60] = right[:, 40:60] = 128  # a textureless patch: what the filters reject
+    for lo, ch in ((0, 3), (4, 3), (0, 1)):
+        a, b = (left, right) if ch == 3 else (left[..., 0], right[..., 0])
+        direct = cv2.StereoSGBM_create(minDisparity=lo, numDisparities=32, blockSize=5, P1=8 * ch * 25,
+                                       P2=32 * ch * 25, disp12MaxDiff=1, uniquenessRatio=10, speckleWindowSize=100,
+                                       speckleRange=2).compute(a, b).astype(np.float32) / 16.0
+        expected = np.where(direct >= lo, direct, 0.0)
+        got = sgbm_disparity(a, b, lo, 32)
+        np.testing.assert_array_equal(got, expected)
+        assert np.median(got[got > 0]) == 12.0 and (got == 0).any()
+
+
+_G = np.zeros((8, 32), np.uint8)
 
 
 @pytest.mark.parametrize("call", [
     lambda: sgbm_disparity(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), 0, 16),
     lambda: sgbm_disparity(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32), 0, 16),
-    lambda: sgbm_disparity(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), 0, 24),
-    lambda: sgbm_disparity(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), 0, 16, block=4),
+    lambda: sgbm_disparity(_G, _G.astype(np.float32), 0, 16),
+    lambda: sgbm_disparity(_G, _G, 0, 24),
+    lambda: sgbm_disparity(_G, _G, 0, float("nan")),
+    lambda: sgbm_disparity(_G, _G, 0.5, 16),
+    lambda: sgbm_disparity(_G, _G, None, 16),
+    lambda: sgbm_disparity(_G, _G, 0, 16, block=4),
+    lambda: sgbm_disparity(_G[:, :18], _G[:, :18], 0, 16),  # 16 disparities + half a block: 19 px wide at least
+    lambda: sgbm_disparity(_G[:4], _G[:4], 0, 16),  # lower than a block
     lambda: disparity_to_depth(np.ones((2, 2)), 0.0),
+    lambda: disparity_to_depth(np.ones((2, 2)), True),
+    lambda: disparity_to_depth(np.ones((2, 2)), float("inf")),
+    lambda: disparity_to_depth(np.ones((2, 2)), 1.0, min_disparity_px=float("inf")),
     lambda: search_range(10.0, 0.0),
+    lambda: search_range(10.0, 1e-300),
+    lambda: search_range(10.0, float("inf")),
+    lambda: render_scene(0, 8, 8, shift_right_m=float("nan")),
+    lambda: render_scene(0, 8, 8, shift_right_m=True),
 ])
 def test_bad_matcher_arguments_say_what_is_allowed(call):
     with pytest.raises(ValueError, match="received"):
@@ -130,6 +175,42 @@ def test_the_datasets_matched_stereo_takes_a_rig_and_refuses_other_options():
                                                                   kind="outdoor", sparse_pattern="stereo_sgbm"))):
         first[name] = int(np.nonzero((ds[0]["sparse"] > 0).any(axis=0))[0].min())
     assert first == {"narrow": 32, "rig": 48}
-    for bad in ({"n": 500}, {"baseline": -1.0}, {"nearest_m": "far"}):
+    for bad in ({"n": 500}, {"baseline": -1.0}, {"nearest_m": "far"}, {"baseline": float("inf")}):
         with pytest.raises(ValueError, match="stereo_sgbm.*received"):
             SyntheticDataset(split="val", length=1, sparse_pattern="stereo_sgbm", sparse_kwargs=bad)
+    rigs = [SyntheticDataset(split="val", length=1, height=SIZE[0], width=SIZE[1], kind="outdoor",
+                             sparse_pattern="stereo_sgbm", sparse_kwargs={"baseline": b, "nearest_m": z})
+            for b, z in ((0.25, 1.0), (np.float32(0.25), np.int64(1)))]  # numpy numbers are numbers too
+    np.testing.assert_array_equal(rigs[0][0]["sparse"], rigs[1][0]["sparse"])
+
+
+def test_a_rig_whose_search_does_not_fit_the_image_is_refused_when_the_dataset_is_made():
+    # 160 px wide at 60 degrees: fx 138.6; the indoor rig (0.12 m, from 0.5 m) searches 0..33 -> 48 + 3 px: fits;
+    # at 15 degrees fx is 607.8 and the outdoor rig needs 176 + 3 px
+    SyntheticDataset(split="val", length=1, height=SIZE[0], width=SIZE[1], sparse_pattern="stereo_sgbm")
+    for kw in ({"hfov_deg": 15.0}, {"width": 16}, {"sparse_kwargs": {"baseline": 100.0}}):
+        with pytest.raises(ValueError, match="needs an image at least .* px wide"):
+            SyntheticDataset(split="val", length=1, **{"height": SIZE[0], "width": SIZE[1], **kw},
+                             sparse_pattern="stereo_sgbm")
+    with pytest.raises(ValueError, match="needs an image at least 179 px wide"):
+        SyntheticDataset(split="val", length=1, height=SIZE[0], width=SIZE[1], kind="outdoor", hfov_deg=15.0,
+                         sparse_pattern="stereo_sgbm")
+
+
+def test_a_shift_out_of_the_room_is_refused():
+    """KITTI's 0.54 m baseline moves the camera of this room (0.18 m from its back wall, turned) behind the wall:
+    the right view would be the wall's back at a centimetre."""
+    with pytest.raises(ValueError, match="out of its room or into an object"):
+        render_scene(20000168, 12, 16, "indoor", shift_right_m=0.54)
+    render_scene(20000168, 12, 16, "indoor", shift_right_m=0.12)
+
+
+def test_matched_stereo_of_noisy_cluttered_narrow_field_scenes():
+    """The right view takes the scene's noise, plants and field of view: the map still measures the GT."""
+    ds = SyntheticDataset(split="val", length=2, height=SIZE[0], width=SIZE[1], hfov_deg=75.0, image_noise=2.0,
+                          clutter=3, sparse_pattern="stereo_sgbm")
+    for i in range(len(ds)):
+        item = ds[i]
+        both = (item["sparse"] > 0) & (item["depth"] > 0)
+        assert both.mean() > 0.3
+        assert abs(np.median(item["sparse"][both] / item["depth"][both]) - 1) < 0.1

@@ -9,35 +9,58 @@ view) and by ``benchmarks/real_frame.py`` on the Middlebury Aloe pair.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SGBM_BLOCK_PX = 5
 """Block size of the matcher (pixels, odd)."""
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive(name: str, value, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)) \
+            or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0 ({what}); received {value!r}.")
+    return float(value)
+
+
 def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_disparities: int,
                    block: int = SGBM_BLOCK_PX) -> np.ndarray:
     """Disparity of the left image of a rectified pair: HxW float32 pixels, 0 where the matcher found no match.
 
-    ``left``, ``right``: HxWx3 uint8 images of one channel order (both RGB or both BGR) or HxW uint8 grey.
+    ``left``, ``right``: HxWx3 uint8 images of one channel order (both RGB or both BGR) or HxW uint8 grey, the
+    image at least ``min_disparity + num_disparities + block // 2 + 1`` pixels wide and ``block`` high.
     The search covers ``[min_disparity, min_disparity + num_disparities)`` (``num_disparities`` a positive multiple
-    of 16). Smoothness penalties ``P1 = 8·3·block²``, ``P2 = 32·3·block²`` (OpenCV's recommended values for three
-    channels), left-right consistency 1 px, uniqueness 10 %, speckle filter (100 px regions, 2 px range): the settings
+    of 16). Smoothness penalties ``P1 = 8·C·block²``, ``P2 = 32·C·block²`` for ``C`` channels (OpenCV's recommended
+    values), left-right consistency 1 px, uniqueness 10 %, speckle filter (100 px regions, 2 px range): the settings
     of OpenCV's stereo sample. Disparities are sub-pixel (OpenCV's 1/16 px fixed point). A match at the bottom of
-    the range (``min_disparity``, what the matcher returns when nothing else fits) is kept; what it marks invalid is 0.
+    the range is kept, so with ``min_disparity`` > 0 every 0 is a failed match; with ``min_disparity`` 0 a match at
+    disparity 0 (a surface at infinity) is 0 too, and with a negative one, failures and zeros look alike.
     """
     import cv2
 
     left, right = np.asarray(left), np.asarray(right)
-    if left.shape != right.shape or left.dtype != np.uint8 or left.ndim not in (2, 3) \
+    if left.shape != right.shape or left.dtype != np.uint8 or right.dtype != np.uint8 or left.ndim not in (2, 3) \
             or (left.ndim == 3 and left.shape[2] != 3):
         raise ValueError(f"sgbm_disparity takes two uint8 images of one shape (HxW or HxWx3); received "
                          f"{left.shape} {left.dtype} and {right.shape} {right.dtype}.")
-    if isinstance(num_disparities, bool) or int(num_disparities) != num_disparities or num_disparities < 16 \
-            or num_disparities % 16:
+    if not _is_int(min_disparity):
+        raise ValueError(f"min_disparity must be an integer number of pixels; received {min_disparity!r}.")
+    if not _is_int(num_disparities) or num_disparities < 16 or num_disparities % 16:
         raise ValueError(f"num_disparities must be a positive multiple of 16; received {num_disparities!r}.")
-    if isinstance(block, bool) or int(block) != block or block < 1 or block % 2 == 0:
+    if not _is_int(block) or block < 1 or block % 2 == 0:
         raise ValueError(f"block must be an odd number of pixels >= 1; received {block!r}.")
+    h, w = left.shape[:2]
+    need = int(min_disparity) + int(num_disparities) + block // 2 + 1
+    if w < need or h < block:
+        raise ValueError(f"received a {w}x{h} pair, too small for a search of disparities {min_disparity}.."
+                         f"{min_disparity + num_disparities - 1} with {block}x{block} blocks: it needs at least "
+                         f"{need} px of width and {block} of height. Match larger images, or search fewer "
+                         "disparities (a smaller baseline, or a nearest depth farther away).")
     channels = 1 if left.ndim == 2 else 3
     matcher = cv2.StereoSGBM_create(minDisparity=int(min_disparity), numDisparities=int(num_disparities),
                                     blockSize=int(block), P1=8 * channels * block ** 2, P2=32 * channels * block ** 2,
@@ -49,19 +72,23 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_
 def disparity_to_depth(disp: np.ndarray, fx_baseline: float, min_disparity_px: float = 1.0) -> np.ndarray:
     """Planar depth (HxW float32 metres, 0 = missing) from a disparity map (pixels): ``fx·baseline / disp``.
 
-    ``fx_baseline`` is the focal length in pixels times the baseline in metres. Disparities below
-    ``min_disparity_px`` are missing: beyond the rig's range, where a fraction of a pixel is tens of metres.
+    ``fx_baseline`` is the focal length in pixels (of the disparity map's own size) times the baseline in metres.
+    Disparities below ``min_disparity_px`` are missing: beyond the rig's range, where a fraction of a pixel is tens
+    of metres.
     """
+    fx_baseline = _positive("fx_baseline", fx_baseline, "focal length in pixels times baseline in metres")
+    min_disparity_px = _positive("min_disparity_px", min_disparity_px, "pixels")
     disp = np.asarray(disp, dtype=np.float32)
-    if not (np.isfinite(fx_baseline) and fx_baseline > 0 and min_disparity_px > 0):
-        raise ValueError(f"fx_baseline and min_disparity_px must be > 0; received {fx_baseline!r}, "
-                         f"{min_disparity_px!r}.")
     ok = np.isfinite(disp) & (disp >= min_disparity_px)
-    return np.where(ok, float(fx_baseline) / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
+    return np.where(ok, fx_baseline / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
 
 
 def search_range(fx_baseline: float, nearest_m: float) -> int:
-    """The ``num_disparities`` (a multiple of 16, from ``min_disparity`` 0) that reaches surfaces ``nearest_m`` away."""
-    if not (fx_baseline > 0 and nearest_m > 0):
-        raise ValueError(f"fx_baseline and nearest_m must be > 0; received {fx_baseline!r}, {nearest_m!r}.")
-    return max(16, 16 * int(np.ceil(fx_baseline / nearest_m / 16.0)))
+    """The ``num_disparities`` (a multiple of 16, from ``min_disparity`` 0) whose search, which ends one pixel below
+    it, reaches surfaces ``nearest_m`` metres away (disparity ``fx_baseline / nearest_m``)."""
+    reach = _positive("fx_baseline", fx_baseline, "focal length in pixels times baseline in metres") \
+        / _positive("nearest_m", nearest_m, "metres")
+    if reach > 1e6:
+        raise ValueError(f"received nearest_m={nearest_m!r}: a surface that near is at a disparity of {reach:.3g} "
+                         "px, beyond any image; give a nearest depth farther away.")
+    return max(16, 16 * math.ceil((reach + 1) / 16))

@@ -419,6 +419,19 @@ def _render(layout: _Layout, intr: Intrinsics, height: int, width: int):
     return image, depth, instance
 
 
+def _move_camera_right(layout: _Layout, shift, seed: int) -> None:
+    """Move the camera ``shift`` metres along its x axis; ValueError when that puts it outside the room (behind a
+    plane, whose normals face the original camera) or inside an object."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float, np.number)) or not np.isfinite(shift):
+        raise ValueError(f"shift_right_m must be a finite number of metres; received {shift!r}.")
+    origin = layout.origin + float(shift) * layout.rot[:, 0]
+    if any(p.contains(origin, 0.0) or (np.isinf(p.bound()[1]) and (origin - p.point) @ p.normal <= 0)
+           for p in layout.prims):
+        raise ValueError(f"shift_right_m={float(shift):g} m moves the camera of {layout.kind} scene {seed} out of its "
+                         "room or into an object; use a smaller baseline (a camera can stand 0.15 m from a wall).")
+    layout.origin = origin
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r} ({type(value).__name__}).")
@@ -471,10 +484,8 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
     if clutter:
         add_plants(layout, np.random.default_rng([seed, 0 if kind == "indoor" else 1, 0xC1]), clutter,
                    _fovs(hfov_deg)[0])
-    if not (isinstance(shift_right_m, (int, float, np.number)) and not isinstance(shift_right_m, bool)
-            and np.isfinite(shift_right_m)):
-        raise ValueError(f"shift_right_m must be a finite number of metres; received {shift_right_m!r}.")
-    layout.origin = layout.origin + float(shift_right_m) * layout.rot[:, 0]
+    if isinstance(shift_right_m, bool) or not (isinstance(shift_right_m, (int, float, np.number)) and shift_right_m == 0):
+        _move_camera_right(layout, shift_right_m, seed)
     intr = intrinsics_from_fov(height, width, hfov_deg)
     rgb, depth, instance = _render(layout, intr, height, width)
     rgb = rgb * 255.0

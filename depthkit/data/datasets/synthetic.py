@@ -58,11 +58,7 @@ class SyntheticDataset(TrainingDepthDataset):
         self.first_seed = SPLIT_SEEDS[self.split] + int(seed_offset)
         self.names = [f"synthetic_{self.first_seed + i}" for i in range(length)]
         if sparse_pattern == STEREO_SGBM:
-            unknown = sorted(set(self.sparse_kwargs) - {"baseline", "nearest_m"})
-            values = [v for v in self.sparse_kwargs.values() if v is not None]
-            if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-                raise ValueError(f"the {STEREO_SGBM} pattern takes sparse_kwargs baseline and nearest_m (metres, > 0, "
-                                 f"or None for the scene kind's rig); received {self.sparse_kwargs!r}.")
+            self._check_rig()
 
     def scene_seed(self, index: int) -> int:
         """The ``render_scene`` seed of item ``index``."""
@@ -77,14 +73,41 @@ class SyntheticDataset(TrainingDepthDataset):
         return Sample(image=scene.image, depth=scene.depth, sparse=sparse, intrinsics=scene.intrinsics,
                       name=self.names[index])
 
+    def _rig(self, kind: str) -> tuple[float, float]:
+        """(baseline, nearest depth searched) in metres for scenes of ``kind``: ``sparse_kwargs`` over
+        :data:`STEREO_RIGS`."""
+        baseline, nearest = STEREO_RIGS[kind]
+        return self.sparse_kwargs.get("baseline") or baseline, self.sparse_kwargs.get("nearest_m") or nearest
+
+    def _check_rig(self) -> None:
+        """Refuse (ValueError) ``stereo_sgbm`` options other than a rig, and a rig whose search does not fit the
+        image (OpenCV would fail on every item)."""
+        from depthkit.data.stereo_match import SGBM_BLOCK_PX, search_range
+        from depthkit.data.synthetic import intrinsics_from_fov
+
+        unknown = sorted(set(self.sparse_kwargs) - {"baseline", "nearest_m"})
+        values = [v for v in self.sparse_kwargs.values() if v is not None]
+        if unknown or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+                              and np.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"the {STEREO_SGBM} pattern takes sparse_kwargs baseline and nearest_m (finite metres "
+                             f"> 0, or None for the scene kind's rig); received {self.sparse_kwargs!r}.")
+        fx = intrinsics_from_fov(self.height, self.width, self.hfov_deg).fx
+        for kind in STEREO_RIGS if self.kind == "random" else (self.kind,):
+            baseline, nearest = self._rig(kind)
+            need = search_range(fx * baseline, nearest) + SGBM_BLOCK_PX // 2 + 1
+            if self.width < need:
+                raise ValueError(f"the {STEREO_SGBM} pattern's {kind} rig (baseline {baseline:g} m, surfaces from "
+                                 f"{nearest:g} m) searches disparities up to {need - SGBM_BLOCK_PX // 2 - 2} px at "
+                                 f"this focal length ({fx:.4g} px: width {self.width}, {self.hfov_deg:g} degrees), "
+                                 f"which needs an image at least {need} px wide; use a wider image, a wider field of "
+                                 "view, a smaller baseline or a larger nearest_m (sparse_kwargs).")
+
     def _matched_stereo(self, index: int, scene) -> np.ndarray:
         """The ``stereo_sgbm`` map of ``scene`` (item ``index``): HxW float32 metres, 0 = no match."""
         from depthkit.data.stereo_match import disparity_to_depth, search_range, sgbm_disparity
         from depthkit.data.synthetic import render_scene
 
-        baseline, nearest = STEREO_RIGS[scene.kind]
-        baseline = self.sparse_kwargs.get("baseline") or baseline
-        nearest = self.sparse_kwargs.get("nearest_m") or nearest
+        baseline, nearest = self._rig(scene.kind)
         right = render_scene(self.scene_seed(index), self.height, self.width, self.kind, self.hfov_deg,
                              image_noise=self.image_noise, clutter=self.clutter, shift_right_m=baseline)
         fx_baseline = scene.intrinsics.fx * baseline
