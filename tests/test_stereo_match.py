@@ -103,6 +103,8 @@ def test_sgbm_is_opencvs_matcher_with_the_samples_settings():
 
     left, right = _textured_pair(12)
     left[:, 40:60] = right[:, 40:60] = 128  # a textureless patch: what the filters reject
+    near = left[8:30, 60:80].copy()  # a nearer square (disparity 20): occlusions beside it,
+    left[8:30, 60:80], right[8:30, 40:60] = near, near    # what the left-right check removes
     for lo, ch in ((0, 3), (4, 3), (0, 1)):
         a, b = (left, right) if ch == 3 else (left[..., 0], right[..., 0])
         direct = cv2.StereoSGBM_create(minDisparity=lo, numDisparities=32, blockSize=5, P1=8 * ch * 25,
@@ -195,6 +197,12 @@ def test_a_rig_whose_search_does_not_fit_the_image_is_refused_when_the_dataset_i
     with pytest.raises(ValueError, match="needs an image at least 179 px wide"):
         SyntheticDataset(split="val", length=1, height=SIZE[0], width=SIZE[1], kind="outdoor", hfov_deg=15.0,
                          sparse_pattern="stereo_sgbm")
+    # 170 px at 15 degrees (fx 645.6): the indoor rig needs 163 px, the outdoor one 179; "random" may draw either
+    SyntheticDataset(split="val", length=1, height=SIZE[0], width=170, kind="indoor", hfov_deg=15.0,
+                     sparse_pattern="stereo_sgbm")
+    with pytest.raises(ValueError, match="outdoor rig .* at least 179 px wide"):
+        SyntheticDataset(split="val", length=1, height=SIZE[0], width=170, kind="random", hfov_deg=15.0,
+                         sparse_pattern="stereo_sgbm")
 
 
 def test_a_shift_out_of_the_room_is_refused():
@@ -214,3 +222,12 @@ def test_matched_stereo_of_noisy_cluttered_narrow_field_scenes():
         both = (item["sparse"] > 0) & (item["depth"] > 0)
         assert both.mean() > 0.3
         assert abs(np.median(item["sparse"][both] / item["depth"][both]) - 1) < 0.1
+        # and it is the matcher on this scene's own pair: the right camera's render with the same options
+        seed, kw = ds.scene_seed(i), {"image_noise": 2.0, "clutter": 3}
+        left = render_scene(seed, *SIZE, "random", 75.0, **kw)
+        baseline, nearest = STEREO_RIGS[left.kind]
+        right = render_scene(seed, *SIZE, "random", 75.0, shift_right_m=baseline, **kw)
+        fxb = left.intrinsics.fx * baseline
+        np.testing.assert_array_equal(
+            item["sparse"], disparity_to_depth(sgbm_disparity(left.image, right.image, 0, search_range(fxb, nearest)),
+                                               fxb))
