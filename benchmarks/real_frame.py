@@ -81,8 +81,8 @@ def load_aloe(data: Path = DATA, size: tuple[int, int] = (276, 320)):
 def aloe_stereo(data: Path = DATA, size: tuple[int, int] = (276, 320)):
     """HxW float32 depth of the Aloe pair as a stereo rig measures it, in :func:`load_aloe`'s units (0 = no match):
     OpenCV's semi-global block matcher (:func:`depthkit.data.stereo_match.sgbm_disparity`: 5x5 blocks, disparities
-    in :data:`SGBM_DISPARITY_RANGE` at full size) with its left-right consistency check (1 px), uniqueness (10 %) and
-    speckle (100 px, 2 px) filters, so occlusions,
+    in :data:`SGBM_DISPARITY_RANGE` at full size) with its left-right consistency check (1 px; no effect with OpenCV
+    5.0), uniqueness (10 %) and speckle (100 px, 2 px) filters, so occlusions,
     textureless patches and the band left of the matcher's range are missing and the matched values carry its
     errors. Its disparities are in the GT's units (the median ratio over pixels both have is 1.001), so the GT's
     scale turns them into depth; resampled to ``size`` as the GT is."""
