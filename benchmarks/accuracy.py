@@ -16,8 +16,8 @@ Usage (from the repository root)::
 
 Every method is scored by :func:`depthkit.evaluate.evaluate` (the code behind ``depthkit eval``) under the dataset's
 protocol (:mod:`depthkit.data.protocols`), so the numbers are exactly those ``depthkit eval`` prints. Writes
-``<out>/accuracy.json`` (every method's mean metrics with the date, command, machine, depthkit version and number of
-images) and ``<out>/accuracy.md`` (one table per dataset: rows = methods; columns = MAE, RMSE, AbsRel, delta1,
+``<out>/<name>.json`` (``--name``, default ``accuracy``: every method's mean metrics with the date, command, machine,
+depthkit version and number of images) and ``<out>/<name>.md`` (one table per dataset: rows = methods; columns = MAE, RMSE, AbsRel, delta1,
 DBE-acc, DBE-comp, preservation error and mean pipeline seconds per image).
 
 The synthetic test split (100 scenes at 240x320, 500 random GT points, ``depthkit eval --dataset synthetic``) mixes
@@ -54,7 +54,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import strict_json  # noqa: E402  (NaN, e.g. an AUROC without both classes, as null)
+from _results import results_name, strict_json  # noqa: E402  (NaN, e.g. an AUROC without both classes, as null)
 
 DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
 SYNTHETIC_PATTERNS = {
@@ -190,10 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(SYNTHETIC_PATTERNS) + "), or 'all' (" + ", ".join(ALL_PATTERNS)
                         + "); default: the protocol's 500 random points")
     p.add_argument("--clutter", type=int, default=0, metavar="N",
-                   help="put N plants into every synthetic test scene (thin oblique leaves; a robustness check the "
-                        "default was not trained for; 0 = the standard split)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for accuracy.json and accuracy.md "
+                   help="put N plants into every synthetic test scene (thin oblique leaves; a robustness check: the "
+                        "default's refiner was fine-tuned with plants in 40 %% of its scenes; 0 = the standard split)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for NAME.json and NAME.md "
                    "(default: benchmarks/results)")
+    p.add_argument("--name", type=results_name, default="accuracy",
+                   help="file stem of the results (default accuracy; e.g. accuracy_stereo for a robustness run, so "
+                        "benchmarks/results/accuracy.md is not replaced)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep per-method evaluation files here; a rerun with the same folder resumes")
     p.add_argument("--device", default="cpu", help="device for checkpoints: cpu | cuda | cuda:N (default: cpu)")
@@ -476,10 +479,10 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(report: dict, out: Path) -> tuple[Path, Path]:
-    """Write ``accuracy.json`` (strict JSON: NaN as null) and ``accuracy.md`` into ``out`` (each atomically)."""
+def write_report(report: dict, out: Path, name: str = "accuracy") -> tuple[Path, Path]:
+    """Write ``<name>.json`` (strict JSON: NaN as null) and ``<name>.md`` into ``out`` (each atomically)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = (out / "accuracy.json", out / "accuracy.md")
+    paths = (out / f"{name}.json", out / f"{name}.md")
 
     strict = json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n"
     for path, text in zip(paths, (strict, report_markdown(report))):
@@ -489,7 +492,7 @@ def write_report(report: dict, out: Path) -> tuple[Path, Path]:
     return paths
 
 
-def merge_reports(paths: list[Path], out: Path, argv: list[str]) -> int:
+def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "accuracy") -> int:
     """One report from several ``accuracy.json`` files (their datasets in the given order; the commands that made
     them are kept in ``merged_from``)."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
@@ -497,7 +500,7 @@ def merge_reports(paths: list[Path], out: Path, argv: list[str]) -> int:
     report["datasets"] = [ds for r in reports for ds in r["datasets"]]
     report["command"] = "; ".join(r["command"] for r in reports)
     report["merged_from"] = [{"file": str(p), "command": r["command"], "date": r["date"]} for p, r in zip(paths, reports)]
-    json_path, md_path = write_report(report, out)
+    json_path, md_path = write_report(report, out, name)
     print(f"accuracy benchmark: merged {len(paths)} reports into {json_path} and {md_path}")
     return 0
 
@@ -508,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.merge:
-        return merge_reports(args.merge, args.out, argv)
+        return merge_reports(args.merge, args.out, argv, args.name)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
     if args.clutter < 0:
@@ -569,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "limit": args.limit,
         "datasets": sections,
     }
-    json_path, md_path = write_report(report, args.out)
+    json_path, md_path = write_report(report, args.out, args.name)
     print(report_markdown(report))
     print(f"accuracy benchmark: wrote {json_path} and {md_path}")
     return 0

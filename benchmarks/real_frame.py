@@ -18,7 +18,7 @@ row "refiner as trained" runs it without the per-frame check (``refine_check=fal
 MAE, RMSE (:func:`depthkit.metrics.depth_metrics`) and DBE accuracy (:func:`~depthkit.metrics.dbe_metrics`) against the GT, the mean over seeds. SPEC section 7 gives
 guided 0.062 and nearest 0.095 MAE at 500 points (seed-dependent).
 
-Writes ``<out>/real_frame.json`` and ``<out>/real_frame.md``.
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (``--name``, default ``real_frame``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
-from _results import write_results  # noqa: E402
+from _results import results_name, write_results  # noqa: E402
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 OUT = Path(__file__).resolve().parent / "results"
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                    "SYNTHETIC_PATTERNS, or 'all'")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--name", type=results_name, default="real_frame",
+                   help="file stem of the results in --out (default real_frame; e.g. real_frame_stereo)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     import numpy as np
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, t in by_name.items():
             lines.append(f"| {pattern} | {name} | {t['mae']:.4f} ({100 * (t['mae'] / base - 1):+.1f} %) | "
                          f"{t['rmse']:.4f} | {t['dbe_acc']:.3f} |")
-    write_results(args.out, "real_frame", report, lines)
+    write_results(args.out, args.name, report, lines)
     return 0
 
 

@@ -223,6 +223,25 @@ def test_a_score_without_a_value_is_null_in_the_json_and_na_in_the_table(tmp_pat
     assert "| nearest | n/a |" in (tmp_path / "c" / "accuracy.md").read_text()
 
 
+def test_a_results_name_sits_beside_the_main_results_and_is_never_a_path(tmp_path, capsys):
+    """``--name`` writes NAME.json / NAME.md (a run and a merge), so a robustness run does not replace accuracy.md;
+    anything but a plain file stem is refused by the parser (accuracy and real_frame)."""
+    out = tmp_path / "r"
+    assert accuracy.main(["--limit", "1", "--methods", "nearest", "--out", str(out), "--name", "accuracy_x",
+                          "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_x.json", "accuracy_x.md"]
+    assert accuracy.main(["--merge", str(out / "accuracy_x.json"), "--out", str(out), "--name", "accuracy_y"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_x.json", "accuracy_x.md", "accuracy_y.json",
+                                                     "accuracy_y.md"]
+    real_frame = _load_script("real_frame")
+    for script in (accuracy, real_frame):
+        for bad in ("../x", "a/b", "", ".hidden", "x y"):
+            with pytest.raises(SystemExit):
+                script.main(["--out", str(tmp_path / "bad"), "--name", bad])
+            assert "a results name is a file stem" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_real_frame_gt_lies_where_its_image_does(tmp_path):
     """load_aloe shrinks the 1282x1110 image by area and the disparity by the source pixel under each output pixel's
     centre, so a step in both lands on the same output pixel. Built here: bright (disparity 200) right of source
@@ -418,14 +437,16 @@ def test_real_frame_takes_stage_options_for_the_checkpoints_rows(tmp_path, capsy
     disparity[300:800, 400:900] = 200
     cv2.imwrite(str(tmp_path / "aloeGT.png"), disparity)
 
-    def rows(*extra, out):
+    def rows(*extra, out, name="real_frame"):
         argv = ["--data", str(tmp_path), "--patterns", "random500", "--seeds", "0", "--stages", "complete",
                 "--out", str(tmp_path / out), *extra]
         assert real_frame.main(argv) == 0
-        return json.loads((tmp_path / out / "real_frame.json").read_text())["mean"]["random500"]
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == [f"{name}.json", f"{name}.md"]
+        return json.loads((tmp_path / out / f"{name}.json").read_text())["mean"]["random500"]
 
     told = rows("--option", "complete.fill=anchors", out="a")
-    copy = rows("--checkpoint", str(_default_with(tmp_path, fill="anchors")), out="b")
+    copy = rows("--checkpoint", str(_default_with(tmp_path, fill="anchors")), "--name", "real_frame_copy", out="b",
+                name="real_frame_copy")
     shipped = rows(out="c")
     assert told["default [complete.fill=anchors]: complete"] == copy["with_manifest: complete"]
     assert (told["default [complete.fill=anchors]: complete, refiner as trained"]
