@@ -375,6 +375,31 @@ def test_stereo_visibility_cases_worked_by_hand():
     assert got[20:].all() and got[2:10].all() and not got[:2].any()  # the wall left of column 2 lands off the image
 
 
+def test_stereo_visibility_buckets_equal_the_scan(monkeypatch):
+    """The bucketed search gives the scan's answer bit for bit: slanted, stepped, quarter-pixel (ties at every
+    threshold), edge-on (crowded buckets) and spoiled (NaN, +-inf, negative) rows, three tolerances."""
+    import depthkit.data._stereo_visibility as sv
+
+    rng = np.random.default_rng(5)
+    u = np.arange(90.0)
+    for case in range(24):
+        rows = [np.concatenate([rng.uniform(0, 40) + rng.choice([0.0, 0.5, -0.7, 0.99, 1.0, 1.5]) * np.arange(n)
+                                for n in rng.integers(3, 30, size=10)])[:90] for _ in range(6)]
+        disp = np.stack(rows + [u * 1.0, u * 1.003, u * 1.5 + 2 * (u % 2)])
+        if case % 3 == 1:
+            disp = np.round(disp * 4) / 4
+        if case % 3 == 2:
+            disp.flat[rng.integers(0, disp.size, 40)] = rng.choice([np.nan, np.inf, -np.inf, -3.0], 40)
+        surface = rng.random(disp.shape) < 0.9
+        tol = (0.0, 0.5, 2.0)[case % 3]
+        got = {}
+        for cost in (0.0, np.inf):  # always the buckets, always the scan
+            monkeypatch.setattr(sv, "_PAIR_COST", cost)
+            with np.errstate(invalid="ignore"):  # inf - inf in the spoiled rows
+                got[cost] = seen_by_right_camera(disp, surface, tol)
+        np.testing.assert_array_equal(got[0.0], got[np.inf])
+
+
 def test_stereo_fattening_threshold_and_range_by_hand():
     k = Intrinsics(fx=100.0, fy=100.0, cx=30.0, cy=3.0)
     opts = {**STEREO_EXACT, "fatten_px": 2}
