@@ -452,3 +452,27 @@ def test_stereo_invalid_args(kwargs):
         sample_stereo(_ramp(), K, **kwargs)
     with pytest.raises(ValueError, match="Intrinsics"):
         sample_stereo(_ramp(), (50, 50, 40, 30))
+
+
+def test_stereo_visibility_benchmark_times_both_and_restores_the_cost(tmp_path, capsys):
+    """``benchmarks/stereo_visibility.py`` runs the search and the scan on one scene, writes its table, and leaves
+    the module's pair cost as it found it (a later call still takes the buckets)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import depthkit.data._stereo_visibility as sv
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "stereo_visibility.py"
+    spec = importlib.util.spec_from_file_location("stereo_visibility_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cost = sv._PAIR_COST
+    assert bench.main(["--sizes", "24x32", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert sv._PAIR_COST == cost
+    row = json.loads((tmp_path / "stereo_visibility.json").read_text())["rows"][0]
+    assert row["size"] == [24, 32] and row["equal"] and row["scan_s"] > 0 and row["search_s"] > 0
+    assert "| 24x32 |" in (tmp_path / "stereo_visibility.md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "24by32", "--out", str(tmp_path)])
+    assert "a size is HxW" in capsys.readouterr().err
