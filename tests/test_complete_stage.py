@@ -440,11 +440,14 @@ def test_placed_pixels_are_counted_at_the_input_size(tiny_head_checkpoint):
     sparse[10:40, 30:50] = 2.0  # only the left camera sees
     sparse[10:40, 24:30] = 0.0
     counts = {}
-    for cap in (2048, 32):
+    for cap in (2048, 32, 40, 27):
         stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16,
                                                  max_working_side=cap, occlusion_fill="left")
         out = stage.run(image, sparse)
         counts[cap] = (stage.last_stats["placed_pixels"], stage.last_stats["occlusion_filled"])
         assert counts[cap][0] == int(np.count_nonzero(out.extras["placed"]))
+        assert not out.extras["placed"][sparse > 0].any()  # a measured pixel is never placed
     assert counts[2048] == (30 * 6, 30 * 6)
     assert counts[32][0] == 30 * 6 and counts[32][1] == 15 * 3
+    assert counts[40][0] == 30 * 6  # 30x40: the strip's pixels by their centres, none shifted onto the box
+    assert 0 < counts[27][0] <= 30 * 6  # 20x27: the strip is 2.5 working pixels wide

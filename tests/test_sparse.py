@@ -393,11 +393,22 @@ def test_stereo_visibility_buckets_equal_the_scan(monkeypatch):
         surface = rng.random(disp.shape) < 0.9
         tol = (0.0, 0.5, 2.0)[case % 3]
         got = {}
-        for cost in (0.0, np.inf):  # always the buckets, always the scan
+        # always the buckets (whole, and in blocks of a few rows and batches of 50 pairs), the default, the scan
+        for cost, block in ((0.0, 1 << 18), (0.0, 50), (5.0, 1 << 18), (np.inf, 1 << 18)):
             monkeypatch.setattr(sv, "_PAIR_COST", cost)
+            monkeypatch.setattr(sv, "_BLOCK_PIXELS", block)
             with np.errstate(invalid="ignore"):  # inf - inf in the spoiled rows
-                got[cost] = seen_by_right_camera(disp, surface, tol)
-        np.testing.assert_array_equal(got[0.0], got[np.inf])
+                got[cost, block] = seen_by_right_camera(disp, surface, tol)
+        for key, value in got.items():
+            np.testing.assert_array_equal(value, got[np.inf, 1 << 18], err_msg=str(key))
+    # a mask of another dtype is a mask; a map without a finite disparity hides nothing
+    disp = np.tile(np.linspace(5.0, 25.0, 40), (6, 1))
+    np.testing.assert_array_equal(seen_by_right_camera(disp, np.ones((6, 40), np.uint8)),
+                                  seen_by_right_camera(disp, np.ones((6, 40), bool)))
+    for bad in (-np.inf, np.nan):
+        with np.errstate(invalid="ignore"):
+            out = seen_by_right_camera(np.full((2, 5), bad), np.ones((2, 5), bool))
+        assert out.shape == (2, 5) and out.dtype == bool
 
 
 def test_stereo_fattening_threshold_and_range_by_hand():

@@ -208,7 +208,8 @@ class CompleteVLMStage:
         Inputs whose longest side exceeds ``max_working_side`` (default 2048 px, see
         :data:`depthkit.checkpoints.MAX_WORKING_SIDE`) are completed at that size — the image area-resized, the
         measured points scattered to their scaled pixels — and the maps upsampled (bilinear; masks nearest), so the
-        work and memory of the fill stay bounded; the Pipeline then restores every measured pixel exactly.
+        work and memory of the fill stay bounded (masks follow the working pixel under each pixel's centre); the
+        Pipeline then restores every measured pixel exactly.
         ``last_stats["working_size"]`` records the size used."""
         import cv2
 
@@ -224,7 +225,11 @@ class CompleteVLMStage:
         res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)
         res.confidence = np.clip(cv2.resize(res.confidence, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         res.confidence[sparse > 0] = 1.0
-        res.extras = {k: cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST) for k, v in res.extras.items()}
+        # masks by the working pixel under each pixel's centre, as resize_sparse maps the points (plain INTER_NEAREST
+        # takes a block's top-left one: a mask half a working pixel off); a measured pixel is never placed
+        res.extras = {k: cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST_EXACT) for k, v in res.extras.items()}
+        if "placed" in res.extras:
+            res.extras["placed"][sparse > 0] = 0.0
         self.last_stats["working_size"] = small
         return self._count_placed(res)
 

@@ -300,12 +300,15 @@ def seen_by_right_camera(disp: np.ndarray, surface: np.ndarray, tolerance_px: fl
     sees edge-on), at most about one pass per pixel of disparity range (:mod:`depthkit.data._stereo_visibility`).
     """
     h, w = disp.shape
+    surface = np.asarray(surface, dtype=bool)
     x = np.where(surface, np.arange(w) - disp, np.nan)
     seen = surface & (x >= -0.5)
     if w < 2 or not seen.any():
         return seen
     span = surface[:, :-1] & surface[:, 1:] & (np.abs(disp[:, 1:] - disp[:, :-1]) <= 1.0)
     values = disp[surface & np.isfinite(disp)]
+    if not values.size:  # no finite disparity: nothing lands anywhere it could cover
+        return seen
     reach = min(w - 1, int(math.ceil(float(values.max() - values.min()))) + 2)  # how far right a cover can start
     alone = surface.copy()  # pixels in no span
     alone[:, :-1] &= ~span
