@@ -225,11 +225,9 @@ class CompleteVLMStage:
         res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)
         res.confidence = np.clip(cv2.resize(res.confidence, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         res.confidence[sparse > 0] = 1.0
-        # masks by the working pixel under each pixel's centre, as resize_sparse maps the points (plain INTER_NEAREST
-        # takes a block's top-left one: a mask half a working pixel off); a measured pixel is never placed
+        # masks by the working pixel under each pixel's centre, where resize_sparse put that pixel's point (plain
+        # INTER_NEAREST takes a block's top-left one: a mask half a working pixel off, onto measured pixels)
         res.extras = {k: cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST_EXACT) for k, v in res.extras.items()}
-        if "placed" in res.extras:
-            res.extras["placed"][sparse > 0] = 0.0
         self.last_stats["working_size"] = small
         return self._count_placed(res)
 
