@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python benchmarks/accuracy.py",
         description="Evaluate the classical baselines and checkpoints on the synthetic test split and on dataset "
-                    "roots; write accuracy.json and accuracy.md.",
+                    "roots; write NAME.json and NAME.md (--name, default accuracy) into --out.",
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each dataset "
                    "(default: the whole split; synthetic test has 100)")
@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split of the last --dataset (default: the one its protocol evaluates)")
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic test split")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="combine accuracy.json files of runs that evaluated different datasets or patterns (e.g. "
-                        "in parallel) into one report in --out; evaluates nothing")
+                   help="combine the JSON reports of runs that evaluated different datasets or patterns (e.g. "
+                        "in parallel) into one report, NAME.json / NAME.md in --out; evaluates nothing")
     p.add_argument("--patterns", default=None,
                    help="comma-separated sparse patterns to evaluate the synthetic test split with ("
                         + ", ".join(SYNTHETIC_PATTERNS) + "), or 'all' (" + ", ".join(ALL_PATTERNS)
@@ -441,7 +441,7 @@ def pattern_summary_markdown(sections: list[dict]) -> str:
 
 
 def report_markdown(report: dict) -> str:
-    """The whole ``accuracy.md``."""
+    """The whole markdown report (``<name>.md``)."""
     mach = report["machine"]
     lines = [
         "# Accuracy benchmark",
@@ -493,13 +493,14 @@ def write_report(report: dict, out: Path, name: str = "accuracy") -> tuple[Path,
 
 
 def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "accuracy") -> int:
-    """One report from several ``accuracy.json`` files (their datasets in the given order; the commands that made
-    them are kept in ``merged_from``)."""
+    """One report from several JSON reports (their datasets in the given order; the commands that made them are
+    kept in ``merged_from``, the merge's own in ``merged_by``)."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     report = dict(reports[0])
     report["datasets"] = [ds for r in reports for ds in r["datasets"]]
     report["command"] = "; ".join(r["command"] for r in reports)
     report["merged_from"] = [{"file": str(p), "command": r["command"], "date": r["date"]} for p, r in zip(paths, reports)]
+    report["merged_by"] = "python benchmarks/accuracy.py " + shlex.join(argv)
     json_path, md_path = write_report(report, out, name)
     print(f"accuracy benchmark: merged {len(paths)} reports into {json_path} and {md_path}")
     return 0

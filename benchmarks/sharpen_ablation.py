@@ -1,8 +1,8 @@
 """SharpDepth's ablations in miniature (:mod:`depthkit.sharpen.miniature`), on scenes not trained on.
 
-Usage (from the repository root; ~15-20 min on one loaded CPU thread)::
+Usage (from the repository root; the script runs one torch thread: 126 s in the recorded run, longer when loaded)::
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/sharpen_ablation.py --seeds 0 1 2
+    python benchmarks/sharpen_ablation.py --seeds 0 1 2
 
 One tiny Lotus is trained on dense GT of ``--train-scenes`` synthetic scenes (32x32); then, for each seed, SharpDepth
 is trained label-free on the smooth metric input (GT at 1/4 resolution, upsampled bilinearly) of the same images,

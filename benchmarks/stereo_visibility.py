@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     rows = [measure(size, args.repeats) for size in args.sizes]
     report = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
-              "command": "python benchmarks/stereo_visibility.py " + shlex.join(argv),
+              "command": "python benchmarks/stereo_visibility.py" + (" " + shlex.join(argv) if argv else ""),
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                           "load_average": [load, os.getloadavg()[0]]},
               "rows": rows}
     lines = ["# Stereo visibility speed (`seen_by_right_camera`)", "",
-             f"{report['date']}, `{report['command'].strip()}`; load average {load:.1f} before, "
+             f"{report['date']}, `{report['command']}`; load average {load:.1f} before, "
              f"{report['machine']['load_average'][1]:.1f} after, on {os.cpu_count()} CPUs. One indoor scene per size, "
              "0.54 m baseline; best of the repeats; the two give the same array in every row.", "",
              "| size | disparity range (px) | scan (s) | bucketed search (s) | speed-up |", "|---|---:|---:|---:|---:|"]

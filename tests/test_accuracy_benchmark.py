@@ -233,6 +233,8 @@ def test_a_results_name_sits_beside_the_main_results_and_is_never_a_path(tmp_pat
     assert accuracy.main(["--merge", str(out / "accuracy_x.json"), "--out", str(out), "--name", "accuracy_y"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["accuracy_x.json", "accuracy_x.md", "accuracy_y.json",
                                                      "accuracy_y.md"]
+    merged = json.loads((out / "accuracy_y.json").read_text())
+    assert merged["merged_by"].endswith("--name accuracy_y") and merged["merged_from"][0]["file"].endswith("x.json")
     real_frame = _load_script("real_frame")
     for script in (accuracy, real_frame):
         for bad in ("../x", "a/b", "", ".hidden", "x y"):
