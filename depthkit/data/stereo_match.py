@@ -38,9 +38,10 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_
     of 16). Smoothness penalties ``P1 = 8·C·block²``, ``P2 = 32·C·block²`` for ``C`` channels (OpenCV's recommended
     values), left-right consistency 1 px, uniqueness 10 %, speckle filter (100 px regions, 2 px range): the settings
     of OpenCV's stereo sample. (With OpenCV 5.0 the left-right setting changes no output on any pair tried, rendered
-    or textured with occlusions: the uniqueness and speckle filters are what remove occluded pixels.) Disparities are sub-pixel (OpenCV's 1/16 px fixed point). A match at the bottom of
-    the range is kept, so with ``min_disparity`` > 0 every 0 is a failed match; with ``min_disparity`` 0 a match at
-    disparity 0 (a surface at infinity) is 0 too, and with a negative one, failures and zeros look alike.
+    or textured with occlusions: the uniqueness and speckle filters are what remove occluded pixels.) Disparities
+    are sub-pixel (OpenCV's 1/16 px fixed point). A match at the bottom of the range is kept, so with
+    ``min_disparity`` > 0 every 0 is a failed match; with ``min_disparity`` 0 a match at disparity 0 (a surface at
+    infinity) is 0 too, and with a negative one, failures and zeros look alike.
     """
     import cv2
 
