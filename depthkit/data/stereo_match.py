@@ -13,19 +13,15 @@ import math
 
 import numpy as np
 
+from depthkit.data.sparse import _check_positive
+
 SGBM_BLOCK_PX = 5
 """Block size of the matcher (pixels, odd)."""
+_FX_BASELINE = "fx_baseline (focal length in pixels times baseline in metres)"
 
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive(name: str, value, what: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)) \
-            or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0 ({what}); received {value!r}.")
-    return float(value)
 
 
 def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_disparities: int,
@@ -78,8 +74,8 @@ def disparity_to_depth(disp: np.ndarray, fx_baseline: float, min_disparity_px: f
     Disparities below ``min_disparity_px`` are missing: beyond the rig's range, where a fraction of a pixel is tens
     of metres.
     """
-    fx_baseline = _positive("fx_baseline", fx_baseline, "focal length in pixels times baseline in metres")
-    min_disparity_px = _positive("min_disparity_px", min_disparity_px, "pixels")
+    fx_baseline = _check_positive(_FX_BASELINE, fx_baseline, allow_none=False)
+    min_disparity_px = _check_positive("min_disparity_px (pixels)", min_disparity_px, allow_none=False)
     disp = np.asarray(disp, dtype=np.float32)
     ok = np.isfinite(disp) & (disp >= min_disparity_px)
     return np.where(ok, fx_baseline / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
@@ -88,8 +84,8 @@ def disparity_to_depth(disp: np.ndarray, fx_baseline: float, min_disparity_px: f
 def search_range(fx_baseline: float, nearest_m: float) -> int:
     """The ``num_disparities`` (a multiple of 16, from ``min_disparity`` 0) whose search, which ends one pixel below
     it, reaches surfaces ``nearest_m`` metres away (disparity ``fx_baseline / nearest_m``)."""
-    reach = _positive("fx_baseline", fx_baseline, "focal length in pixels times baseline in metres") \
-        / _positive("nearest_m", nearest_m, "metres")
+    reach = _check_positive(_FX_BASELINE, fx_baseline, allow_none=False) \
+        / _check_positive("nearest_m (metres)", nearest_m, allow_none=False)
     if reach > 1e6:
         raise ValueError(f"received nearest_m={nearest_m!r}: a surface that near is at a disparity of {reach:.3g} "
                          "px, beyond any image; give a nearest depth farther away.")

@@ -82,15 +82,16 @@ class SyntheticDataset(TrainingDepthDataset):
     def _check_rig(self) -> None:
         """Refuse (ValueError) ``stereo_sgbm`` options other than a rig, and a rig whose search does not fit the
         image (OpenCV would fail on every item)."""
+        from depthkit.data.sparse import _check_positive
         from depthkit.data.stereo_match import SGBM_BLOCK_PX, search_range
         from depthkit.data.synthetic import intrinsics_from_fov
 
         unknown = sorted(set(self.sparse_kwargs) - {"baseline", "nearest_m"})
-        values = [v for v in self.sparse_kwargs.values() if v is not None]
-        if unknown or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
-                              and np.isfinite(v) and v > 0 for v in values):
-            raise ValueError(f"the {STEREO_SGBM} pattern takes sparse_kwargs baseline and nearest_m (finite metres "
-                             f"> 0, or None for the scene kind's rig); received {self.sparse_kwargs!r}.")
+        if unknown:
+            raise ValueError(f"the {STEREO_SGBM} pattern takes sparse_kwargs baseline and nearest_m (metres; None: the "
+                             f"scene kind's rig); received {self.sparse_kwargs!r}.")
+        for key, value in self.sparse_kwargs.items():
+            _check_positive(f"the {STEREO_SGBM} pattern's sparse_kwargs {key} (metres)", value)
         fx = intrinsics_from_fov(self.height, self.width, self.hfov_deg).fx
         for kind in STEREO_RIGS if self.kind == "random" else (self.kind,):
             baseline, nearest = self._rig(kind)
