@@ -17,8 +17,8 @@ Usage (from the repository root)::
 Every method is scored by :func:`depthkit.evaluate.evaluate` (the code behind ``depthkit eval``) under the dataset's
 protocol (:mod:`depthkit.data.protocols`), so the numbers are exactly those ``depthkit eval`` prints. Writes
 ``<out>/<name>.json`` (``--name``, default ``accuracy``: every method's mean metrics with the date, command, machine,
-depthkit version and number of images) and ``<out>/<name>.md`` (one table per dataset: rows = methods; columns = MAE, RMSE, AbsRel, delta1,
-DBE-acc, DBE-comp, preservation error and mean pipeline seconds per image).
+depthkit version and number of images) and ``<out>/<name>.md`` (one table per dataset: rows = methods; columns =
+MAE, RMSE, AbsRel, delta1, DBE-acc, DBE-comp, preservation error and mean pipeline seconds per image).
 
 The synthetic test split (100 scenes at 240x320, 500 random GT points, ``depthkit eval --dataset synthetic``) mixes
 indoor rooms (depth ~0.5-10 m) and outdoor streets/fields (~1-80 m); the error scales differ by an order of
@@ -27,8 +27,9 @@ magnitude, so its table is also broken down by scene kind (means over the images
 
 ``--patterns`` evaluates the synthetic test split once per sparse input pattern (:data:`SYNTHETIC_PATTERNS`: random
 100 / 500 / 2000 points, 64-beam LiDAR, ToF-style holes, noisy points; by name only, the robustness patterns: noisy
-and speckled ToF holes, a stereo rig's map, a 32-beam LiDAR and a real matcher's map of rendered pairs) instead of the protocol's 500 random points, and adds a summary
-table: MAE per pattern and method, with each method's change against ``guided``.
+and speckled ToF holes, a stereo rig's map, a 32-beam LiDAR and a real matcher's map of rendered pairs) instead of
+the protocol's 500 random points, and adds a summary table: MAE per pattern and method, with each method's change
+against ``guided``.
 ``--clutter N`` puts N plants (thin, oblique, same-coloured leaves; ``render_scene(..., clutter=N)``) into every
 synthetic test scene: a robustness check on a shape the standard split lacks (its reader line in the report says so).
 
@@ -492,6 +493,11 @@ def write_report(report: dict, out: Path, name: str = "accuracy") -> tuple[Path,
     return paths
 
 
+def _command(argv: list[str]) -> str:
+    """The command line that ran this script with ``argv``, as the reports record it."""
+    return "python benchmarks/accuracy.py" + (" " + shlex.join(argv) if argv else "")
+
+
 def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "accuracy") -> int:
     """One report from several JSON reports (their datasets in the given order; the commands that made them are
     kept in ``merged_from``, the merge's own in ``merged_by``)."""
@@ -500,7 +506,7 @@ def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "ac
     report["datasets"] = [ds for r in reports for ds in r["datasets"]]
     report["command"] = "; ".join(r["command"] for r in reports)
     report["merged_from"] = [{"file": str(p), "command": r["command"], "date": r["date"]} for p, r in zip(paths, reports)]
-    report["merged_by"] = "python benchmarks/accuracy.py " + shlex.join(argv)
+    report["merged_by"] = _command(argv)
     json_path, md_path = write_report(report, out, name)
     print(f"accuracy benchmark: merged {len(paths)} reports into {json_path} and {md_path}")
     return 0
@@ -566,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "accuracy",
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "command": "python benchmarks/accuracy.py" + (" " + shlex.join(argv) if argv else ""),
+        "command": _command(argv),
         "depthkit_version": __version__,
         "git_commit": git_commit(),
         "machine": machine_info(args.device),

@@ -419,15 +419,13 @@ def _render(layout: _Layout, intr: Intrinsics, height: int, width: int):
     return image, depth, instance
 
 
-def _move_camera_right(layout: _Layout, shift, seed: int) -> None:
+def _move_camera_right(layout: _Layout, shift: float, seed: int) -> None:
     """Move the camera ``shift`` metres along its x axis; ValueError when that puts it outside the room (behind a
     plane, whose normals face the original camera) or inside an object."""
-    if isinstance(shift, bool) or not isinstance(shift, (int, float, np.number)) or not np.isfinite(shift):
-        raise ValueError(f"shift_right_m must be a finite number of metres; received {shift!r}.")
-    origin = layout.origin + float(shift) * layout.rot[:, 0]
+    origin = layout.origin + shift * layout.rot[:, 0]
     if any(p.contains(origin, 0.0) or (np.isinf(p.bound()[1]) and (origin - p.point) @ p.normal <= 0)
            for p in layout.prims):
-        raise ValueError(f"shift_right_m={float(shift):g} m moves the camera of {layout.kind} scene {seed} out of its "
+        raise ValueError(f"shift_right_m={shift:g} m moves the camera of {layout.kind} scene {seed} out of its "
                          "room or into an object; use a smaller baseline (a camera can stand 0.15 m from a wall).")
     layout.origin = origin
 
@@ -477,6 +475,9 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
         raise ValueError(f"hfov_deg must be a number of degrees in [5, 150]; received {hfov_deg!r}.")
     if not (isinstance(image_noise, (int, float, np.number)) and 0 <= float(image_noise) < np.inf):
         raise ValueError(f"image_noise must be a finite number >= 0 (8-bit levels); received {image_noise!r}.")
+    if isinstance(shift_right_m, bool) or not isinstance(shift_right_m, (int, float, np.number)) \
+            or not np.isfinite(shift_right_m):
+        raise ValueError(f"shift_right_m must be a finite number of metres; received {shift_right_m!r}.")
     hfov_deg = float(hfov_deg)
     rng = np.random.default_rng([seed, 0 if kind == "indoor" else 1])
     layout = (_build_indoor if kind == "indoor" else _build_outdoor)(rng, hfov_deg)
@@ -484,8 +485,8 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
     if clutter:
         add_plants(layout, np.random.default_rng([seed, 0 if kind == "indoor" else 1, 0xC1]), clutter,
                    _fovs(hfov_deg)[0])
-    if isinstance(shift_right_m, bool) or not (isinstance(shift_right_m, (int, float, np.number)) and shift_right_m == 0):
-        _move_camera_right(layout, shift_right_m, seed)
+    if shift_right_m:
+        _move_camera_right(layout, float(shift_right_m), seed)
     intr = intrinsics_from_fov(height, width, hfov_deg)
     rgb, depth, instance = _render(layout, intr, height, width)
     rgb = rgb * 255.0
