@@ -268,19 +268,15 @@ def test_real_frame_gt_lies_where_its_image_does(tmp_path):
         assert depth[y, x] == (near if image_bright else far), (y, x)
 
 
-def _stereo_pair(tmp_path, background: int = 64, square: int = 96):
-    """A textured rectified pair at Aloe's full size written as aloeL.jpg / aloeR.jpg / aloeGT.png: a wall at
-    disparity ``background`` and a nearer block (rows 0-599, columns 224 on: 45 % of the frame, 54 % of what the
-    matcher can reach) at ``square``, the right view rendered by
-    moving every left pixel ``disparity`` columns left, the nearer surface winning; what the left view does not
-    show is new texture. Returns the GT disparity."""
+def _textured_pair(disp: np.ndarray):
+    """A textured rectified pair (HxWx3 uint8 left, right) for the integer disparity map ``disp`` (HxW, pixels): the
+    right view is rendered by moving every left pixel ``disp`` columns left, the nearer surface winning; what the
+    left view does not show is new texture."""
     import cv2
 
     rng = np.random.default_rng(0)
-    h, w = 1110, 1282
+    h, w = disp.shape
     left = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (3, 3), 0)
-    disp = np.full((h, w), background, np.int64)
-    disp[:600, 224:] = square
     right = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (3, 3), 0)
     owner = np.full((h, w), -1, np.int64)
     for y in range(h):
@@ -288,7 +284,18 @@ def _stereo_pair(tmp_path, background: int = 64, square: int = 96):
         for x in np.argsort(disp[y], kind="stable"):  # farther first, so the nearer surface is written last
             if xr[x] >= 0 and disp[y, x] > owner[y, xr[x]]:
                 right[y, xr[x]], owner[y, xr[x]] = left[y, x], disp[y, x]
-    for name, img in (("aloeL.jpg", left), ("aloeR.jpg", right)):
+    return left, right
+
+
+def _stereo_pair(tmp_path, background: int = 64, square: int = 96):
+    """A textured rectified pair at Aloe's full size written as aloeL.jpg / aloeR.jpg / aloeGT.png: a wall at
+    disparity ``background`` and a nearer block (rows 0-599, columns 224 on: 45 % of the frame, 54 % of what the
+    matcher can reach) at ``square`` (:func:`_textured_pair`). Returns the GT disparity."""
+    import cv2
+
+    disp = np.full((1110, 1282), background, np.int64)
+    disp[:600, 224:] = square
+    for name, img in zip(("aloeL.jpg", "aloeR.jpg"), _textured_pair(disp)):
         cv2.imwrite(str(tmp_path / name), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
     cv2.imwrite(str(tmp_path / "aloeGT.png"), disp.astype(np.uint8))
     return disp
@@ -474,3 +481,97 @@ def test_real_frame_takes_stage_options_for_the_checkpoints_rows(tmp_path, capsy
         real_frame.main(["--data", str(tmp_path), "--stages", "complete", "--option", "sharpen.keep_placed=false",
                          "--out", str(tmp_path / "x")])
     assert "['sharpen'], which this run does not run" in capsys.readouterr().err
+
+
+def _motorcycle_files(tmp_path, disp: np.ndarray, gt: np.ndarray | None = None):
+    """Writes a built pair for ``disp`` (:func:`_textured_pair`) as scikit-image's Motorcycle files, with ``gt`` (or
+    ``disp``) as the GT disparity."""
+    import cv2
+
+    for name, img in zip(("motorcycle_left.png", "motorcycle_right.png"), _textured_pair(disp)):
+        cv2.imwrite(str(tmp_path / name), img)
+    np.savez(tmp_path / "motorcycle_disp.npz", (disp if gt is None else gt).astype(np.float32))
+
+
+def _wall_and_block(wall: int = 20, block: int = 40) -> np.ndarray:
+    disp = np.full((500, 741), wall, np.int64)
+    disp[100:400, 300:600] = block
+    return disp
+
+
+def test_motorcycle_depth_is_metric_by_its_calibration(tmp_path):
+    """load_motorcycle: depth = f·B / (disparity + doffs) with the calibration scikit-image's stereo_motorcycle
+    docstring gives for its size (f 994.978 px, principal point 311.193 / 254.877 px, doffs 31.086 px, B 193.001 mm),
+    NaN = no GT; the frame's intrinsics are that calibration's; a file of another size is refused."""
+    real_frame = _load_script("real_frame")
+    gt = np.full((500, 741), 10.0, np.float32)
+    gt[:, 400:] = 47.5
+    gt[:50] = np.nan
+    _motorcycle_files(tmp_path, _wall_and_block(), gt)
+    image, depth = real_frame.load_motorcycle(tmp_path)
+    assert image.shape == (500, 741, 3) and image.dtype == np.uint8 and depth.dtype == np.float32
+    fb = 994.978 * 0.193001
+    assert depth[100, 10] == pytest.approx(fb / (10 + 31.086), rel=1e-6)  # 4.6739 m
+    assert depth[100, 700] == pytest.approx(fb / (47.5 + 31.086), rel=1e-6)  # 2.4436 m
+    assert not depth[:50].any() and (depth[50:] > 0).all()
+    import cv2
+
+    assert np.array_equal(image, cv2.imread(str(tmp_path / "motorcycle_left.png"))[..., ::-1])  # RGB
+    k = real_frame.FRAMES["motorcycle"].intrinsics(500, 741)
+    assert (k.fx, k.fy, k.cx, k.cy) == (994.978, 994.978, 311.193, 254.877)
+    np.savez(tmp_path / "motorcycle_disp.npz", gt[:, :740])
+    with pytest.raises(SystemExit, match=r"\(500, 740\).*calibration is for scikit-image's \(500, 741\)"):
+        real_frame.load_motorcycle(tmp_path)
+
+
+def test_motorcycle_stereo_map_measures_the_pairs_metric_depth(tmp_path):
+    """motorcycle_stereo on a built pair with Middlebury's convention (disparity = f·B / depth − doffs): the matched
+    wall (disparity 20) is 3.759 m and the block (40) 2.701 m — without doffs they would read 9.6 and 4.8 m — and
+    the band left of the search (64 px) has no match."""
+    real_frame = _load_script("real_frame")
+    disp = _wall_and_block()
+    _motorcycle_files(tmp_path, disp)
+    depth = real_frame.motorcycle_stereo(tmp_path)
+    assert depth.shape == (500, 741) and depth.dtype == np.float32
+    fb, doffs = 994.978 * 0.193001, 31.086
+    matched = depth > 0
+    assert not matched[:, :60].any() and matched[:, 70:].mean() > 0.9
+    wall, block = np.median(depth[420:, 100:700]), np.median(depth[150:350, 350:550])
+    assert wall == pytest.approx(fb / (20 + doffs), rel=2e-3) and block == pytest.approx(fb / (40 + doffs), rel=2e-3)
+    _, gt = real_frame.load_motorcycle(tmp_path)
+    rel = np.abs(depth - gt)[matched] / gt[matched]
+    assert np.median(rel) < 1e-3 and (rel < 0.02).mean() > 0.97
+
+
+def test_real_frame_runs_the_motorcycle_frame(tmp_path, capsys):
+    """``--frame motorcycle`` reads the frame from --data, writes real_frame_motorcycle.{json,md} in metres, and
+    draws its LiDAR beams with the frame's calibration (the nearest row's MAE is the one computed here with those
+    intrinsics, not a 60° field of view's); without the files it says how to get them."""
+    real_frame = _load_script("real_frame")
+    _motorcycle_files(tmp_path, _wall_and_block())
+    out = tmp_path / "out"
+    assert real_frame.main(["--frame", "motorcycle", "--data", str(tmp_path), "--patterns", "random100,lidar64",
+                            "--seeds", "0", "--stages", "complete", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["real_frame_motorcycle.json", "real_frame_motorcycle.md"]
+    report = json.loads((out / "real_frame_motorcycle.json").read_text())
+    assert report["units"] == "metres" and "MAE and RMSE in metres" in (out / "real_frame_motorcycle.md").read_text()
+    from depthkit import Pipeline
+    from depthkit.data.sparse import make_sparse
+    from depthkit.data.synthetic import intrinsics_from_fov
+    from depthkit.geometry import Intrinsics
+    from depthkit.metrics import depth_metrics
+
+    image, gt = real_frame.load_motorcycle(tmp_path)
+
+    def nearest_mae(intrinsics):
+        sparse = make_sparse(gt, "lidar", 0, intrinsics=intrinsics, n_beams=64).astype(np.float32)
+        return float(depth_metrics(Pipeline(method="nearest")(image, sparse).depth, gt, gt > 0)["mae"])
+
+    calibrated = nearest_mae(Intrinsics(fx=994.978, fy=994.978, cx=311.193, cy=254.877))
+    assert calibrated != nearest_mae(intrinsics_from_fov(500, 741, 60.0))
+    assert report["mean"]["lidar64"]["nearest"]["mae"] == pytest.approx(calibrated, rel=1e-6)
+    assert report["mean"]["random100"]["default: complete"]["mae"] > 0
+    with pytest.raises(SystemExit, match="pip install scikit-image"):
+        real_frame.load_motorcycle(tmp_path / "empty")
+    with pytest.raises(SystemExit, match="are not installed; pip install scikit-image"):
+        real_frame._files(None, real_frame._MOTORCYCLE_INSTALL, "motorcycle_left.png")

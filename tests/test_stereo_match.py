@@ -231,3 +231,17 @@ def test_matched_stereo_of_noisy_cluttered_narrow_field_scenes():
         np.testing.assert_array_equal(
             item["sparse"], disparity_to_depth(sgbm_disparity(left.image, right.image, 0, search_range(fxb, nearest)),
                                                fxb))
+
+
+def test_disparity_to_depth_adds_the_principal_points_offset():
+    """Middlebury's convention, by hand: depth = fx·B / (d + doffs); the minimum applies to the measured disparity,
+    before the offset; a missing or non-finite disparity stays missing; a bad offset is refused with what was given."""
+    disp = np.array([[10.0, 0.0], [np.nan, 0.5]], np.float32)
+    depth = disparity_to_depth(disp, 150.0, doffs_px=5.0)
+    assert depth[0, 0] == np.float32(10.0) and depth[0, 1] == 0 and depth[1, 0] == 0 and depth[1, 1] == 0
+    assert disparity_to_depth(disp, 150.0, min_disparity_px=0.5, doffs_px=5.0)[1, 1] == np.float32(150.0 / 5.5)
+    assert np.array_equal(disparity_to_depth(disp, 150.0, doffs_px=0), disparity_to_depth(disp, 150.0))
+    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match=r"doffs_px \(pixels: the principal points' x difference\) must be a "
+                                             r"finite number >= 0; received"):
+            disparity_to_depth(disp, 150.0, doffs_px=bad)

@@ -4,7 +4,7 @@ Where :func:`depthkit.data.sparse.sample_stereo` simulates a matcher's failures 
 two images, so its map has the errors a real rig's has: matches in textureless sky, fattened foreground edges,
 speckle, a left band with no match and holes wherever the filters reject a match. Used by the synthetic dataset's
 ``stereo_sgbm`` pattern (:class:`depthkit.data.datasets.synthetic.SyntheticDataset`, whose scenes render a right
-view) and by ``benchmarks/real_frame.py`` on the Middlebury Aloe pair.
+view) and by ``benchmarks/real_frame.py`` on the Middlebury Aloe and Motorcycle pairs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from depthkit.data.sparse import _check_positive
+from depthkit.data.sparse import _check_non_negative, _check_positive
 
 SGBM_BLOCK_PX = 5
 """Block size of the matcher (pixels, odd)."""
@@ -67,18 +67,23 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_
     return np.where(disp >= min_disparity, disp, 0.0).astype(np.float32)  # invalid: (min_disparity - 1)
 
 
-def disparity_to_depth(disp: np.ndarray, fx_baseline: float, min_disparity_px: float = 1.0) -> np.ndarray:
-    """Planar depth (HxW float32 metres, 0 = missing) from a disparity map (pixels): ``fx·baseline / disp``.
+def disparity_to_depth(disp: np.ndarray, fx_baseline: float, min_disparity_px: float = 1.0,
+                       doffs_px: float = 0.0) -> np.ndarray:
+    """Planar depth (HxW float32 metres, 0 = missing) from a disparity map (pixels): ``fx·baseline / (disp +
+    doffs_px)``.
 
     ``fx_baseline`` is the focal length in pixels (of the disparity map's own size) times the baseline in metres.
-    Disparities below ``min_disparity_px`` are missing: beyond the rig's range, where a fraction of a pixel is tens
-    of metres.
+    ``doffs_px`` is the difference of the two cameras' principal points along x (right minus left; Middlebury's
+    calibration files call it ``doffs``; 0 for a pair rectified to one principal point), in the map's pixels.
+    Disparities below ``min_disparity_px`` (before the offset) and non-finite ones are missing: beyond the rig's
+    range, where a fraction of a pixel is tens of metres, or unmatched.
     """
     fx_baseline = _check_positive(_FX_BASELINE, fx_baseline, allow_none=False)
     min_disparity_px = _check_positive("min_disparity_px (pixels)", min_disparity_px, allow_none=False)
+    doffs_px = _check_non_negative("doffs_px (pixels: the principal points' x difference)", doffs_px)
     disp = np.asarray(disp, dtype=np.float32)
     ok = np.isfinite(disp) & (disp >= min_disparity_px)
-    return np.where(ok, fx_baseline / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
+    return np.where(ok, fx_baseline / (np.where(ok, disp, 1.0) + np.float32(doffs_px)), 0.0).astype(np.float32)
 
 
 def search_range(fx_baseline: float, nearest_m: float) -> int:
