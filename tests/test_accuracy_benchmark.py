@@ -522,6 +522,9 @@ def test_motorcycle_depth_is_metric_by_its_calibration(tmp_path):
     np.savez(tmp_path / "motorcycle_disp.npz", gt[:, :740])
     with pytest.raises(SystemExit, match=r"\(500, 740\).*calibration is for scikit-image's \(500, 741\)"):
         real_frame.load_motorcycle(tmp_path)
+    _motorcycle_files(tmp_path, _wall_and_block()[:, :740])  # a pair and GT of one size, not the calibration's
+    with pytest.raises(SystemExit, match=r"\(500, 740\).*calibration is for scikit-image's \(500, 741\)"):
+        real_frame.load_motorcycle(tmp_path)
 
 
 def test_motorcycle_stereo_map_measures_the_pairs_metric_depth(tmp_path):
@@ -535,7 +538,7 @@ def test_motorcycle_stereo_map_measures_the_pairs_metric_depth(tmp_path):
     assert depth.shape == (500, 741) and depth.dtype == np.float32
     fb, doffs = 994.978 * 0.193001, 31.086
     matched = depth > 0
-    assert not matched[:, :60].any() and matched[:, 70:].mean() > 0.9
+    assert not matched[:, :60].any() and matched[:, 68:80].mean() > 0.9 and matched[:, 70:].mean() > 0.9
     wall, block = np.median(depth[420:, 100:700]), np.median(depth[150:350, 350:550])
     assert wall == pytest.approx(fb / (20 + doffs), rel=2e-3) and block == pytest.approx(fb / (40 + doffs), rel=2e-3)
     _, gt = real_frame.load_motorcycle(tmp_path)
