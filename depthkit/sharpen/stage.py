@@ -36,9 +36,16 @@ class SharpenStage:
     name = "sharpen"
 
     def __init__(self, sharpdepth, processing_resolution: int | None = None, source: str = "",
-                 keep_placed: bool = False):
+                 keep_placed: bool = False, max_processing_resolution: int | None = None):
+        if processing_resolution is not None and max_processing_resolution is not None:
+            raise ValueError(f"the sharpen stage takes processing_resolution (a fixed longest side) or "
+                             f"max_processing_resolution (the image's own, at most this), not both; received "
+                             f"{processing_resolution!r} and {max_processing_resolution!r}.")
         self.model = sharpdepth
         self.processing_resolution = processing_resolution
+        self.max_processing_resolution = max_processing_resolution
+        """The longest side (pixels) the UNet runs at is the image's own up to this, and this for larger images
+        (None: the model's ``default_processing_resolution``)."""
         self.source = source
         self.keep_placed = keep_placed
         """True: the Pipeline gives back the input's depth wherever an earlier stage placed it by rule (its
@@ -71,10 +78,13 @@ class SharpenStage:
                                    "lotus": out.lotus.astype(np.float32)})
 
     def processing_side(self, image: np.ndarray) -> int | None:
-        """The longest side (pixels) the UNet runs at for ``image`` (HxWx3): the stage's ``processing_resolution``,
-        else the model's default (None = the image's own size, capped at MAX_WORKING_SIDE)."""
+        """The longest side (pixels) the UNet runs at for ``image`` (HxWx3): the stage's ``processing_resolution``;
+        else the image's own up to ``max_processing_resolution``; else the model's default (None = the image's own
+        size, capped at MAX_WORKING_SIDE)."""
         from depthkit.checkpoints import working_side
 
+        if self.max_processing_resolution is not None:
+            return working_side(None, image.shape, cap=self.max_processing_resolution)
         return self.processing_resolution or working_side(self.model.model.default_processing_resolution, image.shape)
 
     def limit_configs(self, settings: dict[str, dict]) -> dict:
@@ -157,6 +167,7 @@ class SharpenStage:
 
     def __repr__(self) -> str:
         return (f"SharpenStage({self.source!r}, processing_resolution={self.processing_resolution}, "
+                f"max_processing_resolution={self.max_processing_resolution}, "
                 f"keep_placed={self.keep_placed})")
 
 
@@ -166,7 +177,8 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     :class:`~depthkit.checkpoints.CheckpointRef`, or None when there is none).
 
     Options (the manifest's, overridden by ``options``): ``processing_resolution`` (longest side in pixels the UNet
-    runs at; None = the input's size), ``keep_placed`` (True: in a Pipeline, the pixels the complete stage's rules
+    runs at; None = the model's default), ``max_processing_resolution`` (instead: the input's own longest side, at
+    most this many pixels; giving one of the two as an option sets the other to None), ``keep_placed`` (True: in a Pipeline, the pixels the complete stage's rules
     placed keep their depth, :attr:`SharpenStage.keep_placed`; False, the default: the paper's sharpener, which
     may change them) and ``config`` (overrides of single SharpDepthConfig fields, e.g.
     ``{"fit_threshold": 0.3}``, on top of the manifest's ``config`` and then the stored ``sharpdepth.json``: a field
@@ -193,27 +205,31 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
                              f"{{\"fit_threshold\": 0.3}}; received {value!r}.")
     # a caller's config overrides single fields: the manifest's run-time switches it does not name stay on
     config = {**(shipped or {}), **(config or {})} or None
+    sides = ("processing_resolution", "max_processing_resolution")
+    if any(k in options for k in sides):  # the two exclude each other: a caller's one replaces the manifest's
+        stored = {k: v for k, v in stored.items() if k not in sides}
     options = {**stored, **options}
     processing_resolution = options.pop("processing_resolution", None)
+    max_processing_resolution = options.pop("max_processing_resolution", None)
     keep_placed = options.pop("keep_placed", None)
     keep_placed = False if keep_placed is None else keep_placed  # null: unset, the paper's sharpener
     if options:
-        raise ValueError(f"the sharpen stage takes the options processing_resolution, keep_placed and config; "
-                         f"received {sorted(options)}.")
+        raise ValueError(f"the sharpen stage takes the options processing_resolution, max_processing_resolution, "
+                         f"keep_placed and config; received {sorted(options)}.")
     if not isinstance(keep_placed, bool):
         raise ValueError(f"keep_placed must be true or false (keep the depth the complete stage's fills placed); "
                          f"received {keep_placed!r}.")
-    if processing_resolution is not None and (isinstance(processing_resolution, bool)
-                                              or not isinstance(processing_resolution, int)
-                                              or processing_resolution <= 0):
-        raise ValueError(f"processing_resolution must be a positive int (pixels) or None; received "
-                         f"{processing_resolution!r}.")
+    for name, side in zip(sides, (processing_resolution, max_processing_resolution)):
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side <= 0):
+            raise ValueError(f"{name} must be a positive int (pixels) or None; received {side!r}.")
     from depthkit.checkpoints import BOUNDS, bounded, loading
     from depthkit.sharpen.model import SharpDepth
 
     part = checkpoint.part("sharpen")
-    bounded("processing_resolution", processing_resolution, *BOUNDS["processing_resolution"], part, optional=True)
+    for name, side in zip(sides, (processing_resolution, max_processing_resolution)):
+        bounded(name, side, *BOUNDS["processing_resolution"], part, optional=True)
     # a malformed part (wrong types, missing tensors) becomes one CheckpointError naming the folder
     with loading(part, "the sharpen part (sharpdepth.json, lotus.json, unet/, vae/)", passthrough=(ValueError,)):
         model = SharpDepth.from_dir(part, device=device, dtype=torch_dtype(dtype), config=config)
-    return SharpenStage(model, processing_resolution, source=str(part), keep_placed=keep_placed)
+    return SharpenStage(model, processing_resolution, source=str(part), keep_placed=keep_placed,
+                        max_processing_resolution=max_processing_resolution)
