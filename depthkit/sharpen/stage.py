@@ -83,8 +83,8 @@ class SharpenStage:
         size, capped at MAX_WORKING_SIDE)."""
         from depthkit.checkpoints import working_side
 
-        if self.max_processing_resolution is not None:
-            return working_side(None, image.shape, cap=self.max_processing_resolution)
+        if self.max_processing_resolution is not None:  # not None: that would be the model's default
+            return working_side(None, image.shape, cap=self.max_processing_resolution) or max(image.shape[:2])
         return self.processing_resolution or working_side(self.model.model.default_processing_resolution, image.shape)
 
     def limit_configs(self, settings: dict[str, dict]) -> dict:
