@@ -1,0 +1,156 @@
+"""The sharpener at several processing sizes, on synthetic **val** scenes rendered larger than it was trained at.
+
+Usage (from the repository root; ~7 min per pattern at 12 scenes and 480x640 on this CPU, most of it the native
+size)::
+
+    python benchmarks/sharpen_resolution.py                          # 480x640, sides 320,400,480,native
+    python benchmarks/sharpen_resolution.py --size 375x1242 --sides 320,480 --patterns lidar64 --scenes 6
+
+The embedded default's sharpener was trained on 240x320 scenes and its manifest used to run the UNet at a longest
+side of 320 whatever the frame's size, so a 640x480 frame was sharpened at 320x240 and the change resized back up.
+This scores the same sharpener (``--sharpen``, the checkpoint's own switches, ``keep_placed`` as the Pipeline runs
+it) with ``processing_resolution`` set to each of ``--sides`` (``native``: the frame's own longest side), on the
+first ``--scenes`` val scenes rendered at ``--size`` (the same scenes as the 240x320 split, at more pixels). The
+metric input is ``--checkpoint``'s completion without language-model queries, as in
+``benchmarks/sharpen_switches.py`` (kept in ``--work-dir`` when given). Per pattern and side: MAE change against the
+input, DBE accuracy (px, at the frame's size) input → output ± the standard error of the per-scene change, whether
+the embedded default's goal is met (DBE better, MAE within 2 %), and the median seconds of one sharpen call at that
+side (all sides run side by side in one process; the machine is shared, so compare the columns, not absolutes).
+Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy, sharpen_switches
+from _results import results_name, write_results  # noqa: E402
+from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options  # noqa: E402
+from sharpen_switches import ROOT, _se_text, score, sharpener_meets_bar, standard_error  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``'HxW'`` → (H, W), each at least 32 pixels; ValueError says what is expected."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size takes HEIGHTxWIDTH in pixels, e.g. 480x640; received {text!r}.") from None
+    if min(h, w) < 32:
+        raise ValueError(f"--size needs at least 32 pixels a side; received {text!r}.")
+    return h, w
+
+
+def parse_sides(text: str, size: tuple[int, int]) -> dict[str, int]:
+    """``'320,480,native'`` → ``{label: longest side in pixels}`` (``native`` = the frame's own longest side);
+    ValueError for anything else."""
+    sides = {}
+    for part in (p.strip() for p in text.split(",")):
+        if part == "native":
+            sides["native"] = max(size)
+        elif part.isdigit() and 32 <= int(part) <= 4096:
+            sides[part] = int(part)
+        else:
+            raise ValueError(f"--sides takes comma-separated longest sides (32-4096 pixels) or 'native'; received "
+                             f"{text!r}.")
+    return sides
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="The sharpener at several processing sizes on larger val scenes.")
+    p.add_argument("--sharpen", type=Path, default=ROOT / "checkpoints" / "default",
+                   help="checkpoint whose sharpen/ part is measured (default: the embedded default)")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default",
+                   help="checkpoint whose completer makes the metric input (default: the embedded default)")
+    add_scene_options(p, "val", 12, "all", OUT)
+    p.add_argument("--size", default="480x640", help="HEIGHTxWIDTH the val scenes are rendered at (default 480x640)")
+    p.add_argument("--sides", default="320,400,480,native",
+                   help="processing sides to compare: pixels, or 'native' (default 320,400,480,native)")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
+    p.add_argument("--name", type=results_name, default="sharpen_resolution", help="file stem of the results")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, patterns = parse_scene_options(p, argv)
+    try:
+        size = parse_size(args.size)
+        sides = parse_sides(args.sides, size)
+    except ValueError as err:
+        p.error(str(err))
+    import numpy as np
+
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.sharpen.stage import build_sharpen_stage
+    from depthkit.sharpen.teachers import build_metric_source
+    from depthkit.sharpen.train import MetricCache
+
+    ref = CheckpointRef.open(str(args.sharpen))
+    if not ref.has_part("sharpen"):
+        p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
+    stages = {label: build_sharpen_stage(ref, options={"processing_resolution": side}) for label, side in sides.items()}
+    metric = MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
+                         args.work_dir)
+    rows: dict[str, dict] = {label: {} for label in sides}
+    for pattern in patterns:
+        kind, kwargs = SYNTHETIC_PATTERNS[pattern]
+        data = SyntheticDataset(split="val", length=args.scenes, height=size[0], width=size[1], sparse_pattern=kind,
+                                sparse_kwargs=kwargs)
+        scores, seconds = {label: [] for label in sides}, {label: [] for label in sides}
+        for i in range(len(data)):
+            item = data[i]
+            d, placed = metric.with_placed(item["image"], item["sparse"], f"val_{size[0]}x{size[1]}_{pattern}_{i}")
+            before = score(d, item["depth"])
+            for label, stage in stages.items():
+                start = time.perf_counter()
+                out = stage.run_limits(item["image"], item["sparse"], d, {"as shipped": {}}, placed=placed)
+                seconds[label].append(time.perf_counter() - start)
+                scores[label].append(before + score(out["as shipped"], item["depth"]))
+        for label in sides:
+            per_scene = np.asarray(scores[label], np.float64)
+            mae_in, dbe_in, mae_out, dbe_out = (float(v) for v in np.nanmean(per_scene, axis=0))
+            r = {"input_mae": mae_in, "mae": mae_out, "change": mae_out / mae_in - 1, "input_dbe_acc": dbe_in,
+                 "dbe_acc": dbe_out, "dbe_change_se": standard_error(per_scene[:, 3] - per_scene[:, 1]),
+                 "seconds": statistics.median(seconds[label])}
+            rows[label][pattern] = r = {**r, "goal_met": bool(sharpener_meets_bar(r)), "per_scene": per_scene.tolist()}
+            print(f"{pattern:11s} side {label:7s} MAE {mae_in:.4f} -> {mae_out:.4f} ({100 * r['change']:+.1f} %)  "
+                  f"DBE-acc {dbe_in:.3f} -> {dbe_out:.3f} ({dbe_out - dbe_in:+.3f} {_se_text(r['dbe_change_se'])}),"
+                  f" {r['seconds']:.2f} s", flush=True)
+
+    report = {"benchmark": "sharpen_resolution", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
+              "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
+              "command": "python benchmarks/sharpen_resolution.py" + (" " + shlex.join(argv) if argv else ""),
+              "split": "val", "scenes": args.scenes, "size": list(size), "sides": sides, "threads": args.threads,
+              "results": rows}
+    lines = [f"## The sharpener at several processing sizes: {args.sharpen}", "",
+             f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
+             f"rendered at {size[1]}x{size[0]}, metric input = the completion without queries, the sharpener as the "
+             "Pipeline runs it with `processing_resolution` = the column's longest side. Per cell: MAE change against "
+             "the input / DBE accuracy input → output (px, at the frame's size) ± the standard error of the "
+             "per-scene DBE change; **bold** = the goal (DBE better, MAE within 2 %) met. Last row: median seconds "
+             f"of one sharpen call ({args.threads} torch thread(s); compare columns, the machine is shared).", "",
+             "| pattern | " + " | ".join(f"side {label}" for label in sides) + " |",
+             "|---|" + "---:|" * len(sides)]
+    for pattern in patterns:
+        cells = []
+        for label in sides:
+            r = rows[label][pattern]
+            cell = (f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} "
+                    f"{_se_text(r['dbe_change_se'])}")
+            cells.append(f"**{cell}**" if r["goal_met"] else cell)
+        lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
+    lines.append("| goals met | " + " | ".join(f"{sum(r['goal_met'] for r in rows[label].values())}/{len(patterns)}"
+                                              for label in sides) + " |")
+    lines.append("| s / call | " + " | ".join(f"{statistics.median(r['seconds'] for r in rows[label].values()):.2f}"
+                                             for label in sides) + " |")
+    write_results(args.out, args.name, report, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
