@@ -179,3 +179,40 @@ def test_pass1_gt_scores_the_sharpener_with_the_scenes_gt_as_pass1(tmp_path):
     scored = report["results"]["shipped"]["random100"]["per_scene"][0][2]
     assert scored == pytest.approx(depth_metrics(oracle, gt, gt > 0)["mae"], rel=1e-6)
     assert scored != pytest.approx(depth_metrics(shipped, gt, gt > 0)["mae"], rel=1e-6)
+
+
+def test_sharpen_resolution_scores_the_stage_at_each_processing_side(tmp_path, capsys):
+    """benchmarks/sharpen_resolution.py: the val scenes rendered at --size, each column the sharpen stage with
+    ``processing_resolution`` = its side (``native`` = the frame's own longest side), scored against the completion
+    it sharpens (recomputed here for one scene); bad --size / --sides say what is expected."""
+    import sharpen_resolution
+
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.metrics import depth_metrics
+    from depthkit.sharpen.stage import build_sharpen_stage
+    from depthkit.sharpen.teachers import build_metric_source
+
+    argv = ["--scenes", "1", "--patterns", "random500", "--size", "60x80", "--sides", "40,native",
+            "--out", str(tmp_path)]
+    assert sharpen_resolution.main(argv) == 0
+    report = json.loads((tmp_path / "sharpen_resolution.json").read_text())
+    assert report["sides"] == {"40": 40, "native": 80} and report["size"] == [60, 80]
+    sample = SyntheticDataset(split="val", length=1, height=60, width=80, sparse_pattern="random",
+                              sparse_kwargs={"n": 500})[0]
+    completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
+                                     query_budget=0)(sample["image"], sample["sparse"], sample["name"])
+    ref, gt = CheckpointRef.open(str(ROOT / "checkpoints" / "default")), sample["depth"]
+    for label, side in (("40", 40), ("native", 80)):
+        out = build_sharpen_stage(ref, options={"processing_resolution": side}).run(sample["image"],
+                                                                                    sample["sparse"], completion)
+        scored = report["results"][label]["random500"]["per_scene"][0]
+        assert scored[0] == pytest.approx(depth_metrics(completion, gt, gt > 0)["mae"], rel=1e-6)
+        assert scored[2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)
+    assert report["results"]["40"]["random500"]["mae"] != report["results"]["native"]["random500"]["mae"]
+    assert "| goals met |" in (tmp_path / "sharpen_resolution.md").read_text()
+    for bad, said in ((["--size", "480"], "--size takes HEIGHTxWIDTH"), (["--size", "16x640"], "at least 32 pixels"),
+                      (["--sides", "320,full"], "--sides takes"), (["--sides", "8"], "--sides takes")):
+        with pytest.raises(SystemExit):
+            sharpen_resolution.main(["--out", str(tmp_path / "bad"), *bad])
+        assert said in capsys.readouterr().err
