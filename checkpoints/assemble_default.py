@@ -130,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from depthkit.checkpoints import load_manifest, write_manifest
+    from depthkit.sharpen.stage import over_stored_options
 
     args.out.mkdir(parents=True, exist_ok=True)
     _copy_part(args.complete, "complete", args.out)
     stages = {"complete": dict(COMPLETE_OPTIONS)}
     if args.sharpen is not None:
         _copy_part(args.sharpen, "sharpen", args.out)
-        stages["sharpen"] = {**load_manifest(args.sharpen)["stages"].get("sharpen", {}), **SHARPEN_OPTIONS}
+        stages["sharpen"] = over_stored_options(load_manifest(args.sharpen)["stages"].get("sharpen", {}),
+                                                SHARPEN_OPTIONS)
         if args.sharpen_config:
             stages["sharpen"]["config"] = {**stages["sharpen"].get("config", {}), **args.sharpen_config}
     else:  # a completer-only default: no stale sharpener beside a manifest that does not name it

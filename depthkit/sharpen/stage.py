@@ -21,7 +21,8 @@ import numpy as np
 
 from depthkit.outputs import StageResult, keep_placed_depth
 
-__all__ = ["SharpenStage", "UPSAMPLE_WARNING", "UPSAMPLE_WARNING_MIN_SIDE", "build_sharpen_stage"]
+__all__ = ["PROCESSING_SIDE_OPTIONS", "SharpenStage", "UPSAMPLE_WARNING", "UPSAMPLE_WARNING_MIN_SIDE", "build_sharpen_stage",
+           "over_stored_options"]
 
 UPSAMPLE_WARNING = 4
 """A processing resolution more than this many times the image's longest side is warned about (once per stage) ...
@@ -171,6 +172,19 @@ class SharpenStage:
                 f"keep_placed={self.keep_placed})")
 
 
+PROCESSING_SIDE_OPTIONS = ("processing_resolution", "max_processing_resolution")
+"""The two ways of saying the size the UNet runs at; they exclude each other."""
+
+
+def over_stored_options(stored: dict, options: dict) -> dict:
+    """Stage options ``options`` over a manifest's ``stored`` ones (other than ``config``, merged by field in
+    :func:`build_sharpen_stage`): a key given replaces the stored one, and naming either of
+    :data:`PROCESSING_SIDE_OPTIONS` drops the stored other, since the two exclude each other."""
+    if any(k in options for k in PROCESSING_SIDE_OPTIONS):
+        stored = {k: v for k, v in stored.items() if k not in PROCESSING_SIDE_OPTIONS}
+    return {**stored, **options}
+
+
 def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
                         options: dict | None = None) -> SharpenStage:
     """The ``sharpen`` stage from the ``sharpen/`` part of ``checkpoint`` (a resolved
@@ -205,10 +219,8 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
                              f"{{\"fit_threshold\": 0.3}}; received {value!r}.")
     # a caller's config overrides single fields: the manifest's run-time switches it does not name stay on
     config = {**(shipped or {}), **(config or {})} or None
-    sides = ("processing_resolution", "max_processing_resolution")
-    if any(k in options for k in sides):  # the two exclude each other: a caller's one replaces the manifest's
-        stored = {k: v for k, v in stored.items() if k not in sides}
-    options = {**stored, **options}
+    options = over_stored_options(stored, options)
+    sides = PROCESSING_SIDE_OPTIONS
     processing_resolution = options.pop("processing_resolution", None)
     max_processing_resolution = options.pop("max_processing_resolution", None)
     keep_placed = options.pop("keep_placed", None)
