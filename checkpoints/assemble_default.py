@@ -34,9 +34,12 @@ COMPLETE_OPTIONS = {"method": "sdim", "fill": "residual", "occlusion_fill": "aut
 map's occluded strips get the background's depth where the frame's holes show the reference side
 (depthkit/complete/occlusion.py, session 18); a dense sensor's holes at depth edges are split by the image's colours
 (depthkit/complete/hole_fill.py, session 17)."""
-SHARPEN_OPTIONS = {"keep_placed": True}
+SHARPEN_OPTIONS = {"keep_placed": True, "max_processing_resolution": 480}
 """The sharpener's stage options on top of its run's manifest: it leaves the depth the complete stage's occlusion and
-hole fills placed as they placed it (depthkit/sharpen/stage.py, session 18)."""
+hole fills placed as they placed it (depthkit/sharpen/stage.py, session 18), and its UNet runs at the frame's own
+size up to a longest side of 480 px instead of always at 320 (session 22: on frames larger than the 240x320 it was
+trained at it sharpened far less at 320; benchmarks/sharpen_resolution.py), which replaces the run's
+``processing_resolution``."""
 SHARPEN_MAE_TOLERANCE = 0.02
 """The sharpener must keep MAE within this fraction of its input's to be on by default."""
 
