@@ -182,3 +182,16 @@ def test_the_sharpeners_bar_by_cases():
     assert assemble.decide({"complete": complete, "sharpen": {"a": row, "b": row}}) == ("sdim", True)
     assert assemble.decide({"complete": complete, "sharpen": {"a": row, "b": {**row, "dbe_acc": 2.1}}})[1] is False
     assert assemble.decide({"complete": complete, "sharpen": {}})[1] is False  # nothing measured: not on
+
+
+def test_the_default_sharpens_a_frame_at_its_own_size_up_to_480_px():
+    """The manifest's ``max_processing_resolution: 480`` (session 22): the test split's 240x320 frames and Aloe's
+    276x320 run at 320 as before (their own size: the figures of accuracy.md stand), a 640x480 frame at 480, a
+    741x500 or 1920x1080 frame at 480 and a 160x120 one at its own 160 — not at the run's 320 whatever the size."""
+    from depthkit import Pipeline
+
+    stage = Pipeline(stages=("complete", "sharpen")).stages[1]
+    assert load_manifest(DEFAULT)["stages"]["sharpen"].get("processing_resolution") is None
+    for shape, side in (((240, 320), 320), ((276, 320), 320), ((480, 640), 480), ((500, 741), 480),
+                        ((1080, 1920), 480), ((120, 160), 160)):
+        assert stage.processing_side(np.zeros((*shape, 3), np.uint8)) == side, shape
