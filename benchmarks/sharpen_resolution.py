@@ -31,8 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy, sharpen_switches
 from _results import results_name, write_results  # noqa: E402
-from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options  # noqa: E402
-from sharpen_switches import ROOT, _se_text, score, sharpener_meets_bar, standard_error  # noqa: E402
+from accuracy import SYNTHETIC_PATTERNS, parse_scene_options  # noqa: E402
+from sharpen_switches import (  # noqa: E402
+    _se_text,
+    add_sharpener_options,
+    open_sharpener,
+    result_cell,
+    score,
+    sharpener_meets_bar,
+    standard_error,
+)
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -65,15 +73,10 @@ def parse_sides(text: str, size: tuple[int, int]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="The sharpener at several processing sizes on larger val scenes.")
-    p.add_argument("--sharpen", type=Path, default=ROOT / "checkpoints" / "default",
-                   help="checkpoint whose sharpen/ part is measured (default: the embedded default)")
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default",
-                   help="checkpoint whose completer makes the metric input (default: the embedded default)")
-    add_scene_options(p, "val", 12, "all", OUT)
+    add_sharpener_options(p)
     p.add_argument("--size", default="480x640", help="HEIGHTxWIDTH the val scenes are rendered at (default 480x640)")
     p.add_argument("--sides", default="320,400,480,native",
                    help="processing sides to compare: pixels, or 'native' (default 320,400,480,native)")
-    p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
     p.add_argument("--name", type=results_name, default="sharpen_resolution", help="file stem of the results")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
@@ -84,18 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(err))
     import numpy as np
 
-    from depthkit.checkpoints import CheckpointRef
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.sharpen.stage import build_sharpen_stage
-    from depthkit.sharpen.teachers import build_metric_source
-    from depthkit.sharpen.train import MetricCache
 
-    ref = CheckpointRef.open(str(args.sharpen))
-    if not ref.has_part("sharpen"):
-        p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
+    ref, metric = open_sharpener(p, args)
     stages = {label: build_sharpen_stage(ref, options={"processing_resolution": side}) for label, side in sides.items()}
-    metric = MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
-                         args.work_dir)
     rows: dict[str, dict] = {label: {} for label in sides}
     for pattern in patterns:
         kind, kwargs = SYNTHETIC_PATTERNS[pattern]
@@ -137,13 +133,7 @@ def main(argv: list[str] | None = None) -> int:
              "| pattern | " + " | ".join(f"side {label}" for label in sides) + " |",
              "|---|" + "---:|" * len(sides)]
     for pattern in patterns:
-        cells = []
-        for label in sides:
-            r = rows[label][pattern]
-            cell = (f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} "
-                    f"{_se_text(r['dbe_change_se'])}")
-            cells.append(f"**{cell}**" if r["goal_met"] else cell)
-        lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
+        lines.append(f"| {pattern} | " + " | ".join(result_cell(rows[label][pattern]) for label in sides) + " |")
     lines.append("| goals met | " + " | ".join(f"{sum(r['goal_met'] for r in rows[label].values())}/{len(patterns)}"
                                               for label in sides) + " |")
     lines.append("| s / call | " + " | ".join(f"{statistics.median(r['seconds'] for r in rows[label].values()):.2f}"

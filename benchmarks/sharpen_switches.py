@@ -110,6 +110,13 @@ def _se_text(se: float | None) -> str:
     return "± n/a" if se is None else f"± {se:.3f}"
 
 
+def result_cell(r: dict) -> str:
+    """A results table's cell for one variant and pattern (a ``rows`` entry): MAE change / DBE accuracy input →
+    output ± its standard error, in bold when the goal is met."""
+    cell = f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} {_se_text(r['dbe_change_se'])}"
+    return f"**{cell}**" if r["goal_met"] else cell
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     """``'NAME={"key": value, ...}'`` → ``(NAME, overrides)``; raises ValueError saying what is expected."""
     name, sep, body = text.partition("=")
@@ -131,20 +138,41 @@ def score(depth, gt) -> tuple[float, float]:
     return float(depth_metrics(depth, gt, valid)["mae"]), float(dbe_metrics(depth, gt, valid=valid)["dbe_acc"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Score a sharpener's run-time switches on the synthetic val split.")
+def add_sharpener_options(p: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that sharpens the completion of val scenes: ``--sharpen``, ``--checkpoint``,
+    ``--work-dir`` and :func:`accuracy.add_scene_options` (12 scenes, every pattern); read them back with
+    :func:`accuracy.parse_scene_options`, then :func:`open_sharpener`."""
     p.add_argument("--sharpen", type=Path, default=ROOT / "checkpoints" / "default",
                    help="checkpoint (or run's final/) whose sharpen/ part is measured (default: the embedded default)")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default",
                    help="checkpoint whose completer makes the metric input (default: the embedded default)")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
     add_scene_options(p, "val", 12, "all", OUT)
+
+
+def open_sharpener(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """``(CheckpointRef of --sharpen, MetricCache of --checkpoint's completion without queries)``; ``parser.error``
+    when --sharpen has no sharpen/ part."""
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.sharpen.teachers import build_metric_source
+    from depthkit.sharpen.train import MetricCache
+
+    ref = CheckpointRef.open(str(args.sharpen))
+    if not ref.has_part("sharpen"):
+        p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
+    return ref, MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
+                            args.work_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Score a sharpener's run-time switches on the synthetic val split.")
+    add_sharpener_options(p)
     p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
                    help="a variant: config overrides as a JSON object (repeatable; default: the four "
                         "DEFAULT_VARIANTS, or only the grid with --grid)")
     p.add_argument("--grid", action="store_true",
                    help="score the 27-variant grid the shipped switches were chosen from, besides any --variant (one "
                         "UNet pass per scene serves every variant that differs only in the limits)")
-    p.add_argument("--work-dir", type=Path, default=None, help="keep the metric inputs here (reused by reruns)")
     p.add_argument("--pass1", choices=("model", "gt"), default="model",
                    help="pass 1 (the discrepancy pass): the sharpener's own Lotus (default), or the scene's GT "
                         "depth, normalised as the input is (the input where the GT has none): an oracle for how far "
@@ -153,20 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     args, patterns = parse_scene_options(p, argv)
     import numpy as np
 
-    from depthkit.checkpoints import CheckpointRef
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.sharpen.stage import build_sharpen_stage
-    from depthkit.sharpen.teachers import build_metric_source
-    from depthkit.sharpen.train import MetricCache
 
     try:
         variants = dict(parse_variant(v) for v in args.variant) if args.variant else {}
     except ValueError as err:
         p.error(str(err))
     variants = {**(grid_variants() if args.grid else {}), **variants} or dict(DEFAULT_VARIANTS)
-    ref = CheckpointRef.open(str(args.sharpen))
-    if not ref.has_part("sharpen"):
-        p.error(f"{args.sharpen} has no sharpen/ part; pass a checkpoint or a sharpen run's final/ folder.")
+    ref, metric = open_sharpener(p, args)
     # variants that differ only in the run-time limits share one UNet pass per scene (SharpenStage.run_limits)
     from depthkit.sharpen.limits import LIMIT_FIELDS
 
@@ -182,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             p.error(f"--variant {name!r}: {err}")
         groups[key][1][name] = limits
-    metric = MetricCache(build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0),
-                         args.work_dir)
 
     rows = {name: {} for name in variants}
     for pattern in patterns:
@@ -228,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, met, met1, mean_change in ranked:
         cells = []
         for pattern in patterns:
-            r = rows[name][pattern]
-            cell = (f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} "
-                    f"{_se_text(r['dbe_change_se'])}")
-            cells.append(f"**{cell}**" if r["goal_met"] else cell)
+            cells.append(result_cell(rows[name][pattern]))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {met}/{len(patterns)} | {met1} | "
                      f"{100 * mean_change:+.2f} % |")
     write_results(args.out, "sharpen_switches", report, lines)
