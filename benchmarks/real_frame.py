@@ -17,7 +17,7 @@ pixel of each ~4x4 block and put the GT ~0.4 px up and left of the area-averaged
 
 ``--frame motorcycle`` (``pip install scikit-image``, whose wheel bundles the files; no network): Middlebury 2014
 Motorcycle as scikit-image ships it, ``skimage/data/motorcycle_left.png``, ``motorcycle_right.png`` and
-``motorcycle_disp.npz`` (float disparity, NaN = unknown, 741x500: the full images shrunk 4x), used at that size. Its
+``motorcycle_disp.npz`` (float disparity, non-finite = unknown, 741x500: the full images shrunk 4x), used at that size. Its
 calibration (:data:`MOTORCYCLE_CALIBRATION`) makes the depth metric: ``f·B / (disparity + doffs)``, 2.1-5.0 m, MAE in
 metres; its intrinsics place the LiDAR pattern's beams.
 
@@ -65,8 +65,9 @@ docstring gives it (the full-size calibration divided by 4): focal length, the l
 MOTORCYCLE_SIZE = (500, 741)
 """(H, W) of scikit-image's copy, the size :data:`MOTORCYCLE_CALIBRATION` is for."""
 MOTORCYCLE_SGBM_RANGE = (0, 64)
-"""The matcher's disparity search range on Motorcycle (pixels, 741x500): the GT spans 7.2-59.9; a disparity of 0
-is a surface 6.2 m away (``doffs`` keeps it finite), past the scene's back wall at 5.0 m."""
+"""The matcher's disparity search range on Motorcycle (pixels, 741x500): the GT spans 7.2-59.9. Matches below 1 px
+(beyond 6.0 m, past the scene's back wall at 5.0 m) are dropped as :func:`disparity_to_depth`'s default drops
+them."""
 _MOTORCYCLE_FILES = ("motorcycle_left.png", "motorcycle_right.png", "motorcycle_disp.npz")
 
 
@@ -138,14 +139,15 @@ _MOTORCYCLE_INSTALL = "pip install scikit-image (its wheel bundles them)"
 
 
 def _motorcycle_depth(disp):
-    """Disparity at 741x500 (pixels; NaN or 0 = unknown) → HxW float32 metres by the frame's calibration."""
+    """Disparity at 741x500 (pixels; non-finite or below 1 = unknown: the file marks unknown pixels with inf) → HxW
+    float32 metres by the frame's calibration."""
     from depthkit.data.stereo_match import disparity_to_depth
 
     c = MOTORCYCLE_CALIBRATION
     return disparity_to_depth(disp, c["f"] * c["baseline_m"], doffs_px=c["doffs"])
 
 
-def _read_rgb(path: Path):
+def _read_bgr(path: Path):
     import cv2
 
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -162,7 +164,7 @@ def load_motorcycle(data: Path | None = None, size: tuple[int, int] | None = Non
     import numpy as np
 
     left, _, gt = _files(skimage_data() if data is None else data, _MOTORCYCLE_INSTALL, *_MOTORCYCLE_FILES)
-    image = cv2.cvtColor(_read_rgb(left), cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(_read_bgr(left), cv2.COLOR_BGR2RGB)
     with np.load(gt) as archive:
         disp = archive[archive.files[0]]
     if disp.shape != image.shape[:2] or image.shape[:2] != MOTORCYCLE_SIZE:
@@ -180,7 +182,7 @@ def motorcycle_stereo(data: Path | None = None, size: tuple[int, int] | None = N
 
     left, right, _ = _files(skimage_data() if data is None else data, _MOTORCYCLE_INSTALL, *_MOTORCYCLE_FILES)
     low, high = MOTORCYCLE_SGBM_RANGE
-    return _motorcycle_depth(sgbm_disparity(_read_rgb(left), _read_rgb(right), low, high - low))
+    return _motorcycle_depth(sgbm_disparity(_read_bgr(left), _read_bgr(right), low, high - low))
 
 
 def _motorcycle_intrinsics(height: int, width: int):

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ref.has_part("sharpen"):
         p.error(f"{args.checkpoint} has no sharpen/ part; pass a checkpoint with one.")
     stage = build_sharpen_stage(ref)  # the checkpoint's run-time options (its manifest's config) included
-    sharpdepth, resolution = stage.model, stage.processing_resolution
+    sharpdepth = stage.model
     if args.metric == "complete":
         source = build_metric_source("complete:sdim", checkpoint=str(args.checkpoint), query_budget=0)
     else:
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(pattern, i, {k: (round(v["mae"], 3), round(v["dbe_acc"], 2)) for k, v in rows[-1].items()},
                   flush=True)
         per_scene[pattern] = rows
+        resolution = stage.processing_side(sample["image"])  # every scene has the split's size
         mean[pattern] = {name: {k: _nanmean([r[name][k] for r in rows]) for k in rows[0][name]} for name in MAPS}
     report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint),
               "date": _dt.datetime.now().replace(microsecond=0).isoformat(),

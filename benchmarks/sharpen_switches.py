@@ -113,7 +113,8 @@ def _se_text(se: float | None) -> str:
 def result_cell(r: dict) -> str:
     """A results table's cell for one variant and pattern (a ``rows`` entry): MAE change / DBE accuracy input →
     output ± its standard error, in bold when the goal is met."""
-    cell = f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} {_se_text(r['dbe_change_se'])}"
+    cell = (f"{100 * r['change']:+.1f} % / {r['input_dbe_acc']:.3f} → {r['dbe_acc']:.3f} "
+            f"{_se_text(r['dbe_change_se'])}")
     return f"**{cell}**" if r["goal_met"] else cell
 
 

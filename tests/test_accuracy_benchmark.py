@@ -502,18 +502,19 @@ def _wall_and_block(wall: int = 20, block: int = 40) -> np.ndarray:
 def test_motorcycle_depth_is_metric_by_its_calibration(tmp_path):
     """load_motorcycle: depth = f·B / (disparity + doffs) with the calibration scikit-image's stereo_motorcycle
     docstring gives for its size (f 994.978 px, principal point 311.193 / 254.877 px, doffs 31.086 px, B 193.001 mm),
-    NaN = no GT; the frame's intrinsics are that calibration's; a file of another size is refused."""
+    NaN or inf = no GT; the frame's intrinsics are that calibration's; a file of another size is refused."""
     real_frame = _load_script("real_frame")
     gt = np.full((500, 741), 10.0, np.float32)
     gt[:, 400:] = 47.5
     gt[:50] = np.nan
+    gt[50:60] = np.inf  # scikit-image's file marks unknown pixels with inf
     _motorcycle_files(tmp_path, _wall_and_block(), gt)
     image, depth = real_frame.load_motorcycle(tmp_path)
     assert image.shape == (500, 741, 3) and image.dtype == np.uint8 and depth.dtype == np.float32
     fb = 994.978 * 0.193001
     assert depth[100, 10] == pytest.approx(fb / (10 + 31.086), rel=1e-6)  # 4.6739 m
     assert depth[100, 700] == pytest.approx(fb / (47.5 + 31.086), rel=1e-6)  # 2.4436 m
-    assert not depth[:50].any() and (depth[50:] > 0).all()
+    assert not depth[:60].any() and (depth[60:] > 0).all()
     import cv2
 
     assert np.array_equal(image, cv2.imread(str(tmp_path / "motorcycle_left.png"))[..., ::-1])  # RGB

@@ -21,8 +21,8 @@ import numpy as np
 
 from depthkit.outputs import StageResult, keep_placed_depth
 
-__all__ = ["PROCESSING_SIDE_OPTIONS", "SharpenStage", "UPSAMPLE_WARNING", "UPSAMPLE_WARNING_MIN_SIDE", "build_sharpen_stage",
-           "over_stored_options"]
+__all__ = ["PROCESSING_SIDE_OPTIONS", "SharpenStage", "UPSAMPLE_WARNING", "UPSAMPLE_WARNING_MIN_SIDE",
+           "build_sharpen_stage", "over_stored_options"]
 
 UPSAMPLE_WARNING = 4
 """A processing resolution more than this many times the image's longest side is warned about (once per stage) ...
@@ -191,9 +191,11 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     :class:`~depthkit.checkpoints.CheckpointRef`, or None when there is none).
 
     Options (the manifest's, overridden by ``options``): ``processing_resolution`` (longest side in pixels the UNet
-    runs at; None = the model's default), ``max_processing_resolution`` (instead: the input's own longest side, at
-    most this many pixels; giving one of the two as an option sets the other to None), ``keep_placed`` (True: in a Pipeline, the pixels the complete stage's rules
-    placed keep their depth, :attr:`SharpenStage.keep_placed`; False, the default: the paper's sharpener, which
+    runs at), ``max_processing_resolution`` (instead: the input's own longest side, at most this many pixels; giving
+    one of the two as an option drops the manifest's other, so with both None, e.g. ``--option
+    sharpen.max_processing_resolution=null``, the UNet runs at the model's ``default_processing_resolution``: 320 px
+    for the embedded default), ``keep_placed`` (True: in a Pipeline, the pixels the complete stage's rules placed
+    keep their depth, :attr:`SharpenStage.keep_placed`; False, the default: the paper's sharpener, which
     may change them) and ``config`` (overrides of single SharpDepthConfig fields, e.g.
     ``{"fit_threshold": 0.3}``, on top of the manifest's ``config`` and then the stored ``sharpdepth.json``: a field
     named in neither keeps its stored value, so turning a shipped switch off means setting it to 0).
