@@ -222,7 +222,6 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     # a caller's config overrides single fields: the manifest's run-time switches it does not name stay on
     config = {**(shipped or {}), **(config or {})} or None
     options = over_stored_options(stored, options)
-    sides = PROCESSING_SIDE_OPTIONS
     processing_resolution = options.pop("processing_resolution", None)
     max_processing_resolution = options.pop("max_processing_resolution", None)
     keep_placed = options.pop("keep_placed", None)
@@ -233,14 +232,13 @@ def build_sharpen_stage(checkpoint, device: str = "cpu", dtype: str = "float32",
     if not isinstance(keep_placed, bool):
         raise ValueError(f"keep_placed must be true or false (keep the depth the complete stage's fills placed); "
                          f"received {keep_placed!r}.")
-    for name, side in zip(sides, (processing_resolution, max_processing_resolution)):
-        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side <= 0):
-            raise ValueError(f"{name} must be a positive int (pixels) or None; received {side!r}.")
     from depthkit.checkpoints import BOUNDS, bounded, loading
     from depthkit.sharpen.model import SharpDepth
 
     part = checkpoint.part("sharpen")
-    for name, side in zip(sides, (processing_resolution, max_processing_resolution)):
+    for name, side in zip(PROCESSING_SIDE_OPTIONS, (processing_resolution, max_processing_resolution)):
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side <= 0):
+            raise ValueError(f"{name} must be a positive int (pixels) or None; received {side!r}.")
         bounded(name, side, *BOUNDS["processing_resolution"], part, optional=True)
     # a malformed part (wrong types, missing tensors) becomes one CheckpointError naming the folder
     with loading(part, "the sharpen part (sharpdepth.json, lotus.json, unet/, vae/)", passthrough=(ValueError,)):
