@@ -334,3 +334,27 @@ def test_max_processing_resolution_is_the_images_own_side_up_to_a_cap(tiny_ck, t
         build_sharpen_stage(ck, options={"max_processing_resolution": True})
     with pytest.raises(CheckpointError, match="max_processing_resolution=5 is outside the allowed range"):
         build_sharpen_stage(ck, options={"max_processing_resolution": 5})
+
+
+def test_assemble_default_replaces_the_runs_fixed_side_by_its_cap(tiny_ck, tmp_path):
+    """checkpoints/assemble_default.py: the sharpen run's manifest says ``processing_resolution: 64``; the assembled
+    default says SHARPEN_OPTIONS' ``max_processing_resolution`` instead (the two exclude each other) and loads."""
+    import shutil
+    import sys
+
+    from depthkit.checkpoints import CheckpointRef, load_manifest, write_manifest
+    from depthkit.sharpen.stage import build_sharpen_stage
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "checkpoints"))
+    import assemble_default
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_ck, src)
+    stages = load_manifest(src)["stages"]
+    write_manifest(src, {**stages, "sharpen": {**stages["sharpen"], "processing_resolution": 64}}, tiny=True)
+    assert assemble_default.main(["--complete", str(src), "--sharpen", str(src), "--out", str(tmp_path / "out")]) == 0
+    sharpen = load_manifest(tmp_path / "out")["stages"]["sharpen"]
+    assert "processing_resolution" not in sharpen
+    assert sharpen["max_processing_resolution"] == assemble_default.SHARPEN_OPTIONS["max_processing_resolution"]
+    stage = build_sharpen_stage(CheckpointRef.open(tmp_path / "out"))
+    assert stage.processing_resolution is None and stage.processing_side(np.zeros((600, 800, 3))) == 480
