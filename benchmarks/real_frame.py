@@ -103,7 +103,7 @@ def load_aloe(data: Path = DATA, size: tuple[int, int] = (276, 320)):
     import cv2
 
     left, gt = _files(data, _ALOE_INSTALL, "aloeL.jpg", "aloeGT.png")
-    image = cv2.resize(cv2.cvtColor(cv2.imread(str(left)), cv2.COLOR_BGR2RGB), size[::-1],
+    image = cv2.resize(cv2.cvtColor(_read_bgr(left), cv2.COLOR_BGR2RGB), size[::-1],
                        interpolation=cv2.INTER_AREA)
     return image, _to_depth(cv2.imread(str(gt), cv2.IMREAD_UNCHANGED), size)[0]
 
@@ -122,7 +122,7 @@ def aloe_stereo(data: Path = DATA, size: tuple[int, int] = (276, 320)):
 
     left, right, gt = _files(data, _ALOE_INSTALL, "aloeL.jpg", "aloeR.jpg", "aloeGT.png")
     low, high = SGBM_DISPARITY_RANGE
-    disp = sgbm_disparity(cv2.imread(str(left)), cv2.imread(str(right)), low, high - low)  # 0 = no match
+    disp = sgbm_disparity(_read_bgr(left), _read_bgr(right), low, high - low)  # 0 = no match
     scale = _to_depth(cv2.imread(str(gt), cv2.IMREAD_UNCHANGED), size)[1]
     return _to_depth(disp, size, scale)[0]
 
@@ -147,6 +147,11 @@ def _motorcycle_depth(disp):
     return disparity_to_depth(disp, c["f"] * c["baseline_m"], doffs_px=c["doffs"])
 
 
+def _motorcycle_paths(data: Path | None) -> list[Path]:
+    """The frame's three files in ``data`` (default: :func:`skimage_data`); SystemExit saying how to get them."""
+    return _files(skimage_data() if data is None else data, _MOTORCYCLE_INSTALL, *_MOTORCYCLE_FILES)
+
+
 def _read_bgr(path: Path):
     import cv2
 
@@ -163,7 +168,7 @@ def load_motorcycle(data: Path | None = None, size: tuple[int, int] | None = Non
     import cv2
     import numpy as np
 
-    left, _, gt = _files(skimage_data() if data is None else data, _MOTORCYCLE_INSTALL, *_MOTORCYCLE_FILES)
+    left, _, gt = _motorcycle_paths(data)
     image = cv2.cvtColor(_read_bgr(left), cv2.COLOR_BGR2RGB)
     with np.load(gt) as archive:
         disp = archive[archive.files[0]]
@@ -180,7 +185,7 @@ def motorcycle_stereo(data: Path | None = None, size: tuple[int, int] | None = N
     calibration."""
     from depthkit.data.stereo_match import sgbm_disparity
 
-    left, right, _ = _files(skimage_data() if data is None else data, _MOTORCYCLE_INSTALL, *_MOTORCYCLE_FILES)
+    left, right, _ = _motorcycle_paths(data)
     low, high = MOTORCYCLE_SGBM_RANGE
     return _motorcycle_depth(sgbm_disparity(_read_bgr(left), _read_bgr(right), low, high - low))
 
