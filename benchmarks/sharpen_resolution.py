@@ -5,6 +5,8 @@ size)::
 
     python benchmarks/sharpen_resolution.py                          # 480x640, sides 320,400,480,native
     python benchmarks/sharpen_resolution.py --size 375x1242 --sides 320,480 --patterns lidar64 --scenes 6
+    python benchmarks/sharpen_resolution.py --sides 480 --patterns lidar64 \
+        --variant 'shipped={}' --variant 'scan-line frames kept={"keep_scanline_frames": true}'
 
 The embedded default's sharpener was trained on 240x320 scenes and its manifest used to run the UNet at a longest
 side of 320 whatever the frame's size, so a 640x480 frame was sharpened at 320x240 and the change resized back up.
@@ -16,7 +18,9 @@ metric input is ``--checkpoint``'s completion without language-model queries, as
 input, DBE accuracy (px, at the frame's size) input → output ± the standard error of the per-scene change, whether
 the embedded default's goal is met (DBE better, MAE within 2 %), and the median seconds of one sharpen call at that
 side (all sides run side by side in one process; the machine is shared, so compare the columns, not absolutes).
-Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``).
+``--variant NAME=JSON`` (repeatable) adds run-time limit settings (overrides of
+:data:`depthkit.sharpen.limits.LIMIT_FIELDS` only), each scored from the same UNet pass per scene and side
+(``SharpenStage.run_limits``); without it, one setting: the checkpoint's own, ``as shipped``. Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sharpen_switches import (  # noqa: E402
     _se_text,
     add_sharpener_options,
     open_sharpener,
+    parse_variant,
     result_cell,
     score,
     sharpener_meets_bar,
@@ -78,11 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sides", default="320,400,480,native",
                    help="processing sides to compare: pixels, or 'native' (default 320,400,480,native)")
     p.add_argument("--name", type=results_name, default="sharpen_resolution", help="file stem of the results")
+    p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
+                   help="a run-time limit setting: overrides of depthkit.sharpen.limits.LIMIT_FIELDS as a JSON object, "
+                        "scored from the same UNet pass (repeatable; default: the checkpoint's own, 'as shipped')")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
     try:
         size = parse_size(args.size)
         sides = parse_sides(args.sides, size)
+        variants = dict(parse_variant(v) for v in args.variant) if args.variant else {"as shipped": {}}
     except ValueError as err:
         p.error(str(err))
     import numpy as np
@@ -92,37 +101,46 @@ def main(argv: list[str] | None = None) -> int:
 
     ref, metric = open_sharpener(p, args)
     stages = {label: build_sharpen_stage(ref, options={"processing_resolution": side}) for label, side in sides.items()}
-    rows: dict[str, dict] = {label: {} for label in sides}
+    try:
+        next(iter(stages.values())).limit_configs(variants)
+    except ValueError as err:
+        p.error(str(err))
+    columns = [(label, name) for label in sides for name in variants]
+    # a column's name in the results: the side alone with the checkpoint's own setting only, as before --variant
+    heads = {(label, name): label if args.variant is None else f"{label}, {name}" for label, name in columns}
+    rows: dict[str, dict] = {heads[column]: {} for column in columns}
     for pattern in patterns:
         kind, kwargs = SYNTHETIC_PATTERNS[pattern]
         data = SyntheticDataset(split="val", length=args.scenes, height=size[0], width=size[1], sparse_pattern=kind,
                                 sparse_kwargs=kwargs)
-        scores, seconds = {label: [] for label in sides}, {label: [] for label in sides}
+        scores, seconds = {column: [] for column in columns}, {label: [] for label in sides}
         for i in range(len(data)):
             item = data[i]
             d, placed = metric.with_placed(item["image"], item["sparse"], f"val_{size[0]}x{size[1]}_{pattern}_{i}")
             before = score(d, item["depth"])
             for label, stage in stages.items():
                 start = time.perf_counter()
-                out = stage.run_limits(item["image"], item["sparse"], d, {"as shipped": {}}, placed=placed)
+                out = stage.run_limits(item["image"], item["sparse"], d, variants, placed=placed)
                 seconds[label].append(time.perf_counter() - start)
-                scores[label].append(before + score(out["as shipped"], item["depth"]))
-        for label in sides:
-            per_scene = np.asarray(scores[label], np.float64)
+                for name in variants:
+                    scores[label, name].append(before + score(out[name], item["depth"]))
+        for label, name in columns:
+            per_scene = np.asarray(scores[label, name], np.float64)
             mae_in, dbe_in, mae_out, dbe_out = (float(v) for v in np.nanmean(per_scene, axis=0))
             r = {"input_mae": mae_in, "mae": mae_out, "change": mae_out / mae_in - 1, "input_dbe_acc": dbe_in,
                  "dbe_acc": dbe_out, "dbe_change_se": standard_error(per_scene[:, 3] - per_scene[:, 1]),
                  "seconds": statistics.median(seconds[label])}
-            rows[label][pattern] = r = {**r, "goal_met": bool(sharpener_meets_bar(r)), "per_scene": per_scene.tolist()}
-            print(f"{pattern:11s} side {label:7s} MAE {mae_in:.4f} -> {mae_out:.4f} ({100 * r['change']:+.1f} %)  "
+            rows[heads[label, name]][pattern] = r = {**r, "goal_met": bool(sharpener_meets_bar(r)),
+                                                     "per_scene": per_scene.tolist()}
+            print(f"{pattern:11s} side {heads[label, name]:7s} MAE {mae_in:.4f} -> {mae_out:.4f} ({100 * r['change']:+.1f} %)  "
                   f"DBE-acc {dbe_in:.3f} -> {dbe_out:.3f} ({dbe_out - dbe_in:+.3f} {_se_text(r['dbe_change_se'])}),"
                   f" {r['seconds']:.2f} s", flush=True)
 
     report = {"benchmark": "sharpen_resolution", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
               "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/sharpen_resolution.py" + (" " + shlex.join(argv) if argv else ""),
-              "split": "val", "scenes": args.scenes, "size": list(size), "sides": sides, "threads": args.threads,
-              "results": rows}
+              "split": "val", "scenes": args.scenes, "size": list(size), "sides": sides, "variants": variants,
+              "threads": args.threads, "results": rows}
     lines = [f"## The sharpener at several processing sizes: {args.sharpen}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
              f"rendered at {size[1]}x{size[0]}, metric input = the completion without queries, the sharpener as the "
@@ -130,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
              "the input / DBE accuracy input → output (px, at the frame's size) ± the standard error of the "
              "per-scene DBE change; **bold** = the goal (DBE better, MAE within 2 %) met. Last row: median seconds "
              f"of one sharpen call ({args.threads} torch thread(s); compare columns, the machine is shared).", "",
-             "| pattern | " + " | ".join(f"side {label}" for label in sides) + " |",
-             "|---|" + "---:|" * len(sides)]
+             "| pattern | " + " | ".join(f"side {head}" for head in rows) + " |",
+             "|---|" + "---:|" * len(rows)]
     for pattern in patterns:
-        lines.append(f"| {pattern} | " + " | ".join(result_cell(rows[label][pattern]) for label in sides) + " |")
-    lines.append("| goals met | " + " | ".join(f"{sum(r['goal_met'] for r in rows[label].values())}/{len(patterns)}"
-                                              for label in sides) + " |")
-    lines.append("| s / call | " + " | ".join(f"{statistics.median(r['seconds'] for r in rows[label].values()):.2f}"
-                                             for label in sides) + " |")
+        lines.append(f"| {pattern} | " + " | ".join(result_cell(row[pattern]) for row in rows.values()) + " |")
+    lines.append("| goals met | " + " | ".join(f"{sum(r['goal_met'] for r in row.values())}/{len(patterns)}"
+                                              for row in rows.values()) + " |")
+    lines.append("| s / call | " + " | ".join(f"{statistics.median(r['seconds'] for r in row.values()):.2f}"
+                                             for row in rows.values()) + " |")
     write_results(args.out, args.name, report, lines)
     return 0
 

@@ -216,3 +216,40 @@ def test_sharpen_resolution_scores_the_stage_at_each_processing_side(tmp_path, c
         with pytest.raises(SystemExit):
             sharpen_resolution.main(["--out", str(tmp_path / "bad"), *bad])
         assert said in capsys.readouterr().err
+
+
+def test_sharpen_resolution_scores_each_limit_setting_from_one_pass(tmp_path, capsys):
+    """sharpen_resolution.py --variant: each column is (side, setting); ``shipped={}`` is the stage's own output and
+    a band no edge reaches gives the input back exactly; a setting that would change the UNet pass is refused."""
+    import sharpen_resolution
+
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.metrics import depth_metrics
+    from depthkit.sharpen.stage import build_sharpen_stage
+    from depthkit.sharpen.teachers import build_metric_source
+
+    empty = json.dumps({"change_band_px": 2, "change_band_jump": 1e9})
+    argv = ["--scenes", "1", "--patterns", "random500", "--size", "60x80", "--sides", "40,native",
+            "--variant", "shipped={}", "--variant", f"no band={empty}", "--out", str(tmp_path)]
+    assert sharpen_resolution.main(argv) == 0
+    report = json.loads((tmp_path / "sharpen_resolution.json").read_text())
+    assert list(report["results"]) == ["40, shipped", "40, no band", "native, shipped", "native, no band"]
+    sample = SyntheticDataset(split="val", length=1, height=60, width=80, sparse_pattern="random",
+                              sparse_kwargs={"n": 500})[0]
+    completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
+                                     query_budget=0)(sample["image"], sample["sparse"], sample["name"])
+    ref, gt = CheckpointRef.open(str(ROOT / "checkpoints" / "default")), sample["depth"]
+    for label, side in (("40", 40), ("native", 80)):
+        out = build_sharpen_stage(ref, options={"processing_resolution": side}).run(sample["image"],
+                                                                                    sample["sparse"], completion)
+        shipped = report["results"][f"{label}, shipped"]["random500"]
+        assert shipped["per_scene"][0][2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)
+        assert shipped["change"] != 0
+        none = report["results"][f"{label}, no band"]["random500"]
+        assert none["change"] == 0 and none["dbe_acc"] == none["input_dbe_acc"]
+    assert "| random500 | " in (tmp_path / "sharpen_resolution.md").read_text()
+    with pytest.raises(SystemExit):
+        sharpen_resolution.main(["--out", str(tmp_path / "bad"), "--scenes", "1", "--size", "60x80",
+                                 "--variant", 'fit={"fit_threshold": 0.3}'])
+    assert "may only set" in capsys.readouterr().err
