@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from depthkit.io import strict_json  # noqa: F401  (the one implementation; accuracy.py imports it from here)
+from depthkit.io import strict_json  # the one implementation (NaN, e.g. an AUROC without both classes, as null)
 
 
 def results_name(text: str) -> str:
@@ -23,11 +24,18 @@ def results_name(text: str) -> str:
     return text
 
 
-def write_results(out: Path, name: str, report: dict, lines: list[str]) -> None:
+def write_results(out: Path, name: str, report: dict, lines: list[str], echo: bool = True) -> tuple[Path, Path]:
     """Write ``report`` as ``out/name.json`` (strict JSON: NaN as null) and the markdown ``lines`` as ``out/name.md``
-    (creating ``out``), then print the markdown."""
+    (creating ``out``; each file atomically, so an interrupted run leaves the previous results whole), print the
+    markdown when ``echo``, and return the two paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n")
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    paths = (out / f"{name}.json", out / f"{name}.md")
+    texts = (json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n", "\n".join(lines) + "\n")
+    for path, text in zip(paths, texts):
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    if echo:
+        print(texts[1], end="")
+    return paths

@@ -55,7 +55,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import results_name, strict_json  # noqa: E402  (NaN, e.g. an AUROC without both classes, as null)
+from _results import results_name, write_results  # noqa: E402
 
 DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
 SYNTHETIC_PATTERNS = {
@@ -482,15 +482,7 @@ def report_markdown(report: dict) -> str:
 
 def write_report(report: dict, out: Path, name: str = "accuracy") -> tuple[Path, Path]:
     """Write ``<name>.json`` (strict JSON: NaN as null) and ``<name>.md`` into ``out`` (each atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = (out / f"{name}.json", out / f"{name}.md")
-
-    strict = json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n"
-    for path, text in zip(paths, (strict, report_markdown(report))):
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return paths
+    return write_results(out, name, report, report_markdown(report).splitlines(), echo=False)
 
 
 def _command(argv: list[str]) -> str:

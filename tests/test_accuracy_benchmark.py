@@ -25,6 +25,7 @@ from fixtures_datasets import (
 from depthkit.checkpoints import write_manifest
 from depthkit.cli import main as cli_main
 from depthkit.data.protocols import PROTOCOLS, protocol_table_markdown
+from depthkit.io import strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "datasets.md"
@@ -80,7 +81,7 @@ def test_baselines_table_has_a_numeric_row_per_method_and_zero_preservation(tmp_
     single = tmp_path / "guided.json"
     assert cli_main(["eval", "--dataset", "synthetic", "--method", "guided", "--out", str(single), "--limit", "2"]) == 0
     guided = next(m for m in synthetic["methods"] if m["method"] == "guided")
-    assert accuracy.strict_json(json.loads(single.read_text())["mean"]) == guided["mean"]  # NaN is null here
+    assert strict_json(json.loads(single.read_text())["mean"]) == guided["mean"]  # NaN is null here
     assert "| guided |" in capsys.readouterr().out
 
 
@@ -219,6 +220,8 @@ def test_a_score_without_a_value_is_null_in_the_json_and_na_in_the_table(tmp_pat
     strict = json.loads(text, parse_constant=refuse)
     assert strict["datasets"][0]["methods"][0]["by_group"]["all"]["mean"]["mae"] is None
     assert "| nearest | n/a |" in (tmp_path / "b" / "accuracy.md").read_text()
+    assert (tmp_path / "b" / "accuracy.md").read_text() == accuracy.report_markdown(report)
+    assert sorted(f.name for f in (tmp_path / "b").iterdir()) == ["accuracy.json", "accuracy.md"]  # no temporary left
     assert accuracy.main(["--merge", str(tmp_path / "b" / "accuracy.json"), "--out", str(tmp_path / "c")]) == 0
     assert "| nearest | n/a |" in (tmp_path / "c" / "accuracy.md").read_text()
 
