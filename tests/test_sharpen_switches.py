@@ -181,31 +181,40 @@ def test_pass1_gt_scores_the_sharpener_with_the_scenes_gt_as_pass1(tmp_path):
     assert scored != pytest.approx(depth_metrics(shipped, gt, gt > 0)["mae"], rel=1e-6)
 
 
+def _sharpened_at_40_and_native():
+    """The first 60x80 val scene of random-500: the default's completion without queries (as sharpen_resolution.py
+    makes its input), its GT, and ``{"40": StageResult, "native": StageResult}``, the default's sharpen stage run on
+    it at a longest side of 40 px and at its own 80 px."""
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.sharpen.stage import build_sharpen_stage
+    from depthkit.sharpen.teachers import build_metric_source
+
+    sample = SyntheticDataset(split="val", length=1, height=60, width=80, sparse_pattern="random",
+                              sparse_kwargs={"n": 500})[0]
+    completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
+                                     query_budget=0)(sample["image"], sample["sparse"], sample["name"])
+    ref = CheckpointRef.open(str(ROOT / "checkpoints" / "default"))
+    outputs = {label: build_sharpen_stage(ref, options={"processing_resolution": side}).run(
+        sample["image"], sample["sparse"], completion) for label, side in (("40", 40), ("native", 80))}
+    return completion, sample["depth"], outputs
+
+
 def test_sharpen_resolution_scores_the_stage_at_each_processing_side(tmp_path, capsys):
     """benchmarks/sharpen_resolution.py: the val scenes rendered at --size, each column the sharpen stage with
     ``processing_resolution`` = its side (``native`` = the frame's own longest side), scored against the completion
     it sharpens (recomputed here for one scene); bad --size / --sides say what is expected."""
     import sharpen_resolution
 
-    from depthkit.checkpoints import CheckpointRef
-    from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.metrics import depth_metrics
-    from depthkit.sharpen.stage import build_sharpen_stage
-    from depthkit.sharpen.teachers import build_metric_source
 
     argv = ["--scenes", "1", "--patterns", "random500", "--size", "60x80", "--sides", "40,native",
             "--out", str(tmp_path)]
     assert sharpen_resolution.main(argv) == 0
     report = json.loads((tmp_path / "sharpen_resolution.json").read_text())
     assert report["sides"] == {"40": 40, "native": 80} and report["size"] == [60, 80]
-    sample = SyntheticDataset(split="val", length=1, height=60, width=80, sparse_pattern="random",
-                              sparse_kwargs={"n": 500})[0]
-    completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
-                                     query_budget=0)(sample["image"], sample["sparse"], sample["name"])
-    ref, gt = CheckpointRef.open(str(ROOT / "checkpoints" / "default")), sample["depth"]
-    for label, side in (("40", 40), ("native", 80)):
-        out = build_sharpen_stage(ref, options={"processing_resolution": side}).run(sample["image"],
-                                                                                    sample["sparse"], completion)
+    completion, gt, outputs = _sharpened_at_40_and_native()
+    for label, out in outputs.items():
         scored = report["results"][label]["random500"]["per_scene"][0]
         assert scored[0] == pytest.approx(depth_metrics(completion, gt, gt > 0)["mae"], rel=1e-6)
         assert scored[2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)
@@ -223,11 +232,7 @@ def test_sharpen_resolution_scores_each_limit_setting_from_one_pass(tmp_path, ca
     a band no edge reaches gives the input back exactly; a setting that would change the UNet pass is refused."""
     import sharpen_resolution
 
-    from depthkit.checkpoints import CheckpointRef
-    from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.metrics import depth_metrics
-    from depthkit.sharpen.stage import build_sharpen_stage
-    from depthkit.sharpen.teachers import build_metric_source
 
     empty = json.dumps({"change_band_px": 2, "change_band_jump": 1e9})
     argv = ["--scenes", "1", "--patterns", "random500", "--size", "60x80", "--sides", "40,native",
@@ -235,14 +240,8 @@ def test_sharpen_resolution_scores_each_limit_setting_from_one_pass(tmp_path, ca
     assert sharpen_resolution.main(argv) == 0
     report = json.loads((tmp_path / "sharpen_resolution.json").read_text())
     assert list(report["results"]) == ["40, shipped", "40, no band", "native, shipped", "native, no band"]
-    sample = SyntheticDataset(split="val", length=1, height=60, width=80, sparse_pattern="random",
-                              sparse_kwargs={"n": 500})[0]
-    completion = build_metric_source("complete:sdim", checkpoint=str(ROOT / "checkpoints" / "default"),
-                                     query_budget=0)(sample["image"], sample["sparse"], sample["name"])
-    ref, gt = CheckpointRef.open(str(ROOT / "checkpoints" / "default")), sample["depth"]
-    for label, side in (("40", 40), ("native", 80)):
-        out = build_sharpen_stage(ref, options={"processing_resolution": side}).run(sample["image"],
-                                                                                    sample["sparse"], completion)
+    completion, gt, outputs = _sharpened_at_40_and_native()
+    for label, out in outputs.items():
         shipped = report["results"][f"{label}, shipped"]["random500"]
         assert shipped["per_scene"][0][2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)
         assert shipped["change"] != 0
