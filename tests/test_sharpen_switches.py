@@ -240,7 +240,7 @@ def test_sharpen_resolution_scores_each_limit_setting_from_one_pass(tmp_path, ca
     assert sharpen_resolution.main(argv) == 0
     report = json.loads((tmp_path / "sharpen_resolution.json").read_text())
     assert list(report["results"]) == ["40, shipped", "40, no band", "native, shipped", "native, no band"]
-    completion, gt, outputs = _sharpened_at_40_and_native()
+    _, gt, outputs = _sharpened_at_40_and_native()
     for label, out in outputs.items():
         shipped = report["results"][f"{label}, shipped"]["random500"]
         assert shipped["per_scene"][0][2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)
