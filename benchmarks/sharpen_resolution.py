@@ -7,6 +7,7 @@ size)::
     python benchmarks/sharpen_resolution.py --size 375x1242 --sides 320,480 --patterns lidar64 --scenes 6
     python benchmarks/sharpen_resolution.py --sides 480 --patterns lidar64 \
         --variant 'shipped={}' --variant 'scan-line frames kept={"keep_scanline_frames": true}'
+    python benchmarks/sharpen_resolution.py --sides 480 --variant 'shipped={}' --variant 'pass 1 at 320={"pass1_max_side": 320}'
 
 The embedded default's sharpener was trained on 240x320 scenes and its manifest used to run the UNet at a longest
 side of 320 whatever the frame's size, so a 640x480 frame was sharpened at 320x240 and the change resized back up.
@@ -16,11 +17,12 @@ first ``--scenes`` val scenes rendered at ``--size`` (the same scenes as the 240
 metric input is ``--checkpoint``'s completion without language-model queries, as in
 ``benchmarks/sharpen_switches.py`` (kept in ``--work-dir`` when given). Per pattern and side: MAE change against the
 input, DBE accuracy (px, at the frame's size) input → output ± the standard error of the per-scene change, whether
-the embedded default's goal is met (DBE better, MAE within 2 %), and the median seconds of one sharpen call at that
-side (all sides run side by side in one process; the machine is shared, so compare the columns, not absolutes).
-``--variant NAME=JSON`` (repeatable) adds run-time limit settings (overrides of
-:data:`depthkit.sharpen.limits.LIMIT_FIELDS` only), each scored from the same UNet pass per scene and side
-(``SharpenStage.run_limits``); without it, one setting: the checkpoint's own, ``as shipped``. Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``).
+the embedded default's goal is met (DBE better, MAE within 2 %), and the median seconds of one sharpen call per
+column (all columns run side by side in one process; the machine is shared, so compare the columns, not absolutes).
+``--variant NAME=JSON`` (repeatable) scores settings of the sharpener's ``config`` (as ``sharpen_switches.py``
+takes them) at each side; those that differ only in the run-time limits share one UNet pass per scene and side
+(``SharpenStage.run_limits``, and so one time). Without it, one setting: the checkpoint's own, ``as shipped``.
+Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from sharpen_switches import (  # noqa: E402
     score,
     sharpener_meets_bar,
     standard_error,
+    variant_groups,
 )
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -84,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="processing sides to compare: pixels, or 'native' (default 320,400,480,native)")
     p.add_argument("--name", type=results_name, default="sharpen_resolution", help="file stem of the results")
     p.add_argument("--variant", action="append", default=None, metavar="NAME=JSON",
-                   help="a run-time limit setting: overrides of depthkit.sharpen.limits.LIMIT_FIELDS as a JSON object, "
-                        "scored from the same UNet pass (repeatable; default: the checkpoint's own, 'as shipped')")
+                   help="a setting of the sharpener's config as a JSON object, as sharpen_switches.py takes it "
+                        "(repeatable; default: the checkpoint's own, 'as shipped')")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
     try:
@@ -97,14 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from depthkit.data.datasets.synthetic import SyntheticDataset
-    from depthkit.sharpen.stage import build_sharpen_stage
 
     ref, metric = open_sharpener(p, args)
-    stages = {label: build_sharpen_stage(ref, options={"processing_resolution": side}) for label, side in sides.items()}
-    try:
-        next(iter(stages.values())).limit_configs(variants)
-    except ValueError as err:
-        p.error(str(err))
+    stages = {label: variant_groups(p, ref, variants, {"processing_resolution": side}) for label, side in sides.items()}
     columns = [(label, name) for label in sides for name in variants]
     # a column's name in the results: the side alone with the checkpoint's own setting only, as before --variant
     heads = {(label, name): label if args.variant is None else f"{label}, {name}" for label, name in columns}
@@ -113,23 +111,25 @@ def main(argv: list[str] | None = None) -> int:
         kind, kwargs = SYNTHETIC_PATTERNS[pattern]
         data = SyntheticDataset(split="val", length=args.scenes, height=size[0], width=size[1], sparse_pattern=kind,
                                 sparse_kwargs=kwargs)
-        scores, seconds = {column: [] for column in columns}, {label: [] for label in sides}
+        scores, seconds = {column: [] for column in columns}, {column: [] for column in columns}
         for i in range(len(data)):
             item = data[i]
             d, placed = metric.with_placed(item["image"], item["sparse"], f"val_{size[0]}x{size[1]}_{pattern}_{i}")
             before = score(d, item["depth"])
-            for label, stage in stages.items():
-                start = time.perf_counter()
-                out = stage.run_limits(item["image"], item["sparse"], d, variants, placed=placed)
-                seconds[label].append(time.perf_counter() - start)
-                for name in variants:
-                    scores[label, name].append(before + score(out[name], item["depth"]))
+            for label, groups in stages.items():
+                for stage, limits in groups:
+                    start = time.perf_counter()
+                    outs = stage.run_limits(item["image"], item["sparse"], d, limits, placed=placed)
+                    took = time.perf_counter() - start
+                    for name, out in outs.items():
+                        scores[label, name].append(before + score(out, item["depth"]))
+                        seconds[label, name].append(took)
         for label, name in columns:
             per_scene = np.asarray(scores[label, name], np.float64)
             mae_in, dbe_in, mae_out, dbe_out = (float(v) for v in np.nanmean(per_scene, axis=0))
             r = {"input_mae": mae_in, "mae": mae_out, "change": mae_out / mae_in - 1, "input_dbe_acc": dbe_in,
                  "dbe_acc": dbe_out, "dbe_change_se": standard_error(per_scene[:, 3] - per_scene[:, 1]),
-                 "seconds": statistics.median(seconds[label])}
+                 "seconds": statistics.median(seconds[label, name])}
             rows[heads[label, name]][pattern] = r = {**r, "goal_met": bool(sharpener_meets_bar(r)),
                                                      "per_scene": per_scene.tolist()}
             print(f"{pattern:11s} side {heads[label, name]:7s} MAE {mae_in:.4f} -> {mae_out:.4f} ({100 * r['change']:+.1f} %)  "

@@ -165,6 +165,29 @@ def open_sharpener(p: argparse.ArgumentParser, args: argparse.Namespace):
                             args.work_dir)
 
 
+def variant_groups(p: argparse.ArgumentParser, ref, variants: dict[str, dict], options: dict | None = None) -> list:
+    """``[(stage, {name: limit overrides})]``: one sharpen stage of checkpoint ``ref`` per set of ``variants`` that
+    differ only in the run-time limits (:data:`depthkit.sharpen.limits.LIMIT_FIELDS`), so they share one UNet pass
+    per scene (``SharpenStage.run_limits``); each stage built with ``options`` and its variants' other fields as its
+    ``config``. A bad variant is a ``p.error`` naming it, before any scene runs."""
+    from depthkit.sharpen.limits import LIMIT_FIELDS
+    from depthkit.sharpen.stage import build_sharpen_stage
+
+    groups: dict[str, tuple[object, dict]] = {}
+    for name, cfg in variants.items():
+        rest = {k: v for k, v in cfg.items() if k not in LIMIT_FIELDS}
+        key = json.dumps(rest, sort_keys=True)
+        try:
+            if key not in groups:
+                groups[key] = (build_sharpen_stage(ref, options={**(options or {}), "config": rest}), {})
+            limits = {k: v for k, v in cfg.items() if k in LIMIT_FIELDS}
+            groups[key][0].limit_configs({name: limits})  # a bad value fails here, before any scene runs
+        except ValueError as err:
+            p.error(f"--variant {name!r}: {err}")
+        groups[key][1][name] = limits
+    return list(groups.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Score a sharpener's run-time switches on the synthetic val split.")
     add_sharpener_options(p)
@@ -183,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from depthkit.data.datasets.synthetic import SyntheticDataset
-    from depthkit.sharpen.stage import build_sharpen_stage
 
     try:
         variants = dict(parse_variant(v) for v in args.variant) if args.variant else {}
@@ -191,21 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(err))
     variants = {**(grid_variants() if args.grid else {}), **variants} or dict(DEFAULT_VARIANTS)
     ref, metric = open_sharpener(p, args)
-    # variants that differ only in the run-time limits share one UNet pass per scene (SharpenStage.run_limits)
-    from depthkit.sharpen.limits import LIMIT_FIELDS
-
-    groups: dict[str, tuple[object, dict]] = {}
-    for name, cfg in variants.items():
-        rest = {k: v for k, v in cfg.items() if k not in LIMIT_FIELDS}
-        key = json.dumps(rest, sort_keys=True)
-        try:
-            if key not in groups:
-                groups[key] = (build_sharpen_stage(ref, options={"config": rest}), {})
-            limits = {k: v for k, v in cfg.items() if k in LIMIT_FIELDS}
-            groups[key][0].limit_configs({name: limits})  # a bad value fails here, before any scene runs
-        except ValueError as err:
-            p.error(f"--variant {name!r}: {err}")
-        groups[key][1][name] = limits
+    groups = variant_groups(p, ref, variants)
 
     rows = {name: {} for name in variants}
     for pattern in patterns:
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             d, placed = metric.with_placed(item["image"], item["sparse"], f"val_{pattern}_{i}")
             before = score(d, item["depth"])
             given = item["depth"] if args.pass1 == "gt" else None
-            for stage, limits in groups.values():
+            for stage, limits in groups:
                 for name, out in stage.run_limits(item["image"], item["sparse"], d, limits, placed=placed,
                                                   pass1_depth=given).items():
                     scores[name].append(before + score(out, item["depth"]))

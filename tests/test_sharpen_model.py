@@ -905,3 +905,42 @@ def test_a_given_pass1_replaces_the_lotus_prediction(sharp):
     assert float(same["discrepancy"].max()) == 0.0
     with pytest.raises(ValueError, match="pass1_depth"):
         sharp.sharpen_tensors(x, d, sp, pass1_depth=d[..., :10])
+
+
+def test_pass1_max_side_runs_the_lotus_smaller_and_pass2_at_the_processing_size(sharp):
+    """``pass1_max_side``: the UNet's first call (pass 1) sees the image's latent at the smaller side, its second
+    (pass 2) the processing size's; the pass-1 map is the Lotus run on the image resized to that side, resized back
+    up (recomputed here from the same draw); a processing size within the side runs exactly as without it."""
+    from depthkit.sharpen.lotus import pad_to_multiple, resize_bilinear
+
+    img, depth, sparse = _scene()  # 48 x 64
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
+    m = sharp.model
+    plain = sharp.sharpen_tensors(x, d, sp, processing_resolution=64, generator=torch.Generator().manual_seed(1))
+    within = SharpDepth(m, {"pass1_max_side": 64}).sharpen_tensors(x, d, sp, processing_resolution=64,
+                                                                  generator=torch.Generator().manual_seed(1))
+    assert torch.equal(within["depth"], plain["depth"]) and torch.equal(within["lotus"], plain["lotus"])
+
+    seen = []
+    hook = m.unet.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        small = SharpDepth(m, {"pass1_max_side": 32}).sharpen_tensors(x, d, sp, processing_resolution=64,
+                                                                      generator=torch.Generator().manual_seed(1))
+    finally:
+        hook.remove()
+    f = m.vae_scale_factor
+    side = m.processing_size(48, 64, 32)
+    assert side == (24, 32)
+    assert seen == [tuple(v // f for v in m.padded_size(*side)), tuple(v // f for v in m.padded_size(48, 64))]
+    with torch.no_grad():
+        z_small = m.encode(pad_to_multiple(resize_bilinear(x, side), m.padded_size(*side)))
+        _, pred = sharp.lotus_pass(z_small, torch.Generator().manual_seed(1))
+    expected = resize_bilinear(pred[..., :24, :32].float(), (48, 64))
+    np.testing.assert_allclose(small["lotus"][0, 0].numpy(), expected[0, 0].numpy(), atol=1e-5)
+    assert not torch.allclose(small["depth"], plain["depth"], atol=1e-3)
+    measured = sp > 0
+    assert torch.equal(small["depth"][measured], sp[measured])
+    for bad in (-1, 2.5, "320", True):
+        with pytest.raises(ValueError, match="pass1_max_side"):
+            SharpDepthConfig(pass1_max_side=bad)

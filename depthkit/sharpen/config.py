@@ -112,6 +112,13 @@ class SharpDepthConfig:
     default's sharpener neither helps nor harms measurably (checkpoints/README.md, session 16): a user who would
     rather not risk a change there can switch this on. Needs the sparse input; a frame without measurements is not
     limited. False [paper and code]: off."""
+    pass1_max_side: int = 0
+    """depthkit (inference only): > 0 runs pass 1 (the Lotus, which sees only the image) at a longest side of at most
+    this many pixels when the processing size is larger, and resizes its prediction up to the processing size (the
+    gate's noised-Lotus fill then encodes that upsampled prediction with the depth VAE); pass 2 still runs at the
+    processing size. The UNet's self-attention grows with the square of its tokens, so on a large frame this saves
+    most of pass 1's time. A processing size within it runs exactly as with 0. 0 [paper and code]: pass 1 at the
+    processing size."""
     change_range_px: int = 0
     """depthkit (inference and the ground-truth terms): > 0 keeps the output at each pixel within the minimum and
     maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size, scaled up to
@@ -152,7 +159,7 @@ class SharpDepthConfig:
         if not 0.0 <= self.ema_decay < 1.0 or self.ema_start < 0 or self.ema_every < 1:
             raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
                              f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
-        for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px"):
+        for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px", "pass1_max_side"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
         f = self.dense_measured_fraction

@@ -202,7 +202,7 @@ class SharpDepth(nn.Module):
 
         z_img = m.encode(pad_to_multiple(resize_bilinear(image, (hr, wr)), pad))
         if pass1_depth is None:
-            z_lotus, lotus_p = self.lotus_pass(z_img, generator)
+            z_lotus, lotus_p = self._pass1(image, (hr, wr), pad, z_img, generator)
         else:
             z_lotus, lotus_p = self._given_pass1(pass1_depth, metric_depth, params, (hr, wr), pad, z_img, generator)
         e_p = discrepancy(lotus_p, norm_p, measured_p, cfg.discrepancy_norm, valid_p)
@@ -236,6 +236,21 @@ class SharpDepth(nn.Module):
         if band is not None:
             out["band"] = band
         return out
+
+    def _pass1(self, image: torch.Tensor, size: tuple[int, int], padded: tuple[int, int], z_img: torch.Tensor,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1 at inference: :meth:`lotus_pass` on ``z_img`` (the image's latent at the processing size ``size``,
+        padded to ``padded``), or, with ``pass1_max_side`` below the processing size's longest side, on the image
+        (``B x 3 x H x W`` in [-1, 1]) resized to that side, its prediction resized up to ``size``, padded, and its
+        latent the depth VAE's encoding of it. Returns ``(latent, prediction B x 1 x padded)`` as :meth:`lotus_pass`."""
+        m, side = self.model, self.config.pass1_max_side
+        if side <= 0 or max(size) <= side:
+            return self.lotus_pass(z_img, generator)
+        small = m.processing_size(*size, side)
+        z_small = m.encode(pad_to_multiple(resize_bilinear(image, small), m.padded_size(*small)))
+        _, pred = self.lotus_pass(z_small, generator)
+        pred = pad_to_multiple(resize_bilinear(pred[..., :small[0], :small[1]].float(), size), padded)
+        return m.encode_depth(pred), pred
 
     def _given_pass1(self, pass1_depth: torch.Tensor, metric_depth: torch.Tensor, params, size: tuple[int, int],
                      padded: tuple[int, int], z_img: torch.Tensor, generator: torch.Generator | None):
