@@ -12,6 +12,7 @@ same for a user's own ``import open3d``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -240,10 +241,23 @@ def png_depth_scale(path) -> float | None:
         return None
 
 
-def _atomic_target(path) -> tuple[Path, Path]:
+@contextlib.contextmanager
+def _atomic_write(path, suffix: str | None = None):
+    """Write ``path`` atomically: yields a temporary path beside it (a hidden name ending in ``suffix``, default the
+    path's own, so writers that go by the suffix pick the format) for the caller to write; on success it replaces
+    ``path``, and on any error it is removed, so a failed write leaves neither a partial file nor a stray temporary.
+    A folder already at ``path`` is an ``IsADirectoryError`` that says so before anything is written."""
     path = _as_path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: a folder of that name is in the way. Move or rename the "
+                                "folder, or write to another --out folder.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path, path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix or path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_output_parent(path, what: str = "--out") -> None:
@@ -273,10 +287,9 @@ def strict_json(value):
 
 def write_depth_npy(path, depth: np.ndarray) -> Path:
     """Write HxW float32 metres as ``.npy`` (atomically)."""
-    path, tmp = _atomic_target(path)
-    with open(tmp, "wb") as f:
+    path = _as_path(path)
+    with _atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(depth, dtype=np.float32))
-    os.replace(tmp, path)
     return path
 
 
@@ -297,9 +310,9 @@ def write_depth_png16(path, depth: np.ndarray, scale: float | None = 1000.0) -> 
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_SCALE_KEY, f"{scale:g}")
     info.add_text("depth_unit", f"value / {scale:g} = metres; 0 = missing")
-    path, tmp = _atomic_target(path)
-    Image.fromarray(np.clip(q, 0, 65535).astype(np.uint16)).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    path = _as_path(path)
+    with _atomic_write(path) as tmp:
+        Image.fromarray(np.clip(q, 0, 65535).astype(np.uint16)).save(tmp, format="PNG", pnginfo=info)
     return path
 
 
@@ -353,11 +366,11 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
 
 def write_image(path, image: np.ndarray) -> Path:
     """Write HxWx3 uint8 RGB to an image file (format from the suffix)."""
-    path, tmp = _atomic_target(path)
+    path = _as_path(path)
     cv2 = _cv2()
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(np.asarray(image)[:, :, ::-1])):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    with _atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(np.asarray(image)[:, :, ::-1])):
+            raise OSError(f"could not write {path}")
     return path
 
 
@@ -457,11 +470,10 @@ def write_point_cloud(path, depth: np.ndarray, intrinsics, image: np.ndarray | N
     if image is not None:
         m = depth > 0
         pcd.colors = o3d.utility.Vector3dVector(np.asarray(image)[m].astype(np.float64) / 255.0)
-    path, tmp = _atomic_target(path)
-    tmp = tmp.with_suffix(".ply")
-    if not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False):
-        raise OSError(f"could not write point cloud {path}")
-    os.replace(tmp, path)
+    path = _as_path(path)
+    with _atomic_write(path, suffix=".ply") as tmp:
+        if not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False):
+            raise OSError(f"could not write point cloud {path}")
     return path
 
 

@@ -377,3 +377,29 @@ def test_a_tiff_with_an_orientation_tag_is_read_upright(tmp_path, tag, monkeypat
         monkeypatch.setattr(PIL.ImageOps, "exif_transpose", lambda im, in_place=False: None if in_place else im)
         with pytest.warns(io.DepthkitWarning):
             np.testing.assert_array_equal(io.read_image(tmp_path / "t.tif"), expected)
+
+
+def test_writes_are_atomic_and_a_folder_in_the_way_is_named(tmp_path, monkeypatch):
+    """Each writer replaces its file in one step: a write that fails leaves the previous file whole and no hidden
+    temporary beside it; a folder where the file should go is refused with a message that says so, and nothing is
+    left behind either."""
+    depth = np.full((4, 5), 2.5, np.float32)
+    io.write_depth_npy(tmp_path / "d.npy", depth)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.np, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_depth_npy(tmp_path / "d.npy", depth * 2)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), depth)
+    writers = {"a.npy": lambda p: io.write_depth_npy(p, depth),
+               "a.png": lambda p: io.write_depth_png16(p, depth, scale=1000),
+               "a_color.png": lambda p: io.write_image(p, np.zeros((4, 5, 3), np.uint8))}
+    for name, write in writers.items():
+        (tmp_path / "in_the_way" / name).mkdir(parents=True)
+        with pytest.raises(IsADirectoryError, match="a folder of that name is in the way"):
+            write(tmp_path / "in_the_way" / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy", "in_the_way"]
+    assert sorted(p.name for p in (tmp_path / "in_the_way").iterdir()) == sorted(writers)
