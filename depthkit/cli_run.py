@@ -183,8 +183,13 @@ def _check_folder_intrinsics_size(intrinsics, size: tuple[int, int], pairs, sour
 def run_command(args, parser, build_pipeline) -> int:
     """``depthkit run`` with parsed ``args``; ``build_pipeline(args)`` makes the pipeline once the inputs are read
     and the outputs checked. Returns the exit code (0, or 1 when an input failed)."""
+    from depthkit.stages import parse_stages
+
     single = args.image is not None or args.sparse is not None
-    starts_with_sharpen = args.stages.split(",")[0].strip() == "sharpen"
+    try:
+        starts_with_sharpen = parse_stages(args.stages)[0] == "sharpen"  # in their order: sharpen alone
+    except ValueError as err:
+        parser.error(f"--stages {args.stages}: {err}")
     if single and args.input_dir is not None:
         parser.error("give either --image with --sparse, or --input-dir (not both)")
     if not single and args.input_dir is None:

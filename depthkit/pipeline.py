@@ -21,7 +21,7 @@ import numpy as np
 from depthkit.checkpoints import CheckpointRef, check_finite_output
 from depthkit.dtypes import canonical_dtype_name
 from depthkit.outputs import DepthOutput, StageResult, keep_placed_depth
-from depthkit.stages import STAGE_ORDER, STAGES
+from depthkit.stages import STAGE_ORDER, STAGES, parse_stages
 
 __all__ = ["Pipeline", "DepthOutput", "StageResult", "check_image", "check_sparse", "restore_measurements"]
 
@@ -172,19 +172,7 @@ class Pipeline:
 
     def __init__(self, stages: Sequence[str] | str = ("complete",), method: str | None = None, checkpoint=None,
                  device: str = "cpu", dtype: str = "float32", stage_options: dict | None = None):
-        if isinstance(stages, str):
-            stages = [s.strip() for s in stages.split(",") if s.strip()]
-        if not isinstance(stages, (list, tuple)):
-            raise ValueError(f"stages must be a list of stage names or a comma-separated string, e.g. "
-                             f"('complete', 'sharpen'); received {type(stages).__name__}.")
-        stages = tuple(stages)
-        if not stages:
-            raise ValueError(f"no stages given; choose from {', '.join(STAGE_ORDER)}.")
-        for s in stages:
-            if s not in STAGES:
-                raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGE_ORDER)} (in that order).")
-        if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGE_ORDER.index):
-            raise ValueError(f"stages {stages} must be distinct and in the order {', '.join(STAGE_ORDER)}.")
+        stages = parse_stages(stages)
         dtype = canonical_dtype_name(dtype)
         device = resolve_device(device)
         if dtype == "float16" and device == "cpu":
@@ -203,9 +191,13 @@ class Pipeline:
         if bad:
             raise ValueError(f"stage_options[{bad[0]!r}] must be a dict of that stage's options; received "
                              f"{type(stage_options[bad[0]]).__name__}.")
-        unknown = set(stage_options) - set(stages)
+        unknown = set(stage_options) - set(STAGE_ORDER)
         if unknown:
-            raise ValueError(f"stage_options names stages that are not run: {sorted(unknown)}; running {stages}.")
+            raise ValueError(f"stage_options (--option STAGE.KEY=VALUE on the command line) names {sorted(unknown)}, "
+                             f"which is not a stage; stages are {', '.join(STAGE_ORDER)}.")
+        not_run = set(stage_options) - set(stages)
+        if not_run:
+            raise ValueError(f"stage_options names stages that are not run: {sorted(not_run)}; running {stages}.")
         if method is not None and "complete" not in stages:
             raise ValueError(f"method={method!r} chooses how the complete stage completes, but this pipeline runs "
                              f"{stages}; drop the method, or add 'complete' in front.")

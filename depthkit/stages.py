@@ -123,3 +123,22 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
 """The stages by name, in the order a pipeline runs them."""
 
 STAGE_ORDER = tuple(STAGES)
+
+
+def parse_stages(stages) -> tuple[str, ...]:
+    """The stages a pipeline runs, from a list / tuple of names or a comma-separated string (``"complete,sharpen"``):
+    a tuple of known, distinct names in :data:`STAGE_ORDER`. ValueError says what was received and what is allowed."""
+    if isinstance(stages, str):
+        stages = [s.strip() for s in stages.split(",") if s.strip()]
+    if not isinstance(stages, (list, tuple)):
+        raise ValueError(f"stages must be a list of stage names or a comma-separated string, e.g. "
+                         f"('complete', 'sharpen'); received {type(stages).__name__}.")
+    stages = tuple(stages)
+    if not stages:
+        raise ValueError(f"no stages given; choose from {', '.join(STAGE_ORDER)}.")
+    for s in stages:
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGE_ORDER)} (in that order).")
+    if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGE_ORDER.index):
+        raise ValueError(f"stages {stages} must be distinct and in the order {', '.join(STAGE_ORDER)}.")
+    return stages

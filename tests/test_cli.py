@@ -672,3 +672,26 @@ def test_intrinsics_for_another_image_size_are_refused_with_the_scaled_values(tm
         k.write_text(json.dumps({"fx": 30.0, "fy": 30.0, "cx": 13.5, "cy": 9.5, **bad}))
         assert main(_single(tmp_path, "--ply", "--intrinsics", str(k), out="o4")) == 2
         assert "both must be whole numbers of pixels > 0" in capsys.readouterr().err
+
+
+def test_stages_out_of_order_or_unknown_are_named_before_the_model(tmp_path, capsys, monkeypatch):
+    """--stages sharpen,complete is the wrong order, not "sharpen alone"; the Pipeline's own rule says so, before any
+    model loads, as for an unknown or repeated stage."""
+    _no_pipeline(monkeypatch)
+    _write_pair(tmp_path, "a")
+    for stages, said in (("sharpen,complete", "must be distinct and in the order complete, sharpen"),
+                         ("complete,complete", "must be distinct"), ("complete,paint", "unknown stage 'paint'")):
+        with pytest.raises(SystemExit):
+            main(_single(tmp_path, "--stages", stages))
+        err = capsys.readouterr().err
+        assert f"--stages {stages}: " in err and said in err and "alone" not in err
+
+
+def test_a_folder_in_an_outputs_way_is_named_and_leaves_nothing_behind(tmp_path, capsys):
+    """An output name taken by a folder: the image fails with a message that says so (not the OS's rename error),
+    and no hidden temporary is left in --out."""
+    _write_pair(tmp_path, "a")
+    (tmp_path / "o" / "a_depth.npy").mkdir(parents=True)
+    assert main(_single(tmp_path, "--overwrite")) == 2
+    assert "a folder of that name is in the way" in capsys.readouterr().err
+    assert not [p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
