@@ -93,8 +93,17 @@ def _intrinsics_from_file(path: Path) -> Intrinsics:
         if not isinstance(data["K"], list):
             raise ValueError(f"intrinsics {source}, key 'K' is {json.dumps(data['K'])}; expected a 3x3 matrix of numbers "
                              "(pixels), e.g. [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]].")
+        k = np.asarray(data["K"], dtype=object)
+        if k.shape != (3, 3):
+            raise ValueError(f"intrinsics {source}, key 'K' is {json.dumps(data['K'])} (shape {k.shape}); expected a "
+                             "3x3 matrix of numbers (pixels), e.g. [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]].")
         return _intrinsics_from_numbers(_real_numbers(data["K"], f"intrinsics {source}, key 'K'"), source)
-    raise ValueError(f"intrinsics JSON {path} needs keys fx, fy, cx, cy (pixels) or a 3x3 'K'.")
+    if isinstance(data, dict):
+        missing = [k for k in ("fx", "fy", "cx", "cy") if k not in data]
+        raise ValueError(f"intrinsics JSON {path} has keys {sorted(data)}: missing {', '.join(missing)}. It needs "
+                         "fx, fy, cx, cy (pixels) or a 3x3 'K'.")
+    raise ValueError(f"intrinsics JSON {path} holds a {type(data).__name__}, not an object; it needs "
+                     '{"fx": ..., "fy": ..., "cx": ..., "cy": ...} (pixels) or {"K": a 3x3 matrix}.')
 
 
 def _real_numbers(value, where: str, single: bool = False) -> list[float]:

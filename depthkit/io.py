@@ -194,7 +194,12 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:  # numpy raises several types for corrupt files
-            raise ValueError(f"could not read depth array {path}: {exc}. Save it with numpy.save.") from exc
+            if "pickle" in str(exc) or "Object arrays" in str(exc):  # numpy's two wordings for dtype=object
+                raise ValueError(f"could not read depth array {path}: it holds Python objects (a pickle), which "
+                                 "depthkit does not load. Save the depth as an HxW numeric array (float32 metres, "
+                                 "0 = missing) with numpy.save.") from exc
+            raise ValueError(f"could not read depth array {path} ({str(exc).rstrip('.')}); expected an HxW numeric "
+                             "array (float32 metres, 0 = missing) saved with numpy.save.") from exc
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.ndim != 2:

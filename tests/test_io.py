@@ -63,8 +63,13 @@ def test_npy_roundtrip_and_shape_errors(tmp_path):
     with pytest.raises(ValueError, match="expected HxW"):
         io.read_depth(tmp_path / "bad.npy")
     (tmp_path / "trunc.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ValueError, match=r"could not read .*; expected an HxW numeric array"):
         io.read_depth(tmp_path / "trunc.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    (tmp_path / "pickled.npy").write_bytes(__import__("pickle").dumps({"depth": 1}))
+    for name in ("objects.npy", "pickled.npy"):
+        with pytest.raises(ValueError, match="holds Python objects .* Save the depth as an HxW numeric array"):
+            io.read_depth(tmp_path / name)
 
 
 def test_colorize_has_legend_and_black_missing():
@@ -267,6 +272,10 @@ def test_resize_sparse_refuses_what_check_sparse_refuses():
     ('{"K": [[50, 0, 32], [0, 50, 24], [1, 2, 3]]}', "is not a pinhole matrix"),
     ('{"K": [[50, 0, 32], [0, 50, 24], [0, 0, 2]]}', "is not a pinhole matrix"),
     ('{"K": [[50, 3, 32], [0, 50, 24], [0, 0, 1]]}', "skew not supported"),
+    ('{"K": [[277, 277], [159.5, 119.5]]}', "(shape (2, 2)); expected a 3x3 matrix"),
+    ('{"K": [277, 277, 159.5, 119.5]}', "(shape (4,)); expected a 3x3 matrix"),
+    ('{"fx": 50, "fy": 50, "cx": 32}', "has keys ['cx', 'fx', 'fy']: missing cy"),
+    ('[50, 50, 32, 24]', "holds a list, not an object"),
 ])
 def test_intrinsics_json_with_bad_values_names_file_and_key(tmp_path, content, words):
     path = tmp_path / "cam.json"
