@@ -116,7 +116,10 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
     ``shape`` is the image's (H, W). Integer maps (raw sensor units) are divided by ``depth_scale`` (units per
     metre) and refused without one; float maps are metres (a scale given with one is not applied; a warning says
     so). NaN, inf and negative values are refused rather than silently zeroed: mark missing measurements with 0.
+    A numpy masked array's masked pixels are missing (0), whatever values lie under the mask.
     """
+    if isinstance(sparse, np.ma.MaskedArray):
+        sparse = sparse.filled(0)
     if isinstance(sparse, (str, os.PathLike)):
         from depthkit.io import read_depth
 

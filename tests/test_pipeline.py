@@ -118,6 +118,19 @@ def test_a_nested_list_is_not_taken_for_a_batch():
         Pipeline(method="nearest")(image.tolist(), sparse)
 
 
+def test_a_masked_arrays_masked_pixels_are_missing():
+    """np.ma: the masked pixels are not measurements, whatever lies under the mask (here NaN and values far off):
+    the output keeps only the unmasked values, and it equals the run on the map with those pixels set to 0."""
+    image, sparse = _scene()
+    under = sparse.copy()
+    hide = sparse > np.median(sparse[sparse > 0])
+    under[hide] = np.where(np.arange(hide.sum()) % 2, np.nan, 99.0)
+    out = Pipeline(method="nearest")(image, np.ma.masked_array(under, mask=hide))
+    plain = np.where(hide, 0.0, sparse).astype(np.float32)
+    assert np.array_equal(out.depth, Pipeline(method="nearest")(image, plain).depth)
+    assert np.array_equal(out.depth[plain > 0], plain[plain > 0]) and not np.isin(99.0, out.depth)
+
+
 def test_low_precision_tensors_and_float64_maps():
     """A bfloat16 tensor (no numpy dtype) is widened, and its values are kept exactly; a float64 map is float32 on
     the way in (the output's precision), and a positive value that float32 cannot hold is refused, not dropped."""
