@@ -355,7 +355,7 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
     if abs(math.log((w / h) / (ow / oh))) > 0.02:  # a 2 % aspect difference: different fields of view, or a crop
         import warnings
 
-        warnings.warn(f"{what} is {w}x{h} (aspect {w / h:.3f}) and is scattered to {ow}x{oh} (aspect {ow / oh:.3f}): "
+        warnings.warn(f"{what} is {h}x{w} (aspect {w / h:.3f}) and is scattered to {oh}x{ow} (aspect {ow / oh:.3f}): "
                       "its points move by different factors across and down. Scaling assumes both cover the same "
                       "field of view; crop or pad one to match the other first if they do not.", DepthkitWarning,
                       stacklevel=2)

@@ -240,7 +240,7 @@ def test_resize_sparse_across_aspect_ratios_is_said():
 
     sparse = np.zeros((60, 120), np.float32)
     sparse[10, 20] = 2.0
-    with pytest.warns(io.DepthkitWarning, match=r"120x60 \(aspect 2.000\) and is scattered to 80x60 \(aspect 1.333\)"):
+    with pytest.warns(io.DepthkitWarning, match=r"60x120 \(aspect 2.000\) and is scattered to 60x80 \(aspect 1.333\)"):
         io.resize_sparse(sparse, (60, 80))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
