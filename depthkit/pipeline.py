@@ -248,7 +248,12 @@ class Pipeline:
                 raise ValueError(f"a batch of {len(image)} images needs a list of {len(image)} depth maps (or one "
                                  f"map, or None); got a list of {len(depth)}.")
             depths = depth if isinstance(depth, (list, tuple)) else [depth] * len(image)
-            checked = [self._check(i, s, d, depth_scale) for i, s, d in zip(image, sparse, depths)]
+            checked = []
+            for k, (i, s, d) in enumerate(zip(image, sparse, depths)):
+                try:
+                    checked.append(self._check(i, s, d, depth_scale))
+                except ValueError as err:
+                    raise ValueError(f"batch item {k} (of {len(image)}): {err}") from None
             return [self._run_one(*c) for c in checked]
         return self._run_one(*self._check(image, sparse, depth, depth_scale))
 

@@ -85,6 +85,10 @@ def test_batch_length_mismatch():
     depth = np.full(sparse.shape, 2.0, np.float32)
     with pytest.raises(ValueError, match="2 depth maps .* got a list of 1"):  # was: one result, one image dropped
         sharpen([image, image], [sparse, sparse], depth=[depth])
+    bad = sparse.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"batch item 1 \(of 2\): sparse .*NaN"):
+        Pipeline(method="nearest")([image, image], [sparse, bad])
 
 
 def test_a_depth_input_is_refused_by_a_pipeline_that_makes_its_own():
