@@ -228,27 +228,44 @@ def test_sharpen_resolution_scores_the_stage_at_each_processing_side(tmp_path, c
 
 
 def test_sharpen_resolution_scores_each_limit_setting_from_one_pass(tmp_path, capsys):
-    """sharpen_resolution.py --variant: each column is (side, setting); ``shipped={}`` is the stage's own output and
-    a band no edge reaches gives the input back exactly; a setting that would change the UNet pass is refused."""
+    """sharpen_resolution.py --variant: each column is (side, setting); ``shipped={}`` is the stage's own output, a
+    band no edge reaches gives the input back exactly, and a setting of the UNet pass itself (``pass1_max_side``) is
+    a stage of its own at each side: the stage built with it at native size, the shipped one at a side within it;
+    a bad setting names itself."""
     import sharpen_resolution
 
+    from depthkit.checkpoints import CheckpointRef
+    from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.metrics import depth_metrics
+    from depthkit.sharpen.stage import build_sharpen_stage
 
     empty = json.dumps({"change_band_px": 2, "change_band_jump": 1e9})
     argv = ["--scenes", "1", "--patterns", "random500", "--size", "60x80", "--sides", "40,native",
-            "--variant", "shipped={}", "--variant", f"no band={empty}", "--out", str(tmp_path)]
+            "--variant", "shipped={}", "--variant", f"no band={empty}", "--variant", 'p1={"pass1_max_side": 40}',
+            "--out", str(tmp_path)]
     assert sharpen_resolution.main(argv) == 0
     report = json.loads((tmp_path / "sharpen_resolution.json").read_text())
-    assert list(report["results"]) == ["40, shipped", "40, no band", "native, shipped", "native, no band"]
-    _, gt, outputs = _sharpened_at_40_and_native()
+    assert list(report["results"]) == ["40, shipped", "40, no band", "40, p1", "native, shipped", "native, no band",
+                                       "native, p1"]
+    completion, gt, outputs = _sharpened_at_40_and_native()
     for label, out in outputs.items():
         shipped = report["results"][f"{label}, shipped"]["random500"]
         assert shipped["per_scene"][0][2] == pytest.approx(depth_metrics(out.depth, gt, gt > 0)["mae"], rel=1e-6)
         assert shipped["change"] != 0
         none = report["results"][f"{label}, no band"]["random500"]
         assert none["change"] == 0 and none["dbe_acc"] == none["input_dbe_acc"]
+    results = report["results"]
+    assert results["40, p1"]["random500"]["per_scene"] == results["40, shipped"]["random500"]["per_scene"]
+    sample = SyntheticDataset(split="val", length=1, height=60, width=80, sparse_pattern="random",
+                              sparse_kwargs={"n": 500})[0]
+    p1 = build_sharpen_stage(CheckpointRef.open(str(ROOT / "checkpoints" / "default")),
+                             options={"processing_resolution": 80, "config": {"pass1_max_side": 40}})
+    out = p1.run(sample["image"], sample["sparse"], completion).depth
+    assert results["native, p1"]["random500"]["per_scene"][0][2] == pytest.approx(
+        depth_metrics(out, gt, gt > 0)["mae"], rel=1e-6)
+    assert results["native, p1"]["random500"]["mae"] != results["native, shipped"]["random500"]["mae"]
     assert "| random500 | " in (tmp_path / "sharpen_resolution.md").read_text()
     with pytest.raises(SystemExit):
         sharpen_resolution.main(["--out", str(tmp_path / "bad"), "--scenes", "1", "--size", "60x80",
-                                 "--variant", 'fit={"fit_threshold": 0.3}'])
-    assert "may only set" in capsys.readouterr().err
+                                 "--variant", 'p1={"pass1_max_side": -3}'])
+    assert "--variant 'p1'" in capsys.readouterr().err
