@@ -909,34 +909,41 @@ def test_a_given_pass1_replaces_the_lotus_prediction(sharp):
 
 def test_pass1_max_side_runs_the_lotus_smaller_and_pass2_at_the_processing_size(sharp):
     """``pass1_max_side``: the UNet's first call (pass 1) sees the image's latent at the smaller side, its second
-    (pass 2) the processing size's; the pass-1 map is the Lotus run on the image resized to that side, resized back
-    up (recomputed here from the same draw); a processing size within the side runs exactly as without it."""
+    (pass 2) the processing size's; the pass-1 map is the Lotus run on the image resized to that side with the
+    top-left crop of the processing size's noise, resized back up (recomputed here), and every later draw is the one
+    a run without it makes; a processing size within the side runs exactly as without it. 50 x 70 is padded (to
+    56 x 72, and 25 x 35 to 32 x 40), so the crops before resizing count."""
     from depthkit.sharpen.lotus import pad_to_multiple, resize_bilinear
 
-    img, depth, sparse = _scene()  # 48 x 64
+    img, depth, sparse = _scene(h=50, w=70)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
     m = sharp.model
-    plain = sharp.sharpen_tensors(x, d, sp, processing_resolution=64, generator=torch.Generator().manual_seed(1))
-    within = SharpDepth(m, {"pass1_max_side": 64}).sharpen_tensors(x, d, sp, processing_resolution=64,
+    g_plain = torch.Generator().manual_seed(1)
+    plain = sharp.sharpen_tensors(x, d, sp, processing_resolution=70, generator=g_plain)
+    within = SharpDepth(m, {"pass1_max_side": 70}).sharpen_tensors(x, d, sp, processing_resolution=70,
                                                                   generator=torch.Generator().manual_seed(1))
     assert torch.equal(within["depth"], plain["depth"]) and torch.equal(within["lotus"], plain["lotus"])
 
     seen = []
     hook = m.unet.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    g_small = torch.Generator().manual_seed(1)
     try:
-        small = SharpDepth(m, {"pass1_max_side": 32}).sharpen_tensors(x, d, sp, processing_resolution=64,
-                                                                      generator=torch.Generator().manual_seed(1))
+        small = SharpDepth(m, {"pass1_max_side": 35}).sharpen_tensors(x, d, sp, processing_resolution=70,
+                                                                      generator=g_small)
     finally:
         hook.remove()
+    assert torch.equal(torch.randn(8, generator=g_small), torch.randn(8, generator=g_plain))
     f = m.vae_scale_factor
-    side = m.processing_size(48, 64, 32)
-    assert side == (24, 32)
-    assert seen == [tuple(v // f for v in m.padded_size(*side)), tuple(v // f for v in m.padded_size(48, 64))]
+    side = m.processing_size(50, 70, 35)
+    assert side == (25, 35) and m.padded_size(*side) == (32, 40) and m.padded_size(50, 70) == (56, 72)
+    assert seen == [(32 // f, 40 // f), (56 // f, 72 // f)]
     with torch.no_grad():
-        z_small = m.encode(pad_to_multiple(resize_bilinear(x, side), m.padded_size(*side)))
-        _, pred = sharp.lotus_pass(z_small, torch.Generator().manual_seed(1))
-    expected = resize_bilinear(pred[..., :24, :32].float(), (48, 64))
+        g = torch.Generator().manual_seed(1)
+        full_noise = torch.randn((1, m.latent_channels, 56 // f, 72 // f), generator=g)
+        z_small = m.encode(pad_to_multiple(resize_bilinear(x, side), (32, 40)))
+        _, pred = sharp.lotus_pass(z_small, noise=full_noise[..., :32 // f, :40 // f])
+    expected = resize_bilinear(pred[..., :25, :35].float(), (50, 70))
     np.testing.assert_allclose(small["lotus"][0, 0].numpy(), expected[0, 0].numpy(), atol=1e-5)
     assert not torch.allclose(small["depth"], plain["depth"], atol=1e-3)
     measured = sp > 0

@@ -114,11 +114,12 @@ class SharpDepth(nn.Module):
 
     # ----------------------------------------------------------------- shared by inference and training
     def lotus_pass(self, image_latent: torch.Tensor, generator: torch.Generator | None = None,
-                   unet=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   unet=None, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pass 1: pure noise → ``(x0 latent, decoded prediction B x 1 x H x W)``. ``unet``: e.g. the EMA; default
-        ``lotus_unet`` or the sharpener."""
+        ``lotus_unet`` or the sharpener. ``noise``: the latent's noise, when the caller drew it (else drawn here)."""
         unet = unet if unet is not None else (self.lotus_unet if self.lotus_unet is not None else self.model.unet)
-        z = self.model.predict_latent(image_latent, self.model.noise_like(image_latent, generator), unet=unet)
+        noise = self.model.noise_like(image_latent, generator) if noise is None else noise
+        z = self.model.predict_latent(image_latent, noise, unet=unet)
         return z, self.model.decode_depth(z)
 
     def gate_latent(self, z_d: torch.Tensor, e: torch.Tensor, sparse_mask: torch.Tensor | None = None,
@@ -242,13 +243,17 @@ class SharpDepth(nn.Module):
         """Pass 1 at inference: :meth:`lotus_pass` on ``z_img`` (the image's latent at the processing size ``size``,
         padded to ``padded``), or, with ``pass1_max_side`` below the processing size's longest side, on the image
         (``B x 3 x H x W`` in [-1, 1]) resized to that side, its prediction resized up to ``size``, padded, and its
-        latent the depth VAE's encoding of it. Returns ``(latent, prediction B x 1 x padded)`` as :meth:`lotus_pass`."""
+        latent the depth VAE's encoding of it. The smaller pass's noise is the top-left crop of the noise drawn at the
+        processing size, so every later draw is the one a run without the switch makes. Returns ``(latent,
+        prediction B x 1 x padded)`` as :meth:`lotus_pass`."""
         m, side = self.model, self.config.pass1_max_side
         if side <= 0 or max(size) <= side:
             return self.lotus_pass(z_img, generator)
+        noise = m.noise_like(z_img, generator)
         small = m.processing_size(*size, side)
         z_small = m.encode(pad_to_multiple(resize_bilinear(image, small), m.padded_size(*small)))
-        _, pred = self.lotus_pass(z_small, generator)
+        noise = noise[..., :z_small.shape[-2], :z_small.shape[-1]]
+        _, pred = self.lotus_pass(z_small, generator, noise=noise)
         pred = pad_to_multiple(resize_bilinear(pred[..., :small[0], :small[1]].float(), size), padded)
         return m.encode_depth(pred), pred
 
