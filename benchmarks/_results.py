@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from depthkit.io import strict_json  # the one implementation (NaN, e.g. an AUROC without both classes, as null)
+from depthkit.io import atomic_write, strict_json  # the one implementation of each
 
 
 def results_name(text: str) -> str:
@@ -24,18 +23,16 @@ def results_name(text: str) -> str:
     return text
 
 
-def write_results(out: Path, name: str, report: dict, lines: list[str], echo: bool = True) -> tuple[Path, Path]:
-    """Write ``report`` as ``out/name.json`` (strict JSON: NaN as null) and the markdown ``lines`` as ``out/name.md``
-    (creating ``out``; each file atomically, so an interrupted run leaves the previous results whole), print the
-    markdown when ``echo``, and return the two paths."""
+def write_results(out: Path, name: str, report: dict, lines: list[str] | str, echo: bool = True) -> tuple[Path, Path]:
+    """Write ``report`` as ``out/name.json`` (strict JSON: NaN as null) and the markdown ``lines`` (a list of lines,
+    or the text itself) as ``out/name.md`` (creating ``out``; each file atomically, so an interrupted run leaves the
+    previous results whole), print the markdown when ``echo``, and return the two paths."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = (out / f"{name}.json", out / f"{name}.md")
-    texts = (json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n", "\n".join(lines) + "\n")
-    for path, text in zip(paths, texts):
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    markdown = lines if isinstance(lines, str) else "\n".join(lines) + "\n"
+    for path, text in zip(paths, (json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n", markdown)):
+        with atomic_write(path) as tmp:
+            tmp.write_text(text)
     if echo:
-        print(texts[1], end="")
+        print(markdown, end="")
     return paths

@@ -482,7 +482,7 @@ def report_markdown(report: dict) -> str:
 
 def write_report(report: dict, out: Path, name: str = "accuracy") -> tuple[Path, Path]:
     """Write ``<name>.json`` (strict JSON: NaN as null) and ``<name>.md`` into ``out`` (each atomically)."""
-    return write_results(out, name, report, report_markdown(report).splitlines(), echo=False)
+    return write_results(out, name, report, report_markdown(report), echo=False)
 
 
 def _command(argv: list[str]) -> str:

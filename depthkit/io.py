@@ -247,7 +247,7 @@ def png_depth_scale(path) -> float | None:
 
 
 @contextlib.contextmanager
-def _atomic_write(path, suffix: str | None = None):
+def atomic_write(path, suffix: str | None = None):
     """Write ``path`` atomically: yields a temporary path beside it (a hidden name ending in ``suffix``, default the
     path's own, so writers that go by the suffix pick the format) for the caller to write; on success it replaces
     ``path``, and on any error it is removed, so a failed write leaves neither a partial file nor a stray temporary.
@@ -293,7 +293,7 @@ def strict_json(value):
 def write_depth_npy(path, depth: np.ndarray) -> Path:
     """Write HxW float32 metres as ``.npy`` (atomically)."""
     path = _as_path(path)
-    with _atomic_write(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(depth, dtype=np.float32))
     return path
 
@@ -316,7 +316,7 @@ def write_depth_png16(path, depth: np.ndarray, scale: float | None = 1000.0) -> 
     info.add_text(PNG_SCALE_KEY, f"{scale:g}")
     info.add_text("depth_unit", f"value / {scale:g} = metres; 0 = missing")
     path = _as_path(path)
-    with _atomic_write(path) as tmp:
+    with atomic_write(path) as tmp:
         Image.fromarray(np.clip(q, 0, 65535).astype(np.uint16)).save(tmp, format="PNG", pnginfo=info)
     return path
 
@@ -373,7 +373,7 @@ def write_image(path, image: np.ndarray) -> Path:
     """Write HxWx3 uint8 RGB to an image file (format from the suffix)."""
     path = _as_path(path)
     cv2 = _cv2()
-    with _atomic_write(path) as tmp:
+    with atomic_write(path) as tmp:
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(np.asarray(image)[:, :, ::-1])):
             raise OSError(f"could not write {path}")
     return path
@@ -476,7 +476,7 @@ def write_point_cloud(path, depth: np.ndarray, intrinsics, image: np.ndarray | N
         m = depth > 0
         pcd.colors = o3d.utility.Vector3dVector(np.asarray(image)[m].astype(np.float64) / 255.0)
     path = _as_path(path)
-    with _atomic_write(path, suffix=".ply") as tmp:
+    with atomic_write(path, suffix=".ply") as tmp:
         if not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False):
             raise OSError(f"could not write point cloud {path}")
     return path

@@ -254,6 +254,7 @@ def test_sharpen_resolution_scores_each_limit_setting_from_one_pass(tmp_path, ca
         assert shipped["change"] != 0
         none = report["results"][f"{label}, no band"]["random500"]
         assert none["change"] == 0 and none["dbe_acc"] == none["input_dbe_acc"]
+        assert none["seconds"] == shipped["seconds"]  # limits only: the same UNet pass, timed once
     results = report["results"]
     assert results["40, p1"]["random500"]["per_scene"] == results["40, shipped"]["random500"]["per_scene"]
     sample = SyntheticDataset(split="val", length=1, height=60, width=80, sparse_pattern="random",
