@@ -33,9 +33,12 @@ def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = 
         return float(scale)
     if auto is None:
         fit = fitting_png_scale(top)
-        raise ValueError(f"{what} up to {top:.1f} m does not fit a 16-bit PNG even at 1 unit per metre (max 65535 m). "
-                         f"Pass --png-scale {fit:g} (units per metre: {1 / fit:g} m steps, fits 0-{65535 / fit:g} m), "
-                         "or check the input's units: depth this large is usually a unit error.")
+        over = int((valid > 65535).sum())
+        raise ValueError(f"{what} up to {top:.1f} m does not fit a 16-bit PNG even at 1 unit per metre (max 65535 m): "
+                         f"{over} of {valid.size} valid pixel(s) lie beyond it, and the median is "
+                         f"{float(np.median(valid)):.3g} m. Pass --png-scale {fit:g} (units per metre: {1 / fit:g} m "
+                         f"steps, fits 0-{65535 / fit:g} m), or check the input's units and outliers: depth this large "
+                         "is usually a unit error or a stray value.")
     if not keeps_every_pixel(valid, auto):  # pixels under half a unit: the finest scale that fits, if it keeps them
         finer = fitting_png_scale(top)
         if keeps_every_pixel(valid, finer):

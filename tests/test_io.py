@@ -303,8 +303,9 @@ def test_png_scale_must_be_finite_keep_valid_pixels_and_suggests_one_that_fits(t
                                          r"fits 0-6.5535 m\), or leave it out"):
         io.choose_png_scale(depth, 1e-9)
     assert io.choose_png_scale(depth, 1.0) == 1.0  # coarse, but every valid pixel stays non-zero
-    with pytest.raises(ValueError, match=r"even at 1 unit per metre.*--png-scale 0.5 "):
-        io.choose_png_scale(np.array([[2.0, 1e5]]))
+    with pytest.raises(ValueError, match=r"even at 1 unit per metre .*: 1 of 3 valid pixel\(s\) lie beyond it, and the "
+                                         r"median is 3 m. Pass --png-scale 0.5 "):
+        io.choose_png_scale(np.array([[2.0, 1e5, 3.0, 0.0]]))
     with pytest.raises(ValueError, match=r"e.g. 0.5 fits 0-131070 m"):
         io.choose_png_scale(np.array([[2.0, 1e5]]), 1000)
     assert io.choose_png_scale(np.array([[2.0, 1e5]]), 0.5) == 0.5
