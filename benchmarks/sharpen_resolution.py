@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                  "seconds": statistics.median(seconds[label, name])}
             rows[heads[label, name]][pattern] = r = {**r, "goal_met": bool(sharpener_meets_bar(r)),
                                                      "per_scene": per_scene.tolist()}
-            print(f"{pattern:11s} side {heads[label, name]:7s} MAE {mae_in:.4f} -> {mae_out:.4f} ({100 * r['change']:+.1f} %)  "
+            print(f"{pattern:11s} side {heads[label, name]:7s} MAE {mae_in:.4f} -> {mae_out:.4f} "
+                  f"({100 * r['change']:+.1f} %)  "
                   f"DBE-acc {dbe_in:.3f} -> {dbe_out:.3f} ({dbe_out - dbe_in:+.3f} {_se_text(r['dbe_change_se'])}),"
                   f" {r['seconds']:.2f} s", flush=True)
 
