@@ -114,8 +114,9 @@ class SharpDepthConfig:
     limited. False [paper and code]: off."""
     pass1_max_side: int = 0
     """depthkit (inference only): > 0 runs pass 1 (the Lotus, which sees only the image) at a longest side of at most
-    this many pixels when the processing size is larger, and resizes its prediction up to the processing size (the
-    gate's noised-Lotus fill then encodes that upsampled prediction with the depth VAE); pass 2 still runs at the
+    this many pixels when the processing size is larger (with the top-left crop of the noise a full-size pass 1 would
+    draw, so every later draw is unchanged), and resizes its prediction up to the processing size (the gate's
+    noised-Lotus fill then encodes that upsampled prediction with the depth VAE); pass 2 still runs at the
     processing size. The UNet's self-attention grows with the square of its tokens, so on a large frame this saves
     most of pass 1's time. A processing size within it runs exactly as with 0. 0 [paper and code]: pass 1 at the
     processing size."""
