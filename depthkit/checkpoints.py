@@ -373,7 +373,11 @@ def load_manifest(root) -> dict:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        present = ", ".join(sorted(p.name for p in root.iterdir())) if root.is_dir() else "(directory missing)"
+        present = "(directory missing)"
+        if root.is_dir():
+            names = sorted(p.name for p in root.iterdir())
+            shown = 8  # a folder of thousands of files (a dataset given by mistake) is named by a few of them
+            present = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
         raise CheckpointError(
             f"{root} is not a depthkit checkpoint: {MANIFEST} is missing (found: {present or 'nothing'}). "
             "Create one with `depthkit init-checkpoint --tiny DIR`, or import released weights."

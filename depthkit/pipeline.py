@@ -137,12 +137,16 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
         if tuple(sparse.shape) == tuple(shape[::-1]):
             hint = (" It matches the image turned sideways: if the image is a photo with an EXIF orientation, "
                     "depthkit read it upright as viewers show it; give the sparse map in that orientation.")
+        advice = (" If the sparse map comes from a camera of another resolution, scatter its points at scaled "
+                  "coordinates (--resize-sparse on the CLI, depthkit.io.resize_sparse in Python); do not resize it like "
+                  "an image, which turns each point into a block of copies when upsampling.")
+        if what == "depth":  # a sharpen stage's dense metric input: a map that resizes like an image
+            advice = (" A dense depth map of another resolution can be resized to the image's size like an image, "
+                      "with nearest-neighbour sampling so that no depth is blended across an edge (e.g. cv2.resize "
+                      "with cv2.INTER_NEAREST).")
         raise ValueError(
             f"{what} is {sparse.shape[0]}x{sparse.shape[1]} but the image is {shape[0]}x{shape[1]}; they must be "
-            "pixel-aligned at the same resolution." + hint + " If the sparse map comes from a camera of another "
-            "resolution, scatter its points at scaled coordinates (--resize-sparse on the CLI, "
-            "depthkit.io.resize_sparse in Python); do not resize it like an image, which turns each point into a "
-            "block of copies when upsampling."
+            "pixel-aligned at the same resolution." + hint + advice
         )
     from depthkit.io import check_depth_values, depth_to_metres
 

@@ -32,6 +32,11 @@ def test_missing_checkpoint_error_lists_what_to_do(tmp_path):
     (tmp_path / "empty" / "weights.bin").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"depthkit.json is missing \(found: weights.bin\)"):
         load_manifest(tmp_path / "empty")
+    for i in range(20):  # a folder of many files (a dataset given by mistake) is named by a few of them
+        (tmp_path / "many" / f"frame_{i:02d}.png").parent.mkdir(exist_ok=True)
+        (tmp_path / "many" / f"frame_{i:02d}.png").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"\(found: frame_00.png, .*, frame_07.png and 12 more\)"):
+        load_manifest(tmp_path / "many")
 
 
 def test_corrupt_manifest_names_the_file(tmp_path):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from depthkit import DepthOutput, Pipeline
+from depthkit.pipeline import check_sparse
 from depthkit.stages import COMPLETION_METHODS
 
 
@@ -75,6 +76,17 @@ def test_bad_inputs_get_clear_errors(mutate, message):
     image, sparse = mutate(image, sparse)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         Pipeline(method="nearest")(image, sparse)
+
+
+def test_a_depth_input_of_another_size_gets_a_dense_maps_advice():
+    """A sharpen-first pipeline's dense depth of another size is told to resize like an image (nearest), not to
+    scatter its points as a sparse map is."""
+    image, sparse = _scene()
+    with pytest.raises(ValueError, match=r"sparse is .* scatter its points") as sparse_err:
+        check_sparse(sparse[:-1], image.shape[:2])
+    with pytest.raises(ValueError, match=r"depth is .* resized to the image's size like an image.*INTER_NEAREST") as err:
+        check_sparse(np.full((image.shape[0] - 1, image.shape[1]), 2.0, np.float32), image.shape[:2], what="depth")
+    assert "resize-sparse" not in str(err.value) and "resize-sparse" in str(sparse_err.value)
 
 
 def test_batch_length_mismatch():
