@@ -252,6 +252,35 @@ def test_numeric_options_are_checked_before_the_model_loads(tiny_head_checkpoint
                            "fusion_threshold": 0, "confidence_decay_px": None, "max_working_side": 64})
 
 
+def test_a_working_side_under_one_vision_token_is_refused_by_the_cli(tiny_head_checkpoint, tmp_path, capsys):
+    """max_working_side below 28 px (one Qwen2.5-VL vision token) is refused before the model loads, saying the value,
+    the bound, why and what to pass; 28 itself completes at that size and still asks queries (at 2 px a 48x64 frame
+    was completed as 2x2 pixels with no query: a flat map)."""
+    import cv2
+
+    from depthkit.checkpoints import write_manifest
+    from depthkit.cli import main
+    from depthkit.complete.stage import MIN_WORKING_SIDE, CompleteVLMStage
+
+    write_manifest(tiny_head_checkpoint, {"complete": {"method": "sdim"}})
+    image, sparse = _scene(48, 64, seed=4)
+    cv2.imwrite(str(tmp_path / "rgb.png"), image[:, :, ::-1])
+    np.save(tmp_path / "sparse.npy", sparse)
+    args = ["run", "--image", str(tmp_path / "rgb.png"), "--sparse", str(tmp_path / "sparse.npy"), "--checkpoint",
+            str(tiny_head_checkpoint), "--stages", "complete", "--option", "complete.query_budget=16"]
+    for side in (2, MIN_WORKING_SIDE - 1):
+        assert main([*args, "--option", f"complete.max_working_side={side}", "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert (f"complete stage option max_working_side={side}: expected a whole number >= 28 (28 px is one vision "
+                "token" in err and "e.g. --option complete.max_working_side=2048." in err), err
+    assert not (tmp_path / "o" / "rgb_depth.npy").exists()
+    assert main([*args, "--option", "complete.max_working_side=28", "--out", str(tmp_path / "o28")]) == 0
+    assert np.load(tmp_path / "o28" / "rgb_depth.npy").shape == (48, 64)
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16, max_working_side=28)
+    stage.run(image, sparse)
+    assert stage.last_stats["working_size"] == (21, 28) and stage.last_stats["n_queries"] > 0
+
+
 def test_an_image_too_elongated_for_the_vision_encoder_is_refused_clearly(tiny_head_checkpoint):
     """Qwen2.5-VL's processor refuses an aspect ratio over 200 (at the size it is given); the stage says so with
     what to do. Without queries the processor is never called, and the same image completes."""
@@ -440,7 +469,7 @@ def test_placed_pixels_are_counted_at_the_input_size(tiny_head_checkpoint):
     sparse[10:40, 30:50] = 2.0  # only the left camera sees
     sparse[10:40, 24:30] = 0.0
     counts = {}
-    for cap in (2048, 32, 40, 27):
+    for cap in (2048, 32, 40, 29):
         stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16,
                                                  max_working_side=cap, occlusion_fill="left")
         out = stage.run(image, sparse)
@@ -450,4 +479,4 @@ def test_placed_pixels_are_counted_at_the_input_size(tiny_head_checkpoint):
     assert counts[2048] == (30 * 6, 30 * 6)
     assert counts[32][0] == 30 * 6 and counts[32][1] == 15 * 3
     assert counts[40][0] == 30 * 6  # 30x40: the strip's pixels by their centres, none shifted onto the box
-    assert 0 < counts[27][0] <= 30 * 6  # 20x27: the strip is 2.5 working pixels wide
+    assert 0 < counts[29][0] <= 30 * 6  # 22x29: the strip is 2.7 working pixels wide

@@ -31,7 +31,7 @@ the engine's shared-prefix attention), ``decode`` (constrained | free), ``fusion
 (0.5), ``fill`` (anchors | residual: how answers become the dense map, see
 :mod:`~depthkit.complete.query_plan`), ``confidence_tolerance`` (0.1), ``confidence_decay_px`` (None: the anchors' mean spacing; see
 :func:`~depthkit.complete.query_plan.confidence_map`), ``max_working_side`` (2048 px: larger inputs are completed
-at that size and upsampled, see :meth:`CompleteVLMStage.run`). A sparse map without any measured pixel is refused when the
+at that size and upsampled, see :meth:`CompleteVLMStage.run`; at least :data:`MIN_WORKING_SIDE`, 28 px). A sparse map without any measured pixel is refused when the
 checkpoint writes a prompt prior (there is nothing to interpolate it from); with fusion on and prompt_prior none it
 turns fusion off for that call (answers used as given; ``last_stats["fusion"]`` says so). ``refine`` (None: on when
 the checkpoint has a refiner; False: off, the ablation; True: on, an error if the checkpoint has none;
@@ -61,7 +61,7 @@ from depthkit.checkpoints import MAX_WORKING_SIDE
 from depthkit.complete.settings import CompleteSettings
 from depthkit.outputs import StageResult
 
-__all__ = ["CompleteVLMStage", "STAGE_OPTIONS", "check_numeric_options"]
+__all__ = ["CompleteVLMStage", "MIN_WORKING_SIDE", "STAGE_OPTIONS", "check_numeric_options"]
 
 STAGE_OPTIONS = {
     "query_stride": None,
@@ -82,6 +82,11 @@ STAGE_OPTIONS = {
 }
 
 
+MIN_WORKING_SIDE = 28
+"""The smallest ``max_working_side`` (pixels): one vision token of Qwen2.5-VL (14-px patches merged 2x2). Its
+processor enlarges a smaller image to at least one token a side, so a smaller working side saves the vision tower no
+work and only discards detail first (at 2 px a 48x64 frame is completed as 2x2 pixels, no query asked: a flat map)."""
+
 # numeric options: (whole numbers only, lower bound, lower bound allowed, upper bound, None allowed)
 _NUMERIC_OPTIONS = {
     "query_stride": (True, 1, True, None, True),
@@ -91,8 +96,11 @@ _NUMERIC_OPTIONS = {
     "fusion_threshold": (False, 0.0, True, 1.0, False),
     "confidence_tolerance": (False, 0.0, False, None, False),
     "confidence_decay_px": (False, 0.0, False, None, True),
-    "max_working_side": (True, 2, True, None, False),
+    "max_working_side": (True, MIN_WORKING_SIDE, True, None, False),
 }
+_BOUND_REASONS = {"max_working_side": f"{MIN_WORKING_SIDE} px is one vision token of the completer, whose processor "
+                                      "enlarges smaller images: a smaller side only loses detail"}
+"""Why a bound of :data:`_NUMERIC_OPTIONS` is where it is, said when it refuses a value."""
 
 
 def _check_options(options: dict, loading: bool = False) -> None:
@@ -126,8 +134,9 @@ def check_numeric_options(options: dict) -> None:
             what = "a whole number" if whole else "a finite number"
             bound = (f">= {low:g}" if low_ok else f"> {low:g}") + ("" if high is None else f" and <= {high:g}")
             example = STAGE_OPTIONS[name] if STAGE_OPTIONS[name] is not None else 4
+            why = f" ({_BOUND_REASONS[name]})" if name in _BOUND_REASONS else ""
             raise ValueError(f"complete stage option {name}={value!r}: expected {what} {bound}"
-                             f"{' or null (the default rule)' if nullable else ''}; e.g. --option "
+                             f"{' or null (the default rule)' if nullable else ''}{why}; e.g. --option "
                              f"complete.{name}={example}.")
 
 
