@@ -162,6 +162,35 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
 DENSE_INPUT_MIN_FRACTION = 0.5
 """A sharpen-first pipeline's metric depth input with fewer pixels known than this gets a warning: SharpDepth sharpens
 dense depth (a completion), and a sparse map given as ``depth`` leaves it almost nothing to work from."""
+DENSE_INPUT_MAX_MISSING = 0.01
+"""... and one with at least this share of its pixels missing (0), a sensor's dense frame with holes, a warning saying
+how they are filled: the sharpener's own prediction, not a completion. 1 % is more than a frame's border row or a few
+dropped pixels (0.2 % is one column of a 640x480 frame) and less than any dense sensor's holes (typically 5-30 %); a
+completion has none."""
+
+
+def _say_depth_holes(depth: np.ndarray) -> None:
+    """Warn (one :class:`~depthkit.io.DepthkitWarning`) when a sharpen-first pipeline's metric ``depth`` input (HxW
+    metres, checked: 0 = missing) has :data:`DENSE_INPUT_MAX_MISSING` or more of its pixels missing, saying the share,
+    how the sharpen stage fills them and how to get a learned fill; under :data:`DENSE_INPUT_MIN_FRACTION` known, that
+    it is a sparse map."""
+    known = float((depth > 0).mean())
+    if 1.0 - known < DENSE_INPUT_MAX_MISSING:
+        return
+    import warnings
+
+    from depthkit.io import DepthkitWarning
+
+    if known < DENSE_INPUT_MIN_FRACTION:
+        said = (f"the metric depth to sharpen has only {100 * known:.1f} % of its pixels known; the sharpen stage "
+                "expects dense depth (a completion). For a sparse map run both stages (--stages complete,sharpen: "
+                "pass it as --sparse).")
+    else:
+        said = (f"the metric depth to sharpen has {100 * (1.0 - known):.1f} % of its pixels missing (0); the sharpen "
+                "stage does not complete them from the known depth: it regenerates them from the image (discrepancy "
+                "1 there) and scales them by its fit to the known pixels. For a learned fill of the holes run both "
+                "stages (--stages complete,sharpen) with this map as --sparse.")
+    warnings.warn(said, DepthkitWarning, stacklevel=4)
 
 
 class Pipeline:
@@ -276,15 +305,7 @@ class Pipeline:
                              "stages=('sharpen',) (--stages sharpen) to sharpen that depth.")
         if depth is not None:
             depth = check_sparse(depth, image.shape[:2], what="depth", depth_scale=depth_scale)
-            known = float((depth > 0).mean())
-            if known < DENSE_INPUT_MIN_FRACTION:
-                import warnings
-
-                from depthkit.io import DepthkitWarning
-
-                warnings.warn(f"the metric depth to sharpen has only {100 * known:.1f} % of its pixels known; the "
-                              "sharpen stage expects dense depth (a completion). For a sparse map run both stages "
-                              "(--stages complete,sharpen: pass it as --sparse).", DepthkitWarning, stacklevel=3)
+            _say_depth_holes(depth)
         elif self.stage_names[0] != "complete":
             raise ValueError(
                 f"a pipeline starting with {self.stage_names[0]!r} needs a metric depth input (depth=...); "

@@ -137,6 +137,39 @@ def test_a_sparse_map_given_as_the_depth_to_sharpen_is_said_and_an_empty_one_ref
         pipe(image, None, depth=np.zeros_like(depth))
 
 
+def test_a_dense_depth_with_holes_is_said_once_with_the_share_and_how_they_are_filled(tiny_ck, tmp_path, capsys):
+    """A dense --depth with 1 % or more of its pixels missing (a sensor's frame with holes) gets one warning with the
+    share, how the sharpen stage fills them (its own prediction, scaled to the known pixels) and the advice for a
+    learned fill; its holes come out filled. Under 1 % missing is silent."""
+    import warnings
+
+    from depthkit.io import DepthkitWarning, write_image
+
+    image, depth, _ = _scene(seed=8)  # 32x48 = 1536 pixels
+    holes = depth.copy()
+    holes[:, :10] = 0.0  # 320 pixels: 20.8 %
+    write_image(tmp_path / "rgb.png", image)
+    np.save(tmp_path / "holes.npy", holes)
+    assert main(["run", "--stages", "sharpen", "--checkpoint", str(tiny_ck), "--image", str(tmp_path / "rgb.png"),
+                 "--depth", str(tmp_path / "holes.npy"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("depthkit run: warning: the metric depth to sharpen") == 1, err
+    assert ("has 20.8 % of its pixels missing (0); the sharpen stage does not complete them from the known depth: it "
+            "regenerates them from the image" in err and "run both stages (--stages complete,sharpen) with this map "
+            "as --sparse." in err), err
+    written = np.load(tmp_path / "out" / "rgb_depth.npy")
+    assert np.isfinite(written).all() and (written[:, :10] > 0).all()
+    pipe = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)
+    few = depth.copy()
+    few.flat[:16] = 0.0  # 1.04 %: said
+    with pytest.warns(DepthkitWarning, match=r"has 1\.0 % of its pixels missing"):
+        pipe(image, None, depth=few)
+    few.flat[15] = depth.flat[15]  # 15 pixels, 0.98 %: a border's or a few dropped pixels, silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DepthkitWarning)
+        pipe(image, None, depth=few)
+
+
 def test_upsampling_far_beyond_the_image_and_float16_on_the_cpu_are_said(tiny_ck):
     import warnings
 
