@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from depthkit.decode import decode_image_file
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
@@ -64,8 +65,7 @@ def read_image(path) -> np.ndarray:
         )
     tag = exif_orientation(path)
     tagged_tiff = tag != 1 and path.suffix.lower() in (".tif", ".tiff")  # decoded upright (orientation.py)
-    cv2 = _cv2()
-    img = decode_tagged_tiff(path, tag) if tagged_tiff else cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = decode_tagged_tiff(path, tag) if tagged_tiff else decode_image_file(path, "image")
     if img is None:
         raise ValueError(f"could not decode image {path}: the file is empty, truncated or not an image.")
     if img.dtype == np.uint16:
@@ -208,8 +208,7 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
             raise ValueError(f"depth array {path} has dtype {arr.dtype}; expected a numeric array in metres.")
         return depth_to_metres(arr, depth_scale, what=f"{what} file {path.name}")
     if suffix == ".png":
-        cv2 = _cv2()
-        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        arr = decode_image_file(path, "depth PNG")
         if arr is None:
             raise ValueError(f"could not decode depth PNG {path}: the file is empty, truncated or not a PNG.")
         if arr.ndim != 2 or arr.dtype not in (np.uint16, np.uint8):

@@ -500,6 +500,20 @@ def test_a_folder_none_of_whose_images_fit_the_intrinsics_fails_before_any_model
     assert "a.png: failed: --intrinsics" in err and "b.png: failed: could not decode image" in err
 
 
+def test_a_truncated_png_is_said_by_depthkit_alone(tmp_path, capfd):
+    """depthkit run on a cut-short image PNG: one error line, depthkit's, with no "libpng error" from OpenCV's decoder
+    before it (checked on the process's stderr, where libpng writes)."""
+    _write_pair(tmp_path, "a", h=120, w=160)
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(data[: len(data) - 12])  # the IEND chunk gone
+    capfd.readouterr()
+    assert main(_single(tmp_path)) == 2
+    err = capfd.readouterr().err
+    assert err == (f"depthkit run: error: could not decode image {tmp_path / 'a.png'}: the file is a truncated or "
+                   f"damaged PNG ({len(data) - 12} bytes, ending after its IDAT chunk without the IEND chunk that "
+                   "closes a PNG). Copy or export it again.\n"), err
+
+
 def test_depth_scale_with_float_sparse_is_said_not_silently_ignored(tmp_path, capsys):
     _, sparse = _write_pair(tmp_path, "a")
     assert main(_single(tmp_path, "--depth-scale", "100")) == 0

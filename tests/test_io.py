@@ -34,6 +34,36 @@ def test_read_image_grey_and_errors(tmp_path):
         io.read_image(tmp_path / "x.gif")
 
 
+@pytest.mark.parametrize("cut", ["inside IHDR", "mid-data", "without IEND", "inside IEND"])
+def test_a_truncated_png_gets_depthkit_s_error_alone(tmp_path, capfd, cut):
+    """A cut-short PNG, colour or 16-bit depth, is refused with depthkit's message saying where the file ends and
+    what to do, and nothing else on stderr (OpenCV's decoder printed "libpng error: Read Error" or its logger's
+    "IHDR chunk shall be first" line first); whole PNGs, an empty file and a non-PNG read as before, silently."""
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))  # 8 kB chunks
+    io.write_depth_png16(tmp_path / "d.png", rng.uniform(0.5, 60.0, (300, 400)).astype(np.float32), scale=1000)
+    capfd.readouterr()
+    for name, read, what in (("rgb.png", io.read_image, "image"), ("d.png", io.read_depth, "depth PNG")):
+        data = (tmp_path / name).read_bytes()
+        at = {"inside IHDR": 16, "mid-data": len(data) // 2, "without IEND": len(data) - 12,
+              "inside IEND": len(data) - 4}[cut]
+        (tmp_path / f"cut_{name}").write_bytes(data[:at])
+        with pytest.raises(ValueError) as err:
+            read(tmp_path / f"cut_{name}")
+        message = str(err.value)
+        assert message.startswith(f"could not decode {what} {tmp_path / f'cut_{name}'}: the file is a truncated or "
+                                  f"damaged PNG ({at} bytes, ") and message.endswith("Copy or export it again."), message
+        assert capfd.readouterr().err == ""
+        assert read(tmp_path / name).shape[:2] == (300, 400)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="the file is empty, truncated or not an image"):
+        io.read_image(tmp_path / "empty.png")
+    cv2.imwrite(str(tmp_path / "j.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "j.png").write_bytes((tmp_path / "j.jpg").read_bytes())  # a JPEG named .png: decoded by content
+    assert io.read_image(tmp_path / "j.png").shape == (8, 8, 3)
+    assert capfd.readouterr().err == ""
+
+
 def test_depth_png16_roundtrip_is_exact_at_scale(tmp_path):
     depth = np.array([[0.0, 1.234], [65.535, 0.001]], np.float32)
     io.write_depth_png16(tmp_path / "d.png", depth, scale=1000)
