@@ -24,6 +24,7 @@ from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
 from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale, keeps_every_pixel  # noqa: F401  (PNG_SCALES: public)
+from depthkit.sparse_resize import scatter_points
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_SUFFIXES = (".npy", ".png")
@@ -336,10 +337,11 @@ def _warn_png_loss(path, depth: np.ndarray, q: np.ndarray, scale: float) -> None
                   f"{scale:g} units per metre; {advice}. The .npy keeps every value.", DepthkitWarning, stacklevel=3)
 
 
-def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse") -> np.ndarray:
-    """Move sparse depth (HxW metres, 0 = missing) to resolution ``shape`` = (H', W') by scattering each measured
-    point to its scaled pixel centre, so a point stays one pixel (image interpolation would smear it into a block
-    when upsampling). Where points collide (downsampling) the nearest depth wins.
+def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse", say_merged: bool = True
+                  ) -> np.ndarray:
+    """Move sparse depth (HxW metres, 0 = missing) to ``shape`` = (H', W'), each point to its scaled pixel centre
+    (:func:`~depthkit.sparse_resize.scatter_points`): of points sharing a pixel the nearest wins, and a
+    :class:`DepthkitWarning` counts them unless ``say_merged`` is False (callers merging on purpose: working sizes).
 
     ``sparse`` is checked first as at the image's size (:func:`depth_to_metres`, :func:`check_depth_values`, as
     :func:`depthkit.pipeline.check_sparse` does): NaN, inf, negative values and integer units are refused with the
@@ -351,20 +353,19 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
     check_depth_values(sparse, what)
     h, w = sparse.shape
     oh, ow = int(shape[0]), int(shape[1])
-    if abs(math.log((w / h) / (ow / oh))) > 0.02:  # a 2 % aspect difference: different fields of view, or a crop
-        import warnings
+    import warnings
 
+    if abs(math.log((w / h) / (ow / oh))) > 0.02:  # a 2 % aspect difference: different fields of view, or a crop
         warnings.warn(f"{what} is {h}x{w} (aspect {w / h:.3f}) and is scattered to {oh}x{ow} (aspect {ow / oh:.3f}): "
                       "its points move by different factors across and down. Scaling assumes both cover the same "
                       "field of view; crop or pad one to match the other first if they do not.", DepthkitWarning,
                       stacklevel=2)
-    ys, xs = np.nonzero(sparse > 0)
-    vals = sparse[ys, xs]
-    ty = np.clip(np.floor((ys + 0.5) * oh / h), 0, oh - 1).astype(np.int64)
-    tx = np.clip(np.floor((xs + 0.5) * ow / w), 0, ow - 1).astype(np.int64)
-    order = np.argsort(-vals)  # far first, so the nearest value is written last and wins
-    out = np.zeros((oh, ow), np.float32)
-    out[ty[order], tx[order]] = vals[order]
+    out, merged = scatter_points(sparse, (oh, ow))
+    if merged and say_merged:
+        left = np.count_nonzero(out)
+        warnings.warn(f"{what} is {h}x{w} and is scattered to {oh}x{ow}: {merged} of {np.count_nonzero(sparse)} measured "
+                      "points fell on a pixel shared with another and were merged (kept: the nearest depth of each "
+                      f"such pixel), leaving {left} point{'' if left == 1 else 's'}.", DepthkitWarning, stacklevel=2)
     return out
 
 

@@ -339,6 +339,28 @@ def test_resize_sparse_scatters_points(tmp_path):
     assert depth[7, 9] == np.float32(2.5) and np.allclose(depth, 2.5)
 
 
+def test_resize_sparse_says_how_many_points_were_merged(tmp_path, capsys):
+    """Scattered down to the image's size, points that share a pixel are merged, the nearest kept, and the run says
+    how many (once); scattered up, nothing merges and nothing is said."""
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((2, 3, 3), 128, np.uint8))
+    big = np.zeros((4, 6), np.float32)  # twice the image: each 2x2 block is one pixel
+    big[0, 0], big[0, 1], big[1, 1] = 3.0, 1.0, 2.0  # -> pixel (0, 0), 1.0 kept
+    big[2, 2], big[3, 3] = 4.0, 6.0  # -> pixel (1, 1), 4.0 kept
+    big[3, 5] = 5.0  # -> pixel (1, 2), alone
+    np.save(tmp_path / "a_sparse.npy", big)
+    assert main(_single(tmp_path, "--resize-sparse")) == 0
+    err = capsys.readouterr().err
+    assert err.count("depthkit run: warning:") == 1 and (
+        "depthkit run: warning: sparse is 4x6 and is scattered to 2x3: 5 of 6 measured points fell on a pixel shared "
+        "with another and were merged (kept: the nearest depth of each such pixel), leaving 3 points.") in err, err
+    depth = np.load(tmp_path / "o" / "a_depth.npy")
+    assert (depth[0, 0], depth[1, 1], depth[1, 2]) == (1.0, 4.0, 5.0)
+    _write_pair(tmp_path, "b", h=8, w=12)
+    np.save(tmp_path / "b_sparse.npy", big)
+    assert main(_single(tmp_path, "--resize-sparse", stem="b")) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_missing_inputs_reported_before_any_model_loads(tmp_path, capsys, monkeypatch):
     import depthkit.cli as cli
 

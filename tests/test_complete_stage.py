@@ -435,13 +435,19 @@ def test_pipeline_and_cli_use_the_engine(tmp_path):
 def test_stage_works_at_a_bounded_size_and_upsamples(tiny_head_checkpoint):
     """An input larger than max_working_side is completed at that size and upsampled: the work (and memory) of the
     fill no longer grows with the input beyond the cap; the Pipeline still returns every measured value exactly."""
+    import warnings
+
     from depthkit import Pipeline
     from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.io import DepthkitWarning, resize_sparse
 
     image, sparse = _scene(48, 64, seed=4)
     stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_budget=16,
                                              max_working_side=32)
-    out = stage.run(image, sparse)
+    with warnings.catch_warnings():  # points merged at the working size on purpose: nothing said (restored after)
+        warnings.simplefilter("error", DepthkitWarning)
+        out = stage.run(image, sparse)
+    assert np.count_nonzero(resize_sparse(sparse, (24, 32), say_merged=False)) < np.count_nonzero(sparse)
     assert stage.last_stats["working_size"] == (24, 32) and stage.last_stats["n_queries"] <= 16
     assert out.depth.shape == sparse.shape and np.isfinite(out.depth).all() and (out.depth > 0).all()
     assert out.confidence.shape == sparse.shape and (out.confidence[sparse > 0] == 1).all()

@@ -216,8 +216,27 @@ def test_resize_sparse_keeps_points_single_pixels():
     sparse[1, 2], sparse[3, 5] = 2.0, 5.0
     up = io.resize_sparse(sparse, (8, 12))
     assert (up > 0).sum() == 2 and up[3, 5] == 2.0 and up[7, 11] == 5.0
-    down = io.resize_sparse(np.array([[3.0, 1.0], [0.0, 0.0]], np.float32), (1, 1))
+    with pytest.warns(io.DepthkitWarning, match="2 of 2 measured points .* merged .* leaving 1 point[.]"):
+        down = io.resize_sparse(np.array([[3.0, 1.0], [0.0, 0.0]], np.float32), (1, 1))
     assert down.tolist() == [[1.0]]  # collision: nearest wins
+
+
+def test_resize_sparse_counts_merged_points_unless_told_not_to():
+    """Every point of a pixel shared with others counts as merged (three on one pixel: 3 of 4); the nearest is kept
+    whatever the points' order; a caller that downsamples on purpose (the complete stage's working size) passes
+    say_merged=False and gets the same map silently."""
+    import warnings
+
+    sparse = np.zeros((4, 4), np.float32)
+    sparse[0, 0], sparse[0, 1], sparse[1, 0], sparse[0, 3] = 2.0, 0.5, 7.0, 4.0
+    with pytest.warns(io.DepthkitWarning, match=r"4x4 and is scattered to 1x1: 4 of 4 measured points .*leaving 1 "):
+        assert io.resize_sparse(sparse, (1, 1)).tolist() == [[0.5]]
+    with pytest.warns(io.DepthkitWarning, match=r"3 of 4 measured points .* \(kept: the nearest depth"):
+        two = io.resize_sparse(sparse, (2, 2))  # (0, 0), (0, 1), (1, 0) -> (0, 0); (0, 3) -> (0, 1) alone
+    assert two.tolist() == [[0.5, 4.0], [0.0, 0.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(io.resize_sparse(sparse, (2, 2), say_merged=False), two)
 
 
 def test_exif_orientation_is_applied_and_reported(tmp_path):

@@ -70,8 +70,9 @@ class RefineCheck:
 
 
 def _downscale(image: np.ndarray, sparse: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image area-resized and measured points moved to their scaled pixel centres (:func:`depthkit.io.resize_sparse`,
-    as the stage's own resizing does) so the longest side is <= ``max_side``."""
+    """Image area-resized and measured points moved to their scaled pixel centres
+    (:func:`depthkit.io.resize_sparse`, as the stage's own resizing does; points sharing a pixel merged
+    silently) so the longest side is <= ``max_side``."""
     import cv2
 
     from depthkit.io import resize_sparse
@@ -82,7 +83,8 @@ def _downscale(image: np.ndarray, sparse: np.ndarray, max_side: int) -> tuple[np
         return image, sparse
     hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
     measured = np.where(np.isfinite(sparse) & (sparse > 0), sparse, 0.0)
-    return cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA), resize_sparse(measured, (hs, ws))
+    small = resize_sparse(measured, (hs, ws), say_merged=False)
+    return cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA), small
 
 
 def _bin(distance: np.ndarray) -> np.ndarray:

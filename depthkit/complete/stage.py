@@ -230,7 +230,8 @@ class CompleteVLMStage:
             return self._count_placed(self._complete(image, sparse))
         h, w = sparse.shape
         small = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
-        res = self._complete(cv2.resize(image, small[::-1], interpolation=cv2.INTER_AREA), resize_sparse(sparse, small))
+        res = self._complete(cv2.resize(image, small[::-1], interpolation=cv2.INTER_AREA),
+                             resize_sparse(sparse, small, say_merged=False))  # the Pipeline restores them
         res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)
         res.confidence = np.clip(cv2.resize(res.confidence, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         res.confidence[sparse > 0] = 1.0
