@@ -53,6 +53,7 @@ def test_two_stage_tiny_checkpoint_runs_end_to_end(tiny_ck):
 
 def test_sharpen_alone_and_round_trip_exact(tiny_ck):
     """write_tiny → load gives bit-identical outputs to the in-memory model with the same seed."""
+    from depthkit.io import DepthkitWarning
     from depthkit.sharpen.model import SharpDepth
     from depthkit.sharpen.tiny import build_tiny_lotus
 
@@ -60,7 +61,8 @@ def test_sharpen_alone_and_round_trip_exact(tiny_ck):
     metric = depth.copy()
     metric[:4] = 0  # unknown metric depth: regenerated, e = 1 there
     pipe = Pipeline(stages=("sharpen",), checkpoint=tiny_ck)
-    out = pipe(image, sparse, depth=metric)
+    with pytest.warns(DepthkitWarning, match=r"12\.5 % of its pixels missing \(0\); .* regenerates them"):
+        out = pipe(image, sparse, depth=metric)
     in_memory = SharpDepth(build_tiny_lotus(seed=3)).sharpen(image, metric, sparse)
     np.testing.assert_allclose(out.depth, in_memory.depth, rtol=1e-6, atol=1e-6)  # loaded weights are equal; conv kernels may differ in the last ulp
     np.testing.assert_allclose(out.stages["sharpen"].extras["discrepancy"], in_memory.discrepancy, atol=1e-5)
