@@ -161,3 +161,31 @@ def test_the_switch_is_a_run_time_limit_and_off_by_default():
     for bad in (1, "true", None):
         with pytest.raises(ValueError, match="keep_scanline_frames must be bool; received"):
             SharpDepthConfig(keep_scanline_frames=bad)
+
+
+def test_the_stage_skips_the_unet_on_a_frame_its_limits_leave_as_it_is(sharp):
+    """SharpenStage.run on a scan-line frame with the switch on gives the model's own output (the input, measured
+    pixels restored) bit for bit without running the UNet (no discrepancy extra); the scattered-points frame, a
+    scan-line frame with a missing depth pixel (which the sharpener fills whatever its limits) and any frame with the
+    switch off run the model."""
+    from depthkit.sharpen.stage import SharpenStage
+
+    x, d, sp = _batch()
+    image = np.ascontiguousarray(((x[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+    depth, beams, points = d[0, 0].numpy() * 1.05, sp[0, 0].numpy(), sp[1, 0].numpy()  # measured != input there
+    on = SharpDepth(sharp.model, {"output": "residual", "keep_scanline_frames": True})
+    stage = SharpenStage(on, processing_resolution=64)
+    skipped = stage.run(image, beams, depth)
+    assert "discrepancy" not in skipped.extras
+    model = on.sharpen_checked(image, depth, beams, processing_resolution=64).depth
+    np.testing.assert_array_equal(skipped.depth, model)
+    assert np.array_equal(model[beams > 0], beams[beams > 0]) and not np.array_equal(model, depth)
+    for frame, missing in ((points, False), (beams, True)):
+        given = depth.copy()
+        if missing:
+            given[0, 0] = 0.0
+        ran = stage.run(image, frame, given)
+        assert "discrepancy" in ran.extras
+        np.testing.assert_array_equal(ran.depth, on.sharpen_checked(image, given, frame, processing_resolution=64).depth)
+    off = SharpenStage(SharpDepth(sharp.model, {"output": "residual"}), processing_resolution=64)
+    assert "discrepancy" in off.run(image, beams, depth).extras

@@ -4,7 +4,8 @@
 takes ``depth=`` (``depthkit run --stages sharpen --image X --depth D.npy``). One call runs the UNet twice — once as
 Lotus on pure noise (discrepancy), once as the sharpener on the gated latent — and returns the sharpened metric depth
 with ``extras["discrepancy"]`` (HxW, [0, 1]) and ``extras["lotus"]`` (HxW affine-invariant pass-1 map, [0, 1]).
-Measured sparse pixels are returned exactly and get e = 0, so sharpening never moves a measurement.
+Measured sparse pixels are returned exactly and get e = 0, so sharpening never moves a measurement. A frame the
+limits would leave as it is (``keep_scanline_frames`` on a LiDAR frame) skips the UNet: :meth:`SharpenStage.leaves_as_input`.
 
 The factory receives the checkpoint the Pipeline resolved once (a :class:`~depthkit.checkpoints.CheckpointRef`) and
 loads ``<checkpoint>/sharpen`` with :meth:`~depthkit.sharpen.model.SharpDepth.from_dir` (no second resolution);
@@ -73,10 +74,26 @@ class SharpenStage:
                           f"{side / max(image.shape[:2]):.0f} times larger than the image (time and memory grow with "
                           "its square) and gains nothing; leave processing_resolution unset or near the image's "
                           "longest side.", DepthkitWarning, stacklevel=2)
+        if measured and self.leaves_as_input(sparse, depth):
+            return StageResult(depth=np.where(sparse > 0, sparse, depth).astype(np.float32))
         out = self.model.sharpen_checked(image, depth, sparse if measured else None, processing_resolution=side)
         return StageResult(depth=out.depth.astype(np.float32),
                            extras={"discrepancy": out.discrepancy.astype(np.float32),
                                    "lotus": out.lotus.astype(np.float32)})
+
+    def leaves_as_input(self, sparse: np.ndarray, depth: np.ndarray) -> bool:
+        """True when the sharpener's limits would give back ``depth`` (HxW metres) as it is, so the UNet need not
+        run: ``keep_scanline_frames`` is on and ``sparse`` (HxW metres, 0 = missing) is a scan-line frame
+        (:func:`depthkit.sharpen.limits.scanline_frames`), with no missing pixel in ``depth`` (those the sharpener
+        fills whatever its limits). Such a frame's output is then the one the model gives, without the
+        ``discrepancy`` and ``lotus`` extras; a LiDAR frame costs the detector's time instead of two UNet passes."""
+        if not self.model.config.keep_scanline_frames or not bool((depth > 0).all()):
+            return False
+        import torch
+
+        from depthkit.sharpen.limits import scanline_frames
+
+        return bool(scanline_frames(torch.from_numpy(np.ascontiguousarray(sparse > 0))[None, None])[0])
 
     def processing_side(self, image: np.ndarray) -> int | None:
         """The longest side (pixels) the UNet runs at for ``image`` (HxWx3): the stage's ``processing_resolution``;
