@@ -5,7 +5,9 @@ Usage (from the repository root)::
     python benchmarks/default_speed.py                      # checkpoints/default, 1 and 2 threads
     python benchmarks/default_speed.py --checkpoint CKPT --threads 1 --sizes 640
 
-One synthetic outdoor scene per size (500 random GT points). For each thread count and size: the median wall time of
+One synthetic outdoor scene per size, with 500 random GT points (``--patterns``: any of benchmarks/accuracy.py's, e.g.
+``random500,lidar64``: the default's sharpener leaves a LiDAR frame as completed without running its UNet). For each
+thread count, size and pattern: the median wall time of
 ``--repeats`` Pipeline calls after one warm-up (model loading excluded), per stage list — with the checkpoint's own
 completion method and, when that is not the learned one, also with ``method="sdim"`` — and the split of the
 learned completer's time (engine prefix and queries; the dense refiner, when the checkpoint has one; the rest is the
@@ -30,39 +32,49 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
+from _results import write_results  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def _scene(height: int, width: int):
-    from depthkit.data.sparse import sample_random_points
+def _scene(height: int, width: int, pattern: str = "random500"):
+    """The scene's image (HxWx3 uint8) and ``pattern``'s sparse map of its GT (HxW metres)."""
+    from accuracy import SYNTHETIC_PATTERNS
+
+    from depthkit.data.sparse import make_sparse
     from depthkit.data.synthetic import render_scene
 
     scene = render_scene(20000003, height, width, kind="outdoor")
-    return scene.image, sample_random_points(scene.depth, 500, seed=0)
+    name, options = SYNTHETIC_PATTERNS[pattern]
+    return scene.image, make_sparse(scene.depth, name, 0, intrinsics=scene.intrinsics, **options)
 
 
-def measure(checkpoint, stages: str, method: str | None, threads: int, size: tuple[int, int], repeats: int) -> dict:
+def measure(checkpoint, stages: str, method: str | None, threads: int, size: tuple[int, int], repeats: int,
+            pattern: str = "random500") -> dict:
     import torch
 
     from depthkit import Pipeline
 
     torch.set_num_threads(threads)
     pipe = Pipeline(stages=stages, checkpoint=checkpoint, method=method)
-    image, sparse = _scene(*size)
+    image, sparse = _scene(*size, pattern)
     pipe(image, sparse)  # warm-up
     times, splits = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        pipe(image, sparse)
+        out = pipe(image, sparse)
         times.append(time.perf_counter() - start)
         stats = getattr(pipe.stages[0], "last_stats", {}) or {}
         engine = float(stats.get("prefix_seconds", 0.0)) + float(stats.get("suffix_seconds", 0.0))
         splits.append({"engine_s": engine, "refine_s": float(stats.get("refine_seconds", 0.0)),
                        "complete_s": float(stats.get("seconds", float("nan")))})
     learned = bool(splits) and not math.isnan(splits[0]["complete_s"])
-    return {"stages": stages, "method": method or checkpoint.options("complete").get("method", "sdim"),
+    return {"stages": stages, "method": method or checkpoint.options("complete").get("method", "sdim"), "sparse": pattern,
             "threads": threads, "height": size[0], "width": size[1],
             "median_s": statistics.median(times), "runs_s": times,
+            # False: the sharpen stage left the frame as completed without its UNet (SharpenStage.leaves_as_input)
+            "sharpen_unet": ("discrepancy" in out.stages["sharpen"].extras) if "sharpen" in out.stages else None,
             "complete_engine_s": statistics.median(s["engine_s"] for s in splits) if learned else None,
             "complete_refine_s": statistics.median(s["refine_s"] for s in splits) if learned else None,
             "complete_total_s": statistics.median(s["complete_s"] for s in splits) if learned else None}
@@ -72,14 +84,15 @@ def markdown(report: dict) -> str:
     lines = [f"## Default checkpoint speed ({report['machine']})", "",
              f"{report['date']}, `{report['command']}`; checkpoint `{report['checkpoint']}`; median of "
              f"{report['repeats']} calls after a warm-up; load average {report['load_average']} at the start.", "",
-             "| stages | completion method | size | threads | s / image | complete: engine s | complete: refiner s "
-             "| complete: total s |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| stages | completion method | sparse | size | threads | s / image | complete: engine s | "
+             "complete: refiner s | complete: total s | sharpener's UNet ran |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         split = [("–" if r.get(k) is None else f"{r[k]:.2f}")
                  for k in ("complete_engine_s", "complete_refine_s", "complete_total_s")]
-        lines.append(f"| {r['stages']} | {r['method']} | {r['width']}x{r['height']} | {r['threads']} | {r['median_s']:.2f} | "
-                     f"{' | '.join(split)} |")
+        lines.append(f"| {r['stages']} | {r['method']} | {r.get('sparse', 'random500')} | {r['width']}x{r['height']} | "
+                     f"{r['threads']} | {r['median_s']:.2f} | {' | '.join(split)} | "
+                     f"{ {None: '–', True: 'yes', False: 'no'}[r.get('sharpen_unet')]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -88,10 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the embedded default)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--sizes", type=int, nargs="+", default=[640, 320], help="image widths (3:4 images)")
+    p.add_argument("--patterns", default="random500",
+                   help="comma-separated sparse patterns of benchmarks/accuracy.py (default random500)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    from accuracy import SYNTHETIC_PATTERNS, pattern_names
+
+    from depthkit.data.sparse import SAMPLERS
+
+    try:
+        patterns = pattern_names(args.patterns)
+    except ValueError as err:
+        p.error(str(err))
+    scene_free = [n for n in SYNTHETIC_PATTERNS if SYNTHETIC_PATTERNS[n][0] in SAMPLERS]
+    if set(patterns) - set(scene_free):  # stereo_sgbm matches the scene's rendered right view, not its GT
+        p.error(f"--patterns: {sorted(set(patterns) - set(scene_free))} cannot be drawn from a scene's GT here; "
+                f"choose from {', '.join(scene_free)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from depthkit import __version__
     from depthkit.checkpoints import CheckpointRef
@@ -105,20 +132,19 @@ def main(argv: list[str] | None = None) -> int:
             methods = [None] + (["sdim"] if ref.has_part("complete") and
                                 ref.options("complete").get("method", "sdim") != "sdim" else [])
             for method in methods:
-                for stages in ("complete", "complete,sharpen"):
-                    if stages.endswith("sharpen") and "sharpen" not in ref.stages:
-                        continue
-                    rows.append(measure(ref, stages, method, threads, (width * 3 // 4, width), args.repeats))
-                    print(json.dumps(rows[-1]))
+                for pattern in patterns:
+                    for stages in ("complete", "complete,sharpen"):
+                        if stages.endswith("sharpen") and "sharpen" not in ref.stages:
+                            continue
+                        rows.append(measure(ref, stages, method, threads, (width * 3 // 4, width), args.repeats,
+                                            pattern))
+                        print(json.dumps(rows[-1]))
     report = {"benchmark": "default_speed", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/default_speed.py" + (" " + shlex.join(argv) if argv else ""),
               "depthkit_version": __version__, "checkpoint": str(ref.root), "repeats": args.repeats,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "load_average": round(os.getloadavg()[0], 1), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "default_speed.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "default_speed.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, "default_speed", report, markdown(report))
     return 0
 
 

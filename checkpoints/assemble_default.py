@@ -17,8 +17,10 @@ against ``guided`` (``quality`` in the manifest, which ``depthkit ls`` prints), 
 to its input (issue policy: a stage that makes its input worse is not on by default): a learned completer worse
 than ``guided`` on any measured pattern makes the default's ``complete`` method ``guided`` (the learned completer
 stays in the checkpoint: ``--method sdim`` runs it). ``depthkit run`` completes only unless
-``--stages complete,sharpen`` is given; ``quality["sharpen_passes"]`` records whether the sharpener improved DBE
-accuracy with MAE within 2 % of its input on every measured sparse pattern (its bar).
+``--stages complete,sharpen`` is given or the manifest's ``default_stages`` (written with ``--accuracy``) name both:
+they do when the sharpener lost to its input on no measured pattern (:func:`default_stages`).
+``quality["sharpen_passes"]`` records whether it improved DBE accuracy with MAE within 2 % of its input on every
+measured sparse pattern (its bar).
 """
 
 from __future__ import annotations
@@ -105,6 +107,24 @@ def sharpener_meets_bar(row: dict) -> bool:
     return row["dbe_acc"] < row["input_dbe_acc"] and row["mae"] <= (1 + SHARPEN_MAE_TOLERANCE) * row["input_mae"]
 
 
+def sharpener_loses_to_input(row: dict) -> bool:
+    """One pattern's sharpener row made its input worse: DBE accuracy worse than its input's, or MAE more than
+    :data:`SHARPEN_MAE_TOLERANCE` above it (equal DBE, as in a frame the sharpener leaves as it is, is no loss)."""
+    return row["dbe_acc"] > row["input_dbe_acc"] or row["mae"] > (1 + SHARPEN_MAE_TOLERANCE) * row["input_mae"]
+
+
+def default_stages(quality: dict, method: str = "sdim") -> list[str]:
+    """The manifest's ``default_stages`` from the measured quality and the default's completion ``method``: both
+    stages when the sharpener was measured on the learned completion (``method`` sdim: its rows are sharpened
+    ``sdim`` maps, so a default that falls back to ``guided`` does not inherit them) on every pattern the completion
+    was, and lost to its input on none (issue policy: a stage that loses to its input is not on by default; meeting
+    its bar, ``sharpen_passes``, asks more: a DBE gain on every pattern); else the completion alone."""
+    rows = quality["sharpen"]
+    measured = bool(rows) and set(rows) >= set(quality["complete"])
+    on = method == "sdim" and measured and not any(sharpener_loses_to_input(r) for r in rows.values())
+    return ["complete", "sharpen"] if on else ["complete"]
+
+
 def decide(quality: dict) -> tuple[str, bool]:
     """(the default's completion method, whether the sharpener passed its bar) from the measured quality."""
     changes = [q["change"] for q in quality["complete"].values()]
@@ -159,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         quality["completer_passes"] = method == "sdim"
         if method != "sdim":  # classical methods take no options
             stages["complete"] = {"method": method}
-        extra = {"quality": quality}
+        extra = {"quality": quality,
+                 "default_stages": default_stages(quality, method) if "sharpen" in stages else ["complete"]}
     write_manifest(args.out, stages, **extra)
     print(f"assemble_default: wrote {args.out} (complete: {stages['complete']}; quality "
-          f"{'recorded' if extra else 'not measured yet'})")
+          f"{'recorded' if extra else 'not measured yet'}; a run without --stages runs "
+          f"{','.join(extra.get('default_stages', ['complete']))})")
     return 0
 
 

@@ -396,7 +396,24 @@ def load_manifest(root) -> dict:
         for key in ("quantization_config", "trust_remote_code"):
             if key in opts:
                 raise CheckpointError(f"{path}: stage {name!r} names {key!r}; a checkpoint may not set it.")
+    manifest_default_stages(manifest, path)
     return manifest
+
+
+def manifest_default_stages(manifest: dict, path) -> tuple[str, ...]:
+    """The manifest's ``default_stages``: what a run given no stage list runs (``depthkit run`` without --stages,
+    ``Pipeline()``), written by checkpoints/assemble_default.py; () when the manifest names none. A value that is
+    not a list of distinct stages the manifest lists raises :class:`CheckpointError` naming ``path``; their order,
+    and that they start with complete, :func:`depthkit.stages.default_stages` checks."""
+    value = manifest.get("default_stages")
+    if value is None:
+        return ()
+    listed = manifest["stages"]
+    if (not isinstance(value, list) or not value or not all(isinstance(s, str) and s in listed for s in value)
+            or len(set(value)) != len(value)):
+        raise CheckpointError(f"{path}: default_stages must be a list of distinct stages this manifest lists "
+                              f"({', '.join(listed)}), e.g. [\"complete\"]; received {value!r}.")
+    return tuple(value)  # their order is the stage table's to check: depthkit.stages.default_stages
 
 
 @dataclass(frozen=True)
@@ -407,10 +424,12 @@ class CheckpointRef:
     Attributes:
         root: the checkpoint directory.
         stages: the manifest's ``stages``: stage name → that stage's stored options.
+        default_stages: the manifest's ``default_stages`` (:func:`manifest_default_stages`; () when it names none).
     """
 
     root: Path
     stages: dict = field(default_factory=dict)
+    default_stages: tuple = ()
 
     @classmethod
     def open(cls, spec) -> CheckpointRef:
@@ -420,13 +439,16 @@ class CheckpointRef:
         root = resolve_checkpoint(spec)
         manifest = load_manifest(root)
         check_tree(root)
-        return cls(root, dict(manifest["stages"]))
+        return cls(root, dict(manifest["stages"]), manifest_default_stages(manifest, root / MANIFEST))
 
     @classmethod
     def default(cls) -> CheckpointRef | None:
         """The embedded default checkpoint (:func:`default_checkpoint`), or None when this install has none."""
         root = default_checkpoint()
-        return None if root is None else cls(root, dict(load_manifest(root)["stages"]))
+        if root is None:
+            return None
+        manifest = load_manifest(root)
+        return cls(root, dict(manifest["stages"]), manifest_default_stages(manifest, root / MANIFEST))
 
     def options(self, stage: str) -> dict:
         """A copy of the stored options of ``stage`` (empty when the manifest does not list it)."""
@@ -448,7 +470,8 @@ def write_manifest(root, stages: dict, **extra) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "depthkit_version": __version__, "stages": stages}
     data.update(extra)
-    tmp = root / f".{MANIFEST}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, root / MANIFEST)
+    from depthkit.io import atomic_write
+
+    with atomic_write(root / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return root / MANIFEST

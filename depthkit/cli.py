@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_args(group) -> None:
     from depthkit.dtypes import DTYPE_NAMES
 
-    group.add_argument("--stages", default="complete", help="comma-separated stages to run (default: complete)")
+    group.add_argument("--stages", default=None,
+                       help="comma-separated stages to run (default: the checkpoint manifest's default_stages, "
+                            "complete,sharpen for the embedded default; complete when it names none or the completion "
+                            "method is not its own)")
     group.add_argument("--method", default=None, help="completion method (`depthkit ls` lists them)")
     group.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id owner/name (default: embedded)")
     group.add_argument("--device", default="auto",
@@ -256,21 +259,26 @@ def _check_checkpoint_arg(spec: str) -> None:
 
 
 def _build_pipeline(args):
+    from depthkit.checkpoints import CheckpointRef
     from depthkit.data.baselines import CLASSICAL_METHODS
     from depthkit.pipeline import Pipeline
+    from depthkit.stages import default_stages, parse_stages
 
     options = parse_stage_options(args.option)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if args.method in CLASSICAL_METHODS and stages == ["complete"] and args.device not in ("auto", "cpu"):
+    if args.checkpoint is not None:
+        _check_checkpoint_arg(args.checkpoint)
+    checkpoint = CheckpointRef.open(args.checkpoint) if args.checkpoint is not None else CheckpointRef.default()
+    method = args.method or options.get("complete", {}).get("method")
+    stages = parse_stages(args.stages) if args.stages is not None else default_stages(checkpoint, method)
+    if args.method in CLASSICAL_METHODS and stages == ("complete",) and args.device not in ("auto", "cpu"):
         print(f"depthkit {args.verb}: note: method {args.method!r} runs on the CPU; --device {args.device} applies "
               "to learned stages only", file=sys.stderr)
     if args.checkpoint is not None:
-        _check_checkpoint_arg(args.checkpoint)
         if args.method:
             options.setdefault("complete", {})["method"] = args.method
-        return Pipeline.from_pretrained(args.checkpoint, stages=args.stages, device=args.device, dtype=args.dtype,
+        return Pipeline.from_pretrained(checkpoint, stages=stages, device=args.device, dtype=args.dtype,
                                         stage_options=options)
-    return Pipeline(stages=args.stages, method=args.method, device=args.device, dtype=args.dtype,
+    return Pipeline(stages=stages, method=args.method, checkpoint=checkpoint, device=args.device, dtype=args.dtype,
                     stage_options=options)
 
 
@@ -323,7 +331,7 @@ def _cmd_eval(args, parser) -> int:
         "dataset": args.dataset, "root": None if args.root is None else str(args.root.resolve()),
         "split": getattr(dataset, "split", args.split), "reader_options": reader_options,
         "protocol": _protocol_dict(protocol), "method": args.method,
-        "checkpoint": checkpoint_identity(loaded), "stages": args.stages.replace(" ", ""),
+        "checkpoint": checkpoint_identity(loaded), "stages": ",".join(pipe.stage_names),
         "stage_options": parse_stage_options(args.option), "dtype": args.dtype, "depthkit_version": __version__,
     }
     label = args.method or (f"checkpoint {args.checkpoint}" if args.checkpoint else repr(pipe))

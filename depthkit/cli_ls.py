@@ -55,8 +55,7 @@ def describe_default(root: Path) -> list[str]:
              + (f" ({learned}: answers correct the guided map"
                 + (", the refiner corrects every pixel as far as the frame's own points support)" if refined else ")")
                 if method == "sdim" else " (classical)")
-             + ("; sharpen = tiny SharpDepth (run it with --stages complete,sharpen)"
-                if "sharpen" in manifest["stages"] else "")]
+             + (f"; sharpen = tiny SharpDepth ({_sharpen_default(manifest)})" if "sharpen" in manifest["stages"] else "")]
     if refined:
         lines.append("  its gain is measured with the language model's answers off too (--option complete.query_budget=0: "
                      "the refiner alone), checkpoints/README.md")
@@ -93,6 +92,16 @@ def describe_default(root: Path) -> list[str]:
     lines.append(f"  measured by: {quality.get('command')} ({quality.get('date')}); table: "
                  "benchmarks/results/accuracy.md")
     return lines
+
+
+def _sharpen_default(manifest: dict) -> str:
+    """Whether a run given no --stages sharpens (the manifest's ``default_stages``), and how to change that."""
+    if "sharpen" in (manifest.get("default_stages") or ()):
+        scan = manifest["stages"]["sharpen"].get("config", {}).get("keep_scanline_frames")
+        return ("run by default: depthkit run without --stages runs both stages" + (
+            ", and LiDAR frames (scan lines) come back as completed" if scan else "")
+            + "; --stages complete for the completion alone")
+    return "run it with --stages complete,sharpen"
 
 
 def _recipe_title(path: Path) -> str:

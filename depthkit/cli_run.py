@@ -187,7 +187,8 @@ def run_command(args, parser, build_pipeline) -> int:
 
     single = args.image is not None or args.sparse is not None
     try:
-        starts_with_sharpen = parse_stages(args.stages)[0] == "sharpen"  # in their order: sharpen alone
+        # in their order: sharpen alone (default stages start with complete: depthkit.stages.default_stages)
+        starts_with_sharpen = args.stages is not None and parse_stages(args.stages)[0] == "sharpen"
     except ValueError as err:
         parser.error(f"--stages {args.stages}: {err}")
     if single and args.input_dir is not None:

@@ -21,7 +21,7 @@ import numpy as np
 from depthkit.checkpoints import CheckpointRef, check_finite_output
 from depthkit.dtypes import canonical_dtype_name
 from depthkit.outputs import DepthOutput, StageResult, keep_placed_depth
-from depthkit.stages import STAGE_ORDER, STAGES, parse_stages
+from depthkit.stages import STAGE_ORDER, STAGES, default_stages, parse_stages
 
 __all__ = ["Pipeline", "DepthOutput", "StageResult", "check_image", "check_sparse", "restore_measurements"]
 
@@ -197,7 +197,9 @@ class Pipeline:
     """Chains depthkit's stages over one image or a batch.
 
     Args:
-        stages: stage names in run order, a subset of ``("complete", "sharpen")`` (or a comma-separated string).
+        stages: stage names in run order, a subset of ``("complete", "sharpen")`` (or a comma-separated string);
+            None = the checkpoint's default stages (:func:`depthkit.stages.default_stages`: for the embedded default
+            its manifest's ``default_stages``), else ``("complete",)``.
         method: the completion method for ``complete`` (``depthkit ls`` lists them); None = the default.
         checkpoint: a checkpoint directory (or hub id) for learned stages; None = the embedded default.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; learned stages place their
@@ -206,9 +208,11 @@ class Pipeline:
         stage_options: per-stage keyword options, e.g. ``{"complete": {"query_stride": 4}}``.
     """
 
-    def __init__(self, stages: Sequence[str] | str = ("complete",), method: str | None = None, checkpoint=None,
+    def __init__(self, stages: Sequence[str] | str | None = None, method: str | None = None, checkpoint=None,
                  device: str = "cpu", dtype: str = "float32", stage_options: dict | None = None):
-        stages = parse_stages(stages)
+        self.checkpoint = CheckpointRef.open(checkpoint) if checkpoint is not None else CheckpointRef.default()
+        defaulted = stages is None
+        stages = () if defaulted else parse_stages(stages)
         dtype = canonical_dtype_name(dtype)
         device = resolve_device(device)
         if dtype == "float16" and device == "cpu":
@@ -231,13 +235,17 @@ class Pipeline:
         if unknown:
             raise ValueError(f"stage_options (--option STAGE.KEY=VALUE on the command line) names {sorted(unknown)}, "
                              f"which is not a stage; stages are {', '.join(STAGE_ORDER)}.")
+        if defaulted:  # a method given either way counts (the checkpoint's later stages were measured on its own)
+            stages = default_stages(self.checkpoint, method or stage_options.get("complete", {}).get("method"))
         not_run = set(stage_options) - set(stages)
         if not_run:
-            raise ValueError(f"stage_options names stages that are not run: {sorted(not_run)}; running {stages}.")
+            why = (" (the default stages for this checkpoint and completion method); pass them, e.g. "
+                   "stages=('complete', 'sharpen') (--stages complete,sharpen)" if defaulted else "")
+            raise ValueError(f"stage_options names stages that are not run: {sorted(not_run)}; running "
+                             f"{stages}{why}.")
         if method is not None and "complete" not in stages:
             raise ValueError(f"method={method!r} chooses how the complete stage completes, but this pipeline runs "
                              f"{stages}; drop the method, or add 'complete' in front.")
-        self.checkpoint = CheckpointRef.open(checkpoint) if checkpoint is not None else CheckpointRef.default()
         self.stage_names = stages
         self.device, self.dtype = device, dtype
         self.stages = []
@@ -251,11 +259,13 @@ class Pipeline:
     def from_pretrained(cls, path, stages: Sequence[str] | str | None = None, device: str = "cpu",
                         dtype: str = "float32", **kwargs) -> Pipeline:
         """Build a pipeline from a checkpoint directory or hub id (see :mod:`depthkit.checkpoints`); ``stages``
-        defaults to every stage the checkpoint's manifest lists."""
+        defaults to :func:`depthkit.stages.default_stages` (the manifest's ``default_stages`` for its own completion
+        method), and to every stage the manifest lists when it names none."""
         checkpoint = CheckpointRef.open(path)
         available = tuple(s for s in STAGE_ORDER if s in checkpoint.stages)
         if stages is None:
-            stages = available
+            given = kwargs.get("method") or (kwargs.get("stage_options") or {}).get("complete", {}).get("method")
+            stages = default_stages(checkpoint, given, fallback=available)
         if isinstance(stages, str):
             stages = [s.strip() for s in stages.split(",") if s.strip()]
         missing = [s for s in stages if s not in available]

@@ -32,7 +32,7 @@ from depthkit.outputs import StageResult
 from depthkit.sharpen.stage import build_sharpen_stage
 
 __all__ = ["Stage", "StageSpec", "STAGES", "STAGE_ORDER", "COMPLETION_METHODS", "DEFAULT_METHOD", "LEARNED_METHOD",
-           "ClassicalCompleteStage", "build_complete_stage"]
+           "ClassicalCompleteStage", "build_complete_stage", "checkpoint_method", "default_stages", "parse_stages"]
 
 LEARNED_METHOD = "sdim"
 """The learned completer's method name (a checkpoint's ``complete/`` part)."""
@@ -70,6 +70,15 @@ class ClassicalCompleteStage:
         return f"ClassicalCompleteStage(method={self.method.name!r})"
 
 
+def checkpoint_method(checkpoint: CheckpointRef | None) -> str:
+    """The completion method ``checkpoint`` runs when none is given: its manifest's ``method``, else the learned
+    completer when it has a ``complete/`` part, else :data:`DEFAULT_METHOD` (also for no checkpoint)."""
+    if checkpoint is None:
+        return DEFAULT_METHOD
+    return (checkpoint.options("complete").get("method")
+            or (LEARNED_METHOD if checkpoint.has_part("complete") else DEFAULT_METHOD))
+
+
 def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", dtype: str = "float32",
                          options: dict | None = None) -> Stage:
     """The ``complete`` stage.
@@ -82,8 +91,7 @@ def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", 
     options = dict(options or {})
     stored = checkpoint.options("complete") if checkpoint is not None else {}
     has_part = checkpoint is not None and checkpoint.has_part("complete")
-    method = (options.pop("method", None) or stored.pop("method", None)
-              or (LEARNED_METHOD if has_part else DEFAULT_METHOD))
+    method = options.pop("method", None) or checkpoint_method(checkpoint)
     stored.pop("method", None)
     if method not in COMPLETION_METHODS:
         raise ValueError(f"unknown completion method {method!r}; available: {', '.join(COMPLETION_METHODS)}. "
@@ -141,4 +149,31 @@ def parse_stages(stages) -> tuple[str, ...]:
             raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGE_ORDER)} (in that order).")
     if len(set(stages)) != len(stages) or list(stages) != sorted(stages, key=STAGE_ORDER.index):
         raise ValueError(f"stages {stages} must be distinct and in the order {', '.join(STAGE_ORDER)}.")
+    return stages
+
+
+def default_stages(checkpoint: CheckpointRef | None, method: str | None = None,
+                   fallback: tuple[str, ...] = ("complete",)) -> tuple[str, ...]:
+    """The stages a run given no stage list runs (``Pipeline()``, ``Pipeline.from_pretrained``, ``depthkit run`` /
+    ``eval`` without --stages): the checkpoint's ``default_stages`` (in the stage order and starting with complete,
+    else :class:`~depthkit.checkpoints.CheckpointError` naming its manifest; the embedded default's are complete,
+    sharpen) when its
+    manifest names them and ``method`` (None, or one given by the caller) is the checkpoint's own
+    (:func:`checkpoint_method`); else ``("complete",)``, or ``fallback`` for a checkpoint whose manifest names none.
+    Another method completes only: a checkpoint's later stages were measured, and put in its default, on its own
+    completion."""
+    if checkpoint is None or not checkpoint.default_stages:
+        return fallback if checkpoint is not None else ("complete",)
+    from depthkit.checkpoints import MANIFEST, CheckpointError
+
+    path = checkpoint.root / MANIFEST
+    try:
+        stages = parse_stages(list(checkpoint.default_stages))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: default_stages: {err}") from None
+    if stages[0] != "complete":  # a run given no stage list completes its sparse input; sharpen alone needs depth
+        raise CheckpointError(f"{path}: default_stages must start with complete (a run given no stage list completes "
+                              f"its sparse input); received {list(stages)}.")
+    if method is not None and method != checkpoint_method(checkpoint):
+        return ("complete",)
     return stages

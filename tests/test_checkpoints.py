@@ -74,3 +74,14 @@ def test_explicit_method_overrides_the_manifest(tmp_path):
     write_manifest(tmp_path, {"complete": {"method": "nearest"}})
     assert Pipeline.from_pretrained(tmp_path, method="guided").stages[0].method.name == "guided"
     assert Pipeline.from_pretrained(tmp_path).stages[0].method.name == "nearest"
+
+
+def test_a_manifest_write_that_fails_leaves_no_temporary(tmp_path):
+    """write_manifest writes through depthkit.io.atomic_write: a folder named depthkit.json in the way is named in
+    the error, and no hidden temporary is left beside it."""
+    from depthkit.checkpoints import write_manifest
+
+    (tmp_path / "depthkit.json").mkdir()
+    with pytest.raises(IsADirectoryError, match="a folder of that name is in the way"):
+        write_manifest(tmp_path, {"complete": {"method": "guided"}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depthkit.json"]
