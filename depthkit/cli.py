@@ -168,8 +168,8 @@ def _add_model_args(group) -> None:
 
     group.add_argument("--stages", default=None,
                        help="comma-separated stages to run (default: the checkpoint manifest's default_stages, "
-                            "complete,sharpen for the embedded default; complete when it names none or the completion "
-                            "method is not its own)")
+                            "complete for the embedded default; complete when it names none or the completion method "
+                            "is not its own)")
     group.add_argument("--method", default=None, help="completion method (`depthkit ls` lists them)")
     group.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id owner/name (default: embedded)")
     group.add_argument("--device", default="auto",
@@ -268,8 +268,7 @@ def _build_pipeline(args):
     if args.checkpoint is not None:
         _check_checkpoint_arg(args.checkpoint)
     checkpoint = CheckpointRef.open(args.checkpoint) if args.checkpoint is not None else CheckpointRef.default()
-    method = args.method or options.get("complete", {}).get("method")
-    stages = parse_stages(args.stages) if args.stages is not None else default_stages(checkpoint, method)
+    stages = parse_stages(args.stages) if args.stages is not None else default_stages(checkpoint, args.method, options)
     if args.method in CLASSICAL_METHODS and stages == ("complete",) and args.device not in ("auto", "cpu"):
         print(f"depthkit {args.verb}: note: method {args.method!r} runs on the CPU; --device {args.device} applies "
               "to learned stages only", file=sys.stderr)

@@ -235,8 +235,8 @@ class Pipeline:
         if unknown:
             raise ValueError(f"stage_options (--option STAGE.KEY=VALUE on the command line) names {sorted(unknown)}, "
                              f"which is not a stage; stages are {', '.join(STAGE_ORDER)}.")
-        if defaulted:  # a method given either way counts (the checkpoint's later stages were measured on its own)
-            stages = default_stages(self.checkpoint, method or stage_options.get("complete", {}).get("method"))
+        if defaulted:
+            stages = default_stages(self.checkpoint, method, stage_options)
         not_run = set(stage_options) - set(stages)
         if not_run:
             why = (" (the default stages for this checkpoint and completion method); pass them, e.g. "
@@ -264,8 +264,7 @@ class Pipeline:
         checkpoint = CheckpointRef.open(path)
         available = tuple(s for s in STAGE_ORDER if s in checkpoint.stages)
         if stages is None:
-            given = kwargs.get("method") or (kwargs.get("stage_options") or {}).get("complete", {}).get("method")
-            stages = default_stages(checkpoint, given, fallback=available)
+            stages = default_stages(checkpoint, kwargs.get("method"), kwargs.get("stage_options"), fallback=available)
         if isinstance(stages, str):
             stages = [s.strip() for s in stages.split(",") if s.strip()]
         missing = [s for s in stages if s not in available]

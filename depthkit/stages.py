@@ -152,16 +152,15 @@ def parse_stages(stages) -> tuple[str, ...]:
     return stages
 
 
-def default_stages(checkpoint: CheckpointRef | None, method: str | None = None,
+def default_stages(checkpoint: CheckpointRef | None, method: str | None = None, stage_options: dict | None = None,
                    fallback: tuple[str, ...] = ("complete",)) -> tuple[str, ...]:
     """The stages a run given no stage list runs (``Pipeline()``, ``Pipeline.from_pretrained``, ``depthkit run`` /
-    ``eval`` without --stages): the checkpoint's ``default_stages`` (in the stage order and starting with complete,
-    else :class:`~depthkit.checkpoints.CheckpointError` naming its manifest; the embedded default's are complete,
-    sharpen) when its
-    manifest names them and ``method`` (None, or one given by the caller) is the checkpoint's own
-    (:func:`checkpoint_method`); else ``("complete",)``, or ``fallback`` for a checkpoint whose manifest names none.
-    Another method completes only: a checkpoint's later stages were measured, and put in its default, on its own
-    completion."""
+    ``eval`` without --stages): the checkpoint's ``default_stages`` (the embedded default's: complete) when its
+    manifest names them and the completion method given (``method``, else ``stage_options["complete"]["method"]``,
+    else none) is the checkpoint's own (:func:`checkpoint_method`); else ``("complete",)``, or ``fallback`` for a
+    checkpoint whose manifest names none. Another method completes only: a checkpoint's later stages were measured,
+    and put in its default, on its own completion. Stages out of the stage order, or not starting with complete,
+    raise :class:`~depthkit.checkpoints.CheckpointError` naming the manifest."""
     if checkpoint is None or not checkpoint.default_stages:
         return fallback if checkpoint is not None else ("complete",)
     from depthkit.checkpoints import MANIFEST, CheckpointError
@@ -174,6 +173,7 @@ def default_stages(checkpoint: CheckpointRef | None, method: str | None = None,
     if stages[0] != "complete":  # a run given no stage list completes its sparse input; sharpen alone needs depth
         raise CheckpointError(f"{path}: default_stages must start with complete (a run given no stage list completes "
                               f"its sparse input); received {list(stages)}.")
+    method = method or ((stage_options or {}).get("complete") or {}).get("method")
     if method is not None and method != checkpoint_method(checkpoint):
         return ("complete",)
     return stages
