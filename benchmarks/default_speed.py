@@ -5,9 +5,10 @@ Usage (from the repository root)::
     python benchmarks/default_speed.py                      # checkpoints/default, 1 and 2 threads
     python benchmarks/default_speed.py --checkpoint CKPT --threads 1 --sizes 640
 
-One synthetic outdoor scene per size, with 500 random GT points (``--patterns``: any of benchmarks/accuracy.py's, e.g.
-``random500,lidar64``: the default's sharpener leaves a LiDAR frame as completed without running its UNet). For each
-thread count, size and pattern: the median wall time of
+One synthetic outdoor scene per size, with 500 random GT points (``--patterns``: any of benchmarks/accuracy.py's
+drawn from the GT, e.g. ``random500,lidar64``; a sharpener with ``keep_scanline_frames`` leaves a LiDAR frame as
+completed without running its UNet, which each row says). For each thread count, size and pattern: the median wall
+time of
 ``--repeats`` Pipeline calls after one warm-up (model loading excluded), per stage list — with the checkpoint's own
 completion method and, when that is not the learned one, also with ``method="sdim"`` — and the split of the
 learned completer's time (engine prefix and queries; the dense refiner, when the checkpoint has one; the rest is the
@@ -55,6 +56,7 @@ def measure(checkpoint, stages: str, method: str | None, threads: int, size: tup
     import torch
 
     from depthkit import Pipeline
+    from depthkit.stages import checkpoint_method
 
     torch.set_num_threads(threads)
     pipe = Pipeline(stages=stages, checkpoint=checkpoint, method=method)
@@ -70,7 +72,7 @@ def measure(checkpoint, stages: str, method: str | None, threads: int, size: tup
         splits.append({"engine_s": engine, "refine_s": float(stats.get("refine_seconds", 0.0)),
                        "complete_s": float(stats.get("seconds", float("nan")))})
     learned = bool(splits) and not math.isnan(splits[0]["complete_s"])
-    return {"stages": stages, "method": method or checkpoint.options("complete").get("method", "sdim"), "sparse": pattern,
+    return {"stages": stages, "method": method or checkpoint_method(checkpoint), "sparse": pattern,
             "threads": threads, "height": size[0], "width": size[1],
             "median_s": statistics.median(times), "runs_s": times,
             # False: the sharpen stage left the frame as completed without its UNet (SharpenStage.leaves_as_input)
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from depthkit import __version__
     from depthkit.checkpoints import CheckpointRef
+    from depthkit.stages import checkpoint_method
 
     ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()
     if ref is None:
@@ -129,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for threads in args.threads:
         for width in args.sizes:
-            methods = [None] + (["sdim"] if ref.has_part("complete") and
-                                ref.options("complete").get("method", "sdim") != "sdim" else [])
+            methods = [None] + (["sdim"] if ref.has_part("complete") and checkpoint_method(ref) != "sdim" else [])
             for method in methods:
                 for pattern in patterns:
                     for stages in ("complete", "complete,sharpen"):
