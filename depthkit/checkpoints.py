@@ -465,13 +465,11 @@ class CheckpointRef:
 def write_manifest(root, stages: dict, **extra) -> Path:
     """Write ``depthkit.json`` atomically into ``root`` (created if needed)."""
     from depthkit import __version__
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "depthkit_version": __version__, "stages": stages}
-    data.update(extra)
     from depthkit.io import atomic_write
 
+    root = Path(root)
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "depthkit_version": __version__, "stages": stages}
+    data.update(extra)
     with atomic_write(root / MANIFEST) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return root / MANIFEST

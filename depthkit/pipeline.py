@@ -265,8 +265,7 @@ class Pipeline:
         available = tuple(s for s in STAGE_ORDER if s in checkpoint.stages)
         if stages is None:
             stages = default_stages(checkpoint, kwargs.get("method"), kwargs.get("stage_options"), fallback=available)
-        if isinstance(stages, str):
-            stages = [s.strip() for s in stages.split(",") if s.strip()]
+        stages = parse_stages(stages)
         missing = [s for s in stages if s not in available]
         if missing:
             raise ValueError(f"checkpoint {checkpoint.root} has no {missing} stage(s); it provides {list(available)}.")
