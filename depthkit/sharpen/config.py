@@ -120,6 +120,13 @@ class SharpDepthConfig:
     processing size. The UNet's self-attention grows with the square of its tokens, so on a large frame this saves
     most of pass 1's time. A processing size within it runs exactly as with 0. 0 [paper and code]: pass 1 at the
     processing size."""
+    self_attention_max_keys: int = 0
+    """depthkit (inference only): > 0 lets each spatial self-attention of the UNet read at most this many keys: on a
+    larger token grid its keys and values are the grid average-pooled over p x p cells (p the smallest that fits),
+    each pooled key's score raised by the log of the tokens it covers; queries stay one per token and
+    cross-attention is unchanged (:mod:`depthkit.sharpen.attention`). Attention's cost is tokens x keys, and at
+    480 px the embedded default's UNet spends most of its time there (10,800 tokens). A grid within the limit runs
+    exactly as with 0. 0 [paper and code]: exact attention."""
     change_range_px: int = 0
     """depthkit (inference and the ground-truth terms): > 0 keeps the output at each pixel within the minimum and
     maximum of the metric input over the (2·this + 1)-pixel window around it (at the processing size, scaled up to
@@ -160,7 +167,8 @@ class SharpDepthConfig:
         if not 0.0 <= self.ema_decay < 1.0 or self.ema_start < 0 or self.ema_every < 1:
             raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
                              f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
-        for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px", "pass1_max_side"):
+        for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px", "pass1_max_side",
+                     "self_attention_max_keys"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
         f = self.dense_measured_fraction

@@ -34,6 +34,7 @@ gating functions live in :mod:`depthkit.sharpen.gating`, the losses in :mod:`dep
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from depthkit.dtypes import torch_dtype
+from depthkit.sharpen.attention import pooled_self_attention
 from depthkit.sharpen.config import RECONS_WEIGHTS, SharpDepthConfig  # noqa: F401  (re-exported)
 from depthkit.sharpen.ema import EMA  # noqa: F401  (re-exported: depthkit.sharpen.train imports it)
 from depthkit.sharpen.gating import apply_gate, discrepancy, downsample_discrepancy, gate
@@ -173,6 +175,15 @@ class SharpDepth(nn.Module):
             ``benchmarks/sharpen_switches.py --pass1 gt``). Pass 1's noise is drawn all the same, so every later
             draw is the one a run without it makes.
         """
+        with ExitStack() as stack:  # self_attention_max_keys: pooled keys in both passes' UNets, for this call only
+            for unet in {id(u): u for u in (self.model.unet, self.lotus_unet) if u is not None}.values():
+                stack.enter_context(pooled_self_attention(unet, self.config.self_attention_max_keys))
+            return self._sharpen_tensors(image, metric_depth, sparse, processing_resolution, generator, autoencoded,
+                                         pass1_depth)
+
+    def _sharpen_tensors(self, image, metric_depth, sparse, processing_resolution, generator, autoencoded,
+                         pass1_depth) -> dict:
+        """:meth:`sharpen_tensors` with the UNets' attention as the config sets it."""
         m, cfg = self.model, self.config
         image = image.to(m.device, torch.float32)
         metric_depth = metric_depth.to(m.device, torch.float32)
