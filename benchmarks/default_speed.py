@@ -16,6 +16,10 @@ classical prior and the dense fill). The
 issue's goal: both stages at 640x480 in <= 10 s on this CPU. Variants run side by side in one process (the machine
 is shared; treat absolute numbers as rough, compare rows).
 
+``--sharpen-config NAME=JSON`` (repeatable) times the two stages with those settings of the sharpener's ``config``
+over the checkpoint's, each as its own rows beside the others' (e.g. exact attention against
+``self_attention_max_keys``); without it, the checkpoint's own (``as shipped``).
+
 Writes ``<out>/default_speed.json`` and ``<out>/default_speed.md``.
 """
 
@@ -52,14 +56,15 @@ def _scene(height: int, width: int, pattern: str = "random500"):
 
 
 def measure(checkpoint, stages: str, method: str | None, threads: int, size: tuple[int, int], repeats: int,
-            pattern: str = "random500") -> dict:
+            pattern: str = "random500", sharpen_config: tuple[str, dict] = ("as shipped", {})) -> dict:
     import torch
 
     from depthkit import Pipeline
     from depthkit.stages import checkpoint_method
 
     torch.set_num_threads(threads)
-    pipe = Pipeline(stages=stages, checkpoint=checkpoint, method=method)
+    options = {"sharpen": {"config": sharpen_config[1]}} if "sharpen" in stages and sharpen_config[1] else None
+    pipe = Pipeline(stages=stages, checkpoint=checkpoint, method=method, stage_options=options)
     image, sparse = _scene(*size, pattern)
     pipe(image, sparse)  # warm-up
     times, splits = [], []
@@ -73,6 +78,7 @@ def measure(checkpoint, stages: str, method: str | None, threads: int, size: tup
                        "complete_s": float(stats.get("seconds", float("nan")))})
     learned = bool(splits) and not math.isnan(splits[0]["complete_s"])
     return {"stages": stages, "method": method or checkpoint_method(checkpoint), "sparse": pattern,
+            "sharpen_config": sharpen_config[0] if "sharpen" in stages else None,
             "threads": threads, "height": size[0], "width": size[1],
             "median_s": statistics.median(times), "runs_s": times,
             # False: the sharpen stage left the frame as completed without its UNet (SharpenStage.leaves_as_input)
@@ -86,13 +92,13 @@ def markdown(report: dict) -> str:
     lines = [f"## Default checkpoint speed ({report['machine']})", "",
              f"{report['date']}, `{report['command']}`; checkpoint `{report['checkpoint']}`; median of "
              f"{report['repeats']} calls after a warm-up; load average {report['load_average']} at the start.", "",
-             "| stages | completion method | sparse | size | threads | s / image | complete: engine s | "
-             "complete: refiner s | complete: total s | sharpener's UNet ran |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| stages | sharpen config | completion method | sparse | size | threads | s / image | "
+             "complete: engine s | complete: refiner s | complete: total s | sharpener's UNet ran |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         split = [("–" if r.get(k) is None else f"{r[k]:.2f}")
                  for k in ("complete_engine_s", "complete_refine_s", "complete_total_s")]
-        lines.append(f"| {r['stages']} | {r['method']} | {r.get('sparse', 'random500')} | {r['width']}x{r['height']} | "
+        lines.append(f"| {r['stages']} | {r.get('sharpen_config') or '–'} | {r['method']} | {r.get('sparse', 'random500')} | {r['width']}x{r['height']} | "
                      f"{r['threads']} | {r['median_s']:.2f} | {' | '.join(split)} | "
                      f"{ {None: '–', True: 'yes', False: 'no'}[r.get('sharpen_unet')]} |")
     return "\n".join(lines) + "\n"
@@ -105,11 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[640, 320], help="image widths (3:4 images)")
     p.add_argument("--patterns", default="random500",
                    help="comma-separated sparse patterns of benchmarks/accuracy.py (default random500)")
+    p.add_argument("--sharpen-config", action="append", default=None, metavar="NAME=JSON",
+                   help="settings of the sharpener's config over the checkpoint's (repeatable: each one's rows run "
+                        "side by side with the others'; default: the checkpoint's own, 'as shipped')")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     from accuracy import SYNTHETIC_PATTERNS, pattern_names
+    from sharpen_switches import parse_variant
 
     from depthkit.data.sparse import SAMPLERS
 
@@ -121,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     if set(patterns) - set(scene_free):  # stereo_sgbm matches the scene's rendered right view, not its GT
         p.error(f"--patterns: {sorted(set(patterns) - set(scene_free))} cannot be drawn from a scene's GT here; "
                 f"choose from {', '.join(scene_free)}")
+    from depthkit.sharpen.config import SharpDepthConfig
+
+    configs = {"as shipped": {}}
+    try:
+        if args.sharpen_config:
+            configs = dict(parse_variant(v, "--sharpen-config") for v in args.sharpen_config)
+    except ValueError as err:
+        p.error(str(err))
+    for name, config in configs.items():
+        try:
+            SharpDepthConfig.from_dict(config)  # a bad key or value stops here, before anything is timed
+        except ValueError as err:
+            p.error(f"--sharpen-config {name!r}: {err}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from depthkit import __version__
     from depthkit.checkpoints import CheckpointRef
@@ -135,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             methods = [None] + (["sdim"] if ref.has_part("complete") and checkpoint_method(ref) != "sdim" else [])
             for method in methods:
                 for pattern in patterns:
-                    for stages in ("complete", "complete,sharpen"):
-                        if stages.endswith("sharpen") and "sharpen" not in ref.stages:
-                            continue
+                    runs = [("complete", ("as shipped", {}))]
+                    if "sharpen" in ref.stages:
+                        runs += [("complete,sharpen", item) for item in configs.items()]
+                    for stages, config in runs:
                         rows.append(measure(ref, stages, method, threads, (width * 3 // 4, width), args.repeats,
-                                            pattern))
+                                            pattern, config))
                         print(json.dumps(rows[-1]))
     report = {"benchmark": "default_speed", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/default_speed.py" + (" " + shlex.join(argv) if argv else ""),

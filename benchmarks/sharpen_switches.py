@@ -118,15 +118,16 @@ def result_cell(r: dict) -> str:
     return f"**{cell}**" if r["goal_met"] else cell
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``'NAME={"key": value, ...}'`` → ``(NAME, overrides)``; raises ValueError saying what is expected."""
+def parse_variant(text: str, flag: str = "--variant") -> tuple[str, dict]:
+    """``'NAME={"key": value, ...}'`` → ``(NAME, overrides)``; raises ValueError saying what is expected (of the
+    option ``flag``)."""
     name, sep, body = text.partition("=")
     try:
         overrides = json.loads(body) if sep else None
     except json.JSONDecodeError as err:
-        raise ValueError(f"--variant {text!r}: the part after '=' is not JSON ({err}).") from None
+        raise ValueError(f"{flag} {text!r}: the part after '=' is not JSON ({err}).") from None
     if not sep or not name.strip() or not isinstance(overrides, dict):
-        raise ValueError(f"--variant takes NAME=JSON-OBJECT, e.g. 'band 2={{\"change_band_px\": 2}}'; "
+        raise ValueError(f"{flag} takes NAME=JSON-OBJECT, e.g. 'band 2={{\"change_band_px\": 2}}'; "
                          f"received {text!r}.")
     return name.strip(), overrides
 

@@ -188,10 +188,20 @@ def test_the_speed_benchmark_times_each_sparse_pattern(tiny, tmp_path, capsys):
     assert [(r["sparse"], r["stages"], r["sharpen_unet"]) for r in rows] == [
         ("random500", "complete", None), ("random500", "complete,sharpen", True),
         ("lidar64", "complete", None), ("lidar64", "complete,sharpen", False)]  # the LiDAR frame: no UNet
-    assert "| complete,sharpen | sdim | lidar64 | 320x240 | 1 |" in (tmp_path / "default_speed.md").read_text()
+    assert "| complete,sharpen | as shipped | sdim | lidar64 | 320x240 | 1 |" in (tmp_path / "default_speed.md").read_text()
     with pytest.raises(SystemExit):
         default_speed.main([*args[:-4], "--patterns", "lidar65"])
     assert "--patterns takes names from" in capsys.readouterr().err
+    # --sharpen-config: each setting's two-stage rows beside the others', named in the JSON and the table
+    configs = ["--sharpen-config", "exact={}", "--sharpen-config", 'pooled={"self_attention_max_keys": 4}']
+    assert default_speed.main([*args[:-4], "--patterns", "random500", *configs, "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "default_speed.json").read_text())["rows"]
+    assert [(r["stages"], r["sharpen_config"]) for r in rows] == [
+        ("complete", None), ("complete,sharpen", "exact"), ("complete,sharpen", "pooled")]
+    assert "| complete,sharpen | pooled | sdim | random500 |" in (tmp_path / "default_speed.md").read_text()
+    with pytest.raises(SystemExit):
+        default_speed.main([*args, "--sharpen-config", 'bad={"self_attention_max_keys": -1}'])
+    assert "--sharpen-config 'bad': self_attention_max_keys must be >= 0" in capsys.readouterr().err
 
 
 def test_depthkit_eval_without_stages_evaluates_and_records_the_default(tiny, tmp_path):
