@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -573,3 +574,20 @@ def test_protocol_table_lists_every_protocol():
         assert f"| {name} |" in table and f"`{name}`" in table
     nyu_row = next(line for line in lines if line.startswith("| nyuv2 |"))
     assert "240x320" in nyu_row and "228x304" in nyu_row and "500 random GT points" in nyu_row and "2024" in nyu_row
+
+
+def test_a_truncated_dataset_png_is_named_by_depthkit_alone(tmp_path, capfd):
+    """A cut-short depth PNG or mask in a dataset is a DatasetLayoutError that names the file and says where it ends,
+    and OpenCV's decoder prints nothing (it used to print "libpng error: Read Error" before depthkit's message)."""
+    from depthkit.data.datasets._ops import read_mask, read_png_raw
+
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "d.png"), rng.integers(0, 65535, (200, 300), dtype=np.uint16))
+    data = (tmp_path / "d.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    capfd.readouterr()
+    for read, what in ((read_png_raw, "depth PNG"), (read_mask, "mask")):
+        with pytest.raises(DatasetLayoutError, match=rf"could not decode {what} .*cut\.png: the file is a truncated"):
+            read(tmp_path / "cut.png")
+        assert capfd.readouterr().err == ""
+        assert read(tmp_path / "d.png").shape == (200, 300)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from depthkit.decode import decode_image_file
 from depthkit.geometry import Intrinsics
 
 __all__ = ["DatasetLayoutError", "read_png_raw", "read_png_depth", "read_mask", "read_k_file", "image_rng",
@@ -23,12 +24,20 @@ class DatasetLayoutError(ValueError):
     """A dataset root is missing or does not have the layout its reader expects (names the path and the layout)."""
 
 
+def _decode(path: Path, what: str) -> np.ndarray | None:
+    """:func:`depthkit.decode.decode_image_file`, its cut-short-PNG error a :class:`DatasetLayoutError`."""
+    try:
+        return decode_image_file(path, what)
+    except ValueError as err:
+        raise DatasetLayoutError(str(err)) from None
+
+
 def read_png_raw(path: Path) -> np.ndarray:
     """A single-channel 8- or 16-bit PNG as stored (uint8 / uint16), with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise DatasetLayoutError(f"file not found: {path}")
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    arr = _decode(path, "depth PNG")
     if arr is None:
         raise DatasetLayoutError(f"could not decode {path}: the file is empty, truncated or not an image.")
     if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
@@ -47,7 +56,7 @@ def read_mask(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetLayoutError(f"mask file not found: {path}")
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    arr = _decode(path, "mask")
     if arr is None:
         raise DatasetLayoutError(f"could not decode mask {path}: the file is empty, truncated or not an image.")
     return arr.any(axis=2) if arr.ndim == 3 else arr != 0
