@@ -136,9 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     configs = {"as shipped": {}}
     try:
         if args.sharpen_config:
-            configs = dict(parse_variant(v, "--sharpen-config") for v in args.sharpen_config)
+            parsed = [parse_variant(v, "--sharpen-config") for v in args.sharpen_config]
+            configs = dict(parsed)
     except ValueError as err:
         p.error(str(err))
+    if args.sharpen_config and len(configs) < len(parsed):
+        names = [name for name, _ in parsed]
+        p.error(f"--sharpen-config: each NAME once; {sorted({n for n in names if names.count(n) > 1})} given twice")
     for name, config in configs.items():
         try:
             SharpDepthConfig.from_dict(config)  # a bad key or value stops here, before anything is timed

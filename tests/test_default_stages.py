@@ -202,6 +202,9 @@ def test_the_speed_benchmark_times_each_sparse_pattern(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit):
         default_speed.main([*args, "--sharpen-config", 'bad={"self_attention_max_keys": -1}'])
     assert "--sharpen-config 'bad': self_attention_max_keys must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        default_speed.main([*args, "--sharpen-config", "a={}", "--sharpen-config", "a={}"])
+    assert "each NAME once; ['a'] given twice" in capsys.readouterr().err
 
 
 def test_depthkit_eval_without_stages_evaluates_and_records_the_default(tiny, tmp_path):

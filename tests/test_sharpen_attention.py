@@ -150,37 +150,60 @@ def _unet_call(unet, h=16, w=24, seed=0):
 
 
 def test_the_context_pools_the_unets_self_attention_and_gives_its_processors_back():
+    from diffusers.models.attention_processor import AttnProcessor
+
     unet = build_tiny_lotus("generative", seed=0).unet
-    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    first = next(m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock").attn1
+    first.set_processor(AttnProcessor())  # diffusers' other plain processor: kept, and used for what is not pooled
+    before = dict(unet.attn_processors)
     exact = _unet_call(unet)  # 16 x 24 latent: self-attention over an 8 x 12 grid, 96 tokens
     with pooled_self_attention(unet, 96):
         assert torch.equal(_unet_call(unet), exact)  # the grid fits: exact, bit for bit
     with pooled_self_attention(unet, 24):  # 2 x 2 cells
         kinds = {type(v).__name__ for k, v in unet.attn_processors.items() if "attn1" in k}
         assert kinds == {"PooledKeysAttention"}
+        assert first.processor.exact is before[next(k for k, v in before.items() if v is first.processor.exact)]
+        assert isinstance(first.processor.exact, AttnProcessor)
         assert all(type(v).__name__ != "PooledKeysAttention" for k, v in unet.attn_processors.items()
                    if "attn2" in k)
         pooled = _unet_call(unet)
     assert not torch.allclose(pooled, exact, atol=1e-5)
-    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    same = lambda: all(v is before[k] for k, v in unet.attn_processors.items())  # noqa: E731  (the objects)
+    assert same()
     assert torch.equal(_unet_call(unet), exact)
     with pytest.raises(RuntimeError, match="inside"), pooled_self_attention(unet, 24):
         raise RuntimeError("inside")
-    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    assert same()
     with pooled_self_attention(unet, 0):  # off: nothing installed
-        assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+        assert same()
 
 
 def test_the_context_refuses_a_unet_it_cannot_pool():
     unet = build_tiny_lotus("generative", seed=0).unet
     with pytest.raises(ValueError, match="must be >= 0"), pooled_self_attention(unet, -1):
         pass
-    with pytest.raises(ValueError, match="no"), pooled_self_attention(torch.nn.Linear(2, 2), 8):
+    with pytest.raises(ValueError, match="this one has none"), pooled_self_attention(torch.nn.Linear(2, 2), 8):
         pass
-    block = next(m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock")
-    block.attn1.group_norm = torch.nn.GroupNorm(1, 64)
+    attn = next(m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock").attn1
+    own = attn.processor
+
+    class Custom:  # a processor the pooled form does not stand in for (IP-adapter, cross-frame, ...)
+        def __call__(self, *args, **kwargs):
+            return own(*args, **kwargs)
+
+    attn.set_processor(Custom())
+    with pytest.raises(ValueError, match="its processor is Custom, not one of"), pooled_self_attention(unet, 8):
+        pass
+    attn.set_processor(own)
+    attn.scale_qk = False
+    with pytest.raises(ValueError, match="scale_qk=False"), pooled_self_attention(unet, 8):
+        pass
+    attn.scale_qk = True
+    attn.group_norm = torch.nn.GroupNorm(1, 64)
     with pytest.raises(ValueError, match="group_norm"), pooled_self_attention(unet, 8):
         pass
+    attn.group_norm = None
+    assert all(type(v).__name__ != "PooledKeysAttention" for v in unet.attn_processors.values())
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +234,31 @@ def test_sharpdepth_with_the_switch(lotus):
     assert np.array_equal(pooled[measured], sparse[measured])
     assert all(type(v).__name__ != "PooledKeysAttention" for v in lotus.unet.attn_processors.values())
     assert np.array_equal(SharpDepth(lotus).sharpen(image, depth, sparse).depth, exact)
+
+
+def test_a_separate_pass1_unet_is_pooled_too(lotus):
+    """With a separate pass-1 Lotus UNet (``lotus_unet``), its self-attention reads pooled keys as well."""
+    import copy
+
+    image, depth, sparse = _frame()
+    pass1 = copy.deepcopy(lotus.unet)
+    seen = []
+    for module in pass1.modules():
+        if type(module).__name__ == "BasicTransformerBlock":
+            module.attn1.register_forward_pre_hook(lambda m, *_: seen.append(type(m.processor).__name__))
+    SharpDepth(lotus, {"self_attention_max_keys": 24}, lotus_unet=pass1).sharpen(image, depth, sparse)
+    assert seen and set(seen) == {"PooledKeysAttention"}
+    seen.clear()
+    SharpDepth(lotus, lotus_unet=pass1).sharpen(image, depth, sparse)
+    assert seen and "PooledKeysAttention" not in seen
+
+
+def test_pooled_keys_keep_the_models_dtype():
+    tokens = torch.full((1, 16, 2), 1.0, dtype=torch.bfloat16)
+    tokens[:, ::2] = 1 + 2 ** -7
+    pooled, _ = pooled_keys(tokens, (4, 4), 2)
+    assert pooled.dtype == torch.bfloat16
+    assert torch.equal(pooled, tokens.float().view(1, 2, 2, 2, 2, 2).mean((2, 4)).reshape(1, 4, 2).to(torch.bfloat16))
 
 
 def test_the_switch_is_checked_and_off_by_default():

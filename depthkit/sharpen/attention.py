@@ -13,7 +13,8 @@ Keys and values are linear in the tokens (``to_k``, ``to_v``), so pooling the to
 the pooled keys and values; the projections then run on a p²-th of the tokens.
 
 This is not in SharpDepth's paper or code (both attend exactly); 0, the default, attends exactly.
-:func:`pooled_self_attention` installs it on a UNet for the length of a ``with`` block.
+:func:`pooled_self_attention` installs it on a UNet for the length of a ``with`` block. It changes the UNet's
+modules while the block runs, so one UNet must not run two such blocks at once (from two threads).
 """
 
 from __future__ import annotations
@@ -51,28 +52,29 @@ def pooled_keys(tokens: torch.Tensor, grid: tuple[int, int], p: int) -> tuple[to
     h, w = grid
     if n != h * w:
         raise ValueError(f"pooled_keys: {n} tokens do not fill a {h} x {w} grid.")
-    x = tokens.transpose(1, 2).reshape(b, c, h, w)
+    x = tokens.float().transpose(1, 2).reshape(b, c, h, w)  # sums of p² tokens in float32, whatever the model's dtype
     pad = (0, -w % p, 0, -h % p)
     sums = F.avg_pool2d(F.pad(x, pad), p, divisor_override=1)
     ones = F.pad(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), pad)
     counts = F.avg_pool2d(ones, p, divisor_override=1)
-    return (sums / counts).flatten(2).transpose(1, 2), counts.flatten()
+    return (sums / counts).flatten(2).transpose(1, 2).to(tokens.dtype), counts.flatten()
 
 
 class PooledKeysAttention:
     """A diffusers attention processor: self-attention with keys and values from the token grid pooled to at most
-    ``max_keys`` cells (module docstring); anything else (cross-attention, a grid within the limit) exactly as
-    diffusers' ``AttnProcessor2_0``. :attr:`grid` is the (h, w) of the tokens of the next call, set by a forward
-    pre-hook of the transformer block's owner (:func:`pooled_self_attention`)."""
+    ``max_keys`` cells (module docstring); anything else (cross-attention, a grid within the limit) goes to
+    ``exact``, the processor it stands in for (default diffusers' ``AttnProcessor2_0``). :attr:`grid` is the (h, w)
+    of the tokens of the next call, set by a forward pre-hook of the transformer block's owner
+    (:func:`pooled_self_attention`)."""
 
-    def __init__(self, max_keys: int):
+    def __init__(self, max_keys: int, exact=None):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         if max_keys < 1:
             raise ValueError(f"PooledKeysAttention needs max_keys >= 1; received {max_keys}.")
         self.max_keys = max_keys
         self.grid: tuple[int, int] | None = None
-        self._exact = AttnProcessor2_0()
+        self.exact = AttnProcessor2_0() if exact is None else exact
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
@@ -80,10 +82,11 @@ class PooledKeysAttention:
         p = 1 if (encoder_hidden_states is not None or grid is None or hidden_states.ndim != 3) \
             else key_pool_factor(*grid, self.max_keys)
         if p == 1:
-            return self._exact(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return self.exact(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if attention_mask is not None:
-            raise ValueError("self_attention_max_keys: pooled keys cannot take an attention mask; run with "
-                             "self_attention_max_keys 0 (exact attention) for a UNet called with one.")
+            raise ValueError(f"self_attention_max_keys: pooled keys cannot take an attention mask (received one of "
+                             f"shape {tuple(attention_mask.shape)}); run with self_attention_max_keys 0 (exact "
+                             "attention) for a UNet called with one.")
         b, n, _ = hidden_states.shape
         tokens, counts = pooled_keys(hidden_states, grid, p)
         heads = attn.heads
@@ -98,13 +101,24 @@ class PooledKeysAttention:
         return out / attn.rescale_output_factor
 
 
+_EXACT_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
+"""The processors (diffusers' plain attention) that :class:`PooledKeysAttention` computes the pooled form of."""
+
+
 def _supported(attn) -> str | None:
     """Why ``attn`` (a diffusers ``Attention``) cannot take pooled keys, or None when it can."""
-    for name in ("spatial_norm", "group_norm", "norm_q", "norm_k"):
+    for name in ("spatial_norm", "group_norm", "norm_q", "norm_k", "added_kv_proj_dim"):
         if getattr(attn, name, None) is not None:
             return f"it has a {name}"
     if getattr(attn, "residual_connection", False):
         return "it adds a residual connection"
+    if not getattr(attn, "scale_qk", True):
+        return "it does not scale its scores by 1/sqrt(head size) (scale_qk=False)"
+    if getattr(attn, "inner_kv_dim", attn.inner_dim) != attn.inner_dim:
+        return "its keys and values have other heads than its queries (kv_heads)"
+    kind = type(attn.processor).__name__
+    if kind not in _EXACT_PROCESSORS:
+        return f"its processor is {kind}, not one of diffusers' plain {' or '.join(_EXACT_PROCESSORS)}"
     return None
 
 
@@ -122,25 +136,33 @@ def pooled_self_attention(unet, max_keys: int):
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
     owners = [m for m in unet.modules() if isinstance(m, Transformer2DModel)]
-    attns = [(owner, block.attn1) for owner in owners for block in owner.transformer_blocks]
+    attns = [block.attn1 for owner in owners for block in owner.transformer_blocks]
     if not attns:
-        raise ValueError("self_attention_max_keys needs a UNet with spatial transformer blocks; this one has none.")
-    for _, attn in attns:
+        raise ValueError("self_attention_max_keys needs a UNet with spatial transformer blocks; this one has none. "
+                         "Use 0 (exact attention).")
+    for owner in owners:
+        if not owner.is_input_continuous:
+            raise ValueError("self_attention_max_keys cannot pool this UNet's self-attention: a transformer block "
+                             "takes patches or vector embeddings, not a feature map's pixels. Use 0 (exact attention).")
+    for attn in attns:
         why = _supported(attn)
         if why is not None:
-            raise ValueError(f"self_attention_max_keys cannot pool this UNet's self-attention: {why}. Use 0.")
-    saved = [(attn, attn.processor) for _, attn in attns]
+            raise ValueError(f"self_attention_max_keys cannot pool this UNet's self-attention: {why}. Use 0 (exact "
+                             "attention).")
+    saved = [(attn, attn.processor) for attn in attns]
     hooks = []
     try:
         for owner in owners:
-            processor = PooledKeysAttention(max_keys)
+            processors = [PooledKeysAttention(max_keys, exact=block.attn1.processor)
+                          for block in owner.transformer_blocks]
 
-            def note_grid(_module, args, kwargs, processor=processor):
+            def note_grid(_module, args, kwargs, processors=processors):
                 x = args[0] if args else kwargs["hidden_states"]
-                processor.grid = tuple(x.shape[-2:]) if x.ndim == 4 else None
+                for processor in processors:
+                    processor.grid = tuple(x.shape[-2:]) if x.ndim == 4 else None
 
             hooks.append(owner.register_forward_pre_hook(note_grid, with_kwargs=True))
-            for block in owner.transformer_blocks:
+            for block, processor in zip(owner.transformer_blocks, processors):
                 block.attn1.set_processor(processor)
         yield
     finally:
