@@ -168,8 +168,8 @@ def _add_model_args(group) -> None:
 
     group.add_argument("--stages", default=None,
                        help="comma-separated stages to run (default: the checkpoint manifest's default_stages, "
-                            "complete for the embedded default; complete when it names none or the completion method "
-                            "is not its own)")
+                            "complete,sharpen for the embedded default; complete when it names none or the "
+                            "completion method is not its own)")
     group.add_argument("--method", default=None, help="completion method (`depthkit ls` lists them)")
     group.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id owner/name (default: embedded)")
     group.add_argument("--device", default="auto",

@@ -155,7 +155,7 @@ def parse_stages(stages) -> tuple[str, ...]:
 def default_stages(checkpoint: CheckpointRef | None, method: str | None = None, stage_options: dict | None = None,
                    fallback: tuple[str, ...] = ("complete",)) -> tuple[str, ...]:
     """The stages a run given no stage list runs (``Pipeline()``, ``Pipeline.from_pretrained``, ``depthkit run`` /
-    ``eval`` without --stages): the checkpoint's ``default_stages`` (the embedded default's: complete) when its
+    ``eval`` without --stages): the checkpoint's ``default_stages`` (the embedded default's: complete, sharpen) when its
     manifest names them and the completion method given (``method``, else ``stage_options["complete"]["method"]``,
     else none) is the checkpoint's own (:func:`checkpoint_method`); else ``("complete",)``, or ``fallback`` for a
     checkpoint whose manifest names none. Another method completes only: a checkpoint's later stages were measured,

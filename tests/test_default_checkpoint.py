@@ -207,21 +207,22 @@ def test_the_default_sharpens_a_frame_at_its_own_size_up_to_480_px():
 
 
 
-def test_a_plain_run_completes_and_the_scanline_gate_leaves_lidar_frames_as_completed():
-    """``Pipeline()`` (and ``depthkit run`` without --stages) runs the manifest's ``default_stages``: the completion
-    alone (session 24's candidate, both stages with the sharpener's scan-line gate on, was not shipped: it failed the
-    speed part of its rule on this machine; checkpoints/README.md). With the gate asked for, on the bundled room's
-    scattered points the sharpener sharpens (the output differs from the completion); on a simulated 64-beam LiDAR
-    frame of the room it gives the completion back bit for bit without running its UNet (no discrepancy map).
-    Measured values kept throughout."""
+def test_a_plain_run_sharpens_and_leaves_lidar_frames_as_completed():
+    """``Pipeline()`` (and ``depthkit run`` without --stages) runs the manifest's ``default_stages``: both stages since
+    session 25, the sharpener with its scan-line gate on and pooled keys above 320 px (checkpoints/README.md). On the
+    bundled room's scattered points the sharpener sharpens (the output differs from the completion); on a simulated
+    64-beam LiDAR frame of the room it gives the completion back bit for bit without running its UNet (no
+    discrepancy map). Measured values kept throughout."""
     from depthkit import Pipeline
     from depthkit.data.sparse import sample_lidar
     from depthkit.io import read_depth
 
-    assert load_manifest(DEFAULT)["default_stages"] == ["complete"]
-    assert Pipeline().stage_names == ("complete",)
-    pipe = Pipeline(stages=("complete", "sharpen"), stage_options={
-        "complete": {"query_budget": 0}, "sharpen": {"config": {"keep_scanline_frames": True}}})
+    manifest = load_manifest(DEFAULT)
+    assert manifest["default_stages"] == ["complete", "sharpen"]
+    config = manifest["stages"]["sharpen"]["config"]
+    assert config["keep_scanline_frames"] is True and config["self_attention_max_keys"] >= 60 * 80  # 320 px exact
+    assert Pipeline().stage_names == ("complete", "sharpen")
+    pipe = Pipeline(stage_options={"complete": {"query_budget": 0}})
     image, gt, intrinsics = _room()
     for sparse, lidar in ((read_depth(ROOT / "examples" / "room_sparse.npy"), False),
                           (sample_lidar(gt, intrinsics, seed=0), True)):
