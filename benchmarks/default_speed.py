@@ -134,15 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.sharpen.config import SharpDepthConfig
 
     configs = {"as shipped": {}}
-    try:
-        if args.sharpen_config:
+    if args.sharpen_config:
+        try:
             parsed = [parse_variant(v, "--sharpen-config") for v in args.sharpen_config]
-            configs = dict(parsed)
-    except ValueError as err:
-        p.error(str(err))
-    if args.sharpen_config and len(configs) < len(parsed):
+        except ValueError as err:
+            p.error(str(err))
         names = [name for name, _ in parsed]
-        p.error(f"--sharpen-config: each NAME once; {sorted({n for n in names if names.count(n) > 1})} given twice")
+        if len(set(names)) < len(names):
+            p.error(f"--sharpen-config: each NAME once; {sorted({n for n in names if names.count(n) > 1})} given twice")
+        configs = dict(parsed)
     for name, config in configs.items():
         try:
             SharpDepthConfig.from_dict(config)  # a bad key or value stops here, before anything is timed

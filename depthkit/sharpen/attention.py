@@ -109,7 +109,7 @@ def _supported(attn) -> str | None:
     """Why ``attn`` (a diffusers ``Attention``) cannot take pooled keys, or None when it can."""
     for name in ("spatial_norm", "group_norm", "norm_q", "norm_k", "added_kv_proj_dim"):
         if getattr(attn, name, None) is not None:
-            return f"it has a {name}"
+            return f"it has {name} set"
     if getattr(attn, "residual_connection", False):
         return "it adds a residual connection"
     if not getattr(attn, "scale_qk", True):
