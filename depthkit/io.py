@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.decode import decode_image_file
+from depthkit.decode import PNG_SIGNATURE, check_png, decode_image_file
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
@@ -66,7 +66,7 @@ def read_image(path) -> np.ndarray:
         )
     tag = exif_orientation(path)
     tagged_tiff = tag != 1 and path.suffix.lower() in (".tif", ".tiff")  # decoded upright (orientation.py)
-    img = decode_tagged_tiff(path, tag) if tagged_tiff else decode_image_file(path, "image")
+    img = decode_tagged_tiff(path, tag) if tagged_tiff else _decode_file(path, "image")
     if img is None:
         raise ValueError(f"could not decode image {path}: the file is empty, truncated or not an image.")
     if img.dtype == np.uint16:
@@ -89,6 +89,20 @@ def read_image(path) -> np.ndarray:
                       f"{img.shape[0]}x{img.shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
                       DepthkitWarning, stacklevel=2)
     return np.ascontiguousarray(img)
+
+
+def _decode_file(path: Path, what: str) -> np.ndarray | None:
+    """:func:`depthkit.decode.decode_image_file`, warning about any ancillary PNG chunk left out for a failed CRC."""
+    img, dropped = decode_image_file(path, what)
+    if dropped:
+        import warnings
+
+        text = [d for d in dropped if d.split()[0] in ("tEXt", "iTXt", "zTXt")]
+        lost = (" A depth_scale recorded in a text chunk so lost is not used: give the file's scale (--depth-scale) "
+                "if it had one." if text and what == "depth PNG" else "")
+        warnings.warn(f"{path.name}: left out {len(dropped)} damaged ancillary PNG chunk{'s' if len(dropped) > 1 else ''} "
+                      f"(failed CRC: {', '.join(dropped)}); the pixels are whole.{lost}", DepthkitWarning, stacklevel=3)
+    return img
 
 
 def _not_a_file(path: Path) -> str:
@@ -209,7 +223,7 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
             raise ValueError(f"depth array {path} has dtype {arr.dtype}; expected a numeric array in metres.")
         return depth_to_metres(arr, depth_scale, what=f"{what} file {path.name}")
     if suffix == ".png":
-        arr = decode_image_file(path, "depth PNG")
+        arr = _decode_file(path, "depth PNG")
         if arr is None:
             raise ValueError(f"could not decode depth PNG {path}: the file is empty, truncated or not a PNG.")
         if arr.ndim != 2 or arr.dtype not in (np.uint16, np.uint8):
@@ -235,11 +249,18 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
 
 
 def png_depth_scale(path) -> float | None:
-    """The units per metre recorded in a depth PNG's ``depth_scale`` text chunk, or None when it has none."""
+    """The units per metre recorded in a depth PNG's ``depth_scale`` text chunk, or None when it has none (or the
+    chunk is damaged). Ancillary chunks that fail their CRC are left out first, as the decoder does
+    (:func:`depthkit.decode.check_png`), so a damaged colour profile does not hide a whole text chunk."""
+    from io import BytesIO
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+        if data.startswith(PNG_SIGNATURE):
+            data = check_png(data).data
+        with Image.open(BytesIO(data)) as im:
             value = getattr(im, "text", {}).get(PNG_SCALE_KEY)
         return float(value) if value is not None else None
     except (OSError, ValueError):

@@ -11,18 +11,32 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["scatter_points"]
+__all__ = ["map_to_resized", "scatter_points"]
+
+
+def map_to_resized(rows, cols, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resized-image pixel that contains the centre of each input pixel.
+
+    Pixel (r, c) of an HxW image has its centre at (r + 0.5, c + 0.5); scaled to H'xW' it falls in pixel
+    ``floor((r + 0.5) * H'/H)``, likewise for columns, computed exactly in integers as ``(2r + 1) H' // 2H`` (in
+    floating point a centre landing exactly on a pixel border can round to the pixel before it). When H' >= H and
+    W' >= W this map is injective (distinct input pixels never share a target). ``rows`` and ``cols`` are integer
+    pixel indices; returns int64 arrays (rows', cols').
+    """
+    (h, w), (h2, w2) = (int(v) for v in src_hw), (int(v) for v in dst_hw)
+    r = (2 * np.asarray(rows, dtype=np.int64) + 1) * h2 // (2 * h)
+    c = (2 * np.asarray(cols, dtype=np.int64) + 1) * w2 // (2 * w)
+    return np.clip(r, 0, h2 - 1), np.clip(c, 0, w2 - 1)
 
 
 def scatter_points(sparse: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     """``sparse`` (HxW metres, 0 = missing; checked by the caller) scattered to ``shape`` = (H', W'): pixel (r, c)
-    lands on ``(floor((r + 0.5) * H'/H), floor((c + 0.5) * W'/W))``. Returns the H'xW' float32 metres and how many
+    lands on the pixel holding its scaled centre (:func:`map_to_resized`). Returns the H'xW' float32 metres and how many
     measured points fell on a pixel shared with another point (each such pixel keeps its nearest depth)."""
     h, w = sparse.shape
     oh, ow = int(shape[0]), int(shape[1])
     ys, xs = np.nonzero(sparse > 0)
-    ty = np.clip(np.floor((ys + 0.5) * oh / h), 0, oh - 1).astype(np.int64)
-    tx = np.clip(np.floor((xs + 0.5) * ow / w), 0, ow - 1).astype(np.int64)
+    ty, tx = map_to_resized(ys, xs, (h, w), (oh, ow))
     vals, target = sparse[ys, xs], ty * ow + tx
     order = np.lexsort((vals, target))  # by target pixel, nearest first within each
     vals, target = vals[order], target[order]

@@ -1,5 +1,7 @@
 import json
+import struct
 import warnings
+import zlib
 
 import cv2
 import numpy as np
@@ -61,6 +63,90 @@ def test_a_truncated_png_gets_depthkit_s_error_alone(tmp_path, capfd, cut):
     cv2.imwrite(str(tmp_path / "j.jpg"), np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "j.png").write_bytes((tmp_path / "j.jpg").read_bytes())  # a JPEG named .png: decoded by content
     assert io.read_image(tmp_path / "j.png").shape == (8, 8, 3)
+    assert capfd.readouterr().err == ""
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of each chunk of a PNG file's bytes, read by the test itself."""
+    out, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        out.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def _png_bytes(chunks, bad_crc: int | None = None) -> bytes:
+    """A PNG file from (type, data) chunks, each with its CRC (the one at index ``bad_crc`` off by one)."""
+    out = b"\x89PNG\r\n\x1a\n"
+    for i, (kind, body) in enumerate(chunks):
+        crc = (zlib.crc32(kind + body) + (i == bad_crc)) & 0xFFFFFFFF
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["IDAT changed", "IDAT changed, CRC remade", "image data cut", "no IDAT"])
+def test_a_damaged_whole_png_gets_depthkit_s_error_alone(tmp_path, capfd, damage):
+    """A PNG whose chunks all run whole but whose image data is damaged (a critical chunk failing its CRC, a stream
+    zlib cannot inflate, or that stops early, or none) is refused with depthkit's message saying what is wrong, and
+    nothing else on stderr (OpenCV printed "libpng error: IDAT: CRC error", "... incorrect data check", "Not enough
+    image data")."""
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    io.write_depth_png16(tmp_path / "d.png", rng.uniform(0.5, 60.0, (120, 160)).astype(np.float32), scale=1000)
+    capfd.readouterr()
+    for name, read, what in (("rgb.png", io.read_image, "image"), ("d.png", io.read_depth, "depth PNG")):
+        chunks = _png_chunks((tmp_path / name).read_bytes())
+        stream = b"".join(body for kind, body in chunks if kind == b"IDAT")
+        head, end = [c for c in chunks if c[0] not in (b"IDAT", b"IEND")], [(b"IEND", b"")]
+        at = 8 + sum(12 + len(body) for _, body in head)  # where the one IDAT chunk starts
+        flipped = stream[:len(stream) // 2] + bytes([stream[len(stream) // 2] ^ 0x55]) + stream[len(stream) // 2 + 1:]
+        data = {"IDAT changed": _png_bytes(head + [(b"IDAT", flipped)] + end, bad_crc=len(head)),
+                "IDAT changed, CRC remade": _png_bytes(head + [(b"IDAT", flipped)] + end),
+                "image data cut": _png_bytes(head + [(b"IDAT", stream[:len(stream) // 2])] + end),
+                "no IDAT": _png_bytes(head + end)}[damage]
+        said = {"IDAT changed": f"its IDAT chunk at byte {at} fails its CRC check",
+                "IDAT changed, CRC remade": f"its image data does not inflate: zlib finds an incorrect data check in "
+                                            f"its IDAT chunk at byte {at}",
+                "image data cut": "its image data (the IDAT chunks) stops before the end of its compressed stream",
+                "no IDAT": "it has no image data: no IDAT chunk"}[damage]
+        (tmp_path / f"bad_{name}").write_bytes(data)
+        with pytest.raises(ValueError) as err:
+            read(tmp_path / f"bad_{name}")
+        assert str(err.value).startswith(f"could not decode {what} {tmp_path / f'bad_{name}'}: the file is a "
+                                         f"truncated or damaged PNG ({said}"), str(err.value)
+        assert str(err.value).endswith("Copy or export it again.")
+        assert capfd.readouterr().err == ""
+        (tmp_path / f"ok_{name}").write_bytes(_png_bytes(head + [(b"IDAT", stream)] + end))
+        assert read(tmp_path / f"ok_{name}").shape[:2] == (120, 160)  # the same chunks, undamaged, read
+    assert capfd.readouterr().err == ""
+
+
+def test_a_damaged_ancillary_png_chunk_is_left_out_with_a_warning(tmp_path, capfd):
+    """An ancillary chunk failing its CRC is left out, as libpng would, but without libpng's stderr line: the pixels
+    are read whole, a DepthkitWarning names the chunk, and a whole depth_scale text chunk beside it is still used
+    (Pillow, which reads it, refuses the whole file for the bad chunk). A damaged depth_scale chunk itself is said to
+    be lost, and the depth then needs its scale given."""
+    depth = np.random.default_rng(2).uniform(0.5, 60.0, (40, 50)).astype(np.float32)
+    io.write_depth_png16(tmp_path / "d.png", depth, scale=1000)
+    chunks = _png_chunks((tmp_path / "d.png").read_bytes())
+    text = [i for i, (kind, body) in enumerate(chunks) if kind == b"tEXt" and body.startswith(b"depth_scale")]
+    assert len(text) == 1
+    capfd.readouterr()
+    (tmp_path / "time.png").write_bytes(_png_bytes(chunks[:1] + [(b"tIME", bytes(7))] + chunks[1:], bad_crc=1))
+    with pytest.warns(io.DepthkitWarning) as said:
+        back = io.read_depth(tmp_path / "time.png")  # no scale given: the recorded one is used
+    np.testing.assert_allclose(back, depth, atol=5e-4)
+    assert [str(w.message) for w in said] == ["time.png: left out 1 damaged ancillary PNG chunk (failed CRC: tIME at "
+                                              "byte 33); the pixels are whole."]
+    (tmp_path / "text.png").write_bytes(_png_bytes(chunks, bad_crc=text[0]))
+    with pytest.warns(io.DepthkitWarning, match="A depth_scale recorded in a text chunk so lost is not used"):
+        with pytest.raises(ValueError, match="depth-scale"):
+            io.read_depth(tmp_path / "text.png")
+    with pytest.warns(io.DepthkitWarning, match=r"failed CRC: tEXt at byte \d+\); the pixels are whole"):
+        np.testing.assert_allclose(io.read_depth(tmp_path / "text.png", depth_scale=1000), depth, atol=5e-4)
+    with pytest.warns(io.DepthkitWarning, match=r"failed CRC: tIME at byte 33\); the pixels are whole\.$"):
+        assert io.read_image(tmp_path / "time.png").shape == (40, 50, 3)
     assert capfd.readouterr().err == ""
 
 
@@ -219,6 +305,29 @@ def test_resize_sparse_keeps_points_single_pixels():
     with pytest.warns(io.DepthkitWarning, match="2 of 2 measured points .* merged .* leaving 1 point[.]"):
         down = io.resize_sparse(np.array([[3.0, 1.0], [0.0, 0.0]], np.float32), (1, 1))
     assert down.tolist() == [[1.0]]  # collision: nearest wins
+
+
+def test_a_pixel_centre_lands_where_exact_arithmetic_puts_it():
+    """The one pixel-centre map (sparse scattering and the completer's prompt coordinates both use it) equals
+    floor((r + 0.5) * H'/H) computed with exact fractions, including centres that land exactly on a pixel border,
+    where floating point put them one pixel early (7 -> 122 rows: row 3's centre 3.5 * 122/7 = 61 gave 60)."""
+    from fractions import Fraction
+
+    from depthkit.complete.processor import map_to_resized as from_processor
+    from depthkit.sparse_resize import map_to_resized
+
+    assert from_processor is map_to_resized
+    for (h, w), (h2, w2) in (((7, 11), (122, 30)), ((13, 10), (120, 164)), ((240, 320), (168, 252)), ((5, 5), (2, 3))):
+        rows, cols = np.arange(h).repeat(w), np.tile(np.arange(w), h)
+        want_r = [min(int((Fraction(2 * r + 1, 2) * Fraction(h2, h)).__floor__()), h2 - 1) for r in rows]
+        want_c = [min(int((Fraction(2 * c + 1, 2) * Fraction(w2, w)).__floor__()), w2 - 1) for c in cols]
+        got_r, got_c = map_to_resized(rows, cols, (h, w), (h2, w2))
+        assert got_r.tolist() == want_r and got_c.tolist() == want_c and got_r.dtype == np.int64
+    sparse = np.zeros((7, 11), np.float32)
+    sparse[3, 5] = 2.5
+    with pytest.warns(io.DepthkitWarning, match="aspect"):
+        moved = io.resize_sparse(sparse, (122, 30))
+    assert np.flatnonzero(moved).tolist() == [61 * 30 + 15]  # row 3.5 * 122/7 = 61, column 5.5 * 30/11 = 15
 
 
 def test_resize_sparse_counts_merged_points_unless_told_not_to():

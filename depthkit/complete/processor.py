@@ -17,7 +17,8 @@ Geometry (all sizes in pixels):
   branch's output is tokenised exactly like RGB. :func:`unpatchify_like_processor` is its inverse (first temporal
   copy) and :func:`rgb_from_pixel_values` recovers the resized [0, 1] RGB the vision tower saw.
 - :func:`map_to_resized` — which resized pixel an input pixel lands on (pixel-centre convention, as image
-  resampling uses); shared by sparse-map resizing and prompt coordinates.
+  resampling uses); defined in :mod:`depthkit.sparse_resize`, which scatters sparse maps with it, and re-exported
+  here for the prompt coordinates.
 - :func:`process_image_text` — the processor call for one RGB image and its text, channel format stated.
 
 Loading: :func:`load_processor` takes a local directory in the released layout (``preprocessor_config.json`` +
@@ -31,6 +32,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from depthkit.sparse_resize import map_to_resized
 
 # `SDIMProcessor` is also public; it is created on first access (module __getattr__) because defining it imports
 # transformers' processing stack (seconds).
@@ -210,19 +213,6 @@ def resized_size(height: int, width: int, processor) -> tuple[int, int]:
         raise ValueError(f"image size must be positive; got {height}x{width}.")
     return smart_resize(int(height), int(width), factor=g["patch_size"] * g["merge_size"],
                         min_pixels=g["min_pixels"], max_pixels=g["max_pixels"])
-
-
-def map_to_resized(rows, cols, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Resized-image pixel that contains the centre of each input pixel.
-
-    Pixel (r, c) of an HxW image has its centre at (r + 0.5, c + 0.5); scaled to H'xW' it falls in pixel
-    ``floor((r + 0.5) * H'/H)``, likewise for columns. When H' >= H and W' >= W this map is injective (distinct
-    input pixels never share a target). Returns int64 arrays (rows', cols').
-    """
-    (h, w), (h2, w2) = src_hw, dst_hw
-    r = np.floor((np.asarray(rows, dtype=np.float64) + 0.5) * (h2 / h)).astype(np.int64)
-    c = np.floor((np.asarray(cols, dtype=np.float64) + 0.5) * (w2 / w)).astype(np.int64)
-    return np.clip(r, 0, h2 - 1), np.clip(c, 0, w2 - 1)
 
 
 def _as_tensor(x):

@@ -25,9 +25,10 @@ class DatasetLayoutError(ValueError):
 
 
 def _decode(path: Path, what: str) -> np.ndarray | None:
-    """:func:`depthkit.decode.decode_image_file`, its cut-short-PNG error a :class:`DatasetLayoutError`."""
+    """:func:`depthkit.decode.decode_image_file`, its damaged-PNG error a :class:`DatasetLayoutError`. An ancillary
+    chunk left out for a failed CRC is not said: a dataset's depth units are its layout's, not read from the file."""
     try:
-        return decode_image_file(path, what)
+        return decode_image_file(path, what)[0]
     except ValueError as err:
         raise DatasetLayoutError(str(err)) from None
 
