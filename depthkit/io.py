@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.decode import PNG_SIGNATURE, check_png, decode_image_file
+from depthkit.decode import decode_image_file, pil_source
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
@@ -92,16 +92,18 @@ def read_image(path) -> np.ndarray:
 
 
 def _decode_file(path: Path, what: str) -> np.ndarray | None:
-    """:func:`depthkit.decode.decode_image_file`, warning about any ancillary PNG chunk left out for a failed CRC."""
-    img, dropped = decode_image_file(path, what)
-    if dropped:
+    """:func:`depthkit.decode.decode_image_file`, warning about the PNG chunks it ignored for a failed CRC."""
+    img, ignored = decode_image_file(path, what)
+    if ignored:
         import warnings
 
-        text = [d for d in dropped if d.split()[0] in ("tEXt", "iTXt", "zTXt")]
+        text = [d for d in ignored if d.split()[0] in ("tEXt", "iTXt", "zTXt")]
         lost = (" A depth_scale recorded in a text chunk so lost is not used: give the file's scale (--depth-scale) "
                 "if it had one." if text and what == "depth PNG" else "")
-        warnings.warn(f"{path.name}: left out {len(dropped)} damaged ancillary PNG chunk{'s' if len(dropped) > 1 else ''} "
-                      f"(failed CRC: {', '.join(dropped)}); the pixels are whole.{lost}", DepthkitWarning, stacklevel=3)
+        many = len(ignored) > 1
+        warnings.warn(f"{path.name}: ignored {len(ignored)} PNG chunk{'s' if many else ''} that hold{'' if many else 's'} "
+                      f"no pixels and failed {'their' if many else 'its'} CRC check ({', '.join(ignored)}); the pixels "
+                      f"are whole.{lost}", DepthkitWarning, stacklevel=3)
     return img
 
 
@@ -250,17 +252,12 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
 
 def png_depth_scale(path) -> float | None:
     """The units per metre recorded in a depth PNG's ``depth_scale`` text chunk, or None when it has none (or the
-    chunk is damaged). Ancillary chunks that fail their CRC are left out first, as the decoder does
-    (:func:`depthkit.decode.check_png`), so a damaged colour profile does not hide a whole text chunk."""
-    from io import BytesIO
-
+    chunk is damaged). Chunks that fail their CRC are left out first, as the decoder does
+    (:func:`depthkit.decode.pil_source`), so a damaged colour profile does not hide a whole text chunk."""
     from PIL import Image
 
     try:
-        data = Path(path).read_bytes()
-        if data.startswith(PNG_SIGNATURE):
-            data = check_png(data).data
-        with Image.open(BytesIO(data)) as im:
+        with Image.open(pil_source(path)) as im:
             value = getattr(im, "text", {}).get(PNG_SCALE_KEY)
         return float(value) if value is not None else None
     except (OSError, ValueError):

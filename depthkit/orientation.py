@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from depthkit.decode import pil_source
+
 __all__ = ["ORIENTATIONS", "decode_tagged_tiff", "exif_orientation", "image_size", "upright"]
 
 _EXIF_ORIENTATION = 0x0112
@@ -28,7 +30,7 @@ def exif_orientation(path) -> int:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(pil_source(path)) as im:
             return _tag(im)
     except Exception:  # not readable by PIL (cv2 decoded it): no EXIF to honour
         return 1
@@ -41,7 +43,7 @@ def image_size(path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(pil_source(path)) as im:
             (w, h), tag, tiff = im.size, _tag(im), im.format == "TIFF"
     except Exception:  # not readable by PIL: read_image decides
         return None

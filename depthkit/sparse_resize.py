@@ -14,6 +14,19 @@ import numpy as np
 __all__ = ["map_to_resized", "scatter_points"]
 
 
+def _pixel_indices(values, what: str) -> np.ndarray:
+    """``values`` as int64 pixel indices; floats are accepted only when whole (never truncated silently)."""
+    a = np.asarray(values)
+    if not np.issubdtype(a.dtype, np.integer):
+        whole = np.isfinite(a) & (a == np.floor(a)) if np.issubdtype(a.dtype, np.floating) else np.zeros(a.shape, bool)
+        if not whole.all():
+            bad = a[~whole].ravel()[0]
+            bad = bad.item() if isinstance(bad, np.generic) else bad
+            raise ValueError(f"{what} must be whole pixel indices; received {a.dtype} values such as {bad!r}. Pass "
+                             "integer row and column indices.")
+    return a.astype(np.int64)
+
+
 def map_to_resized(rows, cols, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Resized-image pixel that contains the centre of each input pixel.
 
@@ -24,8 +37,8 @@ def map_to_resized(rows, cols, src_hw: tuple[int, int], dst_hw: tuple[int, int])
     pixel indices; returns int64 arrays (rows', cols').
     """
     (h, w), (h2, w2) = (int(v) for v in src_hw), (int(v) for v in dst_hw)
-    r = (2 * np.asarray(rows, dtype=np.int64) + 1) * h2 // (2 * h)
-    c = (2 * np.asarray(cols, dtype=np.int64) + 1) * w2 // (2 * w)
+    r = (2 * _pixel_indices(rows, "rows") + 1) * h2 // (2 * h)
+    c = (2 * _pixel_indices(cols, "cols") + 1) * w2 // (2 * w)
     return np.clip(r, 0, h2 - 1), np.clip(c, 0, w2 - 1)
 
 

@@ -122,32 +122,136 @@ def test_a_damaged_whole_png_gets_depthkit_s_error_alone(tmp_path, capfd, damage
     assert capfd.readouterr().err == ""
 
 
-def test_a_damaged_ancillary_png_chunk_is_left_out_with_a_warning(tmp_path, capfd):
-    """An ancillary chunk failing its CRC is left out, as libpng would, but without libpng's stderr line: the pixels
-    are read whole, a DepthkitWarning names the chunk, and a whole depth_scale text chunk beside it is still used
-    (Pillow, which reads it, refuses the whole file for the bad chunk). A damaged depth_scale chunk itself is said to
-    be lost, and the depth then needs its scale given."""
+def test_png_chunks_without_pixels_failing_their_crc_are_ignored_with_a_warning(tmp_path, capfd):
+    """A chunk that holds no pixels and fails its CRC (an ancillary chunk, the optional PLTE of a true-colour image,
+    an empty IEND) is ignored, as libpng would, but without libpng's stderr line: the pixels are read whole, a
+    DepthkitWarning names the chunk, and a whole depth_scale text chunk or EXIF orientation beside it is still used
+    (Pillow, which reads them, refuses the whole file for the bad chunk). A damaged depth_scale chunk itself is said
+    to be lost, and the depth then needs its scale given."""
+    from PIL import Image
+
     depth = np.random.default_rng(2).uniform(0.5, 60.0, (40, 50)).astype(np.float32)
     io.write_depth_png16(tmp_path / "d.png", depth, scale=1000)
     chunks = _png_chunks((tmp_path / "d.png").read_bytes())
     text = [i for i, (kind, body) in enumerate(chunks) if kind == b"tEXt" and body.startswith(b"depth_scale")]
-    assert len(text) == 1
+    assert len(text) == 1 and chunks[-1] == (b"IEND", b"")
     capfd.readouterr()
+    one = "{} PNG chunk that holds no pixels and failed its CRC check ({} at byte {}); the pixels are whole."
     (tmp_path / "time.png").write_bytes(_png_bytes(chunks[:1] + [(b"tIME", bytes(7))] + chunks[1:], bad_crc=1))
     with pytest.warns(io.DepthkitWarning) as said:
         back = io.read_depth(tmp_path / "time.png")  # no scale given: the recorded one is used
     np.testing.assert_allclose(back, depth, atol=5e-4)
-    assert [str(w.message) for w in said] == ["time.png: left out 1 damaged ancillary PNG chunk (failed CRC: tIME at "
-                                              "byte 33); the pixels are whole."]
+    assert [str(w.message) for w in said] == ["time.png: ignored 1 " + one.format("", "tIME", 33)[1:]]
     (tmp_path / "text.png").write_bytes(_png_bytes(chunks, bad_crc=text[0]))
     with pytest.warns(io.DepthkitWarning, match="A depth_scale recorded in a text chunk so lost is not used"):
         with pytest.raises(ValueError, match="depth-scale"):
             io.read_depth(tmp_path / "text.png")
-    with pytest.warns(io.DepthkitWarning, match=r"failed CRC: tEXt at byte \d+\); the pixels are whole"):
+    with pytest.warns(io.DepthkitWarning, match=r"\(tEXt at byte \d+\); the pixels are whole"):
         np.testing.assert_allclose(io.read_depth(tmp_path / "text.png", depth_scale=1000), depth, atol=5e-4)
-    with pytest.warns(io.DepthkitWarning, match=r"failed CRC: tIME at byte 33\); the pixels are whole\.$"):
+    with pytest.warns(io.DepthkitWarning, match=r"\(tIME at byte 33\); the pixels are whole\.$"):
         assert io.read_image(tmp_path / "time.png").shape == (40, 50, 3)
+    end = 8 + sum(12 + len(body) for _, body in chunks[:-1])
+    (tmp_path / "iend.png").write_bytes(_png_bytes(chunks, bad_crc=len(chunks) - 1))
+    with pytest.warns(io.DepthkitWarning, match=rf"\(IEND at byte {end}\); the pixels are whole\.$"):
+        np.testing.assert_allclose(io.read_depth(tmp_path / "iend.png"), depth, atol=5e-4)
+
+    rgb = np.random.default_rng(3).integers(0, 255, (30, 20, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    colour = _png_chunks((tmp_path / "rgb.png").read_bytes())
+    assert colour[0][1][9] == 2  # a true-colour image: a PLTE is only a suggested palette
+    (tmp_path / "plte.png").write_bytes(_png_bytes(colour[:1] + [(b"PLTE", bytes(6))] + colour[1:], bad_crc=1))
+    with pytest.warns(io.DepthkitWarning, match=r"\(PLTE at byte 33\)"):
+        np.testing.assert_array_equal(io.read_image(tmp_path / "plte.png"), rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: read rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "exif.png", exif=exif)
+    tagged = _png_chunks((tmp_path / "exif.png").read_bytes())
+    (tmp_path / "exif_time.png").write_bytes(_png_bytes(tagged[:1] + [(b"tIME", bytes(7))] + tagged[1:], bad_crc=1))
+    with pytest.warns(io.DepthkitWarning) as said:
+        np.testing.assert_array_equal(io.read_image(tmp_path / "exif_time.png"), np.rot90(rgb, -1))
+    assert [str(w.message).split(";")[0] for w in said] == [
+        "exif_time.png: ignored 1 PNG chunk that holds no pixels and failed its CRC check (tIME at byte 33)",
+        "exif_time.png: applied its EXIF orientation 6 (rotated 90 degrees clockwise)"]
     assert capfd.readouterr().err == ""
+
+
+def test_a_broken_apng_animation_is_read_as_its_default_image(tmp_path, capfd):
+    """An APNG whose frame control fails its CRC is read as its default image (frame 0, grey 60), the animation
+    control left out with the bad chunk, silently on stderr; without that, OpenCV read frame 1 (grey 120)."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((12, 16), v, np.uint8)) for v in (60, 120)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+    chunks = _png_chunks((tmp_path / "anim.png").read_bytes())
+    kinds = [kind for kind, _ in chunks]
+    assert kinds.count(b"fcTL") == 2 and b"acTL" in kinds and kinds.index(b"fcTL") < kinds.index(b"IDAT")
+    capfd.readouterr()
+    (tmp_path / "bad.png").write_bytes(_png_bytes(chunks, bad_crc=kinds.index(b"fcTL")))
+    with pytest.warns(io.DepthkitWarning, match=r"\(fcTL at byte \d+, acTL at byte \d+ \(the animation: its "
+                                                r"default image is read\)\)"):
+        assert (io.read_image(tmp_path / "bad.png") == 60).all()
+    assert capfd.readouterr().err == ""
+
+
+def test_an_image_opencv_raises_on_is_a_value_error_naming_the_file(tmp_path):
+    """OpenCV raises cv2.error (not None) for a header beyond its pixel limit; depthkit says it as a ValueError that
+    names the file (a BMP whose header claims 40000x40000 pixels)."""
+    cv2.imwrite(str(tmp_path / "s.bmp"), np.zeros((4, 4, 3), np.uint8))
+    data = bytearray((tmp_path / "s.bmp").read_bytes())
+    data[18:26] = struct.pack("<ii", 40000, 40000)  # BITMAPINFOHEADER width, height
+    (tmp_path / "big.bmp").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"could not decode image {tmp_path / 'big.bmp'}: OpenCV refused it \(.*"
+                                         r"CV_IO_MAX_IMAGE_PIXELS.*\)\.$"):
+        io.read_image(tmp_path / "big.bmp")
+
+
+def _grey_png(h: int = 10, w: int = 20, rows: int | None = None, depth: int = 8, colour: int = 0,
+              filters: dict | None = None) -> list[tuple[bytes, bytes]]:
+    """Chunks of an 8-bit grey h x w PNG built by the test (IHDR, one IDAT of ``rows`` scan lines, IEND); ``filters``
+    sets the filter byte of given scan lines."""
+    raw = b"".join(bytes([(filters or {}).get(r, 0)]) + bytes(range(r, r + w)) for r in range(h if rows is None
+                                                                                             else rows))
+    return [(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)), (b"IDAT", zlib.compress(raw)),
+            (b"IEND", b"")]
+
+
+@pytest.mark.parametrize("case, said", [
+    ("bit depth 3", "its header gives bit depth 3 for colour type 0, which PNG does not define"),
+    ("interlace 2", "its header gives compression 0, filter 0 and interlace 2 methods"),
+    ("too large", "it is 40000x40000 pixels, more than OpenCV decodes"),
+    ("unknown critical", "its ABCD chunk at byte 33 is a critical chunk no PNG decoder knows"),
+    ("not letters", "the chunk at byte 33 has type 'a1b2', not four letters"),
+    ("second IHDR", "it has a second IHDR chunk, at byte 33"),
+    ("IDAT split", "its IDAT chunks are not consecutive"),
+    ("palette without PLTE", "it is a palette image without the PLTE chunk that holds its palette"),
+    ("bad filter", "scan line 3 of its image data starts with filter type 7; PNG defines 0-4"),
+    ("too few rows", "its image data holds 168 bytes where its header's size needs 210"),
+])
+def test_a_malformed_png_is_refused_with_what_is_wrong(tmp_path, capfd, case, said):
+    """Malformed PNGs whose CRCs all match (a writer's bug or a crafted file) are refused with depthkit's message
+    saying what is wrong, and nothing on stderr; OpenCV printed a libpng error for each (or raised cv2.error for a
+    size it will not decode)."""
+    good = _grey_png()
+    head, idat, end = good
+    chunks = {"bit depth 3": [(b"IHDR", head[1][:8] + bytes([3]) + head[1][9:])] + good[1:],
+              "interlace 2": [(b"IHDR", head[1][:12] + bytes([2]))] + good[1:],
+              "too large": [(b"IHDR", struct.pack(">II", 40000, 40000) + head[1][8:])] + good[1:],
+              "unknown critical": [head, (b"ABCD", b"x"), idat, end],
+              "not letters": [head, (b"a1b2", b"x"), idat, end],
+              "second IHDR": [head, head, idat, end],
+              "IDAT split": [head, (b"IDAT", idat[1][:9]), (b"tEXt", b"a\x00b"), (b"IDAT", idat[1][9:]), end],
+              "palette without PLTE": _grey_png(colour=3),
+              "bad filter": _grey_png(filters={3: 7}),
+              "too few rows": _grey_png(rows=8)}[case]
+    (tmp_path / "x.png").write_bytes(_png_bytes(chunks))
+    (tmp_path / "ok.png").write_bytes(_png_bytes(good))
+    capfd.readouterr()
+    with pytest.raises(ValueError) as err:
+        io.read_image(tmp_path / "x.png")
+    assert str(err.value).startswith(f"could not decode image {tmp_path / 'x.png'}: the file is a truncated or "
+                                     f"damaged PNG ({said}"), str(err.value)
+    assert capfd.readouterr().err == ""
+    assert io.read_image(tmp_path / "ok.png")[:, :, 0].tolist() == [list(range(r, r + 20)) for r in range(10)]
 
 
 def test_depth_png16_roundtrip_is_exact_at_scale(tmp_path):
@@ -323,6 +427,9 @@ def test_a_pixel_centre_lands_where_exact_arithmetic_puts_it():
         want_c = [min(int((Fraction(2 * c + 1, 2) * Fraction(w2, w)).__floor__()), w2 - 1) for c in cols]
         got_r, got_c = map_to_resized(rows, cols, (h, w), (h2, w2))
         assert got_r.tolist() == want_r and got_c.tolist() == want_c and got_r.dtype == np.int64
+    assert [a.tolist() for a in map_to_resized(np.array([3.0]), [5], (7, 11), (122, 30))] == [[61], [15]]
+    with pytest.raises(ValueError, match=r"rows must be whole pixel indices; received float64 values such as 2\.7"):
+        map_to_resized([2.7], [0], (10, 10), (20, 20))  # never truncated silently
     sparse = np.zeros((7, 11), np.float32)
     sparse[3, 5] = 2.5
     with pytest.warns(io.DepthkitWarning, match="aspect"):
