@@ -19,16 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.decode import decode_image_file, pil_source
+from depthkit.decode import decode_image_file
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
-from depthkit.png_scale import PNG_SCALES, choose_png_scale, fitting_png_scale, keeps_every_pixel  # noqa: F401  (PNG_SCALES: public)
+from depthkit.png_scale import (  # noqa: F401  (PNG_SCALES, PNG_SCALE_KEY, png_depth_scale: public here too)
+    PNG_SCALE_KEY,
+    PNG_SCALES,
+    choose_png_scale,
+    fitting_png_scale,
+    keeps_every_pixel,
+    png_depth_scale,
+)
 from depthkit.sparse_resize import scatter_points
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_SUFFIXES = (".npy", ".png")
-PNG_SCALE_KEY = "depth_scale"
 LIKELY_NOT_METRES = 500.0
 """A float depth map whose median valid value exceeds this many 'metres' is almost surely in another unit."""
 LIKELY_NOT_DEPTH = 1.0e6  # ... and beyond this, no common unit explains it (1 km as millimetres): not depth, or µm
@@ -248,20 +254,6 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
         f"unsupported depth file {path.name!r}: allowed are .npy (float metres, or integers with a depth scale) and "
         "16-bit .png with a depth scale."
     )
-
-
-def png_depth_scale(path) -> float | None:
-    """The units per metre recorded in a depth PNG's ``depth_scale`` text chunk, or None when it has none (or the
-    chunk is damaged). Chunks that fail their CRC are left out first, as the decoder does
-    (:func:`depthkit.decode.pil_source`), so a damaged colour profile does not hide a whole text chunk."""
-    from PIL import Image
-
-    try:
-        with Image.open(pil_source(path)) as im:
-            value = getattr(im, "text", {}).get(PNG_SCALE_KEY)
-        return float(value) if value is not None else None
-    except (OSError, ValueError):
-        return None
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""The scale (units per metre) of a 16-bit depth PNG: chosen to fit, or a user's checked (:func:`choose_png_scale`).
+"""The scale (units per metre) of a 16-bit depth PNG: chosen to fit, or a user's checked (:func:`choose_png_scale`),
+and the one a file records (:func:`png_depth_scale`).
 
 A PNG stores ``round(depth * scale)`` in 0-65535 with 0 = missing, so a scale is refused when the deepest pixel does
 not fit or when valid pixels would round to 0 although a fitting scale keeps them; messages suggest one that works.
@@ -10,7 +11,12 @@ import math
 
 import numpy as np
 
-__all__ = ["PNG_SCALES", "choose_png_scale", "fitting_png_scale", "keeps_every_pixel"]
+from depthkit.decode import pil_source
+
+__all__ = ["PNG_SCALE_KEY", "PNG_SCALES", "choose_png_scale", "fitting_png_scale", "keeps_every_pixel", "png_depth_scale"]
+
+PNG_SCALE_KEY = "depth_scale"
+"""The text chunk of a depth PNG that records its units per metre."""
 
 PNG_SCALES = (1000.0, 256.0, 100.0, 10.0, 1.0)
 """Units per metre tried, in order, when a 16-bit PNG's scale is chosen automatically (1000 = millimetres fits
@@ -80,3 +86,17 @@ def fitting_png_scale(top: float) -> float:
         return PNG_SCALES[0]
     k = math.floor(math.log10(65535 / top))  # may round up just above a power of ten: then the decade below
     return next(m * 10.0**j for j in (k, k - 1) for m in (5, 2, 1) if m * 10.0**j <= 65535 / top)
+
+
+def png_depth_scale(path) -> float | None:
+    """The units per metre recorded in a depth PNG's ``depth_scale`` text chunk, or None when it has none (or the
+    chunk is damaged). Chunks that fail their CRC are left out first, as the decoder does
+    (:func:`depthkit.decode.pil_source`), so a damaged colour profile does not hide a whole text chunk."""
+    from PIL import Image
+
+    try:
+        with Image.open(pil_source(path)) as im:
+            value = getattr(im, "text", {}).get(PNG_SCALE_KEY)
+        return float(value) if value is not None else None
+    except (OSError, ValueError):
+        return None
