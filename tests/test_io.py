@@ -175,6 +175,22 @@ def test_png_chunks_without_pixels_failing_their_crc_are_ignored_with_a_warning(
     assert capfd.readouterr().err == ""
 
 
+def test_png_metadata_never_reaches_the_decoder(tmp_path, capfd):
+    """Metadata chunks whose CRCs match but whose content is malformed (a pHYs of 5 bytes, a zTXt that does not
+    inflate) are not given to OpenCV, which printed libpng's "pHYs: too short" / "zTXt: ..." warnings for them, nor
+    are a PLTE and a tRNS that libpng would ignore (forbidden in a grey image; a tRNS of a colour image's size): the
+    image reads the same as without them, with nothing on stderr and no warning (nothing in them was damaged)."""
+    good = _grey_png()
+    (tmp_path / "ok.png").write_bytes(_png_bytes(good))
+    (tmp_path / "meta.png").write_bytes(_png_bytes(good[:1] + [(b"pHYs", bytes(5)), (b"zTXt", b"k\x00\x00junk"),
+                                                                (b"PLTE", bytes(6)), (b"tRNS", bytes(6))] + good[1:]))
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(io.read_image(tmp_path / "meta.png"), io.read_image(tmp_path / "ok.png"))
+    assert capfd.readouterr().err == ""
+
+
 def test_a_broken_apng_animation_is_read_as_its_default_image(tmp_path, capfd):
     """An APNG whose frame control fails its CRC is read as its default image (frame 0, grey 60), the animation
     control left out with the bad chunk, silently on stderr; without that, OpenCV read frame 1 (grey 120)."""
@@ -224,6 +240,7 @@ def _grey_png(h: int = 10, w: int = 20, rows: int | None = None, depth: int = 8,
     ("second IHDR", "it has a second IHDR chunk, at byte 33"),
     ("IDAT split", "its IDAT chunks are not consecutive"),
     ("palette without PLTE", "it is a palette image without the PLTE chunk that holds its palette"),
+    ("PLTE of 7 bytes", "its PLTE chunk holds 7 bytes, not the 1-256 three-byte colours its bit depth 8 allows"),
     ("bad filter", "scan line 3 of its image data starts with filter type 7; PNG defines 0-4"),
     ("too few rows", "its image data holds 168 bytes where its header's size needs 210"),
 ])
@@ -241,6 +258,7 @@ def test_a_malformed_png_is_refused_with_what_is_wrong(tmp_path, capfd, case, sa
               "second IHDR": [head, head, idat, end],
               "IDAT split": [head, (b"IDAT", idat[1][:9]), (b"tEXt", b"a\x00b"), (b"IDAT", idat[1][9:]), end],
               "palette without PLTE": _grey_png(colour=3),
+              "PLTE of 7 bytes": [_grey_png(colour=3)[0], (b"PLTE", bytes(7))] + _grey_png(colour=3)[1:],
               "bad filter": _grey_png(filters={3: 7}),
               "too few rows": _grey_png(rows=8)}[case]
     (tmp_path / "x.png").write_bytes(_png_bytes(chunks))
