@@ -221,6 +221,20 @@ def test_an_image_opencv_raises_on_is_a_value_error_naming_the_file(tmp_path):
         io.read_image(tmp_path / "big.bmp")
 
 
+def test_an_interlaced_png_is_sized_pass_by_pass(tmp_path, capfd):
+    """An Adam7 (interlaced) 8-bit grey 5x3 image holds 22 bytes of image data, counted by hand pass by pass (scan
+    lines of 1 + width bytes: 2 + 2 + 0 + 2 + 4 + 2x3 + 6), not the 18 of three 6-byte rows: 22 read silently,
+    21 are refused saying so."""
+    ihdr = (b"IHDR", struct.pack(">IIBBBBB", 5, 3, 8, 0, 0, 0, 1))
+    (tmp_path / "ok.png").write_bytes(_png_bytes([ihdr, (b"IDAT", zlib.compress(bytes(22))), (b"IEND", b"")]))
+    (tmp_path / "short.png").write_bytes(_png_bytes([ihdr, (b"IDAT", zlib.compress(bytes(21))), (b"IEND", b"")]))
+    capfd.readouterr()
+    assert (io.read_image(tmp_path / "ok.png") == 0).all() and io.read_image(tmp_path / "ok.png").shape == (3, 5, 3)
+    with pytest.raises(ValueError, match="its image data holds 21 bytes where its header's size needs 22"):
+        io.read_image(tmp_path / "short.png")
+    assert capfd.readouterr().err == ""
+
+
 def _grey_png(h: int = 10, w: int = 20, rows: int | None = None, depth: int = 8, colour: int = 0,
               filters: dict | None = None) -> list[tuple[bytes, bytes]]:
     """Chunks of an 8-bit grey h x w PNG built by the test (IHDR, one IDAT of ``rows`` scan lines, IEND); ``filters``
