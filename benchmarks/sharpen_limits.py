@@ -29,6 +29,11 @@ accuracy (px):
   the reference for how much they leave to gain. Not a strict bound: where the distance weight is fractional, an
   output beyond the GT (within the range clip) could land nearer to it after the mix.
 
+With ``--gt-round-trip`` a seventh map, ``GT through the VAE``: the GT (holes filled with the input) normalised,
+encoded and decoded by the depth VAE alone, as ``VAE round trip`` does with the input. No Lotus or sharpener that
+decodes through this VAE gets sharper edges than these, so it says whether the VAE or the UNet keeps a tiny Lotus
+blunt.
+
 With ``--near-px PX`` every map is also scored within PX pixels of a measured pixel ("near") and beyond ("far"),
 each over its own pixels and the frame's edges that lie in it (e.g. 8: a LiDAR's beams and the rows above them).
 
@@ -52,6 +57,8 @@ from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
 MAPS = ("input", "VAE round trip", "Lotus, affine to GT", "sharpened", "sharpened, no limits", "GT under the limits")
+GT_ROUND_TRIP = "GT through the VAE"
+"""The map ``--gt-round-trip`` adds: the GT (holes filled with the input) through the depth VAE alone."""
 
 
 def affine_to(pred, target, valid):
@@ -78,8 +85,9 @@ def region_scores(pred, gt, region, gt_edges) -> dict[str, float]:
 
 
 def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: int | None,
-                near_px: float | None = None) -> dict:
-    """The maps of :data:`MAPS` for one scene (``metric`` the metric input, HxW metres) → ``{map: {"mae",
+                near_px: float | None = None, gt_round_trip: bool = False) -> dict:
+    """The maps of :data:`MAPS` (and :data:`GT_ROUND_TRIP` with ``gt_round_trip``) for one scene (``metric`` the
+    metric input, HxW metres) → ``{map: {"mae",
     "dbe_acc"}}``; with ``near_px`` also ``near_mae``, ``near_dbe_acc`` (pixels within ``near_px`` of a measured
     pixel, input size) and ``far_mae``, ``far_dbe_acc`` (the rest; e.g. above a LiDAR's beams)."""
     import numpy as np
@@ -103,6 +111,10 @@ def score_scene(sharpdepth, image, gt, sparse, metric, processing_resolution: in
             "Lotus, affine to GT": affine_to(out["lotus"][0, 0].float().numpy(), gt, valid),
             "sharpened": out["depth"][0, 0].float().numpy(), "sharpened, no limits": as_map(out["free"]),
             "GT under the limits": as_map(oracle)}
+    if gt_round_trip:  # the same call with the GT as its input: its "autoencoded" map is the GT's round trip
+        filled = depth_tensor(np.where(valid, gt, metric))
+        maps[GT_ROUND_TRIP] = sharpdepth.sharpen_tensors(image_to_tensor(image), filled, sp, processing_resolution,
+                                                         autoencoded=True)["autoencoded"][0, 0].float().numpy()
     everywhere, gt_edges = np.ones(gt.shape, bool), depth_edges(gt, valid=valid)
     rows = {name: region_scores(pred, gt, everywhere, gt_edges) for name, pred in maps.items()}
     if near_px is not None:
@@ -149,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--near-px", type=_near_px, default=None, metavar="PX",
                    help="also score each map within PX pixels of a measured pixel and beyond (e.g. 8: a LiDAR's "
                         "beams and the rows above them)")
+    p.add_argument("--gt-round-trip", action="store_true",
+                   help="also score the GT (holes filled with the input) through the depth VAE alone: the edge "
+                        "ceiling of any Lotus or sharpener decoding through that VAE")
     add_scene_options(p, "test", 8, "random500", OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
@@ -172,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         source = lambda image, sparse, name: guided(image, sparse)  # noqa: E731
     metric = MetricCache(source, args.work_dir)
     per_scene, mean = {}, {}
+    names = MAPS + ((GT_ROUND_TRIP,) if args.gt_round_trip else ())
     for pattern in patterns:
         kind, kwargs = SYNTHETIC_PATTERNS[pattern]
         data = SyntheticDataset(split="test", length=args.scenes, sparse_pattern=kind, sparse_kwargs=kwargs)
@@ -180,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
             sample = data[i]
             d = metric(sample["image"], sample["sparse"], f"test_{pattern}_{i}_{args.metric}")
             rows.append(score_scene(sharpdepth, sample["image"], sample["depth"], sample["sparse"], d,
-                                    stage.processing_side(sample["image"]), args.near_px))
+                                    stage.processing_side(sample["image"]), args.near_px, args.gt_round_trip))
             print(pattern, i, {k: (round(v["mae"], 3), round(v["dbe_acc"], 2)) for k, v in rows[-1].items()},
                   flush=True)
         per_scene[pattern] = rows
         resolution = stage.processing_side(sample["image"])  # every scene has the split's size
-        mean[pattern] = {name: {k: _nanmean([r[name][k] for r in rows]) for k in rows[0][name]} for name in MAPS}
+        mean[pattern] = {name: {k: _nanmean([r[name][k] for r in rows]) for k in rows[0][name]} for name in names}
     report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint),
               "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
               "command": "python benchmarks/sharpen_limits.py" + (" " + shlex.join(argv) if argv else ""),
               "scenes": args.scenes, "metric": args.metric, "processing_resolution": resolution,
-              "near_px": args.near_px,
+              "near_px": args.near_px, "gt_round_trip": args.gt_round_trip,
               "threads": args.threads, "mean": mean, "per_scene": per_scene}
     cfg = sharpdepth.config
     limits = {k: getattr(cfg, k) for k in LIMIT_FIELDS
@@ -201,19 +217,19 @@ def main(argv: list[str] | None = None) -> int:
              f"(240x320), metric input = {metric_name}, "
              f"processing resolution {resolution}, limits {limits}. MAE (m) / DBE accuracy (px), "
              "lower is better; change against the input in brackets.", "",
-             "| pattern | " + " | ".join(MAPS) + " |", "|---|" + "---:|" * len(MAPS)]
+             "| pattern | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for pattern, m in mean.items():
         base = m["input"]["mae"]
-        cells = [f"{m[n]['mae']:.3f} ({100 * (m[n]['mae'] / base - 1):+.0f} %) / {m[n]['dbe_acc']:.2f}" for n in MAPS]
+        cells = [f"{m[n]['mae']:.3f} ({100 * (m[n]['mae'] / base - 1):+.0f} %) / {m[n]['dbe_acc']:.2f}" for n in names]
         lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
     if args.near_px is not None:
         lines += ["", f"By region: within {args.near_px:g} px of a measured pixel (near) and beyond it (far), each "
                   "scored over its own pixels and the frame's edges in it; MAE (m) / DBE accuracy (px), mean over the "
                   "scenes whose region has GT edges for DBE (n/a: none has).", "",
-                  "| pattern | region | " + " | ".join(MAPS) + " |", "|---|---|" + "---:|" * len(MAPS)]
+                  "| pattern | region | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
         for pattern, m in mean.items():
             for part in ("near", "far"):
-                cells = [f"{m[n][part + '_mae']:.3f} / " + _num(m[n][part + "_dbe_acc"]) for n in MAPS]
+                cells = [f"{m[n][part + '_mae']:.3f} / " + _num(m[n][part + "_dbe_acc"]) for n in names]
                 lines.append(f"| {pattern} | {part} | " + " | ".join(cells) + " |")
     write_results(args.out, "sharpen_limits", report, lines)
     return 0

@@ -59,6 +59,14 @@ def test_runs_on_the_default_checkpoint_and_scores_its_metric_input(tmp_path):
         for part in ("near", "far"):  # the by-region table, from the same rows
             cells = next(line for line in md.splitlines() if line.startswith(f"| random100 | {part} |"))
             assert cells.split(" | ")[2] == f"{row['input'][part + '_mae']:.3f} / {row['input'][part + '_dbe_acc']:.2f}"
+    out = tmp_path / "round_trip"  # the GT through the VAE alone: nearer the GT than the input's round trip
+    assert sharpen_limits.main(["--scenes", "1", "--patterns", "random100", "--metric", "guided", "--gt-round-trip",
+                                "--out", str(out)]) == 0
+    report = json.loads((out / "sharpen_limits.json").read_text())
+    row = report["per_scene"]["random100"][0]
+    assert set(row) == set(sharpen_limits.MAPS) | {sharpen_limits.GT_ROUND_TRIP} and report["gt_round_trip"]
+    assert row[sharpen_limits.GT_ROUND_TRIP]["mae"] < 0.75 * row["VAE round trip"]["mae"], row  # 0.46 vs 0.80 m
+    assert f"| {sharpen_limits.GT_ROUND_TRIP} |" in (out / "sharpen_limits.md").read_text()
 
 
 def _band_sharpener_and_scene(tmp_path, height, width, pattern, sparse_kwargs):
