@@ -8,30 +8,37 @@ by :func:`check_png` before it is decoded from memory. Refused, with what is wro
 
 - a file cut short, or whose first chunk is not IHDR; an IHDR that is not a valid PNG header (size, bit depth for the
   colour type, methods); a chunk type that is not four letters, a critical chunk no PNG decoder knows, a second
-  IHDR, IDAT chunks that are not consecutive, a palette image without its PLTE;
+  IHDR, IDAT chunks split by another chunk before their stream ends, a palette image without its PLTE, or with two,
+  or with one that is not whole colours;
 - a critical chunk (IHDR, IDAT, IEND, or the PLTE of a palette image) whose CRC does not match its bytes;
-- image data (the IDAT stream) that zlib cannot inflate, that stops early, that holds fewer bytes than the header's
-  size needs, or whose scan lines start with an unknown filter type;
-- an image of more pixels than OpenCV decodes (``OPENCV_IO_MAX_IMAGE_PIXELS``, 2^30 unless set).
+- image data (the IDAT stream) that zlib cannot inflate (with the window its header gives, as libpng does), that
+  stops early, that holds fewer bytes than the header's size needs, or whose scan lines start with an unknown filter
+  type;
+- an image wider or taller than libpng decodes (1,000,000 pixels) or of more pixels than OpenCV decodes
+  (``OPENCV_IO_MAX_IMAGE_PIXELS``, 2^30 unless set).
 
-OpenCV is then given only the chunks that make the pixels (:data:`PIXEL_CHUNKS`: header, palette, transparency,
-image data, end, and APNG's frames), so the metadata never reaches libpng, which warns about malformed metadata (an
-ICC profile's rendering intent, a short pHYs) on stderr. Over the 6,906 PNG files on the project's machine, OpenCV
-decoded the same arrays from those chunks as from the whole files. Ignored and named for the caller to warn about,
-as libpng ignores them after a warning: a chunk that holds no pixels (text, colour profile, ...; the optional PLTE
-of a true-colour image) whose CRC does not match (when it belongs to an APNG animation, the animation control is
-left out too, so the default image is decoded), and the CRC of an empty IEND. :func:`pil_source` gives Pillow,
-which refuses a whole file for one such chunk and reads the metadata, the file less those chunks.
+OpenCV is then given only the chunks that make the still image (:data:`PIXEL_CHUNKS`: header, palette,
+transparency, image data, end), each where a decoder expects it, so nothing else reaches libpng, which warns about
+malformed metadata (an ICC profile's rendering intent, a short pHYs), a misplaced or out-of-range tRNS, or a stray
+IDAT on stderr. An APNG is read as its default image (the IDAT's), as a decoder of still images shows it. Over the
+6,906 PNG files on the project's machine, OpenCV decoded the same arrays from those chunks as from the whole files.
+Ignored and named for the caller to warn about, as libpng ignores them after a warning: a chunk that holds no part
+of the still image (text, colour profile, an APNG frame, the optional PLTE of a true-colour image) whose CRC does
+not match, and the CRC of an empty IEND (repaired). :func:`pil_source` gives Pillow, which refuses a whole file for
+one such chunk and reads the metadata, the file less those chunks.
 
-Left to the decoder, which warns on stderr and decodes the image whole: more image data than the header needs (a
-writer's bug, not damage).
-The check inflates the image data without keeping it, which takes about as long as OpenCV's decode: 0.13-0.21 s
-against 0.17-0.19 s for a 19 MB, 12-megapixel 16-bit PNG (one IDAT chunk or 2,323), a few milliseconds at 640x480.
+Bytes after the end of the image data's compressed stream are cut off (libpng warns about them and decodes the image
+whole). Left to the decoder, which warns on stderr and decodes the image whole: a stream that inflates to more bytes
+than the header needs (a writer's bug, not damage). A stream whose checksum fails is refused even where libpng, which
+stops inflating once it has every row, would decode it: its bytes are not what was written. The check inflates the image data without keeping it, which takes about as long as
+OpenCV's decode: 0.13-0.21 s against 0.17-0.19 s for a 19 MB, 12-megapixel 16-bit PNG (one IDAT chunk or 2,323),
+a few milliseconds at 640x480.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -43,15 +50,13 @@ import numpy as np
 __all__ = ["PIXEL_CHUNKS", "PNG_SIGNATURE", "PngCheck", "check_png", "decode_image_file", "pil_source"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_INFLATE_STEP = 1 << 22  # at most 4 MB of inflated image data held at once while checking
+PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
+"""The chunks OpenCV's decoder is given: those that make the still image (its default image, for an APNG)."""
 _CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
-_APNG = (b"acTL", b"fcTL", b"fdAT")
-PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND") + _APNG
-"""The chunks OpenCV's decoder is given: those that make the pixels (transparency and APNG frames included)."""
 _BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # by colour type
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-_IEND = b"\x00\x00\x00\x00IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+_LIBPNG_MAX_SIDE = 1_000_000  # libpng's default user limit on width and height
 
 
 @dataclass
@@ -65,8 +70,18 @@ class PngCheck:
     ignored: list[str] = field(default_factory=list)
 
 
+def _pixel_limit() -> int:
+    """OpenCV's limit on an image's pixels: ``OPENCV_IO_MAX_IMAGE_PIXELS`` (a count, or with a K/KB, M/MB or G/GB
+    suffix in powers of 1024), 2^30 unless set or when it does not parse."""
+    text = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "")
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]B?)?\s*", text)
+    if not match:
+        return 1 << 30
+    return int(match.group(1)) << (10 * " KMG".index(match.group(2)[0]) if match.group(2) else 0)
+
+
 def _header_problem(body: bytes) -> str | None:
-    """Why an IHDR chunk's data is not a valid PNG header, or None."""
+    """Why an IHDR chunk's data is not a valid PNG header (or one libpng or OpenCV refuses), or None."""
     if len(body) != 13:
         return f"its IHDR header holds {len(body)} bytes, not 13"
     width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
@@ -77,16 +92,18 @@ def _header_problem(body: bytes) -> str | None:
     if compression or filtering or interlace > 1:
         return (f"its header gives compression {compression}, filter {filtering} and interlace {interlace} methods; "
                 "PNG defines 0, 0 and 0 or 1")
-    limit = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+    if max(width, height) > _LIBPNG_MAX_SIDE:
+        return f"it is {width}x{height} pixels, wider or taller than libpng decodes ({_LIBPNG_MAX_SIDE:,} pixels)"
+    limit = _pixel_limit()
     if width * height > limit:
         return (f"it is {width}x{height} pixels, more than OpenCV decodes ({limit}; the OPENCV_IO_MAX_IMAGE_PIXELS "
                 "environment variable sets it)")
     return None
 
 
-def _filter_positions(body: bytes) -> np.ndarray:
-    """Offsets of the filter-type byte of every scan line in the inflated image data of the header ``body``, plus
-    the data's full length as the last entry."""
+def _filter_positions(body: bytes) -> tuple[np.ndarray, int]:
+    """Offsets of the filter-type byte of every scan line in the inflated image data of the header ``body``, and the
+    data's full length."""
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
     bits = depth * _CHANNELS[colour]
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
@@ -97,52 +114,88 @@ def _filter_positions(body: bytes) -> np.ndarray:
             line = 1 + (w * bits + 7) // 8
             starts.append(at + line * np.arange(h, dtype=np.int64))
             at += line * h
-    return np.concatenate(starts + [np.array([at], np.int64)])
+    return np.concatenate(starts), at
 
 
-def _usable(kind: bytes, length: int, header: bytes, palette_size: int) -> bool:
-    """Whether a PLTE or tRNS chunk whose CRC matches is one libpng uses (it warns about and ignores the others: a
-    PLTE in a grey image or of a length that is not whole colours, a tRNS of the wrong size for the colour type);
-    any other chunk is."""
-    if kind == b"PLTE":
-        return header[9] in (2, 3, 6) and length % 3 == 0 and 3 <= length <= 768
-    if kind == b"tRNS":
-        return {0: length == 2, 2: length == 6, 3: 1 <= length <= palette_size}.get(header[9], False)
-    return True
+def _transparency(body: bytes, header: bytes, palette_size: int) -> bytes | None:
+    """A tRNS chunk's data as libpng uses it, or None when it ignores the chunk (after a warning): two bytes of grey
+    or six of RGB, each sample cut to the bit depth (libpng warns and does so), or at most one alpha per palette
+    entry (of those the bit depth can index)."""
+    depth, colour = header[8], header[9]
+    if colour == 3:
+        return body if 1 <= len(body) <= min(palette_size, 1 << depth) else None
+    if colour not in (0, 2) or len(body) != (2 if colour == 0 else 6):
+        return None
+    samples = struct.unpack(f">{len(body) // 2}H", body)
+    return struct.pack(f">{len(samples)}H", *(v & ((1 << depth) - 1) for v in samples))
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    """A chunk's bytes: length, type, data and CRC."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+
+
+def _inflate_problem(exc: zlib.error, pos: int) -> str:
+    """What zlib's error ``exc`` on the IDAT chunk at byte ``pos`` means, in words."""
+    if str(exc).startswith("Error 2 "):  # Z_NEED_DICT
+        return (f"its image data's zlib stream asks for a preset dictionary (IDAT chunk at byte {pos}), which PNG "
+                "does not allow")
+    why = str(exc).rpartition(": ")[2]
+    if why.startswith("in"):
+        return f"its image data does not inflate: zlib finds an {why} in its IDAT chunk at byte {pos}"
+    return f"its image data does not inflate: zlib says {why!r} at its IDAT chunk at byte {pos}"
 
 
 class _ImageData:
-    """The IDAT stream inflated piece by piece and checked: zlib's own checks, each scan line's filter type (0-4)
-    and the byte count the header needs."""
+    """The IDAT stream inflated piece by piece and checked: zlib's own checks (with the window the stream's header
+    gives, a scan line at a time, as libpng inflates it), each scan line's filter type (0-4) and the byte count the
+    header needs."""
 
     def __init__(self, header: bytes):
-        self.inflate, self.lines = zlib.decompressobj(), _filter_positions(header)
-        self.needed, self.seen, self.next = int(self.lines[-1]), 0, 0
+        self.inflate = zlib.decompressobj(0)  # 0: the window size from the zlib header, not always 32K
+        self.lines, self.needed = _filter_positions(header)
+        self.seen, self.next = 0, 0
+        # a scan line at a time (at least 64 bytes), as libpng inflates: zlib then finds a distance beyond the
+        # window the header gives, which it lets pass when it writes a long output in one piece
+        self.step = max(64, int(np.diff(np.append(self.lines, self.needed)).min()))
 
     def feed(self, body, pos: int) -> str | None:
-        rest = bytes(body)
-        while rest and not self.inflate.eof:
-            try:
-                piece = self.inflate.decompress(rest, _INFLATE_STEP)
-            except zlib.error as exc:
-                why = str(exc).rpartition(": ")[2]
-                return (f"its image data does not inflate: zlib finds an {why} in its IDAT chunk at byte {pos}"
-                        if why.startswith("in") else f"its image data does not inflate: zlib says {why!r} at its "
-                        f"IDAT chunk at byte {pos}")
-            rest = self.inflate.unconsumed_tail
-            end = self.seen + len(piece)
-            stop = int(np.searchsorted(self.lines, end, side="left"))
-            at = self.lines[self.next:stop] - self.seen
-            if at.size:
-                kinds = np.frombuffer(piece, np.uint8)[at]
-                if (kinds > 4).any():
-                    line = self.next + int(np.argmax(kinds > 4))
-                    return (f"scan line {line} of its image data starts with filter type {int(kinds.max())}; PNG "
-                            "defines 0-4")
-            self.next, self.seen = stop, end
+        """Inflate and check one IDAT chunk's data (``body``; the chunk at byte ``pos``): None, or the problem. Sets
+        ``extra``: how many of its bytes lie after the end of the compressed stream (libpng warns about them)."""
+        self.extra = len(body) if self.inflate.eof else 0
+        for start in range(0, len(body) if not self.inflate.eof else 0, 4096):  # small input slices: zlib copies its
+            rest = body[start:start + 4096]                                       # unconsumed tail at every call
+            while rest and not self.inflate.eof:
+                try:
+                    piece = self.inflate.decompress(rest, self.step)
+                except zlib.error as exc:
+                    return _inflate_problem(exc, pos)
+                rest = self.inflate.unconsumed_tail
+                problem = self._check_lines(piece)
+                if problem:
+                    return problem
+            if self.inflate.eof:
+                self.extra = len(self.inflate.unused_data) + max(0, len(body) - start - 4096)
+                break
+        return None
+
+    def _check_lines(self, piece: bytes) -> str | None:
+        """Check the filter type of the scan lines that start in ``piece``, the next inflated bytes."""
+        end = self.seen + len(piece)
+        stop = int(np.searchsorted(self.lines, end, side="left"))
+        at = self.lines[self.next:stop] - self.seen
+        if at.size:
+            kinds = np.frombuffer(piece, np.uint8)[at]
+            bad = np.flatnonzero(kinds > 4)
+            if bad.size:
+                return (f"scan line {self.next + int(bad[0])} of its image data starts with filter type "
+                        f"{int(kinds[bad[0]])}; PNG defines 0-4")
+        self.next, self.seen = stop, end
         return None
 
     def end(self) -> str | None:
+        """None when the stream ended and held every byte the header needs, else the problem. A stream cut short
+        after its last row is refused too: libpng decodes some such files and fails on others."""
         if not self.inflate.eof:
             return "its image data (the IDAT chunks) stops before the end of its compressed stream"
         if self.seen < self.needed:
@@ -155,11 +208,11 @@ def check_png(data: bytes, inflate: bool = True, metadata: bool = False) -> PngC
     checking each chunk's type, length and CRC, and (``inflate``) the image data; bytes after IEND are ignored, as
     decoders do. See the module docstring for what is refused and what is ignored.
 
-    The bytes returned hold the chunks that make the pixels (:data:`PIXEL_CHUNKS`), and with ``metadata`` every other
-    chunk too, less the ignored ones. With ``inflate=False`` only the chunks are walked (for a reader of the
-    metadata: a tenth of the time)."""
-    size, pos, last, header = len(data), len(PNG_SIGNATURE), None, None
-    image, idat, idat_done, palette, palette_size = None, False, False, False, 0
+    The bytes returned hold the chunks of the still image (:data:`PIXEL_CHUNKS`, those a decoder uses), and with
+    ``metadata`` every other chunk too, less the ignored ones. With ``inflate=False`` only the chunks are walked (for
+    a reader of the metadata: a tenth of the time)."""
+    size, pos, last, header, view = len(data), len(PNG_SIGNATURE), None, None, memoryview(data)
+    image, idat, idat_done, plte, trns, palette_size = None, False, False, False, False, 0
     kept, ignored = [], []  # the bytes of each chunk passed on; the names of those ignored
     while True:
         if pos + 8 > size:  # a chunk: 4-byte length, 4-byte type, data, 4-byte CRC
@@ -174,21 +227,18 @@ def check_png(data: bytes, inflate: bool = True, metadata: bool = False) -> PngC
         end = pos + 12 + length
         if end > size:
             return PngCheck(f"{size} bytes, but its {name} chunk at byte {pos} runs to byte {end}", data)
-        body = memoryview(data)[pos + 8:end - 4]
+        body = view[pos + 8:end - 4]
         crc_ok = zlib.crc32(body, zlib.crc32(kind)) == struct.unpack_from(">I", data, end - 4)[0]
         critical = not kind[0] & 0x20  # the case of a chunk type's first letter: upper = critical
         if critical and kind not in _CRITICAL:
             return PngCheck(f"its {name} chunk at byte {pos} is a critical chunk no PNG decoder knows", data)
-        needed = critical and not (kind == b"PLTE" and header[9] != 3) and not (kind == b"IEND" and not length)
+        palette_image = header is not None and header[9] == 3
+        needed = critical and not (kind == b"PLTE" and not palette_image) and not (kind == b"IEND" and not length)
         if not crc_ok and needed:
             return PngCheck(f"its {name} chunk at byte {pos} fails its CRC check: its bytes were changed after it "
                             "was written", data)
         if not crc_ok:
-            ignored.append(f"{name} at byte {pos}")
-        if kind == b"IEND":
-            kept.append((kind, pos, _IEND))  # an empty IEND whose CRC failed is given the right one
-        elif crc_ok and (metadata or kind in PIXEL_CHUNKS) and _usable(kind, length, header, palette_size):
-            kept.append((kind, pos, data[pos:end]))
+            ignored.append(f"{name} at byte {pos}" + (", CRC repaired" if kind == b"IEND" else ""))
         if kind == b"IHDR":
             if last is not None:
                 return PngCheck(f"it has a second IHDR chunk, at byte {pos}", data)
@@ -196,38 +246,56 @@ def check_png(data: bytes, inflate: bool = True, metadata: bool = False) -> PngC
             if problem:
                 return PngCheck(problem, data)
             header = bytes(body)
-        if kind == b"PLTE" and header[9] == 3 and not (length % 3 == 0 and 3 <= length <= 3 << header[8]):
-            return PngCheck(f"its PLTE chunk holds {length} bytes, not the 1-{1 << header[8]} three-byte colours "
-                            f"its bit depth {header[8]} allows", data)
-        palette |= kind == b"PLTE" and crc_ok
-        palette_size = length // 3 if kind == b"PLTE" and crc_ok else palette_size
-        if kind == b"IDAT":
+            kept.append(view[pos:end])
+        elif kind == b"PLTE" and palette_image:
+            if plte:
+                return PngCheck(f"it has a second PLTE chunk, at byte {pos}", data)
+            if not (length % 3 == 0 and 3 <= length <= 768):
+                return PngCheck(f"its PLTE chunk holds {length} bytes, not 1-256 three-byte colours", data)
+            plte, palette_size = True, length // 3
+            kept.append(view[pos:end])
+        elif kind == b"PLTE":  # a true-colour image's suggested palette: used only where libpng would
+            if crc_ok and header[9] in (2, 6) and not (plte or trns or idat) and length % 3 == 0 and 3 <= length <= 768:
+                plte = True
+                kept.append(view[pos:end])
+        elif kind == b"tRNS":
+            used = _transparency(bytes(body), header, palette_size) if crc_ok and not (trns or idat) else None
+            if used is not None:
+                trns = True
+                kept.append(view[pos:end] if used == body else _chunk(kind, used))
+        elif kind == b"IDAT":
+            if not idat and palette_image and not plte:
+                return PngCheck("it is a palette image without the PLTE chunk that holds its palette", data)
+            if idat_done and image is not None and image.inflate.eof:
+                pos, last = end, kind  # a stray IDAT after the whole stream: libpng warns and ignores it
+                continue
             if idat_done:
                 return PngCheck(f"its IDAT chunks are not consecutive (another chunk comes before the one at byte "
                                 f"{pos})", data)
-            if not idat and header[9] == 3 and not palette:
-                return PngCheck("it is a palette image without the PLTE chunk that holds its palette", data)
             idat = True
             if inflate:
                 image = image or _ImageData(header)
                 problem = image.feed(body, pos)
                 if problem:
                     return PngCheck(problem, data)
-        else:
-            idat_done = idat
-        if kind == b"IEND":
+            extra = image.extra if inflate else 0
+            if not extra:
+                kept.append(view[pos:end])
+            elif extra < length:  # bytes after the stream's end are cut off, and an IDAT wholly after it left out
+                kept.append(_chunk(kind, bytes(body[:length - extra])))
+        elif kind == b"IEND":
             if not idat:
                 return PngCheck("it has no image data: no IDAT chunk", data)
             problem = image.end() if image is not None else None
             if problem:
                 return PngCheck(problem, data)
+            kept.append(_chunk(b"IEND", b""))  # an empty IEND whose CRC failed is given the right one
             break
+        elif crc_ok and metadata:
+            kept.append(view[pos:end])
+        idat_done = idat_done or (idat and kind != b"IDAT")
         pos, last = end, kind
-    if any(part.split()[0].encode() in _APNG for part in ignored):  # the default image, not a broken animation
-        for at in [at for kind, at, _ in kept if kind == b"acTL"]:
-            ignored.append(f"acTL at byte {at} (the animation: its default image is read)")
-        kept = [chunk for chunk in kept if chunk[0] != b"acTL"]
-    return PngCheck(None, PNG_SIGNATURE + b"".join(chunk for _, _, chunk in kept), ignored)
+    return PngCheck(None, PNG_SIGNATURE + b"".join(kept), ignored)
 
 
 def pil_source(path):

@@ -107,9 +107,9 @@ def _decode_file(path: Path, what: str) -> np.ndarray | None:
         lost = (" A depth_scale recorded in a text chunk so lost is not used: give the file's scale (--depth-scale) "
                 "if it had one." if text and what == "depth PNG" else "")
         many = len(ignored) > 1
-        warnings.warn(f"{path.name}: ignored {len(ignored)} PNG chunk{'s' if many else ''} that hold{'' if many else 's'} "
-                      f"no pixels and failed {'their' if many else 'its'} CRC check ({', '.join(ignored)}); the pixels "
-                      f"are whole.{lost}", DepthkitWarning, stacklevel=3)
+        warnings.warn(f"{path.name}: ignored {len(ignored)} PNG chunk{'s' if many else ''} outside the image that "
+                      f"failed {'their' if many else 'its'} CRC check ({'; '.join(ignored)}); the image is "
+                      f"whole.{lost}", DepthkitWarning, stacklevel=3)
     return img
 
 

@@ -136,7 +136,7 @@ def test_png_chunks_without_pixels_failing_their_crc_are_ignored_with_a_warning(
     text = [i for i, (kind, body) in enumerate(chunks) if kind == b"tEXt" and body.startswith(b"depth_scale")]
     assert len(text) == 1 and chunks[-1] == (b"IEND", b"")
     capfd.readouterr()
-    one = "{} PNG chunk that holds no pixels and failed its CRC check ({} at byte {}); the pixels are whole."
+    one = "{} PNG chunk outside the image that failed its CRC check ({} at byte {}); the image is whole."
     (tmp_path / "time.png").write_bytes(_png_bytes(chunks[:1] + [(b"tIME", bytes(7))] + chunks[1:], bad_crc=1))
     with pytest.warns(io.DepthkitWarning) as said:
         back = io.read_depth(tmp_path / "time.png")  # no scale given: the recorded one is used
@@ -146,13 +146,13 @@ def test_png_chunks_without_pixels_failing_their_crc_are_ignored_with_a_warning(
     with pytest.warns(io.DepthkitWarning, match="A depth_scale recorded in a text chunk so lost is not used"):
         with pytest.raises(ValueError, match="depth-scale"):
             io.read_depth(tmp_path / "text.png")
-    with pytest.warns(io.DepthkitWarning, match=r"\(tEXt at byte \d+\); the pixels are whole"):
+    with pytest.warns(io.DepthkitWarning, match=r"\(tEXt at byte \d+\); the image is whole"):
         np.testing.assert_allclose(io.read_depth(tmp_path / "text.png", depth_scale=1000), depth, atol=5e-4)
-    with pytest.warns(io.DepthkitWarning, match=r"\(tIME at byte 33\); the pixels are whole\.$"):
+    with pytest.warns(io.DepthkitWarning, match=r"\(tIME at byte 33\); the image is whole\.$"):
         assert io.read_image(tmp_path / "time.png").shape == (40, 50, 3)
     end = 8 + sum(12 + len(body) for _, body in chunks[:-1])
     (tmp_path / "iend.png").write_bytes(_png_bytes(chunks, bad_crc=len(chunks) - 1))
-    with pytest.warns(io.DepthkitWarning, match=rf"\(IEND at byte {end}\); the pixels are whole\.$"):
+    with pytest.warns(io.DepthkitWarning, match=rf"\(IEND at byte {end}, CRC repaired\); the image is whole\.$"):
         np.testing.assert_allclose(io.read_depth(tmp_path / "iend.png"), depth, atol=5e-4)
 
     rgb = np.random.default_rng(3).integers(0, 255, (30, 20, 3), dtype=np.uint8)
@@ -170,7 +170,7 @@ def test_png_chunks_without_pixels_failing_their_crc_are_ignored_with_a_warning(
     with pytest.warns(io.DepthkitWarning) as said:
         np.testing.assert_array_equal(io.read_image(tmp_path / "exif_time.png"), np.rot90(rgb, -1))
     assert [str(w.message).split(";")[0] for w in said] == [
-        "exif_time.png: ignored 1 PNG chunk that holds no pixels and failed its CRC check (tIME at byte 33)",
+        "exif_time.png: ignored 1 PNG chunk outside the image that failed its CRC check (tIME at byte 33)",
         "exif_time.png: applied its EXIF orientation 6 (rotated 90 degrees clockwise)"]
     assert capfd.readouterr().err == ""
 
@@ -179,21 +179,64 @@ def test_png_metadata_never_reaches_the_decoder(tmp_path, capfd):
     """Metadata chunks whose CRCs match but whose content is malformed (a pHYs of 5 bytes, a zTXt that does not
     inflate) are not given to OpenCV, which printed libpng's "pHYs: too short" / "zTXt: ..." warnings for them, nor
     are a PLTE and a tRNS that libpng would ignore (forbidden in a grey image; a tRNS of a colour image's size): the
-    image reads the same as without them, with nothing on stderr and no warning (nothing in them was damaged)."""
+    image reads the same as without them, with nothing on stderr and no warning (nothing in them was damaged). So do
+    an IDAT after the end of the image data's stream, beyond another chunk (libpng: "Too many IDATs found"), bytes
+    after that end within an IDAT ("Extra compressed data"), and a tRNS out of the bit depth's range or after the
+    image data."""
     good = _grey_png()
     (tmp_path / "ok.png").write_bytes(_png_bytes(good))
     (tmp_path / "meta.png").write_bytes(_png_bytes(good[:1] + [(b"pHYs", bytes(5)), (b"zTXt", b"k\x00\x00junk"),
                                                                 (b"PLTE", bytes(6)), (b"tRNS", bytes(6))] + good[1:]))
+    head, idat, end = good
+    (tmp_path / "stray.png").write_bytes(_png_bytes([head, idat, (b"tEXt", b"a\x00b"), (b"IDAT", b"junk"), end]))
+    (tmp_path / "trns.png").write_bytes(_png_bytes([head, (b"tRNS", struct.pack(">H", 300)), idat, end]))  # > 255
+    (tmp_path / "late.png").write_bytes(_png_bytes([head, idat, (b"tRNS", struct.pack(">H", 7)), end]))  # after IDAT
+    (tmp_path / "tail.png").write_bytes(_png_bytes([head, (b"IDAT", idat[1] + b"junk"), end]))  # after the stream
     capfd.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        np.testing.assert_array_equal(io.read_image(tmp_path / "meta.png"), io.read_image(tmp_path / "ok.png"))
+        for name in ("meta.png", "stray.png", "trns.png", "late.png", "tail.png"):  # libpng warned for each
+            np.testing.assert_array_equal(io.read_image(tmp_path / name), io.read_image(tmp_path / "ok.png"))
+    assert capfd.readouterr().err == ""
+    # a palette of 256 colours in a 4-bit image (libpng trims it to 16, silently) reads as OpenCV reads it
+    packed = zlib.compress(b"\x00\x01\x23" * 2)  # 4x2 pixels, 4 bits each: indices 0 1 2 3 per row
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", 4, 2, 4, 3, 0, 0, 0)), (b"PLTE", bytes(range(256)) * 3),
+              (b"IDAT", packed), (b"IEND", b"")]
+    (tmp_path / "palette.png").write_bytes(_png_bytes(chunks))
+    np.testing.assert_array_equal(io.read_image(tmp_path / "palette.png"),
+                                  cv2.imread(str(tmp_path / "palette.png"))[:, :, ::-1])
+    # a palette image's tRNS of more entries than its 16 usable colours: libpng ignores it after a warning
+    (tmp_path / "alpha.png").write_bytes(_png_bytes(chunks[:2] + [(b"tRNS", bytes(17))] + chunks[2:]))
+    from depthkit.decode import decode_image_file
+
+    assert decode_image_file(tmp_path / "alpha.png", "image")[0].shape == (2, 4, 3)  # no alpha channel
     assert capfd.readouterr().err == ""
 
 
-def test_a_broken_apng_animation_is_read_as_its_default_image(tmp_path, capfd):
-    """An APNG whose frame control fails its CRC is read as its default image (frame 0, grey 60), the animation
-    control left out with the bad chunk, silently on stderr; without that, OpenCV read frame 1 (grey 120)."""
+def test_an_out_of_range_transparent_colour_is_cut_to_the_bit_depth_as_libpng_does(tmp_path, capfd):
+    """A tRNS colour with samples beyond the bit depth (0x10d8 in an 8-bit image) is used by libpng cut to the bit
+    depth (0xd8), after a warning on stderr; depthkit gives OpenCV that cut colour, so the decoded RGBA is OpenCV's
+    own, alpha 0 where a pixel has that colour, and nothing is printed."""
+    from depthkit.decode import decode_image_file
+
+    rows = [bytes([0x4A, 0x9E, 0xD8, 1, 2, 3]), bytes([7, 8, 9, 0x4A, 0x9E, 0xD8])]  # 2x2 RGB
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)), (b"tRNS", struct.pack(">3H", 0x4A, 0x9E, 0x10D8)),
+              (b"IDAT", zlib.compress(b"".join(b"\x00" + r for r in rows))), (b"IEND", b"")]
+    (tmp_path / "t.png").write_bytes(_png_bytes(chunks))
+    capfd.readouterr()
+    got, ignored = decode_image_file(tmp_path / "t.png", "image")
+    assert capfd.readouterr().err == "" and ignored == []
+    want = cv2.imread(str(tmp_path / "t.png"), cv2.IMREAD_UNCHANGED)
+    assert "out-of-range" in capfd.readouterr().err  # OpenCV alone prints libpng's warning
+    assert got.shape == (2, 2, 4) and got[:, :, 3].tolist() == [[0, 255], [255, 0]]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_an_apng_is_read_as_its_default_image(tmp_path, capfd):
+    """An APNG is read as its default image (the IDAT's), as a decoder of still images shows it: whole, with a frame
+    control that fails its CRC (ignored with a warning; OpenCV then read frame 1, grey 120), and when the IDAT image
+    is not a frame of the animation (grey 10), which OpenCV's file reader shows but its in-memory decoder, which
+    depthkit uses, gave as frame 0 (grey 20) when handed the animation's chunks."""
     from PIL import Image
 
     frames = [Image.fromarray(np.full((12, 16), v, np.uint8)) for v in (60, 120)]
@@ -203,9 +246,24 @@ def test_a_broken_apng_animation_is_read_as_its_default_image(tmp_path, capfd):
     assert kinds.count(b"fcTL") == 2 and b"acTL" in kinds and kinds.index(b"fcTL") < kinds.index(b"IDAT")
     capfd.readouterr()
     (tmp_path / "bad.png").write_bytes(_png_bytes(chunks, bad_crc=kinds.index(b"fcTL")))
-    with pytest.warns(io.DepthkitWarning, match=r"\(fcTL at byte \d+, acTL at byte \d+ \(the animation: its "
-                                                r"default image is read\)\)"):
+    at = 8 + sum(12 + len(body) for _, body in chunks[:kinds.index(b"fcTL")])
+    with pytest.warns(io.DepthkitWarning, match=rf"\(fcTL at byte {at}\); the image is whole\.$"):
         assert (io.read_image(tmp_path / "bad.png") == 60).all()
+    assert (io.read_image(tmp_path / "anim.png") == 60).all()
+    def fctl(seq):  # a 4x2 frame control: sequence, size, offset, delay 1/10 s, no dispose or blend
+        return b"fcTL", struct.pack(">IIIIIHHBB", seq, 4, 2, 0, 0, 1, 10, 0, 0)
+
+    def grey(v):
+        return zlib.compress(b"".join(b"\x00" + bytes([v]) * 12 for _ in range(2)))
+
+    hidden = [(b"IHDR", struct.pack(">IIBBBBB", 4, 2, 8, 2, 0, 0, 0)), (b"acTL", struct.pack(">II", 2, 0)),
+              (b"IDAT", grey(10)), fctl(0), (b"fdAT", struct.pack(">I", 1) + grey(20)), fctl(2),
+              (b"fdAT", struct.pack(">I", 3) + grey(30)), (b"IEND", b"")]
+    (tmp_path / "hidden.png").write_bytes(_png_bytes(hidden))
+    whole = np.frombuffer((tmp_path / "hidden.png").read_bytes(), np.uint8)
+    assert cv2.imdecode(whole, cv2.IMREAD_UNCHANGED)[0, 0, 0] == 20  # OpenCV's in-memory decoder: frame 0
+    assert cv2.imread(str(tmp_path / "hidden.png"), cv2.IMREAD_UNCHANGED)[0, 0, 0] == 10  # its file reader: default
+    assert (io.read_image(tmp_path / "hidden.png") == 10).all()
     assert capfd.readouterr().err == ""
 
 
@@ -235,6 +293,23 @@ def test_an_interlaced_png_is_sized_pass_by_pass(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+def _zlib_window(stream: bytes, window: int) -> bytes:
+    """A zlib stream whose header claims a ``window``-byte window (256-32768), its check bits remade."""
+    cmf = ((window.bit_length() - 9) << 4) | 8
+    flg = stream[1] & 0xE0
+    return bytes([cmf, flg | (31 - ((cmf << 8 | flg) % 31)) % 31]) + stream[2:]
+
+
+def test_opencv_s_pixel_limit_is_read_as_opencv_reads_it(monkeypatch):
+    """OPENCV_IO_MAX_IMAGE_PIXELS is a count or has a K/KB, M/MB or G/GB suffix (powers of 1024); unset or
+    unreadable, 2^30 (a value with a suffix made every PNG fail in int())."""
+    from depthkit.decode import _pixel_limit
+
+    for text, want in (("", 1 << 30), ("5000", 5000), ("2048MB", 2048 << 20), ("3G", 3 << 30), ("x", 1 << 30)):
+        monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", text)
+        assert _pixel_limit() == want, text
+
+
 def _grey_png(h: int = 10, w: int = 20, rows: int | None = None, depth: int = 8, colour: int = 0,
               filters: dict | None = None) -> list[tuple[bytes, bytes]]:
     """Chunks of an 8-bit grey h x w PNG built by the test (IHDR, one IDAT of ``rows`` scan lines, IEND); ``filters``
@@ -249,12 +324,17 @@ def _grey_png(h: int = 10, w: int = 20, rows: int | None = None, depth: int = 8,
     ("bit depth 3", "its header gives bit depth 3 for colour type 0, which PNG does not define"),
     ("interlace 2", "its header gives compression 0, filter 0 and interlace 2 methods"),
     ("too large", "it is 40000x40000 pixels, more than OpenCV decodes"),
+    ("too wide", "it is 1000001x1 pixels, wider or taller than libpng decodes (1,000,000 pixels)"),
+    ("window too small", "its image data does not inflate: zlib finds an invalid distance too far back"),
+    ("preset dictionary", "its image data's zlib stream asks for a preset dictionary (IDAT chunk at byte 33), which "
+                          "PNG does not allow"),
     ("unknown critical", "its ABCD chunk at byte 33 is a critical chunk no PNG decoder knows"),
     ("not letters", "the chunk at byte 33 has type 'a1b2', not four letters"),
     ("second IHDR", "it has a second IHDR chunk, at byte 33"),
     ("IDAT split", "its IDAT chunks are not consecutive"),
     ("palette without PLTE", "it is a palette image without the PLTE chunk that holds its palette"),
-    ("PLTE of 7 bytes", "its PLTE chunk holds 7 bytes, not the 1-256 three-byte colours its bit depth 8 allows"),
+    ("second PLTE", "it has a second PLTE chunk, at byte 813"),
+    ("PLTE of 7 bytes", "its PLTE chunk holds 7 bytes, not 1-256 three-byte colours"),
     ("bad filter", "scan line 3 of its image data starts with filter type 7; PNG defines 0-4"),
     ("too few rows", "its image data holds 168 bytes where its header's size needs 210"),
 ])
@@ -267,11 +347,17 @@ def test_a_malformed_png_is_refused_with_what_is_wrong(tmp_path, capfd, case, sa
     chunks = {"bit depth 3": [(b"IHDR", head[1][:8] + bytes([3]) + head[1][9:])] + good[1:],
               "interlace 2": [(b"IHDR", head[1][:12] + bytes([2]))] + good[1:],
               "too large": [(b"IHDR", struct.pack(">II", 40000, 40000) + head[1][8:])] + good[1:],
+              "too wide": [(b"IHDR", struct.pack(">II", 1000001, 1) + head[1][8:])] + good[1:],
+              "window too small": [(b"IHDR", struct.pack(">IIBBBBB", 600, 4, 8, 0, 0, 0, 0)),
+                                   (b"IDAT", _zlib_window(zlib.compress((b"\x00" + bytes(range(200)) * 3) * 4, 9), 256)),
+                                   end],  # each row repeats the one before, 601 bytes back
+              "preset dictionary": [head, (b"IDAT", bytes([0x78, 0xBB]) + bytes(4) + idat[1][2:]), end],
               "unknown critical": [head, (b"ABCD", b"x"), idat, end],
               "not letters": [head, (b"a1b2", b"x"), idat, end],
               "second IHDR": [head, head, idat, end],
               "IDAT split": [head, (b"IDAT", idat[1][:9]), (b"tEXt", b"a\x00b"), (b"IDAT", idat[1][9:]), end],
               "palette without PLTE": _grey_png(colour=3),
+              "second PLTE": _grey_png(colour=3)[:1] + [(b"PLTE", bytes(768))] * 2 + _grey_png(colour=3)[1:],
               "PLTE of 7 bytes": [_grey_png(colour=3)[0], (b"PLTE", bytes(7))] + _grey_png(colour=3)[1:],
               "bad filter": _grey_png(filters={3: 7}),
               "too few rows": _grey_png(rows=8)}[case]
