@@ -17,7 +17,7 @@ by :func:`check_png` before it is decoded from memory. Refused, with what is wro
 - an image wider or taller than libpng decodes (1,000,000 pixels) or of more pixels than OpenCV decodes
   (``OPENCV_IO_MAX_IMAGE_PIXELS``, 2^30 unless set).
 
-OpenCV is then given only the chunks that make the still image (:data:`PIXEL_CHUNKS`: header, palette,
+OpenCV is then given only the chunks that make the still image (IHDR, PLTE, tRNS, IDAT, IEND: header, palette,
 transparency, image data, end), each where a decoder expects it, so nothing else reaches libpng, which warns about
 malformed metadata (an ICC profile's rendering intent, a short pHYs), a misplaced or out-of-range tRNS, or a stray
 IDAT on stderr. An APNG is read as its default image (the IDAT's), as a decoder of still images shows it. Over the
@@ -47,11 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PIXEL_CHUNKS", "PNG_SIGNATURE", "PngCheck", "check_png", "decode_image_file", "pil_source"]
+__all__ = ["PNG_SIGNATURE", "PngCheck", "check_png", "decode_image_file", "pil_source"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
-"""The chunks OpenCV's decoder is given: those that make the still image (its default image, for an APNG)."""
 _CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 _BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # by colour type
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -208,8 +206,8 @@ def check_png(data: bytes, inflate: bool = True, metadata: bool = False) -> PngC
     checking each chunk's type, length and CRC, and (``inflate``) the image data; bytes after IEND are ignored, as
     decoders do. See the module docstring for what is refused and what is ignored.
 
-    The bytes returned hold the chunks of the still image (:data:`PIXEL_CHUNKS`, those a decoder uses), and with
-    ``metadata`` every other chunk too, less the ignored ones. With ``inflate=False`` only the chunks are walked (for
+    The bytes returned hold the chunks of the still image (IHDR, PLTE, tRNS, IDAT, IEND, as a decoder uses them),
+    and with ``metadata`` every other chunk too, less the ignored ones. With ``inflate=False`` only the chunks are walked (for
     a reader of the metadata: a tenth of the time)."""
     size, pos, last, header, view = len(data), len(PNG_SIGNATURE), None, None, memoryview(data)
     image, idat, idat_done, plte, trns, palette_size = None, False, False, False, False, 0
