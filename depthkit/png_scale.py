@@ -13,7 +13,8 @@ import numpy as np
 
 from depthkit.decode import pil_source
 
-__all__ = ["PNG_SCALE_KEY", "PNG_SCALES", "choose_png_scale", "fitting_png_scale", "keeps_every_pixel", "png_depth_scale"]
+__all__ = ["PNG_SCALE_KEY", "PNG_SCALES", "choose_png_scale", "fitting_png_scale", "keeps_every_pixel",
+           "png_depth_scale"]
 
 PNG_SCALE_KEY = "depth_scale"
 """The text chunk of a depth PNG that records its units per metre."""

@@ -220,7 +220,8 @@ def test_an_out_of_range_transparent_colour_is_cut_to_the_bit_depth_as_libpng_do
     from depthkit.decode import decode_image_file
 
     rows = [bytes([0x4A, 0x9E, 0xD8, 1, 2, 3]), bytes([7, 8, 9, 0x4A, 0x9E, 0xD8])]  # 2x2 RGB
-    chunks = [(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)), (b"tRNS", struct.pack(">3H", 0x4A, 0x9E, 0x10D8)),
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)),
+              (b"tRNS", struct.pack(">3H", 0x4A, 0x9E, 0x10D8)),
               (b"IDAT", zlib.compress(b"".join(b"\x00" + r for r in rows))), (b"IEND", b"")]
     (tmp_path / "t.png").write_bytes(_png_bytes(chunks))
     capfd.readouterr()
@@ -349,7 +350,8 @@ def test_a_malformed_png_is_refused_with_what_is_wrong(tmp_path, capfd, case, sa
               "too large": [(b"IHDR", struct.pack(">II", 40000, 40000) + head[1][8:])] + good[1:],
               "too wide": [(b"IHDR", struct.pack(">II", 1000001, 1) + head[1][8:])] + good[1:],
               "window too small": [(b"IHDR", struct.pack(">IIBBBBB", 600, 4, 8, 0, 0, 0, 0)),
-                                   (b"IDAT", _zlib_window(zlib.compress((b"\x00" + bytes(range(200)) * 3) * 4, 9), 256)),
+                                   (b"IDAT", _zlib_window(zlib.compress((b"\x00" + bytes(range(200)) * 3) * 4, 9),
+                                                          256)),
                                    end],  # each row repeats the one before, 601 bytes back
               "preset dictionary": [head, (b"IDAT", bytes([0x78, 0xBB]) + bytes(4) + idat[1][2:]), end],
               "unknown critical": [head, (b"ABCD", b"x"), idat, end],
