@@ -418,3 +418,43 @@ def test_sharpen_trainer_runs_pass_one_with_the_ema_and_exports_it(tmp_path, mon
     assert exported.keys() == ema.keys()
     assert all(torch.equal(exported[k], ema[k].float()) for k in ema)
     assert any(not torch.equal(exported[k], student[k].float()) for k in student)
+
+
+def test_sharpen_trainer_pass1_lotus_runs_a_frozen_copy_and_exports_it(tmp_path, monkeypatch):
+    """``model.pass1: lotus`` (a depthkit switch): every step's pass 1 runs the initial Lotus's weights, unchanged
+    while the student learns, and the export stores them as ``sharpen/lotus_unet/``, which a loaded sharpener then
+    runs as its pass 1. Fails if pass 1 is the EMA or the student, if the copy is not frozen, or if the export
+    leaves the Lotus out."""
+    from safetensors.torch import load_file
+
+    from depthkit.sharpen import train as train_sharpen
+    from depthkit.sharpen.checkpoint import load_sharpdepth
+    from depthkit.sharpen.model import SharpDepth
+
+    initial, calls = {}, []
+    real = SharpDepth.compute_losses
+
+    def spy(self, image, metric_depth, teacher_unet, *args, pass1_unet=None, **kwargs):
+        if not initial:  # before the first optimiser step the student holds the initial Lotus
+            initial.update({k: v.detach().clone() for k, v in self.model.unet.state_dict().items()})
+        p1 = pass1_unet.state_dict()
+        calls.append((pass1_unet is self.model.unet, all(torch.equal(p1[k], initial[k]) for k in initial),
+                      any(p.requires_grad for p in pass1_unet.parameters())))
+        return real(self, image, metric_depth, teacher_unet, *args, pass1_unet=pass1_unet, **kwargs)
+
+    monkeypatch.setattr(SharpDepth, "compute_losses", spy)
+    recipe = sharpen_recipe(tmp_path / "r", "tiny", _tiny_sources(), (16, 24), "complete:guided", steps=3,
+                            batch_size=2, lr=1e-2, sharpdepth={"ema_decay": 0.9, "ema_start": 0})
+    recipe.model.pass1 = "lotus"
+    final = train_sharpen.train(recipe)
+    assert calls == [(False, True, False)] * 3
+    stored = load_file(final / "sharpen" / "lotus_unet" / "diffusion_pytorch_model.safetensors")
+    assert stored.keys() == initial.keys() and all(torch.equal(stored[k], initial[k]) for k in initial)
+    student = load_file(final / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(student[k], initial[k]) for k in initial)  # the student learned; its Lotus did not
+    loaded = load_sharpdepth(final)
+    assert loaded.lotus_unet is not None
+    assert all(torch.equal(v, initial[k]) for k, v in loaded.lotus_unet.state_dict().items())
+
+    with pytest.raises(RecipeError, match=r"model.pass1='teacher'.*allowed: ema, lotus"):
+        load_recipe({"kind": "sharpen", "model": {"lotus": "tiny", "pass1": "teacher"}})

@@ -26,6 +26,8 @@ __all__ = ["DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfi
 
 EXPORTS = ("student", "ema")
 """Which weights a sharpen run's final checkpoint holds (``model.export``)."""
+PASS1 = ("ema", "lotus")
+"""Which UNet runs a sharpen run's pass 1, the Lotus prediction the discrepancy and gate come from (``model.pass1``)."""
 
 
 @dataclass
@@ -184,10 +186,18 @@ class SharpenModelConfig:
     over ~100k steps, so for runs shorter than that it is still close to Lotus: export the student."""
     processing_resolution: Optional[int] = None
     """Stored in the final checkpoint's manifest: longest side (pixels) inference runs at; None = input size."""
+    pass1: str = "ema"
+    """The UNet of pass 1 in training and in the exported checkpoint. "ema" (default; the released SharpDepth
+    code and paper): the student's EMA while training, and the sharpener's own UNet at run time (one UNet runs
+    twice). "lotus" (a depthkit switch): a frozen copy of ``lotus``'s UNet in both, exported as the checkpoint's
+    ``sharpen/lotus_unet/``; the fine-tuned sharpener no longer predicts the depth its own gate is read from."""
 
     def __post_init__(self):
         if self.export not in EXPORTS:
             raise RecipeError(f"model.export={self.export!r}; allowed: {', '.join(EXPORTS)}")
+        if self.pass1 not in PASS1:
+            raise RecipeError(f"model.pass1={self.pass1!r}; allowed: {', '.join(PASS1)} (ema: the student's EMA, "
+                              f"as the released SharpDepth; lotus: a frozen copy of model.lotus's UNet)")
 
 
 @dataclass

@@ -6,7 +6,9 @@ files — and no ground truth is read. Models:
 
 - **student** (trained): the sharpener UNet, initialised from Lotus-G (``model.lotus``);
 - **EMA** of the student (:class:`~depthkit.sharpen.model.EMA`, float32): runs pass 1, the Lotus prediction that
-  the discrepancy e is computed from, so the discrepancy improves with the student [code];
+  the discrepancy e is computed from, so the discrepancy improves with the student [code]; with ``model.pass1:
+  lotus`` (a depthkit switch) a frozen copy of the initial Lotus runs it instead, and is exported as
+  ``sharpen/lotus_unet/``;
 - **teacher** f_G (frozen; ``model.teacher`` or a copy of the initial Lotus): scores the student's latent for SDS;
 - the VAE is frozen.
 
@@ -251,14 +253,17 @@ def train(recipe, resume: bool = False) -> Path:
 
     lotus = load_initial_lotus(recipe.model.lotus, recipe.model, seed=tc.seed).to(device)
     resolution = check_resolution(recipe.data.resolution, lotus.resolution_multiple)
-    sd = SharpDepth(lotus, recipe.sharpdepth)
+    frozen_pass1 = None  # model.pass1 "lotus": the initial Lotus, frozen, runs pass 1 (and is exported as lotus_unet)
+    if recipe.model.pass1 == "lotus":
+        frozen_pass1 = _place(copy.deepcopy(lotus.unet), device, frozen_dtype).eval().requires_grad_(False)
+    sd = SharpDepth(lotus, recipe.sharpdepth, lotus_unet=frozen_pass1)
     if recipe.model.teacher is not None:
         teacher = load_initial_lotus(recipe.model.teacher).unet
         if teacher.config.in_channels != lotus.unet.config.in_channels:
             raise ValueError(f"model.teacher has in_channels={teacher.config.in_channels}; the student has "
                              f"{lotus.unet.config.in_channels}. Both must be Lotus-G UNets with the same VAE.")
     else:
-        teacher = copy.deepcopy(lotus.unet)
+        teacher = frozen_pass1 if frozen_pass1 is not None else copy.deepcopy(lotus.unet)  # both: the initial Lotus
     teacher = _place(teacher, device, frozen_dtype).eval().requires_grad_(False)
     _place(lotus.vae, device, frozen_dtype).eval().requires_grad_(False)
     student = lotus.unet
@@ -307,7 +312,8 @@ def train(recipe, resume: bool = False) -> Path:
             sp = None if sparses is None else maps_to_tensor(sparses, device)
             gt = None if gts is None else maps_to_tensor(gts, device)
             with accelerator.autocast():
-                out = sd.compute_losses(x, d, teacher, pass1_unet=ema.model, sparse=sp,
+                pass1 = ema.model if frozen_pass1 is None else frozen_pass1
+                out = sd.compute_losses(x, d, teacher, pass1_unet=pass1, sparse=sp,
                                         generator=step_generator(tc.seed, k, rank, device), gt=gt)
             accelerator.backward(out["loss"])  # divides by grad_accum
             for name in ("loss", "sds", "recons", "gt", "gt_grad"):
@@ -345,7 +351,8 @@ def train(recipe, resume: bool = False) -> Path:
         if recipe.model.export == "ema":
             ema.copy_to(student)
         _place(lotus.vae, device, torch.float32)
-        export = SharpDepth(lotus, sd.config)
+        export = SharpDepth(lotus, sd.config, lotus_unet=None if frozen_pass1 is None
+                            else _place(frozen_pass1, device, torch.float32))
 
         def write(tmp: Path) -> None:
             write_sharpen_checkpoint(tmp, export, {"processing_resolution": recipe.model.processing_resolution},
