@@ -98,18 +98,13 @@ def read_image(path) -> np.ndarray:
 
 
 def _decode_file(path: Path, what: str) -> np.ndarray | None:
-    """:func:`depthkit.decode.decode_image_file`, warning about the PNG chunks it ignored for a failed CRC."""
-    img, ignored = decode_image_file(path, what)
-    if ignored:
+    """:func:`depthkit.decode.decode_image_file`, warning about what it left out of a PNG (chunks that failed their
+    CRC, image data past the image's end)."""
+    img, notes = decode_image_file(path, what)
+    if notes:
         import warnings
 
-        text = [d for d in ignored if d.split()[0] in ("tEXt", "iTXt", "zTXt")]
-        lost = (" A depth_scale recorded in a text chunk so lost is not used: give the file's scale (--depth-scale) "
-                "if it had one." if text and what == "depth PNG" else "")
-        many = len(ignored) > 1
-        warnings.warn(f"{path.name}: ignored {len(ignored)} PNG chunk{'s' if many else ''} outside the image that "
-                      f"failed {'their' if many else 'its'} CRC check ({'; '.join(ignored)}); the image is "
-                      f"whole.{lost}", DepthkitWarning, stacklevel=3)
+        warnings.warn(f"{path.name}: {' '.join(notes)}", DepthkitWarning, stacklevel=3)
     return img
 
 

@@ -233,6 +233,45 @@ def test_an_out_of_range_transparent_colour_is_cut_to_the_bit_depth_as_libpng_do
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_image_data_past_the_image_is_left_out_with_a_warning(tmp_path, capfd, interlace):
+    """A stream that inflates to more bytes than the header's image needs (a writer's bug: libpng warns "Too much
+    image data" on stderr and decodes the image whole) is read as the same image, nothing on stderr, and a
+    DepthkitWarning says how many bytes were left out, also when the stream is split over several IDAT chunks with
+    a text chunk after them, for an interlaced 16-bit image and for an 8-bit grey one."""
+    from depthkit.decode import check_png
+
+    rng = np.random.default_rng(4)
+    for name, (kind, depth, channels) in {"grey": (0, 8, 1), "rgb16": (2, 16, 3)}.items():
+        h, w = 7, 9
+        pixels = rng.integers(0, 2 ** depth, (h, w, channels), dtype=np.uint16 if depth == 16 else np.uint8)
+        row = (">" if depth == 16 else "") + ("u2" if depth == 16 else "u1")
+        passes = ([(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+                  if interlace else [(0, 0, 1, 1)])
+        raw = b"".join(b"\x00" + pixels[y, x0::dx].astype(row).tobytes()
+                       for x0, y0, dx, dy in passes for y in range(y0, h, dy) if x0 < w)
+        head = [(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, kind, 0, 0, interlace))]
+        text = [(b"tEXt", b"Comment\x00after the data")]
+        whole = _png_bytes(head + [(b"IDAT", zlib.compress(raw))] + text + [(b"IEND", b"")])
+        (tmp_path / f"{name}.png").write_bytes(whole)
+        for extra in (1, 9, 5000):
+            stream = zlib.compress(raw + bytes(extra))
+            parts = [(b"IDAT", stream[i:i + 40]) for i in range(0, len(stream), 40)]
+            (tmp_path / f"{name}_{extra}.png").write_bytes(_png_bytes(head + parts + text + [(b"IEND", b"")]))
+            check = check_png((tmp_path / f"{name}_{extra}.png").read_bytes(), metadata=True)
+            assert check.trimmed == extra and _png_chunks(check.data)[-2] == text[0]  # the chunks after it kept
+            capfd.readouterr()
+            with pytest.warns(io.DepthkitWarning, match=rf"{name}_{extra}.png: ignored {extra} bytes of image data "
+                                                        r"past the end of the image its header describes"):
+                got = io._decode_file(tmp_path / f"{name}_{extra}.png", "image")
+            assert capfd.readouterr().err == ""
+            want = cv2.imread(str(tmp_path / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got.reshape(h, w, -1)[..., ::-1], pixels)  # OpenCV's BGR: reversed
+        assert check_png(whole).trimmed == 0
+    assert capfd.readouterr().err == ""
+
+
 def test_an_apng_is_read_as_its_default_image(tmp_path, capfd):
     """An APNG is read as its default image (the IDAT's), as a decoder of still images shows it: whole, with a frame
     control that fails its CRC (ignored with a warning; OpenCV then read frame 1, grey 120), and when the IDAT image
