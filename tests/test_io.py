@@ -649,8 +649,10 @@ def test_a_depth_scale_given_with_float_depth_is_not_applied_and_said(tmp_path):
     np.save(tmp_path / "cm.npy", np.full((3, 3), 2.5, np.float32))
     with pytest.warns(io.UnitWarning, match=r"cm.npy holds floats, read as metres: the depth scale 100 .* not applied"):
         assert io.read_depth(tmp_path / "cm.npy", depth_scale=100).max() == np.float32(2.5)
-    with pytest.warns(io.UnitWarning, match="looks like millimetres"):
+    with pytest.warns(io.UnitWarning) as said:  # floats with a scale: not applied, and their size said
         io.depth_to_metres(np.full((3, 3), 2500.0, np.float32), 1000)
+    assert [("not applied" in str(w.message), "looks like millimetres" in str(w.message)) for w in said] == [
+        (True, False), (False, True)], [str(w.message) for w in said]
     import warnings
 
     with warnings.catch_warnings():
