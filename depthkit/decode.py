@@ -1,5 +1,5 @@
 """OpenCV's decoding of the files :func:`depthkit.io.read_image` and :func:`depthkit.io.read_depth` (its PNGs) read,
-with a damaged PNG refused first.
+with a damaged PNG refused first (a JPEG cut short too: :mod:`depthkit.decode_jpeg`).
 
 OpenCV's PNG decoder prints libpng's own messages (``libpng error: Read Error``, ``libpng error: IDAT: CRC error``,
 ``libpng warning: tEXt: CRC error``) or its logger's on stderr for a damaged PNG; the user would see those stray lines
@@ -48,6 +48,8 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+
+from depthkit.decode_jpeg import JPEG_SOI, check_jpeg, decode_jpeg
 
 __all__ = ["PNG_SIGNATURE", "PngCheck", "check_png", "decode_image_file", "pil_source"]
 
@@ -333,19 +335,26 @@ def _notes(check: PngCheck, what: str) -> list[str]:
 
 def decode_image_file(path: Path, what: str) -> tuple[np.ndarray | None, list[str]]:
     """Decode the image file at ``path`` as ``cv2.imread(path, IMREAD_UNCHANGED)`` does (HxW or HxWxC, OpenCV's BGR
-    order and dtype; None when OpenCV cannot decode it), with a PNG checked first by :func:`check_png`.
+    order and dtype; None when OpenCV cannot decode it), with a PNG checked first by :func:`check_png` and a JPEG by
+    :func:`~depthkit.decode_jpeg.check_jpeg`.
 
     Returns the array and what to warn about (sentences: PNG chunks or image data left out; empty for other files
-    and whole PNGs). A damaged
-    PNG, and any file OpenCV raises on, is a ``ValueError`` naming it as ``what`` (``image``, ``depth PNG``) instead,
+    and whole PNGs). A damaged PNG or JPEG, and any file OpenCV raises on, is a ``ValueError`` naming it as ``what`` (``image``, ``depth PNG``) instead,
     before OpenCV prints on stderr.
     """
     import cv2
 
     with open(path, "rb") as f:
-        is_png = f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+        start = f.read(len(PNG_SIGNATURE))
     try:
-        if not is_png:
+        if start.startswith(JPEG_SOI):
+            data = Path(path).read_bytes()
+            problem = check_jpeg(data)
+            if problem is not None:
+                raise ValueError(f"could not decode {what} {path}: the file is a truncated or damaged JPEG "
+                                 f"({problem}). Copy or export it again.")
+            return decode_jpeg(data, path, what)
+        if start != PNG_SIGNATURE:
             return cv2.imread(str(path), cv2.IMREAD_UNCHANGED), []
         check = check_png(Path(path).read_bytes())
         if check.problem is not None:

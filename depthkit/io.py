@@ -99,7 +99,7 @@ def read_image(path) -> np.ndarray:
 
 def _decode_file(path: Path, what: str) -> np.ndarray | None:
     """:func:`depthkit.decode.decode_image_file`, warning about what it left out of a PNG (chunks that failed their
-    CRC, image data past the image's end)."""
+    CRC, image data past the image's end) or what libjpeg skipped in a JPEG."""
     img, notes = decode_image_file(path, what)
     if notes:
         import warnings

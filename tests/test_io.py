@@ -1,4 +1,5 @@
 import json
+import os
 import struct
 import warnings
 import zlib
@@ -231,6 +232,114 @@ def test_an_out_of_range_transparent_colour_is_cut_to_the_bit_depth_as_libpng_do
     assert "out-of-range" in capfd.readouterr().err  # OpenCV alone prints libpng's warning
     assert got.shape == (2, 2, 4) and got[:, :, 3].tolist() == [[0, 255], [255, 0]]
     np.testing.assert_array_equal(got, want)
+
+
+def _jpegs() -> dict[str, bytes]:
+    """Small JPEG files of four layouts (baseline colour, progressive, with restart markers, grey)."""
+    rng = np.random.default_rng(5)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (48, 64, 3)).astype(np.float32), (0, 0), 2).astype(np.uint8)
+    return {"baseline": cv2.imencode(".jpg", img)[1].tobytes(),
+            "progressive": cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+            "restarts": cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])[1].tobytes(),
+            "grey": cv2.imencode(".jpg", img[..., 0])[1].tobytes()}
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(offset, marker, length) of each marker segment before the first scan's data, read by the test itself."""
+    out, pos = [], 2
+    while True:
+        marker, length = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        out.append((pos, marker, length))
+        if marker == 0xDA:
+            return out
+        pos += 2 + length
+
+
+@pytest.mark.parametrize("layout", ["baseline", "progressive", "restarts", "grey"])
+def test_a_jpeg_cut_short_is_refused_by_depthkit_alone(tmp_path, capfd, layout):
+    """A JPEG cut short anywhere (in a header segment, in its compressed data, just before its EOI marker) is refused
+    with depthkit's message and nothing on stderr; libjpeg printed "Premature end of JPEG file" and OpenCV returned
+    the image with its missing part grey. The whole file reads as OpenCV reads it."""
+    data = _jpegs()[layout]
+    (tmp_path / "whole.jpg").write_bytes(data)
+    capfd.readouterr()
+    np.testing.assert_array_equal(io.read_image(tmp_path / "whole.jpg"), cv2.imread(str(tmp_path / "whole.jpg"))[..., ::-1])
+    assert capfd.readouterr().err == ""
+    scan = _jpeg_segments(data)[-1][0]
+    for cut in (3, 21, scan + 5, scan + 40, (scan + len(data)) // 2, len(data) - 2, len(data) - 1):
+        (tmp_path / "cut.jpg").write_bytes(data[:cut])
+        with pytest.raises(ValueError) as err:
+            io.read_image(tmp_path / "cut.jpg")
+        assert str(err.value).startswith(f"could not decode image {tmp_path / 'cut.jpg'}: the file is a truncated or "
+                                         f"damaged JPEG ({cut} bytes, "), (cut, str(err.value))
+        assert "cut short" in str(err.value) and str(err.value).endswith("Copy or export it again.")
+        assert capfd.readouterr().err == ""
+
+
+def test_a_malformed_jpeg_is_refused_with_what_is_wrong(tmp_path, capfd):
+    """A JPEG whose markers do not make one (no frame header before its scan, a segment length below 2, a byte that
+    is not a marker where one must start, no scan before its EOI) is refused with what is wrong."""
+    from depthkit.decode_jpeg import check_jpeg
+
+    data = _jpegs()["baseline"]
+    segments = _jpeg_segments(data)
+    sof = next(s for s in segments if s[1] == 0xC0)
+    cases = {"no SOF": (data[:sof[0]] + data[sof[0] + 2 + sof[2]:], "comes before any frame header (SOF marker)"),
+             "length 1": (data[:segments[0][0] + 2] + b"\x00\x01" + data[segments[0][0] + 4:],
+                          "gives its segment a length of 1 bytes (at least 2)"),
+             "not a marker": (data[:segments[1][0]] + b"\x12" + data[segments[1][0] + 1:],
+                              f"byte {segments[1][0]} is 0x12 where a marker (0xFF) must start"),
+             "no scan": (data[:segments[-1][0]] + b"\xff\xd9", "no scan (SOS marker) before its EOI marker")}
+    assert check_jpeg(data) is None
+    for name, (bad, said) in cases.items():
+        assert said in (check_jpeg(bad) or ""), (name, check_jpeg(bad))
+        (tmp_path / "bad.jpg").write_bytes(bad)
+        with pytest.raises(ValueError, match="the file is a truncated or damaged JPEG"):
+            io.read_image(tmp_path / "bad.jpg")
+        assert capfd.readouterr().err == ""
+
+
+def test_libjpeg_s_complaints_are_said_in_depthkit_s_words(tmp_path, capfd, monkeypatch):
+    """What libjpeg prints on stderr while it decodes becomes depthkit's: a scan whose data ends before its last
+    block (libjpeg: "Corrupt JPEG data: premature end of data segment", the rest of the image grey) is refused
+    with libjpeg's words; stray bytes before a marker (libjpeg skips them) and an unknown JFIF revision give a
+    DepthkitWarning and the image as OpenCV decodes it; nothing reaches stderr. Other text written on stderr
+    meanwhile is written again, unchanged."""
+    from depthkit.decode_jpeg import decode_jpeg, native_stderr
+
+    data = _jpegs()["baseline"]
+    scan = _jpeg_segments(data)[-1][0]
+    (tmp_path / "short_scan.jpg").write_bytes(data[:(scan + len(data)) // 2] + b"\xff\xd9")
+    capfd.readouterr()
+    with pytest.raises(ValueError, match=r"damaged JPEG \(its decoder, libjpeg, says 'Corrupt JPEG data: premature "
+                                         r"end of data segment': the image would hold garbage from there on\)"):
+        io.read_image(tmp_path / "short_scan.jpg")
+    assert capfd.readouterr().err == ""
+    (tmp_path / "stray.jpg").write_bytes(data[:-2] + bytes(range(1, 9)) + data[-2:])  # libjpeg counts 5 of the 8
+    jfif = data.index(b"JFIF\x00")
+    (tmp_path / "jfif.jpg").write_bytes(data[:jfif + 5] + b"\x03" + data[jfif + 6:])  # version 3.x: unknown
+    for name, said in (("stray", r"stray.jpg: its decoder, libjpeg, found \d stray bytes before the JPEG marker "
+                                 r"0xd9 and skipped them"),
+                       ("jfif", r"jfif.jpg: its decoder, libjpeg, says 'Warning: unknown JFIF revision number 3\.")):
+        want = cv2.imread(str(tmp_path / f"{name}.jpg"))[..., ::-1]  # OpenCV alone: libjpeg's line on stderr
+        capfd.readouterr()
+        with pytest.warns(io.DepthkitWarning, match=said):
+            got = io.read_image(tmp_path / f"{name}.jpg")
+        assert capfd.readouterr().err == ""
+        np.testing.assert_array_equal(got, want)
+
+    with native_stderr() as lines:
+        os.write(2, b"one\ntwo\n")
+    assert lines == ["one", "two"] and capfd.readouterr().err == ""
+    real = cv2.imdecode
+
+    def chatty(buf, flags):
+        os.write(2, b"another thread's line\n")
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", chatty)
+    assert decode_jpeg(data, tmp_path / "x.jpg", "image")[0].shape == (48, 64, 3)
+    assert capfd.readouterr().err == "another thread's line\n"
 
 
 @pytest.mark.parametrize("interlace", [0, 1])
