@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.decode_jpeg import JPEG_SOI, check_jpeg, decode_jpeg
+from depthkit.decode_jpeg import JPEG_SOI, check_jpeg, decode_jpeg, native_stderr
 
 __all__ = ["PNG_SIGNATURE", "PngCheck", "check_png", "decode_image_file", "pil_source"]
 
@@ -333,14 +333,45 @@ def _notes(check: PngCheck, what: str) -> list[str]:
     return notes
 
 
+_OPENCV_LOG = re.compile(r"^\[\s*(?:ERROR|WARN|INFO|DEBUG|VERBOSE|FATAL)[^\]]*\]\s+(?:global\s+)?\S+:\d+\s+(.*)$")
+"""A line of OpenCV's logger (``[ERROR:0@4.740] global grfmt_tiff.cpp:117 TIFF_Error ...``): group 1 is the text."""
+
+
+def _decoder_notes(said: list[str], failed: bool, path, what: str) -> list[str]:
+    """What OpenCV's logger printed (``said``, the lines on file descriptor 2) while it decoded ``path`` (a file
+    other than PNG or JPEG, e.g. a TIFF's libtiff messages) in depthkit's words: a ``ValueError`` when the decode
+    ``failed``, else notes to warn with. Other lines (not the logger's) are written to stderr again."""
+    import sys
+
+    ours, other, last = [], [], None
+    for line in said:  # a logger line, the lines of its message after it ("> ..." or blank), or another's
+        m = _OPENCV_LOG.match(line)
+        if m:
+            ours.append(m.group(1).strip())
+            last = ours
+        elif last is ours and line.startswith(">"):
+            ours[-1] += " " + line.lstrip("> ").strip()
+        elif not (last is ours and not line.strip()):
+            other.append(line)
+            last = other
+    if other:
+        pass
+        sys.stderr.flush()
+    if failed and ours:
+        raise ValueError(f"could not decode {what} {path}: the file is empty, truncated or not an image (its "
+                         f"decoder says {'; '.join(repr(x) for x in ours)}). Copy or export it again.")
+    return [f"its decoder says {'; '.join(repr(x) for x in ours)}; the image was decoded."] if ours else []
+
+
 def decode_image_file(path: Path, what: str) -> tuple[np.ndarray | None, list[str]]:
     """Decode the image file at ``path`` as ``cv2.imread(path, IMREAD_UNCHANGED)`` does (HxW or HxWxC, OpenCV's BGR
     order and dtype; None when OpenCV cannot decode it), with a PNG checked first by :func:`check_png` and a JPEG by
     :func:`~depthkit.decode_jpeg.check_jpeg`.
 
-    Returns the array and what to warn about (sentences: PNG chunks or image data left out; empty for other files
-    and whole PNGs). A damaged PNG or JPEG, and any file OpenCV raises on, is a ``ValueError`` naming it as ``what`` (``image``, ``depth PNG``) instead,
-    before OpenCV prints on stderr.
+    Returns the array and what to warn about (sentences: PNG chunks or image data left out, what a decoder said
+    about an image it decoded; empty for a whole file). A damaged PNG or JPEG, a file whose decoder failed saying
+    why, and any file OpenCV raises on, is a ``ValueError`` naming it as ``what`` (``image``, ``depth PNG``)
+    instead, before anything reaches stderr.
     """
     import cv2
 
@@ -355,7 +386,9 @@ def decode_image_file(path: Path, what: str) -> tuple[np.ndarray | None, list[st
                                  f"({problem}). Copy or export it again.")
             return decode_jpeg(data, path, what)
         if start != PNG_SIGNATURE:
-            return cv2.imread(str(path), cv2.IMREAD_UNCHANGED), []
+            with native_stderr() as said:
+                image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            return image, _decoder_notes(said, image is None, path, what)
         check = check_png(Path(path).read_bytes())
         if check.problem is not None:
             raise ValueError(f"could not decode {what} {path}: the file is a truncated or damaged PNG "

@@ -7,6 +7,7 @@ loads).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ def exif_orientation(path) -> int:
     from PIL import Image
 
     try:
-        with Image.open(pil_source(path)) as im:
-            return _tag(im)
+        with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data" of a damaged file: the decode says more
+            warnings.simplefilter("ignore")
+            with Image.open(pil_source(path)) as im:
+                return _tag(im)
     except Exception:  # not readable by PIL (cv2 decoded it): no EXIF to honour
         return 1
 
@@ -43,8 +46,10 @@ def image_size(path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(pil_source(path)) as im:
-            (w, h), tag, tiff = im.size, _tag(im), im.format == "TIFF"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(pil_source(path)) as im:
+                (w, h), tag, tiff = im.size, _tag(im), im.format == "TIFF"
     except Exception:  # not readable by PIL: read_image decides
         return None
     if tiff and tag != 1:

@@ -342,6 +342,37 @@ def test_libjpeg_s_complaints_are_said_in_depthkit_s_words(tmp_path, capfd, monk
     assert capfd.readouterr().err == "another thread's line\n"
 
 
+def test_a_tiff_s_decoder_messages_are_depthkit_s_words(tmp_path, capfd):
+    """A TIFF cut short is refused with what its decoder (libtiff, through OpenCV's logger) said, and nothing on
+    stderr or in Python's warnings (OpenCV printed "[ERROR:0@...] global grfmt_tiff.cpp:117 TIFF_Error ...", Pillow
+    warned "Corrupt EXIF data" while the orientation was read); a whole TIFF reads silently. A logger message's
+    continuation lines ("> ...") are part of it; other lines are written to stderr again."""
+    from depthkit.decode import _decoder_notes
+
+    img = np.random.default_rng(6).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "t.tif"), img, [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    data = (tmp_path / "t.tif").read_bytes()
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as warned:  # recorded: an "error" filter would be caught as the failure
+        warnings.simplefilter("always")                      # of the metadata read it comes from
+        np.testing.assert_array_equal(io.read_image(tmp_path / "t.tif"), img[..., ::-1])
+        for cut in (100, len(data) // 2, len(data) - 10):
+            (tmp_path / "cut.tif").write_bytes(data[:cut])
+            with pytest.raises(ValueError, match=r"cut.tif: the file is empty, truncated or not an image \(its decoder "
+                                                 r"says 'TIFF_Error TIFF\w+: .*'\)\. Copy or export it again\.$"):
+                io.read_image(tmp_path / "cut.tif")
+    assert capfd.readouterr().err == "" and [str(w.message) for w in warned] == []
+    said = ["[ERROR:0@0.033] global loadsave.cpp:612 imread_ can't read data", "> Internal imread issue:",
+            ">     'ptr' must be 'true'", "", "[ WARN:0@1.5] global grfmt_tiff.cpp:120 TIFF_Warning tag 42016",
+            "another thread's line"]
+    with pytest.raises(ValueError, match=r"says \"imread_ can't read data Internal imread issue: 'ptr' must be "
+                                         r"'true'\"; 'TIFF_Warning tag 42016'\)"):
+        _decoder_notes(said, True, "x.tif", "image")
+    assert capfd.readouterr().err == "another thread's line\n"
+    assert _decoder_notes(said[4:5], False, "x.tif", "image") == [
+        "its decoder says 'TIFF_Warning tag 42016'; the image was decoded."]
+
+
 @pytest.mark.parametrize("interlace", [0, 1])
 def test_image_data_past_the_image_is_left_out_with_a_warning(tmp_path, capfd, interlace):
     """A stream that inflates to more bytes than the header's image needs (a writer's bug: libpng warns "Too much
