@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.decode_jpeg import JPEG_SOI, check_jpeg, decode_jpeg, native_stderr
+from depthkit.decode_jpeg import JPEG_SOI, check_jpeg, decode_jpeg, native_stderr, write_stderr
 
 __all__ = ["PNG_SIGNATURE", "PngCheck", "check_png", "decode_image_file", "pil_source"]
 
@@ -171,7 +171,7 @@ class _ImageData:
             rest = body[start:start + 4096]                                       # unconsumed tail at every call
             while rest and not self.inflate.eof:
                 try:
-                    piece = self.inflate.decompress(rest, self.step)
+                    piece = self.inflate.decompress(rest, self.step if self.seen < self.needed else 1 << 20)
                 except zlib.error as exc:
                     return _inflate_problem(exc, pos)
                 rest = self.inflate.unconsumed_tail
@@ -295,8 +295,9 @@ def check_png(data: bytes, inflate: bool = True, metadata: bool = False) -> PngC
                 return PngCheck(problem, data)
             if image is not None and image.seen > image.needed:  # compressed again without the bytes past the image
                 trimmed = image.seen - image.needed
-                pixels = zlib.decompressobj(0).decompress(b"".join(bytes(kept[i][8:-4]) for i in idats))
-                kept[idats[0]:idats[-1] + 1] = [_chunk(b"IDAT", zlib.compress(pixels[:image.needed], 1))]
+                stream = b"".join(bytes(kept[i][8:-4]) for i in idats)
+                pixels = zlib.decompressobj(0).decompress(stream, image.needed)  # no more than the image's bytes
+                kept[idats[0]:idats[-1] + 1] = [_chunk(b"IDAT", zlib.compress(pixels, 1))]
             kept.append(_chunk(b"IEND", b""))  # an empty IEND whose CRC failed is given the right one
             break
         elif crc_ok and metadata:
@@ -341,8 +342,6 @@ def _decoder_notes(said: list[str], failed: bool, path, what: str) -> list[str]:
     """What OpenCV's logger printed (``said``, the lines on file descriptor 2) while it decoded ``path`` (a file
     other than PNG or JPEG, e.g. a TIFF's libtiff messages) in depthkit's words: a ``ValueError`` when the decode
     ``failed``, else notes to warn with. Other lines (not the logger's) are written to stderr again."""
-    import sys
-
     ours, other, last = [], [], None
     for line in said:  # a logger line, the lines of its message after it ("> ..." or blank), or another's
         m = _OPENCV_LOG.match(line)
@@ -354,9 +353,7 @@ def _decoder_notes(said: list[str], failed: bool, path, what: str) -> list[str]:
         elif not (last is ours and not line.strip()):
             other.append(line)
             last = other
-    if other:
-        pass
-        sys.stderr.flush()
+    write_stderr(other)
     if failed and ours:
         raise ValueError(f"could not decode {what} {path}: the file is empty, truncated or not an image (its "
                          f"decoder says {'; '.join(repr(x) for x in ours)}). Copy or export it again.")
@@ -380,11 +377,11 @@ def decode_image_file(path: Path, what: str) -> tuple[np.ndarray | None, list[st
     try:
         if start.startswith(JPEG_SOI):
             data = Path(path).read_bytes()
-            problem = check_jpeg(data)
-            if problem is not None:
+            check = check_jpeg(data)
+            if check.problem is not None and not check.ends_in_scan:
                 raise ValueError(f"could not decode {what} {path}: the file is a truncated or damaged JPEG "
-                                 f"({problem}). Copy or export it again.")
-            return decode_jpeg(data, path, what)
+                                 f"({check.problem}). Copy or export it again.")
+            return decode_jpeg(data, path, what, check)
         if start != PNG_SIGNATURE:
             with native_stderr() as said:
                 image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -396,4 +393,6 @@ def decode_image_file(path: Path, what: str) -> tuple[np.ndarray | None, list[st
         return cv2.imdecode(np.frombuffer(check.data, np.uint8), cv2.IMREAD_UNCHANGED), _notes(check, what)
     except cv2.error as exc:
         said = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"could not decode {what} {path}: OpenCV refused it ({said}).") from None
+        limit = (" Its pixels are more than OpenCV decodes: set the environment variable OPENCV_IO_MAX_IMAGE_PIXELS "
+                 "above its width x height to decode it." if "CV_IO_MAX_IMAGE_PIXELS" in said else "")
+        raise ValueError(f"could not decode {what} {path}: OpenCV refused it ({said}).{limit}") from None

@@ -1,4 +1,5 @@
-"""The structure of a JPEG file checked before OpenCV decodes it (:func:`check_jpeg`).
+"""A JPEG file's structure checked before OpenCV decodes it (:func:`check_jpeg`), and libjpeg's complaints while it
+decodes in depthkit's words (:func:`decode_jpeg`).
 
 libjpeg decodes a JPEG cut short as far as its data goes and fills the rest of the image with grey, after printing
 ``Premature end of JPEG file`` on stderr; OpenCV then returns that image as if it were whole. So a file that starts
@@ -6,23 +7,26 @@ with a JPEG's SOI marker (bytes ``FF D8``) has its markers walked first, and is 
 when:
 
 - a marker segment's length runs past the end of the file, or the file ends before the EOI marker (``FF D9``) that
-  closes a JPEG (within a segment, or within the compressed data of a scan);
-- a marker segment's length is below 2 (its own two bytes), or a byte where a marker must start is not ``FF``;
+  closes a JPEG — except a sequential (not progressive) JPEG that ends in its scan's data: it is decoded with the EOI
+  added, and refused as cut short only if libjpeg then finds its data short (a writer that left out only the EOI
+  gives a whole image);
+- a marker segment's length is below 2 (its own two bytes), a byte where a marker must start is not ``FF``, or a
+  marker is not one JPEG defines (``FF 02``-``FF BF``);
 - it has no frame header (SOF) before its first scan (SOS), or no scan before its EOI.
 
 Bytes after the EOI are ignored, as decoders do. A JPEG has no checksum: a changed byte inside its compressed data
-is found only by decoding it. :func:`decode_jpeg` therefore decodes with what the decoder writes on stderr (file
-descriptor 2) taken aside, and turns libjpeg's complaints into depthkit's words:
+is found only by decoding it. :func:`decode_jpeg` therefore decodes with what is written on stderr (file descriptor
+2) taken aside (:func:`native_stderr`), and turns libjpeg's warnings into depthkit's words. libjpeg prints only the
+first warning of a decode and counts the others, so a warning that might be harmless could hide damage after it:
 
-- refused: ``Corrupt JPEG data: premature end of data segment`` / ``bad Huffman code`` / ``found marker ...
-  instead of RST``, ``Premature end of JPEG file``, ``Inconsistent progression sequence``, ``Invalid SOS
-  parameters`` (the image it returns holds garbage from the damaged byte on);
-- a note for a :class:`~depthkit.io.DepthkitWarning`, the image kept: ``Corrupt JPEG data: N extraneous bytes
-  before marker`` (a few such bytes are some cameras' padding; many mean damage), ``Warning: unknown JFIF
-  revision``, ``Unknown Adobe color transform code``;
-- anything else written there meanwhile (another thread's output) is written to stderr again, unchanged.
+- a few stray bytes (at most :data:`STRAY_BYTES_ALLOWED`) before the EOI marker — some cameras' padding, after which
+  nothing is decoded — give a :class:`~depthkit.io.DepthkitWarning` and the image;
+- every other warning (``Corrupt JPEG data: ...``, more stray bytes or stray bytes before another marker, ``Premature
+  end of JPEG file``, an unknown JFIF revision or Adobe colour transform, ...) refuses the file, with libjpeg's words;
+- a JPEG that libjpeg cannot decode at all is refused as a damaged JPEG;
+- anything else written on stderr meanwhile (another thread's output) is written to stderr again, unchanged.
 
-The walk reads the file's bytes once; it finds the scans' ends with numpy (a few milliseconds for a 12-megapixel
+The walk reads the file's bytes once and finds the scans' ends with numpy (27 ms for a 12-megapixel progressive
 photo).
 """
 
@@ -33,116 +37,175 @@ import re
 import struct
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["JPEG_SOI", "check_jpeg", "decode_jpeg", "native_stderr"]
+__all__ = ["JPEG_SOI", "STRAY_BYTES_ALLOWED", "JpegCheck", "check_jpeg", "decode_jpeg", "native_stderr",
+           "write_stderr"]
 
 JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+STRAY_BYTES_ALLOWED = 16
+"""Stray bytes before the EOI marker that libjpeg skips (a camera's padding) and depthkit accepts, with a warning."""
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (DHT, JPG and DAC share the range)
+_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}  # RSTn, TEM, SOI: a marker without a segment
 
 
-def _scan_end(data: np.ndarray, start: int) -> int:
-    """The offset of the marker that ends the compressed data of a scan starting at ``start``: the first ``FF`` not
-    followed by a stuffed ``00``, a restart marker ``D0``-``D7`` or another fill ``FF``; -1 when there is none."""
-    ff = np.flatnonzero(data[start:-1] == 0xFF) + start
+@dataclass
+class JpegCheck:
+    """What :func:`check_jpeg` found: ``problem`` (None, or why the file cannot be decoded, in words) and
+    ``ends_in_scan`` (the file ends in the data of a sequential JPEG's scan: whole if only its EOI is missing)."""
+
+    problem: str | None
+    ends_in_scan: bool = False
+
+
+def _marker_ends(data: np.ndarray) -> np.ndarray:
+    """The offsets of every ``FF`` that starts a marker inside compressed data (not followed by a stuffed ``00``, a
+    restart marker ``D0``-``D7`` or another fill ``FF``), ascending."""
+    ff = np.flatnonzero(data[:-1] == 0xFF)
     follower = data[ff + 1]
-    ends = ff[(follower != 0) & ((follower < 0xD0) | (follower > 0xD7)) & (follower != 0xFF)]
-    return int(ends[0]) if ends.size else -1
+    return ff[(follower != 0) & ((follower < 0xD0) | (follower > 0xD7)) & (follower != 0xFF)]
 
 
-def check_jpeg(data: bytes) -> str | None:
-    """None when the JPEG file's bytes ``data`` (which start with :data:`JPEG_SOI`) are structurally whole, else
-    what is wrong, in words (see the module docstring)."""
-    size, pos, frame, scans = len(data), 2, False, 0
-    array = None
+def check_jpeg(data: bytes) -> JpegCheck:
+    """Walk the markers of a JPEG file's bytes ``data`` (which start with :data:`JPEG_SOI`) to its EOI; see the
+    module docstring for what is refused."""
+    size, pos, frame, progressive, scans, ends = len(data), 2, False, False, 0, None
+    cut = "the file was cut short"
     while True:
-        while pos < size and data[pos] == 0xFF and pos + 1 < size and data[pos + 1] == 0xFF:
+        while pos + 1 < size and data[pos] == 0xFF and data[pos + 1] == 0xFF:
             pos += 1  # fill bytes before a marker
         if pos + 2 > size:
-            return f"{size} bytes, ending before the EOI marker that closes a JPEG: the file was cut short"
+            return JpegCheck(f"{size} bytes, ending before the EOI marker that closes a JPEG: {cut}")
         if data[pos] != 0xFF:
-            return f"byte {pos} is 0x{data[pos]:02X} where a marker (0xFF) must start"
+            return JpegCheck(f"byte {pos} is 0x{data[pos]:02X} where a marker (0xFF) must start")
         marker = data[pos + 1]
         if marker == 0xD9:  # EOI
-            return None if scans else "it has no image data: no scan (SOS marker) before its EOI marker"
+            return JpegCheck(None if scans else "it has no image data: no scan (SOS marker) before its EOI marker")
         if marker in _NO_LENGTH:
             pos += 2
             continue
+        if marker < 0xC0:
+            return JpegCheck(f"bytes {pos}-{pos + 1} are 0xFF{marker:02X}, not a JPEG marker")
         if pos + 4 > size:
-            return f"{size} bytes, ending within its marker 0xFF{marker:02X} at byte {pos}: the file was cut short"
+            return JpegCheck(f"{size} bytes, ending within its marker 0xFF{marker:02X} at byte {pos}: {cut}")
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if length < 2:
-            return f"its marker 0xFF{marker:02X} at byte {pos} gives its segment a length of {length} bytes (at least 2)"
+            return JpegCheck(f"its marker 0xFF{marker:02X} at byte {pos} gives its segment a length of {length} "
+                             "bytes (at least 2)")
         end = pos + 2 + length
         if end > size:
-            return (f"{size} bytes, but its marker 0xFF{marker:02X} segment at byte {pos} runs to byte {end}: the file "
-                    "was cut short")
-        frame = frame or marker in _SOF
+            return JpegCheck(f"{size} bytes, but its marker 0xFF{marker:02X} segment at byte {pos} runs to byte "
+                             f"{end}: {cut}")
+        if marker in _SOF:
+            frame, progressive = True, progressive or marker in _PROGRESSIVE
         if marker != 0xDA:  # not a scan
             pos = end
             continue
         if not frame:
-            return f"its first scan (SOS at byte {pos}) comes before any frame header (SOF marker)"
+            return JpegCheck(f"its first scan (SOS at byte {pos}) comes before any frame header (SOF marker)")
         scans += 1
-        array = np.frombuffer(data, np.uint8) if array is None else array
-        pos = _scan_end(array, end)
-        if pos < 0:
-            return (f"{size} bytes, ending in the compressed data of its scan {scans} (SOS at byte {end - length - 2})"
-                    " before the EOI marker that closes a JPEG: the file was cut short")
+        ends = _marker_ends(np.frombuffer(data, np.uint8)) if ends is None else ends
+        at = int(np.searchsorted(ends, end))
+        if at == ends.size:
+            return JpegCheck(f"{size} bytes, ending in the compressed data of its scan {scans} (SOS at byte {pos}) "
+                             f"before the EOI marker that closes a JPEG: {cut}", ends_in_scan=not progressive)
+        pos = int(ends[at])
 
 
-_EXTRANEOUS = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes? before marker (0x[0-9a-fA-F]+)")
-_DAMAGED = re.compile(r"Corrupt JPEG data: (?!\d+ extraneous)|Premature end of JPEG file|Inconsistent progression "
-                      r"sequence|Invalid SOS parameters")  # libjpeg's warnings (jerror.h) that mean a damaged image
-_HARMLESS = re.compile(r"Warning: unknown JFIF revision|Unknown Adobe color transform")
+_EXTRANEOUS = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes? before marker 0x(d9|D9)$")
+_LOCK = threading.RLock()  # one redirection of file descriptor 2 at a time
+
+
+def _flush_stderr() -> None:
+    if sys.stderr is not None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a closed or broken stderr: nothing to flush
+            pass
+
+
+def write_stderr(lines: list[str]) -> None:
+    """Write ``lines`` (taken aside by :func:`native_stderr`) to stderr again, when there is one."""
+    if lines and sys.stderr is not None:
+        try:
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
 
 @contextmanager
 def native_stderr():
     """Take aside what is written on file descriptor 2 (C libraries' ``stderr``) within the block: yields a list that
-    holds the text's lines once the block ends. Python's ``sys.stderr`` is flushed on entry and exit. Process-wide:
-    another thread's writes on descriptor 2 meanwhile are taken aside too (:func:`decode_jpeg` writes them again)."""
+    holds the text's lines once the block ends. Python's ``sys.stderr`` is flushed on entry and exit. Process-wide,
+    so one block runs at a time (a lock); another thread's writes on descriptor 2 meanwhile are taken aside too (the
+    callers write them again). Without a descriptor 2 (a closed stderr), nothing is taken aside."""
     lines: list[str] = []
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2 (a closed stderr): nothing to take aside
-        yield lines
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
+    with _LOCK:
+        _flush_stderr()
         try:
+            saved = os.dup(2)
+        except OSError:
             yield lines
+            return
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield lines
+                finally:
+                    _flush_stderr()
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
             os.close(saved)
-            tmp.seek(0)
-            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
 
 
-def decode_jpeg(data: bytes, path, what: str):
-    """``cv2.imdecode(data, IMREAD_UNCHANGED)`` of a JPEG file's bytes that :func:`check_jpeg` passed, with libjpeg's
-    messages in depthkit's words (module docstring): ``(array or None, notes)``; a ``ValueError`` naming ``path`` as
-    ``what`` when libjpeg found the data damaged."""
+_LIBJPEG_WARNINGS = re.compile(r"Corrupt JPEG data|Premature end of JPEG file|Inconsistent progression sequence|"
+                               r"Invalid SOS parameters|Warning: unknown JFIF revision|Unknown Adobe color transform|"
+                               r"Application transferred too many scanlines")  # jerror.h's warnings (JWRN_*)
+
+
+def decode_jpeg(data: bytes, path, what: str, check: JpegCheck | None = None):
+    """``cv2.imdecode(data, IMREAD_UNCHANGED)`` of a JPEG file's bytes that :func:`check_jpeg` passed (or, with
+    ``check.ends_in_scan``, refused only for a missing EOI), with libjpeg's warnings in depthkit's words (module
+    docstring): ``(array, notes)``; a ``ValueError`` naming ``path`` as ``what`` when the file is damaged."""
     import cv2
 
+    eoi_added = check is not None and check.ends_in_scan
+    error = None
     with native_stderr() as said:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    damaged = [line for line in said if _DAMAGED.match(line)]
-    other = [line for line in said if not (_DAMAGED.match(line) or _EXTRANEOUS.match(line) or _HARMLESS.match(line))]
-    if other:  # not libjpeg's warnings: given back as written
-        sys.stderr.write("\n".join(other) + "\n")
-        sys.stderr.flush()
-    if damaged:
+        try:
+            image = cv2.imdecode(np.frombuffer(data + JPEG_EOI if eoi_added else data, np.uint8),
+                                 cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:  # raised after the lines taken aside are given back
+            error = exc
+    ours = [line for line in said if _LIBJPEG_WARNINGS.match(line)]
+    write_stderr([line for line in said if not _LIBJPEG_WARNINGS.match(line)])  # not libjpeg's: as written
+    if error is not None:
+        raise error
+    stray = _EXTRANEOUS.match(ours[0]) if len(ours) == 1 else None
+    if eoi_added and (ours or image is None):
+        raise ValueError(f"could not decode {what} {path}: the file is a truncated or damaged JPEG ({check.problem}). "
+                         "Copy or export it again.")
+    if image is None:
+        raise ValueError(f"could not decode {what} {path}: the file is a damaged JPEG (its markers are in order, but "
+                         "its decoder, libjpeg, could not decode what they hold). Copy or export it again.")
+    if ours and not (stray and int(stray.group(1)) <= STRAY_BYTES_ALLOWED):
         raise ValueError(f"could not decode {what} {path}: the file is a damaged JPEG (its decoder, libjpeg, says "
-                         f"{'; '.join(repr(x) for x in damaged)}: the image would hold garbage from there on). Copy "
-                         f"or export it again.")
-    notes = [f"its decoder, libjpeg, found {m.group(1)} stray bytes before the JPEG marker {m.group(2)} and skipped "
-             "them: a few are some cameras' padding, more mean the file was changed and its image may be damaged "
-             "(check it, or copy or export it again)." for m in map(_EXTRANEOUS.match, said) if m]
-    notes += [f"its decoder, libjpeg, says {line!r}; the image was decoded." for line in said if _HARMLESS.match(line)]
+                         f"{ours[0]!r}: the image it gives may hold garbage from there on). Copy or export it again.")
+    notes = []
+    if stray:
+        notes.append(f"its decoder, libjpeg, skipped {stray.group(1)} stray bytes before the JPEG's end marker (EOI), "
+                     "as some cameras pad their files; the image is whole.")
+    if eoi_added:
+        notes.append("its EOI marker (the two bytes that close a JPEG) is missing; the image decoded whole without "
+                     "it.")
     return image, notes

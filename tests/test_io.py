@@ -259,15 +259,24 @@ def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
 def test_a_jpeg_cut_short_is_refused_by_depthkit_alone(tmp_path, capfd, layout):
     """A JPEG cut short anywhere (in a header segment, in its compressed data, just before its EOI marker) is refused
     with depthkit's message and nothing on stderr; libjpeg printed "Premature end of JPEG file" and OpenCV returned
-    the image with its missing part grey. The whole file reads as OpenCV reads it."""
+    the image with its missing part grey. The whole file reads as OpenCV reads it. A sequential JPEG that lacks only
+    its EOI (cut 1 or 2 bytes short) decodes whole, with a warning; a progressive one is refused (the scans it lacks
+    cannot be told from the EOI it lacks)."""
     data = _jpegs()[layout]
     (tmp_path / "whole.jpg").write_bytes(data)
     capfd.readouterr()
-    np.testing.assert_array_equal(io.read_image(tmp_path / "whole.jpg"), cv2.imread(str(tmp_path / "whole.jpg"))[..., ::-1])
+    want = cv2.imread(str(tmp_path / "whole.jpg"))[..., ::-1]
+    np.testing.assert_array_equal(io.read_image(tmp_path / "whole.jpg"), want)
     assert capfd.readouterr().err == ""
     scan = _jpeg_segments(data)[-1][0]
     for cut in (3, 21, scan + 5, scan + 40, (scan + len(data)) // 2, len(data) - 2, len(data) - 1):
         (tmp_path / "cut.jpg").write_bytes(data[:cut])
+        if cut >= len(data) - 2 and layout != "progressive":
+            with pytest.warns(io.DepthkitWarning, match=r"cut.jpg: its EOI marker \(the two bytes that close a JPEG\) "
+                                                        r"is missing; the image decoded whole without it\.$"):
+                np.testing.assert_array_equal(io.read_image(tmp_path / "cut.jpg"), want)
+            assert capfd.readouterr().err == ""
+            continue
         with pytest.raises(ValueError) as err:
             io.read_image(tmp_path / "cut.jpg")
         assert str(err.value).startswith(f"could not decode image {tmp_path / 'cut.jpg'}: the file is a truncated or "
@@ -278,55 +287,75 @@ def test_a_jpeg_cut_short_is_refused_by_depthkit_alone(tmp_path, capfd, layout):
 
 def test_a_malformed_jpeg_is_refused_with_what_is_wrong(tmp_path, capfd):
     """A JPEG whose markers do not make one (no frame header before its scan, a segment length below 2, a byte that
-    is not a marker where one must start, no scan before its EOI) is refused with what is wrong."""
+    is not a marker where one must start, a marker JPEG does not define, no scan before its EOI) is refused with what
+    is wrong; one whose markers are in order but which libjpeg cannot decode (a bad Huffman table) is refused as a
+    damaged JPEG, not as "not an image"."""
     from depthkit.decode_jpeg import check_jpeg
 
     data = _jpegs()["baseline"]
     segments = _jpeg_segments(data)
     sof = next(s for s in segments if s[1] == 0xC0)
+    dht = next(s for s in segments if s[1] == 0xC4)
     cases = {"no SOF": (data[:sof[0]] + data[sof[0] + 2 + sof[2]:], "comes before any frame header (SOF marker)"),
              "length 1": (data[:segments[0][0] + 2] + b"\x00\x01" + data[segments[0][0] + 4:],
                           "gives its segment a length of 1 bytes (at least 2)"),
              "not a marker": (data[:segments[1][0]] + b"\x12" + data[segments[1][0] + 1:],
                               f"byte {segments[1][0]} is 0x12 where a marker (0xFF) must start"),
+             "undefined marker": (data[:segments[1][0] + 1] + b"\x8c" + data[segments[1][0] + 2:],
+                                  f"bytes {segments[1][0]}-{segments[1][0] + 1} are 0xFF8C, not a JPEG marker"),
              "no scan": (data[:segments[-1][0]] + b"\xff\xd9", "no scan (SOS marker) before its EOI marker")}
-    assert check_jpeg(data) is None
+    assert check_jpeg(data).problem is None
     for name, (bad, said) in cases.items():
-        assert said in (check_jpeg(bad) or ""), (name, check_jpeg(bad))
+        assert said in (check_jpeg(bad).problem or ""), (name, check_jpeg(bad))
         (tmp_path / "bad.jpg").write_bytes(bad)
         with pytest.raises(ValueError, match="the file is a truncated or damaged JPEG"):
             io.read_image(tmp_path / "bad.jpg")
         assert capfd.readouterr().err == ""
+    table = dht[0] + 5  # the first DHT's table class and index byte: index 32 is not one
+    (tmp_path / "table.jpg").write_bytes(data[:table] + b"\x20" + data[table + 1:])
+    assert check_jpeg((tmp_path / "table.jpg").read_bytes()).problem is None
+    with pytest.raises(ValueError, match=r"table.jpg: the file is a damaged JPEG \(its markers are in order, but its "
+                                         r"decoder, libjpeg, could not decode what they hold\)"):
+        io.read_image(tmp_path / "table.jpg")
+    assert capfd.readouterr().err == ""
 
 
 def test_libjpeg_s_complaints_are_said_in_depthkit_s_words(tmp_path, capfd, monkeypatch):
-    """What libjpeg prints on stderr while it decodes becomes depthkit's: a scan whose data ends before its last
-    block (libjpeg: "Corrupt JPEG data: premature end of data segment", the rest of the image grey) is refused
-    with libjpeg's words; stray bytes before a marker (libjpeg skips them) and an unknown JFIF revision give a
-    DepthkitWarning and the image as OpenCV decodes it; nothing reaches stderr. Other text written on stderr
-    meanwhile is written again, unchanged."""
-    from depthkit.decode_jpeg import decode_jpeg, native_stderr
+    """What libjpeg prints on stderr while it decodes becomes depthkit's. libjpeg prints only a decode's first
+    warning, so only a warning that nothing can follow is let pass: a few stray bytes before the EOI marker (some
+    cameras' padding) give a DepthkitWarning and the image as OpenCV decodes it. Refused with libjpeg's words: a scan
+    whose data ends before its last block ("Corrupt JPEG data: premature end of data segment"), more stray bytes,
+    and an unknown JFIF revision, also when damage follows it (which libjpeg then does not print). Nothing reaches
+    stderr; other text written there meanwhile is written again, unchanged."""
+    from depthkit.decode_jpeg import STRAY_BYTES_ALLOWED, decode_jpeg, native_stderr
 
     data = _jpegs()["baseline"]
     scan = _jpeg_segments(data)[-1][0]
-    (tmp_path / "short_scan.jpg").write_bytes(data[:(scan + len(data)) // 2] + b"\xff\xd9")
-    capfd.readouterr()
-    with pytest.raises(ValueError, match=r"damaged JPEG \(its decoder, libjpeg, says 'Corrupt JPEG data: premature "
-                                         r"end of data segment': the image would hold garbage from there on\)"):
-        io.read_image(tmp_path / "short_scan.jpg")
-    assert capfd.readouterr().err == ""
-    (tmp_path / "stray.jpg").write_bytes(data[:-2] + bytes(range(1, 9)) + data[-2:])  # libjpeg counts 5 of the 8
     jfif = data.index(b"JFIF\x00")
-    (tmp_path / "jfif.jpg").write_bytes(data[:jfif + 5] + b"\x03" + data[jfif + 6:])  # version 3.x: unknown
-    for name, said in (("stray", r"stray.jpg: its decoder, libjpeg, found \d stray bytes before the JPEG marker "
-                                 r"0xd9 and skipped them"),
-                       ("jfif", r"jfif.jpg: its decoder, libjpeg, says 'Warning: unknown JFIF revision number 3\.")):
-        want = cv2.imread(str(tmp_path / f"{name}.jpg"))[..., ::-1]  # OpenCV alone: libjpeg's line on stderr
+    middle = (scan + len(data)) // 2
+    files = {"short_scan": (data[:middle] + b"\xff\xd9", "Corrupt JPEG data: premature end of data segment"),
+             "many_stray": (data[:-2] + bytes(range(1, STRAY_BYTES_ALLOWED + 9)) + data[-2:],
+                            f"Corrupt JPEG data: {STRAY_BYTES_ALLOWED + 5} extraneous bytes before marker 0xd9"),
+             "jfif": (data[:jfif + 5] + b"\x03" + data[jfif + 6:], "Warning: unknown JFIF revision number 3.01"),
+             "jfif_and_damage": (data[:jfif + 5] + b"\x03" + data[jfif + 6:middle] + bytes(40) + data[middle + 40:],
+                                 "Warning: unknown JFIF revision number 3.01")}
+    for name, (bad, said) in files.items():
+        (tmp_path / f"{name}.jpg").write_bytes(bad)
         capfd.readouterr()
-        with pytest.warns(io.DepthkitWarning, match=said):
-            got = io.read_image(tmp_path / f"{name}.jpg")
+        with pytest.raises(ValueError) as err:
+            io.read_image(tmp_path / f"{name}.jpg")
+        assert str(err.value).endswith(f"{name}.jpg: the file is a damaged JPEG (its decoder, libjpeg, says {said!r}: "
+                                       "the image it gives may hold garbage from there on). Copy or export it again."
+                                       ), str(err.value)
         assert capfd.readouterr().err == ""
-        np.testing.assert_array_equal(got, want)
+    (tmp_path / "stray.jpg").write_bytes(data[:-2] + bytes(range(1, 9)) + data[-2:])  # libjpeg counts 5 of the 8
+    want = cv2.imread(str(tmp_path / "stray.jpg"))[..., ::-1]  # OpenCV alone: libjpeg's line on stderr
+    capfd.readouterr()
+    with pytest.warns(io.DepthkitWarning, match=r"stray.jpg: its decoder, libjpeg, skipped 5 stray bytes before the "
+                                                r"JPEG's end marker \(EOI\), as some cameras pad their files"):
+        got = io.read_image(tmp_path / "stray.jpg")
+    assert capfd.readouterr().err == ""
+    np.testing.assert_array_equal(got, want)
 
     with native_stderr() as lines:
         os.write(2, b"one\ntwo\n")
@@ -340,6 +369,46 @@ def test_libjpeg_s_complaints_are_said_in_depthkit_s_words(tmp_path, capfd, monk
     monkeypatch.setattr(cv2, "imdecode", chatty)
     assert decode_jpeg(data, tmp_path / "x.jpg", "image")[0].shape == (48, 64, 3)
     assert capfd.readouterr().err == "another thread's line\n"
+
+    def failing(buf, flags):
+        os.write(2, b"said before it failed\n")
+        raise cv2.error("no")
+
+    monkeypatch.setattr(cv2, "imdecode", failing)
+    with pytest.raises(cv2.error):
+        decode_jpeg(data, tmp_path / "x.jpg", "image")
+    assert capfd.readouterr().err == "said before it failed\n"
+
+
+def test_jpeg_decodes_in_threads_and_without_a_stderr(tmp_path):
+    """Decodes in several threads at once each get their own libjpeg messages (stderr is taken aside one decode at a
+    time), and leave stderr where it was; with stderr closed, a JPEG still reads."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)  # large enough that decodes overlap
+    big = cv2.resize(rng.uniform(0, 255, (30, 40, 3)).astype(np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    scan = _jpeg_segments(data)[-1][0]
+    (tmp_path / "good.jpg").write_bytes(data)
+    (tmp_path / "bad.jpg").write_bytes(data[:(scan + len(data)) // 2] + b"\xff\xd9")
+    before = os.readlink("/proc/self/fd/2") if os.path.exists("/proc/self/fd/2") else None
+
+    def read(name):
+        try:
+            return io.read_image(tmp_path / name).shape
+        except ValueError:
+            return "refused"
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(read, ["good.jpg", "bad.jpg"] * 16))
+    assert got == [(480, 640, 3), "refused"] * 16
+    if before is not None:
+        assert os.readlink("/proc/self/fd/2") == before
+    code = f"import depthkit.io as io; print(io.read_image({str(tmp_path / 'good.jpg')!r}).shape)"
+    run = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(2))
+    assert (run.returncode, run.stdout.strip()) == (0, "(480, 640, 3)")
 
 
 def test_a_tiff_s_decoder_messages_are_depthkit_s_words(tmp_path, capfd):
@@ -412,6 +481,26 @@ def test_image_data_past_the_image_is_left_out_with_a_warning(tmp_path, capfd, i
     assert capfd.readouterr().err == ""
 
 
+def test_a_png_whose_data_inflates_far_past_its_image_is_checked_in_bounded_memory():
+    """A 1x1 PNG whose image data inflates to 64 MB (a 64 KB file) is checked and repaired without holding what
+    lies past the image: Python's allocations peak under 4 MB (the repair once held the whole inflated stream)."""
+    import tracemalloc
+
+    from depthkit.decode import check_png
+
+    data = _png_bytes([(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)),
+                       (b"IDAT", zlib.compress(b"\x00\x7f" + bytes(64 << 20), 9)), (b"IEND", b"")])
+    assert len(data) < 100_000
+    tracemalloc.start()
+    try:
+        check = check_png(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert check.problem is None and check.trimmed == 64 << 20 and peak < 4 << 20, (check, peak)
+    assert cv2.imdecode(np.frombuffer(check.data, np.uint8), cv2.IMREAD_UNCHANGED).tolist() == [[0x7F]]
+
+
 def test_an_apng_is_read_as_its_default_image(tmp_path, capfd):
     """An APNG is read as its default image (the IDAT's), as a decoder of still images shows it: whole, with a frame
     control that fails its CRC (ignored with a warning; OpenCV then read frame 1, grey 120), and when the IDAT image
@@ -455,7 +544,9 @@ def test_an_image_opencv_raises_on_is_a_value_error_naming_the_file(tmp_path):
     data[18:26] = struct.pack("<ii", 40000, 40000)  # BITMAPINFOHEADER width, height
     (tmp_path / "big.bmp").write_bytes(bytes(data))
     with pytest.raises(ValueError, match=rf"could not decode image {tmp_path / 'big.bmp'}: OpenCV refused it \(.*"
-                                         r"CV_IO_MAX_IMAGE_PIXELS.*\)\.$"):
+                                         r"CV_IO_MAX_IMAGE_PIXELS.*\)\. Its pixels are more than OpenCV decodes: set "
+                                         r"the environment variable OPENCV_IO_MAX_IMAGE_PIXELS above its width x "
+                                         r"height to decode it\.$"):
         io.read_image(tmp_path / "big.bmp")
 
 
