@@ -407,7 +407,8 @@ def test_jpeg_decodes_in_threads_and_without_a_stderr(tmp_path):
     if before is not None:
         assert os.readlink("/proc/self/fd/2") == before
     code = f"import depthkit.io as io; print(io.read_image({str(tmp_path / 'good.jpg')!r}).shape)"
-    run = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(2))
+    run = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: os.close(2))  # the child starts with no stderr
     assert (run.returncode, run.stdout.strip()) == (0, "(480, 640, 3)")
 
 
