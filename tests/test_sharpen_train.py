@@ -385,6 +385,15 @@ def test_metric_cache_keys_on_the_source_too(tmp_path):
     assert len(list((tmp_path / "c").glob("s0_*.npy"))) == 3
 
 
+def _three_steps(tmp_path, **model):
+    """A 3-step sharpen recipe from a tiny random Lotus (lr 1e-2, EMA decay 0.9 from step 0) with ``model`` fields."""
+    recipe = sharpen_recipe(tmp_path / "r", "tiny", _tiny_sources(), (16, 24), "complete:guided", steps=3,
+                            batch_size=2, lr=1e-2, sharpdepth={"ema_decay": 0.9, "ema_start": 0})
+    for name, value in model.items():
+        setattr(recipe.model, name, value)
+    return recipe
+
+
 def test_sharpen_trainer_runs_pass_one_with_the_ema_and_exports_it(tmp_path, monkeypatch):
     """Pass 1 (the discrepancy pass) runs the EMA of the student, not the student (the released training code's
     teacher for gating), and ``model.export: ema`` writes the EMA's weights as the final UNet. Fails if pass 1 is
@@ -406,10 +415,7 @@ def test_sharpen_trainer_runs_pass_one_with_the_ema_and_exports_it(tmp_path, mon
         return real(self, image, metric_depth, teacher_unet, *args, pass1_unet=pass1_unet, **kwargs)
 
     monkeypatch.setattr(SharpDepth, "compute_losses", spy)
-    recipe = sharpen_recipe(tmp_path / "r", "tiny", _tiny_sources(), (16, 24), "complete:guided", steps=3,
-                            batch_size=2, lr=1e-2, sharpdepth={"ema_decay": 0.9, "ema_start": 0})
-    recipe.model.export = "ema"
-    final = train_sharpen.train(recipe)
+    final = train_sharpen.train(_three_steps(tmp_path, export="ema"))
     assert len(calls) == 3 and not any(same for same, _ in calls)
     assert calls[0][1] == 0.0 and calls[-1][1] > 1e-4  # the EMA starts as the student and then lags it
     state = torch.load(latest_state_dir(tmp_path / "r") / "state.pt", weights_only=True)
@@ -443,10 +449,7 @@ def test_sharpen_trainer_pass1_lotus_runs_a_frozen_copy_and_exports_it(tmp_path,
         return real(self, image, metric_depth, teacher_unet, *args, pass1_unet=pass1_unet, **kwargs)
 
     monkeypatch.setattr(SharpDepth, "compute_losses", spy)
-    recipe = sharpen_recipe(tmp_path / "r", "tiny", _tiny_sources(), (16, 24), "complete:guided", steps=3,
-                            batch_size=2, lr=1e-2, sharpdepth={"ema_decay": 0.9, "ema_start": 0})
-    recipe.model.pass1 = "lotus"
-    final = train_sharpen.train(recipe)
+    final = train_sharpen.train(_three_steps(tmp_path, pass1="lotus"))
     assert calls == [(False, True, False)] * 3
     stored = load_file(final / "sharpen" / "lotus_unet" / "diffusion_pytorch_model.safetensors")
     assert stored.keys() == initial.keys() and all(torch.equal(stored[k], initial[k]) for k in initial)
