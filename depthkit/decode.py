@@ -49,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.decode_jpeg import JPEG_SOI, check_jpeg, decode_jpeg, native_stderr, write_stderr
+from depthkit.decode_jpeg import JPEG_SOI, check_jpeg, decode_jpeg
+from depthkit.native_stderr import native_stderr, write_stderr
 
 __all__ = ["PNG_SIGNATURE", "PngCheck", "check_png", "decode_image_file", "pil_source"]
 

@@ -16,8 +16,9 @@ when:
 
 Bytes after the EOI are ignored, as decoders do. A JPEG has no checksum: a changed byte inside its compressed data
 is found only by decoding it. :func:`decode_jpeg` therefore decodes with what is written on stderr (file descriptor
-2) taken aside (:func:`native_stderr`), and turns libjpeg's warnings into depthkit's words. libjpeg prints only the
-first warning of a decode and counts the others, so a warning that might be harmless could hide damage after it:
+2) taken aside (:func:`~depthkit.native_stderr.native_stderr`), and turns libjpeg's warnings into depthkit's words.
+libjpeg prints only the first warning of a decode and counts the others, so a warning that might be harmless could
+hide damage after it:
 
 - a few stray bytes (at most :data:`STRAY_BYTES_ALLOWED`) before the EOI marker — some cameras' padding, after which
   nothing is decoded — give a :class:`~depthkit.io.DepthkitWarning` and the image;
@@ -32,19 +33,15 @@ photo).
 
 from __future__ import annotations
 
-import os
 import re
 import struct
-import sys
-import tempfile
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["JPEG_SOI", "STRAY_BYTES_ALLOWED", "JpegCheck", "check_jpeg", "decode_jpeg", "native_stderr",
-           "write_stderr"]
+from depthkit.native_stderr import native_stderr, write_stderr
+
+__all__ = ["JPEG_SOI", "STRAY_BYTES_ALLOWED", "JpegCheck", "check_jpeg", "decode_jpeg"]
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
@@ -119,55 +116,6 @@ def check_jpeg(data: bytes) -> JpegCheck:
 
 
 _EXTRANEOUS = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes? before marker 0x(d9|D9)$")
-_LOCK = threading.RLock()  # one redirection of file descriptor 2 at a time
-
-
-def _flush_stderr() -> None:
-    if sys.stderr is not None:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):  # a closed or broken stderr: nothing to flush
-            pass
-
-
-def write_stderr(lines: list[str]) -> None:
-    """Write ``lines`` (taken aside by :func:`native_stderr`) to stderr again, when there is one."""
-    if lines and sys.stderr is not None:
-        try:
-            sys.stderr.write("\n".join(lines) + "\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-
-
-@contextmanager
-def native_stderr():
-    """Take aside what is written on file descriptor 2 (C libraries' ``stderr``) within the block: yields a list that
-    holds the text's lines once the block ends. Python's ``sys.stderr`` is flushed on entry and exit. Process-wide,
-    so one block runs at a time (a lock); another thread's writes on descriptor 2 meanwhile are taken aside too (the
-    callers write them again). Without a descriptor 2 (a closed stderr), nothing is taken aside."""
-    lines: list[str] = []
-    with _LOCK:
-        _flush_stderr()
-        try:
-            saved = os.dup(2)
-        except OSError:
-            yield lines
-            return
-        try:
-            with tempfile.TemporaryFile() as tmp:
-                os.dup2(tmp.fileno(), 2)
-                try:
-                    yield lines
-                finally:
-                    _flush_stderr()
-                    os.dup2(saved, 2)
-                    tmp.seek(0)
-                    lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
-        finally:
-            os.close(saved)
-
-
 _LIBJPEG_WARNINGS = re.compile(r"Corrupt JPEG data|Premature end of JPEG file|Inconsistent progression sequence|"
                                r"Invalid SOS parameters|Warning: unknown JFIF revision|Unknown Adobe color transform|"
                                r"Application transferred too many scanlines")  # jerror.h's warnings (JWRN_*)

@@ -327,7 +327,8 @@ def test_libjpeg_s_complaints_are_said_in_depthkit_s_words(tmp_path, capfd, monk
     whose data ends before its last block ("Corrupt JPEG data: premature end of data segment"), more stray bytes,
     and an unknown JFIF revision, also when damage follows it (which libjpeg then does not print). Nothing reaches
     stderr; other text written there meanwhile is written again, unchanged."""
-    from depthkit.decode_jpeg import STRAY_BYTES_ALLOWED, decode_jpeg, native_stderr
+    from depthkit.decode_jpeg import STRAY_BYTES_ALLOWED, decode_jpeg
+    from depthkit.native_stderr import native_stderr
 
     data = _jpegs()["baseline"]
     scan = _jpeg_segments(data)[-1][0]
