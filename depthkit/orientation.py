@@ -8,6 +8,7 @@ loads).
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,23 @@ def _tag(im) -> int:
     return int(value) if value in ORIENTATIONS else 1
 
 
-def exif_orientation(path) -> int:
-    """The EXIF orientation tag (1-8; 1 = upright) of an image file, 1 when it has none."""
+@contextmanager
+def _header(path):
+    """``path`` opened by Pillow for its header and metadata (:func:`~depthkit.decode.pil_source`), Pillow's own
+    warnings of a damaged file ("Corrupt EXIF data") silenced: the decode says more."""
     from PIL import Image
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(pil_source(path)) as im:
+            yield im
+
+
+def exif_orientation(path) -> int:
+    """The EXIF orientation tag (1-8; 1 = upright) of an image file, 1 when it has none."""
     try:
-        with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data" of a damaged file: the decode says more
-            warnings.simplefilter("ignore")
-            with Image.open(pil_source(path)) as im:
-                return _tag(im)
+        with _header(path) as im:
+            return _tag(im)
     except Exception:  # not readable by PIL (cv2 decoded it): no EXIF to honour
         return 1
 
@@ -43,13 +52,9 @@ def image_size(path) -> tuple[int, int] | None:
     """The size (H, W) :func:`depthkit.io.read_image` gives ``path``, read from the file's header (EXIF orientation
     applied, so a sideways-stored photo reads upright), without decoding it; None when the header cannot be read that
     way, and for a TIFF with an orientation tag (Pillow versions differ on whether its size is given upright)."""
-    from PIL import Image
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(pil_source(path)) as im:
-                (w, h), tag, tiff = im.size, _tag(im), im.format == "TIFF"
+        with _header(path) as im:
+            (w, h), tag, tiff = im.size, _tag(im), im.format == "TIFF"
     except Exception:  # not readable by PIL: read_image decides
         return None
     if tiff and tag != 1:

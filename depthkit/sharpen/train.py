@@ -300,6 +300,7 @@ def train(recipe, resume: bool = False) -> Path:
             ema.load_state_dict(state["ema"])
             accelerator.print(f"depthkit train: resumed {run} at step {start}")
     logger = JsonlLogger(run, enabled=main)
+    pass1 = ema.model if frozen_pass1 is None else frozen_pass1  # the EMA's model is updated in place
     t0 = time.perf_counter()
     for step in range(start, steps):
         sums: dict[str, float] = {}
@@ -312,7 +313,6 @@ def train(recipe, resume: bool = False) -> Path:
             sp = None if sparses is None else maps_to_tensor(sparses, device)
             gt = None if gts is None else maps_to_tensor(gts, device)
             with accelerator.autocast():
-                pass1 = ema.model if frozen_pass1 is None else frozen_pass1
                 out = sd.compute_losses(x, d, teacher, pass1_unet=pass1, sparse=sp,
                                         generator=step_generator(tc.seed, k, rank, device), gt=gt)
             accelerator.backward(out["loss"])  # divides by grad_accum
