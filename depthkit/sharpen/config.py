@@ -142,7 +142,8 @@ class SharpDepthConfig:
     it while the depths on its two sides stay the input's, however far the sharpener's own metric depth is off
     (beyond a LiDAR's returns its pass 2 measured metres off: checkpoints/README.md, session 27). Pixels whose free
     window is flat (a range below 1e-6 of its depth) keep the input. Applied before the range clip (which it makes
-    moot) and the band and distance weights. 0 [paper and code]: off."""
+    moot) and the band and distance weights. With the embedded default's sharpener it made no pattern better than
+    the shipped limits do (checkpoints/README.md, session 28). 0 [paper and code]: off."""
     transfer_edges_hard: bool = False
     """depthkit (inference only), with ``transfer_edges_px``: True rounds t to 0 or 1, so each pixel takes its window's
     nearer side (the input's near or far depth) and the edge is a step; False [depthkit default]: t as it is."""
