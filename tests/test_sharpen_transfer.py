@@ -7,6 +7,7 @@ measured pixels kept)."""
 import numpy as np
 import pytest
 import torch
+from test_sharpen_model import _scene as _model_scene
 
 from depthkit.sharpen.limits import LIMIT_FIELDS, transfer_edges
 from depthkit.sharpen.model import SharpDepth, SharpDepthConfig
@@ -98,14 +99,11 @@ def sharp():
     return SharpDepth(build_tiny_lotus("generative", seed=0))
 
 
-def _scene(h=48, w=64, seed=0):
-    rng = np.random.default_rng(seed)
-    img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
-    depth = np.tile(np.linspace(1.0, 5.0, w, dtype=np.float32), (h, 1))
-    depth[h // 4: h // 2, w // 4: w // 2] = 1.5  # a box in front
+def _scene():
+    """test_sharpen_model's scene (a ramp with a box in front, three measured pixels) with a hole in its metric
+    input; the image as the model takes it."""
+    img, depth, sparse = _model_scene()
     depth[30:34, 40:44] = 0.0  # a hole without metric input
-    sparse = np.zeros_like(depth)
-    sparse[[5, h // 2, h - 3], [7, w // 2, w - 4]] = [1.234, 2.5, 4.75]
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
     return x, depth, sparse
 
