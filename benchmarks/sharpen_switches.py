@@ -57,8 +57,7 @@ OUT = Path(__file__).resolve().parent / "results"
 # varied range 0/2/3 px, distance weight 8/16/24 px and cap none/32/48 px. Each names every limit field: a variant
 # overrides single fields of the checkpoint as shipped.
 _BAND = {"change_band_px": 3, "change_band_jump": 0.2, "dense_measured_fraction": 0.0,
-         "change_within_measured_hull": False, "keep_scanline_frames": False, "transfer_edges_px": 0,
-         "transfer_edges_hard": False}
+         "change_within_measured_hull": False, "keep_scanline_frames": False}
 _SESSION_10 = {**_BAND, "keep_near_measured_px": 24, "change_range_px": 3, "change_within_measured_px": 32}
 DEFAULT_VARIANTS = {
     "band 3 px, near 16 px": {**_BAND, "keep_near_measured_px": 16, "change_range_px": 0,

@@ -133,20 +133,6 @@ class SharpDepthConfig:
     the input size and rounded up; pixels without metric input neither count nor are clamped): sharpening moves a
     depth edge by giving its pixels one side's depth or the other's, and a value outside both is the UNet's error (an
     overshoot), which this clips. Applied before the band and distance weights. 0 [paper and code]: off."""
-    transfer_edges_px: int = 0
-    """depthkit (inference only): > 0 keeps the metric input's depth values and takes only the *shape* of the
-    sharpener's free output, in the (2·this + 1)-pixel window around each pixel (at the processing size, scaled up
-    to the input size and rounded up, as ``change_range_px``): where the free output lies at a fraction t of its own
-    window's range (its minimum 0, its maximum 1), the output is the input's window minimum plus t times the input's
-    window range (:func:`depthkit.sharpen.limits.transfer_edges`). A depth edge thus moves to where the sharpener puts
-    it while the depths on its two sides stay the input's, however far the sharpener's own metric depth is off
-    (beyond a LiDAR's returns its pass 2 measured metres off: checkpoints/README.md, session 27). Pixels whose free
-    window is flat (a range below 1e-6 of its depth) keep the input. Applied before the range clip (which it makes
-    moot) and the band and distance weights. With the embedded default's sharpener it made no pattern better than
-    the shipped limits do (checkpoints/README.md, session 28). 0 [paper and code]: off."""
-    transfer_edges_hard: bool = False
-    """depthkit (inference only), with ``transfer_edges_px``: True rounds t to 0 or 1, so each pixel takes its window's
-    nearer side (the input's near or far depth) and the edge is a step; False [depthkit default]: t as it is."""
     lambda_gt: float = 0.0
     """depthkit (training only): weight of an L1 term against ground truth, for training data that has it
     (synthetic scenes). It scores the output as inference forms it (``output``: decoded, or residual) against GT,
@@ -182,7 +168,7 @@ class SharpDepthConfig:
             raise ValueError(f"EMA needs 0 <= ema_decay < 1, ema_start >= 0, ema_every >= 1; received "
                              f"{self.ema_decay}, {self.ema_start}, {self.ema_every}.")
         for name in ("keep_near_measured_px", "change_within_measured_px", "change_range_px", "pass1_max_side",
-                     "self_attention_max_keys", "transfer_edges_px"):
+                     "self_attention_max_keys"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; received {getattr(self, name)}.")
         f = self.dense_measured_fraction

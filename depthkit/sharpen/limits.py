@@ -1,13 +1,11 @@
 """Run-time limits on how far SharpDepth may move its metric input (depthkit switches, all off by default).
 
-The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Ten
+The sharpener's output before these limits is its *free* output (metres, ``B x 1 x H x W``, at the input size). Seven
 fields of :class:`~depthkit.sharpen.config.SharpDepthConfig` (:data:`LIMIT_FIELDS`) limit it, in this order:
 
-1. ``transfer_edges_px`` / ``transfer_edges_hard`` — the free output's shape in each window is carried onto the
-   metric input's depth values (:func:`transfer_edges`);
-2. ``change_range_px`` — each pixel is clamped to the metric input's minimum and maximum over its window
+1. ``change_range_px`` — each pixel is clamped to the metric input's minimum and maximum over its window
    (:func:`clip_to_local_range`);
-3. ``change_band_px`` / ``change_band_jump``, ``keep_near_measured_px`` (not in a dense sensor's frame:
+2. ``change_band_px`` / ``change_band_jump``, ``keep_near_measured_px`` (not in a dense sensor's frame:
    ``dense_measured_fraction``), ``change_within_measured_px``, ``change_within_measured_hull``,
    ``keep_scanline_frames`` (w = 0 in a scan-line frame: :func:`scanline_frames`) — a weight w in [0, 1]
    (:func:`change_weight`) mixes input and clamped output: ``d + w · (clamped − d)``.
@@ -38,11 +36,10 @@ from depthkit.sharpen.lotus import pad_to_multiple, resize_bilinear
 from depthkit.sharpen.normalize import valid_depth
 
 __all__ = ["LIMIT_FIELDS", "change_weight", "clip_to_local_range", "limit_change", "limit_output",
-           "measured_fraction", "processing_inputs", "resize_depth", "scanline_frames", "transfer_edges"]
+           "measured_fraction", "processing_inputs", "resize_depth", "scanline_frames"]
 
 LIMIT_FIELDS = ("change_band_px", "change_band_jump", "keep_near_measured_px", "change_within_measured_px",
-                "change_within_measured_hull", "dense_measured_fraction", "keep_scanline_frames", "change_range_px",
-                "transfer_edges_px", "transfer_edges_hard")
+                "change_within_measured_hull", "dense_measured_fraction", "keep_scanline_frames", "change_range_px")
 """The :class:`~depthkit.sharpen.config.SharpDepthConfig` fields that act only on the free output at inference."""
 
 
@@ -78,30 +75,6 @@ def clip_to_local_range(out: torch.Tensor, reference: torch.Tensor, valid: torch
     ``(2·radius + 1)``-pixel window (``change_range_px``); other pixels unchanged. Shapes ``B x 1 x H x W``."""
     low, high = local_range(reference, radius, valid)
     return torch.where(valid, torch.minimum(torch.maximum(out, low), high), out)
-
-
-FLAT_WINDOW = 1e-6
-"""A window of the free output whose range is at most this fraction of its largest depth is flat
-(:func:`transfer_edges`)."""
-
-
-def transfer_edges(out: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor, radius: int,
-                   hard: bool = False) -> torch.Tensor:
-    """``out``'s shape on ``reference``'s depths (``transfer_edges_px``): at each pixel of ``valid``, with ``t`` the
-    position of ``out`` in the range of ``out`` over the ``valid`` pixels of its ``(2·radius + 1)``-pixel window (0 at
-    its minimum, 1 at its maximum; rounded to 0 or 1 when ``hard``, a tie going to 0), the result is ``reference``'s
-    window minimum plus ``t`` times its window range. A pixel whose window of ``out`` is flat (range at most
-    :data:`FLAT_WINDOW` of its maximum) and every pixel outside ``valid`` keeps ``reference``. Shapes ``B x 1 x H x
-    W``, one space (metres)."""
-    low, high = local_range(reference, radius, valid)
-    out_low, out_high = local_range(out, radius, valid)
-    spread = out_high - out_low
-    flat = spread <= FLAT_WINDOW * out_high.abs()
-    t = ((out.float() - out_low) / torch.where(flat, torch.ones_like(spread), spread)).clamp(0.0, 1.0)
-    if hard:
-        t = (t > 0.5).float()
-    moved = low + t * (high - low)
-    return torch.where(valid & ~flat, moved, reference.float()).to(out.dtype)
 
 
 def change_weight(config: SharpDepthConfig, depth: torch.Tensor, valid: torch.Tensor,
@@ -219,17 +192,8 @@ def limit_output(config: SharpDepthConfig, free: torch.Tensor, metric_depth: tor
     weight = change_weight(config, d_p, valid_p, measured_p, fraction, scanline)
     if weight is not None:
         weight = resize_bilinear(weight[..., :size[0], :size[1]], (h, w)).clamp(0.0, 1.0)
-    radius = _at_input_size(config.change_range_px, (h, w), size)
-    if config.transfer_edges_px > 0:
-        free = transfer_edges(free, metric_depth, valid_depth(metric_depth),
-                              _at_input_size(config.transfer_edges_px, (h, w), size), config.transfer_edges_hard)
+    radius = 0
+    if config.change_range_px > 0:
+        radius = max(1, math.ceil(config.change_range_px * max(h / size[0], w / size[1]) - 1e-6))
     # mixed in metres, so a pixel outside the band is the input bit for bit (not its normalise/denormalise trip)
     return limit_change(free, metric_depth, valid_depth(metric_depth), weight, radius), weight
-
-
-def _at_input_size(radius: int, shape: tuple[int, int], size: tuple[int, int]) -> int:
-    """A window radius of ``radius`` processing pixels (processing size ``size``) at the input size ``shape``:
-    scaled up and rounded up, at least 1; 0 stays 0 (off)."""
-    if radius <= 0:
-        return 0
-    return max(1, math.ceil(radius * max(shape[0] / size[0], shape[1] / size[1]) - 1e-6))
