@@ -1,7 +1,8 @@
 """Session 28's development diagnostic (not a benchmark): the GT put through the run-time limits in place of the
 sharpener's free output, on the first 60 val LiDAR-64 scenes: how far a perfect edge placer gets under each limit,
 with the edge transfer (`transfer_edges_px`) or without. Runs only at commits 2b9f0bd to a2a0c03, where the
-transfer existed (it was removed after this measurement), from a worktree at /work/wt_meas with a MetricCache in /work/exp/s28/W:
+transfer existed (it was removed after this measurement), from a worktree at /work/wt_meas with a MetricCache
+in /work/exp/s28/W:
 `PYTHONPATH=/work/wt_meas python gt_ceiling.py`. Its output is gt_ceiling.txt."""
 import sys
 
