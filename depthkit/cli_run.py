@@ -23,7 +23,8 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
     sparse_dir = sparse_dir or input_dir
     if not sparse_dir.is_dir():
         raise FileNotFoundError(f"--sparse-dir {sparse_dir} is not a folder")
-    files = [p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    # not is_file(): a link to a missing file is an input that fails, said in the summary, not one left out
+    files = [p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
     stems = {p.stem for p in files}
     # sparse maps, and depthkit's own outputs (NAME_depth.png / NAME_color.png beside NAME's image): not inputs;
     # a dataset's own frame_color.png (without frame.png) is
@@ -38,7 +39,7 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
         candidates = [sparse_dir / f"{img.stem}_sparse{ext}" for ext in (".npy", ".png")]
         if sparse_dir != input_dir:
             candidates += [sparse_dir / f"{img.stem}{ext}" for ext in (".npy", ".png")]
-        found = [c for c in candidates if c.is_file()]
+        found = [c for c in candidates if c.is_file() or c.is_symlink()]  # a broken link fails when read
         pairs.append((img, found[0] if len(found) == 1 else None))
         if not found:
             missing.append((img.name, "no sparse file NAME_sparse.npy|png found"))

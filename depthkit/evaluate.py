@@ -212,7 +212,13 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
                     f"{dataset!r} item {item.get('name')!r} has no ground-truth depth or sparse input, so there is "
                     "nothing to score. Evaluate a labelled dataset; to complete unlabelled images use `depthkit run`."
                 )
-            res = pipeline(item["image"], item["sparse"])
+            try:
+                res = pipeline(item["image"], item["sparse"])
+            except ValueError as exc:  # the input's own fault (NaN sparse, sizes...): say which of the n it is
+                raise ValueError(
+                    f"image {i} of {n} ({item.get('name')!r}): {exc} The evaluation stops here: a mean that left "
+                    f"it out would not be the split's. Fix that file and run the same command again; the "
+                    f"{len(done) + todo.index(i)} image(s) finished are kept in {parts} and not redone.") from exc
             valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
             row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid, res.confidence),
                    "seconds": res.timings["total"], "fingerprint": fp_hash}

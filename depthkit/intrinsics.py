@@ -46,7 +46,7 @@ def intrinsics_image_size(spec) -> tuple[int, int] | None:
     if not isinstance(spec, (str, os.PathLike)) or Path(spec).suffix.lower() != ".json" or not Path(spec).is_file():
         return None
     try:
-        data = json.loads(Path(spec).read_text(encoding="utf-8"))
+        data = json.loads(Path(spec).read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is not data
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None  # parse_intrinsics says what is wrong with the file
     if not isinstance(data, dict) or not ("width" in data or "height" in data):
@@ -70,7 +70,7 @@ def _intrinsics_from_file(path: Path) -> Intrinsics:
     if not path.is_file():
         raise FileNotFoundError(f"intrinsics file not found: {path}")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not data
     except UnicodeDecodeError as exc:
         raise ValueError(f"intrinsics file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); expected JSON "
                          "with keys fx, fy, cx, cy (pixels) or a TXT file of 4 or 9 numbers.") from exc

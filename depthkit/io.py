@@ -112,6 +112,8 @@ def _not_a_file(path: Path) -> str:
     """Why ``path`` cannot be read as a file: "not found", or what it is instead."""
     if path.is_dir():
         return "is a folder, not a file"
+    if path.is_symlink() and not path.exists():
+        return f"is a link to {os.readlink(path)}, which does not exist"
     return "is not a regular file (a device or pipe)" if path.exists() else "not found"
 
 
@@ -194,6 +196,9 @@ def check_depth_values(depth: np.ndarray, what: str = "sparse") -> None:
                          "metres >= 0 with 0 = missing.")
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+
+
 def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> np.ndarray:
     """Read a depth map as HxW float32 metres (0 = missing).
 
@@ -209,6 +214,16 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
         raise FileNotFoundError(f"{what} file {_not_a_file(path)}: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+        # numpy tries any other file as a pickle and says so; only one that starts like a pickle (protocol >= 2) is one
+        if head and head != NPY_MAGIC and not head.startswith(b"\x80"):
+            what_it_is = (f"it is cut short ({len(head)} bytes, inside the .npy signature)"
+                          if NPY_MAGIC.startswith(head) else
+                          f"it is not a .npy file (it starts with {head!r}, not the .npy signature {NPY_MAGIC!r})")
+            raise ValueError(f"could not read depth array {path}: {what_it_is}. Save the depth as an HxW numeric "
+                             "array (float32 metres, 0 = missing) with numpy.save, or give a 16-bit PNG with "
+                             "--depth-scale.")
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:  # numpy raises several types for corrupt files
@@ -342,11 +357,14 @@ def _warn_png_loss(path, depth: np.ndarray, q: np.ndarray, scale: float) -> None
                   f"{scale:g} units per metre; {advice}. The .npy keeps every value.", DepthkitWarning, stacklevel=3)
 
 
-def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse", say_merged: bool = True
+def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse", working_size: bool = False
                   ) -> np.ndarray:
     """Move sparse depth (HxW metres, 0 = missing) to ``shape`` = (H', W'), each point to its scaled pixel centre
     (:func:`~depthkit.sparse_resize.scatter_points`): of points sharing a pixel the nearest wins, and a
-    :class:`DepthkitWarning` counts them unless ``say_merged`` is False (callers merging on purpose: working sizes).
+    :class:`DepthkitWarning` counts them. Another :class:`DepthkitWarning` says when the two aspects differ by over 2 %
+    (the inputs may cover different fields of view). ``working_size=True`` silences both: the caller shrinks the
+    image to ``shape`` the same way (a model's working size; merging is then on purpose, and an aspect change from
+    rounding a small side says nothing about the user's inputs).
 
     ``sparse`` is checked first as at the image's size (:func:`depth_to_metres`, :func:`check_depth_values`, as
     :func:`depthkit.pipeline.check_sparse` does): NaN, inf, negative values and integer units are refused with the
@@ -360,13 +378,14 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
     oh, ow = int(shape[0]), int(shape[1])
     import warnings
 
-    if abs(math.log((w / h) / (ow / oh))) > 0.02:  # a 2 % aspect difference: different fields of view, or a crop
+    # a 2 % aspect difference: different fields of view, or a crop
+    if not working_size and abs(math.log((w / h) / (ow / oh))) > 0.02:
         warnings.warn(f"{what} is {h}x{w} (aspect {w / h:.3f}) and is scattered to {oh}x{ow} (aspect {ow / oh:.3f}): "
                       "its points move by different factors across and down. Scaling assumes both cover the same "
                       "field of view; crop or pad one to match the other first if they do not.", DepthkitWarning,
                       stacklevel=2)
     out, merged = scatter_points(sparse, (oh, ow))
-    if merged and say_merged:
+    if merged and not working_size:
         left = np.count_nonzero(out)
         warnings.warn(f"{what} is {h}x{w} and is scattered to {oh}x{ow}: {merged} of {np.count_nonzero(sparse)} measured "
                       "points fell on a pixel shared with another and were merged (kept: the nearest depth of each "

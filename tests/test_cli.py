@@ -50,13 +50,20 @@ def test_run_folder_skips_bad_file_and_exits_nonzero(tmp_path, capsys):
     (inp / "broken.png").write_bytes(b"garbage")
     np.save(inp / "broken_sparse.npy", np.ones((20, 28), np.float32))
     cv2.imwrite(str(inp / "lonely.png"), np.zeros((20, 28, 3), np.uint8))
+    (inp / "gone.png").symlink_to(tmp_path / "nowhere.png")  # links to missing files: inputs that fail, not skipped
+    np.save(inp / "gone_sparse.npy", np.ones((20, 28), np.float32))
+    _write_pair(inp, "unlinked", seed=3)
+    (inp / "unlinked_sparse.npy").unlink()
+    (inp / "unlinked_sparse.npy").symlink_to(tmp_path / "nowhere.npy")
     rc = main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "out"), "--depth-scale", "1000",
                "--method", "nearest"])
     assert rc == 1
     written = sorted(p.name for p in (tmp_path / "out").glob("*_depth.npy"))
     assert written == ["good1_depth.npy", "good2_depth.npy"]
     err = capsys.readouterr().err
-    assert "broken.png" in err and "lonely.png" in err and "2 input(s) failed" in err
+    assert "broken.png" in err and "lonely.png" in err and "4 input(s) failed" in err
+    assert f"image file is a link to {tmp_path / 'nowhere.png'}, which does not exist" in err
+    assert f"is a link to {tmp_path / 'nowhere.npy'}, which does not exist" in err
 
 
 def test_run_folder_takes_a_datasets_frame_color_png_and_skips_depthkits_outputs(tmp_path, capsys):

@@ -447,7 +447,7 @@ def test_stage_works_at_a_bounded_size_and_upsamples(tiny_head_checkpoint):
     with warnings.catch_warnings():  # points merged at the working size on purpose: nothing said (restored after)
         warnings.simplefilter("error", DepthkitWarning)
         out = stage.run(image, sparse)
-    assert np.count_nonzero(resize_sparse(sparse, (24, 32), say_merged=False)) < np.count_nonzero(sparse)
+    assert np.count_nonzero(resize_sparse(sparse, (24, 32), working_size=True)) < np.count_nonzero(sparse)
     assert stage.last_stats["working_size"] == (24, 32) and stage.last_stats["n_queries"] <= 16
     assert out.depth.shape == sparse.shape and np.isfinite(out.depth).all() and (out.depth > 0).all()
     assert out.confidence.shape == sparse.shape and (out.confidence[sparse > 0] == 1).all()

@@ -154,3 +154,36 @@ def test_eval_without_checkpoint_fingerprints_the_embedded_default(tmp_path, cap
     assert main(["eval", "--dataset", "synthetic", "--limit", "1", "--out", str(guided), "--method", "guided",
                  *small]) == 0
     assert json.loads(guided.read_text())["fingerprint"]["checkpoint"] is None
+
+
+def test_eval_names_the_image_whose_input_is_refused_and_keeps_the_finished_ones(tmp_path):
+    """A NaN in one image's sparse input stops the evaluation with that image's index and name (not a bare "sparse
+    has 1 NaN/inf values" among n); the images before it are kept and a rerun after the fix resumes after them."""
+    import pytest
+
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.data.protocols import get_protocol
+    from depthkit.evaluate import evaluate
+    from depthkit.pipeline import Pipeline
+
+    class OnePoisoned:
+        def __init__(self, poisoned):
+            self.base, self.poisoned = SyntheticDataset(split="test", length=3, height=24, width=32), poisoned
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            item = dict(self.base[i])
+            if i == self.poisoned:
+                item["sparse"] = item["sparse"].copy()
+                item["sparse"][0, 0] = np.nan
+            return item
+
+    out, pipe, protocol = tmp_path / "m.json", Pipeline(method="nearest"), get_protocol("synthetic")
+    name = OnePoisoned(None)[1]["name"]
+    with pytest.raises(ValueError, match=rf"^image 1 of 3 \({name!r}\): sparse has 1 NaN/inf values.* Fix that "
+                                         r"file and run the same command again; the 1 image\(s\) finished are kept"):
+        evaluate(pipe, OnePoisoned(1), protocol, out, progress=False, label="nearest")
+    assert [json.loads(r)["index"] for r in (tmp_path / "m.json.parts" / "rank0.jsonl").read_text().splitlines()] == [0]
+    assert evaluate(pipe, OnePoisoned(None), protocol, out, progress=False, label="nearest")["n_images"] == 3

@@ -10,6 +10,7 @@ import pytest
 
 from depthkit import io
 from depthkit.geometry import Intrinsics
+from depthkit.intrinsics import intrinsics_image_size
 from depthkit.orientation import image_size
 
 
@@ -682,6 +683,12 @@ def test_npy_roundtrip_and_shape_errors(tmp_path):
     for name in ("objects.npy", "pickled.npy"):
         with pytest.raises(ValueError, match="holds Python objects .* Save the depth as an HxW numeric array"):
             io.read_depth(tmp_path / name)
+    (tmp_path / "text.npy").write_text("0 0 1.5\n")  # not a .npy file at all: said so, not called a pickle
+    with pytest.raises(ValueError, match=r"text.npy: it is not a .npy file \(it starts with b'0 0 1\.'"):
+        io.read_depth(tmp_path / "text.npy")
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUM")  # cut inside the signature (numpy: "a pickle")
+    with pytest.raises(ValueError, match=r"cut.npy: it is cut short \(4 bytes, inside the .npy signature\)"):
+        io.read_depth(tmp_path / "cut.npy")
 
 
 def test_colorize_has_legend_and_black_missing():
@@ -829,10 +836,10 @@ def test_a_pixel_centre_lands_where_exact_arithmetic_puts_it():
     assert np.flatnonzero(moved).tolist() == [61 * 30 + 15]  # row 3.5 * 122/7 = 61, column 5.5 * 30/11 = 15
 
 
-def test_resize_sparse_counts_merged_points_unless_told_not_to():
+def test_resize_sparse_says_merged_points_and_aspect_unless_a_working_size():
     """Every point of a pixel shared with others counts as merged (three on one pixel: 3 of 4); the nearest is kept
     whatever the points' order; a caller that downsamples on purpose (the complete stage's working size) passes
-    say_merged=False and gets the same map silently."""
+    working_size=True and gets the same map silently."""
     import warnings
 
     sparse = np.zeros((4, 4), np.float32)
@@ -844,7 +851,13 @@ def test_resize_sparse_counts_merged_points_unless_told_not_to():
     assert two.tolist() == [[0.5, 4.0], [0.0, 0.0]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert np.array_equal(io.resize_sparse(sparse, (2, 2), say_merged=False), two)
+        assert np.array_equal(io.resize_sparse(sparse, (2, 2), working_size=True), two)
+        # a working size whose aspect rounding moved (17x1000 -> 5x320): the inputs match, so nothing to say
+        assert io.resize_sparse(sparse, (2, 5), working_size=True).tolist() == [[2.0, 0.5, 0, 0, 4.0], [0] * 5]
+    with pytest.warns(io.DepthkitWarning) as said:  # the same call from a user's inputs: both said
+        io.resize_sparse(sparse, (2, 5))
+    assert "aspect 1.000) and is scattered to 2x5 (aspect 2.500" in str(said[0].message)
+    assert "2 of 4 measured points" in str(said[1].message) and len(said) == 2
 
 
 def test_exif_orientation_is_applied_and_reported(tmp_path):
@@ -952,6 +965,17 @@ def test_intrinsics_file_not_utf8_and_python_sequences(tmp_path):
     with pytest.raises(ValueError, match=r"intrinsics\[0\] is null"):
         io.parse_intrinsics([None, 50, 32, 24])
     assert io.parse_intrinsics(np.array([50, 51, 32, 24])) == Intrinsics(50.0, 51.0, 32.0, 24.0)
+
+
+
+def test_intrinsics_files_saved_with_a_bom_are_read(tmp_path):
+    """A UTF-8 byte-order mark (what Windows Notepad writes) is not part of the text: JSON, its size keys and TXT."""
+    (tmp_path / "cam.json").write_bytes(b"\xef\xbb\xbf" + b'{"fx": 50, "fy": 51, "cx": 32, "cy": 24, "width": 64, '
+                                        b'"height": 48}')
+    (tmp_path / "cam.txt").write_bytes(b"\xef\xbb\xbf50 51 32 24\n")
+    for name in ("cam.json", "cam.txt"):
+        assert io.parse_intrinsics(tmp_path / name) == Intrinsics(50.0, 51.0, 32.0, 24.0)
+    assert intrinsics_image_size(str(tmp_path / "cam.json")) == (48, 64)
 
 
 def test_png_scale_must_be_finite_keep_valid_pixels_and_suggests_one_that_fits(tmp_path):

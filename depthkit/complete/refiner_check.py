@@ -83,7 +83,7 @@ def _downscale(image: np.ndarray, sparse: np.ndarray, max_side: int) -> tuple[np
         return image, sparse
     hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
     measured = np.where(np.isfinite(sparse) & (sparse > 0), sparse, 0.0)
-    small = resize_sparse(measured, (hs, ws), say_merged=False)
+    small = resize_sparse(measured, (hs, ws), working_size=True)
     return cv2.resize(image, (ws, hs), interpolation=cv2.INTER_AREA), small
 
 

@@ -231,7 +231,7 @@ class CompleteVLMStage:
         h, w = sparse.shape
         small = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
         res = self._complete(cv2.resize(image, small[::-1], interpolation=cv2.INTER_AREA),
-                             resize_sparse(sparse, small, say_merged=False))  # the Pipeline restores them
+                             resize_sparse(sparse, small, working_size=True))  # the Pipeline restores them
         res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)
         res.confidence = np.clip(cv2.resize(res.confidence, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         res.confidence[sparse > 0] = 1.0
