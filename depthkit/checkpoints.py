@@ -92,8 +92,9 @@ def read_json(path, what: str = "file"):
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         if isinstance(exc, CheckpointError):
             raise
-        raise CheckpointError(f"{path} is corrupt (not valid JSON: {exc}); it is the {what}. Re-create or "
-                              "re-download it.") from exc
+        role = f"; it is the {what}" if what != "file" else ""
+        raise CheckpointError(f"{path} is corrupt (not valid JSON: {exc}){role}. Re-create or re-download "
+                              "it.") from exc
 
 
 def check_format_version(value, supported: int, source) -> int:
@@ -362,9 +363,10 @@ def download_hub_snapshot(repo_id: str, what: str = "checkpoint", allow_patterns
     except Exception as exc:
         why = ("HF_HUB_OFFLINE=1 forbids downloading it and it is not in the local hub cache" if offline
                else f"{type(exc).__name__}: {exc}")
-        raise CheckpointError(
-            f"could not get {what} {repo_id!r} from the hub ({why}). Download it where the network is available "
-            "(or unset HF_HUB_OFFLINE), or pass a local directory."
+        raise CheckpointError(  # owner/name may also be a relative folder the user meant: say it is not there
+            f"could not get {what} {repo_id!r} from the hub ({why}), and there is no local folder "
+            f"{Path.cwd() / repo_id}. Download it where the network is available (or unset HF_HUB_OFFLINE), or pass "
+            "a local directory that exists."
         ) from exc
 
 
@@ -388,7 +390,9 @@ def load_manifest(root) -> dict:
     check_format_version(manifest.get("format_version"), FORMAT_VERSION, path)
     stages = manifest.get("stages")
     if not isinstance(stages, dict) or not stages:
-        raise CheckpointError(f"{path} lists no stages; expected e.g. {{\"stages\": {{\"complete\": {{}}}}}}.")
+        got = "" if stages is None or stages == {} else f" (\"stages\" is {json.dumps(stages)[:80]}, not an object)"
+        raise CheckpointError(f"{path} lists no stages{got}; expected an object from stage name to its options, "
+                              "e.g. {\"stages\": {\"complete\": {}}}.")
     for name, opts in stages.items():
         if not isinstance(opts, dict):
             raise CheckpointError(f"{path}: stage {name!r} options must be an object; got {type(opts).__name__}.")

@@ -12,6 +12,7 @@ checkpointing) and :class:`OutputConfig`.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,21 @@ class TrainConfig:
                 raise RecipeError(f"train.{name} must be >= 1; received {getattr(self, name)}")
         if self.max_steps < 0 or (self.max_steps == 0 and self.epochs <= 0):
             raise RecipeError("set train.max_steps > 0, or train.max_steps=0 with train.epochs > 0")
+        for name, low in (("lr", 0), ("weight_decay", 0), ("max_grad_norm", 0), ("epochs", 0), ("warmup_steps", 0),
+                          ("num_workers", 0), ("eval_every", 0), ("save_every", 0), ("log_every", 1),
+                          ("keep_last", 1)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= low):
+                raise RecipeError(f"train.{name} must be a finite number >= {low}; received {value}"
+                                  + (" (0 = off)" if low == 0 and name in ("max_grad_norm", "eval_every",
+                                                                           "save_every") else ""))
+        if self.lr == 0:  # a check (the export is the starting model), never a training run by mistake
+            import warnings
+
+            from depthkit.io import DepthkitWarning
+
+            warnings.warn("train.lr=0: no weight will change; the exported model is the one the run starts from.",
+                          DepthkitWarning, stacklevel=2)
 
 
 @dataclass
@@ -99,7 +115,7 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     Returns the typed recipe object (an instance of the kind's schema dataclass, ``__post_init__`` checks run).
     ``schemas`` adds kinds beyond :data:`RECIPE_SCHEMAS` (kind → dataclass), e.g. for a custom trainer.
     """
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     where = str(source) if not isinstance(source, dict) else "<dict>"
@@ -113,7 +129,10 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
             raw = OmegaConf.load(path)
         except Exception as exc:
             raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
-    kind = raw.get("kind") if hasattr(raw, "get") else None
+    if not isinstance(raw, DictConfig):  # a YAML list at the top
+        raise RecipeError(f"recipe {where} holds a list at its top level; expected a mapping that starts with "
+                          f"'kind: <{' | '.join(sorted(RECIPE_SCHEMAS))}>' (see the shipped recipes: depthkit ls).")
+    kind = raw.get("kind")
     if kind is None:
         raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(RECIPE_SCHEMAS))}")
     schema = OmegaConf.structured(recipe_schema(str(kind), schemas))
@@ -125,6 +144,13 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
         return OmegaConf.to_object(merged)
     except RecipeError as exc:
         raise RecipeError(f"recipe {where}: {exc}") from exc
+    except TypeError as exc:  # OmegaConf: a dotted override into a list (data.sources.0.x=...) cannot merge
+        lists = [item.split("=", 1)[0] for item in overrides if any(part.isdigit() for part in
+                                                                    item.split("=", 1)[0].split("."))]
+        raise RecipeError(f"recipe {where}: an override could not be applied ({exc})"
+                          + (f"; {', '.join(lists)} addresses an item of a list, which overrides cannot do: give the "
+                             "whole list (e.g. data.sources=[...] in YAML flow style) or edit a copy of the recipe"
+                             if lists else "") + ".") from exc
     except OmegaConfBaseException as exc:
         msg = str(exc).split("\n")[0]
         key = getattr(exc, "full_key", None)

@@ -22,6 +22,7 @@ import numpy as np
 from depthkit.decode import decode_image_file
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
+from depthkit.npy_file import load_npy_depth
 from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
 from depthkit.png_scale import (  # noqa: F401  (PNG_SCALES, PNG_SCALE_KEY, png_depth_scale: public here too)
     PNG_SCALE_KEY,
@@ -196,9 +197,6 @@ def check_depth_values(depth: np.ndarray, what: str = "sparse") -> None:
                          "metres >= 0 with 0 = missing.")
 
 
-NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
-
-
 def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> np.ndarray:
     """Read a depth map as HxW float32 metres (0 = missing).
 
@@ -214,25 +212,7 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
         raise FileNotFoundError(f"{what} file {_not_a_file(path)}: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        with open(path, "rb") as f:
-            head = f.read(len(NPY_MAGIC))
-        # numpy tries any other file as a pickle and says so; only one that starts like a pickle (protocol >= 2) is one
-        if head and head != NPY_MAGIC and not head.startswith(b"\x80"):
-            what_it_is = (f"it is cut short ({len(head)} bytes, inside the .npy signature)"
-                          if NPY_MAGIC.startswith(head) else
-                          f"it is not a .npy file (it starts with {head!r}, not the .npy signature {NPY_MAGIC!r})")
-            raise ValueError(f"could not read depth array {path}: {what_it_is}. Save the depth as an HxW numeric "
-                             "array (float32 metres, 0 = missing) with numpy.save, or give a 16-bit PNG with "
-                             "--depth-scale.")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # numpy raises several types for corrupt files
-            if "pickle" in str(exc) or "Object arrays" in str(exc):  # numpy's two wordings for dtype=object
-                raise ValueError(f"could not read depth array {path}: it holds Python objects (a pickle), which "
-                                 "depthkit does not load. Save the depth as an HxW numeric array (float32 metres, "
-                                 "0 = missing) with numpy.save.") from exc
-            raise ValueError(f"could not read depth array {path} ({str(exc).rstrip('.')}); expected an HxW numeric "
-                             "array (float32 metres, 0 = missing) saved with numpy.save.") from exc
+        arr = load_npy_depth(path)
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.ndim != 2:

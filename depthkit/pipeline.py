@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from depthkit.checkpoints import CheckpointRef, check_finite_output
+from depthkit.checkpoints import MANIFEST, CheckpointError, CheckpointRef, check_finite_output
 from depthkit.dtypes import canonical_dtype_name
 from depthkit.outputs import DepthOutput, StageResult, keep_placed_depth
 from depthkit.stages import STAGE_ORDER, STAGES, default_stages, parse_stages
@@ -211,6 +211,11 @@ class Pipeline:
     def __init__(self, stages: Sequence[str] | str | None = None, method: str | None = None, checkpoint=None,
                  device: str = "cpu", dtype: str = "float32", stage_options: dict | None = None):
         self.checkpoint = CheckpointRef.open(checkpoint) if checkpoint is not None else CheckpointRef.default()
+        unknown = sorted(set(self.checkpoint.stages) - set(STAGE_ORDER))
+        if unknown:  # a misspelt stage would otherwise be dropped without a word
+            raise CheckpointError(f"{self.checkpoint.root / MANIFEST} lists stage(s) {unknown} that depthkit does not "
+                                  f"know; stages are {', '.join(STAGE_ORDER)}. Correct or remove them in its "
+                                  "\"stages\".")
         defaulted = stages is None
         stages = () if defaulted else parse_stages(stages)
         dtype = canonical_dtype_name(dtype)

@@ -42,15 +42,29 @@ _TMP_STEP = ".tmp_step_"
 _EXPORT_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
-def prepare_run_dir(output_dir, resume: bool) -> Path:
+def prepare_run_dir(output_dir, resume: bool, recipe=None) -> Path:
     """Create the run folder (removing partial folders a killed save or export left, :func:`remove_partial`);
-    refuse to start over a run that has resumable checkpoints unless resuming."""
+    refuse to start over a run that has resumable checkpoints unless resuming. With ``recipe``: a resume is checked
+    against the recipe the run was trained with (:func:`depthkit.run_recipe.check_resumed_recipe`) before the
+    recipe is recorded as ``<run>/recipe.yaml`` (not when resuming a run that has none: nothing vouches for it);
+    ``--resume`` with no checkpoint yet says it starts at step 0."""
+    from depthkit.run_recipe import check_resumed_recipe, record_recipe
+
     run = Path(output_dir)
-    if not resume and latest_state_dir(run) is not None:
+    found = latest_state_dir(run)
+    if not resume and found is not None:
         raise ValueError(f"{run} already holds a training run (checkpoints/). Resume it with --resume, or choose "
                          "another output.output_dir.")
+    if resume and found is None and recipe is not None and os.environ.get("RANK", "0") == "0":
+        print(f"depthkit train: --resume but no checkpoint in {run / CHECKPOINTS}; starting at step 0", flush=True)
     run.mkdir(parents=True, exist_ok=True)
     remove_partial(run)
+    if recipe is not None:
+        resuming = resume and found is not None
+        if resuming:
+            check_resumed_recipe(run, recipe)
+        if not resuming or (run / "recipe.yaml").is_file():  # a record it did not check is never started
+            record_recipe(run, recipe)
     return run
 
 
@@ -95,15 +109,10 @@ def remove_partial(run_dir: str | Path, all_pids: bool = True) -> list[Path]:
 
 
 def start_run(recipe, resume: bool):
-    """Run folder (see :func:`prepare_run_dir`) and accelerator for ``recipe``; the main process records the resolved
-    recipe as ``recipe.yaml``. Returns ``(run, accelerator)``."""
-    from depthkit.config import recipe_to_yaml
-
-    run = prepare_run_dir(recipe.output.output_dir, resume)
-    accelerator = build_accelerator(recipe.train, run)
-    if accelerator.is_main_process:
-        (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    return run, accelerator
+    """Run folder (see :func:`prepare_run_dir`: the recipe checked on resume and recorded as ``recipe.yaml``) and
+    accelerator for ``recipe``. Returns ``(run, accelerator)``."""
+    run = prepare_run_dir(recipe.output.output_dir, resume, recipe)
+    return run, build_accelerator(recipe.train, run)
 
 
 def build_accelerator(train_cfg, run_dir: str | Path):

@@ -7,6 +7,7 @@ from depthkit import Pipeline
 from depthkit.checkpoints import (
     CheckpointError,
     load_manifest,
+    read_json,
     resolve_checkpoint,
     safe_join,
     write_manifest,
@@ -47,6 +48,21 @@ def test_corrupt_manifest_names_the_file(tmp_path):
                                                         "stages": {"complete": {}}}))
     with pytest.raises(CheckpointError, match="Upgrade depthkit"):
         load_manifest(tmp_path)
+    head = {"format": "depthkit-checkpoint", "format_version": 1}
+    (tmp_path / "depthkit.json").write_text(json.dumps({**head, "stages": "complete"}))
+    with pytest.raises(CheckpointError, match=r'lists no stages \("stages" is "complete", not an object\); '
+                                              r"expected an object from stage name to its options"):
+        load_manifest(tmp_path)
+    (tmp_path / "config.json").write_text("[1,")  # a file read without a role: no "it is the file."
+    with pytest.raises(CheckpointError, match=r"config.json is corrupt \(not valid JSON: .*\)\. Re-create"):
+        read_json(tmp_path / "config.json")
+
+
+def test_a_misspelt_stage_in_the_manifest_is_refused_not_dropped(tmp_path):
+    write_manifest(tmp_path, {"complete": {"method": "nearest"}, "sharpenn": {}})
+    with pytest.raises(CheckpointError, match=r"depthkit.json lists stage\(s\) \['sharpenn'\] that depthkit does not "
+                                              r"know; stages are complete, sharpen"):
+        Pipeline.from_pretrained(tmp_path)
 
 
 def test_checkpoint_without_requested_stage(tmp_path):
@@ -66,7 +82,8 @@ def test_safe_join_refuses_escapes(tmp_path):
 def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-depthkit-hf-home")
-    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE=1"):
+    with pytest.raises(CheckpointError, match=r"HF_HUB_OFFLINE=1.*\), and there is no local folder "
+                                              r".*someone/not-a-real-depthkit-model\."):
         resolve_checkpoint("someone/not-a-real-depthkit-model")
 
 

@@ -738,3 +738,14 @@ def test_a_folder_in_an_outputs_way_is_named_and_leaves_nothing_behind(tmp_path,
     assert main(_single(tmp_path, "--overwrite")) == 2
     assert "a folder of that name is in the way" in capsys.readouterr().err
     assert not [p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
+
+
+def test_train_overrides_may_follow_resume():
+    """`depthkit train R --resume key=value` (overrides after the flag) parses as it reads, not as "unrecognized"."""
+    from depthkit.cli import build_parser
+
+    for argv in (["train", "r.yaml", "a.b=1", "--resume", "c.d=2"], ["train", "--resume", "r.yaml", "a.b=1", "c.d=2"],
+                 ["train", "r.yaml", "a.b=1", "c.d=2", "--resume"]):
+        args = build_parser().parse_args(argv)
+        assert (str(args.recipe), args.overrides, args.resume) == ("r.yaml", ["a.b=1", "c.d=2"], True), argv
+    assert build_parser().parse_args(["train", "r.yaml", "a.b=1"]).resume is False

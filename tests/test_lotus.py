@@ -206,6 +206,9 @@ def test_missing_parts_error(lotus_d, tmp_path):
     (tmp_path / "corrupt" / EMBEDS_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="corrupt"):
         LotusModel.from_pretrained(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # not "no .bin file found"
+    with pytest.raises(CheckpointError, match=r"missing unet/diffusion_pytorch_model.safetensors \(found: "):
+        LotusModel.from_pretrained(tmp_path / "corrupt")
 
 
 def test_compute_empty_prompt_embeds_with_tiny_clip(tmp_path):

@@ -89,3 +89,12 @@ def test_complete_schema_refuses_bad_values():
             load_recipe(base, overrides)
     r = load_recipe(base, ["data.datasets.hypersim.root=/data/hs", "data.datasets.hypersim.weight=2"])
     assert r.data.datasets["hypersim"].root == "/data/hs" and r.data.datasets["hypersim"].weight == 2.0
+
+
+def test_sharpen_and_lotus_validation_needs_at_least_one_image():
+    """val.n_images 0 would log NaN metrics and export anyway: refused, with how to skip validation instead."""
+    for name in ("tiny/lotus.yaml", "tiny/sharpen.yaml"):
+        assert load_recipe(RECIPES / name, ["val.n_images=1"]).val.n_images == 1
+        with pytest.raises(RecipeError, match=r"val.n_images must be >= 1; received 0 \(to skip validation, leave "
+                                              r"val.source out\)"):
+            load_recipe(RECIPES / name, ["val.n_images=0"])

@@ -1,6 +1,7 @@
 """The completer's dense refiner: its input, its bounded output, its training (learns, resumes exactly), its place in
 a completer checkpoint and in the stage (on by default when present, ``refine=False`` switches it off)."""
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -69,15 +70,18 @@ def test_log_l1_by_hand():
 
 def _recipe(out, one_cycle=False, **train):
     from depthkit.config import load_recipe
+    from depthkit.io import DepthkitWarning
 
     tc = {"max_steps": 200, "batch_size": 4, "lr": 5e-3, "warmup_steps": 10, "log_every": 100, "eval_every": 0,
           "save_every": 100, "seed": 0, **train}
-    return load_recipe({"kind": "refine", "model": {"width": 8},
-                        "data": {"datasets": {"synthetic": {"options": {"sparse_pattern": "random",
-                                                                        "sparse_kwargs": {"n": 60}}}},
-                                 "subset_size": 6, "synthetic": {"height": 40, "width": 48}, "crop": [32, 32]},
-                        "eval": {"num_scenes": 2, "height": 40, "width": 48, "sparse_points": 60},
-                        "train": tc, "output": {"output_dir": str(out)}, "one_cycle": one_cycle})
+    said = pytest.warns(DepthkitWarning, match="train.lr=0") if tc["lr"] == 0 else contextlib.nullcontext()
+    with said:  # lr 0 on purpose: the export is the starting model
+        return load_recipe({"kind": "refine", "model": {"width": 8},
+                            "data": {"datasets": {"synthetic": {"options": {"sparse_pattern": "random",
+                                                                            "sparse_kwargs": {"n": 60}}}},
+                                     "subset_size": 6, "synthetic": {"height": 40, "width": 48}, "crop": [32, 32]},
+                            "eval": {"num_scenes": 2, "height": 40, "width": 48, "sparse_points": 60},
+                            "train": tc, "output": {"output_dir": str(out)}, "one_cycle": one_cycle})
 
 
 def test_training_learns_the_correction_of_guided_on_its_scenes(tmp_path):

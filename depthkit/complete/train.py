@@ -325,12 +325,12 @@ def _save(setup: TrainingSetup, run_dir: Path, done: int, keep_last: int) -> Non
 
 
 def _resume(setup: TrainingSetup, run_dir: Path) -> int:
+    from depthkit.run_recipe import load_resumed_weights
     from depthkit.training import load_latest_state
 
     acc = setup.accelerator
     found = load_latest_state(run_dir)
-    if found is None:
-        acc.print(f"depthkit train: --resume but no checkpoint in {run_dir}/checkpoints; starting at step 0")
+    if found is None:  # prepare_run_dir said so
         return 0
     start, state, meta = found
     world = acc.num_processes
@@ -345,7 +345,8 @@ def _resume(setup: TrainingSetup, run_dir: Path) -> int:
     if missing:
         raise ValueError(f"the checkpoint at step {start} in {run_dir} does not match this recipe's model (missing "
                          f"{', '.join(missing[:5])}); resume with the recipe it was trained with.")
-    result = acc.unwrap_model(setup.model).load_state_dict(state["model"], strict=False)
+    result = load_resumed_weights(acc.unwrap_model(setup.model), state["model"],
+                                  f"the checkpoint at step {start} in {run_dir}", strict=False)
     if result.unexpected_keys:  # a name the model does not have would otherwise be dropped silently
         raise ValueError(f"the checkpoint at step {start} in {run_dir} holds weights this model does not have "
                          f"({', '.join(sorted(result.unexpected_keys)[:5])}); resume with the recipe and accelerate "
@@ -362,7 +363,7 @@ def train(recipe, resume: bool = False) -> Path:
     from depthkit.training import JsonlLogger, prepare_run_dir, step_seed
 
     tc = recipe.train
-    run_dir = prepare_run_dir(recipe.output.output_dir, resume)
+    run_dir = prepare_run_dir(recipe.output.output_dir, resume, recipe)
     setup = setup_training(recipe, run_dir)
     acc = setup.accelerator
     rank, world = acc.process_index, acc.num_processes

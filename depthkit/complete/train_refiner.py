@@ -237,6 +237,7 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
 
     from depthkit.complete.refiner import DenseRefiner, refiner_log_l1
     from depthkit.config import recipe_to_yaml
+    from depthkit.run_recipe import load_resumed_weights
     from depthkit.training import (
         JsonlLogger,
         StepSampler,
@@ -257,8 +258,7 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     # the network first: a bad model.init_from fails before the run folder is made
     net = (DenseRefiner(recipe.model.width, recipe.model.max_log_correction) if recipe.model.init_from is None
            else load_refiner_folder(recipe.model.init_from, recipe.model)).to(device)
-    run = prepare_run_dir(recipe.output.output_dir, resume)
-    (run / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    run = prepare_run_dir(recipe.output.output_dir, resume, recipe)
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     t0 = time.perf_counter()
     pool = build_pool(recipe)
@@ -274,7 +274,7 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     start = 0
     if resume and (loaded := load_latest_state(run, map_location="cpu", max_steps=steps)) is not None:
         start, state, _ = loaded
-        net.load_state_dict(state["refiner"])
+        load_resumed_weights(net, state["refiner"], f"the checkpoint at step {start} in {run}")
         optimizer.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
         print(f"depthkit train: resumed {run} at step {start}", flush=True)

@@ -488,6 +488,9 @@ def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
     required = {unet_subfolder: f"{unet_subfolder}/config.json", "vae": "vae/config.json",
                 "scheduler": "scheduler/scheduler_config.json", EMBEDS_FILE: EMBEDS_FILE}
     missing = [name for name, rel in required.items() if not (root / rel).is_file()]
+    # weights (diffusers' names, one file or shards): without this check diffusers says it found no .bin file
+    missing += [f"{sub}/diffusion_pytorch_model.safetensors" for sub in (unet_subfolder, "vae")
+                if sub not in missing and not any((root / sub).glob("diffusion_pytorch_model*"))]
     if not missing:
         return
     found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"

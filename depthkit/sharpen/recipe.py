@@ -154,6 +154,11 @@ class ValConfig:
     n_images: int = 8
     """Images (the first n of the source) scored each time."""
 
+    def __post_init__(self):
+        if self.n_images < 1:
+            raise RecipeError(f"val.n_images must be >= 1; received {self.n_images} (to skip validation, leave "
+                              "val.source out)")
+
 
 @dataclass
 class LotusRecipe:

@@ -223,6 +223,7 @@ def train(recipe, resume: bool = False) -> Path:
     import torch
 
     from depthkit.config import recipe_to_yaml
+    from depthkit.run_recipe import load_resumed_weights
     from depthkit.sharpen.model import EMA, SharpDepth
     from depthkit.sharpen.teachers import build_metric_source
     from depthkit.sharpen.train_common import (
@@ -294,7 +295,7 @@ def train(recipe, resume: bool = False) -> Path:
         loaded = load_latest_state(run, map_location="cpu", max_steps=steps)
         if loaded is not None:
             start, state, _ = loaded
-            student.load_state_dict(state["unet"])
+            load_resumed_weights(student, state["unet"], f"the checkpoint at step {start} in {run}")
             optimizer.load_state_dict(state["optimizer"])
             lr_sched.load_state_dict(state["lr_scheduler"])
             ema.load_state_dict(state["ema"])

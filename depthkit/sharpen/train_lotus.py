@@ -251,6 +251,7 @@ def train(recipe, resume: bool = False) -> Path:
     from torch.utils.data import DataLoader
 
     from depthkit.config import recipe_to_yaml
+    from depthkit.run_recipe import load_resumed_weights
     from depthkit.sharpen.train_common import (
         build_training_data,
         check_resolution,
@@ -336,9 +337,10 @@ def train(recipe, resume: bool = False) -> Path:
         loaded = load_latest_state(run, map_location="cpu", max_steps=steps)
         if loaded is not None:
             start, state, _ = loaded
-            model.unet.load_state_dict(state["unet"])
+            where = f"the checkpoint at step {start} in {run}"
+            load_resumed_weights(model.unet, state["unet"], where)
             if "vae" in state:
-                model.vae.load_state_dict(state["vae"])
+                load_resumed_weights(model.vae, state["vae"], where)
             optimizer.load_state_dict(state["optimizer"])
             lr_sched.load_state_dict(state["lr_scheduler"])
             if "vae_scaling_factor" in state:
