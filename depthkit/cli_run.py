@@ -108,9 +108,9 @@ def _bundled(path: Path | None, what: str) -> Path | None:
 
 
 def _read_inputs(img_path: Path, sparse_path: Path | None, depth_path: Path | None, args):
-    """Read and check one input triple: image HxWx3 uint8, sparse and depth HxW float32 metres (or None). With
-    ``--png-scale`` the sparse map's measurements must fit the PNG (the output keeps them), checked before the model
-    runs."""
+    """Read and check one input triple: image HxWx3 uint8, sparse and depth HxW float32 metres (or None). The sparse
+    map's measurements must fit the depth PNG (the output keeps them) at ``--png-scale``, or at some scale when it is
+    not given; checked before the model runs."""
     from depthkit.io import choose_png_scale, read_depth, read_image, resize_sparse
 
     image = read_image(img_path)
@@ -125,7 +125,7 @@ def _read_inputs(img_path: Path, sparse_path: Path | None, depth_path: Path | No
                                  "the matching image.")
             arr = resize_sparse(arr, image.shape[:2], what=what)
         maps.append(arr)
-    if maps[0] is not None and args.png_scale is not None:
+    if maps[0] is not None:  # without --png-scale: one must exist that holds them (a 70 km stray value does not)
         choose_png_scale(maps[0], args.png_scale, what=f"sparse {Path(sparse_path).name}")
     return image, maps[0], maps[1]
 

@@ -152,7 +152,9 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                                  "cannot hold; check --depth-scale (1000 for millimetres, 256 for KITTI/VOID PNGs).")
         return metres.astype(np.float32)
     if arr.dtype.kind != "f":
-        raise ValueError(f"{what} has dtype {arr.dtype}; expected float metres or integer sensor units.")
+        hint = (" A mask says where depth was measured, not how far: pass the depths (0 where missing)."
+                if arr.dtype == bool else " Convert it to float32 metres (0 = missing).")
+        raise ValueError(f"{what} has dtype {arr.dtype}; expected float metres or integer sensor units.{hint}")
     if arr.dtype.itemsize > 4:  # float64 values beyond float32's range would become inf and be misreported
         finite = np.isfinite(arr)
         huge = finite & (np.abs(arr) > np.finfo(np.float32).max)

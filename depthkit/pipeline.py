@@ -127,7 +127,10 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
         depth_scale = None  # applied by the reader: what it returns is metres
     sparse = _to_numpy(sparse, what)
     if not isinstance(sparse, np.ndarray):
-        raise ValueError(f"{what} must be an HxW float array in metres or a file path; received {type(sparse).__name__}.")
+        hint = (f" Convert it first: numpy.asarray({what}, dtype=numpy.float32)."
+                if isinstance(sparse, (list, tuple)) else "")
+        raise ValueError(f"{what} must be an HxW float array in metres or a file path; received "
+                         f"{type(sparse).__name__}.{hint}")
     if sparse.ndim == 3 and sparse.shape[-1] == 1:
         sparse = sparse[..., 0]
     if sparse.ndim != 2:

@@ -620,12 +620,15 @@ def test_png_scale_checked_before_the_model(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
-def test_too_deep_for_png_suggests_a_png_scale(tmp_path, capsys):
+def test_too_deep_for_png_suggests_a_png_scale(tmp_path, capsys, monkeypatch):
     _, sparse = _write_pair(tmp_path, "a")
     sparse.flat[np.flatnonzero(sparse)[0]] = 1e5  # one point 100 km away, the rest 0.5-8 m
     np.save(tmp_path / "a_sparse.npy", sparse)
+    _no_pipeline(monkeypatch)  # said from the sparse map, before any model runs (the output keeps that point)
     assert main(_single(tmp_path)) == 2
-    assert "Pass --png-scale 0.5" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sparse a_sparse.npy up to 100000.0 m does not fit" in err and "Pass --png-scale 0.5" in err
+    monkeypatch.undo()
     assert main(_single(tmp_path, "--png-scale", "0.5")) == 0  # the suggestion works
     assert io.png_depth_scale(tmp_path / "o" / "a_depth.png") == 0.5
     err = capsys.readouterr().err  # depth below 1 m cannot be stored at 2 m steps: said, not silent

@@ -69,6 +69,9 @@ def test_inputs_from_torch_and_pil():
         (lambda i, s: (torch.from_numpy(i.transpose(2, 0, 1).copy()), s), r"image.permute\(1, 2, 0\)"),
         (lambda i, s: ("nope.gif", s), "not found"),
         (lambda i, s: (i, s[None]), "expected HxW"),
+        (lambda i, s: (i, s.tolist()), r"received list\. Convert it first: numpy.asarray\(sparse, dtype=numpy.float32"),
+        (lambda i, s: (i, s > 0), r"dtype bool; .* A mask says where depth was measured, not how far"),
+        (lambda i, s: (i, s.astype(np.complex64)), r"dtype complex64; .* Convert it to float32 metres"),
     ],
 )
 def test_bad_inputs_get_clear_errors(mutate, message):
