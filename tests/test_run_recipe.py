@@ -5,12 +5,9 @@ import json
 
 import pytest
 import torch
+from test_sharpen_train import write_lotus_yaml  # the tiny Lotus the trainer tests run
 
 from depthkit.run_recipe import load_resumed_weights, recipe_differences
-
-SMALL_UNET = {"block_out_channels": [16, 32], "norm_num_groups": 8}
-SMALL_VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4,
-             "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -39,15 +36,7 @@ def test_resume_refuses_a_changed_recipe_before_writing_and_allows_more_steps(tm
     from depthkit.cli import main
     from depthkit.training import latest_state_dir
 
-    path = tmp_path / "lotus.yaml"
-    path.write_text(f"""kind: lotus
-model: {{init: tiny, tiny_unet: {json.dumps(SMALL_UNET)}, tiny_vae: {json.dumps(SMALL_VAE)}}}
-loss: {{latent: 1.0, pixel: 1.0, vae_depth: 1.0, train_vae: true}}
-data:
-  sources: [{{name: synthetic, split: train, options: {{length: 4, height: 20, width: 28, kind: indoor}}}}]
-  resolution: [16, 24]
-train: {{batch_size: 2, lr: 1.0e-3, save_every: 1, log_every: 1, eval_every: 0, schedule: constant}}
-""")
+    path = write_lotus_yaml(tmp_path / "lotus.yaml", scenes=4, schedule="constant")
     run = tmp_path / "run"
     base = ["train", str(path), f"output.output_dir={run}"]
     assert main([*base, "train.max_steps=2", "--resume"]) == 0  # nothing to resume yet: said, then a fresh start

@@ -179,19 +179,24 @@ def _flatten(obj, prefix=""):
     return out
 
 
-def test_lotus_resume_is_exact_via_cli(tmp_path):
-    from depthkit.cli import main
-    from depthkit.training import latest_state_dir
-
-    path = tmp_path / "lotus.yaml"
+def write_lotus_yaml(path, scenes: int = 5, schedule: str = "cosine"):
+    """A tiny Lotus recipe file for CLI runs (~1 s a step, a checkpoint every step); returns ``path``."""
     path.write_text(f"""kind: lotus
 model: {{init: tiny, tiny_unet: {json.dumps(SMALL_UNET)}, tiny_vae: {json.dumps(SMALL_VAE)}}}
 loss: {{latent: 1.0, pixel: 1.0, vae_depth: 1.0, train_vae: true}}
 data:
-  sources: [{{name: synthetic, split: train, options: {{length: 5, height: 20, width: 28, kind: indoor}}}}]
+  sources: [{{name: synthetic, split: train, options: {{length: {scenes}, height: 20, width: 28, kind: indoor}}}}]
   resolution: [16, 24]
-train: {{batch_size: 2, lr: 1.0e-3, save_every: 1, log_every: 1, eval_every: 0}}
+train: {{batch_size: 2, lr: 1.0e-3, save_every: 1, log_every: 1, eval_every: 0, schedule: {schedule}}}
 """)
+    return path
+
+
+def test_lotus_resume_is_exact_via_cli(tmp_path):
+    from depthkit.cli import main
+    from depthkit.training import latest_state_dir
+
+    path = write_lotus_yaml(tmp_path / "lotus.yaml")
     assert main(["train", str(path), "train.max_steps=3", f"output.output_dir={tmp_path / 'a'}"]) == 0
     a = torch.load(latest_state_dir(tmp_path / "a") / "state.pt", weights_only=True)
     crashed = _interrupt_after(tmp_path / "a", 2, tmp_path / "b")

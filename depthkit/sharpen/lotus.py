@@ -292,13 +292,9 @@ class LotusModel(nn.Module):
                                  "depth_latent_or_noise=None.")
             sample = image_latent
         dtype = next(unet.parameters()).dtype
-        return unet(
-            sample.to(dtype),
-            self.timesteps(b, timestep),
-            encoder_hidden_states=self.prompt_embeds(b).to(dtype),
-            class_labels=task_embedding(task, b, device=sample.device, dtype=dtype),
-            return_dict=False,
-        )[0]
+        context = self.prompt_embeds(b).to(dtype)
+        return unet(sample.to(dtype), self.timesteps(b, timestep), encoder_hidden_states=context,
+                    class_labels=task_embedding(task, b, device=sample.device, dtype=dtype), return_dict=False)[0]
 
     # ----------------------------------------------------------------- images
     def processing_size(self, height: int, width: int, processing_resolution: int | None = None) -> tuple[int, int]:
@@ -484,13 +480,13 @@ def resolve_model_dir(path_or_hub_id) -> Path:
 
 
 def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
-    """Raise a CheckpointError listing every missing part of a Lotus checkpoint directory."""
+    """Raise a CheckpointError listing every missing part of a Lotus checkpoint directory: configs, the stored
+    embedding, and weights (diffusers' file names, whole or sharded; diffusers alone would say no .bin was found)."""
     required = {unet_subfolder: f"{unet_subfolder}/config.json", "vae": "vae/config.json",
                 "scheduler": "scheduler/scheduler_config.json", EMBEDS_FILE: EMBEDS_FILE}
     missing = [name for name, rel in required.items() if not (root / rel).is_file()]
-    # weights (diffusers' names, one file or shards): without this check diffusers says it found no .bin file
-    missing += [f"{sub}/diffusion_pytorch_model.safetensors" for sub in (unet_subfolder, "vae")
-                if sub not in missing and not any((root / sub).glob("diffusion_pytorch_model*"))]
+    missing += [f"{s}/diffusion_pytorch_model.safetensors" for s in (unet_subfolder, "vae")
+                if s not in missing and not any((root / s).glob("diffusion_pytorch_model*"))]
     if not missing:
         return
     found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
