@@ -214,7 +214,7 @@ class Pipeline:
     def __init__(self, stages: Sequence[str] | str | None = None, method: str | None = None, checkpoint=None,
                  device: str = "cpu", dtype: str = "float32", stage_options: dict | None = None):
         self.checkpoint = CheckpointRef.open(checkpoint) if checkpoint is not None else CheckpointRef.default()
-        unknown = sorted(set(self.checkpoint.stages) - set(STAGE_ORDER))
+        unknown = sorted(set(self.checkpoint.stages) - set(STAGE_ORDER)) if self.checkpoint is not None else []
         if unknown:  # a misspelt stage would otherwise be dropped without a word
             raise CheckpointError(f"{self.checkpoint.root / MANIFEST} lists stage(s) {unknown} that depthkit does not "
                                   f"know; stages are {', '.join(STAGE_ORDER)}. Correct or remove them in its "
