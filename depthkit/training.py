@@ -48,7 +48,7 @@ def prepare_run_dir(output_dir, resume: bool, recipe=None) -> Path:
     against the recipe the run was trained with (:func:`depthkit.run_recipe.check_resumed_recipe`) before the
     recipe is recorded as ``<run>/recipe.yaml`` (not when resuming a run that has none: nothing vouches for it);
     ``--resume`` with no checkpoint yet says it starts at step 0."""
-    from depthkit.run_recipe import check_resumed_recipe, record_recipe
+    from depthkit.run_recipe import RECIPE_FILE, check_resumed_recipe, record_recipe
 
     run = Path(output_dir)
     found = latest_state_dir(run)
@@ -63,7 +63,7 @@ def prepare_run_dir(output_dir, resume: bool, recipe=None) -> Path:
         resuming = resume and found is not None
         if resuming:
             check_resumed_recipe(run, recipe)
-        if not resuming or (run / "recipe.yaml").is_file():  # a record it did not check is never started
+        if not resuming or (run / RECIPE_FILE).is_file():  # never start a record from a recipe nothing checked
             record_recipe(run, recipe)
     return run
 
