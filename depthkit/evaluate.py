@@ -9,7 +9,11 @@ annotations when it has them, else edges of the GT depth) and the preservation e
   DBE on an image without edges) or an unbounded protocol limit (``"max_depth": null`` = no cap, ``math.inf``),
 - ``<out>`` with suffix ``.md``: the mean metrics as a markdown table,
 - ``<out>.parts/rank<R>.jsonl``: one line per finished image, per process. A rerun skips images already there
-  (resume), so an interrupted evaluation continues where it stopped.
+  (resume), so an interrupted evaluation continues where it stopped;
+- ``<out>.parts/failed_rank<R>.jsonl``: the images whose input was refused (a reader's ``ValueError`` for a
+  corrupt or missing file, or the pipeline's for e.g. a NaN in the sparse map), with the reason. The other images
+  still run; then one ``ValueError`` names them all and no mean is written (one that left them out would not be the
+  split's). After the fix the same command runs only the images without a result.
 
 Resuming is safe: the caller passes a ``fingerprint`` (a dict of everything that determines the per-image results:
 dataset, root, split, reader options, protocol, method or checkpoint identity, stages, stage options, depthkit
@@ -204,9 +208,14 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     todo = [i for i in shard if i not in done]  # resume: skip what an earlier run finished
     # rewrite only the intact rows, so a line cut short by an interruption cannot swallow the next one
     part_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    failed: list[dict] = []  # inputs refused (a corrupt file, NaN sparse...): the rest of the split still runs
     with open(part_file, "a") as f:
         for i in tqdm(todo, desc=f"eval {label or ''}".strip(), disable=not progress or rank > 0, unit="img"):
-            item = dataset[i]
+            try:
+                item = dataset[i]
+            except ValueError as exc:  # the reader could not make this sample (DatasetLayoutError is one)
+                failed.append({"index": i, "name": None, "error": str(exc)})
+                continue
             if item.get("depth") is None or item.get("sparse") is None:
                 raise ValueError(
                     f"{dataset!r} item {item.get('name')!r} has no ground-truth depth or sparse input, so there is "
@@ -214,16 +223,19 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
                 )
             try:
                 res = pipeline(item["image"], item["sparse"])
-            except ValueError as exc:  # the input's own fault (NaN sparse, sizes...): say which of the n it is
-                raise ValueError(
-                    f"image {i} of {n} ({item.get('name')!r}): {exc} The evaluation stops here: a mean that left "
-                    f"it out would not be the split's. Fix that file and run the same command again; the "
-                    f"{len(done) + todo.index(i)} image(s) finished are kept in {parts} and not redone.") from exc
+            except ValueError as exc:  # the input's own fault (NaN sparse, sizes...)
+                failed.append({"index": i, "name": item.get("name"), "error": str(exc)})
+                continue
             valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
             row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid, res.confidence),
                    "seconds": res.timings["total"], "fingerprint": fp_hash}
             f.write(json.dumps(row) + "\n")
             f.flush()
+    failed_file = parts / f"failed_rank{rank}.jsonl"  # this run's list only: an earlier run's is replaced
+    if failed:
+        failed_file.write_text("".join(json.dumps(r) + "\n" for r in failed))
+    else:
+        failed_file.unlink(missing_ok=True)
     barrier()
     if rank != 0:
         return None
@@ -232,6 +244,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         for row in _read_done(p).values():
             if row["index"] < n:
                 rows[row["index"]] = row
+    _raise_failed(parts, len(rows), n, world)
     missing = sorted(set(range(n)) - set(rows))
     if missing:
         raise RuntimeError(f"evaluation incomplete: {len(missing)} image(s) have no result (first: {missing[:5]}). "
@@ -252,6 +265,28 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     out.with_suffix(".md").write_text(
         f"# {summary['dataset']}: {n} images\n\n" + markdown_table({summary["pipeline"]: summary["mean"]}))
     return summary
+
+
+def _raise_failed(parts: Path, n_scored: int, n: int, world: int, shown: int = 10) -> None:
+    """Raise one ``ValueError`` naming every image of this run whose input was refused, read from the
+    ``failed_rank<r>.jsonl`` each of this run's ``world`` processes wrote in ``parts`` (files an earlier run with more
+    processes left are not read; each of this run's was rewritten by it). No mean is written then: one that left them
+    out would not be the split's."""
+    failed = {}
+    for p in (parts / f"failed_rank{r}.jsonl" for r in range(world)):
+        for line in p.read_text().splitlines() if p.is_file() else ():
+            r = json.loads(line)
+            failed[r["index"]] = r
+    if not failed:
+        return
+    lines = [f"  image {i} of {n}" + (f" ({r['name']!r})" if r["name"] is not None else "") + f": {r['error']}"
+             for i, r in sorted(failed.items())[:shown]]
+    if len(failed) > shown:
+        lines.append(f"  ... and {len(failed) - shown} more")
+    raise ValueError(
+        f"{len(failed)} of {n} image(s) could not be evaluated, so no mean was written (one that left them out would "
+        f"not be the split's):\n" + "\n".join(lines) + f"\nThe {n_scored} image(s) scored are kept in {parts}. "
+        "Fix those files and run the same command again: only the images without a result will run.")
 
 
 def _protocol_dict(protocol) -> dict:

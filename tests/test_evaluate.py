@@ -156,34 +156,77 @@ def test_eval_without_checkpoint_fingerprints_the_embedded_default(tmp_path, cap
     assert json.loads(guided.read_text())["fingerprint"]["checkpoint"] is None
 
 
-def test_eval_names_the_image_whose_input_is_refused_and_keeps_the_finished_ones(tmp_path):
-    """A NaN in one image's sparse input stops the evaluation with that image's index and name (not a bare "sparse
-    has 1 NaN/inf values" among n); the images before it are kept and a rerun after the fix resumes after them."""
+class _Poisoned:
+    """The synthetic test split with a NaN in the sparse map of the images in ``nan`` and a reader error (a corrupt
+    file) for those in ``unreadable``; counts the items read."""
+
+    def __init__(self, nan=(), unreadable=(), length=4):
+        from depthkit.data.datasets.synthetic import SyntheticDataset
+
+        self.base, self.nan, self.unreadable, self.read = (SyntheticDataset(split="test", length=length, height=24,
+                                                                            width=32), set(nan), set(unreadable), [])
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        from depthkit.data.datasets._ops import DatasetLayoutError
+
+        self.read.append(i)
+        if i in self.unreadable:
+            raise DatasetLayoutError(f"could not decode /data/depth_{i}.png: the file is empty, truncated or not an "
+                                     "image.")
+        item = dict(self.base[i])
+        if i in self.nan:
+            item["sparse"] = item["sparse"].copy()
+            item["sparse"][0, 0] = np.nan
+        return item
+
+
+def test_eval_runs_past_refused_inputs_names_them_all_and_writes_no_mean(tmp_path):
+    """A NaN in one image's sparse map and a corrupt file for another do not stop the split: the other images are
+    scored and kept, then one error names each refused image (index of n, name when known, reason) and no mean is
+    written; after the fix the same call runs only those two and the mean is the whole split's."""
     import pytest
 
-    from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.data.protocols import get_protocol
     from depthkit.evaluate import evaluate
     from depthkit.pipeline import Pipeline
 
-    class OnePoisoned:
-        def __init__(self, poisoned):
-            self.base, self.poisoned = SyntheticDataset(split="test", length=3, height=24, width=32), poisoned
+    out, pipe, protocol = tmp_path / "m.json", Pipeline(method="nearest"), get_protocol("synthetic")
+    name1 = _Poisoned()[1]["name"]
+    bad = _Poisoned(nan={1}, unreadable={2})
+    with pytest.raises(ValueError) as info:
+        evaluate(pipe, bad, protocol, out, progress=False, label="nearest")
+    msg = str(info.value)
+    assert msg.startswith("2 of 4 image(s) could not be evaluated, so no mean was written")
+    assert f"  image 1 of 4 ({name1!r}): sparse has 1 NaN/inf values" in msg
+    assert "  image 2 of 4: could not decode /data/depth_2.png" in msg
+    assert "The 2 image(s) scored are kept in" in msg and "only the images without a result will run" in msg
+    assert bad.read == [0, 1, 2, 3] and not out.exists()
+    assert [json.loads(r)["index"] for r in (tmp_path / "m.json.parts" / "rank0.jsonl").read_text().splitlines()] \
+        == [0, 3]
+    fixed = _Poisoned()
+    summary = evaluate(pipe, fixed, protocol, out, progress=False, label="nearest")
+    assert fixed.read == [1, 2] and summary["n_images"] == 4
+    assert [r["index"] for r in summary["per_image"]] == [0, 1, 2, 3]
+    whole = evaluate(pipe, _Poisoned(), protocol, tmp_path / "whole.json", progress=False, label="nearest")
+    assert json.dumps(summary["mean"]) == json.dumps(whole["mean"])  # NaN (no confidence map) reads as NaN
 
-        def __len__(self):
-            return len(self.base)
 
-        def __getitem__(self, i):
-            item = dict(self.base[i])
-            if i == self.poisoned:
-                item["sparse"] = item["sparse"].copy()
-                item["sparse"][0, 0] = np.nan
-            return item
+def test_eval_lists_at_most_ten_refused_images_and_ignores_an_earlier_runs_other_shards(tmp_path):
+    """Twelve refused images are named ten at a time with the rest counted; a failure list left by an earlier run
+    with two processes (rank 1's) is not read by a one-process run, whose own shard covers every image."""
+    import pytest
+
+    from depthkit.data.protocols import get_protocol
+    from depthkit.evaluate import evaluate
+    from depthkit.pipeline import Pipeline
 
     out, pipe, protocol = tmp_path / "m.json", Pipeline(method="nearest"), get_protocol("synthetic")
-    name = OnePoisoned(None)[1]["name"]
-    with pytest.raises(ValueError, match=rf"^image 1 of 3 \({name!r}\): sparse has 1 NaN/inf values.* Fix that "
-                                         r"file and run the same command again; the 1 image\(s\) finished are kept"):
-        evaluate(pipe, OnePoisoned(1), protocol, out, progress=False, label="nearest")
-    assert [json.loads(r)["index"] for r in (tmp_path / "m.json.parts" / "rank0.jsonl").read_text().splitlines()] == [0]
-    assert evaluate(pipe, OnePoisoned(None), protocol, out, progress=False, label="nearest")["n_images"] == 3
+    with pytest.raises(ValueError, match=r"^12 of 12 image\(s\)[^$]*image 9 of 12: [^$]*\.\.\. and 2 more\n") as info:
+        evaluate(pipe, _Poisoned(unreadable=range(12), length=12), protocol, out, progress=False, label="nearest")
+    assert "image 10 of 12" not in str(info.value)
+    (tmp_path / "m.json.parts" / "failed_rank1.jsonl").write_text(
+        json.dumps({"index": 5, "name": None, "error": "stale"}) + "\n")
+    assert evaluate(pipe, _Poisoned(length=12), protocol, out, progress=False, label="nearest")["n_images"] == 12
