@@ -322,6 +322,22 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert main([*args, f"output.output_dir={b}", "--resume"]) == 2
 
 
+def test_cli_resume_of_a_checkpoint_for_another_model_is_one_clear_error(tmp_path, capsys):
+    """A run folder without its recipe record (its checkpoints copied alone) resumed with another model width: one
+    error naming the checkpoint and the size mismatch (run_recipe.load_resumed_weights), not torch's traceback."""
+    from depthkit.cli import main
+
+    args = ["train", str(TINY_RECIPE), *SMALL, "train.save_every=1", "train.eval_every=0",
+            f"output.output_dir={tmp_path / 'a'}"]
+    assert main([*args, "train.max_steps=1"]) == 0
+    (tmp_path / "a" / "recipe.yaml").unlink()
+    capsys.readouterr()
+    assert main([*args, "train.max_steps=2", "model.tiny.intermediate_size=96", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint at step 1 in" in err and "does not fit this recipe's model (size mismatch for" in err, err
+    assert "Traceback" not in err
+
+
 def test_mask_text_switch_reaches_training_prompts_and_checkpoint_settings(tmp_path):
     """prompts.mask_text (the ablation's rows (c)-(e)) changes the training prompts; a checkpoint records it."""
     from depthkit.complete.settings import CompleteSettings

@@ -155,6 +155,20 @@ def test_resume_continues_exactly(tmp_path, one_cycle):
         assert torch.equal(a, b), name
 
 
+def test_resume_of_a_checkpoint_for_another_width_is_one_clear_error(tmp_path):
+    """A run folder without its recipe record resumed with a wider refiner: one error naming the checkpoint and the
+    size mismatch (run_recipe.load_resumed_weights), not torch's traceback."""
+    from depthkit.complete.train_refiner import train
+
+    train(_recipe(tmp_path / "a", max_steps=1, save_every=1))
+    (tmp_path / "a" / "recipe.yaml").unlink()
+    wider = _recipe(tmp_path / "a", max_steps=2, save_every=1)
+    wider.model.width = 16
+    with pytest.raises(ValueError, match=r"^the checkpoint at step 1 in .* does not fit this recipe's model \(size "
+                                         r"mismatch for "):
+        train(wider, resume=True)
+
+
 def test_checkpoint_round_trip_and_stage_switch(tmp_path):
     """A completer saved with a refiner loads it; the stage runs it after the fill (refined output differs from
     ``refine=False``, measured values kept); a missing or mismatched file is refused by name."""

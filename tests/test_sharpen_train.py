@@ -179,6 +179,24 @@ def _flatten(obj, prefix=""):
     return out
 
 
+def test_sharpen_resume_of_a_checkpoint_for_another_unet_is_one_clear_error(tmp_path):
+    """Resuming a run folder without its recipe record with wider UNet blocks: one error naming the checkpoint and
+    the size mismatch (run_recipe.load_resumed_weights), not torch's list of mismatched tensors."""
+    from depthkit.sharpen import train as train_sharpen
+
+    def recipe(steps):
+        return sharpen_recipe(tmp_path / "a", "tiny", _tiny_sources(2), (16, 24), "complete:guided", steps=steps,
+                              batch_size=2, save_every=1)
+
+    train_sharpen.train(recipe(1))
+    (tmp_path / "a" / "recipe.yaml").unlink()
+    wider = recipe(2)
+    wider.model.tiny_unet = {**SMALL_UNET, "block_out_channels": [32, 64]}
+    with pytest.raises(ValueError, match=r"^the checkpoint at step 1 in .* does not fit this recipe's model \(size "
+                                         r"mismatch for "):
+        train_sharpen.train(wider, resume=True)
+
+
 def write_lotus_yaml(path, scenes: int = 5, schedule: str = "cosine"):
     """A tiny Lotus recipe file for CLI runs (~1 s a step, a checkpoint every step); returns ``path``."""
     path.write_text(f"""kind: lotus
