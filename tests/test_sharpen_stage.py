@@ -110,6 +110,13 @@ def test_errors(tiny_ck, tmp_path, monkeypatch):
     write_manifest(tmp_path / "only_complete", {"complete": {"method": "guided"}})
     with pytest.raises(ValueError, match="no sharpen/ folder"):
         build_sharpen_stage(CheckpointRef.open(tmp_path / "only_complete"))
+    import shutil
+
+    shutil.copytree(tiny_ck, tmp_path / "no_weights")  # the sharpener's folder is named as what it is
+    (tmp_path / "no_weights" / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"sharpen is not a complete Lotus / SharpDepth model folder: missing "
+                                         r"unet/diffusion_pytorch_model.safetensors \(found: .*SharpDepth.save_pretr"):
+        build_sharpen_stage(CheckpointRef.open(tmp_path / "no_weights"))
     monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(tmp_path / "no_embedded"))
     with pytest.raises(ValueError, match="init-checkpoint --tiny"):
         Pipeline(stages=("sharpen",))

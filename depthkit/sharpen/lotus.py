@@ -468,20 +468,20 @@ def resolve_model_dir(path_or_hub_id) -> Path:
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise _checkpoint_error(f"{path} is a file; a Lotus checkpoint is a directory with unet/, vae/, "
+            raise _checkpoint_error(f"{path} is a file; a Lotus / SharpDepth model is a folder with unet/, vae/, "
                                     f"scheduler/ and {EMBEDS_FILE}.")
         return path
     text = str(path_or_hub_id)
     if not is_hub_id(text):
-        raise _checkpoint_error(f"Lotus checkpoint {text!r} not found: no such directory, and it is not a hub id "
+        raise _checkpoint_error(f"Lotus / SharpDepth model {text!r} not found: no such directory, and it is not a hub id "
                                 "(owner/name). Save one with LotusModel.save_pretrained(DIR) or build a tiny one "
                                 "with depthkit.sharpen.tiny.build_tiny_lotus().")
-    return download_hub_snapshot(text, "Lotus checkpoint", HUB_PATTERNS)
+    return download_hub_snapshot(text, "Lotus / SharpDepth model", HUB_PATTERNS)
 
 
 def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
-    """Raise a CheckpointError listing every missing part of a Lotus checkpoint directory: configs, the stored
-    embedding, and weights (diffusers' file names, whole or sharded; diffusers alone would say no .bin was found)."""
+    """Raise a CheckpointError listing every missing part of a Lotus (or SharpDepth: the same layout) folder: configs,
+    the stored embedding, weights (diffusers' file names, whole or sharded; diffusers alone would say no .bin found)."""
     required = {unet_subfolder: f"{unet_subfolder}/config.json", "vae": "vae/config.json",
                 "scheduler": "scheduler/scheduler_config.json", EMBEDS_FILE: EMBEDS_FILE}
     missing = [name for name, rel in required.items() if not (root / rel).is_file()]
@@ -493,6 +493,7 @@ def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
     hint = ("This looks like a released diffusers pipeline (it has text_encoder/): import it into depthkit's layout, "
             "which computes the empty-prompt embedding once with compute_empty_prompt_embeds()."
             if (root / "text_encoder").is_dir() and missing == [EMBEDS_FILE]
-            else "Write a complete one with LotusModel.save_pretrained(DIR), or import released weights.")
-    raise _checkpoint_error(f"{root} is not a complete Lotus checkpoint: missing {', '.join(missing)} "
+            else "Write a complete one with LotusModel.save_pretrained(DIR) (SharpDepth.save_pretrained for a "
+            "sharpener), or import released weights.")
+    raise _checkpoint_error(f"{root} is not a complete Lotus / SharpDepth model folder: missing {', '.join(missing)} "
                             f"(found: {found}). {hint}")
