@@ -586,8 +586,28 @@ def test_a_truncated_dataset_png_is_named_by_depthkit_alone(tmp_path, capfd):
     data = (tmp_path / "d.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     capfd.readouterr()
-    for read, what in ((read_png_raw, "depth PNG"), (read_mask, "mask")):
+    for read, what in ((lambda path: read_png_raw(path, "depth"), "depth PNG"), (read_mask, "mask")):
         with pytest.raises(DatasetLayoutError, match=rf"could not decode {what} .*cut\.png: the file is a truncated"):
             read(tmp_path / "cut.png")
         assert capfd.readouterr().err == ""
         assert read(tmp_path / "d.png").shape == (200, 300)
+
+
+@pytest.mark.parametrize("name, write, depth_glob", [
+    ("kitti_dc", write_kitti, "**/groundtruth_depth/*.png"),
+    ("nyuv2", lambda root: write_nyu(root, n=1), "test/*/*_0001.png"),
+    ("ibims1", write_ibims_raw, "ibims1_core_raw/depth/*.png"),
+    ("hypersim", write_hypersim_marigold, "*/*/depth_plane_*.png"),
+    ("vkitti2", write_vkitti2, "**/depth_*.png"),
+])
+def test_an_8_bit_depth_png_is_refused_not_read_256_times_too_small(tmp_path, name, write, depth_glob):
+    """Every reader's depth files are 16-bit PNGs; the same file re-saved with 8 bits (its depth lost) is refused
+    by name with its value range, not read as depths in the 16-bit units (KITTI: 200 would be 0.78 m)."""
+    write(tmp_path)
+    paths = sorted(tmp_path.glob(depth_glob))
+    assert paths
+    for p in paths:
+        assert cv2.imwrite(str(p), np.full(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape, 200, np.uint8))
+    with pytest.raises(DatasetLayoutError, match=r"is an 8-bit PNG \(values 200-200\); .* is a 16-bit PNG, and 8 "
+                                                 r"bits cannot hold it\. Use the dataset's original 16-bit file"):
+        build_dataset(name, tmp_path)[0]

@@ -33,8 +33,10 @@ def _decode(path: Path, what: str) -> np.ndarray | None:
         raise DatasetLayoutError(str(err)) from None
 
 
-def read_png_raw(path: Path) -> np.ndarray:
-    """A single-channel 8- or 16-bit PNG as stored (uint8 / uint16), with errors that name the file."""
+def read_png_raw(path: Path, what: str) -> np.ndarray:
+    """A single-channel 16-bit PNG as stored (uint16), with errors that name the file. ``what`` says the file's
+    units for the error an 8-bit file gets (e.g. "KITTI depth (value / 256 = metres)"): every dataset's depth is
+    16-bit, and an 8-bit file (one re-saved or converted) would otherwise read as depths 256 times too small."""
     path = Path(path)
     if not path.is_file():
         raise DatasetLayoutError(f"file not found: {path}")
@@ -42,14 +44,19 @@ def read_png_raw(path: Path) -> np.ndarray:
     if arr is None:
         raise DatasetLayoutError(f"could not decode {path}: the file is empty, truncated or not an image.")
     if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
-        raise DatasetLayoutError(f"{path} is {arr.dtype} with shape {arr.shape}; expected a single-channel 8- or "
-                                 "16-bit PNG.")
+        raise DatasetLayoutError(f"{path} is {arr.dtype} with shape {arr.shape}; expected a single-channel 16-bit "
+                                 "PNG.")
+    if arr.dtype != np.uint16:
+        raise DatasetLayoutError(f"{path} is an 8-bit PNG (values {arr.min()}-{arr.max()}); {what} is a 16-bit PNG, "
+                                 "and 8 bits cannot hold it. Use the dataset's original 16-bit file (one re-saved or "
+                                 "converted to 8 bits has lost its depth).")
     return arr
 
 
 def read_png_depth(path: Path, units_per_metre: float) -> np.ndarray:
     """16-bit PNG depth divided by ``units_per_metre`` (256 KITTI/VOID/DDAD, 1000 NYU millimetres) -> float32 m."""
-    return (read_png_raw(path).astype(np.float32) / np.float32(units_per_metre)).astype(np.float32)
+    raw = read_png_raw(path, f"depth here (value / {units_per_metre:g} = metres)")
+    return (raw.astype(np.float32) / np.float32(units_per_metre)).astype(np.float32)
 
 
 def read_mask(path: Path) -> np.ndarray:

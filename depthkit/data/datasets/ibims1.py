@@ -107,7 +107,8 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
             image, depth, valid, edges, intr = self._load_mat(self.base / f"{name}.mat")
         else:
             image = read_image(self._path("rgb", name))
-            depth = read_png_raw(self._path("depth", name)).astype(np.float32) * np.float32(DEPTH_SCALE)
+            depth = read_png_raw(self._path("depth", name), "iBims-1 depth (value x 50 / 65535 = metres)")
+            depth = depth.astype(np.float32) * np.float32(DEPTH_SCALE)
             valid = read_mask(self._path("mask_invalid", name)) & read_mask(self._path("mask_transp", name))
             edge_path = self._path("edges", name)
             edges = read_mask(edge_path) if edge_path.is_file() else None

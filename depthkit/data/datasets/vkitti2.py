@@ -101,9 +101,7 @@ class VKITTI2Dataset(TrainingDepthDataset):
 
     def _load(self, index: int) -> Sample:
         rgb, depth_path, intr_path, frame, camera = self._entries[index]
-        raw = read_png_raw(depth_path)
-        if raw.dtype != np.uint16:
-            raise DatasetLayoutError(f"{depth_path} is {raw.dtype}; Virtual KITTI 2 depth is 16-bit centimetres.")
+        raw = read_png_raw(depth_path, "Virtual KITTI 2 depth (centimetres)")
         depth = np.where(raw == SKY_VALUE, 0, raw.astype(np.float32) / np.float32(100.0)).astype(np.float32)
         return Sample(image=read_image(rgb), depth=depth, sparse=None,
                       intrinsics=self._intrinsics(intr_path, frame, camera), name=self.names[index])
