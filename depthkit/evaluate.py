@@ -11,7 +11,8 @@ annotations when it has them, else edges of the GT depth) and the preservation e
 - ``<out>.parts/rank<R>.jsonl``: one line per finished image, per process. A rerun skips images already there
   (resume), so an interrupted evaluation continues where it stopped;
 - ``<out>.parts/failed_rank<R>.jsonl``: the images whose input was refused (a reader's ``ValueError`` for a
-  corrupt or missing file, or the pipeline's for e.g. a NaN in the sparse map), with the reason. The other images
+  corrupt or missing file, the pipeline's for e.g. a NaN in the sparse map, or no valid GT pixel to score), with the
+  reason. The other images
   still run; then one ``ValueError`` names them all and no mean is written (one that left them out would not be the
   split's). After the fix the same command runs only the images without a result.
 
@@ -146,6 +147,24 @@ def _check_previous(out: Path, parts: Path, fingerprint: dict, fp_hash: str) -> 
     os.replace(tmp, fp_file)
 
 
+def _check_names(parts: Path, dataset, n: int) -> None:
+    """Refuse to resume when a finished row's image is not the dataset's image at that index now (a frame added under
+    the same root or a list file edited would otherwise score one image twice and another never). Names come from
+    ``dataset.names`` when the dataset has one, else from loading the item."""
+    names = getattr(dataset, "names", None)
+    moved = []
+    for part in sorted(parts.glob("rank*.jsonl")):
+        for i, row in _read_done(part).items():
+            if i < n:
+                now = names[i] if names is not None else dataset[i].get("name")
+                if row.get("name") != now:
+                    moved.append(f"image {i} was {row.get('name')!r}, now {now!r}")
+    if moved:
+        raise ValueError(f"the dataset is not the one the results in {parts} were made from: {'; '.join(moved[:3])}"
+                         f"{f' (and {len(moved) - 3} more)' if len(moved) > 3 else ''}. Its files changed (added, "
+                         "removed or reordered); rerun with --overwrite (overwrite=True) to evaluate it from the start.")
+
+
 def _discard_previous(out: Path, parts: Path, rank: int, world: int) -> None:
     """``overwrite``: each process removes its own shard; rank 0 also removes the rest and the written results."""
     (parts / f"rank{rank}.jsonl").unlink(missing_ok=True)
@@ -202,6 +221,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     fp_hash = fingerprint_hash(fingerprint)
     _check_previous(out, parts, fingerprint, fp_hash)
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    _check_names(parts, dataset, n)
     shard = list(range(rank, n, world))
     part_file = parts / f"rank{rank}.jsonl"
     done = _read_done(part_file)
@@ -221,14 +241,15 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
                     f"{dataset!r} item {item.get('name')!r} has no ground-truth depth or sparse input, so there is "
                     "nothing to score. Evaluate a labelled dataset; to complete unlabelled images use `depthkit run`."
                 )
-            try:
+            try:  # a ValueError here is the input's own fault: NaN sparse, sizes, no GT pixel left to score...
                 res = pipeline(item["image"], item["sparse"])
-            except ValueError as exc:  # the input's own fault (NaN sparse, sizes...)
+                valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
+                metrics = score_image(res.depth, item, valid, res.confidence)
+            except ValueError as exc:
                 failed.append({"index": i, "name": item.get("name"), "error": str(exc)})
                 continue
-            valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
-            row = {"index": i, "name": item["name"], "metrics": score_image(res.depth, item, valid, res.confidence),
-                   "seconds": res.timings["total"], "fingerprint": fp_hash}
+            row = {"index": i, "name": item["name"], "metrics": metrics, "seconds": res.timings["total"],
+                   "fingerprint": fp_hash}
             f.write(json.dumps(row) + "\n")
             f.flush()
     failed_file = parts / f"failed_rank{rank}.jsonl"  # this run's list only: an earlier run's is replaced

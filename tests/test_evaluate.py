@@ -29,11 +29,11 @@ def test_eval_resumes_from_finished_rows(tmp_path):
     assert main(args + ["--limit", "1"]) == 0
     part = tmp_path / "m.json.parts" / "rank0.jsonl"
     row = json.loads(part.read_text())
-    row.update(name="planted", metrics={"mae": 123.0})
+    row.update(metrics={"mae": 123.0})  # planted
     part.write_text(json.dumps(row) + "\n{\"index\": 1, \"trunc")  # second line cut short by an interruption
     assert main(args + ["--limit", "2"]) == 0  # raising --limit keeps what is done and adds the rest
     rows = json.loads(out.read_text())["per_image"]
-    assert rows[0]["name"] == "planted" and rows[0]["metrics"]["mae"] == 123.0  # not recomputed
+    assert rows[0]["metrics"]["mae"] == 123.0  # not recomputed
     assert rows[1]["metrics"]["mae"] < 10  # the interrupted one was redone
 
 
@@ -160,11 +160,12 @@ class _Poisoned:
     """The synthetic test split with a NaN in the sparse map of the images in ``nan`` and a reader error (a corrupt
     file) for those in ``unreadable``; counts the items read."""
 
-    def __init__(self, nan=(), unreadable=(), length=4):
+    def __init__(self, nan=(), unreadable=(), length=4, no_gt=()):
         from depthkit.data.datasets.synthetic import SyntheticDataset
 
         self.base, self.nan, self.unreadable, self.read = (SyntheticDataset(split="test", length=length, height=24,
                                                                             width=32), set(nan), set(unreadable), [])
+        self.names, self.no_gt = self.base.names, set(no_gt)
 
     def __len__(self):
         return len(self.base)
@@ -180,13 +181,16 @@ class _Poisoned:
         if i in self.nan:
             item["sparse"] = item["sparse"].copy()
             item["sparse"][0, 0] = np.nan
+        if i in self.no_gt:
+            item["depth"] = np.zeros_like(item["depth"])
         return item
 
 
 def test_eval_runs_past_refused_inputs_names_them_all_and_writes_no_mean(tmp_path):
-    """A NaN in one image's sparse map and a corrupt file for another do not stop the split: the other images are
-    scored and kept, then one error names each refused image (index of n, name when known, reason) and no mean is
-    written; after the fix the same call runs only those two and the mean is the whole split's."""
+    """A NaN in one image's sparse map, a corrupt file for another and a GT with no valid pixel in a third do not stop
+    the split: the other images are scored and kept, then one error names each refused image (index of n, name when
+    known, reason) and no mean is written; after the fix the same call runs only those and the mean is the whole
+    split's."""
     import pytest
 
     from depthkit.data.protocols import get_protocol
@@ -194,23 +198,25 @@ def test_eval_runs_past_refused_inputs_names_them_all_and_writes_no_mean(tmp_pat
     from depthkit.pipeline import Pipeline
 
     out, pipe, protocol = tmp_path / "m.json", Pipeline(method="nearest"), get_protocol("synthetic")
-    name1 = _Poisoned()[1]["name"]
-    bad = _Poisoned(nan={1}, unreadable={2})
+    names = _Poisoned(length=5).names
+    name1 = names[1]
+    bad = _Poisoned(nan={1}, unreadable={2}, no_gt={3}, length=5)
     with pytest.raises(ValueError) as info:
         evaluate(pipe, bad, protocol, out, progress=False, label="nearest")
     msg = str(info.value)
-    assert msg.startswith("2 of 4 image(s) could not be evaluated, so no mean was written")
-    assert f"  image 1 of 4 ({name1!r}): sparse has 1 NaN/inf values" in msg
-    assert "  image 2 of 4: could not decode /data/depth_2.png" in msg
+    assert msg.startswith("3 of 5 image(s) could not be evaluated, so no mean was written")
+    assert f"  image 1 of 5 ({name1!r}): sparse has 1 NaN/inf values" in msg
+    assert "  image 2 of 5: could not decode /data/depth_2.png" in msg
+    assert f"  image 3 of 5 ({names[3]!r}): no valid ground-truth pixel" in msg
     assert "The 2 image(s) scored are kept in" in msg and "only the images without a result will run" in msg
-    assert bad.read == [0, 1, 2, 3] and not out.exists()
+    assert bad.read == [0, 1, 2, 3, 4] and not out.exists()
     assert [json.loads(r)["index"] for r in (tmp_path / "m.json.parts" / "rank0.jsonl").read_text().splitlines()] \
-        == [0, 3]
-    fixed = _Poisoned()
+        == [0, 4]
+    fixed = _Poisoned(length=5)
     summary = evaluate(pipe, fixed, protocol, out, progress=False, label="nearest")
-    assert fixed.read == [1, 2] and summary["n_images"] == 4
-    assert [r["index"] for r in summary["per_image"]] == [0, 1, 2, 3]
-    whole = evaluate(pipe, _Poisoned(), protocol, tmp_path / "whole.json", progress=False, label="nearest")
+    assert fixed.read == [1, 2, 3] and summary["n_images"] == 5
+    assert [r["index"] for r in summary["per_image"]] == [0, 1, 2, 3, 4]
+    whole = evaluate(pipe, _Poisoned(length=5), protocol, tmp_path / "whole.json", progress=False, label="nearest")
     assert json.dumps(summary["mean"]) == json.dumps(whole["mean"])  # NaN (no confidence map) reads as NaN
 
 
@@ -230,3 +236,38 @@ def test_eval_lists_at_most_ten_refused_images_and_ignores_an_earlier_runs_other
     (tmp_path / "m.json.parts" / "failed_rank1.jsonl").write_text(
         json.dumps({"index": 5, "name": None, "error": "stale"}) + "\n")
     assert evaluate(pipe, _Poisoned(length=12), protocol, out, progress=False, label="nearest")["n_images"] == 12
+
+
+def test_eval_refuses_to_resume_when_the_datasets_images_moved(tmp_path):
+    """A frame added under the same root shifts every later image's index: resuming by position would score one
+    image twice and the new one never. The stored names are checked against the dataset's (its names list, or the
+    item's own name when it has none) and the rerun is refused, naming what moved."""
+    import pytest
+
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.data.protocols import get_protocol
+    from depthkit.evaluate import evaluate
+    from depthkit.pipeline import Pipeline
+
+    out, pipe, protocol = tmp_path / "m.json", Pipeline(method="nearest"), get_protocol("synthetic")
+    first = SyntheticDataset(split="test", length=2, height=24, width=32, seed_offset=1)
+    evaluate(pipe, first, protocol, out, progress=False, label="nearest")
+    shifted = SyntheticDataset(split="test", length=3, height=24, width=32)  # a frame before the others
+
+    class NoNames:  # the same images, without a names list: each finished index is loaded to read its name
+        def __len__(self):
+            return len(shifted)
+
+        def __getitem__(self, i):
+            return shifted[i]
+
+    for ds in (shifted, NoNames()):
+        with pytest.raises(ValueError, match=rf"^the dataset is not the one the results in .* were made from: image 0 "
+                                             rf"was {first.names[0]!r}, now {shifted.names[0]!r}; image 1 was "
+                                             rf"{first.names[1]!r}, now {shifted.names[1]!r}\. .*--overwrite"):
+            evaluate(pipe, ds, protocol, out, progress=False, label="nearest")
+    assert evaluate(pipe, shifted, protocol, out, progress=False, label="nearest", overwrite=True)["n_images"] == 3
+    # frames added after the finished ones move nothing: the run resumes
+    evaluate(pipe, first, protocol, tmp_path / "m2.json", progress=False, label="nearest")
+    longer = SyntheticDataset(split="test", length=3, height=24, width=32, seed_offset=1)
+    assert evaluate(pipe, longer, protocol, tmp_path / "m2.json", progress=False, label="nearest")["n_images"] == 3
