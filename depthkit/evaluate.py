@@ -12,15 +12,16 @@ annotations when it has them, else edges of the GT depth) and the preservation e
   (resume), so an interrupted evaluation continues where it stopped;
 - ``<out>.parts/failed_rank<R>.jsonl``: the images whose input was refused (a reader's ``ValueError`` for a
   corrupt or missing file, the pipeline's for e.g. a NaN in the sparse map, or no valid GT pixel to score), with the
-  reason. The other images
-  still run; then one ``ValueError`` names them all and no mean is written (one that left them out would not be the
-  split's). After the fix the same command runs only the images without a result.
+  reason. The other images still run; then one ``ValueError`` names them all and no mean is written (one that left
+  them out would not be the split's). After the fix the same command runs only the images without a result.
 
 Resuming is safe: the caller passes a ``fingerprint`` (a dict of everything that determines the per-image results:
 dataset, root, split, reader options, protocol, method or checkpoint identity, stages, stage options, depthkit
 version). It is stored in ``<out>.parts/fingerprint.json`` and in the JSON, and its hash in every row; a rerun whose
 fingerprint differs refuses with :class:`FingerprintMismatch` naming the fields that differ, and ``overwrite=True``
-discards the old results. ``limit`` is not part of it: raising it evaluates only the images not yet done.
+discards the old results. ``limit`` is not part of it: raising it evaluates only the images not yet done. Each
+finished row's image name is checked against the dataset's image at that index, so files added, removed or reordered
+under the same root are refused too, not scored by position.
 
 Under ``accelerate launch`` each process takes every ``world_size``-th image; the processes meet at a barrier and
 rank 0 merges the shard files. Means are over images (each image's metrics over its own valid pixels), the
