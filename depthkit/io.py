@@ -315,8 +315,9 @@ def write_depth_png16(path, depth: np.ndarray, scale: float | None = 1000.0) -> 
     q = np.round(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0) * scale)
     _warn_png_loss(path, depth, q, scale)
     info = PngImagePlugin.PngInfo()
-    info.add_text(PNG_SCALE_KEY, f"{scale:g}")
-    info.add_text("depth_unit", f"value / {scale:g} = metres; 0 = missing")
+    text = f"{scale:g}" if float(f"{scale:g}") == scale else repr(float(scale))  # "1000"; every digit of 1236.123456
+    info.add_text(PNG_SCALE_KEY, text)
+    info.add_text("depth_unit", f"value / {text} = metres; 0 = missing")
     path = _as_path(path)
     with atomic_write(path) as tmp:
         Image.fromarray(np.clip(q, 0, 65535).astype(np.uint16)).save(tmp, format="PNG", pnginfo=info)

@@ -656,6 +656,18 @@ def test_depth_png16_roundtrip_is_exact_at_scale(tmp_path):
     np.testing.assert_allclose(back, depth, atol=1e-6)
 
 
+def test_depth_png16_records_every_digit_of_its_scale(tmp_path):
+    """The scale the pixels were quantised with is the one recorded: 1236.123456 written as "1236.12" (six digits)
+    read back 0.52 mm off, beyond the half unit (0.40 mm) the file promises; a round scale stays "1000"."""
+    from PIL import Image
+
+    depth = np.array([[1.0, 53.0]], np.float32)
+    for scale, text in ((1236.123456, "1236.123456"), (1000, "1000"), (10 / 3, repr(10 / 3))):
+        io.write_depth_png16(tmp_path / "d.png", depth, scale=scale)
+        assert Image.open(tmp_path / "d.png").text["depth_scale"] == text
+        assert np.abs(io.read_depth(tmp_path / "d.png") - depth).max() <= 0.5 / scale + 1e-6
+
+
 def test_depth_png16_refuses_overflow_and_png_needs_scale(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         io.write_depth_png16(tmp_path / "d.png", np.full((2, 2), 70.0), scale=1000)
