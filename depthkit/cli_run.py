@@ -27,17 +27,19 @@ def _find_pairs(input_dir: Path, sparse_dir: Path | None) -> tuple[list[tuple[Pa
     files = [p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
     stems = {p.stem for p in files}
     # sparse maps, and depthkit's own outputs (NAME_depth.png / NAME_color.png beside NAME's image): not inputs;
-    # a dataset's own frame_color.png (without frame.png) is
+    # a dataset's own frame_color.png (without frame.png) is, and so is NAME_color.jpg (depthkit writes no .jpg)
     images = sorted(p for p in files if not p.stem.endswith("_sparse")
-                    and not any(p.stem.endswith(tag) and p.stem[:-len(tag)] in stems for tag in ("_depth", "_color")))
+                    and not (p.suffix == ".png" and any(p.stem.endswith(tag) and p.stem[:-len(tag)] in stems
+                                                        for tag in ("_depth", "_color"))))
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {input_dir}"
                                 + (" other than sparse maps (NAME_sparse.*) and depthkit's outputs" if files else ""))
     _refuse_shared_stems(input_dir, images)
     pairs, missing = [], []
+    same_folder = sparse_dir.resolve() == input_dir.resolve()  # however each is spelled: an image is not its own map
     for img in images:
         candidates = [sparse_dir / f"{img.stem}_sparse{ext}" for ext in (".npy", ".png")]
-        if sparse_dir != input_dir:
+        if not same_folder:
             candidates += [sparse_dir / f"{img.stem}{ext}" for ext in (".npy", ".png")]
         found = [c for c in candidates if c.is_file() or c.is_symlink()]  # a broken link fails when read
         pairs.append((img, found[0] if len(found) == 1 else None))

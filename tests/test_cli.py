@@ -81,6 +81,30 @@ def test_run_folder_takes_a_datasets_frame_color_png_and_skips_depthkits_outputs
     assert "failed" not in capsys.readouterr().err
 
 
+def test_run_folder_takes_name_color_jpg_and_a_sparse_dir_that_is_the_input_dir_by_another_spelling(
+        tmp_path, capsys, monkeypatch):
+    """Only depthkit's own outputs are left out of a folder run: scene_color.jpg and scene_depth.webp beside scene.png
+    are images (depthkit writes neither). --sparse-dir naming --input-dir by another path (relative vs absolute)
+    is the same folder: an image is never its own sparse map (a.png was taken as a's map, and a 16-bit image with
+    no sparse file was 'completed' from its own pixels)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    for stem in ("scene", "scene_color"):
+        _write_pair(tmp_path / "in", stem)
+    image, _ = _write_pair(tmp_path / "in", "scene_depth")
+    cv2.imwrite(str(tmp_path / "in" / "scene_depth.webp"), image[:, :, ::-1], [cv2.IMWRITE_WEBP_QUALITY, 101])
+    (tmp_path / "in" / "scene_depth.png").unlink()
+    cv2.imwrite(str(tmp_path / "in" / "scene_color.jpg"), image[:, :, ::-1])
+    (tmp_path / "in" / "scene_color.png").unlink()
+    cv2.imwrite(str(tmp_path / "in" / "ir.png"), np.full((20, 28), 3000, np.uint16))  # no sparse file
+    assert main(["run", "--input-dir", "in", "--sparse-dir", str(tmp_path / "in"), "--out", "o",
+                 "--method", "nearest", "--depth-scale", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "o").glob("*_depth.npy")) == [
+        "scene_color_depth.npy", "scene_depth.npy", "scene_depth_depth.npy"], err
+    assert "ir.png: no sparse file" in err and "1 input(s) failed" in err, err
+
+
 def test_run_folder_with_two_sparse_files_for_one_image_fails_that_image(tmp_path, capsys):
     """a_sparse.npy and a_sparse.png: which one is meant is not guessed; a is reported, b still runs."""
     _, sparse = _write_pair(tmp_path, "a")
