@@ -248,15 +248,17 @@ def run_command(args, parser, build_pipeline) -> int:
             print(f"depthkit run: {name}: {why}", file=sys.stderr)
         pairs = [p for p in pairs if p[1] is not None]
 
-    outputs = {pair: [p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply)] for pair in pairs}
-    existing = [pair for pair in pairs if any(outputs[pair])]
+    # any output of a stem counts as existing (a .ply from a run with --ply too): one stem's files are one run's
+    existing = [pair for pair in pairs
+                if any(p.exists() for p in output_paths(args.out, Path(pair[0]).stem, ply=True))]
     if existing and not (args.overwrite or args.skip_existing):
-        first = next(p for p in output_paths(args.out, Path(existing[0][0]).stem, args.ply) if p.exists())
+        first = next(p for p in output_paths(args.out, Path(existing[0][0]).stem, ply=True) if p.exists())
         raise ValueError(f"outputs for {len(existing)} of {len(pairs)} input(s) already exist in {args.out} "
                          f"(e.g. {first.name}). Pass --overwrite to replace them, --skip-existing to keep them and "
                          "run only the rest, or another --out.")
     if args.skip_existing and existing:  # kept only when every output is there (e.g. not the .ply a new --ply asks)
-        existing = [pair for pair in existing if all(outputs[pair])]
+        existing = [pair for pair in existing
+                    if all(p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply))]
         pairs = [p for p in pairs if p not in existing]
         if existing:
             say(f"depthkit run: kept {len(existing)} existing result(s) in {args.out} (--skip-existing)")
@@ -277,7 +279,7 @@ def run_command(args, parser, build_pipeline) -> int:
         raise OSError(f"cannot create the output folder --out {args.out} ({exc.strerror or exc}); give a folder you "
                       "can write to.") from exc
     pipe = build_pipeline(args)
-    done, t_start, odd_intrinsics_said = 0, time.perf_counter(), False
+    done, n_replaced, t_start, odd_intrinsics_said = 0, 0, time.perf_counter(), False
     for img_path, sparse_path in pairs:
         name, t0 = Path(img_path).name, time.perf_counter()
         replaced = (img_path, sparse_path) in existing
@@ -292,6 +294,9 @@ def run_command(args, parser, build_pipeline) -> int:
                 out = pipe(image, sparse, depth=depth)
             paths = write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
                                   intrinsics=intrinsics, ply=args.ply)
+            stale = [p for p in output_paths(args.out, Path(img_path).stem, ply=True) if p not in paths and p.exists()]
+            for p in stale:  # an earlier run's .ply beside this run's depth would not be this depth's point cloud
+                p.unlink()
         except Exception as exc:  # one bad input must not stop a folder run; it is reported once and counted
             if single and isinstance(exc, (ValueError, OSError)):
                 raise
@@ -301,14 +306,15 @@ def run_command(args, parser, build_pipeline) -> int:
                 return 1
             failures.append((name, why))
             continue
-        done += 1
+        done, n_replaced = done + 1, n_replaced + replaced
         d = out.depth[out.depth > 0]
         rng = f"{d.min():.3g}-{d.max():.3g} m" if d.size else "empty"
         say(f"{name}: {time.perf_counter() - t0:.2f} s, depth {rng}, "
-            f"{'replaced' if replaced else 'wrote'} {', '.join(p.name for p in paths)}")
+            f"{'replaced' if replaced else 'wrote'} {', '.join(p.name for p in paths)}"
+            + (f"; removed {', '.join(p.name for p in stale)} (an earlier run's)" if stale else ""))
     summary = f"depthkit run: {done} image(s) in {time.perf_counter() - t_start:.1f} s to {args.out}"
     if existing:
-        summary += (f"; replaced {sum(p in existing for p in pairs)} existing (--overwrite)" if args.overwrite
+        summary += (f"; replaced {n_replaced} existing (--overwrite)" if args.overwrite
                     else f"; kept {len(existing)} existing (--skip-existing)")
     say(summary + f"; {pipe!r}")
     if failures:

@@ -352,6 +352,37 @@ def test_skip_existing_runs_an_input_whose_outputs_are_incomplete(tmp_path, caps
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_one_stems_outputs_are_one_runs(tmp_path, capsys):
+    """A point cloud from a run with --ply is removed when --overwrite replaces the depth without --ply (it would be
+    another depth's cloud, and --skip-existing --ply would then keep it as whole); a .ply left alone counts as an
+    existing output (refused without --overwrite / --skip-existing)."""
+    _write_pair(tmp_path, "a")
+    ply = ["--ply", "--intrinsics", "30,30,14,10"]
+    assert main(_single(tmp_path, *ply)) == 0
+    capsys.readouterr()
+    assert main(_single(tmp_path, "--overwrite")) == 0
+    assert "replaced a_depth.npy, a_depth.png, a_color.png; removed a.ply (an earlier run's)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_color.png", "a_depth.npy", "a_depth.png"]
+    assert main(_single(tmp_path, "--skip-existing", *ply)) == 0
+    assert "nothing to do" not in capsys.readouterr().out and (tmp_path / "o" / "a.ply").is_file()
+    for name in ("a_color.png", "a_depth.npy", "a_depth.png"):
+        (tmp_path / "o" / name).unlink()
+    assert main(_single(tmp_path)) == 2
+    assert "outputs for 1 of 1 input(s) already exist" in capsys.readouterr().err
+
+
+def test_the_overwrite_summary_counts_only_the_results_it_replaced(tmp_path, capsys):
+    """--overwrite over two results where one input has gone bad: one replaced (the other's old files stay), not 2."""
+    for stem in ("a", "b"):
+        _write_pair(tmp_path, stem)
+    args = ["run", "--input-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "nearest"]
+    assert main(args) == 0
+    (tmp_path / "b_sparse.npy").write_text("x")
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 1
+    assert "1 image(s) in" in (out := capsys.readouterr().out) and "replaced 1 existing (--overwrite)" in out, out
+
+
 def test_single_failure_is_reported_once(tmp_path, capsys):
     _write_pair(tmp_path, "a")
     np.save(tmp_path / "a_sparse.npy", np.zeros((5, 5), np.float32))
