@@ -23,7 +23,7 @@ from depthkit.decode import decode_image_file
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.npy_file import load_npy_depth
-from depthkit.orientation import ORIENTATIONS, decode_tagged_tiff, exif_orientation, upright
+from depthkit.orientation import decode_tagged_tiff, exif_orientation, say_oriented, upright
 from depthkit.png_scale import (  # noqa: F401  (PNG_SCALES, PNG_SCALE_KEY, png_depth_scale: public here too)
     PNG_SCALE_KEY,
     PNG_SCALES,
@@ -90,11 +90,7 @@ def read_image(path) -> np.ndarray:
         raise ValueError(f"image {path} has {img.shape[2]} channels; expected 1, 3 or 4.")
     if tag != 1:  # phones store pixels sideways plus a tag; viewers apply it, so a user's sparse map is upright
         img = img if tagged_tiff else upright(img, tag)
-        import warnings
-
-        warnings.warn(f"{path.name}: applied its EXIF orientation {tag} ({ORIENTATIONS[tag]}); the image is read as "
-                      f"{img.shape[0]}x{img.shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
-                      DepthkitWarning, stacklevel=2)
+        say_oriented(path.name, tag, img.shape)
     return np.ascontiguousarray(img)
 
 

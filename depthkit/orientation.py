@@ -15,7 +15,8 @@ import numpy as np
 
 from depthkit.decode import pil_source
 
-__all__ = ["ORIENTATIONS", "decode_tagged_tiff", "exif_orientation", "image_size", "upright"]
+__all__ = ["ORIENTATIONS", "decode_tagged_tiff", "exif_orientation", "image_size", "say_oriented", "upright",
+           "upright_pil"]
 
 _EXIF_ORIENTATION = 0x0112
 ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
@@ -69,6 +70,30 @@ def upright(img: np.ndarray, tag: int) -> np.ndarray:
            5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
            7: lambda a: np.swapaxes(np.rot90(a, 2), 0, 1), 8: lambda a: np.rot90(a, 1)}
     return ops[tag](img) if tag in ops else img
+
+
+def say_oriented(name: str, tag: int, shape: tuple[int, ...], stacklevel: int = 3) -> None:
+    """Warn (:class:`~depthkit.io.DepthkitWarning`) that image ``name`` was turned upright per EXIF ``tag`` and
+    is read as ``shape`` (H, W, ...), which its sparse depth must match."""
+    from depthkit.io import DepthkitWarning
+
+    warnings.warn(f"{name}: applied its EXIF orientation {tag} ({ORIENTATIONS[tag]}); the image is read as "
+                  f"{shape[0]}x{shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
+                  DepthkitWarning, stacklevel=stacklevel)
+
+
+def upright_pil(im):
+    """A PIL image upright per its EXIF orientation (said with :func:`say_oriented`), as :func:`depthkit.io.read_image`
+    reads the file it came from: the same photo gives the same pixels as a path or as ``Image.open(path)``. An image
+    already turned with ``ImageOps.exif_transpose`` has no tag left and is returned as is."""
+    tag = _tag(im)
+    if tag == 1:
+        return im
+    from PIL import ImageOps
+
+    out = ImageOps.exif_transpose(im)
+    say_oriented("the PIL image", tag, (out.height, out.width), stacklevel=4)
+    return out
 
 
 def decode_tagged_tiff(path, tag: int) -> np.ndarray | None:

@@ -68,8 +68,10 @@ def _to_numpy(x, what: str) -> np.ndarray:
             x = x.float()
         return x.numpy()
     if type(x).__module__.startswith("PIL"):
-        if what == "image":
-            return np.asarray(x.convert("RGB"))
+        if what == "image":  # upright, as the file it came from is read (a phone photo is stored sideways)
+            from depthkit.orientation import upright_pil
+
+            return np.asarray(upright_pil(x).convert("RGB"))
         return np.asarray(x)
     return x
 

@@ -885,6 +885,31 @@ def test_exif_orientation_is_applied_and_reported(tmp_path):
     assert upright.shape == (6, 4, 3) and upright[0, -1].min() == 255  # top-left went to top-right
 
 
+def test_a_pil_image_of_a_sideways_photo_is_read_upright_as_its_file_is(tmp_path):
+    """Pipeline(...)(Image.open(path), sparse) sees the pixels Pipeline(...)(path, sparse) sees: the EXIF orientation
+    is applied (and said) for a PIL image too; one already turned with exif_transpose is taken as it is, silently."""
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    from depthkit.pipeline import check_image
+
+    img = np.random.default_rng(0).integers(0, 255, (4, 6, 3), dtype=np.uint8)
+    for tag in (3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        Image.fromarray(img).save(tmp_path / "p.png", exif=exif)
+        with pytest.warns(io.DepthkitWarning, match=f"the PIL image: applied its EXIF orientation {tag}"):
+            from_pil = check_image(Image.open(tmp_path / "p.png"))
+        np.testing.assert_array_equal(from_pil, np.rot90(img, {3: 2, 6: -1, 8: 1}[tag]))  # as viewers show it
+        with pytest.warns(io.DepthkitWarning, match=f"p.png: applied its EXIF orientation {tag}"):
+            np.testing.assert_array_equal(check_image(tmp_path / "p.png"), from_pil)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.testing.assert_array_equal(check_image(ImageOps.exif_transpose(Image.open(tmp_path / "p.png"))),
+                                          from_pil)
+
+
 def test_legend_marks_clipping_and_scales_with_height():
     assert io.legend_labels(1, 2, 2, clipped_low=True, clipped_high=True) == ["<= 1.00 m", ">= 2.00 m"]
     depth = np.linspace(0.5, 80, 1080 * 64, dtype=np.float32).reshape(1080, 64)
