@@ -210,6 +210,9 @@ def test_console_script_help_is_fast_and_real_run_works(tmp_path):
                             "print(sorted(m for m in ('torch','transformers','diffusers','cv2') if m in sys.modules))"],
                            capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+    as_module = subprocess.run([sys.executable, "-m", "depthkit", "ls", "--help"], capture_output=True, text=True,
+                               timeout=60)  # python -m depthkit is the same command
+    assert as_module.returncode == 0 and "usage: depthkit ls" in as_module.stdout, as_module.stderr
     _write_pair(tmp_path, "s")
     res = subprocess.run([exe, "run", "--image", str(tmp_path / "s.png"), "--sparse", str(tmp_path / "s_sparse.npy"),
                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
