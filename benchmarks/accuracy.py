@@ -45,17 +45,15 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import results_name, write_results  # noqa: E402
+from _results import git_commit, machine_info, results_name, write_results  # noqa: E402
 
 DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
 SYNTHETIC_PATTERNS = {
@@ -365,44 +363,6 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def machine_info(device: str) -> dict:
-    """Where the numbers were measured (timings depend on it)."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "device": device}
-    try:
-        import numpy
-        import torch
-
-        info.update(numpy=numpy.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads())
-        if device.startswith("cuda") and torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    except ImportError:
-        pass
-    return info
-
-
-def git_commit() -> str | None:
-    """The repository's HEAD commit (with ``+dirty`` when the tree has changes), or None outside a git checkout."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _fmt(value: float, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
