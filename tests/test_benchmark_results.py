@@ -1,0 +1,72 @@
+"""benchmarks/_results.py: what every benchmark's JSON records about its run, strict JSON, and one error line for a
+user's mistake."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _results():
+    spec = importlib.util.spec_from_file_location("depthkit_benchmark_results", REPO / "benchmarks" / "_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_write_json_fills_the_run_keys_a_report_lacks_and_keeps_its_own(tmp_path, monkeypatch):
+    """A report without date/command/version/commit/machine gets them (the command as typed: the script's path in
+    the repository and its arguments, shell-quoted); keys the script set stay; NaN and inf are written as null."""
+    from depthkit import __version__
+
+    r = _results()
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "x.py"), "--name", "a b", "--limit", "2"])
+    path = r.write_json(tmp_path / "sub" / "x.json", {"benchmark": "x", "mae": math.nan, "big": math.inf})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    report = json.loads(text)
+    assert report["mae"] is None and report["big"] is None
+    assert report["command"] == "python benchmarks/x.py --name 'a b' --limit 2"
+    assert report["depthkit_version"] == __version__ and report["date"].endswith("+00:00")
+    assert report["machine"]["cpu_count"] and "torch_threads" in report["machine"]
+    assert "git_commit" in report
+    kept = json.loads(r.write_json(tmp_path / "y.json", {"command": "mine", "machine": "here"}).read_text())
+    assert kept["command"] == "mine" and kept["machine"] == "here" and kept["depthkit_version"] == __version__
+
+
+def test_write_results_writes_the_pair_and_the_run_keys(tmp_path, capsys):
+    r = _results()
+    json_path, md_path = r.write_results(tmp_path, "n", {"v": 1}, ["| a |", "|---|"], echo=True)
+    assert md_path.read_text() == "| a |\n|---|\n" and capsys.readouterr().out == "| a |\n|---|\n"
+    assert {"date", "command", "depthkit_version", "git_commit", "machine"} <= set(json.loads(json_path.read_text()))
+
+
+def test_run_main_says_a_users_mistake_in_one_line_and_check_device_refuses_cuda_here(capsys, monkeypatch):
+    r = _results()
+    monkeypatch.setattr(sys, "argv", ["benchmarks/x.py"])
+
+    def main(argv):
+        from depthkit.checkpoints import CheckpointRef
+
+        CheckpointRef.open("/nonexistent/ck")
+
+    assert r.run_main(main, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("x.py: error: ") and "/nonexistent/ck" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert r.run_main(lambda argv: 0, []) == 0
+    with pytest.raises(KeyError):  # a bug is not dressed as a user's mistake
+        r.run_main(lambda argv: {}["missing"], [])
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, wherever the test runs
+    with pytest.raises(ValueError, match=r"--device cuda:1 asked for but CUDA is not available here .*--device cpu"):
+        r.check_device("cuda:1")
+    r.check_device("cpu")
