@@ -3,6 +3,7 @@
 Usage (from the repository root; seconds)::
 
     python benchmarks/rope_positions.py            # writes results/rope_positions.{json,md}
+    python benchmarks/rope_positions.py --out /tmp/rope --name rope_check   # elsewhere, under another stem
 
 For each theta, a random-init tiny completer (the tiny recipe's sizes, ``model.tiny.rope_theta`` = theta) in the
 one-token layout (``pixel_reference: grid_token``) answers six pixels spread over one 192x256 synthetic scene; the
@@ -14,7 +15,7 @@ lowest frequencies, ``theta ** (-2 i / 32)`` for i = 4 .. 15 — at theta 1e6 th
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import results_name, run_main, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 THETAS = (1e6, 1e4, 100.0, 10.0, 4.0)
@@ -55,7 +59,17 @@ def spread(theta: float, image: np.ndarray, sparse: np.ndarray) -> float:
     return float(torch.cdist(h, h).sum() / (n * (n - 1)) / h.norm(dim=1).mean())
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=OUT, help="folder of the results (default benchmarks/results)")
+    p.add_argument("--name", type=results_name, default="rope_positions",
+                   help="file stem: writes NAME.json and NAME.md in --out (default rope_positions)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from depthkit.data.sparse import sample_random_points
     from depthkit.data.synthetic import render_scene
 
@@ -63,17 +77,13 @@ def main() -> int:
     scene = render_scene(1, 192, 256, kind="indoor")
     sparse = np.asarray(sample_random_points(scene.depth, 500, 0), np.float32)
     rows = {f"{t:g}": spread(t, scene.image, sparse) for t in THETAS}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "rope_positions.json").write_text(json.dumps({"command": "python benchmarks/rope_positions.py",
-                                                         "spread_by_theta": rows}, indent=2) + "\n")
     lines = ["# Can a tiny completer tell pixels apart? (`python benchmarks/rope_positions.py`)", "",
              "Mean pairwise distance of six grid queries' hidden states / mean norm, random-init tiny model:", "",
              "| rope_theta | spread |", "|---:|---:|"] + [f"| {k} | {v:.2e} |" for k, v in rows.items()]
-    (OUT / "rope_positions.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, args.name, {"benchmark": "rope_positions", "spread_by_theta": rows}, lines)
     return 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))
