@@ -1,11 +1,13 @@
 """Peak memory (RSS) and time of each pipeline stage on one 8000x6000 input with the tiny checkpoint.
 
 Each stage runs in its own subprocess (so its peak RSS is its own); the sharpen stage gets a constant metric depth
-as input. Writes ``benchmarks/results/memory_bound.json`` and ``.md``. Run once, guarded (it allocates GBs)::
+as input. Writes ``<out>/<name>.json`` and ``.md`` (default ``benchmarks/results/memory_bound``, the committed
+6000x8000 run: give a reduced run its own ``--out`` or ``--name``). Run once, guarded (it allocates GBs)::
 
     (ulimit -v 20000000; timeout 1500 python benchmarks/memory_bound.py)
 
-Usage: ``python benchmarks/memory_bound.py [--height 6000 --width 8000]``.
+Usage: ``python benchmarks/memory_bound.py [--height 6000 --width 8000] [--out DIR] [--name NAME]``, e.g. a quick
+check: ``python benchmarks/memory_bound.py --height 120 --width 160 --out /tmp/mem``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import results_name, run_main, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,12 +45,35 @@ print(json.dumps({"stage": stage, "seconds": seconds, "peak_rss_mb": resource.ge
 '''
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=6000)
     parser.add_argument("--width", type=int, default=8000)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per stage")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default benchmarks/results)")
+    parser.add_argument("--name", type=results_name, default="memory_bound",
+                        help="file stem: writes NAME.json and NAME.md in --out (default memory_bound, the committed "
+                             "6000x8000 run; give a reduced run another name or --out)")
+    return parser.parse_args(argv)
+
+
+def markdown(result: dict) -> list[str]:
+    """The table of a run's :func:`main` report."""
+    (height, width), cap = result["input"], result["max_working_side"]
+    lines = [f"# Peak memory per stage, {height}x{width} input, tiny checkpoint, CPU", "",
+             f"Working side cap (depthkit.checkpoints.MAX_WORKING_SIDE): {cap} px.", "",
+             "| stage | peak RSS (MB) | RSS before the run (MB) | seconds | output finite |", "|---|---|---|---|---|"]
+    for r in result["stages"]:
+        if "error" in r:
+            lines.append(f"| {r['stage']} | failed: {r['error']} | | {r['wall_s']:.0f} | |")
+        else:
+            lines.append(f"| {r['stage']} | {r['peak_rss_mb']:.0f} | {r['rss_before_run_mb']:.0f} | "
+                         f"{r['seconds']:.1f} | {r['finite']} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from depthkit.checkpoints import MAX_WORKING_SIDE
     from depthkit.cli import main as cli
 
@@ -66,20 +94,9 @@ def main(argv=None) -> int:
     result = {"input": [args.height, args.width], "checkpoint": "tiny (depthkit init-checkpoint --tiny)",
               "max_working_side": MAX_WORKING_SIDE, "device": "cpu",
               "parent_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "stages": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory_bound.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"# Peak memory per stage, {args.height}x{args.width} input, tiny checkpoint, CPU", "",
-             f"Working side cap (depthkit.checkpoints.MAX_WORKING_SIDE): {MAX_WORKING_SIDE} px.", "",
-             "| stage | peak RSS (MB) | RSS before the run (MB) | seconds | output finite |", "|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['stage']} | failed: {r['error']} | | {r['wall_s']:.0f} | |")
-        else:
-            lines.append(f"| {r['stage']} | {r['peak_rss_mb']:.0f} | {r['rss_before_run_mb']:.0f} | "
-                         f"{r['seconds']:.1f} | {r['finite']} |")
-    (RESULTS / "memory_bound.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, args.name, result, markdown(result))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))
