@@ -5,6 +5,12 @@ CPU core)::
 
     python benchmarks/full_size_readiness.py                      # snapshot in /tmp/qwen2_5_vl_3b_random
     python benchmarks/full_size_readiness.py --snapshot DIR --threads 2 --compute-dtype bfloat16
+    python benchmarks/full_size_readiness.py --small              # toy widths, seconds: /tmp/qwen2_5_vl_small_random,
+                                                                  # results/full_size_readiness_small.json
+
+Each mode (``3b``, or ``small`` with ``--small``) has its own default snapshot folder and results file, and the JSON
+records the mode and the command as typed; a snapshot folder whose ``config.json`` has the other mode's sizes is
+refused (a 3B run never reports a toy model, nor the other way round).
 
 Phases, each in its own process (so each has its own peak RSS), results in
 ``benchmarks/results/full_size_readiness.json`` (rewritten after every phase, so an interrupted run records how far
@@ -39,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -49,8 +54,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml"
-OUT = REPO / "benchmarks" / "results" / "full_size_readiness.json"
+RESULTS = REPO / "benchmarks" / "results"
+OUT = RESULTS / "full_size_readiness.json"
 sys.path.insert(0, str(REPO))  # this checkout's depthkit, not an installed one
+sys.path.insert(0, str(REPO / "benchmarks"))  # sibling scripts: _results
+from _results import command_line, run_info, run_main, write_json  # noqa: E402
 
 TEXT_3B = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
            "num_key_value_heads": 2, "max_position_embeddings": 128000,
@@ -64,12 +72,50 @@ TEXT_SMALL = {**TEXT_3B, "hidden_size": 128, "intermediate_size": 256, "num_hidd
               "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]}}
 VISION_SMALL = {**VISION_3B, "depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
                 "fullatt_block_indexes": [1], "out_hidden_size": 128}
+# Each mode: its sizes, its default snapshot folder and its default results file (never shared between modes).
+MODES = {"3b": {"text": TEXT_3B, "vision": VISION_3B, "snapshot": "qwen2_5_vl_3b_random", "out": OUT},
+         "small": {"text": TEXT_SMALL, "vision": VISION_SMALL, "snapshot": "qwen2_5_vl_small_random",
+                   "out": RESULTS / "full_size_readiness_small.json"}}
+CHECKED = {"text_config": ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                           "intermediate_size"),
+           "vision_config": ("depth", "hidden_size", "num_heads", "intermediate_size")}
+"""The config.json keys that tell the modes' snapshots apart (:func:`check_snapshot`)."""
+
+
+def mode_of(args) -> str:
+    return "small" if args.small else "3b"
+
+
+def check_snapshot(folder: Path, mode: str) -> None:
+    """Raise ``ValueError`` when ``folder`` holds a snapshot (``config.json``) whose sizes are not ``mode``'s, so a
+    snapshot of the other mode is never reused or reported as this one. A folder without ``config.json`` passes."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--snapshot {folder}: config.json is not JSON ({exc}); delete the folder or give another "
+                         "--snapshot") from exc
+    want = {"text_config": MODES[mode]["text"], "vision_config": MODES[mode]["vision"]}
+    found = {f"{part}.{k}": config.get(part, {}).get(k) for part, keys in CHECKED.items() for k in keys}
+    expected = {f"{part}.{k}": want[part][k] for part, keys in CHECKED.items() for k in keys}
+    if found != expected:
+        other = [m for m in MODES if m != mode][0]
+        differ = ", ".join(f"{k} {found[k]} (the {mode} mode's: {expected[k]})" for k in expected
+                           if found[k] != expected[k])
+        raise ValueError(f"--snapshot {folder} holds a snapshot that is not the {mode} mode's "
+                         f"({'--small' if mode == 'small' else 'no --small'}): {differ}. Give the {mode} mode its own "
+                         f"folder (default {Path(tempfile.gettempdir()) / MODES[mode]['snapshot']}), delete this one, "
+                         f"or run the {other} mode ({'--small' if other == 'small' else 'without --small'}).")
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--snapshot", type=Path, default=Path(tempfile.gettempdir()) / "qwen2_5_vl_3b_random")
+    ap.add_argument("--snapshot", type=Path, default=None,
+                    help="the snapshot folder, reused when it holds this mode's snapshot and refused when it holds "
+                         "the other's (default: /tmp/qwen2_5_vl_3b_random, with --small /tmp/qwen2_5_vl_small_random)")
     ap.add_argument("--phase", choices=("all", "snapshot", "run"), default="all")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--image", default="224x224", help="HxW of the synthetic frame")
@@ -78,24 +124,34 @@ def parse_args(argv=None):
                     help="dtype of the loaded base weights, as a user sets it: model.dtype=<this> (float32 also sets "
                          "train.mixed_precision=no). Default: float32 without CUDA (CPUs without AMX / AVX512-BF16 "
                          "emulate bf16 matmuls), else bfloat16 (the recipe as written)")
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--small", action="store_true", help="toy widths, same code path (tests)")
-    return ap.parse_args(argv)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default benchmarks/results/full_size_readiness.json, with --small "
+                         "benchmarks/results/full_size_readiness_small.json)")
+    ap.add_argument("--small", action="store_true",
+                    help="toy widths, same code path (tests); its own snapshot folder and results file")
+    ap.add_argument("--command", default=None, help=argparse.SUPPRESS)  # the phases' processes: the command as typed
+    args = ap.parse_args(argv)
+    mode = MODES[mode_of(args)]
+    args.snapshot = args.snapshot or Path(tempfile.gettempdir()) / mode["snapshot"]
+    args.out = args.out or mode["out"]
+    args.command = args.command or command_line(argv, __file__)
+    return args
 
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _record(out: Path, phase: str, data: dict) -> None:
+def _record(args, phase: str, data: dict) -> None:
+    out = args.out
     results = json.loads(out.read_text()) if out.exists() else {}
+    if results.get("mode") != mode_of(args):  # another mode's record (or one from before modes): start anew
+        results = {}
     phases = results.setdefault("phases", {})
     phases[phase] = {**phases.get(phase, {}), **data}  # a failure keeps what the phase had recorded
-    results.update({"benchmark": "full_size_readiness", "command": "python benchmarks/full_size_readiness.py",
-                    "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    results.update({"benchmark": "full_size_readiness", "mode": mode_of(args), "snapshot": str(args.snapshot),
+                    **run_info(), "command": args.command})
+    write_json(out, results)
 
 
 def fill_random(model, seed: int, std: float, chunk: int = 1 << 24) -> None:
@@ -127,7 +183,7 @@ def make_snapshot(args) -> dict:
 
     t0 = time.perf_counter()
     tokenizer = build_offline_tokenizer()
-    text, vision = (TEXT_SMALL, VISION_SMALL) if args.small else (TEXT_3B, VISION_3B)
+    text, vision = MODES[mode_of(args)]["text"], MODES[mode_of(args)]["vision"]
     config = tiny_qwen2_5_vl_config(VOCAB_3B, token_ids_from_tokenizer(tokenizer), text=dict(text),
                                     vision=dict(vision), tie_word_embeddings=True)
     config.text_config.tie_word_embeddings = True
@@ -193,7 +249,7 @@ def _run_user_path(args, run_dir: str) -> dict:
     frozen = stock_model(setup.sdim).model.language_model.layers[0].mlp.down_proj
     result["loaded_dtype"] = str(getattr(frozen, "base_layer", frozen).weight.dtype)  # what the step computes in
     lora = {n: p.detach().clone() for n, p in setup.sdim.named_parameters() if p.requires_grad and "lora_" in n}
-    _record(args.out, "run", {**result, "status": "loaded; training step running"})
+    _record(args, "run", {**result, "status": "loaded; training step running"})
     steps = TrainSteps(recipe, setup.mixed, setup.processor, stock_model(setup.sdim).config)
     batch = to_device(steps[0], setup.accelerator.device)
     result["step_tokens"] = int(batch["input_ids"].numel())
@@ -209,7 +265,7 @@ def _run_user_path(args, run_dir: str) -> dict:
     result["lora_max_abs_change"] = max((float((after[n].detach() - lora[n]).abs().max()) for n in changed),
                                         default=0.0)
     result["peak_rss_after_step_gib"] = _peak_rss_gib()
-    _record(args.out, "run", {**result, "status": "trained one step; engine queries running"})
+    _record(args, "run", {**result, "status": "trained one step; engine queries running"})
     sdim = setup.sdim.eval()
     engine = CompletionEngine(sdim, setup.processor, prompts.PromptConfig(recipe.prompts.prompt_prior,
                                                                           recipe.prompts.pixel_reference),
@@ -241,13 +297,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    check_snapshot(args.snapshot, mode_of(args))  # before any work: never reuse or rebuild over the other mode's
     if args.phase == "all":  # each phase in its own process: separate peak RSS, memory returned in between
         for phase in ("snapshot", "run"):
             if phase == "snapshot" and (args.snapshot / "config.json").is_file():
-                print(f"snapshot exists: {args.snapshot}")
+                print(f"snapshot exists ({mode_of(args)} mode's sizes): {args.snapshot}")
                 continue
             cmd = [sys.executable, __file__, "--phase", phase, "--snapshot", str(args.snapshot), "--threads",
                    str(args.threads), "--image", args.image, "--queries", str(args.queries), "--out", str(args.out),
+                   "--command", args.command,
                    *(["--small"] if args.small else []),
                    *(["--compute-dtype", args.compute_dtype] if args.compute_dtype else [])]
             rc = subprocess.call(cmd, cwd=REPO)
@@ -265,14 +323,14 @@ def main(argv=None) -> int:
     try:
         data = make_snapshot(args) if args.phase == "snapshot" else run_user_path(args)
     except Exception as exc:  # record how far it got, then fail
-        _record(args.out, args.phase, {"status": f"failed: {type(exc).__name__}: {exc}",
+        _record(args, args.phase, {"status": f"failed: {type(exc).__name__}: {exc}",
                                        "seconds": time.perf_counter() - t0, "peak_rss_gib": _peak_rss_gib()})
         raise
     data["seconds"] = time.perf_counter() - t0
-    _record(args.out, args.phase, data)
+    _record(args, args.phase, data)
     print(json.dumps(data, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
