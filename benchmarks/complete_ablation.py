@@ -45,13 +45,15 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import run_info, run_main, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/tiny/complete.yaml"
@@ -89,14 +91,29 @@ def budget(steps: int) -> list[str]:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="train.seed of each run (>= 2 seeds)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                    help="train.seed of each run, distinct (default 0 1). The ordering verdict needs >= 2 seeds: with "
+                         "one seed the rows have no seed spread and the verdict stays 'not decided' (a note says so)")
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps per run (same for every row)")
-    ap.add_argument("--rows", default="abcdef", help="which rows to run, e.g. 'ce'")
+    ap.add_argument("--rows", default="abcdef", help=f"which rows to run: letters of {''.join(r[0] for r in ROWS)}, "
+                                                     "e.g. 'ce' (default all)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "complete_ablation"))
-    ap.add_argument("--out", default=str(RESULTS / "complete_ablation"), help="results path without extension")
+    ap.add_argument("--out", default=str(RESULTS / "complete_ablation"),
+                    help="results path without extension: writes OUT.json and OUT.md (default "
+                         "benchmarks/results/complete_ablation)")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the results from finished runs")
-    return ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(argv)
+    known = "".join(r[0] for r in ROWS)
+    unknown = sorted(set(args.rows.replace(",", "")) - set(known))
+    if unknown or not args.rows.replace(",", ""):
+        ap.error(f"--rows takes letters of {known} (the paper's rows), e.g. --rows ce; received {args.rows!r}"
+                 + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds must be distinct (each seed is one run folder per row); received {args.seeds}")
+    args.argv = argv  # the command as typed, for the report (run_info)
+    return args
 
 
 def final_row(run_dir: Path, steps: int) -> dict | None:
@@ -158,12 +175,9 @@ def summarise(args) -> dict:
             entry["rmse"] = _stats([r["val_rmse"] for r in runs.values()])
             entry["mae_minus_prior"] = _stats([r["val_mae"] - r["val_prior_mae"] for r in runs.values()])
         rows.append(entry)
-    return {"benchmark": "complete_ablation", "command": "python benchmarks/complete_ablation.py "
-            f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}",
+    return {"benchmark": "complete_ablation", **run_info(getattr(args, "argv", None), __file__),
             "recipe": RECIPE, "budget_overrides": budget(args.steps), "seeds": args.seeds, "steps": args.steps,
-            "prior_reference": prior, "rows": rows, "ordering": ordering(rows),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, 1 thread per run",
-            "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "threads_per_run": 1, "prior_reference": prior, "rows": rows, "ordering": ordering(rows)}
 
 
 def ordering(rows: list[dict]) -> dict:
@@ -186,9 +200,8 @@ def ordering(rows: list[dict]) -> dict:
 
 
 def write(results: dict, out: str) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out + ".json").write_text(json.dumps(results, indent=2) + "\n")
-    Path(out + ".md").write_text(markdown(results))
+    """``out``.json (strict JSON: a one-seed std is null) and ``out``.md, each atomically."""
+    write_results(Path(out).parent, Path(out).name, results, markdown(results), echo=False)
 
 
 def markdown(res: dict) -> str:
@@ -196,8 +209,8 @@ def markdown(res: dict) -> str:
         return f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
 
     lines = ["# SDIM ablation in miniature (tiny completer, synthetic scenes)", "",
-             f"Command: `{res['command']}` ({res['steps']} steps per run, seeds {res['seeds']}; {res['machine']}; "
-             f"written {res['written']}).", "",
+             f"Command: `{res['command']}` ({res['steps']} steps per run, seeds {res['seeds']}; "
+             f"{res['machine']['cpu_count']} CPUs, 1 thread per run; written {res['date']}).", "",
              "| row | paper (tokenisation / prompt / supervision) | paper MAE / RMSE | MAE (m) | RMSE (m) | "
              "MAE − prior (m) |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -228,7 +241,8 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if len(args.seeds) < 2 and not args.report_only:
-        print("note: fewer than 2 seeds gives no seed spread", file=sys.stderr)
+        print("note: one seed gives no seed spread: the table has no ± and the ordering verdict stays 'not decided' "
+              "(give --seeds 0 1 or more for a verdict)", file=sys.stderr)
     lock = threading.Lock()
 
     def job(spec):
@@ -248,4 +262,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
