@@ -3,6 +3,7 @@
 Usage (from the repository root, after training a completer, e.g. a short run of ``recipes/tiny/complete.yaml``)::
 
     PYTHONPATH=. python benchmarks/complete_confidence.py --checkpoint runs/tiny_complete/final --scenes 8
+    python benchmarks/complete_confidence.py --checkpoint checkpoints/default --out /tmp/conf   # the embedded default
 
 For each held-out scene (the ``val`` split of the synthetic scenes: seeds disjoint from training) the stage
 (:class:`depthkit.complete.stage.CompleteVLMStage`, its default query plan with ``--query-budget``) completes the
@@ -13,24 +14,38 @@ pixels alone (the answers' own confidence: the residual head's predicted uncerta
 readout) and for the old rule (each pixel taking its nearest anchor's confidence: no decay, no edge term), to show
 what the new terms contribute.
 
-Writes ``<out>/complete_confidence.json`` (``auroc`` = the dense map's, plus the others and the command).
+Writes ``<out>/complete_confidence.json`` (``--out`` is a folder, default ``benchmarks/results``; ``auroc`` = the dense
+map's, plus the others, and the date, command, machine and depthkit version).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from depthkit.metrics import auroc
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import run_main, write_json  # noqa: E402
+
+from depthkit.metrics import auroc  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+NAME = "complete_confidence.json"
+
+
+def out_folder(text: str) -> Path:
+    """An argparse ``type`` for ``--out``: a folder (the script writes ``<out>/complete_confidence.json``), so neither
+    a path ending in ``.json`` nor an existing file."""
+    path = Path(text)
+    if path.suffix.lower() == ".json" or path.is_file():
+        raise argparse.ArgumentTypeError(
+            f"--out is the folder the results go to (written as <out>/{NAME}), not a file; received {text!r}"
+            f"{' (an existing file)' if path.is_file() else ''}: give its folder, e.g. --out {path.parent}")
+    return path
 
 
 def main(argv=None) -> int:
@@ -43,7 +58,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", default="random")
     parser.add_argument("--query-budget", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=out_folder, default=DEFAULT_OUT,
+                        help=f"folder of the results: writes <out>/{NAME} (default benchmarks/results); not a .json "
+                             "path")
     parser.add_argument("--note", default="", help="how the checkpoint was trained (stored in the JSON)")
     args = parser.parse_args(argv)
 
@@ -81,10 +98,10 @@ def main(argv=None) -> int:
     dense_err, dense_conf, nearest_conf = map(np.concatenate, (dense_err, dense_conf, nearest_conf))
     q_err, q_conf = np.concatenate(q_err), np.concatenate(q_conf)
     dense_rel, q_rel = np.concatenate(dense_rel), np.concatenate(q_rel)
+    settings = json.loads(json.dumps({"readout": stage.readout, **vars(stage.prompt_config)}, default=str))
     report = {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "checkpoint": str(args.checkpoint), "trained_with": args.note, "settings": {"readout": stage.readout, **vars(stage.prompt_config)},
+        "benchmark": "complete_confidence",
+        "checkpoint": str(args.checkpoint), "trained_with": args.note, "settings": settings,
         "scenes": len(ds), "split": "val", "size": [args.height, args.width], "kind": args.kind,
         "sparse_points": args.sparse_points, "query_budget": args.query_budget,
         "auroc": auroc(1.0 - dense_conf, dense_err > np.median(dense_err)),
@@ -102,13 +119,11 @@ def main(argv=None) -> int:
                       "taking its nearest anchor's confidence); *_relative: the same with the relative error "
                       "|pred - gt| / gt, the quantity the confidence estimates (exp(-relative error / tolerance)).",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    target = args.out / "complete_confidence.json"
-    target.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    target = write_json(args.out / NAME, report)
     print(json.dumps({k: v for k, v in report.items() if k.startswith("auroc") or k == "dense_mae_m"}))
     print(f"wrote {target}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
