@@ -17,14 +17,18 @@ are built before timing (the data pipeline is timed separately: ``data_s_per_ste
 follow one warm-up step; ``step_time_s`` is their median. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA,
 peak RSS (``resource.getrusage``) on the CPU.
 
-Results go to ``benchmarks/results/complete_train_step[_tiny].json`` and a markdown line is printed. The 3B numbers
-are not in the repository yet: the session that wrote this script had no GPU (see benchmarks/README.md).
+Without ``--tiny`` the full 3B architecture is built, which needs CUDA: on a machine without it (or with ``--device
+cpu``) the script stops before building anything and suggests ``--tiny``, unless ``--full-size-on-cpu`` says the CPU
+run is meant (minutes per step and ~60 GB of RAM).
+
+Results go to ``benchmarks/results/complete_train_step[_tiny].json`` (with the date, command, machine and depthkit
+version) and a markdown line is printed. The 3B numbers are not in the repository yet: the session that wrote this
+script had no GPU (see benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -33,6 +37,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import run_main, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml"
@@ -51,7 +58,11 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the tiny recipe's model sizes (runs on a CPU in seconds)")
     ap.add_argument("--device", choices=("auto", "cpu"), default="auto",
-                    help="cpu hides CUDA; auto uses CUDA when present")
+                    help="cpu hides CUDA; auto uses CUDA when present. Without --tiny, a run without CUDA is refused "
+                         "unless --full-size-on-cpu")
+    ap.add_argument("--full-size-on-cpu", action="store_true",
+                    help="build the full 3B architecture even without CUDA (minutes per step, ~60 GB of RAM); "
+                         "without it such a run stops with an error suggesting --tiny")
     ap.add_argument("--image", default=None, help="HxW of the synthetic frames (default 768x1024; --tiny 168x168)")
     ap.add_argument("--batch", type=int, default=2, help="images per step (the 3B recipe: 2 per GPU)")
     ap.add_argument("--queries", type=int, default=1, help="queries per image (the paper: 1)")
@@ -201,16 +212,17 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.tiny and not torch.cuda.is_available():
-        print("note: the 3B architecture on a CPU takes minutes per step and ~60 GB of RAM; use --tiny here.",
-              file=sys.stderr)
+    if not args.tiny and not torch.cuda.is_available() and not args.full_size_on_cpu:
+        why = "--device cpu was given" if args.device == "cpu" else f"CUDA is not available here (torch {torch.__version__})"
+        raise ValueError(f"the full 3B architecture needs a CUDA GPU, and {why}: on a CPU it takes minutes per step and "
+                         "~60 GB of RAM. Use --tiny for the same code at tiny sizes, or add --full-size-on-cpu if the "
+                         "CPU run is meant.")
     with tempfile.TemporaryDirectory() as run_dir:
         recipe = build_recipe(args, run_dir)
         result = run_sharing_comparison(args, recipe) if args.compare_sharing else run_step_benchmark(args, recipe)
     name = "complete_prefix_sharing" if args.compare_sharing else "complete_train_step"
     out = args.out or REPO / "benchmarks" / "results" / f"{name}{'_tiny' if args.tiny else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, {"benchmark": name, **result})
     if args.compare_sharing:
         print("| layout | s / step (fwd+bwd) | tokens |\n|---|---|---|")
         for k, v in result["layouts"].items():
@@ -224,4 +236,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
