@@ -25,15 +25,13 @@ recorded figures reproduce exactly (checked against the script before the refine
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
-from _results import write_results  # noqa: E402
+from _results import run_info, run_main, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
@@ -123,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-scenes", type=int, default=30, help="first N test scenes per pattern")
-    p.add_argument("--patterns", default="random100,random500,random2000,lidar64,holes,noisy")
+    p.add_argument("--patterns", default="random100,random500,random2000,lidar64,holes,noisy",
+                   help="comma-separated sparse patterns to score (names of benchmarks/accuracy.py's "
+                        "SYNTHETIC_PATTERNS, or all); checked before any training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
@@ -132,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
                         "layout of a refine run's final/, which checkpoints/assemble_default.py --refiner takes)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    from accuracy import pattern_names
+
+    try:
+        patterns = pattern_names(args.patterns)
+    except ValueError as err:
+        p.error(str(err))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     train(net, train_scenes, args.steps, args.batch, (128, 128), args.lr, args.seed)
     train_s = time.time() - t0
     table, per_scene = {}, {}
-    for pattern in args.patterns.split(","):
+    for pattern in patterns:
         rows = []
         for scene in make_scenes("test", args.test_scenes, 240, 320, (pattern,)):
             gt, valid = scene["depth"], scene["depth"] > 0
@@ -166,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                           "cnn_dbe": float(np.nanmean([r["cnn"]["dbe_acc"] for r in rows])),
                           "preservation": max(r["preservation"] for r in rows)}
         print(pattern, {k: round(v, 4) for k, v in table[pattern].items()}, flush=True)
-    report = {"benchmark": "complete_headroom", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/complete_headroom.py" + (" " + shlex.join(argv) if argv else ""),
+    report = {"benchmark": "complete_headroom", **run_info(argv, __file__),
               "parameters": n_params, "train_scenes": args.train_scenes, "steps": args.steps, "seed": args.seed,
               "threads": args.threads, "wall_s": time.time() - t0, "train_s": train_s, "mean": table,
               "per_scene": per_scene}
@@ -190,4 +195,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
