@@ -64,11 +64,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
-import json
 import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -78,8 +74,9 @@ import torch
 
 from depthkit.profiling import PeakMemory
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark module below, run as a script
-from full_frame import full_frame, full_frame_markdown  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules below, run as a script
+from _results import check_device, results_name, run_info, run_main, write_results  # noqa: E402
+from full_frame import frame_layouts, full_frame, full_frame_markdown, plain_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QWEN_VOCAB = 151936
@@ -336,12 +333,19 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--memory-budget-mb", type=float, default=4096.0)
     parser.add_argument("--frame-layouts", default="text,rope,grid_token",
-                        help="pixel_reference layouts of the full-frame tiny-checkpoint timing ('' = skip)")
+                        help="pixel_reference layouts of the full-frame tiny-checkpoint timing, from text, rope, "
+                             "grid_token ('' = skip)")
     parser.add_argument("--frame-repeats", type=int, default=3, help="full-frame runs to take the best of (default 3)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--name", default=None, help="output file stem (default engine_<config>)")
+    parser.add_argument("--name", type=results_name, default=None,
+                        help="output file stem: NAME.json and NAME.md in --out (default engine_<config>)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    layouts = [x for x in args.frame_layouts.split(",") if x]
+    try:
+        layouts = frame_layouts(args.frame_layouts, allow_empty=True)
+    except ValueError as err:
+        parser.error(str(err))
+    check_device(args.device)  # before any model is built
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -468,25 +472,18 @@ def main(argv=None) -> int:
         "ms_per_pixel": text_best["ms_per_pixel"], "speedup_vs_naive": text_best["speedup_vs_naive"],
         "reference_ms_per_pixel": naive_ms, "speedup_vs_reference": text_best["speedup_vs_naive"],
         "identical_to_reference": text_best["identical_to_naive"]}, **modes}
+    info = run_info(argv, __file__, args.device)
     report = {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "config": args.config, "device": args.device, "dtype": args.dtype, "threads": args.threads,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "load_average": os.getloadavg(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        **info, "config": args.config, "device": args.device, "dtype": args.dtype, "threads": args.threads,
+        "machine": {**info["machine"], "load_average": os.getloadavg()},
         "model": {"spec": CONFIGS[args.config], "parameters": sum(p.numel() for p in model.parameters()),
                   "image": list(image.shape[:2]), "resized": list(prefix.resized_hw), "prefix_tokens": prefix.length},
         "query_pixels": len(rows), "naive_pixels": n_naive, "variants": results, "readout_modes": modes,
         "flops": flops, "frame": frame,
         "full_frame": full_frame(layouts, repeats=args.frame_repeats, threads=args.threads) if layouts else None,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.name or 'engine_' + args.config}.json"
-    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    path.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    paths = write_results(args.out, args.name or f"engine_{args.config}", plain_json(report), markdown(report))
+    print(f"wrote {paths[0]} and {paths[1]}")
     ok = all(v["identical_to_naive"] for v in results.values()) and all(
         v["identical_to_reference"] for v in modes.values())
     return 0 if ok else 1
@@ -542,4 +539,4 @@ def markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

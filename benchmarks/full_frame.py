@@ -15,11 +15,8 @@ split into the model (the engine's prefix pass and its query batches) and the cl
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +24,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import results_name, run_info, run_main, write_results  # noqa: E402
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def frame_layouts(text: str, allow_empty: bool = False) -> list[str]:
+    """A ``--frame-layouts`` value (comma-separated ``pixel_reference`` layouts) → the layouts; raises ValueError
+    naming what is allowed (the scripts pass it to ``parser.error``, before any timing). ``allow_empty``: '' is
+    allowed and means no full-frame timing (``engine.py``)."""
+    from depthkit.complete.prompts import PIXEL_REFERENCES
+
+    layouts = [x for x in text.split(",") if x]
+    unknown = [x for x in layouts if x not in PIXEL_REFERENCES]
+    if unknown or not (layouts or allow_empty):
+        raise ValueError(f"--frame-layouts takes comma-separated pixel_reference layouts from "
+                         f"{', '.join(PIXEL_REFERENCES)}" + (" ('' skips the full-frame timing)" if allow_empty else
+                                                              " (at least one)")
+                         + f", e.g. grid_token,text; received {text!r}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return layouts
+
+
+def plain_json(report: dict) -> dict:
+    """``report`` with numpy scalars as Python numbers (as ``json.dumps(..., default=float)`` writes them), ready for
+    :func:`_results.write_results`."""
+    return json.loads(json.dumps(report, default=float))
 
 
 def full_frame(layouts: list[str], size: tuple[int, int] = (480, 640), repeats: int = 3, threads: int = 2) -> dict:
@@ -123,34 +146,31 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="threads for torch and guided (default 1)")
     parser.add_argument("--frame-layouts", default="grid_token,text",
-                        help="pixel_reference layouts to time (default grid_token,text)")
+                        help="pixel_reference layouts to time, from text, rope, grid_token (default grid_token,text)")
     parser.add_argument("--frame-repeats", type=int, default=5, help="runs to take the best of (default 5)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--name", default=None, help="output file stem (default engine_full_frame_<threads>t)")
+    parser.add_argument("--name", type=results_name, default=None,
+                        help="output file stem: NAME.json and NAME.md in --out (default engine_full_frame_<threads>t)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    layouts = [x for x in args.frame_layouts.split(",") if x]
-    if not layouts:
-        raise SystemExit("full_frame.py needs at least one --frame-layouts entry (text, rope, grid_token).")
+    try:
+        layouts = frame_layouts(args.frame_layouts)
+    except ValueError as err:
+        parser.error(str(err))
+    info = run_info(argv, __file__)
     report = {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-                    "torch": torch.__version__},
+        **info, "machine": {**info["machine"], "load_average": os.getloadavg()},
         "full_frame": full_frame(layouts, repeats=args.frame_repeats, threads=args.threads),
     }
     report["machine"]["load_average_after"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.name or f'engine_full_frame_{args.threads}t'}.json"
-    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
     load = report["machine"]["load_average"][0], report["machine"]["load_average_after"][0]
     text = "\n".join([f"## Full-frame completion speed ({args.threads} thread(s))", "",
                       f"{report['date']}, `{report['command']}`; load average {load[0]:.1f} before, {load[1]:.1f} "
                       f"after, on {os.cpu_count()} CPUs.", ""] + full_frame_markdown(report["full_frame"])) + "\n"
-    path.with_suffix(".md").write_text(text)
-    print(text)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    paths = write_results(args.out, args.name or f"engine_full_frame_{args.threads}t", plain_json(report), text)
+    print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))
