@@ -22,14 +22,12 @@ Writes ``<out>/complete_fill.json`` and ``<out>/complete_fill.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
 import numpy as np
-from _results import write_results  # noqa: E402
+from _results import run_info, run_main, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -69,13 +67,18 @@ def oracle_rows(data) -> dict[str, list[dict]]:
     return rows
 
 
-def model_rows(checkpoint, data) -> dict[str, list[dict]]:
+def load_stages(checkpoint) -> dict:
+    """The learned stage of ``checkpoint`` under each fill x fusion variant (a missing or broken checkpoint raises
+    :class:`depthkit.checkpoints.CheckpointError`, a ValueError, before any scene is scored)."""
     from depthkit.complete.stage import CompleteVLMStage
 
+    return {f"fill={fill}, fusion={fusion}": CompleteVLMStage.from_checkpoint(Path(checkpoint) / "complete",
+                                                                              fill=fill, fusion=fusion)
+            for fill in ("anchors", "residual") for fusion in ("none", "blend", "fallback")}
+
+
+def model_rows(stages: dict, data) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
-    stages = {f"fill={fill}, fusion={fusion}": CompleteVLMStage.from_checkpoint(Path(checkpoint) / "complete",
-                                                                                 fill=fill, fusion=fusion)
-              for fill in ("anchors", "residual") for fusion in ("none", "blend", "fallback")}
     for image, gt, sparse in data:
         for name, stage in stages.items():
             rows.setdefault(name, []).append(_scores(stage.run(image, sparse).depth, gt))
@@ -92,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.checkpoint is None and not args.oracle_only:
         p.error("give --checkpoint DIR, or --oracle-only")
+    stages = load_stages(args.checkpoint) if args.checkpoint is not None else None  # before any work
     data = list(scenes(args.scenes))
     rows = oracle_rows(data)
-    if args.checkpoint is not None:
-        rows.update(model_rows(args.checkpoint, data))
+    if stages is not None:
+        rows.update(model_rows(stages, data))
     mean = {k: {m: float(np.mean([r[m] for r in v])) for m in ("mae", "rmse")} for k, v in rows.items()}
     ref = mean["guided"]["mae"]
-    report = {"benchmark": "complete_fill", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/complete_fill.py" + (" " + shlex.join(argv) if argv else ""),
+    report = {"benchmark": "complete_fill", **run_info(argv, __file__),
               "checkpoint": args.checkpoint, "scenes": args.scenes, "split": "val", "mean": mean, "per_scene": rows}
     lines = ["## Completer answers → dense map: fill and fusion variants (synthetic val split)", "",
              f"{report['date']}, `{report['command']}`; {args.scenes} scenes at 240x320, 500 random points, "
@@ -112,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
