@@ -6,6 +6,10 @@ Usage (from the repository root; ~8 GB of disk in --dir, ~10 GB of RAM; minutes 
     python benchmarks/sharpen_readiness.py                       # release + checkpoint in /tmp/sharpdepth_sd2_random
     python benchmarks/sharpen_readiness.py --dir DIR --size 768 --threads 2
 
+``--dir`` is the script's own work folder: it creates it (with a marker file, :data:`MARKER`) when it is missing or
+empty, and on a rerun replaces only the ``release/`` and ``checkpoint/`` a marked folder holds. A folder with other
+files and no marker is refused untouched (the script never deletes what it did not make).
+
 Phases, each in its own process (so each has its own peak RSS), recorded in
 ``benchmarks/results/sharpen_readiness.json`` (rewritten after each phase):
 
@@ -26,17 +30,24 @@ sd2 --device cuda --dtype bfloat16``).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import run_info, run_main, write_json  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "results" / "sharpen_readiness.json"
+DEFAULT_DIR = Path("/tmp/sharpdepth_sd2_random")
+MARKER = ".sharpen_readiness"
+"""The file that marks ``--dir`` as this script's own work folder (written when the script creates the folder)."""
+PARTS = ("release", "checkpoint")
+"""What the phases write into ``--dir`` (replaced on a rerun in a marked folder)."""
 
 
 def _peak_mb() -> float:
@@ -99,12 +110,37 @@ def run_phase(name: str, args) -> dict:
     return result
 
 
+def prepare_dir(folder: Path) -> None:
+    """Make ``folder`` ready for the phases: create it with :data:`MARKER` when it is missing or empty; in a marked
+    folder remove only the :data:`PARTS` an earlier run left. ValueError (nothing deleted) for a file, or a non-empty
+    folder without the marker: it is not this script's to empty."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--dir {folder} is a file, not a folder; pass a new or empty folder (default "
+                         f"{DEFAULT_DIR}).")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        shown = sorted(p.name for p in folder.iterdir())
+        raise ValueError(f"--dir {folder} is not empty ({', '.join(shown[:5])}{', ...' if len(shown) > 5 else ''}) "
+                         f"and has no {MARKER} file, so this script did not make it and will not delete anything in "
+                         "it; pass a new or empty folder (the script writes ~8 GB into it), or one an earlier run of "
+                         "this script made.")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("work folder of benchmarks/sharpen_readiness.py: its release/ and checkpoint/ are "
+                                 "replaced on each run\n")
+    for part in PARTS:
+        shutil.rmtree(folder / part, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="SD2-size SharpDepth release -> import -> one 768-px inference, on a CPU.")
-    p.add_argument("--dir", type=Path, default=Path("/tmp/sharpdepth_sd2_random"))
+    p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                   help=f"work folder for the release and the imported checkpoint (~8 GB; default {DEFAULT_DIR}): "
+                        f"created with a {MARKER} marker file when missing or empty; a rerun replaces the release/ "
+                        f"and checkpoint/ of a marked folder; a non-empty folder without the marker is refused and "
+                        "left as it is")
     p.add_argument("--size", type=int, default=768, help="longest image side and processing resolution (px)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=OUT, help="the JSON report (default benchmarks/results/"
+                   "sharpen_readiness.json; rewritten after each phase)")
     p.add_argument("--phase", choices=("release", "import", "infer"), default=None, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
@@ -119,18 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         result["peak_rss_mb"] = _peak_mb()
         print(json.dumps(result))
         return 0
-    import shutil
-
-    shutil.rmtree(args.dir, ignore_errors=True)
-    args.dir.mkdir(parents=True)
-    report = {"benchmark": "sharpen_readiness", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/sharpen_readiness.py" + (" " + " ".join(argv) if argv else ""),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"{args.threads} threads", "phases": {}}
+    prepare_dir(args.dir)
+    report = {"benchmark": "sharpen_readiness", **run_info(argv, __file__), "threads": args.threads, "size": args.size,
+              "phases": {}}
     for name in ("release", "import", "infer"):
         report["phases"][name] = run_phase(name, args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        write_json(args.out, report)
         print(name, json.dumps(report["phases"][name])[:400], flush=True)
         if not report["phases"][name]["ok"]:
             return 1
@@ -138,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
