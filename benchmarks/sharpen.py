@@ -35,17 +35,17 @@ Configurations:
   ``--device cuda --dtype bfloat16`` at 768 px: the released SharpDepth's two-pass inference.
   NOT RUN YET: the sessions that wrote this had no GPU; run it on a CUDA machine and commit what it writes.
 
-Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (``--name`` default ``sharpen_<config>``).
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md``. ``--name`` (a file stem) defaults to ``sharpen_<config>``
+(e.g. ``sharpen_tiny``) for random weights, and with ``--checkpoint`` to ``sharpen_ckpt_<its last two path parts>``
+(``checkpoints/default`` -> ``sharpen_ckpt_checkpoints_default``), so a checkpoint's run never replaces a
+random-weight comparison such as ``results/sharpen_tiny.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
-import platform
-import shlex
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,8 +53,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthkit.profiling import PeakMemory
-from depthkit.sharpen.release import SD2_UNET, SD2_VAE
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import check_device, results_name, run_info, run_main, write_results  # noqa: E402
+
+from depthkit.profiling import PeakMemory  # noqa: E402
+from depthkit.sharpen.release import SD2_UNET, SD2_VAE  # noqa: E402
 
 PARTS = ("vae_encode", "unet_pass1", "unet_pass2", "vae_decode", "other")
 
@@ -206,12 +209,22 @@ def bench_accuracy(model, args) -> dict:
                 for name, rows in acc.items()}
 
 
+def default_name(configs: list[str], checkpoint: Path | None) -> str:
+    """The results' file stem without ``--name``: ``sharpen_<configs>`` for random weights, ``sharpen_ckpt_<the
+    checkpoint's last two path parts>`` with a checkpoint (its own file, never a random-weight comparison's)."""
+    if checkpoint is None:
+        return f"sharpen_{'_'.join(configs)}"
+    parts = Path(checkpoint).resolve().parts[-2:]
+    return "sharpen_ckpt_" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)).strip("_.") or "root")
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# Sharpen benchmark: `{report['name']}`", "",
              f"{report['date']} — `{report['command']}`", "",
              f"Model: {report['model']['description']}. Device {report['device']} "
-             f"({m['gpu'] or m['processor']}), dtype {report['dtype']}, {m['threads']} torch threads, "
+             f"({m.get('gpu') or m.get('cpu') or m['platform']}), dtype {report['dtype']}, {m['torch_threads']} torch "
+             "threads, "
              f"load average {m['load_average'][0]:.1f} on {m['cpu_count']} CPUs (a shared machine: times are noisy).",
              "", "## Latency (median seconds per image) and peak memory", "",
              "| config | image (HxW) | complete (guided) | sharpen total | VAE encode | UNet pass 1 | UNet pass 2 |"
@@ -254,17 +267,20 @@ def main(argv=None) -> int:
     p.add_argument("--eval-images", type=int, default=32)
     p.add_argument("--eval-size", type=int, nargs=2, default=[48, 64], metavar=("H", "W"))
     p.add_argument("--no-accuracy", action="store_true")
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", type=results_name, default=None,
+                   help="file stem of the results in --out (default: sharpen_<config>, e.g. sharpen_tiny, for random "
+                        "weights; with --checkpoint sharpen_ckpt_<its last two path parts>, e.g. "
+                        "sharpen_ckpt_checkpoints_default)")
     p.add_argument("--note", default="", help="a sentence added under the tables (e.g. where the checkpoint came from)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    name = args.name or default_name(args.config, args.checkpoint)
     if args.threads:
         torch.set_num_threads(args.threads)
     if "sd2" in args.config and args.checkpoint is None:
         args.no_accuracy = True  # random weights: speed only
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for but CUDA is not available here")
-    from depthkit import __version__
+    check_device(args.device)
 
     speed, models = [], []
     for config in args.config:
@@ -280,27 +296,19 @@ def main(argv=None) -> int:
                       f"{sum(q.numel() for q in m.model.unet.parameters()) / 1e6:.2f}M)"
                       for c, m in zip(args.config, models)))
     accuracy = None if args.no_accuracy else bench_accuracy(model, args)
-    name = args.name or f"sharpen_{'_'.join(args.config)}"
+    info = run_info(argv, __file__, args.device)
+    info["machine"]["load_average"] = os.getloadavg()
     report = {
-        "name": name, "config": args.config, "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
-        "depthkit_version": __version__, "device": args.device, "dtype": args.dtype,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "load_average": os.getloadavg(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        "name": name, "config": args.config, **info, "device": args.device, "dtype": args.dtype,
         "model": {"description": desc, "parameters": n_params,
                   "unet_parameters": sum(q.numel() for q in model.model.unet.parameters()),
                   "processing": "each size runs at its own resolution (processing_resolution = size)"},
         "speed": speed, "accuracy": accuracy, "eval_images": args.eval_images, "eval_size": args.eval_size,
         "note": args.note,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, name, report, markdown(report))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

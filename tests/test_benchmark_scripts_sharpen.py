@@ -3,16 +3,31 @@ and what they leave alone; run in-process (their ``main``, or the ``__main__`` b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import their siblings (_results, accuracy) by name
 
 import sharpen_readiness  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _load(name: str):
+    """A script as a module of its own name (``sharpen.py`` as ``sharpen_benchmark``: not depthkit.sharpen)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sharpen = _load("sharpen")
 
 
 def test_readiness_refuses_a_folder_it_did_not_make_and_leaves_its_files(tmp_path, monkeypatch):
@@ -49,3 +64,40 @@ def test_readiness_help_describes_dir(capsys):
         sharpen_readiness.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--dir DIR work folder" in text and "non-empty folder without the marker is refused" in text
+
+
+@pytest.mark.parametrize("bad", ["sub/x", "../escape", ""])
+def test_sharpen_refuses_a_bad_name_before_any_work(tmp_path, monkeypatch, capsys, bad):
+    def no_work(*_, **__):
+        raise AssertionError("work started before --name was checked")
+
+    monkeypatch.setattr(sharpen, "build_model", no_work)
+    for main in (sharpen.main,):
+        with pytest.raises(SystemExit) as exc:
+            main(["--name", bad, "--out", str(tmp_path)])
+        assert exc.value.code == 2 and "a results name is a file stem" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+class _StubSharpener(torch.nn.Module):
+    """What sharpen.py's report reads of a model: its parameters and its UNet's."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.unet = torch.nn.Linear(2, 2)
+
+
+def test_sharpen_with_a_checkpoint_writes_its_own_results_not_sharpen_tiny(tmp_path, monkeypatch):
+    monkeypatch.setattr(sharpen, "build_model", lambda args, config: _StubSharpener())
+    monkeypatch.setattr(sharpen, "bench_speed", lambda model, args, config="": [])
+    common = ["--no-accuracy", "--sizes", "64", "--repeats", "1", "--out", str(tmp_path)]
+    assert sharpen.main(["--checkpoint", str(tmp_path / "runs" / "final"), *common]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sharpen_ckpt_runs_final.json", "sharpen_ckpt_runs_final.md"]
+    report = json.loads((tmp_path / "sharpen_ckpt_runs_final.json").read_text())
+    assert report["name"] == "sharpen_ckpt_runs_final" and report["command"].startswith("python benchmarks/sharpen.py")
+    assert {"date", "depthkit_version", "git_commit", "machine"} <= set(report)
+    assert sharpen.main(common) == 0  # random weights keep their name
+    assert (tmp_path / "sharpen_tiny.json").is_file()
+    assert sharpen.default_name(["tiny"], Path("checkpoints/default")) == "sharpen_ckpt_checkpoints_default"
+
