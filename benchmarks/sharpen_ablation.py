@@ -22,16 +22,18 @@ accuracy (px) of the input and the output; mean ± std over seeds. Writes ``<out
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import inspect
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
+from _results import results_name, run_info, run_main, write_results  # noqa: E402
 
 VARIANTS = {
     "full": ({}, "ema"),
@@ -43,6 +45,17 @@ VARIANTS = {
     "recons weighted by 1 − e": ({"recons_weight": "one_minus_e"}, "ema"),
 }
 COLUMNS = ("mae_out", "mae_edge_out", "mae_flat_out", "dbe_out")
+
+
+def min_train_scenes() -> int:
+    """The fewest ``--train-scenes`` the training draws its batches from without repeats: the Lotus batch (over the
+    scenes and their mirror images) and SharpDepth's (over the scenes), as :mod:`depthkit.sharpen.miniature`'s
+    ``train_lotus`` and ``train_sharpdepth`` default them."""
+    from depthkit.sharpen import miniature as mini
+
+    batch = {f.__name__: inspect.signature(f).parameters["batch"].default
+             for f in (mini.train_lotus, mini.train_sharpdepth)}
+    return max(-(-batch["train_lotus"] // 2), batch["train_sharpdepth"])
 
 
 def markdown(report: dict) -> str:
@@ -78,12 +91,19 @@ def main(argv=None) -> int:
     p.add_argument("--lotus-unet-steps", type=int, default=200)
     p.add_argument("--sharpen-steps", type=int, default=40)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--name", default="sharpen_ablation")
+    p.add_argument("--name", type=results_name, default="sharpen_ablation",
+                   help="file stem of the results in --out (default sharpen_ablation)")
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    least = min_train_scenes()
+    if args.train_scenes < least:
+        p.error(f"--train-scenes must be >= {least} (the training draws batches of distinct scenes); received "
+                f"{args.train_scenes}. The recorded run uses 32.")
+    if args.test_scenes < 1:
+        p.error(f"--test-scenes must be >= 1 held-out scene; received {args.test_scenes}.")
     torch.set_num_threads(1)
-    from depthkit import __version__
     from depthkit.sharpen import miniature as mini
     from depthkit.sharpen.model import SharpDepth
 
@@ -100,11 +120,10 @@ def main(argv=None) -> int:
             r = mini.evaluate(sd, test)
             variants[name].append({k: r[k] for k in COLUMNS})
             print(f"seed {seed} {name}:", json.dumps({k: round(r[k], 3) for k in COLUMNS}), flush=True)
+    info = run_info(argv, __file__)
+    info["machine"]["load_average"] = os.getloadavg()
     report = {
-        "name": args.name, "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
-        "depthkit_version": __version__, "seconds": time.perf_counter() - t0,
-        "machine": {"cpu_count": os.cpu_count(), "threads": 1, "load_average": os.getloadavg()},
+        "name": args.name, **info, "seconds": time.perf_counter() - t0,
         "lotus": f"tiny Lotus-G (miniature.MINI_LOTUS) trained on {args.train_scenes} scenes' dense GT "
                  f"({args.lotus_vae_steps} VAE steps, then {args.lotus_unet_steps} UNet steps)",
         "seeds": args.seeds, "test_scenes": args.test_scenes, "sharpen_steps": args.sharpen_steps,
@@ -112,12 +131,9 @@ def main(argv=None) -> int:
                   "untrained": {k: base[k] for k in COLUMNS}},
         "variants": variants, "note": args.note,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, args.name, report, markdown(report))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

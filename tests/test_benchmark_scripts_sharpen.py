@@ -14,6 +14,7 @@ import torch
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import their siblings (_results, accuracy) by name
 
+import sharpen_ablation  # noqa: E402
 import sharpen_readiness  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,12 +68,13 @@ def test_readiness_help_describes_dir(capsys):
 
 
 @pytest.mark.parametrize("bad", ["sub/x", "../escape", ""])
-def test_sharpen_refuses_a_bad_name_before_any_work(tmp_path, monkeypatch, capsys, bad):
+def test_sharpen_and_ablation_refuse_a_bad_name_before_any_work(tmp_path, monkeypatch, capsys, bad):
     def no_work(*_, **__):
         raise AssertionError("work started before --name was checked")
 
     monkeypatch.setattr(sharpen, "build_model", no_work)
-    for main in (sharpen.main,):
+    monkeypatch.setattr("depthkit.sharpen.miniature.make_split", no_work)
+    for main in (sharpen.main, sharpen_ablation.main):
         with pytest.raises(SystemExit) as exc:
             main(["--name", bad, "--out", str(tmp_path)])
         assert exc.value.code == 2 and "a results name is a file stem" in capsys.readouterr().err
@@ -101,3 +103,17 @@ def test_sharpen_with_a_checkpoint_writes_its_own_results_not_sharpen_tiny(tmp_p
     assert (tmp_path / "sharpen_tiny.json").is_file()
     assert sharpen.default_name(["tiny"], Path("checkpoints/default")) == "sharpen_ckpt_checkpoints_default"
 
+
+def test_sharpen_ablation_refuses_too_few_training_scenes_up_front(tmp_path, monkeypatch, capsys):
+    def no_work(*_, **__):
+        raise AssertionError("work started before --train-scenes was checked")
+
+    monkeypatch.setattr("depthkit.sharpen.miniature.make_split", no_work)
+    least = sharpen_ablation.min_train_scenes()
+    assert least == 4  # Lotus: 8 of the scenes and their mirror images; SharpDepth: 4 scenes
+    for bad in (["--train-scenes", "2"], ["--train-scenes", str(least - 1)], ["--test-scenes", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            sharpen_ablation.main([*bad, "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"received {bad[1]}" in err, err
+        assert ("--train-scenes must be >= 4" if bad[0] == "--train-scenes" else "--test-scenes must be >= 1") in err
