@@ -24,7 +24,9 @@ whose overrides differ only in the run-time limits
 
 The val split is the one to choose on: the test split is kept for ``benchmarks/accuracy.py``. For each variant and
 pattern: MAE (m) of input and output with the change in per cent, and DBE accuracy (px) of both; the goal of the
-embedded default (issue 13) is a better DBE with the MAE within 2 %. Writes ``<out>/sharpen_switches.{json,md}``.
+embedded default (issue 13) is a better DBE with the MAE within 2 %. Writes ``<out>/sharpen_switches.{json,md}``;
+``--out`` defaults to ``benchmarks/results/``, and with ``--grid`` to ``benchmarks/results/sharpen_switches_grid/``
+(where the grid's results live), so a grid run never replaces ``results/sharpen_switches.{json,md}``.
 
 ``--pass1 gt`` replaces the sharpener's pass 1 (the Lotus prediction its discrepancy and gate come from) by the
 scene's GT, normalised with the input's own range: a generous oracle (a Lotus predicts depth only up to scale and
@@ -50,6 +52,8 @@ sys.path.insert(0, str(ROOT / "checkpoints"))  # the default's bar: checkpoints/
 from assemble_default import SHARPEN_MAE_TOLERANCE, sharpener_meets_bar  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
+GRID_OUT = OUT / "sharpen_switches_grid"
+"""Where a ``--grid`` run writes without ``--out``."""
 # the variants the shipped switches were checked with (name -> config overrides; the first three are those of
 # benchmarks/results/sharpen_switches.md, session 10's check): session 9's choice, the distance weight alone, session
 # 10's choice, and the shipped one (session 10's + the dense-frame rule of session 12, dense_measured_fraction 0.4,
@@ -197,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
                         "DEFAULT_VARIANTS, or only the grid with --grid)")
     p.add_argument("--grid", action="store_true",
                    help="score the 27-variant grid the shipped switches were chosen from, besides any --variant (one "
-                        "UNet pass per scene serves every variant that differs only in the limits)")
+                        "UNet pass per scene serves every variant that differs only in the limits); without --out it "
+                        "writes into benchmarks/results/sharpen_switches_grid/")
     p.add_argument("--pass1", choices=("model", "gt"), default="model",
                    help="pass 1 (the discrepancy pass): the sharpener's own Lotus (default), or the scene's GT "
                         "depth, normalised as the input is (the input where the GT has none): an oracle for how far "
                         "a perfect pass 1 would take this sharpener")
+    p.set_defaults(out=None)  # benchmarks/results/, or GRID_OUT with --grid
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
+    if args.out is None:
+        args.out = GRID_OUT if args.grid else OUT
     import numpy as np
 
     from depthkit.data.datasets.synthetic import SyntheticDataset

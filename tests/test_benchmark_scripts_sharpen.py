@@ -117,3 +117,27 @@ def test_sharpen_ablation_refuses_too_few_training_scenes_up_front(tmp_path, mon
         err = capsys.readouterr().err
         assert exc.value.code == 2 and f"received {bad[1]}" in err, err
         assert ("--train-scenes must be >= 4" if bad[0] == "--train-scenes" else "--test-scenes must be >= 1") in err
+
+
+class _Stop(Exception):
+    """Raised by a stub in place of a script's first real work, carrying what the script had decided by then."""
+
+
+def test_sharpen_switches_grid_writes_to_its_own_folder_by_default(tmp_path, monkeypatch):
+    import sharpen_switches
+
+    def stop(p, args):
+        raise _Stop(args.out)
+
+    monkeypatch.setattr(sharpen_switches, "open_sharpener", stop)
+    with pytest.raises(_Stop) as grid:
+        sharpen_switches.main(["--grid", "--scenes", "1", "--patterns", "random100"])
+    with pytest.raises(_Stop) as plain:
+        sharpen_switches.main(["--scenes", "1", "--patterns", "random100"])
+    with pytest.raises(_Stop) as given:
+        sharpen_switches.main(["--grid", "--scenes", "1", "--patterns", "random100", "--out", str(tmp_path)])
+    results = BENCH / "results"
+    assert (grid.value.args[0], plain.value.args[0], given.value.args[0]) == (
+        results / "sharpen_switches_grid", results, tmp_path)
+    assert "`results/sharpen_switches_grid/`: the 27-variant grid (where `--grid` writes without `--out`" in (
+        BENCH / "README.md").read_text()
