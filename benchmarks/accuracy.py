@@ -53,7 +53,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import git_commit, machine_info, results_name, write_results  # noqa: E402
+from _results import git_commit, machine_info, results_name, run_main, write_results  # noqa: E402
 
 DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
 SYNTHETIC_PATTERNS = {
@@ -538,4 +538,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
-from _results import results_name, write_results  # noqa: E402
+from _results import results_name, run_main, write_results  # noqa: E402
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 OUT = Path(__file__).resolve().parent / "results"
@@ -318,12 +318,12 @@ def main(argv: list[str] | None = None) -> int:
             patterns = frame_patterns(args.patterns)
         except ValueError as err:
             p.error(str(err))
+    ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()  # before the frame
     frame = FRAMES[args.frame]
     data = frame.data() if args.data is None else args.data
     stem = args.name or ("real_frame" if args.frame == "aloe" else f"real_frame_{args.frame}")
     image, depth = frame.load(data)
     intrinsics = frame.intrinsics(*depth.shape)
-    ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()
     methods = {"nearest": Pipeline(method="nearest"), "guided": Pipeline(method="guided")}
     try:
         methods.update(checkpoint_rows(ref, args.stages, args.option))
@@ -367,4 +367,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

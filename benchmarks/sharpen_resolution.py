@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy, sharpen_switches
-from _results import results_name, write_results  # noqa: E402
+from _results import results_name, run_main, write_results  # noqa: E402
 from accuracy import SYNTHETIC_PATTERNS, parse_scene_options  # noqa: E402
 from sharpen_switches import (  # noqa: E402
     _se_text,
@@ -162,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import write_results  # noqa: E402
+from _results import run_main, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -100,4 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import runpy
 import sys
 from pathlib import Path
 
@@ -141,3 +142,20 @@ def test_sharpen_switches_grid_writes_to_its_own_folder_by_default(tmp_path, mon
         results / "sharpen_switches_grid", results, tmp_path)
     assert "`results/sharpen_switches_grid/`: the 27-variant grid (where `--grid` writes without `--out`" in (
         BENCH / "README.md").read_text()
+
+
+@pytest.mark.parametrize("script, option", [
+    ("sharpen.py", "--checkpoint"), ("real_frame.py", "--checkpoint"), ("sharpen_limits.py", "--checkpoint"),
+    ("sharpen_switches.py", "--sharpen"), ("sharpen_resolution.py", "--sharpen"), ("default_speed.py", "--checkpoint"),
+])
+def test_a_missing_checkpoint_is_one_error_line_and_status_2(tmp_path, monkeypatch, capsys, script, option):
+    """The script as `python benchmarks/SCRIPT` runs it (its ``__main__`` block: run_main), in this process."""
+    missing = tmp_path / "nope"
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), option, str(missing), "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"{script}: error: ") and str(missing) in err, err
+    assert not (tmp_path / "out").exists()
