@@ -26,19 +26,16 @@ Writes ``<out>/default_speed.json`` and ``<out>/default_speed.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
-from _results import run_main, write_results  # noqa: E402
+from _results import run_info, run_main, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -89,7 +86,8 @@ def measure(checkpoint, stages: str, method: str | None, threads: int, size: tup
 
 
 def markdown(report: dict) -> str:
-    lines = [f"## Default checkpoint speed ({report['machine']})", "",
+    m = report["machine"]
+    lines = [f"## Default checkpoint speed ({m.get('cpu') or m['platform']}, {m['cpu_count']} cores)", "",
              f"{report['date']}, `{report['command']}`; checkpoint `{report['checkpoint']}`; median of "
              f"{report['repeats']} calls after a warm-up; load average {report['load_average']} at the start.", "",
              "| stages | sharpen config | completion method | sparse | size | threads | s / image | "
@@ -149,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             p.error(f"--sharpen-config {name!r}: {err}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from depthkit import __version__
     from depthkit.checkpoints import CheckpointRef
     from depthkit.stages import checkpoint_method
 
@@ -169,11 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(measure(ref, stages, method, threads, (width * 3 // 4, width), args.repeats,
                                             pattern, config))
                         print(json.dumps(rows[-1]))
-    report = {"benchmark": "default_speed", "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/default_speed.py" + (" " + shlex.join(argv) if argv else ""),
-              "depthkit_version": __version__, "checkpoint": str(ref.root), "repeats": args.repeats,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "load_average": round(os.getloadavg()[0], 1), "rows": rows}
+    report = {"benchmark": "default_speed", **run_info(argv, __file__), "checkpoint": str(ref.root),
+              "repeats": args.repeats, "load_average": round(os.getloadavg()[0], 1), "rows": rows}
     write_results(args.out, "default_speed", report, markdown(report))
     return 0
 

@@ -36,16 +36,14 @@ Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (``--name``, default ``real
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
-from _results import results_name, run_main, write_results  # noqa: E402
+from _results import results_name, run_info, run_main, write_results  # noqa: E402
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 OUT = Path(__file__).resolve().parent / "results"
@@ -346,9 +344,7 @@ def main(argv: list[str] | None = None) -> int:
              for pattern, by_name in rows.items()}
     report = {"benchmark": "real_frame", "frame": frame.title, "frame_name": args.frame, "units": frame.units,
               "intrinsics": [intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy],
-              "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/real_frame.py" + (" " + shlex.join(argv) if argv else ""),
-              "points": args.points, "patterns": list(patterns), "seeds": args.seeds, "mean": table,
+              **run_info(argv, __file__), "points": args.points, "patterns": list(patterns), "seeds": args.seeds, "mean": table,
               "per_seed": rows}
     what = f"{args.points} random points" if args.patterns is None else "sparse patterns as in benchmarks/accuracy.py"
     if any(name in REAL_PATTERNS for name in patterns):

@@ -45,13 +45,11 @@ A sharpener can only improve DBE over its input where its edges are better than 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
-from _results import run_main, write_results  # noqa: E402
+from _results import run_info, run_main, write_results  # noqa: E402
 from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         per_scene[pattern] = rows
         resolution = stage.processing_side(sample["image"])  # every scene has the split's size
         mean[pattern] = {name: {k: _nanmean([r[name][k] for r in rows]) for k in rows[0][name]} for name in names}
-    report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint),
-              "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/sharpen_limits.py" + (" " + shlex.join(argv) if argv else ""),
+    report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint), **run_info(argv, __file__),
               "scenes": args.scenes, "metric": args.metric, "processing_resolution": resolution,
               "near_px": args.near_px, "gt_round_trip": args.gt_round_trip,
               "threads": args.threads, "mean": mean, "per_scene": per_scene}

@@ -28,15 +28,13 @@ Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy, sharpen_switches
-from _results import results_name, run_main, write_results  # noqa: E402
+from _results import results_name, run_info, run_main, write_results  # noqa: E402
 from accuracy import SYNTHETIC_PATTERNS, parse_scene_options  # noqa: E402
 from sharpen_switches import (  # noqa: E402
     _se_text,
@@ -138,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                   f" {r['seconds']:.2f} s", flush=True)
 
     report = {"benchmark": "sharpen_resolution", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
-              "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/sharpen_resolution.py" + (" " + shlex.join(argv) if argv else ""),
-              "split": "val", "scenes": args.scenes, "size": list(size), "sides": sides, "variants": variants,
+              **run_info(argv, __file__), "split": "val", "scenes": args.scenes, "size": list(size), "sides": sides, "variants": variants,
               "threads": args.threads, "results": rows}
     lines = [f"## The sharpener at several processing sizes: {args.sharpen}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "

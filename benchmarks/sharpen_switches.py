@@ -37,14 +37,12 @@ one the sharpener makes, so the two runs pair scene by scene).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results, accuracy
-from _results import run_main, write_results  # noqa: E402
+from _results import run_info, run_main, write_results  # noqa: E402
 from accuracy import SYNTHETIC_PATTERNS, add_scene_options, parse_scene_options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"DBE-acc {dbe_in:.3f} -> {dbe_out:.3f} (change {_se_text(r['dbe_change_se'])})", flush=True)
 
     report = {"benchmark": "sharpen_switches", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
-              "date": _dt.datetime.now().replace(microsecond=0).isoformat(),
-              "command": "python benchmarks/sharpen_switches.py" + (" " + shlex.join(argv) if argv else ""),
-              "split": "val", "scenes": args.scenes, "pass1": args.pass1, "variants": variants, "results": rows}
+              **run_info(argv, __file__), "threads": args.threads, "split": "val", "scenes": args.scenes, "pass1": args.pass1, "variants": variants, "results": rows}
     lines = [f"## Sharpener run-time switches: {args.sharpen}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
              "(240x320), metric input = the completion without queries. Per cell: MAE change against the input / "

@@ -15,10 +15,7 @@ it is forced by making a candidate pair infinitely costly. Writes ``<out>/stereo
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import run_main, write_results  # noqa: E402
+from _results import run_info, run_main, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -83,14 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--repeats must be >= 1; received {args.repeats}")
     load = os.getloadavg()[0]
     rows = [measure(size, args.repeats) for size in args.sizes]
-    report = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
-              "command": "python benchmarks/stereo_visibility.py" + (" " + shlex.join(argv) if argv else ""),
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                          "load_average": [load, os.getloadavg()[0]]},
-              "rows": rows}
+    report = {"benchmark": "stereo_visibility", **run_info(argv, __file__),
+              "load_average": [load, os.getloadavg()[0]], "rows": rows}
     lines = ["# Stereo visibility speed (`seen_by_right_camera`)", "",
              f"{report['date']}, `{report['command']}`; load average {load:.1f} before, "
-             f"{report['machine']['load_average'][1]:.1f} after, on {os.cpu_count()} CPUs. One indoor scene per size, "
+             f"{report['load_average'][1]:.1f} after, on {os.cpu_count()} CPUs. One indoor scene per size, "
              "0.54 m baseline; best of the repeats; the two give the same array in every row.", "",
              "| size | disparity range (px) | scan (s) | bucketed search (s) | speed-up |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['size'][0]}x{r['size'][1]} | {r['disparity_range_px']:.0f} | {r['scan_s']:.3f} | "

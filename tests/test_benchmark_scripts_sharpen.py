@@ -159,3 +159,14 @@ def test_a_missing_checkpoint_is_one_error_line_and_status_2(tmp_path, monkeypat
     assert exc.value.code == 2, err
     assert err.count("\n") == 1 and err.startswith(f"{script}: error: ") and str(missing) in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_stereo_visibility_records_where_when_and_with_which_version(tmp_path):
+    """The run keys of _results.run_info (the same in every script's JSON), this script's own command line."""
+    import stereo_visibility
+
+    assert stereo_visibility.main(["--sizes", "8x8", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "stereo_visibility.json").read_text())
+    assert {"date", "command", "depthkit_version", "git_commit", "machine"} <= set(report)
+    assert report["command"] == f"python benchmarks/stereo_visibility.py --sizes 8x8 --repeats 1 --out {tmp_path}"
+    assert {"cpu", "cpu_count", "torch"} <= set(report["machine"]) and len(report["load_average"]) == 2
