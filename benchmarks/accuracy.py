@@ -41,19 +41,17 @@ a fresh one after changing a checkpoint or a dataset root.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
 import re
-import shlex
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import git_commit, machine_info, results_name, run_main, write_results  # noqa: E402
+from _results import RUN_KEYS, command_line, results_name, run_info, run_main, write_results  # noqa: E402
 
 DEFAULT_METHODS = ("nearest", "ip_basic", "guided")
 SYNTHETIC_PATTERNS = {
@@ -183,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic test split")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="combine the JSON reports of runs that evaluated different datasets or patterns (e.g. "
-                        "in parallel) into one report, NAME.json / NAME.md in --out; evaluates nothing")
+                        "in parallel) into one report, NAME.json / NAME.md in --out; evaluates nothing. Refuses a "
+                        "dataset section given twice and runs made with different parameters (e.g. --limit)")
     p.add_argument("--patterns", default=None,
                    help="comma-separated sparse patterns to evaluate the synthetic test split with ("
                         + ", ".join(SYNTHETIC_PATTERNS) + "), or 'all' (" + ", ".join(ALL_PATTERNS)
@@ -445,20 +444,48 @@ def write_report(report: dict, out: Path, name: str = "accuracy") -> tuple[Path,
     return write_results(out, name, report, report_markdown(report), echo=False)
 
 
-def _command(argv: list[str]) -> str:
-    """The command line that ran this script with ``argv``, as the reports record it."""
-    return "python benchmarks/accuracy.py" + (" " + shlex.join(argv) if argv else "")
+def section_key(section: dict) -> tuple:
+    """What makes a report's dataset section one of a kind: (dataset, sparse pattern, split, root)."""
+    return section["dataset"], section.get("pattern"), section["split"], section.get("root")
+
+
+MERGE_OWN_KEYS = (*RUN_KEYS, "datasets", "merged_from", "merged_by")
+"""The keys of a report that are not its run's parameters: every other top-level key (``benchmark``, ``limit``, ...)
+must be equal in the reports ``--merge`` joins."""
 
 
 def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "accuracy") -> int:
-    """One report from several JSON reports (their datasets in the given order; the commands that made them are
-    kept in ``merged_from``, the merge's own in ``merged_by``)."""
+    """One report from several JSON reports of runs that evaluated different datasets or patterns (their sections
+    in the given order). The commands, dates, versions and commits of the runs are kept in ``merged_from`` (an input
+    that is itself a merge brings its own list), the merge's own command in ``merged_by``. ValueError, nothing
+    written, for two sections of one dataset, pattern, split and root (a file given twice, or overlapping runs) and for
+    run parameters that differ (e.g. ``limit``: the merged report states each once)."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
+    for path, r in zip(paths, reports):
+        if not isinstance(r, dict) or not isinstance(r.get("datasets"), list):
+            raise ValueError(f"--merge {path}: not a report of benchmarks/accuracy.py (no 'datasets' list); give the "
+                             "NAME.json files its runs wrote.")
+    seen: dict[tuple, Path] = {}
+    for path, r in zip(paths, reports):
+        for section in r["datasets"]:
+            key = section_key(section)
+            if key in seen:
+                what = f"dataset {key[0]!r}, pattern {key[1]!r}, split {key[2]!r}, root {key[3]!r}"
+                raise ValueError(f"--merge: {seen[key]} and {path} both have a section of {what}; merge runs of "
+                                 "different datasets or patterns, each file once.")
+            seen[key] = path
+    for key in sorted({k for r in reports for k in r} - set(MERGE_OWN_KEYS)):
+        values = [r.get(key) for r in reports]
+        if any(v != values[0] for v in values[1:]):
+            given = ", ".join(f"{path}: {json.dumps(v)}" for path, v in zip(paths, values))
+            raise ValueError(f"--merge: the runs differ in {key!r} ({given}), which a merged report states once; "
+                             f"merge only runs made with the same {key} (e.g. --limit), or rerun the odd one.")
     report = dict(reports[0])
     report["datasets"] = [ds for r in reports for ds in r["datasets"]]
     report["command"] = "; ".join(r["command"] for r in reports)
-    report["merged_from"] = [{"file": str(p), "command": r["command"], "date": r["date"]} for p, r in zip(paths, reports)]
-    report["merged_by"] = _command(argv)
+    report["merged_from"] = [entry for path, r in zip(paths, reports) for entry in r.get("merged_from") or [
+        {"file": str(path), **{k: r.get(k) for k in ("command", "date", "depthkit_version", "git_commit")}}]]
+    report["merged_by"] = command_line(argv, __file__)
     json_path, md_path = write_report(report, out, name)
     print(f"accuracy benchmark: merged {len(paths)} reports into {json_path} and {md_path}")
     return 0
@@ -470,7 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.merge:
-        return merge_reports(args.merge, args.out, argv, args.name)
+        try:
+            return merge_reports(args.merge, args.out, argv, args.name)
+        except (ValueError, OSError) as exc:  # a file given twice, runs made differently, a file not there
+            print(f"accuracy benchmark: error: {exc}", file=sys.stderr)
+            return 2
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
     if args.clutter < 0:
@@ -498,8 +529,6 @@ def main(argv: list[str] | None = None) -> int:
         # each process would make its own temporary folder and never see the other shards
         parser.error("under accelerate launch give --work-dir DIR (a folder every process can reach)")
 
-    from depthkit import __version__
-
     try:
         entries = classical_entries(args.methods)
         for spec in args.checkpoint:
@@ -521,16 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if any(s is None for s in sections):  # a non-zero rank of `accelerate launch`: rank 0 writes the report
         return 0
-    report = {
-        "benchmark": "accuracy",
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "command": _command(argv),
-        "depthkit_version": __version__,
-        "git_commit": git_commit(),
-        "machine": machine_info(args.device),
-        "limit": args.limit,
-        "datasets": sections,
-    }
+    report = {"benchmark": "accuracy", **run_info(argv, __file__, args.device), "limit": args.limit,
+              "datasets": sections}
     json_path, md_path = write_report(report, args.out, args.name)
     print(report_markdown(report))
     print(f"accuracy benchmark: wrote {json_path} and {md_path}")

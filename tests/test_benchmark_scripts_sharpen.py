@@ -170,3 +170,45 @@ def test_stereo_visibility_records_where_when_and_with_which_version(tmp_path):
     assert {"date", "command", "depthkit_version", "git_commit", "machine"} <= set(report)
     assert report["command"] == f"python benchmarks/stereo_visibility.py --sizes 8x8 --repeats 1 --out {tmp_path}"
     assert {"cpu", "cpu_count", "torch"} <= set(report["machine"]) and len(report["load_average"]) == 2
+
+
+@pytest.fixture(scope="module")
+def accuracy_run(tmp_path_factory):
+    """accuracy.py's report of nearest on one synthetic scene with the random100 pattern (--limit 1)."""
+    import accuracy
+
+    out = tmp_path_factory.mktemp("acc")
+    assert accuracy.main(["--limit", "1", "--methods", "nearest", "--patterns", "random100", "--out", str(out),
+                          "--work-dir", str(out / "work"), "--quiet"]) == 0
+    return json.loads((out / "accuracy.json").read_text())
+
+
+def _report(path: Path, report: dict, **changes) -> Path:
+    """``report`` with top-level ``changes`` (``pattern``: its one section's pattern) written to ``path``."""
+    report = json.loads(json.dumps(report))
+    if "pattern" in changes:
+        report["datasets"][0]["pattern"] = changes.pop("pattern")
+    path.write_text(json.dumps({**report, **changes}))
+    return path
+
+
+def test_accuracy_merge_refuses_a_section_twice_and_differing_limits(tmp_path, accuracy_run, capsys):
+    import accuracy
+
+    a = _report(tmp_path / "a.json", accuracy_run)
+    b = _report(tmp_path / "b.json", accuracy_run, pattern="random500")
+    b2 = _report(tmp_path / "b2.json", accuracy_run, pattern="random500", limit=2, command="python run b2")
+    out = tmp_path / "out"
+    for files, says in (([a, a], "both have a section of dataset 'synthetic', pattern 'random100', split 'test'"),
+                        ([a, b, a], f"{a} and {a} both have a section"),
+                        ([a, b2], f"the runs differ in 'limit' ({a}: 1, {b2}: 2)")):
+        assert accuracy.main(["--merge", *map(str, files), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("accuracy benchmark: error: --merge: ") and says in err, err
+        assert not out.exists()
+    assert accuracy.main(["--merge", str(a), str(b), "--out", str(out)]) == 0  # same limit, two patterns
+    merged = json.loads((out / "accuracy.json").read_text())
+    assert merged["limit"] == 1 and [ds["pattern"] for ds in merged["datasets"]] == ["random100", "random500"]
+    assert [m["file"] for m in merged["merged_from"]] == [str(a), str(b)]
+    assert {"command", "date", "depthkit_version", "git_commit"} <= set(merged["merged_from"][0])
+    assert merged["merged_by"] == f"python benchmarks/accuracy.py --merge {a} {b} --out {out}"
