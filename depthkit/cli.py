@@ -230,11 +230,18 @@ def parse_stage_options(items: list[str]) -> dict[str, dict]:
 
 
 def _yaml_value(value: str, where: str):
-    """``value`` parsed as YAML, or ``ValueError`` naming ``where`` (the option as given) when it is not YAML."""
+    """``value`` parsed as YAML with YAML 1.2's numbers (:func:`depthkit.yaml_values.yaml_loader`: ``0100`` is 100,
+    not octal 64; ``1:30`` is text, not 90; ``1e3`` is 1000.0), or ``ValueError`` naming ``where`` (the option as
+    given) when it is not YAML or is empty (an empty value would read as null, which means something of its own)."""
     import yaml
 
+    from depthkit.yaml_values import yaml_loader
+
+    if not value.strip():
+        raise ValueError(f"{where} has no value after '='. Give one, e.g. KEY=2048; KEY=null sets none explicitly "
+                         "(what none means is the option's own: see its help).")
     try:
-        return yaml.safe_load(value)
+        return yaml.load(value, Loader=yaml_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ValueError(f"{where}: the value {value!r} is not valid YAML ({problem}). Values are YAML: a number "

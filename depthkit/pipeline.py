@@ -262,8 +262,26 @@ class Pipeline:
         for s in stages:
             opts = dict(stage_options.get(s, {}))
             if s == "complete" and method is not None:
+                if opts.get("method", method) != method:
+                    raise ValueError(f"method={method!r} and stage_options complete.method={opts['method']!r} name "
+                                     "two completion methods; give one.")
                 opts["method"] = method  # an explicit method overrides a checkpoint manifest's
-            self.stages.append(STAGES[s].factory(self.checkpoint, device=device, dtype=dtype, options=opts))
+            self.stages.append(self._build_stage(s, opts, device, dtype))
+
+    def _build_stage(self, name: str, opts: dict, device: str, dtype: str):
+        """``STAGES[name]``'s stage; a ``ValueError`` it raises also names the options the checkpoint manifest gave
+        that stage (a user who passed no option could not otherwise tell where a refused value came from)."""
+        from depthkit.checkpoints import CheckpointError
+
+        try:
+            return STAGES[name].factory(self.checkpoint, device=device, dtype=dtype, options=opts)
+        except ValueError as exc:
+            stored = self.checkpoint.options(name) if self.checkpoint is not None else {}
+            if isinstance(exc, CheckpointError) or not stored:  # a CheckpointError names its file already
+                raise
+            given = f"; given here: {sorted(opts)}" if opts else ""
+            raise ValueError(f"{exc} (the {name} stage's options {sorted(stored)} come from "
+                             f"{self.checkpoint.root / 'depthkit.json'}{given})") from exc
 
     @classmethod
     def from_pretrained(cls, path, stages: Sequence[str] | str | None = None, device: str = "cpu",

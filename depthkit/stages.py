@@ -93,7 +93,7 @@ def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", 
     has_part = checkpoint is not None and checkpoint.has_part("complete")
     method = options.pop("method", None) or checkpoint_method(checkpoint)
     stored.pop("method", None)
-    if method not in COMPLETION_METHODS:
+    if not isinstance(method, str) or method not in COMPLETION_METHODS:
         raise ValueError(f"unknown completion method {method!r}; available: {', '.join(COMPLETION_METHODS)}. "
                          "Run `depthkit ls` to see every method with a description.")
     if method != LEARNED_METHOD:

@@ -227,6 +227,13 @@ def test_stage_options_from_the_command_line(tmp_path, capsys):
         "complete": {"query_budget": 2048, "fusion": "fallback"}, "sharpen": {"x": 0.5}}
     with pytest.raises(ValueError, match="STAGE.KEY=VALUE"):
         parse_stage_options(["query_budget=3"])
+    # numbers as YAML 1.2 reads them: 0100 was YAML 1.1's octal 64, 1:30 its base-60 90, 1e3 a string
+    assert parse_stage_options(["complete.query_budget=0100", "complete.query_stride=1:30", "complete.x=1e3",
+                                "complete.y=0x10", "complete.z=off", "complete.w=null", "complete.v=[1, 2.5e-1]"]) == {
+        "complete": {"query_budget": 100, "query_stride": "1:30", "x": 1000.0, "y": 16, "z": False, "w": None,
+                     "v": [1, 0.25]}}
+    with pytest.raises(ValueError, match=r"--option 'complete.query_budget=' has no value after '='.*KEY=null"):
+        parse_stage_options(["complete.query_budget="])  # it read as null: no cap, every missing pixel asked
     _write_pair(tmp_path, "a")
     rc = main(["run", "--image", str(tmp_path / "a.png"), "--sparse", str(tmp_path / "a_sparse.npy"),
                "--out", str(tmp_path / "o"), "--method", "nearest", "--option", "complete.query_budget=8"])

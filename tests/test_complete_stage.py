@@ -374,6 +374,23 @@ def test_stage_one_query_and_all_measured(tiny_head_checkpoint):
     assert np.array_equal(out.depth[one > 0], one[one > 0])
 
 
+def test_decode_is_said_to_do_nothing_where_no_digits_are_decoded(tiny_head_checkpoint, tiny_text_checkpoint):
+    """decode chooses how the text readout decodes digits; a residual-head checkpoint decodes none, so the option
+    was accepted and ignored: now said (a warning), and silent where it acts."""
+    import warnings
+
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.io import DepthkitWarning
+
+    with pytest.warns(DepthkitWarning, match=r"decode='free' has no effect: this checkpoint reads its answers with "
+                                             r"readout='residual_head'"):
+        CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", decode="free")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CompleteVLMStage.from_checkpoint(tiny_text_checkpoint / "complete", decode="free")
+        CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete")
+
+
 def test_stage_options_are_checked(tiny_head_checkpoint):
     from depthkit.complete.stage import CompleteVLMStage
 

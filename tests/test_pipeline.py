@@ -190,6 +190,37 @@ def test_bad_pipeline_options(kwargs, message):
         Pipeline(**kwargs)
 
 
+def test_a_method_is_named_once_and_must_be_a_name():
+    """A list as the method was a TypeError (unhashable) with a traceback; two different methods (method= and
+    stage_options complete.method) ran the first without a word."""
+    for method in (["sdim"], {"a": 1}):
+        with pytest.raises(ValueError, match=r"^unknown completion method"):
+            Pipeline(stages=("complete",), stage_options={"complete": {"method": method}})
+    with pytest.raises(ValueError, match=r"^method='guided' and stage_options complete.method='nearest' name two"):
+        Pipeline(method="guided", stage_options={"complete": {"method": "nearest"}})
+    assert repr(Pipeline(method="guided", stage_options={"complete": {"method": "guided"}}).stages[0]) == \
+        "ClassicalCompleteStage(method='guided')"
+
+
+def test_an_option_refused_from_a_checkpoint_manifest_names_the_manifest(tmp_path):
+    """A value the user never typed (it is in the checkpoint's depthkit.json) is refused with the file named; the
+    caller's own options are listed apart."""
+    import json
+    import shutil
+
+    from depthkit.resources import checkpoints_dir
+
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoints_dir() / "default", ck)
+    manifest = json.loads((ck / "depthkit.json").read_text())
+    manifest["stages"]["complete"]["query_budgett"] = 5
+    (ck / "depthkit.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['query_budgett'\].* \(the complete stage's options "
+                                         r"\[.*'query_budgett'.*\] come from .*ck/depthkit.json; given here: "
+                                         r"\['query_budget'\]\)$"):
+        Pipeline.from_pretrained(ck, stages=("complete",), stage_options={"complete": {"query_budget": 8}})
+
+
 def test_output_repr_is_compact():
     image, sparse = _scene(h=200, w=300)
     out = Pipeline(method="nearest")(image, sparse)

@@ -214,8 +214,9 @@ def test_checkpoint_round_trip_and_stage_switch(tmp_path):
     assert np.array_equal(full.depth[sparse > 0], sparse[sparse > 0])
     with pytest.raises(ValueError, match="no dense refiner"):
         CompleteVLMStage.from_checkpoint(tmp_path / "plain", refine=True)
-    with pytest.raises(ValueError, match="refine="):
-        CompleteVLMStage.from_checkpoint(tmp_path / "refined", refine="yes")
+    for wrong in ("yes", 0, 1, 0.0):  # 0 == False and 1 == True: not read as the switch (0 ran the refiner)
+        with pytest.raises(ValueError, match=rf"^refine={wrong!r}; allowed: None"):
+            CompleteVLMStage.from_checkpoint(tmp_path / "refined", refine=wrong)
     with pytest.raises(ValueError, match="refine_check="):
         CompleteVLMStage.from_checkpoint(tmp_path / "refined", refine_check="sometimes")
 

@@ -264,6 +264,10 @@ def test_config_defaults_and_validation():
         SharpDepthConfig(discrepancy_norm="median")
     with pytest.raises(ValueError, match="unknown SharpDepthConfig keys"):
         SharpDepthConfig.from_dict({"gate_probability": 0.5})
+    for name in ("keep_near_measured_px", "change_within_measured_px", "lambda_sds", "change_band_jump"):
+        for bad in (float("nan"), float("inf")):  # NaN passed every `< 0` check and switched the limit off unsaid
+            with pytest.raises(ValueError, match=rf"^SharpDepthConfig.{name} must be a finite number; received"):
+                SharpDepthConfig(**{name: bad})
     with pytest.raises(ValueError, match="generative"):
         SharpDepth(build_tiny_lotus("direct"))
 
@@ -517,7 +521,7 @@ def _range_by_hand(values, radius, valid):
     return low, high
 
 
-def test_local_range_by_hand():
+def test_local_range_by_hand(monkeypatch):
     """``local_range`` against loops: only valid pixels count, windows are clipped at the border, a window with no
     valid pixel gives +inf / -inf. Fails if the window is one pixel too small or invalid pixels count."""
     from depthkit.sharpen.gating import local_range
@@ -534,6 +538,22 @@ def test_local_range_by_hand():
         assert np.isinf(want_low[:, 10:]).all() and np.isfinite(want_low[:, :7]).all()  # both kinds of window
     with pytest.raises(ValueError, match="radius >= 0"):
         local_range(torch.from_numpy(values)[None, None], -1, torch.from_numpy(valid)[None, None])
+    # a radius past the image's side sees what the whole-image window sees, at that window's cost (a radius of
+    # 10**9 took 9 minutes on a 48x64 frame)
+    import torch.nn.functional as F
+
+    whole, kernels, pool = _range_by_hand(values, 12, valid), [], F.max_pool2d
+
+    def recording_pool(x, k, *args, **kwargs):
+        kernels.append(k)
+        return pool(x, k, *args, **kwargs)
+
+    monkeypatch.setattr(F, "max_pool2d", recording_pool)
+    for radius in (12, 10**9):
+        low, high = local_range(torch.from_numpy(values)[None, None], radius, torch.from_numpy(valid)[None, None])
+        np.testing.assert_array_equal(low[0, 0].numpy(), whole[0])
+        np.testing.assert_array_equal(high[0, 0].numpy(), whole[1])
+    assert kernels == [25] * 4  # the window clipped to the image's longer side (12 px): 2 * 12 + 1
 
 
 def test_edge_band_by_hand():

@@ -98,6 +98,9 @@ _NUMERIC_OPTIONS = {
     "confidence_decay_px": (False, 0.0, False, None, True),
     "max_working_side": (True, MIN_WORKING_SIDE, True, None, False),
 }
+_NULL_MEANS = {"query_stride": "chosen from query_budget", "query_budget": "no cap: every missing pixel is asked",
+               "confidence_decay_px": "the anchors' mean spacing"}
+"""What null means for each nullable numeric option, said when a value is refused."""
 _BOUND_REASONS = {"max_working_side": f"{MIN_WORKING_SIDE} px is one vision token of the completer, whose processor "
                                       "enlarges smaller images: a smaller side only loses detail"}
 """Why a bound of :data:`_NUMERIC_OPTIONS` is where it is, said when it refuses a value."""
@@ -136,7 +139,7 @@ def check_numeric_options(options: dict) -> None:
             example = STAGE_OPTIONS[name] if STAGE_OPTIONS[name] is not None else 4
             why = f" ({_BOUND_REASONS[name]})" if name in _BOUND_REASONS else ""
             raise ValueError(f"complete stage option {name}={value!r}: expected {what} {bound}"
-                             f"{' or null (the default rule)' if nullable else ''}{why}; e.g. --option "
+                             f"{f' or null ({_NULL_MEANS[name]})' if nullable else ''}{why}; e.g. --option "
                              f"complete.{name}={example}.")
 
 
@@ -167,7 +170,7 @@ class CompleteVLMStage:
             raise ValueError(f"fill={self.options['fill']!r} is not one of {DENSE_FILLS}; 'anchors' makes answers "
                              "extra points of the guided fill, 'residual' makes them corrections of it.")
         refine = self.options["refine"]
-        if refine not in (None, True, False):
+        if not (refine is None or isinstance(refine, bool)):  # not `in (None, True, False)`: 0 == False there
             raise ValueError(f"refine={refine!r}; allowed: None (on when the checkpoint has a dense refiner), true, "
                              "false.")
         if refine is True and refiner is None:
@@ -191,6 +194,14 @@ class CompleteVLMStage:
             raise ValueError(f"refine_check={self.options['refine_check']!r}; allowed: true (the frame's measured "
                              "points decide how far to trust the refiner), false (the refiner as trained).")
         self.refiner = refiner if refine is not False else None
+        if "decode" in options and settings.readout != "text":  # only the text readout decodes digits
+            import warnings
+
+            from depthkit.io import DepthkitWarning
+
+            warnings.warn(f"complete stage option decode={options['decode']!r} has no effect: this checkpoint reads "
+                          f"its answers with readout={settings.readout!r}, which decodes no digits (only "
+                          "readout='text' does). Leave decode out.", DepthkitWarning, stacklevel=2)
         self.settings = settings
         self.prompt_config = settings.prompt_config()
         self.readout = settings.readout

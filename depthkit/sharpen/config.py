@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from depthkit.sharpen.ema import EMA_SCHEDULES
@@ -153,6 +154,10 @@ class SharpDepthConfig:
 
     def __post_init__(self):
         self._check_types()
+        for f in fields(self):  # a NaN passes every `< 0` check below and would switch a limit off unsaid
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"SharpDepthConfig.{f.name} must be a finite number; received {value!r}.")
         choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
                    "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled"),
                    "ema_schedule": EMA_SCHEDULES, "recons_weight": RECONS_WEIGHTS,

@@ -140,7 +140,8 @@ def local_range(values: torch.Tensor, radius: int, valid: torch.Tensor) -> tuple
     v = values.float()
     valid = valid.to(device=v.device, dtype=torch.bool)
     inf = torch.tensor(float("inf"), dtype=v.dtype, device=v.device)
-    k, r = 2 * int(radius) + 1, int(radius)
+    r = min(int(radius), max(v.shape[-2:]))  # a wider window sees the same pixels, at a cost linear in its size
+    k = 2 * r + 1
     high = F.max_pool2d(torch.where(valid, v, -inf), k, stride=1, padding=r)
     low = -F.max_pool2d(torch.where(valid, -v, -inf), k, stride=1, padding=r)
     return low, high
