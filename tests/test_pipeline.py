@@ -284,3 +284,17 @@ def test_the_pipeline_restores_measurements_a_stage_dropped(monkeypatch):
     m = sparse > 0
     assert np.array_equal(out.depth[m], sparse[m])
     assert np.all(out.depth[~m] == 2.5)
+
+
+def test_the_run_summary_repr_shows_the_settings_in_force():
+    """`depthkit run` prints the pipeline's repr: two runs with different options must not print the same line. The
+    complete stage shows the refiner and every option off its default; the sharpen stage its run-time limits (the
+    SharpDepthConfig fields off the paper's defaults), not the training-only ones."""
+    default = repr(Pipeline())
+    assert "refiner=on" in default and "hole_fill='colour'" in default and "occlusion_fill='auto'" in default
+    assert "'keep_near_measured_px': 24" in default and "'keep_scanline_frames': True" in default
+    assert "lambda_" not in default and "ema_" not in default and "gate_prob" not in default
+    changed = repr(Pipeline(stage_options={"complete": {"refine": False, "hole_fill": None},
+                                           "sharpen": {"config": {"keep_near_measured_px": 0.0}}}))
+    assert "refiner=off" in changed and "hole_fill" not in changed and "keep_near_measured_px" not in changed
+    assert "'change_within_measured_px': 32" in changed

@@ -363,7 +363,12 @@ class CompleteVLMStage:
         return StageResult(depth=dense, confidence=conf, extras=extras, seconds=stats["seconds"])
 
     def __repr__(self) -> str:
+        """The checkpoint's settings, the query plan, whether the refiner runs and every option not at its default
+        (what a run summary needs to tell two runs' settings apart)."""
         cfg = self.prompt_config
+        shown = ("query_budget", "query_stride", "refine")
+        changed = "".join(f", {k}={v!r}" for k, v in sorted(self.options.items())
+                          if k not in shown and v != STAGE_OPTIONS[k])
         return (f"CompleteVLMStage(readout={self.readout!r}, pixel_reference={cfg.pixel_reference!r}, "
                 f"prompt_prior={cfg.prompt_prior!r}, query_budget={self.options['query_budget']}, "
-                f"query_stride={self.options['query_stride']})")
+                f"query_stride={self.options['query_stride']}, refiner={'on' if self.refiner else 'off'}{changed})")

@@ -184,9 +184,20 @@ class SharpenStage:
         return results
 
     def __repr__(self) -> str:
+        """The weights' folder, the processing size, keep_placed and the run-time SharpDepthConfig fields that differ
+        from the paper's defaults (the limits in force; the training-only fields are left out)."""
+        from dataclasses import fields
+
+        from depthkit.sharpen.config import SharpDepthConfig
+
+        config, paper = self.model.config, SharpDepthConfig()
+        training = ("gate_prob", "recons_weight")  # and lambda_*, ema_*, sds_*: they do not act at run time
+        changed = {f.name: getattr(config, f.name) for f in fields(config)
+                   if getattr(config, f.name) != getattr(paper, f.name) and f.name not in training
+                   and not f.name.startswith(("lambda_", "ema_", "sds_"))}
         return (f"SharpenStage({self.source!r}, processing_resolution={self.processing_resolution}, "
                 f"max_processing_resolution={self.max_processing_resolution}, "
-                f"keep_placed={self.keep_placed})")
+                f"keep_placed={self.keep_placed}, config={changed})")
 
 
 PROCESSING_SIDE_OPTIONS = ("processing_resolution", "max_processing_resolution")
