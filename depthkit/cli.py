@@ -313,11 +313,13 @@ def _cmd_eval(args, parser) -> int:
         parser.error(f"--limit must be >= 1; received {args.limit}")
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; known datasets: {', '.join(DATASETS)}.")
-    if args.root is None and args.dataset != "synthetic":
+    if args.root is None and DATASETS[args.dataset].needs_root:
         raise ValueError(f"--dataset {args.dataset} needs --root DIR, the folder holding the dataset "
                          f"(see help(depthkit.data.datasets.{DATASETS[args.dataset].__name__}) for its layout).")
-    if args.root is not None and not args.root.is_dir():
-        raise FileNotFoundError(f"--root {args.root} is not a folder; give the folder holding the {args.dataset} data.")
+    if args.root is not None and not DATASETS[args.dataset].needs_root:
+        raise ValueError(f"--dataset {args.dataset} reads no files (it renders its scenes), so --root {args.root} "
+                         "would be ignored; leave it out.")
+    # a missing or malformed --root: the reader's own error names the path, its layout and where to get the data
     check_metrics_out(args.out)
     reader_options = parse_dataset_options(args.dataset_option)
     try:

@@ -33,20 +33,13 @@ from depthkit.png_scale import (  # noqa: F401  (PNG_SCALES, PNG_SCALE_KEY, png_
     png_depth_scale,
 )
 from depthkit.sparse_resize import scatter_points
+from depthkit.warning_types import DepthkitWarning, UnitWarning  # noqa: F401  (public here too)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEPTH_SUFFIXES = (".npy", ".png")
 LIKELY_NOT_METRES = 500.0
 """A float depth map whose median valid value exceeds this many 'metres' is almost surely in another unit."""
 LIKELY_NOT_DEPTH = 1.0e6  # ... and beyond this, no common unit explains it (1 km as millimetres): not depth, or µm
-
-
-class DepthkitWarning(UserWarning):
-    """Something about the user's data that may be wrong (units, orientation); the CLI always shows these."""
-
-
-class UnitWarning(DepthkitWarning):
-    """A float depth map whose values look like another unit than metres."""
 
 
 def _cv2():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from depthkit.decode import pil_source
+from depthkit.warning_types import DepthkitWarning
 
 __all__ = ["ORIENTATIONS", "decode_tagged_tiff", "exif_orientation", "image_size", "say_oriented", "upright",
            "upright_pil"]
@@ -73,10 +74,8 @@ def upright(img: np.ndarray, tag: int) -> np.ndarray:
 
 
 def say_oriented(name: str, tag: int, shape: tuple[int, ...], stacklevel: int = 3) -> None:
-    """Warn (:class:`~depthkit.io.DepthkitWarning`) that image ``name`` was turned upright per EXIF ``tag`` and
+    """Warn (:class:`~depthkit.warning_types.DepthkitWarning`) that image ``name`` was turned upright per EXIF ``tag`` and
     is read as ``shape`` (H, W, ...), which its sparse depth must match."""
-    from depthkit.io import DepthkitWarning
-
     warnings.warn(f"{name}: applied its EXIF orientation {tag} ({ORIENTATIONS[tag]}); the image is read as "
                   f"{shape[0]}x{shape[1]} (HxW), as viewers show it, and its sparse depth must match that.",
                   DepthkitWarning, stacklevel=stacklevel)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -21,6 +20,7 @@ from fixtures_datasets import (
     write_vkitti2,
     write_void,
 )
+from repo_scripts import load_script
 
 from depthkit.checkpoints import write_manifest
 from depthkit.cli import main as cli_main
@@ -32,10 +32,7 @@ DOCS = REPO / "docs" / "datasets.md"
 
 
 def _load_script(name: str = "accuracy"):
-    spec = importlib.util.spec_from_file_location(f"depthkit_{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py")
 
 
 accuracy = _load_script()

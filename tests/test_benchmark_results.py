@@ -3,22 +3,19 @@ user's mistake."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _results():
-    spec = importlib.util.spec_from_file_location("depthkit_benchmark_results", REPO / "benchmarks" / "_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/_results.py")
 
 
 def test_write_json_fills_the_run_keys_a_report_lacks_and_keeps_its_own(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@ and what they leave alone; run in-process (their ``main``, or the ``__main__`` b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import runpy
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import their siblings (_results, accuracy) by name
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _load(name: str):
     """A script as a module of its own name (``sharpen.py`` as ``sharpen_benchmark``: not depthkit.sharpen)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py")
 
 
 sharpen = _load("sharpen")

@@ -1,21 +1,18 @@
 """benchmarks/complete_ablation.py: rows → overrides, finished runs are skipped, the table and the ordering verdict
 (on fabricated run logs; the real runs take hours)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture()
 def ablation():
-    spec = importlib.util.spec_from_file_location("complete_ablation", REPO / "benchmarks" / "complete_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/complete_ablation.py")
 
 
 def _fake_run(runs: Path, key: str, seed: int, mae: float, steps: int = 200) -> None:

@@ -522,12 +522,10 @@ def test_two_process_accelerate_launch(tmp_path):
 
 def test_train_step_benchmark_runs_on_cpu_with_tiny_flag(tmp_path, monkeypatch):
     """benchmarks/complete_train_step.py: the 3B recipe's step through setup_training/train_step, tiny sizes."""
-    import importlib.util
+    from repo_scripts import load_script
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    spec = importlib.util.spec_from_file_location("complete_train_step", REPO / "benchmarks" / "complete_train_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/complete_train_step.py")
     out = tmp_path / "r.json"
     assert bench.main(["--tiny", "--device", "cpu", "--image", "56x56", "--steps", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())

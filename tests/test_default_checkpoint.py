@@ -178,11 +178,9 @@ def test_the_default_reads_a_stereo_maps_side_and_leaves_tof_holes_to_the_hole_f
 def test_the_sharpeners_bar_by_cases():
     """checkpoints/assemble_default.py's bar for the sharpener (also benchmarks/sharpen_switches.py's "goal met"):
     DBE accuracy strictly better than its input's and MAE at most 2 % above; decide() needs it on every pattern."""
-    import importlib.util
+    from repo_scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("assemble_default", ROOT / "checkpoints" / "assemble_default.py")
-    assemble = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(assemble)
+    assemble = load_script("checkpoints/assemble_default.py")
     row = {"input_mae": 1.0, "mae": 1.019, "input_dbe_acc": 2.0, "dbe_acc": 1.9}
     assert assemble.sharpener_meets_bar(row)
     assert not assemble.sharpener_meets_bar({**row, "mae": 1.021})  # MAE more than 2 % worse

@@ -3,11 +3,11 @@ read by ``Pipeline()``, ``Pipeline.from_pretrained`` and ``depthkit run`` / ``ev
 checkpoints/assemble_default.py from the measured quality (both stages only when the sharpener lost to its input on
 no pattern)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from depthkit.checkpoints import CheckpointError, CheckpointRef, load_manifest, write_manifest
 from depthkit.cli import main
@@ -136,10 +136,7 @@ def test_depthkit_run_without_stages_runs_the_checkpoints_default(tiny, capsys, 
 
 
 def _assemble():
-    spec = importlib.util.spec_from_file_location("assemble_default", ROOT / "checkpoints" / "assemble_default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("checkpoints/assemble_default.py")
 
 
 def test_the_on_by_default_rule_by_cases():

@@ -66,6 +66,15 @@ def test_eval_user_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "o.json"),
                  "--dataset-option", "length=abc"]) == 2  # the reader's own message names no option: said which
     assert "the synthetic dataset with --dataset-option {'length': 'abc'}: invalid literal" in capsys.readouterr().err
+    # a missing --root: the reader's error, which names the path, repeats the layout and says where the data comes
+    # from (docs/datasets.md); a root for a dataset that reads no files is not silently ignored
+    assert main(["eval", "--dataset", "kitti_dc", "--root", str(tmp_path / "none"), "--method", "nearest",
+                 "--out", str(tmp_path / "k.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'none'} does not exist.\nExpected layout:" in err and "Get it: " in err, err
+    assert main(["eval", "--dataset", "synthetic", "--root", str(tmp_path), "--method", "nearest",
+                 "--out", str(tmp_path / "s.json")]) == 2
+    assert "--dataset synthetic reads no files (it renders its scenes), so --root" in capsys.readouterr().err
 
 
 def test_mean_ignores_undefined_and_table_formats():

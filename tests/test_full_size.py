@@ -4,23 +4,20 @@ engine queries, in float32 on a CPU (``model.dtype=float32``) and, at toy widths
 default test runs the code at toy widths (151,936-token vocabulary kept); the ``@slow`` one at the real 3B sizes
 (7 GiB of disk, ~18 GiB of RAM, ~10 minutes on one CPU core)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("full_size_readiness", REPO / "benchmarks" / "full_size_readiness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/full_size_readiness.py")
 
 
 def _check_run(run: dict, dtype: str) -> None:

@@ -2,20 +2,18 @@
 with random weights, imported by ``depthkit import-checkpoint``, then one 768-px two-pass inference
 (``benchmarks/sharpen_readiness.py``; the committed figures are in benchmarks/results/sharpen_readiness.json)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
 def test_sd2_size_release_imports_and_runs_at_768(tmp_path):
-    spec = importlib.util.spec_from_file_location("sharpen_readiness", ROOT / "benchmarks" / "sharpen_readiness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/sharpen_readiness.py")
     out = tmp_path / "readiness.json"
     assert module.main(["--dir", str(tmp_path / "work"), "--out", str(out)]) == 0
     phases = json.loads(out.read_text())["phases"]
