@@ -248,11 +248,10 @@ def run_command(args, parser, build_pipeline) -> int:
             print(f"depthkit run: {name}: {why}", file=sys.stderr)
         pairs = [p for p in pairs if p[1] is not None]
 
-    # any output of a stem counts as existing (a .ply from a run with --ply too): one stem's files are one run's
-    existing = [pair for pair in pairs
-                if any(p.exists() for p in output_paths(args.out, Path(pair[0]).stem, ply=True))]
+    # a stem's depth files say an earlier result is there (a <stem>.ply alone may be the user's own scan)
+    existing = [pair for pair in pairs if any(p.exists() for p in output_paths(args.out, Path(pair[0]).stem))]
     if existing and not (args.overwrite or args.skip_existing):
-        first = next(p for p in output_paths(args.out, Path(existing[0][0]).stem, ply=True) if p.exists())
+        first = next(p for p in output_paths(args.out, Path(existing[0][0]).stem) if p.exists())
         raise ValueError(f"outputs for {len(existing)} of {len(pairs)} input(s) already exist in {args.out} "
                          f"(e.g. {first.name}). Pass --overwrite to replace them, --skip-existing to keep them and "
                          "run only the rest, or another --out.")
@@ -294,8 +293,10 @@ def run_command(args, parser, build_pipeline) -> int:
                 out = pipe(image, sparse, depth=depth)
             paths = write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
                                   intrinsics=intrinsics, ply=args.ply)
-            stale = [p for p in output_paths(args.out, Path(img_path).stem, ply=True) if p not in paths and p.exists()]
-            for p in stale:  # an earlier run's .ply beside this run's depth would not be this depth's point cloud
+            # --overwrite of a whole earlier result: its .ply, not rewritten now, would be another depth's cloud
+            stale = [p for p in output_paths(args.out, Path(img_path).stem, ply=True)
+                     if replaced and args.overwrite and p not in paths and p.exists()]
+            for p in stale:
                 p.unlink()
         except Exception as exc:  # one bad input must not stop a folder run; it is reported once and counted
             if single and isinstance(exc, (ValueError, OSError)):

@@ -362,10 +362,11 @@ def test_skip_existing_runs_an_input_whose_outputs_are_incomplete(tmp_path, caps
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_one_stems_outputs_are_one_runs(tmp_path, capsys):
+def test_one_stems_outputs_are_one_runs_and_a_users_own_ply_is_kept(tmp_path, capsys):
     """A point cloud from a run with --ply is removed when --overwrite replaces the depth without --ply (it would be
-    another depth's cloud, and --skip-existing --ply would then keep it as whole); a .ply left alone counts as an
-    existing output (refused without --overwrite / --skip-existing)."""
+    another depth's cloud, and --skip-existing --ply would then keep it as whole). A <stem>.ply without depthkit's
+    depth files beside it is the user's own (a scan kept with its image, --out being the input folder): it is no
+    reason to refuse, and neither --skip-existing nor --overwrite touches it."""
     _write_pair(tmp_path, "a")
     ply = ["--ply", "--intrinsics", "30,30,14,10"]
     assert main(_single(tmp_path, *ply)) == 0
@@ -375,10 +376,16 @@ def test_one_stems_outputs_are_one_runs(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_color.png", "a_depth.npy", "a_depth.png"]
     assert main(_single(tmp_path, "--skip-existing", *ply)) == 0
     assert "nothing to do" not in capsys.readouterr().out and (tmp_path / "o" / "a.ply").is_file()
-    for name in ("a_color.png", "a_depth.npy", "a_depth.png"):
-        (tmp_path / "o" / name).unlink()
-    assert main(_single(tmp_path)) == 2
-    assert "outputs for 1 of 1 input(s) already exist" in capsys.readouterr().err
+    own = tmp_path / "scan"
+    own.mkdir()
+    _write_pair(own, "s")
+    (own / "s.ply").write_text("the user's own scan")
+    folder = ["run", "--input-dir", str(own), "--out", str(own), "--method", "nearest"]
+    for flags in ([], ["--skip-existing"], ["--overwrite"]):
+        assert main([*folder, *flags]) == 0, capsys.readouterr().err
+        assert (own / "s.ply").read_text() == "the user's own scan" and "removed" not in capsys.readouterr().out
+        for name in ("s_color.png", "s_depth.npy", "s_depth.png"):
+            (own / name).unlink()
 
 
 def test_the_overwrite_summary_counts_only_the_results_it_replaced(tmp_path, capsys):
