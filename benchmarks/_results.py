@@ -135,9 +135,14 @@ def check_device(device: str) -> None:
 def run_main(main, argv: list[str] | None = None) -> int:
     """``main(argv)``'s exit status, with a user's mistake found while it runs (a ``ValueError`` or ``OSError``: a
     checkpoint or data folder that is not there, CUDA asked for on a CPU machine, a value a stage refuses) said in
-    one ``<script>: error: ...`` line with status 2 instead of a traceback."""
+    one ``<script>: error: ...`` line with status 2 instead of a traceback, as the ``depthkit`` command does; with
+    ``DEPTHKIT_TRACEBACK=1`` (:data:`depthkit.cli_output.TRACEBACK_ENV`) the traceback, for a bug that raises one."""
+    from depthkit.cli_output import traceback_asked
+
     try:
         return main(argv)
     except (ValueError, OSError) as exc:
+        if traceback_asked():
+            raise
         print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import run_main, write_json  # noqa: E402
+from _results import run_info, run_main, write_json  # noqa: E402
 
 from depthkit.metrics import auroc  # noqa: E402
 
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                       "taking its nearest anchor's confidence); *_relative: the same with the relative error "
                       "|pred - gt| / gt, the quantity the confidence estimates (exp(-relative error / tolerance)).",
     }
-    target = write_json(args.out / NAME, report)
+    target = write_json(args.out / NAME, {**run_info(argv, __file__), **report})
     print(json.dumps({k: v for k, v in report.items() if k.startswith("auroc") or k == "dense_mae_m"}))
     print(f"wrote {target}")
     return 0

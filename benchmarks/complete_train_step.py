@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import run_main, write_json  # noqa: E402
+from _results import run_info, run_main, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml"
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
         result = run_sharing_comparison(args, recipe) if args.compare_sharing else run_step_benchmark(args, recipe)
     name = "complete_prefix_sharing" if args.compare_sharing else "complete_train_step"
     out = args.out or REPO / "benchmarks" / "results" / f"{name}{'_tiny' if args.tiny else ''}.json"
-    write_json(out, {"benchmark": name, **result})
+    write_json(out, {"benchmark": name, **run_info(argv, __file__, result.get("device", "cpu")), **result})
     if args.compare_sharing:
         print("| layout | s / step (fwd+bwd) | tokens |\n|---|---|---|")
         for k, v in result["layouts"].items():

@@ -76,7 +76,7 @@ from depthkit.profiling import PeakMemory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules below, run as a script
 from _results import check_device, results_name, run_info, run_main, write_results  # noqa: E402
-from full_frame import frame_layouts, full_frame, full_frame_markdown, plain_json  # noqa: E402
+from full_frame import frame_layouts, full_frame, full_frame_markdown  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QWEN_VOCAB = 151936
@@ -482,7 +482,7 @@ def main(argv=None) -> int:
         "flops": flops, "frame": frame,
         "full_frame": full_frame(layouts, repeats=args.frame_repeats, threads=args.threads) if layouts else None,
     }
-    paths = write_results(args.out, args.name or f"engine_{args.config}", plain_json(report), markdown(report))
+    paths = write_results(args.out, args.name or f"engine_{args.config}", report, markdown(report))
     print(f"wrote {paths[0]} and {paths[1]}")
     ok = all(v["identical_to_naive"] for v in results.values()) and all(
         v["identical_to_reference"] for v in modes.values())

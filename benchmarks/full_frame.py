@@ -15,7 +15,6 @@ split into the model (the engine's prefix pass and its query batches) and the cl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -45,12 +44,6 @@ def frame_layouts(text: str, allow_empty: bool = False) -> list[str]:
                          + f", e.g. grid_token,text; received {text!r}"
                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     return layouts
-
-
-def plain_json(report: dict) -> dict:
-    """``report`` with numpy scalars as Python numbers (as ``json.dumps(..., default=float)`` writes them), ready for
-    :func:`_results.write_results`."""
-    return json.loads(json.dumps(report, default=float))
 
 
 def full_frame(layouts: list[str], size: tuple[int, int] = (480, 640), repeats: int = 3, threads: int = 2) -> dict:
@@ -167,7 +160,7 @@ def main(argv=None) -> int:
     text = "\n".join([f"## Full-frame completion speed ({args.threads} thread(s))", "",
                       f"{report['date']}, `{report['command']}`; load average {load[0]:.1f} before, {load[1]:.1f} "
                       f"after, on {os.cpu_count()} CPUs.", ""] + full_frame_markdown(report["full_frame"])) + "\n"
-    paths = write_results(args.out, args.name or f"engine_full_frame_{args.threads}t", plain_json(report), text)
+    paths = write_results(args.out, args.name or f"engine_full_frame_{args.threads}t", report, text)
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 

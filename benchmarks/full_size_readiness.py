@@ -135,6 +135,7 @@ def parse_args(argv=None):
     args.snapshot = args.snapshot or Path(tempfile.gettempdir()) / mode["snapshot"]
     args.out = args.out or mode["out"]
     args.command = args.command or command_line(argv, __file__)
+    args.run_info = {**run_info(argv, __file__), "command": args.command}  # once: each record rewrites the file
     return args
 
 
@@ -150,7 +151,7 @@ def _record(args, phase: str, data: dict) -> None:
     phases = results.setdefault("phases", {})
     phases[phase] = {**phases.get(phase, {}), **data}  # a failure keeps what the phase had recorded
     results.update({"benchmark": "full_size_readiness", "mode": mode_of(args), "snapshot": str(args.snapshot),
-                    **run_info(), "command": args.command})
+                    **args.run_info})
     write_json(out, results)
 
 

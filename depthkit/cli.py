@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return handler(args, args.verb_parser)
         except (ValueError, OSError) as exc:  # bad input, missing files, a hub id asked for with the network off
+            from depthkit.cli_output import traceback_asked
+
+            if traceback_asked():
+                raise
             print(f"depthkit {args.verb}: error: {exc}", file=sys.stderr)
             return 2
 

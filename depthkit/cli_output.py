@@ -13,6 +13,14 @@ from pathlib import Path
 _QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
               "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 _LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "accelerate", "peft", "torch")
+TRACEBACK_ENV = "DEPTHKIT_TRACEBACK"
+"""Set (to anything but empty or 0) to see the traceback of an error the CLI and the benchmark scripts would say in
+one line: they say a ``ValueError`` / ``OSError`` as the user's mistake, and a bug raising one would hide there."""
+
+
+def traceback_asked() -> bool:
+    """True when :data:`TRACEBACK_ENV` asks for tracebacks instead of one-line errors."""
+    return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
 @contextlib.contextmanager

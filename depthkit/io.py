@@ -271,7 +271,10 @@ def check_output_parent(path, what: str = "--out") -> None:
 def strict_json(value):
     """``value`` (nested dicts/lists) with every non-finite float replaced by None, so ``json.dumps(...,
     allow_nan=False)`` writes strict JSON (``null``, which every JSON reader accepts) instead of ``NaN`` /
-    ``Infinity``. A NaN is an undefined number (a score with nothing to score), an infinity an unbounded limit."""
+    ``Infinity``. A NaN is an undefined number (a score with nothing to score), an infinity an unbounded limit.
+    numpy scalars and arrays become Python numbers and lists first (``np.float32`` is no ``float`` to ``json``)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -271,7 +271,7 @@ class Pipeline:
     def _build_stage(self, name: str, opts: dict, device: str, dtype: str):
         """``STAGES[name]``'s stage; a ``ValueError`` it raises also names the options the checkpoint manifest gave
         that stage (a user who passed no option could not otherwise tell where a refused value came from)."""
-        from depthkit.checkpoints import CheckpointError
+        from depthkit.checkpoints import MANIFEST, CheckpointError
 
         try:
             return STAGES[name].factory(self.checkpoint, device=device, dtype=dtype, options=opts)
@@ -281,7 +281,7 @@ class Pipeline:
                 raise
             given = f"; given here: {sorted(opts)}" if opts else ""
             raise ValueError(f"{exc} (the {name} stage's options {sorted(stored)} come from "
-                             f"{self.checkpoint.root / 'depthkit.json'}{given})") from exc
+                             f"{self.checkpoint.root / MANIFEST}{given})") from exc
 
     @classmethod
     def from_pretrained(cls, path, stages: Sequence[str] | str | None = None, device: str = "cpu",

@@ -59,6 +59,11 @@ def test_run_main_says_a_users_mistake_in_one_line_and_check_device_refuses_cuda
     assert err.startswith("x.py: error: ") and "/nonexistent/ck" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert r.run_main(lambda argv: 0, []) == 0
+    monkeypatch.setenv("DEPTHKIT_TRACEBACK", "1")  # a bug raising a ValueError is not hidden when asked
+    with pytest.raises(ValueError, match="/nonexistent/ck"):
+        r.run_main(main, [])
+    monkeypatch.setenv("DEPTHKIT_TRACEBACK", "0")
+    assert r.run_main(main, []) == 2 and "x.py: error: " in capsys.readouterr().err
     with pytest.raises(KeyError):  # a bug is not dressed as a user's mistake
         r.run_main(lambda argv: {}["missing"], [])
     import torch

@@ -181,6 +181,17 @@ def test_run_folder_with_separate_sparse_dir(tmp_path):
     assert (tmp_path / "o" / "f0_depth.npy").is_file()
 
 
+def test_an_error_is_one_line_unless_a_traceback_is_asked_for(tmp_path, capsys, monkeypatch):
+    """depthkit says a ValueError / OSError as the user's mistake in one line; DEPTHKIT_TRACEBACK=1 shows the
+    traceback instead, for a bug that raises one."""
+    argv = ["run", "--image", str(tmp_path / "missing.png"), "--sparse", str(tmp_path / "s.npy"), "--out",
+            str(tmp_path / "o"), "--method", "nearest"]
+    assert main(argv) == 2 and "depthkit run: error: " in capsys.readouterr().err
+    monkeypatch.setenv("DEPTHKIT_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        main(argv)
+
+
 def test_run_argument_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--out", str(tmp_path)])
