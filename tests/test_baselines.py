@@ -296,6 +296,20 @@ def test_guided_equals_a_per_pixel_reference(monkeypatch, fit, k, ridge, guide_m
         assert np.array_equal(got[known], sparse[known])
 
 
+def test_guided_clamps_to_the_candidates_with_a_thousandth_of_the_total_weight():
+    """The clamp's live candidates are those with w_q / sum(w) > 1e-3 (the rule every shipped figure used; the
+    docstring once said 1e-3 of the best). Here the third candidate has 1.03e-3 of the best's weight but 0.82e-3 of
+    the total: it is not live, so the plane (2.84 m at pixel 0) is clamped to the other two's range [1, 2]."""
+    width = 31
+    image = np.zeros((1, width, 3), np.uint8)
+    image[0, 30, 0] = 49
+    sparse = np.zeros((1, width), np.float32)
+    sparse[0, 10], sparse[0, 20], sparse[0, 30] = 2.0, 1.0, 10.0
+    w = np.array([1 / 101, 1 / 401, np.exp(-49**2 / 512) / 901])  # colour Gaussian / (squared distance + 1)
+    assert w[2] / w.max() > 1e-3 > w[2] / w.sum()
+    assert guided(image, sparse, k=3, guide_median=0)[0, 0] == 2.0
+
+
 def test_guided_field_equals_the_reference_for_signed_values():
     from depthkit.data.baselines import guided_field
 

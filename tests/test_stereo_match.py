@@ -194,6 +194,9 @@ def test_a_rig_whose_search_does_not_fit_the_image_is_refused_when_the_dataset_i
         with pytest.raises(ValueError, match="needs an image at least .* px wide"):
             SyntheticDataset(split="val", length=1, **{"height": SIZE[0], "width": SIZE[1], **kw},
                              sparse_pattern="stereo_sgbm")
+    with pytest.raises(ValueError, match=r"5x5-pixel blocks, so the image must be at least 5 px high; received "
+                                         r"height 4"):  # every item would have failed in OpenCV's matcher
+        SyntheticDataset(split="val", length=1, height=4, width=320, kind="outdoor", sparse_pattern="stereo_sgbm")
     with pytest.raises(ValueError, match="needs an image at least 179 px wide"):
         SyntheticDataset(split="val", length=1, height=SIZE[0], width=SIZE[1], kind="outdoor", hfov_deg=15.0,
                          sparse_pattern="stereo_sgbm")

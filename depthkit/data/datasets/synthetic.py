@@ -86,6 +86,9 @@ class SyntheticDataset(TrainingDepthDataset):
         from depthkit.data.stereo_match import SGBM_BLOCK_PX, search_range
         from depthkit.data.synthetic import intrinsics_from_fov
 
+        if self.height < SGBM_BLOCK_PX:
+            raise ValueError(f"the {STEREO_SGBM} pattern matches {SGBM_BLOCK_PX}x{SGBM_BLOCK_PX}-pixel blocks, so the "
+                             f"image must be at least {SGBM_BLOCK_PX} px high; received height {self.height}.")
         unknown = sorted(set(self.sparse_kwargs) - {"baseline", "nearest_m"})
         if unknown:
             raise ValueError(f"the {STEREO_SGBM} pattern takes sparse_kwargs baseline and nearest_m (metres; None: the "
