@@ -659,6 +659,9 @@ def test_folder_images_sharing_a_stem_are_refused_before_running(tmp_path, capsy
     err = capsys.readouterr().err
     assert "share a name: x.jpg and x.png" in err and "overwrite each other" in err
     assert not (tmp_path / "o").exists()
+    (inp / "x.jpg").rename(inp / "X.jpg")  # letter case aside: one file on macOS and Windows
+    assert main(["run", "--input-dir", str(inp), "--out", str(tmp_path / "o"), "--method", "nearest"]) == 2
+    assert "share a name: X.jpg and x.png" in capsys.readouterr().err
 
 
 def test_a_folder_with_an_image_name_is_not_an_image(tmp_path):

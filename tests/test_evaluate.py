@@ -55,6 +55,47 @@ def test_eval_refuses_to_mix_results_of_another_method(tmp_path, capsys):
     assert "reader_options" in capsys.readouterr().err
 
 
+def test_eval_refuses_results_it_cannot_vouch_for(tmp_path, capsys):
+    """Each check on its own: the recorded fingerprint with no finished row (every row refused or the rows lost),
+    a row without a fingerprint (an older depthkit), and a metrics JSON without one, are each refused, not mixed in
+    or overwritten."""
+    import shutil
+
+    out = tmp_path / "x.json"
+    base = ["eval", "--dataset", "synthetic", "--limit", "2", "--out", str(out)]
+    assert main(base + ["--method", "guided"]) == 0
+    part = tmp_path / "x.json.parts" / "rank0.jsonl"
+    rows = part.read_text()
+    part.write_text("")  # only the recorded fingerprint is left to say what made the results
+    capsys.readouterr()
+    assert main(base + ["--method", "nearest"]) == 2
+    assert "method: 'guided' there, 'nearest' now" in capsys.readouterr().err
+    part.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "fingerprint"}) + "\n"
+                            for line in rows.splitlines()))
+    assert main(base + ["--method", "guided"]) == 2
+    assert "they carry no fingerprint (an older depthkit wrote them)" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "x.json.parts")
+    out.write_text("{}")
+    assert main(base + ["--method", "guided"]) == 2
+    assert "they carry no fingerprint" in capsys.readouterr().err
+
+
+def test_eval_with_a_lower_limit_checks_only_the_images_it_keeps(tmp_path):
+    """--limit 2 after --limit 3: a finished row beyond the limit is not compared with the dataset (an image changed
+    there is not this run's concern), and the mean is the first two images'."""
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+    from depthkit.data.protocols import get_protocol
+    from depthkit.evaluate import evaluate
+    from depthkit.pipeline import Pipeline
+
+    out, pipe, protocol = tmp_path / "m.json", Pipeline(method="nearest"), get_protocol("synthetic")
+    evaluate(pipe, SyntheticDataset(split="test", length=3, height=24, width=32), protocol, out, progress=False,
+             label="nearest")
+    changed = SyntheticDataset(split="test", length=3, height=24, width=32)
+    changed.names[2] = "another_frame"
+    assert evaluate(pipe, changed, protocol, out, limit=2, progress=False, label="nearest")["n_images"] == 2
+
+
 def test_eval_user_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "--dataset", "nyuv2", "--method", "nearest", "--out", str(tmp_path / "n.json")]) == 2
     assert "needs --root" in capsys.readouterr().err
