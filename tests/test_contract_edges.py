@@ -94,7 +94,8 @@ def test_sds_timesteps_reach_their_upper_bound():
     from depthkit.sharpen.config import SharpDepthConfig
     from depthkit.sharpen.losses import sample_sds_timesteps
 
-    t = sample_sds_timesteps(50, SharpDepthConfig(sds_timestep="sampled", sds_t_min=500, sds_t_max=500))
+    t = sample_sds_timesteps(50, SharpDepthConfig(sds_timestep="sampled", sds_t_min=500, sds_t_max=500),
+                             generator=torch.Generator().manual_seed(0))
     assert t.tolist() == [500] * 50
 
 
