@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import results_name, run_main, write_results  # noqa: E402
+from _results import results_name, run_info, run_main, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     result = {"input": [args.height, args.width], "checkpoint": "tiny (depthkit init-checkpoint --tiny)",
               "max_working_side": MAX_WORKING_SIDE, "device": "cpu",
               "parent_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "stages": rows}
-    write_results(args.out, args.name, result, markdown(result))
+    write_results(args.out, args.name, {**run_info(argv, __file__), **result}, markdown(result))
     return 0
 
 

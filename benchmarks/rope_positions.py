@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
-from _results import results_name, run_main, write_results  # noqa: E402
+from _results import results_name, run_info, run_main, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 THETAS = (1e6, 1e4, 100.0, 10.0, 4.0)
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Can a tiny completer tell pixels apart? (`python benchmarks/rope_positions.py`)", "",
              "Mean pairwise distance of six grid queries' hidden states / mean norm, random-init tiny model:", "",
              "| rope_theta | spread |", "|---:|---:|"] + [f"| {k} | {v:.2e} |" for k, v in rows.items()]
-    write_results(args.out, args.name, {"benchmark": "rope_positions", "spread_by_theta": rows}, lines)
+    write_results(args.out, args.name, {"benchmark": "rope_positions", **run_info(argv, __file__),
+                                        "spread_by_theta": rows}, lines)
     return 0
 
 
