@@ -119,3 +119,113 @@ def test_denormalised_depth_stays_within_its_metres():
     params = NormParams(lo=torch.tensor([1.0]), hi=torch.tensor([3.0]), space="depth")
     out = denormalize_depth(torch.tensor([-5.0, 1.0, 1e6]).view(1, 1, 1, 3), params)
     assert out.flatten().tolist() == pytest.approx([1e-3, 3.0, 1e4])
+
+
+@pytest.mark.parametrize("spacing,radius", [(4, 2), (6, 3)])
+def test_the_confidence_maps_edge_window_is_centred_and_as_wide_as_the_anchor_spacing(spacing, radius):
+    """The depth range behind the edge term is taken over an odd window centred on the pixel, the anchor spacing
+    rounded up to odd: spacing 4 -> 5 px, 6 -> 7 px. Expected values from the step's position alone."""
+    from depthkit.complete.query_plan import confidence_map
+
+    h, w, step = spacing, 6 * spacing, 3 * spacing  # one anchor per spacing x spacing cell: spacing exactly
+    sparse = np.zeros((h, w), np.float32)
+    sparse[0, ::spacing] = 2.0
+    dense = np.where(np.arange(w) < step, 2.0, 6.0)[None].repeat(h, 0)
+    none = np.zeros(0, np.int64)
+    conf = confidence_map(sparse, none, none, np.zeros(0), np.zeros(0, bool), 1e9, dense=dense)
+    near_step = (np.arange(w) >= step - radius) & (np.arange(w) < step + radius)  # windows reaching across
+    want = np.where(near_step, np.exp(-np.log(3.0) / 0.1), 1.0)
+    np.testing.assert_allclose(conf[h - 1], want, rtol=1e-5)
+
+
+def _wall_and_box_frame(measured: int):
+    """The hole-fill frame of tests/test_hole_fill.py (a grey wall at 4 m, a red box at 2 m in columns 20-29, 10x40)
+    with one blob across the box's left outline (row 3, columns 16-24) and exactly ``measured`` pixels measured: row 3
+    around the blob, then whole rows and the start of one more, all away from the blob's row."""
+    depth = np.full((10, 40), 4.0, np.float32)
+    depth[:, 20:30] = 2.0
+    image = np.full((10, 40, 3), 128, np.uint8)
+    image[:, 20:30] = (220, 30, 30)
+    keep = np.zeros(depth.shape, bool)
+    keep[3] = True
+    keep[3, 16:25] = False
+    rest = measured - int(keep.sum())
+    others = np.flatnonzero(np.arange(10) != 3)
+    flat = np.zeros((9, 40), bool).ravel()
+    flat[:rest] = True
+    keep[others] = flat.reshape(9, 40)
+    assert keep.sum() == measured
+    return np.where(keep, depth, 0).astype(np.float32), image
+
+
+def test_hole_fill_runs_on_a_frame_with_exactly_its_minimum_measured_share():
+    """``min_measured`` (30 %) is inclusive: 120 of 400 pixels measured is a dense frame, 119 is not."""
+    from depthkit.complete.hole_fill import fill_edge_holes
+
+    for measured, fills in ((120, True), (119, False)):
+        sparse, image = _wall_and_box_frame(measured)
+        assert (sparse > 0).mean() == (0.3 if fills else 119 / 400)
+        completion = np.where(sparse > 0, sparse, 2.5).astype(np.float32)
+        _, mask = fill_edge_holes(completion, sparse, image)
+        assert mask[3, 16:20].all() == fills and mask.any() == fills, measured
+
+
+def test_occlusion_evidence_reads_a_frame_with_exactly_its_minimum_measured_share():
+    """``occlusion_evidence``'s dense-frame gate (30 %) is inclusive, as hole fill's: a stereo frame thinned to
+    scan lines and topped up with flat wall pixels (runs that touch the border: no evidence either way) to exactly
+    30 % gives its side; one pixel fewer gives none."""
+    from depthkit.complete.occlusion import occlusion_evidence
+    from depthkit.data.sparse import sample_stereo
+    from depthkit.geometry import Intrinsics
+
+    depth = np.full((240, 240), 8.0, np.float32)
+    for d, y0, y1, x0, x1 in ((1.5, 24, 84, 40, 70), (2.5, 102, 168, 110, 140), (4.0, 186, 228, 180, 215)):
+        depth[y0:y1, x0:x1] = d
+    sparse = sample_stereo(depth, Intrinsics(100.0, 100.0, 120.0, 120.0), seed=0, baseline=0.3,
+                           disparity_sigma_px=0.0, fatten_px=0, n_blobs=0)
+    thinned = np.zeros_like(sparse)
+    thinned[::4] = sparse[::4]
+    need = int(0.3 * thinned.size) - int((thinned > 0).sum())
+    rows = [r for r in range(240) if r % 4][: need // 30 + 1]
+    assert need > 0 and len(rows) * 30 >= need
+    top_up = np.zeros(thinned.shape, bool)
+    top_up[rows, :30] = True  # the wall left of every box, from column 0
+    top_up.ravel()[np.flatnonzero(top_up.ravel())[need:]] = False
+    exact = np.where(top_up, 8.0, thinned).astype(np.float32)
+    assert (exact > 0).mean() == 0.3
+    assert occlusion_evidence(exact).side == "left"
+    fewer = exact.copy()
+    fewer[rows[0], 0] = 0.0
+    assert occlusion_evidence(fewer).side is None
+
+
+@pytest.mark.parametrize("zero_at_sparse", [True, False])
+def test_pass_2_gate_sees_no_discrepancy_at_measured_processing_pixels(zero_at_sparse):
+    """With ``zero_discrepancy_at_sparse`` (the default) the e that gates pass 2's input is 0 at every processing
+    pixel holding a measurement and unchanged elsewhere; without it the measurements do not touch e. At a processing
+    size equal to the input's, the measured processing pixels are the measured pixels."""
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    model = SharpDepth(build_tiny_lotus("generative", seed=0), {"zero_discrepancy_at_sparse": zero_at_sparse})
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((1, 3, 48, 64), dtype=np.float32) * 2 - 1)
+    depth = torch.from_numpy(np.tile(np.linspace(1.0, 5.0, 64, dtype=np.float32), (48, 1)))[None, None]
+    sparse = torch.zeros_like(depth)
+    sparse[0, 0, [5, 24, 45], [7, 32, 60]] = torch.tensor([1.234, 2.5, 4.75])
+    seen = []
+    gate_latent = model.gate_latent
+
+    def record(z_d, e, *args, **kwargs):
+        seen.append(e.clone())
+        return gate_latent(z_d, e, *args, **kwargs)
+
+    model.gate_latent = record
+    for given in (None, sparse):
+        model.sharpen_tensors(image, depth, given, processing_resolution=64, generator=torch.Generator().manual_seed(1))
+    without, with_sparse = seen
+    assert with_sparse.shape[-2:] == (48, 64)
+    measured = sparse > 0
+    assert (without[measured] > 0).all()  # else the check below could not fail
+    expected = torch.where(measured, torch.zeros_like(without), without) if zero_at_sparse else without
+    assert torch.equal(with_sparse, expected)
