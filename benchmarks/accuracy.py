@@ -496,12 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if args.merge:
-        try:
-            return merge_reports(args.merge, args.out, argv, args.name)
-        except (ValueError, OSError) as exc:  # a file given twice, runs made differently, a file not there
-            print(f"accuracy benchmark: error: {exc}", file=sys.stderr)
-            return 2
+    if args.merge:  # a file given twice, runs made differently, a file not there: run_main says it in one line
+        return merge_reports(args.merge, args.out, argv, args.name)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
     if args.clutter < 0:
@@ -529,25 +525,22 @@ def main(argv: list[str] | None = None) -> int:
         # each process would make its own temporary folder and never see the other shards
         parser.error("under accelerate launch give --work-dir DIR (a folder every process can reach)")
 
+    # an unknown method, a missing dataset root or checkpoint: run_main says what in one line and exits 2
+    entries = classical_entries(args.methods)
+    for spec in args.checkpoint:
+        entries += checkpoint_entries(spec, args.stages, args.base_method, args.option)
+    if not entries:
+        parser.error("nothing to evaluate: --methods none and no --checkpoint")
+    check_options(args.option, entries, args.device, args.dtype)
+    tmp = None
+    if args.work_dir is None:
+        tmp = Path(tempfile.mkdtemp(prefix="depthkit_accuracy_"))
+    work = args.work_dir or tmp
     try:
-        entries = classical_entries(args.methods)
-        for spec in args.checkpoint:
-            entries += checkpoint_entries(spec, args.stages, args.base_method, args.option)
-        if not entries:
-            parser.error("nothing to evaluate: --methods none and no --checkpoint")
-        check_options(args.option, entries, args.device, args.dtype)
-        tmp = None
-        if args.work_dir is None:
-            tmp = Path(tempfile.mkdtemp(prefix="depthkit_accuracy_"))
-        work = args.work_dir or tmp
-        try:
-            sections = [evaluate_dataset(spec, entries, args, work) for spec in specs]
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-    except (ValueError, OSError) as exc:  # unknown method, missing dataset root or checkpoint: say what and stop
-        print(f"accuracy benchmark: error: {exc}", file=sys.stderr)
-        return 2
+        sections = [evaluate_dataset(spec, entries, args, work) for spec in specs]
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if any(s is None for s in sections):  # a non-zero rank of `accelerate launch`: rank 0 writes the report
         return 0
     report = {"benchmark": "accuracy", **run_info(argv, __file__, args.device), "limit": args.limit,

@@ -122,7 +122,7 @@ def test_dataset_root_is_scored_under_its_protocol(tmp_path):
     assert row["mean"]["preservation"] == 0.0
 
 
-def test_bad_arguments_say_what_to_do(tmp_path, capsys):
+def test_bad_arguments_say_what_to_do(tmp_path, capsys, monkeypatch):
     out = ["--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exc:
         accuracy.main(["--root", "x", *out])
@@ -132,11 +132,15 @@ def test_bad_arguments_say_what_to_do(tmp_path, capsys):
     assert "needs --root DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         accuracy.main(["--limit", "0", *out])
-    assert accuracy.main(["--methods", "bogus", *out]) == 2
+    assert accuracy.run_main(accuracy.main, ["--methods", "bogus", *out]) == 2
     assert "not classical completion methods" in capsys.readouterr().err
-    assert accuracy.main(["--no-synthetic", "--dataset", "kitti_dc", "--root", str(tmp_path / "none"), *out]) == 2
+    assert accuracy.run_main(accuracy.main, ["--no-synthetic", "--dataset", "kitti_dc", "--root", str(tmp_path / "none"),
+                                             *out]) == 2
     assert "Expected layout" in capsys.readouterr().err
     assert not (tmp_path / "accuracy.json").exists()
+    monkeypatch.setenv("DEPTHKIT_TRACEBACK", "1")  # the switch reaches accuracy's refusals as every script's
+    with pytest.raises(ValueError, match="not classical completion methods"):
+        accuracy.run_main(accuracy.main, ["--methods", "bogus", *out])
 
 
 # ---------------------------------------------------------------------------------------------------- docs
@@ -402,15 +406,15 @@ def test_a_stage_option_is_the_checkpoint_with_that_option_in_its_manifest(tmp_p
              "--option for the row 'default [complete.occlusion_fill=up]: complete': "),
             (["--checkpoint", default, "--option", "complete.fill=anchors", "--option", "complete.fill=residual"],
              "gives complete.fill more than once")):
-        assert accuracy.main([*base, *argv, "--out", str(tmp_path / "x")]) == 2
+        assert accuracy.run_main(accuracy.main, [*base, *argv, "--out", str(tmp_path / "x")]) == 2
         assert words in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     sharpen_only = tmp_path / "sharpen_only"  # its rows complete with guided: a complete option cannot apply
     shutil.copytree(REPO / "checkpoints" / "default" / "sharpen", sharpen_only / "sharpen")
     write_manifest(sharpen_only, {"sharpen": json.loads((REPO / "checkpoints" / "default" / "depthkit.json")
                                                         .read_text())["stages"]["sharpen"]})
-    assert accuracy.main([*base[:-3], "--checkpoint", str(sharpen_only), "--option", "complete.hole_fill=null",
-                          "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert accuracy.run_main(accuracy.main, [*base[:-3], "--checkpoint", str(sharpen_only), "--option",
+                                             "complete.hole_fill=null", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "has no complete stage (its rows complete with the classical --base-method guided" in (
         capsys.readouterr().err)
 
