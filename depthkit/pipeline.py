@@ -68,12 +68,34 @@ def _to_numpy(x, what: str) -> np.ndarray:
             x = x.float()
         return x.numpy()
     if type(x).__module__.startswith("PIL"):
-        if what == "image":  # upright, as the file it came from is read (a phone photo is stored sideways)
-            from depthkit.orientation import upright_pil
-
-            return np.asarray(upright_pil(x).convert("RGB"))
-        return np.asarray(x)
+        return _pil_rgb(x) if what == "image" else np.asarray(x)
     return x
+
+
+PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+"""Pillow's 16-bit grey modes (a 16-bit PNG or TIFF opens in one), which an image given as PIL reads as its file does."""
+
+
+def _pil_rgb(im) -> np.ndarray:
+    """PIL image ``im`` as HxWx3 uint8 RGB, as :func:`depthkit.io.read_image` reads the file it came from: upright per
+    its EXIF orientation (a phone photo is stored sideways); 8-bit modes (L, LA, P, RGBA, CMYK, ...) converted to RGB,
+    alpha dropped; 16-bit grey (:data:`PIL_16BIT_MODES`) scaled by 1/257 and replicated (Pillow's own conversion clips
+    every value above 255 to white). 32-bit modes (``I``, ``F``) have no fixed range: ``ValueError`` saying how to
+    convert them."""
+    from depthkit.orientation import upright_pil
+
+    if im.mode in ("I", "F"):
+        kind, hint = (("integer", "16-bit values: Image.fromarray((np.asarray(im) / 257).round().astype(np.uint8))")
+                      if im.mode == "I" else
+                      ("float", "floats in [0, 1]: Image.fromarray((np.asarray(im) * 255).round().astype(np.uint8))"))
+        raise ValueError(f"image is a PIL image in mode {im.mode!r} (32-bit {kind}), which has no fixed range to map "
+                         "to 8-bit RGB (Pillow's convert('RGB') would clip it to 0..255 without a word); expected "
+                         f"8-bit RGB, grey or palette, or 16-bit grey (I;16). Convert it first, e.g. for {hint}.")
+    im = upright_pil(im)
+    if im.mode not in PIL_16BIT_MODES:
+        return np.asarray(im.convert("RGB"))
+    grey = (np.asarray(im).astype(np.float64) / 257.0 + 0.5).astype(np.uint8)  # as read_image scales a 16-bit file
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def check_image(image) -> np.ndarray:

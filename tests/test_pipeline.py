@@ -54,6 +54,30 @@ def test_inputs_from_torch_and_pil():
     np.testing.assert_array_equal(pipe(Image.fromarray(image), torch.from_numpy(sparse)).depth, ref)
 
 
+def test_a_16_bit_pil_image_reads_as_its_file_does(tmp_path):
+    """A 16-bit grey PNG opened with PIL (mode I;16) was converted by Pillow's convert('RGB'), which clips every value
+    above 255: an all-white image, completed without a word, while the same file given as a path is scaled by 1/257.
+    32-bit PIL modes (I, F) have no fixed range and are refused, not clipped (F became all black)."""
+    from PIL import Image
+
+    from depthkit.pipeline import check_image
+
+    grey = np.random.default_rng(0).integers(0, 65536, (12, 16)).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode == "I;16"
+        from_pil = check_image(im)
+    np.testing.assert_array_equal(from_pil, check_image(tmp_path / "g16.png"))
+    assert from_pil.shape == (12, 16, 3) and from_pil.dtype == np.uint8
+    np.testing.assert_array_equal(from_pil[..., 0], (grey / 257.0 + 0.5).astype(np.uint8))
+    big = Image.frombytes("I;16B", (16, 12), grey.astype(">u2").tobytes())
+    np.testing.assert_array_equal(check_image(big), from_pil)
+    with pytest.raises(ValueError, match=r"mode 'I' \(32-bit integer\).*Convert it first"):
+        check_image(Image.fromarray(grey.astype(np.int32)))
+    with pytest.raises(ValueError, match=r"mode 'F' \(32-bit float\).*floats in \[0, 1\]"):
+        check_image(Image.fromarray(grey.astype(np.float32) / 65535))
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
