@@ -325,13 +325,15 @@ class Pipeline:
         """Run the stages on one image (arrays or paths) or on a batch (lists of them, returning a list).
 
         ``depth`` is the metric depth input (HxW metres) of a pipeline that starts with ``sharpen`` (refused by one
-        that starts with ``complete``, which makes its own). ``depth_scale`` converts 16-bit PNG sparse files to
-        metres (units per metre).
+        that starts with ``complete``, which makes its own); there ``sparse`` is optional (None), for a batch too.
+        ``depth_scale`` converts 16-bit PNG sparse files to metres (units per metre).
         """
         if isinstance(image, (list, tuple)):
             if image and isinstance(image[0], (list, tuple)):
                 raise ValueError("image is a nested Python list; a list means a batch of images. Pass one image as "
                                  "an HxWx3 uint8 array: np.asarray(image, dtype=np.uint8).")
+            if sparse is None and self.stage_names[0] != "complete":  # optional here, as for one image
+                sparse = [None] * len(image)
             if not isinstance(sparse, (list, tuple)) or len(sparse) != len(image):
                 got = len(sparse) if isinstance(sparse, (list, tuple)) else type(sparse).__name__
                 raise ValueError(f"a batch of {len(image)} images needs a list of {len(image)} sparse maps; got {got}.")
@@ -343,8 +345,8 @@ class Pipeline:
             for k, (i, s, d) in enumerate(zip(image, sparse, depths)):
                 try:
                     checked.append(self._check(i, s, d, depth_scale))
-                except ValueError as err:
-                    raise ValueError(f"batch item {k} (of {len(image)}): {err}") from None
+                except (ValueError, FileNotFoundError) as err:  # say which item (a missing file too), same type
+                    raise type(err)(f"batch item {k} (of {len(image)}): {err}") from None
             return [self._run_one(*c) for c in checked]
         return self._run_one(*self._check(image, sparse, depth, depth_scale))
 

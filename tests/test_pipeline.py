@@ -128,6 +128,22 @@ def test_batch_length_mismatch():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match=r"batch item 1 \(of 2\): sparse .*NaN"):
         Pipeline(method="nearest")([image, image], [sparse, bad])
+    with pytest.raises(FileNotFoundError, match=r"^batch item 1 \(of 2\): image file not found: .*nowhere\.png"):
+        Pipeline(method="nearest")([image, "nowhere.png"], [sparse, sparse])
+
+
+def test_a_sharpen_first_batch_needs_no_sparse_maps():
+    """One image may be sharpened with sparse=None; a batch of them was refused ("needs a list of 2 sparse maps; got
+    NoneType") though its depth= may be one map or a list."""
+    image, sparse = _scene()
+    depth = np.full(sparse.shape, 2.0, np.float32)
+    depth[:, 16:] = 3.0
+    sharpen = Pipeline(stages=("sharpen",))
+    outs = sharpen([image, image], None, depth=[depth, depth])
+    one = sharpen(image, None, depth=depth).depth
+    assert len(outs) == 2 and all(np.array_equal(o.depth, one) for o in outs)
+    with pytest.raises(ValueError, match="a batch of 2 images needs a list of 2 sparse maps; got NoneType"):
+        Pipeline(method="nearest")([image, image], None)  # completion still needs them
 
 
 def test_a_depth_input_is_refused_by_a_pipeline_that_makes_its_own():
