@@ -321,6 +321,10 @@ def resolve_checkpoint(spec) -> Path:
                 "or use a classical --method."
             )
         return path
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        got = repr(spec) if isinstance(spec, str) else type(spec).__name__  # "" would be read as the current folder
+        raise CheckpointError(f"checkpoint must be a checkpoint folder (str or Path), a hub id (owner/name) or None "
+                              f"for the embedded default; received {got}.")
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +25,15 @@ def test_manifest_roundtrip_and_pipeline_from_pretrained(tmp_path):
     sparse = np.zeros((6, 7), np.float32)
     sparse[2, 3] = 1.5
     np.testing.assert_array_equal(pipe(image, sparse).depth, np.full((6, 7), 1.5, np.float32))
+
+
+@pytest.mark.parametrize("spec, got", [(123, "received int"), ("", "received ''"), ("  ", "received '  '"),
+                                       (["ck"], "received list")])
+def test_a_checkpoint_that_is_no_path_is_refused_saying_so(spec, got):
+    """Pipeline(checkpoint=123) was a bare TypeError from inside pathlib; checkpoint="" was read as the current folder
+    (". is not a depthkit checkpoint")."""
+    with pytest.raises(CheckpointError, match=rf"checkpoint must be a checkpoint folder .*; {re.escape(got)}\.$"):
+        Pipeline(checkpoint=spec)
 
 
 def test_missing_checkpoint_error_lists_what_to_do(tmp_path):
