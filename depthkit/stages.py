@@ -91,7 +91,9 @@ def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", 
     options = dict(options or {})
     stored = checkpoint.options("complete") if checkpoint is not None else {}
     has_part = checkpoint is not None and checkpoint.has_part("complete")
-    method = options.pop("method", None) or checkpoint_method(checkpoint)
+    method = options.pop("method", None)
+    if method is None:  # not `or`: an empty name is refused below, not taken for the default
+        method = checkpoint_method(checkpoint)
     stored.pop("method", None)
     if not isinstance(method, str) or method not in COMPLETION_METHODS:
         raise ValueError(f"unknown completion method {method!r}; available: {', '.join(COMPLETION_METHODS)}. "

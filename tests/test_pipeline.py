@@ -214,6 +214,8 @@ def test_low_precision_tensors_and_float64_maps():
         ({"stages": ("paint",)}, "unknown stage"),
         ({"stages": ()}, "no stages"),
         ({"method": "magic"}, "unknown completion method"),
+        ({"method": ""}, "unknown completion method ''"),  # was: the default method, without a word
+        ({"stage_options": {"complete": {"method": ""}}}, "unknown completion method ''"),
         ({"dtype": "int8"}, "dtype"),
         ({"device": "tpu"}, "device"),
         ({"stages": "complete", "stage_options": {"sharpen": {}}}, "not run"),
