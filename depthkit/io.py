@@ -343,14 +343,19 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
 
     ``sparse`` is checked first as at the image's size (:func:`depth_to_metres`, :func:`check_depth_values`, as
     :func:`depthkit.pipeline.check_sparse` does): NaN, inf, negative values and integer units are refused with the
-    same messages rather than dropped as missing.
+    same messages rather than dropped as missing; an HxWx1 map is taken as HxW and a numpy masked array's masked
+    pixels are missing, as there. ``shape`` may be an image's ``shape`` (H', W', 3): its first two are used.
     """
+    if isinstance(sparse, np.ma.MaskedArray):
+        sparse = sparse.filled(0)
     sparse = depth_to_metres(np.asarray(sparse), None, what=what)
-    if sparse.ndim != 2:
-        raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing).")
+    if sparse.ndim == 3 and sparse.shape[-1] == 1:
+        sparse = sparse[..., 0]
+    if sparse.ndim != 2 or not sparse.size:
+        raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing), at least 1x1.")
     check_depth_values(sparse, what)
     h, w = sparse.shape
-    oh, ow = int(shape[0]), int(shape[1])
+    oh, ow = _target_size(shape, what)
     import warnings
 
     # a 2 % aspect difference: different fields of view, or a crop
@@ -366,6 +371,19 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
                       "points fell on a pixel shared with another and were merged (kept: the nearest depth of each "
                       f"such pixel), leaving {left} point{'' if left == 1 else 's'}.", DepthkitWarning, stacklevel=2)
     return out
+
+
+def _target_size(shape, what: str) -> tuple[int, int]:
+    """:func:`resize_sparse`'s ``shape`` as (H', W') pixels: a pair of whole numbers >= 1, or an image's (H', W', C)
+    shape; anything else (a string, one number, 0, a fraction) is a ``ValueError`` saying what was received."""
+    ok = isinstance(shape, (tuple, list)) and len(shape) in (2, 3)
+    size = tuple(shape[:2]) if ok else ()
+    ok = ok and all(isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    and math.isfinite(v) and v == int(v) and v >= 1 for v in size)
+    if not ok:
+        raise ValueError(f"the size to scatter {what} to must be (height, width) in whole pixels >= 1 (or an image's "
+                         f"shape), e.g. image.shape[:2]; received {shape!r}.")
+    return int(size[0]), int(size[1])
 
 
 def write_image(path, image: np.ndarray) -> Path:

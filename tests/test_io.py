@@ -822,6 +822,31 @@ def test_resize_sparse_keeps_points_single_pixels():
     assert down.tolist() == [[1.0]]  # collision: nearest wins
 
 
+@pytest.mark.parametrize("shape", [(0, 32), (-24, 32), (24.5, 32), (24,), 24, "24x32", (True, 4), (np.nan, 4)])
+def test_resize_sparse_refuses_a_size_that_is_no_pixel_size(shape):
+    """A size of 0 was a ZeroDivisionError, a negative one 'math domain error', one number a TypeError / IndexError,
+    a fraction was truncated and the string "24x32" scattered the map to 2x4 (its characters '2' and '4') without a
+    word."""
+    sparse = np.zeros((48, 64), np.float32)
+    sparse[5, 7] = 2.0
+    with pytest.raises(ValueError, match=r"must be \(height, width\) in whole pixels >= 1 .*; received "):
+        io.resize_sparse(sparse, shape)
+
+
+def test_resize_sparse_takes_what_the_pipeline_takes():
+    """An HxWx1 map, a masked array (masked pixels missing, whatever lies under the mask) and an image's shape, as
+    Pipeline's check_sparse takes them; an empty map is a ValueError, not a ZeroDivisionError."""
+    sparse = np.zeros((4, 6), np.float32)
+    sparse[1, 2] = 2.0
+    want = io.resize_sparse(sparse, (8, 12))
+    np.testing.assert_array_equal(io.resize_sparse(sparse[..., None], (8, 12)), want)
+    np.testing.assert_array_equal(io.resize_sparse(sparse, np.zeros((8, 12, 3), np.uint8).shape), want)
+    masked = np.ma.masked_array(np.where(sparse > 0, sparse, 9.0), mask=sparse == 0)
+    np.testing.assert_array_equal(io.resize_sparse(masked, (8, 12)), want)
+    with pytest.raises(ValueError, match=r"has shape \(0, 0\); expected HxW metres \(0 = missing\), at least 1x1"):
+        io.resize_sparse(np.zeros((0, 0), np.float32), (8, 12))
+
+
 def test_a_pixel_centre_lands_where_exact_arithmetic_puts_it():
     """The one pixel-centre map (sparse scattering and the completer's prompt coordinates both use it) equals
     floor((r + 0.5) * H'/H) computed with exact fractions, including centres that land exactly on a pixel border,
