@@ -105,6 +105,7 @@ def check_image(image) -> np.ndarray:
 
         return read_image(image)
     tensor = type(image).__module__.startswith("torch")
+    given_dtype = str(image.dtype).removeprefix("torch.") if tensor else None  # bfloat16 is widened on the way
     image = _to_numpy(image, "image")
     if not isinstance(image, np.ndarray):
         raise ValueError(
@@ -116,21 +117,35 @@ def check_image(image) -> np.ndarray:
             f"image has shape {image.shape} (channels first); expected HxWx3. Transpose it: "
             + ("image.permute(1, 2, 0)." if tensor else "image.transpose(1, 2, 0).")
         )
+    if image.ndim == 4 and image.shape[-1] == 3:
+        raise ValueError(f"image has shape {image.shape}, a stack of {image.shape[0]} images; expected one HxWx3 RGB "
+                         "image. For a batch pass a list: pipe(list(images), list(sparse_maps)).")
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
             f"image has shape {image.shape}; expected HxWx3 RGB. Grey images: np.repeat(img[..., None], 3, -1); "
             "RGBA: img[..., :3]."
         )
     if image.dtype != np.uint8:
-        hint = ""
-        if image.dtype.kind == "f":
-            top = float(np.nanmax(image)) if image.size else 0.0
-            hint = (" Floats in [0, 1]: (img * 255).round().astype(np.uint8)." if top <= 1.0 else
-                    f" Floats in [0, 255] (max {top:g}): np.clip(img, 0, 255).round().astype(np.uint8).")
-        raise ValueError(f"image has dtype {image.dtype}; expected uint8 RGB in [0, 255].{hint}")
+        hint = _float_image_hint(image) if image.dtype.kind == "f" else ""
+        raise ValueError(f"image has dtype {given_dtype or image.dtype}; expected uint8 RGB in [0, 255].{hint}")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise ValueError(f"image is {image.shape[0]}x{image.shape[1]} pixels; expected at least 2x2.")
     return np.ascontiguousarray(image)
+
+
+def _float_image_hint(image: np.ndarray) -> str:
+    """How to turn a float HxWx3 ``image`` into uint8 RGB, from its range: NaN/inf to replace first (a cast makes them
+    garbage), negative values (a normalised tensor) to un-normalise, else [0, 1] or [0, 255] scaling."""
+    finite = np.isfinite(image)
+    if not finite.all():
+        return (f" It also holds {int((~finite).sum())} NaN/inf value(s), which no conversion turns into colours: "
+                "replace them first (e.g. np.nan_to_num).")
+    low, top = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    if low < 0:
+        return (f" Its values span [{low:g}, {top:g}]: a normalised image? Undo the normalisation (e.g. img * std + "
+                "mean) to [0, 1] first, then (img * 255).round().astype(np.uint8).")
+    return (" Floats in [0, 1]: (img * 255).round().astype(np.uint8)." if top <= 1.0 else
+            f" Floats in [0, 255] (max {top:g}): np.clip(img, 0, 255).round().astype(np.uint8).")
 
 
 def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_scale: float | None = None,
