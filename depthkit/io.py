@@ -121,6 +121,9 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                                     or not isinstance(depth_scale, (int, float, np.integer, np.floating))):
         raise ValueError(f"depth scale must be a number of units per metre (1000 for millimetres, 256 for KITTI/VOID "
                          f"PNGs); received {depth_scale!r} ({type(depth_scale).__name__}).")
+    if depth_scale is not None and not (math.isfinite(depth_scale) and depth_scale > 0):  # for any input: a scale
+        # given with a float map is not applied, but one that could never be right is a mistake to say, not to skip
+        raise ValueError(f"depth scale must be a finite number > 0 units per metre; received {depth_scale}.")
     if arr.dtype.kind in "ui":
         if depth_scale is None:
             top = int(arr.max(initial=0))
@@ -129,8 +132,6 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                 "given. Pass --depth-scale UNITS_PER_METRE (1000 for millimetres, 256 for KITTI/VOID PNGs) on the "
                 "CLI, or depth_scale=... in Python; or save float metres."
             )
-        if not (math.isfinite(depth_scale) and depth_scale > 0):
-            raise ValueError(f"depth scale must be a finite number > 0 units per metre; received {depth_scale}.")
         metres = arr.astype(np.float64) / float(depth_scale)
         units = arr[arr > 0]
         if units.size:

@@ -275,6 +275,15 @@ def test_output_repr_is_compact():
     assert len(repr(out.stages["complete"])) < 300
 
 
+@pytest.mark.parametrize("scale", [-5, 0, float("nan"), float("inf")])
+def test_an_impossible_depth_scale_is_refused_with_float_input_too(scale):
+    """A float map does not use the depth scale, so -5 or NaN passed with one was only warned about as 'not applied'
+    (while the same scale with an integer map, or 'x' with either, was refused)."""
+    image, sparse = _scene()
+    with pytest.raises(ValueError, match=r"^depth scale must be a finite number > 0 units per metre; received"):
+        Pipeline(method="nearest")(image, sparse, depth_scale=scale)
+
+
 def test_integer_sparse_in_memory_uses_depth_scale():
     image, sparse = _scene()
     mm = np.round(sparse * 1000).astype(np.uint16)
