@@ -233,16 +233,19 @@ def check_loading_info(info: dict, path, what: str = "model weights", limit: int
                               "incomplete or belongs to another model; re-export or re-download it.")
 
 
-def check_finite_output(stage: str, array) -> None:
+def check_finite_output(stage: str, array, method: str | None = None) -> None:
     """Raise ``ValueError`` when stage ``stage``'s output ``array`` (depth, metres) holds NaN or infinity — broken
-    weights must not turn into a written depth map."""
+    weights must not turn into a written depth map. ``method`` names a classical (weightless) completion method that
+    produced it: the message then blames no checkpoint but depth beyond what its float32 arithmetic holds."""
     a = np.asarray(array)
     if a.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(a)))
         if bad:
+            why = ("Its checkpoint weights are probably corrupt: re-export or re-download it." if method is None else
+                   f"The classical method {method!r} has no weights: its float32 arithmetic overflowed, which depth "
+                   "near float32's limit (3.4e38) does; check the sparse map's units, or try another --method.")
             raise ValueError(f"the {stage} stage produced {bad} non-finite value(s) of {a.size} (NaN or infinity); "
-                             "nothing was written. Its checkpoint weights are probably corrupt: re-export or "
-                             "re-download it.")
+                             f"nothing was written. {why}")
 
 
 def working_side(requested: int | None, shape, cap: int = MAX_WORKING_SIDE) -> int | None:

@@ -21,7 +21,7 @@ import numpy as np
 from depthkit.checkpoints import MANIFEST, CheckpointError, CheckpointRef, check_finite_output
 from depthkit.dtypes import canonical_dtype_name
 from depthkit.outputs import DepthOutput, StageResult, keep_placed_depth
-from depthkit.stages import STAGE_ORDER, STAGES, default_stages, parse_stages
+from depthkit.stages import STAGE_ORDER, STAGES, ClassicalCompleteStage, default_stages, parse_stages
 
 __all__ = ["Pipeline", "DepthOutput", "StageResult", "check_image", "check_sparse", "restore_measurements"]
 
@@ -397,7 +397,8 @@ class Pipeline:
         for stage in self.stages:
             t0 = time.perf_counter()
             res = stage.run(image, sparse, depth)
-            check_finite_output(stage.name, res.depth)
+            classical = stage.method.name if isinstance(stage, ClassicalCompleteStage) else None  # no weights
+            check_finite_output(stage.name, res.depth, method=classical)
             if placed is not None and getattr(stage, "keep_placed", False):
                 res.depth = keep_placed_depth(res.depth, depth, placed)
             res.depth = restore_measurements(res.depth, sparse)

@@ -341,6 +341,16 @@ def test_the_pipeline_restores_measurements_a_stage_dropped(monkeypatch):
     assert np.all(out.depth[~m] == 2.5)
 
 
+def test_a_classical_methods_overflow_blames_no_checkpoint():
+    """ip_basic given one depth at float32's maximum overflowed to infinity, and the error said the (non-existent)
+    checkpoint weights were probably corrupt."""
+    image, sparse = _scene()
+    sparse[5, 5] = np.finfo(np.float32).max
+    with pytest.raises(ValueError, match=r"complete stage produced \d+ non-finite .* classical method 'ip_basic' has "
+                                         r"no weights: its float32 arithmetic overflowed"):
+        Pipeline(method="ip_basic")(image, sparse)
+
+
 def test_the_run_summary_repr_shows_the_settings_in_force():
     """`depthkit run` prints the pipeline's repr: two runs with different options must not print the same line. The
     complete stage shows the refiner and every option off its default; the sharpen stage its run-time limits (the
