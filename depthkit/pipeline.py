@@ -98,6 +98,15 @@ def _pil_rgb(im) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
+def _with_prefix(err: Exception, prefix: str) -> Exception:
+    """A new exception of ``err``'s type whose message is ``prefix`` + ``err``'s; a ``ValueError`` when that type
+    cannot be built from one message (``UnicodeDecodeError``, ``json.JSONDecodeError`` take several arguments)."""
+    try:
+        return type(err)(f"{prefix}{err}")
+    except TypeError:
+        return ValueError(f"{prefix}{err}")
+
+
 def check_image(image) -> np.ndarray:
     """Return ``image`` as a contiguous HxWx3 uint8 RGB array or raise ``ValueError`` saying what is wrong."""
     if isinstance(image, (str, os.PathLike)):
@@ -361,7 +370,7 @@ class Pipeline:
                 try:
                     checked.append(self._check(i, s, d, depth_scale))
                 except (ValueError, FileNotFoundError) as err:  # say which item (a missing file too), same type
-                    raise type(err)(f"batch item {k} (of {len(image)}): {err}") from None
+                    raise _with_prefix(err, f"batch item {k} (of {len(image)}): ") from None
             return [self._run_one(*c) for c in checked]
         return self._run_one(*self._check(image, sparse, depth, depth_scale))
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,11 @@ def test_batch_length_mismatch():
         Pipeline(method="nearest")([image, image], [sparse, bad])
     with pytest.raises(FileNotFoundError, match=r"^batch item 1 \(of 2\): image file not found: .*nowhere\.png"):
         Pipeline(method="nearest")([image, "nowhere.png"], [sparse, sparse])
+    from depthkit.pipeline import _with_prefix  # a ValueError subtype that one message cannot build stays a ValueError
+
+    for err in (json.JSONDecodeError("bad", "{", 0), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")):
+        out = _with_prefix(err, "batch item 1 (of 2): ")
+        assert isinstance(out, ValueError) and str(out) == f"batch item 1 (of 2): {err}"
 
 
 def test_a_sharpen_first_batch_needs_no_sparse_maps():
