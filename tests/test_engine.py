@@ -166,6 +166,17 @@ def test_batching_padding_and_budget_do_not_change_answers(model, proc, scene):
         a.answer(prefix, [56], [0])
 
 
+
+def test_a_memory_budget_beyond_floats_range_in_bytes_is_no_limit(model, proc, scene):
+    """memory_budget_mb=1e308 is a legal (finite) option, but 1e308 MiB is inf bytes: the rows per batch are then
+    batch_size (inf // bytes gave NaN and a bare "cannot convert float NaN to integer")."""
+    image, sparse, rows, cols = scene
+    engine = CompletionEngine(model, proc, batch_size=4)
+    prefix = engine.encode(image, sparse)
+    huge = CompletionEngine(model, proc, batch_size=4, memory_budget_mb=1e308).answer(prefix, rows, cols)
+    assert huge.stats["batch_size"] == 4 and huge.stats["n_batches"] == 3
+    assert huge.texts == engine.answer(prefix, rows, cols).texts
+
 def test_prompt_prior_text_readout_equals_constrained_generate(model, proc, scene):
     image, sparse, rows, cols = scene
     cfg = P.PromptConfig(prompt_prior="guided")

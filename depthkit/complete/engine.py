@@ -314,8 +314,13 @@ class CompletionEngine:
         return extended, [seq[k:] for seq in ids], k
 
     def _batch_rows(self, prefix: PrefixCache, suffix_len: int, capacity: int, vocab_kept: int) -> int:
+        """Rows of a suffix batch: ``batch_size`` or fewer, as many as the memory budget holds, at least one. The
+        budget is compared, not divided into a whole number: a budget of ~1e308 MiB is infinite in bytes (inf // n is
+        NaN, which no int holds)."""
         per_row = self.lm.bytes_per_row(prefix.length, suffix_len, capacity, vocab_kept)
-        return max(1, min(self.batch_size, int(self.memory_budget // per_row)))
+        if self.memory_budget >= self.batch_size * per_row:
+            return self.batch_size
+        return max(1, int(self.memory_budget // per_row))
 
     def _run(self, prefix, ids: list[list[int]], hw: torch.Tensor, priors):
         m = len(ids)
