@@ -48,6 +48,17 @@ def test_plan_budget_picks_the_smallest_stride_that_fits():
         plan_queries(sparse, budget=-1)
 
 
+
+def test_plan_a_stride_beyond_int64_is_the_one_pixel_grid():
+    """query_stride 1e30 (a whole number >= 1: accepted by the option check) asks the last row and column's pixel, as
+    every stride of twice the image's side does, not an IndexError from numpy (indices beyond int64)."""
+    sparse = np.zeros((20, 30), np.float32)
+    sparse[0, 0] = 1.0
+    for stride in (60, 1000, 2**63, 10**30, int(1e30)):
+        plan = plan_queries(sparse, stride=stride)
+        assert plan["rows"].tolist() == [19] and plan["cols"].tolist() == [29] and plan["stride"] == stride
+    assert plan_queries(sparse, stride=10**30, budget=1)["rows"].tolist() == [19]
+
 # ---- fusion, fill, confidence --------------------------------------------------------------------------------------
 
 
@@ -389,6 +400,10 @@ def test_decode_is_said_to_do_nothing_where_no_digits_are_decoded(tiny_head_chec
         warnings.simplefilter("error")
         CompleteVLMStage.from_checkpoint(tiny_text_checkpoint / "complete", decode="free")
         CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete")
+        # a value that is no decode mode is refused by name, not called ignored first (a warning and then an error)
+        for checkpoint in (tiny_head_checkpoint, tiny_text_checkpoint):
+            with pytest.raises(ValueError, match=r"decode='greedy'; allowed: constrained .* or free"):
+                CompleteVLMStage.from_checkpoint(checkpoint / "complete", decode="greedy")
 
 
 def test_stage_options_are_checked(tiny_head_checkpoint):

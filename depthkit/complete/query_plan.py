@@ -49,7 +49,12 @@ def _missing(sparse: np.ndarray) -> np.ndarray:
 
 
 def _grid(missing: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) int64 of the missing pixels on the grid of ``stride`` px (offset ``stride // 2``, at most the last
+    row / column). Every stride of at least twice the longest side gives the same one-pixel grid, the last row and
+    column: it is computed with that stride, since numpy makes no integer index of a stride beyond int64 (a legal
+    ``query_stride`` of 1e30)."""
     h, w = missing.shape
+    stride = min(int(stride), 2 * max(h, w))
     off = stride // 2
     ys = np.arange(min(off, h - 1), h, stride)
     xs = np.arange(min(off, w - 1), w, stride)
