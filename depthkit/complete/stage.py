@@ -194,6 +194,11 @@ class CompleteVLMStage:
             raise ValueError(f"refine_check={self.options['refine_check']!r}; allowed: true (the frame's measured "
                              "points decide how far to trust the refiner), false (the refiner as trained).")
         self.refiner = refiner if refine is not False else None
+        from depthkit.complete.decoding import DECODE_MODES
+
+        if self.options["decode"] not in DECODE_MODES:  # before the warning below, which would call it ignored
+            raise ValueError(f"decode={self.options['decode']!r}; allowed: constrained (the answer template forced, "
+                             "digits only) or free (greedy over the whole vocabulary, as plain generate()).")
         if "decode" in options and settings.readout != "text":  # only the text readout decodes digits
             import warnings
 
