@@ -496,6 +496,29 @@ def test_stage_works_at_a_bounded_size_and_upsamples(tiny_head_checkpoint):
     assert "working_size" not in small.last_stats  # below the cap: native size
 
 
+
+def test_working_size_masks_follow_the_measured_points_at_border_centres(tiny_head_checkpoint):
+    """42 px -> 28 px: the centres of rows and columns 4, 16, 19, ... fall exactly on a working pixel's border. The
+    points there go to the next working pixel (resize_sparse's exact map), and the masks upsampled must read the same
+    one: OpenCV's INTER_NEAREST_EXACT read the pixel before, a queried one, so query_mask said 1 on measured pixels."""
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.io import resize_sparse
+    from depthkit.sparse_resize import map_to_resized
+
+    image, _ = _scene(42, 42, seed=2)
+    ties = np.array([4, 16, 19, 22, 25])
+    sparse = np.zeros((42, 42), np.float32)
+    sparse[np.ix_(ties, ties)] = np.linspace(1.0, 5.0, ties.size**2).reshape(ties.size, ties.size)
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_stride=1, query_budget=None,
+                                             max_working_side=28)
+    out = stage.run(image, sparse)
+    assert stage.last_stats["working_size"] == (28, 28)
+    rows, _ = map_to_resized(np.arange(42), np.zeros(42, np.int64), (42, 42), (28, 28))
+    asked = resize_sparse(sparse, (28, 28), working_size=True) == 0  # every missing working pixel (stride 1)
+    expected = asked[np.ix_(rows, rows)]
+    assert np.array_equal(out.extras["query_mask"] > 0, expected)
+    assert not (out.extras["query_mask"] > 0)[sparse > 0].any()
+
 def test_placed_pixels_are_counted_at_the_input_size(tiny_head_checkpoint):
     """``last_stats["placed_pixels"]`` is the count of the result's ``extras["placed"]`` (input size), while the
     fill's own ``occlusion_filled`` counts at the working size: equal below the cap, about a quarter of it at half

@@ -143,6 +143,21 @@ def check_numeric_options(options: dict) -> None:
                              f"complete.{name}={example}.")
 
 
+def _under_centres(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``small`` (a working-size h x w map, e.g. a 0/1 mask) at ``shape`` = (H, W): each pixel takes the working pixel
+    under its centre, by :func:`depthkit.sparse_resize.map_to_resized` — the pixel :func:`depthkit.io.resize_sparse`
+    put that pixel's measured point on, so a measured pixel's mask is its own point's (never a query's). Plain
+    INTER_NEAREST takes a block's top-left pixel (half a working pixel off); OpenCV's INTER_NEAREST_EXACT, in fixed
+    point, rounds a centre that falls exactly on a working pixel's border to the pixel before it (4032 -> 2048 px,
+    a phone photo at the default working side: 32 rows and 32 columns), where the exact integer map takes the next."""
+    from depthkit.sparse_resize import map_to_resized
+
+    (h, w), (hs, ws) = shape, small.shape
+    rows, _ = map_to_resized(np.arange(h), np.zeros(h, np.int64), (h, w), (hs, ws))
+    _, cols = map_to_resized(np.zeros(w, np.int64), np.arange(w), (h, w), (hs, ws))
+    return small[np.ix_(rows, cols)]
+
+
 class CompleteVLMStage:
     """Depth completion with a trained SDIM completer (see the module docstring).
 
@@ -251,9 +266,7 @@ class CompleteVLMStage:
         res.depth = cv2.resize(res.depth, (w, h), interpolation=cv2.INTER_LINEAR)
         res.confidence = np.clip(cv2.resize(res.confidence, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         res.confidence[sparse > 0] = 1.0
-        # masks by the working pixel under each pixel's centre, where resize_sparse put that pixel's point (plain
-        # INTER_NEAREST takes a block's top-left one: a mask half a working pixel off, onto measured pixels)
-        res.extras = {k: cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST_EXACT) for k, v in res.extras.items()}
+        res.extras = {k: _under_centres(v, (h, w)) for k, v in res.extras.items()}
         self.last_stats["working_size"] = small
         return self._count_placed(res)
 
