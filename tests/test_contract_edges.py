@@ -12,6 +12,8 @@ import torch
 
 
 def test_the_query_stride_is_the_smallest_whose_grid_fits_the_budget():
+    """Where the grid's count of missing pixels falls with the stride (one measured pixel), the search finds the
+    smallest stride that fits (query_plan's docstring says where it need not)."""
     from depthkit.complete.query_plan import plan_queries
 
     sparse = np.zeros((40, 40), np.float32)
