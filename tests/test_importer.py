@@ -166,6 +166,36 @@ def test_import_errors(releases, tmp_path):
         import_checkpoint(tmp_path / "o4")
 
 
+@pytest.mark.parametrize("part, file, change, kind", [
+    ("text_encoder", "model.safetensors", "drop", "missing"),
+    ("text_encoder", "model.safetensors", "add", "unexpected"),
+    ("unet", "diffusion_pytorch_model.safetensors", "drop", "missing"),
+    ("unet", "diffusion_pytorch_model.safetensors", "add", "unexpected"),
+    ("vae", "diffusion_pytorch_model.safetensors", "drop", "missing"),
+])
+def test_a_release_whose_weights_do_not_match_its_config_is_refused(releases, tmp_path, part, file, change, kind):
+    """One tensor too few or too many in a release's text encoder, UNet or VAE: one CheckpointError naming the part
+    and the key, and nothing written. (Loaded as is, a missing text-encoder tensor stays random and changes the stored
+    empty-prompt embedding silently; an extra one is dropped; a missing UNet tensor fails later, deep in the save.)"""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "release"
+    shutil.copytree(releases["sharpdepth"][0], bad)
+    path = bad / part / file
+    tensors = load_file(str(path))
+    key = sorted(tensors)[1] if change == "drop" else "extra.weight"
+    if change == "drop":
+        del tensors[key]
+    else:
+        tensors[key] = torch.zeros(2)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"{part} do not match the model: 1 {kind} keys \\({key}\\)"):
+        import_checkpoint(tmp_path / "out", sharpdepth=bad)
+    assert not (tmp_path / "out" / "depthkit.json").exists() and not (tmp_path / "out" / "sharpen").exists()
+
+
 def test_lotus_from_stable_diffusion_widens_conv_in(tmp_path):
     from diffusers import UNet2DConditionModel
 

@@ -338,6 +338,33 @@ def test_half_the_unet_tensors_missing_is_a_named_error(sck):
         _sharpen_pipeline(sck)
 
 
+def test_unet_weights_its_config_does_not_use_are_refused(sck):
+    """A UNet config without the mid block its weights hold: diffusers drops those tensors with a log line and the
+    stage would run on other weights than those stored; the loading report makes it one error naming the keys."""
+    _edit_json(sck / "sharpen" / "unet" / "config.json", mid_block_type=None)
+    with pytest.raises(CheckpointError, match=r"UNet weights in .*sharpen/unet do not match the model: \d+ "
+                                              r"unexpected keys \(mid_block\."):
+        _sharpen_pipeline(sck)
+
+
+@pytest.mark.parametrize("folder, key", [("unet", "conv_in.bias"), ("vae", "decoder.conv_out.bias"),
+                                         ("lotus_unet", "conv_in.bias")])
+def test_one_missing_sharpen_tensor_is_named(sck, folder, key):
+    """One tensor missing from the UNet, the VAE or a separate pass-1 UNet: an error naming it (diffusers would leave
+    it randomly initialised on the meta device), for the pass-1 UNet too."""
+    from safetensors.torch import load_file, save_file
+
+    part = sck / "sharpen"
+    if folder == "lotus_unet":
+        shutil.copytree(part / "unet", part / folder)
+    path = part / folder / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(path))
+    del tensors[key]
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"{folder} do not match the model: 1 missing keys \\({key}\\)"):
+        _sharpen_pipeline(sck)
+
+
 def test_sharpen_processing_resolution_is_bounded(sck):
     _edit_json(sck / "depthkit.json", stages={"sharpen": {"processing_resolution": 60000}})
     with pytest.raises(CheckpointError, match="processing_resolution=60000 is outside the allowed range"):

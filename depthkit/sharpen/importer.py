@@ -100,19 +100,24 @@ def load_release(root) -> dict:
     encoder runs once for the empty prompt and is dropped."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from depthkit.checkpoints import check_tree
-    from depthkit.sharpen.lotus import has_safetensors
+    from depthkit.checkpoints import CheckpointError, check_tree
+    from depthkit.sharpen.lotus import has_safetensors, load_diffusers_model
 
     root = Path(root)
     index = check_release(root)
     check_tree(root)  # no auto_map (code transformers would offer to run), no symlink out of the release
     try:
-        # safetensors when the part has them; else its .bin through torch.load(weights_only=True), tensors only
-        unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), use_safetensors=has_safetensors(root / "unet"))
-        vae = AutoencoderKL.from_pretrained(str(root / "vae"), use_safetensors=has_safetensors(root / "vae"))
+        # safetensors when the part has them; else its .bin through torch.load(weights_only=True), tensors only;
+        # a key the config's model lacks or needs and the file lacks is refused (load_diffusers_model)
+        unet = load_diffusers_model(UNet2DConditionModel, root / "unet", "the release's UNet weights",
+                                    use_safetensors=has_safetensors(root / "unet"))
+        vae = load_diffusers_model(AutoencoderKL, root / "vae", "the release's VAE weights",
+                                   use_safetensors=has_safetensors(root / "vae"))
         # SDS noising needs only the betas; a DDIM config (what releases ship) loads as DDPM with the same schedule
         scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(str(root / "scheduler")))
         embeds = compute_empty_prompt_embeds(root / "text_encoder", root / "tokenizer")
+    except CheckpointError:
+        raise
     except Exception as exc:  # a release is untrusted input: any failure (a refused pickle too) is one clear error
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise _error(f"could not load release {root}: {type(exc).__name__}: {first}. The folder may be truncated, "
@@ -256,11 +261,15 @@ def compute_empty_prompt_embeds(text_encoder_dir_or_model, tokenizer) -> torch.T
     if isinstance(text_encoder_dir_or_model, (str, os.PathLike)):
         from transformers import CLIPTextModel
 
+        from depthkit.checkpoints import check_loading_info
         from depthkit.sharpen.lotus import has_safetensors
 
-        # a .bin-only release loads through torch.load(weights_only=True) (tensors only, no pickled code)
-        text_encoder = CLIPTextModel.from_pretrained(str(text_encoder_dir_or_model), trust_remote_code=False,
-                                                     use_safetensors=has_safetensors(text_encoder_dir_or_model))
+        # a .bin-only release loads through torch.load(weights_only=True) (tensors only, no pickled code); a key
+        # missing from the file (left randomly initialised) or not in the model would change the embedding silently
+        text_encoder, info = CLIPTextModel.from_pretrained(
+            str(text_encoder_dir_or_model), trust_remote_code=False, output_loading_info=True,
+            use_safetensors=has_safetensors(text_encoder_dir_or_model))
+        check_loading_info(info, text_encoder_dir_or_model, "the text encoder weights")
     else:
         text_encoder = text_encoder_dir_or_model
     tokens = tokenizer([""], padding="do_not_pad", truncation=True, return_tensors="pt")

@@ -133,6 +133,19 @@ def _checkpoint_error(message: str) -> Exception:
     return CheckpointError(message)
 
 
+def load_diffusers_model(cls, folder, what: str, **kwargs):
+    """``cls.from_pretrained(folder, **kwargs)`` (a diffusers ``ModelMixin`` class: the UNet or the VAE) with its
+    loading report checked by :func:`depthkit.checkpoints.check_loading_info`: a tensor the config's model lacks
+    (dropped by diffusers with only a log line: e.g. a config without the mid block its weights have) or one it
+    needs and the file lacks (left randomly initialised) is a :class:`~depthkit.checkpoints.CheckpointError` naming
+    ``what``, ``folder`` and the first keys, never a model that runs on other weights than those stored."""
+    from depthkit.checkpoints import check_loading_info
+
+    model, info = cls.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+    check_loading_info(info, folder, what)
+    return model
+
+
 class LotusModel(nn.Module):
     """A Lotus depth model: UNet + VAE + stored empty-prompt embedding.
 
@@ -425,10 +438,14 @@ class LotusModel(nn.Module):
             bounded("default_processing_resolution", meta.get("default_processing_resolution"),
                     *BOUNDS["processing_resolution"], root / LOTUS_JSON, optional=True)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        from depthkit.checkpoints import CheckpointError
+
         try:
-            unet = UNet2DConditionModel.from_pretrained(str(root / unet_subfolder), **kwargs)
-            vae = AutoencoderKL.from_pretrained(str(root / "vae"), **kwargs)
+            unet = load_diffusers_model(UNet2DConditionModel, root / unet_subfolder, "the UNet weights", **kwargs)
+            vae = load_diffusers_model(AutoencoderKL, root / "vae", "the VAE weights", **kwargs)
             scheduler = DDPMScheduler.from_pretrained(str(root / "scheduler"))
+        except CheckpointError:
+            raise
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise _checkpoint_error(f"could not load the diffusers parts of {root}: {type(exc).__name__}: {exc}. "
                                     "The checkpoint may be truncated or corrupt; re-create or re-download it.") from exc

@@ -457,8 +457,11 @@ class SharpDepth(nn.Module):
         if (root / LOTUS_UNET_DIR / "config.json").is_file():
             from diffusers import UNet2DConditionModel
 
+            from depthkit.sharpen.lotus import load_diffusers_model
+
             kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-            lotus_unet = UNet2DConditionModel.from_pretrained(str(root / LOTUS_UNET_DIR), **kwargs)
+            lotus_unet = load_diffusers_model(UNet2DConditionModel, root / LOTUS_UNET_DIR, "the pass-1 Lotus UNet "
+                                              "weights", **kwargs)
             lotus_unet = lotus_unet.to(device or "cpu").eval()
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
 
