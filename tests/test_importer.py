@@ -196,6 +196,19 @@ def test_a_release_whose_weights_do_not_match_its_config_is_refused(releases, tm
     assert not (tmp_path / "out" / "depthkit.json").exists() and not (tmp_path / "out" / "sharpen").exists()
 
 
+def test_a_lotus_release_of_another_base_cannot_be_pass_1(releases, tmp_path):
+    """--lotus whose UNet cross-attends to another width than the sharpener's (another base model, so another
+    empty-prompt embedding): refused at import, not a matrix-shape error at the first image after it."""
+    root, sharp, _ = releases["sharpdepth"]
+    from depthkit.sharpen import release
+
+    other = build_tiny_lotus(seed=4, unet={"cross_attention_dim": 16})
+    release.write_release(tmp_path / "lotus16", other.unet, sharp.vae, 4, "LotusGPipeline")  # a 16-wide CLIP
+    with pytest.raises(CheckpointError, match="cannot run pass 1 of .*cross_attention_dim=16 \\(the sharpener's: 32\\)"):
+        import_checkpoint(tmp_path / "out", sharpdepth=root, lotus=tmp_path / "lotus16")
+    assert not (tmp_path / "out" / "depthkit.json").exists()
+
+
 def test_lotus_from_stable_diffusion_widens_conv_in(tmp_path):
     from diffusers import UNet2DConditionModel
 

@@ -401,6 +401,11 @@ def test_the_sharpen_stage_works_at_a_capped_resolution():
     ("sharpdepth.json", lambda d: d["config"].update(typo=1), "unknown SharpDepthConfig key 'typo'"),
     ("lotus.json", lambda d: d.update(timestep="999"), "timestep must be int"),
     ("lotus.json", lambda d: d.update(default_processing_resolution=60000), "outside the allowed range"),
+    ("lotus.json", lambda d: d.update(format_version=0), "format_version must be a positive integer"),
+    ("sharpdepth.json", lambda d: d.update(format_version=2), "format_version 2, newer than"),
+    ("sharpdepth.json", lambda d: d.update(format="depthkit-lotus"), "not a depthkit-sharpdepth settings file"),
+    ("sharpdepth.json", lambda d: d.update(gate_prob=0.5), r"unknown key\(s\) \['gate_prob'\]"),
+    ("sharpdepth.json", lambda d: d.update(separate_lotus_unet="no"), "separate_lotus_unet must be true or false"),
 ])
 def test_sharpen_json_is_read_against_typed_schemas(tmp_path, file, edit, message):
     """sharpdepth.json and lotus.json are checked field by field when read: a wrong type or an unknown key is one
@@ -421,3 +426,31 @@ def test_sharpen_json_is_read_against_typed_schemas(tmp_path, file, edit, messag
     with pytest.raises(CheckpointError, match=message) as exc:
         SharpDepth.from_pretrained(part)
     assert file in str(exc.value)
+
+
+def test_a_separate_pass1_unet_named_but_missing_is_refused(tmp_path):
+    """sharpdepth.json says pass 1 runs its own Lotus UNet but lotus_unet/ is gone (a partial copy): an error naming
+    the folder, not the sharpener silently running both passes."""
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    part = tmp_path / "sharpen"
+    SharpDepth(build_tiny_lotus(seed=0), lotus_unet=build_tiny_lotus(seed=1).unet).save_pretrained(part)
+    assert SharpDepth.from_pretrained(part).lotus_unet is not None
+    shutil.rmtree(part / "lotus_unet")
+    with pytest.raises(CheckpointError, match=r"separate_lotus_unet: true\), but .*lotus_unet/config.json is missing"):
+        SharpDepth.from_pretrained(part)
+
+
+def test_a_pass1_unet_of_another_width_is_refused_at_load(tmp_path):
+    """A separate pass-1 UNet whose cross-attention width differs from the sharpener's (another base model): one
+    error naming the field when the checkpoint loads, not a matrix-shape error at the first image."""
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    part = tmp_path / "sharpen"
+    SharpDepth(build_tiny_lotus(seed=0)).save_pretrained(part)
+    build_tiny_lotus(seed=1, unet={"cross_attention_dim": 16}).unet.save_pretrained(part / "lotus_unet")
+    with pytest.raises(ValueError, match=r"pass-1 Lotus UNet does not fit the sharpener: cross_attention_dim=16 "
+                                         r"\(the sharpener's: 32\)"):
+        SharpDepth.from_pretrained(part)

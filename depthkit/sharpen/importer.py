@@ -207,7 +207,7 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
     import torch
 
     from depthkit.sharpen.checkpoint import write_sharpen_checkpoint
-    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.model import SharpDepth, check_pass1_unet
 
     if sharpdepth is None and lotus is None:
         raise ValueError("import_checkpoint needs sharpdepth=RELEASE and/or lotus=RELEASE (folders or hub ids).")
@@ -224,6 +224,10 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
         if other.unet.config.in_channels != main.unet.config.in_channels:
             raise _error(f"the Lotus release {lotus} has a {other.unet.config.in_channels}-channel UNet; the "
                          f"sharpener has {main.unet.config.in_channels}: pass 1 needs a Lotus-G model too.")
+        try:
+            check_pass1_unet(other.unet, main.unet)
+        except ValueError as exc:
+            raise _error(f"the Lotus release {lotus} cannot run pass 1 of {sharpdepth}: {exc}") from None
         def arch(cfg) -> dict:
             return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
 

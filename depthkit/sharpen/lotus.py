@@ -430,11 +430,12 @@ class LotusModel(nn.Module):
         check_model_dir(root, unet_subfolder)
         meta = {}
         if (root / LOTUS_JSON).is_file():
-            from depthkit.checkpoints import BOUNDS, bounded, check_typed_fields, read_json
+            from depthkit.checkpoints import BOUNDS, bounded, check_format_version, check_typed_fields, read_json
             meta = check_typed_fields(LotusJson, read_json(root / LOTUS_JSON, "Lotus settings"), root / LOTUS_JSON)
             if meta.get("format") != FORMAT or meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
                 raise _checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
                                         f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}).")
+            check_format_version(meta.get("format_version", FORMAT_VERSION), FORMAT_VERSION, root / LOTUS_JSON)
             bounded("default_processing_resolution", meta.get("default_processing_resolution"),
                     *BOUNDS["processing_resolution"], root / LOTUS_JSON, optional=True)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}

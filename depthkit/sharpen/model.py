@@ -106,6 +106,8 @@ class SharpDepth(nn.Module):
         if lotus_unet is not None and lotus_unet.config.in_channels != model.unet.config.in_channels:
             raise ValueError(f"lotus_unet has in_channels={lotus_unet.config.in_channels}; it must match the "
                              f"sharpener's {model.unet.config.in_channels} (a Lotus-G UNet).")
+        if lotus_unet is not None:
+            check_pass1_unet(lotus_unet, model.unet)
         self.model = model
         self.lotus_unet = lotus_unet
         self.config = config if isinstance(config, SharpDepthConfig) else SharpDepthConfig.from_dict(config)
@@ -446,13 +448,16 @@ class SharpDepth(nn.Module):
         ``dtype`` a ``torch.dtype`` or None (the other arguments as in :meth:`from_pretrained`)."""
 
         model = LotusModel.from_dir(root, device=device, dtype=dtype)
-        stored = {}
-        if (root / SHARPDEPTH_JSON).is_file():
-            from depthkit.checkpoints import check_typed_fields, read_json
+        stored, separate = read_sharpdepth_json(root)
+        if separate and not (root / LOTUS_UNET_DIR / "config.json").is_file():
+            from depthkit.checkpoints import CheckpointError
 
-            meta = read_json(root / SHARPDEPTH_JSON, "SharpDepth settings")
-            stored = meta.get("config", {}) if isinstance(meta, dict) else meta
-            check_typed_fields(SharpDepthConfig, stored, root / SHARPDEPTH_JSON)
+            found = ", ".join(sorted(p.name for p in root.iterdir()))
+            raise CheckpointError(f"{root / SHARPDEPTH_JSON} says pass 1 runs a separate Lotus UNet "
+                                  f"(separate_lotus_unet: true), but {root / LOTUS_UNET_DIR}/config.json is missing "
+                                  f"(found: {found}); the sharpener would silently run both passes. Copy the "
+                                  "checkpoint again, or re-import it with `depthkit import-checkpoint --sharpdepth R "
+                                  "--lotus L`.")
         lotus_unet = None
         if (root / LOTUS_UNET_DIR / "config.json").is_file():
             from diffusers import UNet2DConditionModel
@@ -464,6 +469,57 @@ class SharpDepth(nn.Module):
                                               "weights", **kwargs)
             lotus_unet = lotus_unet.to(device or "cpu").eval()
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
+
+
+SHARPDEPTH_JSON_KEYS = ("format", "format_version", "config", "separate_lotus_unet")
+"""The keys of ``sharpdepth.json`` (:meth:`SharpDepth.save_pretrained`)."""
+
+
+def read_sharpdepth_json(root: Path) -> tuple[dict, bool]:
+    """``root/sharpdepth.json`` read and checked: ``(stored SharpDepthConfig fields, separate_lotus_unet)``; ``({},
+    False)`` when the folder has none (a bare Lotus-G folder). A wrong format or format_version, a key other than
+    :data:`SHARPDEPTH_JSON_KEYS`, a non-bool ``separate_lotus_unet`` or a config that is not SharpDepthConfig's
+    fields raises :class:`~depthkit.checkpoints.CheckpointError` naming the file."""
+    from depthkit.checkpoints import CheckpointError, check_format_version, check_typed_fields, read_json
+
+    path = root / SHARPDEPTH_JSON
+    if not path.is_file():
+        return {}, False
+    meta = read_json(path, "SharpDepth settings")
+    if not isinstance(meta, dict):
+        return check_typed_fields(SharpDepthConfig, meta, path), False  # raises: not an object
+    unknown = sorted(set(meta) - set(SHARPDEPTH_JSON_KEYS))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SHARPDEPTH_JSON_KEYS)} "
+                              "(SharpDepthConfig fields go inside \"config\"). Fix the file or re-export it.")
+    if meta.get("format") != "depthkit-sharpdepth":
+        raise CheckpointError(f"{path} is not a depthkit-sharpdepth settings file (format={meta.get('format')!r}, "
+                              "expected 'depthkit-sharpdepth'). Re-export it with SharpDepth.save_pretrained.")
+    check_format_version(meta.get("format_version"), 1, path)
+    separate = meta.get("separate_lotus_unet", False)
+    if not isinstance(separate, bool):
+        raise CheckpointError(f"{path}: separate_lotus_unet must be true or false; received {separate!r}.")
+    return check_typed_fields(SharpDepthConfig, meta.get("config", {}), path), separate
+
+
+PASS1_UNET_FIELDS = ("in_channels", "out_channels", "cross_attention_dim", "class_embed_type",
+                     "projection_class_embeddings_input_dim")
+"""The UNet config fields a separate pass-1 UNet must share with the sharpener: it takes the same latents, the same
+stored empty-prompt embedding (``1 x L x cross_attention_dim``) and the same 4-dim task switch."""
+
+
+def check_pass1_unet(lotus_unet, sharpener_unet) -> None:
+    """Raise ``ValueError`` naming the fields of :data:`PASS1_UNET_FIELDS` in which ``lotus_unet`` (pass 1) differs
+    from ``sharpener_unet``: it would fail at the first image (a matrix-shape error deep in cross-attention)."""
+    a, b = lotus_unet.config, sharpener_unet.config
+    diff = {k: (getattr(a, k, None), getattr(b, k, None)) for k in PASS1_UNET_FIELDS
+            if getattr(a, k, None) != getattr(b, k, None)}
+    if diff:
+        text = ", ".join(f"{k}={x!r} (the sharpener's: {y!r})" for k, (x, y) in diff.items())
+        raise ValueError(f"the pass-1 Lotus UNet does not fit the sharpener: {text}. Both passes take the same "
+                         "latents, empty-prompt embedding and task switch, so both UNets must come from the same base "
+                         "model (e.g. Lotus-G and SharpDepth on Stable Diffusion 2); drop the separate Lotus UNet to "
+                         "run the sharpener for both passes.")
 
 
 def depth_tensor(depth: np.ndarray) -> torch.Tensor:
