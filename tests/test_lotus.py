@@ -209,6 +209,12 @@ def test_missing_parts_error(lotus_d, tmp_path):
     (tmp_path / "corrupt" / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # not "no .bin file found"
     with pytest.raises(CheckpointError, match=r"missing unet/diffusion_pytorch_model.safetensors \(found: "):
         LotusModel.from_pretrained(tmp_path / "corrupt")
+    # a part whose folder is there names the file it lacks, not the folder the message then lists as found
+    (tmp_path / "corrupt" / "scheduler" / "scheduler_config.json").unlink()
+    (tmp_path / "corrupt" / "vae" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing vae/config.json, scheduler/scheduler_config.json, "
+                                              r"unet/diffusion_pytorch_model.safetensors \(found: "):
+        LotusModel.from_pretrained(tmp_path / "corrupt")
 
 
 def test_compute_empty_prompt_embeds_with_tiny_clip(tmp_path):

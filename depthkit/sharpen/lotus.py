@@ -502,9 +502,11 @@ def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
     the stored embedding, weights (diffusers' file names, whole or sharded; diffusers alone would say no .bin found)."""
     required = {unet_subfolder: f"{unet_subfolder}/config.json", "vae": "vae/config.json",
                 "scheduler": "scheduler/scheduler_config.json", EMBEDS_FILE: EMBEDS_FILE}
-    missing = [name for name, rel in required.items() if not (root / rel).is_file()]
+    # a part that is absent is named as such (vae); one whose folder is there names the file it lacks (vae/config.json)
+    absent = [name for name, rel in required.items() if not (root / rel).is_file()]
+    missing = [rel if (root / name).is_dir() else name for name, rel in required.items() if name in absent]
     missing += [f"{s}/diffusion_pytorch_model.safetensors" for s in (unet_subfolder, "vae")
-                if s not in missing and not any((root / s).glob("diffusion_pytorch_model*"))]
+                if s not in absent and not any((root / s).glob("diffusion_pytorch_model*"))]
     if not missing:
         return
     found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
