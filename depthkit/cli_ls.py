@@ -44,12 +44,16 @@ def cmd_ls(args, parser) -> int:
 def describe_default(root: Path) -> list[str]:
     """What the embedded default runs and how it measured against ``guided`` (the manifest's ``quality``, written
     by checkpoints/assemble_default.py from benchmarks/results/accuracy.json)."""
-    from depthkit.checkpoints import load_manifest, read_json
+    from depthkit.checkpoints import CheckpointError, load_manifest, read_json
 
     manifest = load_manifest(root)
     method = manifest["stages"].get("complete", {}).get("method", "sdim")
     settings = root / "complete" / "complete.json"
-    refined = settings.is_file() and bool(read_json(settings, "completer settings").get("refiner"))
+    data = read_json(settings, "completer settings") if settings.is_file() else {}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{settings} must hold a JSON object of completer settings; got {type(data).__name__}. "
+                              "Re-export the checkpoint.")
+    refined = bool(data.get("refiner"))
     learned = "tiny SDIM completer" + (" + dense refiner" if refined else "")
     lines = [f"the default (no --checkpoint): complete = {method}"
              + (f" ({learned}: answers correct the guided map"
@@ -78,6 +82,18 @@ def describe_default(root: Path) -> list[str]:
     quality = manifest.get("quality")
     if not isinstance(quality, dict) or not isinstance(quality.get("complete"), dict):
         return lines + ["  quality: not measured (see benchmarks/results/accuracy.md)"]
+    try:
+        return lines + _quality_lines(quality)
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        return lines + [f"  quality: unreadable in {root / 'depthkit.json'} ({type(exc).__name__}: {exc}); rewrite it "
+                        "with checkpoints/assemble_default.py --accuracy (checkpoints/README.md)"]
+
+
+def _quality_lines(quality: dict) -> list[str]:
+    """The manifest's ``quality`` (written by checkpoints/assemble_default.py) as ``depthkit ls`` prints it; a
+    malformed entry raises (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) for the caller to
+    report."""
+    lines = []
     n = "/".join(str(k) for k in quality.get("n_images_per_pattern") or []) or "?"
     lines.append(f"  learned completer vs guided, MAE on the synthetic test split ({n} images per pattern):")
     for pattern, q in quality["complete"].items():
@@ -97,7 +113,8 @@ def describe_default(root: Path) -> list[str]:
 def _sharpen_default(manifest: dict) -> str:
     """Whether a run given no --stages sharpens (the manifest's ``default_stages``), and how to change that."""
     if "sharpen" in (manifest.get("default_stages") or ()):
-        scan = manifest["stages"]["sharpen"].get("config", {}).get("keep_scanline_frames")
+        config = manifest["stages"]["sharpen"].get("config")
+        scan = config.get("keep_scanline_frames") if isinstance(config, dict) else None
         return ("run by default: depthkit run without --stages runs both stages" + (
             ", and LiDAR frames (scan lines) come back as completed" if scan else "")
             + "; --stages complete for the completion alone")

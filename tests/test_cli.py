@@ -212,6 +212,30 @@ def test_ls_lists_methods(capsys):
         assert name in out
 
 
+@pytest.mark.parametrize("edit, rc, says", [
+    (lambda m, c: m["quality"]["complete"].update(lidar64={"mae": 1.0}), 0, "quality: unreadable in"),
+    (lambda m, c: m["stages"]["sharpen"].update(config="x"), 0, "learned completer vs guided"),
+    (lambda m, c: c.write_text("[]"), 2, "complete.json must hold a JSON object"),
+])
+def test_ls_describes_a_broken_embedded_default_without_a_traceback(tmp_path, monkeypatch, capsys, edit, rc, says):
+    """depthkit ls on an embedded default ($DEPTHKIT_CHECKPOINTS) with a malformed quality entry, sharpen config or
+    complete.json: a line or one error naming the file, never a KeyError / AttributeError traceback."""
+    import json
+
+    from depthkit.resources import checkpoints_dir
+
+    src = checkpoints_dir() / "default"
+    (tmp_path / "default" / "complete").mkdir(parents=True)
+    manifest = json.loads((src / "depthkit.json").read_text())
+    settings = tmp_path / "default" / "complete" / "complete.json"
+    settings.write_text((src / "complete" / "complete.json").read_text())
+    edit(manifest, settings)
+    (tmp_path / "default" / "depthkit.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(tmp_path))
+    assert main(["ls"]) == rc
+    assert says in (capsys.readouterr().out if rc == 0 else capsys.readouterr().err)
+
+
 def test_console_script_help_is_fast_and_real_run_works(tmp_path):
     exe = shutil.which("depthkit") or str(__import__("pathlib").Path(sys.executable).with_name("depthkit"))
     res = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
