@@ -73,6 +73,13 @@ def test_a_misspelt_stage_in_the_manifest_is_refused_not_dropped(tmp_path):
     with pytest.raises(CheckpointError, match=r"depthkit.json lists stage\(s\) \['sharpenn'\] that depthkit does not "
                                               r"know; stages are complete, sharpen"):
         Pipeline.from_pretrained(tmp_path)
+    # with the stages asked for, or with only misspelt stages, the error still names the misspelt one (not "no
+    # ['sharpen'] stage(s)" or "no stages given")
+    with pytest.raises(CheckpointError, match=r"lists stage\(s\) \['sharpenn'\] that depthkit does not know"):
+        Pipeline.from_pretrained(tmp_path, stages=("complete", "sharpen"))
+    write_manifest(tmp_path, {"completer": {"method": "nearest"}})
+    with pytest.raises(CheckpointError, match=r"lists stage\(s\) \['completer'\] that depthkit does not know"):
+        Pipeline.from_pretrained(tmp_path)
 
 
 def test_checkpoint_without_requested_stage(tmp_path):
