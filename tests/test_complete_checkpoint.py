@@ -119,6 +119,10 @@ def test_broken_checkpoints_give_named_errors(tmp_path):
     with pytest.raises(CheckpointError, match="missing depth_modules.safetensors"):
         load_complete(tmp_path / "c")
     (tmp_path / "dm").rename(tmp_path / "c" / "depth_modules.safetensors")
+    (tmp_path / "c" / "tokenizer.json").rename(tmp_path / "tok")  # not "the tokenizer spells '0' as 0 tokens"
+    with pytest.raises(CheckpointError, match=r"missing tokenizer.json \(the tokenizer's vocabulary\)"):
+        load_complete(tmp_path / "c")
+    (tmp_path / "tok").rename(tmp_path / "c" / "tokenizer.json")
     weights = tmp_path / "c" / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])

@@ -373,6 +373,10 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
     weights = settings.weights
     _require(directory, [DEPTH_MODULES_FILE, SDIM_CONFIG_FILE], "SDIM depth modules")
     _require(directory, ["preprocessor_config.json", "tokenizer_config.json"], "processor / tokenizer")
+    if not (directory / "vocab.json").is_file() or not (directory / "merges.txt").is_file():
+        # the vocabulary: tokenizer.json (what save_pretrained writes), or a slow tokenizer's vocab.json + merges.txt;
+        # without either transformers builds an empty tokenizer and the error would be about digit tokens
+        _require(directory, ["tokenizer.json"], "the tokenizer's vocabulary")
     _check_sizes(directory)
     check_attn_implementation(attn_implementation, f"{directory}: attn_implementation")
     head_info = settings.residual_head
