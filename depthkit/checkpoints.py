@@ -211,8 +211,9 @@ def loading(path, what: str, passthrough: tuple = ()):
     except (CheckpointError, *passthrough):
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{what} in {path} does not load ({type(exc).__name__}: {first[:500]}). Re-export "
+        said = " ".join(str(exc).split())  # every line (torch names the keys after "Error(s) in loading ...:")
+        said = said if len(said) <= 500 else said[:500] + " ..."
+        raise CheckpointError(f"{what} in {path} does not load ({type(exc).__name__}: {said}). Re-export "
                               "or re-download the checkpoint.") from exc
 
 

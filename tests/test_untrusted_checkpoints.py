@@ -148,6 +148,21 @@ def test_a_non_finite_stage_output_is_an_error_naming_the_stage(monkeypatch):
         pipe(np.zeros((20, 30, 3), np.uint8), sparse)
 
 
+def test_a_library_load_error_keeps_every_line_in_one():
+    """torch names the keys on the lines after "Error(s) in loading state_dict for ...:": they stay in the message
+    (joined, cut at 500 characters)."""
+    from depthkit.checkpoints import loading
+
+    with pytest.raises(CheckpointError, match=r"\(RuntimeError: Error\(s\) in loading state_dict for Head: "
+                                              r"Missing key\(s\) in state_dict: \"fc.weight\"\.\)\. Re-export"):
+        with loading("/ck/complete", "the residual head"):
+            raise RuntimeError('Error(s) in loading state_dict for Head:\n\tMissing key(s) in state_dict: "fc.weight".')
+    with pytest.raises(CheckpointError) as err:
+        with loading("/ck/complete", "the residual head"):
+            raise RuntimeError("x" * 600)
+    assert f"{'x' * 500} ...)" in str(err.value) and "x" * 501 not in str(err.value)
+
+
 # ------------------------------------------------------------------------ 3. malformed files: one error, named file
 
 
