@@ -400,3 +400,32 @@ def test_assemble_default_replaces_the_runs_fixed_side_by_its_cap(tiny_ck, tmp_p
     assert sharpen["max_processing_resolution"] == assemble_default.SHARPEN_OPTIONS["max_processing_resolution"]
     stage = build_sharpen_stage(CheckpointRef.open(tmp_path / "out"))
     assert stage.processing_resolution is None and stage.processing_side(np.zeros((600, 800, 3))) == 480
+
+
+def test_a_sharpen_part_written_over_an_existing_one_is_swapped_in_whole(tmp_path, monkeypatch):
+    """write_sharpen_checkpoint writes beside and swaps: a save that fails part way leaves the existing sharpen/ as
+    it was (and no temporary folder); a save that succeeds replaces it whole (no file of the old part left)."""
+    from depthkit.sharpen.checkpoint import write_sharpen_checkpoint
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    root = tmp_path / "ck"
+    model = SharpDepth(build_tiny_lotus(seed=3))
+    write_sharpen_checkpoint(root, model)
+    stray = root / "sharpen" / "stray.txt"
+    stray.write_text("from the part before")
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    def fails_part_way(self, directory):
+        Path(directory, "unet").mkdir(parents=True)
+        Path(directory, "unet", "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SharpDepth, "save_pretrained", fails_part_way)
+    with pytest.raises(OSError, match="No space left"):
+        write_sharpen_checkpoint(root, model)
+    assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in root.iterdir()) == ["depthkit.json", "sharpen"]
+    monkeypatch.undo()
+    write_sharpen_checkpoint(root, model)
+    assert not stray.exists() and (root / "sharpen" / "sharpdepth.json").is_file()
