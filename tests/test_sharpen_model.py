@@ -360,6 +360,33 @@ def test_sharpen_keeps_measurements_and_metric_scale(sharp):
     assert np.allclose(out10.depth, out.depth * 10, rtol=1e-3)
 
 
+@pytest.mark.parametrize("norm", ["depth", "disparity"])
+@pytest.mark.parametrize("factor", [1e-4, 1e4])
+def test_metric_scale_follows_the_input_beyond_a_millimetre_and_ten_kilometres(norm, factor):
+    """A scene of 0.1-0.5 mm (1e-4 x the 1-5 m scene) or 10-50 km (1e4 x) comes out at 1e-4 x or 1e4 x the 1-5 m
+    scene's output, as 10x does: the output's bounds follow the scene (output_depth_bounds) rather than clamping
+    every pixel to 1 mm or 10 km. No measurements, so every pixel is the sharpener's."""
+    img, depth, _ = _scene(40, 56, seed=4)
+    model = SharpDepth(build_tiny_lotus(seed=3, norm=norm))
+    base = model(img, depth).depth
+    scaled = model(img, depth * factor).depth
+    assert np.isfinite(scaled).all() and scaled.min() > 0
+    assert np.allclose(scaled, base * factor, rtol=1e-3)
+
+
+def test_output_depth_bounds_are_the_fixed_ones_within_them():
+    """[1 mm, 10 km] for a scene inside them (every shipped result unchanged), the scene's nearest / 10 and farthest
+    x 10 beyond them, in either space."""
+    from depthkit.sharpen.normalize import NormParams, output_depth_bounds
+
+    near, far = output_depth_bounds(NormParams(torch.tensor([0.5, 2e-4, 10.0]), torch.tensor([80.0, 5e-4, 3e4]),
+                                               "depth"))
+    assert near.tolist() == pytest.approx([1e-3, 2e-5, 1e-3]) and far.tolist() == pytest.approx([1e4, 1e4, 3e5])
+    near, far = output_depth_bounds(NormParams(torch.tensor([1 / 80.0, 1 / 3e4]), torch.tensor([2.0, 1 / 10.0]),
+                                               "disparity"))
+    assert near.tolist() == pytest.approx([1e-3, 1e-3]) and far.tolist() == pytest.approx([1e4, 3e5])
+
+
 def test_sharpen_missing_metric_pixels_and_disparity_mode():
     img, depth, sparse = _scene(40, 56, seed=2)
     depth[:8, :8] = 0.0  # a hole in the metric source

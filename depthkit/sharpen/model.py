@@ -59,6 +59,7 @@ from depthkit.sharpen.normalize import (
     denormalize_depth,
     masked_scale_shift,
     normalize_depth,
+    output_depth_bounds,
     valid_depth,
 )
 
@@ -238,7 +239,8 @@ class SharpDepth(nn.Module):
             round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
         if cfg.output == "residual":  # the input plus the change pass 2 made to its own VAE round trip
             fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
-        free = denormalize_depth(fitted, params)
+        bounds = output_depth_bounds(params)  # the scene's own scale, beyond 1 mm - 10 km too
+        free = denormalize_depth(fitted, params, *bounds)
         depth, band = limit_output(cfg, free, metric_depth, measured, (hr, wr), pad, at_processing=at_p)
         if measured is not None:
             depth = torch.where(measured, sparse, depth)
@@ -246,7 +248,7 @@ class SharpDepth(nn.Module):
         out = {"depth": depth, "discrepancy": e, "lotus": resize_bilinear(lotus_p.float(), (h, w)),
                "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params, "free": free}
         if autoencoded:
-            out["autoencoded"] = denormalize_depth(round_trip, params)
+            out["autoencoded"] = denormalize_depth(round_trip, params, *bounds)
         if band is not None:
             out["band"] = band
         return out

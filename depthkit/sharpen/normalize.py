@@ -27,7 +27,8 @@ import torch
 SPACES = ("depth", "disparity")
 METHODS = ("quantile", "minmax")
 
-__all__ = ["NormParams", "normalize_depth", "denormalize_depth", "replicate3", "masked_scale_shift", "valid_depth"]
+__all__ = ["NormParams", "normalize_depth", "denormalize_depth", "output_depth_bounds", "replicate3", "masked_scale_shift",
+           "valid_depth"]
 
 
 @dataclass
@@ -124,20 +125,47 @@ def _span(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return (hi - lo).clamp_min(1e-6)
 
 
-def denormalize_depth(x: torch.Tensor, params: NormParams, min_depth: float = 1e-3,
-                      max_depth: float = 1e4) -> torch.Tensor:
+def denormalize_depth(x: torch.Tensor, params: NormParams, min_depth: float | torch.Tensor = 1e-3,
+                      max_depth: float | torch.Tensor = 1e4) -> torch.Tensor:
     """Inverse of :func:`normalize_depth` for a map in its [-1, 1] space (values outside are extrapolated).
 
-    Returns metres, clamped to ``[min_depth, max_depth]`` so that an extrapolated disparity never becomes <= 0.
+    Returns metres, clamped to ``[min_depth, max_depth]`` so that an extrapolated disparity never becomes <= 0. The
+    bounds are metres, one for the batch or ``[B]`` tensors, one per image (:func:`output_depth_bounds`).
     """
     _check_bchw("x", x)
     _check_space(params.space)
     lo = params.lo.to(x.device, torch.float32).view(-1, 1, 1, 1)
     hi = params.hi.to(x.device, torch.float32).view(-1, 1, 1, 1)
+    near = torch.as_tensor(min_depth, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+    far = torch.as_tensor(max_depth, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
     v = lo + (x.float() + 1.0) * 0.5 * _span(lo, hi)
     if params.space == "depth":
-        return v.clamp(min_depth, max_depth)
-    return 1.0 / v.clamp(1.0 / max_depth, 1.0 / min_depth)
+        return torch.minimum(torch.maximum(v, near), far)
+    return 1.0 / torch.minimum(torch.maximum(v, 1.0 / far), 1.0 / near)
+
+
+OUTPUT_DEPTH_MARGIN = 10.0
+""":func:`output_depth_bounds` lets an output reach this factor nearer than a scene's nearest known depth and farther
+than its farthest, where they lie outside [1 mm, 10 km]."""
+
+
+def output_depth_bounds(params: NormParams, min_depth: float = 1e-3,
+                        max_depth: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image bounds (metres, two ``[B]`` float32 tensors) for :func:`denormalize_depth` of a map normalised with
+    ``params``: ``min(min_depth, nearest / m)`` and ``max(max_depth, farthest · m)``, ``m`` =
+    :data:`OUTPUT_DEPTH_MARGIN`, nearest and farthest the depths at the ends of ``params``' range.
+
+    Within [``min_depth``, ``max_depth``] (1 mm to 10 km) these are the fixed bounds; a scene beyond them (a
+    sub-millimetre close-up, a landscape tens of km deep) keeps its own scale instead of having every pixel clamped
+    to 1 mm or 10 km, so its output still follows the metric input."""
+    _check_space(params.space)
+    lo, hi = params.lo.float(), params.hi.float()
+    if params.space == "depth":
+        nearest, farthest = lo, hi
+    else:  # disparity: its largest value is the nearest depth
+        nearest, farthest = 1.0 / hi, 1.0 / lo
+    return (torch.clamp(nearest / OUTPUT_DEPTH_MARGIN, max=min_depth),
+            torch.clamp(farthest * OUTPUT_DEPTH_MARGIN, min=max_depth))
 
 
 def replicate3(x: torch.Tensor) -> torch.Tensor:
