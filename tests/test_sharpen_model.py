@@ -406,6 +406,30 @@ def test_sharpen_missing_metric_pixels_and_disparity_mode():
         model(img, -depth)
 
 
+def test_sharpen_refuses_what_the_pipeline_refuses(sharp):
+    """The public entry refuses an inf (or a float64 value float32 cannot hold) in either map rather than taking it
+    for missing, a positive value that would round to 0, an all-missing metric input, and a generator that is not a
+    torch.Generator, each with a ValueError saying what was received."""
+    img, depth, sparse = _scene(24, 32, seed=6)
+    bad = depth.copy()
+    bad[2, 3] = np.inf
+    with pytest.raises(ValueError, match="1 inf"):
+        sharp(img, bad, sparse)
+    measured = sparse.copy()
+    measured[5, 7] = np.inf  # a measurement, not a hole: it must not be dropped without a word
+    with pytest.raises(ValueError, match="sparse has NaN or negative values, or infinite"):
+        sharp(img, depth, measured)
+    with pytest.raises(ValueError, match="beyond float32"):
+        sharp(img, np.where(depth > 4, 1e300, depth.astype(np.float64)))
+    with pytest.raises(ValueError, match="too small for float32"):
+        sharp(img, depth, np.where(sparse > 0, 1e-50, 0.0).astype(np.float64))
+    with pytest.raises(ValueError, match="no pixel > 0"):
+        sharp(img, np.zeros_like(depth), sparse)
+    with pytest.raises(ValueError, match="torch.Generator or None"):
+        sharp(img, depth, sparse, generator=5)
+    assert np.array_equal(sharp(img, depth.astype(np.float64), sparse).depth, sharp(img, depth, sparse).depth)
+
+
 def test_sharpdepth_save_load_round_trip(sharp, tmp_path):
     separate = SharpDepth(sharp.model, {"fit_threshold": 0.3}, lotus_unet=build_tiny_lotus(seed=5).unet)
     root = separate.save_pretrained(tmp_path / "sd")

@@ -301,9 +301,23 @@ class SharpDepth(nn.Module):
         if not single:
             raise ValueError("sharpen() takes one HxWx3 uint8 image; use sharpen_tensors() for batches.")
         h, w = x.shape[-2:]
+        self._check_generator(generator)
         d = _check_depth_array(metric_depth, (h, w), "metric_depth")
         sp = None if sparse is None else _check_depth_array(sparse, (h, w), "sparse")
         return self._sharpen_one(x, d, sp, processing_resolution, generator)
+
+    def _check_generator(self, generator) -> None:
+        """Refuse (``ValueError``) a ``generator`` that is not None or a ``torch.Generator`` on the model's device
+        type (torch would fail deep inside the first noise draw)."""
+        if generator is None:
+            return
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None (None: seeded 0, deterministic); received "
+                             f"{type(generator).__name__}. For a seed s pass torch.Generator(device="
+                             f"'{self.device.type}').manual_seed(s).")
+        if generator.device.type != self.device.type:
+            raise ValueError(f"generator is on {generator.device} but the model is on {self.device}; create it there: "
+                             f"torch.Generator(device='{self.device.type}').manual_seed(s).")
 
     def sharpen_checked(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
                         processing_resolution: int | None = None,
@@ -530,13 +544,29 @@ def depth_tensor(depth: np.ndarray) -> torch.Tensor:
 
 
 def _check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor:
-    """:func:`depth_tensor` of ``depth`` after checking it is an HxW float array matching ``shape``, >= 0, no NaN."""
+    """:func:`depth_tensor` of ``depth`` after checking it is an HxW float array of metres matching ``shape``, every
+    value finite and >= 0 once in float32 (0 = missing), as the Pipeline checks its inputs; ``metric_depth`` needs a
+    value > 0. An inf, or a float64 value beyond float32, would otherwise be taken for missing without a word."""
     if isinstance(depth, torch.Tensor):
         depth = depth.detach().cpu().numpy()
     depth = np.asarray(depth)
     if depth.shape != tuple(shape) or depth.dtype.kind != "f":
         raise ValueError(f"{name} must be an HxW float array of metres matching the image {tuple(shape)}; received "
                          f"shape {depth.shape}, dtype {depth.dtype}.")
-    if np.isnan(depth).any() or (depth < 0).any():
-        raise ValueError(f"{name} has NaN or negative values; mark missing depth with 0.")
-    return depth_tensor(depth)
+    with np.errstate(over="ignore"):
+        metres = depth.astype(np.float32)
+    nan, inf, negative = np.isnan(depth), np.isinf(metres) & ~np.isnan(depth), depth < 0
+    lost = (depth > 0) & (metres == 0)  # below float32's smallest: it would become 0, i.e. missing
+    if nan.any() or inf.any() or negative.any():
+        raise ValueError(f"{name} has NaN or negative values, or infinite ones: {int(nan.sum())} NaN, {int(inf.sum())} "
+                         f"inf (or beyond float32), {int(negative.sum())} negative. Depth is finite metres >= 0; mark "
+                         "missing depth with 0.")
+    if lost.any():
+        raise ValueError(f"{name} has {int(lost.sum())} positive value(s) too small for float32 metres (smallest "
+                         f"{float(depth[lost].min()):.3g}); they would be lost as missing. Check the units, or set "
+                         "such pixels to 0.")
+    if name == "metric_depth" and not (metres > 0).any():
+        raise ValueError("metric_depth has no pixel > 0 (all missing); sharpening needs metric depth to sharpen. Pass "
+                         "a dense depth map in metres, or complete a sparse one first (Pipeline(stages=('complete', "
+                         "'sharpen'))).")
+    return depth_tensor(metres)
