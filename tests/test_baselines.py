@@ -220,6 +220,45 @@ def test_bad_options_are_refused():
         ip_basic(image, sparse, blur="box")
 
 
+@pytest.mark.parametrize("option", [
+    {"sigma_color": float("nan")}, {"ridge": float("nan")}, {"ridge": float("inf")},  # came back as a NaN map
+    {"color_scale": float("nan")}, {"sigma_color": 1e-300}, {"color_scale": 1e-300},  # SciPy / Python errors
+    {"k": 8.0}, {"k": True}, {"k": "8"}, {"guide_median": 5.0}, {"fit": None},  # TypeError / OpenCV error
+])
+def test_guided_refuses_nan_inf_and_non_integer_options(option):
+    image = textured_image()
+    sparse = sample(np.linspace(1, 5, H * W).reshape(H, W).astype(np.float32), 60)
+    with pytest.raises(ValueError, match=r"guided: need k >= 1.*received .*The defaults are"):
+        guided(image, sparse, **option)
+
+
+def test_guided_infinite_colour_scales_turn_the_colour_terms_off():
+    image = textured_image()
+    sparse = sample(np.linspace(1, 5, H * W).reshape(H, W).astype(np.float32), 60)
+    grey = np.full_like(image, 128)
+    # lam = 0: the k-NN is purely spatial, as with a grey guide; sigma_color = inf: no colour weighting either
+    both_off = guided(image, sparse, color_scale=float("inf"), sigma_color=float("inf"))
+    assert np.array_equal(both_off, guided(grey, sparse))
+    assert np.isfinite(guided(image, sparse, color_scale=float("inf"))).all()
+
+
+@pytest.mark.parametrize("option", [{"kernel_scale": float("inf")}, {"kernel_scale": True}, {"extend_to_top": "no"},
+                                    {"large_fill": 1}])
+def test_ip_basic_refuses_non_finite_scales_and_non_boolean_flags(option):
+    image, _, sparse = edge_bleed_scene()
+    with pytest.raises(ValueError, match=rf"ip_basic: {next(iter(option))} must be .*received"):
+        ip_basic(image, sparse, **option)
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+@pytest.mark.parametrize("value, words", [(1e39, "beyond its range"), (1e-50, "too small")])
+def test_float64_sparse_that_float32_cannot_hold_is_refused(name, value, words):
+    sparse = sample(np.full((H, W), 1.5), 50).astype(np.float64)
+    sparse[0, 0] = value  # would become inf (misreported as NaN/inf) or 0 (a measurement silently lost)
+    with pytest.raises(ValueError, match=rf"{name}: sparse depth must fit float32 metres; received 1 .*{words}"):
+        METHODS[name](textured_image(), sparse)
+
+
 # ------------------------------------------------------------------ guided against a per-pixel reference
 
 

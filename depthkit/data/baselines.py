@@ -48,6 +48,9 @@ _IPB_SIGMA_SPACE_PX = 2.0
 # float64 candidate arrays (k * 64 KiB each) stay in cache, and memory is bounded for any image size.
 _GUIDED_CHUNK = 1 << 13
 _guided_workers: int | None = None  # see set_guided_workers
+# Smallest color_scale / sigma_color (8-bit levels) `guided` takes: sigma_color**2 stays > 0 and the joint space's
+# colour axes (lam * level, lam = mean spacing / color_scale) keep finite squared distances for any image size.
+_GUIDED_MIN_LEVELS = 1e-100
 
 
 def _check_inputs(image, sparse, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,6 +65,7 @@ def _check_inputs(image, sparse, method: str) -> tuple[np.ndarray, np.ndarray, n
         raise ValueError(
             f"{method}: sparse depth must be a real-valued array (float32 metres); received dtype {sparse.dtype}."
         )
+    _check_float32_range(sparse, method)
     sparse = sparse.astype(np.float32, copy=False)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -94,6 +98,29 @@ def _check_inputs(image, sparse, method: str) -> tuple[np.ndarray, np.ndarray, n
             "0 = missing); completion needs at least one measured pixel > 0 metres."
         )
     return image, sparse, valid
+
+
+def _check_float32_range(sparse: np.ndarray, method: str) -> None:
+    """Refuse (ValueError) wider-than-float32 metres that the cast to float32 would turn into inf or into 0 (missing:
+    a measurement lost without a word); NaN, inf and negative values are left to the caller's own check."""
+    if sparse.dtype.kind != "f" or sparse.dtype.itemsize <= 4:
+        return
+    with np.errstate(over="ignore", under="ignore"):
+        as32 = sparse.astype(np.float32)
+    finite = np.isfinite(sparse)
+    huge = finite & ~np.isfinite(as32)
+    if huge.any():
+        raise ValueError(
+            f"{method}: sparse depth must fit float32 metres; received {int(huge.sum())} finite value(s) beyond its "
+            f"range (largest {float(np.abs(sparse[huge]).max()):.3g}). Check the units (metres), or set such pixels to 0."
+        )
+    tiny = finite & (sparse > 0) & (as32 == 0)
+    if tiny.any():
+        raise ValueError(
+            f"{method}: sparse depth must fit float32 metres; received {int(tiny.sum())} positive value(s) too small "
+            f"for it (smallest {float(sparse[tiny].min()):.3g}), which would become 0 (missing) and be lost. Check the "
+            "units (metres), or set such pixels to 0."
+        )
 
 
 def _trivial(sparse: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
@@ -186,8 +213,13 @@ def ip_basic(
     """
     if blur not in ("bilateral", "gaussian", "none"):
         raise ValueError(f"ip_basic: blur must be 'bilateral', 'gaussian' or 'none'; received {blur!r}.")
-    if kernel_scale is not None and not kernel_scale > 0:
-        raise ValueError(f"ip_basic: kernel_scale must be > 0 (or None for automatic); received {kernel_scale}.")
+    if kernel_scale is not None and not (_is_real(kernel_scale) and 0 < float(kernel_scale) < np.inf):
+        raise ValueError(f"ip_basic: kernel_scale must be a finite number > 0 (1 = IP-Basic's kernel sizes) or None "
+                         f"for automatic; received {kernel_scale!r}.")
+    for name, flag in (("extend_to_top", extend_to_top), ("large_fill", large_fill)):
+        if flag is not None and not isinstance(flag, bool | np.bool_):
+            raise ValueError(f"ip_basic: {name} must be True, False or None (automatic); received {flag!r} "
+                             f"({type(flag).__name__}).")
     return _ip_basic(*_check_inputs(image, sparse, "ip_basic"), extend_to_top=extend_to_top, blur=blur,
                      kernel_scale=kernel_scale, large_fill=large_fill)
 
@@ -296,22 +328,48 @@ def guided(
     of a shared 2-core machine (load 2.5-3.5), 2.3x less than the earlier one-batch N x k version side by side, two
     thirds of it the k-d tree queries; a second thread gave up to 1.6x with a core free, nothing with both busy.
     """
-    if (
-        k < 1
-        or color_scale <= 0
-        or sigma_color <= 0
-        or guide_median < 0
-        or (guide_median > 1 and guide_median % 2 == 0)
-        or fit not in ("linear", "mean")
-        or ridge <= 0
-    ):
-        raise ValueError(
-            f"guided: need k >= 1, color_scale > 0, sigma_color > 0, guide_median 0, 1 or odd, fit 'linear' or 'mean' "
-            f"and ridge > 0; received k={k}, color_scale={color_scale}, sigma_color={sigma_color}, "
-            f"guide_median={guide_median}, fit={fit!r}, ridge={ridge}."
-        )
+    _check_guided_options(k=k, color_scale=color_scale, sigma_color=sigma_color, guide_median=guide_median, fit=fit,
+                          ridge=ridge)
     return _guided(*_check_inputs(image, sparse, "guided"), k=k, color_scale=color_scale, sigma_color=sigma_color,
                    guide_median=guide_median, fit=fit, ridge=ridge, workers=workers)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
+def _check_guided_options(*, k, color_scale, sigma_color, guide_median, fit, ridge) -> None:
+    """Refuse (ValueError) :func:`guided`'s options outside their domain, before they reach the arithmetic.
+
+    ``k`` an integer >= 1; ``color_scale`` and ``sigma_color`` (8-bit levels) >= ``_GUIDED_MIN_LEVELS`` (1e-100:
+    below it ``sigma_color**2`` underflows to 0 and ``lam = s / color_scale`` overflows the k-d tree's squared
+    distances), inf allowed (it turns that colour term off: ``lam = 0`` / a colour weight of 1); ``ridge`` (px^2)
+    finite and > 0 (inf would make every slope 0 / 0); ``guide_median`` 0, 1 or an odd integer; ``fit`` "linear" or
+    "mean". A NaN or inf among them would otherwise come back as a NaN map (``sigma_color``, ``ridge``) or as an
+    error from deep inside SciPy or OpenCV.
+    """
+    def level_ok(value) -> bool:
+        return _is_real(value) and float(value) >= _GUIDED_MIN_LEVELS  # NaN fails, inf (colour term off) passes
+
+    if (
+        not (_is_int(k) and k >= 1)
+        or not level_ok(color_scale)
+        or not level_ok(sigma_color)
+        or not (_is_int(guide_median) and (guide_median in (0, 1) or (guide_median > 1 and guide_median % 2 == 1)))
+        or not (isinstance(fit, str) and fit in ("linear", "mean"))
+        or not (_is_real(ridge) and 0 < float(ridge) < np.inf)
+    ):
+        raise ValueError(
+            f"guided: need k >= 1 (an integer), color_scale > 0 and sigma_color > 0 (8-bit levels, at least "
+            f"{_GUIDED_MIN_LEVELS:g}; inf turns that colour term off), guide_median 0, 1 or odd (an integer), fit 'linear' or 'mean' and ridge > 0 "
+            f"(finite, px^2); received k={k!r}, color_scale={color_scale!r}, sigma_color={sigma_color!r}, "
+            f"guide_median={guide_median!r}, fit={fit!r}, ridge={ridge!r}. The defaults are k=8, color_scale=64, "
+            "sigma_color=16, guide_median=5, fit='linear', ridge=1."
+        )
 
 
 def guided_field(image: np.ndarray, values: np.ndarray, known: np.ndarray, *, workers: int | None = None) -> np.ndarray:
