@@ -134,6 +134,10 @@ _G = np.zeros((8, 32), np.uint8)
     lambda: disparity_to_depth(np.ones((2, 2)), True),
     lambda: disparity_to_depth(np.ones((2, 2)), float("inf")),
     lambda: disparity_to_depth(np.ones((2, 2)), 1.0, min_disparity_px=float("inf")),
+    lambda: disparity_to_depth(np.ones((2, 2, 3)), 1.0),  # a disparity PNG read as 3 channels: came back HxWx3
+    lambda: disparity_to_depth(np.ones(4), 1.0),
+    lambda: disparity_to_depth(np.array([["1", "2"]]), 1.0),
+    lambda: disparity_to_depth(np.ones((2, 2)), 1e38, min_disparity_px=1e-3),  # a 1e-3 px disparity came back inf m
     lambda: search_range(10.0, 0.0),
     lambda: search_range(10.0, 1e-300),
     lambda: search_range(10.0, float("inf")),

@@ -67,6 +67,16 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_
     return np.where(disp >= min_disparity, disp, 0.0).astype(np.float32)  # invalid: (min_disparity - 1)
 
 
+def _check_disparity(disp) -> np.ndarray:
+    """``disp`` as an HxW float32 array of pixels, or ValueError saying what was received."""
+    arr = np.asarray(disp)
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+        raise ValueError(f"disparity_to_depth takes an HxW disparity map in pixels (float or integer); received shape "
+                         f"{arr.shape}, dtype {arr.dtype}. Pass one channel (e.g. disp[..., 0] of a 3-channel image), "
+                         "as numbers.")
+    return arr.astype(np.float32, copy=False)
+
+
 def disparity_to_depth(disp: np.ndarray, fx_baseline: float, min_disparity_px: float = 1.0,
                        doffs_px: float = 0.0) -> np.ndarray:
     """Planar depth (HxW float32 metres, 0 = missing) from a disparity map (pixels): ``fx·baseline / (disp +
@@ -76,12 +86,20 @@ def disparity_to_depth(disp: np.ndarray, fx_baseline: float, min_disparity_px: f
     ``doffs_px`` is the difference of the two cameras' principal points along x (right minus left; Middlebury's
     calibration files call it ``doffs``; 0 for a pair rectified to one principal point), in the map's pixels.
     Disparities below ``min_disparity_px`` (before the offset) and non-finite ones are missing: beyond the rig's
-    range, where a fraction of a pixel is tens of metres, or unmatched.
+    range, where a fraction of a pixel is tens of metres, or unmatched. The farthest depth it can give,
+    ``fx_baseline / (min_disparity_px + doffs_px)``, and ``fx_baseline`` itself must fit float32 (the division runs in
+    float32), so that no depth comes back inf.
     """
     fx_baseline = _check_positive(_FX_BASELINE, fx_baseline, allow_none=False)
     min_disparity_px = _check_positive("min_disparity_px (pixels)", min_disparity_px, allow_none=False)
     doffs_px = _check_non_negative("doffs_px (pixels: the principal points' x difference)", doffs_px)
-    disp = np.asarray(disp, dtype=np.float32)
+    farthest = fx_baseline / (min_disparity_px + doffs_px)
+    if not max(farthest, fx_baseline) <= float(np.finfo(np.float32).max):  # the division runs in float32
+        raise ValueError(f"received fx_baseline={fx_baseline!r}, min_disparity_px={min_disparity_px!r} and doffs_px="
+                         f"{doffs_px!r}: depths up to {farthest:.3g} m, computed in float32 from fx_baseline; both "
+                         f"must stay within float32's range ({float(np.finfo(np.float32).max):.3g}) or a depth comes "
+                         "back inf. Check fx_baseline's units (pixels x metres), or raise min_disparity_px.")
+    disp = _check_disparity(disp)
     ok = np.isfinite(disp) & (disp >= min_disparity_px)
     return np.where(ok, fx_baseline / (np.where(ok, disp, 1.0) + np.float32(doffs_px)), 0.0).astype(np.float32)
 
