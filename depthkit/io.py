@@ -32,7 +32,7 @@ from depthkit.png_scale import (  # noqa: F401  (PNG_SCALES, PNG_SCALE_KEY, png_
     keeps_every_pixel,
     png_depth_scale,
 )
-from depthkit.sparse_resize import scatter_points
+from depthkit.sparse_resize import scatter_points, target_size
 from depthkit.warning_types import DepthkitWarning, UnitWarning  # noqa: F401  (public here too)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -356,7 +356,7 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
         raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing), at least 1x1.")
     check_depth_values(sparse, what)
     h, w = sparse.shape
-    oh, ow = _target_size(shape, what)
+    oh, ow = target_size(shape, what)
     import warnings
 
     # a 2 % aspect difference: different fields of view, or a crop
@@ -372,19 +372,6 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
                       "points fell on a pixel shared with another and were merged (kept: the nearest depth of each "
                       f"such pixel), leaving {left} point{'' if left == 1 else 's'}.", DepthkitWarning, stacklevel=2)
     return out
-
-
-def _target_size(shape, what: str) -> tuple[int, int]:
-    """:func:`resize_sparse`'s ``shape`` as (H', W') pixels: a pair of whole numbers >= 1, or an image's (H', W', C)
-    shape; anything else (a string, one number, 0, a fraction) is a ``ValueError`` saying what was received."""
-    ok = isinstance(shape, (tuple, list)) and len(shape) in (2, 3)
-    size = tuple(shape[:2]) if ok else ()
-    ok = ok and all(isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, (bool, np.bool_))
-                    and math.isfinite(v) and v == int(v) and v >= 1 for v in size)
-    if not ok:
-        raise ValueError(f"the size to scatter {what} to must be (height, width) in whole pixels >= 1 (or an image's "
-                         f"shape), e.g. image.shape[:2]; received {shape!r}.")
-    return int(size[0]), int(size[1])
 
 
 def write_image(path, image: np.ndarray) -> Path:

@@ -9,9 +9,11 @@ it), and :func:`scatter_points` counts the points merged so.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["map_to_resized", "scatter_points"]
+__all__ = ["map_to_resized", "scatter_points", "target_size"]
 
 
 def _pixel_indices(values, what: str) -> np.ndarray:
@@ -59,3 +61,17 @@ def scatter_points(sparse: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarr
     out.flat[target[first]] = vals[first]  # one value per pixel: numpy leaves a repeated index's order open
     per_pixel = np.diff(np.append(np.flatnonzero(first), target.size))
     return out, int(per_pixel[per_pixel > 1].sum())
+
+
+def target_size(shape, what: str) -> tuple[int, int]:
+    """:func:`depthkit.io.resize_sparse`'s ``shape`` as (H', W') pixels: a pair of whole numbers >= 1, or an image's
+    (H', W', C) shape; anything else (a string, one number, 0, a fraction) is a ``ValueError`` saying what was
+    received."""
+    ok = isinstance(shape, (tuple, list)) and len(shape) in (2, 3)
+    size = tuple(shape[:2]) if ok else ()
+    ok = ok and all(isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    and math.isfinite(v) and v == int(v) and v >= 1 for v in size)
+    if not ok:
+        raise ValueError(f"the size to scatter {what} to must be (height, width) in whole pixels >= 1 (or an image's "
+                         f"shape), e.g. image.shape[:2]; received {shape!r}.")
+    return int(size[0]), int(size[1])

@@ -210,9 +210,9 @@ def test_one_resolution_and_one_validation_per_run(tiny_ck, monkeypatch):
     from depthkit.sharpen.stage import build_sharpen_stage
 
     resolved, checked = [], []
-    real_resolve, real_check, real_prepare = lotus.resolve_model_dir, model._check_depth_array, lotus.LotusModel.prepare_image
+    real_resolve, real_check, real_prepare = lotus.resolve_model_dir, model.check_depth_array, lotus.LotusModel.prepare_image
     monkeypatch.setattr(lotus, "resolve_model_dir", lambda p: resolved.append(p) or real_resolve(p))
-    monkeypatch.setattr(model, "_check_depth_array", lambda *a: checked.append(a[2]) or real_check(*a))
+    monkeypatch.setattr(model, "check_depth_array", lambda *a: checked.append(a[2]) or real_check(*a))
     monkeypatch.setattr(lotus.LotusModel, "prepare_image",
                         lambda self, im: checked.append("image") or real_prepare(self, im))
     stage = build_sharpen_stage(CheckpointRef.open(tiny_ck))

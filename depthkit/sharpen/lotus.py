@@ -42,6 +42,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthkit.dtypes import torch_dtype
+from depthkit.sharpen.folders import (  # noqa: F401  (EMBEDS_KEY, HUB_PATTERNS, resolve_model_dir: re-exported)
+    EMBEDS_FILE,
+    EMBEDS_KEY,
+    HUB_PATTERNS,
+    LOTUS_JSON,
+    check_model_dir,
+    checkpoint_error,
+    load_diffusers_model,
+    load_empty_prompt_embeds,
+    resolve_model_dir,
+)
 from depthkit.sharpen.normalize import SPACES, replicate3
 
 __all__ = [
@@ -52,13 +63,8 @@ __all__ = [
 TASKS = {"depth": (1.0, 0.0), "rgb": (0.0, 1.0)}
 LOTUS_MODES = ("generative", "direct")
 """Lotus-G (8-channel UNet input: image latent + depth-or-noise latent) and Lotus-D (image latent alone)."""
-LOTUS_JSON = "lotus.json"
-EMBEDS_FILE = "empty_prompt_embeds.safetensors"
-EMBEDS_KEY = "empty_prompt_embeds"
 FORMAT = "depthkit-lotus"
 FORMAT_VERSION = 1
-HUB_PATTERNS = ["unet/*", "lotus_unet/*", "vae/*", "scheduler/*", EMBEDS_FILE, LOTUS_JSON, "sharpdepth.json"]
-"""The files a hub snapshot of a Lotus / SharpDepth folder is restricted to."""
 
 
 def has_safetensors(folder) -> bool:
@@ -125,25 +131,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB → ``1 x 3 x H x W`` float32 in [-1, 1] (CPU). No checks: the caller validated ``image``
     (:meth:`LotusModel.prepare_image` for public entries, :class:`depthkit.pipeline.Pipeline` for stages)."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-
-
-def _checkpoint_error(message: str) -> Exception:
-    from depthkit.checkpoints import CheckpointError
-
-    return CheckpointError(message)
-
-
-def load_diffusers_model(cls, folder, what: str, **kwargs):
-    """``cls.from_pretrained(folder, **kwargs)`` (a diffusers ``ModelMixin`` class: the UNet or the VAE) with its
-    loading report checked by :func:`depthkit.checkpoints.check_loading_info`: a tensor the config's model lacks
-    (dropped by diffusers with only a log line: e.g. a config without the mid block its weights have) or one it
-    needs and the file lacks (left randomly initialised) is a :class:`~depthkit.checkpoints.CheckpointError` naming
-    ``what``, ``folder`` and the first keys, never a model that runs on other weights than those stored."""
-    from depthkit.checkpoints import check_loading_info
-
-    model, info = cls.from_pretrained(str(folder), output_loading_info=True, **kwargs)
-    check_loading_info(info, folder, what)
-    return model
 
 
 class LotusModel(nn.Module):
@@ -433,7 +420,7 @@ class LotusModel(nn.Module):
             from depthkit.checkpoints import BOUNDS, bounded, check_format_version, check_typed_fields, read_json
             meta = check_typed_fields(LotusJson, read_json(root / LOTUS_JSON, "Lotus settings"), root / LOTUS_JSON)
             if meta.get("format") != FORMAT or meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-                raise _checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
+                raise checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
                                         f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}).")
             check_format_version(meta.get("format_version", FORMAT_VERSION), FORMAT_VERSION, root / LOTUS_JSON)
             bounded("default_processing_resolution", meta.get("default_processing_resolution"),
@@ -448,7 +435,7 @@ class LotusModel(nn.Module):
         except CheckpointError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise _checkpoint_error(f"could not load the diffusers parts of {root}: {type(exc).__name__}: {exc}. "
+            raise checkpoint_error(f"could not load the diffusers parts of {root}: {type(exc).__name__}: {exc}. "
                                     "The checkpoint may be truncated or corrupt; re-create or re-download it.") from exc
         embeds = load_empty_prompt_embeds(root / EMBEDS_FILE)
         if mode is None:
@@ -461,59 +448,3 @@ class LotusModel(nn.Module):
                     **opts)
         model.eval()
         return model.to(device=device or "cpu", dtype=dtype)
-
-
-def load_empty_prompt_embeds(path) -> torch.Tensor:
-    """Read ``empty_prompt_embeds.safetensors`` (``1 x L x D``); a corrupt file gives a CheckpointError naming it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise _checkpoint_error(f"{path} is corrupt or unreadable ({exc}). Re-create it with "
-                                "compute_empty_prompt_embeds() from the release's text_encoder/ and tokenizer/.") from exc
-    if EMBEDS_KEY not in tensors:
-        raise _checkpoint_error(f"{path} has no tensor named {EMBEDS_KEY!r} (found {sorted(tensors)}).")
-    return tensors[EMBEDS_KEY]
-
-
-def resolve_model_dir(path_or_hub_id) -> Path:
-    """A local directory, or a hub snapshot of ``owner/name`` restricted to :data:`HUB_PATTERNS` (see
-    :func:`depthkit.checkpoints.download_hub_snapshot`). The one place a Lotus / SharpDepth location is resolved."""
-    from depthkit.checkpoints import download_hub_snapshot, is_hub_id
-
-    path = Path(path_or_hub_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise _checkpoint_error(f"{path} is a file; a Lotus / SharpDepth model is a folder with unet/, vae/, "
-                                    f"scheduler/ and {EMBEDS_FILE}.")
-        return path
-    text = str(path_or_hub_id)
-    if not is_hub_id(text):
-        raise _checkpoint_error(f"Lotus / SharpDepth model {text!r} not found: no such directory, and it is not a hub id "
-                                "(owner/name). Save one with LotusModel.save_pretrained(DIR) or build a tiny one "
-                                "with depthkit.sharpen.tiny.build_tiny_lotus().")
-    return download_hub_snapshot(text, "Lotus / SharpDepth model", HUB_PATTERNS)
-
-
-def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
-    """Raise a CheckpointError listing every missing part of a Lotus (or SharpDepth: the same layout) folder: configs,
-    the stored embedding, weights (diffusers' file names, whole or sharded; diffusers alone would say no .bin found)."""
-    required = {unet_subfolder: f"{unet_subfolder}/config.json", "vae": "vae/config.json",
-                "scheduler": "scheduler/scheduler_config.json", EMBEDS_FILE: EMBEDS_FILE}
-    # a part that is absent is named as such (vae); one whose folder is there names the file it lacks (vae/config.json)
-    absent = [name for name, rel in required.items() if not (root / rel).is_file()]
-    missing = [rel if (root / name).is_dir() else name for name, rel in required.items() if name in absent]
-    missing += [f"{s}/diffusion_pytorch_model.safetensors" for s in (unet_subfolder, "vae")
-                if s not in absent and not any((root / s).glob("diffusion_pytorch_model*"))]
-    if not missing:
-        return
-    found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
-    hint = ("This looks like a released diffusers pipeline (it has text_encoder/): import it into depthkit's layout, "
-            "which computes the empty-prompt embedding once with compute_empty_prompt_embeds()."
-            if (root / "text_encoder").is_dir() and missing == [EMBEDS_FILE]
-            else "Write a complete one with LotusModel.save_pretrained(DIR) (SharpDepth.save_pretrained for a "
-            "sharpener), or import released weights.")
-    raise _checkpoint_error(f"{root} is not a complete Lotus / SharpDepth model folder: missing {', '.join(missing)} "
-                            f"(found: {found}). {hint}")

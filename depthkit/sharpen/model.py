@@ -46,7 +46,14 @@ from depthkit.dtypes import torch_dtype
 from depthkit.sharpen.attention import pooled_self_attention
 from depthkit.sharpen.config import RECONS_WEIGHTS, SharpDepthConfig  # noqa: F401  (re-exported)
 from depthkit.sharpen.ema import EMA  # noqa: F401  (re-exported: depthkit.sharpen.train imports it)
+from depthkit.sharpen.folders import (  # noqa: F401  (SHARPDEPTH_JSON: re-exported)
+    LOTUS_UNET_DIR,
+    SHARPDEPTH_JSON,
+    check_pass1_unet,
+    read_sharpdepth_json,
+)
 from depthkit.sharpen.gating import apply_gate, discrepancy, downsample_discrepancy, gate
+from depthkit.sharpen.inputs import check_depth_array, check_generator, depth_tensor
 from depthkit.sharpen.limits import (
     change_weight,
     limit_change,
@@ -65,8 +72,6 @@ from depthkit.sharpen.normalize import (
 
 __all__ = ["SharpDepthConfig", "resize_depth", "SharpDepth", "SharpenOutput", "SHARPDEPTH_JSON", "depth_tensor"]
 
-SHARPDEPTH_JSON = "sharpdepth.json"
-LOTUS_UNET_DIR = "lotus_unet"
 # --------------------------------------------------------------------------------------------- model
 @dataclass
 class SharpenOutput:
@@ -301,23 +306,10 @@ class SharpDepth(nn.Module):
         if not single:
             raise ValueError("sharpen() takes one HxWx3 uint8 image; use sharpen_tensors() for batches.")
         h, w = x.shape[-2:]
-        self._check_generator(generator)
-        d = _check_depth_array(metric_depth, (h, w), "metric_depth")
-        sp = None if sparse is None else _check_depth_array(sparse, (h, w), "sparse")
+        check_generator(generator, self.device)
+        d = check_depth_array(metric_depth, (h, w), "metric_depth")
+        sp = None if sparse is None else check_depth_array(sparse, (h, w), "sparse")
         return self._sharpen_one(x, d, sp, processing_resolution, generator)
-
-    def _check_generator(self, generator) -> None:
-        """Refuse (``ValueError``) a ``generator`` that is not None or a ``torch.Generator`` on the model's device
-        type (torch would fail deep inside the first noise draw)."""
-        if generator is None:
-            return
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or None (None: seeded 0, deterministic); received "
-                             f"{type(generator).__name__}. For a seed s pass torch.Generator(device="
-                             f"'{self.device.type}').manual_seed(s).")
-        if generator.device.type != self.device.type:
-            raise ValueError(f"generator is on {generator.device} but the model is on {self.device}; create it there: "
-                             f"torch.Generator(device='{self.device.type}').manual_seed(s).")
 
     def sharpen_checked(self, image: np.ndarray, metric_depth: np.ndarray, sparse: np.ndarray | None = None,
                         processing_resolution: int | None = None,
@@ -485,88 +477,3 @@ class SharpDepth(nn.Module):
                                               "weights", **kwargs)
             lotus_unet = lotus_unet.to(device or "cpu").eval()
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
-
-
-SHARPDEPTH_JSON_KEYS = ("format", "format_version", "config", "separate_lotus_unet")
-"""The keys of ``sharpdepth.json`` (:meth:`SharpDepth.save_pretrained`)."""
-
-
-def read_sharpdepth_json(root: Path) -> tuple[dict, bool]:
-    """``root/sharpdepth.json`` read and checked: ``(stored SharpDepthConfig fields, separate_lotus_unet)``; ``({},
-    False)`` when the folder has none (a bare Lotus-G folder). A wrong format or format_version, a key other than
-    :data:`SHARPDEPTH_JSON_KEYS`, a non-bool ``separate_lotus_unet`` or a config that is not SharpDepthConfig's
-    fields raises :class:`~depthkit.checkpoints.CheckpointError` naming the file."""
-    from depthkit.checkpoints import CheckpointError, check_format_version, check_typed_fields, read_json
-
-    path = root / SHARPDEPTH_JSON
-    if not path.is_file():
-        return {}, False
-    meta = read_json(path, "SharpDepth settings")
-    if not isinstance(meta, dict):
-        return check_typed_fields(SharpDepthConfig, meta, path), False  # raises: not an object
-    unknown = sorted(set(meta) - set(SHARPDEPTH_JSON_KEYS))
-    if unknown:
-        raise CheckpointError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SHARPDEPTH_JSON_KEYS)} "
-                              "(SharpDepthConfig fields go inside \"config\"). Fix the file or re-export it.")
-    if meta.get("format") != "depthkit-sharpdepth":
-        raise CheckpointError(f"{path} is not a depthkit-sharpdepth settings file (format={meta.get('format')!r}, "
-                              "expected 'depthkit-sharpdepth'). Re-export it with SharpDepth.save_pretrained.")
-    check_format_version(meta.get("format_version"), 1, path)
-    separate = meta.get("separate_lotus_unet", False)
-    if not isinstance(separate, bool):
-        raise CheckpointError(f"{path}: separate_lotus_unet must be true or false; received {separate!r}.")
-    return check_typed_fields(SharpDepthConfig, meta.get("config", {}), path), separate
-
-
-PASS1_UNET_FIELDS = ("in_channels", "out_channels", "cross_attention_dim", "class_embed_type",
-                     "projection_class_embeddings_input_dim")
-"""The UNet config fields a separate pass-1 UNet must share with the sharpener: it takes the same latents, the same
-stored empty-prompt embedding (``1 x L x cross_attention_dim``) and the same 4-dim task switch."""
-
-
-def check_pass1_unet(lotus_unet, sharpener_unet) -> None:
-    """Raise ``ValueError`` naming the fields of :data:`PASS1_UNET_FIELDS` in which ``lotus_unet`` (pass 1) differs
-    from ``sharpener_unet``: it would fail at the first image (a matrix-shape error deep in cross-attention)."""
-    a, b = lotus_unet.config, sharpener_unet.config
-    diff = {k: (getattr(a, k, None), getattr(b, k, None)) for k in PASS1_UNET_FIELDS
-            if getattr(a, k, None) != getattr(b, k, None)}
-    if diff:
-        text = ", ".join(f"{k}={x!r} (the sharpener's: {y!r})" for k, (x, y) in diff.items())
-        raise ValueError(f"the pass-1 Lotus UNet does not fit the sharpener: {text}. Both passes take the same "
-                         "latents, empty-prompt embedding and task switch, so both UNets must come from the same base "
-                         "model (e.g. Lotus-G and SharpDepth on Stable Diffusion 2); drop the separate Lotus UNet to "
-                         "run the sharpener for both passes.")
-
-
-def depth_tensor(depth: np.ndarray) -> torch.Tensor:
-    """HxW metres → ``1 x 1 x H x W`` float32 (CPU)."""
-    return torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
-
-
-def _check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor:
-    """:func:`depth_tensor` of ``depth`` after checking it is an HxW float array of metres matching ``shape``, every
-    value finite and >= 0 once in float32 (0 = missing), as the Pipeline checks its inputs; ``metric_depth`` needs a
-    value > 0. An inf, or a float64 value beyond float32, would otherwise be taken for missing without a word."""
-    if isinstance(depth, torch.Tensor):
-        depth = depth.detach().cpu().numpy()
-    depth = np.asarray(depth)
-    if depth.shape != tuple(shape) or depth.dtype.kind != "f":
-        raise ValueError(f"{name} must be an HxW float array of metres matching the image {tuple(shape)}; received "
-                         f"shape {depth.shape}, dtype {depth.dtype}.")
-    with np.errstate(over="ignore"):
-        metres = depth.astype(np.float32)
-    nan, inf, negative = np.isnan(depth), np.isinf(metres) & ~np.isnan(depth), depth < 0
-    lost = (depth > 0) & (metres == 0)  # below float32's smallest: it would become 0, i.e. missing
-    if nan.any() or inf.any() or negative.any():
-        raise ValueError(f"{name} has NaN or negative values, or infinite ones: {int(nan.sum())} NaN, {int(inf.sum())} "
-                         f"inf (or beyond float32), {int(negative.sum())} negative. Depth is finite metres >= 0; mark "
-                         "missing depth with 0.")
-    if lost.any():
-        raise ValueError(f"{name} has {int(lost.sum())} positive value(s) too small for float32 metres (smallest "
-                         f"{float(depth[lost].min()):.3g}); they would be lost as missing. Check the units, or set "
-                         "such pixels to 0.")
-    if name == "metric_depth" and not (metres > 0).any():
-        raise ValueError("metric_depth has no pixel > 0 (all missing); sharpening needs metric depth to sharpen. Pass "
-                         "a dense depth map in metres, or complete a sparse one first (Pipeline(stages=('complete', "
-                         "'sharpen'))).")
-    return depth_tensor(metres)

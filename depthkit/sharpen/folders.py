@@ -1,0 +1,162 @@
+"""Lotus / SharpDepth model folders on disk: where one comes from (a local folder, or a hub snapshot restricted to
+the files it needs), what it must hold (:func:`check_model_dir`), and the checked reads of its parts — the diffusers
+UNet and VAE with their loading report (:func:`load_diffusers_model`), the stored empty-prompt embedding,
+``sharpdepth.json`` (:func:`read_sharpdepth_json`) and a separate pass-1 UNet's fit to the sharpener
+(:func:`check_pass1_unet`). Every failure is a :class:`depthkit.checkpoints.CheckpointError` (or ``ValueError``)
+naming the file and what to do. :mod:`depthkit.sharpen.lotus` and :mod:`depthkit.sharpen.model` load through these.
+
+Layout (:meth:`depthkit.sharpen.lotus.LotusModel.save_pretrained`, :meth:`depthkit.sharpen.model.SharpDepth.save_pretrained`)::
+
+    DIR/unet/ DIR/vae/ DIR/scheduler/   diffusers parts (config + safetensors weights, whole or sharded)
+    DIR/empty_prompt_embeds.safetensors {"empty_prompt_embeds": 1 x L x cross_attention_dim}
+    DIR/lotus.json                      Lotus settings
+    DIR/sharpdepth.json                 SharpDepth settings (a sharpener; absent in a bare Lotus-G folder)
+    DIR/lotus_unet/                     a separate pass-1 UNet (when sharpdepth.json says separate_lotus_unet)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from depthkit.sharpen.config import SharpDepthConfig
+
+__all__ = ["EMBEDS_FILE", "EMBEDS_KEY", "HUB_PATTERNS", "LOTUS_JSON", "LOTUS_UNET_DIR", "SHARPDEPTH_JSON",
+           "checkpoint_error", "load_diffusers_model", "load_empty_prompt_embeds", "resolve_model_dir",
+           "check_model_dir", "read_sharpdepth_json", "check_pass1_unet"]
+
+LOTUS_JSON = "lotus.json"
+SHARPDEPTH_JSON = "sharpdepth.json"
+LOTUS_UNET_DIR = "lotus_unet"
+EMBEDS_FILE = "empty_prompt_embeds.safetensors"
+EMBEDS_KEY = "empty_prompt_embeds"
+HUB_PATTERNS = ["unet/*", f"{LOTUS_UNET_DIR}/*", "vae/*", "scheduler/*", EMBEDS_FILE, LOTUS_JSON, SHARPDEPTH_JSON]
+"""The files a hub snapshot of a Lotus / SharpDepth folder is restricted to."""
+
+
+def checkpoint_error(message: str) -> Exception:
+    """A :class:`depthkit.checkpoints.CheckpointError` (imported when needed: depthkit.checkpoints is heavy)."""
+    from depthkit.checkpoints import CheckpointError
+
+    return CheckpointError(message)
+
+
+def load_diffusers_model(cls, folder, what: str, **kwargs):
+    """``cls.from_pretrained(folder, **kwargs)`` (a diffusers ``ModelMixin`` class: the UNet or the VAE) with its
+    loading report checked by :func:`depthkit.checkpoints.check_loading_info`: a tensor the config's model lacks
+    (dropped by diffusers with only a log line: e.g. a config without the mid block its weights have) or one it
+    needs and the file lacks (left randomly initialised) is a :class:`~depthkit.checkpoints.CheckpointError` naming
+    ``what``, ``folder`` and the first keys, never a model that runs on other weights than those stored."""
+    from depthkit.checkpoints import check_loading_info
+
+    model, info = cls.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+    check_loading_info(info, folder, what)
+    return model
+
+
+def load_empty_prompt_embeds(path) -> torch.Tensor:
+    """Read ``empty_prompt_embeds.safetensors`` (``1 x L x D``); a corrupt file gives a CheckpointError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise checkpoint_error(f"{path} is corrupt or unreadable ({exc}). Re-create it with "
+                                "compute_empty_prompt_embeds() from the release's text_encoder/ and tokenizer/.") from exc
+    if EMBEDS_KEY not in tensors:
+        raise checkpoint_error(f"{path} has no tensor named {EMBEDS_KEY!r} (found {sorted(tensors)}).")
+    return tensors[EMBEDS_KEY]
+
+
+def resolve_model_dir(path_or_hub_id) -> Path:
+    """A local directory, or a hub snapshot of ``owner/name`` restricted to :data:`HUB_PATTERNS` (see
+    :func:`depthkit.checkpoints.download_hub_snapshot`). The one place a Lotus / SharpDepth location is resolved."""
+    from depthkit.checkpoints import download_hub_snapshot, is_hub_id
+
+    path = Path(path_or_hub_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise checkpoint_error(f"{path} is a file; a Lotus / SharpDepth model is a folder with unet/, vae/, "
+                                    f"scheduler/ and {EMBEDS_FILE}.")
+        return path
+    text = str(path_or_hub_id)
+    if not is_hub_id(text):
+        raise checkpoint_error(f"Lotus / SharpDepth model {text!r} not found: no such directory, and it is not a hub id "
+                                "(owner/name). Save one with LotusModel.save_pretrained(DIR) or build a tiny one "
+                                "with depthkit.sharpen.tiny.build_tiny_lotus().")
+    return download_hub_snapshot(text, "Lotus / SharpDepth model", HUB_PATTERNS)
+
+
+def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
+    """Raise a CheckpointError listing every missing part of a Lotus (or SharpDepth: the same layout) folder: configs,
+    the stored embedding, weights (diffusers' file names, whole or sharded; diffusers alone would say no .bin found)."""
+    required = {unet_subfolder: f"{unet_subfolder}/config.json", "vae": "vae/config.json",
+                "scheduler": "scheduler/scheduler_config.json", EMBEDS_FILE: EMBEDS_FILE}
+    # a part that is absent is named as such (vae); one whose folder is there names the file it lacks (vae/config.json)
+    absent = [name for name, rel in required.items() if not (root / rel).is_file()]
+    missing = [rel if (root / name).is_dir() else name for name, rel in required.items() if name in absent]
+    missing += [f"{s}/diffusion_pytorch_model.safetensors" for s in (unet_subfolder, "vae")
+                if s not in absent and not any((root / s).glob("diffusion_pytorch_model*"))]
+    if not missing:
+        return
+    found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
+    hint = ("This looks like a released diffusers pipeline (it has text_encoder/): import it into depthkit's layout, "
+            "which computes the empty-prompt embedding once with compute_empty_prompt_embeds()."
+            if (root / "text_encoder").is_dir() and missing == [EMBEDS_FILE]
+            else "Write a complete one with LotusModel.save_pretrained(DIR) (SharpDepth.save_pretrained for a "
+            "sharpener), or import released weights.")
+    raise checkpoint_error(f"{root} is not a complete Lotus / SharpDepth model folder: missing {', '.join(missing)} "
+                            f"(found: {found}). {hint}")
+
+
+SHARPDEPTH_JSON_KEYS = ("format", "format_version", "config", "separate_lotus_unet")
+"""The keys of ``sharpdepth.json`` (:meth:`SharpDepth.save_pretrained`)."""
+
+
+def read_sharpdepth_json(root: Path) -> tuple[dict, bool]:
+    """``root/sharpdepth.json`` read and checked: ``(stored SharpDepthConfig fields, separate_lotus_unet)``; ``({},
+    False)`` when the folder has none (a bare Lotus-G folder). A wrong format or format_version, a key other than
+    :data:`SHARPDEPTH_JSON_KEYS`, a non-bool ``separate_lotus_unet`` or a config that is not SharpDepthConfig's
+    fields raises :class:`~depthkit.checkpoints.CheckpointError` naming the file."""
+    from depthkit.checkpoints import CheckpointError, check_format_version, check_typed_fields, read_json
+
+    path = root / SHARPDEPTH_JSON
+    if not path.is_file():
+        return {}, False
+    meta = read_json(path, "SharpDepth settings")
+    if not isinstance(meta, dict):
+        return check_typed_fields(SharpDepthConfig, meta, path), False  # raises: not an object
+    unknown = sorted(set(meta) - set(SHARPDEPTH_JSON_KEYS))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SHARPDEPTH_JSON_KEYS)} "
+                              "(SharpDepthConfig fields go inside \"config\"). Fix the file or re-export it.")
+    if meta.get("format") != "depthkit-sharpdepth":
+        raise CheckpointError(f"{path} is not a depthkit-sharpdepth settings file (format={meta.get('format')!r}, "
+                              "expected 'depthkit-sharpdepth'). Re-export it with SharpDepth.save_pretrained.")
+    check_format_version(meta.get("format_version"), 1, path)
+    separate = meta.get("separate_lotus_unet", False)
+    if not isinstance(separate, bool):
+        raise CheckpointError(f"{path}: separate_lotus_unet must be true or false; received {separate!r}.")
+    return check_typed_fields(SharpDepthConfig, meta.get("config", {}), path), separate
+
+
+PASS1_UNET_FIELDS = ("in_channels", "out_channels", "cross_attention_dim", "class_embed_type",
+                     "projection_class_embeddings_input_dim")
+"""The UNet config fields a separate pass-1 UNet must share with the sharpener: it takes the same latents, the same
+stored empty-prompt embedding (``1 x L x cross_attention_dim``) and the same 4-dim task switch."""
+
+
+def check_pass1_unet(lotus_unet, sharpener_unet) -> None:
+    """Raise ``ValueError`` naming the fields of :data:`PASS1_UNET_FIELDS` in which ``lotus_unet`` (pass 1) differs
+    from ``sharpener_unet``: it would fail at the first image (a matrix-shape error deep in cross-attention)."""
+    a, b = lotus_unet.config, sharpener_unet.config
+    diff = {k: (getattr(a, k, None), getattr(b, k, None)) for k in PASS1_UNET_FIELDS
+            if getattr(a, k, None) != getattr(b, k, None)}
+    if diff:
+        text = ", ".join(f"{k}={x!r} (the sharpener's: {y!r})" for k, (x, y) in diff.items())
+        raise ValueError(f"the pass-1 Lotus UNet does not fit the sharpener: {text}. Both passes take the same "
+                         "latents, empty-prompt embedding and task switch, so both UNets must come from the same base "
+                         "model (e.g. Lotus-G and SharpDepth on Stable Diffusion 2); drop the separate Lotus UNet to "
+                         "run the sharpener for both passes.")
