@@ -396,6 +396,7 @@ def load_manifest(root) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a depthkit manifest (expected \"format\": \"{FORMAT}\").")
     check_format_version(manifest.get("format_version"), FORMAT_VERSION, path)
+    check_manifest_key_spelling(manifest, path)
     stages = manifest.get("stages")
     if not isinstance(stages, dict) or not stages:
         got = "" if stages is None or stages == {} else f" (\"stages\" is {json.dumps(stages)[:80]}, not an object)"
@@ -410,6 +411,25 @@ def load_manifest(root) -> dict:
                 raise CheckpointError(f"{path}: stage {name!r} names {key!r}; a checkpoint may not set it.")
     manifest_default_stages(manifest, path)
     return manifest
+
+
+MANIFEST_READ_KEYS = ("format", "format_version", "stages", "default_stages", "quality")
+"""The ``depthkit.json`` keys depthkit reads. Others are kept as a checkpoint's record (``write_manifest``'s extras:
+``tiny``, ``imported_from``, ``trained_from``, ``steps``, ...) and never read."""
+
+
+def check_manifest_key_spelling(manifest: dict, path) -> None:
+    """Raise :class:`CheckpointError` for a key of ``manifest`` that is not one depthkit reads but nearly spells one
+    (``default_stage``): it would be kept as a record and the setting silently not applied."""
+    import difflib
+
+    for key in manifest:
+        if key in MANIFEST_READ_KEYS or not isinstance(key, str):
+            continue
+        close = difflib.get_close_matches(key, MANIFEST_READ_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise CheckpointError(f"{path}: key {key!r} is not one depthkit reads; did you mean {close[0]!r}? (read: "
+                                  f"{', '.join(MANIFEST_READ_KEYS)}; other keys are kept as a record.) Rename it.")
 
 
 def manifest_default_stages(manifest: dict, path) -> tuple[str, ...]:

@@ -82,6 +82,16 @@ def test_a_misspelt_stage_in_the_manifest_is_refused_not_dropped(tmp_path):
         Pipeline.from_pretrained(tmp_path)
 
 
+def test_a_misspelt_manifest_key_is_refused_and_a_record_key_kept(tmp_path):
+    """default_stage (for default_stages) would be kept as a record and the default silently not applied."""
+    for key, meant in (("default_stage", "default_stages"), ("qualty", "quality"), ("Default_Stages", "default_stages")):
+        write_manifest(tmp_path, {"complete": {"method": "nearest"}}, **{key: ["complete"]})
+        with pytest.raises(CheckpointError, match=rf"key '{key}' is not one depthkit reads; did you mean '{meant}'"):
+            load_manifest(tmp_path)
+    write_manifest(tmp_path, {"complete": {"method": "nearest"}}, steps=100, tiny=True, trained_from="x", seed=3)
+    assert load_manifest(tmp_path)["steps"] == 100  # records: not close to any key depthkit reads
+
+
 def test_checkpoint_without_requested_stage(tmp_path):
     write_manifest(tmp_path, {"complete": {"method": "nearest"}})
     with pytest.raises(ValueError, match="no \\['sharpen'\\] stage"):
