@@ -338,9 +338,11 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
     """Move sparse depth (HxW metres, 0 = missing) to ``shape`` = (H', W'), each point to its scaled pixel centre
     (:func:`~depthkit.sparse_resize.scatter_points`): of points sharing a pixel the nearest wins, and a
     :class:`DepthkitWarning` counts them. Another :class:`DepthkitWarning` says when the two aspects differ by over 2 %
-    (the inputs may cover different fields of view). ``working_size=True`` silences both: the caller shrinks the
-    image to ``shape`` the same way (a model's working size; merging is then on purpose, and an aspect change from
-    rounding a small side says nothing about the user's inputs).
+    (the inputs may cover different fields of view); a map whose aspect is the target's turned sideways (a photo read
+    upright by its EXIF orientation, the map not) is refused, a ``ValueError``. ``working_size=True`` silences both
+    warnings and skips that check: the caller shrinks the image to ``shape`` the same way (a model's working size;
+    merging is then on purpose, and an aspect change from rounding a small side says nothing about the user's
+    inputs).
 
     ``sparse`` is checked first as at the image's size (:func:`depth_to_metres`, :func:`check_depth_values`, as
     :func:`depthkit.pipeline.check_sparse` does): NaN, inf, negative values and integer units are refused with the
@@ -359,6 +361,8 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
     oh, ow = target_size(shape, what)
     import warnings
 
+    if not working_size:
+        _refuse_sideways_sparse((h, w), (oh, ow), what)
     # a 2 % aspect difference: different fields of view, or a crop
     if not working_size and abs(math.log((w / h) / (ow / oh))) > 0.02:
         warnings.warn(f"{what} is {h}x{w} (aspect {w / h:.3f}) and is scattered to {oh}x{ow} (aspect {ow / oh:.3f}): "
@@ -372,6 +376,21 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
                       "points fell on a pixel shared with another and were merged (kept: the nearest depth of each "
                       f"such pixel), leaving {left} point{'' if left == 1 else 's'}.", DepthkitWarning, stacklevel=2)
     return out
+
+
+def _refuse_sideways_sparse(src: tuple[int, int], dst: tuple[int, int], what: str) -> None:
+    """Refuse (``ValueError``) scattering a sparse map of ``src`` = (H, W) pixels to ``dst`` = (H', W') when its
+    aspect is the target's turned sideways (within 2 %, and not within 2 % of the target's own): no resolution change
+    does that, a map in the other orientation does (a phone photo read upright by its EXIF orientation, the map
+    still sideways). Scattering would stretch it one way and squeeze it the other: every point off its pixel."""
+    (h, w), (oh, ow) = src, dst
+    if abs(math.log((w / h) * (ow / oh))) > 0.02 or abs(math.log((w / h) / (ow / oh))) <= 0.02:
+        return
+    raise ValueError(f"{what} is {h}x{w} (HxW, aspect {w / h:.3f}) and is to be scattered to {oh}x{ow} (aspect "
+                     f"{ow / oh:.3f}): it has the image's shape turned sideways, which no resolution change gives, "
+                     "so scattering would put every point on the wrong pixel. If the image is a photo with an EXIF "
+                     "orientation, depthkit read it upright as viewers show it: give the sparse map in that "
+                     "orientation (e.g. turned with numpy.rot90 as the photo's tag says), then run again.")
 
 
 def write_image(path, image: np.ndarray) -> Path:

@@ -579,6 +579,26 @@ def test_exif_rotated_photo_is_read_upright_and_said(tmp_path, capsys):
     assert np.load(tmp_path / "o" / "a_depth.npy").shape == (28, 20)
 
 
+
+def test_resize_sparse_refuses_a_map_in_the_stored_orientation_of_an_exif_rotated_photo(tmp_path, capsys):
+    """The sparse map as the photo is stored (20x28) and the photo read upright (28x20): --resize-sparse must not
+    scatter it stretched and squeezed into garbage; it is refused saying the orientation, and nothing is written."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((20, 28, 3), np.uint8)).save(tmp_path / "a.jpg", exif=exif)
+    sparse = np.zeros((20, 28), np.float32)
+    sparse[5, 5] = 2.0
+    np.save(tmp_path / "a_sparse.npy", sparse)
+    args = ["run", "--image", str(tmp_path / "a.jpg"), "--sparse", str(tmp_path / "a_sparse.npy"), "--resize-sparse",
+            "--method", "nearest", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "EXIF orientation 6" in err and "sparse is 20x28 (HxW, aspect 1.400) and is to be scattered to 28x20" in err
+    assert not (tmp_path / "o" / "a_depth.npy").exists()
+
+
 def _no_pipeline(monkeypatch):
     """Make building the pipeline fail the test: errors must come before any model loads."""
     import depthkit.cli as cli

@@ -981,6 +981,22 @@ def test_resize_sparse_across_aspect_ratios_is_said():
         io.resize_sparse(sparse, (120, 240))  # same aspect: silent
 
 
+
+def test_resize_sparse_refuses_a_map_turned_sideways_against_the_image():
+    """A 48x64 map to a 64x48 image (a photo read upright by its EXIF tag, the map as stored): no resizing gives that,
+    so it is refused, not scattered stretched one way and squeezed the other. A real resize to another aspect still
+    only warns, and a model's working size is not checked."""
+    sparse = np.zeros((48, 64), np.float32)
+    sparse[10, 20] = 2.0
+    with pytest.raises(ValueError, match=r"48x64 \(HxW, aspect 1.333\) and is to be scattered to 64x48 .*EXIF"):
+        io.resize_sparse(sparse, (64, 48))
+    with pytest.raises(ValueError, match="turned sideways"):
+        io.resize_sparse(sparse, (128, 96, 3))  # sideways and twice the size
+    with pytest.warns(io.DepthkitWarning, match="aspect"):
+        io.resize_sparse(sparse, (64, 60))
+    assert io.resize_sparse(sparse, (64, 48), working_size=True).shape == (64, 48)
+
+
 def test_resize_sparse_refuses_what_check_sparse_refuses():
     from depthkit.pipeline import check_sparse
 
