@@ -145,6 +145,33 @@ def _say_odd_principal_point(intrinsics, shape: tuple[int, int]) -> bool:
     return True
 
 
+def _say_sideways_intrinsics(intrinsics, img_path: Path, shape: tuple[int, int]) -> bool:
+    """Say on stderr (and return True) when ``img_path`` was turned upright by a 90-degree EXIF orientation (tags 5-8)
+    into ``shape`` (H, W) and the principal point lies nearer the centre of the image as stored (sideways) than of
+    the image as read: intrinsics for the stored pixels, whose point cloud would be skewed. For tags 6 and 8 the
+    message gives the values for the image as read (fx and fy swapped, the principal point turned with the
+    pixels)."""
+    from depthkit.orientation import ORIENTATIONS, exif_orientation
+
+    tag = exif_orientation(img_path)
+    h, w = shape
+    if tag not in (5, 6, 7, 8) or abs(h - w) < 0.05 * min(h, w):  # (near-)square: the two centres say nothing
+        return False
+    fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
+    # pixel centres are whole numbers: an H x W image's centre is ((W - 1) / 2, (H - 1) / 2)
+    if math.hypot(cx - (h - 1) / 2, cy - (w - 1) / 2) >= math.hypot(cx - (w - 1) / 2, cy - (h - 1) / 2):
+        return False
+    turned = {6: (fy, fx, w - 1 - cy, cx), 8: (fy, fx, cy, h - 1 - cx)}.get(tag)
+    advice = (f" (for these values as the stored photo's: --intrinsics {','.join(f'{v:.6g}' for v in turned)})"
+              if turned else "")
+    print(f"depthkit run: {Path(img_path).name} was read upright by its EXIF orientation {tag} ({ORIENTATIONS[tag]}) "
+          f"as {w}x{h} (WxH), but the principal point ({cx:g}, {cy:g}) is nearer the centre of the photo as "
+          f"stored ({h}x{w}, sideways): --intrinsics look like the stored photo's. Give them for the image as read: fx and "
+          f"fy swapped and the principal point turned with the pixels{advice}; the point cloud is written as given",
+          file=sys.stderr)
+    return True
+
+
 def _check_intrinsics_size(intrinsics, size: tuple[int, int] | None, shape: tuple[int, int], source) -> None:
     """Refuse (``ValueError``) intrinsics whose file says they are for another image size than ``shape`` (H, W):
     the point cloud would be stretched. The message gives the values scaled to this image (right for a resized
@@ -278,7 +305,7 @@ def run_command(args, parser, build_pipeline) -> int:
         raise OSError(f"cannot create the output folder --out {args.out} ({exc.strerror or exc}); give a folder you "
                       "can write to.") from exc
     pipe = build_pipeline(args)
-    done, n_replaced, t_start, odd_intrinsics_said = 0, 0, time.perf_counter(), False
+    done, n_replaced, t_start, odd_intrinsics_said, sideways_said = 0, 0, time.perf_counter(), False, False
     for img_path, sparse_path in pairs:
         name, t0 = Path(img_path).name, time.perf_counter()
         replaced = (img_path, sparse_path) in existing
@@ -288,6 +315,8 @@ def run_command(args, parser, build_pipeline) -> int:
                 _check_intrinsics_size(intrinsics, intrinsics_size, image.shape[:2], args.intrinsics)
             if args.ply and not odd_intrinsics_said:
                 odd_intrinsics_said = _say_odd_principal_point(intrinsics, image.shape[:2])
+            if args.ply and intrinsics_size is None and not sideways_said:  # a file's size was checked above
+                sideways_said = _say_sideways_intrinsics(intrinsics, img_path, image.shape[:2])
             with warnings.catch_warnings():  # the units were checked (and warned about) when the file was read
                 warnings.simplefilter("ignore", UnitWarning)
                 out = pipe(image, sparse, depth=depth)

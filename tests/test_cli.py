@@ -599,6 +599,33 @@ def test_resize_sparse_refuses_a_map_in_the_stored_orientation_of_an_exif_rotate
     assert not (tmp_path / "o" / "a_depth.npy").exists()
 
 
+
+def test_intrinsics_of_the_stored_orientation_of_an_exif_rotated_photo_are_said(tmp_path, capsys):
+    """A photo stored 28x20 (WxH) with EXIF orientation 6 is read 20x28; intrinsics centred on the stored pixels
+    (cx 13.5, cy 9.5) would skew the point cloud: said, with the values for the upright image (fx, fy swapped, the
+    principal point turned: cx' = W_read - 1 - cy, cy' = cx). Those values, and any for a photo without the tag,
+    are silent."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((20, 28, 3), np.uint8)).save(tmp_path / "a.png", exif=exif)
+    sparse = np.zeros((28, 20), np.float32)  # aligned with the upright photo
+    sparse[5, 5] = 2.0
+    np.save(tmp_path / "a_sparse.npy", sparse)
+    args = ["run", "--image", str(tmp_path / "a.png"), "--sparse", str(tmp_path / "a_sparse.npy"), "--ply",
+            "--method", "nearest"]
+    assert main(args + ["--intrinsics", "30,31,13.5,9.5", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "principal point (13.5, 9.5) is nearer the centre of the photo as stored" in err
+    assert "--intrinsics 31,30,9.5,13.5)" in err
+    assert main(args + ["--intrinsics", "31,30,9.5,13.5", "--out", str(tmp_path / "o2")]) == 0
+    assert "nearer the centre" not in capsys.readouterr().err
+    _write_pair(tmp_path, "b")  # 20x28 without a tag: the same values are its own
+    assert main(_single(tmp_path, "--ply", "--intrinsics", "30,31,13.5,9.5", stem="b", out="o3")) == 0
+    assert "nearer the centre" not in capsys.readouterr().err
+
+
 def _no_pipeline(monkeypatch):
     """Make building the pipeline fail the test: errors must come before any model loads."""
     import depthkit.cli as cli
