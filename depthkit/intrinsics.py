@@ -17,8 +17,8 @@ __all__ = ["intrinsics_image_size", "parse_intrinsics"]
 def parse_intrinsics(spec) -> Intrinsics:
     """Intrinsics (pixels) from ``"fx,fy,cx,cy"``, an :class:`Intrinsics`, a 4-sequence (or 3x3 K), or a file.
 
-    Files: UTF-8 JSON with keys ``fx, fy, cx, cy`` (or ``K``: 3x3), or TXT with 4 numbers or a 3x3 matrix (9
-    numbers). Every value must be a real number (not null, a string, a list or true/false); errors name the file
+    Files: UTF-8 JSON with keys ``fx, fy, cx, cy`` (or ``K``: 3x3; with both, they must agree), or TXT with 4
+    numbers or a 3x3 matrix (9 numbers). Every value must be a real number (not null, a string, a list or true/false); errors name the file
     and the key.
     """
     if isinstance(spec, Intrinsics):
@@ -88,22 +88,41 @@ def _intrinsics_from_file(path: Path) -> Intrinsics:
     if isinstance(data, dict) and all(k in data for k in ("fx", "fy", "cx", "cy")):
         vals = [_real_numbers(data[k], f"intrinsics {source}, key {k!r}", single=True)[0]
                 for k in ("fx", "fy", "cx", "cy")]
-        return _intrinsics_from_numbers(vals, source)
+        intrinsics = _intrinsics_from_numbers(vals, source)
+        if "K" in data:
+            _check_same_as_k(intrinsics, _intrinsics_from_json_k(data, source), source)
+        return intrinsics
     if isinstance(data, dict) and "K" in data:
-        if not isinstance(data["K"], list):
-            raise ValueError(f"intrinsics {source}, key 'K' is {json.dumps(data['K'])}; expected a 3x3 matrix of numbers "
-                             "(pixels), e.g. [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]].")
-        k = np.asarray(data["K"], dtype=object)
-        if k.shape != (3, 3):
-            raise ValueError(f"intrinsics {source}, key 'K' is {json.dumps(data['K'])} (shape {k.shape}); expected a "
-                             "3x3 matrix of numbers (pixels), e.g. [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]].")
-        return _intrinsics_from_numbers(_real_numbers(data["K"], f"intrinsics {source}, key 'K'"), source)
+        return _intrinsics_from_json_k(data, source)
     if isinstance(data, dict):
         missing = [k for k in ("fx", "fy", "cx", "cy") if k not in data]
         raise ValueError(f"intrinsics JSON {path} has keys {sorted(data)}: missing {', '.join(missing)}. It needs "
                          "fx, fy, cx, cy (pixels) or a 3x3 'K'.")
     raise ValueError(f"intrinsics JSON {path} holds a {type(data).__name__}, not an object; it needs "
                      '{"fx": ..., "fy": ..., "cx": ..., "cy": ...} (pixels) or {"K": a 3x3 matrix}.')
+
+
+def _check_same_as_k(intrinsics: Intrinsics, from_k: Intrinsics, source: str) -> None:
+    """Refuse (``ValueError``) a JSON file whose ``fx, fy, cx, cy`` keys and ``K`` matrix give different intrinsics
+    (pixels; equal to 1e-6 relative): which one describes the camera is not depthkit's guess."""
+    keys, k = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy), (from_k.fx, from_k.fy, from_k.cx, from_k.cy)
+    if all(abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1.0) for a, b in zip(keys, k)):
+        return
+    raise ValueError(f"intrinsics {source} has keys fx, fy, cx, cy = {', '.join(f'{v:g}' for v in keys)} and a 'K' "
+                     f"whose fx, fy, cx, cy are {', '.join(f'{v:g}' for v in k)}: they disagree. Keep the right one "
+                     "(the keys or 'K', both in pixels of this image) and remove the other.")
+
+
+def _intrinsics_from_json_k(data: dict, source: str) -> Intrinsics:
+    """Intrinsics from a JSON object's ``K`` (a 3x3 matrix, pixels); ``ValueError`` naming the file otherwise."""
+    if not isinstance(data["K"], list):
+        raise ValueError(f"intrinsics {source}, key 'K' is {json.dumps(data['K'])}; expected a 3x3 matrix of numbers "
+                         "(pixels), e.g. [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]].")
+    k = np.asarray(data["K"], dtype=object)
+    if k.shape != (3, 3):
+        raise ValueError(f"intrinsics {source}, key 'K' is {json.dumps(data['K'])} (shape {k.shape}); expected a "
+                         "3x3 matrix of numbers (pixels), e.g. [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]].")
+    return _intrinsics_from_numbers(_real_numbers(data["K"], f"intrinsics {source}, key 'K'"), source)
 
 
 def _real_numbers(value, where: str, single: bool = False) -> list[float]:

@@ -1046,6 +1046,21 @@ def test_intrinsics_file_not_utf8_and_python_sequences(tmp_path):
 
 
 
+
+def test_intrinsics_json_with_keys_and_k_that_disagree_is_refused(tmp_path):
+    """fx, fy, cx, cy keys and a 'K' in one file: the same camera is read; different ones are refused (neither is
+    silently dropped)."""
+    keys = {"fx": 60.0, "fy": 61.0, "cx": 47.5, "cy": 31.5}
+    same = [[60.0, 0, 47.5], [0, 61.0, 31.5], [0, 0, 1]]
+    (tmp_path / "same.json").write_text(json.dumps({**keys, "K": same}))
+    assert io.parse_intrinsics(tmp_path / "same.json") == io.parse_intrinsics("60,61,47.5,31.5")
+    other = [[120.0, 0, 95.5], [0, 122.0, 63.5], [0, 0, 1]]  # the same camera at twice the size
+    (tmp_path / "both.json").write_text(json.dumps({**keys, "K": other}))
+    with pytest.raises(ValueError, match=r"both.json has keys fx, fy, cx, cy = 60, 61, 47.5, 31.5 and a 'K' whose "
+                                         r"fx, fy, cx, cy are 120, 122, 95.5, 63.5: they disagree"):
+        io.parse_intrinsics(tmp_path / "both.json")
+
+
 def test_intrinsics_files_saved_with_a_bom_are_read(tmp_path):
     """A UTF-8 byte-order mark (what Windows Notepad writes) is not part of the text: JSON, its size keys and TXT."""
     (tmp_path / "cam.json").write_bytes(b"\xef\xbb\xbf" + b'{"fx": 50, "fy": 51, "cx": 32, "cy": 24, "width": 64, '
