@@ -488,10 +488,34 @@ def _open3d():
     return open3d
 
 
+def _check_point_cloud_inputs(depth: np.ndarray, image) -> None:
+    """Refuse (``ValueError``) what :func:`write_point_cloud` cannot turn into a right cloud: ``depth`` not HxW,
+    with NaN or inf (points at infinity), or with no pixel > 0; ``image`` not HxWx3 uint8 RGB of the depth's size
+    (each point takes its pixel's colour)."""
+    if depth.ndim != 2:
+        raise ValueError(f"the point cloud's depth has shape {depth.shape}; expected HxW metres (0 = missing).")
+    if not np.isfinite(depth).all():
+        raise ValueError(f"the point cloud's depth holds {np.count_nonzero(~np.isfinite(depth))} NaN or inf value(s); "
+                         "expected finite metres with 0 = missing. Set them to 0 first.")
+    if not (depth > 0).any():
+        raise ValueError(f"the point cloud's depth ({depth.shape[0]}x{depth.shape[1]}) has no pixel > 0: no point to "
+                         "write (0 = missing).")
+    if image is None:
+        return
+    image = np.asarray(image)
+    if image.shape != (*depth.shape, 3) or image.dtype != np.uint8:
+        raise ValueError(f"the point cloud's image is {'x'.join(map(str, image.shape))} {image.dtype}; expected "
+                         f"{depth.shape[0]}x{depth.shape[1]}x3 uint8 RGB, the depth's size (as read_image gives), "
+                         "each point coloured by its pixel. Pass the image the depth was made from, or image=None.")
+
+
 def write_point_cloud(path, depth: np.ndarray, intrinsics, image: np.ndarray | None = None) -> Path:
-    """Back-project depth (HxW metres) with ``intrinsics`` and write a ``.ply`` point cloud (coloured by ``image``)."""
+    """Back-project depth (HxW metres, 0 = missing) with ``intrinsics`` and write a ``.ply`` point cloud: one point
+    per pixel > 0 (:func:`~depthkit.geometry.backproject`), coloured by ``image`` (HxWx3 uint8 RGB of the same size)
+    when given. Depth with NaN or inf, or without a pixel > 0, and an image of another size or type, are refused."""
     intr = parse_intrinsics(intrinsics)
     depth = np.asarray(depth, np.float32)
+    _check_point_cloud_inputs(depth, image)
     pts = backproject(depth, intr)
     o3d = _open3d()
     pcd = o3d.geometry.PointCloud()

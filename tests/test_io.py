@@ -751,6 +751,24 @@ def test_point_cloud_written_with_open3d(tmp_path):
     np.testing.assert_allclose(pts, [[0, 0, 2], [0.6, 0.6, 3]], atol=1e-6)
 
 
+
+@pytest.mark.parametrize("depth, image, words", [
+    (np.where(np.eye(4, 5) > 0, np.inf, 1.0), None, "holds 4 NaN or inf value"),
+    (np.where(np.eye(4, 5) > 0, np.nan, 1.0), None, "holds 4 NaN or inf value"),
+    (np.zeros((4, 5)), None, "has no pixel > 0"),
+    (np.ones((4, 5, 1)), None, r"shape \(4, 5, 1\); expected HxW"),
+    (np.ones((4, 5)), np.zeros((5, 4, 3), np.uint8), "image is 5x4x3 uint8; expected 4x5x3 uint8 RGB"),
+    (np.ones((4, 5)), np.full((4, 5, 3), 0.5, np.float32), "image is 4x5x3 float32; expected 4x5x3 uint8"),
+    (np.ones((4, 5)), np.zeros((4, 5), np.uint8), "image is 4x5 uint8; expected"),
+])
+def test_point_cloud_refuses_what_would_be_garbage(tmp_path, depth, image, words):
+    """Points at infinity, an empty cloud, and colours from an image of another size (an IndexError before) or a
+    float image (silently near-black before) are refused saying what was received; nothing is written."""
+    with pytest.raises(ValueError, match=words):
+        io.write_point_cloud(tmp_path / "p.ply", depth.astype(np.float32), "10,10,2,1", image=image)
+    assert not (tmp_path / "p.ply").exists()
+
+
 def test_integer_npy_needs_and_uses_depth_scale(tmp_path):
     mm = np.array([[0, 1500], [2250, 0]], np.uint16)
     np.save(tmp_path / "mm.npy", mm)
