@@ -494,6 +494,20 @@ def test_synthetic_options_reach_every_synthetic_dataset_and_an_entry_overrides_
     assert {d.clutter for d in plain.datasets} == {0}  # the shipped refiner's recipe: no plants
 
 
+def test_training_mix_never_draws_the_synthetic_test_scenes():
+    """An entry without a split trains on ``train`` seeds: the synthetic reader's own default is the split its
+    protocol evaluates (``test``, seeds 20,000,000 on), which the benchmarks measure; the shipped recipes give none."""
+    from depthkit.data.datasets.synthetic import SPLIT_SEEDS, SPLIT_SIZE
+
+    for name in ("complete.yaml", "refine.yaml"):
+        mixed = build_datasets(load_recipe(REPO / "recipes" / "default" / name))
+        for ds in mixed.datasets:
+            assert ds.split == "train"
+            assert SPLIT_SEEDS["train"] <= ds.scene_seed(0) and ds.scene_seed(len(ds) - 1) < SPLIT_SIZE
+    recipe = load_recipe(TINY_RECIPE, ["data.datasets.synthetic.split=val"])
+    assert [d.split for d in build_datasets(recipe).datasets] == ["val"]  # an explicit split is kept
+
+
 def test_missing_dataset_root_and_offline_hub_id_are_clear_errors(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "complete" / "qwen2_5_vl_3b_lora.yaml",
                          [f"output.output_dir={tmp_path}"])

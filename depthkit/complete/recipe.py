@@ -215,7 +215,8 @@ class DatasetEntry:
     weight: float = 1.0
     """Share of ``data.subset_size`` drawn from this dataset (weights are normalised); 0 leaves it out."""
     split: Optional[str] = None
-    """None = the dataset's training split."""
+    """None = ``train`` (the reader's training split; not the reader's own default, which is the split its protocol
+    evaluates: ``test`` for synthetic)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Extra reader options (e.g. ``scenes: [Scene01]`` for vkitti2)."""
 
