@@ -330,7 +330,7 @@ def _cmd_eval(args, parser) -> int:
         dataset = build_dataset(args.dataset, args.root, split=args.split, **reader_options)
     except TypeError as exc:  # an option the reader does not take
         raise ValueError(f"{exc} (given with --dataset-option)") from exc
-    except ValueError as exc:  # a value the reader cannot use (e.g. length=abc), unless its message names it
+    except ValueError as exc:  # a value the reader cannot use (e.g. sparse_seed=abc), unless its message names it
         if not reader_options or any(k in str(exc) for k in reader_options):
             raise
         raise ValueError(f"the {args.dataset} dataset with --dataset-option {reader_options}: {exc}") from exc

@@ -519,8 +519,10 @@ def test_unknown_dataset_option_and_split():
         build_dataset("synthetic", None, colour=True)
     with pytest.raises(ValueError, match=r"'nyuv2' does not take option\(s\) density; .*layout='auto'"):
         build_dataset("nyuv2", "/tmp", density=500)
-    with pytest.raises(ValueError, match=r"could not use the options height='30'.*width=320"):
-        build_dataset("synthetic", None, height="30")  # a TypeError inside the reader
+    with pytest.raises(ValueError, match=r"could not use the options sparse_kwargs=5.*width=320"):
+        build_dataset("synthetic", None, sparse_kwargs=5)  # a TypeError inside the reader
+    with pytest.raises(ValueError, match=r"synthetic height must be an integer >= 1; received '30'"):
+        build_dataset("synthetic", None, height="30")  # checked by the reader itself
     assert "layout" in reader_options("hypersim") and "list_file" in reader_options("hypersim")
     with pytest.raises(ValueError, match="no split 'train'.*val"):
         build_dataset("kitti_dc", "/tmp", split="train")

@@ -105,8 +105,11 @@ def test_eval_user_errors_are_one_line(tmp_path, capsys):
                  "--dataset-option", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "o.json"),
-                 "--dataset-option", "length=abc"]) == 2  # the reader's own message names no option: said which
-    assert "the synthetic dataset with --dataset-option {'length': 'abc'}: invalid literal" in capsys.readouterr().err
+                 "--dataset-option", "sparse_seed=abc"]) == 2  # the reader's own message names no option: said which
+    assert "the synthetic dataset with --dataset-option {'sparse_seed': 'abc'}: invalid literal" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "o.json"),
+                 "--dataset-option", "length=abc"]) == 2  # named by the reader itself
+    assert "synthetic length must be an integer >= 1; received 'abc'" in capsys.readouterr().err
     # a missing --root: the reader's error, which names the path, repeats the layout and says where the data comes
     # from (docs/datasets.md); a root for a dataset that reads no files is not silently ignored
     assert main(["eval", "--dataset", "kitti_dc", "--root", str(tmp_path / "none"), "--method", "nearest",

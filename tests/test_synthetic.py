@@ -150,7 +150,7 @@ def test_any_aspect_ratio_and_tiny_images():
 @pytest.mark.parametrize("kwargs", [
     {"seed": -1}, {"seed": 1.5}, {"seed": True}, {"height": 0}, {"width": 2.0}, {"kind": "space"},
     {"hfov_deg": 0.0}, {"hfov_deg": 179.0}, {"hfov_deg": float("nan")}, {"image_noise": -1.0},
-    {"clutter": -1}, {"clutter": 1.5}, {"clutter": True},
+    {"image_noise": True}, {"clutter": -1}, {"clutter": 1.5}, {"clutter": True},
 ])
 def test_invalid_arguments_raise(kwargs):
     args = {"seed": 0, "height": 8, "width": 8, **kwargs}
@@ -247,3 +247,20 @@ def test_synthetic_dataset_renders_clutter_and_checks_it():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="clutter"):
             SyntheticDataset(split="val", length=1, clutter=bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"height": 2.5}, "synthetic height must be an integer >= 1; received 2.5"),
+    ({"width": "a"}, "synthetic width must be an integer >= 1; received 'a'"),
+    ({"length": 2.5}, "synthetic length must be an integer >= 1; received 2.5"),
+    ({"seed_offset": 1.5}, "synthetic seed_offset must be an integer >= 0; received 1.5"),
+    ({"kind": "indor"}, r"kind must be one of \('indoor', 'outdoor', 'random'\); received 'indor'"),
+    ({"hfov_deg": float("nan")}, r"hfov_deg must be a number of degrees in \[5, 150\]; received nan"),
+    ({"image_noise": float("nan")}, "image_noise must be a finite number >= 0"),
+])
+def test_synthetic_dataset_refuses_bad_options_when_built(kwargs, match):
+    """Refused when the dataset is built (not truncated, and not at its first item inside a DataLoader worker)."""
+    from depthkit.data.datasets.synthetic import SyntheticDataset
+
+    with pytest.raises(ValueError, match=match):
+        SyntheticDataset(split="val", **kwargs)

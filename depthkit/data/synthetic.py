@@ -445,6 +445,19 @@ def resolve_kind(seed: int, kind: str) -> str:
     return "indoor" if np.random.default_rng([_check_int("seed", seed, 0), 0x6B1D]).random() < 0.5 else "outdoor"
 
 
+def check_view_options(hfov_deg, image_noise) -> tuple[float, float]:
+    """``(hfov_deg, image_noise)`` as floats; ValueError unless ``hfov_deg`` is a number of degrees in [5, 150] and
+    ``image_noise`` a finite number >= 0 (standard deviation in 8-bit levels). Booleans are refused."""
+    if isinstance(hfov_deg, bool) or not isinstance(hfov_deg, (int, float, np.number)) \
+            or not 5.0 <= float(hfov_deg) <= 150.0:
+        raise ValueError(f"hfov_deg must be a number of degrees in [5, 150]; received {hfov_deg!r}.")
+    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float, np.number)) \
+            or not 0 <= float(image_noise) < np.inf:
+        raise ValueError(f"image_noise must be a finite number >= 0 (8-bit levels; 0 = none); received "
+                         f"{image_noise!r}.")
+    return float(hfov_deg), float(image_noise)
+
+
 def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "indoor", hfov_deg: float = 60.0,
                  *, image_noise: float = 0.0, clutter: int = 0, shift_right_m: float = 0.0) -> Scene:
     """Render one procedural RGB-D scene.
@@ -470,15 +483,10 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
     seed = _check_int("seed", seed, 0)
     height, width = _check_int("height", height, 1), _check_int("width", width, 1)
     kind = resolve_kind(seed, kind)
-    if isinstance(hfov_deg, bool) or not isinstance(hfov_deg, (int, float, np.number)) \
-            or not 5.0 <= float(hfov_deg) <= 150.0:
-        raise ValueError(f"hfov_deg must be a number of degrees in [5, 150]; received {hfov_deg!r}.")
-    if not (isinstance(image_noise, (int, float, np.number)) and 0 <= float(image_noise) < np.inf):
-        raise ValueError(f"image_noise must be a finite number >= 0 (8-bit levels); received {image_noise!r}.")
+    hfov_deg, image_noise = check_view_options(hfov_deg, image_noise)
     if isinstance(shift_right_m, bool) or not isinstance(shift_right_m, (int, float, np.number)) \
             or not np.isfinite(shift_right_m):
         raise ValueError(f"shift_right_m must be a finite number of metres; received {shift_right_m!r}.")
-    hfov_deg = float(hfov_deg)
     rng = np.random.default_rng([seed, 0 if kind == "indoor" else 1])
     layout = (_build_indoor if kind == "indoor" else _build_outdoor)(rng, hfov_deg)
     clutter = _check_int("clutter", clutter, 0)
