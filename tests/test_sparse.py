@@ -170,6 +170,15 @@ def test_holes_range_dark_and_dropout():
     assert (out[5:, :20] == 2.0).all()
     thin = sample_holes(depth, 3, n_blobs=0, edge_threshold=None, dropout=0.3)
     assert (thin > 0).sum() == 600 - round(0.3 * 600)
+    as_floats = sample_holes(depth, 0, n_blobs=0, edge_threshold=None, max_range=4.5, image=image / 255.0)
+    np.testing.assert_array_equal(as_floats, out)  # floats in [0, 1] are the same image
+
+
+@pytest.mark.parametrize("image", [np.full((20, 30, 3), 5.0), np.full((20, 30), np.nan), np.full((20, 30), -0.1)])
+def test_holes_refuse_a_float_image_outside_0_1(image):
+    """A float image in 8-bit levels (5.0 = dark) would otherwise count as bright: nothing dark would be removed."""
+    with pytest.raises(ValueError, match=r"image must be uint8 \(0-255\) or floats in \[0, 1\]; received float64"):
+        sample_holes(np.ones((20, 30), np.float32), 0, n_blobs=0, edge_threshold=None, image=image)
 
 
 @pytest.mark.parametrize("kwargs", [{"n_blobs": -1}, {"blob_radius_frac": (0.2, 0.1)}, {"edge_threshold": 0.0},
@@ -235,7 +244,7 @@ def test_noise_never_negative_or_nan():
 @pytest.mark.parametrize("kwargs", [{"sigma": -0.1}, {"outlier_ratio": 1.2}, {"see_through_ratio": -0.1},
                                     {"outlier_ratio": 0.6, "see_through_ratio": 0.6},
                                     {"see_through_scale": (0.5, 2.0)}, {"outlier_range": (5.0, 1.0)},
-                                    {"min_depth": 0.0}])
+                                    {"min_depth": 0.0}, {"relative": "no"}, {"relative": 0.02}])
 def test_noise_invalid_args(kwargs):
     with pytest.raises(ValueError):
         add_noise(np.ones((5, 5), np.float32), 0, **kwargs)

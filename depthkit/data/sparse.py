@@ -329,9 +329,20 @@ def _far_side_of_edges(depth: np.ndarray, threshold: float, width: int) -> np.nd
 
 
 def _luminance(image, shape) -> np.ndarray:
+    """HxW luminance in [0, 1] of ``image`` (HxW or HxWx3; uint8, or floats in [0, 1]); ValueError otherwise."""
     img = np.asarray(image)
     if img.shape[:2] != shape or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise ValueError(f"image must be HxW or HxWx3 with the depth's size {shape}; received shape {img.shape}.")
+    if img.dtype != np.uint8:
+        if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
+            raise ValueError(f"image must be uint8 or floats in [0, 1]; received dtype {img.dtype}.")
+        with np.errstate(invalid="ignore"):
+            inside = img.size == 0 or bool(np.all((img >= 0) & (img <= 1)))
+        if not inside:
+            finite = img[np.isfinite(img)]
+            found = f"values from {finite.min()} to {finite.max()}" if finite.size else "no finite value"
+            raise ValueError(f"image must be uint8 (0-255) or floats in [0, 1]; received {img.dtype} with {found} "
+                             f"(NaN or inf: {finite.size < img.size}). Pass 8-bit levels as uint8, or divide by 255.")
     img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
     return img if img.ndim == 2 else img @ np.array([0.299, 0.587, 0.114])
 
@@ -355,6 +366,9 @@ def add_noise(sparse, seed, sigma: float = 0.0, relative: bool = True, outlier_r
     sp = _as_depth(sparse, "sparse")
     rng = _rng(seed)
     sigma = _check_non_negative("sigma", sigma)
+    if not isinstance(relative, (bool, np.bool_)):
+        raise ValueError(f"relative must be True (sigma is a fraction of the depth) or False (sigma in metres); "
+                         f"received {relative!r}.")
     outlier_ratio = _check_fraction("outlier_ratio", outlier_ratio)
     see_through_ratio = _check_fraction("see_through_ratio", see_through_ratio)
     if outlier_ratio + see_through_ratio > 1:
