@@ -28,22 +28,18 @@ import contextlib
 import json
 import math
 import os
-import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from depthkit.checkpoint_errors import CheckpointError
+from depthkit.hub import download_hub_snapshot, hub_offline, is_hub_id  # noqa: F401  (public here too)
+
 MANIFEST = "depthkit.json"
 FORMAT = "depthkit-checkpoint"
 FORMAT_VERSION = 1
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TRUE = ("1", "true", "yes")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or corrupt; the message says which file and what to do."""
 
 
 MAX_JSON_BYTES = 64 << 20
@@ -343,39 +339,6 @@ def resolve_checkpoint(spec) -> Path:
         f"Embedded checkpoints in {embedded_checkpoints_dir()}: {names}. "
         "Create one with `depthkit init-checkpoint --tiny DIR` or train one with `depthkit train RECIPE`."
     )
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` forbids network access (only the local hub cache may be read)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in _TRUE
-
-
-def is_hub_id(text) -> bool:
-    """True when ``text`` has the form of a hub repository id ``owner/name`` (and not of a relative path: it does
-    not start with ``.``, ``/`` or ``~``). Callers check for an existing local path first."""
-    text = str(text)
-    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
-
-
-def download_hub_snapshot(repo_id: str, what: str = "checkpoint", allow_patterns: list[str] | None = None) -> Path:
-    """A local snapshot of hub repository ``repo_id`` (only ``allow_patterns`` when given).
-
-    Respects ``HF_HUB_OFFLINE`` (then only the local hub cache is read). Raises :class:`CheckpointError` saying
-    what was asked (``what``), why it failed and what to do.
-    """
-    from huggingface_hub import snapshot_download
-
-    offline = hub_offline()
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=offline))
-    except Exception as exc:
-        why = ("HF_HUB_OFFLINE=1 forbids downloading it and it is not in the local hub cache" if offline
-               else f"{type(exc).__name__}: {exc}")
-        raise CheckpointError(  # owner/name may also be a relative folder the user meant: say it is not there
-            f"could not get {what} {repo_id!r} from the hub ({why}), and there is no local folder "
-            f"{Path.cwd() / repo_id}. Download it where the network is available (or unset HF_HUB_OFFLINE), or pass "
-            "a local directory that exists."
-        ) from exc
 
 
 def load_manifest(root) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from depthkit.data._stereo_visibility import covered
+from depthkit.data.scene_options import check_int
 from depthkit.geometry import Intrinsics
 
 NYU_NUM_POINTS = 500  # sparse points per image in the NYUv2 depth-completion protocol
@@ -47,12 +48,6 @@ def _as_depth(depth, name: str = "depth") -> np.ndarray:
 def _measurable(depth: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return np.isfinite(depth) & (depth > 0)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r}.")
-    return int(value)
 
 
 def _check_fraction(name: str, value) -> float:
@@ -112,7 +107,7 @@ def sample_random_points(depth, n: int, seed, valid=None) -> np.ndarray:
     Returns HxW float32 with the chosen values copied exactly and 0 elsewhere.
     """
     depth = _as_depth(depth)
-    n = _check_int("n", n, 0)
+    n = check_int("n", n, 0)
     mask = _measurable(depth)
     if valid is not None:
         valid = np.asarray(valid)
@@ -173,8 +168,8 @@ def sample_lidar(depth, intrinsics: Intrinsics, n_beams: int = 64,
     """
     depth = _as_depth(depth)
     _check_intrinsics(intrinsics)
-    n_beams = _check_int("n_beams", n_beams, 1)
-    step = _check_int("horizontal_step_px", horizontal_step_px, 1)
+    n_beams = check_int("n_beams", n_beams, 1)
+    step = check_int("horizontal_step_px", horizontal_step_px, 1)
     lo, hi = _elevation_range(vertical_fov_deg)
     drop_ratio = _check_fraction("drop_ratio", drop_ratio)
     max_range = _check_positive("max_range", max_range)
@@ -215,13 +210,13 @@ def sample_holes(depth, seed, n_blobs: int = 6, blob_radius_frac: tuple[float, f
     """
     depth = _as_depth(depth)
     rng = _rng(seed)
-    n_blobs = _check_int("n_blobs", n_blobs, 0)
+    n_blobs = check_int("n_blobs", n_blobs, 0)
     r_lo, r_hi = _pair(blob_radius_frac)
     if not 0 < r_lo <= r_hi < np.inf:
         raise ValueError("blob_radius_frac must be a (min, max) pair with 0 < min <= max; "
                          f"received {blob_radius_frac!r}.")
     edge_threshold = _check_positive("edge_threshold", edge_threshold)
-    edge_width_px = _check_int("edge_width_px", edge_width_px, 1)
+    edge_width_px = check_int("edge_width_px", edge_width_px, 1)
     max_range = _check_positive("max_range", max_range)
     dark_threshold = _check_fraction("dark_threshold", dark_threshold)
     dropout = _check_fraction("dropout", dropout)
@@ -270,7 +265,7 @@ def sample_stereo(depth, intrinsics: Intrinsics, seed=0, baseline: float = 0.54,
     baseline = _check_positive("baseline", baseline, allow_none=False)
     min_disparity_px = _check_positive("min_disparity_px", min_disparity_px, allow_none=False)
     disparity_sigma_px = _check_non_negative("disparity_sigma_px", disparity_sigma_px)
-    fatten_px = _check_int("fatten_px", fatten_px, 0)
+    fatten_px = check_int("fatten_px", fatten_px, 0)
     fatten_jump = _check_positive("fatten_jump", fatten_jump, allow_none=False)
     rng = _rng(seed)
 
@@ -384,7 +379,7 @@ def add_noise(sparse, seed, sigma: float = 0.0, relative: bool = True, outlier_r
         if not 0 < o_lo <= o_hi < np.inf:
             raise ValueError(f"outlier_range must be (lo, hi) metres with 0 < lo <= hi; received {outlier_range!r}.")
     min_depth = _check_positive("min_depth", min_depth, allow_none=False)
-    window_px = _check_int("window_px", window_px, 1)
+    window_px = check_int("window_px", window_px, 1)
 
     ok = _measurable(sp)
     idx = np.flatnonzero(ok)

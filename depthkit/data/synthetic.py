@@ -43,9 +43,14 @@ from depthkit.data._raycast import (
     _Sphere,
     _trace,
 )
+from depthkit.data.scene_options import (  # noqa: F401  (KINDS, resolve_kind, check_view_options: public here too)
+    KINDS,
+    check_int,
+    check_view_options,
+    resolve_kind,
+)
 from depthkit.geometry import Intrinsics
 
-KINDS = ("indoor", "outdoor", "random")
 MAX_OUTDOOR_DEPTH = 80.0  # metres: outdoor surfaces beyond this planar depth are "no return" (depth 0)
 _NOMINAL_ASPECT = 0.75  # height / width of the frustum objects are placed in, so geometry ignores the image size
 _CHUNK_PIXELS = 1 << 17
@@ -430,34 +435,6 @@ def _move_camera_right(layout: _Layout, shift: float, seed: int) -> None:
     layout.origin = origin
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r} ({type(value).__name__}).")
-    return int(value)
-
-
-def resolve_kind(seed: int, kind: str) -> str:
-    """``kind`` itself, or for ``"random"`` indoor/outdoor chosen by the seed (half each, independent of the scene)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}; received {kind!r}.")
-    if kind != "random":
-        return kind
-    return "indoor" if np.random.default_rng([_check_int("seed", seed, 0), 0x6B1D]).random() < 0.5 else "outdoor"
-
-
-def check_view_options(hfov_deg, image_noise) -> tuple[float, float]:
-    """``(hfov_deg, image_noise)`` as floats; ValueError unless ``hfov_deg`` is a number of degrees in [5, 150] and
-    ``image_noise`` a finite number >= 0 (standard deviation in 8-bit levels). Booleans are refused."""
-    if isinstance(hfov_deg, bool) or not isinstance(hfov_deg, (int, float, np.number)) \
-            or not 5.0 <= float(hfov_deg) <= 150.0:
-        raise ValueError(f"hfov_deg must be a number of degrees in [5, 150]; received {hfov_deg!r}.")
-    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float, np.number)) \
-            or not 0 <= float(image_noise) < np.inf:
-        raise ValueError(f"image_noise must be a finite number >= 0 (8-bit levels; 0 = none); received "
-                         f"{image_noise!r}.")
-    return float(hfov_deg), float(image_noise)
-
-
 def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "indoor", hfov_deg: float = 60.0,
                  *, image_noise: float = 0.0, clutter: int = 0, shift_right_m: float = 0.0) -> Scene:
     """Render one procedural RGB-D scene.
@@ -480,8 +457,8 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
     Returns:
         A :class:`Scene`; ``depth`` is exact planar depth (float32 metres) consistent with ``intrinsics``.
     """
-    seed = _check_int("seed", seed, 0)
-    height, width = _check_int("height", height, 1), _check_int("width", width, 1)
+    seed = check_int("seed", seed, 0)
+    height, width = check_int("height", height, 1), check_int("width", width, 1)
     kind = resolve_kind(seed, kind)
     hfov_deg, image_noise = check_view_options(hfov_deg, image_noise)
     if isinstance(shift_right_m, bool) or not isinstance(shift_right_m, (int, float, np.number)) \
@@ -489,7 +466,7 @@ def render_scene(seed: int, height: int = 240, width: int = 320, kind: str = "in
         raise ValueError(f"shift_right_m must be a finite number of metres; received {shift_right_m!r}.")
     rng = np.random.default_rng([seed, 0 if kind == "indoor" else 1])
     layout = (_build_indoor if kind == "indoor" else _build_outdoor)(rng, hfov_deg)
-    clutter = _check_int("clutter", clutter, 0)
+    clutter = check_int("clutter", clutter, 0)
     if clutter:
         add_plants(layout, np.random.default_rng([seed, 0 if kind == "indoor" else 1, 0xC1]), clutter,
                    _fovs(hfov_deg)[0])

@@ -44,19 +44,19 @@ class SyntheticDataset(TrainingDepthDataset):
                  sparse_kwargs: dict | None = None, sparse_seed: int | None = None, clutter: int = 0):
         super().__init__(root, protocol, split, sparse_pattern, sparse_kwargs, sparse_seed)
         self._check_split(tuple(SPLIT_SEEDS))
-        from depthkit.data.synthetic import _check_int, check_view_options, resolve_kind
+        from depthkit.data.scene_options import check_int, check_view_options, resolve_kind
 
-        length = DEFAULT_LENGTHS[self.split] if length is None else _check_int("synthetic length", length, 1)
-        seed_offset = _check_int("synthetic seed_offset", seed_offset, 0)
+        length = DEFAULT_LENGTHS[self.split] if length is None else check_int("synthetic length", length, 1)
+        seed_offset = check_int("synthetic seed_offset", seed_offset, 0)
         if seed_offset + length > SPLIT_SIZE:
             raise ValueError(f"synthetic split needs length >= 1, seed_offset >= 0 and seed_offset + length <= "
                              f"{SPLIT_SIZE}; received length={length}, seed_offset={seed_offset}.")
         self.length = length
-        self.height, self.width = _check_int("synthetic height", height, 1), _check_int("synthetic width", width, 1)
+        self.height, self.width = check_int("synthetic height", height, 1), check_int("synthetic width", width, 1)
         resolve_kind(0, kind)  # refuses an unknown kind now, not at the first item (in a DataLoader worker)
         self.kind = kind
         self.hfov_deg, self.image_noise = check_view_options(hfov_deg, image_noise)
-        self.clutter = _check_int("synthetic clutter (plants per scene)", clutter, 0)
+        self.clutter = check_int("synthetic clutter (plants per scene)", clutter, 0)
         self.first_seed = SPLIT_SEEDS[self.split] + int(seed_offset)
         self.names = [f"synthetic_{self.first_seed + i}" for i in range(length)]
         if sparse_pattern == STEREO_SGBM:
