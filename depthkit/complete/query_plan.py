@@ -9,7 +9,8 @@
    fits; where measured pixels line up with the grid (a LiDAR's rows) the count is not monotonic in the stride and a
    smaller stride further down may fit too (not searched for: it need not ask more — in a review's probe a 64-beam
    frame's stride 17 asked 993 pixels and the smaller 14 that also fit 808, more of its points on measured rows),
-   and on a dense frame a tiny budget (1–3) can leave the grid with no missing pixel. ``budget=0`` asks nothing (the result is the classical fill).
+   and on a dense frame a tiny budget (1–3) can leave the grid with no missing pixel. ``budget=0`` asks nothing
+   (the result is the classical fill).
 2. **Fusion** (:func:`fuse_answers`, a switch). ``"none"``: answers are used as given. ``"fallback"``: an answer
    whose confidence is below ``threshold`` falls back to the classical interpolation at that pixel. ``"blend"``:
    ``c * answer + (1 - c) * classical`` with ``c`` the answer's confidence. Unreadable answers are never anchors:
