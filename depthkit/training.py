@@ -170,6 +170,14 @@ def step_generator(seed: int, k: int, rank: int = 0, device="cpu"):
     return torch.Generator(device=device).manual_seed(step_seed(seed, k, rank, stream=1))
 
 
+def training_split(split: str | None) -> str:
+    """The split a recipe's training dataset entry reads: ``split``, or ``"train"`` when it is None. Not the reader's
+    own default: that is the split its protocol *evaluates* (``test`` for synthetic, seeds 20,000,000 on), so a None
+    passed through would train on the scenes the benchmarks measure (as the completer's recipes did until session
+    32: checkpoints/README.md)."""
+    return "train" if split is None else split
+
+
 class MixedDataset:
     """Several readers behind one index, mixed by weight. Items are the readers' dicts plus ``source`` (the index of
     the reader they came from). Two ways to mix:

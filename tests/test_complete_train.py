@@ -506,6 +506,12 @@ def test_training_mix_never_draws_the_synthetic_test_scenes():
             assert SPLIT_SEEDS["train"] <= ds.scene_seed(0) and ds.scene_seed(len(ds) - 1) < SPLIT_SIZE
     recipe = load_recipe(TINY_RECIPE, ["data.datasets.synthetic.split=val"])
     assert [d.split for d in build_datasets(recipe).datasets] == ["val"]  # an explicit split is kept
+    # the sharpen / Lotus trainers' data (a source whose split is null) is read the same way
+    from depthkit.sharpen.recipe import DataSourceConfig
+    from depthkit.sharpen.train_common import build_training_data
+
+    mixed = build_training_data([DataSourceConfig(split=None, options={"length": 2, "height": 8, "width": 8})])
+    assert [d.split for d in mixed.datasets] == ["train"]
 
 
 def test_missing_dataset_root_and_offline_hub_id_are_clear_errors(tmp_path):

@@ -16,18 +16,9 @@ import torch
 
 from depthkit.complete import prompts
 from depthkit.complete.batching import encode_group, pack_groups, sample_training_queries
-from depthkit.training import MixedDataset, StepSampler
+from depthkit.training import MixedDataset, StepSampler, training_split
 
-__all__ = ["build_datasets", "training_split", "TrainSteps", "pad_id", "to_device"]
-
-
-def training_split(entry) -> str:
-    """The split a ``data.datasets`` entry trains on: its ``split``, or ``"train"`` when that is None.
-
-    Not the reader's own default: that is the split its protocol *evaluates*, which for ``synthetic`` is ``test``
-    (seeds 20,000,000 on), so a None there would train on the scenes the benchmarks measure.
-    """
-    return "train" if entry.split is None else entry.split
+__all__ = ["build_datasets", "TrainSteps", "pad_id", "to_device"]
 
 
 def build_datasets(recipe) -> MixedDataset:
@@ -57,7 +48,7 @@ def build_datasets(recipe) -> MixedDataset:
         elif entry.root is None:
             raise ValueError(f"data.datasets.{key} ({name}) needs a root folder: add data.datasets.{key}.root=/path "
                              "to the command line.")
-        datasets.append(build_dataset(name, entry.root, split=training_split(entry), **kwargs))
+        datasets.append(build_dataset(name, entry.root, split=training_split(entry.split), **kwargs))
         weights.append(entry.weight)
         names.append(key)
     if not datasets:

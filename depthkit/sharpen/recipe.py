@@ -39,8 +39,8 @@ class DataSourceConfig:
     root: Optional[str] = None
     """Dataset folder (ignored by synthetic)."""
     split: Optional[str] = "train"
-    """Reader split (image folders: "train" or "all", the same thing; None = the reader's default, which for
-    synthetic is its test split)."""
+    """Reader split (image folders: "train" or "all", the same thing). None = "train" for training data (never the
+    reader's default, which is the split it evaluates: test for synthetic); a validation source reads its own."""
     weight: float = 1.0
     """Mixing weight: a training sample comes from this source with probability weight / sum of weights
     (Lotus trains on Hypersim and Virtual KITTI 2 at 9 : 1)."""

@@ -51,14 +51,14 @@ def build_training_data(sources, seed: int = 0, exclude_sparse_files: bool = Tru
     """A :class:`depthkit.training.MixedDataset` (``draw=True``) from recipe ``DataSourceConfig`` entries (``build_dataset(name, root, split,
     **options)``; image folders skip ``*_sparse.*`` and depthkit's own ``*_depth.*``/``*_color.*`` outputs)."""
     from depthkit.data.datasets import build_dataset
-    from depthkit.training import MixedDataset
+    from depthkit.training import MixedDataset, training_split
 
     datasets, weights, names = [], [], []
     for src in sources:
         options = dict(src.options)
         if src.name == "image_folder" and exclude_sparse_files:
             options.setdefault("exclude", ("*_sparse.*", "*_depth.*", "*_color.*"))
-        ds = build_dataset(src.name, src.root, split=src.split, **options)
+        ds = build_dataset(src.name, src.root, split=training_split(src.split), **options)
         if src.sparse_dir is not None:
             ds = _WithSparseDir(ds, src.sparse_dir, src.sparse_scale)
         datasets.append(ds)
