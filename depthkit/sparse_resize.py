@@ -67,7 +67,7 @@ def target_size(shape, what: str) -> tuple[int, int]:
     """:func:`depthkit.io.resize_sparse`'s ``shape`` as (H', W') pixels: a pair of whole numbers >= 1, or an image's
     (H', W', C) shape; anything else (a string, one number, 0, a fraction) is a ``ValueError`` saying what was
     received."""
-    ok = isinstance(shape, (tuple, list)) and len(shape) in (2, 3)
+    ok = isinstance(shape, (tuple, list, np.ndarray)) and np.ndim(shape) == 1 and len(shape) in (2, 3)
     size = tuple(shape[:2]) if ok else ()
     ok = ok and all(isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, (bool, np.bool_))
                     and math.isfinite(v) and v == int(v) and v >= 1 for v in size)

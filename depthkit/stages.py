@@ -75,8 +75,10 @@ def checkpoint_method(checkpoint: CheckpointRef | None) -> str:
     completer when it has a ``complete/`` part, else :data:`DEFAULT_METHOD` (also for no checkpoint)."""
     if checkpoint is None:
         return DEFAULT_METHOD
-    return (checkpoint.options("complete").get("method")
-            or (LEARNED_METHOD if checkpoint.has_part("complete") else DEFAULT_METHOD))
+    method = checkpoint.options("complete").get("method")  # not `or`: an empty name is refused, not the default
+    if method is None:
+        method = LEARNED_METHOD if checkpoint.has_part("complete") else DEFAULT_METHOD
+    return method
 
 
 def build_complete_stage(checkpoint: CheckpointRef | None, device: str = "cpu", dtype: str = "float32",

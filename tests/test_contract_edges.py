@@ -231,3 +231,44 @@ def test_pass_2_gate_sees_no_discrepancy_at_measured_processing_pixels(zero_at_s
     assert (without[measured] > 0).all()  # else the check below could not fail
     expected = torch.where(measured, torch.zeros_like(without), without) if zero_at_sparse else without
     assert torch.equal(with_sparse, expected)
+
+
+def test_the_sharpeners_output_bounds_stay_finite_for_a_scene_at_float32s_far_end():
+    """A disparity-space scene whose farthest depth is ~1e38 m: the far bound (farthest x 10) would overflow to inf,
+    and an extrapolated disparity clamped to 1 / inf = 0 would come out as infinite depth."""
+    from depthkit.sharpen.normalize import NormParams, denormalize_depth, output_depth_bounds
+
+    params = NormParams(lo=torch.tensor([1e-38]), hi=torch.tensor([1.0]), space="disparity")
+    near, far = output_depth_bounds(params)
+    assert torch.isfinite(far).all() and (near > 0).all()
+    out = denormalize_depth(torch.tensor([-1.2, 0.0, 1.0]).view(1, 1, 1, 3), params, near, far)
+    assert torch.isfinite(out).all() and (out > 0).all()
+
+
+def test_resize_sparse_takes_a_size_given_as_a_numpy_array():
+    from depthkit.io import resize_sparse
+
+    sparse = np.zeros((4, 6), np.float32)
+    sparse[1, 2] = 2.5
+    out = resize_sparse(sparse, np.array([8, 12]))
+    assert out.shape == (8, 12) and out.max() == np.float32(2.5)
+    with pytest.raises(ValueError, match="whole pixels"):
+        resize_sparse(sparse, np.array([[8, 12]]))
+
+
+def test_a_manifest_method_that_is_empty_is_refused_not_the_default(tmp_path):
+    from depthkit import Pipeline
+    from depthkit.checkpoints import write_manifest
+
+    write_manifest(tmp_path, {"complete": {"method": ""}})
+    with pytest.raises(ValueError, match="unknown completion method ''"):
+        Pipeline.from_pretrained(tmp_path)
+
+
+def test_scene_view_options_refuse_complex_numbers():
+    from depthkit.data.scene_options import check_view_options
+
+    with pytest.raises(ValueError, match="hfov_deg"):
+        check_view_options(np.complex64(30), 0.0)
+    with pytest.raises(ValueError, match="image_noise"):
+        check_view_options(60.0, np.complex128(1))

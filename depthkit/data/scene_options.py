@@ -30,10 +30,10 @@ def resolve_kind(seed: int, kind: str) -> str:
 def check_view_options(hfov_deg, image_noise) -> tuple[float, float]:
     """``(hfov_deg, image_noise)`` as floats; ValueError unless ``hfov_deg`` is a number of degrees in [5, 150] and
     ``image_noise`` a finite number >= 0 (standard deviation in 8-bit levels). Booleans are refused."""
-    if isinstance(hfov_deg, bool) or not isinstance(hfov_deg, (int, float, np.number)) \
+    if isinstance(hfov_deg, bool) or not isinstance(hfov_deg, (int, float, np.integer, np.floating)) \
             or not 5.0 <= float(hfov_deg) <= 150.0:
         raise ValueError(f"hfov_deg must be a number of degrees in [5, 150]; received {hfov_deg!r}.")
-    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float, np.number)) \
+    if isinstance(image_noise, bool) or not isinstance(image_noise, (int, float, np.integer, np.floating)) \
             or not 0 <= float(image_noise) < np.inf:
         raise ValueError(f"image_noise must be a finite number >= 0 (8-bit levels; 0 = none); received "
                          f"{image_noise!r}.")

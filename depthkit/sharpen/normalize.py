@@ -164,8 +164,10 @@ def output_depth_bounds(params: NormParams, min_depth: float = 1e-3,
         nearest, farthest = lo, hi
     else:  # disparity: its largest value is the nearest depth
         nearest, farthest = 1.0 / hi, 1.0 / lo
-    return (torch.clamp(nearest / OUTPUT_DEPTH_MARGIN, max=min_depth),
-            torch.clamp(farthest * OUTPUT_DEPTH_MARGIN, min=max_depth))
+    # within float32's range: an inf far bound lets a disparity reach 0 (infinite depth); 1e38 m, not float32's
+    # largest (3.4e38), so that 1 / (1 / far) does not round past it
+    return (torch.clamp(nearest / OUTPUT_DEPTH_MARGIN, min=torch.finfo(torch.float32).tiny, max=min_depth),
+            torch.clamp(farthest * OUTPUT_DEPTH_MARGIN, min=max_depth, max=1e38))
 
 
 def replicate3(x: torch.Tensor) -> torch.Tensor:
