@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.checkpoint_errors import CheckpointError
+from depthkit.checkpoint_errors import CheckpointError, exception_text
 from depthkit.hub import download_hub_snapshot, hub_offline, is_hub_id  # noqa: F401  (public here too)
 
 MANIFEST = "depthkit.json"
@@ -207,9 +207,7 @@ def loading(path, what: str, passthrough: tuple = ()):
     except (CheckpointError, *passthrough):
         raise
     except Exception as exc:
-        said = " ".join(str(exc).split())  # every line (torch names the keys after "Error(s) in loading ...:")
-        said = said if len(said) <= 500 else said[:500] + " ..."
-        raise CheckpointError(f"{what} in {path} does not load ({type(exc).__name__}: {said}). Re-export "
+        raise CheckpointError(f"{what} in {path} does not load ({type(exc).__name__}: {exception_text(exc)}). Re-export "
                               "or re-download the checkpoint.") from exc
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from depthkit.checkpoint_errors import exception_text
 from depthkit.checkpoints import (
     BOUNDS,
     CheckpointError,
@@ -114,7 +115,7 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
             f"could not load the base model {text!r}: {why}.\nWhat to do: where the network works, run "
             f"`huggingface-cli download {text}` (fills the HF cache), or download it to a folder "
             "and give that folder instead (in a recipe: model.base=/that/folder); or unset HF_HUB_OFFLINE.\n(transformers said: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            f"{exception_text(exc) or type(exc).__name__})"
         ) from exc
     check_loading_info(info, text, "the base model weights")
     return model

@@ -17,13 +17,16 @@ Layout (:meth:`depthkit.sharpen.lotus.LotusModel.save_pretrained`, :meth:`depthk
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from depthkit.checkpoint_errors import CheckpointError
 from depthkit.sharpen.config import SharpDepthConfig
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["EMBEDS_FILE", "EMBEDS_KEY", "HUB_PATTERNS", "LOTUS_JSON", "LOTUS_UNET_DIR", "SHARPDEPTH_JSON",
-           "checkpoint_error", "load_diffusers_model", "load_empty_prompt_embeds", "resolve_model_dir",
+           "load_diffusers_model", "load_empty_prompt_embeds", "resolve_model_dir",
            "check_model_dir", "read_sharpdepth_json", "check_pass1_unet"]
 
 LOTUS_JSON = "lotus.json"
@@ -33,13 +36,6 @@ EMBEDS_FILE = "empty_prompt_embeds.safetensors"
 EMBEDS_KEY = "empty_prompt_embeds"
 HUB_PATTERNS = ["unet/*", f"{LOTUS_UNET_DIR}/*", "vae/*", "scheduler/*", EMBEDS_FILE, LOTUS_JSON, SHARPDEPTH_JSON]
 """The files a hub snapshot of a Lotus / SharpDepth folder is restricted to."""
-
-
-def checkpoint_error(message: str) -> Exception:
-    """A :class:`depthkit.checkpoints.CheckpointError` (imported when needed: depthkit.checkpoints is heavy)."""
-    from depthkit.checkpoints import CheckpointError
-
-    return CheckpointError(message)
 
 
 def load_diffusers_model(cls, folder, what: str, **kwargs):
@@ -63,10 +59,10 @@ def load_empty_prompt_embeds(path) -> torch.Tensor:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise checkpoint_error(f"{path} is corrupt or unreadable ({exc}). Re-create it with "
-                                "compute_empty_prompt_embeds() from the release's text_encoder/ and tokenizer/.") from exc
+        raise CheckpointError(f"{path} is corrupt or unreadable ({exc}). Re-create it with "
+                              "compute_empty_prompt_embeds() from the release's text_encoder/ and tokenizer/.") from exc
     if EMBEDS_KEY not in tensors:
-        raise checkpoint_error(f"{path} has no tensor named {EMBEDS_KEY!r} (found {sorted(tensors)}).")
+        raise CheckpointError(f"{path} has no tensor named {EMBEDS_KEY!r} (found {sorted(tensors)}).")
     return tensors[EMBEDS_KEY]
 
 
@@ -78,14 +74,14 @@ def resolve_model_dir(path_or_hub_id) -> Path:
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise checkpoint_error(f"{path} is a file; a Lotus / SharpDepth model is a folder with unet/, vae/, "
-                                    f"scheduler/ and {EMBEDS_FILE}.")
+            raise CheckpointError(f"{path} is a file; a Lotus / SharpDepth model is a folder with unet/, vae/, "
+                                  f"scheduler/ and {EMBEDS_FILE}.")
         return path
     text = str(path_or_hub_id)
     if not is_hub_id(text):
-        raise checkpoint_error(f"Lotus / SharpDepth model {text!r} not found: no such directory, and it is not a hub id "
-                                "(owner/name). Save one with LotusModel.save_pretrained(DIR) or build a tiny one "
-                                "with depthkit.sharpen.tiny.build_tiny_lotus().")
+        raise CheckpointError(f"Lotus / SharpDepth model {text!r} not found: no such directory, and it is not a hub id "
+                              "(owner/name). Save one with LotusModel.save_pretrained(DIR) or build a tiny one "
+                              "with depthkit.sharpen.tiny.build_tiny_lotus().")
     return download_hub_snapshot(text, "Lotus / SharpDepth model", HUB_PATTERNS)
 
 
@@ -107,8 +103,8 @@ def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
             if (root / "text_encoder").is_dir() and missing == [EMBEDS_FILE]
             else "Write a complete one with LotusModel.save_pretrained(DIR) (SharpDepth.save_pretrained for a "
             "sharpener), or import released weights.")
-    raise checkpoint_error(f"{root} is not a complete Lotus / SharpDepth model folder: missing {', '.join(missing)} "
-                            f"(found: {found}). {hint}")
+    raise CheckpointError(f"{root} is not a complete Lotus / SharpDepth model folder: missing {', '.join(missing)} "
+                          f"(found: {found}). {hint}")
 
 
 SHARPDEPTH_JSON_KEYS = ("format", "format_version", "config", "separate_lotus_unet")
@@ -120,7 +116,7 @@ def read_sharpdepth_json(root: Path) -> tuple[dict, bool]:
     False)`` when the folder has none (a bare Lotus-G folder). A wrong format or format_version, a key other than
     :data:`SHARPDEPTH_JSON_KEYS`, a non-bool ``separate_lotus_unet`` or a config that is not SharpDepthConfig's
     fields raises :class:`~depthkit.checkpoints.CheckpointError` naming the file."""
-    from depthkit.checkpoints import CheckpointError, check_format_version, check_typed_fields, read_json
+    from depthkit.checkpoints import check_format_version, check_typed_fields, read_json
 
     path = root / SHARPDEPTH_JSON
     if not path.is_file():

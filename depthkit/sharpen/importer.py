@@ -119,9 +119,11 @@ def load_release(root) -> dict:
     except CheckpointError:
         raise
     except Exception as exc:  # a release is untrusted input: any failure (a refused pickle too) is one clear error
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise _error(f"could not load release {root}: {type(exc).__name__}: {first}. The folder may be truncated, "
-                     "hold weights that are not plain tensors, or not be a Stable-Diffusion-style pipeline.") from exc
+        from depthkit.checkpoint_errors import exception_text
+
+        raise _error(f"could not load release {root}: {type(exc).__name__}: {exception_text(exc)}. The folder may be "
+                     "truncated, hold weights that are not plain tensors, or not be a Stable-Diffusion-style "
+                     "pipeline.") from exc
     return {"unet": unet, "vae": vae, "scheduler": scheduler, "embeds": embeds, "model_index": index}
 
 

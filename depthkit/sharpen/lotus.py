@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthkit.checkpoint_errors import CheckpointError
 from depthkit.dtypes import torch_dtype
 from depthkit.sharpen.folders import (  # noqa: F401  (EMBEDS_KEY, HUB_PATTERNS, resolve_model_dir: re-exported)
     EMBEDS_FILE,
@@ -48,7 +49,6 @@ from depthkit.sharpen.folders import (  # noqa: F401  (EMBEDS_KEY, HUB_PATTERNS,
     HUB_PATTERNS,
     LOTUS_JSON,
     check_model_dir,
-    checkpoint_error,
     load_diffusers_model,
     load_empty_prompt_embeds,
     resolve_model_dir,
@@ -419,15 +419,13 @@ class LotusModel(nn.Module):
         if (root / LOTUS_JSON).is_file():
             from depthkit.checkpoints import BOUNDS, bounded, check_format_version, check_typed_fields, read_json
             meta = check_typed_fields(LotusJson, read_json(root / LOTUS_JSON, "Lotus settings"), root / LOTUS_JSON)
-            if meta.get("format") != FORMAT or meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-                raise checkpoint_error(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
-                                        f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}).")
+            if meta.get("format") != FORMAT:  # the version: check_format_version below
+                raise CheckpointError(f"{root / LOTUS_JSON} is not a depthkit-lotus v{FORMAT_VERSION} config "
+                                      f"(format={meta.get('format')!r}, version={meta.get('format_version')!r}).")
             check_format_version(meta.get("format_version", FORMAT_VERSION), FORMAT_VERSION, root / LOTUS_JSON)
             bounded("default_processing_resolution", meta.get("default_processing_resolution"),
                     *BOUNDS["processing_resolution"], root / LOTUS_JSON, optional=True)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-        from depthkit.checkpoints import CheckpointError
-
         try:
             unet = load_diffusers_model(UNet2DConditionModel, root / unet_subfolder, "the UNet weights", **kwargs)
             vae = load_diffusers_model(AutoencoderKL, root / "vae", "the VAE weights", **kwargs)
@@ -435,8 +433,8 @@ class LotusModel(nn.Module):
         except CheckpointError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise checkpoint_error(f"could not load the diffusers parts of {root}: {type(exc).__name__}: {exc}. "
-                                    "The checkpoint may be truncated or corrupt; re-create or re-download it.") from exc
+            raise CheckpointError(f"could not load the diffusers parts of {root}: {type(exc).__name__}: {exc}. "
+                                  "The checkpoint may be truncated or corrupt; re-create or re-download it.") from exc
         embeds = load_empty_prompt_embeds(root / EMBEDS_FILE)
         if mode is None:
             mode = meta.get("mode") or ("generative" if unet.config.in_channels == 2 * vae.config.latent_channels
