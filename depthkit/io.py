@@ -71,7 +71,7 @@ def read_image(path) -> np.ndarray:
     if img is None:
         raise ValueError(f"could not decode image {path}: the file is empty, truncated or not an image.")
     if img.dtype == np.uint16:
-        img = (img / 257.0 + 0.5).astype(np.uint8)
+        img = to_8bit(img)
     elif img.dtype != np.uint8:
         raise ValueError(f"image {path} has dtype {img.dtype}; expected 8- or 16-bit channels.")
     if img.ndim == 2:
@@ -86,6 +86,12 @@ def read_image(path) -> np.ndarray:
         img = img if tagged_tiff else upright(img, tag)
         say_oriented(path.name, tag, img.shape)
     return np.ascontiguousarray(img)
+
+
+def to_8bit(levels: np.ndarray) -> np.ndarray:
+    """16-bit image levels (0..65535, any shape) as uint8 0..255: divided by 257 (65535 -> 255) and rounded, as every
+    16-bit image depthkit reads (a file, a PIL image in mode I;16) is brought to 8 bits."""
+    return (np.asarray(levels, dtype=np.float64) / 257.0 + 0.5).astype(np.uint8)
 
 
 def _decode_file(path: Path, what: str) -> np.ndarray | None:

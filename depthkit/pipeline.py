@@ -94,7 +94,9 @@ def _pil_rgb(im) -> np.ndarray:
     im = upright_pil(im)
     if im.mode not in PIL_16BIT_MODES:
         return np.asarray(im.convert("RGB"))
-    grey = (np.asarray(im).astype(np.float64) / 257.0 + 0.5).astype(np.uint8)  # as read_image scales a 16-bit file
+    from depthkit.io import to_8bit
+
+    grey = to_8bit(np.asarray(im))  # as read_image scales a 16-bit file
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
