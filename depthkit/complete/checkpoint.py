@@ -111,12 +111,10 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
         why = ("HF_HUB_OFFLINE is set, so only the local hub cache was searched and it is not there"
                if hub_offline() else "it is not a local directory and the hub could not be reached (network down?) or "
                "has no such repository")
-        raise OSError(
-            f"could not load the base model {text!r}: {why}.\nWhat to do: where the network works, run "
-            f"`huggingface-cli download {text}` (fills the HF cache), or download it to a folder "
-            "and give that folder instead (in a recipe: model.base=/that/folder); or unset HF_HUB_OFFLINE.\n(transformers said: "
-            f"{exception_text(exc) or type(exc).__name__})"
-        ) from exc
+        raise OSError(f"could not load the base model {text!r}: {why}.\nWhat to do: where the network works, run "
+                      f"`huggingface-cli download {text}` (fills the HF cache), or download it to a folder and give "
+                      "that folder instead (in a recipe: model.base=/that/folder); or unset HF_HUB_OFFLINE.\n"
+                      f"(transformers said: {exception_text(exc) or type(exc).__name__})") from exc
     check_loading_info(info, text, "the base model weights")
     return model
 
