@@ -32,6 +32,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from depthkit.data.scene_options import is_int, is_real
+
 BASELINE_NAMES = ("nearest", "ip_basic", "guided")
 
 __all__ = ["BASELINE_NAMES", "CLASSICAL_METHODS", "ClassicalMethod", "nearest", "ip_basic", "guided", "guided_field",
@@ -213,7 +215,7 @@ def ip_basic(
     """
     if blur not in ("bilateral", "gaussian", "none"):
         raise ValueError(f"ip_basic: blur must be 'bilateral', 'gaussian' or 'none'; received {blur!r}.")
-    if kernel_scale is not None and not (_is_real(kernel_scale) and 0 < float(kernel_scale) < np.inf):
+    if kernel_scale is not None and not (is_real(kernel_scale) and 0 < float(kernel_scale) < np.inf):
         raise ValueError(f"ip_basic: kernel_scale must be a finite number > 0 (1 = IP-Basic's kernel sizes) or None "
                          f"for automatic; received {kernel_scale!r}.")
     for name, flag in (("extend_to_top", extend_to_top), ("large_fill", large_fill)):
@@ -334,14 +336,6 @@ def guided(
                    guide_median=guide_median, fit=fit, ridge=ridge, workers=workers)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
-
-
 def _check_guided_options(*, k, color_scale, sigma_color, guide_median, fit, ridge) -> None:
     """Refuse (ValueError) :func:`guided`'s options outside their domain, before they reach the arithmetic.
 
@@ -353,15 +347,15 @@ def _check_guided_options(*, k, color_scale, sigma_color, guide_median, fit, rid
     error from deep inside SciPy or OpenCV.
     """
     def level_ok(value) -> bool:
-        return _is_real(value) and float(value) >= _GUIDED_MIN_LEVELS  # NaN fails, inf (colour term off) passes
+        return is_real(value) and float(value) >= _GUIDED_MIN_LEVELS  # NaN fails, inf (colour term off) passes
 
     if (
-        not (_is_int(k) and k >= 1)
+        not (is_int(k) and k >= 1)
         or not level_ok(color_scale)
         or not level_ok(sigma_color)
-        or not (_is_int(guide_median) and (guide_median in (0, 1) or (guide_median > 1 and guide_median % 2 == 1)))
+        or not (is_int(guide_median) and (guide_median in (0, 1) or (guide_median > 1 and guide_median % 2 == 1)))
         or not (isinstance(fit, str) and fit in ("linear", "mean"))
-        or not (_is_real(ridge) and 0 < float(ridge) < np.inf)
+        or not (is_real(ridge) and 0 < float(ridge) < np.inf)
     ):
         raise ValueError(
             f"guided: need k >= 1 (an integer), color_scale > 0 and sigma_color > 0 (8-bit levels, at least "

@@ -13,15 +13,12 @@ import math
 
 import numpy as np
 
+from depthkit.data.scene_options import is_int
 from depthkit.data.sparse import _check_non_negative, _check_positive
 
 SGBM_BLOCK_PX = 5
 """Block size of the matcher (pixels, odd)."""
 _FX_BASELINE = "fx_baseline (focal length in pixels times baseline in metres)"
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_disparities: int,
@@ -46,11 +43,11 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, min_disparity: int, num_
             or (left.ndim == 3 and left.shape[2] != 3):
         raise ValueError(f"sgbm_disparity takes two uint8 images of one shape (HxW or HxWx3); received "
                          f"{left.shape} {left.dtype} and {right.shape} {right.dtype}.")
-    if not _is_int(min_disparity):
+    if not is_int(min_disparity):
         raise ValueError(f"min_disparity must be an integer number of pixels; received {min_disparity!r}.")
-    if not _is_int(num_disparities) or num_disparities < 16 or num_disparities % 16:
+    if not is_int(num_disparities) or num_disparities < 16 or num_disparities % 16:
         raise ValueError(f"num_disparities must be a positive multiple of 16; received {num_disparities!r}.")
-    if not _is_int(block) or block < 1 or block % 2 == 0:
+    if not is_int(block) or block < 1 or block % 2 == 0:
         raise ValueError(f"block must be an odd number of pixels >= 1; received {block!r}.")
     h, w = left.shape[:2]
     need = int(min_disparity) + int(num_disparities) + block // 2 + 1
