@@ -372,6 +372,7 @@ def test_one_missing_sharpen_tensor_is_named(sck, folder, key):
     part = sck / "sharpen"
     if folder == "lotus_unet":
         shutil.copytree(part / "unet", part / folder)
+        _edit_json(part / "sharpdepth.json", separate_lotus_unet=True)
     path = part / folder / "diffusion_pytorch_model.safetensors"
     tensors = load_file(str(path))
     del tensors[key]
@@ -457,6 +458,23 @@ def test_a_separate_pass1_unet_named_but_missing_is_refused(tmp_path):
         SharpDepth.from_pretrained(part)
 
 
+def test_a_pass1_unet_the_manifest_does_not_name_is_ignored_with_a_warning(tmp_path):
+    """A lotus_unet/ folder beside a sharpdepth.json without ``separate_lotus_unet: true`` (left by an earlier save
+    into the same folder): both passes run the sharpener's UNet, as the json says, and a warning names the folder —
+    the stale UNet does not silently run pass 1."""
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    part = tmp_path / "sharpen"
+    SharpDepth(build_tiny_lotus(seed=0), lotus_unet=build_tiny_lotus(seed=1).unet).save_pretrained(part)
+    SharpDepth(build_tiny_lotus(seed=0)).save_pretrained(part)  # the same folder, now without a pass-1 UNet
+    assert (part / "lotus_unet").is_dir()
+    with pytest.warns(UserWarning, match=r"lotus_unet is ignored: .*sharpdepth.json does not say "
+                                         r"separate_lotus_unet: true"):
+        loaded = SharpDepth.from_pretrained(part)
+    assert loaded.lotus_unet is None
+
+
 def test_a_pass1_unet_of_another_width_is_refused_at_load(tmp_path):
     """A separate pass-1 UNet whose cross-attention width differs from the sharpener's (another base model): one
     error naming the field when the checkpoint loads, not a matrix-shape error at the first image."""
@@ -466,6 +484,7 @@ def test_a_pass1_unet_of_another_width_is_refused_at_load(tmp_path):
     part = tmp_path / "sharpen"
     SharpDepth(build_tiny_lotus(seed=0)).save_pretrained(part)
     build_tiny_lotus(seed=1, unet={"cross_attention_dim": 16}).unet.save_pretrained(part / "lotus_unet")
+    _edit_json(part / "sharpdepth.json", separate_lotus_unet=True)
     with pytest.raises(ValueError, match=r"pass-1 Lotus UNet does not fit the sharpener: cross_attention_dim=16 "
                                          r"\(the sharpener's: 32\)"):
         SharpDepth.from_pretrained(part)

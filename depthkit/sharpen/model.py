@@ -467,7 +467,14 @@ class SharpDepth(nn.Module):
                                   "checkpoint again, or re-import it with `depthkit import-checkpoint --sharpdepth R "
                                   "--lotus L`.")
         lotus_unet = None
-        if (root / LOTUS_UNET_DIR / "config.json").is_file():
+        if not separate and (root / LOTUS_UNET_DIR).exists():
+            import warnings
+
+            warnings.warn(f"{root / LOTUS_UNET_DIR} is ignored: {root / SHARPDEPTH_JSON} does not say "
+                          "separate_lotus_unet: true, so both passes run the sharpener's UNet (a folder left from "
+                          "an earlier save?). Delete it, or set separate_lotus_unet to true to run it in pass 1.",
+                          stacklevel=2)
+        if separate:
             from diffusers import UNet2DConditionModel
 
             from depthkit.sharpen.lotus import load_diffusers_model
