@@ -339,6 +339,10 @@ def resolve_checkpoint(spec) -> Path:
     )
 
 
+CHECKPOINT_STAGES = ("complete", "sharpen")
+"""The stages a manifest may list, in run order (:data:`depthkit.stages.STAGES` implements each, in this order)."""
+
+
 def load_manifest(root) -> dict:
     """Read and validate ``depthkit.json`` in checkpoint directory ``root``."""
     root = Path(root)
@@ -363,6 +367,10 @@ def load_manifest(root) -> dict:
         got = "" if stages is None or stages == {} else f" (\"stages\" is {json.dumps(stages)[:80]}, not an object)"
         raise CheckpointError(f"{path} lists no stages{got}; expected an object from stage name to its options, "
                               "e.g. {\"stages\": {\"complete\": {}}}.")
+    unknown = sorted(set(stages) - set(CHECKPOINT_STAGES))
+    if unknown:  # a misspelt stage would otherwise be dropped without a word, or hidden behind "has no ['sharpen']"
+        raise CheckpointError(f"{path} lists stage(s) {unknown} that depthkit does not know; stages are "
+                              f"{', '.join(CHECKPOINT_STAGES)}. Correct or remove them in its \"stages\".")
     for name, opts in stages.items():
         if not isinstance(opts, dict):
             raise CheckpointError(f"{path}: stage {name!r} options must be an object; got {type(opts).__name__}.")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from depthkit.checkpoints import MANIFEST, CheckpointError, CheckpointRef, check_finite_output
+from depthkit.checkpoints import CheckpointRef, check_finite_output
 from depthkit.dtypes import canonical_dtype_name
 from depthkit.outputs import DepthOutput, StageResult, keep_placed_depth
 from depthkit.stages import STAGE_ORDER, STAGES, ClassicalCompleteStage, default_stages, parse_stages
@@ -246,15 +246,6 @@ def _say_depth_holes(depth: np.ndarray) -> None:
     warnings.warn(said, DepthkitWarning, stacklevel=4)
 
 
-def _check_known_stages(checkpoint: CheckpointRef | None) -> None:
-    """Raise :class:`CheckpointError` naming the manifest when ``checkpoint`` lists a stage depthkit does not know (a
-    misspelt stage would otherwise be dropped without a word)."""
-    unknown = sorted(set(checkpoint.stages) - set(STAGE_ORDER)) if checkpoint is not None else []
-    if unknown:
-        raise CheckpointError(f"{checkpoint.root / MANIFEST} lists stage(s) {unknown} that depthkit does not know; "
-                              f"stages are {', '.join(STAGE_ORDER)}. Correct or remove them in its \"stages\".")
-
-
 class Pipeline:
     """Chains depthkit's stages over one image or a batch.
 
@@ -273,7 +264,6 @@ class Pipeline:
     def __init__(self, stages: Sequence[str] | str | None = None, method: str | None = None, checkpoint=None,
                  device: str = "cpu", dtype: str = "float32", stage_options: dict | None = None):
         self.checkpoint = CheckpointRef.open(checkpoint) if checkpoint is not None else CheckpointRef.default()
-        _check_known_stages(self.checkpoint)
         defaulted = stages is None
         stages = () if defaulted else parse_stages(stages)
         dtype = canonical_dtype_name(dtype)
@@ -343,7 +333,6 @@ class Pipeline:
         defaults to :func:`depthkit.stages.default_stages` (the manifest's ``default_stages`` for its own completion
         method), and to every stage the manifest lists when it names none."""
         checkpoint = CheckpointRef.open(path)
-        _check_known_stages(checkpoint)  # before "no stages given" / "has no ['sharpen']", which would hide a typo
         available = tuple(s for s in STAGE_ORDER if s in checkpoint.stages)
         if stages is None:
             stages = default_stages(checkpoint, kwargs.get("method"), kwargs.get("stage_options"), fallback=available)

@@ -80,6 +80,19 @@ def test_a_misspelt_stage_in_the_manifest_is_refused_not_dropped(tmp_path):
     write_manifest(tmp_path, {"completer": {"method": "nearest"}})
     with pytest.raises(CheckpointError, match=r"lists stage\(s\) \['completer'\] that depthkit does not know"):
         Pipeline.from_pretrained(tmp_path)
+    # every reader of a manifest refuses it, not only the Pipeline: `depthkit ls`, Pipeline(checkpoint=...)
+    with pytest.raises(CheckpointError, match=r"lists stage\(s\) \['completer'\] that depthkit does not know"):
+        load_manifest(tmp_path)
+    with pytest.raises(CheckpointError, match=r"lists stage\(s\) \['completer'\] that depthkit does not know"):
+        Pipeline(checkpoint=tmp_path)
+
+
+def test_the_manifest_knows_the_stages_the_pipeline_implements():
+    """The stage names a manifest may list are the stage table's, in its run order."""
+    from depthkit.checkpoints import CHECKPOINT_STAGES
+    from depthkit.stages import STAGE_ORDER
+
+    assert CHECKPOINT_STAGES == STAGE_ORDER
 
 
 def test_a_misspelt_manifest_key_is_refused_and_a_record_key_kept(tmp_path):
