@@ -485,6 +485,6 @@ def test_a_pass1_unet_of_another_width_is_refused_at_load(tmp_path):
     SharpDepth(build_tiny_lotus(seed=0)).save_pretrained(part)
     build_tiny_lotus(seed=1, unet={"cross_attention_dim": 16}).unet.save_pretrained(part / "lotus_unet")
     _edit_json(part / "sharpdepth.json", separate_lotus_unet=True)
-    with pytest.raises(ValueError, match=r"pass-1 Lotus UNet does not fit the sharpener: cross_attention_dim=16 "
-                                         r"\(the sharpener's: 32\)"):
+    with pytest.raises(CheckpointError, match=r"sharpen/lotus_unet: the pass-1 Lotus UNet does not fit the "
+                                              r"sharpener: cross_attention_dim=16 \(the sharpener's: 32\)"):
         SharpDepth.from_pretrained(part)

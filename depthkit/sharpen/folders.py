@@ -146,7 +146,8 @@ stored empty-prompt embedding (``1 x L x cross_attention_dim``) and the same 4-d
 
 def check_pass1_unet(lotus_unet, sharpener_unet) -> None:
     """Raise ``ValueError`` naming the fields of :data:`PASS1_UNET_FIELDS` in which ``lotus_unet`` (pass 1) differs
-    from ``sharpener_unet``: it would fail at the first image (a matrix-shape error deep in cross-attention)."""
+    from ``sharpener_unet``: it would fail at the first image (a matrix-shape error deep in cross-attention). Loading
+    and importing turn it into a ``CheckpointError`` naming the folder or release."""
     a, b = lotus_unet.config, sharpener_unet.config
     diff = {k: (getattr(a, k, None), getattr(b, k, None)) for k in PASS1_UNET_FIELDS
             if getattr(a, k, None) != getattr(b, k, None)}

@@ -483,4 +483,10 @@ class SharpDepth(nn.Module):
             lotus_unet = load_diffusers_model(UNet2DConditionModel, root / LOTUS_UNET_DIR, "the pass-1 Lotus UNet "
                                               "weights", **kwargs)
             lotus_unet = lotus_unet.to(device or "cpu").eval()
+            try:
+                check_pass1_unet(lotus_unet, model.unet)
+            except ValueError as exc:
+                from depthkit.checkpoints import CheckpointError
+
+                raise CheckpointError(f"{root / LOTUS_UNET_DIR}: {exc}") from None
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
