@@ -44,16 +44,16 @@ def cmd_ls(args, parser) -> int:
 def describe_default(root: Path) -> list[str]:
     """What the embedded default runs and how it measured against ``guided`` (the manifest's ``quality``, written
     by checkpoints/assemble_default.py from benchmarks/results/accuracy.json)."""
-    from depthkit.checkpoints import CheckpointError, load_manifest, read_json
+    from depthkit.checkpoints import CheckpointError, load_manifest
+    from depthkit.complete.settings import COMPLETE_JSON, CompleteSettings
 
     manifest = load_manifest(root)
     method = manifest["stages"].get("complete", {}).get("method", "sdim")
-    settings = root / "complete" / "complete.json"
-    data = read_json(settings, "completer settings") if settings.is_file() else {}
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{settings} must hold a JSON object of completer settings; got {type(data).__name__}. "
-                              "Re-export the checkpoint.")
-    refined = bool(data.get("refiner"))
+    settings = root / "complete" / COMPLETE_JSON
+    try:  # read as the completer's loader reads it: what it would refuse is not described as running
+        refined = settings.is_file() and bool(CompleteSettings.read(settings).refiner)
+    except ValueError as exc:
+        raise CheckpointError(f"{exc} Re-export the checkpoint.") from None
     learned = "tiny SDIM completer" + (" + dense refiner" if refined else "")
     lines = [f"the default (no --checkpoint): complete = {method}"
              + (f" ({learned}: answers correct the guided map"

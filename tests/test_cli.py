@@ -216,6 +216,8 @@ def test_ls_lists_methods(capsys):
     (lambda m, c: m["quality"]["complete"].update(lidar64={"mae": 1.0}), 0, "quality: unreadable in"),
     (lambda m, c: m["stages"]["sharpen"].update(config="x"), 0, "learned completer vs guided"),
     (lambda m, c: c.write_text("[]"), 2, "complete.json must hold a JSON object"),
+    (lambda m, c: c.write_text(c.read_text().replace('"refiner"', '"refiner_"')), 2,
+     "complete.json: unknown key(s) ['refiner_']"),  # refused as the completer's loader refuses it
 ])
 def test_ls_describes_a_broken_embedded_default_without_a_traceback(tmp_path, monkeypatch, capsys, edit, rc, says):
     """depthkit ls on an embedded default ($DEPTHKIT_CHECKPOINTS) with a malformed quality entry, sharpen config or
