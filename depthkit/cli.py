@@ -206,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     with output_policy(args.verb, verbose=getattr(args, "verbose", False)):
         try:
             return handler(args, args.verb_parser)
+        except BrokenPipeError:  # the reader stopped early (`depthkit ls | head`): stop quietly, as a shell tool does
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            return 141  # 128 + SIGPIPE: what a shell reports for a writer its reader left
         except (ValueError, OSError) as exc:  # bad input, missing files, a hub id asked for with the network off
             from depthkit.cli_output import traceback_asked
 

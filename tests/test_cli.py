@@ -911,3 +911,18 @@ def test_train_overrides_may_follow_resume():
         args = build_parser().parse_args(argv)
         assert (str(args.recipe), args.overrides, args.resume) == ("r.yaml", ["a.b=1", "c.d=2"], True), argv
     assert build_parser().parse_args(["train", "r.yaml", "a.b=1"]).resume is False
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`depthkit ls | head`: the reader leaves; the command stops with the shell's SIGPIPE status (141) and says
+    nothing on stderr (no "error: [Errno 32] Broken pipe", no second error from the exit's flush)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already left: the first flush meets EPIPE
+    try:
+        res = subprocess.run([sys.executable, "-m", "depthkit", "ls"], stdout=write_end, stderr=subprocess.PIPE,
+                             text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        os.close(write_end)
+    assert (res.returncode, res.stderr) == (141, "")
