@@ -21,6 +21,7 @@ import numpy as np
 
 from depthkit.colormap import colorize, legend_labels  # noqa: F401  (legend_labels: public here too)
 from depthkit.decode import decode_image_file
+from depthkit.float32_metres import float32_metres
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.npy_file import load_npy_depth
@@ -152,19 +153,7 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
         hint = (" A mask says where depth was measured, not how far: pass the depths (0 where missing)."
                 if arr.dtype == bool else " Convert it to float32 metres (0 = missing).")
         raise ValueError(f"{what} has dtype {arr.dtype}; expected float metres or integer sensor units.{hint}")
-    if arr.dtype.itemsize > 4:  # float64 values beyond float32's range would become inf and be misreported
-        finite = np.isfinite(arr)
-        huge = finite & (np.abs(arr) > np.finfo(np.float32).max)
-        if huge.any():
-            raise ValueError(f"{what} has {int(huge.sum())} finite value(s) too large for float32 metres (max "
-                             f"{float(np.abs(arr[finite]).max()):.3g}); depth is metres, 0 = missing. Check the "
-                             "units, or set such pixels to 0.")
-        tiny = finite & (arr > 0) & (arr.astype(np.float32) == 0)
-        if tiny.any():  # they would become 0, i.e. missing: a measurement lost without a word
-            raise ValueError(f"{what} has {int(tiny.sum())} positive value(s) too small for float32 metres "
-                             f"(smallest {float(arr[tiny].min()):.3g}), the precision every output keeps; they would "
-                             "be lost as missing. Check the units, or set such pixels to 0.")
-    out = arr.astype(np.float32)
+    out = float32_metres(arr, what)
     valid = np.isfinite(out) & (out > 0)
     import warnings
 

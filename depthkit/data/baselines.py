@@ -33,6 +33,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from depthkit.data.scene_options import is_int, is_real
+from depthkit.float32_metres import float32_metres
 
 BASELINE_NAMES = ("nearest", "ip_basic", "guided")
 
@@ -67,8 +68,7 @@ def _check_inputs(image, sparse, method: str) -> tuple[np.ndarray, np.ndarray, n
         raise ValueError(
             f"{method}: sparse depth must be a real-valued array (float32 metres); received dtype {sparse.dtype}."
         )
-    _check_float32_range(sparse, method)
-    sparse = sparse.astype(np.float32, copy=False)
+    sparse = float32_metres(sparse, f"{method}: sparse depth")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
@@ -100,29 +100,6 @@ def _check_inputs(image, sparse, method: str) -> tuple[np.ndarray, np.ndarray, n
             "0 = missing); completion needs at least one measured pixel > 0 metres."
         )
     return image, sparse, valid
-
-
-def _check_float32_range(sparse: np.ndarray, method: str) -> None:
-    """Refuse (ValueError) wider-than-float32 metres that the cast to float32 would turn into inf or into 0 (missing:
-    a measurement lost without a word); NaN, inf and negative values are left to the caller's own check."""
-    if sparse.dtype.kind != "f" or sparse.dtype.itemsize <= 4:
-        return
-    with np.errstate(over="ignore", under="ignore"):
-        as32 = sparse.astype(np.float32)
-    finite = np.isfinite(sparse)
-    huge = finite & ~np.isfinite(as32)
-    if huge.any():
-        raise ValueError(
-            f"{method}: sparse depth must fit float32 metres; received {int(huge.sum())} finite value(s) beyond its "
-            f"range (largest {float(np.abs(sparse[huge]).max()):.3g}). Check the units (metres), or set such pixels to 0."
-        )
-    tiny = finite & (sparse > 0) & (as32 == 0)
-    if tiny.any():
-        raise ValueError(
-            f"{method}: sparse depth must fit float32 metres; received {int(tiny.sum())} positive value(s) too small "
-            f"for it (smallest {float(sparse[tiny].min()):.3g}), which would become 0 (missing) and be lost. Check the "
-            "units (metres), or set such pixels to 0."
-        )
 
 
 def _trivial(sparse: np.ndarray, valid: np.ndarray) -> np.ndarray | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from depthkit.float32_metres import float32_metres
+
 __all__ = ["depth_tensor", "check_depth_array", "check_generator"]
 
 
@@ -18,25 +20,19 @@ def depth_tensor(depth: np.ndarray) -> torch.Tensor:
 def check_depth_array(depth, shape: tuple[int, int], name: str) -> torch.Tensor:
     """:func:`depth_tensor` of ``depth`` after checking it is an HxW float array of metres matching ``shape``, every
     value finite and >= 0 once in float32 (0 = missing), as the Pipeline checks its inputs; ``metric_depth`` needs a
-    value > 0. An inf, or a float64 value beyond float32, would otherwise be taken for missing without a word."""
+    value > 0. An inf, or a float64 value float32 cannot hold (:func:`depthkit.float32_metres.float32_metres`), would
+    otherwise be taken for missing without a word."""
     if isinstance(depth, torch.Tensor):
         depth = depth.detach().cpu().numpy()
     depth = np.asarray(depth)
     if depth.shape != tuple(shape) or depth.dtype.kind != "f":
         raise ValueError(f"{name} must be an HxW float array of metres matching the image {tuple(shape)}; received "
                          f"shape {depth.shape}, dtype {depth.dtype}.")
-    with np.errstate(over="ignore"):
-        metres = depth.astype(np.float32)
-    nan, inf, negative = np.isnan(depth), np.isinf(metres) & ~np.isnan(depth), depth < 0
-    lost = (depth > 0) & (metres == 0)  # below float32's smallest: it would become 0, i.e. missing
+    metres = float32_metres(depth, name)
+    nan, inf, negative = np.isnan(metres), np.isinf(metres), metres < 0
     if nan.any() or inf.any() or negative.any():
         raise ValueError(f"{name} has NaN or negative values, or infinite ones: {int(nan.sum())} NaN, {int(inf.sum())} "
-                         f"inf (or beyond float32), {int(negative.sum())} negative. Depth is finite metres >= 0; mark "
-                         "missing depth with 0.")
-    if lost.any():
-        raise ValueError(f"{name} has {int(lost.sum())} positive value(s) too small for float32 metres (smallest "
-                         f"{float(depth[lost].min()):.3g}); they would be lost as missing. Check the units, or set "
-                         "such pixels to 0.")
+                         f"inf, {int(negative.sum())} negative. Depth is finite metres >= 0; mark missing depth with 0.")
     if name == "metric_depth" and not (metres > 0).any():
         raise ValueError("metric_depth has no pixel > 0 (all missing); sharpening needs metric depth to sharpen. Pass "
                          "a dense depth map in metres, or complete a sparse one first (Pipeline(stages=('complete', "
