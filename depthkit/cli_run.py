@@ -138,10 +138,29 @@ def _say_odd_principal_point(intrinsics, shape: tuple[int, int]) -> bool:
     the point cloud would be skewed."""
     h, w = shape
     if -0.5 * w <= intrinsics.cx <= 1.5 * w and -0.5 * h <= intrinsics.cy <= 1.5 * h:
-        return False
+        return _say_other_resolution(intrinsics, shape)
     print(f"depthkit run: the principal point ({intrinsics.cx:g}, {intrinsics.cy:g}) lies far outside the {w}x{h} "
           "image; check --intrinsics: the order is fx,fy,cx,cy in pixels of this image (the point cloud is written "
           "as given)", file=sys.stderr)
+    return True
+
+
+def _say_other_resolution(intrinsics, shape: tuple[int, int]) -> bool:
+    """Say on stderr (and return True) when the principal point is off the centre of an image of ``shape`` (H, W) by
+    the same factor k across and down, k outside [0.75, 1.33] (a camera's own offset is a few percent): intrinsics
+    of the same camera at k times this size (a sensor's full resolution for a resized photo). The message gives them
+    scaled to this image."""
+    h, w = shape
+    kx, ky = (intrinsics.cx + 0.5) / (w / 2), (intrinsics.cy + 0.5) / (h / 2)  # 1, 1: the centre of this image
+    k = (kx + ky) / 2
+    if k < 0.2 or 0.75 <= k <= 1.33 or abs(kx - ky) > 0.1 * k:
+        return False
+    scaled = (f"{intrinsics.fx / k:.6g},{intrinsics.fy / k:.6g},{(intrinsics.cx + 0.5) / k - 0.5:.6g},"
+              f"{(intrinsics.cy + 0.5) / k - 0.5:.6g}")
+    print(f"depthkit run: the principal point ({intrinsics.cx:g}, {intrinsics.cy:g}) is {k:.3g}x as far from the "
+          f"corner as the centre of the {w}x{h} image, across and down: --intrinsics look like the same camera's at "
+          f"{k:.3g}x this size (a sensor's full resolution?). For this image resized from it: --intrinsics {scaled} "
+          "(the point cloud is written as given)", file=sys.stderr)
     return True
 
 

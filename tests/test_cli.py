@@ -144,6 +144,26 @@ def test_intrinsics_in_the_wrong_order_are_said(tmp_path, capsys):
     assert "principal point" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("given, k, scaled", [
+    ("60,60,27.5,19.5", 2, "30,30,13.5,9.5"),       # the same camera at 56x40, for this 28x20 image
+    ("15,15,6.5,4.5", 0.5, "30,30,13.5,9.5"),       # ... and at 14x10
+    ("30,30,14.3,9.2", None, None),                 # this image's own camera, its centre a little off: silent
+    ("30,30,27.5,9.5", None, None),                 # off across only (a crop?): not another resolution
+])
+def test_intrinsics_of_another_resolution_are_said(tmp_path, capsys, given, k, scaled):
+    """Intrinsics of the same camera at k times the image's size (a sensor's full resolution for a resized photo):
+    the principal point is off the centre by k across and down. Said with the values scaled to this image (the
+    pixel-centre rule: (c + 0.5) / k - 0.5); the cloud is still written as given."""
+    _write_pair(tmp_path, "a")
+    assert main(_single(tmp_path, "--ply", "--intrinsics", given)) == 0
+    err = capsys.readouterr().err
+    if k is None:
+        assert "principal point" not in err
+    else:
+        assert f"look like the same camera's at {k:g}x this size" in err and f"--intrinsics {scaled} " in err
+        assert (tmp_path / "o" / "a.ply").is_file()
+
+
 def test_an_output_folder_that_cannot_be_made_is_said_before_any_model_loads(tmp_path, capsys, monkeypatch):
     import depthkit.cli as cli
 
