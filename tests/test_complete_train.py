@@ -338,6 +338,22 @@ def test_cli_resume_of_a_checkpoint_for_another_model_is_one_clear_error(tmp_pat
     assert "Traceback" not in err
 
 
+def test_cli_resume_refuses_a_checkpoint_beyond_the_recipes_steps(tmp_path, capsys):
+    """A checkpoint at step 2 resumed with train.max_steps=1 is refused (as the stage-2 trainers do), not exported
+    as a 1-step run whose weights trained for 2 steps (the loop ran no step and final/recipe.yaml said 1)."""
+    from depthkit.cli import main
+
+    run = tmp_path / "a"
+    args = ["train", str(TINY_RECIPE), *SMALL, "train.save_every=2", "train.eval_every=0", f"output.output_dir={run}"]
+    assert main([*args, "train.max_steps=2"]) == 0
+    before = (run / "final" / "recipe.yaml").read_text()
+    capsys.readouterr()
+    assert main([*args, "train.max_steps=1", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "is at step 2, beyond this run's 1 steps" in err and "Traceback" not in err, err
+    assert (run / "final" / "recipe.yaml").read_text() == before
+
+
 def test_mask_text_switch_reaches_training_prompts_and_checkpoint_settings(tmp_path):
     """prompts.mask_text (the ablation's rows (c)-(e)) changes the training prompts; a checkpoint records it."""
     from depthkit.complete.settings import CompleteSettings

@@ -329,7 +329,7 @@ def _resume(setup: TrainingSetup, run_dir: Path) -> int:
     from depthkit.training import load_latest_state
 
     acc = setup.accelerator
-    found = load_latest_state(run_dir)
+    found = load_latest_state(run_dir, max_steps=setup.steps_total)  # a checkpoint past the recipe's steps: refused
     if found is None:  # prepare_run_dir said so
         return 0
     start, state, meta = found
