@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,13 @@ def recipe_schema(kind: str, schemas: dict[str, type] | None = None) -> type:
 
 def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = (),
                 schemas: dict[str, type] | None = None) -> Any:
-    """Load a recipe (YAML path or dict), validate it against its schema and apply ``key=value`` overrides.
+    """Load a recipe (YAML path or dict), validate it against its schema and apply ``key=value`` overrides (values
+    read as YAML 1.2: :func:`yaml_1_2_override`).
 
     Returns the typed recipe object (an instance of the kind's schema dataclass, ``__post_init__`` checks run).
     ``schemas`` adds kinds beyond :data:`RECIPE_SCHEMAS` (kind → dataclass), e.g. for a custom trainer.
     """
+    import yaml
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -136,11 +139,9 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     if kind is None:
         raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(RECIPE_SCHEMAS))}")
     schema = OmegaConf.structured(recipe_schema(str(kind), schemas))
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"override {item!r} must look like key=value (e.g. train.max_steps=200)")
+    dotlist = [yaml_1_2_override(item) for item in overrides]
     try:
-        merged = OmegaConf.merge(schema, raw, OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(schema, raw, OmegaConf.from_dotlist(dotlist))
         return OmegaConf.to_object(merged)
     except RecipeError as exc:
         raise RecipeError(f"recipe {where}: {exc}") from exc
@@ -151,11 +152,45 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
                           + (f"; {', '.join(lists)} addresses an item of a list, which overrides cannot do: give the "
                              "whole list (e.g. data.sources=[...] in YAML flow style) or edit a copy of the recipe"
                              if lists else "") + ".") from exc
+    except yaml.YAMLError as exc:  # OmegaConf's reader refuses what yaml_1_2_override passed (a duplicate key)
+        raise RecipeError(f"recipe {where}: an override's value is not valid YAML ({' '.join(str(exc).split())}); "
+                          "give each key once and quote strings that hold YAML syntax.") from None
     except OmegaConfBaseException as exc:
         msg = str(exc).split("\n")[0]
         key = getattr(exc, "full_key", None)
         raise RecipeError(f"recipe {where}: {msg}" + (f" (key: {key})" if key else "") +
                           ". Check the key's spelling and type against the schema.") from exc
+
+
+def yaml_1_2_override(item: str) -> str:
+    """Override ``key=value`` with its value spelt so that OmegaConf (a YAML 1.1 reader) reads what YAML 1.2 reads
+    (:func:`depthkit.yaml_values.yaml_loader`, as ``--option`` values are read): ``train.max_steps=0100`` is 100,
+    not 1.1's octal 64, and ``1:30`` is the string ``"1:30"``, not 1.1's base-60 90. Integers are rewritten in
+    decimal and strings quoted; every other value is left as given.
+
+    Raises:
+        RecipeError: ``item`` has no ``=``, or its value is not YAML (an unclosed ``[``), saying how to write it.
+    """
+    import json
+
+    import yaml
+
+    from depthkit.yaml_values import yaml_loader
+
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise RecipeError(f"override {item!r} must look like key=value (e.g. train.max_steps=200)")
+    try:
+        value = yaml.load(text, Loader=yaml_loader())
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())
+        raise RecipeError(f"override {item!r}: the value is not valid YAML ({reason}); write lists as [a, b], "
+                          "mappings as {k: v}, and quote a string that holds such characters.") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{key}={value}"
+    if isinstance(value, str) and re.match(r"[-+.]?[0-9]", text.strip()):  # 1.1 may read a number (1:30, 0b1)
+        return f"{key}={json.dumps(value)}"  # a JSON string is a double-quoted YAML scalar
+    return item
 
 
 def recipe_to_yaml(recipe: Any) -> str:

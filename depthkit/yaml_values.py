@@ -1,4 +1,5 @@
-"""YAML values typed on a command line (``--option``, ``--dataset-option``) read with YAML 1.2's numbers.
+"""YAML values typed on a command line (``--option``, ``--dataset-option``, recipe ``key=value`` overrides through
+:func:`depthkit.config.yaml_1_2_override`) read with YAML 1.2's numbers.
 
 PyYAML implements YAML 1.1, where ``0100`` is the octal 64, ``1:30`` the base-60 90 and ``1e3`` a string. A user
 typing ``query_budget=0100`` means 100. :func:`yaml_loader` is PyYAML's safe loader with YAML 1.2's core-schema

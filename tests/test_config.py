@@ -59,6 +59,27 @@ def test_bad_recipes_are_errors(tmp_path, text, overrides, message):
         load_recipe(p, overrides, schemas=SCHEMAS)
 
 
+def test_override_values_are_read_as_yaml_1_2(tmp_path):
+    """``key=value`` values are read as ``--option`` values are (YAML 1.2): OmegaConf alone (YAML 1.1) made
+    ``train.max_steps=0100`` an octal 64 and ``name=1:30`` the base-60 number 90, silently."""
+    r = load_recipe({"kind": "unit-test"}, ["train.max_steps=0100", "train.seed=0o17", "name=1:30",
+                                            "train.lr=1e-3", "train.warmup_steps=+07", "tags=[a, 1]"], schemas=SCHEMAS)
+    assert (r.train.max_steps, r.train.seed, r.name, r.train.lr, r.train.warmup_steps) == (100, 15, "1:30", 1e-3, 7)
+    assert r.tags == ["a", 1]
+    with pytest.raises(RecipeError, match="Value '1:30' of type 'str' could not be converted to Integer"):
+        load_recipe({"kind": "unit-test"}, ["train.max_steps=1:30"], schemas=SCHEMAS)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tags=[a, b", r"override 'tags=\[a, b': the value is not valid YAML \(.*\); write lists as \[a, b\]"),
+    ("name={a: 1, a: 2}", r"an override's value is not valid YAML \(.*duplicate key a"),
+])
+def test_an_override_that_is_not_yaml_is_a_recipe_error(override, message):
+    """Not a bare yaml.ScannerError traceback from ``depthkit train``."""
+    with pytest.raises(RecipeError, match=message):
+        load_recipe({"kind": "unit-test"}, [override], schemas=SCHEMAS)
+
+
 def test_learning_rate_zero_is_allowed_and_said():
     """lr 0 exports the starting model (a check some tests and users make on purpose): allowed, with a warning."""
     from depthkit.io import DepthkitWarning
