@@ -54,6 +54,7 @@ class TrainConfig:
     """no | bf16 | fp16 (accelerate's setting; bf16 on CUDA)."""
     gradient_checkpointing: bool = False
     seed: int = 0
+    """>= 0: seeds the initial weights, the data order and every random draw (numpy seeds are non-negative)."""
     num_workers: int = 0
     """DataLoader worker processes."""
     log_every: int = 10
@@ -77,7 +78,7 @@ class TrainConfig:
         if self.max_steps < 0 or (self.max_steps == 0 and self.epochs <= 0):
             raise RecipeError("set train.max_steps > 0, or train.max_steps=0 with train.epochs > 0")
         for name, low in (("lr", 0), ("weight_decay", 0), ("max_grad_norm", 0), ("epochs", 0), ("warmup_steps", 0),
-                          ("num_workers", 0), ("eval_every", 0), ("save_every", 0), ("log_every", 1),
+                          ("seed", 0), ("num_workers", 0), ("eval_every", 0), ("save_every", 0), ("log_every", 1),
                           ("keep_last", 1)):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= low):

@@ -45,6 +45,7 @@ def test_yaml_and_overrides(tmp_path):
                                                           r"\(0 = off\)"),
         ("kind: unit-test\n", ["train.save_every=-1"], r"train.save_every must be .* >= 0; received -1 \(0 = off\)"),
         ("kind: unit-test\n", ["train.keep_last=0"], r"train.keep_last must be .* >= 1; received 0"),
+        ("kind: unit-test\n", ["train.seed=-3"], r"train.seed must be .* >= 0; received -3"),
         ("kind: unit-test\n", ["train.log_every=0"], r"train.log_every must be .* >= 1; received 0"),
         ("kind: unit-test\n", ["train.max_steps=5", "train.epochs=-1"], r"train.epochs must be .* >= 0"),
         ("- a\n- b\n", [], r"holds a list at its top level; expected a mapping that starts with 'kind: <"),
