@@ -98,3 +98,20 @@ def test_sharpen_and_lotus_validation_needs_at_least_one_image():
         with pytest.raises(RecipeError, match=r"val.n_images must be >= 1; received 0 \(to skip validation, leave "
                                               r"val.source out\)"):
             load_recipe(RECIPES / name, ["val.n_images=0"])
+
+
+def test_sharpen_and_lotus_validation_must_be_held_out_of_training():
+    """A val.source that leaves out its split reads split train (the schema's default for every source), so
+    ``val: {source: {name: synthetic}}`` scored the first training scenes as 'validation'. Refused, naming the
+    training source; a held-out split, or training-split scenes past those the run trains on, are accepted."""
+    train = {"sources": [{"name": "synthetic", "options": {"length": 500}}]}
+    for kind in ("lotus", "sharpen"):
+        with pytest.raises(RecipeError, match=r"val.source reads the images training reads \(data.sources\[0\]: "
+                                              r"synthetic, split 'train'\).*Set val.source.split to a held-out"):
+            load_recipe({"kind": kind, "data": train, "val": {"source": {"name": "synthetic"}}})
+        for held_out in ({"split": "val"}, {"options": {"seed_offset": 500}}):
+            recipe = load_recipe({"kind": kind, "data": train, "val": {"source": {"name": "synthetic", **held_out}}})
+            assert recipe.val.source.name == "synthetic"
+    with pytest.raises(RecipeError, match=r"data.sources\[0\]: image_folder, split 'train', root data/images"):
+        load_recipe({"kind": "sharpen", "data": {"sources": [{"name": "image_folder", "root": "data/images"}]},
+                     "val": {"source": {"name": "image_folder", "root": "./data/../data/images"}}})

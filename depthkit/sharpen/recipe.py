@@ -21,7 +21,7 @@ from depthkit.sharpen.config import SharpDepthConfig
 from depthkit.sharpen.lotus import LOTUS_MODES
 from depthkit.sharpen.normalize import SPACES
 
-__all__ = ["DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfig", "LotusRecipe",
+__all__ = ["check_validation_is_held_out", "DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfig", "LotusRecipe",
            "SharpenModelConfig", "MetricSourceConfig", "SharpenDataConfig", "ValConfig", "SharpenRecipe"]
 
 EXPORTS = ("student", "ema")
@@ -40,7 +40,9 @@ class DataSourceConfig:
     """Dataset folder (ignored by synthetic)."""
     split: Optional[str] = "train"
     """Reader split (image folders: "train" or "all", the same thing). None = "train" for training data (never the
-    reader's default, which is the split it evaluates: test for synthetic); a validation source reads its own."""
+    reader's default, which is the split it evaluates: test for synthetic); a validation source reads its own. A
+    ``val.source`` must name a held-out split: one that reads a training source's images is refused
+    (:func:`check_validation_is_held_out`)."""
     weight: float = 1.0
     """Mixing weight: a training sample comes from this source with probability weight / sum of weights
     (Lotus trains on Hypersim and Virtual KITTI 2 at 9 : 1)."""
@@ -160,6 +162,46 @@ class ValConfig:
                               "val.source out)")
 
 
+def _synthetic_seeds(src: DataSourceConfig, split: str, first_n: int | None = None) -> range:
+    """The ``render_scene`` seeds a synthetic source reads (its first ``first_n`` items when given)."""
+    from depthkit.data.datasets.synthetic import DEFAULT_LENGTHS, SPLIT_SEEDS
+
+    length, offset = src.options.get("length") or DEFAULT_LENGTHS.get(split, 0), src.options.get("seed_offset") or 0
+    if not all(type(x) is int for x in (length, offset)):
+        return range(0)  # not the reader's options: it refuses them itself when the run starts
+    start = SPLIT_SEEDS.get(split, 0) + offset
+    return range(start, start + (length if first_n is None else min(length, first_n)))
+
+
+def check_validation_is_held_out(val: ValConfig, sources: list[DataSourceConfig]) -> None:
+    """Refuse (RecipeError) a ``val.source`` that reads images a training source reads: the same reader and split
+    (a source's split defaults to ``train``, so a validation source that leaves it out reads the training split),
+    the same root (when both give one) and, for synthetic scenes, overlapping seeds of its first ``val.n_images``
+    items. Its scores would be on training images."""
+    from pathlib import Path
+
+    from depthkit.training import training_split
+
+    v = val.source
+    if v is None:
+        return
+    for i, t in enumerate(sources):
+        split = training_split(t.split)
+        if v.name != t.name or v.split != split:
+            continue
+        if v.name == "synthetic":
+            trained, scored = _synthetic_seeds(t, split), _synthetic_seeds(v, split, val.n_images)
+            overlap = max(trained.start, scored.start) < min(trained.stop, scored.stop)
+        else:
+            overlap = v.root is None or t.root is None or (Path(v.root).expanduser().resolve()
+                                                           == Path(t.root).expanduser().resolve())
+        if overlap:
+            raise RecipeError(f"val.source reads the images training reads (data.sources[{i}]: {t.name}, split "
+                              f"{split!r}{f', root {t.root}' if t.root else ''}), so its scores would be on training "
+                              "images. Set val.source.split to a held-out split (synthetic: val; a source's split "
+                              "is train unless given), or val.source: null for no validation.")
+
+
 @dataclass
 class LotusRecipe:
     """``depthkit train`` recipe for Lotus with dense ground truth (see :mod:`depthkit.sharpen.train_lotus`)."""
@@ -171,6 +213,9 @@ class LotusRecipe:
     val: ValConfig = field(default_factory=ValConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        check_validation_is_held_out(self.val, self.data.sources)
 
 
 # ------------------------------------------------------------------------------------------------------ sharpen
@@ -253,3 +298,6 @@ class SharpenRecipe:
     val: ValConfig = field(default_factory=ValConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        check_validation_is_held_out(self.val, self.data.sources)
