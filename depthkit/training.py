@@ -47,7 +47,9 @@ def prepare_run_dir(output_dir, resume: bool, recipe=None) -> Path:
     refuse to start over a run that has resumable checkpoints unless resuming. With ``recipe``: a resume is checked
     against the recipe the run was trained with (:func:`depthkit.run_recipe.check_resumed_recipe`) before the
     recipe is recorded as ``<run>/recipe.yaml`` (not when resuming a run that has none: nothing vouches for it);
-    ``--resume`` with no checkpoint yet says it starts at step 0."""
+    ``--resume`` with no checkpoint yet says it starts at step 0. A run that starts at step 0 removes the rows of
+    ``log.jsonl`` an earlier attempt (killed before its first checkpoint) wrote, as a resume removes those after
+    its step."""
     from depthkit.run_recipe import RECIPE_FILE, check_resumed_recipe, record_recipe
 
     run = Path(output_dir)
@@ -59,6 +61,8 @@ def prepare_run_dir(output_dir, resume: bool, recipe=None) -> Path:
         print(f"depthkit train: --resume but no checkpoint in {run / CHECKPOINTS}; starting at step 0", flush=True)
     run.mkdir(parents=True, exist_ok=True)
     remove_partial(run)
+    if found is None:  # starting at step 0: rows an attempt killed before its first checkpoint logged go
+        truncate_log(run / "log.jsonl", 0)
     if recipe is not None:
         resuming = resume and found is not None
         if resuming:

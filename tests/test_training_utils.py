@@ -235,3 +235,20 @@ def test_resume_truncates_the_log_to_the_resumed_step(tmp_path):
     load_latest_state(tmp_path)
     kept = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r.get("step") for r in kept] == [1, 2, 3, None]
+
+
+def test_a_run_that_starts_at_step_0_drops_the_log_of_an_attempt_without_checkpoints(tmp_path):
+    """A run killed before its first checkpoint leaves log rows for steps 1..k; starting again (fresh, or --resume
+    with nothing to resume) appended steps 1.. after them, so log.jsonl held two runs' step 1."""
+    import json
+
+    from depthkit.training import prepare_run_dir
+
+    for resume in (False, True):
+        run = tmp_path / f"resume_{resume}"
+        run.mkdir()
+        rows = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)] + [{"note": "no step"}]
+        (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        prepare_run_dir(run, resume=resume)
+        kept = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert kept == [{"note": "no step"}], resume
