@@ -364,12 +364,14 @@ def _verify(path: Path) -> dict:
 
 
 def load_latest_state(run_dir: str | Path, map_location="cpu", max_steps: int | None = None,
-                      ) -> tuple[int, dict, dict] | None:
+                      world_size: int | None = None) -> tuple[int, dict, dict] | None:
     """``(step, state, meta)`` of the newest complete checkpoint under ``run_dir``, or None.
 
     The checkpoint's checksums (:data:`CHECKSUMS`) are verified and its step must match its folder name and be at
-    most ``max_steps`` (when given) and ``meta["steps_total"]`` (when saved); rows of ``<run>/log.jsonl`` for steps
-    after the resumed one are removed (they will be logged again). Raises ValueError naming the checkpoint."""
+    most ``max_steps`` (when given) and ``meta["steps_total"]`` (when saved); with ``world_size`` (processes of
+    this run), ``meta["world_size"]`` (when saved) must equal it: :class:`StepSampler` shards the data order by
+    process, so another count would not continue the run. Rows of ``<run>/log.jsonl`` for steps after the resumed
+    one are removed (they will be logged again). Raises ValueError naming the checkpoint."""
     import torch
 
     path = latest_state_dir(run_dir)
@@ -382,6 +384,10 @@ def load_latest_state(run_dir: str | Path, map_location="cpu", max_steps: int | 
     if limit is not None and step > limit:
         raise ValueError(f"resumable checkpoint {path} is at step {step}, beyond this run's {limit} steps; resume "
                          "with the recipe it was trained with, or delete the checkpoint.")
+    saved_world = meta.get("world_size")
+    if world_size is not None and type(saved_world) is int and saved_world != world_size:
+        raise ValueError(f"resumable checkpoint {path} was written by {saved_world} processes; resume with the same "
+                         f"number (this run has {world_size}) so the data order and optimizer state line up.")
     try:
         state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -226,6 +226,27 @@ def test_lotus_resume_is_exact_via_cli(tmp_path):
     assert [p.name for p in sorted((crashed / "checkpoints").glob("step_*"))] == ["step_0000002", "step_0000003"]
 
 
+def test_lotus_resume_with_another_number_of_processes_is_refused(tmp_path, capsys):
+    """The data order is sharded by process (StepSampler), so a checkpoint that 2 processes wrote does not continue
+    in 1: refused as the complete trainer refuses it (the stage-2 checkpoints recorded no process count, and a
+    resume went on with another data order)."""
+    from depthkit.cli import main
+    from depthkit.training import CHECKSUMS, _sha256, latest_state_dir
+
+    path = write_lotus_yaml(tmp_path / "lotus.yaml")
+    args = ["train", str(path), "train.max_steps=2", f"output.output_dir={tmp_path / 'a'}"]
+    assert main([*args[:2], "train.max_steps=1", *args[3:]]) == 0
+    ck = latest_state_dir(tmp_path / "a")
+    meta = json.loads((ck / "meta.json").read_text())
+    assert meta["world_size"] == 1
+    (ck / "meta.json").write_text(json.dumps({**meta, "world_size": 2}))  # as a 2-process run wrote it
+    sums = {name: _sha256(ck / name) for name in ("state.pt", "meta.json")}
+    (ck / CHECKSUMS).write_text(json.dumps({"sha256": sums}))
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "was written by 2 processes; resume with the same number (this run has 1)" in capsys.readouterr().err
+
+
 def test_recipe_and_trainer_errors(tmp_path):
     from depthkit.sharpen import train as train_sharpen
 

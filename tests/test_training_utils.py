@@ -226,6 +226,16 @@ def test_resume_refuses_a_step_beyond_max_steps(tmp_path):
     assert load_latest_state(tmp_path, max_steps=3)[0] == 3
 
 
+def test_resume_refuses_a_checkpoint_of_another_number_of_processes(tmp_path):
+    save_state(tmp_path, 1, {"w": torch.zeros(1)}, {"world_size": 2})
+    with pytest.raises(ValueError, match=r"step_0000001 was written by 2 processes; resume with the same number "
+                                         r"\(this run has 1\)"):
+        load_latest_state(tmp_path, world_size=1)
+    assert load_latest_state(tmp_path, world_size=2)[0] == 1
+    save_state(tmp_path / "older", 1, {"w": torch.zeros(1)})  # a checkpoint that did not record it
+    assert load_latest_state(tmp_path / "older", world_size=1)[0] == 1
+
+
 def test_resume_truncates_the_log_to_the_resumed_step(tmp_path):
     import json
 

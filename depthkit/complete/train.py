@@ -329,14 +329,10 @@ def _resume(setup: TrainingSetup, run_dir: Path) -> int:
     from depthkit.training import load_latest_state
 
     acc = setup.accelerator
-    found = load_latest_state(run_dir, max_steps=setup.steps_total)  # a checkpoint past the recipe's steps: refused
+    found = load_latest_state(run_dir, max_steps=setup.steps_total, world_size=acc.num_processes)
     if found is None:  # prepare_run_dir said so
         return 0
     start, state, meta = found
-    world = acc.num_processes
-    if meta.get("world_size", world) != world:
-        raise ValueError(f"the checkpoint in {run_dir} was written by {meta['world_size']} processes; resume with the "
-                         f"same number (got {world}) so the data order and optimizer shards line up.")
     kind = acc.distributed_type.name
     if meta.get("distributed_type", kind) != kind:
         raise ValueError(f"the checkpoint in {run_dir} was written by a {meta['distributed_type']} run; this run is "

@@ -292,7 +292,7 @@ def train(recipe, resume: bool = False) -> Path:
 
     start = 0
     if resume:
-        loaded = load_latest_state(run, map_location="cpu", max_steps=steps)
+        loaded = load_latest_state(run, map_location="cpu", max_steps=steps, world_size=world)
         if loaded is not None:
             start, state, _ = loaded
             load_resumed_weights(student, state["unet"], f"the checkpoint at step {start} in {run}")
@@ -341,7 +341,8 @@ def train(recipe, resume: bool = False) -> Path:
         if main and ((tc.save_every > 0 and done % tc.save_every == 0) or done == steps):
             save_state(run, done, {"unet": student.state_dict(), "optimizer": optimizer.state_dict(),
                                    "lr_scheduler": lr_sched.state_dict(), "ema": ema.state_dict()},
-                       {"kind": "sharpen", "micro_steps": done * tc.grad_accum}, keep_last=tc.keep_last)
+                       {"kind": "sharpen", "micro_steps": done * tc.grad_accum, "world_size": world},
+                       keep_last=tc.keep_last)
         accelerator.wait_for_everyone()
 
     final = run / "final"

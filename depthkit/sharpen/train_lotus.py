@@ -334,7 +334,7 @@ def train(recipe, resume: bool = False) -> Path:
 
     start = 0
     if resume:
-        loaded = load_latest_state(run, map_location="cpu", max_steps=steps)
+        loaded = load_latest_state(run, map_location="cpu", max_steps=steps, world_size=world)
         if loaded is not None:
             start, state, _ = loaded
             where = f"the checkpoint at step {start} in {run}"
@@ -397,8 +397,8 @@ def train(recipe, resume: bool = False) -> Path:
             set_modes()
         if main and ((tc.save_every > 0 and done % tc.save_every == 0) or done == steps):
             save_state(run, done, state_dict(), {"kind": "lotus", "micro_steps": done * tc.grad_accum,
-                                                 "vae_scaling_factor": float(model.vae.config.scaling_factor)},
-                       keep_last=tc.keep_last)
+                                                 "vae_scaling_factor": float(model.vae.config.scaling_factor),
+                                                 "world_size": world}, keep_last=tc.keep_last)
         accelerator.wait_for_everyone()
 
     final = run / "final"
