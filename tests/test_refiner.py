@@ -155,6 +155,21 @@ def test_resume_continues_exactly(tmp_path, one_cycle):
         assert torch.equal(a, b), name
 
 
+def test_resume_of_a_one_cycle_run_with_more_steps_is_refused_before_a_step(tmp_path):
+    """train.max_steps may change on --resume (RESUME_MAY_CHANGE), but torch's OneCycleLR keeps the length it was
+    saved with: the resumed run trained one step and died with 'Tried to step 4 times. The specified number of total
+    steps is 3'. Refused before any step, saying which max_steps resumes it."""
+    from depthkit.complete.train_refiner import train
+
+    train(_recipe(tmp_path / "a", True, max_steps=3, save_every=3, log_every=1))
+    rows = (tmp_path / "a" / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"step 3 in .* has a one-cycle schedule laid out for 3 steps, which cannot "
+                                         r"be stretched to train.max_steps=5; resume with train.max_steps=3"):
+        train(_recipe(tmp_path / "a", True, max_steps=5, save_every=3, log_every=1), resume=True)
+    assert (tmp_path / "a" / "log.jsonl").read_text() == rows  # no step ran
+    train(_recipe(tmp_path / "a", True, max_steps=3, save_every=3, log_every=1), resume=True)
+
+
 def test_resume_of_a_checkpoint_for_another_width_is_one_clear_error(tmp_path):
     """A run folder without its recipe record resumed with a wider refiner: one error naming the checkpoint and the
     size mismatch (run_recipe.load_resumed_weights), not torch's traceback."""

@@ -274,7 +274,13 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     start = 0
     if resume and (loaded := load_latest_state(run, map_location="cpu", max_steps=steps)) is not None:
         start, state, _ = loaded
-        load_resumed_weights(net, state["refiner"], f"the checkpoint at step {start} in {run}")
+        where = f"the checkpoint at step {start} in {run}"
+        laid_out = state["lr_scheduler"].get("total_steps", steps) if recipe.one_cycle else steps
+        if laid_out != steps:  # torch's OneCycleLR keeps its saved length and fails at the first step past it
+            raise ValueError(f"{where} has a one-cycle schedule laid out for {laid_out} steps, which cannot be "
+                             f"stretched to train.max_steps={steps}; resume with train.max_steps={laid_out}, or "
+                             "start a new run (model.init_from=<run>/final) in another output.output_dir.")
+        load_resumed_weights(net, state["refiner"], where)
         optimizer.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
         print(f"depthkit train: resumed {run} at step {start}", flush=True)
