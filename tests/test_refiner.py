@@ -155,6 +155,15 @@ def test_resume_continues_exactly(tmp_path, one_cycle):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("override", [{"mixed_precision": "bf16"}, {"gradient_checkpointing": True}])
+def test_train_settings_the_refiner_trainer_does_not_use_are_refused(tmp_path, override):
+    """The refiner trains in float32 with plain PyTorch: bf16 or gradient checkpointing were accepted and ignored."""
+    from depthkit.config import RecipeError
+
+    with pytest.raises(RecipeError, match=r"the refiner trainer runs in float32 without either"):
+        _recipe(tmp_path / "a", **override)
+
+
 def test_resume_of_a_one_cycle_run_with_more_steps_is_refused_before_a_step(tmp_path):
     """train.max_steps may change on --resume (RESUME_MAY_CHANGE), but torch's OneCycleLR keeps the length it was
     saved with: the resumed run trained one step and died with 'Tried to step 4 times. The specified number of total

@@ -113,6 +113,12 @@ class RefineRecipe:
     def __post_init__(self):
         if self.kind != "refine":
             raise RecipeError(f"kind={self.kind!r}; this schema is for kind: refine")
+        tc = self.train  # the trainer runs plain float32 PyTorch (no accelerator): these would be ignored
+        if tc.mixed_precision != "no" or tc.gradient_checkpointing:
+            raise RecipeError(f"train.mixed_precision={tc.mixed_precision!r}, train.gradient_checkpointing="
+                              f"{tc.gradient_checkpointing}: the refiner trainer runs in float32 without either "
+                              "(a ~67 k-parameter CNN); set train.mixed_precision=no, "
+                              "train.gradient_checkpointing=false.")
 
 
 def prepare_scene(image, sparse, depth, prior_name: str = "guided") -> dict:
