@@ -257,6 +257,10 @@ def test_synthetic_dataset_renders_clutter_and_checks_it():
     ({"kind": "indor"}, r"kind must be one of \('indoor', 'outdoor', 'random'\); received 'indor'"),
     ({"hfov_deg": float("nan")}, r"hfov_deg must be a number of degrees in \[5, 150\]; received nan"),
     ({"image_noise": float("nan")}, "image_noise must be a finite number >= 0"),
+    ({"sparse_kwargs": {"num": 100}}, r"sparse pattern 'random' takes the options n, valid; received \['num'\]"),
+    ({"sparse_pattern": "lidar", "sparse_kwargs": {"beams": 32}},
+     r"sparse pattern 'lidar' takes the options n_beams, .*; received \['beams'\]"),
+    ({"sparse_pattern": "holes", "sparse_kwargs": {"sigma": 0.01, "blobs": 3}}, r"received \['blobs'\]"),
 ])
 def test_synthetic_dataset_refuses_bad_options_when_built(kwargs, match):
     """Refused when the dataset is built (not truncated, and not at its first item inside a DataLoader worker)."""

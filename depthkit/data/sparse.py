@@ -455,8 +455,34 @@ noisy ToF sensor, ``sigma`` / ``outlier_ratio`` (0 by default), applied by :func
 """
 
 
-def make_sparse(depth, pattern: str, seed, intrinsics: Intrinsics | None = None, **kwargs) -> np.ndarray:
-    """Sparse depth from dense ``depth`` (HxW metres) with the sampler registered as ``pattern`` in :data:`SAMPLERS`."""
+_FORWARDED = {"lidar": sample_lidar, "holes": sample_holes, "stereo": sample_stereo}
+"""The sampling function each pattern passes its other options on to."""
+
+
+def sparse_options(pattern: str) -> tuple[str, ...]:
+    """The option names (``sparse_kwargs``) the sampler of ``pattern`` takes: its own and those it passes on."""
+    import inspect
+
+    names = []
+    for fn in (SAMPLERS[pattern], _FORWARDED.get(pattern)):
+        if fn is not None:
+            names += [p.name for p in inspect.signature(fn).parameters.values()
+                      if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("depth", "seed", "intrinsics")]
+    return tuple(dict.fromkeys(names))
+
+
+def check_sparse_kwargs(pattern: str, kwargs: dict) -> None:
+    """Refuse (``ValueError``) an unknown ``pattern`` or an option its sampler does not take, naming those it does
+    (a misspelt ``sparse_kwargs`` key would otherwise fail at the first item, inside a DataLoader worker)."""
     if pattern not in SAMPLERS:
         raise ValueError(f"unknown sparse pattern {pattern!r}; allowed: {', '.join(sorted(SAMPLERS))}.")
+    unknown = sorted(set(kwargs) - set(sparse_options(pattern)))
+    if unknown:
+        raise ValueError(f"sparse pattern {pattern!r} takes the options {', '.join(sparse_options(pattern))}; "
+                         f"received {unknown}. Check the spelling of sparse_kwargs.")
+
+
+def make_sparse(depth, pattern: str, seed, intrinsics: Intrinsics | None = None, **kwargs) -> np.ndarray:
+    """Sparse depth from dense ``depth`` (HxW metres) with the sampler registered as ``pattern`` in :data:`SAMPLERS`."""
+    check_sparse_kwargs(pattern, kwargs)
     return SAMPLERS[pattern](depth, seed, intrinsics=intrinsics, **kwargs)

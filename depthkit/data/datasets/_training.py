@@ -24,6 +24,10 @@ class TrainingDepthDataset(DepthDataset):
         super().__init__(root, protocol, split)
         self.sparse_pattern = sparse_pattern
         self.sparse_kwargs = dict(sparse_kwargs or {})
+        from depthkit.data.sparse import SAMPLERS, check_sparse_kwargs
+
+        if sparse_pattern in SAMPLERS:  # checked when built, not at the first item (others: the reader checks them)
+            check_sparse_kwargs(sparse_pattern, self.sparse_kwargs)
         self.sparse_seed = int(self.protocol.sparse_seed or 0) if sparse_seed is None else int(sparse_seed)
         if self.sparse_seed < 0:
             raise ValueError(f"sparse_seed must be >= 0; received {sparse_seed}.")
