@@ -21,8 +21,8 @@ from depthkit.sharpen.config import SharpDepthConfig
 from depthkit.sharpen.lotus import LOTUS_MODES
 from depthkit.sharpen.normalize import SPACES
 
-__all__ = ["check_validation_is_held_out", "DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfig", "LotusRecipe",
-           "SharpenModelConfig", "MetricSourceConfig", "SharpenDataConfig", "ValConfig", "SharpenRecipe"]
+__all__ = ["check_validation_is_held_out", "DataSourceConfig", "DataConfig", "LotusModelConfig", "LotusLossConfig",
+           "LotusRecipe", "SharpenModelConfig", "MetricSourceConfig", "SharpenDataConfig", "ValConfig", "SharpenRecipe"]
 
 EXPORTS = ("student", "ema")
 """Which weights a sharpen run's final checkpoint holds (``model.export``)."""
