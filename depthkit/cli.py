@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with output_policy(args.verb, verbose=getattr(args, "verbose", False)):
         try:
-            return handler(args, args.verb_parser)
+            code = handler(args, args.verb_parser)
+            sys.stdout.flush()  # output still buffered meets a reader that left here, not in the exit's flush
+            return code
         except BrokenPipeError:  # the reader stopped early (`depthkit ls | head`): stop quietly, as a shell tool does
             import os
 
