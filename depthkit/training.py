@@ -86,9 +86,10 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_partial(run_dir: str | Path, all_pids: bool = True) -> list[Path]:
     """Remove what killed saves and exports left in ``run_dir``: ``checkpoints/.tmp_step_*`` folders and
-    ``.<name>.tmp-<pid>`` export folders; an ``.<name>.old-<pid>`` folder is moved back to ``<name>`` when the swap
-    was killed before the new one arrived, else removed. ``all_pids=False`` spares folders of live processes.
-    Returns the paths removed or restored."""
+    ``.<name>.tmp-<pid>`` export folders; an ``.<name>.old-<pid>`` folder (in ``run_dir`` or, from a checkpoint
+    saved again at its step, in ``checkpoints/``) is moved back to ``<name>`` when the swap was killed before the
+    new one arrived, else removed. ``all_pids=False`` spares folders of live processes. Returns the paths removed
+    or restored."""
     run = Path(run_dir)
     done = []
     ckpts = run / CHECKPOINTS
@@ -98,18 +99,41 @@ def remove_partial(run_dir: str | Path, all_pids: bool = True) -> list[Path]:
             if all_pids or not (pid.isdigit() and _pid_alive(int(pid))):
                 shutil.rmtree(p, ignore_errors=True)
                 done.append(p)
-    if run.is_dir():
-        for p in run.iterdir():
+    for folder in (run, ckpts):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
             m = _EXPORT_TMP.match(p.name)
             if m is None or not p.is_dir() or (not all_pids and _pid_alive(int(m["pid"]))):
                 continue
-            final = run / m["name"]
+            final = folder / m["name"]
             if m["kind"] == "old" and not final.exists():
                 os.replace(p, final)
             else:
                 shutil.rmtree(p, ignore_errors=True)
             done.append(p)
     return done
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """The ``step_<n>`` folders in ``root``, oldest step first (by number: ``step_10000000`` comes after
+    ``step_9999999``, which a sort of the names would invert)."""
+    found = [(int(m.group(1)), p) for p in root.glob("step_*") if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def start_run(recipe, resume: bool):
@@ -323,10 +347,13 @@ def save_state(run_dir: str | Path, step: int, state: dict, meta: dict | None = 
                       f"({type(exc).__name__}: {exc}). The partial folder was removed; the last complete checkpoint "
                       f"({previous.name if previous else 'none'}) is intact. Free disk space (or lower keep_last) "
                       "and continue with --resume.") from exc
-    if final.exists():
-        shutil.rmtree(final)
+    aside = root / f".{final.name}.old-{os.getpid()}"  # a checkpoint saved again at its step: the old one is
+    if final.exists():                                 # moved aside, not deleted, until the new one is in place
+        os.replace(final, aside)                       # (remove_partial puts it back if the swap was killed)
     os.replace(tmp, final)
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    _fsync_dir(root)
+    shutil.rmtree(aside, ignore_errors=True)
+    steps = _step_dirs(root)
     for old in steps[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -334,7 +361,7 @@ def save_state(run_dir: str | Path, step: int, state: dict, meta: dict | None = 
 
 def latest_state_dir(run_dir: str | Path) -> Path | None:
     root = Path(run_dir) / CHECKPOINTS
-    steps = sorted(p for p in root.glob("step_*") if (p / "state.pt").is_file() and (p / "meta.json").is_file())
+    steps = [p for p in _step_dirs(root) if (p / "state.pt").is_file() and (p / "meta.json").is_file()]
     return steps[-1] if steps else None
 
 
@@ -446,9 +473,11 @@ def atomic_export(final: str | Path, write) -> Path:
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
             os.replace(tmp, final)
+            _fsync_dir(final.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+            _fsync_dir(final.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

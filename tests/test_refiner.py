@@ -164,6 +164,24 @@ def test_train_settings_the_refiner_trainer_does_not_use_are_refused(tmp_path, o
         _recipe(tmp_path / "a", **override)
 
 
+def test_num_workers_the_refiner_trainer_does_not_use_are_refused(tmp_path):
+    """It crops batches from a pool in memory (no DataLoader): train.num_workers=4 was accepted and ignored."""
+    from depthkit.config import RecipeError
+
+    with pytest.raises(RecipeError, match=r"train.num_workers=4: the refiner trainer .* set train.num_workers=0"):
+        _recipe(tmp_path / "a", num_workers=4)
+
+
+def test_epochs_become_steps_rounded_up_as_in_every_trainer(tmp_path):
+    """train.max_steps=0 derives the run's length from train.epochs with depthkit.training.total_steps (rounded up):
+    one epoch of a 6-scene pool in batches of 4 is 2 steps (the refiner trainer rounded down to 1: part of the pool
+    never seen)."""
+    from depthkit.complete.train_refiner import train
+
+    final = train(_recipe(tmp_path / "a", max_steps=0, epochs=1.0, save_every=0, log_every=1))
+    assert json.loads((final / "refiner.json").read_text())["steps"] == 2
+
+
 def test_resume_of_a_one_cycle_run_with_more_steps_is_refused_before_a_step(tmp_path):
     """train.max_steps may change on --resume (RESUME_MAY_CHANGE), but torch's OneCycleLR keeps the length it was
     saved with: the resumed run trained one step and died with 'Tried to step 4 times. The specified number of total

@@ -258,6 +258,9 @@ def test_recipe_and_trainer_errors(tmp_path):
         load_recipe({"kind": "lotus", "loss": {"vae_depth": 1.0}})
     with pytest.raises(RecipeError, match="sharpdepth.gate_prb"):
         load_recipe({"kind": "sharpen", "sharpdepth": {"gate_prb": 0.5}})
+    with pytest.raises(RecipeError, match=r"train.num_workers=2: the sharpen trainer .* set train.num_workers=0"):
+        load_recipe({"kind": "sharpen", "train": {"num_workers": 2}})  # was accepted and ignored
+    assert load_recipe({"kind": "lotus", "train": {"num_workers": 2}}).train.num_workers == 2  # Lotus uses them
     with pytest.raises(ValueError, match="multiples of 4"):
         train_sharpen.train(sharpen_recipe(tmp_path / "r", "tiny", _tiny_sources(), (18, 24), "complete", steps=1))
     src = [{"name": "image_folder", "root": str(tmp_path / "imgs")}]

@@ -182,6 +182,47 @@ def test_run_start_removes_partial_folders_of_killed_saves_and_exports(tmp_path)
     assert load_latest_state(tmp_path)[0] == 3
 
 
+def test_checkpoints_past_step_9999999_are_ordered_by_number_not_by_name(tmp_path):
+    """Folder names are zero-padded to 7 digits: step 10,000,000 sorts before step 9,999,999 as text, so resume took
+    the older checkpoint and pruning deleted the newer one."""
+    for step in (9_999_998, 9_999_999, 10_000_000):
+        save_state(tmp_path, step, {"w": torch.full((2,), float(step))}, keep_last=2)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"step_9999999", "step_10000000"}
+    step, state, _ = load_latest_state(tmp_path)
+    assert step == 10_000_000 and float(state["w"][0]) == 10_000_000.0
+
+
+def test_a_checkpoint_saved_again_at_its_step_is_swapped_in_and_a_killed_swap_is_undone(tmp_path, monkeypatch):
+    """Saving step 3 again replaces it only once the new one is complete: the old folder is moved aside, not deleted
+    first. A swap killed between the two moves leaves the old one aside, and the next run start puts it back, so
+    ``keep_last=1`` never leaves a run with no checkpoint."""
+    import os
+
+    import depthkit.training as training
+    from depthkit.training import prepare_run_dir
+
+    save_state(tmp_path, 3, {"w": torch.full((2,), 1.0)}, keep_last=1)
+    save_state(tmp_path, 3, {"w": torch.full((2,), 2.0)}, keep_last=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000003"]
+    assert float(load_latest_state(tmp_path)[1]["w"][0]) == 2.0
+    moves = []
+
+    def killed_after_the_first_move(src, dst):
+        if moves:
+            raise KeyboardInterrupt  # stands for SIGKILL between the two renames
+        moves.append((src, dst))
+        os.rename(src, dst)
+
+    monkeypatch.setattr(training.os, "replace", killed_after_the_first_move)
+    with pytest.raises(KeyboardInterrupt):
+        save_state(tmp_path, 3, {"w": torch.full((2,), 3.0)}, keep_last=1)
+    monkeypatch.undo()
+    prepare_run_dir(tmp_path, resume=True)
+    step, state, _ = load_latest_state(tmp_path)
+    assert step == 3 and float(state["w"][0]) == 2.0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000003"]
+
+
 def test_atomic_export_removes_what_a_killed_export_left(tmp_path):
     from depthkit.training import atomic_export
 

@@ -119,6 +119,9 @@ class RefineRecipe:
                               f"{tc.gradient_checkpointing}: the refiner trainer runs in float32 without either "
                               "(a ~67 k-parameter CNN); set train.mixed_precision=no, "
                               "train.gradient_checkpointing=false.")
+        if tc.num_workers:
+            raise RecipeError(f"train.num_workers={tc.num_workers}: the refiner trainer crops its batches from a "
+                              "pool prepared once in memory and uses no DataLoader workers; set train.num_workers=0.")
 
 
 def prepare_scene(image, sparse, depth, prior_name: str = "guided") -> dict:
@@ -253,6 +256,7 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
         prepare_run_dir,
         save_state,
         step_seed,
+        total_steps,
     )
 
     tc = recipe.train
@@ -268,7 +272,7 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     t0 = time.perf_counter()
     pool = build_pool(recipe)
-    steps = tc.max_steps if tc.max_steps > 0 else max(1, int(tc.epochs * len(pool) / tc.batch_size))
+    steps = total_steps(tc, len(pool))
     if recipe.one_cycle:
         lr_sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=steps,
                                                        pct_start=min(max(tc.warmup_steps, 1) / steps, 0.5))

@@ -301,3 +301,7 @@ class SharpenRecipe:
 
     def __post_init__(self):
         check_validation_is_held_out(self.val, self.data.sources)
+        if self.train.num_workers:
+            raise RecipeError(f"train.num_workers={self.train.num_workers}: the sharpen trainer prepares each batch "
+                              "in the training process (its metric-depth source runs on the training device) and "
+                              "uses no DataLoader workers; set train.num_workers=0.")
