@@ -113,14 +113,17 @@ def recipe_schema(kind: str, schemas: dict[str, type] | None = None) -> type:
 def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = (),
                 schemas: dict[str, type] | None = None) -> Any:
     """Load a recipe (YAML path or dict), validate it against its schema and apply ``key=value`` overrides (values
-    read as YAML 1.2: :func:`yaml_1_2_override`).
+    read as YAML 1.2: :func:`yaml_1_2_override`). A recipe file is read as YAML 1.2 too
+    (:func:`depthkit.yaml_values.yaml_loader`; a key given twice is an error).
 
     Returns the typed recipe object (an instance of the kind's schema dataclass, ``__post_init__`` checks run).
     ``schemas`` adds kinds beyond :data:`RECIPE_SCHEMAS` (kind → dataclass), e.g. for a custom trainer.
     """
     import yaml
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from depthkit.yaml_values import yaml_loader
 
     where = str(source) if not isinstance(source, dict) else "<dict>"
     if isinstance(source, dict):
@@ -129,13 +132,16 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
         path = Path(source)
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}. Shipped recipes are under recipes/ (depthkit ls).")
-        try:
-            raw = OmegaConf.load(path)
-        except Exception as exc:
-            raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, DictConfig):  # a YAML list at the top
-        raise RecipeError(f"recipe {where} holds a list at its top level; expected a mapping that starts with "
-                          f"'kind: <{' | '.join(sorted(RECIPE_SCHEMAS))}>' (see the shipped recipes: depthkit ls).")
+        try:  # YAML 1.2 numbers, as the overrides (OmegaConf.load reads 1.1: 0100 is 64, 1:30 is 90)
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.load(fh, Loader=yaml_loader())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+        if not isinstance(data, (dict, type(None))):
+            raise RecipeError(f"recipe {where} holds a {type(data).__name__} at its top level; expected a mapping "
+                              f"that starts with 'kind: <{' | '.join(sorted(RECIPE_SCHEMAS))}>' (see the shipped "
+                              "recipes: depthkit ls).")
+        raw = OmegaConf.create(data or {})
     kind = raw.get("kind")
     if kind is None:
         raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(RECIPE_SCHEMAS))}")

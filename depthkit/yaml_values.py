@@ -4,7 +4,9 @@
 PyYAML implements YAML 1.1, where ``0100`` is the octal 64, ``1:30`` the base-60 90 and ``1e3`` a string. A user
 typing ``query_budget=0100`` means 100. :func:`yaml_loader` is PyYAML's safe loader with YAML 1.2's core-schema
 integers (decimal, ``0o`` octal, ``0x`` hex) and floats (``1e3``, ``.5``, ``.inf``, ``.nan``); everything else
-(booleans, including 1.1's ``yes``/``off``, null, strings, lists, mappings) is the safe loader's.
+(booleans, including 1.1's ``yes``/``off``, null, strings, lists, mappings) is the safe loader's, except that a
+mapping that gives a key twice is an error (as OmegaConf's reader has it), not the last value silently winning.
+Recipe files are read with it too (:func:`depthkit.config.load_recipe`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,17 @@ def yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):  # a key given twice is an error, not the last one winning
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # the safe loader's own check refuses a key that cannot be one
+                if key in seen:
+                    raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                            f"found duplicate key {key}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
 
     Loader.yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]

@@ -60,6 +60,27 @@ def test_bad_recipes_are_errors(tmp_path, text, overrides, message):
         load_recipe(p, overrides, schemas=SCHEMAS)
 
 
+def test_recipe_files_are_read_as_yaml_1_2_as_their_overrides_are(tmp_path):
+    """The same text in the file and as an override is the same value: OmegaConf's reader (YAML 1.1) made the
+    file's ``max_steps: 0100`` an octal 64 and ``name: 1:30`` the base-60 90 while the override read 100 and "1:30";
+    a key given twice stays an error, and a scalar recipe says what it holds."""
+    p = tmp_path / "r.yaml"
+    p.write_text("kind: unit-test\nname: 1:30\ntags: [a, 1]\ntrain:\n  max_steps: 0100\n  seed: 0o17\n"
+                 "  lr: 1e-3\n  warmup_steps: +07\n  mixed_precision: no\n")
+    r = load_recipe(p, schemas=SCHEMAS)
+    assert (r.train.max_steps, r.train.seed, r.name, r.train.lr, r.train.warmup_steps) == (100, 15, "1:30", 1e-3, 7)
+    assert r.tags == ["a", 1] and r.train.mixed_precision == "no"
+    p.write_text("kind: unit-test\ntrain:\n  max_steps: 5\n  max_steps: 6\n")
+    with pytest.raises(RecipeError, match=r"is not valid YAML: .*found duplicate key max_steps"):
+        load_recipe(p, schemas=SCHEMAS)
+    p.write_text("42\n")
+    with pytest.raises(RecipeError, match=r"holds a int at its top level; expected a mapping that starts with"):
+        load_recipe(p, schemas=SCHEMAS)
+    p.write_text("")
+    with pytest.raises(RecipeError, match=r"has no 'kind' key"):
+        load_recipe(p, schemas=SCHEMAS)
+
+
 def test_override_values_are_read_as_yaml_1_2(tmp_path):
     """``key=value`` values are read as ``--option`` values are (YAML 1.2): OmegaConf alone (YAML 1.1) made
     ``train.max_steps=0100`` an octal 64 and ``name=1:30`` the base-60 number 90, silently."""
@@ -73,7 +94,7 @@ def test_override_values_are_read_as_yaml_1_2(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("tags=[a, b", r"override 'tags=\[a, b': the value is not valid YAML \(.*\); write lists as \[a, b\]"),
-    ("name={a: 1, a: 2}", r"an override's value is not valid YAML \(.*duplicate key a"),
+    ("name={a: 1, a: 2}", r"override 'name={a: 1, a: 2}': the value is not valid YAML \(.*duplicate key a"),
 ])
 def test_an_override_that_is_not_yaml_is_a_recipe_error(override, message):
     """Not a bare yaml.ScannerError traceback from ``depthkit train``."""
