@@ -85,13 +85,16 @@ class TrainConfig:
                 raise RecipeError(f"train.{name} must be a finite number >= {low}; received {value}"
                                   + (" (0 = off)" if low == 0 and name in ("max_grad_norm", "eval_every",
                                                                            "save_every") else ""))
+        import warnings
+
+        from depthkit.io import DepthkitWarning
+
         if self.lr == 0:  # a check (the export is the starting model), never a training run by mistake
-            import warnings
-
-            from depthkit.io import DepthkitWarning
-
             warnings.warn("train.lr=0: no weight will change; the exported model is the one the run starts from.",
                           DepthkitWarning, stacklevel=2)
+        if self.max_steps > 0 and self.epochs > 0:  # e.g. train.max_steps=100 over a recipe that trains by epochs
+            warnings.warn(f"train.epochs={self.epochs:g} is not used: train.max_steps={self.max_steps} sets the run's "
+                          "length (set train.max_steps=0 to train by epochs).", DepthkitWarning, stacklevel=2)
 
 
 @dataclass

@@ -110,6 +110,21 @@ def test_learning_rate_zero_is_allowed_and_said():
         assert load_recipe({"kind": "unit-test", "train": {"lr": 0}}, schemas=SCHEMAS).train.lr == 0
 
 
+def test_epochs_beside_max_steps_are_said_to_be_unused():
+    """max_steps > 0 sets the run's length; epochs given as well were silently ignored."""
+    import warnings
+
+    from depthkit.io import DepthkitWarning
+
+    with pytest.warns(DepthkitWarning, match=r"train.epochs=6 is not used: train.max_steps=100 sets the run's length"):
+        assert load_recipe({"kind": "unit-test", "train": {"max_steps": 0, "epochs": 6}}, ["train.max_steps=100"],
+                           schemas=SCHEMAS).train.max_steps == 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_recipe({"kind": "unit-test", "train": {"max_steps": 0, "epochs": 6}}, schemas=SCHEMAS)
+        load_recipe({"kind": "unit-test", "train": {"max_steps": 7}}, schemas=SCHEMAS)
+
+
 def test_unquoted_no_is_no_mixed_precision(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("kind: unit-test\ntrain:\n  mixed_precision: no\n")  # YAML 1.1: no = false
