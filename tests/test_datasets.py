@@ -266,6 +266,17 @@ def test_void_malformed_lists_are_reported(tmp_path):
         build_dataset("void500", tmp_path)
 
 
+@pytest.mark.parametrize("what", ["sparse_depth", "ground_truth", "intrinsics"])
+def test_void_lists_out_of_step_are_refused_not_paired(tmp_path, what):
+    """The four lists are read in parallel: one in another order would pair frame 0's image with frame 1's depth."""
+    fx = write_void(tmp_path, density=150)
+    lf = fx["dens"] / f"test_{what}.txt"
+    lf.write_text("\n".join(lf.read_text().splitlines()[::-1]) + "\n")
+    with pytest.raises(DatasetLayoutError, match=rf"line 1 of test_image\.txt and of test_{what}\.txt.*different "
+                                                 "frames"):
+        build_dataset("void150", tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------------ iBims-1
 def _marigold_dc_reference_selection(mask, k, seed):
     """Marigold-DC's deterministic_select_k_true as it runs there: global np.random.seed, then shuffle."""

@@ -86,8 +86,25 @@ or Marigold-DC's processed folder (void150/, void500/, void1500/):
         self._entries = list(zip(*columns))
         if not self._entries:
             raise self.layout_error(f"{dens_dir / (self.split + '_image.txt')} is empty")
+        self._check_rows(dens_dir)
         # <sequence>_<timestamp>: unique, and the same for every density, so seeds and outputs line up across them.
         self.names = [f"{Path(e[0]).parent.parent.name}_{Path(e[0]).stem}" for e in self._entries]
+
+    def _check_rows(self, dens_dir: Path) -> None:
+        """Refuse list files whose line N names different frames: the lists are read in parallel, so a reordered or
+        edited list would pair an image with another frame's depth. Row N must name one sequence and, for the three
+        PNGs, one timestamp (``data/<sequence>/{image,sparse_depth,ground_truth}/<timestamp>.png``,
+        ``data/<sequence>/K.txt``)."""
+        for lineno, (img, sparse, gt, k) in enumerate(self._entries, 1):
+            frame = (img.parent.parent.name, img.stem)
+            for what, path, got in (("sparse_depth", sparse, (sparse.parent.parent.name, sparse.stem)),
+                                    ("ground_truth", gt, (gt.parent.parent.name, gt.stem)),
+                                    ("intrinsics", k, (k.parent.name, img.stem))):
+                if got != frame:
+                    raise self.layout_error(
+                        f"line {lineno} of {self.split}_image.txt and of {self.split}_{what}.txt in {dens_dir} name "
+                        f"different frames ({img} and {path}); the four list files must list the same frames in the "
+                        "same order. Restore the lists from the release")
 
     def _resolve(self, release: Path, dens_dir: Path, line: str, lf: Path) -> Path:
         for base in (release, dens_dir, release.parent):
