@@ -357,6 +357,16 @@ def test_marigold_dc_processed_folder_is_read_as_is(tmp_path):
         build_dataset("nyuv2", tmp_path)
 
 
+@pytest.mark.parametrize("name", ["void150", "nyuv2"])
+def test_a_processed_folder_is_not_read_as_another_split(tmp_path, name):
+    """Marigold-DC's processed folder holds the evaluated split: split='train' must not return those test frames."""
+    write_processed(tmp_path)
+    assert build_dataset(name, tmp_path).split == "test"
+    with pytest.raises(ValueError, match="processed folder, which holds the 'test' split only; received split "
+                                         "'train'"):
+        build_dataset(name, tmp_path, split="train")
+
+
 # ------------------------------------------------------------------------------------------------------ Hypersim
 def test_hypersim_ray_distance_to_planar_depth_by_hand(tmp_path):
     fx = write_hypersim(tmp_path)

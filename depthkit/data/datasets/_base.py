@@ -206,7 +206,14 @@ def is_processed_folder(root: Path) -> bool:
 
 
 def processed_names(ds: DepthDataset, root: Path) -> list[str]:
-    """Names of a processed folder (sorted), after checking every sample has its rgb, sparse and gt file."""
+    """Names of a processed folder (sorted), after checking every sample has its rgb, sparse and gt file. The folder
+    holds the frames of the split the protocol evaluates (Marigold-DC processes nothing else), so another ``split``
+    is refused rather than answered with those frames."""
+    if ds.split != ds.protocol.split:
+        raise ValueError(f"{ds.title}: {root} is a Marigold-DC processed folder, which holds the "
+                         f"{ds.protocol.split!r} split only; received split {ds.split!r}. Leave split out (or pass "
+                         f"{ds.protocol.split!r}), or give the root of the dataset's own release for the "
+                         f"{ds.split!r} split.")
     names = sorted(p.stem for p in (root / "rgb").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not names:
         raise ds.layout_error(f"{root / 'rgb'} holds no .png/.jpg images")
