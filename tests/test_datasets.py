@@ -451,6 +451,16 @@ def test_hypersim_marigold_lists_scan_and_options(tmp_path):
         build_dataset("hypersim", tmp_path / "bad")
 
 
+@pytest.mark.parametrize("list_file", [True, False])
+def test_hypersim_marigold_split_folder_is_not_read_as_another_split(tmp_path, list_file):
+    """<root> = train/ with split='val' must not return the train frames as the val split."""
+    write_hypersim_marigold(tmp_path, list_file=list_file)
+    train = build_dataset("hypersim", tmp_path / "train").names
+    assert train and build_dataset("hypersim", tmp_path, split="val").names == ["ai_003_010_cam_00_0005"]
+    with pytest.raises(ValueError, match=r"is the 'train' split folder .*received split 'val'.*split='train'"):
+        build_dataset("hypersim", tmp_path / "train", split="val")
+
+
 def test_hypersim_raw_layout_rejects_marigold_only_options(tmp_path):
     write_hypersim(tmp_path)
     assert build_dataset("hypersim", tmp_path, split="train").format == "raw"

@@ -23,12 +23,13 @@ github.com/prs-eth/Marigold, one folder per split; its per-split tars hold the i
     <root>/<split>/<scene>/depth_plane_cam_XX_frIIII.png  uint16 planar depth in millimetres (0 = no surface)
     <root>/<split>/filename_list_<split>.txt              "rgb depth" paths per line, relative to <root>/<split>
 
-``<root>`` may also be the split folder itself. The depth is already planar (converted before it was written, with
-the same f = 886.81 px), so it is only divided by 1000; the conversion above is *not* applied. The list is the
-``list_file`` option when given (e.g. Marigold's ``data_split/hypersim_depth/filename_list_train_filtered.txt``,
-the frames Marigold trains on), else ``filename_list_<split>_filtered.txt`` or ``filename_list_<split>.txt`` in the
-split folder, else every ``<scene>/rgb_cam_XX_frIIII.png`` found there. ``layout="auto"`` (default) reads raw when
-``<root>`` holds ``ai_VVV_NNN/images/``, else marigold.
+``<root>`` may also be the split folder itself (a folder named ``train``/``val``/``test`` is that split only). The
+depth is already planar (converted before it was written, with the same f = 886.81 px), so it is only divided by
+1000; the conversion above is *not* applied. The list is the ``list_file`` option when given (e.g. Marigold's
+``data_split/hypersim_depth/filename_list_train_filtered.txt``, the frames Marigold trains on), else
+``filename_list_<split>_filtered.txt`` or ``filename_list_<split>.txt`` in the split folder, else every
+``<scene>/rgb_cam_XX_frIIII.png`` found there. ``layout="auto"`` (default) reads raw when ``<root>`` holds
+``ai_VVV_NNN/images/``, else marigold.
 
 Both layouts give the same names (``ai_VVV_NNN_cam_XX_IIII``), the same intrinsics and the ``hypersim`` protocol
 (native resolution, GT valid in 1e-5..65 m, 500 random points). Marigold's training additionally resizes to
@@ -187,6 +188,11 @@ or Marigold's preprocessed PNGs (layout='marigold'):
     def _list_marigold(self, list_file, wanted: set[str] | None) -> None:
         base = self.root / self.split if (self.root / self.split).is_dir() else self.root
         self.base = base
+        other = self.root.name if self.root.name in ("train", "val", "test") else self.split
+        if base == self.root and other != self.split and list_file is None:  # <root> is another split's folder
+            raise ValueError(f"Hypersim: {self.root} is the {other!r} split folder of Marigold's PNGs (it has no "
+                             f"{self.split}/ folder); received split {self.split!r}. Pass the folder holding "
+                             f"{self.split}/ (or {self.split}/ itself), or split={other!r}.")
         if list_file is not None:
             lf = Path(list_file)
             if not lf.is_file():
