@@ -461,6 +461,18 @@ def test_hypersim_marigold_split_folder_is_not_read_as_another_split(tmp_path, l
         build_dataset("hypersim", tmp_path / "train", split="val")
 
 
+def test_hypersim_marigold_list_pairing_an_image_with_another_frames_depth_is_refused(tmp_path):
+    write_hypersim_marigold(tmp_path)
+    lf = tmp_path / "train" / "filename_list_train.txt"
+    lf.write_text("ai_001_001/rgb_cam_00_fr0000.png ai_001_001/depth_plane_cam_00_fr0002.png\n")  # both files exist
+    with pytest.raises(DatasetLayoutError, match=r"rgb_cam_00_fr0000\.png is paired with "
+                                                 r"ai_001_001/depth_plane_cam_00_fr0002\.png.*its depth is "
+                                                 r"ai_001_001/depth_plane_cam_00_fr0000\.png"):
+        build_dataset("hypersim", tmp_path)
+    lf.write_text("./ai_001_001/rgb_cam_00_fr0000.png ai_001_001/depth_plane_cam_00_fr0000.png\n")
+    assert build_dataset("hypersim", tmp_path).names == ["ai_001_001_cam_00_0000"]
+
+
 def test_hypersim_raw_layout_rejects_marigold_only_options(tmp_path):
     write_hypersim(tmp_path)
     assert build_dataset("hypersim", tmp_path, split="train").format == "raw"

@@ -220,6 +220,10 @@ or Marigold's preprocessed PNGs (layout='marigold'):
             m = _PNG_RE.match(Path(rgb_rel).name)
             if m is None:
                 raise self.layout_error(f"{rgb_rel} ({origin}) is not named <scene>/rgb_cam_XX_frIIII.png")
+            partner = Path(rgb_rel).parent / f"depth_plane_{m.group(1)}_fr{m.group(2)}.png"
+            if Path(depth_rel) != partner:  # a list line pairing an image with another frame's depth
+                raise self.layout_error(f"{rgb_rel} is paired with {depth_rel} ({origin}); its depth is {partner} "
+                                        "(the same scene, camera and frame). Correct that line of the list")
             if wanted is not None and scene not in wanted:
                 continue
             for rel in (rgb_rel, depth_rel):
