@@ -500,6 +500,16 @@ def test_vkitti2_centimetres_sky_and_intrinsics(tmp_path, separate):
 
 
 # ------------------------------------------------------------------------------------------------------ image folder
+def test_vkitti2_a_single_name_is_one_name_not_its_characters(tmp_path):
+    write_vkitti2(tmp_path)
+    cam1 = ["Scene01_clone_Camera_1_00000", "Scene01_clone_Camera_1_00001"]
+    assert build_dataset("vkitti2", tmp_path, cameras="Camera_1").names == cam1
+    assert build_dataset("vkitti2", tmp_path, cameras=["Camera_1"], scenes="Scene01", variations="clone").names == cam1
+    for option in ({"scenes": "Scene01_extra"}, {"variations": "clone_and_more"}):  # no substring match
+        with pytest.raises(DatasetLayoutError, match="no frames/rgb"):
+            build_dataset("vkitti2", tmp_path, **option)
+
+
 def test_image_folder_recursive_unlabelled(tmp_path):
     img = np.full((6, 8, 3), 77, np.uint8)
     write_rgb_png(tmp_path / "a" / "b" / "x.png", img)

@@ -10,7 +10,7 @@ extracted into one folder (they merge) or side by side under ``<root>``::
 Depth is ``value / 100`` metres; 65535 marks the sky (beyond the far plane) and becomes 0 (missing). When
 ``intrinsic.txt`` is absent the dataset's constant camera (725.0087, 725.0087, 620.5, 187.0 px) is used. There is no
 official split: ``split="train"`` and ``"all"`` both mean every frame; choose with ``scenes``, ``variations`` and
-``cameras``.
+``cameras`` (each a name, e.g. ``"Camera_1"``, or a list of names).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class VKITTI2Dataset(TrainingDepthDataset):
                  sparse_seed: int | None = None):
         super().__init__(root, protocol, split, sparse_pattern, sparse_kwargs, sparse_seed)
         self._check_split(("train", "all"))
+        # one name or a list of names (a bare str would otherwise match by substring, or iterate its characters)
+        scenes, variations, cameras = ([v] if isinstance(v, str) else v for v in (scenes, variations, cameras))
         scene_dirs = [p for p in self.root.glob("Scene*") if p.is_dir()]
         scene_dirs += [p for p in self.root.glob("*/Scene*") if p.is_dir()]
         if not scene_dirs:
