@@ -500,6 +500,16 @@ def test_vkitti2_centimetres_sky_and_intrinsics(tmp_path, separate):
 
 
 # ------------------------------------------------------------------------------------------------------ image folder
+@pytest.mark.parametrize("bad", ["0 0 725.0087 725.0087 abc 187.0", "0 0 725.0087 725.0087 620.5"])
+def test_vkitti2_malformed_intrinsic_row_names_the_file_and_line(tmp_path, bad):
+    write_vkitti2(tmp_path)
+    path = tmp_path / "Scene01" / "clone" / "intrinsic.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], bad, *lines[2:]]) + "\n")
+    with pytest.raises(DatasetLayoutError, match=r"intrinsic\.txt line 2: expected 'frame cameraID fx fy cx cy'"):
+        build_dataset("vkitti2", tmp_path)[0]
+
+
 def test_vkitti2_a_single_name_is_one_name_not_its_characters(tmp_path):
     write_vkitti2(tmp_path)
     cam1 = ["Scene01_clone_Camera_1_00000", "Scene01_clone_Camera_1_00001"]

@@ -92,10 +92,13 @@ class VKITTI2Dataset(TrainingDepthDataset):
                 parts = line.split()
                 if not parts:
                     continue
-                if len(parts) != 6:
-                    raise DatasetLayoutError(f"{path} line {lineno}: expected 'frame cameraID fx fy cx cy', got "
-                                             f"{line!r}")
-                table[(int(parts[0]), int(parts[1]))] = Intrinsics(*(float(v) for v in parts[2:]))
+                try:
+                    if len(parts) != 6:
+                        raise ValueError("not 6 values")
+                    table[(int(parts[0]), int(parts[1]))] = Intrinsics(*(float(v) for v in parts[2:]))
+                except ValueError:  # a wrong count, or a value that is not a number
+                    raise DatasetLayoutError(f"{path} line {lineno}: expected 'frame cameraID fx fy cx cy' (two "
+                                             f"integers, four numbers), got {line!r}") from None
             self._intrinsics_cache[path] = table
         if (frame, camera) not in table:
             raise DatasetLayoutError(f"{path} has no row for frame {frame}, camera {camera}")
