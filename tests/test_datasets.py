@@ -266,6 +266,14 @@ def test_void_malformed_lists_are_reported(tmp_path):
         build_dataset("void500", tmp_path)
 
 
+@pytest.mark.parametrize("density", ["abc", 150.7, 1500.5, True])
+def test_void_density_must_be_one_of_the_releases(tmp_path, density):
+    write_void(tmp_path, density=150)
+    assert build_dataset("void", tmp_path, density="150").density == 150
+    with pytest.raises(ValueError, match=r"density must be one of \(150, 500, 1500\).*received"):
+        build_dataset("void", tmp_path, density=density)
+
+
 @pytest.mark.parametrize("what", ["sparse_depth", "ground_truth", "intrinsics"])
 def test_void_lists_out_of_step_are_refused_not_paired(tmp_path, what):
     """The four lists are read in parallel: one in another order would pair frame 0's image with frame 1's depth."""

@@ -51,9 +51,13 @@ or Marigold-DC's processed folder (void150/, void500/, void1500/):
     source = "void_release.zip, linked from https://github.com/alexklwong/void-dataset"
 
     def __init__(self, root, split: str | None = None, protocol=None, density: int | None = None):
-        density = self.default_density if density is None else int(density)
-        if density not in DENSITIES:
-            raise ValueError(f"VOID density must be one of {DENSITIES} sparse points; received {density}.")
+        density = self.default_density if density is None else density
+        if isinstance(density, str) and density.strip().isdigit():
+            density = int(density)
+        if isinstance(density, bool) or density not in DENSITIES:  # 150.0 == 150; 150.7, "abc" and True are refused
+            raise ValueError(f"VOID density must be one of {DENSITIES} sparse points (the release's void_150, "
+                             f"void_500, void_1500); received {density!r}.")
+        density = int(density)
         if protocol is None:
             protocol = f"void{density}"
         super().__init__(root, protocol, split)
