@@ -365,6 +365,14 @@ def test_marigold_dc_processed_folder_is_read_as_is(tmp_path):
         build_dataset("nyuv2", tmp_path)
 
 
+def test_a_processed_folder_with_two_images_of_one_name_is_refused(tmp_path):
+    """rgb/0000.png and rgb/0000.jpg: sample 0000 would be listed, and scored, twice."""
+    fx = write_processed(tmp_path)
+    write_rgb_jpg(tmp_path / "rgb" / "0000.jpg", fx["rgb"][0])
+    with pytest.raises(DatasetLayoutError, match=r"several images named \['0000'\]"):
+        build_dataset("kitti_dc", tmp_path)
+
+
 @pytest.mark.parametrize("name", ["void150", "nyuv2"])
 def test_a_processed_folder_is_not_read_as_another_split(tmp_path, name):
     """Marigold-DC's processed folder holds the evaluated split: split='train' must not return those test frames."""

@@ -217,6 +217,10 @@ def processed_names(ds: DepthDataset, root: Path) -> list[str]:
     names = sorted(p.stem for p in (root / "rgb").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not names:
         raise ds.layout_error(f"{root / 'rgb'} holds no .png/.jpg images")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # e.g. 0000.png and 0000.jpg: one sample would be listed (and scored) twice
+        raise ds.layout_error(f"{root / 'rgb'} holds several images named {twice[:3]} (different suffixes); keep one "
+                              "image per sample")
     for name in names:
         for sub in ("sparse", "gt"):
             if not (root / sub / f"{name}.npy").is_file():
