@@ -234,8 +234,10 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         for i in tqdm(todo, desc=f"eval {label or ''}".strip(), disable=not progress or rank > 0, unit="img"):
             try:
                 item = dataset[i]
-            except ValueError as exc:  # the reader could not make this sample (DatasetLayoutError is one)
-                failed.append({"index": i, "name": None, "error": str(exc)})
+            except (ValueError, OSError) as exc:  # the reader could not make this sample (DatasetLayoutError is
+                # one), or a file went missing or unreadable after the list was made
+                failed.append({"index": i, "name": None,
+                               "error": str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"})
                 continue
             if item.get("depth") is None or item.get("sparse") is None:
                 raise ValueError(

@@ -415,9 +415,27 @@ def test_hypersim_splits_from_csv_and_epochs(tmp_path):
     np.testing.assert_array_equal(ds[0]["sparse"], a)
     ds.set_epoch(1)
     assert not np.array_equal(ds[0]["sparse"], a)
-    (tmp_path / "metadata_images_split_scene_v1.csv").unlink()
+    csv = tmp_path / "metadata_images_split_scene_v1.csv"
+    rows = csv.read_text().splitlines()
+    at = next(i for i, r in enumerate(rows) if ",val" in r or "val," in r)
+    csv.write_text("\n".join([*rows[:at], rows[at].replace(",1,", ",one,"), *rows[at + 1:]]) + "\n")
+    with pytest.raises(DatasetLayoutError, match=rf"line {at + 1}: frame_id is 'one'; expected a whole number"):
+        build_dataset("hypersim", tmp_path, split="val")  # was a bare int() ValueError naming no file
+    csv.unlink()
     with pytest.raises(DatasetLayoutError, match="metadata_images_split_scene_v1.csv"):
         build_dataset("hypersim", tmp_path, split="train")
+
+
+def test_a_name_that_is_not_utf8_draws_its_points_instead_of_raising():
+    """A file name with bytes that are not UTF-8 arrives with surrogate escapes; seeding by its name raised
+    UnicodeEncodeError. Valid names keep their CRC of UTF-8 bytes, so no existing seed moves."""
+    import zlib
+
+    from depthkit.data.datasets._ops import image_rng, name_crc
+
+    assert name_crc("scène_01") == zlib.crc32("scène_01".encode("utf-8"))
+    assert name_crc("scene_\udcff") == zlib.crc32(b"scene_\xff")
+    assert image_rng(3, "scene_\udcff").integers(1 << 30) == image_rng(3, "scene_\udcff").integers(1 << 30)
 
 
 def test_hypersim_marigold_pngs_are_planar_millimetres(tmp_path):

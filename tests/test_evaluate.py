@@ -213,12 +213,12 @@ class _Poisoned:
     """The synthetic test split with a NaN in the sparse map of the images in ``nan`` and a reader error (a corrupt
     file) for those in ``unreadable``; counts the items read."""
 
-    def __init__(self, nan=(), unreadable=(), length=4, no_gt=()):
+    def __init__(self, nan=(), unreadable=(), length=4, no_gt=(), vanished=()):
         from depthkit.data.datasets.synthetic import SyntheticDataset
 
         self.base, self.nan, self.unreadable, self.read = (SyntheticDataset(split="test", length=length, height=24,
                                                                             width=32), set(nan), set(unreadable), [])
-        self.names, self.no_gt = self.base.names, set(no_gt)
+        self.names, self.no_gt, self.vanished = self.base.names, set(no_gt), set(vanished)
 
     def __len__(self):
         return len(self.base)
@@ -230,6 +230,8 @@ class _Poisoned:
         if i in self.unreadable:
             raise DatasetLayoutError(f"could not decode /data/depth_{i}.png: the file is empty, truncated or not an "
                                      "image.")
+        if i in self.vanished:  # deleted (or made unreadable) after the dataset listed it
+            raise FileNotFoundError(2, "No such file or directory", f"/data/rgb_{i}.png")
         item = dict(self.base[i])
         if i in self.nan:
             item["sparse"] = item["sparse"].copy()
@@ -271,6 +273,24 @@ def test_eval_runs_past_refused_inputs_names_them_all_and_writes_no_mean(tmp_pat
     assert [r["index"] for r in summary["per_image"]] == [0, 1, 2, 3, 4]
     whole = evaluate(pipe, _Poisoned(length=5), protocol, tmp_path / "whole.json", progress=False, label="nearest")
     assert json.dumps(summary["mean"]) == json.dumps(whole["mean"])  # NaN (no confidence map) reads as NaN
+
+
+def test_eval_runs_past_a_file_that_went_missing_after_the_dataset_was_listed(tmp_path):
+    """The reader's FileNotFoundError / PermissionError (a file deleted or made unreadable mid-run) stopped the whole
+    split with a traceback; it is one refused image like a corrupt file."""
+    import pytest
+
+    from depthkit.data.protocols import get_protocol
+    from depthkit.evaluate import evaluate
+    from depthkit.pipeline import Pipeline
+
+    bad = _Poisoned(vanished={1}, length=3)
+    with pytest.raises(ValueError) as info:
+        evaluate(Pipeline(method="nearest"), bad, get_protocol("synthetic"), tmp_path / "m.json", progress=False,
+                 label="nearest")
+    assert str(info.value).startswith("1 of 3 image(s) could not be evaluated")
+    assert "  image 1 of 3: FileNotFoundError: [Errno 2] No such file or directory: '/data/rgb_1.png'" in str(info.value)
+    assert bad.read == [0, 1, 2]
 
 
 def test_eval_lists_at_most_ten_refused_images_and_ignores_an_earlier_runs_other_shards(tmp_path):

@@ -16,7 +16,7 @@ from scipy import ndimage
 from depthkit.decode import decode_image_file
 from depthkit.geometry import Intrinsics
 
-__all__ = ["DatasetLayoutError", "read_png_raw", "read_png_depth", "read_mask", "read_k_file", "image_rng",
+__all__ = ["DatasetLayoutError", "read_png_raw", "read_png_depth", "read_mask", "read_k_file", "image_rng", "name_crc",
            "resize_sample_arrays", "scatter_sparse", "filter_local_outliers", "marigold_dc_select"]
 
 
@@ -95,7 +95,14 @@ def image_rng(seed: int, name: str) -> np.random.Generator:
     subset, order or shard of a dataset draws the same points for the same image."""
     if int(seed) < 0:
         raise ValueError(f"sparse seed must be >= 0; received {seed}.")
-    return np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
+    return np.random.default_rng([int(seed), name_crc(name)])
+
+
+def name_crc(name: str) -> int:
+    """CRC-32 of an image name's UTF-8 bytes (a seed part). A file name that is not valid UTF-8 reaches Python with
+    surrogate escapes (``os.fsdecode``); those stand for its original bytes here instead of raising
+    ``UnicodeEncodeError``."""
+    return zlib.crc32(name.encode("utf-8", "surrogateescape"))
 
 
 def scatter_sparse(sparse: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:

@@ -7,11 +7,10 @@ given epoch is reproducible on any worker or shard and :meth:`set_epoch` gives f
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 
 from depthkit.data.datasets._base import DepthDataset, Sample
+from depthkit.data.datasets._ops import name_crc
 from depthkit.data.protocols import depth_range_mask
 
 
@@ -38,7 +37,7 @@ class TrainingDepthDataset(DepthDataset):
         self.epoch = int(epoch)
 
     def _rng(self, name: str) -> np.random.Generator:
-        return np.random.default_rng([self.sparse_seed, zlib.crc32(name.encode("utf-8")), self.epoch])
+        return np.random.default_rng([self.sparse_seed, name_crc(name), self.epoch])
 
     def _draw_sparse(self, s: Sample) -> np.ndarray:
         if self.sparse_pattern is None:

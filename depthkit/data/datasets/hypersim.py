@@ -181,7 +181,11 @@ or Marigold's preprocessed PNGs (layout='marigold'):
                 if row["included_in_public_release"].strip().lower() != "true":
                     continue
                 if row["split_partition_name"].strip() == self.split:
-                    keep.add((row["scene_name"].strip(), row["camera_name"].strip(), int(row["frame_id"])))
+                    frame = (row["frame_id"] or "").strip()
+                    if not frame.isdigit():
+                        raise self.layout_error(f"{path} line {reader.line_num}: frame_id is {row['frame_id']!r}; "
+                                                "expected a whole number >= 0. Restore the file from the release")
+                    keep.add((row["scene_name"].strip(), row["camera_name"].strip(), int(frame)))
         return keep
 
     # ------------------------------------------------------------------ marigold layout (preprocessed PNGs)
