@@ -34,8 +34,10 @@ against ``guided``.
 synthetic test scene: a robustness check on a shape the standard split lacks (its reader line in the report says so).
 
 Per-method evaluation files (per-image metrics, resumable shards) go to ``--work-dir``; without it they go to a
-temporary folder that is deleted at the end. A rerun with the same ``--work-dir`` skips images already scored, so use
-a fresh one after changing a checkpoint or a dataset root.
+temporary folder that is deleted at the end. A rerun with the same ``--work-dir`` skips images already scored; one
+whose rows were made otherwise (another checkpoint, even in a folder of the same name, its files changed, another
+root, option, dtype or depthkit version: :func:`entry_fingerprint`) is refused with what differs, so use a fresh
+folder then.
 """
 
 from __future__ import annotations
@@ -322,10 +324,28 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "method"
 
 
+def entry_fingerprint(spec: dict, dataset, entry: dict, dtype: str) -> dict:
+    """Everything that determines one entry's per-image results on one dataset (as ``depthkit eval`` records it):
+    the dataset, its resolved root, split and reader options (sparse pattern and its options, clutter), protocol,
+    method, the checkpoint's identity (its resolved folder and files, not the name in the row's label), stages,
+    stage options, dtype and depthkit version. :func:`depthkit.evaluate.evaluate` refuses to resume a ``--work-dir``
+    whose rows were made under another one, so a rerun cannot mix two checkpoints that share a folder name."""
+    from depthkit import __version__
+    from depthkit.checkpoints import checkpoint_identity
+    from depthkit.evaluate import _protocol_dict
+
+    return {"dataset": spec["name"], "root": None if spec["root"] is None else str(Path(spec["root"]).resolve()),
+            "split": dataset.split, "reader_options": spec.get("options", {}),
+            "protocol": _protocol_dict(dataset.protocol), "method": entry["method"],
+            "checkpoint": checkpoint_identity(entry["checkpoint"]), "stages": entry["stages"],
+            "stage_options": entry.get("options") or {}, "dtype": None if entry["checkpoint"] is None else dtype,
+            "depthkit_version": __version__}
+
+
 def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict | None:
     """Evaluate every entry on one dataset; returns its JSON section (None on ranks > 0 of a distributed run)."""
     from depthkit.data.datasets import build_dataset
-    from depthkit.evaluate import evaluate, mean_scores
+    from depthkit.evaluate import FingerprintMismatch, evaluate, mean_scores
 
     dataset = build_dataset(spec["name"], spec["root"], split=spec["split"], **spec.get("options", {}))
     protocol = dataset.protocol
@@ -339,8 +359,14 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
                "n_images": n, "groups": {g: len(idx) for g, idx in groups.items()}, "methods": []}
     for entry in entries:
         pipe = build_pipeline(entry, args.device, args.dtype)
-        summary = evaluate(pipe, dataset, protocol, folder / f"{_slug(entry['label'])}.json", limit=n,
-                           progress=not args.quiet, label=f"{spec['name']} {entry['label']}")
+        try:
+            summary = evaluate(pipe, dataset, protocol, folder / f"{_slug(entry['label'])}.json", limit=n,
+                               progress=not args.quiet, label=f"{spec['name']} {entry['label']}",
+                               fingerprint=entry_fingerprint(spec, dataset, entry, args.dtype))
+        except FingerprintMismatch as exc:  # its advice names depthkit eval's options, which this script lacks
+            raise ValueError(f"--work-dir {work}: the row {entry['label']!r} on {spec['name']} "
+                             f"{dataset.split}: {str(exc).split(' Pass another --out')[0]} Give a fresh --work-dir, "
+                             f"or delete {folder} to score it again.") from None
         if summary is None:
             continue
         rows = summary["per_image"]

@@ -583,3 +583,25 @@ def test_real_frame_runs_the_motorcycle_frame(tmp_path, capsys):
         real_frame.load_motorcycle(tmp_path / "empty")
     with pytest.raises(SystemExit, match="are not installed; pip install scikit-image"):
         real_frame._files(None, real_frame._MOTORCYCLE_INSTALL, "motorcycle_left.png")
+
+
+def test_a_work_dir_resume_refuses_rows_of_another_checkpoint_of_the_same_name(tmp_path, capsys):
+    """Two checkpoints in folders of one name give rows of one label; resuming the first's --work-dir with the second
+    must not report the first's rows as the second's (the rerun is refused, saying what differs), while rerunning
+    the same command resumes."""
+    for sub, method in (("a", "nearest"), ("b", "guided")):
+        write_manifest(tmp_path / sub / "ck", {"complete": {"method": method}})
+    work = tmp_path / "w"
+
+    def run(sub, out):
+        argv = ["--limit", "1", "--methods", "none", "--checkpoint", str(tmp_path / sub / "ck"), "--work-dir",
+                str(work), "--out", str(tmp_path / out), "--quiet"]
+        return accuracy.run_main(accuracy.main, argv)
+
+    assert run("a", "oa") == 0 and run("a", "oa2") == 0  # the same command resumes
+    capsys.readouterr()
+    assert run("b", "ob") == 2
+    err = capsys.readouterr().err
+    assert "already holds results of a different evaluation" in err and str(tmp_path / "b" / "ck") in err
+    assert "Give a fresh --work-dir" in err and "--overwrite" not in err
+    assert not (tmp_path / "ob").exists()
