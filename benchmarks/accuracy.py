@@ -359,10 +359,11 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
                "n_images": n, "groups": {g: len(idx) for g, idx in groups.items()}, "methods": []}
     for entry in entries:
         pipe = build_pipeline(entry, args.device, args.dtype)
+        fingerprint = entry_fingerprint(spec, dataset, entry, args.dtype)
         try:
             summary = evaluate(pipe, dataset, protocol, folder / f"{_slug(entry['label'])}.json", limit=n,
                                progress=not args.quiet, label=f"{spec['name']} {entry['label']}",
-                               fingerprint=entry_fingerprint(spec, dataset, entry, args.dtype))
+                               fingerprint=fingerprint)
         except FingerprintMismatch as exc:  # its advice names depthkit eval's options, which this script lacks
             raise ValueError(f"--work-dir {work}: the row {entry['label']!r} on {spec['name']} "
                              f"{dataset.split}: {str(exc).split(' Pass another --out')[0]} Give a fresh --work-dir, "
@@ -372,6 +373,7 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
         rows = summary["per_image"]
         result = {k: v for k, v in entry.items() if k != "label"}
         result["method"] = entry["label"]
+        result["checkpoint_identity"] = fingerprint["checkpoint"]  # its files' hash: a retrained folder differs
         result["n_images"] = len(rows)
         result["mean"] = mean_scores(rows)
         result["seconds_per_image"] = sum(r["seconds"] for r in rows) / len(rows)
@@ -476,16 +478,34 @@ def section_key(section: dict) -> tuple:
 
 
 MERGE_OWN_KEYS = (*RUN_KEYS, "datasets", "merged_from", "merged_by")
-"""The keys of a report that are not its run's parameters: every other top-level key (``benchmark``, ``limit``, ...)
-must be equal in the reports ``--merge`` joins."""
+"""The keys of a report that are not its run's parameters: every other top-level key (``benchmark``, ``limit``,
+``clutter``, ``dtype``, ...) must be equal in the reports ``--merge`` joins."""
+MERGE_DEFAULTS = {"clutter": 0, "dtype": "float32"}
+"""Run parameters a report written before they were recorded lacks, with the value its run had (the options'
+defaults then), so such a report still merges with a new one made the same way."""
+ROW_SETTINGS = ("kind", "checkpoint", "stages", "options")
+"""What a method row of a report was run with (:func:`row_settings`): rows of one name in the reports ``--merge``
+joins must agree on them, since the merged pattern summary puts them in one column."""
+
+
+def row_differences(a: dict, b: dict) -> dict[str, tuple]:
+    """``{setting: (a's, b's)}`` for the :data:`ROW_SETTINGS` in which method rows ``a`` and ``b`` differ, and
+    ``checkpoint_files`` when both reports record the hash of the checkpoint's files
+    (:func:`depthkit.checkpoints.folder_identity`: a checkpoint retrained into the same folder differs there)."""
+    differ = {k: (a.get(k), b.get(k)) for k in ROW_SETTINGS if a.get(k) != b.get(k)}
+    files = tuple((r.get("checkpoint_identity") or {}).get("files") for r in (a, b))
+    if None not in files and files[0] != files[1]:
+        differ["checkpoint_files"] = files
+    return differ
 
 
 def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "accuracy") -> int:
     """One report from several JSON reports of runs that evaluated different datasets or patterns (their sections
     in the given order). The commands, dates, versions and commits of the runs are kept in ``merged_from`` (an input
     that is itself a merge brings its own list), the merge's own command in ``merged_by``. ValueError, nothing
-    written, for two sections of one dataset, pattern, split and root (a file given twice, or overlapping runs) and for
-    run parameters that differ (e.g. ``limit``: the merged report states each once)."""
+    written, for two sections of one dataset, pattern, split and root (a file given twice, or overlapping runs), for
+    run parameters that differ (e.g. ``limit``, ``clutter``, ``dtype``: the merged report states each once) and for
+    rows of one name run differently (:func:`row_differences`: another checkpoint or options in one column)."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     for path, r in zip(paths, reports):
         if not isinstance(r, dict) or not isinstance(r.get("datasets"), list):
@@ -501,12 +521,22 @@ def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "ac
                                  "different datasets or patterns, each file once.")
             seen[key] = path
     for key in sorted({k for r in reports for k in r} - set(MERGE_OWN_KEYS)):
-        values = [r.get(key) for r in reports]
+        values = [r.get(key, MERGE_DEFAULTS.get(key)) for r in reports]
         if any(v != values[0] for v in values[1:]):
             given = ", ".join(f"{path}: {json.dumps(v)}" for path, v in zip(paths, values))
             raise ValueError(f"--merge: the runs differ in {key!r} ({given}), which a merged report states once; "
                              f"merge only runs made with the same {key} (e.g. --limit), or rerun the odd one.")
-    report = dict(reports[0])
+    rows: dict[str, tuple[Path, dict]] = {}
+    for path, r in zip(paths, reports):
+        for m in (m for ds in r["datasets"] for m in ds["methods"]):
+            first_path, first = rows.setdefault(m["method"], (path, m))
+            differ = ", ".join(f"{k}: {json.dumps(x)} in {first_path}, {json.dumps(y)} in {path}"
+                               for k, (x, y) in row_differences(first, m).items())
+            if differ:
+                raise ValueError(f"--merge: the rows named {m['method']!r} were run differently ({differ}), and a "
+                                 "merged report puts them in one column; merge runs of the same checkpoints and "
+                                 "options, or rerun the odd one.")
+    report = {**MERGE_DEFAULTS, **reports[0]}
     report["datasets"] = [ds for r in reports for ds in r["datasets"]]
     report["command"] = "; ".join(r["command"] for r in reports)
     report["merged_from"] = [entry for path, r in zip(paths, reports) for entry in r.get("merged_from") or [
@@ -570,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(s is None for s in sections):  # a non-zero rank of `accelerate launch`: rank 0 writes the report
         return 0
     report = {"benchmark": "accuracy", **run_info(argv, __file__, args.device), "limit": args.limit,
+              "clutter": args.clutter, "dtype": args.dtype,
               "datasets": sections}
     json_path, md_path = write_report(report, args.out, args.name)
     print(report_markdown(report))

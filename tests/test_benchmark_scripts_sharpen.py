@@ -209,3 +209,41 @@ def test_accuracy_merge_refuses_a_section_twice_and_differing_limits(tmp_path, a
     assert [m["file"] for m in merged["merged_from"]] == [str(a), str(b)]
     assert {"command", "date", "depthkit_version", "git_commit"} <= set(merged["merged_from"][0])
     assert merged["merged_by"] == f"python benchmarks/accuracy.py --merge {a} {b} --out {out}"
+
+
+def test_accuracy_merge_refuses_rows_of_one_name_run_differently_and_other_scenes(tmp_path, accuracy_run, capsys):
+    """A merged report's pattern summary puts the rows of one name in one column, so --merge refuses two runs whose
+    rows of one name ran another checkpoint (a folder of the same name), other options or retrained weights, and
+    runs of other scenes (--clutter) or dtype; a report written before clutter and dtype were recorded merges with
+    one made the same way."""
+    import accuracy
+
+    assert accuracy_run["clutter"] == 0 and accuracy_run["dtype"] == "float32"
+    row = {**accuracy_run["datasets"][0]["methods"][0], "method": "ck: complete", "kind": "checkpoint",
+           "checkpoint": "/a/ck", "checkpoint_identity": {"path": "/a/ck", "files": "1111"}}
+    with_row = json.loads(json.dumps(accuracy_run))
+    with_row["datasets"][0]["methods"] = [row]
+    a = _report(tmp_path / "a.json", with_row)
+
+    def other(name, row_changes=None, **changes):
+        report = json.loads(json.dumps(with_row))
+        report["datasets"][0]["methods"][0].update(row_changes or {})
+        return _report(tmp_path / name, report, pattern="random500", **changes)
+
+    out = tmp_path / "out"
+    for b, says in ((other("b1.json", {"checkpoint": "/b/ck", "checkpoint_identity": {"path": "/b/ck", "files": "2"}}),
+                     "the rows named 'ck: complete' were run differently (checkpoint: \"/a/ck\" in"),
+                    (other("b2.json", {"checkpoint_identity": {"path": "/a/ck", "files": "2222"}}),
+                     "checkpoint_files: \"1111\" in"),
+                    (other("b3.json", {"options": {"complete": {"hole_fill": None}}}), "(options: null in"),
+                    (other("b4.json", clutter=3), f"the runs differ in 'clutter' ({a}: 0, "),
+                    (other("b5.json", dtype="bfloat16"), "the runs differ in 'dtype'")):
+        assert accuracy.run_main(accuracy.main, ["--merge", str(a), str(b), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert ": error: --merge: " in err and says in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    old = {k: v for k, v in with_row.items() if k not in ("clutter", "dtype")}  # before they were recorded
+    assert accuracy.main(["--merge", str(_report(tmp_path / "old.json", old)), str(other("b.json")), "--out",
+                          str(out)]) == 0
+    merged = json.loads((out / "accuracy.json").read_text())
+    assert merged["clutter"] == 0 and merged["dtype"] == "float32"
