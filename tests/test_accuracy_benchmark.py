@@ -605,3 +605,31 @@ def test_a_work_dir_resume_refuses_rows_of_another_checkpoint_of_the_same_name(t
     assert "already holds results of a different evaluation" in err and str(tmp_path / "b" / "ck") in err
     assert "Give a fresh --work-dir" in err and "--overwrite" not in err
     assert not (tmp_path / "ob").exists()
+
+
+def test_real_frame_reports_whether_the_measured_values_survive(tmp_path, monkeypatch):
+    """Each real-frame row carries the preservation error (max |output - sparse| over the measured pixels, the
+    largest over seeds), so a method that moves a measured value shows it instead of only its MAE."""
+    from depthkit import Pipeline
+
+    real_frame = _load_script("real_frame")
+    _motorcycle_files(tmp_path, _wall_and_block())
+
+    class Shifted:  # a "method" that moves every value, the measured ones too, by 0.25 m
+        def __call__(self, image, sparse):
+            out = Pipeline(method="nearest")(image, sparse)
+            out.depth = out.depth + np.float32(0.25)
+            return out
+
+    monkeypatch.setattr(real_frame, "checkpoint_rows", lambda ref, stages, options: {"shifted": Shifted()})
+    out = tmp_path / "out"
+    assert real_frame.main(["--frame", "motorcycle", "--data", str(tmp_path), "--patterns", "random100",
+                            "--seeds", "0", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "real_frame_motorcycle.json").read_text())
+    mean = report["mean"]["random100"]
+    assert mean["nearest"]["preservation"] == 0.0 and mean["guided"]["preservation"] == 0.0
+    assert mean["shifted"]["preservation"] == pytest.approx(0.25, abs=1e-6)
+    assert [r["preservation"] for r in report["per_seed"]["random100"]["shifted"]] == [pytest.approx(0.25, abs=1e-6)] * 2
+    md = (out / "real_frame_motorcycle.md").read_text()
+    assert "| DBE-acc (px) | preservation |" in md and "| random100 | nearest |" in md
+    assert re.search(r"\| random100 \| shifted \| .* \| 0\.25 \|", md)
