@@ -1,0 +1,38 @@
+"""benchmarks/default_speed.py's bookkeeping, with the timing itself (``measure``) replaced: what its report says
+about the run matches when it was measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the script imports its siblings (_results, accuracy) by name
+
+import default_speed  # noqa: E402
+
+
+def _row(stages, method, threads, size, repeats, pattern, config):
+    return {"stages": stages, "method": method or "sdim", "sparse": pattern, "sharpen_config": None,
+            "threads": threads, "height": size[0], "width": size[1], "median_s": 1.0, "runs_s": [1.0] * repeats,
+            "sharpen_unet": None, "complete_engine_s": None, "complete_refine_s": None, "complete_total_s": None}
+
+
+def test_the_load_average_is_the_one_before_anything_is_timed(tmp_path, monkeypatch):
+    """The table says "load average X at the start": it is read before the first timed call, not after the last
+    (the benchmark's own threads raise it while they run)."""
+    timed = []
+
+    def fake_measure(checkpoint, *args):
+        timed.append(args)
+        return _row(*args)
+
+    monkeypatch.setattr(default_speed, "measure", fake_measure)
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0 if timed else 0.5, 0.0, 0.0))
+    assert default_speed.main(["--threads", "1", "--sizes", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert timed
+    report = json.loads((tmp_path / "default_speed.json").read_text())
+    assert report["load_average"] == 0.5
+    assert "load average 0.5 at the start" in (tmp_path / "default_speed.md").read_text()
