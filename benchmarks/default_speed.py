@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    for option, values, least, unit in (("--threads", args.threads, 1, "torch CPU threads"),
+                                        ("--sizes", args.sizes, 2, "pixels wide (3:4 images)"),
+                                        ("--repeats", [args.repeats], 1, "timed calls after the warm-up")):
+        low = [v for v in values if v < least]
+        if low:  # refused before the checkpoint loads: torch's bare RuntimeError, or no median after the warm-up
+            p.error(f"{option} must be >= {least} {unit}; received {' '.join(map(str, values))}.")
     from accuracy import SYNTHETIC_PATTERNS, pattern_names
     from sharpen_switches import parse_variant
 

@@ -36,3 +36,18 @@ def test_the_load_average_is_the_one_before_anything_is_timed(tmp_path, monkeypa
     report = json.loads((tmp_path / "default_speed.json").read_text())
     assert report["load_average"] == 0.5
     assert "load average 0.5 at the start" in (tmp_path / "default_speed.md").read_text()
+
+
+def test_a_count_below_one_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """--threads 0 (torch's bare RuntimeError traceback), --repeats 0 ("no median for empty data" after the
+    warm-up) and a width too small for a 3:4 image are refused in one line naming the option and what it takes."""
+    import pytest
+
+    monkeypatch.setattr(default_speed, "measure", lambda *a: pytest.fail("measured despite a bad option"))
+    for bad, says in ((["--threads", "1", "0"], "--threads must be >= 1 torch CPU threads; received 1 0."),
+                      (["--repeats", "0"], "--repeats must be >= 1 timed calls after the warm-up; received 0."),
+                      (["--sizes", "1"], "--sizes must be >= 2 pixels wide (3:4 images); received 1.")):
+        with pytest.raises(SystemExit) as exc:
+            default_speed.main([*bad, "--out", str(tmp_path / "x")])
+        assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
