@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from depthkit import Pipeline
-    from depthkit.checkpoints import CheckpointRef
+    from depthkit.checkpoints import CheckpointRef, checkpoint_identity
     from depthkit.data.sparse import make_sparse, sample_random_points
     from depthkit.metrics import dbe_metrics, depth_metrics, preservation_error
 
@@ -348,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
                        for name, rs in by_name.items()} for pattern, by_name in rows.items()}
     report = {"benchmark": "real_frame", "frame": frame.title, "frame_name": args.frame, "units": frame.units,
               "intrinsics": [intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy],
-              **run_info(argv, __file__), "points": args.points, "patterns": list(patterns), "seeds": args.seeds, "mean": table,
-              "per_seed": rows}
+              **run_info(argv, __file__), "points": args.points, "patterns": list(patterns), "seeds": args.seeds,
+              # which weights the checkpoint rows ran (the labels name only the folder): its path and files' hash
+              "checkpoint": None if ref is None else checkpoint_identity(ref.root), "stages": args.stages,
+              "options": list(args.option), "mean": table, "per_seed": rows}
     what = f"{args.points} random points" if args.patterns is None else "sparse patterns as in benchmarks/accuracy.py"
     if any(name in REAL_PATTERNS for name in patterns):
         what += " (" + "; ".join(f"{n}: {REAL_PATTERNS[n]}, one run" for n in patterns if n in REAL_PATTERNS) + ")"

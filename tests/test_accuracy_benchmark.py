@@ -630,6 +630,10 @@ def test_real_frame_reports_whether_the_measured_values_survive(tmp_path, monkey
     assert mean["nearest"]["preservation"] == 0.0 and mean["guided"]["preservation"] == 0.0
     assert mean["shifted"]["preservation"] == pytest.approx(0.25, abs=1e-6)
     assert [r["preservation"] for r in report["per_seed"]["random100"]["shifted"]] == [pytest.approx(0.25, abs=1e-6)] * 2
+    from depthkit.checkpoints import default_checkpoint, folder_identity
+
+    assert report["checkpoint"] == {"path": str(default_checkpoint().resolve()),  # which weights the rows ran
+                                    "files": folder_identity(default_checkpoint().resolve())}
     md = (out / "real_frame_motorcycle.md").read_text()
     assert "| DBE-acc (px) | preservation |" in md and "| random100 | nearest |" in md
     assert re.search(r"\| random100 \| shifted \| .* \| 0\.25 \|", md)
