@@ -554,6 +554,23 @@ def test_vkitti2_a_single_name_is_one_name_not_its_characters(tmp_path):
             build_dataset("vkitti2", tmp_path, **option)
 
 
+def test_vkitti2_release_both_merged_and_separate_is_refused_not_listed_twice(tmp_path):
+    write_vkitti2(tmp_path)
+    assert len(build_dataset("vkitti2", tmp_path).names) == 2
+    write_vkitti2(tmp_path, separate=True)  # the same frames extracted a second time, as the release folders
+    with pytest.raises(DatasetLayoutError, match=r"are the same frame \(Scene01/clone/Camera_0/00000\).*keep one"):
+        build_dataset("vkitti2", tmp_path)
+
+
+def test_vkitti2_a_filter_that_matches_nothing_names_every_filter_and_what_exists(tmp_path):
+    write_vkitti2(tmp_path)
+    with pytest.raises(DatasetLayoutError, match=r"for scenes \['Scene02'\], cameras \['Camera_0'\] \(scene "
+                       r"folders found: \['Scene01'\]"):
+        build_dataset("vkitti2", tmp_path, scenes="Scene02")
+    with pytest.raises(DatasetLayoutError, match=r"for variations \['fog'\], cameras \['Camera_0'\]"):
+        build_dataset("vkitti2", tmp_path, variations="fog")
+
+
 def test_image_folder_recursive_unlabelled(tmp_path):
     img = np.full((6, 8, 3), 77, np.uint8)
     write_rgb_png(tmp_path / "a" / "b" / "x.png", img)

@@ -54,7 +54,7 @@ class VKITTI2Dataset(TrainingDepthDataset):
             raise self.layout_error(f"{self.root} holds no SceneXX folders (directly or one level down)")
         depth_files: dict[tuple, Path] = {}
         intrinsic_files: dict[tuple, Path] = {}
-        rgb_files: list[tuple[tuple, Path]] = []
+        rgb_files: dict[tuple, Path] = {}
         for scene in sorted(scene_dirs):
             if scenes is not None and scene.name not in scenes:
                 continue
@@ -62,25 +62,37 @@ class VKITTI2Dataset(TrainingDepthDataset):
                 if variations is not None and var.name not in variations:
                     continue
                 if (var / "intrinsic.txt").is_file():
-                    intrinsic_files[(scene.name, var.name)] = var / "intrinsic.txt"
+                    self._add_once(intrinsic_files, (scene.name, var.name), var / "intrinsic.txt")
                 for cam in cameras:
-                    for f in (var / "frames" / "depth" / cam).glob("depth_*.png"):
-                        depth_files[(scene.name, var.name, cam, f.stem.split("_")[1])] = f
+                    for f in sorted((var / "frames" / "depth" / cam).glob("depth_*.png")):
+                        self._add_once(depth_files, (scene.name, var.name, cam, f.stem.split("_")[1]), f)
                     for f in sorted((var / "frames" / "rgb" / cam).glob("rgb_*.jpg")):
                         m = _RGB_RE.match(f.name)
                         if m:
-                            rgb_files.append(((scene.name, var.name, cam, m.group(1)), f))
+                            self._add_once(rgb_files, (scene.name, var.name, cam, m.group(1)), f)
         if not rgb_files:
-            raise self.layout_error(f"no frames/rgb/<camera>/rgb_XXXXX.jpg for cameras {list(cameras)} under "
-                                    f"{self.root}")
+            chosen = ", ".join(f"{what} {list(v)}" for what, v in
+                               (("scenes", scenes), ("variations", variations), ("cameras", cameras)) if v is not None)
+            found = sorted({p.name for p in scene_dirs})
+            raise self.layout_error(f"no frames/rgb/<camera>/rgb_XXXXX.jpg under {self.root} for {chosen} (scene "
+                                    f"folders found: {found}; variations are folders such as 'clone' in each, "
+                                    f"cameras 'Camera_0' and 'Camera_1')")
         self._entries = []
-        for key, rgb in sorted(rgb_files, key=lambda kv: kv[0]):
+        for key, rgb in sorted(rgb_files.items()):
             if key not in depth_files:
                 raise self.layout_error(f"the depth of {rgb} (frames/depth/{key[2]}/depth_{key[3]}.png) is missing")
             self._entries.append((rgb, depth_files[key], intrinsic_files.get(key[:2]), int(key[3]),
                                   int(key[2].split("_")[-1])))
             self.names.append("_".join(key))
         self._intrinsics_cache: dict[Path, dict] = {}
+
+    def _add_once(self, files: dict[tuple, Path], key: tuple, path: Path) -> None:
+        """Record ``path`` under ``key``; a second file for one frame (the release folders extracted both merged and
+        side by side under ``<root>``) is refused instead of listing the frame twice or keeping one silently."""
+        if key in files and files[key] != path:
+            raise self.layout_error(f"{files[key]} and {path} are the same frame ({'/'.join(key)}): <root> holds "
+                                    f"the release both merged and as separate vkitti_2.0.3_* folders; keep one")
+        files[key] = path
 
     def _intrinsics(self, path: Path | None, frame: int, camera: int) -> Intrinsics:
         if path is None:
