@@ -39,6 +39,7 @@ from depthkit.data.datasets import (
 from depthkit.data.datasets.hypersim import hypersim_focal, hypersim_intrinsics
 from depthkit.data.datasets.nyuv2 import H5_INTRINSICS, NYU_INTRINSICS
 from depthkit.data.protocols import PROTOCOLS, Protocol, apply_protocol, crop_mask, protocol_table_markdown
+from depthkit.warning_types import DepthkitWarning
 
 
 def _check_item_contract(item):
@@ -585,6 +586,17 @@ def test_image_folder_recursive_unlabelled(tmp_path):
     assert item["depth"] is None and item["sparse"] is None and item["valid"] is None and item["intrinsics"] is None
     assert len(build_dataset("image_folder", tmp_path)) == 3
 
+
+
+def test_image_folder_names_the_image_links_it_skips(tmp_path):
+    write_rgb_png(tmp_path / "a.png", np.full((6, 8, 3), 77, np.uint8))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "gone.png").symlink_to(tmp_path / "moved" / "gone.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")  # a link to an image is an image
+    with pytest.warns(DepthkitWarning, match=r"skipped 1 image link\(s\) whose target does not exist, e.g. "
+                      r"\['sub/gone\.png'\]"):
+        ds = build_dataset("image_folder", tmp_path)
+    assert ds.names == ["a", "b"]
 
 # ------------------------------------------------------------------------------------------------------ synthetic
 def test_synthetic_splits_use_disjoint_seeds_and_render_scene():

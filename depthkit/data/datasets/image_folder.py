@@ -8,10 +8,12 @@ skipped; ``exclude`` takes glob patterns on the relative path (e.g. ``"*_depth.p
 from __future__ import annotations
 
 import fnmatch
+import warnings
 
 from depthkit.data.datasets._base import DepthDataset, Sample
 from depthkit.data.protocols import Protocol
 from depthkit.io import read_image
+from depthkit.warning_types import DepthkitWarning
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 _UNLABELLED = Protocol("image_folder", 0.0, float("inf"), None, None, None, None,
@@ -27,14 +29,21 @@ class ImageFolderDataset(DepthDataset):
     def __init__(self, root, split: str | None = None, protocol=None, exclude: tuple[str, ...] = ()):
         super().__init__(root, protocol if protocol is not None else _UNLABELLED, split)
         self._check_split(("all", "train"))
-        files = []
+        files, dangling = [], []
         for p in self.root.rglob("*"):
             rel = p.relative_to(self.root)
             if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in SUFFIXES:
                 continue
-            if any(fnmatch.fnmatch(rel.as_posix(), pat) for pat in exclude) or not p.is_file():
+            if any(fnmatch.fnmatch(rel.as_posix(), pat) for pat in exclude):
                 continue
-            files.append(p)
+            if p.is_symlink() and not p.exists():
+                dangling.append(rel.as_posix())
+            elif p.is_file():
+                files.append(p)
+        if dangling:
+            warnings.warn(f"{self.root}: skipped {len(dangling)} image link(s) whose target does not exist, e.g. "
+                          f"{sorted(dangling)[:3]}; restore the targets or remove the links", DepthkitWarning,
+                          stacklevel=2)
         self._files = sorted(files, key=lambda p: p.relative_to(self.root).as_posix())
         if not self._files:
             raise self.layout_error(f"{self.root} holds no {'/'.join(SUFFIXES)} images")
