@@ -371,8 +371,9 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
         if summary is None:
             continue
         rows = summary["per_image"]
-        result = {k: v for k, v in entry.items() if k != "label"}
+        result = {k: v for k, v in entry.items() if k not in ("label", "method")}
         result["method"] = entry["label"]
+        result["base_method"] = entry["method"]  # the classical method it completes with (None: its checkpoint does)
         result["checkpoint_identity"] = fingerprint["checkpoint"]  # its files' hash: a retrained folder differs
         result["n_images"] = len(rows)
         result["mean"] = mean_scores(rows)

@@ -419,6 +419,23 @@ def test_a_stage_option_is_the_checkpoint_with_that_option_in_its_manifest(tmp_p
         capsys.readouterr().err)
 
 
+def test_a_row_records_the_classical_method_it_completes_with(tmp_path):
+    """A checkpoint without a complete stage completes with ``--base-method``: the row records it as a field (not
+    only in its label); a classical row records its own method, a checkpoint's complete stage None."""
+    sharpen_only = tmp_path / "sharpen_only"
+    write_manifest(sharpen_only, {"sharpen": {}})
+    nearest_ckpt = tmp_path / "nearest_ckpt"
+    write_manifest(nearest_ckpt, {"complete": {"method": "nearest"}})
+    out = tmp_path / "res"
+    assert accuracy.main(["--limit", "1", "--methods", "guided", "--checkpoint", str(sharpen_only), "--checkpoint",
+                          str(nearest_ckpt), "--stages", "complete", "--base-method", "nearest", "--out", str(out),
+                          "--quiet"]) == 0
+    rows = {m["method"]: m for m in json.loads((out / "accuracy.json").read_text())["datasets"][0]["methods"]}
+    assert {k: m["base_method"] for k, m in rows.items()} == {
+        "guided": "guided", "sharpen_only: nearest (classical)": "nearest", "nearest_ckpt: complete": None}
+    assert rows["sharpen_only: nearest (classical)"]["mean"] == rows["nearest_ckpt: complete"]["mean"]
+
+
 def test_an_option_names_only_the_rows_that_run_its_stage(tmp_path):
     """``sharpen.keep_placed=false`` with the rows complete and complete + sharpen: only the second takes it (and
     says so); its sharpen stage runs without keep_placed, the first row is the default's completion."""
