@@ -329,6 +329,22 @@ def _warn_png_loss(path, depth: np.ndarray, q: np.ndarray, scale: float) -> None
                   f"{scale:g} units per metre; {advice}. The .npy keeps every value.", DepthkitWarning, stacklevel=3)
 
 
+def unmasked(depth):
+    """``depth`` with a numpy masked array's masked pixels set to 0 (missing), whatever lies under the mask; any
+    other value as it is."""
+    return depth.filled(0) if isinstance(depth, np.ma.MaskedArray) else depth
+
+
+def hxw_depth_map(depth: np.ndarray, what: str) -> np.ndarray:
+    """``depth`` as HxW: an HxWx1 map loses its last axis; any other shape, or no pixel at all, is a ``ValueError``
+    naming ``what`` and the shape received."""
+    if depth.ndim == 3 and depth.shape[-1] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2 or not depth.size:
+        raise ValueError(f"{what} has shape {depth.shape}; expected HxW metres (0 = missing), at least 1x1.")
+    return depth
+
+
 def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse", working_size: bool = False
                   ) -> np.ndarray:
     """Move sparse depth (HxW metres, 0 = missing) to ``shape`` = (H', W'), each point to its scaled pixel centre
@@ -345,13 +361,7 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
     same messages rather than dropped as missing; an HxWx1 map is taken as HxW and a numpy masked array's masked
     pixels are missing, as there. ``shape`` may be an image's ``shape`` (H', W', 3): its first two are used.
     """
-    if isinstance(sparse, np.ma.MaskedArray):
-        sparse = sparse.filled(0)
-    sparse = depth_to_metres(np.asarray(sparse), None, what=what)
-    if sparse.ndim == 3 and sparse.shape[-1] == 1:
-        sparse = sparse[..., 0]
-    if sparse.ndim != 2 or not sparse.size:
-        raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing), at least 1x1.")
+    sparse = depth_to_metres(hxw_depth_map(np.asarray(unmasked(sparse)), what), None, what=what)
     check_depth_values(sparse, what)
     h, w = sparse.shape
     oh, ow = target_size(shape, what)

@@ -168,11 +168,10 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
     so). NaN, inf and negative values are refused rather than silently zeroed: mark missing measurements with 0.
     A numpy masked array's masked pixels are missing (0), whatever values lie under the mask.
     """
-    if isinstance(sparse, np.ma.MaskedArray):
-        sparse = sparse.filled(0)
-    if isinstance(sparse, (str, os.PathLike)):
-        from depthkit.io import read_depth
+    from depthkit.io import check_depth_values, depth_to_metres, hxw_depth_map, read_depth, unmasked
 
+    sparse = unmasked(sparse)
+    if isinstance(sparse, (str, os.PathLike)):
         sparse = read_depth(sparse, depth_scale=depth_scale, what=what)
         depth_scale = None  # applied by the reader: what it returns is metres
     sparse = _to_numpy(sparse, what)
@@ -181,10 +180,7 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
                 if isinstance(sparse, (list, tuple)) else "")
         raise ValueError(f"{what} must be an HxW float array in metres or a file path; received "
                          f"{type(sparse).__name__}.{hint}")
-    if sparse.ndim == 3 and sparse.shape[-1] == 1:
-        sparse = sparse[..., 0]
-    if sparse.ndim != 2:
-        raise ValueError(f"{what} has shape {sparse.shape}; expected HxW metres (0 = missing).")
+    sparse = hxw_depth_map(sparse, what)
     if tuple(sparse.shape) != tuple(shape):
         hint = ""
         if tuple(sparse.shape) == tuple(shape[::-1]):
@@ -201,8 +197,6 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
             f"{what} is {sparse.shape[0]}x{sparse.shape[1]} but the image is {shape[0]}x{shape[1]}; they must be "
             "pixel-aligned at the same resolution." + hint + advice
         )
-    from depthkit.io import check_depth_values, depth_to_metres
-
     sparse = depth_to_metres(sparse, depth_scale, what=what).astype(np.float32)
     check_depth_values(sparse, what)
     if not allow_empty and not (sparse > 0).any():
