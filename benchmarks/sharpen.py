@@ -252,6 +252,26 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_counts(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` (before any model is built) for a size, count or thread number the run cannot use: every
+    ``--sizes`` value >= 4 px (the 3:4 image is ``size * 3 // 4`` px high), ``--repeats`` >= 1 (the median is over
+    the calls after the warm-up), ``--threads`` >= 1, ``--eval-images`` >= 1 and both ``--eval-size`` sides >= 1 px
+    (unless ``--no-accuracy``)."""
+    bad = [s for s in args.sizes if s < 4]
+    if bad:
+        p.error(f"--sizes takes longest image sides of at least 4 pixels (e.g. 256 512); received {bad[0]}.")
+    if args.repeats < 1:
+        p.error(f"--repeats takes the number of timed calls after the warm-up, at least 1; received {args.repeats}.")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads takes a number of torch CPU threads, at least 1; received {args.threads}.")
+    if not args.no_accuracy and args.eval_images < 1:
+        p.error(f"--eval-images takes a number of test scenes, at least 1 (or pass --no-accuracy); received "
+                f"{args.eval_images}.")
+    if not args.no_accuracy and min(args.eval_size) < 1:
+        p.error(f"--eval-size takes H W in pixels, each at least 1 (e.g. 48 64); received "
+                f"{' '.join(map(str, args.eval_size))}.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,8 +295,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    check_counts(p, args)
     name = args.name or default_name(args.config, args.checkpoint)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if "sd2" in args.config and args.checkpoint is None:
         args.no_accuracy = True  # random weights: speed only

@@ -102,6 +102,26 @@ def test_sharpen_with_a_checkpoint_writes_its_own_results_not_sharpen_tiny(tmp_p
     assert sharpen.default_name(["tiny"], Path("checkpoints/default")) == "sharpen_ckpt_checkpoints_default"
 
 
+@pytest.mark.parametrize("bad, needle", [
+    (["--repeats", "0"], "--repeats takes the number of timed calls after the warm-up, at least 1; received 0"),
+    (["--sizes", "256", "-64"], "--sizes takes longest image sides of at least 4 pixels (e.g. 256 512); received -64"),
+    (["--threads", "0"], "--threads takes a number of torch CPU threads, at least 1; received 0"),
+    (["--eval-images", "0"], "--eval-images takes a number of test scenes, at least 1"),
+    (["--eval-size", "0", "64"], "--eval-size takes H W in pixels, each at least 1 (e.g. 48 64); received 0 64")])
+def test_sharpen_refuses_sizes_and_counts_it_cannot_use_before_any_work(tmp_path, monkeypatch, capsys, bad, needle):
+    """A bare IndexError after the timing (--repeats 0), a torch RuntimeError (--threads 0) or an error about the
+    synthetic reader after minutes of work (--eval-images 0) was what these got."""
+    def no_work(*_, **__):
+        raise AssertionError("work started before the option was checked")
+
+    monkeypatch.setattr(sharpen, "build_model", no_work)
+    with pytest.raises(SystemExit) as exc:
+        sharpen.main([*bad, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sharpen_ablation_refuses_too_few_training_scenes_up_front(tmp_path, monkeypatch, capsys):
     def no_work(*_, **__):
         raise AssertionError("work started before --train-scenes was checked")
