@@ -252,11 +252,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_counts(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``parser.error`` (before any model is built) for a size, count or thread number the run cannot use: every
     ``--sizes`` value >= 4 px (the 3:4 image is ``size * 3 // 4`` px high), ``--repeats`` >= 1 (the median is over
     the calls after the warm-up), ``--threads`` >= 1, ``--eval-images`` >= 1 and both ``--eval-size`` sides >= 1 px
-    (unless ``--no-accuracy``)."""
+    (unless ``--no-accuracy``); and for options the table would mislabel: several ``--config`` with a
+    ``--checkpoint`` (one model, timed under each name), a ``--dtype`` other than float32 for a random tiny model
+    (built in float32 whatever ``--dtype`` says)."""
     bad = [s for s in args.sizes if s < 4]
     if bad:
         p.error(f"--sizes takes longest image sides of at least 4 pixels (e.g. 256 512); received {bad[0]}.")
@@ -270,6 +272,14 @@ def check_counts(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.no_accuracy and min(args.eval_size) < 1:
         p.error(f"--eval-size takes H W in pixels, each at least 1 (e.g. 48 64); received "
                 f"{' '.join(map(str, args.eval_size))}.")
+    if args.checkpoint is not None and len(args.config) > 1:
+        p.error(f"--checkpoint gives one model (the checkpoint's own architecture and weights), so several --config "
+                f"values would time it once per name; pass one --config with it; received --config "
+                f"{' '.join(args.config)}.")
+    random_tiny = [c for c in args.config if c in ("tiny", "tiny_v1")] if args.checkpoint is None else []
+    if random_tiny and args.dtype != "float32":
+        p.error(f"--dtype {args.dtype}: the random-weight --config {random_tiny[0]} runs in float32 only (--dtype "
+                "applies to --config sd2 and --checkpoint); drop --dtype or pass --config sd2 or a --checkpoint.")
 
 
 def main(argv=None) -> int:
@@ -295,7 +305,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    check_counts(p, args)
+    check_args(p, args)
     name = args.name or default_name(args.config, args.checkpoint)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

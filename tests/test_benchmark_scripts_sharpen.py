@@ -122,6 +122,25 @@ def test_sharpen_refuses_sizes_and_counts_it_cannot_use_before_any_work(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("bad, needle", [
+    (["--checkpoint", "ckpt", "--config", "tiny", "tiny_v1"], "pass one --config with it; received --config tiny "
+                                                              "tiny_v1"),
+    (["--dtype", "bfloat16"], "--dtype bfloat16: the random-weight --config tiny runs in float32 only"),
+    (["--config", "sd2", "tiny_v1", "--dtype", "float16"], "--config tiny_v1 runs in float32 only")])
+def test_sharpen_refuses_options_its_table_would_mislabel(tmp_path, monkeypatch, capsys, bad, needle):
+    """One checkpoint timed once per --config name (rows 'tiny' and 'tiny_v1' of the same weights), and a random tiny
+    model built in float32 recorded as --dtype bfloat16, were what these wrote."""
+    def no_work(*_, **__):
+        raise AssertionError("work started before the option was checked")
+
+    monkeypatch.setattr(sharpen, "build_model", no_work)
+    with pytest.raises(SystemExit) as exc:
+        sharpen.main([*bad, "--no-accuracy", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sharpen_ablation_refuses_too_few_training_scenes_up_front(tmp_path, monkeypatch, capsys):
     def no_work(*_, **__):
         raise AssertionError("work started before --train-scenes was checked")
