@@ -19,8 +19,10 @@ points) is timed beside it, so the table shows what sharpening adds to completio
 Accuracy. ``--eval-images`` scenes of the synthetic test split at ``--eval-size`` (H W) with two metric inputs:
 ``guided`` (depthkit's complete stage on 100 random GT points) and ``blur`` (the GT blurred with a Gaussian of
 sigma 2 px — a smooth metric prediction in miniature). For each: MAE (m) and iBims-1 DBE accuracy / completeness
-(px) of the input and of the sharpened output, and the preservation error (max |output − sparse|, m). Numbers are
-only meaningful for a trained checkpoint (``--checkpoint``); the default random model is a plumbing check.
+(px) of the input and of the sharpened output, and the preservation error (max |output − sparse|, m; ``guided``
+only: ``blur`` is sharpened without sparse points, so its preservation is null in the JSON, n/a in the table).
+Numbers are only meaningful for a trained checkpoint (``--checkpoint``); the default random model is a plumbing
+check.
 
 Configurations:
 
@@ -48,6 +50,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,10 +204,11 @@ def bench_accuracy(model, args) -> dict:
             for pred in (d, out):
                 dbe = dbe_metrics(pred, gt, valid=valid)
                 row += [float(np.abs(pred - gt)[valid].mean()), dbe["dbe_acc"], dbe["dbe_comp"]]
-            row.append(preservation_error(out, sparse) if sp is not None else 0.0)
+            row.append(preservation_error(out, sparse) if sp is not None else float("nan"))  # blur: none given
             acc[name].append(row)
     keys = ["mae_in", "dbe_acc_in", "dbe_comp_in", "mae_out", "dbe_acc_out", "dbe_comp_out", "preservation"]
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of a column without a value (blur's preservation)
         return {name: dict(zip(keys, np.nanmean(np.asarray(rows, np.float64), axis=0).tolist()))
                 for name, rows in acc.items()}
 
@@ -216,6 +220,12 @@ def default_name(configs: list[str], checkpoint: Path | None) -> str:
         return f"sharpen_{'_'.join(configs)}"
     parts = Path(checkpoint).resolve().parts[-2:]
     return "sharpen_ckpt_" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)).strip("_.") or "root")
+
+
+def _preservation(value: float | None) -> str:
+    """A preservation error (m) for the accuracy table; n/a for None / NaN: the ``blur`` input is sharpened without
+    sparse points, so it has no measured pixel to keep."""
+    return "n/a" if value is None or value != value else f"{value:.1e}"
 
 
 def markdown(report: dict) -> str:
@@ -246,7 +256,7 @@ def markdown(report: dict) -> str:
             label = {"guided": "complete stage (guided, 100 points)", "blur": "GT blurred (sigma 2 px)"}[name]
             lines.append(f"| {label} | {a['mae_in']:.3f} | {a['mae_out']:.3f} | {a['dbe_acc_in']:.2f} | "
                          f"{a['dbe_acc_out']:.2f} | {a['dbe_comp_in']:.2f} | {a['dbe_comp_out']:.2f} | "
-                         f"{a['preservation']:.1e} |")
+                         f"{_preservation(a['preservation'])} |")
     if report.get("note"):
         lines += ["", report["note"]]
     return "\n".join(lines) + "\n"

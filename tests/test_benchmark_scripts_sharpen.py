@@ -141,6 +141,32 @@ def test_sharpen_refuses_options_its_table_would_mislabel(tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []
 
 
+class _KeepInput:
+    """A sharpener that returns its metric input unchanged (what bench_accuracy calls: ``sharpen(...).depth``)."""
+
+    def sharpen(self, image, depth, sparse=None):
+        import types
+
+        return types.SimpleNamespace(depth=depth)
+
+
+def test_sharpen_accuracy_has_no_preservation_figure_for_the_input_given_no_sparse_points(tmp_path):
+    """``blur`` is sharpened without sparse points: its preservation error was reported as 0.0 (a perfect score for
+    nothing measured); it is null in the JSON and n/a in the table, while ``guided``'s is measured."""
+    import argparse
+    import math
+
+    args = argparse.Namespace(eval_size=[24, 32], eval_images=1)
+    acc = sharpen.bench_accuracy(_KeepInput(), args)
+    assert acc["guided"]["preservation"] == 0.0 and math.isnan(acc["blur"]["preservation"])
+    report = {"name": "t", "date": "d", "command": "c", "device": "cpu", "dtype": "float32", "speed": [],
+              "machine": {"platform": "p", "torch_threads": 1, "load_average": [0.0], "cpu_count": 1},
+              "model": {"description": "stub"}, "accuracy": acc, "eval_images": 1, "eval_size": [24, 32], "note": ""}
+    rows = {line.split(" | ")[0]: line for line in sharpen.markdown(report).splitlines() if line.startswith("| ")}
+    assert rows["| GT blurred (sigma 2 px)"].endswith("| n/a |")
+    assert rows["| complete stage (guided, 100 points)"].endswith("| 0.0e+00 |")
+
+
 def test_sharpen_ablation_refuses_too_few_training_scenes_up_front(tmp_path, monkeypatch, capsys):
     def no_work(*_, **__):
         raise AssertionError("work started before --train-scenes was checked")
