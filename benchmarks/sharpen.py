@@ -37,7 +37,8 @@ Configurations:
   ``--device cuda --dtype bfloat16`` at 768 px: the released SharpDepth's two-pass inference.
   NOT RUN YET: the sessions that wrote this had no GPU; run it on a CUDA machine and commit what it writes.
 
-Writes ``<out>/<name>.json`` and ``<out>/<name>.md``. ``--name`` (a file stem) defaults to ``sharpen_<config>``
+Writes ``<out>/<name>.json`` (with ``checkpoint``: the resolved folder and a hash of its files, null for random
+weights) and ``<out>/<name>.md``. ``--name`` (a file stem) defaults to ``sharpen_<config>``
 (e.g. ``sharpen_tiny``) for random weights, and with ``--checkpoint`` to ``sharpen_ckpt_<its last two path parts>``
 (``checkpoints/default`` -> ``sharpen_ckpt_checkpoints_default``), so a checkpoint's run never replaces a
 random-weight comparison such as ``results/sharpen_tiny.md``.
@@ -323,6 +324,9 @@ def main(argv=None) -> int:
         args.no_accuracy = True  # random weights: speed only
     check_device(args.device)
 
+    from depthkit.checkpoints import checkpoint_identity
+
+    checkpoint = checkpoint_identity(args.checkpoint)  # its resolved folder and files' hash (None: random weights)
     speed, models = [], []
     for config in args.config:
         models.append(build_model(args, config))
@@ -340,7 +344,8 @@ def main(argv=None) -> int:
     info = run_info(argv, __file__, args.device)
     info["machine"]["load_average"] = os.getloadavg()
     report = {
-        "name": name, "config": args.config, **info, "device": args.device, "dtype": args.dtype,
+        "name": name, "config": args.config, **info, "checkpoint": checkpoint, "device": args.device,
+        "dtype": args.dtype,
         "model": {"description": desc, "parameters": n_params,
                   "unet_parameters": sum(q.numel() for q in model.model.unet.parameters()),
                   "processing": "each size runs at its own resolution (processing_resolution = size)"},

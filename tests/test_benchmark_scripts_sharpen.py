@@ -91,14 +91,22 @@ class _StubSharpener(torch.nn.Module):
 def test_sharpen_with_a_checkpoint_writes_its_own_results_not_sharpen_tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(sharpen, "build_model", lambda args, config: _StubSharpener())
     monkeypatch.setattr(sharpen, "bench_speed", lambda model, args, config="": [])
-    common = ["--no-accuracy", "--sizes", "64", "--repeats", "1", "--out", str(tmp_path)]
-    assert sharpen.main(["--checkpoint", str(tmp_path / "runs" / "final"), *common]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sharpen_ckpt_runs_final.json", "sharpen_ckpt_runs_final.md"]
-    report = json.loads((tmp_path / "sharpen_ckpt_runs_final.json").read_text())
+    from depthkit.checkpoints import folder_identity
+
+    out = tmp_path / "out"
+    common = ["--no-accuracy", "--sizes", "64", "--repeats", "1", "--out", str(out)]
+    ckpt = tmp_path / "runs" / "final"
+    (ckpt / "sharpen").mkdir(parents=True)
+    (ckpt / "sharpen" / "weights.bin").write_bytes(b"first")
+    assert sharpen.main(["--checkpoint", str(ckpt), *common]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sharpen_ckpt_runs_final.json", "sharpen_ckpt_runs_final.md"]
+    report = json.loads((out / "sharpen_ckpt_runs_final.json").read_text())
     assert report["name"] == "sharpen_ckpt_runs_final" and report["command"].startswith("python benchmarks/sharpen.py")
     assert {"date", "depthkit_version", "git_commit", "machine"} <= set(report)
+    # which weights ran: the folder and its files' hash (the description named only the folder)
+    assert report["checkpoint"] == {"path": str(ckpt.resolve()), "files": folder_identity(ckpt)}
     assert sharpen.main(common) == 0  # random weights keep their name
-    assert (tmp_path / "sharpen_tiny.json").is_file()
+    assert json.loads((out / "sharpen_tiny.json").read_text())["checkpoint"] is None
     assert sharpen.default_name(["tiny"], Path("checkpoints/default")) == "sharpen_ckpt_checkpoints_default"
 
 
