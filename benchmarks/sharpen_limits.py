@@ -39,7 +39,8 @@ each over its own pixels and the frame's edges that lie in it (e.g. 8: a LiDAR's
 
 A sharpener can only improve DBE over its input where its edges are better than the input's, and the gap between
 ``sharpened`` and ``GT under the limits`` is roughly what a better sharpener could still gain. Writes
-``<out>/sharpen_limits.{json,md}``.
+``<out>/sharpen_limits.{json,md}`` (the JSON with ``checkpoint_identity``: the checkpoint's folder and a hash of its
+files).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, patterns = parse_scene_options(p, argv)
 
-    from depthkit.checkpoints import CheckpointRef
+    from depthkit.checkpoints import CheckpointRef, checkpoint_identity
     from depthkit.data.baselines import guided
     from depthkit.data.datasets.synthetic import SyntheticDataset
     from depthkit.sharpen.limits import LIMIT_FIELDS
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.sharpen.train import MetricCache
 
     ref = CheckpointRef.open(str(args.checkpoint))
+    identity = checkpoint_identity(args.checkpoint)  # its folder and files' hash: a retrained folder differs
     if not ref.has_part("sharpen"):
         p.error(f"{args.checkpoint} has no sharpen/ part; pass a checkpoint with one.")
     stage = build_sharpen_stage(ref)  # the checkpoint's run-time options (its manifest's config) included
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         per_scene[pattern] = rows
         resolution = stage.processing_side(sample["image"])  # every scene has the split's size
         mean[pattern] = {name: {k: _nanmean([r[name][k] for r in rows]) for k in rows[0][name]} for name in names}
-    report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint), **run_info(argv, __file__),
+    report = {"benchmark": "sharpen_limits", "checkpoint": str(args.checkpoint), "checkpoint_identity": identity,
+              **run_info(argv, __file__),
               "scenes": args.scenes, "metric": args.metric, "processing_resolution": resolution,
               "near_px": args.near_px, "gt_round_trip": args.gt_round_trip,
               "threads": args.threads, "mean": mean, "per_scene": per_scene}

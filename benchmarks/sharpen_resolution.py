@@ -22,7 +22,8 @@ column (all columns run side by side in one process; the machine is shared, so c
 ``--variant NAME=JSON`` (repeatable) scores settings of the sharpener's ``config`` (as ``sharpen_switches.py``
 takes them) at each side; those that differ only in the run-time limits share one UNet pass per scene and side
 (``SharpenStage.run_limits``, and so one time). Without it, one setting: the checkpoint's own, ``as shipped``.
-Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``).
+Writes ``<out>/<name>.{json,md}`` (default ``sharpen_resolution``; the JSON with the identities of ``--sharpen`` and
+``--checkpoint``: their folders and a hash of their files).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from accuracy import SYNTHETIC_PATTERNS, parse_scene_options  # noqa: E402
 from sharpen_switches import (  # noqa: E402
     _se_text,
     add_sharpener_options,
+    checkpoint_identities,
     open_sharpener,
     parse_variant,
     result_cell,
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.data.datasets.synthetic import SyntheticDataset
 
     ref, metric = open_sharpener(p, args)
+    identities = checkpoint_identities(args)
     stages = {label: variant_groups(p, ref, variants, {"processing_resolution": side}) for label, side in sides.items()}
     columns = [(label, name) for label in sides for name in variants]
     # a column's name in the results: the side alone with the checkpoint's own setting only, as before --variant
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                   f" {r['seconds']:.2f} s", flush=True)
 
     report = {"benchmark": "sharpen_resolution", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
-              **run_info(argv, __file__), "split": "val", "scenes": args.scenes, "size": list(size), "sides": sides, "variants": variants,
-              "threads": args.threads, "results": rows}
+              **identities, **run_info(argv, __file__), "split": "val", "scenes": args.scenes, "size": list(size),
+              "sides": sides, "variants": variants, "threads": args.threads, "results": rows}
     lines = [f"## The sharpener at several processing sizes: {args.sharpen}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
              f"rendered at {size[1]}x{size[0]}, metric input = the completion without queries, the sharpener as the "

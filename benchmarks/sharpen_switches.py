@@ -24,7 +24,8 @@ whose overrides differ only in the run-time limits
 
 The val split is the one to choose on: the test split is kept for ``benchmarks/accuracy.py``. For each variant and
 pattern: MAE (m) of input and output with the change in per cent, and DBE accuracy (px) of both; the goal of the
-embedded default (issue 13) is a better DBE with the MAE within 2 %. Writes ``<out>/sharpen_switches.{json,md}``;
+embedded default (issue 13) is a better DBE with the MAE within 2 %. Writes ``<out>/sharpen_switches.{json,md}``
+(the JSON with :func:`checkpoint_identities`: which weights ran);
 ``--out`` defaults to ``benchmarks/results/``, and with ``--grid`` to ``benchmarks/results/sharpen_switches_grid/``
 (where the grid's results live), so a grid run never replaces ``results/sharpen_switches.{json,md}``.
 
@@ -168,6 +169,16 @@ def open_sharpener(p: argparse.ArgumentParser, args: argparse.Namespace):
                             args.work_dir)
 
 
+def checkpoint_identities(args: argparse.Namespace) -> dict:
+    """Which weights ran, for the report: ``sharpen_identity`` (of ``--sharpen``) and ``checkpoint_identity`` (of
+    ``--checkpoint``, the completer of the metric input), each the resolved folder and a hash of its files
+    (:func:`depthkit.checkpoints.checkpoint_identity`: retraining into the same folder changes it)."""
+    from depthkit.checkpoints import checkpoint_identity
+
+    return {"sharpen_identity": checkpoint_identity(args.sharpen),
+            "checkpoint_identity": checkpoint_identity(args.checkpoint)}
+
+
 def variant_groups(p: argparse.ArgumentParser, ref, variants: dict[str, dict], options: dict | None = None) -> list:
     """``[(stage, {name: limit overrides})]``: one sharpen stage of checkpoint ``ref`` per set of ``variants`` that
     differ only in the run-time limits (:data:`depthkit.sharpen.limits.LIMIT_FIELDS`), so they share one UNet pass
@@ -220,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(err))
     variants = {**(grid_variants() if args.grid else {}), **variants} or dict(DEFAULT_VARIANTS)
     ref, metric = open_sharpener(p, args)
+    identities = checkpoint_identities(args)
     groups = variant_groups(p, ref, variants)
 
     rows = {name: {} for name in variants}
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"DBE-acc {dbe_in:.3f} -> {dbe_out:.3f} (change {_se_text(r['dbe_change_se'])})", flush=True)
 
     report = {"benchmark": "sharpen_switches", "sharpen": str(args.sharpen), "checkpoint": str(args.checkpoint),
-              **run_info(argv, __file__), "threads": args.threads, "split": "val", "scenes": args.scenes, "pass1": args.pass1, "variants": variants, "results": rows}
+              **identities, **run_info(argv, __file__), "threads": args.threads, "split": "val", "scenes": args.scenes, "pass1": args.pass1, "variants": variants, "results": rows}
     lines = [f"## Sharpener run-time switches: {args.sharpen}", "",
              f"{report['date']}, `{report['command']}`; first {args.scenes} scenes of the synthetic **val** split "
              "(240x320), metric input = the completion without queries. Per cell: MAE change against the input / "

@@ -270,3 +270,22 @@ def test_sharpen_resolution_scores_each_limit_setting_from_one_pass(tmp_path, ca
         sharpen_resolution.main(["--out", str(tmp_path / "bad"), "--scenes", "1", "--size", "60x80",
                                  "--variant", 'p1={"pass1_max_side": -3}'])
     assert "--variant 'p1'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, argv, keys", [
+    ("sharpen_switches", ["--variant", "shipped={}"], ("sharpen_identity", "checkpoint_identity")),
+    ("sharpen_resolution", ["--size", "60x80", "--sides", "40"], ("sharpen_identity", "checkpoint_identity")),
+    ("sharpen_limits", ["--metric", "guided"], ("checkpoint_identity",))])
+def test_the_reports_say_which_weights_ran(tmp_path, script, argv, keys):
+    """The JSON named --sharpen / --checkpoint only by the path given: a folder retrained in place (or another one
+    of the same name) read the same. Each identity is the resolved folder and its files' hash, as accuracy.py
+    records them."""
+    import importlib
+
+    from depthkit.checkpoints import checkpoint_identity
+
+    module = importlib.import_module(script)
+    assert module.main(["--scenes", "1", "--patterns", "random100", *argv, "--out", str(tmp_path)]) == 0
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    expected = checkpoint_identity(ROOT / "checkpoints" / "default")
+    assert expected["files"] and all(report[key] == expected for key in keys), {k: report.get(k) for k in keys}
