@@ -76,7 +76,7 @@ from depthkit.profiling import PeakMemory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules below, run as a script
 from _results import check_device, results_name, run_info, run_main, write_results  # noqa: E402
-from full_frame import frame_layouts, full_frame, full_frame_markdown  # noqa: E402
+from full_frame import check_at_least, frame_layouts, full_frame, full_frame_markdown  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QWEN_VOCAB = 151936
@@ -329,7 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="64,256", help="comma-separated batch sizes (default 64,256)")
     parser.add_argument("--plain", default="auto", choices=("auto", "yes", "no"),
                         help="also run the plain shared-prefix prototype (auto: not for 3b)")
-    parser.add_argument("--frame-queries", type=int, default=1024, help="queries per frame for FPS (default 1024)")
+    parser.add_argument("--frame-queries", type=int, default=1024,
+                        help="queries per frame for FPS (default 1024; 0 = no frame timing)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--memory-budget-mb", type=float, default=4096.0)
     parser.add_argument("--frame-layouts", default="text,rope,grid_token",
@@ -345,6 +346,24 @@ def main(argv=None) -> int:
         layouts = frame_layouts(args.frame_layouts, allow_empty=True)
     except ValueError as err:
         parser.error(str(err))
+    try:
+        batches = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        batches = [0]
+    if min(batches) < 1:
+        parser.error(f"--batch-sizes takes comma-separated batch sizes, each at least 1 (e.g. 64,256); received "
+                     f"{args.batch_sizes!r}.")
+    check_at_least(parser, "--pixels", args.pixels, 1, "a number of query pixels")
+    if args.naive_pixels is not None:
+        check_at_least(parser, "--naive-pixels", args.naive_pixels, 1, "a number of query pixels to time naive on")
+    check_at_least(parser, "--frame-queries", args.frame_queries, 0, "a number of queries per frame (0: no frame "
+                   "timing)")
+    check_at_least(parser, "--threads", args.threads, 1, "a number of torch CPU threads")
+    if not args.memory_budget_mb > 0:
+        parser.error(f"--memory-budget-mb takes a positive number of MB; received {args.memory_budget_mb}.")
+    if layouts:
+        check_at_least(parser, "--frame-repeats", args.frame_repeats, 1, "a number of timed full-frame runs after "
+                       "the warm-up")
     check_device(args.device)  # before any model is built
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -353,7 +372,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    batches = [int(b) for b in args.batch_sizes.split(",")]
     t0 = time.perf_counter()
     model, proc, image, sparse = build(args.config, args.device, dtype)
     print(f"built {args.config} on {args.device} in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -453,7 +471,7 @@ def main(argv=None) -> int:
         "variant": best,
     }
     frame = None
-    if args.config == "3b" or args.frame_queries:
+    if args.frame_queries:
         q_rows, q_cols = query_pixels(sparse, args.frame_queries, seed=1)
         _sync(args.device)
         with PeakMemory(args.device) as mem:

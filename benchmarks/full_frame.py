@@ -46,6 +46,13 @@ def frame_layouts(text: str, allow_empty: bool = False) -> list[str]:
     return layouts
 
 
+def check_at_least(parser: argparse.ArgumentParser, option: str, value, least, what: str) -> None:
+    """``parser.error`` (before any timing) when ``value`` of ``option`` is below ``least``: one line naming the
+    option, what it takes (``what``) and what was received."""
+    if value < least:
+        parser.error(f"{option} takes {what}, at least {least}; received {value}.")
+
+
 def full_frame(layouts: list[str], size: tuple[int, int] = (480, 640), repeats: int = 3, threads: int = 2) -> dict:
     """Time ``CompleteVLMStage.run`` on one ``size`` frame (synthetic indoor scene, 1000 random measured points)
     with the stage's default options and the random-weight tiny checkpoint (``write_tiny``) in each layout; best of
@@ -150,6 +157,8 @@ def main(argv=None) -> int:
         layouts = frame_layouts(args.frame_layouts)
     except ValueError as err:
         parser.error(str(err))
+    check_at_least(parser, "--threads", args.threads, 1, "a number of threads for torch and guided")
+    check_at_least(parser, "--frame-repeats", args.frame_repeats, 1, "a number of timed runs after the warm-up")
     info = run_info(argv, __file__)
     report = {
         **info, "machine": {**info["machine"], "load_average": os.getloadavg()},

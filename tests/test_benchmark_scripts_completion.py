@@ -172,6 +172,34 @@ def test_engine_and_full_frame_refuse_bad_layouts_and_names_before_timing(tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("main, argv, needle", [
+    ("engine", ["--pixels", "0"], "--pixels takes a number of query pixels, at least 1; received 0"),
+    ("engine", ["--naive-pixels", "-1"], "--naive-pixels takes a number of query pixels to time naive on, at least 1"),
+    ("engine", ["--batch-sizes", "64,x"], "--batch-sizes takes comma-separated batch sizes, each at least 1 (e.g. "
+                                          "64,256); received '64,x'"),
+    ("engine", ["--batch-sizes", "0"], "received '0'"),
+    ("engine", ["--frame-queries", "-5"], "--frame-queries takes a number of queries per frame (0: no frame timing)"),
+    ("engine", ["--threads", "0"], "--threads takes a number of torch CPU threads, at least 1; received 0"),
+    ("engine", ["--memory-budget-mb", "0"], "--memory-budget-mb takes a positive number of MB; received 0.0"),
+    ("engine", ["--frame-repeats", "0"], "--frame-repeats takes a number of timed full-frame runs"),
+    ("full_frame", ["--frame-repeats", "0"], "--frame-repeats takes a number of timed runs after the warm-up, at "
+                                             "least 1; received 0"),
+    ("full_frame", ["--threads", "-2"], "--threads takes a number of threads for torch and guided, at least 1; "
+                                        "received -2")])
+def test_engine_and_full_frame_refuse_counts_they_cannot_use_before_timing(tmp_path, monkeypatch, capsys, main, argv,
+                                                                            needle):
+    """These ended in a bare ZeroDivisionError (--pixels 0), TypeError (--frame-repeats 0), torch RuntimeError
+    (--threads 0) or "invalid literal for int()" without the option's name, after building the model."""
+    monkeypatch.setattr(engine, "build", _never("engine.build"))
+    monkeypatch.setattr(engine, "full_frame", _never("engine's full-frame timing"))
+    monkeypatch.setattr(full_frame, "full_frame", _never("full_frame timing"))
+    with pytest.raises(SystemExit) as exc:
+        {"engine": engine.main, "full_frame": full_frame.main}[main]([*argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and ": error: " in err[-1] and needle in err[-1], err[-1]
+    assert not list(tmp_path.iterdir())
+
+
 def test_full_frame_writes_out_name_with_run_keys(tmp_path, monkeypatch):
     import numpy as np
 
