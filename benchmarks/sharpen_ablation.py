@@ -103,6 +103,14 @@ def main(argv=None) -> int:
                 f"{args.train_scenes}. The recorded run uses 32.")
     if args.test_scenes < 1:
         p.error(f"--test-scenes must be >= 1 held-out scene; received {args.test_scenes}.")
+    for option, value in (("--lotus-vae-steps", args.lotus_vae_steps), ("--lotus-unet-steps", args.lotus_unet_steps),
+                          ("--sharpen-steps", args.sharpen_steps)):
+        if value < 1:  # 0 trains nothing: every variant would be the untrained model, scored as if trained
+            p.error(f"{option} must be >= 1 training step; received {value}.")
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:  # the same run twice would count twice in the mean and shrink the std
+        p.error(f"--seeds must be distinct (each seed's run counts once in the mean ± std); received "
+                f"{' '.join(map(str, args.seeds))} (repeated: {' '.join(map(str, repeated))}).")
     torch.set_num_threads(1)
     from depthkit.sharpen import miniature as mini
     from depthkit.sharpen.model import SharpDepth

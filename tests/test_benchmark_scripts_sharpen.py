@@ -190,6 +190,27 @@ def test_sharpen_ablation_refuses_too_few_training_scenes_up_front(tmp_path, mon
         assert ("--train-scenes must be >= 4" if bad[0] == "--train-scenes" else "--test-scenes must be >= 1") in err
 
 
+@pytest.mark.parametrize("bad, needle", [
+    (["--sharpen-steps", "0"], "--sharpen-steps must be >= 1 training step; received 0"),
+    (["--lotus-vae-steps", "-1"], "--lotus-vae-steps must be >= 1 training step; received -1"),
+    (["--lotus-unet-steps", "0"], "--lotus-unet-steps must be >= 1 training step; received 0"),
+    (["--seeds", "0", "1", "0"], "--seeds must be distinct (each seed's run counts once in the mean ± std); received "
+                                 "0 1 0 (repeated: 0)")])
+def test_sharpen_ablation_refuses_no_training_and_repeated_seeds_up_front(tmp_path, monkeypatch, capsys, bad,
+                                                                          needle):
+    """--sharpen-steps 0 scored the untrained model as every variant, and a repeated seed counted one run twice in the
+    mean ± std; both ran to the end and wrote the table."""
+    def no_work(*_, **__):
+        raise AssertionError("work started before the option was checked")
+
+    monkeypatch.setattr("depthkit.sharpen.miniature.make_split", no_work)
+    with pytest.raises(SystemExit) as exc:
+        sharpen_ablation.main([*bad, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 class _Stop(Exception):
     """Raised by a stub in place of a script's first real work, carrying what the script had decided by then."""
 
