@@ -104,11 +104,14 @@ def add_scene_options(p: argparse.ArgumentParser, split: str, scenes: int, patte
 
 
 def parse_scene_options(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Parse ``argv`` (the options of :func:`add_scene_options` and the script's own), check ``--scenes`` and
-    ``--patterns`` (``parser.error`` naming what is allowed), go offline and set torch's threads: ``(args, names)``."""
+    """Parse ``argv`` (the options of :func:`add_scene_options` and the script's own), check ``--scenes``,
+    ``--threads`` and ``--patterns`` (``parser.error`` naming what is allowed), go offline and set torch's threads:
+    ``(args, names)``."""
     args = p.parse_args(argv)
     if args.scenes < 1:
         p.error(f"--scenes must be >= 1 (received {args.scenes}).")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1 torch CPU thread (received {args.threads}).")
     try:
         names = pattern_names(args.patterns)
     except ValueError as err:

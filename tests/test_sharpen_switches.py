@@ -79,6 +79,18 @@ def test_bad_pattern_says_what_is_allowed(capsys):
     assert "random500" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("script", ["sharpen_switches", "sharpen_resolution", "sharpen_limits"])
+def test_threads_below_one_is_a_parser_error_not_a_torch_traceback(script, capsys, tmp_path):
+    """--threads 0 reached torch.set_num_threads: a bare RuntimeError traceback."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(script).main(["--threads", "0", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err[-1].endswith("error: --threads must be >= 1 torch CPU thread (received 0).")
+    assert not list(tmp_path.iterdir())
+
+
 def test_standard_error_by_hand_and_none_below_two_scenes():
     assert sharpen_switches.standard_error([1.0, 2.0, 4.0, float("nan")]) == pytest.approx(
         np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2) / np.sqrt(3))
