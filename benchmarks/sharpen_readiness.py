@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase", choices=("release", "import", "infer"), default=None, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    if args.size < 4:  # the scene is size * 3 // 4 px high; 0 would also import as "no processing resolution"
+        p.error(f"--size takes the longest image side in pixels, at least 4 (e.g. 768); received {args.size}.")
+    if args.threads < 1:
+        p.error(f"--threads takes a number of torch CPU threads, at least 1; received {args.threads}.")
     release, checkpoint = args.dir / "release", args.dir / "checkpoint"
     if args.phase is not None:  # child process
         import torch

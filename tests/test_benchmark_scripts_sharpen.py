@@ -58,6 +58,23 @@ def test_readiness_marks_the_folder_it_makes_and_reuses_only_that(tmp_path, monk
     assert not (folder / "release").exists() and (folder / "notes.txt").read_text() == "kept"
 
 
+@pytest.mark.parametrize("bad, needle", [
+    (["--size", "0"], "--size takes the longest image side in pixels, at least 4 (e.g. 768); received 0"),
+    (["--threads", "0"], "--threads takes a number of torch CPU threads, at least 1; received 0")])
+def test_readiness_refuses_a_size_or_threads_it_cannot_use_before_the_release(tmp_path, monkeypatch, capsys, bad,
+                                                                              needle):
+    """These reached the phases' child processes (the folder prepared first): --threads 0 a torch RuntimeError in
+    the first phase; --size 0 an import without a processing resolution and a failure only in the infer phase."""
+    ran = []
+    monkeypatch.setattr(sharpen_readiness, "run_phase", lambda name, args: ran.append(name) or {"ok": True})
+    folder, out = tmp_path / "work", tmp_path / "r.json"
+    with pytest.raises(SystemExit) as exc:
+        sharpen_readiness.main([*bad, "--dir", str(folder), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err, err
+    assert ran == [] and not folder.exists() and not out.exists()
+
+
 def test_readiness_help_describes_dir(capsys):
     with pytest.raises(SystemExit):
         sharpen_readiness.main(["--help"])
