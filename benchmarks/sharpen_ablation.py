@@ -16,7 +16,8 @@ once per variant:
 - ``recons 1 − e``: the reconstruction loss weighted by 1 − e instead of e.
 
 Each is scored on ``--test-scenes`` held-out scenes: MAE (m), MAE within 2 px of a GT edge and elsewhere, and DBE
-accuracy (px) of the input and the output; mean ± std over seeds. Writes ``<out>/sharpen_ablation.{json,md}``.
+accuracy (px) of the input and the output; mean ± std over seeds (the population std, numpy's ddof=0). Writes
+``<out>/sharpen_ablation.{json,md}``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def markdown(report: dict) -> str:
     lines = [f"# SharpDepth ablation in miniature: `{report['name']}`", "",
              f"{report['date']} — `{report['command']}` ({report['seconds']:.0f} s)", "",
              f"Lotus: {report['lotus']}. Held-out scenes: {report['test_scenes']} (32x32); seeds {report['seeds']}; "
-             f"SharpDepth {report['sharpen_steps']} steps per run. Mean ± std over seeds; lower is better.", "",
+             f"SharpDepth {report['sharpen_steps']} steps per run. Mean ± std over seeds (population std, ddof=0); "
+             "lower is better.", "",
              "| variant | MAE (m) | MAE near edges (m) | MAE elsewhere (m) | DBE acc (px) |", "|---|---:|---:|---:|---:|",
              f"| metric input | {inp['mae_in']:.3f} | {inp['mae_edge_in']:.3f} | {inp['mae_flat_in']:.3f} | "
              f"{inp['dbe_in']:.3f} |",
