@@ -320,8 +320,8 @@ def main(argv=None) -> int:
     name = args.name or default_name(args.config, args.checkpoint)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if "sd2" in args.config and args.checkpoint is None:
-        args.no_accuracy = True  # random weights: speed only
+    if args.config[0] == "sd2" and args.checkpoint is None:
+        args.no_accuracy = True  # accuracy is measured on the first config; sd2's random weights: speed only
     check_device(args.device)
 
     from depthkit.checkpoints import checkpoint_identity

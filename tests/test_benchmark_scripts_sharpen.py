@@ -127,6 +127,22 @@ def test_sharpen_with_a_checkpoint_writes_its_own_results_not_sharpen_tiny(tmp_p
     assert sharpen.default_name(["tiny"], Path("checkpoints/default")) == "sharpen_ckpt_checkpoints_default"
 
 
+@pytest.mark.parametrize("configs, measured", [(["tiny", "sd2"], True), (["sd2", "tiny"], False), (["tiny"], True)])
+def test_sharpen_measures_accuracy_on_its_first_config_unless_that_is_sd2(tmp_path, monkeypatch, configs, measured):
+    """Accuracy is scored on the first --config's model; only random SD2-size weights there make a run speed-only
+    (an sd2 anywhere in the list skipped the tiny model's accuracy too)."""
+    built, scored = [], []
+    monkeypatch.setattr(sharpen, "build_model", lambda args, config: built.append(config) or _StubSharpener())
+    monkeypatch.setattr(sharpen, "bench_speed", lambda model, args, config="": [])
+    scores = {"guided": dict.fromkeys(("mae_in", "dbe_acc_in", "dbe_comp_in", "mae_out", "dbe_acc_out",
+                                       "dbe_comp_out", "preservation"), 1.0)}
+    monkeypatch.setattr(sharpen, "bench_accuracy", lambda model, args: scored.append(model) or scores)
+    assert sharpen.main(["--config", *configs, "--sizes", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert built == configs and len(scored) == int(measured)
+    report = json.loads((tmp_path / f"sharpen_{'_'.join(configs)}.json").read_text())
+    assert report["accuracy"] == (scores if measured else None)
+
+
 @pytest.mark.parametrize("bad, needle", [
     (["--repeats", "0"], "--repeats takes the number of timed calls after the warm-up, at least 1; received 0"),
     (["--sizes", "256", "-64"], "--sizes takes longest image sides of at least 4 pixels (e.g. 256 512); received -64"),
