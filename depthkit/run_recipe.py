@@ -5,7 +5,7 @@ A resumed run restores its model, optimizer and schedule from the checkpoint, so
 would either fail deep inside ``load_state_dict`` (another model size) or be silently ignored while ``recipe.yaml``
 claimed it (a new learning rate: the optimizer's saved one wins). :func:`check_resumed_recipe` refuses such a
 resume before anything is loaded or written, naming each key that differs; only the keys in
-:data:`RESUME_MAY_CHANGE` (bookkeeping, and the number of steps, which :func:`depthkit.training.load_latest_state`
+:data:`RESUME_MAY_CHANGE` (bookkeeping, and the number of steps, which :func:`depthkit.run_state.load_latest_state`
 checks against the checkpoint) may differ. :func:`load_resumed_weights` turns a checkpoint that does not fit the
 model (a run folder without ``recipe.yaml``) into the same kind of error.
 """

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from depthkit.config import RecipeError, load_recipe
+from depthkit.run_state import CHECKPOINTS
 from depthkit.sharpen import train_lotus
-from depthkit.training import CHECKPOINTS
 
 UNET = {"block_out_channels": [16, 32], "norm_num_groups": 8}
 VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4,

@@ -34,7 +34,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_clear_error():
 
 def test_resume_refuses_a_changed_recipe_before_writing_and_allows_more_steps(tmp_path, capsys):
     from depthkit.cli import main
-    from depthkit.training import latest_state_dir
+    from depthkit.run_state import latest_state_dir
 
     path = write_lotus_yaml(tmp_path / "lotus.yaml", scenes=4, schedule="constant")
     run = tmp_path / "run"

@@ -301,3 +301,34 @@ def test_the_reports_say_which_weights_ran(tmp_path, script, argv, keys):
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     expected = checkpoint_identity(ROOT / "checkpoints" / "default")
     assert expected["files"] and all(report[key] == expected for key in keys), {k: report.get(k) for k in keys}
+
+
+def test_sharpen_resolution_times_no_stage_on_its_first_call(tmp_path, monkeypatch):
+    """Each sharpen stage runs once untimed before its first timed call (a first call pays for allocations and
+    kernel choice: with --scenes 1-2 it would be half the median), and every later call is timed. Fails if the
+    warm-up is dropped (the first call is timed) or runs for every scene (untimed calls after the first)."""
+    import sharpen_resolution
+
+    from depthkit.sharpen.stage import SharpenStage
+
+    clock = {"timing": False}
+    calls: dict[int, list[bool]] = {}
+    real_run, real_clock = SharpenStage.run_limits, sharpen_resolution.time.perf_counter
+
+    def counted(self, *args, **kwargs):
+        calls.setdefault(id(self), []).append(clock["timing"])
+        return real_run(self, *args, **kwargs)
+
+    def toggling():
+        clock["timing"] = not clock["timing"]
+        return real_clock()
+
+    monkeypatch.setattr(SharpenStage, "run_limits", counted)
+    monkeypatch.setattr(sharpen_resolution.time, "perf_counter", toggling)
+    argv = ["--scenes", "2", "--patterns", "random500", "--size", "60x80", "--sides", "40,native",
+            "--out", str(tmp_path)]
+    assert sharpen_resolution.main(argv) == 0
+    assert len(calls) == 2  # one stage per side
+    for timed in calls.values():
+        assert timed == [False, True, True]
+    assert "rendered at 60x80 (height x width)" in (tmp_path / "sharpen_resolution.md").read_text()

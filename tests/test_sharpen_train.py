@@ -135,8 +135,8 @@ def _interrupt_after(run, step: int, dst):
 
 def test_sharpen_resume_is_exact_and_final_checkpoint_runs(tmp_path):
     from depthkit.pipeline import Pipeline
+    from depthkit.run_state import latest_state_dir
     from depthkit.sharpen import train as train_sharpen
-    from depthkit.training import latest_state_dir
 
     def recipe(out):
         # metric source: depthkit's complete stage (classical guided) on sparse points drawn from the GT; cosine LR
@@ -212,7 +212,7 @@ train: {{batch_size: 2, lr: 1.0e-3, save_every: 1, log_every: 1, eval_every: 0, 
 
 def test_lotus_resume_is_exact_via_cli(tmp_path):
     from depthkit.cli import main
-    from depthkit.training import latest_state_dir
+    from depthkit.run_state import latest_state_dir
 
     path = write_lotus_yaml(tmp_path / "lotus.yaml")
     assert main(["train", str(path), "train.max_steps=3", f"output.output_dir={tmp_path / 'a'}"]) == 0
@@ -231,7 +231,7 @@ def test_lotus_resume_with_another_number_of_processes_is_refused(tmp_path, caps
     in 1: refused as the complete trainer refuses it (the stage-2 checkpoints recorded no process count, and a
     resume went on with another data order)."""
     from depthkit.cli import main
-    from depthkit.training import CHECKSUMS, _sha256, latest_state_dir
+    from depthkit.run_state import CHECKSUMS, _sha256, latest_state_dir
 
     path = write_lotus_yaml(tmp_path / "lotus.yaml")
     args = ["train", str(path), "train.max_steps=2", f"output.output_dir={tmp_path / 'a'}"]
@@ -447,9 +447,9 @@ def test_sharpen_trainer_runs_pass_one_with_the_ema_and_exports_it(tmp_path, mon
     handed the student or the export keeps the student's weights."""
     from safetensors.torch import load_file
 
+    from depthkit.run_state import latest_state_dir
     from depthkit.sharpen import train as train_sharpen
     from depthkit.sharpen.model import SharpDepth
-    from depthkit.training import latest_state_dir
 
     calls = []
     real = SharpDepth.compute_losses

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from depthkit.training import StepSampler, latest_state_dir, load_latest_state, lr_factor, save_state
+from depthkit.run_state import latest_state_dir, load_latest_state, save_state
+from depthkit.training import StepSampler, lr_factor
 
 
 def test_step_sampler_is_a_pure_function_of_step():
@@ -88,7 +89,8 @@ def test_mixed_dataset_draw_mode_and_epochs():
 
 
 def test_run_folder_guard_and_atomic_export(tmp_path):
-    from depthkit.training import atomic_export, prepare_run_dir, step_seed
+    from depthkit.run_state import atomic_export, prepare_run_dir
+    from depthkit.training import step_seed
 
     run = prepare_run_dir(tmp_path / "run", resume=False)
     save_state(run, 1, {"w": torch.zeros(1)})
@@ -150,14 +152,14 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resume_would_take(tmp_pa
     """A process killed while it writes a checkpoint (here: after state.pt and meta.json, before the checksums)
     leaves only a hidden partial folder: resume takes the previous checkpoint. Fails if the checkpoint is written in
     place, where the half-written step would be the newest and resume would refuse it."""
-    import depthkit.training as training
+    import depthkit.run_state as run_state
 
     _save_three(tmp_path)
 
     def killed(path):
         raise KeyboardInterrupt  # stands for SIGKILL: nothing after it runs, no cleanup
 
-    monkeypatch.setattr(training, "_sha256", killed)
+    monkeypatch.setattr(run_state, "_sha256", killed)
     with pytest.raises(KeyboardInterrupt):
         save_state(tmp_path, 4, {"w": torch.zeros(4)}, {"steps_total": 10}, keep_last=2)
     monkeypatch.undo()
@@ -168,7 +170,7 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resume_would_take(tmp_pa
 
 
 def test_run_start_removes_partial_folders_of_killed_saves_and_exports(tmp_path):
-    from depthkit.training import prepare_run_dir
+    from depthkit.run_state import prepare_run_dir
 
     _save_three(tmp_path)
     partial = tmp_path / "checkpoints" / ".tmp_step_0000004_999999"
@@ -198,8 +200,8 @@ def test_a_checkpoint_saved_again_at_its_step_is_swapped_in_and_a_killed_swap_is
     ``keep_last=1`` never leaves a run with no checkpoint."""
     import os
 
-    import depthkit.training as training
-    from depthkit.training import prepare_run_dir
+    import depthkit.run_state as run_state
+    from depthkit.run_state import prepare_run_dir
 
     save_state(tmp_path, 3, {"w": torch.full((2,), 1.0)}, keep_last=1)
     save_state(tmp_path, 3, {"w": torch.full((2,), 2.0)}, keep_last=1)
@@ -213,7 +215,7 @@ def test_a_checkpoint_saved_again_at_its_step_is_swapped_in_and_a_killed_swap_is
         moves.append((src, dst))
         os.rename(src, dst)
 
-    monkeypatch.setattr(training.os, "replace", killed_after_the_first_move)
+    monkeypatch.setattr(run_state.os, "replace", killed_after_the_first_move)
     with pytest.raises(KeyboardInterrupt):
         save_state(tmp_path, 3, {"w": torch.full((2,), 3.0)}, keep_last=1)
     monkeypatch.undo()
@@ -224,7 +226,7 @@ def test_a_checkpoint_saved_again_at_its_step_is_swapped_in_and_a_killed_swap_is
 
 
 def test_atomic_export_removes_what_a_killed_export_left(tmp_path):
-    from depthkit.training import atomic_export
+    from depthkit.run_state import atomic_export
 
     stale = tmp_path / ".complete.tmp-999999"  # no such process
     stale.mkdir()
@@ -252,7 +254,7 @@ def test_resume_refuses_flipped_bytes_and_edited_steps(tmp_path):
     with pytest.raises(ValueError, match="meta.json does not match"):
         load_latest_state(run)
     # the same edit with the checksums rewritten is still refused: the step must match the folder and max_steps
-    from depthkit.training import CHECKSUMS, _sha256
+    from depthkit.run_state import CHECKSUMS, _sha256
 
     sums = {n: _sha256(meta_path.parent / n) for n in ("state.pt", "meta.json")}
     (meta_path.parent / CHECKSUMS).write_text(json.dumps({"sha256": sums}))
@@ -293,7 +295,7 @@ def test_a_run_that_starts_at_step_0_drops_the_log_of_an_attempt_without_checkpo
     with nothing to resume) appended steps 1.. after them, so log.jsonl held two runs' step 1."""
     import json
 
-    from depthkit.training import prepare_run_dir
+    from depthkit.run_state import prepare_run_dir
 
     for resume in (False, True):
         run = tmp_path / f"resume_{resume}"

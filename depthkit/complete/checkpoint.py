@@ -18,7 +18,7 @@ Layout of ``<checkpoint>/complete/`` (everything needed to run offline)::
                                    constructor args in complete.json's "refiner")
 
 :func:`save_complete` writes into a temporary sibling folder and renames it into place
-(:func:`depthkit.training.atomic_export`), so a reader never sees a
+(:func:`depthkit.run_state.atomic_export`), so a reader never sees a
 half-written checkpoint. :func:`load_complete` treats the folder as untrusted input: safetensors only,
 ``trust_remote_code=False`` and no ``auto_map`` or escaping symlink (:func:`depthkit.checkpoints.check_tree`),
 paths named in ``complete.json`` resolved with :func:`depthkit.checkpoints.safe_join`, every size in the JSON files
@@ -171,7 +171,7 @@ def save_complete(directory, model, processor, settings: dict, residual_head: nn
     from safetensors.torch import save_file
 
     from depthkit.complete.processor import processor_geometry
-    from depthkit.training import atomic_export
+    from depthkit.run_state import atomic_export
 
     directory = Path(directory)
     settings = dict(settings)

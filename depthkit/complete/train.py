@@ -11,7 +11,7 @@ schedule and data order are restored; checked by the tests).
 Run folder (``output.output_dir``)::
 
     log.jsonl                          one JSON row per log / validation event (loss, lr, throughput, val MAE)
-    checkpoints/step_0000100/          resumable state (depthkit.training.save_state: atomic, newest ``keep_last``)
+    checkpoints/step_0000100/          resumable state (depthkit.run_state.save_state: atomic, newest ``keep_last``)
     final/depthkit.json, final/recipe.yaml, final/complete/     the exported checkpoint (SPEC section 5 layout)
 
 Scale-out is accelerate's: ``accelerate launch [--config_file recipes/accelerate/...] -m depthkit.cli train R``
@@ -193,7 +193,7 @@ def _export(run_dir: Path, recipe, sdim, processor, head) -> Path:
     from depthkit.checkpoints import write_manifest
     from depthkit.complete.checkpoint import save_complete
     from depthkit.config import recipe_to_yaml
-    from depthkit.training import atomic_export
+    from depthkit.run_state import atomic_export
 
     settings = {"prompt_prior": recipe.prompts.prompt_prior, "pixel_reference": recipe.prompts.pixel_reference,
                 "readout": recipe.prompts.readout, "mask_text": recipe.prompts.mask_text, "trained_with": "depthkit train (kind: complete)"}
@@ -303,7 +303,7 @@ def train_step(setup: TrainingSetup, batches: list[dict], max_grad_norm: float) 
 
 
 def _save(setup: TrainingSetup, run_dir: Path, done: int, keep_last: int) -> None:
-    from depthkit.training import save_state
+    from depthkit.run_state import save_state
 
     acc = setup.accelerator
     full = acc.get_state_dict(setup.model)
@@ -326,7 +326,7 @@ def _save(setup: TrainingSetup, run_dir: Path, done: int, keep_last: int) -> Non
 
 def _resume(setup: TrainingSetup, run_dir: Path) -> int:
     from depthkit.run_recipe import load_resumed_weights
-    from depthkit.training import load_latest_state
+    from depthkit.run_state import load_latest_state
 
     acc = setup.accelerator
     found = load_latest_state(run_dir, max_steps=setup.steps_total, world_size=acc.num_processes)
@@ -356,7 +356,8 @@ def _resume(setup: TrainingSetup, run_dir: Path) -> int:
 
 def train(recipe, resume: bool = False) -> Path:
     """Train as ``recipe`` (a :class:`depthkit.complete.recipe.CompleteRecipe`) says; returns ``<run>/final``."""
-    from depthkit.training import JsonlLogger, prepare_run_dir, step_seed
+    from depthkit.run_state import JsonlLogger, prepare_run_dir
+    from depthkit.training import step_seed
 
     tc = recipe.train
     run_dir = prepare_run_dir(recipe.output.output_dir, resume, recipe)

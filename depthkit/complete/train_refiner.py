@@ -8,7 +8,7 @@ answers correct, and the map it returns where it has no answer). Optimizer step 
 scenes from :class:`depthkit.training.StepSampler` and one random ``data.crop`` of each (flipped left-right with
 probability 1/2 when ``data.random_flip``), every draw seeded by ``(seed, k)``, so ``--resume`` continues exactly.
 The loss is :func:`depthkit.complete.refiner.refiner_log_l1` (L1 in log depth over valid GT pixels). AdamW with the
-recipe's warmup and schedule (or ``one_cycle``), optional gradient clipping; atomic resumable checkpoints (:func:`depthkit.training.save_state`).
+recipe's warmup and schedule (or ``one_cycle``), optional gradient clipping; atomic resumable checkpoints (:func:`depthkit.run_state.save_state`).
 
 Validation (every ``train.eval_every`` steps and at the end) on ``eval.num_scenes`` scenes of the synthetic ``val``
 split (never trained on) with ``eval.sparse_points`` random points: MAE (m) of the prior and of the refined map, and
@@ -247,17 +247,8 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
     from depthkit.complete.refiner import DenseRefiner, refiner_log_l1
     from depthkit.config import recipe_to_yaml
     from depthkit.run_recipe import load_resumed_weights
-    from depthkit.training import (
-        JsonlLogger,
-        StepSampler,
-        atomic_export,
-        build_scheduler,
-        load_latest_state,
-        prepare_run_dir,
-        save_state,
-        step_seed,
-        total_steps,
-    )
+    from depthkit.run_state import JsonlLogger, atomic_export, load_latest_state, prepare_run_dir, save_state
+    from depthkit.training import StepSampler, build_scheduler, step_seed, total_steps
 
     tc = recipe.train
     if tc.grad_accum != 1:

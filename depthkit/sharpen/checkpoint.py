@@ -34,10 +34,10 @@ def write_tiny(directory, seed: int = 0) -> dict:
 def write_sharpen_checkpoint(root, sharpdepth, options: dict | None = None, **extra) -> Path:
     """Save ``sharpdepth`` (a :class:`~depthkit.sharpen.model.SharpDepth`) as ``<root>/sharpen`` and add the stage
     to ``<root>/depthkit.json``, keeping the stages an existing manifest already lists (e.g. ``complete``). The part
-    is written beside and swapped in (:func:`depthkit.training.atomic_export`): a write that fails part way (a full
+    is written beside and swapped in (:func:`depthkit.run_state.atomic_export`): a write that fails part way (a full
     disk, an interrupt) leaves an existing ``sharpen/`` as it was."""
     from depthkit.checkpoints import CheckpointError, load_manifest, write_manifest
-    from depthkit.training import atomic_export
+    from depthkit.run_state import atomic_export
 
     root = Path(root)
     stages = {}

@@ -224,6 +224,7 @@ def train(recipe, resume: bool = False) -> Path:
 
     from depthkit.config import recipe_to_yaml
     from depthkit.run_recipe import load_resumed_weights
+    from depthkit.run_state import JsonlLogger, atomic_export, load_latest_state, save_state
     from depthkit.sharpen.model import EMA, SharpDepth
     from depthkit.sharpen.teachers import build_metric_source
     from depthkit.sharpen.train_common import (
@@ -232,17 +233,7 @@ def train(recipe, resume: bool = False) -> Path:
         images_to_tensor,
         maps_to_tensor,
     )
-    from depthkit.training import (
-        JsonlLogger,
-        StepSampler,
-        atomic_export,
-        build_scheduler,
-        load_latest_state,
-        save_state,
-        start_run,
-        step_generator,
-        total_steps,
-    )
+    from depthkit.training import StepSampler, build_scheduler, start_run, step_generator, total_steps
 
     tc = recipe.train
     run, accelerator = start_run(recipe, resume)

@@ -22,7 +22,7 @@ from random init became sharp only this way; with the diffusers default factor (
 ≈ 0.05 against unit noise. The factor is in the resumable checkpoints and in ``final/vae/config.json``.
 
 Accelerate runs it (bf16 autocast on CUDA, gradient accumulation, several processes with gradients averaged by
-hand); checkpoints are atomic (:func:`depthkit.training.save_state`) and ``--resume`` continues exactly (per-step seeds and data
+hand); checkpoints are atomic (:func:`depthkit.run_state.save_state`) and ``--resume`` continues exactly (per-step seeds and data
 order from :mod:`depthkit.training`). The result, ``<output_dir>/final/``, is a Lotus folder
 (:meth:`LotusModel.save_pretrained`): the ``model.lotus`` of a sharpen recipe.
 """
@@ -252,23 +252,14 @@ def train(recipe, resume: bool = False) -> Path:
 
     from depthkit.config import recipe_to_yaml
     from depthkit.run_recipe import load_resumed_weights
+    from depthkit.run_state import JsonlLogger, atomic_export, load_latest_state, save_state
     from depthkit.sharpen.train_common import (
         build_training_data,
         check_resolution,
         images_to_tensor,
         maps_to_tensor,
     )
-    from depthkit.training import (
-        JsonlLogger,
-        StepSampler,
-        atomic_export,
-        load_latest_state,
-        lr_factor,
-        save_state,
-        start_run,
-        step_generator,
-        total_steps,
-    )
+    from depthkit.training import StepSampler, lr_factor, start_run, step_generator, total_steps
 
     tc = recipe.train
     run, accelerator = start_run(recipe, resume)
