@@ -136,6 +136,8 @@ def main(argv=None) -> int:
         "name": args.name, **info, "seconds": time.perf_counter() - t0,
         "lotus": f"tiny Lotus-G (miniature.MINI_LOTUS) trained on {args.train_scenes} scenes' dense GT "
                  f"({args.lotus_vae_steps} VAE steps, then {args.lotus_unet_steps} UNet steps)",
+        "train_scenes": args.train_scenes, "lotus_vae_steps": args.lotus_vae_steps,
+        "lotus_unet_steps": args.lotus_unet_steps,
         "seeds": args.seeds, "test_scenes": args.test_scenes, "sharpen_steps": args.sharpen_steps,
         "input": {**{k: base[k] for k in ("mae_in", "mae_edge_in", "mae_flat_in", "dbe_in", "dbe_lotus")},
                   "untrained": {k: base[k] for k in COLUMNS}},

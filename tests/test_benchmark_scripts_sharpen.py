@@ -244,6 +244,21 @@ def test_sharpen_ablation_refuses_no_training_and_repeated_seeds_up_front(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sharpen_ablation_records_its_training_sizes_as_fields(tmp_path):
+    """A run's JSON keeps the training scenes and the Lotus's VAE / UNet steps as numbers (they were only inside the
+    text describing the Lotus), beside the SharpDepth steps, seeds and held-out scenes. A real, minimal run."""
+    argv = ["--seeds", "3", "--train-scenes", "5", "--test-scenes", "1", "--lotus-vae-steps", "2",
+            "--lotus-unet-steps", "1", "--sharpen-steps", "1", "--variants", "fixed Lotus as pass 1 (no EMA)",
+            "--out", str(tmp_path)]
+    assert sharpen_ablation.main(argv) == 0
+    report = json.loads((tmp_path / "sharpen_ablation.json").read_text())
+    got = {k: report.get(k) for k in ("train_scenes", "lotus_vae_steps", "lotus_unet_steps", "sharpen_steps",
+                                      "test_scenes", "seeds")}
+    assert got == {"train_scenes": 5, "lotus_vae_steps": 2, "lotus_unet_steps": 1, "sharpen_steps": 1,
+                   "test_scenes": 1, "seeds": [3]}
+    assert len(report["variants"]["fixed Lotus as pass 1 (no EMA)"]) == 1
+
+
 class _Stop(Exception):
     """Raised by a stub in place of a script's first real work, carrying what the script had decided by then."""
 
