@@ -166,14 +166,17 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
 
     * ``"matlab"`` (default, iBims-1): gradients are derivative-of-Gaussian filters and ``low``/``high`` are fractions
       of the image's largest gradient magnitude, as MATLAB's ``edge(I, 'canny', [low high], sigma)``.
-    * ``"skimage"`` (SharpDepth's evaluation): Gaussian smoothing then Sobel, and ``low``/``high`` are absolute
-      magnitudes of that Sobel response on the [0, 1]-normalised map, as ``skimage.feature.canny``.
+    * ``"skimage"`` (SharpDepth's evaluation): ``skimage.feature.canny`` with its defaults, step for step (Gaussian
+      smoothing renormalised at the border, Sobel, ``low``/``high`` absolute magnitudes of that response on the
+      [0, 1]-normalised map; see :func:`_canny_skimage`): on a map with every pixel valid the edges are scikit-image's
+      pixel for pixel (tests/test_metrics_skimage.py runs scikit-image itself). Both pixels of an exact tie stay, so
+      a symmetric step between columns c and c+1 gives a two-column edge (c and c+1).
 
-    Known differences from MATLAB: kernels are scipy's odd, centred Gaussians (truncated at 4 sigma) instead of
-    MATLAB's even-length ones, so edges may sit up to half a pixel apart; and where MATLAB keeps both pixels of an
-    exact tie in non-maximum suppression and then thins, a tie here goes to the pixel with the lower coordinate along
-    the dominant gradient axis. A step between columns c and c+1 thus gives edges exactly on column c, whichever
-    side is nearer and whether depth or disparity is given.
+    Known differences of ``"matlab"`` from MATLAB: kernels are scipy's odd, centred Gaussians (truncated at 4 sigma)
+    instead of MATLAB's even-length ones, so edges may sit up to half a pixel apart; and where MATLAB keeps both
+    pixels of an exact tie in non-maximum suppression and then thins, a tie here goes to the pixel with the lower
+    coordinate along the dominant gradient axis. A step between columns c and c+1 thus gives edges exactly on column
+    c, whichever side is nearer and whether depth or disparity is given.
     """
     if convention not in _CONVENTIONS:
         raise ValueError(f"convention must be one of {_CONVENTIONS}; received {convention!r}.")
@@ -209,28 +212,64 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
 
 
 def _canny(img: np.ndarray, sigma: float, low: float, high: float, convention: str) -> np.ndarray:
-    if convention == "matlab":
-        gx = ndimage.gaussian_filter(img, sigma, order=(0, 1), mode="nearest")
-        gy = ndimage.gaussian_filter(img, sigma, order=(1, 0), mode="nearest")
-    else:
-        smooth = ndimage.gaussian_filter(img, sigma, mode="nearest")
-        gx = ndimage.sobel(smooth, axis=1, mode="nearest")
-        gy = ndimage.sobel(smooth, axis=0, mode="nearest")
+    if convention == "skimage":
+        return _canny_skimage(img, sigma, low, high)
+    gx = ndimage.gaussian_filter(img, sigma, order=(0, 1), mode="nearest")
+    gy = ndimage.gaussian_filter(img, sigma, order=(1, 0), mode="nearest")
     mag = np.hypot(gx, gy)
     peak = float(mag.max())
     if peak <= 0:
         return np.zeros(img.shape, dtype=bool)
-    if convention == "matlab":
-        mag = mag / peak
+    mag = mag / peak
     # far above float64 noise of the filters, far below any real difference between neighbouring magnitudes
     tol = 1e-9 * float(mag.max())
     cand = _local_maxima(mag, gx, gy, tol) & (mag > low)
-    strong = cand & (mag > high)
+    return _hysteresis(cand, cand & (mag > high))
+
+
+def _hysteresis(cand: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """The candidate pixels 8-connected (through candidates) to a strong one."""
     labels, n = ndimage.label(cand, structure=np.ones((3, 3), dtype=bool))
     keep = np.zeros(n + 1, dtype=bool)
     keep[np.unique(labels[strong])] = True
     keep[0] = False
     return keep[labels]
+
+
+def _canny_skimage(img: np.ndarray, sigma: float, low: float, high: float) -> np.ndarray:
+    """``skimage.feature.canny(img, sigma, low, high)`` (no mask, its defaults) computed step for step, so that the
+    edge maps agree bit for bit: Gaussian smoothing with zero padding divided by the smoothed image of ones (plus
+    float64 epsilon), Sobel gradients (scipy's default reflecting border), magnitude sqrt(gy^2 + gx^2), non-maximum
+    suppression by linear interpolation between two neighbours (a pixel stays when neither interpolated neighbour
+    exceeds it, so both pixels of an exact tie stay), ``low`` compared after rounding to float32 (scikit-image passes
+    it to its compiled loop as a C float), ``high`` as given (``>=`` both), hysteresis with 8-connectivity, and the
+    outermost 1-px border never an edge. Checked against scikit-image 0.24-0.26 by tests/test_metrics_skimage.py."""
+    img = np.asarray(img, dtype=np.float64)
+    bleed = ndimage.gaussian_filter(np.ones_like(img), sigma, mode="constant", cval=0.0) + np.finfo(np.float64).eps
+    smooth = ndimage.gaussian_filter(img, sigma, mode="constant", cval=0.0) / bleed
+    gj = ndimage.sobel(smooth, axis=1)
+    gi = ndimage.sobel(smooth, axis=0)
+    mag = np.sqrt(gi * gi + gj * gj)
+    ai, aj = np.abs(gi), np.abs(gj)
+    same_sign = (gi > 0) == (gj > 0)  # zero counts as negative, as there
+    steep = np.where(same_sign, ai > aj, ai >= aj)  # the step is mainly along the rows (axis 0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 (no gradient): NaN, and NaN compares False
+        w = np.where(steep, aj / ai, ai / aj)
+    # neighbour 1 = the axis neighbour (+di0, +dj0) mixed with the diagonal one (+di1, +dj1); neighbour 2 mirrored
+    di0 = np.where(steep, np.where(same_sign, 1, -1), 0)
+    dj0 = np.where(steep, 0, 1)
+    di1 = np.where(same_sign, 1, -1)
+    dj1 = np.ones_like(di1)
+    padded = np.pad(mag, 1)
+    r = np.arange(mag.shape[0])[:, None] + 1
+    c = np.arange(mag.shape[1])[None, :] + 1
+    n1 = padded[r + di1, c + dj1] * w + padded[r + di0, c + dj0] * (1.0 - w)
+    n2 = padded[r - di1, c - dj1] * w + padded[r - di0, c - dj0] * (1.0 - w)
+    inner = np.zeros(mag.shape, dtype=bool)
+    inner[1:-1, 1:-1] = True
+    low32 = float(np.float32(low)) or float(np.float32(1e-14))  # its loop's stand-in for 0: "m >= 0" is everywhere
+    cand = inner & (mag >= low32) & (n1 <= mag) & (n2 <= mag)
+    return _hysteresis(cand, cand & (mag >= high))
 
 
 def _local_maxima(mag: np.ndarray, gx: np.ndarray, gy: np.ndarray, tol: float) -> np.ndarray:

@@ -245,9 +245,13 @@ def test_shifted_edge_gives_dbe_k(k):
     m = dbe_metrics(pred, gt)
     assert m["dbe_acc"] == pytest.approx(k)
     assert m["dbe_comp"] == pytest.approx(k)
+    # scikit-image's Canny (SharpDepth's) keeps both pixels of an exact tie: a symmetric step's edge is two columns
+    # wide (c - 1 and c), so a k-px shift leaves the two edge columns k - 1 and k from the nearest other one
+    step = depth_edges(step_map(col=30), low=0.1, high=0.2, convention="skimage")
+    assert step[1:-1, 29].all() and step[1:-1, 30].all() and step.sum() == 2 * 46
     s = sharpdepth_dbe(pred, gt)
-    assert s["dbe_acc"] == pytest.approx(k)
-    assert s["dbe_comp"] == pytest.approx(k)
+    assert s["dbe_acc"] == pytest.approx(max(k - 0.5, 0.0))
+    assert s["dbe_comp"] == pytest.approx(max(k - 0.5, 0.0))
 
 
 def test_dbe_truncation():
@@ -309,7 +313,18 @@ def test_sharpdepth_completeness_is_untruncated_and_directed():
     pred = step_map(col=22, near=1.0, far=2.0)  # only the first edge
     s = sharpdepth_dbe(pred, gt)
     assert s["dbe_acc"] == pytest.approx(0.0)
-    assert s["dbe_comp"] == pytest.approx(14.0)  # mean(0, 28): no truncation at 10
+    from scipy import ndimage
+
+    def edges(d):  # SharpDepth's: depth edges or disparity edges
+        return (depth_edges(d, low=0.1, high=0.2, convention="skimage")
+                | depth_edges(1 / d, low=0.1, high=0.2, convention="skimage"))
+
+    gt_e, pred_e = edges(gt), edges(pred)
+    far = gt_e[:, 40:].sum()  # the GT edge the prediction misses, 27-28 px from its edge pixels
+    assert far > 40 and not pred_e[:, 30:].any()
+    expected = ndimage.distance_transform_edt(~pred_e)[gt_e].mean()  # every GT edge pixel, none truncated at 10 px
+    assert s["dbe_comp"] == pytest.approx(expected)
+    assert 27 * far / gt_e.sum() <= s["dbe_comp"] <= 28 * far / gt_e.sum() + 1e-9
     m = dbe_metrics(pred, gt)
     assert m["dbe_comp"] == pytest.approx(10 / 3)  # iBims: (n*0 + n*0 + n*min(28, 10)) / 3n
 
@@ -318,7 +333,7 @@ def test_sharpdepth_alignment():
     gt = step_map(col=30, near=2.0, far=6.0)
     pred = 0.1 * step_map(col=32, near=2.0, far=6.0) + 0.3  # wrong scale and shift, edge 2 px off
     for align in (None, "depth", "disparity"):
-        assert sharpdepth_dbe(pred, gt, align=align)["dbe_acc"] == pytest.approx(2.0)
+        assert sharpdepth_dbe(pred, gt, align=align)["dbe_acc"] == pytest.approx(1.5)  # two-wide edges (above)
     with pytest.raises(ValueError, match="align"):
         sharpdepth_dbe(pred, gt, align="median")
 

@@ -1,0 +1,114 @@
+"""SharpDepth's edge and DBE conventions checked against scikit-image itself, the library its evaluation code calls.
+
+``depth_edges(convention="skimage")`` re-implements ``skimage.feature.canny`` (depthkit does not depend on
+scikit-image at run time); here both run on the same maps and must agree pixel for pixel, and ``sharpdepth_dbe`` is
+recomputed from scikit-image's edges and scipy's distance transform, written out from its definition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import feature
+
+from depthkit.data.synthetic import render_scene
+from depthkit.metrics import depth_edges, sharpdepth_dbe
+
+
+def _normalised(d: np.ndarray) -> np.ndarray:
+    return (d - d.min()) / (d.max() - d.min())
+
+
+def _maps():
+    """Depth maps with every pixel valid: rendered rooms at two sizes (planes, boxes, spheres; slopes steep enough
+    at 96x128 that near-ties of the gradient magnitude on planes decide edges) and smoothed noise (every gradient
+    direction), each also as disparity."""
+    for seed, size in ((30000000, (96, 128)), (30000018, (96, 128)), (30000036, (96, 128)), (20000001, (120, 160))):
+        d = render_scene(seed, *size, kind="indoor").depth.astype(np.float64)
+        yield f"room {seed} {size}", d
+        yield f"room {seed} {size} disparity", 1.0 / d
+    noise = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(64, 80)), 2.0)
+    yield "smoothed noise", noise - noise.min() + 1.0
+
+
+@pytest.mark.parametrize("sigma,low,high", [(math.sqrt(2), 0.1, 0.2), (math.sqrt(2), 0.15, 0.3), (1.0, 0.05, 0.1)])
+def test_skimage_convention_is_scikit_images_canny(sigma, low, high):
+    n_edges = 0
+    for name, d in _maps():
+        ours = depth_edges(d, low=low, high=high, sigma=sigma, convention="skimage")
+        theirs = feature.canny(_normalised(d), sigma=sigma, low_threshold=low, high_threshold=high)
+        differ = np.argwhere(ours != theirs)
+        assert len(differ) == 0, f"{name}: {len(differ)} pixels differ, e.g. {differ[:5].tolist()}"
+        n_edges += int(theirs.sum())
+    assert n_edges > 2000  # the maps have edges to compare
+
+
+def _sharpdepth_dbe_by_hand(pred: np.ndarray, gt: np.ndarray, tau: float = 10.0) -> tuple[float, float]:
+    """SharpDepth's DBE from its definition: edges = Canny (scikit-image, sigma sqrt(2), 0.1 / 0.2) of the min-max
+    normalised depth or of the min-max normalised disparity; accuracy = mean distance from the predicted edge pixels
+    closer than tau to a GT edge to the nearest GT edge (tau when there is none); completeness = mean distance from
+    every GT edge pixel to the nearest predicted edge, untruncated."""
+    def edges(d):
+        return (feature.canny(_normalised(d), sigma=math.sqrt(2), low_threshold=0.1, high_threshold=0.2)
+                | feature.canny(_normalised(1.0 / d), sigma=math.sqrt(2), low_threshold=0.1, high_threshold=0.2))
+
+    pe, ge = edges(pred), edges(gt)
+    to_gt = ndimage.distance_transform_edt(~ge)
+    near = pe & (to_gt < tau)
+    acc = float(to_gt[near].mean()) if near.any() else tau
+    comp = float(ndimage.distance_transform_edt(~pe)[ge].mean()) if near.any() else tau
+    return acc, comp
+
+
+def test_sharpdepth_dbe_equals_its_definition_on_scikit_images_edges():
+    checked = []
+    for seed in (20000001, 20000003, 20000005):
+        gt = render_scene(seed, 120, 160, kind="indoor").depth.astype(np.float64)
+        for pred in (ndimage.gaussian_filter(gt, 2.0),                      # blurred: edges move and vanish
+                     np.roll(gt, 3, axis=1) * 1.1,                          # shifted 3 px, scaled
+                     gt + 0.05 * np.random.default_rng(seed).random(gt.shape)):  # noisy: spurious edges
+            acc, comp = _sharpdepth_dbe_by_hand(pred, gt)
+            got = sharpdepth_dbe(pred, gt)
+            assert got["dbe_acc"] == pytest.approx(acc, rel=1e-12, abs=1e-12)
+            assert got["dbe_comp"] == pytest.approx(comp, rel=1e-12, abs=1e-12)
+            checked.append(acc)
+    assert len(set(np.round(checked, 6))) > 5 and max(checked) > 0.5  # not all equal, not all zero
+
+
+def _transition(edges_at, a: float, b: float) -> tuple[float, float]:
+    """Adjacent float64 thresholds (a', b') in [a, b] at which ``edges_at`` (threshold -> edge map) changes."""
+    ea, eb = edges_at(a), edges_at(b)
+    assert (ea != eb).any()
+    while np.nextafter(a, b) != b:
+        mid = a + (b - a) / 2
+        if mid in (a, b):
+            mid = float(np.nextafter(a, b))
+        if (edges_at(mid) != ea).any():
+            b = mid
+        else:
+            a = mid
+    return a, b
+
+
+@pytest.mark.parametrize("which", ["low", "high"])
+def test_thresholds_decide_exactly_where_scikit_images_do(which):
+    """At the exact thresholds where scikit-image's output changes (found by bisection over float64 values) ours
+    changes too: ``high`` is compared with ``>=``, and ``low`` after rounding to float32, as scikit-image's compiled
+    loop takes it."""
+    d = next(m for name, m in _maps() if name == "smoothed noise")
+    img = _normalised(d)
+    brackets = [(0.15, 0.25), (0.25, 0.35), (0.4, 0.5)] if which == "low" else [(0.1, 0.2), (0.2, 0.3), (0.3, 0.5)]
+    for a, b in brackets:
+        def theirs(t):
+            low, high = (t, 0.6) if which == "low" else (0.01, t)
+            return feature.canny(img, sigma=1.0, low_threshold=low, high_threshold=high)
+
+        def ours(t):
+            low, high = (t, 0.6) if which == "low" else (0.01, t)
+            return depth_edges(d, low=low, high=high, sigma=1.0, convention="skimage")
+
+        for t in _transition(theirs, a, b):
+            np.testing.assert_array_equal(ours(t), theirs(t), err_msg=f"{which} threshold {t!r}")
