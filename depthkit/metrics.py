@@ -325,13 +325,25 @@ def _mean_over_images(pairs) -> dict[str, float]:
         return {"dbe_acc": float(np.nanmean(acc)), "dbe_comp": float(np.nanmean(comp))}
 
 
-def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0) -> dict[str, float]:
+def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
+                canny: str = "matlab") -> dict[str, float]:
     """iBims-1 depth-boundary error of ``pred`` (metres, HxW or NxHxW) in pixels: ``{"dbe_acc", "dbe_comp"}``.
 
-    Predicted edges are :func:`depth_edges` of ``pred`` (Canny sigma = sqrt(2), 0.15/0.3 relative, on the min-max
+    Predicted edges are :func:`depth_edges` of ``pred`` (Canny sigma = sqrt(2), thresholds 0.15/0.3, on the min-max
     normalised map); GT edges are ``gt_edges`` when given (e.g. iBims-1's annotated edges, HxW / NxHxW bool) or else
-    :func:`depth_edges` of ``gt``. Only pixels in ``valid & (gt > 0) & isfinite(gt)`` take part: edges elsewhere are
-    dropped from both sets. With tau = ``max_dist`` (10 px), following the official iBims-1 evaluation code:
+    :func:`depth_edges` of ``gt``. ``canny`` chooses how the thresholds are read, where iBims-1's paper and its public
+    evaluation script differ:
+
+    * ``"matlab"`` (default; the paper): fractions of the strongest gradient, as MATLAB's
+      ``edge(I, 'canny', [0.15 0.3], sqrt(2))``, with which the paper's DBE figures were made.
+    * ``"skimage"`` (the public Python script, v0.9, whose header warns that its Canny differs from the MATLAB one
+      and its DBE does not match the paper): ``skimage.feature.canny(I, sigma=sqrt(2), low_threshold=0.15,
+      high_threshold=0.3)``, absolute magnitudes on the normalised map -- the numbers papers that run that script
+      publish. The script normalises in float32 and turns zeros into NaN (no edge within the smoothing radius of a
+      hole); here the map is normalised in float64 and holes take their nearest valid value, as for ``"matlab"``.
+
+    Only pixels in ``valid & (gt > 0) & isfinite(gt)`` take part: edges elsewhere are dropped from both sets. With
+    tau = ``max_dist`` (10 px), following the official iBims-1 evaluation code:
 
     * ``dbe_acc`` -- mean distance from each predicted edge pixel that lies closer than tau to a GT edge to the
       nearest GT edge pixel (predicted edges farther away are ignored).
@@ -346,6 +358,9 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0) -> 
     """
     if not max_dist > 0:
         raise ValueError(f"max_dist must be > 0 pixels; received {max_dist}.")
+    if canny not in _CONVENTIONS:
+        raise ValueError(f"canny must be one of {_CONVENTIONS} ('matlab': the iBims-1 paper's edges, 'skimage': its "
+                         f"public Python script's); received {canny!r}.")
     p, g, v, was_2d = _as_batch(pred, gt, valid)
     region = _gt_mask(g, v)
     ge = None
@@ -357,8 +372,8 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0) -> 
         ge = ge[None] if was_2d else ge
     pairs = []
     for i in range(len(g)):
-        pred_e = depth_edges(p[i]) & region[i]
-        gt_e = (ge[i] if ge is not None else depth_edges(g[i], valid=region[i])) & region[i]
+        pred_e = depth_edges(p[i], convention=canny) & region[i]
+        gt_e = (ge[i] if ge is not None else depth_edges(g[i], valid=region[i], convention=canny)) & region[i]
         pairs.append(_dbe_image(pred_e, gt_e, max_dist, "ibims"))
     return _mean_over_images(pairs)
 

@@ -112,3 +112,37 @@ def test_thresholds_decide_exactly_where_scikit_images_do(which):
 
         for t in _transition(theirs, a, b):
             np.testing.assert_array_equal(ours(t), theirs(t), err_msg=f"{which} threshold {t!r}")
+
+
+def _ibims_script_dbe(pred: np.ndarray, gt_edges: np.ndarray, tau: float = 10.0) -> tuple[float, float]:
+    """iBims-1's public evaluation script's DBE, from its definition: predicted edges = scikit-image Canny (sigma
+    sqrt(2), absolute 0.15 / 0.3) of the min-max normalised prediction; accuracy = mean distance to the nearest GT
+    edge over the predicted edges closer than tau; completeness = (sum over predicted edges of min(distance to GT
+    edges, tau) + sum over GT edges of min(distance to predicted edges, tau)) / (both counts)."""
+    pe = feature.canny(_normalised(pred), sigma=math.sqrt(2), low_threshold=0.15, high_threshold=0.3)
+    to_gt = ndimage.distance_transform_edt(~gt_edges)
+    near = pe & (to_gt < tau)
+    if not near.any():
+        return tau, tau
+    to_pred = ndimage.distance_transform_edt(~pe)
+    total = np.minimum(to_gt[pe], tau).sum() + np.minimum(to_pred[gt_edges], tau).sum()
+    return float(to_gt[near].mean()), float(total / (pe.sum() + gt_edges.sum()))
+
+
+def test_dbe_canny_switch_follows_ibims_public_script():
+    from depthkit.metrics import dbe_metrics
+
+    differs = 0
+    for seed in (20000001, 20000003, 20000005):
+        gt = render_scene(seed, 120, 160, kind="indoor").depth.astype(np.float64)
+        annotated = feature.canny(_normalised(gt), sigma=math.sqrt(2), low_threshold=0.15, high_threshold=0.3)
+        for pred in (ndimage.gaussian_filter(gt, 1.5), np.roll(gt, 2, axis=0) * 0.9):
+            acc, comp = _ibims_script_dbe(pred, annotated)
+            got = dbe_metrics(pred, gt, gt_edges=annotated, canny="skimage")
+            assert got["dbe_acc"] == pytest.approx(acc, rel=1e-12, abs=1e-12)
+            assert got["dbe_comp"] == pytest.approx(comp, rel=1e-12, abs=1e-12)
+            assert dbe_metrics(pred, gt, canny="skimage") == got  # without annotations: the same Canny of the GT
+            differs += dbe_metrics(pred, gt, gt_edges=annotated) != got  # the paper's edges are another set
+    assert differs == 6
+    with pytest.raises(ValueError, match="canny must be one of"):
+        dbe_metrics(gt, gt, canny="opencv")
