@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
     ev.add_argument("--out", type=Path, required=True, help="metrics JSON path (a .md table is written beside it)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    ev.add_argument("--dbe-canny", choices=("matlab", "skimage"), default="matlab",
+                    help="the DBE's edges: matlab (default) = the iBims-1 paper's (MATLAB's Canny, thresholds relative "
+                         "to the strongest gradient); skimage = iBims-1's public Python script's (scikit-image's "
+                         "Canny, absolute thresholds), the figures papers that run that script publish")
     ev.add_argument("--overwrite", action="store_true",
                     help="discard results already at --out (a rerun otherwise resumes, and refuses when it differs)")
     _add_noise_args(ev)
@@ -358,7 +362,7 @@ def _cmd_eval(args, parser) -> int:
     }
     label = args.method or (f"checkpoint {args.checkpoint}" if args.checkpoint else repr(pipe))
     summary = evaluate(pipe, dataset, protocol, args.out, limit=args.limit, label=label, fingerprint=fingerprint,
-                       overwrite=args.overwrite, progress=not args.quiet)
+                       overwrite=args.overwrite, progress=not args.quiet, dbe_canny=args.dbe_canny)
     if summary is not None and not args.quiet:
         print(markdown_table({label: summary["mean"]}), end="")
         print(f"depthkit eval: {summary['n_images']} images; wrote {args.out} and {args.out.with_suffix('.md')}")

@@ -46,17 +46,18 @@ METRIC_KEYS = ("mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "delta1"
 TABLE_KEYS = ("mae", "rmse", "abs_rel", "delta1", "dbe_acc", "dbe_comp", "preservation")
 
 
-def score_image(pred: np.ndarray, item: dict, valid: np.ndarray, confidence: np.ndarray | None = None
-                ) -> dict[str, float]:
+def score_image(pred: np.ndarray, item: dict, valid: np.ndarray, confidence: np.ndarray | None = None,
+                dbe_canny: str = "matlab") -> dict[str, float]:
     """All metrics for one prediction (HxW metres) against ``item["depth"]`` over ``valid``; with the pipeline's
-    ``confidence`` map also ``confidence_auroc`` (:func:`depthkit.metrics.confidence_auroc`)."""
+    ``confidence`` map also ``confidence_auroc`` (:func:`depthkit.metrics.confidence_auroc`). ``dbe_canny``: the
+    edges of the DBE, :func:`depthkit.metrics.dbe_metrics`'s ``canny``."""
     from depthkit.metrics import confidence_auroc, dbe_metrics, depth_metrics, preservation_error
 
     gt = item["depth"]
     scores = depth_metrics(pred, gt, valid=valid)
     edges = item.get("edges")
     try:
-        scores.update(dbe_metrics(pred, gt, gt_edges=edges, valid=valid))
+        scores.update(dbe_metrics(pred, gt, gt_edges=edges, valid=valid, canny=dbe_canny))
     except ValueError:  # no GT edge in view (e.g. a flat wall): DBE is undefined for this image
         scores.update(dbe_acc=float("nan"), dbe_comp=float("nan"))
     scores["preservation"] = preservation_error(pred, item["sparse"])
@@ -199,11 +200,14 @@ def check_metrics_out(out) -> Path:
 
 
 def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progress: bool = True,
-             label: str | None = None, fingerprint: dict | None = None, overwrite: bool = False) -> dict | None:
+             label: str | None = None, fingerprint: dict | None = None, overwrite: bool = False,
+             dbe_canny: str = "matlab") -> dict | None:
     """Evaluate ``pipeline`` on ``dataset`` under ``protocol``; returns the summary (None on ranks > 0).
 
     ``fingerprint`` describes everything that determines the results (see the module docstring); without one,
-    ``{"pipeline": label or repr(pipeline)}`` is used. Raises :class:`FingerprintMismatch` when ``out`` holds
+    ``{"pipeline": label or repr(pipeline)}`` is used. ``dbe_canny`` chooses the DBE's edges
+    (:func:`depthkit.metrics.dbe_metrics`: ``"matlab"``, the iBims-1 paper's, or ``"skimage"``, its public script's);
+    any but the default joins the fingerprint, so results of the two are never mixed. Raises :class:`FingerprintMismatch` when ``out`` holds
     results made under another fingerprint, unless ``overwrite``. The returned summary keeps NaN / inf as floats;
     the JSON file holds them as ``null``.
     """
@@ -218,7 +222,13 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         _discard_previous(out, parts, rank, world)
         barrier()
     parts.mkdir(parents=True, exist_ok=True)
+    from depthkit.metrics import DBE_CANNY
+
+    if dbe_canny not in DBE_CANNY:
+        raise ValueError(f"dbe_canny must be one of {DBE_CANNY}; received {dbe_canny!r}.")
     fingerprint = dict(fingerprint or {"pipeline": label or repr(pipeline)})
+    if dbe_canny != DBE_CANNY[0]:  # the default is left out: results written before the switch existed still resume
+        fingerprint["dbe_canny"] = dbe_canny
     fp_hash = fingerprint_hash(fingerprint)
     _check_previous(out, parts, fingerprint, fp_hash)
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -247,7 +257,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
             try:  # a ValueError here is the input's own fault: NaN sparse, sizes, no GT pixel left to score...
                 res = pipeline(item["image"], item["sparse"])
                 valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
-                metrics = score_image(res.depth, item, valid, res.confidence)
+                metrics = score_image(res.depth, item, valid, res.confidence, dbe_canny=dbe_canny)
             except ValueError as exc:
                 failed.append({"index": i, "name": item.get("name"), "error": str(exc)})
                 continue

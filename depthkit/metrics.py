@@ -26,6 +26,7 @@ __all__ = [
     "depth_metrics",
     "depth_edges",
     "dbe_metrics",
+    "DBE_CANNY",
     "sharpdepth_dbe",
     "preservation_error",
 ]
@@ -35,6 +36,8 @@ DEPTH_METRIC_KEYS = (
 )
 
 _CONVENTIONS = ("matlab", "skimage")
+DBE_CANNY = _CONVENTIONS
+"""The edges :func:`dbe_metrics` can find (its ``canny``; ``depthkit eval --dbe-canny``), the default first."""
 
 
 # ----------------------------------------------------------------------------------------------------------- inputs

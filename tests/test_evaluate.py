@@ -344,3 +344,38 @@ def test_eval_refuses_to_resume_when_the_datasets_images_moved(tmp_path):
     evaluate(pipe, first, protocol, tmp_path / "m2.json", progress=False, label="nearest")
     longer = SyntheticDataset(split="test", length=3, height=24, width=32, seed_offset=1)
     assert evaluate(pipe, longer, protocol, tmp_path / "m2.json", progress=False, label="nearest")["n_images"] == 3
+
+
+def test_eval_dbe_canny_scores_the_scripts_edges_and_never_mixes_them(tmp_path, capsys):
+    """--dbe-canny skimage scores every image's DBE with iBims-1's public-script edges (recomputed here from the
+    same prediction with dbe_metrics(canny="skimage")); the other metrics are unchanged; resuming under the other
+    choice is refused, naming it."""
+    from depthkit import Pipeline
+    from depthkit.cli import build_parser
+    from depthkit.data.datasets import build_dataset
+    from depthkit.data.protocols import apply_protocol
+    from depthkit.metrics import DBE_CANNY, dbe_metrics
+
+    ev = next(a for a in build_parser()._subparsers._group_actions[0].choices["eval"]._actions
+              if a.dest == "dbe_canny")
+    assert tuple(ev.choices) == DBE_CANNY and ev.default == DBE_CANNY[0]
+    base = ["eval", "--dataset", "synthetic", "--method", "guided", "--limit", "2"]
+    paper, script = tmp_path / "paper.json", tmp_path / "script.json"
+    assert main(base + ["--out", str(paper)]) == 0
+    assert main(base + ["--out", str(script), "--dbe-canny", "skimage"]) == 0
+    a, b = json.loads(paper.read_text()), json.loads(script.read_text())
+    assert b["fingerprint"]["dbe_canny"] == "skimage" and "dbe_canny" not in a["fingerprint"]
+    dataset, pipe = build_dataset("synthetic", None), Pipeline(method="guided")
+    for ra, rb in zip(a["per_image"], b["per_image"]):
+        item = dataset[rb["index"]]
+        pred = pipe(item["image"], item["sparse"]).depth
+        valid = apply_protocol(pred, item["depth"], item["valid"], dataset.protocol)
+        expected = dbe_metrics(pred, item["depth"], gt_edges=item.get("edges"), valid=valid, canny="skimage")
+        assert rb["metrics"]["dbe_acc"] == expected["dbe_acc"] and rb["metrics"]["dbe_comp"] == expected["dbe_comp"]
+        assert ra["metrics"]["dbe_acc"] != rb["metrics"]["dbe_acc"]
+        assert ra["metrics"]["mae"] == rb["metrics"]["mae"]
+    capsys.readouterr()
+    assert main(base + ["--out", str(script)]) == 2  # the default now, the script's edges there
+    assert "dbe_canny" in capsys.readouterr().err
+    assert main(base + ["--out", str(paper), "--dbe-canny", "skimage"]) == 2
+    assert "dbe_canny" in capsys.readouterr().err
