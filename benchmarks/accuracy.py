@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmarks/results/accuracy.md is not replaced)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep per-method evaluation files here; a rerun with the same folder resumes")
+    p.add_argument("--dbe-canny", choices=("matlab", "skimage"), default="matlab",
+                   help="the DBE's edges, as `depthkit eval --dbe-canny`: matlab (default) = the iBims-1 paper's, "
+                        "skimage = its public Python script's")
     p.add_argument("--device", default="cpu", help="device for checkpoints: cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--dtype", default="float32", help="dtype for checkpoints (default: float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -366,7 +369,7 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
         try:
             summary = evaluate(pipe, dataset, protocol, folder / f"{_slug(entry['label'])}.json", limit=n,
                                progress=not args.quiet, label=f"{spec['name']} {entry['label']}",
-                               fingerprint=fingerprint)
+                               fingerprint=fingerprint, dbe_canny=args.dbe_canny)
         except FingerprintMismatch as exc:  # its advice names depthkit eval's options, which this script lacks
             raise ValueError(f"--work-dir {work}: the row {entry['label']!r} on {spec['name']} "
                              f"{dataset.split}: {str(exc).split(' Pass another --out')[0]} Give a fresh --work-dir, "
@@ -432,6 +435,11 @@ def pattern_summary_markdown(sections: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DBE_EDGES = {"matlab": "", "skimage": "; edges found as iBims-1's public Python script finds them (scikit-image's Canny, "
+             "absolute thresholds 0.15 / 0.3: `--dbe-canny skimage`), not as its paper (and depthkit's other reports)"}
+"""What the report says of its DBE edges, by ``--dbe-canny`` (the default's reports keep their sentence)."""
+
+
 def report_markdown(report: dict) -> str:
     """The whole markdown report (``<name>.md``)."""
     mach = report["machine"]
@@ -447,9 +455,9 @@ def report_markdown(report: dict) -> str:
         "MAE and RMSE are in metres; AbsRel = mean |pred - gt| / gt; δ1 = fraction of pixels with "
         "max(pred/gt, gt/pred) < 1.25 (higher is better). DBE-acc / DBE-comp are the iBims-1 depth-boundary errors in "
         "pixels (lower is better; edges from the GT depth unless the dataset annotates them; images without a GT "
-        "edge are skipped). Preservation is max |pred - sparse| over the measured pixels in metres and must be 0. "
-        "s / image is the mean pipeline time per image (data loading and scoring excluded); the machine may have "
-        "been shared, so treat timings as rough.",
+        "edge are skipped)" + DBE_EDGES[report.get("dbe_canny", "matlab")] + ". Preservation is max |pred - sparse| "
+        "over the measured pixels in metres and must be 0. s / image is the mean pipeline time per image (data "
+        "loading and scoring excluded); the machine may have been shared, so treat timings as rough.",
         "",
     ]
     if any(ds.get("pattern") for ds in report["datasets"]):
@@ -484,7 +492,7 @@ def section_key(section: dict) -> tuple:
 MERGE_OWN_KEYS = (*RUN_KEYS, "datasets", "merged_from", "merged_by")
 """The keys of a report that are not its run's parameters: every other top-level key (``benchmark``, ``limit``,
 ``clutter``, ``dtype``, ...) must be equal in the reports ``--merge`` joins."""
-MERGE_DEFAULTS = {"clutter": 0, "dtype": "float32"}
+MERGE_DEFAULTS = {"clutter": 0, "dtype": "float32", "dbe_canny": "matlab"}
 """Run parameters a report written before they were recorded lacks, with the value its run had (the options'
 defaults then), so such a report still merges with a new one made the same way."""
 ROW_SETTINGS = ("kind", "checkpoint", "stages", "options")
@@ -604,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(s is None for s in sections):  # a non-zero rank of `accelerate launch`: rank 0 writes the report
         return 0
     report = {"benchmark": "accuracy", **run_info(argv, __file__, args.device), "limit": args.limit,
-              "clutter": args.clutter, "dtype": args.dtype,
+              "clutter": args.clutter, "dtype": args.dtype, "dbe_canny": args.dbe_canny,
               "datasets": sections}
     json_path, md_path = write_report(report, args.out, args.name)
     print(report_markdown(report))
