@@ -654,3 +654,32 @@ def test_real_frame_reports_whether_the_measured_values_survive(tmp_path, monkey
     md = (out / "real_frame_motorcycle.md").read_text()
     assert "| DBE-acc (px) | preservation |" in md and "| random100 | nearest |" in md
     assert re.search(r"\| random100 \| shifted \| .* \| 0\.25 \|", md)
+
+
+def test_dbe_canny_run_scores_the_scripts_edges_says_so_and_never_merges_with_the_papers(tmp_path, capsys):
+    """--dbe-canny skimage: each row's DBE is depthkit eval's with the same choice (other metrics equal to the
+    default run's), the report records and says it, and --merge refuses to join it with a default run (a report
+    written before the switch counts as the default)."""
+    common = ["--limit", "2", "--methods", "nearest", "--quiet"]
+    assert accuracy.main([*common, "--out", str(tmp_path / "paper")]) == 0
+    assert accuracy.main([*common, "--out", str(tmp_path / "script"), "--dbe-canny", "skimage"]) == 0
+    paper, script = (json.loads((tmp_path / d / "accuracy.json").read_text()) for d in ("paper", "script"))
+    assert paper["dbe_canny"] == "matlab" and script["dbe_canny"] == "skimage"
+    ev = tmp_path / "eval.json"
+    assert cli_main(["eval", "--dataset", "synthetic", "--method", "nearest", "--limit", "2", "--out", str(ev),
+                     "--dbe-canny", "skimage", "--quiet"]) == 0
+    expected = json.loads(ev.read_text())["mean"]
+    p, s = (r["datasets"][0]["methods"][0]["mean"] for r in (paper, script))
+    assert s["dbe_acc"] == expected["dbe_acc"] != p["dbe_acc"] and s["mae"] == p["mae"]
+    assert "scikit-image's Canny" in (tmp_path / "script" / "accuracy.md").read_text()
+    assert "scikit-image" not in (tmp_path / "paper" / "accuracy.md").read_text()
+    old = json.loads((tmp_path / "paper" / "accuracy.json").read_text())
+    del old["dbe_canny"]  # as reports written before the switch are
+    old["datasets"][0]["pattern"] = "other"  # another section, so only the DBE edges differ
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    files = [str(tmp_path / "old.json"), str(tmp_path / "script" / "accuracy.json")]
+    assert accuracy.run_main(accuracy.main, ["--merge", *files, "--out", str(tmp_path / "m")]) == 2
+    assert "'dbe_canny'" in capsys.readouterr().err
+    assert accuracy.main(["--merge", str(tmp_path / "old.json"), str(tmp_path / "paper" / "accuracy.json"),
+                          "--out", str(tmp_path / "m")]) == 0
