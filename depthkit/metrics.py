@@ -406,8 +406,12 @@ def sharpdepth_dbe(pred, gt, valid=None, max_dist: float = 10.0, low: float = 0.
 
     SharpDepth scores its metric predictions as they are; ``align`` optionally first fits scale and shift to ``gt``
     over the valid pixels by least squares, in ``"depth"`` or in ``"disparity"`` (1/pred against 1/gt) space -- its
-    evaluation script offers the same for affine-invariant models such as Lotus. Unlike that code, pixels outside
-    ``valid & (gt > 0) & isfinite(gt)`` are excluded (the code ignores the mask, where GT holes become edges).
+    evaluation script offers the same for affine-invariant models such as Lotus. Two differences from that code, both
+    nil on maps with every pixel valid: it finds the GT's edges on the whole map (min-max over all pixels, holes as
+    0) and masks them afterwards, so the rim of a GT hole is an edge, while here the GT is normalised over its valid
+    pixels and its holes take their nearest valid value (``valid & (gt > 0) & isfinite(gt)`` masks both edge sets);
+    and it hands scikit-image float32 maps, which it smooths in float32, while here all is float64 (on 40 rendered
+    240x320 maps, depth and disparity, 10 of 35,422 edge pixels differ between the two precisions).
     """
     if align not in (None, "depth", "disparity"):
         raise ValueError(f"align must be None, 'depth' or 'disparity'; received {align!r}.")
