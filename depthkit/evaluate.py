@@ -51,8 +51,10 @@ def score_image(pred: np.ndarray, item: dict, valid: np.ndarray, confidence: np.
     """All metrics for one prediction (HxW metres) against ``item["depth"]`` over ``valid``; with the pipeline's
     ``confidence`` map also ``confidence_auroc`` (:func:`depthkit.metrics.confidence_auroc`). ``dbe_canny``: the
     edges of the DBE, :func:`depthkit.metrics.dbe_metrics`'s ``canny``."""
-    from depthkit.metrics import confidence_auroc, dbe_metrics, depth_metrics, preservation_error
+    from depthkit.metrics import DBE_CANNY, confidence_auroc, dbe_metrics, depth_metrics, preservation_error
 
+    if dbe_canny not in DBE_CANNY:  # said here, not taken below for an image without a GT edge
+        raise ValueError(f"dbe_canny must be one of {DBE_CANNY}; received {dbe_canny!r}.")
     gt = item["depth"]
     scores = depth_metrics(pred, gt, valid=valid)
     edges = item.get("edges")
@@ -214,7 +216,10 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     from tqdm import tqdm
 
     from depthkit.data.protocols import apply_protocol
+    from depthkit.metrics import DBE_CANNY
 
+    if dbe_canny not in DBE_CANNY:  # before anything at ``out`` is discarded or made
+        raise ValueError(f"dbe_canny must be one of {DBE_CANNY}; received {dbe_canny!r}.")
     out = check_metrics_out(out)
     parts = out.with_name(out.name + ".parts")
     rank, world, barrier = _dist()
@@ -222,10 +227,6 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         _discard_previous(out, parts, rank, world)
         barrier()
     parts.mkdir(parents=True, exist_ok=True)
-    from depthkit.metrics import DBE_CANNY
-
-    if dbe_canny not in DBE_CANNY:
-        raise ValueError(f"dbe_canny must be one of {DBE_CANNY}; received {dbe_canny!r}.")
     fingerprint = dict(fingerprint or {"pipeline": label or repr(pipeline)})
     if dbe_canny != DBE_CANNY[0]:  # the default is left out: results written before the switch existed still resume
         fingerprint["dbe_canny"] = dbe_canny
@@ -296,8 +297,10 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(strict_json(summary), indent=1, allow_nan=False))
     os.replace(tmp, out)
+    edges = ("" if dbe_canny == DBE_CANNY[0] else
+             f"DBE edges: {dbe_canny} (iBims-1's public script's Canny, not the paper's).\n\n")
     out.with_suffix(".md").write_text(
-        f"# {summary['dataset']}: {n} images\n\n" + markdown_table({summary["pipeline"]: summary["mean"]}))
+        f"# {summary['dataset']}: {n} images\n\n" + edges + markdown_table({summary["pipeline"]: summary["mean"]}))
     return summary
 
 

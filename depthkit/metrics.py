@@ -163,7 +163,7 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
     invalid pixels take the value of their nearest valid pixel so that holes create no edges, and never carry an
     edge themselves. Then: Gaussian smoothing (``sigma`` pixels), gradients, non-maximum suppression with linear
     interpolation along the gradient direction, and hysteresis with 8-connectivity (weak pixels ``> low`` are kept
-    when connected to a strong pixel ``> high``). The outermost 1-px border never carries an edge (as in MATLAB).
+    when connected to a strong pixel ``> high``; ``>=`` both for ``"skimage"``). The outermost 1-px border never carries an edge (as in MATLAB).
 
     ``convention``:
 
@@ -193,6 +193,8 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
     d = _to_numpy(depth, "depth")
     if d.ndim != 2:
         raise ValueError(f"depth must be an HxW map; received shape {tuple(d.shape)}. Loop over a batch yourself.")
+    if convention == "skimage":  # iBims-1's and SharpDepth's scripts hand scikit-image float32 maps
+        d = d.astype(np.float32)
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(d) & (d > 0)
     if valid is not None:
@@ -207,7 +209,7 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
     lo, hi = d[ok].min(), d[ok].max()
     if not hi > lo:
         return edges
-    img = np.where(ok, (np.where(ok, d, lo) - lo) / (hi - lo), 0.0)
+    img = np.where(ok, (np.where(ok, d, lo) - lo) / (hi - lo), 0.0).astype(d.dtype, copy=False)
     if not ok.all():
         rows, cols = ndimage.distance_transform_edt(~ok, return_distances=False, return_indices=True)
         img = img[rows, cols]
@@ -240,15 +242,17 @@ def _hysteresis(cand: np.ndarray, strong: np.ndarray) -> np.ndarray:
 
 
 def _canny_skimage(img: np.ndarray, sigma: float, low: float, high: float) -> np.ndarray:
-    """``skimage.feature.canny(img, sigma, low, high)`` (no mask, its defaults) computed step for step, so that the
-    edge maps agree bit for bit: Gaussian smoothing with zero padding divided by the smoothed image of ones (plus
-    float64 epsilon), Sobel gradients (scipy's default reflecting border), magnitude sqrt(gy^2 + gx^2), non-maximum
-    suppression by linear interpolation between two neighbours (a pixel stays when neither interpolated neighbour
-    exceeds it, so both pixels of an exact tie stay), ``low`` compared after rounding to float32 (scikit-image passes
-    it to its compiled loop as a C float), ``high`` as given (``>=`` both), hysteresis with 8-connectivity, and the
-    outermost 1-px border never an edge. Checked against scikit-image 0.24-0.26 by tests/test_metrics_skimage.py."""
-    img = np.asarray(img, dtype=np.float64)
-    bleed = ndimage.gaussian_filter(np.ones_like(img), sigma, mode="constant", cval=0.0) + np.finfo(np.float64).eps
+    """``skimage.feature.canny(img, sigma, low, high)`` (no mask, its defaults) computed step for step, in ``img``'s
+    precision as scikit-image computes it (float32 for a float32 map), so that the edge maps agree bit for bit:
+    Gaussian smoothing with zero padding divided by the smoothed image of ones (plus the dtype's epsilon), Sobel
+    gradients (scipy's default reflecting border), magnitude sqrt(gi^2 + gj^2), non-maximum suppression by linear
+    interpolation between two neighbours (a pixel stays when neither interpolated neighbour exceeds it, so both pixels
+    of an exact tie stay; the interpolation mixes precisions as its compiled loop does), ``low`` compared after
+    rounding to float32 (the loop takes it as a C float), ``high`` in the map's precision (``>=`` both), hysteresis
+    with 8-connectivity, and the outermost 1-px border never an edge. Checked against scikit-image 0.24-0.26 by
+    tests/test_metrics_skimage.py."""
+    ft = img.dtype.type
+    bleed = ndimage.gaussian_filter(np.ones_like(img), sigma, mode="constant", cval=0.0) + np.finfo(ft).eps
     smooth = ndimage.gaussian_filter(img, sigma, mode="constant", cval=0.0) / bleed
     gj = ndimage.sobel(smooth, axis=1)
     gi = ndimage.sobel(smooth, axis=0)
@@ -266,13 +270,14 @@ def _canny_skimage(img: np.ndarray, sigma: float, low: float, high: float) -> np
     padded = np.pad(mag, 1)
     r = np.arange(mag.shape[0])[:, None] + 1
     c = np.arange(mag.shape[1])[None, :] + 1
-    n1 = padded[r + di1, c + dj1] * w + padded[r + di0, c + dj0] * (1.0 - w)
-    n2 = padded[r - di1, c - dj1] * w + padded[r - di0, c - dj0] * (1.0 - w)
+    w64 = w.astype(np.float64)  # the loop's "1.0 - w" is a C double; "diagonal * w" stays in the map's precision
+    n1 = (padded[r + di1, c + dj1] * w).astype(np.float64) + padded[r + di0, c + dj0] * (1.0 - w64)
+    n2 = (padded[r - di1, c - dj1] * w).astype(np.float64) + padded[r - di0, c - dj0] * (1.0 - w64)
     inner = np.zeros(mag.shape, dtype=bool)
     inner[1:-1, 1:-1] = True
-    low32 = float(np.float32(low)) or float(np.float32(1e-14))  # its loop's stand-in for 0: "m >= 0" is everywhere
+    low32 = np.float32(low) or np.float32(1e-14)  # its loop's stand-in for 0: "m >= 0" is everywhere
     cand = inner & (mag >= low32) & (n1 <= mag) & (n2 <= mag)
-    return _hysteresis(cand, cand & (mag >= high))
+    return _hysteresis(cand, cand & (mag >= ft(high)))
 
 
 def _local_maxima(mag: np.ndarray, gx: np.ndarray, gy: np.ndarray, tol: float) -> np.ndarray:
@@ -341,9 +346,11 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
       ``edge(I, 'canny', [0.15 0.3], sqrt(2))``, with which the paper's DBE figures were made.
     * ``"skimage"`` (the public Python script, v0.9, whose header warns that its Canny differs from the MATLAB one
       and its DBE does not match the paper): ``skimage.feature.canny(I, sigma=sqrt(2), low_threshold=0.15,
-      high_threshold=0.3)``, absolute magnitudes on the normalised map -- the numbers papers that run that script
-      publish. The script normalises in float32 and turns zeros into NaN (no edge within the smoothing radius of a
-      hole); here the map is normalised in float64 and holes take their nearest valid value, as for ``"matlab"``.
+      high_threshold=0.3)`` on the map normalised in float32, as the script does -- absolute magnitudes, the edges
+      behind the numbers papers that run that script publish. Two differences from the script remain, both nil for
+      a dense prediction of an image whose GT is valid everywhere: the script turns missing predicted values into
+      NaN (no edge within the smoothing radius of one; here they take their nearest valid value), and it scores
+      predicted edges over the whole image (here, as for ``"matlab"``, only where the GT is valid).
 
     Only pixels in ``valid & (gt > 0) & isfinite(gt)`` take part: edges elsewhere are dropped from both sets. With
     tau = ``max_dist`` (10 px), following the official iBims-1 evaluation code:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from depthkit.cli import main
 from depthkit.evaluate import markdown_table, mean_scores
@@ -374,6 +375,16 @@ def test_eval_dbe_canny_scores_the_scripts_edges_and_never_mixes_them(tmp_path, 
         assert rb["metrics"]["dbe_acc"] == expected["dbe_acc"] and rb["metrics"]["dbe_comp"] == expected["dbe_comp"]
         assert ra["metrics"]["dbe_acc"] != rb["metrics"]["dbe_acc"]
         assert ra["metrics"]["mae"] == rb["metrics"]["mae"]
+    assert "DBE edges: skimage" in script.with_suffix(".md").read_text()
+    assert "DBE edges" not in paper.with_suffix(".md").read_text()
+    from depthkit.evaluate import evaluate, score_image
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="dbe_canny must be one of"):  # refused before --overwrite discards a thing
+        evaluate(pipe, dataset, dataset.protocol, script, limit=1, overwrite=True, dbe_canny="Skimage")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and script.is_file()
+    with pytest.raises(ValueError, match="dbe_canny must be one of"):  # not taken for "no GT edge" (NaN)
+        score_image(pred, item, valid, dbe_canny="opencv")
     capsys.readouterr()
     assert main(base + ["--out", str(script)]) == 2  # the default now, the script's edges there
     assert "dbe_canny" in capsys.readouterr().err
