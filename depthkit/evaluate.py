@@ -113,8 +113,13 @@ def fingerprint_hash(fingerprint: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_LEFT_OUT = {"dbe_canny": "matlab"}
+"""Fingerprint keys :func:`evaluate` leaves out at their default (so older results still resume), with that value."""
+
+
 def _differences(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
+    old, new = {**_LEFT_OUT, **old}, {**_LEFT_OUT, **new}
     diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
     return "; ".join(diffs) or "(their hashes differ)"
 
@@ -228,7 +233,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         barrier()
     parts.mkdir(parents=True, exist_ok=True)
     fingerprint = dict(fingerprint or {"pipeline": label or repr(pipeline)})
-    if dbe_canny != DBE_CANNY[0]:  # the default is left out: results written before the switch existed still resume
+    if dbe_canny != _LEFT_OUT["dbe_canny"]:  # the default is left out: results written before the switch still resume
         fingerprint["dbe_canny"] = dbe_canny
     fp_hash = fingerprint_hash(fingerprint)
     _check_previous(out, parts, fingerprint, fp_hash)

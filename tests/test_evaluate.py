@@ -387,6 +387,6 @@ def test_eval_dbe_canny_scores_the_scripts_edges_and_never_mixes_them(tmp_path, 
         score_image(pred, item, valid, dbe_canny="opencv")
     capsys.readouterr()
     assert main(base + ["--out", str(script)]) == 2  # the default now, the script's edges there
-    assert "dbe_canny" in capsys.readouterr().err
+    assert "dbe_canny: 'skimage' there, 'matlab' now" in capsys.readouterr().err
     assert main(base + ["--out", str(paper), "--dbe-canny", "skimage"]) == 2
-    assert "dbe_canny" in capsys.readouterr().err
+    assert "dbe_canny: 'matlab' there, 'skimage' now" in capsys.readouterr().err
