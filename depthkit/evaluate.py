@@ -214,8 +214,8 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     ``fingerprint`` describes everything that determines the results (see the module docstring); without one,
     ``{"pipeline": label or repr(pipeline)}`` is used. ``dbe_canny`` chooses the DBE's edges
     (:func:`depthkit.metrics.dbe_metrics`: ``"matlab"``, the iBims-1 paper's, or ``"skimage"``, its public script's);
-    any but the default joins the fingerprint, so results of the two are never mixed. Raises :class:`FingerprintMismatch` when ``out`` holds
-    results made under another fingerprint, unless ``overwrite``. The returned summary keeps NaN / inf as floats;
+    any but the default joins the fingerprint, so results of the two are never mixed. Raises
+    :class:`FingerprintMismatch` when ``out`` holds results made under another fingerprint, unless ``overwrite``. The returned summary keeps NaN / inf as floats;
     the JSON file holds them as ``null``.
     """
     from tqdm import tqdm
