@@ -26,7 +26,8 @@ Sparse input: ``--points`` random GT pixels per seed, or with ``--patterns`` eac
 and ``stereo_sgbm``: OpenCV's semi-global matcher on the frame's own rectified pair, one run. When the checkpoint's
 completer has a dense refiner, a row "refiner as trained" runs it without the per-frame check
 (``refine_check=false``). Reported per method: MAE, RMSE (:func:`depthkit.metrics.depth_metrics`) and DBE accuracy
-(:func:`~depthkit.metrics.dbe_metrics`) against the GT, the mean over seeds, and the preservation error
+(:func:`~depthkit.metrics.dbe_metrics`; ``--dbe-canny skimage``: on iBims-1's public-script edges) against the GT,
+the mean over seeds, and the preservation error
 (:func:`~depthkit.metrics.preservation_error`: max |output - sparse| over the measured pixels, in the MAE's units; the
 largest over seeds; must be 0). SPEC section 7 gives guided 0.062 and
 nearest 0.095 MAE at 500 points on Aloe (seed-dependent).
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patterns", default=None, help="comma-separated names of benchmarks/accuracy.py's "
                    "SYNTHETIC_PATTERNS, or 'all'")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--dbe-canny", choices=("matlab", "skimage"), default="matlab",
+                   help="the DBE's edges, as `depthkit eval --dbe-canny`: matlab (default) = the iBims-1 paper's, "
+                        "skimage = its public Python script's")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", type=results_name, default=None,
                    help="file stem of the results in --out (default real_frame for aloe, real_frame_<frame> for "
@@ -340,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 sparse = make_sparse(depth, spec[0], seed, intrinsics=intrinsics, **spec[1]).astype(np.float32)
             for name, pipe in methods.items():
                 out = pipe(image, sparse)
-                m = {**depth_metrics(out.depth, depth, depth > 0), **dbe_metrics(out.depth, depth, valid=depth > 0)}
+                m = {**depth_metrics(out.depth, depth, depth > 0),
+                     **dbe_metrics(out.depth, depth, valid=depth > 0, canny=args.dbe_canny)}
                 rows[pattern][name].append({**{k: float(m[k]) for k in ("mae", "rmse", "dbe_acc")},
                                             "preservation": preservation_error(out.depth, sparse)})
     # means over seeds; the preservation error is the largest (a measured value changed in any seed shows)
@@ -349,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "real_frame", "frame": frame.title, "frame_name": args.frame, "units": frame.units,
               "intrinsics": [intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy],
               **run_info(argv, __file__), "points": args.points, "patterns": list(patterns), "seeds": args.seeds,
+              "dbe_canny": args.dbe_canny,
               # which weights the checkpoint rows ran (the labels name only the folder): its path and files' hash
               "checkpoint": None if ref is None else checkpoint_identity(ref.root), "stages": args.stages,
               "options": list(args.option), "mean": table, "per_seed": rows}
@@ -358,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"## Real frame: {report['frame']}", "", f"{report['date']}, `{report['command']}`; {what}, mean over "
              f"seeds {args.seeds}. Development check only, never trained on. MAE and RMSE in {frame.units}; change of "
              "MAE against guided in brackets; preservation: max |output - sparse| over the measured pixels, largest "
-             "over seeds, must be 0.", "",
+             "over seeds, must be 0." + ("" if args.dbe_canny == "matlab" else " DBE edges found as iBims-1's public "
+                                         "Python script finds them (`--dbe-canny skimage`), not as its paper."), "",
              "| pattern | method | MAE | RMSE | DBE-acc (px) | preservation |", "|---|---|---:|---:|---:|---:|"]
     for pattern, by_name in table.items():
         base = by_name["guided"]["mae"]

@@ -654,6 +654,24 @@ def test_real_frame_reports_whether_the_measured_values_survive(tmp_path, monkey
     md = (out / "real_frame_motorcycle.md").read_text()
     assert "| DBE-acc (px) | preservation |" in md and "| random100 | nearest |" in md
     assert re.search(r"\| random100 \| shifted \| .* \| 0\.25 \|", md)
+    assert report["dbe_canny"] == "matlab" and "--dbe-canny" not in md
+    # --dbe-canny skimage: each seed's DBE is dbe_metrics' on the script's edges for that seed's output
+    script = tmp_path / "script"
+    assert real_frame.main(["--frame", "motorcycle", "--data", str(tmp_path), "--patterns", "random100",
+                            "--seeds", "0", "--out", str(script), "--dbe-canny", "skimage"]) == 0
+    other = json.loads((script / "real_frame_motorcycle.json").read_text())
+    from depthkit.data.sparse import make_sparse
+    from depthkit.metrics import dbe_metrics
+
+    image, depth = real_frame.FRAMES["motorcycle"].load(tmp_path)
+    intr = real_frame.FRAMES["motorcycle"].intrinsics(*depth.shape)
+    kind, kwargs = accuracy.SYNTHETIC_PATTERNS["random100"]
+    sparse = make_sparse(depth, kind, 0, intrinsics=intr, **kwargs).astype(np.float32)
+    pred = Pipeline(method="guided")(image, sparse).depth
+    expected = dbe_metrics(pred, depth, valid=depth > 0, canny="skimage")["dbe_acc"]
+    assert other["dbe_canny"] == "skimage" and other["per_seed"]["random100"]["guided"][0]["dbe_acc"] == expected
+    assert other["mean"]["random100"]["guided"]["mae"] == report["per_seed"]["random100"]["guided"][0]["mae"]
+    assert "--dbe-canny skimage" in (script / "real_frame_motorcycle.md").read_text()
 
 
 def test_dbe_canny_run_scores_the_scripts_edges_says_so_and_never_merges_with_the_papers(tmp_path, capsys):
