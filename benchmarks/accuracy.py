@@ -156,6 +156,15 @@ class _DatasetAction(argparse.Action):
         namespace.datasets = entries
 
 
+def add_dbe_canny_option(p: argparse.ArgumentParser) -> None:
+    """``--dbe-canny``, as ``depthkit eval`` takes it (this script's and real_frame.py's)."""
+    from depthkit.metrics import DBE_CANNY
+
+    p.add_argument("--dbe-canny", choices=DBE_CANNY, default=DBE_CANNY[0],
+                   help="the DBE's edges, as `depthkit eval --dbe-canny`: matlab (default) = the iBims-1 paper's, "
+                        "skimage = its public Python script's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python benchmarks/accuracy.py",
@@ -202,9 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmarks/results/accuracy.md is not replaced)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep per-method evaluation files here; a rerun with the same folder resumes")
-    p.add_argument("--dbe-canny", choices=("matlab", "skimage"), default="matlab",
-                   help="the DBE's edges, as `depthkit eval --dbe-canny`: matlab (default) = the iBims-1 paper's, "
-                        "skimage = its public Python script's")
+    add_dbe_canny_option(p)
     p.add_argument("--device", default="cpu", help="device for checkpoints: cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--dtype", default="float32", help="dtype for checkpoints (default: float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -284,6 +284,8 @@ def checkpoint_rows(ref, stages: str, options: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from accuracy import add_dbe_canny_option
+
     p = argparse.ArgumentParser(description="Real-frame development check on Middlebury's Aloe (opencv-doc) or "
                                             "Motorcycle (scikit-image).")
     p.add_argument("--frame", choices=sorted(FRAMES), default="aloe",
@@ -299,9 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patterns", default=None, help="comma-separated names of benchmarks/accuracy.py's "
                    "SYNTHETIC_PATTERNS, or 'all'")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--dbe-canny", choices=("matlab", "skimage"), default="matlab",
-                   help="the DBE's edges, as `depthkit eval --dbe-canny`: matlab (default) = the iBims-1 paper's, "
-                        "skimage = its public Python script's")
+    add_dbe_canny_option(p)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--name", type=results_name, default=None,
                    help="file stem of the results in --out (default real_frame for aloe, real_frame_<frame> for "

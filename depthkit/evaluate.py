@@ -302,7 +302,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(strict_json(summary), indent=1, allow_nan=False))
     os.replace(tmp, out)
-    edges = ("" if dbe_canny == DBE_CANNY[0] else
+    edges = ("" if dbe_canny == _LEFT_OUT["dbe_canny"] else
              f"DBE edges: {dbe_canny} (iBims-1's public script's Canny, not the paper's).\n\n")
     out.with_suffix(".md").write_text(
         f"# {summary['dataset']}: {n} images\n\n" + edges + markdown_table({summary["pipeline"]: summary["mean"]}))

@@ -238,6 +238,12 @@ def test_depth_edges_argument_errors():
 
 
 # ------------------------------------------------------------------------------------------------------------- DBE
+def _sharpdepth_edges(d):
+    """SharpDepth's edge set: scikit-image-convention edges of depth or of disparity (0.1 / 0.2)."""
+    return (depth_edges(d, low=0.1, high=0.2, convention="skimage")
+            | depth_edges(1 / d, low=0.1, high=0.2, convention="skimage"))
+
+
 @pytest.mark.parametrize("k", [0, 1, 3, 7])
 def test_shifted_edge_gives_dbe_k(k):
     gt = step_map(col=30)
@@ -248,11 +254,7 @@ def test_shifted_edge_gives_dbe_k(k):
     # scikit-image's Canny (SharpDepth's) keeps both pixels of an exact tie, and SharpDepth joins the edges of depth
     # and of disparity: a symmetric step's edge is two columns wide (c - 1 and c), so a k-px shift leaves the two
     # edge columns k - 1 and k from the nearest other one
-    def sharpdepth_edges(d):
-        return (depth_edges(d, low=0.1, high=0.2, convention="skimage")
-                | depth_edges(1 / d, low=0.1, high=0.2, convention="skimage"))
-
-    step = sharpdepth_edges(step_map(col=30))
+    step = _sharpdepth_edges(step_map(col=30))
     assert step[1:-1, 29].all() and step[1:-1, 30].all() and step.sum() == 2 * 46
     s = sharpdepth_dbe(pred, gt)
     assert s["dbe_acc"] == pytest.approx(max(k - 0.5, 0.0))
@@ -320,11 +322,7 @@ def test_sharpdepth_completeness_is_untruncated_and_directed():
     assert s["dbe_acc"] < 0.1  # on the first edge (float32 ties, as scikit-image breaks them, move a few pixels)
     from scipy import ndimage
 
-    def edges(d):  # SharpDepth's: depth edges or disparity edges
-        return (depth_edges(d, low=0.1, high=0.2, convention="skimage")
-                | depth_edges(1 / d, low=0.1, high=0.2, convention="skimage"))
-
-    gt_e, pred_e = edges(gt), edges(pred)
+    gt_e, pred_e = _sharpdepth_edges(gt), _sharpdepth_edges(pred)
     far = gt_e[:, 40:].sum()  # the GT edge the prediction misses, 27-28 px from its edge pixels
     assert far > 40 and not pred_e[:, 30:].any()
     expected = ndimage.distance_transform_edt(~pred_e)[gt_e].mean()  # every GT edge pixel, none truncated at 10 px
