@@ -16,6 +16,7 @@ from fixtures_datasets import (
     write_ibims_mat,
     write_ibims_raw,
     write_kitti,
+    write_mask_1bit,
     write_nyu,
     write_nyu_h5,
     write_png16,
@@ -321,6 +322,13 @@ def test_ibims_png_release_masks_scaling_edges_and_marigold_dc_points(tmp_path):
     np.testing.assert_array_equal(chosen, _marigold_dc_reference_selection(valid, 1000, 2024))
     np.testing.assert_array_equal(item["sparse"][chosen], item["depth"][chosen])
     np.testing.assert_array_equal(marigold_dc_select(valid, 1000, 2024), chosen)
+
+
+def test_ibims_edge_map_of_another_size_is_refused_naming_both(tmp_path):
+    fx = write_ibims_raw(tmp_path, names=("corridor_01",))
+    write_mask_1bit(tmp_path / "ibims1_core_raw" / "edges" / "corridor_01.png", fx["corridor_01"]["edges"][:, :-1])
+    with pytest.raises(DatasetLayoutError, match=r"corridor_01: the edge map is \(48, 63\) but depth is \(48, 64\)"):
+        build_dataset("ibims1", tmp_path)[0]
 
 
 def test_ibims_mat_release_matches_png_release(tmp_path):

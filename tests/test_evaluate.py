@@ -164,6 +164,26 @@ def test_score_image_adds_confidence_auroc_only_with_a_confidence_map():
     assert scores["confidence_auroc"] == confidence_auroc(conf, pred, gt, valid, sparse) > 0.99
 
 
+def test_score_image_dbe_is_nan_without_a_gt_edge_and_refuses_an_edge_map_of_another_size():
+    from depthkit.evaluate import score_image
+
+    rng = np.random.default_rng(1)
+    gt = np.full((24, 32), 2.0, np.float32)  # a flat wall: no GT edge
+    pred = gt + rng.normal(0, 0.05, gt.shape).astype(np.float32)
+    item = {"depth": gt, "sparse": np.zeros_like(gt)}
+    valid = np.ones(gt.shape, bool)
+    scores = score_image(pred, item, valid)
+    assert math.isnan(scores["dbe_acc"]) and math.isnan(scores["dbe_comp"]) and scores["mae"] > 0
+    gt[:, 16:] = 4.0  # one vertical depth step, given as the dataset's edge map
+    pred[:, 16:] += 2.0
+    edges = np.zeros(gt.shape, bool)
+    edges[:, 15:17] = True
+    scores = score_image(pred, dict(item, edges=edges), valid)
+    assert 0 <= scores["dbe_acc"] < 2
+    with pytest.raises(ValueError, match=r"gt_edges must have the shape of gt; received gt_edges \(24, 31\)"):
+        score_image(pred, dict(item, edges=edges[:, :-1]), valid)  # not scored as "no GT edge"
+
+
 def test_eval_json_is_strict_and_out_under_a_file_is_refused(tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(out), "--limit", "1"]) == 0

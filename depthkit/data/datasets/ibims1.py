@@ -116,6 +116,8 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
             intr = read_k_file(calib) if calib.is_file() else None
         if valid.shape != depth.shape:
             raise DatasetLayoutError(f"iBims-1 {name}: masks are {valid.shape} but depth is {depth.shape}.")
+        if edges is not None and edges.shape != depth.shape:
+            raise DatasetLayoutError(f"iBims-1 {name}: the edge map is {edges.shape} but depth is {depth.shape}.")
         depth = np.where(valid & (depth > 0), depth, 0).astype(np.float32)
         masks = {} if edges is None else {"edges": edges}
         return Sample(image=image, depth=depth, sparse=None, intrinsics=intr, name=name, masks=masks)
