@@ -27,6 +27,7 @@ __all__ = [
     "depth_edges",
     "dbe_metrics",
     "DBE_CANNY",
+    "DBE_REGION",
     "sharpdepth_dbe",
     "preservation_error",
 ]
@@ -38,6 +39,9 @@ DEPTH_METRIC_KEYS = (
 _CONVENTIONS = ("matlab", "skimage")
 DBE_CANNY = _CONVENTIONS
 """The edges :func:`dbe_metrics` can find (its ``canny``; ``depthkit eval --dbe-canny``), the default first."""
+DBE_REGION = ("valid", "image")
+"""Where :func:`dbe_metrics` scores edges (its ``region``; ``depthkit eval --dbe-region``), the default first."""
+_MISSING = ("nearest", "nan")
 
 
 # ----------------------------------------------------------------------------------------------------------- inputs
@@ -156,12 +160,14 @@ def _image_metrics(p: np.ndarray, g: np.ndarray, floor: float) -> dict[str, floa
 
 # ----------------------------------------------------------------------------------------------------------- edges
 def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math.sqrt(2), valid=None,
-                convention: str = "matlab") -> np.ndarray:
+                convention: str = "matlab", missing: str = "nearest") -> np.ndarray:
     """Canny edges of a depth (or disparity) map, HxW bool, as iBims-1 uses them for the depth-boundary error.
 
     The map is min-max normalised to [0, 1] over its valid pixels (``isfinite & > 0``, and ``valid`` when given);
-    invalid pixels take the value of their nearest valid pixel so that holes create no edges, and never carry an
-    edge themselves. Then: Gaussian smoothing (``sigma`` pixels), gradients, non-maximum suppression with linear
+    invalid pixels never carry an edge themselves, and ``missing`` says what they are to the filters: ``"nearest"``
+    (default) the value of their nearest valid pixel, so that holes create no edges; ``"nan"`` (only with
+    ``convention="skimage"``) NaN, as iBims-1's public script hands scikit-image a prediction's missing values, so
+    that no edge is found within the smoothing's reach of a hole. Then: Gaussian smoothing (``sigma`` pixels), gradients, non-maximum suppression with linear
     interpolation along the gradient direction, and hysteresis with 8-connectivity (weak pixels ``> low`` are kept
     when connected to a strong pixel ``> high``; ``>=`` both for ``"skimage"``). The outermost 1-px border never
     carries an edge (as in MATLAB).
@@ -192,6 +198,11 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
                          f"received high={high}.")
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 pixels; received {sigma}.")
+    if missing not in _MISSING:
+        raise ValueError(f"missing must be one of {_MISSING}; received {missing!r}.")
+    if missing == "nan" and convention != "skimage":
+        raise ValueError("missing='nan' is how iBims-1's public script hands scikit-image a prediction; it needs "
+                         f"convention='skimage' (received convention={convention!r}).")
     d = _to_numpy(depth, "depth")
     if d.ndim != 2:
         raise ValueError(f"depth must be an HxW map; received shape {tuple(d.shape)}. Loop over a batch yourself.")
@@ -211,8 +222,9 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
     lo, hi = d[ok].min(), d[ok].max()
     if not hi > lo:
         return edges
-    img = np.where(ok, (np.where(ok, d, lo) - lo) / (hi - lo), 0.0).astype(d.dtype, copy=False)
-    if not ok.all():
+    img = np.where(ok, (np.where(ok, d, lo) - lo) / (hi - lo), np.nan if missing == "nan" else 0.0)
+    img = img.astype(d.dtype, copy=False)
+    if missing == "nearest" and not ok.all():
         rows, cols = ndimage.distance_transform_edt(~ok, return_distances=False, return_indices=True)
         img = img[rows, cols]
     return _canny(img, sigma, low, high, convention) & ok
@@ -336,7 +348,7 @@ def _mean_over_images(pairs) -> dict[str, float]:
 
 
 def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
-                canny: str = "matlab") -> dict[str, float]:
+                canny: str = "matlab", region: str = "valid") -> dict[str, float]:
     """iBims-1 depth-boundary error of ``pred`` (metres, HxW or NxHxW) in pixels: ``{"dbe_acc", "dbe_comp"}``.
 
     Predicted edges are :func:`depth_edges` of ``pred`` (Canny sigma = sqrt(2), thresholds 0.15/0.3, on the min-max
@@ -349,13 +361,20 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
     * ``"skimage"`` (the public Python script, v0.9, whose header warns that its Canny differs from the MATLAB one
       and its DBE does not match the paper): ``skimage.feature.canny(I, sigma=sqrt(2), low_threshold=0.15,
       high_threshold=0.3)`` on the map normalised in float32, as the script does -- absolute magnitudes, the edges
-      behind the numbers papers that run that script publish. Two differences from the script remain, both nil for
-      a dense prediction of an image whose GT is valid everywhere: the script turns missing predicted values into
-      NaN (no edge within the smoothing radius of one; here they take their nearest valid value), and it scores
-      predicted edges over the whole image (here, as for ``"matlab"``, only where the GT is valid).
+      behind the numbers papers that run that script publish. As there, a prediction's missing values (``<= 0`` or
+      not finite) are NaN to the filters (:func:`depth_edges`' ``missing="nan"``): no edge within the smoothing's
+      reach of one. (The script takes only zeros as missing; a negative or infinite prediction is no depth.)
 
-    Only pixels in ``valid & (gt > 0) & isfinite(gt)`` take part: edges elsewhere are dropped from both sets. With
-    tau = ``max_dist`` (10 px), following the official iBims-1 evaluation code:
+    ``region`` says where edges are scored:
+
+    * ``"valid"`` (default): only pixels in ``valid & (gt > 0) & isfinite(gt)`` take part; edges elsewhere are
+      dropped from both sets, so that GT holes, masked windows or a protocol's crop never count.
+    * ``"image"`` (iBims-1's public script, which scores the unmasked prediction against the annotated edge map):
+      predicted edges over the whole image, and ``gt_edges`` as given. With ``canny="skimage"`` and the dataset's
+      annotated ``gt_edges`` this is the script's DBE. Without ``gt_edges``, the GT's own edges still come from its
+      valid pixels only (a GT hole is not an edge).
+
+    With tau = ``max_dist`` (10 px), following the official iBims-1 evaluation code:
 
     * ``dbe_acc`` -- mean distance from each predicted edge pixel that lies closer than tau to a GT edge to the
       nearest GT edge pixel (predicted edges farther away are ignored).
@@ -373,8 +392,11 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
     if canny not in _CONVENTIONS:
         raise ValueError(f"canny must be one of {_CONVENTIONS} ('matlab': the iBims-1 paper's edges, 'skimage': its "
                          f"public Python script's); received {canny!r}.")
+    if region not in DBE_REGION:
+        raise ValueError(f"region must be one of {DBE_REGION} ('valid': edges where the GT is valid, 'image': the whole "
+                         f"image, as iBims-1's public script scores them); received {region!r}.")
     p, g, v, was_2d = _as_batch(pred, gt, valid)
-    region = _gt_mask(g, v)
+    region_mask = _gt_mask(g, v)
     ge = None
     if gt_edges is not None:
         ge = _to_numpy(gt_edges, "gt_edges", boolean=True)
@@ -383,10 +405,12 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
                              f"{tuple(g.shape[1:] if was_2d else g.shape)}.")
         ge = ge[None] if was_2d else ge
     pairs = []
+    scored = region_mask if region == "valid" else np.ones(g.shape, dtype=bool)
+    missing = "nan" if canny == "skimage" else "nearest"
     for i in range(len(g)):
-        pred_e = depth_edges(p[i], convention=canny) & region[i]
-        gt_e = (ge[i] if ge is not None else depth_edges(g[i], valid=region[i], convention=canny)) & region[i]
-        pairs.append(_dbe_image(pred_e, gt_e, max_dist, "ibims"))
+        pred_e = depth_edges(p[i], convention=canny, missing=missing) & scored[i]
+        gt_e = ge[i] if ge is not None else depth_edges(g[i], valid=region_mask[i], convention=canny) & region_mask[i]
+        pairs.append(_dbe_image(pred_e, gt_e & scored[i], max_dist, "ibims"))
     return _mean_over_images(pairs)
 
 

@@ -155,3 +155,64 @@ def test_dbe_canny_switch_follows_ibims_public_script():
     assert differs == 6
     with pytest.raises(ValueError, match="canny must be one of"):
         dbe_metrics(gt, gt, canny="opencv")
+
+
+def _holed(d: np.ndarray, seed: int) -> np.ndarray:
+    """``d`` with missing values as a prediction or a sensor leaves them: a block and scattered pixels at 0, a NaN
+    corner."""
+    d = d.copy()
+    d[20:30, 40:60] = 0
+    d[np.random.default_rng(seed).random(d.shape) < 0.005] = 0
+    d[:5, :10] = np.nan
+    return d
+
+
+def _script_normalised(d: np.ndarray) -> np.ndarray:
+    """As iBims-1's public script prepares a prediction: float32, zeros to NaN, then _normalised's min-max."""
+    x = np.asarray(d, dtype=np.float32).copy()
+    x[x == 0] = np.nan
+    return _normalised(x)
+
+
+@pytest.mark.parametrize("low,high", [(0.15, 0.3), (0.05, 0.1)])
+def test_missing_nan_is_scikit_images_canny_of_the_scripts_nan_holes(low, high):
+    n_edges = changed = 0
+    for i, seed in enumerate((30000000, 30000018, 20000001)):
+        d = _holed(render_scene(seed, 96, 128, kind="indoor").depth.astype(np.float64), i)
+        for name, m in (("depth", d), ("disparity", np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0))):
+            theirs = feature.canny(_script_normalised(m), sigma=math.sqrt(2), low_threshold=low, high_threshold=high)
+            ours = depth_edges(m, low=low, high=high, convention="skimage", missing="nan")
+            differ = np.argwhere(ours != theirs)
+            assert len(differ) == 0, f"{seed} {name}: {len(differ)} pixels differ, e.g. {differ[:5].tolist()}"
+            n_edges += int(theirs.sum())
+            changed += int((depth_edges(m, low=low, high=high, convention="skimage") != theirs).sum())
+    assert n_edges > 100 and changed > 100  # edges to compare, and the nearest-value fill would not give them
+    with pytest.raises(ValueError, match="missing='nan' .* needs convention='skimage'"):
+        depth_edges(d, missing="nan")
+
+
+def test_dbe_region_image_is_ibims_public_scripts_dbe_with_masked_gt_and_holes():
+    from depthkit.metrics import dbe_metrics
+
+    differs = 0
+    for i, seed in enumerate((20000001, 20000003)):
+        gt = render_scene(seed, 120, 160, kind="indoor").depth.astype(np.float64)
+        annotated = feature.canny(_normalised(gt), sigma=math.sqrt(2), low_threshold=0.15, high_threshold=0.3)
+        valid = np.ones(gt.shape, bool)
+        valid[:, :50] = False  # e.g. a window masked as invalid: the script scores its edges all the same
+        for pred in (ndimage.gaussian_filter(gt, 1.5), _holed(np.roll(gt, 2, axis=0) * 0.9, i)):
+            theirs = feature.canny(_script_normalised(pred), sigma=math.sqrt(2), low_threshold=0.15,
+                                   high_threshold=0.3)
+            to_gt = ndimage.distance_transform_edt(~annotated)
+            near = theirs & (to_gt < 10)
+            to_pred = ndimage.distance_transform_edt(~theirs)
+            acc = to_gt[near].mean()
+            comp = (np.minimum(to_gt[theirs], 10).sum() + np.minimum(to_pred[annotated], 10).sum()) / (
+                theirs.sum() + annotated.sum())
+            got = dbe_metrics(pred, gt, gt_edges=annotated, valid=valid, canny="skimage", region="image")
+            assert got["dbe_acc"] == pytest.approx(acc, rel=1e-12, abs=1e-12)
+            assert got["dbe_comp"] == pytest.approx(comp, rel=1e-12, abs=1e-12)
+            differs += dbe_metrics(pred, gt, gt_edges=annotated, valid=valid, canny="skimage") != got
+    assert differs == 4  # the default scores only where the GT is valid
+    with pytest.raises(ValueError, match=r"region must be one of \('valid', 'image'\)"):
+        dbe_metrics(gt, gt, region="all")
