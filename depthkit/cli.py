@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the DBE's edges: matlab (default) = the iBims-1 paper's (MATLAB's Canny, thresholds relative "
                          "to the strongest gradient); skimage = iBims-1's public Python script's (scikit-image's "
                          "Canny, absolute thresholds), the figures papers that run that script publish")
+    ev.add_argument("--dbe-region", choices=("valid", "image"), default="valid",
+                    help="where the DBE scores edges: valid (default) = only where the GT is valid; image = the whole "
+                         "image against the dataset's annotated edges, as iBims-1's public script does (with "
+                         "--dbe-canny skimage: that script's DBE)")
     ev.add_argument("--overwrite", action="store_true",
                     help="discard results already at --out (a rerun otherwise resumes, and refuses when it differs)")
     _add_noise_args(ev)
@@ -362,7 +366,8 @@ def _cmd_eval(args, parser) -> int:
     }
     label = args.method or (f"checkpoint {args.checkpoint}" if args.checkpoint else repr(pipe))
     summary = evaluate(pipe, dataset, protocol, args.out, limit=args.limit, label=label, fingerprint=fingerprint,
-                       overwrite=args.overwrite, progress=not args.quiet, dbe_canny=args.dbe_canny)
+                       overwrite=args.overwrite, progress=not args.quiet, dbe_canny=args.dbe_canny,
+                       dbe_region=args.dbe_region)
     if summary is not None and not args.quiet:
         print(markdown_table({label: summary["mean"]}), end="")
         print(f"depthkit eval: {summary['n_images']} images; wrote {args.out} and {args.out.with_suffix('.md')}")

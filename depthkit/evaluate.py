@@ -46,19 +46,30 @@ METRIC_KEYS = ("mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "delta1"
 TABLE_KEYS = ("mae", "rmse", "abs_rel", "delta1", "dbe_acc", "dbe_comp", "preservation")
 
 
-def score_image(pred: np.ndarray, item: dict, valid: np.ndarray, confidence: np.ndarray | None = None,
-                dbe_canny: str = "matlab") -> dict[str, float]:
-    """All metrics for one prediction (HxW metres) against ``item["depth"]`` over ``valid``; with the pipeline's
-    ``confidence`` map also ``confidence_auroc`` (:func:`depthkit.metrics.confidence_auroc`). ``dbe_canny``: the
-    edges of the DBE, :func:`depthkit.metrics.dbe_metrics`'s ``canny``."""
-    from depthkit.metrics import DBE_CANNY, confidence_auroc, dbe_metrics, depth_metrics, preservation_error
+def _dbe_options(dbe_canny: str, dbe_region: str) -> dict[str, str]:
+    """``{"dbe_canny", "dbe_region"}`` checked, the error naming the option as the caller named it."""
+    from depthkit.metrics import DBE_CANNY, DBE_REGION
 
-    if dbe_canny not in DBE_CANNY:  # named as the caller named it
-        raise ValueError(f"dbe_canny must be one of {DBE_CANNY}; received {dbe_canny!r}.")
+    for name, value, allowed in (("dbe_canny", dbe_canny, DBE_CANNY), ("dbe_region", dbe_region, DBE_REGION)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}; received {value!r}.")
+    return {"dbe_canny": dbe_canny, "dbe_region": dbe_region}
+
+
+def score_image(pred: np.ndarray, item: dict, valid: np.ndarray, confidence: np.ndarray | None = None,
+                dbe_canny: str = "matlab", dbe_region: str = "valid") -> dict[str, float]:
+    """All metrics for one prediction (HxW metres) against ``item["depth"]`` over ``valid``; with the pipeline's
+    ``confidence`` map also ``confidence_auroc`` (:func:`depthkit.metrics.confidence_auroc`). ``dbe_canny`` and
+    ``dbe_region``: how the DBE finds and where it scores edges, :func:`depthkit.metrics.dbe_metrics`'s ``canny``
+    and ``region``."""
+    from depthkit.metrics import confidence_auroc, dbe_metrics, depth_metrics, preservation_error
+
+    _dbe_options(dbe_canny, dbe_region)
     gt = item["depth"]
     scores = depth_metrics(pred, gt, valid=valid)
     # an image without a GT edge in view (e.g. a flat wall) scores NaN; an edge map of the wrong shape raises
-    scores.update(dbe_metrics(pred, gt, gt_edges=item.get("edges"), valid=valid, canny=dbe_canny))
+    scores.update(dbe_metrics(pred, gt, gt_edges=item.get("edges"), valid=valid, canny=dbe_canny,
+                              region=dbe_region))
     scores["preservation"] = preservation_error(pred, item["sparse"])
     if confidence is not None:
         scores["confidence_auroc"] = confidence_auroc(confidence, pred, gt, valid, item["sparse"])
@@ -110,7 +121,7 @@ def fingerprint_hash(fingerprint: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_LEFT_OUT = {"dbe_canny": "matlab"}
+_LEFT_OUT = {"dbe_canny": "matlab", "dbe_region": "valid"}
 """Fingerprint keys :func:`evaluate` leaves out at their default (so older results still resume), with that value."""
 
 
@@ -205,23 +216,22 @@ def check_metrics_out(out) -> Path:
 
 def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progress: bool = True,
              label: str | None = None, fingerprint: dict | None = None, overwrite: bool = False,
-             dbe_canny: str = "matlab") -> dict | None:
+             dbe_canny: str = "matlab", dbe_region: str = "valid") -> dict | None:
     """Evaluate ``pipeline`` on ``dataset`` under ``protocol``; returns the summary (None on ranks > 0).
 
     ``fingerprint`` describes everything that determines the results (see the module docstring); without one,
     ``{"pipeline": label or repr(pipeline)}`` is used. ``dbe_canny`` chooses the DBE's edges
-    (:func:`depthkit.metrics.dbe_metrics`: ``"matlab"``, the iBims-1 paper's, or ``"skimage"``, its public script's);
-    any but the default joins the fingerprint, so results of the two are never mixed. Raises
+    (:func:`depthkit.metrics.dbe_metrics`: ``"matlab"``, the iBims-1 paper's, or ``"skimage"``, its public script's)
+    and ``dbe_region`` where they are scored (``"valid"``: where the GT is valid; ``"image"``: everywhere, as that
+    script does); a choice other than the default joins the fingerprint, so results of two are never mixed. Raises
     :class:`FingerprintMismatch` when ``out`` holds results made under another fingerprint, unless ``overwrite``. The returned summary keeps NaN / inf as floats;
     the JSON file holds them as ``null``.
     """
     from tqdm import tqdm
 
     from depthkit.data.protocols import apply_protocol
-    from depthkit.metrics import DBE_CANNY
 
-    if dbe_canny not in DBE_CANNY:  # before anything at ``out`` is discarded or made
-        raise ValueError(f"dbe_canny must be one of {DBE_CANNY}; received {dbe_canny!r}.")
+    dbe = _dbe_options(dbe_canny, dbe_region)  # before anything at ``out`` is discarded or made
     out = check_metrics_out(out)
     parts = out.with_name(out.name + ".parts")
     rank, world, barrier = _dist()
@@ -230,8 +240,8 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
         barrier()
     parts.mkdir(parents=True, exist_ok=True)
     fingerprint = dict(fingerprint or {"pipeline": label or repr(pipeline)})
-    if dbe_canny != _LEFT_OUT["dbe_canny"]:  # the default is left out: results written before the switch still resume
-        fingerprint["dbe_canny"] = dbe_canny
+    # a default is left out: results written before its switch existed still resume
+    fingerprint.update({k: v for k, v in dbe.items() if v != _LEFT_OUT[k]})
     fp_hash = fingerprint_hash(fingerprint)
     _check_previous(out, parts, fingerprint, fp_hash)
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -260,7 +270,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
             try:  # a ValueError here is the input's own fault: NaN sparse, sizes, no GT pixel left to score...
                 res = pipeline(item["image"], item["sparse"])
                 valid = apply_protocol(res.depth, item["depth"], item["valid"], protocol)
-                metrics = score_image(res.depth, item, valid, res.confidence, dbe_canny=dbe_canny)
+                metrics = score_image(res.depth, item, valid, res.confidence, **dbe)
             except ValueError as exc:
                 failed.append({"index": i, "name": item.get("name"), "error": str(exc)})
                 continue
@@ -299,8 +309,10 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(strict_json(summary), indent=1, allow_nan=False))
     os.replace(tmp, out)
-    edges = ("" if dbe_canny == _LEFT_OUT["dbe_canny"] else
-             f"DBE edges: {dbe_canny} (iBims-1's public script's Canny, not the paper's).\n\n")
+    edges = "".join(line for k, line in (
+        ("dbe_canny", f"DBE edges: {dbe_canny} (iBims-1's public script's Canny, not the paper's).\n\n"),
+        ("dbe_region", f"DBE region: {dbe_region} (edges scored over the whole image, as iBims-1's public script "
+                       "does, not only where the GT is valid).\n\n")) if dbe[k] != _LEFT_OUT[k])
     out.with_suffix(".md").write_text(
         f"# {summary['dataset']}: {n} images\n\n" + edges + markdown_table({summary["pipeline"]: summary["mean"]}))
     return summary

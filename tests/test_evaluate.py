@@ -410,3 +410,45 @@ def test_eval_dbe_canny_scores_the_scripts_edges_and_never_mixes_them(tmp_path, 
     assert "dbe_canny: 'skimage' there, 'matlab' now" in capsys.readouterr().err
     assert main(base + ["--out", str(paper), "--dbe-canny", "skimage"]) == 2
     assert "dbe_canny: 'matlab' there, 'skimage' now" in capsys.readouterr().err
+
+
+def test_eval_dbe_region_image_scores_the_annotated_edges_everywhere_and_never_mixes(tmp_path, capsys):
+    """--dbe-region image scores each iBims-1 image's DBE over the whole image against its annotated edges (recomputed
+    here with dbe_metrics(region="image")), which masked pixels change; resuming under the default is refused."""
+    from fixtures_datasets import write_ibims_raw
+
+    from depthkit import Pipeline
+    from depthkit.cli import build_parser
+    from depthkit.data.datasets import build_dataset
+    from depthkit.data.protocols import apply_protocol
+    from depthkit.evaluate import evaluate
+    from depthkit.metrics import DBE_REGION, dbe_metrics
+
+    ev = next(a for a in build_parser()._subparsers._group_actions[0].choices["eval"]._actions
+              if a.dest == "dbe_region")
+    assert tuple(ev.choices) == DBE_REGION and ev.default == DBE_REGION[0]
+    write_ibims_raw(tmp_path / "ibims")  # annotated edge rows run into the masked first columns
+    base = ["eval", "--dataset", "ibims1", "--root", str(tmp_path / "ibims"), "--method", "guided", "--quiet"]
+    valid_out, image_out = tmp_path / "valid.json", tmp_path / "image.json"
+    assert main(base + ["--out", str(valid_out)]) == 0
+    assert main(base + ["--out", str(image_out), "--dbe-region", "image"]) == 0
+    a, b = json.loads(valid_out.read_text()), json.loads(image_out.read_text())
+    assert b["fingerprint"]["dbe_region"] == "image" and "dbe_region" not in a["fingerprint"]
+    dataset, pipe = build_dataset("ibims1", tmp_path / "ibims"), Pipeline(method="guided")
+    for ra, rb in zip(a["per_image"], b["per_image"]):
+        item = dataset[rb["index"]]
+        assert not item["valid"][item["edges"]].all()  # some annotated edge pixels are masked
+        pred = pipe(item["image"], item["sparse"]).depth
+        valid = apply_protocol(pred, item["depth"], item["valid"], dataset.protocol)
+        expected = dbe_metrics(pred, item["depth"], gt_edges=item["edges"], valid=valid, region="image")
+        assert (rb["metrics"]["dbe_acc"], rb["metrics"]["dbe_comp"]) == (expected["dbe_acc"], expected["dbe_comp"])
+        assert ra["metrics"]["dbe_comp"] != rb["metrics"]["dbe_comp"]
+        assert ra["metrics"]["mae"] == rb["metrics"]["mae"]
+    assert "DBE region: image" in image_out.with_suffix(".md").read_text()
+    assert "DBE region" not in valid_out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match=r"dbe_region must be one of \('valid', 'image'\); received 'all'"):
+        evaluate(pipe, dataset, dataset.protocol, image_out, limit=1, overwrite=True, dbe_region="all")
+    assert image_out.is_file()  # refused before --overwrite discarded it
+    capsys.readouterr()
+    assert main(base + ["--out", str(image_out)]) == 2
+    assert "dbe_region: 'image' there, 'valid' now" in capsys.readouterr().err
