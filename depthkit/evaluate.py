@@ -127,7 +127,8 @@ _LEFT_OUT = {"dbe_canny": "matlab", "dbe_region": "valid"}
 
 def _differences(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
-    old, new = {**_LEFT_OUT, **old}, {**_LEFT_OUT, **new}
+    # as stored: a tuple read back is a list, inf is null; equal values must not be named as a difference
+    old, new = strict_json({**_LEFT_OUT, **old}), strict_json({**_LEFT_OUT, **new})
     diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
     return "; ".join(diffs) or "(their hashes differ)"
 
@@ -210,6 +211,9 @@ def check_metrics_out(out) -> Path:
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the metrics JSON file to write, e.g. {out / 'metrics.json'}.")
+    if out.suffix.lower() == ".md":
+        raise ValueError(f"--out {out} ends in .md, the name of the markdown table written beside the metrics JSON, "
+                         f"which would overwrite it; give the JSON file, e.g. {out.with_suffix('.json')}.")
     check_output_parent(out)
     return out
 
@@ -233,6 +237,10 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
 
     dbe = _dbe_options(dbe_canny, dbe_region)  # before anything at ``out`` is discarded or made
     out = check_metrics_out(out)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise ValueError(f"{dataset!r} has no images to evaluate" + ("" if limit is None else f" (limit {limit})")
+                         + "; check --root, --split and the dataset's list file.")
     parts = out.with_name(out.name + ".parts")
     rank, world, barrier = _dist()
     if overwrite:
@@ -244,7 +252,6 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     fingerprint.update({k: v for k, v in dbe.items() if v != _LEFT_OUT[k]})
     fp_hash = fingerprint_hash(fingerprint)
     _check_previous(out, parts, fingerprint, fp_hash)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
     _check_names(parts, dataset, n)
     shard = list(range(rank, n, world))
     part_file = parts / f"rank{rank}.jsonl"
@@ -286,6 +293,9 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     barrier()
     if rank != 0:
         return None
+    # an earlier run's summary must not stand for this one if this one ends without a mean
+    out.unlink(missing_ok=True)
+    out.with_suffix(".md").unlink(missing_ok=True)
     rows = {}
     for p in sorted(parts.glob("rank*.jsonl")):
         for row in _read_done(p).values():
@@ -337,7 +347,8 @@ def _raise_failed(parts: Path, n_scored: int, n: int, world: int, shown: int = 1
     raise ValueError(
         f"{len(failed)} of {n} image(s) could not be evaluated, so no mean was written (one that left them out would "
         f"not be the split's):\n" + "\n".join(lines) + f"\nThe {n_scored} image(s) scored are kept in {parts}. "
-        "Fix those files and run the same command again: only the images without a result will run.")
+        "Fix what each line names (an input file, or the model for a prediction it could not make) and run the same "
+        "command again: only the images without a result will run.")
 
 
 def _protocol_dict(protocol) -> dict:

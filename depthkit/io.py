@@ -137,8 +137,9 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
             top = int(arr.max(initial=0))
             raise ValueError(
                 f"{what} holds integers ({arr.dtype}, max {top}), i.e. raw sensor units, and no depth scale was "
-                "given. Pass --depth-scale UNITS_PER_METRE (1000 for millimetres, 256 for KITTI/VOID PNGs) on the "
-                "CLI, or depth_scale=... in Python; or save float metres."
+                "given. Give its scale in units per metre (1000 for millimetres, 256 for KITTI/VOID PNGs): "
+                "`depthkit run --depth-scale`, or depth_scale=... in Python; or save float metres (what a dataset "
+                "folder's .npy files must hold)."
             )
         metres = arr.astype(np.float64) / float(depth_scale)
         units = arr[arr > 0]

@@ -117,6 +117,16 @@ def test_nyu_list_file_with_missing_file_names_it(tmp_path):
         build_dataset("nyuv2", tmp_path)
 
 
+def test_nyu_list_file_in_the_root_above_the_extraction_is_read_and_an_empty_one_refused(tmp_path):
+    fx = write_nyu(tmp_path / "nyu_labeled_extracted", n=3, h=48, w=64, list_file=False)
+    list_file = tmp_path / "filename_list_test.txt"  # beside the extracted folder, as docs/datasets.md allows
+    list_file.write_text(fx["lines"][1] + "\n")
+    assert build_dataset("nyuv2", tmp_path).names == [fx["names"][1]]
+    list_file.write_text("\n \n")
+    with pytest.raises(DatasetLayoutError, match=r"filename_list_test\.txt names no images"):
+        build_dataset("nyuv2", tmp_path)
+
+
 def test_nyu_h5_pair_gives_marigold_dc_hints_as_the_sparse_input(tmp_path):
     fx = write_nyu_h5(tmp_path, n=3)
     ds = build_dataset("nyuv2", tmp_path)

@@ -102,6 +102,10 @@ def test_eval_user_errors_are_one_line(tmp_path, capsys):
     assert "needs --root" in capsys.readouterr().err
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "r.md")]) == 2
+    assert f"ends in .md, the name of the markdown table written beside the metrics JSON, which would overwrite it; " \
+           f"give the JSON file, e.g. {tmp_path / 'r.json'}" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
     assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "o.json"),
                  "--dataset-option", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
@@ -286,6 +290,12 @@ def test_eval_runs_past_refused_inputs_names_them_all_and_writes_no_mean(tmp_pat
     assert f"  image 3 of 5 ({names[3]!r}): no valid ground-truth pixel" in msg
     assert "The 2 image(s) scored are kept in" in msg and "only the images without a result will run" in msg
     assert bad.read == [0, 1, 2, 3, 4] and not out.exists()
+    # an earlier, smaller run's summary does not stay at --out looking like this run's
+    evaluate(pipe, _Poisoned(length=5), protocol, tmp_path / "s.json", progress=False, label="nearest", limit=1)
+    assert (tmp_path / "s.json").is_file() and (tmp_path / "s.md").is_file()
+    with pytest.raises(ValueError, match="1 of 5 image"):
+        evaluate(pipe, _Poisoned(nan={1}, length=5), protocol, tmp_path / "s.json", progress=False, label="nearest")
+    assert not (tmp_path / "s.json").exists() and not (tmp_path / "s.md").exists()
     assert [json.loads(r)["index"] for r in (tmp_path / "m.json.parts" / "rank0.jsonl").read_text().splitlines()] \
         == [0, 4]
     fixed = _Poisoned(length=5)
@@ -294,6 +304,24 @@ def test_eval_runs_past_refused_inputs_names_them_all_and_writes_no_mean(tmp_pat
     assert [r["index"] for r in summary["per_image"]] == [0, 1, 2, 3, 4]
     whole = evaluate(pipe, _Poisoned(length=5), protocol, tmp_path / "whole.json", progress=False, label="nearest")
     assert json.dumps(summary["mean"]) == json.dumps(whole["mean"])  # NaN (no confidence map) reads as NaN
+
+
+def test_a_refusal_names_only_what_changed_not_what_json_stored_differently():
+    from depthkit.evaluate import _differences
+
+    there = {"method": "nearest", "protocol": {"outlier_filter": [7, 1.5], "max_depth": None}}  # as read back
+    now = {"method": "guided", "protocol": {"outlier_filter": (7, 1.5), "max_depth": float("inf")}}
+    assert _differences(there, now) == "method: 'nearest' there, 'guided' now"
+
+
+def test_eval_refuses_an_empty_split_before_making_anything(tmp_path):
+    from depthkit.data.protocols import get_protocol
+    from depthkit.evaluate import evaluate
+    from depthkit.pipeline import Pipeline
+
+    with pytest.raises(ValueError, match=r"has no images to evaluate; check --root, --split and the dataset's list"):
+        evaluate(Pipeline(method="nearest"), [], get_protocol("synthetic"), tmp_path / "e.json", progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_eval_runs_past_a_file_that_went_missing_after_the_dataset_was_listed(tmp_path):

@@ -158,7 +158,11 @@ class NYUv2Dataset(DepthDataset):
 
     # ------------------------------------------------------------------ native layout
     def _list_entries(self, base: Path, list_file) -> list[tuple[str, str, str]]:
-        lf = Path(list_file) if list_file is not None else base / f"filename_list_{self.split}.txt"
+        if list_file is None:  # in the extracted folder, or in --root above it (docs/datasets.md allows both)
+            found = [d / f"filename_list_{self.split}.txt" for d in dict.fromkeys((base, self.root))]
+            lf = next((f for f in found if f.is_file()), found[0])
+        else:
+            lf = Path(list_file)
         if list_file is not None and not lf.is_file():
             raise self.layout_error(f"list file {lf} does not exist")
         entries = []
@@ -170,6 +174,8 @@ class NYUv2Dataset(DepthDataset):
                 if len(parts) != 3:
                     raise self.layout_error(f"{lf} line {lineno} has {len(parts)} paths; expected 'rgb depth filled'")
                 entries.append(tuple(parts))
+            if not entries:
+                raise self.layout_error(f"list file {lf} names no images; expected 'rgb depth filled' paths per line")
         else:
             split_dir = base / self.split
             if not split_dir.is_dir():
