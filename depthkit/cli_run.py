@@ -248,6 +248,9 @@ def run_command(args, parser, build_pipeline) -> int:
         parser.error("--sparse needs --image")
     if single and args.sparse is None and not starts_with_sharpen:
         parser.error("--image needs --sparse (sparse depth to complete)")
+    if starts_with_sharpen and not single:
+        parser.error("--stages sharpen alone sharpens one --depth map: give --image with --depth (folders: not "
+                     "supported yet; run --stages complete,sharpen on a folder with --sparse-dir)")
     if starts_with_sharpen and args.depth is None and single:
         parser.error("--stages sharpen alone needs --depth (a metric depth map to sharpen)")
     if args.depth is not None and not starts_with_sharpen:
@@ -301,6 +304,13 @@ def run_command(args, parser, build_pipeline) -> int:
         raise ValueError(f"outputs for {len(existing)} of {len(pairs)} input(s) already exist in {args.out} "
                          f"(e.g. {first.name}). Pass --overwrite to replace them, --skip-existing to keep them and "
                          "run only the rest, or another --out.")
+    # ... so a lone <stem>.ply that --ply would write is not replaced without --overwrite
+    lone_ply = [out for pair in pairs if pair not in existing and args.ply and not args.overwrite
+                for out in [args.out / f"{Path(pair[0]).stem}.ply"] if out.exists()]
+    if lone_ply:
+        raise ValueError(f"{lone_ply[0]} already exists{f' (and {len(lone_ply) - 1} more .ply)' if len(lone_ply) > 1 else ''}"
+                         " without depth outputs beside it (perhaps not a depthkit result), and --ply would replace "
+                         "it. Pass --overwrite to replace it, or another --out.")
     if args.skip_existing and existing:  # kept only when every output is there (e.g. not the .ply a new --ply asks)
         existing = [pair for pair in existing
                     if all(p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply))]

@@ -149,6 +149,15 @@ def depth_to_metres(arr: np.ndarray, depth_scale: float | None = None, what: str
                 raise ValueError(f"at depth scale {depth_scale:g} units per metre, {what}'s values ({int(units.min())}"
                                  f"-{int(units.max())} units) would be {low:.3g}-{high:.3g} m, which float32 metres "
                                  "cannot hold; check --depth-scale (1000 for millimetres, 256 for KITTI/VOID PNGs).")
+            median = float(np.median(units)) / float(depth_scale)
+            if median > LIKELY_NOT_METRES:
+                import warnings
+
+                inverse = (f" A scale below 1 makes each unit more than a metre: if {depth_scale:g} is metres per unit "
+                           f"(as RealSense reports it), pass {1 / depth_scale:g}." if depth_scale < 1 else "")
+                warnings.warn(f"{what} at depth scale {depth_scale:g} units per metre has median {median:.0f} m, far "
+                              f"beyond any scene: the scale looks wrong (1000 for millimetres, 256 for KITTI/VOID "
+                              f"PNGs).{inverse}", UnitWarning, stacklevel=3)
         return metres.astype(np.float32)
     if arr.dtype.kind != "f":
         hint = (" A mask says where depth was measured, not how far: pass the depths (0 where missing)."

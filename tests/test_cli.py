@@ -443,6 +443,13 @@ def test_one_stems_outputs_are_one_runs_and_a_users_own_ply_is_kept(tmp_path, ca
         assert (own / "s.ply").read_text() == "the user's own scan" and "removed" not in capsys.readouterr().out
         for name in ("s_color.png", "s_depth.npy", "s_depth.png"):
             (own / name).unlink()
+    for flags in ([], ["--skip-existing"]):  # ... but --ply, which would write that very file, asks for --overwrite
+        assert main([*folder, *ply, *flags]) == 2
+        assert f"{own / 's.ply'} already exists without depth outputs beside it (perhaps not a depthkit result), " \
+               "and --ply would replace it. Pass --overwrite" in capsys.readouterr().err
+        assert (own / "s.ply").read_text() == "the user's own scan" and not (own / "s_depth.npy").exists()
+    assert main([*folder, *ply, "--overwrite"]) == 0
+    assert (own / "s.ply").read_bytes().startswith(b"ply")
 
 
 def test_the_overwrite_summary_counts_only_the_results_it_replaced(tmp_path, capsys):
@@ -508,6 +515,10 @@ def test_missing_inputs_reported_before_any_model_loads(tmp_path, capsys, monkey
     rc = main(["run", "--stages", "sharpen", "--image", str(tmp_path / "a.png"), "--depth",
                str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "depth file not found" in capsys.readouterr().err
+    # a folder cannot be sharpened alone (no --depth per image): said before the sharpener loads
+    with pytest.raises(SystemExit):
+        main(["run", "--stages", "sharpen", "--input-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "--stages sharpen alone sharpens one --depth map: give --image with --depth" in capsys.readouterr().err
 
 
 def test_device_and_checkpoint_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -777,6 +777,21 @@ def test_integer_npy_needs_and_uses_depth_scale(tmp_path):
     np.testing.assert_allclose(io.read_depth(tmp_path / "mm.npy", depth_scale=1000), mm / 1000, atol=1e-6)
 
 
+def test_integer_depth_at_a_scale_that_gives_no_scene_warns_like_float_depth():
+    import warnings
+
+    mm = np.array([[0, 1500], [2250, 5000]], np.uint16)  # a median of 2250 mm
+    with pytest.warns(io.UnitWarning, match=r"at depth scale 1 units per metre has median 2250 m, far beyond any scene"):
+        io.depth_to_metres(mm, 1)
+    with pytest.warns(io.UnitWarning, match=r"median 2250000 m.* if 0\.001 is metres per unit \(as RealSense reports "
+                                            r"it\), pass 1000\."):
+        io.depth_to_metres(mm, 0.001)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(io.depth_to_metres(mm, 1000), mm / 1000, atol=1e-6)
+        io.depth_to_metres(np.array([[0, 90 * 256]], np.uint16), 256)  # 90 m: a far LiDAR return, not a unit slip
+
+
 @pytest.mark.parametrize("scale, words", [(1e-300, "1.5e+303-2.25e+303 m, which float32 metres cannot hold"),
                                           (1e300, "1.5e-297-2.25e-297 m, which float32 metres cannot hold"),
                                           ("1000", "received '1000' (str)"), (True, "received True (bool)"),
