@@ -135,8 +135,16 @@ def _read_inputs(img_path: Path, sparse_path: Path | None, depth_path: Path | No
 def _say_odd_principal_point(intrinsics, shape: tuple[int, int]) -> bool:
     """Say on stderr (and return True) when the principal point lies far outside an image of ``shape`` (H, W): more
     than half the image beyond an edge, as when fx,fy,cx,cy were given in another order or for another resolution;
-    the point cloud would be skewed."""
+    the point cloud would be skewed. Intrinsics that look divided by the image size (focal lengths under 2 px, the
+    principal point within [0, 1.5] px) are said too, scaled to this image."""
     h, w = shape
+    k = intrinsics
+    if k.fx < 2 and k.fy < 2 and 0 <= k.cx <= 1.5 and 0 <= k.cy <= 1.5 and min(h, w) >= 8:
+        print(f"depthkit run: --intrinsics {k.fx:g},{k.fy:g},{k.cx:g},{k.cy:g} look normalised by the image size "
+              f"(fractions, not pixels): a focal length under 2 px would make the point cloud hundreds of times too "
+              f"wide. For this {w}x{h} image: --intrinsics {k.fx * w:.6g},{k.fy * h:.6g},{k.cx * w:.6g},"
+              f"{k.cy * h:.6g} (the point cloud is written as given)", file=sys.stderr)
+        return True
     if -0.5 * w <= intrinsics.cx <= 1.5 * w and -0.5 * h <= intrinsics.cy <= 1.5 * h:
         return _say_other_resolution(intrinsics, shape)
     print(f"depthkit run: the principal point ({intrinsics.cx:g}, {intrinsics.cy:g}) lies far outside the {w}x{h} "

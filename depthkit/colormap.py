@@ -3,6 +3,8 @@ metres (:func:`colorize`; :func:`depthkit.io.write_colorized` writes it to a fil
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["colorize", "legend_labels"]
@@ -59,7 +61,9 @@ def colorize(depth: np.ndarray, vmin: float | None = None, vmax: float | None = 
 
 def legend_labels(vmin: float, vmax: float, n: int, clipped_low: bool = False, clipped_high: bool = False) -> list[str]:
     """The colour bar's ``n`` tick labels (metres, top = near); clipped ends read ``<= v m`` / ``>= v m``."""
-    labels = [f"{vmin + i / (n - 1) * (vmax - vmin):.2f} m" for i in range(n)]
+    step = (vmax - vmin) / (n - 1)
+    decimals = max(2, -math.floor(math.log10(step))) if step > 0 else 2  # ticks that differ read differently
+    labels = [f"{vmin + i * step:.{decimals}f} m" for i in range(n)]
     if clipped_low:
         labels[0] = "<= " + labels[0]
     if clipped_high:

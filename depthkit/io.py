@@ -227,9 +227,14 @@ def read_depth(path, depth_scale: float | None = None, what: str = "depth") -> n
                 f"depth PNG {path} is {arr.dtype} with shape {arr.shape}; expected a single-channel 16-bit PNG."
             )
         recorded = png_depth_scale(path)
+        usable = recorded is not None and math.isfinite(recorded) and recorded > 0
+        if depth_scale is None and recorded is not None and not usable:
+            raise ValueError(f"depth PNG {path} records depth_scale {recorded:g} in its text chunk, which is no scale "
+                             "(units per metre, a finite number > 0). Give the file's true scale: --depth-scale "
+                             "(depth_scale=... in Python).")
         if depth_scale is None:
             depth_scale = recorded
-        elif (recorded is not None and isinstance(depth_scale, (int, float, np.number))
+        elif (usable and isinstance(depth_scale, (int, float, np.number))
               and not isinstance(depth_scale, bool) and float(depth_scale) != recorded):
             import warnings
 
@@ -355,8 +360,8 @@ def hxw_depth_map(depth: np.ndarray, what: str) -> np.ndarray:
     return depth
 
 
-def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse", working_size: bool = False
-                  ) -> np.ndarray:
+def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "sparse", working_size: bool = False,
+                  depth_scale: float | None = None) -> np.ndarray:
     """Move sparse depth (HxW metres, 0 = missing) to ``shape`` = (H', W'), each point to its scaled pixel centre
     (:func:`~depthkit.sparse_resize.scatter_points`): of points sharing a pixel the nearest wins, and a
     :class:`DepthkitWarning` counts them. Another :class:`DepthkitWarning` says when the two aspects differ by over 2 %
@@ -368,10 +373,11 @@ def resize_sparse(sparse: np.ndarray, shape: tuple[int, int], what: str = "spars
 
     ``sparse`` is checked first as at the image's size (:func:`depth_to_metres`, :func:`check_depth_values`, as
     :func:`depthkit.pipeline.check_sparse` does): NaN, inf, negative values and integer units are refused with the
-    same messages rather than dropped as missing; an HxWx1 map is taken as HxW and a numpy masked array's masked
-    pixels are missing, as there. ``shape`` may be an image's ``shape`` (H', W', 3): its first two are used.
+    same messages rather than dropped as missing (integer units are divided by ``depth_scale``, units per metre,
+    when given); an HxWx1 map is taken as HxW and a numpy masked array's masked pixels are missing, as there.
+    ``shape`` may be an image's ``shape`` (H', W', 3): its first two are used.
     """
-    sparse = depth_to_metres(hxw_depth_map(np.asarray(unmasked(sparse)), what), None, what=what)
+    sparse = depth_to_metres(hxw_depth_map(np.asarray(unmasked(sparse)), what), depth_scale, what=what)
     check_depth_values(sparse, what)
     h, w = sparse.shape
     oh, ow = target_size(shape, what)

@@ -111,10 +111,10 @@ def _with_prefix(err: Exception, prefix: str) -> Exception:
 
 def check_image(image) -> np.ndarray:
     """Return ``image`` as a contiguous HxWx3 uint8 RGB array or raise ``ValueError`` saying what is wrong."""
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, (str, os.PathLike)):  # then checked as an array is (its size)
         from depthkit.io import read_image
 
-        return read_image(image)
+        image = read_image(image)
     tensor = type(image).__module__.startswith("torch")
     given_dtype = str(image.dtype).removeprefix("torch.") if tensor else None  # bfloat16 is widened on the way
     image = _to_numpy(image, "image")

@@ -142,6 +142,10 @@ def test_intrinsics_in_the_wrong_order_are_said(tmp_path, capsys):
     assert "principal point (500, 500) lies far outside the 28x20 image" in capsys.readouterr().err
     assert main(_single(tmp_path, "--ply", "--intrinsics", "30,30,14,10", out="o2")) == 0
     assert "principal point" not in capsys.readouterr().err
+    assert main(_single(tmp_path, "--ply", "--intrinsics", "1.07,1.5,0.5,0.5", out="o3")) == 0  # K / image size
+    assert "--intrinsics 1.07,1.5,0.5,0.5 look normalised by the image size (fractions, not pixels): a focal " \
+           "length under 2 px would make the point cloud hundreds of times too wide. For this 28x20 image: " \
+           "--intrinsics 29.96,30,14,10" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("given, k, scaled", [

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -968,8 +969,37 @@ def test_a_pil_image_of_a_sideways_photo_is_read_upright_as_its_file_is(tmp_path
                                           from_pil)
 
 
+@pytest.mark.parametrize("chunk", ["0", "nan", "-1000", "inf"])
+def test_a_depth_png_recording_no_scale_is_refused_naming_the_file_and_chunk(tmp_path, chunk):
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("depth_scale", chunk)
+    Image.fromarray(np.array([[0, 1500], [2250, 0]], np.uint16)).save(tmp_path / "d.png", pnginfo=info)
+    with pytest.raises(ValueError, match=rf"depth PNG .*d\.png records depth_scale {re.escape(chunk)} in its text "
+                                         r"chunk, which is no scale .* --depth-scale"):
+        io.read_depth(tmp_path / "d.png")
+    with warnings.catch_warnings():  # no "records depth_scale 0, but 1000 was given": a given scale is just used
+        warnings.simplefilter("error")
+        got = io.read_depth(tmp_path / "d.png", depth_scale=1000)
+    np.testing.assert_allclose(got, [[0, 1.5], [2.25, 0]], atol=1e-6)
+
+
+def test_resize_sparse_takes_the_depth_scale_its_integer_error_asks_for():
+    mm = np.zeros((4, 6), np.uint16)
+    mm[1, 2] = 1500
+    with pytest.raises(ValueError, match="depth_scale=... in Python"):
+        io.resize_sparse(mm, (8, 12))
+    out = io.resize_sparse(mm, (8, 12), depth_scale=1000)
+    assert out.shape == (8, 12) and out[out > 0].tolist() == [1.5]
+
+
 def test_legend_marks_clipping_and_scales_with_height():
     assert io.legend_labels(1, 2, 2, clipped_low=True, clipped_high=True) == ["<= 1.00 m", ">= 2.00 m"]
+    assert io.legend_labels(0.5, 80, 5) == ["0.50 m", "20.38 m", "40.25 m", "60.12 m", "80.00 m"]
+    # a millimetre-scale scene: ticks that differ must read differently, not all "0.00 m"
+    assert io.legend_labels(0.0018, 0.0052, 5) == ["0.0018 m", "0.0027 m", "0.0035 m", "0.0043 m", "0.0052 m"]
+    assert io.legend_labels(3, 3, 3) == ["3.00 m"] * 3
     depth = np.linspace(0.5, 80, 1080 * 64, dtype=np.float32).reshape(1080, 64)
     small = io.colorize(depth[:120]).shape[1] - 64
     assert io.colorize(depth).shape[1] - 64 > 2 * small  # 1080p legend text is larger, not a fixed 72 px

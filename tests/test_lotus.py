@@ -281,3 +281,18 @@ def test_masked_scale_shift_fallbacks():
     lone[0, 0, 1, 1] = 2.0
     s, t = masked_scale_shift(lone, torch.full_like(pred, 7.0))
     assert float(s) == 1.0 and float(t) == 5.0
+
+
+def test_image_to_tensor_takes_a_read_only_array_without_a_warning():
+    """np.asarray of a PIL image is read-only; torch.from_numpy warns about (and could write into) such arrays."""
+    import warnings
+
+    from depthkit.sharpen.lotus import image_to_tensor
+
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    image.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = image_to_tensor(image)
+    assert x.shape == (1, 3, 4, 6)
+    np.testing.assert_allclose(x[0, :, 0, 0].numpy(), [-1.0, 1 / 127.5 - 1, 2 / 127.5 - 1], rtol=1e-6)

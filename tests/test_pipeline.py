@@ -46,6 +46,18 @@ def test_batch_in_batch_out_and_paths(tmp_path):
     np.testing.assert_array_equal(outs[1].depth, pipe(image2, sparse2).depth)
 
 
+def test_a_too_small_image_is_refused_alike_as_an_array_and_as_a_path(tmp_path):
+    import cv2
+
+    image = np.full((1, 50, 3), 128, np.uint8)
+    sparse = np.zeros((1, 50), np.float32)
+    sparse[0, 10] = 2.0
+    cv2.imwrite(str(tmp_path / "one.png"), image)
+    for given in (image, tmp_path / "one.png", str(tmp_path / "one.png")):
+        with pytest.raises(ValueError, match=r"image is 1x50 pixels; expected at least 2x2"):
+            Pipeline(method="nearest")(given, sparse)
+
+
 def test_inputs_from_torch_and_pil():
     import torch
     from PIL import Image

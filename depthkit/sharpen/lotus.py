@@ -130,7 +130,8 @@ def pad_to_multiple(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB → ``1 x 3 x H x W`` float32 in [-1, 1] (CPU). No checks: the caller validated ``image``
     (:meth:`LotusModel.prepare_image` for public entries, :class:`depthkit.pipeline.Pipeline` for stages)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    # a copy: torch warns about (and could write to) a read-only array, such as np.asarray of a PIL image
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 class LotusModel(nn.Module):
