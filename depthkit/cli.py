@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = run.add_argument_group("outputs")
     out.add_argument("--out", type=Path, required=True, help="output folder")
     out.add_argument("--png-scale", type=float, default=None,
-                     help="units per metre in <stem>_depth.png (default: 1000 = millimetres when the depth fits "
-                          "0-65.5 m, else 256, 100, 10, 1; recorded in the PNG's depth_scale text chunk)")
+                     help="units per metre in <stem>_depth.png (default: of 1000 = millimetres, 256, 100, 10, 1 the "
+                          "first that fits the depth and holds the measured sparse values exactly, else the first "
+                          "that fits; recorded in the PNG's depth_scale text chunk)")
     out.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels, or a JSON/TXT file")
     out.add_argument("--ply", action="store_true", help="also write <stem>.ply point clouds (needs --intrinsics)")
     existing = out.add_mutually_exclusive_group()

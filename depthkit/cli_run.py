@@ -71,14 +71,15 @@ def output_paths(out_dir: Path, stem: str, ply: bool = False) -> list[Path]:
 
 
 def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float | None = None,
-                  intrinsics=None, ply: bool = False) -> list[Path]:
+                  intrinsics=None, ply: bool = False, measured=None) -> list[Path]:
     """Write ``<stem>_depth.npy``, ``<stem>_depth.png`` (uint16, scale in its ``depth_scale`` text chunk; None =
-    chosen to fit), ``<stem>_color.png`` and optionally ``<stem>.ply``. The PNG scale is checked first, so a depth
+    chosen to fit, holding the ``measured`` depths (metres, 0 = none) exactly where a fitting scale can), ``<stem>_color.png`` and optionally ``<stem>.ply``. The PNG scale is checked first, so a depth
     that cannot fit (or would round to 0 at ``png_scale``) raises before any file is written; if a later write
     fails, the files this call wrote are removed (a result is whole or absent)."""
     from depthkit import io
 
-    png_scale = io.choose_png_scale(depth, png_scale)  # checked (and chosen) before any file is written
+    # checked (and chosen: one that holds the ``measured`` depths exactly, when one fits) before any file is written
+    png_scale = io.choose_png_scale(depth, png_scale, exact=measured)
     writers = [(f"{stem}_depth.npy", lambda p: io.write_depth_npy(p, depth)),
                (f"{stem}_depth.png", lambda p: io.write_depth_png16(p, depth, scale=png_scale)),
                (f"{stem}_color.png", lambda p: io.write_colorized(p, depth))]
@@ -358,6 +359,7 @@ def run_command(args, parser, build_pipeline) -> int:
                 warnings.simplefilter("ignore", UnitWarning)
                 out = pipe(image, sparse, depth=depth)
             paths = write_outputs(args.out, Path(img_path).stem, out.depth, image=image, png_scale=args.png_scale,
+                                  measured=sparse,
                                   intrinsics=intrinsics, ply=args.ply)
             # --overwrite of a whole earlier result: its .ply, not rewritten now, would be another depth's cloud
             stale = [p for p in output_paths(args.out, Path(img_path).stem, ply=True)

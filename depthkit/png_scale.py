@@ -24,10 +24,12 @@ PNG_SCALES = (1000.0, 256.0, 100.0, 10.0, 1.0)
 0-65.5 m, 256 fits 0-256 m, ...)."""
 
 
-def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = "depth") -> float:
+def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = "depth", exact=None) -> float:
     """Units per metre for a 16-bit PNG of ``depth`` (metres): ``scale`` if given, else the first of
-    :data:`PNG_SCALES` that fits — or, when some valid pixel would round to 0 there, :func:`fitting_png_scale` if
-    that keeps every one (a frame with a few returns under half a millimetre). Raises ``ValueError`` (before
+    :data:`PNG_SCALES` that fits and, with ``exact`` (the measured depths, metres, 0 = none), reads every one of them
+    back bit for bit (KITTI's 1/256 m values at 256, millimetres at 1000); without such a scale the first that fits
+    — or, when some valid pixel would round to 0 there, :func:`fitting_png_scale` if that keeps every one (a frame
+    with a few returns under half a millimetre). Raises ``ValueError`` (before
     anything is written) when the depth cannot fit, when ``scale`` is not a finite number > 0, or when at the given
     ``scale`` a valid pixel (> 0 m) would round to 0 (which the PNG stores as missing) although a scale that fits
     would keep it; the messages suggest a ``--png-scale`` that works."""
@@ -38,6 +40,13 @@ def choose_png_scale(depth: np.ndarray, scale: float | None = None, what: str = 
     if scale is not None:
         _check_png_scale(valid, float(scale), auto, what)
         return float(scale)
+    if exact is not None:
+        measured = np.asarray(exact, dtype=np.float32)
+        measured = measured[np.isfinite(measured) & (measured > 0)]
+        holds = next((c for c in PNG_SCALES if round(top * c) <= 65535 and keeps_every_pixel(valid, c)
+                      and _reads_back(measured, c)), None)
+        if measured.size and holds is not None:
+            return holds
     if auto is None:
         fit = fitting_png_scale(top)
         over = int((valid > 65535).sum())
@@ -72,6 +81,13 @@ def _check_png_scale(valid: np.ndarray, scale: float, auto: float | None, what: 
                          f"(from {float(valid.min()):.3g} m) round to 0, which the 16-bit PNG stores as missing. Use "
                          f"a larger --png-scale (e.g. {fit:g}, which fits 0-{65535 / fit:g} m)"
                          f"{', or leave it out' if keeps else ''}.")
+
+
+def _reads_back(metres: np.ndarray, scale: float) -> bool:
+    """Whether float32 ``metres`` come back unchanged from a PNG at ``scale``: stored as round(m * scale), read as
+    units / scale in float64 then float32, as :func:`depthkit.io.read_depth` reads them."""
+    units = np.round(metres.astype(np.float64) * scale)
+    return bool(np.array_equal((units / scale).astype(np.float32), metres))
 
 
 def keeps_every_pixel(valid: np.ndarray, scale: float) -> bool:

@@ -25,6 +25,34 @@ def _write_pair(folder, stem, h=20, w=28, seed=0, png_sparse=False):
     return image, sparse
 
 
+@pytest.mark.parametrize("units, scale, png_scale", [(256, 256, 256.0), (1000, 1000, 1000.0), (None, None, 1000.0)])
+def test_the_depth_png_holds_the_measured_values_exactly_when_a_fitting_scale_can(tmp_path, units, scale, png_scale):
+    """KITTI's uint16 / 256 m values come back bit for bit from a PNG at 256 (at 1000 most would move by up to half a
+    millimetre); millimetres stay at 1000; float metres no PNG scale holds keep the first that fits."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (20, 28, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    raw = np.zeros((20, 28), np.uint16)
+    raw.flat[rng.choice(20 * 28, 40, replace=False)] = rng.integers(300, 16000, 40)  # within 62.5 m: 1000 fits
+    if units is None:
+        np.save(tmp_path / "a_sparse.npy", (raw / 997.3).astype(np.float32))
+        extra = []
+    else:
+        cv2.imwrite(str(tmp_path / "a_sparse.png"), raw)  # as a sensor writes it: no depth_scale chunk
+        extra = ["--depth-scale", str(scale)]
+    sparse_file = next(tmp_path.glob("a_sparse.*"))
+    assert main(["run", "--image", str(tmp_path / "a.png"), "--sparse", str(sparse_file), "--method", "nearest",
+                 "--out", str(tmp_path / "o"), *extra]) == 0
+    sparse = io.read_depth(sparse_file, depth_scale=scale)
+    png = tmp_path / "o" / "a_depth.png"
+    assert io.png_depth_scale(png) == png_scale
+    m = sparse > 0
+    if units is not None:
+        np.testing.assert_array_equal(io.read_depth(png)[m], sparse[m])
+        np.testing.assert_array_equal(cv2.imread(str(png), cv2.IMREAD_UNCHANGED)[m], raw[m])
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "a_depth.npy")[m], sparse[m])
+
+
 def test_run_single_writes_all_outputs_and_keeps_measurements(tmp_path, capsys):
     _, sparse = _write_pair(tmp_path, "a")
     rc = main(["run", "--image", str(tmp_path / "a.png"), "--sparse", str(tmp_path / "a_sparse.npy"),
