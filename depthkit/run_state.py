@@ -43,7 +43,13 @@ def prepare_run_dir(output_dir, resume: bool, recipe=None) -> Path:
     from depthkit.run_recipe import RECIPE_FILE, check_resumed_recipe, record_recipe
 
     run = Path(output_dir)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"output.output_dir {run} is a file; give the folder for the run (it is created if missing).")
     found = latest_state_dir(run)
+    if found is None and (run / "final").exists():  # a finished run whose checkpoints were deleted to save space
+        raise ValueError(f"{run} holds a finished run's exported weights ({run / 'final'}) and no checkpoint to "
+                         "resume from, so this run would start at step 0 and replace them. Choose another "
+                         "output.output_dir, or move final/ away first.")
     if not resume and found is not None:
         raise ValueError(f"{run} already holds a training run (checkpoints/). Resume it with --resume, or choose "
                          "another output.output_dir.")

@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import pytest
 import torch
@@ -116,6 +117,16 @@ def test_run_folder_guard_and_atomic_export(tmp_path):
         atomic_export(final, fail)
     assert sorted(p.name for p in final.iterdir()) == ["a.txt"]  # the previous export is untouched
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "final"]  # no temporary folder left
+    # a finished run whose checkpoints were deleted: a new run (or a --resume that would start at 0) is refused
+    shutil.rmtree(run / "checkpoints")
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=r"holds a finished run's exported weights .*final\) and no checkpoint to "
+                                             r"resume from, so this run would start at step 0 and replace them"):
+            prepare_run_dir(run, resume=resume)
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"output.output_dir .*afile is a file; give the folder for the run"):
+        prepare_run_dir(tmp_path / "afile", resume=False)
 
 
 # ----------------------------------------------------------------------------------- hardening (issue 14, items 6-7)
