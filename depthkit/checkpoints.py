@@ -228,6 +228,19 @@ def check_loading_info(info: dict, path, what: str = "model weights", limit: int
                               "incomplete or belongs to another model; re-export or re-download it.")
 
 
+def check_finite_weights(module, path, what: str) -> None:
+    """Refuse a loaded ``module``'s weights (an ``nn.Module``, or a dict of tensors) when they hold NaN or infinity,
+    a :class:`CheckpointError` naming ``what``, the file or folder ``path`` and the first such tensor: they would run
+    and turn into a depth map of NaN, or, in a stage that some frames skip, go unnoticed there."""
+    import torch
+
+    tensors = module.state_dict() if hasattr(module, "state_dict") else module
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{what} in {path} hold non-finite values (NaN or infinity; first: {name}). The "
+                                  "checkpoint is corrupt: re-export or re-download it.")
+
+
 def check_finite_output(stage: str, array, method: str | None = None) -> None:
     """Raise ``ValueError`` when stage ``stage``'s output ``array`` (depth, metres) holds NaN or infinity — broken
     weights must not turn into a written depth map. ``method`` names a classical (weightless) completion method that

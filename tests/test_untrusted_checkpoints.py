@@ -4,6 +4,7 @@ silently, malformed files give one error naming the file, paths stay inside, siz
 Each test builds one hostile variant of a tiny checkpoint (copied from one written once per module)."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -334,6 +335,27 @@ def _sharpen_pipeline(root):
     from depthkit import Pipeline
 
     return Pipeline.from_pretrained(root, stages=("sharpen",))
+
+
+def test_non_finite_sharpen_weights_are_refused_at_load_naming_the_file(sck):
+    """Not only when the sharpener runs (LiDAR frames skip it, so bad weights would go unnoticed there)."""
+    from safetensors.torch import load_file, save_file
+
+    from depthkit.sharpen.model import SharpDepth
+
+    root = sck / "sharpen"
+    for name in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "empty_prompt_embeds.safetensors"):
+        good = (root / name).read_bytes()
+        tensors = load_file(str(root / name))
+        key = sorted(k for k in tensors if tensors[k].is_floating_point())[-1]
+        tensors[key] = torch.full_like(tensors[key], float("inf"))
+        save_file(tensors, str(root / name))
+        part = name.split("/")[0]
+        with pytest.raises(CheckpointError, match=rf"in {re.escape(str(root / part))} hold non-finite values"):
+            SharpDepth.from_pretrained(root)
+        (root / name).write_bytes(good)
+    SharpDepth.from_pretrained(root)  # intact again
 
 
 def test_malformed_sharpen_json_is_one_error_naming_the_folder(sck):

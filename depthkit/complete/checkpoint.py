@@ -45,6 +45,7 @@ from depthkit.checkpoints import (
     CheckpointError,
     bounded,
     check_attn_implementation,
+    check_finite_weights,
     check_loading_info,
     check_tree,
     hub_offline,
@@ -311,14 +312,6 @@ def _base_reference(directory: Path, ref: str) -> str:
     return str(path)
 
 
-def _check_finite(module: nn.Module, path, what: str) -> None:
-    """Refuse weights holding NaN or infinity (they would run and turn into a depth map of NaN)."""
-    for name, t in module.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{what} in {path} hold non-finite values (NaN or infinity; first: {name}). The "
-                                  "checkpoint is corrupt: re-export or re-download it.")
-
-
 def _weight_files(directory: Path) -> list[str]:
     if (directory / "model.safetensors.index.json").is_file():
         index = read_json(directory / "model.safetensors.index.json", "weight index")
@@ -411,7 +404,7 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
     _check_safetensors(directory / DEPTH_MODULES_FILE)
     with loading(directory, f"the depth modules ({DEPTH_MODULES_FILE}, {SDIM_CONFIG_FILE})"):
         model = SDIMModel.from_depth_modules(base, directory)
-    _check_finite(model, directory, "the model weights (model.safetensors / depth_modules.safetensors)")
+    check_finite_weights(model, directory, "the model weights (model.safetensors / depth_modules.safetensors)")
     model = model.to(device=device, dtype=torch_dtype(dtype)).eval()
 
     with loading(directory, "the processor files (tokenizer, preprocessor_config.json)"):
@@ -435,7 +428,7 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
                                  f"received {prior_input!r}. Re-export the checkpoint or fix the file.")
             head = ResidualHead(hidden, float(head_info["max_log_correction"]), float(ratio), prior_input)
             head.load_state_dict(load_file(str(head_path)), strict=True)
-        _check_finite(head, head_path, "the residual head")
+        check_finite_weights(head, head_path, "the residual head")
         head = head.to(device).eval()
     return LoadedCompleter(model=model, processor=processor, settings=settings, residual_head=head,
                            refiner=_load_refiner(refiner_path, settings.refiner, device))
@@ -464,7 +457,7 @@ def _load_refiner(path: Path | None, info: dict | None, device):
     bound = bounded("refiner.max_log_correction", info.get("max_log_correction"), 1e-3, 10.0, source, integer=False)
     with loading(path, f"the dense refiner described in {COMPLETE_JSON}"):
         refiner = DenseRefiner.load(path.parent, {"file": path.name, "width": width, "max_log_correction": bound})
-    _check_finite(refiner, path, "the dense refiner")
+    check_finite_weights(refiner, path, "the dense refiner")
     return refiner.to(device).eval()
 
 

@@ -437,6 +437,11 @@ class LotusModel(nn.Module):
             raise CheckpointError(f"could not load the diffusers parts of {root}: {type(exc).__name__}: {exc}. "
                                   "The checkpoint may be truncated or corrupt; re-create or re-download it.") from exc
         embeds = load_empty_prompt_embeds(root / EMBEDS_FILE)
+        from depthkit.checkpoints import check_finite_weights
+
+        for module, part, what in ((unet, unet_subfolder, "the UNet weights"), (vae, "vae", "the VAE weights"),
+                                   ({"embeds": embeds}, EMBEDS_FILE, "the empty-prompt embedding")):
+            check_finite_weights(module, root / part, what)
         if mode is None:
             mode = meta.get("mode") or ("generative" if unet.config.in_channels == 2 * vae.config.latent_channels
                                         else "direct")

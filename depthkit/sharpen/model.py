@@ -483,6 +483,9 @@ class SharpDepth(nn.Module):
             lotus_unet = load_diffusers_model(UNet2DConditionModel, root / LOTUS_UNET_DIR, "the pass-1 Lotus UNet "
                                               "weights", **kwargs)
             lotus_unet = lotus_unet.to(device or "cpu").eval()
+            from depthkit.checkpoints import check_finite_weights
+
+            check_finite_weights(lotus_unet, root / LOTUS_UNET_DIR, "the pass-1 Lotus UNet weights")
             try:
                 check_pass1_unet(lotus_unet, model.unet)
             except ValueError as exc:
