@@ -24,11 +24,10 @@ def cmd_ls(args, parser) -> int:
 
     print("datasets (depthkit eval --dataset):")
     print("  " + ", ".join(DATASETS))
-    from depthkit.resources import list_recipes, recipes_dir
+    from depthkit.resources import recipes_dir
 
     print(f"recipes (depthkit train NAME; copy one to edit: depthkit recipes cp NAME DEST) in {recipes_dir()}:")
-    for name, path in list_recipes().items():
-        print(f"  {name:<28} {_recipe_title(path)}")
+    _print_recipes("  ")
     print(f"checkpoints in {embedded_checkpoints_dir()}:")
     cks, default = available_checkpoints(), default_checkpoint()
     for p in cks:
@@ -130,14 +129,24 @@ def _recipe_title(path: Path) -> str:
     return ""
 
 
+def _print_recipes(indent: str) -> None:
+    """The shipped training recipes, then the accelerate launch configs (not recipes: `depthkit train` refuses them)."""
+    from depthkit.resources import list_launch_configs, list_recipes
+
+    for name, path in list_recipes().items():
+        print(f"{indent}{name:<28} {_recipe_title(path)}")
+    print(f"{indent}accelerate launch configs (accelerate launch --config_file PATH -m depthkit.cli train RECIPE):")
+    for name, path in list_launch_configs().items():
+        print(f"{indent}  {name:<26} {path}")
+
+
 def cmd_recipes(args, parser) -> int:
     import shutil
 
-    from depthkit.resources import find_recipe, list_recipes
+    from depthkit.resources import find_recipe
 
     if args.recipes_verb == "ls":
-        for name, path in list_recipes().items():
-            print(f"{name:<28} {_recipe_title(path)}")
+        _print_recipes("")
         return 0
     src = find_recipe(args.name)
     dest = args.dest / src.name if args.dest.is_dir() else args.dest

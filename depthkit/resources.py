@@ -37,10 +37,24 @@ def checkpoints_dir() -> Path:
     return _shipped("checkpoints")
 
 
-def list_recipes() -> dict[str, Path]:
-    """Shipped recipes by name (path under ``recipes/`` without ``.yaml``, e.g. ``tiny/complete``)."""
+LAUNCH_CONFIGS = "accelerate"
+"""The folder of ``recipes/`` holding ``accelerate launch --config_file`` configs, not training recipes."""
+
+
+def _shipped_yaml(launch: bool) -> dict[str, Path]:
     root = recipes_dir()
-    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))
+            if (p.relative_to(root).parts[0] == LAUNCH_CONFIGS) == launch}
+
+
+def list_recipes() -> dict[str, Path]:
+    """Shipped training recipes by name (path under ``recipes/`` without ``.yaml``, e.g. ``tiny/complete``)."""
+    return _shipped_yaml(launch=False)
+
+
+def list_launch_configs() -> dict[str, Path]:
+    """Shipped ``accelerate launch --config_file`` configs by name (e.g. ``accelerate/fsdp``)."""
+    return _shipped_yaml(launch=True)
 
 
 def find_recipe(spec) -> Path:
@@ -52,7 +66,7 @@ def find_recipe(spec) -> Path:
     parts = path.parts[1:] if path.parts[:1] == ("recipes",) else path.parts
     if parts and not path.is_absolute():
         name = str(Path(*parts).with_suffix("")) if Path(*parts).suffix in (".yaml", ".yml") else str(Path(*parts))
-        shipped = list_recipes()
+        shipped = {**list_recipes(), **list_launch_configs()}  # `depthkit recipes cp` copies either
         if name in shipped:
             return shipped[name]
     names = ", ".join(list_recipes()) or f"none found in {recipes_dir()}"

@@ -591,6 +591,15 @@ def test_ls_lists_recipes_and_recipes_cp(tmp_path, capsys):
 
     assert load_recipe(tmp_path / "mine.yaml").kind == "complete"
     assert main(["recipes", "cp", "tiny/complete", str(tmp_path / "mine.yaml")]) == 2  # never overwrites
+    # every recipe listed loads as one; the accelerate launch configs are listed apart, and still copied
+    from depthkit.resources import list_launch_configs, list_recipes
+
+    assert all(load_recipe(p).kind for p in list_recipes().values())
+    assert sorted(list_launch_configs()) == ["accelerate/deepspeed_zero2", "accelerate/fsdp", "accelerate/multi_node"]
+    assert main(["recipes", "ls"]) == 0
+    listed = capsys.readouterr().out.split("accelerate launch configs")
+    assert "tiny/complete" in listed[0] and "accelerate/fsdp" not in listed[0] and "accelerate/fsdp" in listed[1]
+    assert main(["recipes", "cp", "accelerate/fsdp", str(tmp_path / "fsdp.yaml")]) == 0
 
 
 def test_shipped_recipe_found_from_another_folder(tmp_path, monkeypatch):
