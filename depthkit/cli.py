@@ -61,9 +61,10 @@ class _Parser(argparse.ArgumentParser):
         for i in range(len(args) - 2, -1, -1):
             if args[i] == "--intrinsics" and re.match(r"-[0-9.]", args[i + 1]):
                 args[i:i + 2] = [f"--intrinsics={args[i + 1]}"]
-        if "--resume" in args and any("=" in a and not a.startswith("-") for a in args[args.index("--resume"):]):
-            args.remove("--resume")  # `train R --resume key=value`: argparse would leave the overrides unparsed
-            args.append("--resume")
+        for flag in ("--resume", "--quiet", "-q", "--verbose", "-v"):  # options that take no value
+            if flag in args and any("=" in a and not a.startswith("-") for a in args[args.index(flag):]):
+                args.remove(flag)  # `train R --resume key=value`: argparse would leave the overrides unparsed
+                args.append(flag)
         return super().parse_known_args(args, namespace)
 
     def error(self, message):  # exit code 2 with usage, as argparse, but name the verb's help

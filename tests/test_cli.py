@@ -983,6 +983,9 @@ def test_train_overrides_may_follow_resume():
         args = build_parser().parse_args(argv)
         assert (str(args.recipe), args.overrides, args.resume) == ("r.yaml", ["a.b=1", "c.d=2"], True), argv
     assert build_parser().parse_args(["train", "r.yaml", "a.b=1"]).resume is False
+    for flag, dest in (("--quiet", "quiet"), ("-q", "quiet"), ("--verbose", "verbose"), ("-v", "verbose")):
+        args = build_parser().parse_args(["train", "r.yaml", flag, "a.b=1", "--resume", "c.d=2"])
+        assert (args.overrides, args.resume, getattr(args, dest)) == (["a.b=1", "c.d=2"], True, True), flag
 
 
 def test_a_reader_that_stops_early_ends_the_command_quietly():
