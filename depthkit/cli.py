@@ -412,9 +412,12 @@ def _cmd_init_checkpoint(args, parser) -> int:
     unknown = [s for s in stages if s not in available]
     if unknown or not stages:
         raise ValueError(f"cannot write tiny stage(s) {unknown or stages}; available: {', '.join(available)}")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())) and not args.overwrite:
-        what = ("not a folder" if not args.out.is_dir() else "a checkpoint (it holds depthkit.json)"
-                if (args.out / "depthkit.json").is_file() else "a folder that is not empty")
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"{args.out} is a file, not a folder; give a new folder for the checkpoint (nothing "
+                              "was written).")
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        what = ("a checkpoint (it holds depthkit.json)" if (args.out / "depthkit.json").is_file()
+                else "a folder that is not empty")
         raise FileExistsError(f"{args.out} is {what}; random weights would replace what is there. Choose a new "
                               "folder, or pass --overwrite (nothing was written).")
     options = {}
@@ -428,6 +431,14 @@ def _cmd_init_checkpoint(args, parser) -> int:
 def _cmd_import_checkpoint(args, parser) -> int:
     if args.sharpdepth is None and args.lotus is None:
         parser.error("give --sharpdepth and/or --lotus")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give the checkpoint folder to write (it is created if missing)")
+    from depthkit.checkpoints import BOUNDS
+
+    low, high = BOUNDS["processing_resolution"]
+    if args.processing_resolution != 0 and not low <= args.processing_resolution <= high:
+        parser.error(f"--processing-resolution must be {low} to {high} pixels (the longest side the sharpener works "
+                     f"at), or 0 for the input's size; received {args.processing_resolution}")
     module = _optional_module("depthkit.sharpen.importer", "import-checkpoint")
     module.import_checkpoint(args.out, sharpdepth=args.sharpdepth, lotus=args.lotus, norm=args.norm,
                              processing_resolution=args.processing_resolution or None)

@@ -356,6 +356,11 @@ def test_init_checkpoint_refuses_to_overwrite_a_folder_with_files(tmp_path, caps
     (other / "notes.txt").write_text("x")
     assert main(["init-checkpoint", "--tiny", str(other), "--stages", "complete"]) == 2
     assert "a folder that is not empty" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    for extra in ([], ["--overwrite"]):  # a file: no --overwrite offered (it could not help), none taken
+        assert main(["init-checkpoint", "--tiny", str(tmp_path / "afile"), "--stages", "complete", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "afile is a file, not a folder; give a new folder" in err and "--overwrite" not in err
     assert main(["init-checkpoint", "--tiny", str(ck), "--stages", "complete", "--seed", "3", "--overwrite"]) == 0
     assert {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()} != before
     (tmp_path / "empty").mkdir()

@@ -136,7 +136,7 @@ def test_import_with_separate_lotus_and_lotus_alone(releases, tmp_path):
     assert torch.allclose(model.model.empty_prompt_embeds, lotus_embeds, atol=1e-6)
 
 
-def test_import_keeps_other_stages_and_cli(releases, tmp_path):
+def test_import_keeps_other_stages_and_cli(releases, tmp_path, capsys):
     from depthkit.cli import main
 
     ck = tmp_path / "ck"
@@ -148,6 +148,17 @@ def test_import_keeps_other_stages_and_cli(releases, tmp_path):
         assert main(["import-checkpoint", "--sharpdepth", str(releases["sharpdepth"][0]), "--out", str(out),
                      "--norm", norm, "--processing-resolution", "0"]) == 0
         assert SharpDepth.from_pretrained(out / "sharpen").model.norm == norm
+    # options it cannot write into a loadable checkpoint are refused before any release is read
+    (tmp_path / "afile").write_text("x")
+    for argv, words in ((["--processing-resolution", "100000"], "must be 8 to 4096 pixels"),
+                        (["--processing-resolution", "4"], "or 0 for the input's size; received 4"),
+                        (["--processing-resolution", "-5"], "received -5"),
+                        (["--out", str(tmp_path / "afile")], "afile is a file; give the checkpoint folder")):
+        out = [] if "--out" in argv else ["--out", str(tmp_path / "never")]
+        with pytest.raises(SystemExit):
+            main(["import-checkpoint", "--sharpdepth", str(releases["sharpdepth"][0]), *out, *argv])
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_import_errors(releases, tmp_path):
