@@ -510,6 +510,13 @@ def test_synthetic_options_reach_every_synthetic_dataset_and_an_entry_overrides_
     assert {d.clutter for d in plain.datasets} == {0}  # the shipped refiner's recipe: no plants
 
 
+def test_a_mistyped_dataset_key_is_named_as_no_dataset_not_as_one_without_a_root():
+    recipe = load_recipe(TINY_RECIPE, ["data.datasets.synthetc={}"])
+    with pytest.raises(ValueError, match=r"data.datasets.synthetc: 'synthetc' is not a dataset \(did you mean "
+                                         r"'synthetic'\?\); known: .*data.datasets.synthetc.name=DATASET"):
+        build_datasets(recipe)
+
+
 def test_training_mix_never_draws_the_synthetic_test_scenes():
     """An entry without a split trains on ``train`` seeds: the synthetic reader's own default is the split its
     protocol evaluates (``test``, seeds 20,000,000 on), which the benchmarks measure; the shipped recipes give none."""

@@ -23,7 +23,7 @@ __all__ = ["build_datasets", "TrainSteps", "pad_id", "to_device"]
 
 def build_datasets(recipe) -> MixedDataset:
     """The recipe's ``data.datasets`` behind one index (``data.subset_size`` > 0: a seeded subset by weight)."""
-    from depthkit.data.datasets import build_dataset
+    from depthkit.data.datasets import DATASETS, build_dataset
 
     d = recipe.data
     if not d.datasets:
@@ -34,6 +34,14 @@ def build_datasets(recipe) -> MixedDataset:
         if entry.weight <= 0:  # left out (lets an override drop a dataset that has no root here)
             continue
         name = entry.name or key
+        if name not in DATASETS:  # before "needs a root", which would take a typo for a dataset without one
+            import difflib
+
+            close = difflib.get_close_matches(name, DATASETS, n=1)
+            raise ValueError(f"data.datasets.{key}: {name!r} is not a dataset"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; known: {', '.join(DATASETS)}. A key other than a dataset's name needs "
+                             f"data.datasets.{key}.name=DATASET.")
         kwargs = dict(entry.options)
         kwargs.setdefault("sparse_pattern", d.sparse_pattern)
         sk = dict(d.sparse_kwargs) if kwargs["sparse_pattern"] == d.sparse_pattern else {}
