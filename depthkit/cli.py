@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--out", type=Path, required=True, help="depthkit checkpoint directory to write")
     im.add_argument("--norm", choices=("depth", "disparity"), default=None,
                     help="the release's depth normalisation (default: read from the release name)")
+    im.add_argument("--overwrite", action="store_true",
+                    help="replace the checkpoint's sharpen/ stage (or write into a non-empty folder)")
     im.add_argument("--processing-resolution", type=int, default=768,
                     help="longest image side (pixels) inference runs at; 0 = the input's size (default 768)")
 
@@ -441,7 +443,7 @@ def _cmd_import_checkpoint(args, parser) -> int:
                      f"at), or 0 for the input's size; received {args.processing_resolution}")
     module = _optional_module("depthkit.sharpen.importer", "import-checkpoint")
     module.import_checkpoint(args.out, sharpdepth=args.sharpdepth, lotus=args.lotus, norm=args.norm,
-                             processing_resolution=args.processing_resolution or None)
+                             processing_resolution=args.processing_resolution or None, overwrite=args.overwrite)
     print(f"depthkit import-checkpoint: wrote {args.out}")
     return 0
 

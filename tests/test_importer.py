@@ -143,6 +143,17 @@ def test_import_keeps_other_stages_and_cli(releases, tmp_path, capsys):
     write_manifest(ck, {"complete": {"method": "guided"}})
     assert main(["import-checkpoint", "--sharpdepth", str(releases["sharpdepth"][0]), "--out", str(ck)]) == 0
     assert set(load_manifest(ck)["stages"]) == {"complete", "sharpen"}
+    unet = (ck / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    lotus_release = ["import-checkpoint", "--lotus", str(releases["lotus"][0]), "--out", str(ck)]
+    assert main(lotus_release) == 2  # would replace the imported sharpener: refused, nothing written
+    assert "sharpen exists; the import would replace it. Pass --overwrite" in capsys.readouterr().err
+    assert (ck / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet
+    assert main([*lotus_release, "--overwrite"]) == 0
+    assert (ck / "sharpen" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != unet
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "n.txt").write_text("mine")
+    assert main(["import-checkpoint", "--lotus", str(releases["lotus"][0]), "--out", str(tmp_path / "notes")]) == 2
+    assert "not empty and not a depthkit checkpoint" in capsys.readouterr().err
     for norm in ("depth", "disparity"):  # the CLI's --norm reaches the importer
         out = tmp_path / f"ck_{norm}"
         assert main(["import-checkpoint", "--sharpdepth", str(releases["sharpdepth"][0]), "--out", str(out),

@@ -194,7 +194,7 @@ def lotus_from_stable_diffusion(source, mode: str = "generative", norm: str = "d
 
 
 def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
-                      processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION) -> Path:
+                      processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION, overwrite: bool = False) -> Path:
     """Convert a SharpDepth release and/or a Lotus release into ``<out>/sharpen`` + ``<out>/depthkit.json``.
 
     Args:
@@ -203,6 +203,8 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
         lotus: Lotus-G release folder or hub id (pass-1 UNet with ``sharpdepth``; the sharpener's start without).
         norm: "depth" or "disparity"; default from the release name (see the module docstring).
         processing_resolution: longest side (pixels) inference runs at by default; None = the input's size.
+        overwrite: replace an existing ``<out>/sharpen`` (else refused, as is a non-empty ``out`` that is not a
+            checkpoint), before any release is read.
     Returns:
         ``out`` as a Path.
     """
@@ -213,6 +215,14 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
 
     if sharpdepth is None and lotus is None:
         raise ValueError("import_checkpoint needs sharpdepth=RELEASE and/or lotus=RELEASE (folders or hub ids).")
+    out = Path(out)
+    if not overwrite and out.is_dir():
+        if (out / "sharpen").exists():
+            raise FileExistsError(f"{out / 'sharpen'} exists; the import would replace it. Pass --overwrite "
+                                  "(overwrite=True), or another --out (nothing was written).")
+        if not (out / "depthkit.json").is_file() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is a folder that is not empty and not a depthkit checkpoint (no "
+                                  "depthkit.json). Choose a new folder, or pass --overwrite (nothing was written).")
     main = lotus_from_release(sharpdepth if sharpdepth is not None else lotus,
                               norm=_norm_from_name(sharpdepth if sharpdepth is not None else lotus, norm),
                               processing_resolution=processing_resolution)
