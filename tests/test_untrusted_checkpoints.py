@@ -112,6 +112,18 @@ def test_a_wrong_tensor_shape_is_one_error_naming_the_file(ck, tiny_source):
         load_complete(part)
 
 
+def test_a_wrong_shaped_base_model_tensor_is_named_with_its_key(ck):
+    from safetensors.torch import load_file, save_file
+
+    path = ck / "complete" / "model.safetensors"
+    tensors = load_file(str(path))
+    key = sorted(k for k in tensors if tensors[k].ndim == 2)[0]
+    tensors[key] = torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1])
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"do not match the model: 1 mismatched keys \({re.escape(key)}"):
+        load_complete(ck / "complete")
+
+
 def test_non_finite_weights_are_refused_at_load(ck):
     from safetensors.torch import load_file, save_file
 
