@@ -79,7 +79,9 @@ def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float 
     from depthkit import io
 
     # checked (and chosen: one that holds the ``measured`` depths exactly, when one fits) before any file is written
-    png_scale = io.choose_png_scale(depth, png_scale, exact=measured)
+    what = ("the output depth (a completion may reach beyond the sparse input's deepest value, which --png-scale was "
+            "checked against before the model ran)" if png_scale is not None and measured is not None else "depth")
+    png_scale = io.choose_png_scale(depth, png_scale, what=what, exact=measured)
     writers = [(f"{stem}_depth.npy", lambda p: io.write_depth_npy(p, depth)),
                (f"{stem}_depth.png", lambda p: io.write_depth_png16(p, depth, scale=png_scale)),
                (f"{stem}_color.png", lambda p: io.write_colorized(p, depth))]

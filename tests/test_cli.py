@@ -408,6 +408,15 @@ def test_deep_scene_png_scale_fits_and_too_deep_fails_before_writing(tmp_path, c
                                atol=1 / 511)
     assert main(_single(tmp_path, "--png-scale", "1000", out="o2")) == 2
     assert "does not fit" in capsys.readouterr().err and not list((tmp_path / "o2").glob("*"))
+    # a completion deeper than its sparse input (checked before the model ran) is said to be what did not fit
+    from depthkit.cli_run import write_outputs
+
+    with pytest.raises(ValueError, match=r"the output depth \(a completion may reach beyond the sparse input's deepest "
+                                         r"value, which --png-scale was checked against before the model ran\) up to "
+                                         r"70\.000 m does not fit a 16-bit PNG at scale 1000"):
+        write_outputs(tmp_path / "o3", "b", np.array([[1.0, 70.0]], np.float32), png_scale=1000,
+                      measured=np.array([[1.0, 0.0]], np.float32))
+    assert not (tmp_path / "o3").exists() or not list((tmp_path / "o3").glob("*"))
 
 
 def test_returns_under_half_a_millimetre_get_a_finer_png_scale(tmp_path):
