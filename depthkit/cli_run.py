@@ -73,7 +73,8 @@ def output_paths(out_dir: Path, stem: str, ply: bool = False) -> list[Path]:
 def write_outputs(out_dir: Path, stem: str, depth, image=None, png_scale: float | None = None,
                   intrinsics=None, ply: bool = False, measured=None) -> list[Path]:
     """Write ``<stem>_depth.npy``, ``<stem>_depth.png`` (uint16, scale in its ``depth_scale`` text chunk; None =
-    chosen to fit, holding the ``measured`` depths (metres, 0 = none) exactly where a fitting scale can), ``<stem>_color.png`` and optionally ``<stem>.ply``. The PNG scale is checked first, so a depth
+    chosen to fit, holding the ``measured`` depths (metres, 0 = none) exactly where a fitting scale can),
+    ``<stem>_color.png`` and optionally ``<stem>.ply``. The PNG scale is checked first, so a depth
     that cannot fit (or would round to 0 at ``png_scale``) raises before any file is written; if a later write
     fails, the files this call wrote are removed (a result is whole or absent)."""
     from depthkit import io
@@ -319,9 +320,9 @@ def run_command(args, parser, build_pipeline) -> int:
     lone_ply = [out for pair in pairs if pair not in existing and args.ply and not args.overwrite
                 for out in [args.out / f"{Path(pair[0]).stem}.ply"] if out.exists()]
     if lone_ply:
-        raise ValueError(f"{lone_ply[0]} already exists{f' (and {len(lone_ply) - 1} more .ply)' if len(lone_ply) > 1 else ''}"
-                         " without depth outputs beside it (perhaps not a depthkit result), and --ply would replace "
-                         "it. Pass --overwrite to replace it, or another --out.")
+        more = f" (and {len(lone_ply) - 1} more .ply)" if len(lone_ply) > 1 else ""
+        raise ValueError(f"{lone_ply[0]} already exists{more} without depth outputs beside it (perhaps not a depthkit "
+                         "result), and --ply would replace it. Pass --overwrite to replace it, or another --out.")
     if args.skip_existing and existing:  # kept only when every output is there (e.g. not the .ply a new --ply asks)
         existing = [pair for pair in existing
                     if all(p.exists() for p in output_paths(args.out, Path(pair[0]).stem, args.ply))]

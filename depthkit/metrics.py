@@ -167,10 +167,10 @@ def depth_edges(depth, low: float = 0.15, high: float = 0.3, sigma: float = math
     invalid pixels never carry an edge themselves, and ``missing`` says what they are to the filters: ``"nearest"``
     (default) the value of their nearest valid pixel, so that holes create no edges; ``"nan"`` (only with
     ``convention="skimage"``) NaN, as iBims-1's public script hands scikit-image a prediction's missing values, so
-    that no edge is found within the smoothing's reach of a hole. Then: Gaussian smoothing (``sigma`` pixels), gradients, non-maximum suppression with linear
-    interpolation along the gradient direction, and hysteresis with 8-connectivity (weak pixels ``> low`` are kept
-    when connected to a strong pixel ``> high``; ``>=`` both for ``"skimage"``). The outermost 1-px border never
-    carries an edge (as in MATLAB).
+    that no edge is found within the smoothing's reach of a hole. Then: Gaussian smoothing (``sigma`` pixels),
+    gradients, non-maximum suppression with linear interpolation along the gradient direction, and hysteresis with
+    8-connectivity (weak pixels ``> low`` are kept when connected to a strong pixel ``> high``; ``>=`` both for
+    ``"skimage"``). The outermost 1-px border never carries an edge (as in MATLAB).
 
     ``convention``:
 
@@ -393,8 +393,8 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
         raise ValueError(f"canny must be one of {_CONVENTIONS} ('matlab': the iBims-1 paper's edges, 'skimage': its "
                          f"public Python script's); received {canny!r}.")
     if region not in DBE_REGION:
-        raise ValueError(f"region must be one of {DBE_REGION} ('valid': edges where the GT is valid, 'image': the whole "
-                         f"image, as iBims-1's public script scores them); received {region!r}.")
+        raise ValueError(f"region must be one of {DBE_REGION} ('valid': edges where the GT is valid, 'image': the "
+                         f"whole image, as iBims-1's public script scores them); received {region!r}.")
     p, g, v, was_2d = _as_batch(pred, gt, valid)
     region_mask = _gt_mask(g, v)
     ge = None

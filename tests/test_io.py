@@ -782,7 +782,8 @@ def test_integer_depth_at_a_scale_that_gives_no_scene_warns_like_float_depth():
     import warnings
 
     mm = np.array([[0, 1500], [2250, 5000]], np.uint16)  # a median of 2250 mm
-    with pytest.warns(io.UnitWarning, match=r"at depth scale 1 units per metre has median 2250 m, far beyond any scene"):
+    with pytest.warns(io.UnitWarning, match=r"at depth scale 1 units per metre has median 2250 m, far beyond any "
+                                            r"scene"):
         io.depth_to_metres(mm, 1)
     with pytest.warns(io.UnitWarning, match=r"median 2250000 m.* if 0\.001 is metres per unit \(as RealSense reports "
                                             r"it\), pass 1000\."):

@@ -194,7 +194,8 @@ def lotus_from_stable_diffusion(source, mode: str = "generative", norm: str = "d
 
 
 def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
-                      processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION, overwrite: bool = False) -> Path:
+                      processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION,
+                      overwrite: bool = False) -> Path:
     """Convert a SharpDepth release and/or a Lotus release into ``<out>/sharpen`` + ``<out>/depthkit.json``.
 
     Args:
