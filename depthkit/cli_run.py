@@ -262,7 +262,7 @@ def run_command(args, parser, build_pipeline) -> int:
         parser.error("--image needs --sparse (sparse depth to complete)")
     if starts_with_sharpen and not single:
         parser.error("--stages sharpen alone sharpens one --depth map: give --image with --depth (folders: not "
-                     "supported yet; run --stages complete,sharpen on a folder with --sparse-dir)")
+                     "supported yet; --stages complete,sharpen runs on a folder of images with their sparse maps)")
     if starts_with_sharpen and args.depth is None and single:
         parser.error("--stages sharpen alone needs --depth (a metric depth map to sharpen)")
     if args.depth is not None and not starts_with_sharpen:
@@ -317,8 +317,9 @@ def run_command(args, parser, build_pipeline) -> int:
                          f"(e.g. {first.name}). Pass --overwrite to replace them, --skip-existing to keep them and "
                          "run only the rest, or another --out.")
     # ... so a lone <stem>.ply that --ply would write is not replaced without --overwrite
-    lone_ply = [out for pair in pairs if pair not in existing and args.ply and not args.overwrite
-                for out in [args.out / f"{Path(pair[0]).stem}.ply"] if out.exists()]
+    done = set(existing)
+    lone_ply = [] if not args.ply or args.overwrite else [
+        out for pair in pairs if pair not in done for out in [args.out / f"{Path(pair[0]).stem}.ply"] if out.exists()]
     if lone_ply:
         more = f" (and {len(lone_ply) - 1} more .ply)" if len(lone_ply) > 1 else ""
         raise ValueError(f"{lone_ply[0]} already exists{more} without depth outputs beside it (perhaps not a depthkit "

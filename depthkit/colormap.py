@@ -62,7 +62,8 @@ def colorize(depth: np.ndarray, vmin: float | None = None, vmax: float | None = 
 def legend_labels(vmin: float, vmax: float, n: int, clipped_low: bool = False, clipped_high: bool = False) -> list[str]:
     """The colour bar's ``n`` tick labels (metres, top = near); clipped ends read ``<= v m`` / ``>= v m``."""
     step = (vmax - vmin) / (n - 1)
-    decimals = max(2, -math.floor(math.log10(step))) if step > 0 else 2  # ticks that differ read differently
+    # ticks that differ read differently
+    decimals = max(2, -math.floor(math.log10(step))) if math.isfinite(step) and step > 0 else 2
     labels = [f"{vmin + i * step:.{decimals}f} m" for i in range(n)]
     if clipped_low:
         labels[0] = "<= " + labels[0]

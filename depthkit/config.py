@@ -147,7 +147,10 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | tuple[str, ...
         raw = OmegaConf.create(data or {})
     kind = raw.get("kind")
     if kind is None:
-        raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(RECIPE_SCHEMAS))}")
+        launch = (" It looks like an accelerate launch config (compute_environment): give it to `accelerate launch "
+                  "--config_file` with `-m depthkit.cli train RECIPE`." if "compute_environment" in raw else "")
+        raise RecipeError(f"recipe {where} has no 'kind' key; expected one of {', '.join(sorted(RECIPE_SCHEMAS))}."
+                          + launch)
     schema = OmegaConf.structured(recipe_schema(str(kind), schemas))
     dotlist = [yaml_1_2_override(item) for item in overrides]
     try:

@@ -250,6 +250,8 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
     fingerprint = dict(fingerprint or {"pipeline": label or repr(pipeline)})
     # a default is left out: results written before its switch existed still resume
     fingerprint.update({k: v for k, v in dbe.items() if v != _LEFT_OUT[k]})
+    if dbe_canny == "skimage":  # since session 38 a prediction's holes are NaN to that Canny, as the script's are:
+        fingerprint["dbe_holes"] = "nan"  # results made before (nearest-filled holes) are not resumed into these
     fp_hash = fingerprint_hash(fingerprint)
     _check_previous(out, parts, fingerprint, fp_hash)
     _check_names(parts, dataset, n)
@@ -273,6 +275,12 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
                 raise ValueError(
                     f"{dataset!r} item {item.get('name')!r} has no ground-truth depth or sparse input, so there is "
                     "nothing to score. Evaluate a labelled dataset; to complete unlabelled images use `depthkit run`."
+                )
+            if dbe_region == "image" and item.get("edges") is None:  # the whole run's choice, not this image's fault
+                raise ValueError(
+                    f"--dbe-region image (dbe_region='image') scores DBE against a dataset's annotated edge maps, as "
+                    f"iBims-1's public script does; {dataset!r} item {item.get('name')!r} has none (of the readers, "
+                    "iBims-1 with its edges/ folder or .mat release gives them). Drop --dbe-region."
                 )
             try:  # a ValueError here is the input's own fault: NaN sparse, sizes, no GT pixel left to score...
                 res = pipeline(item["image"], item["sparse"])

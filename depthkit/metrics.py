@@ -370,9 +370,9 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
     * ``"valid"`` (default): only pixels in ``valid & (gt > 0) & isfinite(gt)`` take part; edges elsewhere are
       dropped from both sets, so that GT holes, masked windows or a protocol's crop never count.
     * ``"image"`` (iBims-1's public script, which scores the unmasked prediction against the annotated edge map):
-      predicted edges over the whole image, and ``gt_edges`` as given. With ``canny="skimage"`` and the dataset's
-      annotated ``gt_edges`` this is the script's DBE. Without ``gt_edges``, the GT's own edges still come from its
-      valid pixels only (a GT hole is not an edge).
+      predicted edges over the whole image, and ``gt_edges`` as given, which it needs (a dataset's annotated edge
+      map; GT edges found from a partly valid depth map would meet predicted edges where no GT can). With
+      ``canny="skimage"`` this is the script's DBE.
 
     With tau = ``max_dist`` (10 px), following the official iBims-1 evaluation code:
 
@@ -395,6 +395,10 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
     if region not in DBE_REGION:
         raise ValueError(f"region must be one of {DBE_REGION} ('valid': edges where the GT is valid, 'image': the "
                          f"whole image, as iBims-1's public script scores them); received {region!r}.")
+    if region == "image" and gt_edges is None:
+        raise ValueError("region='image' scores predicted edges over the whole image against a dataset's annotated "
+                         "edge map (gt_edges, e.g. iBims-1's), as iBims-1's public script does; none was given. Use "
+                         "region='valid' (the default) for GT edges found from the depth.")
     p, g, v, was_2d = _as_batch(pred, gt, valid)
     region_mask = _gt_mask(g, v)
     ge = None
@@ -409,7 +413,7 @@ def dbe_metrics(pred, gt, gt_edges=None, valid=None, max_dist: float = 10.0,
     missing = "nan" if canny == "skimage" else "nearest"
     for i in range(len(g)):
         pred_e = depth_edges(p[i], convention=canny, missing=missing) & scored[i]
-        gt_e = ge[i] if ge is not None else depth_edges(g[i], valid=region_mask[i], convention=canny) & region_mask[i]
+        gt_e = ge[i] if ge is not None else depth_edges(g[i], valid=region_mask[i], convention=canny)
         pairs.append(_dbe_image(pred_e, gt_e & scored[i], max_dist, "ibims"))
     return _mean_over_images(pairs)
 

@@ -77,8 +77,13 @@ def test_recipe_files_are_read_as_yaml_1_2_as_their_overrides_are(tmp_path):
     with pytest.raises(RecipeError, match=r"holds a int at its top level; expected a mapping that starts with"):
         load_recipe(p, schemas=SCHEMAS)
     p.write_text("")
-    with pytest.raises(RecipeError, match=r"has no 'kind' key"):
+    with pytest.raises(RecipeError, match=r"has no 'kind' key") as err:
         load_recipe(p, schemas=SCHEMAS)
+    assert "accelerate" not in str(err.value)
+    from depthkit.resources import list_launch_configs
+
+    with pytest.raises(RecipeError, match=r"has no 'kind' key.* an accelerate launch config .*--config_file"):
+        load_recipe(list_launch_configs()["accelerate/fsdp"])
 
 
 def test_override_values_are_read_as_yaml_1_2(tmp_path):

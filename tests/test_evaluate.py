@@ -414,6 +414,8 @@ def test_eval_dbe_canny_scores_the_scripts_edges_and_never_mixes_them(tmp_path, 
     assert main(base + ["--out", str(script), "--dbe-canny", "skimage"]) == 0
     a, b = json.loads(paper.read_text()), json.loads(script.read_text())
     assert b["fingerprint"]["dbe_canny"] == "skimage" and "dbe_canny" not in a["fingerprint"]
+    # holes NaN to that Canny since session 38: results made with the nearest fill are not resumed into these
+    assert b["fingerprint"]["dbe_holes"] == "nan" and "dbe_holes" not in a["fingerprint"]
     dataset, pipe = build_dataset("synthetic", None), Pipeline(method="guided")
     for ra, rb in zip(a["per_image"], b["per_image"]):
         item = dataset[rb["index"]]
@@ -480,3 +482,8 @@ def test_eval_dbe_region_image_scores_the_annotated_edges_everywhere_and_never_m
     capsys.readouterr()
     assert main(base + ["--out", str(image_out)]) == 2
     assert "dbe_region: 'image' there, 'valid' now" in capsys.readouterr().err
+    # a dataset without annotated edges: refused at its first image, not scored against edges found in its depth
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--limit", "2", "--quiet", "--out",
+                 str(tmp_path / "syn.json"), "--dbe-region", "image"]) == 2
+    assert "scores DBE against a dataset's annotated edge maps" in capsys.readouterr().err
+    assert not (tmp_path / "syn.json").exists()

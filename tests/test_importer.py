@@ -127,6 +127,17 @@ def test_import_with_separate_lotus_and_lotus_alone(releases, tmp_path):
     single = SharpDepth.from_pretrained(import_checkpoint(tmp_path / "single", sharpdepth=sd_root) / "sharpen")
     assert not np.array_equal(both.sharpen(image, depth, processing_resolution=48).lotus,
                               single.sharpen(image, depth, processing_resolution=48).lotus)
+    from safetensors.torch import load_file, save_file
+
+    from depthkit.checkpoints import CheckpointError
+
+    weights = tmp_path / "both" / "sharpen" / "lotus_unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    key = sorted(tensors)[0]
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(weights))
+    with pytest.raises(CheckpointError, match=r"the pass-1 Lotus UNet weights in .*lotus_unet hold non-finite"):
+        SharpDepth.from_pretrained(tmp_path / "both" / "sharpen")
 
     alone = import_checkpoint(tmp_path / "alone", lotus=lotus_root)
     assert load_manifest(alone)["sharpener_trained"] is False

@@ -1001,6 +1001,7 @@ def test_legend_marks_clipping_and_scales_with_height():
     # a millimetre-scale scene: ticks that differ must read differently, not all "0.00 m"
     assert io.legend_labels(0.0018, 0.0052, 5) == ["0.0018 m", "0.0027 m", "0.0035 m", "0.0043 m", "0.0052 m"]
     assert io.legend_labels(3, 3, 3) == ["3.00 m"] * 3
+    assert io.legend_labels(0, float("inf"), 3)[-1] == "inf m"  # an unbounded end: labelled, no OverflowError
     depth = np.linspace(0.5, 80, 1080 * 64, dtype=np.float32).reshape(1080, 64)
     small = io.colorize(depth[:120]).shape[1] - 64
     assert io.colorize(depth).shape[1] - 64 > 2 * small  # 1080p legend text is larger, not a fixed 72 px

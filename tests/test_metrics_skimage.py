@@ -216,3 +216,6 @@ def test_dbe_region_image_is_ibims_public_scripts_dbe_with_masked_gt_and_holes()
     assert differs == 4  # the default scores only where the GT is valid
     with pytest.raises(ValueError, match=r"region must be one of \('valid', 'image'\)"):
         dbe_metrics(gt, gt, region="all")
+    with pytest.raises(ValueError, match=r"region='image' scores .* against a dataset's annotated edge map "
+                                         r"\(gt_edges.*none was given"):
+        dbe_metrics(gt, gt, valid=valid, region="image")  # GT edges from a partly valid map would meet any

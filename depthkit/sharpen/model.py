@@ -465,7 +465,7 @@ class SharpDepth(nn.Module):
                                   f"(separate_lotus_unet: true), but {root / LOTUS_UNET_DIR}/config.json is missing "
                                   f"(found: {found}); the sharpener would silently run both passes. Copy the "
                                   "checkpoint again, or re-import it with `depthkit import-checkpoint --sharpdepth R "
-                                  "--lotus L`.")
+                                  "--lotus L --out CHECKPOINT --overwrite`.")
         lotus_unet = None
         if not separate and (root / LOTUS_UNET_DIR).exists():
             import warnings
