@@ -354,6 +354,8 @@ def _cmd_eval(args, parser) -> int:
             raise
         raise ValueError(f"the {args.dataset} dataset with --dataset-option {reader_options}: {exc}") from exc
     protocol = getattr(dataset, "protocol", None) or get_protocol(args.dataset)
+    if len(dataset) == 0:  # said before any model loads (evaluate() refuses it too)
+        raise ValueError(f"{dataset!r} has no images to evaluate; check --root, --split and the dataset's list file.")
     if args.checkpoint is not None:
         _check_checkpoint_arg(args.checkpoint)
     pipe = _build_pipeline(args)

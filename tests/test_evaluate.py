@@ -314,6 +314,19 @@ def test_a_refusal_names_only_what_changed_not_what_json_stored_differently():
     assert _differences(there, now) == "method: 'nearest' there, 'guided' now"
 
 
+def test_eval_cli_refuses_an_empty_split_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import depthkit.cli as cli
+    import depthkit.data.datasets as datasets
+
+    def boom(args):
+        raise AssertionError("the pipeline was built for a split with nothing to score")
+
+    monkeypatch.setattr(cli, "_build_pipeline", boom)
+    monkeypatch.setattr(datasets, "build_dataset", lambda *a, **k: [])  # a reader that let an empty split through
+    assert main(["eval", "--dataset", "synthetic", "--method", "nearest", "--out", str(tmp_path / "e.json")]) == 2
+    assert "has no images to evaluate; check --root, --split" in capsys.readouterr().err
+
+
 def test_eval_refuses_an_empty_split_before_making_anything(tmp_path):
     from depthkit.data.protocols import get_protocol
     from depthkit.evaluate import evaluate
