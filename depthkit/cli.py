@@ -330,7 +330,7 @@ def _cmd_eval(args, parser) -> int:
     from depthkit.checkpoints import checkpoint_identity
     from depthkit.data.datasets import DATASETS, build_dataset
     from depthkit.data.protocols import get_protocol
-    from depthkit.evaluate import _protocol_dict, check_metrics_out, evaluate, markdown_table
+    from depthkit.evaluate import _protocol_dict, check_metrics_out, evaluate, images_to_evaluate, markdown_table
 
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1; received {args.limit}")
@@ -354,8 +354,7 @@ def _cmd_eval(args, parser) -> int:
             raise
         raise ValueError(f"the {args.dataset} dataset with --dataset-option {reader_options}: {exc}") from exc
     protocol = getattr(dataset, "protocol", None) or get_protocol(args.dataset)
-    if len(dataset) == 0:  # said before any model loads (evaluate() refuses it too)
-        raise ValueError(f"{dataset!r} has no images to evaluate; check --root, --split and the dataset's list file.")
+    images_to_evaluate(dataset, args.limit)  # an empty split, said before any model loads
     if args.checkpoint is not None:
         _check_checkpoint_arg(args.checkpoint)
     pipe = _build_pipeline(args)
@@ -437,13 +436,11 @@ def _cmd_import_checkpoint(args, parser) -> int:
         parser.error("give --sharpdepth and/or --lotus")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give the checkpoint folder to write (it is created if missing)")
-    from depthkit.checkpoints import BOUNDS
-
-    low, high = BOUNDS["processing_resolution"]
-    if args.processing_resolution != 0 and not low <= args.processing_resolution <= high:
-        parser.error(f"--processing-resolution must be {low} to {high} pixels (the longest side the sharpener works "
-                     f"at), or 0 for the input's size; received {args.processing_resolution}")
     module = _optional_module("depthkit.sharpen.importer", "import-checkpoint")
+    try:
+        module.check_processing_resolution(args.processing_resolution)
+    except ValueError as exc:
+        parser.error(f"--{exc}")
     module.import_checkpoint(args.out, sharpdepth=args.sharpdepth, lotus=args.lotus, norm=args.norm,
                              processing_resolution=args.processing_resolution or None, overwrite=args.overwrite)
     print(f"depthkit import-checkpoint: wrote {args.out}")

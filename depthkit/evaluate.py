@@ -205,6 +205,16 @@ def _read_done(path: Path) -> dict[int, dict]:
     return done
 
 
+def images_to_evaluate(dataset, limit: int | None = None) -> int:
+    """How many of ``dataset``'s images an evaluation scores (the first ``limit``, or all); ``ValueError`` when none,
+    which `depthkit eval` asks before any model loads."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise ValueError(f"{dataset!r} has no images to evaluate" + ("" if limit is None else f" (limit {limit})")
+                         + "; check --root, --split and the dataset's list file.")
+    return n
+
+
 def check_metrics_out(out) -> Path:
     """``out`` as a Path if a metrics JSON file can be written there (not a folder, no file among its folders), else
     ``ValueError`` saying what to give instead; called before any model loads or image runs."""
@@ -237,10 +247,7 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
 
     dbe = _dbe_options(dbe_canny, dbe_region)  # before anything at ``out`` is discarded or made
     out = check_metrics_out(out)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    if n == 0:
-        raise ValueError(f"{dataset!r} has no images to evaluate" + ("" if limit is None else f" (limit {limit})")
-                         + "; check --root, --split and the dataset's list file.")
+    n = images_to_evaluate(dataset, limit)
     parts = out.with_name(out.name + ".parts")
     rank, world, barrier = _dist()
     if overwrite:

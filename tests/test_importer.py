@@ -197,6 +197,9 @@ def test_import_errors(releases, tmp_path):
         import_checkpoint(tmp_path / "o3", sharpdepth="nobody/no-such-release")
     with pytest.raises(ValueError, match="sharpdepth=RELEASE and/or lotus=RELEASE"):
         import_checkpoint(tmp_path / "o4")
+    with pytest.raises(ValueError, match="must be 8 to 4096 pixels"):  # what the loader would refuse, unwritten
+        import_checkpoint(tmp_path / "o5", sharpdepth=releases["sharpdepth"][0], processing_resolution=100000)
+    assert not (tmp_path / "o5").exists()
 
 
 @pytest.mark.parametrize("part, file, change, kind", [

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["RELEASE_PARTS", "DEFAULT_PROCESSING_RESOLUTION", "resolve_release", "check_release", "load_release",
-           "lotus_from_release", "lotus_from_stable_diffusion", "import_checkpoint", "compute_empty_prompt_embeds"]
+           "lotus_from_release", "lotus_from_stable_diffusion", "check_processing_resolution", "import_checkpoint",
+           "compute_empty_prompt_embeds"]
 
 RELEASE_PARTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
 DEFAULT_PROCESSING_RESOLUTION = 768
@@ -193,6 +194,17 @@ def lotus_from_stable_diffusion(source, mode: str = "generative", norm: str = "d
                       default_processing_resolution=processing_resolution).eval()
 
 
+def check_processing_resolution(value: int | None) -> None:
+    """Refuse a default processing resolution the checkpoint's loader would refuse (``ValueError`` naming the
+    allowed range); None or 0 = the input's size."""
+    from depthkit.checkpoints import BOUNDS
+
+    low, high = BOUNDS["processing_resolution"]
+    if value not in (None, 0) and not low <= value <= high:
+        raise ValueError(f"processing-resolution must be {low} to {high} pixels (the longest side the sharpener works "
+                         f"at), or 0 for the input's size; received {value}")
+
+
 def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
                       processing_resolution: int | None = DEFAULT_PROCESSING_RESOLUTION,
                       overwrite: bool = False) -> Path:
@@ -216,6 +228,7 @@ def import_checkpoint(out, sharpdepth=None, lotus=None, norm: str | None = None,
 
     if sharpdepth is None and lotus is None:
         raise ValueError("import_checkpoint needs sharpdepth=RELEASE and/or lotus=RELEASE (folders or hub ids).")
+    check_processing_resolution(processing_resolution)  # before any release is read
     out = Path(out)
     if not overwrite and out.is_dir():
         if (out / "sharpen").exists():
