@@ -492,6 +492,52 @@ def test_a_separate_pass1_unet_named_but_missing_is_refused(tmp_path):
         SharpDepth.from_pretrained(part)
 
 
+def test_a_sharpener_that_lost_a_settings_file_is_refused(tmp_path):
+    """A sharpener folder is marked as one in its lotus.json ("sharpener": true), so a copy that lost sharpdepth.json
+    is refused instead of loading as a bare Lotus-G with the default SharpDepthConfig (other outputs than those
+    measured); one that lost lotus.json is refused too (mode, normalisation and resolution would be guessed). A bare
+    Lotus folder has no mark and still loads as a sharpener that starts as Lotus, and so does a folder whose owner set
+    the mark to false on purpose, as the message says."""
+    from depthkit.sharpen.lotus import LotusModel
+    from depthkit.sharpen.model import SharpDepth
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    part = tmp_path / "sharpen"
+    SharpDepth(build_tiny_lotus(seed=0)).save_pretrained(part)
+    assert json.loads((part / "lotus.json").read_text())["sharpener"] is True
+    lost_sharpdepth = Path(shutil.copytree(part, tmp_path / "no_sharpdepth"))
+    (lost_sharpdepth / "sharpdepth.json").unlink()
+    with pytest.raises(CheckpointError, match=r"says the folder is a SharpDepth sharpener .*sharpdepth.json is "
+                                              r"missing") as exc:
+        SharpDepth.from_pretrained(lost_sharpdepth)
+    assert str(lost_sharpdepth) in str(exc.value)
+    lost_lotus = Path(shutil.copytree(part, tmp_path / "no_lotus"))
+    (lost_lotus / "lotus.json").unlink()
+    with pytest.raises(CheckpointError, match=r"has sharpdepth.json but no lotus.json"):
+        SharpDepth.from_pretrained(lost_lotus)
+    _edit_json(lost_sharpdepth / "lotus.json", sharpener=False)  # the owner's choice: use the UNet as bare Lotus
+    assert SharpDepth.from_pretrained(lost_sharpdepth).config == SharpDepth(build_tiny_lotus(seed=0)).config
+    bare = tmp_path / "bare"
+    build_tiny_lotus(seed=0).save_pretrained(bare)
+    assert "sharpener" not in json.loads((bare / "lotus.json").read_text())
+    assert SharpDepth.from_pretrained(bare).lotus_unet is None
+    assert LotusModel.from_pretrained(part).mode == "generative"  # the sharpener's UNet still loads as a Lotus
+
+
+def test_the_shipped_sharpener_is_marked_and_refused_without_its_settings(tmp_path):
+    """The embedded default's sharpen/ carries the mark, so a copy of the default that lost sharpdepth.json fails when
+    the Pipeline loads it (naming the file) instead of sharpening with other settings than those measured."""
+    from depthkit.checkpoints import default_checkpoint
+    from depthkit.pipeline import Pipeline
+
+    shipped = default_checkpoint()
+    assert json.loads((shipped / "sharpen" / "lotus.json").read_text())["sharpener"] is True
+    copy = Path(shutil.copytree(shipped, tmp_path / "default"))
+    (copy / "sharpen" / "sharpdepth.json").unlink()
+    with pytest.raises(CheckpointError, match=r"sharpdepth.json is missing"):
+        Pipeline(checkpoint=copy, stages=("sharpen",))
+
+
 def test_a_pass1_unet_the_manifest_does_not_name_is_ignored_with_a_warning(tmp_path):
     """A lotus_unet/ folder beside a sharpdepth.json without ``separate_lotus_unet: true`` (left by an earlier save
     into the same folder): both passes run the sharpener's UNet, as the json says, and a warning names the folder —

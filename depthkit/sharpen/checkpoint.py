@@ -8,7 +8,7 @@ Layout (inside a checkpoint directory that has ``depthkit.json``)::
     sharpen/lotus.json, sharpen/sharpdepth.json    model settings and the SharpDepthConfig switches
 
 The manifest's ``stages.sharpen`` holds the options the stage factory receives (``processing_resolution``...).
-A bare Lotus-G directory (``lotus.json`` without ``sharpdepth.json``) is also a valid ``sharpen/``: the sharpener
+A bare Lotus-G directory (``lotus.json``, unmarked, without ``sharpdepth.json``) is also a valid ``sharpen/``: the sharpener
 then starts as Lotus — what ``depthkit import-checkpoint --lotus`` writes and what training starts from.
 """
 

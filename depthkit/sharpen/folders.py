@@ -9,7 +9,7 @@ Layout (:meth:`depthkit.sharpen.lotus.LotusModel.save_pretrained`, :meth:`depthk
 
     DIR/unet/ DIR/vae/ DIR/scheduler/   diffusers parts (config + safetensors weights, whole or sharded)
     DIR/empty_prompt_embeds.safetensors {"empty_prompt_embeds": 1 x L x cross_attention_dim}
-    DIR/lotus.json                      Lotus settings
+    DIR/lotus.json                      Lotus settings ("sharpener": true in a sharpener's: sharpdepth.json required)
     DIR/sharpdepth.json                 SharpDepth settings (a sharpener; absent in a bare Lotus-G folder)
     DIR/lotus_unet/                     a separate pass-1 UNet (when sharpdepth.json says separate_lotus_unet)
 """
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EMBEDS_FILE", "EMBEDS_KEY", "HUB_PATTERNS", "LOTUS_JSON", "LOTUS_UNET_DIR", "SHARPDEPTH_JSON",
            "load_diffusers_model", "load_empty_prompt_embeds", "resolve_model_dir",
-           "check_model_dir", "read_sharpdepth_json", "check_pass1_unet"]
+           "check_model_dir", "check_sharpener_files", "read_sharpdepth_json", "check_pass1_unet"]
 
 LOTUS_JSON = "lotus.json"
 SHARPDEPTH_JSON = "sharpdepth.json"
@@ -136,6 +136,35 @@ def read_sharpdepth_json(root: Path) -> tuple[dict, bool]:
     if not isinstance(separate, bool):
         raise CheckpointError(f"{path}: separate_lotus_unet must be true or false; received {separate!r}.")
     return check_typed_fields(SharpDepthConfig, meta.get("config", {}), path), separate
+
+
+def check_sharpener_files(root: Path) -> None:
+    """Refuse a SharpDepth folder that lost one of its two settings files, which would otherwise load as something
+    else without a word: ``lotus.json`` saying ``"sharpener": true`` (what :meth:`SharpDepth.save_pretrained` writes)
+    without ``sharpdepth.json`` would run the trained sharpener with the default SharpDepthConfig instead of the
+    stored one, and ``sharpdepth.json`` without ``lotus.json`` would guess the Lotus mode, depth normalisation,
+    timestep and processing resolution. A bare Lotus folder (neither file, or ``lotus.json`` alone without the mark)
+    passes. An unreadable ``lotus.json`` is left to the Lotus loader, which names what is wrong with it."""
+    import json
+
+    lotus, sharpdepth = root / LOTUS_JSON, root / SHARPDEPTH_JSON
+    if sharpdepth.is_file() and not lotus.is_file():
+        raise CheckpointError(f"{root} has {SHARPDEPTH_JSON} but no {LOTUS_JSON}: SharpDepth.save_pretrained writes "
+                              "both, so the folder is an incomplete copy, and loading it would guess the Lotus mode, "
+                              "depth normalisation, timestep and processing resolution. Copy the checkpoint again, or "
+                              f"re-export it with SharpDepth.save_pretrained (`depthkit train` writes <run>/final/sharpen).")
+    if sharpdepth.is_file() or not lotus.is_file():
+        return
+    try:
+        marked = json.loads(lotus.read_text()).get("sharpener") is True
+    except (OSError, ValueError, AttributeError):
+        return
+    if marked:
+        raise CheckpointError(f"{root}/{LOTUS_JSON} says the folder is a SharpDepth sharpener (\"sharpener\": true) "
+                              f"but {SHARPDEPTH_JSON} is missing: without it the sharpener would run with default "
+                              "settings instead of the ones it was trained and measured with. Copy the checkpoint "
+                              "again; or, to use the UNet as a bare Lotus model on purpose, set \"sharpener\" to "
+                              f"false in {LOTUS_JSON}.")
 
 
 PASS1_UNET_FIELDS = ("in_channels", "out_channels", "cross_attention_dim", "class_embed_type",

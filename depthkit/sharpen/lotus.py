@@ -84,6 +84,9 @@ class LotusJson:
     task: str = "depth"
     default_processing_resolution: int | None = None
     vae_scale_factor: int | None = None
+    sharpener: bool = False
+    """True when :meth:`SharpDepth.save_pretrained` wrote the folder: its ``sharpdepth.json`` must then be there
+    (:func:`depthkit.sharpen.folders.check_sharpener_files`); absent or false in a bare Lotus folder."""
 
 
 def task_embedding(task: str = "depth", batch_size: int = 1, device=None, dtype=None) -> torch.Tensor:
@@ -379,8 +382,10 @@ class LotusModel(nn.Module):
                 "default_processing_resolution": self.default_processing_resolution,
                 "vae_scale_factor": self.vae_scale_factor}
 
-    def save_pretrained(self, directory) -> Path:
-        """Write ``unet/``, ``vae/``, ``scheduler/``, the embeds file and ``lotus.json`` into ``directory``."""
+    def save_pretrained(self, directory, sharpener: bool = False) -> Path:
+        """Write ``unet/``, ``vae/``, ``scheduler/``, the embeds file and ``lotus.json`` into ``directory``;
+        ``sharpener``: mark the folder as a SharpDepth sharpener's (``"sharpener": true`` in ``lotus.json``), so that
+        a copy that lost its ``sharpdepth.json`` is refused instead of loading as bare Lotus."""
         from safetensors.torch import save_file
 
         root = Path(directory)
@@ -389,7 +394,8 @@ class LotusModel(nn.Module):
         self.vae.save_pretrained(root / "vae", safe_serialization=True)
         self.scheduler.save_pretrained(root / "scheduler")
         save_file({EMBEDS_KEY: self.empty_prompt_embeds.detach().cpu().contiguous()}, str(root / EMBEDS_FILE))
-        (root / LOTUS_JSON).write_text(json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n")
+        meta = {**self.config_dict(), **({"sharpener": True} if sharpener else {})}
+        (root / LOTUS_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return root
 
     @classmethod

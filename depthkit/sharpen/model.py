@@ -50,6 +50,7 @@ from depthkit.sharpen.folders import (  # noqa: F401  (SHARPDEPTH_JSON: re-expor
     LOTUS_UNET_DIR,
     SHARPDEPTH_JSON,
     check_pass1_unet,
+    check_sharpener_files,
     read_sharpdepth_json,
 )
 from depthkit.sharpen.gating import apply_gate, discrepancy, downsample_discrepancy, gate
@@ -429,7 +430,7 @@ class SharpDepth(nn.Module):
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, directory) -> Path:
         """The Lotus layout (``unet/`` = sharpener) + ``lotus_unet/`` when separate + ``sharpdepth.json``."""
-        root = self.model.save_pretrained(directory)
+        root = self.model.save_pretrained(directory, sharpener=True)
         if self.lotus_unet is not None:
             self.lotus_unet.save_pretrained(root / LOTUS_UNET_DIR, safe_serialization=True)
         meta = {"format": "depthkit-sharpdepth", "format_version": 1, "config": asdict(self.config),
@@ -454,7 +455,7 @@ class SharpDepth(nn.Module):
                  config: dict | None = None) -> SharpDepth:
         """Load from ``root``, a local SharpDepth / Lotus-G directory the caller has already resolved, with
         ``dtype`` a ``torch.dtype`` or None (the other arguments as in :meth:`from_pretrained`)."""
-
+        check_sharpener_files(root)
         model = LotusModel.from_dir(root, device=device, dtype=dtype)
         stored, separate = read_sharpdepth_json(root)
         if separate and not (root / LOTUS_UNET_DIR / "config.json").is_file():
