@@ -165,6 +165,17 @@ def add_dbe_canny_option(p: argparse.ArgumentParser) -> None:
                         "skimage = its public Python script's")
 
 
+def add_dbe_region_option(p: argparse.ArgumentParser) -> None:
+    """``--dbe-region``, as ``depthkit eval`` takes it (this script's; real_frame.py's frame has no annotated edges,
+    which the ``image`` region needs)."""
+    from depthkit.metrics import DBE_REGION
+
+    p.add_argument("--dbe-region", choices=DBE_REGION, default=DBE_REGION[0],
+                   help="where the DBE scores edges, as `depthkit eval --dbe-region`: valid (default) = only where the "
+                        "GT is valid; image = the whole image against a dataset's annotated edges (iBims-1), as its "
+                        "public script does (needs --no-synthetic: synthetic scenes annotate no edges)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python benchmarks/accuracy.py",
@@ -212,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep per-method evaluation files here; a rerun with the same folder resumes")
     add_dbe_canny_option(p)
+    add_dbe_region_option(p)
     p.add_argument("--device", default="cpu", help="device for checkpoints: cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--dtype", default="float32", help="dtype for checkpoints (default: float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -376,7 +388,8 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
         try:
             summary = evaluate(pipe, dataset, protocol, folder / f"{_slug(entry['label'])}.json", limit=n,
                                progress=not args.quiet, label=f"{spec['name']} {entry['label']}",
-                               fingerprint=fingerprint, dbe_canny=args.dbe_canny)
+                               fingerprint=fingerprint, dbe_canny=args.dbe_canny,
+                               dbe_region=args.dbe_region)
         except FingerprintMismatch as exc:  # its advice names depthkit eval's options, which this script lacks
             raise ValueError(f"--work-dir {work}: the row {entry['label']!r} on {spec['name']} "
                              f"{dataset.split}: {str(exc).split(' Pass another --out')[0]} Give a fresh --work-dir, "
@@ -445,6 +458,9 @@ def pattern_summary_markdown(sections: list[dict]) -> str:
 DBE_EDGES = {"matlab": "", "skimage": "; edges found as iBims-1's public Python script finds them (scikit-image's Canny, "
              "absolute thresholds 0.15 / 0.3: `--dbe-canny skimage`), not as its paper (and depthkit's other reports)"}
 """What the report says of its DBE edges, by ``--dbe-canny`` (the default's reports keep their sentence)."""
+DBE_REGION_TEXT = {"valid": "", "image": "; edges scored over the whole image against the dataset's annotated edges, "
+                   "as iBims-1's public script does (`--dbe-region image`), not only where the GT is valid"}
+"""What the report says of where its DBE scores edges, by ``--dbe-region``."""
 
 
 def report_markdown(report: dict) -> str:
@@ -462,7 +478,8 @@ def report_markdown(report: dict) -> str:
         "MAE and RMSE are in metres; AbsRel = mean |pred - gt| / gt; δ1 = fraction of pixels with "
         "max(pred/gt, gt/pred) < 1.25 (higher is better). DBE-acc / DBE-comp are the iBims-1 depth-boundary errors in "
         "pixels (lower is better; edges from the GT depth unless the dataset annotates them; images without a GT "
-        "edge are skipped)" + DBE_EDGES[report.get("dbe_canny", "matlab")] + ". Preservation is max |pred - sparse| "
+        "edge are skipped)" + DBE_EDGES[report.get("dbe_canny", "matlab")]
+        + DBE_REGION_TEXT[report.get("dbe_region", "valid")] + ". Preservation is max |pred - sparse| "
         "over the measured pixels in metres and must be 0. s / image is the mean pipeline time per image (data "
         "loading and scoring excluded); the machine may have been shared, so treat timings as rough.",
         "",
@@ -499,7 +516,7 @@ def section_key(section: dict) -> tuple:
 MERGE_OWN_KEYS = (*RUN_KEYS, "datasets", "merged_from", "merged_by")
 """The keys of a report that are not its run's parameters: every other top-level key (``benchmark``, ``limit``,
 ``clutter``, ``dtype``, ...) must be equal in the reports ``--merge`` joins."""
-MERGE_DEFAULTS = {"clutter": 0, "dtype": "float32", "dbe_canny": "matlab"}
+MERGE_DEFAULTS = {"clutter": 0, "dtype": "float32", "dbe_canny": "matlab", "dbe_region": "valid"}
 """Run parameters a report written before they were recorded lacks, with the value its run had (the options'
 defaults then), so such a report still merges with a new one made the same way."""
 ROW_SETTINGS = ("kind", "checkpoint", "stages", "options")
@@ -596,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         specs.append(d)
     if not specs:
         parser.error("nothing to evaluate: --no-synthetic without any --dataset NAME --root DIR")
+    if args.dbe_region == "image" and any(s["name"] == "synthetic" for s in specs):
+        parser.error("--dbe-region image scores DBE against a dataset's annotated edge maps (iBims-1's); the "
+                     "synthetic test split has none: add --no-synthetic and evaluate --dataset ibims --root DIR")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.work_dir is None:
         # each process would make its own temporary folder and never see the other shards
         parser.error("under accelerate launch give --work-dir DIR (a folder every process can reach)")
@@ -620,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = {"benchmark": "accuracy", **run_info(argv, __file__, args.device), "limit": args.limit,
               "clutter": args.clutter, "dtype": args.dtype, "dbe_canny": args.dbe_canny,
-              "datasets": sections}
+              "dbe_region": args.dbe_region, "datasets": sections}
     json_path, md_path = write_report(report, args.out, args.name)
     print(report_markdown(report))
     print(f"accuracy benchmark: wrote {json_path} and {md_path}")

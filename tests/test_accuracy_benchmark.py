@@ -701,3 +701,39 @@ def test_dbe_canny_run_scores_the_scripts_edges_says_so_and_never_merges_with_th
     assert "'dbe_canny'" in capsys.readouterr().err
     assert accuracy.main(["--merge", str(tmp_path / "old.json"), str(tmp_path / "paper" / "accuracy.json"),
                           "--out", str(tmp_path / "m")]) == 0
+
+
+def test_dbe_region_image_scores_annotated_edges_as_depthkit_eval_and_never_merges_with_valid(tmp_path, capsys):
+    """--dbe-region image on a fake iBims-1 release: each row's DBE is `depthkit eval --dbe-region image`'s (and not
+    the default run's), the report records and says it, --merge refuses to join it with a default run (a report
+    written before the switch counts as the default), and a run that includes the synthetic split (no annotated
+    edges) is refused before anything is evaluated."""
+    write_ibims_raw(tmp_path / "ibims")
+    common = ["--no-synthetic", "--dataset", "ibims1", "--root", str(tmp_path / "ibims"), "--methods", "guided",
+              "--quiet"]
+    assert accuracy.main([*common, "--out", str(tmp_path / "valid")]) == 0
+    assert accuracy.main([*common, "--out", str(tmp_path / "image"), "--dbe-region", "image"]) == 0
+    valid, image = (json.loads((tmp_path / d / "accuracy.json").read_text()) for d in ("valid", "image"))
+    assert valid["dbe_region"] == "valid" and image["dbe_region"] == "image"
+    ev = tmp_path / "eval.json"
+    assert cli_main(["eval", "--dataset", "ibims1", "--root", str(tmp_path / "ibims"), "--method", "guided",
+                     "--out", str(ev), "--dbe-region", "image", "--quiet"]) == 0
+    expected = json.loads(ev.read_text())["mean"]
+    v, i = (r["datasets"][0]["methods"][0]["mean"] for r in (valid, image))
+    assert (i["dbe_acc"], i["dbe_comp"]) == (expected["dbe_acc"], expected["dbe_comp"])
+    assert i["dbe_comp"] != v["dbe_comp"] and i["mae"] == v["mae"]
+    assert "`--dbe-region image`" in (tmp_path / "image" / "accuracy.md").read_text()
+    assert "--dbe-region" not in (tmp_path / "valid" / "accuracy.md").read_text()
+    old = json.loads((tmp_path / "valid" / "accuracy.json").read_text())
+    del old["dbe_region"]  # as reports written before the switch are
+    old["datasets"][0]["split"] = "other"  # another section, so only the DBE region differs
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    files = [str(tmp_path / "old.json"), str(tmp_path / "image" / "accuracy.json")]
+    assert accuracy.run_main(accuracy.main, ["--merge", *files, "--out", str(tmp_path / "m")]) == 2
+    assert "'dbe_region'" in capsys.readouterr().err
+    assert accuracy.main(["--merge", str(tmp_path / "old.json"), str(tmp_path / "valid" / "accuracy.json"),
+                          "--out", str(tmp_path / "m")]) == 0
+    with pytest.raises(SystemExit):
+        accuracy.main(["--limit", "1", "--methods", "nearest", "--out", str(tmp_path / "syn"), "--dbe-region", "image"])
+    assert "the synthetic test split has none" in capsys.readouterr().err and not (tmp_path / "syn").exists()
