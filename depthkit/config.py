@@ -23,7 +23,10 @@ RECIPE_SCHEMAS = {"complete": ("depthkit.complete.recipe", "CompleteRecipe"),
                   "lotus": ("depthkit.sharpen.recipe", "LotusRecipe"),
                   "refine": ("depthkit.complete.train_refiner", "RefineRecipe")}
 """Recipe kind → (module, class) of its schema dataclass."""
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("no", "bf16")
+"""fp16 is refused (:class:`TrainConfig`): accelerate trains it with a loss scaler whose state depthkit's resumable
+checkpoints do not hold (a resumed run would scale and skip steps differently), and Stable Diffusion's VAE overflows
+in float16."""
 SCHEDULES = ("cosine", "constant", "linear")
 
 
@@ -51,7 +54,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
     mixed_precision: str = "no"
-    """no | bf16 | fp16 (accelerate's setting; bf16 on CUDA)."""
+    """no | bf16 (accelerate's setting; bf16 autocast on CUDA, float32 on a CPU). fp16 is refused (see
+    :data:`MIXED_PRECISION`)."""
     gradient_checkpointing: bool = False
     seed: int = 0
     """>= 0: seeds the initial weights, the data order and every random draw (numpy seeds are non-negative)."""
@@ -68,6 +72,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.mixed_precision == "False":  # YAML reads an unquoted `no` (train.mixed_precision=no) as false
             self.mixed_precision = "no"
+        if self.mixed_precision == "fp16":
+            raise RecipeError("train.mixed_precision='fp16' is not supported: its loss scaler's state is not part of "
+                              "depthkit's resumable checkpoints (a resumed run would differ) and Stable Diffusion's VAE "
+                              "overflows in float16. Use bf16 (CUDA GPUs from Ampere on) or no.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise RecipeError(f"train.mixed_precision={self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
         if self.schedule not in SCHEDULES:

@@ -322,6 +322,26 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert main([*args, f"output.output_dir={b}", "--resume"]) == 2
 
 
+def test_the_logged_rate_is_the_one_each_step_ran_at(tmp_path, monkeypatch):
+    """The ``lr`` logged for step N is the rate AdamW stepped with in step N (seen in the optimiser itself; warmup 2,
+    cosine over 3 steps: 0.5, 1, 1 times the base rate), not the next step's (1, 1, 0 before)."""
+    from depthkit.cli import main
+
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    args = ["train", str(TINY_RECIPE), *SMALL, "train.max_steps=3", "train.warmup_steps=2", "train.save_every=0",
+            "train.eval_every=0", "train.schedule=cosine", "train.lr=1e-3", f"output.output_dir={tmp_path / 'a'}"]
+    assert main(args) == 0
+    logged = [r["lr"] for r in _rows(tmp_path / "a") if "loss" in r]
+    assert logged == seen == pytest.approx([5e-4, 1e-3, 1e-3])
+
+
 def test_cli_resume_of_a_checkpoint_for_another_model_is_one_clear_error(tmp_path, capsys):
     """A run folder without its recipe record (its checkpoints copied alone) resumed with another model width: one
     error naming the checkpoint and the size mismatch (run_recipe.load_resumed_weights), not torch's traceback."""

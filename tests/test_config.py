@@ -33,6 +33,8 @@ def test_yaml_and_overrides(tmp_path):
         ("kind: unit-test\ntrain:\n  max_steps: many\n", [], "max_steps"),
         ("kind: unit-test\n", ["train.lr"], "key=value"),
         ("kind: unit-test\n", ["train.mixed_precision=fp8"], "mixed_precision"),
+        ("kind: unit-test\n", ["train.mixed_precision=fp16"], r"mixed_precision='fp16' is not supported: its loss "
+                                                             r"scaler's state is not part of depthkit's resumable"),
         ("kind: nonsense\n", [], "unknown recipe kind"),
         ("train: {}\n", [], "no 'kind'"),
         ("kind: unit-test\n", ["train.nope=1"], "nope"),

@@ -316,6 +316,7 @@ def test_full_recipes_are_the_papers_setting():
     assert (sd.ema_decay, sd.ema_start, sd.ema_every) == (0.9999, 100, 10)
     assert r.metric.source.startswith("unidepth") and r.data.sources[0].name == "image_folder"
     assert r.train.mixed_precision == "bf16" and r.train.batch_size * r.train.grad_accum == 8
+    assert r.train.weight_decay == 0.01  # the public script's AdamW default, which its train.sh keeps
     t = load_recipe(recipes / "tiny" / "sharpen.yaml")
     assert t.model.lotus == load_recipe(recipes / "tiny" / "lotus.yaml").output.output_dir + "/final"
     lotus = load_recipe(recipes / "lotus" / "lotus_g_sd2.yaml")
@@ -508,3 +509,125 @@ def test_sharpen_trainer_pass1_lotus_runs_a_frozen_copy_and_exports_it(tmp_path,
 
     with pytest.raises(RecipeError, match=r"model.pass1='teacher'.*allowed: ema, lotus"):
         load_recipe({"kind": "sharpen", "model": {"lotus": "tiny", "pass1": "teacher"}})
+
+
+def _lr_expected(lr: float, steps: int, warmup: int) -> list[float]:
+    """The base LR times the warmup-then-cosine factor of each optimiser step 0..steps-1, written out here."""
+    import math
+
+    return [lr * ((k + 1) / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / (steps - warmup))))
+            for k in range(steps)]
+
+
+def test_sharpen_and_lotus_trainers_log_the_rate_each_step_ran_at(tmp_path, monkeypatch):
+    """The ``lr`` logged for step N is the rate the optimiser used in step N (warmup 2, cosine over 4 steps:
+    0.5, 1, 1, 0.5 times the base rate), not the next step's (which logged 1, 1, 0.5, 0). Fails if the rate is read
+    after the schedule moved on."""
+    from depthkit.sharpen import train as train_sharpen
+    from depthkit.sharpen import train_lotus
+
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    expected = _lr_expected(1e-3, 4, 2)
+    train_sharpen.train(sharpen_recipe(tmp_path / "s", "tiny", _tiny_sources(), (16, 24), "complete:guided", steps=4,
+                                       batch_size=1, lr=1e-3, schedule="cosine", warmup_steps=2))
+    assert _log(tmp_path / "s", "lr") == pytest.approx(expected) == seen
+    seen.clear()
+    train_lotus.train(lotus_recipe(tmp_path / "l", {"length": 2, "height": 16, "width": 24, "kind": "indoor"}, 4,
+                                   lr=1e-3, schedule="cosine", warmup_steps=2, batch_size=1, log_every=1))
+    assert _log(tmp_path / "l", "lr") == pytest.approx(expected) == seen
+
+
+def test_bf16_training_exports_the_frozen_parts_it_started_from(tmp_path, monkeypatch):
+    """Under bf16 the frozen VAE and pass-1 Lotus run cast to bf16; the export writes them as they were loaded, not
+    their bf16 rounding cast back (up to 1e-3 per weight, 0.1 % of a decoded depth range). bf16 autocast is a CUDA
+    setting, so the run's accelerator is made bf16 on the CPU here. Fails if the export casts the bf16 copies back."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file
+
+    import depthkit.training as training
+    from depthkit.run_state import prepare_run_dir
+    from depthkit.sharpen import train as train_sharpen
+
+    def bf16_run(recipe, resume):
+        return (prepare_run_dir(recipe.output.output_dir, resume, recipe),
+                Accelerator(mixed_precision="bf16", cpu=True, gradient_accumulation_steps=recipe.train.grad_accum))
+
+    monkeypatch.setattr(training, "start_run", bf16_run)
+    recipe = _three_steps(tmp_path, pass1="lotus")
+    recipe.train.max_steps, recipe.train.seed = 1, 3
+    AcceleratorState._reset_state(True)  # a process-wide singleton: other tests' runs made it fp32
+    try:
+        final = train_sharpen.train(recipe)
+    finally:
+        AcceleratorState._reset_state(True)
+    initial = train_sharpen.load_initial_lotus("tiny", recipe.model, seed=3)
+    for folder, module in (("vae", initial.vae), ("lotus_unet", initial.unet)):
+        stored = load_file(final / "sharpen" / folder / "diffusion_pytorch_model.safetensors")
+        ref = module.state_dict()
+        assert stored.keys() == ref.keys() and all(stored[k].dtype == torch.float32 for k in stored)
+        assert all(torch.equal(stored[k], ref[k]) for k in ref), folder
+        assert any(not torch.equal(ref[k], ref[k].to(torch.bfloat16).float()) for k in ref)  # rounding would show
+
+
+def test_a_teacher_that_cannot_score_the_student_is_refused(tmp_path):
+    """model.teacher's UNet runs on the student's VAE latents and prompt embedding: a teacher Lotus with another
+    depth normalisation, VAE scaling factor, VAE weights or embedding is refused before the first step, naming what
+    differs; a tiny teacher is built with the recipe's tiny architecture and seed, so it fits."""
+    from depthkit.sharpen import train as train_sharpen
+    from depthkit.sharpen.tiny import build_tiny_lotus
+
+    def teacher(name, **changes):
+        model = build_tiny_lotus(seed=0, unet=SMALL_UNET, vae=SMALL_VAE, norm=changes.pop("norm", "depth"))
+        if "scaling_factor" in changes:
+            model.vae.register_to_config(scaling_factor=changes["scaling_factor"])
+        if "vae_seed" in changes:
+            model.vae = build_tiny_lotus(seed=changes["vae_seed"], unet=SMALL_UNET, vae=SMALL_VAE).vae
+        if "embeds" in changes:
+            model.empty_prompt_embeds = model.empty_prompt_embeds + changes["embeds"]
+        model.save_pretrained(tmp_path / name)
+        return str(tmp_path / name)
+
+    for name, changes, message in (("disp", {"norm": "disparity"}, r"norm 'disparity' \(the student's: 'depth'\)"),
+                                   ("scale", {"scaling_factor": 3.7}, r"VAE scaling_factor 3.7"),
+                                   ("vae", {"vae_seed": 5}, "other VAE weights"),
+                                   ("emb", {"embeds": 0.5}, "another empty-prompt embedding")):
+        recipe = _three_steps(tmp_path / name, teacher=teacher(name, **changes))
+        with pytest.raises(ValueError, match=r"model.teacher .* cannot score this student in SDS: it has " + message):
+            train_sharpen.train(recipe)
+    recipe = _three_steps(tmp_path / "same", teacher=teacher("same"))
+    recipe.train.max_steps = 1
+    assert (train_sharpen.train(recipe) / "depthkit.json").is_file()
+    recipe = _three_steps(tmp_path / "tiny", teacher="tiny")
+    recipe.train.max_steps = 1
+    assert (train_sharpen.train(recipe) / "depthkit.json").is_file()
+
+
+def test_validation_sharpens_at_the_resolution_the_export_runs_at(tmp_path, monkeypatch):
+    """In-training validation runs the sharpener at ``model.processing_resolution`` (what the exported manifest
+    says), not at the model's default. Fails if validation leaves the resolution out."""
+    from depthkit.sharpen import train as train_sharpen
+    from depthkit.sharpen.model import SharpDepth
+
+    seen = []
+    real = SharpDepth.sharpen
+
+    def spy(self, *args, processing_resolution=None, **kwargs):
+        seen.append(processing_resolution)
+        return real(self, *args, processing_resolution=processing_resolution, **kwargs)
+
+    monkeypatch.setattr(SharpDepth, "sharpen", spy)
+    recipe = _three_steps(tmp_path, processing_resolution=32)
+    recipe.train.max_steps = 1
+    recipe.val = type(recipe.val)(source=type(recipe.data.sources[0])(
+        name="synthetic", split="val", options={"length": 2, "height": 16, "width": 24, "kind": "indoor"}), n_images=2)
+    final = train_sharpen.train(recipe)
+    assert seen == [32, 32]
+    assert json.loads((final / "depthkit.json").read_text())["stages"]["sharpen"]["processing_resolution"] == 32

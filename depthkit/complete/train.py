@@ -377,6 +377,7 @@ def train(recipe, resume: bool = False) -> Path:
     for step in range(start, setup.steps_total):
         torch.manual_seed(step_seed(tc.seed, step, rank))  # dropout etc.: a function of the step, so resume matches
         micro_batches = [to_device(next(batches), acc.device) for _ in range(micro)]
+        lr = setup.scheduler.get_last_lr()[0]  # the rate this step runs at (train_step moves the schedule on)
         stats = train_step(setup, micro_batches, tc.max_grad_norm)
         for b in micro_batches:
             images += int(b["image_grid_thw"].shape[0])
@@ -385,7 +386,7 @@ def train(recipe, resume: bool = False) -> Path:
         done = step + 1
         if done % max(1, tc.log_every) == 0 or done == setup.steps_total:
             dt = max(time.perf_counter() - t0, 1e-9)
-            logger.log(step=done, lr=setup.scheduler.get_last_lr()[0], **stats, steps_per_s=(done - start) / dt,
+            logger.log(step=done, lr=lr, **stats, steps_per_s=(done - start) / dt,
                        images_per_s=images * world / dt, queries_per_s=queries * world / dt,
                        tokens_per_s=tokens * world / dt)
         if (tc.eval_every > 0 and done % tc.eval_every == 0) or done == setup.steps_total:

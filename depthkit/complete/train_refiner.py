@@ -298,11 +298,12 @@ def train(recipe: RefineRecipe, resume: bool = False) -> Path:
         loss.backward()
         if tc.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), tc.max_grad_norm)
+        lr = lr_sched.get_last_lr()[0]  # the rate this step runs at (read before the schedule moves on)
         optimizer.step()
         lr_sched.step()
         done = step + 1
         if done % max(1, tc.log_every) == 0 or done == steps or done == start + 1:
-            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0,
+            logger.log(step=done, lr=lr, seconds=time.perf_counter() - t0,
                        loss=float(loss.detach()))
         if (tc.eval_every > 0 and done % tc.eval_every == 0) or done == steps:
             last_val = evaluate_refiner(net, val)

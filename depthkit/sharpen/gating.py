@@ -101,6 +101,10 @@ def apply_gate(z_d: torch.Tensor, noise: torch.Tensor, e_hat: torch.Tensor, prob
     """Training-time gating: each sample is gated (``gate(z_d, noise, e_hat)``) with probability ``prob``, else it
     gets ``pure_noise`` (default ``noise``) [code: ε, also when the gate fills with the noised Lotus latent].
 
+    One coin per sample, a depthkit choice: the public code draws one per batch, which is the same at its batch of 1
+    image per GPU (each micro-step of its gradient accumulation draws anew); with larger batches per-sample coins keep
+    each image's chance of being gated independent of the others', as in that run.
+
     Returns ``(latent, gated)`` with ``gated`` a ``[B]`` bool tensor saying which samples were gated.
     """
     device = generator.device if generator is not None else z_d.device

@@ -160,9 +160,10 @@ def _read_placed(path: Path, shape: tuple[int, int]):
     return placed if placed.dtype == bool and placed.shape == tuple(shape) else _MISSING
 
 
-def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int) -> dict:
+def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int, processing_resolution: int | None = None) -> dict:
     """On the first ``n_images`` items of ``dataset`` (with GT): mean MAE (m) and iBims DBE accuracy (px) of the
-    metric input and of the sharpened output."""
+    metric input and of the sharpened output, sharpened at ``processing_resolution`` (longest side in pixels; the
+    recipe's ``model.processing_resolution``, which the exported checkpoint runs at; None: the model's default)."""
     from depthkit.metrics import dbe_metrics
 
     rows = []
@@ -174,7 +175,8 @@ def evaluate_sharpening(sharpdepth, dataset, metric, n_images: int) -> dict:
         valid = (item["valid"] if item.get("valid") is not None else gt > 0) & (gt > 0)
         sparse = item.get("sparse")
         d = metric(item["image"], sparse, f"val/{item['name']}")
-        out = sharpdepth.sharpen(item["image"], d, sparse if sparse is not None and (sparse > 0).any() else None)
+        out = sharpdepth.sharpen(item["image"], d, sparse if sparse is not None and (sparse > 0).any() else None,
+                                 processing_resolution=processing_resolution)
         rows.append((np.abs(d - gt)[valid].mean(), np.abs(out.depth - gt)[valid].mean(),
                      dbe_metrics(d, gt, valid=valid)["dbe_acc"], dbe_metrics(out.depth, gt, valid=valid)["dbe_acc"]))
     a = np.asarray(rows, dtype=np.float64)
@@ -218,6 +220,34 @@ def _place(module, device, dtype):
     return module.to(device) if current == dtype else module.to(device, dtype)
 
 
+def check_teacher(teacher, student, where: str) -> None:
+    """Raise ``ValueError`` unless ``teacher`` (the Lotus-G of ``model.teacher``) can score the student in SDS: its
+    UNet runs on the student's VAE latents, conditioned on the student's empty-prompt embedding, and its prediction
+    is compared with the student's, so the two must share the mode, the depth normalisation, the VAE (its latent
+    channels, scaling factor and weights) and the embedding, as Lotus-G and SharpDepth share Stable Diffusion 2's."""
+    import torch
+
+    def same_tensors(a: dict, b: dict) -> bool:  # up to rounding (e.g. an embedding computed in another dtype)
+        return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.allclose(
+            a[k].cpu().float(), b[k].cpu().float(), rtol=1e-3, atol=1e-3) for k in a)
+
+    tv, sv = teacher.vae.config, student.vae.config
+    differ = [f"{name} {a!r} (the student's: {b!r})" for name, a, b in (
+        ("mode", teacher.mode, student.mode), ("norm", teacher.norm, student.norm),
+        ("UNet in_channels", teacher.unet.config.in_channels, student.unet.config.in_channels),
+        ("VAE latent_channels", tv.latent_channels, sv.latent_channels),
+        ("VAE scaling_factor", tv.scaling_factor, sv.scaling_factor)) if a != b]
+    if not differ and not same_tensors(teacher.vae.state_dict(), student.vae.state_dict()):
+        differ.append("other VAE weights")
+    if not differ and not same_tensors({"e": teacher.empty_prompt_embeds}, {"e": student.empty_prompt_embeds}):
+        differ.append("another empty-prompt embedding")
+    if differ:
+        raise ValueError(f"model.teacher {where} cannot score this student in SDS: it has {'; '.join(differ)}. The "
+                         "teacher's UNet runs on the student's VAE latents and prompt embedding, so both must be "
+                         "Lotus-G models of one base (e.g. Lotus-G and the sharpener's init on Stable Diffusion 2), "
+                         "or leave model.teacher unset to use a frozen copy of model.lotus.")
+
+
 def train(recipe, resume: bool = False) -> Path:
     """Run a ``kind: sharpen`` recipe; returns ``<output_dir>/final`` (a depthkit checkpoint with ``sharpen/``)."""
     import torch
@@ -240,24 +270,32 @@ def train(recipe, resume: bool = False) -> Path:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     # frozen parts run in bf16 when training in bf16 (as diffusers scripts do); the student stays float32
-    frozen_name = {"bf16": "bfloat16", "fp16": "float16"}.get(accelerator.mixed_precision, "float32")
+    frozen_name = {"bf16": "bfloat16"}.get(accelerator.mixed_precision, "float32")
     frozen_dtype = getattr(torch, frozen_name)
 
-    lotus = load_initial_lotus(recipe.model.lotus, recipe.model, seed=tc.seed).to(device)
+    lotus = load_initial_lotus(recipe.model.lotus, recipe.model, seed=tc.seed)
+    teacher = None
+    if recipe.model.teacher is not None:
+        teacher_lotus = load_initial_lotus(recipe.model.teacher, recipe.model, seed=tc.seed)
+        check_teacher(teacher_lotus, lotus, str(recipe.model.teacher))
+        teacher = teacher_lotus.unet
+    lotus = lotus.to(device)
     resolution = check_resolution(recipe.data.resolution, lotus.resolution_multiple)
+    kept: dict[str, dict] = {}  # float32 CPU copies of the frozen parts run in bf16/fp16, restored for the export
+
+    def freeze(module, name: str | None = None):
+        if name is not None and frozen_dtype != torch.float32:
+            kept[name] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        return _place(module, device, frozen_dtype).eval().requires_grad_(False)
+
     frozen_pass1 = None  # model.pass1 "lotus": the initial Lotus, frozen, runs pass 1 (and is exported as lotus_unet)
     if recipe.model.pass1 == "lotus":
-        frozen_pass1 = _place(copy.deepcopy(lotus.unet), device, frozen_dtype).eval().requires_grad_(False)
+        frozen_pass1 = freeze(copy.deepcopy(lotus.unet), "pass1")
     sd = SharpDepth(lotus, recipe.sharpdepth, lotus_unet=frozen_pass1)
-    if recipe.model.teacher is not None:
-        teacher = load_initial_lotus(recipe.model.teacher).unet
-        if teacher.config.in_channels != lotus.unet.config.in_channels:
-            raise ValueError(f"model.teacher has in_channels={teacher.config.in_channels}; the student has "
-                             f"{lotus.unet.config.in_channels}. Both must be Lotus-G UNets with the same VAE.")
-    else:
+    if teacher is None:
         teacher = frozen_pass1 if frozen_pass1 is not None else copy.deepcopy(lotus.unet)  # both: the initial Lotus
-    teacher = _place(teacher, device, frozen_dtype).eval().requires_grad_(False)
-    _place(lotus.vae, device, frozen_dtype).eval().requires_grad_(False)
+    teacher = freeze(teacher)
+    freeze(lotus.vae, "vae")
     student = lotus.unet
     student.train()
     if tc.gradient_checkpointing:
@@ -318,16 +356,18 @@ def train(recipe, resume: bool = False) -> Path:
                     p.grad = accelerator.reduce(p.grad, reduction="mean")
         if tc.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+        lr = lr_sched.get_last_lr()[0]  # the rate this step runs at (read before the schedule moves on)
         optimizer.step()
         lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(student)
         done = step + 1
         if done % max(1, tc.log_every) == 0 or done == steps or done == start + 1:
-            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0, **sums)
+            logger.log(step=done, lr=lr, seconds=time.perf_counter() - t0, **sums)
         if val_data is not None and main and ((tc.eval_every > 0 and done % tc.eval_every == 0) or done == steps):
             student.eval()
-            logger.log(step=done, **evaluate_sharpening(sd, val_data, metric, recipe.val.n_images))
+            logger.log(step=done, **evaluate_sharpening(sd, val_data, metric, recipe.val.n_images,
+                                                        recipe.model.processing_resolution))
             student.train()
         if main and ((tc.save_every > 0 and done % tc.save_every == 0) or done == steps):
             save_state(run, done, {"unet": student.state_dict(), "optimizer": optimizer.state_dict(),
@@ -343,9 +383,12 @@ def train(recipe, resume: bool = False) -> Path:
         student.eval()
         if recipe.model.export == "ema":
             ema.copy_to(student)
-        _place(lotus.vae, device, torch.float32)
-        export = SharpDepth(lotus, sd.config, lotus_unet=None if frozen_pass1 is None
-                            else _place(frozen_pass1, device, torch.float32))
+        for module, name in ((lotus.vae, "vae"), (frozen_pass1, "pass1")):
+            if module is not None:  # back to float32, with the weights it started from (not their bf16 rounding)
+                _place(module, device, torch.float32)
+                if name in kept:
+                    module.load_state_dict(kept.pop(name))
+        export = SharpDepth(lotus, sd.config, lotus_unet=frozen_pass1)
 
         def write(tmp: Path) -> None:
             write_sharpen_checkpoint(tmp, export, {"processing_resolution": recipe.model.processing_resolution},

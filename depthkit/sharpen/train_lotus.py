@@ -376,13 +376,14 @@ def train(recipe, resume: bool = False) -> Path:
                     p.grad = accelerator.reduce(p.grad, reduction="mean")
         if tc.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+        lr = lr_sched.get_last_lr()[0]  # the rate this step runs at (read before the schedule moves on)
         optimizer.step()
         lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if done % max(1, tc.log_every) == 0 or done == steps or done == start + 1:
             extra = {"phase": phase, "vae_scaling_factor": float(model.vae.config.scaling_factor)} if vae_steps else {}
-            logger.log(step=done, lr=lr_sched.get_last_lr()[0], seconds=time.perf_counter() - t0, **sums, **extra)
+            logger.log(step=done, lr=lr, seconds=time.perf_counter() - t0, **sums, **extra)
         if val_data is not None and main and ((tc.eval_every > 0 and done % tc.eval_every == 0) or done == steps):
             logger.log(step=done, **evaluate_lotus(model, val_data, recipe.val.n_images))
             set_modes()
