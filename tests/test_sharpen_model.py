@@ -229,24 +229,33 @@ def test_ema_public_schedule_closed_form():
         assert ema.decay_at(k) == pytest.approx(min(0.9999, 1.0 - (1.0 + k - 100) ** (-2.0 / 3.0)), rel=1e-12)
     assert ema.decay_at(10_000) == pytest.approx(0.997831, abs=1e-6)
     assert ema.decay_at(2_000_000) == 0.9999
-    # which calls act: copy at 0 and at 10, 20, ..., 100; average at 110, 120, ...; nothing in between
-    assert [ema.action(k) for k in (0, 1, 9, 10, 100, 101, 105, 110, 120)] == [
-        "copy", None, None, "copy", "copy", None, None, "average", "average"]
-    # the whole sequence on a scalar "model" whose weight is k at call k, against the rule written out by hand
-    small = EMA(param, decay=0.9, start=4, every=2, warmup_power=2 / 3)
-    expected, value = [], None
-    for k in range(15):
-        with torch.no_grad():
-            param.weight.fill_(float(k))
-        small.update(param)
-        if k == 0 or (k % 2 == 0 and k <= 4):
-            value = float(k)
-        elif k % 2 == 0:
-            d = min(0.9, 1.0 - (1.0 + k - 4) ** (-2.0 / 3.0))
-            value = d * value + (1.0 - d) * k
-        expected.append(value)
-        assert float(small.model.weight) == pytest.approx(value, rel=1e-6)
-    assert small.num_averaged == 5  # k = 6, 8, 10, 12, 14
+    # which calls act: copy at 0 and at 10, 20, ..., 100, and at 110 (the library's first update copies the model in
+    # before it averages: its `initted` flag); average at 120, 130, ...; nothing in between
+    assert [ema.action(k) for k in (0, 1, 9, 10, 100, 101, 105, 110, 120, 130)] == [
+        "copy", None, None, "copy", "copy", None, None, "copy", "average", "average"]
+    # the whole sequence on a scalar "model" whose weight is k at call k, against ema-pytorch's update() written out
+    # by hand (step counter, update_every, update_after_step, initted), and against depthkit's rule before session 39
+    # ("no_init_copy": the first average blends the last copy in)
+    ends = {}
+    for schedule in ("ema_pytorch", "no_init_copy"):
+        small = EMA(param, decay=0.9, start=4, every=2, warmup_power=2 / 3, schedule=schedule)
+        value, initted = None, False
+        for k in range(15):
+            with torch.no_grad():
+                param.weight.fill_(float(k))
+            small.update(param)
+            if k % 2 == 0:
+                if k <= 4:
+                    value = float(k)
+                else:
+                    if not initted and schedule == "ema_pytorch":
+                        value = float(k)
+                    initted = True
+                    d = min(0.9, 1.0 - (1.0 + k - 4) ** (-2.0 / 3.0))
+                    value = d * value + (1.0 - d) * k
+            assert float(small.model.weight) == pytest.approx(value, rel=1e-6), (schedule, k)
+        ends[schedule] = float(small.model.weight)
+    assert ends["ema_pytorch"] > ends["no_init_copy"]  # the copy at call 6 starts the average from 6, not from 4
     with pytest.raises(ValueError, match="schedule must be one of"):
         EMA(param, schedule="karras")
 

@@ -60,9 +60,11 @@ class SharpDepthConfig:
     """EMA warm-up, counted in calls k (not in averaging updates): decay_k = min(ema_decay, 1 − (1 + k −
     ema_start)^(−power)) [code: ema-pytorch's default power 2/3, inv_gamma 1]; None = constant ema_decay."""
     ema_schedule: str = "ema_pytorch"
-    """"ema_pytorch" [code]: the library's rule — call 0 and every ema_every-th call up to ema_start copy, every
-    ema_every-th call after it averages; "every_call_copy": every call before ema_start copies, then every
-    ema_every-th call from ema_start on averages (depthkit's earlier rule)."""
+    """"ema_pytorch" [code]: the library's rule — call 0 and every ema_every-th call up to ema_start copy, and so
+    does the first one after it (the library copies the model in before its first average), every ema_every-th call
+    after that averages; "no_init_copy": the same without that first copy (depthkit's rule until session 39, with
+    which the embedded default's sharpener was trained); "every_call_copy": every call before ema_start copies, then
+    every ema_every-th call from ema_start on averages (depthkit's earliest rule)."""
     fit_threshold: float = 0.5
     """Inference: scale/shift are fitted over pixels with e < fit_threshold [code]."""
     output: str = "decoded"

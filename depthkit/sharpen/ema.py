@@ -14,7 +14,7 @@ from torch import nn
 
 __all__ = ["EMA", "EMA_SCHEDULES"]
 
-EMA_SCHEDULES = ("ema_pytorch", "every_call_copy")
+EMA_SCHEDULES = ("ema_pytorch", "no_init_copy", "every_call_copy")
 """When :class:`EMA` copies and when it averages; see :meth:`EMA.action`."""
 
 
@@ -51,14 +51,18 @@ class EMA:
 
     def action(self, k: int) -> str | None:
         """What call ``k`` does. "ema_pytorch" [code]: call 0 copies; otherwise only calls with k % every == 0 act,
-        copying while k <= start and averaging after. "every_call_copy": every call k < start copies; from start on,
-        calls with (k − start) % every == 0 average."""
-        if self.schedule == "ema_pytorch":
+        copying while k <= start and averaging after, except the first call after start, which copies too (the
+        library copies the model in before its first average, its ``initted`` flag, so that call returns the model).
+        "no_init_copy": as "ema_pytorch" without that copy, its first average blending the last copy in (depthkit
+        before session 39, which trained the embedded default's sharpener). "every_call_copy": every call k < start
+        copies; from start on, calls with (k − start) % every == 0 average."""
+        if self.schedule in ("ema_pytorch", "no_init_copy"):
             if k == 0:
                 return "copy"
             if k % self.every:
                 return None
-            return "copy" if k <= self.start else "average"
+            first_average = self.start < k <= self.start + self.every
+            return "copy" if k <= self.start or (first_average and self.schedule == "ema_pytorch") else "average"
         if k < self.start:
             return "copy"
         return "average" if (k - self.start) % self.every == 0 else None
