@@ -174,6 +174,33 @@ def test_the_loss_is_the_weighted_sum_of_its_terms():
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("losses", [[], ["loss.residual_nll=0"], ["loss.residual_l1=0"],
+                                    ["loss.residual_l1=0", "loss.residual_nll=0"],
+                                    ["loss.cross_entropy=0", "loss.numeric_l1=0"]])
+def test_every_trainable_parameter_gets_a_gradient(losses):
+    """What DDP needs (it waits for every trainable parameter's gradient, and a 2-process run with
+    loss.residual_nll=0 stopped at its second step): with any loss term switched off, every parameter build_completer
+    leaves trainable receives a gradient from one step's loss, and the head's parts no term reaches are frozen."""
+    recipe, sdim, processor, head = _tiny("nearest", "residual_head", losses)
+    image, sparse, _ = _scene(3)
+    sp_in, queries = sample_training_queries(image, sparse, None, 5, np.random.default_rng(3), "sparse", 0.2,
+                                             prompt_prior="nearest")
+    group = encode_group(processor, image, sp_in, queries, P.PromptConfig("nearest"), recipe.sdim)
+    from depthkit.complete.readout import digit_token_ids
+
+    objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).eval()
+    loss, _ = objective(pack_groups([group], stock_model(sdim).config, pad_id=0, layout="packed"))
+    loss.backward()
+    trainable = [n for n, p in objective.named_parameters() if p.requires_grad]
+    assert trainable and [n for n, p in objective.named_parameters() if p.requires_grad and p.grad is None] == []
+    last = len(head.net) - 1  # the correction's layer
+    expected = {(): [], ("loss.residual_nll=0",): ["log_scale.bias", "log_scale.weight"],
+                ("loss.residual_l1=0",): [f"net.{last}.bias", f"net.{last}.weight"],
+                ("loss.residual_l1=0", "loss.residual_nll=0"): sorted(n for n, _ in head.named_parameters()),
+                ("loss.cross_entropy=0", "loss.numeric_l1=0"): []}[tuple(losses)]
+    assert sorted(n for n, p in head.named_parameters() if not p.requires_grad) == expected
+
+
 @pytest.mark.parametrize("readout,decode", [("text", "constrained"), ("text", "free"), ("residual_head", "free")])
 def test_validation_answers_through_the_engine(readout, decode):
     """validate() reports what the inference engine answers at the held-out points (no decoder of its own)."""

@@ -91,6 +91,24 @@ def test_complete_schema_refuses_bad_values():
     assert r.data.datasets["hypersim"].root == "/data/hs" and r.data.datasets["hypersim"].weight == 2.0
 
 
+def test_complete_weights_without_a_subset_are_refused_as_they_would_mix_nothing():
+    """Without data.subset_size every dataset contributes all its samples, so unequal positive weights change nothing
+    (the shares stay those of the datasets' lengths): refused, naming the weights; equal weights, a 0 that leaves a
+    dataset out, or a subset drawn by weight are accepted, and such a subset's shares follow the weights."""
+    from depthkit.training import MixedDataset
+
+    base = {"kind": "complete", "lora": {"enabled": False, "full_finetune": True}}
+    two = ["data.datasets.a.name=synthetic", "data.datasets.b.name=synthetic"]
+    with pytest.raises(RecipeError, match=r"weights \{'a': 2.0, 'b': 1.0\} mix nothing with data.subset_size 0"):
+        load_recipe(base, [*two, "data.datasets.a.weight=2"])
+    load_recipe(base, [*two, "data.datasets.a.weight=0"])
+    load_recipe(base, two)
+    r = load_recipe(base, [*two, "data.datasets.a.weight=2", "data.subset_size=30"])
+    mixed = MixedDataset([list(range(100)), list(range(100))], [r.data.datasets[k].weight for k in ("a", "b")],
+                         subset_size=r.data.subset_size)
+    assert [j for j, _ in mixed.pairs].count(0) == 20 and len(mixed) == 30
+
+
 def test_sharpen_and_lotus_validation_needs_at_least_one_image():
     """val.n_images 0 would log NaN metrics and export anyway: refused, with how to skip validation instead."""
     for name in ("tiny/lotus.yaml", "tiny/sharpen.yaml"):

@@ -213,7 +213,8 @@ class DatasetEntry:
     root: Optional[str] = None
     """Dataset folder (None for synthetic). Give it on the command line: ``data.datasets.hypersim.root=/data/hs``."""
     weight: float = 1.0
-    """Share of ``data.subset_size`` drawn from this dataset (weights are normalised); 0 leaves it out."""
+    """Share of ``data.subset_size`` drawn from this dataset (weights are normalised); 0 leaves it out. Without a
+    subset every dataset contributes all its samples, so unequal positive weights are refused there."""
     split: Optional[str] = None
     """None = ``train`` (the reader's training split; not the reader's own default, which is the split its protocol
     evaluates: ``test`` for synthetic)."""
@@ -278,6 +279,12 @@ class DataConfig:
             raise RecipeError(f"data.prefix_sharing={self.prefix_sharing!r}; allowed: {', '.join(LAYOUTS)}")
         if not 0.0 <= self.p_keep <= 1.0:
             raise RecipeError(f"data.p_keep must be in [0, 1]; received {self.p_keep}")
+        shares = {key: d.weight for key, d in self.datasets.items() if d.weight > 0}
+        if self.subset_size == 0 and len(set(shares.values())) > 1:
+            raise RecipeError(f"data.datasets weights {shares} mix nothing with data.subset_size 0: every dataset "
+                              "then contributes all of its samples and a weight only leaves one out (0). Set "
+                              "data.subset_size N to draw N samples by weight, or give the datasets equal weights "
+                              "(1.0) to train on all of them.")
         if self.queries_per_image < 1 or self.subset_size < 0 or self.sparse_points < 1 or self.edge_weight < 0:
             raise RecipeError("data needs queries_per_image >= 1, subset_size >= 0, sparse_points >= 1, "
                               f"edge_weight >= 0; received {self.queries_per_image}, {self.subset_size}, "

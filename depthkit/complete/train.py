@@ -97,6 +97,13 @@ def build_completer(recipe, seed: int = 0):
             p.requires_grad_(True)
     if not recipe.loss.reads_answers and not stock_model(sdim).config.tie_word_embeddings:
         stock_model(sdim).lm_head.requires_grad_(False)  # unused: DDP would wait for its gradient forever
+    if head is not None:  # parts of the head no loss term reaches: DDP would wait for their gradients too
+        if recipe.loss.residual_nll == 0:
+            head.log_scale.requires_grad_(False)  # the uncertainty: trained by the NLL term alone
+        if recipe.loss.residual_l1 == 0:
+            head.net[-1].requires_grad_(False)  # the correction: the NLL term sees it detached
+            if recipe.loss.residual_nll == 0:
+                head.requires_grad_(False)  # no head term at all
     for p in sdim.parameters():  # optimizer moments of bf16 weights lose too much precision
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
