@@ -58,7 +58,9 @@ class TrainConfig:
     :data:`MIXED_PRECISION`)."""
     gradient_checkpointing: bool = False
     seed: int = 0
-    """>= 0: seeds the initial weights, the data order and every random draw (numpy seeds are non-negative)."""
+    """>= 0: seeds the initial weights, the data order and every random draw of the trainer (numpy seeds are
+    non-negative). Not the sparse points the training readers draw for each scene or image: those follow the reader
+    (its ``sparse_seed`` option where it has one) and the epoch, so runs of different seeds see the same inputs."""
     num_workers: int = 0
     """DataLoader worker processes."""
     log_every: int = 10

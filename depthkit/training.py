@@ -181,14 +181,18 @@ class StepSampler:
             self._perm_cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
         return self._perm_cache[epoch]
 
-    def epoch_of(self, k: int) -> int:
-        return (k * self.batch_size * self.world) // self.n
-
-    def indices(self, k: int) -> list[int]:
+    def positions(self, k: int) -> list[tuple[int, int]]:
+        """``(index, epoch)`` of each sample of micro-step ``k`` for this process: a batch that runs over an epoch's
+        end takes its later samples from the next epoch's permutation, and they belong to that epoch."""
         out = []
         base = k * self.batch_size * self.world
         for j in range(self.batch_size):
             pos = base + j * self.world + self.rank
-            out.append(int(self._perm(pos // self.n)[pos % self.n]))
+            epoch = pos // self.n
+            out.append((int(self._perm(epoch)[pos % self.n]), epoch))
         return out
+
+    def indices(self, k: int) -> list[int]:
+        """The sample indices of micro-step ``k`` for this process (:meth:`positions` without the epochs)."""
+        return [index for index, _ in self.positions(k)]
 

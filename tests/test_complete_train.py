@@ -174,6 +174,22 @@ def test_the_loss_is_the_weighted_sum_of_its_terms():
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
+def test_training_samples_read_their_own_epochs_sparse_draw(monkeypatch):
+    """A micro-step whose batch runs over an epoch's end (7 scenes, batches of 2: step 3) reads its second sample with
+    the next epoch's sparse draw, as its position says; it got the previous epoch's (the same draw it may already
+    have had) when the whole batch took the epoch it started in."""
+    from depthkit.complete.train_data import TrainSteps, build_datasets
+
+    recipe, sdim, processor, _ = _tiny(extra=["data.synthetic.length=7", "train.batch_size=2"])
+    mixed = build_datasets(recipe)
+    steps = TrainSteps(recipe, mixed, processor, stock_model(sdim).config)
+    seen, real = [], type(mixed).get
+    monkeypatch.setattr(type(mixed), "get", lambda self, i, epoch=None: seen.append((i, epoch)) or real(self, i, epoch))
+    steps[3]
+    assert [e for _, e in seen] == [e for _, e in steps.sampler.positions(3)] == [0, 1]
+    assert [i for i, _ in seen] == steps.sampler.indices(3)
+
+
 @pytest.mark.parametrize("losses", [[], ["loss.residual_nll=0"], ["loss.residual_l1=0"],
                                     ["loss.residual_l1=0", "loss.residual_nll=0"],
                                     ["loss.cross_entropy=0", "loss.numeric_l1=0"]])

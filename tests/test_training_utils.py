@@ -23,6 +23,20 @@ def test_step_sampler_shards_are_disjoint_within_an_epoch():
     assert sorted(seen) == list(range(8))
 
 
+def test_a_batch_over_an_epoch_end_takes_its_later_samples_with_the_next_epoch():
+    """Positions run through one epoch's permutation and then the next's; a sample's epoch is that of its own
+    position (its sparse draw depends on it), not the epoch its batch starts in: with 7 samples in batches of 2,
+    micro-step 3 holds position 6 (epoch 0) and position 7 (epoch 1, the next permutation's first)."""
+    import numpy as np
+
+    sampler = StepSampler(7, 2, seed=5)
+    first, second = (np.random.default_rng([5, e]).permutation(7) for e in (0, 1))
+    assert sampler.positions(3) == [(int(first[6]), 0), (int(second[0]), 1)]
+    assert sampler.indices(3) == [int(first[6]), int(second[0])]
+    r1 = StepSampler(7, 2, seed=5, rank=1, world=2)  # 2 processes: step 1 is positions 4..7, rank 1 takes 5 and 7
+    assert r1.positions(1) == [(int(first[5]), 0), (int(second[0]), 1)]
+
+
 def test_lr_factor_warmup_and_cosine():
     assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
     assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)

@@ -79,9 +79,8 @@ class TrainSteps(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict:
         d, seed = self.recipe.data, self.recipe.train.seed
-        epoch = self.sampler.epoch_of(k)
         groups = []
-        for j, index in enumerate(self.sampler.indices(k)):
+        for j, (index, epoch) in enumerate(self.sampler.positions(k)):  # each sample's own epoch (its sparse draw)
             for attempt in range(20):
                 item = self.mixed.get((index + attempt) % len(self.mixed), epoch)
                 rng = np.random.default_rng([seed, k, self.rank, j, attempt])
