@@ -83,6 +83,26 @@ def test_sparse_supervision_holds_points_out():
     assert len(queries) == 1 and int((sp_in > 0).sum()) == 2
 
 
+def test_sparse_supervision_edge_weight_favours_points_beside_a_depth_jump():
+    """With data.edge_weight under sparse supervision, the held-out points are drawn by their depth step to the
+    neighbouring points: on a grid of points over a step edge, both columns beside it (2 of 16) take a large share
+    of the picks. Weighed by the gradient of the nearest-filled sparse map, as before, one column got none of that
+    (a point sits inside its own cell, where that gradient is 0 unless the cell's border is next to it)."""
+    depth = np.full((48, 64), 2.0, np.float32)
+    depth[:, 32:] = 6.0
+    sparse = np.zeros_like(depth)
+    sparse[::4, ::4] = depth[::4, ::4]
+    image = np.zeros((48, 64, 3), np.uint8)
+    cols = []
+    for seed in range(10):
+        _, queries = sample_training_queries(image, sparse, None, 8, np.random.default_rng(seed), "sparse", 0.0,
+                                             edge_weight=9.0)
+        cols += [q.col for q in queries]
+    # weights 10 for the 24 points of the two columns, 1 for the other 168: about 29 % of the picks each (1/16
+    # without weighting); the filled map's gradient reached only the points of column 32 (its jump is next to them)
+    assert np.mean(np.asarray(cols) == 28) > 0.15 and np.mean(np.asarray(cols) == 32) > 0.15
+
+
 def test_dense_supervision_labels_gt_pixels():
     image, sparse, depth = _scene()
     sp_in, queries = sample_training_queries(image, sparse, depth, 12, np.random.default_rng(1), "dense", p_keep=0.0)

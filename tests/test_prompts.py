@@ -162,6 +162,22 @@ def test_sample_query_pixels_basic_contract():
         P.sample_query_pixels(cand, 5, edge_weight=1.0)
 
 
+def test_point_edge_strength_is_each_points_largest_step_to_a_neighbouring_point():
+    """Written out by hand on three points in a row (2 m, 2 m, 8 m; the third far right): the middle point's cell
+    borders both others, so its strength is the largest step log(8/2), as is the last point's; the first point's
+    only neighbour is the middle one (step 0). On a sparse map drawn from a real scene the measured points that sit
+    next to a depth jump weigh more than the others."""
+    sparse = np.zeros((5, 30))
+    sparse[2, 2], sparse[2, 10], sparse[2, 25] = 2.0, 2.0, 8.0
+    s = P.point_edge_strength(sparse)
+    assert (s[2, 2], s[2, 10], s[2, 25]) == (0.0, 1.0, 1.0) and np.count_nonzero(s) == 2
+    sparse[2, 2] = 4.0  # steps log 2 (first-middle) and log 4 (middle-last): strengths 0.5, 1, 1
+    s = P.point_edge_strength(sparse)
+    assert s[2, 2] == pytest.approx(np.log(2) / np.log(4)) and s[2, 10] == 1.0 and s[2, 25] == 1.0
+    assert np.array_equal(P.point_edge_strength(sparse.T), s.T)  # the same points in a column
+    assert not P.point_edge_strength(np.zeros((4, 4))).any() and not P.point_edge_strength(sparse * 0 + 3.0).any()
+
+
 def _near_edge_fraction(rows, cols, edge_col):
     return float(np.mean(np.abs(cols - edge_col + 0.5) <= 2))
 
@@ -183,6 +199,16 @@ def test_sample_query_pixels_prefers_depth_and_image_edges():
     sparse[::4, ::4] = depth[::4, ::4]
     rows, cols = P.sample_query_pixels(cand, 300, seed=1, edge_weight=30.0, depth_or_image=sparse)
     assert _near_edge_fraction(rows, cols, 32) > 3 * uniform
+    # ... or, for candidates that are the sparse points themselves, as each point's step to its neighbours: the
+    # points of the columns on either side of the edge (28 and 32) have strength 1, every other point 0, and are
+    # picked far more often than their share (2 of 16 columns)
+    strength = P.point_edge_strength(sparse)
+    assert set(np.unique(strength[sparse > 0])) == {0.0, 1.0}
+    assert sorted(set(np.nonzero(strength)[1])) == [28, 32] and not strength[sparse == 0].any()
+    rows, cols = P.sample_query_pixels(sparse, 30, seed=4, edge_weight=30.0, strength=strength)
+    assert np.mean(np.isin(cols, [28, 32])) > 0.6
+    with pytest.raises(ValueError, match="strength is \\(8, 8\\) but candidates is \\(48, 64\\)"):
+        P.sample_query_pixels(sparse, 3, edge_weight=1.0, strength=np.zeros((8, 8)))
     # ... or through an RGB image.
     image = np.zeros((h, w, 3), np.uint8)
     image[:, 32:] = 200

@@ -112,8 +112,10 @@ def sample_training_queries(image: np.ndarray, sparse: np.ndarray, depth: np.nda
     seed = int(rng.integers(2**31))
     queries: list[tuple[int, int, int, float]] = []  # (row, col, mask, label)
     if supervision == "sparse":
-        picks_r, picks_c = prompts.sample_query_pixels(measured, n, seed=seed, edge_weight=edge_weight,
-                                                 depth_or_image=sparse if edge_weight > 0 else None)
+        # each point weighed by its depth step to the neighbouring points (a gradient of the sparse map is 0 there)
+        picks_r, picks_c = prompts.sample_query_pixels(
+            measured, n, seed=seed, edge_weight=edge_weight,
+            strength=prompts.point_edge_strength(sparse) if edge_weight > 0 else None)
         keep = rng.random(picks_r.size) < p_keep
         budget = n_measured - min_sparse_points  # held-out points must leave enough input
         for r, c, k in zip(picks_r, picks_c, keep):

@@ -80,6 +80,7 @@ __all__ = [
     "chat_suffix_text",
     "chat_messages",
     "sample_query_pixels",
+    "point_edge_strength",
 ]
 
 PROMPT_VERSION = "sdim-prompts-2"  # 2: coordinates after the question (prefix sharing)
@@ -335,8 +336,35 @@ def _edge_strength(depth_or_image: np.ndarray) -> np.ndarray:
     return mag / peak if peak > 0 else np.zeros_like(mag)
 
 
+def point_edge_strength(sparse: np.ndarray) -> np.ndarray:
+    """Edge strength in [0, 1] of each measured pixel of ``sparse`` (HxW metres, 0 or non-finite = missing): the
+    largest log-depth step between it and a neighbouring measurement (one whose nearest-point cell touches its own),
+    over the largest such step in the map; 0 at missing pixels. What :func:`sample_query_pixels` weighs candidates
+    that are the measured points themselves by: a gradient of the nearest-filled map is zero at the points, which sit
+    inside their cells, and non-zero only on the cell borders between them."""
+    from scipy import ndimage
+
+    arr = np.asarray(sparse, dtype=np.float64)
+    valid = np.isfinite(arr) & (arr > 0)
+    out = np.zeros(arr.size)
+    if valid.sum() < 2:
+        return out.reshape(arr.shape)
+    _, (ri, ci) = ndimage.distance_transform_edt(~valid, return_indices=True)
+    owner = ri * arr.shape[1] + ci  # the measured pixel whose cell each pixel is in
+    log_d = np.log(arr[ri, ci])
+    for a, b, la, lb in ((owner[:, :-1], owner[:, 1:], log_d[:, :-1], log_d[:, 1:]),
+                         (owner[:-1, :], owner[1:, :], log_d[:-1, :], log_d[1:, :])):
+        border = a != b
+        step = np.abs(la - lb)[border]
+        np.maximum.at(out, a[border], step)
+        np.maximum.at(out, b[border], step)
+    peak = out.max()
+    return (out / peak if peak > 0 else out).reshape(arr.shape)
+
+
 def sample_query_pixels(candidates: np.ndarray, n: int, seed: int | None = None, edge_weight: float = 0.0,
-                        depth_or_image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        depth_or_image: np.ndarray | None = None,
+                        strength: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pick up to ``n`` distinct pixels among ``candidates``, optionally favouring depth/image edges.
 
     Args:
@@ -347,8 +375,11 @@ def sample_query_pixels(candidates: np.ndarray, n: int, seed: int | None = None,
         edge_weight: >= 0. A pixel's sampling weight is ``1 + edge_weight * e`` with ``e`` in [0, 1] the edge
             strength at that pixel; 0 = uniform. With ``edge_weight=9`` a pixel on the strongest edge is 10x as
             likely as one in a flat region.
-        depth_or_image: HxW depth (metres, 0 = missing; e.g. the sparse map itself or an interpolation of it) or
-            HxWx3 image, used for edge strength; required when ``edge_weight > 0``.
+        depth_or_image: HxW depth (metres, 0 = missing; e.g. a dense GT map or an interpolation of the sparse
+            one) or HxWx3 image, whose gradients give the edge strength; it or ``strength`` is required when
+            ``edge_weight > 0``.
+        strength: HxW edge strength in [0, 1] to use as it is, instead of one found from ``depth_or_image`` (e.g.
+            :func:`point_edge_strength` when the candidates are the measured points of a sparse map).
 
     Returns:
         ``(rows, cols)``: int64 arrays of equal length ``min(n, candidates.sum())``, pixel indices at the
@@ -369,12 +400,14 @@ def sample_query_pixels(candidates: np.ndarray, n: int, seed: int | None = None,
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     p = None
     if edge_weight > 0:
-        if depth_or_image is None:
-            raise ValueError("edge_weight > 0 needs depth_or_image (HxW depth in metres or HxWx3 image).")
-        guide = np.asarray(depth_or_image)
+        if depth_or_image is None and strength is None:
+            raise ValueError("edge_weight > 0 needs depth_or_image (HxW depth in metres or HxWx3 image) or strength "
+                             "(HxW in [0, 1]).")
+        guide, name = (np.asarray(strength), "strength") if strength is not None else (np.asarray(depth_or_image),
+                                                                                        "depth_or_image")
         if guide.shape[:2] != cand.shape:
-            raise ValueError(f"depth_or_image is {guide.shape[:2]} but candidates is {cand.shape}; they must match.")
-        w = 1.0 + edge_weight * _edge_strength(guide).ravel()[flat]
+            raise ValueError(f"{name} is {guide.shape[:2]} but candidates is {cand.shape}; they must match.")
+        w = 1.0 + edge_weight * (guide if strength is not None else _edge_strength(guide)).ravel()[flat]
         p = w / w.sum()
     picked = rng.choice(flat, size=k, replace=False, p=p)
     rows, cols = np.unravel_index(picked, cand.shape)

@@ -260,7 +260,9 @@ class DataConfig:
     queries_per_image: int = 1
     """Queries per image per step; they share one image prefix (``prefix_sharing``)."""
     edge_weight: float = 0.0
-    """Query sampling weight 1 + edge_weight * edge strength (0 = uniform); see prompts.sample_query_pixels."""
+    """Query sampling weight 1 + edge_weight * edge strength in [0, 1] (0 = uniform): under sparse supervision a
+    point's depth step to its neighbouring points (prompts.point_edge_strength), under dense supervision the GT's
+    log-depth gradient at the pixel; see prompts.sample_query_pixels."""
     prefix_sharing: str = "packed"
     """How the Q queries of an image share its prefix (depthkit.complete.batching): packed (prefix once, suffixes
     after it in one row, block attention mask; works with gradient checkpointing), kv_cache (prefix pass, then the
