@@ -149,7 +149,7 @@ def _say_odd_principal_point(intrinsics, shape: tuple[int, int]) -> bool:
               f"wide. For this {w}x{h} image: --intrinsics {k.fx * w:.6g},{k.fy * h:.6g},{k.cx * w:.6g},"
               f"{k.cy * h:.6g} (the point cloud is written as given)", file=sys.stderr)
         return True
-    if -0.5 * w <= intrinsics.cx <= 1.5 * w and -0.5 * h <= intrinsics.cy <= 1.5 * h:
+    if intrinsics.fits(shape):
         return _say_other_resolution(intrinsics, shape)
     print(f"depthkit run: the principal point ({intrinsics.cx:g}, {intrinsics.cy:g}) lies far outside the {w}x{h} "
           "image; check --intrinsics: the order is fx,fy,cx,cy in pixels of this image (the point cloud is written "

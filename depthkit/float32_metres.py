@@ -4,13 +4,20 @@ Every output keeps depth as float32 (about 7 significant digits: 0.1 mm at 1 km)
 beyond float32's range would become inf (and be misreported as a bad value), and a positive one below its smallest
 would become 0, i.e. missing: a measurement lost without a word. Used by the Pipeline's input reader
 (:func:`depthkit.io.depth_to_metres`), the classical methods called directly and the sharpener's direct entry.
+:func:`unmasked` (a masked array's masked pixels are missing) is the step every reader of depth takes before it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["float32_metres"]
+__all__ = ["float32_metres", "unmasked"]
+
+
+def unmasked(depth):
+    """``depth`` with a numpy masked array's masked pixels set to 0 (missing), whatever lies under the mask; any
+    other value as it is. Every reader of depth calls it first, so a mask means "missing" everywhere."""
+    return depth.filled(0) if isinstance(depth, np.ma.MaskedArray) else depth
 
 
 def float32_metres(arr: np.ndarray, what: str) -> np.ndarray:

@@ -36,6 +36,12 @@ class Intrinsics:
         """3x3 camera matrix K (float64)."""
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
 
+    def fits(self, shape: tuple[int, int]) -> bool:
+        """False when the principal point lies far outside an image of ``shape`` (H, W): more than half the image
+        beyond an edge, as with intrinsics of another resolution or given in another order."""
+        h, w = shape[:2]
+        return -0.5 * w <= self.cx <= 1.5 * w and -0.5 * h <= self.cy <= 1.5 * h
+
 
 def fit_scale_shift(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
     """Closed-form least squares ``(s, t) = argmin sum_mask (s * pred + t - target)^2``.
@@ -88,14 +94,23 @@ def align_disparity(pred_disp: np.ndarray, target: np.ndarray, mask: np.ndarray 
 def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | None = None) -> np.ndarray:
     """Back-project planar depth (HxW metres) to camera-frame points, Nx3 float32 (x right, y down, z forward).
 
-    Only pixels with depth > 0 (and ``mask``) are returned, in row-major order.
+    Only pixels with a finite depth > 0 (and ``mask``, HxW bool) are returned, in row-major order; a numpy masked
+    array's masked pixels are missing.
     """
-    depth = np.asarray(depth, dtype=np.float32)
+    from depthkit.float32_metres import unmasked
+
+    depth = np.asarray(unmasked(depth), dtype=np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"backproject: depth must be HxW metres; received shape {depth.shape}.")
     h, w = depth.shape
     v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-    m = depth > 0
+    m = np.isfinite(depth) & (depth > 0)
     if mask is not None:
-        m &= np.asarray(mask, bool)
+        mask = np.asarray(mask, bool)
+        if mask.shape != depth.shape:
+            raise ValueError(f"backproject: mask has shape {mask.shape}, the depth {depth.shape}; give an HxW mask "
+                             "of the depth's size.")
+        m &= mask
     z = depth[m]
     x = (u[m] - intrinsics.cx) / intrinsics.fx * z
     y = (v[m] - intrinsics.cy) / intrinsics.fy * z

@@ -21,7 +21,7 @@ import numpy as np
 
 from depthkit.colormap import colorize, legend_labels  # noqa: F401  (legend_labels: public here too)
 from depthkit.decode import decode_image_file
-from depthkit.float32_metres import float32_metres
+from depthkit.float32_metres import float32_metres, unmasked  # noqa: F401  (unmasked: re-exported)
 from depthkit.geometry import backproject
 from depthkit.intrinsics import parse_intrinsics
 from depthkit.npy_file import load_npy_depth
@@ -342,12 +342,6 @@ def _warn_png_loss(path, depth: np.ndarray, q: np.ndarray, scale: float) -> None
 
     warnings.warn(f"{Path(path).name}: {lost} valid pixel(s) below {0.5 / scale:g} m are stored as 0 (missing) at "
                   f"{scale:g} units per metre; {advice}. The .npy keeps every value.", DepthkitWarning, stacklevel=3)
-
-
-def unmasked(depth):
-    """``depth`` with a numpy masked array's masked pixels set to 0 (missing), whatever lies under the mask; any
-    other value as it is."""
-    return depth.filled(0) if isinstance(depth, np.ma.MaskedArray) else depth
 
 
 def hxw_depth_map(depth: np.ndarray, what: str) -> np.ndarray:

@@ -398,3 +398,28 @@ def test_guided_default_workers_follow_torch_threads():
         assert _resolve_workers(3) == 3  # an explicit count wins
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_masked_arrays_masked_pixels_are_missing_as_in_the_pipeline(name):
+    """Called directly, a method reads a numpy masked array as the Pipeline does: masked pixels are missing,
+    whatever value lies under the mask (np.asarray would drop the mask and measure a 9 m that is not there)."""
+    image, depth = step_scene()
+    sparse = sample(depth, 40)
+    masked = np.ma.masked_array(np.where(sparse > 0, sparse, 9.0), mask=sparse == 0)
+    out = METHODS[name](image, masked)
+    np.testing.assert_array_equal(out, METHODS[name](image, sparse))
+    assert out.max() <= 5.0
+
+
+def test_ip_basic_refuses_a_depth_its_float32_inversion_cannot_hold():
+    """ip_basic inverts depth as 1.1 x max - d in float32: a largest depth above about 3.09e38 m made that inf and
+    every filled pixel NaN; it is refused, naming the value (nearest and guided still complete it)."""
+    image, _ = step_scene()
+    sparse = np.zeros((H, W), np.float32)
+    sparse[10, 10], sparse[40, 60] = 1.0, 3.2e38
+    with pytest.raises(ValueError, match=r"ip_basic: the largest depth, 3.2e\+38 m, is too large"):
+        ip_basic(image, sparse)
+    sparse[40, 60] = 3.0e38  # 1.1 x 3e38 still fits float32
+    assert np.isfinite(ip_basic(image, sparse)).all()
+    assert np.isfinite(guided(image, sparse.copy())).all()

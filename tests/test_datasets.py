@@ -142,7 +142,8 @@ def test_nyu_h5_pair_gives_marigold_dc_hints_as_the_sparse_input(tmp_path):
     assert ds[1]["depth"][10, 20] == pytest.approx(0.5 + 0.1 + 0.02 + 0.25)
     k = ds[0]["intrinsics"]
     assert (k.fx, k.fy) == pytest.approx((518.8579 / 2, 519.4696 / 2))
-    assert (k.cx, k.cy) == pytest.approx(((325.5824 + 0.5) / 2 - 0.5 - 8, (253.7362 + 0.5) / 2 - 0.5 - 6))
+    # the toolbox's principal point (325.5824, 253.7362) is 1-based: 1 px less in 0-based pixel centres
+    assert (k.cx, k.cy) == pytest.approx(((324.5824 + 0.5) / 2 - 0.5 - 8, (252.7362 + 0.5) / 2 - 0.5 - 6))
     # A different protocol seed changes nothing: the points come from the file.
     other = replace(PROTOCOLS["nyuv2"], sparse_seed=7)
     np.testing.assert_array_equal(build_dataset("nyuv2", tmp_path, protocol=other)[2]["sparse"], fx["hints"][2])

@@ -50,6 +50,26 @@ def test_backproject_matches_pinhole_model():
     np.testing.assert_allclose(pts, [[(4 - 2) / 100 * 2, (0 - 1) / 50 * 2, 2.0], [(0 - 2) / 100 * 4, (2 - 1) / 50 * 4, 4.0]])
 
 
+def test_backproject_skips_missing_and_refuses_a_mask_of_another_size():
+    """Infinite depth and a masked array's masked pixels are missing (no [-inf, -inf, inf] point, no point from the
+    value under a mask); a mask of another shape is refused rather than broadcast over every row."""
+    intr = Intrinsics(100.0, 50.0, 2.0, 1.0)
+    depth = np.zeros((3, 5), np.float32)
+    depth[0, 4], depth[2, 0], depth[1, 1] = 2.0, 4.0, np.inf
+    np.testing.assert_array_equal(backproject(depth, intr), backproject(np.where(np.isinf(depth), 0, depth), intr))
+    masked = np.ma.masked_array(np.where(depth > 0, depth, 7.0), mask=depth == 0)
+    np.testing.assert_array_equal(backproject(masked, intr), backproject(depth, intr))  # not the 7s under the mask
+    with pytest.raises(ValueError, match=r"mask has shape \(5,\), the depth \(3, 5\)"):
+        backproject(depth, intr, mask=np.ones(5, bool))
+
+
+def test_intrinsics_fit_an_image_unless_the_principal_point_is_far_outside():
+    """More than half the image beyond an edge does not fit (another resolution or order); a little outside does."""
+    k = Intrinsics(500, 500, 325, 253)  # a 640x480 camera
+    assert k.fits((480, 640)) and k.fits((240, 320)) and not k.fits((120, 160))
+    assert Intrinsics(500, 500, -50, 10).fits((100, 200)) and not Intrinsics(500, 500, 10, 200).fits((100, 200))
+
+
 def test_intrinsics_validation_and_scaling():
     with pytest.raises(ValueError, match="fx, fy > 0"):
         Intrinsics(0, 1, 0, 0)

@@ -95,6 +95,22 @@ def test_lidar_scanline_rows_match_projected_elevations():
     assert set(np.unique(out)) == {0.0, 5.0}
 
 
+def test_samplers_read_masked_pixels_as_missing_and_refuse_intrinsics_of_another_size():
+    """A masked array's masked pixels are no surface (as in the Pipeline): only the 2 unmasked pixels can be
+    drawn, never the 9 m under the mask. Intrinsics whose principal point lies far outside the map (those of a
+    640x480 camera on a 160x120 map) are refused: the scan would have half its points and bent scanlines."""
+    depth = np.ma.masked_array(np.full((20, 30), 9.0, np.float32), mask=True)
+    depth.mask[3, 4] = depth.mask[10, 20] = False
+    depth.data[3, 4], depth.data[10, 20] = 1.0, 2.0
+    out = sample_random_points(depth, 10, seed=0)
+    assert sorted(out[out > 0].tolist()) == [1.0, 2.0]
+    big = Intrinsics(fx=518.9, fy=519.5, cx=324.6, cy=252.7)
+    gt = np.full((120, 160), 3.0, np.float32)
+    with pytest.raises(ValueError, match=r"principal point \(324.6, 252.7\) lies far outside the 160x120 depth"):
+        sample_lidar(gt, big, seed=0)
+    assert (sample_lidar(gt, big.scaled(0.25, 0.25), seed=0) > 0).any()
+
+
 def test_lidar_copies_values_step_drops_and_sky():
     depth = _ramp()
     depth[:20] = 0  # sky in the upper rows

@@ -33,7 +33,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from depthkit.data.scene_options import is_int, is_real
-from depthkit.float32_metres import float32_metres
+from depthkit.float32_metres import float32_metres, unmasked
 
 BASELINE_NAMES = ("nearest", "ip_basic", "guided")
 
@@ -57,8 +57,9 @@ _GUIDED_MIN_LEVELS = 1e-100
 
 
 def _check_inputs(image, sparse, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate the completion-method contract; return ``(image uint8, sparse float32, valid bool)``."""
-    sparse = np.asarray(sparse)
+    """Validate the completion-method contract; return ``(image uint8, sparse float32, valid bool)``. A numpy masked
+    array's masked pixels are missing, as in the Pipeline."""
+    sparse = np.asarray(unmasked(sparse))
     if sparse.ndim != 2:
         raise ValueError(
             f"{method}: sparse depth must be a 2-D HxW array in metres (0 = missing); received shape {sparse.shape}. "
@@ -221,6 +222,10 @@ def _ip_basic(image: np.ndarray, sparse: np.ndarray, valid: np.ndarray, *, exten
         return max(3, int(round(reference * kernel_scale)) | 1)
 
     c = np.float32(1.1) * sparse[valid].max()
+    if not np.isfinite(c):  # 1.1 x the farthest depth must fit float32 (an inversion: far becomes small)
+        raise ValueError(f"ip_basic: the largest depth, {float(sparse[valid].max()):.3g} m, is too large for its "
+                         "float32 inversion (1.1 times it must stay below 3.4e38); check the units, or use nearest "
+                         "or guided.")
     inv = np.where(valid, c - sparse, np.float32(0)).astype(np.float32)
 
     inv = cv2.dilate(inv, _diamond(size(5)))

@@ -38,7 +38,9 @@ def _rng(seed) -> np.random.Generator:
 
 
 def _as_depth(depth, name: str = "depth") -> np.ndarray:
-    arr = np.asarray(depth)
+    from depthkit.float32_metres import unmasked
+
+    arr = np.asarray(unmasked(depth))  # masked pixels are missing, as everywhere
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must be a numeric HxW array (metres, 0 = missing); received shape {arr.shape} "
                          f"and dtype {arr.dtype}. Squeeze channel axes first.")
@@ -70,10 +72,17 @@ def _check_non_negative(name: str, value) -> float:
     return float(value)
 
 
-def _check_intrinsics(intrinsics) -> None:
+def _check_intrinsics(intrinsics, shape: tuple[int, int] | None = None) -> None:
+    """An :class:`Intrinsics`; with ``shape`` (H, W), one whose principal point fits a map of that size (the
+    samplers that use it: LiDAR; stereo needs only fx)."""
     if not isinstance(intrinsics, Intrinsics):
         raise ValueError(f"intrinsics must be a depthkit.geometry.Intrinsics; received {type(intrinsics).__name__}. "
                          "Build one with Intrinsics(fx, fy, cx, cy) in pixels.")
+    if shape is not None and not intrinsics.fits(shape):
+        h, w = shape
+        raise ValueError(f"the principal point ({intrinsics.cx:g}, {intrinsics.cy:g}) lies far outside the {w}x{h} "
+                         "depth map: intrinsics of another resolution (scale them with Intrinsics.scaled(sx, sy)) or "
+                         "given in another order (Intrinsics(fx, fy, cx, cy), pixels of this map).")
 
 
 def _pair(value) -> tuple[float, float]:
@@ -167,7 +176,7 @@ def sample_lidar(depth, intrinsics: Intrinsics, n_beams: int = 64,
         seed: int or Generator, for the dropped returns. drop_ratio: in [0, 1].
     """
     depth = _as_depth(depth)
-    _check_intrinsics(intrinsics)
+    _check_intrinsics(intrinsics, depth.shape)
     n_beams = check_int("n_beams", n_beams, 1)
     step = check_int("horizontal_step_px", horizontal_step_px, 1)
     lo, hi = _elevation_range(vertical_fov_deg)
@@ -261,7 +270,7 @@ def sample_stereo(depth, intrinsics: Intrinsics, seed=0, baseline: float = 0.54,
     Returns HxW float32 metres, 0 = missing.
     """
     depth = _as_depth(depth)
-    _check_intrinsics(intrinsics)
+    _check_intrinsics(intrinsics)  # disparity needs fx alone
     baseline = _check_positive("baseline", baseline, allow_none=False)
     min_disparity_px = _check_positive("min_disparity_px", min_disparity_px, allow_none=False)
     disparity_sigma_px = _check_non_negative("disparity_sigma_px", disparity_sigma_px)

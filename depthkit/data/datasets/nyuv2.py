@@ -11,7 +11,10 @@ processed folder.
 
 Without a list file, every ``<split>/*/rgb_*.png`` is used, sorted. The protocol (``nyuv2``) resizes to 320x240,
 centre-crops 304x228 and draws 500 random points from the GT; intrinsics are the standard NYUv2 colour-camera
-values (fx 518.858, fy 519.470, cx 325.582, cy 253.736 px at 640x480), adjusted for the resize and crop.
+values (fx 518.858, fy 519.470, cx 325.582, cy 253.736 px at 640x480) with the principal point moved to depthkit's
+0-based pixel centres (cx 324.582, cy 252.736: the NYU toolbox uses its values with MATLAB's 1-based pixel indices,
+``meshgrid(1:640, 1:480)`` in its ``rgb_plane2rgb_world.m``; many ports keep them unchanged, 1 px off), adjusted for
+the resize and crop.
 ``gt="filled"`` (default, *assumed* to be what the HDF5 pair below holds) or ``"raw"``.
 
 ``layout="h5"``: the pair Marigold-DC evaluates on (Conti et al., github.com/andreaconti/sparsity-agnostic-depth-
@@ -24,7 +27,8 @@ completion, release v0.1.0), already in protocol form (320x240 -> centre crop 30
 The ``hints`` are exactly the 500 points Marigold-DC's published numbers used; they are the sparse input as they are
 (no resampling, no filter). Item ``i`` is named ``f"{i:04d}"``, as Marigold-DC's processed folder names it. The
 intrinsics are the native ones carried through the same resize and crop in depthkit's pixel-centre convention
-(cx = (325.582 + 0.5) / 2 - 0.5 - 8); Marigold-DC writes cx / 2 - 8, a quarter pixel apart. ``layout="processed"``
+(cx = (324.582 + 0.5) / 2 - 0.5 - 8); Marigold-DC writes 325.582 / 2 - 8, three quarters of a pixel apart (the
+1-based principal point, halved without the pixel-centre shift). ``layout="processed"``
 reads Marigold-DC's processed folder (written from that pair). ``layout="auto"`` (default) picks h5, then processed,
 then native, by what ``<root>`` holds.
 """
@@ -57,7 +61,8 @@ H5_LAYOUT = f"""\
   <root>/{H5_IMAGES}            "img" Nx228x304x3 uint8, "gt" Nx228x304x1 float metres
   <root>/{H5_HINTS}     "hints" Nx228x304x1 float metres (Marigold-DC's 500 points)"""
 LAYOUTS = ("auto", "native", "processed", "h5")
-NYU_INTRINSICS = Intrinsics(fx=518.8579, fy=519.4696, cx=325.5824, cy=253.7362)  # pixels at 640x480
+NYU_INTRINSICS = Intrinsics(fx=518.8579, fy=519.4696, cx=325.5824 - 1, cy=253.7362 - 1)
+"""Pixels at 640x480, 0-based: the NYU toolbox's principal point (325.5824, 253.7362) is 1-based (module docstring)."""
 H5_HW = (228, 304)
 """(H, W) of the HDF5 pair: 640x480 halved to 320x240, then rows 6:234 and cols 8:312."""
 _h = NYU_INTRINSICS.scaled(0.5, 0.5)
