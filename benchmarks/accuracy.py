@@ -36,8 +36,9 @@ synthetic test scene: a robustness check on a shape the standard split lacks (it
 Per-method evaluation files (per-image metrics, resumable shards) go to ``--work-dir``; without it they go to a
 temporary folder that is deleted at the end. A rerun with the same ``--work-dir`` skips images already scored; one
 whose rows were made otherwise (another checkpoint, even in a folder of the same name, its files changed, another
-root, option, dtype or depthkit version: :func:`entry_fingerprint`) is refused with what differs, so use a fresh
-folder then.
+root, option, dtype, device or depthkit version: :func:`entry_fingerprint`) is refused with what differs, so use a
+fresh folder then. A checkpoint's rows are named after its folder (``final: complete``); checkpoints in folders of one
+name are told apart by their parent folders (``a/final: complete``, ``b/final: complete``: :func:`checkpoint_names`).
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="combine the JSON reports of runs that evaluated different datasets or patterns (e.g. "
                         "in parallel) into one report, NAME.json / NAME.md in --out; evaluates nothing. Refuses a "
-                        "dataset section given twice and runs made with different parameters (e.g. --limit)")
+                        "dataset section given twice, runs made with different parameters (e.g. --limit) and runs on "
+                        "different devices; takes only --out, --name and --quiet besides")
     p.add_argument("--patterns", default=None,
                    help="comma-separated sparse patterns to evaluate the synthetic test split with ("
                         + ", ".join(SYNTHETIC_PATTERNS) + "), or 'all' (" + ", ".join(ALL_PATTERNS)
@@ -236,6 +238,10 @@ def classical_entries(methods: str) -> list[dict]:
     from depthkit.data.baselines import CLASSICAL_METHODS
 
     names = [m.strip() for m in methods.split(",") if m.strip() and m.strip() != "none"]
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise ValueError(f"--methods {methods!r} names {twice} more than once (each would be a duplicate row); name "
+                         "each method once.")
     unknown = [m for m in names if m not in CLASSICAL_METHODS]
     if unknown:
         classical = list(CLASSICAL_METHODS)
@@ -245,9 +251,10 @@ def classical_entries(methods: str) -> list[dict]:
 
 
 def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: str,
-                       options: list[str] = ()) -> list[dict]:
+                       options: list[str] = (), name: str | None = None) -> list[dict]:
     """One entry per stage list to evaluate checkpoint ``spec`` with (see ``--stages``), each with the stage options
-    of ``options`` (``--option`` texts) for the stages it runs, named in its label."""
+    of ``options`` (``--option`` texts) for the stages it runs, named in its label. ``name`` starts the labels
+    (default: the folder's name; :func:`checkpoint_names` gives longer ones to checkpoints whose folders share it)."""
     from depthkit.checkpoints import CheckpointRef
     from depthkit.stages import STAGE_ORDER
 
@@ -271,10 +278,36 @@ def checkpoint_entries(spec: str, stage_lists: list[str] | None, base_method: st
                              f"{spec} has no complete stage (its rows complete with the classical --base-method "
                              f"{base_method}, which takes no options); drop the complete option or give a checkpoint "
                              "with a complete stage.")
-        entries.append({"label": f"{Path(str(spec)).name}{label}: " + " + ".join(learned),
+        entries.append({"label": f"{name or Path(str(spec)).name}{label}: " + " + ".join(learned),
                         "kind": "checkpoint", "method": None if "complete" in provided else base_method,
                         "stages": ",".join(names), "checkpoint": str(checkpoint.root), "options": given})
     return entries
+
+
+def _checkpoint_path(spec: str) -> Path:
+    """``spec`` (a --checkpoint) as a resolved folder when it is one here, else as typed (a hub id)."""
+    path = Path(str(spec)).expanduser()
+    return path.resolve() if path.exists() else path
+
+
+def checkpoint_names(specs: list[str]) -> list[str]:
+    """The name that starts each ``--checkpoint``'s row labels: its folder's name (``runs/a/final`` -> ``final``),
+    or, when several folders share that name, as many trailing parts of their resolved paths as tell them apart
+    (``a/final``, ``b/final``), so their rows and work files never share one. ValueError for a checkpoint given
+    twice (its rows would be duplicates)."""
+    paths = [_checkpoint_path(s) for s in specs]
+    twice = sorted({str(p) for p in paths if paths.count(p) > 1})
+    if twice:
+        raise ValueError(f"--checkpoint {', '.join(twice)} is given more than once (its rows would be duplicates); "
+                         "give each checkpoint once.")
+    names = []
+    for path in paths:
+        same = {q for q in paths if q.name == path.name}
+        k = 1
+        while len(same) > 1 and len({"/".join(q.parts[-k:]) for q in same}) < len(same):
+            k += 1
+        names.append("/".join(path.parts[-k:]))
+    return names
 
 
 def parse_options(texts) -> dict[str, dict]:
@@ -349,12 +382,47 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "method"
 
 
-def entry_fingerprint(spec: dict, dataset, entry: dict, dtype: str) -> dict:
+def resolved_root(spec: dict) -> str | None:
+    """A dataset spec's root as an absolute path (None for generated data, e.g. synthetic): what its report section
+    records and what tells two roots of one dataset apart."""
+    return None if spec["root"] is None else str(Path(spec["root"]).expanduser().resolve())
+
+
+def spec_key(spec: dict) -> tuple:
+    """What makes a dataset spec one of a kind: (name, split, resolved root, sparse pattern); a spec without
+    ``--split`` has the split its protocol evaluates (None when unknown here: its reader then says what is wrong)."""
+    from depthkit.data.datasets import DATASETS
+    from depthkit.data.protocols import get_protocol
+
+    split = spec["split"]
+    if split is None and spec["name"] in DATASETS:
+        try:
+            split = get_protocol(DATASETS[spec["name"]].key).split
+        except ValueError:  # an unlabelled set (image_folder) has no protocol
+            pass
+    return spec["name"], split, resolved_root(spec), spec.get("pattern")
+
+
+def work_folder(spec: dict, split: str) -> str:
+    """The work-dir folder of a dataset spec's evaluation files: ``<name>_<split>[_<pattern>][_clutterN]``, and for a
+    dataset root, ``_root<hash>`` of its resolved path, so two roots of one dataset never share one."""
+    import hashlib
+
+    clutter = spec.get("options", {}).get("clutter", 0)
+    root = resolved_root(spec)
+    return _slug(f"{spec['name']}_{split}" + (f"_{spec['pattern']}" if spec.get("pattern") else "")
+                 + (f"_clutter{clutter}" if clutter else "")
+                 + (f"_root{hashlib.sha256(root.encode()).hexdigest()[:8]}" if root else ""))
+
+
+def entry_fingerprint(spec: dict, dataset, entry: dict, dtype: str, device: str = "cpu") -> dict:
     """Everything that determines one entry's per-image results on one dataset (as ``depthkit eval`` records it):
     the dataset, its resolved root, split and reader options (sparse pattern and its options, clutter), protocol,
     method, the checkpoint's identity (its resolved folder and files, not the name in the row's label), stages,
-    stage options, dtype and depthkit version. :func:`depthkit.evaluate.evaluate` refuses to resume a ``--work-dir``
-    whose rows were made under another one, so a rerun cannot mix two checkpoints that share a folder name."""
+    stage options, dtype and depthkit version, and for a checkpoint row the device it runs on (its numbers and
+    timings depend on it; classical rows always run on the CPU). :func:`depthkit.evaluate.evaluate` refuses to
+    resume a ``--work-dir`` whose rows were made under another one, so a rerun cannot mix two checkpoints that share
+    a folder name, nor rows timed on two devices."""
     from depthkit import __version__
     from depthkit.checkpoints import checkpoint_identity
     from depthkit.evaluate import _protocol_dict
@@ -364,7 +432,7 @@ def entry_fingerprint(spec: dict, dataset, entry: dict, dtype: str) -> dict:
             "protocol": _protocol_dict(dataset.protocol), "method": entry["method"],
             "checkpoint": checkpoint_identity(entry["checkpoint"]), "stages": entry["stages"],
             "stage_options": entry.get("options") or {}, "dtype": None if entry["checkpoint"] is None else dtype,
-            "depthkit_version": __version__}
+            "depthkit_version": __version__, **({} if entry["checkpoint"] is None else {"device": device})}
 
 
 def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict | None:
@@ -376,15 +444,13 @@ def evaluate_dataset(spec: dict, entries: list[dict], args, work: Path) -> dict 
     protocol = dataset.protocol
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     groups = dataset_groups(dataset, n)
-    clutter = spec.get("options", {}).get("clutter", 0)
-    folder = work / _slug(f"{spec['name']}_{dataset.split}" + (f"_{spec['pattern']}" if spec.get("pattern") else "")
-                          + (f"_clutter{clutter}" if clutter else ""))
-    section = {"dataset": spec["name"], "pattern": spec.get("pattern"), "root": None if spec["root"] is None else str(spec["root"]),
+    folder = work / work_folder(spec, dataset.split)
+    section = {"dataset": spec["name"], "pattern": spec.get("pattern"), "root": resolved_root(spec),
                "split": dataset.split, "reader": repr(dataset), "protocol": protocol.description,
                "n_images": n, "groups": {g: len(idx) for g, idx in groups.items()}, "methods": []}
     for entry in entries:
         pipe = build_pipeline(entry, args.device, args.dtype)
-        fingerprint = entry_fingerprint(spec, dataset, entry, args.dtype)
+        fingerprint = entry_fingerprint(spec, dataset, entry, args.dtype, args.device)
         try:
             summary = evaluate(pipe, dataset, protocol, folder / f"{_slug(entry['label'])}.json", limit=n,
                                progress=not args.quiet, label=f"{spec['name']} {entry['label']}",
@@ -463,15 +529,40 @@ DBE_REGION_TEXT = {"valid": "", "image": "; edges scored over the whole image ag
 """What the report says of where its DBE scores edges, by ``--dbe-region``."""
 
 
+def _machine_text(mach: dict | None) -> str:
+    """``<cpu>, <n> cores, device <device>`` of a report's ``machine`` ("not recorded" without one)."""
+    if not mach:
+        return "not recorded"
+    return f"{mach.get('cpu') or mach['platform']}, {mach['cpu_count']} cores, device {mach['device']}"
+
+
+def _run_text(run: dict) -> str:
+    """``on <date> with depthkit <version> (commit <commit>)`` of a report or a ``merged_from`` entry (an older
+    merge's entries may lack the version and commit)."""
+    version = run.get("depthkit_version")
+    return (f"on {run.get('date')} with " + (f"depthkit {version}" if version else "a depthkit version not recorded")
+            + (f" (commit {run['git_commit']})" if run.get("git_commit") else ""))
+
+
+def run_header(report: dict) -> list[str]:
+    """The lines saying where and how the report was made: the run's command, date, version, commit and machine; for
+    a merged report (``merged_from``), the merge's command and each run's, since they may differ in all of those."""
+    if not report.get("merged_from"):
+        return [f"Generated by `{report['command']}` {_run_text(report)}.",
+                f"Machine: {_machine_text(report['machine'])}."]
+    runs = report["merged_from"]
+    lines = [f"Merged by `{report.get('merged_by')}` from {len(runs)} run{'' if len(runs) == 1 else 's'}:"]
+    for run in runs:
+        lines.append(f"- `{run['command']}` {_run_text(run)}; machine: {_machine_text(run.get('machine'))}.")
+    return lines
+
+
 def report_markdown(report: dict) -> str:
     """The whole markdown report (``<name>.md``)."""
-    mach = report["machine"]
     lines = [
         "# Accuracy benchmark",
         "",
-        f"Generated by `{report['command']}` on {report['date']} with depthkit {report['depthkit_version']}"
-        + (f" (commit {report['git_commit']})" if report.get("git_commit") else "") + ".",
-        f"Machine: {mach.get('cpu') or mach['platform']}, {mach['cpu_count']} cores, device {mach['device']}.",
+        *run_header(report),
         "",
         "Metrics are computed per image over the valid ground-truth pixels of the dataset's protocol and then "
         "averaged over images (the Marigold convention), by `depthkit.evaluate` (the code behind `depthkit eval`). "
@@ -535,13 +626,36 @@ def row_differences(a: dict, b: dict) -> dict[str, tuple]:
     return differ
 
 
+def merged_runs(path: Path, report: dict) -> list[dict]:
+    """The ``merged_from`` entries a report brings into a merge: its own list when it is a merge, else one entry of
+    its file, command, date, version, commit and machine."""
+    return report.get("merged_from") or [
+        {"file": str(path), **{k: report.get(k) for k in ("command", "date", "depthkit_version", "git_commit",
+                                                           "machine")}}]
+
+
+def check_merge_devices(paths: list[Path], reports: list[dict]) -> None:
+    """ValueError when the runs to merge ran on different devices (``machine.device``; an entry of an older merge
+    without its machine counts as its report's): a merged table would mix their timings in one column."""
+    devices = {}
+    for path, r in zip(paths, reports):
+        for run in merged_runs(path, r):
+            device = (run.get("machine") or r.get("machine") or {}).get("device")
+            devices.setdefault(device, f"{run.get('file') or path} ({run.get('command')})")
+    if len(devices) > 1:
+        given = "; ".join(f"device {d}: {where}" for d, where in devices.items())
+        raise ValueError(f"--merge: the runs ran on different devices ({given}), and a merged report would mix their "
+                         "numbers and timings in one table; merge runs of one device, or rerun the odd one there.")
+
+
 def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "accuracy") -> int:
     """One report from several JSON reports of runs that evaluated different datasets or patterns (their sections
-    in the given order). The commands, dates, versions and commits of the runs are kept in ``merged_from`` (an input
-    that is itself a merge brings its own list), the merge's own command in ``merged_by``. ValueError, nothing
-    written, for two sections of one dataset, pattern, split and root (a file given twice, or overlapping runs), for
-    run parameters that differ (e.g. ``limit``, ``clutter``, ``dtype``: the merged report states each once) and for
-    rows of one name run differently (:func:`row_differences`: another checkpoint or options in one column)."""
+    in the given order). The commands, dates, versions, commits and machines of the runs are kept in ``merged_from``
+    (an input that is itself a merge brings its own list), the merge's own command in ``merged_by``. ValueError,
+    nothing written, for two sections of one dataset, pattern, split and root (a file given twice, or overlapping
+    runs), for run parameters that differ (e.g. ``limit``, ``clutter``, ``dtype``: the merged report states each
+    once), for runs on different devices (:func:`check_merge_devices`) and for rows of one name run differently
+    (:func:`row_differences`: another checkpoint or options in one column)."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     for path, r in zip(paths, reports):
         if not isinstance(r, dict) or not isinstance(r.get("datasets"), list):
@@ -562,6 +676,7 @@ def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "ac
             given = ", ".join(f"{path}: {json.dumps(v)}" for path, v in zip(paths, values))
             raise ValueError(f"--merge: the runs differ in {key!r} ({given}), which a merged report states once; "
                              f"merge only runs made with the same {key} (e.g. --limit), or rerun the odd one.")
+    check_merge_devices(paths, reports)
     rows: dict[str, tuple[Path, dict]] = {}
     for path, r in zip(paths, reports):
         for m in (m for ds in r["datasets"] for m in ds["methods"]):
@@ -575,8 +690,7 @@ def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "ac
     report = {**MERGE_DEFAULTS, **reports[0]}
     report["datasets"] = [ds for r in reports for ds in r["datasets"]]
     report["command"] = "; ".join(r["command"] for r in reports)
-    report["merged_from"] = [entry for path, r in zip(paths, reports) for entry in r.get("merged_from") or [
-        {"file": str(path), **{k: r.get(k) for k in ("command", "date", "depthkit_version", "git_commit")}}]]
+    report["merged_from"] = [entry for path, r in zip(paths, reports) for entry in merged_runs(path, r)]
     report["merged_by"] = command_line(argv, __file__)
     json_path, md_path = write_report(report, out, name)
     print(f"accuracy benchmark: merged {len(paths)} reports into {json_path} and {md_path}")
@@ -584,11 +698,62 @@ def merge_reports(paths: list[Path], out: Path, argv: list[str], name: str = "ac
 
 
 # ---------------------------------------------------------------------------------------------------- main
+MERGE_OPTIONS = ("merge", "out", "name", "quiet")
+"""The options ``--merge`` takes; every other one chooses what a run evaluates, which a merge does not do."""
+
+
+def check_merge_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` for an evaluation option given with ``--merge`` (anything but :data:`MERGE_OPTIONS` away
+    from its default): a merge evaluates nothing, so the option would be silently ignored."""
+    given = {a.dest: a.option_strings[0] for a in reversed(parser._actions)  # --dataset/--root/--split: --dataset
+             if a.dest not in (*MERGE_OPTIONS, "help") and getattr(args, a.dest) != parser.get_default(a.dest)}
+    if given:
+        names = ", ".join(sorted(given.values()))
+        parser.error(f"--merge joins finished reports and evaluates nothing, so it takes only --out, --name and "
+                     f"--quiet; received {names} as well. Drop them, or run the evaluation first and merge its "
+                     "NAME.json.")
+
+
+def check_entry_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` for ``--stages`` / ``--base-method`` without ``--checkpoint`` (they choose how checkpoints
+    run) and for a stage list given twice in ``--stages`` (its rows would be duplicates)."""
+    if not args.checkpoint:
+        for option, given in (("--stages", args.stages is not None),
+                              ("--base-method", args.base_method != parser.get_default("base_method"))):
+            if given:
+                parser.error(f"{option} chooses how a --checkpoint runs, and none is given; add --checkpoint DIR, "
+                             f"or drop {option}.")
+    lists = [",".join(s.strip() for s in text.split(",") if s.strip()) for text in args.stages or []]
+    twice = sorted({x for x in lists if lists.count(x) > 1})
+    if twice:
+        parser.error(f"--stages {', '.join(twice)} is given more than once (its rows would be duplicates); give each "
+                     "stage list once.")
+
+
+def check_dataset_specs(parser: argparse.ArgumentParser, specs: list[dict]) -> None:
+    """``parser.error`` for ``--root`` given to generated data (synthetic, whose reader ignores it) and for one
+    dataset, split, root and sparse pattern asked for twice (e.g. ``--dataset synthetic`` beside the default synthetic
+    test split): its section would be reported twice, the second resumed from the first's files."""
+    from depthkit.data.datasets import DATASETS
+
+    for spec in specs:
+        if spec["root"] is not None and spec["name"] in DATASETS and not DATASETS[spec["name"]].needs_root:
+            parser.error(f"--dataset {spec['name']} is generated, so it takes no --root (received --root "
+                         f"{spec['root']}); drop --root.")
+    keys = [spec_key(spec) for spec in specs]
+    for key in dict.fromkeys(k for k in keys if keys.count(k) > 1):
+        default = " (the synthetic test split is evaluated by default; add --no-synthetic)" \
+            if key[:2] == ("synthetic", "test") else ""
+        parser.error(f"dataset {key[0]!r}, split {key[1]!r}, root {key[2]!r}, pattern {key[3]!r} is asked for more "
+                     f"than once{default}; evaluate each once.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.merge:  # a file given twice, runs made differently, a file not there: run_main says it in one line
+        check_merge_options(parser, args)
         return merge_reports(args.merge, args.out, argv, args.name)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1 image; received {args.limit}")
@@ -596,6 +761,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--clutter must be >= 0 plants per scene; received {args.clutter}")
     if args.clutter and args.no_synthetic:
         parser.error("--clutter puts plants into the synthetic test split, which --no-synthetic leaves out")
+    if args.patterns is not None and args.no_synthetic:
+        parser.error(f"--patterns {args.patterns} chooses the sparse input of the synthetic test split, which "
+                     "--no-synthetic leaves out; drop one of them.")
+    check_entry_options(parser, args)
     scenes = {"clutter": args.clutter} if args.clutter else {}
     specs = [] if args.no_synthetic else [{"name": "synthetic", "root": None, "split": "test", "options": scenes}]
     if args.patterns and specs:
@@ -613,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         specs.append(d)
     if not specs:
         parser.error("nothing to evaluate: --no-synthetic without any --dataset NAME --root DIR")
+    check_dataset_specs(parser, specs)
     if args.dbe_region == "image" and any(s["name"] == "synthetic" for s in specs):
         parser.error("--dbe-region image scores DBE against a dataset's annotated edge maps (iBims-1's); the "
                      "synthetic test split has none: add --no-synthetic and evaluate --dataset ibims --root DIR")
@@ -622,8 +792,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # an unknown method, a missing dataset root or checkpoint: run_main says what in one line and exits 2
     entries = classical_entries(args.methods)
-    for spec in args.checkpoint:
-        entries += checkpoint_entries(spec, args.stages, args.base_method, args.option)
+    for spec, name in zip(args.checkpoint, checkpoint_names(args.checkpoint)):
+        entries += checkpoint_entries(spec, args.stages, args.base_method, args.option, name)
     if not entries:
         parser.error("nothing to evaluate: --methods none and no --checkpoint")
     check_options(args.option, entries, args.device, args.dtype)

@@ -737,3 +737,155 @@ def test_dbe_region_image_scores_annotated_edges_as_depthkit_eval_and_never_merg
     with pytest.raises(SystemExit):
         accuracy.main(["--limit", "1", "--methods", "nearest", "--out", str(tmp_path / "syn"), "--dbe-region", "image"])
     assert "the synthetic test split has none" in capsys.readouterr().err and not (tmp_path / "syn").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- review fixes
+def _refused(argv, says, capsys, code=2):
+    """``accuracy.main(argv)`` stops with exit status ``code`` and one error line containing ``says``."""
+    with pytest.raises(SystemExit) as exc:
+        accuracy.run_main(accuracy.main, argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == code and says in err, err
+
+
+def test_two_checkpoints_in_folders_of_one_name_get_rows_of_their_own(tmp_path, capsys):
+    """runs/a/ck and runs/b/ck (one folder name) are told apart by their parent folders, in the row names and in the
+    work files, so one run evaluates both; a lone checkpoint keeps its folder's name; one given twice is refused."""
+    for sub, method in (("a", "nearest"), ("b", "guided")):
+        write_manifest(tmp_path / "runs" / sub / "ck", {"complete": {"method": method}})
+    out = tmp_path / "res"
+    argv = ["--limit", "1", "--methods", "nearest,guided", "--checkpoint", str(tmp_path / "runs" / "a" / "ck"),
+            "--checkpoint", str(tmp_path / "runs" / "b" / "ck"), "--out", str(out), "--quiet"]
+    assert accuracy.run_main(accuracy.main, argv) == 0
+    (ds,) = json.loads((out / "accuracy.json").read_text())["datasets"]
+    rows = {m["method"]: m for m in ds["methods"]}
+    assert list(rows) == ["nearest", "guided", "a/ck: complete", "b/ck: complete"]
+    assert rows["a/ck: complete"]["mean"] == rows["nearest"]["mean"]
+    assert rows["b/ck: complete"]["mean"] == rows["guided"]["mean"]
+    assert accuracy.checkpoint_names([str(tmp_path / "runs" / "a" / "ck")]) == ["ck"]
+    capsys.readouterr()
+    assert accuracy.run_main(accuracy.main, [*argv[:4], "--checkpoint", argv[5], *argv[4:]]) == 2
+    assert "is given more than once" in capsys.readouterr().err
+
+
+def test_a_dataset_asked_for_twice_or_synthetic_with_a_root_is_refused(tmp_path, capsys):
+    """The synthetic test split beside --dataset synthetic (or one root given twice, also as a relative path) would
+    be reported twice, the second section resumed from the first's files; synthetic ignores --root."""
+    out = ["--out", str(tmp_path / "o"), "--methods", "nearest"]
+    _refused(["--dataset", "synthetic", *out], "is asked for more than once (the synthetic test split", capsys)
+    _refused(["--patterns", "random100", "--dataset", "synthetic", "--split", "val", "--dataset", "synthetic",
+              "--split", "val", *out], "'synthetic', split 'val', root None, pattern None is asked for", capsys)
+    _refused(["--no-synthetic", "--dataset", "synthetic", "--root", "/nonexistent", *out],
+             "is generated, so it takes no --root (received --root /nonexistent)", capsys)
+    write_processed(tmp_path / "nyu")
+    _refused(["--no-synthetic", "--dataset", "nyuv2", "--root", str(tmp_path / "nyu"), "--dataset", "nyuv2",
+              "--root", str(tmp_path / "x" / ".." / "nyu"), *out], "is asked for more than once", capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_roots_of_one_dataset_in_one_run_and_the_resolved_root_is_recorded(tmp_path, monkeypatch, capsys):
+    """Each root has its own work folder (so one run evaluates both) and its section records the resolved root, so
+    two runs of one root, typed relative and absolute, are refused by --merge instead of merging twice."""
+    write_processed(tmp_path / "nyuA")
+    write_processed(tmp_path / "nyuB")
+    monkeypatch.chdir(tmp_path)
+    base = ["--no-synthetic", "--methods", "nearest", "--quiet"]
+    assert accuracy.run_main(accuracy.main, [*base, "--dataset", "nyuv2", "--root", "nyuA", "--dataset", "nyuv2",
+                                             "--root", "nyuB", "--out", "two", "--work-dir", "w"]) == 0
+    sections = json.loads((tmp_path / "two" / "accuracy.json").read_text())["datasets"]
+    assert [ds["root"] for ds in sections] == [str(tmp_path / "nyuA"), str(tmp_path / "nyuB")]
+    assert len({p.name for p in (tmp_path / "w").iterdir()}) == 2
+    assert accuracy.main([*base, "--dataset", "nyuv2", "--root", str(tmp_path / "nyuA"), "--out", "abs"]) == 0
+    capsys.readouterr()
+    assert accuracy.run_main(accuracy.main, ["--merge", "two/accuracy.json", "abs/accuracy.json", "--out", "m"]) == 2
+    assert "both have a section of dataset 'nyuv2'" in capsys.readouterr().err
+
+
+def test_repeated_or_ignored_evaluation_options_are_refused(tmp_path, capsys):
+    """A method, checkpoint or stage list given twice would be a duplicate row; --merge evaluates nothing, so its
+    evaluation options would be ignored; --patterns applies to the synthetic split only; --stages and
+    --base-method only to checkpoints."""
+    ck = tmp_path / "ck"
+    write_manifest(ck, {"complete": {"method": "nearest"}})
+    out = ["--out", str(tmp_path / "o")]
+    assert accuracy.run_main(accuracy.main, ["--methods", "nearest,guided,nearest", *out]) == 2
+    assert "names ['nearest'] more than once" in capsys.readouterr().err
+    _refused(["--checkpoint", str(ck), "--stages", "complete", "--stages", " complete", *out],
+             "--stages complete is given more than once", capsys)
+    _refused(["--stages", "complete", *out], "--stages chooses how a --checkpoint runs, and none is given", capsys)
+    _refused(["--base-method", "no_such", *out], "--base-method chooses how a --checkpoint runs", capsys)
+    _refused(["--no-synthetic", "--patterns", "bogus", "--dataset", "nyuv2", "--root", "x", *out],
+             "--patterns bogus chooses the sparse input of the synthetic test split, which --no-synthetic", capsys)
+    _refused(["--merge", "a.json", "--limit", "-3", "--checkpoint", "/no/such", "--patterns", "bogus",
+              "--dataset", "nyuv2", "--root", "x", *out],
+             "takes only --out, --name and --quiet; received --checkpoint, --dataset, --limit, --patterns", capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_rows_work_file_names_its_device(tmp_path):
+    """A --work-dir resume on another device would mix rows (and timings) of two devices, so a checkpoint row's
+    fingerprint holds the device; a classical row runs on the CPU whatever --device says, so its fingerprint
+    (and resumable work files made before) stays as it was."""
+    from depthkit.data.datasets import build_dataset
+
+    write_manifest(tmp_path / "ck", {"complete": {"method": "nearest"}})
+    spec = {"name": "synthetic", "root": None, "split": "test", "options": {}}
+    dataset = build_dataset("synthetic", None, split="test")
+    (row,) = accuracy.checkpoint_entries(str(tmp_path / "ck"), None, "guided")
+    on = {d: accuracy.entry_fingerprint(spec, dataset, row, "float32", d) for d in ("cpu", "cuda")}
+    assert on["cpu"]["device"] == "cpu" and on["cpu"] != on["cuda"]
+    (classical,) = accuracy.classical_entries("nearest")
+    assert "device" not in accuracy.entry_fingerprint(spec, dataset, classical, "float32", "cuda")
+
+
+@pytest.fixture(scope="module")
+def one_scene_report(tmp_path_factory):
+    """accuracy.py's report of nearest on one synthetic scene with the random100 pattern."""
+    out = tmp_path_factory.mktemp("acc")
+    assert accuracy.main(["--limit", "1", "--methods", "nearest", "--patterns", "random100", "--out", str(out),
+                          "--quiet"]) == 0
+    return json.loads((out / "accuracy.json").read_text())
+
+
+def _variant(path: Path, report: dict, pattern: str, **changes) -> Path:
+    report = json.loads(json.dumps(report))
+    report["datasets"][0]["pattern"] = pattern
+    report.update(changes)
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_a_merge_keeps_each_runs_machine_says_each_run_and_refuses_two_devices(tmp_path, one_scene_report, capsys):
+    """merged_from keeps every run's machine; the merged markdown names the merge's command and each run's date,
+    version, commit and device (a run's own markdown is unchanged); runs on two devices are refused, naming both."""
+    a = _variant(tmp_path / "a.json", one_scene_report, "random100")
+    b = _variant(tmp_path / "b.json", one_scene_report, "lidar64", depthkit_version="0.0.1-old",
+                 git_commit="0123abc", date="2020-01-01T00:00:00+00:00")
+    gpu = _variant(tmp_path / "gpu.json", one_scene_report, "holes",
+                   machine={**one_scene_report["machine"], "device": "cuda", "gpu": "NVIDIA H200"})
+    out = tmp_path / "m"
+    assert accuracy.run_main(accuracy.main, ["--merge", str(a), str(gpu), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--merge: the runs ran on different devices (device cpu: " in err and str(a) in err and str(gpu) in err
+    assert not out.exists()
+    assert accuracy.main(["--merge", str(a), str(b), "--out", str(out)]) == 0
+    merged = json.loads((out / "accuracy.json").read_text())
+    assert [e["machine"] for e in merged["merged_from"]] == [one_scene_report["machine"]] * 2
+    md = (out / "accuracy.md").read_text()
+    assert f"Merged by `python benchmarks/accuracy.py --merge {a} {b} --out {out}` from 2 runs:" in md
+    assert "on 2020-01-01T00:00:00+00:00 with depthkit 0.0.1-old (commit 0123abc); machine: " in md
+    assert md.count(", device cpu.") == 2 and "Generated by" not in md
+    # a nested merge keeps the entries (and machines); an older merge's entries without a machine still merge
+    c = _variant(tmp_path / "c.json", one_scene_report, "holes")
+    assert accuracy.main(["--merge", str(out / "accuracy.json"), str(c), "--out", str(tmp_path / "m2")]) == 0
+    nested = json.loads((tmp_path / "m2" / "accuracy.json").read_text())["merged_from"]
+    assert [e["file"] for e in nested] == [str(a), str(b), str(c)] and all("machine" in e for e in nested)
+
+
+def test_the_markdown_of_committed_reports_is_as_their_runs_wrote_it():
+    """A run's own markdown is byte-identical to what it was (the committed reports that are no merge)."""
+    runs = [p for p in sorted((REPO / "benchmarks" / "results").glob("accuracy*.json"))
+            if "merged_from" not in json.loads(p.read_text())]
+    assert len(runs) >= 5
+    for path in runs:
+        assert accuracy.report_markdown(json.loads(path.read_text())) == path.with_suffix(".md").read_text(), path
