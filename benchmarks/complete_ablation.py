@@ -7,8 +7,10 @@ Usage (from the repository root; resumable — rerun the same command after an i
 
 Each (row, seed) is one ``depthkit train recipes/tiny/complete.yaml`` run with the overrides below, in its own
 folder under ``runs/complete_ablation/`` (``OMP_NUM_THREADS=1`` each). A run folder that exists is continued with
-``--resume``; a run whose log already holds its final validation row is skipped. After every finished run
-``benchmarks/results/complete_ablation.{json,md}`` are rewritten.
+``--resume``; a run whose log already holds its final validation row is skipped, after its ``recipe.yaml`` is held
+to the recipe the row would run now (:func:`check_run_recipe`: a run made under other rows or budget is refused).
+After every finished run ``benchmarks/results/complete_ablation.{json,md}`` are rewritten; a training run that
+fails is named with its log at the end, and the script exits 1.
 
 **Rows → recipe overrides** (the paper's table: visual tokenisation / text prompt / text supervision)::
 
@@ -112,6 +114,7 @@ def parse_args(argv=None):
                  + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     if len(set(args.seeds)) != len(args.seeds):
         ap.error(f"--seeds must be distinct (each seed is one run folder per row); received {args.seeds}")
+    args.runs_dir = str(Path(args.runs_dir).resolve())  # training runs with cwd=REPO: one folder for both sides
     args.argv = argv  # the command as typed, for the report (run_info)
     return args
 
@@ -132,13 +135,53 @@ def final_row(run_dir: Path, steps: int) -> dict | None:
     return found
 
 
+def run_overrides(overrides: list[str], seed: int, steps: int, run_dir: Path) -> list[str]:
+    """Every override of one (row, seed) run of ``depthkit train`` :data:`RECIPE`: the budget, the row's, the seed
+    and the run folder."""
+    return [*budget(steps), *overrides, f"train.seed={seed}", f"output.output_dir={run_dir}"]
+
+
+def check_run_recipe(run_dir: Path, overrides: list[str], seed: int, steps: int) -> None:
+    """ValueError when the run in ``run_dir`` was trained with another recipe than the one its row runs now (its
+    ``recipe.yaml`` against :data:`RECIPE` with :func:`run_overrides`; the run folder's path may differ): a finished
+    run made before the rows, the budget or the recipe changed would be reported as this row's. A run without
+    ``recipe.yaml`` has nothing to compare and passes."""
+    from omegaconf import OmegaConf
+
+    from depthkit.config import load_recipe, recipe_to_yaml
+    from depthkit.run_recipe import RECIPE_FILE, recipe_differences
+
+    path = run_dir / RECIPE_FILE
+    if not path.is_file():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(path))
+    now = load_recipe(REPO / RECIPE, run_overrides(overrides, seed, steps, run_dir))
+    new = OmegaConf.to_container(OmegaConf.create(recipe_to_yaml(now)))
+    diffs = recipe_differences(old if isinstance(old, dict) else {}, new, ignore=("output.output_dir",))
+    if diffs:
+        shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, a, b in diffs[:8])
+        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+        raise ValueError(f"the finished run {run_dir} was trained with another recipe than its row runs now ({path}: "
+                         f"{shown}{more}), so its numbers are not this row's; move it away (or give another "
+                         "--runs-dir) to train the row again.")
+
+
+def finished_row(run_dir: Path, overrides: list[str], seed: int, steps: int) -> dict | None:
+    """:func:`final_row` of a run, after :func:`check_run_recipe` when it is finished."""
+    row = final_row(run_dir, steps)
+    if row is not None:
+        check_run_recipe(run_dir, overrides, seed, steps)
+    return row
+
+
 def run_one(key: str, overrides: list[str], seed: int, args) -> dict | None:
+    """Train row ``key`` with ``seed`` unless finished (``--resume`` when its folder exists); its final validation
+    row, or None when training failed (its log: ``<runs-dir>/<key>_seed<seed>.out``)."""
     run_dir = Path(args.runs_dir) / f"{key}_seed{seed}"
-    done = final_row(run_dir, args.steps)
+    done = finished_row(run_dir, overrides, seed, args.steps)
     if done is not None:
         return done
-    cmd = [sys.executable, "-m", "depthkit.cli", "train", RECIPE, *budget(args.steps), *overrides,
-           f"train.seed={seed}", f"output.output_dir={run_dir}"]
+    cmd = [sys.executable, "-m", "depthkit.cli", "train", RECIPE, *run_overrides(overrides, seed, args.steps, run_dir)]
     if run_dir.exists():
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -163,7 +206,7 @@ def summarise(args) -> dict:
     for key, desc, p_mae, p_rmse, overrides in ROWS:
         runs = {}
         for seed in args.seeds:
-            row = final_row(Path(args.runs_dir) / f"{key}_seed{seed}", args.steps)
+            row = finished_row(Path(args.runs_dir) / f"{key}_seed{seed}", overrides, seed, args.steps)
             if row is not None:
                 runs[seed] = {k: row[k] for k in ("val_mae", "val_rmse", "val_prior_mae", "val_prior_rmse",
                                                   "val_unparseable", "val_queries") if k in row}
@@ -244,21 +287,36 @@ def main(argv=None) -> int:
         print("note: one seed gives no seed spread: the table has no ± and the ordering verdict stays 'not decided' "
               "(give --seeds 0 1 or more for a verdict)", file=sys.stderr)
     lock = threading.Lock()
+    failed = []
 
     def job(spec):
         (key, _, _, _, overrides), seed = spec
-        run_one(key, overrides, seed, args)
+        if run_one(key, overrides, seed, args) is None:
+            failed.append((key, seed))
         with lock:
             write(summarise(args), args.out)
 
     if not args.report_only:
+        summarise(args)  # a finished run trained with another recipe: refused before any training starts
         specs = [(row, seed) for seed in args.seeds for row in ROWS if row[0] in args.rows]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(job, specs))
     res = summarise(args)
     write(res, args.out)
     print(markdown(res))
-    return 0
+    return report_failures(sorted(failed), Path(args.runs_dir), args.steps)
+
+
+def report_failures(failed: list[tuple[str, int]], runs_dir: Path, steps: int) -> int:
+    """Exit status 1 naming each (row, seed) whose training ended without its step-``steps`` validation row, and
+    its log; 0 when there is none."""
+    if not failed:
+        return 0
+    runs = "; ".join(f"row {key} seed {seed} (log {runs_dir / f'{key}_seed{seed}.out'})" for key, seed in failed)
+    print(f"{Path(__file__).name}: error: {len(failed)} training run(s) ended without their step-{steps} validation "
+          f"row: {runs}. Read the logs, fix the cause and rerun the command (finished runs are kept, unfinished ones "
+          "resume).", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
