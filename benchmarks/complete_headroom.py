@@ -114,6 +114,17 @@ def train(net, scenes, steps: int, batch: int, crop: tuple[int, int], lr: float,
             print(f"step {step} loss {loss.item():.5f} ({time.time() - t0:.0f} s)", flush=True)
 
 
+def check_sizes(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``p.error`` for a count below 1 (``--train-scenes``, ``--test-scenes``, ``--steps``, ``--batch``,
+    ``--threads``) or a learning rate that is not > 0, before any training: a bad value found after training (an
+    empty test set, a batch of nothing) would lose the trained net and hours of CPU."""
+    for option in ("train_scenes", "test_scenes", "steps", "batch", "threads"):
+        if getattr(args, option) < 1:
+            p.error(f"--{option.replace('_', '-')} must be >= 1; received {getattr(args, option)}.")
+    if not args.lr > 0:  # NaN too
+        p.error(f"--lr must be > 0 (the Adam learning rate, e.g. 2e-3); received {args.lr}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Headroom of a dense learned correction of guided (a small CNN).")
     p.add_argument("--train-scenes", type=int, default=600)
@@ -138,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         patterns = pattern_names(args.patterns)
     except ValueError as err:
         p.error(str(err))
+    check_sizes(p, args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch

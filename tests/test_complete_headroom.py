@@ -69,3 +69,20 @@ def test_smoke_run_scores_guided_like_the_accuracy_benchmark(tmp_path):
     net = DenseRefiner.load(tmp_path / "refiner", info)
     cnn = net.refine(sample["image"], sample["sparse"], guided(sample["image"], sample["sparse"]))
     assert depth_metrics(cnn, gt, gt > 0)["mae"] == pytest.approx(report["mean"]["random500"]["cnn_mae"], rel=1e-6)
+
+
+@pytest.mark.parametrize("bad, says", [(["--test-scenes", "0"], "--test-scenes must be >= 1; received 0"),
+                                       (["--train-scenes", "-1"], "--train-scenes must be >= 1"),
+                                       (["--steps", "0"], "--steps must be >= 1"),
+                                       (["--batch", "0"], "--batch must be >= 1"),
+                                       (["--threads", "0"], "--threads must be >= 1"),
+                                       (["--lr", "0"], "--lr must be > 0"),
+                                       (["--lr", "nan"], "--lr must be > 0")])
+def test_bad_sizes_are_refused_before_any_training(bad, says, tmp_path, monkeypatch, capsys):
+    """A count < 1 or a learning rate <= 0 is refused by the parser, before the training scenes are made (found
+    after training it would lose the trained net)."""
+    monkeypatch.setattr(headroom, "make_scenes", lambda *a, **k: pytest.fail("scenes made before the check"))
+    with pytest.raises(SystemExit) as exc:
+        headroom.main([*bad, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
