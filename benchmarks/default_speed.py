@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         low = [v for v in values if v < least]
         if low:  # refused before the checkpoint loads: torch's bare RuntimeError, or no median after the warm-up
             p.error(f"{option} must be >= {least} {unit}; received {' '.join(map(str, values))}.")
+    for option, values in (("--threads", args.threads), ("--sizes", args.sizes)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:  # each repeat would time the same rows again, as rows of their own
+            p.error(f"{option} must be distinct (each value is its own rows); received {' '.join(map(str, values))} "
+                    f"(repeated: {' '.join(map(str, twice))}).")
     from accuracy import SYNTHETIC_PATTERNS, pattern_names
     from sharpen_switches import parse_variant
 

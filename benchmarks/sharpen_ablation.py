@@ -109,6 +109,10 @@ def main(argv=None) -> int:
                           ("--sharpen-steps", args.sharpen_steps)):
         if value < 1:  # 0 trains nothing: every variant would be the untrained model, scored as if trained
             p.error(f"{option} must be >= 1 training step; received {value}.")
+    twice = sorted({v for v in args.variants if args.variants.count(v) > 1})
+    if twice:  # as a repeated seed: each seed's run would count twice in the variant's mean and shrink its std
+        p.error(f"--variants must be distinct (each variant's runs count once in its mean ± std); received "
+                f"{' '.join(args.variants)} (repeated: {' '.join(twice)}).")
     repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
     if repeated:  # the same run twice would count twice in the mean and shrink the std
         p.error(f"--seeds must be distinct (each seed's run counts once in the mean ± std); received "

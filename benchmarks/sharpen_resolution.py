@@ -43,7 +43,7 @@ from sharpen_switches import (  # noqa: E402
     add_sharpener_options,
     checkpoint_identities,
     open_sharpener,
-    parse_variant,
+    parse_variants,
     result_cell,
     score,
     sharpener_meets_bar,
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         size = parse_size(args.size)
         sides = parse_sides(args.sides, size)
-        variants = dict(parse_variant(v) for v in args.variant) if args.variant else {"as shipped": {}}
+        variants = parse_variants(args.variant) if args.variant else {"as shipped": {}}
     except ValueError as err:
         p.error(str(err))
     import numpy as np

@@ -135,6 +135,18 @@ def parse_variant(text: str, flag: str = "--variant") -> tuple[str, dict]:
     return name.strip(), overrides
 
 
+def parse_variants(texts: list[str], flag: str = "--variant") -> dict[str, dict]:
+    """Every ``NAME=JSON`` of a repeatable ``flag`` (:func:`parse_variant`) → ``{NAME: overrides}`` in the given
+    order; ValueError for a NAME given twice (one would silently replace the other)."""
+    parsed = [parse_variant(text, flag) for text in texts]
+    names = [name for name, _ in parsed]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{flag}: each NAME once; {twice} given twice (the last would silently replace the "
+                         "first); rename one.")
+    return dict(parsed)
+
+
 def score(depth, gt) -> tuple[float, float]:
     """(MAE in m, DBE accuracy in px) of ``depth`` against ``gt`` over its valid pixels."""
     from depthkit.metrics import dbe_metrics, depth_metrics
@@ -226,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from depthkit.data.datasets.synthetic import SyntheticDataset
 
     try:
-        variants = dict(parse_variant(v) for v in args.variant) if args.variant else {}
+        variants = parse_variants(args.variant) if args.variant else {}
     except ValueError as err:
         p.error(str(err))
     variants = {**(grid_variants() if args.grid else {}), **variants} or dict(DEFAULT_VARIANTS)

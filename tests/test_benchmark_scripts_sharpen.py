@@ -228,7 +228,10 @@ def test_sharpen_ablation_refuses_too_few_training_scenes_up_front(tmp_path, mon
     (["--lotus-vae-steps", "-1"], "--lotus-vae-steps must be >= 1 training step; received -1"),
     (["--lotus-unet-steps", "0"], "--lotus-unet-steps must be >= 1 training step; received 0"),
     (["--seeds", "0", "1", "0"], "--seeds must be distinct (each seed's run counts once in the mean ± std); received "
-                                 "0 1 0 (repeated: 0)")])
+                                 "0 1 0 (repeated: 0)"),
+    (["--seeds", "0", "--variants", "full", "λ_recons = 0", "full"], "--variants must be distinct (each variant's "
+                                                                     "runs count once in its mean ± std); received "
+                                                                     "full λ_recons = 0 full (repeated: full)")])
 def test_sharpen_ablation_refuses_no_training_and_repeated_seeds_up_front(tmp_path, monkeypatch, capsys, bad,
                                                                           needle):
     """--sharpen-steps 0 scored the untrained model as every variant, and a repeated seed counted one run twice in the
@@ -389,3 +392,17 @@ def test_accuracy_merge_refuses_rows_of_one_name_run_differently_and_other_scene
                           str(out)]) == 0
     merged = json.loads((out / "accuracy.json").read_text())
     assert merged["clutter"] == 0 and merged["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("script", ["sharpen_switches", "sharpen_resolution"])
+def test_a_variant_name_given_twice_is_refused_before_the_checkpoint_loads(script, monkeypatch, capsys):
+    """``--variant NAME=JSON`` twice with one NAME kept only the last JSON, silently (default_speed.py's
+    --sharpen-config refuses it the same way)."""
+    module = __import__(script)
+
+    monkeypatch.setattr(module, "open_sharpener", lambda *a: pytest.fail("the checkpoint loaded before the check"))
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--scenes", "1", "--patterns", "random100", "--variant", 'band={"change_band_px": 2}',
+                     "--variant", 'other={}', "--variant", 'band={"change_band_px": 8}'])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--variant: each NAME once; ['band'] given twice" in err, err

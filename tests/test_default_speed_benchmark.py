@@ -46,7 +46,11 @@ def test_a_count_below_one_is_refused_before_anything_runs(tmp_path, monkeypatch
     monkeypatch.setattr(default_speed, "measure", lambda *a: pytest.fail("measured despite a bad option"))
     for bad, says in ((["--threads", "1", "0"], "--threads must be >= 1 torch CPU threads; received 1 0."),
                       (["--repeats", "0"], "--repeats must be >= 1 timed calls after the warm-up; received 0."),
-                      (["--sizes", "1"], "--sizes must be >= 2 pixels wide (3:4 images); received 1.")):
+                      (["--sizes", "1"], "--sizes must be >= 2 pixels wide (3:4 images); received 1."),
+                      (["--threads", "1", "2", "1"], "--threads must be distinct (each value is its own rows); "
+                                                     "received 1 2 1 (repeated: 1)."),
+                      (["--sizes", "16", "16"], "--sizes must be distinct (each value is its own rows); received "
+                                                "16 16 (repeated: 16).")):
         with pytest.raises(SystemExit) as exc:
             default_speed.main([*bad, "--out", str(tmp_path / "x")])
         assert exc.value.code == 2 and says in capsys.readouterr().err
