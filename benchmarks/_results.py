@@ -15,7 +15,8 @@ from pathlib import Path
 
 from depthkit.io import atomic_write, strict_json  # the one implementation of each
 
-RUN_KEYS = ("date", "command", "depthkit_version", "git_commit", "machine")
+RUN_KEYS = ("date", "command", "cwd", "depthkit_version", "git_commit", "machine")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def results_name(text: str) -> str:
@@ -34,11 +35,16 @@ def results_name(text: str) -> str:
 
 def command_line(argv: list[str] | None = None, script: str | None = None) -> str:
     """``python benchmarks/<script> <args>`` as it would be typed again (``argv``: the arguments, default
-    ``sys.argv[1:]``; ``script``: default ``sys.argv[0]``, shown relative to the repository when inside it)."""
+    ``sys.argv[1:]``; ``script``: default ``sys.argv[0]``, shown relative to the repository when inside it). Run from
+    another folder than the repository root, ``cd <that folder> && python <script's absolute path> <args>``: its
+    relative arguments (``--checkpoint``, ``--root``, ``--out``, ...) are relative to that folder."""
     argv = sys.argv[1:] if argv is None else list(argv)
     path = Path(script or sys.argv[0])
+    cwd = Path.cwd()
+    if cwd.resolve() != REPO:
+        return f"cd {shlex.quote(str(cwd))} && python " + shlex.join([str(path.resolve()), *argv])
     try:
-        shown = path.resolve().relative_to(Path(__file__).resolve().parent.parent).as_posix()
+        shown = path.resolve().relative_to(REPO).as_posix()
     except ValueError:
         shown = str(path)
     return "python " + shlex.join([shown, *argv])
@@ -46,7 +52,7 @@ def command_line(argv: list[str] | None = None, script: str | None = None) -> st
 
 def git_commit() -> str | None:
     """The repository's HEAD commit (with ``+dirty`` when the tree has changes), or None outside a git checkout."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
@@ -84,13 +90,14 @@ def machine_info(device: str = "cpu") -> dict:
 
 
 def run_info(argv: list[str] | None = None, script: str | None = None, device: str = "cpu") -> dict:
-    """The :data:`RUN_KEYS` of a report: UTC date, :func:`command_line`, depthkit version, :func:`git_commit` and
-    :func:`machine_info`. :func:`write_json` adds those a report does not set itself."""
+    """The :data:`RUN_KEYS` of a report: UTC date, :func:`command_line`, the folder it ran in (``cwd``: what its
+    relative arguments are relative to), depthkit version, :func:`git_commit` and :func:`machine_info`.
+    :func:`write_json` adds those a report does not set itself."""
     from depthkit import __version__
 
     return {"date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "command": command_line(argv, script), "depthkit_version": __version__, "git_commit": git_commit(),
-            "machine": machine_info(device)}
+            "command": command_line(argv, script), "cwd": str(Path.cwd()), "depthkit_version": __version__,
+            "git_commit": git_commit(), "machine": machine_info(device)}
 
 
 def write_json(path: Path, report: dict) -> Path:

@@ -630,8 +630,8 @@ def merged_runs(path: Path, report: dict) -> list[dict]:
     """The ``merged_from`` entries a report brings into a merge: its own list when it is a merge, else one entry of
     its file, command, date, version, commit and machine."""
     return report.get("merged_from") or [
-        {"file": str(path), **{k: report.get(k) for k in ("command", "date", "depthkit_version", "git_commit",
-                                                           "machine")}}]
+        {"file": str(path), **{k: report.get(k) for k in ("command", "cwd", "date", "depthkit_version",
+                                                           "git_commit", "machine")}}]
 
 
 def check_merge_devices(paths: list[Path], reports: list[dict]) -> None:

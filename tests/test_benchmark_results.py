@@ -72,3 +72,21 @@ def test_run_main_says_a_users_mistake_in_one_line_and_check_device_refuses_cuda
     with pytest.raises(ValueError, match=r"--device cuda:1 asked for but CUDA is not available here .*--device cpu"):
         r.check_device("cuda:1")
     r.check_device("cpu")
+
+
+def test_a_run_from_another_folder_records_it_and_a_command_that_runs_from_anywhere(tmp_path, monkeypatch):
+    """Relative arguments (--checkpoint, --root, --out) are relative to the folder the script ran in, so the report
+    records that folder (``cwd``) and, away from the repository root, a command that goes there first and names the
+    script by its absolute path; from the root, the command is as before."""
+    r = _results()
+    script = str(REPO / "benchmarks" / "x.py")
+    monkeypatch.setattr(sys, "argv", ["../benchmarks/x.py", "--out", "res dir", "--limit", "2"])
+    monkeypatch.chdir(tmp_path)
+    report = json.loads(r.write_json(tmp_path / "x.json", {"benchmark": "x"}).read_text())
+    assert report["cwd"] == str(tmp_path)
+    assert report["command"] == f"cd {tmp_path} && python {(tmp_path / '../benchmarks/x.py').resolve()} --out " \
+                                "'res dir' --limit 2"
+    assert r.command_line(["--limit", "2"], script) == f"cd {tmp_path} && python {script} --limit 2"
+    monkeypatch.chdir(REPO)
+    assert r.command_line(["--limit", "2"], script) == "python benchmarks/x.py --limit 2"
+    assert r.run_info(["--limit", "2"], script)["cwd"] == str(REPO)
