@@ -60,6 +60,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
 from _results import check_device, results_name, run_info, run_main, write_results  # noqa: E402
 
+OUT = Path(__file__).resolve().parent / "results"
+
 from depthkit.profiling import PeakMemory  # noqa: E402
 from depthkit.sharpen.release import SD2_UNET, SD2_VAE  # noqa: E402
 
@@ -313,7 +315,8 @@ def main(argv=None) -> int:
                         "weights; with --checkpoint sharpen_ckpt_<its last two path parts>, e.g. "
                         "sharpen_ckpt_checkpoints_default)")
     p.add_argument("--note", default="", help="a sentence added under the tables (e.g. where the checkpoint came from)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=OUT,
+                   help="folder for the .json and .md results (default: benchmarks/results, wherever it is run from)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     check_args(p, args)

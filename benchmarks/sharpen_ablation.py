@@ -36,6 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
 from _results import results_name, run_info, run_main, write_results  # noqa: E402
 
+OUT = Path(__file__).resolve().parent / "results"
+
 VARIANTS = {
     "full": ({}, "ema"),
     "uniform noise (gating off)": ({"gating": False}, "ema"),
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--name", type=results_name, default="sharpen_ablation",
                    help="file stem of the results in --out (default sharpen_ablation)")
     p.add_argument("--note", default="")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=OUT,
+                   help="folder for the .json and .md results (default: benchmarks/results, wherever it is run from)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     least = min_train_scenes()

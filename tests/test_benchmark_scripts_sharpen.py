@@ -406,3 +406,21 @@ def test_a_variant_name_given_twice_is_refused_before_the_checkpoint_loads(scrip
                      "--variant", 'other={}', "--variant", 'band={"change_band_px": 8}'])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--variant: each NAME once; ['band'] given twice" in err, err
+
+
+@pytest.mark.parametrize("main", [sharpen.main, sharpen_ablation.main], ids=["sharpen", "sharpen_ablation"])
+def test_results_go_to_benchmarks_results_from_any_folder(main, tmp_path, monkeypatch):
+    """Without --out, the results folder is the script's benchmarks/results (as every other script's), not a
+    benchmarks/results under whatever folder the script runs from."""
+    import argparse
+
+    parse = argparse.ArgumentParser.parse_args
+
+    def stop(self, *a, **k):
+        raise _Stop(parse(self, *a, **k))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(_Stop) as parsed:
+        main([])
+    assert parsed.value.args[0].out == BENCH / "results"
