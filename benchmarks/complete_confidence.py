@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: _results
 from _results import run_info, run_main, write_json  # noqa: E402
 
+from depthkit.checkpoints import checkpoint_identity  # noqa: E402
 from depthkit.metrics import auroc  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -101,7 +102,8 @@ def main(argv=None) -> int:
     settings = json.loads(json.dumps({"readout": stage.readout, **vars(stage.prompt_config)}, default=str))
     report = {
         "benchmark": "complete_confidence",
-        "checkpoint": str(args.checkpoint), "trained_with": args.note, "settings": settings,
+        "checkpoint": str(args.checkpoint), "checkpoint_identity": checkpoint_identity(args.checkpoint),
+        "trained_with": args.note, "settings": settings,
         "scenes": len(ds), "split": "val", "size": [args.height, args.width], "kind": args.kind,
         "sparse_points": args.sparse_points, "query_budget": args.query_budget,
         "auroc": auroc(1.0 - dense_conf, dense_err > np.median(dense_err)),

@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.checkpoint is None and not args.oracle_only:
         p.error("give --checkpoint DIR, or --oracle-only")
+    from depthkit.checkpoints import checkpoint_identity
+
     stages = load_stages(args.checkpoint) if args.checkpoint is not None else None  # before any work
     data = list(scenes(args.scenes))
     rows = oracle_rows(data)
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     mean = {k: {m: float(np.mean([r[m] for r in v])) for m in ("mae", "rmse")} for k, v in rows.items()}
     ref = mean["guided"]["mae"]
     report = {"benchmark": "complete_fill", **run_info(argv, __file__),
-              "checkpoint": args.checkpoint, "scenes": args.scenes, "split": "val", "mean": mean, "per_scene": rows}
+              "checkpoint": args.checkpoint, "checkpoint_identity": checkpoint_identity(args.checkpoint),
+              "scenes": args.scenes, "split": "val", "mean": mean, "per_scene": rows}
     lines = ["## Completer answers → dense map: fill and fusion variants (synthetic val split)", "",
              f"{report['date']}, `{report['command']}`; {args.scenes} scenes at 240x320, 500 random points, "
              "1,024 queries (default plan); MAE / RMSE in metres over valid GT pixels, mean over scenes.", "",

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             p.error(f"--sharpen-config {name!r}: {err}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from depthkit.checkpoints import CheckpointRef
+    from depthkit.checkpoints import CheckpointRef, checkpoint_identity
     from depthkit.stages import checkpoint_method
 
     ref = CheckpointRef.open(args.checkpoint) if args.checkpoint else CheckpointRef.default()
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                             pattern, config))
                         print(json.dumps(rows[-1]))
     report = {"benchmark": "default_speed", **run_info(argv, __file__), "checkpoint": str(ref.root),
+              "checkpoint_identity": checkpoint_identity(ref.root),  # its files' hash: a retrained folder differs
               "repeats": args.repeats, "load_average": load_average, "rows": rows}
     write_results(args.out, "default_speed", report, markdown(report))
     return 0

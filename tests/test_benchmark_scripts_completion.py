@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -250,6 +251,45 @@ def test_complete_confidence_out_must_be_a_folder(tmp_path, monkeypatch, capsys)
         complete_confidence.main(["--help"])
     assert "folder of the results: writes <out>/complete_confidence.json" in re.sub(r"\s+", " ",
                                                                                      capsys.readouterr().out)
+
+
+class _StubStage:
+    """A completer stand-in for complete_confidence.py: depth 1 m everywhere, four queried pixels."""
+
+    readout = "stub"
+    prompt_config = type("PromptConfig", (), {})()
+
+    def run(self, image, sparse):
+        from types import SimpleNamespace
+
+        h, w = sparse.shape
+        rng = np.random.default_rng(0)
+        queries = np.zeros((h, w))
+        queries[1:3, 1:3] = 1
+        return SimpleNamespace(depth=np.ones((h, w), np.float32), confidence=rng.random((h, w)),
+                               extras={"query_mask": queries, "query_confidence": rng.random((h, w)),
+                                       "unparseable_mask": np.zeros((h, w))})
+
+
+def test_complete_confidence_and_fill_record_the_checkpoints_files(tmp_path, monkeypatch):
+    """Beside the path, the files' hash (checkpoint_identity): AUROC or MAE of a folder retrained in place differ
+    there, as accuracy.py's rows do; an oracle-only fill run has none."""
+    from depthkit.checkpoints import checkpoint_identity, write_manifest
+    from depthkit.complete import stage
+
+    ck = tmp_path / "final"
+    write_manifest(ck, {"complete": {"method": "nearest"}})
+    monkeypatch.setattr(stage.CompleteVLMStage, "from_checkpoint", classmethod(lambda cls, *a, **k: _StubStage()))
+    assert complete_confidence.main(["--checkpoint", str(ck), "--scenes", "1", "--height", "16", "--width", "16",
+                                     "--sparse-points", "5", "--threads", "1", "--out", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "complete_confidence.json").read_text())
+    assert report["checkpoint_identity"] == checkpoint_identity(ck) and report["checkpoint_identity"]["files"]
+    monkeypatch.setattr(complete_fill, "scenes", lambda n: iter([]))
+    monkeypatch.setattr(complete_fill, "oracle_rows", lambda data: {"guided": [{"mae": 1.0, "rmse": 1.0}]})
+    monkeypatch.setattr(complete_fill, "model_rows", lambda stages, data: {})
+    for argv, identity in ((["--checkpoint", str(ck)], checkpoint_identity(ck)), (["--oracle-only"], None)):
+        assert complete_fill.main([*argv, "--scenes", "1", "--out", str(tmp_path / "f")]) == 0
+        assert json.loads((tmp_path / "f" / "complete_fill.json").read_text())["checkpoint_identity"] == identity
 
 
 # ----------------------------------------------------------------------------------------- complete_train_step

@@ -55,3 +55,15 @@ def test_a_count_below_one_is_refused_before_anything_runs(tmp_path, monkeypatch
             default_speed.main([*bad, "--out", str(tmp_path / "x")])
         assert exc.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_report_records_the_checkpoints_files_not_only_its_path(tmp_path, monkeypatch):
+    """A folder retrained in place keeps its path; the report's checkpoint_identity (the files' hash) tells the
+    runs apart, as accuracy.py's rows do."""
+    from depthkit.checkpoints import checkpoint_identity
+
+    monkeypatch.setattr(default_speed, "measure", lambda checkpoint, *args: _row(*args))
+    assert default_speed.main(["--threads", "1", "--sizes", "64", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "default_speed.json").read_text())
+    assert report["checkpoint_identity"] == checkpoint_identity(report["checkpoint"])
+    assert report["checkpoint_identity"]["files"]
