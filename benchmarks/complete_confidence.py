@@ -64,6 +64,9 @@ def main(argv=None) -> int:
                              "path")
     parser.add_argument("--note", default="", help="how the checkpoint was trained (stored in the JSON)")
     args = parser.parse_args(argv)
+    for option in ("scenes", "height", "width", "sparse_points", "query_budget", "threads"):
+        if getattr(args, option) < 1:  # --threads 0 was torch's RuntimeError traceback
+            parser.error(f"--{option.replace('_', '-')} must be >= 1; received {getattr(args, option)}.")
 
     import torch
 

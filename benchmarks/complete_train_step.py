@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -71,7 +72,14 @@ def parse_args(argv=None):
                     help="time forward+backward of the three prefix-sharing layouts instead (no optimizer)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for option in ("batch", "queries", "steps", "threads"):  # before the model is built (--steps 0: no median)
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            ap.error(f"--{option} must be >= 1; received {value}.")
+    if args.image is not None and not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", args.image):
+        ap.error(f"--image takes HEIGHTxWIDTH in pixels, e.g. 168x168; received {args.image!r}.")
+    return args
 
 
 def build_recipe(args, run_dir: str):
@@ -210,7 +218,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not args.tiny and not torch.cuda.is_available() and not args.full_size_on_cpu:
         why = "--device cpu was given" if args.device == "cpu" else f"CUDA is not available here (torch {torch.__version__})"

@@ -283,6 +283,25 @@ def checkpoint_rows(ref, stages: str, options: list[str]) -> dict:
     return rows
 
 
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``p.error`` before any work for a seed given twice (its draws would count twice in the mean over seeds),
+    ``--points`` < 1 and a ``--stages`` name that is no stage (a typo would silently drop its row; a stage the
+    checkpoint lacks is left out, as before)."""
+    from depthkit.stages import STAGE_ORDER
+
+    twice = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if twice:
+        p.error(f"--seeds must be distinct (each seed's draw counts once in the mean over seeds); received "
+                f"{' '.join(map(str, args.seeds))} (repeated: {' '.join(map(str, twice))}).")
+    if args.points < 1:
+        p.error(f"--points must be >= 1 random point per seed; received {args.points}.")
+    names = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGE_ORDER]
+    if unknown or not names:
+        p.error(f"--stages takes comma-separated stage names of {', '.join(STAGE_ORDER)}; received "
+                f"{args.stages!r}" + (f" (unknown: {', '.join(unknown)})." if unknown else "."))
+
+
 def main(argv: list[str] | None = None) -> int:
     from accuracy import add_dbe_canny_option
 
@@ -308,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         "another; e.g. real_frame_stereo)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    check_args(p, args)
     import numpy as np
 
     from depthkit import Pipeline

@@ -889,3 +889,31 @@ def test_the_markdown_of_committed_reports_is_as_their_runs_wrote_it():
     assert len(runs) >= 5
     for path in runs:
         assert accuracy.report_markdown(json.loads(path.read_text())) == path.with_suffix(".md").read_text(), path
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seeds", "0", "0", "1"], "--seeds must be distinct (each seed's draw counts once in the mean over seeds); "
+                                 "received 0 0 1 (repeated: 0)."),
+    (["--points", "0"], "--points must be >= 1 random point per seed; received 0."),
+    (["--points", "-5", "--patterns", "random100"], "--points must be >= 1"),
+    (["--stages", "complete,sharpn"], "--stages takes comma-separated stage names of complete, sharpen; received "
+                                      "'complete,sharpn' (unknown: sharpn)."),
+    (["--stages", ","], "--stages takes comma-separated stage names"),
+])
+def test_real_frame_refuses_repeated_seeds_no_points_and_unknown_stages_before_any_work(tmp_path, monkeypatch,
+                                                                                        capsys, argv, says):
+    """A seed given twice counted its draw twice in the mean over seeds; --points < 1 was recorded as given (or
+    failed in the pipeline); a misspelt stage silently lost its row."""
+    real_frame = _load_script("real_frame")
+    from depthkit.checkpoints import CheckpointRef
+
+    monkeypatch.setattr(CheckpointRef, "open", _never_called)
+    monkeypatch.setattr(CheckpointRef, "default", _never_called)
+    with pytest.raises(SystemExit) as exc:
+        real_frame.main([*argv, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("work started before the arguments were checked")

@@ -387,3 +387,41 @@ def test_every_script_runs_main_through_run_main(script):
     source = (BENCH / f"{script}.py").read_text()
     block = source.split('if __name__ == "__main__":', 1)[1]
     assert "run_main(main)" in block, script
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--threads", "0"], "--threads must be >= 1; received 0."),
+    (["--scenes", "0"], "--scenes must be >= 1"),
+    (["--height", "-1"], "--height must be >= 1"),
+    (["--width", "0"], "--width must be >= 1"),
+    (["--sparse-points", "0"], "--sparse-points must be >= 1"),
+    (["--query-budget", "0"], "--query-budget must be >= 1"),
+])
+def test_complete_confidence_refuses_sizes_below_one_before_the_checkpoint_loads(tmp_path, monkeypatch, capsys,
+                                                                                 argv, says):
+    """--threads 0 was torch's RuntimeError traceback; the other sizes failed inside the stage or the metrics."""
+    from depthkit.complete import stage
+
+    monkeypatch.setattr(stage.CompleteVLMStage, "from_checkpoint", _never("the checkpoint load"))
+    with pytest.raises(SystemExit) as exc:
+        complete_confidence.main(["--checkpoint", str(tmp_path), *argv, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--steps", "0"], "--steps must be >= 1; received 0."),
+    (["--threads", "0"], "--threads must be >= 1; received 0."),
+    (["--batch", "0"], "--batch must be >= 1"),
+    (["--queries", "-2"], "--queries must be >= 1"),
+    (["--image", "168"], "--image takes HEIGHTxWIDTH in pixels, e.g. 168x168; received '168'"),
+    (["--image", "0x16"], "--image takes HEIGHTxWIDTH"),
+])
+def test_complete_train_step_refuses_sizes_below_one_before_building(tmp_path, monkeypatch, capsys, argv, says):
+    """--steps 0 failed after the model was built (no median of no steps); --threads 0 was read as not given, though
+    the command recorded it."""
+    monkeypatch.setattr(complete_train_step, "build_recipe", _never("the recipe build"))
+    with pytest.raises(SystemExit) as exc:
+        complete_train_step.main(["--tiny", *argv, "--out", str(tmp_path / "o.json")])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
