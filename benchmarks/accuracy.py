@@ -764,7 +764,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.patterns is not None and args.no_synthetic:
         parser.error(f"--patterns {args.patterns} chooses the sparse input of the synthetic test split, which "
                      "--no-synthetic leaves out; drop one of them.")
-    check_entry_options(parser, args)
     scenes = {"clutter": args.clutter} if args.clutter else {}
     specs = [] if args.no_synthetic else [{"name": "synthetic", "root": None, "split": "test", "options": scenes}]
     if args.patterns and specs:
@@ -796,7 +795,8 @@ def main(argv: list[str] | None = None) -> int:
         entries += checkpoint_entries(spec, args.stages, args.base_method, args.option, name)
     if not entries:
         parser.error("nothing to evaluate: --methods none and no --checkpoint")
-    check_options(args.option, entries, args.device, args.dtype)
+    check_options(args.option, entries, args.device, args.dtype)  # --option without --checkpoint: said first
+    check_entry_options(parser, args)
     tmp = None
     if args.work_dir is None:
         tmp = Path(tempfile.mkdtemp(prefix="depthkit_accuracy_"))
