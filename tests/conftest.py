@@ -49,3 +49,20 @@ def fill_option_runs(tmp_path):
 
     run.checkpoint = tmp_path
     return run
+
+
+@pytest.fixture
+def adamw_rates(monkeypatch):
+    """The learning rate of every ``torch.optim.AdamW`` step taken while the test runs, read in the optimiser itself
+    (what a trainer's logged ``lr`` must equal)."""
+    import torch
+
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return seen

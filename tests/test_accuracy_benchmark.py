@@ -674,6 +674,22 @@ def test_real_frame_reports_whether_the_measured_values_survive(tmp_path, monkey
     assert "--dbe-canny skimage" in (script / "real_frame_motorcycle.md").read_text()
 
 
+def _old_report_merges_only_with_the_default(tmp_path, capsys, key: str, default: str, other: str, **section):
+    """A report written before ``key`` was recorded (the ``default`` run's, without ``key``, one section field
+    changed by ``section`` so that only ``key`` differs) counts as the default: --merge refuses to join it with the
+    ``other`` run's report, naming ``key``, and joins it with the default run's."""
+    old = json.loads((tmp_path / default / "accuracy.json").read_text())
+    del old[key]
+    old["datasets"][0].update(section)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    files = [str(tmp_path / "old.json"), str(tmp_path / other / "accuracy.json")]
+    assert accuracy.run_main(accuracy.main, ["--merge", *files, "--out", str(tmp_path / "m")]) == 2
+    assert f"'{key}'" in capsys.readouterr().err
+    assert accuracy.main(["--merge", str(tmp_path / "old.json"), str(tmp_path / default / "accuracy.json"),
+                          "--out", str(tmp_path / "m")]) == 0
+
+
 def test_dbe_canny_run_scores_the_scripts_edges_says_so_and_never_merges_with_the_papers(tmp_path, capsys):
     """--dbe-canny skimage: each row's DBE is depthkit eval's with the same choice (other metrics equal to the
     default run's), the report records and says it, and --merge refuses to join it with a default run (a report
@@ -691,16 +707,7 @@ def test_dbe_canny_run_scores_the_scripts_edges_says_so_and_never_merges_with_th
     assert s["dbe_acc"] == expected["dbe_acc"] != p["dbe_acc"] and s["mae"] == p["mae"]
     assert "scikit-image's Canny" in (tmp_path / "script" / "accuracy.md").read_text()
     assert "scikit-image" not in (tmp_path / "paper" / "accuracy.md").read_text()
-    old = json.loads((tmp_path / "paper" / "accuracy.json").read_text())
-    del old["dbe_canny"]  # as reports written before the switch are
-    old["datasets"][0]["pattern"] = "other"  # another section, so only the DBE edges differ
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    capsys.readouterr()
-    files = [str(tmp_path / "old.json"), str(tmp_path / "script" / "accuracy.json")]
-    assert accuracy.run_main(accuracy.main, ["--merge", *files, "--out", str(tmp_path / "m")]) == 2
-    assert "'dbe_canny'" in capsys.readouterr().err
-    assert accuracy.main(["--merge", str(tmp_path / "old.json"), str(tmp_path / "paper" / "accuracy.json"),
-                          "--out", str(tmp_path / "m")]) == 0
+    _old_report_merges_only_with_the_default(tmp_path, capsys, "dbe_canny", "paper", "script", pattern="other")
 
 
 def test_dbe_region_image_scores_annotated_edges_as_depthkit_eval_and_never_merges_with_valid(tmp_path, capsys):
@@ -724,16 +731,7 @@ def test_dbe_region_image_scores_annotated_edges_as_depthkit_eval_and_never_merg
     assert i["dbe_comp"] != v["dbe_comp"] and i["mae"] == v["mae"]
     assert "`--dbe-region image`" in (tmp_path / "image" / "accuracy.md").read_text()
     assert "--dbe-region" not in (tmp_path / "valid" / "accuracy.md").read_text()
-    old = json.loads((tmp_path / "valid" / "accuracy.json").read_text())
-    del old["dbe_region"]  # as reports written before the switch are
-    old["datasets"][0]["split"] = "other"  # another section, so only the DBE region differs
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    capsys.readouterr()
-    files = [str(tmp_path / "old.json"), str(tmp_path / "image" / "accuracy.json")]
-    assert accuracy.run_main(accuracy.main, ["--merge", *files, "--out", str(tmp_path / "m")]) == 2
-    assert "'dbe_region'" in capsys.readouterr().err
-    assert accuracy.main(["--merge", str(tmp_path / "old.json"), str(tmp_path / "valid" / "accuracy.json"),
-                          "--out", str(tmp_path / "m")]) == 0
+    _old_report_merges_only_with_the_default(tmp_path, capsys, "dbe_region", "valid", "image", split="other")
     with pytest.raises(SystemExit):
         accuracy.main(["--limit", "1", "--methods", "nearest", "--out", str(tmp_path / "syn"), "--dbe-region", "image"])
     assert "the synthetic test split has none" in capsys.readouterr().err and not (tmp_path / "syn").exists()

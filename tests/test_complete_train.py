@@ -174,19 +174,26 @@ def test_prefix_sharing_layouts_agree():
         assert torch.allclose(grad, ref_grad, atol=2e-5, rtol=1e-3), layout
 
 
-def test_the_loss_is_the_weighted_sum_of_its_terms():
-    """The objective adds every term with its recipe weight (distinct weights, so a dropped term, a swapped weight or
-    a flipped sign changes the sum); each term is also reported on its own."""
-    weights = {"cross_entropy": 0.7, "numeric_l1": 0.3, "residual_l1": 1.3, "residual_nll": 0.2}
-    recipe, sdim, processor, head = _tiny("nearest", "residual_head", [f"loss.{k}={v}" for k, v in weights.items()])
+def _one_step_loss(losses):
+    """``(objective, loss, stats)`` of a tiny residual-head completer (nearest prior, ``losses`` overrides) on one
+    scene's 5 sparse-supervision queries."""
+    from depthkit.complete.readout import digit_token_ids
+
+    recipe, sdim, processor, head = _tiny("nearest", "residual_head", losses)
     image, sparse, _ = _scene(3)
     sp_in, queries = sample_training_queries(image, sparse, None, 5, np.random.default_rng(3), "sparse", 0.2,
                                              prompt_prior="nearest")
     group = encode_group(processor, image, sp_in, queries, P.PromptConfig("nearest"), recipe.sdim)
-    from depthkit.complete.readout import digit_token_ids
-
     objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).eval()
     loss, stats = objective(pack_groups([group], stock_model(sdim).config, pad_id=0, layout="packed"))
+    return objective, loss, stats
+
+
+def test_the_loss_is_the_weighted_sum_of_its_terms():
+    """The objective adds every term with its recipe weight (distinct weights, so a dropped term, a swapped weight or
+    a flipped sign changes the sum); each term is also reported on its own."""
+    weights = {"cross_entropy": 0.7, "numeric_l1": 0.3, "residual_l1": 1.3, "residual_nll": 0.2}
+    _, loss, stats = _one_step_loss([f"loss.{k}={v}" for k, v in weights.items()])
     terms = {"cross_entropy": "ce", "numeric_l1": "numeric_l1", "residual_l1": "residual_l1",
              "residual_nll": "residual_nll"}
     assert all(float(stats[name]) != 0.0 for name in terms.values())
@@ -217,15 +224,8 @@ def test_every_trainable_parameter_gets_a_gradient(losses):
     """What DDP needs (it waits for every trainable parameter's gradient, and a 2-process run with
     loss.residual_nll=0 stopped at its second step): with any loss term switched off, every parameter build_completer
     leaves trainable receives a gradient from one step's loss, and the head's parts no term reaches are frozen."""
-    recipe, sdim, processor, head = _tiny("nearest", "residual_head", losses)
-    image, sparse, _ = _scene(3)
-    sp_in, queries = sample_training_queries(image, sparse, None, 5, np.random.default_rng(3), "sparse", 0.2,
-                                             prompt_prior="nearest")
-    group = encode_group(processor, image, sp_in, queries, P.PromptConfig("nearest"), recipe.sdim)
-    from depthkit.complete.readout import digit_token_ids
-
-    objective = T.CompleterObjective(sdim, head, digit_token_ids(processor.tokenizer), recipe.loss).eval()
-    loss, _ = objective(pack_groups([group], stock_model(sdim).config, pad_id=0, layout="packed"))
+    objective, loss, _ = _one_step_loss(losses)
+    head = objective.head
     loss.backward()
     trainable = [n for n, p in objective.named_parameters() if p.requires_grad]
     assert trainable and [n for n, p in objective.named_parameters() if p.requires_grad and p.grad is None] == []
@@ -385,19 +385,12 @@ def test_cli_train_validates_checkpoints_and_resumes_identically(tmp_path):
     assert main([*args, f"output.output_dir={b}", "--resume"]) == 2
 
 
-def test_the_logged_rate_is_the_one_each_step_ran_at(tmp_path, monkeypatch):
+def test_the_logged_rate_is_the_one_each_step_ran_at(tmp_path, adamw_rates):
     """The ``lr`` logged for step N is the rate AdamW stepped with in step N (seen in the optimiser itself; warmup 2,
     cosine over 3 steps: 0.5, 1, 1 times the base rate), not the next step's (1, 1, 0 before)."""
     from depthkit.cli import main
 
-    seen = []
-    real_step = torch.optim.AdamW.step
-
-    def spy(self, *args, **kwargs):
-        seen.append(self.param_groups[0]["lr"])
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    seen = adamw_rates
     args = ["train", str(TINY_RECIPE), *SMALL, "train.max_steps=3", "train.warmup_steps=2", "train.save_every=0",
             "train.eval_every=0", "train.schedule=cosine", "train.lr=1e-3", f"output.output_dir={tmp_path / 'a'}"]
     assert main(args) == 0

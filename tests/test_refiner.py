@@ -303,19 +303,12 @@ def test_assemble_default_adds_a_trained_refiner_to_a_completer(tmp_path):
 
 
 @pytest.mark.parametrize("one_cycle", [False, True])
-def test_the_logged_rate_is_the_one_each_step_ran_at(tmp_path, monkeypatch, one_cycle):
+def test_the_logged_rate_is_the_one_each_step_ran_at(tmp_path, adamw_rates, one_cycle):
     """The ``lr`` logged for step N is the rate AdamW stepped with in step N (seen here in the optimiser itself), for
     the warmup-cosine and the one-cycle schedules; it was the next step's (0 on the last row of a cosine run)."""
     from depthkit.complete.train_refiner import train
 
-    seen = []
-    real_step = torch.optim.AdamW.step
-
-    def spy(self, *args, **kwargs):
-        seen.append(self.param_groups[0]["lr"])
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    seen = adamw_rates
     train(_recipe(tmp_path / "a", one_cycle, max_steps=4, warmup_steps=2, save_every=0, log_every=1))
     logged = [r["lr"] for r in map(json.loads, (tmp_path / "a" / "log.jsonl").read_text().splitlines()) if "lr" in r]
     assert len(seen) == 4 and logged == seen and len(set(seen)) > 1

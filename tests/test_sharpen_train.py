@@ -521,21 +521,14 @@ def _lr_expected(lr: float, steps: int, warmup: int) -> list[float]:
             for k in range(steps)]
 
 
-def test_sharpen_and_lotus_trainers_log_the_rate_each_step_ran_at(tmp_path, monkeypatch):
+def test_sharpen_and_lotus_trainers_log_the_rate_each_step_ran_at(tmp_path, adamw_rates):
     """The ``lr`` logged for step N is the rate the optimiser used in step N (warmup 2, cosine over 4 steps:
     0.5, 1, 1, 0.5 times the base rate), not the next step's (which logged 1, 1, 0.5, 0). Fails if the rate is read
     after the schedule moved on."""
     from depthkit.sharpen import train as train_sharpen
     from depthkit.sharpen import train_lotus
 
-    seen = []
-    real_step = torch.optim.AdamW.step
-
-    def spy(self, *args, **kwargs):
-        seen.append(self.param_groups[0]["lr"])
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    seen = adamw_rates
     expected = _lr_expected(1e-3, 4, 2)
     train_sharpen.train(sharpen_recipe(tmp_path / "s", "tiny", _tiny_sources(), (16, 24), "complete:guided", steps=4,
                                        batch_size=1, lr=1e-3, schedule="cosine", warmup_steps=2))
