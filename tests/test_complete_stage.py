@@ -241,6 +241,29 @@ def test_untrained_head_with_residual_fill_returns_the_guided_map(tiny_head_chec
         CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", fill="mean")
 
 
+def test_a_query_stride_the_budget_raises_is_said_once(tiny_head_checkpoint):
+    """query_stride is the finest grid step: the default budget raises it on a frame with more missing pixels than it
+    allows. That was silent (stride 2 asked, 18 used on 480x640); a warning now says it once per stage, naming both
+    strides and the way out (query_budget null), and with no cap the stride asked is the stride used."""
+    import warnings
+
+    from depthkit.complete.stage import CompleteVLMStage
+    from depthkit.io import DepthkitWarning
+
+    image, sparse = _scene()
+    stage = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_stride=2, query_budget=40)
+    with pytest.warns(DepthkitWarning, match=r"query_stride=2 was raised to \d+ px for a 64x48 frame so that its "
+                                             r"queries fit query_budget=40.*set query_budget to null"):
+        stage.run(image, sparse)
+    assert stage.last_stats["stride"] > 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stage.run(image, sparse)  # said once
+        free = CompleteVLMStage.from_checkpoint(tiny_head_checkpoint / "complete", query_stride=4, query_budget=None)
+        free.run(image, sparse)
+    assert free.last_stats["stride"] == 4
+
+
 @pytest.mark.parametrize("option, value", [("query_budget", "abc"), ("query_budget", True), ("query_stride", 0),
                                            ("batch_size", 2.5), ("memory_budget_mb", "lots"),
                                            ("fusion_threshold", 1.5), ("confidence_decay_px", float("nan")),

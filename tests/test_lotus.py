@@ -277,6 +277,13 @@ def test_masked_scale_shift_fallbacks():
     one = torch.zeros_like(mask)
     one[0, 0, 0, 0] = True
     assert torch.allclose(torch.stack(masked_scale_shift(pred, target, one)), torch.tensor([[3.0], [0.5]]))
+    # the fallback pixels can be named: the fit over them, not over the whole image
+    wide = torch.zeros_like(mask)
+    wide[..., 2:, :] = True
+    garbage = torch.where(wide, target, torch.full_like(target, 50.0))
+    s, t = masked_scale_shift(pred, garbage, one & False, fallback=wide)
+    s_ref, t_ref = fit_scale_shift(pred.numpy(), garbage.numpy(), wide.numpy())
+    assert math.isclose(float(s), s_ref, rel_tol=1e-5) and math.isclose(float(t), t_ref, rel_tol=1e-5)
     lone = torch.full_like(pred, float("nan"))
     lone[0, 0, 1, 1] = 2.0
     s, t = masked_scale_shift(lone, torch.full_like(pred, 7.0))

@@ -335,6 +335,25 @@ def test_residual_output_is_the_input_plus_the_fitted_change_of_pass_2(sharp):
         SharpDepthConfig(output="blend")
 
 
+def test_with_no_pixel_to_fit_the_fit_falls_back_to_the_inputs_valid_pixels(sharp):
+    """fit_threshold 1e-9 leaves (at most) one pixel of low discrepancy, the min-max discrepancy's zero, too few to fit:
+    the scale/shift fit then falls back to every pixel where the
+    metric input has depth (checked with the numpy least squares), not to the input's holes, whose normalised
+    target is only the far filler; fit_pixels counts those valid pixels."""
+    img, depth, sparse = _scene()
+    depth[:, :12] = 0.0  # a hole in the metric input
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    res = SharpDepth(sharp.model, {"fit_threshold": 1e-9}).sharpen_tensors(x, d, processing_resolution=64)
+    valid = depth > 0
+    assert int(((res["discrepancy"][0, 0].numpy() < 1e-9) & valid).sum()) < 2  # the fallback's case
+    norm_d, _ = normalize_depth(d, "depth", "minmax")
+    s, t = fit_scale_shift(res["prediction"][0, 0].numpy(), norm_d[0, 0].numpy(), valid)
+    assert float(res["scale"][0]) == pytest.approx(s, rel=1e-4, abs=1e-6)
+    assert float(res["shift"][0]) == pytest.approx(t, rel=1e-4, abs=1e-6)
+    assert int(res["fit_pixels"][0]) == int(valid.sum())
+
+
 def test_sharpen_keeps_measurements_and_metric_scale(sharp):
     img, depth, sparse = _scene()
     out = sharp(img, depth, sparse)

@@ -25,7 +25,8 @@ query was asked), ``query_confidence`` (the answer's confidence at queried pixel
 ``n_unparseable``, ``prefix_seconds``, ``suffix_seconds``, ``stride``, ...).
 
 Options (from the checkpoint manifest, ``Pipeline(stage_options={"complete": {...}})`` or keyword arguments):
-``query_stride``, ``query_budget`` (default 1024 queries), ``batch_size`` (128), ``memory_budget_mb`` (2048),
+``query_stride`` (the finest grid step, px; the budget may raise it, said once in a warning), ``query_budget``
+(default 1024 queries; null: no cap), ``batch_size`` (128), ``memory_budget_mb`` (2048),
 ``attn_implementation`` (for the prefix pass: ``sdpa`` | ``eager`` | ``flash_attention_2``; the suffix batches use
 the engine's shared-prefix attention), ``decode`` (constrained | free), ``fusion`` (none), ``fusion_threshold``
 (0.5), ``fill`` (anchors | residual: how answers become the dense map, see
@@ -179,6 +180,7 @@ class CompleteVLMStage:
 
         _check_options(options)
         self.options = {**STAGE_OPTIONS, **options}
+        self._stride_said = False  # the budget raised query_stride: said once (see _complete)
         if self.options["fusion"] not in ANSWER_FUSIONS:
             raise ValueError(f"fusion={self.options['fusion']!r} is not one of {ANSWER_FUSIONS}.")
         if self.options["fill"] not in DENSE_FILLS:
@@ -291,6 +293,16 @@ class CompleteVLMStage:
         opts = self.options
         plan = plan_queries(sparse, opts["query_stride"], opts["query_budget"])
         rows, cols = plan["rows"], plan["cols"]
+        if opts["query_stride"] is not None and plan["stride"] != opts["query_stride"] and not self._stride_said:
+            import warnings
+
+            from depthkit.io import DepthkitWarning
+
+            self._stride_said = True  # once per stage: every frame of a batch run would say it again
+            warnings.warn(f"complete stage option query_stride={opts['query_stride']} was raised to "
+                          f"{plan['stride']} px for a {sparse.shape[1]}x{sparse.shape[0]} frame so that its queries "
+                          f"fit query_budget={opts['query_budget']}; to ask every {opts['query_stride']}th missing "
+                          "pixel, set query_budget to null (no cap) or higher.", DepthkitWarning, stacklevel=2)
         prior_method = self.prompt_config.prompt_prior
         fusion = opts["fusion"]
         measured = bool((np.isfinite(sparse) & (sparse > 0)).any())

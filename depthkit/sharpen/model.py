@@ -238,7 +238,7 @@ class SharpDepth(nn.Module):
         if measured is not None and cfg.zero_discrepancy_at_sparse:
             e = torch.where(measured, torch.zeros_like(e), e)
         fit_mask = (e < cfg.fit_threshold) & valid
-        s, t = masked_scale_shift(pred, norm_full, fit_mask)
+        s, t = masked_scale_shift(pred, norm_full, fit_mask, fallback=valid)  # never over the input's holes
         s4, fitted = s.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
         round_trip = None
         if autoencoded or cfg.output == "residual":

@@ -177,13 +177,14 @@ def replicate3(x: torch.Tensor) -> torch.Tensor:
 
 
 def masked_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-                       min_pixels: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+                       min_pixels: int = 2, fallback: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image closed-form ``(s, t) = argmin sum_mask (s * pred + t - target)^2`` for ``B x 1 x H x W`` tensors.
 
     The same least-squares problem as :func:`depthkit.geometry.fit_scale_shift`, batched in torch so it runs on the
     GPU inside training steps; it shares that function's flatness rule (``pred`` constant on the mask → ``s = 1``
     and a pure shift) but never raises where it raises: an image with fewer than ``min_pixels`` usable (masked,
-    finite) pixels falls back to all its finite pixels, and with fewer than 2 of those too it returns ``s = 1``,
+    finite) pixels falls back to its finite pixels of ``fallback`` (``B x 1 x H x W`` bool; default: all of them,
+    e.g. the pixels where the target means something), and with fewer than 2 of those too it returns ``s = 1``,
     ``t`` = the mean difference (``s = 1, t = 0`` when none is finite). Computed in float64. Returns ``[B]``
     tensors ``s``, ``t`` (float32), no gradient.
     """
@@ -195,7 +196,8 @@ def masked_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
         finite = torch.isfinite(p) & torch.isfinite(y)
         m = finite if mask is None else (mask.flatten(1).to(torch.bool) & finite)
         few = m.sum(1) < min_pixels
-        m = torch.where(few[:, None], finite, m).double()
+        wide = finite if fallback is None else (fallback.flatten(1).to(torch.bool) & finite)
+        m = torch.where(few[:, None], wide, m).double()
         n = m.sum(1).clamp_min(1.0)
         p0 = torch.where(m > 0, p, torch.zeros_like(p))
         y0 = torch.where(m > 0, y, torch.zeros_like(y))
