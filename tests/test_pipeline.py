@@ -362,12 +362,13 @@ def test_the_pipeline_restores_measurements_a_stage_dropped(monkeypatch):
 
 def test_a_classical_methods_overflow_blames_no_checkpoint():
     """ip_basic given one depth at float32's maximum overflowed to infinity, and the error said the (non-existent)
-    checkpoint weights were probably corrupt."""
+    checkpoint weights were probably corrupt; ip_basic now refuses the depth itself, naming it and what to do."""
     image, sparse = _scene()
     sparse[5, 5] = np.finfo(np.float32).max
-    with pytest.raises(ValueError, match=r"complete stage produced \d+ non-finite .* classical method 'ip_basic' has "
-                                         r"no weights: its float32 arithmetic overflowed"):
+    with pytest.raises(ValueError, match=r"ip_basic: the largest depth, 3.4e\+38 m, is too large for its float32 "
+                                         r"inversion .* check the units, or use nearest or guided") as exc:
         Pipeline(method="ip_basic")(image, sparse)
+    assert "checkpoint" not in str(exc.value) and "weights" not in str(exc.value)
 
 
 def test_the_run_summary_repr_shows_the_settings_in_force():
