@@ -221,7 +221,8 @@ def _ip_basic(image: np.ndarray, sparse: np.ndarray, valid: np.ndarray, *, exten
     def size(reference: int) -> int:
         return max(3, int(round(reference * kernel_scale)) | 1)
 
-    c = np.float32(1.1) * sparse[valid].max()
+    with np.errstate(over="ignore"):  # an overflow is refused just below, with its own message
+        c = np.float32(1.1) * sparse[valid].max()
     if not np.isfinite(c):  # 1.1 x the farthest depth must fit float32 (an inversion: far becomes small)
         raise ValueError(f"ip_basic: the largest depth, {float(sparse[valid].max()):.3g} m, is too large for its "
                          "float32 inversion (1.1 times it must stay below 3.4e38); check the units, or use nearest "
