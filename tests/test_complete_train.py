@@ -189,6 +189,20 @@ def _one_step_loss(losses):
     return objective, loss, stats
 
 
+def test_the_numeric_target_is_the_number_the_answer_spells(monkeypatch):
+    """The numeric L1 aims at format_depth's 3 decimals, the digits the cross-entropy teaches (rounding the float32
+    label itself gave 49.136 for 49.13650131225586, whose answer says 49.137), and the objective uses it."""
+    labels = torch.tensor([49.13650131225586, 0.0004, 1.2344, 500.0, 2.0005], dtype=torch.float32)
+    spelled = [float(P.format_depth(v)) for v in labels.double().tolist()]
+    assert T.numeric_targets(labels).tolist() == torch.tensor(spelled, dtype=torch.float32).tolist()
+    assert T.numeric_targets(labels)[0] == torch.tensor(49.137) and spelled[1:4] == [0.001, 1.234, 300.0]
+    seen = []
+    real = T.numeric_targets
+    monkeypatch.setattr(T, "numeric_targets", lambda x: seen.append(x.clone()) or real(x))
+    _one_step_loss(["loss.numeric_l1=0.5"])
+    assert len(seen) == 1 and seen[0].numel() == 5
+
+
 def test_the_loss_is_the_weighted_sum_of_its_terms():
     """The objective adds every term with its recipe weight (distinct weights, so a dropped term, a swapped weight or
     a flipped sign changes the sum); each term is also reported on its own."""
