@@ -142,3 +142,30 @@ def test_a_manifest_write_that_fails_leaves_no_temporary(tmp_path):
     with pytest.raises(IsADirectoryError, match="a folder of that name is in the way"):
         write_manifest(tmp_path, {"complete": {"method": "guided"}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depthkit.json"]
+
+
+def test_folder_identity_follows_contents_not_where_or_when_the_files_were_written(tmp_path):
+    """The identity results record of a checkpoint: the same files copied elsewhere with other modification times (a
+    fresh clone, another machine) have the same one, so runs made there merge; one byte edited in place (same size,
+    as a retrain in place leaves the sizes) or a file renamed gives another."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from depthkit.checkpoints import folder_identity
+
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "w.bin").write_bytes(bytes(range(256)) * 10)
+    (a / "sub" / "c.json").write_text('{"x": 1}')
+    b = Path(shutil.copytree(a, tmp_path / "b"))
+    for f in b.rglob("*"):
+        os.utime(f, (12345, 12345))
+    assert folder_identity(a) == folder_identity(b)
+    data = bytearray((b / "w.bin").read_bytes())
+    data[-1] ^= 1
+    (b / "w.bin").write_bytes(bytes(data))  # a write moves the modification time, so the cached read is redone
+    assert folder_identity(b) != folder_identity(a)
+    (b / "w.bin").write_bytes(bytes(range(256)) * 10)
+    (b / "sub" / "c.json").rename(b / "sub" / "d.json")
+    assert folder_identity(b) != folder_identity(a)
