@@ -219,7 +219,11 @@ def test_a_plain_run_sharpens_and_leaves_lidar_frames_as_completed():
     assert manifest["default_stages"] == ["complete", "sharpen"]
     config = manifest["stages"]["sharpen"]["config"]
     assert config["keep_scanline_frames"] is True and config["self_attention_max_keys"] >= 60 * 80  # 320 px exact
-    assert Pipeline().stage_names == ("complete", "sharpen")
+    # the inference rules it was measured with, where SharpDepthConfig's defaults follow the public code since s39
+    assert (config["norm_range"], config["resize_back"]) == ("input", "antialias")
+    plain = Pipeline()
+    assert plain.stage_names == ("complete", "sharpen")
+    assert (plain.stages[1].model.config.norm_range, plain.stages[1].model.config.resize_back) == ("input", "antialias")
     pipe = Pipeline(stage_options={"complete": {"query_budget": 0}})
     image, gt, intrinsics = _room()
     for sparse, lidar in ((read_depth(ROOT / "examples" / "room_sparse.npy"), False),

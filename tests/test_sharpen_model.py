@@ -354,6 +354,62 @@ def test_with_no_pixel_to_fit_the_fit_falls_back_to_the_inputs_valid_pixels(shar
     assert int(res["fit_pixels"][0]) == int(valid.sum())
 
 
+def test_norm_range_takes_the_metric_inputs_range_where_the_code_takes_it(sharp):
+    """A 1-px far spike that a shrink to the processing size averages away: "processing" [code] takes min/max on the
+    map the UNet sees (so the spike no longer sets the far end), "input" on the full-resolution input (its numpy
+    min/max); at the native size the two give the same output."""
+    from depthkit.sharpen.limits import processing_inputs
+
+    img, depth, _ = _scene()
+    depth[10, 40] = 40.0  # the spike
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    code = sharp.sharpen_tensors(x, d, processing_resolution=32)
+    kept = SharpDepth(sharp.model, {"norm_range": "input"}).sharpen_tensors(x, d, processing_resolution=32)
+    assert (float(kept["params"].lo), float(kept["params"].hi)) == (float(depth.min()), 40.0)
+    m = sharp.model
+    hr, wr = m.processing_size(48, 64, 32)
+    d_p, valid_p, _ = processing_inputs(d, None, (hr, wr), m.padded_size(hr, wr))
+    small = d_p[valid_p]
+    assert float(code["params"].hi) == pytest.approx(float(small.max())) and float(small.max()) < 20.0
+    assert float(code["params"].lo) == pytest.approx(float(small.min()))
+    assert not torch.allclose(code["depth"], kept["depth"])
+    native = [SharpDepth(sharp.model, {"norm_range": r}).sharpen_tensors(x, d, processing_resolution=64)["depth"]
+              for r in ("processing", "input")]
+    assert torch.equal(native[0], native[1])
+    with pytest.raises(ValueError, match="norm_range"):
+        SharpDepthConfig(norm_range="full")
+
+
+def test_resize_back_is_plain_bilinear_unless_antialias_is_asked(sharp, monkeypatch):
+    """The prediction and e go back to the input size by plain bilinear [code], or antialiased when shrinking
+    ("antialias"): the two differ when the processing size is above the input's (a shrink back) and are the same
+    when it is not."""
+    import depthkit.sharpen.model as model_module
+
+    calls = []
+    real = model_module.resize_bilinear
+
+    def spy(t, size, antialias=True):
+        calls.append((tuple(t.shape[-2:]), tuple(size), antialias))
+        return real(t, size, antialias)
+
+    monkeypatch.setattr(model_module, "resize_bilinear", spy)
+    img, depth, _ = _scene(24, 32)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d = torch.from_numpy(depth)[None, None]
+    out = {}
+    for rule in ("bilinear", "antialias"):
+        calls.clear()
+        out[rule] = SharpDepth(sharp.model, {"resize_back": rule}).sharpen_tensors(x, d, processing_resolution=64)
+        back = [a for src, size, a in calls if size == (24, 32) and src != (24, 32)]
+        assert back and set(back) == {rule == "antialias"}, rule
+    assert not torch.allclose(out["bilinear"]["depth"], out["antialias"]["depth"])
+    same = [SharpDepth(sharp.model, {"resize_back": r}).sharpen_tensors(x, d, processing_resolution=16)["depth"]
+            for r in ("bilinear", "antialias")]
+    assert torch.equal(same[0], same[1])
+
+
 def test_sharpen_keeps_measurements_and_metric_scale(sharp):
     img, depth, sparse = _scene()
     out = sharp(img, depth, sparse)

@@ -400,6 +400,13 @@ def test_assemble_default_replaces_the_runs_fixed_side_by_its_cap(tiny_ck, tmp_p
     assert sharpen["max_processing_resolution"] == assemble_default.SHARPEN_OPTIONS["max_processing_resolution"]
     stage = build_sharpen_stage(CheckpointRef.open(tmp_path / "out"))
     assert stage.processing_resolution is None and stage.processing_side(np.zeros((600, 800, 3))) == 480
+    # the inference rules the default was measured with ride in the manifest's config, under --sharpen-config
+    assert sharpen["config"] == assemble_default.SHARPEN_MEASURED_CONFIG
+    assert (stage.model.config.norm_range, stage.model.config.resize_back) == ("input", "antialias")
+    assert assemble_default.main(["--complete", str(src), "--sharpen", str(src), "--out", str(tmp_path / "o2"),
+                                  "--sharpen-config", '{"resize_back": "bilinear", "fit_threshold": 0.3}']) == 0
+    assert load_manifest(tmp_path / "o2")["stages"]["sharpen"]["config"] == {
+        "norm_range": "input", "resize_back": "bilinear", "fit_threshold": 0.3}
 
 
 def test_a_sharpen_part_written_over_an_existing_one_is_swapped_in_whole(tmp_path, monkeypatch):

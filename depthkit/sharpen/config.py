@@ -26,6 +26,15 @@ class SharpDepthConfig:
     to norm(d) by least-squares scale/shift."""
     discrepancy_downsample: str = "nearest"
     """Resize of e to latent size: "nearest" [code] or "area" (average over each cell)."""
+    norm_range: str = "processing"
+    """Inference: where the metric input's min/max (its [-1, 1] range) is taken: "processing" [code] = on the map at
+    the processing size, as the UNet sees it (it spans exactly [-1, 1], as in training); "input" (depthkit before
+    session 39, which the embedded default was measured with) = on the full-resolution input, whose thin
+    extremes a shrink averages away (the map the UNet sees then falls short of ±1). Equal at the native size."""
+    resize_back: str = "bilinear"
+    """Inference: how the prediction and e go back to the input size: "bilinear" [code] = plain bilinear; "antialias"
+    (depthkit before session 39) = antialiased when shrinking (a processing size above the input's), which softens
+    the edges just sharpened. Equal when the processing size is at most the input's."""
     gating: bool = True
     """Noise-aware gating of pass 2's input [paper and code]; False (an ablation, the paper's "uniform noise"): pass 2
     always gets pure noise ε, in training and at inference, so the metric input reaches the output only through
@@ -163,7 +172,8 @@ class SharpDepthConfig:
         choices = {"discrepancy_norm": DISCREPANCY_NORMS, "discrepancy_downsample": DISCREPANCY_DOWNSAMPLES,
                    "gate_noise": ("noise", "noised_lotus"), "sds_timestep": ("fixed", "sampled"),
                    "ema_schedule": EMA_SCHEDULES, "recons_weight": RECONS_WEIGHTS,
-                   "output": ("decoded", "residual")}
+                   "output": ("decoded", "residual"), "norm_range": ("processing", "input"),
+                   "resize_back": ("bilinear", "antialias")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SharpDepthConfig.{name} must be one of {allowed}; received {getattr(self, name)!r}.")

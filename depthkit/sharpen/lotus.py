@@ -110,11 +110,12 @@ def check_lotus_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {LOTUS_MODES}; received {mode!r}.")
 
 
-def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``B x C x H x W`` (antialiased when shrinking), computed in float32, input dtype out."""
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize of ``B x C x H x W`` (antialiased when shrinking, unless ``antialias`` is False), computed in
+    float32, input dtype out."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    shrink = antialias and (size[0] < x.shape[-2] or size[1] < x.shape[-1])
     y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)
     return y.to(x.dtype)
 

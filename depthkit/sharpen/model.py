@@ -210,14 +210,18 @@ class SharpDepth(nn.Module):
                 raise ValueError(f"sparse must have the metric depth's shape {tuple(metric_depth.shape)}; received "
                                  f"{tuple(sparse.shape)}.")
             measured = valid_depth(sparse)
-        # one normalisation range, from the full-resolution d, for every resolution below
-        norm_full, params = normalize_depth(metric_depth, m.norm, "minmax")
         # the public pipeline's geometry: longest side -> processing resolution, aspect kept, replicate-padded to a
         # multiple of the VAE factor; everything below runs padded and is cropped back before resizing to (h, w)
         hr, wr = m.processing_size(h, w, processing_resolution)
         pad = m.padded_size(hr, wr)
         at_p = processing_inputs(metric_depth, measured, (hr, wr), pad)
         d_p, valid_p, measured_at_p = at_p
+        # one normalisation range for every resolution: the processing-size map's [code] or the input's (norm_range)
+        params = None
+        if cfg.norm_range == "processing":
+            _, params = normalize_depth(d_p, m.norm, "minmax", valid_mask=valid_p)
+        # (unclipped at the input size: a thin extreme a shrink averaged away stays what it is, not the range's end)
+        norm_full, params = normalize_depth(metric_depth, m.norm, "minmax", params=params, clip=params is None)
         norm_p, _ = normalize_depth(d_p, m.norm, "minmax", valid_mask=valid_p, params=params)
         measured_p = measured_at_p if cfg.zero_discrepancy_at_sparse else None
 
@@ -232,8 +236,11 @@ class SharpDepth(nn.Module):
         pred_p = m.decode_depth(m.predict_latent(z_img, z_in))[..., :hr, :wr]
         lotus_p, e_p = lotus_p[..., :hr, :wr], e_p[..., :hr, :wr]
 
-        pred = resize_bilinear(pred_p.float(), (h, w))
-        e = resize_bilinear(e_p.float(), (h, w)).clamp(0.0, 1.0)
+        def back(x, size):  # to the input size: plain bilinear [code] or antialiased when shrinking (resize_back)
+            return resize_bilinear(x, size, antialias=cfg.resize_back == "antialias")
+
+        pred = back(pred_p.float(), (h, w))
+        e = back(e_p.float(), (h, w)).clamp(0.0, 1.0)
         e = torch.where(valid, e, torch.ones_like(e))
         if measured is not None and cfg.zero_discrepancy_at_sparse:
             e = torch.where(measured, torch.zeros_like(e), e)
@@ -242,7 +249,7 @@ class SharpDepth(nn.Module):
         s4, fitted = s.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
         round_trip = None
         if autoencoded or cfg.output == "residual":
-            round_trip = resize_bilinear(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
+            round_trip = back(m.decode_depth(z_d)[..., :hr, :wr].float(), (h, w))
         if cfg.output == "residual":  # the input plus the change pass 2 made to its own VAE round trip
             fitted = torch.where(valid, norm_full + s4 * (pred - round_trip), fitted)
         bounds = output_depth_bounds(params)  # the scene's own scale, beyond 1 mm - 10 km too
@@ -251,7 +258,7 @@ class SharpDepth(nn.Module):
         if measured is not None:
             depth = torch.where(measured, sparse, depth)
         used = torch.where(fit_mask.flatten(1).sum(1) >= 2, fit_mask.flatten(1).sum(1), valid.flatten(1).sum(1))
-        out = {"depth": depth, "discrepancy": e, "lotus": resize_bilinear(lotus_p.float(), (h, w)),
+        out = {"depth": depth, "discrepancy": e, "lotus": back(lotus_p.float(), (h, w)),
                "prediction": pred, "scale": s, "shift": t, "fit_pixels": used, "params": params, "free": free}
         if autoencoded:
             out["autoencoded"] = denormalize_depth(round_trip, params, *bounds)
