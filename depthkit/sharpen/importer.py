@@ -16,7 +16,9 @@ The text encoder is used exactly once, here: it turns the empty prompt into the 
 
 The normalisation space is read from the release name when not given: names containing "disparity" (e.g.
 ``jingheya/lotus-depth-g-v2-1-disparity``) predict disparity, others depth (SharpDepth builds on
-``jingheya/lotus-depth-g-v1-0``, a depth model). The processing resolution defaults to 768 px, both models'.
+``jingheya/lotus-depth-g-v1-0``, a depth model). The processing resolution defaults to 768 px, both models' demo
+setting (SharpDepth's app.py, Lotus's pipeline); SharpDepth's published figures come from its evaluation script at
+1024 px (``--processing-resolution 1024``).
 
 :func:`lotus_from_stable_diffusion` builds the Lotus starting point from a Stable Diffusion 2 folder the same way
 (the Lotus recipe's ``model.init``).

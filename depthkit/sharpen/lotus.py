@@ -318,8 +318,10 @@ class LotusModel(nn.Module):
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """``(height, width)`` rounded up to multiples of :attr:`vae_scale_factor`, and to at least twice
-        :attr:`resolution_multiple` (the UNet's lowest level then has 2 x 2 cells, which its GroupNorms need, so a
-        tiny input is padded rather than refused): what the UNet sees."""
+        :attr:`resolution_multiple` (the UNet's lowest level then has 2 x 2 cells, so a tiny input is padded rather
+        than refused): what the UNet sees. The floor is a depthkit choice: the public SharpDepth code pads to a
+        multiple of 8 only, which differs for a side under 128 px with SD's UNet (a strip above about 6:1 at
+        768 px)."""
         f, least = self.vae_scale_factor, 2 * self.resolution_multiple
         return max(least, -(-int(height) // f) * f), max(least, -(-int(width) // f) * f)
 

@@ -13,7 +13,9 @@ which source its default follows ([code] = github.com/Qualcomm-AI-research/Sharp
 Defaults follow the code except λ_recons (0.3, the paper's; the released training script passes 0.4).
 norm(d) is the per-image min/max map of d to [-1, 1] in the Lotus model's space (depth or disparity, see
 :mod:`depthkit.sharpen.normalize`); the scale/shift fit happens in that space and is mapped back to metres with the
-same range, which for depth space is exactly the code's direct fit to metres.
+same range, which for depth space is exactly the code's direct fit to metres. The fit's target is the metric input
+at its own size (depthkit: it is an input here); the code fits to UniDepth's map at the processing size resized
+back, which is the same thing at the native size.
 
 depthkit additions (documented choices):
 
