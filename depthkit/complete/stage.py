@@ -301,8 +301,8 @@ class CompleteVLMStage:
             self._stride_said = True  # once per stage: every frame of a batch run would say it again
             warnings.warn(f"complete stage option query_stride={opts['query_stride']} was raised to "
                           f"{plan['stride']} px for a {sparse.shape[1]}x{sparse.shape[0]} frame so that its queries "
-                          f"fit query_budget={opts['query_budget']}; to ask every {opts['query_stride']}th missing "
-                          "pixel, set query_budget to null (no cap) or higher.", DepthkitWarning, stacklevel=2)
+                          f"fit query_budget={opts['query_budget']}; to ask the missing pixels on a "
+                          f"{opts['query_stride']} px grid, set query_budget to null (no cap) or higher.", DepthkitWarning, stacklevel=2)
         prior_method = self.prompt_config.prompt_prior
         fusion = opts["fusion"]
         measured = bool((np.isfinite(sparse) & (sparse > 0)).any())

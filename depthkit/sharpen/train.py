@@ -281,7 +281,7 @@ def train(recipe, resume: bool = False) -> Path:
         teacher = teacher_lotus.unet
     lotus = lotus.to(device)
     resolution = check_resolution(recipe.data.resolution, lotus.resolution_multiple)
-    kept: dict[str, dict] = {}  # float32 CPU copies of the frozen parts run in bf16/fp16, restored for the export
+    kept: dict[str, dict] = {}  # float32 CPU copies of the frozen parts run in bf16, restored for the export
 
     def freeze(module, name: str | None = None):
         if name is not None and frozen_dtype != torch.float32:
