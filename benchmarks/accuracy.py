@@ -784,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     check_dataset_specs(parser, specs)
     if args.dbe_region == "image" and any(s["name"] == "synthetic" for s in specs):
         parser.error("--dbe-region image scores DBE against a dataset's annotated edge maps (iBims-1's); the "
-                     "synthetic test split has none: add --no-synthetic and evaluate --dataset ibims --root DIR")
+                     "synthetic test split has none: add --no-synthetic and evaluate --dataset ibims1 --root DIR")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.work_dir is None:
         # each process would make its own temporary folder and never see the other shards
         parser.error("under accelerate launch give --work-dir DIR (a folder every process can reach)")

@@ -37,14 +37,14 @@ map's occluded strips get the background's depth where the frame's holes show th
 (depthkit/complete/occlusion.py, session 18); a dense sensor's holes at depth edges are split by the image's colours
 (depthkit/complete/hole_fill.py, session 17)."""
 SHARPEN_OPTIONS = {"keep_placed": True, "max_processing_resolution": 480}
-SHARPEN_MEASURED_CONFIG = {"norm_range": "input", "resize_back": "antialias"}
-"""The sharpener's inference rules the default was measured with, where SharpDepthConfig's defaults now follow the
-public code (session 39): stored in the manifest's sharpen config under any --sharpen-config."""
 """The sharpener's stage options on top of its run's manifest: it leaves the depth the complete stage's occlusion and
 hole fills placed as they placed it (depthkit/sharpen/stage.py, session 18), and its UNet runs at the frame's own
 size up to a longest side of 480 px instead of always at 320 (session 22: on frames larger than the 240x320 it was
 trained at it sharpened far less at 320; benchmarks/sharpen_resolution.py), which replaces the run's
 ``processing_resolution``."""
+SHARPEN_MEASURED_CONFIG = {"norm_range": "input", "resize_back": "antialias"}
+"""The sharpener's inference rules the default was measured with, where SharpDepthConfig's defaults now follow the
+public code (session 39): stored in the manifest's sharpen config under any --sharpen-config."""
 SHARPEN_MAE_TOLERANCE = 0.02
 """The sharpener must keep MAE within this fraction of its input's to be on by default."""
 
