@@ -38,7 +38,7 @@ TRAIN_EPILOG = """examples:
 """
 
 INIT_EPILOG = """examples:
-  depthkit init-checkpoint --tiny ck/ && depthkit run --checkpoint ck/ --image examples/room_rgb.png \
+  depthkit init-checkpoint --tiny ck/ && depthkit run --checkpoint ck/ --image examples/room_rgb.png \\
       --sparse examples/room_sparse.npy --out out/
 """
 
