@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from depthkit.checkpoint_errors import CheckpointError, exception_text
+from depthkit.folder_identity import folder_identity  # noqa: F401  (re-exported: where results import it)
 from depthkit.hub import download_hub_snapshot, hub_offline, is_hub_id  # noqa: F401  (public here too)
 
 MANIFEST = "depthkit.json"
@@ -297,37 +298,6 @@ def safe_join(root: Path, relative: str) -> Path:
     if target != root and root not in target.parents:
         raise CheckpointError(f"checkpoint {root} names {relative!r}, which points outside the checkpoint directory.")
     return target
-
-
-_CONTENT_HASHES: dict[tuple, str] = {}
-"""SHA-256 of a file's bytes by (path, size, modification time): each file is read once per process."""
-
-
-def _content_hash(path: Path) -> str:
-    import hashlib
-
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _CONTENT_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _CONTENT_HASHES[key] = h.hexdigest()
-    return _CONTENT_HASHES[key]
-
-
-def folder_identity(root) -> str:
-    """A short hash of the files under ``root`` (relative names and contents): it changes when anything there is
-    retrained, replaced or edited, and not when the same files are copied or cloned elsewhere (so results made on two
-    machines from one checkpoint agree on it). Each file is read once per process (cached by size and mtime)."""
-    import hashlib
-
-    root = Path(root)
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(root)}:{_content_hash(f)}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def checkpoint_identity(spec) -> dict | None:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EMBEDS_FILE", "EMBEDS_KEY", "HUB_PATTERNS", "LOTUS_JSON", "LOTUS_UNET_DIR", "SHARPDEPTH_JSON",
            "load_diffusers_model", "load_empty_prompt_embeds", "resolve_model_dir",
-           "check_model_dir", "check_sharpener_files", "read_sharpdepth_json", "check_pass1_unet"]
+           "check_model_dir", "check_sharpener_files", "read_sharpdepth_json", "check_pass1_unet",
+           "load_pass1_unet"]
 
 LOTUS_JSON = "lotus.json"
 SHARPDEPTH_JSON = "sharpdepth.json"
@@ -186,3 +187,41 @@ def check_pass1_unet(lotus_unet, sharpener_unet) -> None:
                          "latents, empty-prompt embedding and task switch, so both UNets must come from the same base "
                          "model (e.g. Lotus-G and SharpDepth on Stable Diffusion 2); drop the separate Lotus UNet to "
                          "run the sharpener for both passes.")
+
+
+def load_pass1_unet(root: Path, separate: bool, sharpener_unet, device=None, dtype=None):
+    """The separate pass-1 Lotus UNet of the SharpDepth folder ``root`` when its ``sharpdepth.json`` says
+    ``separate_lotus_unet`` (``separate``), on ``device`` in ``dtype`` (a ``torch.dtype`` or None), else None. A
+    named but missing ``lotus_unet/``, non-finite weights or a UNet that does not fit ``sharpener_unet``
+    (:func:`check_pass1_unet`) is a CheckpointError naming the folder; a ``lotus_unet/`` the json does not name is
+    ignored with a warning (both passes then run the sharpener's UNet, as the json says)."""
+    unet_dir = root / LOTUS_UNET_DIR
+    if separate and not (unet_dir / "config.json").is_file():
+        found = ", ".join(sorted(p.name for p in root.iterdir()))
+        raise CheckpointError(f"{root / SHARPDEPTH_JSON} says pass 1 runs a separate Lotus UNet "
+                              f"(separate_lotus_unet: true), but {unet_dir}/config.json is missing "
+                              f"(found: {found}); the sharpener would silently run both passes. Copy the "
+                              "checkpoint again, or re-import it with `depthkit import-checkpoint --sharpdepth R "
+                              "--lotus L --out CHECKPOINT --overwrite`.")
+    if not separate:
+        if unet_dir.exists():
+            import warnings
+
+            warnings.warn(f"{unet_dir} is ignored: {root / SHARPDEPTH_JSON} does not say "
+                          "separate_lotus_unet: true, so both passes run the sharpener's UNet (a folder left from "
+                          "an earlier save?). Delete it, or set separate_lotus_unet to true to run it in pass 1.",
+                          stacklevel=3)
+        return None
+    from diffusers import UNet2DConditionModel
+
+    from depthkit.checkpoints import check_finite_weights
+
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    lotus_unet = load_diffusers_model(UNet2DConditionModel, unet_dir, "the pass-1 Lotus UNet weights", **kwargs)
+    lotus_unet = lotus_unet.to(device or "cpu").eval()
+    check_finite_weights(lotus_unet, unet_dir, "the pass-1 Lotus UNet weights")
+    try:
+        check_pass1_unet(lotus_unet, sharpener_unet)
+    except ValueError as exc:
+        raise CheckpointError(f"{unet_dir}: {exc}") from None
+    return lotus_unet

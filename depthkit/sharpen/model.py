@@ -53,6 +53,7 @@ from depthkit.sharpen.folders import (  # noqa: F401  (SHARPDEPTH_JSON: re-expor
     SHARPDEPTH_JSON,
     check_pass1_unet,
     check_sharpener_files,
+    load_pass1_unet,
     read_sharpdepth_json,
 )
 from depthkit.sharpen.gating import apply_gate, discrepancy, downsample_discrepancy, gate
@@ -467,39 +468,5 @@ class SharpDepth(nn.Module):
         check_sharpener_files(root)
         model = LotusModel.from_dir(root, device=device, dtype=dtype)
         stored, separate = read_sharpdepth_json(root)
-        if separate and not (root / LOTUS_UNET_DIR / "config.json").is_file():
-            from depthkit.checkpoints import CheckpointError
-
-            found = ", ".join(sorted(p.name for p in root.iterdir()))
-            raise CheckpointError(f"{root / SHARPDEPTH_JSON} says pass 1 runs a separate Lotus UNet "
-                                  f"(separate_lotus_unet: true), but {root / LOTUS_UNET_DIR}/config.json is missing "
-                                  f"(found: {found}); the sharpener would silently run both passes. Copy the "
-                                  "checkpoint again, or re-import it with `depthkit import-checkpoint --sharpdepth R "
-                                  "--lotus L --out CHECKPOINT --overwrite`.")
-        lotus_unet = None
-        if not separate and (root / LOTUS_UNET_DIR).exists():
-            import warnings
-
-            warnings.warn(f"{root / LOTUS_UNET_DIR} is ignored: {root / SHARPDEPTH_JSON} does not say "
-                          "separate_lotus_unet: true, so both passes run the sharpener's UNet (a folder left from "
-                          "an earlier save?). Delete it, or set separate_lotus_unet to true to run it in pass 1.",
-                          stacklevel=2)
-        if separate:
-            from diffusers import UNet2DConditionModel
-
-            from depthkit.sharpen.lotus import load_diffusers_model
-
-            kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-            lotus_unet = load_diffusers_model(UNet2DConditionModel, root / LOTUS_UNET_DIR, "the pass-1 Lotus UNet "
-                                              "weights", **kwargs)
-            lotus_unet = lotus_unet.to(device or "cpu").eval()
-            from depthkit.checkpoints import check_finite_weights
-
-            check_finite_weights(lotus_unet, root / LOTUS_UNET_DIR, "the pass-1 Lotus UNet weights")
-            try:
-                check_pass1_unet(lotus_unet, model.unet)
-            except ValueError as exc:
-                from depthkit.checkpoints import CheckpointError
-
-                raise CheckpointError(f"{root / LOTUS_UNET_DIR}: {exc}") from None
+        lotus_unet = load_pass1_unet(root, separate, model.unet, device=device, dtype=dtype)
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
