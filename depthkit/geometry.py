@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from depthkit.float32_metres import unmasked
+
 
 @dataclass(frozen=True)
 class Intrinsics:
@@ -97,8 +99,6 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
     Only pixels with a finite depth > 0 (and ``mask``, HxW bool) are returned, in row-major order; a numpy masked
     array's masked pixels are missing.
     """
-    from depthkit.float32_metres import unmasked
-
     depth = np.asarray(unmasked(depth), dtype=np.float32)
     if depth.ndim != 2:
         raise ValueError(f"backproject: depth must be HxW metres; received shape {depth.shape}.")

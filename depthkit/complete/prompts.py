@@ -403,11 +403,12 @@ def sample_query_pixels(candidates: np.ndarray, n: int, seed: int | None = None,
         if depth_or_image is None and strength is None:
             raise ValueError("edge_weight > 0 needs depth_or_image (HxW depth in metres or HxWx3 image) or strength "
                              "(HxW in [0, 1]).")
-        guide, name = (np.asarray(strength), "strength") if strength is not None else (np.asarray(depth_or_image),
-                                                                                        "depth_or_image")
+        name, guide = ("strength", strength) if strength is not None else ("depth_or_image", depth_or_image)
+        guide = np.asarray(guide)
         if guide.shape[:2] != cand.shape:
             raise ValueError(f"{name} is {guide.shape[:2]} but candidates is {cand.shape}; they must match.")
-        w = 1.0 + edge_weight * (guide if strength is not None else _edge_strength(guide)).ravel()[flat]
+        edges = guide if strength is not None else _edge_strength(guide)
+        w = 1.0 + edge_weight * edges.ravel()[flat]
         p = w / w.sum()
     picked = rng.choice(flat, size=k, replace=False, p=p)
     rows, cols = np.unravel_index(picked, cand.shape)

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from depthkit.data._stereo_visibility import covered
 from depthkit.data.scene_options import check_int
+from depthkit.float32_metres import unmasked
 from depthkit.geometry import Intrinsics
 
 NYU_NUM_POINTS = 500  # sparse points per image in the NYUv2 depth-completion protocol
@@ -38,8 +39,6 @@ def _rng(seed) -> np.random.Generator:
 
 
 def _as_depth(depth, name: str = "depth") -> np.ndarray:
-    from depthkit.float32_metres import unmasked
-
     arr = np.asarray(unmasked(depth))  # masked pixels are missing, as everywhere
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must be a numeric HxW array (metres, 0 = missing); received shape {arr.shape} "
