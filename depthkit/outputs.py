@@ -61,7 +61,9 @@ class DepthOutput:
         depth: HxW float32 metres, input resolution, dense (> 0) wherever the last stage predicts;
             equal to the sparse input wherever a measurement exists.
         confidence: HxW float32 in [0, 1] from the last stage that reports one; None when no stage reports one
-            (a classical ``--method`` or ``sharpen`` alone; the learned completion stage reports one).
+            (a classical ``--method`` or ``sharpen`` alone; the learned completion stage reports one). After
+            complete + sharpen it is the completion's map, measured to rank the sharpened depth's errors about as
+            well as the completion's (AUROC within 0.007 per sparse pattern; README, "The embedded default").
         stages: every stage's :class:`StageResult`, by stage name, in run order.
         timings: seconds per stage and ``"total"``.
     """
