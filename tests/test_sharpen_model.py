@@ -797,6 +797,33 @@ def test_keep_near_measured_scales_the_change_by_the_distance_weight(sharp, near
         SharpDepthConfig(change_within_measured_px=-1.0)
 
 
+def test_measured_hull_ignores_the_padding(sharp):
+    """At a processing size that is padded (44x60 padded to 128x128), a measured pixel on the last row is copied down
+    into the padding; the hull must be the measured pixels' own: with three measured pixels, output − input = the
+    change without the hull inside their triangle (by half-planes here) and 0 outside. Fails if the hull is taken on
+    the padded mask (its lower vertex then reaches row 127, widening the triangle)."""
+    img, depth, _ = _scene(44, 60)
+    corners = [(0, 5), (0, 55), (43, 30)]
+    sparse = np.zeros_like(depth)
+    for r, c in corners:
+        sparse[r, c] = depth[r, c]
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    d, sp = torch.from_numpy(depth)[None, None], torch.from_numpy(sparse)[None, None]
+    base = {"output": "residual"}
+    free = SharpDepth(sharp.model, base).sharpen_tensors(x, d, sp, processing_resolution=60)["depth"]
+    res = SharpDepth(sharp.model, {**base, "change_within_measured_hull": True}).sharpen_tensors(
+        x, d, sp, processing_resolution=60)["depth"]
+    yy, xx = np.mgrid[:44, :60]
+    (ay, ax), (by, bx), (cy, cx) = corners
+    side = [(qx - px) * (yy - py) - (qy - py) * (xx - px)
+            for (py, px), (qy, qx) in (((ay, ax), (cy, cx)), ((cy, cx), (by, bx)), ((by, bx), (ay, ax)))]
+    hull = (side[0] >= 0) & (side[1] >= 0) & (side[2] >= 0) | (side[0] <= 0) & (side[1] <= 0) & (side[2] <= 0)
+    change_free, change_kept = free[0, 0].numpy() - depth, res[0, 0].numpy() - depth
+    free_px = sparse == 0
+    np.testing.assert_allclose(change_kept[free_px], np.where(hull, change_free, 0.0)[free_px], atol=1e-5)
+    assert np.abs(change_free[~hull & (yy > 30)]).max() > 1e-3  # beside the lower vertex the change was not nil
+
+
 @pytest.mark.parametrize("near", [0.0, 10.0])
 def test_change_within_measured_hull_keeps_the_input_outside_the_measured_pixels_hull(sharp, near):
     """``change_within_measured_hull``: in a LiDAR-like frame (every other pixel of rows 20, 26, ..., 44, none above

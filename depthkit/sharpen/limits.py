@@ -189,9 +189,11 @@ def limit_output(config: SharpDepthConfig, free: torch.Tensor, metric_depth: tor
     d_p, valid_p, measured_p = at_processing or processing_inputs(metric_depth, measured, size, padded)
     fraction = None if measured is None else measured_fraction(measured, valid_depth(metric_depth))
     scanline = scanline_frames(measured) if measured is not None and config.keep_scanline_frames else None
-    weight = change_weight(config, d_p, valid_p, measured_p, fraction, scanline)
+    crop = (..., slice(0, size[0]), slice(0, size[1]))  # the padding's replicated measured pixels would widen the hull
+    weight = change_weight(config, d_p[crop], valid_p[crop], None if measured_p is None else measured_p[crop],
+                           fraction, scanline)
     if weight is not None:
-        weight = resize_bilinear(weight[..., :size[0], :size[1]], (h, w)).clamp(0.0, 1.0)
+        weight = resize_bilinear(weight, (h, w)).clamp(0.0, 1.0)
     radius = 0
     if config.change_range_px > 0:
         radius = max(1, math.ceil(config.change_range_px * max(h / size[0], w / size[1]) - 1e-6))
