@@ -91,6 +91,25 @@ def test_complete_schema_refuses_bad_values():
     assert r.data.datasets["hypersim"].root == "/data/hs" and r.data.datasets["hypersim"].weight == 2.0
 
 
+def test_residual_head_without_its_l1_warns_that_the_readout_is_the_prior():
+    """readout=residual_head with loss.residual_l1=0 freezes the head's correction (build_completer), so the trained
+    completer answers the prompt prior exactly: allowed (text-only training), but said; with no loss reading the
+    answer either it is refused, and the message names both ways out."""
+    from depthkit.warning_types import DepthkitWarning
+
+    base = {"kind": "complete", "lora": {"enabled": False, "full_finetune": True}}
+    head = ["prompts.prompt_prior=guided", "prompts.readout=residual_head"]
+    with pytest.warns(DepthkitWarning, match="residual_l1=0.*prompt prior exactly"):
+        load_recipe(base, head + ["loss.residual_l1=0"])
+    with pytest.raises(RecipeError, match=r"residual_l1 > 0.*cross_entropy > 0"):
+        load_recipe(base, head + ["loss.residual_l1=0", "loss.cross_entropy=0"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DepthkitWarning)
+        load_recipe(base, head)  # the head trained: nothing to say
+
+
 def test_complete_weights_without_a_subset_are_refused_as_they_would_mix_nothing():
     """Without data.subset_size every dataset contributes all its samples, so unequal positive weights change nothing
     (the shares stay those of the datasets' lengths): refused, naming the weights; equal weights, a 0 that leaves a

@@ -366,5 +366,16 @@ class CompleteRecipe:
                               "(transformers drops the KV cache under checkpointing); use packed")
         if self.prompts.readout == "text" and not self.loss.reads_answers:
             raise RecipeError("prompts.readout=text needs loss.cross_entropy > 0 or loss.numeric_l1 > 0")
-        if self.prompts.readout == "residual_head" and self.loss.residual_l1 <= 0 and self.loss.cross_entropy <= 0:
-            raise RecipeError("prompts.readout=residual_head needs loss.residual_l1 > 0")
+        if self.prompts.readout == "residual_head" and self.loss.residual_l1 <= 0:
+            if self.loss.cross_entropy <= 0:
+                raise RecipeError("prompts.readout=residual_head needs loss.residual_l1 > 0 (the head's L1) or "
+                                  "loss.cross_entropy > 0 (the text answer only)")
+            import warnings
+
+            from depthkit.warning_types import DepthkitWarning
+
+            # allowed (e.g. to train only the text answer), but the head's correction layer is then frozen at zero
+            # (depthkit.complete.train.build_completer): the exported readout returns the prompt prior exactly
+            warnings.warn("prompts.readout=residual_head with loss.residual_l1=0: the residual head's correction is "
+                          "not trained (it stays zero), so the completer's answers are the prompt prior exactly; set "
+                          "loss.residual_l1 > 0 to train the readout.", DepthkitWarning, stacklevel=2)
