@@ -20,6 +20,13 @@ def test_paper_templates_are_verbatim():
     assert P.PROMPT_VERSION == "sdim-prompts-2"
 
 
+def test_module_docstring_example_is_the_query_text_the_code_writes():
+    """The conversation example at the top of prompts.py shows the user text query_text writes (prompt version 2:
+    mask sentence, question, then the coordinates), not an older layout."""
+    doc = " ".join(P.__doc__.split())  # the example is wrapped over two lines
+    assert P.query_text(0, (7, 9)).replace("(7, 9)", "(x, y)") + "<|im_end|>" in doc
+
+
 def test_query_text_text_reference_prior_and_rope():
     assert P.query_text(0, (12, 7)) == (
         "The mask value is 0; predict the distance to the camera. "

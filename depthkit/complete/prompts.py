@@ -8,8 +8,8 @@ A conversation for one queried pixel j (rendered with Qwen2.5-VL's chat format):
 
     <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
     <|im_start|>user\\n<|vision_start|><|image_pad|>...<|vision_end|>          <- shared image prefix
-    The current pixel is at (x, y). The mask value is 0; predict the distance to the camera.
-    What is the distance from the current pixel to the camera?<|im_end|>\\n<|im_start|>assistant\\n  <- query suffix
+    The mask value is 0; predict the distance to the camera. What is the distance from the current pixel to the
+    camera? The current pixel is at (x, y).<|im_end|>\\n<|im_start|>assistant\\n   <- query suffix (one line)
     The pixel is 1.234 meters away from the camera.<|im_end|>                   <- answer (the label in training)
 
 Decisions where the paper is silent (see SPEC section 3):
