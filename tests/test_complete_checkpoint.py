@@ -91,6 +91,32 @@ def test_lora_merge_does_not_touch_the_model_and_matches(tmp_path):
     assert torch.allclose(after, before, atol=1e-5)  # W + BA in one matrix: equal up to float rounding
 
 
+def test_lora_merge_of_a_bfloat16_base_keeps_the_deltas(tmp_path):
+    """The full-size recipes train LoRA (float32) on a bfloat16 base. The merged export, loaded in float32, must be
+    the trained model run in float32 (its base upcast, its LoRA as trained: computed here by peft itself), not the
+    deltas rounded into bfloat16 weights. Fails if the merge is cast back to the base's dtype (the logits then move
+    by ~10 % of what the LoRA changed)."""
+    import copy
+
+    model, processor, _ = _trained_like(lora=True)
+    model.base.get_base_model().to(torch.bfloat16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.float() * (0.05 if "lora_B" in name else 1.0)  # small deltas, as after training
+    batch = _inputs(processor)
+    reference = copy.deepcopy(model).float()
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        with reference.base.disable_adapter():
+            lora_effect = (expected - reference(**batch).logits).abs().max()
+    save_complete(tmp_path / "c", model, processor, {})
+    with torch.no_grad():
+        got = load_complete(tmp_path / "c", dtype="float32").model(**batch).logits
+    assert lora_effect > 1e-3
+    assert (got - expected).abs().max() < 0.01 * lora_effect
+
+
 def test_adapter_checkpoint_names_its_base(tmp_path):
     model, processor, _ = _trained_like(lora=True)
     batch = _inputs(processor)

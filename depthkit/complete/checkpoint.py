@@ -6,7 +6,8 @@ Layout of ``<checkpoint>/complete/`` (everything needed to run offline)::
                                    pixel_reference, readout, prompt_version, min/max_pixels, "weights" (how the base
                                    model is stored), "residual_head", "format"
     config.json, model.safetensors[.index.json + shards], generation_config.json
-                                   the base Qwen2.5-VL (save_pretrained; LoRA merged in)         weights.kind = full
+                                   the base Qwen2.5-VL (save_pretrained; LoRA merged in, the
+                                   merged matrices float32 whatever the base's dtype)            weights.kind = full
     adapter/adapter_config.json, adapter/adapter_model.safetensors
                                    instead of the above when LoRA is kept separate; the base is
                                    complete.json's weights.base_model: "hub:owner/name" or a
@@ -126,7 +127,12 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
 
 
 def _merged_state_dict(peft_model) -> dict:
-    """State dict of the model inside ``peft_model`` with every LoRA delta added to its base weight (no mutation)."""
+    """State dict of the model inside ``peft_model`` with every LoRA delta added to its base weight (no mutation).
+
+    A merged weight is float32 whatever its base's dtype: rounded back to a bfloat16 base (the full-size recipes'
+    ``model.dtype``), a typical delta (std ~1e-4 on weights of std ~0.02) would lose a third of its elements, so
+    the export would not be the model that was trained and validated. Loaded in float32 the merge is that model up
+    to float rounding; a bfloat16 load rounds it as any bfloat16 inference does."""
     from peft.tuners.lora import LoraLayer
 
     inner = peft_model.get_base_model()
@@ -146,7 +152,7 @@ def _merged_state_dict(peft_model) -> dict:
             continue
         clean = key.replace(".base_layer.", ".")
         if clean in deltas:
-            value = (value.float() + deltas[clean].float()).to(value.dtype)
+            value = value.float() + deltas[clean].float()
         out[clean] = value
     return out
 
