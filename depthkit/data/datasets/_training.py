@@ -7,6 +7,8 @@ given epoch is reproducible on any worker or shard and :meth:`set_epoch` gives f
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from depthkit.data.datasets._base import DepthDataset, Sample
@@ -18,6 +20,9 @@ class TrainingDepthDataset(DepthDataset):
     """A :class:`DepthDataset` whose sparse input comes from ``make_sparse(gt, sparse_pattern, rng, intrinsics,
     **sparse_kwargs)``; ``sparse_pattern=None`` gives no sparse input (an all-zero map)."""
 
+    extra_patterns: ClassVar[tuple[str, ...]] = ()
+    """Patterns a reader draws itself besides :data:`depthkit.data.sparse.SAMPLERS` (it checks their options)."""
+
     def __init__(self, root, protocol=None, split=None, sparse_pattern: str | None = "random",
                  sparse_kwargs: dict | None = None, sparse_seed: int | None = None):
         super().__init__(root, protocol, split)
@@ -25,7 +30,12 @@ class TrainingDepthDataset(DepthDataset):
         self.sparse_kwargs = dict(sparse_kwargs or {})
         from depthkit.data.sparse import SAMPLERS, check_sparse_kwargs
 
-        if sparse_pattern in SAMPLERS:  # checked when built, not at the first item (others: the reader checks them)
+        # checked when built, not at the first item (inside a DataLoader worker, or at every image of an evaluation)
+        if sparse_pattern is not None and sparse_pattern not in self.extra_patterns:
+            if sparse_pattern not in SAMPLERS:
+                allowed = ", ".join(sorted([*SAMPLERS, *self.extra_patterns]))
+                raise ValueError(f"{self.title} sparse_pattern must be one of {allowed} (or None: no sparse input); "
+                                 f"received {sparse_pattern!r}.")
             check_sparse_kwargs(sparse_pattern, self.sparse_kwargs)
         self.sparse_seed = int(self.protocol.sparse_seed or 0) if sparse_seed is None else int(sparse_seed)
         if self.sparse_seed < 0:

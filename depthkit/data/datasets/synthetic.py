@@ -37,6 +37,7 @@ class SyntheticDataset(TrainingDepthDataset):
     needs_root = False
     layout = "  (generated in memory; no files)"
     source = "depthkit.data.synthetic.render_scene"
+    extra_patterns = (STEREO_SGBM,)
 
     def __init__(self, root=None, split: str | None = None, protocol=None, length: int | None = None,
                  height: int = 240, width: int = 320, kind: str = "random", hfov_deg: float = 60.0,
