@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from fixtures_datasets import write_hypersim_marigold, write_vkitti2
+from fixtures_datasets import write_hypersim_marigold, write_ibims_mat, write_ibims_raw, write_mask_1bit, write_vkitti2
 
-from depthkit.data.datasets import build_dataset
+from depthkit.data.datasets import DatasetLayoutError, build_dataset
 
 
 @pytest.mark.parametrize("name, write", [("vkitti2", write_vkitti2), ("hypersim", write_hypersim_marigold),
@@ -21,3 +22,26 @@ def test_an_unknown_sparse_pattern_is_refused_when_the_reader_is_built(tmp_path,
     with pytest.raises(ValueError, match="stereo_sgbm"):  # synthetic's own pattern: listed there, refused elsewhere
         build_dataset(name, root, sparse_pattern="stereo_sgbm", **({} if write else {"width": 10}))
     assert build_dataset(name, root, sparse_pattern=None)[0]["sparse"].max() == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (48, 1), (10, 10)])
+def test_an_ibims_mask_of_another_size_is_refused_naming_the_file_not_broadcast(tmp_path, shape):
+    write_ibims_raw(tmp_path, names=("corridor_01",))  # 48x64
+    write_mask_1bit(tmp_path / "ibims1_core_raw" / "mask_transp" / "corridor_01.png", np.ones(shape, bool))
+    with pytest.raises(DatasetLayoutError, match=rf"mask_transp/corridor_01\.png is {shape[0]}x{shape[1]} \(HxW\) "
+                                                 r"but the depth \S*corridor_01\.png is 48x64"):
+        build_dataset("ibims1", tmp_path)[0]
+
+
+def test_an_ibims_mat_mask_of_another_size_is_refused_naming_the_field(tmp_path):
+    from scipy import io as sio
+
+    write_ibims_mat(tmp_path, names=("corridor_01",))
+    path = tmp_path / "ibims1_core_mat" / "corridor_01.mat"
+    data = sio.loadmat(str(path))["data"]
+    fields = {f: data[f][0][0] for f in data.dtype.names}
+    fields["mask_invalid"] = np.ones((1, 64), np.uint8)
+    sio.savemat(str(path), {"data": fields})
+    with pytest.raises(DatasetLayoutError, match=r"corridor_01\.mat field 'mask_invalid' is 1x64 \(HxW\) but the "
+                                                 r"depth .* is 48x64"):
+        build_dataset("ibims1", tmp_path)[0]

@@ -338,7 +338,8 @@ def test_ibims_png_release_masks_scaling_edges_and_marigold_dc_points(tmp_path):
 def test_ibims_edge_map_of_another_size_is_refused_naming_both(tmp_path):
     fx = write_ibims_raw(tmp_path, names=("corridor_01",))
     write_mask_1bit(tmp_path / "ibims1_core_raw" / "edges" / "corridor_01.png", fx["corridor_01"]["edges"][:, :-1])
-    with pytest.raises(DatasetLayoutError, match=r"corridor_01: the edge map is \(48, 63\) but depth is \(48, 64\)"):
+    with pytest.raises(DatasetLayoutError, match=r"edges/corridor_01\.png is 48x63 \(HxW\) but the depth \S*depth/"
+                       r"corridor_01\.png is 48x64"):
         build_dataset("ibims1", tmp_path)[0]
 
 

@@ -107,17 +107,18 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
             image, depth, valid, edges, intr = self._load_mat(self.base / f"{name}.mat")
         else:
             image = read_image(self._path("rgb", name))
-            depth = read_png_raw(self._path("depth", name), "iBims-1 depth (value x 50 / 65535 = metres)")
+            depth_path = self._path("depth", name)
+            depth = read_png_raw(depth_path, "iBims-1 depth (value x 50 / 65535 = metres)")
             depth = depth.astype(np.float32) * np.float32(DEPTH_SCALE)
-            valid = read_mask(self._path("mask_invalid", name)) & read_mask(self._path("mask_transp", name))
+            masks = {self._path(sub, name): read_mask(self._path(sub, name)) for sub in ("mask_invalid", "mask_transp")}
             edge_path = self._path("edges", name)
-            edges = read_mask(edge_path) if edge_path.is_file() else None
+            if edge_path.is_file():
+                masks[edge_path] = read_mask(edge_path)
+            _check_sizes(masks, depth.shape, depth_path)
+            valid = np.logical_and(*list(masks.values())[:2])
+            edges = masks.get(edge_path)
             calib = self._path("calib", name)
             intr = read_k_file(calib) if calib.is_file() else None
-        if valid.shape != depth.shape:
-            raise DatasetLayoutError(f"iBims-1 {name}: masks are {valid.shape} but depth is {depth.shape}.")
-        if edges is not None and edges.shape != depth.shape:
-            raise DatasetLayoutError(f"iBims-1 {name}: the edge map is {edges.shape} but depth is {depth.shape}.")
         depth = np.where(valid & (depth > 0), depth, 0).astype(np.float32)
         masks = {} if edges is None else {"edges": edges}
         return Sample(image=image, depth=depth, sparse=None, intrinsics=intr, name=name, masks=masks)
@@ -140,8 +141,10 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
 
         image = np.ascontiguousarray(field("rgb").astype(np.uint8))
         depth = field("depth").astype(np.float32)
-        valid = (field("mask_invalid") != 0) & (field("mask_transp") != 0)
-        edges = field("edges") != 0 if "edges" in fields else None
+        masks = {f"{path} field {f!r}": field(f) != 0 for f in ("mask_invalid", "mask_transp", "edges") if f in fields}
+        _check_sizes(masks, depth.shape, f"{path} field 'depth'")
+        valid = np.logical_and(masks[f"{path} field 'mask_invalid'"], masks[f"{path} field 'mask_transp'"])
+        edges = masks.get(f"{path} field 'edges'")
         intr = None
         if "calib" in fields:
             k = field("calib").astype(np.float64)
@@ -149,3 +152,15 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
                 k = k.T if (k[0, 2] == 0 and k[2, 0] != 0) else k
                 intr = Intrinsics(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
         return image, depth, valid, edges, intr
+
+
+def _check_sizes(masks: dict, shape: tuple, depth_source) -> None:
+    """Refuse a mask or edge map whose HxW is not the depth's, naming both files (or .mat fields): combined as they
+    are, numpy would broadcast a 1xW or Hx1 map over every row or column (a wrong mask, silently) and fail on any
+    other size without saying which file is wrong."""
+    for source, mask in masks.items():
+        if mask.shape != tuple(shape):
+            raise DatasetLayoutError(
+                f"iBims-1: {source} is {'x'.join(map(str, mask.shape))} (HxW) but the depth {depth_source} is "
+                f"{shape[0]}x{shape[1]}; every map of an image has the depth's size. Restore the file from the release "
+                "(ibims1_core_raw.zip / ibims1_core_mat.zip).")
