@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_datasets import write_hypersim_marigold, write_ibims_mat, write_ibims_raw, write_mask_1bit, write_vkitti2
+from fixtures_datasets import (
+    write_hypersim_marigold,
+    write_ibims_mat,
+    write_ibims_raw,
+    write_mask_1bit,
+    write_processed,
+    write_vkitti2,
+)
 
 from depthkit.data.datasets import DatasetLayoutError, build_dataset
 
@@ -45,3 +52,11 @@ def test_an_ibims_mat_mask_of_another_size_is_refused_naming_the_field(tmp_path)
     with pytest.raises(DatasetLayoutError, match=r"corridor_01\.mat field 'mask_invalid' is 1x64 \(HxW\) but the "
                                                  r"depth .* is 48x64"):
         build_dataset("ibims1", tmp_path)[0]
+
+
+def test_a_processed_image_with_an_upper_case_suffix_is_read_as_it_is_listed(tmp_path):
+    fx = write_processed(tmp_path)
+    (tmp_path / "rgb" / "0001.png").rename(tmp_path / "rgb" / "0001.PNG")
+    ds = build_dataset("kitti_dc", tmp_path)
+    assert ds.names == ["0000", "0001"]
+    np.testing.assert_array_equal(ds[1]["image"], fx["rgb"][1])

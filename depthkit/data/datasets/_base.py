@@ -214,7 +214,7 @@ def processed_names(ds: DepthDataset, root: Path) -> list[str]:
                          f"{ds.protocol.split!r} split only; received split {ds.split!r}. Leave split out (or pass "
                          f"{ds.protocol.split!r}), or give the root of the dataset's own release for the "
                          f"{ds.split!r} split.")
-    names = sorted(p.stem for p in (root / "rgb").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    names = sorted(p.stem for p in _processed_images(root))
     if not names:
         raise ds.layout_error(f"{root / 'rgb'} holds no .png/.jpg images")
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -228,10 +228,17 @@ def processed_names(ds: DepthDataset, root: Path) -> list[str]:
     return names
 
 
+def _processed_images(root: Path) -> list[Path]:
+    """The images in ``root/rgb``: .png, .jpg or .jpeg, the suffix in any case (``0000.PNG`` too)."""
+    return [p for p in (root / "rgb").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+
+
 def load_processed(root: Path, name: str) -> Sample:
     """Decode one sample of a processed folder; it is already in protocol form."""
     rgb = next((root / "rgb" / f"{name}{ext}" for ext in (".png", ".jpg", ".jpeg")
-                if (root / "rgb" / f"{name}{ext}").is_file()), root / "rgb" / f"{name}.png")
+                if (root / "rgb" / f"{name}{ext}").is_file()), None)
+    if rgb is None:  # a suffix in another case (processed_names lists those too): one listing of the folder
+        rgb = next((p for p in _processed_images(root) if p.stem == name), root / "rgb" / f"{name}.png")
     k_path = root / "intrinsics" / f"{name}.txt"
     return Sample(
         image=read_image(rgb),
