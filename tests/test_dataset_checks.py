@@ -60,3 +60,15 @@ def test_a_processed_image_with_an_upper_case_suffix_is_read_as_it_is_listed(tmp
     ds = build_dataset("kitti_dc", tmp_path)
     assert ds.names == ["0000", "0001"]
     np.testing.assert_array_equal(ds[1]["image"], fx["rgb"][1])
+
+
+def test_the_docs_say_which_vkitti2_cameras_are_read_by_default():
+    from pathlib import Path
+
+    from depthkit.data.datasets import reader_options
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    section = docs.split("## Virtual KITTI 2", 1)[1].split("\n## ", 1)[0]
+    default = reader_options("vkitti2")["cameras"]
+    assert default == ("Camera_0",) and "by default `Camera_0` only" in section
+    assert "both mean every frame (" not in section  # "every frame" alone was wrong: one camera of two is read

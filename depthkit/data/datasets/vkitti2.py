@@ -9,7 +9,8 @@ extracted into one folder (they merge) or side by side under ``<root>``::
 
 Depth is ``value / 100`` metres; 65535 marks the sky (beyond the far plane) and becomes 0 (missing). When
 ``intrinsic.txt`` is absent the dataset's constant camera (725.0087, 725.0087, 620.5, 187.0 px) is used. There is no
-official split: ``split="train"`` and ``"all"`` both mean every frame; choose with ``scenes``, ``variations`` and
+official split: ``split="train"`` and ``"all"`` both mean every frame of the chosen cameras, by default ``Camera_0``
+only (half the frames; Marigold's training list holds both cameras); choose with ``scenes``, ``variations`` and
 ``cameras`` (each a name, e.g. ``"Camera_1"``, or a list of names).
 """
 
