@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fixtures_datasets import (
+    write_ddad,
     write_hypersim_marigold,
     write_ibims_mat,
     write_ibims_raw,
+    write_kitti,
     write_mask_1bit,
     write_processed,
     write_vkitti2,
@@ -72,3 +74,25 @@ def test_the_docs_say_which_vkitti2_cameras_are_read_by_default():
     default = reader_options("vkitti2")["cameras"]
     assert default == ("Camera_0",) and "by default `Camera_0` only" in section
     assert "both mean every frame (" not in section  # "every frame" alone was wrong: one camera of two is read
+
+
+@pytest.mark.parametrize("name, write, images", [
+    ("kitti_dc", write_kitti, "depth_selection/val_selection_cropped/image"),
+    ("ddad", write_ddad, "pregenerated/val/rgb"),
+    ("kitti_dc", write_processed, "rgb"),
+    ("ibims1", write_ibims_raw, "ibims1_core_raw/rgb"),
+])
+def test_hidden_appledouble_files_are_not_listed_as_samples(tmp_path, name, write, images):
+    """A release copied through a macOS volume gains ``._NAME`` files beside each file; a reader that lists a
+    folder must not take them as samples (KITTI DC refused the whole folder for the name, the others listed a sample
+    that cannot be decoded). Fails if any listing keeps names starting with "."."""
+    write(tmp_path)
+    (tmp_path / "imagelist.txt").unlink(missing_ok=True)  # iBims-1: list the rgb folder
+    folder = tmp_path / images
+    expected = len(list(folder.glob("*.png")))
+    for p in list(folder.glob("*.png")):
+        (folder / f"._{p.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble header, not a PNG
+    ds = build_dataset(name, tmp_path)
+    assert len(ds) == expected
+    for i in range(len(ds)):
+        assert ds[i]["image"].ndim == 3

@@ -199,6 +199,12 @@ PROCESSED_LAYOUT = """\
   (the output of Marigold-DC's script/dataset_processing.py)"""
 
 
+def visible(paths) -> list[Path]:
+    """``paths`` without the hidden files among them (a name starting with "."): the ``._NAME`` AppleDouble files a
+    release gains on a macOS or non-HFS volume would otherwise be listed as samples that cannot be read."""
+    return [p for p in paths if not p.name.startswith(".")]
+
+
 def is_processed_folder(root: Path) -> bool:
     """True when ``root`` holds Marigold-DC's processed layout (rgb/, sparse/*.npy, gt/)."""
     return (root / "rgb").is_dir() and (root / "gt").is_dir() and (root / "sparse").is_dir() and \
@@ -230,7 +236,7 @@ def processed_names(ds: DepthDataset, root: Path) -> list[str]:
 
 def _processed_images(root: Path) -> list[Path]:
     """The images in ``root/rgb``: .png, .jpg or .jpeg, the suffix in any case (``0000.PNG`` too)."""
-    return [p for p in (root / "rgb").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    return [p for p in visible((root / "rgb").iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
 
 
 def load_processed(root: Path, name: str) -> Sample:

@@ -24,6 +24,7 @@ from depthkit.data.datasets._base import (
     load_png256_sample,
     load_processed,
     processed_names,
+    visible,
 )
 
 _SUBDIRS = ("rgb", "hints", "gt", "intrinsics")
@@ -55,7 +56,7 @@ or Marigold-DC's processed folder (ddad/):
         if base is None:
             raise self.layout_error(f"{self.root} has no pregenerated val folder with {', '.join(_SUBDIRS)}/")
         self.base = base
-        self.names = sorted(p.stem for p in (base / "rgb").glob("*.png"))
+        self.names = sorted(p.stem for p in visible((base / "rgb").glob("*.png")))
         if not self.names:
             raise self.layout_error(f"{base / 'rgb'} holds no .png images")
         for name in self.names:

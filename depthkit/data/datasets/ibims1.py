@@ -31,6 +31,7 @@ from depthkit.data.datasets._base import (
     is_processed_folder,
     load_processed,
     processed_names,
+    visible,
 )
 from depthkit.data.datasets._ops import DatasetLayoutError, read_k_file, read_mask, read_png_raw
 from depthkit.geometry import Intrinsics
@@ -89,9 +90,9 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
                 if names:
                     return names
         if self.format == "raw":
-            names = sorted(p.stem for p in (self.base / "rgb").glob("*.png"))
+            names = sorted(p.stem for p in visible((self.base / "rgb").glob("*.png")))
         else:
-            names = sorted(p.stem for p in self.base.glob("*.mat"))
+            names = sorted(p.stem for p in visible(self.base.glob("*.mat")))
         if not names:
             raise self.layout_error(f"{self.base} holds no images")
         return names

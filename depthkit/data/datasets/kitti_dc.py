@@ -25,6 +25,7 @@ from depthkit.data.datasets._base import (
     load_png256_sample,
     load_processed,
     processed_names,
+    visible,
 )
 
 _IMAGE_RE = re.compile(r"^(?P<drive>.+_sync)_image_(?P<frame>\d+)_(?P<cam>image_0[0-9])$")
@@ -60,7 +61,7 @@ or Marigold-DC's processed folder (kittidc/):
             raise self.layout_error(f"{self.root} has no val_selection_cropped folder with {', '.join(_SUBDIRS)}/")
         self.base = base
         self._entries = []
-        for img in sorted((base / "image").glob("*.png")):
+        for img in sorted(visible((base / "image").glob("*.png"))):
             m = _IMAGE_RE.match(img.stem)
             if m is None:
                 raise self.layout_error(f"{img} is not named <drive>_sync_image_<frame>_image_0X.png")

@@ -46,6 +46,7 @@ from depthkit.data.datasets._base import (
     is_processed_folder,
     load_processed,
     processed_names,
+    visible,
 )
 from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth
 from depthkit.geometry import Intrinsics
@@ -185,7 +186,7 @@ class NYUv2Dataset(DepthDataset):
             split_dir = base / self.split
             if not split_dir.is_dir():
                 raise self.layout_error(f"{split_dir} does not exist (and there is no list file {lf.name})")
-            for rgb in sorted(split_dir.glob("*/rgb_*.png")):
+            for rgb in sorted(visible(split_dir.glob("*/rgb_*.png"))):
                 rel = rgb.relative_to(base)
                 idx = rgb.stem.split("_", 1)[1]
                 entries.append((str(rel), str(rel.parent / f"depth_{idx}.png"), str(rel.parent / f"filled_{idx}.png")))
