@@ -275,7 +275,8 @@ def evaluate(pipeline, dataset, protocol, out, limit: int | None = None, progres
                 item = dataset[i]
             except (ValueError, OSError) as exc:  # the reader could not make this sample (DatasetLayoutError is
                 # one), or a file went missing or unreadable after the list was made
-                failed.append({"index": i, "name": None,
+                names = getattr(dataset, "names", None)  # the reader's listing, when it has one
+                failed.append({"index": i, "name": None if names is None else names[i],
                                "error": str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"})
                 continue
             if item.get("depth") is None or item.get("sparse") is None:

@@ -286,7 +286,7 @@ def test_eval_runs_past_refused_inputs_names_them_all_and_writes_no_mean(tmp_pat
     msg = str(info.value)
     assert msg.startswith("3 of 5 image(s) could not be evaluated, so no mean was written")
     assert f"  image 1 of 5 ({name1!r}): sparse has 1 NaN/inf values" in msg
-    assert "  image 2 of 5: could not decode /data/depth_2.png" in msg
+    assert f"  image 2 of 5 ({names[2]!r}): could not decode /data/depth_2.png" in msg  # the reader's listing names it
     assert f"  image 3 of 5 ({names[3]!r}): no valid ground-truth pixel" in msg
     assert "The 2 image(s) scored are kept in" in msg and "only the images without a result will run" in msg
     assert bad.read == [0, 1, 2, 3, 4] and not out.exists()
@@ -351,7 +351,8 @@ def test_eval_runs_past_a_file_that_went_missing_after_the_dataset_was_listed(tm
         evaluate(Pipeline(method="nearest"), bad, get_protocol("synthetic"), tmp_path / "m.json", progress=False,
                  label="nearest")
     assert str(info.value).startswith("1 of 3 image(s) could not be evaluated")
-    assert "  image 1 of 3: FileNotFoundError: [Errno 2] No such file or directory: '/data/rgb_1.png'" in str(info.value)
+    assert (f"  image 1 of 3 ({bad.names[1]!r}): FileNotFoundError: [Errno 2] No such file or directory: "
+            "'/data/rgb_1.png'") in str(info.value)
     assert bad.read == [0, 1, 2]
 
 
@@ -365,7 +366,7 @@ def test_eval_lists_at_most_ten_refused_images_and_ignores_an_earlier_runs_other
     from depthkit.pipeline import Pipeline
 
     out, pipe, protocol = tmp_path / "m.json", Pipeline(method="nearest"), get_protocol("synthetic")
-    with pytest.raises(ValueError, match=r"^12 of 12 image\(s\)[^$]*image 9 of 12: [^$]*\.\.\. and 2 more\n") as info:
+    with pytest.raises(ValueError, match=r"^12 of 12 image\(s\)[^$]*image 9 of 12 \('synthetic_20000009'\): [^$]*\.\.\. and 2 more\n") as info:
         evaluate(pipe, _Poisoned(unreadable=range(12), length=12), protocol, out, progress=False, label="nearest")
     assert "image 10 of 12" not in str(info.value)
     (tmp_path / "m.json.parts" / "failed_rank1.jsonl").write_text(
