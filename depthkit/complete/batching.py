@@ -20,7 +20,9 @@ input resolution and its value at the queried pixel is written into the mask-0 p
 from that value (for a mask-1 query from the measured value).
 
 **Labels.** Cross-entropy covers every answer token — the template words, the digits and the point, and the final
-``<|im_end|>`` — as in the paper: the template is learned within minutes even from scratch (SPEC section 7), and a
+``<|im_end|>`` — the usual SFT reading of the paper's text supervision (the paper names an L1 objective; recipes
+choose between them with ``loss.cross_entropy`` and ``loss.numeric_l1``): the template is learned within minutes
+even from scratch (SPEC section 7), and a
 model trained this way answers in the right form under plain ``generate()`` too, not only when an engine forces the
 template. ``target_places`` marks the digit targets with their place value for the numeric L1
 (:func:`depthkit.complete.readout.expected_digit_value`). The residual head reads the hidden state of the query's last

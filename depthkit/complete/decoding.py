@@ -85,7 +85,11 @@ def answer_confidence(choices: list[int], probs: np.ndarray, forced: list[bool],
     ``[P + d v, P + (d + 1) v)`` (``P`` the value of the digits before it, any later digits), so its error is the
     distance from ``y`` to that interval, not ``v |d - d*|`` — a 50/50 split between 0.999 and 1.000 costs 0.0005 m,
     a 50/50 split between 5 m and 9 m costs 2 m. A point instead of a digit (or a digit instead of the point) changes
-    the order of magnitude; its error is likewise the distance to the numbers that choice can still reach.
+    the order of magnitude; its error is likewise the distance to the numbers that choice can still reach. For a
+    digit the interval assumes the decoded number of integer digits: an alternative integer digit could still be
+    followed by an earlier point (after ``9`` instead of the ``1`` of ``123.456``, also ``9.xxx`` or ``99.xxx``),
+    so with two or more integer digits ``sigma`` can exceed the error of the nearest reachable number (12.345: 4.37
+    m against 3.73 by enumeration; 123.456: 9.82 against 3.03) and the confidence errs low, never high.
     Probability on tokens outside the 11 allowed ones (``1 - sum(p)``, when ``probs`` come from the full
     vocabulary) is a wrong answer of unknown size and counts as an error of ``y``.
 
