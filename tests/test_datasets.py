@@ -65,13 +65,25 @@ def test_nyu_protocol_geometry_depth_and_intrinsics(tmp_path):
     expected = fx["filled_mm"][1][2 * (i + 6) + 1, 2 * (j + 8) + 1].astype(np.float32) / 1000
     np.testing.assert_array_equal(item["depth"], expected)
     assert item["valid"].all()
-    src = fx["rgb"][1].astype(np.float64)
-    block_mean = (src[0::2, 0::2] + src[1::2, 0::2] + src[0::2, 1::2] + src[1::2, 1::2]) / 4
-    assert np.abs(item["image"] - block_mean[6:234, 8:312]).max() <= 1
+    # The RGB is halved by nearest like the GT (Ma & Karaman's val_transform: scipy imresize 'nearest' = PIL
+    # NEAREST), not area-averaged: source rows 13, 15, ..., 467 and cols 17, 19, ..., 623.
+    np.testing.assert_array_equal(item["image"], fx["rgb"][1][13:468:2, 17:624:2])
     k = item["intrinsics"]
     assert k.fx == pytest.approx(NYU_INTRINSICS.fx / 2) and k.fy == pytest.approx(NYU_INTRINSICS.fy / 2)
     assert k.cx == pytest.approx((NYU_INTRINSICS.cx + 0.5) / 2 - 0.5 - 8)
     assert k.cy == pytest.approx((NYU_INTRINSICS.cy + 0.5) / 2 - 0.5 - 6)
+
+
+def test_nyu_image_resize_area_is_a_protocol_choice_and_an_unknown_one_refused(tmp_path):
+    fx = write_nyu(tmp_path, n=1)
+    area = replace(PROTOCOLS["nyuv2"], image_resize="area")
+    image = build_dataset("nyuv2", tmp_path, protocol=area)[0]["image"]
+    src = fx["rgb"][0].astype(np.float64)
+    block_mean = (src[0::2, 0::2] + src[1::2, 0::2] + src[0::2, 1::2] + src[1::2, 1::2]) / 4
+    assert np.abs(image - block_mean[6:234, 8:312]).max() <= 1
+    assert all(p.image_resize == "area" for name, p in PROTOCOLS.items() if name != "nyuv2")
+    with pytest.raises(ValueError, match=r"image_resize must be one of \('area', 'nearest'\); received 'bicubic'"):
+        replace(PROTOCOLS["nyuv2"], image_resize="bicubic")
 
 
 def test_nyu_sparse_is_500_gt_points_seeded_by_name(tmp_path):

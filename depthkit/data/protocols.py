@@ -9,6 +9,7 @@ The benchmark protocols follow **Marigold-DC** (Viola et al., 2024; public code 
   evaluation crop** on any dataset, so ``min_depth = 0`` (strictly greater), ``max_depth = inf`` and ``crop = None``.
 - NYUv2: the 654 official test images, downsampled to 320x240 and centre-cropped to 304x228 (the sparse-to-dense
   convention of Ma & Karaman; Marigold-DC reads Conti et al.'s preprocessed HDF5 of it), 500 random GT points.
+  Ma & Karaman downsample RGB and depth alike by nearest (``image_resize="nearest"``), so the RGB keeps its aliasing.
   Marigold-DC's points come from that precomputed file and cannot be regenerated: the nyuv2 reader uses them as they
   are when given that HDF5 pair (``layout="h5"``); from Marigold's PNG extraction it draws its own 500 points with
   seed 2024 (the seed Marigold-DC uses elsewhere) — *assumed*, so those numbers match Marigold-DC's in protocol,
@@ -49,6 +50,7 @@ CROPS: dict[str, tuple[float, float, float, float]] = {
 }
 
 _SAMPLERS = ("random", "marigold_dc")
+_IMAGE_RESIZES = ("area", "nearest")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class Protocol:
     """Split the protocol evaluates."""
     benchmark: bool = True
     """True for published benchmarks; False for depthkit's own protocols (training sets, synthetic)."""
+    image_resize: str = "area"
+    """How the RGB is resized to ``eval_resolution`` (GT and masks are always resized by nearest): ``"area"``
+    (depthkit's default: pixel-area mean when shrinking, bilinear when enlarging) or ``"nearest"`` (the source pixel
+    whose centre is nearest the output pixel's centre, PIL's ``NEAREST``; at 2x it keeps source pixel 2i+1)."""
 
     def __post_init__(self):
         if not self.min_depth >= 0 or not self.max_depth > self.min_depth:
@@ -111,6 +117,9 @@ class Protocol:
         if self.sparse_sampler not in _SAMPLERS:
             raise ValueError(f"protocol {self.name!r}: sparse_sampler must be one of {_SAMPLERS}; received "
                              f"{self.sparse_sampler!r}.")
+        if self.image_resize not in _IMAGE_RESIZES:
+            raise ValueError(f"protocol {self.name!r}: image_resize must be one of {_IMAGE_RESIZES}; received "
+                             f"{self.image_resize!r}.")
         if self.outlier_filter is not None:
             window, threshold = self.outlier_filter
             if int(window) != window or window < 3 or window % 2 == 0 or not threshold > 0:
@@ -128,9 +137,12 @@ _MDC = "Marigold-DC"
 PROTOCOLS: dict[str, Protocol] = {
     "nyuv2": Protocol(
         "nyuv2", 0.0, math.inf, None, (240, 320), 500, 2024,
-        f"654 official test images, 640x480 -> 320x240 -> centre crop 304x228, 500 random points from the filled "
-        f"GT ({_MDC}; the seed and the filled GT are assumed)",
-        input_crop=(6, 234, 8, 312), n_images=654),
+        f"654 official test images, 640x480 -> 320x240 (nearest, RGB and GT) -> centre crop 304x228, 500 random "
+        f"points from the filled GT ({_MDC}; the seed and the filled GT are assumed)",
+        # Nearest for the RGB too: Ma & Karaman's val_transform (sparse-to-dense.pytorch, dataloaders/
+        # nyu_dataloader.py), which made the HDF5 Marigold-DC reads, resizes RGB and depth with its transforms.Resize,
+        # whose default is scipy.misc.imresize(..., 'nearest') = PIL NEAREST (source pixel 2i+1 at 2x).
+        input_crop=(6, 234, 8, 312), n_images=654, image_resize="nearest"),
     "kitti_dc": Protocol(
         "kitti_dc", 0.0, math.inf, None, None, None, None,
         f"1000 val_selection_cropped images at 1216x352, velodyne_raw cleaned by a 7x7 / 1.5 m local-minimum "

@@ -159,7 +159,7 @@ class DepthDataset(torch.utils.data.Dataset):
         image, depth, sparse, masks, intr = s.image, s.depth, s.sparse, dict(s.masks), s.intrinsics
         if p.eval_resolution is not None and tuple(image.shape[:2]) != tuple(p.eval_resolution):
             image, depth, sparse, masks, intr = resize_sample_arrays(image, depth, sparse, masks, intr,
-                                                                     p.eval_resolution)
+                                                                     p.eval_resolution, p.image_resize)
         if p.input_crop is not None:
             top, bottom, left, right = p.input_crop
             if bottom > image.shape[0] or right > image.shape[1]:

@@ -119,12 +119,19 @@ def scatter_sparse(sparse: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def resize_sample_arrays(image, depth, sparse, masks: dict, intrinsics, out_hw):
-    """Resize image (area when shrinking, bilinear when enlarging), GT depth and masks (nearest, pixel-centre
-    exact), sparse (:func:`scatter_sparse`) and intrinsics to ``out_hw = (H, W)``."""
+def resize_sample_arrays(image, depth, sparse, masks: dict, intrinsics, out_hw, image_resize: str = "area"):
+    """Resize image, GT depth and masks (nearest, pixel-centre exact), sparse (:func:`scatter_sparse`) and
+    intrinsics (pixels) to ``out_hw = (H, W)`` pixels. The image is resized as ``image_resize`` says
+    (:attr:`depthkit.data.protocols.Protocol.image_resize`): ``"area"`` (area when shrinking, bilinear when
+    enlarging) or ``"nearest"`` (pixel-centre nearest, as the GT; OpenCV's ``INTER_NEAREST_EXACT`` = PIL NEAREST)."""
     h, w = image.shape[:2]
     oh, ow = int(out_hw[0]), int(out_hw[1])
-    interp = cv2.INTER_AREA if oh <= h and ow <= w else cv2.INTER_LINEAR
+    if image_resize == "nearest":
+        interp = cv2.INTER_NEAREST_EXACT
+    elif image_resize == "area":
+        interp = cv2.INTER_AREA if oh <= h and ow <= w else cv2.INTER_LINEAR
+    else:
+        raise ValueError(f"image_resize must be 'area' or 'nearest'; received {image_resize!r}.")
     image = cv2.resize(image, (ow, oh), interpolation=interp)
     if depth is not None:
         depth = cv2.resize(depth, (ow, oh), interpolation=cv2.INTER_NEAREST_EXACT)

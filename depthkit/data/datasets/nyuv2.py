@@ -9,7 +9,8 @@ processed folder.
     <root>/filename_list_test.txt          optional: "rgb depth filled" paths per line, relative to <root>
                                            (Marigold's data_split/nyu_depth/labeled/filename_list_test.txt)
 
-Without a list file, every ``<split>/*/rgb_*.png`` is used, sorted. The protocol (``nyuv2``) resizes to 320x240,
+Without a list file, every ``<split>/*/rgb_*.png`` is used, sorted. The protocol (``nyuv2``) resizes RGB and GT
+to 320x240 by nearest (source pixel 2i+1, as Ma & Karaman's ``val_transform`` behind the HDF5 pair below),
 centre-crops 304x228 and draws 500 random points from the GT; intrinsics are the standard NYUv2 colour-camera
 values (fx 518.858, fy 519.470, cx 325.582, cy 253.736 px at 640x480) with the principal point moved to depthkit's
 0-based pixel centres (cx 324.582, cy 252.736: the NYU toolbox uses its values with MATLAB's 1-based pixel indices,
