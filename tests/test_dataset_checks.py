@@ -11,6 +11,7 @@ from fixtures_datasets import (
     write_ibims_raw,
     write_kitti,
     write_mask_1bit,
+    write_nyu,
     write_processed,
     write_vkitti2,
 )
@@ -96,3 +97,13 @@ def test_hidden_appledouble_files_are_not_listed_as_samples(tmp_path, name, writ
     assert len(ds) == expected
     for i in range(len(ds)):
         assert ds[i]["image"].ndim == 3
+
+
+@pytest.mark.parametrize("h, w", [(240, 320), (480, 320)])
+def test_a_native_nyu_image_that_is_not_640x480_is_refused_not_given_640x480_intrinsics(tmp_path, h, w):
+    """NYU_INTRINSICS are for 640x480; a 320x240 image got cx = 316.6 px (about 154 is right) with no error."""
+    write_nyu(tmp_path, n=1, h=h, w=w)
+    ds = build_dataset("nyuv2", tmp_path, layout="native")
+    with pytest.raises(DatasetLayoutError, match=rf"rgb_0001\.png is {w}x{h} \(WxH\); the native NYUv2 layout holds "
+                                                 r"the labelled set's 640x480 images.*layout='h5'"):
+        ds[0]

@@ -3,7 +3,7 @@ processed folder.
 
 ``layout="native"`` (``nyu_labeled_extracted``, Marigold's extraction of ``nyu_depth_v2_labeled.mat``)::
 
-    <root>/test/<scene>/rgb_XXXX.png       RGB 640x480
+    <root>/test/<scene>/rgb_XXXX.png       RGB 640x480 (another size is refused: the intrinsics are for 640x480)
     <root>/test/<scene>/depth_XXXX.png     uint16 millimetres, raw Kinect depth (0 = missing)
     <root>/test/<scene>/filled_XXXX.png    uint16 millimetres, in-painted depth
     <root>/filename_list_test.txt          optional: "rgb depth filled" paths per line, relative to <root>
@@ -63,6 +63,8 @@ H5_LAYOUT = f"""\
   <root>/{H5_IMAGES}            "img" Nx228x304x3 uint8, "gt" Nx228x304x1 float metres
   <root>/{H5_HINTS}     "hints" Nx228x304x1 float metres (Marigold-DC's 500 points)"""
 LAYOUTS = ("auto", "native", "processed", "h5")
+NATIVE_HW = (480, 640)
+"""(H, W) pixels of every labelled-set image; :data:`NYU_INTRINSICS` hold for this size only."""
 NYU_INTRINSICS = Intrinsics(fx=518.8579, fy=519.4696, cx=325.5824 - 1, cy=253.7362 - 1)
 """Pixels at 640x480, 0-based: the NYU toolbox's principal point (325.5824, 253.7362) is 1-based (module docstring)."""
 H5_HW = (228, 304)
@@ -208,6 +210,12 @@ class NYUv2Dataset(DepthDataset):
         if self.format == "processed":
             return load_processed(self.base, name)
         rgb, raw, filled = self._entries[index]
+        image = read_image(self.base / rgb)
+        if image.shape[:2] != NATIVE_HW:  # NYU_INTRINSICS would be scaled as if from 640x480: a wrong K, no error
+            raise DatasetLayoutError(
+                f"{self.base / rgb} is {image.shape[1]}x{image.shape[0]} (WxH); the native NYUv2 layout holds the "
+                f"labelled set's {NATIVE_HW[1]}x{NATIVE_HW[0]} images, the only size its intrinsics are known for. "
+                f"Use the images of Marigold's extraction as they are (not resized), or the HDF5 pair (layout='h5') "
+                f"for the 304x228 protocol form")
         depth = read_png_depth(self.base / (filled if self.gt == "filled" else raw), 1000.0)
-        return Sample(image=read_image(self.base / rgb), depth=depth, sparse=None,
-                      intrinsics=NYU_INTRINSICS, name=name)
+        return Sample(image=image, depth=depth, sparse=None, intrinsics=NYU_INTRINSICS, name=name)
