@@ -107,3 +107,29 @@ def test_a_native_nyu_image_that_is_not_640x480_is_refused_not_given_640x480_int
     with pytest.raises(DatasetLayoutError, match=rf"rgb_0001\.png is {w}x{h} \(WxH\); the native NYUv2 layout holds "
                                                  r"the labelled set's 640x480 images.*layout='h5'"):
         ds[0]
+
+
+@pytest.mark.parametrize("name, cap", [("hypersim", 65.0), ("vkitti2", 80.0)])
+def test_gt_exactly_at_marigolds_max_depth_is_invalid_as_in_marigold(name, cap):
+    """Marigold's valid mask is ``min_depth < depth < max_depth``; these protocols say they follow it. GT of exactly
+    65 m / 80 m was valid (``<=``)."""
+    from dataclasses import replace
+
+    from depthkit.data.protocols import PROTOCOLS, depth_range_mask
+
+    gt = np.array([[1e-5, 2e-5, cap - 0.01, cap, cap + 0.01]], np.float32)
+    np.testing.assert_array_equal(depth_range_mask(gt, PROTOCOLS[name]), [[False, True, True, False, False]])
+    # a protocol of one's own keeps depthkit's inclusive cap unless it says otherwise
+    own = replace(PROTOCOLS[name], name="own", max_inclusive=True)
+    np.testing.assert_array_equal(depth_range_mask(gt, own), [[False, True, True, True, False]])
+
+
+def test_vkitti2_depth_of_8000_cm_is_outside_the_training_range(tmp_path):
+    from fixtures_datasets import write_png16
+
+    fx = write_vkitti2(tmp_path)
+    raw = fx["depth_raw"][(0, 0)].copy()
+    raw[5:7] = 8000  # exactly 80 m
+    write_png16(tmp_path / "Scene01" / "clone" / "frames" / "depth" / "Camera_0" / "depth_00000.png", raw)
+    item = build_dataset("vkitti2", tmp_path)[0]
+    assert item["depth"][5, 0] == 80.0 and not item["valid"][5:7].any() and item["valid"][7:].all()

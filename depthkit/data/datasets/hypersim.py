@@ -32,7 +32,7 @@ depth is already planar (converted before it was written, with the same f = 886.
 ``ai_VVV_NNN/images/``, else marigold.
 
 Both layouts give the same names (``ai_VVV_NNN_cam_XX_IIII``), the same intrinsics and the ``hypersim`` protocol
-(native resolution, GT valid in 1e-5..65 m, 500 random points). Marigold's training additionally resizes to
+(native resolution, GT valid in 1e-5 < d < 65 m, 500 random points). Marigold's training additionally resizes to
 480x640 (nearest); that is the training recipe's choice, not the reader's.
 """
 
