@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from fixtures_datasets import (
     write_ddad,
+    write_hypersim,
     write_hypersim_marigold,
     write_ibims_mat,
     write_ibims_raw,
@@ -14,6 +15,7 @@ from fixtures_datasets import (
     write_nyu,
     write_processed,
     write_vkitti2,
+    write_void,
 )
 
 from depthkit.data.datasets import DatasetLayoutError, build_dataset
@@ -133,3 +135,35 @@ def test_vkitti2_depth_of_8000_cm_is_outside_the_training_range(tmp_path):
     write_png16(tmp_path / "Scene01" / "clone" / "frames" / "depth" / "Camera_0" / "depth_00000.png", raw)
     item = build_dataset("vkitti2", tmp_path)[0]
     assert item["depth"][5, 0] == 80.0 and not item["valid"][5:7].any() and item["valid"][7:].all()
+
+
+@pytest.mark.parametrize("name, write, text_file, at_item", [
+    ("void150", write_void, "void_150/test_image.txt", False),
+    ("nyuv2", lambda root: write_nyu(root, n=1), "filename_list_test.txt", False),
+    ("hypersim", write_hypersim_marigold, "train/filename_list_train.txt", False),
+    ("hypersim", write_hypersim, "metadata_images_split_scene_v1.csv", False),
+    ("ibims1", write_ibims_raw, "imagelist.txt", False),
+    ("vkitti2", write_vkitti2, "Scene01/clone/intrinsic.txt", True),
+    ("kitti_dc", write_kitti, "depth_selection/val_selection_cropped/intrinsics/*.txt", True),
+])
+def test_a_text_file_that_is_not_utf8_is_refused_naming_the_file_and_the_byte(tmp_path, name, write, text_file,
+                                                                               at_item):
+    """A list / intrinsics / split file with a byte that is not UTF-8 raised a bare UnicodeDecodeError naming no
+    file."""
+    write(tmp_path)
+    path = sorted(tmp_path.glob(text_file))[0]
+    good = path.read_bytes()
+    path.write_bytes(good + b"\xff\n")
+    line = good.count(b"\n") + 1
+    with pytest.raises(DatasetLayoutError, match=rf"{path.name} is not UTF-8 text: byte 0xff at byte offset "
+                                                 rf"{len(good)} \(line {line}\).*save it as UTF-8"):
+        ds = build_dataset(name, tmp_path)
+        if at_item:
+            ds[0]
+
+
+def test_a_utf8_byte_order_mark_is_not_read_as_part_of_the_first_list_entry(tmp_path):
+    fx = write_nyu(tmp_path, n=2)
+    lf = tmp_path / "filename_list_test.txt"
+    lf.write_bytes(b"\xef\xbb\xbf" + lf.read_bytes())
+    assert build_dataset("nyuv2", tmp_path).names == fx["names"]

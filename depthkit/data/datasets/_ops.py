@@ -16,12 +16,30 @@ from scipy import ndimage
 from depthkit.decode import decode_image_file
 from depthkit.geometry import Intrinsics
 
-__all__ = ["DatasetLayoutError", "read_png_raw", "read_png_depth", "read_mask", "read_k_file", "image_rng", "name_crc",
-           "resize_sample_arrays", "scatter_sparse", "filter_local_outliers", "marigold_dc_select"]
+__all__ = ["DatasetLayoutError", "read_text_file", "read_png_raw", "read_png_depth", "read_mask", "read_k_file",
+           "image_rng", "name_crc", "resize_sample_arrays", "scatter_sparse", "filter_local_outliers", "marigold_dc_select"]
 
 
 class DatasetLayoutError(ValueError):
     """A dataset root is missing or does not have the layout its reader expects (names the path and the layout)."""
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a dataset's list, intrinsics or split file, decoded as UTF-8 (a leading byte-order mark dropped).
+    ``what`` names the file's role in the error (e.g. "list file"). A file that is not UTF-8 (saved in another
+    encoding, or damaged) is a :class:`DatasetLayoutError` naming it, the line and byte offset of the first byte that
+    cannot be decoded and what to do, instead of a ``UnicodeDecodeError`` that names no file."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DatasetLayoutError(
+            f"{what} {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} (line {line}) "
+            f"cannot be decoded ({exc.reason}). Restore the file from the dataset's release, or save it as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")
 
 
 def _decode(path: Path, what: str) -> np.ndarray | None:
@@ -76,8 +94,9 @@ def read_k_file(path: Path) -> Intrinsics:
     path = Path(path)
     if not path.is_file():
         raise DatasetLayoutError(f"intrinsics file not found: {path}")
+    text = read_text_file(path, "intrinsics file")
     try:
-        vals = [float(v) for v in path.read_text().replace(",", " ").split()]
+        vals = [float(v) for v in text.replace(",", " ").split()]
     except ValueError as exc:
         raise DatasetLayoutError(f"intrinsics file {path} must contain numbers only: {exc}") from exc
     if len(vals) == 4:

@@ -39,6 +39,7 @@ Both layouts give the same names (``ai_VVV_NNN_cam_XX_IIII``), the same intrinsi
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
@@ -46,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from depthkit.data.datasets._base import Sample
-from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth
+from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth, read_text_file
 from depthkit.data.datasets._training import TrainingDepthDataset
 from depthkit.geometry import Intrinsics
 from depthkit.io import read_image
@@ -172,7 +173,7 @@ or Marigold's preprocessed PNGs (layout='marigold'):
             raise self.layout_error(f"split file {path} is missing; download {SPLIT_CSV} from ml-hypersim "
                                     "(evermotion_dataset/analysis/) or pass split='all'")
         keep = set()
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.StringIO(read_text_file(path, "split file"), newline="") as f:
             reader = csv.DictReader(f)
             need = {"scene_name", "camera_name", "frame_id", "included_in_public_release", "split_partition_name"}
             if not need <= set(reader.fieldnames or ()):
@@ -206,7 +207,7 @@ or Marigold's preprocessed PNGs (layout='marigold'):
                        if (base / f"filename_list_{self.split}{tail}.txt").is_file()), None)
         if lf is not None:
             pairs = []
-            for lineno, line in enumerate(lf.read_text().splitlines(), 1):
+            for lineno, line in enumerate(read_text_file(lf, "list file").splitlines(), 1):
                 parts = line.split()
                 if not parts:
                     continue

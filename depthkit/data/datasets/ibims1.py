@@ -33,7 +33,7 @@ from depthkit.data.datasets._base import (
     processed_names,
     visible,
 )
-from depthkit.data.datasets._ops import DatasetLayoutError, read_k_file, read_mask, read_png_raw
+from depthkit.data.datasets._ops import DatasetLayoutError, read_k_file, read_mask, read_png_raw, read_text_file
 from depthkit.geometry import Intrinsics
 from depthkit.io import read_image
 
@@ -86,7 +86,7 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
     def _list_names(self) -> list[str]:
         for lf in (self.base / "imagelist.txt", self.base.parent / "imagelist.txt"):
             if lf.is_file():
-                names = [Path(ln.strip()).stem for ln in lf.read_text().splitlines() if ln.strip()]
+                names = [Path(ln.strip()).stem for ln in read_text_file(lf, "image list").splitlines() if ln.strip()]
                 if names:
                     return names
         if self.format == "raw":

@@ -49,7 +49,7 @@ from depthkit.data.datasets._base import (
     processed_names,
     visible,
 )
-from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth
+from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth, read_text_file
 from depthkit.geometry import Intrinsics
 from depthkit.io import read_image
 
@@ -176,7 +176,7 @@ class NYUv2Dataset(DepthDataset):
             raise self.layout_error(f"list file {lf} does not exist")
         entries = []
         if lf.is_file():
-            for lineno, line in enumerate(lf.read_text().splitlines(), 1):
+            for lineno, line in enumerate(read_text_file(lf, "list file").splitlines(), 1):
                 parts = line.split()
                 if not parts:
                     continue

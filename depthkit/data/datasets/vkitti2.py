@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from depthkit.data.datasets._base import Sample
-from depthkit.data.datasets._ops import DatasetLayoutError, read_png_raw
+from depthkit.data.datasets._ops import DatasetLayoutError, read_png_raw, read_text_file
 from depthkit.data.datasets._training import TrainingDepthDataset
 from depthkit.geometry import Intrinsics
 from depthkit.io import read_image
@@ -101,7 +101,7 @@ class VKITTI2Dataset(TrainingDepthDataset):
         table = self._intrinsics_cache.get(path)
         if table is None:
             table = {}
-            for lineno, line in enumerate(path.read_text().splitlines()[1:], 2):
+            for lineno, line in enumerate(read_text_file(path, "intrinsics file").splitlines()[1:], 2):
                 parts = line.split()
                 if not parts:
                     continue

@@ -30,6 +30,7 @@ from depthkit.data.datasets._base import (
     load_processed,
     processed_names,
 )
+from depthkit.data.datasets._ops import read_text_file
 
 DENSITIES = (150, 500, 1500)
 _LISTS = ("image", "sparse_depth", "ground_truth", "intrinsics")
@@ -81,7 +82,7 @@ or Marigold-DC's processed folder (void150/, void500/, void1500/):
             lf = dens_dir / f"{self.split}_{what}.txt"
             if not lf.is_file():
                 raise self.layout_error(f"list file {lf} is missing")
-            lines = [ln.strip() for ln in lf.read_text().splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in read_text_file(lf, "list file").splitlines() if ln.strip()]
             columns.append([self._resolve(release, dens_dir, line, lf) for line in lines])
         lengths = {len(c) for c in columns}
         if len(lengths) != 1:
