@@ -167,3 +167,22 @@ def test_a_utf8_byte_order_mark_is_not_read_as_part_of_the_first_list_entry(tmp_
     lf = tmp_path / "filename_list_test.txt"
     lf.write_bytes(b"\xef\xbb\xbf" + lf.read_bytes())
     assert build_dataset("nyuv2", tmp_path).names == fx["names"]
+
+
+@pytest.mark.parametrize("name, write, list_files", [
+    ("nyuv2", lambda root: write_nyu(root, n=2), ["filename_list_test.txt"]),
+    ("void150", write_void, [f"void_150/test_{w}.txt" for w in ("image", "sparse_depth", "ground_truth", "intrinsics")]),
+    ("hypersim", write_hypersim_marigold, ["train/filename_list_train.txt"]),
+    ("ibims1", write_ibims_raw, ["imagelist.txt"]),
+])
+def test_a_list_file_naming_one_image_twice_is_refused(tmp_path, name, write, list_files):
+    """A repeated line made one image be read, and scored, twice (its error counted twice in the mean)."""
+    write(tmp_path)
+    for rel in list_files:  # VOID: the same repeat in all four parallel lists, so rows still pair up
+        lf = tmp_path / rel
+        lines = lf.read_text().splitlines()
+        lf.write_text("\n".join([*lines, lines[0], lines[0]]) + "\n")
+    first = (tmp_path / list_files[0]).read_text().splitlines()[0]
+    with pytest.raises(DatasetLayoutError, match=rf"{list_files[0].split('/')[-1]} names 1 sample\(s\) more than "
+                                                 rf"once: '{first}' \(3 times\).*Remove the repeated lines"):
+        build_dataset(name, tmp_path)

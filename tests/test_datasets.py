@@ -402,7 +402,7 @@ def test_a_processed_folder_with_two_images_of_one_name_is_refused(tmp_path):
     """rgb/0000.png and rgb/0000.jpg: sample 0000 would be listed, and scored, twice."""
     fx = write_processed(tmp_path)
     write_rgb_jpg(tmp_path / "rgb" / "0000.jpg", fx["rgb"][0])
-    with pytest.raises(DatasetLayoutError, match=r"several images named \['0000'\]"):
+    with pytest.raises(DatasetLayoutError, match=r"rgb names 1 sample\(s\) more than once: '0000' \(2 times\)"):
         build_dataset("kitti_dc", tmp_path)
 
 

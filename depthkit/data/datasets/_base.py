@@ -205,6 +205,26 @@ def visible(paths) -> list[Path]:
     return [p for p in paths if not p.name.startswith(".")]
 
 
+def refuse_repeated(ds: DepthDataset, names: list[str], source, fix: str, listed: list[str] | None = None) -> None:
+    """Refuse a listing (a list file, a folder) that names one sample more than once: the sample would be read, and
+    scored, once per mention, counting twice in the mean. ``names`` are the samples in listing order; ``listed`` (same
+    length, optional) what the listing says for each, shown in the error instead of the name; ``source`` is the file
+    or folder and ``fix`` what to do."""
+    count: dict[str, int] = {}
+    for name in names:
+        count[name] = count.get(name, 0) + 1
+    repeated = [name for name, n in count.items() if n > 1]
+    if not repeated:
+        return
+    shown: dict[str, str] = {}
+    for name, entry in zip(names, listed or names):
+        shown.setdefault(name, entry)  # the first mention of each name
+    first = ", ".join(f"{shown[name]!r} ({count[name]} times)" for name in repeated[:3])
+    more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+    raise ds.layout_error(f"{source} names {len(repeated)} sample(s) more than once: {first}{more}; each would be "
+                          f"read, and scored, once per mention. {fix}")
+
+
 def is_processed_folder(root: Path) -> bool:
     """True when ``root`` holds Marigold-DC's processed layout (rgb/, sparse/*.npy, gt/)."""
     return (root / "rgb").is_dir() and (root / "gt").is_dir() and (root / "sparse").is_dir() and \
@@ -223,10 +243,7 @@ def processed_names(ds: DepthDataset, root: Path) -> list[str]:
     names = sorted(p.stem for p in _processed_images(root))
     if not names:
         raise ds.layout_error(f"{root / 'rgb'} holds no .png/.jpg images")
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:  # e.g. 0000.png and 0000.jpg: one sample would be listed (and scored) twice
-        raise ds.layout_error(f"{root / 'rgb'} holds several images named {twice[:3]} (different suffixes); keep one "
-                              "image per sample")
+    refuse_repeated(ds, names, root / "rgb", "Keep one image per sample (0000.png and 0000.jpg are one sample, 0000)")
     for name in names:
         for sub in ("sparse", "gt"):
             if not (root / sub / f"{name}.npy").is_file():

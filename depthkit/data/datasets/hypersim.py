@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthkit.data.datasets._base import Sample
+from depthkit.data.datasets._base import Sample, refuse_repeated
 from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth, read_text_file
 from depthkit.data.datasets._training import TrainingDepthDataset
 from depthkit.geometry import Intrinsics
@@ -236,6 +236,10 @@ or Marigold's preprocessed PNGs (layout='marigold'):
                     raise self.layout_error(f"{base / rel} is missing ({origin})")
             self._entries.append((base / rgb_rel, base / depth_rel))
             self.names.append(f"{scene}_{m.group(1)}_{m.group(2)}")
+        if lf is not None:
+            refuse_repeated(self, self.names, lf, "Remove the repeated lines (or restore the file from Marigold's "
+                            "data_split)", listed=[f"{rgb.relative_to(base)} {depth.relative_to(base)}"
+                                                   for rgb, depth in self._entries])
         if not self._entries:
             raise self.layout_error(f"no <scene>/rgb_cam_XX_frIIII.png of split {self.split!r} found under {base}")
 

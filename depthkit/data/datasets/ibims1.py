@@ -31,6 +31,7 @@ from depthkit.data.datasets._base import (
     is_processed_folder,
     load_processed,
     processed_names,
+    refuse_repeated,
     visible,
 )
 from depthkit.data.datasets._ops import DatasetLayoutError, read_k_file, read_mask, read_png_raw, read_text_file
@@ -86,8 +87,11 @@ or <root>/ibims1_core_mat/<name>.mat (or <root> = that folder), or Marigold-DC's
     def _list_names(self) -> list[str]:
         for lf in (self.base / "imagelist.txt", self.base.parent / "imagelist.txt"):
             if lf.is_file():
-                names = [Path(ln.strip()).stem for ln in read_text_file(lf, "image list").splitlines() if ln.strip()]
+                listed = [ln.strip() for ln in read_text_file(lf, "image list").splitlines() if ln.strip()]
+                names = [Path(ln).stem for ln in listed]
                 if names:
+                    refuse_repeated(self, names, lf, "Remove the repeated lines (or restore imagelist.txt from the "
+                                    "release)", listed=listed)
                     return names
         if self.format == "raw":
             names = sorted(p.stem for p in visible((self.base / "rgb").glob("*.png")))

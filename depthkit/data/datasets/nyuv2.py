@@ -47,6 +47,7 @@ from depthkit.data.datasets._base import (
     is_processed_folder,
     load_processed,
     processed_names,
+    refuse_repeated,
     visible,
 )
 from depthkit.data.datasets._ops import DatasetLayoutError, read_png_depth, read_text_file
@@ -72,6 +73,11 @@ H5_HW = (228, 304)
 _h = NYU_INTRINSICS.scaled(0.5, 0.5)
 H5_INTRINSICS = Intrinsics(_h.fx, _h.fy, _h.cx - 8, _h.cy - 6)
 """NYU_INTRINSICS at 320x240 (pixel-centre model) shifted by the 304x228 centre crop."""
+
+
+def _native_name(rgb: str) -> str:
+    """``<scene>_<index>`` of a native-layout image path (``test/<scene>/rgb_XXXX.png``)."""
+    return f"{Path(rgb).parent.name}_{Path(rgb).stem.split('_')[-1]}"
 
 
 class NYUv2Dataset(DepthDataset):
@@ -111,7 +117,7 @@ class NYUv2Dataset(DepthDataset):
             self.names = processed_names(self, base)
         else:
             self._entries = self._list_entries(base, list_file)
-            self.names = [f"{Path(rgb).parent.name}_{Path(rgb).stem.split('_')[-1]}" for rgb, _, _ in self._entries]
+            self.names = [_native_name(rgb) for rgb, _, _ in self._entries]
 
     def _pick_layout(self, layout: str, base: Path) -> str:
         h5 = all((self.root / f).is_file() for f in (H5_IMAGES, H5_HINTS))
@@ -185,6 +191,8 @@ class NYUv2Dataset(DepthDataset):
                 entries.append(tuple(parts))
             if not entries:
                 raise self.layout_error(f"list file {lf} names no images; expected 'rgb depth filled' paths per line")
+            refuse_repeated(self, [_native_name(e[0]) for e in entries], lf, "Remove the repeated lines (or restore "
+                            "the file from Marigold's data_split)", listed=[" ".join(e) for e in entries])
         else:
             split_dir = base / self.split
             if not split_dir.is_dir():

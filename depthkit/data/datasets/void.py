@@ -29,6 +29,7 @@ from depthkit.data.datasets._base import (
     load_png256_sample,
     load_processed,
     processed_names,
+    refuse_repeated,
 )
 from depthkit.data.datasets._ops import read_text_file
 
@@ -77,12 +78,12 @@ or Marigold-DC's processed folder (void150/, void500/, void1500/):
         else:
             raise self.layout_error(f"{self.root} has no {folder}/ folder (and is not one)")
         self.base = dens_dir
-        columns = []
+        columns, listed = [], {}
         for what in _LISTS:
             lf = dens_dir / f"{self.split}_{what}.txt"
             if not lf.is_file():
                 raise self.layout_error(f"list file {lf} is missing")
-            lines = [ln.strip() for ln in read_text_file(lf, "list file").splitlines() if ln.strip()]
+            lines = listed[what] = [ln.strip() for ln in read_text_file(lf, "list file").splitlines() if ln.strip()]
             columns.append([self._resolve(release, dens_dir, line, lf) for line in lines])
         lengths = {len(c) for c in columns}
         if len(lengths) != 1:
@@ -94,6 +95,8 @@ or Marigold-DC's processed folder (void150/, void500/, void1500/):
         self._check_rows(dens_dir)
         # <sequence>_<timestamp>: unique, and the same for every density, so seeds and outputs line up across them.
         self.names = [f"{Path(e[0]).parent.parent.name}_{Path(e[0]).stem}" for e in self._entries]
+        refuse_repeated(self, self.names, dens_dir / f"{self.split}_image.txt", "Remove the repeated lines from all "
+                        "four list files (or restore them from the release)", listed=listed["image"])
 
     def _check_rows(self, dens_dir: Path) -> None:
         """Refuse list files whose line N names different frames: the lists are read in parallel, so a reordered or
