@@ -445,12 +445,10 @@ class CheckpointRef:
 
     @classmethod
     def default(cls) -> CheckpointRef | None:
-        """The embedded default checkpoint (:func:`default_checkpoint`), or None when this install has none."""
+        """The embedded default checkpoint (:func:`default_checkpoint`), or None when this install has none; opened
+        by :meth:`open`, so its checks (:func:`check_tree` too) are those of any checkpoint given by path."""
         root = default_checkpoint()
-        if root is None:
-            return None
-        manifest = load_manifest(root)
-        return cls(root, dict(manifest["stages"]), manifest_default_stages(manifest, root / MANIFEST))
+        return None if root is None else cls.open(root)
 
     def options(self, stage: str) -> dict:
         """A copy of the stored options of ``stage`` (empty when the manifest does not list it)."""
