@@ -284,9 +284,11 @@ def available_checkpoints() -> list[Path]:
 
 
 def default_checkpoint() -> Path | None:
-    """The embedded default checkpoint (``checkpoints/default``), or None when this install has none."""
+    """The embedded default checkpoint (``checkpoints/default``), or None when this install has no such folder. A
+    folder that lost its ``depthkit.json`` is returned too: opening it names what is missing, where returning None
+    would run the classical fill in its place without a word."""
     path = embedded_checkpoints_dir() / "default"
-    return path if (path / MANIFEST).is_file() else None
+    return path if path.is_dir() else None
 
 
 def safe_join(root: Path, relative: str) -> Path:

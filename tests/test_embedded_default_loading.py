@@ -40,3 +40,17 @@ def test_the_default_is_checked_like_any_checkpoint(hostile_default, tmp_path, c
     code = main(["run", "--stages", "complete,sharpen", "--image", str(tmp_path / "i.png"), "--sparse",
                  str(tmp_path / "s.npy"), "--out", str(tmp_path / "out")])
     assert code != 0 and "symlink" in capsys.readouterr().err
+
+
+def test_a_default_that_lost_its_manifest_is_an_error_not_the_classical_fill(tmp_path, monkeypatch):
+    from depthkit import Pipeline
+    from depthkit.cli import main
+
+    root = tmp_path / "embedded" / "default"
+    assert main(["init-checkpoint", "--tiny", str(root), "--stages", "complete"]) == 0
+    (root / "depthkit.json").unlink()
+    monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(root.parent))
+    with pytest.raises(CheckpointError, match=r"depthkit.json is missing \(found: complete"):
+        Pipeline()
+    monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(tmp_path / "none"))  # no default folder at all: classical
+    assert Pipeline().stage_names == ("complete",)
