@@ -94,10 +94,15 @@ def check_model_dir(root: Path, unet_subfolder: str = "unet") -> None:
     # a part that is absent is named as such (vae); one whose folder is there names the file it lacks (vae/config.json)
     absent = [name for name, rel in required.items() if not (root / rel).is_file()]
     missing = [rel if (root / name).is_dir() else name for name, rel in required.items() if name in absent]
-    missing += [f"{s}/diffusion_pytorch_model.safetensors" for s in (unet_subfolder, "vae")
-                if s not in absent and not any((root / s).glob("diffusion_pytorch_model*"))]
+    no_weights = [s for s in (unet_subfolder, "vae")
+                  if s not in absent and not any((root / s).glob("diffusion_pytorch_model*.safetensors"))]
+    missing += [f"{s}/diffusion_pytorch_model.safetensors" for s in no_weights]
     if not missing:
         return
+    pickles = [str(p.relative_to(root)) for s in no_weights for p in sorted((root / s).glob("*.bin"))]
+    if pickles:  # never unpickled, not even with weights_only: a depthkit folder holds safetensors only
+        missing[-1] += (f" ({', '.join(pickles)}: PyTorch pickle weights, which depthkit does not load; convert them "
+                        "with save_pretrained(DIR, safe_serialization=True))")
     found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
     hint = ("This looks like a released diffusers pipeline (it has text_encoder/): import it into depthkit's layout, "
             "which computes the empty-prompt embedding once with compute_empty_prompt_embeds()."
@@ -217,7 +222,11 @@ def load_pass1_unet(root: Path, separate: bool, sharpener_unet, device=None, dty
     from depthkit.checkpoints import check_finite_weights
 
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    lotus_unet = load_diffusers_model(UNet2DConditionModel, unet_dir, "the pass-1 Lotus UNet weights", **kwargs)
+    kwargs["use_safetensors"] = True  # never a pickle .bin beside or instead of the safetensors
+    from depthkit.checkpoints import loading
+
+    with loading(unet_dir, "the pass-1 Lotus UNet (config.json, diffusion_pytorch_model.safetensors)"):
+        lotus_unet = load_diffusers_model(UNet2DConditionModel, unet_dir, "the pass-1 Lotus UNet weights", **kwargs)
     lotus_unet = lotus_unet.to(device or "cpu").eval()
     check_finite_weights(lotus_unet, unet_dir, "the pass-1 Lotus UNet weights")
     try:

@@ -436,6 +436,7 @@ class LotusModel(nn.Module):
             bounded("default_processing_resolution", meta.get("default_processing_resolution"),
                     *BOUNDS["processing_resolution"], root / LOTUS_JSON, optional=True)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        kwargs["use_safetensors"] = True  # safetensors only: a pickle .bin is refused (check_model_dir names it)
         try:
             unet = load_diffusers_model(UNet2DConditionModel, root / unet_subfolder, "the UNet weights", **kwargs)
             vae = load_diffusers_model(AutoencoderKL, root / "vae", "the VAE weights", **kwargs)
