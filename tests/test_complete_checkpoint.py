@@ -314,3 +314,23 @@ def test_digit_token_ids_read_from_tokenizer():
     tok = build_offline_tokenizer()
     ids = digit_token_ids(tok)
     assert [tok.decode([i]) for i in ids] == list("0123456789")
+
+
+def test_an_adapter_with_keys_of_another_model_is_refused(tmp_path):
+    """peft only warns on adapter keys it does not find (their LoRA B stays 0: the merged model is the bare base)."""
+    from safetensors.torch import load_file, save_file
+
+    model, processor, _ = _trained_like(lora=True)
+    fresh, _ = build_tiny_base(SMALL, seed=1)
+    save_complete(tmp_path / "c", model, processor, {"base_model": "hub:Qwen/Qwen2.5-VL-3B-Instruct"},
+                  merge_lora=False)
+    fresh.save_pretrained(tmp_path / "base")
+    load_complete(tmp_path / "c", base_model=str(tmp_path / "base"))  # intact: loads
+    weights = tmp_path / "c" / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k.replace(".layers.", ".blocks."): v for k, v in tensors.items()}, str(weights))
+    with pytest.raises(CheckpointError, match=r"adapter_model.safetensors does not match.*missing.*unexpected"):
+        load_complete(tmp_path / "c", base_model=str(tmp_path / "base"))
+    save_file({k: v for k, v in list(tensors.items())[1:]}, str(weights))  # one tensor short
+    with pytest.raises(CheckpointError, match=r"1 missing"):
+        load_complete(tmp_path / "c", base_model=str(tmp_path / "base"))

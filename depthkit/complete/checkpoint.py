@@ -401,13 +401,9 @@ def load_complete(directory, device="cpu", dtype="float32", attn_implementation:
         if base_model is None:
             ref = _base_reference(directory, ref)
         base = load_base_model(ref, dtype=dtype, attn_implementation=attn_implementation)
-        from peft import PeftModel
+        from depthkit.complete.adapter import load_merged_adapter
 
-        try:
-            base = PeftModel.from_pretrained(base, str(adapter), is_trainable=False).merge_and_unload()
-        except Exception as exc:
-            raise CheckpointError(f"the LoRA adapter in {adapter} does not fit base model {ref!r} "
-                                  f"({type(exc).__name__}: {exc}).") from exc
+        base = load_merged_adapter(base, adapter, ref)  # keys checked: peft itself only warns
 
     _check_safetensors(directory / DEPTH_MODULES_FILE)
     with loading(directory, f"the depth modules ({DEPTH_MODULES_FILE}, {SDIM_CONFIG_FILE})"):
