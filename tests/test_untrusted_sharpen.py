@@ -58,3 +58,31 @@ def test_pickle_weights_in_a_pass1_unet_are_refused(sck):
     st.unlink()
     with pytest.raises(CheckpointError, match="pass-1 Lotus UNet.*lotus_unet.*does not load"):
         _load(sck)
+
+
+def _edit(path, **changes):
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if key == "config":
+            data["config"].update(value)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("edit, file, said", [
+    (lambda s: _edit(s / "lotus.json", mode="fancy"), "lotus.json", "mode must be one of"),
+    (lambda s: _edit(s / "lotus.json", timestep=5000), "lotus.json", r"timestep must be in \[0, 999\]"),
+    (lambda s: _edit(s / "scheduler" / "scheduler_config.json", num_train_timesteps=100), "scheduler_config.json",
+     r"timestep must be in \[0, 99\]"),
+    (lambda s: __import__("safetensors.torch").torch.save_file(
+        {"empty_prompt_embeds": torch.zeros(1, 2, 7)}, str(s / "empty_prompt_embeds.safetensors")),
+     "empty_prompt_embeds.safetensors", "empty_prompt_embeds must be 1 x L x 32"),
+    (lambda s: _edit(s / "sharpdepth.json", config={"gate_noise": "x"}), "sharpdepth.json", "gate_noise must be one"),
+])
+def test_a_bad_stored_value_is_a_checkpoint_error_naming_its_file(sck, edit, file, said):
+    """Not a ValueError blamed on the manifest's stage options (Pipeline adds that to a plain ValueError)."""
+    edit(sck / "sharpen")
+    with pytest.raises(CheckpointError, match=said) as err:
+        _load(sck)
+    assert file in str(err.value) and "come from" not in str(err.value)

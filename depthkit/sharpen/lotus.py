@@ -425,6 +425,7 @@ class LotusModel(nn.Module):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
         check_model_dir(root, unet_subfolder)
+        given = {k: v for k, v in {"mode": mode, "norm": norm, **overrides}.items() if v is not None}
         meta = {}
         if (root / LOTUS_JSON).is_file():
             from depthkit.checkpoints import BOUNDS, bounded, check_format_version, check_typed_fields, read_json
@@ -458,7 +459,13 @@ class LotusModel(nn.Module):
         opts = {"timestep": meta.get("timestep"),
                 "default_processing_resolution": meta.get("default_processing_resolution")}
         opts.update(overrides)
-        model = cls(unet, vae, embeds, mode=mode, norm=norm or meta.get("norm", "depth"), scheduler=scheduler,
-                    **opts)
+        try:
+            model = cls(unet, vae, embeds, mode=mode, norm=norm or meta.get("norm", "depth"), scheduler=scheduler,
+                        **opts)
+        except ValueError as exc:  # a stored value: name the files that hold them, not the caller's options
+            raise CheckpointError(f"{root} does not load: {exc} Its values are stored in {LOTUS_JSON}, {EMBEDS_FILE}, "
+                                  f"scheduler/scheduler_config.json and {unet_subfolder}/config.json"
+                                  f"{f' (arguments given: {given})' if given else ''}; re-export or re-import "
+                                  "the checkpoint.") from None
         model.eval()
         return model.to(device=device or "cpu", dtype=dtype)

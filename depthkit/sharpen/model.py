@@ -468,5 +468,11 @@ class SharpDepth(nn.Module):
         check_sharpener_files(root)
         model = LotusModel.from_dir(root, device=device, dtype=dtype)
         stored, separate = read_sharpdepth_json(root)
+        from depthkit.checkpoint_errors import CheckpointError
+
+        try:  # the stored switches alone first: a bad one is the file's, a bad override the caller's
+            SharpDepthConfig.from_dict(stored)
+        except ValueError as exc:
+            raise CheckpointError(f"{root / SHARPDEPTH_JSON}: {exc} Fix the file or re-export it.") from None
         lotus_unet = load_pass1_unet(root, separate, model.unet, device=device, dtype=dtype)
         return cls(model, SharpDepthConfig.from_dict({**stored, **(config or {})}), lotus_unet=lotus_unet)
