@@ -57,6 +57,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "kernel_size": (1, 31),
     "processing_resolution": (8, 4096),  # longest side (pixels) the sharpen UNet works at
     "vae_scale_factor": (1, 64),
+    "num_train_timesteps": (1, 10_000),  # a diffusion scheduler's steps (Stable Diffusion: 1000); allocated per step
 }
 """Documented range ``(lo, hi)`` of every size a checkpoint may set (see :func:`bounded`)."""
 MAX_WORKING_SIDE = 2048

@@ -86,3 +86,24 @@ def test_a_bad_stored_value_is_a_checkpoint_error_naming_its_file(sck, edit, fil
     with pytest.raises(CheckpointError, match=said) as err:
         _load(sck)
     assert file in str(err.value) and "come from" not in str(err.value)
+
+
+@pytest.mark.parametrize("steps, said", [(10**9, "num_train_timesteps=1000000000 is outside the allowed range"),
+                                         (0, "num_train_timesteps=0 is outside"), ("1000", "num_train_timesteps='1000'")])
+def test_a_scheduler_length_outside_its_bound_is_refused_before_it_is_allocated(sck, steps, said):
+    """A 600-byte scheduler_config.json asking for 10^9 steps had the scheduler allocate them (the OOM killer took the
+    process at 24 GB); the length is bounded (BOUNDS['num_train_timesteps']) before the scheduler is built. Fails if
+    the bound is not checked (10^9: allocated; 0 and a string: diffusers' own error, or none)."""
+    _edit(sck / "sharpen" / "scheduler" / "scheduler_config.json", num_train_timesteps=steps)
+    with pytest.raises(CheckpointError, match=said) as err:
+        _load(sck)
+    assert "scheduler_config.json" in str(err.value)
+
+
+def test_an_empty_prompt_embedding_without_tokens_is_refused(sck):
+    """A 1 x 0 x D embedding gave cross-attention over no tokens: finite output of the wrong model."""
+    from safetensors.torch import save_file
+
+    save_file({"empty_prompt_embeds": torch.zeros(1, 0, 32)}, str(sck / "sharpen" / "empty_prompt_embeds.safetensors"))
+    with pytest.raises(CheckpointError, match=r"L >= 1 tokens.*received \(1, 0, 32\)"):
+        _load(sck)

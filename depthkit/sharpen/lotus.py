@@ -179,9 +179,10 @@ class LotusModel(nn.Module):
         embeds = torch.as_tensor(empty_prompt_embeds)
         if embeds.ndim == 2:
             embeds = embeds[None]
-        if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[-1] != cfg.cross_attention_dim:
+        if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[1] < 1 or embeds.shape[-1] != cfg.cross_attention_dim:
             raise ValueError(
-                f"empty_prompt_embeds must be 1 x L x {cfg.cross_attention_dim} (the UNet's cross_attention_dim); "
+                f"empty_prompt_embeds must be 1 x L x {cfg.cross_attention_dim} (L >= 1 tokens; the UNet's "
+                "cross_attention_dim last); "
                 f"received {tuple(embeds.shape)}."
             )
         if scheduler is None:
@@ -436,6 +437,14 @@ class LotusModel(nn.Module):
             check_format_version(meta.get("format_version", FORMAT_VERSION), FORMAT_VERSION, root / LOTUS_JSON)
             bounded("default_processing_resolution", meta.get("default_processing_resolution"),
                     *BOUNDS["processing_resolution"], root / LOTUS_JSON, optional=True)
+        from depthkit.checkpoints import BOUNDS, bounded, read_json
+
+        scheduler_json = root / "scheduler" / "scheduler_config.json"
+        if scheduler_json.is_file():  # its length is allocated by the scheduler: bounded before it is built
+            stored = read_json(scheduler_json, "scheduler settings")
+            if isinstance(stored, dict):
+                bounded("num_train_timesteps", stored.get("num_train_timesteps"), *BOUNDS["num_train_timesteps"],
+                        scheduler_json, optional=True)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         kwargs["use_safetensors"] = True  # safetensors only: a pickle .bin is refused (check_model_dir names it)
         try:
