@@ -13,6 +13,7 @@ every stage, so no stage can lose a measurement.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 
@@ -253,6 +254,10 @@ class Pipeline:
             models there (classical methods run on the CPU whatever it says). A missing device is an error.
         dtype: ``"float32"`` (CPU default) or ``"bfloat16"``/``"float16"`` (CUDA).
         stage_options: per-stage keyword options, e.g. ``{"complete": {"query_stride": 4}}``.
+
+    A Pipeline may be shared between threads: it runs one image at a time (a lock), because its stages keep per-call
+    state on their models (the sharpener's attention processors are swapped in for each call, the completer keeps
+    ``last_stats``); concurrent calls would gain nothing anyway, as torch already uses every core (or the one GPU).
     """
 
     def __init__(self, stages: Sequence[str] | str | None = None, method: str | None = None, checkpoint=None,
@@ -295,6 +300,7 @@ class Pipeline:
                              f"{stages}; drop the method, or add 'complete' in front.")
         self.stage_names = stages
         self.device, self.dtype = device, dtype
+        self._lock = threading.Lock()
         self.stages = []
         for s in stages:
             opts = dict(stage_options.get(s, {}))
@@ -388,7 +394,21 @@ class Pipeline:
             )
         return image, sparse, depth
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_lock"]  # a lock does not pickle; each copy gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _run_one(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None) -> DepthOutput:
+        """One image through every stage, one call at a time (see the class docstring: threads share the models)."""
+        with self._lock:
+            return self._run_stages(image, sparse, depth)
+
+    def _run_stages(self, image: np.ndarray, sparse: np.ndarray, depth: np.ndarray | None) -> DepthOutput:
         results: dict[str, StageResult] = {}
         timings: dict[str, float] = {}
         t_all = time.perf_counter()

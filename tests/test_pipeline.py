@@ -383,3 +383,53 @@ def test_the_run_summary_repr_shows_the_settings_in_force():
                                            "sharpen": {"config": {"keep_near_measured_px": 0.0}}}))
     assert "refiner=off" in changed and "hole_fill" not in changed and "keep_near_measured_px" not in changed
     assert "'change_within_measured_px': 32" in changed
+
+
+def test_a_pipeline_shared_by_threads_runs_one_image_at_a_time(monkeypatch):
+    """Two threads calling one Pipeline: its stages keep per-call state on their models (the default sharpener swaps
+    its UNet's attention processors in for each call), and a second call entering while the first ran failed with
+    "self_attention_max_keys cannot pool this UNet's self-attention: its processor is PooledKeysAttention". The
+    stage here notes whether another call entered while it was inside; the Pipeline must not let one."""
+    import dataclasses
+    import pickle
+    import threading
+
+    from depthkit import stages
+    from depthkit.outputs import StageResult
+
+    image, sparse = _scene()  # the lock does not stop a pipeline from pickling (a classical one does)
+    assert pickle.loads(pickle.dumps(Pipeline(method="nearest")))(image, sparse).depth.shape == sparse.shape
+    inside, overlapped, calls, second = [], [], [], threading.Event()
+
+    class Stateful:
+        name = "complete"
+
+        def run(self, image, sparse, depth=None):
+            if inside:
+                overlapped.append(True)
+            inside.append(True)
+            calls.append(True)
+            if len(calls) == 1:
+                second.wait(0.5)  # the first call waits here for a second one to enter (it must not)
+            else:
+                second.set()
+            inside.pop()
+            return StageResult(depth=np.full(sparse.shape, 2.5, np.float32))
+
+    monkeypatch.setitem(stages.STAGES, "complete",
+                        dataclasses.replace(stages.STAGES["complete"], factory=lambda *a, **k: Stateful()))
+    pipe = Pipeline(stages=("complete",))
+    errors = []
+
+    def call():
+        try:
+            pipe(image, sparse)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not overlapped
