@@ -63,7 +63,15 @@ def resolve_device(device: str) -> str:
 
 
 def _to_numpy(x, what: str) -> np.ndarray:
+    """``x`` as a numpy array when it is a tensor, a PIL image or a sparse matrix; anything else as given. A sparse
+    tensor or scipy.sparse matrix is made dense: its implicit zeros are what 0 means in a depth map (missing)."""
+    if type(x).__module__.startswith("scipy.sparse") and hasattr(x, "toarray"):
+        return x.toarray()
     if type(x).__module__.startswith("torch"):
+        if getattr(x, "is_meta", False):
+            raise ValueError(f"{what} is a tensor on the meta device, which holds no values; pass one with data.")
+        if getattr(x, "layout", None) is not None and str(x.layout) != "torch.strided":
+            x = x.to_dense()  # sparse COO / CSR layouts
         x = x.detach().cpu()
         if x.dtype.is_floating_point and x.dtype.itemsize < 4:  # bfloat16 has no numpy dtype; float16 widens exactly
             x = x.float()
@@ -168,6 +176,7 @@ def check_sparse(sparse, shape: tuple[int, int], what: str = "sparse", depth_sca
     metre) and refused without one; float maps are metres (a scale given with one is not applied; a warning says
     so). NaN, inf and negative values are refused rather than silently zeroed: mark missing measurements with 0.
     A numpy masked array's masked pixels are missing (0), whatever values lie under the mask.
+    A torch sparse tensor or a scipy.sparse matrix is made dense: its implicit zeros are missing pixels.
     """
     from depthkit.io import check_depth_values, depth_to_metres, hxw_depth_map, read_depth, unmasked
 

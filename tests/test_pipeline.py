@@ -433,3 +433,19 @@ def test_a_pipeline_shared_by_threads_runs_one_image_at_a_time(monkeypatch):
     for t in threads:
         t.join()
     assert not errors and not overlapped
+
+
+def test_a_sparse_matrix_is_a_sparse_map():
+    """A torch sparse tensor (COO, CSR) or a scipy.sparse matrix as the sparse map: its implicit zeros are missing
+    pixels, as 0 is in depthkit. A torch sparse tensor escaped as torch's TypeError ("can't convert Sparse layout
+    tensor to numpy"), scipy's was refused; a meta tensor escaped as NotImplementedError."""
+    image, sparse = _scene()
+    pipe = Pipeline(method="nearest")
+    ref = pipe(image, sparse).depth
+    t = torch.from_numpy(sparse)
+    for given in (t.to_sparse(), t.to_sparse_csr()):
+        np.testing.assert_array_equal(pipe(image, given).depth, ref)
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    np.testing.assert_array_equal(pipe(image, scipy_sparse.csr_matrix(sparse)).depth, ref)
+    with pytest.raises(ValueError, match="meta device"):
+        pipe(image, torch.empty(sparse.shape, device="meta"))
