@@ -377,7 +377,13 @@ class Pipeline:
                     checked.append(self._check(i, s, d, depth_scale))
                 except (ValueError, FileNotFoundError) as err:  # say which item (a missing file too), same type
                     raise _with_prefix(err, f"batch item {k} (of {len(image)}): ") from None
-            return [self._run_one(*c) for c in checked]
+            outs = []
+            for k, c in enumerate(checked):
+                try:
+                    outs.append(self._run_one(*c))
+                except (ValueError, FileNotFoundError) as err:  # a stage's refusal names the item too
+                    raise _with_prefix(err, f"batch item {k} (of {len(image)}): ") from err
+            return outs
         return self._run_one(*self._check(image, sparse, depth, depth_scale))
 
     def _check(self, image, sparse, depth, depth_scale):

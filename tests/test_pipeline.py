@@ -449,3 +449,26 @@ def test_a_sparse_matrix_is_a_sparse_map():
     np.testing.assert_array_equal(pipe(image, scipy_sparse.csr_matrix(sparse)).depth, ref)
     with pytest.raises(ValueError, match="meta device"):
         pipe(image, torch.empty(sparse.shape, device="meta"))
+
+
+def test_a_batch_item_a_stage_refuses_is_named(monkeypatch):
+    """The input checks name a refused batch item ("batch item k (of n): ..."); an item refused by a stage while it
+    runs (the learned completer's aspect-ratio limit, say) came out bare, so a list of frames did not say which."""
+    import dataclasses
+
+    from depthkit import stages
+    from depthkit.outputs import StageResult
+
+    class Picky:
+        name = "complete"
+
+        def run(self, image, sparse, depth=None):
+            if image.shape[1] > 40:
+                raise ValueError(f"this stage refuses a {image.shape[0]}x{image.shape[1]} image")
+            return StageResult(depth=np.full(sparse.shape, 2.5, np.float32))
+
+    monkeypatch.setitem(stages.STAGES, "complete",
+                        dataclasses.replace(stages.STAGES["complete"], factory=lambda *a, **k: Picky()))
+    small, wide = _scene(), _scene(w=48)
+    with pytest.raises(ValueError, match=r"^batch item 2 \(of 3\): this stage refuses a 24x48 image$"):
+        Pipeline(stages=("complete",))([small[0], small[0], wide[0]], [small[1], small[1], wide[1]])
