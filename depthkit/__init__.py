@@ -15,3 +15,7 @@ def __getattr__(name):  # lazy: keep `import depthkit` and `depthkit --help` fas
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'depthkit' has no attribute {name!r}")
+
+
+def __dir__():  # the lazy names too, for tab completion and help()
+    return sorted(set(globals()) | set(__all__))

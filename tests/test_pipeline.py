@@ -472,3 +472,11 @@ def test_a_batch_item_a_stage_refuses_is_named(monkeypatch):
     small, wide = _scene(), _scene(w=48)
     with pytest.raises(ValueError, match=r"^batch item 2 \(of 3\): this stage refuses a 24x48 image$"):
         Pipeline(stages=("complete",))([small[0], small[0], wide[0]], [small[1], small[1], wide[1]])
+
+
+def test_the_lazy_exports_are_listed_by_dir():
+    """``dir(depthkit)`` lacked Pipeline, DepthOutput and StageResult (lazy module __getattr__), so tab completion
+    did not offer them."""
+    import depthkit
+
+    assert {"Pipeline", "DepthOutput", "StageResult", "__version__"} <= set(dir(depthkit))
