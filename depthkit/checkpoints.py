@@ -267,9 +267,15 @@ def working_side(requested: int | None, shape, cap: int = MAX_WORKING_SIDE) -> i
 
 
 def embedded_checkpoints_dir() -> Path:
-    """Where the embedded default checkpoints live (``$DEPTHKIT_CHECKPOINTS`` overrides)."""
+    """Where the embedded default checkpoints live (``$DEPTHKIT_CHECKPOINTS`` overrides: a folder that must exist —
+    a misspelt or unmounted one would otherwise run the classical fill as if no default were installed)."""
     env = os.environ.get("DEPTHKIT_CHECKPOINTS")
     if env:
+        if not Path(env).is_dir():
+            what = " (it is a file)" if Path(env).exists() else ""
+            raise CheckpointError(f"DEPTHKIT_CHECKPOINTS={env!r} is not a folder{what}; "
+                                  "it names the folder that holds the embedded checkpoints (default/, ...). Point "
+                                  "it at an existing folder, or unset it to use the installed ones.")
         return Path(env)
     from depthkit.resources import checkpoints_dir
 

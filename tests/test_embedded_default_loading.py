@@ -52,5 +52,12 @@ def test_a_default_that_lost_its_manifest_is_an_error_not_the_classical_fill(tmp
     monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(root.parent))
     with pytest.raises(CheckpointError, match=r"depthkit.json is missing \(found: complete"):
         Pipeline()
+    (tmp_path / "none").mkdir()
     monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(tmp_path / "none"))  # no default folder at all: classical
     assert Pipeline().stage_names == ("complete",)
+    for missing in (tmp_path / "no_such_folder", tmp_path / "none" / "file"):  # a typo or an unmounted volume
+        if missing.name == "file":
+            missing.write_text("")
+        monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(missing))
+        with pytest.raises(CheckpointError, match=r"DEPTHKIT_CHECKPOINTS=.* is not a folder.*unset it"):
+            Pipeline()

@@ -117,6 +117,7 @@ def test_errors(tiny_ck, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"sharpen is not a complete Lotus / SharpDepth model folder: missing "
                                          r"unet/diffusion_pytorch_model.safetensors \(found: .*SharpDepth.save_pretr"):
         build_sharpen_stage(CheckpointRef.open(tmp_path / "no_weights"))
+    (tmp_path / "no_embedded").mkdir()
     monkeypatch.setenv("DEPTHKIT_CHECKPOINTS", str(tmp_path / "no_embedded"))
     with pytest.raises(ValueError, match="init-checkpoint --tiny"):
         Pipeline(stages=("sharpen",))
