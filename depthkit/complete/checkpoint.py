@@ -57,6 +57,7 @@ from depthkit.checkpoints import (
 )
 from depthkit.complete.settings import COMPLETE_JSON, CompleteSettings
 from depthkit.dtypes import torch_dtype
+from depthkit.weight_budget import check_config_fits_weights
 
 __all__ = [
     "LoadedCompleter", "save_complete", "load_complete", "write_tiny",
@@ -93,7 +94,7 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
         OSError: a hub id that needs the network or the HF cache and neither has it; the message says what was
             asked, whether ``HF_HUB_OFFLINE`` is set, and what to do.
     """
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     # ignore_mismatched_sizes: a tensor of the wrong shape is then reported in ``info`` (check_loading_info names it
     # and refuses) rather than raised as a RuntimeError that points at a report the CLI's output policy hides
@@ -105,6 +106,8 @@ def load_base_model(name_or_path, dtype="float32", attn_implementation: str | No
     text = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
     if Path(text).expanduser().is_dir():  # a local folder: any failure is the folder's, never "not in the cache"
         check_tree(text)
+        check_config_fits_weights(text, "model", lambda: Qwen2_5_VLForConditionalGeneration._from_config(
+            Qwen2_5_VLConfig.from_pretrained(text)), "a Qwen2.5-VL base model")
         with loading(text, "the base model (config.json, model.safetensors)"):
             model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(text, **kwargs)
         check_loading_info(info, text, "the base model weights")

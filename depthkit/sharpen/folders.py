@@ -44,9 +44,14 @@ def load_diffusers_model(cls, folder, what: str, **kwargs):
     loading report checked by :func:`depthkit.checkpoints.check_loading_info`: a tensor the config's model lacks
     (dropped by diffusers with only a log line: e.g. a config without the mid block its weights have) or one it
     needs and the file lacks (left randomly initialised) is a :class:`~depthkit.checkpoints.CheckpointError` naming
-    ``what``, ``folder`` and the first keys, never a model that runs on other weights than those stored."""
+    ``what``, ``folder`` and the first keys, never a model that runs on other weights than those stored. A config
+    asking for more parameters than the weights hold is refused before the model is built
+    (:func:`depthkit.weight_budget.check_config_fits_weights`)."""
     from depthkit.checkpoints import check_loading_info
+    from depthkit.weight_budget import check_config_fits_weights
 
+    check_config_fits_weights(folder, "diffusion_pytorch_model", lambda: cls.from_config(cls.load_config(str(folder))),
+                              f"a {cls.__name__}")
     model, info = cls.from_pretrained(str(folder), output_loading_info=True, **kwargs)
     check_loading_info(info, folder, what)
     return model
